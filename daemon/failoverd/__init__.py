@@ -1,0 +1,3 @@
+"""failoverd: a local LLM failover daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,672 @@
+"""Configuration: TOML parsed once, at the edge, into frozen dataclasses.
+
+Every problem is reported with its key path (``models."openai/gpt-5".tier: ...``); unknown keys
+are errors. Secrets are read here from the environment, a file, or a systemd credential and
+are kept out of every repr.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args
+
+from failoverd.errors import ConfigError
+from failoverd.failures import FailureReason
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
+Capability = Literal["tools", "vision", "reasoning", "json", "long_context"]
+Tier = Literal["small", "medium", "large"]
+LogFormat = Literal["text", "json"]
+WhenAllUnavailable = Literal["queue", "fail"]
+ContextPolicy = Literal["skip", "truncate", "fail"]
+ProbeKind = Literal["models", "chat", "none"]
+
+DEFAULT_PATH = "/etc/failoverd/failoverd.toml"
+RESERVED_MODEL_NAMES = ("default", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    socket: str = "/run/failoverd/failoverd.sock"
+    socket_mode: int = 0o660
+    allowed_uids: tuple[int, ...] = ()
+    tcp: str = ""
+    tcp_token: str = field(default="", repr=False)
+    state_dir: str = "/var/lib/failoverd"
+    node: str = ""
+    max_inflight: int = 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+    log_format: LogFormat = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    socket: str = ""
+    topic_prefix: str = "failoverd"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    queue_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: ProviderKind
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    connect_timeout: float = 5.0
+    timeout: float = 120.0
+    headers: tuple[tuple[str, str], ...] = ()
+    # simulated providers only: answer after this delay, or always fail with this reason
+    simulate_latency: float = 0.0
+    simulate_failure: FailureReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    input: float = 0.0
+    output: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    id: str
+    provider: str
+    name: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: frozenset[Capability] = frozenset()
+    tier: Tier | None = None
+    cost: Cost = Cost()
+    max_retries: int = 1
+    first_token_timeout: float = 30.0
+    stream_idle_timeout: float = 60.0
+    max_concurrency: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    primary: str = ""
+    fallbacks: tuple[str, ...] | None = None  # None: the key was omitted
+    fallbacks_from_models: bool = False
+    deadline: float = 120.0
+    retry_after_max: float = 2.0
+    when_all_unavailable: WhenAllUnavailable = "queue"
+    queue_timeout: float = 10.0
+    context_policy: ContextPolicy = "skip"
+    sticky_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    name: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int = 3
+    failure_rate: float = 0.5
+    window: float = 60.0
+    minimum_calls: int = 10
+    slow_call_seconds: float = 0.0
+    open_seconds: float = 30.0
+    max_open_seconds: float = 600.0
+    half_open_calls: int = 1
+    auth_open_seconds: float = 3600.0
+    billing_open_seconds: float = 18000.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbesConfig:
+    interval: float = 30.0
+    jitter: float = 3.0
+    timeout: float = 10.0
+    kind: ProbeKind = "models"
+    recovery_kind: ProbeKind = "chat"
+    chat_max_tokens: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class HookConfig:
+    events: tuple[str, ...]
+    exec: tuple[str, ...]
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    daemon: DaemonConfig
+    mqtt: MqttConfig
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, ModelConfig]  # file order
+    routing: RoutingConfig
+    chains: Mapping[str, ChainConfig]
+    breaker: BreakerConfig
+    probes: ProbesConfig
+    hooks: tuple[HookConfig, ...]
+    default_chain: tuple[str, ...]  # primary first, then the resolved fallbacks
+    source: str = ""
+
+    @property
+    def node(self) -> str:
+        return self.daemon.node or _socket.gethostname()
+
+    def fallbacks_for(self, model_id: str) -> tuple[str, ...]:
+        """A requested model first, then the default chain without it."""
+        return (model_id, *(m for m in self.default_chain if m != model_id))
+
+
+# --------------------------------------------------------------------------- parsing
+
+T = TypeVar("T")
+
+
+def _quote(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+
+
+class _Section:
+    """Reads one TOML table, recording every problem with its key path."""
+
+    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+        if not isinstance(data, dict):
+            self.problem("", f"must be a table, got {_type_name(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{_quote(key)}" if self.path else _quote(key)
+
+    def problem(self, key: str, message: str) -> None:
+        where = self.key_path(key) if key else (self.path or "<top level>")
+        self.problems.append(f"{where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a TOML true is never a number here
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+            self.problem(key, f"must be {names}, got {_type_name(value)}")
+            return default
+        if float in kinds and isinstance(value, int):
+            value = float(value)
+        return cast(T, value)
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0,
+               positive: bool = False) -> float:
+        value = self.get(key, (int, float), default)
+        if positive and value <= 0:
+            self.problem(key, f"must be greater than 0, got {value}")
+            return default
+        if value < minimum:
+            self.problem(key, f"must be at least {minimum:g}, got {value}")
+            return default
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.get(key, int, default)
+        if value < minimum:
+            self.problem(key, f"must be at least {minimum}, got {value}")
+            return default
+        return value
+
+    def choice(self, key: str, options: Any, default: T) -> T:
+        allowed = get_args(options)
+        value = self.get(key, str, cast(str, default))
+        if value not in allowed:
+            self.problem(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+            return default
+        return cast(T, value)
+
+    def strings(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            self.problem(key, f"must be a list of strings, found {_type_name(bad[0])}")
+            return default
+        return tuple(value)
+
+    def table(self, key: str) -> _Section:
+        self.seen.add(key)
+        return _Section(self.data.get(key, {}), self.key_path(key), self.problems)
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                self.problem(key, "unknown key")
+
+
+_KIND_NAMES: dict[type, str] = {
+    int: "an integer", float: "a number", str: "a string", bool: "a boolean",
+    list: "a list", dict: "a table",
+}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _read_secret(sec: _Section, prefix: str, env: Mapping[str, str]) -> str:
+    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential`; at most one may be set."""
+    via_env = sec.get(f"{prefix}_env", str, "")
+    via_file = sec.get(f"{prefix}_file", str, "")
+    via_cred = sec.get(f"{prefix}_credential", str, "")
+    given = [k for k, v in (("env", via_env), ("file", via_file), ("credential", via_cred)) if v]
+    if len(given) > 1:
+        sec.problem(f"{prefix}_{given[1]}", f"set only one of {prefix}_env, {prefix}_file, "
+                    f"{prefix}_credential")
+        return ""
+    if via_env:
+        value = env.get(via_env, "")
+        if not value:
+            sec.problem(f"{prefix}_env", f"environment variable {via_env} is not set or empty")
+        return value.strip()
+    if via_file:
+        return _read_secret_file(sec, f"{prefix}_file", Path(via_file))
+    if via_cred:
+        creds = env.get("CREDENTIALS_DIRECTORY", "")
+        if not creds:
+            sec.problem(f"{prefix}_credential",
+                        "CREDENTIALS_DIRECTORY is not set (systemd LoadCredential= provides it)")
+            return ""
+        if "/" in via_cred:
+            sec.problem(f"{prefix}_credential", "a credential name cannot contain '/'")
+            return ""
+        return _read_secret_file(sec, f"{prefix}_credential", Path(creds) / via_cred)
+    return ""
+
+
+def _read_secret_file(sec: _Section, key: str, path: Path) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        sec.problem(key, f"cannot read {path}: {exc.strerror or exc}")
+        return ""
+    if not value:
+        sec.problem(key, f"{path} is empty")
+    return value
+
+
+def _daemon(sec: _Section, env: Mapping[str, str]) -> DaemonConfig:
+    d = DaemonConfig()
+    mode_text = sec.get("socket_mode", str, "0660")
+    try:
+        mode = int(mode_text, 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        sec.problem("socket_mode", f"must be an octal permission string like \"0660\", "
+                    f"got {mode_text!r}")
+        mode = d.socket_mode
+    uids = sec.get("allowed_uids", list, [])
+    if any(isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in uids):
+        sec.problem("allowed_uids", "must be a list of non-negative integers")
+        uids = []
+    tcp = sec.get("tcp", str, "")
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            sec.problem("tcp", f"must be host:port, got {tcp!r}")
+            tcp = ""
+    token = ""
+    token_file = sec.get("tcp_token_file", str, "")
+    if token_file:
+        token = _read_secret_file(sec, "tcp_token_file", Path(token_file))
+    cfg = DaemonConfig(
+        socket=sec.get("socket", str, d.socket),
+        socket_mode=mode,
+        allowed_uids=tuple(uids),
+        tcp=tcp,
+        tcp_token=token,
+        state_dir=sec.get("state_dir", str, d.state_dir),
+        node=sec.get("node", str, d.node),
+        max_inflight=sec.integer("max_inflight", d.max_inflight, minimum=1),
+        max_body_bytes=sec.integer("max_body_bytes", d.max_body_bytes, minimum=1024),
+        shutdown_timeout=sec.number("shutdown_timeout", d.shutdown_timeout),
+        log_format=sec.choice("log_format", LogFormat, d.log_format),
+    )
+    if not cfg.socket:
+        sec.problem("socket", "must not be empty")
+    if "/" in cfg.node or "+" in cfg.node or "#" in cfg.node:
+        sec.problem("node", "must not contain '/', '+' or '#' (it is an MQTT topic level)")
+    sec.finish()
+    return cfg
+
+
+def _mqtt(sec: _Section, env: Mapping[str, str]) -> MqttConfig:
+    d = MqttConfig()
+    password = ""
+    password_file = sec.get("password_file", str, "")
+    if password_file:
+        password = _read_secret_file(sec, "password_file", Path(password_file))
+    port = sec.integer("port", d.port, minimum=1)
+    if port > 65535:
+        sec.problem("port", f"must be at most 65535, got {port}")
+        port = d.port
+    prefix = sec.get("topic_prefix", str, d.topic_prefix)
+    if not prefix or any(c in prefix for c in "+#"):
+        sec.problem("topic_prefix", "must be non-empty and contain no '+' or '#'")
+    cfg = MqttConfig(
+        enabled=sec.get("enabled", bool, d.enabled),
+        host=sec.get("host", str, d.host),
+        port=port,
+        socket=sec.get("socket", str, d.socket),
+        topic_prefix=prefix,
+        username=sec.get("username", str, d.username),
+        password=password,
+        queue_size=sec.integer("queue_size", d.queue_size, minimum=1),
+    )
+    sec.finish()
+    return cfg
+
+
+_DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "ollama": "http://localhost:11434",
+    "simulated": "",
+}
+
+
+def _provider(name: str, sec: _Section, env: Mapping[str, str]) -> ProviderConfig | None:
+    kind = sec.get("kind", str, "")
+    if kind not in get_args(ProviderKind):
+        sec.problem("kind", f"must be one of {', '.join(get_args(ProviderKind))}; got {kind!r}")
+        sec.finish()
+        return None
+    base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
+    if kind != "simulated" and not base_url.startswith(("http://", "https://")):
+        sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
+    headers_sec = sec.table("headers")
+    headers: list[tuple[str, str]] = []
+    for hk in list(headers_sec.data):
+        headers.append((hk, headers_sec.get(hk, str, "")))
+    failure: FailureReason | None = None
+    sim_fail = sec.get("simulate_failure", str, "")
+    sim_latency = sec.number("simulate_latency", 0.0)
+    if kind != "simulated":
+        for key in ("simulate_failure", "simulate_latency"):
+            if sec.has(key):
+                sec.problem(key, "only valid for kind = \"simulated\"")
+    elif sim_fail:
+        try:
+            failure = FailureReason(sim_fail)
+        except ValueError:
+            sec.problem("simulate_failure", f"unknown failure reason {sim_fail!r}")
+    cfg = ProviderConfig(
+        name=name,
+        kind=cast(ProviderKind, kind),
+        base_url=base_url,
+        api_key=_read_secret(sec, "api_key", env),
+        connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
+        timeout=sec.number("timeout", 120.0, positive=True),
+        headers=tuple(headers),
+        simulate_latency=sim_latency,
+        simulate_failure=failure,
+    )
+    sec.finish()
+    return cfg
+
+
+def _model(model_id: str, sec: _Section, providers: Mapping[str, ProviderConfig]) -> ModelConfig:
+    provider = sec.get("provider", str, "")
+    if not provider:
+        sec.problem("provider", "is required")
+    elif provider not in providers:
+        sec.problem("provider", f"no provider named {provider!r} in [providers]")
+    default_name = model_id.split("/", 1)[1] if "/" in model_id else model_id
+    caps = sec.strings("capabilities", ()) or ()
+    allowed_caps = get_args(Capability)
+    for cap in caps:
+        if cap not in allowed_caps:
+            sec.problem("capabilities", f"unknown capability {cap!r}; known: "
+                        f"{', '.join(allowed_caps)}")
+    tier_text = sec.get("tier", str, "")
+    tier: Tier | None = None
+    if tier_text:
+        tier = sec.choice("tier", Tier, cast(Tier, "medium"))
+    cost_sec = sec.table("cost")
+    cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
+    cost_sec.finish()
+    window = sec.integer("context_window", 0, minimum=1) if sec.has("context_window") else None
+    max_out = (sec.integer("max_output_tokens", 0, minimum=1)
+               if sec.has("max_output_tokens") else None)
+    cfg = ModelConfig(
+        id=model_id,
+        provider=provider,
+        name=sec.get("name", str, default_name) or default_name,
+        context_window=window,
+        max_output_tokens=max_out,
+        capabilities=frozenset(cast(Capability, c) for c in caps if c in allowed_caps),
+        tier=tier,
+        cost=cost,
+        max_retries=sec.integer("max_retries", 1),
+        first_token_timeout=sec.number("first_token_timeout", 30.0, positive=True),
+        stream_idle_timeout=sec.number("stream_idle_timeout", 60.0, positive=True),
+        max_concurrency=sec.integer("max_concurrency", 0),
+    )
+    sec.finish()
+    return cfg
+
+
+def _routing(sec: _Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
+    d = RoutingConfig()
+    cfg = RoutingConfig(
+        primary=sec.get("primary", str, ""),
+        fallbacks=sec.strings("fallbacks", None),
+        fallbacks_from_models=sec.get("fallbacks_from_models", bool, False),
+        deadline=sec.number("deadline", d.deadline, positive=True),
+        retry_after_max=sec.number("retry_after_max", d.retry_after_max),
+        when_all_unavailable=sec.choice("when_all_unavailable", WhenAllUnavailable,
+                                        d.when_all_unavailable),
+        queue_timeout=sec.number("queue_timeout", d.queue_timeout),
+        context_policy=sec.choice("context_policy", ContextPolicy, d.context_policy),
+        sticky_seconds=sec.number("sticky_seconds", d.sticky_seconds),
+    )
+    if cfg.primary and models and cfg.primary not in models:
+        sec.problem("primary", f"no model {cfg.primary!r} in [models]")
+    for i, fb in enumerate(cfg.fallbacks or ()):
+        if fb not in models:
+            sec.problems.append(f"{sec.key_path('fallbacks')}[{i}]: no model {fb!r} in [models]")
+    sec.finish()
+    return cfg
+
+
+def default_chain(routing: RoutingConfig, models: Mapping[str, ModelConfig]) -> tuple[str, ...]:
+    """primary + fallbacks exactly as DESIGN.md says.
+
+    Explicit fallbacks win; ``fallbacks = []`` disables; omitted fallbacks with
+    fallbacks_from_models take every model in file order; the primary is excluded from its
+    own fallbacks and duplicates are removed (first occurrence kept).
+    """
+    primary = routing.primary or next(iter(models), "")
+    if not primary:
+        return ()
+    if routing.fallbacks is not None:
+        rest: tuple[str, ...] = routing.fallbacks
+    elif routing.fallbacks_from_models:
+        rest = tuple(models)
+    else:
+        rest = ()
+    chain = [primary]
+    for m in rest:
+        if m not in chain:
+            chain.append(m)
+    return tuple(chain)
+
+
+def _breaker(sec: _Section) -> BreakerConfig:
+    d = BreakerConfig()
+    rate = sec.number("failure_rate", d.failure_rate)
+    if not 0 < rate <= 1:
+        sec.problem("failure_rate", f"must be in (0, 1], got {rate}")
+        rate = d.failure_rate
+    cfg = BreakerConfig(
+        failure_threshold=sec.integer("failure_threshold", d.failure_threshold, minimum=1),
+        failure_rate=rate,
+        window=sec.number("window", d.window, positive=True),
+        minimum_calls=sec.integer("minimum_calls", d.minimum_calls, minimum=1),
+        slow_call_seconds=sec.number("slow_call_seconds", d.slow_call_seconds),
+        open_seconds=sec.number("open_seconds", d.open_seconds, positive=True),
+        max_open_seconds=sec.number("max_open_seconds", d.max_open_seconds, positive=True),
+        half_open_calls=sec.integer("half_open_calls", d.half_open_calls, minimum=1),
+        auth_open_seconds=sec.number("auth_open_seconds", d.auth_open_seconds),
+        billing_open_seconds=sec.number("billing_open_seconds", d.billing_open_seconds),
+    )
+    if cfg.max_open_seconds < cfg.open_seconds:
+        sec.problem("max_open_seconds", f"must be at least open_seconds ({cfg.open_seconds:g})")
+    sec.finish()
+    return cfg
+
+
+def _probes(sec: _Section) -> ProbesConfig:
+    d = ProbesConfig()
+    cfg = ProbesConfig(
+        interval=sec.number("interval", d.interval, positive=True),
+        jitter=sec.number("jitter", d.jitter),
+        timeout=sec.number("timeout", d.timeout, positive=True),
+        kind=sec.choice("kind", ProbeKind, d.kind),
+        recovery_kind=sec.choice("recovery_kind", ProbeKind, d.recovery_kind),
+        chat_max_tokens=sec.integer("chat_max_tokens", d.chat_max_tokens, minimum=1),
+    )
+    sec.finish()
+    return cfg
+
+
+def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append("hooks: must be an array of tables ([[hooks]])")
+        return ()
+    hooks = []
+    for i, item in enumerate(value):
+        sec = _Section(item, f"hooks[{i}]", problems)
+        events = sec.strings("events", None)
+        argv = sec.strings("exec", None)
+        if not events:
+            sec.problem("events", "is required: a non-empty list of event types")
+        if not argv:
+            sec.problem("exec", "is required: a non-empty argv list")
+        timeout = sec.number("timeout", 2.0, positive=True)
+        sec.finish()
+        if events and argv:
+            hooks.append(HookConfig(events=events, exec=argv, timeout=timeout))
+    return tuple(hooks)
+
+
+_TOP_LEVEL = ("daemon", "mqtt", "providers", "models", "routing", "chains", "breaker",
+              "probes", "hooks")
+
+
+def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
+          source: str = "") -> Config:
+    """Validates a decoded TOML document; raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    top = _Section(dict(data), "", problems)
+    daemon = _daemon(top.table("daemon"), env)
+    mqtt = _mqtt(top.table("mqtt"), env)
+
+    providers: dict[str, ProviderConfig] = {}
+    psec = top.table("providers")
+    for name in psec.data:
+        psec.seen.add(name)
+        p = _provider(name, psec.table(name), env)
+        if p is not None:
+            providers[name] = p
+
+    models: dict[str, ModelConfig] = {}
+    msec = top.table("models")
+    for model_id in msec.data:
+        msec.seen.add(model_id)
+        if model_id in RESERVED_MODEL_NAMES:
+            msec.problem(model_id, f"{model_id!r} is reserved and cannot name a model")
+            continue
+        models[model_id] = _model(model_id, msec.table(model_id), providers)
+    if not models:
+        problems.append("models: at least one [models.\"<id>\"] entry is required")
+
+    routing = _routing(top.table("routing"), models)
+
+    chains: dict[str, ChainConfig] = {}
+    csec = top.table("chains")
+    for name in csec.data:
+        csec.seen.add(name)
+        sec = csec.table(name)
+        members = sec.strings("models", None)
+        if not members:
+            sec.problem("models", "is required: a non-empty list of model ids")
+        else:
+            for i, m in enumerate(members):
+                if m not in models:
+                    problems.append(f"{sec.key_path('models')}[{i}]: no model {m!r} in [models]")
+            chains[name] = ChainConfig(name, tuple(dict.fromkeys(members)))
+        if name in models or name in RESERVED_MODEL_NAMES:
+            sec.problem("", "a chain cannot share its name with a model or 'default'/'auto'")
+        sec.finish()
+
+    breaker = _breaker(top.table("breaker"))
+    probes = _probes(top.table("probes"))
+    top.seen.add("hooks")
+    hooks = _hooks(data.get("hooks"), problems)
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        daemon=daemon, mqtt=mqtt, providers=providers, models=models, routing=routing,
+        chains=chains, breaker=breaker, probes=probes, hooks=hooks,
+        default_chain=default_chain(routing, models), source=source,
+    )
+
+
+def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Reads and validates a TOML file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from exc
+    return parse(data, env=env, source=str(p))
+
+
+def loads(text: str, *, env: Mapping[str, str] | None = None) -> Config:
+    """Validates TOML text (tests and embedded defaults)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"]) from exc
+    return parse(data, env=env, source="<string>")
+

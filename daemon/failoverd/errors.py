@@ -1,0 +1,110 @@
+"""failoverd's exceptions.
+
+The tree::
+
+    FailoverdError
+    ├── ConfigError            the configuration is invalid (.problems: list of "key.path: message")
+    ├── RequestError           the client's request is unusable (.status 400/413/..., .param)
+    │   └── TranslationError   the request cannot be expressed for the target provider
+    ├── UpstreamError          one upstream attempt failed (.reason, .status, .provider, .model,
+    │                          .retry_after, .body: the upstream error body for bad_request passthrough)
+    └── NoModelAvailable       every candidate failed or was skipped (.attempts)
+
+Third-party exceptions (aiohttp, aiomqtt, OSError from sockets) are translated into these at
+the edges (provider adapters, MQTT publisher) and never travel inward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from failoverd.failures import FailureReason
+
+
+class FailoverdError(Exception):
+    """Root of failoverd's exceptions."""
+
+
+class ConfigError(FailoverdError):
+    """The configuration failed validation; every problem is listed by key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+class RequestError(FailoverdError):
+    """The client sent something failoverd cannot serve. The message names the problem."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str = "invalid_request_error",
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+        super().__init__(message)
+
+
+class TranslationError(RequestError):
+    """Part of the request has no equivalent on the target provider's API."""
+
+
+class UpstreamError(FailoverdError):
+    """One upstream attempt failed, classified at the adapter edge."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        status: int | None = None,
+        provider: str = "",
+        model: str = "",
+        retry_after: float | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.provider = provider
+        self.model = model
+        self.retry_after = retry_after
+        self.body = body
+        self.content_type = content_type
+        super().__init__(f"{reason}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One line of the attempts list returned to a client when every candidate failed."""
+
+    model: str
+    reason: str
+    status: int | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "reason": self.reason,
+            "status": self.status,
+            "message": self.message,
+        }
+
+
+class NoModelAvailable(FailoverdError):
+    """Every candidate failed or was skipped."""
+
+    def __init__(self, attempts: list[Attempt], retry_after: float) -> None:
+        self.attempts = attempts
+        self.retry_after = retry_after
+        super().__init__("no model available: " + "; ".join(
+            f"{a.model}: {a.reason}" for a in attempts) if attempts else "no candidates")

@@ -1,0 +1,95 @@
+"""The Provider seam: what every adapter (openai, anthropic, gemini, ollama, simulated) offers.
+
+The canonical internal form is the OpenAI Chat Completions shape: requests are the
+OpenAI request body as a dict, responses a `chat.completion` dict, stream events
+`chat.completion.chunk` dicts. Adapters for other APIs translate to and from it and
+classify every failure into a FailureReason (raising UpstreamError) at their edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+
+
+@dataclass(slots=True)
+class Completion:
+    """A non-streaming answer in the canonical (OpenAI chat.completion) shape.
+
+    `raw` holds the upstream bytes when they already are that shape, so an OpenAI front end
+    can pass them through without re-serialising.
+    """
+
+    body: dict[str, Any]
+    raw: bytes | None = None
+
+    def to_bytes(self) -> bytes:
+        return self.raw if self.raw is not None else orjson.dumps(self.body)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed event in the canonical (chat.completion.chunk) shape.
+
+    Adapters speaking OpenAI hand over `raw` (the SSE data payload) and parse lazily; others
+    build `data` directly.
+    """
+
+    raw: bytes | None = None
+    _data: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            parsed = orjson.loads(self.raw or b"{}")
+            self._data = parsed if isinstance(parsed, dict) else {}
+        return self._data
+
+    def to_bytes(self) -> bytes:
+        return self.raw if self.raw is not None else orjson.dumps(self._data)
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> Chunk:
+        return cls(None, data)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLimits:
+    """Time limits for one upstream attempt, already cut to the request's deadline."""
+
+    total: float  # non-streaming: the whole call
+    connect: float
+    first_token: float  # streaming: until the first chunk
+    idle: float  # streaming: between chunks after the first
+
+
+class Provider(Protocol):
+    """An upstream API. Raises failoverd.errors.UpstreamError for every failure."""
+
+    config: ProviderConfig
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        """One non-streaming chat completion; `body` is the canonical request."""
+        ...
+
+    def stream(self, body: dict[str, Any], model: ModelConfig,
+               limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """A streaming chat completion as an async generator of canonical chunks.
+
+        Failures before the first chunk raise UpstreamError from the first `__anext__`
+        (so the router can still fail over); later failures raise it mid-iteration.
+        The generator ends after the upstream's final event ([DONE] or equivalent).
+        """
+        ...
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
+                    max_tokens: int) -> None:
+        """A health probe: `models` lists models (reachability + auth), `chat` asks for a
+        few tokens. Returns on success, raises UpstreamError otherwise."""
+        ...
