@@ -1,0 +1,224 @@
+"""Shared HTTP edge for the adapters: exception mapping, status classification, stream reading.
+
+This is where aiohttp's exceptions end: everything leaving this module is an UpstreamError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+
+MAX_ERROR_BODY = 64 * 1024
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded", "context length", "context window", "maximum context",
+    "too many tokens", "prompt is too long", "input is too long", "reduce the length",
+    "tokens exceeds", "exceeds the maximum number of tokens", "input token count",
+    "string_above_max_length", "request too large",
+)
+_FILTER_MARKERS = (
+    "content_filter", "content_policy", "content policy", "content management policy",
+    "safety", "flagged", "responsible ai", "prohibited_content", "blocklist",
+)
+_BILLING_MARKERS = (
+    "insufficient_quota", "billing", "credit balance", "payment required", "quota exceeded",
+    "exceeded your current quota", "insufficient balance", "insufficient_balance",
+    "arrearage", "account balance",
+)
+_OVERLOAD_MARKERS = ("overload", "capacity", "unavailable", "busy")
+_RATE_MARKERS = ("rate limit", "rate_limit", "too many requests", "resource_exhausted",
+                 "requests per", "tokens per")
+_NOT_FOUND_MARKERS = ("model_not_found", "does not exist", "not found", "no such model",
+                      "unknown model")
+
+
+def classify(status: int, message: str = "", code: str = "") -> FailureReason:
+    """Maps an upstream HTTP error to a reason, per DESIGN.md's table.
+
+    `message` and `code` come from the provider's error body (adapters extract them); the
+    text is only inspected here, at the edge.
+    """
+    text = f"{code} {message}".lower()
+    if status == 429:
+        if any(m in text for m in _BILLING_MARKERS):
+            return FailureReason.BILLING
+        return FailureReason.RATE_LIMIT
+    if status == 402:
+        return FailureReason.BILLING
+    if status in (401, 403):
+        if any(m in text for m in _BILLING_MARKERS):
+            return FailureReason.BILLING
+        return FailureReason.AUTH
+    if status == 404:
+        return FailureReason.NOT_FOUND
+    if status == 408:
+        return FailureReason.TIMEOUT
+    if status == 413:
+        return FailureReason.CONTEXT_OVERFLOW
+    if status == 529:
+        return FailureReason.OVERLOADED
+    if status == 503:
+        if any(m in text for m in _OVERLOAD_MARKERS) or not text.strip():
+            return FailureReason.OVERLOADED
+        return FailureReason.SERVER_ERROR
+    if status >= 500:
+        if any(m in text for m in _RATE_MARKERS):
+            return FailureReason.RATE_LIMIT
+        return FailureReason.SERVER_ERROR
+    if 400 <= status < 500:
+        if any(m in text for m in _CONTEXT_MARKERS):
+            return FailureReason.CONTEXT_OVERFLOW
+        if any(m in text for m in _FILTER_MARKERS):
+            return FailureReason.CONTENT_FILTER
+        if any(m in text for m in _BILLING_MARKERS):
+            return FailureReason.BILLING
+        if any(m in text for m in _RATE_MARKERS):
+            return FailureReason.RATE_LIMIT
+        return FailureReason.BAD_REQUEST
+    return FailureReason.INVALID_RESPONSE
+
+
+def not_found_is_model(message: str) -> bool:
+    """Whether a 404's text is about the model (vs. a wrong base_url path)."""
+    low = message.lower()
+    return any(m in low for m in _NOT_FOUND_MARKERS)
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds from `Retry-After` (delta or HTTP date) or OpenAI's `retry-after-ms`."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def json_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def upstream_error(reason: FailureReason, message: str, *, status: int | None,
+                   provider: str, model: str, retry_after: float | None = None,
+                   body: bytes | None = None, content_type: str = "application/json"
+                   ) -> UpstreamError:
+    # keep messages short: they travel into attempts lists, logs and events
+    return UpstreamError(reason, message[:500], status=status, provider=provider, model=model,
+                         retry_after=retry_after, body=body, content_type=content_type)
+
+
+@contextmanager
+def map_exceptions(provider: str, model: str) -> Iterator[None]:
+    """Translates aiohttp / socket / timeout exceptions into UpstreamError."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except TimeoutError as exc:
+        raise upstream_error(FailureReason.TIMEOUT, "upstream did not answer in time",
+                             status=None, provider=provider, model=model) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise upstream_error(FailureReason.INVALID_RESPONSE, f"response cut: {exc}",
+                             status=None, provider=provider, model=model) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise upstream_error(FailureReason.TIMEOUT, f"upstream timeout: {exc}",
+                             status=None, provider=provider, model=model) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise upstream_error(FailureReason.CONNECTION, f"{type(exc).__name__}: {exc}",
+                             status=None, provider=provider, model=model) from exc
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
+    """Reads at most `limit` bytes of an (error) body."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def lines(resp: aiohttp.ClientResponse, first_deadline: float, idle: float,
+                provider: str, model: str) -> AsyncIterator[bytes]:
+    """Yields the response's lines (without line endings), blank lines included.
+
+    The first non-blank line must arrive before `first_deadline` (loop time); after that, a
+    gap longer than `idle` seconds is a timeout.
+    """
+    content = resp.content
+    got_first = False
+    while True:
+        try:
+            if got_first:
+                async with asyncio.timeout(idle):
+                    line = await content.readline()
+            else:
+                async with asyncio.timeout_at(first_deadline):
+                    line = await content.readline()
+        except TimeoutError as exc:
+            what = "stream idle" if got_first else "no first token"
+            raise upstream_error(FailureReason.TIMEOUT, f"{what} within the time limit",
+                                 status=None, provider=provider, model=model) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise upstream_error(FailureReason.INVALID_RESPONSE, f"stream cut: {exc}",
+                                 status=None, provider=provider, model=model) from exc
+        if not line:
+            return
+        line = line.rstrip(b"\r\n")
+        if line and not got_first:
+            got_first = True
+        yield line
+
+
+async def sse_events(resp: aiohttp.ClientResponse, first_deadline: float, idle: float,
+                     provider: str, model: str) -> AsyncIterator[tuple[str, bytes]]:
+    """Server-sent events as (event name, data) pairs; multi-line data joined with newlines."""
+    event = ""
+    data: list[bytes] = []
+    async for line in lines(resp, first_deadline, idle, provider, model):
+        if not line:
+            if data:
+                yield event, b"\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+        # comments (":") and other fields (id, retry) are not used by any provider
+    if data:
+        yield event, b"\n".join(data)
+
+
+def client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """Only the connect phase is bounded by aiohttp; the rest uses asyncio deadlines."""
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect)

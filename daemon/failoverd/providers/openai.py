@@ -1,0 +1,181 @@
+"""OpenAI-compatible Chat Completions adapter.
+
+Covers OpenAI and every server that speaks its API: LM Studio, vLLM, Ollama's /v1, DeepSeek,
+Kimi, GLM, MiniMax. The canonical form is this API's shape, so requests only get the upstream
+model name and responses pass through byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.http import (
+    classify,
+    client_timeout,
+    json_or_none,
+    map_exceptions,
+    not_found_is_model,
+    parse_retry_after,
+    read_limited,
+    sse_events,
+    upstream_error,
+)
+
+logger = logging.getLogger(__name__)
+
+_STREAM_ONLY_KEYS = ("stream", "stream_options")
+
+
+def error_details(raw: bytes) -> tuple[str, str]:
+    """(message, code) from an OpenAI-style error body; tolerant of the variants in the wild."""
+    body = json_or_none(raw)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            message = str(err.get("message") or err.get("msg") or "")
+            code = " ".join(str(err.get(k)) for k in ("code", "type") if err.get(k))
+            return message, code
+        if isinstance(err, str):
+            return err, ""
+        if isinstance(body.get("message"), str):
+            return body["message"], str(body.get("code") or "")
+    return raw[:300].decode("utf-8", "replace").strip(), ""
+
+
+class OpenAIProvider:
+    """Adapter for OpenAI-compatible `/chat/completions` endpoints."""
+
+    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        self._chat_url = f"{config.base_url}/chat/completions"
+        self._models_url = f"{config.base_url}/models"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        headers.update(dict(config.headers))
+        self._headers = headers
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+
+    # ------------------------------------------------------------------ errors
+
+    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+        raw = await read_limited(resp)
+        message, code = error_details(raw)
+        reason = classify(resp.status, message, code)
+        if reason is FailureReason.NOT_FOUND and not not_found_is_model(f"{message} {code}"):
+            # a 404 on the path itself means a wrong base_url, which every model shares
+            message = message or f"404 from {self._chat_url}: check base_url"
+        return upstream_error(
+            reason, message or f"HTTP {resp.status}", status=resp.status,
+            provider=self.config.name, model=model,
+            retry_after=parse_retry_after(resp.headers), body=raw,
+            content_type=resp.headers.get("Content-Type", "application/json"),
+        )
+
+    # ------------------------------------------------------------------ calls
+
+    def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
+        payload = dict(body)
+        payload["model"] = model.name
+        if stream:
+            payload["stream"] = True
+        else:
+            for key in _STREAM_ONLY_KEYS:
+                payload.pop(key, None)
+        return orjson.dumps(payload)
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        data = self._payload(body, model, stream=False)
+        name = self.config.name
+        with map_exceptions(name, model.id):
+            async with asyncio.timeout(limits.total):
+                async with self._session.post(
+                    self._chat_url, data=data, headers=self._headers,
+                    timeout=client_timeout(limits.connect),
+                ) as resp:
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+                    raw = await resp.read()
+        parsed = json_or_none(raw)
+        if not isinstance(parsed, dict) or not parsed.get("choices"):
+            if isinstance(parsed, dict) and "error" in parsed:
+                message, code = error_details(raw)
+                raise upstream_error(classify(500, message, code), message, status=200,
+                                     provider=name, model=model.id, body=raw)
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 with an unparsable or empty body", status=200,
+                                 provider=name, model=model.id)
+        return Completion(parsed, raw)
+
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        data = self._payload(body, model, stream=True)
+        name = self.config.name
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + limits.first_token
+        clean = False
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            with map_exceptions(name, model.id):
+                async with asyncio.timeout_at(first_deadline):
+                    resp = await self._session.post(
+                        self._chat_url, data=data, headers=self._stream_headers,
+                        timeout=client_timeout(limits.connect),
+                    )
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+            async for _event, payload in sse_events(resp, first_deadline, limits.idle,
+                                                    name, model.id):
+                if payload == b"[DONE]":
+                    clean = True
+                    return
+                if b'"error"' in payload[:40]:
+                    message, code = error_details(payload)
+                    raise upstream_error(classify(500, message, code), message, status=200,
+                                         provider=name, model=model.id)
+                yield Chunk(payload)
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before [DONE]",
+                                 status=200, provider=name, model=model.id)
+        finally:
+            if resp is not None:
+                if clean:
+                    resp.release()
+                else:
+                    resp.close()
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        if kind == "models":
+            with map_exceptions(self.config.name, model.id):
+                async with asyncio.timeout(timeout):
+                    async with self._session.get(
+                        self._models_url, headers=self._headers,
+                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
+                    ) as resp:
+                        if resp.status != 200:
+                            raise await self._failure(resp, model.id)
+                        await resp.read()
+            return
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}]}
+        if "reasoning" in model.capabilities:
+            body["max_completion_tokens"] = max_tokens
+            body["reasoning_effort"] = "low"
+        else:
+            body["max_tokens"] = max_tokens
+        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
+                               first_token=timeout, idle=timeout)
+        await self.complete(body, model, limits)
