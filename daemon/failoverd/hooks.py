@@ -1,0 +1,292 @@
+"""Hooks: ``[[hooks]]`` argv entries run with an event's JSON on stdin.
+
+A hook subscribes to event types: exact (``model:failover``), a category (``breaker:*``) or
+everything (``*``). For ``model:failover`` the router awaits :meth:`HookRunner.run` before the
+fallback attempt; a hook may print one JSON object on stdout::
+
+    {"abort": true, "messages": ["..."], "context": "skip" | "truncate" | "fail"}
+
+Every key is optional and empty stdout means "no opinion". Outcomes are merged in config
+order: abort if any hook aborts, messages concatenated, the last ``context`` wins. A hook that
+cannot start, exits non-zero, outlives its timeout (its whole process group is killed) or
+prints anything else is logged and emitted as ``hook:failed``; it contributes nothing and the
+request goes on.
+
+Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): at most
+:data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` events waiting, beyond
+which events are dropped and counted, so a slow hook can never pile up processes or memory.
+Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and ``FAILOVERD_EVENT_ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import cast, get_args
+
+import orjson
+
+from failoverd.config import ContextPolicy, HookConfig
+from failoverd.events import Event, EventBus
+
+logger = logging.getLogger(__name__)
+
+MAX_STDOUT = 64 * 1024
+MAX_STDERR_LOGGED = 2000
+MAX_CONCURRENT = 8  # background hook processes at once
+MAX_PENDING = 256  # background hook runs waiting for a slot
+INLINE_TYPES = frozenset({"model:failover"})  # awaited by the router, not run in background
+_REAP_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HookOutcome:
+    """The merged opinion of the hooks that ran for one event."""
+
+    abort: bool = False
+    messages: tuple[str, ...] = ()
+    context: ContextPolicy | None = None
+    errors: tuple[str, ...] = ()  # one line per hook that failed (already logged and emitted)
+
+
+class HookFailed(Exception):
+    """Internal: one hook run failed; the message is what ``hook:failed`` carries."""
+
+
+def matches(patterns: Sequence[str], event_type: str) -> bool:
+    """True when ``event_type`` is named exactly, by ``category:*``, or by ``*``."""
+    category = event_type.partition(":")[0]
+    return any(p == "*" or p == event_type or p == f"{category}:*" for p in patterns)
+
+
+def parse_output(stdout: bytes) -> HookOutcome:
+    """A hook's stdout as an outcome; raises HookFailed on anything but the documented object."""
+    if not stdout.strip():
+        return HookOutcome()
+    try:
+        data = orjson.loads(stdout)
+    except orjson.JSONDecodeError:
+        raise HookFailed(f"stdout is not JSON: {_preview(stdout)}") from None
+    if not isinstance(data, dict):
+        raise HookFailed(f"stdout is not a JSON object: {_preview(stdout)}")
+    abort = data.get("abort", False)
+    if not isinstance(abort, bool):
+        raise HookFailed("'abort' must be a boolean")
+    messages = data.get("messages", [])
+    if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+        raise HookFailed("'messages' must be a list of strings")
+    context = data.get("context")
+    if context is not None and context not in get_args(ContextPolicy):
+        raise HookFailed(f"'context' must be one of {', '.join(get_args(ContextPolicy))}")
+    return HookOutcome(abort=abort, messages=tuple(messages),
+                       context=cast(ContextPolicy | None, context))
+
+
+def merge(outcomes: Sequence[HookOutcome]) -> HookOutcome:
+    """Abort if any aborts; messages in order; the last context given wins."""
+    context: ContextPolicy | None = None
+    for o in outcomes:
+        if o.context is not None:
+            context = o.context
+    return HookOutcome(
+        abort=any(o.abort for o in outcomes),
+        messages=tuple(m for o in outcomes for m in o.messages),
+        context=context,
+        errors=tuple(e for o in outcomes for e in o.errors),
+    )
+
+
+def _preview(data: bytes, limit: int = 80) -> str:
+    text = data[:limit].decode("utf-8", "replace")
+    return repr(text + ("..." if len(data) > limit else ""))
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes and whether there was more (the rest is read and discarded, so
+    the child never blocks on a full pipe)."""
+    if stream is None:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    overflow = False
+    while chunk := await stream.read(65536):
+        if size < limit:
+            chunks.append(chunk[: limit - size])
+        size += len(chunk)
+        overflow = overflow or size > limit
+    return b"".join(chunks), overflow
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    try:
+        # start_new_session made the hook a process-group leader: take its children too.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        proc.kill()
+
+
+class HookRunner:
+    """Runs the configured hooks for events; see the module docstring."""
+
+    def __init__(self, hooks: tuple[HookConfig, ...], bus: EventBus | None,
+                 *, max_concurrent: int = MAX_CONCURRENT, max_pending: int = MAX_PENDING) -> None:
+        self.hooks = hooks
+        self._bus = bus
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_pending = max_pending
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.runs = 0
+        self.failures = 0
+        self.dropped = 0
+
+    def subscribed(self, event_type: str) -> tuple[HookConfig, ...]:
+        """The hooks that want this event type, in config order."""
+        return tuple(h for h in self.hooks if matches(h.events, event_type))
+
+    async def run(self, event: Event) -> HookOutcome:
+        """Runs every subscribed hook concurrently and merges their outcomes in config order."""
+        hooks = self.subscribed(event.type)
+        if not hooks:
+            return HookOutcome()
+        payload = event.to_json()
+        outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
+        return merge(outcomes)
+
+    def fire_and_forget(self, event: Event) -> None:
+        """Runs the subscribed hooks in a background task; returns at once."""
+        if not self.subscribed(event.type):
+            return
+        if len(self._tasks) >= self._max_pending:
+            self.dropped += 1
+            logger.warning("hooks: %d runs pending; dropped %s %s", len(self._tasks),
+                           event.type, event.id)
+            return
+        task = asyncio.get_running_loop().create_task(self._background(event),
+                                                      name=f"hook {event.type}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def listener(self, event: Event) -> None:
+        """A bus listener: background hooks for every event except INLINE_TYPES, which the
+        router runs itself with :meth:`run` before acting on them."""
+        if event.type not in INLINE_TYPES:
+            self.fire_and_forget(event)
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Registers :meth:`listener` on ``bus``; returns the detach function."""
+        return bus.listen(self.listener)
+
+    @property
+    def pending(self) -> int:
+        """Background runs not finished yet."""
+        return len(self._tasks)
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Waits up to ``grace`` seconds for background hooks, then cancels (and kills) the
+        rest."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("hooks: cancelled %d hook runs at shutdown", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def __aenter__(self) -> HookRunner:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _background(self, event: Event) -> None:
+        async with self._slots:
+            await self.run(event)
+
+    async def _run_one(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
+        self.runs += 1
+        started = time.monotonic()
+        try:
+            outcome = await self._exec(hook, event, payload)
+        except HookFailed as exc:
+            return self._failed(hook, event, str(exc))
+        logger.debug("hook %s for %s done in %.3fs", hook.exec[0], event.type,
+                     time.monotonic() - started)
+        return outcome
+
+    def _failed(self, hook: HookConfig, event: Event, error: str) -> HookOutcome:
+        self.failures += 1
+        logger.warning("hook %s failed for %s %s: %s", hook.exec[0], event.type, event.id, error)
+        # A hook failing on hook:failed must not feed itself another one, forever.
+        if self._bus is not None and event.type != "hook:failed":
+            self._bus.emit("hook:failed", hook=hook.exec[0], event=event.type,
+                           event_id=event.id, error=error)
+        return HookOutcome(errors=(f"{hook.exec[0]}: {error}",))
+
+    async def _exec(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
+        env = {**os.environ, "FAILOVERD_EVENT": event.type, "FAILOVERD_EVENT_ID": event.id}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *hook.exec, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+        except OSError as exc:
+            raise HookFailed(f"cannot start: {exc.strerror or exc}") from None
+        try:
+            async with asyncio.timeout(hook.timeout):
+                (stdout, too_big), (stderr, _), _ = await asyncio.gather(
+                    _read_bounded(proc.stdout, MAX_STDOUT),
+                    _read_bounded(proc.stderr, MAX_STDERR_LOGGED),
+                    self._feed(proc, payload),
+                )
+                code = await proc.wait()
+        except TimeoutError:
+            raise HookFailed(f"timed out after {hook.timeout:g}s; killed") from None
+        finally:
+            if proc.returncode is None:
+                _kill_group(proc)
+                await self._reap(proc, hook)
+        if stderr.strip():
+            logger.info("hook %s stderr: %s", hook.exec[0], _preview(stderr, MAX_STDERR_LOGGED))
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise HookFailed(how)
+        if too_big:
+            raise HookFailed(f"stdout exceeded {MAX_STDOUT} bytes")
+        return parse_output(stdout)
+
+    @staticmethod
+    async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
+        stdin = proc.stdin
+        if stdin is None:
+            return
+        try:
+            stdin.write(payload)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a hook need not read its input
+        finally:
+            stdin.close()
+
+    @staticmethod
+    async def _reap(proc: asyncio.subprocess.Process, hook: HookConfig) -> None:
+        try:
+            async with asyncio.timeout(_REAP_TIMEOUT):
+                await proc.wait()
+        except TimeoutError:
+            logger.error("hook %s (pid %d) did not exit after SIGKILL", hook.exec[0], proc.pid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - best effort while unwinding
+            logger.debug("hook %s: reaping failed: %s", hook.exec[0], exc)
