@@ -1,0 +1,90 @@
+"""Reading and validating client request bodies: every problem named, nothing guessed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from failoverd.errors import RequestError
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past `max_bytes`, 400 for anything not an object."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise RequestError(f"request body of {length} bytes exceeds max_body_bytes "
+                           f"({max_bytes})", status=413, code="request_too_large")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise RequestError(f"request body exceeds max_body_bytes ({max_bytes})", status=413,
+                           code="request_too_large")
+    if not raw:
+        raise RequestError("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"request body must be a JSON object, got {_json_type(body)}")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", int: "a number",
+            float: "a number", bool: "a boolean", type(None): "null"}.get(type(value), "?")
+
+
+def _expect(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise RequestError(f"'{key}' must be {what}, got {_json_type(value)}", param=key)
+
+
+def validate_chat(body: dict[str, Any]) -> None:
+    """Checks an OpenAI Chat Completions request enough to route it safely."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(f"'model' must be a string, got {_json_type(model)}", param="model")
+    messages = body.get("messages")
+    if messages is None:
+        raise RequestError("'messages' is required", param="messages")
+    if not isinstance(messages, list):
+        raise RequestError(f"'messages' must be an array, got {_json_type(messages)}",
+                           param="messages")
+    if not messages:
+        raise RequestError("'messages' must not be empty", param="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError(f"'{where}' must be an object, got {_json_type(message)}",
+                               param=where)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise RequestError(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}; "
+                               f"got {role!r}", param=f"{where}.role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise RequestError(f"'{where}.content' must be a string or an array of parts, "
+                               f"got {_json_type(content)}", param=f"{where}.content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise RequestError(f"'{where}.content[{j}]' must be an object with a "
+                                       "'type'", param=f"{where}.content[{j}]")
+    _expect(body, "stream", (bool,), "a boolean")
+    _expect(body, "max_tokens", (int,), "an integer")
+    _expect(body, "max_completion_tokens", (int,), "an integer")
+    _expect(body, "n", (int,), "an integer")
+    _expect(body, "temperature", (int, float), "a number")
+    _expect(body, "tools", (list,), "an array")
+    _expect(body, "user", (str,), "a string")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise RequestError(f"'{key}' must be at least 1, got {value}", param=key)

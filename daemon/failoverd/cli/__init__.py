@@ -1,0 +1,1 @@
+"""Command-line entry points: `failoverd` (the daemon) and `failoverctl` (its client)."""

@@ -1,0 +1,75 @@
+"""`failoverd`: run the daemon, check a config, or run the self-contained demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+import tempfile
+from importlib import resources
+
+from failoverd import __version__, logs
+from failoverd import config as config_mod
+from failoverd.config import Config
+from failoverd.errors import ConfigError, FailoverdError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="failoverd", description="Local LLM failover daemon.")
+    p.add_argument("--config", default=os.environ.get("FAILOVERD_CONFIG", config_mod.DEFAULT_PATH),
+                   help="TOML config file (default: %(default)s)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config and exit: 0 valid, 2 invalid")
+    p.add_argument("--demo", action="store_true",
+                   help="run on the embedded demo config (no API keys, no network) and show "
+                        "a request served")
+    p.add_argument("--once", action="store_true",
+                   help="with --demo: exit after showing the demo requests")
+    p.add_argument("--log-level", default=os.environ.get("FAILOVERD_LOG_LEVEL", "INFO"))
+    p.add_argument("--version", action="version", version=f"failoverd {__version__}")
+    return p
+
+
+def demo_config() -> Config:
+    text = resources.files("failoverd").joinpath("demo.toml").read_text(encoding="utf-8")
+    cfg = config_mod.loads(text, env={})
+    # a private socket and state directory, so several users can run the demo
+    tmp = tempfile.gettempdir()
+    uid = os.getuid()
+    daemon = dataclasses.replace(cfg.daemon, socket=f"{tmp}/failoverd-demo-{uid}.sock",
+                                 state_dir=f"{tmp}/failoverd-demo-{uid}")
+    return dataclasses.replace(cfg, daemon=daemon, source="<embedded demo>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = demo_config() if args.demo else config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"failoverd: {args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{cfg.source}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
+              f"default chain: {' > '.join(cfg.default_chain)})")
+        return 0
+    logs.setup(cfg.daemon.log_format, args.log_level)
+    try:
+        if args.demo:
+            from failoverd.demo import run_demo
+            return asyncio.run(run_demo(cfg, once=args.once))
+        from failoverd.supervisor import run_blocking
+        run_blocking(cfg, args.config)
+    except FailoverdError as exc:
+        print(f"failoverd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

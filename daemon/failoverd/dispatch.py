@@ -1,0 +1,354 @@
+"""The attempt loop: one request down its candidates, with retries, backoff and one deadline.
+
+Decisions follow the failure reason's policy (failures.POLICY): same-model retries with jittered
+exponential backoff for transient faults, a 429's Retry-After honoured up to retry_after_max,
+bad_request returned to the client unchanged, everything else fails over to the next candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from failoverd.clock import Clock
+from failoverd.config import Config, ModelConfig
+from failoverd.errors import Attempt, NoModelAvailable, UpstreamError
+from failoverd.failures import FailureReason, policy
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 2.0
+
+
+class Permit(Protocol):
+    def success(self, duration: float) -> None: ...
+    def failure(self, reason: FailureReason, duration: float,
+                retry_after: float | None) -> None: ...
+    def release(self) -> None: ...
+
+
+class Health(Protocol):
+    """What the dispatcher needs of the breakers (health.HealthRegistry)."""
+
+    def acquire(self, model_id: str) -> Permit | None: ...
+    def available(self, model_id: str) -> tuple[bool, str | None]: ...
+    def earliest_available_in(self, model_ids: Sequence[str]) -> float | None: ...
+    async def wait_for_change(self, timeout: float) -> bool: ...
+
+
+@dataclass(slots=True)
+class FailoverInfo:
+    """Handed to the failover observer before a fallback attempt."""
+
+    from_model: str
+    to_model: str
+    error: UpstreamError
+    attempt: int
+    session: str | None
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class FailoverVerdict:
+    abort: bool = False
+    messages: tuple[str, ...] = ()
+    body: dict[str, Any] | None = None  # a replacement request (e.g. truncated context)
+    skip: str | None = None  # skip this candidate, with this reason
+
+
+# Called before each fallback attempt; may abort, add notices, or rewrite/skip the attempt.
+FailoverHook = Callable[[FailoverInfo], Awaitable[FailoverVerdict]]
+# Called for every candidate before trying it: None = can serve, else why not (+ maybe a body).
+Screen = Callable[[ModelConfig, dict[str, Any]], tuple[str | None, dict[str, Any] | None]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Bookkeeping of one request across its attempts (becomes response headers)."""
+
+    model: str = ""
+    upstream_attempts: int = 0
+    failovers: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def failover_header(self) -> str:
+        return ",".join(self.failovers)
+
+
+@dataclass(slots=True)
+class StreamStart:
+    """A stream whose first chunk has arrived: headers can be sent now."""
+
+    first: Chunk
+    rest: AsyncIterator[Chunk]
+    permit: Permit | None
+    started: float
+
+
+class Dispatcher:
+    """Runs requests down candidate chains against providers."""
+
+    def __init__(self, config: Config, providers: dict[str, Provider], *, clock: Clock,
+                 health: Health | None = None, rng: random.Random | None = None,
+                 failover_hook: FailoverHook | None = None,
+                 on_failover: Callable[[FailoverInfo], None] | None = None,
+                 on_exhausted: Callable[[list[Attempt]], None] | None = None,
+                 observe_latency: Callable[[str, float, bool], None] | None = None) -> None:
+        self.config = config
+        self.providers = providers
+        self.clock = clock
+        self.health = health
+        self.rng = rng or random.Random()
+        self.failover_hook = failover_hook
+        self.on_failover = on_failover
+        self.on_exhausted = on_exhausted
+        self.observe_latency = observe_latency
+        self.screen: Screen | None = None
+
+    # ------------------------------------------------------------------ public
+
+    async def complete(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+                       outcome: Outcome, session: str | None = None) -> Completion:
+        async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
+                       limits: AttemptLimits, permit: Permit | None) -> Completion:
+            started = self.clock.monotonic()
+            result = await provider.complete(req, model, limits)
+            self._succeeded(model.id, permit, started)
+            return result
+
+        return await self._run(body, candidates, deadline, outcome, session, call)
+
+    async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+                     outcome: Outcome, session: str | None = None) -> StreamStart:
+        async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
+                       limits: AttemptLimits, permit: Permit | None) -> StreamStart:
+            started = self.clock.monotonic()
+            it = provider.stream(req, model, limits).__aiter__()
+            try:
+                first = await it.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamError(FailureReason.INVALID_RESPONSE, "stream ended before any data",
+                                    status=200, provider=provider.config.name,
+                                    model=model.id) from None
+            except BaseException:
+                await _aclose(it)
+                raise
+            return StreamStart(first, it, permit, started)
+
+        return await self._run(body, candidates, deadline, outcome, session, call)
+
+    def stream_finished(self, model_id: str, start: StreamStart,
+                        error: UpstreamError | None) -> None:
+        """Records the end of a stream that was handed to the client."""
+        if error is None:
+            self._succeeded(model_id, start.permit, start.started)
+        elif start.permit is not None:
+            duration = self.clock.monotonic() - start.started
+            if policy(error.reason).breaker.value == "ignore":
+                start.permit.release()
+            else:
+                start.permit.failure(error.reason, duration, error.retry_after)
+
+    # ------------------------------------------------------------------ loop
+
+    def _succeeded(self, model_id: str, permit: Permit | None, started: float) -> None:
+        duration = self.clock.monotonic() - started
+        if permit is not None:
+            permit.success(duration)
+        if self.observe_latency is not None:
+            self.observe_latency(model_id, duration, True)
+
+    async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+                   outcome: Outcome, session: str | None,
+                   call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
+                                   Permit | None], Awaitable[Any]]) -> Any:
+        cfg = self.config
+        queued = False
+        while True:  # at most twice: once more after waiting in the queue
+            last_error: UpstreamError | None = None
+            last_model = ""
+            outcome.failovers.clear()
+            min_context: int | None = None
+            only_skipped = True
+            for model_id in candidates:
+                model = cfg.models[model_id]
+                if min_context is not None and (model.context_window or 0) <= min_context:
+                    outcome.attempts.append(Attempt(
+                        model_id, FailureReason.INCAPABLE, None,
+                        f"context window {model.context_window or 'unknown'} is not larger "
+                        f"than {min_context}"))
+                    continue
+                req = body
+                if self.screen is not None:
+                    why, replacement = self.screen(model, body)
+                    if why is not None:
+                        outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE,
+                                                        None, why))
+                        continue
+                    req = replacement or body
+                if last_error is not None:
+                    outcome.failovers.append(f"{last_model}>{model_id}:{last_error.reason}")
+                    if last_error.reason is not FailureReason.UNAVAILABLE:
+                        info = FailoverInfo(last_model, model_id, last_error,
+                                            outcome.upstream_attempts, session, req)
+                        verdict = await self._before_failover(info, outcome)
+                        if verdict.abort:
+                            raise last_error
+                        if verdict.skip is not None:
+                            outcome.failovers.pop()
+                            outcome.attempts.append(Attempt(
+                                model_id, FailureReason.INCAPABLE, None, verdict.skip))
+                            continue
+                        req = verdict.body or req
+                try:
+                    result = await self._try_model(model, req, deadline, outcome, call)
+                except UpstreamError as exc:
+                    if exc.reason is not FailureReason.UNAVAILABLE:
+                        only_skipped = False
+                    outcome.attempts.append(Attempt(model_id, exc.reason, exc.status,
+                                                    exc.message))
+                    if not policy(exc.reason).fail_over:
+                        raise
+                    if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
+                        break
+                    if exc.reason is FailureReason.CONTEXT_OVERFLOW:
+                        min_context = max(min_context or 0, model.context_window or 0)
+                    last_error, last_model = exc, model_id
+                    continue
+                outcome.model = model_id
+                return result
+            if (not queued and only_skipped and outcome.attempts
+                    and cfg.routing.when_all_unavailable == "queue" and self.health is not None):
+                queued = True
+                if await self._queue(candidates, deadline):
+                    continue
+            break
+        retry_after = self._retry_after(candidates)
+        if self.on_exhausted is not None:
+            self.on_exhausted(outcome.attempts)
+        raise NoModelAvailable(outcome.attempts, retry_after)
+
+    async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
+                         outcome: Outcome,
+                         call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
+                                         Permit | None], Awaitable[Any]]) -> Any:
+        provider = self.providers[model.provider]
+        pcfg = provider.config
+        retries = 0
+        while True:
+            remaining = self._remaining(deadline)
+            if remaining <= 0:
+                raise UpstreamError(FailureReason.TIMEOUT, "request deadline exhausted",
+                                    provider=pcfg.name, model=model.id)
+            permit: Permit | None = None
+            if self.health is not None:
+                permit = self.health.acquire(model.id)
+                if permit is None:
+                    _, why = self.health.available(model.id)
+                    raise UpstreamError(FailureReason.UNAVAILABLE, why or "breaker open",
+                                        provider=pcfg.name, model=model.id)
+            limits = AttemptLimits(
+                total=min(pcfg.timeout, remaining),
+                connect=min(pcfg.connect_timeout, remaining),
+                first_token=min(model.first_token_timeout, remaining),
+                idle=model.stream_idle_timeout,
+            )
+            outcome.upstream_attempts += 1
+            started = self.clock.monotonic()
+            try:
+                return await call(provider, model, body, limits, permit)
+            except UpstreamError as exc:
+                if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
+                    exc.message = f"{exc.message} (request deadline exhausted)"
+                duration = self.clock.monotonic() - started
+                if permit is not None:
+                    if policy(exc.reason).breaker.value == "ignore":
+                        permit.release()
+                    else:
+                        permit.failure(exc.reason, duration, exc.retry_after)
+                if self.observe_latency is not None:
+                    self.observe_latency(model.id, duration, False)
+                wait = self._retry_wait(exc, model, retries, deadline)
+                if wait is None:
+                    raise
+                retries += 1
+                logger.info("retrying %s after %s in %.3fs", model.id, exc.reason, wait)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            except BaseException:
+                if permit is not None:
+                    permit.release()
+                raise
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _before_failover(self, info: FailoverInfo, outcome: Outcome) -> FailoverVerdict:
+        verdict = FailoverVerdict()
+        if self.failover_hook is not None:
+            verdict = await self.failover_hook(info)
+            outcome.notices.extend(verdict.messages)
+        if self.on_failover is not None and not verdict.abort:
+            self.on_failover(info)
+        return verdict
+
+    def _remaining(self, deadline: float) -> float:
+        return deadline - self.clock.monotonic()
+
+    def _retry_wait(self, exc: UpstreamError, model: ModelConfig, retries: int,
+                    deadline: float) -> float | None:
+        """Seconds to wait before retrying the same model, or None for no retry."""
+        pol = policy(exc.reason)
+        if not pol.retry_same:
+            return None
+        limit = min(1, model.max_retries) if pol.retry_once else model.max_retries
+        if retries >= limit:
+            return None
+        if exc.reason is FailureReason.RATE_LIMIT:
+            if exc.retry_after is None or exc.retry_after > self.config.routing.retry_after_max:
+                return None
+            wait = exc.retry_after
+        else:
+            # full jitter (AWS architecture blog): uniform in [0, base * 2^n], capped
+            wait = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** retries)))
+        if wait >= self._remaining(deadline):
+            return None
+        if self.health is not None and not self.health.available(model.id)[0]:
+            return None  # the failure opened the breaker: move on
+        return wait
+
+    async def _queue(self, candidates: Sequence[str], deadline: float) -> bool:
+        """Waits for the first candidate to come back, within queue_timeout and the deadline."""
+        assert self.health is not None
+        limit = min(self.config.routing.queue_timeout, self._remaining(deadline))
+        end = self.clock.monotonic() + limit
+        for _ in range(1000):  # bounded: each turn waits for a change or the next expiry
+            if any(self.health.available(m)[0] for m in candidates):
+                return True
+            left = end - self.clock.monotonic()
+            if left <= 0:
+                return False
+            soonest = self.health.earliest_available_in(candidates)
+            step = left if soonest is None else min(left, max(soonest, 0.001))
+            await self.health.wait_for_change(step)
+        return False
+
+    def _retry_after(self, candidates: Sequence[str]) -> float:
+        if self.health is not None:
+            soonest = self.health.earliest_available_in(candidates)
+            if soonest is not None:
+                return max(1.0, soonest)
+        return 1.0
+
+
+async def _aclose(it: AsyncIterator[Chunk]) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        await close()

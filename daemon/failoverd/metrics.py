@@ -1,0 +1,99 @@
+"""Prometheus metrics, kept as plain counters and rendered on GET /metrics.
+
+Updates are dict increments on the request path; formatting happens only when scraped.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=True)) + "}"
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Metrics:
+    """failoverd's counters; gauges are read from their owners at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, outcome)
+        self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.rejections: defaultdict[str, int] = defaultdict(int)
+        self.exhausted_total = 0
+        self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
+        self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.gauges: list[Callable[[], Iterable[str]]] = []
+
+    def served(self, model: str) -> None:
+        self.requests[(model, "ok")] += 1
+
+    def failover(self, from_model: str, to_model: str, reason: str) -> None:
+        self.failovers[(from_model, to_model, reason)] += 1
+
+    def rejected(self, why: str) -> None:
+        self.rejections[why] += 1
+
+    def exhausted(self) -> None:
+        self.exhausted_total += 1
+        self.requests[("", "no_model_available")] += 1
+
+    def upstream_latency(self, model: str, seconds: float, ok: bool) -> None:
+        self.upstream[(model, "ok" if ok else "error")].observe(seconds)
+
+    def probe(self, model: str, ok: bool) -> None:
+        self.probes[(model, "ok" if ok else "failed")] += 1
+
+    def render(self) -> str:
+        out: list[str] = []
+
+        def counter(name: str, help_: str, labels: tuple[str, ...],
+                    items: Iterable[tuple[tuple[str, ...], int]]) -> None:
+            out.append(f"# HELP {name} {help_}\n# TYPE {name} counter")
+            out.extend(f"{name}{_labels(labels, k)} {v}" for k, v in sorted(items))
+
+        counter("failoverd_requests_total", "Client requests by serving model and outcome.",
+                ("model", "outcome"), self.requests.items())
+        counter("failoverd_failovers_total", "Failovers from one model to the next.",
+                ("from_model", "to_model", "reason"), self.failovers.items())
+        counter("failoverd_rejected_requests_total", "Requests refused by failoverd itself.",
+                ("why",), (((k,), v) for k, v in self.rejections.items()))
+        counter("failoverd_probes_total", "Health probes by model and outcome.",
+                ("model", "outcome"), self.probes.items())
+        name = "failoverd_upstream_latency_seconds"
+        out.append(f"# HELP {name} Upstream call latency.\n# TYPE {name} histogram")
+        for (model, result), h in sorted(self.upstream.items()):
+            cumulative = 0
+            for bound, n in zip((*h.buckets, float("inf")), h.counts, strict=True):
+                cumulative += n
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                out.append(f'{name}_bucket{{model="{_esc(model)}",result="{result}",'
+                           f'le="{le}"}} {cumulative}')
+            out.append(f'{name}_sum{{model="{_esc(model)}",result="{result}"}} {h.sum:.6f}')
+            out.append(f'{name}_count{{model="{_esc(model)}",result="{result}"}} {h.count}')
+        for gauge in self.gauges:
+            out.extend(gauge())
+        return "\n".join(out) + "\n"
