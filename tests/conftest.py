@@ -1,0 +1,97 @@
+"""Shared fixtures: fake upstreams and the daemon on a short Unix socket, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from failoverd import config as config_mod
+from failoverd.clock import Clock
+from failoverd.supervisor import Supervisor
+from tests.fakes.openai import FakeOpenAI
+
+
+@pytest.fixture
+def short_dir() -> Any:
+    """A directory under /tmp with a short path (AF_UNIX paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="fod-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[Callable[..., Awaitable[FakeOpenAI]]]:
+    started: list[FakeOpenAI] = []
+
+    async def make(**kwargs: Any) -> FakeOpenAI:
+        fake = await FakeOpenAI(**kwargs).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.close()
+
+
+@dataclass
+class Daemon:
+    sup: Supervisor
+    task: asyncio.Task[None]
+    socket: str
+    http: httpx.AsyncClient
+    openai: openai.AsyncOpenAI
+
+    async def stop(self) -> None:
+        self.sup.request_stop()
+        await asyncio.wait_for(self.task, 30)
+
+
+def daemon_toml(socket: str, state_dir: str, body: str) -> str:
+    return f'[daemon]\nsocket = "{socket}"\nstate_dir = "{state_dir}"\n' + body
+
+
+@pytest.fixture
+async def start_daemon(short_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Daemon]]]:
+    """Starts the daemon in-process on a real Unix socket with a TOML body (no [daemon])."""
+    running: list[Daemon] = []
+
+    async def start(body: str, *, env: dict[str, str] | None = None,
+                    clock: Clock | None = None, name: str = "d") -> Daemon:
+        sock = str(short_dir / f"{name}.sock")
+        text = daemon_toml(sock, str(short_dir / f"{name}-state"), body)
+        path = short_dir / f"{name}.toml"
+        path.write_text(text)
+        cfg = config_mod.load(path, env=env or {})
+        sup = Supervisor(cfg, config_path=str(path), clock=clock, handle_signals=False)
+        task = asyncio.create_task(sup.run())
+        ready = asyncio.create_task(sup.ready.wait())
+        await asyncio.wait((task, ready), timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()
+        assert sup.ready.is_set(), "daemon did not become ready"
+        transport = httpx.AsyncHTTPTransport(uds=sock)
+        http = httpx.AsyncClient(transport=transport, base_url="http://failoverd", timeout=30)
+        client = openai.AsyncOpenAI(
+            api_key="unused", base_url="http://failoverd/v1", max_retries=0,
+            http_client=httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock),
+                                          timeout=30))
+        d = Daemon(sup, task, sock, http, client)
+        running.append(d)
+        return d
+
+    yield start
+    for d in running:
+        await d.http.aclose()
+        await d.openai.close()
+        if not d.task.done():
+            await d.stop()

@@ -1,0 +1,190 @@
+"""A fake OpenAI-compatible API: a real aiohttp server on 127.0.0.1 with real error bodies.
+
+Tests script it: `fake.push("rate_limit", "ok")` makes the next request get a 429 and the one
+after a normal answer; `fake.default` is what every unscripted request gets. Every request is
+logged (`fake.requests`), so a test can prove that a model got no traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+def _err(message: str, type_: str | None, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}})
+
+
+# Error bodies as OpenAI (and compatible vendors) really send them.
+ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
+    "rate_limit": (429, _err(
+        "Rate limit reached for gpt-4o in organization org-test on requests per min (RPM): "
+        "Limit 3, Used 3, Requested 1. Please try again in 1s.", "requests",
+        "rate_limit_exceeded"), {"retry-after": "1"}),
+    "rate_limit_long": (429, _err(
+        "Rate limit reached for gpt-4o on tokens per min (TPM). Please try again in 30s.",
+        "tokens", "rate_limit_exceeded"), {"retry-after": "30"}),
+    "rate_limit_short": (429, _err(
+        "Rate limit reached for gpt-4o on requests per min (RPM).", "requests",
+        "rate_limit_exceeded"), {"retry-after-ms": "50"}),
+    "quota": (429, _err(
+        "You exceeded your current quota, please check your plan and billing details. For more "
+        "information on this error, read the docs.", "insufficient_quota",
+        "insufficient_quota"), {}),
+    "server_error": (500, _err(
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error", None), {}),
+    "overloaded": (503, _err(
+        "The engine is currently overloaded, please try again later", "server_error", None), {}),
+    "bad_gateway": (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    {"content-type": "text/html"}),
+    "auth": (401, _err(
+        "Incorrect API key provided: sk-test. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+        "invalid_api_key"), {}),
+    "forbidden": (403, _err("Project does not have access to model gpt-5",
+                            "invalid_request_error", "model_not_allowed"), {}),
+    "billing": (402, _err("Insufficient Balance", "unknown_error", "invalid_request_error"), {}),
+    "not_found": (404, _err(
+        "The model `gpt-9` does not exist or you do not have access to it.",
+        "invalid_request_error", "model_not_found"), {}),
+    "context": (400, _err(
+        "This model's maximum context length is 128000 tokens. However, your messages resulted "
+        "in 130532 tokens. Please reduce the length of the messages.", "invalid_request_error",
+        "context_length_exceeded", "messages"), {}),
+    "content_filter": (400, orjson.dumps({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+                   "content management policy.", "type": None, "param": "prompt",
+        "code": "content_filter", "status": 400}}), {}),
+    "bad_param": (400, _err("Invalid value for 'temperature': must be between 0 and 2.",
+                            "invalid_request_error", "invalid_value", "temperature"), {}),
+}
+
+
+@dataclass
+class Logged:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeOpenAI:
+    """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
+    "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream)."""
+
+    default: str = "ok"
+    reply: str = "Hello from the fake upstream"
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Logged] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def push(self, *behaviours: str) -> None:
+        self.script.extend(behaviours)
+
+    def chat_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else self.default
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(Logged(request.path, dict(request.headers), None))
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        return web.json_response({"object": "list", "data": [
+            {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}]})
+
+    def _error(self, name: str) -> web.Response:
+        status, body, headers = ERRORS[name]
+        ctype = headers.get("content-type", "application/json")
+        extra = {k: v for k, v in headers.items() if k != "content-type"}
+        return web.Response(status=status, body=body, headers=extra, content_type=ctype)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour[5:]))
+        if behaviour == "invalid_json":
+            return web.Response(body=b'{"id": "chatcmpl-1", "choices": [', content_type="application/json")
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour)
+        return web.json_response(self._completion(body))
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.reply}
+        finish = "stop"
+        if body.get("tools"):
+            message = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": body["tools"][0]["function"]["name"],
+                             "arguments": '{"city": "Paris"}'}}]}
+            finish = "tool_calls"
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"), "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": finish}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      behaviour: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model")}
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        await send({"role": "assistant", "content": ""})
+        words = self.reply.split(" ")
+        for i, word in enumerate(words):
+            await send({"content": word if i == 0 else " " + word})
+            if behaviour == "cut_stream" and i == 1:
+                assert request.transport is not None
+                request.transport.close()  # the connection dies mid-stream
+                return resp
+            if behaviour == "stream_error" and i == 1:
+                await resp.write(b"data: " + _err("The server had an error while processing "
+                                                  "your request.", "server_error", None)
+                                 + b"\n\n")
+                return resp
+        await send({}, "stop")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp

@@ -1,0 +1,345 @@
+"""End to end: the openai SDK over the Unix socket, the daemon, fake OpenAI upstreams."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.fakes.openai import FakeOpenAI
+
+
+def two_models(a: FakeOpenAI, b: FakeOpenAI, routing: str = "", extra: str = "") -> str:
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+api_key_env = "A_KEY"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+[models."a/gpt-a"]
+provider = "a"
+context_window = 8000
+[models."b/gpt-b"]
+provider = "b"
+context_window = 128000
+{extra}
+[routing]
+primary = "a/gpt-a"
+fallbacks = ["b/gpt-b"]
+retry_after_max = 0.2
+deadline = 5
+when_all_unavailable = "fail"
+{routing}
+"""
+
+
+ENV = {"A_KEY": "sk-test-a"}
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def pair(fake_openai, start_daemon):
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(two_models(a, b), env=ENV)
+    return a, b, d
+
+
+async def test_primary_serves_and_key_is_sent(pair) -> None:
+    a, b, d = pair
+    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
+                                                                   messages=HELLO)
+    reply = raw.parse()
+    assert reply.choices[0].message.content == "from a"
+    assert raw.headers["x-failoverd-model"] == "a/gpt-a"
+    assert raw.headers["x-failoverd-attempts"] == "1"
+    assert "x-failoverd-failover" not in raw.headers
+    sent = a.chat_requests()[0]
+    assert sent.headers["Authorization"] == "Bearer sk-test-a"
+    assert sent.body["model"] == "gpt-a"  # upstream name: the part after the first '/'
+    assert b.requests == []
+
+
+# reason → (fake behaviour, expected upstream calls to a, expected header reason)
+FAILOVER_ROWS = [
+    ("rate_limit_long", 1, "rate_limit"),  # Retry-After 30 > retry_after_max: no retry
+    ("quota", 1, "billing"),
+    ("server_error", 2, "server_error"),  # max_retries = 1
+    ("overloaded", 2, "overloaded"),
+    ("bad_gateway", 2, "server_error"),
+    ("auth", 1, "auth"),
+    ("forbidden", 1, "auth"),
+    ("billing", 1, "billing"),
+    ("not_found", 1, "not_found"),
+    ("content_filter", 1, "content_filter"),
+    ("invalid_json", 2, "invalid_response"),
+    ("empty", 2, "invalid_response"),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "calls", "reason"), FAILOVER_ROWS)
+async def test_failure_rows_fail_over(pair, behaviour: str, calls: int, reason: str) -> None:
+    a, b, d = pair
+    a.default = behaviour
+    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
+                                                                   messages=HELLO)
+    assert raw.parse().choices[0].message.content == "from b"
+    assert raw.headers["x-failoverd-model"] == "b/gpt-b"
+    assert raw.headers["x-failoverd-failover"] == f"a/gpt-a>b/gpt-b:{reason}"
+    assert len(a.chat_requests()) == calls
+    assert raw.headers["x-failoverd-attempts"] == str(calls + 1)
+
+
+async def test_rate_limit_with_short_retry_after_retries_same_model(pair) -> None:
+    a, b, d = pair
+    a.push("rate_limit_short")  # retry-after-ms: 50 <= retry_after_max
+    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
+                                                                   messages=HELLO)
+    assert raw.headers["x-failoverd-model"] == "a/gpt-a"
+    assert raw.headers["x-failoverd-attempts"] == "2"
+    assert "x-failoverd-failover" not in raw.headers
+    assert b.requests == []
+
+
+async def test_bad_request_returns_upstream_error_unchanged(pair) -> None:
+    a, b, d = pair
+    a.push("bad_param")
+    with pytest.raises(openai.BadRequestError) as info:
+        await d.openai.chat.completions.create(model="default", messages=HELLO)
+    assert info.value.status_code == 400
+    assert info.value.body["code"] == "invalid_value"
+    assert info.value.body["param"] == "temperature"
+    assert b.requests == []
+
+
+async def test_context_overflow_fails_over_only_to_larger_window(fake_openai,
+                                                                 start_daemon) -> None:
+    a = await fake_openai(default="context")
+    small = await fake_openai(reply="small")
+    big = await fake_openai(reply="big")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.s]
+kind = "openai"
+base_url = "{small.url}"
+[providers.g]
+kind = "openai"
+base_url = "{big.url}"
+[models."a/m"]
+provider = "a"
+context_window = 128000
+[models."s/m"]
+provider = "s"
+context_window = 32000
+[models."g/m"]
+provider = "g"
+context_window = 1000000
+[routing]
+primary = "a/m"
+fallbacks_from_models = true
+when_all_unavailable = "fail"
+""")
+    raw = await d.openai.chat.completions.with_raw_response.create(model="a/m", messages=HELLO)
+    assert raw.parse().choices[0].message.content == "big"
+    assert small.requests == []
+    assert raw.headers["x-failoverd-failover"] == "a/m>g/m:context_overflow"
+
+
+async def test_all_candidates_fail_gives_503_with_attempts(pair) -> None:
+    a, b, d = pair
+    a.default = "server_error"
+    b.default = "rate_limit_long"
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "default", "messages": HELLO})
+    assert resp.status_code == 503
+    assert int(resp.headers["retry-after"]) >= 1
+    err = resp.json()["error"]
+    assert err["type"] == "no_model_available"
+    assert [(x["model"], x["reason"], x["status"]) for x in err["attempts"]] == [
+        ("a/gpt-a", "server_error", 500), ("b/gpt-b", "rate_limit", 429)]
+    assert "Rate limit reached" in err["attempts"][1]["message"]
+
+
+async def test_sdk_sees_503_as_error(pair) -> None:
+    a, b, d = pair
+    a.default = b.default = "overloaded"
+    with pytest.raises(openai.InternalServerError) as info:
+        await d.openai.chat.completions.create(model="default", messages=HELLO)
+    assert info.value.status_code == 503
+
+
+async def test_timeout_fails_over_within_deadline(pair) -> None:
+    a, b, d = pair
+    a.default = "hang"
+    started = time.monotonic()
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "default", "messages": HELLO, "stream": True},
+                             headers={"x-failoverd-deadline": "3"})
+    # first_token_timeout would be 30 s; the deadline cuts the attempt, then b cannot run
+    assert resp.status_code == 503
+    assert resp.json()["error"]["attempts"][0]["reason"] == "timeout"
+    assert time.monotonic() - started < 5
+
+
+async def test_deadline_exhaustion_non_streaming(fake_openai, start_daemon) -> None:
+    a = await fake_openai(default="hang")
+    b = await fake_openai(default="hang")
+    d = await start_daemon(two_models(a, b, routing="", extra="").replace("deadline = 5",
+                                                                          "deadline = 0.6"),
+                           env=ENV)
+    started = time.monotonic()
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default",
+                                                           "messages": HELLO})
+    elapsed = time.monotonic() - started
+    assert resp.status_code == 503
+    reasons = [x["reason"] for x in resp.json()["error"]["attempts"]]
+    assert reasons[0] == "timeout"
+    assert "deadline" in resp.json()["error"]["attempts"][-1]["message"]
+    assert elapsed < 2.0
+
+
+async def test_streaming_fails_over_before_first_token(pair) -> None:
+    a, b, d = pair
+    a.push("rate_limit_long")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, stream=True)
+    assert raw.headers["x-failoverd-model"] == "b/gpt-b"
+    assert raw.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:rate_limit"
+    text = ""
+    async for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+    assert text == "from b"
+
+
+async def test_stream_cut_after_first_chunk_ends_with_error(pair) -> None:
+    a, b, d = pair
+    a.push("cut_stream")
+    stream = await d.openai.chat.completions.create(model="a/gpt-a", messages=HELLO,
+                                                    stream=True)
+    got = []
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            got.append(chunk)
+    assert got  # the first chunks were delivered
+    assert "invalid_response" in str(info.value) or "cut" in str(info.value)
+    assert b.requests == []  # no failover after the first token
+
+
+async def test_stream_passthrough_via_curl_style_sse(pair) -> None:
+    a, b, d = pair
+    async with d.http.stream("POST", "/v1/chat/completions",
+                             json={"model": "default", "messages": HELLO,
+                                   "stream": True}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in resp.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunk = orjson.loads(lines[0][6:])
+    assert chunk["object"] == "chat.completion.chunk"
+
+
+async def test_models_endpoint_lists_models_and_chains(pair) -> None:
+    a, b, d = pair
+    listing = await d.openai.models.list()
+    ids = [m.id for m in listing.data]
+    assert ids[:2] == ["a/gpt-a", "b/gpt-b"]
+    entry = listing.data[0].model_dump()
+    assert entry["context_window"] == 8000
+    assert entry["state"] == "closed"
+
+
+async def test_unknown_model_is_404_naming_it(pair) -> None:
+    a, b, d = pair
+    with pytest.raises(openai.NotFoundError) as info:
+        await d.openai.chat.completions.create(model="nope", messages=HELLO)
+    assert "'nope'" in info.value.body["message"]
+
+
+async def test_upstream_name_alias_and_pin(pair) -> None:
+    a, b, d = pair
+    a.default = "server_error"
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "gpt-a", "messages": HELLO},
+                             headers={"x-failoverd-no-fallback": "1"})
+    assert resp.status_code == 503
+    assert [x["model"] for x in resp.json()["error"]["attempts"]] == ["a/gpt-a"]
+    assert b.requests == []
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (b'{"model": "default"}', 400, "'messages' is required"),
+    (b'{"messages": "hi"}', 400, "'messages' must be an array"),
+    (b'{"messages": []}', 400, "must not be empty"),
+    (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', 400, "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "'stream'"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', 400, "max_tokens"),
+    (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400, "'model'"),
+])
+async def test_bad_input_is_named_and_daemon_keeps_serving(pair, payload, status,
+                                                           needle) -> None:
+    a, b, d = pair
+    resp = await d.http.post("/v1/chat/completions", content=payload,
+                             headers={"content-type": "application/json"})
+    assert resp.status_code == status
+    assert needle in resp.json()["error"]["message"]
+    ok = await d.openai.chat.completions.create(model="default", messages=HELLO)
+    assert ok.choices[0].message.content == "from a"
+    assert len(a.chat_requests()) == 1
+
+
+async def test_oversize_body_is_413(fake_openai, start_daemon) -> None:
+    a = await fake_openai()
+    b = await fake_openai()
+    d = await start_daemon(two_models(a, b).replace(
+        "[providers.a]", "max_body_bytes = 2048\n[providers.a]", 1), env=ENV)
+    big = {"messages": [{"role": "user", "content": "x" * 5000}]}
+    resp = await d.http.post("/v1/chat/completions", json=big)
+    assert resp.status_code == 413
+    assert "max_body_bytes" in resp.json()["error"]["message"]
+    assert a.requests == []
+
+
+async def test_bad_deadline_header(pair) -> None:
+    a, b, d = pair
+    resp = await d.http.post("/v1/chat/completions", json={"messages": HELLO},
+                             headers={"x-failoverd-deadline": "soon"})
+    assert resp.status_code == 400
+    assert "x-failoverd-deadline" in resp.json()["error"]["message"]
+
+
+async def test_curl_over_unix_socket(pair) -> None:
+    import asyncio
+    import shutil
+    a, b, d = pair
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--unix-socket", d.socket, "-i", "http://failoverd/v1/chat/completions",
+        "-H", "content-type: application/json",
+        "-d", '{"model":"default","messages":[{"role":"user","content":"hi"}]}',
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    head, _, body = out.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200")
+    assert "x-failoverd-model: a/gpt-a" in head.lower()
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == "from a"
+
+
+async def test_httpx_transport_reused_keepalive(pair) -> None:
+    a, b, d = pair
+    for _ in range(3):
+        r = await d.http.post("/v1/chat/completions", json={"messages": HELLO})
+        assert r.status_code == 200
+    # upstream connections are pooled: one aiohttp session for every provider
+    assert isinstance(d.http, httpx.AsyncClient)
+    assert len(a.chat_requests()) == 3
