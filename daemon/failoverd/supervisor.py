@@ -25,7 +25,9 @@ from failoverd.api.app import make_app
 from failoverd.api.service import Service
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
-from failoverd.errors import ConfigError, FailoverdError
+from failoverd.errors import ConfigError
+from failoverd.listen import activated_sockets, bind_unix
+from failoverd.notify import Notifier
 from failoverd.runtime import build_runtime
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class Supervisor:
 
     def __init__(self, config: Config, *, config_path: str | None = None,
                  clock: Clock | None = None, rng: random.Random | None = None,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, notifier: Notifier | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
@@ -46,6 +48,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.service: Service | None = None
+        self.notifier = notifier or Notifier()
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ control
@@ -80,9 +83,8 @@ class Supervisor:
                                    shutdown_timeout=self.config.daemon.shutdown_timeout)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            sock = bind_unix(self.config.daemon.socket, self.config.daemon.socket_mode)
-            stack.callback(_unlink, self.config.daemon.socket)
-            await web.SockSite(runner, sock).start()
+            for sock in self._sockets(stack):
+                await web.SockSite(runner, sock).start()
             if self.config.daemon.tcp:
                 host, _, port = self.config.daemon.tcp.rpartition(":")
                 await web.TCPSite(runner, host, int(port)).start()
@@ -90,7 +92,14 @@ class Supervisor:
                         self.config.daemon.socket, len(self.config.models),
                         len(self.config.providers))
             self.ready.set()
+            self.notifier.ready(self.status_line())
+            interval = self.notifier.watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.create_task(self.notifier.watchdog_loop(interval),
+                                               name="watchdog")
+                stack.callback(watchdog.cancel)
             await self._serve()
+            self.notifier.stopping()
             logger.info("failoverd stopping: draining %d in-flight request(s)",
                         self.service.inflight)
 
@@ -107,52 +116,56 @@ class Supervisor:
                 self._reload.clear()
                 self.reload()
 
+    def _sockets(self, stack: AsyncExitStack) -> list[socket.socket]:
+        """Sockets passed by systemd, else the configured path bound by us."""
+        socks = activated_sockets()
+        if socks:
+            logger.info("using %d socket(s) passed by systemd", len(socks))
+            return socks
+        path = self.config.daemon.socket
+        sock = bind_unix(path, self.config.daemon.socket_mode)
+        stack.callback(_unlink_if_ours, path, os.stat(path).st_ino)
+        return [sock]
+
+    def status_line(self) -> str:
+        """The one-line STATUS= summary for systemd."""
+        cfg = self.config
+        if self.service is None:
+            return "starting"
+        healthy = sum(1 for m in cfg.models if self.service.model_state(m) in
+                      ("closed", "half_open"))
+        return (f"{healthy}/{len(cfg.models)} models healthy, "
+                f"{self.service.recent_failovers()} failovers in the last minute, "
+                f"{self.service.inflight} in flight")
+
     def reload(self) -> bool:
         """Re-reads the config file; an invalid one is rejected and the old one stays."""
         if not self.config_path or self.service is None or self.session is None:
             logger.warning("reload requested but there is no config file to re-read")
             return False
+        self.notifier.reloading()
         try:
-            new = config_mod.load(self.config_path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                logger.error("config rejected: %s", problem)
-            return False
-        self.config = new
-        self.service.install(build_runtime(new, self.session, self.clock, None, self.rng))
-        logger.info("config reloaded from %s", self.config_path)
-        return True
+            try:
+                new = config_mod.load(self.config_path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    logger.error("config rejected: %s", problem)
+                return False
+            self.config = new
+            self.service.install(build_runtime(new, self.session, self.clock, None, self.rng))
+            logger.info("config reloaded from %s", self.config_path)
+            return True
+        finally:
+            self.notifier.ready(self.status_line())
 
 
-def _unlink(path: str) -> None:
+def _unlink_if_ours(path: str, inode: int) -> None:
+    """Removes our socket file on a clean stop, unless something else replaced it since."""
     try:
-        os.unlink(path)
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
     except OSError:
         pass
-
-
-def bind_unix(path: str, mode: int) -> socket.socket:
-    """Binds the Unix socket, replacing a stale socket file but never a live one."""
-    parent = os.path.dirname(path) or "."
-    os.makedirs(parent, mode=0o755, exist_ok=True)
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-        except OSError as exc:
-            raise FailoverdError(f"{path} exists and is not a usable socket: {exc}") from exc
-        else:
-            raise FailoverdError(f"{path} is in use: another failoverd seems to be running")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, mode)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def run_blocking(config: Config, config_path: str | None, **kwargs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,7 @@ class Service:
         self.metrics = metrics or Metrics()
         self.inflight = 0
         self.started = clock.time()
+        self._failover_times: deque[float] = deque(maxlen=100_000)
         self.install(runtime)
 
     runtime: Runtime
@@ -33,10 +35,19 @@ class Service:
 
     def _failover(self, info: FailoverInfo) -> None:
         self.metrics.failover(info.from_model, info.to_model, str(info.error.reason))
+        self._failover_times.append(self.clock.monotonic())
 
     def candidates(self, rt: Runtime, body: dict[str, Any], pin: bool,
                    session: str | None) -> tuple[str, ...]:
         return router.resolve(rt.config, body.get("model") or "", pin=pin)
+
+    def recent_failovers(self, window: float = 60.0) -> int:
+        """Failovers in the last `window` seconds (for systemd's STATUS= line)."""
+        cutoff = self.clock.monotonic() - window
+        times = self._failover_times
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times)
 
     def model_state(self, model_id: str) -> str:
         return "closed"
