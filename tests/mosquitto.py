@@ -1,7 +1,7 @@
 """Test helpers: a real mosquitto on a free loopback port, a gateable TCP proxy in front of it,
 and a recording MQTT subscriber.
 
-Import from test modules (``from mosquitto import ...``); tests needing the broker use the
+Import from test modules (``from tests.mosquitto import ...``); tests needing the broker use the
 ``mosquitto`` fixture, which skips with a reason when the binary is missing.
 """
 

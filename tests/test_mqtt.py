@@ -19,13 +19,8 @@ from failoverd.clock import ManualClock
 from failoverd.config import MqttConfig
 from failoverd.events import EventBus
 from failoverd.mqtt import MqttPublisher, backoff_delay, model_topic_id
-
-try:
-    from mosquitto import Mosquitto, Recorder, TcpProxy, requires_mosquitto, retained
-    from mosquitto import mosquitto as mosquitto  # noqa: PLC0414 - the fixture
-except ImportError:  # tests/ became a package
-    from tests.mosquitto import Mosquitto, Recorder, TcpProxy, requires_mosquitto, retained
-    from tests.mosquitto import mosquitto as mosquitto  # noqa: PLC0414
+from tests.mosquitto import Mosquitto, Recorder, TcpProxy, requires_mosquitto, retained
+from tests.mosquitto import mosquitto as mosquitto  # the fixture
 
 NODE = "n1"
 STATUS = f"failoverd/{NODE}/status"
