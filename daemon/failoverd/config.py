@@ -339,6 +339,9 @@ def _daemon(sec: _Section, env: Mapping[str, str]) -> DaemonConfig:
     token_file = sec.get("tcp_token_file", str, "")
     if token_file:
         token = _read_secret_file(sec, "tcp_token_file", Path(token_file))
+    elif tcp:
+        # any local user can reach a loopback port: the TCP listener is never unauthenticated
+        sec.problem("tcp_token_file", "is required when tcp is set")
     cfg = DaemonConfig(
         socket=sec.get("socket", str, d.socket),
         socket_mode=mode,

@@ -1,0 +1,44 @@
+"""Who may talk to the daemon: SO_PEERCRED uids on the Unix socket, a bearer token on TCP."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from failoverd.api.replies import openai_error
+from failoverd.api.service import SERVICE
+from failoverd.listen import peer_uid
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _family(request: web.Request) -> int | None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock.family if sock is not None else None
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Checks the peer before any handler runs; installed only when a rule is configured."""
+    daemon = request.app[SERVICE].runtime.config.daemon
+    family = _family(request)
+    if family == socket.AF_UNIX:
+        if daemon.allowed_uids:
+            uid = peer_uid(request.transport)
+            if uid is None or uid not in daemon.allowed_uids:
+                return openai_error(403, f"uid {uid} is not in daemon.allowed_uids",
+                                    "permission_denied", "permission_denied")
+    elif family in (socket.AF_INET, socket.AF_INET6):
+        if daemon.tcp_token:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.encode(), daemon.tcp_token.encode()):
+                return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
+                                    "with the token of daemon.tcp_token_file",
+                                    "authentication_error", "invalid_api_key")
+    return await handler(request)

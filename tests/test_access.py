@@ -1,0 +1,67 @@
+"""Access control: SO_PEERCRED allow-list on the Unix socket, bearer token on loopback TCP."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import httpx
+
+from tests.fakes.openai import FakeOpenAI
+
+HELLO = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def config(fake: FakeOpenAI) -> str:
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{fake.url}"
+[models."a/m"]
+provider = "a"
+"""
+
+
+async def test_uid_not_in_allow_list_gets_403(fake_openai, start_daemon, short_dir) -> None:
+    fake = await fake_openai()
+    other = os.getuid() + 4242
+    d = await start_daemon(config(fake), name="acl")
+    # rewrite the daemon section and reload: the allow-list applies to live traffic
+    path = short_dir / "acl.toml"
+    text = path.read_text().replace('[daemon]\n', f'[daemon]\nallowed_uids = [{other}]\n', 1)
+    path.write_text(text)
+    assert d.sup.reload()
+    r = await d.http.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == 403
+    assert f"uid {os.getuid()}" in r.json()["error"]["message"]
+    assert fake.requests == []
+    path.write_text(text.replace(f"allowed_uids = [{other}]", f"allowed_uids = [{os.getuid()}]"))
+    assert d.sup.reload()
+    r = await d.http.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_tcp_listener_requires_token(fake_openai, start_daemon, short_dir) -> None:
+    fake = await fake_openai()
+    token = short_dir / "token"
+    token.write_text("s3cret\n")
+    port = _free_port()
+    body = f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n' + config(fake)
+    # the fixture writes the [daemon] table first, so these keys land in it
+    d = await start_daemon(body)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as tcp:
+        r = await tcp.post("/v1/chat/completions", json=HELLO)
+        assert r.status_code == 401
+        assert "tcp_token_file" in r.json()["error"]["message"]
+        r = await tcp.post("/v1/chat/completions", json=HELLO,
+                           headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+    # the Unix socket needs no token
+    r = await d.http.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == 200
