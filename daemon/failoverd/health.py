@@ -1,0 +1,472 @@
+"""The health registry: every model's breaker, provider credential state, latency, probes.
+
+The router asks ``available()`` / ``acquire()`` before calling a model and reports the outcome
+on the Permit it got; the prober reports through ``record_probe()``; the API reads
+``status()`` and drives ``reset()`` / ``force_open()``. Provider-scoped trouble (auth, billing)
+lives here, not in the breakers: it blocks every model of the provider for
+``auth_open_seconds`` / ``billing_open_seconds`` and is cleared by a successful probe of any
+of the provider's models, by an operator reset of one of them, or when its time is over.
+
+Queue mode: a request that found every candidate unavailable waits in
+``async with asyncio.timeout(min(earliest_available_in(ids) or remaining, remaining)):
+await registry.wait_for_change()``. Breakers open → half-open lazily (on the next query), so
+the timeout is what wakes the waiter when a period ends; ``wait_for_change`` returns early on
+anything else that may free a model (a breaker closing or going half-open, credentials
+cleared, a permit given back, a reset or reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from failoverd.breaker import Breaker, BreakerState, TransitionCallback
+from failoverd.clock import Clock
+from failoverd.config import Config, ModelConfig
+from failoverd.failures import POLICY, BreakerEffect, FailureReason
+
+logger = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 256
+STATE_VERSION = 1
+
+CredentialCallback = Callable[[str, str, "str | None", "float | None"], None]
+"""``(provider, state "ok"|"auth"|"billing", reason, retry_at_wall)``"""
+
+
+@dataclass(slots=True)
+class _Credentials:
+    state: str = "ok"  # ok | auth | billing
+    since: float = 0.0  # monotonic
+    until: float = 0.0  # monotonic; meaningful while state != "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The last probe of a model."""
+
+    at: float  # wall-clock epoch seconds
+    ok: bool
+    latency: float
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "ok": self.ok, "latency": round(self.latency, 4),
+                "reason": self.reason}
+
+
+class Permit:
+    """Admission of one upstream call; report exactly one outcome (later ones are ignored).
+
+    Used as a context manager it gives the permit back if no outcome was reported.
+    """
+
+    __slots__ = ("_registry", "_breaker", "model_id", "_ticket", "_started", "_done")
+
+    def __init__(self, registry: HealthRegistry, breaker: Breaker, ticket: int) -> None:
+        self._registry = registry
+        self._breaker = breaker
+        self.model_id = breaker.model_id
+        self._ticket = ticket
+        self._started = registry.clock.monotonic()
+        self._done = False
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _elapsed(self, duration: float | None) -> float:
+        return self._registry.clock.monotonic() - self._started if duration is None else duration
+
+    def success(self, duration: float | None = None) -> None:
+        """The call succeeded; `duration` defaults to the time since admission."""
+        if self._done:
+            return
+        self._done = True
+        elapsed = self._elapsed(duration)
+        self._breaker.record_success(self._ticket, elapsed)
+        self._registry._finished(self.model_id, latency=elapsed)
+
+    def failure(self, reason: FailureReason, duration: float | None = None,
+                retry_after: float | None = None) -> None:
+        """The call failed with `reason` (the policy table decides what that means)."""
+        if self._done:
+            return
+        self._done = True
+        effect = POLICY[reason].breaker
+        if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):
+            self._breaker.release(self._ticket)
+            self._registry._block_provider_of(self.model_id, effect, str(reason))
+        else:
+            self._breaker.record_failure(self._ticket, reason, retry_after)
+        self._registry._finished(self.model_id, latency=None)
+
+    def release(self) -> None:
+        """Gives the permit back without an outcome (cancelled, or never called)."""
+        if self._done:
+            return
+        self._done = True
+        self._breaker.release(self._ticket)
+        self._registry._finished(self.model_id, latency=None)
+
+
+class HealthRegistry:
+    """Health of every configured model and provider."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        rng: random.Random,
+        on_transition: TransitionCallback | None = None,
+        on_credentials: CredentialCallback | None = None,
+    ) -> None:
+        self.clock = clock
+        self._rng = rng
+        self._on_transition = on_transition
+        self._on_credentials = on_credentials
+        self._config = config
+        self._breakers: dict[str, Breaker] = {}
+        self._inflight: dict[str, int] = {}
+        self._latency: dict[str, deque[float]] = {}
+        self._probes: dict[str, ProbeResult] = {}
+        self._credentials: dict[str, _Credentials] = {}
+        self._changed: asyncio.Event | None = None
+        for model in config.models.values():
+            self._add_model(model)
+        for name in config.providers:
+            self._credentials[name] = _Credentials(since=clock.monotonic())
+
+    # ------------------------------------------------------------------ setup
+
+    def _add_model(self, model: ModelConfig) -> None:
+        self._breakers[model.id] = Breaker(model.id, self._config.breaker, self.clock, self._rng,
+                                           self._transition)
+        self._inflight.setdefault(model.id, 0)
+        self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
+        self._probes.pop(model.id, None)
+
+    def reconfigure(self, config: Config) -> None:
+        """Applies a reloaded config: state survives for models (and providers) unchanged."""
+        old = self._config
+        self._config = config
+        for name in list(self._credentials):
+            if old.providers.get(name) != config.providers.get(name):
+                # a new key or URL deserves a fresh chance
+                del self._credentials[name]
+        for name in config.providers:
+            self._credentials.setdefault(name, _Credentials(since=self.clock.monotonic()))
+        for model_id in list(self._breakers):
+            if model_id not in config.models:
+                del self._breakers[model_id], self._latency[model_id]
+                self._inflight.pop(model_id, None)
+                self._probes.pop(model_id, None)
+        for model in config.models.values():
+            breaker = self._breakers.get(model.id)
+            previous = old.models.get(model.id)
+            unchanged = (previous == model and old.providers.get(model.provider)
+                         == config.providers.get(model.provider))
+            if breaker is not None and unchanged:
+                breaker.config = config.breaker
+            else:
+                self._add_model(model)
+        self._notify()
+
+    # ------------------------------------------------------------------ admission
+
+    def available(self, model_id: str) -> tuple[bool, str | None]:
+        """Whether a call to the model would be admitted now, and if not why; no side effects.
+
+        Reasons: unknown, auth, billing, open, forced_open, half_open (trial slots taken),
+        max_concurrency. Lazy transitions (a period that just ended) are left to ``acquire``.
+        """
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return False, "unknown"
+        blocked = self._blocked(self._config.models[model_id].provider, apply=False)
+        if blocked is not None:
+            return False, blocked
+        if not breaker.can_acquire():
+            # not admissible means no transition is due, so reading the state changes nothing
+            return False, str(breaker.state)
+        if self._over_limit(model_id):
+            return False, "max_concurrency"
+        return True, None
+
+    def acquire(self, model_id: str) -> Permit | None:
+        """Admits one call to the model, or None when it is not to be called now."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return None
+        if self._blocked(self._config.models[model_id].provider) is not None:
+            return None
+        if self._over_limit(model_id):
+            return None
+        ticket = breaker.try_acquire()
+        if ticket is None:
+            return None
+        self._inflight[model_id] += 1
+        return Permit(self, breaker, ticket)
+
+    def _over_limit(self, model_id: str) -> bool:
+        limit = self._config.models[model_id].max_concurrency
+        return limit > 0 and self._inflight[model_id] >= limit
+
+    def _finished(self, model_id: str, latency: float | None) -> None:
+        if model_id in self._inflight and self._inflight[model_id] > 0:
+            self._inflight[model_id] -= 1
+        if latency is not None and model_id in self._latency:
+            self._latency[model_id].append(latency)
+        self._notify()
+
+    def retry_in(self, model_id: str) -> float | None:
+        """Seconds until the model may be tried: 0 now, None when no time is known."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return None
+        provider = self._config.models[model_id].provider
+        creds = self._credentials.get(provider)
+        wait = breaker.retry_in()
+        if creds is not None and self._blocked(provider, apply=False):
+            cred_wait = max(0.0, creds.until - self.clock.monotonic())
+            wait = None if wait is None else max(wait, cred_wait)
+        if wait == 0.0 and self._over_limit(model_id):
+            return None
+        return wait
+
+    def retry_at(self, model_id: str) -> float | None:
+        """Wall-clock epoch time from which the model may be tried; None when unknown."""
+        wait = self.retry_in(model_id)
+        return None if wait is None else round(self.clock.time() + wait, 3)
+
+    def earliest_available_in(self, model_ids: Iterable[str]) -> float | None:
+        """Seconds until the first of these models may be tried; None when none has a time."""
+        waits = [w for w in map(self.retry_in, model_ids) if w is not None]
+        return min(waits) if waits else None
+
+    async def wait_for_change(self) -> None:
+        """Returns when anything happened that may have freed a model.
+
+        Bound it with ``asyncio.timeout`` (ended open periods are noticed only on query, so the
+        timeout is what covers them) and re-check ``available()`` either way.
+        """
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    # ------------------------------------------------------------------ credentials
+
+    def _blocked(self, provider: str, *, apply: bool = True) -> str | None:
+        """The provider's credential trouble, if any; `apply` records an expiry (and emits)."""
+        creds = self._credentials.get(provider)
+        if creds is None or creds.state == "ok":
+            return None
+        if self.clock.monotonic() >= creds.until:
+            if apply:
+                self._set_credentials(provider, "ok", "expired", 0.0)
+            return None
+        return creds.state
+
+    def _block_provider_of(self, model_id: str, effect: BreakerEffect, reason: str) -> None:
+        provider = self._config.models[model_id].provider
+        cfg = self._config.breaker
+        if effect is BreakerEffect.OPEN_PROVIDER_AUTH:
+            state, seconds = "auth", cfg.auth_open_seconds
+        else:
+            state, seconds = "billing", cfg.billing_open_seconds
+        if seconds <= 0:
+            return
+        until = self.clock.monotonic() + seconds
+        creds = self._credentials.get(provider)
+        if creds is not None and creds.state != "ok" and creds.until >= until:
+            return  # already blocked at least as long
+        self._set_credentials(provider, state, reason, until)
+
+    def _set_credentials(self, provider: str, state: str, reason: str | None,
+                         until: float) -> None:
+        creds = self._credentials.setdefault(provider, _Credentials())
+        if creds.state == state == "ok":
+            return
+        creds.state, creds.since, creds.until = state, self.clock.monotonic(), until
+        retry_at = self._wall(until) if state != "ok" else None
+        logger.warning("provider %s: credentials %s (reason=%s, retry_at=%s)",
+                       provider, state, reason, retry_at)
+        if state == "ok":
+            self._notify()
+        if self._on_credentials is not None:
+            try:
+                self._on_credentials(provider, state, reason, retry_at)
+            except Exception:
+                logger.exception("provider %s: credentials callback failed", provider)
+
+    def reset_provider(self, provider: str) -> None:
+        """Operator: clears auth/billing trouble of a provider."""
+        self._set_credentials(provider, "ok", "reset", 0.0)
+
+    # ------------------------------------------------------------------ probes and operator
+
+    def record_probe(self, model_id: str, ok: bool, latency: float,
+                     reason: FailureReason | None = None,
+                     retry_after: float | None = None) -> None:
+        """A probe's outcome: feeds status, the breaker and the provider's credential state."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return
+        self._probes[model_id] = ProbeResult(round(self.clock.time(), 3), ok, latency,
+                                             None if reason is None else str(reason))
+        provider = self._config.models[model_id].provider
+        if ok:
+            creds = self._credentials.get(provider)
+            if creds is not None and creds.state != "ok":
+                self._set_credentials(provider, "ok", "probe_succeeded", 0.0)
+            breaker.record_probe(True)
+            return
+        effect = POLICY[reason].breaker if reason is not None else BreakerEffect.COUNT
+        if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):
+            self._block_provider_of(model_id, effect, str(reason))
+        else:
+            breaker.record_probe(False, reason, retry_after)
+
+    def reset(self, model_id: str) -> bool:
+        """Operator: closes the model's breaker and clears its provider's credential trouble."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return False
+        self.reset_provider(self._config.models[model_id].provider)
+        breaker.reset()
+        self._notify()
+        return True
+
+    def force_open(self, model_id: str, seconds: float | None = None) -> bool:
+        """Operator: takes the model out for `seconds` (None: until reset)."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return False
+        breaker.force_open(seconds)
+        return True
+
+    # ------------------------------------------------------------------ status
+
+    def breaker(self, model_id: str) -> Breaker | None:
+        return self._breakers.get(model_id)
+
+    def model_state(self, model_id: str) -> str:
+        """closed | open | half_open | forced_open, "unavailable" (credentials) or "unknown"."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return "unknown"
+        state = breaker.state
+        if state is BreakerState.CLOSED or state is BreakerState.HALF_OPEN:
+            if self._blocked(self._config.models[model_id].provider) is not None:
+                return "unavailable"
+        return str(state)
+
+    def latency(self, model_id: str) -> tuple[float | None, float | None]:
+        """(p50, p95) in seconds over recent successful calls (nearest rank)."""
+        samples = sorted(self._latency.get(model_id, ()))
+        if not samples:
+            return None, None
+
+        def rank(q: float) -> float:
+            return samples[max(0, math.ceil(q * len(samples)) - 1)]
+
+        return rank(0.5), rank(0.95)
+
+    def status(self) -> dict[str, Any]:
+        """Per model and per provider, for GET /v1/status (times: wall-clock epoch seconds)."""
+        models: dict[str, Any] = {}
+        for model_id, breaker in self._breakers.items():
+            entry = breaker.status()
+            p50, p95 = self.latency(model_id)
+            probe = self._probes.get(model_id)
+            entry.update(
+                state=self.model_state(model_id),
+                breaker_state=str(breaker.state),
+                provider=self._config.models[model_id].provider,
+                latency_p50=None if p50 is None else round(p50, 4),
+                latency_p95=None if p95 is None else round(p95, 4),
+                last_probe=None if probe is None else probe.as_dict(),
+                inflight=self._inflight.get(model_id, 0),
+            )
+            models[model_id] = entry
+        providers: dict[str, Any] = {}
+        for name in self._config.providers:
+            state = self._blocked(name) or "ok"
+            creds = self._credentials[name]
+            providers[name] = {
+                "credentials": state,
+                "since": self._wall(creds.since),
+                "retry_at": self._wall(creds.until) if state != "ok" else None,
+            }
+        return {"models": models, "providers": providers}
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """Breaker and credential state for the state file (wall-clock times)."""
+        providers = {}
+        for name in self._credentials:
+            state = self._blocked(name)
+            if state is not None:
+                creds = self._credentials[name]
+                providers[name] = {"state": state, "since": self._wall(creds.since),
+                                   "until": self._wall(creds.until)}
+        return {
+            "version": STATE_VERSION,
+            "saved_at": round(self.clock.time(), 3),
+            "breakers": {mid: b.snapshot() for mid, b in self._breakers.items()},
+            "providers": providers,
+        }
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Loads a ``snapshot()``; unknown models/providers and malformed entries are skipped."""
+        if data.get("version") != STATE_VERSION:
+            logger.warning("state file version %r not understood; starting fresh",
+                           data.get("version"))
+            return
+        breakers = data.get("breakers")
+        if isinstance(breakers, Mapping):
+            for model_id, snap in breakers.items():
+                breaker = self._breakers.get(model_id)
+                if breaker is not None and isinstance(snap, Mapping):
+                    breaker.restore(snap)
+        providers = data.get("providers")
+        if not isinstance(providers, Mapping):
+            return
+        mono, wall = self.clock.monotonic(), self.clock.time()
+        for name, entry in providers.items():
+            if name not in self._credentials or not isinstance(entry, Mapping):
+                continue
+            try:
+                state = str(entry["state"])
+                until = float(entry["until"])
+                since = float(entry.get("since", wall))
+            except (KeyError, TypeError, ValueError):
+                logger.warning("ignoring unusable credential state for provider %s", name)
+                continue
+            if state in ("auth", "billing") and until > wall:
+                self._credentials[name] = _Credentials(state, mono + (since - wall),
+                                                       mono + (until - wall))
+
+    def _wall(self, mono: float) -> float:
+        return round(self.clock.time() + (mono - self.clock.monotonic()), 3)
+
+    def _transition(self, model_id: str, old: BreakerState, new: BreakerState,
+                    reason: str | None, retry_at: float | None, open_count: int) -> None:
+        if new in (BreakerState.CLOSED, BreakerState.HALF_OPEN):
+            self._notify()
+        if self._on_transition is not None:
+            self._on_transition(model_id, old, new, reason, retry_at, open_count)
