@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from failoverd.clock import Clock
-from failoverd.config import Config, ModelConfig
+from failoverd.config import Config, ContextPolicy, ModelConfig
 from failoverd.errors import Attempt, NoModelAvailable, UpstreamError
 from failoverd.failures import FailureReason, policy
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
+from failoverd.requirements import Requirements
+from failoverd.selection import context_reason, truncate
 
 logger = logging.getLogger(__name__)
 
@@ -39,33 +41,33 @@ class Health(Protocol):
     def acquire(self, model_id: str) -> Permit | None: ...
     def available(self, model_id: str) -> tuple[bool, str | None]: ...
     def earliest_available_in(self, model_ids: Sequence[str]) -> float | None: ...
-    async def wait_for_change(self, timeout: float) -> bool: ...
+    async def wait_for_change(self) -> None: ...
 
 
 @dataclass(slots=True)
 class FailoverInfo:
-    """Handed to the failover observer before a fallback attempt."""
+    """Handed to the failover hook before a fallback attempt."""
 
     from_model: str
     to_model: str
     error: UpstreamError
     attempt: int
     session: str | None
-    body: dict[str, Any]
+    session_tokens: int | None
+    target_context_window: int | None
 
 
 @dataclass(slots=True)
 class FailoverVerdict:
+    """What the model:failover hooks decided."""
+
     abort: bool = False
     messages: tuple[str, ...] = ()
-    body: dict[str, Any] | None = None  # a replacement request (e.g. truncated context)
-    skip: str | None = None  # skip this candidate, with this reason
+    context: ContextPolicy | None = None  # overrides routing.context_policy for this attempt
 
 
-# Called before each fallback attempt; may abort, add notices, or rewrite/skip the attempt.
+# Called before each fallback attempt; may abort, add notices, or choose the context policy.
 FailoverHook = Callable[[FailoverInfo], Awaitable[FailoverVerdict]]
-# Called for every candidate before trying it: None = can serve, else why not (+ maybe a body).
-Screen = Callable[[ModelConfig, dict[str, Any]], tuple[str | None, dict[str, Any] | None]]
 
 
 @dataclass(slots=True)
@@ -111,12 +113,12 @@ class Dispatcher:
         self.on_failover = on_failover
         self.on_exhausted = on_exhausted
         self.observe_latency = observe_latency
-        self.screen: Screen | None = None
 
     # ------------------------------------------------------------------ public
 
     async def complete(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
-                       outcome: Outcome, session: str | None = None) -> Completion:
+                       outcome: Outcome, session: str | None = None,
+                       needs: Requirements | None = None) -> Completion:
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> Completion:
             started = self.clock.monotonic()
@@ -124,10 +126,11 @@ class Dispatcher:
             self._succeeded(model.id, permit, started)
             return result
 
-        return await self._run(body, candidates, deadline, outcome, session, call)
+        return await self._run(body, candidates, deadline, outcome, session, needs, call)
 
     async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
-                     outcome: Outcome, session: str | None = None) -> StreamStart:
+                     outcome: Outcome, session: str | None = None,
+                     needs: Requirements | None = None) -> StreamStart:
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> StreamStart:
             started = self.clock.monotonic()
@@ -143,7 +146,7 @@ class Dispatcher:
                 raise
             return StreamStart(first, it, permit, started)
 
-        return await self._run(body, candidates, deadline, outcome, session, call)
+        return await self._run(body, candidates, deadline, outcome, session, needs, call)
 
     def stream_finished(self, model_id: str, start: StreamStart,
                         error: UpstreamError | None) -> None:
@@ -167,7 +170,7 @@ class Dispatcher:
             self.observe_latency(model_id, duration, True)
 
     async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
-                   outcome: Outcome, session: str | None,
+                   outcome: Outcome, session: str | None, needs: Requirements | None,
                    call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
                                    Permit | None], Awaitable[Any]]) -> Any:
         cfg = self.config
@@ -187,27 +190,47 @@ class Dispatcher:
                         f"than {min_context}"))
                     continue
                 req = body
-                if self.screen is not None:
-                    why, replacement = self.screen(model, body)
-                    if why is not None:
-                        outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE,
-                                                        None, why))
+                verdict = FailoverVerdict()
+                if needs is not None:
+                    missing = sorted(needs.needs - model.capabilities)
+                    if missing:
+                        outcome.attempts.append(Attempt(
+                            model_id, FailureReason.INCAPABLE, None,
+                            f"lacks capability: {', '.join(missing)}"))
                         continue
-                    req = replacement or body
                 if last_error is not None:
                     outcome.failovers.append(f"{last_model}>{model_id}:{last_error.reason}")
                     if last_error.reason is not FailureReason.UNAVAILABLE:
-                        info = FailoverInfo(last_model, model_id, last_error,
-                                            outcome.upstream_attempts, session, req)
+                        info = FailoverInfo(
+                            last_model, model_id, last_error, outcome.upstream_attempts,
+                            session, needs.prompt_tokens if needs is not None else None,
+                            model.context_window)
                         verdict = await self._before_failover(info, outcome)
                         if verdict.abort:
                             raise last_error
-                        if verdict.skip is not None:
+                too_big = context_reason(model, needs) if needs is not None else None
+                if too_big is not None:
+                    assert needs is not None
+                    policy_name = verdict.context or cfg.routing.context_policy
+                    if policy_name == "fail":
+                        raise UpstreamError(
+                            FailureReason.CONTEXT_OVERFLOW,
+                            f"{model_id}: {too_big} (context_policy = fail)", status=400,
+                            provider=model.provider, model=model_id)
+                    shorter = (truncate(body, model.context_window, needs.output_tokens)
+                               if policy_name == "truncate" else None)
+                    if shorter is None:
+                        if last_error is not None:
                             outcome.failovers.pop()
-                            outcome.attempts.append(Attempt(
-                                model_id, FailureReason.INCAPABLE, None, verdict.skip))
-                            continue
-                        req = verdict.body or req
+                        outcome.attempts.append(Attempt(
+                            model_id, FailureReason.INCAPABLE, None,
+                            too_big if policy_name == "skip" else f"{too_big}; truncation "
+                            "cannot make it fit"))
+                        continue
+                    req = shorter
+                    outcome.notices.append(
+                        f"{model_id}: dropped {len(body['messages']) - len(shorter['messages'])}"
+                        " oldest message(s) to fit its context window")
                 try:
                     result = await self._try_model(model, req, deadline, outcome, call)
                 except UpstreamError as exc:
@@ -337,7 +360,10 @@ class Dispatcher:
                 return False
             soonest = self.health.earliest_available_in(candidates)
             step = left if soonest is None else min(left, max(soonest, 0.001))
-            await self.health.wait_for_change(step)
+            try:
+                await asyncio.wait_for(self.health.wait_for_change(), step)
+            except TimeoutError:
+                pass
         return False
 
     def _retry_after(self, candidates: Sequence[str]) -> float:

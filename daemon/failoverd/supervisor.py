@@ -22,13 +22,14 @@ from aiohttp import web
 
 from failoverd import config as config_mod
 from failoverd.api.app import make_app
-from failoverd.api.service import Service
+from failoverd.mqtt import MqttPublisher
+from failoverd.prober import Prober
+from failoverd.service import Service
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError
 from failoverd.listen import activated_sockets, bind_unix
 from failoverd.notify import Notifier
-from failoverd.runtime import build_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.service: Service | None = None
+        self.prober: Prober | None = None
         self.notifier = notifier or Notifier()
         self.session: aiohttp.ClientSession | None = None
 
@@ -76,9 +78,23 @@ class Supervisor:
                 skip_auto_headers=("User-Agent",), headers={"User-Agent": "failoverd"},
                 auto_decompress=True,
             ))
-            runtime = build_runtime(self.config, self.session, self.clock, None, self.rng)
-            self.service = Service(runtime, self.clock)
-            app = make_app(self.service)
+            # exit order is LIFO: state is saved last, after MQTT said offline, after hooks
+            # finished, after the HTTP server drained
+            service = Service(self.config, self.session, self.clock, self.rng)
+            self.service = service
+            service.restore_state()
+            stack.callback(service.save_state)
+            if self.config.mqtt.enabled:
+                service.mqtt = MqttPublisher(self.config.mqtt, self.config.node, service.bus,
+                                             self.clock, self.rng)
+                await stack.enter_async_context(service.mqtt)
+                service.publish_all_states()
+            stack.push_async_callback(service.hooks.aclose, 5.0)
+            service.reloader = self.reload_config
+            self.prober = service.prober = Prober(service, self.clock, self.rng)
+            self.prober.start()
+            stack.push_async_callback(self.prober.stop)
+            app = make_app(service)
             runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                    shutdown_timeout=self.config.daemon.shutdown_timeout)
             await runner.setup()
@@ -139,10 +155,13 @@ class Supervisor:
                 f"{self.service.inflight} in flight")
 
     def reload(self) -> bool:
+        return self.reload_config()[0]
+
+    def reload_config(self) -> tuple[bool, list[str]]:
         """Re-reads the config file; an invalid one is rejected and the old one stays."""
         if not self.config_path or self.service is None or self.session is None:
             logger.warning("reload requested but there is no config file to re-read")
-            return False
+            return False, ["no config file to re-read"]
         self.notifier.reloading()
         try:
             try:
@@ -150,11 +169,15 @@ class Supervisor:
             except ConfigError as exc:
                 for problem in exc.problems:
                     logger.error("config rejected: %s", problem)
-                return False
+                self.service.bus.emit("config:rejected", source=self.config_path,
+                                      problems=exc.problems)
+                return False, exc.problems
             self.config = new
-            self.service.install(build_runtime(new, self.session, self.clock, None, self.rng))
+            self.service.reload(new)
+            if self.prober is not None:
+                self.prober.reschedule()
             logger.info("config reloaded from %s", self.config_path)
-            return True
+            return True, []
         finally:
             self.notifier.ready(self.status_line())
 

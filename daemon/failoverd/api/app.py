@@ -7,6 +7,7 @@ from aiohttp import web
 from failoverd.api import control
 from failoverd.api.access import guard
 from failoverd.api.chat import chat_completions
+from failoverd.api.events import events
 from failoverd.api.service import SERVICE, Service
 
 
@@ -18,5 +19,22 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
+    app.router.add_get("/v1/status", control.status)
+    # model ids may contain '/' and ':'
+    app.router.add_post(r"/v1/models/{id:.+}/{action:reset|open|probe}", control.model_action)
+    app.router.add_post(r"/v1/chains/{name}/{action:next|reset}", control.chain_action)
+    app.router.add_post("/v1/select", control.select)
+    app.router.add_get("/v1/sessions/{key}", control.session_get)
+    app.router.add_post("/v1/sessions/{key}", control.session_set)
+    app.router.add_delete("/v1/sessions/{key}", control.session_delete)
+    app.router.add_post("/v1/reload", control.reload)
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", control.metrics)
+    app.on_shutdown.append(_close_event_streams)
     return app
+
+
+async def _close_event_streams(app: web.Application) -> None:
+    """Event streams never end by themselves: end them so the drain does not wait on them."""
+    for sub in list(app[SERVICE].streams):
+        sub.close()

@@ -8,7 +8,6 @@ from typing import Any
 
 from aiohttp import web
 
-from failoverd import router
 from failoverd.api.body import read_json, validate_chat
 from failoverd.api.replies import (
     JSON,
@@ -24,6 +23,7 @@ from failoverd.dispatch import Outcome, StreamStart
 from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
+from failoverd.service import Route
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = await read_json(request, rt.config.daemon.max_body_bytes)
         validate_chat(body)
         pin, session = routing_inputs(request, body)
-        candidates = svc.candidates(rt, body, pin, session)
+        route = svc.route(rt, body, pin, session)
+        outcome = svc.outcome_for(route)
         deadline = request_deadline(svc, rt, request)
         if body.get("stream"):
-            return await _stream(request, svc, rt, body, candidates, deadline, outcome, session)
-        completion = await rt.dispatcher.complete(body, candidates, deadline, outcome, session)
-        svc.served(outcome, session, candidates)
+            return await _stream(request, svc, rt, body, route, deadline, outcome, session)
+        completion = await rt.dispatcher.complete(body, route.candidates, deadline, outcome,
+                                                  session, route.needs)
+        svc.served(outcome, session, route)
         return web.Response(body=completion.to_bytes(), content_type=JSON,
-                            headers=outcome_headers(outcome))
+                            headers=outcome_headers(outcome, route.header))
     except RequestError as exc:
         svc.metrics.rejected("bad_input")
         return request_error(exc)
@@ -95,11 +97,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, svc: Service, rt: Runtime, body: dict[str, Any],
-                  candidates: tuple[str, ...], deadline: float, outcome: Outcome,
+                  route: Route, deadline: float, outcome: Outcome,
                   session: str | None) -> web.StreamResponse:
-    start: StreamStart = await rt.dispatcher.stream(body, candidates, deadline, outcome, session)
-    svc.served(outcome, session, candidates)
-    resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome)})
+    start: StreamStart = await rt.dispatcher.stream(body, route.candidates, deadline, outcome,
+                                                    session, route.needs)
+    svc.served(outcome, session, route)
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome, route.header)})
     error: UpstreamError | None = None
     try:
         await resp.prepare(request)

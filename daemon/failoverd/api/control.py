@@ -1,11 +1,21 @@
-"""Status and control endpoints."""
+"""Status and control endpoints: models, health, status, breaker control, chains, select,
+sessions, reload, metrics."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-from failoverd.api.replies import json_response
+from failoverd import __version__, complexity, requirements, selection
+from failoverd.api.body import read_json
+from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
+from failoverd.errors import RequestError
+from failoverd.service import Service
+
+_UP = ("closed", "half_open")
 
 
 async def models(request: web.Request) -> web.Response:
@@ -24,15 +34,184 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
+def health_summary(svc: Service) -> tuple[str, dict[str, str]]:
+    states = {m: svc.model_state(m) for m in svc.runtime.config.models}
+    up = sum(1 for s in states.values() if s in _UP)
+    status = "down" if up == 0 else "ok" if up == len(states) else "degraded"
+    return status, states
+
+
 async def health(request: web.Request) -> web.Response:
+    status, states = health_summary(request.app[SERVICE])
+    return json_response({"status": status, "models": states},
+                         503 if status == "down" else 200)
+
+
+async def status(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     cfg = svc.runtime.config
-    states = {m: svc.model_state(m) for m in cfg.models}
-    up = [m for m, s in states.items() if s in ("closed", "half_open")]
-    if not up:
-        return json_response({"status": "down", "models": states}, 503)
-    status = "ok" if len(up) == len(states) else "degraded"
-    return json_response({"status": status, "models": states})
+    overall, _ = health_summary(svc)
+    detail = svc.health.status()
+    chains = {name: {"models": list(models), "head": models[0] if models else None}
+              for name, models in svc.chains().items()}
+    body: dict[str, Any] = {
+        "version": __version__, "node": cfg.node, "health": overall,
+        "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
+        "config": cfg.source, "models": detail["models"], "providers": detail["providers"],
+        "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
+        "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
+                  "dropped": svc.hooks.dropped},
+        "failovers_last_minute": svc.recent_failovers(),
+        "mqtt": svc.mqtt.stats().as_dict() if svc.mqtt is not None else {"enabled": False},
+    }
+    return web.Response(body=orjson.dumps(body, default=str), content_type="application/json")
+
+
+def _model_id(request: web.Request, svc: Service) -> str:
+    model_id = request.match_info["id"]
+    if model_id not in svc.runtime.config.models:
+        raise RequestError(f"no model {model_id!r}", status=404, param="id",
+                           code="model_not_found")
+    return model_id
+
+
+async def _optional_json(request: web.Request, svc: Service) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    return await read_json(request, svc.runtime.config.daemon.max_body_bytes)
+
+
+async def model_action(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    try:
+        model_id = _model_id(request, svc)
+        action = request.match_info["action"]
+        if action == "reset":
+            svc.health.reset(model_id)
+        elif action == "open":
+            body = await _optional_json(request, svc)
+            seconds = body.get("seconds")
+            if seconds is not None and (isinstance(seconds, bool)
+                                        or not isinstance(seconds, int | float) or seconds <= 0):
+                raise RequestError("'seconds' must be a positive number", param="seconds")
+            svc.health.force_open(model_id, None if seconds is None else float(seconds))
+        else:
+            if svc.prober is None:
+                raise RequestError("the prober is not running", status=503)
+            ok = await svc.prober.probe(model_id)
+            entry = svc.health.status()["models"][model_id]
+            return json_response({"model": model_id, "ok": ok, **entry},
+                                 200 if ok else 502)
+    except RequestError as exc:
+        return request_error(exc)
+    entry = svc.health.status()["models"][model_id]
+    return json_response({"model": model_id, **entry})
+
+
+async def chain_action(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    name = request.match_info["name"]
+    chains = svc.chains()
+    if name not in chains:
+        return openai_error(404, f"no chain {name!r}; known: {', '.join(chains)}",
+                            "invalid_request_error", "chain_not_found", "name")
+    if request.match_info["action"] == "next":
+        svc.advance_chain(name)
+    else:
+        svc.reset_chain(name)
+    models = svc.chains()[name]
+    return json_response({"chain": name, "head": models[0], "models": list(models)})
+
+
+async def select(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    rt = svc.runtime
+    try:
+        body = await _optional_json(request, svc)
+        if "messages" in body:
+            needs = requirements.infer(body)
+        else:
+            raw_needs = body.get("needs", [])
+            tokens = body.get("tokens", 0)
+            if not isinstance(raw_needs, list) or not all(isinstance(n, str) for n in raw_needs):
+                raise RequestError("'needs' must be a list of capability names", param="needs")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise RequestError("'tokens' must be a non-negative integer", param="tokens")
+            try:
+                needs = requirements.from_spec(raw_needs, tokens)
+            except ValueError as exc:
+                raise RequestError(str(exc), param="needs") from None
+        model = body.get("model") or ("auto" if "messages" in body else "default")
+        if not isinstance(model, str):
+            raise RequestError("'model' must be a string", param="model")
+        route = svc.route(rt, {**body, "model": model, "messages": body.get("messages", [])},
+                          False, body.get("session") or None)
+    except RequestError as exc:
+        return request_error(exc)
+    candidates = []
+    for model_id, why in route.skipped:
+        candidates.append({"model": model_id, "eligible": False, "reason": why,
+                           "state": svc.model_state(model_id)})
+    for model_id in route.candidates:
+        m = rt.config.models[model_id]
+        why = selection.check(m, needs)
+        available, blocked = svc.health.available(model_id)
+        if why is None and not available:
+            why = blocked or "unavailable"
+        candidates.append({"model": model_id, "eligible": why is None, "reason": why,
+                           "state": svc.model_state(model_id)})
+    decision = complexity.classify(body) if model == "auto" else None
+    return json_response({
+        "model": model, "route": route.header, "requirements": needs.as_dict(),
+        "decision": decision.as_dict() if decision is not None else None,
+        "candidates": candidates,
+    })
+
+
+async def session_get(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    key = request.match_info["key"]
+    data = svc.sessions.as_dict(key)
+    if data is None:
+        return openai_error(404, f"no session {key!r}", "invalid_request_error",
+                            "session_not_found")
+    return json_response(data)
+
+
+async def session_set(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    key = request.match_info["key"]
+    try:
+        body = await read_json(request, svc.runtime.config.daemon.max_body_bytes)
+        target = body.get("model", body.get("chain"))
+        cfg = svc.runtime.config
+        if target is not None and (not isinstance(target, str) or (
+                target not in cfg.models and target not in cfg.chains)):
+            raise RequestError(f"'model' must name a configured model or chain, got {target!r}",
+                               param="model")
+    except RequestError as exc:
+        return request_error(exc)
+    svc.sessions.set_preference(key, target)
+    return json_response(svc.sessions.as_dict(key))
+
+
+async def session_delete(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    key = request.match_info["key"]
+    if not svc.sessions.delete(key):
+        return openai_error(404, f"no session {key!r}", "invalid_request_error",
+                            "session_not_found")
+    return json_response({"deleted": key})
+
+
+async def reload(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    if svc.reloader is None:
+        return openai_error(503, "reload is not available (no config file)", "unavailable")
+    ok, problems = svc.reloader()
+    if not ok:
+        return json_response({"ok": False, "problems": problems}, 422)
+    return json_response({"ok": True, "config": svc.runtime.config.source})
 
 
 async def metrics(request: web.Request) -> web.Response:

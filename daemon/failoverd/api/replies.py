@@ -20,9 +20,11 @@ def json_response(data: Any, status: int = 200,
                         headers=headers)
 
 
-def outcome_headers(outcome: Outcome) -> dict[str, str]:
+def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str]:
     headers = {"x-failoverd-model": outcome.model,
                "x-failoverd-attempts": str(outcome.upstream_attempts)}
+    if route:
+        headers["x-failoverd-route"] = route
     if outcome.failovers:
         headers["x-failoverd-failover"] = ",".join(outcome.failovers)
     if outcome.notices:

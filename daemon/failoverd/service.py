@@ -1,0 +1,301 @@
+"""The daemon's long-lived state: the current Runtime and everything that outlives reloads.
+
+Service ties the parts together: health registry (breakers, credentials), event bus and its
+sinks (audit log, MQTT, hooks), sessions, metrics and the state file. The API handlers read
+`service.runtime` once per request, so a reload (one assignment) never changes a request
+that is already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from failoverd import complexity, requirements, router, selection
+from failoverd.breaker import BreakerState
+from failoverd.clock import Clock
+from failoverd.config import Config
+from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
+from failoverd.errors import Attempt
+from failoverd.events import AuditLog, EventBus
+from failoverd.failures import FailureReason
+from failoverd.health import HealthRegistry
+from failoverd.hooks import HookRunner
+from failoverd.metrics import Metrics
+from failoverd.mqtt import MqttPublisher
+from failoverd.requirements import Requirements
+from failoverd.runtime import Runtime, build_runtime
+from failoverd.sessions import SessionStore
+from failoverd.statefile import StateFile
+
+if TYPE_CHECKING:
+    from failoverd.prober import Prober
+
+logger = logging.getLogger(__name__)
+
+_EVENT_FOR_STATE = {
+    BreakerState.OPEN: "breaker:opened",
+    BreakerState.FORCED_OPEN: "breaker:opened",
+    BreakerState.HALF_OPEN: "breaker:half_open",
+    BreakerState.CLOSED: "breaker:closed",
+}
+
+
+@dataclass(slots=True)
+class Route:
+    """Where one request goes: its candidates and what the router knows about it."""
+
+    candidates: tuple[str, ...]
+    needs: Requirements
+    header: str | None = None  # x-failoverd-route for model "auto"
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class Service:
+    """Holds the current Runtime (swapped on reload) and the state that outlives it."""
+
+    runtime: Runtime
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, clock: Clock,
+                 rng: random.Random | None = None) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.session = session
+        self.metrics = Metrics()
+        self.inflight = 0
+        self.started = clock.time()
+        self._failover_times: deque[float] = deque(maxlen=100_000)
+        self.bus = EventBus(config.node, clock)
+        self._detach_audit = AuditLog(config.daemon.log_format).attach(self.bus)
+        self.hooks = HookRunner(config.hooks, self.bus)
+        self.hooks.attach(self.bus)
+        self.mqtt: MqttPublisher | None = None
+        self.health = HealthRegistry(config, clock, self.rng, self._on_transition,
+                                     self._on_credentials)
+        self.sessions = SessionStore(clock, sticky_seconds=config.routing.sticky_seconds)
+        self.state_file = StateFile(config.daemon.state_dir)
+        self._save_pending = False
+        self.streams: set[Any] = set()  # open /v1/events subscriptions, closed on shutdown
+        self.prober: Prober | None = None
+        self.reloader: Callable[[], tuple[bool, list[str]]] | None = None
+        self._chain_offsets: dict[str, int] = {}  # operator rotations (/v1/chains/X/next)
+        self.on_breaker_change: list[Callable[[str, BreakerState], None]] = []
+        self.metrics.gauges.append(self._gauges)
+        self.install(build_runtime(config, session, clock, self.health, self.rng))
+
+    # ------------------------------------------------------------------ configuration
+
+    def install(self, runtime: Runtime) -> None:
+        """Swaps in a configuration's runtime (atomic: one assignment)."""
+        d = runtime.dispatcher
+        d.failover_hook = self._before_failover
+        d.on_failover = self._failover
+        d.on_exhausted = self._exhausted
+        d.observe_latency = self.metrics.upstream_latency
+        self.runtime = runtime
+
+    def reload(self, config: Config) -> None:
+        """A validated new config: breakers of unchanged models keep their state."""
+        old = self.runtime.config
+        self.health.reconfigure(config)
+        self.sessions.sticky_seconds = config.routing.sticky_seconds
+        self.hooks.hooks = config.hooks
+        self.install(build_runtime(config, self.session, self.clock, self.health, self.rng))
+        if self.mqtt is not None:
+            for model_id in old.models:
+                if model_id not in config.models:
+                    self.mqtt.clear_model_state(model_id)
+            self.publish_all_states()
+        self.bus.emit("config:reloaded", source=config.source, models=len(config.models),
+                      providers=len(config.providers))
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, rt: Runtime, body: dict[str, Any], pin: bool, session: str | None) -> Route:
+        cfg = rt.config
+        requested = body.get("model") or ""
+        needs = requirements.infer(body)
+        header = None
+        skipped: tuple[tuple[str, str], ...] = ()
+        if requested == "auto":
+            decision = complexity.classify(body)
+            chain, skip = selection.auto_chain(
+                cfg, decision, lambda m: self.health.available(m)[0], needs)
+            candidates = tuple(chain)
+            header = complexity.route_header(decision)
+            skipped = tuple(skip)
+        else:
+            candidates = router.resolve(cfg, requested, pin=pin)
+            if self._chain_offsets and not pin:
+                name = "default" if requested in ("", "default") else requested
+                if name in self._chain_offsets:
+                    candidates = self.chains()[name]
+        if session and not pin:
+            preferred = self.sessions.preferred(session)
+            if preferred in cfg.chains:
+                first = cfg.chains[preferred].models
+                candidates = (*first, *(c for c in candidates if c not in first))
+            elif preferred in cfg.models:
+                candidates = (preferred, *(c for c in candidates if c != preferred))
+        return Route(candidates, needs, header, skipped)
+
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        """Every chain (and "default") in its current order, operator rotations applied."""
+        cfg = self.runtime.config
+        out = {"default": cfg.default_chain}
+        out.update((name, c.models) for name, c in cfg.chains.items())
+        for name, offset in self._chain_offsets.items():
+            models = out.get(name)
+            if models:
+                k = offset % len(models)
+                out[name] = models[k:] + models[:k]
+        return out
+
+    def advance_chain(self, name: str) -> None:
+        """Moves a chain's head to its next model (operator's manual failover)."""
+        self._chain_offsets[name] = self._chain_offsets.get(name, 0) + 1
+
+    def reset_chain(self, name: str) -> None:
+        self._chain_offsets.pop(name, None)
+
+    def outcome_for(self, route: Route) -> Outcome:
+        outcome = Outcome()
+        outcome.attempts.extend(Attempt(m, FailureReason.INCAPABLE, None, why)
+                                for m, why in route.skipped)
+        return outcome
+
+    def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
+        self.metrics.served(outcome.model)
+        if session and route.candidates:
+            self.sessions.note_served(session, route.candidates[0], outcome.model)
+
+    async def _before_failover(self, info: FailoverInfo) -> FailoverVerdict:
+        event = self.bus.emit(
+            "model:failover", from_model=info.from_model, to_model=info.to_model,
+            reason=str(info.error.reason), status=info.error.status, error=info.error.message,
+            session=info.session, session_tokens=info.session_tokens,
+            target_context_window=info.target_context_window, attempt=info.attempt)
+        if not self.hooks.subscribed(event.type):
+            return FailoverVerdict()
+        outcome = await self.hooks.run(event)
+        return FailoverVerdict(abort=outcome.abort, messages=tuple(outcome.messages),
+                               context=outcome.context)
+
+    def _failover(self, info: FailoverInfo) -> None:
+        self.metrics.failover(info.from_model, info.to_model, str(info.error.reason))
+        self._failover_times.append(self.clock.monotonic())
+
+    def _exhausted(self, attempts: list[Attempt]) -> None:
+        self.bus.emit("chain:exhausted", attempts=[a.as_dict() for a in attempts])
+
+    def recent_failovers(self, window: float = 60.0) -> int:
+        """Failovers in the last `window` seconds (for systemd's STATUS= line)."""
+        cutoff = self.clock.monotonic() - window
+        times = self._failover_times
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times)
+
+    # ------------------------------------------------------------------ health
+
+    def model_state(self, model_id: str) -> str:
+        return self.health.model_state(model_id)
+
+    def _on_transition(self, model_id: str, old: BreakerState, new: BreakerState,
+                       reason: str | None, retry_at: float | None, open_count: int) -> None:
+        self.bus.emit(_EVENT_FOR_STATE[new], model=model_id, reason=reason, retry_at=retry_at,
+                      open_count=open_count, previous=str(old))
+        self._publish_state(model_id)
+        self.schedule_save()
+        for listener in self.on_breaker_change:
+            listener(model_id, new)
+
+    def _on_credentials(self, provider: str, state: str, reason: str | None,
+                        retry_at: float | None) -> None:
+        self.bus.emit("provider:credentials", provider=provider, state=state, reason=reason,
+                      retry_at=retry_at)
+        cfg = self.runtime.config if hasattr(self, "runtime") else None
+        if cfg is not None:
+            for model in cfg.models.values():
+                if model.provider == provider:
+                    self._publish_state(model.id)
+        self.schedule_save()
+
+    def _publish_state(self, model_id: str) -> None:
+        if self.mqtt is None:
+            return
+        entry = self.health.status()["models"].get(model_id)
+        if entry is not None:
+            self.mqtt.set_model_state(model_id, entry)
+
+    def publish_all_states(self) -> None:
+        if self.mqtt is None:
+            return
+        for model_id, entry in self.health.status()["models"].items():
+            self.mqtt.set_model_state(model_id, entry)
+
+    # ------------------------------------------------------------------ persistence
+
+    def restore_state(self) -> None:
+        data = self.state_file.load()
+        if data is not None:
+            self.health.restore(data)
+            logger.info("restored breaker state from %s", self.state_file.path)
+
+    def schedule_save(self) -> None:
+        """Coalesces the transitions of one loop turn into one atomic write."""
+        if self._save_pending:
+            return
+        self._save_pending = True
+        try:
+            asyncio.get_running_loop().call_soon(self.save_state)
+        except RuntimeError:
+            self.save_state()
+
+    def save_state(self) -> None:
+        self._save_pending = False
+        try:
+            self.state_file.save(self.health.snapshot())
+        except OSError as exc:
+            logger.error("cannot write state file %s: %s", self.state_file.path, exc)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _gauges(self) -> list[str]:
+        values = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "unavailable": 4}
+        out = ["# HELP failoverd_breaker_state Breaker state per model (0 closed, 1 half-open, "
+               "2 open, 3 forced open, 4 provider credentials blocked).",
+               "# TYPE failoverd_breaker_state gauge"]
+        for model_id in self.runtime.config.models:
+            state = self.model_state(model_id)
+            out.append(f'failoverd_breaker_state{{model="{model_id}"}} {values.get(state, 2)}')
+        out += ["# HELP failoverd_inflight_requests Client requests in flight.",
+                "# TYPE failoverd_inflight_requests gauge",
+                f"failoverd_inflight_requests {self.inflight}"]
+        stats = self.bus.stats()
+        out += ["# HELP failoverd_events_total Events emitted by type.",
+                "# TYPE failoverd_events_total counter"]
+        out += [f'failoverd_events_total{{type="{t}"}} {n}'
+                for t, n in sorted(stats.get("emitted", {}).items())]
+        if self.mqtt is not None:
+            m = self.mqtt.stats()
+            out += ["# HELP failoverd_mqtt_dropped_events_total Events dropped while the "
+                    "broker was away (queue_size exceeded).",
+                    "# TYPE failoverd_mqtt_dropped_events_total counter",
+                    f"failoverd_mqtt_dropped_events_total {m.dropped}",
+                    "# TYPE failoverd_mqtt_queued_events gauge",
+                    f"failoverd_mqtt_queued_events {m.queued}",
+                    "# TYPE failoverd_mqtt_connected gauge",
+                    f"failoverd_mqtt_connected {int(m.connected)}"]
+        out += ["# TYPE failoverd_hook_failures_total counter",
+                f"failoverd_hook_failures_total {self.hooks.failures}",
+                "# TYPE failoverd_hook_dropped_total counter",
+                f"failoverd_hook_dropped_total {self.hooks.dropped}"]
+        return out
