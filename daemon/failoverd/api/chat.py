@@ -82,6 +82,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         completion = await rt.dispatcher.complete(body, route.candidates, deadline, outcome,
                                                   session, route.needs)
         svc.served(outcome, session, route)
+        if outcome.notices:
+            # hook messages travel in the body too, for clients that never see headers
+            completion.body["failoverd"] = {"notices": outcome.notices}
+            completion.raw = None
         return web.Response(body=completion.to_bytes(), content_type=JSON,
                             headers=outcome_headers(outcome, route.header))
     except RequestError as exc:
@@ -106,6 +110,9 @@ async def _stream(request: web.Request, svc: Service, rt: Runtime, body: dict[st
     error: UpstreamError | None = None
     try:
         await resp.prepare(request)
+        if outcome.notices:
+            start.first.data["failoverd"] = {"notices": outcome.notices}
+            start.first.raw = None
         await resp.write(b"data: " + start.first.to_bytes() + b"\n\n")
         async for chunk in start.rest:
             await resp.write(b"data: " + chunk.to_bytes() + b"\n\n")
