@@ -455,7 +455,7 @@ def _model(model_id: str, sec: _Section, providers: Mapping[str, ProviderConfig]
     tier_text = sec.get("tier", str, "")
     tier: Tier | None = None
     if tier_text:
-        tier = sec.choice("tier", Tier, cast(Tier, "medium"))
+        tier = sec.choice("tier", Tier, "medium")
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
     cost_sec.finish()

@@ -10,7 +10,7 @@ import orjson
 from failoverd.config import Config
 from failoverd.supervisor import Supervisor
 
-_REQUESTS = (
+_REQUESTS: tuple[tuple[str, dict[str, object]], ...] = (
     ("default chain (primary is rate-limited, so it fails over)",
      {"model": "default", "messages": [{"role": "user", "content": "Hello from the demo!"}]}),
     ("named chain 'fast', streaming",

@@ -126,7 +126,9 @@ class Dispatcher:
             self._succeeded(model.id, permit, started)
             return result
 
-        return await self._run(body, candidates, deadline, outcome, session, needs, call)
+        result: Completion = await self._run(body, candidates, deadline, outcome, session,
+                                             needs, call)
+        return result
 
     async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                      outcome: Outcome, session: str | None = None,
@@ -146,7 +148,9 @@ class Dispatcher:
                 raise
             return StreamStart(first, it, permit, started)
 
-        return await self._run(body, candidates, deadline, outcome, session, needs, call)
+        start: StreamStart = await self._run(body, candidates, deadline, outcome, session,
+                                             needs, call)
+        return start
 
     def stream_finished(self, model_id: str, start: StreamStart,
                         error: UpstreamError | None) -> None:

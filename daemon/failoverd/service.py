@@ -139,7 +139,9 @@ class Service:
                     candidates = self.chains()[name]
         if session and not pin:
             preferred = self.sessions.preferred(session)
-            if preferred in cfg.chains:
+            if preferred is None:
+                pass
+            elif preferred in cfg.chains:
                 first = cfg.chains[preferred].models
                 candidates = (*first, *(c for c in candidates if c not in first))
             elif preferred in cfg.models:
