@@ -13,10 +13,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from failoverd.errors import ConfigError
 from failoverd.failures import FailureReason
+from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
 Capability = Literal["tools", "vision", "reasoning", "json", "long_context"]
@@ -168,112 +169,7 @@ class Config:
 
 # --------------------------------------------------------------------------- parsing
 
-T = TypeVar("T")
-
-
-def _quote(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
-
-
-class _Section:
-    """Reads one TOML table, recording every problem with its key path."""
-
-    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        self.seen: set[str] = set()
-        if not isinstance(data, dict):
-            self.problem("", f"must be a table, got {_type_name(data)}")
-            data = {}
-        self.data: dict[str, Any] = data
-
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{_quote(key)}" if self.path else _quote(key)
-
-    def problem(self, key: str, message: str) -> None:
-        where = self.key_path(key) if key else (self.path or "<top level>")
-        self.problems.append(f"{where}: {message}")
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T) -> T:
-        self.seen.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a TOML true is never a number here
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-            self.problem(key, f"must be {names}, got {_type_name(value)}")
-            return default
-        if float in kinds and isinstance(value, int):
-            value = float(value)
-        return cast(T, value)
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0,
-               positive: bool = False) -> float:
-        value = self.get(key, (int, float), default)
-        if positive and value <= 0:
-            self.problem(key, f"must be greater than 0, got {value}")
-            return default
-        if value < minimum:
-            self.problem(key, f"must be at least {minimum:g}, got {value}")
-            return default
-        return float(value)
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self.get(key, int, default)
-        if value < minimum:
-            self.problem(key, f"must be at least {minimum}, got {value}")
-            return default
-        return value
-
-    def choice(self, key: str, options: Any, default: T) -> T:
-        allowed = get_args(options)
-        value = self.get(key, str, cast(str, default))
-        if value not in allowed:
-            self.problem(key, f"must be one of {', '.join(allowed)}; got {value!r}")
-            return default
-        return cast(T, value)
-
-    def strings(self, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        value = self.get(key, list, None)
-        if value is None:
-            return default
-        bad = [v for v in value if not isinstance(v, str)]
-        if bad:
-            self.problem(key, f"must be a list of strings, found {_type_name(bad[0])}")
-            return default
-        return tuple(value)
-
-    def table(self, key: str) -> _Section:
-        self.seen.add(key)
-        return _Section(self.data.get(key, {}), self.key_path(key), self.problems)
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.seen:
-                self.problem(key, "unknown key")
-
-
-_KIND_NAMES: dict[type, str] = {
-    int: "an integer", float: "a number", str: "a string", bool: "a boolean",
-    list: "a list", dict: "a table",
-}
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _read_secret(sec: _Section, prefix: str, env: Mapping[str, str]) -> str:
+def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
     """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential`; at most one may be set."""
     via_env = sec.get(f"{prefix}_env", str, "")
     via_file = sec.get(f"{prefix}_file", str, "")
@@ -303,7 +199,7 @@ def _read_secret(sec: _Section, prefix: str, env: Mapping[str, str]) -> str:
     return ""
 
 
-def _read_secret_file(sec: _Section, key: str, path: Path) -> str:
+def _read_secret_file(sec: Section, key: str, path: Path) -> str:
     try:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -314,7 +210,7 @@ def _read_secret_file(sec: _Section, key: str, path: Path) -> str:
     return value
 
 
-def _daemon(sec: _Section, env: Mapping[str, str]) -> DaemonConfig:
+def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
     d = DaemonConfig()
     mode_text = sec.get("socket_mode", str, "0660")
     try:
@@ -363,7 +259,7 @@ def _daemon(sec: _Section, env: Mapping[str, str]) -> DaemonConfig:
     return cfg
 
 
-def _mqtt(sec: _Section, env: Mapping[str, str]) -> MqttConfig:
+def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
     d = MqttConfig()
     password = ""
     password_file = sec.get("password_file", str, "")
@@ -399,7 +295,7 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
-def _provider(name: str, sec: _Section, env: Mapping[str, str]) -> ProviderConfig | None:
+def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
     kind = sec.get("kind", str, "")
     if kind not in get_args(ProviderKind):
         sec.problem("kind", f"must be one of {', '.join(get_args(ProviderKind))}; got {kind!r}")
@@ -439,7 +335,7 @@ def _provider(name: str, sec: _Section, env: Mapping[str, str]) -> ProviderConfi
     return cfg
 
 
-def _model(model_id: str, sec: _Section, providers: Mapping[str, ProviderConfig]) -> ModelConfig:
+def _model(model_id: str, sec: Section, providers: Mapping[str, ProviderConfig]) -> ModelConfig:
     provider = sec.get("provider", str, "")
     if not provider:
         sec.problem("provider", "is required")
@@ -480,7 +376,7 @@ def _model(model_id: str, sec: _Section, providers: Mapping[str, ProviderConfig]
     return cfg
 
 
-def _routing(sec: _Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
+def _routing(sec: Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
     d = RoutingConfig()
     cfg = RoutingConfig(
         primary=sec.get("primary", str, ""),
@@ -526,7 +422,7 @@ def default_chain(routing: RoutingConfig, models: Mapping[str, ModelConfig]) -> 
     return tuple(chain)
 
 
-def _breaker(sec: _Section) -> BreakerConfig:
+def _breaker(sec: Section) -> BreakerConfig:
     d = BreakerConfig()
     rate = sec.number("failure_rate", d.failure_rate)
     if not 0 < rate <= 1:
@@ -550,7 +446,7 @@ def _breaker(sec: _Section) -> BreakerConfig:
     return cfg
 
 
-def _probes(sec: _Section) -> ProbesConfig:
+def _probes(sec: Section) -> ProbesConfig:
     d = ProbesConfig()
     cfg = ProbesConfig(
         interval=sec.number("interval", d.interval, positive=True),
@@ -572,7 +468,7 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
         return ()
     hooks = []
     for i, item in enumerate(value):
-        sec = _Section(item, f"hooks[{i}]", problems)
+        sec = Section(item, f"hooks[{i}]", problems)
         events = sec.strings("events", None)
         argv = sec.strings("exec", None)
         if not events:
@@ -595,7 +491,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
     """Validates a decoded TOML document; raises ConfigError listing every problem."""
     env = os.environ if env is None else env
     problems: list[str] = []
-    top = _Section(dict(data), "", problems)
+    top = Section(dict(data), "", problems)
     daemon = _daemon(top.table("daemon"), env)
     mqtt = _mqtt(top.table("mqtt"), env)
 
