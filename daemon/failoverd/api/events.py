@@ -10,10 +10,15 @@ from failoverd.api.service import SERVICE
 from failoverd.events import Event
 
 KEEPALIVE_SECONDS = 15.0
+# aiohttp does not cancel a handler whose client went away (handler_cancellation is off), and
+# a GET has no body to signal it: look at the transport this often, so a departed client's
+# subscription is released promptly instead of at the next failed keepalive write.
+DISCONNECT_POLL_SECONDS = 0.5
 SUBSCRIPTION_SIZE = 1000
 
 
 def sse(event: Event) -> bytes:
+    """One event in text/event-stream framing: its id (for Last-Event-ID), type and JSON."""
     return (f"id: {event.id}\nevent: {event.type}\n".encode() + b"data: " + event.to_json()
             + b"\n\n")
 
@@ -38,16 +43,21 @@ async def events(request: web.Request) -> web.StreamResponse:
             for event in svc.bus.recent(after):
                 await resp.write(sse(event))
         await resp.write(b": connected\n\n")
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
         it = sub.__aiter__()
-        while True:
+        while not _client_gone(request):
             try:
-                event = await asyncio.wait_for(it.__anext__(), KEEPALIVE_SECONDS)
+                event = await asyncio.wait_for(it.__anext__(), DISCONNECT_POLL_SECONDS)
             except TimeoutError:
-                await resp.write(b": keepalive\n\n")
+                if loop.time() - last_write >= KEEPALIVE_SECONDS:
+                    await resp.write(b": keepalive\n\n")
+                    last_write = loop.time()
                 continue
             except StopAsyncIteration:
                 break
             await resp.write(sse(event))
+            last_write = loop.time()
     except ConnectionResetError:
         pass
     finally:
@@ -56,3 +66,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             svc.metrics.events_dropped += sub.dropped
         sub.close()
     return resp
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
