@@ -1,0 +1,238 @@
+"""Google Gemini adapter (generativelanguage v1beta: generateContent, streamGenerateContent).
+
+Requests and answers are translated by failoverd.translate.gemini; this module is the HTTP
+edge: URLs, the x-goog-api-key header, SSE reading and the classification of Gemini's error
+bodies (`{"error": {"code", "message", "status", "details"}}`), which need more than the
+status code: Gemini answers 400 for a bad API key and 429 RESOURCE_EXHAUSTED with billing
+words for plain per-minute quotas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.http import (
+    classify,
+    client_timeout,
+    json_or_none,
+    map_exceptions,
+    parse_retry_after,
+    read_limited,
+    sse_events,
+    upstream_error,
+)
+from failoverd.translate import gemini as translate
+
+logger = logging.getLogger(__name__)
+
+_RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+_AUTH_MARKERS = ("api key not valid", "api_key_invalid", "api key expired", "api key not found",
+                 "location is not supported")
+
+
+def error_details(raw: bytes) -> tuple[str, str, float | None, str, int | None]:
+    """(message, status name, RetryInfo delay in seconds, ErrorInfo reason, code) of an error
+    body."""
+    body = json_or_none(raw)
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        err = body[0].get("error")  # streamed errors sometimes arrive as a one-element array
+    if not isinstance(err, dict):
+        return raw[:300].decode("utf-8", "replace").strip(), "", None, "", None
+    delay: float | None = None
+    reason = ""
+    for detail in err.get("details") or ():
+        if not isinstance(detail, dict):
+            continue
+        kind = str(detail.get("@type", ""))
+        if kind.endswith("RetryInfo"):
+            match = _RETRY_DELAY.match(str(detail.get("retryDelay", "")))
+            delay = float(match.group(1)) if match else None
+        elif kind.endswith("ErrorInfo"):
+            reason = str(detail.get("reason") or "")
+    code = err.get("code")
+    return (str(err.get("message") or ""), str(err.get("status") or ""), delay, reason,
+            code if isinstance(code, int) else None)
+
+
+def classify_gemini(http_status: int, message: str, status: str, info_reason: str = ""
+                    ) -> FailureReason:
+    """Gemini's error in DESIGN.md's terms; the generic table after Gemini's own quirks."""
+    text = f"{message} {info_reason}".lower()
+    if status == "RESOURCE_EXHAUSTED" or http_status == 429:
+        # free-tier quotas say "check your plan and billing details" on every 429; only a
+        # quota of zero (the model needs a paid plan) is a billing problem
+        return FailureReason.BILLING if "limit: 0" in text else FailureReason.RATE_LIMIT
+    if any(m in text for m in _AUTH_MARKERS):
+        return FailureReason.AUTH
+    if status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return classify(403, message, status)
+    if status == "UNAVAILABLE":
+        return FailureReason.OVERLOADED
+    if status == "DEADLINE_EXCEEDED":
+        return FailureReason.TIMEOUT
+    if status == "FAILED_PRECONDITION" and "billing" in text:
+        return FailureReason.BILLING
+    return classify(http_status, message, status)
+
+
+class GeminiProvider:
+    """Adapter for the Gemini API (`generateContent` / `streamGenerateContent?alt=sse`)."""
+
+    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        base = config.base_url.rstrip("/")
+        # accept base URLs spelled with the version, as some SDKs do
+        self._base = base if base.endswith(("/v1beta", "/v1")) else f"{base}/v1beta"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if config.api_key:
+            headers["x-goog-api-key"] = config.api_key
+        headers.update(dict(config.headers))
+        self._headers = headers
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+
+    def _model_url(self, model: ModelConfig) -> str:
+        name = model.name.removeprefix("models/")
+        return f"{self._base}/models/{quote(name, safe='-._~')}"
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, status: int, raw: bytes, model: str, headers: Any = None,
+               content_type: str = "application/json") -> UpstreamError:
+        message, status_name, delay, info, code = error_details(raw)
+        # an error inside a 200 (mid-stream) is classified by the code it carries
+        effective = (code or 500) if status == 200 else status
+        reason = classify_gemini(effective, message, status_name, info)
+        retry_after = parse_retry_after(headers) if headers is not None else None
+        return upstream_error(
+            reason, message or f"HTTP {status}", status=status, provider=self.config.name,
+            model=model, retry_after=retry_after if retry_after is not None else delay,
+            body=raw, content_type=content_type)
+
+    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+        raw = await read_limited(resp)
+        return self._error(resp.status, raw, model, resp.headers,
+                           resp.headers.get("Content-Type", "application/json"))
+
+    def _payload(self, body: dict[str, Any]) -> bytes:
+        return orjson.dumps(translate.to_request(body))
+
+    # ------------------------------------------------------------------ calls
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        data = self._payload(body)
+        name = self.config.name
+        with map_exceptions(name, model.id):
+            async with asyncio.timeout(limits.total):
+                async with self._session.post(
+                    f"{self._model_url(model)}:generateContent", data=data,
+                    headers=self._headers, timeout=client_timeout(limits.connect),
+                ) as resp:
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+                    raw = await resp.read()
+        parsed = json_or_none(raw)
+        if isinstance(parsed, dict) and "error" in parsed:
+            raise self._error(200, raw, model.id)
+        if not isinstance(parsed, dict):
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 with an unparsable body",
+                                 status=200, provider=name, model=model.id)
+        self._check_blocked(parsed, model.id)
+        completion = translate.to_completion(parsed, model.name)
+        if not any(_has_output(c) for c in completion["choices"]):
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any answer",
+                                 status=200, provider=name, model=model.id)
+        return Completion(completion)
+
+    def _check_blocked(self, response: dict[str, Any], model: str) -> None:
+        why = translate.blocked(response)
+        if why is not None:
+            raise upstream_error(FailureReason.CONTENT_FILTER, why, status=200,
+                                 provider=self.config.name, model=model)
+
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        data = self._payload(body)
+        name = self.config.name
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translator = translate.StreamTranslator(model.name, include_usage=include_usage,
+                                                expected=int(body.get("n") or 1))
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + limits.first_token
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            with map_exceptions(name, model.id):
+                async with asyncio.timeout_at(first_deadline):
+                    resp = await self._session.post(
+                        f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
+                        headers=self._stream_headers, timeout=client_timeout(limits.connect),
+                    )
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+            async for _event, payload in sse_events(resp, first_deadline, limits.idle,
+                                                    name, model.id):
+                event = json_or_none(payload)
+                if not isinstance(event, dict):
+                    raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                         "unparsable stream event", status=200,
+                                         provider=name, model=model.id)
+                if "error" in event:
+                    raise self._error(200, payload, model.id)
+                self._check_blocked(event, model.id)
+                for chunk in translator.feed(event):
+                    yield Chunk.of(chunk)
+            if not translator.complete:
+                raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                     "stream ended without a finishReason", status=200,
+                                     provider=name, model=model.id)
+            for chunk in translator.finish():
+                yield Chunk.of(chunk)
+        finally:
+            if resp is not None:
+                if translator.complete:
+                    resp.release()
+                else:
+                    resp.close()
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind,
+                    timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        if kind == "models":
+            # the model's own entry: reachability, the key, and that the model exists
+            with map_exceptions(self.config.name, model.id):
+                async with asyncio.timeout(timeout):
+                    async with self._session.get(
+                        self._model_url(model), headers=self._headers,
+                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
+                    ) as resp:
+                        if resp.status != 200:
+                            raise await self._failure(resp, model.id)
+                        await resp.read()
+            return
+        body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": max_tokens}
+        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
+                               first_token=timeout, idle=timeout)
+        await self.complete(body, model, limits)
+
+
+def _has_output(choice: dict[str, Any]) -> bool:
+    # a cut-off or filtered answer may be empty and still is an answer; an empty STOP is not
+    message = choice["message"]
+    return bool(message.get("content") or message.get("tool_calls")
+                or choice["finish_reason"] in ("length", "content_filter"))

@@ -1,0 +1,183 @@
+"""Ollama native adapter (`/api/chat` with NDJSON streaming, `/api/tags` for probes).
+
+Requests and answers are translated by failoverd.translate.ollama; this module is the HTTP
+edge. Ollama's errors are `{"error": "<text>"}`: 404 for a model that was never pulled, 503
+"server busy" when its request queue is full, 500 for load failures (out of memory, ...);
+during a stream an error arrives as one more NDJSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.http import (
+    classify,
+    client_timeout,
+    json_or_none,
+    lines,
+    map_exceptions,
+    parse_retry_after,
+    read_limited,
+    upstream_error,
+)
+from failoverd.translate import ollama as translate
+
+logger = logging.getLogger(__name__)
+
+
+def error_message(raw: bytes) -> str:
+    """The text of an Ollama error body (`{"error": "..."}`), or the start of the raw body."""
+    body = json_or_none(raw)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return raw[:300].decode("utf-8", "replace").strip()
+
+
+def tagged(name: str) -> str:
+    """A model name with Ollama's implicit `:latest` tag made explicit."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+class OllamaProvider:
+    """Adapter for Ollama's native chat API."""
+
+    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        base = config.base_url.rstrip("/")
+        self._chat_url = f"{base}/api/chat"
+        self._tags_url = f"{base}/api/tags"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if config.api_key:  # Ollama behind an authenticating proxy, or ollama.com
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        headers.update(dict(config.headers))
+        self._headers = headers
+        self._stream_headers = {**headers, "Accept": "application/x-ndjson"}
+
+    # ------------------------------------------------------------------ errors
+
+    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+        raw = await read_limited(resp)
+        message = error_message(raw)
+        return upstream_error(
+            classify(resp.status, message), message or f"HTTP {resp.status}",
+            status=resp.status, provider=self.config.name, model=model,
+            retry_after=parse_retry_after(resp.headers), body=raw,
+            content_type=resp.headers.get("Content-Type", "application/json"))
+
+    def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
+        return orjson.dumps(translate.to_request(body, model.name, stream=stream,
+                                                 context_window=model.context_window))
+
+    # ------------------------------------------------------------------ calls
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        data = self._payload(body, model, stream=False)
+        name = self.config.name
+        with map_exceptions(name, model.id):
+            async with asyncio.timeout(limits.total):
+                async with self._session.post(
+                    self._chat_url, data=data, headers=self._headers,
+                    timeout=client_timeout(limits.connect),
+                ) as resp:
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+                    raw = await resp.read()
+        parsed = json_or_none(raw)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            raise upstream_error(classify(500, parsed["error"]), parsed["error"], status=200,
+                                 provider=name, model=model.id, body=raw)
+        if not isinstance(parsed, dict) or not parsed.get("done") \
+                or not isinstance(parsed.get("message"), dict):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 with an unparsable or incomplete body", status=200,
+                                 provider=name, model=model.id)
+        return Completion(translate.to_completion(parsed, model.name))
+
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        data = self._payload(body, model, stream=True)
+        name = self.config.name
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translator = translate.StreamTranslator(model.name, include_usage=include_usage)
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + limits.first_token
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            with map_exceptions(name, model.id):
+                async with asyncio.timeout_at(first_deadline):
+                    resp = await self._session.post(
+                        self._chat_url, data=data, headers=self._stream_headers,
+                        timeout=client_timeout(limits.connect),
+                    )
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+            async for line in lines(resp, first_deadline, limits.idle, name, model.id):
+                if not line.strip():
+                    continue
+                obj = json_or_none(line)
+                if not isinstance(obj, dict):
+                    raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                         "unparsable stream line", status=200,
+                                         provider=name, model=model.id)
+                if isinstance(obj.get("error"), str):
+                    raise upstream_error(classify(500, obj["error"]), obj["error"], status=200,
+                                         provider=name, model=model.id)
+                for chunk in translator.feed(obj):
+                    yield Chunk.of(chunk)
+                if translator.done:
+                    return
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before done",
+                                 status=200, provider=name, model=model.id)
+        finally:
+            if resp is not None:
+                if translator.done:
+                    resp.release()
+                else:
+                    resp.close()
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind,
+                    timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        if kind == "models":
+            await self._probe_tags(model, timeout)
+            return
+        body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": max_tokens}
+        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
+                               first_token=timeout, idle=timeout)
+        await self.complete(body, model, limits)
+
+    async def _probe_tags(self, model: ModelConfig, limit: float) -> None:
+        name = self.config.name
+        with map_exceptions(name, model.id):
+            async with asyncio.timeout(limit):
+                async with self._session.get(
+                    self._tags_url, headers=self._headers,
+                    timeout=client_timeout(min(limit, self.config.connect_timeout)),
+                ) as resp:
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+                    raw = await resp.read()
+        listing = json_or_none(raw)
+        if not isinstance(listing, dict) or not isinstance(listing.get("models"), list):
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "unparsable /api/tags answer",
+                                 status=200, provider=name, model=model.id)
+        have = {tagged(str(m.get(key))) for m in listing["models"] if isinstance(m, dict)
+                for key in ("name", "model") if m.get(key)}
+        if tagged(model.name) not in have:
+            raise upstream_error(FailureReason.NOT_FOUND,
+                                 f"model {model.name!r} is not pulled on this Ollama server",
+                                 status=404, provider=name, model=model.id)

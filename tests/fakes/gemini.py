@@ -1,0 +1,267 @@
+"""A fake Gemini API (generativelanguage v1beta): a real aiohttp server on 127.0.0.1.
+
+Speaks `models/{name}:generateContent`, `:streamGenerateContent?alt=sse`, `GET models` and
+`GET models/{name}` with Gemini's real error bodies. Tests script it like the OpenAI fake:
+`fake.push("rate_limit", "ok")`; `fake.default` answers unscripted requests; every request
+is logged in `fake.requests`. Reuse it from any test module with
+`from tests.fakes.gemini import fake_gemini` (a fixture returning a factory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+
+def _err(code: int, status: str, message: str, *details: dict[str, Any]) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = list(details)
+    return orjson.dumps({"error": error})
+
+
+_RETRY = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "38s"}
+_HELP = {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+    {"description": "Learn more about Gemini API quotas",
+     "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}
+_KEY_INVALID = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"}}
+
+# Error bodies as the Gemini API really sends them: (http status, body).
+ERRORS: dict[str, tuple[int, bytes]] = {
+    "rate_limit": (429, _err(
+        429, "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details. For more "
+        "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+        "\n* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_"
+        "tier_requests, limit: 10, model: gemini-2.5-flash\nPlease retry in 38.2s.",
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_"
+                            "requests", "quotaId": "GenerateRequestsPerMinutePerProjectPerModel"
+                                                   "-FreeTier"}]}, _HELP, _RETRY)),
+    "quota_zero": (429, _err(
+        429, "RESOURCE_EXHAUSTED",
+        "You exceeded your current quota, please check your plan and billing details.\n* Quota "
+        "exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_"
+        "input_token_count, limit: 0, model: gemini-2.5-pro", _HELP)),
+    "overloaded": (503, _err(503, "UNAVAILABLE",
+                             "The model is overloaded. Please try again later.")),
+    "server_error": (500, _err(
+        500, "INTERNAL", "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting")),
+    "deadline": (504, _err(504, "DEADLINE_EXCEEDED", "The request timed out. Please try again.")),
+    "bad_key": (400, _err(400, "INVALID_ARGUMENT",
+                          "API key not valid. Please pass a valid API key.", _KEY_INVALID)),
+    "unauthenticated": (401, _err(
+        401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 "
+        "access token, login cookie or other valid authentication credential.")),
+    "permission_denied": (403, _err(
+        403, "PERMISSION_DENIED", "Your API key was reported as leaked. Please use another API "
+        "key.")),
+    "forbidden_key": (403, _err(403, "PERMISSION_DENIED",
+                                "API key not valid. Please pass a valid API key.")),
+    "context": (400, _err(
+        400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum number of "
+        "tokens allowed (1048576).")),
+    "not_found": (404, _err(
+        404, "NOT_FOUND", "models/gemini-9 is not found for API version v1beta, or is not "
+        "supported for generateContent. Call ListModels to see the list of available models "
+        "and their supported methods.")),
+    "billing": (400, _err(
+        400, "FAILED_PRECONDITION", "Gemini API free tier is not available in your country. "
+        "Please enable billing on your project in Google AI Studio.")),
+    "location": (400, _err(400, "FAILED_PRECONDITION",
+                           "User location is not supported for the API use.")),
+    "bad_request": (400, _err(
+        400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "foo": Cannot '
+        'find field.')),
+}
+
+USAGE = {"promptTokenCount": 9, "candidatesTokenCount": 6, "totalTokenCount": 15}
+
+
+@dataclass
+class Logged:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeGemini:
+    """Behaviours: "ok", any key of ERRORS, "hang" (no answer), "stall" (stream headers, then
+    nothing), "slow:<seconds>", "invalid_json", "empty" (`{}`), "blocked" (promptFeedback),
+    "safety" (candidate stopped by SAFETY), "max_tokens", "cut_stream", "no_finish" (stream
+    ends without finishReason), "stream_error" (error event mid-stream).
+
+    With tools declared and no function result in the last turn the answer is
+    `tool_calls` function calls of the first declared function.
+    """
+
+    default: str = "ok"
+    reply: str = "Hello from the fake Gemini"
+    tool_calls: int = 1
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Logged] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def push(self, *behaviours: str) -> None:
+        self.script.extend(behaviours)
+
+    def chat_requests(self) -> list[Logged]:
+        return [r for r in self.requests if "GenerateContent" in r.path
+                or r.path.endswith(":generateContent")]
+
+    async def start(self) -> FakeGemini:
+        app = web.Application()
+        app.router.add_post("/v1beta/models/{target}", self._generate)
+        app.router.add_get("/v1beta/models", self._list)
+        app.router.add_get("/v1beta/models/{name}", self._get)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else self.default
+
+    def _log(self, request: web.Request, body: Any) -> None:
+        self.requests.append(Logged(request.path, dict(request.query), dict(request.headers),
+                                    body))
+
+    @staticmethod
+    def _error(name: str) -> web.Response:
+        status, body = ERRORS[name]
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def _preamble(self, behaviour: str) -> web.Response | None:
+        if behaviour in ERRORS:
+            return self._error(behaviour)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour[5:]))
+        return None
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        self._log(request, None)
+        return await self._preamble(self._next()) or web.json_response({"models": [
+            self._model("gemini-2.5-flash")], "nextPageToken": "x"})
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        self._log(request, None)
+        return await self._preamble(self._next()) or web.json_response(
+            self._model(request.match_info["name"]))
+
+    @staticmethod
+    def _model(name: str) -> dict[str, Any]:
+        return {"name": f"models/{name}", "version": "001", "displayName": name,
+                "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+                "supportedGenerationMethods": ["generateContent", "countTokens"]}
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self._log(request, body)
+        behaviour = self._next()
+        early = await self._preamble(behaviour)
+        if early is not None:
+            return early
+        if behaviour == "invalid_json":
+            return web.Response(body=b'{"candidates": [', content_type="application/json")
+        if behaviour == "empty":
+            return web.json_response({})
+        if behaviour == "blocked":
+            return web.json_response({"promptFeedback": {"blockReason": "SAFETY"},
+                                      "usageMetadata": {"promptTokenCount": 9,
+                                                        "totalTokenCount": 9}})
+        streaming = request.match_info["target"].endswith(":streamGenerateContent")
+        if streaming:
+            return await self._stream(request, body, behaviour)
+        return web.json_response(self._answer(body, behaviour))
+
+    def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        decls = [d for t in body.get("tools") or () for d in t.get("functionDeclarations", ())]
+        last = (body.get("contents") or [{}])[-1].get("parts") or ()
+        if not decls or any("functionResponse" in p for p in last):
+            return []
+        return [{"functionCall": {"name": decls[0]["name"], "args": {"city": f"Paris{i or ''}"}}}
+                for i in range(self.tool_calls)]
+
+    def _answer(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
+        finish = {"safety": "SAFETY", "max_tokens": "MAX_TOKENS"}.get(behaviour, "STOP")
+        parts = self._calls(body) or [{"text": self.reply}]
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts},
+                                     "finishReason": finish, "index": 0}
+        if behaviour == "safety":
+            candidate.pop("content")
+        return {"candidates": [candidate], "usageMetadata": USAGE,
+                "modelVersion": "gemini-2.5-flash", "responseId": "fake-response-1"}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      behaviour: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if behaviour == "stall":
+            await asyncio.sleep(3600)
+
+        async def send(event: dict[str, Any]) -> None:
+            await resp.write(b"data: " + orjson.dumps(event) + b"\r\n\r\n")
+
+        def event(parts: list[dict[str, Any]], finish: str | None = None) -> dict[str, Any]:
+            cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+            if finish:
+                cand["finishReason"] = finish
+            return {"candidates": [cand], "usageMetadata": USAGE,
+                    "modelVersion": "gemini-2.5-flash", "responseId": "fake-response-1"}
+
+        calls = self._calls(body)
+        if calls:
+            await send(event(calls, "STOP"))
+            return resp
+        words = self.reply.split(" ")
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            finish = None
+            if last and behaviour != "no_finish":
+                finish = "MAX_TOKENS" if behaviour == "max_tokens" else "STOP"
+            await send(event([{"text": word if i == 0 else " " + word}], finish))
+            if behaviour == "cut_stream" and i == 1:
+                assert request.transport is not None
+                request.transport.close()  # the connection dies mid-stream
+                return resp
+            if behaviour == "stream_error" and i == 1:
+                await resp.write(b"data: " + ERRORS["server_error"][1] + b"\r\n\r\n")
+                return resp
+        return resp
+
+
+@pytest.fixture
+async def fake_gemini() -> AsyncIterator[Callable[..., Awaitable[FakeGemini]]]:
+    """A factory of started FakeGemini servers, all closed after the test."""
+    started: list[FakeGemini] = []
+
+    async def make(**kwargs: Any) -> FakeGemini:
+        fake = await FakeGemini(**kwargs).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.close()

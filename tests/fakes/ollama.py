@@ -1,0 +1,188 @@
+"""A fake Ollama server (native API): a real aiohttp server on 127.0.0.1.
+
+Speaks `POST /api/chat` (NDJSON streaming or one JSON object) and `GET /api/tags` with
+Ollama's real error bodies (`{"error": "..."}`). Script it with `fake.push("busy", "ok")`;
+`fake.default` answers unscripted requests; `fake.models` is what /api/tags lists; every
+request is logged in `fake.requests`. Reuse it from any test module with
+`from tests.fakes.ollama import fake_ollama` (a fixture returning a factory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+# Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
+ERRORS: dict[str, tuple[int, str]] = {
+    "not_found": (404, 'model "{model}" not found, try pulling it first'),
+    "server_error": (500, "llama runner process has terminated: signal: killed"),
+    "out_of_memory": (500, "model requires more system memory (12.3 GiB) than is available "
+                           "(7.1 GiB)"),
+    "busy": (503, "server busy, please try again.  maximum pending requests exceeded"),
+    "bad_request": (400, "invalid character 'x' looking for beginning of value"),
+    "no_tools": (400, "registry.ollama.ai/library/{model} does not support tools"),
+}
+
+_TIMINGS = {"total_duration": 5191566416, "load_duration": 2154458,
+            "prompt_eval_duration": 383809000, "eval_duration": 4799921000}
+
+
+@dataclass
+class Logged:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeOllama:
+    """Behaviours: "ok", any key of ERRORS, "hang" (no answer), "stall" (stream headers, then
+    nothing), "slow:<seconds>", "invalid_json", "empty", "length" (done_reason length),
+    "cut_stream", "no_done" (stream ends without the done line), "stream_error" (an error
+    line mid-stream).
+
+    With tools given and no tool result last, the answer is `tool_calls` calls of the first
+    tool, arguments as objects as Ollama sends them.
+    """
+
+    default: str = "ok"
+    reply: str = "Hello from the fake Ollama"
+    tool_calls: int = 1
+    models: list[str] = field(default_factory=lambda: ["qwen2.5:7b", "llama3.2:latest"])
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Logged] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def push(self, *behaviours: str) -> None:
+        self.script.extend(behaviours)
+
+    def chat_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path == "/api/chat"]
+
+    async def start(self) -> FakeOllama:
+        app = web.Application()
+        app.router.add_post("/api/chat", self._chat)
+        app.router.add_get("/api/tags", self._tags)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else self.default
+
+    async def _preamble(self, behaviour: str, model: str) -> web.Response | None:
+        if behaviour in ERRORS:
+            status, text = ERRORS[behaviour]
+            return web.json_response({"error": text.replace("{model}", model)}, status=status)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour[5:]))
+        return None
+
+    async def _tags(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(Logged(request.path, dict(request.headers), None))
+        return await self._preamble(self._next(), "") or web.json_response({"models": [
+            {"name": name, "model": name, "modified_at": "2025-05-01T10:00:00.0+02:00",
+             "size": 4683087332, "digest": "845dbda0ea48",
+             "details": {"format": "gguf", "family": "qwen2", "parameter_size": "7.6B",
+                         "quantization_level": "Q4_K_M"}} for name in self.models]})
+
+    def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        tools = body.get("tools") or ()
+        last = (body.get("messages") or [{}])[-1]
+        if not tools or last.get("role") == "tool":
+            return []
+        name = tools[0]["function"]["name"]
+        return [{"function": {"name": name, "arguments": {"city": f"Paris{i or ''}"}}}
+                for i in range(self.tool_calls)]
+
+    def _final(self, model: str, reason: str) -> dict[str, Any]:
+        return {"model": model, "created_at": "2025-05-01T10:00:01.0Z",
+                "message": {"role": "assistant", "content": ""}, "done_reason": reason,
+                "done": True, **_TIMINGS, "prompt_eval_count": 26, "eval_count": 7}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        model = str(body.get("model", ""))
+        behaviour = self._next()
+        early = await self._preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "invalid_json":
+            return web.Response(body=b'{"model": "x", "message": {',
+                                content_type="application/json")
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        reason = "length" if behaviour == "length" else "stop"
+        if body.get("stream", True):
+            return await self._stream(request, body, behaviour, model, reason)
+        calls = self._calls(body)
+        message: dict[str, Any] = {"role": "assistant", "content": "" if calls else self.reply}
+        if calls:
+            message["tool_calls"] = calls
+        return web.json_response({**self._final(model, reason), "message": message})
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], behaviour: str,
+                      model: str, reason: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        if behaviour == "stall":
+            await asyncio.sleep(3600)
+
+        async def send(obj: dict[str, Any]) -> None:
+            await resp.write(orjson.dumps(obj) + b"\n")
+
+        def piece(message: dict[str, Any]) -> dict[str, Any]:
+            return {"model": model, "created_at": "2025-05-01T10:00:00.5Z",
+                    "message": {"role": "assistant", **message}, "done": False}
+
+        calls = self._calls(body)
+        if calls:
+            await send(piece({"content": "", "tool_calls": calls}))
+        else:
+            for i, word in enumerate(self.reply.split(" ")):
+                await send(piece({"content": word if i == 0 else " " + word}))
+                if behaviour == "cut_stream" and i == 1:
+                    assert request.transport is not None
+                    request.transport.close()  # the connection dies mid-stream
+                    return resp
+                if behaviour == "stream_error" and i == 1:
+                    await send({"error": "an error was encountered while running the model: "
+                                         "unexpected EOF"})
+                    return resp
+        if behaviour != "no_done":
+            await send(self._final(model, reason))
+        return resp
+
+
+@pytest.fixture
+async def fake_ollama() -> AsyncIterator[Callable[..., Awaitable[FakeOllama]]]:
+    """A factory of started FakeOllama servers, all closed after the test."""
+    started: list[FakeOllama] = []
+
+    async def make(**kwargs: Any) -> FakeOllama:
+        fake = await FakeOllama(**kwargs).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        await fake.close()

@@ -1,0 +1,259 @@
+"""GeminiProvider against a fake Gemini server speaking the real wire format."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from failoverd.config import ModelConfig, ProviderConfig
+from failoverd.errors import TranslationError, UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.providers import make_provider
+from failoverd.providers.base import AttemptLimits, Chunk
+from failoverd.providers.gemini import GeminiProvider
+from tests.fakes.gemini import FakeGemini, fake_gemini  # noqa: F401 - fixture
+
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/"
+       "PchI7wAAAABJRU5ErkJggg==")
+MODEL = ModelConfig(id="gemini/gemini-2.5-flash", provider="gemini", name="gemini-2.5-flash")
+LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
+SHORT = AttemptLimits(total=0.3, connect=0.3, first_token=0.3, idle=0.3)
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def setup(fake_gemini: Callable[..., Awaitable[FakeGemini]],  # noqa: F811
+                session: aiohttp.ClientSession) -> tuple[FakeGemini, GeminiProvider]:
+    fake = await fake_gemini()
+    config = ProviderConfig(name="gemini", kind="gemini", base_url=fake.url,
+                            api_key="AIza-test-key")
+    provider = make_provider(config, session)
+    assert isinstance(provider, GeminiProvider)
+    return fake, provider
+
+
+async def collect(provider: GeminiProvider, body: dict[str, Any],
+                  limits: AttemptLimits = LIMITS) -> list[dict[str, Any]]:
+    return [c.data async for c in provider.stream(body, MODEL, limits)]
+
+
+async def test_text_completion(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    body = {**HELLO, "max_tokens": 5, "messages": [
+        {"role": "system", "content": "Be brief."}, *HELLO["messages"]]}
+    result = await provider.complete(body, MODEL, LIMITS)
+    assert result.body["choices"][0]["message"] == {"role": "assistant",
+                                                    "content": "Hello from the fake Gemini"}
+    assert result.body["usage"] == {"prompt_tokens": 9, "completion_tokens": 6,
+                                    "total_tokens": 15}
+    (logged,) = fake.requests
+    assert logged.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert logged.headers["x-goog-api-key"] == "AIza-test-key"
+    assert logged.body == {"contents": [{"role": "user", "parts": [{"text": "Hello"}]}],
+                           "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                           "generationConfig": {"maxOutputTokens": 5}}
+
+
+async def test_streaming(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    chunks = await collect(provider, {**HELLO, "stream": True})
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "Hello from the fake Gemini"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["total_tokens"] == 15
+    assert fake.requests[0].path.endswith(":streamGenerateContent")
+    assert fake.requests[0].query == {"alt": "sse"}
+
+
+async def test_tools_complete_and_stream(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    fake.tool_calls = 2
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [TOOL],
+            "tool_choice": "required"}
+    result = await provider.complete(body, MODEL, LIMITS)
+    choice = result.body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [c["id"] for c in choice["message"]["tool_calls"]] == ["call_0", "call_1"]
+    assert choice["message"]["tool_calls"][0]["function"] == {
+        "name": "get_weather", "arguments": '{"city":"Paris"}'}
+    assert fake.requests[0].body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+    chunks = await collect(provider, {**body, "stream": True})
+    calls = chunks[0]["choices"][0]["delta"]["tool_calls"]
+    assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "get_weather"),
+                                                                    (1, "get_weather")]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    # the client answers the calls: the results go back with the function name
+    follow = {**body, "tool_choice": "auto", "messages": [
+        *body["messages"], choice["message"],
+        {"role": "tool", "tool_call_id": "call_0", "content": "21C"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22C"}]}
+    final = await provider.complete(follow, MODEL, LIMITS)
+    assert final.body["choices"][0]["message"]["content"] == "Hello from the fake Gemini"
+    parts = fake.requests[-1].body["contents"][-1]["parts"]
+    assert [p["functionResponse"]["name"] for p in parts] == ["get_weather", "get_weather"]
+
+
+async def test_image_input(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]}
+    await provider.complete(body, MODEL, LIMITS)
+    assert fake.requests[0].body["contents"][0]["parts"][1] == {
+        "inlineData": {"mimeType": "image/png", "data": PNG}}
+
+
+async def test_untranslatable_request_never_reaches_upstream(
+        setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    with pytest.raises(TranslationError) as err:
+        await provider.complete({**HELLO, "logit_bias": {"1": 2}}, MODEL, LIMITS)
+    assert err.value.param == "logit_bias"
+    with pytest.raises(TranslationError):
+        await collect(provider, {**HELLO, "logit_bias": {"1": 2}})
+    assert fake.requests == []
+
+
+ERROR_ROWS = [
+    ("rate_limit", FailureReason.RATE_LIMIT, 429),
+    ("quota_zero", FailureReason.BILLING, 429),
+    ("overloaded", FailureReason.OVERLOADED, 503),
+    ("server_error", FailureReason.SERVER_ERROR, 500),
+    ("deadline", FailureReason.TIMEOUT, 504),
+    ("bad_key", FailureReason.AUTH, 400),
+    ("unauthenticated", FailureReason.AUTH, 401),
+    ("permission_denied", FailureReason.AUTH, 403),
+    ("forbidden_key", FailureReason.AUTH, 403),
+    ("context", FailureReason.CONTEXT_OVERFLOW, 400),
+    ("not_found", FailureReason.NOT_FOUND, 404),
+    ("billing", FailureReason.BILLING, 400),
+    ("location", FailureReason.AUTH, 400),
+    ("bad_request", FailureReason.BAD_REQUEST, 400),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "reason", "status"), ERROR_ROWS)
+async def test_error_rows(setup: tuple[FakeGemini, GeminiProvider], behaviour: str,
+                          reason: FailureReason, status: int) -> None:
+    fake, provider = setup
+    fake.push(behaviour, behaviour)
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, LIMITS)
+    assert (err.value.reason, err.value.status) == (reason, status)
+    assert err.value.provider == "gemini" and err.value.model == MODEL.id
+    assert err.value.body is not None and b'"error"' in err.value.body
+    # streaming: the failure surfaces on the first chunk, before anything reached the client
+    it = provider.stream({**HELLO, "stream": True}, MODEL, LIMITS).__aiter__()
+    with pytest.raises(UpstreamError) as err2:
+        await it.__anext__()
+    assert err2.value.reason == reason
+
+
+async def test_rate_limit_carries_retry_info(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    fake.push("rate_limit")
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, LIMITS)
+    assert err.value.retry_after == 38.0
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("blocked", FailureReason.CONTENT_FILTER),
+    ("empty", FailureReason.INVALID_RESPONSE),
+    ("invalid_json", FailureReason.INVALID_RESPONSE),
+])
+async def test_bad_200_answers(setup: tuple[FakeGemini, GeminiProvider], behaviour: str,
+                               reason: FailureReason) -> None:
+    fake, provider = setup
+    fake.push(behaviour)
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason == reason
+
+
+async def test_safety_stop_is_a_content_filter_finish(
+        setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    fake.push("safety", "max_tokens")
+    result = await provider.complete(HELLO, MODEL, LIMITS)
+    assert result.body["choices"][0]["finish_reason"] == "content_filter"
+    chunks = await collect(provider, HELLO)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("behaviour", ["hang", "stall"])
+async def test_first_token_timeout(setup: tuple[FakeGemini, GeminiProvider],
+                                   behaviour: str) -> None:
+    fake, provider = setup
+    fake.push(behaviour)
+    with pytest.raises(UpstreamError) as err:
+        await collect(provider, HELLO, SHORT)
+    assert err.value.reason == FailureReason.TIMEOUT
+
+
+async def test_complete_timeout(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    fake.push("hang")
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, SHORT)
+    assert err.value.reason == FailureReason.TIMEOUT
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("cut_stream", FailureReason.INVALID_RESPONSE),
+    ("no_finish", FailureReason.INVALID_RESPONSE),
+    ("stream_error", FailureReason.SERVER_ERROR),
+])
+async def test_stream_failures_after_first_chunk(setup: tuple[FakeGemini, GeminiProvider],
+                                                 behaviour: str, reason: FailureReason) -> None:
+    fake, provider = setup
+    fake.push(behaviour)
+    got: list[Chunk] = []
+    with pytest.raises(UpstreamError) as err:
+        async for chunk in provider.stream(HELLO, MODEL, LIMITS):
+            got.append(chunk)
+    assert err.value.reason == reason
+    assert got and got[0].data["choices"][0]["delta"]["content"] == "Hello"
+
+
+async def test_connection_refused(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        provider = GeminiProvider(ProviderConfig(name="gemini", kind="gemini",
+                                                 base_url=f"http://127.0.0.1:{port}"), session)
+        with pytest.raises(UpstreamError) as err:
+            await provider.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason == FailureReason.CONNECTION
+
+
+async def test_probes(setup: tuple[FakeGemini, GeminiProvider]) -> None:
+    fake, provider = setup
+    await provider.probe(MODEL, "models", 2, 16)
+    assert fake.requests[-1].path == "/v1beta/models/gemini-2.5-flash"
+    await provider.probe(MODEL, "chat", 2, 16)
+    assert fake.requests[-1].body["generationConfig"] == {"maxOutputTokens": 16}
+    await provider.probe(MODEL, "none", 2, 16)
+    assert len(fake.requests) == 2
+    fake.push("not_found", "bad_key")
+    with pytest.raises(UpstreamError) as err:
+        await provider.probe(MODEL, "models", 2, 16)
+    assert err.value.reason == FailureReason.NOT_FOUND
+    with pytest.raises(UpstreamError) as err:
+        await provider.probe(MODEL, "chat", 2, 16)
+    assert err.value.reason == FailureReason.AUTH
