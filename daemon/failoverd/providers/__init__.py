@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 import aiohttp
 
 from failoverd.config import ProviderConfig
@@ -14,23 +12,18 @@ Factory = Callable[[ProviderConfig, aiohttp.ClientSession], Provider]
 
 
 def _factories() -> dict[str, Factory]:
+    # imported here: each adapter pulls in its translation module, needed only when used
+    from failoverd.providers.gemini import GeminiProvider
+    from failoverd.providers.ollama import OllamaProvider
     from failoverd.providers.openai import OpenAIProvider
     from failoverd.providers.simulated import SimulatedProvider
 
-    table: dict[str, Any] = {"openai": OpenAIProvider, "simulated": SimulatedProvider}
-    try:  # adapters of later work plug in here
+    table: dict[str, Factory] = {
+        "openai": OpenAIProvider, "gemini": GeminiProvider, "ollama": OllamaProvider,
+        "simulated": SimulatedProvider}
+    try:  # TODO(#6): import directly once the Anthropic adapter lands
         from failoverd.providers.anthropic import AnthropicProvider
         table["anthropic"] = AnthropicProvider
-    except ImportError:
-        pass
-    try:
-        from failoverd.providers.gemini import GeminiProvider
-        table["gemini"] = GeminiProvider
-    except ImportError:
-        pass
-    try:
-        from failoverd.providers.ollama import OllamaProvider
-        table["ollama"] = OllamaProvider
     except ImportError:
         pass
     return table
