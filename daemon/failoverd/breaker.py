@@ -247,13 +247,17 @@ class Breaker:
         ok: bool,
         reason: FailureReason | None = None,
         retry_after: float | None = None,
+        *,
+        operator: bool = False,
     ) -> None:
         """A probe's outcome; probes bypass ``try_acquire``.
 
         While closed, a probe counts like a call. A successful probe closes a half-open breaker
-        or an open one whose period has ended (the recovery probe); it never shortens a running
-        open period nor lifts a forced open. A failed probe at that point re-opens with the
-        next, longer period. `reason` None with ok False counts as a plain failure.
+        or an open one whose period has ended (the recovery probe); a scheduled probe never
+        shortens a running open period, but one the operator asked for (`operator`) does: they
+        are asking "is it back?" and the answer is yes. Nothing lifts a forced open but its
+        time or a reset. A failed probe at the end of a period re-opens with the next, longer
+        period. `reason` None with ok False counts as a plain failure.
         """
         self._tick()
         effect = POLICY[reason].breaker if reason is not None else BreakerEffect.COUNT
@@ -267,7 +271,7 @@ class Breaker:
                 self._add(False)
             elif state is BreakerState.HALF_OPEN:
                 self._close(REASON_PROBE_OK)
-            elif self._due():
+            elif operator or self._due():
                 self._close(REASON_PROBE_OK)
             return
         if effect is BreakerEffect.OPEN_MODEL_MAX:

@@ -312,6 +312,10 @@ class HealthRegistry:
             except Exception:
                 logger.exception("provider %s: credentials callback failed", provider)
 
+    def provider_state(self, provider: str) -> str:
+        """The provider's credential state: "ok", "auth" or "billing" (expiry applied)."""
+        return self._blocked(provider) or "ok"
+
     def reset_provider(self, provider: str) -> None:
         """Operator: clears auth/billing trouble of a provider."""
         self._set_credentials(provider, "ok", "reset", 0.0)
@@ -320,8 +324,12 @@ class HealthRegistry:
 
     def record_probe(self, model_id: str, ok: bool, latency: float,
                      reason: FailureReason | None = None,
-                     retry_after: float | None = None) -> None:
-        """A probe's outcome: feeds status, the breaker and the provider's credential state."""
+                     retry_after: float | None = None, *, operator: bool = False) -> None:
+        """A probe's outcome: feeds status, the breaker and the provider's credential state.
+
+        `operator`: the probe was asked for by the operator, so a success also ends a running
+        open period (see ``Breaker.record_probe``).
+        """
         breaker = self._breakers.get(model_id)
         if breaker is None:
             return
@@ -332,7 +340,7 @@ class HealthRegistry:
             creds = self._credentials.get(provider)
             if creds is not None and creds.state != "ok":
                 self._set_credentials(provider, "ok", "probe_succeeded", 0.0)
-            breaker.record_probe(True)
+            breaker.record_probe(True, operator=operator)
             return
         effect = POLICY[reason].breaker if reason is not None else BreakerEffect.COUNT
         if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):

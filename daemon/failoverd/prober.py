@@ -5,16 +5,34 @@ and a misfire grace of one interval), so a model going down with no traffic is n
 interval + timeout. When a breaker opens, a one-off recovery job is scheduled for the end of
 its open period: the recovery probe (`probes.recovery_kind`) closes the breaker if the model is
 back, so no client has to be the guinea pig.
+
+Choices:
+
+- The first scheduled probe of each model comes between half an interval and one interval after
+  start, spread at random: a restarting (or crash-looping) daemon does not burst probes at every
+  provider, and detection still takes at most interval + timeout.
+- A scheduled probe skips a model whose open period is still running: the outcome could not
+  change the breaker (only the recovery probe at the end of the period can), so it would be a
+  wasted request to an upstream that is known to be failing.
+- A model whose provider is blocked for auth or billing is probed with `recovery_kind` (a chat
+  completion) when that is not "none": listing models often works without credit, so only a
+  completion proves that the trouble is over.
+- An operator's probe (``probe(..., operator=True)``, POST /v1/models/{id}/probe) always makes a
+  real request (a kind "none" becomes "models"; a model that is not up gets `recovery_kind`),
+  and its success closes an open breaker at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import math
 import random
 from typing import TYPE_CHECKING
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -51,6 +69,12 @@ class Prober:
                                           timezone=dt.UTC)
         self.scheduler.start()
         self.reschedule()
+        # breakers restored open from the state file changed state in an earlier process:
+        # their recovery probes must be scheduled here
+        for model_id in self.service.runtime.config.models:
+            breaker = self.service.health.breaker(model_id)
+            if breaker is not None and breaker.state in _OPEN_STATES:
+                self._breaker_changed(model_id, breaker.state)
 
     def reschedule(self) -> None:
         """(Re)creates the interval jobs for the current configuration."""
@@ -67,14 +91,28 @@ class Prober:
             return
         interval = cfg.probes.interval
         now = dt.datetime.now(dt.UTC)
+        existing = {job.id for job in self.scheduler.get_jobs()}
         for model_id in cfg.models:
-            # spread first runs over the interval so probes do not arrive in a burst
-            first = now + dt.timedelta(seconds=self.rng.uniform(0, min(interval, 5.0)))
+            job_id = f"probe:{model_id}"
+            # spread first runs over the second half of the interval: no burst at start
+            first = now + dt.timedelta(seconds=interval * self.rng.uniform(0.5, 1.0))
+            trigger = IntervalTrigger(seconds=interval, jitter=cfg.probes.jitter or None,
+                                      start_date=first, timezone=dt.UTC)
+            if job_id in existing:
+                # a reload: keep the job (and its running instance); a new schedule only if
+                # the [probes] timing changed, so frequent reloads do not starve the probes
+                job = self.scheduler.get_job(job_id)
+                old = job.trigger if job is not None else None
+                if (isinstance(old, IntervalTrigger)
+                        and old.interval.total_seconds() == interval
+                        and old.jitter == trigger.jitter):
+                    continue
+                self.scheduler.reschedule_job(job_id, trigger=trigger)
+                self.scheduler.modify_job(job_id, misfire_grace_time=_grace(interval))
+                continue
             self.scheduler.add_job(
-                self.probe, IntervalTrigger(seconds=interval, jitter=cfg.probes.jitter or None,
-                                            start_date=first),
-                args=(model_id,), id=f"probe:{model_id}", replace_existing=True,
-                coalesce=True, max_instances=1, misfire_grace_time=max(1, int(interval)),
+                self.scheduled, trigger, args=(model_id,), id=job_id,
+                coalesce=True, max_instances=1, misfire_grace_time=_grace(interval),
             )
 
     async def stop(self) -> None:
@@ -85,7 +123,13 @@ class Prober:
     # ------------------------------------------------------------------ probing
 
     def _breaker_changed(self, model_id: str, state: BreakerState) -> None:
-        if state not in _OPEN_STATES or self.scheduler is None:
+        if self.scheduler is None:
+            return
+        if state not in _OPEN_STATES:
+            if state is BreakerState.CLOSED:
+                # closed by a reset or a trial: the pending recovery probe has nothing to do
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(f"recover:{model_id}")
             return
         kind = self.service.runtime.config.probes.recovery_kind
         if kind == "none":
@@ -112,14 +156,43 @@ class Prober:
             return False
         return await self.probe(model_id, cfg.probes.recovery_kind)
 
-    async def probe(self, model_id: str, kind: ProbeKind | None = None) -> bool:
-        """Probes one model now; the outcome feeds the health registry, metrics and events."""
+    async def scheduled(self, model_id: str) -> bool | None:
+        """The interval job: probes the model unless its open period is still running.
+
+        Returns the probe's outcome, or None when it was skipped.
+        """
+        health = self.service.health
+        cfg = self.service.runtime.config
+        breaker = health.breaker(model_id)
+        if breaker is None or model_id not in cfg.models:
+            return None
+        if breaker.state in _OPEN_STATES and not breaker.can_acquire():
+            return None
+        kind = cfg.probes.kind
+        provider = cfg.models[model_id].provider
+        if (health.provider_state(provider) != "ok"
+                and cfg.probes.recovery_kind != "none"):
+            kind = cfg.probes.recovery_kind
+        return await self.probe(model_id, kind)
+
+    async def probe(self, model_id: str, kind: ProbeKind | None = None, *,
+                    operator: bool = False) -> bool:
+        """Probes one model now; the outcome feeds the health registry, metrics and events.
+
+        `kind` defaults to ``probes.kind``; for an `operator` probe, to ``recovery_kind`` when
+        the model is not up. An operator probe never degrades to "none".
+        """
         rt = self.service.runtime
         cfg = rt.config
         model = cfg.models.get(model_id)
         if model is None:
             return False
-        kind = kind or cfg.probes.kind
+        if kind is None:
+            kind = cfg.probes.kind
+            if operator and self.service.health.model_state(model_id) != "closed":
+                kind = cfg.probes.recovery_kind
+            if operator and kind == "none":
+                kind = cfg.probes.kind if cfg.probes.kind != "none" else "models"
         if kind == "none":
             return True
         provider = rt.providers[model.provider]
@@ -137,7 +210,8 @@ class Prober:
         latency = self.clock.monotonic() - started
         ok = reason is None
         self.service.metrics.probe(model_id, ok)
-        self.service.health.record_probe(model_id, ok, latency, reason, retry_after)
+        self.service.health.record_probe(model_id, ok, latency, reason, retry_after,
+                                         operator=operator)
         bus = self.service.bus
         if ok:
             if model_id in self._failing:
@@ -148,5 +222,11 @@ class Prober:
             self._failing.add(model_id)
             bus.emit("probe:failed", model=model_id, kind=kind, reason=str(reason),
                      error=message, latency=round(latency, 4))
-            logger.warning("probe of %s failed: %s", model_id, reason)
+            logger.warning("probe (%s) of %s failed: %s", kind, model_id, reason)
         return ok
+
+
+def _grace(interval: float) -> int:
+    # a probe that could not start on time (a busy loop, a suspended machine) still runs if
+    # it is at most one interval late; later than that the next one is as good
+    return max(1, math.ceil(interval))

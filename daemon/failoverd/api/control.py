@@ -98,7 +98,11 @@ async def model_action(request: web.Request) -> web.Response:
         else:
             if svc.prober is None:
                 raise RequestError("the prober is not running", status=503)
-            ok = await svc.prober.probe(model_id)
+            body = await _optional_json(request, svc)
+            kind = body.get("kind")
+            if kind is not None and kind not in ("models", "chat"):
+                raise RequestError("'kind' must be \"models\" or \"chat\"", param="kind")
+            ok = await svc.prober.probe(model_id, kind, operator=True)
             entry = svc.health.status()["models"][model_id]
             return json_response({"model": model_id, "ok": ok, **entry},
                                  200 if ok else 502)
