@@ -1,0 +1,251 @@
+"""Anthropic Messages API adapter (``POST /v1/messages``).
+
+Requests are translated from the canonical form (failoverd.translate.anthropic), answers and
+stream events back into it. Failures are classified from Anthropic's error bodies
+(``{"type": "error", "error": {"type": "overloaded_error", ...}}``), with the shared HTTP
+classification as the fallback for bodies from proxies and gateways.
+
+A request Anthropic cannot express (``n`` > 1, JSON response formats, ...) never reaches
+the network: it fails as ``incapable``, so the router moves on to a model that can serve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+import aiohttp
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import TranslationError, UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.http import (
+    classify,
+    client_timeout,
+    json_or_none,
+    map_exceptions,
+    parse_retry_after,
+    read_limited,
+    sse_events,
+    upstream_error,
+)
+from failoverd.translate.anthropic import (
+    DEFAULT_MAX_TOKENS,
+    AnthropicStreamDecoder,
+    anthropic_to_canonical_response,
+    canonical_to_anthropic,
+)
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "2023-06-01"
+
+# error.type -> reason, when the type alone decides
+_TYPE_REASONS = {
+    "overloaded_error": FailureReason.OVERLOADED,
+    "rate_limit_error": FailureReason.RATE_LIMIT,
+    "authentication_error": FailureReason.AUTH,
+    "permission_error": FailureReason.AUTH,
+    "not_found_error": FailureReason.NOT_FOUND,
+    "billing_error": FailureReason.BILLING,
+    "request_too_large": FailureReason.CONTEXT_OVERFLOW,
+    "timeout_error": FailureReason.TIMEOUT,
+    "api_error": FailureReason.SERVER_ERROR,
+}
+
+
+def error_details(raw: bytes) -> tuple[str, str]:
+    """(message, error type) from an Anthropic error body, tolerant of proxies' bodies."""
+    body = json_or_none(raw)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message") or ""), str(err.get("type") or err.get("code") or "")
+        if isinstance(err, str):
+            return err, ""
+    return raw[:300].decode("utf-8", "replace").strip(), ""
+
+
+def classify_error(status: int, message: str, error_type: str) -> FailureReason:
+    """An Anthropic failure's reason: the error type first, message text for the 400s.
+
+    "Your credit balance is too low" arrives as a 400 invalid_request_error; "prompt is too
+    long" likewise; both are told apart from other 400s by the shared text markers.
+    """
+    if "credit balance" in message.lower():
+        return FailureReason.BILLING
+    reason = _TYPE_REASONS.get(error_type)
+    if reason is not None:
+        return reason
+    if error_type == "invalid_request_error" and not 400 <= status < 500:
+        status = 400  # an invalid_request_error inside a 200 stream or a gateway's 5xx
+    return classify(status, message, error_type)
+
+
+class AnthropicProvider:
+    """Adapter for Anthropic's Messages API (and gateways that speak it)."""
+
+    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        base = config.base_url.rstrip("/")
+        # the vendor SDK's base_url has no /v1; accept one given anyway
+        base = base.removesuffix("/v1")
+        self._messages_url = f"{base}/v1/messages"
+        self._models_url = f"{base}/v1/models"
+        headers = {"content-type": "application/json", "accept": "application/json",
+                   "anthropic-version": API_VERSION}
+        if config.api_key:
+            headers["x-api-key"] = config.api_key
+        headers.update(dict(config.headers))
+        self._headers = headers
+        self._stream_headers = {**headers, "accept": "text/event-stream"}
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, status: int, raw: bytes, model: str, *, retry_after: float | None = None,
+               content_type: str = "application/json") -> UpstreamError:
+        message, error_type = error_details(raw)
+        reason = classify_error(status, message, error_type)
+        if reason is FailureReason.NOT_FOUND and "model" not in message.lower():
+            # a 404 on the path itself means a wrong base_url, which every model shares
+            message = f"{message or 'not found'} ({self._messages_url}: check base_url)"
+        return upstream_error(reason, message or f"HTTP {status}", status=status,
+                              provider=self.config.name, model=model,
+                              retry_after=retry_after, body=raw, content_type=content_type)
+
+    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+        raw = await read_limited(resp)
+        return self._error(resp.status, raw, model, retry_after=parse_retry_after(resp.headers),
+                           content_type=resp.headers.get("Content-Type", "application/json"))
+
+    # ------------------------------------------------------------------ calls
+
+    def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
+        try:
+            payload = canonical_to_anthropic(
+                body, model.name, model.max_output_tokens or DEFAULT_MAX_TOKENS,
+                max_output_tokens=model.max_output_tokens)
+        except TranslationError as exc:
+            raise upstream_error(FailureReason.INCAPABLE, exc.message, status=None,
+                                 provider=self.config.name, model=model.id) from exc
+        if stream:
+            payload["stream"] = True
+        return orjson.dumps(payload)
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        data = self._payload(body, model, stream=False)
+        name = self.config.name
+        with map_exceptions(name, model.id):
+            async with asyncio.timeout(limits.total):
+                async with self._session.post(
+                    self._messages_url, data=data, headers=self._headers,
+                    timeout=client_timeout(limits.connect),
+                ) as resp:
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+                    raw = await resp.read()
+        parsed = json_or_none(raw)
+        if not isinstance(parsed, dict) or parsed.get("type") != "message":
+            if isinstance(parsed, dict) and parsed.get("type") == "error":
+                raise self._error(200, raw, model.id)
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 with an unparsable or empty body", status=200,
+                                 provider=name, model=model.id)
+        return Completion(anthropic_to_canonical_response(parsed, model.name))
+
+    def _decode(self, decoder: AnthropicStreamDecoder, event: str, payload: bytes,
+                model: ModelConfig) -> list[dict[str, Any]]:
+        data = json_or_none(payload)
+        if not isinstance(data, dict):
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "unparsable stream event",
+                                 status=200, provider=self.config.name, model=model.id)
+        if event == "error" or data.get("type") == "error":
+            raise self._error(200, payload, model.id)
+        return decoder.feed(event, data)
+
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        data = self._payload(body, model, stream=True)
+        name = self.config.name
+        loop = asyncio.get_running_loop()
+        first_deadline = loop.time() + limits.first_token
+        decoder = AnthropicStreamDecoder(model.name)
+        clean = False
+        resp: aiohttp.ClientResponse | None = None
+        stack = contextlib.AsyncExitStack()
+        try:
+            pending: list[dict[str, Any]] = []
+            with map_exceptions(name, model.id):
+                async with asyncio.timeout_at(first_deadline):
+                    resp = await self._session.post(
+                        self._messages_url, data=data, headers=self._stream_headers,
+                        timeout=client_timeout(limits.connect),
+                    )
+                    if resp.status != 200:
+                        raise await self._failure(resp, model.id)
+            events = cast(AsyncGenerator[tuple[str, bytes], None],
+                          sse_events(resp, first_deadline, limits.idle, name, model.id))
+            await stack.enter_async_context(contextlib.aclosing(events))
+            # message_start and ping come before the model produced anything, and an
+            # overloaded error may still follow them: hold chunks back until a content
+            # block starts, so such a failure happens before the first chunk and the
+            # router can still fail over
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    async for event, payload in events:
+                        pending.extend(self._decode(decoder, event, payload, model))
+                        if decoder.content_started or decoder.stopped:
+                            break
+            except TimeoutError as exc:
+                raise upstream_error(FailureReason.TIMEOUT, "no first token within the time "
+                                     "limit", status=None, provider=name,
+                                     model=model.id) from exc
+            for chunk in pending:
+                yield Chunk.of(chunk)
+            if not decoder.stopped:
+                async for event, payload in events:
+                    for chunk in self._decode(decoder, event, payload, model):
+                        yield Chunk.of(chunk)
+                    if decoder.stopped:
+                        break
+            if not decoder.stopped:
+                raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                     "stream ended before message_stop", status=200,
+                                     provider=name, model=model.id)
+            clean = True
+        finally:
+            await stack.aclose()
+            if resp is not None:
+                if clean:
+                    resp.release()
+                else:
+                    resp.close()
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        if kind == "models":
+            with map_exceptions(self.config.name, model.id):
+                async with asyncio.timeout(timeout):
+                    async with self._session.get(
+                        self._models_url, headers=self._headers,
+                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
+                    ) as resp:
+                        if resp.status != 200:
+                            raise await self._failure(resp, model.id)
+                        await resp.read()
+            return
+        # no reasoning_effort: a probe's few tokens are below Anthropic's thinking minimum
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}],
+                                "max_tokens": max_tokens}
+        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
+                               first_token=timeout, idle=timeout)
+        await self.complete(body, model, limits)

@@ -1,0 +1,92 @@
+"""Anthropic Messages <-> the canonical form (OpenAI Chat Completions dicts), both ways.
+
+Front end (a client speaking Anthropic, served by any provider)::
+
+    canonical = anthropic_to_canonical(request_body)          # RequestError / TranslationError
+    answer = canonical_to_anthropic_response(completion.body, served_model_id)
+    encoder = AnthropicStreamEncoder(served_model_id)
+    for chunk in chunks: write(encoder.feed(chunk.data))
+    write(encoder.finish())                                    # or encoder.error_event(t, msg)
+    error = anthropic_error_body("overloaded_error", "...")   # + anthropic_error_type(reason)
+
+Adapter (failoverd.providers.anthropic)::
+
+    request = canonical_to_anthropic(body, model.name, default_max_tokens)
+    completion = anthropic_to_canonical_response(response_json, model.name)
+    decoder = AnthropicStreamDecoder(model.name); decoder.feed(event, data) -> [chunk dicts]
+
+Decisions, so every translator and operator can rely on them:
+
+* ``cache_control`` is a caching hint with no canonical equivalent; it is dropped.
+* ``thinking`` blocks in earlier assistant turns are the model's own signed reasoning; they
+  cannot be replayed elsewhere and are dropped. Because Anthropic needs them back inside a
+  tool-use loop, the adapter does not enable thinking on a request that continues one.
+* ``tool_result.is_error`` has no canonical field; the result text is kept as is.
+* Thinking budget <-> ``reasoning_effort``: budget < 4096 is ``low``, < 16384 ``medium``,
+  else ``high``; back: ``minimal`` 1024, ``low`` 2048, ``medium`` 8192, ``high`` 24576 tokens
+  (cut to max_tokens - 1; below Anthropic's minimum of 1024 thinking is left off).
+* OpenAI temperature runs 0..2, Anthropic's 0..1: values above 1 are clamped to 1. Claude
+  models reject temperature and top_p together, so only temperature is sent then; with
+  thinking enabled Anthropic accepts neither, so both are left off.
+* Not expressible (TranslationError naming the field): document/search-result blocks,
+  server tools (web_search, bash, computer, ...), ``top_k`` towards canonical; ``n`` > 1,
+  ``response_format`` json, logprobs, penalties, audio, ``logit_bias`` towards Anthropic.
+* Sampling hints with no target field (``seed``, ``service_tier``, ``store``, OpenAI
+  ``metadata``, ``prompt_cache_key``, ``verbosity``) are dropped.
+"""
+
+from __future__ import annotations
+
+from failoverd.failures import FailureReason
+from failoverd.translate.anthropic_front import anthropic_to_canonical, effort_for_budget
+from failoverd.translate.anthropic_request import (
+    ANTHROPIC_IMAGE_TYPES,
+    DEFAULT_MAX_TOKENS,
+    EFFORT_BUDGET,
+    canonical_to_anthropic,
+)
+from failoverd.translate.anthropic_response import (
+    anthropic_error_body,
+    anthropic_to_canonical_response,
+    canonical_to_anthropic_response,
+)
+from failoverd.translate.anthropic_stream import (
+    AnthropicStreamDecoder,
+    AnthropicStreamEncoder,
+    error_event,
+    sse_event,
+)
+
+__all__ = [
+    "ANTHROPIC_IMAGE_TYPES",
+    "DEFAULT_MAX_TOKENS",
+    "EFFORT_BUDGET",
+    "AnthropicStreamDecoder",
+    "AnthropicStreamEncoder",
+    "anthropic_error_body",
+    "anthropic_error_type",
+    "anthropic_to_canonical",
+    "anthropic_to_canonical_response",
+    "canonical_to_anthropic",
+    "canonical_to_anthropic_response",
+    "effort_for_budget",
+    "error_event",
+    "sse_event",
+]
+
+_ERROR_TYPES = {
+    FailureReason.RATE_LIMIT: "rate_limit_error",
+    FailureReason.OVERLOADED: "overloaded_error",
+    FailureReason.AUTH: "authentication_error",
+    FailureReason.BILLING: "billing_error",
+    FailureReason.NOT_FOUND: "not_found_error",
+    FailureReason.CONTEXT_OVERFLOW: "invalid_request_error",
+    FailureReason.CONTENT_FILTER: "invalid_request_error",
+    FailureReason.BAD_REQUEST: "invalid_request_error",
+    FailureReason.TIMEOUT: "timeout_error",
+}
+
+
+def anthropic_error_type(reason: FailureReason | None) -> str:
+    """The Anthropic ``error.type`` to report a failure reason under (api_error otherwise)."""
+    return _ERROR_TYPES.get(reason, "api_error") if reason is not None else "api_error"

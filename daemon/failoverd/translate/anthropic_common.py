@@ -1,0 +1,85 @@
+"""Small helpers shared by the Anthropic request, response and stream translators."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+from failoverd.errors import RequestError, TranslationError
+
+# canonical finish_reason -> Anthropic stop_reason, and back
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """An id in Anthropic's style (``msg_...``, ``toolu_...``): prefix + 24 base62 chars."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+def as_dict(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RequestError(f"{path}: must be an object", param=path)
+    return value
+
+
+def as_list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise RequestError(f"{path}: must be an array", param=path)
+    return value
+
+
+def text_of_blocks(content: Any, path: str, *, allow_refusal: bool = False) -> str:
+    """The text of canonical message content: a string or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for i, part in enumerate(as_list(content, path)):
+        part = as_dict(part, f"{path}[{i}]")
+        kind = part.get("type")
+        key = "refusal" if kind == "refusal" and allow_refusal else "text"
+        if kind != key:
+            raise TranslationError(f"{path}[{i}].type: only text is supported here, not "
+                                   f"{kind!r}", param=f"{path}[{i}].type")
+        text = part.get(key)
+        if not isinstance(text, str):
+            raise RequestError(f"{path}[{i}].{key}: required string", param=f"{path}[{i}].{key}")
+        texts.append(text)
+    return "".join(texts)
+
+
+def canonical_tool_choice(choice: dict[str, Any]) -> tuple[Any, bool | None]:
+    """Anthropic tool_choice -> (canonical tool_choice, parallel_tool_calls or None)."""
+    kind = choice.get("type")
+    parallel = False if choice.get("disable_parallel_tool_use") is True else None
+    if kind == "auto":
+        return "auto", parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "none":
+        return "none", None
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise RequestError("tool_choice.name: required string", param="tool_choice.name")
+        return {"type": "function", "function": {"name": name}}, parallel
+    raise RequestError(f"tool_choice.type: unknown value {kind!r}", param="tool_choice.type")

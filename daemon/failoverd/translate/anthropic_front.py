@@ -1,0 +1,276 @@
+"""Front end: an Anthropic Messages request from a client, as a canonical request.
+
+The decisions behind the mapping are listed in failoverd.translate.anthropic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from failoverd.errors import RequestError, TranslationError
+from failoverd.translate.anthropic_common import (
+    as_dict,
+    as_list,
+    canonical_tool_choice,
+)
+from failoverd.translate.images import image_part, inline_image_part
+
+logger = logging.getLogger(__name__)
+
+# every key of the Messages API failoverd can translate; others are TranslationErrors
+_FRONT_KEYS = frozenset({
+    "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
+    "metadata", "tools", "tool_choice", "thinking", "stream", "service_tier",
+})
+
+
+def effort_for_budget(budget: int) -> str:
+    """The reasoning_effort a thinking budget corresponds to (see failoverd.translate.anthropic)."""
+    if budget < 4096:
+        return "low"
+    if budget < 16384:
+        return "medium"
+    return "high"
+
+
+def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
+    """Translates an Anthropic Messages request body into the canonical request.
+
+    Raises RequestError (``.param`` = field path) for malformed input and TranslationError
+    for input with no canonical equivalent. The result carries ``stream`` (and then
+    ``stream_options.include_usage`` so the final message_delta can report usage).
+    """
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    for key in body:
+        if key not in _FRONT_KEYS:
+            raise TranslationError(f"{key}: not supported by failoverd's translation",
+                                   param=key)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("model: required string", param="model")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError("max_tokens: required positive integer", param="max_tokens")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise RequestError("messages: required non-empty array", param="messages")
+
+    messages: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        messages.append({"role": "system", "content": _front_system(system)})
+    for i, message in enumerate(raw_messages):
+        messages.extend(_front_message(message, f"messages[{i}]"))
+
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise RequestError("stop_sequences: must be an array of strings",
+                               param="stop_sequences")
+        if stops:
+            out["stop"] = list(stops)
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RequestError(f"{key}: must be a number", param=key)
+            out[key] = value
+    metadata = body.get("metadata")
+    if metadata is not None:
+        meta = as_dict(metadata, "metadata")
+        user = meta.get("user_id")
+        if user is not None:
+            if not isinstance(user, str):
+                raise RequestError("metadata.user_id: must be a string",
+                                   param="metadata.user_id")
+            out["user"] = user
+    tools = body.get("tools")
+    if tools is not None:
+        out["tools"] = [_front_tool(t, f"tools[{i}]")
+                        for i, t in enumerate(as_list(tools, "tools"))]
+    if body.get("tool_choice") is not None:
+        choice, parallel = canonical_tool_choice(as_dict(body["tool_choice"], "tool_choice"))
+        out["tool_choice"] = choice
+        if parallel is False and tools:
+            out["parallel_tool_calls"] = False
+    thinking = body.get("thinking")
+    if thinking is not None:
+        effort = _front_thinking(as_dict(thinking, "thinking"))
+        if effort is not None:
+            out["reasoning_effort"] = effort
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("stream: must be a boolean", param="stream")
+    if stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def _front_system(system: Any) -> str | list[dict[str, Any]]:
+    if isinstance(system, str):
+        return system
+    blocks = as_list(system, "system")
+    parts: list[dict[str, Any]] = []
+    for i, block in enumerate(blocks):
+        path = f"system[{i}]"
+        block = as_dict(block, path)
+        if block.get("type") != "text":
+            raise TranslationError(f"{path}.type: only text blocks are supported in system",
+                                   param=f"{path}.type")
+        parts.append({"type": "text", "text": _text(block, path)})
+    return parts[0]["text"] if len(parts) == 1 else parts
+
+
+def _text(block: dict[str, Any], path: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise RequestError(f"{path}.text: required string", param=f"{path}.text")
+    return text
+
+
+def _front_image(block: dict[str, Any], path: str) -> dict[str, Any]:
+    source = as_dict(block.get("source"), f"{path}.source")
+    kind = source.get("type")
+    if kind == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise RequestError(f"{path}.source: base64 source needs media_type and data",
+                               param=f"{path}.source")
+        return inline_image_part(media_type, data)
+    if kind == "url":
+        url = source.get("url")
+        if not isinstance(url, str) or not url:
+            raise RequestError(f"{path}.source.url: required string", param=f"{path}.source.url")
+        return image_part(url)
+    raise TranslationError(f"{path}.source.type: {kind!r} image sources are not supported",
+                           param=f"{path}.source.type")
+
+
+def _front_message(message: Any, path: str) -> list[dict[str, Any]]:
+    message = as_dict(message, path)
+    role = message.get("role")
+    if role not in ("user", "assistant"):
+        raise RequestError(f"{path}.role: must be 'user' or 'assistant'", param=f"{path}.role")
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    blocks = as_list(content, f"{path}.content")
+    if role == "assistant":
+        return [_front_assistant(blocks, path)]
+    tool_messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        bpath = f"{path}.content[{j}]"
+        block = as_dict(block, bpath)
+        kind = block.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": _text(block, bpath)})
+        elif kind == "image":
+            parts.append(_front_image(block, bpath))
+        elif kind == "tool_result":
+            tool_messages.append(_front_tool_result(block, bpath))
+        else:
+            raise TranslationError(f"{bpath}.type: {kind!r} blocks have no equivalent in the "
+                                   "canonical form", param=f"{bpath}.type")
+    # OpenAI wants tool messages right after the assistant turn that called the tools;
+    # Anthropic puts tool_result blocks first in the user turn, so the order matches.
+    out = tool_messages
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": (
+            "".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts)})
+    return out
+
+
+def _front_tool_result(block: dict[str, Any], path: str) -> dict[str, Any]:
+    tool_id = block.get("tool_use_id")
+    if not isinstance(tool_id, str) or not tool_id:
+        raise RequestError(f"{path}.tool_use_id: required string", param=f"{path}.tool_use_id")
+    content = block.get("content", "")
+    if isinstance(content, str):
+        result: str | list[dict[str, Any]] = content
+    else:
+        parts: list[dict[str, Any]] = []
+        for k, inner in enumerate(as_list(content, f"{path}.content")):
+            ipath = f"{path}.content[{k}]"
+            inner = as_dict(inner, ipath)
+            if inner.get("type") == "text":
+                parts.append({"type": "text", "text": _text(inner, ipath)})
+            elif inner.get("type") == "image":
+                # images in tool results are a canonical extension: Anthropic and Gemini take
+                # them, OpenAI-compatible upstreams may refuse them with a 400
+                parts.append(_front_image(inner, ipath))
+            else:
+                raise TranslationError(f"{ipath}.type: {inner.get('type')!r} is not supported "
+                                       "in tool results", param=f"{ipath}.type")
+        only_text = all(p["type"] == "text" for p in parts)
+        result = "".join(p["text"] for p in parts) if only_text else parts
+    return {"role": "tool", "tool_call_id": tool_id, "content": result}
+
+
+def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        bpath = f"{path}.content[{j}]"
+        block = as_dict(block, bpath)
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(_text(block, bpath))
+        elif kind == "tool_use":
+            tool_id, name = block.get("id"), block.get("name")
+            if not isinstance(tool_id, str) or not isinstance(name, str):
+                raise RequestError(f"{bpath}: tool_use needs string id and name", param=bpath)
+            tool_input = block.get("input", {})
+            calls.append({"id": tool_id, "type": "function", "function": {
+                "name": name, "arguments": orjson.dumps(tool_input).decode()}})
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # see the module docstring
+        else:
+            raise TranslationError(f"{bpath}.type: {kind!r} blocks have no equivalent in the "
+                                   "canonical form", param=f"{bpath}.type")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if calls:
+        message["tool_calls"] = calls
+    elif message["content"] is None:
+        message["content"] = ""
+    return message
+
+
+def _front_tool(tool: Any, path: str) -> dict[str, Any]:
+    tool = as_dict(tool, path)
+    kind = tool.get("type")
+    if kind not in (None, "custom"):
+        raise TranslationError(f"{path}.type: server tool {kind!r} has no equivalent outside "
+                               "Anthropic", param=f"{path}.type")
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise RequestError(f"{path}.name: required string", param=f"{path}.name")
+    schema = tool.get("input_schema")
+    if not isinstance(schema, dict):
+        raise RequestError(f"{path}.input_schema: required object", param=f"{path}.input_schema")
+    function: dict[str, Any] = {"name": name, "parameters": schema}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _front_thinking(thinking: dict[str, Any]) -> str | None:
+    kind = thinking.get("type")
+    if kind == "disabled":
+        return None
+    if kind != "enabled":
+        raise TranslationError(f"thinking.type: {kind!r} is not supported", param="thinking.type")
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise RequestError("thinking.budget_tokens: required positive integer",
+                           param="thinking.budget_tokens")
+    return effort_for_budget(budget)
+
+

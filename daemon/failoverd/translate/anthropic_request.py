@@ -1,0 +1,284 @@
+"""Adapter: a canonical request as an Anthropic Messages request.
+
+The decisions behind the mapping are listed in failoverd.translate.anthropic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from failoverd.errors import RequestError, TranslationError
+from failoverd.translate.anthropic_common import (
+    as_dict,
+    as_list,
+    text_of_blocks,
+)
+from failoverd.translate.images import (
+    image_part_url,
+    is_data_url,
+    is_http_url,
+    parse_data_url,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 4096
+ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+MIN_THINKING_BUDGET = 1024
+
+# canonical keys translated below or dropped as hints (see the decisions)
+_ADAPTER_KEYS = frozenset({
+    "model", "messages", "stream", "stream_options", "seed", "service_tier", "store",
+    "metadata", "prompt_cache_key", "verbosity", "user", "safety_identifier",
+    "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "top_k",
+    "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "n",
+    "response_format",
+})
+# keys only harmless at their "off" value
+_ADAPTER_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0, 0.0), "presence_penalty": (None, 0, 0.0),
+    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,),
+    "web_search_options": (None,), "functions": (None,), "function_call": (None,),
+}
+
+
+def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
+                           default_max_tokens: int = DEFAULT_MAX_TOKENS, *,
+                           max_output_tokens: int | None = None) -> dict[str, Any]:
+    """Translates a canonical request into an Anthropic Messages request (without ``stream``).
+
+    ``default_max_tokens`` applies when the request sets neither max_completion_tokens nor
+    max_tokens (Anthropic requires the field): pass the model's max_output_tokens, or leave
+    the default of 4096. ``max_output_tokens``, when given, caps what the client asked for:
+    a request written for a bigger model is answered (possibly cut at the cap, reported as
+    ``length``) instead of refused with a 400. Raises TranslationError naming the field for
+    anything Anthropic cannot express.
+    """
+    for key, value in body.items():
+        if key in _ADAPTER_KEYS:
+            continue
+        allowed = _ADAPTER_DEFAULTS.get(key)
+        if allowed is None or value not in allowed:
+            raise TranslationError(f"{key}: not supported by Anthropic", param=key)
+    n = body.get("n")
+    if n not in (None, 1):
+        raise TranslationError("n: Anthropic returns one choice per request", param="n")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        raise TranslationError(f"response_format.type: {fmt.get('type')!r} is not supported "
+                               "by Anthropic", param="response_format.type")
+
+    system, messages = _anthropic_messages(as_list(body.get("messages"), "messages"))
+    out: dict[str, Any] = {"model": upstream_model_name}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError("max_tokens: must be a positive integer", param="max_tokens")
+    if max_output_tokens:
+        max_tokens = min(max_tokens, max_output_tokens)
+    out["max_tokens"] = max_tokens
+    if system:
+        out["system"] = system
+    out["messages"] = messages
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+
+    thinking = _thinking(body.get("reasoning_effort"), out["max_tokens"], messages)
+    if thinking is not None:
+        out["thinking"] = thinking
+    else:
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        if temperature is not None:
+            out["temperature"] = min(float(temperature), 1.0)
+        elif top_p is not None:
+            out["top_p"] = top_p
+        if body.get("top_k") is not None:
+            out["top_k"] = body["top_k"]
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = [_anthropic_tool(t, f"tools[{i}]")
+                        for i, t in enumerate(as_list(tools, "tools"))]
+    choice = _anthropic_tool_choice(body.get("tool_choice"))
+    if body.get("parallel_tool_calls") is False and tools:
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if choice is not None and (tools or choice["type"] == "none"):
+        out["tool_choice"] = choice
+    return out
+
+
+def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
+              ) -> dict[str, Any] | None:
+    if effort is None or effort == "none":
+        return None
+    budget = EFFORT_BUDGET.get(str(effort))
+    if budget is None:
+        raise TranslationError(f"reasoning_effort: unknown value {effort!r}",
+                               param="reasoning_effort")
+    budget = min(budget, max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None
+    last_assistant = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
+    if last_assistant is not None and messages[-1]["role"] == "user" and any(
+            b.get("type") == "tool_result" for b in messages[-1]["content"]):
+        return None  # mid tool-use loop without the (dropped) signed thinking blocks
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    system: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(raw):
+        path = f"messages[{i}]"
+        message = as_dict(message, path)
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = text_of_blocks(content, f"{path}.content")
+            if text:
+                system.append({"type": "text", "text": text})
+            continue
+        if role == "user":
+            blocks = _anthropic_user_content(content, f"{path}.content")
+            target = "user"
+        elif role == "assistant":
+            blocks = _anthropic_assistant_content(message, path)
+            target = "assistant"
+        elif role == "tool":
+            tool_id = message.get("tool_call_id")
+            if not isinstance(tool_id, str):
+                raise RequestError(f"{path}.tool_call_id: required string",
+                                   param=f"{path}.tool_call_id")
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id}
+            result_blocks = _anthropic_user_content(content, f"{path}.content")
+            if result_blocks:
+                result["content"] = result_blocks
+            blocks, target = [result], "user"
+        else:
+            raise TranslationError(f"{path}.role: {role!r} is not supported by Anthropic",
+                                   param=f"{path}.role")
+        if not blocks:
+            continue  # Anthropic rejects empty content; an empty turn carries nothing
+        if messages and messages[-1]["role"] == target:
+            # Anthropic requires alternating roles: consecutive turns of one role merge
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": target, "content": blocks})
+    for message in messages:  # tool results must lead their user turn
+        message["content"].sort(key=lambda b: b.get("type") != "tool_result")
+    if messages and messages[-1]["role"] == "assistant":
+        # an assistant prefill must not end in whitespace (Anthropic returns a 400)
+        last = messages[-1]["content"][-1]
+        if last.get("type") == "text":
+            last["text"] = last["text"].rstrip()
+            if not last["text"]:
+                messages[-1]["content"].pop()
+                if not messages[-1]["content"]:
+                    messages.pop()
+    if not messages:
+        raise TranslationError("messages: Anthropic needs at least one user or assistant "
+                               "message", param="messages")
+    return system, messages
+
+
+def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(as_list(content, path)):
+        ppath = f"{path}[{j}]"
+        part = as_dict(part, ppath)
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RequestError(f"{ppath}.text: required string", param=f"{ppath}.text")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_anthropic_image(image_part_url(part, path=ppath), ppath))
+        else:
+            raise TranslationError(f"{ppath}.type: {kind!r} content is not supported by "
+                                   "Anthropic", param=f"{ppath}.type")
+    return blocks
+
+
+def _anthropic_image(url: str, path: str) -> dict[str, Any]:
+    if is_data_url(url):
+        image = parse_data_url(url, path=f"{path}.image_url.url")
+        if image.media_type not in ANTHROPIC_IMAGE_TYPES:
+            raise TranslationError(f"{path}.image_url.url: media type {image.media_type!r} is "
+                                   "not supported by Anthropic (jpeg, png, gif, webp)",
+                                   param=f"{path}.image_url.url")
+        return {"type": "image", "source": {"type": "base64", "media_type": image.media_type,
+                                            "data": image.data}}
+    if is_http_url(url):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise TranslationError(f"{path}.image_url.url: only data: and http(s) URLs are supported",
+                           param=f"{path}.image_url.url")
+
+
+def _anthropic_assistant_content(message: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    text = text_of_blocks(message.get("content"), f"{path}.content", allow_refusal=True)
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
+        cpath = f"{path}.tool_calls[{k}]"
+        call = as_dict(call, cpath)
+        function = as_dict(call.get("function"), f"{cpath}.function")
+        name, tool_id = function.get("name"), call.get("id")
+        if not isinstance(name, str) or not isinstance(tool_id, str):
+            raise RequestError(f"{cpath}: needs string id and function.name", param=cpath)
+        arguments = function.get("arguments") or "{}"
+        try:
+            tool_input = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            tool_input = None
+        if not isinstance(tool_input, dict):
+            raise TranslationError(f"{cpath}.function.arguments: Anthropic needs a JSON object",
+                                   param=f"{cpath}.function.arguments")
+        blocks.append({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input})
+    return blocks
+
+
+def _anthropic_tool(tool: Any, path: str) -> dict[str, Any]:
+    tool = as_dict(tool, path)
+    if tool.get("type", "function") != "function":
+        raise TranslationError(f"{path}.type: {tool.get('type')!r} tools are not supported by "
+                               "Anthropic", param=f"{path}.type")
+    function = as_dict(tool.get("function"), f"{path}.function")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise RequestError(f"{path}.function.name: required string",
+                           param=f"{path}.function.name")
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    out: dict[str, Any] = {"name": name, "input_schema": schema}
+    if isinstance(function.get("description"), str):
+        out["description"] = function["description"]
+    return out
+
+
+def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = as_dict(choice.get("function"), "tool_choice.function").get("name")
+        if isinstance(name, str) and name:
+            return {"type": "tool", "name": name}
+    raise TranslationError(f"tool_choice: {choice!r} is not supported by Anthropic",
+                           param="tool_choice")

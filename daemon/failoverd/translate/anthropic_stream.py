@@ -1,0 +1,237 @@
+"""Streaming: canonical chunks -> Anthropic SSE (front end) and Anthropic SSE -> chunks (adapter).
+
+Anthropic's stream is ``message_start``, then per content block ``content_block_start``,
+``content_block_delta``\\* (``text_delta``, ``input_json_delta``, ``thinking_delta``, ...),
+``content_block_stop``, then ``message_delta`` (stop_reason, usage) and ``message_stop``;
+``ping`` may come anywhere and ``error`` ends a stream that failed after it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from failoverd.translate.anthropic_common import FINISH_REASONS, STOP_REASONS, new_id
+from failoverd.translate.anthropic_response import (
+    anthropic_error_body,
+    anthropic_usage,
+    canonical_usage,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event as Anthropic sends it: ``event: X`` then a JSON ``data:`` line."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def error_event(error_type: str, message: str) -> bytes:
+    """A mid-stream ``error`` event (e.g. ``overloaded_error``, ``api_error``)."""
+    return sse_event("error", anthropic_error_body(error_type, message))
+
+
+class AnthropicStreamEncoder:
+    """Turns canonical chat.completion.chunk dicts into Anthropic SSE bytes (front end).
+
+    Feed every chunk with ``feed``; when the canonical stream ends call ``finish`` (it closes
+    the open block and sends message_delta with stop_reason and usage, then message_stop;
+    a missing finish_reason counts as ``end_turn``). On a failure after the stream began,
+    send ``error_event`` instead of ``finish``. Every method returns the bytes to write,
+    possibly empty.
+    """
+
+    def __init__(self, model_id: str, message_id: str | None = None) -> None:
+        self.model_id = model_id
+        self.message_id = message_id or new_id("msg_")
+        self._started = False
+        self._done = False
+        self._block = -1  # index of the last block started
+        self._open: str | None = None  # "text" or "tool_use" while a block is open
+        self._tool_blocks: dict[int, int] = {}  # canonical tool_call index -> block index
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return sse_event("message_start", {"type": "message_start", "message": {
+            "id": self.message_id, "type": "message", "role": "assistant",
+            "model": self.model_id, "content": [], "stop_reason": None,
+            "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return sse_event("content_block_stop", {"type": "content_block_stop",
+                                                "index": self._block})
+
+    def _open_block(self, kind: str, block: dict[str, Any]) -> bytes:
+        out = self._close()
+        self._block += 1
+        self._open = kind
+        return out + sse_event("content_block_start", {
+            "type": "content_block_start", "index": self._block, "content_block": block})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return sse_event("content_block_delta", {"type": "content_block_delta",
+                                                 "index": self._block, "delta": delta})
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        """Bytes for one canonical chunk."""
+        if self._done:
+            return b""
+        out = self._start()
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                if self._open != "text":
+                    out += self._open_block("text", {"type": "text", "text": ""})
+                out += self._delta({"type": "text_delta", "text": text})
+            for call in delta.get("tool_calls") or []:
+                out += self._tool_delta(call)
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return out
+
+    def _tool_delta(self, call: dict[str, Any]) -> bytes:
+        out = b""
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        if index not in self._tool_blocks:
+            out += self._open_block("tool_use", {
+                "type": "tool_use", "id": call.get("id") or new_id("toolu_"),
+                "name": function.get("name") or "", "input": {}})
+            self._tool_blocks[index] = self._block
+        arguments = function.get("arguments")
+        if arguments:
+            if self._tool_blocks[index] != self._block or self._open != "tool_use":
+                # Anthropic blocks cannot be reopened; interleaved argument streams are not
+                # sent by any known upstream
+                logger.warning("dropping arguments for tool call %d: its block is closed", index)
+                return out
+            out += self._delta({"type": "input_json_delta", "partial_json": arguments})
+        return out
+
+    def finish(self) -> bytes:
+        """Closing events: open block stop, message_delta (stop_reason, usage), message_stop."""
+        if self._done:
+            return b""
+        out = self._start() + self._close()
+        self._done = True
+        stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
+        if self._tool_blocks and stop_reason == "end_turn":
+            stop_reason = "tool_use"
+        usage = anthropic_usage(self._usage)
+        out += sse_event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": usage})
+        return out + sse_event("message_stop", {"type": "message_stop"})
+
+    def error_event(self, error_type: str, message: str) -> bytes:
+        """A mid-stream error event; the stream is over after it."""
+        self._done = True
+        return self._start() + error_event(error_type, message)
+
+
+class AnthropicStreamDecoder:
+    """Turns Anthropic SSE events into canonical chat.completion.chunk dicts (adapter).
+
+    ``feed(event_name, data)`` returns the chunks for one event. ``error`` events are the
+    caller's to handle (it knows the provider); ``stopped`` tells whether message_stop came,
+    ``content_started`` whether the model began a content block (message_start and ping come
+    before the model produced anything, and Anthropic may still send an overloaded error).
+    Usage arrives with the finish_reason in the last chunk.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.stopped = False
+        self.content_started = False  # a content block began: the model is answering
+        self._id = "chatcmpl-" + new_id("msg_")
+        self._created = int(time.time())
+        self._tools: dict[int, int] = {}  # Anthropic block index -> canonical tool index
+        self._usage: dict[str, Any] = {}
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None,
+               usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish}]}
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = data.get("type") or event
+        if kind == "message_start":
+            message = data.get("message") or {}
+            if message.get("id"):
+                self._id = "chatcmpl-" + str(message["id"])
+            self._usage.update(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            return self._block_start(int(data.get("index", 0)), data.get("content_block") or {})
+        if kind == "content_block_delta":
+            return self._block_delta(int(data.get("index", 0)), data.get("delta") or {})
+        if kind == "message_delta":
+            # message_delta usage is cumulative; keep message_start's input count if absent
+            self._usage.update({k: v for k, v in (data.get("usage") or {}).items()
+                                if v is not None})
+            reason = (data.get("delta") or {}).get("stop_reason")
+            finish = FINISH_REASONS.get(str(reason), "stop")
+            return [self._chunk({}, finish, canonical_usage(self._usage))]
+        if kind == "message_stop":
+            self.stopped = True
+        return []  # ping, content_block_stop, unknown future events
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+        self.content_started = True
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            return [self._chunk({"content": block["text"]})]
+        if kind == "tool_use":
+            tool_index = len(self._tools)
+            self._tools[index] = tool_index
+            call: dict[str, Any] = {
+                "index": tool_index, "id": block.get("id") or new_id("toolu_"),
+                "type": "function",
+                "function": {"name": block.get("name", ""), "arguments": ""}}
+            chunks = [self._chunk({"tool_calls": [call]})]
+            if block.get("input"):  # a complete input up front (not sent by the API today)
+                chunks.append(self._chunk({"tool_calls": [{"index": tool_index, "function": {
+                    "arguments": orjson.dumps(block["input"]).decode()}}]}))
+            return chunks
+        return []
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return [self._chunk({"content": delta.get("text", "")})]
+        if kind == "input_json_delta" and index in self._tools:
+            partial = delta.get("partial_json", "")
+            if not partial:
+                return []
+            return [self._chunk({"tool_calls": [{"index": self._tools[index],
+                                                 "function": {"arguments": partial}}]})]
+        if kind == "thinking_delta":
+            return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+        return []  # signature_delta, citations_delta

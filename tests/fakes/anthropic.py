@@ -1,0 +1,196 @@
+"""A fake Anthropic Messages API: a real aiohttp server on 127.0.0.1 speaking the wire format.
+
+`fake.push("overloaded", "ok")` scripts the next requests; `fake.default` answers the rest.
+Every request is logged (`fake.requests`) with its headers and parsed body. Streams use the
+real SSE event sequence (message_start, content_block_start/delta/stop with text_delta and
+input_json_delta, message_delta with stop_reason and usage, message_stop, ping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+
+def _err(type_: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": message},
+                         "request_id": "req_011CTestFake"})
+
+
+# Error bodies as api.anthropic.com sends them.
+ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
+    "overloaded": (529, _err("overloaded_error", "Overloaded"), {}),
+    "overloaded_503": (503, _err("overloaded_error", "Overloaded"), {}),
+    "rate_limit": (429, _err(
+        "rate_limit_error", "This request would exceed the rate limit for your organization "
+        "of 50 input tokens per minute. For details, refer to: "
+        "https://docs.claude.com/en/api/rate-limits."), {"retry-after": "7"}),
+    "auth": (401, _err("authentication_error", "invalid x-api-key"), {}),
+    "permission": (403, _err("permission_error",
+                             "Your API key does not have permission to use the specified "
+                             "resource."), {}),
+    "not_found": (404, _err("not_found_error", "model: claude-nope-9"), {}),
+    "too_long": (400, _err("invalid_request_error",
+                           "prompt is too long: 215012 tokens > 200000 maximum"), {}),
+    "credit": (400, _err("invalid_request_error",
+                         "Your credit balance is too low to access the Anthropic API. Please "
+                         "go to Plans & Billing to upgrade or purchase credits."), {}),
+    "bad_request": (400, _err("invalid_request_error",
+                              "messages.0.content.0.text: text content blocks must be "
+                              "non-empty"), {}),
+    "api_error": (500, _err("api_error", "Internal server error"), {}),
+}
+
+
+@dataclass
+class Logged:
+    method: str
+    path: str
+    headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
+    body: Any
+
+
+@dataclass
+class FakeAnthropic:
+    """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "cut_stream" (connection
+    dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
+    ends cleanly but without message_stop)."""
+
+    default: str = "ok"
+    reply: str = "Hello from the fake Anthropic"
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Logged] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def push(self, *behaviours: str) -> None:
+        self.script.extend(behaviours)
+
+    def message_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path == "/v1/messages"]
+
+    async def start(self) -> FakeAnthropic:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else self.default
+
+    @staticmethod
+    def _error(name: str) -> web.Response:
+        status, body, headers = ERRORS[name]
+        return web.Response(status=status, body=body, headers=headers,
+                            content_type="application/json")
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(Logged("GET", request.path, request.headers.copy(), None))
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        return web.json_response({"data": [{
+            "type": "model", "id": "claude-test-1", "display_name": "Claude Test",
+            "created_at": "2025-01-01T00:00:00Z"}], "has_more": False,
+            "first_id": "claude-test-1", "last_id": "claude-test-1"})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        if behaviour == "invalid_json":
+            return web.Response(body=b'{"id": "msg_1", "content": [',
+                                content_type="application/json")
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour)
+        return web.json_response(self._message(body))
+
+    def _content(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        if body.get("tools"):
+            return [{"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_01Fake", "name": body["tools"][0]["name"],
+                     "input": {"city": "Paris", "days": 2}}], "tool_use"
+        return [{"type": "text", "text": self.reply}], "end_turn"
+
+    def _message(self, body: dict[str, Any]) -> dict[str, Any]:
+        content, stop = self._content(body)
+        return {"id": "msg_01Fake", "type": "message", "role": "assistant",
+                "model": body.get("model"), "content": content, "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 7,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 3}}
+
+    async def _stream(self, request: web.Request, body: dict[str, Any],
+                      behaviour: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+
+        async def send(name: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {name}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+
+        await send("message_start", {"type": "message_start", "message": {
+            "id": "msg_01Fake", "type": "message", "role": "assistant",
+            "model": body.get("model"), "content": [], "stop_reason": None,
+            "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1,
+                                             "cache_read_input_tokens": 3}}})
+        await send("ping", {"type": "ping"})
+        content, stop = self._content(body)
+        for index, block in enumerate(content):
+            if block["type"] == "text":
+                await send("content_block_start", {"type": "content_block_start",
+                                                   "index": index,
+                                                   "content_block": {"type": "text",
+                                                                     "text": ""}})
+                words = block["text"].split(" ")
+                for i, word in enumerate(words):
+                    await send("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
+                    if behaviour == "cut_stream" and i == 1:
+                        assert request.transport is not None
+                        request.transport.close()
+                        return resp
+                    if behaviour == "stream_error" and i == 1:
+                        await resp.write(b"event: error\ndata: " + _err("overloaded_error",
+                                                                       "Overloaded") + b"\n\n")
+                        return resp
+            else:
+                await send("content_block_start", {
+                    "type": "content_block_start", "index": index, "content_block": {
+                        "type": "tool_use", "id": block["id"], "name": block["name"],
+                        "input": {}}})
+                arguments = orjson.dumps(block["input"]).decode()
+                for piece in ("", arguments[:9], arguments[9:]):
+                    await send("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece}})
+            await send("content_block_stop", {"type": "content_block_stop", "index": index})
+        await send("message_delta", {"type": "message_delta",
+                                     "delta": {"stop_reason": stop, "stop_sequence": None},
+                                     "usage": {"output_tokens": 7}})
+        if behaviour != "no_stop":
+            await send("message_stop", {"type": "message_stop"})
+        return resp
