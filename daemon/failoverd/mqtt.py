@@ -73,7 +73,8 @@ class MqttStats:
     """A snapshot for /metrics and /v1/status."""
 
     connected: bool
-    queued: int
+    queued: int  # events waiting for the broker
+    states_pending: int  # retained model states not yet (re)published
     dropped: int
     published: int
     reconnects: int
@@ -169,7 +170,8 @@ class MqttPublisher:
     def stats(self) -> MqttStats:
         """Counters and connection state."""
         return MqttStats(
-            connected=self._connected.is_set(), queued=len(self._queue), dropped=self.dropped,
+            connected=self._connected.is_set(), queued=len(self._queue),
+            states_pending=len(self._dirty), dropped=self.dropped,
             published=self.published, reconnects=self.reconnects,
             connect_failures=self.connect_failures, protocol=self._protocol,
             connected_since=self._connected_since, last_error=self._last_error,

@@ -48,6 +48,17 @@ _EVENT_FOR_STATE = {
 }
 
 
+# The retained state topic is republished on transitions only, so it carries what changes
+# with them; per-call figures (latency, in-flight, failure counts) would go stale there.
+MQTT_STATE_KEYS = ("state", "breaker_state", "reason", "since", "retry_at", "open_count",
+                   "provider")
+
+
+def mqtt_state(model_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The retained ``models/<id>/state`` payload from a /v1/status model entry."""
+    return {"model": model_id, **{k: entry.get(k) for k in MQTT_STATE_KEYS}}
+
+
 @dataclass(slots=True)
 class Route:
     """Where one request goes: its candidates and what the router knows about it."""
@@ -235,13 +246,14 @@ class Service:
             return
         entry = self.health.status()["models"].get(model_id)
         if entry is not None:
-            self.mqtt.set_model_state(model_id, entry)
+            self.mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
 
     def publish_all_states(self) -> None:
+        """Hands every model's retained state to the MQTT publisher (startup, reload)."""
         if self.mqtt is None:
             return
         for model_id, entry in self.health.status()["models"].items():
-            self.mqtt.set_model_state(model_id, entry)
+            self.mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
 
     # ------------------------------------------------------------------ persistence
 
@@ -292,8 +304,17 @@ class Service:
                     "broker was away (queue_size exceeded).",
                     "# TYPE failoverd_mqtt_dropped_events_total counter",
                     f"failoverd_mqtt_dropped_events_total {m.dropped}",
+                    "# HELP failoverd_mqtt_queued_events Events waiting for the broker.",
                     "# TYPE failoverd_mqtt_queued_events gauge",
                     f"failoverd_mqtt_queued_events {m.queued}",
+                    "# HELP failoverd_mqtt_published_events_total Events the broker "
+                    "acknowledged.",
+                    "# TYPE failoverd_mqtt_published_events_total counter",
+                    f"failoverd_mqtt_published_events_total {m.published}",
+                    "# HELP failoverd_mqtt_reconnects_total Connections made after the first.",
+                    "# TYPE failoverd_mqtt_reconnects_total counter",
+                    f"failoverd_mqtt_reconnects_total {m.reconnects}",
+                    "# HELP failoverd_mqtt_connected 1 while connected to the broker.",
                     "# TYPE failoverd_mqtt_connected gauge",
                     f"failoverd_mqtt_connected {int(m.connected)}"]
         out += ["# TYPE failoverd_hook_failures_total counter",
