@@ -31,6 +31,15 @@ Decisions, so every translator and operator can rely on them:
 * Not expressible (TranslationError naming the field): document/search-result blocks,
   server tools (web_search, bash, computer, ...), ``top_k`` towards canonical; ``n`` > 1,
   ``response_format`` json, logprobs, penalties, audio, ``logit_bias`` towards Anthropic.
+* Images inside tool results are a canonical extension (a tool message whose content has
+  image_url parts): Anthropic and Gemini take them; OpenAI-compatible upstreams may not.
+* Towards Anthropic: system/developer messages anywhere are collected into ``system`` in
+  order; consecutive same-role turns merge (tool results first in their user turn); empty
+  turns are left out; a final assistant prefill loses trailing whitespace (Anthropic
+  refuses it); a message's ``name`` is dropped; max_tokens is capped at the model's
+  max_output_tokens when the provider passes it.
+* Tool-call arguments that are not a JSON object: towards Anthropic a TranslationError;
+  in an answer to an Anthropic client they are kept as ``{"_raw_arguments": text}``.
 * Sampling hints with no target field (``seed``, ``service_tier``, ``store``, OpenAI
   ``metadata``, ``prompt_cache_key``, ``verbosity``) are dropped.
 """
