@@ -7,8 +7,11 @@ The tree::
     ├── RequestError           the client's request is unusable (.status 400/413/..., .param)
     │   └── TranslationError   the request cannot be expressed for the target provider
     ├── UpstreamError          one upstream attempt failed (.reason, .status, .provider, .model,
-    │                          .retry_after, .body: the upstream error body for bad_request passthrough)
-    └── NoModelAvailable       every candidate failed or was skipped (.attempts)
+    │                          .retry_after, .body: the upstream error body for bad_request
+    │                          passthrough)
+    ├── NoModelAvailable       every candidate failed or was skipped (.attempts)
+    └── ListenError            the daemon cannot get its listening socket (bad socket
+                               activation, path in use by a live daemon, bind failure)
 
 Third-party exceptions (aiohttp, aiomqtt, OSError from sockets) are translated into these at
 the edges (provider adapters, MQTT publisher) and never travel inward.
@@ -108,3 +111,7 @@ class NoModelAvailable(FailoverdError):
         self.retry_after = retry_after
         super().__init__("no model available: " + "; ".join(
             f"{a.model}: {a.reason}" for a in attempts) if attempts else "no candidates")
+
+
+class ListenError(FailoverdError):
+    """The daemon cannot get its listening socket (bad activation, path in use, bind failure)."""

@@ -18,7 +18,9 @@ import stat
 import struct
 from collections.abc import MutableMapping
 
-from failoverd.errors import FailoverdError
+from failoverd.errors import ListenError
+
+__all__ = ["ListenError", "activated_sockets", "bind_unix", "peer_uid"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,6 @@ _UCRED = struct.Struct("iII")
 
 # sun_path is 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 107
-
-
-class ListenError(FailoverdError):
-    """The daemon cannot get its listening socket (bad activation, path in use, bind failure)."""
 
 
 def activated_sockets(env: MutableMapping[str, str] | None = None) -> list[socket.socket]:

@@ -23,7 +23,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 
-import sdnotify  # type: ignore[import-untyped]
+import sdnotify  # no type information; ignore_missing_imports in pyproject.toml
 
 from failoverd.clock import Clock, SystemClock
 

@@ -1,19 +1,26 @@
 """The supervisor owns the daemon's lifecycle.
 
-Start: one shared aiohttp ClientSession (keep-alive pool), the runtime for the loaded
-config, the HTTP app on the Unix socket (and optional loopback TCP), then READY.
-Signals only set events (SIGTERM/SIGINT: stop, SIGHUP: reload). Stop runs in a fixed order:
-stop accepting, drain in-flight requests up to shutdown_timeout, cancel the rest, close.
+Start, in this order: the listening socket (passed by systemd or bound by us, first so a
+second instance fails before it touches anything), one shared aiohttp ClientSession, the
+Service (state restored from ``state_dir``), MQTT, hooks, the prober, the HTTP app, then
+``READY=1`` and the watchdog. Signals only set events (SIGTERM/SIGINT: stop, SIGHUP: reload).
+
+Stop runs in a fixed order with a time limit: ``STOPPING=1``, stop accepting (the listening
+sockets close, idle keep-alive connections close), drain in-flight requests and streams up to
+``daemon.shutdown_timeout``, cut what is left with a clear error, then close the HTTP server,
+prober, hooks and MQTT (``offline``), persist state and remove our socket file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -22,16 +29,101 @@ from aiohttp import web
 
 from failoverd import config as config_mod
 from failoverd.api.app import make_app
-from failoverd.mqtt import MqttPublisher
-from failoverd.prober import Prober
-from failoverd.service import Service
+from failoverd.api.replies import openai_error
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError
 from failoverd.listen import activated_sockets, bind_unix
+from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
+from failoverd.prober import Prober
+from failoverd.service import Service
 
 logger = logging.getLogger(__name__)
+
+# After the drain deadline, cancelled handlers get this long to send their error and unwind.
+CUT_GRACE_SECONDS = 2.0
+
+# How often STATUS= is refreshed (only sent when the line changed).
+STATUS_INTERVAL = 5.0
+
+# Settings read once at start: a reload that changes them is applied except for these.
+_RESTART_ONLY = ("socket", "socket_mode", "tcp", "state_dir", "node", "log_format")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestTracker:
+    """Knows every request being handled, so a stop can drain them and cut the stragglers.
+
+    Installed as the outermost-but-one middleware (after the access guard). A handler cut at
+    the drain deadline is cancelled; the tracker turns that cancellation into an answer the
+    client can understand: a 503 if nothing was sent yet, else an error event that ends the
+    stream cleanly (OpenAI or Anthropic shape, by path).
+    """
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.cutting = False
+        self._responses: dict[asyncio.Task[Any], web.StreamResponse] = {}
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.append(self.middleware)
+        app.on_response_prepare.append(self._prepared)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if not self.cutting:
+                raise
+            task.uncancel()  # the cancellation was ours and is answered here
+            return await _cut_reply(request, self._responses.get(task))
+        finally:
+            self.tasks.discard(task)
+            self._responses.pop(task, None)
+
+    async def _prepared(self, request: web.Request, response: web.StreamResponse) -> None:
+        task = asyncio.current_task()
+        if task is not None and task in self.tasks:
+            self._responses[task] = response
+
+    def pending(self) -> set[asyncio.Task[Any]]:
+        return {t for t in self.tasks if not t.done()}
+
+
+_SHUTDOWN_MESSAGE = ("failoverd is shutting down: the request was cut after "
+                     "daemon.shutdown_timeout; retry it")
+
+
+async def _cut_reply(request: web.Request,
+                     resp: web.StreamResponse | None) -> web.StreamResponse:
+    anthropic = request.path.startswith("/v1/messages")
+    if resp is None or not resp.prepared:
+        if anthropic:
+            return web.json_response({"type": "error", "error": {
+                "type": "overloaded_error", "message": _SHUTDOWN_MESSAGE}}, status=503,
+                headers={"Connection": "close"})
+        return openai_error(503, _SHUTDOWN_MESSAGE, "shutting_down", "shutting_down",
+                            headers={"Connection": "close", "Retry-After": "1"})
+    if resp.content_type == "text/event-stream":
+        if anthropic:
+            event = (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                     b'"message":"' + _SHUTDOWN_MESSAGE.encode() + b'"}}\n\n')
+        else:
+            body = openai_error(503, _SHUTDOWN_MESSAGE, "shutting_down", "shutting_down").body
+            assert isinstance(body, bytes)
+            event = b"data: " + body + b"\n\n"
+        try:
+            await resp.write(event)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client is gone, or the response already ended
+    return resp
 
 
 class Supervisor:
@@ -43,19 +135,26 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.handle_signals = handle_signals
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()
         self._reload = asyncio.Event()
         self.service: Service | None = None
         self.prober: Prober | None = None
         self.notifier = notifier or Notifier()
         self.session: aiohttp.ClientSession | None = None
+        self.tracker = RequestTracker()
+        self._background: list[asyncio.Task[None]] = []
+        self._last_status = ""
 
     # ------------------------------------------------------------------ control
 
     def request_stop(self) -> None:
+        """Begin a graceful stop; a second request cuts the drain short."""
+        if self._stop.is_set():
+            self._force.set()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -64,22 +163,21 @@ class Supervisor:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Start, serve until stopped, then shut down in order. Raises ListenError early."""
         async with AsyncExitStack() as stack:
             if self.handle_signals:
-                for sig, action in ((signal.SIGTERM, self.request_stop),
-                                    (signal.SIGINT, self.request_stop),
-                                    (signal.SIGHUP, self.request_reload)):
-                    loop.add_signal_handler(sig, action)
-                    stack.callback(loop.remove_signal_handler, sig)
+                self._install_signals(stack)
+            # LIFO: the watchdog keeps pinging until everything else has been shut down
+            stack.push_async_callback(self._cancel_background)
+            sockets = self._sockets(stack)
             self.session = await stack.enter_async_context(aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
                                                keepalive_timeout=60),
                 skip_auto_headers=("User-Agent",), headers={"User-Agent": "failoverd"},
                 auto_decompress=True,
             ))
-            # exit order is LIFO: state is saved last, after MQTT said offline, after hooks
-            # finished, after the HTTP server drained
+            # state is saved last, after MQTT said offline, after hooks finished, after the
+            # HTTP server drained
             service = Service(self.config, self.session, self.clock, self.rng)
             self.service = service
             service.restore_state()
@@ -94,30 +192,79 @@ class Supervisor:
             self.prober = service.prober = Prober(service, self.clock, self.rng)
             self.prober.start()
             stack.push_async_callback(self.prober.stop)
-            app = make_app(service)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                   shutdown_timeout=self.config.daemon.shutdown_timeout)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            for sock in self._sockets(stack):
-                await web.SockSite(runner, sock).start()
-            if self.config.daemon.tcp:
-                host, _, port = self.config.daemon.tcp.rpartition(":")
-                await web.TCPSite(runner, host, int(port)).start()
-            logger.info("failoverd listening on %s (%d models, %d providers)",
-                        self.config.daemon.socket, len(self.config.models),
-                        len(self.config.providers))
+            runner = await self._start_http(stack, service, sockets)
+            where = ("sockets passed by systemd" if self._activated
+                     else self.config.daemon.socket)
+            logger.info("failoverd listening on %s (%d models, %d providers)", where,
+                        len(self.config.models), len(self.config.providers))
             self.ready.set()
-            self.notifier.ready(self.status_line())
-            interval = self.notifier.watchdog_interval()
-            if interval is not None:
-                watchdog = asyncio.create_task(self.notifier.watchdog_loop(interval),
-                                               name="watchdog")
-                stack.callback(watchdog.cancel)
+            self._last_status = self.status_line()
+            self.notifier.ready(self._last_status)
+            self._start_background()
             await self._serve()
-            self.notifier.stopping()
-            logger.info("failoverd stopping: draining %d in-flight request(s)",
-                        self.service.inflight)
+            await self._drain(runner)
+            await runner.cleanup()
+        logger.info("failoverd stopped")
+
+    def _install_signals(self, stack: AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            if self._stop.is_set():
+                logger.warning("%s again: cutting the drain short", sig.name)
+            else:
+                logger.info("%s received: stopping", sig.name)
+            self.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+            stack.callback(loop.remove_signal_handler, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+    async def _start_http(self, stack: AsyncExitStack, service: Service,
+                          sockets: list[socket.socket]) -> web.AppRunner:
+        app = make_app(service)
+        self.tracker.install(app)
+        # Our own drain runs first; the runner's timeout only bounds what is left after it.
+        runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                               shutdown_timeout=CUT_GRACE_SECONDS)
+        await runner.setup()
+        # also on a failed start; a second cleanup after the normal one is a no-op
+        stack.push_async_callback(runner.cleanup)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        if self.config.daemon.tcp:
+            host, _, port = self.config.daemon.tcp.rpartition(":")
+            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        return runner
+
+    def _start_background(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            logger.info("systemd watchdog enabled: pinging every %.1f s", interval)
+            self._background.append(asyncio.create_task(
+                self.notifier.watchdog_loop(interval), name="watchdog"))
+        if self.notifier.enabled:
+            self._background.append(asyncio.create_task(self._status_loop(), name="status"))
+
+    async def _cancel_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self.refresh_status()
+
+    def refresh_status(self) -> None:
+        """Sends STATUS= if the summary changed since the last one."""
+        line = self.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.status(line)
 
     async def _serve(self) -> None:
         while not self._stop.is_set():
@@ -132,16 +279,61 @@ class Supervisor:
                 self._reload.clear()
                 self.reload()
 
+    # ------------------------------------------------------------------ stop
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        """Stop accepting, let in-flight requests finish up to shutdown_timeout, cut the rest."""
+        timeout = self.config.daemon.shutdown_timeout
+        self.notifier.stopping()
+        for site in list(runner.sites):
+            await site.stop()  # closes the listening socket: new connections are refused
+        if runner.server is not None:
+            # Idle keep-alive connections close now, busy ones right after their response.
+            runner.server.pre_shutdown()
+        if self.service is not None:
+            # event subscriptions never end by themselves
+            for sub in list(self.service.streams):
+                sub.close()
+        pending = self.tracker.pending()
+        if pending:
+            logger.info("draining %d in-flight request(s), up to %.1f s", len(pending), timeout)
+            # all of them, or a second SIGTERM, or the deadline: whichever comes first
+            everything = asyncio.ensure_future(asyncio.wait(pending))
+            force = asyncio.ensure_future(self._force.wait())
+            try:
+                await asyncio.wait((everything, force), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                everything.cancel()
+                force.cancel()
+        pending = self.tracker.pending()
+        if pending:
+            logger.warning("cutting %d request(s) still running after the drain: "
+                           "failoverd is shutting down", len(pending))
+            self.tracker.cutting = True
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CUT_GRACE_SECONDS)
+        else:
+            logger.info("all in-flight requests finished")
+
     def _sockets(self, stack: AsyncExitStack) -> list[socket.socket]:
         """Sockets passed by systemd, else the configured path bound by us."""
         socks = activated_sockets()
+        self._activated = bool(socks)
         if socks:
-            logger.info("using %d socket(s) passed by systemd", len(socks))
+            logger.info("using %d socket(s) passed by systemd; daemon.socket is ignored",
+                        len(socks))
             return socks
         path = self.config.daemon.socket
         sock = bind_unix(path, self.config.daemon.socket_mode)
         stack.callback(_unlink_if_ours, path, os.stat(path).st_ino)
+        stack.callback(sock.close)
         return [sock]
+
+    _activated = False
+
+    # ------------------------------------------------------------------ status and reload
 
     def status_line(self) -> str:
         """The one-line STATUS= summary for systemd."""
@@ -155,31 +347,54 @@ class Supervisor:
                 f"{self.service.inflight} in flight")
 
     def reload(self) -> bool:
+        """SIGHUP: re-read the config file; True when the new one is live."""
         return self.reload_config()[0]
 
     def reload_config(self) -> tuple[bool, list[str]]:
-        """Re-reads the config file; an invalid one is rejected and the old one stays."""
+        """Re-reads the config file; an invalid one is rejected and the old one stays.
+
+        Returns (applied, problems). Requests in flight keep the configuration they started
+        with; breakers of unchanged models keep their state; probes are rescheduled.
+        """
         if not self.config_path or self.service is None or self.session is None:
             logger.warning("reload requested but there is no config file to re-read")
             return False, ["no config file to re-read"]
+        logger.info("reloading the configuration from %s", self.config_path)
         self.notifier.reloading()
         try:
             try:
                 new = config_mod.load(self.config_path)
             except ConfigError as exc:
+                logger.error("config rejected, keeping the current one (%d problem(s))",
+                             len(exc.problems))
                 for problem in exc.problems:
                     logger.error("config rejected: %s", problem)
                 self.service.bus.emit("config:rejected", source=self.config_path,
                                       problems=exc.problems)
                 return False, exc.problems
+            for key in _RESTART_ONLY:
+                if getattr(new.daemon, key) != getattr(self.config.daemon, key):
+                    logger.warning("daemon.%s changed: takes effect at the next restart", key)
+            if new.mqtt != self.config.mqtt:
+                logger.warning("[mqtt] changed: takes effect at the next restart")
+            # keep what needs a restart as it is, so status and the drain see what is live
+            new = _keep_restart_only(new, self.config)
             self.config = new
             self.service.reload(new)
             if self.prober is not None:
                 self.prober.reschedule()
-            logger.info("config reloaded from %s", self.config_path)
+            logger.info("config reloaded: %d models, %d providers", len(new.models),
+                        len(new.providers))
             return True, []
         finally:
-            self.notifier.ready(self.status_line())
+            self._last_status = self.status_line()
+            self.notifier.ready(self._last_status)
+
+
+def _keep_restart_only(new: Config, live: Config) -> Config:
+    kept = {key: getattr(live.daemon, key) for key in _RESTART_ONLY}
+    return dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept),
+                               mqtt=live.mqtt)
 
 
 def _unlink_if_ours(path: str, inode: int) -> None:
@@ -192,4 +407,5 @@ def _unlink_if_ours(path: str, inode: int) -> None:
 
 
 def run_blocking(config: Config, config_path: str | None, **kwargs: Any) -> None:
+    """Runs the daemon until SIGTERM/SIGINT (the CLI's entry point)."""
     asyncio.run(Supervisor(config, config_path=config_path, **kwargs).run())

@@ -78,7 +78,8 @@ class Logged:
 @dataclass
 class FakeOpenAI:
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
-    "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream)."""
+    "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream),
+    "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise)."""
 
     default: str = "ok"
     reply: str = "Hello from the fake upstream"
@@ -174,7 +175,10 @@ class FakeOpenAI:
 
         await send({"role": "assistant", "content": ""})
         words = self.reply.split(" ")
+        pause = float(behaviour[12:]) if behaviour.startswith("slow_stream:") else 0.0
         for i, word in enumerate(words):
+            if pause:
+                await asyncio.sleep(pause)
             await send({"content": word if i == 0 else " " + word})
             if behaviour == "cut_stream" and i == 1:
                 assert request.transport is not None
