@@ -150,6 +150,25 @@ async def test_hook_gets_the_failover_event_on_stdin(upstreams: Any, start_daemo
     assert env_id == event["id"]
 
 
+async def test_hook_environment_has_no_provider_keys(upstreams: Any, start_daemon: Any,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, _ = upstreams
+    monkeypatch.setenv("FOD_TEST_A_KEY", "sk-hook-test-secret")
+    monkeypatch.setenv("FOD_TEST_VISIBLE", "plain value")
+    hook = hook_script(tmp_path, "env", 'cat > /dev/null\nenv > "$OUT"')
+    body = config(a, b, hooks=hooks_toml(hook)).replace(
+        f'base_url = "{a.url}"', f'base_url = "{a.url}"\napi_key_env = "FOD_TEST_A_KEY"')
+    d = await start_daemon(body, env=dict(os.environ))
+    resp = await chat(d)
+    assert resp.status_code == 200
+    assert a.chat_requests()[0].headers["Authorization"] == "Bearer sk-hook-test-secret"
+    env = Path(f"{hook}.stdin").read_text()
+    assert "sk-hook-test-secret" not in env
+    assert "FOD_TEST_VISIBLE=plain value" in env
+    assert "FAILOVERD_EVENT=model:failover" in env
+
+
 async def test_abort_returns_the_original_error_and_spares_the_fallback(
         upstreams: Any, start_daemon: Any, tmp_path: Path) -> None:
     a, b, _ = upstreams

@@ -15,7 +15,9 @@ request goes on.
 Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): at most
 :data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` events waiting, beyond
 which events are dropped and counted, so a slow hook can never pile up processes or memory.
-Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and ``FAILOVERD_EVENT_ID``.
+Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and ``FAILOVERD_EVENT_ID``,
+minus any variable whose value is one of ``secrets`` (the providers' API keys): a notification
+script has no business holding them.
 """
 
 from __future__ import annotations
@@ -139,8 +141,10 @@ class HookRunner:
     """Runs the configured hooks for events; see the module docstring."""
 
     def __init__(self, hooks: tuple[HookConfig, ...], bus: EventBus | None,
-                 *, max_concurrent: int = MAX_CONCURRENT, max_pending: int = MAX_PENDING) -> None:
+                 *, max_concurrent: int = MAX_CONCURRENT, max_pending: int = MAX_PENDING,
+                 secrets: frozenset[str] = frozenset()) -> None:
         self.hooks = hooks
+        self.secrets = secrets
         self._bus = bus
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_pending = max_pending
@@ -236,7 +240,8 @@ class HookRunner:
         return HookOutcome(errors=(f"{hook.exec[0]}: {error}",))
 
     async def _exec(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
-        env = {**os.environ, "FAILOVERD_EVENT": event.type, "FAILOVERD_EVENT_ID": event.id}
+        env = {k: v for k, v in os.environ.items() if v not in self.secrets}
+        env.update(FAILOVERD_EVENT=event.type, FAILOVERD_EVENT_ID=event.id)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *hook.exec, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -59,6 +59,11 @@ def mqtt_state(model_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     return {"model": model_id, **{k: entry.get(k) for k in MQTT_STATE_KEYS}}
 
 
+def provider_secrets(config: Config) -> frozenset[str]:
+    """The providers' API keys, which hook processes must not inherit."""
+    return frozenset(p.api_key for p in config.providers.values() if p.api_key)
+
+
 @dataclass(slots=True)
 class Route:
     """Where one request goes: its candidates and what the router knows about it."""
@@ -85,7 +90,7 @@ class Service:
         self._failover_times: deque[float] = deque(maxlen=100_000)
         self.bus = EventBus(config.node, clock)
         self._detach_audit = AuditLog(config.daemon.log_format).attach(self.bus)
-        self.hooks = HookRunner(config.hooks, self.bus)
+        self.hooks = HookRunner(config.hooks, self.bus, secrets=provider_secrets(config))
         self.hooks.attach(self.bus)
         self.mqtt: MqttPublisher | None = None
         self.health = HealthRegistry(config, clock, self.rng, self._on_transition,
@@ -118,6 +123,7 @@ class Service:
         self.health.reconfigure(config)
         self.sessions.sticky_seconds = config.routing.sticky_seconds
         self.hooks.hooks = config.hooks
+        self.hooks.secrets = provider_secrets(config)
         self.install(build_runtime(config, self.session, self.clock, self.health, self.rng))
         if self.mqtt is not None:
             for model_id in old.models:
