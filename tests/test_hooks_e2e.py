@@ -185,6 +185,22 @@ async def test_abort_returns_the_original_error_and_spares_the_fallback(
     assert len(a.chat_requests()) == 1
 
 
+async def test_abort_before_the_first_chunk_of_a_stream(upstreams: Any, start_daemon: Any,
+                                                        tmp_path: Path) -> None:
+    a, b, _ = upstreams
+    hook = printing_hook(tmp_path, {"abort": True, "messages": ["not now"]})
+    d = await start_daemon(config(a, b, hooks=hooks_toml(hook)))
+    body = {"model": "default", "messages": HELLO, "stream": True}
+    async with d.http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        raw = await resp.aread()
+    # nothing was streamed yet, so the client gets a plain JSON error with the real status
+    assert resp.status_code == 429
+    error = orjson.loads(raw)["error"]
+    assert RATE_LIMIT_MESSAGE in error["message"]
+    assert error["messages"] == ["not now"]
+    assert b.chat_requests() == []
+
+
 async def test_messages_reach_the_client_in_header_and_body(upstreams: Any, start_daemon: Any,
                                                             tmp_path: Path) -> None:
     a, b, _ = upstreams

@@ -203,7 +203,13 @@ class Service:
             target_context_window=info.target_context_window, attempt=info.attempt)
         if not self.hooks.subscribed(event.type):
             return FailoverVerdict()
-        outcome = await self.hooks.run(event)
+        try:
+            outcome = await self.hooks.run(event)
+        except Exception:
+            # HookRunner reports a hook's own failures; anything else is our bug, and a bug in
+            # an advisory side channel must not fail the request: fail over as if no hook ran.
+            logger.exception("running model:failover hooks failed")
+            return FailoverVerdict()
         return FailoverVerdict(abort=outcome.abort, messages=tuple(outcome.messages),
                                context=outcome.context)
 
