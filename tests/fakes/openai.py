@@ -140,7 +140,8 @@ class FakeOpenAI:
         if behaviour.startswith("slow:"):
             await asyncio.sleep(float(behaviour[5:]))
         if behaviour == "invalid_json":
-            return web.Response(body=b'{"id": "chatcmpl-1", "choices": [', content_type="application/json")
+            return web.Response(body=b'{"id": "chatcmpl-1", "choices": [',
+                                content_type="application/json")
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
         if body.get("stream"):
@@ -174,6 +175,16 @@ class FakeOpenAI:
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
         await send({"role": "assistant", "content": ""})
+        if body.get("tools"):
+            # a tool call streams its arguments in pieces, as OpenAI does
+            name = body["tools"][0]["function"]["name"]
+            await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                        "function": {"name": name, "arguments": ""}}]})
+            for piece in ('{"city"', ': "Par', 'is"}'):
+                await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            await send({}, "tool_calls")
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
         words = self.reply.split(" ")
         pause = float(behaviour[12:]) if behaviour.startswith("slow_stream:") else 0.0
         for i, word in enumerate(words):

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from failoverd.api import control
 from failoverd.api.access import guard
-from failoverd.api.chat import chat_completions
 from failoverd.api.events import events
+from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.service import SERVICE, Service
 
 
@@ -17,6 +17,7 @@ def make_app(service: Service) -> web.Application:
     app = web.Application(client_max_size=2**62, middlewares=[guard])
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
     app.router.add_get("/v1/status", control.status)

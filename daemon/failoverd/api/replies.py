@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from failoverd.dispatch import Outcome
-from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
+from failoverd.errors import RequestError
 
 JSON = "application/json"
 
@@ -49,27 +49,3 @@ def request_error(exc: RequestError) -> web.Response:
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
-
-def no_model_available(exc: NoModelAvailable, outcome: Outcome) -> web.Response:
-    headers = outcome_headers(outcome)
-    headers.pop("x-failoverd-model", None)
-    headers["Retry-After"] = retry_after_header(exc.retry_after)
-    return openai_error(
-        503, f"no model available: {len(exc.attempts)} candidate(s) failed or were skipped",
-        "no_model_available", "no_model_available", headers=headers,
-        attempts=[a.as_dict() for a in exc.attempts])
-
-
-def upstream_passthrough(exc: UpstreamError, outcome: Outcome) -> web.Response:
-    """A bad_request goes back to the client as the upstream said it."""
-    headers = outcome_headers(outcome)
-    if exc.body:
-        return web.Response(body=exc.body, status=exc.status or 400, headers=headers,
-                            content_type=exc.content_type.split(";")[0] or JSON)
-    return openai_error(exc.status or 400, exc.message, "invalid_request_error",
-                        str(exc.reason), headers=headers)
-
-
-def overloaded(limit: int) -> web.Response:
-    return openai_error(503, f"failoverd is at max_inflight ({limit}); retry shortly",
-                        "overloaded", "overloaded", headers={"Retry-After": "1"})

@@ -13,20 +13,14 @@ Factory = Callable[[ProviderConfig, aiohttp.ClientSession], Provider]
 
 def _factories() -> dict[str, Factory]:
     # imported here: each adapter pulls in its translation module, needed only when used
+    from failoverd.providers.anthropic import AnthropicProvider
     from failoverd.providers.gemini import GeminiProvider
     from failoverd.providers.ollama import OllamaProvider
     from failoverd.providers.openai import OpenAIProvider
     from failoverd.providers.simulated import SimulatedProvider
 
-    table: dict[str, Factory] = {
-        "openai": OpenAIProvider, "gemini": GeminiProvider, "ollama": OllamaProvider,
-        "simulated": SimulatedProvider}
-    try:  # TODO(#6): import directly once the Anthropic adapter lands
-        from failoverd.providers.anthropic import AnthropicProvider
-        table["anthropic"] = AnthropicProvider
-    except ImportError:
-        pass
-    return table
+    return {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider,
+            "ollama": OllamaProvider, "simulated": SimulatedProvider}
 
 
 def make_provider(config: ProviderConfig, session: aiohttp.ClientSession) -> Provider:

@@ -1,0 +1,167 @@
+"""The two client-facing API shapes: OpenAI Chat Completions and Anthropic Messages.
+
+A front end turns the client's body into the canonical request, and canonical answers,
+stream chunks and errors back into the client's shape. The proxy handler (api/proxy.py) does
+everything else the same way for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from failoverd.api.body import validate_chat
+from failoverd.api.replies import JSON, openai_error
+from failoverd.failures import FailureReason
+from failoverd.providers.base import Chunk, Completion
+from failoverd.translate.anthropic import (
+    AnthropicStreamEncoder,
+    anthropic_error_body,
+    anthropic_error_type,
+    anthropic_to_canonical,
+    canonical_to_anthropic_response,
+)
+
+
+class StreamEncoder(Protocol):
+    def chunk(self, chunk: Chunk) -> bytes: ...
+    def end(self) -> bytes: ...
+    def error(self, type_: str, message: str) -> bytes: ...
+
+
+class FrontEnd(Protocol):
+    name: str
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The canonical request; raises RequestError / TranslationError naming the field."""
+        ...
+
+    def session_key(self, body: dict[str, Any]) -> str | None: ...
+
+    def answer(self, completion: Completion, model_id: str,
+               notices: list[str]) -> bytes: ...
+
+    def encoder(self, model_id: str) -> StreamEncoder: ...
+
+    def error(self, status: int, type_: str, message: str, code: str | None = None,
+              param: str | None = None, headers: dict[str, str] | None = None,
+              **extra: Any) -> web.Response: ...
+
+
+class _OpenAIStream:
+    __slots__ = ()
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        return b"data: " + chunk.to_bytes() + b"\n\n"
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, type_: str, message: str) -> bytes:
+        payload = {"error": {"message": message, "type": type_, "param": None, "code": type_}}
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+_OPENAI_STREAM = _OpenAIStream()
+
+
+class OpenAIFront:
+    """OpenAI Chat Completions: already canonical, so answers pass through byte for byte."""
+
+    name = "openai"
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        validate_chat(body)
+        return body
+
+    def session_key(self, body: dict[str, Any]) -> str | None:
+        user = body.get("user")
+        return user if isinstance(user, str) and user else None
+
+    def answer(self, completion: Completion, model_id: str, notices: list[str]) -> bytes:
+        if notices:
+            # hook messages travel in the body too, for clients that never see headers
+            completion.body["failoverd"] = {"notices": notices}
+            completion.raw = None
+        return completion.to_bytes()
+
+    def encoder(self, model_id: str) -> StreamEncoder:
+        return _OPENAI_STREAM
+
+    def error(self, status: int, type_: str, message: str, code: str | None = None,
+              param: str | None = None, headers: dict[str, str] | None = None,
+              **extra: Any) -> web.Response:
+        return openai_error(status, message, type_, code, param, headers, **extra)
+
+
+class _AnthropicStream:
+    __slots__ = ("_encoder",)
+
+    def __init__(self, model_id: str) -> None:
+        self._encoder = AnthropicStreamEncoder(model_id)
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        return self._encoder.feed(chunk.data)
+
+    def end(self) -> bytes:
+        return self._encoder.finish()
+
+    def error(self, type_: str, message: str) -> bytes:
+        return self._encoder.error_event(type_, message)
+
+
+class AnthropicFront:
+    """Anthropic Messages, translated to and from the canonical form."""
+
+    name = "anthropic"
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        canonical = anthropic_to_canonical(body)
+        validate_chat(canonical)
+        return canonical
+
+    def session_key(self, body: dict[str, Any]) -> str | None:
+        meta = body.get("metadata")
+        user = meta.get("user_id") if isinstance(meta, dict) else None
+        return user if isinstance(user, str) and user else None
+
+    def answer(self, completion: Completion, model_id: str, notices: list[str]) -> bytes:
+        body = canonical_to_anthropic_response(completion.body, model_id)
+        if notices:
+            body["failoverd"] = {"notices": notices}
+        return orjson.dumps(body)
+
+    def encoder(self, model_id: str) -> StreamEncoder:
+        return _AnthropicStream(model_id)
+
+    def error(self, status: int, type_: str, message: str, code: str | None = None,
+              param: str | None = None, headers: dict[str, str] | None = None,
+              **extra: Any) -> web.Response:
+        body = anthropic_error_body(_anthropic_type(type_, status), message)
+        body["error"].update(extra)
+        if param:
+            body["error"]["param"] = param
+        return web.Response(body=orjson.dumps(body), status=status, content_type=JSON,
+                            headers=headers)
+
+
+_ANTHROPIC_TYPES = {
+    "invalid_request_error": "invalid_request_error", "overloaded": "overloaded_error",
+    "permission_denied": "permission_error", "authentication_error": "authentication_error",
+    "no_model_available": "no_model_available",
+}
+
+
+def _anthropic_type(type_: str, status: int) -> str:
+    if type_ in _ANTHROPIC_TYPES:
+        return _ANTHROPIC_TYPES[type_]
+    try:
+        return anthropic_error_type(FailureReason(type_))
+    except ValueError:
+        return "api_error" if status >= 500 else "invalid_request_error"
+
+
+OPENAI = OpenAIFront()
+ANTHROPIC = AnthropicFront()

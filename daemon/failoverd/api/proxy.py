@@ -1,0 +1,150 @@
+"""POST /v1/chat/completions and POST /v1/messages: one proxy handler, two API shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from failoverd.api.body import read_json
+from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
+from failoverd.api.replies import JSON, outcome_headers, retry_after_header
+from failoverd.api.service import SERVICE
+from failoverd.dispatch import Outcome, StreamStart
+from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.runtime import Runtime
+from failoverd.service import Route, Service
+
+logger = logging.getLogger(__name__)
+
+_TRUE = ("1", "true", "yes")
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+def request_deadline(svc: Service, rt: Runtime, request: web.Request) -> float:
+    budget = rt.config.routing.deadline
+    header = request.headers.get("x-failoverd-deadline")
+    if header:
+        try:
+            budget = float(header)
+        except ValueError:
+            budget = -1.0
+        if not 0 < budget < 86400:
+            raise RequestError(f"header x-failoverd-deadline must be seconds in (0, 86400), "
+                               f"got {header!r}", param="x-failoverd-deadline")
+    return svc.clock.monotonic() + budget
+
+
+def _failed(front: FrontEnd, rt: Runtime, exc: UpstreamError, outcome: Outcome) -> web.Response:
+    """A failure that ends the request without trying further candidates."""
+    headers = outcome_headers(outcome)
+    if exc.reason is FailureReason.BAD_REQUEST:
+        provider = rt.config.providers.get(exc.provider)
+        if exc.body and provider is not None and provider.kind == front.name:
+            # same API on both sides: the client gets the upstream error unchanged
+            return web.Response(body=exc.body, status=exc.status or 400, headers=headers,
+                                content_type=exc.content_type.split(";")[0] or JSON)
+        return front.error(exc.status or 400, "invalid_request_error", exc.message,
+                           "upstream_bad_request", headers=headers, model=exc.model)
+    # a hook aborted the failover, or the context policy said fail
+    status = exc.status or 502
+    return front.error(status, str(exc.reason), exc.message, "failover_aborted",
+                       headers=headers, messages=outcome.notices, model=exc.model)
+
+
+def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        svc = request.app[SERVICE]
+        rt = svc.runtime  # this request's configuration, even if a reload swaps it meanwhile
+        limit = rt.config.daemon.max_inflight
+        if svc.inflight >= limit:
+            svc.metrics.rejected("overloaded")
+            return front.error(503, "overloaded", f"failoverd is at max_inflight ({limit}); "
+                               "retry shortly", "overloaded", headers={"Retry-After": "1"})
+        svc.inflight += 1
+        outcome = Outcome()
+        try:
+            raw = await read_json(request, rt.config.daemon.max_body_bytes)
+            body = front.canonical(raw)
+            pin = request.headers.get("x-failoverd-no-fallback", "").lower() in _TRUE
+            session = request.headers.get("x-failoverd-session") or front.session_key(raw)
+            route = svc.route(rt, body, pin, session)
+            outcome = svc.outcome_for(route)
+            deadline = request_deadline(svc, rt, request)
+            if body.get("stream"):
+                return await _stream(request, front, svc, rt, body, route, deadline, outcome,
+                                     session)
+            completion = await rt.dispatcher.complete(body, route.candidates, deadline,
+                                                      outcome, session, route.needs)
+            svc.served(outcome, session, route)
+            return web.Response(body=front.answer(completion, outcome.model, outcome.notices),
+                                content_type=JSON, headers=outcome_headers(outcome, route.header))
+        except RequestError as exc:
+            svc.metrics.rejected("bad_input")
+            return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
+                               exc.param)
+        except NoModelAvailable as exc:
+            svc.metrics.exhausted()
+            headers = outcome_headers(outcome)
+            headers.pop("x-failoverd-model", None)
+            headers["Retry-After"] = retry_after_header(exc.retry_after)
+            return front.error(
+                503, "no_model_available",
+                f"no model available: {len(exc.attempts)} candidate(s) failed or were skipped",
+                "no_model_available", headers=headers,
+                attempts=[a.as_dict() for a in exc.attempts])
+        except UpstreamError as exc:
+            return _failed(front, rt, exc, outcome)
+        finally:
+            svc.inflight -= 1
+
+    return handle
+
+
+async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
+                  body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
+                  session: str | None) -> web.StreamResponse:
+    start: StreamStart = await rt.dispatcher.stream(body, route.candidates, deadline, outcome,
+                                                    session, route.needs)
+    svc.served(outcome, session, route)
+    encoder = front.encoder(outcome.model)
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome, route.header)})
+    error: UpstreamError | None = None
+    try:
+        await resp.prepare(request)
+        if outcome.notices:
+            start.first.data["failoverd"] = {"notices": outcome.notices}
+            start.first.raw = None
+        await resp.write(encoder.chunk(start.first))
+        async for chunk in start.rest:
+            await resp.write(encoder.chunk(chunk))
+        await resp.write(encoder.end())
+    except UpstreamError as exc:
+        # after the first chunk a failover is no longer invisible: end with an error event
+        error = exc
+        logger.warning("stream from %s failed after the first chunk: %s", outcome.model,
+                       exc.reason)
+        try:
+            await resp.write(encoder.error(str(exc.reason), exc.message))
+        except ConnectionResetError:
+            pass
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    finally:
+        aclose = getattr(start.rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        rt.dispatcher.stream_finished(outcome.model, start, error)
+    await resp.write_eof()
+    return resp
+
+
+chat_completions = handler(OPENAI)
+messages = handler(ANTHROPIC)
