@@ -262,3 +262,42 @@ async def test_audit_log_has_one_line_per_event(fake_openai: Any, start_daemon: 
         assert 'problems=["a = 1: bad"]' in lines[2]
     # no prompt text in the log
     assert not any("hello" in line for line in lines)
+
+
+async def test_reload_events(daemon: Any) -> None:
+    path = Path(daemon.sup.config_path)
+    good = path.read_text()
+    path.write_text(good + "\n[routing.bogus]\nx = 1\n")
+    async with sse(daemon) as stream:
+        await stream.until_connected()
+        resp = await daemon.http.post("/v1/reload")
+        assert resp.status_code == 422
+        rejected = await stream.next()
+        path.write_text(good)
+        resp = await daemon.http.post("/v1/reload")
+        assert resp.status_code == 200
+        reloaded = await stream.next()
+    assert rejected is not None and rejected["event"] == "config:rejected"
+    assert rejected["data"]["source"] == str(path)
+    assert rejected["data"]["problems"] and all(
+        isinstance(p, str) for p in rejected["data"]["problems"])
+    assert reloaded is not None and reloaded["event"] == "config:reloaded"
+    assert reloaded["data"]["models"] == 2
+    assert reloaded["data"]["providers"] == 2
+
+
+async def test_chain_exhausted_event(fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(default="rate_limit")
+    b = await fake_openai(default="auth")
+    d = await start_daemon(config(a, b))
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default",
+                                                           "messages": HELLO})
+    assert resp.status_code == 503
+    events = {e.type: e for e in d.sup.service.bus.recent()}
+    exhausted = events["chain:exhausted"].as_dict()
+    assert [(x["model"], x["reason"], x["status"]) for x in exhausted["attempts"]] == [
+        ("a/gpt-a", "rate_limit", 429), ("b/gpt-b", "auth", 401)]
+    assert exhausted["attempts"] == resp.json()["error"]["attempts"]
+    creds = events["provider:credentials"].as_dict()
+    assert (creds["provider"], creds["state"]) == ("b", "auth")
+    assert creds["retry_at"] is not None
