@@ -514,4 +514,8 @@ async def test_check_config_exit_codes_and_problems(short_dir, fake_openai) -> N
     assert rc == 2
     assert "  daemon.bogus: unknown key" in out
     assert "  routing.primary: " in out
+    # the daemon itself refuses to start on it with the same list and exit status 2
+    # (failoverd.service: RestartPreventExitStatus=2, no restart loop)
+    rc, out = await run_cli("--config", str(path))
+    assert rc == 2 and "  daemon.bogus: unknown key" in out
     assert not (short_dir / "d.sock").exists()

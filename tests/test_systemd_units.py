@@ -64,6 +64,8 @@ def test_service_lifecycle_settings() -> None:
     assert _one(SERVICE, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert _seconds(_one(SERVICE, "Service", "WatchdogSec")) == 30
     assert _one(SERVICE, "Service", "Restart") == "on-failure"
+    # failoverd exits 2 on an invalid config: no restart loop on it
+    assert _one(SERVICE, "Service", "RestartPreventExitStatus") == "2"
     # systemd must not SIGKILL a drain the daemon is allowed to run.
     stop = _seconds(_one(SERVICE, "Service", "TimeoutStopSec"))
     assert stop > DaemonConfig().shutdown_timeout + 5

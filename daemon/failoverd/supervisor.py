@@ -32,7 +32,7 @@ from failoverd.api.app import make_app
 from failoverd.api.replies import openai_error
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
-from failoverd.errors import ConfigError
+from failoverd.errors import ConfigError, ListenError
 from failoverd.listen import activated_sockets, bind_unix
 from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
@@ -148,6 +148,7 @@ class Supervisor:
         self.tracker = RequestTracker()
         self._background: list[asyncio.Task[None]] = []
         self._last_status = ""
+        self._activated = False
 
     # ------------------------------------------------------------------ control
 
@@ -236,7 +237,11 @@ class Supervisor:
             await web.SockSite(runner, sock).start()
         if self.config.daemon.tcp:
             host, _, port = self.config.daemon.tcp.rpartition(":")
-            await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            try:
+                await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+            except OSError as exc:
+                raise ListenError(f"cannot listen on daemon.tcp {self.config.daemon.tcp}: "
+                                  f"{exc.strerror or exc}") from exc
         return runner
 
     def _start_background(self) -> None:
@@ -330,8 +335,6 @@ class Supervisor:
         stack.callback(_unlink_if_ours, path, os.stat(path).st_ino)
         stack.callback(sock.close)
         return [sock]
-
-    _activated = False
 
     # ------------------------------------------------------------------ status and reload
 
