@@ -60,6 +60,8 @@ class Prober:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.scheduler: AsyncIOScheduler | None = None
         self._failing: set[str] = set()  # models whose last probe failed (for probe:recovered)
+        self._tasks: set[asyncio.Task[object]] = set()  # scheduled jobs running now
+        self._stopping = False
         service.on_breaker_change.append(self._breaker_changed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,14 +113,39 @@ class Prober:
                 self.scheduler.modify_job(job_id, misfire_grace_time=_grace(interval))
                 continue
             self.scheduler.add_job(
-                self.scheduled, trigger, args=(model_id,), id=job_id,
+                self._job, trigger, args=("probe", model_id), id=job_id,
                 coalesce=True, max_instances=1, misfire_grace_time=_grace(interval),
             )
 
     async def stop(self) -> None:
+        """Stops scheduling and ends the probes in flight (they would only delay the exit)."""
+        self._stopping = True
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.scheduler = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _job(self, job: str, model_id: str) -> bool | None:
+        """Entry point of every scheduled job, tracked so that ``stop()`` can end it quietly
+        (APScheduler would log a cancelled job as a failure)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            if job == "recover":
+                return await self.recover(model_id)
+            return await self.scheduled(model_id)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return None
+            raise
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     # ------------------------------------------------------------------ probing
 
@@ -138,7 +165,7 @@ class Prober:
         if wait is None:
             return  # forced open until reset: nothing to recover to
         when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait + 0.01)
-        self.scheduler.add_job(self.recover, DateTrigger(run_date=when), args=(model_id,),
+        self.scheduler.add_job(self._job, DateTrigger(run_date=when), args=("recover", model_id),
                                id=f"recover:{model_id}", replace_existing=True,
                                misfire_grace_time=None)
 

@@ -22,7 +22,7 @@ async def models(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     cfg = svc.runtime.config
     created = int(svc.started)
-    data = [{
+    data: list[dict[str, Any]] = [{
         "id": m.id, "object": "model", "created": created, "owned_by": m.provider,
         "capabilities": sorted(m.capabilities), "context_window": m.context_window,
         "max_output_tokens": m.max_output_tokens, "tier": m.tier,
@@ -152,9 +152,9 @@ async def select(request: web.Request) -> web.Response:
                           False, body.get("session") or None)
     except RequestError as exc:
         return request_error(exc)
-    candidates = []
-    for model_id, why in route.skipped:
-        candidates.append({"model": model_id, "eligible": False, "reason": why,
+    candidates: list[dict[str, Any]] = []
+    for model_id, skipped in route.skipped:
+        candidates.append({"model": model_id, "eligible": False, "reason": skipped,
                            "state": svc.model_state(model_id)})
     for model_id in route.candidates:
         m = rt.config.models[model_id]
