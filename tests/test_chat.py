@@ -343,3 +343,15 @@ async def test_httpx_transport_reused_keepalive(pair) -> None:
     # upstream connections are pooled: one aiohttp session for every provider
     assert isinstance(d.http, httpx.AsyncClient)
     assert len(a.chat_requests()) == 3
+
+
+async def test_reasoning_model_gets_max_completion_tokens(fake_openai, start_daemon) -> None:
+    a = await fake_openai()
+    b = await fake_openai()
+    d = await start_daemon(two_models(a, b).replace(
+        'provider = "a"\n', 'provider = "a"\ncapabilities = ["reasoning"]\n', 1), env=ENV)
+    await d.openai.chat.completions.create(model="a/gpt-a", messages=HELLO, max_tokens=77)
+    await d.openai.chat.completions.create(model="b/gpt-b", messages=HELLO, max_tokens=77)
+    sent_a = a.chat_requests()[0].body
+    assert sent_a["max_completion_tokens"] == 77 and "max_tokens" not in sent_a
+    assert b.chat_requests()[0].body["max_tokens"] == 77  # other models get it unchanged

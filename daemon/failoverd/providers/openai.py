@@ -88,6 +88,12 @@ class OpenAIProvider:
     def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
         payload = dict(body)
         payload["model"] = model.name
+        payload.pop("failoverd", None)
+        if "reasoning" in model.capabilities and "max_tokens" in payload \
+                and "max_completion_tokens" not in payload:
+            # OpenAI's reasoning models refuse max_tokens; requests translated from other
+            # APIs (or written for older models) carry it
+            payload["max_completion_tokens"] = payload.pop("max_tokens")
         if stream:
             payload["stream"] = True
         else:
