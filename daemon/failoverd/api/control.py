@@ -56,6 +56,7 @@ async def status(request: web.Request) -> web.Response:
               for name, models in svc.chains().items()}
     body: dict[str, Any] = {
         "version": __version__, "node": cfg.node, "health": overall,
+        "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
         "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
         "config": cfg.source, "models": detail["models"], "providers": detail["providers"],
         "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),

@@ -1,6 +1,8 @@
 """`failoverctl`: the daemon's command-line client over its Unix socket.
 
-Exit codes: 0 ok, 1 the daemon said no (HTTP error), 2 the daemon is unreachable.
+Human tables by default, ``--json`` (before or after the command) for scripts. Exit codes: 0 ok,
+1 the daemon said no (an HTTP error, or ``health`` answering "down"), 2 the daemon is
+unreachable. Only the standard library (and orjson) is used, so it starts fast.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import http.client
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
-DEFAULT_SOCKET = os.environ.get("FAILOVERD_SOCKET", "/run/failoverd/failoverd.sock")
+SYSTEM_SOCKET = "/run/failoverd/failoverd.sock"
+DEFAULT_SOCKET = os.environ.get("FAILOVERD_SOCKET", SYSTEM_SOCKET)
 
 
 class UnixConnection(http.client.HTTPConnection):
+    """http.client over an AF_UNIX socket."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("failoverd", timeout=timeout)
         self.path = path
@@ -32,10 +38,12 @@ class UnixConnection(http.client.HTTPConnection):
 
 
 class Unreachable(Exception):
-    pass
+    """The daemon's socket could not be reached (exit 2)."""
 
 
 class Refused(Exception):
+    """The daemon answered with an HTTP error (exit 1)."""
+
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
         self.body = body
@@ -56,9 +64,12 @@ def _request(sock: str, method: str, path: str, body: Any = None,
 
 
 def call(sock: str, method: str, path: str, body: Any = None) -> Any:
+    """One request; the parsed JSON answer, or Refused / Unreachable."""
     conn, resp = _request(sock, method, path, body)
     try:
         raw = resp.read()
+    except OSError as exc:
+        raise Unreachable(f"failoverd at {sock} dropped the connection: {exc}") from exc
     finally:
         conn.close()
     try:
@@ -70,11 +81,30 @@ def call(sock: str, method: str, path: str, body: Any = None) -> Any:
     return parsed
 
 
-def _ago(seconds: Any) -> str:
-    return "-" if seconds is None else f"{seconds:.0f}s"
+def _in(at: Any, now: float) -> str:
+    """A wall-clock epoch time as "in 25s" from `now`; "-" when there is none."""
+    if not isinstance(at, int | float):
+        return "-"
+    left = at - now
+    if left <= 0:
+        return "now"
+    if left < 120:
+        return f"in {left:.0f}s"
+    if left < 7200:
+        return f"in {left / 60:.0f}m"
+    return f"in {left / 3600:.1f}h"
+
+
+def _ms(seconds: Any) -> str:
+    return "-" if not isinstance(seconds, int | float) else f"{seconds * 1000:.0f}ms"
+
+
+def _pct(rate: Any) -> str:
+    return "-" if not isinstance(rate, int | float) else f"{rate * 100:.0f}%"
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Left-aligned columns under an upper-case header; None shows as "-"."""
     cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(header)]
@@ -84,39 +114,67 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def model_path(model_id: str) -> str:
+    """A model id in a URL path: '/' and ':' stay (the routes accept them), the rest quoted."""
     return quote(model_id, safe="/:")
 
 
+def _probe_cell(probe: Any) -> str:
+    if not isinstance(probe, dict):
+        return "-"
+    if probe.get("ok"):
+        return f"ok {_ms(probe.get('latency'))}"
+    return f"failed: {probe.get('reason') or '?'}"
+
+
 def show_status(data: dict[str, Any]) -> str:
+    """GET /v1/status as tables: models, providers with trouble, chains."""
+    now = data.get("time") or time.time()
     out = [f"failoverd {data.get('version', '')} on {data.get('node', '?')}: "
-           f"{data.get('health', '?')}, {data.get('inflight', 0)} in flight"]
-    models = data.get("models", {})
-    rows = [(mid, m.get("state"), m.get("reason"), m.get("consecutive_failures"),
-             m.get("failure_rate"), (m.get("latency") or {}).get("p50"),
-             ((m.get("last_probe") or {}).get("ok")), m.get("inflight"))
-            for mid, m in models.items()]
-    out.append(table(rows, ("model", "state", "reason", "fails", "rate", "p50", "probe_ok",
-                            "inflight")))
+           f"{data.get('health', '?')}, {data.get('inflight', 0)} in flight, "
+           f"{data.get('failovers_last_minute', 0)} failovers in the last minute"]
+    rows = [(mid, m.get("state"), m.get("reason"), _in(m.get("retry_at"), now),
+             m.get("consecutive_failures"), _pct(m.get("failure_rate")),
+             _ms(m.get("latency_p50")), _ms(m.get("latency_p95")),
+             _probe_cell(m.get("last_probe")), m.get("inflight"))
+            for mid, m in data.get("models", {}).items()]
+    out.append(table(rows, ("model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
+                            "last probe", "inflight")))
+    providers = data.get("providers", {})
+    troubled = [(name, p.get("credentials"), _in(p.get("retry_at"), now))
+                for name, p in providers.items() if p.get("credentials") != "ok"]
+    if troubled:
+        out += ["", table(troubled, ("provider", "credentials", "retry"))]
     chains = data.get("chains", {})
     if chains:
-        out.append("")
-        out.append(table([(n, c.get("head"), " > ".join(c.get("models", [])))
-                          for n, c in chains.items()], ("chain", "head", "models")))
+        out += ["", table([(n, c.get("head"), " > ".join(c.get("models", [])))
+                           for n, c in chains.items()], ("chain", "head", "models"))]
     return "\n".join(out)
 
 
 def show_models(data: dict[str, Any]) -> str:
+    """GET /v1/models as a table (chains are listed by ``status``)."""
     rows = [(m["id"], m.get("state"), m.get("tier"), m.get("context_window"),
-             ",".join(m.get("capabilities") or []))
+             ",".join(m.get("capabilities") or []) or "-")
             for m in data.get("data", []) if "chain" not in m]
     return table(rows, ("model", "state", "tier", "context", "capabilities"))
 
 
 def show_select(data: dict[str, Any]) -> str:
-    rows = [(c.get("model"), "yes" if c.get("eligible") else "no", c.get("reason") or "")
+    """POST /v1/select: the candidates in order, the first eligible one marked."""
+    req = data.get("requirements") or {}
+    head = (f"model {data.get('model', '?')}: needs {','.join(req.get('needs') or []) or '-'}"
+            f", {req.get('prompt_tokens', 0)} prompt tokens")
+    if data.get("route"):
+        head += f", route {data['route']}"
+    chosen = next((c.get("model") for c in data.get("candidates", []) if c.get("eligible")),
+                  None)
+    rows = [("*" if c.get("model") == chosen else "", c.get("model"),
+             "yes" if c.get("eligible") else "no", c.get("state"), c.get("reason") or "")
             for c in data.get("candidates", [])]
-    head = f"route: {data.get('route', '-')}"
-    return head + "\n" + table(rows, ("model", "eligible", "reason"))
+    lines = [head, table(rows, ("", "model", "eligible", "state", "reason"))]
+    if chosen is None:
+        lines.append("no candidate is eligible now")
+    return "\n".join(lines)
 
 
 def follow_events(sock: str, as_json: bool, follow: bool) -> int:
@@ -152,83 +210,122 @@ def _sse(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="failoverctl", description="Control a failoverd daemon.")
-    p.add_argument("--socket", default=DEFAULT_SOCKET, help="daemon socket (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="models, breakers, chains")
-    sub.add_parser("models", help="configured models and their state")
-    sub.add_parser("health", help="ok / degraded / down")
-    ev = sub.add_parser("events", help="recent events, or follow the live stream")
+    # --socket and --json work before or after the command: SUPPRESS keeps a subcommand's
+    # unset copy from overwriting the value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help=f"daemon socket (default: $FAILOVERD_SOCKET or {SYSTEM_SOCKET})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    p = argparse.ArgumentParser(prog="failoverctl", description="Control a failoverd daemon.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    command("status", "models with their breakers, providers, chains")
+    command("models", "configured models and their state")
+    command("health", "ok / degraded / down (exit 1 when down)")
+    ev = command("events", "recent events, or follow the live stream")
     ev.add_argument("--follow", "-f", action="store_true")
-    for name, text in (("reset", "close a model's breaker and clear its provider's trouble"),
-                       ("probe", "probe a model now")):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("model")
-    op = sub.add_parser("open", help="force a model's breaker open")
+    command("reset", "close a model's breaker and clear its provider's trouble").add_argument(
+        "model")
+    command("probe", "probe a model now; success closes an open breaker").add_argument("model")
+    op = command("open", "force a model's breaker open")
     op.add_argument("model")
-    op.add_argument("--for", dest="seconds", type=float, default=None,
+    op.add_argument("--for", dest="seconds", type=float, default=None, metavar="S",
                     help="seconds (default: until reset)")
-    nx = sub.add_parser("next", help="move a chain's head to its next model")
-    nx.add_argument("chain")
-    cr = sub.add_parser("chain-reset", help="move a chain's head back to its first model")
-    cr.add_argument("chain")
-    se = sub.add_parser("select", help="which models would serve a request (no upstream call)")
-    se.add_argument("--model", default="default")
-    se.add_argument("--needs", default="", help="comma list: tools,vision,reasoning,json")
+    command("next", "move a chain's head to its next model").add_argument("chain")
+    command("chain-reset", "move a chain's head back to its first model").add_argument("chain")
+    se = command("select", "which models would serve a request (no upstream call)")
+    se.add_argument("--model", default="default", help="model, chain, default or auto")
+    se.add_argument("--needs", default="", help="comma list: tools,vision,reasoning,json,"
+                                                "long_context")
     se.add_argument("--tokens", type=int, default=0, help="estimated prompt tokens")
-    se.add_argument("--prompt", default="", help="a prompt to classify (model auto)")
-    sub.add_parser("reload", help="re-read the config file")
+    se.add_argument("--prompt", default="", help="a prompt to classify (with --model auto)")
+    command("reload", "re-read the config file")
     return p
 
 
-def run(args: argparse.Namespace) -> tuple[Any, str | None]:
+def run(args: argparse.Namespace) -> tuple[Any, str, int]:
+    """Runs one command: (JSON answer, human text, exit code)."""
     s = args.socket
     cmd = args.command
     if cmd == "status":
         data = call(s, "GET", "/v1/status")
-        return data, show_status(data)
+        return data, show_status(data), 0
     if cmd == "models":
         data = call(s, "GET", "/v1/models")
-        return data, show_models(data)
+        return data, show_models(data), 0
     if cmd == "health":
         try:
             data = call(s, "GET", "/v1/health")
         except Refused as exc:
-            if exc.status == 503 and isinstance(exc.body, dict):
-                raise Refused(503, exc.body) from None
+            # 503 "down" is an answer, not a refusal: print it, and exit 1 for scripts
+            if exc.status == 503 and isinstance(exc.body, dict) and "status" in exc.body:
+                return exc.body, str(exc.body["status"]), 1
             raise
-        return data, str(data.get("status"))
-    if cmd in ("reset", "probe"):
-        data = call(s, "POST", f"/v1/models/{model_path(args.model)}/{cmd}")
-        return data, f"{args.model}: {data.get('state', 'ok')}"
+        return data, str(data.get("status")), 0
+    if cmd == "reset":
+        data = call(s, "POST", f"/v1/models/{model_path(args.model)}/reset")
+        return data, f"{args.model}: {data.get('state')}", 0
+    if cmd == "probe":
+        try:
+            data = call(s, "POST", f"/v1/models/{model_path(args.model)}/probe")
+        except Refused as exc:
+            # 502: the probe ran and failed; that is the answer asked for
+            if exc.status != 502 or not isinstance(exc.body, dict):
+                raise
+            probe = exc.body.get("last_probe") or {}
+            return exc.body, (f"{args.model}: probe failed ({probe.get('reason')}), "
+                              f"{exc.body.get('state')}"), 1
+        probe = data.get("last_probe") or {}
+        return data, (f"{args.model}: probe ok in {_ms(probe.get('latency'))}, "
+                      f"{data.get('state')}"), 0
     if cmd == "open":
-        body = {"seconds": args.seconds} if args.seconds is not None else {}
+        body = {"seconds": args.seconds} if args.seconds is not None else None
         data = call(s, "POST", f"/v1/models/{model_path(args.model)}/open", body)
-        return data, f"{args.model}: {data.get('state', 'open')}"
+        at = data.get("retry_at")
+        until = ("until reset" if not isinstance(at, int | float)
+                 else "until " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)))
+        return data, f"{args.model}: {data.get('state')} {until}", 0
     if cmd in ("next", "chain-reset"):
         verb = "next" if cmd == "next" else "reset"
         data = call(s, "POST", f"/v1/chains/{quote(args.chain, safe='')}/{verb}")
-        return data, f"{args.chain}: head is now {data.get('head')}"
+        return data, f"{args.chain}: head is now {data.get('head')}", 0
     if cmd == "select":
-        needs = [n for n in args.needs.split(",") if n]
-        body: dict[str, Any] = {"model": args.model, "needs": needs, "tokens": args.tokens}
+        needs = [n.strip() for n in args.needs.split(",") if n.strip()]
+        request: dict[str, Any] = {"model": args.model, "needs": needs, "tokens": args.tokens}
         if args.prompt:
-            body["messages"] = [{"role": "user", "content": args.prompt}]
-        data = call(s, "POST", "/v1/select", body)
-        return data, show_select(data)
+            request["messages"] = [{"role": "user", "content": args.prompt}]
+        data = call(s, "POST", "/v1/select", request)
+        return data, show_select(data), 0
     if cmd == "reload":
         data = call(s, "POST", "/v1/reload")
-        return data, "reloaded" if data.get("ok", True) else "rejected"
+        return data, f"reloaded {data.get('config', '')}".rstrip(), 0
     raise AssertionError(cmd)
+
+
+def _refusal(exc: Refused) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        if isinstance(body.get("problems"), list):  # a rejected reload
+            return "config rejected:\n" + "\n".join(f"  {p}" for p in body["problems"])
+        err = body.get("error", body)
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+    return str(body)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.socket = getattr(args, "socket", None) or DEFAULT_SOCKET
+    args.json = getattr(args, "json", False)
     try:
         if args.command == "events":
             return follow_events(args.socket, args.json, args.follow)
-        data, text = run(args)
+        data, text, code = run(args)
     except Unreachable as exc:
         print(f"failoverctl: {exc}", file=sys.stderr)
         return 2
@@ -236,14 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(orjson.dumps(exc.body).decode())
         else:
-            message = exc.body
-            if isinstance(exc.body, dict):
-                err = exc.body.get("error", exc.body)
-                message = err.get("message", err) if isinstance(err, dict) else err
-            print(f"failoverctl: daemon said {exc.status}: {message}", file=sys.stderr)
+            print(f"failoverctl: daemon said {exc.status}: {_refusal(exc)}", file=sys.stderr)
         return 1
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() if args.json else text)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

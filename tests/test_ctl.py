@@ -1,0 +1,209 @@
+"""failoverctl as a real subprocess against the in-process daemon's socket.
+
+The daemon runs in this test's event loop, so the CLI runs with asyncio's subprocess API
+(a blocking subprocess.run would stop the daemon from answering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fakes.openai import FakeOpenAI
+
+FAILOVERCTL = str(Path(sys.executable).parent / "failoverctl")
+GPT = "a/gpt-a"
+QWEN = "ollama/qwen2.5:7b"
+
+
+def ctl_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.ollama]
+kind = "openai"
+base_url = "{o.url}"
+[models."{GPT}"]
+provider = "a"
+context_window = 8000
+capabilities = ["tools"]
+tier = "large"
+[models."{QWEN}"]
+provider = "ollama"
+context_window = 32000
+tier = "small"
+[routing]
+primary = "{GPT}"
+fallbacks = ["{QWEN}"]
+when_all_unavailable = "fail"
+[chains.local]
+models = ["{QWEN}", "{GPT}"]
+[probes]
+interval = 3600
+jitter = 0
+"""
+
+
+@pytest.fixture
+async def rig(fake_openai, start_daemon) -> Any:
+    a = await fake_openai(reply="from a")
+    o = await fake_openai(reply="from qwen")
+    d = await start_daemon(ctl_toml(a, o))
+    return a, o, d
+
+
+async def ctl(socket: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        FAILOVERCTL, "--socket", socket, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(15):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def rows(text: str) -> dict[str, list[str]]:
+    """A table's rows by their first cell."""
+    return {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+
+
+async def test_status_table_and_json(rig) -> None:
+    a, o, d = rig
+    await d.http.post(f"/v1/models/{QWEN}/open", json={"seconds": 90})
+    code, out, err = await ctl(d.socket, "status")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("failoverd ")
+    assert ": degraded, 0 in flight" in out.splitlines()[0]
+    table = rows(out)
+    assert table["MODEL"][:4] == ["MODEL", "STATE", "REASON", "RETRY"]
+    assert table[GPT][1:3] == ["closed", "-"]
+    assert table[QWEN][1:4] == ["forced_open", "operator", "in"]
+    assert 85 <= int(table[QWEN][4].rstrip("s")) <= 90
+    assert table["local"][1] == QWEN  # chain head
+    assert "ollama/qwen2.5:7b > a/gpt-a" in out
+
+    code, out, err = await ctl(d.socket, "status", "--json")  # --json after the command too
+    assert code == 0, err
+    data = orjson.loads(out)
+    assert data["models"][QWEN]["state"] == "forced_open"
+    assert data["chains"]["default"]["head"] == GPT
+
+
+async def test_models_table_and_json(rig) -> None:
+    a, o, d = rig
+    code, out, err = await ctl(d.socket, "models")
+    assert code == 0, err
+    table = rows(out)
+    assert table[GPT] == [GPT, "closed", "large", "8000", "tools"]
+    assert table[QWEN] == [QWEN, "closed", "small", "32000", "-"]
+    assert "local" not in table
+    code, out, err = await ctl(d.socket, "--json", "models")
+    assert code == 0, err
+    assert {m["id"] for m in orjson.loads(out)["data"]} == {GPT, QWEN, "local"}
+
+
+async def test_open_for_reset_and_probe(rig) -> None:
+    a, o, d = rig
+    code, out, err = await ctl(d.socket, "open", QWEN, "--for", "60")
+    assert code == 0, err
+    assert out.startswith(f"{QWEN}: forced_open until ")
+    assert d.sup.service.model_state(QWEN) == "forced_open"
+    retry_at = d.sup.service.health.retry_at(QWEN)
+    assert retry_at == pytest.approx(d.sup.service.clock.time() + 60, abs=1)
+
+    code, out, err = await ctl(d.socket, "open", GPT)
+    assert (code, out.strip()) == (0, f"{GPT}: forced_open until reset")
+
+    code, out, err = await ctl(d.socket, "reset", QWEN)
+    assert (code, out.strip()) == (0, f"{QWEN}: closed")
+    assert d.sup.service.model_state(QWEN) == "closed"
+
+    code, out, err = await ctl(d.socket, "probe", QWEN)
+    assert code == 0, err
+    assert out.startswith(f"{QWEN}: probe ok in ") and out.strip().endswith("closed")
+    assert [r.path for r in o.requests] == ["/v1/models"]
+
+    o.default = "server_error"
+    code, out, err = await ctl(d.socket, "--json", "probe", QWEN)
+    assert code == 1
+    data = orjson.loads(out)
+    assert data["ok"] is False and data["last_probe"]["reason"] == "server_error"
+
+
+async def test_next_moves_the_head(rig) -> None:
+    a, o, d = rig
+    code, out, err = await ctl(d.socket, "next", "default")
+    assert (code, out.strip()) == (0, f"default: head is now {QWEN}")
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "default",
+                                   "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.headers["x-failoverd-model"] == QWEN
+    code, out, err = await ctl(d.socket, "chain-reset", "default")
+    assert (code, out.strip()) == (0, f"default: head is now {GPT}")
+    code, out, err = await ctl(d.socket, "next", "nope")
+    assert code == 1
+    assert "no chain 'nope'" in err
+
+
+async def test_select_with_needs_and_tokens(rig) -> None:
+    a, o, d = rig
+    code, out, err = await ctl(d.socket, "select", "--needs", "tools", "--tokens", "100")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "model default: needs tools, 100 prompt tokens"
+    table = rows("\n".join(lines[1:]))
+    assert table["*"][1:4] == [GPT, "yes", "closed"]
+    assert table[QWEN][1:3] == ["no", "closed"]
+    assert "lacks capability: tools" in out
+
+    code, out, err = await ctl(d.socket, "--json", "select", "--tokens", "20000")
+    assert code == 0, err
+    cands = orjson.loads(out)["candidates"]
+    assert [(c["model"], c["eligible"]) for c in cands] == [(GPT, False), (QWEN, True)]
+    code, out, err = await ctl(d.socket, "select", "--needs", "telepathy")
+    assert code == 1 and "unknown capability" in err
+    assert a.requests == [] and o.requests == []
+
+
+async def test_health_exit_codes(rig) -> None:
+    a, o, d = rig
+    assert (await ctl(d.socket, "health"))[:2] == (0, "ok\n")
+    await d.http.post(f"/v1/models/{GPT}/open")
+    assert (await ctl(d.socket, "health"))[:2] == (0, "degraded\n")
+    await d.http.post(f"/v1/models/{QWEN}/open")
+    code, out, err = await ctl(d.socket, "health")
+    assert (code, out) == (1, "down\n")
+    code, out, err = await ctl(d.socket, "--json", "health")
+    assert code == 1 and orjson.loads(out)["status"] == "down"
+
+
+async def test_unknown_model_exits_1(rig) -> None:
+    a, o, d = rig
+    for command in ("reset", "probe", "open"):
+        code, out, err = await ctl(d.socket, command, "ollama/nope:1b")
+        assert code == 1, command
+        assert out == ""
+        assert "daemon said 404: no model 'ollama/nope:1b'" in err
+    code, out, err = await ctl(d.socket, "--json", "reset", "nope")
+    assert code == 1
+    assert orjson.loads(out)["error"]["code"] == "model_not_found"
+
+
+async def test_unreachable_socket_exits_2(short_dir: Path) -> None:
+    for command in (["status"], ["health"], ["reset", GPT], ["--json", "models"]):
+        code, out, err = await ctl(str(short_dir / "none.sock"), *command)
+        assert code == 2, command
+        assert out == ""
+        assert "cannot reach failoverd" in err
+
+
+async def test_bad_usage_exits_2_without_calling(short_dir: Path) -> None:
+    code, out, err = await ctl(str(short_dir / "none.sock"), "open", GPT, "--for", "soon")
+    assert code == 2
+    assert "invalid float value" in err
