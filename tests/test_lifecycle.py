@@ -12,11 +12,13 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -193,6 +195,19 @@ async def chat(client: httpx.AsyncClient, *, stream: bool = False, model: str = 
     return r.status_code, sse_text(raw), r.headers
 
 
+async def anthropic_stream(client: httpx.AsyncClient,
+                           model: str) -> tuple[int, list[tuple[str, Any]]]:
+    """A streaming Anthropic Messages request: (status, [(event name, data)])."""
+    body = {"model": model, "max_tokens": 64, "messages": HELLO, "stream": True}
+    async with client.stream("POST", "/v1/messages", json=body) as r:
+        raw = (await r.aread()).decode()
+    events = []
+    for block in raw.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        events.append((fields.get("event", ""), orjson.loads(fields.get("data", "null"))))
+    return r.status_code, events
+
+
 def sse_text(raw: str) -> str:
     """Concatenated deltas of an SSE answer, plus "[DONE]" or the error message at the end."""
     out = []
@@ -343,13 +358,17 @@ async def test_reload_under_load_loses_no_request(short_dir, fake_openai, launch
     assert [r for r in results if r[1] not in expected] == []
     assert reloads == 6 and "config rejected" not in d.log_text()
 
-    # the last config has c: it is listed and probed (probes were rescheduled)
+    # c comes back with this reload (its state was dropped with it): listed, then probed
+    assert reloads % 2 == 0  # the last one removed c
+    probed = len([r for r in c.requests if r.path == "/v1/models"])
     await d.reload(three)
+    entry = (await client.get("/v1/status")).json()["models"]["c/gpt-c"]
     async with asyncio.timeout(5):
-        while not any(r.path == "/v1/models" for r in c.requests):
+        while entry["last_probe"] is None:
             await asyncio.sleep(0.05)
-    status = (await client.get("/v1/status")).json()
-    assert "c/gpt-c" in status["models"]
+            entry = (await client.get("/v1/status")).json()["models"]["c/gpt-c"]
+    assert entry["last_probe"]["ok"] is True
+    assert len([r for r in c.requests if r.path == "/v1/models"]) > probed
 
     # in flight on c while a reload removes c: both finish on the config they started with
     c.push("slow:0.5", "slow_stream:0.1")
@@ -448,8 +467,9 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
     stream = asyncio.create_task(chat(client, stream=True, model="a/gpt-a"))
     plain = asyncio.create_task(chat(client, model="b/gpt-b",
                                      headers={"x-failoverd-no-fallback": "1"}))
+    anthropic = asyncio.create_task(anthropic_stream(client, "a/gpt-a"))
     async with asyncio.timeout(5):
-        while not (a.chat_requests() and b.chat_requests()):
+        while not (len(a.chat_requests()) == 2 and b.chat_requests()):
             await asyncio.sleep(0.01)
     started = time.monotonic()
     d.signal(signal.SIGTERM)
@@ -460,9 +480,15 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
     assert "[DONE]" not in text
     status, body, _ = await plain
     assert status == 503 and orjson.loads(body)["error"]["code"] == "shutting_down"
+    status, events = await anthropic
+    assert status == 200
+    assert events[0][0] == "message_start" and "message_stop" not in [e for e, _ in events]
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["type"] == "overloaded_error"
+    assert events[-1][1]["error"]["message"].startswith("failoverd is shutting down")
     assert await d.exit_code(timeout=5) == 0
     assert time.monotonic() - started < 3
-    assert "cutting 2 request(s)" in d.log_text()
+    assert "cutting 3 request(s)" in d.log_text()
     assert (short_dir / "d-state" / "state.json").exists()
 
 
@@ -471,7 +497,7 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
 async def test_stale_socket_is_replaced_and_live_one_refused(short_dir, fake_openai,
                                                               launch) -> None:
     a = await fake_openai()
-    text = toml(short_dir, {"a": a})
+    text = toml(short_dir, {"a": a}, daemon='socket_mode = "0600"\n')
     killed = await launch(text)
     killed.signal(signal.SIGKILL)
     assert await killed.exit_code() == -signal.SIGKILL
@@ -480,6 +506,7 @@ async def test_stale_socket_is_replaced_and_live_one_refused(short_dir, fake_ope
     d = await launch(text)
     assert (await chat(d.client()))[:2] == (200, REPLY)
     assert "removing stale socket file" in d.log_text()
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600  # daemon.socket_mode
 
     second = await launch("", config=d.config, wait_ready=False)
     assert await second.exit_code(timeout=5) == 1

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from failoverd import config as config_mod
 from failoverd.api.app import make_app
-from failoverd.api.replies import openai_error
+from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError, ListenError
@@ -38,6 +38,7 @@ from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
 from failoverd.prober import Prober
 from failoverd.service import Service
+from failoverd.translate.anthropic_stream import error_event as anthropic_error_event
 
 logger = logging.getLogger(__name__)
 
@@ -104,20 +105,16 @@ async def _cut_reply(request: web.Request,
                      resp: web.StreamResponse | None) -> web.StreamResponse:
     anthropic = request.path.startswith("/v1/messages")
     if resp is None or not resp.prepared:
-        if anthropic:
-            return web.json_response({"type": "error", "error": {
-                "type": "overloaded_error", "message": _SHUTDOWN_MESSAGE}}, status=503,
-                headers={"Connection": "close"})
-        return openai_error(503, _SHUTDOWN_MESSAGE, "shutting_down", "shutting_down",
-                            headers={"Connection": "close", "Retry-After": "1"})
+        headers = {"Connection": "close", "Retry-After": "1"}
+        if anthropic:  # overloaded_error: what Anthropic clients retry on
+            return ANTHROPIC.error(503, "overloaded", _SHUTDOWN_MESSAGE, headers=headers)
+        return OPENAI.error(503, "shutting_down", _SHUTDOWN_MESSAGE, "shutting_down",
+                            headers=headers)
     if resp.content_type == "text/event-stream":
         if anthropic:
-            event = (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
-                     b'"message":"' + _SHUTDOWN_MESSAGE.encode() + b'"}}\n\n')
+            event = anthropic_error_event("overloaded_error", _SHUTDOWN_MESSAGE)
         else:
-            body = openai_error(503, _SHUTDOWN_MESSAGE, "shutting_down", "shutting_down").body
-            assert isinstance(body, bytes)
-            event = b"data: " + body + b"\n\n"
+            event = OPENAI.encoder("").error("shutting_down", _SHUTDOWN_MESSAGE)
         try:
             await resp.write(event)
             await resp.write_eof()
