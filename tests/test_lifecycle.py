@@ -30,6 +30,7 @@ _BIN = Path(sys.executable).parent / "failoverd"
 FAILOVERD = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "failoverd.cli.daemon"]
 HELLO = [{"role": "user", "content": "hello"}]
 REPLY = "Hello from the fake upstream"
+SHUTDOWN_MESSAGE = "failoverd is shutting down: the request was cut before it finished; retry it"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -475,8 +476,7 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
     d.signal(signal.SIGTERM)
     status, text, _ = await stream
     assert status == 200
-    assert text.endswith("[ERROR failoverd is shutting down: the request was cut after "
-                         "daemon.shutdown_timeout; retry it]")
+    assert text.endswith("[ERROR " + SHUTDOWN_MESSAGE + "]")
     assert "[DONE]" not in text
     status, body, _ = await plain
     assert status == 503 and orjson.loads(body)["error"]["code"] == "shutting_down"
@@ -490,6 +490,25 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
     assert time.monotonic() - started < 3
     assert "cutting 3 request(s)" in d.log_text()
     assert (short_dir / "d-state" / "state.json").exists()
+
+
+async def test_second_sigterm_cuts_the_drain_short(short_dir, fake_openai, launch) -> None:
+    a = await fake_openai(default="slow_stream:1")
+    d = await launch(toml(short_dir, {"a": a}, daemon="shutdown_timeout = 30\n"))
+    stream = asyncio.create_task(chat(d.client(), stream=True))
+    async with asyncio.timeout(5):
+        while not a.chat_requests():
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    await d.notify.expect("STOPPING=1", timeout=5)
+    assert not stream.done()  # draining: it would be allowed 30 s
+    d.signal(signal.SIGTERM)
+    status, text, _ = await stream
+    assert status == 200 and text.endswith("[ERROR " + SHUTDOWN_MESSAGE + "]")
+    assert await d.exit_code(timeout=5) == 0
+    assert time.monotonic() - started < 3
+    assert "SIGTERM again: cutting the drain short" in d.log_text()
 
 
 # --------------------------------------------------------------------------- socket file, CLI

@@ -97,8 +97,8 @@ class RequestTracker:
         return {t for t in self.tasks if not t.done()}
 
 
-_SHUTDOWN_MESSAGE = ("failoverd is shutting down: the request was cut after "
-                     "daemon.shutdown_timeout; retry it")
+# After daemon.shutdown_timeout, or at once on a second SIGTERM.
+_SHUTDOWN_MESSAGE = "failoverd is shutting down: the request was cut before it finished; retry it"
 
 
 async def _cut_reply(request: web.Request,
