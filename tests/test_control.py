@@ -33,6 +33,7 @@ cost = {{ input = 3.0, output = 15.0 }}
 [models."{QWEN}"]
 provider = "ollama"
 context_window = 32000
+capabilities = []
 tier = "small"
 [routing]
 primary = "{GPT}"

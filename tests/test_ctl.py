@@ -37,6 +37,7 @@ tier = "large"
 [models."{QWEN}"]
 provider = "ollama"
 context_window = 32000
+capabilities = []
 tier = "small"
 [routing]
 primary = "{GPT}"

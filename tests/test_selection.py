@@ -35,6 +35,7 @@ cost = { input = 0.15, output = 0.6 }
 [models."sim/cheap-small"]
 provider = "sim"
 context_window = 32000
+capabilities = []
 tier = "small"
 cost = { input = 0.05, output = 0.1 }
 
@@ -313,3 +314,11 @@ def test_auto_end_to_end_from_labelled_prompts(cfg: config.Config) -> None:
     assert route("What is the capital of France?") == "sim/cheap-small"
     assert route("Write a Python function that reverses a linked list.") == "sim/mid-cheap"
     assert route("Prove that the square root of 2 is irrational.") == "sim/big"
+
+
+def test_omitted_capabilities_are_not_screened() -> None:
+    cfg = config.loads('[providers.p]\nkind = "simulated"\n[models."p/any"]\nprovider = "p"\n'
+                       '[models."p/none"]\nprovider = "p"\ncapabilities = []\n', env={})
+    needs = from_spec(["tools", "vision"], 10)
+    assert check(cfg.models["p/any"], needs) is None  # unknown: not refused
+    assert check(cfg.models["p/none"], needs) == "lacks capabilities: tools, vision"

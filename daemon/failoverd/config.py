@@ -86,6 +86,8 @@ class ModelConfig:
     context_window: int | None = None
     max_output_tokens: int | None = None
     capabilities: frozenset[Capability] = frozenset()
+    # False when the key was omitted: capabilities unknown, so requests are not screened
+    capabilities_declared: bool = True
     tier: Tier | None = None
     cost: Cost = Cost()
     max_retries: int = 1
@@ -342,6 +344,7 @@ def _model(model_id: str, sec: Section, providers: Mapping[str, ProviderConfig])
     elif provider not in providers:
         sec.problem("provider", f"no provider named {provider!r} in [providers]")
     default_name = model_id.split("/", 1)[1] if "/" in model_id else model_id
+    declared = sec.has("capabilities")
     caps = sec.strings("capabilities", ()) or ()
     allowed_caps = get_args(Capability)
     for cap in caps:
@@ -365,6 +368,7 @@ def _model(model_id: str, sec: Section, providers: Mapping[str, ProviderConfig])
         context_window=window,
         max_output_tokens=max_out,
         capabilities=frozenset(cast(Capability, c) for c in caps if c in allowed_caps),
+        capabilities_declared=declared,
         tier=tier,
         cost=cost,
         max_retries=sec.integer("max_retries", 1),

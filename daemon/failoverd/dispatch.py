@@ -179,6 +179,7 @@ class Dispatcher:
                                    Permit | None], Awaitable[Any]]) -> Any:
         cfg = self.config
         queued = False
+        first_pass = len(outcome.attempts)
         while True:  # at most twice: once more after waiting in the queue
             last_error: UpstreamError | None = None
             last_model = ""
@@ -195,7 +196,9 @@ class Dispatcher:
                     continue
                 req = body
                 verdict = FailoverVerdict()
-                if needs is not None:
+                info: FailoverInfo | None = None
+                if needs is not None and model.capabilities_declared:
+                    # a model whose config omits capabilities is not screened: unknown != none
                     missing = sorted(needs.needs - model.capabilities)
                     if missing:
                         outcome.attempts.append(Attempt(
@@ -235,6 +238,8 @@ class Dispatcher:
                     outcome.notices.append(
                         f"{model_id}: dropped {len(body['messages']) - len(shorter['messages'])}"
                         " oldest message(s) to fit its context window")
+                if info is not None and self.on_failover is not None:
+                    self.on_failover(info)  # counted only when the fallback is really tried
                 try:
                     result = await self._try_model(model, req, deadline, outcome, call)
                 except UpstreamError as exc:
@@ -256,6 +261,7 @@ class Dispatcher:
                     and cfg.routing.when_all_unavailable == "queue" and self.health is not None):
                 queued = True
                 if await self._queue(candidates, deadline):
+                    del outcome.attempts[first_pass:]  # the skips are history, not attempts
                     continue
             break
         retry_after = self._retry_after(candidates)
@@ -330,8 +336,6 @@ class Dispatcher:
         if self.failover_hook is not None:
             verdict = await self.failover_hook(info)
             outcome.notices.extend(verdict.messages)
-        if self.on_failover is not None and not verdict.abort:
-            self.on_failover(info)
         return verdict
 
     def _remaining(self, deadline: float) -> float:
@@ -364,10 +368,13 @@ class Dispatcher:
         assert self.health is not None
         limit = min(self.config.routing.queue_timeout, self._remaining(deadline))
         end = self.clock.monotonic() + limit
+        # waits are real time; bound them by the loop's clock too, whatever clock is injected
+        loop = asyncio.get_running_loop()
+        real_end = loop.time() + limit
         for _ in range(1000):  # bounded: each turn waits for a change or the next expiry
             if any(self.health.available(m)[0] for m in candidates):
                 return True
-            left = end - self.clock.monotonic()
+            left = min(end - self.clock.monotonic(), real_end - loop.time())
             if left <= 0:
                 return False
             soonest = self.health.earliest_available_in(candidates)

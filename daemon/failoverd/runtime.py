@@ -23,10 +23,13 @@ class Runtime:
     config: Config
     providers: dict[str, Provider]
     dispatcher: Dispatcher
+    screening: bool  # some model declares capabilities or a context window
 
 
 def build_runtime(config: Config, session: aiohttp.ClientSession, clock: Clock,
                   health: Health | None, rng: random.Random | None = None) -> Runtime:
     providers = {name: make_provider(p, session) for name, p in config.providers.items()}
     dispatcher = Dispatcher(config, providers, clock=clock, health=health, rng=rng)
-    return Runtime(config, providers, dispatcher)
+    screening = any(m.capabilities_declared or m.context_window
+                    for m in config.models.values())
+    return Runtime(config, providers, dispatcher, screening)

@@ -39,9 +39,10 @@ def check(model: ModelConfig, req: Requirements) -> str | None:
     """None when ``model`` can serve ``req``; otherwise why not, as a short ASCII reason.
 
     The context check is prompt + reserved output <= context_window; a model without a
-    configured context_window is assumed to fit.
+    configured context_window is assumed to fit, and one whose config omits `capabilities`
+    is not screened for them (unknown is not the same as none; `capabilities = []` is none).
     """
-    missing = sorted(req.needs - model.capabilities)
+    missing = sorted(req.needs - model.capabilities) if model.capabilities_declared else []
     if missing:
         noun = "capability" if len(missing) == 1 else "capabilities"
         return f"lacks {noun}: {', '.join(missing)}"

@@ -69,7 +69,7 @@ class Route:
     """Where one request goes: its candidates and what the router knows about it."""
 
     candidates: tuple[str, ...]
-    needs: Requirements
+    needs: Requirements | None  # None: no model declares anything to check against
     header: str | None = None  # x-failoverd-route for model "auto"
     skipped: tuple[tuple[str, str], ...] = ()
 
@@ -138,11 +138,13 @@ class Service:
     def route(self, rt: Runtime, body: dict[str, Any], pin: bool, session: str | None) -> Route:
         cfg = rt.config
         requested = body.get("model") or ""
-        needs = requirements.infer(body)
+        # estimating tokens costs time on every request: only when some model could refuse
+        needs = (requirements.infer(body) if rt.screening or requested == "auto" else None)
         header = None
         skipped: tuple[tuple[str, str], ...] = ()
         if requested == "auto":
             decision = complexity.classify(body)
+            assert needs is not None
             chain, skip = selection.auto_chain(
                 cfg, decision, lambda m: self.health.available(m)[0], needs)
             candidates = tuple(chain)
