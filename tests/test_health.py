@@ -455,3 +455,21 @@ def test_status_shape(rig: Rig) -> None:
     assert {"reason", "since", "retry_at", "consecutive_failures", "open_count"} <= set(entry)
     assert set(status["providers"]) == {"a", "b"}
     orjson.dumps(status)
+
+
+def test_auth_failure_of_a_model_removed_by_reload_is_harmless() -> None:
+    import random as _random
+
+    from failoverd import config as _config
+    from failoverd.clock import ManualClock as _Clock
+    from failoverd.failures import FailureReason as _Reason
+    from failoverd.health import HealthRegistry as _Registry
+
+    text = '[providers.p]\nkind = "simulated"\n[models."p/a"]\nprovider = "p"\n'
+    old = _config.loads(text + '[models."p/b"]\nprovider = "p"\n', env={})
+    reg = _Registry(old, _Clock(), _random.Random(1))
+    permit = reg.acquire("p/b")
+    assert permit is not None
+    reg.reconfigure(_config.loads(text, env={}))
+    permit.failure(_Reason.AUTH)  # the call started before the reload
+    assert reg.available("p/a") == (True, None)

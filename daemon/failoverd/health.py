@@ -281,7 +281,10 @@ class HealthRegistry:
         return creds.state
 
     def _block_provider_of(self, model_id: str, effect: BreakerEffect, reason: str) -> None:
-        provider = self._config.models[model_id].provider
+        model = self._config.models.get(model_id)
+        if model is None:
+            return  # removed by a reload while its call was in flight
+        provider = model.provider
         cfg = self._config.breaker
         if effect is BreakerEffect.OPEN_PROVIDER_AUTH:
             state, seconds = "auth", cfg.auth_open_seconds

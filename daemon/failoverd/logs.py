@@ -34,3 +34,5 @@ def setup(log_format: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # APScheduler logs every job added or run at INFO: one line per probe is noise
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
