@@ -108,7 +108,7 @@ class Dispatcher:
         self.providers = providers
         self.clock = clock
         self.health = health
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.failover_hook = failover_hook
         self.on_failover = on_failover
         self.on_exhausted = on_exhausted

@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -29,7 +28,7 @@ from aiohttp import web
 
 from failoverd import config as config_mod
 from failoverd.api.app import make_app
-from failoverd.api.fronts import ANTHROPIC, OPENAI
+from failoverd.api.drain import RequestTracker
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError, ListenError
@@ -38,7 +37,6 @@ from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
 from failoverd.prober import Prober
 from failoverd.service import Service
-from failoverd.translate.anthropic_stream import error_event as anthropic_error_event
 
 logger = logging.getLogger(__name__)
 
@@ -50,78 +48,6 @@ STATUS_INTERVAL = 5.0
 
 # Settings read once at start: a reload that changes them is applied except for these.
 _RESTART_ONLY = ("socket", "socket_mode", "tcp", "state_dir", "node", "log_format")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RequestTracker:
-    """Knows every request being handled, so a stop can drain them and cut the stragglers.
-
-    Installed as the outermost-but-one middleware (after the access guard). A handler cut at
-    the drain deadline is cancelled; the tracker turns that cancellation into an answer the
-    client can understand: a 503 if nothing was sent yet, else an error event that ends the
-    stream cleanly (OpenAI or Anthropic shape, by path).
-    """
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.cutting = False
-        self._responses: dict[asyncio.Task[Any], web.StreamResponse] = {}
-
-    def install(self, app: web.Application) -> None:
-        app.middlewares.append(self.middleware)
-        app.on_response_prepare.append(self._prepared)
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        try:
-            return await handler(request)
-        except asyncio.CancelledError:
-            if not self.cutting:
-                raise
-            task.uncancel()  # the cancellation was ours and is answered here
-            return await _cut_reply(request, self._responses.get(task))
-        finally:
-            self.tasks.discard(task)
-            self._responses.pop(task, None)
-
-    async def _prepared(self, request: web.Request, response: web.StreamResponse) -> None:
-        task = asyncio.current_task()
-        if task is not None and task in self.tasks:
-            self._responses[task] = response
-
-    def pending(self) -> set[asyncio.Task[Any]]:
-        return {t for t in self.tasks if not t.done()}
-
-
-# After daemon.shutdown_timeout, or at once on a second SIGTERM.
-_SHUTDOWN_MESSAGE = "failoverd is shutting down: the request was cut before it finished; retry it"
-
-
-async def _cut_reply(request: web.Request,
-                     resp: web.StreamResponse | None) -> web.StreamResponse:
-    anthropic = request.path.startswith("/v1/messages")
-    if resp is None or not resp.prepared:
-        headers = {"Connection": "close", "Retry-After": "1"}
-        if anthropic:  # overloaded_error: what Anthropic clients retry on
-            return ANTHROPIC.error(503, "overloaded", _SHUTDOWN_MESSAGE, headers=headers)
-        return OPENAI.error(503, "shutting_down", _SHUTDOWN_MESSAGE, "shutting_down",
-                            headers=headers)
-    if resp.content_type == "text/event-stream":
-        if anthropic:
-            event = anthropic_error_event("overloaded_error", _SHUTDOWN_MESSAGE)
-        else:
-            event = OPENAI.encoder("").error("shutting_down", _SHUTDOWN_MESSAGE)
-        try:
-            await resp.write(event)
-            await resp.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass  # the client is gone, or the response already ended
-    return resp
-
 
 class Supervisor:
     """Runs one daemon instance until asked to stop."""

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hmac
 import socket
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
 from failoverd.listen import peer_uid
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _family(request: web.Request) -> int | None:
@@ -21,9 +18,8 @@ def _family(request: web.Request) -> int | None:
     return sock.family if sock is not None else None
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Checks the peer before any handler runs; installed only when a rule is configured."""
+def refusal(request: web.Request) -> web.Response | None:
+    """The answer to a peer that may not talk to the daemon, or None to let it through."""
     daemon = request.app[SERVICE].runtime.config.daemon
     family = _family(request)
     if family == socket.AF_UNIX:
@@ -41,4 +37,4 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
                                     "with the token of daemon.tcp_token_file",
                                     "authentication_error", "invalid_api_key")
-    return await handler(request)
+    return None

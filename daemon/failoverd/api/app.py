@@ -1,11 +1,10 @@
-"""The aiohttp application: routes and the per-request guards shared by every handler."""
+"""The aiohttp application: routes, and what ends with the app (event streams)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from failoverd.api import control
-from failoverd.api.access import guard
 from failoverd.api.events import events
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.service import SERVICE, Service
@@ -13,8 +12,8 @@ from failoverd.api.service import SERVICE, Service
 
 def make_app(service: Service) -> web.Application:
     # client_max_size is enforced by our own body reader (413 naming max_body_bytes)
-    # The access guard is always installed: allowed_uids and the TCP token may change on reload.
-    app = web.Application(client_max_size=2**62, middlewares=[guard])
+    # the supervisor installs the one middleware (access guard + drain tracking)
+    app = web.Application(client_max_size=2**62)
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from failoverd.api.body import read_json
+from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
 from failoverd.api.replies import JSON, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
@@ -114,6 +115,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
     svc.served(outcome, session, route)
     encoder = front.encoder(outcome.model)
     resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome, route.header)})
+    request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
     error: UpstreamError | None = None
     try:
         await resp.prepare(request)

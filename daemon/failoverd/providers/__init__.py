@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import aiohttp
 
 from failoverd.config import ProviderConfig
