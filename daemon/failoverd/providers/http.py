@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -219,6 +220,10 @@ async def sse_events(resp: aiohttp.ClientResponse, first_deadline: float, idle: 
         yield event, b"\n".join(data)
 
 
+@functools.lru_cache(maxsize=64)
 def client_timeout(connect: float) -> aiohttp.ClientTimeout:
-    """Only the connect phase is bounded by aiohttp; the rest uses asyncio deadlines."""
+    """Only the connect phase is bounded by aiohttp; the rest uses asyncio deadlines.
+
+    Cached: the common case is the provider's connect_timeout on every request.
+    """
     return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect)
