@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -332,6 +333,23 @@ def _unlink_if_ours(path: str, inode: int) -> None:
         pass
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed (`pip install failoverd[uvloop]`) and not turned off with
+    FAILOVERD_UVLOOP=0; else asyncio's own."""
+    if os.environ.get("FAILOVERD_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run_blocking(config: Config, config_path: str | None, **kwargs: Any) -> None:
     """Runs the daemon until SIGTERM/SIGINT (the CLI's entry point)."""
-    asyncio.run(Supervisor(config, config_path=config_path, **kwargs).run())
+    factory = loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        if factory is not None:
+            logger.info("event loop: uvloop")
+        runner.run(Supervisor(config, config_path=config_path, **kwargs).run())
