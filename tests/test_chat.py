@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -284,6 +285,11 @@ async def test_upstream_name_alias_and_pin(pair) -> None:
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "'stream'"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', 400, "max_tokens"),
     (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400, "'model'"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stop": 5}', 400, "'stop'"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}', 400,
+     "messages[0].content[0].text"),
+    (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400,
+     "messages[0].content[0].image_url.url"),
 ])
 async def test_bad_input_is_named_and_daemon_keeps_serving(pair, payload, status,
                                                            needle) -> None:
@@ -355,3 +361,76 @@ async def test_reasoning_model_gets_max_completion_tokens(fake_openai, start_dae
     sent_a = a.chat_requests()[0].body
     assert sent_a["max_completion_tokens"] == 77 and "max_tokens" not in sent_a
     assert b.chat_requests()[0].body["max_tokens"] == 77  # other models get it unchanged
+
+
+async def test_large_body_is_read_whole(fake_openai, start_daemon) -> None:
+    a = await fake_openai(reply="from a")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+""")
+    prompt = "word " * 150_000  # 750 KB: many socket reads (the fake takes up to 1 MB)
+    reply = await d.openai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": prompt}])
+    assert reply.choices[0].message.content == "from a"
+    assert a.chat_requests()[0].body["messages"][0]["content"] == prompt
+
+
+async def test_client_going_away_cancels_the_request(fake_openai, start_daemon) -> None:
+    a = await fake_openai(default="slow:5")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+max_concurrency = 1
+""")
+    with pytest.raises(httpx.ReadTimeout):
+        await d.http.post("/v1/chat/completions", json={"messages": HELLO}, timeout=0.3)
+    for _ in range(100):  # bounded: the cancellation lands within a few loop turns
+        status = (await d.http.get("/v1/status")).json()
+        if status["inflight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert status["inflight"] == 0
+    assert status["models"]["a/m"]["inflight"] == 0  # the concurrency slot is free again
+    metrics = (await d.http.get("/metrics")).text
+    assert 'failoverd_requests_total{model="",outcome="cancelled"} 1' in metrics
+    assert 'outcome="ok"' not in metrics
+
+
+async def test_queue_waits_for_the_capable_model_only(fake_openai, start_daemon) -> None:
+    a = await fake_openai(reply="text only")
+    b = await fake_openai(reply="sees")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+[models."a/text"]
+provider = "a"
+capabilities = []
+[models."b/vision"]
+provider = "b"
+capabilities = ["vision"]
+[routing]
+primary = "a/text"
+fallbacks = ["b/vision"]
+when_all_unavailable = "queue"
+queue_timeout = 5
+""")
+    started = time.monotonic()
+    assert (await d.http.post("/v1/models/b/vision/open", json={"seconds": 0.3})).status_code == 200
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    resp = await d.http.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": [image]}]})
+    assert resp.status_code == 200
+    assert resp.headers["x-failoverd-model"] == "b/vision"
+    assert 0.25 < time.monotonic() - started < 3
+    assert a.requests == []

@@ -185,7 +185,8 @@ class Dispatcher:
             last_model = ""
             outcome.failovers.clear()
             min_context: int | None = None
-            only_skipped = True
+            only_skipped = True  # no candidate was really tried
+            unavailable: list[str] = []  # skipped for breaker/credentials: may come back
             for model_id in candidates:
                 model = cfg.models[model_id]
                 if min_context is not None and (model.context_window or 0) <= min_context:
@@ -243,7 +244,9 @@ class Dispatcher:
                 try:
                     result = await self._try_model(model, req, deadline, outcome, call)
                 except UpstreamError as exc:
-                    if exc.reason is not FailureReason.UNAVAILABLE:
+                    if exc.reason is FailureReason.UNAVAILABLE:
+                        unavailable.append(model_id)
+                    elif exc.reason is not FailureReason.INCAPABLE:
                         only_skipped = False
                     outcome.attempts.append(Attempt(model_id, exc.reason, exc.status,
                                                     exc.message))
@@ -257,14 +260,15 @@ class Dispatcher:
                     continue
                 outcome.model = model_id
                 return result
-            if (not queued and only_skipped and outcome.attempts
+            if (not queued and only_skipped and unavailable
                     and cfg.routing.when_all_unavailable == "queue" and self.health is not None):
                 queued = True
-                if await self._queue(candidates, deadline):
+                # wait only for models that can come back: incapable ones never will
+                if await self._queue(unavailable, deadline):
                     del outcome.attempts[first_pass:]  # the skips are history, not attempts
                     continue
             break
-        retry_after = self._retry_after(candidates)
+        retry_after = self._retry_after(unavailable or candidates)
         if self.on_exhausted is not None:
             self.on_exhausted(outcome.attempts)
         raise NoModelAvailable(outcome.attempts, retry_after)

@@ -55,6 +55,9 @@ class Metrics:
     def failover(self, from_model: str, to_model: str, reason: str) -> None:
         self.failovers[(from_model, to_model, reason)] += 1
 
+    def cancelled(self) -> None:
+        self.requests[("", "cancelled")] += 1
+
     def rejected(self, why: str) -> None:
         self.rejections[why] += 1
 

@@ -152,8 +152,10 @@ class Supervisor:
         app = make_app(service)
         self.tracker.install(app)
         # Our own drain runs first; the runner's timeout only bounds what is left after it.
+        # handler_cancellation: a client that goes away cancels its request, so the upstream
+        # call stops, its breaker permit and concurrency slot are released at once
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=CUT_GRACE_SECONDS)
+                               shutdown_timeout=CUT_GRACE_SECONDS, handler_cancellation=True)
         await runner.setup()
         # also on a failed start; a second cleanup after the normal one is a no-op
         stack.push_async_callback(runner.cleanup)

@@ -18,10 +18,17 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if length is not None and length > max_bytes:
         raise RequestError(f"request body of {length} bytes exceeds max_body_bytes "
                            f"({max_bytes})", status=413, code="request_too_large")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise RequestError(f"request body exceeds max_body_bytes ({max_bytes})", status=413,
-                           code="request_too_large")
+    # read() returns what is buffered, not the whole body: collect it, with the cap enforced
+    # as it arrives (a chunked body has no Content-Length to check up front)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(f"request body exceeds max_body_bytes ({max_bytes})",
+                               status=413, code="request_too_large")
+        chunks.append(chunk)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not raw:
         raise RequestError("request body is empty; expected a JSON object")
     try:
@@ -44,6 +51,21 @@ def _expect(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) 
         return
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         raise RequestError(f"'{key}' must be {what}, got {_json_type(value)}", param=key)
+
+
+def _check_part(part: Any, where: str) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise RequestError(f"'{where}' must be an object with a 'type'", param=where)
+    kind = part["type"]
+    if kind == "text" and not isinstance(part.get("text"), str):
+        raise RequestError(f"'{where}.text' must be a string, got {_json_type(part.get('text'))}",
+                           param=f"{where}.text")
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else None
+        if not isinstance(url, str):
+            raise RequestError(f"'{where}.image_url.url' must be a string",
+                               param=f"{where}.image_url.url")
 
 
 def validate_chat(body: dict[str, Any]) -> None:
@@ -74,9 +96,12 @@ def validate_chat(body: dict[str, Any]) -> None:
                                f"got {_json_type(content)}", param=f"{where}.content")
         if isinstance(content, list):
             for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise RequestError(f"'{where}.content[{j}]' must be an object with a "
-                                       "'type'", param=f"{where}.content[{j}]")
+                _check_part(part, f"{where}.content[{j}]")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+        raise RequestError(f"'stop' must be a string or an array of strings, got "
+                           f"{_json_type(stop)}", param="stop")
     _expect(body, "stream", (bool,), "a boolean")
     _expect(body, "max_tokens", (int,), "an integer")
     _expect(body, "max_completion_tokens", (int,), "an integer")

@@ -101,6 +101,9 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
                 attempts=[a.as_dict() for a in exc.attempts])
         except UpstreamError as exc:
             return _failed(front, rt, exc, outcome)
+        except asyncio.CancelledError:
+            svc.metrics.cancelled()  # the client went away (or a shutdown cut it)
+            raise
         finally:
             svc.inflight -= 1
 
@@ -139,12 +142,17 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
             raise
+        svc.metrics.cancelled()
+        return resp
     finally:
         aclose = getattr(start.rest, "aclose", None)
         if aclose is not None:
             await aclose()
         rt.dispatcher.stream_finished(outcome.model, start, error)
-    await resp.write_eof()
+    try:
+        await resp.write_eof()
+    except ConnectionResetError:
+        svc.metrics.cancelled()  # gone just before the end; nothing more to tell it
     return resp
 
 
