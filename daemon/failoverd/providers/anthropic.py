@@ -26,10 +26,12 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
-    client_timeout,
+    fetch,
+    finish_stream,
     json_or_none,
-    map_exceptions,
+    open_stream,
     parse_retry_after,
+    probe_limits,
     read_limited,
     sse_events,
     upstream_error,
@@ -142,15 +144,9 @@ class AnthropicProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        with map_exceptions(name, model.id):
-            async with asyncio.timeout(limits.total):
-                async with self._session.post(
-                    self._messages_url, data=data, headers=self._headers,
-                    timeout=client_timeout(limits.connect),
-                ) as resp:
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
-                    raw = await resp.read()
+        raw = await fetch(self._session, "POST", self._messages_url, headers=self._headers,
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
             if isinstance(parsed, dict) and parsed.get("type") == "error":
@@ -174,22 +170,16 @@ class AnthropicProvider:
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
         data = self._payload(body, model, stream=True)
         name = self.config.name
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + limits.first_token
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
         decoder = AnthropicStreamDecoder(model.name)
+        resp = await open_stream(self._session, self._messages_url, data=data,
+                                 headers=self._stream_headers, first_deadline=first_deadline,
+                                 connect=limits.connect, failure=self._failure, provider=name,
+                                 model=model.id)
         clean = False
-        resp: aiohttp.ClientResponse | None = None
         stack = contextlib.AsyncExitStack()
         try:
             pending: list[dict[str, Any]] = []
-            with map_exceptions(name, model.id):
-                async with asyncio.timeout_at(first_deadline):
-                    resp = await self._session.post(
-                        self._messages_url, data=data, headers=self._stream_headers,
-                        timeout=client_timeout(limits.connect),
-                    )
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
             events = cast(AsyncGenerator[tuple[str, bytes], None],
                           sse_events(resp, first_deadline, limits.idle, name, model.id))
             await stack.enter_async_context(contextlib.aclosing(events))
@@ -222,30 +212,18 @@ class AnthropicProvider:
             clean = True
         finally:
             await stack.aclose()
-            if resp is not None:
-                if clean:
-                    resp.release()
-                else:
-                    resp.close()
+            finish_stream(resp, clean)
 
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
         if kind == "none":
             return
         if kind == "models":
-            with map_exceptions(self.config.name, model.id):
-                async with asyncio.timeout(timeout):
-                    async with self._session.get(
-                        self._models_url, headers=self._headers,
-                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
-                    ) as resp:
-                        if resp.status != 200:
-                            raise await self._failure(resp, model.id)
-                        await resp.read()
+            await fetch(self._session, "GET", self._models_url, headers=self._headers,
+                        total=timeout, connect=min(timeout, self.config.connect_timeout),
+                        failure=self._failure, provider=self.config.name, model=model.id)
             return
         # no reasoning_effort: a probe's few tokens are below Anthropic's thinking minimum
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}],
                                 "max_tokens": max_tokens}
-        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
-                               first_token=timeout, idle=timeout)
-        await self.complete(body, model, limits)
+        await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))

@@ -25,10 +25,12 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
-    client_timeout,
+    fetch,
+    finish_stream,
     json_or_none,
-    map_exceptions,
+    open_stream,
     parse_retry_after,
+    probe_limits,
     read_limited,
     sse_events,
     upstream_error,
@@ -136,15 +138,10 @@ class GeminiProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body)
         name = self.config.name
-        with map_exceptions(name, model.id):
-            async with asyncio.timeout(limits.total):
-                async with self._session.post(
-                    f"{self._model_url(model)}:generateContent", data=data,
-                    headers=self._headers, timeout=client_timeout(limits.connect),
-                ) as resp:
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
-                    raw = await resp.read()
+        raw = await fetch(self._session, "POST", f"{self._model_url(model)}:generateContent",
+                          headers=self._headers, data=data, total=limits.total,
+                          connect=limits.connect, failure=self._failure, provider=name,
+                          model=model.id)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and "error" in parsed:
             raise self._error(200, raw, model.id)
@@ -171,18 +168,12 @@ class GeminiProvider:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translator = translate.StreamTranslator(model.name, include_usage=include_usage,
                                                 expected=int(body.get("n") or 1))
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + limits.first_token
-        resp: aiohttp.ClientResponse | None = None
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(
+            self._session, f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
+            headers=self._stream_headers, first_deadline=first_deadline, connect=limits.connect,
+            failure=self._failure, provider=name, model=model.id)
         try:
-            with map_exceptions(name, model.id):
-                async with asyncio.timeout_at(first_deadline):
-                    resp = await self._session.post(
-                        f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
-                        headers=self._stream_headers, timeout=client_timeout(limits.connect),
-                    )
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
                                                     name, model.id):
                 event = json_or_none(payload)
@@ -202,11 +193,7 @@ class GeminiProvider:
             for chunk in translator.finish():
                 yield Chunk.of(chunk)
         finally:
-            if resp is not None:
-                if translator.complete:
-                    resp.release()
-                else:
-                    resp.close()
+            finish_stream(resp, translator.complete)
 
     async def probe(self, model: ModelConfig, kind: ProbeKind,
                     timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
@@ -215,20 +202,12 @@ class GeminiProvider:
             return
         if kind == "models":
             # the model's own entry: reachability, the key, and that the model exists
-            with map_exceptions(self.config.name, model.id):
-                async with asyncio.timeout(timeout):
-                    async with self._session.get(
-                        self._model_url(model), headers=self._headers,
-                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
-                    ) as resp:
-                        if resp.status != 200:
-                            raise await self._failure(resp, model.id)
-                        await resp.read()
+            await fetch(self._session, "GET", self._model_url(model), headers=self._headers,
+                        total=timeout, connect=min(timeout, self.config.connect_timeout),
+                        failure=self._failure, provider=self.config.name, model=model.id)
             return
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": max_tokens}
-        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
-                               first_token=timeout, idle=timeout)
-        await self.complete(body, model, limits)
+        await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))
 
 
 def _has_output(choice: dict[str, Any]) -> bool:

@@ -9,8 +9,7 @@ import asyncio
 import email.utils
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -18,6 +17,7 @@ import orjson
 
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.providers.base import AttemptLimits
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -133,25 +133,85 @@ def upstream_error(reason: FailureReason, message: str, *, status: int | None,
                          retry_after=retry_after, body=body, content_type=content_type)
 
 
-@contextmanager
-def map_exceptions(provider: str, model: str) -> Iterator[None]:
-    """Translates aiohttp / socket / timeout exceptions into UpstreamError."""
+# what an aiohttp call raises for a network, protocol or timeout problem
+_MAPPED = (TimeoutError, aiohttp.ClientError, OSError)
+
+Failure = Callable[[aiohttp.ClientResponse, str], Awaitable[UpstreamError]]
+"""An adapter's reading of a non-200 answer (response, model id) into an UpstreamError."""
+
+
+def mapped_error(exc: BaseException, provider: str, model: str) -> UpstreamError:
+    """The UpstreamError for an aiohttp / socket / timeout exception (one of `_MAPPED`)."""
+    # TimeoutError first: aiohttp's ServerTimeoutError is one too
+    if isinstance(exc, TimeoutError):
+        return upstream_error(FailureReason.TIMEOUT, "upstream did not answer in time",
+                              status=None, provider=provider, model=model)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return upstream_error(FailureReason.INVALID_RESPONSE, f"response cut: {exc}",
+                              status=None, provider=provider, model=model)
+    return upstream_error(FailureReason.CONNECTION, f"{type(exc).__name__}: {exc}",
+                          status=None, provider=provider, model=model)
+
+
+async def fetch(session: aiohttp.ClientSession, method: str, url: str, *,
+                headers: Mapping[str, str], data: bytes | None = None, total: float,
+                connect: float, failure: Failure, provider: str, model: str) -> bytes:
+    """The body of a 200 answer, read in full within `total` seconds.
+
+    Any other status raises the adapter's `failure`; aiohttp's exceptions end here, as
+    UpstreamErrors (the mapping is inline rather than a context manager: this is the
+    non-streaming hot path).
+    """
     try:
-        yield
+        async with asyncio.timeout(total):
+            async with session.request(method, url, data=data, headers=headers,
+                                       timeout=client_timeout(connect)) as resp:
+                if resp.status != 200:
+                    raise await failure(resp, model)
+                return await resp.read()
     except UpstreamError:
         raise
-    except TimeoutError as exc:
-        raise upstream_error(FailureReason.TIMEOUT, "upstream did not answer in time",
-                             status=None, provider=provider, model=model) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise upstream_error(FailureReason.INVALID_RESPONSE, f"response cut: {exc}",
-                             status=None, provider=provider, model=model) from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise upstream_error(FailureReason.TIMEOUT, f"upstream timeout: {exc}",
-                             status=None, provider=provider, model=model) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise upstream_error(FailureReason.CONNECTION, f"{type(exc).__name__}: {exc}",
-                             status=None, provider=provider, model=model) from exc
+    except _MAPPED as exc:
+        raise mapped_error(exc, provider, model) from exc
+
+
+async def open_stream(session: aiohttp.ClientSession, url: str, *, data: bytes,
+                      headers: Mapping[str, str], first_deadline: float, connect: float,
+                      failure: Failure, provider: str, model: str) -> aiohttp.ClientResponse:
+    """POSTs a streaming request: its 200 response, headers received before `first_deadline`.
+
+    Any other status raises the adapter's `failure`. On any exception the response is closed;
+    on success the caller owns it and ends it with `finish_stream`.
+    """
+    resp: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout_at(first_deadline):
+            resp = await session.post(url, data=data, headers=headers,
+                                      timeout=client_timeout(connect))
+            if resp.status != 200:
+                raise await failure(resp, model)
+    except BaseException as exc:
+        if resp is not None:
+            resp.close()
+        if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
+            raise mapped_error(exc, provider, model) from exc
+        raise
+    return resp
+
+
+def finish_stream(resp: aiohttp.ClientResponse, clean: bool) -> None:
+    """Ends a stream's response: a fully read one gives its connection back to the pool; any
+    other is closed, since the connection is in an unknown state."""
+    if clean:
+        resp.release()
+    else:
+        resp.close()
+
+
+def probe_limits(timeout: float, connect_timeout: float) -> AttemptLimits:
+    """The limits of a chat probe: `timeout` for everything, connecting within both limits."""
+    return AttemptLimits(total=timeout, connect=min(timeout, connect_timeout),
+                         first_token=timeout, idle=timeout)
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:

@@ -22,11 +22,13 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
-    client_timeout,
+    fetch,
+    finish_stream,
     json_or_none,
     lines,
-    map_exceptions,
+    open_stream,
     parse_retry_after,
+    probe_limits,
     read_limited,
     upstream_error,
 )
@@ -85,15 +87,9 @@ class OllamaProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        with map_exceptions(name, model.id):
-            async with asyncio.timeout(limits.total):
-                async with self._session.post(
-                    self._chat_url, data=data, headers=self._headers,
-                    timeout=client_timeout(limits.connect),
-                ) as resp:
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
-                    raw = await resp.read()
+        raw = await fetch(self._session, "POST", self._chat_url, headers=self._headers,
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
             raise upstream_error(classify(500, parsed["error"]), parsed["error"], status=200,
@@ -111,18 +107,12 @@ class OllamaProvider:
         name = self.config.name
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translator = translate.StreamTranslator(model.name, include_usage=include_usage)
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + limits.first_token
-        resp: aiohttp.ClientResponse | None = None
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(self._session, self._chat_url, data=data,
+                                 headers=self._stream_headers, first_deadline=first_deadline,
+                                 connect=limits.connect, failure=self._failure, provider=name,
+                                 model=model.id)
         try:
-            with map_exceptions(name, model.id):
-                async with asyncio.timeout_at(first_deadline):
-                    resp = await self._session.post(
-                        self._chat_url, data=data, headers=self._stream_headers,
-                        timeout=client_timeout(limits.connect),
-                    )
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
             async for line in lines(resp, first_deadline, limits.idle, name, model.id):
                 if not line.strip():
                     continue
@@ -141,11 +131,7 @@ class OllamaProvider:
             raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before done",
                                  status=200, provider=name, model=model.id)
         finally:
-            if resp is not None:
-                if translator.done:
-                    resp.release()
-                else:
-                    resp.close()
+            finish_stream(resp, translator.done)
 
     async def probe(self, model: ModelConfig, kind: ProbeKind,
                     timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
@@ -156,21 +142,13 @@ class OllamaProvider:
             await self._probe_tags(model, timeout)
             return
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": max_tokens}
-        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
-                               first_token=timeout, idle=timeout)
-        await self.complete(body, model, limits)
+        await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))
 
     async def _probe_tags(self, model: ModelConfig, limit: float) -> None:
         name = self.config.name
-        with map_exceptions(name, model.id):
-            async with asyncio.timeout(limit):
-                async with self._session.get(
-                    self._tags_url, headers=self._headers,
-                    timeout=client_timeout(min(limit, self.config.connect_timeout)),
-                ) as resp:
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
-                    raw = await resp.read()
+        raw = await fetch(self._session, "GET", self._tags_url, headers=self._headers,
+                          total=limit, connect=min(limit, self.config.connect_timeout),
+                          failure=self._failure, provider=name, model=model.id)
         listing = json_or_none(raw)
         if not isinstance(listing, dict) or not isinstance(listing.get("models"), list):
             raise upstream_error(FailureReason.INVALID_RESPONSE, "unparsable /api/tags answer",

@@ -21,11 +21,13 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
-    client_timeout,
+    fetch,
+    finish_stream,
     json_or_none,
-    map_exceptions,
     not_found_is_model,
+    open_stream,
     parse_retry_after,
+    probe_limits,
     read_limited,
     sse_events,
     upstream_error,
@@ -105,15 +107,9 @@ class OpenAIProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        with map_exceptions(name, model.id):
-            async with asyncio.timeout(limits.total):
-                async with self._session.post(
-                    self._chat_url, data=data, headers=self._headers,
-                    timeout=client_timeout(limits.connect),
-                ) as resp:
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
-                    raw = await resp.read()
+        raw = await fetch(self._session, "POST", self._chat_url, headers=self._headers,
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not parsed.get("choices"):
             if isinstance(parsed, dict) and "error" in parsed:
@@ -129,19 +125,13 @@ class OpenAIProvider:
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
         data = self._payload(body, model, stream=True)
         name = self.config.name
-        loop = asyncio.get_running_loop()
-        first_deadline = loop.time() + limits.first_token
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(self._session, self._chat_url, data=data,
+                                 headers=self._stream_headers, first_deadline=first_deadline,
+                                 connect=limits.connect, failure=self._failure, provider=name,
+                                 model=model.id)
         clean = False
-        resp: aiohttp.ClientResponse | None = None
         try:
-            with map_exceptions(name, model.id):
-                async with asyncio.timeout_at(first_deadline):
-                    resp = await self._session.post(
-                        self._chat_url, data=data, headers=self._stream_headers,
-                        timeout=client_timeout(limits.connect),
-                    )
-                    if resp.status != 200:
-                        raise await self._failure(resp, model.id)
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
                                                     name, model.id):
                 if payload == b"[DONE]":
@@ -155,26 +145,16 @@ class OpenAIProvider:
             raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before [DONE]",
                                  status=200, provider=name, model=model.id)
         finally:
-            if resp is not None:
-                if clean:
-                    resp.release()
-                else:
-                    resp.close()
+            finish_stream(resp, clean)
 
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
         if kind == "none":
             return
         if kind == "models":
-            with map_exceptions(self.config.name, model.id):
-                async with asyncio.timeout(timeout):
-                    async with self._session.get(
-                        self._models_url, headers=self._headers,
-                        timeout=client_timeout(min(timeout, self.config.connect_timeout)),
-                    ) as resp:
-                        if resp.status != 200:
-                            raise await self._failure(resp, model.id)
-                        await resp.read()
+            await fetch(self._session, "GET", self._models_url, headers=self._headers,
+                        total=timeout, connect=min(timeout, self.config.connect_timeout),
+                        failure=self._failure, provider=self.config.name, model=model.id)
             return
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}]}
         if "reasoning" in model.capabilities:
@@ -182,6 +162,4 @@ class OpenAIProvider:
             body["reasoning_effort"] = "low"
         else:
             body["max_tokens"] = max_tokens
-        limits = AttemptLimits(total=timeout, connect=min(timeout, self.config.connect_timeout),
-                               first_token=timeout, idle=timeout)
-        await self.complete(body, model, limits)
+        await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))
