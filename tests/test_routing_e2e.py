@@ -197,3 +197,31 @@ async def test_session_preference_via_api_and_openai_user_field(tiers) -> None:
     assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
     assert (await d.http.delete("/v1/sessions/alice")).status_code == 200
     assert (await d.http.get("/v1/sessions/alice")).status_code == 404
+
+
+async def test_sticky_fallback_only_redirects_requests_from_the_same_head(tiers) -> None:
+    small, medium, large, d, clock = tiers
+    headers = {"x-failoverd-session": "s1"}
+    small.push("overloaded", "overloaded")
+    r1 = await d.http.post("/v1/chat/completions", headers=headers,
+                           json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r1.headers["x-failoverd-model"] == "m/medium"
+    # the same session asking for another model is not redirected to its sticky fallback
+    r2 = await d.http.post("/v1/chat/completions", headers=headers, json={
+        "model": "l/large", "messages": [{"role": "user", "content": "hi"}]})
+    assert r2.headers["x-failoverd-model"] == "l/large"
+
+
+async def test_pin_applies_to_auto_and_to_a_rotated_chain(tiers) -> None:
+    small, medium, large, d, clock = tiers
+    small.default = "overloaded"
+    pin = {"x-failoverd-no-fallback": "1"}
+    resp = await d.http.post("/v1/chat/completions", headers=pin, json={
+        "model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    assert resp.status_code == 503
+    assert [a["model"] for a in resp.json()["error"]["attempts"]] == ["s/small"]
+    assert medium.requests == [] and large.requests == []
+    await d.http.post("/v1/chains/default/next")  # the operator moves off the primary
+    resp = await d.http.post("/v1/chat/completions", headers=pin,
+                             json={"messages": [{"role": "user", "content": "hi"}]})
+    assert resp.headers["x-failoverd-model"] == "m/medium"

@@ -151,21 +151,30 @@ class Service:
             header = complexity.route_header(decision)
             skipped = tuple(skip)
         else:
-            candidates = router.resolve(cfg, requested, pin=pin)
-            if self._chain_offsets and not pin:
+            candidates = router.resolve(cfg, requested)
+            if self._chain_offsets:
                 name = "default" if requested in ("", "default") else requested
                 if name in self._chain_offsets:
                     candidates = self.chains()[name]
         if session and not pin:
-            preferred = self.sessions.preferred(session)
-            if preferred is None:
-                pass
-            elif preferred in cfg.chains:
-                first = cfg.chains[preferred].models
-                candidates = (*first, *(c for c in candidates if c not in first))
-            elif preferred in cfg.models:
-                candidates = (preferred, *(c for c in candidates if c != preferred))
+            candidates = self._session_order(cfg, session, candidates)
+        if pin:
+            candidates = candidates[:1]
         return Route(candidates, needs, header, skipped)
+
+    def _session_order(self, cfg: Config, key: str,
+                       candidates: tuple[str, ...]) -> tuple[str, ...]:
+        """A session's pinned preference first; then its sticky fallback, but only for
+        requests that start where the session failed over from (others are not redirected)."""
+        state = self.sessions.get(key)
+        if state is None:
+            return candidates
+        if state.preference is not None:
+            candidates = _put_first(cfg, state.preference, candidates)
+        sticky = state.sticky
+        if sticky is not None and candidates and candidates[0] == sticky.from_model:
+            candidates = _put_first(cfg, sticky.model, candidates)
+        return candidates
 
     def chains(self) -> dict[str, tuple[str, ...]]:
         """Every chain (and "default") in its current order, operator rotations applied."""
@@ -336,3 +345,14 @@ class Service:
                 "# TYPE failoverd_hook_dropped_total counter",
                 f"failoverd_hook_dropped_total {self.hooks.dropped}"]
         return out
+
+
+def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """`target` (a model, or a chain's models) first, the rest in their order."""
+    if target in cfg.chains:
+        first = cfg.chains[target].models
+    elif target in cfg.models:
+        first = (target,)
+    else:
+        return candidates  # removed by a reload
+    return (*first, *(c for c in candidates if c not in first))
