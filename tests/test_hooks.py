@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from failoverd.clock import ManualClock
+from failoverd.clock import ManualClock, SystemClock
 from failoverd.config import HookConfig, loads
 from failoverd.events import Event, EventBus
 from failoverd.hooks import HookOutcome, HookRunner, matches, merge, parse_output
@@ -219,3 +219,43 @@ def test_hooks_from_config() -> None:
     runner = HookRunner(cfg.hooks, None)
     assert [h.exec for h in runner.subscribed("breaker:opened")] == [("/bin/true",)]
     assert runner.subscribed("probe:failed") == ()
+
+
+async def test_inline_failover_hooks_are_bounded(tmp_path: Path) -> None:
+    from failoverd import hooks as hooks_mod
+
+    gate = tmp_path / "gate"
+    script = tmp_path / "slow.sh"
+    script.write_text(f"#!/bin/sh\ncat >/dev/null\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n")
+    script.chmod(0o755)
+    bus = EventBus("n", SystemClock())
+    failed = []
+    bus.listen(lambda e: failed.append(e) if e.type == "hook:failed" else None)
+    runner = HookRunner((HookConfig(events=("model:failover",), exec=(str(script),),
+                                    timeout=10),), bus)
+    event = bus.emit("model:failover")
+    running = [asyncio.create_task(runner.run(event)) for _ in range(hooks_mod.MAX_INLINE)]
+    await asyncio.sleep(0.05)
+    extra = await asyncio.wait_for(runner.run(event), 2)  # no slot: skipped at once
+    assert extra.errors and "in progress" in extra.errors[0]
+    assert runner.dropped == 1 and failed
+    gate.write_text("go")
+    outcomes = await asyncio.wait_for(asyncio.gather(*running), 20)
+    assert all(not o.errors for o in outcomes)
+
+
+async def test_hooks_cannot_see_the_credentials_directory(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "env.txt"
+    script = tmp_path / "env.sh"
+    script.write_text(f"#!/bin/sh\ncat >/dev/null\nenv > {out}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/failoverd.service")
+    monkeypatch.setenv("PADDED_KEY", "  sk-secret-1  ")
+    bus = EventBus("n", SystemClock())
+    runner = HookRunner((HookConfig(events=("model:failover",), exec=(str(script),)),), bus,
+                        secrets=frozenset({"sk-secret-1"}))
+    await runner.run(bus.emit("model:failover"))
+    env = out.read_text()
+    assert "CREDENTIALS_DIRECTORY" not in env
+    assert "sk-secret-1" not in env
+    assert "FAILOVERD_EVENT=model:failover" in env

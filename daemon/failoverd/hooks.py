@@ -16,8 +16,10 @@ Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): a
 :data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` events waiting, beyond
 which events are dropped and counted, so a slow hook can never pile up processes or memory.
 Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and ``FAILOVERD_EVENT_ID``,
-minus any variable whose value is one of ``secrets`` (the providers' API keys): a notification
-script has no business holding them.
+minus any variable whose value is one of ``secrets`` (the providers' API keys) and minus
+``CREDENTIALS_DIRECTORY``: a notification script has no business holding them. At most
+:data:`MAX_INLINE` ``model:failover`` runs go at once; beyond that the hook is skipped for that
+failover (counted in ``dropped`` and emitted as ``hook:failed``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ MAX_STDOUT = 64 * 1024
 MAX_STDERR_LOGGED = 2000
 MAX_CONCURRENT = 8  # background hook processes at once
 MAX_PENDING = 256  # background hook runs waiting for a slot
+MAX_INLINE = 64  # model:failover hook runs at once (each may start several processes)
 INLINE_TYPES = frozenset({"model:failover"})  # awaited by the router, not run in background
 _REAP_TIMEOUT = 2.0
 
@@ -137,6 +140,10 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         proc.kill()
 
 
+# Where systemd's LoadCredential= files are: a hook must not be able to read the keys.
+_PRIVATE_ENV = frozenset({"CREDENTIALS_DIRECTORY"})
+
+
 class HookRunner:
     """Runs the configured hooks for events; see the module docstring."""
 
@@ -147,6 +154,7 @@ class HookRunner:
         self.secrets = secrets
         self._bus = bus
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._inline = asyncio.Semaphore(MAX_INLINE)
         self._max_pending = max_pending
         self._tasks: set[asyncio.Task[None]] = set()
         self.runs = 0
@@ -162,8 +170,14 @@ class HookRunner:
         hooks = self.subscribed(event.type)
         if not hooks:
             return HookOutcome()
+        if self._inline.locked():
+            # an outage with many requests in flight must not fork a process per request
+            self.dropped += 1
+            return self._failed(hooks[0], event, f"{MAX_INLINE} failover hook runs already "
+                                "in progress; skipped (the request goes on)")
         payload = event.to_json()
-        outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
+        async with self._inline:
+            outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
         return merge(outcomes)
 
     def fire_and_forget(self, event: Event) -> None:
@@ -240,7 +254,8 @@ class HookRunner:
         return HookOutcome(errors=(f"{hook.exec[0]}: {error}",))
 
     async def _exec(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
-        env = {k: v for k, v in os.environ.items() if v not in self.secrets}
+        env = {k: v for k, v in os.environ.items()
+               if k not in _PRIVATE_ENV and v.strip() not in self.secrets}
         env.update(FAILOVERD_EVENT=event.type, FAILOVERD_EVENT_ID=event.id)
         try:
             proc = await asyncio.create_subprocess_exec(
