@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 from importlib import resources
@@ -35,11 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 def demo_config() -> Config:
     text = resources.files("failoverd").joinpath("demo.toml").read_text(encoding="utf-8")
     cfg = config_mod.loads(text, env={})
-    # a private socket and state directory, so several users can run the demo
+    # a private socket, so several users can run the demo, and a fresh state directory, so
+    # every run starts with closed breakers and shows the same failover
     tmp = tempfile.gettempdir()
     uid = os.getuid()
     daemon = dataclasses.replace(cfg.daemon, socket=f"{tmp}/failoverd-demo-{uid}.sock",
-                                 state_dir=f"{tmp}/failoverd-demo-{uid}")
+                                 state_dir=tempfile.mkdtemp(prefix="failoverd-demo-"))
     return dataclasses.replace(cfg, daemon=daemon, source="<embedded demo>")
 
 
@@ -60,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.demo:
             from failoverd.demo import run_demo
-            return asyncio.run(run_demo(cfg, once=args.once))
+            try:
+                return asyncio.run(run_demo(cfg, once=args.once))
+            finally:
+                shutil.rmtree(cfg.daemon.state_dir, ignore_errors=True)
         from failoverd.supervisor import run_blocking
         run_blocking(cfg, args.config)
     except FailoverdError as exc:

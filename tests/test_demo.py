@@ -1,0 +1,20 @@
+"""The README's first command: `failoverd --demo` serves requests with no keys, network or broker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+async def test_demo_shows_a_failover_and_a_stream() -> None:
+    for _ in range(2):  # a second run starts fresh: same failover, no leftover breaker state
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "failoverd.cli.daemon", "--demo", "--once",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        text = out.decode()
+        assert proc.returncode == 0, text
+        assert "HTTP 200" in text
+        assert "x-failoverd-failover: busy-cloud/large-model>local/small-model:rate_limit" in text
+        assert "streamed: [local/small-model] simulated answer" in text
+        assert "event model:failover" in text  # the audit log line
