@@ -1,4 +1,4 @@
-"""The README's first command: `failoverd --demo` serves requests with no keys, network or broker."""
+"""The README's first command: `failoverd --demo` works with no keys, network or broker."""
 
 from __future__ import annotations
 
