@@ -155,3 +155,10 @@ async def test_check_config_cli_exit_codes(tmp_path) -> None:
     code, out = await run(bad)
     assert code == 2
     assert "routing.primary: must be a string, got an integer" in out
+
+
+def test_hook_event_types_are_checked() -> None:
+    found = problems(BASE + '[[hooks]]\nevents = ["model:failovr", "breaker:*", "*"]\n'
+                            'exec = ["/bin/true"]\n')
+    assert len(found) == 1
+    assert found[0].startswith("hooks[0].events[0]: unknown event type 'model:failovr'")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from failoverd.errors import ConfigError
+from failoverd.events import EVENT_TYPES
 from failoverd.failures import FailureReason
 from failoverd.tomlreader import Section
 
@@ -477,6 +478,15 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
         argv = sec.strings("exec", None)
         if not events:
             sec.problem("events", "is required: a non-empty list of event types")
+        else:
+            categories = {t.split(":")[0] for t in EVENT_TYPES}
+            for j, pattern in enumerate(events):
+                kind, _, action = pattern.partition(":")
+                if pattern != "*" and pattern not in EVENT_TYPES and not (
+                        action == "*" and kind in categories):
+                    problems.append(f"{sec.key_path('events')}[{j}]: unknown event type "
+                                    f"{pattern!r}; known: {', '.join(EVENT_TYPES)}, '*', "
+                                    "'<category>:*'")
         if not argv:
             sec.problem("exec", "is required: a non-empty argv list")
         timeout = sec.number("timeout", 2.0, positive=True)
