@@ -44,7 +44,7 @@ class Metrics:
         self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rejections: defaultdict[str, int] = defaultdict(int)
         self.exhausted_total = 0
-        self.events_dropped = 0  # dropped by slow /v1/events readers
+        self.events_dropped = 0  # dropped for /v1/events readers that have gone
         self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.gauges: list[Callable[[], Iterable[str]]] = []
@@ -87,9 +87,6 @@ class Metrics:
                 ("why",), (((k,), v) for k, v in self.rejections.items()))
         counter("failoverd_probes_total", "Health probes by model and outcome.",
                 ("model", "outcome"), self.probes.items())
-        out.append("# HELP failoverd_sse_dropped_events_total Events dropped for slow "
-                   "/v1/events readers.\n# TYPE failoverd_sse_dropped_events_total counter\n"
-                   f"failoverd_sse_dropped_events_total {self.events_dropped}")
         name = "failoverd_upstream_latency_seconds"
         out.append(f"# HELP {name} Upstream call latency.\n# TYPE {name} histogram")
         for (model, result), h in sorted(self.upstream.items()):

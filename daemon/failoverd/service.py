@@ -316,6 +316,10 @@ class Service:
         out += ["# HELP failoverd_inflight_requests Client requests in flight.",
                 "# TYPE failoverd_inflight_requests gauge",
                 f"failoverd_inflight_requests {self.inflight}"]
+        dropped = self.metrics.events_dropped + sum(s.dropped for s in self.streams)
+        out += ["# HELP failoverd_sse_dropped_events_total Events dropped for slow /v1/events "
+                "readers.", "# TYPE failoverd_sse_dropped_events_total counter",
+                f"failoverd_sse_dropped_events_total {dropped}"]
         stats = self.bus.stats()
         out += ["# HELP failoverd_events_total Events emitted by type.",
                 "# TYPE failoverd_events_total counter"]
