@@ -112,10 +112,13 @@ async def test_status_reports_every_field(rig) -> None:
 
 async def test_status_counts_requests_in_flight(rig) -> None:
     a, o, d, clock = rig
-    a.push("slow:0.4")
+    a.push("slow:1.5")
     request = asyncio.create_task(chat(d))
-    await asyncio.sleep(0.15)
-    body = await status(d)
+    for _ in range(100):  # bounded: until the request is inside the daemon
+        body = await status(d)
+        if body["inflight"] == 1:
+            break
+        await asyncio.sleep(0.01)
     assert body["inflight"] == 1
     assert body["models"][GPT]["inflight"] == 1
     assert (await request).status_code == 200
