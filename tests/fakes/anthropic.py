@@ -8,14 +8,14 @@ input_json_delta, message_delta with stop_reason and usage, message_stop, ping).
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakes.base import FakeServer, cut
 
 
 def _err(type_: str, message: str) -> bytes:
@@ -57,57 +57,30 @@ class Logged:
 
 
 @dataclass
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "cut_stream" (connection
     dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
     ends cleanly but without message_stop)."""
 
-    default: str = "ok"
     reply: str = "Hello from the fake Anthropic"
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Logged] = field(default_factory=list)
-    url: str = ""
-    _runner: web.AppRunner | None = None
 
-    def push(self, *behaviours: str) -> None:
-        self.script.extend(behaviours)
+    errors = ERRORS
 
     def message_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/v1/messages"]
 
-    async def start(self) -> FakeAnthropic:
-        app = web.Application()
-        app.router.add_post("/v1/messages", self._messages)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages", self._messages)
+        router.add_get("/v1/models", self._models)
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _next(self) -> str:
-        return self.script.popleft() if self.script else self.default
-
-    @staticmethod
-    def _error(name: str) -> web.Response:
+    def _error(self, name: str, model: str) -> web.Response:
         status, body, headers = ERRORS[name]
         return web.Response(status=status, body=body, headers=headers,
                             content_type="application/json")
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Logged("GET", request.path, request.headers.copy(), None))
-        behaviour = self._next()
-        if behaviour in ERRORS:
-            return self._error(behaviour)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
-        return web.json_response({"data": [{
+        return await self._preamble(self._next(), slow=False) or web.json_response({"data": [{
             "type": "model", "id": "claude-test-1", "display_name": "Claude Test",
             "created_at": "2025-01-01T00:00:00Z"}], "has_more": False,
             "first_id": "claude-test-1", "last_id": "claude-test-1"})
@@ -116,10 +89,9 @@ class FakeAnthropic:
         body = orjson.loads(await request.read())
         self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
         behaviour = self._next()
-        if behaviour in ERRORS:
-            return self._error(behaviour)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
+        early = await self._preamble(behaviour, slow=False)
+        if early is not None:
+            return early
         if behaviour == "invalid_json":
             return web.Response(body=b'{"id": "msg_1", "content": [',
                                 content_type="application/json")
@@ -170,9 +142,7 @@ class FakeAnthropic:
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}})
                     if behaviour == "cut_stream" and i == 1:
-                        assert request.transport is not None
-                        request.transport.close()
-                        return resp
+                        return cut(request, resp)
                     if behaviour == "stream_error" and i == 1:
                         await resp.write(b"event: error\ndata: " + _err("overloaded_error",
                                                                        "Overloaded") + b"\n\n")

@@ -10,14 +10,13 @@ is logged in `fake.requests`. Reuse it from any test module with
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
+
+from tests.fakes.base import FakeServer, cut, fake_fixture
 
 
 def _err(code: int, status: str, message: str, *details: dict[str, Any]) -> bytes:
@@ -97,7 +96,7 @@ class Logged:
 
 
 @dataclass
-class FakeGemini:
+class FakeGemini(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang" (no answer), "stall" (stream headers, then
     nothing), "slow:<seconds>", "invalid_json", "empty" (`{}`), "blocked" (promptFeedback),
     "safety" (candidate stopped by SAFETY), "max_tokens", "cut_stream", "no_finish" (stream
@@ -107,58 +106,27 @@ class FakeGemini:
     `tool_calls` function calls of the first declared function.
     """
 
-    default: str = "ok"
     reply: str = "Hello from the fake Gemini"
     tool_calls: int = 1
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Logged] = field(default_factory=list)
-    url: str = ""
-    _runner: web.AppRunner | None = None
 
-    def push(self, *behaviours: str) -> None:
-        self.script.extend(behaviours)
+    errors = ERRORS
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if "GenerateContent" in r.path
                 or r.path.endswith(":generateContent")]
 
-    async def start(self) -> FakeGemini:
-        app = web.Application()
-        app.router.add_post("/v1beta/models/{target}", self._generate)
-        app.router.add_get("/v1beta/models", self._list)
-        app.router.add_get("/v1beta/models/{name}", self._get)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _next(self) -> str:
-        return self.script.popleft() if self.script else self.default
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1beta/models/{target}", self._generate)
+        router.add_get("/v1beta/models", self._list)
+        router.add_get("/v1beta/models/{name}", self._get)
 
     def _log(self, request: web.Request, body: Any) -> None:
         self.requests.append(Logged(request.path, dict(request.query), dict(request.headers),
                                     body))
 
-    @staticmethod
-    def _error(name: str) -> web.Response:
+    def _error(self, name: str, model: str) -> web.Response:
         status, body = ERRORS[name]
         return web.Response(status=status, body=body, content_type="application/json")
-
-    async def _preamble(self, behaviour: str) -> web.Response | None:
-        if behaviour in ERRORS:
-            return self._error(behaviour)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
-        if behaviour.startswith("slow:"):
-            await asyncio.sleep(float(behaviour[5:]))
-        return None
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self._log(request, None)
@@ -243,25 +211,11 @@ class FakeGemini:
                 finish = "MAX_TOKENS" if behaviour == "max_tokens" else "STOP"
             await send(event([{"text": word if i == 0 else " " + word}], finish))
             if behaviour == "cut_stream" and i == 1:
-                assert request.transport is not None
-                request.transport.close()  # the connection dies mid-stream
-                return resp
+                return cut(request, resp)
             if behaviour == "stream_error" and i == 1:
                 await resp.write(b"data: " + ERRORS["server_error"][1] + b"\r\n\r\n")
                 return resp
         return resp
 
 
-@pytest.fixture
-async def fake_gemini() -> AsyncIterator[Callable[..., Awaitable[FakeGemini]]]:
-    """A factory of started FakeGemini servers, all closed after the test."""
-    started: list[FakeGemini] = []
-
-    async def make(**kwargs: Any) -> FakeGemini:
-        fake = await FakeGemini(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+fake_gemini = fake_fixture(FakeGemini, "fake_gemini")

@@ -10,14 +10,13 @@ request is logged in `fake.requests`. Reuse it from any test module with
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
+
+from tests.fakes.base import FakeServer, cut, fake_fixture
 
 # Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -42,7 +41,7 @@ class Logged:
 
 
 @dataclass
-class FakeOllama:
+class FakeOllama(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang" (no answer), "stall" (stream headers, then
     nothing), "slow:<seconds>", "invalid_json", "empty", "length" (done_reason length),
     "cut_stream", "no_done" (stream ends without the done line), "stream_error" (an error
@@ -52,53 +51,26 @@ class FakeOllama:
     tool, arguments as objects as Ollama sends them.
     """
 
-    default: str = "ok"
     reply: str = "Hello from the fake Ollama"
     tool_calls: int = 1
     models: list[str] = field(default_factory=lambda: ["qwen2.5:7b", "llama3.2:latest"])
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Logged] = field(default_factory=list)
-    url: str = ""
-    _runner: web.AppRunner | None = None
 
-    def push(self, *behaviours: str) -> None:
-        self.script.extend(behaviours)
+    errors = ERRORS
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/api/chat"]
 
-    async def start(self) -> FakeOllama:
-        app = web.Application()
-        app.router.add_post("/api/chat", self._chat)
-        app.router.add_get("/api/tags", self._tags)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/api/chat", self._chat)
+        router.add_get("/api/tags", self._tags)
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _next(self) -> str:
-        return self.script.popleft() if self.script else self.default
-
-    async def _preamble(self, behaviour: str, model: str) -> web.Response | None:
-        if behaviour in ERRORS:
-            status, text = ERRORS[behaviour]
-            return web.json_response({"error": text.replace("{model}", model)}, status=status)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
-        if behaviour.startswith("slow:"):
-            await asyncio.sleep(float(behaviour[5:]))
-        return None
+    def _error(self, name: str, model: str) -> web.Response:
+        status, text = ERRORS[name]
+        return web.json_response({"error": text.replace("{model}", model)}, status=status)
 
     async def _tags(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Logged(request.path, dict(request.headers), None))
-        return await self._preamble(self._next(), "") or web.json_response({"models": [
+        return await self._preamble(self._next()) or web.json_response({"models": [
             {"name": name, "model": name, "modified_at": "2025-05-01T10:00:00.0+02:00",
              "size": 4683087332, "digest": "845dbda0ea48",
              "details": {"format": "gguf", "family": "qwen2", "parameter_size": "7.6B",
@@ -161,9 +133,7 @@ class FakeOllama:
             for i, word in enumerate(self.reply.split(" ")):
                 await send(piece({"content": word if i == 0 else " " + word}))
                 if behaviour == "cut_stream" and i == 1:
-                    assert request.transport is not None
-                    request.transport.close()  # the connection dies mid-stream
-                    return resp
+                    return cut(request, resp)
                 if behaviour == "stream_error" and i == 1:
                     await send({"error": "an error was encountered while running the model: "
                                          "unexpected EOF"})
@@ -173,16 +143,4 @@ class FakeOllama:
         return resp
 
 
-@pytest.fixture
-async def fake_ollama() -> AsyncIterator[Callable[..., Awaitable[FakeOllama]]]:
-    """A factory of started FakeOllama servers, all closed after the test."""
-    started: list[FakeOllama] = []
-
-    async def make(**kwargs: Any) -> FakeOllama:
-        fake = await FakeOllama(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+fake_ollama = fake_fixture(FakeOllama, "fake_ollama")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.base import FakeServer, cut
 
 
 def _err(message: str, type_: str | None, code: str | None, param: str | None = None) -> bytes:
@@ -76,54 +77,31 @@ class Logged:
 
 
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
     "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream),
     "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise)."""
 
-    default: str = "ok"
     reply: str = "Hello from the fake upstream"
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Logged] = field(default_factory=list)
-    url: str = ""
-    _runner: web.AppRunner | None = None
 
-    def push(self, *behaviours: str) -> None:
-        self.script.extend(behaviours)
+    errors = ERRORS
+    url_path = "/v1"
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
-    async def start(self) -> FakeOpenAI:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def _next(self) -> str:
-        return self.script.popleft() if self.script else self.default
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/chat/completions", self._chat)
+        router.add_get("/v1/models", self._models)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Logged(request.path, dict(request.headers), None))
-        behaviour = self._next()
-        if behaviour in ERRORS:
-            return self._error(behaviour)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
-        return web.json_response({"object": "list", "data": [
-            {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}]})
+        # no "slow:" here: a slow chat must not make the prober's listing slow too
+        return await self._preamble(self._next(), slow=False) or web.json_response({
+            "object": "list", "data": [
+                {"id": "gpt-test", "object": "model", "created": 0, "owned_by": "fake"}]})
 
-    def _error(self, name: str) -> web.Response:
+    def _error(self, name: str, model: str) -> web.Response:
         status, body, headers = ERRORS[name]
         ctype = headers.get("content-type", "application/json")
         extra = {k: v for k, v in headers.items() if k != "content-type"}
@@ -133,12 +111,9 @@ class FakeOpenAI:
         body = orjson.loads(await request.read())
         self.requests.append(Logged(request.path, dict(request.headers), body))
         behaviour = self._next()
-        if behaviour in ERRORS:
-            return self._error(behaviour)
-        if behaviour == "hang":
-            await asyncio.sleep(3600)
-        if behaviour.startswith("slow:"):
-            await asyncio.sleep(float(behaviour[5:]))
+        early = await self._preamble(behaviour)
+        if early is not None:
+            return early
         if behaviour == "invalid_json":
             return web.Response(body=b'{"id": "chatcmpl-1", "choices": [',
                                 content_type="application/json")
@@ -192,9 +167,7 @@ class FakeOpenAI:
                 await asyncio.sleep(pause)
             await send({"content": word if i == 0 else " " + word})
             if behaviour == "cut_stream" and i == 1:
-                assert request.transport is not None
-                request.transport.close()  # the connection dies mid-stream
-                return resp
+                return cut(request, resp)
             if behaviour == "stream_error" and i == 1:
                 await resp.write(b"data: " + _err("The server had an error while processing "
                                                   "your request.", "server_error", None)

@@ -1,0 +1,101 @@
+"""What the fake upstreams share: a real aiohttp server on 127.0.0.1, a script of behaviours,
+the log of the requests they got, and a pytest fixture that makes started fakes.
+
+A fake names its behaviours with strings: `fake.push("rate_limit", "ok")` scripts the next
+requests, `fake.default` answers the rest. Each fake adds its routes, its `ERRORS` table (as
+`errors`) and how one of those errors is rendered (`_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import pytest
+from aiohttp import web
+
+LoggedT = TypeVar("LoggedT")
+FakeT = TypeVar("FakeT", bound="FakeServer[Any]")
+
+
+@dataclass
+class FakeServer(Generic[LoggedT]):
+    """Shared behaviours: any key of `errors`, "hang" (no answer), "slow:<seconds>" (answer
+    after a delay, where the fake's handler allows it)."""
+
+    default: str = "ok"
+    script: deque[str] = field(default_factory=deque, kw_only=True)
+    requests: list[LoggedT] = field(default_factory=list, kw_only=True)
+    url: str = field(default="", kw_only=True)
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+
+    errors: ClassVar[Mapping[str, object]] = {}
+    url_path: ClassVar[str] = ""  # appended to http://127.0.0.1:<port> to make `url`
+
+    def push(self, *behaviours: str) -> None:
+        self.script.extend(behaviours)
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else self.default
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    def _error(self, name: str, model: str) -> web.Response:
+        """The response for `errors[name]`; `model` is the model the request named, if any."""
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        app = web.Application()
+        self._routes(app.router)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}{self.url_path}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _preamble(self, behaviour: str, model: str = "", *,
+                        slow: bool = True) -> web.Response | None:
+        """A scripted error's response, or None once a "hang" or "slow:" delay has passed."""
+        if behaviour in self.errors:
+            return self._error(behaviour, model)
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        if slow and behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour[5:]))
+        return None
+
+
+def cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Kills the connection mid-stream, as a crashing upstream or a dropped network does."""
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
+def fake_fixture(cls: type[FakeT], name: str) -> Any:
+    """A pytest fixture `name`: a factory of started `cls` fakes, all closed after the test."""
+
+    async def factory() -> AsyncIterator[Callable[..., Awaitable[FakeT]]]:
+        started: list[FakeT] = []
+
+        async def make(**kwargs: Any) -> FakeT:
+            fake = await cls(**kwargs).start()
+            started.append(fake)
+            return fake
+
+        yield make
+        for fake in started:
+            await fake.close()
+
+    factory.__doc__ = f"A factory of started {cls.__name__} servers, all closed after the test."
+    return pytest.fixture(factory, name=name)
