@@ -169,56 +169,6 @@ async def test_rate_limit_carries_retry_after(provider: AnthropicProvider,
     assert info.value.retry_after == 7.0
 
 
-async def test_invalid_json_body(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
-    fake.push("invalid_json")
-    with pytest.raises(UpstreamError) as info:
-        await provider.complete(ask(), MODEL, LIMITS)
-    assert info.value.reason is FailureReason.INVALID_RESPONSE
-
-
-@pytest.mark.parametrize("behaviour", ["cut_stream", "no_stop"])
-async def test_stream_cut_is_invalid_response(provider: AnthropicProvider, fake: FakeAnthropic,
-                                              behaviour: str) -> None:
-    fake.push(behaviour)
-    got: list[dict[str, Any]] = []
-    with pytest.raises(UpstreamError) as info:
-        async for chunk in provider.stream(ask(), MODEL, LIMITS):
-            got.append(chunk.data)
-    assert info.value.reason is FailureReason.INVALID_RESPONSE
-    assert got, "the failure came after chunks were delivered"
-
-
-async def test_mid_stream_error_event(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
-    fake.push("stream_error")
-    got: list[dict[str, Any]] = []
-    with pytest.raises(UpstreamError) as info:
-        async for chunk in provider.stream(ask(), MODEL, LIMITS):
-            got.append(chunk.data)
-    assert info.value.reason is FailureReason.OVERLOADED
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in got) == \
-        "Hello from"
-
-
-async def test_first_token_timeout_on_hanging_upstream(provider: AnthropicProvider,
-                                                       fake: FakeAnthropic) -> None:
-    fake.push("hang")
-    limits = AttemptLimits(total=5, connect=2, first_token=0.3, idle=3)
-    with pytest.raises(UpstreamError) as info:
-        await collect(provider, ask(), limits)
-    assert info.value.reason is FailureReason.TIMEOUT
-
-
-async def test_connection_refused(fake: FakeAnthropic) -> None:
-    url = fake.url
-    await fake.close()
-    config = ProviderConfig(name="anth", kind="anthropic", base_url=url, api_key="k")
-    async with aiohttp.ClientSession() as session:
-        provider = AnthropicProvider(config, session)
-        with pytest.raises(UpstreamError) as info:
-            await provider.complete(ask(), MODEL, LIMITS)
-    assert info.value.reason is FailureReason.CONNECTION
-
-
 async def test_untranslatable_request_is_incapable_without_a_call(
         provider: AnthropicProvider, fake: FakeAnthropic) -> None:
     with pytest.raises(UpstreamError) as info:

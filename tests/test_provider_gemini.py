@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers import make_provider
-from failoverd.providers.base import AttemptLimits, Chunk
+from failoverd.providers.base import AttemptLimits
 from failoverd.providers.gemini import GeminiProvider
 from tests.fakes.gemini import FakeGemini, fake_gemini  # noqa: F401 - fixture
 
@@ -21,7 +20,6 @@ PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/
        "PchI7wAAAABJRU5ErkJggg==")
 MODEL = ModelConfig(id="gemini/gemini-2.5-flash", provider="gemini", name="gemini-2.5-flash")
 LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
-SHORT = AttemptLimits(total=0.3, connect=0.3, first_token=0.3, idle=0.3)
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
@@ -172,18 +170,13 @@ async def test_rate_limit_carries_retry_info(setup: tuple[FakeGemini, GeminiProv
     assert err.value.retry_after == 38.0
 
 
-@pytest.mark.parametrize(("behaviour", "reason"), [
-    ("blocked", FailureReason.CONTENT_FILTER),
-    ("empty", FailureReason.INVALID_RESPONSE),
-    ("invalid_json", FailureReason.INVALID_RESPONSE),
-])
-async def test_bad_200_answers(setup: tuple[FakeGemini, GeminiProvider], behaviour: str,
-                               reason: FailureReason) -> None:
+async def test_blocked_prompt_is_a_content_filter(
+        setup: tuple[FakeGemini, GeminiProvider]) -> None:
     fake, provider = setup
-    fake.push(behaviour)
+    fake.push("blocked")
     with pytest.raises(UpstreamError) as err:
         await provider.complete(HELLO, MODEL, LIMITS)
-    assert err.value.reason == reason
+    assert err.value.reason == FailureReason.CONTENT_FILTER
 
 
 async def test_safety_stop_is_a_content_filter_finish(
@@ -194,52 +187,6 @@ async def test_safety_stop_is_a_content_filter_finish(
     assert result.body["choices"][0]["finish_reason"] == "content_filter"
     chunks = await collect(provider, HELLO)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-
-
-@pytest.mark.parametrize("behaviour", ["hang", "stall"])
-async def test_first_token_timeout(setup: tuple[FakeGemini, GeminiProvider],
-                                   behaviour: str) -> None:
-    fake, provider = setup
-    fake.push(behaviour)
-    with pytest.raises(UpstreamError) as err:
-        await collect(provider, HELLO, SHORT)
-    assert err.value.reason == FailureReason.TIMEOUT
-
-
-async def test_complete_timeout(setup: tuple[FakeGemini, GeminiProvider]) -> None:
-    fake, provider = setup
-    fake.push("hang")
-    with pytest.raises(UpstreamError) as err:
-        await provider.complete(HELLO, MODEL, SHORT)
-    assert err.value.reason == FailureReason.TIMEOUT
-
-
-@pytest.mark.parametrize(("behaviour", "reason"), [
-    ("cut_stream", FailureReason.INVALID_RESPONSE),
-    ("no_finish", FailureReason.INVALID_RESPONSE),
-    ("stream_error", FailureReason.SERVER_ERROR),
-])
-async def test_stream_failures_after_first_chunk(setup: tuple[FakeGemini, GeminiProvider],
-                                                 behaviour: str, reason: FailureReason) -> None:
-    fake, provider = setup
-    fake.push(behaviour)
-    got: list[Chunk] = []
-    with pytest.raises(UpstreamError) as err:
-        async for chunk in provider.stream(HELLO, MODEL, LIMITS):
-            got.append(chunk)
-    assert err.value.reason == reason
-    assert got and got[0].data["choices"][0]["delta"]["content"] == "Hello"
-
-
-async def test_connection_refused(session: aiohttp.ClientSession) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, never listening: connections are refused
-        provider = GeminiProvider(ProviderConfig(name="gemini", kind="gemini",
-                                                 base_url=f"http://127.0.0.1:{port}"), session)
-        with pytest.raises(UpstreamError) as err:
-            await provider.complete(HELLO, MODEL, LIMITS)
-    assert err.value.reason == FailureReason.CONNECTION
 
 
 async def test_probes(setup: tuple[FakeGemini, GeminiProvider]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers import make_provider
-from failoverd.providers.base import AttemptLimits, Chunk
+from failoverd.providers.base import AttemptLimits
 from failoverd.providers.ollama import OllamaProvider, tagged
 from tests.fakes.ollama import FakeOllama, fake_ollama  # noqa: F401 - fixture
 
@@ -22,7 +21,6 @@ PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/
 MODEL = ModelConfig(id="ollama/qwen2.5:7b", provider="ollama", name="qwen2.5:7b",
                     context_window=32768)
 LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
-SHORT = AttemptLimits(total=0.3, connect=0.3, first_token=0.3, idle=0.3)
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
@@ -144,64 +142,6 @@ async def test_error_rows(setup: tuple[FakeOllama, OllamaProvider], behaviour: s
     with pytest.raises(UpstreamError) as err2:
         await it.__anext__()
     assert err2.value.reason == reason
-
-
-@pytest.mark.parametrize("behaviour", ["empty", "invalid_json"])
-async def test_bad_200_answers(setup: tuple[FakeOllama, OllamaProvider], behaviour: str) -> None:
-    fake, provider = setup
-    fake.push(behaviour)
-    with pytest.raises(UpstreamError) as err:
-        await provider.complete(HELLO, MODEL, LIMITS)
-    assert err.value.reason == FailureReason.INVALID_RESPONSE
-
-
-@pytest.mark.parametrize("behaviour", ["hang", "stall"])
-async def test_first_token_timeout(setup: tuple[FakeOllama, OllamaProvider],
-                                   behaviour: str) -> None:
-    fake, provider = setup
-    fake.push(behaviour)
-    with pytest.raises(UpstreamError) as err:
-        await collect(provider, HELLO, SHORT)
-    assert err.value.reason == FailureReason.TIMEOUT
-
-
-async def test_complete_timeout(setup: tuple[FakeOllama, OllamaProvider]) -> None:
-    fake, provider = setup
-    fake.push("hang")
-    with pytest.raises(UpstreamError) as err:
-        await provider.complete(HELLO, MODEL, SHORT)
-    assert err.value.reason == FailureReason.TIMEOUT
-
-
-@pytest.mark.parametrize(("behaviour", "reason"), [
-    ("cut_stream", FailureReason.INVALID_RESPONSE),
-    ("no_done", FailureReason.INVALID_RESPONSE),
-    ("stream_error", FailureReason.SERVER_ERROR),
-])
-async def test_stream_failures_after_first_chunk(setup: tuple[FakeOllama, OllamaProvider],
-                                                 behaviour: str, reason: FailureReason) -> None:
-    fake, provider = setup
-    fake.push(behaviour)
-    got: list[Chunk] = []
-    with pytest.raises(UpstreamError) as err:
-        async for chunk in provider.stream(HELLO, MODEL, LIMITS):
-            got.append(chunk)
-    assert err.value.reason == reason
-    assert got and got[0].data["choices"][0]["delta"]["content"] == "Hello"
-
-
-async def test_connection_refused(session: aiohttp.ClientSession) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, never listening: connections are refused
-        provider = OllamaProvider(ProviderConfig(name="ollama", kind="ollama",
-                                                 base_url=f"http://127.0.0.1:{port}"), session)
-        with pytest.raises(UpstreamError) as err:
-            await provider.complete(HELLO, MODEL, LIMITS)
-        assert err.value.reason == FailureReason.CONNECTION
-        with pytest.raises(UpstreamError) as err:
-            await provider.probe(MODEL, "models", 1, 16)
-        assert err.value.reason == FailureReason.CONNECTION
 
 
 async def test_probes(setup: tuple[FakeOllama, OllamaProvider]) -> None:
