@@ -133,34 +133,6 @@ async def test_stream_tool_call_argument_deltas(provider: AnthropicProvider) -> 
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-ERROR_ROWS = [
-    ("overloaded", FailureReason.OVERLOADED, 529),
-    ("overloaded_503", FailureReason.OVERLOADED, 503),
-    ("rate_limit", FailureReason.RATE_LIMIT, 429),
-    ("auth", FailureReason.AUTH, 401),
-    ("permission", FailureReason.AUTH, 403),
-    ("not_found", FailureReason.NOT_FOUND, 404),
-    ("too_long", FailureReason.CONTEXT_OVERFLOW, 400),
-    ("credit", FailureReason.BILLING, 400),
-    ("bad_request", FailureReason.BAD_REQUEST, 400),
-    ("api_error", FailureReason.SERVER_ERROR, 500),
-]
-
-
-@pytest.mark.parametrize(("behaviour", "reason", "status"), ERROR_ROWS)
-async def test_error_rows(provider: AnthropicProvider, fake: FakeAnthropic, behaviour: str,
-                          reason: FailureReason, status: int) -> None:
-    fake.push(behaviour, behaviour)
-    with pytest.raises(UpstreamError) as info:
-        await provider.complete(ask(), MODEL, LIMITS)
-    assert (info.value.reason, info.value.status) == (reason, status)
-    assert info.value.provider == "anth" and info.value.model == "anth/claude-test"
-    assert info.value.body is not None and b'"type":"error"' in info.value.body
-    with pytest.raises(UpstreamError) as streamed:
-        await collect(provider, ask())
-    assert streamed.value.reason is reason
-
-
 async def test_rate_limit_carries_retry_after(provider: AnthropicProvider,
                                               fake: FakeAnthropic) -> None:
     fake.push("rate_limit")

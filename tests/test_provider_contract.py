@@ -1,7 +1,8 @@
 """What every HTTP adapter promises, checked against each fake upstream in the same words.
 
-Timeouts, refused connections, unparsable 200 answers and streams that fail after their first
-chunk; each adapter's own wire details (error bodies, translations, probes) are tested in its
+The reason and status of each fake's real error bodies, timeouts, refused connections,
+unusable 200 answers and streams that fail after their first chunk; each adapter's own wire
+details (requests, translations, retry hints, probes) are tested in its
 test_provider_<kind>.py.
 """
 
@@ -40,22 +41,56 @@ class Adapter:
     no_end: str  # a stream that ends cleanly without the API's end marker
     stream_error: FailureReason  # the reason of the fake's mid-stream error event
     bad_200: tuple[str, ...]  # 200 answers without a usable body
+    error_marker: bytes  # in every error body the fake sends
+    errors: tuple[tuple[str, FailureReason, int], ...]  # (behaviour, reason, status)
 
 
 ADAPTERS = {
-    "gemini": Adapter(FakeGemini, ModelConfig(id="gemini/gemini-2.5-flash", provider="gemini",
-                                              name="gemini-2.5-flash"),
-                      stall=True, no_end="no_finish", stream_error=FailureReason.SERVER_ERROR,
-                      bad_200=("empty", "invalid_json")),
-    "ollama": Adapter(FakeOllama, ModelConfig(id="ollama/qwen2.5:7b", provider="ollama",
-                                              name="qwen2.5:7b", context_window=32768),
-                      stall=True, no_end="no_done", stream_error=FailureReason.SERVER_ERROR,
-                      bad_200=("empty", "invalid_json")),
-    "anthropic": Adapter(FakeAnthropic, ModelConfig(id="anth/claude-test", provider="anth",
-                                                    name="claude-test-1",
-                                                    max_output_tokens=2000),
-                         stall=False, no_end="no_stop", stream_error=FailureReason.OVERLOADED,
-                         bad_200=("invalid_json",)),
+    "gemini": Adapter(
+        FakeGemini, ModelConfig(id="gemini/gemini-2.5-flash", provider="gemini",
+                                name="gemini-2.5-flash"),
+        stall=True, no_end="no_finish", stream_error=FailureReason.SERVER_ERROR,
+        bad_200=("empty", "invalid_json"), error_marker=b'"error"', errors=(
+            ("rate_limit", FailureReason.RATE_LIMIT, 429),
+            ("quota_zero", FailureReason.BILLING, 429),
+            ("overloaded", FailureReason.OVERLOADED, 503),
+            ("server_error", FailureReason.SERVER_ERROR, 500),
+            ("deadline", FailureReason.TIMEOUT, 504),
+            ("bad_key", FailureReason.AUTH, 400),
+            ("unauthenticated", FailureReason.AUTH, 401),
+            ("permission_denied", FailureReason.AUTH, 403),
+            ("forbidden_key", FailureReason.AUTH, 403),
+            ("context", FailureReason.CONTEXT_OVERFLOW, 400),
+            ("not_found", FailureReason.NOT_FOUND, 404),
+            ("billing", FailureReason.BILLING, 400),
+            ("location", FailureReason.AUTH, 400),
+            ("bad_request", FailureReason.BAD_REQUEST, 400))),
+    "ollama": Adapter(
+        FakeOllama, ModelConfig(id="ollama/qwen2.5:7b", provider="ollama", name="qwen2.5:7b",
+                                context_window=32768),
+        stall=True, no_end="no_done", stream_error=FailureReason.SERVER_ERROR,
+        bad_200=("empty", "invalid_json"), error_marker=b'"error"', errors=(
+            ("not_found", FailureReason.NOT_FOUND, 404),
+            ("server_error", FailureReason.SERVER_ERROR, 500),
+            ("out_of_memory", FailureReason.SERVER_ERROR, 500),
+            ("busy", FailureReason.OVERLOADED, 503),
+            ("bad_request", FailureReason.BAD_REQUEST, 400),
+            ("no_tools", FailureReason.BAD_REQUEST, 400))),
+    "anthropic": Adapter(
+        FakeAnthropic, ModelConfig(id="anth/claude-test", provider="anth",
+                                   name="claude-test-1", max_output_tokens=2000),
+        stall=False, no_end="no_stop", stream_error=FailureReason.OVERLOADED,
+        bad_200=("invalid_json",), error_marker=b'"type":"error"', errors=(
+            ("overloaded", FailureReason.OVERLOADED, 529),
+            ("overloaded_503", FailureReason.OVERLOADED, 503),
+            ("rate_limit", FailureReason.RATE_LIMIT, 429),
+            ("auth", FailureReason.AUTH, 401),
+            ("permission", FailureReason.AUTH, 403),
+            ("not_found", FailureReason.NOT_FOUND, 404),
+            ("too_long", FailureReason.CONTEXT_OVERFLOW, 400),
+            ("credit", FailureReason.BILLING, 400),
+            ("bad_request", FailureReason.BAD_REQUEST, 400),
+            ("api_error", FailureReason.SERVER_ERROR, 500))),
 }
 
 
@@ -94,6 +129,23 @@ async def collect(provider: Provider, model: ModelConfig, limits: AttemptLimits 
 def text(chunks: list[Chunk]) -> str:
     return "".join(c.data["choices"][0]["delta"].get("content") or "" for c in chunks
                    if c.data["choices"])
+
+
+@pytest.mark.parametrize(("kind", "behaviour", "reason", "status"), rows(lambda a: a.errors))
+async def test_error_rows(setup: tuple[FakeServer[Any], Provider, ModelConfig], kind: str,
+                          behaviour: str, reason: FailureReason, status: int) -> None:
+    fake, provider, model = setup
+    fake.push(behaviour, behaviour)
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, model, LIMITS)
+    assert (err.value.reason, err.value.status) == (reason, status)
+    assert err.value.provider == model.provider and err.value.model == model.id
+    assert err.value.body is not None and ADAPTERS[kind].error_marker in err.value.body
+    # streaming: the failure surfaces on the first chunk, before anything reached the client
+    it = provider.stream(HELLO, model, LIMITS).__aiter__()
+    with pytest.raises(UpstreamError) as err2:
+        await it.__anext__()
+    assert err2.value.reason == reason
 
 
 @pytest.mark.parametrize("kind", list(ADAPTERS))
