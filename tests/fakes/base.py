@@ -18,6 +18,15 @@ import pytest
 from aiohttp import web
 
 LoggedT = TypeVar("LoggedT")
+
+
+@dataclass
+class Logged:
+    """A request as a fake got it (fakes that need more, such as the query, have their own)."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
 FakeT = TypeVar("FakeT", bound="FakeServer[Any]")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, cut, fake_fixture
+from tests.fakes.base import FakeServer, Logged, cut, fake_fixture
 
 # Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -31,13 +31,6 @@ ERRORS: dict[str, tuple[int, str]] = {
 
 _TIMINGS = {"total_duration": 5191566416, "load_duration": 2154458,
             "prompt_eval_duration": 383809000, "eval_duration": 4799921000}
-
-
-@dataclass
-class Logged:
-    path: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, cut
+from tests.fakes.base import FakeServer, Logged, cut
 
 
 def _err(message: str, type_: str | None, code: str | None, param: str | None = None) -> bytes:
@@ -67,13 +67,6 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
     "bad_param": (400, _err("Invalid value for 'temperature': must be between 0 and 2.",
                             "invalid_request_error", "invalid_value", "temperature"), {}),
 }
-
-
-@dataclass
-class Logged:
-    path: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
