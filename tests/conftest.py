@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -17,6 +18,10 @@ import pytest
 from failoverd import config as config_mod
 from failoverd.clock import Clock
 from failoverd.supervisor import Supervisor
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.base import fake_fixture
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 
 
@@ -28,18 +33,18 @@ def short_dir() -> Any:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# factories of started fake upstreams, all closed after the test
+fake_openai = fake_fixture(FakeOpenAI, "fake_openai")
+fake_anthropic = fake_fixture(FakeAnthropic, "fake_anthropic")
+fake_gemini = fake_fixture(FakeGemini, "fake_gemini")
+fake_ollama = fake_fixture(FakeOllama, "fake_ollama")
+
+
 @pytest.fixture
-async def fake_openai() -> AsyncIterator[Callable[..., Awaitable[FakeOpenAI]]]:
-    started: list[FakeOpenAI] = []
-
-    async def make(**kwargs: Any) -> FakeOpenAI:
-        fake = await FakeOpenAI(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session, as the daemon's adapters get one."""
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @dataclass

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.fakes.gemini import FakeGemini, fake_gemini  # noqa: F401 - fixture
-from tests.fakes.ollama import FakeOllama, fake_ollama  # noqa: F401 - fixture
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -50,7 +50,7 @@ when_all_unavailable = "fail"
 
 
 @pytest.fixture
-async def trio(fake_openai, fake_gemini, fake_ollama, start_daemon):  # noqa: F811
+async def trio(fake_openai, fake_gemini, fake_ollama, start_daemon):
     o = await fake_openai(reply="from openai")
     g = await fake_gemini()
     ol = await fake_ollama()

@@ -9,10 +9,6 @@ import anthropic
 import httpx2
 import pytest
 
-from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.gemini import fake_gemini  # noqa: F401 - fixture
-from tests.fakes.ollama import fake_ollama  # noqa: F401 - fixture
-
 PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
            "RU5ErkJggg==")
 TOOL = {"name": "get_weather", "description": "Weather for a city",
@@ -23,21 +19,7 @@ KINDS = ["anthropic/claude-sonnet-4-5", "openai/gpt-5", "gemini/gemini-2.5-flash
 
 
 @pytest.fixture
-async def fake_anthropic():
-    started = []
-
-    async def make(**kwargs) -> FakeAnthropic:
-        fake = await FakeAnthropic(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
-
-
-@pytest.fixture
-async def four(fake_anthropic, fake_openai, fake_gemini, fake_ollama,  # noqa: F811
+async def four(fake_anthropic, fake_openai, fake_gemini, fake_ollama,
                start_daemon):
     fakes = {"anthropic": await fake_anthropic(), "openai": await fake_openai(),
              "gemini": await fake_gemini(), "ollama": await fake_ollama()}

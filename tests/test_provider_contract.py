@@ -100,11 +100,6 @@ def rows(make: Any) -> list[Any]:
             for kind, adapter in ADAPTERS.items() for row in make(adapter)]
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
 
 @pytest.fixture
 async def setup(kind: str, session: aiohttp.ClientSession

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,7 +14,7 @@ from failoverd.failures import FailureReason
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.gemini import GeminiProvider
-from tests.fakes.gemini import FakeGemini, fake_gemini  # noqa: F401 - fixture
+from tests.fakes.gemini import FakeGemini
 
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/"
        "PchI7wAAAABJRU5ErkJggg==")
@@ -25,14 +25,9 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
 
 @pytest.fixture
-async def setup(fake_gemini: Callable[..., Awaitable[FakeGemini]],  # noqa: F811
+async def setup(fake_gemini: Callable[..., Awaitable[FakeGemini]],
                 session: aiohttp.ClientSession) -> tuple[FakeGemini, GeminiProvider]:
     fake = await fake_gemini()
     config = ProviderConfig(name="gemini", kind="gemini", base_url=fake.url,

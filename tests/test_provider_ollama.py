@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,7 +14,7 @@ from failoverd.failures import FailureReason
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.ollama import OllamaProvider, tagged
-from tests.fakes.ollama import FakeOllama, fake_ollama  # noqa: F401 - fixture
+from tests.fakes.ollama import FakeOllama
 
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/"
        "PchI7wAAAABJRU5ErkJggg==")
@@ -26,14 +26,9 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
 
 @pytest.fixture
-async def setup(fake_ollama: Callable[..., Awaitable[FakeOllama]],  # noqa: F811
+async def setup(fake_ollama: Callable[..., Awaitable[FakeOllama]],
                 session: aiohttp.ClientSession) -> tuple[FakeOllama, OllamaProvider]:
     fake = await fake_ollama()
     provider = make_provider(ProviderConfig(name="ollama", kind="ollama", base_url=fake.url),

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, cut, fake_fixture
+from tests.fakes.base import FakeServer, cut
 
 
 def _err(code: int, status: str, message: str, *details: dict[str, Any]) -> bytes:
@@ -216,6 +216,3 @@ class FakeGemini(FakeServer[Logged]):
                 await resp.write(b"data: " + ERRORS["server_error"][1] + b"\r\n\r\n")
                 return resp
         return resp
-
-
-fake_gemini = fake_fixture(FakeGemini, "fake_gemini")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Logged, cut, fake_fixture
+from tests.fakes.base import FakeServer, Logged, cut
 
 # Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -134,6 +134,3 @@ class FakeOllama(FakeServer[Logged]):
         if behaviour != "no_done":
             await send(self._final(model, reason))
         return resp
-
-
-fake_ollama = fake_fixture(FakeOllama, "fake_ollama")
