@@ -201,3 +201,12 @@ async def test_errors_come_back_in_anthropic_shape(four) -> None:
         await client.messages.create(model="anthropic/claude-sonnet-4-5", max_tokens=50,
                                      messages=[{"role": "user", "content": "hi"}])
     assert len(upstream_requests(fakes["openai"])) == before  # bad_request never fails over
+
+
+async def test_what_anthropic_cannot_express_skips_it_without_a_call(four) -> None:
+    fakes, d, client = four
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="claude-first", n=2, messages=[{"role": "user", "content": "two answers"}])
+    assert raw.headers["x-failoverd-model"] == "openai/gpt-5"
+    assert raw.headers["x-failoverd-attempts"] == "1"  # the skip was not an upstream attempt
+    assert upstream_requests(fakes["anthropic"]) == []

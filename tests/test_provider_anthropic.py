@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from failoverd.config import ModelConfig, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers import make_provider
 from failoverd.providers.anthropic import AnthropicProvider
@@ -141,15 +141,13 @@ async def test_rate_limit_carries_retry_after(provider: AnthropicProvider,
     assert info.value.retry_after == 7.0
 
 
-async def test_untranslatable_request_is_incapable_without_a_call(
+async def test_untranslatable_request_is_refused_without_a_call(
         provider: AnthropicProvider, fake: FakeAnthropic) -> None:
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(TranslationError) as info:
         await provider.complete(ask(n=2), MODEL, LIMITS)
-    assert info.value.reason is FailureReason.INCAPABLE
-    assert "n" in info.value.message
-    with pytest.raises(UpstreamError) as streamed:
+    assert info.value.param == "n"
+    with pytest.raises(TranslationError):
         await collect(provider, ask(response_format={"type": "json_object"}))
-    assert streamed.value.reason is FailureReason.INCAPABLE
     assert fake.message_requests() == []
 
 

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import TranslationError, UpstreamError
+from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
@@ -129,13 +129,11 @@ class AnthropicProvider:
     # ------------------------------------------------------------------ calls
 
     def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
-        try:
-            payload = canonical_to_anthropic(
-                body, model.name, model.max_output_tokens or DEFAULT_MAX_TOKENS,
-                max_output_tokens=model.max_output_tokens)
-        except TranslationError as exc:
-            raise upstream_error(FailureReason.INCAPABLE, exc.message, status=None,
-                                 provider=self.config.name, model=model.id) from exc
+        # a TranslationError goes up as it is: the router records this candidate as incapable
+        # (no upstream attempt made) and moves on
+        payload = canonical_to_anthropic(
+            body, model.name, model.max_output_tokens or DEFAULT_MAX_TOKENS,
+            max_output_tokens=model.max_output_tokens)
         if stream:
             payload["stream"] = True
         return orjson.dumps(payload)
