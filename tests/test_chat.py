@@ -434,3 +434,28 @@ queue_timeout = 5
     assert resp.headers["x-failoverd-model"] == "b/vision"
     assert 0.25 < time.monotonic() - started < 3
     assert a.requests == []
+
+
+async def test_sse_comments_are_not_a_first_token(fake_openai, start_daemon) -> None:
+    a = await fake_openai(default="comments:5")  # "processing" for 5 s before any token
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(two_models(a, b).replace(
+        "context_window = 8000", "context_window = 8000\nfirst_token_timeout = 0.5"), env=ENV)
+    started = time.monotonic()
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "default", "messages": HELLO, "stream": True})
+    assert resp.status_code == 200
+    assert resp.headers["x-failoverd-model"] == "b/gpt-b"
+    assert resp.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:timeout"
+    assert time.monotonic() - started < 3
+
+
+async def test_in_stream_error_first_is_classified_by_its_code(pair) -> None:
+    a, b, d = pair
+    a.push("error_first")  # 200, then data: {"error": {"code": "insufficient_quota"}}
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": "default", "messages": HELLO, "stream": True})
+    assert resp.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:billing"
+    assert resp.headers["x-failoverd-attempts"] == "2"  # billing: no same-model retry
+    status = (await d.http.get("/v1/status")).json()
+    assert status["providers"]["a"]["credentials"] == "billing"

@@ -138,7 +138,14 @@ class Dispatcher:
             started = self.clock.monotonic()
             it = provider.stream(req, model, limits).__aiter__()
             try:
-                first = await it.__anext__()
+                # a backstop for adapters that see bytes before the first token (pings,
+                # message_start): the first chunk must come within first_token all the same
+                async with asyncio.timeout(limits.first_token):
+                    first = await it.__anext__()
+            except TimeoutError:
+                await _aclose(it)
+                raise UpstreamError(FailureReason.TIMEOUT, "no first token within the time limit",
+                                    provider=provider.config.name, model=model.id) from None
             except StopAsyncIteration:
                 raise UpstreamError(FailureReason.INVALID_RESPONSE, "stream ended before any data",
                                     status=200, provider=provider.config.name,

@@ -76,7 +76,9 @@ class UpstreamError(FailoverdError):
     ) -> None:
         self.reason = reason
         self.message = message
-        self.status = status
+        # an HTTP error status, or None: an error inside a 200 (a stream's error event, an
+        # error body) or with no response at all has none to report to clients
+        self.status = status if status is not None and status >= 400 else None
         self.provider = provider
         self.model = model
         self.retry_after = retry_after

@@ -73,7 +73,9 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
 class FakeOpenAI(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
     "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream),
-    "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise)."""
+    "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise),
+    "comments:<seconds>" (streaming: SSE comment lines this long before the first chunk),
+    "error_first" (streaming: a 200 whose first event is an insufficient_quota error)."""
 
     reply: str = "Hello from the fake upstream"
 
@@ -142,6 +144,15 @@ class FakeOpenAI(FakeServer[Logged]):
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
+        if behaviour.startswith("comments:"):
+            # SSE comments while "processing", as OpenRouter sends them, before any token
+            deadline = time.monotonic() + float(behaviour[9:])
+            while time.monotonic() < deadline:
+                await resp.write(b": PROCESSING\n\n")
+                await asyncio.sleep(0.1)
+        if behaviour == "error_first":
+            await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
+            return resp
         await send({"role": "assistant", "content": ""})
         if body.get("tools"):
             # a tool call streams its arguments in pieces, as OpenAI does

@@ -89,6 +89,25 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
     return FailureReason.INVALID_RESPONSE
 
 
+_AUTH_MARKERS = ("invalid_api_key", "invalid api key", "authentication", "unauthorized",
+                 "permission")
+
+
+def classify_in_band(message: str = "", code: str = "") -> FailureReason:
+    """An error that arrived inside a 200 (a stream's error event, an error body): there is
+    no status to go by, so the provider's code and words decide; unknown is server_error."""
+    text = f"{code} {message}".lower()
+    for markers, reason in ((_BILLING_MARKERS, FailureReason.BILLING),
+                            (_RATE_MARKERS, FailureReason.RATE_LIMIT),
+                            (_CONTEXT_MARKERS, FailureReason.CONTEXT_OVERFLOW),
+                            (_FILTER_MARKERS, FailureReason.CONTENT_FILTER),
+                            (_AUTH_MARKERS, FailureReason.AUTH),
+                            (("overload",), FailureReason.OVERLOADED)):
+        if any(m in text for m in markers):
+            return reason
+    return FailureReason.SERVER_ERROR
+
+
 def not_found_is_model(message: str) -> bool:
     """Whether a 404's text is about the model (vs. a wrong base_url path)."""
     low = message.lower()
@@ -254,7 +273,8 @@ async def lines(resp: aiohttp.ClientResponse, first_deadline: float, idle: float
         if not line:
             return
         line = line.rstrip(b"\r\n")
-        if line and not got_first:
+        # an SSE comment (": PROCESSING", as OpenRouter sends while it waits) is not a token
+        if line and not got_first and not line.startswith(b":"):
             got_first = True
         yield line
 

@@ -22,6 +22,7 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
+    classify_in_band,
     fetch,
     finish_stream,
     json_or_none,
@@ -92,7 +93,7 @@ class OllamaProvider:
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            raise upstream_error(classify(500, parsed["error"]), parsed["error"], status=200,
+            raise upstream_error(classify_in_band(parsed["error"]), parsed["error"], status=200,
                                  provider=name, model=model.id, body=raw)
         if not isinstance(parsed, dict) or not parsed.get("done") \
                 or not isinstance(parsed.get("message"), dict):
@@ -122,7 +123,7 @@ class OllamaProvider:
                                          "unparsable stream line", status=200,
                                          provider=name, model=model.id)
                 if isinstance(obj.get("error"), str):
-                    raise upstream_error(classify(500, obj["error"]), obj["error"], status=200,
+                    raise upstream_error(classify_in_band(obj["error"]), obj["error"], status=200,
                                          provider=name, model=model.id)
                 for chunk in translator.feed(obj):
                     yield Chunk.of(chunk)

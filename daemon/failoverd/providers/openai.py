@@ -21,6 +21,7 @@ from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
+    classify_in_band,
     fetch,
     finish_stream,
     json_or_none,
@@ -114,7 +115,7 @@ class OpenAIProvider:
         if not isinstance(parsed, dict) or not parsed.get("choices"):
             if isinstance(parsed, dict) and "error" in parsed:
                 message, code = error_details(raw)
-                raise upstream_error(classify(500, message, code), message, status=200,
+                raise upstream_error(classify_in_band(message, code), message, status=200,
                                      provider=name, model=model.id, body=raw)
             raise upstream_error(FailureReason.INVALID_RESPONSE,
                                  "200 with an unparsable or empty body", status=200,
@@ -139,7 +140,7 @@ class OpenAIProvider:
                     return
                 if b'"error"' in payload[:40]:
                     message, code = error_details(payload)
-                    raise upstream_error(classify(500, message, code), message, status=200,
+                    raise upstream_error(classify_in_band(message, code), message, status=200,
                                          provider=name, model=model.id)
                 yield Chunk(payload)
             raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before [DONE]",
