@@ -269,6 +269,9 @@ async def test_credential_trouble_blocks_every_model_of_the_provider(
     for m in ("a/one", "a/two"):
         assert status["models"][m]["state"] == "unavailable"
         assert status["models"][m]["breaker_state"] == "closed"
+        # the model says why and until when, as its provider does
+        assert status["models"][m]["reason"] == state
+        assert status["models"][m]["retry_at"] == status["providers"]["a"]["retry_at"]
     assert status["health"] == "degraded"
     events = [e for e in d.sup.service.bus.recent() if e.type == "provider:credentials"]
     assert [(e.fields["provider"], e.fields["state"]) for e in events] == [("a", state)]

@@ -412,6 +412,11 @@ class HealthRegistry:
                 last_probe=None if probe is None else probe.as_dict(),
                 inflight=self._inflight.get(model_id, 0),
             )
+            if entry["state"] == "unavailable":
+                # blocked by its provider's credentials: say why and until when
+                creds = self._credentials[entry["provider"]]
+                entry.update(reason=creds.state, retry_at=self._wall(creds.until),
+                             since=max(entry.get("since") or 0.0, self._wall(creds.since)))
             models[model_id] = entry
         providers: dict[str, Any] = {}
         for name in self._config.providers:
