@@ -181,6 +181,8 @@ async def test_abort_returns_the_original_error_and_spares_the_fallback(
     assert error["type"] == "rate_limit"
     assert error["messages"] == ["primary is throttled"]
     assert resp.headers["x-failoverd-notice"] == "primary is throttled"
+    assert "x-failoverd-failover" not in resp.headers  # the hop was never taken
+    assert "x-failoverd-model" not in resp.headers  # nothing served
     assert b.chat_requests() == []
     assert len(a.chat_requests()) == 1
 

@@ -210,3 +210,49 @@ async def test_what_anthropic_cannot_express_skips_it_without_a_call(four) -> No
     assert raw.headers["x-failoverd-model"] == "openai/gpt-5"
     assert raw.headers["x-failoverd-attempts"] == "1"  # the skip was not an upstream attempt
     assert upstream_requests(fakes["anthropic"]) == []
+
+
+async def test_anthropic_stream_errors_use_anthropic_types(four) -> None:
+    fakes, d, client = four
+    fakes["openai"].push("cut_stream")  # dies after the first words
+    body = {"model": "openai/gpt-5", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with d.http.stream("POST", "/v1/messages", json=body) as resp:
+        text = (await resp.aread()).decode()
+    error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "api_error"  # Anthropic's name, not failoverd's reason
+
+
+async def test_anthropic_stream_carries_hook_notices(fake_anthropic, fake_openai, start_daemon,
+                                                     tmp_path) -> None:
+    ant = await fake_anthropic(default="overloaded")
+    oai = await fake_openai()
+    hook = tmp_path / "hook.sh"
+    hook.write_text('#!/bin/sh\ncat >/dev/null\necho \'{"messages": ["switched"]}\'\n')
+    hook.chmod(0o755)
+    d = await start_daemon(f"""
+[providers.ant]
+kind = "anthropic"
+base_url = "{ant.url}"
+[providers.oai]
+kind = "openai"
+base_url = "{oai.url}"
+[models."ant/claude"]
+provider = "ant"
+[models."oai/gpt"]
+provider = "oai"
+[routing]
+primary = "ant/claude"
+fallbacks = ["oai/gpt"]
+[[hooks]]
+events = ["model:failover"]
+exec = ["{hook}"]
+""")
+    body = {"model": "default", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with d.http.stream("POST", "/v1/messages", json=body) as resp:
+        text = (await resp.aread()).decode()
+    assert resp.headers["x-failoverd-notice"] == "switched"
+    start = json.loads(text.split("event: message_start\ndata: ")[1].split("\n")[0])
+    assert start["message"]["failoverd"] == {"notices": ["switched"]}

@@ -222,6 +222,7 @@ class Dispatcher:
                             model.context_window)
                         verdict = await self._before_failover(info, outcome)
                         if verdict.abort:
+                            outcome.failovers.pop()  # the hop was never taken
                             raise last_error
                 too_big = context_reason(model, needs) if needs is not None else None
                 if too_big is not None:

@@ -109,7 +109,8 @@ class _AnthropicStream:
         return self._encoder.finish()
 
     def error(self, type_: str, message: str) -> bytes:
-        return self._encoder.error_event(type_, message)
+        # Anthropic clients act on Anthropic's error types (overloaded_error, api_error, ...)
+        return self._encoder.error_event(_anthropic_type(type_, 502), message)
 
 
 class AnthropicFront:

@@ -92,7 +92,6 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
         except NoModelAvailable as exc:
             svc.metrics.exhausted()
             headers = outcome_headers(outcome)
-            headers.pop("x-failoverd-model", None)
             headers["Retry-After"] = retry_after_header(exc.retry_after)
             return front.error(
                 503, "no_model_available",

@@ -21,8 +21,9 @@ def json_response(data: Any, status: int = 200,
 
 
 def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str]:
-    headers = {"x-failoverd-model": outcome.model,
-               "x-failoverd-attempts": str(outcome.upstream_attempts)}
+    headers = {"x-failoverd-attempts": str(outcome.upstream_attempts)}
+    if outcome.model:  # nothing served (an error answer): no model to name
+        headers["x-failoverd-model"] = outcome.model
     if route:
         headers["x-failoverd-route"] = route
     if outcome.failovers:

@@ -59,14 +59,17 @@ class AnthropicStreamEncoder:
     def done(self) -> bool:
         return self._done
 
-    def _start(self) -> bytes:
+    def _start(self, chunk: dict[str, Any]) -> bytes:
         if self._started:
             return b""
         self._started = True
-        return sse_event("message_start", {"type": "message_start", "message": {
+        message: dict[str, Any] = {
             "id": self.message_id, "type": "message", "role": "assistant",
             "model": self.model_id, "content": [], "stop_reason": None,
-            "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+            "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+        if isinstance(chunk.get("failoverd"), dict):
+            message["failoverd"] = chunk["failoverd"]  # hook notices, as on the OpenAI side
+        return sse_event("message_start", {"type": "message_start", "message": message})
 
     def _close(self) -> bytes:
         if self._open is None:
@@ -90,7 +93,7 @@ class AnthropicStreamEncoder:
         """Bytes for one canonical chunk."""
         if self._done:
             return b""
-        out = self._start()
+        out = self._start(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
@@ -132,7 +135,7 @@ class AnthropicStreamEncoder:
         """Closing events: open block stop, message_delta (stop_reason, usage), message_stop."""
         if self._done:
             return b""
-        out = self._start() + self._close()
+        out = self._start({}) + self._close()
         self._done = True
         stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
         if self._tool_blocks and stop_reason == "end_turn":
@@ -147,7 +150,7 @@ class AnthropicStreamEncoder:
     def error_event(self, error_type: str, message: str) -> bytes:
         """A mid-stream error event; the stream is over after it."""
         self._done = True
-        return self._start() + error_event(error_type, message)
+        return self._start({}) + error_event(error_type, message)
 
 
 class AnthropicStreamDecoder:
