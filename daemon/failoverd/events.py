@@ -268,7 +268,8 @@ class EventBus:
 # --------------------------------------------------------------------------- audit log
 
 
-def _text_value(value: Any) -> str:
+def text_value(value: Any) -> str:
+    """A field value as the text audit line shows it (bare word, or JSON)."""
     if isinstance(value, str):
         if value and not any(c.isspace() or c in '"=' for c in value):
             return value
@@ -288,7 +289,7 @@ def audit_line(event: Event, log_format: Literal["text", "json"] = "text") -> st
     if log_format == "json":
         return event.to_json().decode()
     parts = [f"event {event.type}"]
-    parts.extend(f"{key}={_text_value(value)}" for key, value in event.fields.items())
+    parts.extend(f"{key}={text_value(value)}" for key, value in event.fields.items())
     return " ".join(parts)
 
 

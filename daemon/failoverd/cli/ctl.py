@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import orjson
 
+from failoverd.events import text_value
+
 SYSTEM_SOCKET = "/run/failoverd/failoverd.sock"
 DEFAULT_SOCKET = os.environ.get("FAILOVERD_SOCKET", SYSTEM_SOCKET)
 
@@ -187,7 +189,7 @@ def follow_events(sock: str, as_json: bool, follow: bool) -> int:
             if as_json:
                 print(orjson.dumps(event).decode(), flush=True)
             else:
-                extra = " ".join(f"{k}={v}" for k, v in event.items()
+                extra = " ".join(f"{k}={text_value(v)}" for k, v in event.items()
                                  if k not in ("id", "type", "time", "node"))
                 print(f"{event.get('time', '')} {event.get('type', '')} {extra}", flush=True)
     except KeyboardInterrupt:
@@ -319,6 +321,15 @@ def _refusal(exc: Refused) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`failoverctl ... | head`): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.socket = getattr(args, "socket", None) or DEFAULT_SOCKET
     args.json = getattr(args, "json", False)
