@@ -196,7 +196,7 @@ async def test_failoverctl_events_prints_recent_events(daemon: Any) -> None:
     assert " breaker:opened " in lines[0]
     assert " model:failover " in lines[1]
     assert "from_model=a/gpt-a" in lines[1] and "to_model=b/gpt-b" in lines[1]
-    assert "session=null" in lines[1]  # JSON-style values, as in the audit log
+    assert "session_tokens=null" in lines[1]  # JSON-style values, as in the audit log
     assert "None" not in out
     code, out, err = await run_ctl(daemon, "--json", "events")
     assert code == 0, err
