@@ -109,14 +109,17 @@ async def test_complete_tools_and_image(provider: AnthropicProvider, fake: FakeA
 
 
 async def test_stream_text(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
-    chunks = await collect(provider, ask(stream=True))
+    chunks = await collect(provider, ask(stream=True, stream_options={"include_usage": True}))
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    usage = chunks.pop()
+    assert usage["choices"] == []
+    assert usage["usage"]["completion_tokens"] == 7
+    assert usage["usage"]["prompt_tokens"] == 15
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text == fake.reply
-    last = chunks[-1]
-    assert last["choices"][0]["finish_reason"] == "stop"
-    assert last["usage"]["completion_tokens"] == 7
-    assert last["usage"]["prompt_tokens"] == 15
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    plain = await collect(provider, ask(stream=True))  # not asked for: no usage at all
+    assert not any("usage" in c for c in plain)
     assert fake.message_requests()[0].body["stream"] is True
     assert fake.message_requests()[0].headers["accept"] == "text/event-stream"
 

@@ -412,9 +412,12 @@ def test_stream_encoder_without_finish_reason_and_errors() -> None:
 def test_stream_round_trip_through_anthropic_sse() -> None:
     encoder = AnthropicStreamEncoder("m")
     raw = b"".join(encoder.feed(c) for c in CANONICAL_STREAM) + encoder.finish()
-    decoder = AnthropicStreamDecoder("m")
+    decoder = AnthropicStreamDecoder("m", include_usage=True)
     chunks = [c for name, data in parse_sse(raw) for c in decoder.feed(name, data)]
     assert decoder.stopped and decoder.content_started
+    usage = chunks.pop()  # include_usage: OpenAI's last chunk, no choices, just usage
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert "".join(d.get("content") or "" for d in deltas) == "Let me look."
     calls = [tc for d in deltas for tc in d.get("tool_calls") or []]
@@ -425,11 +428,11 @@ def test_stream_round_trip_through_anthropic_sse() -> None:
     assert [tc["id"] for tc in calls if "id" in tc] == ["call_a", "call_b"]
     final = chunks[-1]
     assert final["choices"][0]["finish_reason"] == "tool_calls"
-    assert final["usage"] == {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}
+    assert "usage" not in final
 
 
 def test_stream_decoder_thinking_and_ignored_events() -> None:
-    decoder = AnthropicStreamDecoder("m")
+    decoder = AnthropicStreamDecoder("m", include_usage=True)
     assert decoder.feed("ping", {"type": "ping"}) == []
     decoder.feed("message_start", {"type": "message_start", "message": {
         "id": "msg_z", "usage": {"input_tokens": 5, "output_tokens": 1}}})
@@ -448,4 +451,5 @@ def test_stream_decoder_thinking_and_ignored_events() -> None:
                                            "delta": {"stop_reason": "max_tokens"},
                                            "usage": {"output_tokens": 3}})
     assert end["choices"][0]["finish_reason"] == "length"
-    assert end["usage"]["prompt_tokens"] == 5 and end["usage"]["completion_tokens"] == 3
+    [usage] = decoder.feed("message_stop", {"type": "message_stop"})
+    assert usage["usage"]["prompt_tokens"] == 5 and usage["usage"]["completion_tokens"] == 3

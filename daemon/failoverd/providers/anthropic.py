@@ -169,7 +169,10 @@ class AnthropicProvider:
         data = self._payload(body, model, stream=True)
         name = self.config.name
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        decoder = AnthropicStreamDecoder(model.name)
+        options = body.get("stream_options")
+        decoder = AnthropicStreamDecoder(
+            model.name, include_usage=isinstance(options, dict)
+            and bool(options.get("include_usage")))
         resp = await open_stream(self._session, self._messages_url, data=data,
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,

@@ -160,11 +160,13 @@ class AnthropicStreamDecoder:
     caller's to handle (it knows the provider); ``stopped`` tells whether message_stop came,
     ``content_started`` whether the model began a content block (message_start and ping come
     before the model produced anything, and Anthropic may still send an overloaded error).
-    Usage arrives with the finish_reason in the last chunk.
+    Usage follows OpenAI's ``stream_options.include_usage``: when asked for, a last chunk with
+    no choices carries it; otherwise it is not sent.
     """
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, include_usage: bool = False) -> None:
         self.model = model
+        self.include_usage = include_usage
         self.stopped = False
         self.content_started = False  # a content block began: the model is answering
         self._id = "chatcmpl-" + new_id("msg_")
@@ -201,9 +203,14 @@ class AnthropicStreamDecoder:
                                 if v is not None})
             reason = (data.get("delta") or {}).get("stop_reason")
             finish = FINISH_REASONS.get(str(reason), "stop")
-            return [self._chunk({}, finish, canonical_usage(self._usage))]
+            return [self._chunk({}, finish)]
         if kind == "message_stop":
             self.stopped = True
+            if self.include_usage:
+                usage_chunk = self._chunk({})
+                usage_chunk["choices"] = []
+                usage_chunk["usage"] = canonical_usage(self._usage)
+                return [usage_chunk]
         return []  # ping, content_block_stop, unknown future events
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
