@@ -121,7 +121,7 @@ class FakeOpenAI(FakeServer[Logged]):
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.reply}
         finish = "stop"
-        if body.get("tools"):
+        if _wants_tool_call(body):
             message = {"role": "assistant", "content": None, "tool_calls": [{
                 "id": "call_1", "type": "function",
                 "function": {"name": body["tools"][0]["function"]["name"],
@@ -154,7 +154,7 @@ class FakeOpenAI(FakeServer[Logged]):
             await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
             return resp
         await send({"role": "assistant", "content": ""})
-        if body.get("tools"):
+        if _wants_tool_call(body):
             # a tool call streams its arguments in pieces, as OpenAI does
             name = body["tools"][0]["function"]["name"]
             await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
@@ -180,3 +180,9 @@ class FakeOpenAI(FakeServer[Logged]):
         await send({}, "stop")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+
+def _wants_tool_call(body: dict[str, Any]) -> bool:
+    """With tools declared and no tool result last, the fake calls the first tool."""
+    messages = body.get("messages") or [{}]
+    return bool(body.get("tools")) and messages[-1].get("role") != "tool"
