@@ -154,3 +154,22 @@ async def test_untranslatable_request_moves_to_a_provider_that_can(trio) -> None
     assert resp.status_code == 200
     assert resp.headers["x-failoverd-model"] == "openai/gpt-5"
     assert ol.chat_requests() == []
+
+
+@pytest.mark.parametrize("target", ["openai/gpt-5", "gemini/gemini-2.5-flash",
+                                    "ollama/qwen2.5:7b"])
+async def test_streamed_tool_calls_on_each_kind(trio, target: str) -> None:
+    o, g, ol, d = trio
+    stream = await d.openai.chat.completions.create(
+        model=target, stream=True, tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "weather in Paris?"}])
+    name, arguments, finish = "", "", None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                name += call.function.name or "" if call.function else ""
+                arguments += call.function.arguments or "" if call.function else ""
+            finish = choice.finish_reason or finish
+    assert name == "get_weather"
+    assert json.loads(arguments)["city"].startswith("Paris")
+    assert finish == "tool_calls"
