@@ -235,7 +235,7 @@ async def test_inline_failover_hooks_are_bounded(tmp_path: Path) -> None:
                                     timeout=10),), bus)
     event = bus.emit("model:failover")
     running = [asyncio.create_task(runner.run(event)) for _ in range(hooks_mod.MAX_INLINE)]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one loop turn: every run has taken its slot (synchronously)
     extra = await asyncio.wait_for(runner.run(event), 2)  # no slot: skipped at once
     assert extra.errors and "in progress" in extra.errors[0]
     assert runner.dropped == 1 and failed
