@@ -290,6 +290,17 @@ async def test_upstream_name_alias_and_pin(pair) -> None:
      "messages[0].content[0].text"),
     (b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}', 400,
      "messages[0].content[0].image_url.url"),
+    (b'{"messages": [{"role": ["user"], "content": "x"}]}', 400, "messages[0].role"),
+    (b'{"messages": [{"role": "assistant", "tool_calls": 5}]}', 400,
+     "messages[0].tool_calls"),
+    (b'{"messages": [{"role": "assistant", "tool_calls": [{"function": "f"}]}]}', 400,
+     "messages[0].tool_calls[0]"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream_options": "x"}', 400,
+     "'stream_options'"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": ["x"]}}',
+     400, "response_format.type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": {"function": "f"}}',
+     400, "'tool_choice'"),
 ])
 async def test_bad_input_is_named_and_daemon_keeps_serving(pair, payload, status,
                                                            needle) -> None:

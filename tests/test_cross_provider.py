@@ -173,3 +173,15 @@ async def test_streamed_tool_calls_on_each_kind(trio, target: str) -> None:
     assert name == "get_weather"
     assert json.loads(arguments)["city"].startswith("Paris")
     assert finish == "tool_calls"
+
+
+async def test_an_adapter_that_cannot_cope_is_skipped_not_a_500(trio) -> None:
+    o, g, ol, d = trio
+    # valid JSON Schema-ish input that the Gemini schema cleaner does not expect
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string"}}, "required": 5}}}
+    resp = await d.http.post("/v1/chat/completions", json={
+        "model": "cheap", "tools": [tool], "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 200
+    assert resp.headers["x-failoverd-model"] == "ollama/qwen2.5:7b"
+    assert g.chat_requests() == []

@@ -75,7 +75,7 @@ ADAPTERS = {
             ("out_of_memory", FailureReason.SERVER_ERROR, 500),
             ("busy", FailureReason.OVERLOADED, 503),
             ("bad_request", FailureReason.BAD_REQUEST, 400),
-            ("no_tools", FailureReason.BAD_REQUEST, 400))),
+            ("no_tools", FailureReason.INCAPABLE, 400))),
     "anthropic": Adapter(
         FakeAnthropic, ModelConfig(id="anth/claude-test", provider="anth",
                                    name="claude-test-1", max_output_tokens=2000),

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from failoverd.clock import Clock
 from failoverd.config import Config, ContextPolicy, ModelConfig
-from failoverd.errors import Attempt, NoModelAvailable, TranslationError, UpstreamError
+from failoverd.errors import Attempt, NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason, policy
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
 from failoverd.requirements import Requirements
@@ -310,14 +310,26 @@ class Dispatcher:
             started = self.clock.monotonic()
             try:
                 return await call(provider, model, body, limits, permit)
-            except TranslationError as exc:
-                # this provider's API cannot express the request: not the model's fault, and
-                # the next candidate may well be able to
+            except RequestError as exc:
+                # this provider's API cannot express the request (the front end validated it):
+                # not the model's fault, and the next candidate may well be able to
                 if permit is not None:
                     permit.release()
                 outcome.upstream_attempts -= 1
                 raise UpstreamError(FailureReason.INCAPABLE, exc.message, provider=pcfg.name,
                                     model=model.id) from exc
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                # a request shape an adapter did not foresee: a bug to fix, but not a reason to
+                # fail the client with a 500 when another candidate may serve it
+                logger.exception("adapter %s could not handle a request for %s", pcfg.kind,
+                                 model.id)
+                if permit is not None:
+                    permit.release()
+                outcome.upstream_attempts -= 1
+                raise UpstreamError(FailureReason.INCAPABLE,
+                                    f"{pcfg.kind} adapter cannot handle this request: "
+                                    f"{type(exc).__name__}: {exc}"[:300],
+                                    provider=pcfg.name, model=model.id) from exc
             except UpstreamError as exc:
                 if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
                     exc.message = f"{exc.message} (request deadline exhausted)"

@@ -66,7 +66,8 @@ def infer(body: Mapping[str, Any]) -> Requirements:
     if _wants_reasoning(body):
         needs.add("reasoning")
     fmt = body.get("response_format")
-    if isinstance(fmt, Mapping) and fmt.get("type") in _JSON_FORMATS:
+    if isinstance(fmt, Mapping) and isinstance(fmt.get("type"), str) \
+            and fmt["type"] in _JSON_FORMATS:
         needs.add("json")
     return Requirements(
         needs=frozenset(needs),

@@ -87,7 +87,7 @@ def validate_chat(body: dict[str, Any]) -> None:
             raise RequestError(f"'{where}' must be an object, got {_json_type(message)}",
                                param=where)
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise RequestError(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}; "
                                f"got {role!r}", param=f"{where}.role")
         content = message.get("content")
@@ -97,6 +97,32 @@ def validate_chat(body: dict[str, Any]) -> None:
         if isinstance(content, list):
             for j, part in enumerate(content):
                 _check_part(part, f"{where}.content[{j}]")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise RequestError(f"'{where}.tool_calls' must be an array, got "
+                                   f"{_json_type(calls)}", param=f"{where}.tool_calls")
+            for j, call in enumerate(calls):
+                if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                    raise RequestError(f"'{where}.tool_calls[{j}]' must be an object whose "
+                                       "'function' is an object",
+                                       param=f"{where}.tool_calls[{j}]")
+    for key in ("stream_options", "response_format"):
+        _expect(body, key, (dict,), "an object")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        if not isinstance(fmt.get("type"), str):
+            raise RequestError("'response_format.type' must be a string",
+                               param="response_format.type")
+        if fmt.get("json_schema") is not None and not isinstance(fmt["json_schema"], dict):
+            raise RequestError("'response_format.json_schema' must be an object",
+                               param="response_format.json_schema")
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str) and not (
+            isinstance(choice, dict) and all(isinstance(v, dict) for k, v in choice.items()
+                                              if k in ("function", "allowed_tools", "custom"))):
+        raise RequestError("'tool_choice' must be a string or an object whose 'function' is "
+                           "an object", param="tool_choice")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and all(isinstance(x, str) for x in stop)):

@@ -143,6 +143,17 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
             raise
         svc.metrics.cancelled()
         return resp
+    except Exception as exc:
+        # an upstream chunk the translation did not foresee: end the stream with an error
+        # event rather than a broken connection, and count it against the model
+        logger.exception("stream from %s could not be translated", outcome.model)
+        error = UpstreamError(FailureReason.INVALID_RESPONSE,
+                              f"unusable stream chunk: {type(exc).__name__}",
+                              model=outcome.model)
+        try:
+            await resp.write(encoder.error(str(error.reason), error.message))
+        except ConnectionResetError:
+            pass
     finally:
         aclose = getattr(start.rest, "aclose", None)
         if aclose is not None:

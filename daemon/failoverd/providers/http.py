@@ -25,12 +25,17 @@ _CONTEXT_MARKERS = (
     "context_length_exceeded", "context length", "context window", "maximum context",
     "too many tokens", "prompt is too long", "input is too long", "reduce the length",
     "tokens exceeds", "exceeds the maximum number of tokens", "input token count",
-    "string_above_max_length", "request too large",
+    "string_above_max_length", "request too large", "context limit",
 )
 _FILTER_MARKERS = (
     "content_filter", "content_policy", "content policy", "content management policy",
-    "safety", "flagged", "responsible ai", "prohibited_content", "blocklist",
+    "safety system", "safety reasons", "safety filter", "flagged", "responsible ai",
+    "prohibited_content", "blocklist",
 )
+# a model that lacks a feature the request uses (Ollama "... does not support tools", vLLM's
+# "auto" tool choice without --enable-auto-tool-choice): another model may have it
+_UNSUPPORTED_MARKERS = ("does not support", "not supported by this model",
+                        "--enable-auto-tool-choice")
 _BILLING_MARKERS = (
     "insufficient_quota", "billing", "credit balance", "payment required", "quota exceeded",
     "exceeded your current quota", "insufficient balance", "insufficient_balance",
@@ -85,6 +90,8 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
             return FailureReason.BILLING
         if any(m in text for m in _RATE_MARKERS):
             return FailureReason.RATE_LIMIT
+        if any(m in text for m in _UNSUPPORTED_MARKERS):
+            return FailureReason.INCAPABLE
         return FailureReason.BAD_REQUEST
     return FailureReason.INVALID_RESPONSE
 
