@@ -380,20 +380,19 @@ def test_stream_encoder_text_and_tool_calls() -> None:
         "message_start",
         "content_block_start", "content_block_delta", "content_block_delta",
         "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_stop",
         "content_block_start", "content_block_delta", "content_block_stop",
         "message_delta", "message_stop"]
     assert events[0][1]["message"]["id"] == "msg_t"
     assert events[0][1]["message"]["model"] == "openai/gpt-x"
     assert events[5][1]["content_block"] == {"type": "tool_use", "id": "call_a",
                                              "name": "get_weather", "input": {}}
-    assert [e[1]["delta"] for e in events[6:8]] == [
-        {"type": "input_json_delta", "partial_json": '{"city":'},
-        {"type": "input_json_delta", "partial_json": '"Rome"}'}]
-    assert [e[1]["index"] for e in events[9:12]] == [2, 2, 2]
-    assert events[12][1]["delta"]["stop_reason"] == "tool_use"
-    assert events[12][1]["usage"] == {"input_tokens": 30, "output_tokens": 9}
+    # a tool call goes out whole once complete (Anthropic blocks cannot interleave)
+    assert events[6][1]["delta"] == {"type": "input_json_delta",
+                                     "partial_json": '{"city":"Rome"}'}
+    assert [e[1]["index"] for e in events[8:11]] == [2, 2, 2]
+    assert events[11][1]["delta"]["stop_reason"] == "tool_use"
+    assert events[11][1]["usage"] == {"input_tokens": 30, "output_tokens": 9}
     assert encoder.finish() == b"" and encoder.done
 
 
@@ -453,3 +452,29 @@ def test_stream_decoder_thinking_and_ignored_events() -> None:
     assert end["choices"][0]["finish_reason"] == "length"
     [usage] = decoder.feed("message_stop", {"type": "message_stop"})
     assert usage["usage"]["prompt_tokens"] == 5 and usage["usage"]["completion_tokens"] == 3
+
+
+def test_stream_encoder_interleaved_and_index_less_tool_calls() -> None:
+    def call(index: int | None, **fn: str) -> dict:
+        c: dict = {"function": fn}
+        if index is not None:
+            c["index"] = index
+        if "name" in fn:
+            c["id"] = f"call_{fn['name']}"
+        return chunk({"tool_calls": [c]})
+
+    encoder = AnthropicStreamEncoder("m")
+    stream = [call(0, name="f", arguments=""), call(1, name="g", arguments=""),
+              call(0, arguments='{"x":'), call(1, arguments='{"y":2}'), call(0, arguments="1}"),
+              chunk({}, "tool_calls")]
+    raw = b"".join(encoder.feed(c) for c in stream) + encoder.finish()
+    starts = [d for n, d in parse_sse(raw) if n == "content_block_start"]
+    args = [d["delta"]["partial_json"] for n, d in parse_sse(raw) if n == "content_block_delta"]
+    assert [s["content_block"]["name"] for s in starts] == ["f", "g"]
+    assert args == ['{"x":1}', '{"y":2}']  # nothing lost to interleaving
+
+    encoder = AnthropicStreamEncoder("m")  # an upstream that omits `index`
+    stream = [call(None, name="f", arguments='{"a":1}'), call(None, name="g", arguments="{}")]
+    raw = b"".join(encoder.feed(c) for c in stream) + encoder.finish()
+    starts = [d for n, d in parse_sse(raw) if n == "content_block_start"]
+    assert [s["content_block"]["name"] for s in starts] == ["f", "g"]

@@ -51,7 +51,12 @@ class AnthropicStreamEncoder:
         self._done = False
         self._block = -1  # index of the last block started
         self._open: str | None = None  # "text" or "tool_use" while a block is open
-        self._tool_blocks: dict[int, int] = {}  # canonical tool_call index -> block index
+        # tool calls being collected (key: canonical index, or arrival order without one)
+        self._pending_tools: dict[str, dict[str, Any]] = {}
+        self._index_keys: dict[int, str] = {}
+        self._last_key: str | None = None
+        self._tool_serial = 0
+        self._tools_sent = 0
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
 
@@ -104,6 +109,7 @@ class AnthropicStreamEncoder:
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self._open != "text":
+                    out += self._flush_tools()
                     out += self._open_block("text", {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": text})
             for call in delta.get("tool_calls") or []:
@@ -113,32 +119,64 @@ class AnthropicStreamEncoder:
         return out
 
     def _tool_delta(self, call: dict[str, Any]) -> bytes:
-        out = b""
-        index = call.get("index", 0)
+        """Collects a tool call's pieces; the whole tool_use block goes out when it is complete.
+
+        Anthropic blocks are contiguous and cannot be reopened, while OpenAI-style upstreams
+        may interleave the argument deltas of parallel calls (or omit `index`), so calls are
+        buffered and written whole when text starts again or the message ends.
+        """
+        index = call.get("index")
+        call_id = call.get("id")
+        key = self._tool_key(index if isinstance(index, int) else None, call_id)
         function = call.get("function") or {}
-        if index not in self._tool_blocks:
+        entry = self._pending_tools.setdefault(key, {"id": call_id, "name": "", "args": []})
+        if call_id and not entry["id"]:
+            entry["id"] = call_id
+        if isinstance(function, dict):
+            if function.get("name"):
+                entry["name"] = function["name"]
+            if isinstance(function.get("arguments"), str):
+                entry["args"].append(function["arguments"])
+        return b""
+
+    def _tool_key(self, index: int | None, call_id: Any) -> str:
+        if index is not None:
+            key = f"i{index}"
+            known = self._pending_tools.get(key)
+            if known is not None and call_id and known["id"] and known["id"] != call_id:
+                self._tool_serial += 1  # a new call reusing an index
+                key = f"i{index}.{self._tool_serial}"
+                self._index_keys[index] = key
+            return self._index_keys.get(index, key)
+        if call_id or self._last_key is None:
+            self._tool_serial += 1
+            self._last_key = f"n{self._tool_serial}"
+        return self._last_key
+
+    def _flush_tools(self) -> bytes:
+        out = b""
+        for entry in self._pending_tools.values():
             out += self._open_block("tool_use", {
-                "type": "tool_use", "id": call.get("id") or new_id("toolu_"),
-                "name": function.get("name") or "", "input": {}})
-            self._tool_blocks[index] = self._block
-        arguments = function.get("arguments")
-        if arguments:
-            if self._tool_blocks[index] != self._block or self._open != "tool_use":
-                # Anthropic blocks cannot be reopened; interleaved argument streams are not
-                # sent by any known upstream
-                logger.warning("dropping arguments for tool call %d: its block is closed", index)
-                return out
-            out += self._delta({"type": "input_json_delta", "partial_json": arguments})
+                "type": "tool_use", "id": entry["id"] or new_id("toolu_"),
+                "name": entry["name"], "input": {}})
+            arguments = "".join(entry["args"])
+            if arguments:
+                out += self._delta({"type": "input_json_delta", "partial_json": arguments})
+            out += self._close()
+            self._tools_sent += 1
+        self._pending_tools.clear()
+        self._index_keys.clear()
+        self._last_key = None
         return out
 
     def finish(self) -> bytes:
         """Closing events: open block stop, message_delta (stop_reason, usage), message_stop."""
         if self._done:
             return b""
-        out = self._start({}) + self._close()
+        out = self._start({}) + self._close() + self._flush_tools()
         self._done = True
         stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
-        if self._tool_blocks and stop_reason == "end_turn":
+        if self._tools_sent and stop_reason == "end_turn":
             stop_reason = "tool_use"
         usage = anthropic_usage(self._usage)
         out += sse_event("message_delta", {
