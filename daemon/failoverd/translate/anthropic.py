@@ -32,7 +32,8 @@ Decisions, so every translator and operator can rely on them:
   server tools (web_search, bash, computer, ...), ``top_k`` towards canonical; ``n`` > 1,
   ``response_format`` json, logprobs, penalties, audio, ``logit_bias`` towards Anthropic.
 * Images inside tool results are a canonical extension (a tool message whose content has
-  image_url parts): Anthropic and Gemini take them; OpenAI-compatible upstreams may not.
+  image_url parts): Anthropic takes them; Gemini's adapter refuses them (its candidate is
+  skipped as incapable) and OpenAI-compatible upstreams may answer with a 400.
 * Towards Anthropic: system/developer messages anywhere are collected into ``system`` in
   order; consecutive same-role turns merge (tool results first in their user turn); empty
   turns are left out; a final assistant prefill loses trailing whitespace (Anthropic

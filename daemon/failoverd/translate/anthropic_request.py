@@ -108,7 +108,8 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
         out["tools"] = [_anthropic_tool(t, f"tools[{i}]")
                         for i, t in enumerate(as_list(tools, "tools"))]
     choice = _anthropic_tool_choice(body.get("tool_choice"))
-    if body.get("parallel_tool_calls") is False and tools:
+    if body.get("parallel_tool_calls") is False and tools and (
+            choice is None or choice["type"] != "none"):  # "none" takes no other field
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice is not None and (tools or choice["type"] == "none"):
         out["tool_choice"] = choice

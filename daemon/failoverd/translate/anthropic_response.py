@@ -26,9 +26,8 @@ def anthropic_error_body(error_type: str, message: str) -> dict[str, Any]:
 def message_id(completion_id: Any) -> str:
     """An Anthropic message id for a canonical completion id (kept recognisable)."""
     if isinstance(completion_id, str) and completion_id:
-        if completion_id.startswith("msg_"):
-            return completion_id
-        return "msg_" + completion_id.removeprefix("chatcmpl-")
+        bare = completion_id.removeprefix("chatcmpl-")  # chatcmpl-msg_... from our decoder
+        return bare if bare.startswith("msg_") else "msg_" + bare
     return new_id("msg_")
 
 
@@ -98,6 +97,8 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     if isinstance(refusal, str) and refusal:
         content.append({"type": "text", "text": refusal})
     for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue  # an upstream's malformed entry: nothing to translate
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu_"),
                         "name": function.get("name", ""),
