@@ -478,3 +478,15 @@ def test_stream_encoder_interleaved_and_index_less_tool_calls() -> None:
     raw = b"".join(encoder.feed(c) for c in stream) + encoder.finish()
     starts = [d for n, d in parse_sse(raw) if n == "content_block_start"]
     assert [s["content_block"]["name"] for s in starts] == ["f", "g"]
+
+
+def test_message_ids_and_tool_choice_none_with_parallel_flag() -> None:
+    from failoverd.translate.anthropic_response import message_id
+
+    assert message_id("chatcmpl-msg_01Fake") == "msg_01Fake"  # no msg_msg_
+    assert message_id("chatcmpl-abc") == "msg_abc"
+    out = canonical_to_anthropic({
+        "messages": [{"role": "user", "content": "hi"}], "tool_choice": "none",
+        "parallel_tool_calls": False,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "m")
+    assert out["tool_choice"] == {"type": "none"}
