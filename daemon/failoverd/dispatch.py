@@ -205,14 +205,11 @@ class Dispatcher:
                 req = body
                 verdict = FailoverVerdict()
                 info: FailoverInfo | None = None
-                if needs is not None and model.capabilities_declared:
-                    # a model whose config omits capabilities is not screened: unknown != none
-                    missing = sorted(needs.needs - model.capabilities)
-                    if missing:
-                        outcome.attempts.append(Attempt(
-                            model_id, FailureReason.INCAPABLE, None,
-                            f"lacks capability: {', '.join(missing)}"))
-                        continue
+                lacking = _lacking(model, needs)
+                if lacking is not None:
+                    outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
+                                                    lacking))
+                    continue
                 if last_error is not None:
                     outcome.failovers.append(f"{last_model}>{model_id}:{last_error.reason}")
                     if last_error.reason is not FailureReason.UNAVAILABLE:
@@ -224,29 +221,15 @@ class Dispatcher:
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken
                             raise last_error
-                too_big = context_reason(model, needs) if needs is not None else None
-                if too_big is not None:
-                    assert needs is not None
-                    policy_name = verdict.context or cfg.routing.context_policy
-                    if policy_name == "fail":
-                        raise UpstreamError(
-                            FailureReason.CONTEXT_OVERFLOW,
-                            f"{model_id}: {too_big} (context_policy = fail)", status=400,
-                            provider=model.provider, model=model_id)
-                    shorter = (truncate(body, model.context_window, needs.output_tokens)
-                               if policy_name == "truncate" else None)
-                    if shorter is None:
-                        if last_error is not None:
-                            outcome.failovers.pop()
-                        outcome.attempts.append(Attempt(
-                            model_id, FailureReason.INCAPABLE, None,
-                            too_big if policy_name == "skip" else f"{too_big}; truncation "
-                            "cannot make it fit"))
-                        continue
-                    req = shorter
-                    outcome.notices.append(
-                        f"{model_id}: dropped {len(body['messages']) - len(shorter['messages'])}"
-                        " oldest message(s) to fit its context window")
+                fitted, skip = _fit_context(
+                    model, body, needs, verdict.context or cfg.routing.context_policy, outcome)
+                if skip is not None:
+                    if last_error is not None:
+                        outcome.failovers.pop()
+                    outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
+                                                    skip))
+                    continue
+                req = fitted
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
@@ -415,6 +398,38 @@ class Dispatcher:
             if soonest is not None:
                 return max(1.0, soonest)
         return 1.0
+
+
+def _lacking(model: ModelConfig, needs: Requirements | None) -> str | None:
+    """Why `model` cannot serve the request's needs, or None. A model whose config omits
+    `capabilities` is not screened: unknown is not the same as none."""
+    if needs is None or not model.capabilities_declared:
+        return None
+    missing = sorted(needs.needs - model.capabilities)
+    return f"lacks capability: {', '.join(missing)}" if missing else None
+
+
+def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements | None,
+                 policy_name: ContextPolicy,
+                 outcome: Outcome) -> tuple[dict[str, Any], str | None]:
+    """The request as `model` gets it under the context policy: (body, None) to try it,
+    (body, reason) to skip it; raises for `fail`."""
+    too_big = context_reason(model, needs) if needs is not None else None
+    if too_big is None or needs is None:
+        return body, None
+    if policy_name == "fail":
+        raise UpstreamError(FailureReason.CONTEXT_OVERFLOW,
+                            f"{model.id}: {too_big} (context_policy = fail)", status=400,
+                            provider=model.provider, model=model.id)
+    if policy_name == "skip":
+        return body, too_big
+    shorter = truncate(body, model.context_window, needs.output_tokens)
+    if shorter is None:
+        return body, f"{too_big}; truncation cannot make it fit"
+    dropped = len(body["messages"]) - len(shorter["messages"])
+    outcome.notices.append(f"{model.id}: dropped {dropped} oldest message(s) to fit its "
+                           "context window")
+    return shorter, None
 
 
 async def _aclose(it: AsyncIterator[Chunk]) -> None:
