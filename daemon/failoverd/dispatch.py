@@ -202,7 +202,6 @@ class Dispatcher:
                         f"context window {model.context_window or 'unknown'} is not larger "
                         f"than {min_context}"))
                     continue
-                req = body
                 verdict = FailoverVerdict()
                 info: FailoverInfo | None = None
                 lacking = _lacking(model, needs)
