@@ -257,9 +257,8 @@ class Service:
                         retry_at: float | None) -> None:
         self.bus.emit("provider:credentials", provider=provider, state=state, reason=reason,
                       retry_at=retry_at)
-        cfg = self.runtime.config if hasattr(self, "runtime") else None
-        if cfg is not None:
-            for model in cfg.models.values():
+        if self.mqtt is not None:  # set after start-up, when the runtime exists
+            for model in self.runtime.config.models.values():
                 if model.provider == provider:
                     self._publish_state(model.id)
         self.schedule_save()
