@@ -324,8 +324,10 @@ def test_anthropic_response_to_canonical() -> None:
                                                              "arguments": '{"a":[1]}'}}]
     assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
     back = canonical_to_anthropic_response(out, "m")
-    assert [b["type"] for b in back["content"]] == ["text", "tool_use"]
-    assert back["content"][1]["input"] == {"a": [1]}
+    # the thinking comes back as a thinking block (its signature is not kept)
+    assert [b["type"] for b in back["content"]] == ["thinking", "text", "tool_use"]
+    assert back["content"][0]["thinking"] == "so"
+    assert back["content"][2]["input"] == {"a": [1]}
 
 
 def test_error_body_shapes() -> None:
@@ -490,3 +492,21 @@ def test_message_ids_and_tool_choice_none_with_parallel_flag() -> None:
         "parallel_tool_calls": False,
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "m")
     assert out["tool_choice"] == {"type": "none"}
+
+
+def test_reasoning_reaches_anthropic_clients_as_thinking() -> None:
+    answer = canonical_to_anthropic_response({"choices": [{"message": {
+        "role": "assistant", "reasoning_content": "let me think", "content": "42"},
+        "finish_reason": "stop"}]}, "m")
+    assert [b["type"] for b in answer["content"]] == ["thinking", "text"]
+    assert answer["content"][0]["thinking"] == "let me think"
+    encoder = AnthropicStreamEncoder("m")
+    raw = (encoder.feed(chunk({"reasoning_content": "hmm"}))
+           + encoder.feed(chunk({"reasoning_content": " ok"}))
+           + encoder.feed(chunk({"content": "42"})) + encoder.finish())
+    events = parse_sse(raw)
+    starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
+    assert starts == ["thinking", "text"]
+    thinking = "".join(d["delta"].get("thinking", "") for n, d in events
+                       if n == "content_block_delta")
+    assert thinking == "hmm ok"

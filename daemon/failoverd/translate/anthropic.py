@@ -21,6 +21,8 @@ Decisions, so every translator and operator can rely on them:
 * ``thinking`` blocks in earlier assistant turns are the model's own signed reasoning; they
   cannot be replayed elsewhere and are dropped. Because Anthropic needs them back inside a
   tool-use loop, the adapter does not enable thinking on a request that continues one.
+* Reasoning in answers (``reasoning_content``: Anthropic thinking, DeepSeek/vLLM reasoning)
+  reaches Anthropic clients as ``thinking`` blocks with an empty signature, streamed and not.
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.
 * Thinking budget <-> ``reasoning_effort``: budget < 4096 is ``low``, < 16384 ``medium``,
   else ``high``; back: ``minimal`` 1024, ``low`` 2048, ``medium`` 8192, ``high`` 24576 tokens

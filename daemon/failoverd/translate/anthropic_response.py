@@ -88,6 +88,11 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        # the model's reasoning (Anthropic thinking, DeepSeek/vLLM reasoning_content) as a
+        # thinking block; its signature is not known here, so it cannot be replayed upstream
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))

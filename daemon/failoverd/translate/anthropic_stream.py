@@ -106,6 +106,13 @@ class AnthropicStreamEncoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                if self._open != "thinking":
+                    out += self._flush_tools()
+                    out += self._open_block("thinking", {"type": "thinking", "thinking": "",
+                                                         "signature": ""})
+                out += self._delta({"type": "thinking_delta", "thinking": reasoning})
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self._open != "text":
