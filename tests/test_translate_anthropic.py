@@ -120,7 +120,7 @@ def test_tool_result_blocks_with_image() -> None:
     ({"top_k": 5}, "top_k"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
         "type": "file", "file_id": "file_1"}}]}]}, "messages[0].content[0].source.type"),
-    ({"thinking": {"type": "adaptive"}}, "thinking.type"),
+    ({"thinking": {"type": "telepathic"}}, "thinking.type"),
 ])
 def test_front_untranslatable(patch: dict[str, Any], param: str) -> None:
     with pytest.raises(TranslationError) as info:
@@ -510,3 +510,8 @@ def test_reasoning_reaches_anthropic_clients_as_thinking() -> None:
     thinking = "".join(d["delta"].get("thinking", "") for n, d in events
                        if n == "content_block_delta")
     assert thinking == "hmm ok"
+
+
+def test_adaptive_thinking_is_a_medium_effort() -> None:
+    canonical = anthropic_to_canonical({**ANTHROPIC_REQUEST, "thinking": {"type": "adaptive"}})
+    assert canonical["reasoning_effort"] == "medium"

@@ -24,6 +24,7 @@ Decisions, so every translator and operator can rely on them:
 * Reasoning in answers (``reasoning_content``: Anthropic thinking, DeepSeek/vLLM reasoning)
   reaches Anthropic clients as ``thinking`` blocks with an empty signature, streamed and not.
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.
+* ``thinking: {"type": "adaptive"}`` is ``reasoning_effort: "medium"``.
 * Thinking budget <-> ``reasoning_effort``: budget < 4096 is ``low``, < 16384 ``medium``,
   else ``high``; back: ``minimal`` 1024, ``low`` 2048, ``medium`` 8192, ``high`` 24576 tokens
   (cut to max_tokens - 1; below Anthropic's minimum of 1024 thinking is left off).

@@ -265,6 +265,8 @@ def _front_thinking(thinking: dict[str, Any]) -> str | None:
     kind = thinking.get("type")
     if kind == "disabled":
         return None
+    if kind == "adaptive":
+        return "medium"  # the model decides how much to think: a middle effort elsewhere
     if kind != "enabled":
         raise TranslationError(f"thinking.type: {kind!r} is not supported", param="thinking.type")
     budget = thinking.get("budget_tokens")
