@@ -31,7 +31,9 @@ BACKOFF_CAP = 2.0
 class Permit(Protocol):
     def success(self, duration: float) -> None: ...
     def failure(self, reason: FailureReason, duration: float,
-                retry_after: float | None) -> None: ...
+                retry_after: float | None) -> None:
+        """Records a failure; a reason that does not count only gives the permit back."""
+        ...
     def release(self) -> None: ...
 
 
@@ -79,10 +81,6 @@ class Outcome:
     failovers: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-
-    @property
-    def failover_header(self) -> str:
-        return ",".join(self.failovers)
 
 
 @dataclass(slots=True)
@@ -165,11 +163,9 @@ class Dispatcher:
         if error is None:
             self._succeeded(model_id, start.permit, start.started)
         elif start.permit is not None:
-            duration = self.clock.monotonic() - start.started
-            if policy(error.reason).breaker.value == "ignore":
-                start.permit.release()
-            else:
-                start.permit.failure(error.reason, duration, error.retry_after)
+            # reasons that say nothing about the model only give the permit back
+            start.permit.failure(error.reason, self.clock.monotonic() - start.started,
+                                 error.retry_after)
 
     # ------------------------------------------------------------------ loop
 
@@ -317,10 +313,7 @@ class Dispatcher:
                     exc.message = f"{exc.message} (request deadline exhausted)"
                 duration = self.clock.monotonic() - started
                 if permit is not None:
-                    if policy(exc.reason).breaker.value == "ignore":
-                        permit.release()
-                    else:
-                        permit.failure(exc.reason, duration, exc.retry_after)
+                    permit.failure(exc.reason, duration, exc.retry_after)
                 if self.observe_latency is not None:
                     self.observe_latency(model.id, duration, False)
                 wait = self._retry_wait(exc, model, retries, deadline)

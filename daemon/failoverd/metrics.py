@@ -43,7 +43,6 @@ class Metrics:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, outcome)
         self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rejections: defaultdict[str, int] = defaultdict(int)
-        self.exhausted_total = 0
         self.events_dropped = 0  # dropped for /v1/events readers that have gone
         self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -62,7 +61,6 @@ class Metrics:
         self.rejections[why] += 1
 
     def exhausted(self) -> None:
-        self.exhausted_total += 1
         self.requests[("", "no_model_available")] += 1
 
     def upstream_latency(self, model: str, seconds: float, ok: bool) -> None:

@@ -6,7 +6,7 @@ from failoverd.config import Config
 from failoverd.errors import RequestError
 
 
-def resolve(config: Config, requested: str, *, pin: bool = False) -> tuple[str, ...]:
+def resolve(config: Config, requested: str) -> tuple[str, ...]:
     """The ordered candidates for a request's `model`.
 
     - "" or "default": the default chain (primary + fallbacks).
@@ -14,7 +14,6 @@ def resolve(config: Config, requested: str, *, pin: bool = False) -> tuple[str, 
     - a model id: that model first, then the default chain without it.
     - an upstream model name that exactly one model uses (e.g. "gpt-5" for "openai/gpt-5"):
       as its model id, so unmodified programs keep working.
-    `pin` (header x-failoverd-no-fallback) keeps only the first candidate.
     """
     if requested in ("", "default"):
         chain = config.default_chain
@@ -30,4 +29,4 @@ def resolve(config: Config, requested: str, *, pin: bool = False) -> tuple[str, 
             raise RequestError(f"model {requested!r} {what}; known: {known}",
                                status=404, param="model", code="model_not_found")
         chain = config.fallbacks_for(matches[0])
-    return chain[:1] if pin else chain
+    return chain
