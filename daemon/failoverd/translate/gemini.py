@@ -43,6 +43,7 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
+from failoverd.translate.tools import function_tools
 
 logger = logging.getLogger(__name__)
 
@@ -308,11 +309,7 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     declarations = []
-    for i, tool in enumerate(tools or ()):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or tool.get("type", "function") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise _fail(f"a tool of type {kind!r}", f"tools[{i}]")
+    for i, fn in function_tools(tools, _fail):
         decl: dict[str, Any] = {"name": fn.get("name")}
         if fn.get("description"):
             decl["description"] = fn["description"]

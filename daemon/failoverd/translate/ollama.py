@@ -34,6 +34,7 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.images import image_part_url, is_data_url, parse_data_url
+from failoverd.translate.tools import function_tools
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,9 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
-    out = []
-    for i, tool in enumerate(tools or ()):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or tool.get("type", "function") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise _fail(f"a tool of type {kind!r}", f"tools[{i}]")
-        decl = {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
-        out.append({"type": "function", "function": decl})
-    return out
+    return [{"type": "function",
+             "function": {k: fn[k] for k in ("name", "description", "parameters") if k in fn}}
+            for _, fn in function_tools(tools, _fail)]
 
 
 def _format(fmt: Any) -> Any:
