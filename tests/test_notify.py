@@ -233,7 +233,13 @@ async def test_watchdog_loop_pings_then_waits_the_interval(
 
 async def test_watchdog_loop_without_notify_socket_returns() -> None:
     n = Notifier(env={})
-    await asyncio.wait_for(n.watchdog_loop(1.0), 5)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    await asyncio.wait_for(n.watchdog_loop(1.0, sleep=sleep), 5)
+    assert slept == []  # no NOTIFY_SOCKET: nothing to ping, the loop ends at once
 
 
 async def test_watchdog_loop_rejects_a_bad_interval() -> None:
