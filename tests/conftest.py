@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import openai
 import pytest
 
 from failoverd import config as config_mod
 from failoverd.clock import Clock
+from failoverd.http1 import HttpClient
 from failoverd.supervisor import Supervisor
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import fake_fixture
@@ -41,10 +41,10 @@ fake_ollama = fake_fixture(FakeOllama, "fake_ollama")
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """An aiohttp client session, as the daemon's adapters get one."""
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def http_client() -> AsyncIterator[HttpClient]:
+    """The upstream HTTP client, as the daemon's adapters get one."""
+    async with HttpClient() as client:
+        yield client
 
 
 @dataclass

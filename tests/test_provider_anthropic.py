@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.anthropic import AnthropicProvider
 from failoverd.providers.base import AttemptLimits
@@ -38,8 +38,8 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 async def provider(fake: FakeAnthropic) -> AsyncIterator[AnthropicProvider]:
     config = ProviderConfig(name="anth", kind="anthropic", base_url=fake.url,
                             api_key="sk-ant-test", headers=(("anthropic-beta", "x-test"),))
-    async with aiohttp.ClientSession() as session:
-        made = make_provider(config, session)
+    async with HttpClient() as client:
+        made = make_provider(config, client)
         assert isinstance(made, AnthropicProvider)
         yield made
 

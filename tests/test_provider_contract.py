@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 
 from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits, Chunk, Provider
 from tests.fakes.anthropic import FakeAnthropic
@@ -100,16 +100,15 @@ def rows(make: Any) -> list[Any]:
             for kind, adapter in ADAPTERS.items() for row in make(adapter)]
 
 
-
 @pytest.fixture
-async def setup(kind: str, session: aiohttp.ClientSession
+async def setup(kind: str, http_client: HttpClient
                 ) -> AsyncIterator[tuple[FakeServer[Any], Provider, ModelConfig]]:
     """The fake and the adapter for the test's `kind` parameter."""
     adapter = ADAPTERS[kind]
     fake = await adapter.fake().start()
     config = ProviderConfig(name=adapter.model.provider, kind=kind, base_url=fake.url,
                             api_key="test-key")
-    yield fake, make_provider(config, session), adapter.model
+    yield fake, make_provider(config, http_client), adapter.model
     await fake.close()
 
 
@@ -193,14 +192,14 @@ async def test_unusable_200_is_invalid_response(
 
 
 @pytest.mark.parametrize("kind", list(ADAPTERS))
-async def test_connection_refused(session: aiohttp.ClientSession, kind: str) -> None:
+async def test_connection_refused(http_client: HttpClient, kind: str) -> None:
     model = ADAPTERS[kind].model
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         config = ProviderConfig(name=model.provider, kind=kind,
                                 base_url=f"http://127.0.0.1:{port}", api_key="test-key")
-        provider = make_provider(config, session)
+        provider = make_provider(config, http_client)
         with pytest.raises(UpstreamError) as err:
             await provider.complete(HELLO, model, LIMITS)
         assert err.value.reason == FailureReason.CONNECTION

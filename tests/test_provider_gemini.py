@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
 from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.gemini import GeminiProvider
@@ -25,14 +25,13 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
-
 @pytest.fixture
 async def setup(fake_gemini: Callable[..., Awaitable[FakeGemini]],
-                session: aiohttp.ClientSession) -> tuple[FakeGemini, GeminiProvider]:
+                http_client: HttpClient) -> tuple[FakeGemini, GeminiProvider]:
     fake = await fake_gemini()
     config = ProviderConfig(name="gemini", kind="gemini", base_url=fake.url,
                             api_key="AIza-test-key")
-    provider = make_provider(config, session)
+    provider = make_provider(config, http_client)
     assert isinstance(provider, GeminiProvider)
     return fake, provider
 

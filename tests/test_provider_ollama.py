@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
 from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import TranslationError, UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.ollama import OllamaProvider, tagged
@@ -26,13 +26,12 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
-
 @pytest.fixture
 async def setup(fake_ollama: Callable[..., Awaitable[FakeOllama]],
-                session: aiohttp.ClientSession) -> tuple[FakeOllama, OllamaProvider]:
+                http_client: HttpClient) -> tuple[FakeOllama, OllamaProvider]:
     fake = await fake_ollama()
     provider = make_provider(ProviderConfig(name="ollama", kind="ollama", base_url=fake.url),
-                             session)
+                             http_client)
     assert isinstance(provider, OllamaProvider)
     return fake, provider
 

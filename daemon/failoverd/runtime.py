@@ -9,11 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import aiohttp
-
 from failoverd.clock import Clock
 from failoverd.config import Config
 from failoverd.dispatch import Dispatcher, Health
+from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import Provider
 
@@ -26,9 +25,9 @@ class Runtime:
     screening: bool  # some model declares capabilities or a context window
 
 
-def build_runtime(config: Config, session: aiohttp.ClientSession, clock: Clock,
+def build_runtime(config: Config, client: HttpClient, clock: Clock,
                   health: Health | None, rng: random.Random | None = None) -> Runtime:
-    providers = {name: make_provider(p, session) for name, p in config.providers.items()}
+    providers = {name: make_provider(p, client) for name, p in config.providers.items()}
     dispatcher = Dispatcher(config, providers, clock=clock, health=health, rng=rng)
     screening = any(m.capabilities_declared or m.context_window
                     for m in config.models.values())

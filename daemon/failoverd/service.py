@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from failoverd import complexity, requirements, router, selection
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
@@ -28,6 +26,7 @@ from failoverd.events import AuditLog, EventBus
 from failoverd.failures import FailureReason
 from failoverd.health import HealthRegistry
 from failoverd.hooks import HookRunner
+from failoverd.http1 import HttpClient
 from failoverd.metrics import Metrics
 from failoverd.mqtt import MqttPublisher
 from failoverd.requirements import Requirements
@@ -79,11 +78,11 @@ class Service:
 
     runtime: Runtime
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, clock: Clock,
+    def __init__(self, config: Config, client: HttpClient, clock: Clock,
                  rng: random.Random | None = None) -> None:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.session = session
+        self.client = client
         self.metrics = Metrics()
         self.inflight = 0
         self.started = clock.time()
@@ -104,7 +103,7 @@ class Service:
         self._chain_offsets: dict[str, int] = {}  # operator rotations (/v1/chains/X/next)
         self.on_breaker_change: list[Callable[[str, BreakerState], None]] = []
         self.metrics.gauges.append(self._gauges)
-        self.install(build_runtime(config, session, clock, self.health, self.rng))
+        self.install(build_runtime(config, client, clock, self.health, self.rng))
 
     # ------------------------------------------------------------------ configuration
 
@@ -124,7 +123,7 @@ class Service:
         self.sessions.sticky_seconds = config.routing.sticky_seconds
         self.hooks.hooks = config.hooks
         self.hooks.secrets = provider_secrets(config)
-        self.install(build_runtime(config, self.session, self.clock, self.health, self.rng))
+        self.install(build_runtime(config, self.client, self.clock, self.health, self.rng))
         if self.mqtt is not None:
             for model_id in old.models:
                 if model_id not in config.models:

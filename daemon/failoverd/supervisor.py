@@ -1,7 +1,7 @@
 """The supervisor owns the daemon's lifecycle.
 
 Start, in this order: the listening socket (passed by systemd or bound by us, first so a
-second instance fails before it touches anything), one shared aiohttp ClientSession, the
+second instance fails before it touches anything), one shared upstream HTTP client (`http1`), the
 Service (state restored from ``state_dir``), MQTT, hooks, the prober, the HTTP app, then
 ``READY=1`` and the watchdog. Signals only set events (SIGTERM/SIGINT: stop, SIGHUP: reload).
 
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from failoverd import config as config_mod
@@ -33,6 +32,7 @@ from failoverd.api.drain import RequestTracker
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError, ListenError
+from failoverd.http1 import HttpClient
 from failoverd.listen import activated_sockets, bind_unix
 from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
@@ -68,7 +68,7 @@ class Supervisor:
         self.service: Service | None = None
         self.prober: Prober | None = None
         self.notifier = notifier or Notifier()
-        self.session: aiohttp.ClientSession | None = None
+        self.client: HttpClient | None = None
         self.tracker = RequestTracker()
         self._background: list[asyncio.Task[None]] = []
         self._last_status = ""
@@ -95,15 +95,10 @@ class Supervisor:
             # LIFO: the watchdog keeps pinging until everything else has been shut down
             stack.push_async_callback(self._cancel_background)
             sockets = self._sockets(stack)
-            self.session = await stack.enter_async_context(aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
-                                               keepalive_timeout=60),
-                skip_auto_headers=("User-Agent",), headers={"User-Agent": "failoverd"},
-                auto_decompress=True,
-            ))
+            self.client = await stack.enter_async_context(HttpClient(keepalive_timeout=60))
             # state is saved last, after MQTT said offline, after hooks finished, after the
             # HTTP server drained
-            service = Service(self.config, self.session, self.clock, self.rng)
+            service = Service(self.config, self.client, self.clock, self.rng)
             self.service = service
             service.restore_state()
             stack.callback(service.save_state)
@@ -285,7 +280,7 @@ class Supervisor:
         Returns (applied, problems). Requests in flight keep the configuration they started
         with; breakers of unchanged models keep their state; probes are rescheduled.
         """
-        if not self.config_path or self.service is None or self.session is None:
+        if not self.config_path or self.service is None or self.client is None:
             logger.warning("reload requested but there is no config file to re-read")
             return False, ["no config file to re-read"]
         logger.info("reloading the configuration from %s", self.config_path)

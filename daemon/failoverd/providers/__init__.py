@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import aiohttp
-
 from failoverd.config import ProviderConfig
+from failoverd.http1 import HttpClient
 from failoverd.providers.base import Provider
 
-Factory = Callable[[ProviderConfig, aiohttp.ClientSession], Provider]
+Factory = Callable[[ProviderConfig, HttpClient], Provider]
 
 
 def _factories() -> dict[str, Factory]:
@@ -24,11 +23,11 @@ def _factories() -> dict[str, Factory]:
             "ollama": OllamaProvider, "simulated": SimulatedProvider}
 
 
-def make_provider(config: ProviderConfig, session: aiohttp.ClientSession) -> Provider:
+def make_provider(config: ProviderConfig, client: HttpClient) -> Provider:
     """Builds the adapter for a provider's kind."""
     factories = _factories()
     try:
         factory = factories[config.kind]
     except KeyError:
         raise ValueError(f"provider kind {config.kind!r} has no adapter yet") from None
-    return factory(config, session)
+    return factory(config, client)

@@ -17,12 +17,12 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
-import aiohttp
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
@@ -92,9 +92,9 @@ def classify_error(status: int, message: str, error_type: str) -> FailureReason:
 class AnthropicProvider:
     """Adapter for Anthropic's Messages API (and gateways that speak it)."""
 
-    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._session = session
+        self._client = client
         base = config.base_url.rstrip("/")
         # the vendor SDK's base_url has no /v1; accept one given anyway
         base = base.removesuffix("/v1")
@@ -121,7 +121,7 @@ class AnthropicProvider:
                               provider=self.config.name, model=model,
                               retry_after=retry_after, body=raw, content_type=content_type)
 
-    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+    async def _failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         return self._error(resp.status, raw, model, retry_after=parse_retry_after(resp.headers),
                            content_type=resp.headers.get("Content-Type", "application/json"))
@@ -142,7 +142,7 @@ class AnthropicProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        raw = await fetch(self._session, "POST", self._messages_url, headers=self._headers,
+        raw = await fetch(self._client, "POST", self._messages_url, headers=self._headers,
                           data=data, total=limits.total, connect=limits.connect,
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
@@ -173,7 +173,7 @@ class AnthropicProvider:
         decoder = AnthropicStreamDecoder(
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
-        resp = await open_stream(self._session, self._messages_url, data=data,
+        resp = await open_stream(self._client, self._messages_url, data=data,
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
@@ -220,7 +220,7 @@ class AnthropicProvider:
         if kind == "none":
             return
         if kind == "models":
-            await fetch(self._session, "GET", self._models_url, headers=self._headers,
+            await fetch(self._client, "GET", self._models_url, headers=self._headers,
                         total=timeout, connect=min(timeout, self.config.connect_timeout),
                         failure=self._failure, provider=self.config.name, model=model.id)
             return

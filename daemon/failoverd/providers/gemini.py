@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
@@ -93,9 +93,9 @@ def classify_gemini(http_status: int, message: str, status: str, info_reason: st
 class GeminiProvider:
     """Adapter for the Gemini API (`generateContent` / `streamGenerateContent?alt=sse`)."""
 
-    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._session = session
+        self._client = client
         base = config.base_url.rstrip("/")
         # accept base URLs spelled with the version, as some SDKs do
         self._base = base if base.endswith(("/v1beta", "/v1")) else f"{base}/v1beta"
@@ -124,7 +124,7 @@ class GeminiProvider:
             model=model, retry_after=retry_after if retry_after is not None else delay,
             body=raw, content_type=content_type)
 
-    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+    async def _failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         return self._error(resp.status, raw, model, resp.headers,
                            resp.headers.get("Content-Type", "application/json"))
@@ -138,7 +138,7 @@ class GeminiProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body)
         name = self.config.name
-        raw = await fetch(self._session, "POST", f"{self._model_url(model)}:generateContent",
+        raw = await fetch(self._client, "POST", f"{self._model_url(model)}:generateContent",
                           headers=self._headers, data=data, total=limits.total,
                           connect=limits.connect, failure=self._failure, provider=name,
                           model=model.id)
@@ -170,7 +170,7 @@ class GeminiProvider:
                                                 expected=int(body.get("n") or 1))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
         resp = await open_stream(
-            self._session, f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
+            self._client, f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
             headers=self._stream_headers, first_deadline=first_deadline, connect=limits.connect,
             failure=self._failure, provider=name, model=model.id)
         try:
@@ -202,7 +202,7 @@ class GeminiProvider:
             return
         if kind == "models":
             # the model's own entry: reachability, the key, and that the model exists
-            await fetch(self._session, "GET", self._model_url(model), headers=self._headers,
+            await fetch(self._client, "GET", self._model_url(model), headers=self._headers,
                         total=timeout, connect=min(timeout, self.config.connect_timeout),
                         failure=self._failure, provider=self.config.name, model=model.id)
             return

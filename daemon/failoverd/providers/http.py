@@ -1,22 +1,22 @@
 """Shared HTTP edge for the adapters: exception mapping, status classification, stream reading.
 
-This is where aiohttp's exceptions end: everything leaving this module is an UpstreamError.
+This is where the HTTP client's exceptions end: everything leaving this module is an
+UpstreamError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, HttpClientError, PayloadError, Response
 from failoverd.providers.base import AttemptLimits
 
 MAX_ERROR_BODY = 64 * 1024
@@ -159,61 +159,66 @@ def upstream_error(reason: FailureReason, message: str, *, status: int | None,
                          retry_after=retry_after, body=body, content_type=content_type)
 
 
-# what an aiohttp call raises for a network, protocol or timeout problem
-_MAPPED = (TimeoutError, aiohttp.ClientError, OSError)
+# what a client call raises for a network, protocol or timeout problem
+_MAPPED = (TimeoutError, HttpClientError, OSError)
 
-Failure = Callable[[aiohttp.ClientResponse, str], Awaitable[UpstreamError]]
+Failure = Callable[[Response, str], Awaitable[UpstreamError]]
 """An adapter's reading of a non-200 answer (response, model id) into an UpstreamError."""
 
 
 def mapped_error(exc: BaseException, provider: str, model: str) -> UpstreamError:
-    """The UpstreamError for an aiohttp / socket / timeout exception (one of `_MAPPED`)."""
-    # TimeoutError first: aiohttp's ServerTimeoutError is one too
+    """The UpstreamError for a client / socket / timeout exception (one of `_MAPPED`)."""
+    # TimeoutError first: ConnectTimeout is one too
     if isinstance(exc, TimeoutError):
         return upstream_error(FailureReason.TIMEOUT, "upstream did not answer in time",
                               status=None, provider=provider, model=model)
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, PayloadError):
         return upstream_error(FailureReason.INVALID_RESPONSE, f"response cut: {exc}",
                               status=None, provider=provider, model=model)
     return upstream_error(FailureReason.CONNECTION, f"{type(exc).__name__}: {exc}",
                           status=None, provider=provider, model=model)
 
 
-async def fetch(session: aiohttp.ClientSession, method: str, url: str, *,
+async def fetch(client: HttpClient, method: str, url: str, *,
                 headers: Mapping[str, str], data: bytes | None = None, total: float,
                 connect: float, failure: Failure, provider: str, model: str) -> bytes:
     """The body of a 200 answer, read in full within `total` seconds.
 
-    Any other status raises the adapter's `failure`; aiohttp's exceptions end here, as
+    Any other status raises the adapter's `failure`; the client's exceptions end here, as
     UpstreamErrors (the mapping is inline rather than a context manager: this is the
     non-streaming hot path).
     """
+    resp: Response | None = None
     try:
         async with asyncio.timeout(total):
-            async with session.request(method, url, data=data, headers=headers,
-                                       timeout=client_timeout(connect)) as resp:
-                if resp.status != 200:
-                    raise await failure(resp, model)
-                return await resp.read()
+            resp = await client.request(method, url, data=data, headers=headers,
+                                        connect_timeout=connect)
+            if resp.status != 200:
+                raise await failure(resp, model)
+            return await resp.read()
     except UpstreamError:
         raise
     except _MAPPED as exc:
         raise mapped_error(exc, provider, model) from exc
+    finally:
+        # read() gave a complete answer's connection back; anything else is closed
+        if resp is not None:
+            resp.release()
 
 
-async def open_stream(session: aiohttp.ClientSession, url: str, *, data: bytes,
+async def open_stream(client: HttpClient, url: str, *, data: bytes,
                       headers: Mapping[str, str], first_deadline: float, connect: float,
-                      failure: Failure, provider: str, model: str) -> aiohttp.ClientResponse:
+                      failure: Failure, provider: str, model: str) -> Response:
     """POSTs a streaming request: its 200 response, headers received before `first_deadline`.
 
     Any other status raises the adapter's `failure`. On any exception the response is closed;
     on success the caller owns it and ends it with `finish_stream`.
     """
-    resp: aiohttp.ClientResponse | None = None
+    resp: Response | None = None
     try:
         async with asyncio.timeout_at(first_deadline):
-            resp = await session.post(url, data=data, headers=headers,
-                                      timeout=client_timeout(connect))
+            resp = await client.request("POST", url, data=data, headers=headers,
+                                        connect_timeout=connect)
             if resp.status != 200:
                 raise await failure(resp, model)
     except BaseException as exc:
@@ -225,7 +230,7 @@ async def open_stream(session: aiohttp.ClientSession, url: str, *, data: bytes,
     return resp
 
 
-def finish_stream(resp: aiohttp.ClientResponse, clean: bool) -> None:
+def finish_stream(resp: Response, clean: bool) -> None:
     """Ends a stream's response: a fully read one gives its connection back to the pool; any
     other is closed, since the connection is in an unknown state."""
     if clean:
@@ -240,41 +245,32 @@ def probe_limits(timeout: float, connect_timeout: float) -> AttemptLimits:
                          first_token=timeout, idle=timeout)
 
 
-async def read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> bytes:
+async def read_limited(resp: Response, limit: int = MAX_ERROR_BODY) -> bytes:
     """Reads at most `limit` bytes of an (error) body."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await resp.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+    return await resp.read_upto(limit)
 
 
-async def lines(resp: aiohttp.ClientResponse, first_deadline: float, idle: float,
+async def lines(resp: Response, first_deadline: float, idle: float,
                 provider: str, model: str) -> AsyncIterator[bytes]:
     """Yields the response's lines (without line endings), blank lines included.
 
     The first non-blank line must arrive before `first_deadline` (loop time); after that, a
     gap longer than `idle` seconds is a timeout.
     """
-    content = resp.content
     got_first = False
     while True:
         try:
             if got_first:
                 async with asyncio.timeout(idle):
-                    line = await content.readline()
+                    line = await resp.readline()
             else:
                 async with asyncio.timeout_at(first_deadline):
-                    line = await content.readline()
+                    line = await resp.readline()
         except TimeoutError as exc:
             what = "stream idle" if got_first else "no first token"
             raise upstream_error(FailureReason.TIMEOUT, f"{what} within the time limit",
                                  status=None, provider=provider, model=model) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpClientError, OSError) as exc:
             raise upstream_error(FailureReason.INVALID_RESPONSE, f"stream cut: {exc}",
                                  status=None, provider=provider, model=model) from exc
         if not line:
@@ -286,7 +282,7 @@ async def lines(resp: aiohttp.ClientResponse, first_deadline: float, idle: float
         yield line
 
 
-async def sse_events(resp: aiohttp.ClientResponse, first_deadline: float, idle: float,
+async def sse_events(resp: Response, first_deadline: float, idle: float,
                      provider: str, model: str) -> AsyncIterator[tuple[str, bytes]]:
     """Server-sent events as (event name, data) pairs; multi-line data joined with newlines."""
     event = ""
@@ -305,12 +301,3 @@ async def sse_events(resp: aiohttp.ClientResponse, first_deadline: float, idle: 
         # comments (":") and other fields (id, retry) are not used by any provider
     if data:
         yield event, b"\n".join(data)
-
-
-@functools.lru_cache(maxsize=64)
-def client_timeout(connect: float) -> aiohttp.ClientTimeout:
-    """Only the connect phase is bounded by aiohttp; the rest uses asyncio deadlines.
-
-    Cached: the common case is the provider's connect_timeout on every request.
-    """
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect)

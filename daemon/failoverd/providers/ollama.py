@@ -13,12 +13,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
@@ -54,9 +54,9 @@ def tagged(name: str) -> str:
 class OllamaProvider:
     """Adapter for Ollama's native chat API."""
 
-    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._session = session
+        self._client = client
         base = config.base_url.rstrip("/")
         self._chat_url = f"{base}/api/chat"
         self._tags_url = f"{base}/api/tags"
@@ -69,7 +69,7 @@ class OllamaProvider:
 
     # ------------------------------------------------------------------ errors
 
-    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+    async def _failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         message = error_message(raw)
         return upstream_error(
@@ -88,7 +88,7 @@ class OllamaProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        raw = await fetch(self._session, "POST", self._chat_url, headers=self._headers,
+        raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
                           data=data, total=limits.total, connect=limits.connect,
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
@@ -109,7 +109,7 @@ class OllamaProvider:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         translator = translate.StreamTranslator(model.name, include_usage=include_usage)
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(self._session, self._chat_url, data=data,
+        resp = await open_stream(self._client, self._chat_url, data=data,
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
@@ -147,7 +147,7 @@ class OllamaProvider:
 
     async def _probe_tags(self, model: ModelConfig, limit: float) -> None:
         name = self.config.name
-        raw = await fetch(self._session, "GET", self._tags_url, headers=self._headers,
+        raw = await fetch(self._client, "GET", self._tags_url, headers=self._headers,
                           total=limit, connect=min(limit, self.config.connect_timeout),
                           failure=self._failure, provider=name, model=model.id)
         listing = json_or_none(raw)

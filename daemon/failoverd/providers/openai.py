@@ -12,12 +12,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     classify,
@@ -58,9 +58,9 @@ def error_details(raw: bytes) -> tuple[str, str]:
 class OpenAIProvider:
     """Adapter for OpenAI-compatible `/chat/completions` endpoints."""
 
-    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._session = session
+        self._client = client
         self._chat_url = f"{config.base_url}/chat/completions"
         self._models_url = f"{config.base_url}/models"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -72,7 +72,7 @@ class OpenAIProvider:
 
     # ------------------------------------------------------------------ errors
 
-    async def _failure(self, resp: aiohttp.ClientResponse, model: str) -> UpstreamError:
+    async def _failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         message, code = error_details(raw)
         reason = classify(resp.status, message, code)
@@ -108,7 +108,7 @@ class OpenAIProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        raw = await fetch(self._session, "POST", self._chat_url, headers=self._headers,
+        raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
                           data=data, total=limits.total, connect=limits.connect,
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
@@ -127,7 +127,7 @@ class OpenAIProvider:
         data = self._payload(body, model, stream=True)
         name = self.config.name
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(self._session, self._chat_url, data=data,
+        resp = await open_stream(self._client, self._chat_url, data=data,
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
@@ -153,7 +153,7 @@ class OpenAIProvider:
         if kind == "none":
             return
         if kind == "models":
-            await fetch(self._session, "GET", self._models_url, headers=self._headers,
+            await fetch(self._client, "GET", self._models_url, headers=self._headers,
                         total=timeout, connect=min(timeout, self.config.connect_timeout),
                         failure=self._failure, provider=self.config.name, model=model.id)
             return

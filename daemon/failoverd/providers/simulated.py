@@ -41,7 +41,7 @@ def _last_user_text(body: dict[str, Any]) -> str:
 class SimulatedProvider:
     """Answers every request locally and deterministically."""
 
-    def __init__(self, config: ProviderConfig, session: Any = None) -> None:
+    def __init__(self, config: ProviderConfig, client: Any = None) -> None:
         self.config = config
 
     async def _behave(self, model: ModelConfig) -> None:

@@ -1,0 +1,267 @@
+"""One keep-alive HTTP/1.1 connection (an asyncio.Protocol) and the Response it yields.
+
+A connection carries one request at a time. Its response body is buffered as it arrives;
+a stream's reader pauses the socket when more than `HIGH_WATER` bytes wait unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from failoverd.http1.errors import HttpClientError, PayloadError, ServerDisconnected
+from failoverd.http1.parser import Head, Headers, ResponseParser
+
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+MAX_LINE = 16 * 1024 * 1024
+
+
+class Connection(asyncio.Protocol):
+    """A pooled connection. `send` writes a request and waits for its response head."""
+
+    def __init__(self, key: tuple[str, str, int], release: Callable[[Connection], None],
+                 lost: Callable[[Connection], None]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False  # has answered a request before
+        self.idle_since = 0.0
+        self._release = release
+        self._lost = lost
+        self._parser: ResponseParser | None = None
+        self._head: asyncio.Future[Response] | None = None
+        self._response: Response | None = None
+        self._paused = False
+
+    # ------------------------------------------------------------------ protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            self.close()  # bytes while idle: the connection is in an unknown state
+            return
+        try:
+            parser.feed(data)
+        except HttpClientError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool:
+        parser = self._parser
+        if parser is not None:
+            try:
+                parser.feed_eof()
+            except HttpClientError as exc:
+                self._fail(exc)
+        return False  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        parser = self._parser
+        if parser is not None and not parser.done:
+            detail = f": {exc}" if exc else ""
+            error: HttpClientError
+            if parser.head is None:
+                error = ServerDisconnected(f"the connection closed before an answer{detail}",
+                                           got_bytes=parser.got_bytes)
+            else:
+                error = PayloadError(f"the connection closed mid-body{detail}")
+            self._fail(error)
+        self._lost(self)
+
+    # ------------------------------------------------------------------ parser sink
+
+    def on_head(self, head: Head) -> None:
+        response = Response(head, self)
+        self._response = response
+        waiter = self._head
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def on_body(self, data: bytes) -> None:
+        response = self._response
+        assert response is not None
+        response._feed(data)
+
+    def on_complete(self) -> None:
+        response = self._response
+        assert response is not None
+        response._complete()
+
+    # ------------------------------------------------------------------ use
+
+    async def send(self, request: bytes, *, expect_body: bool = True) -> Response:
+        """Writes `request` (head and body) and returns the response once its head arrived.
+
+        On any failure or cancellation before that, the connection is closed.
+        """
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            raise ServerDisconnected("the connection is closed")
+        self._parser = ResponseParser(self, expect_body=expect_body)
+        self._response = None
+        self._paused = False
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._head = waiter
+        transport.write(request)
+        try:
+            return await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._head = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: HttpClientError) -> None:
+        """The response (or the wait for its head) ends with `exc`; the connection is done."""
+        waiter = self._head
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        elif self._response is not None:
+            self._response._fail(exc)
+        self._parser = None
+        self.close()
+
+    def _finished(self, response: Response) -> None:
+        """The response was read to its end: back to the pool if the server allows it."""
+        parser = self._parser
+        self._parser = None
+        self._response = None
+        if parser is not None and parser.keep_alive and not self.closed:
+            self.reused = True
+            self._release(self)
+        else:
+            self.close()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+
+class Response:
+    """A response whose head has arrived. Read its body with `read`, `readline` or
+    `read_upto`; end it with `release` (after reading to the end) or `close`."""
+
+    __slots__ = ("status", "reason", "headers", "_conn", "_body", "_done", "_error", "_waiter",
+                 "_whole", "_ended")
+
+    def __init__(self, head: Head, conn: Connection) -> None:
+        self.status = head.status
+        self.reason = head.reason
+        self.headers: Headers = head.headers
+        self._conn = conn
+        self._body = bytearray()
+        self._done = False
+        self._error: HttpClientError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._whole = False  # read() wants everything: no pausing
+        self._ended = False
+
+    # ------------------------------------------------------------------ reading
+
+    async def read(self) -> bytes:
+        """The whole (remaining) body; the connection then goes back to the pool."""
+        if not self._done:
+            self._whole = True
+            self._conn._resume()
+            while not self._done:
+                await self._wait()
+        data = bytes(self._body)
+        self._body.clear()
+        self.release()
+        return data
+
+    async def readline(self) -> bytes:
+        """The next line with its b"\\n"; at the end, what is left, then b""."""
+        body = self._body
+        while True:
+            end = body.find(b"\n")
+            if end >= 0:
+                line = bytes(body[:end + 1])
+                del body[:end + 1]
+                if len(body) < LOW_WATER:
+                    self._conn._resume()
+                return line
+            if self._done:
+                line = bytes(body)
+                body.clear()
+                return line
+            if len(body) > MAX_LINE:
+                raise PayloadError(f"a line of the response is longer than {MAX_LINE} bytes")
+            await self._wait()
+
+    async def read_upto(self, limit: int) -> bytes:
+        """At most `limit` bytes of the body (fewer only when it ends first)."""
+        body = self._body
+        while len(body) < limit and not self._done:
+            await self._wait()
+        data = bytes(body[:limit])
+        del body[:limit]
+        if len(body) < LOW_WATER:
+            self._conn._resume()
+        return data
+
+    # ------------------------------------------------------------------ ending
+
+    def release(self) -> None:
+        """Ends the response: a fully read one gives its connection back to the pool."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._done and not self._body and self._error is None:
+            self._conn._finished(self)
+        else:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Ends the response and closes its connection (whatever was left unread)."""
+        self._ended = True
+        self._conn.close()
+
+    # ------------------------------------------------------------------ from the connection
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._body += data
+        if not self._whole and len(self._body) > HIGH_WATER:
+            self._conn._pause()
+        self._wake()
+
+    def _complete(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, exc: HttpClientError) -> None:
+        if not self._done:
+            self._error = exc
+        self._wake()

@@ -1,0 +1,306 @@
+"""Sans-I/O HTTP/1.1 response parser: bytes in, a head and body pieces out (h11's shape).
+
+It knows message framing (Content-Length, chunked, read-until-close, bodiless statuses),
+skips interim 1xx answers, decodes gzip/deflate content, and decides whether the connection
+can carry another request. It does no I/O: the connection feeds it and receives callbacks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Protocol, overload
+
+from failoverd.http1.errors import PayloadError, ProtocolError, ServerDisconnected
+
+MAX_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 1024
+_HEX = b"0123456789abcdefABCDEF"
+
+# parser states
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class Headers:
+    """Read-only, case-insensitive response headers; repeated fields are joined with ", "."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._map = fields  # keys are lower case
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._map.get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._map
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._map.items())
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._map!r})"
+
+
+class Head:
+    """A final (non-1xx) response's status line and headers."""
+
+    __slots__ = ("status", "reason", "version", "headers")
+
+    def __init__(self, status: int, reason: str, version: str, headers: Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+
+
+class Sink(Protocol):
+    """Where the parser delivers a response: the head once, body pieces, then completion."""
+
+    def on_head(self, head: Head) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+
+def parse_head(raw: bytes) -> Head:
+    """The status line and header fields of one response head (without the blank line)."""
+    lines = raw.split(b"\r\n")
+    status_line = lines[0]
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[0]) != 8 \
+            or len(parts[1]) != 3 or not parts[1].isdigit():
+        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            raise ProtocolError(f"malformed header line: {line[:60]!r}")
+        key = name.decode("latin-1").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    return Head(int(parts[1]), reason, parts[0][5:].decode(), Headers(fields))
+
+
+def _content_length(value: str) -> int:
+    # a repeated header arrives joined: every copy must agree (RFC 9110 8.6)
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1:
+        raise ProtocolError(f"conflicting Content-Length values: {value!r}")
+    text = values.pop()
+    if not text.isdigit():
+        raise ProtocolError(f"invalid Content-Length: {value!r}")
+    return int(text)
+
+
+class ResponseParser:
+    """Parses one response after another from a connection's bytes into a `Sink`.
+
+    `feed` raises ProtocolError or PayloadError; `feed_eof` also ServerDisconnected. After
+    `on_complete`, `keep_alive` says whether the connection may carry another request.
+    """
+
+    __slots__ = ("_sink", "_buf", "_state", "_remaining", "_decoder", "_expect_body", "got_bytes",
+                 "keep_alive", "head")
+
+    def __init__(self, sink: Sink, *, expect_body: bool = True) -> None:
+        self._sink = sink
+        self._buf = bytearray()
+        self._state = _HEAD
+        self._remaining = 0
+        self._decoder: zlib._Decompress | None = None
+        self._expect_body = expect_body  # False for HEAD requests
+        self.got_bytes = False
+        self.keep_alive = False
+        self.head: Head | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.got_bytes = True
+        state = self._state
+        if state == _LENGTH and not self._buf:
+            # the common case of a body continuing: no copy into the buffer
+            remaining = self._remaining
+            if len(data) <= remaining:
+                self._remaining = remaining - len(data)
+                self._emit(data)
+                if self._remaining == 0:
+                    self._finish()
+                return
+        elif state == _UNTIL_CLOSE:
+            self._emit(data)
+            return
+        elif state == _DONE:
+            # bytes nobody asked for: the connection is in an unknown state
+            self.keep_alive = False
+            return
+        self._buf += data
+        self._run()
+
+    def feed_eof(self) -> None:
+        state = self._state
+        if state == _DONE:
+            return
+        if state == _UNTIL_CLOSE:
+            self._finish()
+            return
+        if state == _HEAD:
+            raise ServerDisconnected(
+                "the server closed the connection without answering" if not self.got_bytes
+                else "the server closed the connection in the middle of the response head",
+                got_bytes=self.got_bytes)
+        raise PayloadError("the connection closed before the response body was complete")
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self) -> None:
+        buf = self._buf
+        while buf:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD:
+                        raise ProtocolError(f"response head larger than {MAX_HEAD} bytes")
+                    return
+                raw = bytes(buf[:end])
+                del buf[:end + 4]
+                self._start(raw)
+            elif state == _LENGTH or state == _CHUNK_DATA:
+                remaining = self._remaining
+                if len(buf) <= remaining:
+                    piece = bytes(buf)
+                    buf.clear()
+                else:
+                    piece = bytes(buf[:remaining])
+                    del buf[:remaining]
+                self._remaining -= len(piece)
+                self._emit(piece)
+                if self._remaining == 0:
+                    if state == _LENGTH:
+                        self._finish()
+                    else:
+                        self._state = _CHUNK_END
+            elif state == _CHUNK_SIZE:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_CHUNK_LINE:
+                        raise ProtocolError("chunk size line too long")
+                    return
+                field = bytes(buf[:end]).split(b";", 1)[0].strip(b" \t")
+                del buf[:end + 2]
+                if not field or field.strip(_HEX):
+                    raise ProtocolError(f"invalid chunk size: {field[:20]!r}")
+                size = int(field, 16)
+                if size == 0:
+                    self._state = _TRAILERS
+                else:
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
+            elif state == _CHUNK_END:
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise ProtocolError("chunk data not followed by CRLF")
+                del buf[:2]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD:
+                        raise ProtocolError(f"trailers larger than {MAX_HEAD} bytes")
+                    return
+                del buf[:end + 2]
+                if end == 0:
+                    self._finish()
+            elif state == _UNTIL_CLOSE:
+                piece = bytes(buf)
+                buf.clear()
+                self._emit(piece)
+            else:  # _DONE with bytes left over
+                self.keep_alive = False
+                buf.clear()
+
+    def _start(self, raw: bytes) -> None:
+        head = parse_head(raw)
+        status = head.status
+        if status < 200:
+            if status == 101:
+                raise ProtocolError("unexpected 101 Switching Protocols")
+            return  # interim (100 Continue, 103 Early Hints): the final answer follows
+        headers = head.headers
+        connection = (headers.get("connection") or "").lower()
+        if head.version == "1.1":
+            keep_alive = "close" not in connection
+        else:
+            keep_alive = "keep-alive" in connection
+        te = headers.get("transfer-encoding")
+        if not self._expect_body or status in (204, 304):
+            state = _DONE
+        elif te is not None:
+            if te.strip().lower() != "chunked":
+                raise ProtocolError(f"unsupported Transfer-Encoding: {te!r}")
+            state = _CHUNK_SIZE
+        elif (length := headers.get("content-length")) is not None:
+            self._remaining = _content_length(length)
+            state = _LENGTH if self._remaining else _DONE
+        else:
+            state = _UNTIL_CLOSE
+            keep_alive = False
+        coding = (headers.get("content-encoding") or "").strip().lower()
+        if coding in ("gzip", "x-gzip", "deflate"):
+            # 32 + MAX_WBITS accepts both the gzip and the zlib wrapper
+            self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        elif coding not in ("", "identity"):
+            raise ProtocolError(f"unsupported Content-Encoding: {coding!r}")
+        self.keep_alive = keep_alive
+        self.head = head
+        self._state = state
+        self._sink.on_head(head)
+        if state == _DONE:
+            self._finish()
+
+    def _emit(self, data: bytes) -> None:
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                data = decoder.decompress(data)
+            except zlib.error as exc:
+                raise PayloadError(f"cannot decode the response body: {exc}") from None
+            if not data:
+                return
+        self._sink.on_body(data)
+
+    def _finish(self) -> None:
+        decoder = self._decoder
+        if decoder is not None:
+            self._decoder = None
+            try:
+                tail = decoder.flush()
+            except zlib.error as exc:
+                raise PayloadError(f"cannot decode the response body: {exc}") from None
+            if tail:
+                self._sink.on_body(tail)
+        self._state = _DONE
+        if self._buf:
+            self.keep_alive = False
+            self._buf.clear()
+        self._sink.on_complete()
