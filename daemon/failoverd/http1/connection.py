@@ -16,6 +16,10 @@ from failoverd.http1.parser import Head, Headers, ResponseParser
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 MAX_LINE = 16 * 1024 * 1024
+# a response released before its end is read out in the background for this long (and this
+# much) so that its connection can be reused; past either, the connection is closed
+DRAIN_SECONDS = 2.0
+DRAIN_BYTES = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
@@ -142,6 +146,13 @@ class Connection(asyncio.Protocol):
         else:
             self.close()
 
+    def _drain(self, response: Response) -> None:
+        """Reads the rest of a released response in the background, then pools the
+        connection: a stream's closing chunk often arrives just after its last event."""
+        loop = asyncio.get_running_loop()
+        response._drain_timer = loop.call_later(DRAIN_SECONDS, self.close)
+        self._resume()
+
     def _pause(self) -> None:
         if not self._paused and self.transport is not None:
             self._paused = True
@@ -158,7 +169,7 @@ class Response:
     `read_upto`; end it with `release` (after reading to the end) or `close`."""
 
     __slots__ = ("status", "reason", "headers", "_conn", "_body", "_done", "_error", "_waiter",
-                 "_whole", "_ended")
+                 "_whole", "_ended", "_drain_timer", "_drained")
 
     def __init__(self, head: Head, conn: Connection) -> None:
         self.status = head.status
@@ -171,6 +182,8 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._whole = False  # read() wants everything: no pausing
         self._ended = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._drained = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -219,18 +232,25 @@ class Response:
     # ------------------------------------------------------------------ ending
 
     def release(self) -> None:
-        """Ends the response: a fully read one gives its connection back to the pool."""
+        """Ends the response and gives its connection back to the pool: at once when the
+        answer is complete (unread bytes of it are dropped), after reading out the rest in
+        the background (up to DRAIN_BYTES within DRAIN_SECONDS) when it is not."""
         if self._ended:
             return
         self._ended = True
-        if self._done and not self._body and self._error is None:
+        self._body.clear()
+        if self._error is not None:
+            self._conn.close()
+        elif self._done:
             self._conn._finished(self)
         else:
-            self._conn.close()
+            self._whole = True
+            self._conn._drain(self)
 
     def close(self) -> None:
         """Ends the response and closes its connection (whatever was left unread)."""
         self._ended = True
+        self._stop_drain()
         self._conn.close()
 
     # ------------------------------------------------------------------ from the connection
@@ -252,6 +272,11 @@ class Response:
             waiter.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        if self._ended:
+            self._drained += len(data)
+            if self._drained > DRAIN_BYTES:
+                self.close()
+            return
         self._body += data
         if not self._whole and len(self._body) > HIGH_WATER:
             self._conn._pause()
@@ -259,9 +284,20 @@ class Response:
 
     def _complete(self) -> None:
         self._done = True
+        if self._ended:
+            if self._drain_timer is not None:  # drained: the connection can be reused
+                self._stop_drain()
+                self._conn._finished(self)
+            return
         self._wake()
 
     def _fail(self, exc: HttpClientError) -> None:
         if not self._done:
             self._error = exc
+        self._stop_drain()
         self._wake()
+
+    def _stop_drain(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
