@@ -58,7 +58,7 @@ class Target:
     address: list[str]
     model: str
     pid: int = 0
-    kind: str = "failoverd"  # direct | failoverd | litellm
+    kind: str = "failoverd"  # direct | pipe | failoverd | litellm
 
 
 @dataclass
@@ -178,6 +178,15 @@ def start_failoverd(bench: Bench, name: str, up: int, uvloop: bool) -> tuple[Tar
     return (Target(f"{label} unix", ["--unix", str(tmp / f"{name}.sock")], "up/m", proc.pid),
             Target(f"{label} tcp", ["--tcp", f"127.0.0.1:{tcp_port}", "--token", "bench-token"],
                    "up/m", proc.pid))
+
+
+def start_pipe(bench: Bench, up: int) -> Target:
+    """The byte pipe (`forwarder.py`): the ceiling any Python proxy on asyncio can reach."""
+    path = str(bench.tmp / "pipe.sock")
+    proc = bench.spawn([PY, "-m", "tests.bench.forwarder", "--unix", path, "--upstream-port",
+                        str(up)], "pipe")
+    wait_connectable(path, proc, 30, "byte pipe")
+    return Target("python byte pipe", ["--unix", path], "m", proc.pid, "pipe")
 
 
 def litellm_yaml(up: int) -> str:
@@ -322,12 +331,12 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
         for t in targets:  # alternate: every target once per round, in turn
             # scaled so each run lasts long enough: direct is ~10x faster, LiteLLM far slower
             div = plan.lite_div if t.kind == "litellm" else 1
-            mul = plan.direct_mul if t.kind == "direct" else 1
+            mul = plan.direct_mul if t.kind in ("direct", "pipe") else 1
             r = rows[t.name]
             r["c1"].append(load(t, max(20, plan.n1 * mul // div), 1))
             r["c50"].append(load(t, max(100, plan.n50 * mul // div), 50))
             r["stream"].append(load(t, max(20, plan.n_stream // div), 1, stream=True))
-            if t.kind != "direct":
+            if t.kind not in ("direct", "pipe"):  # the pipe cannot fail over
                 model = "bench-429" if t.kind == "litellm" else "failover"
                 r["failover"].append(load(t, max(20, plan.n_failover // div), 1, model=model))
             log(f"round {rnd + 1}/{plan.rounds} {t.name}: c1 {r['c1'][-1]['rps']:.0f} rps, "
@@ -375,6 +384,12 @@ def check_targets(results: dict[str, Any], memory: dict[str, Any]) -> list[dict[
     if lite is not None and lite["rps_c50"]:
         add("throughput vs LiteLLM (c=50)", fd["rps_c50"] / lite["rps_c50"], 20, "x", True)
     add("throughput vs direct (c=50)", 100 * fd["rps_c50"] / direct["rps_c50"], 40, "%", True)
+    pipe = results.get("python byte pipe")
+    if pipe is not None and pipe["rps_c50"]:
+        # not a target: how far failoverd is from a proxy that does no work at all
+        checks.append({"target": "(throughput vs the byte pipe, c=50)",
+                       "value": 100 * fd["rps_c50"] / pipe["rps_c50"], "limit": None,
+                       "unit": "%", "ok": None, "higher_is_better": True})
     add("added p50 at c=1", fd["p50_c1_ms"] - direct["p50_c1_ms"], 0.5, "ms", False)
     fo = fd["failover_p50_ms"] if fd["failover_ok"] else None
     add("immediate 429 on the primary adds (vs direct)",
@@ -430,8 +445,10 @@ def render(report: dict[str, Any], markdown: bool) -> str:
                         "RSS with open streams MB", "open streams", "KB per stream"],
                        mem_rows, markdown))
     checks = [[c["target"], f"{_fmt(c['value'])} {c['unit']}",
+               "" if c["limit"] is None else
                f"{'≥' if c['higher_is_better'] else '≤'} {_fmt(c['limit'])} {c['unit']}",
-               "PASS" if c["ok"] else "FAIL"] for c in report["checks"]]
+               "" if c["ok"] is None else "PASS" if c["ok"] else "FAIL"]
+              for c in report["checks"]]
     parts.append(table(["target (failoverd unix)", "measured", "goal", ""], checks, markdown))
     m = report["machine"]
     parts.append(f"Machine: {m['cpu']}, {m['nproc']} cores, Python {m['python']}, "
@@ -511,7 +528,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(bench: Bench, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     up = start_upstream(bench)
-    targets = [Target("direct", ["--tcp", f"127.0.0.1:{up}"], "m", kind="direct")]
+    targets = [Target("direct", ["--tcp", f"127.0.0.1:{up}"], "m", kind="direct"),
+               start_pipe(bench, up)]
     daemons = {"failoverd": start_failoverd(bench, "fod", up, uvloop=False)}
     if args.uvloop:
         try:
@@ -554,7 +572,7 @@ def _run(bench: Bench, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     for name, r in results.items():
         if r["errors"] or r["non_200"]:
             bench.notes.append(f"{name}: {r['errors']} errors, {r['non_200']} non-200 answers")
-        if r["kind"] != "direct" and not r["failover_ok"]:
+        if r["kind"] not in ("direct", "pipe") and not r["failover_ok"]:
             bench.notes.append(f"{name}: the 429 failover run had errors or non-200 answers")
     report: dict[str, Any] = {"machine": machine(), "plan": plan_text, "results": results,
                               "memory": memory, "notes": bench.notes}
