@@ -1075,9 +1075,6 @@ async def test_lagging_reader_of_short_lines_does_not_deadlock(big_server: RawSe
 
 # ---------------------------------------------------------------------------- known bugs
 
-@pytest.mark.xfail(strict=True, reason="BUG: Response.readline never resumes a paused "
-                   "connection while it waits for more bytes; a line longer than HIGH_WATER "
-                   "(1 MiB, well under MAX_LINE) deadlocks")
 async def test_readline_of_a_line_longer_than_high_water(raw_server: MakeRaw,
                                                          client: HttpClient) -> None:
     long_line = b"data: " + b"x" * (2 * HIGH_WATER) + b"\n"
@@ -1096,10 +1093,6 @@ async def test_readline_of_a_line_longer_than_high_water(raw_server: MakeRaw,
     resp.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Response.readline resumes reading only when less "
-                   "than LOW_WATER is buffered after a line; a reader that fell behind, with a "
-                   "partial line of more than LOW_WATER (256 KiB) left, waits on a paused "
-                   "connection forever")
 async def test_lagging_reader_of_long_lines(raw_server: MakeRaw, client: HttpClient) -> None:
     size = 700 * 1024  # over LOW_WATER, under HIGH_WATER
 
@@ -1126,9 +1119,6 @@ async def test_lagging_reader_of_long_lines(raw_server: MakeRaw, client: HttpCli
     resp.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Response.read_upto never resumes a paused "
-                   "connection while it waits; read_upto(limit) with limit > HIGH_WATER "
-                   "deadlocks")
 async def test_read_upto_more_than_high_water(big_server: RawServer,
                                               client: HttpClient) -> None:
     resp = await get(client, big_server.url)
@@ -1138,11 +1128,6 @@ async def test_read_upto_more_than_high_water(big_server: RawServer,
     resp.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a connection paused by flow control goes back to "
-                   "the pool still paused (Connection._finished does not resume it, read() "
-                   "and readline() do not when the body is already complete, and "
-                   "Connection.send resets _paused without resume_reading): the next request "
-                   "on it never sees its answer")
 @pytest.mark.parametrize("end", ["release", "read", "readline"])
 async def test_connection_paused_at_the_end_of_a_body_is_pooled_paused(
         raw_server: MakeRaw, client: HttpClient, end: str) -> None:
@@ -1172,9 +1157,6 @@ async def test_connection_paused_at_the_end_of_a_body_is_pooled_paused(
     assert await task.result().read() == b"second"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Response.close() does not check _ended: after "
-                   "read()/release() gave the connection back to the pool, close() closes the "
-                   "pooled connection - or the one another request is now using")
 async def test_close_after_read_leaves_the_pooled_connection_alone(
         raw_server: MakeRaw, client: HttpClient) -> None:
     gate = asyncio.Event()
@@ -1242,6 +1224,16 @@ def test_encode_request() -> None:
                                      "Transfer-Encoding": "chunked"}, b"caf\xc3\xa9", "ua") == (
         b"PUT /p HTTP/1.1\r\nHost: h:81\r\nUser-Agent: me\r\nACCEPT-ENCODING: br\r\n"
         b"Content-Length: 5\r\n\r\ncaf\xc3\xa9")
+
+
+def test_target_encodes_what_may_not_stand_in_a_request_line() -> None:
+    gemini = Target("https://g/v1beta/models/my model:streamGenerateContent?alt=sse&k=a b")
+    assert gemini.path == "/v1beta/models/my%20model:streamGenerateContent?alt=sse&k=a%20b"
+    assert gemini.host_header == "g" and gemini.port == 443 and gemini.tls
+    assert Target("http://h/already%20quoted/").path == "/already%20quoted/"
+    v6 = Target("http://[::1]:8080")
+    assert (v6.host, v6.host_header, v6.path, v6.key) == ("::1", "[::1]:8080", "/",
+                                                         ("http", "::1", 8080))
 
 
 # ============================================================================ TLS

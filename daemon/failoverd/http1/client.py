@@ -17,13 +17,15 @@ import functools
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from failoverd.http1.connection import Connection, Response
 from failoverd.http1.errors import ConnectError, ConnectTimeout, ServerDisconnected
 
 Key = tuple[str, str, int]
 _SWEEP_EVERY = 10.0
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
 class Target:
@@ -42,7 +44,10 @@ class Target:
         self.key: Key = (parts.scheme, self.host, self.port)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if self.port == default else f"{host}:{self.port}"
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # percent-encode what may not stand in a request line (a model id with a space in a
+        # Gemini URL); existing %-escapes are kept
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        self.path = path + (f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -132,6 +137,8 @@ class HttpClient:
             except ServerDisconnected as exc:
                 if exc.got_bytes:
                     raise
+        if self._closed:  # closed while the reused connection failed
+            raise ConnectError("the HTTP client is closed")
         conn = await self._connect(tgt, connect_timeout)
         return await conn.send(payload, expect_body=expect_body)
 

@@ -108,7 +108,6 @@ class Connection(asyncio.Protocol):
             raise ServerDisconnected("the connection is closed")
         self._parser = ResponseParser(self, expect_body=expect_body)
         self._response = None
-        self._paused = False
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._head = waiter
         transport.write(request)
@@ -142,6 +141,7 @@ class Connection(asyncio.Protocol):
         self._response = None
         if parser is not None and parser.keep_alive and not self.closed:
             self.reused = True
+            self._resume()  # a body that ended while reading was paused
             self._release(self)
         else:
             self.close()
@@ -216,12 +216,14 @@ class Response:
                 return line
             if len(body) > MAX_LINE:
                 raise PayloadError(f"a line of the response is longer than {MAX_LINE} bytes")
+            self._conn._resume()  # the line is not complete: more must come in
             await self._wait()
 
     async def read_upto(self, limit: int) -> bytes:
         """At most `limit` bytes of the body (fewer only when it ends first)."""
         body = self._body
         while len(body) < limit and not self._done:
+            self._conn._resume()
             await self._wait()
         data = bytes(body[:limit])
         del body[:limit]
@@ -248,7 +250,10 @@ class Response:
             self._conn._drain(self)
 
     def close(self) -> None:
-        """Ends the response and closes its connection (whatever was left unread)."""
+        """Ends the response and closes its connection (whatever was left unread); after
+        `release` or a complete `read` it does nothing: the connection is the pool's again."""
+        if self._ended and self._drain_timer is None:
+            return
         self._ended = True
         self._stop_drain()
         self._conn.close()

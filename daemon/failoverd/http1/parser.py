@@ -101,7 +101,7 @@ def _content_length(value: str) -> int:
     if len(values) != 1:
         raise ProtocolError(f"conflicting Content-Length values: {value!r}")
     text = values.pop()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ProtocolError(f"invalid Content-Length: {value!r}")
     return int(text)
 
@@ -114,7 +114,7 @@ class ResponseParser:
     """
 
     __slots__ = ("_sink", "_buf", "_state", "_remaining", "_decoder", "_expect_body", "got_bytes",
-                 "keep_alive", "head")
+                 "keep_alive", "head", "_coded")
 
     def __init__(self, sink: Sink, *, expect_body: bool = True) -> None:
         self._sink = sink
@@ -122,6 +122,7 @@ class ResponseParser:
         self._state = _HEAD
         self._remaining = 0
         self._decoder: zlib._Decompress | None = None
+        self._coded = False  # the decoder has been fed
         self._expect_body = expect_body  # False for HEAD requests
         self.got_bytes = False
         self.keep_alive = False
@@ -177,10 +178,10 @@ class ResponseParser:
             state = self._state
             if state == _HEAD:
                 end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise ProtocolError(f"response head larger than {MAX_HEAD} bytes")
+                if end < 0 and len(buf) <= MAX_HEAD:
                     return
+                if end < 0 or end > MAX_HEAD:
+                    raise ProtocolError(f"response head larger than {MAX_HEAD} bytes")
                 raw = bytes(buf[:end])
                 del buf[:end + 4]
                 self._start(raw)
@@ -266,10 +267,13 @@ class ResponseParser:
             state = _UNTIL_CLOSE
             keep_alive = False
         coding = (headers.get("content-encoding") or "").strip().lower()
-        if coding in ("gzip", "x-gzip", "deflate"):
+        if state == _DONE or coding in ("", "identity"):
+            pass  # no body to decode (a HEAD or 204 may still name its coding)
+        elif coding in ("gzip", "x-gzip", "deflate"):
             # 32 + MAX_WBITS accepts both the gzip and the zlib wrapper
             self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
-        elif coding not in ("", "identity"):
+            self._coded = False
+        else:
             raise ProtocolError(f"unsupported Content-Encoding: {coding!r}")
         self.keep_alive = keep_alive
         self.head = head
@@ -281,6 +285,7 @@ class ResponseParser:
     def _emit(self, data: bytes) -> None:
         decoder = self._decoder
         if decoder is not None:
+            self._coded = True
             try:
                 data = decoder.decompress(data)
             except zlib.error as exc:
@@ -297,6 +302,8 @@ class ResponseParser:
                 tail = decoder.flush()
             except zlib.error as exc:
                 raise PayloadError(f"cannot decode the response body: {exc}") from None
+            if self._coded and not decoder.eof:
+                raise PayloadError("the compressed response body is truncated")
             if tail:
                 self._sink.on_body(tail)
         self._state = _DONE
