@@ -8,6 +8,7 @@ test_provider_<kind>.py.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -209,3 +210,66 @@ async def test_connection_refused(http_client: HttpClient, kind: str) -> None:
         with pytest.raises(UpstreamError) as err:
             await provider.probe(model, "models", 1, 16)
         assert err.value.reason == FailureReason.CONNECTION
+
+
+async def pooled(client: HttpClient) -> None:
+    """Waits (bounded) until a connection sits idle in the pool."""
+    for _ in range(200):
+        if client.idle_connections:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no connection came back to the pool")
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+async def test_connections_are_reused_and_a_timed_out_one_is_not(
+        setup: tuple[FakeServer[Any], Provider, ModelConfig], http_client: HttpClient,
+        kind: str) -> None:
+    fake, provider, model = setup
+    error = ADAPTERS[kind].errors[0][0]
+    await provider.complete(HELLO, model, LIMITS)
+    fake.push(error)
+    with pytest.raises(UpstreamError):
+        await provider.complete(HELLO, model, LIMITS)
+    assert text(await collect(provider, model)).startswith("Hello")
+    # a stream released at its end marker is read out to its last HTTP chunk in the
+    # background, then pooled
+    await pooled(http_client)
+    fake.push(error)
+    with pytest.raises(UpstreamError):
+        await collect(provider, model)
+    await provider.complete(HELLO, model, LIMITS)
+    # answers, error answers and finished streams all gave their connection back
+    assert http_client.connects == 1
+    fake.push("hang")
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, model, SHORT)
+    assert err.value.reason == FailureReason.TIMEOUT
+    await provider.complete(HELLO, model, LIMITS)
+    # the timed-out connection was closed (the upstream sees the call abandoned)
+    assert http_client.connects == 2
+
+
+async def test_openai_connections_are_reused_and_a_timed_out_one_is_not(
+        fake_openai: Any, http_client: HttpClient) -> None:
+    fake = await fake_openai()
+    model = ModelConfig(id="oai/gpt-test", provider="oai", name="gpt-test")
+    provider = make_provider(ProviderConfig(name="oai", kind="openai", base_url=fake.url,
+                                            api_key="sk-test"), http_client)
+    await provider.complete(HELLO, model, LIMITS)
+    fake.push("rate_limit")
+    with pytest.raises(UpstreamError):
+        await provider.complete(HELLO, model, LIMITS)
+    assert text(await collect(provider, model)).startswith("Hello")
+    await pooled(http_client)
+    fake.push("rate_limit")
+    with pytest.raises(UpstreamError):
+        await collect(provider, model)
+    await provider.complete(HELLO, model, LIMITS)
+    assert http_client.connects == 1
+    fake.push("hang")
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, model, SHORT)
+    assert err.value.reason == FailureReason.TIMEOUT
+    await provider.complete(HELLO, model, LIMITS)
+    assert http_client.connects == 2

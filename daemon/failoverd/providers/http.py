@@ -195,15 +195,24 @@ async def fetch(client: HttpClient, method: str, url: str, *,
                                         connect_timeout=connect)
             if resp.status != 200:
                 raise await failure(resp, model)
-            return await resp.read()
-    except UpstreamError:
+            return await resp.read()  # gives the connection back to the pool
+    except BaseException as exc:
+        _end(resp, exc)
+        if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
+            raise mapped_error(exc, provider, model) from exc
         raise
-    except _MAPPED as exc:
-        raise mapped_error(exc, provider, model) from exc
-    finally:
-        # read() gave a complete answer's connection back; anything else is closed
-        if resp is not None:
-            resp.release()
+
+
+def _end(resp: Response | None, exc: BaseException) -> None:
+    """Ends a response that raised: an error answer (its body read) keeps its connection; a
+    timeout, cancellation or broken read closes it, which also tells the upstream to stop
+    generating."""
+    if resp is None:
+        return
+    if isinstance(exc, UpstreamError):
+        resp.release()
+    else:
+        resp.close()
 
 
 async def open_stream(client: HttpClient, url: str, *, data: bytes,
@@ -211,8 +220,8 @@ async def open_stream(client: HttpClient, url: str, *, data: bytes,
                       failure: Failure, provider: str, model: str) -> Response:
     """POSTs a streaming request: its 200 response, headers received before `first_deadline`.
 
-    Any other status raises the adapter's `failure`. On any exception the response is closed;
-    on success the caller owns it and ends it with `finish_stream`.
+    Any other status raises the adapter's `failure`. On any exception the response is ended
+    (see `_end`); on success the caller owns it and ends it with `finish_stream`.
     """
     resp: Response | None = None
     try:
@@ -222,8 +231,7 @@ async def open_stream(client: HttpClient, url: str, *, data: bytes,
             if resp.status != 200:
                 raise await failure(resp, model)
     except BaseException as exc:
-        if resp is not None:
-            resp.close()
+        _end(resp, exc)
         if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
             raise mapped_error(exc, provider, model) from exc
         raise
