@@ -12,10 +12,8 @@ import contextlib
 import hashlib
 import json
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -1185,15 +1183,15 @@ async def test_close_after_read_leaves_the_pooled_connection_alone(
 # ============================================================================ pure helpers
 
 @pytest.mark.parametrize(("url", "key", "host", "path"), [
-    ("http://example.com", ("http", "example.com", 80), "example.com", "/"),
-    ("http://example.com:80/a", ("http", "example.com", 80), "example.com", "/a"),
-    ("https://example.com/v1/chat?x=1&y=%20", ("https", "example.com", 443), "example.com",
+    ("http://example.com", ("http", "example.com", 80, ""), "example.com", "/"),
+    ("http://example.com:80/a", ("http", "example.com", 80, ""), "example.com", "/a"),
+    ("https://example.com/v1/chat?x=1&y=%20", ("https", "example.com", 443, ""), "example.com",
      "/v1/chat?x=1&y=%20"),
-    ("https://example.com:8443/", ("https", "example.com", 8443), "example.com:8443", "/"),
-    ("http://127.0.0.1:11434/api", ("http", "127.0.0.1", 11434), "127.0.0.1:11434", "/api"),
-    ("http://[::1]:8080/x", ("http", "::1", 8080), "[::1]:8080", "/x"),
-    ("https://[::1]/x", ("https", "::1", 443), "[::1]", "/x"),
-    ("HTTP://Example.COM/Path", ("http", "example.com", 80), "example.com", "/Path"),
+    ("https://example.com:8443/", ("https", "example.com", 8443, ""), "example.com:8443", "/"),
+    ("http://127.0.0.1:11434/api", ("http", "127.0.0.1", 11434, ""), "127.0.0.1:11434", "/api"),
+    ("http://[::1]:8080/x", ("http", "::1", 8080, ""), "[::1]:8080", "/x"),
+    ("https://[::1]/x", ("https", "::1", 443, ""), "[::1]", "/x"),
+    ("HTTP://Example.COM/Path", ("http", "example.com", 80, ""), "example.com", "/Path"),
 ])
 def test_target(url: str, key: tuple[str, str, int], host: str, path: str) -> None:
     t = Target(url)
@@ -1233,26 +1231,10 @@ def test_target_encodes_what_may_not_stand_in_a_request_line() -> None:
     assert Target("http://h/already%20quoted/").path == "/already%20quoted/"
     v6 = Target("http://[::1]:8080")
     assert (v6.host, v6.host_header, v6.path, v6.key) == ("::1", "[::1]:8080", "/",
-                                                         ("http", "::1", 8080))
+                                                         ("http", "::1", 8080, ""))
 
 
 # ============================================================================ TLS
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost: (cert, key)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl CLI")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=30)
-    return cert, key
-
 
 @pytest.fixture
 async def tls_server(certificate: tuple[Path, Path]) -> AsyncIterator[WebServer]:

@@ -18,6 +18,7 @@ from typing import Any, Literal, cast, get_args
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
 from failoverd.failures import FailureReason
+from failoverd.http1 import Proxy
 from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
@@ -68,6 +69,8 @@ class ProviderConfig:
     connect_timeout: float = 5.0
     timeout: float = 120.0
     headers: tuple[tuple[str, str], ...] = ()
+    # http://[user:password@]host:port, or "" for a direct connection (may hold a password)
+    proxy: str = field(default="", repr=False)
     # simulated providers only: answer after this delay, or always fail with this reason
     simulate_latency: float = 0.0
     simulate_failure: FailureReason | None = None
@@ -307,6 +310,14 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
     base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
         sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
+    proxy_url = sec.get("proxy", str, "")
+    if proxy_url and kind == "simulated":
+        sec.problem("proxy", "only valid for HTTP provider kinds")
+    elif proxy_url:
+        try:
+            Proxy(proxy_url)
+        except ValueError as exc:
+            sec.problem("proxy", str(exc))
     headers_sec = sec.table("headers")
     headers: list[tuple[str, str]] = []
     for hk in list(headers_sec.data):
@@ -331,6 +342,7 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
         connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
         timeout=sec.number("timeout", 120.0, positive=True),
         headers=tuple(headers),
+        proxy=proxy_url,
         simulate_latency=sim_latency,
         simulate_failure=failure,
     )

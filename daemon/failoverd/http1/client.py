@@ -5,7 +5,12 @@ failoverd's upstream traffic is simple — a POST with a JSON body, a JSON or SS
 CPU per request. This one writes each request in one `write`, parses answers with
 `parser.ResponseParser`, and keeps idle connections per (scheme, host, port), newest first.
 
-Deliberately not supported: proxies, redirects, cookies, HTTP/2, Expect: 100-continue.
+A provider may name an HTTP proxy (`http://[user:password@]host:port`): https targets are
+reached through a CONNECT tunnel (TLS end to end, the proxy sees only the host name), http
+targets by sending the absolute URL to the proxy. Proxy environment variables are not read:
+the configuration says which upstream goes through which proxy.
+
+Deliberately not supported: redirects, cookies, HTTP/2, Expect: 100-continue.
 Total and per-read deadlines belong to the caller (`asyncio.timeout`); a request cancelled
 before its answer is complete closes its connection.
 """
@@ -13,16 +18,25 @@ before its answer is complete closes its connection.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from urllib.parse import quote, urlsplit
+from typing import Protocol
+from urllib.parse import quote, unquote, urlsplit
 
 from failoverd.http1.connection import Connection, Response
-from failoverd.http1.errors import ConnectError, ConnectTimeout, ServerDisconnected
+from failoverd.http1.errors import (
+    ConnectError,
+    ConnectTimeout,
+    HttpClientError,
+    ProtocolError,
+    ServerDisconnected,
+)
+from failoverd.http1.parser import MAX_HEAD, Head, parse_head
 
-Key = tuple[str, str, int]
+Key = tuple[str, str, int, str]  # scheme, host, port, proxy URL ("" for none)
 _SWEEP_EVERY = 10.0
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -31,7 +45,7 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 class Target:
     """A URL split once: its pool key, Host header and request target."""
 
-    __slots__ = ("key", "host", "port", "tls", "host_header", "path")
+    __slots__ = ("key", "host", "port", "tls", "host_header", "path", "absolute")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -41,13 +55,60 @@ class Target:
         self.host = parts.hostname
         default = 443 if self.tls else 80
         self.port = parts.port or default
-        self.key: Key = (parts.scheme, self.host, self.port)
+        self.key: Key = (parts.scheme, self.host, self.port, "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if self.port == default else f"{host}:{self.port}"
         # percent-encode what may not stand in a request line (a model id with a space in a
         # Gemini URL); existing %-escapes are kept
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         self.path = path + (f"?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else "")
+        # the request target sent to a proxy for a plain-http URL
+        self.absolute = f"http://{self.host_header}{self.path}"
+
+    @property
+    def authority(self) -> str:
+        """host:port, as a CONNECT request names it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class Proxy:
+    """An HTTP proxy from its URL, `http://[user:password@]host[:port]`. Raises ValueError."""
+
+    __slots__ = ("url", "host", "port", "authorization")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"a proxy must be an http:// URL with a host, got {redact(url)!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"a proxy URL has no path or query, got {redact(url)!r}")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.authorization = ""
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"proxy {host}:{self.port}"
+
+
+def redact(url: str) -> str:
+    """A proxy URL without its password, fit for errors and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+@functools.lru_cache(maxsize=64)
+def proxy(url: str) -> Proxy:
+    """`Proxy(url)`, cached."""
+    return Proxy(url)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -57,15 +118,24 @@ def target(url: str) -> Target:
 
 
 def encode_request(method: str, tgt: Target, headers: Mapping[str, str], data: bytes | None,
-                   user_agent: str) -> bytes:
-    """The request's bytes: head, then body. Raises ValueError on a header with CR or LF."""
-    parts = [f"{method} {tgt.path} HTTP/1.1\r\nHost: {tgt.host_header}\r\n"]
+                   user_agent: str, via: Proxy | None = None) -> bytes:
+    """The request's bytes: head, then body. Raises ValueError on a header with CR or LF.
+
+    `via`: the proxy a plain-http request goes through (absolute URL, proxy credentials).
+    """
+    if via is None or tgt.tls:
+        parts = [f"{method} {tgt.path} HTTP/1.1\r\nHost: {tgt.host_header}\r\n"]
+    else:
+        parts = [f"{method} {tgt.absolute} HTTP/1.1\r\nHost: {tgt.host_header}\r\n"]
+        if via.authorization:
+            parts.append(f"Proxy-Authorization: {via.authorization}\r\n")
     seen_agent = seen_encoding = False
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} contains a line break or a colon")
         lower = name.lower()
-        if lower in ("host", "content-length", "transfer-encoding", "connection"):
+        if lower in ("host", "content-length", "transfer-encoding", "connection",
+                     "proxy-authorization"):
             continue  # framing is ours to set
         seen_agent = seen_agent or lower == "user-agent"
         seen_encoding = seen_encoding or lower == "accept-encoding"
@@ -117,8 +187,13 @@ class HttpClient:
     def idle_connections(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
+    def via(self, proxy_url: str) -> Requester:
+        """This client, sending every request through the proxy at `proxy_url` ("" = none)."""
+        return _Via(self, proxy_url) if proxy_url else self
+
     async def request(self, method: str, url: str, *, headers: Mapping[str, str],
-                      data: bytes | None = None, connect_timeout: float) -> Response:
+                      data: bytes | None = None, connect_timeout: float,
+                      proxy_url: str = "") -> Response:
         """Sends a request; returns its Response once the head arrived.
 
         The caller must end the response (`read()` to the end, `release()` or `close()`).
@@ -128,9 +203,14 @@ class HttpClient:
         if self._closed:
             raise ConnectError("the HTTP client is closed")
         tgt = target(url)
-        payload = encode_request(method, tgt, headers, data, self.user_agent)
+        if proxy_url:
+            through: Proxy | None = proxy(proxy_url)
+            key: Key = (tgt.key[0], tgt.host, tgt.port, proxy_url)
+        else:
+            through, key = None, tgt.key
+        payload = encode_request(method, tgt, headers, data, self.user_agent, through)
         expect_body = method != "HEAD"
-        conn = self._take(tgt.key)
+        conn = self._take(key)
         if conn is not None:
             try:
                 return await conn.send(payload, expect_body=expect_body)
@@ -139,7 +219,7 @@ class HttpClient:
                     raise
         if self._closed:  # closed while the reused connection failed
             raise ConnectError("the HTTP client is closed")
-        conn = await self._connect(tgt, connect_timeout)
+        conn = await self._connect(tgt, key, through, connect_timeout)
         return await conn.send(payload, expect_body=expect_body)
 
     # ------------------------------------------------------------------ pool
@@ -187,15 +267,23 @@ class HttpClient:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def _connect(self, tgt: Target, timeout: float) -> Connection:
+    async def _connect(self, tgt: Target, key: Key, through: Proxy | None,
+                       timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
         context = self._context() if tgt.tls else None
-        where = f"{tgt.host}:{tgt.port}"
+        where = f"{tgt.host}:{tgt.port}" + (f" through {through}" if through else "")
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(tgt.key, self._release, self._lost), tgt.host, tgt.port,
-                    ssl=context, server_hostname=tgt.host if context else None)
+                if through is None:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(key, self._release, self._lost), tgt.host, tgt.port,
+                        ssl=context, server_hostname=tgt.host if context else None)
+                elif context is None:  # plain http: requests name the absolute URL
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(key, self._release, self._lost), through.host,
+                        through.port)
+                else:
+                    conn = await self._tunnel(tgt, key, through, context)
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {where} took longer than {timeout:g}s") \
                 from None
@@ -208,8 +296,91 @@ class HttpClient:
         self._all.add(conn)
         return conn
 
+    async def _tunnel(self, tgt: Target, key: Key, through: Proxy,
+                      context: ssl.SSLContext) -> Connection:
+        """A TLS connection to `tgt` inside a CONNECT tunnel through the proxy."""
+        loop = asyncio.get_running_loop()
+        transport, tunnel = await loop.create_connection(_Tunnel, through.host, through.port)
+        try:
+            auth = (f"Proxy-Authorization: {through.authorization}\r\n"
+                    if through.authorization else "")
+            transport.write(f"CONNECT {tgt.authority} HTTP/1.1\r\nHost: {tgt.authority}\r\n"
+                            f"{auth}\r\n".encode())
+            head = await tunnel.head
+            if not 200 <= head.status < 300:
+                raise ConnectError(f"{through} refused the tunnel to {tgt.authority}: "
+                                   f"{head.status} {head.reason}".rstrip())
+            conn = Connection(key, self._release, self._lost)
+            tls = await loop.start_tls(transport, conn, context, server_hostname=tgt.host)
+            if tls is None:  # pragma: no cover - only when the transport closed meanwhile
+                raise ConnectError(f"{through} closed the tunnel to {tgt.authority}")
+            conn.connection_made(tls)
+            return conn
+        except BaseException:
+            transport.close()
+            raise
+
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
             # built on first use: loading the system CA store takes milliseconds
             self._ssl = ssl.create_default_context()
         return self._ssl
+
+
+class Requester(Protocol):
+    """What adapters call: an HttpClient, or one bound to a proxy (`HttpClient.via`)."""
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str],
+                      data: bytes | None = None, connect_timeout: float) -> Response: ...
+
+
+class _Via:
+    """An HttpClient bound to a proxy."""
+
+    __slots__ = ("_client", "_proxy_url")
+
+    def __init__(self, client: HttpClient, proxy_url: str) -> None:
+        proxy(proxy_url)  # a bad URL fails here, not on the first request
+        self._client = client
+        self._proxy_url = proxy_url
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str],
+                      data: bytes | None = None, connect_timeout: float) -> Response:
+        return await self._client.request(method, url, headers=headers, data=data,
+                                          connect_timeout=connect_timeout,
+                                          proxy_url=self._proxy_url)
+
+
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to CONNECT: `head` resolves with it (ConnectError if there is
+    none). After a 2xx the transport carries TLS to the target."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.head: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            return
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_HEAD:
+                self.head.set_exception(ConnectError("the proxy's answer to CONNECT is too large"))
+            return
+        try:
+            head = parse_head(bytes(self._buf[:end]))
+        except ProtocolError as exc:
+            self.head.set_exception(ConnectError(f"the proxy's answer to CONNECT: {exc}"))
+            return
+        if 200 <= head.status < 300 and len(self._buf) > end + 4:
+            # the target speaks only after our TLS hello: bytes here are not the target's
+            self.head.set_exception(ConnectError("the proxy sent data before the tunnel opened"))
+            return
+        self.head.set_result(head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            error: HttpClientError = ConnectError(
+                "the proxy closed the connection before answering CONNECT")
+            self.head.set_exception(error)

@@ -25,7 +25,7 @@ DRAIN_BYTES = 64 * 1024
 class Connection(asyncio.Protocol):
     """A pooled connection. `send` writes a request and waits for its response head."""
 
-    def __init__(self, key: tuple[str, str, int], release: Callable[[Connection], None],
+    def __init__(self, key: tuple[str, str, int, str], release: Callable[[Connection], None],
                  lost: Callable[[Connection], None]) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None

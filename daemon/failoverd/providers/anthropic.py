@@ -94,7 +94,7 @@ class AnthropicProvider:
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._client = client
+        self._client = client.via(config.proxy)
         base = config.base_url.rstrip("/")
         # the vendor SDK's base_url has no /v1; accept one given anyway
         base = base.removesuffix("/v1")

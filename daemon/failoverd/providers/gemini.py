@@ -95,7 +95,7 @@ class GeminiProvider:
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._client = client
+        self._client = client.via(config.proxy)
         base = config.base_url.rstrip("/")
         # accept base URLs spelled with the version, as some SDKs do
         self._base = base if base.endswith(("/v1beta", "/v1")) else f"{base}/v1beta"

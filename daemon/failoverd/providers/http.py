@@ -16,7 +16,7 @@ import orjson
 
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
-from failoverd.http1 import HttpClient, HttpClientError, PayloadError, Response
+from failoverd.http1 import HttpClientError, PayloadError, Requester, Response
 from failoverd.providers.base import AttemptLimits
 
 MAX_ERROR_BODY = 64 * 1024
@@ -179,7 +179,7 @@ def mapped_error(exc: BaseException, provider: str, model: str) -> UpstreamError
                           status=None, provider=provider, model=model)
 
 
-async def fetch(client: HttpClient, method: str, url: str, *,
+async def fetch(client: Requester, method: str, url: str, *,
                 headers: Mapping[str, str], data: bytes | None = None, total: float,
                 connect: float, failure: Failure, provider: str, model: str) -> bytes:
     """The body of a 200 answer, read in full within `total` seconds.
@@ -215,7 +215,7 @@ def _end(resp: Response | None, exc: BaseException) -> None:
         resp.close()
 
 
-async def open_stream(client: HttpClient, url: str, *, data: bytes,
+async def open_stream(client: Requester, url: str, *, data: bytes,
                       headers: Mapping[str, str], first_deadline: float, connect: float,
                       failure: Failure, provider: str, model: str) -> Response:
     """POSTs a streaming request: its 200 response, headers received before `first_deadline`.

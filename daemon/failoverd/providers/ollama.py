@@ -56,7 +56,7 @@ class OllamaProvider:
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._client = client
+        self._client = client.via(config.proxy)
         base = config.base_url.rstrip("/")
         self._chat_url = f"{base}/api/chat"
         self._tags_url = f"{base}/api/tags"

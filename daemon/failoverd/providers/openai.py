@@ -60,7 +60,7 @@ class OpenAIProvider:
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._client = client
+        self._client = client.via(config.proxy)
         self._chat_url = f"{config.base_url}/chat/completions"
         self._models_url = f"{config.base_url}/models"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
