@@ -922,6 +922,26 @@ async def test_connect_refused(client: HttpClient) -> None:
     assert client.connects == 0
 
 
+async def test_every_address_of_a_host_is_tried(raw_server: MakeRaw, client: HttpClient,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with several addresses: a refused first one does not fail the request."""
+    srv = await raw_server(lambda srv, n, reader, writer: srv.answer_all(reader, writer))
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        # 127.0.0.2 is loopback too, but nothing listens there: refused at once
+        return [(*stream, ("127.0.0.2", port)), (*stream, (LOCAL, port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    port = int(srv.url.rsplit(":", 1)[1])
+    resp = await get(client, f"http://upstream.test:{port}/")
+    assert resp.status == 200 and await resp.read()
+    assert asked == ["upstream.test"] and client.connects == 1
+
+
 async def test_connect_timeout_zero(raw_server: MakeRaw, client: HttpClient) -> None:
     """A zero connect timeout expires before the (listening, local) server's accept is seen."""
     srv = await raw_server(lambda srv, n, reader, writer: srv.answer_all(reader, writer))
