@@ -162,3 +162,27 @@ def test_hook_event_types_are_checked() -> None:
                             'exec = ["/bin/true"]\n')
     assert len(found) == 1
     assert found[0].startswith("hooks[0].events[0]: unknown event type 'model:failovr'")
+
+
+def test_base_urls_and_headers_are_checked_before_any_request() -> None:
+    got = problems('''
+[providers.a]
+kind = "openai"
+base_url = "http:///v1"
+[providers.b]
+kind = "openai"
+base_url = "https://api.example.com:99999/v1"
+[providers.c]
+kind = "openai"
+base_url = "https://api.example.com/v1"
+headers = { "X-Ok" = "fine", "X-Bad" = "two\\nlines", "Bad Name" = "x" }
+[models."a/m"]
+provider = "a"
+[routing]
+primary = "a/m"
+''')
+    assert any(p.startswith("providers.a.base_url: is not a usable URL") for p in got), got
+    assert any(p.startswith("providers.b.base_url: is not a usable URL") for p in got), got
+    assert any(p.startswith("providers.c.headers.X-Bad: ") for p in got), got
+    assert any(p.startswith('providers.c.headers."Bad Name": ') for p in got), got
+    assert not any("X-Ok" in p for p in got)

@@ -19,6 +19,7 @@ from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
 from failoverd.failures import FailureReason
 from failoverd.http1 import Proxy
+from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
@@ -310,6 +311,11 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
     base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
         sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
+    elif kind != "simulated":
+        try:
+            Target(base_url).key  # noqa: B018 - parses host and port
+        except ValueError as exc:
+            sec.problem("base_url", f"is not a usable URL: {exc}")
     proxy_url = sec.get("proxy", str, "")
     if proxy_url and kind == "simulated":
         sec.problem("proxy", "only valid for HTTP provider kinds")
@@ -321,7 +327,11 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
     headers_sec = sec.table("headers")
     headers: list[tuple[str, str]] = []
     for hk in list(headers_sec.data):
-        headers.append((hk, headers_sec.get(hk, str, "")))
+        value = headers_sec.get(hk, str, "")
+        if not hk or any(c in hk for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+            headers_sec.problem(hk, "a header name without ':' or spaces, and a value on one "
+                                "line, are needed")
+        headers.append((hk, value))
     failure: FailureReason | None = None
     sim_fail = sec.get("simulate_failure", str, "")
     sim_latency = sec.number("simulate_latency", 0.0)

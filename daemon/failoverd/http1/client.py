@@ -22,9 +22,9 @@ import base64
 import functools
 import socket
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohappyeyeballs
@@ -39,7 +39,6 @@ from failoverd.http1.errors import (
 )
 from failoverd.http1.parser import MAX_HEAD, Head, parse_head
 
-_T = TypeVar("_T")
 Key = tuple[str, str, int, str]  # scheme, host, port, proxy URL ("" for none)
 _SWEEP_EVERY = 10.0
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
@@ -82,14 +81,21 @@ class Proxy:
     __slots__ = ("url", "host", "port", "authorization")
 
     def __init__(self, url: str) -> None:
+        shown = redact(url)
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"a proxy must be an http:// URL with a host, got {redact(url)!r}")
-        if parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"a proxy URL has no path or query, got {redact(url)!r}")
+            raise ValueError(f"a proxy must be an http:// URL with a host, got {shown!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"a proxy URL has no path, query or fragment (a password with "
+                             f"/ ? # must be %-escaped), got {shown!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"a proxy URL needs a port from 1 to 65535, got {shown!r}") \
+                from None
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = port or 80
         self.authorization = ""
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -101,12 +107,15 @@ class Proxy:
 
 
 def redact(url: str) -> str:
-    """A proxy URL without its password, fit for errors and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """A proxy URL without its credentials, fit for errors and logs. Works on position (all
+    between "//" and the last "@"), so a malformed URL does not show its password either;
+    a user name alone may be a token and is hidden too."""
+    start = url.find("//")
+    at = url.rfind("@")
+    if start < 0 or at < start:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+    user, colon, _ = url[start + 2:at].partition(":")
+    return f"{url[:start + 2]}{user}:***{url[at:]}" if colon else f"{url[:start + 2]}***{url[at:]}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -217,14 +226,16 @@ class HttpClient:
         conn = self._take(key)
         if conn is not None:
             try:
-                return await conn.send(payload, expect_body=expect_body)
+                resp = await conn.send(payload, expect_body=expect_body)
             except ServerDisconnected as exc:
                 if exc.got_bytes:
                     raise
+            else:
+                return _proxy_checked(resp, through, tgt)
         if self._closed:  # closed while the reused connection failed
             raise ConnectError("the HTTP client is closed")
         conn = await self._connect(tgt, key, through, connect_timeout)
-        return await conn.send(payload, expect_body=expect_body)
+        return _proxy_checked(await conn.send(payload, expect_body=expect_body), through, tgt)
 
     # ------------------------------------------------------------------ pool
 
@@ -273,27 +284,23 @@ class HttpClient:
 
     async def _connect(self, tgt: Target, key: Key, through: Proxy | None,
                        timeout: float) -> Connection:
-        loop = asyncio.get_running_loop()
         context = self._context() if tgt.tls else None
         where = f"{tgt.host}:{tgt.port}" + (f" through {through}" if through else "")
         try:
             async with asyncio.timeout(timeout):
                 if through is None:
-                    sock = await _open_socket(tgt.host, tgt.port)
-                    _, conn = await _wrap(loop.create_connection(
-                        lambda: Connection(key, self._release, self._lost), sock=sock,
-                        ssl=context, server_hostname=tgt.host if context else None), sock)
+                    conn = await self._open(key, tgt.host, tgt.port, context, tgt.host)
                 elif context is None:  # plain http: requests name the absolute URL
-                    sock = await _open_socket(through.host, through.port)
-                    _, conn = await _wrap(loop.create_connection(
-                        lambda: Connection(key, self._release, self._lost), sock=sock), sock)
+                    conn = await self._open(key, through.host, through.port, None, "")
                 else:
                     conn = await self._tunnel(tgt, key, through, context)
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {where} took longer than {timeout:g}s") \
                 from None
-        except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
-            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+        # refused, unreachable, DNS (gaierror), TLS (SSLError); a host name the IDNA codec
+        # refuses (UnicodeError, a ValueError)
+        except (OSError, ValueError) as exc:
+            raise ConnectError(f"cannot connect to {where}: {_detail(exc)}") from exc
         self.connects += 1
         if self._closed:
             conn.close()
@@ -301,30 +308,60 @@ class HttpClient:
         self._all.add(conn)
         return conn
 
+    async def _open(self, key: Key, host: str, port: int, context: ssl.SSLContext | None,
+                    server_hostname: str) -> Connection:
+        """A connection to host:port, with TLS when `context` is given. From the moment the
+        socket is handed to the loop, the transport owns it: failures abort the transport and
+        never close the socket under it."""
+        loop = asyncio.get_running_loop()
+        sock = await _open_socket(host, port)
+        if context is None:
+            _, conn = await loop.create_connection(
+                lambda: Connection(key, self._release, self._lost), sock=sock)
+            return conn
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        return await self._start_tls(transport, key, context, server_hostname)
+
+    async def _start_tls(self, transport: asyncio.Transport, key: Key, context: ssl.SSLContext,
+                         server_hostname: str) -> Connection:
+        """TLS over an open transport (a direct connection or a CONNECT tunnel)."""
+        loop = asyncio.get_running_loop()
+        conn = Connection(key, self._release, self._lost)
+        try:
+            tls = await loop.start_tls(transport, conn, context,
+                                       server_hostname=server_hostname)
+        except BaseException:
+            transport.abort()
+            raise
+        if tls is None:  # pragma: no cover - only when the transport closed meanwhile
+            transport.abort()
+            raise ConnectError("the connection closed during the TLS handshake")
+        conn.connection_made(tls)
+        return conn
+
     async def _tunnel(self, tgt: Target, key: Key, through: Proxy,
                       context: ssl.SSLContext) -> Connection:
         """A TLS connection to `tgt` inside a CONNECT tunnel through the proxy."""
         loop = asyncio.get_running_loop()
         sock = await _open_socket(through.host, through.port)
-        transport, tunnel = await _wrap(loop.create_connection(_Tunnel, sock=sock), sock)
+        transport, tunnel = await loop.create_connection(_Tunnel, sock=sock)
         try:
             auth = (f"Proxy-Authorization: {through.authorization}\r\n"
                     if through.authorization else "")
             transport.write(f"CONNECT {tgt.authority} HTTP/1.1\r\nHost: {tgt.authority}\r\n"
                             f"{auth}\r\n".encode())
-            head = await tunnel.head
+            try:
+                head = await tunnel.head
+            except ConnectError as exc:
+                raise ConnectError(f"tunnel to {tgt.authority} through {through}: {exc}") \
+                    from None
             if not 200 <= head.status < 300:
                 raise ConnectError(f"{through} refused the tunnel to {tgt.authority}: "
                                    f"{head.status} {head.reason}".rstrip())
-            conn = Connection(key, self._release, self._lost)
-            tls = await loop.start_tls(transport, conn, context, server_hostname=tgt.host)
-            if tls is None:  # pragma: no cover - only when the transport closed meanwhile
-                raise ConnectError(f"{through} closed the tunnel to {tgt.authority}")
-            conn.connection_made(tls)
-            return conn
         except BaseException:
-            transport.close()
+            transport.abort()
             raise
+        return await self._start_tls(transport, key, context, tgt.host)
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -405,10 +442,16 @@ async def _open_socket(host: str, port: int) -> socket.socket:
         interleave=1)
 
 
-async def _wrap(connecting: Awaitable[_T], sock: socket.socket) -> _T:
-    """Awaits a create_connection on `sock`, closing the socket if it fails (TLS handshake)."""
-    try:
-        return await connecting
-    except BaseException:
-        sock.close()
-        raise
+def _detail(exc: BaseException) -> str:
+    """An exception's text, or its type when it has none (ConnectionResetError())."""
+    return str(exc) or type(exc).__name__
+
+
+def _proxy_checked(resp: Response, through: Proxy | None, tgt: Target) -> Response:
+    """A proxy's own refusal of a plain-http request (407) is a connection failure, as it is
+    for a CONNECT tunnel, not the upstream's answer."""
+    if resp.status == 407 and through is not None and not tgt.tls:
+        resp.close()
+        raise ConnectError(f"{through} refused the request to {tgt.authority}: "
+                           f"407 {resp.reason}".rstrip())
+    return resp

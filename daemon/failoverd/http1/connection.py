@@ -120,9 +120,21 @@ class Connection(asyncio.Protocol):
             self._head = None
 
     def close(self) -> None:
+        """Closes the connection; one abandoned mid-answer is aborted (a TLS one would
+        otherwise linger in its close handshake with a server still sending)."""
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            parser = self._parser
+            if parser is not None and not parser.done:
+                transport.abort()
+            else:
+                transport.close()
+
+    @property
+    def keeps_alive(self) -> bool:
+        """Whether the answer in progress leaves the connection reusable."""
+        return self._parser is not None and self._parser.keep_alive
 
     def _fail(self, exc: HttpClientError) -> None:
         """The response (or the wait for its head) ends with `exc`; the connection is done."""
@@ -241,8 +253,8 @@ class Response:
             return
         self._ended = True
         self._body.clear()
-        if self._error is not None:
-            self._conn.close()
+        if self._error is not None or not (self._done or self._conn.keeps_alive):
+            self._conn.close()  # broken, or the server closes it after this answer anyway
         elif self._done:
             self._conn._finished(self)
         else:

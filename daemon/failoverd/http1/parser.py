@@ -80,8 +80,9 @@ def parse_head(raw: bytes) -> Head:
     lines = raw.split(b"\r\n")
     status_line = lines[0]
     parts = status_line.split(b" ", 2)
+    # bytes.isdigit() is ASCII-only: the version and status decode safely below
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[0]) != 8 \
-            or len(parts[1]) != 3 or not parts[1].isdigit():
+            or not parts[0][7:].isdigit() or len(parts[1]) != 3 or not parts[1].isdigit():
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
     fields: dict[str, str] = {}
     for line in lines[1:]:
