@@ -39,6 +39,8 @@ def test_benchmark_quick_run_reports_sane_numbers(tmp_path: Path) -> None:
         assert fd["failover_ok"], fd["failover_headers"]
         assert fd["failover_headers"]["x-failoverd-attempts"] == "2"
         assert fd["failover_p50_ms"] > direct["p50_c1_ms"]
+        assert 1 < fd["cpu_us_c50"] < 100_000, fd["cpu_us_c50"]  # the daemon's CPU per request
+    assert direct["cpu_us_c50"] is None  # the upstream is not a proxy: no figure
 
     mem = report["memory"]["failoverd"]
     assert 5 * 1024 < mem["idle_start_kb"] < 500 * 1024

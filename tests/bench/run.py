@@ -245,18 +245,35 @@ def start_litellm(bench: Bench, binary: str, up: int) -> Target | None:
 def rss_kb(pid: int, tree: bool = False) -> int:
     """VmRSS of `pid` (and, with `tree`, of its descendants) in KiB."""
     total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
+    for p in _tree(pid) if tree else [pid]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            if tree:
-                for task in Path(f"/proc/{p}/task").iterdir():
-                    kids = (task / "children").read_text().split()
-                    pids.extend(int(k) for k in kids)
     return total
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(k) for k in (task / "children").read_text().split())
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its descendants, in seconds."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            # the fields after the parenthesised command name; utime and stime are 14 and 15
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- load
@@ -334,7 +351,11 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
             mul = plan.direct_mul if t.kind in ("direct", "pipe") else 1
             r = rows[t.name]
             r["c1"].append(load(t, max(20, plan.n1 * mul // div), 1))
+            before = cpu_seconds(t.pid) if t.pid else 0.0
             r["c50"].append(load(t, max(100, plan.n50 * mul // div), 50))
+            if t.pid:  # the proxy's own CPU per request (steadier than rps on a busy box)
+                used = cpu_seconds(t.pid) - before
+                r["c50"][-1]["cpu_us_per_request"] = 1e6 * used / r["c50"][-1]["requests"]
             r["stream"].append(load(t, max(20, plan.n_stream // div), 1, stream=True))
             if t.kind not in ("direct", "pipe"):  # the pipe cannot fail over
                 model = "bench-429" if t.kind == "litellm" else "failover"
@@ -350,6 +371,7 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
             "rps_c1": median(r["c1"], "rps"), "rps_c50": median(r["c50"], "rps"),
             "p50_c1_ms": median(r["c1"], "p50_ms"), "p99_c1_ms": median(r["c1"], "p99_ms"),
             "p50_c50_ms": median(r["c50"], "p50_ms"), "p99_c50_ms": median(r["c50"], "p99_ms"),
+            "cpu_us_c50": median(r["c50"], "cpu_us_per_request") if t.pid else None,
             "ttfc_p50_ms": median(r["stream"], "ttfb_p50_ms"),
             "ttfc_p99_ms": median(r["stream"], "ttfb_p99_ms"),
             "failover_p50_ms": median(fo, "p50_ms") if fo else None,
@@ -426,11 +448,11 @@ def render(report: dict[str, Any], markdown: bool) -> str:
         fo = r["failover_p50_ms"]
         perf.append([name, _fmt(r["rps_c1"]), _fmt(r["rps_c50"]), _fmt(r["p50_c1_ms"]),
                      _fmt(r["p99_c1_ms"]), _fmt(r["p50_c50_ms"]), _fmt(r["p99_c50_ms"]),
-                     _fmt(added), _fmt(r["ttfc_p50_ms"]),
+                     _fmt(added), _fmt(r["cpu_us_c50"], 0), _fmt(r["ttfc_p50_ms"]),
                      _fmt(None if fo is None else fo - direct["p50_c1_ms"])
                      + ("" if fo is None or r["failover_ok"] else " (errors)")])
     parts = [table(["target", "rps c=1", "rps c=50", "p50 c=1 ms", "p99 c=1 ms", "p50 c=50 ms",
-                    "p99 c=50 ms", "added p50 c=1 ms", "stream TTFC p50 ms",
+                    "p99 c=50 ms", "added p50 c=1 ms", "CPU µs/req c=50", "stream TTFC p50 ms",
                     "429→fallback adds ms"], perf, markdown)]
     mem_rows = []
     for name, m in report["memory"].items():
