@@ -38,10 +38,13 @@ requires_mosquitto = pytest.mark.skipif(
     MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def hold_port(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: any) with SO_REUSEADDR, not listening:
+    connections to it are refused, and no other socket gets the port as its source."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 class Mosquitto:
@@ -50,7 +53,11 @@ class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None,
                  unix_socket: str | None = None) -> None:
         assert MOSQUITTO is not None
-        self.port = port or free_port()
+        # the port stays bound (not listening) whenever the broker is down, so that a client
+        # retrying it cannot get it as its own source port (TCP self-connect); mosquitto
+        # binds with SO_REUSEADDR, which a bound but not listening socket allows
+        self._holder: socket.socket | None = hold_port(port or 0)
+        self.port = int(self._holder.getsockname()[1])
         self.host = "127.0.0.1"
         self.unix_socket = unix_socket
         self.conf = workdir / "mosquitto.conf"
@@ -74,6 +81,9 @@ class Mosquitto:
                                    f"{self.log.read_text() if self.log.exists() else ''}")
             with contextlib.suppress(OSError), socket.create_connection(
                     (self.host, self.port), timeout=0.2):
+                if self._holder is not None:
+                    self._holder.close()
+                    self._holder = None
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout}s")
@@ -84,6 +94,13 @@ class Mosquitto:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=5)
         self.proc = None
+        if self._holder is None:
+            self._holder = hold_port(self.port)
+
+    def release_port(self) -> None:
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM)
@@ -108,6 +125,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.kill()
+        broker.release_port()
 
 
 class TcpProxy:
@@ -120,15 +138,20 @@ class TcpProxy:
     def __init__(self, upstream_port: int, *, refuse_v5: bool = False) -> None:
         self.upstream_port = upstream_port
         self.refuse_v5 = refuse_v5
-        self.port = free_port()
         self.refused_v5 = 0
         self._server: asyncio.Server | None = None
+        # While not listening, the port stays bound (not listening: connections are refused).
+        # Were it free, a client retrying 127.0.0.1:<port> could get that same port as its
+        # ephemeral source and connect to itself (TCP self-connect), taking the port away.
+        self._holder: socket.socket | None = hold_port(0)
+        self.port = int(self._holder.getsockname()[1])
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
-                                                  reuse_address=True)
+        sock, self._holder = self._holder, None
+        assert sock is not None, "already open"
+        self._server = await asyncio.start_server(self._handle, sock=sock)
 
     async def close_listener(self) -> None:
         """Stops accepting (new clients get ECONNREFUSED); live connections keep going."""
@@ -136,9 +159,13 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            self._holder = hold_port(self.port)
 
     async def close(self) -> None:
         await self.close_listener()
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
         for w in list(self._writers):
             w.close()
         for t in list(self._tasks):

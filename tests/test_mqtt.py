@@ -227,6 +227,7 @@ async def test_unix_socket_broker(tmp_path: Path) -> None:
                 assert kept[STATUS].payload == b"online"
         finally:
             broker.kill()
+            broker.release_port()
 
 
 WILL_CHILD = """

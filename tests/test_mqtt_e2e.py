@@ -19,7 +19,14 @@ import pytest
 
 from failoverd.mqtt import EVENT_EXPIRY_SECONDS
 from tests.fakes.openai import FakeOpenAI
-from tests.mosquitto import Mosquitto, Recorder, TcpProxy, free_port, requires_mosquitto, retained
+from tests.mosquitto import (
+    Mosquitto,
+    Recorder,
+    TcpProxy,
+    hold_port,
+    requires_mosquitto,
+    retained,
+)
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 
 NODE = "e2e"
@@ -227,7 +234,16 @@ async def test_broker_restart_mid_run(mosquitto: Mosquitto, upstreams: Any,
 async def test_full_buffer_drops_oldest_and_counts_while_serving(upstreams: Any,
                                                                  start_daemon: Any) -> None:
     a, b = upstreams
-    d = await start_daemon(config(a, b, free_port(), threshold=100, queue_size=2))
+    nobody = hold_port(0)  # bound, never listening: refused (and never a self-connect)
+    try:
+        d = await start_daemon(config(a, b, nobody.getsockname()[1], threshold=100,
+                                      queue_size=2))
+        await _fill_and_stop(d)
+    finally:
+        nobody.close()
+
+
+async def _fill_and_stop(d: Any) -> None:
     for n in range(4):  # four failovers, nowhere to publish them
         await chat(d, f"s{n}")
     status = (await d.http.get("/v1/status")).json()["mqtt"]
