@@ -35,6 +35,7 @@ from failoverd.http1 import (
 )
 from failoverd.http1.client import Target, encode_request
 from failoverd.http1.connection import DRAIN_BYTES, HIGH_WATER, LOW_WATER
+from tests.fakes.serving import StreamServer
 
 CT = 5.0  # connect timeout for calls that are expected to connect
 LOCAL = "127.0.0.1"
@@ -437,7 +438,7 @@ def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-class RawServer:
+class RawServer(StreamServer):
     """asyncio.start_server on 127.0.0.1; `handler(srv, n, reader, writer)` serves the n-th
     connection (from 1). Records the requests it read."""
 
@@ -446,20 +447,16 @@ class RawServer:
         self.connections = 0
         self.requests: list[bytes] = []
         self.url = ""
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
+        super().__init__()
 
     async def start(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, LOCAL, 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://{LOCAL}:{port}"
+        await self._listen(self._serve)
+        self.url = f"http://{LOCAL}:{self.port}"
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         try:
             try:
                 await self.handler(self, self.connections, reader, writer)
@@ -493,13 +490,6 @@ class RawServer:
             writer.write(reply)
             await writer.drain()
 
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
 
 MakeRaw = Callable[[Handler], Awaitable[RawServer]]

@@ -36,6 +36,7 @@ from failoverd.http1.parser import Head, ResponseParser
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from tests.fakes.proxy import FakeProxy
+from tests.fakes.serving import StreamServer
 
 LOCAL = "127.0.0.1"
 CT = 5.0
@@ -73,28 +74,23 @@ def contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLCon
     return server, ssl.create_default_context(cafile=str(certificate[0]))
 
 
-class Origin:
+class Origin(StreamServer):
     """A raw keep-alive origin on 127.0.0.1 (TLS with a context): every request gets
     `200 ok`; `Connection: close` ends the connection after the answer (as the test proxy
     asks). `open` counts its open connections."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.url = ""
-        self.port = 0
         self.open = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self, context: ssl.SSLContext | None = None) -> Origin:
-        self._server = await asyncio.start_server(self._serve, LOCAL, 0, ssl=context)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._listen(self._serve, ssl=context)
         self.url = f"{'https' if context else 'http'}://{LOCAL}:{self.port}"
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         self.open += 1
         try:
             while True:
@@ -111,33 +107,21 @@ class Origin:
             writer.close()
             self._tasks.discard(task)
 
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
 
-class Silent:
+class Silent(StreamServer):
     """Accepts connections, reads and never answers; `eofs` counts peers that closed."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.eofs = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> Silent:
-        self._server = await asyncio.start_server(self._serve, LOCAL, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._listen(self._serve)
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         try:
             while await reader.read(65536):
                 pass
@@ -148,13 +132,6 @@ class Silent:
             writer.close()
             self._tasks.discard(task)
 
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
 
 async def raw_proxy(answer: bytes) -> tuple[asyncio.Server, str]:

@@ -226,7 +226,20 @@ async def test_connections_are_reused_and_a_timed_out_one_is_not(
         setup: tuple[FakeServer[Any], Provider, ModelConfig], http_client: HttpClient,
         kind: str) -> None:
     fake, provider, model = setup
-    error = ADAPTERS[kind].errors[0][0]
+    await check_reuse(fake, provider, model, http_client, ADAPTERS[kind].errors[0][0])
+
+
+async def test_openai_connections_are_reused_and_a_timed_out_one_is_not(
+        fake_openai: Any, http_client: HttpClient) -> None:
+    fake = await fake_openai()
+    model = ModelConfig(id="oai/gpt-test", provider="oai", name="gpt-test")
+    provider = make_provider(ProviderConfig(name="oai", kind="openai", base_url=fake.url,
+                                            api_key="sk-test"), http_client)
+    await check_reuse(fake, provider, model, http_client, "rate_limit")
+
+
+async def check_reuse(fake: Any, provider: Provider, model: ModelConfig,
+                      http_client: HttpClient, error: str) -> None:
     await provider.complete(HELLO, model, LIMITS)
     fake.push(error)
     with pytest.raises(UpstreamError):
@@ -247,29 +260,4 @@ async def test_connections_are_reused_and_a_timed_out_one_is_not(
     assert err.value.reason == FailureReason.TIMEOUT
     await provider.complete(HELLO, model, LIMITS)
     # the timed-out connection was closed (the upstream sees the call abandoned)
-    assert http_client.connects == 2
-
-
-async def test_openai_connections_are_reused_and_a_timed_out_one_is_not(
-        fake_openai: Any, http_client: HttpClient) -> None:
-    fake = await fake_openai()
-    model = ModelConfig(id="oai/gpt-test", provider="oai", name="gpt-test")
-    provider = make_provider(ProviderConfig(name="oai", kind="openai", base_url=fake.url,
-                                            api_key="sk-test"), http_client)
-    await provider.complete(HELLO, model, LIMITS)
-    fake.push("rate_limit")
-    with pytest.raises(UpstreamError):
-        await provider.complete(HELLO, model, LIMITS)
-    assert text(await collect(provider, model)).startswith("Hello")
-    await pooled(http_client)
-    fake.push("rate_limit")
-    with pytest.raises(UpstreamError):
-        await collect(provider, model)
-    await provider.complete(HELLO, model, LIMITS)
-    assert http_client.connects == 1
-    fake.push("hang")
-    with pytest.raises(UpstreamError) as err:
-        await provider.complete(HELLO, model, SHORT)
-    assert err.value.reason == FailureReason.TIMEOUT
-    await provider.complete(HELLO, model, LIMITS)
     assert http_client.connects == 2

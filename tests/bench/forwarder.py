@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from typing import cast
+
+from tests.bench.upstream import install_uvloop, until_stopped
 
 
 class Pipe(asyncio.Protocol):
@@ -81,15 +81,7 @@ async def serve(path: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_unix_server(lambda: client_side(port), path, backlog=4096)
     print("READY", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reader = asyncio.StreamReader()
-    with contextlib.suppress(OSError, ValueError):
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        eof = asyncio.ensure_future(reader.read())
-        eof.add_done_callback(lambda _f: stop.set())
-    await stop.wait()
+    await until_stopped()
     server.close()
 
 
@@ -100,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uvloop", action="store_true")
     args = p.parse_args(argv)
     if args.uvloop:
-        from tests.bench.upstream import install_uvloop
         install_uvloop()
     asyncio.run(serve(args.unix, args.upstream_port))
     return 0

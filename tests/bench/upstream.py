@@ -176,17 +176,23 @@ async def serve(host: str, port: int, settings: Settings) -> None:
     server = await loop.create_server(lambda: Connection(settings), host, port, backlog=4096)
     bound = server.sockets[0].getsockname()[1]
     print(f"READY {bound}", flush=True)
+    await until_stopped()
+    server.close()
+
+
+async def until_stopped() -> None:
+    """Returns on SIGTERM/SIGINT, or when stdin closes: the orchestrator is gone, so stop
+    rather than linger."""
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # stdin closing means the orchestrator is gone: stop rather than linger
     reader = asyncio.StreamReader()
     with contextlib.suppress(OSError, ValueError):
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         eof = asyncio.ensure_future(reader.read())
         eof.add_done_callback(lambda _f: stop.set())
     await stop.wait()
-    server.close()
 
 
 def install_uvloop() -> bool:
