@@ -13,7 +13,7 @@ The tree::
     └── ListenError            the daemon cannot get its listening socket (bad socket
                                activation, path in use by a live daemon, bind failure)
 
-Third-party exceptions (aiohttp, aiomqtt, OSError from sockets) are translated into these at
+Edge exceptions (the HTTP client's, aiomqtt's, OSError from sockets) are translated into these at
 the edges (provider adapters, MQTT publisher) and never travel inward.
 """
 
