@@ -412,6 +412,29 @@ max_concurrency = 1
     metrics = (await d.http.get("/metrics")).text
     assert 'failoverd_requests_total{model="",outcome="cancelled"} 1' in metrics
     assert 'outcome="ok"' not in metrics
+    # the abandoned upstream call's connection was closed, not pooled
+    up = origin(a.url)
+    assert f'failoverd_upstream_connections_opened_total{{upstream="{up}"}} 1' in metrics
+    assert f'failoverd_upstream_connections{{upstream="{up}"}} 0' in metrics
+    assert f'failoverd_upstream_idle_connections{{upstream="{up}"}} 0' in metrics
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a fake's URL, as the upstream connection metrics name it."""
+    parts = httpx.URL(url)
+    return f"{parts.scheme}://{parts.host}:{parts.port}"
+
+
+async def test_upstream_connections_are_kept_alive_and_counted(pair) -> None:
+    a, b, d = pair
+    for _ in range(3):
+        await d.openai.chat.completions.create(model="default", messages=HELLO)
+    metrics = (await d.http.get("/metrics")).text
+    up = origin(a.url)
+    assert f'failoverd_upstream_connections_opened_total{{upstream="{up}"}} 1' in metrics
+    assert f'failoverd_upstream_connections{{upstream="{up}"}} 1' in metrics
+    assert f'failoverd_upstream_idle_connections{{upstream="{up}"}} 1' in metrics
+    assert origin(b.url) not in metrics  # never called: no pool
 
 
 async def test_queue_waits_for_the_capable_model_only(fake_openai, start_daemon) -> None:

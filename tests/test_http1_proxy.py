@@ -241,3 +241,7 @@ primary = "a/m"
     assert reply.choices[0].message.content == "through the proxy"
     assert proxy.lines == [f"POST {up.url}/chat/completions HTTP/1.1"]
     assert len(up.chat_requests()) == 1
+    metrics = (await d.http.get("/metrics")).text
+    origin = up.url.removesuffix("/v1")
+    assert ("failoverd_upstream_connections_opened_total"
+            f'{{upstream="{origin}",proxy="127.0.0.1:{proxy.port}"}} 1') in metrics

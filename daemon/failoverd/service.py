@@ -27,6 +27,7 @@ from failoverd.failures import FailureReason
 from failoverd.health import HealthRegistry
 from failoverd.hooks import HookRunner
 from failoverd.http1 import HttpClient
+from failoverd.http1.client import PoolStats
 from failoverd.metrics import Metrics
 from failoverd.mqtt import MqttPublisher
 from failoverd.requirements import Requirements
@@ -342,6 +343,18 @@ class Service:
                     "# HELP failoverd_mqtt_connected 1 while connected to the broker.",
                     "# TYPE failoverd_mqtt_connected gauge",
                     f"failoverd_mqtt_connected {int(m.connected)}"]
+        pools = self.client.stats()
+        out += ["# HELP failoverd_upstream_connections_opened_total Connections opened to each "
+                "upstream (keep-alive reuse keeps this low).",
+                "# TYPE failoverd_upstream_connections_opened_total counter"]
+        out += [f"failoverd_upstream_connections_opened_total{_pool_labels(p)} {p.opened}"
+                for p in pools]
+        out += ["# HELP failoverd_upstream_connections Connections open to each upstream "
+                "(in use or idle).", "# TYPE failoverd_upstream_connections gauge"]
+        out += [f"failoverd_upstream_connections{_pool_labels(p)} {p.open}" for p in pools]
+        out += ["# HELP failoverd_upstream_idle_connections Idle keep-alive connections to "
+                "each upstream.", "# TYPE failoverd_upstream_idle_connections gauge"]
+        out += [f"failoverd_upstream_idle_connections{_pool_labels(p)} {p.idle}" for p in pools]
         out += ["# TYPE failoverd_hook_failures_total counter",
                 f"failoverd_hook_failures_total {self.hooks.failures}",
                 "# TYPE failoverd_hook_dropped_total counter",
@@ -358,3 +371,8 @@ def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[s
     else:
         return candidates  # removed by a reload
     return (*first, *(c for c in candidates if c not in first))
+
+
+def _pool_labels(p: PoolStats) -> str:
+    return (f'{{upstream="{p.upstream}",proxy="{p.proxy}"}}' if p.proxy
+            else f'{{upstream="{p.upstream}"}}')

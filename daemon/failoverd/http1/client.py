@@ -24,7 +24,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohappyeyeballs
@@ -179,6 +179,7 @@ class HttpClient:
         self._closed = False
         self._swept_at = 0.0
         self.connects = 0  # connections opened (a pool that works keeps this low)
+        self._opened: dict[Key, int] = {}
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -199,6 +200,22 @@ class HttpClient:
     @property
     def idle_connections(self) -> int:
         return sum(len(v) for v in self._idle.values())
+
+    def stats(self) -> list[PoolStats]:
+        """Per upstream (and proxy): connections opened so far, open now, idle now."""
+        open_now: dict[Key, int] = {}
+        for conn in self._all:
+            if not conn.closed:
+                open_now[conn.key] = open_now.get(conn.key, 0) + 1
+        out = []
+        for key, opened in sorted(self._opened.items()):
+            scheme, host, port, proxy_url = key
+            shown = f"[{host}]" if ":" in host else host
+            out.append(PoolStats(f"{scheme}://{shown}:{port}",
+                                 str(proxy(proxy_url)).removeprefix("proxy ") if proxy_url
+                                 else "", opened, open_now.get(key, 0),
+                                 sum(not c.closed for c in self._idle.get(key, ()))))
+        return out
 
     def via(self, proxy_url: str) -> Requester:
         """This client, sending every request through the proxy at `proxy_url` ("" = none)."""
@@ -302,6 +319,7 @@ class HttpClient:
         except (OSError, ValueError) as exc:
             raise ConnectError(f"cannot connect to {where}: {_detail(exc)}") from exc
         self.connects += 1
+        self._opened[key] = self._opened.get(key, 0) + 1
         if self._closed:
             conn.close()
             raise ConnectError("the HTTP client is closed")
@@ -368,6 +386,16 @@ class HttpClient:
             # built on first use: loading the system CA store takes milliseconds
             self._ssl = ssl.create_default_context()
         return self._ssl
+
+
+class PoolStats(NamedTuple):
+    """One upstream's connections (`HttpClient.stats`)."""
+
+    upstream: str  # scheme://host:port
+    proxy: str  # host:port of the proxy, or ""
+    opened: int
+    open: int
+    idle: int
 
 
 class Requester(Protocol):
