@@ -912,6 +912,24 @@ async def test_connect_refused(client: HttpClient) -> None:
     assert client.connects == 0
 
 
+@pytest.mark.parametrize(("hint", "reused"), [
+    ("timeout=30", True), ("timeout=30, max=100", True), ("max=100", True),
+    ("timeout=1", False), ("timeout=0", False), ("timeout=soon", True)])
+async def test_the_servers_keep_alive_timeout_is_respected(raw_server: MakeRaw,
+                                                           client: HttpClient, hint: str,
+                                                           reused: bool) -> None:
+    """`Keep-Alive: timeout=N`: reuse only within N - 1 seconds (a hint of 1 s or less:
+    never), so a request does not race the server closing the idle connection."""
+    answer = (b"HTTP/1.1 200 OK\r\nKeep-Alive: " + hint.encode()
+              + b"\r\nContent-Length: 2\r\n\r\nok")
+    srv = await raw_server(lambda srv, n, reader, writer: srv.answer_all(reader, writer,
+                                                                         answer))
+    for _ in range(2):
+        resp = await get(client, srv.url)
+        assert await resp.read() == b"ok"
+    assert client.connects == (1 if reused else 2)
+
+
 async def test_every_address_of_a_host_is_tried(raw_server: MakeRaw, client: HttpClient,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A name with several addresses: a refused first one does not fail the request."""

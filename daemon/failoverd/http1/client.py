@@ -265,7 +265,10 @@ class HttpClient:
             conn = idle.pop()
             if conn.closed:
                 continue
-            if now - conn.idle_since > self.keepalive_timeout:
+            limit = self.keepalive_timeout
+            if conn.keep_for is not None and conn.keep_for < limit:
+                limit = conn.keep_for
+            if now - conn.idle_since > limit or limit <= 0:
                 conn.close()
                 continue
             return conn

@@ -32,6 +32,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False  # has answered a request before
         self.idle_since = 0.0
+        self.keep_for: float | None = None  # the server's Keep-Alive hint, if it gave one
         self._release = release
         self._lost = lost
         self._parser: ResponseParser | None = None
@@ -153,6 +154,7 @@ class Connection(asyncio.Protocol):
         self._response = None
         if parser is not None and parser.keep_alive and not self.closed:
             self.reused = True
+            self.keep_for = keep_alive_seconds(response.headers.get("keep-alive"))
             self._resume()  # a body that ended while reading was paused
             self._release(self)
         else:
@@ -174,6 +176,20 @@ class Connection(asyncio.Protocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+
+def keep_alive_seconds(value: str | None) -> float | None:
+    """How long an idle connection may be reused after `Keep-Alive: timeout=N`: a second
+    less than the server keeps it, so a request does not race the server's close. None
+    without a (valid) hint."""
+    for part in (value or "").split(","):
+        name, _, number = part.partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return max(0.0, float(number.strip()) - 1.0)
+            except ValueError:
+                return None
+    return None
 
 
 class Response:
