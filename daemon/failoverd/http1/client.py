@@ -156,7 +156,8 @@ def encode_request(method: str, tgt: Target, headers: Mapping[str, str], data: b
     if not seen_agent:
         parts.append(f"User-Agent: {user_agent}\r\n")
     if not seen_encoding:
-        parts.append("Accept-Encoding: gzip, deflate\r\n")
+        # not deflate: some servers send it raw, without the zlib wrapper RFC 9110 asks for
+        parts.append("Accept-Encoding: gzip\r\n")
     if data is not None:
         parts.append(f"Content-Length: {len(data)}\r\n\r\n")
         return "".join(parts).encode() + data
