@@ -352,6 +352,14 @@ def test_gzip_codings(coding: bytes) -> None:
     assert sink.body == b"hello gzip " * 50 and sink.completions == 1
 
 
+def test_concatenated_gzip_members_are_one_body() -> None:
+    data = gzipped(b"first member, ") + gzipped(b"second member")
+    for cut in range(1, len(data)):  # the boundary between members in any piece
+        _, sink = parse(response(b"HTTP/1.1 200 OK\nContent-Encoding: gzip\n"
+                                 b"Transfer-Encoding: chunked\n", chunked(data[:cut], data[cut:])))
+        assert sink.body == b"first member, second member" and sink.completions == 1
+
+
 def test_deflate_is_zlib_wrapped() -> None:
     data = zlib.compress(b"deflated " * 100)
     _, sink = parse(response(b"HTTP/1.1 200 OK\nContent-Encoding: deflate\n"

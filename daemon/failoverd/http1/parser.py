@@ -289,6 +289,11 @@ class ResponseParser:
             self._coded = True
             try:
                 data = decoder.decompress(data)
+                while decoder.eof and decoder.unused_data:
+                    # gzip members one after another (RFC 1952 2.2): one stream of text
+                    rest = decoder.unused_data
+                    decoder = self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
+                    data += decoder.decompress(rest)
             except zlib.error as exc:
                 raise PayloadError(f"cannot decode the response body: {exc}") from None
             if not data:
