@@ -190,10 +190,11 @@ class HttpClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Closes every connection, idle or busy."""
+        """Closes every connection, idle or busy, at once: aborted, since a TLS close
+        handshake could outlive the event loop at shutdown."""
         self._closed = True
         for conn in list(self._all):
-            conn.close()
+            conn.abort()
         self._idle.clear()
         # let the transports run connection_lost before the loop goes away
         await asyncio.sleep(0)

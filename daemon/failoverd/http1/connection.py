@@ -132,6 +132,12 @@ class Connection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def abort(self) -> None:
+        """Closes the connection at once, without a TLS close handshake."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     @property
     def keeps_alive(self) -> bool:
         """Whether the answer in progress leaves the connection reusable."""
