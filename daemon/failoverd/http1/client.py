@@ -48,7 +48,7 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 class Target:
     """A URL split once: its pool key, Host header and request target."""
 
-    __slots__ = ("key", "host", "port", "tls", "host_header", "path", "absolute")
+    __slots__ = ("key", "host", "port", "tls", "host_header", "authority", "path", "absolute")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -59,8 +59,9 @@ class Target:
         default = 443 if self.tls else 80
         self.port = parts.port or default
         self.key: Key = (parts.scheme, self.host, self.port, "")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = host if self.port == default else f"{host}:{self.port}"
+        # host:port, as a CONNECT request names it
+        self.authority = host_port(self.host, self.port)
+        self.host_header = self.authority if self.port != default else bracketed(self.host)
         # percent-encode what may not stand in a request line (a model id with a space in a
         # Gemini URL); existing %-escapes are kept
         path = quote(parts.path or "/", safe=_PATH_SAFE)
@@ -68,11 +69,14 @@ class Target:
         # the request target sent to a proxy for a plain-http URL
         self.absolute = f"http://{self.host_header}{self.path}"
 
-    @property
-    def authority(self) -> str:
-        """host:port, as a CONNECT request names it."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+
+def bracketed(host: str) -> str:
+    """A host as it stands in a URL or Host header: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def host_port(host: str, port: int) -> str:
+    return f"{bracketed(host)}:{port}"
 
 
 class Proxy:
@@ -102,8 +106,7 @@ class Proxy:
             self.authorization = "Basic " + base64.b64encode(pair.encode()).decode()
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"proxy {host}:{self.port}"
+        return f"proxy {host_port(self.host, self.port)}"
 
 
 def redact(url: str) -> str:
@@ -179,8 +182,7 @@ class HttpClient:
         self._all: set[Connection] = set()
         self._closed = False
         self._swept_at = 0.0
-        self.connects = 0  # connections opened (a pool that works keeps this low)
-        self._opened: dict[Key, int] = {}
+        self._opened: dict[Key, int] = {}  # connections opened, per pool
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -200,6 +202,11 @@ class HttpClient:
         await asyncio.sleep(0)
 
     @property
+    def connects(self) -> int:
+        """Connections opened so far (a pool that works keeps this low)."""
+        return sum(self._opened.values())
+
+    @property
     def idle_connections(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
@@ -212,10 +219,10 @@ class HttpClient:
         out = []
         for key, opened in sorted(self._opened.items()):
             scheme, host, port, proxy_url = key
-            shown = f"[{host}]" if ":" in host else host
-            out.append(PoolStats(f"{scheme}://{shown}:{port}",
-                                 str(proxy(proxy_url)).removeprefix("proxy ") if proxy_url
-                                 else "", opened, open_now.get(key, 0),
+            via = proxy(proxy_url) if proxy_url else None
+            out.append(PoolStats(f"{scheme}://{host_port(host, port)}",
+                                 host_port(via.host, via.port) if via else "", opened,
+                                 open_now.get(key, 0),
                                  sum(not c.closed for c in self._idle.get(key, ()))))
         return out
 
@@ -323,7 +330,6 @@ class HttpClient:
         # refuses (UnicodeError, a ValueError)
         except (OSError, ValueError) as exc:
             raise ConnectError(f"cannot connect to {where}: {_detail(exc)}") from exc
-        self.connects += 1
         self._opened[key] = self._opened.get(key, 0) + 1
         if self._closed:
             conn.close()

@@ -30,7 +30,6 @@ class Connection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reused = False  # has answered a request before
         self.idle_since = 0.0
         self.keep_for: float | None = None  # the server's Keep-Alive hint, if it gave one
         self._release = release
@@ -159,7 +158,6 @@ class Connection(asyncio.Protocol):
         self._parser = None
         self._response = None
         if parser is not None and parser.keep_alive and not self.closed:
-            self.reused = True
             self.keep_for = keep_alive_seconds(response.headers.get("keep-alive"))
             self._resume()  # a body that ended while reading was paused
             self._release(self)
