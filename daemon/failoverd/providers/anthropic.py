@@ -31,6 +31,7 @@ from failoverd.providers.http import (
     json_or_none,
     open_stream,
     parse_retry_after,
+    probe_get,
     probe_limits,
     read_limited,
     sse_events,
@@ -220,9 +221,8 @@ class AnthropicProvider:
         if kind == "none":
             return
         if kind == "models":
-            await fetch(self._client, "GET", self._models_url, headers=self._headers,
-                        total=timeout, connect=min(timeout, self.config.connect_timeout),
-                        failure=self._failure, provider=self.config.name, model=model.id)
+            await probe_get(self._client, self._models_url, headers=self._headers, timeout=timeout,
+                            config=self.config, failure=self._failure, model=model.id)
             return
         # no reasoning_effort: a probe's few tokens are below Anthropic's thinking minimum
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}],

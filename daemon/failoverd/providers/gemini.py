@@ -30,6 +30,7 @@ from failoverd.providers.http import (
     json_or_none,
     open_stream,
     parse_retry_after,
+    probe_get,
     probe_limits,
     read_limited,
     sse_events,
@@ -202,9 +203,9 @@ class GeminiProvider:
             return
         if kind == "models":
             # the model's own entry: reachability, the key, and that the model exists
-            await fetch(self._client, "GET", self._model_url(model), headers=self._headers,
-                        total=timeout, connect=min(timeout, self.config.connect_timeout),
-                        failure=self._failure, provider=self.config.name, model=model.id)
+            await probe_get(self._client, self._model_url(model), headers=self._headers,
+                            timeout=timeout, config=self.config, failure=self._failure,
+                            model=model.id)
             return
         body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": max_tokens}
         await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from failoverd.config import ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClientError, PayloadError, Requester, Response
@@ -245,6 +246,15 @@ def finish_stream(resp: Response, clean: bool) -> None:
         resp.release()
     else:
         resp.close()
+
+
+async def probe_get(client: Requester, url: str, *, headers: Mapping[str, str], timeout: float,
+                    config: ProviderConfig, failure: Failure, model: str) -> bytes:
+    """A probe's GET (a models listing): `timeout` for everything, connecting within both
+    limits, as `probe_limits` sets them for a chat probe."""
+    return await fetch(client, "GET", url, headers=headers, total=timeout,
+                       connect=min(timeout, config.connect_timeout), failure=failure,
+                       provider=config.name, model=model)
 
 
 def probe_limits(timeout: float, connect_timeout: float) -> AttemptLimits:

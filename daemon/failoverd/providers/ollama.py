@@ -29,6 +29,7 @@ from failoverd.providers.http import (
     lines,
     open_stream,
     parse_retry_after,
+    probe_get,
     probe_limits,
     read_limited,
     upstream_error,
@@ -147,9 +148,9 @@ class OllamaProvider:
 
     async def _probe_tags(self, model: ModelConfig, limit: float) -> None:
         name = self.config.name
-        raw = await fetch(self._client, "GET", self._tags_url, headers=self._headers,
-                          total=limit, connect=min(limit, self.config.connect_timeout),
-                          failure=self._failure, provider=name, model=model.id)
+        raw = await probe_get(self._client, self._tags_url, headers=self._headers,
+                              timeout=limit, config=self.config, failure=self._failure,
+                              model=model.id)
         listing = json_or_none(raw)
         if not isinstance(listing, dict) or not isinstance(listing.get("models"), list):
             raise upstream_error(FailureReason.INVALID_RESPONSE, "unparsable /api/tags answer",

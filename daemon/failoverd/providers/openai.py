@@ -28,6 +28,7 @@ from failoverd.providers.http import (
     not_found_is_model,
     open_stream,
     parse_retry_after,
+    probe_get,
     probe_limits,
     read_limited,
     sse_events,
@@ -153,9 +154,8 @@ class OpenAIProvider:
         if kind == "none":
             return
         if kind == "models":
-            await fetch(self._client, "GET", self._models_url, headers=self._headers,
-                        total=timeout, connect=min(timeout, self.config.connect_timeout),
-                        failure=self._failure, provider=self.config.name, model=model.id)
+            await probe_get(self._client, self._models_url, headers=self._headers, timeout=timeout,
+                            config=self.config, failure=self._failure, model=model.id)
             return
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}]}
         if "reasoning" in model.capabilities:
