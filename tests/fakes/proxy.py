@@ -8,43 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from tests.fakes.serving import StreamServer
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-@dataclass
-class FakeProxy:
-    require: str | None = None  # the Proxy-Authorization value it insists on
-    lines: list[str] = field(default_factory=list)
-    auth: list[str | None] = field(default_factory=list)
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+class FakeProxy(StreamServer):
+    def __init__(self, require: str | None = None) -> None:
+        super().__init__()
+        self.require = require  # the Proxy-Authorization value it insists on
+        self.lines: list[str] = []
+        self.auth: list[str | None] = []
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> FakeProxy:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._listen(self._client)
         return self
 
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        task = self._track()
         try:
             while True:
                 try:
