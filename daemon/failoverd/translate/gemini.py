@@ -43,7 +43,7 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
-from failoverd.translate.tools import function_tools
+from failoverd.translate.tools import function_tools, stream_delta
 
 logger = logging.getLogger(__name__)
 
@@ -556,16 +556,9 @@ class StreamTranslator:
             state = self._candidates.setdefault(index, _Candidate())
             text, calls = _split_parts((cand.get("content") or {}).get("parts") or (),
                                        state.calls)
-            delta: dict[str, Any] = {}
-            if not state.started:
-                delta = {"role": "assistant", "content": text}
-                state.started = True
-            elif text:
-                delta = {"content": text}
-            if calls:
-                delta["tool_calls"] = [{"index": state.calls + k, **call}
-                                       for k, call in enumerate(calls)]
-                state.calls += len(calls)
+            delta = stream_delta(not state.started, text, calls, state.calls)
+            state.started = True
+            state.calls += len(calls)
             if delta:
                 out.append(self._chunk([{"index": index, "delta": delta, "logprobs": None,
                                          "finish_reason": None}]))

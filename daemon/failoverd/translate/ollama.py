@@ -34,7 +34,7 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.images import image_part_url, is_data_url, parse_data_url
-from failoverd.translate.tools import function_tools
+from failoverd.translate.tools import function_tools, stream_delta
 
 logger = logging.getLogger(__name__)
 
@@ -286,15 +286,9 @@ class StreamTranslator:
         msg: dict[str, Any] = line["message"] if isinstance(line.get("message"), dict) else {}
         text = str(msg.get("content") or "")
         calls = tool_calls(msg.get("tool_calls"), self._calls)
-        delta: dict[str, Any] = {}
-        if not self._started:
-            delta = {"role": "assistant", "content": text}
-            self._started = True
-        elif text:
-            delta = {"content": text}
-        if calls:
-            delta["tool_calls"] = [{"index": self._calls + k, **c} for k, c in enumerate(calls)]
-            self._calls += len(calls)
+        delta = stream_delta(not self._started, text, calls, self._calls)
+        self._started = True
+        self._calls += len(calls)
         out = [self._chunk(delta)] if delta else []
         if line.get("done"):
             self.done = True

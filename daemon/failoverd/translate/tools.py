@@ -1,4 +1,5 @@
-"""Tool definitions of the canonical (OpenAI) form, as the translators read them."""
+"""Tools of the canonical (OpenAI) form as the translators read and write them: definitions in
+requests, calls in streamed deltas."""
 
 from __future__ import annotations
 
@@ -16,3 +17,14 @@ def function_tools(tools: Any, refuse: Callable[[str, str], Exception]
             kind = tool.get("type") if isinstance(tool, dict) else None
             raise refuse(f"a tool of type {kind!r}", f"tools[{i}]")
         yield i, fn
+
+
+def stream_delta(first: bool, text: str, calls: list[dict[str, Any]],
+                 index: int) -> dict[str, Any]:
+    """An OpenAI stream delta: the first one carries the role (and its text, even empty);
+    new tool calls are numbered on from `index`. Empty when there is nothing to say."""
+    delta: dict[str, Any] = ({"role": "assistant", "content": text} if first
+                             else {"content": text} if text else {})
+    if calls:
+        delta["tool_calls"] = [{"index": index + k, **call} for k, call in enumerate(calls)]
+    return delta
