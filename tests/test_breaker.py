@@ -154,7 +154,7 @@ def test_below_minimum_calls_never_opens_by_rate() -> None:
 
 @pytest.mark.parametrize(("gap", "opens"), [(9.999, True), (10.0, False)])
 def test_window_boundary(gap: float, opens: bool) -> None:
-    # a call recorded at t is in the window while now - t < window
+    # calls on bucket boundaries (window / 60): the call at t=0 is out exactly 10 s later
     r = rig(failure_threshold=100, failure_rate=0.5, minimum_calls=3, window=10)
     r.fail()
     r.clock.advance(5)

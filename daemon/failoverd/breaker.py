@@ -15,8 +15,10 @@ Choices where resilience4j or DESIGN.md leave room:
 - The thresholds are checked after every recorded call while closed, successes included (as
   resilience4j does): a success can complete ``minimum_calls`` on a window already failing
   enough. Reasons that do not count neither add to nor reset the consecutive-failure run.
-- A call is placed in the sliding window at the time its outcome is recorded. A call recorded at
-  ``t`` is in the window while ``now - t < window``: exactly ``window`` seconds later it is out.
+- A call is placed in the sliding window at the time its outcome is recorded. The window is
+  resilience4j's time-based one (``window.SlidingWindow``): 60 buckets of ``window / 60``
+  seconds each, so a call counts for between 59/60 of ``window`` and ``window`` seconds, and a
+  model at thousands of calls a second holds 60 counters, not one entry per call.
 - Slow calls (``slow_call_seconds > 0`` and a success strictly slower than it) count as failures
   for the failure *rate* only; a slow success still resets the consecutive-failure count, because
   the model did answer. Half-open trials judge success only, never speed.
@@ -41,13 +43,13 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from failoverd.clock import Clock
 from failoverd.config import BreakerConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
+from failoverd.window import SlidingWindow
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Breaker:
 
     __slots__ = (
         "model_id", "_cfg", "_clock", "_rng", "_on_transition", "_state", "_reason", "_since",
-        "_open_until", "_open_count", "_consecutive", "_window", "_window_failures", "_epoch",
+        "_open_until", "_open_count", "_consecutive", "_window", "_epoch",
         "_trials", "_trial_successes",
     )
 
@@ -105,8 +107,7 @@ class Breaker:
         self._open_until: float | None = None  # monotonic; None while forced open = until reset
         self._open_count = 0
         self._consecutive = 0
-        self._window: deque[tuple[float, bool]] = deque()
-        self._window_failures = 0
+        self._window = SlidingWindow(config.window)
         self._epoch = 0  # bumped on every transition; tickets from older epochs are stale
         self._trials = 0  # half-open permits out
         self._trial_successes = 0
@@ -121,6 +122,7 @@ class Breaker:
     def config(self, config: BreakerConfig) -> None:
         """A reload with new [breaker] keys keeps the state; new values apply from now on."""
         self._cfg = config
+        self._window.resize(config.window)
 
     @property
     def state(self) -> BreakerState:
@@ -166,9 +168,10 @@ class Breaker:
 
     def failure_rate(self) -> tuple[float, int]:
         """(failure rate, calls) over the sliding window; slow calls count as failures."""
-        self._evict(self._clock.monotonic())
-        calls = len(self._window)
-        return (self._window_failures / calls if calls else 0.0), calls
+        window = self._window
+        window.evict(self._clock.monotonic())
+        calls = window.calls
+        return (window.failures / calls if calls else 0.0), calls
 
     def status(self) -> dict[str, Any]:
         """JSON-able status for GET /v1/status; times are wall-clock epoch seconds."""
@@ -333,7 +336,6 @@ class Breaker:
         self._epoch += 1
         self._trials = self._trial_successes = 0
         self._window.clear()
-        self._window_failures = 0
         if state is BreakerState.CLOSED:
             self._state, self._reason, self._open_until = state, reason, None
             self._open_count = 0
@@ -364,19 +366,8 @@ class Breaker:
         if self._state in (BreakerState.OPEN, BreakerState.FORCED_OPEN) and self._due():
             self._transition(BreakerState.HALF_OPEN, self._reason, None)
 
-    def _evict(self, now: float) -> None:
-        horizon = now - self._cfg.window
-        window = self._window
-        while window and window[0][0] <= horizon:
-            if window.popleft()[1]:
-                self._window_failures -= 1
-
     def _add(self, failed: bool) -> None:
-        now = self._clock.monotonic()
-        self._evict(now)
-        self._window.append((now, failed))
-        if failed:
-            self._window_failures += 1
+        self._window.add(self._clock.monotonic(), failed)
 
     def _count_failure(self, reason: str, retry_after: float | None) -> None:
         if self._state is BreakerState.CLOSED:
@@ -390,9 +381,9 @@ class Breaker:
             self._open(reason, retry_after)
 
     def _check_rate(self, reason: str, retry_after: float | None = None) -> None:
-        calls = len(self._window)
+        calls = self._window.calls
         if calls >= self._cfg.minimum_calls and (
-            self._window_failures >= self._cfg.failure_rate * calls
+            self._window.failures >= self._cfg.failure_rate * calls
         ):
             self._open(reason, retry_after)
 
@@ -422,7 +413,6 @@ class Breaker:
         self._open_count = 0
         self._consecutive = 0
         self._window.clear()
-        self._window_failures = 0
         self._transition(BreakerState.CLOSED, reason, None)
 
     def _transition(self, new: BreakerState, reason: str | None, until: float | None) -> None:
