@@ -402,3 +402,26 @@ async def test_fail_mode_answers_503_at_once(fake_openai, start_daemon) -> None:
     assert info.value.status_code == 503
     assert info.value.response.headers["Retry-After"] in ("40", "39")
     assert a.requests == [] and b.requests == []
+
+
+# ------------------------------------------------------------------ failover count
+
+
+async def test_failovers_last_minute_counts_then_ages_out(fake_openai, start_daemon) -> None:
+    a = await fake_openai(reply="from a", default="server_error")
+    b = await fake_openai(reply="from b")
+    clock = ManualClock()
+    d = await start_daemon(pair_toml(a, b), clock=clock)
+    for _ in range(2):
+        assert (await ask(d))[0] == FALLBACK
+    clock.advance(30)
+    assert (await ask(d))[0] == FALLBACK  # the breaker is open: skipped, still a failover
+
+    async def last_minute() -> int:
+        return int((await d.http.get("/v1/status")).json()["failovers_last_minute"])
+
+    assert await last_minute() == 3
+    clock.advance(31)  # the first two are a minute old now
+    assert await last_minute() == 1
+    clock.advance(60)
+    assert await last_minute() == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from failoverd.requirements import Requirements
 from failoverd.runtime import Runtime, build_runtime
 from failoverd.sessions import SessionStore
 from failoverd.statefile import StateFile
+from failoverd.window import SlidingWindow
 
 if TYPE_CHECKING:
     from failoverd.prober import Prober
@@ -87,7 +87,7 @@ class Service:
         self.metrics = Metrics()
         self.inflight = 0
         self.started = clock.time()
-        self._failover_times: deque[float] = deque(maxlen=100_000)
+        self._failovers = SlidingWindow(60.0)  # for "failovers in the last minute"
         self.bus = EventBus(config.node, clock)
         self._detach_audit = AuditLog(config.daemon.log_format).attach(self.bus)
         self.hooks = HookRunner(config.hooks, self.bus, secrets=provider_secrets(config))
@@ -226,18 +226,15 @@ class Service:
 
     def _failover(self, info: FailoverInfo) -> None:
         self.metrics.failover(info.from_model, info.to_model, str(info.error.reason))
-        self._failover_times.append(self.clock.monotonic())
+        self._failovers.add(self.clock.monotonic(), failed=True)
 
     def _exhausted(self, attempts: list[Attempt]) -> None:
         self.bus.emit("chain:exhausted", attempts=[a.as_dict() for a in attempts])
 
-    def recent_failovers(self, window: float = 60.0) -> int:
-        """Failovers in the last `window` seconds (for systemd's STATUS= line)."""
-        cutoff = self.clock.monotonic() - window
-        times = self._failover_times
-        while times and times[0] < cutoff:
-            times.popleft()
-        return len(times)
+    def recent_failovers(self) -> int:
+        """Failovers in the last minute (for systemd's STATUS= line and /v1/status)."""
+        self._failovers.evict(self.clock.monotonic())
+        return self._failovers.calls
 
     # ------------------------------------------------------------------ health
 
