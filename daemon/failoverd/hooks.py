@@ -129,15 +129,16 @@ async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> tupl
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is not None:
-        return
+    # start_new_session made the hook a process-group leader: take its children too. Even
+    # once the leader has exited, a child still holding its pipes keeps the group (and so
+    # its id, which the kernel does not reuse meanwhile) alive; an empty group is ESRCH.
     try:
-        # start_new_session made the hook a process-group leader: take its children too.
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     except PermissionError:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
 
 
 # Where systemd's LoadCredential= files are: a hook must not be able to read the keys.
@@ -179,6 +180,11 @@ class HookRunner:
         async with self._inline:
             outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
         return merge(outcomes)
+
+    async def _run_in_slot(self, hook: HookConfig, event: Event, payload: bytes) -> None:
+        # A slot per process, not per event: several hooks may subscribe to one event.
+        async with self._slots:
+            await self._run_one(hook, event, payload)
 
     def fire_and_forget(self, event: Event) -> None:
         """Runs the subscribed hooks in a background task; returns at once."""
@@ -230,8 +236,11 @@ class HookRunner:
         await self.aclose()
 
     async def _background(self, event: Event) -> None:
-        async with self._slots:
-            await self.run(event)
+        # Not through run(): its bound is for the router's inline runs, and a busy outage must
+        # not starve breaker or probe hooks (they have their own bounds here).
+        payload = event.to_json()
+        await asyncio.gather(*(self._run_in_slot(h, event, payload)
+                               for h in self.subscribed(event.type)))
 
     async def _run_one(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
         self.runs += 1
@@ -263,6 +272,7 @@ class HookRunner:
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
         except OSError as exc:
             raise HookFailed(f"cannot start: {exc.strerror or exc}") from None
+        finished = False
         try:
             async with asyncio.timeout(hook.timeout):
                 (stdout, too_big), (stderr, _), _ = await asyncio.gather(
@@ -271,12 +281,14 @@ class HookRunner:
                     self._feed(proc, payload),
                 )
                 code = await proc.wait()
+                finished = True
         except TimeoutError:
             raise HookFailed(f"timed out after {hook.timeout:g}s; killed") from None
         finally:
-            if proc.returncode is None:
+            if not finished:  # timed out or cancelled: the hook may have exited, its children not
                 _kill_group(proc)
-                await self._reap(proc, hook)
+                if proc.returncode is None:
+                    await self._reap(proc, hook)
         if stderr.strip():
             logger.info("hook %s stderr: %s", hook.exec[0], _preview(stderr, MAX_STDERR_LOGGED))
         if code != 0:
