@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from failoverd.api.service import SERVICE
-from failoverd.events import Event
+from failoverd.events import Event, Subscription
 
 KEEPALIVE_SECONDS = 15.0
 # aiohttp does not cancel a handler whose client went away (handler_cancellation is off), and
@@ -21,6 +21,27 @@ def sse(event: Event) -> bytes:
     """One event in text/event-stream framing: its id (for Last-Event-ID), type and JSON."""
     return (f"id: {event.id}\nevent: {event.type}\n".encode() + b"data: " + event.to_json()
             + b"\n\n")
+
+
+class EventStream:
+    """One live /v1/events client, as ``Service.streams`` holds it (closed on shutdown)."""
+
+    def __init__(self, sub: Subscription, request: web.Request) -> None:
+        self.sub = sub
+        self._request = request
+
+    @property
+    def dropped(self) -> int:
+        """Events this client lost for reading too slowly."""
+        return self.sub.dropped
+
+    def close(self) -> None:
+        """Ends the stream: at once if it waits for events; a client that left bytes unread
+        would keep its handler in a write, so its connection is cut."""
+        self.sub.close()
+        transport = self._request.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -37,7 +58,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     sub = svc.bus.subscribe(SUBSCRIPTION_SIZE)
-    svc.streams.add(sub)
+    stream = EventStream(sub, request)
+    svc.streams.add(stream)
     try:
         if after:
             for event in svc.bus.recent(after):
@@ -61,7 +83,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass
     finally:
-        svc.streams.discard(sub)
+        svc.streams.discard(stream)
         if sub.dropped:
             svc.metrics.events_dropped += sub.dropped
         sub.close()
