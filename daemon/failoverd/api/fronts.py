@@ -54,7 +54,13 @@ class _OpenAIStream:
     __slots__ = ()
 
     def chunk(self, chunk: Chunk) -> bytes:
-        return b"data: " + chunk.to_bytes() + b"\n\n"
+        data = chunk.to_bytes()
+        if b"\n" in data or b"\r" in data:
+            # an upstream event sent over several data: lines (valid SSE) arrives joined by
+            # newlines; passed through as it is, each line after the first would lose its
+            # "data: " prefix and break the client's parsing
+            data = orjson.dumps(chunk.data)
+        return b"data: " + data + b"\n\n"
 
     def end(self) -> bytes:
         return b"data: [DONE]\n\n"

@@ -114,14 +114,18 @@ class OpenAIProvider:
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not parsed.get("choices"):
-            if isinstance(parsed, dict) and "error" in parsed:
-                message, code = error_details(raw)
-                raise upstream_error(classify_in_band(message, code), message, status=200,
-                                     provider=name, model=model.id, body=raw)
-            raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                 "200 with an unparsable or empty body", status=200,
-                                 provider=name, model=model.id)
+            raise self._body_error(raw, parsed, model.id, "200 with an unparsable or empty body")
         return Completion(parsed, raw)
+
+    def _body_error(self, raw: bytes, parsed: Any, model: str, otherwise: str) -> UpstreamError:
+        """An error body inside a 200, classified by its code and text (an in-band
+        insufficient_quota is billing); `otherwise` names a body that is no error either."""
+        if isinstance(parsed, dict) and "error" in parsed:
+            message, code = error_details(raw)
+            return upstream_error(classify_in_band(message, code), message, status=200,
+                                  provider=self.config.name, model=model, body=raw)
+        return upstream_error(FailureReason.INVALID_RESPONSE, otherwise, status=200,
+                              provider=self.config.name, model=model)
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
@@ -134,6 +138,13 @@ class OpenAIProvider:
                                  model=model.id)
         clean = False
         try:
+            if resp.headers.get("Content-Type", "").split(";")[0].strip().lower() \
+                    == "application/json":
+                # a 200 with a JSON body instead of an event stream: a vendor's or a gateway's
+                # error (quota, balance), which would otherwise read as an empty stream
+                raw = await read_limited(resp)
+                raise self._body_error(raw, json_or_none(raw), model.id,
+                                       "200 with a JSON body instead of an event stream")
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
                                                     name, model.id):
                 if payload == b"[DONE]":
