@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import orjson
 import pytest
@@ -451,3 +452,22 @@ async def test_a_hanging_hook_leaves_no_process_behind(fake_openai: Any, start_d
     failed = [e for e in d.sup.service.bus.recent() if e.type == "hook:failed"]
     assert len(failed) == 1 and "timed out" in failed[0].fields["error"]
     assert "failoverd_hook_failures_total 1" in (await d.http.get("/metrics")).text
+
+
+async def test_a_long_hook_message_does_not_cost_the_client_its_answer(
+        fake_openai: Any, start_daemon: Any, tmp_path: Path) -> None:
+    a = await fake_openai(default="rate_limit")
+    b = await fake_openai(reply="from b")
+    message = "y" * 9000  # past aiohttp's 8190-byte header line
+    hook = script(tmp_path, "long", f"cat >/dev/null\necho '{{\"messages\": [\"{message}\"]}}'\n")
+    d = await start_daemon(hooked_config(a, b, hook))
+    connector = aiohttp.UnixConnector(path=d.socket)
+    async with aiohttp.ClientSession(connector=connector) as session, session.post(
+            "http://failoverd/v1/chat/completions",
+            json={"model": "default", "messages": HELLO}) as resp:
+        assert resp.status == 200
+        notice = resp.headers["x-failoverd-notice"]
+        body = await resp.json()
+    assert len(notice) <= 4000 and notice.startswith("yyy") and notice.endswith("...")
+    assert body["failoverd"] == {"notices": [message]}  # the body has it in full
+    assert body["choices"][0]["message"]["content"] == "from b"

@@ -12,6 +12,9 @@ from failoverd.dispatch import Outcome
 from failoverd.errors import RequestError
 
 JSON = "application/json"
+# Clients cap a header line (aiohttp 8190 bytes, Node 16 KiB): a longer notice would make them
+# drop an answer that was served. The body carries the notices in full.
+MAX_NOTICE_HEADER = 4000
 
 
 def json_response(data: Any, status: int = 200,
@@ -31,6 +34,8 @@ def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str
     if outcome.notices:
         # header values must stay on one line and in latin-1
         text = " | ".join(outcome.notices).replace("\r", " ").replace("\n", " ")
+        if len(text) > MAX_NOTICE_HEADER:
+            text = text[:MAX_NOTICE_HEADER - 3] + "..."
         headers["x-failoverd-notice"] = text.encode("latin-1", "replace").decode("latin-1")
     return headers
 
