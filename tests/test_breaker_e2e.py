@@ -412,16 +412,17 @@ async def test_failovers_last_minute_counts_then_ages_out(fake_openai, start_dae
     b = await fake_openai(reply="from b")
     clock = ManualClock()
     d = await start_daemon(pair_toml(a, b), clock=clock)
-    for _ in range(2):
-        assert (await ask(d))[0] == FALLBACK
-    clock.advance(30)
-    assert (await ask(d))[0] == FALLBACK  # the breaker is open: skipped, still a failover
 
     async def last_minute() -> int:
         return int((await d.http.get("/v1/status")).json()["failovers_last_minute"])
 
-    assert await last_minute() == 3
-    clock.advance(31)  # the first two are a minute old now
+    assert (await ask(d))[0] == FALLBACK  # two failures on the primary, then the fallback
+    clock.advance(20)
+    assert (await ask(d))[0] == FALLBACK  # the third failure opens the primary's breaker
+    clock.advance(5)
+    assert (await ask(d))[0] == FALLBACK  # skipped while open: no failover hop is counted
+    assert await last_minute() == 2
+    clock.advance(36)  # t = 61: the first is over a minute old
     assert await last_minute() == 1
-    clock.advance(60)
+    clock.advance(20)
     assert await last_minute() == 0
