@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -259,3 +260,32 @@ async def test_hooks_cannot_see_the_credentials_directory(tmp_path: Path, monkey
     assert "CREDENTIALS_DIRECTORY" not in env
     assert "sk-secret-1" not in env
     assert "FAILOVERD_EVENT=model:failover" in env
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_hooks_that_exit_without_reading_stdin_succeed(tmp_path: Path, loop_kind: str) -> None:
+    """A hook need not read its input. uvloop raises RuntimeError (not BrokenPipeError) on a
+    write to a pipe whose reader is gone, which escaped the run: the hook's own answer was
+    lost and the failure was neither counted nor emitted. Ten failovers at once keep the
+    loop busy spawning, so every `true` has exited before its event is written."""
+    silent = shutil.which("true")
+    assert silent is not None
+    talker = script(tmp_path, "talker", "echo '{\"messages\": [\"noted\"]}'\n")
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    bus = EventBus("n1", ManualClock())
+    runner = HookRunner((hook(silent), hook(talker)), bus)
+
+    async def main() -> list[HookOutcome]:
+        runs = [runner.run(failover(bus)) for _ in range(10)]
+        return await asyncio.wait_for(asyncio.gather(*runs), 20)
+
+    try:
+        outcomes = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert outcomes == [HookOutcome(messages=("noted",))] * 10
+    assert runner.failures == 0 and failed_events(bus) == []

@@ -304,10 +304,13 @@ class HookRunner:
         if stdin is None:
             return
         try:
-            stdin.write(payload)
-            await stdin.drain()
+            # A hook need not read its input, and may be gone already: asyncio's loop drops a
+            # write to a closed pipe, uvloop's raises RuntimeError, so do not write at all.
+            if not stdin.is_closing():
+                stdin.write(payload)
+                await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            pass  # a hook need not read its input
+            pass  # it went away while we wrote
         finally:
             stdin.close()
 
