@@ -492,6 +492,29 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(short_dir, fake_opena
     assert (short_dir / "d-state" / "state.json").exists()
 
 
+async def test_sigterm_is_not_held_up_by_a_client_that_stopped_reading(
+        short_dir, fake_openai, launch) -> None:
+    a = await fake_openai(reply=" ".join(["x" * 200] * 20_000))  # ~4 MB of chunks
+    d = await launch(toml(short_dir, {"a": a}, daemon="shutdown_timeout = 0.3\n"))
+    reader, writer = await asyncio.open_unix_connection(str(short_dir / "d.sock"))
+    try:
+        body = orjson.dumps({"model": "default", "messages": HELLO, "stream": True})
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        # the client reads nothing more: within the 0.3 s drain the daemon's writes fill the
+        # socket buffers (4 MB against a few hundred KB) and block
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert await d.exit_code(timeout=10) == 0
+        assert time.monotonic() - started < 4  # 0.3 s drain + at most 1 s for the cut's write
+        assert "cutting 1 request(s)" in d.log_text()
+    finally:
+        writer.close()
+
+
 async def test_second_sigterm_cuts_the_drain_short(short_dir, fake_openai, launch) -> None:
     a = await fake_openai(default="slow_stream:1")
     d = await launch(toml(short_dir, {"a": a}, daemon="shutdown_timeout = 30\n"))

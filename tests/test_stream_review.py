@@ -507,3 +507,66 @@ when_all_unavailable = "fail"
         assert status["providers"]["a"]["credentials"] == "billing"
     finally:
         await fake.close()
+
+
+def requests_total(metrics: str, model: str, outcome: str) -> int:
+    prefix = f'failoverd_requests_total{{model="{model}",outcome="{outcome}"}} '
+    return next((int(float(line[len(prefix):])) for line in metrics.splitlines()
+                 if line.startswith(prefix)), 0)
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_idle_timeout(
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # about 4 MB in 20,000 chunks: far more than the socket buffers hold
+    fake = await WatchedOpenAI(reply=" ".join(["x" * 200] * 20_000)).start()
+    try:
+        d = await start_daemon(one_model(fake, "stream_idle_timeout = 0.5"))
+        reader, writer = await raw_stream(d.socket, "/v1/chat/completions",
+                                          {"messages": HELLO, "stream": True})
+        async with asyncio.timeout(5):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        # ... and the client reads nothing more, but stays connected
+        status = await settled(d, fake)  # within the idle timeout plus slack
+        assert status["models"]["a/m"]["state"] == "closed"  # not the model's fault
+        assert status["models"]["a/m"]["consecutive_failures"] == 0
+        metrics = (await d.http.get("/metrics")).text
+        assert cancelled_count(metrics) == 1
+        assert requests_total(metrics, "a/m", "ok") == 0
+        assert "a/m cut: the client read nothing for 0.5s" in caplog.text
+        # the slot (max_concurrency = 1) is free again
+        fake.reply = "short answer"
+        resp = await d.http.post("/v1/chat/completions",
+                                 json={"messages": HELLO, "stream": True})
+        assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
+        # the stalled client's connection was closed: what it had not read, then EOF
+        try:
+            async with asyncio.timeout(5):
+                while await reader.read(65536):
+                    pass
+        finally:
+            writer.close()
+    finally:
+        await fake.close()
+
+
+async def test_a_stream_counts_once_by_how_it_ended(fake_openai: Any,
+                                                    start_daemon: Any) -> None:
+    fake = await fake_openai()
+    d = await start_daemon(one_model(fake))
+    stream = {"messages": HELLO, "stream": True}
+    resp = await d.http.post("/v1/chat/completions", json=stream)
+    assert resp.text.endswith("data: [DONE]\n\n")
+    fake.push("stream_error")  # an error event after the first word
+    resp = await d.http.post("/v1/chat/completions", json=stream)
+    assert "[DONE]" not in resp.text
+    fake.push("slow_stream:30")
+    reader, writer = await raw_stream(d.socket, "/v1/chat/completions", stream)
+    async with asyncio.timeout(5):
+        while b"data: " not in await reader.readline():
+            pass
+    writer.close()
+    await settled(d, fake)
+    metrics = (await d.http.get("/metrics")).text
+    assert requests_total(metrics, "a/m", "ok") == 1
+    assert requests_total(metrics, "a/m", "stream_error") == 1
+    assert cancelled_count(metrics) == 1

@@ -51,6 +51,11 @@ class Metrics:
     def served(self, model: str) -> None:
         self.requests[(model, "ok")] += 1
 
+    def stream_ended(self, model: str, ok: bool) -> None:
+        """A stream reached its end: ``ok``, or ``stream_error`` when it broke after its first
+        chunk (the client got an error event)."""
+        self.requests[(model, "ok" if ok else "stream_error")] += 1
+
     def failover(self, from_model: str, to_model: str, reason: str) -> None:
         self.failovers[(from_model, to_model, reason)] += 1
 

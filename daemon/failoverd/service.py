@@ -202,7 +202,12 @@ class Service:
         return outcome
 
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
+        """A complete (non-streaming) answer went out."""
         self.metrics.served(outcome.model)
+        self.note_session(outcome, session, route)
+
+    def note_session(self, outcome: Outcome, session: str | None, route: Route) -> None:
+        """Remembers which model served the session (sticky choice after a failover)."""
         if session and route.candidates:
             self.sessions.note_served(session, route.candidates[0], outcome.model)
 

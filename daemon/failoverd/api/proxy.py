@@ -109,38 +109,86 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
     return handle
 
 
+class _ClientStalled(Exception):
+    """The streaming client stopped reading for longer than the model's stream_idle_timeout."""
+
+
+class _Client:
+    """Writes to a streaming client, bounded in time once the client falls behind.
+
+    A client that stays connected but stops reading would otherwise hold its request (the
+    model's concurrency slot, the upstream connection, an in-flight unit) for as long as it
+    likes: aiohttp's writes wait for the socket without a limit. A write can only block when
+    bytes are already waiting in the transport's buffer (or the chunk is large), and such a
+    write gets the model's ``stream_idle_timeout``: the patience the daemon has with a silent
+    upstream. A client that keeps up pays one buffer-size check per chunk.
+    """
+
+    __slots__ = ("resp", "transport", "limit")
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, limit: float) -> None:
+        self.resp, self.transport, self.limit = resp, request.transport, limit
+
+    async def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and (transport.get_write_buffer_size() or len(data) > 16384):
+            try:
+                async with asyncio.timeout(self.limit):
+                    await self.resp.write(data)
+            except TimeoutError:
+                raise _ClientStalled from None
+        else:
+            await self.resp.write(data)
+
+    async def end(self) -> None:
+        try:
+            async with asyncio.timeout(self.limit):
+                await self.resp.write_eof()
+        except TimeoutError:
+            raise _ClientStalled from None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
                   body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
                   session: str | None) -> web.StreamResponse:
     start: StreamStart = await rt.dispatcher.stream(body, route.candidates, deadline, outcome,
                                                     session, route.needs)
-    svc.served(outcome, session, route)
+    svc.note_session(outcome, session, route)  # sticky from the first chunk on
     encoder = front.encoder(outcome.model)
     resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome, route.header)})
     request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
+    client = _Client(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
     error: UpstreamError | None = None
     try:
         await resp.prepare(request)
         if outcome.notices:
             start.first.data["failoverd"] = {"notices": outcome.notices}
             start.first.raw = None
-        await resp.write(encoder.chunk(start.first))
+        await client.write(encoder.chunk(start.first))
         async for chunk in start.rest:
-            await resp.write(encoder.chunk(chunk))
-        await resp.write(encoder.end())
+            await client.write(encoder.chunk(chunk))
+        await client.write(encoder.end())
     except UpstreamError as exc:
         # after the first chunk a failover is no longer invisible: end with an error event
         error = exc
         logger.warning("stream from %s failed after the first chunk: %s", outcome.model,
                        exc.reason)
         try:
-            await resp.write(encoder.error(str(exc.reason), exc.message))
-        except ConnectionResetError:
-            pass
-    except (ConnectionResetError, asyncio.CancelledError) as exc:
+            await client.write(encoder.error(str(exc.reason), exc.message))
+        except (ConnectionResetError, _ClientStalled):
+            pass  # the end below tells the same story
+    except (ConnectionResetError, _ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
             raise
+        if isinstance(exc, _ClientStalled):
+            logger.warning("stream from %s cut: the client read nothing for %gs",
+                           outcome.model, client.limit)
+            client.abort()
         svc.metrics.cancelled()
         return resp
     except Exception as exc:
@@ -151,8 +199,8 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
                               f"unusable stream chunk: {type(exc).__name__}",
                               model=outcome.model)
         try:
-            await resp.write(encoder.error(str(error.reason), error.message))
-        except ConnectionResetError:
+            await client.write(encoder.error(str(error.reason), error.message))
+        except (ConnectionResetError, _ClientStalled):
             pass
     finally:
         aclose = getattr(start.rest, "aclose", None)
@@ -160,9 +208,14 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
             await aclose()
         rt.dispatcher.stream_finished(outcome.model, start, error)
     try:
-        await resp.write_eof()
-    except ConnectionResetError:
+        await client.end()
+    except (ConnectionResetError, _ClientStalled) as exc:
+        if isinstance(exc, _ClientStalled):
+            client.abort()
         svc.metrics.cancelled()  # gone just before the end; nothing more to tell it
+        return resp
+    # counted once the stream is over: a stream that broke after its first chunk is no "ok"
+    svc.metrics.stream_ended(outcome.model, ok=error is None)
     return resp
 
 
