@@ -17,7 +17,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from failoverd.config import MqttConfig
-from failoverd.events import EventBus
+from failoverd.events import Event, EventBus
 from failoverd.mqtt import MqttPublisher, backoff_delay, model_topic_id
 from tests.mosquitto import Mosquitto, Recorder, TcpProxy, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
@@ -193,6 +193,50 @@ async def test_overflow_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
             assert pub.stats().connect_failures >= 1
     finally:
         await proxy.close()
+
+
+@requires_mosquitto
+async def test_odd_field_values_are_published_not_lost(mosquitto: Mosquitto) -> None:
+    # what orjson's `default` never sees: integers beyond 64 bits, keys that are not strings
+    bus = EventBus(NODE, ManualClock())
+    async with Recorder(mosquitto.port, f"failoverd/{NODE}/#") as rec, \
+            publisher(mosquitto.port, bus) as pub:
+        bus.emit("probe:failed", n=0, big=2**70, by_status={429: 2, "x": [2**65]})
+        bus.emit("probe:failed", n=1)
+        await rec.wait_for(has_event_count(2))
+        assert event_ns(rec) == [0, 1]
+        first = orjson.loads(rec.on(f"failoverd/{NODE}/events/probe/failed")[0].payload)  # type: ignore[arg-type]
+        assert first["big"] == str(2**70)
+        assert first["by_status"] == {"429": 2, "x": [str(2**65)]}
+        assert pub.stats().dropped == 0
+
+
+class _Unencodable(Event):
+    """An event whose encoding fails the way a bug of ours would."""
+
+    __slots__ = ()
+
+    def to_json(self) -> bytes:
+        raise RuntimeError("cannot encode")
+
+
+@requires_mosquitto
+async def test_an_unencodable_event_is_dropped_counted_and_the_rest_go_out(
+        mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    bus = EventBus(NODE, ManualClock())
+    async with Recorder(mosquitto.port, f"failoverd/{NODE}/#") as rec, \
+            publisher(mosquitto.port, bus) as pub:
+        await pub.wait_connected()
+        good = bus.emit("probe:failed", n=0)
+        pub.publish_event(_Unencodable(id="x", type="probe:failed", time=good.time,
+                                       node=NODE, fields=good.fields))
+        bus.emit("probe:failed", n=2)
+        await rec.wait_for(has_event_count(2))
+        await until(lambda: pub.stats().queued == 0)
+        assert event_ns(rec) == [0, 2]
+        stats = pub.stats()
+        assert stats.dropped == 1 and stats.published == 2 and stats.connected
+        assert "event x probe:failed cannot be encoded; dropped" in caplog.text
 
 
 @requires_mosquitto

@@ -60,6 +60,18 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+def _plain(value: Any) -> Any:
+    """`value` with string keys and integers inside 64 bits (others become strings)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            -(2**63) <= value < 2**64):
+        return str(value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event: ``{"id", "type", "time", "node", **fields}`` on the wire.
@@ -92,7 +104,12 @@ class Event:
 
     def to_json(self) -> bytes:
         """The event as compact JSON (UTF-8); values orjson cannot encode become strings."""
-        return orjson.dumps(self.as_dict(), default=_default)
+        data = self.as_dict()
+        try:
+            return orjson.dumps(data, default=_default)
+        except orjson.JSONEncodeError:
+            # what `default` never sees: integers beyond 64 bits, keys that are not strings
+            return orjson.dumps(_plain(data), default=_default)
 
 
 def iso_time(epoch: float) -> str:

@@ -229,8 +229,12 @@ class MqttPublisher:
             try:
                 await self._session()
                 return
-            except MqttUnavailable as exc:
-                self._last_error = str(exc)
+            except Exception as exc:
+                # MqttUnavailable is the broker going away; anything else is a bug here, and it
+                # must not end publishing for the rest of the daemon's life: log it, reconnect
+                if not isinstance(exc, MqttUnavailable):
+                    logger.exception("mqtt: publisher failed; reconnecting")
+                self._last_error = str(exc) or type(exc).__name__
                 if self._session_was_up:
                     attempt = 0
                 delay = backoff_delay(attempt, self._backoff_initial, self._backoff_max,
@@ -367,7 +371,16 @@ class MqttPublisher:
                 event = self._queue[0]
                 topic = f"{self._event_base}/{quote(event.category, safe='')}/" \
                         f"{quote(event.action, safe='')}"
-                await self._publish(client, topic, event.to_json(), json=True,
+                try:
+                    payload = event.to_json()
+                except Exception:
+                    # our bug, not the broker's: drop this one event (counted), keep the rest
+                    logger.exception("mqtt: event %s %s cannot be encoded; dropped",
+                                     event.id, event.type)
+                    self._queue.popleft()
+                    self.dropped += 1
+                    continue
+                await self._publish(client, topic, payload, json=True,
                                     expiry=EVENT_EXPIRY_SECONDS)
                 self.published += 1
                 # Overflow may have evicted it while in flight; then it is already gone.
