@@ -10,9 +10,10 @@ from failoverd.api.service import SERVICE
 from failoverd.events import Event, Subscription
 
 KEEPALIVE_SECONDS = 15.0
-# aiohttp does not cancel a handler whose client went away (handler_cancellation is off), and
-# a GET has no body to signal it: look at the transport this often, so a departed client's
-# subscription is released promptly instead of at the next failed keepalive write.
+# handler_cancellation (the supervisor turns it on) cancels this handler once aiohttp sees the
+# connection lost; a GET has no body to tell us more, so the transport is also looked at this
+# often: a departed client's subscription is released promptly whichever notices first, never
+# only at the next failed keepalive write.
 DISCONNECT_POLL_SECONDS = 0.5
 SUBSCRIPTION_SIZE = 1000
 
