@@ -43,6 +43,12 @@ logger = logging.getLogger(__name__)
 
 # After the drain deadline, cancelled handlers get this long to send their error and unwind.
 CUT_GRACE_SECONDS = 2.0
+# A client connection waiting this long for its next request is closed. aiohttp's AppRunner
+# keeps one for 3630 s unless told (only web.run_app passes 75): clients that hold idle
+# keep-alive connections would pin a file descriptor and a handler task each for an hour.
+# 75 s stays above the idle expiry of common clients (httpx 5 s, aiohttp 15 s, Node 5 s), so
+# a client does not pick a connection the daemon is closing; streams are never cut by it.
+IDLE_CONNECTION_SECONDS = 75.0
 
 # How often STATUS= is refreshed (only sent when the line changed).
 STATUS_INTERVAL = 5.0
@@ -55,12 +61,14 @@ class Supervisor:
 
     def __init__(self, config: Config, *, config_path: str | None = None,
                  clock: Clock | None = None, rng: random.Random | None = None,
-                 handle_signals: bool = True, notifier: Notifier | None = None) -> None:
+                 handle_signals: bool = True, notifier: Notifier | None = None,
+                 idle_timeout: float = IDLE_CONNECTION_SECONDS) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.handle_signals = handle_signals
+        self.idle_timeout = idle_timeout
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -150,7 +158,8 @@ class Supervisor:
         # handler_cancellation: a client that goes away cancels its request, so the upstream
         # call stops, its breaker permit and concurrency slot are released at once
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=CUT_GRACE_SECONDS, handler_cancellation=True)
+                               shutdown_timeout=CUT_GRACE_SECONDS, handler_cancellation=True,
+                               keepalive_timeout=self.idle_timeout)
         await runner.setup()
         # also on a failed start; a second cleanup after the normal one is a no-op
         stack.push_async_callback(runner.cleanup)
