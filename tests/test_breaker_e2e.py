@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -426,3 +427,28 @@ async def test_failovers_last_minute_counts_then_ages_out(fake_openai, start_dae
     assert await last_minute() == 1
     clock.advance(20)
     assert await last_minute() == 0
+
+
+async def test_reload_drops_the_metric_series_of_removed_models(fake_openai,
+                                                                start_daemon) -> None:
+    a = await fake_openai(reply="from a", default="server_error")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_toml(a, b))
+    assert (await ask(d))[0] == FALLBACK
+    metrics = (await d.http.get("/metrics")).text
+    assert f'failoverd_requests_total{{model="{FALLBACK}",outcome="ok"}} 1' in metrics
+    assert f'from_model="{PRIMARY}",to_model="{FALLBACK}"' in metrics
+    assert f'failoverd_upstream_latency_seconds_count{{model="{FALLBACK}"' in metrics
+
+    # b leaves the configuration: its series go with it, a's stay
+    path = Path(d.sup.config_path)
+    text = path.read_text()
+    text = text.replace(f'[models."{FALLBACK}"]\nprovider = "b"\n', "")
+    text = text.replace(f'fallbacks = ["{FALLBACK}"]', "fallbacks = []")
+    path.write_text(text)
+    resp = await d.http.post("/v1/reload")
+    assert resp.status_code == 200, resp.text
+    metrics = (await d.http.get("/metrics")).text
+    assert FALLBACK not in metrics
+    assert f'failoverd_upstream_latency_seconds_count{{model="{PRIMARY}",result="error"}} 2' \
+        in metrics

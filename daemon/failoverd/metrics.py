@@ -74,6 +74,17 @@ class Metrics:
     def probe(self, model: str, ok: bool) -> None:
         self.probes[(model, "ok" if ok else "failed")] += 1
 
+    def forget_models(self, keep: Iterable[str]) -> None:
+        """Drops the series of models a reload removed (kept: those in `keep`, and the ""
+        of requests no model served), so the series do not grow with every model id ever
+        configured; Prometheus treats a vanished series as ended."""
+        kept = {"", *keep}
+        for series in (self.requests, self.upstream, self.probes):
+            for key in [k for k in series if k[0] not in kept]:
+                del series[key]
+        for hop in [k for k in self.failovers if k[0] not in kept or k[1] not in kept]:
+            del self.failovers[hop]
+
     def render(self) -> str:
         out: list[str] = []
 

@@ -125,6 +125,7 @@ class Service:
         self.hooks.hooks = config.hooks
         self.hooks.secrets = provider_secrets(config)
         self.install(build_runtime(config, self.client, self.clock, self.health, self.rng))
+        self.metrics.forget_models(config.models)
         if self.mqtt is not None:
             for model_id in old.models:
                 if model_id not in config.models:
