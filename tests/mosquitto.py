@@ -132,12 +132,15 @@ class TcpProxy:
     """A loopback TCP proxy to the broker that the test can close and reopen on its port.
 
     With ``refuse_v5`` it answers an MQTT v5 CONNECT the way a 3.1.1-only broker does
-    (CONNACK return code 1) and forwards everything else.
+    (CONNACK return code 1) and forwards everything else. With ``latency`` every chunk from
+    the broker is held that long (a slow link: each acknowledgement is late).
     """
 
-    def __init__(self, upstream_port: int, *, refuse_v5: bool = False) -> None:
+    def __init__(self, upstream_port: int, *, refuse_v5: bool = False,
+                 latency: float = 0.0) -> None:
         self.upstream_port = upstream_port
         self.refuse_v5 = refuse_v5
+        self.latency = latency
         self.refused_v5 = 0
         self._server: asyncio.Server | None = None
         # While not listening, the port stays bound (not listening: connections are refused).
@@ -192,7 +195,7 @@ class TcpProxy:
             self._writers.add(up_writer)
             up_writer.write(first)
             pipes = {asyncio.create_task(self._pipe(reader, up_writer)),
-                     asyncio.create_task(self._pipe(up_reader, writer))}
+                     asyncio.create_task(self._pipe(up_reader, writer, self.latency))}
             try:
                 # One side ended: end both, as a broker's death ends its clients' connections.
                 await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -210,9 +213,12 @@ class TcpProxy:
             self._tasks.discard(task)
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    latency: float = 0.0) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if latency:
+                    await asyncio.sleep(latency)  # the simulated link, not a wait for a timer
                 writer.write(data)
                 await writer.drain()
 

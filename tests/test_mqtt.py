@@ -240,6 +240,27 @@ async def test_an_unencodable_event_is_dropped_counted_and_the_rest_go_out(
 
 
 @requires_mosquitto
+async def test_events_are_pipelined_over_a_slow_link(mosquitto: Mosquitto) -> None:
+    # 50 ms per acknowledgement: one publish at a time would take 300 x 50 ms = 15 s
+    proxy = TcpProxy(mosquitto.port, latency=0.05)
+    await proxy.open()
+    bus = EventBus(NODE, ManualClock())
+    try:
+        async with Recorder(mosquitto.port, f"failoverd/{NODE}/#") as rec, \
+                publisher(proxy.port, bus, queue_size=1000) as pub:
+            await pub.wait_connected()
+            for n in range(300):
+                bus.emit("probe:failed", n=n)
+            await rec.wait_for(has_event_count(300), timeout=10)
+            assert event_ns(rec) == list(range(300))  # in order, each once
+            await until(lambda: pub.stats().queued == 0)
+            stats = pub.stats()
+            assert stats.published == 300 and stats.dropped == 0
+    finally:
+        await proxy.close()
+
+
+@requires_mosquitto
 async def test_falls_back_to_311_when_broker_refuses_v5(mosquitto: Mosquitto) -> None:
     proxy = TcpProxy(mosquitto.port, refuse_v5=True)
     await proxy.open()

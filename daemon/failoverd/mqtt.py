@@ -18,6 +18,8 @@ background task connects (MQTT v5, falling back to 3.1.1 when the broker refuses
 the buffers in order and reconnects with jittered exponential backoff. An event leaves the
 buffer only after the broker acknowledged its QoS 1 publish, so nothing buffered is lost on a
 broker restart (at-least-once: an event in flight when the connection broke is sent again).
+Up to :data:`PIPELINE` event publishes wait for their acknowledgements at once, so a slow
+broker or a busy loop costs one round trip per batch, not per event.
 The buffer holds ``queue_size`` events; when full the oldest is dropped and counted.
 
 aiomqtt and paho exceptions are translated here, logged, and never leave this module.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import random
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ from failoverd.events import Event, EventBus
 logger = logging.getLogger(__name__)
 
 EVENT_EXPIRY_SECONDS = 3600
+PIPELINE = 32  # event publishes awaiting their acknowledgement at once
 _REFUSED_PROTOCOL_CODES = frozenset({1, 132})  # 3.1.1 "unacceptable protocol", v5 0x84
 
 
@@ -368,26 +372,43 @@ class MqttPublisher:
                     if not payload:
                         del self._states[model_id]
             elif self._queue:
-                event = self._queue[0]
-                topic = f"{self._event_base}/{quote(event.category, safe='')}/" \
-                        f"{quote(event.action, safe='')}"
-                try:
-                    payload = event.to_json()
-                except Exception:
-                    # our bug, not the broker's: drop this one event (counted), keep the rest
-                    logger.exception("mqtt: event %s %s cannot be encoded; dropped",
-                                     event.id, event.type)
-                    self._queue.popleft()
-                    self.dropped += 1
-                    continue
-                await self._publish(client, topic, payload, json=True,
-                                    expiry=EVENT_EXPIRY_SECONDS)
+                await self._publish_events(client)
+            else:
+                return
+
+    async def _publish_events(self, client: aiomqtt.Client) -> None:
+        """Publishes up to PIPELINE events from the head of the queue with their
+        acknowledgements awaited together (one at a time, a busy loop or a slow broker turns
+        every round trip into a queue overflow); each leaves the queue, in order, once the
+        broker acknowledged it and every event before it."""
+        batch: list[tuple[Event, asyncio.Task[None]]] = []
+        for event in list(itertools.islice(self._queue, PIPELINE)):
+            try:
+                payload = event.to_json()
+            except Exception:
+                # our bug, not the broker's: drop this one event (counted), keep the rest
+                logger.exception("mqtt: event %s %s cannot be encoded; dropped",
+                                 event.id, event.type)
+                self._queue.remove(event)
+                self.dropped += 1
+                continue
+            topic = f"{self._event_base}/{quote(event.category, safe='')}/" \
+                    f"{quote(event.action, safe='')}"
+            # tasks start in creation order, and each hands its message to paho before its
+            # first await: the broker receives them in queue order
+            batch.append((event, asyncio.create_task(self._publish(
+                client, topic, payload, json=True, expiry=EVENT_EXPIRY_SECONDS))))
+        try:
+            for event, task in batch:
+                await task
                 self.published += 1
                 # Overflow may have evicted it while in flight; then it is already gone.
                 if self._queue and self._queue[0] is event:
                     self._queue.popleft()
-            else:
-                return
+        finally:
+            for _, task in batch:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in batch), return_exceptions=True)
 
     async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, *,
                        retain: bool = False, json: bool = False, expiry: int = 0) -> None:
