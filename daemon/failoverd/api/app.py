@@ -20,13 +20,13 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
     app.router.add_get("/v1/status", control.status)
-    # model ids may contain '/' and ':'
+    # model ids, chain names and session keys may contain '/' and ':'
     app.router.add_post(r"/v1/models/{id:.+}/{action:reset|open|probe}", control.model_action)
-    app.router.add_post(r"/v1/chains/{name}/{action:next|reset}", control.chain_action)
+    app.router.add_post(r"/v1/chains/{name:.+}/{action:next|reset}", control.chain_action)
     app.router.add_post("/v1/select", control.select)
-    app.router.add_get("/v1/sessions/{key}", control.session_get)
-    app.router.add_post("/v1/sessions/{key}", control.session_set)
-    app.router.add_delete("/v1/sessions/{key}", control.session_delete)
+    app.router.add_get("/v1/sessions/{key:.+}", control.session_get)
+    app.router.add_post("/v1/sessions/{key:.+}", control.session_set)
+    app.router.add_delete("/v1/sessions/{key:.+}", control.session_delete)
     app.router.add_post("/v1/reload", control.reload)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", control.metrics)

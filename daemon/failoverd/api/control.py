@@ -149,8 +149,11 @@ async def select(request: web.Request) -> web.Response:
         model = body.get("model") or ("auto" if "messages" in body else "default")
         if not isinstance(model, str):
             raise RequestError("'model' must be a string", param="model")
+        session = body.get("session")
+        if session is not None and not isinstance(session, str):
+            raise RequestError("'session' must be a string", param="session")
         route = svc.route(rt, {**body, "model": model, "messages": body.get("messages", [])},
-                          False, body.get("session") or None)
+                          False, session or None)
     except RequestError as exc:
         return request_error(exc)
     candidates: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import math
 import os
 import socket
 import sys
@@ -52,6 +53,17 @@ class Refused(Exception):
         super().__init__(status)
 
 
+# What a connection that breaks or speaks no HTTP raises: socket errors, and http.client's
+# own (IncompleteRead for an answer cut short, BadStatusLine for a peer that is no HTTP server)
+_LOST = (OSError, http.client.HTTPException)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return str(exc)
+    return f"{type(exc).__name__} {str(exc).strip()[:80]!r}"
+
+
 def _request(sock: str, method: str, path: str, body: Any = None,
              timeout: float = 30.0) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = UnixConnection(sock, timeout)
@@ -60,18 +72,18 @@ def _request(sock: str, method: str, path: str, body: Any = None,
     try:
         conn.request(method, path, body=data, headers=headers)
         return conn, conn.getresponse()
-    except OSError as exc:
+    except _LOST as exc:
         conn.close()
-        raise Unreachable(f"cannot reach failoverd at {sock}: {exc}") from exc
+        raise Unreachable(f"cannot reach failoverd at {sock}: {_why(exc)}") from exc
 
 
-def call(sock: str, method: str, path: str, body: Any = None) -> Any:
+def call(sock: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
     """One request; the parsed JSON answer, or Refused / Unreachable."""
     conn, resp = _request(sock, method, path, body)
     try:
         raw = resp.read()
-    except OSError as exc:
-        raise Unreachable(f"failoverd at {sock} dropped the connection: {exc}") from exc
+    except _LOST as exc:
+        raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") from exc
     finally:
         conn.close()
     try:
@@ -80,6 +92,10 @@ def call(sock: str, method: str, path: str, body: Any = None) -> Any:
         parsed = raw.decode("utf-8", "replace")
     if resp.status >= 400:
         raise Refused(resp.status, parsed)
+    if not isinstance(parsed, dict):
+        # every endpoint answers an object: anything else is not failoverd on that socket
+        raise Unreachable(f"{sock} did not answer like failoverd (HTTP {resp.status}, "
+                          f"{raw[:80]!r})")
     return parsed
 
 
@@ -194,6 +210,9 @@ def follow_events(sock: str, as_json: bool, follow: bool) -> int:
                 print(f"{event.get('time', '')} {event.get('type', '')} {extra}", flush=True)
     except KeyboardInterrupt:
         pass
+    except _LOST as exc:
+        # the daemon died or was killed mid-stream (a clean shutdown ends the stream)
+        raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") from exc
     finally:
         conn.close()
     return 0
@@ -209,6 +228,18 @@ def _sse(resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(event, dict):
                 yield event
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (``--for``). JSON has no nan or inf: sent, they
+    would arrive as null, which opens the breaker until a reset."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -236,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     command("probe", "probe a model now; success closes an open breaker").add_argument("model")
     op = command("open", "force a model's breaker open")
     op.add_argument("model")
-    op.add_argument("--for", dest="seconds", type=float, default=None, metavar="S",
+    op.add_argument("--for", dest="seconds", type=_seconds, default=None, metavar="S",
                     help="seconds (default: until reset)")
     command("next", "move a chain's head to its next model").add_argument("chain")
     command("chain-reset", "move a chain's head back to its first model").add_argument("chain")
