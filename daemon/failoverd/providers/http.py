@@ -32,11 +32,15 @@ _FILTER_MARKERS = (
     "content_filter", "content_policy", "content policy", "content management policy",
     "safety system", "safety reasons", "safety filter", "flagged", "responsible ai",
     "prohibited_content", "blocklist",
+    "content filtering",  # Anthropic: "Output blocked by content filtering policy" (a 400)
 )
 # a model that lacks a feature the request uses (Ollama "... does not support tools", vLLM's
-# "auto" tool choice without --enable-auto-tool-choice): another model may have it
+# "auto" tool choice without --enable-auto-tool-choice, OpenAI's "Unsupported parameter:
+# 'temperature' is not supported with this model.", Gemini's "Developer instruction is not
+# enabled for models/gemma-3-27b-it"): another model may have it
 _UNSUPPORTED_MARKERS = ("does not support", "not supported by this model",
-                        "--enable-auto-tool-choice")
+                        "not supported with this model", "unsupported_parameter",
+                        "not enabled for models/", "--enable-auto-tool-choice")
 _BILLING_MARKERS = (
     "insufficient_quota", "billing", "credit balance", "payment required", "quota exceeded",
     "exceeded your current quota", "insufficient balance", "insufficient_balance",
@@ -49,6 +53,26 @@ _NOT_FOUND_MARKERS = ("model_not_found", "does not exist", "not found", "no such
                       "unknown model")
 
 
+def _quota_or_rate(message: str, code: str) -> FailureReason | None:
+    """BILLING or RATE_LIMIT when the error speaks of either, else None.
+
+    The provider's code goes first, then rate-limit words, then billing words anywhere:
+    OpenAI's rate-limit message for an account without a payment method ends "Visit
+    https://platform.openai.com/account/billing to add a payment method", and that is still
+    a rate limit (code rate_limit_exceeded), while insufficient_quota is billing whatever
+    the text says.
+    """
+    code_text = code.lower()
+    if any(m in code_text for m in _BILLING_MARKERS):
+        return FailureReason.BILLING
+    text = f"{code_text} {message.lower()}"
+    if any(m in text for m in _RATE_MARKERS):
+        return FailureReason.RATE_LIMIT
+    if any(m in text for m in _BILLING_MARKERS):
+        return FailureReason.BILLING
+    return None
+
+
 def classify(status: int, message: str = "", code: str = "") -> FailureReason:
     """Maps an upstream HTTP error to a reason, per DESIGN.md's table.
 
@@ -57,9 +81,7 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
     """
     text = f"{code} {message}".lower()
     if status == 429:
-        if any(m in text for m in _BILLING_MARKERS):
-            return FailureReason.BILLING
-        return FailureReason.RATE_LIMIT
+        return _quota_or_rate(message, code) or FailureReason.RATE_LIMIT
     if status == 402:
         return FailureReason.BILLING
     if status in (401, 403):
@@ -87,10 +109,9 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
             return FailureReason.CONTEXT_OVERFLOW
         if any(m in text for m in _FILTER_MARKERS):
             return FailureReason.CONTENT_FILTER
-        if any(m in text for m in _BILLING_MARKERS):
-            return FailureReason.BILLING
-        if any(m in text for m in _RATE_MARKERS):
-            return FailureReason.RATE_LIMIT
+        quota_or_rate = _quota_or_rate(message, code)
+        if quota_or_rate is not None:
+            return quota_or_rate
         if any(m in text for m in _UNSUPPORTED_MARKERS):
             return FailureReason.INCAPABLE
         return FailureReason.BAD_REQUEST
@@ -104,10 +125,11 @@ _AUTH_MARKERS = ("invalid_api_key", "invalid api key", "authentication", "unauth
 def classify_in_band(message: str = "", code: str = "") -> FailureReason:
     """An error that arrived inside a 200 (a stream's error event, an error body): there is
     no status to go by, so the provider's code and words decide; unknown is server_error."""
+    quota_or_rate = _quota_or_rate(message, code)
+    if quota_or_rate is not None:
+        return quota_or_rate
     text = f"{code} {message}".lower()
-    for markers, reason in ((_BILLING_MARKERS, FailureReason.BILLING),
-                            (_RATE_MARKERS, FailureReason.RATE_LIMIT),
-                            (_CONTEXT_MARKERS, FailureReason.CONTEXT_OVERFLOW),
+    for markers, reason in ((_CONTEXT_MARKERS, FailureReason.CONTEXT_OVERFLOW),
                             (_FILTER_MARKERS, FailureReason.CONTENT_FILTER),
                             (_AUTH_MARKERS, FailureReason.AUTH),
                             (("overload",), FailureReason.OVERLOADED)):

@@ -143,9 +143,7 @@ def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            text = text_of_blocks(content, f"{path}.content")
-            if text:
-                system.append({"type": "text", "text": text})
+            system.extend(_system_blocks(content, f"{path}.content"))
             continue
         if role == "user":
             blocks = _anthropic_user_content(content, f"{path}.content")
@@ -188,6 +186,14 @@ def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict
         raise TranslationError("messages: Anthropic needs at least one user or assistant "
                                "message", param="messages")
     return system, messages
+
+
+def _system_blocks(content: Any, path: str) -> list[dict[str, Any]]:
+    """A system message's text as system blocks: one per text part, as an Anthropic client's
+    list of system blocks arrives, so parts are not run together ("...assistantAnswer...")."""
+    text = text_of_blocks(content, path)  # validates: text parts only
+    parts = content if isinstance(content, list) else [{"text": text}]
+    return [{"type": "text", "text": part["text"]} for part in parts if part["text"]]
 
 
 def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:

@@ -185,6 +185,14 @@ def _text_of(content: Any, where: str, *, allow_refusal: bool = False) -> str:
     return "".join(texts)
 
 
+def _system_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    """A system message as systemInstruction parts, one per text part: joined, separate
+    blocks (an Anthropic client's system list) would run together."""
+    text = _text_of(content, where)  # validates: text parts only
+    texts = [str(p.get("text") or "") for p in content] if isinstance(content, list) else [text]
+    return [{"text": t} for t in texts if t]
+
+
 def _image_part(url: str, where: str) -> dict[str, Any]:
     if is_data_url(url):
         image = parse_data_url(url, path=where)
@@ -281,9 +289,7 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         where = f"messages[{i}]"
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"), f"{where}.content")
-            if text:
-                system.append({"text": text})
+            system.extend(_system_parts(message.get("content"), f"{where}.content"))
         elif role == "user":
             _append(contents, "user", _user_parts(message.get("content"), f"{where}.content"))
         elif role == "assistant":
