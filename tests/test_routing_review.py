@@ -170,6 +170,36 @@ async def test_concurrent_chain_next_calls_each_move_the_head_once(rig) -> None:
     assert chat.headers["x-failoverd-model"] == QWEN
 
 
+async def test_reload_forgets_the_rotation_of_a_chain_it_changed_or_removed(rig) -> None:
+    a, o, d, _ = rig
+    path = Path(d.sup.config_path)
+    original = path.read_text()
+    chain_block = f'[chains."{CHAIN}"]\nmodels = ["{QWEN}", "{GPT}"]\n'
+    for name in (CHAIN, "default"):
+        assert (await d.http.post(f"/v1/chains/{name}/next")).status_code == 200
+
+    async def heads() -> dict[str, str]:
+        chains = (await d.http.get("/v1/status")).json()["chains"]
+        return {name: c["head"] for name, c in chains.items()}
+
+    async def reload(text: str) -> None:
+        path.write_text(text)
+        resp = await d.http.post("/v1/reload")
+        assert resp.status_code == 200, resp.text
+
+    await reload(original + "\n# a comment: nothing changed\n")
+    assert await heads() == {"default": QWEN, CHAIN: GPT}  # unchanged chains keep it
+    await reload(original.replace(chain_block, ""))  # the chain goes away ...
+    await reload(original)  # ... and comes back: from its configured order
+    assert await heads() == {"default": QWEN, CHAIN: QWEN}
+    # the default chain changes (primary and fallback swapped): its rotation is forgotten too
+    await reload(original.replace(f'primary = "{GPT}"\nfallbacks = ["{QWEN}"]',
+                                  f'primary = "{QWEN}"\nfallbacks = ["{GPT}"]'))
+    assert await heads() == {"default": QWEN, CHAIN: QWEN}
+    chat = await d.http.post("/v1/chat/completions", json={"messages": HELLO})
+    assert chat.headers["x-failoverd-model"] == QWEN
+
+
 # ------------------------------------------------------------------ select
 
 

@@ -120,6 +120,11 @@ class Service:
     def reload(self, config: Config) -> None:
         """A validated new config: breakers of unchanged models keep their state."""
         old = self.runtime.config
+        # an operator's rotation was of the chain as it was: a chain that changed or went
+        # away starts again from its configured order (unchanged chains keep theirs)
+        before, after = _configured_chains(old), _configured_chains(config)
+        for name in [n for n in self._chain_offsets if after.get(n) != before.get(n)]:
+            del self._chain_offsets[name]
         self.health.reconfigure(config)
         self.sessions.sticky_seconds = config.routing.sticky_seconds
         self.hooks.hooks = config.hooks
@@ -179,9 +184,7 @@ class Service:
 
     def chains(self) -> dict[str, tuple[str, ...]]:
         """Every chain (and "default") in its current order, operator rotations applied."""
-        cfg = self.runtime.config
-        out = {"default": cfg.default_chain}
-        out.update((name, c.models) for name, c in cfg.chains.items())
+        out = _configured_chains(self.runtime.config)
         for name, offset in self._chain_offsets.items():
             models = out.get(name)
             if models:
@@ -363,6 +366,13 @@ class Service:
                 "# TYPE failoverd_hook_dropped_total counter",
                 f"failoverd_hook_dropped_total {self.hooks.dropped}"]
         return out
+
+
+def _configured_chains(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Every chain (and "default") in its configured order."""
+    out = {"default": cfg.default_chain}
+    out.update((name, c.models) for name, c in cfg.chains.items())
+    return out
 
 
 def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
