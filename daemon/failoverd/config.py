@@ -7,10 +7,11 @@ are kept out of every repr.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket as _socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -217,6 +218,15 @@ def _read_secret_file(sec: Section, key: str, path: Path) -> str:
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
     d = DaemonConfig()
     mode_text = sec.get("socket_mode", str, "0660")
@@ -237,6 +247,10 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
         host, _, port = tcp.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             sec.problem("tcp", f"must be host:port, got {tcp!r}")
+            tcp = ""
+        elif not _is_loopback(host.strip("[]")):
+            sec.problem("tcp", "must be a loopback address (127.0.0.1, [::1] or localhost): "
+                        f"the listener is for local clients only; got {tcp!r}")
             tcp = ""
     token = ""
     token_file = sec.get("tcp_token_file", str, "")
@@ -302,10 +316,17 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
+_PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
+                  "connect_timeout", "timeout", "headers", "proxy", "simulate_failure",
+                  "simulate_latency")
+
+
 def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
     kind = sec.get("kind", str, "")
     if kind not in get_args(ProviderKind):
         sec.problem("kind", f"must be one of {', '.join(get_args(ProviderKind))}; got {kind!r}")
+        # the other keys depend on the kind: report only the ones no provider has
+        sec.seen.update(_PROVIDER_KEYS)
         sec.finish()
         return None
     base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
@@ -360,11 +381,12 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
     return cfg
 
 
-def _model(model_id: str, sec: Section, providers: Mapping[str, ProviderConfig]) -> ModelConfig:
+def _model(model_id: str, sec: Section, providers: Collection[str]) -> ModelConfig:
     provider = sec.get("provider", str, "")
     if not provider:
         sec.problem("provider", "is required")
     elif provider not in providers:
+        # a provider that is declared but invalid has its own problems listed already
         sec.problem("provider", f"no provider named {provider!r} in [providers]")
     default_name = model_id.split("/", 1)[1] if "/" in model_id else model_id
     declared = sec.has("capabilities")
@@ -546,7 +568,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         if model_id in RESERVED_MODEL_NAMES:
             msec.problem(model_id, f"{model_id!r} is reserved and cannot name a model")
             continue
-        models[model_id] = _model(model_id, msec.table(model_id), providers)
+        models[model_id] = _model(model_id, msec.table(model_id), psec.data)
     if not models:
         problems.append("models: at least one [models.\"<id>\"] entry is required")
 

@@ -6,9 +6,15 @@ Used by config.py: each `Section` reads one table, converting and checking value
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar, cast, get_args
 
 T = TypeVar("T")
+
+# The largest number a key accepts (about 31 years in seconds). Durations end up in timers,
+# datetime and timedelta arithmetic, where inf, nan or 1e300 would fail at run time (or on a
+# reload) instead of here.
+MAX_NUMBER = 1e9
 
 
 def _quote(key: str) -> str:
@@ -53,12 +59,22 @@ class Section:
             self.problem(key, f"must be {names}, got {type_name(value)}")
             return default
         if float in kinds and isinstance(value, int):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                self.problem(key, "is too large")
+                return default
         return cast(T, value)
 
     def number(self, key: str, default: float, *, minimum: float = 0.0,
                positive: bool = False) -> float:
         value = self.get(key, (int, float), default)
+        if not math.isfinite(value):
+            self.problem(key, f"must be a finite number, got {value}")
+            return default
+        if value > MAX_NUMBER:
+            self.problem(key, f"must be at most {MAX_NUMBER:g}, got {value:g}")
+            return default
         if positive and value <= 0:
             self.problem(key, f"must be greater than 0, got {value}")
             return default
