@@ -10,8 +10,9 @@ The tree::
     │                          .retry_after, .body: the upstream error body for bad_request
     │                          passthrough)
     ├── NoModelAvailable       every candidate failed or was skipped (.attempts)
-    └── ListenError            the daemon cannot get its listening socket (bad socket
-                               activation, path in use by a live daemon, bind failure)
+    ├── ListenError            the daemon cannot get its listening socket (bad socket
+    │                          activation, path in use by a live daemon, bind failure)
+    └── StateError             the state file cannot be written in ``daemon.state_dir``
 
 Edge exceptions (the HTTP client's, aiomqtt's, OSError from sockets) are translated into these at
 the edges (provider adapters, MQTT publisher) and never travel inward.
@@ -117,3 +118,7 @@ class NoModelAvailable(FailoverdError):
 
 class ListenError(FailoverdError):
     """The daemon cannot get its listening socket (bad activation, path in use, bind failure)."""
+
+
+class StateError(FailoverdError):
+    """The state file cannot be written in ``daemon.state_dir`` (checked at start)."""

@@ -31,7 +31,7 @@ from failoverd.api.app import make_app
 from failoverd.api.drain import RequestTracker
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
-from failoverd.errors import ConfigError, ListenError
+from failoverd.errors import ConfigError, ListenError, StateError
 from failoverd.http1 import HttpClient
 from failoverd.listen import activated_sockets, bind_unix
 from failoverd.mqtt import MqttPublisher
@@ -109,6 +109,12 @@ class Supervisor:
             service = Service(self.config, self.client, self.clock, self.rng)
             self.service = service
             service.restore_state()
+            try:
+                # a state_dir we cannot write would only show when the first breaker opens
+                service.state_file.save(service.health.snapshot())
+            except OSError as exc:
+                raise StateError(f"cannot write the state file {service.state_file.path} "
+                                 f"(daemon.state_dir): {exc.strerror or exc}") from exc
             stack.callback(service.save_state)
             if self.config.mqtt.enabled:
                 service.mqtt = MqttPublisher(self.config.mqtt, self.config.node, service.bus,
@@ -326,6 +332,9 @@ class Supervisor:
 
 def _keep_restart_only(new: Config, live: Config) -> Config:
     kept = {key: getattr(live.daemon, key) for key in _RESTART_ONLY}
+    if live.daemon.tcp and not new.daemon.tcp_token:
+        # the TCP listener stays until the restart: it never goes without a token
+        kept["tcp_token"] = live.daemon.tcp_token
     return dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, **kept),
                                mqtt=live.mqtt)
 

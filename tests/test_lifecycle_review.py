@@ -1,0 +1,128 @@
+"""Lifecycle review: reloads that weakened a live listener or crashed the daemon, and a
+state_dir that could not be written noticed only at the first breaker change."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from failoverd import config as config_mod
+from failoverd.errors import StateError
+from failoverd.supervisor import Supervisor
+from tests.conftest import daemon_toml
+from tests.fakes.openai import FakeOpenAI
+
+HELLO = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def models(fake: FakeOpenAI) -> str:
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{fake.url}"
+[models."a/m"]
+provider = "a"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
+        fake_openai, start_daemon, short_dir: Path) -> None:
+    fake = await fake_openai()
+    token = short_dir / "token"
+    token.write_text("s3cret\n")
+    port = _free_port()
+    d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
+                           + models(fake), name="tcp")
+    # the operator turns the listener off; it stays up until the restart (tcp is
+    # restart-only), and it must keep asking for the token meanwhile
+    path = short_dir / "tcp.toml"
+    path.write_text(daemon_toml(d.socket, str(short_dir / "tcp-state"), models(fake)))
+    assert d.sup.reload()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
+        r = await tcp.post("/v1/chat/completions", json=HELLO)
+        assert r.status_code == 401
+        r = await tcp.post("/v1/chat/completions", json=HELLO,
+                           headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+    # a new token file on reload still rotates the token
+    new_token = short_dir / "token2"
+    new_token.write_text("n3w\n")
+    path.write_text(daemon_toml(d.socket, str(short_dir / "tcp-state"),
+                                f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{new_token}"\n'
+                                + models(fake)))
+    assert d.sup.reload()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
+        r = await tcp.post("/v1/chat/completions", json=HELLO,
+                           headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 401
+        r = await tcp.post("/v1/chat/completions", json=HELLO,
+                           headers={"Authorization": "Bearer n3w"})
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300"])
+async def test_reload_with_an_unusable_interval_is_rejected_and_serving_goes_on(
+        fake_openai, start_daemon, short_dir: Path, value: str) -> None:
+    fake = await fake_openai()
+    d = await start_daemon(models(fake), name="rl")
+    path = short_dir / "rl.toml"
+    good = path.read_text()
+    path.write_text(good + f"[probes]\ninterval = {value}\n")
+    # SIGHUP's path: used to raise OverflowError out of the prober and end the daemon
+    assert d.sup.reload() is False
+    r = await d.http.post("/v1/reload")
+    assert r.status_code == 422
+    assert any(p.startswith("probes.interval: must be") for p in r.json()["problems"])
+    assert not d.task.done()
+    r = await d.http.post("/v1/chat/completions", json=HELLO)
+    assert r.status_code == 200
+
+
+async def test_unwritable_state_dir_fails_the_start_with_a_clear_error(
+        fake_openai, short_dir: Path) -> None:
+    fake = await fake_openai()
+    blocker = short_dir / "file"
+    blocker.write_text("not a directory\n")
+    sock = str(short_dir / "sd.sock")
+    cfg = config_mod.loads(daemon_toml(sock, str(blocker / "state"), models(fake)), env={})
+    sup = Supervisor(cfg, handle_signals=False)
+    with pytest.raises(StateError) as info:
+        await asyncio.wait_for(sup.run(), 10)
+    assert "daemon.state_dir" in str(info.value)
+    assert str(blocker / "state" / "state.json") in str(info.value)
+    assert not sup.ready.is_set()
+    assert not Path(sock).exists()  # nothing left behind
+
+
+async def test_unwritable_state_dir_exits_1_naming_it(fake_openai, short_dir: Path) -> None:
+    fake = await fake_openai()
+    blocker = short_dir / "file"
+    blocker.write_text("not a directory\n")
+    path = short_dir / "sd.toml"
+    path.write_text(daemon_toml(str(short_dir / "sd.sock"), str(blocker / "state"),
+                                models(fake)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text
+    assert f"cannot write the state file {blocker / 'state' / 'state.json'}" in text
