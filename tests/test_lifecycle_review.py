@@ -4,6 +4,8 @@ state_dir that could not be written noticed only at the first breaker change."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from failoverd.errors import StateError
 from failoverd.supervisor import Supervisor
 from tests.conftest import daemon_toml
 from tests.fakes.openai import FakeOpenAI
+from tests.test_lifecycle import Launch, launch, toml  # noqa: F401 - launch is a fixture
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -126,3 +129,41 @@ async def test_unwritable_state_dir_exits_1_naming_it(fake_openai, short_dir: Pa
     text = err.decode()
     assert "Traceback" not in text
     assert f"cannot write the state file {blocker / 'state' / 'state.json'}" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+@pytest.mark.parametrize("with_token", [False, True])
+async def test_tcp_socket_passed_by_systemd_is_never_unauthenticated(
+        fake_openai, launch: Launch, short_dir: Path,  # noqa: F811 - the fixture
+        with_token: bool) -> None:
+    # a failoverd.socket with ListenStream=127.0.0.1:PORT: daemon.tcp is not set, so no token
+    # was asked for, and every local user was served (or, on 0.0.0.0, everyone)
+    a = await fake_openai()
+    port = _free_port()
+    daemon = ""
+    if with_token:
+        token = short_dir / "token"
+        token.write_text("s3cret\n")
+        daemon = f'tcp_token_file = "{token}"\n'
+    notify_path = short_dir / "d-0.ntf"  # what launch() names its first notify socket
+    d = await launch(toml(short_dir, {"a": a}, daemon=daemon), wait_ready=False, argv=[
+        "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E",
+        f"NOTIFY_SOCKET={notify_path}"])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
+        async with asyncio.timeout(10):
+            while True:  # until systemd-socket-activate listens; the daemon starts on connect
+                try:
+                    r = await tcp.get("/v1/status")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+        await d.notify.expect("READY=1", timeout=5)
+        assert r.status_code == 401
+        assert "tcp_token_file" in r.json()["error"]["message"]
+        r = await tcp.post("/v1/chat/completions", json=HELLO,
+                           headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == (200 if with_token else 401)
+    assert len(a.chat_requests()) == (1 if with_token else 0)
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0

@@ -29,12 +29,15 @@ def refusal(request: web.Request) -> web.Response | None:
                 return openai_error(403, f"uid {uid} is not in daemon.allowed_uids",
                                     "permission_denied", "permission_denied")
     elif family in (socket.AF_INET, socket.AF_INET6):
-        if daemon.tcp_token:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.encode(), daemon.tcp_token.encode()):
-                return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
-                                    "with the token of daemon.tcp_token_file",
-                                    "authentication_error", "invalid_api_key")
+        # never unauthenticated, also on a TCP socket passed by systemd with no daemon.tcp set
+        if not daemon.tcp_token:
+            return openai_error(401, "TCP clients need a token: set daemon.tcp_token_file",
+                                "authentication_error", "invalid_api_key")
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.encode(), daemon.tcp_token.encode()):
+            return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
+                                "with the token of daemon.tcp_token_file",
+                                "authentication_error", "invalid_api_key")
     return None
