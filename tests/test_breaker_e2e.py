@@ -452,3 +452,30 @@ async def test_reload_drops_the_metric_series_of_removed_models(fake_openai,
     assert FALLBACK not in metrics
     assert f'failoverd_upstream_latency_seconds_count{{model="{PRIMARY}",result="error"}} 2' \
         in metrics
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_clients_short_deadline_is_not_held_against_the_model(
+        fake_openai, start_daemon, stream: bool) -> None:
+    a = await fake_openai(reply="from a", default="slow:0.3" if not stream else "hang")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_toml(a, b, routing='when_all_unavailable = "fail"').replace(
+        'base_url = "' + a.url + '"', 'base_url = "' + a.url + '"\ntimeout = 0.15').replace(
+        f'[models."{PRIMARY}"]\nprovider = "a"',
+        f'[models."{PRIMARY}"]\nprovider = "a"\nfirst_token_timeout = 0.15'))
+    body = {"model": PRIMARY, "messages": HELLO, "stream": stream}
+    hurried = {"x-failoverd-deadline": "0.05", "x-failoverd-no-fallback": "1"}
+    for _ in range(4):  # failure_threshold = 3: these would open it, were they counted
+        resp = await d.http.post("/v1/chat/completions", json=body, headers=hurried)
+        assert resp.status_code == 503
+        assert resp.json()["error"]["attempts"][0]["reason"] == "timeout"
+    status = await model_status(d)
+    assert status["state"] == "closed" and status["consecutive_failures"] == 0
+
+    # the model's own limit (timeout / first_token_timeout 0.15 s) is the operator's: counted
+    for _ in range(3):
+        resp = await d.http.post("/v1/chat/completions", json=body,
+                                 headers={"x-failoverd-no-fallback": "1"})
+        assert resp.status_code == 503
+    status = await model_status(d)
+    assert status["state"] == "open" and status["reason"] == "timeout"

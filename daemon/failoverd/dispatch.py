@@ -81,6 +81,9 @@ class Outcome:
     failovers: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    # the client's x-failoverd-deadline is shorter than routing.deadline: a timeout it caused
+    # is not held against the model (see Dispatcher._try_model)
+    client_deadline: bool = False
 
 
 @dataclass(slots=True)
@@ -154,7 +157,7 @@ class Dispatcher:
             return StreamStart(first, it, permit, started)
 
         start: StreamStart = await self._run(body, candidates, deadline, outcome, session,
-                                             needs, call)
+                                             needs, call, streaming=True)
         return start
 
     def stream_finished(self, model_id: str, start: StreamStart,
@@ -179,7 +182,8 @@ class Dispatcher:
     async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                    outcome: Outcome, session: str | None, needs: Requirements | None,
                    call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
-                                   Permit | None], Awaitable[Any]]) -> Any:
+                                   Permit | None], Awaitable[Any]],
+                   streaming: bool = False) -> Any:
         cfg = self.config
         queued = False
         first_pass = len(outcome.attempts)
@@ -228,7 +232,8 @@ class Dispatcher:
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
-                    result = await self._try_model(model, req, deadline, outcome, call)
+                    result = await self._try_model(model, req, deadline, outcome, call,
+                                                   streaming)
                 except UpstreamError as exc:
                     if exc.reason is FailureReason.UNAVAILABLE:
                         unavailable.append(model_id)
@@ -262,7 +267,8 @@ class Dispatcher:
     async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
                          outcome: Outcome,
                          call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
-                                         Permit | None], Awaitable[Any]]) -> Any:
+                                         Permit | None], Awaitable[Any]],
+                         streaming: bool = False) -> Any:
         provider = self.providers[model.provider]
         pcfg = provider.config
         retries = 0
@@ -312,7 +318,16 @@ class Dispatcher:
                 if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
                     exc.message = f"{exc.message} (request deadline exhausted)"
                 duration = self.clock.monotonic() - started
-                if permit is not None:
+                own_limit = model.first_token_timeout if streaming else pcfg.timeout
+                if permit is None:
+                    pass
+                elif (exc.reason is FailureReason.TIMEOUT and outcome.client_deadline
+                        and remaining < own_limit):
+                    # the client's own short deadline cut the attempt before the limits the
+                    # operator gave the model: not the model's failure (another client's
+                    # impatience must not open its breaker for everyone)
+                    permit.release()
+                else:
                     permit.failure(exc.reason, duration, exc.retry_after)
                 if self.observe_latency is not None:
                     self.observe_latency(model.id, duration, False)

@@ -27,7 +27,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
                 "X-Accel-Buffering": "no"}
 
 
-def request_deadline(svc: Service, rt: Runtime, request: web.Request) -> float:
+def request_deadline(svc: Service, rt: Runtime, request: web.Request, outcome: Outcome) -> float:
     budget = rt.config.routing.deadline
     header = request.headers.get("x-failoverd-deadline")
     if header:
@@ -38,6 +38,7 @@ def request_deadline(svc: Service, rt: Runtime, request: web.Request) -> float:
         if not 0 < budget < 86400:
             raise RequestError(f"header x-failoverd-deadline must be seconds in (0, 86400), "
                                f"got {header!r}", param="x-failoverd-deadline")
+        outcome.client_deadline = budget < rt.config.routing.deadline
     return svc.clock.monotonic() + budget
 
 
@@ -76,7 +77,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             session = request.headers.get("x-failoverd-session") or front.session_key(raw)
             route = svc.route(rt, body, pin, session)
             outcome = svc.outcome_for(route)
-            deadline = request_deadline(svc, rt, request)
+            deadline = request_deadline(svc, rt, request, outcome)
             if body.get("stream"):
                 return await _stream(request, front, svc, rt, body, route, deadline, outcome,
                                      session)
