@@ -479,3 +479,19 @@ async def test_a_clients_short_deadline_is_not_held_against_the_model(
         assert resp.status_code == 503
     status = await model_status(d)
     assert status["state"] == "open" and status["reason"] == "timeout"
+
+
+async def test_failover_events_carry_the_capped_session_key(fake_openai, start_daemon) -> None:
+    a = await fake_openai(reply="from a", default="server_error")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_toml(a, b))
+    key = "k" * 5000  # within a header's size, far over what the session store keeps
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO},
+                             headers={"x-failoverd-session": key})
+    assert resp.headers["x-failoverd-model"] == FALLBACK
+    [event] = [e for e in d.sup.service.bus.recent() if e.type == "model:failover"]
+    session = event.fields["session"]
+    assert len(session) <= 256 and session.startswith("k" * 200 + "#")
+    # the same key finds the session the store kept
+    stored = await d.http.get(f"/v1/sessions/{key}")
+    assert stored.status_code == 200 and stored.json()["key"] == session

@@ -19,6 +19,7 @@ from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
+from failoverd.sessions import normalize_key
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             body = front.canonical(raw)
             pin = request.headers.get("x-failoverd-no-fallback", "").lower() in _TRUE
             session = request.headers.get("x-failoverd-session") or front.session_key(raw)
+            if session:  # capped once, so events and hooks carry the key the store keeps
+                session = normalize_key(session)
             route = svc.route(rt, body, pin, session)
             outcome = svc.outcome_for(route)
             deadline = request_deadline(svc, rt, request, outcome)
