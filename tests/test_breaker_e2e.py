@@ -495,3 +495,30 @@ async def test_failover_events_carry_the_capped_session_key(fake_openai, start_d
     # the same key finds the session the store kept
     stored = await d.http.get(f"/v1/sessions/{key}")
     assert stored.status_code == 200 and stored.json()["key"] == session
+
+
+async def test_a_reload_writes_the_state_file_at_once(fake_openai, start_daemon) -> None:
+    a = await fake_openai(reply="from a", default="server_error")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_toml(a, b))
+    for _ in range(2):
+        assert (await ask(d))[0] == FALLBACK
+    state_path = d.sup.service.state_file.path
+
+    def saved() -> dict[str, Any]:
+        return orjson.loads(state_path.read_bytes())["breakers"]
+
+    await wait_for(lambda: _true(saved().get(PRIMARY, {}).get("state") == "open"))
+    # the primary leaves the configuration: the file forgets it now, not at the next change
+    path = Path(d.sup.config_path)
+    text = path.read_text().replace(f'[models."{PRIMARY}"]\nprovider = "a"\n', "")
+    path.write_text(text.replace(f'primary = "{PRIMARY}"', f'primary = "{FALLBACK}"')
+                    .replace(f'fallbacks = ["{FALLBACK}"]', "fallbacks = []"))
+    resp = await d.http.post("/v1/reload")
+    assert resp.status_code == 200, resp.text
+    await wait_for(lambda: _true(PRIMARY not in saved()))
+    assert set(saved()) == {FALLBACK}
+
+
+async def _true(value: bool) -> bool:
+    return value

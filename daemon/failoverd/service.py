@@ -136,6 +136,9 @@ class Service:
                 if model_id not in config.models:
                     self.mqtt.clear_model_state(model_id)
             self.publish_all_states()
+        # the breakers of removed or changed models are gone: the state file says so now, not
+        # at the next transition (a crash before it would bring them back)
+        self.schedule_save()
         self.bus.emit("config:reloaded", source=config.source, models=len(config.models),
                       providers=len(config.providers))
 

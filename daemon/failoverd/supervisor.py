@@ -318,8 +318,8 @@ class Supervisor:
                 logger.warning("[mqtt] changed: takes effect at the next restart")
             # keep what needs a restart as it is, so status and the drain see what is live
             new = _keep_restart_only(new, self.config)
-            self.config = new
             self.service.reload(new)
+            self.config = new  # once the service runs on it
             if self.prober is not None:
                 self.prober.reschedule()
             logger.info("config reloaded: %d models, %d providers", len(new.models),
