@@ -32,7 +32,8 @@ Choices where resilience4j or DESIGN.md leave room:
 - Outcomes carry the ticket ``try_acquire()`` returned; a ticket from an earlier state (a call
   admitted before the breaker opened, or before a reset) does not move the breaker. The one
   exception: a late counted failure with a Retry-After longer than the current open period
-  extends that period.
+  extends that period, reported as OPEN → OPEN with the new retry_at (and the same open_count)
+  so that events, MQTT state, the state file and the recovery probe follow it.
 - Probes are trials without a ticket: see ``record_probe``.
 - Timestamps in ``status()`` and ``snapshot()`` are wall-clock epoch seconds (floats), so they
   survive restarts and need no parsing in scripts.
@@ -408,6 +409,7 @@ class Breaker:
             self._open_until = until
             logger.info("breaker %s: open period extended by a Retry-After of %.1fs",
                         self.model_id, retry_after)
+            self._notify(BreakerState.OPEN, BreakerState.OPEN, self._reason, self._wall(until))
 
     def _close(self, reason: str) -> None:
         self._open_count = 0
@@ -427,10 +429,16 @@ class Breaker:
         retry_at = self._wall(until)
         logger.info("breaker %s: %s -> %s (reason=%s, open_count=%d, retry_at=%s)",
                     self.model_id, old, new, reason, self._open_count, retry_at)
-        if self._on_transition is not None and not (old is new is BreakerState.CLOSED):
-            try:
-                self._on_transition(self.model_id, old, new, reason, retry_at, self._open_count)
-            except Exception:
-                # a broken listener must not leave the breaker half-updated or fail the request
-                logger.exception("breaker %s: transition callback failed", self.model_id)
+        if not (old is new is BreakerState.CLOSED):
+            self._notify(old, new, reason, retry_at)
+
+    def _notify(self, old: BreakerState, new: BreakerState, reason: str | None,
+                retry_at: float | None) -> None:
+        if self._on_transition is None:
+            return
+        try:
+            self._on_transition(self.model_id, old, new, reason, retry_at, self._open_count)
+        except Exception:
+            # a broken listener must not leave the breaker half-updated or fail the request
+            logger.exception("breaker %s: transition callback failed", self.model_id)
 

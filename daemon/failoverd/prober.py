@@ -84,7 +84,10 @@ class Prober:
             return
         cfg = self.service.runtime.config
         for job in self.scheduler.get_jobs():
-            if job.id.startswith("probe:") and job.id[6:] not in cfg.models:
+            kind, _, model_id = job.id.partition(":")
+            if kind == "probe" and model_id not in cfg.models:
+                job.remove()
+            elif kind == "recover" and not self._recovering(model_id):
                 job.remove()
         if cfg.probes.kind == "none":
             for job in self.scheduler.get_jobs():
@@ -116,6 +119,13 @@ class Prober:
                 self._job, trigger, args=("probe", model_id), id=job_id,
                 coalesce=True, max_instances=1, misfire_grace_time=_grace(interval),
             )
+
+    def _recovering(self, model_id: str) -> bool:
+        """Whether a pending recovery probe of the model still has a period to end (a changed
+        model got a fresh, closed breaker; recovery probes may have been turned off)."""
+        breaker = self.service.health.breaker(model_id)  # None: the model was removed
+        return (self.service.runtime.config.probes.recovery_kind != "none"
+                and breaker is not None and breaker.state is not BreakerState.CLOSED)
 
     async def stop(self) -> None:
         """Stops scheduling and ends the probes in flight (they would only delay the exit)."""
