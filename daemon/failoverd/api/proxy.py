@@ -207,10 +207,12 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         except (ConnectionResetError, _ClientStalled):
             pass
     finally:
-        aclose = getattr(start.rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        rt.dispatcher.stream_finished(outcome.model, start, error)
+        try:
+            aclose = getattr(start.rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:  # even if closing is cancelled: the permit (a half-open trial) comes back
+            rt.dispatcher.stream_finished(outcome.model, start, error)
     try:
         await client.end()
     except (ConnectionResetError, _ClientStalled) as exc:
