@@ -18,6 +18,12 @@ def _family(request: web.Request) -> int | None:
     return sock.family if sock is not None else None
 
 
+def _raw(value: str) -> bytes:
+    """A header value as the client sent it: bytes that are not UTF-8 arrive as surrogate
+    escapes, which a plain encode() refuses (a 500 instead of the 401)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 def refusal(request: web.Request) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
     daemon = request.app[SERVICE].runtime.config.daemon
@@ -36,7 +42,7 @@ def refusal(request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.encode(), daemon.tcp_token.encode()):
+                _raw(token), daemon.tcp_token.encode()):
             return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
                                 "with the token of daemon.tcp_token_file",
                                 "authentication_error", "invalid_api_key")

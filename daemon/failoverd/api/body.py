@@ -9,6 +9,9 @@ from aiohttp import web
 
 from failoverd.errors import RequestError
 
+_ORJSON_DEPTH = 254  # orjson.dumps' recursion limit
+# what a client may send: headroom for the levels a translation adds (Gemini's tools)
+MAX_DEPTH = 200
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -37,6 +40,18 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError(f"request body must be a JSON object, got {_json_type(body)}")
+    # orjson reads 1024 levels of nesting but writes only 254: a body in between would fail
+    # at every candidate's adapter, as a 503. Only a body with that many brackets can be so
+    # deep, so most bodies are never serialised here.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        nested: Any = body
+        for _ in range(_ORJSON_DEPTH - MAX_DEPTH):  # fails beyond MAX_DEPTH, not 254
+            nested = [nested]
+        try:
+            orjson.dumps(nested)
+        except orjson.JSONEncodeError:
+            raise RequestError(f"request body nests JSON deeper than {MAX_DEPTH} levels") \
+                from None
     return body
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ JSON = "application/json"
 # Clients cap a header line (aiohttp 8190 bytes, Node 16 KiB): a longer notice would make them
 # drop an answer that was served. The body carries the notices in full.
 MAX_NOTICE_HEADER = 4000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def json_response(data: Any, status: int = 200,
@@ -23,17 +25,23 @@ def json_response(data: Any, status: int = 200,
                         headers=headers)
 
 
+def header_value(text: str) -> str:
+    """`text` fit for a header value: aiohttp refuses to send control characters (CR, LF,
+    NUL, ESC, ...), and the answer would be lost after it was served."""
+    return _CONTROL.sub(" ", text)
+
+
 def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str]:
     headers = {"x-failoverd-attempts": str(outcome.upstream_attempts)}
     if outcome.model:  # nothing served (an error answer): no model to name
-        headers["x-failoverd-model"] = outcome.model
+        headers["x-failoverd-model"] = header_value(outcome.model)
     if route:
         headers["x-failoverd-route"] = route
     if outcome.failovers:
-        headers["x-failoverd-failover"] = ",".join(outcome.failovers)
+        headers["x-failoverd-failover"] = header_value(",".join(outcome.failovers))
     if outcome.notices:
-        # header values must stay on one line and in latin-1
-        text = " | ".join(outcome.notices).replace("\r", " ").replace("\n", " ")
+        # header values must stay on one line and in latin-1 (hook messages may be anything)
+        text = header_value(" | ".join(outcome.notices))
         if len(text) > MAX_NOTICE_HEADER:
             text = text[:MAX_NOTICE_HEADER - 3] + "..."
         headers["x-failoverd-notice"] = text.encode("latin-1", "replace").decode("latin-1")

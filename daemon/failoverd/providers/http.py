@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -173,13 +174,54 @@ def json_or_none(raw: bytes) -> Any:
         return None
 
 
+# Key-shaped words in upstream error text: OpenAI's "Incorrect API key provided: sk-proj-abc1
+# ****wxyz" shows part of the key, other vendors echo it whole. The text travels to clients
+# (attempts lists), logs, events, hooks and MQTT, so these never leave the adapter edge.
+_KEY_LIKE = re.compile(
+    r"\b(?:sk|rk|gsk|xai|hf)[-_][A-Za-z0-9_\-*]{8,}"  # sk-..., sk-ant-..., gsk_...
+    r"|\bAIza[A-Za-z0-9_\-]{20,}"  # Google API keys
+    r"|[A-Za-z0-9_\-]*\*{4,}[A-Za-z0-9_\-]*")  # a masked key: first and last characters
+_REDACTED = "[redacted]"
+# request headers whose values are credentials, to be cut out of any error text verbatim
+_SECRET_HEADER_WORDS = ("auth", "key", "token", "secret")
+
+
+def redact_keys(text: str) -> str:
+    """`text` without anything shaped like an API key."""
+    return _KEY_LIKE.sub(_REDACTED, text)
+
+
+def hide_credentials(exc: UpstreamError, headers: Mapping[str, str]) -> UpstreamError:
+    """`exc` with the credentials sent in `headers` cut out of its message and body: a key
+    without a recognisable shape, echoed back by the upstream, is caught here."""
+    for name, value in headers.items():
+        if not any(w in name.lower() for w in _SECRET_HEADER_WORDS):
+            continue
+        secret = value.removeprefix("Bearer ").removeprefix("Basic ").strip()
+        if len(secret) < 8:
+            continue  # too short to search for without hitting ordinary words
+        message = exc.message.replace(secret, _REDACTED)
+        # the message was cut at 500 characters, maybe inside the key
+        cut = next((n for n in range(len(secret) - 1, 7, -1)
+                    if message.endswith(secret[:n])), 0)
+        if cut:
+            message = message[:-cut] + _REDACTED
+        if message != exc.message:
+            exc.message = message
+            exc.args = (f"{exc.reason}: {message}",)
+        if exc.body is not None and secret.encode() in exc.body:
+            exc.body = exc.body.replace(secret.encode(), _REDACTED.encode())
+    return exc
+
+
 def upstream_error(reason: FailureReason, message: str, *, status: int | None,
                    provider: str, model: str, retry_after: float | None = None,
                    body: bytes | None = None, content_type: str = "application/json"
                    ) -> UpstreamError:
     # keep messages short: they travel into attempts lists, logs and events
-    return UpstreamError(reason, message[:500], status=status, provider=provider, model=model,
-                         retry_after=retry_after, body=body, content_type=content_type)
+    return UpstreamError(reason, redact_keys(message)[:500], status=status, provider=provider,
+                         model=model, retry_after=retry_after, body=body,
+                         content_type=content_type)
 
 
 # what a client call raises for a network, protocol or timeout problem
@@ -217,7 +259,7 @@ async def fetch(client: Requester, method: str, url: str, *,
             resp = await client.request(method, url, data=data, headers=headers,
                                         connect_timeout=connect)
             if resp.status != 200:
-                raise await failure(resp, model)
+                raise hide_credentials(await failure(resp, model), headers)
             return await resp.read()  # gives the connection back to the pool
     except BaseException as exc:
         _end(resp, exc)
@@ -252,7 +294,7 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
             resp = await client.request("POST", url, data=data, headers=headers,
                                         connect_timeout=connect)
             if resp.status != 200:
-                raise await failure(resp, model)
+                raise hide_credentials(await failure(resp, model), headers)
     except BaseException as exc:
         _end(resp, exc)
         if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
