@@ -262,3 +262,28 @@ async def test_control_characters_in_hook_messages_and_model_ids_do_not_lose_the
         assert raw.endswith(b"data: [DONE]\n\n")
     else:
         assert orjson.loads(raw)["failoverd"]["notices"] == NOTICES
+
+
+@pytest.mark.parametrize("tools", [
+    b"[5]", b'[{"type": "function", "function": 5}]',
+    b'[{"type": "function", "function": {"name": 5}}]', b'[{"type": 5}]',
+])
+async def test_malformed_tools_are_400_not_503(fake_anthropic: Any, start_daemon: Any,
+                                               tools: bytes) -> None:
+    fake = await fake_anthropic()
+    d = await start_daemon(f"""
+[providers.a]
+kind = "anthropic"
+base_url = "{fake.url}"
+[models."a/m"]
+provider = "a"
+capabilities = ["tools"]
+[probes]
+kind = "none"
+""")
+    status, body = await raw_request(d.socket, post(
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "tools": ' + tools + b"}"))
+    assert status == 400, body
+    assert orjson.loads(body)["error"]["param"] == "tools[0]"
+    assert fake.requests == []

@@ -149,6 +149,16 @@ def validate_chat(body: dict[str, Any]) -> None:
     _expect(body, "n", (int,), "an integer")
     _expect(body, "temperature", (int, float), "a number")
     _expect(body, "tools", (list,), "an array")
+    for i, tool in enumerate(body.get("tools") or ()):
+        # every provider refuses these; caught here they are a 400, not a 503 naming each
+        # candidate's adapter
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or not isinstance(tool.get("type", ""), str) or (
+                "function" in tool and not (isinstance(fn, dict)
+                                            and isinstance(fn.get("name"), str))):
+            raise RequestError(f"'tools[{i}]' must be an object with a string 'type', whose "
+                               "'function' is an object with a string 'name'",
+                               param=f"tools[{i}]")
     _expect(body, "user", (str,), "a string")
     for key in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(key)
