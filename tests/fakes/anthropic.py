@@ -60,7 +60,8 @@ class Logged:
 class FakeAnthropic(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "cut_stream" (connection
     dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
-    ends cleanly but without message_stop)."""
+    ends cleanly but without message_stop). Like the API, a reply that contains one of the
+    request's `stop_sequences` ends before it with stop_reason "stop_sequence"."""
 
     reply: str = "Hello from the fake Anthropic"
 
@@ -104,13 +105,17 @@ class FakeAnthropic(FakeServer[Logged]):
             return [{"type": "text", "text": "Let me check."},
                     {"type": "tool_use", "id": "toolu_01Fake", "name": body["tools"][0]["name"],
                      "input": {"city": "Paris", "days": 2}}], "tool_use"
+        sequence = _stop_sequence(self.reply, body)
+        if sequence is not None:
+            return [{"type": "text", "text": self.reply.split(sequence)[0]}], "stop_sequence"
         return [{"type": "text", "text": self.reply}], "end_turn"
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         content, stop = self._content(body)
         return {"id": "msg_01Fake", "type": "message", "role": "assistant",
                 "model": body.get("model"), "content": content, "stop_reason": stop,
-                "stop_sequence": None,
+                "stop_sequence": _stop_sequence(self.reply, body) if stop == "stop_sequence"
+                else None,
                 "usage": {"input_tokens": 12, "output_tokens": 7,
                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": 3}}
 
@@ -158,9 +163,16 @@ class FakeAnthropic(FakeServer[Logged]):
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}})
             await send("content_block_stop", {"type": "content_block_stop", "index": index})
+        sequence = _stop_sequence(self.reply, body) if stop == "stop_sequence" else None
         await send("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": stop, "stop_sequence": None},
+                                     "delta": {"stop_reason": stop, "stop_sequence": sequence},
                                      "usage": {"output_tokens": 7}})
         if behaviour != "no_stop":
             await send("message_stop", {"type": "message_stop"})
         return resp
+
+
+def _stop_sequence(reply: str, body: dict[str, Any]) -> str | None:
+    """The request's stop sequence that occurs first in `reply`, as the API picks it."""
+    found = [(reply.find(s), s) for s in body.get("stop_sequences") or [] if s and s in reply]
+    return min(found)[1] if found else None

@@ -161,7 +161,13 @@ _ANTHROPIC_TYPES = {
 }
 
 
+# Anthropic names a bad request by its status: 404 not_found_error, 413 request_too_large
+_ANTHROPIC_REQUEST_TYPES = {404: "not_found_error", 413: "request_too_large"}
+
+
 def _anthropic_type(type_: str, status: int) -> str:
+    if type_ == "invalid_request_error":
+        return _ANTHROPIC_REQUEST_TYPES.get(status, type_)
     if type_ in _ANTHROPIC_TYPES:
         return _ANTHROPIC_TYPES[type_]
     try:

@@ -24,6 +24,9 @@ Decisions, so every translator and operator can rely on them:
 * Reasoning in answers (``reasoning_content``: Anthropic thinking, DeepSeek/vLLM reasoning)
   reaches Anthropic clients as ``thinking`` blocks with an empty signature, streamed and not.
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.
+* A ``stop_sequence`` stop travels as a string ``stop_reason`` beside ``finish_reason: "stop"``
+  (vLLM's OpenAI-compatible field), so Anthropic clients get ``stop_reason: "stop_sequence"``
+  and the sequence from Anthropic and vLLM upstreams; OpenAI's API does not tell (end_turn).
 * ``thinking: {"type": "adaptive"}`` is ``reasoning_effort: "medium"``.
 * Thinking budget <-> ``reasoning_effort``: budget < 4096 is ``low``, < 16384 ``medium``,
   else ``high``; back: ``minimal`` 1024, ``low`` 2048, ``medium`` 8192, ``high`` 24576 tokens

@@ -26,6 +26,18 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 
+
+def stop_sequence(choice: dict[str, Any]) -> str | None:
+    """The stop sequence that ended a canonical choice, if one did.
+
+    The canonical form carries it as vLLM's OpenAI-compatible API does: a string
+    ``stop_reason`` next to ``finish_reason: "stop"`` (vLLM sends a token id there for stop
+    tokens, which is not a stop sequence). OpenAI itself does not tell.
+    """
+    sequence = choice.get("stop_reason")
+    return sequence if choice.get("finish_reason") == "stop" and isinstance(sequence, str) else None
+
+
 _ALPHABET = string.ascii_letters + string.digits
 
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import orjson
 
-from failoverd.translate.anthropic_common import FINISH_REASONS, STOP_REASONS, new_id
+from failoverd.translate.anthropic_common import (
+    FINISH_REASONS,
+    STOP_REASONS,
+    new_id,
+    stop_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,9 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     stop_reason = "refusal" if refusal else STOP_REASONS.get(finish or "stop", "end_turn")
     if any(b["type"] == "tool_use" for b in content) and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers say "stop" after tool calls
+    sequence = stop_sequence(choice) if stop_reason == "end_turn" else None
+    if sequence is not None:
+        stop_reason = "stop_sequence"
     return {
         "id": message_id(completion.get("id")),
         "type": "message",
@@ -119,7 +127,7 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
         "model": model_id,
         "content": content,
         "stop_reason": stop_reason,
-        "stop_sequence": None,
+        "stop_sequence": sequence,
         "usage": anthropic_usage(completion.get("usage")),
     }
 
@@ -152,12 +160,15 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
     if thinking:
         message["reasoning_content"] = "".join(thinking)
     finish = FINISH_REASONS.get(str(resp.get("stop_reason")), "stop")
+    choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None,
+                              "finish_reason": finish}
+    if resp.get("stop_reason") == "stop_sequence" and isinstance(resp.get("stop_sequence"), str):
+        choice["stop_reason"] = resp["stop_sequence"]  # see anthropic_common.stop_sequence
     return {
         "id": "chatcmpl-" + str(resp.get("id") or new_id("msg_")),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model or str(resp.get("model") or ""),
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": finish}],
+        "choices": [choice],
         "usage": canonical_usage(resp.get("usage")),
     }

@@ -14,7 +14,12 @@ from typing import Any
 
 import orjson
 
-from failoverd.translate.anthropic_common import FINISH_REASONS, STOP_REASONS, new_id
+from failoverd.translate.anthropic_common import (
+    FINISH_REASONS,
+    STOP_REASONS,
+    new_id,
+    stop_sequence,
+)
 from failoverd.translate.anthropic_response import (
     anthropic_error_body,
     anthropic_usage,
@@ -58,6 +63,7 @@ class AnthropicStreamEncoder:
         self._tool_serial = 0
         self._tools_sent = 0
         self._finish: str | None = None
+        self._stop_sequence: str | None = None
         self._usage: dict[str, Any] | None = None
 
     @property
@@ -123,6 +129,7 @@ class AnthropicStreamEncoder:
                 out += self._tool_delta(call)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
+                self._stop_sequence = stop_sequence(choice)
         return out
 
     def _tool_delta(self, call: dict[str, Any]) -> bytes:
@@ -185,10 +192,13 @@ class AnthropicStreamEncoder:
         stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
         if self._tools_sent and stop_reason == "end_turn":
             stop_reason = "tool_use"
+        sequence = self._stop_sequence if stop_reason == "end_turn" else None
+        if sequence is not None:
+            stop_reason = "stop_sequence"
         usage = anthropic_usage(self._usage)
         out += sse_event("message_delta", {
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": sequence},
             "usage": usage})
         return out + sse_event("message_stop", {"type": "message_stop"})
 
@@ -246,9 +256,13 @@ class AnthropicStreamDecoder:
             # message_delta usage is cumulative; keep message_start's input count if absent
             self._usage.update({k: v for k, v in (data.get("usage") or {}).items()
                                 if v is not None})
-            reason = (data.get("delta") or {}).get("stop_reason")
-            finish = FINISH_REASONS.get(str(reason), "stop")
-            return [self._chunk({}, finish)]
+            delta = data.get("delta") or {}
+            reason = delta.get("stop_reason")
+            chunk = self._chunk({}, FINISH_REASONS.get(str(reason), "stop"))
+            if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
+                # see anthropic_common.stop_sequence
+                chunk["choices"][0]["stop_reason"] = delta["stop_sequence"]
+            return [chunk]
         if kind == "message_stop":
             self.stopped = True
             if self.include_usage:
