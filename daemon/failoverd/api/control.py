@@ -14,6 +14,7 @@ from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
 from failoverd.service import Service
+from failoverd.tomlreader import MAX_NUMBER
 
 _UP = ("closed", "half_open")
 
@@ -93,8 +94,10 @@ async def model_action(request: web.Request) -> web.Response:
             body = await _optional_json(request, svc)
             seconds = body.get("seconds")
             if seconds is not None and (isinstance(seconds, bool)
-                                        or not isinstance(seconds, int | float) or seconds <= 0):
-                raise RequestError("'seconds' must be a positive number", param="seconds")
+                                        or not isinstance(seconds, int | float)
+                                        or not 0 < seconds <= MAX_NUMBER):
+                raise RequestError(f"'seconds' must be a positive number up to {MAX_NUMBER:g} "
+                                   "(omit it: open until reset)", param="seconds")
             svc.health.force_open(model_id, None if seconds is None else float(seconds))
         else:
             if svc.prober is None:
