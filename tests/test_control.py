@@ -324,3 +324,16 @@ async def test_metrics_exposition(rig) -> None:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
+
+
+async def test_select_auto_falling_back_to_the_default_chain_lists_each_model_once(rig) -> None:
+    a, o, d, clock = rig
+    await d.http.post(f"/v1/models/{GPT}/open")
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    # qwen lacks tools and gpt is open: no tiered model is left, auto uses the default chain
+    resp = await d.http.post("/v1/select", json={"model": "auto", "messages": HELLO,
+                                                 "tools": [tool]})
+    assert resp.status_code == 200, resp.text
+    models = [c["model"] for c in resp.json()["candidates"]]
+    assert sorted(models) == sorted([GPT, QWEN])
+    assert not any(c["eligible"] for c in resp.json()["candidates"])

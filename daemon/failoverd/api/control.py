@@ -161,6 +161,8 @@ async def select(request: web.Request) -> web.Response:
         return request_error(exc)
     candidates: list[dict[str, Any]] = []
     for model_id, skipped in route.skipped:
+        if model_id in route.candidates:
+            continue  # auto fell back to the default chain, which lists it below
         candidates.append({"model": model_id, "eligible": False, "reason": skipped,
                            "state": svc.model_state(model_id)})
     for model_id in route.candidates:
