@@ -28,7 +28,7 @@ def json_response(data: Any, status: int = 200,
 def header_value(text: str) -> str:
     """`text` fit for a header value: aiohttp refuses to send control characters (CR, LF,
     NUL, ESC, ...), and the answer would be lost after it was served."""
-    return _CONTROL.sub(" ", text)
+    return text if text.isprintable() else _CONTROL.sub(" ", text)  # the common case first
 
 
 def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str]:
