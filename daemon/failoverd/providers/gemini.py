@@ -174,6 +174,10 @@ class GeminiProvider:
             self._client, f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
             headers=self._stream_headers, first_deadline=first_deadline, connect=limits.connect,
             failure=self._failure, provider=name, model=model.id)
+        # chunks are held back until one carries an answer: an empty STOP (or
+        # MALFORMED_FUNCTION_CALL) fails over before the first token, as complete() does
+        held: list[dict[str, Any]] = []
+        answered = False
         try:
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
                                                     name, model.id):
@@ -185,11 +189,19 @@ class GeminiProvider:
                 if "error" in event:
                     raise self._error(200, payload, model.id)
                 self._check_blocked(event, model.id)
-                for chunk in translator.feed(event):
-                    yield Chunk.of(chunk)
+                held.extend(translator.feed(event))
+                answered = answered or any(_chunk_answers(c) for c in held)
+                if answered:
+                    for chunk in held:
+                        yield Chunk.of(chunk)
+                    held.clear()
             if not translator.complete:
                 raise upstream_error(FailureReason.INVALID_RESPONSE,
                                      "stream ended without a finishReason", status=200,
+                                     provider=name, model=model.id)
+            if not answered:
+                raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                     "200 stream without any answer", status=200,
                                      provider=name, model=model.id)
             for chunk in translator.finish():
                 yield Chunk.of(chunk)
@@ -216,3 +228,10 @@ def _has_output(choice: dict[str, Any]) -> bool:
     message = choice["message"]
     return bool(message.get("content") or message.get("tool_calls")
                 or choice["finish_reason"] in ("length", "content_filter"))
+
+
+def _chunk_answers(chunk: dict[str, Any]) -> bool:
+    # the streamed counterpart of _has_output: text, a tool call, or a cut/filtered finish
+    return any(choice["delta"].get("content") or choice["delta"].get("tool_calls")
+               or choice["finish_reason"] in ("length", "content_filter")
+               for choice in chunk["choices"])
