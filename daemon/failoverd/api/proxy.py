@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -136,24 +137,26 @@ class _Client:
     async def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and (transport.get_write_buffer_size() or len(data) > 16384):
-            try:
-                async with asyncio.timeout(self.limit):
-                    await self.resp.write(data)
-            except TimeoutError:
-                raise _ClientStalled from None
+            await self._bounded(self.resp.write(data))
         else:
             await self.resp.write(data)
 
+    async def tell(self, data: bytes) -> None:
+        """Best effort (an error event): the client may be gone or stalled already."""
+        with contextlib.suppress(ConnectionResetError, _ClientStalled):
+            await self.write(data)
+
     async def end(self) -> None:
+        await self._bounded(self.resp.write_eof())
+
+    async def _bounded(self, write: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(self.limit):
-                await self.resp.write_eof()
+                await write
         except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()  # cut: what it has not read is lost either way
             raise _ClientStalled from None
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
@@ -181,10 +184,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         error = exc
         logger.warning("stream from %s failed after the first chunk: %s", outcome.model,
                        exc.reason)
-        try:
-            await client.write(encoder.error(str(exc.reason), exc.message))
-        except (ConnectionResetError, _ClientStalled):
-            pass  # the end below tells the same story
+        await client.tell(encoder.error(str(exc.reason), exc.message))
     except (ConnectionResetError, _ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
@@ -192,7 +192,6 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         if isinstance(exc, _ClientStalled):
             logger.warning("stream from %s cut: the client read nothing for %gs",
                            outcome.model, client.limit)
-            client.abort()
         svc.metrics.cancelled()
         return resp
     except Exception as exc:
@@ -202,10 +201,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         error = UpstreamError(FailureReason.INVALID_RESPONSE,
                               f"unusable stream chunk: {type(exc).__name__}",
                               model=outcome.model)
-        try:
-            await client.write(encoder.error(str(error.reason), error.message))
-        except (ConnectionResetError, _ClientStalled):
-            pass
+        await client.tell(encoder.error(str(error.reason), error.message))
     finally:
         try:
             aclose = getattr(start.rest, "aclose", None)
@@ -215,9 +211,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
             rt.dispatcher.stream_finished(outcome.model, start, error)
     try:
         await client.end()
-    except (ConnectionResetError, _ClientStalled) as exc:
-        if isinstance(exc, _ClientStalled):
-            client.abort()
+    except (ConnectionResetError, _ClientStalled):
         svc.metrics.cancelled()  # gone just before the end; nothing more to tell it
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
