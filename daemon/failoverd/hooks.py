@@ -13,13 +13,17 @@ prints anything else is logged and emitted as ``hook:failed``; it contributes no
 request goes on.
 
 Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): at most
-:data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` events waiting, beyond
-which events are dropped and counted, so a slow hook can never pile up processes or memory.
-Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and ``FAILOVERD_EVENT_ID``,
-minus any variable whose value is one of ``secrets`` (the providers' API keys) and minus
-``CREDENTIALS_DIRECTORY``: a notification script has no business holding them. At most
-:data:`MAX_INLINE` ``model:failover`` runs go at once; beyond that the hook is skipped for that
-failover (counted in ``dropped`` and emitted as ``hook:failed``).
+:data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` runs running or
+waiting, beyond which runs are dropped and counted, so a slow hook can never pile up processes
+or memory. Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and
+``FAILOVERD_EVENT_ID``, minus any variable whose value is one of ``secrets`` (the providers'
+API keys) and minus ``CREDENTIALS_DIRECTORY``: a notification script has no business holding
+them. At most :data:`MAX_INLINE` ``model:failover`` runs go at once; beyond that the hooks are
+skipped for that failover (each emitted as ``hook:failed``).
+
+A run is one hook program for one event. Every run is counted once: ``runs`` (started: a
+process was spawned or failed to spawn), of which ``failures`` (could not start, exited
+non-zero, timed out, printed junk); or ``dropped`` (never started: no room for it).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ logger = logging.getLogger(__name__)
 MAX_STDOUT = 64 * 1024
 MAX_STDERR_LOGGED = 2000
 MAX_CONCURRENT = 8  # background hook processes at once
-MAX_PENDING = 256  # background hook runs waiting for a slot
+MAX_PENDING = 256  # background hook runs running or waiting for a slot
 MAX_INLINE = 64  # model:failover hook runs at once (each may start several processes)
 INLINE_TYPES = frozenset({"model:failover"})  # awaited by the router, not run in background
 _REAP_TIMEOUT = 2.0
@@ -149,18 +153,21 @@ class HookRunner:
     """Runs the configured hooks for events; see the module docstring."""
 
     def __init__(self, hooks: tuple[HookConfig, ...], bus: EventBus | None,
-                 *, max_concurrent: int = MAX_CONCURRENT, max_pending: int = MAX_PENDING,
-                 secrets: frozenset[str] = frozenset()) -> None:
+                 *, max_concurrent: int | None = None, max_pending: int | None = None,
+                 max_inline: int | None = None, secrets: frozenset[str] = frozenset()) -> None:
         self.hooks = hooks
         self.secrets = secrets
         self._bus = bus
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self._inline = asyncio.Semaphore(MAX_INLINE)
-        self._max_pending = max_pending
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.runs = 0
-        self.failures = 0
-        self.dropped = 0
+        # the module's limits are read here, not bound as defaults: tests lower them
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT if max_concurrent is None
+                                        else max_concurrent)
+        self._max_inline = MAX_INLINE if max_inline is None else max_inline
+        self._inline = asyncio.Semaphore(self._max_inline)
+        self._max_pending = MAX_PENDING if max_pending is None else max_pending
+        self._tasks: set[asyncio.Task[None]] = set()  # one per background run
+        self.runs = 0  # runs started (spawned, or failed to spawn)
+        self.failures = 0  # started runs that failed
+        self.dropped = 0  # runs never started: no room for them
 
     def subscribed(self, event_type: str) -> tuple[HookConfig, ...]:
         """The hooks that want this event type, in config order."""
@@ -173,32 +180,38 @@ class HookRunner:
             return HookOutcome()
         if self._inline.locked():
             # an outage with many requests in flight must not fork a process per request
-            self.dropped += 1
-            return self._failed(hooks[0], event, f"{MAX_INLINE} failover hook runs already "
-                                "in progress; skipped (the request goes on)")
+            self.dropped += len(hooks)
+            error = (f"skipped: {self._max_inline} failover hook runs already in progress "
+                     "(the request goes on)")
+            return merge([self._report(h, event, error) for h in hooks])
         payload = event.to_json()
         async with self._inline:
             outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
         return merge(outcomes)
 
     async def _run_in_slot(self, hook: HookConfig, event: Event, payload: bytes) -> None:
-        # A slot per process, not per event: several hooks may subscribe to one event.
+        # Not through run(): its bound is for the router's inline runs, and a busy outage must
+        # not starve breaker or probe hooks (they have their own bounds here).
         async with self._slots:
             await self._run_one(hook, event, payload)
 
     def fire_and_forget(self, event: Event) -> None:
-        """Runs the subscribed hooks in a background task; returns at once."""
-        if not self.subscribed(event.type):
+        """Runs each subscribed hook in a background task; returns at once."""
+        hooks = self.subscribed(event.type)
+        if not hooks:
             return
-        if len(self._tasks) >= self._max_pending:
-            self.dropped += 1
-            logger.warning("hooks: %d runs pending; dropped %s %s", len(self._tasks),
-                           event.type, event.id)
-            return
-        task = asyncio.get_running_loop().create_task(self._background(event),
-                                                      name=f"hook {event.type}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        payload = event.to_json()
+        loop = asyncio.get_running_loop()
+        for hook in hooks:
+            if len(self._tasks) >= self._max_pending:
+                self.dropped += 1
+                logger.warning("hooks: %d runs pending; dropped %s for %s %s",
+                               len(self._tasks), hook.exec[0], event.type, event.id)
+                continue
+            task = loop.create_task(self._run_in_slot(hook, event, payload),
+                                    name=f"hook {event.type}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def listener(self, event: Event) -> None:
         """A bus listener: background hooks for every event except INLINE_TYPES, which the
@@ -235,13 +248,6 @@ class HookRunner:
                         tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def _background(self, event: Event) -> None:
-        # Not through run(): its bound is for the router's inline runs, and a busy outage must
-        # not starve breaker or probe hooks (they have their own bounds here).
-        payload = event.to_json()
-        await asyncio.gather(*(self._run_in_slot(h, event, payload)
-                               for h in self.subscribed(event.type)))
-
     async def _run_one(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
         self.runs += 1
         started = time.monotonic()
@@ -255,6 +261,10 @@ class HookRunner:
 
     def _failed(self, hook: HookConfig, event: Event, error: str) -> HookOutcome:
         self.failures += 1
+        return self._report(hook, event, error)
+
+    def _report(self, hook: HookConfig, event: Event, error: str) -> HookOutcome:
+        """Logs and emits a run that failed or was skipped."""
         logger.warning("hook %s failed for %s %s: %s", hook.exec[0], event.type, event.id, error)
         # A hook failing on hook:failed must not feed itself another one, forever.
         if self._bus is not None and event.type != "hook:failed":

@@ -364,8 +364,16 @@ class Service:
         out += ["# HELP failoverd_upstream_idle_connections Idle keep-alive connections to "
                 "each upstream.", "# TYPE failoverd_upstream_idle_connections gauge"]
         out += [f"failoverd_upstream_idle_connections{_pool_labels(p)} {p.idle}" for p in pools]
-        out += ["# TYPE failoverd_hook_failures_total counter",
+        # each hook run (one program for one event) is counted once: started, or dropped
+        out += ["# HELP failoverd_hook_runs_total Hook runs started (one program for one "
+                "event).", "# TYPE failoverd_hook_runs_total counter",
+                f"failoverd_hook_runs_total {self.hooks.runs}",
+                "# HELP failoverd_hook_failures_total Hook runs started that failed: could "
+                "not start, exited non-zero, timed out or printed junk.",
+                "# TYPE failoverd_hook_failures_total counter",
                 f"failoverd_hook_failures_total {self.hooks.failures}",
+                "# HELP failoverd_hook_dropped_total Hook runs never started because too many "
+                "were running or waiting (not counted as runs or failures).",
                 "# TYPE failoverd_hook_dropped_total counter",
                 f"failoverd_hook_dropped_total {self.hooks.dropped}"]
         return out
