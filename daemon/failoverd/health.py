@@ -24,12 +24,13 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from failoverd.breaker import Breaker, BreakerState, TransitionCallback
 from failoverd.clock import Clock
 from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
+from failoverd.fingerprint import SALT_BYTES, fingerprint, new_salt
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ class HealthRegistry:
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
         self._changed: asyncio.Event | None = None
+        # the state file's salt; fingerprints of the current settings are computed once per config
+        self._salt = new_salt()
+        self._fingerprints: dict[str, dict[str, str]] | None = None
         for model in config.models.values():
             self._add_model(model)
         for name in config.providers:
@@ -158,6 +162,7 @@ class HealthRegistry:
         """Applies a reloaded config: state survives for models (and providers) unchanged."""
         old = self._config
         self._config = config
+        self._fingerprints = None
         for name in list(self._credentials):
             if old.providers.get(name) != config.providers.get(name):
                 # a new key or URL deserves a fresh chance
@@ -432,39 +437,62 @@ class HealthRegistry:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, Any]:
-        """Breaker and credential state for the state file (wall-clock times)."""
+        """Breaker and credential state for the state file (wall-clock times).
+
+        Each entry carries the fingerprint of the settings it was earned under (see
+        ``fingerprint.py``), so a restart with a changed key or model drops it.
+        """
+        prints = self._settings_fingerprints(self._salt)
         providers = {}
         for name in self._credentials:
             state = self._blocked(name)
             if state is not None:
                 creds = self._credentials[name]
                 providers[name] = {"state": state, "since": self._wall(creds.since),
-                                   "until": self._wall(creds.until)}
+                                   "until": self._wall(creds.until),
+                                   "settings": prints["providers"][name]}
         return {
             "version": STATE_VERSION,
             "saved_at": round(self.clock.time(), 3),
-            "breakers": {mid: b.snapshot() for mid, b in self._breakers.items()},
+            "salt": self._salt,
+            "breakers": {mid: {**b.snapshot(), "settings": prints["models"][mid]}
+                         for mid, b in self._breakers.items()},
             "providers": providers,
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
-        """Loads a ``snapshot()``; unknown models/providers and malformed entries are skipped."""
+        """Loads a ``snapshot()``; unknown models/providers and malformed entries are skipped,
+        and so are entries saved under other settings (a new API key, URL or model config).
+
+        A file without fingerprints (written before they existed) is taken as it is.
+        """
         if data.get("version") != STATE_VERSION:
             logger.warning("state file version %r not understood; starting fresh",
                            data.get("version"))
             return
+        salt = data.get("salt")
+        prints = self._settings_fingerprints(salt) if _is_salt(salt) else None
         breakers = data.get("breakers")
         if isinstance(breakers, Mapping):
             for model_id, snap in breakers.items():
                 breaker = self._breakers.get(model_id)
-                if breaker is not None and isinstance(snap, Mapping):
-                    breaker.restore(snap)
+                if breaker is None or not isinstance(snap, Mapping):
+                    continue
+                if not _same_settings(snap, prints, "models", model_id):
+                    logger.info("breaker state of %s not restored: the model or its provider "
+                                "is configured differently than when it was saved", model_id)
+                    continue
+                breaker.restore(snap)
         providers = data.get("providers")
         if not isinstance(providers, Mapping):
             return
         mono, wall = self.clock.monotonic(), self.clock.time()
         for name, entry in providers.items():
             if name not in self._credentials or not isinstance(entry, Mapping):
+                continue
+            if not _same_settings(entry, prints, "providers", name):
+                logger.info("credential state of provider %s not restored: it is configured "
+                            "differently (key, URL or options) than when it was saved", name)
                 continue
             try:
                 state = str(entry["state"])
@@ -477,6 +505,20 @@ class HealthRegistry:
                 self._credentials[name] = _Credentials(state, mono + (since - wall),
                                                        mono + (until - wall))
 
+    def _settings_fingerprints(self, salt: str) -> dict[str, dict[str, str]]:
+        """Fingerprints of every configured model (with its provider) and provider."""
+        if salt == self._salt and self._fingerprints is not None:
+            return self._fingerprints
+        cfg = self._config
+        prints = {
+            "providers": {name: fingerprint(salt, p) for name, p in cfg.providers.items()},
+            "models": {mid: fingerprint(salt, m, cfg.providers.get(m.provider))
+                       for mid, m in cfg.models.items()},
+        }
+        if salt == self._salt:
+            self._fingerprints = prints
+        return prints
+
     def _wall(self, mono: float) -> float:
         return round(self.clock.time() + (mono - self.clock.monotonic()), 3)
 
@@ -486,3 +528,18 @@ class HealthRegistry:
             self._notify()
         if self._on_transition is not None:
             self._on_transition(model_id, old, new, reason, retry_at, open_count)
+
+
+def _is_salt(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 2 * SALT_BYTES and all(
+        c in "0123456789abcdef" for c in value)
+
+
+def _same_settings(entry: Mapping[str, Any], prints: dict[str, dict[str, str]] | None,
+                   kind: str, name: str) -> bool:
+    """Whether a saved entry was earned under the current settings; entries of a file from
+    before fingerprints (no salt, no "settings") are trusted as they were then."""
+    saved = entry.get("settings")
+    if saved is None and prints is None:
+        return True
+    return prints is not None and saved == prints[kind].get(name)
