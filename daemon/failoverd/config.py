@@ -34,6 +34,14 @@ ProbeKind = Literal["models", "chat", "none"]
 DEFAULT_PATH = "/etc/failoverd/failoverd.toml"
 RESERVED_MODEL_NAMES = ("default", "auto")
 
+# Upper bounds of integer keys tighter than tomlreader.MAX_INTEGER (README, Configuration)
+MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
+MAX_BODY_BYTES = 1024 ** 3  # a request body is read into memory whole
+MAX_QUEUE_SIZE = 1_000_000  # MQTT events held in memory while the broker is away
+MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
+MAX_PROBE_TOKENS = 4096  # chat probes run every interval for every model
+MAX_UID = 2 ** 32 - 2  # uid_t; 2**32 - 1 is (uid_t) -1, "no user"
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
@@ -239,8 +247,9 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
                     f"got {mode_text!r}")
         mode = d.socket_mode
     uids = sec.get("allowed_uids", list, [])
-    if any(isinstance(u, bool) or not isinstance(u, int) or u < 0 for u in uids):
-        sec.problem("allowed_uids", "must be a list of non-negative integers")
+    if any(isinstance(u, bool) or not isinstance(u, int) or not 0 <= u <= MAX_UID
+           for u in uids):
+        sec.problem("allowed_uids", f"must be a list of user ids (integers from 0 to {MAX_UID})")
         uids = []
     tcp = sec.get("tcp", str, "")
     if tcp:
@@ -267,8 +276,10 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
         tcp_token=token,
         state_dir=sec.get("state_dir", str, d.state_dir),
         node=sec.get("node", str, d.node),
-        max_inflight=sec.integer("max_inflight", d.max_inflight, minimum=1),
-        max_body_bytes=sec.integer("max_body_bytes", d.max_body_bytes, minimum=1024),
+        max_inflight=sec.integer("max_inflight", d.max_inflight, minimum=1,
+                                 maximum=MAX_IN_FLIGHT),
+        max_body_bytes=sec.integer("max_body_bytes", d.max_body_bytes, minimum=1024,
+                                   maximum=MAX_BODY_BYTES),
         shutdown_timeout=sec.number("shutdown_timeout", d.shutdown_timeout),
         log_format=sec.choice("log_format", LogFormat, d.log_format),
     )
@@ -286,10 +297,7 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
     password_file = sec.get("password_file", str, "")
     if password_file:
         password = _read_secret_file(sec, "password_file", Path(password_file))
-    port = sec.integer("port", d.port, minimum=1)
-    if port > 65535:
-        sec.problem("port", f"must be at most 65535, got {port}")
-        port = d.port
+    port = sec.integer("port", d.port, minimum=1, maximum=65535)
     prefix = sec.get("topic_prefix", str, d.topic_prefix)
     if not prefix or any(c in prefix for c in "+#"):
         sec.problem("topic_prefix", "must be non-empty and contain no '+' or '#'")
@@ -301,7 +309,7 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
         topic_prefix=prefix,
         username=sec.get("username", str, d.username),
         password=password,
-        queue_size=sec.integer("queue_size", d.queue_size, minimum=1),
+        queue_size=sec.integer("queue_size", d.queue_size, minimum=1, maximum=MAX_QUEUE_SIZE),
     )
     sec.finish()
     return cfg
@@ -416,10 +424,10 @@ def _model(model_id: str, sec: Section, providers: Collection[str]) -> ModelConf
         capabilities_declared=declared,
         tier=tier,
         cost=cost,
-        max_retries=sec.integer("max_retries", 1),
+        max_retries=sec.integer("max_retries", 1, maximum=MAX_RETRIES),
         first_token_timeout=sec.number("first_token_timeout", 30.0, positive=True),
         stream_idle_timeout=sec.number("stream_idle_timeout", 60.0, positive=True),
-        max_concurrency=sec.integer("max_concurrency", 0),
+        max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
     )
     sec.finish()
     return cfg
@@ -485,7 +493,8 @@ def _breaker(sec: Section) -> BreakerConfig:
         slow_call_seconds=sec.number("slow_call_seconds", d.slow_call_seconds),
         open_seconds=sec.number("open_seconds", d.open_seconds, positive=True),
         max_open_seconds=sec.number("max_open_seconds", d.max_open_seconds, positive=True),
-        half_open_calls=sec.integer("half_open_calls", d.half_open_calls, minimum=1),
+        half_open_calls=sec.integer("half_open_calls", d.half_open_calls, minimum=1,
+                                    maximum=MAX_IN_FLIGHT),
         auth_open_seconds=sec.number("auth_open_seconds", d.auth_open_seconds),
         billing_open_seconds=sec.number("billing_open_seconds", d.billing_open_seconds),
     )
@@ -503,7 +512,8 @@ def _probes(sec: Section) -> ProbesConfig:
         timeout=sec.number("timeout", d.timeout, positive=True),
         kind=sec.choice("kind", ProbeKind, d.kind),
         recovery_kind=sec.choice("recovery_kind", ProbeKind, d.recovery_kind),
-        chat_max_tokens=sec.integer("chat_max_tokens", d.chat_max_tokens, minimum=1),
+        chat_max_tokens=sec.integer("chat_max_tokens", d.chat_max_tokens, minimum=1,
+                                    maximum=MAX_PROBE_TOKENS),
     )
     sec.finish()
     return cfg
@@ -613,17 +623,23 @@ def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) 
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from exc
-    return parse(data, env=env, source=str(p))
+    return parse(_toml(text, f"{p}: "), env=env, source=str(p))
 
 
 def loads(text: str, *, env: Mapping[str, str] | None = None) -> Config:
     """Validates TOML text (tests and embedded defaults)."""
+    return parse(_toml(text, ""), env=env, source="<string>")
+
+
+def _toml(text: str, where: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"not valid TOML: {exc}"]) from exc
-    return parse(data, env=env, source="<string>")
+        raise ConfigError([f"{where}not valid TOML: {exc}"]) from exc
+    except ValueError as exc:
+        # int()'s limit on digits, which tomllib lets through (it was a traceback)
+        raise ConfigError([f"{where}not valid TOML: an integer has too many digits"]) from exc
 

@@ -15,6 +15,10 @@ T = TypeVar("T")
 # datetime and timedelta arithmetic, where inf, nan or 1e300 would fail at run time (or on a
 # reload) instead of here.
 MAX_NUMBER = 1e9
+# The largest integer a key accepts unless it names a tighter bound (counts, token limits):
+# past it a value is a typo, and a 20-digit count only fails later, deep inside (a deque's
+# maxlen, a float conversion), if it fails at all.
+MAX_INTEGER = 1_000_000_000
 
 
 def _quote(key: str) -> str:
@@ -83,10 +87,14 @@ class Section:
             return default
         return float(value)
 
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, *, minimum: int = 0,
+                maximum: int = MAX_INTEGER) -> int:
         value = self.get(key, int, default)
         if value < minimum:
-            self.problem(key, f"must be at least {minimum}, got {value}")
+            self.problem(key, f"must be at least {minimum}, got {int_text(value)}")
+            return default
+        if value > maximum:
+            self.problem(key, f"must be at most {maximum}, got {int_text(value)}")
             return default
         return value
 
@@ -122,6 +130,13 @@ _KIND_NAMES: dict[type, str] = {
     int: "an integer", float: "a number", str: "a string", bool: "a boolean",
     list: "a list", dict: "a table",
 }
+
+
+def int_text(value: int) -> str:
+    """An integer for a message: in full unless it is a wall of digits."""
+    text = str(value)
+    digits = len(text.lstrip("-"))
+    return text if digits <= 24 else f"{text[:13]}... ({digits} digits)"
 
 
 def type_name(value: Any) -> str:

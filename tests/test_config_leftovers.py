@@ -1,0 +1,114 @@
+"""Configuration leftovers: integer keys have an upper bound (each reported by key path, all
+at once, by ``failoverd --check-config``), and an integer too long for Python is a config
+error, not a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from failoverd import config
+from failoverd.errors import ConfigError
+from failoverd.tomlreader import MAX_INTEGER
+
+BASE = """
+[providers.p]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+"""
+MODEL = '[models."p/a"]\nprovider = "p"\n'
+
+# (table, key, largest accepted value); a model's keys are under [models."p/a"]
+BOUNDS = [
+    ("daemon", "max_inflight", config.MAX_IN_FLIGHT),
+    ("daemon", "max_body_bytes", 1024 ** 3),
+    ("mqtt", "port", 65535),
+    ("mqtt", "queue_size", config.MAX_QUEUE_SIZE),
+    ("model", "context_window", MAX_INTEGER),
+    ("model", "max_output_tokens", MAX_INTEGER),
+    ("model", "max_retries", 100),
+    ("model", "max_concurrency", config.MAX_IN_FLIGHT),
+    ("breaker", "failure_threshold", MAX_INTEGER),
+    ("breaker", "minimum_calls", MAX_INTEGER),
+    ("breaker", "half_open_calls", config.MAX_IN_FLIGHT),
+    ("probes", "chat_max_tokens", 4096),
+]
+
+
+def text(table: str, key: str, value: int | str) -> str:
+    if table == "model":
+        return BASE + MODEL + f"{key} = {value}\n"
+    return BASE + MODEL + f"[{table}]\n{key} = {value}\n"
+
+
+def key_path(table: str, key: str) -> str:
+    return f'models."p/a".{key}' if table == "model" else f"{table}.{key}"
+
+
+def problems(toml: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.loads(toml, env={})
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("table", "key", "maximum"), BOUNDS,
+                         ids=[f"{t}.{k}" for t, k, _ in BOUNDS])
+def test_integer_keys_have_an_upper_bound(table: str, key: str, maximum: int) -> None:
+    config.loads(text(table, key, maximum), env={})  # the bound itself is fine
+    assert problems(text(table, key, maximum + 1)) == [
+        f"{key_path(table, key)}: must be at most {maximum}, got {maximum + 1}"]
+    # before: max_retries = 10**18 and queue_size = 10**30 passed --check-config
+    [huge] = problems(text(table, key, 10 ** 30))
+    assert huge == f"{key_path(table, key)}: must be at most {maximum}, got 1000000000000... " \
+                   "(31 digits)"
+
+
+def test_allowed_uids_are_user_ids() -> None:
+    config.loads(BASE + MODEL + "[daemon]\nallowed_uids = [0, 1000, 4294967294]\n", env={})
+    assert problems(BASE + MODEL + "[daemon]\nallowed_uids = [1000, 4294967295]\n") == [
+        "daemon.allowed_uids: must be a list of user ids (integers from 0 to 4294967294)"]
+
+
+def test_the_defaults_and_the_shipped_configs_are_within_the_bounds() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {"CREDENTIALS_DIRECTORY": "/nonexistent"}
+    for path in (root / "etc" / "failoverd").glob("*.toml"):
+        try:
+            config.load(path, env=env)
+        except ConfigError as exc:  # secrets are not here: only they may be missing
+            assert all(("api_key" in p or "token" in p or "password" in p)
+                       for p in exc.problems), exc.problems
+    config.loads(BASE + MODEL, env={})
+
+
+async def test_check_config_lists_every_out_of_range_integer(tmp_path: Path) -> None:
+    path = tmp_path / "bounds.toml"
+    path.write_text(BASE + MODEL + "max_retries = 1000000000000000000\n"
+                    "[mqtt]\nport = 70000\nqueue_size = " + "1" + "0" * 30 + "\n"
+                    "[probes]\nchat_max_tokens = 100000\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out.decode()
+    lines = out.decode().splitlines()
+    assert [line.strip().split(":")[0] for line in lines[1:]] == [
+        "mqtt.port", "mqtt.queue_size", 'models."p/a".max_retries', "probes.chat_max_tokens"]
+
+
+async def test_an_integer_too_long_for_python_is_a_config_error(tmp_path: Path) -> None:
+    # tomllib's int() refuses over 4300 digits with a plain ValueError: a traceback, exit 1
+    path = tmp_path / "long.toml"
+    path.write_text(BASE + MODEL + "[mqtt]\nqueue_size = " + "9" * 5000 + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out.decode()
+    assert "Traceback" not in out.decode()
+    assert f"{path}: not valid TOML: an integer has too many digits" in out.decode()
+    assert problems(BASE + MODEL + "x = " + "9" * 5000 + "\n") == [
+        "not valid TOML: an integer has too many digits"]
