@@ -13,6 +13,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import until, until_async
 
 HELLO = [{"role": "user", "content": "hello"}]
 PRIMARY = "a/gpt-a"
@@ -76,14 +77,6 @@ def client_chats(fake: FakeOpenAI) -> list[Any]:
     """The chat requests a client sent (a probe is a 16-token "ping")."""
     return [r for r in fake.chat_requests()
             if r.body["messages"] != [{"role": "user", "content": "ping"}]]
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    """Polls an async predicate (bounded): for things driven by APScheduler's real time."""
-    end = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_hard_down_primary_opens_then_a_probe_brings_traffic_back(
@@ -163,7 +156,7 @@ async def test_scheduled_recovery_probe_closes_without_a_client(fake_openai,
     async def reopened() -> bool:
         return event_types(d).count("breaker:opened") >= 2
 
-    await wait_for(reopened)
+    await until_async(reopened)
     assert len(client_chats(a)) == 3
     assert len(a.chat_requests()) > 3
     assert (await model_status(d))["open_count"] >= 2
@@ -174,7 +167,7 @@ async def test_scheduled_recovery_probe_closes_without_a_client(fake_openai,
     async def closed() -> bool:
         return (await model_status(d))["state"] == "closed"
 
-    await wait_for(closed)
+    await until_async(closed)
     probe = a.chat_requests()[-1].body
     assert probe["max_tokens"] == 16  # the recovery probe, not a client request
     assert b.chat_requests() and len(b.chat_requests()) == 2
@@ -508,7 +501,7 @@ async def test_a_reload_writes_the_state_file_at_once(fake_openai, start_daemon)
     def saved() -> dict[str, Any]:
         return orjson.loads(state_path.read_bytes())["breakers"]
 
-    await wait_for(lambda: _true(saved().get(PRIMARY, {}).get("state") == "open"))
+    await until(lambda: saved().get(PRIMARY, {}).get("state") == "open")
     # the primary leaves the configuration: the file forgets it now, not at the next change
     path = Path(d.sup.config_path)
     text = path.read_text().replace(f'[models."{PRIMARY}"]\nprovider = "a"\n', "")
@@ -516,9 +509,5 @@ async def test_a_reload_writes_the_state_file_at_once(fake_openai, start_daemon)
                     .replace(f'fallbacks = ["{FALLBACK}"]', "fallbacks = []"))
     resp = await d.http.post("/v1/reload")
     assert resp.status_code == 200, resp.text
-    await wait_for(lambda: _true(PRIMARY not in saved()))
+    await until(lambda: PRIMARY not in saved())
     assert set(saved()) == {FALLBACK}
-
-
-async def _true(value: bool) -> bool:
-    return value

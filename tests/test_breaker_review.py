@@ -14,6 +14,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import until_async
 from tests.test_breaker import OPEN, R, rig
 from tests.test_breaker_e2e import (
     FALLBACK,
@@ -22,7 +23,6 @@ from tests.test_breaker_e2e import (
     force_open,
     model_status,
     pair_toml,
-    wait_for,
 )
 
 
@@ -57,7 +57,7 @@ async def test_queued_requests_take_turns_at_a_half_open_breaker(fake_openai,
     async def trial_sent() -> bool:
         return len(a.chat_requests()) >= 1
 
-    await wait_for(trial_sent)
+    await until_async(trial_sent)
     await asyncio.sleep(0.1)  # the trial takes 0.3 s: nobody else may go upstream meanwhile
     assert len(a.chat_requests()) == 1
     responses = await asyncio.wait_for(asyncio.gather(*requests), 5)
@@ -95,7 +95,7 @@ async def test_a_queued_client_that_goes_away_leaves_nothing_behind(fake_openai,
     async def queued() -> bool:
         return d.sup.service.health._changed is not None  # someone waits for a change
 
-    await wait_for(queued)
+    await until_async(queued)
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
 
@@ -103,7 +103,7 @@ async def test_a_queued_client_that_goes_away_leaves_nothing_behind(fake_openai,
         event = d.sup.service.health._changed
         return event is None or not event._waiters
 
-    await wait_for(gone)
+    await until_async(gone)
     status = (await d.http.get("/v1/status")).json()["models"]
     assert {m: status[m]["inflight"] for m in (PRIMARY, FALLBACK)} == {PRIMARY: 0, FALLBACK: 0}
     assert {status[m]["state"] for m in (PRIMARY, FALLBACK)} == {"forced_open"}
@@ -136,7 +136,7 @@ async def test_a_cancelled_half_open_trial_gives_its_permit_back(fake_openai,
     async def both_upstream() -> bool:
         return len(a.chat_requests()) == 2
 
-    await wait_for(both_upstream)
+    await until_async(both_upstream)
     refused = await chat(d)  # both trial slots taken
     assert refused.status_code == 503
     for task in hanging:
@@ -146,7 +146,7 @@ async def test_a_cancelled_half_open_trial_gives_its_permit_back(fake_openai,
     async def released() -> bool:
         return (await model_status(d))["inflight"] == 0
 
-    await wait_for(released)
+    await until_async(released)
     status = await model_status(d)
     assert status["breaker_state"] == "half_open"
     responses = await asyncio.gather(chat(d), chat(d))
@@ -194,13 +194,13 @@ async def test_a_probe_still_running_when_the_next_is_due_is_not_doubled(
     async def first_probe() -> bool:
         return any(r.path.endswith("/models") for r in a.requests)
 
-    await wait_for(first_probe)
+    await until_async(first_probe)
     started = time.monotonic()
 
     async def first_failed() -> bool:
         return (await model_status(d))["last_probe"] is not None
 
-    await wait_for(first_failed)
+    await until_async(first_failed)
     assert time.monotonic() - started > 0.4  # the 0.6 s timeout, not the 0.1 s interval
     status = await model_status(d)
     assert status["last_probe"]["reason"] == "timeout"
@@ -253,7 +253,7 @@ async def test_a_late_retry_after_that_extends_the_period_reaches_the_state_file
         until = data.get("breakers", {}).get(PRIMARY, {}).get("open_until")
         return until is not None and until == pytest.approx(clock.time() + 30, abs=0.1)
 
-    await wait_for(saved, timeout=2)
+    await until_async(saved, timeout=2)
     job = d.sup.prober.scheduler.get_job(f"recover:{PRIMARY}")
     assert job is not None
     assert job.next_run_time.timestamp() - time.time() > 25

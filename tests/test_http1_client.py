@@ -36,16 +36,10 @@ from failoverd.http1 import (
 from failoverd.http1.client import Target, encode_request
 from failoverd.http1.connection import DRAIN_BYTES, HIGH_WATER, LOW_WATER
 from tests.fakes.serving import StreamServer
+from tests.helpers import until
 
 CT = 5.0  # connect timeout for calls that are expected to connect
 LOCAL = "127.0.0.1"
-
-
-async def eventually(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Yields to the loop until `predicate()` holds (socket events need a few iterations)."""
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 async def finishes(task: asyncio.Task[Any], stalled: Callable[[], bool],
@@ -324,7 +318,7 @@ async def test_release_of_a_complete_response_with_unread_bytes_pools_it(
     resp = await client.request("GET", f"{server.url}/compressed?coding=identity", headers={},
                                 connect_timeout=CT)
     assert await resp.read_upto(10) == TEXT[:10].encode()
-    await eventually(lambda: resp._done)  # the whole answer has arrived, mostly unread
+    await until(lambda: resp._done, interval=0.001)  # the whole answer has arrived, mostly unread
     resp.release()
     assert client.idle_connections == 1
     assert await resp.read_upto(10) == b""  # what was left unread is gone
@@ -422,7 +416,7 @@ async def test_expired_idle_connection_is_not_reused(server: WebServer) -> None:
         assert c.idle_connections == 1
         loop = asyncio.get_running_loop()
         released = loop.time()
-        await eventually(lambda: loop.time() > released)
+        await until(lambda: loop.time() > released, interval=0.001)
         resp = await c.request("GET", f"{server.url}/hello", headers={}, connect_timeout=CT)
         assert await resp.read() == b"hello world"
         assert c.connects == 2 and c.idle_connections == 1
@@ -524,7 +518,7 @@ async def test_server_closing_an_idle_connection(raw_server: MakeRaw, client: Ht
         resp = await get(client, srv.url)
         assert await resp.read() == b"one answer"
         if i == 1:  # let the close arrive while the connection is idle
-            await eventually(lambda: client.idle_connections == 0)
+            await until(lambda: client.idle_connections == 0, interval=0.001)
     assert client.connects == 3 == srv.connections
 
 
@@ -837,7 +831,7 @@ async def test_release_mid_stream_drains_then_pools(raw_server: MakeRaw,
     resp.release()  # the stream is not over: its end is read out in the background
     assert client.idle_connections == 0
     gate.set()
-    await eventually(lambda: client.idle_connections == 1)
+    await until(lambda: client.idle_connections == 1, interval=0.001)
     assert await resp.readline() == b""  # released: nothing more for the caller
     resp = await get(client, srv.url)
     assert await resp.read() == b"ok"
@@ -855,7 +849,7 @@ async def test_release_after_a_timeout_mid_body_drains_then_pools(
             await resp.read()
     resp.release()
     gate.set()
-    await eventually(lambda: client.idle_connections == 1)
+    await until(lambda: client.idle_connections == 1, interval=0.001)
     assert client.connects == 1
 
 
@@ -867,7 +861,7 @@ async def test_release_with_too_much_left_closes(raw_server: MakeRaw, client: Ht
     assert await resp.readline() == b"data: event 1\n"
     resp.release()
     gate.set()
-    await eventually(lambda: resp._conn.closed)
+    await until(lambda: resp._conn.closed, interval=0.001)
     assert client.idle_connections == 0
     resp = await get(client, srv.url)
     assert await resp.read() == b"ok"
@@ -880,7 +874,7 @@ async def test_release_of_a_stalled_body_closes_after_drain_seconds(
     srv = await raw_server(gated_stream(asyncio.Event(), b""))
     resp = await get(client, srv.url)
     resp.release()
-    await eventually(lambda: resp._conn.closed)
+    await until(lambda: resp._conn.closed, interval=0.001)
     assert client.idle_connections == 0
     resp = await get(client, srv.url)
     assert await resp.read() == b"ok"
@@ -1045,7 +1039,7 @@ async def test_large_stream_readline_with_flow_control(big_server: RawServer,
                                                        client: HttpClient) -> None:
     resp = await get(client, big_server.url)
     # nobody reads: the client buffers a bounded amount, then pauses the socket
-    await eventually(paused(resp))
+    await until(paused(resp), interval=0.001)
     buffered = len(resp._body)
     assert HIGH_WATER < buffered <= HIGH_WATER + 512 * 1024
     for _ in range(5):
@@ -1073,7 +1067,7 @@ async def test_large_stream_readline_with_flow_control(big_server: RawServer,
 
 async def test_large_stream_read_whole(big_server: RawServer, client: HttpClient) -> None:
     resp = await get(client, big_server.url)
-    await eventually(paused(resp))  # read() resumes a paused connection
+    await until(paused(resp), interval=0.001)  # read() resumes a paused connection
     async with asyncio.timeout(10):
         body = await resp.read()
     assert len(body) == LINE_COUNT * 1024
@@ -1092,7 +1086,7 @@ async def test_lagging_reader_of_short_lines_does_not_deadlock(big_server: RawSe
             assert line == big_line(count)
             count += 1
             if count % 700 == 0:  # a consumer that falls behind now and then
-                await eventually(lambda: paused(resp)() or resp._done)
+                await until(lambda: paused(resp)() or resp._done, interval=0.001)
 
     assert await finishes(asyncio.create_task(read_all()), paused(resp))
     assert count == LINE_COUNT
@@ -1133,7 +1127,7 @@ async def test_lagging_reader_of_long_lines(raw_server: MakeRaw, client: HttpCli
     assert LOW_WATER < size < HIGH_WATER
     srv = await raw_server(handler)
     resp = await get(client, srv.url)
-    await eventually(paused(resp))  # the reader fell behind
+    await until(paused(resp), interval=0.001)  # the reader fell behind
     got: list[bytes] = []
 
     async def read_all() -> None:
@@ -1172,7 +1166,7 @@ async def test_connection_paused_at_the_end_of_a_body_is_pooled_paused(
         assert await resp.readline() == b""
         resp.release()
     else:
-        await eventually(paused(resp))  # complete, unread, and paused
+        await until(paused(resp), interval=0.001)  # complete, unread, and paused
         if end == "read":
             assert await resp.read() == body
         else:
@@ -1327,7 +1321,7 @@ async def test_aclose_closes_idle_and_busy_connections(raw_server: MakeRaw) -> N
     c = HttpClient()
     mid_body = await get(c, f"{srv.url}/mid-body")
     no_answer = asyncio.create_task(get(c, f"{srv.url}/no-answer"))
-    await eventually(lambda: len(srv.requests) == 2)
+    await until(lambda: len(srv.requests) == 2, interval=0.001)
     idle = await get(c, f"{srv.url}/idle")
     await idle.read()
     assert c.connects == 3 and c.idle_connections == 1
@@ -1337,7 +1331,7 @@ async def test_aclose_closes_idle_and_busy_connections(raw_server: MakeRaw) -> N
         await mid_body.read()
     with pytest.raises(ServerDisconnected):
         await no_answer
-    await eventually(lambda: eofs == 3)
+    await until(lambda: eofs == 3, interval=0.001)
     with pytest.raises(ConnectError, match="closed"):
         await get(c, f"{srv.url}/idle")
     assert c.connects == 3 == srv.connections

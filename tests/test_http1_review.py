@@ -37,6 +37,7 @@ from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from tests.fakes.proxy import FakeProxy
 from tests.fakes.serving import StreamServer
+from tests.helpers import until
 
 LOCAL = "127.0.0.1"
 CT = 5.0
@@ -59,12 +60,6 @@ def on_loop(kind: str, main: Callable[[], Awaitable[None]]) -> None:
     finally:
         loop.close()
     gc.collect()  # an unclosed socket or transport warns now, inside this test
-
-
-async def eventually(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 def contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -294,7 +289,7 @@ def test_cancel_as_the_handshake_completes_orphans_nothing_elsewhere(
                     resp = await c.request("GET", f"{origin.url}/", headers={},
                                            connect_timeout=CT)
                     assert await resp.read() == b"ok"
-                    await eventually(lambda: origin.open == 1)  # noqa: B023 - awaited here
+                    await until(lambda: origin.open == 1, interval=0.001)  # noqa: B023 - awaited here
                     # https: TLS is started on an open transport and the connection object
                     # is made after the handshake, so the cancel lands on the next await, once
                     # the first connection was counted (and then closed)
@@ -341,9 +336,9 @@ def test_cancel_at_every_step_of_a_request(kind: str, mode: str,
                 assert c.idle_connections == 1
                 # absolute-form: the proxy opens one origin connection per request
                 expected = 0 if mode == "absolute" else 1
-                await eventually(lambda: origin.open == expected)
+                await until(lambda: origin.open == expected, interval=0.001)
                 tunnels = 0 if mode in ("http", "https") else 1  # proxy connections in use
-                await eventually(lambda: len(proxy._tasks) == tunnels)
+                await until(lambda: len(proxy._tasks) == tunnels, interval=0.001)
         finally:
             await proxy.close()
             await origin.close()
@@ -365,7 +360,7 @@ def test_connect_timeout_while_the_tunnelled_tls_handshake_hangs(
                     await c.via(proxy.url.replace("http://", "http://u:pw-secret@")).request(
                         "GET", f"https://{LOCAL}:{target.port}/", headers={},
                         connect_timeout=0.2)
-                await eventually(lambda: target.eofs == 1)  # the tunnel was closed
+                await until(lambda: target.eofs == 1, interval=0.001)  # the tunnel was closed
                 assert c.connects == 0 and not c._all
         finally:
             await proxy.close()
@@ -515,7 +510,7 @@ def test_a_draining_connection_is_not_handed_out_before_its_answer_ends(kind: st
             assert await resp.read() == b"second"
             assert c.connects == 2 and c.idle_connections == 1
             gate.set()
-            await eventually(lambda: c.idle_connections == 2)  # the drained one joins
+            await until(lambda: c.idle_connections == 2, interval=0.001)  # the drained one joins
             for _ in range(2):
                 resp = await c.request("GET", url, headers={}, connect_timeout=CT)
                 assert await resp.read() == b"second"
@@ -537,7 +532,7 @@ def test_close_during_the_drain_closes_and_stops_its_timer(kind: str) -> None:
             stream.close()  # e.g. the caller's `finally: resp.close()` after a release
             assert timer.cancelled() and stream._conn.closed
             gate.set()
-            await eventually(lambda: not c._all)
+            await until(lambda: not c._all, interval=0.001)
             assert c.idle_connections == 0
 
     on_loop(kind, main)
@@ -565,7 +560,7 @@ async def test_a_request_cancelled_while_the_pool_drains_keeps_the_pool_sound() 
             # whatever is pooled answers the next request with its own answer
             resp = await c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT)
             assert await resp.read() == b"ok"
-        await eventually(lambda: origin.open == c.idle_connections == 1)
+        await until(lambda: origin.open == c.idle_connections == 1, interval=0.001)
 
 
 def test_http_client_errors_are_mapped_by_the_adapters() -> None:

@@ -19,6 +19,7 @@ from failoverd.clock import ManualClock
 from failoverd.config import MqttConfig
 from failoverd.events import Event, EventBus
 from failoverd.mqtt import MqttPublisher, backoff_delay, model_topic_id
+from tests.helpers import until
 from tests.mosquitto import Mosquitto, Recorder, TcpProxy, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 
@@ -43,12 +44,6 @@ def event_ns(rec: Recorder) -> list[int]:
 
 def has_event_count(n: int) -> Callable[[list[aiomqtt.Message]], bool]:
     return lambda msgs: sum(m.topic.value.endswith("/events/probe/failed") for m in msgs) >= n
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:

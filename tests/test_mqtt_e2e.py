@@ -19,6 +19,7 @@ import pytest
 
 from failoverd.mqtt import EVENT_EXPIRY_SECONDS
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import until
 from tests.mosquitto import (
     Mosquitto,
     Recorder,
@@ -85,12 +86,6 @@ def payload(msg: aiomqtt.Message) -> Any:
 
 def on(topic: str, n: int = 1) -> Callable[[list[aiomqtt.Message]], bool]:
     return lambda msgs: sum(m.topic.value == topic for m in msgs) >= n
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def chat(d: Any, session: str = "s1") -> Any:

@@ -7,11 +7,11 @@ is a bounded poll.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import until_async
 
 ONE = "a/one"
 TWO = "a/two"
@@ -40,15 +40,6 @@ jitter = 0
 """
 
 
-async def wait_for(predicate: Any, timeout: float = 3.0) -> float:
-    """Polls a predicate (bounded); returns the seconds it took."""
-    start = time.monotonic()
-    while not await predicate():
-        assert time.monotonic() - start < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
 async def models_status(d: Any) -> dict[str, Any]:
     return (await d.http.get("/v1/status")).json()["models"]
 
@@ -60,7 +51,7 @@ async def test_models_probes_list_models_on_schedule(fake_openai, start_daemon) 
     async def probed_twice() -> bool:
         return len(a.requests) >= 4
 
-    await wait_for(probed_twice)
+    await until_async(probed_twice, timeout=3)
     assert {r.path for r in a.requests} == {"/v1/models"}
     status = await models_status(d)
     for m in (ONE, TWO):
@@ -78,7 +69,7 @@ async def test_chat_probes_send_a_tiny_completion(fake_openai, start_daemon) -> 
     async def both_probed() -> bool:
         return {r.body["model"] for r in a.chat_requests()} == {"one", "two"}
 
-    await wait_for(both_probed)
+    await until_async(both_probed, timeout=3)
     assert {r.path for r in a.requests} == {"/v1/chat/completions"}
     by_model = {r.body["model"]: r.body for r in a.chat_requests()}
     assert by_model["one"]["max_tokens"] == 5
@@ -109,7 +100,7 @@ async def test_failing_model_without_traffic_opens_within_the_bound(fake_openai,
         return (await models_status(d))[ONE]["state"] == "open"
 
     # failure_threshold = 2 probes; the first comes within one interval
-    took = await wait_for(opened)
+    took = await until_async(opened, timeout=3)
     assert took < 2 * 0.1 + 0.5 + 0.5
     status = (await models_status(d))[ONE]
     assert status["reason"] == "server_error"
@@ -126,7 +117,7 @@ async def test_failing_model_without_traffic_opens_within_the_bound(fake_openai,
         s = await models_status(d)
         return s[ONE]["state"] == s[TWO]["state"] == "open"
 
-    await wait_for(both_open)
+    await until_async(both_open, timeout=3)
     count = len(a.requests)
     await asyncio.sleep(0.35)
     assert len(a.requests) == count
@@ -141,7 +132,7 @@ async def test_hanging_upstream_is_a_probe_timeout(fake_openai, start_daemon) ->
     async def opened() -> bool:
         return (await models_status(d))[ONE]["state"] == "open"
 
-    took = await wait_for(opened)
+    took = await until_async(opened, timeout=3)
     assert took < 0.1 + 0.2 + 0.5  # interval + timeout, plus slack
     status = (await models_status(d))[ONE]
     assert status["reason"] == "timeout"
@@ -161,10 +152,10 @@ async def test_credential_trouble_is_probed_with_a_completion(fake_openai,
         return (await d.http.get("/v1/status")).json()["providers"]["a"][
             "credentials"] == state
 
-    await wait_for(lambda: credentials("auth"))
+    await until_async(lambda: credentials("auth"), timeout=3)
     assert a.requests[0].path == "/v1/models"
     a.default = "ok"
-    await wait_for(lambda: credentials("ok"))
+    await until_async(lambda: credentials("ok"), timeout=3)
     # listing models proves little about credit: what cleared it was a completion
     assert a.requests[-1].path == "/v1/chat/completions"
     assert a.requests[-1].body["messages"] == [{"role": "user", "content": "ping"}]
@@ -186,5 +177,5 @@ async def test_reload_keeps_probing_with_the_new_interval(fake_openai, start_dae
     async def probed() -> bool:
         return len(a.requests) >= 2
 
-    await wait_for(probed)
+    await until_async(probed, timeout=3)
     assert d.sup.prober.scheduler.get_job(f"probe:{ONE}").trigger.interval.total_seconds() == 0.1

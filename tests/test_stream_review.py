@@ -14,6 +14,7 @@ from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
+from tests.helpers import until, until_async
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -108,12 +109,6 @@ async def raw_stream(socket: str, path: str, body: dict[str, Any]
     return reader, writer
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.01)
-
-
 async def settled(d: Any, fake: FakeOpenAI, model: str = "a/m") -> dict[str, Any]:
     """Waits until the daemon holds nothing for the request any more; returns /v1/status."""
     up = fake.url.removesuffix("/v1")
@@ -125,7 +120,7 @@ async def settled(d: Any, fake: FakeOpenAI, model: str = "a/m") -> dict[str, Any
                 and f'failoverd_upstream_connections{{upstream="{up}"}} 0' in metrics
                 and len(d.sup.tracker.pending()) <= 2)  # the two control requests above
 
-    await until(idle)
+    await until_async(idle)
     return (await d.http.get("/v1/status")).json()
 
 
@@ -148,7 +143,7 @@ async def test_client_leaving_a_stream_aborts_the_upstream_and_frees_everything(
                 while b"data: " not in await reader.readline():
                     pass
         else:  # before the first token: the upstream was called
-            await until(lambda: _true(bool(fake.chat_requests())))
+            await until(lambda: bool(fake.chat_requests()))
         writer.close()
         async with asyncio.timeout(5):
             await fake.gone.wait()  # the upstream saw the call abandoned
@@ -165,10 +160,6 @@ async def test_client_leaving_a_stream_aborts_the_upstream_and_frees_everything(
         assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
     finally:
         await fake.close()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def sse_data(text: str) -> list[Any]:
