@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0, *,
@@ -24,3 +26,18 @@ async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float =
         while not await predicate():
             await asyncio.sleep(interval)
     return time.monotonic() - started
+
+
+FAILOVERCTL = str(Path(sys.executable).parent / "failoverctl")
+
+
+async def failoverctl(socket: str, *args: str, timeout: float = 15) -> tuple[int, str, str]:
+    """Runs the real failoverctl against `socket`: (exit code, stdout, stderr). Through
+    asyncio's subprocess API, since a blocking run would stop an in-process daemon answering."""
+    proc = await asyncio.create_subprocess_exec(
+        FAILOVERCTL, "--socket", socket, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(timeout):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import pytest
 
 from failoverd.events import EVENT_TYPES
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import FAILOVERCTL, failoverctl
 
 HELLO = [{"role": "user", "content": "hello"}]
-FAILOVERCTL = str(Path(sys.executable).parent / "failoverctl")
 
 
 def config(a: FakeOpenAI, b: FakeOpenAI, daemon: str = "") -> str:
@@ -177,19 +176,9 @@ async def test_stopping_the_daemon_ends_the_stream(daemon: Any) -> None:
     assert daemon.task.done()
 
 
-async def run_ctl(d: Any, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        FAILOVERCTL, "--socket", d.socket, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(10):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_failoverctl_events_prints_recent_events(daemon: Any) -> None:
     await fail_over(daemon)
-    code, out, err = await run_ctl(daemon, "events")
+    code, out, err = await failoverctl(daemon.socket, "events", timeout=10)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 2
@@ -198,7 +187,7 @@ async def test_failoverctl_events_prints_recent_events(daemon: Any) -> None:
     assert "from_model=a/gpt-a" in lines[1] and "to_model=b/gpt-b" in lines[1]
     assert "session_tokens=null" in lines[1]  # JSON-style values, as in the audit log
     assert "None" not in out
-    code, out, err = await run_ctl(daemon, "--json", "events")
+    code, out, err = await failoverctl(daemon.socket, "--json", "events", timeout=10)
     assert code == 0, err
     events = [orjson.loads(line) for line in out.splitlines()]
     assert [e["type"] for e in events] == ["breaker:opened", "model:failover"]
@@ -229,13 +218,9 @@ async def test_failoverctl_events_follow_prints_a_live_event(daemon: Any) -> Non
 
 
 async def test_failoverctl_events_when_the_daemon_is_down(short_dir: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        FAILOVERCTL, "--socket", str(short_dir / "none.sock"), "events",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(10):
-        _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert b"cannot reach failoverd" in err
+    code, _, err = await failoverctl(str(short_dir / "none.sock"), "events", timeout=10)
+    assert code == 2
+    assert "cannot reach failoverd" in err
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

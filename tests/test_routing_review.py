@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import failoverctl
 
-FAILOVERCTL = str(Path(sys.executable).parent / "failoverctl")
 GPT = "a/gpt-a"
 QWEN = "ollama/qwen2.5:7b"
 CHAIN = "team/fast:1"  # a chain name with '/' and ':'
@@ -68,16 +67,6 @@ async def rig(fake_openai, start_daemon) -> Any:
     clock = ManualClock()
     d = await start_daemon(review_toml(a, o), clock=clock)
     return a, o, d, clock
-
-
-async def ctl(socket: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        FAILOVERCTL, "--socket", socket, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(15):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def model_status(d: Any, model: str) -> dict[str, Any]:
@@ -150,7 +139,7 @@ async def test_chain_name_with_slash_and_colon_rotates_over_http_and_ctl(rig) ->
     assert resp.json() == {"chain": CHAIN, "head": GPT, "models": [GPT, QWEN]}
     chat = await d.http.post("/v1/chat/completions", json={"model": CHAIN, "messages": HELLO})
     assert chat.headers["x-failoverd-model"] == GPT
-    code, out, err = await ctl(d.socket, "chain-reset", CHAIN)
+    code, out, err = await failoverctl(d.socket, "chain-reset", CHAIN)
     assert (code, out.strip()) == (0, f"{CHAIN}: head is now {QWEN}"), err
     resp = await d.http.post(f"/v1/chains/{CHAIN}/reset")
     assert resp.json()["head"] == QWEN
@@ -350,7 +339,7 @@ async def test_bad_deadline_header_is_400_and_calls_nothing(rig, value: str) -> 
 async def test_ctl_open_for_rejects_non_finite_and_non_positive(rig, value: str) -> None:
     """nan/inf would travel as JSON null: the model was forced open until reset, exit 0."""
     a, o, d, _ = rig
-    code, out, err = await ctl(d.socket, "open", GPT, "--for", value)
+    code, out, err = await failoverctl(d.socket, "open", GPT, "--for", value)
     assert code == 2, (out, err)
     assert out == "" and "--for" in err
     assert (await model_status(d, GPT))["state"] == "closed"
@@ -358,7 +347,7 @@ async def test_ctl_open_for_rejects_non_finite_and_non_positive(rig, value: str)
 
 async def test_ctl_open_for_a_finite_time(rig) -> None:
     a, o, d, clock = rig
-    code, out, err = await ctl(d.socket, "--json", "open", GPT, "--for", "1.5")
+    code, out, err = await failoverctl(d.socket, "--json", "open", GPT, "--for", "1.5")
     assert code == 0, err
     data = orjson.loads(out)
     assert data["state"] == "forced_open"
@@ -406,7 +395,7 @@ NOT_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 9\r\n
 async def test_ctl_exits_2_without_a_traceback_when_the_peer_is_not_failoverd(
         peer, answer: bytes, command: list[str]) -> None:
     path = await peer(answer)
-    code, out, err = await ctl(path, *command)
+    code, out, err = await failoverctl(path, *command)
     assert code == 2, err
     assert out == ""
     assert "Traceback" not in err and err.startswith("failoverctl: ")
@@ -416,7 +405,7 @@ async def test_ctl_exits_2_without_a_traceback_when_the_peer_is_not_failoverd(
 async def test_ctl_events_follow_exits_2_when_the_daemon_dies_mid_stream(
         peer, json_flag: list[str]) -> None:
     path = await peer(CUT_STREAM)
-    code, out, err = await ctl(path, *json_flag, "events", "--follow")
+    code, out, err = await failoverctl(path, *json_flag, "events", "--follow")
     assert code == 2, err
     assert "Traceback" not in err and "dropped the connection" in err
     line = out.strip()
@@ -429,6 +418,6 @@ async def test_ctl_events_follow_exits_2_when_the_daemon_dies_mid_stream(
 async def test_ctl_json_on_a_non_json_error_is_still_valid_json(peer) -> None:
     path = await peer(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
                       b"Content-Length: 11\r\n\r\n<h1>no</h1>")
-    code, out, err = await ctl(path, "--json", "status")
+    code, out, err = await failoverctl(path, "--json", "status")
     assert code == 1
     assert orjson.loads(out) == "<h1>no</h1>"
