@@ -3,6 +3,11 @@
 For the demo and for trying a configuration without API keys. `simulate_latency` delays each
 answer; `simulate_failure` makes every call fail with that reason, so a demo chain shows a
 failover.
+
+Answers have OpenAI's wire format, as an OpenAI-compatible upstream's would: ``n`` choices
+(each its own deterministic text; more than :data:`MAX_N` is a 400, as OpenAI's), streamed
+choice by choice, and a last choices-less usage chunk when ``stream_options.include_usage``
+asks for one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
+
+MAX_N = 128  # OpenAI's own limit on n
 
 _STATUS = {
     FailureReason.RATE_LIMIT: 429, FailureReason.OVERLOADED: 529,
@@ -55,51 +62,71 @@ class SimulatedProvider:
                 retry_after=1.0 if reason is FailureReason.RATE_LIMIT else None,
             )
 
-    @staticmethod
-    def _answer(body: dict[str, Any], model: ModelConfig) -> tuple[str, str]:
-        said = _last_user_text(body)
-        digest = hashlib.sha256(f"{model.id}\0{said}".encode()).hexdigest()[:12]
-        words = len(said.split())
-        text = (f"[{model.id}] simulated answer {digest}: your message had {words} "
-                f"word{'s' if words != 1 else ''}.")
-        return text, f"chatcmpl-sim-{digest}"
+    def _choices(self, body: dict[str, Any], model: ModelConfig) -> int:
+        """How many choices the request asks for; more than OpenAI allows is its 400."""
+        n = body.get("n")
+        if n is None:
+            return 1
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+            raise UpstreamError(
+                FailureReason.BAD_REQUEST,
+                f"Invalid 'n': expected an integer from 1 to {MAX_N}, got {n!r}.",
+                status=400, provider=self.config.name, model=model.id)
+        return n
 
     @staticmethod
-    def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    def _answers(body: dict[str, Any], model: ModelConfig, n: int) -> tuple[list[str], str]:
+        """``n`` texts (the first one as for n = 1) and the completion id."""
+        said = _last_user_text(body)
+        words = len(said.split())
+        digests = [hashlib.sha256((f"{model.id}\0{said}" + (f"\0{i}" if i else ""))
+                                  .encode()).hexdigest()[:12] for i in range(n)]
+        texts = [f"[{model.id}] simulated answer {digest}: your message had {words} "
+                 f"word{'s' if words != 1 else ''}." for digest in digests]
+        return texts, f"chatcmpl-sim-{digests[0]}"
+
+    @staticmethod
+    def _usage(body: dict[str, Any], texts: list[str]) -> dict[str, int]:
         prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages") or ()
                      if isinstance(m, dict)) // 4 + 1
-        completion = len(text) // 4 + 1
+        completion = sum(len(text) // 4 + 1 for text in texts)
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
+        n = self._choices(body, model)
         await self._behave(model)
-        text, cid = self._answer(body, model)
+        texts, cid = self._answers(body, model, n)
         return Completion({
             "id": cid, "object": "chat.completion", "created": int(time.time()),
             "model": model.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": self._usage(body, text),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"} for i, text in enumerate(texts)],
+            "usage": self._usage(body, texts),
         })
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        n = self._choices(body, model)
         await self._behave(model)
-        text, cid = self._answer(body, model)
+        texts, cid = self._answers(body, model, n)
         created = int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> Chunk:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> Chunk:
             return Chunk.of({"id": cid, "object": "chat.completion.chunk", "created": created,
-                             "model": model.name,
-                             "choices": [{"index": 0, "delta": delta,
-                                          "finish_reason": finish}]})
+                             "model": model.name, "choices": choices, **extra})
 
-        yield chunk({"role": "assistant", "content": ""})
-        for i, word in enumerate(text.split(" ")):
-            yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, "stop")
+        for index, text in enumerate(texts):  # choice after choice, each with its own index
+            yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
+                          "finish_reason": None}])
+            for i, word in enumerate(text.split(" ")):
+                yield chunk([{"index": index, "delta": {"content": word if i == 0 else " " + word},
+                              "finish_reason": None}])
+            yield chunk([{"index": index, "delta": {}, "finish_reason": "stop"}])
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            yield chunk([], usage=self._usage(body, texts))
 
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
