@@ -1,4 +1,5 @@
-"""What many test modules share: bounded polling, and talking to a running daemon."""
+"""What many test modules share: bounded polling, config bodies for start_daemon, and talking
+to a running daemon."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from tests.fakes.openai import FakeOpenAI
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0, *,
@@ -41,3 +44,41 @@ async def failoverctl(socket: str, *args: str, timeout: float = 15) -> tuple[int
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def _window(tokens: int | None) -> str:
+    return "" if tokens is None else f"context_window = {tokens}\n"
+
+
+def pair_config(a: FakeOpenAI, b: FakeOpenAI, *, head: str = "", a_window: int | None = None,
+                b_window: int | None = None, more: str = "", fallbacks: str = '["b/gpt-b"]',
+                routing: str = "", tail: str = "") -> str:
+    """A config body for start_daemon: fakes `a` and `b` as OpenAI providers a and b, serving
+    the primary a/gpt-a and its fallback b/gpt-b; it fails over quickly (retry_after_max 0.2),
+    fails when every model is down, and never probes.
+
+    `head` comes first, still in start_daemon's [daemon] table (daemon keys, then tables such
+    as [mqtt]); `more` follows the two models (more providers and models); `routing` adds to
+    [routing]; `tail` ends the body ([breaker], [[hooks]], ...)."""
+    return f"""{head}
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+[models."a/gpt-a"]
+provider = "a"
+{_window(a_window)}[models."b/gpt-b"]
+provider = "b"
+{_window(b_window)}{more}
+[routing]
+primary = "a/gpt-a"
+fallbacks = {fallbacks}
+retry_after_max = 0.2
+deadline = 10
+when_all_unavailable = "fail"
+{routing}
+[probes]
+kind = "none"
+{tail}"""

@@ -17,7 +17,7 @@ import pytest
 
 from failoverd.events import EVENT_TYPES
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import FAILOVERCTL, failoverctl
+from tests.helpers import FAILOVERCTL, failoverctl, pair_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -25,28 +25,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 def config(a: FakeOpenAI, b: FakeOpenAI, daemon: str = "") -> str:
     # failure_threshold = 1: one 429 on the primary opens its breaker, so a single request
     # yields model:failover and breaker:opened
-    return f"""{daemon}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-[models."b/gpt-b"]
-provider = "b"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-retry_after_max = 0.2
-deadline = 10
-when_all_unavailable = "fail"
-[probes]
-kind = "none"
-[breaker]
-failure_threshold = 1
-"""
+    return pair_config(a, b, head=daemon, tail="[breaker]\nfailure_threshold = 1\n")
 
 
 class SseReader:

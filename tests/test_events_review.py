@@ -20,6 +20,7 @@ from failoverd.clock import ManualClock
 from failoverd.config import HookConfig
 from failoverd.events import EVENT_TYPES, Event, EventBus
 from failoverd.hooks import HookRunner
+from tests.helpers import pair_config
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_events_e2e import sse
@@ -159,39 +160,13 @@ FIELDS = {
 
 
 def every_type_config(a: Any, b: Any, c: Any, port: int, hook: str) -> str:
-    return f"""node = "{NODE}"
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[providers.c]
-kind = "openai"
-base_url = "{c.url}"
-[models."a/gpt-a"]
-provider = "a"
-context_window = 128000
-[models."b/gpt-b"]
-provider = "b"
-context_window = 32000
-[models."{ODD}"]
-provider = "c"
-name = "gpt-c"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-retry_after_max = 0.2
-deadline = 10
-when_all_unavailable = "fail"
-[chains.odd]
+    return pair_config(
+        a, b, head=f'node = "{NODE}"\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}',
+        a_window=128000, b_window=32000,
+        more=f'[providers.c]\nkind = "openai"\nbase_url = "{c.url}"\n'
+             f'[models."{ODD}"]\nprovider = "c"\nname = "gpt-c"\n',
+        tail=f"""[chains.odd]
 models = ["{ODD}"]
-[probes]
-kind = "none"
 [breaker]
 failure_threshold = 1
 open_seconds = 30
@@ -200,7 +175,7 @@ max_open_seconds = 60
 events = ["model:failover"]
 exec = ["{hook}"]
 timeout = 5
-"""
+""")
 
 
 @pytest.fixture(autouse=True)
@@ -316,29 +291,6 @@ async def _states_published(svc: Any) -> None:
 # --------------------------------------------------------------------------- /v1/events
 
 
-def pair_config(a: Any, b: Any, daemon: str = "") -> str:
-    return f"""{daemon}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-[models."b/gpt-b"]
-provider = "b"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-retry_after_max = 0.2
-deadline = 10
-when_all_unavailable = "fail"
-[probes]
-kind = "none"
-"""
-
-
 def sse_dropped(metrics: str) -> int:
     prefix = "failoverd_sse_dropped_events_total "
     return int(next(line[len(prefix):] for line in metrics.splitlines()
@@ -390,7 +342,7 @@ async def test_a_stalled_sse_client_does_not_hold_up_shutdown(fake_openai: Any,
                                                               start_daemon: Any) -> None:
     a = await fake_openai()
     b = await fake_openai()
-    d = await start_daemon(pair_config(a, b, daemon="shutdown_timeout = 20"))
+    d = await start_daemon(pair_config(a, b, head="shutdown_timeout = 20"))
     _, writer = await open_stalled_sse(d.socket)
     try:
         for n in range(2000):  # fills the socket buffers: the handler waits in a write

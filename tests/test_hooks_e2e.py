@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import pair_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 RATE_LIMIT_MESSAGE = "Rate limit reached for gpt-4o in organization org-test"
@@ -54,33 +55,9 @@ provider = "c"
 context_window = 128000
 """
     fallbacks = '["b/gpt-b", "c/gpt-c"]' if c is not None else '["b/gpt-b"]'
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-context_window = 128000
-[models."b/gpt-b"]
-provider = "b"
-context_window = {b_window}
-{third}
-[routing]
-primary = "a/gpt-a"
-fallbacks = {fallbacks}
-retry_after_max = 0.2
-deadline = 10
-when_all_unavailable = "fail"
-{routing}
-[probes]
-kind = "none"
-[breaker]
-{breaker}
-{hooks}
-"""
+    return pair_config(a, b, a_window=128000, b_window=b_window, more=third,
+                       fallbacks=fallbacks, routing=routing,
+                       tail=f"[breaker]\n{breaker}\n{hooks}\n")
 
 
 def hooks_toml(path: Path, events: str = '["model:failover"]', timeout: float = 2) -> str:

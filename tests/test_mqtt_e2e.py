@@ -19,7 +19,7 @@ import pytest
 
 from failoverd.mqtt import EVENT_EXPIRY_SECONDS
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import until
+from tests.helpers import pair_config, until
 from tests.mosquitto import (
     Mosquitto,
     Recorder,
@@ -45,38 +45,16 @@ FAILOVERD = str(Path(sys.executable).parent / "failoverd")
 def config(a: FakeOpenAI, b: FakeOpenAI, port: int, *, threshold: int = 2,
            queue_size: int = 1000, daemon: str = "") -> str:
     """Config body for start_daemon (it supplies [daemon] socket and state_dir first)."""
-    return f"""node = "{NODE}"
+    return pair_config(
+        a, b, head=f"""node = "{NODE}"
 {daemon}
 [mqtt]
 enabled = true
 host = "127.0.0.1"
 port = {port}
-queue_size = {queue_size}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-context_window = 128000
-[models."b/gpt-b"]
-provider = "b"
-context_window = 32000
-[models."ollama/qwen2.5:7b"]
-provider = "b"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-retry_after_max = 0.2
-deadline = 10
-when_all_unavailable = "fail"
-[probes]
-kind = "none"
-[breaker]
-failure_threshold = {threshold}
-"""
+queue_size = {queue_size}""",
+        a_window=128000, b_window=32000, more='[models."ollama/qwen2.5:7b"]\nprovider = "b"\n',
+        tail=f"[breaker]\nfailure_threshold = {threshold}\n")
 
 
 def payload(msg: aiomqtt.Message) -> Any:
