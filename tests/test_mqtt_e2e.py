@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from failoverd.mqtt import EVENT_EXPIRY_SECONDS
+from tests.conftest import daemon_toml
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import pair_config, until
 from tests.mosquitto import (
@@ -235,8 +236,7 @@ async def _fill_and_stop(d: Any) -> None:
 
 def subprocess_config(tmp: Path, a: FakeOpenAI, b: FakeOpenAI, port: int) -> Path:
     path = tmp / "failoverd.toml"
-    path.write_text(f'[daemon]\nsocket = "{tmp}/d.sock"\nstate_dir = "{tmp}/state"\n'
-                    + config(a, b, port))
+    path.write_text(daemon_toml(f"{tmp}/d.sock", f"{tmp}/state", config(a, b, port)))
     return path
 
 
