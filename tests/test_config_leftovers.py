@@ -112,3 +112,98 @@ async def test_an_integer_too_long_for_python_is_a_config_error(tmp_path: Path) 
     assert f"{path}: not valid TOML: an integer has too many digits" in out.decode()
     assert problems(BASE + MODEL + "x = " + "9" * 5000 + "\n") == [
         "not valid TOML: an integer has too many digits"]
+
+
+# --------------------------------------------------------------------------- secrets, hooks
+
+SECRET = "sk-first-0123456789"
+
+
+@pytest.mark.parametrize("content", [f"{SECRET}\nsk-second\n", f"# my key\n{SECRET}\n",
+                                     f"{SECRET}\tx"])
+def test_an_api_key_of_more_than_one_line_is_a_config_error(tmp_path: Path,
+                                                            content: str) -> None:
+    # it passed, then every request failed inside the HTTP client with a traceback logged and
+    # the model reported "incapable"
+    key = tmp_path / "key"
+    key.write_text(content)
+    found = problems(BASE.replace('kind = "openai"', f'kind = "openai"\napi_key_file = "{key}"')
+                     + MODEL)
+    assert found == [f"providers.p.api_key_file: {key} holds a line break or another control "
+                     "character; a key or token is a single line"]
+    assert SECRET not in found[0]
+
+
+def test_the_other_secret_sources_are_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "cred").write_text(f"{SECRET}\r\nmore")
+    text = BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_env = "K"') + MODEL + """
+[providers.q]
+kind = "anthropic"
+api_key_credential = "cred"
+"""
+    found = problems_env(text, {"K": f"{SECRET}\nother", "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert found == [
+        "providers.p.api_key_env: environment variable K holds a line break or another "
+        "control character; a key or token is a single line",
+        f"providers.q.api_key_credential: {tmp_path / 'cred'} holds a line break or another "
+        "control character; a key or token is a single line"]
+    assert problems_env(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_env = "K"')
+                        + MODEL, {"K": "   "}) == [
+        "providers.p.api_key_env: environment variable K is not set or empty"]
+
+
+def test_a_tcp_token_of_more_than_one_line_is_a_config_error(tmp_path: Path) -> None:
+    # no client can send a line break in a header: every TCP request would get 401
+    token = tmp_path / "token"
+    token.write_text("tok-1\ntok-2\n")
+    assert problems(BASE + MODEL + f'[daemon]\ntcp = "127.0.0.1:8787"\n'
+                    f'tcp_token_file = "{token}"\n') == [
+        f"daemon.tcp_token_file: {token} holds a line break or another control character; "
+        "a key or token is a single line"]
+
+
+async def test_a_secret_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    key = tmp_path / "key.bin"
+    key.write_bytes(b"\xff\xfe\x00binary")
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.replace('kind = "openai"', f'kind = "openai"\napi_key_file = "{key}"')
+                    + MODEL)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out.decode()  # it was a UnicodeDecodeError traceback
+    assert f"providers.p.api_key_file: {key} is not UTF-8 text" in out.decode()
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "unavailable", "incapable", "slow"])
+def test_simulate_failure_takes_upstream_failure_reasons_only(reason: str) -> None:
+    # "cancelled" made every request a 502 failover_aborted; unavailable and incapable are the
+    # router's own verdicts, never an upstream's
+    sim = '[providers.s]\nkind = "simulated"\nsimulate_failure = "%s"\n'
+    [found] = problems(BASE + MODEL + sim % reason)
+    assert found.startswith("providers.s.simulate_failure: must be one of rate_limit, "
+                            "overloaded, server_error, timeout, connection, invalid_response, "
+                            "auth, billing, not_found, context_overflow, content_filter, "
+                            f"bad_request; got '{reason}'")
+    for ok in ("rate_limit", "timeout", "bad_request"):
+        config.loads(BASE + MODEL + sim % ok, env={})
+
+
+def test_an_empty_tier_is_not_a_tier() -> None:
+    assert problems(BASE + MODEL + 'tier = ""\n') == [
+        "models.\"p/a\".tier: must be one of small, medium, large; got ''"]
+
+
+def test_hook_programs_that_could_never_start_are_config_errors() -> None:
+    hooks = ('[[hooks]]\nevents = ["*"]\nexec = [""]\n'
+             '[[hooks]]\nevents = ["*"]\nexec = ["/bin/echo", "a\\u0000b"]\n')
+    assert problems(BASE + MODEL + hooks) == [
+        "hooks[0].exec[0]: the program must not be empty",
+        "hooks[1].exec[1]: must not contain a NUL"]
+
+
+def problems_env(toml: str, env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.loads(toml, env=env)
+    return info.value.problems

@@ -186,7 +186,9 @@ class Config:
 # --------------------------------------------------------------------------- parsing
 
 def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
-    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential`; at most one may be set."""
+    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential`; at most one may be set.
+
+    The value goes into an HTTP header: it must be one line (see :func:`_header_secret`)."""
     via_env = sec.get(f"{prefix}_env", str, "")
     via_file = sec.get(f"{prefix}_file", str, "")
     via_cred = sec.get(f"{prefix}_credential", str, "")
@@ -196,12 +198,14 @@ def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
                     f"{prefix}_credential")
         return ""
     if via_env:
-        value = env.get(via_env, "")
+        value = env.get(via_env, "").strip()
         if not value:
             sec.problem(f"{prefix}_env", f"environment variable {via_env} is not set or empty")
-        return value.strip()
+        return _header_secret(sec, f"{prefix}_env", value, f"environment variable {via_env}")
     if via_file:
-        return _read_secret_file(sec, f"{prefix}_file", Path(via_file))
+        path = Path(via_file)
+        return _header_secret(sec, f"{prefix}_file", _read_secret_file(sec, f"{prefix}_file", path),
+                              str(path))
     if via_cred:
         creds = env.get("CREDENTIALS_DIRECTORY", "")
         if not creds:
@@ -211,8 +215,20 @@ def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
         if "/" in via_cred:
             sec.problem(f"{prefix}_credential", "a credential name cannot contain '/'")
             return ""
-        return _read_secret_file(sec, f"{prefix}_credential", Path(creds) / via_cred)
+        path = Path(creds) / via_cred
+        return _header_secret(sec, f"{prefix}_credential",
+                              _read_secret_file(sec, f"{prefix}_credential", path), str(path))
     return ""
+
+
+def _header_secret(sec: Section, key: str, value: str, where: str) -> str:
+    """``value`` if it can go into an HTTP header; a line break (two keys in one file, a
+    comment line) or another control character failed every request at run time."""
+    if any(c < " " or c == "\x7f" for c in value):
+        sec.problem(key, f"{where} holds a line break or another control character; a key or "
+                    "token is a single line")
+        return ""
+    return value
 
 
 def _read_secret_file(sec: Section, key: str, path: Path) -> str:
@@ -220,6 +236,9 @@ def _read_secret_file(sec: Section, key: str, path: Path) -> str:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         sec.problem(key, f"cannot read {path}: {exc.strerror or exc}")
+        return ""
+    except UnicodeDecodeError:
+        sec.problem(key, f"{path} is not UTF-8 text")
         return ""
     if not value:
         sec.problem(key, f"{path} is empty")
@@ -264,7 +283,9 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
     token = ""
     token_file = sec.get("tcp_token_file", str, "")
     if token_file:
-        token = _read_secret_file(sec, "tcp_token_file", Path(token_file))
+        token = _header_secret(sec, "tcp_token_file",
+                               _read_secret_file(sec, "tcp_token_file", Path(token_file)),
+                               token_file)
     elif tcp:
         # any local user can reach a loopback port: the TCP listener is never unauthenticated
         sec.problem("tcp_token_file", "is required when tcp is set")
@@ -324,6 +345,9 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
 }
 
 
+_SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
+    FailureReason.CANCELLED, FailureReason.UNAVAILABLE, FailureReason.INCAPABLE))
+
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "connect_timeout", "timeout", "headers", "proxy", "simulate_failure",
                   "simulate_latency")
@@ -369,10 +393,13 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
             if sec.has(key):
                 sec.problem(key, "only valid for kind = \"simulated\"")
     elif sim_fail:
-        try:
+        if sim_fail in _SIMULATED_FAILURES:
             failure = FailureReason(sim_fail)
-        except ValueError:
-            sec.problem("simulate_failure", f"unknown failure reason {sim_fail!r}")
+        else:
+            # cancelled, unavailable, incapable are no upstream's answer: "cancelled" made
+            # every request a 502 failover_aborted
+            sec.problem("simulate_failure", f"must be one of {', '.join(_SIMULATED_FAILURES)}; "
+                        f"got {sim_fail!r}")
     cfg = ProviderConfig(
         name=name,
         kind=cast(ProviderKind, kind),
@@ -404,9 +431,8 @@ def _model(model_id: str, sec: Section, providers: Collection[str]) -> ModelConf
         if cap not in allowed_caps:
             sec.problem("capabilities", f"unknown capability {cap!r}; known: "
                         f"{', '.join(allowed_caps)}")
-    tier_text = sec.get("tier", str, "")
     tier: Tier | None = None
-    if tier_text:
+    if sec.has("tier"):  # "" is no tier either: omit the key for none
         tier = sec.choice("tier", Tier, "medium")
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
@@ -543,6 +569,13 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
                                     "'<category>:*'")
         if not argv:
             sec.problem("exec", "is required: a non-empty argv list")
+        else:
+            # either failed every run at start, at every event, without a word at load
+            if not argv[0].strip():
+                problems.append(f"{sec.key_path('exec')}[0]: the program must not be empty")
+            for j, arg in enumerate(argv):
+                if "\0" in arg:
+                    problems.append(f"{sec.key_path('exec')}[{j}]: must not contain a NUL")
         timeout = sec.number("timeout", 2.0, positive=True)
         sec.finish()
         if events and argv:
