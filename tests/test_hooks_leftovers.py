@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 from failoverd import hooks as hooks_mod
+from failoverd.clock import ManualClock
+from failoverd.config import HookConfig
+from failoverd.events import EventBus
+from failoverd.hooks import HookRunner
 from tests.fakes.openai import FakeOpenAI
 from tests.test_hooks_e2e import chat, config, hook_script, hooks_toml, recent
 
@@ -119,3 +123,19 @@ async def test_a_failed_run_is_a_failure_not_a_drop(pair: Any, start_daemon: Any
     assert (await chat(d)).status_code == 200
     metrics, status = await hook_counters(d)
     assert metrics == status == {"runs": 1, "failures": 1, "dropped": 0}
+
+
+async def test_a_run_that_cannot_be_spawned_is_a_counted_failure() -> None:
+    """A NUL in the argv (built without config.py's check) made create_subprocess_exec raise
+    ValueError, which escaped the run: not counted, not emitted, and in the background a
+    task exception nobody retrieved."""
+    bus = EventBus("n1", ManualClock())
+    runner = HookRunner((HookConfig(events=("*",), exec=("/bin/echo", "a\0b")),), bus)
+    outcome = await runner.run(bus.emit("model:failover", from_model="a", to_model="b"))
+    assert outcome.errors and "cannot start" in outcome.errors[0]
+    runner.fire_and_forget(bus.emit("breaker:opened", model="a"))
+    async with asyncio.timeout(5):
+        await runner.aclose()
+    assert (runner.runs, runner.failures, runner.dropped) == (2, 2, 0)
+    failed = [e for e in bus.recent() if e.type == "hook:failed"]
+    assert [e.fields["event"] for e in failed] == ["model:failover", "breaker:opened"]

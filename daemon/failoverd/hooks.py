@@ -205,8 +205,10 @@ class HookRunner:
         for hook in hooks:
             if len(self._tasks) >= self._max_pending:
                 self.dropped += 1
-                logger.warning("hooks: %d runs pending; dropped %s for %s %s",
-                               len(self._tasks), hook.exec[0], event.type, event.id)
+                if self.dropped == 1 or self.dropped % 100 == 0:  # a flood, logged in steps
+                    logger.warning("hooks: %d runs pending; dropped %s for %s %s (%d dropped "
+                                   "so far)", len(self._tasks), hook.exec[0], event.type,
+                                   event.id, self.dropped)
                 continue
             task = loop.create_task(self._run_in_slot(hook, event, payload),
                                     name=f"hook {event.type}")
@@ -280,8 +282,8 @@ class HookRunner:
             proc = await asyncio.create_subprocess_exec(
                 *hook.exec, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
-        except OSError as exc:
-            raise HookFailed(f"cannot start: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or the environment
+            raise HookFailed(f"cannot start: {getattr(exc, 'strerror', None) or exc}") from None
         finished = False
         try:
             async with asyncio.timeout(hook.timeout):
