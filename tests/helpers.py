@@ -8,8 +8,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from tests.fakes.openai import FakeOpenAI
+
+HELLO = [{"role": "user", "content": "hello"}]  # the chat messages most tests send
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0, *,
@@ -82,3 +85,19 @@ when_all_unavailable = "fail"
 [probes]
 kind = "none"
 {tail}"""
+
+
+async def ask(d: Any) -> tuple[str, Any]:
+    """HELLO to the default chain with the openai SDK: (the model that answered, the raw
+    response)."""
+    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
+                                                                   messages=HELLO)
+    return raw.headers["x-failoverd-model"], raw
+
+
+async def status(d: Any) -> dict[str, Any]:
+    """The daemon's GET /v1/status, which must answer 200."""
+    resp = await d.http.get("/v1/status")
+    assert resp.status_code == 200
+    result: dict[str, Any] = resp.json()
+    return result

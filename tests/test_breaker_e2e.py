@@ -13,9 +13,8 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import until, until_async
+from tests.helpers import HELLO, ask, status, until, until_async
 
-HELLO = [{"role": "user", "content": "hello"}]
 PRIMARY = "a/gpt-a"
 FALLBACK = "b/gpt-b"
 
@@ -50,16 +49,9 @@ timeout = 2
 """
 
 
-async def ask(d: Any) -> tuple[str, Any]:
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
-    return raw.headers["x-failoverd-model"], raw
-
-
 async def model_status(d: Any, model_id: str = PRIMARY) -> dict[str, Any]:
-    resp = await d.http.get("/v1/status")
-    assert resp.status_code == 200
-    return resp.json()["models"][model_id]
+    models: dict[str, Any] = (await status(d))["models"]
+    return models[model_id]
 
 
 def breaker_gauge(metrics: str, model_id: str) -> int:

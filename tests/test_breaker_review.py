@@ -14,11 +14,10 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import until_async
+from tests.helpers import HELLO, until_async
 from tests.test_breaker import OPEN, R, rig
 from tests.test_breaker_e2e import (
     FALLBACK,
-    HELLO,
     PRIMARY,
     force_open,
     model_status,

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO
 
 
 def two_models(a: FakeOpenAI, b: FakeOpenAI, routing: str = "", extra: str = "") -> str:
@@ -40,7 +41,6 @@ when_all_unavailable = "fail"
 
 
 ENV = {"A_KEY": "sk-test-a"}
-HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO, status
 
 GPT = "a/gpt-a"
 QWEN = "ollama/qwen2.5:7b"  # '/' and ':' in one id
-HELLO = [{"role": "user", "content": "hello"}]
 
 
 def control_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
@@ -62,12 +62,6 @@ async def rig(fake_openai, start_daemon) -> Any:
 
 async def chat(d: Any, model: str = "default") -> Any:
     return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO})
-
-
-async def status(d: Any) -> dict[str, Any]:
-    resp = await d.http.get("/v1/status")
-    assert resp.status_code == 200
-    return resp.json()
 
 
 # ------------------------------------------------------------------ status

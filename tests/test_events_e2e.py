@@ -17,9 +17,7 @@ import pytest
 
 from failoverd.events import EVENT_TYPES
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import FAILOVERCTL, failoverctl, pair_config
-
-HELLO = [{"role": "user", "content": "hello"}]
+from tests.helpers import FAILOVERCTL, HELLO, failoverctl, pair_config
 
 
 def config(a: FakeOpenAI, b: FakeOpenAI, daemon: str = "") -> str:

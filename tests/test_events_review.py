@@ -20,12 +20,10 @@ from failoverd.clock import ManualClock
 from failoverd.config import HookConfig
 from failoverd.events import EVENT_TYPES, Event, EventBus
 from failoverd.hooks import HookRunner
-from tests.helpers import pair_config
+from tests.helpers import HELLO, pair_config
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_events_e2e import sse
-
-HELLO = [{"role": "user", "content": "hello"}]
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:

@@ -19,9 +19,8 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import pair_config
+from tests.helpers import HELLO, pair_config
 
-HELLO = [{"role": "user", "content": "hello"}]
 RATE_LIMIT_MESSAGE = "Rate limit reached for gpt-4o in organization org-test"
 
 

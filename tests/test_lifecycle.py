@@ -25,10 +25,10 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO
 
 _BIN = Path(sys.executable).parent / "failoverd"
 FAILOVERD = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "failoverd.cli.daemon"]
-HELLO = [{"role": "user", "content": "hello"}]
 REPLY = "Hello from the fake upstream"
 SHUTDOWN_MESSAGE = "failoverd is shutting down: the request was cut before it finished; retry it"
 

@@ -20,7 +20,7 @@ import pytest
 from failoverd.mqtt import EVENT_EXPIRY_SECONDS
 from tests.conftest import daemon_toml
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import pair_config, until
+from tests.helpers import HELLO, pair_config, until
 from tests.mosquitto import (
     Mosquitto,
     Recorder,
@@ -39,7 +39,6 @@ OPENED = f"{BASE}/events/breaker/opened"
 MODELS = ("a/gpt-a", "b/gpt-b", "ollama/qwen2.5:7b")
 STATE_TOPICS = {m: f"{BASE}/models/{t}/state" for m, t in zip(
     MODELS, ("a%2Fgpt-a", "b%2Fgpt-b", "ollama%2Fqwen2.5%3A7b"), strict=True)}
-HELLO = [{"role": "user", "content": "hello"}]
 FAILOVERD = str(Path(sys.executable).parent / "failoverd")
 
 

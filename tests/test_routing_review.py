@@ -19,12 +19,11 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import failoverctl
+from tests.helpers import HELLO, failoverctl, status
 
 GPT = "a/gpt-a"
 QWEN = "ollama/qwen2.5:7b"
 CHAIN = "team/fast:1"  # a chain name with '/' and ':'
-HELLO = [{"role": "user", "content": "hello"}]
 
 
 def review_toml(a: FakeOpenAI, o: FakeOpenAI, routing: str = "", extra: str = "") -> str:
@@ -70,7 +69,8 @@ async def rig(fake_openai, start_daemon) -> Any:
 
 
 async def model_status(d: Any, model: str) -> dict[str, Any]:
-    return (await d.http.get("/v1/status")).json()["models"][model]
+    models: dict[str, Any] = (await status(d))["models"]
+    return models[model]
 
 
 # ------------------------------------------------------------------ sessions

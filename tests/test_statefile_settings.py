@@ -8,7 +8,6 @@ Daemons run in-process on real Unix sockets against fake upstreams.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import orjson
 
@@ -17,8 +16,7 @@ from failoverd.clock import ManualClock
 from failoverd.fingerprint import fingerprint, new_salt
 from failoverd.health import HealthRegistry
 from tests.fakes.openai import FakeOpenAI
-
-HELLO = [{"role": "user", "content": "hello"}]
+from tests.helpers import ask, status
 
 
 def two_providers(a: FakeOpenAI, b: FakeOpenAI, extra_model: str = "") -> str:
@@ -48,19 +46,6 @@ recovery_kind = "none"
 """
 
 
-async def served_by(d: Any) -> str:
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
-    return str(raw.headers["x-failoverd-model"])
-
-
-async def status(d: Any) -> dict[str, Any]:
-    resp = await d.http.get("/v1/status")
-    assert resp.status_code == 200
-    result: dict[str, Any] = resp.json()
-    return result
-
-
 async def test_a_new_api_key_after_a_restart_unblocks_the_provider(fake_openai,
                                                                    start_daemon) -> None:
     a = await fake_openai(reply="from a", default="auth")
@@ -68,7 +53,7 @@ async def test_a_new_api_key_after_a_restart_unblocks_the_provider(fake_openai,
     clock = ManualClock()
     body = two_providers(a, b)
     d = await start_daemon(body, env={"A_KEY": "sk-wrong-key-1"}, clock=clock)
-    assert await served_by(d) == "b/two"
+    assert (await ask(d))[0] == "b/two"
     assert (await status(d))["providers"]["a"]["credentials"] == "auth"
     await d.stop()
     saved = d.sup.service.state_file.path.read_bytes()
@@ -79,14 +64,14 @@ async def test_a_new_api_key_after_a_restart_unblocks_the_provider(fake_openai,
     a.default = "ok"
     d = await start_daemon(body, env={"A_KEY": "sk-wrong-key-1"}, clock=clock)
     assert (await status(d))["providers"]["a"]["credentials"] == "auth"
-    assert await served_by(d) == "b/two"
+    assert (await ask(d))[0] == "b/two"
     assert len(a.chat_requests()) == 1
     await d.stop()
 
     # the operator fixed the key and restarted: provider a gets its chance at once
     d = await start_daemon(body, env={"A_KEY": "sk-right-key-2"}, clock=clock)
     assert (await status(d))["providers"]["a"]["credentials"] == "ok"
-    assert await served_by(d) == "a/one"
+    assert (await ask(d))[0] == "a/one"
     assert len(a.chat_requests()) == 2
     # and the file now holds the new settings: no trouble for provider a
     await d.stop()
@@ -114,7 +99,7 @@ async def test_a_changed_model_starts_closed_after_a_restart_others_keep_their_s
     models = (await status(d))["models"]
     assert models["a/one"]["state"] == "closed"
     assert models["b/two"]["state"] == "forced_open"
-    assert await served_by(d) == "a/one"
+    assert (await ask(d))[0] == "a/one"
     await d.stop()
 
     # provider b's settings change (its key): its model's forced open is not carried over

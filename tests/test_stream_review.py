@@ -14,9 +14,7 @@ from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
-from tests.helpers import until, until_async
-
-HELLO = [{"role": "user", "content": "hello"}]
+from tests.helpers import HELLO, until, until_async
 
 
 async def serve(fake: Any) -> None:
