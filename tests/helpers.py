@@ -101,3 +101,46 @@ async def status(d: Any) -> dict[str, Any]:
     assert resp.status_code == 200
     result: dict[str, Any] = resp.json()
     return result
+
+
+GPT = "a/gpt-a"
+QWEN = "ollama/qwen2.5:7b"  # '/' and ':' in one id
+
+
+def gpt_qwen_config(a: FakeOpenAI, o: FakeOpenAI, *, gpt: str = 'capabilities = ["tools"]',
+                    qwen: str = "", provider_a: str = "", routing: str = "",
+                    chain: str = "local", tail: str = "") -> str:
+    """A config body for start_daemon, for the control API and failoverctl: fakes `a` and `o`
+    as OpenAI providers a and ollama, serving GPT (8,000 tokens; the primary) and QWEN
+    (32,000 tokens; its fallback); chain `chain` is QWEN then GPT; probes hourly, so never
+    within a test.
+
+    `gpt` and `qwen` add to the models' tables (`gpt` replaces the capabilities), `provider_a`
+    to provider a's, `routing` to [routing]; `tail` ends the body ([breaker], ...)."""
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+{provider_a}
+[providers.ollama]
+kind = "openai"
+base_url = "{o.url}"
+[models."{GPT}"]
+provider = "a"
+context_window = 8000
+{gpt}
+[models."{QWEN}"]
+provider = "ollama"
+context_window = 32000
+{qwen}
+[routing]
+primary = "{GPT}"
+fallbacks = ["{QWEN}"]
+when_all_unavailable = "fail"
+{routing}
+[chains."{chain}"]
+models = ["{QWEN}", "{GPT}"]
+[probes]
+interval = 3600
+jitter = 0
+{tail}"""

@@ -10,45 +10,15 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, status
-
-GPT = "a/gpt-a"
-QWEN = "ollama/qwen2.5:7b"  # '/' and ':' in one id
+from tests.helpers import GPT, HELLO, QWEN, gpt_qwen_config, status
 
 
 def control_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.ollama]
-kind = "openai"
-base_url = "{o.url}"
-[models."{GPT}"]
-provider = "a"
-context_window = 8000
-capabilities = ["tools", "vision"]
-tier = "large"
-cost = {{ input = 3.0, output = 15.0 }}
-[models."{QWEN}"]
-provider = "ollama"
-context_window = 32000
-capabilities = []
-tier = "small"
-[routing]
-primary = "{GPT}"
-fallbacks = ["{QWEN}"]
-deadline = 5
-when_all_unavailable = "fail"
-[chains.local]
-models = ["{QWEN}", "{GPT}"]
-[breaker]
-failure_threshold = 2
-open_seconds = 30
-[probes]
-interval = 3600
-jitter = 0
-"""
+    return gpt_qwen_config(
+        a, o, gpt='capabilities = ["tools", "vision"]\ntier = "large"\n'
+                  "cost = { input = 3.0, output = 15.0 }",
+        qwen='capabilities = []\ntier = "small"', routing="deadline = 5",
+        tail="[breaker]\nfailure_threshold = 2\nopen_seconds = 30\n")
 
 
 @pytest.fixture

@@ -13,40 +13,12 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import failoverctl
-
-GPT = "a/gpt-a"
-QWEN = "ollama/qwen2.5:7b"
+from tests.helpers import GPT, QWEN, failoverctl, gpt_qwen_config
 
 
 def ctl_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.ollama]
-kind = "openai"
-base_url = "{o.url}"
-[models."{GPT}"]
-provider = "a"
-context_window = 8000
-capabilities = ["tools"]
-tier = "large"
-[models."{QWEN}"]
-provider = "ollama"
-context_window = 32000
-capabilities = []
-tier = "small"
-[routing]
-primary = "{GPT}"
-fallbacks = ["{QWEN}"]
-when_all_unavailable = "fail"
-[chains.local]
-models = ["{QWEN}", "{GPT}"]
-[probes]
-interval = 3600
-jitter = 0
-"""
+    return gpt_qwen_config(a, o, gpt='capabilities = ["tools"]\ntier = "large"',
+                           qwen='capabilities = []\ntier = "small"')
 
 
 @pytest.fixture

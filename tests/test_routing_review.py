@@ -19,44 +19,15 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, failoverctl, status
+from tests.helpers import GPT, HELLO, QWEN, failoverctl, gpt_qwen_config, status
 
-GPT = "a/gpt-a"
-QWEN = "ollama/qwen2.5:7b"
 CHAIN = "team/fast:1"  # a chain name with '/' and ':'
 
 
 def review_toml(a: FakeOpenAI, o: FakeOpenAI, routing: str = "", extra: str = "") -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-{extra}
-[providers.ollama]
-kind = "openai"
-base_url = "{o.url}"
-[models."{GPT}"]
-provider = "a"
-context_window = 8000
-capabilities = ["tools"]
-[models."{QWEN}"]
-provider = "ollama"
-context_window = 32000
-[routing]
-primary = "{GPT}"
-fallbacks = ["{QWEN}"]
-deadline = 5
-when_all_unavailable = "fail"
-{routing}
-[chains."{CHAIN}"]
-models = ["{QWEN}", "{GPT}"]
-[breaker]
-open_seconds = 5
-max_open_seconds = 600
-[probes]
-interval = 3600
-jitter = 0
-"""
+    return gpt_qwen_config(a, o, provider_a=extra, routing=f"deadline = 5\n{routing}",
+                           chain=CHAIN,
+                           tail="[breaker]\nopen_seconds = 5\nmax_open_seconds = 600\n")
 
 
 @pytest.fixture
