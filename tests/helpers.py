@@ -144,3 +144,17 @@ models = ["{QWEN}", "{GPT}"]
 interval = 3600
 jitter = 0
 {tail}"""
+
+
+def one_model_config(url: str, *, provider: str = "", model: str = "", tail: str = "") -> str:
+    """A config body for start_daemon: the OpenAI upstream at `url` as provider a, serving the
+    one model a/m. `provider` and `model` add to their tables; `tail` ends the body."""
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{url}"
+{provider}
+[models."a/m"]
+provider = "a"
+{model}
+{tail}"""

@@ -7,25 +7,15 @@ import socket
 
 import httpx
 
-from tests.fakes.openai import FakeOpenAI
+from tests.helpers import one_model_config
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-def config(fake: FakeOpenAI) -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{fake.url}"
-[models."a/m"]
-provider = "a"
-"""
 
 
 async def test_uid_not_in_allow_list_gets_403(fake_openai, start_daemon, short_dir) -> None:
     fake = await fake_openai()
     other = os.getuid() + 4242
-    d = await start_daemon(config(fake), name="acl")
+    d = await start_daemon(one_model_config(fake.url), name="acl")
     # rewrite the daemon section and reload: the allow-list applies to live traffic
     path = short_dir / "acl.toml"
     text = path.read_text().replace('[daemon]\n', f'[daemon]\nallowed_uids = [{other}]\n', 1)
@@ -52,7 +42,7 @@ async def test_tcp_listener_requires_token(fake_openai, start_daemon, short_dir)
     token = short_dir / "token"
     token.write_text("s3cret\n")
     port = _free_port()
-    body = f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n' + config(fake)
+    body = f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n' + one_model_config(fake.url)
     # the fixture writes the [daemon] table first, so these keys land in it
     d = await start_daemon(body)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as tcp:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO
+from tests.helpers import HELLO, one_model_config
 
 
 def two_models(a: FakeOpenAI, b: FakeOpenAI, routing: str = "", extra: str = "") -> str:
@@ -376,13 +376,7 @@ async def test_reasoning_model_gets_max_completion_tokens(fake_openai, start_dae
 
 async def test_large_body_is_read_whole(fake_openai, start_daemon) -> None:
     a = await fake_openai(reply="from a")
-    d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[models."a/m"]
-provider = "a"
-""")
+    d = await start_daemon(one_model_config(a.url))
     prompt = "word " * 150_000  # 750 KB: many socket reads (the fake takes up to 1 MB)
     reply = await d.openai.chat.completions.create(
         model="default", messages=[{"role": "user", "content": prompt}])
@@ -392,14 +386,7 @@ provider = "a"
 
 async def test_client_going_away_cancels_the_request(fake_openai, start_daemon) -> None:
     a = await fake_openai(default="slow:5")
-    d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[models."a/m"]
-provider = "a"
-max_concurrency = 1
-""")
+    d = await start_daemon(one_model_config(a.url, model="max_concurrency = 1"))
     with pytest.raises(httpx.ReadTimeout):
         await d.http.post("/v1/chat/completions", json={"messages": HELLO}, timeout=0.3)
     for _ in range(100):  # bounded: the cancellation lands within a few loop turns

@@ -17,20 +17,10 @@ from failoverd import config as config_mod
 from failoverd.errors import StateError
 from failoverd.supervisor import Supervisor
 from tests.conftest import daemon_toml
-from tests.fakes.openai import FakeOpenAI
+from tests.helpers import one_model_config
 from tests.test_lifecycle import Launch, launch, toml  # noqa: F401 - launch is a fixture
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-def models(fake: FakeOpenAI) -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{fake.url}"
-[models."a/m"]
-provider = "a"
-"""
 
 
 def _free_port() -> int:
@@ -47,11 +37,11 @@ async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
     token.write_text("s3cret\n")
     port = _free_port()
     d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
-                           + models(fake), name="tcp")
+                           + one_model_config(fake.url), name="tcp")
     # the operator turns the listener off; it stays up until the restart (tcp is
     # restart-only), and it must keep asking for the token meanwhile
     path = short_dir / "tcp.toml"
-    path.write_text(daemon_toml(d.socket, str(short_dir / "tcp-state"), models(fake)))
+    path.write_text(daemon_toml(d.socket, str(short_dir / "tcp-state"), one_model_config(fake.url)))
     assert d.sup.reload()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
         r = await tcp.post("/v1/chat/completions", json=HELLO)
@@ -64,7 +54,7 @@ async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
     new_token.write_text("n3w\n")
     path.write_text(daemon_toml(d.socket, str(short_dir / "tcp-state"),
                                 f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{new_token}"\n'
-                                + models(fake)))
+                                + one_model_config(fake.url)))
     assert d.sup.reload()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
         r = await tcp.post("/v1/chat/completions", json=HELLO,
@@ -79,7 +69,7 @@ async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
 async def test_reload_with_an_unusable_interval_is_rejected_and_serving_goes_on(
         fake_openai, start_daemon, short_dir: Path, value: str) -> None:
     fake = await fake_openai()
-    d = await start_daemon(models(fake), name="rl")
+    d = await start_daemon(one_model_config(fake.url), name="rl")
     path = short_dir / "rl.toml"
     good = path.read_text()
     path.write_text(good + f"[probes]\ninterval = {value}\n")
@@ -99,7 +89,8 @@ async def test_unwritable_state_dir_fails_the_start_with_a_clear_error(
     blocker = short_dir / "file"
     blocker.write_text("not a directory\n")
     sock = str(short_dir / "sd.sock")
-    cfg = config_mod.loads(daemon_toml(sock, str(blocker / "state"), models(fake)), env={})
+    cfg = config_mod.loads(daemon_toml(sock, str(blocker / "state"), one_model_config(fake.url)),
+                           env={})
     sup = Supervisor(cfg, handle_signals=False)
     with pytest.raises(StateError) as info:
         await asyncio.wait_for(sup.run(), 10)
@@ -115,7 +106,7 @@ async def test_unwritable_state_dir_exits_1_naming_it(fake_openai, short_dir: Pa
     blocker.write_text("not a directory\n")
     path = short_dir / "sd.toml"
     path.write_text(daemon_toml(str(short_dir / "sd.sock"), str(blocker / "state"),
-                                models(fake)))
+                                one_model_config(fake.url)))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "failoverd.cli.daemon", "--config", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

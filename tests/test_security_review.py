@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import one_model_config
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
@@ -63,16 +64,8 @@ async def echoing() -> AsyncIterator[EchoingUpstream]:
 
 
 def one_model(url: str, extra: str = "") -> str:
-    return f"""{extra}
-[providers.a]
-kind = "openai"
-base_url = "{url}"
-api_key_env = "A_KEY"
-[models."a/m"]
-provider = "a"
-[probes]
-kind = "none"
-"""
+    return extra + one_model_config(url, provider='api_key_env = "A_KEY"',
+                                    tail='[probes]\nkind = "none"\n')
 
 
 async def raw_request(path: str, data: bytes, timeout: float = 10) -> tuple[int, bytes]:

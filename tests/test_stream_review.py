@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
-from tests.helpers import HELLO, until, until_async
+from tests.helpers import HELLO, one_model_config, until, until_async
 
 
 async def serve(fake: Any) -> None:
@@ -81,20 +81,12 @@ class StallingAnthropic(FakeAnthropic):
 
 
 def one_model(fake: FakeOpenAI, model: str = "", extra: str = "") -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{fake.url}"
-[models."a/m"]
-provider = "a"
-max_concurrency = 1
-{model}
-[routing]
+    return one_model_config(fake.url, model=f"max_concurrency = 1\n{model}", tail=f"""[routing]
 primary = "a/m"
 deadline = 30
 when_all_unavailable = "fail"
 {extra}
-"""
+""")
 
 
 async def raw_stream(socket: str, path: str, body: dict[str, Any]
