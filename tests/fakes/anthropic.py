@@ -66,6 +66,7 @@ class FakeAnthropic(FakeServer[Logged]):
     reply: str = "Hello from the fake Anthropic"
 
     errors = ERRORS
+    truncated = b'{"id": "msg_1", "content": ['
 
     def message_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/v1/messages"]
@@ -90,12 +91,9 @@ class FakeAnthropic(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
         behaviour = self._next()
-        early = await self._preamble(behaviour, slow=False)
+        early = await self._answer_preamble(behaviour, slow=False)
         if early is not None:
             return early
-        if behaviour == "invalid_json":
-            return web.Response(body=b'{"id": "msg_1", "content": [',
-                                content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
         return web.json_response(self._message(body))

@@ -43,6 +43,7 @@ class FakeServer(Generic[LoggedT]):
 
     errors: ClassVar[Mapping[str, object]] = {}
     url_path: ClassVar[str] = ""  # appended to http://127.0.0.1:<port> to make `url`
+    truncated: ClassVar[bytes] = b""  # an answer's first bytes: what "invalid_json" sends
 
     def push(self, *behaviours: str) -> None:
         self.script.extend(behaviours)
@@ -82,6 +83,15 @@ class FakeServer(Generic[LoggedT]):
         if slow and behaviour.startswith("slow:"):
             await asyncio.sleep(float(behaviour[5:]))
         return None
+
+    async def _answer_preamble(self, behaviour: str, model: str = "", *,
+                               slow: bool = True) -> web.Response | None:
+        """As `_preamble`, for the endpoint that answers prompts, where "invalid_json" also
+        has its response: the answer cut off after its first bytes (`truncated`)."""
+        early = await self._preamble(behaviour, model, slow=slow)
+        if early is None and behaviour == "invalid_json":
+            return web.Response(body=self.truncated, content_type="application/json")
+        return early
 
 
 def cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:

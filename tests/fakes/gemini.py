@@ -110,6 +110,7 @@ class FakeGemini(FakeServer[Logged]):
     tool_calls: int = 1
 
     errors = ERRORS
+    truncated = b'{"candidates": ['
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if "GenerateContent" in r.path
@@ -148,11 +149,9 @@ class FakeGemini(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self._log(request, body)
         behaviour = self._next()
-        early = await self._preamble(behaviour)
+        early = await self._answer_preamble(behaviour)
         if early is not None:
             return early
-        if behaviour == "invalid_json":
-            return web.Response(body=b'{"candidates": [', content_type="application/json")
         if behaviour == "empty":
             return web.json_response({})
         if behaviour == "blocked":

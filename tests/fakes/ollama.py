@@ -49,6 +49,7 @@ class FakeOllama(FakeServer[Logged]):
     models: list[str] = field(default_factory=lambda: ["qwen2.5:7b", "llama3.2:latest"])
 
     errors = ERRORS
+    truncated = b'{"model": "x", "message": {'
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/api/chat"]
@@ -88,12 +89,9 @@ class FakeOllama(FakeServer[Logged]):
         self.requests.append(Logged(request.path, dict(request.headers), body))
         model = str(body.get("model", ""))
         behaviour = self._next()
-        early = await self._preamble(behaviour, model)
+        early = await self._answer_preamble(behaviour, model)
         if early is not None:
             return early
-        if behaviour == "invalid_json":
-            return web.Response(body=b'{"model": "x", "message": {',
-                                content_type="application/json")
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
         reason = "length" if behaviour == "length" else "stop"

@@ -81,6 +81,7 @@ class FakeOpenAI(FakeServer[Logged]):
 
     errors = ERRORS
     url_path = "/v1"
+    truncated = b'{"id": "chatcmpl-1", "choices": ['
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -106,12 +107,9 @@ class FakeOpenAI(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged(request.path, dict(request.headers), body))
         behaviour = self._next()
-        early = await self._preamble(behaviour)
+        early = await self._answer_preamble(behaviour)
         if early is not None:
             return early
-        if behaviour == "invalid_json":
-            return web.Response(body=b'{"id": "chatcmpl-1", "choices": [',
-                                content_type="application/json")
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
         if body.get("stream"):
