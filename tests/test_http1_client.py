@@ -35,6 +35,7 @@ from failoverd.http1 import (
 )
 from failoverd.http1.client import Target, encode_request
 from failoverd.http1.connection import DRAIN_BYTES, HIGH_WATER, LOW_WATER
+from tests.fakes.base import serve_app
 from tests.fakes.serving import StreamServer
 from tests.helpers import until
 
@@ -113,11 +114,7 @@ class WebServer:
         app.router.add_get("/compressed-stream", self.compressed_stream)
         app.router.add_post("/limited", self.limited)
         app.router.add_get("/together", self.together)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, LOCAL, 0, ssl_context=ssl_context)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app, ssl_context=ssl_context)
         scheme = "https" if ssl_context else "http"
         self.url = f"{scheme}://{LOCAL}:{self.port}"
         return self

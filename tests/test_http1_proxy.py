@@ -21,6 +21,7 @@ from failoverd import config as config_mod
 from failoverd.errors import ConfigError
 from failoverd.http1 import ConnectError, HttpClient, Proxy
 from failoverd.http1.client import redact
+from tests.fakes.base import serve_app
 from tests.fakes.proxy import FakeProxy
 
 CT = 5.0
@@ -41,11 +42,7 @@ class Origin:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app, ssl_context=context)
         self.url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
         return self
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.fakes.base import serve_app
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import one_model_config
 
@@ -43,11 +44,7 @@ class EchoingUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app)
         self.url = f"http://127.0.0.1:{port}/v1"
         return self
 

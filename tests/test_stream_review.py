@@ -17,29 +17,12 @@ from tests.fakes.openai import ERRORS, FakeOpenAI
 from tests.helpers import HELLO, one_model_config, until, until_async
 
 
-async def serve(fake: Any) -> None:
-    """Starts `fake` as FakeServer.start does, but with aiohttp's handler_cancellation on, so
-    a handler whose client (the daemon) went away is cancelled and can tell."""
-    app = web.Application()
-    fake._routes(app.router)
-    fake._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1,
-                                 handler_cancellation=True)
-    await fake._runner.setup()
-    site = web.TCPSite(fake._runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}{fake.url_path}"
-
-
 @dataclass
 class WatchedOpenAI(FakeOpenAI):
     """A fake OpenAI that notices when the daemon drops its connection mid-answer."""
 
     gone: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
-
-    async def start(self) -> WatchedOpenAI:
-        await serve(self)
-        return self
+    handler_cancellation = True
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -54,10 +37,7 @@ class StallingAnthropic(FakeAnthropic):
     """Streams message_start and a first word, then nothing; notices when dropped."""
 
     gone: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
-
-    async def start(self) -> StallingAnthropic:
-        await serve(self)
-        return self
+    handler_cancellation = True
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:

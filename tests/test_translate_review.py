@@ -23,6 +23,7 @@ from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits, Provider
 from failoverd.translate import gemini
 from failoverd.translate.anthropic import anthropic_to_canonical, canonical_to_anthropic
+from tests.fakes.base import serve_app
 
 LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
@@ -61,12 +62,8 @@ async def upstream() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
         up = Upstream(deque(answers))
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", up._any)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, port = await serve_app(app)
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         up.url = f"http://127.0.0.1:{port}"
         return up
 

@@ -9,6 +9,7 @@ requests, `fake.default` answers the rest. Each fake adds its routes, its `ERROR
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class FakeServer(Generic[LoggedT]):
     errors: ClassVar[Mapping[str, object]] = {}
     url_path: ClassVar[str] = ""  # appended to http://127.0.0.1:<port> to make `url`
     truncated: ClassVar[bytes] = b""  # an answer's first bytes: what "invalid_json" sends
+    # True: a handler whose client (the daemon) went away is cancelled, and can tell
+    handler_cancellation: ClassVar[bool] = False
 
     def push(self, *behaviours: str) -> None:
         self.script.extend(behaviours)
@@ -61,11 +64,7 @@ class FakeServer(Generic[LoggedT]):
     async def start(self) -> Self:
         app = web.Application()
         self._routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_app(app, handler_cancellation=self.handler_cancellation)
         self.url = f"http://127.0.0.1:{port}{self.url_path}"
         return self
 
@@ -92,6 +91,18 @@ class FakeServer(Generic[LoggedT]):
         if early is None and behaviour == "invalid_json":
             return web.Response(body=self.truncated, content_type="application/json")
         return early
+
+
+async def serve_app(app: web.Application, *, ssl_context: ssl.SSLContext | None = None,
+                    handler_cancellation: bool = False) -> tuple[web.AppRunner, int]:
+    """Serves `app` on a free port of 127.0.0.1: (its runner, to clean up; the port)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1,
+                           handler_cancellation=handler_cancellation)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
 
 
 def cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
