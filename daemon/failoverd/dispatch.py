@@ -21,6 +21,7 @@ from failoverd.failures import FailureReason, policy
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
 from failoverd.requirements import Requirements
 from failoverd.selection import context_reason, truncate
+from failoverd.timeouts import timeout
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Dispatcher:
             try:
                 # a backstop for adapters that see bytes before the first token (pings,
                 # message_start): the first chunk must come within first_token all the same
-                async with asyncio.timeout(limits.first_token):
+                with timeout(limits.first_token):
                     first = await it.__anext__()
             except TimeoutError:
                 await _aclose(it)

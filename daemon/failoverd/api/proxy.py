@@ -21,6 +21,7 @@ from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
 from failoverd.sessions import normalize_key
+from failoverd.timeouts import timeout
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class _Client:
 
     async def _bounded(self, write: Awaitable[None]) -> None:
         try:
-            async with asyncio.timeout(self.limit):
+            with timeout(self.limit):
                 await write
         except TimeoutError:
             if self.transport is not None:

@@ -11,7 +11,7 @@ targets by sending the absolute URL to the proxy. Proxy environment variables ar
 the configuration says which upstream goes through which proxy.
 
 Deliberately not supported: redirects, cookies, HTTP/2, Expect: 100-continue.
-Total and per-read deadlines belong to the caller (`asyncio.timeout`); a request cancelled
+Total and per-read deadlines belong to the caller (`failoverd.timeouts`); a request cancelled
 before its answer is complete closes its connection.
 """
 
@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohappyeyeballs
 
+from failoverd import timeouts
 from failoverd.http1.connection import Connection, Response
 from failoverd.http1.errors import (
     ConnectError,
@@ -316,7 +317,7 @@ class HttpClient:
         context = self._context() if tgt.tls else None
         where = f"{tgt.host}:{tgt.port}" + (f" through {through}" if through else "")
         try:
-            async with asyncio.timeout(timeout):
+            with timeouts.timeout(timeout):
                 if through is None:
                     conn = await self._open(key, tgt.host, tgt.port, context, tgt.host)
                 elif context is None:  # plain http: requests name the absolute URL

@@ -6,7 +6,6 @@ UpstreamError.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import time
@@ -20,6 +19,7 @@ from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClientError, PayloadError, Requester, Response
 from failoverd.providers.base import AttemptLimits
+from failoverd.timeouts import timeout, timeout_at
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -255,7 +255,7 @@ async def fetch(client: Requester, method: str, url: str, *,
     """
     resp: Response | None = None
     try:
-        async with asyncio.timeout(total):
+        with timeout(total):
             resp = await client.request(method, url, data=data, headers=headers,
                                         connect_timeout=connect)
             if resp.status != 200:
@@ -290,7 +290,7 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
     """
     resp: Response | None = None
     try:
-        async with asyncio.timeout_at(first_deadline):
+        with timeout_at(first_deadline):
             resp = await client.request("POST", url, data=data, headers=headers,
                                         connect_timeout=connect)
             if resp.status != 200:
@@ -343,10 +343,10 @@ async def lines(resp: Response, first_deadline: float, idle: float,
     while True:
         try:
             if got_first:
-                async with asyncio.timeout(idle):
+                with timeout(idle):
                     line = await resp.readline()
             else:
-                async with asyncio.timeout_at(first_deadline):
+                with timeout_at(first_deadline):
                     line = await resp.readline()
         except TimeoutError as exc:
             what = "stream idle" if got_first else "no first token"
