@@ -58,6 +58,8 @@ class FailoverInfo:
     session: str | None
     session_tokens: int | None
     target_context_window: int | None
+    # seconds left of the request's deadline: the hooks the request waits for get no more
+    time_left: float | None = None
 
 
 @dataclass(slots=True)
@@ -216,7 +218,7 @@ class Dispatcher:
                         info = FailoverInfo(
                             last_model, model_id, last_error, outcome.upstream_attempts,
                             session, needs.prompt_tokens if needs is not None else None,
-                            model.context_window)
+                            model.context_window, self._remaining(deadline))
                         verdict = await self._before_failover(info, outcome)
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken

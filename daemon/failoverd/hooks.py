@@ -173,20 +173,29 @@ class HookRunner:
         """The hooks that want this event type, in config order."""
         return tuple(h for h in self.hooks if matches(h.events, event_type))
 
-    async def run(self, event: Event) -> HookOutcome:
-        """Runs every subscribed hook concurrently and merges their outcomes in config order."""
+    async def run(self, event: Event, limit: float | None = None) -> HookOutcome:
+        """Runs every subscribed hook concurrently and merges their outcomes in config order.
+
+        `limit` (seconds) is what is left of the request's deadline: no hook outlives it, even
+        if its own ``timeout`` is longer (the request waits for its hooks).
+        """
         hooks = self.subscribed(event.type)
         if not hooks:
             return HookOutcome()
-        if self._inline.locked():
+        error = None
+        if limit is not None and limit <= 0:
+            error = "skipped: the request's deadline has passed"
+        elif self._inline.locked():
             # an outage with many requests in flight must not fork a process per request
-            self.dropped += len(hooks)
             error = (f"skipped: {self._max_inline} failover hook runs already in progress "
                      "(the request goes on)")
+        if error is not None:
+            self.dropped += len(hooks)
             return merge([self._report(h, event, error) for h in hooks])
         payload = event.to_json()
         async with self._inline:
-            outcomes = await asyncio.gather(*(self._run_one(h, event, payload) for h in hooks))
+            outcomes = await asyncio.gather(*(self._run_one(h, event, payload, limit)
+                                              for h in hooks))
         return merge(outcomes)
 
     async def _run_in_slot(self, hook: HookConfig, event: Event, payload: bytes) -> None:
@@ -250,11 +259,12 @@ class HookRunner:
                         tb: TracebackType | None) -> None:
         await self.aclose()
 
-    async def _run_one(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
+    async def _run_one(self, hook: HookConfig, event: Event, payload: bytes,
+                       limit: float | None = None) -> HookOutcome:
         self.runs += 1
         started = time.monotonic()
         try:
-            outcome = await self._exec(hook, event, payload)
+            outcome = await self._exec(hook, event, payload, limit)
         except HookFailed as exc:
             return self._failed(hook, event, str(exc))
         logger.debug("hook %s for %s done in %.3fs", hook.exec[0], event.type,
@@ -274,7 +284,9 @@ class HookRunner:
                            event_id=event.id, error=error)
         return HookOutcome(errors=(f"{hook.exec[0]}: {error}",))
 
-    async def _exec(self, hook: HookConfig, event: Event, payload: bytes) -> HookOutcome:
+    async def _exec(self, hook: HookConfig, event: Event, payload: bytes,
+                    limit: float | None = None) -> HookOutcome:
+        budget = hook.timeout if limit is None else min(hook.timeout, limit)
         env = {k: v for k, v in os.environ.items()
                if k not in _PRIVATE_ENV and v.strip() not in self.secrets}
         env.update(FAILOVERD_EVENT=event.type, FAILOVERD_EVENT_ID=event.id)
@@ -286,7 +298,7 @@ class HookRunner:
             raise HookFailed(f"cannot start: {getattr(exc, 'strerror', None) or exc}") from None
         finished = False
         try:
-            async with asyncio.timeout(hook.timeout):
+            async with asyncio.timeout(budget):
                 (stdout, too_big), (stderr, _), _ = await asyncio.gather(
                     _read_bounded(proc.stdout, MAX_STDOUT),
                     _read_bounded(proc.stderr, MAX_STDERR_LOGGED),
@@ -295,6 +307,9 @@ class HookRunner:
                 code = await proc.wait()
                 finished = True
         except TimeoutError:
+            if budget < hook.timeout:
+                raise HookFailed(f"cut after {budget:.3g}s by the request's deadline (its "
+                                 f"timeout is {hook.timeout:g}s); killed") from None
             raise HookFailed(f"timed out after {hook.timeout:g}s; killed") from None
         finally:
             if not finished:  # timed out or cancelled: the hook may have exited, its children not

@@ -59,9 +59,13 @@ def mqtt_state(model_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     return {"model": model_id, **{k: entry.get(k) for k in MQTT_STATE_KEYS}}
 
 
-def provider_secrets(config: Config) -> frozenset[str]:
-    """The providers' API keys, which hook processes must not inherit."""
-    return frozenset(p.api_key for p in config.providers.values() if p.api_key)
+def hook_secrets(config: Config) -> frozenset[str]:
+    """Values hook processes must not inherit in their environment: the providers' API keys
+    and proxy URLs (they may hold a password), the TCP token and the MQTT password."""
+    values = [p.api_key for p in config.providers.values()]
+    values += [p.proxy for p in config.providers.values()]
+    values += [config.daemon.tcp_token, config.mqtt.password]
+    return frozenset(v.strip() for v in values if v.strip())
 
 
 @dataclass(slots=True)
@@ -90,7 +94,7 @@ class Service:
         self._failovers = SlidingWindow(60.0)  # for "failovers in the last minute"
         self.bus = EventBus(config.node, clock)
         self._detach_audit = AuditLog(config.daemon.log_format).attach(self.bus)
-        self.hooks = HookRunner(config.hooks, self.bus, secrets=provider_secrets(config))
+        self.hooks = HookRunner(config.hooks, self.bus, secrets=hook_secrets(config))
         self.hooks.attach(self.bus)
         self.mqtt: MqttPublisher | None = None
         self.health = HealthRegistry(config, clock, self.rng, self._on_transition,
@@ -128,7 +132,7 @@ class Service:
         self.health.reconfigure(config)
         self.sessions.sticky_seconds = config.routing.sticky_seconds
         self.hooks.hooks = config.hooks
-        self.hooks.secrets = provider_secrets(config)
+        self.hooks.secrets = hook_secrets(config)
         self.install(build_runtime(config, self.client, self.clock, self.health, self.rng))
         self.metrics.forget_models(config.models)
         if self.mqtt is not None:
@@ -227,7 +231,7 @@ class Service:
         if not self.hooks.subscribed(event.type):
             return FailoverVerdict()
         try:
-            outcome = await self.hooks.run(event)
+            outcome = await self.hooks.run(event, limit=info.time_left)
         except Exception:
             # HookRunner reports a hook's own failures; anything else is our bug, and a bug in
             # an advisory side channel must not fail the request: fail over as if no hook ran.
