@@ -1,0 +1,122 @@
+"""DESIGN.md promises about the HTTP API and failoverctl that no other module checks end to end:
+`daemon.max_inflight`'s own 503 `overloaded`, `failoverctl reload` and its exit codes, the
+default `node`, and slow successes (`breaker.slow_call_seconds`) opening a live breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.helpers import HELLO, failoverctl, one_model_config, pair_config, status, until_async
+
+CHAT = {"model": "default", "messages": HELLO}
+MESSAGES = {"model": "default", "max_tokens": 16, "messages": HELLO}
+
+
+async def test_beyond_max_inflight_failoverd_answers_503_overloaded_itself(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(reply="from a")
+    # a body's first lines are still in start_daemon's [daemon] table
+    d = await start_daemon("max_inflight = 1\n" + one_model_config(a.url))
+    a.push("hang")
+    # a second client on the same socket holds the one in-flight slot
+    holder = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=d.socket),
+                               base_url="http://failoverd", timeout=30)
+    held = asyncio.create_task(holder.post("/v1/chat/completions", json=CHAT))
+    try:
+        await until_async(lambda: _inflight(d, 1))
+        resp = await d.http.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 503
+        error = resp.json()["error"]
+        assert error["type"] == "overloaded"
+        assert "max_inflight" in error["message"]
+        assert int(resp.headers["retry-after"]) >= 1
+        # failoverd's own refusal: no upstream call, no attempt headers
+        assert "x-failoverd-attempts" not in resp.headers
+        assert "x-failoverd-model" not in resp.headers
+        # the Anthropic front end gets it in its own shape, as the error type its SDK retries
+        resp = await d.http.post("/v1/messages", json=MESSAGES)
+        assert resp.status_code == 503
+        assert resp.json()["type"] == "error"
+        assert resp.json()["error"]["type"] == "overloaded_error"
+        assert len(a.chat_requests()) == 1  # only the held request reached the upstream
+    finally:
+        held.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        await holder.aclose()
+    # the slot comes back once the held client went away, and the daemon serves again
+    await until_async(lambda: _inflight(d, 0))
+    resp = await d.http.post("/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "a/m"
+
+
+async def _inflight(d: Any, n: int) -> bool:
+    return int((await status(d))["inflight"]) == n
+
+
+async def test_failoverctl_reload_exits_0_when_applied_and_1_when_rejected(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b))
+    path = Path(d.sup.config_path)
+    good = path.read_text()
+
+    path.write_text(good.replace('primary = "a/gpt-a"', 'primary = "b/gpt-b"'))
+    code, out, err = await failoverctl(d.socket, "reload")
+    assert code == 0, err
+    assert out.strip() == f"reloaded {path}"
+    resp = await d.http.post("/v1/chat/completions", json=CHAT)
+    assert resp.headers["x-failoverd-model"] == "b/gpt-b"  # the new config is live
+
+    path.write_text(good + "\n[breaker]\nfailure_rate = 7\n")
+    code, out, err = await failoverctl(d.socket, "reload")
+    assert code == 1
+    assert "config rejected:" in err and "breaker.failure_rate: must be in (0, 1]" in err
+    code, out, err = await failoverctl(d.socket, "--json", "reload")
+    assert code == 1
+    answer = orjson.loads(out)
+    assert answer["ok"] is False
+    assert any(p.startswith("breaker.failure_rate:") for p in answer["problems"])
+    # the rejected file changed nothing: the last good config keeps serving
+    resp = await d.http.post("/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "b/gpt-b"
+
+
+async def test_node_defaults_to_the_hostname(fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai()
+    d = await start_daemon(one_model_config(a.url))  # no daemon.node
+    assert (await status(d))["node"] == socket.gethostname()
+    assert (await d.http.post("/v1/reload")).status_code == 200  # emits config:reloaded
+    events = (await d.http.get("/v1/events", params={"recent": "1"})).text
+    emitted = [orjson.loads(line[6:]) for line in events.splitlines()
+               if line.startswith("data: ")]
+    assert emitted and {e["node"] for e in emitted} == {socket.gethostname()}
+
+
+async def test_slow_successes_open_the_breaker_and_traffic_moves_on(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(default="slow:0.12", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b, tail="""[breaker]
+slow_call_seconds = 0.05
+failure_rate = 1.0
+minimum_calls = 2
+open_seconds = 60
+max_open_seconds = 60
+"""))
+    for _ in range(2):  # slow, but answers: the client is served each time
+        resp = await d.http.post("/v1/chat/completions", json=CHAT)
+        assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "a/gpt-a"
+    model = (await status(d))["models"]["a/gpt-a"]
+    assert (model["state"], model["reason"]) == ("open", "slow_calls")
+    resp = await d.http.post("/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "b/gpt-b"
+    assert len(a.chat_requests()) == 2  # the open breaker spared it the third call
