@@ -120,3 +120,51 @@ max_open_seconds = 60
     resp = await d.http.post("/v1/chat/completions", json=CHAT)
     assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "b/gpt-b"
     assert len(a.chat_requests()) == 2  # the open breaker spared it the third call
+
+
+async def test_a_session_pinned_to_a_chain_is_served_by_that_chain_on_both_fronts(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b, tail='[chains."team/local"]\nmodels = ["b/gpt-b"]\n'))
+    resp = await d.http.post("/v1/sessions/u-7", json={"model": "team/local"})
+    assert resp.status_code == 200
+    assert (await d.http.get("/v1/sessions/u-7")).json()["preference"] == "team/local"
+    # the session key from the header, the OpenAI `user` field and Anthropic metadata.user_id
+    by_header = await d.http.post("/v1/chat/completions", json=CHAT,
+                                  headers={"x-failoverd-session": "u-7"})
+    by_user = await d.http.post("/v1/chat/completions", json={**CHAT, "user": "u-7"})
+    by_metadata = await d.http.post("/v1/messages",
+                                    json={**MESSAGES, "metadata": {"user_id": "u-7"}})
+    for resp in (by_header, by_user, by_metadata):
+        assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "b/gpt-b"
+    # other sessions keep the default chain; a forgotten preference is gone
+    other = await d.http.post("/v1/chat/completions", json={**CHAT, "user": "u-8"})
+    assert other.headers["x-failoverd-model"] == "a/gpt-a"
+    assert (await d.http.delete("/v1/sessions/u-7")).status_code == 200
+    again = await d.http.post("/v1/chat/completions", json={**CHAT, "user": "u-7"})
+    assert again.headers["x-failoverd-model"] == "a/gpt-a"
+
+
+async def test_provider_timeout_caps_plain_calls_but_not_a_stream_that_keeps_flowing(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(reply="one two three four five six")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b).replace(
+        f'base_url = "{a.url}"', f'base_url = "{a.url}"\ntimeout = 0.3'))
+    # a stream of six words 0.1 s apart outlives `timeout` and is served whole by a
+    a.push("slow_stream:0.1")
+    async with d.http.stream("POST", "/v1/chat/completions",
+                             json={**CHAT, "stream": True}) as resp:
+        assert resp.headers["x-failoverd-model"] == "a/gpt-a"
+        text = (await resp.aread()).decode()
+    assert '"error"' not in text and text.rstrip().endswith("data: [DONE]")
+    words = "".join(orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    for line in text.splitlines()
+                    if line.startswith("data: {") and orjson.loads(line[6:])["choices"])
+    assert words == "one two three four five six"
+    # the same time without an answer on a plain call is a timeout: b serves
+    a.push("slow:0.6")
+    resp = await d.http.post("/v1/chat/completions", json=CHAT)
+    assert resp.headers["x-failoverd-model"] == "b/gpt-b"
+    assert resp.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:timeout"
