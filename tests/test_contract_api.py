@@ -168,3 +168,27 @@ async def test_provider_timeout_caps_plain_calls_but_not_a_stream_that_keeps_flo
     resp = await d.http.post("/v1/chat/completions", json=CHAT)
     assert resp.headers["x-failoverd-model"] == "b/gpt-b"
     assert resp.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:timeout"
+
+
+async def test_no_model_available_on_the_anthropic_front_streaming_or_not(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(default="server_error")
+    b = await fake_openai(default="rate_limit_long")
+    d = await start_daemon(pair_config(a, b))
+    for stream in (False, True):
+        resp = await d.http.post("/v1/messages", json={**MESSAGES, "stream": stream})
+        assert resp.status_code == 503, stream
+        assert resp.headers["content-type"].startswith("application/json")  # no SSE begun
+        assert int(resp.headers["retry-after"]) >= 1
+        assert resp.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:server_error"
+        assert int(resp.headers["x-failoverd-attempts"]) >= 2
+        body = resp.json()
+        assert body["type"] == "error"
+        error = body["error"]
+        assert error["type"] == "no_model_available" and error["message"]
+        attempts = error["attempts"]
+        assert all(set(x) == {"model", "reason", "status", "message"} for x in attempts)
+        assert [(x["model"], x["reason"], x["status"]) for x in attempts][-1] == (
+            "b/gpt-b", "rate_limit", 429)
+        assert (attempts[0]["model"], attempts[0]["reason"]) == ("a/gpt-a", "server_error")
+        assert "Rate limit reached" in attempts[-1]["message"]
