@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
@@ -324,6 +325,43 @@ async def test_oversize_body_is_413(fake_openai, start_daemon) -> None:
     assert resp.status_code == 413
     assert "max_body_bytes" in resp.json()["error"]["message"]
     assert a.requests == []
+
+
+async def test_chunked_and_slow_bodies_are_read_whole_and_capped(fake_openai,
+                                                                 start_daemon) -> None:
+    """A body that has fully arrived is taken at once; one still arriving is read as it
+    comes, with the cap enforced on the way (no Content-Length to check up front)."""
+    a = await fake_openai()
+    b = await fake_openai()
+    d = await start_daemon(two_models(a, b).replace(
+        "[providers.a]", "max_body_bytes = 2048\n[providers.a]", 1), env=ENV)
+
+    async def pieces(*parts: bytes, pause: float = 0.0) -> AsyncIterator[bytes]:
+        for part in parts:
+            await asyncio.sleep(pause)
+            yield part
+
+    small = orjson.dumps({"messages": HELLO})
+    for pause in (0.0, 0.05):
+        resp = await d.http.post("/v1/chat/completions",
+                                 content=pieces(small[:10], small[10:], pause=pause))
+        assert resp.status_code == 200, resp.text
+        big = orjson.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})
+        resp = await d.http.post("/v1/chat/completions",
+                                 content=pieces(big[:1000], big[1000:], pause=pause))
+        assert resp.status_code == 413
+        assert resp.json()["error"]["message"] == \
+            "request body exceeds max_body_bytes (2048)"
+    # a chunked body in one piece: all of it is there when the handler starts
+    for body, status in ((small, 200), (big, 413)):
+        reader, writer = await asyncio.open_unix_connection(d.socket)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert len(a.chat_requests()) == 3
 
 
 async def test_bad_deadline_header(pair) -> None:
