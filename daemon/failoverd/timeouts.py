@@ -25,6 +25,8 @@ from types import TracebackType
 
 __all__ = ["Timeout", "timeout", "timeout_at"]
 
+_RESOLUTION = 0.001  # seconds: uvloop's (libuv's) timer granularity
+
 
 class _Timers:
     """The pending timeouts of one event loop, and the one timer armed for the earliest.
@@ -51,7 +53,11 @@ class _Timers:
     def _fire(self) -> None:
         self.handle = None
         self.armed_at = math.inf
-        now = self.loop.time()
+        # uvloop's timers have millisecond resolution and may fire up to a millisecond before
+        # `when` by loop.time(): what is due within that counts as due, or the timer would be
+        # re-armed for the same instant and fire again, dozens of times, until the clock got
+        # there (asyncio's own Timeout expires unconditionally when its handle runs)
+        now = self.loop.time() + _RESOLUTION
         due = [t for t in self.pending if t.when <= now]
         for entry in due:
             self.pending.discard(entry)
