@@ -52,6 +52,14 @@ async def test_tcp_listener_requires_token(fake_openai, start_daemon, short_dir)
         r = await tcp.post("/v1/chat/completions", json=HELLO,
                            headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200
+        # unrouted paths and methods too: no 404 or 405 before the token is checked
+        for method, path in (("GET", "/nope"), ("GET", "/v1/chat/completions")):
+            r = await tcp.request(method, path)
+            assert r.status_code == 401, (method, path)
+        r = await tcp.get("/nope", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 404
+        r = await tcp.get("/v1/chat/completions", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 405
     # the Unix socket needs no token
     r = await d.http.post("/v1/chat/completions", json=HELLO)
     assert r.status_code == 200

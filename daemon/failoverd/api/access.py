@@ -8,11 +8,11 @@ import socket
 from aiohttp import web
 
 from failoverd.api.replies import openai_error
-from failoverd.api.service import SERVICE
+from failoverd.api.service import Service
 from failoverd.listen import peer_uid
 
 
-def _family(request: web.Request) -> int | None:
+def _family(request: web.BaseRequest) -> int | None:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     return sock.family if sock is not None else None
@@ -24,9 +24,9 @@ def _raw(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def refusal(request: web.Request) -> web.Response | None:
+def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
-    daemon = request.app[SERVICE].runtime.config.daemon
+    daemon = service.runtime.config.daemon
     family = _family(request)
     if family == socket.AF_UNIX:
         if daemon.allowed_uids:

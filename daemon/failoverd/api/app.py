@@ -12,7 +12,7 @@ from failoverd.api.service import SERVICE, Service
 
 def make_app(service: Service) -> web.Application:
     # client_max_size is enforced by our own body reader (413 naming max_body_bytes)
-    # the supervisor installs the one middleware (access guard + drain tracking)
+    # the supervisor installs the access guard and drain tracking (api/drain.py)
     app = web.Application(client_max_size=2**62)
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
