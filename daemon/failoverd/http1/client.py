@@ -140,6 +140,17 @@ def encode_request(method: str, tgt: Target, headers: Mapping[str, str], data: b
 
     `via`: the proxy a plain-http request goes through (absolute URL, proxy credentials).
     """
+    head = _head(method, tgt, tuple(headers.items()), user_agent, via)
+    if data is not None:
+        return b"".join((head, b"Content-Length: %d\r\n\r\n" % len(data), data))
+    return head + b"\r\n"
+
+
+@functools.lru_cache(maxsize=256)
+def _head(method: str, tgt: Target, headers: tuple[tuple[str, str], ...], user_agent: str,
+          via: Proxy | None) -> bytes:
+    """The request head up to its framing, cached: an adapter sends the same method, URL and
+    headers over and over, and only the body's length changes."""
     if via is None or tgt.tls:
         parts = [f"{method} {tgt.path} HTTP/1.1\r\nHost: {tgt.host_header}\r\n"]
     else:
@@ -147,7 +158,7 @@ def encode_request(method: str, tgt: Target, headers: Mapping[str, str], data: b
         if via.authorization:
             parts.append(f"Proxy-Authorization: {via.authorization}\r\n")
     seen_agent = seen_encoding = False
-    for name, value in headers.items():
+    for name, value in headers:
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"header {name!r} contains a line break or a colon")
         lower = name.lower()
@@ -162,10 +173,6 @@ def encode_request(method: str, tgt: Target, headers: Mapping[str, str], data: b
     if not seen_encoding:
         # not deflate: some servers send it raw, without the zlib wrapper RFC 9110 asks for
         parts.append("Accept-Encoding: gzip\r\n")
-    if data is not None:
-        parts.append(f"Content-Length: {len(data)}\r\n\r\n")
-        return "".join(parts).encode() + data
-    parts.append("\r\n")
     return "".join(parts).encode()
 
 
