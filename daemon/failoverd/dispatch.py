@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,6 +99,11 @@ class StreamStart:
     started: float
 
 
+# One (streaming) attempt: provider, model, request, limits, the breaker's permit.
+_Call = Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits, Permit | None],
+                 Awaitable[Any]]
+
+
 class Dispatcher:
     """Runs requests down candidate chains against providers."""
 
@@ -120,18 +125,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ public
 
-    async def complete(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
-                       outcome: Outcome, session: str | None = None,
-                       needs: Requirements | None = None) -> Completion:
-        async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
-                       limits: AttemptLimits, permit: Permit | None) -> Completion:
-            started = self.clock.monotonic()
-            result = await provider.complete(req, model, limits)
-            self._succeeded(model.id, permit, started)
-            return result
-
-        result: Completion = await self._run(body, candidates, deadline, outcome, session,
-                                             needs, call)
+    def complete(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+                 outcome: Outcome, session: str | None = None,
+                 needs: Requirements | None = None) -> Coroutine[Any, Any, Completion]:
+        """A non-streaming completion (await it). Not a coroutine function itself: the
+        attempt loop's coroutine is handed over as it is, one frame less for every await
+        on the hot path to pass through."""
+        result: Coroutine[Any, Any, Completion] = self._run(body, candidates, deadline,
+                                                            outcome, session, needs, None)
         return result
 
     async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
@@ -184,9 +185,7 @@ class Dispatcher:
 
     async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                    outcome: Outcome, session: str | None, needs: Requirements | None,
-                   call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
-                                   Permit | None], Awaitable[Any]],
-                   streaming: bool = False) -> Any:
+                   call: _Call | None, streaming: bool = False) -> Any:
         cfg = self.config
         queued = False
         first_pass = len(outcome.attempts)
@@ -269,9 +268,9 @@ class Dispatcher:
 
     async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
                          outcome: Outcome,
-                         call: Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits,
-                                         Permit | None], Awaitable[Any]],
-                         streaming: bool = False) -> Any:
+                         call: _Call | None, streaming: bool = False) -> Any:
+        """One model, with its same-model retries. `call` makes a (streaming) attempt; None
+        is a plain completion, called here directly (the hot path)."""
         provider = self.providers[model.provider]
         pcfg = provider.config
         retries = 0
@@ -296,6 +295,10 @@ class Dispatcher:
             outcome.upstream_attempts += 1
             started = self.clock.monotonic()
             try:
+                if call is None:
+                    result = await provider.complete(body, model, limits)
+                    self._succeeded(model.id, permit, started)
+                    return result
                 return await call(provider, model, body, limits, permit)
             except RequestError as exc:
                 # this provider's API cannot express the request (the front end validated it):
