@@ -35,7 +35,8 @@ class Headers:
     def get(self, name: str, default: str) -> str: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._map.get(name.lower(), default)
+        value = self._map.get(name)  # callers mostly ask in lower case already
+        return value if value is not None else self._map.get(name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
         return self._map[name.lower()]
@@ -77,26 +78,31 @@ class Sink(Protocol):
 
 def parse_head(raw: bytes) -> Head:
     """The status line and header fields of one response head (without the blank line)."""
-    lines = raw.split(b"\r\n")
-    status_line = lines[0]
+    end = raw.find(b"\r\n")
+    status_line = raw if end < 0 else raw[:end]
     parts = status_line.split(b" ", 2)
     # bytes.isdigit() is ASCII-only: the version and status decode safely below
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[0]) != 8 \
             or not parts[0][7:].isdigit() or len(parts[1]) != 3 or not parts[1].isdigit():
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:60]!r}")
     fields: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            raise ProtocolError(f"malformed header line: {line[:60]!r}")
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")
-        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    if end >= 0:
+        # the fields decoded at once (latin-1 maps every byte to one character)
+        for line in raw[end + 2:].decode("latin-1").split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[-1] in " \t" or line[0] in " \t":
+                shown = line[:60].encode("latin-1")
+                raise ProtocolError(f"malformed header line: {shown!r}")
+            key = name.lower()
+            value = value.strip(" \t")
+            fields[key] = f"{fields[key]}, {value}" if key in fields else value
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     return Head(int(parts[1]), reason, parts[0][5:].decode(), Headers(fields))
 
 
 def _content_length(value: str) -> int:
+    if value.isascii() and value.isdigit():
+        return int(value)  # the common case: one plain number
     # a repeated header arrives joined: every copy must agree (RFC 9110 8.6)
     values = {v.strip() for v in value.split(",")}
     if len(values) != 1:
@@ -248,7 +254,7 @@ class ResponseParser:
             if status == 101:
                 raise ProtocolError("unexpected 101 Switching Protocols")
             return  # interim (100 Continue, 103 Early Hints): the final answer follows
-        headers = head.headers
+        headers = head.headers._map  # lower-case names: no need for Headers.get's lower()
         connection = (headers.get("connection") or "").lower()
         if head.version == "1.1":
             keep_alive = "close" not in connection
