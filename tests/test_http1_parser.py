@@ -604,3 +604,9 @@ def test_status_line_without_reason() -> None:
 
 def test_http10_version() -> None:
     assert parse_head(b"HTTP/1.0 404 Not Found").version == "1.0"
+
+
+def test_malformed_header_line_is_shown_as_its_bytes() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_head(b"HTTP/1.1 200 OK\r\nX-Ok: 1\r\nName : caf\xe9")
+    assert str(info.value) == "malformed header line: b'Name : caf\\xe9'"
