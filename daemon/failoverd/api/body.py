@@ -13,6 +13,11 @@ _ORJSON_DEPTH = 254  # orjson.dumps' recursion limit
 # what a client may send: headroom for the levels a translation adds (Gemini's tools)
 MAX_DEPTH = 200
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# request fields checked for their JSON type, in this order
+_TYPED: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("stream", (bool,), "a boolean"), ("max_tokens", (int,), "an integer"),
+    ("max_completion_tokens", (int,), "an integer"), ("n", (int,), "an integer"),
+    ("temperature", (int, float), "a number"), ("tools", (list,), "an array"))
 
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -96,6 +101,35 @@ def _check_part(part: Any, where: str) -> None:
                                param=f"{where}.image_url.url")
 
 
+def _check_message(message: Any, i: int) -> None:
+    """Every check of messages[i], in order: raises RequestError for the first problem."""
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise RequestError(f"'{where}' must be an object, got {_json_type(message)}",
+                           param=where)
+    role = message.get("role")
+    if not isinstance(role, str) or role not in _ROLES:
+        raise RequestError(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}; "
+                           f"got {role!r}", param=f"{where}.role")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise RequestError(f"'{where}.content' must be a string or an array of parts, "
+                           f"got {_json_type(content)}", param=f"{where}.content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            _check_part(part, f"{where}.content[{j}]")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise RequestError(f"'{where}.tool_calls' must be an array, got "
+                               f"{_json_type(calls)}", param=f"{where}.tool_calls")
+        for j, call in enumerate(calls):
+            if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                raise RequestError(f"'{where}.tool_calls[{j}]' must be an object whose "
+                                   "'function' is an object",
+                                   param=f"{where}.tool_calls[{j}]")
+
+
 def validate_chat(body: dict[str, Any]) -> None:
     """Checks an OpenAI Chat Completions request enough to route it safely."""
     model = body.get("model")
@@ -110,33 +144,19 @@ def validate_chat(body: dict[str, Any]) -> None:
     if not messages:
         raise RequestError("'messages' must not be empty", param="messages")
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise RequestError(f"'{where}' must be an object, got {_json_type(message)}",
-                               param=where)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise RequestError(f"'{where}.role' must be one of {', '.join(sorted(_ROLES))}; "
-                               f"got {role!r}", param=f"{where}.role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise RequestError(f"'{where}.content' must be a string or an array of parts, "
-                               f"got {_json_type(content)}", param=f"{where}.content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                _check_part(part, f"{where}.content[{j}]")
-        calls = message.get("tool_calls")
-        if calls is not None:
-            if not isinstance(calls, list):
-                raise RequestError(f"'{where}.tool_calls' must be an array, got "
-                                   f"{_json_type(calls)}", param=f"{where}.tool_calls")
-            for j, call in enumerate(calls):
-                if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
-                    raise RequestError(f"'{where}.tool_calls[{j}]' must be an object whose "
-                                       "'function' is an object",
-                                       param=f"{where}.tool_calls[{j}]")
+        # the common message (a known role, text content, no tool calls) passes at a glance;
+        # any other gets every check, in order, so the first problem is the one named
+        if isinstance(message, dict):
+            role = message.get("role")
+            content = message.get("content")
+            if isinstance(role, str) and role in _ROLES \
+                    and (content is None or isinstance(content, str)) \
+                    and message.get("tool_calls") is None:
+                continue
+        _check_message(message, i)
     for key in ("stream_options", "response_format"):
-        _expect(body, key, (dict,), "an object")
+        if body.get(key) is not None:
+            _expect(body, key, (dict,), "an object")
     fmt = body.get("response_format")
     if isinstance(fmt, dict):
         if not isinstance(fmt.get("type"), str):
@@ -156,12 +176,9 @@ def validate_chat(body: dict[str, Any]) -> None:
             isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
         raise RequestError(f"'stop' must be a string or an array of strings, got "
                            f"{_json_type(stop)}", param="stop")
-    _expect(body, "stream", (bool,), "a boolean")
-    _expect(body, "max_tokens", (int,), "an integer")
-    _expect(body, "max_completion_tokens", (int,), "an integer")
-    _expect(body, "n", (int,), "an integer")
-    _expect(body, "temperature", (int, float), "a number")
-    _expect(body, "tools", (list,), "an array")
+    for key, kinds, what in _TYPED:
+        if body.get(key) is not None:
+            _expect(body, key, kinds, what)
     for i, tool in enumerate(body.get("tools") or ()):
         # every provider refuses these; caught here they are a 400, not a 503 naming each
         # candidate's adapter
