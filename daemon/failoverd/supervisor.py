@@ -24,6 +24,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from failoverd import config as config_mod
@@ -169,6 +170,10 @@ class Supervisor:
         await runner.setup()
         # also on a failed start; a second cleanup after the normal one is a no-op
         stack.push_async_callback(runner.cleanup)
+        if not self.tracker.guards(runner.server):
+            raise RuntimeError(f"aiohttp {aiohttp.__version__} does not build its server from "
+                               "the application's entry point: failoverd's access guard would "
+                               "be bypassed, so it does not start (see api/drain.py)")
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         if self.config.daemon.tcp:

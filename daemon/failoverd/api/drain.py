@@ -36,6 +36,7 @@ class RequestTracker:
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cutting = False
+        self._entry: Handler | None = None
 
     def install(self, app: web.Application) -> None:
         """Puts the access guard and the tracking in front of every request `app` serves,
@@ -71,6 +72,17 @@ class RequestTracker:
 
         # object.__setattr__: aiohttp's debug mode warns on any attribute set on an app
         object.__setattr__(app, "_handle", handle)
+        self._entry = handle
+
+    def guards(self, server: web.Server | None) -> bool:
+        """Whether `server` (the runner's, after setup) hands every request to the guard.
+
+        `install` relies on how aiohttp builds its server from the application; an aiohttp
+        that built it otherwise would serve without the access guard, so the supervisor
+        checks this and refuses to start instead.
+        """
+        handler = getattr(server, "request_handler", None)
+        return handler is not None and handler is self._entry
 
     def pending(self) -> set[asyncio.Task[Any]]:
         return {t for t in self.tasks if not t.done()}
