@@ -37,6 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
+from failoverd.timeouts import timeout_at
 from failoverd.translate.anthropic import (
     DEFAULT_MAX_TOKENS,
     AnthropicStreamDecoder,
@@ -190,7 +191,7 @@ class AnthropicProvider:
             # block starts, so such a failure happens before the first chunk and the
             # router can still fail over
             try:
-                async with asyncio.timeout_at(first_deadline):
+                with timeout_at(first_deadline):
                     async for event, payload in events:
                         pending.extend(self._decode(decoder, event, payload, model))
                         if decoder.content_started or decoder.stopped:
