@@ -25,8 +25,6 @@ from types import TracebackType
 
 __all__ = ["Timeout", "timeout", "timeout_at"]
 
-_RESOLUTION = 0.001  # seconds: uvloop's (libuv's) timer granularity
-
 
 class _Timers:
     """The pending timeouts of one event loop, and the one timer armed for the earliest.
@@ -51,13 +49,17 @@ class _Timers:
         self.handle = self.loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
+        armed_for = self.armed_at
         self.handle = None
         self.armed_at = math.inf
         # uvloop's timers have millisecond resolution and may fire up to a millisecond before
-        # `when` by loop.time(): what is due within that counts as due, or the timer would be
-        # re-armed for the same instant and fire again, dozens of times, until the clock got
-        # there (asyncio's own Timeout expires unconditionally when its handle runs)
-        now = self.loop.time() + _RESOLUTION
+        # `when` by loop.time(): the deadline the timer was armed for counts as reached, as
+        # asyncio's own Timeout expires unconditionally when its handle runs (else the timer
+        # would be re-armed for the same instant and fire again, dozens of times, until the
+        # clock got there). Any later deadline waits for the clock: expiring those "within the
+        # resolution" too cut other requests' calls up to a millisecond before their deadline,
+        # and the router, finding time left, failed over with none.
+        now = max(self.loop.time(), armed_for)
         due = [t for t in self.pending if t.when <= now]
         for entry in due:
             self.pending.discard(entry)
