@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+# Time left below this counts as none: uvloop's timers have millisecond resolution and fire up
+# to a millisecond early, so an attempt cut by the request's deadline finds a hair of it left;
+# failing over with that would list (and charge) a fallback that could not have answered.
+DEADLINE_SLACK = 0.002
 
 
 class Permit(Protocol):
@@ -245,7 +249,7 @@ class Dispatcher:
                                                     exc.message))
                     if not policy(exc.reason).fail_over:
                         raise
-                    if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
+                    if exc.reason is FailureReason.TIMEOUT and self._spent(deadline):
                         break
                     if exc.reason is FailureReason.CONTEXT_OVERFLOW:
                         min_context = max(min_context or 0, model.context_window or 0)
@@ -276,7 +280,7 @@ class Dispatcher:
         retries = 0
         while True:
             remaining = self._remaining(deadline)
-            if remaining <= 0:
+            if remaining <= DEADLINE_SLACK:
                 raise UpstreamError(FailureReason.TIMEOUT, "request deadline exhausted",
                                     provider=pcfg.name, model=model.id)
             permit: Permit | None = None
@@ -321,7 +325,7 @@ class Dispatcher:
                                     f"{type(exc).__name__}: {exc}"[:300],
                                     provider=pcfg.name, model=model.id) from exc
             except UpstreamError as exc:
-                if exc.reason is FailureReason.TIMEOUT and self._remaining(deadline) <= 0:
+                if exc.reason is FailureReason.TIMEOUT and self._spent(deadline):
                     exc.message = f"{exc.message} (request deadline exhausted)"
                 duration = self.clock.monotonic() - started
                 own_limit = model.first_token_timeout if streaming else pcfg.timeout
@@ -360,6 +364,9 @@ class Dispatcher:
 
     def _remaining(self, deadline: float) -> float:
         return deadline - self.clock.monotonic()
+
+    def _spent(self, deadline: float) -> bool:
+        return self._remaining(deadline) <= DEADLINE_SLACK
 
     def _retry_wait(self, exc: UpstreamError, model: ModelConfig, retries: int,
                     deadline: float) -> float | None:
