@@ -7,14 +7,17 @@ started with until it ends, so in-flight requests finish on their own configurat
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from failoverd import router
 from failoverd.clock import Clock
 from failoverd.config import Config
 from failoverd.dispatch import Dispatcher, Health
 from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import Provider
+
+RESOLVED_MAX = 1024  # bound on Runtime's memo of resolved "model" names
 
 
 @dataclass(slots=True)
@@ -23,6 +26,18 @@ class Runtime:
     providers: dict[str, Provider]
     dispatcher: Dispatcher
     screening: bool  # some model declares capabilities or a context window
+    # router.resolve's answers: a request's "model" names one of a few models or chains,
+    # each resolved once per configuration, not per request (valid names only, bounded)
+    _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def resolve(self, requested: str) -> tuple[str, ...]:
+        """The candidates for a request's "model" (raises like ``router.resolve``)."""
+        known = self._resolved.get(requested)
+        if known is None:
+            known = router.resolve(self.config, requested)  # raises for an unknown model
+            if len(self._resolved) < RESOLVED_MAX:
+                self._resolved[requested] = known
+        return known
 
 
 def build_runtime(config: Config, client: HttpClient, clock: Clock,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from failoverd import complexity, requirements, router, selection
+from failoverd import complexity, requirements, selection
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
 from failoverd.config import Config
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from failoverd.prober import Prober
 
 logger = logging.getLogger(__name__)
-# bound on the memo of resolved "model" names (valid names only: unknown ones raise)
-_RESOLVED_MAX = 1024
 
 _EVENT_FOR_STATE = {
     BreakerState.OPEN: "breaker:opened",
@@ -108,9 +106,6 @@ class Service:
         self.prober: Prober | None = None
         self.reloader: Callable[[], tuple[bool, list[str]]] | None = None
         self._chain_offsets: dict[str, int] = {}  # operator rotations (/v1/chains/X/next)
-        # router.resolve's answers for the configuration they were made for (a request's
-        # "model" names one of a few models or chains: each resolved once, not per request)
-        self._resolved: tuple[Config | None, dict[str, tuple[str, ...]]] = (None, {})
         self.on_breaker_change: list[Callable[[str, BreakerState], None]] = []
         self.metrics.gauges.append(self._gauges)
         self.install(build_runtime(config, client, clock, self.health, self.rng))
@@ -169,15 +164,7 @@ class Service:
             header = complexity.route_header(decision)
             skipped = tuple(skip)
         else:
-            resolved = self._resolved
-            if resolved[0] is not cfg:  # a reload: resolve afresh
-                resolved = self._resolved = (cfg, {})
-            known = resolved[1].get(requested)
-            if known is None:
-                known = router.resolve(cfg, requested)  # raises for an unknown model
-                if len(resolved[1]) < _RESOLVED_MAX:
-                    resolved[1][requested] = known
-            candidates = known
+            candidates = rt.resolve(requested)
             if self._chain_offsets:
                 name = "default" if requested in ("", "default") else requested
                 if name in self._chain_offsets:
