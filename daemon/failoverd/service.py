@@ -206,12 +206,11 @@ class Service:
     def reset_chain(self, name: str) -> None:
         self._chain_offsets.pop(name, None)
 
-    def outcome_for(self, route: Route) -> Outcome:
-        outcome = Outcome()
+    def note_skipped(self, outcome: Outcome, route: Route) -> None:
+        """Models the router skipped (auto routing) count among the request's attempts."""
         if route.skipped:
             outcome.attempts.extend(Attempt(m, FailureReason.INCAPABLE, None, why)
                                     for m, why in route.skipped)
-        return outcome
 
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
         """A complete (non-streaming) answer went out."""

@@ -72,7 +72,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             return front.error(503, "overloaded", f"failoverd is at max_inflight ({limit}); "
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
         svc.inflight += 1
-        outcome: Outcome | None = None  # made once the route is known
+        outcome = Outcome()
         try:
             raw = await read_json(request, rt.config.daemon.max_body_bytes)
             body = front.canonical(raw)
@@ -81,7 +81,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             if session:  # capped once, so events and hooks carry the key the store keeps
                 session = normalize_key(session)
             route = svc.route(rt, body, pin, session)
-            outcome = svc.outcome_for(route)
+            svc.note_skipped(outcome, route)
             deadline = request_deadline(svc, rt, request, outcome)
             if body.get("stream"):
                 return await _stream(request, front, svc, rt, body, route, deadline, outcome,
@@ -97,7 +97,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
                                exc.param)
         except NoModelAvailable as exc:
             svc.metrics.exhausted()
-            headers = outcome_headers(outcome if outcome is not None else Outcome())
+            headers = outcome_headers(outcome)
             headers["Retry-After"] = retry_after_header(exc.retry_after)
             return front.error(
                 503, "no_model_available",
@@ -105,7 +105,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
                 "no_model_available", headers=headers,
                 attempts=[a.as_dict() for a in exc.attempts])
         except UpstreamError as exc:
-            return _failed(front, rt, exc, outcome if outcome is not None else Outcome())
+            return _failed(front, rt, exc, outcome)
         except asyncio.CancelledError:
             svc.metrics.cancelled()  # the client went away (or a shutdown cut it)
             raise
