@@ -55,14 +55,14 @@ def _window(tokens: int | None) -> str:
 
 def pair_config(a: FakeOpenAI, b: FakeOpenAI, *, head: str = "", a_window: int | None = None,
                 b_window: int | None = None, more: str = "", fallbacks: str = '["b/gpt-b"]',
-                routing: str = "", tail: str = "") -> str:
+                routing: str = "", tail: str = "", deadline: float = 10) -> str:
     """A config body for start_daemon: fakes `a` and `b` as OpenAI providers a and b, serving
     the primary a/gpt-a and its fallback b/gpt-b; it fails over quickly (retry_after_max 0.2),
     fails when every model is down, and never probes.
 
     `head` comes first, still in start_daemon's [daemon] table (daemon keys, then tables such
     as [mqtt]); `more` follows the two models (more providers and models); `routing` adds to
-    [routing]; `tail` ends the body ([breaker], [[hooks]], ...)."""
+    [routing]; `tail` ends the body ([breaker], [[hooks]], ...); `deadline` is routing's."""
     return f"""{head}
 [providers.a]
 kind = "openai"
@@ -79,7 +79,7 @@ provider = "b"
 primary = "a/gpt-a"
 fallbacks = {fallbacks}
 retry_after_max = 0.2
-deadline = 10
+deadline = {deadline}
 when_all_unavailable = "fail"
 {routing}
 [probes]

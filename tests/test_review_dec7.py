@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from failoverd.timeouts import timeout_at
-from tests.helpers import HELLO
+from tests.helpers import HELLO, pair_config
 
 
 async def test_no_deadline_expires_before_it_is_reached() -> None:
@@ -35,28 +35,9 @@ async def test_no_deadline_expires_before_it_is_reached() -> None:
 
 
 def hanging_primary(a: Any, b: Any) -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-[models."b/gpt-b"]
-provider = "b"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-deadline = 0.3
-when_all_unavailable = "fail"
-[breaker]
-failure_threshold = 1000
-minimum_calls = 1000
-[probes]
-kind = "none"
-"""
+    # a 0.3 s budget; a's breaker never opens, so every request goes to it first
+    return pair_config(a, b, deadline=0.3,
+                       tail="[breaker]\nfailure_threshold = 1000\nminimum_calls = 1000\n")
 
 
 async def test_a_primary_cut_at_the_request_deadline_is_no_failover(
