@@ -16,10 +16,11 @@ Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): a
 :data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` runs running or
 waiting, beyond which runs are dropped and counted, so a slow hook can never pile up processes
 or memory. Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and
-``FAILOVERD_EVENT_ID``, minus any variable whose value is one of ``secrets`` (the providers'
-API keys) and minus ``CREDENTIALS_DIRECTORY``: a notification script has no business holding
-them. At most :data:`MAX_INLINE` ``model:failover`` runs go at once; beyond that the hooks are
-skipped for that failover (each emitted as ``hook:failed``).
+``FAILOVERD_EVENT_ID``, minus any variable whose value is one of ``secrets`` (API keys, proxy
+URLs, the TCP token, the MQTT password) and minus ``CREDENTIALS_DIRECTORY``: a notification
+script has no business holding them. At most :data:`MAX_INLINE` ``model:failover`` runs go
+at once; beyond that the hooks are skipped for that failover (each emitted as
+``hook:failed``).
 
 A run is one hook program for one event. Every run is counted once: ``runs`` (started: a
 process was spawned or failed to spawn), of which ``failures`` (could not start, exited
