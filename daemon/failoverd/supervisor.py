@@ -30,6 +30,7 @@ from aiohttp import web
 from failoverd import config as config_mod
 from failoverd.api.app import make_app
 from failoverd.api.drain import RequestTracker
+from failoverd.api.fastpath import FastPath
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import Config
 from failoverd.errors import ConfigError, ListenError, StateError
@@ -79,6 +80,8 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.client: HttpClient | None = None
         self.tracker = RequestTracker()
+        self.fast: FastPath | None = None
+        self._listeners: list[asyncio.AbstractServer] = []
         self._background: list[asyncio.Task[None]] = []
         self._last_status = ""
         self._activated = False
@@ -174,16 +177,29 @@ class Supervisor:
             raise RuntimeError(f"aiohttp {aiohttp.__version__} does not build its server from "
                                "the application's entry point: failoverd's access guard would "
                                "be bypassed, so it does not start (see api/drain.py)")
+        # every connection starts on the fast path, which hands what it does not serve to
+        # aiohttp's protocol (api/fastpath.py)
+        assert runner.server is not None  # set up above
+        self.fast = FastPath(app, self.tracker, runner.server, self.idle_timeout)
+        stack.callback(self.fast.close)
+        loop = asyncio.get_running_loop()
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            self._listeners.append(await loop.create_server(self.fast, sock=sock, backlog=128))
         if self.config.daemon.tcp:
             host, _, port = self.config.daemon.tcp.rpartition(":")
             try:
-                await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+                self._listeners.append(await loop.create_server(
+                    self.fast, host.strip("[]"), int(port), backlog=128, reuse_address=True))
             except OSError as exc:
                 raise ListenError(f"cannot listen on daemon.tcp {self.config.daemon.tcp}: "
                                   f"{exc.strerror or exc}") from exc
+        stack.callback(self._close_listeners)
         return runner
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
 
     def _start_background(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -231,10 +247,11 @@ class Supervisor:
         """Stop accepting, let in-flight requests finish up to shutdown_timeout, cut the rest."""
         timeout = self.config.daemon.shutdown_timeout
         self.notifier.stopping()
-        for site in list(runner.sites):
-            await site.stop()  # closes the listening socket: new connections are refused
+        self._close_listeners()  # new connections are refused
+        # Idle keep-alive connections close now, busy ones right after their response.
+        if self.fast is not None:
+            self.fast.pre_shutdown()
         if runner.server is not None:
-            # Idle keep-alive connections close now, busy ones right after their response.
             runner.server.pre_shutdown()
         if self.service is not None:
             # event subscriptions never end by themselves

@@ -18,6 +18,9 @@ _TYPED: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("stream", (bool,), "a boolean"), ("max_tokens", (int,), "an integer"),
     ("max_completion_tokens", (int,), "an integer"), ("n", (int,), "an integer"),
     ("temperature", (int, float), "a number"), ("tools", (list,), "an array"))
+# The body as JSON, when whoever built the request has parsed it already (api/fastpath.py
+# parses it to see whether the request streams): read_json does not parse it twice.
+PRELOADED = web.RequestKey("preloaded_body", dict[str, Any])
 
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -38,10 +41,12 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raw = await _read_capped(content, max_bytes)
     if not raw:
         raise RequestError("request body is empty; expected a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}") from None
+    body: Any = request.get(PRELOADED)
+    if body is None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError(f"request body must be a JSON object, got {_json_type(body)}")
     # orjson reads 1024 levels of nesting but writes only 254: a body in between would fail

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from failoverd.api.access import refusal
 from failoverd.api.fronts import ANTHROPIC, OPENAI
-from failoverd.api.service import SERVICE
+from failoverd.api.service import SERVICE, Service
 from failoverd.translate.anthropic_stream import error_event as anthropic_error_event
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,8 +49,15 @@ class RequestTracker:
         request's CPU. The application's entry point, which aiohttp's server is built
         with when the runner is set up, is wrapped instead; call this before that.
         """
-        routed: Handler = app._handle
-        service = app[SERVICE]
+        handle = self.wrap(app._handle, app[SERVICE])
+        # object.__setattr__: aiohttp's debug mode warns on any attribute set on an app
+        object.__setattr__(app, "_handle", handle)
+        self._entry = handle
+
+    def wrap(self, routed: Handler, service: Service) -> Handler:
+        """`routed` behind the access guard and the drain tracking: what aiohttp's server
+        runs for every request (`install`) and the fast path for the requests it serves
+        (api/fastpath.py)."""
         tasks = self.tasks
 
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -70,9 +77,7 @@ class RequestTracker:
             finally:
                 tasks.discard(task)
 
-        # object.__setattr__: aiohttp's debug mode warns on any attribute set on an app
-        object.__setattr__(app, "_handle", handle)
-        self._entry = handle
+        return handle
 
     def guards(self, server: web.Server | None) -> bool:
         """Whether `server` (the runner's, after setup) hands every request to the guard.

@@ -1,0 +1,397 @@
+"""The fast path: proxied chat requests that do not stream, served without aiohttp's server.
+
+Every client connection starts here. A request this module recognises — `POST
+/v1/chat/completions` or `POST /v1/messages` in HTTP/1.1, a well-formed head of at most
+8190 bytes without a repeated field, a Content-Length body within `max_body_bytes` that has
+fully arrived, no Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive, and
+not `"stream": true` — runs the handler aiohttp would run (behind the same access guard and
+drain tracking, api/drain.py) and its answer is written here, as one write. Anything else
+hands the connection, with every byte not yet consumed, to aiohttp's own protocol for the
+rest of its life: aiohttp alone decides every other case (a malformed request's 400, chunked
+bodies, 100-continue, streams, the control API, event streams).
+
+Why: aiohttp's server (its request and response objects, header parsing and writing, the
+router) was about 35% of the CPU of a proxied request; this path does the same work for
+the common request in a few dozen operations (see README, Benchmark).
+
+Semantics kept from aiohttp's server as the supervisor configures it: a client that goes
+away cancels its request (handler_cancellation), a connection idle for `idle_timeout` is
+closed, requests pipelined on one connection are answered in order, a draining daemon
+closes idle connections at once and busy ones after their answer (`Connection: close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+
+from failoverd.api.body import PRELOADED
+from failoverd.api.drain import RequestTracker
+from failoverd.api.proxy import chat_completions, messages
+from failoverd.api.replies import openai_error
+from failoverd.api.service import SERVICE
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's limit on a request line and on a header field: a longer head goes to aiohttp,
+# which answers it (400 / 431)
+HEAD_LIMIT = 8190
+# bytes a client may have sent ahead (pipelined) while its request is served, beyond the
+# largest body it may send, before the connection stops being read
+_AHEAD = 64 * 1024
+# a control character other than tab, or a CR or LF that is not part of a CRLF
+_BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# RFC 9110 token characters: what a field name may contain
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# fields whose presence leaves the request to aiohttp
+_HANDS_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
+
+class FastPath:
+    """The listeners' protocol factory: one `FastConnection` per client connection.
+
+    `aiohttp_server` is the runner's server (after setup): called, it makes the aiohttp
+    protocol a connection is handed to.
+    """
+
+    def __init__(self, app: web.Application, tracker: RequestTracker,
+                 aiohttp_server: Callable[[], asyncio.Protocol], idle_timeout: float) -> None:
+        self.app = app
+        self.service = app[SERVICE]
+        service = self.service
+        self.routes: dict[bytes, Handler] = {
+            b"/v1/chat/completions": tracker.wrap(chat_completions, service),
+            b"/v1/messages": tracker.wrap(messages, service),
+        }
+        self.aiohttp_server = aiohttp_server
+        self.idle_timeout = idle_timeout
+        self.connections: set[FastConnection] = set()
+        self.closing = False
+        self.served = 0  # answers written by this path
+        self.handed_off = 0  # connections given to aiohttp
+        self._date = ""
+        self._date_second = 0
+
+    def __call__(self) -> FastConnection:
+        return FastConnection(self)
+
+    def date(self) -> str:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = formatdate(second, usegmt=True)
+        return self._date
+
+    def pre_shutdown(self) -> None:
+        """The drain begins: idle connections close now, busy ones after their answer."""
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+
+    def close(self) -> None:
+        """The end: whatever connection is left is closed."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close()
+
+
+class _Body:
+    """What api/body.py reads of a request's content: a body that has fully arrived."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+
+    def is_eof(self) -> bool:
+        return True
+
+    def read_nowait(self) -> bytes:
+        return self._raw
+
+
+class FastRequest:
+    """The part of aiohttp's `web.Request` the proxy handler, the access guard and the
+    drain use (api/proxy.py, api/access.py, api/drain.py); handed to them as a web.Request.
+    """
+
+    __slots__ = ("app", "headers", "path", "transport", "content_length", "content", "_keys")
+
+    def __init__(self, app: web.Application, path: str, headers: CIMultiDict[str],
+                 transport: asyncio.Transport, body: bytes, parsed: dict[str, Any] | None
+                 ) -> None:
+        self.app = app
+        self.path = path
+        self.headers = headers
+        self.transport = transport
+        self.content_length = len(body)
+        self.content = _Body(body)
+        self._keys: dict[Any, Any] = {PRELOADED: parsed} if parsed is not None else {}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._keys.get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._keys[key] = value
+
+
+class FastConnection(asyncio.Protocol):
+    """One client connection while it stays on the fast path."""
+
+    __slots__ = ("front", "transport", "chunks", "size", "task", "closed", "idle_since",
+                 "idle_timer", "reading_paused", "writing_paused", "_loop")
+
+    def __init__(self, front: FastPath) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []  # received and not yet consumed
+        self.size = 0
+        self.task: asyncio.Task[None] | None = None  # the request being served
+        self.closed = False
+        self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+        self._loop = asyncio.get_running_loop()
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.front.connections.add(self)
+        self.idle_since = self._loop.time()
+        self.idle_timer = self._loop.call_at(self.idle_since + self.front.idle_timeout,
+                                             self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        self.idle_since = self._loop.time()
+        if self.task is None and not self.writing_paused:
+            self._next()
+        elif not self.reading_paused and self.size > self._max_body() + _AHEAD:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.front.connections.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.task is not None:
+            self.task.cancel()  # the client went away: its request stops (aiohttp's
+            # handler_cancellation, as the supervisor sets it)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.task is None and not self.closed:
+            self._next()
+
+    # ------------------------------------------------------------------ requests
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _max_body(self) -> int:
+        return self.front.service.runtime.config.daemon.max_body_bytes
+
+    def _next(self) -> None:
+        """Starts the next buffered request, hands the connection off, or waits for bytes."""
+        if self.writing_paused or self.closed or not self.chunks:
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT + 4)
+        if end < 0:
+            if len(data) > HEAD_LIMIT:
+                self._hand_off()
+            else:
+                self.chunks = [data]
+            return
+        request = self._parse(data, end)
+        if request is None:
+            self._hand_off()
+            return
+        route, path, headers, length = request
+        if length > self._max_body():
+            self._hand_off()  # aiohttp's path answers the 413 and skips the body
+            return
+        start = end + 4
+        stop = start + length
+        if len(data) < stop:
+            self.chunks = [data]
+            return
+        body = data[start:stop]
+        parsed: dict[str, Any] | None = None
+        try:
+            loaded = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the handler names the problem
+        else:
+            if isinstance(loaded, dict):
+                if loaded.get("stream"):
+                    self._hand_off()  # streams are aiohttp's
+                    return
+                parsed = loaded
+        rest = data[stop:]
+        self.chunks = [rest] if rest else []
+        self.size = len(rest)
+        assert self.transport is not None
+        incoming = FastRequest(self.front.app, path, headers, self.transport, body, parsed)
+        self.task = self._loop.create_task(self._serve(route, incoming))
+
+    def _parse(self, data: bytes, end: int
+               ) -> tuple[Handler, str, CIMultiDict[str], int] | None:
+        """(handler, path, headers, content length) of a request this path serves, else
+        None: the connection goes to aiohttp."""
+        head = data[:end]
+        if _BAD_BYTES.search(head) is not None:
+            return None
+        line, _, fields = head.partition(b"\r\n")
+        method, _, rest = line.partition(b" ")
+        target, _, version = rest.partition(b" ")
+        if method != b"POST" or version != b"HTTP/1.1":
+            return None
+        route = self.front.routes.get(target)  # exactly: no query string, no odd spacing
+        if route is None:
+            return None
+        pairs: list[tuple[str, str]] = []
+        seen: set[bytes] = set()
+        length = -1
+        for field in fields.split(b"\r\n") if fields else ():
+            name, colon, value = field.partition(b":")
+            if not colon or not name or name.translate(None, _TOKEN):
+                return None
+            lower = name.lower()
+            if lower in seen or lower in _HANDS_OFF:
+                return None
+            seen.add(lower)
+            value = value.strip(b" \t")
+            if lower == b"content-length":
+                if not value.isdigit() or len(value) > 18:
+                    return None
+                length = int(value)
+            elif lower == b"connection" and value.lower() != b"keep-alive":
+                return None
+            pairs.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
+        if length < 0:
+            return None
+        return route, target.decode("ascii"), CIMultiDict(pairs), length
+
+    async def _serve(self, route: Handler, request: FastRequest) -> None:
+        try:
+            try:
+                response = await route(cast(web.Request, request))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("error serving %s", request.path)
+                response = openai_error(500, "internal error in failoverd; see its log",
+                                        "internal_error", "internal_error")
+            if not self.closed:
+                self._write(response)
+        finally:
+            self.task = None
+        if not self.closed:
+            self._became_idle()
+
+    def _write(self, response: web.StreamResponse) -> None:
+        written = self._encode(response)
+        if written is None:  # never from these handlers: a defect, not the client's doing
+            written = self._encode(openai_error(500, "internal error in failoverd; see its log",
+                                                "internal_error", "internal_error"))
+            assert written is not None
+        data, closing = written
+        assert self.transport is not None
+        self.transport.write(data)
+        self.front.served += 1
+        if closing:
+            self.transport.close()
+
+    def _encode(self, response: web.StreamResponse) -> tuple[bytes, bool] | None:
+        """The answer as bytes, and whether the connection closes after it; None (logged)
+        for what cannot be written here."""
+        body = response.body if isinstance(response, web.Response) else None
+        if not isinstance(body, bytes):
+            logger.error("the fast path cannot write a %s", type(response).__name__)
+            return None
+        closing = self.front.closing
+        lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
+        for name, value in response.headers.items():
+            if "\r" in value or "\n" in value:  # as aiohttp, which refuses to send it
+                logger.error("the answer's header %s holds a line break", name)
+                return None
+            if name.lower() == "connection" and value.lower() == "close":
+                closing = True
+            lines.append(f"{name}: {value}\r\n")
+        if closing and "Connection" not in response.headers:
+            lines.append("Connection: close\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\nDate: {self.front.date()}\r\n"
+                     f"Server: {SERVER_SOFTWARE}\r\n\r\n")
+        return "".join(lines).encode("utf-8") + body, closing
+
+    def _became_idle(self) -> None:
+        self.idle_since = self._loop.time()
+        if self.front.closing:
+            self.close()
+        elif self.chunks:
+            self._next()
+
+    def _idle_check(self) -> None:
+        """The idle timer: closes the connection once it has been idle for idle_timeout.
+        One timer per idle period, not per request: it re-arms for what is left."""
+        self.idle_timer = None
+        if self.closed:
+            return
+        now = self._loop.time()
+        due = self.idle_since + self.front.idle_timeout
+        if self.task is None and now >= due:
+            self.close()
+            return
+        # busy: looked at again a whole idle_timeout later (a request is never cut by it)
+        self.idle_timer = self._loop.call_at(
+            due if self.task is None else now + self.front.idle_timeout, self._idle_check)
+
+    def _hand_off(self) -> None:
+        """From now on aiohttp serves this connection, starting with the unconsumed bytes."""
+        transport = self.transport
+        assert transport is not None
+        data = b"".join(self.chunks)
+        self.chunks = []
+        self.size = 0
+        self.front.connections.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        protocol = self.front.aiohttp_server()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        self.front.handed_off += 1
+        if data:
+            protocol.data_received(data)
