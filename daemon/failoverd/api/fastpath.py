@@ -51,12 +51,13 @@ HEAD_LIMIT = 8190
 # bytes a client may have sent ahead (pipelined) while its request is served, beyond the
 # largest body it may send, before the connection stops being read
 _AHEAD = 64 * 1024
-# a control character other than tab, or a CR or LF that is not part of a CRLF
-_BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-# RFC 9110 token characters: what a field name may contain
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# header fields as RFC 9110 has them: a token, a colon, a value of no control character but
+# tab, each line ending in CRLF (no obs-fold, no whitespace before the colon)
+_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS = re.compile(rf"(?:{_NAME}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_FIELD = re.compile(rf"({_NAME}):[ \t]*([^\r\n]*)\r\n")
 # fields whose presence leaves the request to aiohttp
-_HANDS_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_HANDS_OFF = frozenset({"transfer-encoding", "expect", "upgrade"})
 
 
 class FastPath:
@@ -267,10 +268,7 @@ class FastConnection(asyncio.Protocol):
                ) -> tuple[Handler, str, CIMultiDict[str], int] | None:
         """(handler, path, headers, content length) of a request this path serves, else
         None: the connection goes to aiohttp."""
-        head = data[:end]
-        if _BAD_BYTES.search(head) is not None:
-            return None
-        line, _, fields = head.partition(b"\r\n")
+        line, _, fields = data[:end].partition(b"\r\n")
         method, _, rest = line.partition(b" ")
         target, _, version = rest.partition(b" ")
         if method != b"POST" or version != b"HTTP/1.1":
@@ -278,28 +276,22 @@ class FastConnection(asyncio.Protocol):
         route = self.front.routes.get(target)  # exactly: no query string, no odd spacing
         if route is None:
             return None
-        pairs: list[tuple[str, str]] = []
-        seen: set[bytes] = set()
-        length = -1
-        for field in fields.split(b"\r\n") if fields else ():
-            name, colon, value = field.partition(b":")
-            if not colon or not name or name.translate(None, _TOKEN):
-                return None
-            lower = name.lower()
-            if lower in seen or lower in _HANDS_OFF:
-                return None
-            seen.add(lower)
-            value = value.strip(b" \t")
-            if lower == b"content-length":
-                if not value.isdigit() or len(value) > 18:
-                    return None
-                length = int(value)
-            elif lower == b"connection" and value.lower() != b"keep-alive":
-                return None
-            pairs.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
-        if length < 0:
+        # one decoding for all fields: names are ASCII, values as aiohttp decodes them
+        text = fields.decode("utf-8", "surrogateescape") + "\r\n" if fields else ""
+        if _FIELDS.fullmatch(text) is None:
             return None
-        return route, target.decode("ascii"), CIMultiDict(pairs), length
+        pairs = [(name, value.rstrip(" \t")) for name, value in _FIELD.findall(text)]
+        names = {name.lower() for name, _ in pairs}
+        if len(names) != len(pairs) or not _HANDS_OFF.isdisjoint(names):
+            return None  # a repeated field (which one wins?) or one aiohttp must handle
+        headers = CIMultiDict(pairs)
+        length = headers.get("content-length")
+        if length is None or not (length.isascii() and length.isdigit()) or len(length) > 18:
+            return None
+        connection = headers.get("connection")
+        if connection is not None and connection.lower() != "keep-alive":
+            return None
+        return route, target.decode("ascii"), headers, int(length)
 
     async def _serve(self, route: Handler, request: FastRequest) -> None:
         try:
