@@ -22,7 +22,8 @@ def test_benchmark_quick_run_reports_sane_numbers(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     results = report["results"]
-    assert set(results) == {"direct", "python byte pipe", "failoverd unix", "failoverd tcp"}
+    assert set(results) == {"direct", "python byte pipe", "python minimal proxy",
+                            "failoverd unix", "failoverd tcp"}
 
     direct = results["direct"]
     for name, r in results.items():

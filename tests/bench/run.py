@@ -3,7 +3,8 @@
     python -m tests.bench.run [--requests N] [--quick] [--no-litellm] [--uvloop] [--markdown]
                               [--litellm PATH] [--streams N] [--json FILE]
 
-Starts the fake upstream (tests/bench/upstream.py), failoverd on a Unix socket and a loopback
+Starts the fake upstream (tests/bench/upstream.py), the byte pipe (forwarder.py) and the
+minimal HTTP proxy (minimal.py), failoverd on a Unix socket and a loopback
 TCP listener (and, with --uvloop, a second failoverd under uvloop), and LiteLLM's proxy (one
 worker, same upstream, no database, telemetry off, local cost map; binary from --litellm or
 $LITELLM_BIN, skipped with a note when missing). Every measurement is a separate load
@@ -58,7 +59,7 @@ class Target:
     address: list[str]
     model: str
     pid: int = 0
-    kind: str = "failoverd"  # direct | pipe | failoverd | litellm
+    kind: str = "failoverd"  # direct | pipe | minimal | failoverd | litellm
 
 
 @dataclass
@@ -187,6 +188,16 @@ def start_pipe(bench: Bench, up: int) -> Target:
                         str(up)], "pipe")
     wait_connectable(path, proc, 30, "byte pipe")
     return Target("python byte pipe", ["--unix", path], "m", proc.pid, "pipe")
+
+
+def start_minimal(bench: Bench, up: int) -> Target:
+    """The minimal HTTP proxy (`minimal.py`): the ceiling of a Python proxy that parses
+    requests and uses failoverd's upstream client, but decides nothing."""
+    path = str(bench.tmp / "minimal.sock")
+    proc = bench.spawn([PY, "-m", "tests.bench.minimal", "--unix", path, "--upstream-port",
+                        str(up)], "minimal")
+    wait_connectable(path, proc, 30, "minimal proxy")
+    return Target("python minimal proxy", ["--unix", path], "m", proc.pid, "minimal")
 
 
 def litellm_yaml(up: int) -> str:
@@ -341,6 +352,10 @@ class Plan:
     hold_seconds: float
 
 
+# targets with no fallback to fail over to
+_NO_FAILOVER = ("direct", "pipe", "minimal")
+
+
 def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {
         t.name: {"c1": [], "c50": [], "stream": [], "failover": []} for t in targets}
@@ -357,7 +372,7 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
                 used = cpu_seconds(t.pid) - before
                 r["c50"][-1]["cpu_us_per_request"] = 1e6 * used / r["c50"][-1]["requests"]
             r["stream"].append(load(t, max(20, plan.n_stream // div), 1, stream=True))
-            if t.kind not in ("direct", "pipe"):  # the pipe cannot fail over
+            if t.kind not in _NO_FAILOVER:
                 model = "bench-429" if t.kind == "litellm" else "failover"
                 r["failover"].append(load(t, max(20, plan.n_failover // div), 1, model=model))
             log(f"round {rnd + 1}/{plan.rounds} {t.name}: c1 {r['c1'][-1]['rps']:.0f} rps, "
@@ -406,12 +421,15 @@ def check_targets(results: dict[str, Any], memory: dict[str, Any]) -> list[dict[
     if lite is not None and lite["rps_c50"]:
         add("throughput vs LiteLLM (c=50)", fd["rps_c50"] / lite["rps_c50"], 20, "x", True)
     add("throughput vs direct (c=50)", 100 * fd["rps_c50"] / direct["rps_c50"], 40, "%", True)
-    pipe = results.get("python byte pipe")
-    if pipe is not None and pipe["rps_c50"]:
-        # not a target: how far failoverd is from a proxy that does no work at all
-        checks.append({"target": "(throughput vs the byte pipe, c=50)",
-                       "value": 100 * fd["rps_c50"] / pipe["rps_c50"], "limit": None,
-                       "unit": "%", "ok": None, "higher_is_better": True})
+    # not targets: how far failoverd is from a proxy that does no work at all, and from one
+    # that parses HTTP but decides nothing
+    for name, label in (("python byte pipe", "the byte pipe"),
+                        ("python minimal proxy", "the minimal proxy")):
+        other = results.get(name)
+        if other is not None and other["rps_c50"]:
+            checks.append({"target": f"(throughput vs {label}, c=50)",
+                           "value": 100 * fd["rps_c50"] / other["rps_c50"], "limit": None,
+                           "unit": "%", "ok": None, "higher_is_better": True})
     add("added p50 at c=1", fd["p50_c1_ms"] - direct["p50_c1_ms"], 0.5, "ms", False)
     fo = fd["failover_p50_ms"] if fd["failover_ok"] else None
     add("immediate 429 on the primary adds (vs direct)",
@@ -551,7 +569,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run(bench: Bench, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     up = start_upstream(bench)
     targets = [Target("direct", ["--tcp", f"127.0.0.1:{up}"], "m", kind="direct"),
-               start_pipe(bench, up)]
+               start_pipe(bench, up), start_minimal(bench, up)]
     daemons = {"failoverd": start_failoverd(bench, "fod", up, uvloop=False)}
     if args.uvloop:
         try:
@@ -594,7 +612,7 @@ def _run(bench: Bench, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     for name, r in results.items():
         if r["errors"] or r["non_200"]:
             bench.notes.append(f"{name}: {r['errors']} errors, {r['non_200']} non-200 answers")
-        if r["kind"] not in ("direct", "pipe") and not r["failover_ok"]:
+        if r["kind"] not in _NO_FAILOVER and not r["failover_ok"]:
             bench.notes.append(f"{name}: the 429 failover run had errors or non-200 answers")
     report: dict[str, Any] = {"machine": machine(), "plan": plan_text, "results": results,
                               "memory": memory, "notes": bench.notes}
