@@ -8,6 +8,7 @@ stragglers with an answer the client understands. Not as an aiohttp middleware: 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The streaming response of a request, set by the handler once it has prepared one.
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
+
+
+class StreamOpener(abc.ABC):
+    """Makes the response a streamed answer is written to, where aiohttp's server does not
+    write it (api/fastpath.py); requests from aiohttp's server have none."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def open_stream(self, headers: dict[str, str]) -> web.StreamResponse: ...
+
+
+STREAM_OPENER = web.RequestKey("stream_opener", StreamOpener)
 
 class RequestTracker:
     """Knows every request being handled, so a stop can drain them and cut the stragglers.

@@ -36,7 +36,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from failoverd.api.body import PRELOADED
-from failoverd.api.drain import RequestTracker
+from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
@@ -132,15 +132,16 @@ class FastRequest:
     __slots__ = ("app", "headers", "path", "transport", "content_length", "content", "_keys")
 
     def __init__(self, app: web.Application, path: str, headers: CIMultiDict[str],
-                 transport: asyncio.Transport, body: bytes, parsed: dict[str, Any] | None
-                 ) -> None:
+                 conn: FastConnection, body: bytes, parsed: dict[str, Any] | None) -> None:
         self.app = app
         self.path = path
         self.headers = headers
-        self.transport = transport
+        self.transport = conn.transport
         self.content_length = len(body)
         self.content = _Body(body)
-        self._keys: dict[Any, Any] = {PRELOADED: parsed} if parsed is not None else {}
+        self._keys: dict[Any, Any] = {STREAM_OPENER: conn}
+        if parsed is not None:
+            self._keys[PRELOADED] = parsed
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._keys.get(key, default)
@@ -149,11 +150,60 @@ class FastRequest:
         self._keys[key] = value
 
 
-class FastConnection(asyncio.Protocol):
+class FastStream(web.StreamResponse):
+    """A streamed answer on the fast path: the head when prepared, then chunked data.
+
+    What api/proxy.py and api/drain.py use of aiohttp's StreamResponse: `prepare`,
+    `prepared`, `write` (which waits while the client is not reading, as aiohttp's does),
+    `write_eof`, and the inherited headers and content type.
+    """
+
+    def __init__(self, conn: FastConnection, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self._conn = conn
+        self._started = False
+        self._ended = False
+
+    @property
+    def prepared(self) -> bool:
+        return self._started
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        if not self._started:
+            self._started = True
+            self._conn.start_stream(self)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ended:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not self._started:
+            raise RuntimeError("Cannot call write() before prepare()")
+        await self._conn.write_chunk(bytes(data))
+
+    async def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
+        if self._ended:
+            return
+        if data:
+            await self.write(data)
+        self.end_now()
+
+    def end_now(self) -> None:
+        """The last chunk, unless it went already."""
+        if not self._ended:
+            self._ended = True
+            self._conn.end_stream()
+
+
+class FastConnection(asyncio.Protocol, StreamOpener):
     """One client connection while it stays on the fast path."""
 
     __slots__ = ("front", "transport", "chunks", "size", "task", "closed", "idle_since",
-                 "idle_timer", "reading_paused", "writing_paused", "_loop")
+                 "idle_timer", "reading_paused", "writing_paused", "stream", "close_after",
+                 "drained", "_loop")
 
     def __init__(self, front: FastPath) -> None:
         self.front = front
@@ -166,6 +216,9 @@ class FastConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.writing_paused = False
+        self.stream: FastStream | None = None  # the current request's, once prepared
+        self.close_after = False  # the current answer said Connection: close
+        self.drained: asyncio.Future[None] | None = None  # a stream write waiting
         self._loop = asyncio.get_running_loop()
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -197,14 +250,22 @@ class FastConnection(asyncio.Protocol):
         if self.task is not None:
             self.task.cancel()  # the client went away: its request stops (aiohttp's
             # handler_cancellation, as the supervisor sets it)
+        self._wake_writer()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._wake_writer()
         if self.task is None and not self.closed:
             self._next()
+
+    def _wake_writer(self) -> None:
+        if self.drained is not None:
+            if not self.drained.done():
+                self.drained.set_result(None)
+            self.drained = None
 
     # ------------------------------------------------------------------ requests
 
@@ -253,15 +314,12 @@ class FastConnection(asyncio.Protocol):
             pass  # the handler names the problem
         else:
             if isinstance(loaded, dict):
-                if loaded.get("stream"):
-                    self._hand_off()  # streams are aiohttp's
-                    return
                 parsed = loaded
         rest = data[stop:]
         self.chunks = [rest] if rest else []
         self.size = len(rest)
         assert self.transport is not None
-        incoming = FastRequest(self.front.app, path, headers, self.transport, body, parsed)
+        incoming = FastRequest(self.front.app, path, headers, self, body, parsed)
         self.task = self._loop.create_task(self._serve(route, incoming))
 
     def _parse(self, data: bytes, end: int
@@ -301,35 +359,48 @@ class FastConnection(asyncio.Protocol):
                 raise
             except Exception:
                 logger.exception("error serving %s", request.path)
+                if self.stream is not None:  # the head is out: no 500 can follow
+                    self.close()
+                    return
                 response = openai_error(500, "internal error in failoverd; see its log",
                                         "internal_error", "internal_error")
-            if not self.closed:
+            if self.closed:
+                return
+            if self.stream is not None:
+                self.stream.end_now()  # when the handler returned without ending it
+            else:
                 self._write(response)
+            if self.close_after:
+                self.close()
         finally:
             self.task = None
+            self.stream = None
         if not self.closed:
             self._became_idle()
 
-    def _write(self, response: web.StreamResponse) -> None:
-        written = self._encode(response)
-        if written is None:  # never from these handlers: a defect, not the client's doing
-            written = self._encode(openai_error(500, "internal error in failoverd; see its log",
-                                                "internal_error", "internal_error"))
-            assert written is not None
-        data, closing = written
-        assert self.transport is not None
-        self.transport.write(data)
-        self.front.served += 1
-        if closing:
-            self.transport.close()
+    # ------------------------------------------------------------------ answers
 
-    def _encode(self, response: web.StreamResponse) -> tuple[bytes, bool] | None:
-        """The answer as bytes, and whether the connection closes after it; None (logged)
-        for what cannot be written here."""
-        body = response.body if isinstance(response, web.Response) else None
-        if not isinstance(body, bytes):
+    def _write(self, response: web.StreamResponse) -> None:
+        body = b""
+        head = None
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            body = response.body
+            head = self._head(response, len(body))
+        else:  # never from these handlers: a defect
             logger.error("the fast path cannot write a %s", type(response).__name__)
-            return None
+        if head is None:
+            fallback = openai_error(500, "internal error in failoverd; see its log",
+                                    "internal_error", "internal_error")
+            body = cast(bytes, fallback.body)
+            head = self._head(fallback, len(body))
+            assert head is not None
+        assert self.transport is not None
+        self.transport.write(head + body)
+        self.front.served += 1
+
+    def _head(self, response: web.StreamResponse, length: int | None) -> bytes | None:
+        """The answer's head, with Content-Length `length` or else chunked; None (logged)
+        when a header cannot be sent. Sets `close_after`."""
         closing = self.front.closing
         lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
         for name, value in response.headers.items():
@@ -341,11 +412,42 @@ class FastConnection(asyncio.Protocol):
             lines.append(f"{name}: {value}\r\n")
         if closing and "Connection" not in response.headers:
             lines.append("Connection: close\r\n")
-        lines.append(f"Content-Length: {len(body)}\r\nDate: {self.front.date()}\r\n"
-                     f"Server: {SERVER_SOFTWARE}\r\n\r\n")
-        return "".join(lines).encode("utf-8") + body, closing
+        lines.append(f"Content-Length: {length}\r\n" if length is not None
+                     else "Transfer-Encoding: chunked\r\n")
+        lines.append(f"Date: {self.front.date()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n")
+        self.close_after = closing
+        return "".join(lines).encode("utf-8")
+
+    def open_stream(self, headers: dict[str, str]) -> web.StreamResponse:
+        return FastStream(self, headers)
+
+    def start_stream(self, stream: FastStream) -> None:
+        head = self._head(stream, None)
+        if head is None:
+            raise ValueError("a header of the streamed answer holds a line break")
+        self.stream = stream
+        assert self.transport is not None
+        self.transport.write(head)
+
+    async def write_chunk(self, data: bytes) -> None:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        if data:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if self.writing_paused:  # the client is not reading: wait until it does
+            if self.drained is None:
+                self.drained = self._loop.create_future()
+            await self.drained
+
+    def end_stream(self) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(b"0\r\n\r\n")
+        self.front.served += 1
 
     def _became_idle(self) -> None:
+        self.close_after = False
         self.idle_since = self._loop.time()
         if self.front.closing:
             self.close()

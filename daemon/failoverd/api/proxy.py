@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from failoverd.api.body import read_json
-from failoverd.api.drain import STREAM_RESPONSE
+from failoverd.api.drain import STREAM_OPENER, STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
 from failoverd.api.replies import JSON, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
@@ -167,7 +167,10 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
                                                     session, route.needs)
     svc.note_session(outcome, session, route)  # sticky from the first chunk on
     encoder = front.encoder(outcome.model)
-    resp = web.StreamResponse(headers={**_SSE_HEADERS, **outcome_headers(outcome, route.header)})
+    headers = {**_SSE_HEADERS, **outcome_headers(outcome, route.header)}
+    opener = request.get(STREAM_OPENER)
+    resp = opener.open_stream(headers) if opener is not None else web.StreamResponse(
+        headers=headers)
     request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
     client = _Client(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
     error: UpstreamError | None = None
