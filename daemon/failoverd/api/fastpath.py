@@ -1,14 +1,14 @@
-"""The fast path: proxied chat requests that do not stream, served without aiohttp's server.
+"""The fast path: proxied chat requests served without aiohttp's server.
 
 Every client connection starts here. A request this module recognises — `POST
 /v1/chat/completions` or `POST /v1/messages` in HTTP/1.1, a well-formed head of at most
 8190 bytes without a repeated field, a Content-Length body within `max_body_bytes` that has
-fully arrived, no Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive, and
-not `"stream": true` — runs the handler aiohttp would run (behind the same access guard and
-drain tracking, api/drain.py) and its answer is written here, as one write. Anything else
-hands the connection, with every byte not yet consumed, to aiohttp's own protocol for the
-rest of its life: aiohttp alone decides every other case (a malformed request's 400, chunked
-bodies, 100-continue, streams, the control API, event streams).
+fully arrived, no Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive —
+runs the handler aiohttp would run (behind the same access guard and drain tracking,
+api/drain.py); its answer is written here in one write, or, streamed, as a head and chunks
+(`FastStream`). Anything else hands the connection, with every byte not yet consumed, to
+aiohttp's own protocol for the rest of its life: aiohttp alone decides every other case (a
+malformed request's 400, chunked bodies, 100-continue, the control API, event streams).
 
 Why: aiohttp's server (its request and response objects, header parsing and writing, the
 router) was about 35% of the CPU of a proxied request; this path does the same work for
@@ -16,8 +16,9 @@ the common request in a few dozen operations (see README, Benchmark).
 
 Semantics kept from aiohttp's server as the supervisor configures it: a client that goes
 away cancels its request (handler_cancellation), a connection idle for `idle_timeout` is
-closed, requests pipelined on one connection are answered in order, a draining daemon
-closes idle connections at once and busy ones after their answer (`Connection: close`).
+closed, requests pipelined on one connection are answered in order, a stream write waits
+while the client is not reading, a draining daemon closes idle connections at once and busy
+ones after their answer (`Connection: close`).
 """
 
 from __future__ import annotations
