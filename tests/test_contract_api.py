@@ -13,7 +13,15 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.helpers import HELLO, failoverctl, one_model_config, pair_config, status, until_async
+from tests.helpers import (
+    HELLO,
+    failoverctl,
+    one_model_config,
+    pair_config,
+    status,
+    until,
+    until_async,
+)
 
 CHAT = {"model": "default", "messages": HELLO}
 MESSAGES = {"model": "default", "max_tokens": 16, "messages": HELLO}
@@ -45,7 +53,10 @@ async def test_beyond_max_inflight_failoverd_answers_503_overloaded_itself(
         assert resp.status_code == 503
         assert resp.json()["type"] == "error"
         assert resp.json()["error"]["type"] == "overloaded_error"
-        assert len(a.chat_requests()) == 1  # only the held request reached the upstream
+        # only the held request reached the upstream (it may get there after the refusals:
+        # the slot is taken before the upstream call is made)
+        await until(lambda: len(a.chat_requests()) == 1)
+        assert len(a.chat_requests()) == 1
     finally:
         held.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -175,8 +175,8 @@ class FastStream(web.StreamResponse):
 
     async def prepare(self, request: web.BaseRequest) -> None:
         if not self._started:
-            self._started = True
             self._conn.start_stream(self)
+            self._started = True
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._ended:
@@ -202,7 +202,7 @@ class FastStream(web.StreamResponse):
 class FastConnection(asyncio.Protocol, StreamOpener):
     """One client connection while it stays on the fast path."""
 
-    __slots__ = ("front", "transport", "chunks", "size", "task", "closed", "idle_since",
+    __slots__ = ("front", "transport", "chunks", "size", "need", "task", "closed", "idle_since",
                  "idle_timer", "reading_paused", "writing_paused", "stream", "close_after",
                  "drained", "_loop")
 
@@ -211,6 +211,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         self.transport: asyncio.Transport | None = None
         self.chunks: list[bytes] = []  # received and not yet consumed
         self.size = 0
+        self.need = 0  # bytes the request being received needs, once its head is known
         self.task: asyncio.Task[None] | None = None  # the request being served
         self.closed = False
         self.idle_since = 0.0
@@ -235,7 +236,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         self.chunks.append(data)
         self.size += len(data)
         self.idle_since = self._loop.time()
-        if self.task is None and not self.writing_paused:
+        if self.task is None and not self.writing_paused and self.size >= self.need:
             self._next()
         elif not self.reading_paused and self.size > self._max_body() + _AHEAD:
             self.reading_paused = True
@@ -306,7 +307,9 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         stop = start + length
         if len(data) < stop:
             self.chunks = [data]
+            self.need = stop  # joined again only once it is all there: no quadratic copying
             return
+        self.need = 0
         body = data[start:stop]
         parsed: dict[str, Any] | None = None
         try:
@@ -439,7 +442,9 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if self.writing_paused:  # the client is not reading: wait until it does
             if self.drained is None:
                 self.drained = self._loop.create_future()
-            await self.drained
+            # shielded: a cancelled write (the drain's cut) must not cancel the future the
+            # next write (the cut's error event) waits on
+            await asyncio.shield(self.drained)
 
     def end_stream(self) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
