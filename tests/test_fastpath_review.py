@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
+
+import orjson
+import pytest
 
 from tests.helpers import one_model_config, until
 from tests.test_fastpath import (
     ASK,
+    CHAT,
+    MESSAGES,
     NO_PROBES,
     STREAM,
+    _free_port,
     connect,
     fast,
     inflight,
@@ -68,3 +75,99 @@ async def test_a_body_arriving_in_pieces_is_joined_once(fake_openai: Any,
         answer = await read_answer(reader)
     assert answer.status == 200
     assert paths(d) == (1, 0)
+
+
+async def test_a_client_without_the_token_gets_its_401_before_sending_its_body(
+        fake_openai: Any, start_daemon: Any, short_dir: Path) -> None:
+    """A body still arriving was held (up to max_body_bytes, 32 MiB by default, per
+    connection) before the access guard ran: 8 clients without the token took 300 MB. A
+    client without access is now handed to aiohttp at its head, and refused there."""
+    fake = await fake_openai()
+    token = short_dir / "token"
+    token.write_text("s3cret\n")
+    port = _free_port()
+    d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
+                           + one_model_config(fake.url, tail=NO_PROBES))
+    request = post({**ASK, "messages": [{"role": "user", "content": "x" * 100_000}]})
+    async with connect(("127.0.0.1", port)) as (reader, writer):
+        writer.write(request[:20_000])  # the head and a fifth of the body; the rest never
+        answer = await read_answer(reader)
+    assert answer.status == 401
+    assert paths(d) == (0, 1)
+    # with the token, the same body arriving in pieces is served here
+    request = post({**ASK, "messages": [{"role": "user", "content": "x" * 100_000}]},
+                   headers="Authorization: Bearer s3cret\r\n")
+    async with connect(("127.0.0.1", port)) as (reader, writer):
+        writer.write(request[:20_000])
+        await until(lambda: any(c.need for c in fast(d).connections))
+        writer.write(request[20_000:])
+        answer = await read_answer(reader)
+    assert answer.status == 200
+    assert paths(d) == (1, 1)
+    assert len(fake.chat_requests()) == 1
+
+
+async def test_requests_pipelined_behind_a_busy_one_are_held_to_64_kib(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """While a request is served, what the client sends ahead is read up to 64 KiB, then
+    the connection is not read until the answer went (was: max_body_bytes + 64 KiB); every
+    request is answered, in order."""
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+    fake.push("slow:0.5")
+    ahead = [post({**ASK, "user": f"u{i}"}) for i in range(1000)]  # about 180 KB
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK))
+        await until(lambda: len(fake.chat_requests()) == 1)
+        writer.write(b"".join(ahead))
+        (conn,) = fast(d).connections
+        await until(lambda: conn.reading_paused)
+        assert 64 * 1024 < conn.size < 64 * 1024 + 300 * 1024  # one read past the mark
+        answers = [await read_answer(reader) for _ in range(1 + len(ahead))]
+    assert {a.status for a in answers} == {200}
+    assert [r.body.get("user") for r in fake.chat_requests()] == [None] + [
+        f"u{i}" for i in range(1000)]
+
+
+@pytest.mark.parametrize(("path", "shape"), [(CHAT, "shutting_down"),
+                                           (MESSAGES, "overloaded_error")])
+async def test_a_request_still_arriving_when_the_drain_begins_gets_the_503(
+        fake_openai: Any, start_daemon: Any, path: str, shape: str) -> None:
+    """It was closed without an answer (aiohttp's path answers the cut's 503)."""
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+    request = post({**ASK, "max_tokens": 50}, path)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(request[:-10])
+        await until(lambda: any(c.need for c in fast(d).connections))
+        d.sup.request_stop()
+        answer = await read_answer(reader)
+        assert answer.status == 503
+        assert answer.headers["Connection"] == "close"
+        assert answer.headers["Retry-After"] == "1"
+        assert shape in answer.body.decode()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed
+    await asyncio.wait_for(d.task, 10)
+    assert fake.chat_requests() == []
+
+
+@pytest.mark.parametrize(("head", "why"), [
+    pytest.param(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n",
+                 b"Host", id="no-host"),
+    pytest.param(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 + b"".join(b"X-F%d: v\r\n" % i for i in range(130)), b"", id="130-fields"),
+])
+async def test_what_aiohttp_refuses_is_left_to_aiohttp(
+        fake_openai: Any, start_daemon: Any, head: bytes, why: bytes) -> None:
+    """A request without Host or with more than 128 fields was served here; aiohttp's 400."""
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+    body = orjson.dumps(ASK)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = await read_answer(reader)
+    assert answer.status == 400
+    assert why in answer.body
+    assert paths(d) == (0, 1)
+    assert fake.chat_requests() == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import socket
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -12,8 +14,7 @@ from failoverd.api.service import Service
 from failoverd.listen import peer_uid
 
 
-def _family(request: web.BaseRequest) -> int | None:
-    transport = request.transport
+def _family(transport: asyncio.BaseTransport | None) -> int | None:
     sock = transport.get_extra_info("socket") if transport is not None else None
     return sock.family if sock is not None else None
 
@@ -26,11 +27,17 @@ def _raw(value: str) -> bytes:
 
 def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
+    return refusal_of(request.transport, request.headers, service)
+
+
+def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, str],
+               service: Service) -> web.Response | None:
+    """`refusal` for a request known by its connection and header fields."""
     daemon = service.runtime.config.daemon
-    family = _family(request)
+    family = _family(transport)
     if family == socket.AF_UNIX:
         if daemon.allowed_uids:
-            uid = peer_uid(request.transport)
+            uid = peer_uid(transport)
             if uid is None or uid not in daemon.allowed_uids:
                 return openai_error(403, f"uid {uid} is not in daemon.allowed_uids",
                                     "permission_denied", "permission_denied")
@@ -39,7 +46,7 @@ def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
         if not daemon.tcp_token:
             return openai_error(401, "TCP clients need a token: set daemon.tcp_token_file",
                                 "authentication_error", "invalid_api_key")
-        auth = request.headers.get("Authorization", "")
+        auth = headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
                 _raw(token), daemon.tcp_token.encode()):

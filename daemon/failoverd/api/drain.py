@@ -111,15 +111,20 @@ class RequestTracker:
 _SHUTDOWN_MESSAGE = "failoverd is shutting down: the request was cut before it finished; retry it"
 
 
+def shutting_down(anthropic: bool) -> web.Response:
+    """The 503 for a request the stop cut before its answer began (it closes the connection)."""
+    headers = {"Connection": "close", "Retry-After": "1"}
+    if anthropic:  # overloaded_error: what Anthropic clients retry on
+        return ANTHROPIC.error(503, "overloaded", _SHUTDOWN_MESSAGE, headers=headers)
+    return OPENAI.error(503, "shutting_down", _SHUTDOWN_MESSAGE, "shutting_down",
+                        headers=headers)
+
+
 async def _cut_reply(request: web.Request,
                      resp: web.StreamResponse | None) -> web.StreamResponse:
     anthropic = request.path.startswith("/v1/messages")
     if resp is None or not resp.prepared:
-        headers = {"Connection": "close", "Retry-After": "1"}
-        if anthropic:  # overloaded_error: what Anthropic clients retry on
-            return ANTHROPIC.error(503, "overloaded", _SHUTDOWN_MESSAGE, headers=headers)
-        return OPENAI.error(503, "shutting_down", _SHUTDOWN_MESSAGE, "shutting_down",
-                            headers=headers)
+        return shutting_down(anthropic)
     if resp.content_type == "text/event-stream":
         if anthropic:
             event = anthropic_error_event("overloaded_error", _SHUTDOWN_MESSAGE)

@@ -36,8 +36,9 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
+from failoverd.api.access import refusal_of
 from failoverd.api.body import PRELOADED
-from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener
+from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener, shutting_down
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
@@ -49,9 +50,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # aiohttp's limit on a request line and on a header field: a longer head goes to aiohttp,
 # which answers it (400 / 431)
 HEAD_LIMIT = 8190
-# bytes a client may have sent ahead (pipelined) while its request is served, beyond the
-# largest body it may send, before the connection stops being read
+# bytes a client may have sent ahead (pipelined) while its request is served or while it
+# does not read its answers, before the connection stops being read
 _AHEAD = 64 * 1024
+# aiohttp's limit on the number of header fields (more: its 400)
+MAX_FIELDS = 128
+# what aiohttp refuses to send in a header: a control character other than tab
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # header fields as RFC 9110 has them: a token, a colon, a value of no control character but
 # tab, each line ending in CRLF (no obs-fold, no whitespace before the colon)
 _NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -97,11 +102,12 @@ class FastPath:
         return self._date
 
     def pre_shutdown(self) -> None:
-        """The drain begins: idle connections close now, busy ones after their answer."""
+        """The drain begins: idle connections close now (one with a request still arriving
+        gets the 503 a cut request gets), busy ones after their answer."""
         self.closing = True
         for conn in list(self.connections):
             if conn.task is None:
-                conn.close()
+                conn.refuse_unfinished()
 
     def close(self) -> None:
         """The end: whatever connection is left is closed."""
@@ -202,16 +208,18 @@ class FastStream(web.StreamResponse):
 class FastConnection(asyncio.Protocol, StreamOpener):
     """One client connection while it stays on the fast path."""
 
-    __slots__ = ("front", "transport", "chunks", "size", "need", "task", "closed", "idle_since",
-                 "idle_timer", "reading_paused", "writing_paused", "stream", "close_after",
-                 "drained", "_loop")
+    __slots__ = ("front", "transport", "chunks", "pos", "size", "need", "task", "closed",
+                 "idle_since", "idle_timer", "reading_paused", "writing_paused", "stream",
+                 "close_after", "drained", "_loop")
 
     def __init__(self, front: FastPath) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
-        self.chunks: list[bytes] = []  # received and not yet consumed
-        self.size = 0
-        self.need = 0  # bytes the request being received needs, once its head is known
+        # received and not yet consumed: chunks[0][pos:], then the other chunks
+        self.chunks: list[bytes] = []
+        self.pos = 0
+        self.size = 0  # bytes not yet consumed
+        self.need = 0  # of them, what the request being received needs, once its head is known
         self.task: asyncio.Task[None] | None = None  # the request being served
         self.closed = False
         self.idle_since = 0.0
@@ -236,9 +244,10 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         self.chunks.append(data)
         self.size += len(data)
         self.idle_since = self._loop.time()
-        if self.task is None and not self.writing_paused and self.size >= self.need:
-            self._next()
-        elif not self.reading_paused and self.size > self._max_body() + _AHEAD:
+        if self.task is None and not self.writing_paused:
+            if self.size >= self.need:  # a body arriving is looked at again once all there
+                self._next()
+        elif not self.reading_paused and self.size > _AHEAD:
             self.reading_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -275,27 +284,42 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def refuse_unfinished(self) -> None:
+        """At the drain: closes an idle connection, answering first the request still
+        arriving on it, if any."""
+        if self.size and not self.closed:
+            data = self._unconsumed()
+            self._write(shutting_down(data.startswith(b"POST /v1/messages")))
+        self.close()
+
+    def _unconsumed(self) -> bytes:
+        chunks = self.chunks
+        first = chunks[0][self.pos:] if self.pos else chunks[0]
+        return first if len(chunks) == 1 else b"".join([first, *chunks[1:]])
+
     def _max_body(self) -> int:
         return self.front.service.runtime.config.daemon.max_body_bytes
 
     def _next(self) -> None:
         """Starts the next buffered request, hands the connection off, or waits for bytes."""
-        if self.writing_paused or self.closed or not self.chunks:
+        if self.writing_paused or self.closed or not self.size:
             return
+        transport = self.transport
+        assert transport is not None
         if self.reading_paused:
             self.reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
-        chunks = self.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT + 4)
+            transport.resume_reading()
+        if len(self.chunks) == 1:
+            data, pos = self.chunks[0], self.pos
+        else:
+            data, pos = self._unconsumed(), 0
+            self.chunks, self.pos = [data], 0
+        end = data.find(b"\r\n\r\n", pos, pos + HEAD_LIMIT + 4)
         if end < 0:
-            if len(data) > HEAD_LIMIT:
+            if len(data) - pos > HEAD_LIMIT:
                 self._hand_off()
-            else:
-                self.chunks = [data]
             return
-        request = self._parse(data, end)
+        request = self._parse(data, pos, end)
         if request is None:
             self._hand_off()
             return
@@ -303,14 +327,17 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if length > self._max_body():
             self._hand_off()  # aiohttp's path answers the 413 and skips the body
             return
-        start = end + 4
-        stop = start + length
+        stop = end + 4 + length
         if len(data) < stop:
-            self.chunks = [data]
-            self.need = stop  # joined again only once it is all there: no quadratic copying
+            # the body is still arriving: it is held only for a client with access (one
+            # without gets its refusal from aiohttp, which reads no body)
+            if refusal_of(transport, headers, self.front.service) is not None:
+                self._hand_off()
+            else:
+                self.need = stop - pos  # looked at again once it is all there
             return
         self.need = 0
-        body = data[start:stop]
+        body = data[end + 4:stop]
         parsed: dict[str, Any] | None = None
         try:
             loaded = orjson.loads(body)
@@ -319,18 +346,18 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         else:
             if isinstance(loaded, dict):
                 parsed = loaded
-        rest = data[stop:]
-        self.chunks = [rest] if rest else []
-        self.size = len(rest)
-        assert self.transport is not None
+        if stop == len(data):
+            self.chunks, self.pos, self.size = [], 0, 0
+        else:  # pipelined: the rest stays where it is, no copy
+            self.pos, self.size = stop, len(data) - stop
         incoming = FastRequest(self.front.app, path, headers, self, body, parsed)
         self.task = self._loop.create_task(self._serve(route, incoming))
 
-    def _parse(self, data: bytes, end: int
+    def _parse(self, data: bytes, pos: int, end: int
                ) -> tuple[Handler, str, CIMultiDict[str], int] | None:
-        """(handler, path, headers, content length) of a request this path serves, else
-        None: the connection goes to aiohttp."""
-        line, _, fields = data[:end].partition(b"\r\n")
+        """(handler, path, headers, content length) of the request whose head is
+        data[pos:end] if this path serves it, else None: the connection goes to aiohttp."""
+        line, _, fields = data[pos:end].partition(b"\r\n")
         method, _, rest = line.partition(b" ")
         target, _, version = rest.partition(b" ")
         if method != b"POST" or version != b"HTTP/1.1":
@@ -344,8 +371,10 @@ class FastConnection(asyncio.Protocol, StreamOpener):
             return None
         pairs = [(name, value.rstrip(" \t")) for name, value in _FIELD.findall(text)]
         names = {name.lower() for name, _ in pairs}
-        if len(names) != len(pairs) or not _HANDS_OFF.isdisjoint(names):
-            return None  # a repeated field (which one wins?) or one aiohttp must handle
+        if (len(names) != len(pairs) or not _HANDS_OFF.isdisjoint(names)
+                or "host" not in names or len(pairs) > MAX_FIELDS):
+            return None  # a repeated field (which one wins?), one aiohttp must handle, or
+            # what aiohttp refuses (HTTP/1.1 without Host, too many fields)
         headers = CIMultiDict(pairs)
         length = headers.get("content-length")
         if length is None or not (length.isascii() and length.isdigit()) or len(length) > 18:
@@ -408,8 +437,9 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         closing = self.front.closing
         lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
         for name, value in response.headers.items():
-            if "\r" in value or "\n" in value:  # as aiohttp, which refuses to send it
-                logger.error("the answer's header %s holds a line break", name)
+            if _UNSENDABLE.search(value) is not None or _UNSENDABLE.search(name) is not None:
+                # as aiohttp, which refuses to send it
+                logger.error("the answer's header %s holds a control character", name)
                 return None
             if name.lower() == "connection" and value.lower() == "close":
                 closing = True
@@ -457,7 +487,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         self.idle_since = self._loop.time()
         if self.front.closing:
             self.close()
-        elif self.chunks:
+        elif self.size:
             self._next()
 
     def _idle_check(self) -> None:
@@ -479,9 +509,8 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         """From now on aiohttp serves this connection, starting with the unconsumed bytes."""
         transport = self.transport
         assert transport is not None
-        data = b"".join(self.chunks)
-        self.chunks = []
-        self.size = 0
+        data = self._unconsumed() if self.size else b""
+        self.chunks, self.pos, self.size = [], 0, 0
         self.front.connections.discard(self)
         if self.idle_timer is not None:
             self.idle_timer.cancel()

@@ -13,7 +13,7 @@ from aiohttp import web
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_OPENER, STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
-from failoverd.api.replies import JSON, outcome_headers, retry_after_header
+from failoverd.api.replies import JSON, header_value, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
 from failoverd.dispatch import Outcome, StreamStart
 from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
@@ -53,7 +53,8 @@ def _failed(front: FrontEnd, rt: Runtime, exc: UpstreamError, outcome: Outcome) 
         if exc.body and provider is not None and provider.kind == front.name:
             # same API on both sides: the client gets the upstream error unchanged
             return web.Response(body=exc.body, status=exc.status or 400, headers=headers,
-                                content_type=exc.content_type.split(";")[0] or JSON)
+                                content_type=header_value(exc.content_type.split(";")[0])
+                                or JSON)
         return front.error(exc.status or 400, "invalid_request_error", exc.message,
                            "upstream_bad_request", headers=headers, model=exc.model)
     # a hook aborted the failover, or the context policy said fail
