@@ -80,8 +80,9 @@ class MinimalProxy(asyncio.Protocol):
                 transport.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
             else:  # a stream: relayed as it comes
                 transport.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
-                while chunk := await resp.read_upto(65536):
+                while chunk := await resp.readline():  # as it comes (SSE lines)
                     transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                resp.release()  # the upstream connection back to the pool
                 transport.write(b"0\r\n\r\n")
         except Exception as exc:  # noqa: BLE001 - a benchmark tool: report and close
             print(f"minimal proxy: {type(exc).__name__}: {exc}", file=sys.stderr)
