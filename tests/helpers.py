@@ -4,6 +4,7 @@ to a running daemon."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -158,3 +159,20 @@ base_url = "{url}"
 provider = "a"
 {model}
 {tail}"""
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for daemon.tcp)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tcp_listener(directory: Path, token: str = "s3cret") -> tuple[int, str]:
+    """A free loopback port and the [daemon] lines that open the TCP listener on it with
+    `token` (written to a file in `directory`): (port, lines)."""
+    path = directory / "token"
+    path.write_text(token + "\n")
+    port = free_port()
+    return port, f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{path}"\n'

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import httpx
 
-from tests.helpers import one_model_config
+from tests.helpers import one_model_config, tcp_listener
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -31,18 +30,11 @@ async def test_uid_not_in_allow_list_gets_403(fake_openai, start_daemon, short_d
     assert r.status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def test_tcp_listener_requires_token(fake_openai, start_daemon, short_dir) -> None:
     fake = await fake_openai()
-    token = short_dir / "token"
-    token.write_text("s3cret\n")
-    port = _free_port()
-    body = f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n' + one_model_config(fake.url)
+    port, tcp = tcp_listener(short_dir)
+    body = tcp + one_model_config(fake.url)
     # the fixture writes the [daemon] table first, so these keys land in it
     d = await start_daemon(body)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as tcp:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -30,7 +29,7 @@ from failoverd.supervisor import Supervisor
 from tests.conftest import Daemon, daemon_toml
 from tests.fakes.base import fake_fixture
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, one_model_config, pair_config, until
+from tests.helpers import HELLO, one_model_config, pair_config, tcp_listener, until
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -759,21 +758,12 @@ async def test_requests_still_running_after_shutdown_timeout_are_cut_with_an_ans
 # ---------------------------------------------------------------------- access
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 async def test_tcp_listener_checks_the_token_on_the_fast_path(
         fake_openai: Any, start_daemon: Any, short_dir: Path) -> None:
     fake = await fake_openai()
-    token = short_dir / "token"
-    token.write_text("s3cret\n")
-    port = _free_port()
-    d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
-                           + one_model_config(fake.url, tail=NO_PROBES))
+    port, tcp = tcp_listener(short_dir)
+    d = await start_daemon(tcp + one_model_config(fake.url, tail=NO_PROBES))
     async with connect(("127.0.0.1", port)) as (reader, writer):
         for auth, status in (("", 401), ("Authorization: Bearer wrong\r\n", 401),
                              ("Authorization: Bearer s3cret\r\n", 200)):

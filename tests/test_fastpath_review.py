@@ -9,14 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import one_model_config, until
+from tests.helpers import one_model_config, tcp_listener, until
 from tests.test_fastpath import (
     ASK,
     CHAT,
     MESSAGES,
     NO_PROBES,
     STREAM,
-    _free_port,
     connect,
     fast,
     inflight,
@@ -83,11 +82,8 @@ async def test_a_client_without_the_token_gets_its_401_before_sending_its_body(
     connection) before the access guard ran: 8 clients without the token took 300 MB. A
     client without access is now handed to aiohttp at its head, and refused there."""
     fake = await fake_openai()
-    token = short_dir / "token"
-    token.write_text("s3cret\n")
-    port = _free_port()
-    d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
-                           + one_model_config(fake.url, tail=NO_PROBES))
+    port, tcp = tcp_listener(short_dir)
+    d = await start_daemon(tcp + one_model_config(fake.url, tail=NO_PROBES))
     request = post({**ASK, "messages": [{"role": "user", "content": "x" * 100_000}]})
     async with connect(("127.0.0.1", port)) as (reader, writer):
         writer.write(request[:20_000])  # the head and a fifth of the body; the rest never

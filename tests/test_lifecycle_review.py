@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,17 +16,11 @@ from failoverd import config as config_mod
 from failoverd.errors import StateError
 from failoverd.supervisor import Supervisor
 from tests.conftest import daemon_toml
-from tests.helpers import one_model_config
+from tests.helpers import free_port, one_model_config
 from tests.test_lifecycle import Launch, launch, toml  # noqa: F401 - launch is a fixture
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
@@ -35,7 +28,7 @@ async def test_reload_that_drops_tcp_keeps_the_live_listener_authenticated(
     fake = await fake_openai()
     token = short_dir / "token"
     token.write_text("s3cret\n")
-    port = _free_port()
+    port = free_port()
     d = await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
                            + one_model_config(fake.url), name="tcp")
     # the operator turns the listener off; it stays up until the restart (tcp is
@@ -131,7 +124,7 @@ async def test_tcp_socket_passed_by_systemd_is_never_unauthenticated(
     # a failoverd.socket with ListenStream=127.0.0.1:PORT: daemon.tcp is not set, so no token
     # was asked for, and every local user was served (or, on 0.0.0.0, everyone)
     a = await fake_openai()
-    port = _free_port()
+    port = free_port()
     daemon = ""
     if with_token:
         token = short_dir / "token"

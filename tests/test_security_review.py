@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from tests.fakes.base import serve_app
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import one_model_config
+from tests.helpers import one_model_config, tcp_listener
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
@@ -127,11 +126,6 @@ async def test_upstream_errors_echoing_the_key_are_redacted_everywhere(
         assert not any(part in text for part in shown), text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def tcp_status(port: int, authorization: bytes) -> int:
     """The status a raw request with this Authorization value gets on the TCP listener."""
@@ -152,11 +146,8 @@ async def tcp_status(port: int, authorization: bytes) -> int:
 async def test_a_token_that_is_not_utf8_gets_401_not_500(fake_openai: Any, start_daemon: Any,
                                                          short_dir: Path) -> None:
     fake = await fake_openai()
-    token = short_dir / "token"
-    token.write_text("s3cret\n")
-    port = _free_port()
-    await start_daemon(f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{token}"\n'
-                       + one_model(fake.url), env={"A_KEY": KEY})
+    port, tcp = tcp_listener(short_dir)
+    await start_daemon(tcp + one_model(fake.url), env={"A_KEY": KEY})
     for bad in (b"Bearer \xff\xfe", b"Bearer s3cret\xff", b"Bearer s3cr\xc3\xa9t"):
         assert await tcp_status(port, bad) == 401, bad
     assert fake.requests == []

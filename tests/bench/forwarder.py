@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from tests.bench.upstream import install_uvloop, until_stopped
 
@@ -85,8 +86,10 @@ async def serve(path: str, port: int) -> None:
     server.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tests.bench.forwarder", description=__doc__.split("\n")[0])
+def proxy_main(argv: list[str] | None, prog: str, doc: str,
+               serve: Callable[[str, int], Coroutine[Any, Any, None]]) -> int:
+    """The command line of a bench proxy: `--unix PATH --upstream-port N [--uvloop]`."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     p.add_argument("--unix", required=True, help="Unix socket path to listen on")
     p.add_argument("--upstream-port", type=int, required=True, help="upstream port on 127.0.0.1")
     p.add_argument("--uvloop", action="store_true")
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         install_uvloop()
     asyncio.run(serve(args.unix, args.upstream_port))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return proxy_main(argv, "tests.bench.forwarder", __doc__ or "", serve)
 
 
 if __name__ == "__main__":

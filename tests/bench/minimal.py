@@ -15,7 +15,6 @@ listening and stops on SIGTERM/SIGINT or when its stdin closes (`--uvloop` to us
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from typing import cast
@@ -23,7 +22,8 @@ from typing import cast
 import orjson
 
 from failoverd.http1 import HttpClient
-from tests.bench.upstream import install_uvloop, until_stopped
+from tests.bench.forwarder import proxy_main
+from tests.bench.upstream import until_stopped
 
 
 class MinimalProxy(asyncio.Protocol):
@@ -105,15 +105,7 @@ async def serve(path: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tests.bench.minimal", description=__doc__.split("\n")[0])
-    p.add_argument("--unix", required=True, help="Unix socket path to listen on")
-    p.add_argument("--upstream-port", type=int, required=True, help="upstream port on 127.0.0.1")
-    p.add_argument("--uvloop", action="store_true")
-    args = p.parse_args(argv)
-    if args.uvloop:
-        install_uvloop()
-    asyncio.run(serve(args.unix, args.upstream_port))
-    return 0
+    return proxy_main(argv, "tests.bench.minimal", __doc__ or "", serve)
 
 
 if __name__ == "__main__":
