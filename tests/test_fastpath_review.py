@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.fakes.openai import FakeOpenAI
 from tests.helpers import one_model_config, tcp_listener, until
 from tests.test_fastpath import (
     ASK,
@@ -17,8 +19,10 @@ from tests.test_fastpath import (
     NO_PROBES,
     STREAM,
     connect,
+    content,
     fast,
     inflight,
+    own_daemon,
     paths,
     post,
     read_answer,
@@ -167,3 +171,67 @@ async def test_what_aiohttp_refuses_is_left_to_aiohttp(
     assert why in answer.body
     assert paths(d) == (0, 1)
     assert fake.chat_requests() == []
+
+
+async def _allowed_uids_on_uvloop(short_dir: Path) -> None:
+    fake = await FakeOpenAI().start()
+    try:
+        mine = f"allowed_uids = [{os.getuid()}]\n"
+        async with own_daemon(short_dir, mine + one_model_config(fake.url, tail=NO_PROBES)) as (
+                sup, sock):
+            async with connect(sock) as (reader, writer):
+                # served here, and by aiohttp (a query string hands the connection over)
+                for path in (CHAT, CHAT + "?via=aiohttp"):
+                    writer.write(post(ASK, path))
+                    answer = await read_answer(reader)
+                    assert answer.status == 200, answer
+            assert paths(sup) == (1, 1)
+    finally:
+        await fake.close()
+
+
+def test_allowed_uids_lets_the_allowed_uid_in_on_uvloop(short_dir: Path) -> None:
+    """peer_uid read the socket only from an asyncio.BaseTransport, which uvloop's
+    transports are not: every uid read None, and allowed_uids refused everyone (403 "uid None
+    is not in daemon.allowed_uids") on both paths, uvloop being the daemon's loop."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(_allowed_uids_on_uvloop(short_dir))
+
+
+async def test_requests_left_unread_on_a_closed_connection_are_never_started(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """The drain answered a connection's pending requests with the 503 ("retry it") and
+    closed it; uvloop then resumed writing on the closing transport and the first of those
+    requests was started and sent upstream all the same."""
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK) + post({**ASK, "user": "never"})[:-3])
+        assert content(await read_answer(reader)) == fake.reply
+        (conn,) = fast(d).connections
+        await until(lambda: conn.need > 0)
+        conn.refuse_unfinished()  # as the drain does
+        conn.resume_writing()  # as uvloop may on a closing transport
+        answer = await read_answer(reader)
+        assert answer.status == 503
+    assert [r.body.get("user") for r in fake.chat_requests()] == [None]
+    assert conn.task is None and conn.size == 0
+
+
+@pytest.mark.parametrize("start", [
+    pytest.param(b"POST /v1/chat/completions HTTP/1.1\nHost: x\n", id="bare-LF"),
+    pytest.param(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n", id="another-method"),
+    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="TLS-hello"),
+])
+async def test_a_head_that_cannot_be_served_here_is_answered_before_it_ends(
+        fake_openai: Any, start_daemon: Any, start: bytes) -> None:
+    """A head the fast path will never serve waited for its CRLFCRLF (or 8190 bytes) until
+    the idle limit, 75 s; aiohttp answers such bytes at once."""
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+    async with connect(d.socket) as (reader, writer):
+        writer.write(start)
+        await until(lambda: paths(d) == (0, 1))
+        if not start.startswith(b"GET"):
+            answer = await read_answer(reader)
+            assert answer.status == 400

@@ -133,8 +133,11 @@ def peer_uid(conn: socket.socket | asyncio.BaseTransport | None) -> int | None:
     the connection is not a Unix socket (the TCP listener) or is already gone.
     """
     sock: object = conn
-    if isinstance(conn, asyncio.BaseTransport):
-        sock = conn.get_extra_info("socket")
+    # duck-typed: uvloop's transports are not asyncio.BaseTransport subclasses (with an
+    # isinstance test every uid read None on uvloop, and allowed_uids refused everyone)
+    get_extra_info = getattr(conn, "get_extra_info", None)
+    if get_extra_info is not None:
+        sock = get_extra_info("socket")
     # asyncio hands out a TransportSocket wrapper, not a socket.socket: duck-type it.
     family = getattr(sock, "family", None)
     getsockopt = getattr(sock, "getsockopt", None)

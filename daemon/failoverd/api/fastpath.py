@@ -53,6 +53,8 @@ HEAD_LIMIT = 8190
 # bytes a client may have sent ahead (pipelined) while its request is served or while it
 # does not read its answers, before the connection stops being read
 _AHEAD = 64 * 1024
+# how every request served here begins
+_REQUEST_START = b"POST /v1/"
 # aiohttp's limit on the number of header fields (more: its 400)
 MAX_FIELDS = 128
 # what aiohttp refuses to send in a header: a control character other than tab
@@ -269,7 +271,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self._wake_writer()
-        if self.task is None and not self.closed:
+        if self.task is None:
             self._next()
 
     def _wake_writer(self) -> None:
@@ -281,16 +283,23 @@ class FastConnection(asyncio.Protocol, StreamOpener):
     # ------------------------------------------------------------------ requests
 
     def close(self) -> None:
+        """Closes the connection; what it holds unread is dropped, never started."""
+        self.chunks, self.pos, self.size, self.need = [], 0, 0, 0
         if self.transport is not None and not self.closed:
             self.transport.close()
 
     def refuse_unfinished(self) -> None:
         """At the drain: closes an idle connection, answering first the request still
-        arriving on it, if any."""
-        if self.size and not self.closed:
+        arriving on it, if any (not blank lines between requests)."""
+        if self.size and not self._closing():
             data = self._unconsumed()
-            self._write(shutting_down(data.startswith(b"POST /v1/messages")))
+            if data.strip(b"\r\n"):
+                self._write(shutting_down(data.startswith(b"POST /v1/messages")))
         self.close()
+
+    def _closing(self) -> bool:
+        transport = self.transport
+        return self.closed or transport is None or transport.is_closing()
 
     def _unconsumed(self) -> bytes:
         chunks = self.chunks
@@ -302,7 +311,8 @@ class FastConnection(asyncio.Protocol, StreamOpener):
 
     def _next(self) -> None:
         """Starts the next buffered request, hands the connection off, or waits for bytes."""
-        if self.writing_paused or self.closed or not self.size:
+        # a closing connection starts nothing more (uvloop may resume writing on one)
+        if self.writing_paused or not self.size or self._closing():
             return
         transport = self.transport
         assert transport is not None
@@ -316,7 +326,11 @@ class FastConnection(asyncio.Protocol, StreamOpener):
             self.chunks, self.pos = [data], 0
         end = data.find(b"\r\n\r\n", pos, pos + HEAD_LIMIT + 4)
         if end < 0:
-            if len(data) - pos > HEAD_LIMIT:
+            # not all there yet: waited for only while it can still be a request served
+            # here (aiohttp answers anything else at once: a bare LF, TLS, another method)
+            head = data[pos:pos + HEAD_LIMIT + 1]
+            if (len(head) > HEAD_LIMIT or not _REQUEST_START.startswith(head[:9])
+                    or head.count(b"\n") != head.count(b"\r\n")):
                 self._hand_off()
             return
         request = self._parse(data, pos, end)
