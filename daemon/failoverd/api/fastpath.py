@@ -472,7 +472,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
     def start_stream(self, stream: FastStream) -> None:
         head = self._head(stream, None)
         if head is None:
-            raise ValueError("a header of the streamed answer holds a line break")
+            raise ValueError("a header of the streamed answer holds a control character")
         self.stream = stream
         assert self.transport is not None
         self.transport.write(head)
