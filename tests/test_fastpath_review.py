@@ -235,3 +235,25 @@ async def test_a_head_that_cannot_be_served_here_is_answered_before_it_ends(
         if not start.startswith(b"GET"):
             answer = await read_answer(reader)
             assert answer.status == 400
+
+
+async def test_an_access_refusal_on_v1_messages_has_the_anthropic_shape(
+        fake_openai: Any, start_daemon: Any, short_dir: Path) -> None:
+    """Every other error on /v1/messages is Anthropic-shaped; the 401/403 of the access
+    guard were OpenAI's (on both paths)."""
+    fake = await fake_openai()
+    port, tcp = tcp_listener(short_dir)
+    d = await start_daemon(tcp + one_model_config(fake.url, tail=NO_PROBES))
+    for path in (MESSAGES, MESSAGES + "?via=aiohttp", CHAT):
+        async with connect(("127.0.0.1", port)) as (reader, writer):
+            writer.write(post({**ASK, "max_tokens": 50}, path))
+            answer = await read_answer(reader)
+        assert answer.status == 401
+        if path.startswith(MESSAGES):
+            assert answer.json()["type"] == "error"
+            assert answer.json()["error"]["type"] == "authentication_error"
+            assert "tcp_token_file" in answer.json()["error"]["message"]
+        else:
+            assert answer.json()["error"]["code"] == "invalid_api_key"
+    assert paths(d) == (2, 1)
+    assert fake.chat_requests() == []

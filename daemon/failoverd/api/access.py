@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from failoverd.api.replies import openai_error
+from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.service import Service
 from failoverd.listen import peer_uid
 
@@ -27,30 +27,34 @@ def _raw(value: str) -> bytes:
 
 def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
-    return refusal_of(request.transport, request.headers, service)
+    return refusal_of(request.transport, request.headers, service, request.path)
 
 
 def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, str],
-               service: Service) -> web.Response | None:
-    """`refusal` for a request known by its connection and header fields."""
+               service: Service, path: str) -> web.Response | None:
+    """`refusal` for a request known by its connection, header fields and path (whose API
+    shape the refusal takes: Anthropic's on /v1/messages, else OpenAI's)."""
+    front = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
     daemon = service.runtime.config.daemon
     family = _family(transport)
     if family == socket.AF_UNIX:
         if daemon.allowed_uids:
             uid = peer_uid(transport)
             if uid is None or uid not in daemon.allowed_uids:
-                return openai_error(403, f"uid {uid} is not in daemon.allowed_uids",
-                                    "permission_denied", "permission_denied")
+                return front.error(403, "permission_denied",
+                                   f"uid {uid} is not in daemon.allowed_uids",
+                                   "permission_denied")
     elif family in (socket.AF_INET, socket.AF_INET6):
         # never unauthenticated, also on a TCP socket passed by systemd with no daemon.tcp set
         if not daemon.tcp_token:
-            return openai_error(401, "TCP clients need a token: set daemon.tcp_token_file",
-                                "authentication_error", "invalid_api_key")
+            return front.error(401, "authentication_error",
+                               "TCP clients need a token: set daemon.tcp_token_file",
+                               "invalid_api_key")
         auth = headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
                 _raw(token), daemon.tcp_token.encode()):
-            return openai_error(401, "the TCP listener needs 'Authorization: Bearer <token>' "
-                                "with the token of daemon.tcp_token_file",
-                                "authentication_error", "invalid_api_key")
+            return front.error(401, "authentication_error",
+                               "the TCP listener needs 'Authorization: Bearer <token>' with "
+                               "the token of daemon.tcp_token_file", "invalid_api_key")
     return None

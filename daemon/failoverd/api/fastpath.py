@@ -345,7 +345,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if len(data) < stop:
             # the body is still arriving: it is held only for a client with access (one
             # without gets its refusal from aiohttp, which reads no body)
-            if refusal_of(transport, headers, self.front.service) is not None:
+            if refusal_of(transport, headers, self.front.service, path) is not None:
                 self._hand_off()
             else:
                 self.need = stop - pos  # looked at again once it is all there
