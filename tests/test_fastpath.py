@@ -423,7 +423,7 @@ async def test_a_stream_to_a_client_that_stops_reading_is_cut_after_stream_idle_
     assert paths(d) == (0, 0)
     assert fast(d).connections == set()
     metrics = (await exchange(d.socket, get("/metrics"))).body.decode()
-    assert 'failoverd_requests_total{model="",outcome="cancelled"} 1' in metrics
+    assert 'failoverd_requests_total{model="a/m",outcome="cancelled"} 1' in metrics
 
 
 # ---------------------------------------------------------------------- handed to aiohttp
@@ -631,7 +631,9 @@ async def test_a_client_going_away_cancels_its_request(
     assert paths(d) == (0, 0)
     assert fast(d).connections == set()
     metrics = (await exchange(d.socket, get("/metrics"))).body.decode()
-    assert 'failoverd_requests_total{model="",outcome="cancelled"} 1' in metrics
+    # under the model once its stream had begun, else under none
+    model = "a/m" if request_body.get("stream") else ""
+    assert f'failoverd_requests_total{{model="{model}",outcome="cancelled"}} 1' in metrics
     assert 'outcome="ok"' not in metrics
 
 

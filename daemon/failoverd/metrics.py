@@ -59,8 +59,10 @@ class Metrics:
     def failover(self, from_model: str, to_model: str, reason: str) -> None:
         self.failovers[(from_model, to_model, reason)] += 1
 
-    def cancelled(self) -> None:
-        self.requests[("", "cancelled")] += 1
+    def cancelled(self, model: str = "") -> None:
+        """A request the client left (or a stop cut): under the model that was serving it,
+        once one was (a stream that had begun), else under none."""
+        self.requests[(model, "cancelled")] += 1
 
     def rejected(self, why: str) -> None:
         self.rejections[why] += 1

@@ -108,7 +108,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
         except UpstreamError as exc:
             return _failed(front, rt, exc, outcome)
         except asyncio.CancelledError:
-            svc.metrics.cancelled()  # the client went away (or a shutdown cut it)
+            svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise
         finally:
             svc.inflight -= 1
@@ -197,7 +197,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         if isinstance(exc, _ClientStalled):
             logger.warning("stream from %s cut: the client read nothing for %gs",
                            outcome.model, client.limit)
-        svc.metrics.cancelled()
+        svc.metrics.cancelled(outcome.model)
         return resp
     except Exception as exc:
         # an upstream chunk the translation did not foresee: end the stream with an error
@@ -217,7 +217,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
     try:
         await client.end()
     except (ConnectionResetError, _ClientStalled):
-        svc.metrics.cancelled()  # gone just before the end; nothing more to tell it
+        svc.metrics.cancelled(outcome.model)  # gone just before the end: nothing more to tell
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
     svc.metrics.stream_ended(outcome.model, ok=error is None)
