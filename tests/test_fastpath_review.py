@@ -257,3 +257,32 @@ async def test_an_access_refusal_on_v1_messages_has_the_anthropic_shape(
             assert answer.json()["error"]["code"] == "invalid_api_key"
     assert paths(d) == (2, 1)
     assert fake.chat_requests() == []
+
+
+CHUNKED = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n10\r\n{\"model\": \"defa")
+
+
+@pytest.mark.parametrize(("start", "handed_off"), [
+    pytest.param(post(ASK)[:-5], 0, id="fast-path"),
+    pytest.param(CHUNKED, 1, id="aiohttp-chunked"),
+])
+async def test_a_stalled_body_gets_408_after_the_idle_limit(
+        short_dir: Path, start: bytes, handed_off: int) -> None:
+    """aiohttp's server waited on a stalled body until the stop (a file descriptor and a
+    task held); the fast path closed such a connection without a word. Both answer 408 once
+    nothing arrived for the idle limit."""
+    fake = await FakeOpenAI().start()
+    try:
+        async with own_daemon(short_dir, one_model_config(fake.url, tail=NO_PROBES)) as (
+                sup, sock):
+            async with connect(sock) as (reader, writer):
+                writer.write(start)
+                answer = await read_answer(reader)  # within WAIT; the limit is IDLE
+                assert answer.status == 408
+                assert answer.json()["error"]["code"] == "request_timeout"
+                assert "request body stalled" in answer.json()["error"]["message"]
+            assert paths(sup) == (handed_off ^ 1, handed_off)
+            assert sup.service is not None and sup.service.inflight == 0
+    finally:
+        await fake.close()

@@ -90,6 +90,9 @@ class Service:
         self.client = client
         self.metrics = Metrics()
         self.inflight = 0
+        # how long a client may leave a request body stalled (the supervisor sets it to its
+        # idle limit for client connections)
+        self.client_idle_timeout = 75.0
         self.started = clock.time()
         self._failovers = SlidingWindow(60.0)  # for "failovers in the last minute"
         self.bus = EventBus(config.node, clock)

@@ -111,6 +111,7 @@ class Supervisor:
             # state is saved last, after MQTT said offline, after hooks finished, after the
             # HTTP server drained
             service = Service(self.config, self.client, self.clock, self.rng)
+            service.client_idle_timeout = self.idle_timeout
             self.service = service
             service.restore_state()
             try:

@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 from aiohttp import StreamReader, web
 
+from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
+from failoverd.timeouts import timeout
 
 _ORJSON_DEPTH = 254  # orjson.dumps' recursion limit
 # what a client may send: headroom for the levels a translation adds (Gemini's tools)
@@ -38,7 +40,7 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
             raise RequestError(f"request body exceeds max_body_bytes ({max_bytes})",
                                status=413, code="request_too_large")
     else:
-        raw = await _read_capped(content, max_bytes)
+        raw = await _read_capped(content, max_bytes, request.app[SERVICE].client_idle_timeout)
     if not raw:
         raise RequestError("request body is empty; expected a JSON object")
     body: Any = request.get(PRELOADED)
@@ -64,12 +66,22 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-async def _read_capped(content: StreamReader, max_bytes: int) -> bytes:
+async def _read_capped(content: StreamReader, max_bytes: int, idle: float) -> bytes:
     # read() returns what is buffered, not the whole body: collect it, with the cap enforced
-    # as it arrives (a chunked body has no Content-Length to check up front)
+    # as it arrives (a chunked body has no Content-Length to check up front), and a body
+    # that stalls for `idle` seconds ends the request (aiohttp's server would wait on it, a
+    # file descriptor and a task held, until the stop)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in content.iter_chunked(256 * 1024):
+    while True:
+        try:
+            with timeout(idle):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise RequestError(f"request body stalled: nothing arrived for {idle:g} s",
+                               status=408, code="request_timeout") from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > max_bytes:
             raise RequestError(f"request body exceeds max_body_bytes ({max_bytes})",

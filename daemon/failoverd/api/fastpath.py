@@ -39,6 +39,7 @@ from multidict import CIMultiDict
 from failoverd.api.access import refusal_of
 from failoverd.api.body import PRELOADED
 from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener, shutting_down
+from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
@@ -513,6 +514,13 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         now = self._loop.time()
         due = self.idle_since + self.front.idle_timeout
         if self.task is None and now >= due:
+            if self.need:  # a body stalled: answered as aiohttp's path answers it
+                anthropic = self._unconsumed().startswith(b"POST /v1/messages")
+                front = ANTHROPIC if anthropic else OPENAI
+                self._write(front.error(
+                    408, "invalid_request_error",
+                    f"request body stalled: nothing arrived for {self.front.idle_timeout:g} s",
+                    "request_timeout", headers={"Connection": "close"}))
             self.close()
             return
         # busy: looked at again a whole idle_timeout later (a request is never cut by it)
