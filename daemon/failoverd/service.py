@@ -78,6 +78,13 @@ class Route:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+# A client connection waiting this long for its next request is closed. aiohttp's AppRunner
+# keeps one for 3630 s unless told (only web.run_app passes 75): clients that hold idle
+# keep-alive connections would pin a file descriptor and a handler task each for an hour.
+# 75 s stays above the idle expiry of common clients (httpx 5 s, aiohttp 15 s, Node 5 s), so
+# a client does not pick a connection the daemon is closing; streams are never cut by it.
+IDLE_CONNECTION_SECONDS = 75.0
+
 class Service:
     """Holds the current Runtime (swapped on reload) and the state that outlives it."""
 
@@ -90,9 +97,8 @@ class Service:
         self.client = client
         self.metrics = Metrics()
         self.inflight = 0
-        # how long a client may leave a request body stalled (the supervisor sets it to its
-        # idle limit for client connections)
-        self.client_idle_timeout = 75.0
+        # how long a client connection may stay idle, or leave its request body stalled
+        self.client_idle_timeout = IDLE_CONNECTION_SECONDS
         self.started = clock.time()
         self._failovers = SlidingWindow(60.0)  # for "failovers in the last minute"
         self.bus = EventBus(config.node, clock)

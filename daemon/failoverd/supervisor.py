@@ -39,19 +39,12 @@ from failoverd.listen import activated_sockets, bind_unix
 from failoverd.mqtt import MqttPublisher
 from failoverd.notify import Notifier
 from failoverd.prober import Prober
-from failoverd.service import Service
+from failoverd.service import IDLE_CONNECTION_SECONDS, Service
 
 logger = logging.getLogger(__name__)
 
 # After the drain deadline, cancelled handlers get this long to send their error and unwind.
 CUT_GRACE_SECONDS = 2.0
-# A client connection waiting this long for its next request is closed. aiohttp's AppRunner
-# keeps one for 3630 s unless told (only web.run_app passes 75): clients that hold idle
-# keep-alive connections would pin a file descriptor and a handler task each for an hour.
-# 75 s stays above the idle expiry of common clients (httpx 5 s, aiohttp 15 s, Node 5 s), so
-# a client does not pick a connection the daemon is closing; streams are never cut by it.
-IDLE_CONNECTION_SECONDS = 75.0
-
 # How often STATUS= is refreshed (only sent when the line changed).
 STATUS_INTERVAL = 5.0
 
@@ -181,7 +174,7 @@ class Supervisor:
         # every connection starts on the fast path, which hands what it does not serve to
         # aiohttp's protocol (api/fastpath.py)
         assert runner.server is not None  # set up above
-        self.fast = FastPath(app, self.tracker, runner.server, self.idle_timeout)
+        self.fast = FastPath(app, self.tracker, runner.server)
         stack.callback(self.fast.close)
         loop = asyncio.get_running_loop()
         for sock in sockets:

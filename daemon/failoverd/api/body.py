@@ -78,8 +78,7 @@ async def _read_capped(content: StreamReader, max_bytes: int, idle: float) -> by
             with timeout(idle):
                 chunk = await content.readany()
         except TimeoutError:
-            raise RequestError(f"request body stalled: nothing arrived for {idle:g} s",
-                               status=408, code="request_timeout") from None
+            raise stalled_body(idle) from None
         if not chunk:
             break
         size += len(chunk)
@@ -88,6 +87,12 @@ async def _read_capped(content: StreamReader, max_bytes: int, idle: float) -> by
                                status=413, code="request_too_large")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def stalled_body(idle: float) -> RequestError:
+    """The 408 for a request body that stopped arriving for `idle` seconds (both servers)."""
+    return RequestError(f"request body stalled: nothing arrived for {idle:g} s", status=408,
+                        code="request_timeout")
 
 
 def _json_type(value: Any) -> str:

@@ -37,7 +37,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from failoverd.api.access import refusal_of
-from failoverd.api.body import PRELOADED
+from failoverd.api.body import PRELOADED, stalled_body
 from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener, shutting_down
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
@@ -77,7 +77,7 @@ class FastPath:
     """
 
     def __init__(self, app: web.Application, tracker: RequestTracker,
-                 aiohttp_server: Callable[[], asyncio.Protocol], idle_timeout: float) -> None:
+                 aiohttp_server: Callable[[], asyncio.Protocol]) -> None:
         self.app = app
         self.service = app[SERVICE]
         service = self.service
@@ -86,7 +86,7 @@ class FastPath:
             b"/v1/messages": tracker.wrap(messages, service),
         }
         self.aiohttp_server = aiohttp_server
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = service.client_idle_timeout
         self.connections: set[FastConnection] = set()
         self.closing = False
         self.served = 0  # answers written by this path
@@ -177,10 +177,6 @@ class FastStream(web.StreamResponse):
     @property
     def prepared(self) -> bool:
         return self._started
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     async def prepare(self, request: web.BaseRequest) -> None:
         if not self._started:
@@ -293,10 +289,13 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         """At the drain: closes an idle connection, answering first the request still
         arriving on it, if any (not blank lines between requests)."""
         if self.size and not self._closing():
-            data = self._unconsumed()
-            if data.strip(b"\r\n"):
-                self._write(shutting_down(data.startswith(b"POST /v1/messages")))
+            if self._unconsumed().strip(b"\r\n"):
+                self._write(shutting_down(self._anthropic_pending()))
         self.close()
+
+    def _anthropic_pending(self) -> bool:
+        """Whether the request not yet consumed is an Anthropic one (its answer's shape)."""
+        return self._unconsumed().startswith(b"POST /v1/messages")
 
     def _closing(self) -> bool:
         transport = self.transport
@@ -403,9 +402,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         try:
             try:
                 response = await route(cast(web.Request, request))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except Exception:  # not a cancellation (the client went away): that ends it
                 logger.exception("error serving %s", request.path)
                 if self.stream is not None:  # the head is out: no 500 can follow
                     self.close()
@@ -515,12 +512,11 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         due = self.idle_since + self.front.idle_timeout
         if self.task is None and now >= due:
             if self.need:  # a body stalled: answered as aiohttp's path answers it
-                anthropic = self._unconsumed().startswith(b"POST /v1/messages")
-                front = ANTHROPIC if anthropic else OPENAI
-                self._write(front.error(
-                    408, "invalid_request_error",
-                    f"request body stalled: nothing arrived for {self.front.idle_timeout:g} s",
-                    "request_timeout", headers={"Connection": "close"}))
+                stalled = stalled_body(self.front.idle_timeout)
+                front = ANTHROPIC if self._anthropic_pending() else OPENAI
+                self._write(front.error(stalled.status, "invalid_request_error",
+                                        stalled.message, stalled.code,
+                                        headers={"Connection": "close"}))
             self.close()
             return
         # busy: looked at again a whole idle_timeout later (a request is never cut by it)
