@@ -117,7 +117,9 @@ class SessionStore:
         A different model means the request failed over: the session sticks to it for
         sticky_seconds. Served by the head itself, an existing record is only touched, so
         a sticky window is never extended by its own successes. Served by the model a sticky
-        window had failed over from, the window ends early.
+        window had failed over from, the window ends early. When the sticky fallback itself
+        fails over, the new window keeps the model the session first failed over from, so
+        its requests go on avoiding that one.
         """
         now = self._clock.monotonic() if now is None else now
         key = normalize_key(key)
@@ -132,8 +134,16 @@ class SessionStore:
             self._put(key, replace(current, sticky=None, last_used=now), now)
             return
         if self.sticky_seconds <= 0:
+            if current is not None:
+                self._put(key, replace(current, last_used=now), now)
             return
-        sticky = Sticky(from_model=requested_head, model=served_model, since=now,
+        origin = requested_head
+        if current is not None and current.sticky is not None \
+                and requested_head == current.sticky.model:
+            # The sticky fallback failed in turn: the session's requests still start at the
+            # model it first failed over from, and it is that one they must keep avoiding.
+            origin = current.sticky.from_model
+        sticky = Sticky(from_model=origin, model=served_model, since=now,
                         until=now + self.sticky_seconds)
         self._put(key, replace(current or Session(key), sticky=sticky, last_used=now), now)
         logger.debug("session sticks to %s for %.0fs after failing over from %s",
