@@ -72,3 +72,24 @@ def test_a_failover_without_stickiness_still_counts_as_use_of_a_pinned_session()
     clock.advance(90)
     session = store.get("s")
     assert session is not None and session.preference == MEDIUM and session.sticky is None
+
+
+# ------------------------------------------------------------------ auto routing
+
+
+async def test_auto_falling_back_to_the_default_chain_lists_each_model_once(tiers: Any) -> None:
+    """No tiered model can serve (json: only l/large has it, and it is forced open): auto
+    falls back to the default chain, whose walk records every model. The 503's attempts must
+    name each model once, with the walk's reason, as /v1/select does."""
+    small, medium, large, d, _ = tiers
+    assert (await d.http.post(f"/v1/models/{LARGE}/open")).status_code == 200
+    body = {"model": "auto", "response_format": {"type": "json_object"}, **ask("What is 2+2?")}
+    resp = await d.http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 503
+    attempts = resp.json()["error"]["attempts"]
+    assert [(a["model"], a["reason"]) for a in attempts] == [
+        (SMALL, "incapable"), (MEDIUM, "incapable"), (LARGE, "unavailable")]
+    assert small.requests == medium.requests == large.requests == []
+    sel = (await d.http.post("/v1/select", json=body)).json()
+    assert [c["model"] for c in sel["candidates"]] == [SMALL, MEDIUM, LARGE]
+    assert not any(c["eligible"] for c in sel["candidates"])

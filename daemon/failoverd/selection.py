@@ -136,7 +136,7 @@ def auto_chain(config: Config, decision: Decision, available: Callable[[str], bo
 
     With no signal (``decision.tier`` None), no model carrying a tier, or no tiered model
     left, the answer is the default chain as configured: the router then walks it with its
-    usual checks, queueing and failover.
+    usual checks, queueing and failover (so only skipped models outside it are returned).
     """
     if decision.tier is None or not any(m.tier for m in config.models.values()):
         return list(config.default_chain), []
@@ -155,5 +155,8 @@ def auto_chain(config: Config, decision: Decision, available: Callable[[str], bo
             else:
                 skipped.append((model.id, reason))
     if not chain:
-        return list(config.default_chain), skipped
+        # the router walks the default chain with its own checks and records each of its
+        # models there: listed here as well, a model would appear twice in the attempts
+        default = config.default_chain
+        return list(default), [(m, why) for m, why in skipped if m not in default]
     return chain, skipped
