@@ -1,12 +1,25 @@
-"""Logging setup: text for people, JSON lines for log shippers (daemon.log_format)."""
+"""Logging setup: text for people, JSON lines for log shippers (daemon.log_format).
+
+Under systemd, stderr is a stream to the journal (``JOURNAL_STREAM`` names it), which files
+every line at the unit's default priority (info) unless the line starts with a ``<N>`` syslog
+priority (``SyslogLevelPrefix=yes``, the default). Each line then carries its level's prefix,
+so ``journalctl -u failoverd -p warning`` finds warnings and errors; journald strips it, so
+what ``journalctl -o cat`` shows is unchanged.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from typing import TextIO
 
 import orjson
+
+# logging level -> syslog priority (sd-daemon(3): <7> debug ... <2> crit)
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,13 +36,42 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class JournalPrefix(logging.Formatter):
+    """Wraps a formatter: every line of a record starts with the record's ``<N>`` priority
+    (a traceback's lines too, or journald would file them as info)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in _PRIORITIES if record.levelno >= level), 7)
+        prefix = f"<{priority}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def is_journal(stream: TextIO) -> bool:
+    """Whether `stream` is the journal's stream (``JOURNAL_STREAM=<device>:<inode>`` of it).
+
+    Only the very file: a daemon started by hand from a systemd user session inherits the
+    variable with its stderr on a terminal or a pipe, which must get no prefixes."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (st.st_dev, st.st_ino)
+    except (ValueError, OSError):  # unset or malformed, or a stream without a descriptor
+        return False
+
+
 def setup(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     else:
         # under systemd the journal adds timestamps; the level name is enough
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JournalPrefix(formatter) if is_journal(sys.stderr) else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,7 +2,8 @@
 
 Human tables by default, ``--json`` (before or after the command) for scripts. Exit codes: 0 ok,
 1 the daemon said no (an HTTP error, or ``health`` answering "down"), 2 the daemon is
-unreachable. Only the standard library (and orjson) is used, so it starts fast.
+unreachable or the command line is wrong, 130 interrupted (Ctrl-C; ``events --follow`` ends
+with 0). Only the standard library (and orjson) is used, so it starts fast.
 """
 
 from __future__ import annotations
@@ -354,6 +355,11 @@ def _refusal(exc: Refused) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting for the daemon (a slow probe, a hung socket): no traceback;
+        # 130 is what a shell reports for a command ended by SIGINT
+        print("failoverctl: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away (`failoverctl ... | head`): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

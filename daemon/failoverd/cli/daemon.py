@@ -16,6 +16,20 @@ from failoverd import config as config_mod
 from failoverd.config import Config
 from failoverd.errors import ConfigError, FailoverdError
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _level(text: str) -> str:
+    """A log level name in any case (``--log-level``, ``$FAILOVERD_LOG_LEVEL``); an unknown one
+    is a usage error (exit 2), not a traceback after the config was read."""
+    name = text.strip().upper()
+    if name == "WARN":
+        name = "WARNING"
+    if name not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}; known: "
+                                         f"{', '.join(_LEVELS)}")
+    return name
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="failoverd", description="Local LLM failover daemon.")
@@ -28,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                         "a request served")
     p.add_argument("--once", action="store_true",
                    help="with --demo: exit after showing the demo requests")
-    p.add_argument("--log-level", default=os.environ.get("FAILOVERD_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", type=_level,
+                   default=os.environ.get("FAILOVERD_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR (default: $FAILOVERD_LOG_LEVEL or INFO)")
     p.add_argument("--version", action="version", version=f"failoverd {__version__}")
     return p
 

@@ -1,0 +1,139 @@
+"""An operator's journey, with real processes: the `failoverd` and `failoverctl` command lines,
+what reaches the journal, and README's claims checked against a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tests.helpers import FAILOVERCTL
+
+BASE = """
+[providers.a]
+kind = "simulated"
+[models."a/m"]
+provider = "a"
+"""
+
+
+async def run(*argv: str, env: dict[str, str] | None = None,
+              stderr_to: Path | None = None) -> tuple[int, str, str]:
+    """Runs a command to its end: (exit code, stdout, stderr)."""
+    err = stderr_to.open("wb") if stderr_to is not None else asyncio.subprocess.PIPE
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=err,
+            env={**os.environ, **(env or {})})
+        out, errtext = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if stderr_to is not None and not isinstance(err, int):
+            err.close()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), (errtext or b"").decode()
+
+
+DAEMON = (sys.executable, "-m", "failoverd.cli.daemon")
+
+
+async def test_an_unknown_log_level_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    """It was a ValueError traceback and exit 1 after the config was read (under systemd,
+    exit 1 is restarted every RestartSec= for ever); now exit 2 naming the choices."""
+    good = tmp_path / "good.toml"
+    good.write_text(BASE)
+    code, _, err = await run(*DAEMON, "--config", str(good), "--log-level", "verbose")
+    assert code == 2, err
+    assert "unknown log level 'verbose'" in err and "WARNING" in err
+    assert "Traceback" not in err
+    code, _, err = await run(*DAEMON, "--config", str(good), "--check-config",
+                             env={"FAILOVERD_LOG_LEVEL": "loud"})
+    assert code == 2 and "unknown log level 'loud'" in err
+    # any case, and the common "warn", are accepted
+    code, out, err = await run(*DAEMON, "--config", str(good), "--check-config",
+                               "--log-level", "warn")
+    assert code == 0 and "ok" in out, err
+    code, out, err = await run(*DAEMON, "--config", str(good), "--check-config",
+                               env={"FAILOVERD_LOG_LEVEL": "debug"})
+    assert code == 0, err
+
+
+async def test_ctrl_c_on_failoverctl_is_a_quiet_exit_130(short_dir: Path) -> None:
+    """Ctrl-C while failoverctl waits for an answer (a slow probe, a wedged daemon) printed a
+    KeyboardInterrupt traceback."""
+    accepted = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # read the request, never answer
+        accepted.set()
+
+    path = str(short_dir / "mute.sock")
+    server = await asyncio.start_unix_server(silent, path)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            FAILOVERCTL, "--socket", path, "probe", "a/m",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.wait_for(accepted.wait(), 10)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"interrupted" in err
+    assert out == b""
+
+
+LOG_SCRIPT = """
+import logging
+from failoverd import logs
+logs.setup({fmt!r}, "DEBUG")
+log = logging.getLogger("failoverd.test")
+log.debug("d"); log.info("i"); log.warning("w"); log.error("e")
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("boom")
+"""
+
+
+async def _logged(tmp_path: Path, fmt: str, journal: str | None) -> list[str]:
+    """The stderr lines of a process that set up failoverd's logging; `journal` is what
+    JOURNAL_STREAM holds ("self": the device and inode of that very stderr file)."""
+    target = tmp_path / f"stderr-{fmt}-{journal}"
+    target.touch()
+    st = target.stat()
+    env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal == "self" else journal or ""}
+    code, _, _ = await run(sys.executable, "-c", LOG_SCRIPT.format(fmt=fmt), env=env,
+                           stderr_to=target)
+    assert code == 0, target.read_text()
+    return target.read_text().splitlines()
+
+
+async def test_log_lines_carry_syslog_priorities_for_the_journal(tmp_path: Path) -> None:
+    """Under systemd every line went to the journal as priority info, so `journalctl -p
+    warning` showed no warning or error of the daemon; now each line of a record starts with
+    its <N> priority when stderr is the journal's stream (journald strips it)."""
+    lines = await _logged(tmp_path, "text", "self")
+    assert lines[:4] == ["<7>DEBUG failoverd.test: d", "<6>INFO failoverd.test: i",
+                         "<4>WARNING failoverd.test: w", "<3>ERROR failoverd.test: e"]
+    traceback = lines[4:]
+    assert traceback[0] == "<3>ERROR failoverd.test: boom"
+    assert len(traceback) > 2 and all(line.startswith("<3>") for line in traceback)
+    assert traceback[-1] == "<3>ZeroDivisionError: division by zero"
+
+    json_lines = await _logged(tmp_path, "json", "self")
+    assert [line[:3] for line in json_lines] == ["<7>", "<6>", "<4>", "<3>", "<3>"]
+    assert json_lines[2].startswith('<4>{"time":')
+
+    # stderr that is not the journal's (a terminal, a pipe, a file): no prefixes, even when
+    # JOURNAL_STREAM was inherited from a systemd user session
+    for journal in (None, "1:2", "junk"):
+        plain = await _logged(tmp_path, "text", journal)
+        assert plain[:4] == ["DEBUG failoverd.test: d", "INFO failoverd.test: i",
+                             "WARNING failoverd.test: w", "ERROR failoverd.test: e"]
+        assert not any(line.startswith("<") for line in plain)
