@@ -107,8 +107,10 @@ class SessionStore:
         return session
 
     def delete(self, key: str) -> bool:
-        """Forgets a session; True when there was one."""
-        return self._entries.pop(normalize_key(key), None) is not None
+        """Forgets a session; True when there was one (an expired one no longer counts)."""
+        live = self.get(key) is not None  # drops it if it expired
+        self._entries.pop(normalize_key(key), None)
+        return live
 
     def note_served(self, key: str, requested_head: str, served_model: str,
                     now: float | None = None) -> None:
