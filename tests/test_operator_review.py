@@ -8,8 +8,17 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import FAILOVERCTL
+import httpx
+import pytest
+
+from failoverd import config
+from failoverd.errors import ConfigError
+from tests.helpers import FAILOVERCTL, free_port
+from tests.mosquitto import Mosquitto, requires_mosquitto
+from tests.test_contract_mqtt import PASSWORD, mqtt_body, retained_status
+from tests.test_contract_mqtt import broker as broker  # the fixture
 
 BASE = """
 [providers.a]
@@ -137,3 +146,69 @@ async def test_log_lines_carry_syslog_priorities_for_the_journal(tmp_path: Path)
         assert plain[:4] == ["DEBUG failoverd.test: d", "INFO failoverd.test: i",
                              "WARNING failoverd.test: w", "ERROR failoverd.test: e"]
         assert not any(line.startswith("<") for line in plain)
+
+
+@requires_mosquitto
+async def test_mqtt_password_and_tcp_token_come_as_systemd_credentials(
+        broker: Mosquitto, fake_openai: Any, start_daemon: Any, tmp_path: Path) -> None:
+    """Under the unit's DynamicUser= a root-only password_file or tcp_token_file cannot be
+    read, and only API keys could come from $CREDENTIALS_DIRECTORY: the README's own
+    LoadCredential= advice had no way to reach [mqtt] or the TCP listener."""
+    a = await fake_openai()
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "mqtt").write_text(PASSWORD + "\n")
+    (creds / "tcp").write_text("tok-from-credential\n")
+    port = free_port()
+    body = (f'tcp = "127.0.0.1:{port}"\ntcp_token_credential = "tcp"\n'
+            + mqtt_body(broker.port, "creds", tmp_path / "unused", a.url).replace(
+                f'password_file = "{tmp_path / "unused"}"', 'password_credential = "mqtt"'))
+    assert 'password_credential = "mqtt"' in body
+    d = await start_daemon(body, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    await asyncio.wait_for(d.sup.service.mqtt.wait_connected(), 5)
+    assert await retained_status(broker.port, "failoverd/creds/status") == b"online"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
+        ok = await tcp.get("/v1/health", headers={"authorization": "Bearer tok-from-credential"})
+        assert ok.status_code == 200
+        assert (await tcp.get("/v1/health", headers={"authorization": "Bearer nope"})
+                ).status_code == 401
+
+
+def test_secret_credentials_of_mqtt_and_tcp_are_checked_like_api_keys(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "two-lines").write_text("tok\nen\n")
+    (creds / "token").write_text("good-token\n")
+    (creds / "pw").write_text("pass word\twith tab\n")  # any text: never an HTTP header
+    text = ('[daemon]\ntcp = "127.0.0.1:1"\ntcp_token_credential = "missing"\n'
+            '[mqtt]\npassword_credential = "pw"\n' + BASE)
+    unset = "CREDENTIALS_DIRECTORY is not set (systemd LoadCredential= provides it)"
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, env={})
+    assert info.value.problems == [f"daemon.tcp_token_credential: {unset}",
+                                   f"mqtt.password_credential: {unset}"]
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, env=env)
+    assert info.value.problems == [
+        f"daemon.tcp_token_credential: cannot read {creds / 'missing'}: No such file or "
+        "directory"]
+    with pytest.raises(ConfigError) as info:
+        config.loads(text.replace('"missing"', '"two-lines"'), env=env)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("daemon.tcp_token_credential: ")
+    assert "line break" in info.value.problems[0]
+    # the file and the credential are one key: both is an error, and tcp needs one of them
+    both = text.replace('tcp_token_credential = "missing"',
+                        f'tcp_token_credential = "token"\ntcp_token_file = "{creds}/token"')
+    with pytest.raises(ConfigError) as info:
+        config.loads(both, env=env)
+    assert info.value.problems == [
+        "daemon.tcp_token_credential: set only one of tcp_token_file, tcp_token_credential"]
+    with pytest.raises(ConfigError) as info:
+        config.loads(text.replace('tcp_token_credential = "missing"\n', ""), env=env)
+    assert info.value.problems == ["daemon.tcp_token_file: is required when tcp is set"]
+    cfg = config.loads(text.replace('"missing"', '"token"'), env=env)
+    assert cfg.daemon.tcp_token == "good-token"
+    assert cfg.mqtt.password == "pass word\twith tab"
+    assert "good-token" not in repr(cfg) and "pass word" not in repr(cfg)

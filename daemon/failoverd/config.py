@@ -185,27 +185,32 @@ class Config:
 
 # --------------------------------------------------------------------------- parsing
 
-def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
-    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential`; at most one may be set.
+def _read_secret(sec: Section, prefix: str, env: Mapping[str, str], *,
+                 sources: tuple[str, ...] = ("env", "file", "credential"),
+                 one_line: bool = True) -> str:
+    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential` (those of `sources`); at
+    most one may be set.
 
-    The value goes into an HTTP header: it must be one line (see :func:`_header_secret`)."""
-    via_env = sec.get(f"{prefix}_env", str, "")
-    via_file = sec.get(f"{prefix}_file", str, "")
-    via_cred = sec.get(f"{prefix}_credential", str, "")
+    A value that goes into an HTTP header (`one_line`) must be one line (see
+    :func:`_header_secret`)."""
+    via_env = sec.get(f"{prefix}_env", str, "") if "env" in sources else ""
+    via_file = sec.get(f"{prefix}_file", str, "") if "file" in sources else ""
+    via_cred = sec.get(f"{prefix}_credential", str, "") if "credential" in sources else ""
     given = [k for k, v in (("env", via_env), ("file", via_file), ("credential", via_cred)) if v]
     if len(given) > 1:
-        sec.problem(f"{prefix}_{given[1]}", f"set only one of {prefix}_env, {prefix}_file, "
-                    f"{prefix}_credential")
+        names = ", ".join(f"{prefix}_{k}" for k in sources)
+        sec.problem(f"{prefix}_{given[1]}", f"set only one of {names}")
         return ""
+    check = _header_secret if one_line else _any_text
     if via_env:
         value = env.get(via_env, "").strip()
         if not value:
             sec.problem(f"{prefix}_env", f"environment variable {via_env} is not set or empty")
-        return _header_secret(sec, f"{prefix}_env", value, f"environment variable {via_env}")
+        return check(sec, f"{prefix}_env", value, f"environment variable {via_env}")
     if via_file:
         path = Path(via_file)
-        return _header_secret(sec, f"{prefix}_file", _read_secret_file(sec, f"{prefix}_file", path),
-                              str(path))
+        return check(sec, f"{prefix}_file", _read_secret_file(sec, f"{prefix}_file", path),
+                     str(path))
     if via_cred:
         creds = env.get("CREDENTIALS_DIRECTORY", "")
         if not creds:
@@ -216,9 +221,14 @@ def _read_secret(sec: Section, prefix: str, env: Mapping[str, str]) -> str:
             sec.problem(f"{prefix}_credential", "a credential name cannot contain '/'")
             return ""
         path = Path(creds) / via_cred
-        return _header_secret(sec, f"{prefix}_credential",
-                              _read_secret_file(sec, f"{prefix}_credential", path), str(path))
+        return check(sec, f"{prefix}_credential",
+                     _read_secret_file(sec, f"{prefix}_credential", path), str(path))
     return ""
+
+
+def _any_text(sec: Section, key: str, value: str, where: str) -> str:
+    """A secret that never goes into an HTTP header (the MQTT password) may hold any text."""
+    return value
 
 
 def _header_secret(sec: Section, key: str, value: str, where: str) -> str:
@@ -280,13 +290,11 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
             sec.problem("tcp", "must be a loopback address (127.0.0.1, [::1] or localhost): "
                         f"the listener is for local clients only; got {tcp!r}")
             tcp = ""
-    token = ""
-    token_file = sec.get("tcp_token_file", str, "")
-    if token_file:
-        token = _header_secret(sec, "tcp_token_file",
-                               _read_secret_file(sec, "tcp_token_file", Path(token_file)),
-                               token_file)
-    elif tcp:
+    # tcp_token_file, or tcp_token_credential: under systemd the DynamicUser= account cannot
+    # read a root-only file, so the token comes as a LoadCredential= like the API keys
+    given = any(sec.data.get(k) for k in ("tcp_token_file", "tcp_token_credential"))
+    token = _read_secret(sec, "tcp_token", env, sources=("file", "credential"))
+    if tcp and not given:
         # any local user can reach a loopback port: the TCP listener is never unauthenticated
         sec.problem("tcp_token_file", "is required when tcp is set")
     cfg = DaemonConfig(
@@ -314,10 +322,9 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
 
 def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
     d = MqttConfig()
-    password = ""
-    password_file = sec.get("password_file", str, "")
-    if password_file:
-        password = _read_secret_file(sec, "password_file", Path(password_file))
+    # password_file, or password_credential ($CREDENTIALS_DIRECTORY/<name>; see tcp_token)
+    password = _read_secret(sec, "password", env, sources=("file", "credential"),
+                            one_line=False)
     port = sec.integer("port", d.port, minimum=1, maximum=65535)
     prefix = sec.get("topic_prefix", str, d.topic_prefix)
     if not prefix or any(c in prefix for c in "+#"):
