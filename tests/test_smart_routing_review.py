@@ -108,6 +108,26 @@ async def test_auto_falling_back_to_the_default_chain_lists_each_model_once(tier
     assert not any(c["eligible"] for c in sel["candidates"])
 
 
+@pytest.mark.parametrize(("extra", "route"), [
+    ({"reasoning_effort": "high"}, "tier=medium;score=0.30;reasons=effort_high"),
+    ({"reasoning": {"effort": "high"}}, "tier=medium;score=0.30;reasons=effort_high"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+     "tier=small;score=0.10;reasons=tools"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "tier=small;score=0.10;reasons=tools"),
+], ids=["reasoning_effort", "reasoning.effort", "tools", "legacy functions"])
+async def test_auto_scores_every_spelling_of_effort_and_tools(tiers: Any, extra: dict[str, Any],
+                                                              route: str) -> None:
+    """The classifier weighs what requirements.infer reads: OpenRouter's reasoning.effort
+    and the legacy functions count as reasoning_effort and tools do."""
+    small, medium, large, d, _ = tiers
+    body = {"model": "auto", **ask("hi"), **extra}
+    resp = await d.http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-route"] == route
+    sel = (await d.http.post("/v1/select", json=body)).json()
+    assert sel["route"] == route
+
+
 # ------------------------------------------------------------------ context policy
 
 

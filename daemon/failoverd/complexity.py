@@ -23,8 +23,8 @@ math                    0.25    LaTeX, equations, integrals, matrices
 multi_part              0.2     three or more numbered/bulleted items or questions
 long / very_long        0.15    prompt over 1,500 / 0.35 over 8,000 estimated tokens
 deep                    0.1     six or more user turns
-tools                   0.1     tools offered
-effort_high             0.3     reasoning_effort "high" (0.15 for "medium")
+tools                   0.1     tools (or legacy functions) offered
+effort_high             0.3     reasoning_effort (or reasoning.effort) "high" (0.15 for "medium")
 ======================  ======  ==============================================================
 
 Tiers: score < 0.25 small, < 0.6 medium, else large. A request with no signal at all
@@ -170,10 +170,14 @@ def classify(body: Mapping[str, Any]) -> Decision:
         add("long", 0.15)
     if user_turns >= DEEP_TURNS:
         add("deep", 0.1)
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
+    # the same signals requirements.infer reads: the legacy spelling of tools, and the
+    # OpenRouter / Responses-style {"reasoning": {"effort": ...}}
+    if any(isinstance(body.get(k), list) and body[k] for k in ("tools", "functions")):
         add("tools", 0.1)
     effort = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if effort is None and isinstance(reasoning, Mapping):
+        effort = reasoning.get("effort")
     if effort == "high":
         add("effort_high", 0.3)
     elif effort == "medium":
