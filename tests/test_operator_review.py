@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
-from tests.helpers import FAILOVERCTL, free_port
+from tests.helpers import FAILOVERCTL, failoverctl, free_port, one_model_config
 from tests.mosquitto import Mosquitto, requires_mosquitto
 from tests.test_contract_mqtt import PASSWORD, mqtt_body, retained_status
 from tests.test_contract_mqtt import broker as broker  # the fixture
@@ -212,3 +213,17 @@ def test_secret_credentials_of_mqtt_and_tcp_are_checked_like_api_keys(tmp_path: 
     assert cfg.daemon.tcp_token == "good-token"
     assert cfg.mqtt.password == "pass word\twith tab"
     assert "good-token" not in repr(cfg) and "pass word" not in repr(cfg)
+
+
+async def test_a_negative_token_count_is_bad_usage_not_a_refusal(fake_openai: Any,
+                                                                 start_daemon: Any) -> None:
+    """`select --tokens -5` went to the daemon and came back as "daemon said 400" (exit 1);
+    like `open --for -1`, a number failoverctl can check itself is bad usage (exit 2)."""
+    a = await fake_openai()
+    d = await start_daemon(one_model_config(a.url))
+    code, out, err = await failoverctl(d.socket, "select", "--tokens", "-5")
+    assert code == 2 and out == ""
+    assert "--tokens: must be 0 or more: '-5'" in err
+    code, out, err = await failoverctl(d.socket, "--json", "select", "--tokens", "0")
+    assert code == 0, err
+    assert [c["model"] for c in orjson.loads(out)["candidates"]] == ["a/m"]

@@ -243,6 +243,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _tokens(text: str) -> int:
+    """A token count (``select --tokens``): a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     # --socket and --json work before or after the command: SUPPRESS keeps a subcommand's
     # unset copy from overwriting the value given before it
@@ -276,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default="default", help="model, chain, default or auto")
     se.add_argument("--needs", default="", help="comma list: tools,vision,reasoning,json,"
                                                 "long_context")
-    se.add_argument("--tokens", type=int, default=0, help="estimated prompt tokens")
+    se.add_argument("--tokens", type=_tokens, default=0, help="estimated prompt tokens")
     se.add_argument("--prompt", default="", help="a prompt to classify (with --model auto)")
     command("reload", "re-read the config file")
     return p
