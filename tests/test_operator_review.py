@@ -16,8 +16,9 @@ import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
-from tests.helpers import FAILOVERCTL, failoverctl, free_port, one_model_config
+from tests.helpers import FAILOVERCTL, failoverctl, free_port, one_model_config, status
 from tests.mosquitto import Mosquitto, requires_mosquitto
+from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_contract_mqtt import PASSWORD, mqtt_body, retained_status
 from tests.test_contract_mqtt import broker as broker  # the fixture
 
@@ -227,3 +228,35 @@ async def test_a_negative_token_count_is_bad_usage_not_a_refusal(fake_openai: An
     code, out, err = await failoverctl(d.socket, "--json", "select", "--tokens", "0")
     assert code == 0, err
     assert [c["model"] for c in orjson.loads(out)["candidates"]] == ["a/m"]
+
+
+@pytest.mark.xfail(strict=True, reason="api/app.py (not this review's to edit): aiohttp's own "
+                   "404/405 pages answer an unknown path or method with text/plain "
+                   "'404: Not Found', not DESIGN's JSON error in the client's API shape")
+async def test_an_unknown_endpoint_is_a_json_error(fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai()
+    d = await start_daemon(one_model_config(a.url))
+    # what SDKs call that failoverd does not serve: OpenAI embeddings, Anthropic token count
+    for method, path in (("POST", "/v1/embeddings"), ("POST", "/v1/messages/count_tokens"),
+                         ("GET", "/v1/chat/completions")):
+        resp = await d.http.request(method, path, json={"model": "default", "input": "x"})
+        assert resp.status_code in (404, 405)
+        assert resp.headers["content-type"].startswith("application/json"), (path, resp.text)
+        assert isinstance(resp.json()["error"]["message"], str)
+
+
+@requires_mosquitto
+async def test_status_mqtt_object_says_enabled_either_way(
+        mosquitto: Mosquitto, fake_openai: Any, start_daemon: Any) -> None:
+    """With MQTT off, /v1/status had {"enabled": false}; with it on, an object without
+    "enabled", so `status["mqtt"]["enabled"]` raised KeyError exactly when MQTT was on."""
+    a = await fake_openai()
+    off = await start_daemon(one_model_config(a.url), name="off")
+    assert (await status(off))["mqtt"] == {"enabled": False}
+    on = await start_daemon(f'node = "st"\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\n'
+                            f'port = {mosquitto.port}\n' + one_model_config(a.url), name="on")
+    await asyncio.wait_for(on.sup.service.mqtt.wait_connected(), 5)
+    mqtt = (await status(on))["mqtt"]
+    assert mqtt["enabled"] is True and mqtt["connected"] is True
+    assert {"queued", "states_pending", "dropped", "published", "reconnects",
+            "connect_failures", "protocol", "connected_since", "last_error"} <= set(mqtt)

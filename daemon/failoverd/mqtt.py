@@ -88,7 +88,9 @@ class MqttStats:
     last_error: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """/v1/status's ``mqtt`` object; ``enabled`` as when MQTT is off (``{"enabled":
+        false}``), so a script can test it either way."""
+        return {"enabled": True, **{name: getattr(self, name) for name in self.__slots__}}
 
 
 class MqttPublisher:
