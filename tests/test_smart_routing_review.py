@@ -128,6 +128,32 @@ async def test_auto_scores_every_spelling_of_effort_and_tools(tiers: Any, extra:
     assert sel["route"] == route
 
 
+PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize("content", [
+    [{"type": "image", "source": PNG}, {"type": "text", "text": "what is this?"}],
+    [{"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+     {"type": "text", "text": "what is this?"}],
+    [{"type": "tool_result", "tool_use_id": "t1",
+      "content": [{"type": "image", "source": PNG}]}],
+], ids=["base64", "url", "in a tool_result"])
+async def test_anthropic_images_need_vision_under_auto(tiers: Any, content: Any) -> None:
+    """Every Anthropic image shape makes a vision request: auto skips s/small for it."""
+    small, medium, large, d, _ = tiers
+    messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+    if content[0]["type"] == "tool_result":
+        messages[:0] = [{"role": "user", "content": "show me"}, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "camera", "input": {}}]}]
+    resp = await d.http.post("/v1/messages", json={
+        "model": "auto", "max_tokens": 50, "messages": messages,
+        "tools": [{"name": "camera", "input_schema": {"type": "object"}}]})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-model"] == MEDIUM
+    assert resp.json()["type"] == "message"
+    assert small.requests == []
+
+
 # ------------------------------------------------------------------ context policy
 
 
