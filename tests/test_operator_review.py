@@ -260,3 +260,16 @@ async def test_status_mqtt_object_says_enabled_either_way(
     assert mqtt["enabled"] is True and mqtt["connected"] is True
     assert {"queued", "states_pending", "dropped", "published", "reconnects",
             "connect_failures", "protocol", "connected_since", "last_error"} <= set(mqtt)
+
+
+def test_a_topic_prefix_with_an_empty_level_is_a_config_error() -> None:
+    """topic_prefix = "home/" published to home//<node>/status, which the README's
+    `<prefix>/+/status` subscription never matches; nothing said why the dashboard was empty."""
+    for bad in ("home/", "/home", "home//llm"):
+        with pytest.raises(ConfigError) as info:
+            config.loads(f'[mqtt]\ntopic_prefix = "{bad}"\n' + BASE, env={})
+        assert info.value.problems == [
+            f"mqtt.topic_prefix: must not start or end with '/' nor hold '//' (an empty topic "
+            f"level), got {bad!r}"]
+    assert config.loads('[mqtt]\ntopic_prefix = "home/llm"\n' + BASE,
+                        env={}).mqtt.topic_prefix == "home/llm"

@@ -329,6 +329,10 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
     prefix = sec.get("topic_prefix", str, d.topic_prefix)
     if not prefix or any(c in prefix for c in "+#"):
         sec.problem("topic_prefix", "must be non-empty and contain no '+' or '#'")
+    elif "" in prefix.split("/"):
+        # "home/" published to home//<node>/status, which home/+/status never matches
+        sec.problem("topic_prefix", f"must not start or end with '/' nor hold '//' (an empty "
+                    f"topic level), got {prefix!r}")
     cfg = MqttConfig(
         enabled=sec.get("enabled", bool, d.enabled),
         host=sec.get("host", str, d.host),
