@@ -190,6 +190,11 @@ class FastStream(web.StreamResponse):
             raise RuntimeError("Cannot call write() before prepare()")
         await self._conn.write_chunk(bytes(data))
 
+    def write_now(self, data: bytes) -> bool:
+        """A write with no wait (no coroutine): True once written, False when `write` must
+        be awaited instead (the client is behind, or the connection closing)."""
+        return self._started and not self._ended and self._conn.write_chunk_now(data)
+
     async def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
         if self._ended:
             return
@@ -474,6 +479,16 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         self.stream = stream
         assert self.transport is not None
         self.transport.write(head)
+
+    def write_chunk_now(self, data: bytes) -> bool:
+        """`write_chunk` for a client that keeps up: writes and says True, or writes nothing
+        and says False when `write_chunk` would wait or fail (it is then the one to call)."""
+        transport = self.transport
+        if self.writing_paused or self.closed or transport is None or transport.is_closing():
+            return False
+        if data:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
 
     async def write_chunk(self, data: bytes) -> None:
         transport = self.transport

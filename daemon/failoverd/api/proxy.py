@@ -131,10 +131,17 @@ class _Client:
     upstream. A client that keeps up pays one buffer-size check per chunk.
     """
 
-    __slots__ = ("resp", "transport", "limit")
+    __slots__ = ("resp", "transport", "limit", "_now")
 
     def __init__(self, request: web.Request, resp: web.StreamResponse, limit: float) -> None:
         self.resp, self.transport, self.limit = resp, request.transport, limit
+        # the fast path's stream writes a chunk with no coroutine while the client keeps up
+        self._now: Callable[[bytes], bool] | None = getattr(resp, "write_now", None)
+
+    def write_now(self, data: bytes) -> bool:
+        """Writes at once if that cannot wait (see FastStream.write_now): True when done,
+        False when `write` is to be awaited."""
+        return self._now is not None and len(data) <= 16384 and self._now(data)
 
     async def write(self, data: bytes) -> None:
         transport = self.transport
@@ -182,7 +189,9 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
             start.first.raw = None
         await client.write(encoder.chunk(start.first))
         async for chunk in start.rest:
-            await client.write(encoder.chunk(chunk))
+            data = encoder.chunk(chunk)
+            if not client.write_now(data):
+                await client.write(data)
         await client.write(encoder.end())
     except UpstreamError as exc:
         # after the first chunk a failover is no longer invisible: end with an error event

@@ -233,23 +233,34 @@ class Response:
 
     async def readline(self) -> bytes:
         """The next line with its b"\\n"; at the end, what is left, then b""."""
+        while (line := self.buffered_line()) is None:
+            await self.more()
+        return line
+
+    def buffered_line(self) -> bytes | None:
+        """`readline` without waiting: the next line if it is all here (at the end, what is
+        left, then b""), else None: await `more` and ask again. A stream reader takes the
+        lines that came in one read without a wait (a coroutine) for each."""
         body = self._body
-        while True:
-            end = body.find(b"\n")
-            if end >= 0:
-                line = bytes(body[:end + 1])
-                del body[:end + 1]
-                if len(body) < LOW_WATER:
-                    self._conn._resume()
-                return line
-            if self._done:
-                line = bytes(body)
-                body.clear()
-                return line
-            if len(body) > MAX_LINE:
-                raise PayloadError(f"a line of the response is longer than {MAX_LINE} bytes")
-            self._conn._resume()  # the line is not complete: more must come in
-            await self._wait()
+        end = body.find(b"\n")
+        if end >= 0:
+            line = bytes(body[:end + 1])
+            del body[:end + 1]
+            if len(body) < LOW_WATER:
+                self._conn._resume()
+            return line
+        if self._done:
+            line = bytes(body)
+            body.clear()
+            return line
+        if len(body) > MAX_LINE:
+            raise PayloadError(f"a line of the response is longer than {MAX_LINE} bytes")
+        return None
+
+    async def more(self) -> None:
+        """Waits until more of the body (or its end) has come in."""
+        self._conn._resume()  # a line not yet complete: more must come in
+        await self._wait()
 
     async def read_upto(self, limit: int) -> bytes:
         """At most `limit` bytes of the body (fewer only when it ends first)."""

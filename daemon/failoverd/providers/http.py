@@ -332,6 +332,36 @@ async def read_limited(resp: Response, limit: int = MAX_ERROR_BODY) -> bytes:
     return await resp.read_upto(limit)
 
 
+async def _more(resp: Response, got_first: bool, first_deadline: float, idle: float,
+                provider: str, model: str) -> None:
+    """Waits for more of a stream: the first token until `first_deadline` (loop time), then
+    at most `idle` seconds per wait; a timeout or a cut is the stream's UpstreamError."""
+    try:
+        if got_first:
+            with timeout(idle):
+                await resp.more()
+        else:
+            with timeout_at(first_deadline):
+                await resp.more()
+    except TimeoutError as exc:
+        what = "stream idle" if got_first else "no first token"
+        raise upstream_error(FailureReason.TIMEOUT, f"{what} within the time limit",
+                             status=None, provider=provider, model=model) from exc
+    except (HttpClientError, OSError) as exc:
+        raise _cut(exc, provider, model) from exc
+
+
+def _cut(exc: BaseException, provider: str, model: str) -> UpstreamError:
+    return upstream_error(FailureReason.INVALID_RESPONSE, f"stream cut: {exc}", status=None,
+                          provider=provider, model=model)
+
+
+# The two readers below take every line that is already in (`buffered_line`) and wait (with
+# `_more`, under the stream's time limits) only when none is: lines that came in one read cost
+# no wait each. sse_events does not read through `lines`: an async generator in between would
+# cost a suspension per line, twice per event.
+
+
 async def lines(resp: Response, first_deadline: float, idle: float,
                 provider: str, model: str) -> AsyncIterator[bytes]:
     """Yields the response's lines (without line endings), blank lines included.
@@ -342,19 +372,12 @@ async def lines(resp: Response, first_deadline: float, idle: float,
     got_first = False
     while True:
         try:
-            if got_first:
-                with timeout(idle):
-                    line = await resp.readline()
-            else:
-                with timeout_at(first_deadline):
-                    line = await resp.readline()
-        except TimeoutError as exc:
-            what = "stream idle" if got_first else "no first token"
-            raise upstream_error(FailureReason.TIMEOUT, f"{what} within the time limit",
-                                 status=None, provider=provider, model=model) from exc
-        except (HttpClientError, OSError) as exc:
-            raise upstream_error(FailureReason.INVALID_RESPONSE, f"stream cut: {exc}",
-                                 status=None, provider=provider, model=model) from exc
+            line = resp.buffered_line()
+        except HttpClientError as exc:
+            raise _cut(exc, provider, model) from exc
+        if line is None:
+            await _more(resp, got_first, first_deadline, idle, provider, model)
+            continue
         if not line:
             return
         line = line.rstrip(b"\r\n")
@@ -366,15 +389,29 @@ async def lines(resp: Response, first_deadline: float, idle: float,
 
 async def sse_events(resp: Response, first_deadline: float, idle: float,
                      provider: str, model: str) -> AsyncIterator[tuple[str, bytes]]:
-    """Server-sent events as (event name, data) pairs; multi-line data joined with newlines."""
+    """Server-sent events as (event name, data) pairs; multi-line data joined with newlines.
+    Time limits as for `lines`."""
     event = ""
     data: list[bytes] = []
-    async for line in lines(resp, first_deadline, idle, provider, model):
+    got_first = False
+    while True:
+        try:
+            line = resp.buffered_line()
+        except HttpClientError as exc:
+            raise _cut(exc, provider, model) from exc
+        if line is None:
+            await _more(resp, got_first, first_deadline, idle, provider, model)
+            continue
+        if not line:
+            break
+        line = line.rstrip(b"\r\n")
         if not line:
             if data:
                 yield event, b"\n".join(data)
             event, data = "", []
             continue
+        if not got_first and not line.startswith(b":"):
+            got_first = True  # a comment (": PROCESSING") is not a token
         if line.startswith(b"data:"):
             value = line[5:]
             data.append(value[1:] if value.startswith(b" ") else value)
