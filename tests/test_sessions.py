@@ -192,3 +192,20 @@ def test_long_keys_are_capped_but_stay_distinct(store: SessionStore) -> None:
 def test_max_entries_must_be_positive(clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="max_entries"):
         SessionStore(clock, max_entries=0)
+
+
+def test_a_reload_forgets_pins_and_sticky_windows_to_what_went_away(
+        store: SessionStore, clock: ManualClock) -> None:
+    store.set_preference("chain", "fast")
+    store.set_preference("kept", "A")
+    store.set_preference("gone", "X")
+    store.note_served("from-gone", "X", "A")  # sticky: asked X, served by A
+    store.note_served("to-gone", "A", "Y")  # sticky: asked A, served by Y
+    store.note_served("both-ok", "A", "B")
+    changed = store.forget_missing(models={"A", "B"}, chains={"fast"})
+    assert changed == 3
+    assert store.preferred("chain") == "fast" and store.preferred("kept") == "A"
+    assert store.get("gone") == Session("gone", None, None, clock.monotonic())
+    assert store.preferred("from-gone") is None and store.preferred("to-gone") is None
+    assert store.preferred("both-ok") == "B"
+    assert store.forget_missing(models={"A", "B"}, chains={"fast"}) == 0

@@ -166,9 +166,6 @@ def turns(n: int, words: int) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": "and now?"}]
 
 
-@pytest.mark.xfail(strict=True, reason="dispatch._fit_context hands truncate() the client's "
-                   "max_tokens uncapped, while the context check reserves only the model's "
-                   "max_output_tokens: a request that fits once truncated is skipped")
 async def test_truncate_reserves_only_what_the_model_can_write(fake_openai: Any,
                                                                start_daemon: Any) -> None:
     up = await fake_openai(reply="ok")
@@ -187,9 +184,6 @@ async def test_truncate_reserves_only_what_the_model_can_write(fake_openai: Any,
     assert sent[1:] == messages[3:]  # just the oldest turn went: the rest fits with 1,000
 
 
-@pytest.mark.xfail(strict=True, reason="dispatch: when the context policy `fail` ends the "
-                   "request at a fallback, the hop appended to outcome.failovers is not taken "
-                   "back, so x-failoverd-failover names a fallback that got no request")
 @pytest.mark.parametrize("chosen_by", ["hook", "routing"])
 async def test_context_fail_at_a_fallback_reports_no_hop(fake_openai: Any, start_daemon: Any,
                                                          tmp_path: Path, chosen_by: str) -> None:
@@ -256,9 +250,6 @@ async def test_a_session_pinned_to_a_model_a_reload_removed_routes_by_its_reques
     assert r.headers["x-failoverd-model"] == LARGE and r.headers["x-failoverd-attempts"] == "1"
 
 
-@pytest.mark.xfail(strict=True, reason="service.reload leaves sessions alone: GET "
-                   "/v1/sessions/{key} keeps showing a pin (and a sticky model) a reload "
-                   "removed, as 'preferred', though no request can go there")
 async def test_a_reload_drops_session_references_to_removed_models(
         fake_openai: Any, start_daemon: Any) -> None:
     small, medium, large = [await fake_openai(reply=n) for n in ("small", "medium", "large")]

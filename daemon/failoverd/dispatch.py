@@ -20,7 +20,7 @@ from failoverd.errors import Attempt, NoModelAvailable, RequestError, UpstreamEr
 from failoverd.failures import FailureReason, policy
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
 from failoverd.requirements import Requirements
-from failoverd.selection import context_reason, truncate
+from failoverd.selection import context_reason, output_reservation, truncate
 from failoverd.timeouts import timeout
 
 logger = logging.getLogger(__name__)
@@ -226,8 +226,14 @@ class Dispatcher:
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken
                             raise last_error
-                fitted, skip = _fit_context(
-                    model, body, needs, verdict.context or cfg.routing.context_policy, outcome)
+                try:
+                    fitted, skip = _fit_context(model, body, needs,
+                                                verdict.context or cfg.routing.context_policy,
+                                                outcome)
+                except UpstreamError:
+                    if last_error is not None:
+                        outcome.failovers.pop()  # `fail` ends it here: the hop is not taken
+                    raise
                 if skip is not None:
                     if last_error is not None:
                         outcome.failovers.pop()
@@ -443,7 +449,8 @@ def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements |
                             provider=model.provider, model=model.id)
     if policy_name == "skip":
         return body, too_big
-    shorter = truncate(body, model.context_window, needs.output_tokens)
+    # the same reservation the check made: what the model can write, not what was asked
+    shorter = truncate(body, model.context_window, output_reservation(model, needs))
     if shorter is None:
         return body, f"{too_big}; truncation cannot make it fit"
     dropped = len(body["messages"]) - len(shorter["messages"])

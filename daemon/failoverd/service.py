@@ -140,6 +140,10 @@ class Service:
             del self._chain_offsets[name]
         self.health.reconfigure(config)
         self.sessions.sticky_seconds = config.routing.sticky_seconds
+        dropped = self.sessions.forget_missing(config.models, config.chains)
+        if dropped:
+            logger.info("reload: %d session(s) lost a pin or sticky model that went away",
+                        dropped)
         self.hooks.hooks = config.hooks
         self.hooks.secrets = hook_secrets(config)
         self.install(build_runtime(config, self.client, self.clock, self.health, self.rng))

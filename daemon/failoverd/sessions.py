@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,6 +151,24 @@ class SessionStore:
         self._put(key, replace(current or Session(key), sticky=sticky, last_used=now), now)
         logger.debug("session sticks to %s for %.0fs after failing over from %s",
                      served_model, self.sticky_seconds, requested_head)
+
+    def forget_missing(self, models: Container[str], chains: Container[str]) -> int:
+        """After a reload: drops pins to models or chains that no longer exist and sticky
+        windows involving a removed model (no request can go there, and a session must not
+        show them as preferred). Returns how many sessions changed."""
+        changed = 0
+        for key, session in list(self._entries.items()):
+            preference, sticky = session.preference, session.sticky
+            if preference is not None and preference not in models \
+                    and preference not in chains:
+                preference = None
+            if sticky is not None and (sticky.model not in models
+                                       or sticky.from_model not in models):
+                sticky = None
+            if preference != session.preference or sticky is not session.sticky:
+                self._entries[key] = replace(session, preference=preference, sticky=sticky)
+                changed += 1
+        return changed
 
     def preferred(self, key: str) -> str | None:
         """What the session should try first: its sticky fallback while that lasts, else
