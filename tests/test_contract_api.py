@@ -203,3 +203,26 @@ async def test_no_model_available_on_the_anthropic_front_streaming_or_not(
             "b/gpt-b", "rate_limit", 429)
         assert (attempts[0]["model"], attempts[0]["reason"]) == ("a/gpt-a", "server_error")
         assert "Rate limit reached" in attempts[-1]["message"]
+
+
+async def test_unknown_paths_and_methods_get_json_errors_in_the_clients_shape(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai()
+    d = await start_daemon(one_model_config(a.url))
+    resp = await d.http.post("/v1/messages/count_tokens", json={"messages": []})
+    assert resp.status_code == 404
+    assert resp.json() == {"type": "error", "error": {
+        "type": "not_found_error",
+        "message": "POST /v1/messages/count_tokens: failoverd serves no such endpoint "
+                   "(proxied: POST /v1/chat/completions and POST /v1/messages)"}}
+    resp = await d.http.post("/v1/embeddings", json={"input": "x"})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    # a GET of the chat endpoint: the fast path hands it to aiohttp, which routes it
+    resp = await d.http.get("/v1/chat/completions")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert resp.json()["error"]["message"] == (
+        "GET /v1/chat/completions: method not allowed here (allowed: POST)")
+    # and the daemon keeps serving
+    resp = await d.http.post("/v1/chat/completions", json={"messages": HELLO})
+    assert resp.status_code == 200

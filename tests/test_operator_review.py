@@ -230,9 +230,6 @@ async def test_a_negative_token_count_is_bad_usage_not_a_refusal(fake_openai: An
     assert [c["model"] for c in orjson.loads(out)["candidates"]] == ["a/m"]
 
 
-@pytest.mark.xfail(strict=True, reason="api/app.py (not this review's to edit): aiohttp's own "
-                   "404/405 pages answer an unknown path or method with text/plain "
-                   "'404: Not Found', not DESIGN's JSON error in the client's API shape")
 async def test_an_unknown_endpoint_is_a_json_error(fake_openai: Any, start_daemon: Any) -> None:
     a = await fake_openai()
     d = await start_daemon(one_model_config(a.url))

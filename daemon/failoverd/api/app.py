@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from failoverd.api import control
 from failoverd.api.events import events
+from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.service import SERVICE, Service
 
@@ -13,7 +15,7 @@ from failoverd.api.service import SERVICE, Service
 def make_app(service: Service) -> web.Application:
     # client_max_size is enforced by our own body reader (413 naming max_body_bytes)
     # the supervisor installs the access guard and drain tracking (api/drain.py)
-    app = web.Application(client_max_size=2**62)
+    app = web.Application(client_max_size=2**62, middlewares=[_json_not_found])
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
@@ -38,3 +40,24 @@ async def _close_event_streams(app: web.Application) -> None:
     """Event streams never end by themselves: end them so the drain does not wait on them."""
     for sub in list(app[SERVICE].streams):
         sub.close()
+
+
+@web.middleware
+async def _json_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown path or method gets a JSON error in the client's API shape (aiohttp's own
+    pages are text/plain, which SDKs cannot read), naming what failoverd serves instead."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        if exc.text is not None and not exc.text.startswith(f"{exc.status}: "):
+            raise  # a handler's own, not the router's
+        front = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
+        where = f"{request.method} {request.path}"
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return front.error(405, "invalid_request_error",
+                               f"{where}: method not allowed here (allowed: {allowed})",
+                               "method_not_allowed", headers={"Allow": allowed})
+        return front.error(404, "invalid_request_error",
+                           f"{where}: failoverd serves no such endpoint (proxied: POST "
+                           "/v1/chat/completions and POST /v1/messages)", "unknown_url")
