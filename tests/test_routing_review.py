@@ -392,3 +392,37 @@ async def test_ctl_json_on_a_non_json_error_is_still_valid_json(peer) -> None:
     code, out, err = await failoverctl(path, "--json", "status")
     assert code == 1
     assert orjson.loads(out) == "<h1>no</h1>"
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_completion_tokens"])
+async def test_a_fallback_gets_max_tokens_cut_to_what_it_can_write(fake_openai, start_daemon,
+                                                                   key: str) -> None:
+    """The client wrote for the primary; a fallback with a smaller max_output_tokens would
+    refuse 16,000 ("max_tokens is too large"): it gets its own limit, the primary the ask."""
+    big, small = await fake_openai(reply="big"), await fake_openai(reply="small")
+    big.default = "rate_limit_long"
+    d = await start_daemon(f"""
+[providers.big]
+kind = "openai"
+base_url = "{big.url}"
+[providers.small]
+kind = "openai"
+base_url = "{small.url}"
+[models."big/m"]
+provider = "big"
+[models."small/m"]
+provider = "small"
+max_output_tokens = 1000
+[routing]
+primary = "big/m"
+fallbacks = ["small/m"]
+""")
+    for stream in (False, True):
+        resp = await d.http.post("/v1/chat/completions", json={
+            "messages": HELLO, key: 16000, "stream": stream})
+        assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "small/m"
+    assert {r.body[key] for r in big.chat_requests()} == {16000}
+    assert [r.body[key] for r in small.chat_requests()] == [1000, 1000]
+    # within the limit: as asked
+    resp = await d.http.post("/v1/chat/completions", json={"messages": HELLO, key: 10})
+    assert resp.status_code == 200 and small.chat_requests()[-1].body[key] == 10

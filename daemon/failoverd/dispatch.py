@@ -240,7 +240,7 @@ class Dispatcher:
                     outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
                                                     skip))
                     continue
-                req = fitted
+                req = _cap_output(fitted, model)
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
@@ -457,6 +457,24 @@ def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements |
     outcome.notices.append(f"{model.id}: dropped {dropped} oldest message(s) to fit its "
                            "context window")
     return shorter, None
+
+
+def _cap_output(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
+    """The request with max_tokens / max_completion_tokens cut to what the model can write
+    (its max_output_tokens): a fallback smaller than the model the client wrote for would
+    refuse the request (OpenAI: "max_tokens is too large"), and the context check reserves
+    only that much. The body itself is not changed."""
+    cap = model.max_output_tokens
+    if not cap:
+        return body
+    out: dict[str, Any] | None = None
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if type(value) is int and value > cap:
+            if out is None:
+                out = dict(body)
+            out[key] = cap
+    return body if out is None else out
 
 
 async def _aclose(it: AsyncIterator[Chunk]) -> None:

@@ -25,7 +25,7 @@ _KEPT_ROLES = frozenset({"system", "developer"})
 def output_reservation(model: ModelConfig, req: Requirements) -> int:
     """Output tokens to reserve in ``model``'s window for ``req``.
 
-    A model cannot write more than its max_output_tokens, and adapters clamp a larger
+    A model cannot write more than its max_output_tokens, and the dispatcher cuts a larger
     request to it, so the reservation is the smaller of the two.
     """
     if req.output_tokens is None:
