@@ -179,6 +179,15 @@ async def test_select_follows_a_sessions_preference(rig) -> None:
     assert [c["model"] for c in resp.json()["candidates"]] == [QWEN, GPT]
 
 
+async def test_select_honours_the_no_fallback_header_as_the_request_does(rig) -> None:
+    a, o, d, _ = rig
+    pin = {"x-failoverd-no-fallback": "1"}
+    resp = await d.http.post("/v1/select", json={"model": GPT}, headers=pin)
+    assert [c["model"] for c in resp.json()["candidates"]] == [GPT]
+    resp = await d.http.post("/v1/select", json={"model": GPT})
+    assert [c["model"] for c in resp.json()["candidates"]] == [GPT, QWEN]
+
+
 # ------------------------------------------------------------------ capabilities
 
 

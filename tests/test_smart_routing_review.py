@@ -207,9 +207,6 @@ async def test_context_fail_at_a_fallback_reports_no_hop(fake_openai: Any, start
 # ------------------------------------------------------------------ select and sessions
 
 
-@pytest.mark.xfail(strict=True, reason="api/control.select takes the session only from its "
-                   "own 'session' key: a request body's `user` (or the x-failoverd-session "
-                   "header) is ignored, so select orders the candidates unlike the request")
 @pytest.mark.parametrize("how", ["user", "header"])
 async def test_select_orders_like_the_request_for_the_same_body(tiers: Any, how: str) -> None:
     small, medium, large, d, _ = tiers
@@ -360,9 +357,6 @@ async def test_an_expired_session_is_gone_for_delete_as_for_get(tiers: Any) -> N
     assert (await d.http.delete("/v1/sessions/old")).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="api/control.select marks a candidate whose window is "
-                   "too small ineligible even under context_policy = truncate, where the "
-                   "request itself is served by it with its oldest turns dropped")
 async def test_select_under_truncate_names_the_model_that_serves(fake_openai: Any,
                                                                  start_daemon: Any) -> None:
     small, medium, large = [await fake_openai(reply=n) for n in ("small", "medium", "large")]

@@ -10,10 +10,13 @@ from aiohttp import web
 
 from failoverd import __version__, complexity, requirements, selection
 from failoverd.api.body import read_json
+from failoverd.api.fronts import OPENAI
+from failoverd.api.proxy import pinned
 from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
 from failoverd.service import Service
+from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
 
 _UP = ("closed", "half_open")
@@ -155,10 +158,15 @@ async def select(request: web.Request) -> web.Response:
         session = body.get("session")
         if session is not None and not isinstance(session, str):
             raise RequestError("'session' must be a string", param="session")
+        # the session and pin the same request would have (see api/proxy.py)
+        session = session or request.headers.get("x-failoverd-session") or (
+            OPENAI.session_key(body) if "messages" in body else None)
+        pin = pinned(request)
         route = svc.route(rt, {**body, "model": model, "messages": body.get("messages", [])},
-                          False, session or None)
+                          pin, normalize_key(session) if session else None)
     except RequestError as exc:
         return request_error(exc)
+    truncating = rt.config.routing.context_policy == "truncate" and "messages" in body
     candidates: list[dict[str, Any]] = []
     for model_id, skipped in route.skipped:
         if model_id in route.candidates:
@@ -168,6 +176,11 @@ async def select(request: web.Request) -> web.Response:
     for model_id in route.candidates:
         m = rt.config.models[model_id]
         why = selection.check(m, needs)
+        if why is not None and truncating and why == selection.context_reason(m, needs):
+            # as the request would be: served with its oldest turns dropped, if that fits
+            if selection.truncate(body, m.context_window,
+                                  selection.output_reservation(m, needs)) is not None:
+                why = None
         available, blocked = svc.health.available(model_id)
         if why is None and not available:
             why = blocked or "unavailable"

@@ -30,6 +30,11 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
                 "X-Accel-Buffering": "no"}
 
 
+def pinned(request: web.Request) -> bool:
+    """Whether the request asks for its model alone (header x-failoverd-no-fallback)."""
+    return request.headers.get("x-failoverd-no-fallback", "").lower() in _TRUE
+
+
 def request_deadline(svc: Service, rt: Runtime, request: web.Request, outcome: Outcome) -> float:
     budget = rt.config.routing.deadline
     header = request.headers.get("x-failoverd-deadline")
@@ -77,7 +82,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
         try:
             raw = await read_json(request, rt.config.daemon.max_body_bytes)
             body = front.canonical(raw)
-            pin = request.headers.get("x-failoverd-no-fallback", "").lower() in _TRUE
+            pin = pinned(request)
             session = request.headers.get("x-failoverd-session") or front.session_key(raw)
             if session:  # capped once, so events and hooks carry the key the store keeps
                 session = normalize_key(session)
