@@ -7,9 +7,11 @@ is a bounded poll.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from pathlib import Path
 from typing import Any
 
+from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import until_async
 
@@ -179,3 +181,37 @@ async def test_reload_keeps_probing_with_the_new_interval(fake_openai, start_dae
 
     await until_async(probed, timeout=3)
     assert d.sup.prober.scheduler.get_job(f"probe:{ONE}").trigger.interval.total_seconds() == 0.1
+
+
+async def test_without_recovery_probes_the_end_of_an_open_period_is_still_published(
+        fake_openai, start_daemon) -> None:
+    """recovery_kind = "none": no probe at the end of the open period, but the breaker is read
+    then, so breaker:half_open (and the MQTT state) come when the period ends, not at the next
+    request, which may be hours away on a quiet host."""
+    a = await fake_openai()
+    clock = ManualClock()
+    d = await start_daemon(probe_toml(a, 'kind = "none"\nrecovery_kind = "none"',
+                                      breaker="failure_threshold = 1"), clock=clock)
+    a.push("server_error")
+    resp = await d.http.post("/v1/chat/completions",
+                             json={"model": ONE, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.headers["x-failoverd-model"] == TWO
+    bus = d.sup.service.bus
+    opened = [e for e in bus.recent() if e.type == "breaker:opened"]
+    assert [e.fields["model"] for e in opened] == [ONE]
+    job = d.sup.prober.scheduler.get_job(f"recover:{ONE}")
+    assert job is not None
+    # run the job now, as the scheduler will when the (jittered) period ends, with the
+    # breaker's clock moved past that end
+    wait = d.sup.service.health.retry_in(ONE)
+    assert wait is not None and wait > 20
+    clock.advance(wait + 0.1)
+    requests = len(a.requests)
+    job.modify(next_run_time=datetime.datetime.now(datetime.UTC))
+
+    async def half_open() -> bool:
+        return any(e.type == "breaker:half_open" for e in bus.recent())
+
+    await until_async(half_open, timeout=3)
+    assert len(a.requests) == requests  # read, not probed
+    assert d.sup.prober.scheduler.get_job(f"recover:{ONE}") is None

@@ -206,6 +206,15 @@ class HealthRegistry:
             return False, "max_concurrency"
         return True, None
 
+    def settle(self, model_id: str) -> None:
+        """Applies the lazy transitions that are due (an open period that ended, a
+        provider's auth or billing block that expired), with their events, without a call."""
+        breaker = self._breakers.get(model_id)
+        if breaker is None:
+            return
+        self._blocked(self._config.models[model_id].provider)  # an expired block ends
+        breaker.state  # noqa: B018 - reading it applies a due OPEN -> HALF_OPEN
+
     def acquire(self, model_id: str) -> Permit | None:
         """Admits one call to the model, or None when it is not to be called now."""
         breaker = self._breakers.get(model_id)

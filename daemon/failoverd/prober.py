@@ -4,7 +4,8 @@ One interval job per model (`probes.interval` with `probes.jitter`, coalesce, ma
 and a misfire grace of one interval), so a model going down with no traffic is noticed within
 interval + timeout. When a breaker opens, a one-off recovery job is scheduled for the end of
 its open period: the recovery probe (`probes.recovery_kind`) closes the breaker if the model is
-back, so no client has to be the guinea pig.
+back, so no client has to be the guinea pig. With recovery_kind "none" the job only reads the
+breaker, so its half-open state is published when the period ends, not at the next request.
 
 Choices:
 
@@ -122,10 +123,9 @@ class Prober:
 
     def _recovering(self, model_id: str) -> bool:
         """Whether a pending recovery probe of the model still has a period to end (a changed
-        model got a fresh, closed breaker; recovery probes may have been turned off)."""
+        model got a fresh, closed breaker)."""
         breaker = self.service.health.breaker(model_id)  # None: the model was removed
-        return (self.service.runtime.config.probes.recovery_kind != "none"
-                and breaker is not None and breaker.state is not BreakerState.CLOSED)
+        return breaker is not None and breaker.state is not BreakerState.CLOSED
 
     async def stop(self) -> None:
         """Stops scheduling and ends the probes in flight (they would only delay the exit)."""
@@ -168,9 +168,6 @@ class Prober:
                 with contextlib.suppress(JobLookupError):
                     self.scheduler.remove_job(f"recover:{model_id}")
             return
-        kind = self.service.runtime.config.probes.recovery_kind
-        if kind == "none":
-            return
         wait = self.service.health.retry_in(model_id)
         if wait is None:
             return  # forced open until reset: nothing to recover to
@@ -190,6 +187,11 @@ class Prober:
             if wait is not None and wait > 0:
                 # still open (e.g. extended by a later failure): come back then
                 self._breaker_changed(model_id, BreakerState.OPEN)
+            return False
+        if cfg.probes.recovery_kind == "none":
+            # no probe, but the period's end is applied now, not at the next request: the
+            # breaker goes half-open and says so (event, MQTT state) while traffic is away
+            self.service.health.settle(model_id)
             return False
         return await self.probe(model_id, cfg.probes.recovery_kind)
 
