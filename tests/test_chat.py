@@ -518,3 +518,35 @@ async def test_in_stream_error_first_is_classified_by_its_code(pair) -> None:
     assert resp.headers["x-failoverd-attempts"] == "2"  # billing: no same-model retry
     status = (await d.http.get("/v1/status")).json()
     assert status["providers"]["a"]["credentials"] == "billing"
+
+
+async def test_api_key_header_sends_the_key_where_the_gateway_wants_it(
+        fake_openai, fake_anthropic, start_daemon) -> None:
+    """Azure OpenAI takes `api-key: <key>`; some gateways put an Anthropic key elsewhere."""
+    a, ant = await fake_openai(reply="from azure"), await fake_anthropic(reply="from ant")
+    d = await start_daemon(f"""
+[providers.azure]
+kind = "openai"
+base_url = "{a.url}"
+api_key_env = "AZURE_KEY"
+api_key_header = "api-key"
+[providers.ant]
+kind = "anthropic"
+base_url = "{ant.url}"
+api_key_env = "ANT_KEY"
+api_key_header = "x-gateway-key"
+[models."azure/gpt"]
+provider = "azure"
+[models."ant/claude"]
+provider = "ant"
+[routing]
+primary = "azure/gpt"
+""", env={"AZURE_KEY": "azure-secret-1", "ANT_KEY": "ant-secret-2"})
+    for model in ("azure/gpt", "ant/claude"):
+        resp = await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO,
+                                                               "max_tokens": 5})
+        assert resp.status_code == 200, resp.text
+    sent = {k.lower(): v for k, v in a.chat_requests()[0].headers.items()}
+    assert sent["api-key"] == "azure-secret-1" and "authorization" not in sent
+    sent = {k.lower(): v for k, v in ant.requests[-1].headers.items()}
+    assert sent["x-gateway-key"] == "ant-secret-2" and "x-api-key" not in sent

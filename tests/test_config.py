@@ -186,3 +186,49 @@ primary = "a/m"
     assert any(p.startswith("providers.c.headers.X-Bad: ") for p in got), got
     assert any(p.startswith('providers.c.headers."Bad Name": ') for p in got), got
     assert not any("X-Ok" in p for p in got)
+
+
+def test_credentials_stay_out_of_the_headers_table_and_api_key_header_needs_a_key() -> None:
+    got = problems('''
+[providers.a]
+kind = "openai"
+base_url = "https://api.example.com/v1"
+headers = { "Authorization" = "Bearer sk-in-the-file", "api-key" = "k", "X-Title" = "app" }
+[providers.b]
+kind = "openai"
+base_url = "https://api.example.com/v1"
+api_key_header = "api-key"
+[providers.c]
+kind = "simulated"
+api_key_header = "api-key"
+[providers.d]
+kind = "anthropic"
+api_key_env = "D_KEY"
+api_key_header = "bad name"
+[models."a/m"]
+provider = "a"
+[routing]
+primary = "a/m"
+''', env={"D_KEY": "sk-d"})
+    assert any(p.startswith("providers.a.headers.Authorization: carries a credential, which "
+                            "never goes in the file") for p in got), got
+    assert any(p.startswith("providers.a.headers.api-key: carries a credential") and
+               'api_key_header = "api-key"' in p for p in got), got
+    assert not any("X-Title" in p or "sk-in-the-file" in p for p in got), got
+    assert ("providers.b.api_key_header: names where the key goes, but none of api_key_env, "
+            "api_key_file or api_key_credential gives one") in got
+    assert "providers.c.api_key_header: only valid for HTTP provider kinds" in got
+    assert any(p.startswith("providers.d.api_key_header: must be a header name") for p in got)
+    ok = config.loads('''
+[providers.azure]
+kind = "openai"
+base_url = "https://example.openai.azure.com/openai/v1"
+api_key_env = "AZURE_KEY"
+api_key_header = "api-key"
+[models."azure/gpt"]
+provider = "azure"
+[routing]
+primary = "azure/gpt"
+''', env={"AZURE_KEY": "azure-secret"})
+    assert ok.providers["azure"].api_key_header == "api-key"
+    assert "azure-secret" not in repr(ok.providers["azure"])

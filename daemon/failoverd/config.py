@@ -76,6 +76,8 @@ class ProviderConfig:
     kind: ProviderKind
     base_url: str = ""
     api_key: str = field(default="", repr=False)
+    # the header the key goes in, as its whole value; "": the kind's own (see key_headers)
+    api_key_header: str = ""
     connect_timeout: float = 5.0
     timeout: float = 120.0
     headers: tuple[tuple[str, str], ...] = ()
@@ -359,9 +361,13 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
 _SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
     FailureReason.CANCELLED, FailureReason.UNAVAILABLE, FailureReason.INCAPABLE))
 
+# header names that carry a key by convention: the kinds' own and Azure OpenAI's
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key",
+                                 "x-goog-api-key"})
+
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
-                  "connect_timeout", "timeout", "headers", "proxy", "simulate_failure",
-                  "simulate_latency")
+                  "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
+                  "simulate_failure", "simulate_latency")
 
 
 def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
@@ -395,7 +401,18 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
         if not hk or any(c in hk for c in ":\r\n \t") or any(c in value for c in "\r\n"):
             headers_sec.problem(hk, "a header name without ':' or spaces, and a value on one "
                                 "line, are needed")
+        elif hk.lower() in _CREDENTIAL_HEADERS:
+            headers_sec.problem(hk, "carries a credential, which never goes in the file: use "
+                                "api_key_env, api_key_file or api_key_credential (with "
+                                f"api_key_header = \"{hk}\" when it is not the kind's own)")
         headers.append((hk, value))
+    key_header = sec.get("api_key_header", str, "")
+    if key_header and (kind == "simulated" or any(c in key_header for c in ":\r\n \t")):
+        sec.problem("api_key_header", "only valid for HTTP provider kinds" if kind == "simulated"
+                    else f"must be a header name without ':' or spaces, got {key_header!r}")
+    elif key_header and not any(sec.has(f"api_key_{s}") for s in ("env", "file", "credential")):
+        sec.problem("api_key_header", "names where the key goes, but none of api_key_env, "
+                    "api_key_file or api_key_credential gives one")
     failure: FailureReason | None = None
     sim_fail = sec.get("simulate_failure", str, "")
     sim_latency = sec.number("simulate_latency", 0.0)
@@ -416,6 +433,7 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
         kind=cast(ProviderKind, kind),
         base_url=base_url,
         api_key=_read_secret(sec, "api_key", env),
+        api_key_header=key_header,
         connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
         timeout=sec.number("timeout", 120.0, positive=True),
         headers=tuple(headers),

@@ -34,6 +34,7 @@ from failoverd.providers.http import (
     probe_get,
     probe_limits,
     read_limited,
+    request_headers,
     sse_events,
     upstream_error,
 )
@@ -102,13 +103,10 @@ class AnthropicProvider:
         base = base.removesuffix("/v1")
         self._messages_url = f"{base}/v1/messages"
         self._models_url = f"{base}/v1/models"
-        headers = {"content-type": "application/json", "accept": "application/json",
-                   "anthropic-version": API_VERSION}
-        if config.api_key:
-            headers["x-api-key"] = config.api_key
-        headers.update(dict(config.headers))
-        self._headers = headers
-        self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._headers = request_headers(
+            config, {"content-type": "application/json", "accept": "application/json",
+                     "anthropic-version": API_VERSION}, "x-api-key", config.api_key)
+        self._stream_headers = {**self._headers, "accept": "text/event-stream"}
 
     # ------------------------------------------------------------------ errors
 

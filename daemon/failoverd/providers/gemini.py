@@ -33,6 +33,7 @@ from failoverd.providers.http import (
     probe_get,
     probe_limits,
     read_limited,
+    request_headers,
     sse_events,
     upstream_error,
 )
@@ -100,10 +101,9 @@ class GeminiProvider:
         base = config.base_url.rstrip("/")
         # accept base URLs spelled with the version, as some SDKs do
         self._base = base if base.endswith(("/v1beta", "/v1")) else f"{base}/v1beta"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.api_key:
-            headers["x-goog-api-key"] = config.api_key
-        headers.update(dict(config.headers))
+        headers = request_headers(
+            config, {"Content-Type": "application/json", "Accept": "application/json"},
+            "x-goog-api-key", config.api_key)
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
 

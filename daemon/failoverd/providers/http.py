@@ -167,6 +167,21 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def request_headers(config: ProviderConfig, base: dict[str, str], key_name: str,
+                    key_value: str) -> dict[str, str]:
+    """An adapter's request headers: `base`, then the API key (`key_name: key_value`, the
+    kind's own way, or the whole key in the configured `api_key_header`), then the
+    provider's extra `headers`."""
+    headers = dict(base)
+    if config.api_key:
+        if config.api_key_header:
+            headers[config.api_key_header] = config.api_key
+        else:
+            headers[key_name] = key_value
+    headers.update(dict(config.headers))
+    return headers
+
+
 def json_or_none(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)

@@ -32,6 +32,7 @@ from failoverd.providers.http import (
     probe_get,
     probe_limits,
     read_limited,
+    request_headers,
     upstream_error,
 )
 from failoverd.translate import ollama as translate
@@ -61,10 +62,10 @@ class OllamaProvider:
         base = config.base_url.rstrip("/")
         self._chat_url = f"{base}/api/chat"
         self._tags_url = f"{base}/api/tags"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.api_key:  # Ollama behind an authenticating proxy, or ollama.com
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        headers.update(dict(config.headers))
+        # a key: Ollama behind an authenticating proxy, or ollama.com
+        headers = request_headers(
+            config, {"Content-Type": "application/json", "Accept": "application/json"},
+            "Authorization", f"Bearer {config.api_key}")
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "application/x-ndjson"}
 

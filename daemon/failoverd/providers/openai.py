@@ -31,6 +31,7 @@ from failoverd.providers.http import (
     probe_get,
     probe_limits,
     read_limited,
+    request_headers,
     sse_events,
     upstream_error,
 )
@@ -64,10 +65,9 @@ class OpenAIProvider:
         self._client = client.via(config.proxy)
         self._chat_url = f"{config.base_url}/chat/completions"
         self._models_url = f"{config.base_url}/models"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        headers.update(dict(config.headers))
+        headers = request_headers(
+            config, {"Content-Type": "application/json", "Accept": "application/json"},
+            "Authorization", f"Bearer {config.api_key}")
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
 
