@@ -188,6 +188,16 @@ async def test_select_honours_the_no_fallback_header_as_the_request_does(rig) ->
     assert [c["model"] for c in resp.json()["candidates"]] == [GPT, QWEN]
 
 
+async def test_select_of_a_chat_body_without_model_routes_it_as_a_request(rig) -> None:
+    """A request without "model" goes down the default chain; select said auto."""
+    a, o, d, _ = rig
+    sel = (await d.http.post("/v1/select", json={"messages": HELLO})).json()
+    assert sel["model"] == "default" and sel["decision"] is None
+    assert [c["model"] for c in sel["candidates"]] == [GPT, QWEN]
+    chat = await d.http.post("/v1/chat/completions", json={"messages": HELLO})
+    assert chat.headers["x-failoverd-model"] == GPT
+
+
 # ------------------------------------------------------------------ capabilities
 
 

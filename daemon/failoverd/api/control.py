@@ -152,7 +152,7 @@ async def select(request: web.Request) -> web.Response:
                 needs = requirements.from_spec(raw_needs, tokens)
             except ValueError as exc:
                 raise RequestError(str(exc), param="needs") from None
-        model = body.get("model") or ("auto" if "messages" in body else "default")
+        model = body.get("model") or "default"  # as for a request without one
         if not isinstance(model, str):
             raise RequestError("'model' must be a string", param="model")
         session = body.get("session")
