@@ -368,3 +368,18 @@ async def test_select_under_truncate_names_the_model_that_serves(fake_openai: An
     sel = (await d.http.post("/v1/select", json=body)).json()
     eligible = [c["model"] for c in sel["candidates"] if c["eligible"]]
     assert eligible[0] == SMALL
+
+
+async def test_a_model_auto_skipped_but_a_session_put_first_is_listed_once(tiers: Any) -> None:
+    """auto skips an open model; the session's pin puts it first all the same (and it is
+    skipped again as unavailable): the 503's attempts name it once, not twice."""
+    small, medium, large, d, _ = tiers
+    assert (await d.http.post(f"/v1/models/{SMALL}/open", json={})).status_code == 200
+    assert (await d.http.post("/v1/sessions/pinned", json={"model": SMALL})).status_code == 200
+    medium.default = large.default = "server_error"
+    resp = await d.http.post("/v1/chat/completions", json={"model": "auto", **ask()},
+                             headers={"x-failoverd-session": "pinned"})
+    assert resp.status_code == 503, resp.text
+    attempts = [a["model"] for a in resp.json()["error"]["attempts"]]
+    assert attempts.count(SMALL) == 1, attempts
+    assert attempts[0] == SMALL and set(attempts) == {SMALL, MEDIUM, LARGE}

@@ -186,6 +186,8 @@ class Service:
             candidates = self._session_order(cfg, session, candidates)
         if pin:
             candidates = candidates[:1]
+        if skipped:  # a model auto skipped but a session put first (or a chain holds) is tried
+            skipped = tuple((m, why) for m, why in skipped if m not in candidates)
         return Route(candidates, needs, header, skipped)
 
     def _session_order(self, cfg: Config, key: str,
