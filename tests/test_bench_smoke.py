@@ -42,6 +42,12 @@ def test_benchmark_quick_run_reports_sane_numbers(tmp_path: Path) -> None:
         assert fd["failover_p50_ms"] > direct["p50_c1_ms"]
         assert 1 < fd["cpu_us_c50"] < 100_000, fd["cpu_us_c50"]  # the daemon's CPU per request
     assert direct["cpu_us_c50"] is None  # the upstream is not a proxy: no figure
+    # every proxy relayed the long streams whole (no errors above), at some CPU per event
+    # (the pipe's may round to nothing: CPU time is counted in 10 ms ticks)
+    for name in ("python byte pipe", "python minimal proxy", "failoverd unix", "failoverd tcp"):
+        assert 0 <= results[name]["cpu_us_per_event"] < 10_000, name
+    assert results["failoverd unix"]["cpu_us_per_event"] > 0
+    assert direct["cpu_us_per_event"] is None
 
     mem = report["memory"]["failoverd"]
     assert 5 * 1024 < mem["idle_start_kb"] < 500 * 1024

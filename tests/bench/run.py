@@ -110,9 +110,15 @@ def wait_connectable(addr: str | tuple[str, int], proc: subprocess.Popen[bytes],
     raise RuntimeError(f"{what} did not listen within {timeout:.0f}s")
 
 
+# word chunks of the long stream (`/long/`), plus its first, last and [DONE] events
+LONG_CHUNKS = 200
+LONG_EVENTS = LONG_CHUNKS + 3
+
+
 def start_upstream(bench: Bench) -> int:
     proc = bench.spawn([PY, "-m", "tests.bench.upstream", "--slow-interval", "0.5",
-                        "--slow-seconds", "120"], "upstream", stdout=subprocess.PIPE)
+                        "--slow-seconds", "120", "--long-chunks", str(LONG_CHUNKS)],
+                       "upstream", stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line.startswith("READY "):
@@ -139,6 +145,9 @@ base_url = "{base}/429/v1"
 [providers.slow]
 kind = "openai"
 base_url = "{base}/slow/v1"
+[providers.long]
+kind = "openai"
+base_url = "{base}/long/v1"
 
 [models."up/m"]
 provider = "up"
@@ -146,6 +155,8 @@ provider = "up"
 provider = "limited"
 [models."slow/m"]
 provider = "slow"
+[models."long/m"]
+provider = "long"
 
 [routing]
 primary = "up/m"
@@ -291,17 +302,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load(target: Target, requests: int, concurrency: int, *, model: str | None = None,
-         stream: bool = False, timeout: float = 300) -> dict[str, Any]:
+         stream: bool = False, path: str = "", timeout: float = 300) -> dict[str, Any]:
+    warmup = min(200, max(concurrency, requests // 10))
     argv = [PY, "-m", "tests.bench.load", *target.address, "--model", model or target.model,
             "--requests", str(requests), "--concurrency", str(concurrency),
-            "--warmup", str(min(200, max(concurrency, requests // 10))),
-            "--timeout", str(timeout)]
+            "--warmup", str(warmup), "--timeout", str(timeout)]
     if stream:
         argv.append("--stream")
+    if path:
+        argv += ["--path", path]
     done = subprocess.run(argv, capture_output=True, cwd=ROOT, timeout=timeout + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed on {target.name}: {done.stderr.decode()[-800:]}")
     result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+    result["sent"] = requests + warmup  # what the target served, warm-up included
     bad = {k: v for k, v in result["statuses"].items() if k != "200"}
     if bad or result["errors"]:
         log(f"{target.name}: non-200 answers {bad}, errors {result['errors']}")
@@ -345,6 +359,7 @@ class Plan:
     n1: int
     n50: int
     n_stream: int
+    n_long: int
     n_failover: int
     lite_div: int
     direct_mul: int
@@ -358,7 +373,8 @@ _NO_FAILOVER = ("direct", "pipe", "minimal")
 
 def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {
-        t.name: {"c1": [], "c50": [], "stream": [], "failover": []} for t in targets}
+        t.name: {"c1": [], "c50": [], "stream": [], "long": [], "failover": []}
+        for t in targets}
     for rnd in range(plan.rounds):
         for t in targets:  # alternate: every target once per round, in turn
             # scaled so each run lasts long enough: direct is ~10x faster, LiteLLM far slower
@@ -370,8 +386,18 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
             r["c50"].append(load(t, max(100, plan.n50 * mul // div), 50))
             if t.pid:  # the proxy's own CPU per request (steadier than rps on a busy box)
                 used = cpu_seconds(t.pid) - before
-                r["c50"][-1]["cpu_us_per_request"] = 1e6 * used / r["c50"][-1]["requests"]
+                r["c50"][-1]["cpu_us_per_request"] = 1e6 * used / r["c50"][-1]["sent"]
             r["stream"].append(load(t, max(20, plan.n_stream // div), 1, stream=True))
+            if t.pid and t.kind != "litellm":  # the proxy's CPU per relayed stream event
+                before = cpu_seconds(t.pid)
+                if t.kind == "failoverd":
+                    long = load(t, plan.n_long, 10, model="long/m", stream=True)
+                else:
+                    long = load(t, plan.n_long, 10, stream=True,
+                                path="/long/v1/chat/completions")
+                used = cpu_seconds(t.pid) - before
+                long["cpu_us_per_event"] = 1e6 * used / (long["sent"] * LONG_EVENTS)
+                r["long"].append(long)
             if t.kind not in _NO_FAILOVER:
                 model = "bench-429" if t.kind == "litellm" else "failover"
                 r["failover"].append(load(t, max(20, plan.n_failover // div), 1, model=model))
@@ -389,14 +415,15 @@ def measure(bench: Bench, targets: list[Target], plan: Plan) -> dict[str, Any]:
             "cpu_us_c50": median(r["c50"], "cpu_us_per_request") if t.pid else None,
             "ttfc_p50_ms": median(r["stream"], "ttfb_p50_ms"),
             "ttfc_p99_ms": median(r["stream"], "ttfb_p99_ms"),
+            "cpu_us_per_event": median(r["long"], "cpu_us_per_event") if r["long"] else None,
             "failover_p50_ms": median(fo, "p50_ms") if fo else None,
             "failover_p99_ms": median(fo, "p99_ms") if fo else None,
             "failover_ok": bool(fo) and all(
                 set(x["statuses"]) == {"200"} and not x["errors"] for x in fo)
             and (t.kind != "failoverd" or _failed_over(fo[-1]["headers"])),
             "failover_headers": fo[-1]["headers"] if fo else {},
-            "errors": sum(x["errors"] for k in ("c1", "c50", "stream") for x in r[k]),
-            "non_200": sum(v for k in ("c1", "c50", "stream") for x in r[k]
+            "errors": sum(x["errors"] for k in ("c1", "c50", "stream", "long") for x in r[k]),
+            "non_200": sum(v for k in ("c1", "c50", "stream", "long") for x in r[k]
                            for s, v in x["statuses"].items() if s != "200"),
         }
     return out
@@ -467,11 +494,13 @@ def render(report: dict[str, Any], markdown: bool) -> str:
         perf.append([name, _fmt(r["rps_c1"]), _fmt(r["rps_c50"]), _fmt(r["p50_c1_ms"]),
                      _fmt(r["p99_c1_ms"]), _fmt(r["p50_c50_ms"]), _fmt(r["p99_c50_ms"]),
                      _fmt(added), _fmt(r["cpu_us_c50"], 0), _fmt(r["ttfc_p50_ms"]),
+                     _fmt(r.get("cpu_us_per_event"), 1),
                      _fmt(None if fo is None else fo - direct["p50_c1_ms"])
                      + ("" if fo is None or r["failover_ok"] else " (errors)")])
     parts = [table(["target", "rps c=1", "rps c=50", "p50 c=1 ms", "p99 c=1 ms", "p50 c=50 ms",
                     "p99 c=50 ms", "added p50 c=1 ms", "CPU µs/req c=50", "stream TTFC p50 ms",
-                    "429→fallback adds ms"], perf, markdown)]
+                    f"CPU µs/event ({LONG_EVENTS}-event stream)", "429→fallback adds ms"],
+                   perf, markdown)]
     mem_rows = []
     for name, m in report["memory"].items():
         streams = m.get("streams")
@@ -553,7 +582,8 @@ def bench_dir() -> Iterator[Path]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n50 = args.requests or (300 if args.quick else 5000)
     plan = Plan(rounds=args.rounds or (1 if args.quick else 3), n1=max(50, n50 // 5), n50=n50,
-                n_stream=max(50, n50 // 10), n_failover=max(50, n50 // 10),
+                n_stream=max(50, n50 // 10), n_long=max(30, n50 // 25),
+                n_failover=max(50, n50 // 10),
                 lite_div=10, direct_mul=5,
                 streams=args.streams or (50 if args.quick else 1000),
                 hold_seconds=20 if args.quick else 60)

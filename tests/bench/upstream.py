@@ -11,6 +11,8 @@ clients can select it through their base URL alone:
 - `/429/v1/...`   answers 429 rate_limit_exceeded at once, without Retry-After
 - `/slow/v1/...`  streams slowly: a first chunk at once, then one every `--slow-interval`
                   seconds until `--slow-seconds` have passed (keeps streams open)
+- `/long/v1/...`  a long stream at once: `--long-chunks` word chunks between the first and
+                  the last (a proxy's cost per relayed chunk)
 - `GET .../models` lists one model (prober traffic)
 
 Run: `python -m tests.bench.upstream [--port 0]`; it prints `READY <port>` once listening and
@@ -77,11 +79,13 @@ _MAX_HEAD = 64 * 1024
 
 
 class Settings:
-    """The slow-stream shape, shared by every connection."""
+    """The slow and long stream shapes, shared by every connection."""
 
-    def __init__(self, slow_interval: float, slow_seconds: float) -> None:
+    def __init__(self, slow_interval: float, slow_seconds: float, long_chunks: int = 200) -> None:
         self.slow_interval = slow_interval
         self.slow_seconds = slow_seconds
+        self.long_stream = (_STREAM_HEAD + _FIRST + _WORD * long_chunks + _chunk({}, "stop")
+                            + _DONE_CHUNK)
 
 
 class Connection(asyncio.Protocol):
@@ -145,6 +149,8 @@ class Connection(asyncio.Protocol):
             self.transport.write(_429)
         elif b'"stream":true' not in body and b'"stream": true' not in body:
             self.transport.write(_OK)
+        elif path.startswith(b"/long/"):
+            self.transport.write(self.settings.long_stream)
         elif path.startswith(b"/slow/"):
             self.transport.write(_STREAM_HEAD + _FIRST)
             self.slow_until = time.monotonic() + self.settings.slow_seconds
@@ -211,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--slow-interval", type=float, default=0.5)
     p.add_argument("--slow-seconds", type=float, default=60.0)
+    p.add_argument("--long-chunks", type=int, default=200)
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         p.error("the benchmark upstream listens on loopback only")
     if not args.no_uvloop:
         install_uvloop()
-    asyncio.run(serve(args.host, args.port, Settings(args.slow_interval, args.slow_seconds)))
+    asyncio.run(serve(args.host, args.port, Settings(args.slow_interval, args.slow_seconds,
+                                                     args.long_chunks)))
     return 0
 
 
