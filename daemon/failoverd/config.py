@@ -1,8 +1,8 @@
 """Configuration: TOML parsed once, at the edge, into frozen dataclasses.
 
 Every problem is reported with its key path (``models."openai/gpt-5".tier: ...``); unknown keys
-are errors. Secrets are read here from the environment, a file, or a systemd credential and
-are kept out of every repr.
+are errors. Secrets are read (credentials.py) from the environment, a file, or a systemd
+credential and are kept out of every repr.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
 from failoverd.failures import FailureReason
@@ -187,76 +188,6 @@ class Config:
 
 # --------------------------------------------------------------------------- parsing
 
-def _read_secret(sec: Section, prefix: str, env: Mapping[str, str], *,
-                 sources: tuple[str, ...] = ("env", "file", "credential"),
-                 one_line: bool = True) -> str:
-    """Reads `<prefix>_env`, `<prefix>_file` or `<prefix>_credential` (those of `sources`); at
-    most one may be set.
-
-    A value that goes into an HTTP header (`one_line`) must be one line (see
-    :func:`_header_secret`)."""
-    via_env = sec.get(f"{prefix}_env", str, "") if "env" in sources else ""
-    via_file = sec.get(f"{prefix}_file", str, "") if "file" in sources else ""
-    via_cred = sec.get(f"{prefix}_credential", str, "") if "credential" in sources else ""
-    given = [k for k, v in (("env", via_env), ("file", via_file), ("credential", via_cred)) if v]
-    if len(given) > 1:
-        names = ", ".join(f"{prefix}_{k}" for k in sources)
-        sec.problem(f"{prefix}_{given[1]}", f"set only one of {names}")
-        return ""
-    check = _header_secret if one_line else _any_text
-    if via_env:
-        value = env.get(via_env, "").strip()
-        if not value:
-            sec.problem(f"{prefix}_env", f"environment variable {via_env} is not set or empty")
-        return check(sec, f"{prefix}_env", value, f"environment variable {via_env}")
-    if via_file:
-        path = Path(via_file)
-        return check(sec, f"{prefix}_file", _read_secret_file(sec, f"{prefix}_file", path),
-                     str(path))
-    if via_cred:
-        creds = env.get("CREDENTIALS_DIRECTORY", "")
-        if not creds:
-            sec.problem(f"{prefix}_credential",
-                        "CREDENTIALS_DIRECTORY is not set (systemd LoadCredential= provides it)")
-            return ""
-        if "/" in via_cred:
-            sec.problem(f"{prefix}_credential", "a credential name cannot contain '/'")
-            return ""
-        path = Path(creds) / via_cred
-        return check(sec, f"{prefix}_credential",
-                     _read_secret_file(sec, f"{prefix}_credential", path), str(path))
-    return ""
-
-
-def _any_text(sec: Section, key: str, value: str, where: str) -> str:
-    """A secret that never goes into an HTTP header (the MQTT password) may hold any text."""
-    return value
-
-
-def _header_secret(sec: Section, key: str, value: str, where: str) -> str:
-    """``value`` if it can go into an HTTP header; a line break (two keys in one file, a
-    comment line) or another control character failed every request at run time."""
-    if any(c < " " or c == "\x7f" for c in value):
-        sec.problem(key, f"{where} holds a line break or another control character; a key or "
-                    "token is a single line")
-        return ""
-    return value
-
-
-def _read_secret_file(sec: Section, key: str, path: Path) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        sec.problem(key, f"cannot read {path}: {exc.strerror or exc}")
-        return ""
-    except UnicodeDecodeError:
-        sec.problem(key, f"{path} is not UTF-8 text")
-        return ""
-    if not value:
-        sec.problem(key, f"{path} is empty")
-    return value
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -295,7 +226,7 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
     # tcp_token_file, or tcp_token_credential: under systemd the DynamicUser= account cannot
     # read a root-only file, so the token comes as a LoadCredential= like the API keys
     given = any(sec.data.get(k) for k in ("tcp_token_file", "tcp_token_credential"))
-    token = _read_secret(sec, "tcp_token", env, sources=("file", "credential"))
+    token = read_secret(sec, "tcp_token", env, sources=("file", "credential"))
     if tcp and not given:
         # any local user can reach a loopback port: the TCP listener is never unauthenticated
         sec.problem("tcp_token_file", "is required when tcp is set")
@@ -325,7 +256,7 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
 def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
     d = MqttConfig()
     # password_file, or password_credential ($CREDENTIALS_DIRECTORY/<name>; see tcp_token)
-    password = _read_secret(sec, "password", env, sources=("file", "credential"),
+    password = read_secret(sec, "password", env, sources=("file", "credential"),
                             one_line=False)
     port = sec.integer("port", d.port, minimum=1, maximum=65535)
     prefix = sec.get("topic_prefix", str, d.topic_prefix)
@@ -432,7 +363,7 @@ def _provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig
         name=name,
         kind=cast(ProviderKind, kind),
         base_url=base_url,
-        api_key=_read_secret(sec, "api_key", env),
+        api_key=read_secret(sec, "api_key", env),
         api_key_header=key_header,
         connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
         timeout=sec.number("timeout", 120.0, positive=True),
