@@ -17,6 +17,13 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def labels(**values: str) -> str:
+    """``{name="value",...}`` with the values escaped (a model id may hold a quote, a
+    backslash or a line break: unescaped, one such id makes Prometheus reject the whole
+    scrape); "" for none."""
+    return _labels(tuple(values), tuple(values.values()))
+
+
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     if not names:
         return ""

@@ -27,7 +27,7 @@ from failoverd.health import HealthRegistry
 from failoverd.hooks import HookRunner
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import PoolStats
-from failoverd.metrics import Metrics
+from failoverd.metrics import Metrics, labels
 from failoverd.mqtt import MqttPublisher
 from failoverd.requirements import Requirements
 from failoverd.runtime import Runtime, build_runtime
@@ -339,7 +339,8 @@ class Service:
                "# TYPE failoverd_breaker_state gauge"]
         for model_id in self.runtime.config.models:
             state = self.model_state(model_id)
-            out.append(f'failoverd_breaker_state{{model="{model_id}"}} {values.get(state, 2)}')
+            out.append(f"failoverd_breaker_state{labels(model=model_id)} "
+                       f"{values.get(state, 2)}")
         out += ["# HELP failoverd_inflight_requests Client requests in flight.",
                 "# TYPE failoverd_inflight_requests gauge",
                 f"failoverd_inflight_requests {self.inflight}"]
@@ -350,7 +351,7 @@ class Service:
         stats = self.bus.stats()
         out += ["# HELP failoverd_events_total Events emitted by type.",
                 "# TYPE failoverd_events_total counter"]
-        out += [f'failoverd_events_total{{type="{t}"}} {n}'
+        out += [f"failoverd_events_total{labels(type=t)} {n}"
                 for t, n in sorted(stats.get("emitted", {}).items())]
         if self.mqtt is not None:
             m = self.mqtt.stats()
@@ -417,5 +418,5 @@ def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[s
 
 
 def _pool_labels(p: PoolStats) -> str:
-    return (f'{{upstream="{p.upstream}",proxy="{p.proxy}"}}' if p.proxy
-            else f'{{upstream="{p.upstream}"}}')
+    return (labels(upstream=p.upstream, proxy=p.proxy) if p.proxy
+            else labels(upstream=p.upstream))
