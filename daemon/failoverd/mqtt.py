@@ -86,6 +86,7 @@ class MqttStats:
     protocol: str  # "5", "3.1.1" or "" before the first connection
     connected_since: float | None  # wall time
     last_error: str
+    refused: int = 0  # publishes the broker acknowledged with an error (v5: e.g. an ACL)
 
     def as_dict(self) -> dict[str, Any]:
         """/v1/status's ``mqtt`` object; ``enabled`` as when MQTT is off (``{"enabled":
@@ -141,6 +142,7 @@ class MqttPublisher:
         self.published = 0
         self.reconnects = 0
         self.connect_failures = 0
+        self.refused = 0
         self._sessions = 0
         self._session_was_up = False  # resets the backoff after a working connection
         self._protocol = ""
@@ -181,6 +183,7 @@ class MqttPublisher:
             published=self.published, reconnects=self.reconnects,
             connect_failures=self.connect_failures, protocol=self._protocol,
             connected_since=self._connected_since, last_error=self._last_error,
+            refused=self.refused,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -259,7 +262,7 @@ class MqttPublisher:
         cfg = self.cfg
         unix = bool(cfg.socket)
         will = aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.socket if unix else cfg.host,
             cfg.port,  # paho validates it even for a Unix socket, then ignores it
             transport="unix" if unix else "tcp",
@@ -272,6 +275,26 @@ class MqttPublisher:
             timeout=self._timeout,
             logger=logging.getLogger(f"{__name__}.paho"),
         )
+        # aiomqtt completes a publish on any PUBACK and drops its reason code; under v5 a
+        # broker says there that it refused the message (an ACL: 0x87 "Not authorized"),
+        # which would otherwise pass for published, in silence, forever.
+        paho = client._client  # noqa: SLF001 - the one place the reason code is seen
+        acknowledged: Any = paho.on_publish  # aiomqtt's own, which completes the publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, rc: Any, properties: Any) -> None:
+            if getattr(rc, "is_failure", False):
+                self._publish_refused(rc)
+            acknowledged(c, userdata, mid, rc, properties)
+
+        paho.on_publish = on_publish
+        return client
+
+    def _publish_refused(self, rc: Any) -> None:
+        self.refused += 1
+        self._last_error = (f"broker refused a publish: {rc} (check its ACL for "
+                            f"{self.cfg.topic_prefix}/{self.node}/#)")
+        if self.refused == 1 or self.refused % 100 == 0:
+            logger.error("mqtt: %s; %d refused so far", self._last_error, self.refused)
 
     async def _connect(self) -> aiomqtt.Client:
         """A connected client; v5 first, then 3.1.1 if the broker refuses v5."""

@@ -1,0 +1,110 @@
+"""Review of hooks and MQTT under hostile or failing conditions: hooks that misbehave, shutdown
+while hooks run; brokers that refuse publishes or never answer CONNECT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failoverd.clock import ManualClock
+from failoverd.config import MqttConfig
+from failoverd.events import EventBus
+from failoverd.mqtt import MqttPublisher
+from tests.helpers import HELLO, pair_config
+from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto
+
+NODE = "hm"
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def hooked_config(a: Any, b: Any, hook: str, *, timeout: float = 2,
+                  events: str = "model:failover", head: str = "") -> str:
+    return pair_config(a, b, head=head) + (
+        f'[[hooks]]\nevents = ["{events}"]\nexec = ["{hook}"]\ntimeout = {timeout}\n')
+
+
+async def chat(d: Any, model: str = "default") -> Any:
+    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO})
+
+
+def publisher(port: int, bus: EventBus | None = None, *, v5: bool = True) -> MqttPublisher:
+    pub = MqttPublisher(MqttConfig(enabled=True, host="127.0.0.1", port=port), NODE, bus,
+                        ManualClock(), random.Random(3), keepalive=5, timeout=2.0,
+                        backoff_initial=0.05, backoff_max=0.2)
+    pub._v5 = v5  # as after a broker refused v5
+    return pub
+
+
+@pytest.fixture(autouse=True)
+def _quiet_paho() -> None:
+    """paho logs every packet at DEBUG; keep failures readable."""
+    logging.getLogger("failoverd.mqtt.paho").setLevel(logging.INFO)
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Any:
+    """A mosquitto whose ACL lets clients read everything and write nothing of ours."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\ntopic write somebody-else/#\n")
+    broker = Mosquitto(tmp_path)
+    broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+        broker.release_port()
+
+
+# --------------------------------------------------------------------------- MQTT
+
+
+@requires_mosquitto
+async def test_publishes_an_acl_refuses_are_reported_not_passed_off_as_published(
+        acl_broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """Under MQTT v5 a broker's ACL refusal comes back in the PUBACK (0x87 Not authorized);
+    aiomqtt completes the publish anyway, so every event counted as published, last_error
+    stayed empty, nothing was logged, and a dashboard stayed empty with no clue why."""
+    caplog.set_level(logging.INFO, logger="failoverd.mqtt")
+    bus = EventBus(NODE, ManualClock())
+    async with Recorder(acl_broker.port, f"failoverd/{NODE}/#") as rec, \
+            publisher(acl_broker.port, bus) as pub:
+        await asyncio.wait_for(pub.wait_connected(), 5)
+        bus.emit("probe:failed", model="m")
+        async with asyncio.timeout(5):
+            while pub.stats().queued:
+                await asyncio.sleep(0.01)
+        stats = pub.stats()
+        assert stats.refused >= 2  # online and the event
+        assert "Not authorized" in stats.last_error and f"failoverd/{NODE}/#" in stats.last_error
+        assert any(r.levelno == logging.ERROR and "refused" in r.getMessage()
+                   for r in caplog.records)
+        assert pub.stats().as_dict()["refused"] == stats.refused
+        assert rec.messages == []  # really refused
+
+
+@requires_mosquitto
+async def test_mqtt_311_cannot_tell_a_refusal(acl_broker: Mosquitto) -> None:
+    """3.1.1 has no reason code in PUBACK: nothing is counted as refused (README says so)."""
+    bus = EventBus(NODE, ManualClock())
+    async with publisher(acl_broker.port, bus, v5=False) as pub:
+        await asyncio.wait_for(pub.wait_connected(), 5)
+        bus.emit("probe:failed", model="m")
+        async with asyncio.timeout(5):
+            while pub.stats().queued:
+                await asyncio.sleep(0.01)
+        assert pub.stats().refused == 0 and pub.stats().protocol == "3.1.1"
