@@ -117,7 +117,10 @@ async def test_context_truncate_and_fail(fake_openai, start_daemon, policy: str)
     resp = await d.http.post("/v1/chat/completions", json={"messages": messages})
     if policy == "fail":
         assert resp.status_code == 400
-        assert "context_policy = fail" in resp.json()["error"]["message"]
+        error = resp.json()["error"]
+        assert "context_policy = fail" in error["message"]
+        assert error["type"] == "context_overflow"
+        assert error["code"] == "context_length_exceeded"  # no failover was aborted
         assert small.requests == medium.requests == large.requests == []
         return
     assert resp.status_code == 200

@@ -199,6 +199,7 @@ async def test_context_fail_at_a_fallback_reports_no_hop(fake_openai: Any, start
         "model": "default", "messages": long_conversation()})
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "context_overflow"
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
     assert b.chat_requests() == [] and c.chat_requests() == []
     assert resp.headers["x-failoverd-attempts"] == "1"
     assert "x-failoverd-failover" not in resp.headers

@@ -16,7 +16,13 @@ from typing import Any, Protocol
 
 from failoverd.clock import Clock
 from failoverd.config import Config, ContextPolicy, ModelConfig
-from failoverd.errors import Attempt, NoModelAvailable, RequestError, UpstreamError
+from failoverd.errors import (
+    Attempt,
+    ContextRefused,
+    NoModelAvailable,
+    RequestError,
+    UpstreamError,
+)
 from failoverd.failures import FailureReason, policy
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
 from failoverd.requirements import Requirements
@@ -444,9 +450,9 @@ def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements |
     if too_big is None or needs is None:
         return body, None
     if policy_name == "fail":
-        raise UpstreamError(FailureReason.CONTEXT_OVERFLOW,
-                            f"{model.id}: {too_big} (context_policy = fail)", status=400,
-                            provider=model.provider, model=model.id)
+        raise ContextRefused(FailureReason.CONTEXT_OVERFLOW,
+                             f"{model.id}: {too_big} (context_policy = fail)", status=400,
+                             provider=model.provider, model=model.id)
     if policy_name == "skip":
         return body, too_big
     # the same reservation the check made: what the model can write, not what was asked

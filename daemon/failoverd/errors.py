@@ -7,8 +7,10 @@ The tree::
     ├── RequestError           the client's request is unusable (.status 400/413/..., .param)
     │   └── TranslationError   the request cannot be expressed for the target provider
     ├── UpstreamError          one upstream attempt failed (.reason, .status, .provider, .model,
-    │                          .retry_after, .body: the upstream error body for bad_request
-    │                          passthrough)
+    │   │                      .retry_after, .body: the upstream error body for bad_request
+    │   │                      passthrough)
+    │   └── ContextRefused     context_policy "fail": a candidate's window is too small, the
+    │                          request ends without calling it
     ├── NoModelAvailable       every candidate failed or was skipped (.attempts)
     ├── ListenError            the daemon cannot get its listening socket (bad socket
     │                          activation, path in use by a live daemon, bind failure)
@@ -86,6 +88,11 @@ class UpstreamError(FailoverdError):
         self.body = body
         self.content_type = content_type
         super().__init__(f"{reason}: {message}")
+
+
+class ContextRefused(UpstreamError):
+    """The context policy `fail` ended the request at a candidate whose context window is too
+    small for it (no call was made): a 400 context_overflow to the client."""
 
 
 @dataclass(frozen=True, slots=True)

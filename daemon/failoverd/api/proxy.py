@@ -16,7 +16,7 @@ from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
 from failoverd.api.replies import JSON, header_value, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
 from failoverd.dispatch import Outcome, StreamStart
-from failoverd.errors import NoModelAvailable, RequestError, UpstreamError
+from failoverd.errors import ContextRefused, NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
@@ -62,9 +62,12 @@ def _failed(front: FrontEnd, rt: Runtime, exc: UpstreamError, outcome: Outcome) 
                                 or JSON)
         return front.error(exc.status or 400, "invalid_request_error", exc.message,
                            "upstream_bad_request", headers=headers, model=exc.model)
-    # a hook aborted the failover, or the context policy said fail
+    # a hook aborted the failover, or the context policy said fail (OpenAI's code for a
+    # request too long for the model: what SDKs and agents look for)
+    code = ("context_length_exceeded" if isinstance(exc, ContextRefused)
+            else "failover_aborted")
     status = exc.status or 502
-    return front.error(status, str(exc.reason), exc.message, "failover_aborted",
+    return front.error(status, str(exc.reason), exc.message, code,
                        headers=headers, messages=outcome.notices, model=exc.model)
 
 
