@@ -8,6 +8,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import openai
 import orjson
 import pytest
 
@@ -384,3 +385,30 @@ async def test_a_model_auto_skipped_but_a_session_put_first_is_listed_once(tiers
     attempts = [a["model"] for a in resp.json()["error"]["attempts"]]
     assert attempts.count(SMALL) == 1, attempts
     assert attempts[0] == SMALL and set(attempts) == {SMALL, MEDIUM, LARGE}
+
+
+async def test_a_request_no_model_can_serve_tells_sdks_not_to_retry(tiers: Any) -> None:
+    """Every candidate incapable (here: too long for every window): the 503 carries
+    x-should-retry: false, which the OpenAI SDK obeys (one request, not three). An auto skip
+    for an open breaker is `unavailable`, and then a retry may well succeed: no such header."""
+    small, medium, large, d, _ = tiers
+    metrics = d.sup.service.metrics
+    client = d.openai.with_options(max_retries=2)
+    big = "word " * 200_000  # beyond every window, l/large's 200,000 tokens included
+    with pytest.raises(openai.InternalServerError) as info:
+        await client.chat.completions.create(model=SMALL,
+                                             messages=[{"role": "user", "content": big}])
+    assert info.value.status_code == 503
+    assert info.value.response.headers["x-should-retry"] == "false"
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert {a["reason"] for a in error["attempts"]} == {"incapable"}
+    assert metrics.requests[("", "no_model_available")] == 1  # asked once, not retried
+    assert small.requests == medium.requests == large.requests == []
+    # an open breaker is no incapacity: no such header, and auto lists it as unavailable
+    assert (await d.http.post(f"/v1/models/{LARGE}/open")).status_code == 200
+    resp = await d.http.post("/v1/chat/completions", json={
+        "model": "auto", "response_format": {"type": "json_object"}, **ask()})
+    assert resp.status_code == 503 and "x-should-retry" not in resp.headers
+    assert (LARGE, "unavailable") in [(a["model"], a["reason"])
+                                      for a in resp.json()["error"]["attempts"]]

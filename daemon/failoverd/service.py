@@ -224,8 +224,10 @@ class Service:
     def note_skipped(self, outcome: Outcome, route: Route) -> None:
         """Models the router skipped (auto routing) count among the request's attempts."""
         if route.skipped:
-            outcome.attempts.extend(Attempt(m, FailureReason.INCAPABLE, None, why)
-                                    for m, why in route.skipped)
+            outcome.attempts.extend(
+                Attempt(m, FailureReason.UNAVAILABLE if why == "unavailable"
+                        else FailureReason.INCAPABLE, None, why)
+                for m, why in route.skipped)
 
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
         """A complete (non-streaming) answer went out."""

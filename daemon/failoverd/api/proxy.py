@@ -108,6 +108,10 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             svc.metrics.exhausted()
             headers = outcome_headers(outcome)
             headers["Retry-After"] = retry_after_header(exc.retry_after)
+            if exc.attempts and all(a.reason == FailureReason.INCAPABLE for a in exc.attempts):
+                # no model can ever serve it (too long, lacking a capability): the OpenAI and
+                # Anthropic SDKs obey this and do not send it again for nothing
+                headers["x-should-retry"] = "false"
             return front.error(
                 503, "no_model_available",
                 f"no model available: {len(exc.attempts)} candidate(s) failed or were skipped",
