@@ -4,9 +4,12 @@ while hooks run; brokers that refuse publishes or never answer CONNECT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import stat
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,64 @@ async def test_mqtt_311_cannot_tell_a_refusal(acl_broker: Mosquitto) -> None:
             while pub.stats().queued:
                 await asyncio.sleep(0.01)
         assert pub.stats().refused == 0 and pub.stats().protocol == "3.1.1"
+
+
+async def silent_broker() -> tuple[asyncio.Server, int, list[asyncio.StreamWriter]]:
+    """A TCP server that accepts connections, reads the CONNECT and never answers."""
+    conns: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+        with contextlib.suppress(OSError):
+            await reader.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], conns
+
+
+@contextlib.asynccontextmanager
+async def silent_broker_port() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    server, port, conns = await silent_broker()
+    try:
+        yield port, conns
+    finally:
+        server.close()
+        for w in conns:
+            w.close()
+        await server.wait_closed()
+
+
+async def test_shutdown_with_a_hung_hook_and_a_silent_broker_keeps_to_shutdown_timeout(
+        fake_openai: Any, start_daemon: Any, tmp_path: Path) -> None:
+    """Stop used shutdown_timeout for the drain, then 5 s more for background hooks and up to
+    5 s more for MQTT, whatever was left: with shutdown_timeout = 1, a hung breaker hook and a
+    broker that never answers CONNECT, a stop took 10 s (with 30 s, 42 of systemd's 45, and
+    state is saved last). Now hooks and MQTT get what is left of shutdown_timeout (MQTT at
+    least 1 s, and a connection attempt under way no longer than that)."""
+    a = await fake_openai(default="hang")
+    b = await fake_openai(reply="from b")
+    pids = tmp_path / "pids"
+    hook = script(tmp_path, "hang", f"cat >/dev/null\necho $$ >> {pids}\nexec sleep 30\n")
+    async with silent_broker_port() as (port, conns):
+        head = (f'shutdown_timeout = 1\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\n'
+                f"port = {port}")
+        d = await start_daemon(hooked_config(a, b, hook, timeout=30, events="breaker:*",
+                                             head=head))
+        assert (await d.http.post("/v1/models/b/gpt-b/open", json={"seconds": 60})
+                ).status_code == 200
+        async with asyncio.timeout(5):
+            while not pids.exists() or not conns:  # the hook runs, the broker got CONNECT
+                await asyncio.sleep(0.01)
+        held = asyncio.create_task(chat(d))  # a hangs: this request lasts the whole drain
+        async with asyncio.timeout(5):
+            while not a.requests:
+                await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await d.stop()
+        took = time.monotonic() - started
+        resp = await held
+    assert resp.status_code == 503  # cut at the deadline, with a clear error
+    assert took < 3.5, f"stop took {took:.1f}s with shutdown_timeout = 1"
+    assert not Path(f"/proc/{int(pids.read_text())}").exists()  # killed and reaped
+    assert d.sup.service is not None and d.sup.service.mqtt is not None
+    assert d.sup.service.mqtt.stats().connected is False

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 EVENT_EXPIRY_SECONDS = 3600
 PIPELINE = 32  # event publishes awaiting their acknowledgement at once
+# Stopping while not connected: how long a connection attempt under way may still take (a
+# broker that accepted TCP but never answers CONNECT must not hold shutdown for `timeout`).
+STOP_CONNECTING_GRACE = 1.0
 _REFUSED_PROTOCOL_CODES = frozenset({1, 132})  # 3.1.1 "unacceptable protocol", v5 0x84
 
 
@@ -205,10 +208,13 @@ class MqttPublisher:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Flushes queued events for up to half of ``grace`` seconds, publishes ``offline``
-        and disconnects; cancels whatever is left when ``grace`` runs out."""
+        and disconnects; cancels whatever is left when ``grace`` runs out. Not connected,
+        it waits at most :data:`STOP_CONNECTING_GRACE` for a connection attempt under way."""
         if self._detach is not None:
             self._detach()
             self._detach = None
+        if not self._connected.is_set():
+            grace = min(grace, STOP_CONNECTING_GRACE)
         self._flush_budget = grace / 2
         self._stopping.set()
         self._wakeup.set()

@@ -8,7 +8,9 @@ Service (state restored from ``state_dir``), MQTT, hooks, the prober, the HTTP a
 Stop runs in a fixed order with a time limit: ``STOPPING=1``, stop accepting (the listening
 sockets close, idle keep-alive connections close), drain in-flight requests and streams up to
 ``daemon.shutdown_timeout``, cut what is left with a clear error, then close the HTTP server,
-prober, hooks and MQTT (``offline``), persist state and remove our socket file.
+prober, hooks and MQTT (``offline``), persist state and remove our socket file. Background
+hooks and the MQTT flush only get what is left of ``shutdown_timeout`` (at most 5 s each; MQTT
+at least 1 s), so the whole stop stays within systemd's ``TimeoutStopSec=``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 # After the drain deadline, cancelled handlers get this long to send their error and unwind.
 CUT_GRACE_SECONDS = 2.0
+# After the drain, background hooks and the MQTT flush get at most this long each, and only
+# what is left of shutdown_timeout (hooks were running during the drain too): systemd's
+# TimeoutStopSec= must cover the whole stop, and state is saved last.
+HOOKS_GRACE_SECONDS = 5.0
+MQTT_GRACE_SECONDS = 5.0
+# ... but MQTT always gets this long to publish what is queued and `offline`.
+MQTT_MIN_GRACE_SECONDS = 1.0
 # How often STATUS= is refreshed (only sent when the line changed).
 STATUS_INTERVAL = 5.0
 
@@ -78,6 +87,7 @@ class Supervisor:
         self._background: list[asyncio.Task[None]] = []
         self._last_status = ""
         self._activated = False
+        self._stop_deadline: float | None = None  # loop time by which the drain must end
 
     # ------------------------------------------------------------------ control
 
@@ -117,9 +127,10 @@ class Supervisor:
             if self.config.mqtt.enabled:
                 service.mqtt = MqttPublisher(self.config.mqtt, self.config.node, service.bus,
                                              self.clock, self.rng)
-                await stack.enter_async_context(service.mqtt)
+                service.mqtt.start()
+                stack.push_async_callback(self._stop_mqtt, service.mqtt)
                 service.publish_all_states()
-            stack.push_async_callback(service.hooks.aclose, 5.0)
+            stack.push_async_callback(self._close_hooks, service)
             service.reloader = self.reload_config
             self.prober = service.prober = Prober(service, self.clock, self.rng)
             self.prober.start()
@@ -237,9 +248,24 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stop
 
+    def _left(self, most: float) -> float:
+        """What is left of shutdown_timeout, at most `most`; nothing after a forced stop."""
+        if self._force.is_set():
+            return 0.0
+        if self._stop_deadline is None:  # a failed start: no drain happened
+            return most
+        return max(0.0, min(most, self._stop_deadline - asyncio.get_running_loop().time()))
+
+    async def _close_hooks(self, service: Service) -> None:
+        await service.hooks.aclose(self._left(HOOKS_GRACE_SECONDS))
+
+    async def _stop_mqtt(self, mqtt: MqttPublisher) -> None:
+        await mqtt.stop(max(MQTT_MIN_GRACE_SECONDS, self._left(MQTT_GRACE_SECONDS)))
+
     async def _drain(self, runner: web.AppRunner) -> None:
         """Stop accepting, let in-flight requests finish up to shutdown_timeout, cut the rest."""
         timeout = self.config.daemon.shutdown_timeout
+        self._stop_deadline = asyncio.get_running_loop().time() + timeout
         self.notifier.stopping()
         self._close_listeners()  # new connections are refused
         # Idle keep-alive connections close now, busy ones right after their response.
