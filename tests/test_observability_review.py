@@ -8,15 +8,22 @@ reads it, not with string matching alone."""
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from failoverd import logs
+from tests.fakes.base import Logged
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, pair_config, status, until
+from tests.test_events_review import open_stalled_sse
 
 # model ids an operator may well write: '/' and ':' (ollama tags), and ones a scraper chokes
 # on unless escaped: a quote, a backslash
@@ -230,3 +237,165 @@ async def test_an_upstream_bad_request_answer_is_counted(fake_openai: Any,
     assert resp.status_code == 400 and "temperature" in resp.text
     assert b.requests == []  # bad_request: no failover
     assert answered(await scrape(d)) == 1
+
+
+# --------------------------------------------------------------------------- logs
+
+PROMPT = "PROMPT-zebra-quartz-4711 tell me a secret"
+CLIENT_TOKEN = "sk-client-TOKEN-8a7b6c5d4e3f"
+KEY_A = "sk-provider-KEY-A-0f1e2d3c4b5a69788796"
+KEY_B = "sk-provider-KEY-B-a1b2c3d4e5f60718293a"
+
+
+class EchoingOpenAI(FakeOpenAI):
+    """A FakeOpenAI whose "echo_key" behaviour answers 401 quoting the whole key it got, as
+    some OpenAI-compatible gateways do (OpenAI itself masks the middle)."""
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self.script and self.script[0] == "echo_key":
+            self.script.popleft()
+            self.requests.append(Logged(request.path, dict(request.headers), None))
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return web.json_response({"error": {
+                "message": f"Incorrect API key provided: {key}. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+        return await super()._chat(request)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Every log record of the in-process daemon, at DEBUG, formatted as log_format = "json"
+    formats it (logs.JsonFormatter), one line each."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def test_json_logs_are_one_object_a_line_without_prompt_or_secrets(
+        start_daemon: Any, json_log: io.StringIO) -> None:
+    a = await EchoingOpenAI().start()
+    b = await EchoingOpenAI().start()
+    try:
+        d = await start_daemon(pair_config(
+            a, b, head='log_format = "json"',
+            tail="[breaker]\nfailure_threshold = 100\nauth_open_seconds = 0.001"
+        ).replace('kind = "openai"\nbase_url = "' + a.url + '"',
+                  'kind = "openai"\napi_key_env = "KEY_A"\nbase_url = "' + a.url + '"')
+          .replace('kind = "openai"\nbase_url = "' + b.url + '"',
+                   'kind = "openai"\napi_key_env = "KEY_B"\nbase_url = "' + b.url + '"'),
+            env={"KEY_A": KEY_A, "KEY_B": KEY_B})
+        sessions = iter(range(100))
+
+        def headers() -> dict[str, str]:  # a new session each: none sticks to b
+            return {"Authorization": f"Bearer {CLIENT_TOKEN}",
+                    "x-failoverd-session": f"s-{next(sessions)}"}
+
+        body = {"model": "default", "messages": [{"role": "user", "content": PROMPT}]}
+        # failures of every kind on a, served by b; then b fails too; then a stream breaks
+        for script in (["server_error", "server_error"], ["rate_limit"], ["echo_key"],
+                       ["invalid_json", "invalid_json"], ["bad_gateway", "bad_gateway"]):
+            a.push(*script)
+            resp = await d.http.post("/v1/chat/completions", json=body, headers=headers())
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-failoverd-model"] == "b/gpt-b"
+        await d.http.post("/v1/models/a/gpt-a/reset")
+        a.push("server_error", "server_error")
+        b.push("echo_key")
+        resp = await d.http.post("/v1/chat/completions", json=body, headers=headers())
+        assert resp.status_code == 503
+        await d.http.post("/v1/models/b/gpt-b/reset")
+        a.push("stream_error")
+        resp = await d.http.post("/v1/chat/completions", json={**body, "stream": True},
+                                 headers=headers())
+        assert resp.status_code == 200 and "server_error" in resp.text
+        bad = await d.http.post("/v1/chat/completions", headers=headers(),
+                                json={"model": "default", "messages": PROMPT})
+        assert bad.status_code == 400
+        # what an operator reads: the log, the events, status and metrics
+        seen = {"events": (await d.http.get("/v1/events?recent=1")).text,
+                "status": (await d.http.get("/v1/status")).text,
+                "metrics": (await d.http.get("/metrics")).text}
+        await d.stop()
+    finally:
+        await a.close()
+        await b.close()
+    # the test's own client logs too: only the daemon's lines are the daemon's log
+    lines = [line for line in json_log.getvalue().splitlines()
+             if not orjson.loads(line)["logger"].startswith(("httpx", "httpcore"))]
+    assert lines
+    audit = []
+    for line in lines:
+        entry = orjson.loads(line)  # each line is one JSON object
+        assert isinstance(entry, dict)
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+        assert entry["level"] in ("debug", "info", "warning", "error", "critical")
+        if entry["logger"] == "failoverd.audit":
+            audit.append(orjson.loads(entry["message"]))
+    types = {e["type"] for e in audit}
+    assert {"model:failover", "chain:exhausted", "provider:credentials"} <= types, types
+    failover = next(e for e in audit if e["type"] == "model:failover")
+    assert {"id", "time", "node", "from_model", "to_model", "reason", "status", "error",
+            "session", "attempt"} <= failover.keys()
+    # the gateway's 401 quoting the key reached the events, with the key cut out
+    assert any(e["type"] == "model:failover" and e["reason"] == "auth"
+               and "[redacted]" in e["error"] for e in audit)
+    assert any("failed after the first chunk" in orjson.loads(line)["message"]
+               for line in lines)
+    # nothing an operator reads holds the prompt, the client's token or a provider's key
+    for where, text in {"log": "\n".join(lines), **seen}.items():
+        for secret in ("zebra-quartz", CLIENT_TOKEN, KEY_A, KEY_B, KEY_A[12:], KEY_B[12:]):
+            assert secret not in text, f"{secret!r} in the {where}"
+
+
+# --------------------------------------------------------------------------- drops
+
+
+async def test_events_lost_to_a_slow_sse_reader_stay_counted_in_status_and_metrics(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai()
+    b = await fake_openai()
+    d = await start_daemon(pair_config(a, b))
+    svc = d.sup.service
+    _, writer = await open_stalled_sse(d.socket)
+    try:
+        for n in range(3000):  # ~6 MB for a client that reads nothing: some are lost
+            svc.bus.emit("config:reloaded", source="test", n=n, padding="x" * 2048)
+        families = await scrape(d)
+        live = value(families, "failoverd_sse_dropped_events_total")
+        assert live >= 1000
+        assert (await status(d))["events"]["dropped"] == live
+    finally:
+        writer.close()
+    await until(lambda: not svc.streams and not svc.bus.stats()["subscribers"])
+    # the client is gone: what it lost is still what status and metrics say
+    families = await scrape(d)
+    assert value(families, "failoverd_sse_dropped_events_total") == live
+    assert (await status(d))["events"]["dropped"] == live
+
+
+async def test_an_event_a_sink_failed_on_is_counted_in_metrics(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(default="server_error")
+    b = await fake_openai()
+    d = await start_daemon(pair_config(a, b))
+    svc = d.sup.service
+
+    def broken_sink(event: Any) -> None:  # a sink with a bug (as MQTT's or a hook's could be)
+        raise RuntimeError("sink bug")
+
+    svc.bus.listen(broken_sink)
+    resp = await chat(d)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "b/gpt-b"
+    errors = (await status(d))["events"]["listener_errors"]
+    assert errors >= 1  # model:failover at least
+    assert value(await scrape(d), "failoverd_event_sink_errors_total") == errors

@@ -157,6 +157,7 @@ class Subscription:
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+            self._bus.dropped += 1
         self._queue.append(event)  # a full deque with maxlen discards its oldest item
         if self._wakeup is not None:
             self._wakeup.set()
@@ -213,6 +214,9 @@ class EventBus:
         self._recent: collections.deque[Event] = collections.deque(maxlen=max(history, 0))
         self.emitted: collections.Counter[str] = collections.Counter()
         self.listener_errors = 0
+        # events subscriptions lost for reading too slowly, gone subscriptions included (a
+        # count that fell with every client that left would hide a loss from a scrape)
+        self.dropped = 0
 
     def emit(self, type: str, **fields: Any) -> Event:
         """Creates an event and delivers it; never blocks, never raises into the caller."""
@@ -277,7 +281,7 @@ class EventBus:
         return {
             "emitted": dict(self.emitted),
             "subscribers": len(self._subscriptions),
-            "dropped": [s.dropped for s in self._subscriptions],
+            "dropped": self.dropped,
             "listener_errors": self.listener_errors,
         }
 

@@ -50,7 +50,6 @@ class Metrics:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, outcome)
         self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rejections: defaultdict[str, int] = defaultdict(int)
-        self.events_dropped = 0  # dropped for /v1/events readers that have gone
         self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.gauges: list[Callable[[], Iterable[str]]] = []

@@ -346,11 +346,14 @@ class Service:
         out += ["# HELP failoverd_inflight_requests Client requests in flight.",
                 "# TYPE failoverd_inflight_requests gauge",
                 f"failoverd_inflight_requests {self.inflight}"]
-        dropped = self.metrics.events_dropped + sum(s.dropped for s in self.streams)
+        stats = self.bus.stats()
         out += ["# HELP failoverd_sse_dropped_events_total Events dropped for slow /v1/events "
                 "readers.", "# TYPE failoverd_sse_dropped_events_total counter",
-                f"failoverd_sse_dropped_events_total {dropped}"]
-        stats = self.bus.stats()
+                f"failoverd_sse_dropped_events_total {stats['dropped']}",
+                "# HELP failoverd_event_sink_errors_total Events a sink (MQTT queue, hooks, "
+                "audit log) failed on with an error of its own, so may not have got.",
+                "# TYPE failoverd_event_sink_errors_total counter",
+                f"failoverd_event_sink_errors_total {stats['listener_errors']}"]
         out += ["# HELP failoverd_events_total Events emitted by type.",
                 "# TYPE failoverd_events_total counter"]
         out += [f"failoverd_events_total{labels(type=t)} {n}"

@@ -84,9 +84,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass
     finally:
-        svc.streams.discard(stream)
-        if sub.dropped:
-            svc.metrics.events_dropped += sub.dropped
+        svc.streams.discard(stream)  # what it lost stays counted by the bus
         sub.close()
     return resp
 
