@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +18,9 @@ from typing import Any
 import pytest
 
 from failoverd.clock import ManualClock
-from failoverd.config import MqttConfig
+from failoverd.config import HookConfig, MqttConfig
 from failoverd.events import EventBus
+from failoverd.hooks import HookOutcome, HookRunner
 from failoverd.mqtt import MqttPublisher
 from tests.helpers import HELLO, pair_config
 from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto
@@ -172,3 +175,66 @@ async def test_shutdown_with_a_hung_hook_and_a_silent_broker_keeps_to_shutdown_t
     assert not Path(f"/proc/{int(pids.read_text())}").exists()  # killed and reaped
     assert d.sup.service is not None and d.sup.service.mqtt is not None
     assert d.sup.service.mqtt.stats().connected is False
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_a_hook_that_exits_leaving_a_detached_child_gets_it_killed_at_its_timeout(
+        tmp_path: Path) -> None:
+    """`cmd </dev/null >/dev/null 2>&1 &` in a hook: the hook exits at once and its answer
+    counts, but the child lived on forever (it holds none of the hook's pipes, so the run
+    ended normally and nothing killed its group): a hook run per failover piled up processes
+    without end. Now what a hook leaves in its process group is killed at its timeout."""
+    pidfile = tmp_path / "child.pid"
+    argv = script(tmp_path, "leaves", "cat >/dev/null\nsleep 30 </dev/null >/dev/null 2>&1 &\n"
+                  f"echo $! > {pidfile}\necho '{{\"messages\": [\"ok\"]}}'\n")
+    bus = EventBus(NODE, ManualClock())
+    runner = HookRunner((HookConfig(events=("model:failover",), exec=(argv,), timeout=0.5),),
+                        bus)
+    started = time.monotonic()
+    outcome = await runner.run(bus.emit("model:failover", from_model="a", to_model="b"))
+    assert time.monotonic() - started < 0.5  # the request does not wait for the child
+    assert outcome == HookOutcome(messages=("ok",))
+    child = int(pidfile.read_text())
+    try:
+        assert alive(child)  # it gets the rest of the hook's timeout
+        async with asyncio.timeout(3):
+            while alive(child):
+                await asyncio.sleep(0.02)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert runner.failures == 0 and runner.runs == 1
+
+
+async def test_shutdown_kills_what_finished_hooks_left_running(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    argv = script(tmp_path, "leaves", "cat >/dev/null\nsleep 30 </dev/null >/dev/null 2>&1 &\n"
+                  f"echo $! > {pidfile}\n")
+    bus = EventBus(NODE, ManualClock())
+    runner = HookRunner((HookConfig(events=("breaker:*",), exec=(argv,), timeout=30),), bus)
+    runner.fire_and_forget(bus.emit("breaker:opened", model="a"))
+    async with asyncio.timeout(5):
+        while runner.pending:
+            await asyncio.sleep(0.01)
+    child = int(pidfile.read_text())
+    try:
+        assert alive(child)
+        async with asyncio.timeout(2):
+            await runner.aclose(grace=0)
+        async with asyncio.timeout(2):
+            while alive(child):
+                await asyncio.sleep(0.01)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

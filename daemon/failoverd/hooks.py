@@ -10,7 +10,8 @@ Every key is optional and empty stdout means "no opinion". Outcomes are merged i
 order: abort if any hook aborts, messages concatenated, the last ``context`` wins. A hook that
 cannot start, exits non-zero, outlives its timeout (its whole process group is killed) or
 prints anything else is logged and emitted as ``hook:failed``; it contributes nothing and the
-request goes on.
+request goes on. Processes a hook leaves running in its group when it exits are killed when
+its timeout is up.
 
 Other events run hooks in the background (:meth:`HookRunner.fire_and_forget`): at most
 :data:`MAX_CONCURRENT` hook processes at a time and :data:`MAX_PENDING` runs running or
@@ -30,6 +31,7 @@ non-zero, timed out, printed junk); or ``dropped`` (never started: no room for i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -53,6 +55,7 @@ MAX_PENDING = 256  # background hook runs running or waiting for a slot
 MAX_INLINE = 64  # model:failover hook runs at once (each may start several processes)
 INLINE_TYPES = frozenset({"model:failover"})  # awaited by the router, not run in background
 _REAP_TIMEOUT = 2.0
+_LEFTOVER_POLL = 0.25  # how often a finished hook's process group is checked until its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,17 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             proc.kill()
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process is left in the process group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # Where systemd's LoadCredential= files are: a hook must not be able to read the keys.
 _PRIVATE_ENV = frozenset({"CREDENTIALS_DIRECTORY"})
 
@@ -166,6 +180,8 @@ class HookRunner:
         self._inline = asyncio.Semaphore(self._max_inline)
         self._max_pending = MAX_PENDING if max_pending is None else max_pending
         self._tasks: set[asyncio.Task[None]] = set()  # one per background run
+        # one per finished run that left processes in its group, killed at its deadline
+        self._leftovers: set[asyncio.Task[None]] = set()
         self.runs = 0  # runs started (spawned, or failed to spawn)
         self.failures = 0  # started runs that failed
         self.dropped = 0  # runs never started: no room for them
@@ -242,7 +258,15 @@ class HookRunner:
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Waits up to ``grace`` seconds for background hooks, then cancels (and kills) the
-        rest."""
+        rest, and kills what finished hooks left running."""
+        try:
+            await self._close_runs(grace)
+        finally:
+            for task in self._leftovers:
+                task.cancel()
+            await asyncio.gather(*self._leftovers, return_exceptions=True)
+
+    async def _close_runs(self, grace: float) -> None:
         tasks = set(self._tasks)
         if not tasks:
             return
@@ -288,6 +312,7 @@ class HookRunner:
     async def _exec(self, hook: HookConfig, event: Event, payload: bytes,
                     limit: float | None = None) -> HookOutcome:
         budget = hook.timeout if limit is None else min(hook.timeout, limit)
+        deadline = asyncio.get_running_loop().time() + budget
         env = {k: v for k, v in os.environ.items()
                if k not in _PRIVATE_ENV and v.strip() not in self.secrets}
         env.update(FAILOVERD_EVENT=event.type, FAILOVERD_EVENT_ID=event.id)
@@ -317,6 +342,7 @@ class HookRunner:
                 _kill_group(proc)
                 if proc.returncode is None:
                     await self._reap(proc, hook)
+        self._watch_leftovers(proc, hook, deadline)
         if stderr.strip():
             logger.info("hook %s stderr: %s", hook.exec[0], _preview(stderr, MAX_STDERR_LOGGED))
         if code != 0:
@@ -325,6 +351,37 @@ class HookRunner:
         if too_big:
             raise HookFailed(f"stdout exceeded {MAX_STDOUT} bytes")
         return parse_output(stdout)
+
+    def _watch_leftovers(self, proc: asyncio.subprocess.Process, hook: HookConfig,
+                         deadline: float) -> None:
+        """A hook that exited may have left processes running in its group (``cmd &`` with
+        its output redirected): they get what is left of its timeout, then the group is
+        killed, so a hook run per failover cannot pile up processes without end."""
+        if not _group_alive(proc.pid):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._kill_leftovers(proc.pid, hook, deadline), name="hook leftovers")
+        self._leftovers.add(task)
+        task.add_done_callback(self._leftovers.discard)
+
+    @staticmethod
+    async def _kill_leftovers(pgid: int, hook: HookConfig, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # polled, not slept through: once the group is empty its id may be reused
+            while _group_alive(pgid):
+                left = deadline - loop.time()
+                if left <= 0:
+                    logger.warning("hook %s: killed what it left running in its process group "
+                                   "at its timeout (%gs)", hook.exec[0], hook.timeout)
+                    break
+                await asyncio.sleep(min(left, _LEFTOVER_POLL))
+            else:
+                return
+        finally:
+            if _group_alive(pgid):  # the deadline, or shutdown (cancelled)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
 
     @staticmethod
     async def _feed(proc: asyncio.subprocess.Process, payload: bytes) -> None:
