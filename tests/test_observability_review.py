@@ -11,6 +11,7 @@ import asyncio
 import io
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from failoverd import logs
 from tests.fakes.base import Logged
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, pair_config, status, until
+from tests.mosquitto import Mosquitto, requires_mosquitto
 from tests.test_events_review import open_stalled_sse
 
 # model ids an operator may well write: '/' and ':' (ollama tags), and ones a scraper chokes
@@ -399,3 +401,29 @@ async def test_an_event_a_sink_failed_on_is_counted_in_metrics(
     errors = (await status(d))["events"]["listener_errors"]
     assert errors >= 1  # model:failover at least
     assert value(await scrape(d), "failoverd_event_sink_errors_total") == errors
+
+
+@requires_mosquitto
+async def test_publishes_the_broker_refuses_are_counted_in_metrics(
+        fake_openai: Any, start_daemon: Any, tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n")  # anonymous clients may read, not write
+    broker = Mosquitto(tmp_path)
+    with broker.conf.open("a") as conf:
+        conf.write(f"acl_file {acl}\n")
+    broker.start()
+    try:
+        a = await fake_openai(default="server_error")
+        b = await fake_openai()
+        d = await start_daemon(pair_config(
+            a, b, head=f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}'))
+        assert (await chat(d)).headers["x-failoverd-model"] == "b/gpt-b"  # an event
+        mqtt = d.sup.service.mqtt
+        await until(lambda: mqtt.stats().refused >= 3 and not mqtt.stats().queued)
+        refused = (await status(d))["mqtt"]["refused"]
+        families = await scrape(d)
+        assert value(families, "failoverd_mqtt_refused_publishes_total") == refused
+        await d.stop()
+    finally:
+        broker.kill()
+        broker.release_port()

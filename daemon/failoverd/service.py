@@ -371,6 +371,11 @@ class Service:
                     "acknowledged.",
                     "# TYPE failoverd_mqtt_published_events_total counter",
                     f"failoverd_mqtt_published_events_total {m.published}",
+                    "# HELP failoverd_mqtt_refused_publishes_total Publishes (events, also "
+                    "counted as published, and retained states) the broker acknowledged with "
+                    "an error (MQTT v5), e.g. an ACL's Not authorized.",
+                    "# TYPE failoverd_mqtt_refused_publishes_total counter",
+                    f"failoverd_mqtt_refused_publishes_total {m.refused}",
                     "# HELP failoverd_mqtt_reconnects_total Connections made after the first.",
                     "# TYPE failoverd_mqtt_reconnects_total counter",
                     f"failoverd_mqtt_reconnects_total {m.reconnects}",
