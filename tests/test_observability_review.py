@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, pair_config, status, until
 from tests.mosquitto import Mosquitto, requires_mosquitto
 from tests.test_events_review import open_stalled_sse
+from tests.test_lifecycle import launch as launch  # the fixture
+from tests.test_lifecycle import toml as lifecycle_toml
 
 # model ids an operator may well write: '/' and ':' (ollama tags), and ones a scraper chokes
 # on unless escaped: a quote, a backslash
@@ -468,3 +472,28 @@ async def test_latency_percentiles_and_histogram_agree_with_the_calls(
     total = value(families, "failoverd_upstream_latency_seconds_sum", model="a/gpt-a",
                   result="ok")
     assert 0.3 <= total < 1.0
+
+
+async def test_json_log_lines_stay_json_for_a_path_that_is_not_utf8(
+        launch: Any, short_dir: Path, fake_openai: Any) -> None:
+    # a file name is bytes: one that is not UTF-8 reaches the log as a lone surrogate (Python's
+    # surrogateescape), which orjson refuses; the line must not be lost to a logging error
+    a = await fake_openai()
+    config = Path(os.fsdecode(bytes(short_dir) + b"/conf-\xff.toml"))
+    config.write_text(lifecycle_toml(short_dir, {"a": a}, daemon='log_format = "json"'))
+    d = await launch("", config=config)
+    await d.reload()  # logs "reloading the configuration from <path>"
+    # config:reloaded names the file too: the event stream, and its ring, carry it
+    recent = await d.client().get("/v1/events?recent=1")
+    assert recent.status_code == 200
+    [data] = [line[6:] for line in recent.text.splitlines() if line.startswith("data: ")]
+    assert orjson.loads(data)["source"] == str(config).encode("utf-8", "backslashreplace").decode()
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+    entries = [orjson.loads(line) for line in d.log_text().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    assert any(e["message"].startswith("reloading the configuration from ")
+               and "conf-" in e["message"] for e in entries)
+    audit = [orjson.loads(e["message"]) for e in entries if e["logger"] == "failoverd.audit"]
+    assert [e["type"] for e in audit] == ["config:reloaded"]
+    assert not [e for e in entries if e["level"] == "error"]

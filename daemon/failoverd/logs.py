@@ -33,7 +33,13 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        try:
+            return orjson.dumps(entry).decode()
+        except TypeError:
+            # a lone surrogate (a file name or environment value that is not UTF-8, decoded
+            # with surrogateescape): orjson refuses it, and logging would drop the whole line
+            return orjson.dumps({k: v.encode("utf-8", "backslashreplace").decode()
+                                 for k, v in entry.items()}).decode()
 
 
 class JournalPrefix(logging.Formatter):
