@@ -483,11 +483,18 @@ async def test_json_log_lines_stay_json_for_a_path_that_is_not_utf8(
     config.write_text(lifecycle_toml(short_dir, {"a": a}, daemon='log_format = "json"'))
     d = await launch("", config=config)
     await d.reload()  # logs "reloading the configuration from <path>"
+    shown = str(config).encode("utf-8", "backslashreplace").decode()
+    client = d.client()
+    for path in ("/v1/status", "/v1/health", "/metrics"):  # an operator's views still answer
+        assert (await client.get(path)).status_code == 200, path
+    assert (await client.get("/v1/status")).json()["config"] == shown
+    reloaded = await client.post("/v1/reload")
+    assert reloaded.status_code == 200 and reloaded.json()["config"] == shown
     # config:reloaded names the file too: the event stream, and its ring, carry it
-    recent = await d.client().get("/v1/events?recent=1")
+    recent = await client.get("/v1/events?recent=1")
     assert recent.status_code == 200
-    [data] = [line[6:] for line in recent.text.splitlines() if line.startswith("data: ")]
-    assert orjson.loads(data)["source"] == str(config).encode("utf-8", "backslashreplace").decode()
+    data = [line[6:] for line in recent.text.splitlines() if line.startswith("data: ")]
+    assert [orjson.loads(e)["source"] for e in data] == [shown, shown]
     d.signal(signal.SIGTERM)
     assert await d.exit_code() == 0
     entries = [orjson.loads(line) for line in d.log_text().splitlines()]
@@ -495,5 +502,5 @@ async def test_json_log_lines_stay_json_for_a_path_that_is_not_utf8(
     assert any(e["message"].startswith("reloading the configuration from ")
                and "conf-" in e["message"] for e in entries)
     audit = [orjson.loads(e["message"]) for e in entries if e["logger"] == "failoverd.audit"]
-    assert [e["type"] for e in audit] == ["config:reloaded"]
+    assert [e["type"] for e in audit] == ["config:reloaded"] * 2
     assert not [e for e in entries if e["level"] == "error"]

@@ -62,7 +62,7 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__, "node": cfg.node, "health": overall,
         "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
         "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
-        "config": cfg.source, "models": detail["models"], "providers": detail["providers"],
+        "config": _shown(cfg.source), "models": detail["models"], "providers": detail["providers"],
         "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},
@@ -70,6 +70,12 @@ async def status(request: web.Request) -> web.Response:
         "mqtt": svc.mqtt.stats().as_dict() if svc.mqtt is not None else {"enabled": False},
     }
     return web.Response(body=orjson.dumps(body, default=str), content_type="application/json")
+
+
+def _shown(path: str) -> str:
+    """A file name as JSON can carry it: one that is not UTF-8 (decoded with surrogateescape)
+    keeps its bytes as escapes (`\udcff`) instead of failing the whole answer."""
+    return path.encode("utf-8", "backslashreplace").decode()
 
 
 def _model_id(request: web.Request, svc: Service) -> str:
@@ -237,7 +243,7 @@ async def reload(request: web.Request) -> web.Response:
     ok, problems = svc.reloader()
     if not ok:
         return json_response({"ok": False, "problems": problems}, 422)
-    return json_response({"ok": True, "config": svc.runtime.config.source})
+    return json_response({"ok": True, "config": _shown(svc.runtime.config.source)})
 
 
 async def metrics(request: web.Request) -> web.Response:
