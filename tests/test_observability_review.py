@@ -504,3 +504,35 @@ async def test_json_log_lines_stay_json_for_a_path_that_is_not_utf8(
     audit = [orjson.loads(e["message"]) for e in entries if e["logger"] == "failoverd.audit"]
     assert [e["type"] for e in audit] == ["config:reloaded"] * 2
     assert not [e for e in entries if e["level"] == "error"]
+
+
+async def test_a_reload_that_adds_and_removes_models_keeps_the_exposition_consistent(
+        fake_openai: Any, start_daemon: Any) -> None:
+    a = await fake_openai(default="server_error")
+    b = await fake_openai()
+    odd = await fake_openai()
+    d = await start_daemon(pair_config(a, b))
+    assert (await chat(d)).headers["x-failoverd-model"] == "b/gpt-b"
+    before = await scrape(d)
+    assert value(before, "failoverd_requests_total", model="b/gpt-b", outcome="ok") == 1
+    # b goes, the odd ids come: a fresh series for each, none left of b, no series twice
+    path = Path(d.sup.config_path)
+    text = path.read_text().replace('[models."b/gpt-b"]\nprovider = "b"\n', odd_models(odd))
+    path.write_text(text.replace('fallbacks = ["b/gpt-b"]', f"fallbacks = [{toml_key(ODD[0])}]"))
+    resp = await d.http.post("/v1/reload")
+    assert resp.status_code == 200, resp.text
+    assert (await chat(d)).headers["x-failoverd-model"] == ODD[0]
+    after = await scrape(d)
+    check_exposition(after)
+    states = {s.labels["model"] for s in samples(after, "failoverd_breaker_state")}
+    assert states == {"a/gpt-a", *ODD}
+    every_label = {v for family in after.values() for s in family.samples
+                   for v in s.labels.values()}
+    assert "b/gpt-b" not in every_label
+    assert value(after, "failoverd_requests_total", model=ODD[0], outcome="ok") == 1
+    assert value(after, "failoverd_failovers_total", from_model="a/gpt-a", to_model=ODD[0],
+                 reason="server_error") == 1
+    # a's counters went on across the reload (2 calls, then 1: the third failure opened it)
+    assert value(after, "failoverd_upstream_latency_seconds_count", model="a/gpt-a",
+                 result="error") == 3
+    assert value(after, "failoverd_events_total", type="config:reloaded") == 1
