@@ -121,6 +121,7 @@ async def test_context_truncate_and_fail(fake_openai, start_daemon, policy: str)
         assert "context_policy = fail" in error["message"]
         assert error["type"] == "context_overflow"
         assert error["code"] == "context_length_exceeded"  # no failover was aborted
+        assert d.sup.service.metrics.requests[("s/small", "context_overflow")] == 1
         assert small.requests == medium.requests == large.requests == []
         return
     assert resp.status_code == 200

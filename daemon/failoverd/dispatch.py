@@ -179,10 +179,13 @@ class Dispatcher:
         """Records the end of a stream that was handed to the client."""
         if error is None:
             self._succeeded(model_id, start.permit, start.started)
-        elif start.permit is not None:
+            return
+        duration = self.clock.monotonic() - start.started
+        if start.permit is not None:
             # reasons that say nothing about the model only give the permit back
-            start.permit.failure(error.reason, self.clock.monotonic() - start.started,
-                                 error.retry_after)
+            start.permit.failure(error.reason, duration, error.retry_after)
+        if error.reason is not FailureReason.CANCELLED and self.observe_latency is not None:
+            self.observe_latency(model_id, duration, False)  # broke after its first chunk
 
     # ------------------------------------------------------------------ loop
 

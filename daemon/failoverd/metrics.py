@@ -73,6 +73,12 @@ class Metrics:
     def rejected(self, why: str) -> None:
         self.rejections[why] += 1
 
+    def failed(self, model: str, outcome: str) -> None:
+        """A request that ended with an error and no failover: `bad_request` (the upstream's
+        refusal passed on), `aborted` (a hook aborted the failover) or `context_overflow`
+        (context_policy fail), under the model it ended at."""
+        self.requests[(model, outcome)] += 1
+
     def exhausted(self) -> None:
         self.requests[("", "no_model_available")] += 1
 

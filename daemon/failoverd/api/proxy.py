@@ -50,9 +50,13 @@ def request_deadline(svc: Service, rt: Runtime, request: web.Request, outcome: O
     return svc.clock.monotonic() + budget
 
 
-def _failed(front: FrontEnd, rt: Runtime, exc: UpstreamError, outcome: Outcome) -> web.Response:
+def _failed(front: FrontEnd, svc: Service, rt: Runtime, exc: UpstreamError,
+            outcome: Outcome) -> web.Response:
     """A failure that ends the request without trying further candidates."""
     headers = outcome_headers(outcome)
+    svc.metrics.failed(exc.model, "bad_request" if exc.reason is FailureReason.BAD_REQUEST
+                       else "context_overflow" if isinstance(exc, ContextRefused)
+                       else "aborted")
     if exc.reason is FailureReason.BAD_REQUEST:
         provider = rt.config.providers.get(exc.provider)
         if exc.body and provider is not None and provider.kind == front.name:
@@ -118,7 +122,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
                 "no_model_available", headers=headers,
                 attempts=[a.as_dict() for a in exc.attempts])
         except UpstreamError as exc:
-            return _failed(front, rt, exc, outcome)
+            return _failed(front, svc, rt, exc, outcome)
         except asyncio.CancelledError:
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise
