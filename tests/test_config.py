@@ -232,3 +232,26 @@ primary = "azure/gpt"
 ''', env={"AZURE_KEY": "azure-secret"})
     assert ok.providers["azure"].api_key_header == "api-key"
     assert "azure-secret" not in repr(ok.providers["azure"])
+
+
+def test_names_with_control_characters_are_refused() -> None:
+    """A model id, provider or chain name ends up in headers, log lines, metrics labels and
+    MQTT topics: a line break in one split log lines (the config took it)."""
+    got = problems('''
+[providers."p\\nq"]
+kind = "simulated"
+[providers.p]
+kind = "simulated"
+[models."p/line\\nbreak"]
+provider = "p"
+[models."p/ok"]
+provider = "p"
+[chains."fast\\t"]
+models = ["p/ok"]
+[routing]
+primary = "p/ok"
+''')
+    assert 'providers."p\\nq": a provider name must be non-empty and hold no control ' \
+        'characters' in got, got
+    assert any(p.startswith('models."p/line\\nbreak": a model id must be non-empty') for p in got)
+    assert any(p.startswith('chains."fast\\t": a chain name must be') for p in got), got

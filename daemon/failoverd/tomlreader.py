@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, TypeVar, cast, get_args
 
+import orjson
+
 T = TypeVar("T")
 
 # The largest number a key accepts (about 31 years in seconds). Durations end up in timers,
@@ -22,7 +24,11 @@ MAX_INTEGER = 1_000_000_000
 
 
 def _quote(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+    # a quoted key as TOML writes it: quotes, backslashes and control characters escaped, so
+    # a problem stays on one line and names the key as the file spells it
+    if key.replace("_", "").replace("-", "").isalnum():
+        return key
+    return orjson.dumps(key).decode()
 
 
 class Section:
