@@ -286,3 +286,37 @@ async def test_a_stalled_body_gets_408_after_the_idle_limit(
             assert sup.service is not None and sup.service.inflight == 0
     finally:
         await fake.close()
+
+
+async def test_a_defect_in_a_handler_is_a_500_counted_on_both_paths(
+        fake_openai: Any, start_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the request's translation raises as a defect would. The fast path
+    and aiohttp's (a chunked body goes there) answer 500, count it as internal_error, and the
+    daemon keeps serving."""
+    from failoverd.api.fronts import OpenAIFront
+
+    fake = await fake_openai()
+    d = await start_daemon(one_model_config(fake.url, tail=NO_PROBES))
+
+    def broken(self: OpenAIFront, body: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("injected defect")
+
+    monkeypatch.setattr(OpenAIFront, "canonical", broken)
+    raw = orjson.dumps(ASK)
+    chunked = (f"POST {CHAT} HTTP/1.1\r\nHost: failoverd\r\nContent-Type: application/json\r\n"
+               f"Transfer-Encoding: chunked\r\n\r\n{len(raw):x}\r\n").encode()
+    chunked += raw + b"\r\n0\r\n\r\n"
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK))
+        fast_answer = await read_answer(reader)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(chunked)
+        slow_answer = await read_answer(reader)
+    assert fast_answer.status == slow_answer.status == 500
+    assert fast_answer.json()["error"]["code"] == "internal_error"
+    assert d.sup.service.metrics.requests[("", "internal_error")] == 2
+    assert fake.requests == []
+    monkeypatch.undo()
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK))
+        assert (await read_answer(reader)).status == 200

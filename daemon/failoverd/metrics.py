@@ -76,7 +76,8 @@ class Metrics:
     def failed(self, model: str, outcome: str) -> None:
         """A request that ended with an error and no failover: `bad_request` (the upstream's
         refusal passed on), `aborted` (a hook aborted the failover) or `context_overflow`
-        (context_policy fail), under the model it ended at."""
+        (context_policy fail), under the model it ended at; `internal_error` (a defect in
+        failoverd answered with a 500) under none."""
         self.requests[(model, outcome)] += 1
 
     def exhausted(self) -> None:
