@@ -313,6 +313,7 @@ async def test_a_defect_in_a_handler_is_a_500_counted_on_both_paths(
         writer.write(chunked)
         slow_answer = await read_answer(reader)
     assert fast_answer.status == slow_answer.status == 500
+    assert fast_answer.json() == slow_answer.json()  # the same JSON error either way
     assert fast_answer.json()["error"]["code"] == "internal_error"
     assert d.sup.service.metrics.requests[("", "internal_error")] == 2
     assert fake.requests == []

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from failoverd.api import control
+from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.events import events
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.service import SERVICE, Service
 
+logger = logging.getLogger(__name__)
+
 
 def make_app(service: Service) -> web.Application:
     # client_max_size is enforced by our own body reader (413 naming max_body_bytes)
     # the supervisor installs the access guard and drain tracking (api/drain.py)
-    app = web.Application(client_max_size=2**62, middlewares=[_json_not_found])
+    app = web.Application(client_max_size=2**62, middlewares=[_json_errors])
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
@@ -43,15 +48,17 @@ async def _close_event_streams(app: web.Application) -> None:
 
 
 @web.middleware
-async def _json_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """An unknown path or method gets a JSON error in the client's API shape (aiohttp's own
-    pages are text/plain, which SDKs cannot read), naming what failoverd serves instead."""
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown path or method, or a defect in a handler, gets a JSON error in the client's
+    API shape (aiohttp's own pages are text/plain, which SDKs cannot read): a 404 or 405
+    naming what failoverd serves instead, or a 500 (logged, and counted as internal_error as
+    the fast path counts its own)."""
+    front = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         if exc.text is not None and not exc.text.startswith(f"{exc.status}: "):
             raise  # a handler's own, not the router's
-        front = ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
         where = f"{request.method} {request.path}"
         if isinstance(exc, web.HTTPMethodNotAllowed):
             allowed = ", ".join(sorted(exc.allowed_methods))
@@ -61,3 +68,13 @@ async def _json_not_found(request: web.Request, handler: Handler) -> web.StreamR
         return front.error(404, "invalid_request_error",
                            f"{where}: failoverd serves no such endpoint (proxied: POST "
                            "/v1/chat/completions and POST /v1/messages)", "unknown_url")
+    except web.HTTPException:
+        raise  # an answer of aiohttp's own
+    except Exception:
+        logger.exception("error serving %s %s", request.method, request.path)
+        request.app[SERVICE].metrics.failed("", "internal_error")
+        stream = request.get(STREAM_RESPONSE)
+        if stream is not None and stream.prepared:
+            raise  # a stream's head is out: no 500 can follow (aiohttp closes it)
+        return front.error(500, "internal_error", "internal error in failoverd; see its log",
+                           "internal_error")

@@ -88,11 +88,6 @@ class RequestTracker:
                     raise
                 task.uncancel()  # the cancellation was ours and is answered here
                 return await _cut_reply(request, request.get(STREAM_RESPONSE))
-            except web.HTTPException:
-                raise  # an answer (aiohttp's), not a failure
-            except Exception:
-                service.metrics.failed("", "internal_error")  # a defect: the client gets a 500
-                raise
             finally:
                 tasks.discard(task)
 

@@ -409,6 +409,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
                 response = await route(cast(web.Request, request))
             except Exception:  # not a cancellation (the client went away): that ends it
                 logger.exception("error serving %s", request.path)
+                self.front.service.metrics.failed("", "internal_error")
                 if self.stream is not None:  # the head is out: no 500 can follow
                     self.close()
                     return
