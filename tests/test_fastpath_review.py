@@ -317,6 +317,15 @@ async def test_a_defect_in_a_handler_is_a_500_counted_on_both_paths(
     assert fast_answer.json()["error"]["code"] == "internal_error"
     assert d.sup.service.metrics.requests[("", "internal_error")] == 2
     assert fake.requests == []
+    # on /v1/messages, in Anthropic's shape
+    from failoverd.api.fronts import AnthropicFront
+
+    monkeypatch.setattr(AnthropicFront, "canonical", broken)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post({**ASK, "max_tokens": 5}, MESSAGES))
+        answer = await read_answer(reader)
+    assert answer.status == 500
+    assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "api_error"
     monkeypatch.undo()
     async with connect(d.socket) as (reader, writer):
         writer.write(post(ASK))

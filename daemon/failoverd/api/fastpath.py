@@ -413,8 +413,10 @@ class FastConnection(asyncio.Protocol, StreamOpener):
                 if self.stream is not None:  # the head is out: no 500 can follow
                     self.close()
                     return
-                response = openai_error(500, "internal error in failoverd; see its log",
-                                        "internal_error", "internal_error")
+                front = ANTHROPIC if request.path == "/v1/messages" else OPENAI
+                response = front.error(500, "internal_error",
+                                       "internal error in failoverd; see its log",
+                                       "internal_error")
             if self.closed:
                 return
             if self.stream is not None:
