@@ -16,6 +16,9 @@ from failoverd.http1.parser import Head, Headers, ResponseParser
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 MAX_LINE = 16 * 1024 * 1024
+# the most `Response.read` holds: a broken or hostile upstream sending a body without end
+# would otherwise fill the memory until the caller's timeout
+MAX_BODY = 64 * 1024 * 1024
 # a response released before its end is read out in the background for this long (and this
 # much) so that its connection can be reused; past either, the connection is closed
 DRAIN_SECONDS = 2.0
@@ -325,9 +328,13 @@ class Response:
             if self._drained > DRAIN_BYTES:
                 self.close()
             return
-        self._body += data
-        if not self._whole and len(self._body) > HIGH_WATER:
-            self._conn._pause()
+        body = self._body
+        body += data
+        if len(body) > HIGH_WATER:
+            if not self._whole:
+                self._conn._pause()
+            elif len(body) > MAX_BODY:  # raised into the parser: the connection fails
+                raise PayloadError(f"the response body is larger than {MAX_BODY} bytes")
         self._wake()
 
     def _complete(self) -> None:

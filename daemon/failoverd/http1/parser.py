@@ -13,6 +13,9 @@ from typing import Protocol, overload
 from failoverd.http1.errors import PayloadError, ProtocolError, ServerDisconnected
 
 MAX_HEAD = 64 * 1024
+# what a compressed body may decode to: a few KB of gzip can stand for gigabytes (a bomb, or
+# a broken upstream), and one read of it would be decoded whole into memory
+MAX_DECODED = 64 * 1024 * 1024
 _MAX_CHUNK_LINE = 1024
 _HEX = b"0123456789abcdefABCDEF"
 
@@ -121,7 +124,7 @@ class ResponseParser:
     """
 
     __slots__ = ("_sink", "_buf", "_state", "_remaining", "_decoder", "_expect_body", "got_bytes",
-                 "keep_alive", "head", "_coded")
+                 "keep_alive", "head", "_coded", "_decoded")
 
     def __init__(self, sink: Sink, *, expect_body: bool = True) -> None:
         self._sink = sink
@@ -130,6 +133,7 @@ class ResponseParser:
         self._remaining = 0
         self._decoder: zlib._Decompress | None = None
         self._coded = False  # the decoder has been fed
+        self._decoded = 0  # bytes the decoder produced for this response
         self._expect_body = expect_body  # False for HEAD requests
         self.got_bytes = False
         self.keep_alive = False
@@ -280,6 +284,7 @@ class ResponseParser:
             # 32 + MAX_WBITS accepts both the gzip and the zlib wrapper
             self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
             self._coded = False
+            self._decoded = 0
         else:
             raise ProtocolError(f"unsupported Content-Encoding: {coding!r}")
         self.keep_alive = keep_alive
@@ -293,15 +298,21 @@ class ResponseParser:
         decoder = self._decoder
         if decoder is not None:
             self._coded = True
+            # never more than the cap, plus a byte to tell that it was passed
+            room = MAX_DECODED - self._decoded + 1
             try:
-                data = decoder.decompress(data)
-                while decoder.eof and decoder.unused_data:
+                data = decoder.decompress(data, room)
+                while decoder.eof and decoder.unused_data and len(data) < room:
                     # gzip members one after another (RFC 1952 2.2): one stream of text
                     rest = decoder.unused_data
                     decoder = self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)
-                    data += decoder.decompress(rest)
+                    data += decoder.decompress(rest, room - len(data))
             except zlib.error as exc:
                 raise PayloadError(f"cannot decode the response body: {exc}") from None
+            self._decoded += len(data)
+            if self._decoded > MAX_DECODED:
+                raise PayloadError(f"the response body decodes to more than {MAX_DECODED} "
+                                   "bytes")
             if not data:
                 return
         self._sink.on_body(data)

@@ -1,0 +1,198 @@
+"""Abuse review: the daemon attacked by a hostile local client (request smuggling, resource
+exhaustion, access) and by a hostile or broken upstream (a raw asyncio server on 127.0.0.1
+answering whatever bytes a test scripts). Real sockets, the real daemon in-process, or as a
+process with a lowered file limit."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from tests.conftest import Daemon
+from tests.fakes.serving import StreamServer
+from tests.helpers import one_model_config
+from tests.test_fastpath import (
+    ASK,
+    NO_PROBES,
+    content,
+    exchange,
+    post,
+)
+
+WAIT = 10.0
+
+# ---------------------------------------------------------------------- a hostile upstream
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK_BODY = orjson.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                            "role": "assistant", "content": "fine"}}]})
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(OK_BODY), OK_BODY)
+
+
+class RawUpstream(StreamServer):
+    """An upstream that reads each request (head and Content-Length body) and answers with
+    the next scripted `Answer`, else `OK`. `requests` counts requests, `connections` the
+    connections it accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = ""
+        self.script: list[Answer] = []
+        self.requests = 0
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> RawUpstream:
+        await self._listen(self._serve)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = self._track()
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                length = 0
+                for line in head.split("\r\n"):
+                    if line.startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                await reader.readexactly(length)
+                self.requests += 1
+                answer = self.script.pop(0) if self.script else None
+                if answer is None:
+                    writer.write(OK)
+                    await writer.drain()
+                else:
+                    await answer(reader, writer)
+                    if writer.is_closing():
+                        break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+@asynccontextmanager
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    upstream = await RawUpstream().start()
+    try:
+        yield upstream
+    finally:
+        await upstream.close()
+
+
+def sends(data: bytes, *, close: bool = False) -> Answer:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        if close:
+            writer.close()
+    return answer
+
+
+def endless(head: bytes, piece: bytes) -> Answer:
+    """`head`, then `piece` over and over until the daemon goes away."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(head)
+        while True:
+            writer.write(piece)
+            await writer.drain()
+    return answer
+
+
+_BOMB: list[bytes] = []
+
+
+def bomb() -> bytes:
+    """128 MiB of zeros as about 128 KB of gzip (made once)."""
+    if not _BOMB:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = bytes(1 << 20)
+        _BOMB.append(b"".join([*(packer.compress(zeros) for _ in range(128)), packer.flush()]))
+    return _BOMB[0]
+
+
+async def upstream_daemon(start_daemon: Any, upstream: RawUpstream, *, provider: str = "",
+                          head: str = "") -> Daemon:
+    d: Daemon = await start_daemon(
+        head + one_model_config(upstream.url, provider=provider, model="max_retries = 0\n",
+                                tail='[routing]\nprimary = "a/m"\nwhen_all_unavailable = "fail"\n'
+                                     "deadline = 8\n" + NO_PROBES))
+    return d
+
+
+def attempt(answer: Any) -> dict[str, Any]:
+    """The one attempt of a 503 no_model_available."""
+    assert answer.status == 503, answer
+    (one,) = answer.json()["error"]["attempts"]
+    result: dict[str, Any] = one
+    return result
+
+
+async def test_a_gzip_bomb_is_refused_before_it_fills_the_memory(start_daemon: Any) -> None:
+    """A 200 whose ~128 KB of gzip decode to 128 MiB was decoded whole, in one piece (any
+    ratio: gigabytes from a few MB); the decoded body is now held to 64 MiB, the answer an
+    invalid_response that fails over."""
+    data = bomb()
+    async with raw_upstream() as upstream:
+        d = await upstream_daemon(start_daemon, upstream)
+        upstream.script.append(sends(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data)))
+        one = attempt(await exchange(d.socket, post(ASK)))
+        assert one["reason"] == "invalid_response"
+        assert "decodes to more than 67108864 bytes" in one["message"]
+        assert content(await exchange(d.socket, post(ASK))) == "fine"
+
+
+async def test_a_body_without_end_is_cut_at_64_mib(start_daemon: Any) -> None:
+    """A 200 read to its close whose upstream never closes was held in memory until the
+    provider's timeout (here 120 s: gigabytes over loopback); now cut past 64 MiB."""
+    async with raw_upstream() as upstream:
+        d = await upstream_daemon(start_daemon, upstream, provider="timeout = 120\n")
+        upstream.script.append(endless(b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+                                       b"\r\n\r\n", b"x" * (1 << 20)))
+        one = attempt(await exchange(d.socket, post(ASK)))
+        assert one["reason"] == "invalid_response"
+        assert "larger than 67108864 bytes" in one["message"]
+        assert content(await exchange(d.socket, post(ASK))) == "fine"
+
+
+def test_a_compressed_stream_may_decode_to_more_than_one_read() -> None:
+    """The cap counts the whole body across reads, and a normal gzip body is untouched."""
+    from failoverd.http1.parser import Head, ResponseParser
+
+    class Sink:
+        def __init__(self) -> None:
+            self.body = bytearray()
+            self.done = False
+
+        def on_head(self, head: Head) -> None:
+            pass
+
+        def on_body(self, data: bytes) -> None:
+            self.body += data
+
+        def on_complete(self) -> None:
+            self.done = True
+
+    text = b"data: {}\n\n" * 100_000
+    packed = gzip.compress(text) + gzip.compress(text)  # two members
+    sink = Sink()
+    parser = ResponseParser(sink)
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+                % len(packed))
+    for i in range(0, len(packed), 1000):
+        parser.feed(packed[i:i + 1000])
+    assert sink.done and bytes(sink.body) == text * 2
