@@ -8,6 +8,7 @@ input_json_delta, message_delta with stop_reason and usage, message_stop, ping).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,8 @@ class FakeAnthropic(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "cut_stream" (connection
     dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
     ends cleanly but without message_stop). Like the API, a reply that contains one of the
-    request's `stop_sequences` ends before it with stop_reason "stop_sequence"."""
+    request's `stop_sequences` ends before it with stop_reason "stop_sequence". Requests the API
+    refuses in validation (see `_invalid`) get its 400 whatever the script says."""
 
     reply: str = "Hello from the fake Anthropic"
 
@@ -91,6 +93,10 @@ class FakeAnthropic(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
         behaviour = self._next()
+        refusal = _invalid(body)
+        if refusal is not None:
+            return web.Response(status=400, body=_err("invalid_request_error", refusal),
+                                content_type="application/json")
         early = await self._answer_preamble(behaviour, slow=False)
         if early is not None:
             return early
@@ -168,6 +174,49 @@ class FakeAnthropic(FakeServer[Logged]):
         if behaviour != "no_stop":
             await send("message_stop", {"type": "message_stop"})
         return resp
+
+
+_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    """The API's 400 message for a request it validates and refuses, else None: forced tool
+    use with thinking, tool_use ids off the pattern or repeated, tool results that answer no
+    tool_use of the previous turn, and a tool loop whose assistant turn lacks its thinking."""
+    thinking = (body.get("thinking") or {}).get("type") == "enabled"
+    if thinking and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    seen: set[str] = set()
+    previous: set[str] = set()
+    messages = body.get("messages") or []
+    for i, message in enumerate(messages):
+        blocks = message["content"] if isinstance(message["content"], list) else []
+        used: set[str] = set()
+        for j, block in enumerate(blocks):
+            if block.get("type") == "tool_use":
+                if not _TOOL_ID.match(block["id"]):
+                    return (f"messages.{i}.content.{j}.tool_use.id: String should match "
+                            "pattern '^[a-zA-Z0-9_-]+$'")
+                if block["id"] in seen:
+                    return f"messages.{i}.content.{j}: `tool_use` ids must be unique"
+                seen.add(block["id"])
+                used.add(block["id"])
+            elif block.get("type") == "tool_result" and block["tool_use_id"] not in previous:
+                return (f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` "
+                        "block must have a corresponding `tool_use` block in the previous "
+                        "message.")
+        previous = used
+    last = messages[-1] if messages else {}
+    if thinking and len(messages) >= 2 and any(
+            b.get("type") == "tool_result" for b in last.get("content") or []
+            if isinstance(b, dict)):
+        first = (messages[-2].get("content") or [{}])[0]
+        if first.get("type") not in ("thinking", "redacted_thinking"):
+            return (f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or "
+                    f"`redacted_thinking`, but found `{first.get('type')}`. When `thinking` is "
+                    "enabled, a final `assistant` message must start with a thinking block.")
+    return None
 
 
 def _stop_sequence(reply: str, body: dict[str, Any]) -> str | None:

@@ -78,6 +78,7 @@ class FakeOpenAI(FakeServer[Logged]):
     "error_first" (streaming: a 200 whose first event is an insufficient_quota error)."""
 
     reply: str = "Hello from the fake upstream"
+    call_id: str = "call_1"  # the id of its tool calls (Kimi's look like "functions.f:0")
 
     errors = ERRORS
     url_path = "/v1"
@@ -121,7 +122,7 @@ class FakeOpenAI(FakeServer[Logged]):
         finish = "stop"
         if _wants_tool_call(body):
             message = {"role": "assistant", "content": None, "tool_calls": [{
-                "id": "call_1", "type": "function",
+                "id": self.call_id, "type": "function",
                 "function": {"name": body["tools"][0]["function"]["name"],
                              "arguments": '{"city": "Paris"}'}}]}
             finish = "tool_calls"
@@ -155,7 +156,7 @@ class FakeOpenAI(FakeServer[Logged]):
         if _wants_tool_call(body):
             # a tool call streams its arguments in pieces, as OpenAI does
             name = body["tools"][0]["function"]["name"]
-            await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            await send({"tool_calls": [{"index": 0, "id": self.call_id, "type": "function",
                                         "function": {"name": name, "arguments": ""}}]})
             for piece in ('{"city"', ': "Par', 'is"}'):
                 await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})

@@ -17,7 +17,8 @@ Adapter (failoverd.providers.anthropic)::
 
 Decisions, so every translator and operator can rely on them:
 
-* ``cache_control`` is a caching hint with no canonical equivalent; it is dropped.
+* ``cache_control`` (on blocks, and the request's top-level one) is a caching hint with no
+  canonical equivalent; it is dropped.
 * ``thinking`` blocks in earlier assistant turns are the model's own signed reasoning; they
   cannot be replayed elsewhere and are dropped. Because Anthropic needs them back inside a
   tool-use loop, the adapter does not enable thinking on a request that continues one.
@@ -30,7 +31,12 @@ Decisions, so every translator and operator can rely on them:
 * ``thinking: {"type": "adaptive"}`` is ``reasoning_effort: "medium"``.
 * Thinking budget <-> ``reasoning_effort``: budget < 4096 is ``low``, < 16384 ``medium``,
   else ``high``; back: ``minimal`` 1024, ``low`` 2048, ``medium`` 8192, ``high`` 24576 tokens
-  (cut to max_tokens - 1; below Anthropic's minimum of 1024 thinking is left off).
+  (cut to max_tokens - 1; below Anthropic's minimum of 1024 thinking is left off). Thinking
+  is left off too when tool_choice forces a call ("required" or a named function), which
+  Anthropic refuses together with thinking.
+* Tool-call ids towards Anthropic must match ``^[a-zA-Z0-9_-]+$`` and be unique in the
+  request; ids from other providers (Kimi's ``functions.f:0``, Gemini's and Ollama's
+  ``call_0`` repeated in every answer) are rewritten, their tool results with them.
 * OpenAI temperature runs 0..2, Anthropic's 0..1: values above 1 are clamped to 1. Claude
   models reject temperature and top_p together, so only temperature is sent then; with
   thinking enabled Anthropic accepts neither, so both are left off.

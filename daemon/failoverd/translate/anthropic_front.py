@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 _FRONT_KEYS = frozenset({
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
     "metadata", "tools", "tool_choice", "thinking", "stream", "service_tier",
+    "cache_control",  # top-level automatic caching: a hint, dropped as on blocks
 })
 
 

@@ -5,7 +5,9 @@ The decisions behind the mapping are listed in failoverd.translate.anthropic.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -29,6 +31,8 @@ DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 MIN_THINKING_BUDGET = 1024
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 
 # canonical keys translated below or dropped as hints (see the decisions)
 _ADAPTER_KEYS = frozenset({
@@ -88,7 +92,13 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
 
-    thinking = _thinking(body.get("reasoning_effort"), out["max_tokens"], messages)
+    choice = _anthropic_tool_choice(body.get("tool_choice"))
+    forced = bool(body.get("tools")) and choice is not None and choice["type"] in ("any", "tool")
+    # Anthropic refuses thinking with a forced tool call ("Thinking may not be enabled when
+    # tool_choice forces tool use"): the forced call is what the client needs, so the
+    # thinking is what goes
+    thinking = None if forced else _thinking(body.get("reasoning_effort"), out["max_tokens"],
+                                             messages)
     if thinking is not None:
         out["thinking"] = thinking
     else:
@@ -107,7 +117,6 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     if tools:
         out["tools"] = [_anthropic_tool(t, f"tools[{i}]")
                         for i, t in enumerate(as_list(tools, "tools"))]
-    choice = _anthropic_tool_choice(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False and tools and (
             choice is None or choice["type"] != "none"):  # "none" takes no other field
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -137,6 +146,7 @@ def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
 def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
+    ids = _ToolIds()
     for i, message in enumerate(raw):
         path = f"messages[{i}]"
         message = as_dict(message, path)
@@ -149,14 +159,14 @@ def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict
             blocks = _anthropic_user_content(content, f"{path}.content")
             target = "user"
         elif role == "assistant":
-            blocks = _anthropic_assistant_content(message, path)
+            blocks = _anthropic_assistant_content(message, path, ids)
             target = "assistant"
         elif role == "tool":
             tool_id = message.get("tool_call_id")
             if not isinstance(tool_id, str):
                 raise RequestError(f"{path}.tool_call_id: required string",
                                    param=f"{path}.tool_call_id")
-            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id}
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": ids.result(tool_id)}
             result_blocks = _anthropic_user_content(content, f"{path}.content")
             if result_blocks:
                 result["content"] = result_blocks
@@ -235,7 +245,44 @@ def _anthropic_image(url: str, path: str) -> dict[str, Any]:
                            param=f"{path}.image_url.url")
 
 
-def _anthropic_assistant_content(message: dict[str, Any], path: str) -> list[dict[str, Any]]:
+class _ToolIds:
+    """Tool-call ids as Anthropic takes them: matching ``^[a-zA-Z0-9_-]+$`` and unique in the
+    request. A conversation begun elsewhere breaks both (Kimi's ``functions.get_weather:0``;
+    Gemini's and Ollama's ``call_0`` in every answer); Anthropic refuses it with a 400 that
+    would end a failover to it. An id is rewritten only when it must be, and its results
+    follow it: a result answers the latest call of its id, as it is placed right after it.
+    """
+
+    __slots__ = ("_latest", "_used")
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._latest: dict[str, str] = {}
+
+    def call(self, tool_id: str) -> str:
+        out = _valid_id(tool_id)
+        n = 1
+        while out in self._used:
+            n += 1
+            out = f"{_valid_id(tool_id)}_{n}"
+        self._used.add(out)
+        self._latest[tool_id] = out
+        return out
+
+    def result(self, tool_id: str) -> str:
+        return self._latest.get(tool_id) or _valid_id(tool_id)
+
+
+def _valid_id(tool_id: str) -> str:
+    if _TOOL_ID.fullmatch(tool_id):
+        return tool_id
+    # a short digest keeps ids that differ only in refused characters apart
+    digest = hashlib.blake2s(tool_id.encode(), digest_size=4).hexdigest()
+    return f"{_TOOL_ID_CHAR.sub('_', tool_id)}_{digest}"
+
+
+def _anthropic_assistant_content(message: dict[str, Any], path: str,
+                                 ids: _ToolIds) -> list[dict[str, Any]]:
     text = text_of_blocks(message.get("content"), f"{path}.content", allow_refusal=True)
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
@@ -253,7 +300,8 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str) -> list[dic
         if not isinstance(tool_input, dict):
             raise TranslationError(f"{cpath}.function.arguments: Anthropic needs a JSON object",
                                    param=f"{cpath}.function.arguments")
-        blocks.append({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input})
+        blocks.append({"type": "tool_use", "id": ids.call(tool_id), "name": name,
+                       "input": tool_input})
     return blocks
 
 

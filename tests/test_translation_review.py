@@ -1,0 +1,165 @@
+"""Translation review: what real clients send across provider kinds, end to end.
+
+The daemon on a Unix socket, fake upstreams of every kind on 127.0.0.1 (the Anthropic fake
+refuses what the real API refuses in validation), and the official openai and anthropic SDKs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import anthropic
+import httpx2
+import pytest
+
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.gemini import FakeGemini
+from tests.fakes.openai import FakeOpenAI
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+TOOL = {"name": "get_weather", "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                         "required": ["city"]}}
+ANTHROPIC_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def config(oai: FakeOpenAI, ant: FakeAnthropic, gem: FakeGemini) -> str:
+    caps = 'capabilities = ["tools", "vision", "reasoning"]'
+    return f"""
+[providers.oai]
+kind = "openai"
+base_url = "{oai.url}"
+[providers.ant]
+kind = "anthropic"
+base_url = "{ant.url}"
+[providers.gem]
+kind = "gemini"
+base_url = "{gem.url}"
+[models."oai/kimi"]
+provider = "oai"
+{caps}
+[models."ant/claude"]
+provider = "ant"
+{caps}
+max_output_tokens = 32000
+[models."gem/flash"]
+provider = "gem"
+{caps}
+[chains.kimi-claude]
+models = ["oai/kimi", "ant/claude"]
+[chains.gemini-claude]
+models = ["gem/flash", "ant/claude"]
+[routing]
+primary = "ant/claude"
+when_all_unavailable = "fail"
+retry_after_max = 0.2
+[probes]
+kind = "none"
+"""
+
+
+@pytest.fixture
+async def rig(fake_openai, fake_anthropic, fake_gemini, start_daemon):
+    oai = await fake_openai(call_id="functions.get_weather:0")  # as Kimi numbers its calls
+    ant = await fake_anthropic()
+    gem = await fake_gemini()
+    d = await start_daemon(config(oai, ant, gem))
+    client = anthropic.AsyncAnthropic(
+        api_key="unused", base_url="http://failoverd", max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
+                                       timeout=30))
+    yield oai, ant, gem, d, client
+    await client.close()
+
+
+def _tool_blocks(body: dict, kind: str) -> list[dict]:
+    return [b for m in body["messages"] if isinstance(m["content"], list)
+            for b in m["content"] if b["type"] == kind]
+
+
+async def test_openai_client_forcing_a_tool_with_reasoning_is_served_by_anthropic(rig) -> None:
+    oai, ant, gem, d, client = rig
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        reply = await d.openai.chat.completions.create(
+            model="ant/claude", messages=[{"role": "user", "content": "weather in Paris?"}],
+            tools=[WEATHER], tool_choice=choice, reasoning_effort="high",
+            max_completion_tokens=30000)
+        assert reply.choices[0].finish_reason == "tool_calls"
+        assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
+        sent = ant.message_requests()[-1].body
+        assert sent["tool_choice"]["type"] in ("any", "tool") and "thinking" not in sent
+    # with the model free to choose, the reasoning still asks for thinking
+    await d.openai.chat.completions.create(
+        model="ant/claude", messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[WEATHER], tool_choice="auto", reasoning_effort="high",
+        max_completion_tokens=30000)
+    assert ant.message_requests()[-1].body["thinking"] == {"type": "enabled",
+                                                            "budget_tokens": 24576}
+
+
+async def test_tool_loop_begun_on_kimi_fails_over_to_anthropic(rig) -> None:
+    oai, ant, gem, d, client = rig
+    messages: list[dict] = [{"role": "user", "content": "weather in Paris?"}]
+    first = await d.openai.chat.completions.create(model="kimi-claude", messages=messages,
+                                                   tools=[WEATHER])
+    call = first.choices[0].message.tool_calls[0]
+    assert call.id == "functions.get_weather:0"
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "21 degrees"}]
+    oai.push("overloaded", "overloaded")  # the same-model retry included
+    for stream in (False, True):
+        raw = await d.openai.chat.completions.with_raw_response.create(
+            model="kimi-claude", messages=messages, tools=[WEATHER], stream=stream)
+        assert raw.headers["x-failoverd-model"] == "ant/claude"
+        oai.push("overloaded", "overloaded")
+        sent = ant.message_requests()[-1].body
+        (use,) = _tool_blocks(sent, "tool_use")
+        (result,) = _tool_blocks(sent, "tool_result")
+        assert ANTHROPIC_ID.match(use["id"]) and result["tool_use_id"] == use["id"]
+        assert result["content"] == [{"type": "text", "text": "21 degrees"}]
+
+
+async def test_anthropic_client_tool_loop_begun_on_gemini_fails_over_to_anthropic(rig) -> None:
+    oai, ant, gem, d, client = rig
+    messages: list[dict] = []
+    ids = []
+    for city in ("Paris", "London"):  # Gemini numbers every answer's calls from call_0
+        messages.append({"role": "user", "content": f"weather in {city}?"})
+        ask = await client.messages.create(model="gemini-claude", max_tokens=200,
+                                           tools=[TOOL], messages=messages)
+        use = next(b for b in ask.content if b.type == "tool_use")
+        ids.append(use.id)
+        messages += [{"role": "assistant", "content": [b.model_dump() for b in ask.content]},
+                     {"role": "user", "content": [{"type": "tool_result",
+                                                   "tool_use_id": use.id,
+                                                   "content": f"{city}: 21 degrees"}]}]
+        if city == "Paris":
+            answer = await client.messages.create(model="gemini-claude", max_tokens=200,
+                                                  tools=[TOOL], messages=messages)
+            messages.append({"role": "assistant", "content": answer.content[0].text})
+    assert ids == ["call_0", "call_0"]
+    assert ant.message_requests() == []
+    gem.push("overloaded", "overloaded")
+    async with client.messages.stream(model="gemini-claude", max_tokens=200, tools=[TOOL],
+                                      messages=messages) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "tool_use"  # the fake calls a tool whenever it has tools
+    sent = ant.message_requests()[-1].body
+    uses = [b["id"] for b in _tool_blocks(sent, "tool_use")]
+    results = [b["tool_use_id"] for b in _tool_blocks(sent, "tool_result")]
+    assert len(set(uses)) == 2 and results == uses
+    assert all(ANTHROPIC_ID.match(i) for i in uses)
+
+
+async def test_anthropic_client_top_level_cache_control_is_a_dropped_hint(rig) -> None:
+    oai, ant, gem, d, client = rig
+    for model in ("ant/claude", "oai/kimi"):
+        msg = await client.messages.create(
+            model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+            cache_control={"type": "ephemeral"})
+        assert msg.content[0].text in (ant.reply, oai.reply)
+    assert "cache_control" not in ant.message_requests()[-1].body
+    assert "cache_control" not in oai.chat_requests()[-1].body
