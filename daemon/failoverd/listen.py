@@ -76,11 +76,16 @@ def activated_sockets(env: MutableMapping[str, str] | None = None) -> list[socke
         for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
             os.set_inheritable(fd, False)
             sockets.append(socket.socket(fileno=fd))
+            _check_listening(sockets[-1])
     except OSError as exc:
         for sock in sockets:
             sock.close()
         raise ListenError(
             f"systemd passed file descriptor {fd}, but it is unusable: {exc}") from exc
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
     names = names_text.split(":") if names_text else []
     for i, sock in enumerate(sockets):
         logger.info(
@@ -210,6 +215,22 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _check_listening(sock: socket.socket) -> None:
+    """Like ``sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1)``: a listening stream socket.
+
+    A datagram socket (``ListenDatagram=``) ended the start in a traceback; a connection
+    (``Accept=yes``) was taken for a listener: READY=1, and nothing was ever accepted.
+    """
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if (sock.family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+            and sock.type == socket.SOCK_STREAM and listening):
+        return
+    raise ListenError(f"systemd passed file descriptor {sock.fileno()} ({_describe(sock)}, "
+                      f"{socket.SocketKind(sock.type).name}, "
+                      f"{'listening' if listening else 'not listening'}): failoverd needs a "
+                      "listening Unix or TCP stream socket (ListenStream= with Accept=no)")
 
 
 def _describe(sock: socket.socket) -> str:

@@ -66,13 +66,16 @@ class Supervisor:
     def __init__(self, config: Config, *, config_path: str | None = None,
                  clock: Clock | None = None, rng: random.Random | None = None,
                  handle_signals: bool = True, notifier: Notifier | None = None,
-                 idle_timeout: float = IDLE_CONNECTION_SECONDS) -> None:
+                 idle_timeout: float = IDLE_CONNECTION_SECONDS,
+                 early_reload: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.handle_signals = handle_signals
         self.idle_timeout = idle_timeout
+        # whether a SIGHUP came before our handler was installed (the CLI catches those)
+        self._early_reload = early_reload
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -162,8 +165,16 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig)
             stack.callback(loop.remove_signal_handler, sig)
+        # the handler before ours (the CLI's) comes back afterwards: asyncio would leave
+        # SIGHUP's default action, which ends the process while it is still shutting down
+        previous = signal.getsignal(signal.SIGHUP)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if previous is not None:
+            stack.callback(signal.signal, signal.SIGHUP, previous)
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        if self._early_reload is not None and self._early_reload():
+            logger.info("SIGHUP received while starting: reloading once started")
+            self.request_reload()
 
     async def _start_http(self, stack: AsyncExitStack, service: Service,
                           sockets: list[socket.socket]) -> web.AppRunner:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from importlib import resources
@@ -61,7 +62,32 @@ def demo_config() -> Config:
     return dataclasses.replace(cfg, daemon=daemon, source="<embedded demo>")
 
 
+class _EarlyHangup:
+    """Catches SIGHUP until the supervisor's handler takes over, and after it is gone.
+
+    SIGHUP's default action ends the process, and systemd counts a SIGHUP death as a clean
+    exit: ``Restart=on-failure`` would not start the daemon again. A reload asked for while
+    the daemon starts (the config may have changed since it was read) is done once it runs.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.pending = True
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self)
+
+    def take(self) -> bool:
+        """Whether a SIGHUP arrived since the last call."""
+        pending, self.pending = self.pending, False
+        return pending
+
+
 def main(argv: list[str] | None = None) -> int:
+    hangup = _EarlyHangup()
+    hangup.install()
     args = _parser().parse_args(argv)
     try:
         cfg = demo_config() if args.demo else config_mod.load(args.config)
@@ -83,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(cfg.daemon.state_dir, ignore_errors=True)
         from failoverd.supervisor import run_blocking
-        run_blocking(cfg, args.config)
+        run_blocking(cfg, args.config, early_reload=hangup.take)
     except FailoverdError as exc:
         print(f"failoverd: {exc}", file=sys.stderr)
         return 1

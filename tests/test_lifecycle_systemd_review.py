@@ -1,0 +1,122 @@
+"""Lifecycle review with real processes, as systemd drives them: a SIGHUP that came while the
+daemon was starting, sockets passed by systemd that cannot serve, and a state file holding
+values the daemon would crash on.
+
+Reuses test_lifecycle's `launch` (the `failoverd` console script with a fake NOTIFY_SOCKET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import REPLY, Launch, chat, launch, toml  # noqa: F401 - a fixture
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+needs_activate = pytest.mark.skipif(ACTIVATE is None,
+                                    reason="systemd-socket-activate is not installed")
+
+
+async def _open_fifo_for_writing(path: Path, proc: asyncio.subprocess.Process) -> int:
+    """The write end of the FIFO, once the daemon has opened its read end (it blocks there)."""
+    async with asyncio.timeout(10):
+        while True:
+            assert proc.returncode is None, "the daemon exited before reading its config"
+            try:
+                return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            await asyncio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- SIGHUP at start
+
+
+async def test_sighup_while_starting_is_a_reload_not_the_end(short_dir: Path, fake_openai,
+                                                             launch: Launch) -> None:  # noqa: F811
+    # SIGHUP's default action ends the process, and systemd counts that as a clean exit, so
+    # Restart=on-failure did not bring the daemon back. Here it arrives while the daemon is
+    # reading its config: the config file is a FIFO the test holds until the signal is sent.
+    a = await fake_openai()
+    b = await fake_openai()
+    first = toml(short_dir, {"a": a})
+    second = toml(short_dir, {"a": a, "b": b})
+    fifo = short_dir / "d.toml"
+    os.mkfifo(fifo)
+    d = await launch("", config=fifo, wait_ready=False)
+    fd = await _open_fifo_for_writing(fifo, d.proc)
+    d.signal(signal.SIGHUP)
+    await asyncio.sleep(0.1)  # a signal ends the process at once if nothing catches it
+    if d.proc.returncode is not None:
+        os.close(fd)
+        pytest.fail(f"SIGHUP while starting ended the daemon: exit {d.proc.returncode}")
+    try:
+        os.write(fd, first.encode())
+    finally:
+        os.close(fd)
+    # what the operator wrote before the SIGHUP: the reload must pick it up
+    staged = short_dir / "staged.toml"
+    staged.write_text(second)
+    os.replace(staged, fifo)
+    ready = asyncio.create_task(d.notify.expect("READY=1"))
+    exited = asyncio.create_task(d.proc.wait())
+    await asyncio.wait((ready, exited), timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    exited.cancel()
+    assert d.proc.returncode is None, f"exited {d.proc.returncode}:\n{d.log_text()}"
+    i = await d.notify.expect("READY=1")
+    j = await d.notify.expect("RELOADING=1", after=i + 1, timeout=5)
+    await d.notify.expect("READY=1", after=j + 1, timeout=5)
+    client = d.client()
+    models = (await client.get("/v1/status")).json()["models"]
+    assert sorted(models) == ["a/gpt-a", "b/gpt-b"]
+    assert (await chat(client))[:2] == (200, REPLY)
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+    assert d.notify.lifecycle() == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+
+
+# --------------------------------------------------------------------------- socket activation
+
+# Execs argv with one socket of the given kind as fd 3 and LISTEN_PID naming itself, as systemd
+# does (systemd-socket-activate cannot pass a connection without forking a child per client).
+_LAUNCHER = """
+import os, socket, sys
+kind, path, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+if kind == "datagram":
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+else:  # "connection": what Accept=yes passes
+    s, peer = socket.socketpair()
+    peer.set_inheritable(True)  # stays open in the daemon: the connection is not at EOF
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="api")
+os.execv(argv[0], argv)
+"""
+
+
+@pytest.mark.parametrize("kind", ["datagram", "connection"])
+async def test_a_passed_socket_that_cannot_listen_fails_the_start_clearly(
+        short_dir: Path, fake_openai, launch: Launch, kind: str) -> None:  # noqa: F811
+    # ListenDatagram= ended in a traceback; with Accept=yes the daemon said READY=1 on a
+    # connection and never accepted anything
+    a = await fake_openai()
+    d = await launch(toml(short_dir, {"a": a}), wait_ready=False,
+                     argv=[sys.executable, "-c", _LAUNCHER, kind, str(short_dir / "x.sock")])
+    assert await d.exit_code() == 1
+    log = d.log_text()
+    assert "failoverd: systemd passed file descriptor 3" in log
+    assert "ListenStream= with Accept=no" in log
+    assert "Traceback" not in log
+    assert "READY=1" not in d.notify.messages
+    assert not (short_dir / "d.sock").exists()  # daemon.socket was not bound either
