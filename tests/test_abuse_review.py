@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.conftest import Daemon
 from tests.fakes.serving import StreamServer
-from tests.helpers import one_model_config
+from tests.helpers import one_model_config, until
 from tests.test_fastpath import (
     ASK,
     NO_PROBES,
+    closed_by_daemon,
+    connect,
     content,
     exchange,
     post,
+    read_answer,
 )
+from tests.test_lifecycle import launch, toml  # noqa: F401, F811  (launch: a fixture)
 
 WAIT = 10.0
 
@@ -196,3 +203,37 @@ def test_a_compressed_stream_may_decode_to_more_than_one_read() -> None:
     for i in range(0, len(packed), 1000):
         parser.feed(packed[i:i + 1000])
     assert sink.done and bytes(sink.body) == text * 2
+
+
+# ---------------------------------------------------------------------- file descriptors
+
+
+@pytest.mark.parametrize("uvloop", ["0", "1"])
+async def test_idle_client_connections_cannot_starve_the_upstream_of_file_descriptors(
+        short_dir: Path, fake_openai: Any, launch: Any, uvloop: str) -> None:  # noqa: F811
+    """With no cap, a local client holding enough idle connections took every file
+    descriptor: each upstream connect then failed with EMFILE, a `connection` failure held
+    against the model's breaker (three open it, for everyone). Client connections now hold at
+    most half the limit; the ones past it are closed at once, and the daemon recovers."""
+    fake = await fake_openai()
+    d = await launch(toml(short_dir, {"a": fake}), env={"FAILOVERD_UVLOOP": uvloop},
+                     argv=["prlimit", "--nofile=400:400", "--"])
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(300):
+            held.append(await asyncio.wait_for(asyncio.open_unix_connection(d.socket), WAIT))
+        # the last ones are closed by the daemon without a word
+        assert await closed_by_daemon(held[-1][0])
+        for reader, writer in held[:3]:  # admitted: served, upstream connects work
+            writer.write(post(ASK))
+            assert content(await read_answer(reader)) == fake.reply
+    finally:
+        for _, writer in held:
+            writer.close()
+    # once the daemon has seen them go, it admits again
+    await until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) < 100, WAIT)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK))
+        assert content(await read_answer(reader)) == fake.reply
+    assert "new ones are closed at once" in d.log_text()
+    assert "Too many open files" not in d.log_text()

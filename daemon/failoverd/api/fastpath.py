@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -56,6 +57,11 @@ HEAD_LIMIT = 8190
 _AHEAD = 64 * 1024
 # how every request served here begins
 _REQUEST_START = b"POST /v1/"
+# the share of the process's file descriptors client connections may hold: the rest stay
+# for upstream connections, the state file and hooks, which a local client holding
+# thousands of idle connections would otherwise starve (every upstream connect failing with
+# EMFILE, counted against the model's breaker)
+_CLIENT_FD_SHARE = 0.5
 # aiohttp's limit on the number of header fields (more: its 400)
 MAX_FIELDS = 128
 # what aiohttp refuses to send in a header: a control character other than tab
@@ -91,11 +97,28 @@ class FastPath:
         self.closing = False
         self.served = 0  # answers written by this path
         self.handed_off = 0  # connections given to aiohttp
+        self.max_connections = max_client_connections()
+        self.refused = 0  # connections closed at once: max_connections were open
+        self._full = False
         self._date = ""
         self._date_second = 0
 
     def __call__(self) -> FastConnection:
         return FastConnection(self)
+
+    def admit(self) -> bool:
+        """Whether a new connection may stay: fewer than `max_connections` are open on both
+        paths (aiohttp's list is copied: counted per connection, never per request)."""
+        server_connections = getattr(self.aiohttp_server, "connections", ())
+        if len(self.connections) + len(server_connections) < self.max_connections:
+            self._full = False
+            return True
+        self.refused += 1
+        if not self._full:  # once per episode, not per connection
+            self._full = True
+            logger.warning("%d client connections are open (half the file descriptor limit): "
+                           "new ones are closed at once", self.max_connections)
+        return False
 
     def date(self) -> str:
         second = int(time.time())
@@ -117,6 +140,14 @@ class FastPath:
         self.closing = True
         for conn in list(self.connections):
             conn.close()
+
+
+def max_client_connections() -> int:
+    """How many client connections may be open at once: half the file descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(1, int(soft * _CLIENT_FD_SHARE))
 
 
 class _Body:
@@ -239,6 +270,10 @@ class FastConnection(asyncio.Protocol, StreamOpener):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if not self.front.admit():
+            self.closed = True
+            self.transport.abort()
+            return
         self.front.connections.add(self)
         self.idle_since = self._loop.time()
         self.idle_timer = self._loop.call_at(self.idle_since + self.front.idle_timeout,
