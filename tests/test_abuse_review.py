@@ -22,6 +22,7 @@ from tests.fakes.serving import StreamServer
 from tests.helpers import one_model_config, until
 from tests.test_fastpath import (
     ASK,
+    CHAT,
     NO_PROBES,
     closed_by_daemon,
     connect,
@@ -237,3 +238,42 @@ async def test_idle_client_connections_cannot_starve_the_upstream_of_file_descri
         assert content(await read_answer(reader)) == fake.reply
     assert "new ones are closed at once" in d.log_text()
     assert "Too many open files" not in d.log_text()
+
+
+# ---------------------------------------------------------------------- found correct
+
+
+async def test_a_redirect_is_not_followed_and_unsolicited_bytes_drop_the_connection(
+        start_daemon: Any) -> None:
+    """A 302 to another (loopback) server is a failure, never followed; an answer to a
+    request never sent, arriving on an idle pooled connection, closes it (not the next
+    request's answer)."""
+    async with raw_upstream() as upstream, raw_upstream() as elsewhere:
+        d = await upstream_daemon(start_daemon, upstream)
+        upstream.script.append(sends(b"HTTP/1.1 302 Found\r\nLocation: %s/chat/completions\r\n"
+                                     b"Content-Length: 0\r\n\r\n" % elsewhere.url.encode()))
+        one = attempt(await exchange(d.socket, post(ASK)))
+        assert one["reason"] == "invalid_response", one
+        assert elsewhere.requests == 0
+        assert content(await exchange(d.socket, post(ASK))) == "fine"
+        for writer in upstream.writers:  # a forged answer on the idle connection
+            if not writer.is_closing():
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await until(lambda: all(w.is_closing() for w in upstream.writers), WAIT)
+        assert content(await exchange(d.socket, post(ASK))) == "fine"
+
+
+async def test_an_upstream_error_passed_on_cannot_add_header_lines(start_daemon: Any) -> None:
+    """The Content-Type of a 400 passed through unchanged carries a bare CR and a header of
+    the upstream's: the client gets the 400 and the body, with no header line added."""
+    async with raw_upstream() as upstream:
+        d = await upstream_daemon(start_daemon, upstream)
+        body = b'{"error": {"message": "bad thing", "type": "invalid_request_error"}}'
+        bad = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\rSet-Cookie: a=b"
+               b"\r\nSet-Cookie: c=d\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        for path in (CHAT, CHAT + "?via=aiohttp"):
+            upstream.script.append(sends(bad))
+            answer = await exchange(d.socket, post(ASK, path))
+            assert answer.status == 400 and answer.body == body
+            assert "Set-Cookie" not in answer.headers
+            assert "\r" not in answer.headers["Content-Type"]
