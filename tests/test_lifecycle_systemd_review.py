@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import shutil
 import signal
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.test_lifecycle import REPLY, Launch, chat, launch, toml  # noqa: F401 - a fixture
@@ -120,3 +122,35 @@ async def test_a_passed_socket_that_cannot_listen_fails_the_start_clearly(
     assert "Traceback" not in log
     assert "READY=1" not in d.notify.messages
     assert not (short_dir / "d.sock").exists()  # daemon.socket was not bound either
+
+
+# --------------------------------------------------------------------------- state file
+
+
+@pytest.mark.parametrize(("key", "value"), [("open_until", 1e13), ("open_count", 10**29)])
+async def test_a_state_file_with_numbers_out_of_range_is_set_aside(
+        short_dir: Path, fake_openai, launch: Launch, key: str, value: float) -> None:  # noqa: F811
+    # a breaker open until the year 318857 made the prober's date arithmetic overflow, an open
+    # count beyond 64 bits the first save: the daemon stopped at every start, a restart loop
+    a = await fake_openai()
+    text = toml(short_dir, {"a": a})
+    d = await launch(text)
+    r = await d.client().post("/v1/models/a/gpt-a/open", json={"seconds": 600})
+    assert r.json()["state"] == "forced_open"
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+    path = short_dir / "d-state" / "state.json"
+    saved = orjson.loads(path.read_bytes())
+    saved["breakers"]["a/gpt-a"].update({"state": "open", key: value})
+    path.write_text(json.dumps(saved))  # orjson cannot write an integer beyond 64 bits
+
+    again = await launch(text, name="d", config=d.config)
+    log = again.log_text()
+    assert f"state file {path} is corrupt (breakers.a/gpt-a.{key} = " in log
+    assert (short_dir / "d-state" / "state.json.corrupt").exists()
+    client = again.client()
+    assert (await client.get("/v1/status")).json()["models"]["a/gpt-a"]["state"] == "closed"
+    assert (await chat(client))[:2] == (200, REPLY)
+    again.signal(signal.SIGTERM)
+    assert await again.exit_code() == 0
+    assert orjson.loads(path.read_bytes())["breakers"]["a/gpt-a"]["state"] == "closed"

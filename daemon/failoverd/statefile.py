@@ -3,7 +3,9 @@
 Writes are atomic (a temporary file in the same directory, fsync, ``os.replace``, fsync of the
 directory), so a crash leaves either the old or the new state, never half of one. The file is
 mode 0600: it names models and providers, which is nobody else's business. A corrupt file is
-moved aside to ``state.json.corrupt`` for the operator and the daemon starts fresh.
+moved aside to ``state.json.corrupt`` for the operator and the daemon starts fresh; so is one
+holding a number failoverd never writes (beyond ``MAX_NUMBER``), which the breakers and the
+prober would take as it is.
 
 The I/O is blocking and small; callers on the event loop may use ``asyncio.to_thread``.
 """
@@ -25,6 +27,11 @@ logger = logging.getLogger(__name__)
 FILE_NAME = "state.json"
 _TMP_PREFIX = f".{FILE_NAME}."
 _TMP_SUFFIX = ".tmp"
+
+MAX_NUMBER = 1e11
+"""No number in the state file is larger in magnitude: times are Unix seconds (1e11 is the year
+5138) and counts stay small. An open period until the year 33658 stopped the daemon at every start
+(the prober's date arithmetic overflowed), an open count beyond 64 bits at the first save."""
 
 
 class StateFile:
@@ -68,6 +75,7 @@ class StateFile:
             data = orjson.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError(f"top level is {type(data).__name__}, not an object")
+            _check_numbers(data)
         except (orjson.JSONDecodeError, ValueError) as exc:
             logger.warning("state file %s is corrupt (%s); moved to %s, starting fresh",
                            self.path, exc, self.corrupt_path)
@@ -98,3 +106,18 @@ class StateFile:
         for path in leftovers:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _check_numbers(data: dict[str, Any]) -> None:
+    """Raises ValueError naming the first number beyond ``MAX_NUMBER`` (iterative: orjson
+    accepts nesting deeper than Python's recursion limit)."""
+    todo: list[tuple[str, Any]] = [("", data)]
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend((f"{where}.{key}" if where else str(key), v) for key, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if not abs(value) <= MAX_NUMBER:  # also NaN, though orjson does not produce it
+                raise ValueError(f"{where} = {value!r} is out of range")
