@@ -27,7 +27,7 @@ ANTHROPIC_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 def config(oai: FakeOpenAI, ant: FakeAnthropic, gem: FakeGemini) -> str:
-    caps = 'capabilities = ["tools", "vision", "reasoning"]'
+    caps = 'capabilities = ["tools", "vision", "reasoning", "json"]'
     return f"""
 [providers.oai]
 kind = "openai"
@@ -163,3 +163,53 @@ async def test_anthropic_client_top_level_cache_control_is_a_dropped_hint(rig) -
         assert msg.content[0].text in (ant.reply, oai.reply)
     assert "cache_control" not in ant.message_requests()[-1].body
     assert "cache_control" not in oai.chat_requests()[-1].body
+
+
+@pytest.mark.parametrize("model", ["ant/claude", "gem/flash"])
+async def test_openai_stream_helper_assembles_tool_calls_and_usage(rig, model: str) -> None:
+    oai, ant, gem, d, client = rig
+    async with d.openai.chat.completions.stream(
+            model=model, messages=[{"role": "user", "content": "weather in Paris?"}],
+            tools=[WEATHER], stream_options={"include_usage": True},
+            extra_headers={"x-failoverd-no-fallback": "1"}) as stream:
+        done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = await stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [e.name for e in done] == ["get_weather"]
+    assert choice.message.tool_calls[0].function.name == "get_weather"
+    assert choice.message.tool_calls[0].function.parsed_arguments is None  # not strict
+    assert final.usage is not None and final.usage.prompt_tokens > 0
+
+
+async def test_structured_outputs_cross_both_fronts(rig) -> None:
+    oai, ant, gem, d, client = rig
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "degrees": {"type": "integer"}},
+              "required": ["city", "degrees"], "additionalProperties": False}
+    output_config = {"format": {"type": "json_schema", "schema": schema}}
+    # the anthropic SDK's structured outputs, served by Anthropic and by an OpenAI upstream
+    msg = await client.messages.create(model="ant/claude", max_tokens=100,
+                                       messages=[{"role": "user", "content": "Paris?"}],
+                                       output_config=output_config)
+    assert ant.message_requests()[-1].body["output_config"] == output_config
+    assert msg.content[0].text == '{"city":"Paris","degrees":21}'
+    await client.messages.create(model="oai/kimi", max_tokens=100,
+                                 messages=[{"role": "user", "content": "Paris?"}],
+                                 output_config=output_config)
+    assert oai.chat_requests()[-1].body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "output", "schema": schema,
+                                               "strict": True}}
+    # the openai SDK's parse() helper served by Anthropic
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema,
+                                                  "strict": True}}
+    reply = await d.openai.chat.completions.create(
+        model="ant/claude", messages=[{"role": "user", "content": "Paris?"}],
+        response_format=fmt, extra_headers={"x-failoverd-no-fallback": "1"})
+    assert reply.choices[0].message.content == '{"city":"Paris","degrees":21}'
+    assert ant.message_requests()[-1].body["output_config"] == output_config
+    with pytest.raises(anthropic.BadRequestError) as info:  # no equivalent: named
+        await client.messages.create(model="ant/claude", max_tokens=100,
+                                     messages=[{"role": "user", "content": "Paris?"}],
+                                     output_config={"effort": "low"})
+    assert info.value.body["error"]["param"] == "output_config.effort"

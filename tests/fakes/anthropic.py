@@ -109,6 +109,10 @@ class FakeAnthropic(FakeServer[Logged]):
             return [{"type": "text", "text": "Let me check."},
                     {"type": "tool_use", "id": "toolu_01Fake", "name": body["tools"][0]["name"],
                      "input": {"city": "Paris", "days": 2}}], "tool_use"
+        fmt = (body.get("output_config") or {}).get("format")
+        if fmt is not None:  # structured outputs: a JSON text that fits the schema
+            return [{"type": "text", "text": orjson.dumps(_instance(fmt["schema"])).decode()}
+                    ], "end_turn"
         sequence = _stop_sequence(self.reply, body)
         if sequence is not None:
             return [{"type": "text", "text": self.reply.split(sequence)[0]}], "stop_sequence"
@@ -217,6 +221,15 @@ def _invalid(body: dict[str, Any]) -> str | None:
                     f"`redacted_thinking`, but found `{first.get('type')}`. When `thinking` is "
                     "enabled, a final `assistant` message must start with a thinking block.")
     return None
+
+
+def _instance(schema: dict[str, Any]) -> Any:
+    """A value that fits a (simple) JSON schema, as structured outputs guarantee one."""
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: _instance(sub) for name, sub in (schema.get("properties") or {}).items()}
+    return {"string": "Paris", "integer": 21, "number": 21.5, "boolean": True,
+            "array": []}.get(str(kind))
 
 
 def _stop_sequence(reply: str, body: dict[str, Any]) -> str | None:

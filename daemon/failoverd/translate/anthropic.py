@@ -41,8 +41,11 @@ Decisions, so every translator and operator can rely on them:
   models reject temperature and top_p together, so only temperature is sent then; with
   thinking enabled Anthropic accepts neither, so both are left off.
 * Not expressible (TranslationError naming the field): document/search-result blocks,
-  server tools (web_search, bash, computer, ...), ``top_k`` towards canonical; ``n`` > 1,
-  ``response_format`` json, logprobs, penalties, audio, ``logit_bias`` towards Anthropic.
+  server tools (web_search, bash, computer, ...), ``top_k``, ``output_config`` settings
+  other than ``format`` towards canonical; ``n`` > 1, ``response_format`` json_object,
+  logprobs, penalties, audio, ``logit_bias`` towards Anthropic.
+* Structured outputs: Anthropic's ``output_config.format`` (json_schema) is the canonical
+  ``response_format`` json_schema, both ways.
 * Images inside tool results are a canonical extension (a tool message whose content has
   image_url parts): Anthropic takes them; Gemini's adapter refuses them (its candidate is
   skipped as incapable) and OpenAI-compatible upstreams may answer with a 400.

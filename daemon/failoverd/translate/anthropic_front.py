@@ -25,6 +25,7 @@ _FRONT_KEYS = frozenset({
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
     "metadata", "tools", "tool_choice", "thinking", "stream", "service_tier",
     "cache_control",  # top-level automatic caching: a hint, dropped as on blocks
+    "output_config",
 })
 
 
@@ -104,6 +105,10 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         effort = _front_thinking(as_dict(thinking, "thinking"))
         if effort is not None:
             out["reasoning_effort"] = effort
+    if body.get("output_config") is not None:
+        fmt = _front_output(as_dict(body["output_config"], "output_config"))
+        if fmt is not None:
+            out["response_format"] = fmt
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise RequestError("stream: must be a boolean", param="stream")
@@ -111,6 +116,25 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def _front_output(config: dict[str, Any]) -> dict[str, Any] | None:
+    """output_config's ``format`` (structured outputs, the SDK's ``messages.parse``) as the
+    canonical json_schema response_format; its other settings have no equivalent."""
+    for key in config:
+        if key != "format":
+            raise TranslationError(f"output_config.{key}: not supported by failoverd's "
+                                   "translation", param=f"output_config.{key}")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    fmt = as_dict(fmt, "output_config.format")
+    if fmt.get("type") != "json_schema":
+        raise TranslationError(f"output_config.format.type: {fmt.get('type')!r} is not "
+                               "supported", param="output_config.format.type")
+    schema = as_dict(fmt.get("schema"), "output_config.format.schema")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema,
+                                                   "strict": True}}
 
 
 def _front_system(system: Any) -> str | list[dict[str, Any]]:

@@ -73,7 +73,8 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     if n not in (None, 1):
         raise TranslationError("n: Anthropic returns one choice per request", param="n")
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+    output_format = _output_format(fmt)
+    if output_format is None and isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
         raise TranslationError(f"response_format.type: {fmt.get('type')!r} is not supported "
                                "by Anthropic", param="response_format.type")
 
@@ -88,6 +89,8 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     if system:
         out["system"] = system
     out["messages"] = messages
+    if output_format is not None:
+        out["output_config"] = {"format": output_format}
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -123,6 +126,16 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     if choice is not None and (tools or choice["type"] == "none"):
         out["tool_choice"] = choice
     return out
+
+
+def _output_format(fmt: Any) -> dict[str, Any] | None:
+    """A json_schema response_format as Anthropic's structured-output format (json_object,
+    with no schema, has no equivalent there)."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt.get("json_schema")
+    schema = schema.get("schema") if isinstance(schema, dict) else None
+    return {"type": "json_schema", "schema": schema} if isinstance(schema, dict) else None
 
 
 def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
