@@ -16,10 +16,19 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from tests.test_lifecycle import REPLY, Launch, chat, launch, toml  # noqa: F401 - a fixture
+from tests.helpers import tcp_listener
+from tests.test_lifecycle import (  # noqa: F401 - launch is a fixture
+    REPLY,
+    Launch,
+    NotifySocket,
+    chat,
+    launch,
+    toml,
+)
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 needs_activate = pytest.mark.skipif(ACTIVATE is None,
@@ -154,3 +163,95 @@ async def test_a_state_file_with_numbers_out_of_range_is_set_aside(
     again.signal(signal.SIGTERM)
     assert await again.exit_code() == 0
     assert orjson.loads(path.read_bytes())["breakers"]["a/gpt-a"]["state"] == "closed"
+
+
+# --------------------------------------------------------------------------- sd_notify, signals
+
+
+async def test_abstract_notify_socket_and_sigint(short_dir: Path, fake_openai,
+                                                 launch: Launch) -> None:  # noqa: F811
+    a = await fake_openai()
+    abstract = NotifySocket(Path(f"\0failoverd-test-{os.getpid()}-{short_dir.name}"))
+    try:
+        d = await launch(toml(short_dir, {"a": a}), wait_ready=False,
+                         argv=["env", "NOTIFY_SOCKET=@" + abstract.path[1:]])
+        await abstract.expect("READY=1")
+        assert (await chat(d.client()))[:2] == (200, REPLY)
+        d.signal(signal.SIGINT)
+        await abstract.expect("STOPPING=1", timeout=5)
+        assert await d.exit_code() == 0
+        assert [m.split("\n")[0] for m in abstract.messages] == ["READY=1", "STOPPING=1"]
+        assert d.notify.messages == []  # the fixture's socket was overridden
+    finally:
+        await abstract.close()
+
+
+async def test_watchdog_is_fed_through_the_drain_and_sighup_there_is_ignored(
+        short_dir: Path, fake_openai, launch: Launch) -> None:  # noqa: F811
+    # a drain up to shutdown_timeout (30 s) is as long as WatchdogSec=: the pings must go on
+    a = await fake_openai(default="slow_stream:0.1")
+    d = await launch(toml(short_dir, {"a": a}, daemon="shutdown_timeout = 10\n"),
+                     env={"WATCHDOG_USEC": "100000"})
+    stream = asyncio.create_task(chat(d.client(), stream=True))
+    async with asyncio.timeout(5):
+        while not a.chat_requests():
+            await asyncio.sleep(0.01)
+    d.signal(signal.SIGTERM)
+    stopping = await d.notify.expect("STOPPING=1", timeout=5)
+    ping = await d.notify.expect("WATCHDOG=1", after=stopping + 1, timeout=2)
+    await d.notify.expect("WATCHDOG=1", after=ping + 1, timeout=2)
+    assert not stream.done()
+    d.signal(signal.SIGHUP)  # a reload while stopping: nothing to do, and no death by SIGHUP
+    assert (await stream)[:2] == (200, REPLY + "[DONE]")
+    assert await d.exit_code() == 0
+    assert d.notify.lifecycle() == ["READY=1", "STOPPING=1"]
+
+
+async def test_sighup_storm_under_load_on_both_listeners(short_dir: Path, fake_openai,
+                                                         launch: Launch) -> None:  # noqa: F811
+    a = await fake_openai(default="slow_stream:0.02")
+    b = await fake_openai()
+    port, tcp = tcp_listener(short_dir)
+    d = await launch(toml(short_dir, {"a": a, "b": b}, daemon=tcp))
+    unix = d.client()
+    r = await unix.post("/v1/models/b/gpt-b/open")
+    assert r.json()["state"] == "forced_open"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                 headers={"Authorization": "Bearer s3cret"}) as over_tcp:
+        streams = [asyncio.create_task(chat(c, stream=True, model="a/gpt-a"))
+                   for c in (unix, over_tcp) for _ in range(4)]
+        async with asyncio.timeout(5):
+            while len(a.chat_requests()) < 8:
+                await asyncio.sleep(0.01)
+        for _ in range(30):
+            d.signal(signal.SIGHUP)
+            await asyncio.sleep(0.005)
+        results = await asyncio.gather(*streams)
+        assert [r[:2] for r in results] == [(200, REPLY + "[DONE]")] * 8
+        # both listeners still serve, with the token still asked for on TCP
+        assert (await chat(over_tcp, model="a/gpt-a"))[:2] == (200, REPLY)
+        assert (await over_tcp.get("/v1/status", headers={"Authorization": ""})
+                ).status_code == 401
+    # every RELOADING=1 got its READY=1, and the breaker forced open survived them all
+    lifecycle = d.notify.lifecycle()
+    async with asyncio.timeout(5):
+        while lifecycle[-1] != "READY=1":
+            await asyncio.sleep(0.01)
+            lifecycle = d.notify.lifecycle()
+    assert lifecycle[0] == "READY=1" and lifecycle.count("RELOADING=1") >= 1
+    assert lifecycle[1:] == ["RELOADING=1", "READY=1"] * lifecycle.count("RELOADING=1")
+    assert (await unix.get("/v1/status")).json()["models"]["b/gpt-b"]["state"] == "forced_open"
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+
+
+async def test_stopping_asks_systemd_for_the_time_the_drain_may_take(
+        short_dir: Path, fake_openai, launch: Launch) -> None:  # noqa: F811
+    # shutdown_timeout = 50 against the unit's TimeoutStopSec=45: SIGKILL came mid-drain (no
+    # error for the streams cut, no MQTT offline, no state saved); EXTEND_TIMEOUT_USEC covers it
+    a = await fake_openai()
+    d = await launch(toml(short_dir, {"a": a}, daemon="shutdown_timeout = 50\n"))
+    d.signal(signal.SIGTERM)
+    stopping = d.notify.messages[await d.notify.expect("STOPPING=1", timeout=5)]
+    assert stopping.split("\n") == ["STOPPING=1", "EXTEND_TIMEOUT_USEC=60000000"]
+    assert await d.exit_code() == 0

@@ -8,7 +8,8 @@ strings to it. What it lacks, added here:
 - text is sent as UTF-8 (``sdnotify`` encodes Latin-1 and silently drops anything else);
 - a send that fails (no socket yet, systemd gone, queue full) is logged once per outage and
   counted, never raised into the daemon, and the connection is retried on the next message;
-- the protocol messages themselves: ``RELOADING=1`` with ``MONOTONIC_USEC``, a one-line
+- the protocol messages themselves: ``RELOADING=1`` with ``MONOTONIC_USEC``,
+  ``STOPPING=1`` with ``EXTEND_TIMEOUT_USEC``, a one-line
   ``STATUS``, the watchdog interval from ``WATCHDOG_USEC``/``WATCHDOG_PID``, and a watchdog
   coroutine that pings from the event loop so a wedged loop stops the pings.
 
@@ -120,9 +121,12 @@ class Notifier:
         usec = round(self._clock.monotonic() * 1_000_000)
         return self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
-    def stopping(self) -> bool:
-        """Shutdown begins: ``STOPPING=1``."""
-        return self.notify("STOPPING=1")
+    def stopping(self, needs: float | None = None) -> bool:
+        """Shutdown begins: ``STOPPING=1``; with ``needs`` (seconds) also
+        ``EXTEND_TIMEOUT_USEC``, so systemd waits that long even past ``TimeoutStopSec=``."""
+        if needs is None or needs <= 0:
+            return self.notify("STOPPING=1")
+        return self.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={round(needs * 1_000_000)}")
 
     def watchdog(self) -> bool:
         """Feed the watchdog: ``WATCHDOG=1``."""

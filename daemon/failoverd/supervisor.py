@@ -5,12 +5,13 @@ second instance fails before it touches anything), one shared upstream HTTP clie
 Service (state restored from ``state_dir``), MQTT, hooks, the prober, the HTTP app, then
 ``READY=1`` and the watchdog. Signals only set events (SIGTERM/SIGINT: stop, SIGHUP: reload).
 
-Stop runs in a fixed order with a time limit: ``STOPPING=1``, stop accepting (the listening
-sockets close, idle keep-alive connections close), drain in-flight requests and streams up to
-``daemon.shutdown_timeout``, cut what is left with a clear error, then close the HTTP server,
-prober, hooks and MQTT (``offline``), persist state and remove our socket file. Background
-hooks and the MQTT flush only get what is left of ``shutdown_timeout`` (at most 5 s each; MQTT
-at least 1 s), so the whole stop stays within systemd's ``TimeoutStopSec=``.
+Stop runs in a fixed order with a time limit: ``STOPPING=1`` (with ``EXTEND_TIMEOUT_USEC``,
+the time the stop may take, in case ``TimeoutStopSec=`` is shorter), stop accepting (the
+listening sockets close, idle keep-alive connections close), drain in-flight requests and
+streams up to ``daemon.shutdown_timeout``, cut what is left with a clear error, then close the
+HTTP server, prober, hooks and MQTT (``offline``), persist state and remove our socket file.
+Background hooks and the MQTT flush only get what is left of ``shutdown_timeout`` (at most 5 s
+each; MQTT at least 1 s), so the whole stop stays within systemd's ``TimeoutStopSec=``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ HOOKS_GRACE_SECONDS = 5.0
 MQTT_GRACE_SECONDS = 5.0
 # ... but MQTT always gets this long to publish what is queued and `offline`.
 MQTT_MIN_GRACE_SECONDS = 1.0
+# What the stop may take after the drain: the cut, the HTTP server's cleanup, MQTT's last
+# second, the state file (what EXTEND_TIMEOUT_USEC asks for beyond shutdown_timeout).
+STOP_AFTER_DRAIN_SECONDS = 2 * CUT_GRACE_SECONDS + MQTT_MIN_GRACE_SECONDS + 5.0
 # How often STATUS= is refreshed (only sent when the line changed).
 STATUS_INTERVAL = 5.0
 
@@ -277,7 +281,9 @@ class Supervisor:
         """Stop accepting, let in-flight requests finish up to shutdown_timeout, cut the rest."""
         timeout = self.config.daemon.shutdown_timeout
         self._stop_deadline = asyncio.get_running_loop().time() + timeout
-        self.notifier.stopping()
+        # a shutdown_timeout raised without TimeoutStopSec= got SIGKILL in the middle of the
+        # drain: no error for the streams cut, no MQTT offline, no state saved
+        self.notifier.stopping(needs=timeout + STOP_AFTER_DRAIN_SECONDS)
         self._close_listeners()  # new connections are refused
         # Idle keep-alive connections close now, busy ones right after their response.
         if self.fast is not None:
