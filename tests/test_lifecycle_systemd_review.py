@@ -116,6 +116,48 @@ os.execv(argv[0], argv)
 """
 
 
+@needs_activate
+async def test_two_passed_sockets_are_served_and_left_to_systemd(
+        short_dir: Path, fake_openai, launch: Launch) -> None:  # noqa: F811
+    a = await fake_openai()
+    passed = short_dir / "act.sock"
+    port, tcp = tcp_listener(short_dir)
+    tcp = tcp.split("\n", 1)[1]  # the token only: the TCP socket comes from systemd
+    assert ACTIVATE is not None
+    d = await launch(toml(short_dir, {"a": a}, daemon=tcp), wait_ready=False, argv=[
+        ACTIVATE, "-l", str(passed), "-l", f"127.0.0.1:{port}", "--fdname=api:tcp",
+        "-E", f"NOTIFY_SOCKET={short_dir / 'd-0.ntf'}"])
+    async with asyncio.timeout(5):
+        while not passed.exists():
+            await asyncio.sleep(0.02)
+    d.socket = str(passed)
+    assert (await chat(d.client()))[:2] == (200, REPLY)  # the first client starts the daemon
+    await d.notify.expect("READY=1", timeout=5)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as over_tcp:
+        assert (await over_tcp.get("/v1/status")).status_code == 401
+        r = await over_tcp.get("/v1/status", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+    log = d.log_text()
+    assert "fd 3 api AF_UNIX" in log and "fd 4 tcp AF_INET" in log
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+    assert passed.exists()  # systemd's file (RemoveOnStop= decides), not ours to unlink
+    assert not (short_dir / "d.sock").exists()  # daemon.socket is ignored
+
+
+async def test_listen_pid_of_another_process_binds_daemon_socket(
+        short_dir: Path, fake_openai, launch: Launch) -> None:  # noqa: F811
+    # inherited from a socket-activated parent: not ours, so the configured path is bound
+    a = await fake_openai()
+    d = await launch(toml(short_dir, {"a": a}),
+                     argv=["env", "LISTEN_PID=1", "LISTEN_FDS=1", "LISTEN_FDNAMES=x"])
+    assert (await chat(d.client()))[:2] == (200, REPLY)
+    assert "passed by systemd" not in d.log_text()
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
+    assert not (short_dir / "d.sock").exists()  # ours: removed at a clean stop
+
+
 @pytest.mark.parametrize("kind", ["datagram", "connection"])
 async def test_a_passed_socket_that_cannot_listen_fails_the_start_clearly(
         short_dir: Path, fake_openai, launch: Launch, kind: str) -> None:  # noqa: F811
