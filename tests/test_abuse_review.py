@@ -277,3 +277,42 @@ async def test_an_upstream_error_passed_on_cannot_add_header_lines(start_daemon:
             assert answer.status == 400 and answer.body == body
             assert "Set-Cookie" not in answer.headers
             assert "\r" not in answer.headers["Content-Type"]
+
+
+async def test_running_out_of_descriptors_is_never_held_against_a_model(
+        short_dir: Path, fake_openai: Any, launch: Any) -> None:  # noqa: F811
+    """Every admitted client holds a request to an upstream that hangs, so the upstream
+    connects run out of file descriptors (EMFILE). That is failoverd's own trouble: the
+    request fails over and ends in a 503 that says so, but no breaker counts it (three such
+    failures opened the model for everyone, and the state file kept it open)."""
+    a, b = await fake_openai(default="hang"), await fake_openai(default="hang")
+    d = await launch(toml(short_dir, {"a": a, "b": b}), argv=["prlimit", "--nofile=80:80", "--"])
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(38):  # under the cap of half the limit: all admitted
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(d.socket),
+                                                    WAIT)
+            writer.write(post(ASK))
+            held.append((reader, writer))
+        # those whose upstream connects failed answer at once; the others hang
+        reads = [asyncio.create_task(read_answer(reader)) for reader, _ in held]
+        await asyncio.wait(reads, timeout=2.0)
+        answers = [r.result() for r in reads if r.done() and r.exception() is None]
+        for r in reads:
+            r.cancel()
+        assert answers, "no upstream connect ran out of descriptors"
+        for answer in answers:
+            assert answer.status == 503
+            messages = {x["message"] for x in answer.json()["error"]["attempts"]}
+            assert any(m.startswith("failoverd is out of resources: Too many open files")
+                       for m in messages), messages
+    finally:
+        for _, writer in held:
+            writer.close()
+    await until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) < 40, WAIT)
+    async with connect(d.socket) as (reader, writer):
+        writer.write(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        status = (await read_answer(reader)).json()
+    for model in ("a/gpt-a", "b/gpt-b"):
+        assert status["models"][model]["state"] == "closed", status["models"][model]
+        assert status["models"][model]["consecutive_failures"] == 0

@@ -346,6 +346,8 @@ class Dispatcher:
                 own_limit = model.first_token_timeout if streaming else pcfg.timeout
                 if permit is None:
                     pass
+                elif exc.local:
+                    permit.release()  # failoverd's own trouble: not the model's failure
                 elif (exc.reason is FailureReason.TIMEOUT and outcome.client_deadline
                         and remaining < own_limit):
                     # the client's own short deadline cut the attempt before the limits the
@@ -354,7 +356,7 @@ class Dispatcher:
                     permit.release()
                 else:
                     permit.failure(exc.reason, duration, exc.retry_after)
-                if self.observe_latency is not None:
+                if self.observe_latency is not None and not exc.local:
                     self.observe_latency(model.id, duration, False)
                 wait = self._retry_wait(exc, model, retries, deadline)
                 if wait is None:

@@ -8,7 +8,7 @@ The tree::
     │   └── TranslationError   the request cannot be expressed for the target provider
     ├── UpstreamError          one upstream attempt failed (.reason, .status, .provider, .model,
     │   │                      .retry_after, .body: the upstream error body for bad_request
-    │   │                      passthrough)
+    │   │                      passthrough, .local: failoverd's own resources ran out)
     │   └── ContextRefused     context_policy "fail": a candidate's window is too small, the
     │                          request ends without calling it
     ├── NoModelAvailable       every candidate failed or was skipped (.attempts)
@@ -76,6 +76,7 @@ class UpstreamError(FailoverdError):
         retry_after: float | None = None,
         body: bytes | None = None,
         content_type: str = "application/json",
+        local: bool = False,
     ) -> None:
         self.reason = reason
         self.message = message
@@ -87,6 +88,9 @@ class UpstreamError(FailoverdError):
         self.retry_after = retry_after
         self.body = body
         self.content_type = content_type
+        # failoverd's own trouble (out of file descriptors, memory or ports), not the
+        # upstream's: it fails over like any connection failure, but no breaker counts it
+        self.local = local
         super().__init__(f"{reason}: {message}")
 
 

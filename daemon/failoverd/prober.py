@@ -243,6 +243,9 @@ class Prober:
             async with asyncio.timeout(cfg.probes.timeout):
                 await provider.probe(model, kind, cfg.probes.timeout, cfg.probes.chat_max_tokens)
         except UpstreamError as exc:
+            if exc.local:  # failoverd's own trouble says nothing about the model
+                logger.warning("probe (%s) of %s could not run: %s", kind, model_id, exc.message)
+                return False
             reason, retry_after, message = exc.reason, exc.retry_after, exc.message
         except TimeoutError:
             reason, message = FailureReason.TIMEOUT, "probe timed out"

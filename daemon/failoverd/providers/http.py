@@ -7,6 +7,7 @@ UpstreamError.
 from __future__ import annotations
 
 import email.utils
+import errno
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -246,8 +247,32 @@ Failure = Callable[[Response, str], Awaitable[UpstreamError]]
 """An adapter's reading of a non-200 answer (response, model id) into an UpstreamError."""
 
 
+# errors that say failoverd itself ran out of something (descriptors, memory, local ports)
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                           errno.EADDRNOTAVAIL})
+
+
+def _local_cause(exc: BaseException) -> OSError | None:
+    """The OSError of failoverd's own resources behind `exc` (itself or its causes), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the client wraps an OSError once or twice
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _LOCAL_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def mapped_error(exc: BaseException, provider: str, model: str) -> UpstreamError:
     """The UpstreamError for a client / socket / timeout exception (one of `_MAPPED`)."""
+    local = _local_cause(exc)
+    if local is not None:
+        error = upstream_error(FailureReason.CONNECTION,
+                               f"failoverd is out of resources: {local.strerror or local}",
+                               status=None, provider=provider, model=model)
+        error.local = True
+        return error
     # TimeoutError first: ConnectTimeout is one too
     if isinstance(exc, TimeoutError):
         return upstream_error(FailureReason.TIMEOUT, "upstream did not answer in time",
