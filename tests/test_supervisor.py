@@ -63,3 +63,39 @@ recovery_kind = "none"
     finally:
         sup.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_reload_that_fails_to_apply_keeps_the_old_configuration(
+        fake_openai: Any, start_daemon: Any, monkeypatch: Any) -> None:
+    """Fault injection: applying a valid new configuration raises, as a defect would. The
+    daemon goes back to the configuration that worked and keeps serving (a SIGHUP used to end
+    it), and says so: the reload is refused with config:rejected naming the error."""
+    from failoverd.service import Service
+
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    body = (f'[providers.a]\nkind = "openai"\nbase_url = "{a.url}"\n'
+            f'[models."a/m"]\nprovider = "a"\n[routing]\nprimary = "a/m"\n')
+    d = await start_daemon(body)
+    path = Path(d.sup.config_path)
+    path.write_text(path.read_text().replace(a.url, b.url))
+    real = Service.reload
+    calls: list[Any] = []
+
+    def failing_once(self: Service, config: Any) -> None:
+        calls.append(config)
+        if len(calls) == 1:
+            raise RuntimeError("injected defect")
+        real(self, config)
+
+    monkeypatch.setattr(Service, "reload", failing_once)
+    resp = await d.http.post("/v1/reload")
+    assert resp.status_code == 422, resp.text
+    assert "failoverd could not apply it: RuntimeError: injected defect" in resp.text
+    assert len(calls) == 2  # the new one, then the old one again
+    rejected = [e for e in d.sup.service.bus.recent() if e.type == "config:rejected"]
+    assert rejected and "injected defect" in rejected[-1].fields["problems"][0]
+    chat = await d.http.post("/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "from a"
+    assert not d.task.done()

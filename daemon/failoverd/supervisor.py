@@ -348,6 +348,13 @@ class Supervisor:
         """SIGHUP: re-read the config file; True when the new one is live."""
         return self.reload_config()[0]
 
+    def _apply(self, config: Config) -> None:
+        """Runs the service and the probes on `config` (validated)."""
+        assert self.service is not None
+        self.service.reload(config)
+        if self.prober is not None:
+            self.prober.reschedule()
+
     def reload_config(self) -> tuple[bool, list[str]]:
         """Re-reads the config file; an invalid one is rejected and the old one stays.
 
@@ -377,10 +384,16 @@ class Supervisor:
                 logger.warning("[mqtt] changed: takes effect at the next restart")
             # keep what needs a restart as it is, so status and the drain see what is live
             new = _keep_restart_only(new, self.config)
-            self.service.reload(new)
+            try:
+                self._apply(new)
+            except Exception as exc:  # a defect: serve on with the configuration that worked
+                logger.exception("applying the new configuration failed; back to the old one")
+                self._apply(self.config)  # if this fails too, the daemon cannot go on
+                problem = f"failoverd could not apply it: {type(exc).__name__}: {exc}"
+                self.service.bus.emit("config:rejected", source=self.config_path,
+                                      problems=[problem])
+                return False, [problem]
             self.config = new  # once the service runs on it
-            if self.prober is not None:
-                self.prober.reschedule()
             logger.info("config reloaded: %d models, %d providers", len(new.models),
                         len(new.providers))
             return True, []
