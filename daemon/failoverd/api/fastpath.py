@@ -6,9 +6,10 @@ Every client connection starts here. A request this module recognises — `POST
 fully arrived, no Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive —
 runs the handler aiohttp would run (behind the same access guard and drain tracking,
 api/drain.py); its answer is written here in one write, or, streamed, as a head and chunks
-(`FastStream`). Anything else hands the connection, with every byte not yet consumed, to
-aiohttp's own protocol for the rest of its life: aiohttp alone decides every other case (a
-malformed request's 400, chunked bodies, 100-continue, the control API, event streams).
+(`FastStream`, api/fastrequest.py). Anything else hands the connection, with every byte not
+yet consumed, to aiohttp's own protocol for the rest of its life: aiohttp alone decides every
+other case (a malformed request's 400, chunked bodies, 100-continue, the control API, event
+streams).
 
 Why: aiohttp's server (its request and response objects, header parsing and writing, the
 router) was about 35% of the CPU of a proxied request; this path does the same work for
@@ -38,8 +39,9 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from failoverd.api.access import refusal_of
-from failoverd.api.body import PRELOADED, stalled_body
-from failoverd.api.drain import STREAM_OPENER, RequestTracker, StreamOpener, shutting_down
+from failoverd.api.body import stalled_body
+from failoverd.api.drain import RequestTracker, StreamOpener, shutting_down
+from failoverd.api.fastrequest import FastRequest, FastStream
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
 from failoverd.api.replies import openai_error
@@ -148,96 +150,6 @@ def max_client_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 30
     return max(1, int(soft * _CLIENT_FD_SHARE))
-
-
-class _Body:
-    """What api/body.py reads of a request's content: a body that has fully arrived."""
-
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self._raw = raw
-
-    def is_eof(self) -> bool:
-        return True
-
-    def read_nowait(self) -> bytes:
-        return self._raw
-
-
-class FastRequest:
-    """The part of aiohttp's `web.Request` the proxy handler, the access guard and the
-    drain use (api/proxy.py, api/access.py, api/drain.py); handed to them as a web.Request.
-    """
-
-    __slots__ = ("app", "headers", "path", "transport", "content_length", "content", "_keys")
-
-    def __init__(self, app: web.Application, path: str, headers: CIMultiDict[str],
-                 conn: FastConnection, body: bytes, parsed: dict[str, Any] | None) -> None:
-        self.app = app
-        self.path = path
-        self.headers = headers
-        self.transport = conn.transport
-        self.content_length = len(body)
-        self.content = _Body(body)
-        self._keys: dict[Any, Any] = {STREAM_OPENER: conn}
-        if parsed is not None:
-            self._keys[PRELOADED] = parsed
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._keys.get(key, default)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._keys[key] = value
-
-
-class FastStream(web.StreamResponse):
-    """A streamed answer on the fast path: the head when prepared, then chunked data.
-
-    What api/proxy.py and api/drain.py use of aiohttp's StreamResponse: `prepare`,
-    `prepared`, `write` (which waits while the client is not reading, as aiohttp's does),
-    `write_eof`, and the inherited headers and content type.
-    """
-
-    def __init__(self, conn: FastConnection, headers: dict[str, str]) -> None:
-        super().__init__(headers=headers)
-        self._conn = conn
-        self._started = False
-        self._ended = False
-
-    @property
-    def prepared(self) -> bool:
-        return self._started
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        if not self._started:
-            self._conn.start_stream(self)
-            self._started = True
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._ended:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if not self._started:
-            raise RuntimeError("Cannot call write() before prepare()")
-        await self._conn.write_chunk(bytes(data))
-
-    def write_now(self, data: bytes) -> bool:
-        """A write with no wait (no coroutine): True once written, False when `write` must
-        be awaited instead (the client is behind, or the connection closing)."""
-        return self._started and not self._ended and self._conn.write_chunk_now(data)
-
-    async def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
-        if self._ended:
-            return
-        if data:
-            await self.write(data)
-        self.end_now()
-
-    def end_now(self) -> None:
-        """The last chunk, unless it went already."""
-        if not self._ended:
-            self._ended = True
-            self._conn.end_stream()
 
 
 class FastConnection(asyncio.Protocol, StreamOpener):
