@@ -33,6 +33,9 @@ _HELP = {"@type": "type.googleapis.com/google.rpc.Help", "links": [
 _KEY_INVALID = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
                 "domain": "googleapis.com",
                 "metadata": {"service": "generativelanguage.googleapis.com"}}
+_PREPAY = ("Your prepayment credits are depleted. Please go to AI Studio at "
+           "https://ai.studio/projects to manage your project and billing. Learn more at "
+           "https://ai.google.dev/gemini-api/docs/billing#prepay.")
 
 # Error bodies as the Gemini API really sends them: (http status, body).
 ERRORS: dict[str, tuple[int, bytes]] = {
@@ -51,6 +54,13 @@ ERRORS: dict[str, tuple[int, bytes]] = {
         "You exceeded your current quota, please check your plan and billing details.\n* Quota "
         "exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_"
         "input_token_count, limit: 0, model: gemini-2.5-pro", _HELP)),
+    # prepaid credits used up: a 402 since Google's 2026 change, a 429 before it
+    "prepay_depleted": (402, _err(402, "RESOURCE_EXHAUSTED", _PREPAY)),
+    "prepay_depleted_429": (429, _err(429, "RESOURCE_EXHAUSTED", _PREPAY)),
+    "spend_cap": (429, _err(
+        429, "RESOURCE_EXHAUSTED", "Your billing account has exceeded its monthly spending cap. "
+        "Please go to AI Studio at https://aistudio.google.com to manage your billing. Learn "
+        "more at https://ai.google.dev/gemini-api/docs/billing.")),
     "overloaded": (503, _err(503, "UNAVAILABLE",
                              "The model is overloaded. Please try again later.")),
     "server_error": (500, _err(

@@ -27,6 +27,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "busy": (503, "server busy, please try again.  maximum pending requests exceeded"),
     "bad_request": (400, "invalid character 'x' looking for beginning of value"),
     "no_tools": (400, "registry.ollama.ai/library/{model} does not support tools"),
+    # a prompt longer than num_ctx: with `truncate: false` (llama.cpp's error, passed on as
+    # a JSON text), and the plain text older servers answer with a 500
+    "context_size": (400, '{"error":{"code":400,"message":"request (8889 tokens) exceeds the '
+                          'available context size (4096 tokens), try increasing it","type":'
+                          '"exceed_context_size_error","n_prompt_tokens":8889,"n_ctx":4096}}'),
+    "context_500": (500, "the input length exceeds the context length"),
 }
 
 _TIMINGS = {"total_duration": 5191566416, "load_duration": 2154458,
@@ -39,6 +45,10 @@ class FakeOllama(FakeServer[Logged]):
     nothing), "slow:<seconds>", "invalid_json", "empty", "length" (done_reason length),
     "cut_stream", "no_done" (stream ends without the done line), "stream_error" (an error
     line mid-stream).
+
+    As Ollama does, "ok" with `"truncate": false` and a prompt longer than
+    `options.num_ctx` answers the "context_size" error; without it, Ollama truncates
+    silently and so does the fake (nothing to see but its answer).
 
     With tools given and no tool result last, the answer is `tool_calls` calls of the first
     tool, arguments as objects as Ollama sends them.
@@ -79,6 +89,12 @@ class FakeOllama(FakeServer[Logged]):
         return [{"function": {"name": name, "arguments": {"city": f"Paris{i or ''}"}}}
                 for i in range(self.tool_calls)]
 
+    @staticmethod
+    def prompt_tokens(body: dict[str, Any]) -> int:
+        """The prompt's size as the fake's tokenizer sees it: a token per two characters,
+        harsher than failoverd's estimate, as dense text is."""
+        return sum(len(str(m.get("content") or "")) for m in body.get("messages") or ()) // 2
+
     def _final(self, model: str, reason: str) -> dict[str, Any]:
         return {"model": model, "created_at": "2025-05-01T10:00:01.0Z",
                 "message": {"role": "assistant", "content": ""}, "done_reason": reason,
@@ -94,6 +110,9 @@ class FakeOllama(FakeServer[Logged]):
             return early
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
+        if behaviour == "ok" and body.get("truncate") is False \
+                and self.prompt_tokens(body) > (body.get("options") or {}).get("num_ctx", 4096):
+            return self._error("context_size", model)
         reason = "length" if behaviour == "length" else "stop"
         if body.get("stream", True):
             return await self._stream(request, body, behaviour, model, reason)

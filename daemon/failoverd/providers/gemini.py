@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 _RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _AUTH_MARKERS = ("api key not valid", "api_key_invalid", "api key expired", "api key not found",
                  "location is not supported")
+# RESOURCE_EXHAUSTED that no wait cures: a quota of zero (the model needs a paid plan),
+# depleted prepaid credits (a 402 since 2026, a 429 before) and the billing account's
+# monthly spending cap ("Your billing account has exceeded its monthly spending cap")
+_BILLING_EXHAUSTED = ("limit: 0", "prepayment credits", "credits are depleted", "spending cap")
 
 
 def error_details(raw: bytes) -> tuple[str, str, float | None, str, int | None]:
@@ -75,10 +79,14 @@ def classify_gemini(http_status: int, message: str, status: str, info_reason: st
                     ) -> FailureReason:
     """Gemini's error in DESIGN.md's terms; the generic table after Gemini's own quirks."""
     text = f"{message} {info_reason}".lower()
+    if http_status == 402:
+        return FailureReason.BILLING
     if status == "RESOURCE_EXHAUSTED" or http_status == 429:
-        # free-tier quotas say "check your plan and billing details" on every 429; only a
-        # quota of zero (the model needs a paid plan) is a billing problem
-        return FailureReason.BILLING if "limit: 0" in text else FailureReason.RATE_LIMIT
+        # free-tier quotas say "check your plan and billing details" on every 429: that
+        # alone is a rate limit, only the money-side exhaustions are billing
+        if any(m in text for m in _BILLING_EXHAUSTED):
+            return FailureReason.BILLING
+        return FailureReason.RATE_LIMIT
     if any(m in text for m in _AUTH_MARKERS):
         return FailureReason.AUTH
     if status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):

@@ -48,6 +48,22 @@ def error_message(raw: bytes) -> str:
     return raw[:300].decode("utf-8", "replace").strip()
 
 
+# Ollama's words for a prompt longer than the context: "the input length exceeds the context
+# length" (a 500 from older servers), "request (N tokens) exceeds the available context size
+# (M tokens), try increasing it" (type exceed_context_size_error, with `truncate: false`),
+# "the prompt is longer than the context length ..." (with `shift: false`); in a stream they
+# arrive as an error line. Whatever the status, a larger window is the cure.
+_CONTEXT_MARKERS = ("exceeds the context length", "longer than the context length",
+                    "exceeds the available context size", "exceed_context_size")
+
+
+def classify_ollama(status: int | None, message: str) -> FailureReason:
+    """An Ollama error in DESIGN.md's terms; `status` None for an error inside a 200."""
+    if any(m in message.lower() for m in _CONTEXT_MARKERS):
+        return FailureReason.CONTEXT_OVERFLOW
+    return classify_in_band(message) if status is None else classify(status, message)
+
+
 def tagged(name: str) -> str:
     """A model name with Ollama's implicit `:latest` tag made explicit."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -75,7 +91,7 @@ class OllamaProvider:
         raw = await read_limited(resp)
         message = error_message(raw)
         return upstream_error(
-            classify(resp.status, message), message or f"HTTP {resp.status}",
+            classify_ollama(resp.status, message), message or f"HTTP {resp.status}",
             status=resp.status, provider=self.config.name, model=model,
             retry_after=parse_retry_after(resp.headers), body=raw,
             content_type=resp.headers.get("Content-Type", "application/json"))
@@ -95,8 +111,8 @@ class OllamaProvider:
                           failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            raise upstream_error(classify_in_band(parsed["error"]), parsed["error"], status=200,
-                                 provider=name, model=model.id, body=raw)
+            raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
+                                 status=200, provider=name, model=model.id, body=raw)
         if not isinstance(parsed, dict) or not parsed.get("done") \
                 or not isinstance(parsed.get("message"), dict):
             raise upstream_error(FailureReason.INVALID_RESPONSE,
@@ -125,8 +141,8 @@ class OllamaProvider:
                                          "unparsable stream line", status=200,
                                          provider=name, model=model.id)
                 if isinstance(obj.get("error"), str):
-                    raise upstream_error(classify_in_band(obj["error"]), obj["error"], status=200,
-                                         provider=name, model=model.id)
+                    raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
+                                         status=200, provider=name, model=model.id)
                 for chunk in translator.feed(obj):
                     yield Chunk.of(chunk)
                 if translator.done:
