@@ -116,3 +116,36 @@ async def test_ollama_context_errors_fail_over_to_a_larger_window(
     assert len(small.chat_requests()) == 1  # not retried on the same model
     status = (await d.http.get("/v1/status")).json()
     assert status["models"][SMALL]["consecutive_failures"] == 0
+
+
+async def test_ollama_is_told_not_to_truncate_a_prompt_longer_than_the_window(rig: Any) -> None:
+    # num_ctx alone does not stop Ollama from dropping the start of a longer prompt and
+    # answering 200; failoverd's estimate (~2,250 tokens) fits the 4,096 window, Ollama's
+    # tokenizer (4,500) does not: the small model must refuse, not answer from half a prompt
+    _gemini, small, big, d = rig
+    headers, text = await ask(d, "ollama", "x" * 9000)
+    sent = small.chat_requests()[0].body
+    assert sent["options"]["num_ctx"] == 4096 and sent["truncate"] is False
+    assert headers["x-failoverd-failover"] == f"{SMALL}>{BIG}:context_overflow"
+    assert text == big.reply
+    # a short prompt is answered by the small one, still with truncate off
+    headers, text = await ask(d, "ollama", "hi")
+    assert headers["x-failoverd-model"] == SMALL and text == small.reply
+    assert small.chat_requests()[-1].body["truncate"] is False
+
+
+async def test_ollama_without_a_window_gets_no_truncate_flag(fake_ollama: Any,
+                                                            start_daemon: Any) -> None:
+    ol: FakeOllama = await fake_ollama()
+    d = await start_daemon(f"""
+[providers.o]
+kind = "ollama"
+base_url = "{ol.url}"
+[models."o/qwen2.5:7b"]
+provider = "o"
+[routing]
+primary = "o/qwen2.5:7b"
+""")
+    await ask(d, "o/qwen2.5:7b")
+    assert "truncate" not in ol.chat_requests()[0].body
+    assert "options" not in ol.chat_requests()[0].body

@@ -53,7 +53,8 @@ async def test_text_completion(setup: tuple[FakeOllama, OllamaProvider]) -> None
     assert logged.path == "/api/chat"
     assert logged.body == {"model": "qwen2.5:7b", "stream": False,
                            "messages": [{"role": "user", "content": "Hello"}],
-                           "options": {"num_predict": 5, "num_ctx": 32768}}
+                           "options": {"num_predict": 5, "num_ctx": 32768},
+                           "truncate": False}
 
 
 async def test_streaming(setup: tuple[FakeOllama, OllamaProvider]) -> None:

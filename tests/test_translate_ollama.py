@@ -37,6 +37,7 @@ def test_system_multi_turn_and_options() -> None:
                             top_p=0.8, stop=["a", "b"], seed=3, user="u"),
                         "qwen2.5:7b", stream=False)
     assert out == {"model": "qwen2.5:7b", "stream": True, "options": {"num_ctx": 32768},
+                   "truncate": False,
                    "messages": [
                        {"role": "system", "content": "Be brief."},
                        {"role": "user", "content": "Hi"},

@@ -13,7 +13,10 @@ Where the two APIs differ, these are the decisions:
 - Tool-call arguments are JSON strings in the canonical form and objects in Ollama, both ways.
   Tool results carry `tool_name`, recovered from the assistant tool call with the same id.
 - `num_ctx` is set to the model's configured context_window: Ollama otherwise runs with a
-  small default window and silently truncates longer prompts.
+  small default window. With it goes `truncate: false`, as Ollama still drops the oldest
+  messages of a prompt longer than num_ctx without a word (`truncate` defaults to true);
+  so told, it answers an error, a context_overflow that fails over to a larger window.
+  Without a configured window neither is sent (no larger window to go to).
 - tool_choice: "auto" is Ollama's only behaviour and "none" sends no tools; forcing a call
   ("required" or a named function) cannot be expressed. n > 1, logit_bias, logprobs and
   audio output cannot either. Steering-only keys (user, store, metadata, reasoning_effort,
@@ -195,6 +198,8 @@ def to_request(body: dict[str, Any], model_name: str, *, stream: bool,
         options["num_ctx"] = context_window
     if options:
         request["options"] = options
+    if context_window:
+        request["truncate"] = False
     if body.get("tools") and body.get("tool_choice") != "none":
         request["tools"] = _tools(body["tools"])
     fmt = _format(body.get("response_format"))
