@@ -172,7 +172,11 @@ class HealthRegistry:
         for model_id in list(self._breakers):
             if model_id not in config.models:
                 del self._breakers[model_id], self._latency[model_id]
-                self._inflight.pop(model_id, None)
+                if not self._inflight.get(model_id):
+                    self._inflight.pop(model_id, None)
+                # else its calls still running keep their count (dropped once they end): a
+                # model added back before they end has them against its max_concurrency, and
+                # their ends must not take slots from the calls made after
                 self._probes.pop(model_id, None)
         for model in config.models.values():
             breaker = self._breakers.get(model.id)
@@ -237,6 +241,8 @@ class HealthRegistry:
     def _finished(self, model_id: str, latency: float | None) -> None:
         if model_id in self._inflight and self._inflight[model_id] > 0:
             self._inflight[model_id] -= 1
+            if not self._inflight[model_id] and model_id not in self._breakers:
+                del self._inflight[model_id]  # the last call to a removed model ended
         if latency is not None and model_id in self._latency:
             self._latency[model_id].append(latency)
         self._notify()
