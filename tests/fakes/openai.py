@@ -35,6 +35,9 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
     "rate_limit_short": (429, _err(
         "Rate limit reached for gpt-4o on requests per min (RPM).", "requests",
         "rate_limit_exceeded"), {"retry-after-ms": "50"}),
+    "rate_limit_bare": (429, _err(
+        "Rate limit reached for gpt-4o on requests per min (RPM).", "requests",
+        "rate_limit_exceeded"), {}),
     "quota": (429, _err(
         "You exceeded your current quota, please check your plan and billing details. For more "
         "information on this error, read the docs.", "insufficient_quota",
