@@ -46,7 +46,22 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
                               "messages.0.content.0.text: text content blocks must be "
                               "non-empty"), {}),
     "api_error": (500, _err("api_error", "Internal server error"), {}),
+    # the organization's monthly spend limit (a 400, not a 429)
+    "spend_limit": (400, _err("invalid_request_error",
+                              "You have reached your specified API usage limits. You will "
+                              "regain access on 2026-04-01 at 00:00 UTC."), {}),
+    "org_disabled": (400, _err("invalid_request_error",
+                               "This organization has been disabled."), {}),
+    # a max_tokens above what this model can write (another model may take it)
+    "max_tokens_over": (400, _err("invalid_request_error",
+                                  "max_tokens: 100000 > 64000, which is the maximum allowed "
+                                  "number of output tokens for claude-sonnet-4-5-20250929"), {}),
 }
+
+
+REFUSAL_DETAILS = {"type": "refusal", "category": "cyber",
+                   "explanation": "This request was declined because it could enable cyber "
+                                  "harm."}
 
 
 @dataclass
@@ -61,7 +76,11 @@ class Logged:
 class FakeAnthropic(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "cut_stream" (connection
     dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
-    ends cleanly but without message_stop). Like the API, a reply that contains one of the
+    ends cleanly but without message_stop), "refusal" (a 200 with stop_reason "refusal" and
+    stop_details, as the safety classifiers stop an answer: streamed, before any block),
+    "empty" (a 200 with no content and end_turn, as the API documents it after tool results).
+    A tool whose input_schema has no properties is called with input {} (streamed as one
+    empty input_json_delta). Like the API, a reply that contains one of the
     request's `stop_sequences` ends before it with stop_reason "stop_sequence". Requests the API
     refuses in validation (see `_invalid`) get its 400 whatever the script says."""
 
@@ -102,13 +121,21 @@ class FakeAnthropic(FakeServer[Logged]):
             return early
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
-        return web.json_response(self._message(body))
+        message = self._message(body)
+        if behaviour == "refusal":
+            message.update(content=[{"type": "text", "text": "Hello.."}], stop_reason="refusal",
+                           stop_details=REFUSAL_DETAILS)
+        elif behaviour == "empty":
+            message.update(content=[], stop_reason="end_turn")
+        return web.json_response(message)
 
     def _content(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         if body.get("tools"):
+            tool = body["tools"][0]
+            has_params = bool((tool.get("input_schema") or {}).get("properties"))
             return [{"type": "text", "text": "Let me check."},
-                    {"type": "tool_use", "id": "toolu_01Fake", "name": body["tools"][0]["name"],
-                     "input": {"city": "Paris", "days": 2}}], "tool_use"
+                    {"type": "tool_use", "id": "toolu_01Fake", "name": tool["name"],
+                     "input": {"city": "Paris", "days": 2} if has_params else {}}], "tool_use"
         fmt = (body.get("output_config") or {}).get("format")
         if fmt is not None:  # structured outputs: a JSON text that fits the schema
             return [{"type": "text", "text": orjson.dumps(_instance(fmt["schema"])).decode()}
@@ -143,6 +170,8 @@ class FakeAnthropic(FakeServer[Logged]):
                                              "cache_read_input_tokens": 3}}})
         await send("ping", {"type": "ping"})
         content, stop = self._content(body)
+        if behaviour in ("refusal", "empty"):
+            content, stop = [], "refusal" if behaviour == "refusal" else "end_turn"
         for index, block in enumerate(content):
             if block["type"] == "text":
                 await send("content_block_start", {"type": "content_block_start",
@@ -165,15 +194,18 @@ class FakeAnthropic(FakeServer[Logged]):
                     "type": "content_block_start", "index": index, "content_block": {
                         "type": "tool_use", "id": block["id"], "name": block["name"],
                         "input": {}}})
-                arguments = orjson.dumps(block["input"]).decode()
-                for piece in ("", arguments[:9], arguments[9:]):
+                # an empty input streams as one empty delta, as the API sends it
+                arguments = orjson.dumps(block["input"]).decode() if block["input"] else ""
+                for piece in ("", arguments[:9], arguments[9:]) if arguments else ("",):
                     await send("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}})
             await send("content_block_stop", {"type": "content_block_stop", "index": index})
         sequence = _stop_sequence(self.reply, body) if stop == "stop_sequence" else None
-        await send("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": stop, "stop_sequence": sequence},
+        delta: dict[str, Any] = {"stop_reason": stop, "stop_sequence": sequence}
+        if stop == "refusal":
+            delta["stop_details"] = REFUSAL_DETAILS
+        await send("message_delta", {"type": "message_delta", "delta": delta,
                                      "usage": {"output_tokens": 7}})
         if behaviour != "no_stop":
             await send("message_stop", {"type": "message_stop"})

@@ -76,14 +76,32 @@ def error_details(raw: bytes) -> tuple[str, str]:
     return raw[:300].decode("utf-8", "replace").strip(), ""
 
 
+# invalid_request_error 400s that are about the account or the model, not the request (as
+# api.anthropic.com words them): the account's ran out or was switched off, so every model of
+# the provider fails alike; a max_tokens above this model's output limit another model may take
+_ACCOUNT_400S = (
+    ("credit balance", FailureReason.BILLING),  # "Your credit balance is too low to access..."
+    # the organization's monthly spend limit: "You have reached your specified API usage
+    # limits. You will regain access on 2026-04-01 at 00:00 UTC."
+    ("specified api usage limits", FailureReason.BILLING),
+    ("organization has been disabled", FailureReason.AUTH),
+    # "max_tokens: 100000 > 64000, which is the maximum allowed number of output tokens for
+    # claude-sonnet-4-5-20250929"
+    ("maximum allowed number of output tokens", FailureReason.INCAPABLE),
+)
+
+
 def classify_error(status: int, message: str, error_type: str) -> FailureReason:
     """An Anthropic failure's reason: the error type first, message text for the 400s.
 
-    "Your credit balance is too low" arrives as a 400 invalid_request_error; "prompt is too
-    long" likewise; both are told apart from other 400s by the shared text markers.
+    "Your credit balance is too low", the spend limit, a disabled organization and a
+    max_tokens over the model's limit arrive as 400 invalid_request_errors (`_ACCOUNT_400S`);
+    "prompt is too long" likewise, told apart by the shared context markers.
     """
-    if "credit balance" in message.lower():
-        return FailureReason.BILLING
+    low = message.lower()
+    for marker, account_reason in _ACCOUNT_400S:
+        if marker in low:
+            return account_reason
     reason = _TYPE_REASONS.get(error_type)
     if reason is not None:
         return reason
@@ -152,7 +170,26 @@ class AnthropicProvider:
             raise upstream_error(FailureReason.INVALID_RESPONSE,
                                  "200 with an unparsable or empty body", status=200,
                                  provider=name, model=model.id)
+        self._check_answer(body, parsed.get("stop_reason"), parsed.get("stop_details"),
+                           _answers(parsed), model.id)
         return Completion(anthropic_to_canonical_response(parsed, model.name))
+
+    def _check_answer(self, body: dict[str, Any], stop_reason: Any, stop_details: Any,
+                      answered: bool, model: str) -> None:
+        """Raises for a 200 that is no answer to give a client while another model may have one.
+
+        ``stop_reason: "refusal"`` is the safety classifiers declining (Anthropic's guidance:
+        retry on a fallback model): content_filter. No text and no tool call with end_turn is
+        the empty answer Anthropic documents (mostly after tool results): invalid_response,
+        unless the request ends in an assistant prefill, which the empty answer completes.
+        """
+        if stop_reason == "refusal":
+            raise upstream_error(FailureReason.CONTENT_FILTER, _refusal_message(stop_details),
+                                 status=200, provider=self.config.name, model=model)
+        if stop_reason == "end_turn" and not answered and not _prefilled(body):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 without any answer (no content, end_turn)", status=200,
+                                 provider=self.config.name, model=model)
 
     def _decode(self, decoder: AnthropicStreamDecoder, event: str, payload: bytes,
                 model: ModelConfig) -> list[dict[str, Any]]:
@@ -198,6 +235,10 @@ class AnthropicProvider:
                 raise upstream_error(FailureReason.TIMEOUT, "no first token within the time "
                                      "limit", status=None, provider=name,
                                      model=model.id) from exc
+            if decoder.stopped and not decoder.content_started:
+                # nothing was streamed yet: a refusal or an empty answer still fails over
+                self._check_answer(body, decoder.stop_reason, decoder.stop_details, False,
+                                   model.id)
             for chunk in pending:
                 yield Chunk.of(chunk)
             if not decoder.stopped:
@@ -227,3 +268,24 @@ class AnthropicProvider:
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}],
                                 "max_tokens": max_tokens}
         await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))
+
+
+def _answers(message: dict[str, Any]) -> bool:
+    """Whether a Messages response has text or a tool call (thinking alone answers nothing)."""
+    return any(isinstance(b, dict) and (b.get("type") == "tool_use" or (
+        b.get("type") == "text" and b.get("text"))) for b in message.get("content") or [])
+
+
+def _prefilled(body: dict[str, Any]) -> bool:
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") == "assistant"
+
+
+def _refusal_message(details: Any) -> str:
+    text = "declined by Anthropic's safety classifiers (stop_reason refusal)"
+    if isinstance(details, dict):
+        extra = ": ".join(str(details[k]) for k in ("category", "explanation") if details.get(k))
+        if extra:
+            text += f": {extra}"
+    return text

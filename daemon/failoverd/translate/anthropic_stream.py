@@ -224,9 +224,12 @@ class AnthropicStreamDecoder:
         self.include_usage = include_usage
         self.stopped = False
         self.content_started = False  # a content block began: the model is answering
+        self.stop_reason: str | None = None  # message_delta's, once it came
+        self.stop_details: Any = None  # with a refusal: its category and explanation
         self._id = "chatcmpl-" + new_id("msg_")
         self._created = int(time.time())
         self._tools: dict[int, int] = {}  # Anthropic block index -> canonical tool index
+        self._argued: set[int] = set()  # tool blocks whose input came (non-empty)
         self._usage: dict[str, Any] = {}
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None,
@@ -258,11 +261,15 @@ class AnthropicStreamDecoder:
                                 if v is not None})
             delta = data.get("delta") or {}
             reason = delta.get("stop_reason")
+            self.stop_reason = reason if isinstance(reason, str) else None
+            self.stop_details = delta.get("stop_details")
             chunk = self._chunk({}, FINISH_REASONS.get(str(reason), "stop"))
             if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
                 # see anthropic_common.stop_sequence
                 chunk["choices"][0]["stop_reason"] = delta["stop_sequence"]
             return [chunk]
+        if kind == "content_block_stop":
+            return self._block_stop(int(data.get("index", 0)))
         if kind == "message_stop":
             self.stopped = True
             if self.include_usage:
@@ -270,7 +277,16 @@ class AnthropicStreamDecoder:
                 usage_chunk["choices"] = []
                 usage_chunk["usage"] = canonical_usage(self._usage)
                 return [usage_chunk]
-        return []  # ping, content_block_stop, unknown future events
+        return []  # ping, unknown future events
+
+    def _block_stop(self, index: int) -> list[dict[str, Any]]:
+        if index not in self._tools or index in self._argued:
+            return []
+        # a call of a tool without parameters: Anthropic streams its input as one empty
+        # input_json_delta, while OpenAI clients parse the arguments, which are "{}" there
+        self._argued.add(index)
+        return [self._chunk({"tool_calls": [{"index": self._tools[index],
+                                             "function": {"arguments": "{}"}}]})]
 
     def _block_start(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
         self.content_started = True
@@ -286,6 +302,7 @@ class AnthropicStreamDecoder:
                 "function": {"name": block.get("name", ""), "arguments": ""}}
             chunks = [self._chunk({"tool_calls": [call]})]
             if block.get("input"):  # a complete input up front (not sent by the API today)
+                self._argued.add(index)
                 chunks.append(self._chunk({"tool_calls": [{"index": tool_index, "function": {
                     "arguments": orjson.dumps(block["input"]).decode()}}]}))
             return chunks
@@ -299,6 +316,7 @@ class AnthropicStreamDecoder:
             partial = delta.get("partial_json", "")
             if not partial:
                 return []
+            self._argued.add(index)
             return [self._chunk({"tool_calls": [{"index": self._tools[index],
                                                  "function": {"arguments": partial}}]})]
         if kind == "thinking_delta":
