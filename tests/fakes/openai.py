@@ -69,7 +69,45 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
         "code": "content_filter", "status": 400}}), {}),
     "bad_param": (400, _err("Invalid value for 'temperature': must be between 0 and 2.",
                             "invalid_request_error", "invalid_value", "temperature"), {}),
+    # OpenAI's 429 often has no Retry-After: the wait is in its message and x-ratelimit headers
+    "rate_limit_hint": (429, _err(
+        "Rate limit reached for gpt-4o in organization org-test on requests per min (RPM): "
+        "Limit 500, Used 500, Requested 1. Please try again in 120ms. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more.", "requests",
+        "rate_limit_exceeded"), {"x-ratelimit-limit-requests": "500",
+                                 "x-ratelimit-remaining-requests": "0",
+                                 "x-ratelimit-reset-requests": "120ms",
+                                 "x-ratelimit-remaining-tokens": "29000",
+                                 "x-ratelimit-reset-tokens": "2s"}),
+    "rate_limit_daily": (429, _err(
+        "Rate limit reached for gpt-4o-mini in organization org-test on tokens per day (TPD): "
+        "Limit 200000, Used 199000, Requested 2000. Please try again in 7m12s.", "tokens",
+        "rate_limit_exceeded"), {"x-ratelimit-remaining-tokens": "0",
+                                 "x-ratelimit-reset-tokens": "7m12s"}),
+    # llama.cpp's server (b6400+; older ones sent the same text as a 500)
+    "llamacpp_context": (400, orjson.dumps({"error": {
+        "code": 400, "message": "request (4390 tokens) exceeds the available context size "
+        "(4096 tokens), try increasing it", "type": "exceed_context_size_error",
+        "n_prompt_tokens": 4390, "n_ctx": 4096}}), {}),
+    "llamacpp_context_500": (500, orjson.dumps({"error": {
+        "code": 500, "message": "the request exceeds the available context size. try "
+        "increasing the context size or enable context shift", "type": "server_error"}}), {}),
+    # Kimi (Moonshot)
+    "kimi_context": (400, orjson.dumps({"error": {
+        "message": "Invalid request: Your request exceeded model token limit: 8192",
+        "type": "invalid_request_error"}}), {}),
 }
+
+# MiniMax answers some failures with a 200 whose body carries only its status (1008: no balance)
+MINIMAX_BALANCE = orjson.dumps({"base_resp": {"status_code": 1008,
+                                              "status_msg": "insufficient balance"}})
+# OpenRouter's error after the stream began: a chunk with a top-level error, finish_reason
+# "error", then the end of the stream
+OPENROUTER_ERROR = orjson.dumps({
+    "id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": "openai/gpt-4o",
+    "provider": "OpenAI", "error": {"code": 502, "message": "Provider disconnected "
+                                    "unexpectedly"},
+    "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
 
 
 @dataclass
@@ -78,7 +116,14 @@ class FakeOpenAI(FakeServer[Logged]):
     "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream),
     "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise),
     "comments:<seconds>" (streaming: SSE comment lines this long before the first chunk),
-    "error_first" (streaming: a 200 whose first event is an insufficient_quota error)."""
+    "error_first" (streaming: a 200 whose first event is an insufficient_quota error),
+    "no_done" (streaming: the finish_reason chunk and the usage, then the end of the body
+    without [DONE], as llama.cpp before b3750, TGI before 2.1.1, mistral.rs before 0.5 send),
+    "openrouter_error_first" (streaming: ": OPENROUTER PROCESSING", then OpenRouter's error
+    chunk, finish_reason "error", and the end), "openrouter_error_mid" (that chunk after two
+    words),
+    "llamacpp_error_event" (streaming: llama.cpp's `error: {...}` line, then `data: [DONE]`),
+    "minimax_balance" (a 200 whose JSON body is MiniMax's base_resp 1008)."""
 
     reply: str = "Hello from the fake upstream"
     call_id: str = "call_1"  # the id of its tool calls (Kimi's look like "functions.f:0")
@@ -116,6 +161,8 @@ class FakeOpenAI(FakeServer[Logged]):
             return early
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
+        if behaviour == "minimax_balance":
+            return web.Response(body=MINIMAX_BALANCE, content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
         return web.json_response(self._completion(body))
@@ -155,6 +202,17 @@ class FakeOpenAI(FakeServer[Logged]):
         if behaviour == "error_first":
             await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
             return resp
+        if behaviour == "openrouter_error_first":
+            await resp.write(b": OPENROUTER PROCESSING\n\n")
+            await resp.write(b"data: " + OPENROUTER_ERROR + b"\n\n")
+            return resp
+        if behaviour == "llamacpp_error_event":
+            # llama.cpp's server (mid 2025) streams a failure as an `error:` field, then [DONE]
+            await resp.write(b'error: {"code":500,"message":"the request exceeds the available '
+                             b'context size. try increasing the context size or enable context '
+                             b'shift","type":"exceed_context_size_error"}\n\n')
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
         await send({"role": "assistant", "content": ""})
         if _wants_tool_call(body):
             # a tool call streams its arguments in pieces, as OpenAI does
@@ -179,7 +237,16 @@ class FakeOpenAI(FakeServer[Logged]):
                                                   "your request.", "server_error", None)
                                  + b"\n\n")
                 return resp
+            if behaviour == "openrouter_error_mid" and i == 1:
+                await resp.write(b"data: " + OPENROUTER_ERROR + b"\n\n")
+                return resp
         await send({}, "stop")
+        if behaviour == "no_done":
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(b"data: " + orjson.dumps({
+                    **base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 6,
+                                                     "total_tokens": 15}}) + b"\n\n")
+            return resp
         await resp.write(b"data: [DONE]\n\n")
         return resp
 

@@ -29,7 +29,15 @@ _CONTEXT_MARKERS = (
     "too many tokens", "prompt is too long", "input is too long", "reduce the length",
     "tokens exceeds", "exceeds the maximum number of tokens", "input token count",
     "string_above_max_length", "request too large", "context limit",
+    # llama.cpp's server: "request (4390 tokens) exceeds the available context size (4096
+    # tokens)", type exceed_context_size_error; Kimi: "exceeded model token limit: 8192"
+    "available context size", "exceed_context_size", "context size has been exceeded",
+    "exceeded model token limit",
 )
+# llama.cpp's server said the same with a 500 (before b6400, and "Context size has been
+# exceeded." when a generation fills the window): words no other server error uses
+_SERVER_CONTEXT_MARKERS = ("available context size", "exceed_context_size",
+                           "context size has been exceeded")
 _FILTER_MARKERS = (
     "content_filter", "content_policy", "content policy", "content management policy",
     "safety system", "safety reasons", "safety filter", "flagged", "responsible ai",
@@ -95,6 +103,8 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
     if status == 408:
         return FailureReason.TIMEOUT
     if status == 413:
+        return FailureReason.CONTEXT_OVERFLOW
+    if status >= 500 and any(m in text for m in _SERVER_CONTEXT_MARKERS):
         return FailureReason.CONTEXT_OVERFLOW
     if status == 529:
         return FailureReason.OVERLOADED
@@ -166,6 +176,34 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds in a Go-style duration ("120ms", "1.5s", "6m0s", "1h2m3s"), as OpenAI and Groq
+    write their rate-limit waits; None for anything else."""
+    text = text.strip()
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def rate_limit_wait(message: str, headers: Any) -> float | None:
+    """The wait a 429 without Retry-After states otherwise (OpenAI, Groq): its message's
+    "Please try again in 7m12s", else the x-ratelimit-reset-* of the exhausted limits."""
+    found = _TRY_AGAIN.search(message)
+    if found:
+        return go_duration(found.group(1))
+    waits = [go_duration(headers.get(f"x-ratelimit-reset-{kind}") or "")
+             for kind in ("requests", "tokens")
+             if headers.get(f"x-ratelimit-remaining-{kind}") == "0"]
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
 
 
 def request_headers(config: ProviderConfig, base: dict[str, str], key_name: str,
@@ -457,6 +495,11 @@ async def sse_events(resp: Response, first_deadline: float, idle: float,
             data.append(value[1:] if value.startswith(b" ") else value)
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode("utf-8", "replace")
+        elif line.startswith(b"error:"):
+            # llama.cpp's server streamed a failure as an `error:` field (then [DONE]), which
+            # SSE readers drop: an error event in OpenAI's shape instead
+            event = "error"
+            data.append(b'{"error":' + line[6:].strip() + b"}")
         # comments (":") and other fields (id, retry) are not used by any provider
     if data:
         yield event, b"\n".join(data)

@@ -30,6 +30,7 @@ from failoverd.providers.http import (
     parse_retry_after,
     probe_get,
     probe_limits,
+    rate_limit_wait,
     read_limited,
     request_headers,
     sse_events,
@@ -39,6 +40,14 @@ from failoverd.providers.http import (
 logger = logging.getLogger(__name__)
 
 _STREAM_ONLY_KEYS = ("stream", "stream_options")
+
+# MiniMax's status codes in the base_resp of a 200 that carries no answer (its error body)
+_MINIMAX_CODES = {
+    1002: FailureReason.RATE_LIMIT, 1039: FailureReason.RATE_LIMIT,  # requests, tokens
+    1004: FailureReason.AUTH, 2049: FailureReason.AUTH,  # authentication, invalid key
+    1008: FailureReason.BILLING, 2056: FailureReason.BILLING,  # balance, plan limit
+    1026: FailureReason.CONTENT_FILTER, 1027: FailureReason.CONTENT_FILTER,  # sensitive
+}
 
 
 def error_details(raw: bytes) -> tuple[str, str]:
@@ -80,10 +89,12 @@ class OpenAIProvider:
         if reason is FailureReason.NOT_FOUND and not not_found_is_model(f"{message} {code}"):
             # a 404 on the path itself means a wrong base_url, which every model shares
             message = message or f"404 from {self._chat_url}: check base_url"
+        retry_after = parse_retry_after(resp.headers)
+        if retry_after is None and reason is FailureReason.RATE_LIMIT:
+            retry_after = rate_limit_wait(message, resp.headers)
         return upstream_error(
             reason, message or f"HTTP {resp.status}", status=resp.status,
-            provider=self.config.name, model=model,
-            retry_after=parse_retry_after(resp.headers), body=raw,
+            provider=self.config.name, model=model, retry_after=retry_after, body=raw,
             content_type=resp.headers.get("Content-Type", "application/json"),
         )
 
@@ -124,7 +135,26 @@ class OpenAIProvider:
             message, code = error_details(raw)
             return upstream_error(classify_in_band(message, code), message, status=200,
                                   provider=self.config.name, model=model, body=raw)
+        base = parsed.get("base_resp") if isinstance(parsed, dict) else None
+        status_code = base.get("status_code") if isinstance(base, dict) else None
+        if isinstance(base, dict) and isinstance(status_code, int) and status_code:
+            message = str(base.get("status_msg") or f"MiniMax status {status_code}")
+            reason = _MINIMAX_CODES.get(status_code) or classify_in_band(message)
+            return upstream_error(reason, message, status=200, provider=self.config.name,
+                                  model=model, body=raw)
         return upstream_error(FailureReason.INVALID_RESPONSE, otherwise, status=200,
+                              provider=self.config.name, model=model)
+
+    def _chunk_error(self, payload: bytes, model: str) -> UpstreamError | None:
+        """The error a stream's event carries, if any: OpenAI's {"error": {...}}, OpenRouter's
+        chunk with a top-level error and finish_reason "error", vLLM's {"object": "error"};
+        None when "error" was only a word in an answer (a tool's name)."""
+        parsed = json_or_none(payload)
+        if isinstance(parsed, dict) and not parsed.get("error") \
+                and parsed.get("object") != "error":
+            return None
+        message, code = error_details(payload)
+        return upstream_error(classify_in_band(message, code), message, status=200,
                               provider=self.config.name, model=model)
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
@@ -145,16 +175,23 @@ class OpenAIProvider:
                 raw = await read_limited(resp)
                 raise self._body_error(raw, json_or_none(raw), model.id,
                                        "200 with a JSON body instead of an event stream")
+            payload = b""
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
                                                     name, model.id):
                 if payload == b"[DONE]":
                     clean = True
                     return
-                if b'"error"' in payload[:40]:
-                    message, code = error_details(payload)
-                    raise upstream_error(classify_in_band(message, code), message, status=200,
-                                         provider=name, model=model.id)
+                # anywhere in the event: OpenRouter's comes after id, object, model, provider
+                if b'"error"' in payload:
+                    error = self._chunk_error(payload, model.id)
+                    if error is not None:
+                        raise error
                 yield Chunk(payload)
+            if _finished(payload):
+                # no [DONE] after the answer's end: llama.cpp before b3750, TGI before 2.1.1,
+                # mistral.rs before 0.5 and others end the body there
+                clean = True
+                return
             raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before [DONE]",
                                  status=200, provider=name, model=model.id)
         finally:
@@ -175,3 +212,15 @@ class OpenAIProvider:
         else:
             body["max_tokens"] = max_tokens
         await self.complete(body, model, probe_limits(timeout, self.config.connect_timeout))
+
+
+def _finished(payload: bytes) -> bool:
+    """Whether a stream's last event ended the answer: its choices all have a finish_reason,
+    or it is the usage-only chunk (stream_options.include_usage) that follows them."""
+    parsed = json_or_none(payload)
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    if not isinstance(choices, list):
+        return False
+    if not choices:
+        return isinstance(parsed, dict) and parsed.get("usage") is not None
+    return all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
