@@ -96,6 +96,32 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
     "kimi_context": (400, orjson.dumps({"error": {
         "message": "Invalid request: Your request exceeded model token limit: 8192",
         "type": "invalid_request_error"}}), {}),
+    # Kimi's 429 when its capacity is short (MoonshotAI-Cookbook#16, BettaFish#292)
+    "kimi_overloaded": (429, orjson.dumps({"error": {
+        "message": "The engine is currently overloaded, please try again later",
+        "type": "engine_overloaded_error"}}), {}),
+    # Groq: a request over the per-minute token quota by itself (gpt-researcher#985)
+    "groq_tpm": (413, _err(
+        "Request too large for model `llama-3.1-8b-instant` in organization `org_01test` "
+        "service tier `on_demand` on tokens per minute (TPM): Limit 6000, Requested 12328, "
+        "please reduce your message size and try again. Need more tokens? Upgrade to Dev Tier "
+        "today at https://console.groq.com/settings/billing", "tokens",
+        "rate_limit_exceeded"), {}),
+    # GLM (Zhipu): business codes in error.code (docs.bigmodel.cn/cn/api/api-code), Chinese
+    # text; 1113 as dify#5850 and CowAgent#2910 got it, 1301 as the safety audit page shows it
+    "glm_balance": (429, orjson.dumps({"error": {
+        "code": "1113", "message": "余额不足或无可用资源包,请充值。"}}), {}),
+    "glm_context": (400, orjson.dumps({"error": {
+        "code": "1261", "message": "Prompt 超长"}}), {}),
+    "glm_unsafe": (400, orjson.dumps({
+        "contentFilter": [{"level": 1, "role": "user"}],
+        "error": {"code": "1301", "message": "系统检测到输入或生成内容可能包含不安全或敏感内容，"
+                  "请您避免输入易产生敏感内容的提示语，感谢您的配合。"}}), {}),
+    "glm_busy": (429, orjson.dumps({"error": {
+        "code": "1305", "message": "该模型当前访问量过大，请您稍后再试"}}), {}),
+    # the same inside a 200 (llm-simple-router#95: "HTTP 200, code 1305")
+    "glm_busy_200": (200, orjson.dumps({"error": {
+        "code": "1305", "message": "该模型当前访问量过大，请您稍后再试"}}), {}),
 }
 
 # MiniMax answers some failures with a 200 whose body carries only its status (1008: no balance)

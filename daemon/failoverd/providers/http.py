@@ -90,8 +90,19 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
     text is only inspected here, at the edge.
     """
     text = f"{code} {message}".lower()
+    if 400 <= status < 500 and "request too large" in text and "per min" in text:
+        # Groq's 413 and OpenAI's 429 "Request too large for model ... on tokens per minute
+        # (TPM): Limit 6000, Requested 14368": the request alone is over the per-minute quota,
+        # so no wait makes it fit here, while a model with a larger quota (or none) takes it
+        # whatever its context window; not this model's fault (no breaker count)
+        return FailureReason.INCAPABLE
     if status == 429:
-        return _quota_or_rate(message, code) or FailureReason.RATE_LIMIT
+        quota_or_rate = _quota_or_rate(message, code)
+        if quota_or_rate is None and "overload" in text:
+            # Kimi's 429 engine_overloaded_error "The engine is currently overloaded, please
+            # try again later": capacity, retried with backoff, not a quota of the account
+            return FailureReason.OVERLOADED
+        return quota_or_rate or FailureReason.RATE_LIMIT
     if status == 402:
         return FailureReason.BILLING
     if status in (401, 403):

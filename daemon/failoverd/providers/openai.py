@@ -49,6 +49,25 @@ _MINIMAX_CODES = {
     1026: FailureReason.CONTENT_FILTER, 1027: FailureReason.CONTENT_FILTER,  # sensitive
 }
 
+# GLM's (Zhipu: open.bigmodel.cn, api.z.ai) business codes in error.code, which decide whatever
+# the HTTP status (docs.bigmodel.cn/cn/api/api-code): its messages are often Chinese
+# ("余额不足或无可用资源包,请充值。" with a 429 is no rate limit but an empty account)
+_GLM_CODES = {
+    "1113": FailureReason.BILLING,  # in arrears / insufficient balance (a 429)
+    "1309": FailureReason.BILLING,  # the GLM Coding Plan expired
+    "1261": FailureReason.CONTEXT_OVERFLOW,  # Prompt 超长 / prompt exceeds max length
+    "1301": FailureReason.CONTENT_FILTER,  # unsafe or sensitive input or output
+    "1302": FailureReason.RATE_LIMIT, "1303": FailureReason.RATE_LIMIT,  # concurrency, rate
+    "1304": FailureReason.RATE_LIMIT,  # the day's call limit
+    "1308": FailureReason.RATE_LIMIT, "1310": FailureReason.RATE_LIMIT,  # usage caps, reset
+    "1305": FailureReason.OVERLOADED, "1312": FailureReason.OVERLOADED,  # the model is busy
+}
+
+
+def _glm_reason(code: str) -> FailureReason | None:
+    """The reason of a GLM business code (`code` as error_details gives it), if it is one."""
+    return _GLM_CODES.get(code.partition(" ")[0])
+
 
 def error_details(raw: bytes) -> tuple[str, str]:
     """(message, code) from an OpenAI-style error body; tolerant of the variants in the wild."""
@@ -85,7 +104,7 @@ class OpenAIProvider:
     async def _failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         message, code = error_details(raw)
-        reason = classify(resp.status, message, code)
+        reason = _glm_reason(code) or classify(resp.status, message, code)
         if reason is FailureReason.NOT_FOUND and not not_found_is_model(f"{message} {code}"):
             # a 404 on the path itself means a wrong base_url, which every model shares
             message = message or f"404 from {self._chat_url}: check base_url"
@@ -133,8 +152,8 @@ class OpenAIProvider:
         insufficient_quota is billing); `otherwise` names a body that is no error either."""
         if isinstance(parsed, dict) and "error" in parsed:
             message, code = error_details(raw)
-            return upstream_error(classify_in_band(message, code), message, status=200,
-                                  provider=self.config.name, model=model, body=raw)
+            return upstream_error(_glm_reason(code) or classify_in_band(message, code), message,
+                                  status=200, provider=self.config.name, model=model, body=raw)
         base = parsed.get("base_resp") if isinstance(parsed, dict) else None
         status_code = base.get("status_code") if isinstance(base, dict) else None
         if isinstance(base, dict) and isinstance(status_code, int) and status_code:
@@ -154,8 +173,8 @@ class OpenAIProvider:
                 and parsed.get("object") != "error":
             return None
         message, code = error_details(payload)
-        return upstream_error(classify_in_band(message, code), message, status=200,
-                              provider=self.config.name, model=model)
+        return upstream_error(_glm_reason(code) or classify_in_band(message, code), message,
+                              status=200, provider=self.config.name, model=model)
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:

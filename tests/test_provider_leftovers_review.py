@@ -1,0 +1,84 @@
+"""Review leftovers: vendors' failures as they really send them, through the daemon.
+
+Sources: GLM's business codes (docs.bigmodel.cn/cn/api/api-code; 1113 with a 429 in dify#5850
+and CowAgent#2910; 1301's body on the safety audit page; 1305 inside a 200 in
+llm-simple-router#95), Kimi's 429 engine_overloaded_error (MoonshotAI-Cookbook#16), Groq's 413
+"Request too large ... tokens per minute (TPM)" (gpt-researcher#985, code
+rate_limit_exceeded), Anthropic's 413 request_too_large (its errors page: a 32 MB byte limit
+Cloudflare enforces), Ollama's done_reason "load" (oh-my-pi#7465) and thinking-only answers
+(ollama#16184).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO, pair_config, status
+
+
+@pytest.fixture
+async def pair(fake_openai: Any, start_daemon: Any) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
+    """a/gpt-a (128,000 tokens) failing over to b/gpt-b (8,000 tokens): a smaller window."""
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b, a_window=128000, b_window=8000))
+    return a, b, d
+
+
+async def _ask(d: Any, stream: bool) -> tuple[str, dict[str, str]]:
+    """(answer text, headers) of one OpenAI-SDK request to the default chain."""
+    if not stream:
+        raw = await d.openai.chat.completions.with_raw_response.create(
+            model="default", messages=HELLO)
+        return raw.parse().choices[0].message.content or "", dict(raw.headers)
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    return text, dict(raw.headers)
+
+
+# ------------------------------------------------------------------ OpenAI-compatible vendors
+
+
+@pytest.mark.parametrize(("behaviour", "reason", "a_calls", "counted"), [
+    # GLM: an empty account was rate_limit (its Chinese text names no balance): the breaker
+    # opened one model at a time instead of every model of the provider
+    ("glm_balance", "billing", 1, False),
+    # GLM: "Prompt 超长" and the unsafe-content refusal were bad_request: no failover at all
+    ("glm_unsafe", "content_filter", 1, False),
+    # GLM's busy model was rate_limit (no retry); inside a 200 it was server_error
+    ("glm_busy", "overloaded", 2, True),
+    ("glm_busy_200", "overloaded", 2, True),
+    # Kimi's overloaded engine was rate_limit: no same-model retry with backoff
+    ("kimi_overloaded", "overloaded", 2, True),
+    # Groq's over-the-TPM request was context_overflow: no failover to the smaller window b,
+    # though b has no such quota; it is no fault of the model either
+    ("groq_tpm", "incapable", 1, False),
+])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_vendor_failures_get_their_reason(pair: Any, behaviour: str, reason: str,
+                                                a_calls: int, counted: bool,
+                                                stream: bool) -> None:
+    a, b, d = pair
+    a.default = behaviour
+    text, headers = await _ask(d, stream)
+    assert text == "from b"
+    assert headers["x-failoverd-failover"] == f"a/gpt-a>b/gpt-b:{reason}"
+    assert len(a.chat_requests()) == a_calls
+    model = (await status(d))["models"]["a/gpt-a"]
+    assert (model["consecutive_failures"] > 0) is counted
+
+
+async def test_glm_prompt_too_long_fails_over_to_a_larger_window(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """GLM's 1261 "Prompt 超长" was bad_request: the client got the 400."""
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(pair_config(a, b, a_window=8000, b_window=128000))
+    a.default = "glm_context"
+    text, headers = await _ask(d, stream=False)
+    assert text == "from b"
+    assert headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:context_overflow"
