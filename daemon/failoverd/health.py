@@ -94,7 +94,8 @@ class Permit:
         self._done = True
         elapsed = self._elapsed(duration)
         self._breaker.record_success(self._ticket, elapsed)
-        self._registry._finished(self.model_id, latency=elapsed)
+        current = self._registry.current(self._breaker)
+        self._registry._finished(self.model_id, latency=elapsed if current else None)
 
     def failure(self, reason: FailureReason, duration: float | None = None,
                 retry_after: float | None = None) -> None:
@@ -105,7 +106,10 @@ class Permit:
         effect = POLICY[reason].breaker
         if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):
             self._breaker.release(self._ticket)
-            self._registry._block_provider_of(self.model_id, effect, str(reason))
+            # a call made with settings a reload replaced (an old API key, URL) says nothing
+            # about the new ones: its breaker was replaced along with them
+            if self._registry.current(self._breaker):
+                self._registry._block_provider_of(self.model_id, effect, str(reason))
         else:
             self._breaker.record_failure(self._ticket, reason, retry_after)
         self._registry._finished(self.model_id, latency=None)
@@ -152,20 +156,43 @@ class HealthRegistry:
     # ------------------------------------------------------------------ setup
 
     def _add_model(self, model: ModelConfig) -> None:
-        self._breakers[model.id] = Breaker(model.id, self._config.breaker, self.clock, self._rng,
-                                           self._transition)
+        def on_transition(model_id: str, old: BreakerState, new: BreakerState,
+                          reason: str | None, retry_at: float | None, open_count: int) -> None:
+            if not self.current(breaker):
+                # a call admitted before a reload replaced (or removed) this breaker ended:
+                # the model's breaker now is another one, whose state is the one to announce
+                logger.info("breaker %s: %s -> %s under settings a reload replaced: not "
+                            "announced", model_id, old, new)
+                return
+            self._transition(model_id, old, new, reason, retry_at, open_count)
+
+        breaker = Breaker(model.id, self._config.breaker, self.clock, self._rng, on_transition)
+        self._breakers[model.id] = breaker
         self._inflight.setdefault(model.id, 0)
         self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
         self._probes.pop(model.id, None)
 
+    def current(self, breaker: Breaker) -> bool:
+        """Whether `breaker` is its model's breaker now (a reload that changed the model or
+        its provider, or removed it, replaced it: calls admitted before keep the old one)."""
+        return self._breakers.get(breaker.model_id) is breaker
+
     def reconfigure(self, config: Config) -> None:
-        """Applies a reloaded config: state survives for models (and providers) unchanged."""
+        """Applies a reloaded config: state survives for models (and providers) unchanged.
+
+        A model or provider whose settings changed starts fresh; the state it leaves (an open
+        breaker, an auth or billing block) is announced as ended, reason "reconfigured", so
+        event and hook consumers see it end as MQTT and /v1/status do.
+        """
         old = self._config
         self._config = config
         self._fingerprints = None
+        lifted: list[str] = []
         for name in list(self._credentials):
             if old.providers.get(name) != config.providers.get(name):
                 # a new key or URL deserves a fresh chance
+                if name in config.providers and self._blocked(name, apply=False):
+                    lifted.append(name)
                 del self._credentials[name]
         for name in config.providers:
             self._credentials.setdefault(name, _Credentials(since=self.clock.monotonic()))
@@ -178,6 +205,7 @@ class HealthRegistry:
                 # model added back before they end has them against its max_concurrency, and
                 # their ends must not take slots from the calls made after
                 self._probes.pop(model_id, None)
+        reopened: list[tuple[str, BreakerState]] = []
         for model in config.models.values():
             breaker = self._breakers.get(model.id)
             previous = old.models.get(model.id)
@@ -186,8 +214,16 @@ class HealthRegistry:
             if breaker is not None and unchanged:
                 breaker.config = config.breaker
             else:
+                if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                    reopened.append((model.id, breaker.state))
                 self._add_model(model)
         self._notify()
+        for name in lifted:
+            self._announce_credentials(name, "ok", "reconfigured", None)
+        for model_id, state in reopened:
+            if self._on_transition is not None:
+                self._on_transition(model_id, state, BreakerState.CLOSED, "reconfigured",
+                                    None, 0)
 
     # ------------------------------------------------------------------ admission
 
@@ -329,6 +365,10 @@ class HealthRegistry:
                        provider, state, reason, retry_at)
         if state == "ok":
             self._notify()
+        self._announce_credentials(provider, state, reason, retry_at)
+
+    def _announce_credentials(self, provider: str, state: str, reason: str | None,
+                              retry_at: float | None) -> None:
         if self._on_credentials is not None:
             try:
                 self._on_credentials(provider, state, reason, retry_at)

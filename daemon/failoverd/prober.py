@@ -84,6 +84,7 @@ class Prober:
         if self.scheduler is None:
             return
         cfg = self.service.runtime.config
+        self._failing.intersection_update(cfg.models)  # a removed model recovers no more
         for job in self.scheduler.get_jobs():
             kind, _, model_id = job.id.partition(":")
             if kind == "probe" and model_id not in cfg.models:
@@ -235,6 +236,9 @@ class Prober:
         if kind == "none":
             return True
         provider = rt.providers[model.provider]
+        # a reload during the probe that changes the model or its provider (a new key, URL)
+        # replaces its breaker: the answer to the old settings says nothing about the new ones
+        breaker = self.service.health.breaker(model_id)
         started = self.clock.monotonic()
         reason: FailureReason | None = None
         retry_after: float | None = None
@@ -251,6 +255,10 @@ class Prober:
             reason, message = FailureReason.TIMEOUT, "probe timed out"
         latency = self.clock.monotonic() - started
         ok = reason is None
+        if breaker is None or not self.service.health.current(breaker):
+            logger.info("probe (%s) of %s ended after a reload changed it: ignored",
+                        kind, model_id)
+            return ok
         self.service.metrics.probe(model_id, ok)
         self.service.health.record_probe(model_id, ok, latency, reason, retry_after,
                                          operator=operator)

@@ -139,7 +139,9 @@ class Service:
         for name in [n for n in self._chain_offsets if after.get(n) != before.get(n)]:
             del self._chain_offsets[name]
         self.health.reconfigure(config)
-        self.sessions.sticky_seconds = config.routing.sticky_seconds
+        if self.sessions.set_sticky_seconds(config.routing.sticky_seconds):
+            logger.info("reload: sticky_seconds is now %g; longer sticky windows shortened",
+                        config.routing.sticky_seconds)
         dropped = self.sessions.forget_missing(config.models, config.chains)
         if dropped:
             logger.info("reload: %d session(s) lost a pin or sticky model that went away",

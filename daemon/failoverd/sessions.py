@@ -74,7 +74,7 @@ class SessionStore:
         self._clock = clock
         self.max_entries = max_entries
         self.ttl = ttl
-        # Mutable so a config reload can change it; running sticky windows keep their end.
+        # A config reload changes it with set_sticky_seconds.
         self.sticky_seconds = sticky_seconds
         self._entries: OrderedDict[str, Session] = OrderedDict()
 
@@ -151,6 +151,21 @@ class SessionStore:
         self._put(key, replace(current or Session(key), sticky=sticky, last_used=now), now)
         logger.debug("session sticks to %s for %.0fs after failing over from %s",
                      served_model, self.sticky_seconds, requested_head)
+
+    def set_sticky_seconds(self, seconds: float) -> int:
+        """A reload's new sticky_seconds: running sticky windows end no later than it says
+        (since + seconds; 0 ends them now), a longer one applies to new failovers only.
+        Returns how many windows were shortened."""
+        self.sticky_seconds = seconds
+        shortened = 0
+        for key, session in list(self._entries.items()):
+            sticky = session.sticky
+            if sticky is not None and sticky.since + seconds < sticky.until:
+                end = sticky.since + seconds
+                self._entries[key] = replace(
+                    session, sticky=replace(sticky, until=end) if seconds > 0 else None)
+                shortened += 1
+        return shortened
 
     def forget_missing(self, models: Container[str], chains: Container[str]) -> int:
         """After a reload: drops pins to models or chains that no longer exist and sticky
