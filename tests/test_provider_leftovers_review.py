@@ -82,3 +82,69 @@ async def test_glm_prompt_too_long_fails_over_to_a_larger_window(
     text, headers = await _ask(d, stream=False)
     assert text == "from b"
     assert headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:context_overflow"
+
+
+# ------------------------------------------------------------------ Ollama: empty answers
+
+
+@pytest.fixture
+async def ollamas(fake_ollama: Any, start_daemon: Any) -> tuple[Any, Any, Any]:
+    """o/qwen2.5:7b failing over to big/llama3.2:latest."""
+    small = await fake_ollama(reply="from the small one")
+    big = await fake_ollama(reply="from the big one")
+    d = await start_daemon(f"""
+[providers.o]
+kind = "ollama"
+base_url = "{small.url}"
+[providers.big]
+kind = "ollama"
+base_url = "{big.url}"
+[models."o/qwen2.5:7b"]
+provider = "o"
+[models."big/llama3.2:latest"]
+provider = "big"
+[routing]
+primary = "o/qwen2.5:7b"
+fallbacks = ["big/llama3.2:latest"]
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+""")
+    return small, big, d
+
+
+@pytest.mark.parametrize("behaviour", ["load", "thinking_only"])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_ollama_without_an_answer_fails_over(ollamas: Any, behaviour: str,
+                                                   stream: bool) -> None:
+    """done_reason "load" (the model was only loaded) and an answer all in message.thinking
+    were successful empty answers: the client got "" while another model could answer, as
+    Gemini's and Anthropic's empty answers already fail over."""
+    small, big, d = ollamas
+    small.default = behaviour
+    text, headers = await _ask(d, stream)
+    assert text == "from the big one"
+    assert headers["x-failoverd-failover"] == \
+        "o/qwen2.5:7b>big/llama3.2:latest:invalid_response"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_ollama_empty_answers_that_are_answers_stay(ollamas: Any, stream: bool) -> None:
+    """A cut answer (done_reason length) and a tool call without text are answers."""
+    small, big, d = ollamas
+    small.default = "length"
+    text, headers = await _ask(d, stream)
+    assert text == "from the small one" and "x-failoverd-failover" not in headers
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "weather?"}]
+    if stream:
+        chunks = [c async for c in await d.openai.chat.completions.create(
+            model="default", messages=messages, tools=tools, stream=True)]
+        calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+    else:
+        answer = await d.openai.chat.completions.create(model="default", messages=messages,
+                                                        tools=tools)
+        calls = list(answer.choices[0].message.tool_calls or ())
+    assert calls and calls[0].function.name == "weather"
+    assert big.requests == []

@@ -44,7 +44,8 @@ class FakeOllama(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang" (no answer), "stall" (stream headers, then
     nothing), "slow:<seconds>", "invalid_json", "empty", "length" (done_reason length),
     "cut_stream", "no_done" (stream ends without the done line), "stream_error" (an error
-    line mid-stream).
+    line mid-stream), "load" (done_reason "load" and no answer, as Ollama answers a request
+    without a user message), "thinking_only" (everything in message.thinking, empty content).
 
     As Ollama does, "ok" with `"truncate": false` and a prompt longer than
     `options.num_ctx` answers the "context_size" error; without it, Ollama truncates
@@ -114,8 +115,20 @@ class FakeOllama(FakeServer[Logged]):
                 and self.prompt_tokens(body) > (body.get("options") or {}).get("num_ctx", 4096):
             return self._error("context_size", model)
         reason = "length" if behaviour == "length" else "stop"
+        if behaviour == "load":
+            # Ollama's whole answer (streamed or not): one done object, nothing generated
+            final = {"model": model, "created_at": "2025-05-01T10:00:01.0Z",
+                     "message": {"role": "assistant", "content": ""}, "done_reason": "load",
+                     "done": True}
+            if body.get("stream", True):
+                return web.Response(body=orjson.dumps(final) + b"\n",
+                                    content_type="application/x-ndjson")
+            return web.json_response(final)
         if body.get("stream", True):
             return await self._stream(request, body, behaviour, model, reason)
+        if behaviour == "thinking_only":
+            return web.json_response({**self._final(model, reason), "message": {
+                "role": "assistant", "content": "", "thinking": self.reply}})
         calls = self._calls(body)
         message: dict[str, Any] = {"role": "assistant", "content": "" if calls else self.reply}
         if calls:
@@ -137,7 +150,10 @@ class FakeOllama(FakeServer[Logged]):
                     "message": {"role": "assistant", **message}, "done": False}
 
         calls = self._calls(body)
-        if calls:
+        if behaviour == "thinking_only":
+            for word in self.reply.split(" "):
+                await send(piece({"content": "", "thinking": word + " "}))
+        elif calls:
             await send(piece({"content": "", "tool_calls": calls}))
         else:
             for i, word in enumerate(self.reply.split(" ")):

@@ -64,6 +64,13 @@ def classify_ollama(status: int | None, message: str) -> FailureReason:
     return classify_in_band(message) if status is None else classify(status, message)
 
 
+def _prefilled(body: dict[str, Any]) -> bool:
+    """Whether the request ends in an assistant message, which Ollama continues."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") == "assistant"
+
+
 def tagged(name: str) -> str:
     """A model name with Ollama's implicit `:latest` tag made explicit."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -118,7 +125,28 @@ class OllamaProvider:
             raise upstream_error(FailureReason.INVALID_RESPONSE,
                                  "200 with an unparsable or incomplete body", status=200,
                                  provider=name, model=model.id)
+        message = parsed["message"]
+        if not (message.get("content") or message.get("tool_calls")):
+            self._check_empty(body, parsed, bool(message.get("thinking")), model.id)
         return Completion(translate.to_completion(parsed, model.name))
+
+    def _check_empty(self, body: dict[str, Any], final: dict[str, Any], thought: bool,
+                     model: str) -> None:
+        """Raises for a finished answer without text or a tool call, which another model may
+        answer: done_reason "load" (Ollama only loaded the model, as for a request without a
+        user message) or a thinking model that put everything in `thinking`. A cut one
+        (done_reason "length") is an answer, and so is an empty continuation of a prefill."""
+        reason = final.get("done_reason")
+        if reason == "length" or _prefilled(body):
+            return
+        if reason == "load":
+            why = "200 without any answer: the model was only loaded (done_reason load)"
+        elif thought:
+            why = "200 without any answer: only thinking, no content"
+        else:
+            why = "200 without any answer (no content, no tool call)"
+        raise upstream_error(FailureReason.INVALID_RESPONSE, why, status=200,
+                             provider=self.config.name, model=model)
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
@@ -131,6 +159,10 @@ class OllamaProvider:
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
+        # chunks are held back until one carries an answer: an empty finish fails over
+        # before the first chunk, as complete() does
+        held: list[dict[str, Any]] = []
+        answered = thought = False
         try:
             async for line in lines(resp, first_deadline, limits.idle, name, model.id):
                 if not line.strip():
@@ -143,7 +175,20 @@ class OllamaProvider:
                 if isinstance(obj.get("error"), str):
                     raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
                                          status=200, provider=name, model=model.id)
-                for chunk in translator.feed(obj):
+                chunks = translator.feed(obj)
+                if not answered:
+                    message = obj.get("message")
+                    if isinstance(message, dict):
+                        answered = bool(message.get("content") or message.get("tool_calls"))
+                        thought = thought or bool(message.get("thinking"))
+                    if not answered and translator.done:
+                        self._check_empty(body, obj, thought, model.id)
+                        answered = True  # an empty answer that is one
+                    held.extend(chunks)
+                    if not answered:
+                        continue
+                    chunks, held = held, []
+                for chunk in chunks:
                     yield Chunk.of(chunk)
                 if translator.done:
                     return
