@@ -148,3 +148,43 @@ async def test_ollama_empty_answers_that_are_answers_stay(ollamas: Any, stream: 
         calls = list(answer.choices[0].message.tool_calls or ())
     assert calls and calls[0].function.name == "weather"
     assert big.requests == []
+
+
+# ------------------------------------------------------------------ Anthropic: 32 MB
+
+
+async def test_anthropic_request_too_large_fails_over_to_any_window(
+        fake_anthropic: Any, fake_openai: Any, start_daemon: Any) -> None:
+    """Anthropic's 413 request_too_large is its 32 MB byte limit, not the context window: it was
+    context_overflow, so a model with a smaller window (which may take 32 MB of images, or the
+    request's few tokens) was skipped and the client got a 503."""
+    ant = await fake_anthropic()
+    oai = await fake_openai(reply="from openai")
+    d = await start_daemon(f"""
+[providers.ant]
+kind = "anthropic"
+base_url = "{ant.url}"
+[providers.oai]
+kind = "openai"
+base_url = "{oai.url}"
+[models."ant/claude"]
+provider = "ant"
+name = "claude-sonnet-4-5"
+context_window = 200000
+[models."oai/gpt"]
+provider = "oai"
+name = "gpt-test"
+context_window = 128000
+[routing]
+primary = "ant/claude"
+fallbacks = ["oai/gpt"]
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+""")
+    ant.default = "request_too_large"
+    for stream in (False, True):
+        text, headers = await _ask(d, stream)
+        assert text == "from openai"
+        assert headers["x-failoverd-failover"] == "ant/claude>oai/gpt:incapable"
+    assert (await status(d))["models"]["ant/claude"]["consecutive_failures"] == 0

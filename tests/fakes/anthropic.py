@@ -28,6 +28,9 @@ def _err(type_: str, message: str) -> bytes:
 ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
     "overloaded": (529, _err("overloaded_error", "Overloaded"), {}),
     "overloaded_503": (503, _err("overloaded_error", "Overloaded"), {}),
+    # over the 32 MB a Messages request may have (Anthropic's errors page)
+    "request_too_large": (413, _err("request_too_large",
+                                    "Request exceeds the maximum allowed number of bytes."), {}),
     "rate_limit": (429, _err(
         "rate_limit_error", "This request would exceed the rate limit for your organization "
         "of 50 input tokens per minute. For details, refer to: "

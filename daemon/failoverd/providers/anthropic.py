@@ -58,7 +58,10 @@ _TYPE_REASONS = {
     "permission_error": FailureReason.AUTH,
     "not_found_error": FailureReason.NOT_FOUND,
     "billing_error": FailureReason.BILLING,
-    "request_too_large": FailureReason.CONTEXT_OVERFLOW,
+    # over the 32 MB a Messages request may have (Cloudflare's 413, before the API sees it):
+    # a byte limit, not the context window, so any other model may take the request, whatever
+    # its window (images and documents make the bytes); no fault of this model either
+    "request_too_large": FailureReason.INCAPABLE,
     "timeout_error": FailureReason.TIMEOUT,
     "api_error": FailureReason.SERVER_ERROR,
 }
@@ -105,6 +108,8 @@ def classify_error(status: int, message: str, error_type: str) -> FailureReason:
     reason = _TYPE_REASONS.get(error_type)
     if reason is not None:
         return reason
+    if status == 413:
+        return FailureReason.INCAPABLE  # the same limit, in whatever body Cloudflare sent
     if error_type == "invalid_request_error" and not 400 <= status < 500:
         status = 400  # an invalid_request_error inside a 200 stream or a gateway's 5xx
     return classify(status, message, error_type)
