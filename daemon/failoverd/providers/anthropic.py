@@ -23,7 +23,7 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
-from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
 from failoverd.providers.http import (
     classify,
     fetch,
@@ -191,7 +191,7 @@ class AnthropicProvider:
         if stop_reason == "refusal":
             raise upstream_error(FailureReason.CONTENT_FILTER, _refusal_message(stop_details),
                                  status=200, provider=self.config.name, model=model)
-        if stop_reason == "end_turn" and not answered and not _prefilled(body):
+        if stop_reason == "end_turn" and not answered and not ends_in_prefill(body):
             raise upstream_error(FailureReason.INVALID_RESPONSE,
                                  "200 without any answer (no content, end_turn)", status=200,
                                  provider=self.config.name, model=model)
@@ -279,12 +279,6 @@ def _answers(message: dict[str, Any]) -> bool:
     """Whether a Messages response has text or a tool call (thinking alone answers nothing)."""
     return any(isinstance(b, dict) and (b.get("type") == "tool_use" or (
         b.get("type") == "text" and b.get("text"))) for b in message.get("content") or [])
-
-
-def _prefilled(body: dict[str, Any]) -> bool:
-    messages = body.get("messages")
-    last = messages[-1] if isinstance(messages, list) and messages else None
-    return isinstance(last, dict) and last.get("role") == "assistant"
 
 
 def _refusal_message(details: Any) -> str:

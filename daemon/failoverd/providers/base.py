@@ -58,6 +58,14 @@ class Chunk:
         return cls(None, data)
 
 
+def ends_in_prefill(body: dict[str, Any]) -> bool:
+    """Whether a (canonical) request ends in an assistant message: a prefill the model
+    continues, which an empty answer may complete."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return isinstance(last, dict) and last.get("role") == "assistant"
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptLimits:
     """Time limits for one upstream attempt, already cut to the request's deadline."""

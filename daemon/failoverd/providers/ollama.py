@@ -19,7 +19,7 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
-from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
 from failoverd.providers.http import (
     classify,
     classify_in_band,
@@ -62,13 +62,6 @@ def classify_ollama(status: int | None, message: str) -> FailureReason:
     if any(m in message.lower() for m in _CONTEXT_MARKERS):
         return FailureReason.CONTEXT_OVERFLOW
     return classify_in_band(message) if status is None else classify(status, message)
-
-
-def _prefilled(body: dict[str, Any]) -> bool:
-    """Whether the request ends in an assistant message, which Ollama continues."""
-    messages = body.get("messages")
-    last = messages[-1] if isinstance(messages, list) and messages else None
-    return isinstance(last, dict) and last.get("role") == "assistant"
 
 
 def tagged(name: str) -> str:
@@ -137,7 +130,7 @@ class OllamaProvider:
         user message) or a thinking model that put everything in `thinking`. A cut one
         (done_reason "length") is an answer, and so is an empty continuation of a prefill."""
         reason = final.get("done_reason")
-        if reason == "length" or _prefilled(body):
+        if reason == "length" or ends_in_prefill(body):
             return
         if reason == "load":
             why = "200 without any answer: the model was only loaded (done_reason load)"
