@@ -60,9 +60,10 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _utf8(text: str) -> str:
-    # a lone surrogate (a file name that is not UTF-8, decoded with surrogateescape) cannot
-    # be encoded: it becomes its escape, `\udcff`
+def utf8_safe(text: str) -> str:
+    """`text` as JSON can carry it: a lone surrogate (a file name or environment value that is
+    not UTF-8, decoded with surrogateescape) cannot be encoded, so it becomes its escape,
+    `\udcff`, instead of failing the whole line or answer."""
     return text.encode("utf-8", "backslashreplace").decode()
 
 
@@ -70,11 +71,11 @@ def _plain(value: Any) -> Any:
     """`value` with string keys, strings that encode as UTF-8 and integers inside 64 bits
     (others become strings)."""
     if isinstance(value, dict):
-        return {_utf8(k if isinstance(k, str) else str(k)): _plain(v) for k, v in value.items()}
+        return {utf8_safe(k if isinstance(k, str) else str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, str):
-        return _utf8(value)
+        return utf8_safe(value)
     if isinstance(value, int) and not isinstance(value, bool) and not (
             -(2**63) <= value < 2**64):
         return str(value)
@@ -119,7 +120,7 @@ class Event:
         except orjson.JSONEncodeError:
             # what `default` never sees: integers beyond 64 bits, keys that are not strings,
             # strings that are not UTF-8
-            return orjson.dumps(_plain(data), default=lambda v: _utf8(str(v)))
+            return orjson.dumps(_plain(data), default=lambda v: utf8_safe(str(v)))
 
 
 def iso_time(epoch: float) -> str:

@@ -17,6 +17,8 @@ from typing import TextIO
 
 import orjson
 
+from failoverd.events import utf8_safe
+
 # logging level -> syslog priority (sd-daemon(3): <7> debug ... <2> crit)
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
                (logging.INFO, 6))
@@ -38,8 +40,7 @@ class JsonFormatter(logging.Formatter):
         except TypeError:
             # a lone surrogate (a file name or environment value that is not UTF-8, decoded
             # with surrogateescape): orjson refuses it, and logging would drop the whole line
-            return orjson.dumps({k: v.encode("utf-8", "backslashreplace").decode()
-                                 for k, v in entry.items()}).decode()
+            return orjson.dumps({k: utf8_safe(v) for k, v in entry.items()}).decode()
 
 
 class JournalPrefix(logging.Formatter):

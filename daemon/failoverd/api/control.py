@@ -15,6 +15,7 @@ from failoverd.api.proxy import pinned
 from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
+from failoverd.events import utf8_safe
 from failoverd.service import Service
 from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
@@ -62,7 +63,8 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__, "node": cfg.node, "health": overall,
         "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
         "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
-        "config": _shown(cfg.source), "models": detail["models"], "providers": detail["providers"],
+        "config": utf8_safe(cfg.source), "models": detail["models"],
+        "providers": detail["providers"],
         "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},
@@ -70,12 +72,6 @@ async def status(request: web.Request) -> web.Response:
         "mqtt": svc.mqtt.stats().as_dict() if svc.mqtt is not None else {"enabled": False},
     }
     return web.Response(body=orjson.dumps(body, default=str), content_type="application/json")
-
-
-def _shown(path: str) -> str:
-    """A file name as JSON can carry it: one that is not UTF-8 (decoded with surrogateescape)
-    keeps its bytes as escapes (`\udcff`) instead of failing the whole answer."""
-    return path.encode("utf-8", "backslashreplace").decode()
 
 
 def _model_id(request: web.Request, svc: Service) -> str:
@@ -243,7 +239,7 @@ async def reload(request: web.Request) -> web.Response:
     ok, problems = svc.reloader()
     if not ok:
         return json_response({"ok": False, "problems": problems}, 422)
-    return json_response({"ok": True, "config": _shown(svc.runtime.config.source)})
+    return json_response({"ok": True, "config": utf8_safe(svc.runtime.config.source)})
 
 
 async def metrics(request: web.Request) -> web.Response:
