@@ -239,7 +239,7 @@ class Dispatcher:
                     fitted, skip = _fit_context(model, body, needs,
                                                 verdict.context or cfg.routing.context_policy,
                                                 outcome)
-                except UpstreamError:
+                except ContextRefused:
                     if last_error is not None:
                         outcome.failovers.pop()  # `fail` ends it here: the hop is not taken
                     raise

@@ -85,6 +85,7 @@ class Route:
 # a client does not pick a connection the daemon is closing; streams are never cut by it.
 IDLE_CONNECTION_SECONDS = 75.0
 
+
 class Service:
     """Holds the current Runtime (swapped on reload) and the state that outlives it."""
 
