@@ -273,11 +273,11 @@ class _ToolIds:
         self._latest: dict[str, str] = {}
 
     def call(self, tool_id: str) -> str:
-        out = _valid_id(tool_id)
+        base = out = _valid_id(tool_id)
         n = 1
         while out in self._used:
             n += 1
-            out = f"{_valid_id(tool_id)}_{n}"
+            out = f"{base}_{n}"
         self._used.add(out)
         self._latest[tool_id] = out
         return out
