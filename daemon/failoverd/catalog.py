@@ -1,0 +1,206 @@
+"""The model catalog as configured: providers (where and how to call) and the models they serve.
+
+config.py reads the whole file; the `[providers.*]` and `[models.*]` tables are read here, each
+problem reported with its key path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, cast, get_args
+
+from failoverd.credentials import read_secret
+from failoverd.failures import FailureReason
+from failoverd.http1 import Proxy
+from failoverd.http1.client import Target
+from failoverd.tomlreader import Section
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
+Capability = Literal["tools", "vision", "reasoning", "json", "long_context"]
+Tier = Literal["small", "medium", "large"]
+
+MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
+MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: ProviderKind
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    # the header the key goes in, as its whole value; "": the kind's own (see key_headers)
+    api_key_header: str = ""
+    connect_timeout: float = 5.0
+    timeout: float = 120.0
+    headers: tuple[tuple[str, str], ...] = ()
+    # http://[user:password@]host:port, or "" for a direct connection (may hold a password)
+    proxy: str = field(default="", repr=False)
+    # simulated providers only: answer after this delay, or always fail with this reason
+    simulate_latency: float = 0.0
+    simulate_failure: FailureReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    input: float = 0.0
+    output: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    id: str
+    provider: str
+    name: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    capabilities: frozenset[Capability] = frozenset()
+    # False when the key was omitted: capabilities unknown, so requests are not screened
+    capabilities_declared: bool = True
+    tier: Tier | None = None
+    cost: Cost = Cost()
+    max_retries: int = 1
+    first_token_timeout: float = 30.0
+    stream_idle_timeout: float = 60.0
+    max_concurrency: int = 0
+
+
+
+_DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "ollama": "http://localhost:11434",
+    "simulated": "",
+}
+
+
+_SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
+    FailureReason.CANCELLED, FailureReason.UNAVAILABLE, FailureReason.INCAPABLE))
+
+# header names that carry a key by convention: the kinds' own and Azure OpenAI's
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key",
+                                 "x-goog-api-key"})
+
+_PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
+                  "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
+                  "simulate_failure", "simulate_latency")
+
+
+def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
+    kind = sec.get("kind", str, "")
+    if kind not in get_args(ProviderKind):
+        sec.problem("kind", f"must be one of {', '.join(get_args(ProviderKind))}; got {kind!r}")
+        # the other keys depend on the kind: report only the ones no provider has
+        sec.seen.update(_PROVIDER_KEYS)
+        sec.finish()
+        return None
+    base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
+    if kind != "simulated" and not base_url.startswith(("http://", "https://")):
+        sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
+    elif kind != "simulated":
+        try:
+            Target(base_url).key  # noqa: B018 - parses host and port
+        except ValueError as exc:
+            sec.problem("base_url", f"is not a usable URL: {exc}")
+    proxy_url = sec.get("proxy", str, "")
+    if proxy_url and kind == "simulated":
+        sec.problem("proxy", "only valid for HTTP provider kinds")
+    elif proxy_url:
+        try:
+            Proxy(proxy_url)
+        except ValueError as exc:
+            sec.problem("proxy", str(exc))
+    headers_sec = sec.table("headers")
+    headers: list[tuple[str, str]] = []
+    for hk in list(headers_sec.data):
+        value = headers_sec.get(hk, str, "")
+        if not hk or any(c in hk for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+            headers_sec.problem(hk, "a header name without ':' or spaces, and a value on one "
+                                "line, are needed")
+        elif hk.lower() in _CREDENTIAL_HEADERS:
+            headers_sec.problem(hk, "carries a credential, which never goes in the file: use "
+                                "api_key_env, api_key_file or api_key_credential (with "
+                                f"api_key_header = \"{hk}\" when it is not the kind's own)")
+        headers.append((hk, value))
+    key_header = sec.get("api_key_header", str, "")
+    if key_header and (kind == "simulated" or any(c in key_header for c in ":\r\n \t")):
+        sec.problem("api_key_header", "only valid for HTTP provider kinds" if kind == "simulated"
+                    else f"must be a header name without ':' or spaces, got {key_header!r}")
+    elif key_header and not any(sec.has(f"api_key_{s}") for s in ("env", "file", "credential")):
+        sec.problem("api_key_header", "names where the key goes, but none of api_key_env, "
+                    "api_key_file or api_key_credential gives one")
+    failure: FailureReason | None = None
+    sim_fail = sec.get("simulate_failure", str, "")
+    sim_latency = sec.number("simulate_latency", 0.0)
+    if kind != "simulated":
+        for key in ("simulate_failure", "simulate_latency"):
+            if sec.has(key):
+                sec.problem(key, "only valid for kind = \"simulated\"")
+    elif sim_fail:
+        if sim_fail in _SIMULATED_FAILURES:
+            failure = FailureReason(sim_fail)
+        else:
+            # cancelled, unavailable, incapable are no upstream's answer: "cancelled" made
+            # every request a 502 failover_aborted
+            sec.problem("simulate_failure", f"must be one of {', '.join(_SIMULATED_FAILURES)}; "
+                        f"got {sim_fail!r}")
+    cfg = ProviderConfig(
+        name=name,
+        kind=cast(ProviderKind, kind),
+        base_url=base_url,
+        api_key=read_secret(sec, "api_key", env),
+        api_key_header=key_header,
+        connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
+        timeout=sec.number("timeout", 120.0, positive=True),
+        headers=tuple(headers),
+        proxy=proxy_url,
+        simulate_latency=sim_latency,
+        simulate_failure=failure,
+    )
+    sec.finish()
+    return cfg
+
+
+def read_model(model_id: str, sec: Section, providers: Collection[str]) -> ModelConfig:
+    provider = sec.get("provider", str, "")
+    if not provider:
+        sec.problem("provider", "is required")
+    elif provider not in providers:
+        # a provider that is declared but invalid has its own problems listed already
+        sec.problem("provider", f"no provider named {provider!r} in [providers]")
+    default_name = model_id.split("/", 1)[1] if "/" in model_id else model_id
+    declared = sec.has("capabilities")
+    caps = sec.strings("capabilities", ()) or ()
+    allowed_caps = get_args(Capability)
+    for cap in caps:
+        if cap not in allowed_caps:
+            sec.problem("capabilities", f"unknown capability {cap!r}; known: "
+                        f"{', '.join(allowed_caps)}")
+    tier: Tier | None = None
+    if sec.has("tier"):  # "" is no tier either: omit the key for none
+        tier = sec.choice("tier", Tier, "medium")
+    cost_sec = sec.table("cost")
+    cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
+    cost_sec.finish()
+    window = sec.integer("context_window", 0, minimum=1) if sec.has("context_window") else None
+    max_out = (sec.integer("max_output_tokens", 0, minimum=1)
+               if sec.has("max_output_tokens") else None)
+    cfg = ModelConfig(
+        id=model_id,
+        provider=provider,
+        name=sec.get("name", str, default_name) or default_name,
+        context_window=window,
+        max_output_tokens=max_out,
+        capabilities=frozenset(cast(Capability, c) for c in caps if c in allowed_caps),
+        capabilities_declared=declared,
+        tier=tier,
+        cost=cost,
+        max_retries=sec.integer("max_retries", 1, maximum=MAX_RETRIES),
+        first_token_timeout=sec.number("first_token_timeout", 30.0, positive=True),
+        stream_idle_timeout=sec.number("stream_idle_timeout", 60.0, positive=True),
+        max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
+    )
+    sec.finish()
+    return cfg
