@@ -28,6 +28,7 @@ from tests.test_fastpath import (
     connect,
     content,
     exchange,
+    get,
     post,
     read_answer,
 )
@@ -236,6 +237,11 @@ async def test_idle_client_connections_cannot_starve_the_upstream_of_file_descri
     async with connect(d.socket) as (reader, writer):
         writer.write(post(ASK))
         assert content(await read_answer(reader)) == fake.reply
+    # what was refused is counted, and the connections open are a gauge (this one only)
+    metrics = (await exchange(d.socket, get("/metrics"))).body.decode()
+    refused = _sample(metrics, "failoverd_client_connections_refused_total")
+    assert 0 < refused <= 300 - 3
+    assert _sample(metrics, "failoverd_client_connections") == 1
     assert "new ones are closed at once" in d.log_text()
     assert "Too many open files" not in d.log_text()
 
@@ -316,3 +322,11 @@ async def test_running_out_of_descriptors_is_never_held_against_a_model(
     for model in ("a/gpt-a", "b/gpt-b"):
         assert status["models"][model]["state"] == "closed", status["models"][model]
         assert status["models"][model]["consecutive_failures"] == 0
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of the unlabelled sample `name` in Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")

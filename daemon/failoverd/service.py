@@ -100,6 +100,9 @@ class Service:
         self.inflight = 0
         # how long a client connection may stay idle, or leave its request body stalled
         self.client_idle_timeout = IDLE_CONNECTION_SECONDS
+        # (open client connections, connections closed at once at the cap): set by the
+        # listener's front (api/fastpath.py) once it serves
+        self.client_connections: Callable[[], tuple[int, int]] | None = None
         self.started = clock.time()
         self._failovers = SlidingWindow(60.0)  # for "failovers in the last minute"
         self.bus = EventBus(config.node, clock)
@@ -349,6 +352,15 @@ class Service:
         out += ["# HELP failoverd_inflight_requests Client requests in flight.",
                 "# TYPE failoverd_inflight_requests gauge",
                 f"failoverd_inflight_requests {self.inflight}"]
+        if self.client_connections is not None:
+            open_now, refused = self.client_connections()
+            out += ["# HELP failoverd_client_connections Client connections open (Unix "
+                    "socket and TCP).", "# TYPE failoverd_client_connections gauge",
+                    f"failoverd_client_connections {open_now}",
+                    "# HELP failoverd_client_connections_refused_total Client connections "
+                    "closed at once because half the file descriptor limit was open.",
+                    "# TYPE failoverd_client_connections_refused_total counter",
+                    f"failoverd_client_connections_refused_total {refused}"]
         stats = self.bus.stats()
         out += ["# HELP failoverd_sse_dropped_events_total Events dropped for slow /v1/events "
                 "readers.", "# TYPE failoverd_sse_dropped_events_total counter",

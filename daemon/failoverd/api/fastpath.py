@@ -104,15 +104,20 @@ class FastPath:
         self._full = False
         self._date = ""
         self._date_second = 0
+        service.client_connections = self.connection_counts
 
     def __call__(self) -> FastConnection:
         return FastConnection(self)
 
+    def connection_counts(self) -> tuple[int, int]:
+        """(client connections open on both paths, connections refused at the cap)."""
+        server_connections = getattr(self.aiohttp_server, "connections", ())
+        return len(self.connections) + len(server_connections), self.refused
+
     def admit(self) -> bool:
         """Whether a new connection may stay: fewer than `max_connections` are open on both
         paths (aiohttp's list is copied: counted per connection, never per request)."""
-        server_connections = getattr(self.aiohttp_server, "connections", ())
-        if len(self.connections) + len(server_connections) < self.max_connections:
+        if self.connection_counts()[0] < self.max_connections:
             self._full = False
             return True
         self.refused += 1
