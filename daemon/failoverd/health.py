@@ -350,8 +350,12 @@ class HealthRegistry:
             return
         until = self.clock.monotonic() + seconds
         creds = self._credentials.get(provider)
-        if creds is not None and creds.state != "ok" and creds.until >= until:
-            return  # already blocked at least as long
+        if creds is not None and self._blocked(provider, apply=False) is not None and (
+                creds.state == state or creds.until >= until):
+            # already blocked for this (a probe during the block only confirms it: extending
+            # and announcing it again made every probe of every model of the provider a
+            # provider:credentials event), or blocked longer for the other trouble
+            return
         self._set_credentials(provider, state, reason, until)
 
     def _set_credentials(self, provider: str, state: str, reason: str | None,

@@ -17,7 +17,9 @@ Choices:
   wasted request to an upstream that is known to be failing.
 - A model whose provider is blocked for auth or billing is probed with `recovery_kind` (a chat
   completion) when that is not "none": listing models often works without credit, so only a
-  completion proves that the trouble is over.
+  completion proves that the trouble is over. The scheduled probes of a blocked provider's
+  models take turns: one per interval for the provider (whichever model's job comes first),
+  since one success clears the block for all of them.
 - An operator's probe (``probe(..., operator=True)``, POST /v1/models/{id}/probe) always makes a
   real request (a kind "none" becomes "models"; a model that is not up gets `recovery_kind`),
   and its success closes an open breaker at once.
@@ -62,6 +64,8 @@ class Prober:
         self.scheduler: AsyncIOScheduler | None = None
         self._failing: set[str] = set()  # models whose last probe failed (for probe:recovered)
         self._tasks: set[asyncio.Task[object]] = set()  # scheduled jobs running now
+        # loop time of the last scheduled probe of each provider blocked for auth or billing
+        self._blocked_probed: dict[str, float] = {}
         self._stopping = False
         service.on_breaker_change.append(self._breaker_changed)
 
@@ -73,11 +77,20 @@ class Prober:
         self.scheduler.start()
         self.reschedule()
         # breakers restored open from the state file changed state in an earlier process:
-        # their recovery probes must be scheduled here
-        for model_id in self.service.runtime.config.models:
+        # their recovery probes must be scheduled here; one whose period ended while the
+        # daemon was down is half-open now and gets its recovery probe soon, spread over
+        # the first half interval (a crash-looping daemon does not burst them)
+        cfg = self.service.runtime.config
+        for model_id in cfg.models:
             breaker = self.service.health.breaker(model_id)
-            if breaker is not None and breaker.state in _OPEN_STATES:
-                self._breaker_changed(model_id, breaker.state)
+            if breaker is None:
+                continue
+            state = breaker.state
+            if state in _OPEN_STATES:
+                self._breaker_changed(model_id, state)
+            elif state is BreakerState.HALF_OPEN:
+                self._schedule_recovery(model_id,
+                                        cfg.probes.interval * self.rng.uniform(0.0, 0.5))
 
     def reschedule(self) -> None:
         """(Re)creates the interval jobs for the current configuration."""
@@ -85,6 +98,8 @@ class Prober:
             return
         cfg = self.service.runtime.config
         self._failing.intersection_update(cfg.models)  # a removed model recovers no more
+        for name in [p for p in self._blocked_probed if p not in cfg.providers]:
+            del self._blocked_probed[name]
         for job in self.scheduler.get_jobs():
             kind, _, model_id = job.id.partition(":")
             if kind == "probe" and model_id not in cfg.models:
@@ -172,7 +187,13 @@ class Prober:
         wait = self.service.health.retry_in(model_id)
         if wait is None:
             return  # forced open until reset: nothing to recover to
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait + 0.01)
+        self._schedule_recovery(model_id, wait + 0.01)
+
+    def _schedule_recovery(self, model_id: str, wait: float) -> None:
+        """Runs the model's recovery probe `wait` seconds from now (replacing a pending one)."""
+        if self.scheduler is None:
+            return
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
         self.scheduler.add_job(self._job, DateTrigger(run_date=when), args=("recover", model_id),
                                id=f"recover:{model_id}", replace_existing=True,
                                misfire_grace_time=None)
@@ -210,10 +231,25 @@ class Prober:
             return None
         kind = cfg.probes.kind
         provider = cfg.models[model_id].provider
-        if (health.provider_state(provider) != "ok"
-                and cfg.probes.recovery_kind != "none"):
-            kind = cfg.probes.recovery_kind
+        if health.provider_state(provider) != "ok":
+            if not self._blocked_provider_turn(provider):
+                return None
+            if cfg.probes.recovery_kind != "none":
+                kind = cfg.probes.recovery_kind
         return await self.probe(model_id, kind)
+
+    def _blocked_provider_turn(self, provider: str) -> bool:
+        """Whether a scheduled probe may go to the blocked `provider` now: one per interval
+        for the provider, not one per model (every model's job, all failing on the same key)."""
+        probes = self.service.runtime.config.probes
+        now = asyncio.get_running_loop().time()
+        last = self._blocked_probed.get(provider)
+        # runs of one job are at least interval - jitter apart; a little less, so the model
+        # whose turn it was last time may have it again
+        if last is not None and now - last < 0.9 * max(0.0, probes.interval - probes.jitter):
+            return False
+        self._blocked_probed[provider] = now
+        return True
 
     async def probe(self, model_id: str, kind: ProbeKind | None = None, *,
                     operator: bool = False) -> bool:

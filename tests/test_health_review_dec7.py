@@ -1,0 +1,121 @@
+"""Health machinery review (Dec 7): prober, breakers, credentials and the state file."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from failoverd.clock import ManualClock
+from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO, status, until_async
+
+
+def many_models(a: FakeOpenAI, b: FakeOpenAI, n: int, probes: str, breaker: str = "") -> str:
+    models = "".join(f'[models."a/m{i}"]\nprovider = "a"\n' for i in range(n))
+    chain = "".join(f'"a/m{i}", ' for i in range(1, n))
+    return f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+{models}[models."b/x"]
+provider = "b"
+[routing]
+primary = "a/m0"
+fallbacks = [{chain}"b/x"]
+deadline = 5
+when_all_unavailable = "fail"
+[breaker]
+{breaker}
+[probes]
+jitter = 0
+{probes}
+"""
+
+
+def creds_events(d: Any) -> list[tuple[str, str | None]]:
+    return [(e.fields["state"], e.fields["reason"]) for e in d.sup.service.bus.recent()
+            if e.type == "provider:credentials"]
+
+
+def probes_sent(fake: FakeOpenAI) -> int:
+    return sum(1 for r in fake.chat_requests()
+               if r.body["messages"] == [{"role": "user", "content": "ping"}])
+
+
+async def test_a_blocked_provider_is_probed_once_per_interval_not_once_per_model(
+        fake_openai, start_daemon) -> None:
+    """Every model's interval job probed the blocked provider with a completion: 20 models
+    on a revoked key made 40 chat requests a minute against it, all failing the same way."""
+    a = await fake_openai(default="auth")
+    b = await fake_openai()
+    d = await start_daemon(many_models(a, b, 6, 'interval = 0.2\nkind = "models"'))
+
+    async def blocked() -> bool:
+        return bool((await status(d))["providers"]["a"]["credentials"] == "auth")
+
+    await until_async(blocked, timeout=3)
+    before = probes_sent(a)
+    await asyncio.sleep(1.0)  # five intervals of six models each: the rate is under test
+    sent = probes_sent(a) - before
+    assert 2 <= sent <= 7, sent  # about one per interval (was about 30)
+    a.default = "ok"
+
+    async def cleared() -> bool:
+        return bool((await status(d))["providers"]["a"]["credentials"] == "ok")
+
+    await until_async(cleared, timeout=3)
+    assert creds_events(d)[-1] == ("ok", "probe_succeeded")
+
+
+async def test_probes_confirming_a_credential_block_do_not_announce_it_again(
+        fake_openai, start_daemon) -> None:
+    """Each failed probe during an auth block extended it and emitted provider:credentials
+    again (hooks, MQTT republish of every model of the provider): one per probe."""
+    a = await fake_openai(default="auth")
+    b = await fake_openai()
+    d = await start_daemon(many_models(a, b, 2, 'interval = 0.1\nkind = "models"'))
+
+    async def probed_during_block() -> bool:
+        return probes_sent(a) >= 4
+
+    await until_async(probed_during_block, timeout=5)
+    assert creds_events(d) == [("auth", "auth")]
+    entry = (await status(d))["providers"]["a"]
+    assert entry["credentials"] == "auth"
+    assert entry["retry_at"] == pytest.approx(entry["since"] + 3600, abs=0.01)
+
+
+async def test_a_period_that_ended_while_the_daemon_was_down_gets_its_recovery_probe(
+        fake_openai, start_daemon) -> None:
+    """A breaker restored open whose period ended during the downtime is half-open at start;
+    its recovery probe used to be scheduled only for periods still running, so it sat
+    half-open (no probe with kind "none") until a client's request was the trial."""
+    a = await fake_openai(default="server_error")
+    b = await fake_openai()
+    clock = ManualClock()
+    body = many_models(a, b, 1, 'kind = "none"\nrecovery_kind = "chat"\ninterval = 0.2',
+                       "failure_threshold = 1\nopen_seconds = 30")
+    d = await start_daemon(body, clock=clock)
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO})
+    assert resp.status_code == 200
+    assert (await status(d))["models"]["a/m0"]["state"] == "open"
+    await d.stop()
+    a.default = "ok"
+    clock.advance(100)  # the 30 s period ends while the daemon is down
+    d2 = await start_daemon(body, clock=clock)
+
+    async def closed() -> bool:
+        return bool((await status(d2))["models"]["a/m0"]["state"] == "closed")
+
+    await until_async(closed, timeout=3)
+    entry = (await status(d2))["models"]["a/m0"]
+    assert entry["reason"] == "probe_succeeded"
+    assert entry["last_probe"]["ok"] is True
+    assert a.chat_requests()[-1].body["messages"] == [{"role": "user", "content": "ping"}]
+    kinds = [e.type for e in d2.sup.service.bus.recent() if e.type.startswith("breaker:")]
+    assert kinds == ["breaker:half_open", "breaker:closed"]
