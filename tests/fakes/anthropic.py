@@ -62,6 +62,10 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
 }
 
 
+# what POST /v1/messages/count_tokens takes
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking",
+                          "mcp_servers"})
+
 REFUSAL_DETAILS = {"type": "refusal", "category": "cyber",
                    "explanation": "This request was declined because it could enable cyber "
                                   "harm."}
@@ -97,6 +101,7 @@ class FakeAnthropic(FakeServer[Logged]):
 
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/messages", self._messages)
+        router.add_post("/v1/messages/count_tokens", self._count_tokens)
         router.add_get("/v1/models", self._models)
 
     def _error(self, name: str, model: str) -> web.Response:
@@ -110,6 +115,27 @@ class FakeAnthropic(FakeServer[Logged]):
             "type": "model", "id": "claude-test-1", "display_name": "Claude Test",
             "created_at": "2025-01-01T00:00:00Z"}], "has_more": False,
             "first_id": "claude-test-1", "last_id": "claude-test-1"})
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """As the API counts: model and messages required, only the fields it documents
+        (max_tokens or stream are "Extra inputs are not permitted"); the count here is one
+        token per 4 bytes of JSON of what is counted, plus 3."""
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
+        early = await self._answer_preamble(self._next(), slow=False)
+        if early is not None:
+            return early
+        extra = sorted(set(body) - COUNT_FIELDS)
+        if extra:
+            return web.Response(status=400, body=_err(
+                "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"),
+                content_type="application/json")
+        if not isinstance(body.get("messages"), list) or not body.get("model"):
+            return web.Response(status=400, body=_err(
+                "invalid_request_error", "messages: Field required"),
+                content_type="application/json")
+        counted = orjson.dumps({k: body[k] for k in sorted(body) if k != "model"})
+        return web.json_response({"input_tokens": len(counted) // 4 + 3})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())

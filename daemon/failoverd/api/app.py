@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from failoverd.api import control
+from failoverd.api.count_tokens import count_tokens
 from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.events import events
 from failoverd.api.fronts import ANTHROPIC, OPENAI
@@ -24,6 +25,7 @@ def make_app(service: Service) -> web.Application:
     app[SERVICE] = service
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
     app.router.add_get("/v1/status", control.status)

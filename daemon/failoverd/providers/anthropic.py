@@ -49,6 +49,9 @@ from failoverd.translate.anthropic import (
 logger = logging.getLogger(__name__)
 
 API_VERSION = "2023-06-01"
+# what POST /v1/messages/count_tokens takes besides model (it refuses the others, max_tokens
+# and stream among them, as extra inputs)
+COUNTED_FIELDS = ("messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
 
 # error.type -> reason, when the type alone decides
 _TYPE_REASONS = {
@@ -126,6 +129,7 @@ class AnthropicProvider:
         base = base.removesuffix("/v1")
         self._messages_url = f"{base}/v1/messages"
         self._models_url = f"{base}/v1/models"
+        self._count_url = f"{base}/v1/messages/count_tokens"
         self._headers = request_headers(
             config, {"content-type": "application/json", "accept": "application/json",
                      "anthropic-version": API_VERSION}, "x-api-key", config.api_key)
@@ -260,6 +264,24 @@ class AnthropicProvider:
         finally:
             await stack.aclose()
             finish_stream(resp, clean)
+
+    async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
+                           timeout: float) -> int:
+        """Anthropic's own count of an Anthropic Messages body's input tokens for `model`
+        (POST /v1/messages/count_tokens); only the fields that endpoint takes are sent."""
+        payload = {k: body[k] for k in COUNTED_FIELDS if k in body}
+        payload["model"] = model.name
+        raw = await fetch(self._client, "POST", self._count_url, headers=self._headers,
+                          data=orjson.dumps(payload), total=timeout,
+                          connect=min(timeout, self.config.connect_timeout),
+                          failure=self._failure, provider=self.config.name, model=model.id)
+        parsed = json_or_none(raw)
+        count = parsed.get("input_tokens") if isinstance(parsed, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "count_tokens answered without input_tokens", status=200,
+                                 provider=self.config.name, model=model.id)
+        return count
 
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
