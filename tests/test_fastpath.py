@@ -357,6 +357,13 @@ async def test_an_anthropic_request_is_served_in_the_anthropic_shape(
     assert bad.json()["error"]["type"] == "invalid_request_error"
     assert "request body is not valid JSON" in bad.json()["error"]["message"]
     assert paths(d) == (2, 0)
+    # as Claude Code asks (the SDK's beta client): the same path, errors in the same shape
+    beta = MESSAGES + "?beta=true"
+    answer = await exchange(d.socket, post({**ASK, "max_tokens": 50}, beta))
+    assert answer.status == 200 and answer.json()["type"] == "message"
+    bad = await exchange(d.socket, post(b"[1,", beta))
+    assert bad.status == 400 and bad.json()["type"] == "error"
+    assert paths(d) == (4, 0)
 
 
 async def test_a_stream_is_served_by_the_fast_path_and_the_connection_kept(

@@ -25,6 +25,16 @@ def _raw(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
+def _has_token(headers: Mapping[str, str], expected: bytes) -> bool:
+    """The token as a bearer (OpenAI clients' api_key, Anthropic's auth_token) or as x-api-key
+    (Anthropic clients' api_key: ANTHROPIC_API_KEY=<token> with ANTHROPIC_BASE_URL)."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(_raw(token), expected):
+        return True
+    key = headers.get("x-api-key")
+    return key is not None and hmac.compare_digest(_raw(key), expected)
+
+
 def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
     return refusal_of(request.transport, request.headers, service, request.path)
@@ -50,11 +60,9 @@ def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, st
             return front.error(401, "authentication_error",
                                "TCP clients need a token: set daemon.tcp_token_file",
                                "invalid_api_key")
-        auth = headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                _raw(token), daemon.tcp_token.encode()):
+        if not _has_token(headers, daemon.tcp_token.encode()):
             return front.error(401, "authentication_error",
-                               "the TCP listener needs 'Authorization: Bearer <token>' with "
-                               "the token of daemon.tcp_token_file", "invalid_api_key")
+                               "the TCP listener needs 'Authorization: Bearer <token>' (or "
+                               "'x-api-key: <token>', as Anthropic clients send their key) "
+                               "with the token of daemon.tcp_token_file", "invalid_api_key")
     return None

@@ -93,6 +93,8 @@ class FastPath:
             b"/v1/chat/completions": tracker.wrap(chat_completions, service),
             b"/v1/messages": tracker.wrap(messages, service),
         }
+        # Claude Code (the Anthropic SDK's beta client) always asks with ?beta=true
+        self.routes[b"/v1/messages?beta=true"] = self.routes[b"/v1/messages"]
         self.aiohttp_server = aiohttp_server
         self.idle_timeout = service.client_idle_timeout
         self.connections: set[FastConnection] = set()
@@ -353,7 +355,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         connection = headers.get("connection")
         if connection is not None and connection.lower() != "keep-alive":
             return None
-        return route, target.decode("ascii"), headers, int(length)
+        return route, target.partition(b"?")[0].decode("ascii"), headers, int(length)
 
     async def _serve(self, route: Handler, request: FastRequest) -> None:
         try:
