@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
+import orjson
 import pytest
 
+from failoverd import config
 from failoverd.clock import ManualClock
+from failoverd.failures import FailureReason
+from failoverd.health import HealthRegistry
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, status, until_async
 
@@ -119,3 +124,47 @@ async def test_a_period_that_ended_while_the_daemon_was_down_gets_its_recovery_p
     assert a.chat_requests()[-1].body["messages"] == [{"role": "user", "content": "ping"}]
     kinds = [e.type for e in d2.sup.service.bus.recent() if e.type.startswith("breaker:")]
     assert kinds == ["breaker:half_open", "breaker:closed"]
+
+
+HEALTH_TOML = """
+[providers.a]
+kind = "simulated"
+[models."a/one"]
+provider = "a"
+[models."a/two"]
+provider = "a"
+[breaker]
+failure_threshold = 1
+open_seconds = 30
+auth_open_seconds = 3600
+"""
+
+
+def registry(clock: ManualClock) -> HealthRegistry:
+    return HealthRegistry(config.loads(HEALTH_TOML, env={}), clock, random.Random(3))
+
+
+def test_a_wall_clock_behind_at_start_does_not_stretch_restored_periods() -> None:
+    """A machine without a real-time clock starts at 1970 (or an old date) until NTP: open
+    periods and credential blocks restored from the state file were kept for the clock's
+    error on top of what was left of them (56 years for a 30 s period)."""
+    clock = ManualClock(wall=1_800_000_000.0)
+    before = registry(clock)
+    permit = before.acquire("a/one")
+    assert permit is not None
+    permit.failure(FailureReason.SERVER_ERROR)
+    permit = before.acquire("a/two")
+    assert permit is not None
+    permit.failure(FailureReason.AUTH)
+    left = before.breaker("a/one").retry_in()  # type: ignore[union-attr]
+    assert left is not None and 25 < left < 35
+    saved = orjson.loads(orjson.dumps(before.snapshot()))
+
+    boot = ManualClock(start=5.0, wall=86_400.0)  # 2 January 1970
+    after = registry(boot)
+    after.restore(saved)
+    assert after.model_state("a/one") == "open"
+    assert after.breaker("a/one").retry_in() == pytest.approx(left, abs=0.01)  # type: ignore[union-attr]
+    assert after.retry_in("a/two") == pytest.approx(3600, abs=0.01)
+    boot.advance(left + 0.01)
+    assert after.breaker("a/one").can_acquire()  # type: ignore[union-attr]

@@ -313,12 +313,15 @@ class Breaker:
             "consecutive_failures": self._consecutive,
         }
 
-    def restore(self, data: Mapping[str, Any]) -> bool:
+    def restore(self, data: Mapping[str, Any], saved_at: float | None = None) -> bool:
         """Loads a ``snapshot()`` taken by an earlier process; fires no transition callback.
 
         An open breaker stays open until its (wall-clock) time; a half-open one comes back open
-        with its period over, since its trial calls died with the old process. Returns False
-        (and changes nothing) when the snapshot is unusable.
+        with its period over, since its trial calls died with the old process. `saved_at` (the
+        wall time the snapshot was taken) bounds a wall clock that is behind now: a machine
+        without a real-time clock, started before NTP, would otherwise keep a model out for
+        the clock's error on top of its period (years, from 1970). Returns False (and changes
+        nothing) when the snapshot is unusable.
         """
         try:
             state = BreakerState(data["state"])
@@ -334,6 +337,8 @@ class Breaker:
             logger.warning("ignoring unusable breaker state for %s: %s", self.model_id, exc)
             return False
         mono, wall = self._clock.monotonic(), self._clock.time()
+        if saved_at is not None:
+            wall = max(wall, saved_at)  # not before the snapshot was taken
         self._epoch += 1
         self._trials = self._trial_successes = 0
         self._window.clear()

@@ -531,6 +531,11 @@ class HealthRegistry:
             return
         salt = data.get("salt")
         prints = self._settings_fingerprints(salt) if _is_salt(salt) else None
+        # a wall clock now behind the one that saved (no real-time clock, NTP not synced
+        # yet) must not stretch the periods by its error: they resume from the save at worst
+        saved_at = data.get("saved_at")
+        if not isinstance(saved_at, int | float) or isinstance(saved_at, bool):
+            saved_at = None
         breakers = data.get("breakers")
         if isinstance(breakers, Mapping):
             for model_id, snap in breakers.items():
@@ -541,11 +546,13 @@ class HealthRegistry:
                     logger.info("breaker state of %s not restored: the model or its provider "
                                 "is configured differently than when it was saved", model_id)
                     continue
-                breaker.restore(snap)
+                breaker.restore(snap, saved_at)
         providers = data.get("providers")
         if not isinstance(providers, Mapping):
             return
         mono, wall = self.clock.monotonic(), self.clock.time()
+        if saved_at is not None:
+            wall = max(wall, float(saved_at))
         for name, entry in providers.items():
             if name not in self._credentials or not isinstance(entry, Mapping):
                 continue
