@@ -211,5 +211,6 @@ async def test_structured_outputs_cross_both_fronts(rig) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:  # no equivalent: named
         await client.messages.create(model="ant/claude", max_tokens=100,
                                      messages=[{"role": "user", "content": "Paris?"}],
-                                     output_config={"effort": "low"})
-    assert info.value.body["error"]["param"] == "output_config.effort"
+                                     output_config={"verbosity": "low"})
+    # (effort is taken: it guides adaptive thinking, tests/test_claude_code.py)
+    assert info.value.body["error"]["param"] == "output_config.verbosity"

@@ -26,7 +26,12 @@ _FRONT_KEYS = frozenset({
     "metadata", "tools", "tool_choice", "thinking", "stream", "service_tier",
     "cache_control",  # top-level automatic caching: a hint, dropped as on blocks
     "output_config",
+    # server-side context editing (Claude Code sends it): no other provider has it, so it is
+    # dropped and the whole history goes out; the client compacts its context itself
+    "context_management",
 })
+# output_config.effort -> the reasoning_effort an adaptive thinking request gets
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 
 def effort_for_budget(budget: int) -> str:
@@ -100,15 +105,16 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         out["tool_choice"] = choice
         if parallel is False and tools:
             out["parallel_tool_calls"] = False
-    thinking = body.get("thinking")
-    if thinking is not None:
-        effort = _front_thinking(as_dict(thinking, "thinking"))
-        if effort is not None:
-            out["reasoning_effort"] = effort
+    fmt, effort_hint = None, None
     if body.get("output_config") is not None:
-        fmt = _front_output(as_dict(body["output_config"], "output_config"))
+        fmt, effort_hint = _front_output(as_dict(body["output_config"], "output_config"))
         if fmt is not None:
             out["response_format"] = fmt
+    thinking = body.get("thinking")
+    if thinking is not None:
+        effort = _front_thinking(as_dict(thinking, "thinking"), effort_hint)
+        if effort is not None:
+            out["reasoning_effort"] = effort
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise RequestError("stream: must be a boolean", param="stream")
@@ -118,23 +124,29 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _front_output(config: dict[str, Any]) -> dict[str, Any] | None:
+def _front_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """output_config's ``format`` (structured outputs, the SDK's ``messages.parse``) as the
-    canonical json_schema response_format; its other settings have no equivalent."""
+    canonical json_schema response_format, and its ``effort`` as the reasoning_effort of
+    adaptive thinking (without thinking it has no equivalent elsewhere, and is dropped)."""
     for key in config:
-        if key != "format":
+        if key not in ("format", "effort"):
             raise TranslationError(f"output_config.{key}: not supported by failoverd's "
                                    "translation", param=f"output_config.{key}")
+    effort = config.get("effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise RequestError(f"output_config.effort: must be one of {', '.join(_EFFORTS)}, got "
+                           f"{effort!r}", param="output_config.effort")
+    hint = _EFFORTS[effort] if effort is not None else None
     fmt = config.get("format")
     if fmt is None:
-        return None
+        return None, hint
     fmt = as_dict(fmt, "output_config.format")
     if fmt.get("type") != "json_schema":
         raise TranslationError(f"output_config.format.type: {fmt.get('type')!r} is not "
                                "supported", param="output_config.format.type")
     schema = as_dict(fmt.get("schema"), "output_config.format.schema")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema,
-                                                   "strict": True}}
+                                                   "strict": True}}, hint
 
 
 def _front_system(system: Any) -> str | list[dict[str, Any]]:
@@ -286,12 +298,14 @@ def _front_tool(tool: Any, path: str) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _front_thinking(thinking: dict[str, Any]) -> str | None:
+def _front_thinking(thinking: dict[str, Any], effort: str | None) -> str | None:
     kind = thinking.get("type")
     if kind == "disabled":
         return None
     if kind == "adaptive":
-        return "medium"  # the model decides how much to think: a middle effort elsewhere
+        # the model decides how much to think, guided by output_config.effort: that effort
+        # elsewhere, else a middle one
+        return effort or "medium"
     if kind != "enabled":
         raise TranslationError(f"thinking.type: {kind!r} is not supported", param="thinking.type")
     budget = thinking.get("budget_tokens")
