@@ -175,8 +175,8 @@ async def test_truncate_reserves_only_what_the_model_can_write(fake_openai: Any,
         tail='[routing]\ncontext_policy = "truncate"\nwhen_all_unavailable = "fail"'))
     # about 9,100 estimated tokens, 2,700 of them in the oldest turn: without it, 6,400 fit
     # the window with the 1,000 tokens the model can write (not with the 16,000 asked for)
-    messages = turns(8, 600)
-    messages[1]["content"] += " lorem" * 1200
+    messages = turns(8, 800)
+    messages[1]["content"] += " lorem" * 1600
     resp = await d.http.post("/v1/chat/completions", json={
         "model": "a/m", "max_tokens": 16000, "messages": messages})
     assert resp.status_code == 200, resp.text

@@ -3,16 +3,28 @@
 No tokenizer is loaded: the router only needs to know whether a request fits a model's
 context window, and has to know it in microseconds for every candidate. The estimate works
 on whole strings with C-speed `str`/`bytes` operations (no per-character Python loop), so a
-100 KB request costs well under a millisecond.
+100 KB request costs one to three milliseconds.
 
-How text is counted:
+How text is counted: the ASCII characters are sorted into classes (lower- and upper-case
+letters, digits, whitespace, newlines, other symbols) by one ``bytes.translate``, and the
+estimate follows what every BPE tokenizer's pre-split does (cl100k, o200k, Llama 3, Qwen):
+a token never spans a letter/digit/symbol boundary, digits go in groups of at most three,
+and a run of symbols (``":``, ``},{"``, ``-----``) is a token or two. So:
 
-- ASCII text: the larger of ``characters / 4`` and ``words * 4 / 3`` (OpenAI's two rules
-  of thumb for English). Prose sits near both; dense code and JSON have few spaces, so the
-  character rule wins there; short-word text and indented code have many, so the word rule
-  wins. Runs of four spaces (indentation) count as one word, as BPE tokenizers merge them.
-- Non-ASCII text: half a token per extra UTF-8 byte, i.e. about 0.5 token per accented
-  Latin, Greek or Cyrillic letter, 1 per CJK character and 1.5 per emoji.
+- letters: half a token per run of letters plus one per 8 letters, and two more per
+  lower-to-upper case change (camelCase, base64);
+- digits: one token per run of digits, plus a third of the digits beyond 1.5 per run;
+- symbols: one token per run, a sixteenth per symbol, less half a token where a symbol
+  joins the word after it (``.com``, ``self.x``); half a token per newline;
+- non-ASCII text: half a token per extra UTF-8 byte (about 0.5 per accented Latin, Greek
+  or Cyrillic letter, 1 per CJK character) and one more per character outside the BMP
+  (emoji: 2.5).
+
+Strings over `SAMPLE_OVER` characters are estimated from `SAMPLES` evenly spaced windows
+and scaled to their length: a megabyte in one string costs about as much as 32 KB.
+
+Around the text:
+
 - Per message: 4 tokens (role and separators), plus 3 priming the reply, as in OpenAI's
   published chat-format accounting.
 - Images: a flat `IMAGE_TOKENS` (765, OpenAI's cost of a 1024x1024 image at high detail)
@@ -21,13 +33,14 @@ How text is counted:
 - Tools and a json_schema response_format: their JSON text, counted like text, plus a small
   fixed overhead per tool.
 
-Error bound: against the cl100k/o200k tokenizers the estimate stays within about ±25% for
-English prose and ordinary source code of a few hundred tokens or more, and within about
-±40% for other scripts (CJK, Cyrillic); very short strings are off by a token or two.
-Other vendors' tokenizers (Claude, Gemini, Llama) differ from OpenAI's by roughly another
-10-20%. Text that tokenizes badly on purpose (base64, hex, random identifiers) can be
-underestimated by up to 2-3x. Images are exact only for 1024x1024 high-detail OpenAI input;
-large images on Anthropic cost up to about 1,600 tokens. Callers that need a hard guarantee
+Error bound: against the cl100k/o200k tokenizers the estimate stays within about ±15% for
+English prose, source code, JSON (numeric arrays, API responses, tool results), CSV, logs,
+hex, UUIDs and base64 of a few hundred tokens or more (counted as characters / 4, numeric
+JSON would come out up to 4x too small), within about ±40% for other scripts (CJK,
+Cyrillic) and emoji; very short strings are off by a token or two. Other vendors'
+tokenizers (Claude, Gemini, Llama) differ from OpenAI's by roughly another 10-20%. Images
+are exact only for 1024x1024 high-detail OpenAI input; large images on Anthropic cost up to
+about 1,600 tokens. Callers that need a hard guarantee
 must keep a margin; the upstream's context_overflow error remains the final word.
 """
 
@@ -51,6 +64,10 @@ TOKENS_PER_TOOL = 8
 # Audio, files and part types we do not know: a flat guess rather than the size of their
 # (usually base64) payload.
 OTHER_PART_TOKENS = 256
+# Longer strings are estimated from SAMPLES windows of SAMPLE_CHARS characters each.
+SAMPLE_OVER = 32_768
+SAMPLES = 16
+SAMPLE_CHARS = 2048
 
 _IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image"})
 
@@ -60,17 +77,59 @@ def text_tokens(text: str) -> int:
     n = len(text)
     if n == 0:
         return 0
+    if n <= SAMPLE_OVER:
+        return math.ceil(_sample_tokens(text))
+    step = n // SAMPLES
+    sampled = sum(_sample_tokens(text[i * step:i * step + SAMPLE_CHARS]) for i in range(SAMPLES))
+    return math.ceil(sampled * n / (SAMPLES * SAMPLE_CHARS))
+
+
+def _table(classes: dict[bytes, bytes], default: bytes) -> bytes:
+    table = bytearray(default * 256)
+    for members, mark in classes.items():
+        for c in members:
+            table[c] = mark[0]
+    return bytes(table)
+
+
+_LOWER = bytes(range(97, 123))
+_UPPER = bytes(range(65, 91))
+_DIGITS = bytes(range(48, 58))
+_SPACE = b" \t\r\x0b\x0c\n"
+# each character's class: letter a/A, digit 0, whitespace and newline, other symbol "."
+_CLASSES = _table({_LOWER: b"a", _UPPER: b"A", _DIGITS: b"0", b" \t\r\x0b\x0c": b" ",
+                   b"\n": b"\n"}, b".")
+# one class against the rest ("_"), to count its runs with a single two-byte search
+_LETTER_RUNS = _table({_LOWER + _UPPER: b"a"}, b"_")
+_DIGIT_RUNS = _table({_DIGITS: b"0"}, b"_")
+_SYMBOL_RUNS = _table({_LOWER + _UPPER + _DIGITS + _SPACE: b"_"}, b".")
+
+
+def _sample_tokens(text: str) -> float:
     if text.isascii():
-        ascii_chars = n
-        extra_bytes = 0
+        raw = text.encode("ascii")
+        extra_bytes = astral = 0
     else:
-        # Both are single C passes; surrogatepass keeps lone surrogates from raising.
-        ascii_chars = len(text.encode("ascii", "ignore"))
-        extra_bytes = len(text.encode("utf-8", "surrogatepass")) - n
-    indents = text.count("    ")
-    words = text.count(" ") - 3 * indents + text.count("\n") + text.count("\t") + 1
-    ascii_estimate = max(ascii_chars / 4.0, words * 4.0 / 3.0) if ascii_chars else 0.0
-    return math.ceil(ascii_estimate + extra_bytes * 0.5)
+        # single C passes; surrogatepass keeps lone surrogates from raising
+        raw = text.encode("ascii", "ignore")
+        extra_bytes = len(text.encode("utf-8", "surrogatepass")) - len(text)
+        astral = len(text.encode("utf-16-le", "surrogatepass")) // 2 - len(text)
+    cls = raw.translate(_CLASSES)
+    letters = raw.translate(_LETTER_RUNS)
+    digits = raw.translate(_DIGIT_RUNS)
+    symbols = raw.translate(_SYMBOL_RUNS)
+    # run counts: "a_" ends a letter run, "_0" starts a digit run, "_." a symbol run
+    letter_runs = letters.count(b"a_") + (letters[-1:] == b"a")
+    digit_runs = digits.count(b"_0") + (digits[:1] == b"0")
+    symbol_runs = symbols.count(b"_.") + (symbols[:1] == b".")
+    n_letters = len(raw) - letters.count(b"_")
+    n_digits = len(raw) - digits.count(b"_")
+    n_symbols = len(raw) - symbols.count(b"_")
+    estimate = (0.5 * letter_runs + n_letters / 8 + 2.0 * cls.count(b"aA")
+                + digit_runs + max(0.0, n_digits - 1.5 * digit_runs) / 3
+                + symbol_runs - 0.5 * (cls.count(b".a") + cls.count(b".A")) + n_symbols / 16
+                + 0.5 * raw.count(b"\n"))
+    return estimate + 0.5 * extra_bytes + astral
 
 
 def content_tokens(content: Any) -> int:

@@ -1,0 +1,105 @@
+"""Request sizing review (Dec 7): the token estimate that context matching relies on, checked
+against real tokenizer counts and end to end through the daemon with fake upstreams.
+
+Real counts below come from OpenAI's cl100k_base and o200k_base tokenizers (both give the
+same count for these strings: their pre-split keeps digits in groups of at most three and
+never joins a digit with a symbol, so ``-0.2081,`` is five tokens however the BPE merges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from failoverd.tokens import text_tokens
+from tests.helpers import pair_config
+
+
+def floats(n: int) -> str:
+    """A compact JSON array of n four-decimal floats in [-1, 1), as a tool returns data."""
+    return orjson.dumps([round(((i * 7919) % 20000 - 10000) / 10000, 4)
+                         for i in range(n)]).decode()
+
+
+def readings(n: int) -> str:
+    """A sensor API's JSON answer: n timestamped readings."""
+    return orjson.dumps({"sensor": "t-17", "unit": "C", "readings": [
+        {"t": 1700000000 + 60 * i, "v": round(20 + ((i * 37) % 100) / 10, 1)}
+        for i in range(n)]}).decode()
+
+
+def hexes(n: int) -> str:
+    """n 64-bit ids in hex, one a line (hashes, trace ids)."""
+    return "\n".join(f"{(i * 2654435761) % 2**64:016x}" for i in range(n))
+
+
+# (text, real tokens); characters / 4, as the estimate counted them, gave 5542, 3260, 2124
+DATA = [
+    pytest.param(floats(3000), 14701, id="numeric-array"),
+    pytest.param(readings(500), 6516, id="api-json"),
+    pytest.param(hexes(500), 4489, id="hex-ids"),
+    pytest.param(",".join(str((i * 7) % 10) for i in range(2000)), 3999, id="digit-list"),
+]
+
+
+@pytest.mark.parametrize(("text", "real"), DATA)
+def test_json_numbers_and_ids_are_not_counted_as_prose(text: str, real: int) -> None:
+    """Numbers, JSON punctuation and ids cost a token every two or three characters, not
+    every four: estimated as prose, a tool result of data came out at a third of its size."""
+    got = text_tokens(text)
+    assert 0.85 * real <= got <= 1.25 * real, (got, real)
+
+
+def test_prose_and_code_stay_near_their_real_counts() -> None:
+    """The same rules keep English and source code near their real counts."""
+    prose = ("Failover keeps a program working when its preferred model is rate limited, "
+             "overloaded or down. The daemon tries the next model in the chain. ") * 20
+    # cl100k and o200k: 561
+    assert 0.85 * 561 <= text_tokens(prose) <= 1.15 * 561
+    code = ("async def fetch(session: ClientSession, url: str) -> dict[str, Any]:\n"
+            "    async with session.get(url, timeout=10) as resp:\n"
+            "        return await resp.json()\n") * 20
+    # cl100k and o200k: 760
+    assert 0.85 * 760 <= text_tokens(code) <= 1.25 * 760
+
+
+def test_a_long_string_is_estimated_from_samples_like_a_short_one() -> None:
+    """A megabyte-sized string is sampled; its estimate scales with the short one's."""
+    unit = floats(300)
+    one = text_tokens(unit)
+    many = text_tokens(unit * 200)
+    assert 0.9 * 200 * one <= many <= 1.1 * 200 * one
+
+
+async def test_a_data_heavy_tool_result_skips_a_window_it_would_overflow(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """An agent's conversation whose tool returned 3000 numbers (14,701 real tokens) does
+    not fit an 8k model. Estimated as characters / 4 (5,542) it was sent there, the upstream
+    refused it with context_length_exceeded and only then did the request fail over; now the
+    small window is skipped without a call and the larger model answers at once."""
+    a = await fake_openai(reply="small")
+    b = await fake_openai(reply="large")
+    a.default = "context"  # what the real 8k upstream answers to a 14.7k-token prompt
+    d = await start_daemon(pair_config(a, b, a_window=8192, b_window=128000))
+    messages = [
+        {"role": "user", "content": "Summarise the sensor readings."},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "read_sensor", "arguments": '{"id": "t-17"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": floats(3000)},
+    ]
+    tools = [{"type": "function", "function": {
+        "name": "read_sensor", "parameters": {"type": "object", "properties": {
+            "id": {"type": "string"}}}}}]
+    resp = await d.http.post("/v1/chat/completions", json={
+        "model": "default", "messages": messages, "tools": tools, "max_tokens": 500})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-model"] == "b/gpt-b"
+    assert resp.headers["x-failoverd-attempts"] == "1"
+    assert a.chat_requests() == []
+    select = await d.http.post("/v1/select", json={
+        "model": "default", "messages": messages, "tools": tools, "max_tokens": 500})
+    first = select.json()["candidates"][0]
+    assert first["model"] == "a/gpt-a" and not first["eligible"]
+    assert first["reason"].startswith("context window 8192 <")
