@@ -91,12 +91,13 @@ async def _optional_json(request: web.Request, svc: Service) -> dict[str, Any]:
 async def model_action(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     try:
-        model_id = _model_id(request, svc)
         action = request.match_info["action"]
+        # the body first: the model is looked up after the last await before acting on it
+        body = {} if action == "reset" else await _optional_json(request, svc)
+        model_id = _model_id(request, svc)
         if action == "reset":
             svc.health.reset(model_id)
         elif action == "open":
-            body = await _optional_json(request, svc)
             seconds = body.get("seconds")
             if seconds is not None and (isinstance(seconds, bool)
                                         or not isinstance(seconds, int | float)
@@ -107,18 +108,25 @@ async def model_action(request: web.Request) -> web.Response:
         else:
             if svc.prober is None:
                 raise RequestError("the prober is not running", status=503)
-            body = await _optional_json(request, svc)
             kind = body.get("kind")
             if kind is not None and kind not in ("models", "chat"):
                 raise RequestError("'kind' must be \"models\" or \"chat\"", param="kind")
             ok = await svc.prober.probe(model_id, kind, operator=True)
-            entry = svc.health.status()["models"][model_id]
+            entry = _model_status(svc, model_id)  # a reload may have removed it meanwhile
             return json_response({"model": model_id, "ok": ok, **entry},
                                  200 if ok else 502)
+        entry = _model_status(svc, model_id)
     except RequestError as exc:
         return request_error(exc)
-    entry = svc.health.status()["models"][model_id]
     return json_response({"model": model_id, **entry})
+
+
+def _model_status(svc: Service, model_id: str) -> dict[str, Any]:
+    entry: dict[str, Any] | None = svc.health.status()["models"].get(model_id)
+    if entry is None:
+        raise RequestError(f"no model {model_id!r} (a reload removed it)", status=404,
+                           param="id", code="model_not_found")
+    return entry
 
 
 async def chain_action(request: web.Request) -> web.Response:

@@ -24,7 +24,15 @@ import orjson
 from failoverd.events import text_value
 
 SYSTEM_SOCKET = "/run/failoverd/failoverd.sock"
-DEFAULT_SOCKET = os.environ.get("FAILOVERD_SOCKET", SYSTEM_SOCKET)
+# an empty FAILOVERD_SOCKET (`Environment=FAILOVERD_SOCKET=`, an exported but unset shell
+# variable) means the default, as an empty --socket does
+DEFAULT_SOCKET = os.environ.get("FAILOVERD_SOCKET") or SYSTEM_SOCKET
+# How long an answer may take before the daemon counts as hung (exit 2). A probe's answer
+# comes once the daemon's probe ends, bounded by its probes.timeout, which may well exceed
+# 30 s (a local model loading, a slow reasoning model): waiting only 30 s called a daemon
+# still probing "unreachable".
+ANSWER_TIMEOUT = 30.0
+PROBE_TIMEOUT = 600.0
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -65,8 +73,8 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__} {str(exc).strip()[:80]!r}"
 
 
-def _request(sock: str, method: str, path: str, body: Any = None,
-             timeout: float = 30.0) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def _request(sock: str, method: str, path: str, body: Any = None, timeout: float = ANSWER_TIMEOUT
+             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = UnixConnection(sock, timeout)
     data = orjson.dumps(body) if body is not None else None
     headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -78,19 +86,25 @@ def _request(sock: str, method: str, path: str, body: Any = None,
         raise Unreachable(f"cannot reach failoverd at {sock}: {_why(exc)}") from exc
 
 
-def call(sock: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+def _parsed(raw: bytes) -> Any:
+    """An answer's body: its JSON, else its text."""
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+def call(sock: str, method: str, path: str, body: Any = None,
+         timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
     """One request; the parsed JSON answer, or Refused / Unreachable."""
-    conn, resp = _request(sock, method, path, body)
+    conn, resp = _request(sock, method, path, body, timeout)
     try:
         raw = resp.read()
     except _LOST as exc:
         raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") from exc
     finally:
         conn.close()
-    try:
-        parsed = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        parsed = raw.decode("utf-8", "replace")
+    parsed = _parsed(raw)
     if resp.status >= 400:
         raise Refused(resp.status, parsed)
     if not isinstance(parsed, dict):
@@ -198,9 +212,18 @@ def show_select(data: dict[str, Any]) -> str:
 
 def follow_events(sock: str, as_json: bool, follow: bool) -> int:
     path = "/v1/events" if follow else "/v1/events?recent=1"
-    conn, resp = _request(sock, "GET", path, timeout=3600 if follow else 30)
+    conn, resp = _request(sock, "GET", path, timeout=3600 if follow else ANSWER_TIMEOUT)
     if resp.status >= 400:
-        raise Refused(resp.status, resp.read().decode("utf-8", "replace"))
+        try:
+            raw = resp.read()
+        except _LOST as exc:
+            raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") \
+                from exc
+        finally:
+            conn.close()
+        # parsed as for any other command: --json prints the daemon's error object, not a
+        # JSON string holding it
+        raise Refused(resp.status, _parsed(raw))
     try:
         for event in _sse(resp):
             if as_json:
@@ -211,6 +234,8 @@ def follow_events(sock: str, as_json: bool, follow: bool) -> int:
                 print(f"{event.get('time', '')} {event.get('type', '')} {extra}", flush=True)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:
+        raise  # our reader left (`| head`), not the daemon: main() ends quietly with 0
     except _LOST as exc:
         # the daemon died or was killed mid-stream (a clean shutdown ends the stream)
         raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") from exc
@@ -317,7 +342,8 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
         return data, f"{args.model}: {data.get('state')}", 0
     if cmd == "probe":
         try:
-            data = call(s, "POST", f"/v1/models/{model_path(args.model)}/probe")
+            data = call(s, "POST", f"/v1/models/{model_path(args.model)}/probe",
+                        timeout=PROBE_TIMEOUT)
         except Refused as exc:
             # 502: the probe ran and failed; that is the answer asked for
             if exc.status != 502 or not isinstance(exc.body, dict):
