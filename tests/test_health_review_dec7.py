@@ -168,3 +168,35 @@ def test_a_wall_clock_behind_at_start_does_not_stretch_restored_periods() -> Non
     assert after.retry_in("a/two") == pytest.approx(3600, abs=0.01)
     boot.advance(left + 0.01)
     assert after.breaker("a/one").can_acquire()  # type: ignore[union-attr]
+
+
+async def test_a_scheduled_model_list_does_not_close_a_breaker_whose_period_ended(
+        fake_openai, start_daemon) -> None:
+    """The scheduled probe that met a breaker at the end of its period (half-open) listed
+    models, and that success closed it: a model whose completions fail while its listing
+    works came back for every client after each period, with its backoff reset."""
+    a = await fake_openai()
+    b = await fake_openai()
+    clock = ManualClock()
+    d = await start_daemon(many_models(a, b, 1, 'interval = 0.1\ntimeout = 0.3\nkind = "models"'
+                                       '\nrecovery_kind = "chat"',
+                                       "failure_threshold = 1\nopen_seconds = 30"), clock=clock)
+    a.default = "slow:100"  # listing models answers at once; a completion never comes
+    a.push("server_error")  # but the first listing fails: the breaker opens
+
+    async def opened() -> bool:
+        return bool((await status(d))["models"]["a/m0"]["state"] == "open")
+
+    await until_async(opened, timeout=3)
+    assert (await status(d))["models"]["a/m0"]["open_count"] == 1
+    clock.advance(40)  # the period is over; its recovery job is 30 real seconds away
+    over = clock.time()
+
+    async def probed() -> bool:
+        return bool((await status(d))["models"]["a/m0"]["last_probe"]["at"] >= over)
+
+    await until_async(probed, timeout=3)
+    entry = (await status(d))["models"]["a/m0"]
+    assert entry["last_probe"]["reason"] == "timeout"
+    assert entry["state"] == "open"
+    assert entry["open_count"] == 2

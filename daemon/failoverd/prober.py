@@ -14,7 +14,8 @@ Choices:
   provider, and detection still takes at most interval + timeout.
 - A scheduled probe skips a model whose open period is still running: the outcome could not
   change the breaker (only the recovery probe at the end of the period can), so it would be a
-  wasted request to an upstream that is known to be failing.
+  wasted request to an upstream that is known to be failing. One that finds the period over
+  (the breaker half-open) is sent with `recovery_kind`, since its success closes the breaker.
 - A model whose provider is blocked for auth or billing is probed with `recovery_kind` (a chat
   completion) when that is not "none": listing models often works without credit, so only a
   completion proves that the trouble is over. The scheduled probes of a blocked provider's
@@ -231,11 +232,15 @@ class Prober:
             return None
         kind = cfg.probes.kind
         provider = cfg.models[model_id].provider
-        if health.provider_state(provider) != "ok":
-            if not self._blocked_provider_turn(provider):
-                return None
-            if cfg.probes.recovery_kind != "none":
-                kind = cfg.probes.recovery_kind
+        blocked = health.provider_state(provider) != "ok"
+        if blocked and not self._blocked_provider_turn(provider):
+            return None
+        # a half-open breaker (its period over) is closed by this probe's success: that takes
+        # the recovery probe's kind, or a model list would end every open period of a model
+        # whose completions fail, and reset its backoff each time
+        if cfg.probes.recovery_kind != "none" and (
+                blocked or breaker.state is not BreakerState.CLOSED):
+            kind = cfg.probes.recovery_kind
         return await self.probe(model_id, kind)
 
     def _blocked_provider_turn(self, provider: str) -> bool:
