@@ -210,3 +210,21 @@ async def test_event_fields_per_type_as_design_lists_them(rig) -> None:
     assert {"from_model", "to_model", "reason", "status", "error", "session", "session_tokens",
             "target_context_window", "attempt"} <= by_type["model:failover"].keys()
     assert {"model", "reason", "retry_at", "open_count"} <= by_type["breaker:opened"].keys()
+
+
+@pytest.mark.parametrize("body", [{"model": None, "chain": "local"},
+                                  {"model": GPT, "chain": "no-such-chain"}],
+                         ids=["null-model-and-chain", "model-and-bad-chain"])
+async def test_a_session_preference_with_both_model_and_chain_is_refused(
+        rig, body: dict[str, Any]) -> None:
+    """POST /v1/sessions/{key} read "model" and dropped "chain" unseen: a null model with a
+    chain cleared the preference, a bad chain next to a model was accepted."""
+    _, _, d = rig
+    assert (await d.http.post("/v1/sessions/s:1/x", json={"model": QWEN})).status_code == 200
+    resp = await d.http.post("/v1/sessions/s:1/x", json=body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == "give 'model' or 'chain', not both"
+    kept = (await d.http.get("/v1/sessions/s%3A1%2Fx")).json()
+    assert kept["preference"] == QWEN
+    resp = await d.http.post("/v1/sessions/s:1/x", json={"chain": "local"})
+    assert resp.status_code == 200 and resp.json()["preference"] == "local"

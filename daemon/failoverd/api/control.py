@@ -219,6 +219,9 @@ async def session_set(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     try:
         body = await read_json(request, svc.runtime.config.daemon.max_body_bytes)
+        if "model" in body and "chain" in body:
+            # one was silently dropped: {"model": null, "chain": "fast"} cleared the preference
+            raise RequestError("give 'model' or 'chain', not both", param="model")
         target = body.get("model", body.get("chain"))
         cfg = svc.runtime.config
         if target is not None and (not isinstance(target, str) or (
