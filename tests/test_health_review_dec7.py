@@ -200,3 +200,27 @@ async def test_a_scheduled_model_list_does_not_close_a_breaker_whose_period_ende
     assert entry["last_probe"]["reason"] == "timeout"
     assert entry["state"] == "open"
     assert entry["open_count"] == 2
+
+
+async def test_the_end_of_a_credential_block_is_announced_and_probed_when_it_comes(
+        fake_openai, start_daemon) -> None:
+    """Without scheduled probes, an ended auth block was applied only at the next request or
+    status query: provider:credentials ok and the retained MQTT state (unavailable) waited
+    for them, and that first client's request was the test of the key."""
+    a = await fake_openai()
+    b = await fake_openai()
+    d = await start_daemon(many_models(a, b, 2, 'kind = "none"\nrecovery_kind = "chat"',
+                                       "auth_open_seconds = 0.3"))
+    a.push("auth")
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO})
+    assert resp.headers["x-failoverd-model"] == "b/x"
+    assert creds_events(d) == [("auth", "auth")]
+
+    async def announced() -> bool:  # no status query or request in between: they apply it
+        return creds_events(d)[-1] == ("ok", "expired") and probes_sent(a) == 1
+
+    await until_async(announced, timeout=3)
+    entry = (await status(d))["models"]["a/m0"]
+    assert entry["state"] == "closed"
+    assert entry["last_probe"]["ok"] is True
+    assert d.sup.prober.scheduler.get_job("credentials:a") is None

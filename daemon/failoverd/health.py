@@ -145,6 +145,8 @@ class HealthRegistry:
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
         self._changed: asyncio.Event | None = None
+        # told of every credential state change as (provider, state); the prober's hook
+        self.on_credentials_change: list[Callable[[str, str], None]] = []
         # the state file's salt; fingerprints of the current settings are computed once per config
         self._salt = new_salt()
         self._fingerprints: dict[str, dict[str, str]] | None = None
@@ -378,6 +380,18 @@ class HealthRegistry:
                 self._on_credentials(provider, state, reason, retry_at)
             except Exception:
                 logger.exception("provider %s: credentials callback failed", provider)
+        for listener in self.on_credentials_change:
+            try:
+                listener(provider, state)
+            except Exception:
+                logger.exception("provider %s: credentials listener failed", provider)
+
+    def provider_retry_in(self, provider: str) -> float | None:
+        """Seconds until the provider's auth or billing block ends; None when not blocked."""
+        creds = self._credentials.get(provider)
+        if creds is None or self._blocked(provider, apply=False) is None:
+            return None
+        return max(0.0, creds.until - self.clock.monotonic())
 
     def provider_state(self, provider: str) -> str:
         """The provider's credential state: "ok", "auth" or "billing" (expiry applied)."""

@@ -6,6 +6,8 @@ interval + timeout. When a breaker opens, a one-off recovery job is scheduled fo
 its open period: the recovery probe (`probes.recovery_kind`) closes the breaker if the model is
 back, so no client has to be the guinea pig. With recovery_kind "none" the job only reads the
 breaker, so its half-open state is published when the period ends, not at the next request.
+Likewise a one-off job at the end of a provider's auth or billing block applies its end (event,
+MQTT state) then; without interval probes it also sends one model a recovery probe.
 
 Choices:
 
@@ -69,6 +71,7 @@ class Prober:
         self._blocked_probed: dict[str, float] = {}
         self._stopping = False
         service.on_breaker_change.append(self._breaker_changed)
+        service.health.on_credentials_change.append(self._credentials_changed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,6 +95,10 @@ class Prober:
             elif state is BreakerState.HALF_OPEN:
                 self._schedule_recovery(model_id,
                                         cfg.probes.interval * self.rng.uniform(0.0, 0.5))
+        for name in cfg.providers:  # credential blocks restored from the state file
+            credentials = self.service.health.provider_state(name)
+            if credentials != "ok":
+                self._credentials_changed(name, credentials)
 
     def reschedule(self) -> None:
         """(Re)creates the interval jobs for the current configuration."""
@@ -106,6 +113,8 @@ class Prober:
             if kind == "probe" and model_id not in cfg.models:
                 job.remove()
             elif kind == "recover" and not self._recovering(model_id):
+                job.remove()
+            elif kind == "credentials" and model_id not in cfg.providers:
                 job.remove()
         if cfg.probes.kind == "none":
             for job in self.scheduler.get_jobs():
@@ -165,6 +174,8 @@ class Prober:
         try:
             if job == "recover":
                 return await self.recover(model_id)
+            if job == "credentials":
+                return await self.credentials_ended(model_id)  # a provider's name here
             return await self.scheduled(model_id)
         except asyncio.CancelledError:
             if self._stopping:
@@ -198,6 +209,40 @@ class Prober:
         self.scheduler.add_job(self._job, DateTrigger(run_date=when), args=("recover", model_id),
                                id=f"recover:{model_id}", replace_existing=True,
                                misfire_grace_time=None)
+
+    def _credentials_changed(self, provider: str, state: str) -> None:
+        """A provider's auth or billing block began, changed or ended: its end is watched."""
+        if self.scheduler is None:
+            return
+        wait = self.service.health.provider_retry_in(provider)
+        if state == "ok" or wait is None:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(f"credentials:{provider}")
+            return
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait + 0.01)
+        self.scheduler.add_job(self._job, DateTrigger(run_date=when),
+                               args=("credentials", provider), id=f"credentials:{provider}",
+                               replace_existing=True, misfire_grace_time=None)
+
+    async def credentials_ended(self, provider: str) -> bool | None:
+        """The job at the end of a provider's auth or billing block: the block's end is applied
+        (provider:credentials ok, MQTT state) when it comes, not at the next request or status
+        query; without scheduled probes, one model of the provider then gets a recovery probe,
+        so no client has to find out whether the key works again."""
+        health = self.service.health
+        cfg = self.service.runtime.config
+        if provider not in cfg.providers:
+            return None
+        if health.provider_state(provider) != "ok":
+            self._credentials_changed(provider, health.provider_state(provider))  # later
+            return None
+        if cfg.probes.kind != "none" or cfg.probes.recovery_kind == "none":
+            return None  # the scheduled probes (or the next request) find out
+        for model_id, model in cfg.models.items():
+            breaker = health.breaker(model_id)
+            if model.provider == provider and breaker is not None and breaker.can_acquire():
+                return await self.probe(model_id, cfg.probes.recovery_kind)
+        return None
 
     async def recover(self, model_id: str) -> bool:
         """The recovery probe at the end of an open period."""
