@@ -209,11 +209,11 @@ async def test_unknown_paths_and_methods_get_json_errors_in_the_clients_shape(
         fake_openai: Any, start_daemon: Any) -> None:
     a = await fake_openai()
     d = await start_daemon(one_model_config(a.url))
-    resp = await d.http.post("/v1/messages/count_tokens", json={"messages": []})
+    resp = await d.http.post("/v1/messages/batches", json={"requests": []})
     assert resp.status_code == 404
     assert resp.json() == {"type": "error", "error": {
         "type": "not_found_error",
-        "message": "POST /v1/messages/count_tokens: failoverd serves no such endpoint "
+        "message": "POST /v1/messages/batches: failoverd serves no such endpoint "
                    "(proxied: POST /v1/chat/completions and POST /v1/messages)"}}
     resp = await d.http.post("/v1/embeddings", json={"input": "x"})
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
