@@ -108,10 +108,6 @@ async def test_a_data_heavy_tool_result_skips_a_window_it_would_overflow(
 # ------------------------------------------------------------------ sessions
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py: note_session records route.candidates[0] as the model the request asked for "
-    "first even when that sticky fallback was skipped as incapable without a call, so one "
-    "request it could not serve moves the session to another (here the most expensive) model"))
 async def test_a_request_the_sticky_fallback_cannot_serve_does_not_move_the_session(
         fake_openai: Any, start_daemon: Any) -> None:
     """small fails, medium serves: the session sticks to medium. One request needing

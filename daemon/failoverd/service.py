@@ -243,7 +243,10 @@ class Service:
     def note_session(self, outcome: Outcome, session: str | None, route: Route) -> None:
         """Remembers which model served the session (sticky choice after a failover)."""
         if session and route.candidates:
-            self.sessions.note_served(session, route.candidates[0], outcome.model)
+            # models skipped without a call (lacking a capability, too small a window) did not
+            # fail: a request served with no failover hop leaves the session where it was
+            head = route.candidates[0] if outcome.failovers else outcome.model
+            self.sessions.note_served(session, head, outcome.model)
 
     async def _before_failover(self, info: FailoverInfo) -> FailoverVerdict:
         event = self.bus.emit(
