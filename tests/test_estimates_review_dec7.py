@@ -134,21 +134,8 @@ async def test_a_request_the_sticky_fallback_cannot_serve_does_not_move_the_sess
 # ------------------------------------------------------------------ output reservation
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dispatch.py / providers/anthropic.py: a request without max_tokens reserves no output "
-    "in the context check, but the Anthropic adapter sends max_tokens = the model's "
-    "max_output_tokens (else 4096), and Anthropic refuses prompt + max_tokens over the window "
-    "('input length and max_tokens exceed context limit'): the call is made and wasted"))
-async def test_the_output_an_anthropic_upstream_is_sent_is_reserved(
-        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
-    """An OpenAI client omits max_tokens. Served by Anthropic, the request carries the
-    model's max_output_tokens (4,000) as max_tokens; with a ~6,000-token prompt that is over
-    the 8,000 window, which Anthropic refuses with a 400 instead of writing less. The context
-    check must count those 4,000 and skip the model without a call."""
-    claude = await fake_anthropic()
-    big = await fake_openai(reply="big")
-    claude.default = "too_long"  # what Anthropic answers to 6,000 + 4,000 > 8,000
-    d = await start_daemon(f"""
+def _claude_config(claude: Any, big: Any, tail: str = "") -> str:
+    return f"""
 [providers.c]
 kind = "anthropic"
 base_url = "{claude.url}"
@@ -166,12 +153,64 @@ context_window = 128000
 primary = "c/claude"
 fallbacks = ["b/big"]
 when_all_unavailable = "fail"
+{tail}
 [probes]
 kind = "none"
-""")
+"""
+
+
+async def test_an_anthropic_upstream_is_sent_the_output_room_the_window_has_left(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """An OpenAI client omits max_tokens. The Anthropic adapter must send one: it sent the
+    model's max_output_tokens (4,000), and with a ~6,000-token prompt that is over the
+    8,000 window, which Anthropic refuses ("input length and max_tokens exceed context
+    limit") where an OpenAI model would write until the window is full. It now gets what the
+    window has left after the prompt."""
+    claude = await fake_anthropic()
+    big = await fake_openai(reply="big")
+    d = await start_daemon(_claude_config(claude, big))
     prompt = "Failover keeps a program working when its preferred model is down. " * 450
     resp = await d.http.post("/v1/chat/completions", json={
         "model": "default", "messages": [{"role": "user", "content": prompt}]})
     assert resp.status_code == 200, resp.text
-    assert resp.headers["x-failoverd-model"] == "b/big"
-    assert claude.message_requests() == []
+    assert resp.headers["x-failoverd-model"] == "c/claude"
+    select = (await d.http.post("/v1/select", json={
+        "messages": [{"role": "user", "content": prompt}]})).json()
+    estimate = select["requirements"]["prompt_tokens"]
+    assert 5000 < estimate < 7500
+    sent = claude.message_requests()[-1].body["max_tokens"]
+    assert sent == 8000 - estimate
+    # a short prompt leaves room for the whole default, and a client's own limit is kept
+    await d.http.post("/v1/chat/completions", json={
+        "model": "default", "messages": [{"role": "user", "content": "hi"}]})
+    assert claude.message_requests()[-1].body["max_tokens"] == 4000
+    await d.http.post("/v1/chat/completions", json={
+        "model": "default", "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]})
+    assert claude.message_requests()[-1].body["max_tokens"] == 100
+
+
+async def test_a_truncated_request_leaves_room_for_an_anthropic_answer(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """context_policy = truncate with no max_tokens: the truncation kept room for an answer
+    (up to 4096 tokens, here the model's 4,000) and that is the max_tokens sent; filling the
+    window with history left none."""
+    claude = await fake_anthropic()
+    big = await fake_openai(reply="big")
+    d = await start_daemon(_claude_config(claude, big, 'context_policy = "truncate"'))
+    turn = "Failover keeps a program working when its preferred model is down. " * 60
+    messages: list[dict[str, Any]] = []
+    for i in range(12):  # ~9,600 tokens of history over an 8,000 window
+        messages += [{"role": "user", "content": f"{i} {turn}"},
+                     {"role": "assistant", "content": "ok"}]
+    messages.append({"role": "user", "content": "and now?"})
+    resp = await d.http.post("/v1/chat/completions", json={
+        "model": "c/claude", "messages": messages, "stream": False},
+        headers={"x-failoverd-no-fallback": "1"})
+    assert resp.status_code == 200, resp.text
+    sent = claude.message_requests()[-1].body
+    assert len(sent["messages"]) < len(messages)
+    assert sent["max_tokens"] == 4000
+    kept = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+             else "".join(b["text"] for b in m["content"])} for m in sent["messages"]]
+    select = (await d.http.post("/v1/select", json={"messages": kept})).json()
+    assert select["requirements"]["prompt_tokens"] + 4000 <= 8000

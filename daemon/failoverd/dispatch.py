@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+# Room for the answer that context_policy = "truncate" leaves when the request sets no
+# max_tokens but the adapter must send one (Anthropic)
+TRUNCATED_ANSWER_ROOM = 4096
 # Time left below this counts as none: uvloop's timers have millisecond resolution and fire up
 # to a millisecond early, so an attempt cut by the request's deadline finds a hair of it left;
 # failing over with that would list (and charge) a fallback that could not have answered.
@@ -235,10 +238,11 @@ class Dispatcher:
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken
                             raise last_error
+                default_output = self.providers[model.provider].default_output(model)
                 try:
                     fitted, skip = _fit_context(model, body, needs,
                                                 verdict.context or cfg.routing.context_policy,
-                                                outcome)
+                                                outcome, default_output)
                 except ContextRefused:
                     if last_error is not None:
                         outcome.failovers.pop()  # `fail` ends it here: the hop is not taken
@@ -249,7 +253,8 @@ class Dispatcher:
                     outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
                                                     skip))
                     continue
-                req = _cap_output(fitted, model)
+                req = _cap_output(fitted, model, _answer_room(model, needs, fitted is not body,
+                                                              default_output))
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
@@ -447,10 +452,11 @@ def _lacking(model: ModelConfig, needs: Requirements | None) -> str | None:
 
 
 def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements | None,
-                 policy_name: ContextPolicy,
-                 outcome: Outcome) -> tuple[dict[str, Any], str | None]:
+                 policy_name: ContextPolicy, outcome: Outcome,
+                 default_output: int | None = None) -> tuple[dict[str, Any], str | None]:
     """The request as `model` gets it under the context policy: (body, None) to try it,
-    (body, reason) to skip it; raises for `fail`."""
+    (body, reason) to skip it; raises for `fail`. `default_output`: the max_tokens the
+    adapter sends when the request sets none."""
     too_big = context_reason(model, needs) if needs is not None else None
     if too_big is None or needs is None:
         return body, None
@@ -460,8 +466,12 @@ def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements |
                              provider=model.provider, model=model.id)
     if policy_name == "skip":
         return body, too_big
-    # the same reservation the check made: what the model can write, not what was asked
-    shorter = truncate(body, model.context_window, output_reservation(model, needs))
+    # the same reservation the check made: what the model can write, not what was asked;
+    # with none asked but one the adapter must send, room for an answer of up to 4096
+    reserve = output_reservation(model, needs)
+    if needs.output_tokens is None and default_output is not None:
+        reserve = min(default_output, TRUNCATED_ANSWER_ROOM)
+    shorter = truncate(body, model.context_window, reserve)
     if shorter is None:
         return body, f"{too_big}; truncation cannot make it fit"
     dropped = len(body["messages"]) - len(shorter["messages"])
@@ -470,11 +480,29 @@ def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements |
     return shorter, None
 
 
-def _cap_output(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
+def _answer_room(model: ModelConfig, needs: Requirements | None, truncated: bool,
+                 default_output: int | None) -> int | None:
+    """For a request that sets no output limit, to an adapter that must send one
+    (`default_output`, Anthropic's max_tokens): the limit that fits the window when it is
+    less than that default, else None. Anthropic refuses prompt + max_tokens over the window
+    ("input length and max_tokens exceed context limit") where an OpenAI model writes until
+    the window is full; a truncated request left itself TRUNCATED_ANSWER_ROOM."""
+    if default_output is None or needs is None or needs.output_tokens is not None \
+            or not model.context_window:
+        return None
+    room = (min(default_output, TRUNCATED_ANSWER_ROOM) if truncated
+            else model.context_window - needs.prompt_tokens)
+    return max(room, 1) if room < default_output else None
+
+
+def _cap_output(body: dict[str, Any], model: ModelConfig, room: int | None) -> dict[str, Any]:
     """The request with max_tokens / max_completion_tokens cut to what the model can write
     (its max_output_tokens): a fallback smaller than the model the client wrote for would
     refuse the request (OpenAI: "max_tokens is too large"), and the context check reserves
-    only that much. The body itself is not changed."""
+    only that much; `room` (see _answer_room) is the limit of a request that sets none. The
+    body itself is not changed."""
+    if room is not None and "max_tokens" not in body and "max_completion_tokens" not in body:
+        return {**body, "max_tokens": room}
     cap = model.max_output_tokens
     if not cap:
         return body

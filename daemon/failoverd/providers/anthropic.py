@@ -159,7 +159,7 @@ class AnthropicProvider:
         # a TranslationError goes up as it is: the router records this candidate as incapable
         # (no upstream attempt made) and moves on
         payload = canonical_to_anthropic(
-            body, model.name, model.max_output_tokens or DEFAULT_MAX_TOKENS,
+            body, model.name, self.default_output(model),
             max_output_tokens=model.max_output_tokens)
         if stream:
             payload["stream"] = True
@@ -264,6 +264,9 @@ class AnthropicProvider:
         finally:
             await stack.aclose()
             finish_stream(resp, clean)
+
+    def default_output(self, model: ModelConfig) -> int:
+        return model.max_output_tokens or DEFAULT_MAX_TOKENS
 
     async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
                            timeout: float) -> int:

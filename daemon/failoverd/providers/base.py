@@ -96,6 +96,12 @@ class Provider(Protocol):
         """
         ...
 
+    def default_output(self, model: ModelConfig) -> int | None:
+        """The max_tokens this adapter sends when the request sets none (Anthropic requires
+        one), which the request's context check must leave room for; None: the upstream's
+        own limit applies."""
+        ...
+
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
         """A health probe: `models` lists models (reachability + auth), `chat` asks for a

@@ -216,6 +216,9 @@ class GeminiProvider:
         finally:
             finish_stream(resp, translator.complete)
 
+    def default_output(self, model: ModelConfig) -> int | None:
+        return None  # the upstream's own limit applies
+
     async def probe(self, model: ModelConfig, kind: ProbeKind,
                     timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
                     max_tokens: int) -> None:

@@ -190,6 +190,9 @@ class OllamaProvider:
         finally:
             finish_stream(resp, translator.done)
 
+    def default_output(self, model: ModelConfig) -> int | None:
+        return None  # the upstream's own limit applies
+
     async def probe(self, model: ModelConfig, kind: ProbeKind,
                     timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
                     max_tokens: int) -> None:

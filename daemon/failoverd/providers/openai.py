@@ -216,6 +216,9 @@ class OpenAIProvider:
         finally:
             finish_stream(resp, clean)
 
+    def default_output(self, model: ModelConfig) -> int | None:
+        return None  # the upstream's own limit applies
+
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
         if kind == "none":

@@ -128,6 +128,9 @@ class SimulatedProvider:
         if isinstance(options, dict) and options.get("include_usage"):
             yield chunk([], usage=self._usage(body, texts))
 
+    def default_output(self, model: ModelConfig) -> int | None:
+        return None  # the upstream's own limit applies
+
     async def probe(self, model: ModelConfig, kind: ProbeKind, timeout: float,
                     max_tokens: int) -> None:
         if kind != "none":
