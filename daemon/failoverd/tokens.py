@@ -27,9 +27,12 @@ Around the text:
 
 - Per message: 4 tokens (role and separators), plus 3 priming the reply, as in OpenAI's
   published chat-format accounting.
-- Images: a flat `IMAGE_TOKENS` (765, OpenAI's cost of a 1024x1024 image at high detail)
-  or `IMAGE_TOKENS_LOW` (85) for ``detail: "low"``. The image URL itself (often a large
-  base64 data URL) is never counted as text.
+- Images: inline ones (base64 data URLs) from their pixel size (mediasize.py), as the most
+  any vendor charges for it (`pixel_tokens`: 258 for an icon, 1,398 for 1024x1024, about
+  1,600 at most); linked ones a flat `IMAGE_TOKENS` (765, OpenAI's cost of a 1024x1024 image
+  at high detail) or `IMAGE_TOKENS_LOW` (85) for ``detail: "low"``. The image URL itself
+  (often a large base64 data URL) is never counted as text.
+- Inline PDFs (``file`` parts): `PDF_PAGE_TOKENS` per page.
 - Tools and a json_schema response_format: their JSON text, counted like text, plus a small
   fixed overhead per tool.
 
@@ -38,9 +41,9 @@ English prose, source code, JSON (numeric arrays, API responses, tool results), 
 hex, UUIDs and base64 of a few hundred tokens or more (counted as characters / 4, numeric
 JSON would come out up to 4x too small), within about ±40% for other scripts (CJK,
 Cyrillic) and emoji; very short strings are off by a token or two. Other vendors'
-tokenizers (Claude, Gemini, Llama) differ from OpenAI's by roughly another 10-20%. Images
-are exact only for 1024x1024 high-detail OpenAI input; large images on Anthropic cost up to
-about 1,600 tokens. Callers that need a hard guarantee
+tokenizers (Claude, Gemini, Llama) differ from OpenAI's by roughly another 10-20%. Linked
+images are exact only for 1024x1024 high-detail OpenAI input; PDF pages vary by half either
+way. Callers that need a hard guarantee
 must keep a margin; the upstream's context_overflow error remains the final word.
 """
 
@@ -53,6 +56,8 @@ from typing import Any
 
 import orjson
 
+from failoverd import mediasize
+
 logger = logging.getLogger(__name__)
 
 TOKENS_PER_MESSAGE = 4
@@ -60,6 +65,8 @@ REPLY_PRIMING_TOKENS = 3
 TOKENS_PER_NAME = 1
 IMAGE_TOKENS = 765
 IMAGE_TOKENS_LOW = 85
+GEMINI_IMAGE_TOKENS = 258  # an image up to 384x384 on Gemini; no vendor charges less
+PDF_PAGE_TOKENS = 2000  # a PDF page's text and image (Anthropic: 1,500 to 3,000)
 TOKENS_PER_TOOL = 8
 # Audio, files and part types we do not know: a flat guess rather than the size of their
 # (usually base64) payload.
@@ -151,6 +158,8 @@ def content_tokens(content: Any) -> int:
             total += text_tokens(text) if isinstance(text, str) else 0
         elif kind in _IMAGE_PART_TYPES:
             total += image_tokens(part)
+        elif kind == "file":
+            total += file_tokens(part)
         elif kind == "refusal":
             refusal = part.get("refusal")
             total += text_tokens(refusal) if isinstance(refusal, str) else 0
@@ -160,10 +169,46 @@ def content_tokens(content: Any) -> int:
 
 
 def image_tokens(part: Mapping[str, Any]) -> int:
-    """Flat estimate for one image part; ``detail: "low"`` is the cheap fixed size."""
+    """One image part: from its pixel size when it is inline (a base64 data URL), else the
+    flat `IMAGE_TOKENS` (`IMAGE_TOKENS_LOW` for ``detail: "low"``)."""
     image = part.get("image_url")
     detail = image.get("detail") if isinstance(image, Mapping) else part.get("detail")
-    return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    url = image.get("url") if isinstance(image, Mapping) else image
+    payload = mediasize.data_url_payload(url, "image/") if isinstance(url, str) else None
+    size = mediasize.image_dimensions(payload) if payload is not None else None
+    if size is None:
+        return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    return pixel_tokens(*size, low_detail=detail == "low")
+
+
+def pixel_tokens(width: int, height: int, *, low_detail: bool = False) -> int:
+    """The most any of the vendors charges for a `width` x `height` image (whichever model
+    serves it): OpenAI's 512-pixel tiles after scaling to 2048 and a 768 shortest side (85
+    at low detail, which Anthropic and Gemini ignore), Anthropic's pixels / 750 after
+    scaling to a 1568 long edge and 1.15 megapixels, Gemini's 258 for a small image."""
+    w, h = float(width), float(height)
+    if low_detail:
+        openai = IMAGE_TOKENS_LOW
+    else:
+        scale = min(1.0, 2048 / max(w, h))
+        ow, oh = w * scale, h * scale
+        scale = min(1.0, 768 / min(ow, oh))
+        ow, oh = ow * scale, oh * scale
+        openai = 85 + 170 * math.ceil(ow / 512) * math.ceil(oh / 512)
+    scale = min(1.0, 1568 / max(w, h), math.sqrt(1_150_000 / (w * h)))
+    anthropic = math.ceil(w * scale * h * scale / 750)
+    return max(openai, anthropic, GEMINI_IMAGE_TOKENS)
+
+
+def file_tokens(part: Mapping[str, Any]) -> int:
+    """One file part: `PDF_PAGE_TOKENS` per page of an inline PDF (text and a picture of each
+    page, as Anthropic and OpenAI read them), else the flat `OTHER_PART_TOKENS`."""
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, Mapping) else None
+    payload = mediasize.data_url_payload(data, "application/pdf") \
+        if isinstance(data, str) else None
+    pages = mediasize.pdf_pages(payload) if payload is not None else None
+    return pages * PDF_PAGE_TOKENS if pages else OTHER_PART_TOKENS
 
 
 def message_tokens(message: Mapping[str, Any]) -> int:
