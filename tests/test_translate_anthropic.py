@@ -74,7 +74,8 @@ def test_anthropic_request_to_canonical() -> None:
                                   "image_url": {"url": "https://example.com/b.jpg"}}
     assert assistant == {"role": "assistant", "content": "Paris. Checking.", "tool_calls": [
         {"id": "toolu_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}
+         "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}],
+        "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}]}
     assert tool == {"role": "tool", "tool_call_id": "toolu_1", "content": "18C, sunny"}
     assert user2 == {"role": "user", "content": "Thanks. And tomorrow?"}
 
@@ -166,8 +167,8 @@ def test_round_trip_anthropic_canonical_anthropic() -> None:
     assert back["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     original = ANTHROPIC_REQUEST["messages"]
     assert back["messages"][0] == original[0]
-    # the signed thinking block is the only thing dropped
-    assert back["messages"][1] == {"role": "assistant", "content": original[1]["content"][1:]}
+    # the signed thinking block goes back first, as it came
+    assert back["messages"][1] == {"role": "assistant", "content": original[1]["content"]}
     assert back["messages"][2] == {"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "toolu_1",
          "content": [{"type": "text", "text": "18C, sunny"}]},
@@ -324,9 +325,9 @@ def test_anthropic_response_to_canonical() -> None:
                                                              "arguments": '{"a":[1]}'}}]
     assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
     back = canonical_to_anthropic_response(out, "m")
-    # the thinking comes back as a thinking block (its signature is not kept)
+    # the thinking comes back as a thinking block, with its signature
     assert [b["type"] for b in back["content"]] == ["thinking", "text", "tool_use"]
-    assert back["content"][0]["thinking"] == "so"
+    assert back["content"][0] == {"type": "thinking", "thinking": "so", "signature": "s"}
     assert back["content"][2]["input"] == {"a": [1]}
 
 
@@ -445,9 +446,11 @@ def test_stream_decoder_thinking_and_ignored_events() -> None:
         "delta": {"type": "thinking_delta", "thinking": "hmm"}})
     assert thinking["choices"][0]["delta"] == {"reasoning_content": "hmm"}
     assert thinking["id"] == "chatcmpl-msg_z"
-    assert decoder.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                "delta": {"type": "signature_delta",
-                                                          "signature": "x"}}) == []
+    [signed] = decoder.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "signature_delta",
+                                                              "signature": "x"}})
+    assert signed["choices"][0]["delta"] == {"thinking_blocks": [
+        {"type": "thinking", "thinking": "", "signature": "x"}]}
     [end] = decoder.feed("message_delta", {"type": "message_delta",
                                            "delta": {"stop_reason": "max_tokens"},
                                            "usage": {"output_tokens": 3}})

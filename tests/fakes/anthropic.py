@@ -2,12 +2,17 @@
 
 `fake.push("overloaded", "ok")` scripts the next requests; `fake.default` answers the rest.
 Every request is logged (`fake.requests`) with its headers and parsed body. Streams use the
-real SSE event sequence (message_start, content_block_start/delta/stop with text_delta and
-input_json_delta, message_delta with stop_reason and usage, message_stop, ping).
+real SSE event sequence (message_start, content_block_start/delta/stop with text_delta,
+input_json_delta, thinking_delta and signature_delta, message_delta with stop_reason and usage,
+message_stop, ping). With thinking enabled the answer starts with a thinking block signed by
+`signature(text)`; a thinking block sent back with any other signature is refused, as the API
+refuses one it did not sign.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +22,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.fakes.base import FakeServer, cut
+
+
+def signature(thinking: str) -> str:
+    """The fake's signature of a thinking text (the API's is opaque; this one it can check)."""
+    return base64.b64encode(hashlib.sha256(b"fake-anthropic:" + thinking.encode()).digest()
+                            ).decode()
 
 
 def _err(type_: str, message: str) -> bytes:
@@ -92,6 +103,7 @@ class FakeAnthropic(FakeServer[Logged]):
     refuses in validation (see `_invalid`) get its 400 whatever the script says."""
 
     reply: str = "Hello from the fake Anthropic"
+    thinking: str = "The user wants an answer; let me think."
 
     errors = ERRORS
     truncated = b'{"id": "msg_1", "content": ['
@@ -174,8 +186,17 @@ class FakeAnthropic(FakeServer[Logged]):
             return [{"type": "text", "text": self.reply.split(sequence)[0]}], "stop_sequence"
         return [{"type": "text", "text": self.reply}], "end_turn"
 
+    def _thought(self, body: dict[str, Any], content: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+        """With thinking enabled the answer starts with a signed thinking block, as the API's."""
+        if (body.get("thinking") or {}).get("type") != "enabled":
+            return content
+        return [{"type": "thinking", "thinking": self.thinking,
+                 "signature": signature(self.thinking)}, *content]
+
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         content, stop = self._content(body)
+        content = self._thought(body, content)
         return {"id": "msg_01Fake", "type": "message", "role": "assistant",
                 "model": body.get("model"), "content": content, "stop_reason": stop,
                 "stop_sequence": _stop_sequence(self.reply, body) if stop == "stop_sequence"
@@ -199,10 +220,23 @@ class FakeAnthropic(FakeServer[Logged]):
                                              "cache_read_input_tokens": 3}}})
         await send("ping", {"type": "ping"})
         content, stop = self._content(body)
+        content = self._thought(body, content)
         if behaviour in ("refusal", "empty"):
             content, stop = [], "refusal" if behaviour == "refusal" else "end_turn"
         for index, block in enumerate(content):
-            if block["type"] == "text":
+            if block["type"] == "thinking":
+                await send("content_block_start", {
+                    "type": "content_block_start", "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+                half = len(block["thinking"]) // 2
+                for piece in (block["thinking"][:half], block["thinking"][half:]):
+                    await send("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": piece}})
+                await send("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": block["signature"]}})
+            elif block["type"] == "text":
                 await send("content_block_start", {"type": "content_block_start",
                                                    "index": index,
                                                    "content_block": {"type": "text",
@@ -247,7 +281,9 @@ _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 def _invalid(body: dict[str, Any]) -> str | None:
     """The API's 400 message for a request it validates and refuses, else None: forced tool
     use with thinking, tool_use ids off the pattern or repeated, tool results that answer no
-    tool_use of the previous turn, and a tool loop whose assistant turn lacks its thinking."""
+    tool_use of the previous turn, a thinking block whose signature is not the fake's own
+    (empty, or made by another model), and a tool loop whose assistant turn lacks its
+    thinking."""
     thinking = (body.get("thinking") or {}).get("type") == "enabled"
     if thinking and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
         return "Thinking may not be enabled when tool_choice forces tool use."
@@ -266,6 +302,9 @@ def _invalid(body: dict[str, Any]) -> str | None:
                     return f"messages.{i}.content.{j}: `tool_use` ids must be unique"
                 seen.add(block["id"])
                 used.add(block["id"])
+            elif block.get("type") == "thinking" and \
+                    block.get("signature") != signature(str(block.get("thinking"))):
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
             elif block.get("type") == "tool_result" and block["tool_use_id"] not in previous:
                 return (f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
                         f"`tool_result` blocks: {block['tool_use_id']}. Each `tool_result` "

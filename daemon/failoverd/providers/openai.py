@@ -123,6 +123,14 @@ class OpenAIProvider:
         payload = dict(body)
         payload["model"] = model.name
         payload.pop("failoverd", None)
+        messages = payload.get("messages")
+        if isinstance(messages, list) and any(
+                isinstance(m, dict) and "thinking_blocks" in m for m in messages):
+            # Anthropic's signed thinking (kept for a return to Anthropic): OpenAI refuses
+            # unknown message fields, and no other model can use it
+            payload["messages"] = [
+                {k: v for k, v in m.items() if k != "thinking_blocks"}
+                if isinstance(m, dict) and "thinking_blocks" in m else m for m in messages]
         if "reasoning" in model.capabilities and "max_tokens" in payload \
                 and "max_completion_tokens" not in payload:
             # OpenAI's reasoning models refuse max_tokens; requests translated from other

@@ -19,11 +19,20 @@ Decisions, so every translator and operator can rely on them:
 
 * ``cache_control`` (on blocks, and the request's top-level one) is a caching hint with no
   canonical equivalent; it is dropped.
-* ``thinking`` blocks in earlier assistant turns are the model's own signed reasoning; they
-  cannot be replayed elsewhere and are dropped. Because Anthropic needs them back inside a
-  tool-use loop, the adapter does not enable thinking on a request that continues one.
-* Reasoning in answers (``reasoning_content``: Anthropic thinking, DeepSeek/vLLM reasoning)
-  reaches Anthropic clients as ``thinking`` blocks with an empty signature, streamed and not.
+* Signed thinking round-trips as LiteLLM carries it: a canonical assistant message has
+  ``thinking_blocks`` (``{"type": "thinking", "thinking", "signature"}`` and
+  ``{"type": "redacted_thinking", "data"}``) next to ``reasoning_content``; in a stream the
+  text is ``reasoning_content`` and the signature (sent before the block's stop) and redacted
+  blocks are deltas of ``thinking_blocks`` (see anthropic_stream). Anthropic answers fill them,
+  Anthropic clients get them back signed and replay them, and towards Anthropic they go first
+  in their assistant turn. A client's thinking block without a signature (another provider's
+  reasoning, echoed back) cannot be replayed and is dropped. Anthropic needs the last
+  assistant turn of a tool-use loop to start with its signed thinking when thinking is on:
+  when that turn has none (another provider served it), the request goes without thinking.
+  Only the Anthropic adapter sends ``thinking_blocks``; the OpenAI-compatible one strips them
+  (OpenAI refuses unknown message fields), Gemini's and Ollama's never read them.
+* Other reasoning in answers (DeepSeek/vLLM ``reasoning_content``) reaches Anthropic clients
+  as ``thinking`` blocks with an empty signature, streamed and not.
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.
 * A ``stop_sequence`` stop travels as a string ``stop_reason`` beside ``finish_reason: "stop"``
   (vLLM's OpenAI-compatible field), so Anthropic clients get ``stop_reason: "stop_sequence"``

@@ -16,6 +16,7 @@ from failoverd.translate.anthropic_common import (
     as_list,
     canonical_tool_choice,
 )
+from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.images import image_part, inline_image_part
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def _front_tool_result(block: dict[str, Any], path: str) -> dict[str, Any]:
 def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         bpath = f"{path}.content[{j}]"
         block = as_dict(block, bpath)
@@ -268,7 +270,9 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
             calls.append({"id": tool_id, "type": "function", "function": {
                 "name": name, "arguments": orjson.dumps(tool_input).decode()}})
         elif kind in ("thinking", "redacted_thinking"):
-            continue  # see the module docstring
+            kept = signed_block(block)
+            if kept is not None:  # unsigned ones cannot go back to Anthropic: dropped
+                thinking.append(kept)
         else:
             raise TranslationError(f"{bpath}.type: {kind!r} blocks have no equivalent in the "
                                    "canonical form", param=f"{bpath}.type")
@@ -277,6 +281,8 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
         message["tool_calls"] = calls
     elif message["content"] is None:
         message["content"] = ""
+    if thinking:
+        message["thinking_blocks"] = thinking
     return message
 
 

@@ -18,6 +18,7 @@ from failoverd.translate.anthropic_common import (
     as_list,
     text_of_blocks,
 )
+from failoverd.translate.anthropic_response import signed_blocks
 from failoverd.translate.images import (
     image_part_url,
     is_data_url,
@@ -31,6 +32,7 @@ DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 MIN_THINKING_BUDGET = 1024
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -151,8 +153,12 @@ def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
         return None
     last_assistant = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
     if last_assistant is not None and messages[-1]["role"] == "user" and any(
-            b.get("type") == "tool_result" for b in messages[-1]["content"]):
-        return None  # mid tool-use loop without the (dropped) signed thinking blocks
+            b.get("type") == "tool_result" for b in messages[-1]["content"]) \
+            and last_assistant["content"][0].get("type") not in _THINKING_BLOCKS:
+        # mid tool-use loop whose last assistant turn has no signed thinking (served by
+        # another provider, or from a client that does not replay it): Anthropic refuses
+        # thinking there, so this request goes without
+        return None
     return {"type": "enabled", "budget_tokens": budget}
 
 
@@ -297,7 +303,12 @@ def _valid_id(tool_id: str) -> str:
 def _anthropic_assistant_content(message: dict[str, Any], path: str,
                                  ids: _ToolIds) -> list[dict[str, Any]]:
     text = text_of_blocks(message.get("content"), f"{path}.content", allow_refusal=True)
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    # the turn's signed thinking first, as Anthropic answered it (and needs it back in a
+    # tool-use loop); unsigned or malformed entries cannot be replayed and are left out
+    blocks = signed_blocks(message.get("thinking_blocks")) if "thinking_blocks" in message \
+        else []
+    if text:
+        blocks.append({"type": "text", "text": text})
     for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
         cpath = f"{path}.tool_calls[{k}]"
         call = as_dict(call, cpath)

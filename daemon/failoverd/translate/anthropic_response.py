@@ -54,6 +54,31 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return parsed
 
 
+def signed_block(block: Any) -> dict[str, Any] | None:
+    """A thinking block as the canonical ``thinking_blocks`` keep it, or None when it cannot
+    go back to Anthropic: a ``thinking`` block needs its text and a non-empty signature, a
+    ``redacted_thinking`` block its encrypted data (other keys, e.g. cache_control, dropped)."""
+    if not isinstance(block, dict):
+        return None
+    kind = block.get("type")
+    if kind == "thinking":
+        text, signature = block.get("thinking"), block.get("signature")
+        if isinstance(text, str) and isinstance(signature, str) and signature:
+            return {"type": "thinking", "thinking": text, "signature": signature}
+    elif kind == "redacted_thinking":
+        data = block.get("data")
+        if isinstance(data, str) and data:
+            return {"type": "redacted_thinking", "data": data}
+    return None
+
+
+def signed_blocks(blocks: Any) -> list[dict[str, Any]]:
+    """The replayable blocks of a canonical message's ``thinking_blocks`` (see signed_block)."""
+    if not isinstance(blocks, list):
+        return []
+    return [b for b in map(signed_block, blocks) if b is not None]
+
+
 def anthropic_usage(usage: Any) -> dict[str, int]:
     """Canonical usage -> Anthropic usage (input_tokens excludes cache reads there)."""
     if not isinstance(usage, dict):
@@ -92,11 +117,12 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
+    # Anthropic's own thinking, signed (thinking_blocks), goes back as it came, so the client
+    # can replay it; other reasoning (DeepSeek/vLLM reasoning_content) becomes a thinking
+    # block with an empty signature, which cannot be replayed to Anthropic
+    content: list[dict[str, Any]] = signed_blocks(message.get("thinking_blocks"))
     reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
-        # the model's reasoning (Anthropic thinking, DeepSeek/vLLM reasoning_content) as a
-        # thinking block; its signature is not known here, so it cannot be replayed upstream
+    if not content and isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")
     if isinstance(text, list):
@@ -136,10 +162,12 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
     """An Anthropic Messages response as a canonical chat.completion.
 
     Text blocks are joined into ``content``; tool_use blocks become ``tool_calls``; thinking
-    blocks go to ``reasoning_content`` (the field DeepSeek and vLLM use).
+    blocks go to ``reasoning_content`` (the field DeepSeek and vLLM use) and, with their
+    signatures, to ``thinking_blocks`` (redacted_thinking blocks there only), as LiteLLM does.
     """
     texts: list[str] = []
     thinking: list[str] = []
+    signed: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for block in resp.get("content") or []:
         if not isinstance(block, dict):
@@ -147,8 +175,12 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
         kind = block.get("type")
         if kind == "text":
             texts.append(str(block.get("text", "")))
-        elif kind == "thinking":
-            thinking.append(str(block.get("thinking", "")))
+        elif kind in ("thinking", "redacted_thinking"):
+            if kind == "thinking":
+                thinking.append(str(block.get("thinking", "")))
+            kept = signed_block(block)
+            if kept is not None:
+                signed.append(kept)
         elif kind == "tool_use":
             calls.append({"id": block.get("id") or new_id("toolu_"), "type": "function",
                           "function": {"name": block.get("name", ""), "arguments":
@@ -159,6 +191,8 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
         message["tool_calls"] = calls
     if thinking:
         message["reasoning_content"] = "".join(thinking)
+    if signed:
+        message["thinking_blocks"] = signed
     finish = FINISH_REASONS.get(str(resp.get("stop_reason")), "stop")
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None,
                               "finish_reason": finish}

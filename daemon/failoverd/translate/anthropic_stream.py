@@ -4,6 +4,11 @@ Anthropic's stream is ``message_start``, then per content block ``content_block_
 ``content_block_delta``\\* (``text_delta``, ``input_json_delta``, ``thinking_delta``, ...),
 ``content_block_stop``, then ``message_delta`` (stop_reason, usage) and ``message_stop``;
 ``ping`` may come anywhere and ``error`` ends a stream that failed after it started.
+
+Thinking in canonical chunks: its text is ``reasoning_content``; a thinking block's
+``signature_delta`` (sent right before its content_block_stop) is a delta of its own,
+``thinking_blocks: [{"type": "thinking", "thinking": "", "signature": ...}]``, and a
+``redacted_thinking`` block is ``thinking_blocks: [{"type": "redacted_thinking", "data": ...}]``.
 """
 
 from __future__ import annotations
@@ -114,11 +119,9 @@ class AnthropicStreamEncoder:
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content")
             if isinstance(reasoning, str) and reasoning:
-                if self._open != "thinking":
-                    out += self._flush_tools()
-                    out += self._open_block("thinking", {"type": "thinking", "thinking": "",
-                                                         "signature": ""})
-                out += self._delta({"type": "thinking_delta", "thinking": reasoning})
+                out += self._thinking(reasoning)
+            if "thinking_blocks" in delta:
+                out += self._thinking_blocks(delta["thinking_blocks"], bool(reasoning))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 if self._open != "text":
@@ -130,6 +133,45 @@ class AnthropicStreamEncoder:
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
                 self._stop_sequence = stop_sequence(choice)
+        return out
+
+    def _thinking(self, text: str) -> bytes:
+        out = b""
+        if self._open != "thinking":
+            out += self._flush_tools()
+            out += self._open_block("thinking", {"type": "thinking", "thinking": "",
+                                                 "signature": ""})
+        return out + self._delta({"type": "thinking_delta", "thinking": text})
+
+    def _thinking_blocks(self, blocks: Any, had_text: bool) -> bytes:
+        """A delta's ``thinking_blocks``: a signature ends the thinking block as Anthropic's own
+        stream does (signature_delta, then content_block_stop); a redacted_thinking block goes
+        out whole. Their thinking text counts only when the delta has no reasoning_content
+        (LiteLLM-style deltas repeat it in both)."""
+        out = b""
+        for block in blocks if isinstance(blocks, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "redacted_thinking":
+                data = block.get("data")
+                if isinstance(data, str) and data:
+                    out += self._flush_tools()
+                    out += self._open_block("redacted_thinking",
+                                            {"type": "redacted_thinking", "data": data})
+                    out += self._close()
+                continue
+            if block.get("type") != "thinking":
+                continue
+            text, signature = block.get("thinking"), block.get("signature")
+            if not had_text and isinstance(text, str) and text:
+                out += self._thinking(text)
+            if isinstance(signature, str) and signature:
+                if self._open != "thinking":  # a signature alone: an empty thinking block
+                    out += self._flush_tools()
+                    out += self._open_block("thinking", {"type": "thinking", "thinking": "",
+                                                         "signature": ""})
+                out += self._delta({"type": "signature_delta", "signature": signature})
+                out += self._close()  # the next thinking is a block of its own
         return out
 
     def _tool_delta(self, call: dict[str, Any]) -> bytes:
@@ -293,6 +335,12 @@ class AnthropicStreamDecoder:
         kind = block.get("type")
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
+        if kind == "redacted_thinking":  # encrypted thinking comes whole, never as deltas
+            data = block.get("data")
+            if isinstance(data, str) and data:
+                return [self._chunk({"thinking_blocks": [
+                    {"type": "redacted_thinking", "data": data}]})]
+            return []
         if kind == "tool_use":
             tool_index = len(self._tools)
             self._tools[index] = tool_index
@@ -321,4 +369,11 @@ class AnthropicStreamDecoder:
                                                  "function": {"arguments": partial}}]})]
         if kind == "thinking_delta":
             return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
-        return []  # signature_delta, citations_delta
+        if kind == "signature_delta":
+            # the thinking block's signature, right before its content_block_stop: its text
+            # came as reasoning_content since the previous block
+            signature = delta.get("signature")
+            if isinstance(signature, str) and signature:
+                return [self._chunk({"thinking_blocks": [
+                    {"type": "thinking", "thinking": "", "signature": signature}]})]
+        return []  # citations_delta
