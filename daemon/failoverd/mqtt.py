@@ -18,8 +18,8 @@ background task connects (MQTT v5, falling back to 3.1.1 when the broker refuses
 the buffers in order and reconnects with jittered exponential backoff. An event leaves the
 buffer only after the broker acknowledged its QoS 1 publish, so nothing buffered is lost on a
 broker restart (at-least-once: an event in flight when the connection broke is sent again).
-Up to :data:`PIPELINE` event publishes wait for their acknowledgements at once, so a slow
-broker or a busy loop costs one round trip per batch, not per event.
+Up to :data:`PIPELINE` event publishes wait for their acknowledgements at once, the next
+sent as each is acknowledged, so a slow broker or a busy loop costs no round trip per event.
 The buffer holds ``queue_size`` events; when full the oldest is dropped and counted.
 
 aiomqtt and paho exceptions are translated here, logged, and never leave this module.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import random
 from dataclasses import dataclass
@@ -138,6 +137,7 @@ class MqttPublisher:
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._flush_budget = 0.0
+        self._sent = 0  # events at the head of the queue published and awaiting their PUBACK
         self._task: asyncio.Task[None] | None = None
         self._detach: Any = None
         self._v5 = True
@@ -158,6 +158,8 @@ class MqttPublisher:
         """Queues an event; never blocks. When the buffer is full the oldest is dropped."""
         if len(self._queue) >= self.cfg.queue_size:
             self._queue.popleft()
+            if self._sent:  # it was in flight: the window's count of queued events shrinks
+                self._sent -= 1
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
                 logger.warning("mqtt buffer full (%d): dropped %d events so far",
@@ -293,6 +295,8 @@ class MqttPublisher:
             acknowledged(c, userdata, mid, rc, properties)
 
         paho.on_publish = on_publish
+        # up to PIPELINE publishes await their PUBACK by design: aiomqtt warns past 10
+        client.pending_calls_threshold = PIPELINE
         return client
 
     def _publish_refused(self, rc: Any) -> None:
@@ -403,43 +407,60 @@ class MqttPublisher:
                     if not payload:
                         del self._states[model_id]
             elif self._queue:
-                await self._publish_events(client)
+                await self._publish_events(client, flushing)
             else:
                 return
 
-    async def _publish_events(self, client: aiomqtt.Client) -> None:
-        """Publishes up to PIPELINE events from the head of the queue with their
-        acknowledgements awaited together (one at a time, a busy loop or a slow broker turns
-        every round trip into a queue overflow); each leaves the queue, in order, once the
-        broker acknowledged it and every event before it."""
-        batch: list[tuple[Event, asyncio.Task[None]]] = []
-        for event in list(itertools.islice(self._queue, PIPELINE)):
-            try:
-                payload = event.to_json()
-            except Exception:
-                # our bug, not the broker's: drop this one event (counted), keep the rest
-                logger.exception("mqtt: event %s %s cannot be encoded; dropped",
-                                 event.id, event.type)
-                self._queue.remove(event)
-                self.dropped += 1
-                continue
-            topic = f"{self._event_base}/{quote(event.category, safe='')}/" \
-                    f"{quote(event.action, safe='')}"
-            # tasks start in creation order, and each hands its message to paho before its
-            # first await: the broker receives them in queue order
-            batch.append((event, asyncio.create_task(self._publish(
-                client, topic, payload, json=True, expiry=EVENT_EXPIRY_SECONDS))))
+    async def _publish_events(self, client: aiomqtt.Client, flushing: bool) -> None:
+        """Publishes queued events in order with up to PIPELINE awaiting their acknowledgement
+        at once, until the queue is empty or a model state is due (or stop, unless flushing).
+
+        A window, not batches: the next event goes out as soon as the oldest in flight is
+        acknowledged. mosquitto by default (set_tcp_nodelay false) holds every PUBACK of a
+        burst after the first until our TCP ACK, which Linux delays up to 40 ms; a batch that
+        waited for all of its acknowledgements waited that out every time (about 800 events/s,
+        an event storm overflowing the queue of a healthy broker), while the publish sent on
+        the first acknowledgement carries the ACK. Each event leaves the queue, in order, once
+        the broker acknowledged it and every event before it.
+        """
+        window: collections.deque[tuple[Event, asyncio.Task[None]]] = collections.deque()
+        self._sent = 0
         try:
-            for event, task in batch:
+            while True:
+                while (len(window) < PIPELINE and self._sent < len(self._queue)
+                       and not self._dirty and (flushing or not self._stopping.is_set())):
+                    event = self._queue[self._sent]
+                    try:
+                        payload = event.to_json()
+                    except Exception:
+                        # our bug, not the broker's: drop this one event (counted), keep the rest
+                        logger.exception("mqtt: event %s %s cannot be encoded; dropped",
+                                         event.id, event.type)
+                        del self._queue[self._sent]
+                        self.dropped += 1
+                        continue
+                    topic = f"{self._event_base}/{quote(event.category, safe='')}/" \
+                            f"{quote(event.action, safe='')}"
+                    # each task hands its message to paho before its first await, in creation
+                    # order: the broker receives them in queue order
+                    window.append((event, asyncio.create_task(self._publish(
+                        client, topic, payload, json=True, expiry=EVENT_EXPIRY_SECONDS))))
+                    self._sent += 1
+                if not window:
+                    return
+                event, task = window[0]
                 await task
+                window.popleft()
                 self.published += 1
                 # Overflow may have evicted it while in flight; then it is already gone.
                 if self._queue and self._queue[0] is event:
                     self._queue.popleft()
+                    self._sent -= 1
         finally:
-            for _, task in batch:
+            self._sent = 0  # unacknowledged events are sent again on the next connection
+            for _, task in window:
                 task.cancel()
-            await asyncio.gather(*(task for _, task in batch), return_exceptions=True)
+            await asyncio.gather(*(task for _, task in window), return_exceptions=True)
 
     async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, *,
                        retain: bool = False, json: bool = False, expiry: int = 0) -> None:
