@@ -21,7 +21,7 @@ or memory. Hooks inherit the daemon's environment plus ``FAILOVERD_EVENT`` and
 URLs, the TCP token, the MQTT password) and minus ``CREDENTIALS_DIRECTORY``: a notification
 script has no business holding them. At most :data:`MAX_INLINE` ``model:failover`` runs go
 at once; beyond that the hooks are skipped for that failover (each emitted as
-``hook:failed``).
+``hook:failed``; the first skip and every 100th are logged).
 
 A run is one hook program for one event. Every run is counted once: ``runs`` (started: a
 process was spawned or failed to spawn), of which ``failures`` (could not start, exited
@@ -207,8 +207,13 @@ class HookRunner:
             error = (f"skipped: {self._max_inline} failover hook runs already in progress "
                      "(the request goes on)")
         if error is not None:
-            self.dropped += len(hooks)
-            return merge([self._report(h, event, error) for h in hooks])
+            before, self.dropped = self.dropped, self.dropped + len(hooks)
+            # one skip per failover at storm rate: each is emitted as hook:failed (and so in
+            # the audit log), but only the first and then every 100th is a warning
+            if before == 0 or self.dropped // 100 > before // 100:
+                logger.warning("hooks: %s for %s %s (%d hook runs dropped so far)", error,
+                               event.type, event.id, self.dropped)
+            return merge([self._report(h, event, error, log=False) for h in hooks])
         payload = event.to_json()
         async with self._inline:
             outcomes = await asyncio.gather(*(self._run_one(h, event, payload, limit)
@@ -300,9 +305,12 @@ class HookRunner:
         self.failures += 1
         return self._report(hook, event, error)
 
-    def _report(self, hook: HookConfig, event: Event, error: str) -> HookOutcome:
-        """Logs and emits a run that failed or was skipped."""
-        logger.warning("hook %s failed for %s %s: %s", hook.exec[0], event.type, event.id, error)
+    def _report(self, hook: HookConfig, event: Event, error: str, *,
+                log: bool = True) -> HookOutcome:
+        """Logs (unless told not to) and emits a run that failed or was skipped."""
+        if log:
+            logger.warning("hook %s failed for %s %s: %s", hook.exec[0], event.type, event.id,
+                           error)
         # A hook failing on hook:failed must not feed itself another one, forever.
         if self._bus is not None and event.type != "hook:failed":
             self._bus.emit("hook:failed", hook=hook.exec[0], event=event.type,
