@@ -36,9 +36,10 @@ Reply = tuple[int, dict[str, str], float]
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    ) -> tuple[int, dict[str, str]]:
+                    extra: bytes = b"") -> tuple[int, dict[str, str]]:
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: f\r\nContent-Type: "
-                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+                 b"application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                 % (extra, len(BODY), BODY))
     head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
     headers = {}
     for line in head[1:]:
@@ -49,10 +50,10 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return int(head[0].split()[1]), headers
 
 
-async def storm(sock: str, n: int, concurrency: int = 50) -> list[Reply]:
-    """`n` chat requests over `concurrency` keep-alive connections: (status, headers, seconds)
-    each. The connections are opened one by one first (a burst of connects overflows the
-    listen backlog, which is not what is under review)."""
+async def storm(sock: str, n: int, concurrency: int = 50, extra: bytes = b"") -> list[Reply]:
+    """`n` chat requests over `concurrency` keep-alive connections, with the header lines
+    `extra`: (status, headers, seconds) each. The connections are opened one by one first (a
+    burst of connects overflows the listen backlog, which is not what is under review)."""
     conns = [await asyncio.open_unix_connection(sock) for _ in range(concurrency)]
     left = [n]
     out: list[Reply] = []
@@ -62,7 +63,7 @@ async def storm(sock: str, n: int, concurrency: int = 50) -> list[Reply]:
             while left[0] > 0:
                 left[0] -= 1
                 started = time.monotonic()
-                status, headers = await _exchange(reader, writer)
+                status, headers = await _exchange(reader, writer, extra)
                 out.append((status, headers, time.monotonic() - started))
                 if headers.get("connection", "").lower() == "close":
                     writer.close()
@@ -174,6 +175,12 @@ async def test_queue_of_hundreds_expires_with_503_and_retry_after(
     waits = sorted(t for _, _, t in replies)
     assert waits[0] >= 0.99 and waits[-1] < 2.5
     assert all(1 <= int(h["retry-after"]) <= 100 for _, h, _ in replies)
+    # a client deadline shorter than queue_timeout ends the wait at the deadline
+    replies = await storm(d.socket, 200, concurrency=200,
+                          extra=b"x-failoverd-deadline: 0.4\r\n")
+    assert Counter(s for s, _, _ in replies) == {503: 200}
+    waits = sorted(t for _, _, t in replies)
+    assert waits[0] >= 0.39 and waits[-1] < 1.0
     assert not a.requests and not b.requests
 
 
