@@ -289,9 +289,6 @@ def test_thinking_blocks_never_reach_gemini_or_ollama() -> None:
         assert REDACTED["data"].encode() not in text
 
 
-
-@pytest.mark.xfail(strict=True, reason="tokens.py: a tool loop's signed thinking, which "
-                   "Anthropic counts in the prompt, is left out of the estimate")
 def test_the_estimate_counts_the_thinking_anthropic_counts() -> None:
     thinking = "step " * 20000
     body = {"messages": [ASK, {"role": "assistant", "content": None, "thinking_blocks": [
@@ -300,3 +297,16 @@ def test_the_estimate_counts_the_thinking_anthropic_counts() -> None:
          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"}]}
     assert tokens.estimate(body) > tokens.text_tokens(thinking)
+
+
+def test_the_estimate_leaves_out_thinking_anthropic_strips_or_never_gets() -> None:
+    thinking = "step " * 20000
+    earlier = {"role": "assistant", "content": "Sunny.", "thinking_blocks": [
+        {"type": "thinking", "thinking": thinking, "signature": "c2ln"}]}
+    unsigned = {"role": "assistant", "content": "Sunny.", "thinking_blocks": [
+        {"type": "thinking", "thinking": thinking, "signature": ""}]}
+    then = {"role": "user", "content": "Thanks"}
+    # an earlier turn's thinking: Anthropic strips it from the prompt
+    assert tokens.estimate({"messages": [ASK, earlier, then]}) < tokens.text_tokens(thinking)
+    # unsigned thinking (another provider's reasoning echoed back) is never sent
+    assert tokens.estimate({"messages": [ASK, unsigned]}) < tokens.text_tokens(thinking)

@@ -281,5 +281,35 @@ def estimate(body: Mapping[str, Any]) -> int:
     messages = body.get("messages")
     total = overhead_tokens(body)
     if isinstance(messages, list):
-        total += messages_tokens(messages)
+        total += messages_tokens(messages) + loop_thinking_tokens(messages)
+    return total
+
+
+def loop_thinking_tokens(messages: list[Any]) -> int:
+    """Tokens of the signed thinking replayed in the current tool loop (the assistant turns
+    after the last user message): Anthropic keeps those in the prompt and counts them, while
+    it strips (and does not count) the thinking of earlier turns. Unsigned blocks are never
+    sent, so they count nothing; other providers never get any, so for them this errs large
+    by one loop's thinking."""
+    total = 0
+    for message in reversed(messages):
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role == "user":
+            break
+        blocks = message.get("thinking_blocks") if role == "assistant" else None
+        if not isinstance(blocks, list):
+            continue
+        for block in blocks:
+            if not isinstance(block, Mapping):
+                continue
+            if block.get("type") == "thinking" and block.get("signature"):
+                text = block.get("thinking")
+            elif block.get("type") == "redacted_thinking":
+                text = block.get("data")
+            else:
+                continue
+            if isinstance(text, str):
+                total += text_tokens(text)
     return total
