@@ -64,10 +64,12 @@ def test_anthropic_request_to_canonical() -> None:
     assert out["stop"] == ["END"] and out["temperature"] == 0.5 and out["user"] == "user-42"
     assert out["stream"] is True and out["stream_options"] == {"include_usage": True}
     assert out["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "parameters": SCHEMA, "description": "Weather for a city"}}]
+        "name": "get_weather", "parameters": SCHEMA, "description": "Weather for a city"},
+        "cache_control": {"type": "ephemeral"}}]  # breakpoints kept, as LiteLLM has them
     assert out["tool_choice"] == "auto" and out["parallel_tool_calls"] is False
     system, user, assistant, tool, user2 = out["messages"]
-    assert system == {"role": "system", "content": "You are terse."}  # cache_control dropped
+    assert system == {"role": "system", "content": [
+        {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]}
     assert user["content"][1] == {"type": "image_url",
                                   "image_url": {"url": f"data:image/png;base64,{PNG}"}}
     assert user["content"][2] == {"type": "image_url",
@@ -159,11 +161,12 @@ def test_front_validation(body: dict[str, Any], param: str) -> None:
 def test_round_trip_anthropic_canonical_anthropic() -> None:
     back = canonical_to_anthropic(anthropic_to_canonical(ANTHROPIC_REQUEST), "claude-x")
     assert back["model"] == "claude-x" and back["max_tokens"] == 512
-    assert back["system"] == [{"type": "text", "text": "You are terse."}]
+    assert back["system"] == ANTHROPIC_REQUEST["system"]  # its breakpoint with it
     assert back["stop_sequences"] == ["END"] and back["temperature"] == 0.5
     assert back["metadata"] == {"user_id": "user-42"}
     assert back["tools"] == [{"name": "get_weather", "input_schema": SCHEMA,
-                              "description": "Weather for a city"}]
+                              "description": "Weather for a city",
+                              "cache_control": {"type": "ephemeral"}}]
     assert back["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     original = ANTHROPIC_REQUEST["messages"]
     assert back["messages"][0] == original[0]
@@ -323,7 +326,8 @@ def test_anthropic_response_to_canonical() -> None:
     assert choice["message"]["tool_calls"] == [{"id": "toolu_9", "type": "function",
                                                 "function": {"name": "f",
                                                              "arguments": '{"a":[1]}'}}]
-    assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+    assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16,
+                            "cache_creation_input_tokens": 2}
     back = canonical_to_anthropic_response(out, "m")
     # the thinking comes back as a thinking block, with its signature
     assert [b["type"] for b in back["content"]] == ["thinking", "text", "tool_use"]

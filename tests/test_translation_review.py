@@ -154,14 +154,15 @@ async def test_anthropic_client_tool_loop_begun_on_gemini_fails_over_to_anthropi
     assert all(ANTHROPIC_ID.match(i) for i in uses)
 
 
-async def test_anthropic_client_top_level_cache_control_is_a_dropped_hint(rig) -> None:
+async def test_anthropic_client_top_level_cache_control_reaches_anthropic_only(rig) -> None:
     oai, ant, gem, d, client = rig
     for model in ("ant/claude", "oai/kimi"):
         msg = await client.messages.create(
             model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}],
             cache_control={"type": "ephemeral"})
         assert msg.content[0].text in (ant.reply, oai.reply)
-    assert "cache_control" not in ant.message_requests()[-1].body
+    # automatic prompt caching: Anthropic's to apply; OpenAI refuses the unknown field
+    assert ant.message_requests()[-1].body["cache_control"] == {"type": "ephemeral"}
     assert "cache_control" not in oai.chat_requests()[-1].body
 
 

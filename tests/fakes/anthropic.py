@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -104,6 +104,8 @@ class FakeAnthropic(FakeServer[Logged]):
 
     reply: str = "Hello from the fake Anthropic"
     thinking: str = "The user wants an answer; let me think."
+    # prompt caching: the prefixes written to the cache (see `_cache_usage`)
+    cached: set[bytes] = field(default_factory=set, kw_only=True)
 
     errors = ERRORS
     truncated = b'{"id": "msg_1", "content": ['
@@ -153,7 +155,7 @@ class FakeAnthropic(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged("POST", request.path, request.headers.copy(), body))
         behaviour = self._next()
-        refusal = _invalid(body)
+        refusal = _invalid(body) or _invalid_cache(body)
         if refusal is not None:
             return web.Response(status=400, body=_err("invalid_request_error", refusal),
                                 content_type="application/json")
@@ -194,6 +196,29 @@ class FakeAnthropic(FakeServer[Logged]):
         return [{"type": "thinking", "thinking": self.thinking,
                  "signature": signature(self.thinking)}, *content]
 
+    def _cache_usage(self, body: dict[str, Any]) -> dict[str, int]:
+        """Prompt caching as the API reports it: with breakpoints, the prompt up to the last
+        one (tools, system, messages, in that order; the whole prompt for the top-level
+        automatic cache_control) is read from the cache when an earlier request wrote the
+        same prefix, else written (one token per 4 bytes of its JSON); without breakpoints
+        the fake's fixed counts."""
+        blocks = _prompt_blocks(body)
+        marks = [i for i, block in enumerate(blocks) if "cache_control" in block]
+        if body.get("cache_control") is not None:
+            marks.append(len(blocks) - 1)
+        if not marks:
+            return {"input_tokens": 12, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 3}
+        prefix = orjson.dumps([{k: v for k, v in block.items() if k != "cache_control"}
+                               for block in blocks[:max(marks) + 1]])
+        tokens = len(prefix) // 4
+        if prefix in self.cached:
+            return {"input_tokens": 5, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": tokens}
+        self.cached.add(prefix)
+        return {"input_tokens": 5, "cache_creation_input_tokens": tokens,
+                "cache_read_input_tokens": 0}
+
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         content, stop = self._content(body)
         content = self._thought(body, content)
@@ -201,8 +226,7 @@ class FakeAnthropic(FakeServer[Logged]):
                 "model": body.get("model"), "content": content, "stop_reason": stop,
                 "stop_sequence": _stop_sequence(self.reply, body) if stop == "stop_sequence"
                 else None,
-                "usage": {"input_tokens": 12, "output_tokens": 7,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 3}}
+                "usage": {**self._cache_usage(body), "output_tokens": 7}}
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
@@ -216,8 +240,7 @@ class FakeAnthropic(FakeServer[Logged]):
         await send("message_start", {"type": "message_start", "message": {
             "id": "msg_01Fake", "type": "message", "role": "assistant",
             "model": body.get("model"), "content": [], "stop_reason": None,
-            "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1,
-                                             "cache_read_input_tokens": 3}}})
+            "stop_sequence": None, "usage": {**self._cache_usage(body), "output_tokens": 1}}})
         await send("ping", {"type": "ping"})
         content, stop = self._content(body)
         content = self._thought(body, content)
@@ -320,6 +343,45 @@ def _invalid(body: dict[str, Any]) -> str | None:
             return (f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or "
                     f"`redacted_thinking`, but found `{first.get('type')}`. When `thinking` is "
                     "enabled, a final `assistant` message must start with a thinking block.")
+    return None
+
+
+def _prompt_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt in the order the cache reads it: tools, system blocks, message blocks."""
+    blocks: list[dict[str, Any]] = list(body.get("tools") or [])
+    system = body.get("system")
+    if isinstance(system, list):
+        blocks.extend(system)
+    elif system:
+        blocks.append({"type": "text", "text": system})
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        blocks.extend(content if isinstance(content, list) else
+                      [{"type": "text", "text": content}])
+    return blocks
+
+
+def _invalid_cache(body: dict[str, Any]) -> str | None:
+    """The API's 400 for breakpoints it refuses: more than 4 (the top-level automatic one
+    counts), a type other than ephemeral, a ttl other than 5m or 1h, one on a thinking
+    block or an empty text block."""
+    found = 1 if body.get("cache_control") is not None else 0
+    for block in [body] + _prompt_blocks(body):
+        cache = block.get("cache_control")
+        if cache is None:
+            continue
+        if block is not body:
+            found += 1
+        if not isinstance(cache, dict) or cache.get("type") != "ephemeral":
+            return "cache_control.type: Input should be 'ephemeral'"
+        if cache.get("ttl", "5m") not in ("5m", "1h"):
+            return "cache_control.ttl: Input should be '5m' or '1h'"
+        if block.get("type") in ("thinking", "redacted_thinking"):
+            return "cache_control cannot be set for thinking blocks"
+        if block.get("type") == "text" and not block.get("text"):
+            return "cache_control cannot be set for empty text blocks"
+    if found > 4:
+        return f"A maximum of 4 blocks with cache_control may be provided. Found {found}."
     return None
 
 

@@ -182,6 +182,10 @@ class FakeOpenAI(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged(request.path, dict(request.headers), body))
         behaviour = self._next()
+        refusal = _unknown_field(body)
+        if refusal is not None:
+            return web.Response(status=400, body=_err(refusal, "invalid_request_error", None),
+                                content_type="application/json")
         early = await self._answer_preamble(behaviour)
         if early is not None:
             return early
@@ -275,6 +279,30 @@ class FakeOpenAI(FakeServer[Logged]):
             return resp
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+
+_ANTHROPIC_ONLY = ("cache_control", "thinking_blocks")
+
+
+def _unknown_field(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for the Anthropic-only fields a translating proxy might leave in: the
+    API validates the body strictly (top-level arguments, message and content-part fields)."""
+    if "cache_control" in body:
+        return "Unrecognized request argument supplied: cache_control"
+    places: list[tuple[str, Any]] = [(f"tools.{i}", t) for i, t in enumerate(
+        body.get("tools") or [])]
+    for i, message in enumerate(body.get("messages") or []):
+        places.append((f"messages.{i}", message))
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            places.extend((f"messages.{i}.content.{j}", p) for j, p in enumerate(content))
+        for j, call in enumerate(message.get("tool_calls") or []):
+            places.append((f"messages.{i}.tool_calls.{j}", call))
+    for where, item in places:
+        for key in _ANTHROPIC_ONLY:
+            if isinstance(item, dict) and key in item:
+                return f"Additional properties are not allowed ('{key}' was unexpected) - '{where}'"
+    return None
 
 
 def _wants_tool_call(body: dict[str, Any]) -> bool:

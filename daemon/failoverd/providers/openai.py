@@ -85,6 +85,37 @@ def error_details(raw: bytes) -> tuple[str, str]:
     return raw[:300].decode("utf-8", "replace").strip(), ""
 
 
+def _anthropic_only(message: Any) -> bool:
+    """Whether a canonical message has fields only Anthropic takes: ``thinking_blocks``, or a
+    ``cache_control`` on the message, a content part or a tool call."""
+    if not isinstance(message, dict):
+        return False
+    if "thinking_blocks" in message or "cache_control" in message:
+        return True
+    content = message.get("content")
+    if isinstance(content, list) and any(
+            isinstance(p, dict) and "cache_control" in p for p in content):
+        return True
+    calls = message.get("tool_calls")
+    return isinstance(calls, list) and any(
+        isinstance(c, dict) and "cache_control" in c for c in calls)
+
+
+def _without_cache(item: Any) -> Any:
+    if isinstance(item, dict) and "cache_control" in item:
+        return {k: v for k, v in item.items() if k != "cache_control"}
+    return item
+
+
+def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in message.items() if k not in ("thinking_blocks", "cache_control")}
+    if isinstance(out.get("content"), list):
+        out["content"] = [_without_cache(p) for p in out["content"]]
+    if isinstance(out.get("tool_calls"), list):
+        out["tool_calls"] = [_without_cache(c) for c in out["tool_calls"]]
+    return out
+
+
 class OpenAIProvider:
     """Adapter for OpenAI-compatible `/chat/completions` endpoints."""
 
@@ -124,13 +155,17 @@ class OpenAIProvider:
         payload["model"] = model.name
         payload.pop("failoverd", None)
         messages = payload.get("messages")
-        if isinstance(messages, list) and any(
-                isinstance(m, dict) and "thinking_blocks" in m for m in messages):
-            # Anthropic's signed thinking (kept for a return to Anthropic): OpenAI refuses
-            # unknown message fields, and no other model can use it
-            payload["messages"] = [
-                {k: v for k, v in m.items() if k != "thinking_blocks"}
-                if isinstance(m, dict) and "thinking_blocks" in m else m for m in messages]
+        if isinstance(messages, list) and any(map(_anthropic_only, messages)):
+            # Anthropic's signed thinking and prompt-caching breakpoints (kept for Anthropic
+            # upstreams): OpenAI refuses unknown message fields, and no other model uses them
+            payload["messages"] = [_openai_message(m) if _anthropic_only(m) else m
+                                   for m in messages]
+        if "cache_control" in payload:
+            del payload["cache_control"]
+        tools = payload.get("tools")
+        if isinstance(tools, list) and any(
+                isinstance(t, dict) and "cache_control" in t for t in tools):
+            payload["tools"] = [_without_cache(t) for t in tools]
         if "reasoning" in model.capabilities and "max_tokens" in payload \
                 and "max_completion_tokens" not in payload:
             # OpenAI's reasoning models refuse max_tokens; requests translated from other

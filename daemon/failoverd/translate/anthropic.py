@@ -17,8 +17,16 @@ Adapter (failoverd.providers.anthropic)::
 
 Decisions, so every translator and operator can rely on them:
 
-* ``cache_control`` (on blocks, and the request's top-level one) is a caching hint with no
-  canonical equivalent; it is dropped.
+* Prompt-caching breakpoints (``cache_control``) travel as LiteLLM carries them in the
+  OpenAI shape: on content parts (text, image), on tools, on tool calls, on a tool message
+  (a breakpoint on the ``tool_result`` block), on a system/user/assistant message (its
+  content's last block; an assistant turn's text is one string, so a breakpoint on one of its
+  text blocks marks that text), and the request's top-level one (automatic caching). Towards
+  Anthropic they go back on the same blocks, unchanged (Anthropic judges them: more than 4 is
+  its 400); the OpenAI-compatible adapter strips them all (OpenAI refuses unknown fields),
+  Gemini's and Ollama's never read them. Cache writes come back as LiteLLM's
+  ``usage.cache_creation_input_tokens`` (reads as ``prompt_tokens_details.cached_tokens``),
+  both counted in ``prompt_tokens``; Anthropic clients get both fields back.
 * Signed thinking round-trips as LiteLLM carries it: a canonical assistant message has
   ``thinking_blocks`` (``{"type": "thinking", "thinking", "signature"}`` and
   ``{"type": "redacted_thinking", "data"}``) next to ``reasoning_content``; in a stream the

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 _FRONT_KEYS = frozenset({
     "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
     "metadata", "tools", "tool_choice", "thinking", "stream", "service_tier",
-    "cache_control",  # top-level automatic caching: a hint, dropped as on blocks
+    "cache_control",  # top-level automatic caching: kept for Anthropic upstreams
     "output_config",
     # server-side context editing (Claude Code sends it): no other provider has it, so it is
     # dropped and the whole history goes out; the client compacts its context itself
@@ -75,6 +75,9 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         messages.extend(_front_message(message, f"messages[{i}]"))
 
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    cache = _cache_control(body, "cache_control")
+    if cache is not None:
+        out["cache_control"] = cache
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
@@ -161,8 +164,30 @@ def _front_system(system: Any) -> str | list[dict[str, Any]]:
         if block.get("type") != "text":
             raise TranslationError(f"{path}.type: only text blocks are supported in system",
                                    param=f"{path}.type")
-        parts.append({"type": "text", "text": _text(block, path)})
-    return parts[0]["text"] if len(parts) == 1 else parts
+        parts.append(_cached({"type": "text", "text": _text(block, path)}, block, path))
+    return parts[0]["text"] if len(parts) == 1 and "cache_control" not in parts[0] else parts
+
+
+def _cache_control(block: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A block's ``cache_control`` (a prompt-caching breakpoint), checked to be an object;
+    what is in it is Anthropic's to judge."""
+    cache = block.get("cache_control")
+    if cache is None:
+        return None
+    if not isinstance(cache, dict):
+        raise RequestError(f"{path}.cache_control: must be an object",
+                           param=f"{path}.cache_control")
+    return cache
+
+
+def _cached(part: dict[str, Any], block: dict[str, Any], path: str) -> dict[str, Any]:
+    """``part`` with the ``cache_control`` of the Anthropic block it came from, if any: the
+    canonical form carries breakpoints as LiteLLM does (on content parts, tools, and on tool
+    messages), for Anthropic upstreams; the other adapters leave them out."""
+    cache = _cache_control(block, path)
+    if cache is not None:
+        part["cache_control"] = cache
+    return part
 
 
 def _text(block: dict[str, Any], path: str) -> str:
@@ -180,12 +205,12 @@ def _front_image(block: dict[str, Any], path: str) -> dict[str, Any]:
         if not isinstance(media_type, str) or not isinstance(data, str):
             raise RequestError(f"{path}.source: base64 source needs media_type and data",
                                param=f"{path}.source")
-        return inline_image_part(media_type, data)
+        return _cached(inline_image_part(media_type, data), block, path)
     if kind == "url":
         url = source.get("url")
         if not isinstance(url, str) or not url:
             raise RequestError(f"{path}.source.url: required string", param=f"{path}.source.url")
-        return image_part(url)
+        return _cached(image_part(url), block, path)
     raise TranslationError(f"{path}.source.type: {kind!r} image sources are not supported",
                            param=f"{path}.source.type")
 
@@ -208,7 +233,7 @@ def _front_message(message: Any, path: str) -> list[dict[str, Any]]:
         block = as_dict(block, bpath)
         kind = block.get("type")
         if kind == "text":
-            parts.append({"type": "text", "text": _text(block, bpath)})
+            parts.append(_cached({"type": "text", "text": _text(block, bpath)}, block, bpath))
         elif kind == "image":
             parts.append(_front_image(block, bpath))
         elif kind == "tool_result":
@@ -220,9 +245,8 @@ def _front_message(message: Any, path: str) -> list[dict[str, Any]]:
     # Anthropic puts tool_result blocks first in the user turn, so the order matches.
     out = tool_messages
     if parts:
-        only_text = all(p["type"] == "text" for p in parts)
-        out.append({"role": "user", "content": (
-            "".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts)})
+        plain = len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]
+        out.append({"role": "user", "content": parts[0]["text"] if plain else parts})
     return out
 
 
@@ -239,7 +263,8 @@ def _front_tool_result(block: dict[str, Any], path: str) -> dict[str, Any]:
             ipath = f"{path}.content[{k}]"
             inner = as_dict(inner, ipath)
             if inner.get("type") == "text":
-                parts.append({"type": "text", "text": _text(inner, ipath)})
+                parts.append(_cached({"type": "text", "text": _text(inner, ipath)}, inner,
+                                     ipath))
             elif inner.get("type") == "image":
                 # images in tool results are a canonical extension: Anthropic and Gemini take
                 # them, OpenAI-compatible upstreams may refuse them with a 400
@@ -247,28 +272,31 @@ def _front_tool_result(block: dict[str, Any], path: str) -> dict[str, Any]:
             else:
                 raise TranslationError(f"{ipath}.type: {inner.get('type')!r} is not supported "
                                        "in tool results", param=f"{ipath}.type")
-        only_text = all(p["type"] == "text" for p in parts)
+        only_text = all(p["type"] == "text" and "cache_control" not in p for p in parts)
         result = "".join(p["text"] for p in parts) if only_text else parts
-    return {"role": "tool", "tool_call_id": tool_id, "content": result}
+    # a breakpoint on the tool_result block itself is the tool message's (as LiteLLM has it)
+    return _cached({"role": "tool", "tool_call_id": tool_id, "content": result}, block, path)
 
 
 def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     thinking: list[dict[str, Any]] = []
+    cache: dict[str, Any] | None = None
     for j, block in enumerate(blocks):
         bpath = f"{path}.content[{j}]"
         block = as_dict(block, bpath)
         kind = block.get("type")
         if kind == "text":
             texts.append(_text(block, bpath))
+            cache = _cache_control(block, bpath) or cache
         elif kind == "tool_use":
             tool_id, name = block.get("id"), block.get("name")
             if not isinstance(tool_id, str) or not isinstance(name, str):
                 raise RequestError(f"{bpath}: tool_use needs string id and name", param=bpath)
             tool_input = block.get("input", {})
-            calls.append({"id": tool_id, "type": "function", "function": {
-                "name": name, "arguments": orjson.dumps(tool_input).decode()}})
+            calls.append(_cached({"id": tool_id, "type": "function", "function": {
+                "name": name, "arguments": orjson.dumps(tool_input).decode()}}, block, bpath))
         elif kind in ("thinking", "redacted_thinking"):
             kept = signed_block(block)
             if kept is not None:  # unsigned ones cannot go back to Anthropic: dropped
@@ -283,6 +311,10 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
         message["content"] = ""
     if thinking:
         message["thinking_blocks"] = thinking
+    if cache is not None:
+        # the turn's text is one string: a breakpoint on a text block marks the message (its
+        # text block towards Anthropic)
+        message["cache_control"] = cache
     return message
 
 
@@ -301,7 +333,7 @@ def _front_tool(tool: Any, path: str) -> dict[str, Any]:
     function: dict[str, Any] = {"name": name, "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
-    return {"type": "function", "function": function}
+    return _cached({"type": "function", "function": function}, tool, path)
 
 
 def _front_thinking(thinking: dict[str, Any], effort: str | None) -> str | None:

@@ -42,7 +42,7 @@ _ADAPTER_KEYS = frozenset({
     "metadata", "prompt_cache_key", "verbosity", "user", "safety_identifier",
     "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "top_k",
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "n",
-    "response_format",
+    "response_format", "cache_control",
 })
 # keys only harmless at their "off" value
 _ADAPTER_DEFAULTS: dict[str, tuple[Any, ...]] = {
@@ -93,6 +93,8 @@ def canonical_to_anthropic(body: dict[str, Any], upstream_model_name: str,
     out["messages"] = messages
     if output_format is not None:
         out["output_config"] = {"format": output_format}
+    if isinstance(body.get("cache_control"), dict):  # automatic caching (the whole prompt)
+        out["cache_control"] = body["cache_control"]
     stop = body.get("stop")
     if stop:
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -172,10 +174,10 @@ def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            system.extend(_system_blocks(content, f"{path}.content"))
+            system.extend(_last_cached(_system_blocks(content, f"{path}.content"), message))
             continue
         if role == "user":
-            blocks = _anthropic_user_content(content, f"{path}.content")
+            blocks = _last_cached(_anthropic_user_content(content, f"{path}.content"), message)
             target = "user"
         elif role == "assistant":
             blocks = _anthropic_assistant_content(message, path, ids)
@@ -189,7 +191,7 @@ def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict
             result_blocks = _anthropic_user_content(content, f"{path}.content")
             if result_blocks:
                 result["content"] = result_blocks
-            blocks, target = [result], "user"
+            blocks, target = [_cached(result, message)], "user"
         else:
             raise TranslationError(f"{path}.role: {role!r} is not supported by Anthropic",
                                    param=f"{path}.role")
@@ -222,7 +224,27 @@ def _system_blocks(content: Any, path: str) -> list[dict[str, Any]]:
     list of system blocks arrives, so parts are not run together ("...assistantAnswer...")."""
     text = text_of_blocks(content, path)  # validates: text parts only
     parts = content if isinstance(content, list) else [{"text": text}]
-    return [{"type": "text", "text": part["text"]} for part in parts if part["text"]]
+    return [_cached({"type": "text", "text": part["text"]}, part)
+            for part in parts if part["text"]]
+
+
+def _last_cached(blocks: list[dict[str, Any]], message: dict[str, Any]
+                 ) -> list[dict[str, Any]]:
+    """A message-level breakpoint (LiteLLM's spelling for a string content) on the message's
+    last block."""
+    if blocks and "cache_control" not in blocks[-1]:
+        _cached(blocks[-1], message)
+    return blocks
+
+
+def _cached(block: dict[str, Any], source: Any) -> dict[str, Any]:
+    """``block`` with the prompt-caching breakpoint (``cache_control``) of the canonical part,
+    message, tool call or tool it came from, if that has one: Anthropic caches the prompt up
+    to each marked block, so a breakpoint lost is a whole prompt paid in full every turn."""
+    cache = source.get("cache_control") if isinstance(source, dict) else None
+    if isinstance(cache, dict):
+        block["cache_control"] = cache
+    return block
 
 
 def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:
@@ -240,9 +262,10 @@ def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:
             if not isinstance(text, str):
                 raise RequestError(f"{ppath}.text: required string", param=f"{ppath}.text")
             if text:
-                blocks.append({"type": "text", "text": text})
+                blocks.append(_cached({"type": "text", "text": text}, part))
         elif kind == "image_url":
-            blocks.append(_anthropic_image(image_part_url(part, path=ppath), ppath))
+            blocks.append(_cached(_anthropic_image(image_part_url(part, path=ppath), ppath),
+                                  part))
         else:
             raise TranslationError(f"{ppath}.type: {kind!r} content is not supported by "
                                    "Anthropic", param=f"{ppath}.type")
@@ -309,6 +332,7 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
         else []
     if text:
         blocks.append({"type": "text", "text": text})
+    marked = len(blocks) - 1  # a breakpoint on the message marks its text
     for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
         cpath = f"{path}.tool_calls[{k}]"
         call = as_dict(call, cpath)
@@ -324,9 +348,27 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
         if not isinstance(tool_input, dict):
             raise TranslationError(f"{cpath}.function.arguments: Anthropic needs a JSON object",
                                    param=f"{cpath}.function.arguments")
-        blocks.append({"type": "tool_use", "id": ids.call(tool_id), "name": name,
-                       "input": tool_input})
+        blocks.append(_cached({"type": "tool_use", "id": ids.call(tool_id), "name": name,
+                               "input": tool_input}, call))
+    cache = _turn_cache(message)
+    if cache is not None and blocks:
+        # ... or, with no text, its last block (never a thinking block, which takes none)
+        index = marked if marked >= 0 and blocks[marked]["type"] == "text" else len(blocks) - 1
+        if blocks[index]["type"] not in _THINKING_BLOCKS:
+            blocks[index]["cache_control"] = cache
     return blocks
+
+
+def _turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
+    (the parts go out as one text block)."""
+    cache = message.get("cache_control")
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
+                cache = part["cache_control"]
+    return cache if isinstance(cache, dict) else None
 
 
 def _anthropic_tool(tool: Any, path: str) -> dict[str, Any]:
@@ -343,7 +385,7 @@ def _anthropic_tool(tool: Any, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "input_schema": schema}
     if isinstance(function.get("description"), str):
         out["description"] = function["description"]
-    return out
+    return _cached(out, tool)
 
 
 def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:

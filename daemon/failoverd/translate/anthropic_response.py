@@ -80,14 +80,18 @@ def signed_blocks(blocks: Any) -> list[dict[str, Any]]:
 
 
 def anthropic_usage(usage: Any) -> dict[str, int]:
-    """Canonical usage -> Anthropic usage (input_tokens excludes cache reads there)."""
+    """Canonical usage -> Anthropic usage (input_tokens excludes cache reads and writes
+    there)."""
     if not isinstance(usage, dict):
         return {"input_tokens": 0, "output_tokens": 0}
     prompt = int(usage.get("prompt_tokens") or 0)
     details = usage.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    out = {"input_tokens": max(0, prompt - cached),
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    out = {"input_tokens": max(0, prompt - cached - written),
            "output_tokens": int(usage.get("completion_tokens") or 0)}
+    if written:
+        out["cache_creation_input_tokens"] = written
     if cached:
         out["cache_read_input_tokens"] = cached
     return out
@@ -104,6 +108,10 @@ def canonical_usage(usage: Any) -> dict[str, Any]:
                            "total_tokens": prompt + completion}
     if cache_read:
         out["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    if written:
+        # cache writes cost more than input (1.25x): LiteLLM's usage field keeps them apart
+        out["cache_creation_input_tokens"] = written
     return out
 
 

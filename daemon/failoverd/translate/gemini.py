@@ -53,7 +53,7 @@ DUMMY_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
 _IGNORED_KEYS = frozenset({
     "model", "messages", "stream", "stream_options", "user", "store", "metadata",
     "service_tier", "parallel_tool_calls", "prediction", "prompt_cache_key",
-    "safety_identifier", "verbosity",
+    "safety_identifier", "verbosity", "cache_control",
 })
 _THINKING_BUDGET = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
 _FILTER_FINISH = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 _HANDLED_KEYS = frozenset({
     "model", "messages", "stream", "stream_options", "user", "store", "metadata",
     "service_tier", "parallel_tool_calls", "prediction", "prompt_cache_key",
-    "safety_identifier", "verbosity", "reasoning_effort",
+    "safety_identifier", "verbosity", "cache_control", "reasoning_effort",
     "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "presence_penalty",
     "frequency_penalty", "stop", "n", "response_format", "tools", "tool_choice", "logit_bias",
     "logprobs", "top_logprobs", "audio", "modalities", "functions", "function_call",
