@@ -13,6 +13,7 @@ from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.events import events
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages
+from failoverd.api.reloads import ReloadRecord
 from failoverd.api.service import SERVICE, Service
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ def make_app(service: Service) -> web.Application:
     # the supervisor installs the access guard and drain tracking (api/drain.py)
     app = web.Application(client_max_size=2**62, middlewares=[_json_errors])
     app[SERVICE] = service
+    reloads = ReloadRecord(service.bus, service.clock.time)
+    app[control.RELOADS] = reloads
+    service.metrics.gauges.append(reloads.gauges)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
@@ -40,7 +44,16 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/metrics", control.metrics)
     app.on_shutdown.append(_close_event_streams)
+    app.on_cleanup.append(_forget_reloads)
     return app
+
+
+async def _forget_reloads(app: web.Application) -> None:
+    """The service may outlive this app: detach the record from its bus and metrics."""
+    reloads, metrics = app[control.RELOADS], app[SERVICE].metrics
+    reloads.detach()
+    if reloads.gauges in metrics.gauges:
+        metrics.gauges.remove(reloads.gauges)
 
 
 async def _close_event_streams(app: web.Application) -> None:

@@ -12,6 +12,7 @@ from failoverd import __version__, complexity, requirements, selection
 from failoverd.api.body import read_json
 from failoverd.api.fronts import OPENAI
 from failoverd.api.proxy import pinned
+from failoverd.api.reloads import ReloadRecord
 from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
@@ -19,6 +20,8 @@ from failoverd.events import utf8_safe
 from failoverd.service import Service
 from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
+
+RELOADS = web.AppKey("reloads", ReloadRecord)
 
 _UP = ("closed", "half_open")
 
@@ -63,7 +66,8 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__, "node": cfg.node, "health": overall,
         "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
         "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
-        "config": utf8_safe(cfg.source), "models": detail["models"],
+        "config": utf8_safe(cfg.source), "last_reload": request.app[RELOADS].status(),
+        "models": detail["models"],
         "providers": detail["providers"],
         "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
@@ -249,7 +253,10 @@ async def reload(request: web.Request) -> web.Response:
         return openai_error(503, "reload is not available (no config file)", "unavailable")
     ok, problems = svc.reloader()
     if not ok:
-        return json_response({"ok": False, "problems": problems}, 422)
+        # the file that was re-read and refused; the one serving is still that path's
+        # previous content
+        return json_response({"ok": False, "config": utf8_safe(svc.runtime.config.source),
+                              "problems": problems}, 422)
     return json_response({"ok": True, "config": utf8_safe(svc.runtime.config.source)})
 
 

@@ -170,6 +170,17 @@ def show_status(data: dict[str, Any]) -> str:
              _ms(m.get("latency_p50")), _ms(m.get("latency_p95")),
              _probe_cell(m.get("last_probe")), m.get("inflight"))
             for mid, m in data.get("models", {}).items()]
+    last = data.get("last_reload")
+    if isinstance(last, dict) and last.get("ok") is False:
+        # the file on disk is not what serves: the next restart would fail on it
+        at = last.get("at")
+        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+                if isinstance(at, int | float) else "?")
+        problems = last.get("problems") or []
+        out.append(f"config {last.get('source') or data.get('config', '?')}: the last reload "
+                   f"({when}) was REJECTED, the previous configuration still serves; "
+                   f"{len(problems)} problem(s):")
+        out += [f"  {p}" for p in problems]
     out.append(table(rows, ("model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
                             "last probe", "inflight")))
     providers = data.get("providers", {})
@@ -382,7 +393,10 @@ def _refusal(exc: Refused) -> str:
     body = exc.body
     if isinstance(body, dict):
         if isinstance(body.get("problems"), list):  # a rejected reload
-            return "config rejected:\n" + "\n".join(f"  {p}" for p in body["problems"])
+            problems = body["problems"]
+            where = f"{body['config']} has " if body.get("config") else ""
+            return (f"config rejected: {where}{len(problems)} problem(s), the previous "
+                    "configuration still serves:\n" + "\n".join(f"  {p}" for p in problems))
         err = body.get("error", body)
         if isinstance(err, dict) and "message" in err:
             return str(err["message"])

@@ -1,0 +1,98 @@
+"""A new operator's review (Dec 7, second pass): README and DESIGN.md followed as written,
+against a real daemon on a real socket, with `failoverd` and `failoverctl` as the operator
+runs them."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import failoverctl
+from tests.test_lifecycle import Launch
+from tests.test_lifecycle import launch as launch  # the fixture
+
+SIMULATED = """
+[providers.a]
+kind = "simulated"
+[providers.b]
+kind = "simulated"
+[models."a/m"]
+provider = "a"
+[models."b/m"]
+provider = "b"
+[routing]
+primary = "a/m"
+fallbacks = ["b/m"]
+[probes]
+kind = "none"
+"""
+
+
+def _daemon_head(d: Path) -> str:
+    return f'[daemon]\nsocket = "{d}/d.sock"\nstate_dir = "{d}/d-state"\n'
+
+
+def _gauge(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_a_rejected_sighup_reload_shows_in_status_metrics_and_failoverctl(
+        launch: Launch, short_dir: Path) -> None:
+    """SIGHUP with a broken file kept serving the old config (right), but afterwards only the
+    journal said so: `systemctl reload` succeeds either way, status showed the file's name as
+    if it served, and the next restart failed on it. Now `GET /v1/status` has `last_reload`,
+    /metrics `failoverd_config_last_reload_successful`, and `failoverctl status` says it;
+    `failoverctl reload` names the file it refused."""
+    good = _daemon_head(short_dir) + SIMULATED
+    d = await launch(good)
+    http = d.client()
+    status = (await http.get("/v1/status")).json()
+    assert status["last_reload"] is None
+    metrics = (await http.get("/metrics")).text
+    assert _gauge(metrics, "failoverd_config_last_reload_successful") == 1
+    started = _gauge(metrics, "failoverd_config_last_reload_success_timestamp_seconds")
+    assert started == pytest.approx(status["time"], abs=30)
+
+    broken = good.replace('primary = "a/m"', 'primary = "a/nope"') + "\n[routng]\nx = 1\n"
+    await d.reload(broken)
+    # still serving on the old configuration
+    reply = await http.post("/v1/chat/completions", json={
+        "model": "default", "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200 and reply.headers["x-failoverd-model"] == "a/m"
+    status = (await http.get("/v1/status")).json()
+    last = status["last_reload"]
+    assert last["ok"] is False and last["source"] == str(d.config)
+    assert last["problems"] == ["routing.primary: no model 'a/nope' in [models]",
+                                "routng: unknown key"]
+    metrics = (await http.get("/metrics")).text
+    assert _gauge(metrics, "failoverd_config_last_reload_successful") == 0
+    assert _gauge(metrics, "failoverd_config_last_reload_success_timestamp_seconds") == started
+
+    code, out, err = await failoverctl(d.socket, "status")
+    assert code == 0, err
+    assert f"config {d.config}: the last reload" in out and "REJECTED" in out
+    assert "  routng: unknown key" in out
+    code, out, err = await failoverctl(d.socket, "reload")
+    assert code == 1 and out == ""
+    assert err.startswith(f"failoverctl: daemon said 422: config rejected: {d.config} has 2 "
+                          "problem(s), the previous configuration still serves:\n")
+    assert "  routing.primary: no model 'a/nope' in [models]" in err
+    code, out, _ = await failoverctl(d.socket, "--json", "reload")
+    assert code == 1 and '"config":"' + str(d.config) + '"' in out
+
+    # fixed: accepted, and the record says so
+    await d.reload(good)
+    status = (await http.get("/v1/status")).json()
+    assert status["last_reload"]["ok"] is True and status["last_reload"]["problems"] == []
+    metrics = (await http.get("/metrics")).text
+    assert _gauge(metrics, "failoverd_config_last_reload_successful") == 1
+    assert _gauge(metrics, "failoverd_config_last_reload_success_timestamp_seconds") > started
+    code, out, _ = await failoverctl(d.socket, "status")
+    assert code == 0 and "REJECTED" not in out
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
