@@ -4,11 +4,16 @@ runs them."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
+from failoverd import config
+from failoverd.errors import ConfigError
 from tests.helpers import failoverctl
 from tests.test_lifecycle import Launch
 from tests.test_lifecycle import launch as launch  # the fixture
@@ -28,6 +33,16 @@ fallbacks = ["b/m"]
 [probes]
 kind = "none"
 """
+
+
+async def run_failoverd(*argv: str) -> tuple[int, str, str]:
+    """`failoverd ARGV` run to its end: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", *argv, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def _daemon_head(d: Path) -> str:
@@ -96,3 +111,40 @@ async def test_a_rejected_sighup_reload_shows_in_status_metrics_and_failoverctl(
     assert code == 0 and "REJECTED" not in out
     d.signal(signal.SIGTERM)
     assert await d.exit_code() == 0
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        config.loads(text, env={})
+    return exc.value.problems
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    # a list key of the wrong type was also said to be missing ("is required"), which sent
+    # the operator looking for a key that is right there
+    ('[[hooks]]\nevents = "model:failover"\nexec = "notify"\n',
+     ["hooks[0].events: must be a list, got a string",
+      "hooks[0].exec: must be a list, got a string"]),
+    ('[[hooks]]\nevents = []\nexec = ["notify"]\n', ["hooks[0].events: must not be empty"]),
+    ('[chains.fast]\nmodels = "a/m"\n', ["chains.fast.models: must be a list, got a string"]),
+    ("[chains.fast]\n", ["chains.fast.models: is required: a non-empty list of model ids"]),
+    ("[chains.fast]\nmodels = []\n", ["chains.fast.models: must not be empty"]),
+    # a provider without `kind` was "must be one of ...; got ''", as if an empty one was given
+    ('[providers.z]\nbase_url = "http://127.0.0.1:1"\n',
+     ["providers.z.kind: is required: one of openai, anthropic, gemini, ollama, simulated"]),
+    ("[providers.z]\nkind = 5\n", ["providers.z.kind: must be a string, got an integer"]),
+])
+def test_each_config_problem_is_said_once_and_as_it_is(body: str, expected: list[str]) -> None:
+    assert _problems(SIMULATED + body) == expected
+
+
+async def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """It said "'utf-8' codec can't decode byte 0xff in position 3658": a byte offset, which
+    no editor shows. Now the line and column."""
+    path = tmp_path / "f.toml"
+    path.write_bytes(SIMULATED.encode() + b'[daemon]\nnode = "caf\xe9"\n')
+    line = SIMULATED.count("\n") + 2
+    code, out, err = await run_failoverd("--config", str(path), "--check-config")
+    assert code == 2 and out == ""
+    assert err == (f"failoverd: {path}: invalid configuration\n  {path}: not valid TOML: not "
+                   f"UTF-8 text: byte 0xe9 at line {line}, column 12 (TOML files are UTF-8)\n")

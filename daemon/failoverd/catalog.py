@@ -91,7 +91,11 @@ _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_cr
 def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
     kind = sec.get("kind", str, "")
     if kind not in get_args(ProviderKind):
-        sec.problem("kind", f"must be one of {', '.join(get_args(ProviderKind))}; got {kind!r}")
+        kinds = ", ".join(get_args(ProviderKind))
+        if not sec.has("kind"):
+            sec.problem("kind", f"is required: one of {kinds}")
+        elif isinstance(sec.data["kind"], str):  # a wrong type is reported by get()
+            sec.problem("kind", f"must be one of {kinds}; got {kind!r}")
         # the other keys depend on the kind: report only the ones no provider has
         sec.seen.update(_PROVIDER_KEYS)
         sec.finish()

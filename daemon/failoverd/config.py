@@ -326,6 +326,15 @@ def _probes(sec: Section) -> ProbesConfig:
     return cfg
 
 
+def _required(sec: Section, key: str, what: str) -> None:
+    """A list key that is missing or empty; one of the wrong type was already reported (a
+    second line saying it "is required" sent the operator looking for a key that is there)."""
+    if not sec.has(key):
+        sec.problem(key, f"is required: {what}")
+    elif sec.data[key] == []:
+        sec.problem(key, "must not be empty")
+
+
 def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
     if value is None:
         return ()
@@ -338,7 +347,7 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
         events = sec.strings("events", None)
         argv = sec.strings("exec", None)
         if not events:
-            sec.problem("events", "is required: a non-empty list of event types")
+            _required(sec, "events", "a non-empty list of event types")
         else:
             categories = {t.split(":")[0] for t in EVENT_TYPES}
             for j, pattern in enumerate(events):
@@ -349,7 +358,7 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
                                     f"{pattern!r}; known: {', '.join(EVENT_TYPES)}, '*', "
                                     "'<category>:*'")
         if not argv:
-            sec.problem("exec", "is required: a non-empty argv list")
+            _required(sec, "exec", "a non-empty argv list")
         else:
             # either failed every run at start, at every event, without a word at load
             if not argv[0].strip():
@@ -415,7 +424,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         sec = csec.table(name)
         members = sec.strings("models", None)
         if not members:
-            sec.problem("models", "is required: a non-empty list of model ids")
+            _required(sec, "models", "a non-empty list of model ids")
         else:
             for i, m in enumerate(members):
                 if m not in models:
@@ -449,7 +458,12 @@ def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from exc
+        # where, as a line and column (an editor's terms), not as a byte offset
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([f"{p}: not valid TOML: not UTF-8 text: byte "
+                           f"0x{raw[exc.start]:02x} at line {line}, column {column} (TOML "
+                           "files are UTF-8)"]) from exc
     return parse(_toml(text, f"{p}: "), env=env, source=str(p))
 
 
