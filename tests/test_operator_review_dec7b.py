@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,23 @@ async def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> 
     assert code == 2 and out == ""
     assert err == (f"failoverd: {path}: invalid configuration\n  {path}: not valid TOML: not "
                    f"UTF-8 text: byte 0xe9 at line {line}, column 12 (TOML files are UTF-8)\n")
+
+
+async def test_events_recent_takes_the_usual_spellings_and_refuses_others(
+        start_daemon: Any) -> None:
+    """`?recent=yes` (or any value but 1 and true) streamed live: a script that asked for the
+    ring, as README's `?recent=1` shows, waited for an end that never came."""
+    d = await start_daemon(SIMULATED)
+    await d.http.post("/v1/models/a/m/open")
+    for value in ("1", "true", "yes", "True"):
+        reply = await asyncio.wait_for(d.http.get("/v1/events", params={"recent": value}), 5)
+        assert reply.status_code == 200 and "event: breaker:opened" in reply.text
+    reply = await asyncio.wait_for(d.http.get("/v1/events", params={"recent": "please"}), 5)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "recent"
+    assert "'recent' must be 1" in reply.json()["error"]["message"]
+    # 0 is the live stream, as no value is
+    async with d.http.stream("GET", "/v1/events", params={"recent": "0"}) as live:
+        assert live.status_code == 200
+        lines = live.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 5) == ": connected"

@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
 from failoverd.events import Event, Subscription
 
@@ -16,6 +17,8 @@ KEEPALIVE_SECONDS = 15.0
 # only at the next failed keepalive write.
 DISCONNECT_POLL_SECONDS = 0.5
 SUBSCRIPTION_SIZE = 1000
+_RECENT = ("1", "true", "yes")
+_LIVE = ("", "0", "false", "no")
 
 
 def sse(event: Event) -> bytes:
@@ -49,11 +52,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Streams events as they happen. `?recent=1` sends the recent ring and ends;
     `Last-Event-ID` (or `?after=`) replays what a reconnecting client missed."""
     svc = request.app[SERVICE]
+    recent = request.query.get("recent", "").strip().lower()
+    if recent not in _RECENT and recent not in _LIVE:
+        # an unrecognised value streamed live, and a script that asked for the ring waited
+        # for an end that never comes
+        return openai_error(400, f"'recent' must be 1 (the recent events, then the end) or 0 "
+                            f"(the live stream), got {request.query['recent']!r}",
+                            "invalid_request_error", "invalid_request_error", param="recent")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     after = request.headers.get("Last-Event-ID") or request.query.get("after")
-    if request.query.get("recent") in ("1", "true"):
+    if recent in _RECENT:
         for event in svc.bus.recent(after):
             await resp.write(sse(event))
         await resp.write_eof()
