@@ -169,3 +169,28 @@ async def test_events_recent_takes_the_usual_spellings_and_refuses_others(
         assert live.status_code == 200
         lines = live.aiter_lines()
         assert await asyncio.wait_for(anext(lines), 5) == ": connected"
+
+
+async def test_the_attempts_of_models_that_are_out_read_as_readme_says(
+        start_daemon: Any) -> None:
+    """README's Failure handling: a candidate that is out is listed as `unavailable` with its
+    state as the message, status null, no upstream attempt, and the hop past it in
+    `x-failoverd-failover`."""
+    body = SIMULATED.replace('[providers.b]\nkind = "simulated"',
+                             '[providers.b]\nkind = "simulated"\nsimulate_failure = "auth"')
+    d = await start_daemon(body.replace("[routing]", '[routing]\nwhen_all_unavailable = "fail"'))
+    chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await d.http.post("/v1/models/a/m/open")).status_code == 200
+    first = await d.http.post("/v1/chat/completions", json=chat)
+    assert first.status_code == 503
+    assert first.json()["error"]["attempts"] == [
+        {"model": "a/m", "reason": "unavailable", "status": None, "message": "forced_open"},
+        {"model": "b/m", "reason": "auth", "status": 401,
+         "message": "simulated auth from provider b"}]
+    assert first.headers["x-failoverd-attempts"] == "1"
+    assert first.headers["x-failoverd-failover"] == "a/m>b/m:unavailable"
+    second = await d.http.post("/v1/chat/completions", json=chat)
+    assert [(a["reason"], a["status"], a["message"])
+            for a in second.json()["error"]["attempts"]] == [
+        ("unavailable", None, "forced_open"), ("unavailable", None, "auth")]
+    assert second.headers["x-failoverd-attempts"] == "0"
