@@ -233,3 +233,43 @@ async def test_the_journal_names_the_file_of_a_rejected_reload(
     rejected = [r.getMessage() for r in caplog.records
                 if r.levelname == "ERROR" and "rejected" in r.getMessage()]
     assert rejected and all(str(path) in line for line in rejected), rejected
+
+
+async def test_failoverctl_shows_pins_and_forgets_sessions(start_daemon: Any) -> None:
+    """DESIGN.md's `GET|POST|DELETE /v1/sessions/{key}` had no failoverctl command: an
+    operator moving a user's agent to another chain, or finding why it stays on a fallback,
+    had to write curl lines."""
+    d = await start_daemon(SIMULATED + '[chains.fast]\nmodels = ["b/m"]\n')
+    key = "agent 7/x:y"
+    code, out, err = await failoverctl(d.socket, "session", key)
+    assert code == 1 and f"no session '{key}'" in err
+    code, out, err = await failoverctl(d.socket, "session", key, "--prefer", "fast")
+    assert code == 0, err
+    assert out.startswith(f"session {key}: pinned to fast\n  last used ")
+    reply = await d.http.post("/v1/chat/completions", headers={"x-failoverd-session": key},
+                              json={"model": "default",
+                                    "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.headers["x-failoverd-model"] == "b/m"  # the pin is what the daemon uses
+    code, out, _ = await failoverctl(d.socket, "--json", "session", key)
+    assert code == 0 and '"preference": "fast"' in out
+    code, out, err = await failoverctl(d.socket, "session", key, "--prefer", "nope")
+    assert code == 1 and "must name a configured model or chain" in err
+    code, out, _ = await failoverctl(d.socket, "session", key, "--unpin")
+    assert code == 0 and out.startswith(f"session {key}: no pin\n")
+    code, out, _ = await failoverctl(d.socket, "session", key, "--forget")
+    assert code == 0 and out.strip() == f"session {key}: forgotten"
+    code, _, _ = await failoverctl(d.socket, "session", key)
+    assert code == 1
+    code, _, err = await failoverctl(d.socket, "session", key, "--forget", "--unpin")
+    assert code == 2 and "not allowed with" in err
+    # a session that failed over: where it sticks, and till when
+    await d.http.post("/v1/models/a/m/open")
+    reply = await d.http.post("/v1/chat/completions", headers={"x-failoverd-session": "s2"},
+                              json={"model": "default",
+                                    "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.headers["x-failoverd-model"] == "b/m"
+    code, out, _ = await failoverctl(d.socket, "session", "s2")
+    assert code == 0
+    assert out.splitlines()[:2] == ["session s2: no pin", "  on b/m after a failover from a/m, "
+                                    + out.splitlines()[1].split(", ", 1)[1]]
+    assert ", until 20" in out.splitlines()[1]

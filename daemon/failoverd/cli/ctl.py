@@ -128,6 +128,12 @@ def _in(at: Any, now: float) -> str:
     return f"in {left / 3600:.1f}h"
 
 
+def _clock(at: Any) -> str:
+    """An epoch time as local date and time."""
+    return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            if isinstance(at, int | float) else "?")
+
+
 def _ms(seconds: Any) -> str:
     return "-" if not isinstance(seconds, int | float) else f"{seconds * 1000:.0f}ms"
 
@@ -173,13 +179,10 @@ def show_status(data: dict[str, Any]) -> str:
     last = data.get("last_reload")
     if isinstance(last, dict) and last.get("ok") is False:
         # the file on disk is not what serves: the next restart would fail on it
-        at = last.get("at")
-        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-                if isinstance(at, int | float) else "?")
         problems = last.get("problems") or []
         out.append(f"config {last.get('source') or data.get('config', '?')}: the last reload "
-                   f"({when}) was REJECTED, the previous configuration still serves; "
-                   f"{len(problems)} problem(s):")
+                   f"({_clock(last.get('at'))}) was REJECTED, the previous configuration "
+                   f"still serves; {len(problems)} problem(s):")
         out += [f"  {p}" for p in problems]
     out.append(table(rows, ("model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
                             "last probe", "inflight")))
@@ -325,8 +328,27 @@ def _parser() -> argparse.ArgumentParser:
                                                 "long_context")
     se.add_argument("--tokens", type=_tokens, default=0, help="estimated prompt tokens")
     se.add_argument("--prompt", default="", help="a prompt to classify (with --model auto)")
+    ss = command("session", "a session's pinned model or chain and sticky failover")
+    ss.add_argument("key")
+    what = ss.add_mutually_exclusive_group()
+    what.add_argument("--prefer", metavar="MODEL", help="pin a model or chain to the session")
+    what.add_argument("--unpin", action="store_true", help="drop the pinned preference")
+    what.add_argument("--forget", action="store_true", help="forget the session")
     command("reload", "re-read the config file")
     return p
+
+
+def show_session(data: dict[str, Any]) -> str:
+    """GET /v1/sessions/{key}: its pin and its sticky failover."""
+    lines = [f"session {data.get('key')}: "
+             + (f"pinned to {data['preference']}" if data.get("preference") else "no pin")]
+    sticky = data.get("sticky")
+    if isinstance(sticky, dict):
+        lines.append(f"  on {sticky.get('model')} after a failover from "
+                     f"{sticky.get('from_model')}, until {_clock(sticky.get('until'))}")
+    lines.append(f"  last used {_clock(data.get('last_used'))}, forgotten at "
+                 f"{_clock(data.get('expires'))} unless used")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> tuple[Any, str, int]:
@@ -383,6 +405,16 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
             request["messages"] = [{"role": "user", "content": args.prompt}]
         data = call(s, "POST", "/v1/select", request)
         return data, show_select(data), 0
+    if cmd == "session":
+        path = f"/v1/sessions/{quote(args.key, safe='/:')}"
+        if args.forget:
+            data = call(s, "DELETE", path)
+            return data, f"session {args.key}: forgotten", 0
+        if args.prefer is not None or args.unpin:
+            data = call(s, "POST", path, {"model": args.prefer})
+        else:
+            data = call(s, "GET", path)
+        return data, show_session(data), 0
     if cmd == "reload":
         data = call(s, "POST", "/v1/reload")
         return data, f"reloaded {data.get('config', '')}".rstrip(), 0
