@@ -273,3 +273,18 @@ async def test_failoverctl_shows_pins_and_forgets_sessions(start_daemon: Any) ->
     assert out.splitlines()[:2] == ["session s2: no pin", "  on b/m after a failover from a/m, "
                                     + out.splitlines()[1].split(", ", 1)[1]]
     assert ", until 20" in out.splitlines()[1]
+
+
+def test_a_socket_path_too_long_for_a_unix_address_is_a_config_problem() -> None:
+    """`--check-config` said ok, then the start failed with exit 1 ("longer than the 107
+    bytes a Unix socket address can hold"): under systemd an exit 1 is restarted every
+    RestartSec= for ever, where a config problem (exit 2) is not."""
+    long = "/tmp/" + "x" * 100 + "/f.sock"
+    found = _problems(SIMULATED + f'[daemon]\nsocket = "{long}"\n'
+                      f'[mqtt]\nsocket = "{long}"\n')
+    assert found == [f"daemon.socket: is {len(long)} bytes long; a Unix socket path holds at "
+                     "most 107",
+                     f"mqtt.socket: is {len(long)} bytes long; a Unix socket path holds at "
+                     "most 107"]
+    ok = "/run/" + "y" * (107 - len("/run/"))
+    config.loads(SIMULATED + f'[daemon]\nsocket = "{ok}"\n', env={})

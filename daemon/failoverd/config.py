@@ -207,10 +207,24 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
     )
     if not cfg.socket:
         sec.problem("socket", "must not be empty")
+    _socket_path(sec, "socket", cfg.socket)
     if "/" in cfg.node or "+" in cfg.node or "#" in cfg.node:
         sec.problem("node", "must not contain '/', '+' or '#' (it is an MQTT topic level)")
     sec.finish()
     return cfg
+
+
+# What a Unix socket address holds (sun_path less its NUL), as listen.py checks at bind time.
+SUN_PATH_MAX = 107
+
+
+def _socket_path(sec: Section, key: str, path: str) -> None:
+    """A Unix socket path too long to bind or connect to: --check-config passed it, and the
+    start failed with exit 1, which systemd restarts every RestartSec= for ever."""
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        sec.problem(key, f"is {size} bytes long; a Unix socket path holds at most "
+                    f"{SUN_PATH_MAX}")
 
 
 def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
@@ -226,6 +240,7 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
         # "home/" published to home//<node>/status, which home/+/status never matches
         sec.problem("topic_prefix", f"must not start or end with '/' nor hold '//' (an empty "
                     f"topic level), got {prefix!r}")
+    _socket_path(sec, "socket", sec.get("socket", str, d.socket))
     cfg = MqttConfig(
         enabled=sec.get("enabled", bool, d.enabled),
         host=sec.get("host", str, d.host),
