@@ -96,7 +96,9 @@ class FakeAnthropic(FakeServer[Logged]):
     dropped mid-stream), "stream_error" (an `event: error` mid-stream), "no_stop" (the stream
     ends cleanly but without message_stop), "refusal" (a 200 with stop_reason "refusal" and
     stop_details, as the safety classifiers stop an answer: streamed, before any block),
-    "empty" (a 200 with no content and end_turn, as the API documents it after tool results).
+    "empty" (a 200 with no content and end_turn, as the API documents it after tool results),
+    "max_tokens_in_call" (streaming: max_tokens reached halfway through the tool call's input,
+    which stays partial JSON, stop_reason "max_tokens").
     A tool whose input_schema has no properties is called with input {} (streamed as one
     empty input_json_delta). Like the API, a reply that contains one of the
     request's `stop_sequences` ends before it with stop_reason "stop_sequence". Requests the API
@@ -282,6 +284,8 @@ class FakeAnthropic(FakeServer[Logged]):
                         "input": {}}})
                 # an empty input streams as one empty delta, as the API sends it
                 arguments = orjson.dumps(block["input"]).decode() if block["input"] else ""
+                if behaviour == "max_tokens_in_call":
+                    arguments, stop = arguments[:len(arguments) // 2], "max_tokens"
                 for piece in ("", arguments[:9], arguments[9:]) if arguments else ("",):
                     await send("content_block_delta", {
                         "type": "content_block_delta", "index": index,
@@ -304,9 +308,10 @@ _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 def _invalid(body: dict[str, Any]) -> str | None:
     """The API's 400 message for a request it validates and refuses, else None: forced tool
     use with thinking, tool_use ids off the pattern or repeated, tool results that answer no
-    tool_use of the previous turn, a thinking block whose signature is not the fake's own
-    (empty, or made by another model), and a tool loop whose assistant turn lacks its
-    thinking."""
+    tool_use of the previous turn and tool_use blocks the next turn does not answer, empty text
+    blocks and turns whose text is all whitespace, a thinking block whose signature is not
+    the fake's own (empty, or made by another model), and a tool loop whose assistant turn
+    lacks its thinking."""
     thinking = (body.get("thinking") or {}).get("type") == "enabled"
     if thinking and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
         return "Thinking may not be enabled when tool_choice forces tool use."
@@ -315,6 +320,17 @@ def _invalid(body: dict[str, Any]) -> str | None:
     messages = body.get("messages") or []
     for i, message in enumerate(messages):
         blocks = message["content"] if isinstance(message["content"], list) else []
+        texts = [b.get("text") for b in blocks if b.get("type") == "text"]
+        if any(t == "" for t in texts) or message["content"] == "":
+            return "messages: text content blocks must be non-empty"
+        if texts and not any(t.strip() for t in texts):
+            return "messages: text content blocks must contain non-whitespace text"
+        answered = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
+        if previous - answered:
+            return (f"messages.{i - 1}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(sorted(previous - answered))}. Each "
+                    "`tool_use` block must have a corresponding `tool_result` block in the "
+                    "next message.")
         used: set[str] = set()
         for j, block in enumerate(blocks):
             if block.get("type") == "tool_use":

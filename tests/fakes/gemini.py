@@ -159,6 +159,10 @@ class FakeGemini(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self._log(request, body)
         behaviour = self._next()
+        refusal = _invalid(body)
+        if refusal is not None:
+            return web.Response(status=400, body=_err(400, "INVALID_ARGUMENT", refusal),
+                                content_type="application/json")
         early = await self._answer_preamble(behaviour)
         if early is not None:
             return early
@@ -225,3 +229,56 @@ class FakeGemini(FakeServer[Logged]):
                 await resp.write(b"data: " + ERRORS["server_error"][1] + b"\r\n\r\n")
                 return resp
         return resp
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    """The API's 400 for contents it refuses in validation (INVALID_ARGUMENT): a role other
+    than user and model, a turn without parts, an empty text part, a function call turn that
+    follows neither a user turn nor function responses, function responses that do not
+    answer the calls of the turn before them one for one, a conversation that ends on a model
+    turn (a prefill), and (Gemini 3, and 2.5 thinking) a
+    function call turn of the current turn whose first call has no thoughtSignature."""
+    contents = body.get("contents") or []
+    if contents and contents[-1].get("role") == "model":
+        return ("Please ensure that multiturn requests ends with a user role or a function "
+                "response.")
+    # the current turn: everything after the last user turn with text (not only responses)
+    current = max((i for i, c in enumerate(contents) if c.get("role") == "user" and any(
+        "text" in p for p in c.get("parts") or [])), default=-1)
+    for i, content in enumerate(contents):
+        role, parts = content.get("role"), content.get("parts") or []
+        if role not in ("user", "model"):
+            return "Please use a valid role: user, model."
+        if not parts:
+            return (f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be "
+                    "empty.")
+        for j, part in enumerate(parts):
+            if "text" in part and not part["text"] and "thoughtSignature" not in part:
+                return (f"* GenerateContentRequest.contents[{i}].parts[{j}].data: required "
+                        "oneof field 'data' must have one initialized field")
+        calls = [p for p in parts if "functionCall" in p]
+        responses = [p for p in parts if "functionResponse" in p]
+        before = contents[i - 1] if i else None
+        before_parts = (before or {}).get("parts") or []
+        if calls:
+            after_user = before is not None and before.get("role") == "user"
+            if not after_user:
+                return ("Please ensure that function call turn comes immediately after a user "
+                        "turn or after a function response turn.")
+            if i > current and "thoughtSignature" not in calls[0]:
+                name = calls[0]["functionCall"].get("name")
+                return ("Function call is missing a thought_signature in functionCall parts. "
+                        "This is required for tools to work correctly, and missing "
+                        "thought_signature may lead to degraded model performance. Additional "
+                        f"data, function call `default_api:{name}` , position {i + 1}. Please "
+                        "refer to https://ai.google.dev/gemini-api/docs/thought-signatures for "
+                        "more details.")
+        if responses:
+            asked = [p for p in before_parts if "functionCall" in p]
+            if not asked or (before or {}).get("role") != "model":
+                return ("Please ensure that function response turn comes immediately after a "
+                        "function call turn.")
+            if len(responses) != len(asked):
+                return ("Please ensure that the number of function response parts is equal to "
+                        "the number of function call parts of the function call turn.")
+    return None

@@ -106,6 +106,9 @@ class FakeOllama(FakeServer[Logged]):
         self.requests.append(Logged(request.path, dict(request.headers), body))
         model = str(body.get("model", ""))
         behaviour = self._next()
+        refusal = _invalid(body)
+        if refusal is not None:
+            return web.json_response({"error": refusal}, status=400)
         early = await self._answer_preamble(behaviour, model)
         if early is not None:
             return early
@@ -167,3 +170,22 @@ class FakeOllama(FakeServer[Logged]):
         if behaviour != "no_done":
             await send(self._final(model, reason))
         return resp
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    """Ollama's 400 for a body its Go types refuse: tool-call arguments that are not an
+    object (the OpenAI form's JSON text), a content that is not a string, images that are
+    not base64 strings."""
+    for message in body.get("messages") or []:
+        if not isinstance(message.get("content", ""), str):
+            return ("json: cannot unmarshal array into Go struct field Message.messages.content "
+                    "of type string")
+        for call in message.get("tool_calls") or []:
+            if not isinstance((call.get("function") or {}).get("arguments"), dict):
+                return ("json: cannot unmarshal string into Go struct field "
+                        "ToolCallFunction.messages.tool_calls.function.arguments of type "
+                        "api.ToolCallFunctionArguments")
+        for image in message.get("images") or []:
+            if not isinstance(image, str) or image.startswith(("data:", "http")):
+                return "illegal base64 data at input byte 4"
+    return None

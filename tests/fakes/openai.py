@@ -124,6 +124,8 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
         "code": "1305", "message": "该模型当前访问量过大，请您稍后再试"}}), {}),
 }
 
+USAGE = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+
 # MiniMax answers some failures with a 200 whose body carries only its status (1008: no balance)
 MINIMAX_BALANCE = orjson.dumps({"base_resp": {"status_code": 1008,
                                               "status_msg": "insufficient balance"}})
@@ -153,6 +155,12 @@ class FakeOpenAI(FakeServer[Logged]):
 
     reply: str = "Hello from the fake upstream"
     call_id: str = "call_1"  # the id of its tool calls (Kimi's look like "functions.f:0")
+    # what comes with a tool call: the text before it ("\n\n" from many local models), the
+    # number of parallel calls (ids call_id, call_id_2, ...), and whether it calls a tool
+    # again after a tool result (an agent's next step)
+    call_text: str | None = None
+    parallel: int = 1
+    calls_after_result: bool = False
 
     errors = ERRORS
     url_path = "/v1"
@@ -182,7 +190,7 @@ class FakeOpenAI(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged(request.path, dict(request.headers), body))
         behaviour = self._next()
-        refusal = _unknown_field(body)
+        refusal = _unknown_field(body) or _invalid_messages(body)
         if refusal is not None:
             return web.Response(status=400, body=_err(refusal, "invalid_request_error", None),
                                 content_type="application/json")
@@ -197,20 +205,35 @@ class FakeOpenAI(FakeServer[Logged]):
             return await self._stream(request, body, behaviour)
         return web.json_response(self._completion(body))
 
+    def _wants_tool_call(self, body: dict[str, Any]) -> bool:
+        """With tools declared and no tool result last (or `calls_after_result`), the fake
+        calls the first tool; never with tool_choice "none"."""
+        messages = body.get("messages") or [{}]
+        return bool(body.get("tools")) and body.get("tool_choice") != "none" and (
+            self.calls_after_result or messages[-1].get("role") != "tool")
+
+    def _id(self, k: int) -> str:
+        return self.call_id if k == 0 else f"{self.call_id}_{k + 1}"
+
+    @staticmethod
+    def _arguments(k: int) -> str:
+        return '{"city": "Paris"}' if k == 0 else orjson.dumps({"city": f"Paris{k}"}).decode()
+
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.reply}
         finish = "stop"
-        if _wants_tool_call(body):
-            message = {"role": "assistant", "content": None, "tool_calls": [{
-                "id": self.call_id, "type": "function",
-                "function": {"name": body["tools"][0]["function"]["name"],
-                             "arguments": '{"city": "Paris"}'}}]}
+        if self._wants_tool_call(body):
+            name = body["tools"][0]["function"]["name"]
+            message = {"role": "assistant", "content": self.call_text, "tool_calls": [{
+                "id": self._id(k), "type": "function",
+                "function": {"name": name, "arguments": self._arguments(k)}}
+                for k in range(self.parallel)]}
             finish = "tool_calls"
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model"), "system_fingerprint": "fp_fake",
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": finish}],
-                "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}}
+                "usage": USAGE}
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
@@ -244,14 +267,23 @@ class FakeOpenAI(FakeServer[Logged]):
             await resp.write(b"data: [DONE]\n\n")
             return resp
         await send({"role": "assistant", "content": ""})
-        if _wants_tool_call(body):
-            # a tool call streams its arguments in pieces, as OpenAI does
+        if self._wants_tool_call(body):
+            if self.call_text:
+                await send({"content": self.call_text})
+            # a tool call streams its arguments in pieces, as OpenAI does; "length_in_call"
+            # stops at max_tokens halfway through the last call's arguments
             name = body["tools"][0]["function"]["name"]
-            await send({"tool_calls": [{"index": 0, "id": self.call_id, "type": "function",
-                                        "function": {"name": name, "arguments": ""}}]})
-            for piece in ('{"city"', ': "Par', 'is"}'):
-                await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            await send({}, "tool_calls")
+            for k in range(self.parallel):
+                await send({"tool_calls": [{"index": k, "id": self._id(k), "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+                arguments = self._arguments(k)
+                if behaviour == "length_in_call" and k == self.parallel - 1:
+                    arguments = arguments[:len(arguments) // 2]
+                for at in range(0, len(arguments), 7):
+                    await send({"tool_calls": [{"index": k, "function": {
+                        "arguments": arguments[at:at + 7]}}]})
+            await send({}, "length" if behaviour == "length_in_call" else "tool_calls")
+            await self._usage(resp, body, base)
             await resp.write(b"data: [DONE]\n\n")
             return resp
         words = self.reply.split(" ")
@@ -271,14 +303,19 @@ class FakeOpenAI(FakeServer[Logged]):
                 await resp.write(b"data: " + OPENROUTER_ERROR + b"\n\n")
                 return resp
         await send({}, "stop")
+        await self._usage(resp, body, base)
         if behaviour == "no_done":
-            if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(b"data: " + orjson.dumps({
-                    **base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 6,
-                                                     "total_tokens": 15}}) + b"\n\n")
             return resp
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    @staticmethod
+    async def _usage(resp: web.StreamResponse, body: dict[str, Any],
+                     base: dict[str, Any]) -> None:
+        """The usage chunk (no choices) OpenAI sends last when the request asks for it."""
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": USAGE})
+                             + b"\n\n")
 
 
 _ANTHROPIC_ONLY = ("cache_control", "thinking_blocks")
@@ -305,7 +342,36 @@ def _unknown_field(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _wants_tool_call(body: dict[str, Any]) -> bool:
-    """With tools declared and no tool result last, the fake calls the first tool."""
-    messages = body.get("messages") or [{}]
-    return bool(body.get("tools")) and messages[-1].get("role") != "tool"
+def _invalid_messages(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a conversation it refuses: tool messages that answer no tool call of
+    the assistant message right before them, tool calls left without an answer, and images
+    in any message but a user's."""
+    pending: list[str] = []
+    answered: set[str] = set()
+    for i, message in enumerate(body.get("messages") or []):
+        role = message.get("role")
+        content = message.get("content")
+        if role != "user" and isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            return (f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with "
+                    f"role 'user', but this message with role '{role}' contains an image URL.")
+        if role == "tool":
+            if message.get("tool_call_id") not in pending:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a "
+                        "preceeding message with 'tool_calls'.")
+            answered.add(message["tool_call_id"])
+            continue
+        missing = [c for c in pending if c not in answered]
+        if missing:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not "
+                    f"have response messages: {', '.join(missing)}")
+        pending, answered = [], set()
+        if role == "assistant":
+            pending = [c.get("id") for c in message.get("tool_calls") or []]
+    missing = [c for c in pending if c not in answered]
+    if missing:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not "
+                f"have response messages: {', '.join(missing)}")
+    return None
