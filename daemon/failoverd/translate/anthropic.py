@@ -68,9 +68,11 @@ Decisions, so every translator and operator can rely on them:
   skipped as incapable) and OpenAI-compatible upstreams may answer with a 400.
 * Towards Anthropic: system/developer messages anywhere are collected into ``system`` in
   order; consecutive same-role turns merge (tool results first in their user turn); empty
-  turns are left out; a final assistant prefill loses trailing whitespace (Anthropic
-  refuses it); a message's ``name`` is dropped; max_tokens is capped at the model's
-  max_output_tokens when the provider passes it.
+  turns are left out; text blocks that are empty or only whitespace (the blank lines
+  before another provider's tool call, a command's lone newline) are left out, as
+  Anthropic refuses them in every later turn of the session; a final assistant prefill
+  loses trailing whitespace (Anthropic refuses it); a message's ``name`` is dropped;
+  max_tokens is capped at the model's max_output_tokens when the provider passes it.
 * Tool-call arguments that are not a JSON object: towards Anthropic a TranslationError;
   in an answer to an Anthropic client they are kept as ``{"_raw_arguments": text}``.
 * Sampling hints with no target field (``seed``, ``service_tier``, ``store``, OpenAI

@@ -250,8 +250,12 @@ def _cached(block: dict[str, Any], source: Any) -> dict[str, Any]:
 def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:
     if content is None:
         return []
+    # Anthropic refuses empty text blocks and a turn whose text is only whitespace ("text
+    # content blocks must contain non-whitespace text"), which other providers' answers and
+    # tools leave in a history ("\n\n" before a tool call, a command's lone newline): such a
+    # block says nothing and is left out, or the whole session would be a 400 from then on
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(as_list(content, path)):
         ppath = f"{path}[{j}]"
@@ -261,7 +265,7 @@ def _anthropic_user_content(content: Any, path: str) -> list[dict[str, Any]]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise RequestError(f"{ppath}.text: required string", param=f"{ppath}.text")
-            if text:
+            if text.strip():  # see _anthropic_user_content
                 blocks.append(_cached({"type": "text", "text": text}, part))
         elif kind == "image_url":
             blocks.append(_cached(_anthropic_image(image_part_url(part, path=ppath), ppath),
@@ -330,7 +334,7 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
     # tool-use loop); unsigned or malformed entries cannot be replayed and are left out
     blocks = signed_blocks(message.get("thinking_blocks")) if "thinking_blocks" in message \
         else []
-    if text:
+    if text.strip():  # whitespace alone is refused (see _anthropic_user_content)
         blocks.append({"type": "text", "text": text})
     marked = len(blocks) - 1  # a breakpoint on the message marks its text
     for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
