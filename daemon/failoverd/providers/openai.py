@@ -116,6 +116,44 @@ def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _has_image(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+
+
+def _tool_images_to_user(messages: list[Any]) -> list[Any]:
+    """Images in tool results (a canonical extension: Claude Code's screenshots) moved where
+    OpenAI takes them, a user message: OpenAI refuses them in a tool message ("Image URLs are
+    only allowed for messages with role 'user'"), a 400 that would end the agent's session
+    on failover. A tool message keeps its text; the images follow the run of tool messages,
+    at the start of the user message there (which Anthropic's turn puts after its results)
+    or in one of their own, so tool messages still follow their tool calls."""
+    out: list[Any] = []
+    held: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool" and _has_image(message):
+            parts = message["content"]
+            held.extend(p for p in parts if isinstance(p, dict) and p.get("type") == "image_url")
+            text = [p for p in parts if not (isinstance(p, dict) and p.get("type") == "image_url")]
+            out.append({**message, "content": text or "(the result is the image that follows)"})
+            continue
+        if held and role != "tool":
+            if role == "user":
+                content = message.get("content")
+                rest = [{"type": "text", "text": content}] if isinstance(content, str) \
+                    else list(content or [])
+                message = {**message, "content": held + rest}
+            else:
+                out.append({"role": "user", "content": held})
+            held = []
+        out.append(message)
+    if held:
+        out.append({"role": "user", "content": held})
+    return out
+
+
 class OpenAIProvider:
     """Adapter for OpenAI-compatible `/chat/completions` endpoints."""
 
@@ -160,6 +198,11 @@ class OpenAIProvider:
             # upstreams): OpenAI refuses unknown message fields, and no other model uses them
             payload["messages"] = [_openai_message(m) if _anthropic_only(m) else m
                                    for m in messages]
+        messages = payload.get("messages")
+        if isinstance(messages, list) and any(
+                isinstance(m, dict) and m.get("role") == "tool" and _has_image(m)
+                for m in messages):
+            payload["messages"] = _tool_images_to_user(messages)
         if "cache_control" in payload:
             del payload["cache_control"]
         tools = payload.get("tools")

@@ -64,8 +64,10 @@ Decisions, so every translator and operator can rely on them:
 * Structured outputs: Anthropic's ``output_config.format`` (json_schema) is the canonical
   ``response_format`` json_schema, both ways.
 * Images inside tool results are a canonical extension (a tool message whose content has
-  image_url parts): Anthropic takes them; Gemini's adapter refuses them (its candidate is
-  skipped as incapable) and OpenAI-compatible upstreams may answer with a 400.
+  image_url parts): Anthropic takes them; the OpenAI-compatible adapter moves them to the
+  user message after the tool results (OpenAI refuses images in any other role, a 400 that
+  would end the session); Gemini's and Ollama's adapters refuse them (the candidate is
+  skipped as incapable).
 * Towards Anthropic: system/developer messages anywhere are collected into ``system`` in
   order; consecutive same-role turns merge (tool results first in their user turn); empty
   turns are left out; text blocks that are empty or only whitespace (the blank lines

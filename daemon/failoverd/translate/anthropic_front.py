@@ -266,8 +266,8 @@ def _front_tool_result(block: dict[str, Any], path: str) -> dict[str, Any]:
                 parts.append(_cached({"type": "text", "text": _text(inner, ipath)}, inner,
                                      ipath))
             elif inner.get("type") == "image":
-                # images in tool results are a canonical extension: Anthropic and Gemini take
-                # them, OpenAI-compatible upstreams may refuse them with a 400
+                # images in tool results are a canonical extension (see the decisions in
+                # failoverd.translate.anthropic)
                 parts.append(_front_image(inner, ipath))
             else:
                 raise TranslationError(f"{ipath}.type: {inner.get('type')!r} is not supported "
