@@ -19,6 +19,9 @@ Where the two APIs differ, these are the decisions:
   anything else as `{"result": <value or text>}` (Gemini wants an object).
 - JSON schemas (tool parameters, response_format json_schema) are cut down to the OpenAPI
   subset Gemini accepts: see `gemini_schema`.
+- A conversation that ends in an assistant message (an Anthropic client's prefill) is a
+  TranslationError: Gemini refuses a request whose last turn is the model's, and cannot
+  continue a text as Anthropic and Ollama do.
 - Gemini has no tool-call ids: answers get `call_<n>` (n counts from 0 within one answer).
 - Gemini 3 rejects replayed function calls without a thought signature; the canonical form
   cannot carry Gemini's real ones, so replayed calls carry the documented placeholder.
@@ -410,6 +413,11 @@ def to_request(body: dict[str, Any]) -> dict[str, Any]:
     """
     _refuse_unexpressible(body)
     contents, system = _contents(body.get("messages"))
+    if contents and contents[-1]["role"] == "model":
+        # Gemini refuses it ("Please ensure that multiturn requests ends with a user role or
+        # a function response."): a model that continues the text is another candidate
+        raise _fail("a conversation that ends in an assistant message (a prefill)",
+                    "messages")
     request: dict[str, Any] = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
