@@ -285,7 +285,12 @@ class Dispatcher:
                     del outcome.attempts[first_pass:]  # the skips are history, not attempts
                     continue
             break
-        retry_after = self._retry_after(unavailable or candidates)
+        # the soonest any candidate may be called again: those skipped as unavailable and
+        # those that failed (whose breaker the failure may have opened), not the incapable
+        incapable = {a.model for a in outcome.attempts[first_pass:]
+                     if a.reason == FailureReason.INCAPABLE}
+        retry_after = self._retry_after([m for m in candidates if m not in incapable]
+                                        or candidates)
         if self.on_exhausted is not None:
             self.on_exhausted(outcome.attempts)
         raise NoModelAvailable(outcome.attempts, retry_after)
