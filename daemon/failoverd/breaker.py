@@ -432,10 +432,13 @@ class Breaker:
         self._trials = 0
         self._trial_successes = 0
         retry_at = self._wall(until)
+        if old is new is BreakerState.CLOSED:
+            # a reset of a closed breaker: counters cleared, no state changed
+            logger.info("breaker %s: reset (was closed; counters cleared)", self.model_id)
+            return
         logger.info("breaker %s: %s -> %s (reason=%s, open_count=%d, retry_at=%s)",
                     self.model_id, old, new, reason, self._open_count, retry_at)
-        if not (old is new is BreakerState.CLOSED):
-            self._notify(old, new, reason, retry_at)
+        self._notify(old, new, reason, retry_at)
 
     def _notify(self, old: BreakerState, new: BreakerState, reason: str | None,
                 retry_at: float | None) -> None:

@@ -370,10 +370,10 @@ class Supervisor:
             try:
                 new = config_mod.load(self.config_path)
             except ConfigError as exc:
-                logger.error("config rejected, keeping the current one (%d problem(s))",
-                             len(exc.problems))
+                logger.error("config rejected, keeping the current one: %s has %d "
+                             "problem(s)", self.config_path, len(exc.problems))
                 for problem in exc.problems:
-                    logger.error("config rejected: %s", problem)
+                    logger.error("config rejected: %s: %s", self.config_path, problem)
                 self.service.bus.emit("config:rejected", source=self.config_path,
                                       problems=exc.problems)
                 return False, exc.problems

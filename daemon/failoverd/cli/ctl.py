@@ -238,8 +238,10 @@ def follow_events(sock: str, as_json: bool, follow: bool) -> int:
         # parsed as for any other command: --json prints the daemon's error object, not a
         # JSON string holding it
         raise Refused(resp.status, _parsed(raw))
+    shown = 0
     try:
         for event in _sse(resp):
+            shown += 1
             if as_json:
                 print(orjson.dumps(event).decode(), flush=True)
             else:
@@ -255,6 +257,9 @@ def follow_events(sock: str, as_json: bool, follow: bool) -> int:
         raise Unreachable(f"failoverd at {sock} dropped the connection: {_why(exc)}") from exc
     finally:
         conn.close()
+    if not shown and not follow and not as_json:
+        # on stderr: a script reading stdout still gets no lines
+        print("no recent events (--follow waits for new ones)", file=sys.stderr)
     return 0
 
 
