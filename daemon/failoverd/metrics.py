@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
@@ -52,6 +53,8 @@ class Metrics:
         self.rejections: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
+        self.unreported: defaultdict[str, int] = defaultdict(int)  # answers without usage
         self.gauges: list[Callable[[], Iterable[str]]] = []
 
     def served(self, model: str) -> None:
@@ -86,6 +89,27 @@ class Metrics:
     def upstream_latency(self, model: str, seconds: float, ok: bool) -> None:
         self.upstream[(model, "ok" if ok else "error")].observe(seconds)
 
+    def usage(self, model: str, usage: Any) -> None:
+        """Tokens of one answer as the upstream reported them (canonical usage): ``prompt``
+        (cache reads and writes included), ``completion``, and of the prompt ``cache_read``
+        and ``cache_write``. An answer with no usage (a stream whose client did not ask for
+        ``stream_options.include_usage``, an upstream that tells none) is counted apart, so
+        the token counts are known to be a lower bound."""
+        if not isinstance(usage, dict):
+            self.unreported[model] += 1
+            return
+        tokens = self.tokens
+        for kind, value in (("prompt", usage.get("prompt_tokens")),
+                            ("completion", usage.get("completion_tokens")),
+                            ("cache_write", usage.get("cache_creation_input_tokens"))):
+            if isinstance(value, int) and value > 0:
+                tokens[(model, kind)] += value
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            cached = details.get("cached_tokens")
+            if isinstance(cached, int) and cached > 0:
+                tokens[(model, "cache_read")] += cached
+
     def probe(self, model: str, ok: bool) -> None:
         self.probes[(model, "ok" if ok else "failed")] += 1
 
@@ -94,9 +118,11 @@ class Metrics:
         of requests no model served), so the series do not grow with every model id ever
         configured; Prometheus treats a vanished series as ended."""
         kept = {"", *keep}
-        for series in (self.requests, self.upstream, self.probes):
+        for series in (self.requests, self.upstream, self.probes, self.tokens):
             for key in [k for k in series if k[0] not in kept]:
                 del series[key]
+        for model in [m for m in self.unreported if m not in kept]:
+            del self.unreported[model]
         for hop in [k for k in self.failovers if k[0] not in kept or k[1] not in kept]:
             del self.failovers[hop]
 
@@ -116,6 +142,12 @@ class Metrics:
                 ("why",), (((k,), v) for k, v in self.rejections.items()))
         counter("failoverd_probes_total", "Health probes by model and outcome.",
                 ("model", "outcome"), self.probes.items())
+        counter("failoverd_tokens_total", "Tokens of answers as upstreams reported them, by "
+                "model and kind (prompt, completion; cache_read and cache_write are part of "
+                "prompt).", ("model", "kind"), self.tokens.items())
+        counter("failoverd_usage_unreported_total", "Answers served without a token usage "
+                "(streams without stream_options.include_usage).", ("model",),
+                (((k,), v) for k, v in self.unreported.items()))
         name = "failoverd_upstream_latency_seconds"
         out.append(f"# HELP {name} Upstream call latency.\n# TYPE {name} histogram")
         for (model, result), h in sorted(self.upstream.items()):

@@ -18,6 +18,7 @@ from failoverd.api.service import SERVICE
 from failoverd.dispatch import Outcome, StreamStart
 from failoverd.errors import ContextRefused, NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.providers.base import Chunk
 from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
 from failoverd.sessions import normalize_key
@@ -102,6 +103,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             completion = await rt.dispatcher.complete(body, route.candidates, deadline,
                                                       outcome, session, route.needs)
             svc.served(outcome, session, route)
+            svc.metrics.usage(outcome.model, completion.body.get("usage"))
             return web.Response(body=front.answer(completion, outcome.model, outcome.notices),
                                 content_type=JSON, headers=outcome_headers(outcome, route.header))
         except RequestError as exc:
@@ -184,6 +186,16 @@ class _Client:
             raise _ClientStalled from None
 
 
+def _usage(chunk: Chunk, usage: Any) -> Any:
+    """The usage a chunk reports, else the one before: OpenAI-compatible chunks (raw) are
+    looked into only when they hold one (not ``"usage": null``, which OpenAI puts in every
+    chunk when asked for usage)."""
+    raw = chunk.raw
+    if raw is None or b'"usage":{' in raw or b'"usage": {' in raw:
+        return chunk.data.get("usage") or usage
+    return usage
+
+
 async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
                   body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
                   session: str | None) -> web.StreamResponse:
@@ -198,6 +210,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
     request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
     client = _Client(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
     error: UpstreamError | None = None
+    usage = _usage(start.first, None)
     try:
         await resp.prepare(request)
         if outcome.notices:
@@ -208,6 +221,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
             data = encoder.chunk(chunk)
             if not client.write_now(data):
                 await client.write(data)
+            usage = _usage(chunk, usage)
         await client.write(encoder.end())
     except UpstreamError as exc:
         # after the first chunk a failover is no longer invisible: end with an error event
@@ -246,6 +260,8 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
     svc.metrics.stream_ended(outcome.model, ok=error is None)
+    if error is None or usage is not None:
+        svc.metrics.usage(outcome.model, usage)
     return resp
 
 

@@ -1,0 +1,86 @@
+"""Token accounting on /metrics: failoverd_tokens_total counts the tokens of every answer as
+the upstream reported them, by serving model and kind (prompt, completion, and of the prompt
+cache_read and cache_write), streamed or not, whatever the client's API; answers that came
+without a usage are counted in failoverd_usage_unreported_total, so the token counts are
+known to be a lower bound, never silently short."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.test_prompt_caching import tool_loop
+from tests.test_sdk_clients import anthropic_client, config, openai_client
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def rig(fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> Any:
+    oai, ant = await fake_openai(), await fake_anthropic()
+    d = await start_daemon(config(oai, ant))
+    yield oai, ant, d
+
+
+async def tokens(d: Any) -> dict[tuple[str, str], int]:
+    text = (await d.http.get("/metrics")).text
+    return {(m, k): int(v) for m, k, v in re.findall(
+        r'^failoverd_tokens_total\{model="([^"]*)",kind="([^"]*)"\} (\d+)$', text, re.M)}
+
+
+async def unreported(d: Any) -> dict[str, int]:
+    text = (await d.http.get("/metrics")).text
+    return {m: int(v) for m, v in re.findall(
+        r'^failoverd_usage_unreported_total\{model="([^"]*)"\} (\d+)$', text, re.M)}
+
+
+async def test_openai_answers_streamed_and_not_are_counted(rig: Any) -> None:
+    _, _, d = rig
+    client = openai_client(d.socket)
+    try:
+        await client.chat.completions.create(model="oai/gpt", messages=USER)
+        stream = await client.chat.completions.create(
+            model="oai/gpt", messages=USER, stream=True,
+            stream_options={"include_usage": True})
+        async for _ in stream:
+            pass
+    finally:
+        await client.close()
+    # the fake reports 9 prompt and 6 completion tokens for each answer
+    assert await tokens(d) == {("oai/gpt", "prompt"): 18, ("oai/gpt", "completion"): 12}
+    assert await unreported(d) == {}
+
+
+async def test_a_stream_without_usage_is_counted_as_unreported(rig: Any) -> None:
+    _, _, d = rig
+    resp = await d.http.post("/v1/chat/completions", content=orjson.dumps(
+        {"model": "oai/gpt", "messages": USER, "stream": True}),
+        headers={"content-type": "application/json"})
+    assert resp.status_code == 200 and "[DONE]" in resp.text
+    assert await tokens(d) == {}
+    assert await unreported(d) == {"oai/gpt": 1}
+
+
+async def test_anthropic_cache_reads_and_writes_are_counted(rig: Any) -> None:
+    _, ant, d = rig
+    client = anthropic_client(d.socket)
+    try:
+        first = await client.messages.create(**tool_loop("ant/claude"))
+        second = await client.messages.create(**{**tool_loop("ant/claude"), "stream": False})
+        async with client.messages.stream(**tool_loop("ant/claude")) as stream:
+            third = await stream.get_final_message()
+    finally:
+        await client.close()
+    written = first.usage.cache_creation_input_tokens or 0
+    assert written > 1000
+    assert second.usage.cache_read_input_tokens == third.usage.cache_read_input_tokens == written
+    counted = await tokens(d)
+    assert counted[("ant/claude", "cache_write")] == written
+    assert counted[("ant/claude", "cache_read")] == 2 * written
+    # prompt holds the cached part and the rest (5 uncached tokens in the fake's answers)
+    assert counted[("ant/claude", "prompt")] == 3 * written + 3 * 5
+    assert counted[("ant/claude", "completion")] == 3 * 7
+    assert await unreported(d) == {}
