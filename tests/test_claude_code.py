@@ -98,3 +98,21 @@ async def test_an_unknown_effort_is_a_400_naming_it(rig: Any) -> None:
     error = resp.json()["error"]
     assert "output_config.effort" in error["message"] and "'extreme'" in error["message"]
     assert not ant.message_requests()
+
+
+async def test_client_betas_stay_behind_and_the_providers_own_go_out(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """Claude Code's anthropic-beta values are not forwarded: Anthropic refuses a beta it does
+    not know or the key may not use ("Unexpected value(s) `oauth-2025-04-20` for the
+    `anthropic-beta` header", a 400 that would end the request without failover), and an
+    Anthropic-compatible upstream refuses them all. The betas an operator wants are set on
+    the provider (`headers`), and go out with every request to it."""
+    oai, ant = await fake_openai(), await fake_anthropic()
+    text = config(oai, ant).replace('"json"]', '"json", "reasoning"]').replace(
+        'kind = "anthropic"\n',
+        'kind = "anthropic"\nheaders = { "anthropic-beta" = "interleaved-thinking-2025-05-14" }\n')
+    d = await start_daemon(text)
+    resp, _ = await post_stream(d, claude_code_body("ant/claude"))
+    assert resp.status_code == 200, resp.text
+    sent = ant.message_requests()[-1].headers
+    assert sent.getall("anthropic-beta") == ["interleaved-thinking-2025-05-14"]
