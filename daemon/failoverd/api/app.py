@@ -12,7 +12,7 @@ from failoverd.api.count_tokens import count_tokens
 from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.events import events
 from failoverd.api.fronts import ANTHROPIC, OPENAI
-from failoverd.api.proxy import chat_completions, messages
+from failoverd.api.proxy import chat_completions, messages, responses
 from failoverd.api.reloads import ReloadRecord
 from failoverd.api.service import SERVICE, Service
 
@@ -29,6 +29,7 @@ def make_app(service: Service) -> web.Application:
     service.metrics.gauges.append(reloads.gauges)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)

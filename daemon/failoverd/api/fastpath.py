@@ -1,15 +1,15 @@
 """The fast path: proxied chat requests served without aiohttp's server.
 
 Every client connection starts here. A request this module recognises — `POST
-/v1/chat/completions` or `POST /v1/messages` in HTTP/1.1, a well-formed head of at most
-8190 bytes without a repeated field, a Content-Length body within `max_body_bytes` that has
-fully arrived, no Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive —
-runs the handler aiohttp would run (behind the same access guard and drain tracking,
-api/drain.py); its answer is written here in one write, or, streamed, as a head and chunks
-(`FastStream`, api/fastrequest.py). Anything else hands the connection, with every byte not
-yet consumed, to aiohttp's own protocol for the rest of its life: aiohttp alone decides every
-other case (a malformed request's 400, chunked bodies, 100-continue, the control API, event
-streams).
+/v1/chat/completions`, `POST /v1/messages` or `POST /v1/responses` in HTTP/1.1, a
+well-formed head of at most 8190 bytes without a repeated field, a Content-Length body
+within `max_body_bytes` that has fully arrived, no Transfer-Encoding, Expect, Upgrade or
+Connection other than keep-alive — runs the handler aiohttp would run (behind the same
+access guard and drain tracking, api/drain.py); its answer is written here in one write, or,
+streamed, as a head and chunks (`FastStream`, api/fastrequest.py). Anything else hands the
+connection, with every byte not yet consumed, to aiohttp's own protocol for the rest of its
+life: aiohttp alone decides every other case (a malformed request's 400, chunked bodies,
+100-continue, the control API, event streams).
 
 Why: aiohttp's server (its request and response objects, header parsing and writing, the
 router) was about 35% of the CPU of a proxied request; this path does the same work for
@@ -43,7 +43,7 @@ from failoverd.api.body import stalled_body
 from failoverd.api.drain import RequestTracker, StreamOpener, shutting_down
 from failoverd.api.fastrequest import FastRequest, FastStream
 from failoverd.api.fronts import ANTHROPIC, OPENAI
-from failoverd.api.proxy import chat_completions, messages
+from failoverd.api.proxy import chat_completions, messages, responses
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
 
@@ -92,6 +92,7 @@ class FastPath:
         self.routes: dict[bytes, Handler] = {
             b"/v1/chat/completions": tracker.wrap(chat_completions, service),
             b"/v1/messages": tracker.wrap(messages, service),
+            b"/v1/responses": tracker.wrap(responses, service),
         }
         # Claude Code (the Anthropic SDK's beta client) always asks with ?beta=true
         self.routes[b"/v1/messages?beta=true"] = self.routes[b"/v1/messages"]

@@ -1,8 +1,9 @@
-"""The two client-facing API shapes: OpenAI Chat Completions and Anthropic Messages.
+"""The client-facing API shapes: OpenAI Chat Completions, Anthropic Messages and OpenAI
+Responses.
 
 A front end turns the client's body into the canonical request, and canonical answers,
 stream chunks and errors back into the client's shape. The proxy handler (api/proxy.py) does
-everything else the same way for both.
+everything else the same way for all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from failoverd.translate.anthropic import (
     anthropic_to_canonical,
     canonical_to_anthropic_response,
 )
+from failoverd.translate.responses_front import responses_to_canonical
+from failoverd.translate.responses_response import canonical_to_responses, response_echo
+from failoverd.translate.responses_stream import ResponsesStreamEncoder
 
 
 class StreamEncoder(Protocol):
@@ -40,10 +44,13 @@ class FrontEnd(Protocol):
 
     def session_key(self, body: dict[str, Any]) -> str | None: ...
 
-    def answer(self, completion: Completion, model_id: str,
-               notices: list[str]) -> bytes: ...
+    def answer(self, completion: Completion, model_id: str, notices: list[str],
+               request: dict[str, Any] | None = None) -> bytes:
+        """The client's answer; `request` is the client's own body (settings to repeat)."""
+        ...
 
-    def encoder(self, model_id: str) -> StreamEncoder: ...
+    def encoder(self, model_id: str, request: dict[str, Any] | None = None
+                ) -> StreamEncoder: ...
 
     def error(self, status: int, type_: str, message: str, code: str | None = None,
               param: str | None = None, headers: dict[str, str] | None = None,
@@ -86,14 +93,16 @@ class OpenAIFront:
         user = body.get("user")
         return user if isinstance(user, str) and user else None
 
-    def answer(self, completion: Completion, model_id: str, notices: list[str]) -> bytes:
+    def answer(self, completion: Completion, model_id: str, notices: list[str],
+               request: dict[str, Any] | None = None) -> bytes:
         if notices:
             # hook messages travel in the body too, for clients that never see headers
             completion.body["failoverd"] = {"notices": notices}
             completion.raw = None
         return completion.to_bytes()
 
-    def encoder(self, model_id: str) -> StreamEncoder:
+    def encoder(self, model_id: str, request: dict[str, Any] | None = None
+                ) -> StreamEncoder:
         return _OPENAI_STREAM
 
     def error(self, status: int, type_: str, message: str, code: str | None = None,
@@ -134,13 +143,15 @@ class AnthropicFront:
         user = meta.get("user_id") if isinstance(meta, dict) else None
         return user if isinstance(user, str) and user else None
 
-    def answer(self, completion: Completion, model_id: str, notices: list[str]) -> bytes:
+    def answer(self, completion: Completion, model_id: str, notices: list[str],
+               request: dict[str, Any] | None = None) -> bytes:
         body = canonical_to_anthropic_response(completion.body, model_id)
         if notices:
             body["failoverd"] = {"notices": notices}
         return orjson.dumps(body)
 
-    def encoder(self, model_id: str) -> StreamEncoder:
+    def encoder(self, model_id: str, request: dict[str, Any] | None = None
+                ) -> StreamEncoder:
         return _AnthropicStream(model_id)
 
     def error(self, status: int, type_: str, message: str, code: str | None = None,
@@ -176,5 +187,57 @@ def _anthropic_type(type_: str, status: int) -> str:
         return "api_error" if status >= 500 else "invalid_request_error"
 
 
+class _ResponsesStream:
+    __slots__ = ("_encoder",)
+
+    def __init__(self, model_id: str, request: dict[str, Any] | None) -> None:
+        self._encoder = ResponsesStreamEncoder(model_id, response_echo(request))
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        return self._encoder.feed(chunk.data)
+
+    def end(self) -> bytes:
+        return self._encoder.finish()
+
+    def error(self, type_: str, message: str) -> bytes:
+        return self._encoder.error_event(type_, message)
+
+
+class ResponsesFront:
+    """OpenAI Responses API, served statelessly (failoverd.translate.responses_front says
+    what is refused and why); errors are in OpenAI's shape."""
+
+    name = "responses"
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        canonical = responses_to_canonical(body)
+        validate_chat(canonical)
+        return canonical
+
+    def session_key(self, body: dict[str, Any]) -> str | None:
+        for key in ("user", "safety_identifier"):
+            user = body.get(key)
+            if isinstance(user, str) and user:
+                return user
+        return None
+
+    def answer(self, completion: Completion, model_id: str, notices: list[str],
+               request: dict[str, Any] | None = None) -> bytes:
+        body = canonical_to_responses(completion.body, model_id, response_echo(request))
+        if notices:
+            body["failoverd"] = {"notices": notices}
+        return orjson.dumps(body)
+
+    def encoder(self, model_id: str, request: dict[str, Any] | None = None
+                ) -> StreamEncoder:
+        return _ResponsesStream(model_id, request)
+
+    def error(self, status: int, type_: str, message: str, code: str | None = None,
+              param: str | None = None, headers: dict[str, str] | None = None,
+              **extra: Any) -> web.Response:
+        return openai_error(status, message, type_, code, param, headers, **extra)
+
+
 OPENAI = OpenAIFront()
 ANTHROPIC = AnthropicFront()
+RESPONSES = ResponsesFront()

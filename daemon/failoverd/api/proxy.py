@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions and POST /v1/messages: one proxy handler, two API shapes."""
+"""POST /v1/chat/completions, /v1/messages and /v1/responses: one proxy handler, three API
+shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_OPENER, STREAM_RESPONSE
-from failoverd.api.fronts import ANTHROPIC, OPENAI, FrontEnd
+from failoverd.api.fronts import ANTHROPIC, OPENAI, RESPONSES, FrontEnd
 from failoverd.api.replies import JSON, header_value, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
 from failoverd.dispatch import Outcome, StreamStart
@@ -99,12 +100,13 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             deadline = request_deadline(svc, rt, request, outcome)
             if body.get("stream"):
                 return await _stream(request, front, svc, rt, body, route, deadline, outcome,
-                                     session)
+                                     session, raw)
             completion = await rt.dispatcher.complete(body, route.candidates, deadline,
                                                       outcome, session, route.needs)
             svc.served(outcome, session, route)
             svc.metrics.usage(outcome.model, completion.body.get("usage"))
-            return web.Response(body=front.answer(completion, outcome.model, outcome.notices),
+            answer = front.answer(completion, outcome.model, outcome.notices, raw)
+            return web.Response(body=answer,
                                 content_type=JSON, headers=outcome_headers(outcome, route.header))
         except RequestError as exc:
             svc.metrics.rejected("bad_input")
@@ -198,11 +200,11 @@ def _usage(chunk: Chunk, usage: Any) -> Any:
 
 async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
                   body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
-                  session: str | None) -> web.StreamResponse:
+                  session: str | None, raw: dict[str, Any]) -> web.StreamResponse:
     start: StreamStart = await rt.dispatcher.stream(body, route.candidates, deadline, outcome,
                                                     session, route.needs)
     svc.note_session(outcome, session, route)  # sticky from the first chunk on
-    encoder = front.encoder(outcome.model)
+    encoder = front.encoder(outcome.model, raw)
     headers = {**_SSE_HEADERS, **outcome_headers(outcome, route.header)}
     opener = request.get(STREAM_OPENER)
     resp = opener.open_stream(headers) if opener is not None else web.StreamResponse(
@@ -267,3 +269,4 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
 
 chat_completions = handler(OPENAI)
 messages = handler(ANTHROPIC)
+responses = handler(RESPONSES)

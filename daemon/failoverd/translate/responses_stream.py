@@ -1,0 +1,270 @@
+"""Streaming: canonical chunks -> OpenAI Responses API server-sent events (front end).
+
+The stream is ``response.created``, ``response.in_progress``, then per output item
+``response.output_item.added``, its content events, ``response.output_item.done``, and at the
+end ``response.completed`` (``response.incomplete`` when the answer was cut by
+max_output_tokens or a content filter) carrying the whole response with its usage. Content
+events: a message's ``response.content_part.added``, ``response.output_text.delta``\\*,
+``response.output_text.done``, ``response.content_part.done``; a function call's
+``response.function_call_arguments.delta``\\* and ``.done``; a reasoning item's
+``response.reasoning_summary_part.added``, ``response.reasoning_summary_text.delta``\\*,
+``.done`` and ``response.reasoning_summary_part.done``. Every event has a
+``sequence_number`` counting from 0. A failure after the stream began is an ``error`` event
+then ``response.failed`` (its response holding what was produced so far).
+
+Items come one after the other, each closed before the next opens, except function calls:
+OpenAI-compatible upstreams may interleave the argument deltas of parallel calls, so calls
+stay open side by side until text, reasoning or the end comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from failoverd.translate.responses_response import (
+    INCOMPLETE,
+    call_item,
+    message_item,
+    new_id,
+    reasoning_item,
+    response_object,
+    responses_usage,
+    text_part,
+)
+
+logger = logging.getLogger(__name__)
+
+# failoverd's failure reasons -> the Responses error codes clients know
+_ERROR_CODES = {"rate_limit": "rate_limit_exceeded"}
+
+
+class _Item:
+    __slots__ = ("kind", "index", "id", "parts", "call_id", "name", "done")
+
+    def __init__(self, kind: str, index: int, item_id: str) -> None:
+        self.kind, self.index, self.id = kind, index, item_id
+        self.parts: list[str] = []  # text, reasoning summary or arguments so far
+        self.call_id = ""
+        self.name = ""
+        self.done = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def as_output(self, status: str) -> dict[str, Any]:
+        if self.kind == "message":
+            return message_item(self.id, [text_part(self.text)], status)
+        if self.kind == "reasoning":
+            return reasoning_item(self.id, self.text)
+        return call_item(self.id, self.call_id, self.name, self.text, status)
+
+
+class ResponsesStreamEncoder:
+    """Turns canonical chat.completion.chunk dicts into Responses API SSE bytes.
+
+    `echo` is the request settings the response repeats (responses_response.response_echo).
+    Feed every chunk with ``feed``; when the canonical stream ends call ``finish``; on a
+    failure after the stream began call ``error_event`` instead. Every method returns the
+    bytes to write, possibly empty.
+    """
+
+    def __init__(self, model_id: str, echo: dict[str, Any],
+                 response_id: str | None = None) -> None:
+        self.model_id = model_id
+        self.echo = echo
+        self.response_id = response_id or new_id("resp_")
+        self.created_at = int(time.time())
+        self._sequence = 0
+        self._started = False
+        self._done = False
+        self._items: list[_Item] = []
+        self._open: list[_Item] = []  # items not yet done, in output order
+        self._calls: dict[str, _Item] = {}  # canonical tool call key -> its item
+        self._finish: str | None = None
+        self._usage: Any = None
+        self._extra: dict[str, Any] = {}  # hook notices, as on the other fronts
+
+    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
+        data = {"type": kind, "sequence_number": self._sequence, **data}
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    def _response(self, status: str, *, error: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+        item_status = "completed" if status == "completed" else "incomplete"
+        output = [item.as_output(item_status) for item in self._items] \
+            if status != "in_progress" else []
+        usage = responses_usage(self._usage) if status != "in_progress" else None
+        response = response_object(self.response_id, self.created_at, self.model_id, status,
+                                   output, usage, self.echo, finish=self._finish, error=error)
+        response.update(self._extra)
+        return response
+
+    def _start(self, chunk: dict[str, Any]) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        if isinstance(chunk.get("failoverd"), dict):
+            self._extra["failoverd"] = chunk["failoverd"]
+        created = self._response("in_progress")
+        return (self._event("response.created", {"response": created})
+                + self._event("response.in_progress", {"response": created}))
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        """Bytes for one canonical chunk."""
+        if self._done:
+            return b""
+        out = self._start(chunk)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                out += self._reasoning(reasoning)
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out += self._text(text)
+            for k, call in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(call, dict):
+                    out += self._call(call, k)
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return out
+
+    def _current(self, kind: str) -> _Item | None:
+        last = self._open[-1] if self._open else None
+        return last if last is not None and last.kind == kind else None
+
+    def _add(self, kind: str, prefix: str, keep_calls: bool = False) -> tuple[_Item, bytes]:
+        out = b""
+        for item in list(self._open):
+            if not (keep_calls and item.kind == "function_call"):
+                out += self._close(item)
+        item = _Item(kind, len(self._items), new_id(prefix))
+        self._items.append(item)
+        self._open.append(item)
+        return item, out
+
+    def _reasoning(self, text: str) -> bytes:
+        item = self._current("reasoning")
+        out = b""
+        if item is None:
+            item, out = self._add("reasoning", "rs_")
+            out += self._event("response.output_item.added", {
+                "output_index": item.index, "item": reasoning_item(item.id, "")})
+            out += self._event("response.reasoning_summary_part.added", {
+                "item_id": item.id, "output_index": item.index, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
+        item.parts.append(text)
+        return out + self._event("response.reasoning_summary_text.delta", {
+            "item_id": item.id, "output_index": item.index, "summary_index": 0,
+            "delta": text})
+
+    def _text(self, text: str) -> bytes:
+        item = self._current("message")
+        out = b""
+        if item is None:
+            item, out = self._add("message", "msg_")
+            out += self._event("response.output_item.added", {
+                "output_index": item.index, "item": message_item(item.id, [], "in_progress")})
+            out += self._event("response.content_part.added", {
+                "item_id": item.id, "output_index": item.index, "content_index": 0,
+                "part": text_part("")})
+        item.parts.append(text)
+        return out + self._event("response.output_text.delta", {
+            "item_id": item.id, "output_index": item.index, "content_index": 0,
+            "delta": text, "logprobs": []})
+
+    def _call(self, call: dict[str, Any], position: int) -> bytes:
+        index = call.get("index")
+        call_id = call.get("id")
+        key = f"i{index}" if isinstance(index, int) else f"p{position}"
+        item = self._calls.get(key)
+        if item is not None and isinstance(call_id, str) and call_id \
+                and item.call_id and call_id != item.call_id:
+            item = None  # a new call reusing an index
+        function = call["function"] if isinstance(call.get("function"), dict) else {}
+        out = b""
+        if item is None:
+            item, out = self._add("function_call", "fc_", keep_calls=True)
+            self._calls[key] = item
+            item.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call_")
+            item.name = str(function.get("name") or "")
+            out += self._event("response.output_item.added", {
+                "output_index": item.index,
+                "item": call_item(item.id, item.call_id, item.name, "", "in_progress")})
+        elif function.get("name") and not item.name:
+            item.name = str(function["name"])
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            if item.done:  # its call closed already (text came between): cannot reopen
+                logger.warning("tool call arguments after the call ended; dropped")
+                return out
+            item.parts.append(arguments)
+            out += self._event("response.function_call_arguments.delta", {
+                "item_id": item.id, "output_index": item.index, "delta": arguments})
+        return out
+
+    def _close(self, item: _Item, status: str = "completed") -> bytes:
+        self._open.remove(item)
+        item.done = True
+        base = {"item_id": item.id, "output_index": item.index}
+        out = b""
+        if item.kind == "message":
+            part = text_part(item.text)
+            out += self._event("response.output_text.done", {
+                **base, "content_index": 0, "text": item.text, "logprobs": []})
+            out += self._event("response.content_part.done", {
+                **base, "content_index": 0, "part": part})
+        elif item.kind == "reasoning":
+            out += self._event("response.reasoning_summary_text.done", {
+                **base, "summary_index": 0, "text": item.text})
+            out += self._event("response.reasoning_summary_part.done", {
+                **base, "summary_index": 0,
+                "part": {"type": "summary_text", "text": item.text}})
+        else:
+            out += self._event("response.function_call_arguments.done", {
+                **base, "name": item.name, "arguments": item.text})
+        return out + self._event("response.output_item.done", {
+            "output_index": item.index, "item": item.as_output(status)})
+
+    def finish(self) -> bytes:
+        """Closing events: every open item done, then response.completed (or .incomplete)."""
+        if self._done:
+            return b""
+        out = self._start({})
+        self._done = True
+        if not self._items:  # nothing said: an empty message, so output_text is ""
+            item, _ = self._add("message", "msg_")
+            out += self._event("response.output_item.added", {
+                "output_index": item.index, "item": message_item(item.id, [], "in_progress")})
+            out += self._event("response.content_part.added", {
+                "item_id": item.id, "output_index": item.index, "content_index": 0,
+                "part": text_part("")})
+        status = "incomplete" if self._finish in INCOMPLETE else "completed"
+        for item in list(self._open):
+            out += self._close(item, status)
+        kind = "response.incomplete" if status == "incomplete" else "response.completed"
+        return out + self._event(kind, {"response": self._response(status)})
+
+    def error_event(self, reason: str, message: str) -> bytes:
+        """A failure after the stream began: an ``error`` event, then ``response.failed``
+        with what was produced so far. The stream is over after it."""
+        if self._done:
+            return b""
+        out = self._start({})
+        self._done = True
+        code = _ERROR_CODES.get(reason, "server_error")
+        out += self._event("error", {"code": code, "message": message, "param": None})
+        error = {"code": code, "message": message, "type": reason}
+        return out + self._event("response.failed", {"response": self._response(
+            "failed", error=error)})
