@@ -540,3 +540,36 @@ def test_an_empty_stream_still_completes_with_an_empty_message() -> None:
     events = _events(_encode([]))
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == ""
+
+
+# ------------------------------------------------------------------ left to other modules
+
+@pytest.mark.xfail(strict=True, reason="api/drain.py: _cut_reply ends every non-Anthropic "
+                   "stream with a Chat Completions error chunk (data: {\"error\"}), not the "
+                   "Responses API's error + response.failed events")
+async def test_a_stream_cut_by_the_drain_ends_in_the_responses_shape(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    oai = await fake_openai(default="slow_stream:0.3")
+    ant = await fake_anthropic()
+    d = await start_daemon(config(oai, ant, head="shutdown_timeout = 0.3\n"))
+    data = b""
+    async with d.http.stream("POST", "/v1/responses", json={
+            "model": "oai/gpt", "input": "hi", "stream": True}) as resp:
+        async for chunk in resp.aiter_bytes():
+            data += chunk
+            if b"response.output_text.delta" in data and not d.sup.tracker.cutting:
+                d.sup.request_stop()
+    assert b"failoverd is shutting down" in data
+    assert b"event: response.failed" in data
+
+
+async def test_stored_response_endpoints_are_json_404s(rig: Any) -> None:
+    """Retrieving, cancelling or listing the input of a stored response needs the store
+    failoverd does not keep: OpenAI-shaped 404s the SDK raises as NotFoundError."""
+    oai, ant, d = rig
+    with pytest.raises(openai.NotFoundError):
+        await d.openai.responses.retrieve("resp_1")
+    with pytest.raises(openai.NotFoundError):
+        await d.openai.responses.cancel("resp_1")
+    resp = await d.http.get("/v1/responses")
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
