@@ -310,3 +310,54 @@ def test_the_estimate_leaves_out_thinking_anthropic_strips_or_never_gets() -> No
     assert tokens.estimate({"messages": [ASK, earlier, then]}) < tokens.text_tokens(thinking)
     # unsigned thinking (another provider's reasoning echoed back) is never sent
     assert tokens.estimate({"messages": [ASK, unsigned]}) < tokens.text_tokens(thinking)
+
+
+def interleaved_turn() -> dict[str, Any]:
+    """An assistant turn with interleaved thinking (the interleaved-thinking beta): thinking
+    between tool calls, a text block after the first."""
+    first, second = "I need the weather.", "And the forecast."
+    return {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": first, "signature": signature(first)},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "thinking", "thinking": second, "signature": signature(second)},
+        {"type": "text", "text": "And tomorrow."},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Lyon"}}]}
+
+
+def loop_after(turn: dict[str, Any]) -> list[dict[str, Any]]:
+    return [ASK, turn, {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "16C"}]}]
+
+
+def test_an_interleaved_turn_goes_back_to_anthropic_in_its_own_order() -> None:
+    turn = interleaved_turn()
+    canonical = anthropic_to_canonical({"model": "m", "max_tokens": 4096, "thinking": THINK,
+                                        "messages": loop_after(turn)})
+    back = canonical_to_anthropic(canonical, "claude")
+    assert back["messages"][1]["content"] == turn["content"]
+    assert back["thinking"]["type"] == "enabled"  # the turn starts with its thinking
+
+
+def test_a_turn_with_its_thinking_first_keeps_the_plain_canonical_shape() -> None:
+    turn = interleaved_turn()
+    turn["content"] = [turn["content"][0], turn["content"][3], *turn["content"][1:3],
+                       turn["content"][5]]
+    assistant = anthropic_to_canonical({"model": "m", "max_tokens": 4096,
+                                        "messages": loop_after(turn)})["messages"][1]
+    assert "anthropic_order" not in assistant and assistant["content"] == "Checking."
+
+
+async def test_interleaved_thinking_reaches_anthropic_in_order_and_never_openai(rig) -> None:
+    oai, ant, _, client = rig
+    turn = interleaved_turn()
+    await ask(client, "ant/claude", loop_after(turn), stream=True)
+    assert ant.message_requests()[-1].body["messages"][1]["content"] == turn["content"]
+    ant.push("overloaded", "overloaded", "overloaded")
+    answer = await ask(client, "both", loop_after(turn), stream=False)
+    assert answer.content  # served by the OpenAI fake, which refuses unknown message fields
+    sent = oai.chat_requests()[-1].body
+    assert "anthropic_order" not in orjson.dumps(sent).decode()
+    assert sent["messages"][1]["content"] == [{"type": "text", "text": "Checking."},
+                                              {"type": "text", "text": "And tomorrow."}]

@@ -318,7 +318,7 @@ class FakeOpenAI(FakeServer[Logged]):
                              + b"\n\n")
 
 
-_ANTHROPIC_ONLY = ("cache_control", "thinking_blocks")
+_ANTHROPIC_ONLY = ("cache_control", "thinking_blocks", "anthropic_order")
 
 
 def _unknown_field(body: dict[str, Any]) -> str | None:

@@ -85,12 +85,17 @@ def error_details(raw: bytes) -> tuple[str, str]:
     return raw[:300].decode("utf-8", "replace").strip(), ""
 
 
+# canonical message fields only the Anthropic adapter reads
+_ANTHROPIC_ONLY = ("thinking_blocks", "cache_control", "anthropic_order")
+
+
 def _anthropic_only(message: Any) -> bool:
     """Whether a canonical message has fields only Anthropic takes: ``thinking_blocks``, or a
     ``cache_control`` on the message, a content part or a tool call."""
     if not isinstance(message, dict):
         return False
-    if "thinking_blocks" in message or "cache_control" in message:
+    if "thinking_blocks" in message or "cache_control" in message \
+            or "anthropic_order" in message:
         return True
     content = message.get("content")
     if isinstance(content, list) and any(
@@ -108,7 +113,7 @@ def _without_cache(item: Any) -> Any:
 
 
 def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in message.items() if k not in ("thinking_blocks", "cache_control")}
+    out = {k: v for k, v in message.items() if k not in _ANTHROPIC_ONLY}
     if isinstance(out.get("content"), list):
         out["content"] = [_without_cache(p) for p in out["content"]]
     if isinstance(out.get("tool_calls"), list):

@@ -37,8 +37,14 @@ Decisions, so every translator and operator can rely on them:
   reasoning, echoed back) cannot be replayed and is dropped. Anthropic needs the last
   assistant turn of a tool-use loop to start with its signed thinking when thinking is on:
   when that turn has none (another provider served it), the request goes without thinking.
-  Only the Anthropic adapter sends ``thinking_blocks``; the OpenAI-compatible one strips them
-  (OpenAI refuses unknown message fields), Gemini's and Ollama's never read them.
+  An assistant turn with interleaved thinking (thinking between tool calls, the
+  interleaved-thinking beta) from an Anthropic client also carries ``anthropic_order`` (its
+  block kinds: "t" thinking, "x" text, "u" tool use) and its text blocks as separate text
+  parts, so it goes back to Anthropic as it came, not with its thinking moved first; streamed
+  answers keep the order as they arrive, non-streamed ones to Anthropic clients list their
+  thinking first. Only the Anthropic adapter sends ``thinking_blocks``; the
+  OpenAI-compatible one strips them (OpenAI refuses unknown message fields), Gemini's and
+  Ollama's never read them.
 * Other reasoning in answers (DeepSeek/vLLM ``reasoning_content``) reaches Anthropic clients
   as ``thinking`` blocks with an empty signature, streamed and not.
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.

@@ -31,6 +31,8 @@ _FRONT_KEYS = frozenset({
     # dropped and the whole history goes out; the client compacts its context itself
     "context_management",
 })
+# block kinds of an assistant turn, as canonical "anthropic_order" spells them
+_KIND_CODES = {"thinking": "t", "redacted_thinking": "t", "text": "x", "tool_use": "u"}
 # output_config.effort -> the reasoning_effort an adaptive thinking request gets
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
@@ -283,10 +285,12 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
     calls: list[dict[str, Any]] = []
     thinking: list[dict[str, Any]] = []
     cache: dict[str, Any] | None = None
+    order: list[str] = []  # the kinds in the turn: thinking, text, tool use ("t", "x", "u")
     for j, block in enumerate(blocks):
         bpath = f"{path}.content[{j}]"
         block = as_dict(block, bpath)
         kind = block.get("type")
+        order.append(_KIND_CODES.get(str(kind), ""))
         if kind == "text":
             texts.append(_text(block, bpath))
             cache = _cache_control(block, bpath) or cache
@@ -301,6 +305,8 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
             kept = signed_block(block)
             if kept is not None:  # unsigned ones cannot go back to Anthropic: dropped
                 thinking.append(kept)
+            else:
+                order[-1] = ""
         else:
             raise TranslationError(f"{bpath}.type: {kind!r} blocks have no equivalent in the "
                                    "canonical form", param=f"{bpath}.type")
@@ -315,6 +321,13 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
         # the turn's text is one string: a breakpoint on a text block marks the message (its
         # text block towards Anthropic)
         message["cache_control"] = cache
+    layout = "".join(order)
+    if thinking and "t" in layout.lstrip("t"):
+        # interleaved thinking (thinking between tool calls): Anthropic gets the turn back in
+        # its own order, each text block as it was; without this the thinking went first
+        message["anthropic_order"] = layout
+        if texts:
+            message["content"] = [{"type": "text", "text": t} for t in texts]
     return message
 
 

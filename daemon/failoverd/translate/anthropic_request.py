@@ -329,14 +329,13 @@ def _valid_id(tool_id: str) -> str:
 
 def _anthropic_assistant_content(message: dict[str, Any], path: str,
                                  ids: _ToolIds) -> list[dict[str, Any]]:
-    text = text_of_blocks(message.get("content"), f"{path}.content", allow_refusal=True)
+    content = message.get("content")
+    text = text_of_blocks(content, f"{path}.content", allow_refusal=True)
     # the turn's signed thinking first, as Anthropic answered it (and needs it back in a
     # tool-use loop); unsigned or malformed entries cannot be replayed and are left out
-    blocks = signed_blocks(message.get("thinking_blocks")) if "thinking_blocks" in message \
+    thinking = signed_blocks(message.get("thinking_blocks")) if "thinking_blocks" in message \
         else []
-    if text.strip():  # whitespace alone is refused (see _anthropic_user_content)
-        blocks.append({"type": "text", "text": text})
-    marked = len(blocks) - 1  # a breakpoint on the message marks its text
+    calls: list[dict[str, Any]] = []
     for k, call in enumerate(as_list(message.get("tool_calls") or [], f"{path}.tool_calls")):
         cpath = f"{path}.tool_calls[{k}]"
         call = as_dict(call, cpath)
@@ -352,15 +351,44 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
         if not isinstance(tool_input, dict):
             raise TranslationError(f"{cpath}.function.arguments: Anthropic needs a JSON object",
                                    param=f"{cpath}.function.arguments")
-        blocks.append(_cached({"type": "tool_use", "id": ids.call(tool_id), "name": name,
-                               "input": tool_input}, call))
+        calls.append(_cached({"type": "tool_use", "id": ids.call(tool_id), "name": name,
+                              "input": tool_input}, call))
+    blocks = _in_order(message.get("anthropic_order"), thinking, content, calls)
+    if blocks is None:
+        blocks = thinking
+        if text.strip():  # whitespace alone is refused (see _anthropic_user_content)
+            blocks.append({"type": "text", "text": text})
+        blocks.extend(calls)
     cache = _turn_cache(message)
     if cache is not None and blocks:
-        # ... or, with no text, its last block (never a thinking block, which takes none)
-        index = marked if marked >= 0 and blocks[marked]["type"] == "text" else len(blocks) - 1
+        # a breakpoint on the message marks its (last) text block, or, with no text, its last
+        # block (never a thinking block, which takes none)
+        texts = [i for i, b in enumerate(blocks) if b["type"] == "text"]
+        index = texts[-1] if texts else len(blocks) - 1
         if blocks[index]["type"] not in _THINKING_BLOCKS:
             blocks[index]["cache_control"] = cache
     return blocks
+
+
+def _in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
+              calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """An interleaved-thinking turn's blocks in the order the Anthropic client sent them
+    (``anthropic_order``: "t" thinking, "x" text, "u" tool use, from the Anthropic front);
+    None when there is no order or it does not fit what the message holds."""
+    if not isinstance(order, str):
+        return None
+    parts = content if isinstance(content, list) else [{"text": content}] \
+        if isinstance(content, str) and content else []
+    texts: list[dict[str, Any]] = [{"type": "text", "text": p.get("text")} for p in parts
+                                   if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    if len(texts) != len(parts) or len(order) != len(thinking) + len(texts) + len(calls) or (
+            order.count("t"), order.count("x"), order.count("u")) != (
+            len(thinking), len(texts), len(calls)):
+        return None
+    queues = {"t": iter(thinking), "u": iter(calls), "x": iter(texts)}
+    blocks = [next(queues[kind]) for kind in order]
+    # whitespace alone is refused (see _anthropic_user_content)
+    return [b for b in blocks if b["type"] != "text" or str(b["text"]).strip()]
 
 
 def _turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
