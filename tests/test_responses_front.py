@@ -47,7 +47,7 @@ provider = "oai"
 capabilities = ["tools", "vision", "json"]
 [models."ant/claude"]
 provider = "ant"
-capabilities = ["tools", "vision", "json"]
+capabilities = ["tools", "vision", "json", "reasoning"]
 [chains.ant_first]
 models = ["ant/claude", "oai/gpt"]
 [routing]
@@ -573,3 +573,61 @@ async def test_stored_response_endpoints_are_json_404s(rig: Any) -> None:
         await d.openai.responses.cancel("resp_1")
     resp = await d.http.get("/v1/responses")
     assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_reasoning_effort_gets_anthropic_thinking_back_as_a_reasoning_item(
+        rig: Any) -> None:
+    oai, ant, d = rig
+    r = await d.openai.responses.create(model="ant/claude", input="think", max_output_tokens=4096,
+                                        reasoning={"effort": "low", "summary": "auto"})
+    assert sent(oai, ant, "ant/claude")["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert [i.type for i in r.output] == ["reasoning", "message"]
+    assert r.output[0].summary[0].text == ant.thinking
+    assert r.reasoning is not None and r.reasoning.effort == "low"
+    async with d.openai.responses.stream(model="ant/claude", input="think",
+                                         max_output_tokens=4096,
+                                         reasoning={"effort": "low"}) as stream:
+        deltas = [e.delta async for e in stream
+                  if e.type == "response.reasoning_summary_text.delta"]
+        final = await stream.get_final_response()
+    assert "".join(deltas) == ant.thinking
+    assert [i.type for i in final.output] == ["reasoning", "message"]
+    assert final.output_text == ANT_REPLY
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_agents_sdk_turn_is_served_by_either_kind(rig: Any, model: str) -> None:
+    """The body the OpenAI Agents SDK sends on the turn after a tool call (its
+    _build_response_create_kwargs): include always present, the history with item ids,
+    statuses and a reasoning item, structured output as text.format, parallel calls off."""
+    oai, ant, d = rig
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"], "additionalProperties": False}
+    body = {
+        "model": model, "instructions": "You are a weather agent.", "include": [],
+        "input": [
+            {"content": "weather in Paris?", "role": "user"},
+            {"id": "rs_1", "summary": [], "type": "reasoning"},
+            {"id": "msg_1", "content": [{"annotations": [], "text": "Let me check.",
+                                         "type": "output_text", "logprobs": []}],
+             "role": "assistant", "status": "completed", "type": "message"},
+            {"arguments": "{\"city\":\"Paris\"}", "call_id": "call_a1", "name": "get_weather",
+             "type": "function_call", "id": "fc_1", "status": "completed"},
+            {"call_id": "call_a1", "output": "sunny", "type": "function_call_output"}],
+        "tools": [WEATHER], "parallel_tool_calls": False, "tool_choice": "auto",
+        "text": {"format": {"type": "json_schema", "name": "final_output", "schema": schema,
+                            "strict": True}},
+        "metadata": {"run": "1"}, "store": True, "stream": True}
+    async with d.http.stream("POST", "/v1/responses", json=body) as resp:
+        assert resp.status_code == 200
+        data = b"".join([c async for c in resp.aiter_bytes()])
+    assert b"event: response.completed" in data
+    sent_body = sent(oai, ant, model)
+    if model == "oai/gpt":
+        assert sent_body["response_format"]["json_schema"]["name"] == "final_output"
+        assert sent_body["parallel_tool_calls"] is False
+        assert [m["role"] for m in sent_body["messages"]] == ["system", "user", "assistant",
+                                                               "tool"]
+    else:
+        assert sent_body["output_config"]["format"]["schema"] == schema
+        assert [m["role"] for m in sent_body["messages"]] == ["user", "assistant", "user"]
