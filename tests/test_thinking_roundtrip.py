@@ -264,7 +264,7 @@ def test_litellm_style_deltas_do_not_repeat_the_thinking() -> None:
     assert raw.count(b'"thinking_delta"') == 1 and raw.count(b'"signature_delta"') == 1
 
 
-def test_unsigned_thinking_is_dropped_and_keeps_thinking_off_mid_loop() -> None:
+def test_unsigned_thinking_never_reaches_anthropic_and_keeps_thinking_off_mid_loop() -> None:
     canonical = anthropic_to_canonical({
         "model": "m", "max_tokens": 4096, "thinking": THINK, "tools": [TOOL], "messages": [
             ASK, {"role": "assistant", "content": [
@@ -273,7 +273,9 @@ def test_unsigned_thinking_is_dropped_and_keeps_thinking_off_mid_loop() -> None:
                  "input": {"city": "Paris"}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
                                           "content": "18C"}]}]})
-    assert "thinking_blocks" not in canonical["messages"][1]
+    # kept unsigned, for a model that wants its reasoning back (see test_reasoning_replay.py)
+    assert canonical["messages"][1]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "from elsewhere", "signature": ""}]
     upstream = canonical_to_anthropic(canonical, "claude-x")
     assert "thinking" not in upstream
     assert upstream["messages"][1]["content"][0]["type"] == "tool_use"

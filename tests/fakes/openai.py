@@ -161,6 +161,10 @@ class FakeOpenAI(FakeServer[Logged]):
     call_text: str | None = None
     parallel: int = 1
     calls_after_result: bool = False
+    # DeepSeek's thinking mode: answers carry this reasoning_content (streamed first), and
+    # every assistant turn with tool calls must come back with its reasoning_content, or the
+    # request is DeepSeek's 400
+    thinking: str | None = None
 
     errors = ERRORS
     url_path = "/v1"
@@ -190,7 +194,7 @@ class FakeOpenAI(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self.requests.append(Logged(request.path, dict(request.headers), body))
         behaviour = self._next()
-        refusal = _unknown_field(body) or _invalid_messages(body)
+        refusal = _unknown_field(body) or _invalid_messages(body) or self._reasoning_missing(body)
         if refusal is not None:
             return web.Response(status=400, body=_err(refusal, "invalid_request_error", None),
                                 content_type="application/json")
@@ -212,6 +216,15 @@ class FakeOpenAI(FakeServer[Logged]):
         return bool(body.get("tools")) and body.get("tool_choice") != "none" and (
             self.calls_after_result or messages[-1].get("role") != "tool")
 
+    def _reasoning_missing(self, body: dict[str, Any]) -> str | None:
+        if self.thinking is None:
+            return None
+        for message in body.get("messages") or []:
+            if isinstance(message, dict) and message.get("role") == "assistant" \
+                    and message.get("tool_calls") and not message.get("reasoning_content"):
+                return "The reasoning_content in the thinking mode must be passed back to the API."
+        return None
+
     def _id(self, k: int) -> str:
         return self.call_id if k == 0 else f"{self.call_id}_{k + 1}"
 
@@ -229,6 +242,8 @@ class FakeOpenAI(FakeServer[Logged]):
                 "function": {"name": name, "arguments": self._arguments(k)}}
                 for k in range(self.parallel)]}
             finish = "tool_calls"
+        if self.thinking is not None:
+            message["reasoning_content"] = self.thinking
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model"), "system_fingerprint": "fp_fake",
                 "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -267,6 +282,8 @@ class FakeOpenAI(FakeServer[Logged]):
             await resp.write(b"data: [DONE]\n\n")
             return resp
         await send({"role": "assistant", "content": ""})
+        if self.thinking is not None:
+            await send({"reasoning_content": self.thinking})
         if self._wants_tool_call(body):
             if self.call_text:
                 await send({"content": self.call_text})

@@ -106,6 +106,27 @@ def _anthropic_only(message: Any) -> bool:
         isinstance(c, dict) and "cache_control" in c for c in calls)
 
 
+# the reasoning_content of a tool-calling turn that has none to give (another provider served
+# it without reasoning): DeepSeek refuses an empty one as it refuses a missing one
+REASONING_PLACEHOLDER = "."
+
+
+def _with_reasoning(messages: list[Any]) -> list[Any]:
+    """Every assistant turn with tool calls given a reasoning_content: its own, else the text
+    of its thinking (an Anthropic client's, or Anthropic's), else a placeholder."""
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls"):
+            reasoning = m.get("reasoning_content")
+            if not (isinstance(reasoning, str) and reasoning):
+                blocks = m.get("thinking_blocks")
+                text = "".join(str(b.get("thinking") or "") for b in blocks
+                               if isinstance(b, dict)) if isinstance(blocks, list) else ""
+                m = {**m, "reasoning_content": text or REASONING_PLACEHOLDER}
+        out.append(m)
+    return out
+
+
 def _without_cache(item: Any) -> Any:
     if isinstance(item, dict) and "cache_control" in item:
         return {k: v for k, v in item.items() if k != "cache_control"}
@@ -172,6 +193,20 @@ class OpenAIProvider:
             "Authorization", f"Bearer {config.api_key}")
         self._headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        # models that refused a tool loop without each turn's reasoning_content (DeepSeek's
+        # thinking mode): learned from their 400, then sent it with every request
+        self.reasoning_back: set[str] = set()
+
+    def _learned(self, exc: UpstreamError, model: ModelConfig) -> bool:
+        """Whether ``exc`` is a model asking for its reasoning back in a tool loop, seen for
+        the first time: the request is then sent again with it (see _with_reasoning)."""
+        if exc.status != 400 or model.id in self.reasoning_back \
+                or "reasoning_content" not in exc.message:
+            return False
+        self.reasoning_back.add(model.id)
+        logger.info("%s wants each tool-calling turn's reasoning_content back: sending it from "
+                    "now on (%s)", model.id, exc.message)
+        return True
 
     # ------------------------------------------------------------------ errors
 
@@ -198,6 +233,8 @@ class OpenAIProvider:
         payload["model"] = model.name
         payload.pop("failoverd", None)
         messages = payload.get("messages")
+        if model.id in self.reasoning_back and isinstance(messages, list):
+            payload["messages"] = messages = _with_reasoning(messages)
         if isinstance(messages, list) and any(map(_anthropic_only, messages)):
             # Anthropic's signed thinking and prompt-caching breakpoints (kept for Anthropic
             # upstreams): OpenAI refuses unknown message fields, and no other model uses them
@@ -230,9 +267,19 @@ class OpenAIProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=name, model=model.id)
+        try:
+            raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
+                              data=data, total=limits.total, connect=limits.connect,
+                              failure=self._failure, provider=name, model=model.id)
+        except UpstreamError as exc:
+            if not self._learned(exc, model):
+                raise
+            # the refusal came at once: the same limits again, within the request's deadline
+            # (the attempt limits are already cut to it)
+            raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
+                              data=self._payload(body, model, stream=False),
+                              total=limits.total, connect=limits.connect,
+                              failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not parsed.get("choices"):
             raise self._body_error(raw, parsed, model.id, "200 with an unparsable or empty body")
@@ -272,10 +319,19 @@ class OpenAIProvider:
         data = self._payload(body, model, stream=True)
         name = self.config.name
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(self._client, self._chat_url, data=data,
-                                 headers=self._stream_headers, first_deadline=first_deadline,
-                                 connect=limits.connect, failure=self._failure, provider=name,
-                                 model=model.id)
+        try:
+            resp = await open_stream(self._client, self._chat_url, data=data,
+                                     headers=self._stream_headers,
+                                     first_deadline=first_deadline, connect=limits.connect,
+                                     failure=self._failure, provider=name, model=model.id)
+        except UpstreamError as exc:
+            if not self._learned(exc, model):
+                raise
+            resp = await open_stream(self._client, self._chat_url,
+                                     data=self._payload(body, model, stream=True),
+                                     headers=self._stream_headers,
+                                     first_deadline=first_deadline, connect=limits.connect,
+                                     failure=self._failure, provider=name, model=model.id)
         clean = False
         try:
             if resp.headers.get("Content-Type", "").split(";")[0].strip().lower() \

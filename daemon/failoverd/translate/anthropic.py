@@ -46,7 +46,10 @@ Decisions, so every translator and operator can rely on them:
   OpenAI-compatible one strips them (OpenAI refuses unknown message fields), Gemini's and
   Ollama's never read them.
 * Other reasoning in answers (DeepSeek/vLLM ``reasoning_content``) reaches Anthropic clients
-  as ``thinking`` blocks with an empty signature, streamed and not.
+  as ``thinking`` blocks with an empty signature, streamed and not. Replayed, such a block
+  stays in ``thinking_blocks`` with its empty signature: never sent to Anthropic, it is the
+  ``reasoning_content`` the OpenAI-compatible adapter gives a model that wants its reasoning
+  back in a tool loop (DeepSeek's thinking mode; see providers.openai).
 * ``tool_result.is_error`` has no canonical field; the result text is kept as is.
 * A ``stop_sequence`` stop travels as a string ``stop_reason`` beside ``finish_reason: "stop"``
   (vLLM's OpenAI-compatible field), so Anthropic clients get ``stop_reason: "stop_sequence"``

@@ -303,10 +303,16 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
                 "name": name, "arguments": orjson.dumps(tool_input).decode()}}, block, bpath))
         elif kind in ("thinking", "redacted_thinking"):
             kept = signed_block(block)
-            if kept is not None:  # unsigned ones cannot go back to Anthropic: dropped
+            if kept is not None:
                 thinking.append(kept)
             else:
+                # unsigned (another provider's reasoning, echoed back): it cannot go back to
+                # Anthropic, but a model that wants its reasoning back in a tool loop
+                # (DeepSeek's thinking mode) gets it as reasoning_content
                 order[-1] = ""
+                text = block.get("thinking")
+                if kind == "thinking" and isinstance(text, str) and text:
+                    thinking.append({"type": "thinking", "thinking": text, "signature": ""})
         else:
             raise TranslationError(f"{bpath}.type: {kind!r} blocks have no equivalent in the "
                                    "canonical form", param=f"{bpath}.type")
