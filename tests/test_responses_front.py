@@ -544,9 +544,6 @@ def test_an_empty_stream_still_completes_with_an_empty_message() -> None:
 
 # ------------------------------------------------------------------ left to other modules
 
-@pytest.mark.xfail(strict=True, reason="api/drain.py: _cut_reply ends every non-Anthropic "
-                   "stream with a Chat Completions error chunk (data: {\"error\"}), not the "
-                   "Responses API's error + response.failed events")
 async def test_a_stream_cut_by_the_drain_ends_in_the_responses_shape(
         fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
     oai = await fake_openai(default="slow_stream:0.3")

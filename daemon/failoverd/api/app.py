@@ -83,7 +83,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                                "method_not_allowed", headers={"Allow": allowed})
         return front.error(404, "invalid_request_error",
                            f"{where}: failoverd serves no such endpoint (proxied: POST "
-                           "/v1/chat/completions and POST /v1/messages)", "unknown_url")
+                           "/v1/chat/completions, POST /v1/messages and POST /v1/responses)",
+                           "unknown_url")
     except web.HTTPException:
         raise  # an answer of aiohttp's own
     except Exception:

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from failoverd.api.access import refusal
-from failoverd.api.fronts import ANTHROPIC, OPENAI
+from failoverd.api.fronts import ANTHROPIC, OPENAI, StreamEncoder
 from failoverd.api.service import SERVICE, Service
 from failoverd.translate.anthropic_stream import error_event as anthropic_error_event
 
@@ -24,6 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The streaming response of a request, set by the handler once it has prepared one.
 STREAM_RESPONSE = web.RequestKey("stream_response", web.StreamResponse)
+# ... and its encoder: a cut ends the stream with an error event in the client's API shape
+STREAM_ENCODER = web.RequestKey("stream_encoder", StreamEncoder)
 
 
 class StreamOpener(abc.ABC):
@@ -126,8 +128,11 @@ async def _cut_reply(request: web.Request,
     if resp is None or not resp.prepared:
         return shutting_down(anthropic)
     if resp.content_type == "text/event-stream":
+        encoder = request.get(STREAM_ENCODER)
         if anthropic:
             event = anthropic_error_event("overloaded_error", _SHUTDOWN_MESSAGE)
+        elif encoder is not None:  # the Responses API's error and response.failed events
+            event = encoder.error("shutting_down", _SHUTDOWN_MESSAGE)
         else:
             event = OPENAI.encoder("").error("shutting_down", _SHUTDOWN_MESSAGE)
         try:

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from failoverd.api.body import read_json
-from failoverd.api.drain import STREAM_OPENER, STREAM_RESPONSE
+from failoverd.api.drain import STREAM_ENCODER, STREAM_OPENER, STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, RESPONSES, FrontEnd
 from failoverd.api.replies import JSON, header_value, outcome_headers, retry_after_header
 from failoverd.api.service import SERVICE
@@ -210,6 +210,7 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
     resp = opener.open_stream(headers) if opener is not None else web.StreamResponse(
         headers=headers)
     request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
+    request[STREAM_ENCODER] = encoder
     client = _Client(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
     error: UpstreamError | None = None
     usage = _usage(start.first, None)
