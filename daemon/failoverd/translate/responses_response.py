@@ -95,6 +95,10 @@ def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def refusal_part(text: str) -> dict[str, Any]:
+    return {"type": "refusal", "refusal": text}
+
+
 def message_item(item_id: str, parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant",
             "content": parts}
@@ -134,7 +138,7 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
     if isinstance(content, str) and content or not calls and not refusal:
         parts.append(text_part(content if isinstance(content, str) else ""))
     if isinstance(refusal, str) and refusal:
-        parts.append({"type": "refusal", "refusal": refusal})
+        parts.append(refusal_part(refusal))
     if parts:
         output.append(message_item(new_id("msg_"), parts, status))
     for call in calls:

@@ -31,6 +31,7 @@ from failoverd.translate.responses_response import (
     message_item,
     new_id,
     reasoning_item,
+    refusal_part,
     response_object,
     responses_usage,
     text_part,
@@ -42,12 +43,30 @@ logger = logging.getLogger(__name__)
 _ERROR_CODES = {"rate_limit": "rate_limit_exceeded"}
 
 
+class _Part:
+    """A message's content part: ``output_text`` or ``refusal``, with its text so far."""
+
+    __slots__ = ("kind", "chunks")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.chunks: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def as_output(self) -> dict[str, Any]:
+        return text_part(self.text) if self.kind == "output_text" else refusal_part(self.text)
+
+
 class _Item:
-    __slots__ = ("kind", "index", "id", "parts", "call_id", "name", "done")
+    __slots__ = ("kind", "index", "id", "parts", "content", "call_id", "name", "done")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind, self.index, self.id = kind, index, item_id
-        self.parts: list[str] = []  # text, reasoning summary or arguments so far
+        self.parts: list[str] = []  # reasoning summary or arguments so far
+        self.content: list[_Part] = []  # a message's parts, the last one open
         self.call_id = ""
         self.name = ""
         self.done = False
@@ -58,7 +77,7 @@ class _Item:
 
     def as_output(self, status: str) -> dict[str, Any]:
         if self.kind == "message":
-            return message_item(self.id, [text_part(self.text)], status)
+            return message_item(self.id, [p.as_output() for p in self.content], status)
         if self.kind == "reasoning":
             return reasoning_item(self.id, self.text)
         return call_item(self.id, self.call_id, self.name, self.text, status)
@@ -132,7 +151,10 @@ class ResponsesStreamEncoder:
                 out += self._reasoning(reasoning)
             text = delta.get("content")
             if isinstance(text, str) and text:
-                out += self._text(text)
+                out += self._content("output_text", text)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                out += self._content("refusal", refusal)
             for k, call in enumerate(delta.get("tool_calls") or ()):
                 if isinstance(call, dict):
                     out += self._call(call, k)
@@ -169,20 +191,49 @@ class ResponsesStreamEncoder:
             "item_id": item.id, "output_index": item.index, "summary_index": 0,
             "delta": text})
 
-    def _text(self, text: str) -> bytes:
+    def _message(self) -> tuple[_Item, bytes]:
         item = self._current("message")
-        out = b""
-        if item is None:
-            item, out = self._add("message", "msg_")
-            out += self._event("response.output_item.added", {
-                "output_index": item.index, "item": message_item(item.id, [], "in_progress")})
-            out += self._event("response.content_part.added", {
-                "item_id": item.id, "output_index": item.index, "content_index": 0,
-                "part": text_part("")})
-        item.parts.append(text)
-        return out + self._event("response.output_text.delta", {
-            "item_id": item.id, "output_index": item.index, "content_index": 0,
-            "delta": text, "logprobs": []})
+        if item is not None:
+            return item, b""
+        item, out = self._add("message", "msg_")
+        return item, out + self._event("response.output_item.added", {
+            "output_index": item.index, "item": message_item(item.id, [], "in_progress")})
+
+    def _content(self, kind: str, text: str) -> bytes:
+        """A delta of the message's text or refusal: a part of that kind opens (closing the
+        other kind's) when the open one is not of it."""
+        item, out = self._message()
+        part = item.content[-1] if item.content else None
+        if part is None or part.kind != kind:
+            if part is not None:
+                out += self._close_part(item)
+            out += self._open_part(item, kind)
+            part = item.content[-1]
+        part.chunks.append(text)
+        base = {"item_id": item.id, "output_index": item.index,
+                "content_index": len(item.content) - 1, "delta": text}
+        if kind == "refusal":
+            return out + self._event("response.refusal.delta", base)
+        return out + self._event("response.output_text.delta", {**base, "logprobs": []})
+
+    def _open_part(self, item: _Item, kind: str) -> bytes:
+        part = _Part(kind)
+        item.content.append(part)
+        return self._event("response.content_part.added", {
+            "item_id": item.id, "output_index": item.index,
+            "content_index": len(item.content) - 1, "part": part.as_output()})
+
+    def _close_part(self, item: _Item) -> bytes:
+        part = item.content[-1]
+        base = {"item_id": item.id, "output_index": item.index,
+                "content_index": len(item.content) - 1}
+        if part.kind == "refusal":
+            out = self._event("response.refusal.done", {**base, "refusal": part.text})
+        else:
+            out = self._event("response.output_text.done", {
+                **base, "text": part.text, "logprobs": []})
+        return out + self._event("response.content_part.done", {
+            **base, "part": part.as_output()})
 
     def _call(self, call: dict[str, Any], position: int) -> bytes:
         index = call.get("index")
@@ -220,11 +271,8 @@ class ResponsesStreamEncoder:
         base = {"item_id": item.id, "output_index": item.index}
         out = b""
         if item.kind == "message":
-            part = text_part(item.text)
-            out += self._event("response.output_text.done", {
-                **base, "content_index": 0, "text": item.text, "logprobs": []})
-            out += self._event("response.content_part.done", {
-                **base, "content_index": 0, "part": part})
+            if item.content:
+                out += self._close_part(item)
         elif item.kind == "reasoning":
             out += self._event("response.reasoning_summary_text.done", {
                 **base, "summary_index": 0, "text": item.text})
@@ -244,12 +292,8 @@ class ResponsesStreamEncoder:
         out = self._start({})
         self._done = True
         if not self._items:  # nothing said: an empty message, so output_text is ""
-            item, _ = self._add("message", "msg_")
-            out += self._event("response.output_item.added", {
-                "output_index": item.index, "item": message_item(item.id, [], "in_progress")})
-            out += self._event("response.content_part.added", {
-                "item_id": item.id, "output_index": item.index, "content_index": 0,
-                "part": text_part("")})
+            item, added = self._message()
+            out += added + self._open_part(item, "output_text")
         status = "incomplete" if self._finish in INCOMPLETE else "completed"
         for item in list(self._open):
             out += self._close(item, status)
