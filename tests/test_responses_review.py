@@ -17,7 +17,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from failoverd.translate.responses_response import response_echo
+from failoverd.translate.responses_response import canonical_to_responses, response_echo
 from failoverd.translate.responses_stream import ResponsesStreamEncoder
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -91,3 +91,26 @@ def test_text_then_a_refusal_are_two_parts_of_one_message() -> None:
     assert [e["content_index"] for e in done] == [0, 1]
     [message] = completed_output([delta(content="Sure"), delta(refusal="no"), finish("stop")])
     assert [p["type"] for p in message["content"]] == ["output_text", "refusal"]
+
+
+# ------------------------------------------------------------------ calls without arguments
+
+def test_a_call_without_arguments_has_the_empty_object() -> None:
+    """An upstream that streams a call's name and no argument deltas (or "") gave
+    ``arguments: ""``, which the Agents SDK's json.loads refuses; OpenAI sends "{}"."""
+    chunks = [delta(tool_calls=[{"index": 0, "id": "call_a", "type": "function",
+                                 "function": {"name": "now", "arguments": ""}}]),
+              finish("tool_calls")]
+    events, final = stream(chunks)
+    deltas = "".join(e["delta"] for e in events
+                     if e["type"] == "response.function_call_arguments.delta")
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert deltas == done["arguments"] == "{}"
+    assert final.output[0].arguments == "{}"
+    r = canonical_to_responses({"choices": [{"index": 0, "finish_reason": "tool_calls",
+                                             "message": {"role": "assistant", "tool_calls": [
+                                                 {"id": "call_a", "type": "function",
+                                                  "function": {"name": "now",
+                                                               "arguments": ""}}]}}]},
+                               "m", response_echo(None))
+    assert r["output"][0]["arguments"] == "{}"

@@ -112,7 +112,7 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str,
 
 def _arguments(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value or "{}"  # none at all: the empty object OpenAI gives, which parses
     return orjson.dumps(value if value is not None else {}).decode()
 
 

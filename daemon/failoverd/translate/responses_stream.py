@@ -280,6 +280,12 @@ class ResponsesStreamEncoder:
                 **base, "summary_index": 0,
                 "part": {"type": "summary_text", "text": item.text}})
         else:
+            if not item.parts:
+                # a call without arguments (some upstreams send none, or ""): "{}", as
+                # OpenAI's own, so a client's json.loads of them gets its empty object
+                item.parts.append("{}")
+                out += self._event("response.function_call_arguments.delta", {
+                    **base, "delta": "{}"})
             out += self._event("response.function_call_arguments.done", {
                 **base, "name": item.name, "arguments": item.text})
         return out + self._event("response.output_item.done", {
