@@ -114,3 +114,25 @@ def test_a_call_without_arguments_has_the_empty_object() -> None:
                                                                "arguments": ""}}]}}]},
                                "m", response_echo(None))
     assert r["output"][0]["arguments"] == "{}"
+
+
+# ------------------------------------------------------------------ reasoning
+
+def test_reasoning_under_its_other_name_is_a_reasoning_item() -> None:
+    """vLLM, Ollama, OpenRouter and LM Studio name the reasoning ``reasoning``, not
+    ``reasoning_content``: it was dropped."""
+    [item, message] = completed_output([delta(reasoning="let me think"),
+                                        delta(content="42"), finish("stop")])
+    assert item["type"] == "reasoning"
+    assert item["summary"] == [{"type": "summary_text", "text": "let me think"}]
+    assert message["content"][0]["text"] == "42"
+    r = canonical_to_responses({"choices": [{"index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant", "content": "42",
+                                                         "reasoning": "let me think"}}]},
+                               "m", response_echo(None))
+    assert [i["type"] for i in r["output"]] == ["reasoning", "message"]
+    assert r["output"][0]["summary"][0]["text"] == "let me think"
+    # both names (vLLM 0.10 sends both): one item, not the text twice
+    [item, _] = completed_output([delta(reasoning_content="a", reasoning="a"),
+                                  delta(content="b"), finish("stop")])
+    assert item["summary"][0]["text"] == "a"

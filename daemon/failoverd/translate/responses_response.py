@@ -2,7 +2,8 @@
 
 The response object repeats the settings of the request (tools, tool_choice, instructions,
 text, reasoning, metadata, ...) as OpenAI's does; ``model`` is the id of the model that served.
-Output items: a ``reasoning`` item (summary text) when the answer has ``reasoning_content``,
+Output items: a ``reasoning`` item (summary text) when the answer has ``reasoning_content``
+(or ``reasoning``),
 a ``message`` item with one ``output_text`` part (or a ``refusal`` part), then one
 ``function_call`` item per tool call. A ``length`` finish is ``status: "incomplete"`` with
 ``incomplete_details.reason: "max_output_tokens"``, a ``content_filter`` one the same with
@@ -91,6 +92,17 @@ def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
             "summary": [{"type": "summary_text", "text": text}] if text else []}
 
 
+def reasoning_text(message: dict[str, Any]) -> str:
+    """A canonical message's (or delta's) reasoning: ``reasoning_content`` (DeepSeek's,
+    LiteLLM's, failoverd's translations), else ``reasoning`` (the name vLLM, Ollama,
+    OpenRouter and LM Studio give it)."""
+    for key in ("reasoning_content", "reasoning"):
+        text = message.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -126,8 +138,8 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
     finish = choice.get("finish_reason") if isinstance(choice, dict) else None
     status = "incomplete" if finish in INCOMPLETE else "completed"
     output: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
+    reasoning = reasoning_text(message)
+    if reasoning:
         output.append(reasoning_item(new_id("rs_"), reasoning))
     content, refusal = message.get("content"), message.get("refusal")
     if isinstance(content, list):  # a few compatible servers answer with parts

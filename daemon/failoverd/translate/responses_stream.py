@@ -31,6 +31,7 @@ from failoverd.translate.responses_response import (
     message_item,
     new_id,
     reasoning_item,
+    reasoning_text,
     refusal_part,
     response_object,
     responses_usage,
@@ -146,8 +147,8 @@ class ResponsesStreamEncoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content")
-            if isinstance(reasoning, str) and reasoning:
+            reasoning = reasoning_text(delta)
+            if reasoning:
                 out += self._reasoning(reasoning)
             text = delta.get("content")
             if isinstance(text, str) and text:
