@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from openai._models import construct_type
 from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from failoverd.translate.responses_front import responses_to_canonical
 from failoverd.translate.responses_response import canonical_to_responses, response_echo
 from failoverd.translate.responses_stream import ResponsesStreamEncoder
+from tests.fakes.openai import FakeOpenAI
+from tests.test_responses_front import WEATHER, config
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 
@@ -136,3 +140,96 @@ def test_reasoning_under_its_other_name_is_a_reasoning_item() -> None:
     [item, _] = completed_output([delta(reasoning_content="a", reasoning="a"),
                                   delta(content="b"), finish("stop")])
     assert item["summary"][0]["text"] == "a"
+
+
+# ------------------------------------------------------------------ reasoning sent back
+
+THOUGHT = "The user wants Paris weather; call get_weather."
+
+
+def test_a_replayed_reasoning_item_is_the_next_assistant_turns_unsigned_thinking() -> None:
+    """The Agents SDK sends every output item back; a reasoning item's text goes with the
+    assistant turn after it (thinking_blocks, unsigned: never sent to Anthropic, the
+    reasoning_content of a model that asks for it back), not dropped."""
+    out = responses_to_canonical({"model": "m", "input": [
+        {"role": "user", "content": "weather?"},
+        {"id": "rs_1", "type": "reasoning", "encrypted_content": None,
+         "summary": [{"type": "summary_text", "text": "first"},
+                     {"type": "summary_text", "text": "second"}]},
+        {"id": "fc_1", "type": "function_call", "status": "completed", "call_id": "c1",
+         "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"id": "rs_2", "type": "reasoning", "summary": [], "content": [
+            {"type": "reasoning_text", "text": "raw"}]},
+        {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "Sunny.", "annotations": []}]},
+        {"id": "rs_3", "type": "reasoning", "summary": []},  # no text: nothing to carry
+        {"role": "user", "content": "thanks"},
+        {"id": "rs_4", "type": "reasoning", "summary": [
+            {"type": "summary_text", "text": "orphan"}]}]})  # no turn after it
+    assistant = [m for m in out["messages"] if m["role"] == "assistant"]
+    assert assistant[0]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "first\n\nsecond", "signature": ""}]
+    assert assistant[0]["tool_calls"][0]["id"] == "c1"
+    assert assistant[1]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "raw", "signature": ""}]
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "tool",
+                                                    "assistant", "user"]
+    assert all("thinking_blocks" not in m for m in out["messages"] if m["role"] != "assistant")
+    # text then a call in one turn: the reasoning between them joins that turn
+    out = responses_to_canonical({"model": "m", "input": [
+        {"role": "user", "content": "x"},
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": "Checking."}]},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]})
+    assert out["messages"][-1]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "t", "signature": ""}]
+
+
+async def test_deepseek_in_thinking_mode_gets_its_reasoning_back_from_the_reasoning_item(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """An Agents SDK tool loop on DeepSeek's thinking mode: the next turn's history has the
+    reasoning item; DeepSeek's 400 for a turn without its reasoning_content is learned, and
+    the request sent again carries the item's text, not the placeholder."""
+    deepseek: FakeOpenAI = await fake_openai(thinking=THOUGHT)
+    d = await start_daemon(config(deepseek, await fake_anthropic()))
+    first = await d.openai.responses.create(model="oai/gpt", input="weather in Paris?",
+                                            tools=[WEATHER])
+    assert [i.type for i in first.output] == ["reasoning", "function_call"]
+    call = first.output[1]
+    history: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    history += [{**i.model_dump(exclude_none=True), "encrypted_content": None}
+                if i.type == "reasoning" else i.model_dump(exclude_none=True)
+                for i in first.output]
+    history.append({"type": "function_call_output", "call_id": call.call_id,
+                    "output": "sunny"})
+    before = len(deepseek.chat_requests())
+    async with d.openai.responses.stream(model="oai/gpt", input=history,
+                                         tools=[WEATHER]) as events:
+        second = await events.get_final_response()
+    assert second.output_text == deepseek.reply
+    refused, accepted = deepseek.chat_requests()[before:]
+    turns = [m for m in accepted.body["messages"] if m["role"] == "assistant"]
+    assert turns[0]["reasoning_content"] == THOUGHT
+    assert "thinking_blocks" not in turns[0]  # never sent as such
+    assert all("thinking_blocks" not in m and "reasoning_content" not in m
+               for m in refused.body["messages"])  # not to a model that did not ask
+
+
+async def test_the_reasoning_item_never_reaches_an_upstream_that_did_not_ask(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    oai = await fake_openai()
+    ant = await fake_anthropic()
+    d = await start_daemon(config(oai, ant))
+    history = [{"role": "user", "content": "weather?"},
+               {"id": "rs_1", "type": "reasoning", "summary": [
+                   {"type": "summary_text", "text": THOUGHT}]},
+               {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+                "arguments": "{\"city\":\"Paris\"}"},
+               {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    for model in ("oai/gpt", "ant/claude"):
+        r = await d.openai.responses.create(model=model, input=history, tools=[WEATHER])
+        assert r.status == "completed"
+    assert THOUGHT.encode() not in orjson.dumps(oai.chat_requests()[-1].body)
+    assert THOUGHT.encode() not in orjson.dumps(ant.message_requests()[-1].body)

@@ -6,7 +6,12 @@ tools, sampling and output settings. What needs state kept at OpenAI (``previous
 ``conversation``, ``background``, stored prompts, item references, uploaded files) or a tool
 run by OpenAI (web_search, file_search, computer_use, code_interpreter, mcp, ...) is a 400
 naming the field: no other provider could honour it, and dropping it would answer a different
-question. Reasoning items sent back are accepted and dropped (nothing to replay them to).
+question. A reasoning item sent back (the Agents SDK replays every output item) carries its
+text to the assistant turn after it, as that message's ``thinking_blocks`` entry
+``{"type": "thinking", "thinking": text, "signature": ""}``: unsigned, it never goes to
+Anthropic, and the OpenAI-compatible adapter gives it as ``reasoning_content`` only to a model
+that asked for its reasoning back (DeepSeek's thinking mode); a reasoning item with no text, or
+with no assistant turn after it, is dropped.
 
 Decisions:
 
@@ -117,8 +122,9 @@ def responses_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw_input, str):
         messages.append({"role": "user", "content": raw_input})
     elif raw_input is not None:
+        thinking: list[dict[str, Any]] = []  # reasoning items waiting for their turn
         for i, item in enumerate(as_list(raw_input, "input")):
-            _input_item(item, f"input[{i}]", messages)
+            _input_item(item, f"input[{i}]", messages, thinking)
     if not any(m["role"] != "system" for m in messages):
         raise RequestError("input: required: a string or a non-empty array of items",
                            param="input")
@@ -183,11 +189,37 @@ def _check_include(include: Any) -> None:
             raise _refuse(f"{value!r} is not served by failoverd", f"include[{i}]")
 
 
-def _input_item(item: Any, path: str, messages: list[dict[str, Any]]) -> None:
+def _reasoning_text(item: dict[str, Any], path: str) -> str:
+    """A reasoning item's text: its summary's, else its content's (reasoning_text parts)."""
+    for key in ("summary", "content"):
+        value = item.get(key)
+        if value is None:
+            continue
+        texts = [_text(as_dict(p, f"{path}.{key}[{j}]"), "text", f"{path}.{key}[{j}]")
+                 for j, p in enumerate(as_list(value, f"{path}.{key}"))]
+        if any(texts):
+            return "\n\n".join(t for t in texts if t)
+    return ""
+
+
+def _with_thinking(message: dict[str, Any], thinking: list[dict[str, Any]]) -> None:
+    """The reasoning items before an assistant turn, on it; consumed."""
+    if thinking:
+        message.setdefault("thinking_blocks", []).extend(thinking)
+        thinking.clear()
+
+
+def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
+                thinking: list[dict[str, Any]]) -> None:
     item = as_dict(item, path)
     kind = item.get("type", "message")
     if kind == "message":
-        messages.append(_message(item, path))
+        message = _message(item, path)
+        if message["role"] == "assistant":
+            _with_thinking(message, thinking)
+        else:
+            thinking.clear()  # reasoning with no answer of its own: nothing to carry it
+        messages.append(message)
     elif kind == "function_call":
         call_id = _string(item.get("call_id"), f"{path}.call_id", required=True)
         name = _string(item.get("name"), f"{path}.name", required=True)
@@ -203,8 +235,11 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]]) -> None:
             if last["content"] == "":
                 last["content"] = None
         else:
-            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            last = {"role": "assistant", "content": None, "tool_calls": [call]}
+            messages.append(last)
+        _with_thinking(last, thinking)
     elif kind == "function_call_output":
+        thinking.clear()
         call_id = _string(item.get("call_id"), f"{path}.call_id", required=True)
         output = item.get("output")
         content: str | list[dict[str, Any]]
@@ -217,7 +252,9 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]]) -> None:
                 content = "".join(p["text"] for p in content)
         messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
     elif kind == "reasoning":
-        pass  # another turn's reasoning: nothing behind failoverd can take it back
+        text = _reasoning_text(item, path)
+        if text:
+            thinking.append({"type": "thinking", "thinking": text, "signature": ""})
     elif kind == "item_reference":
         raise _refuse("item references need items stored at OpenAI: send the item itself",
                       f"{path}.type")
