@@ -233,3 +233,33 @@ async def test_the_reasoning_item_never_reaches_an_upstream_that_did_not_ask(
         assert r.status == "completed"
     assert THOUGHT.encode() not in orjson.dumps(oai.chat_requests()[-1].body)
     assert THOUGHT.encode() not in orjson.dumps(ant.message_requests()[-1].body)
+
+
+# ------------------------------------------------------------------ max_output_tokens
+
+async def test_a_cut_in_the_last_of_two_calls_makes_only_that_call_incomplete(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """max_output_tokens hit halfway through the second of two parallel calls: the first call
+    is whole. Streamed, every call still open was done as incomplete and the final response
+    marked the text before them incomplete too (its output_item.done had said completed);
+    not streamed, the message was incomplete and every call completed."""
+    oai: FakeOpenAI = await fake_openai(default="length_in_call", call_text="Checking.")
+    oai.parallel = 2
+    d = await start_daemon(config(oai, await fake_anthropic()))
+    kwargs: dict[str, Any] = {"model": "oai/gpt", "input": "weather?", "tools": [WEATHER],
+                              "max_output_tokens": 30}
+    events = [e async for e in await d.openai.responses.create(**kwargs, stream=True)]
+    done = [(e.item.type, e.item.status) for e in events
+            if e.type == "response.output_item.done"]
+    assert done == [("message", "completed"), ("function_call", "completed"),
+                    ("function_call", "incomplete")]
+    assert events[-1].type == "response.incomplete"
+    assert [(i.type, i.status) for i in events[-1].response.output] == done
+    # not streamed (the fake cuts streams only): the same statuses
+    calls = [{"id": f"c{k}", "type": "function", "function": {"name": "f", "arguments": a}}
+             for k, a in enumerate(('{"a": 1}', '{"a"'))]
+    r = canonical_to_responses({"choices": [{"index": 0, "finish_reason": "length", "message": {
+        "role": "assistant", "content": "Checking.", "tool_calls": calls}}]},
+        "m", response_echo(None))
+    assert r["status"] == "incomplete"
+    assert [(i["type"], i["status"]) for i in r["output"]] == done

@@ -152,12 +152,14 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
     if isinstance(refusal, str) and refusal:
         parts.append(refusal_part(refusal))
     if parts:
-        output.append(message_item(new_id("msg_"), parts, status))
+        output.append(message_item(new_id("msg_"), parts, "completed"))
     for call in calls:
         function = _object(call.get("function"))
         call_id = call["id"] if isinstance(call.get("id"), str) else new_id("call_")
         output.append(call_item(new_id("fc_"), call_id, str(function.get("name") or ""),
                                 _arguments(function.get("arguments")), "completed"))
+    if status == "incomplete" and output and "status" in output[-1]:
+        output[-1]["status"] = "incomplete"  # the cut fell in the last item, being written
     created = completion.get("created")
     return response_object(new_id("resp_"),
                            created if isinstance(created, int) else int(time.time()),

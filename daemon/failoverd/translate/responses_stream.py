@@ -62,7 +62,8 @@ class _Part:
 
 
 class _Item:
-    __slots__ = ("kind", "index", "id", "parts", "content", "call_id", "name", "done")
+    __slots__ = ("kind", "index", "id", "parts", "content", "call_id", "name", "done",
+                 "status")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind, self.index, self.id = kind, index, item_id
@@ -71,6 +72,7 @@ class _Item:
         self.call_id = ""
         self.name = ""
         self.done = False
+        self.status = "in_progress"  # the status its response.output_item.done gave
 
     @property
     def text(self) -> str:
@@ -116,9 +118,9 @@ class ResponsesStreamEncoder:
 
     def _response(self, status: str, *, error: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
-        item_status = "completed" if status == "completed" else "incomplete"
-        output = [item.as_output(item_status) for item in self._items] \
-            if status != "in_progress" else []
+        # each item as its output_item.done event gave it; one never done was cut
+        output = [item.as_output(item.status if item.done else "incomplete")
+                  for item in self._items] if status != "in_progress" else []
         usage = responses_usage(self._usage) if status != "in_progress" else None
         response = response_object(self.response_id, self.created_at, self.model_id, status,
                                    output, usage, self.echo, finish=self._finish, error=error)
@@ -269,6 +271,7 @@ class ResponsesStreamEncoder:
     def _close(self, item: _Item, status: str = "completed") -> bytes:
         self._open.remove(item)
         item.done = True
+        item.status = status
         base = {"item_id": item.id, "output_index": item.index}
         out = b""
         if item.kind == "message":
@@ -302,8 +305,11 @@ class ResponsesStreamEncoder:
             item, added = self._message()
             out += added + self._open_part(item, "output_text")
         status = "incomplete" if self._finish in INCOMPLETE else "completed"
+        last = self._items[-1]
         for item in list(self._open):
-            out += self._close(item, status)
+            # the cut fell in the item being written, the last: the others were whole
+            out += self._close(item, "incomplete" if status == "incomplete" and item is last
+                               else "completed")
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         return out + self._event(kind, {"response": self._response(status)})
 
