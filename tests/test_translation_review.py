@@ -12,6 +12,7 @@ import anthropic
 import httpx2
 import pytest
 
+from failoverd.errors import TranslationError
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
@@ -215,3 +216,33 @@ async def test_structured_outputs_cross_both_fronts(rig) -> None:
                                      output_config={"verbosity": "low"})
     # (effort is taken: it guides adaptive thinking, tests/test_claude_code.py)
     assert info.value.body["error"]["param"] == "output_config.verbosity"
+
+
+def test_unknown_fields_set_to_null_are_fields_not_set() -> None:
+    from failoverd.translate.anthropic import anthropic_to_canonical
+    from failoverd.translate.responses_front import responses_to_canonical
+
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    assert anthropic_to_canonical({**body, "container": None}) == anthropic_to_canonical(body)
+    with pytest.raises(TranslationError, match="container: not supported"):
+        anthropic_to_canonical({**body, "container": "c_1"})
+    plain = {"model": "m", "input": "hi"}
+    assert responses_to_canonical({**plain, "context_management": None}) == \
+        responses_to_canonical(plain)
+    with pytest.raises(TranslationError, match="context_management"):
+        responses_to_canonical({**plain, "context_management": [{"type": "compaction"}]})
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_under_either_name_reaches_anthropic_clients(field: str) -> None:
+    from failoverd.translate.anthropic import (
+        AnthropicStreamEncoder,
+        canonical_to_anthropic_response,
+    )
+
+    answer = canonical_to_anthropic_response({"choices": [{"message": {
+        "role": "assistant", "content": "4", field: "2+2"}, "finish_reason": "stop"}]}, "m")
+    assert answer["content"][0] == {"type": "thinking", "thinking": "2+2", "signature": ""}
+    encoder = AnthropicStreamEncoder("m")
+    events = encoder.feed({"choices": [{"index": 0, "delta": {field: "2+2"}}]})
+    assert b'"thinking_delta"' in events and b"2+2" in events

@@ -55,8 +55,9 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    for key in body:
-        if key not in _FRONT_KEYS:
+    for key, value in body.items():
+        # a field set to null is a field not set (some clients send every field they know)
+        if key not in _FRONT_KEYS and value is not None:
             raise TranslationError(f"{key}: not supported by failoverd's translation",
                                    param=key)
     model = body.get("model")

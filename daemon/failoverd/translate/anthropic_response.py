@@ -129,7 +129,8 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     # can replay it; other reasoning (DeepSeek/vLLM reasoning_content) becomes a thinking
     # block with an empty signature, which cannot be replayed to Anthropic
     content: list[dict[str, Any]] = signed_blocks(message.get("thinking_blocks"))
-    reasoning = message.get("reasoning_content")
+    # (vLLM, Ollama, OpenRouter and LM Studio name it reasoning)
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
     if not content and isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")

@@ -117,7 +117,8 @@ class AnthropicStreamEncoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content")
+            # (vLLM, Ollama, OpenRouter and LM Studio name it reasoning; some send both)
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 out += self._thinking(reasoning)
             if "thinking_blocks" in delta:

@@ -108,7 +108,8 @@ def responses_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
     ``stream_options.include_usage``, so the response.completed event can report usage).
     """
     for key, value in body.items():
-        if key not in _FRONT_KEYS:
+        # a field set to null is a field not set: newer SDKs send some that way
+        if key not in _FRONT_KEYS and value is not None:
             raise TranslationError(f"{key}: not supported by failoverd's translation",
                                    param=key)
         if key in _STATEFUL and value not in (None, False):
