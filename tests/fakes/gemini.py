@@ -10,7 +10,9 @@ is logged in `fake.requests`. Reuse it from any test module with
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import base64
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -114,10 +116,17 @@ class FakeGemini(FakeServer[Logged]):
 
     With tools declared and no function result in the last turn the answer is
     `tool_calls` function calls of the first declared function.
+
+    With `thinking` (a thinking model, as Gemini 3 and 2.5 are; off with a thinkingBudget of
+    0) the first function call of an answer carries a `thoughtSignature` of its own making,
+    recorded in `signed`; a replayed function call with a signature it did not make (nor the
+    documented placeholder) is refused as the API refuses it.
     """
 
     reply: str = "Hello from the fake Gemini"
     tool_calls: int = 1
+    thinking: bool = True
+    signed: list[str] = field(default_factory=list, kw_only=True)
 
     errors = ERRORS
     truncated = b'{"candidates": ['
@@ -159,7 +168,7 @@ class FakeGemini(FakeServer[Logged]):
         body = orjson.loads(await request.read())
         self._log(request, body)
         behaviour = self._next()
-        refusal = _invalid(body)
+        refusal = _invalid(body) or self._foreign_signature(body)
         if refusal is not None:
             return web.Response(status=400, body=_err(400, "INVALID_ARGUMENT", refusal),
                                 content_type="application/json")
@@ -182,8 +191,28 @@ class FakeGemini(FakeServer[Logged]):
         last = (body.get("contents") or [{}])[-1].get("parts") or ()
         if not decls or any("functionResponse" in p for p in last):
             return []
-        return [{"functionCall": {"name": decls[0]["name"], "args": {"city": f"Paris{i or ''}"}}}
-                for i in range(self.tool_calls)]
+        calls = [{"functionCall": {"name": decls[0]["name"], "args": {"city": f"Paris{i or ''}"}}}
+                 for i in range(self.tool_calls)]
+        budget = ((body.get("generationConfig") or {}).get("thinkingConfig") or {}).get(
+            "thinkingBudget")
+        if calls and self.thinking and budget != 0:
+            # Gemini signs the first call of a step only (the rest of parallel calls go without)
+            signature = base64.b64encode(os.urandom(24)).decode()
+            self.signed.append(signature)
+            calls[0]["thoughtSignature"] = signature
+        return calls
+
+    def _foreign_signature(self, body: dict[str, Any]) -> str | None:
+        if not self.thinking:
+            return None
+        for content in body.get("contents") or ():
+            for part in content.get("parts") or ():
+                signature = part.get("thoughtSignature")
+                if "functionCall" in part and signature is not None \
+                        and signature not in self.signed \
+                        and signature != "skip_thought_signature_validator":
+                    return "Corrupted thought signature."
+        return None
 
     def _answer(self, body: dict[str, Any], behaviour: str) -> dict[str, Any]:
         finish = {"safety": "SAFETY", "max_tokens": "MAX_TOKENS"}.get(behaviour, "STOP")

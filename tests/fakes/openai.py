@@ -339,8 +339,10 @@ _ANTHROPIC_ONLY = ("cache_control", "thinking_blocks", "anthropic_order")
 
 
 def _unknown_field(body: dict[str, Any]) -> str | None:
-    """OpenAI's 400 for the Anthropic-only fields a translating proxy might leave in: the
-    API validates the body strictly (top-level arguments, message and content-part fields)."""
+    """OpenAI's 400 for the Anthropic-only fields a translating proxy might leave in, and
+    Gemini's thought signatures on tool calls (`extra_content`, which only Google's own
+    OpenAI-compatible endpoint reads): the API validates the body strictly (top-level
+    arguments, message, content-part and tool-call fields)."""
     if "cache_control" in body:
         return "Unrecognized request argument supplied: cache_control"
     places: list[tuple[str, Any]] = [(f"tools.{i}", t) for i, t in enumerate(
@@ -353,7 +355,9 @@ def _unknown_field(body: dict[str, Any]) -> str | None:
         for j, call in enumerate(message.get("tool_calls") or []):
             places.append((f"messages.{i}.tool_calls.{j}", call))
     for where, item in places:
-        for key in _ANTHROPIC_ONLY:
+        keys = _ANTHROPIC_ONLY + ("extra_content",) if ".tool_calls." in where \
+            else _ANTHROPIC_ONLY
+        for key in keys:
             if isinstance(item, dict) and key in item:
                 return f"Additional properties are not allowed ('{key}' was unexpected) - '{where}'"
     return None

@@ -4,7 +4,8 @@ Requests and answers are translated by failoverd.translate.gemini; this module i
 edge: URLs, the x-goog-api-key header, SSE reading and the classification of Gemini's error
 bodies (`{"error": {"code", "message", "status", "details"}}`), which need more than the
 status code: Gemini answers 400 for a bad API key and 429 RESOURCE_EXHAUSTED with billing
-words for plain per-minute quotas.
+words for plain per-minute quotas. A 400 that refuses the replayed thought signatures (made
+by another Gemini model) is answered at once with the request again, placeholders instead.
 """
 
 from __future__ import annotations
@@ -138,8 +139,25 @@ class GeminiProvider:
         return self._error(resp.status, raw, model, resp.headers,
                            resp.headers.get("Content-Type", "application/json"))
 
-    def _payload(self, body: dict[str, Any]) -> bytes:
-        return orjson.dumps(translate.to_request(body))
+    def _payload(self, body: dict[str, Any], *, signatures: bool = True) -> bytes:
+        return orjson.dumps(translate.to_request(body, signatures=signatures))
+
+    def _unsigned(self, exc: UpstreamError, body: dict[str, Any], sent: bytes,
+                  model: str) -> bytes | None:
+        """The request with the placeholder in place of the replayed thought signatures, when
+        Gemini refused them ("Corrupted thought signature.": another model made them, as
+        after a failover between Gemini models, or they went stale); None for any other
+        error, or when there were none to replace."""
+        text = exc.message.lower()
+        if exc.status != 400 or not ("thought signature" in text
+                                     or "thought_signature" in text):
+            return None
+        plain = self._payload(body, signatures=False)
+        if plain == sent:
+            return None
+        logger.info("%s refused the replayed thought signatures, sending the placeholder "
+                    "instead (%s)", model, exc.message)
+        return plain
 
     # ------------------------------------------------------------------ calls
 
@@ -147,10 +165,19 @@ class GeminiProvider:
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body)
         name = self.config.name
-        raw = await fetch(self._client, "POST", f"{self._model_url(model)}:generateContent",
-                          headers=self._headers, data=data, total=limits.total,
-                          connect=limits.connect, failure=self._failure, provider=name,
-                          model=model.id)
+        url = f"{self._model_url(model)}:generateContent"
+        try:
+            raw = await fetch(self._client, "POST", url, headers=self._headers, data=data,
+                              total=limits.total, connect=limits.connect,
+                              failure=self._failure, provider=name, model=model.id)
+        except UpstreamError as exc:
+            plain = self._unsigned(exc, body, data, model.id)
+            if plain is None:
+                raise
+            # the refusal came at once: the same limits again, within the request's deadline
+            raw = await fetch(self._client, "POST", url, headers=self._headers, data=plain,
+                              total=limits.total, connect=limits.connect,
+                              failure=self._failure, provider=name, model=model.id)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and "error" in parsed:
             raise self._error(200, raw, model.id)
@@ -178,10 +205,20 @@ class GeminiProvider:
         translator = translate.StreamTranslator(model.name, include_usage=include_usage,
                                                 expected=int(body.get("n") or 1))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(
-            self._client, f"{self._model_url(model)}:streamGenerateContent?alt=sse", data=data,
-            headers=self._stream_headers, first_deadline=first_deadline, connect=limits.connect,
-            failure=self._failure, provider=name, model=model.id)
+        url = f"{self._model_url(model)}:streamGenerateContent?alt=sse"
+        try:
+            resp = await open_stream(
+                self._client, url, data=data, headers=self._stream_headers,
+                first_deadline=first_deadline, connect=limits.connect, failure=self._failure,
+                provider=name, model=model.id)
+        except UpstreamError as exc:
+            plain = self._unsigned(exc, body, data, model.id)
+            if plain is None:
+                raise
+            resp = await open_stream(
+                self._client, url, data=plain, headers=self._stream_headers,
+                first_deadline=first_deadline, connect=limits.connect, failure=self._failure,
+                provider=name, model=model.id)
         # chunks are held back until one carries an answer: an empty STOP (or
         # MALFORMED_FUNCTION_CALL) fails over before the first token, as complete() does
         held: list[dict[str, Any]] = []

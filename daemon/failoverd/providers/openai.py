@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -89,9 +90,16 @@ def error_details(raw: bytes) -> tuple[str, str]:
 _ANTHROPIC_ONLY = ("thinking_blocks", "cache_control", "anthropic_order")
 
 
-def _anthropic_only(message: Any) -> bool:
-    """Whether a canonical message has fields only Anthropic takes: ``thinking_blocks``, or a
-    ``cache_control`` on the message, a content part or a tool call."""
+# Google's own OpenAI-compatible endpoint, the one OpenAI-shaped upstream that reads Gemini's
+# thought signatures on tool calls (`extra_content.google.thought_signature`)
+GOOGLE_OPENAI_HOST = "generativelanguage.googleapis.com"
+
+
+def _anthropic_only(message: Any, *, signatures: bool = False) -> bool:
+    """Whether a canonical message has fields this upstream refuses: ``thinking_blocks``, or a
+    ``cache_control`` on the message, a content part or a tool call, which only Anthropic
+    takes; and, unless `signatures` (Google's endpoint), a tool call's ``extra_content``
+    (Gemini's thought signature)."""
     if not isinstance(message, dict):
         return False
     if "thinking_blocks" in message or "cache_control" in message \
@@ -103,7 +111,9 @@ def _anthropic_only(message: Any) -> bool:
         return True
     calls = message.get("tool_calls")
     return isinstance(calls, list) and any(
-        isinstance(c, dict) and "cache_control" in c for c in calls)
+        isinstance(c, dict) and ("cache_control" in c
+                                 or (not signatures and "extra_content" in c))
+        for c in calls)
 
 
 # the reasoning_content of a tool-calling turn that has none to give (another provider served
@@ -133,12 +143,20 @@ def _without_cache(item: Any) -> Any:
     return item
 
 
-def _openai_message(message: dict[str, Any]) -> dict[str, Any]:
+def _openai_call(call: Any, signatures: bool) -> Any:
+    if isinstance(call, dict) and ("cache_control" in call
+                                   or (not signatures and "extra_content" in call)):
+        return {k: v for k, v in call.items()
+                if k != "cache_control" and (signatures or k != "extra_content")}
+    return call
+
+
+def _openai_message(message: dict[str, Any], *, signatures: bool = False) -> dict[str, Any]:
     out = {k: v for k, v in message.items() if k not in _ANTHROPIC_ONLY}
     if isinstance(out.get("content"), list):
         out["content"] = [_without_cache(p) for p in out["content"]]
     if isinstance(out.get("tool_calls"), list):
-        out["tool_calls"] = [_without_cache(c) for c in out["tool_calls"]]
+        out["tool_calls"] = [_openai_call(c, signatures) for c in out["tool_calls"]]
     return out
 
 
@@ -187,6 +205,9 @@ class OpenAIProvider:
         self.config = config
         self._client = client.via(config.proxy)
         self._chat_url = f"{config.base_url}/chat/completions"
+        # Gemini's thought signatures on tool calls go to Google's own endpoint only, which
+        # wants them back (Gemini 3 refuses a tool loop without); everyone else refuses them
+        self._signatures = urlsplit(config.base_url).hostname == GOOGLE_OPENAI_HOST
         self._models_url = f"{config.base_url}/models"
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
@@ -235,11 +256,15 @@ class OpenAIProvider:
         messages = payload.get("messages")
         if model.id in self.reasoning_back and isinstance(messages, list):
             payload["messages"] = messages = _with_reasoning(messages)
-        if isinstance(messages, list) and any(map(_anthropic_only, messages)):
+        signatures = self._signatures
+        if isinstance(messages, list) and any(
+                _anthropic_only(m, signatures=signatures) for m in messages):
             # Anthropic's signed thinking and prompt-caching breakpoints (kept for Anthropic
-            # upstreams): OpenAI refuses unknown message fields, and no other model uses them
-            payload["messages"] = [_openai_message(m) if _anthropic_only(m) else m
-                                   for m in messages]
+            # upstreams) and Gemini's thought signatures (kept for Gemini): OpenAI refuses
+            # unknown message fields, and no other model uses them
+            payload["messages"] = [
+                _openai_message(m, signatures=signatures)
+                if _anthropic_only(m, signatures=signatures) else m for m in messages]
         messages = payload.get("messages")
         if isinstance(messages, list) and any(
                 isinstance(m, dict) and m.get("role") == "tool" and _has_image(m)

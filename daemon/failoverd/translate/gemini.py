@@ -23,8 +23,13 @@ Where the two APIs differ, these are the decisions:
   TranslationError: Gemini refuses a request whose last turn is the model's, and cannot
   continue a text as Anthropic and Ollama do.
 - Gemini has no tool-call ids: answers get `call_<n>` (n counts from 0 within one answer).
-- Gemini 3 rejects replayed function calls without a thought signature; the canonical form
-  cannot carry Gemini's real ones, so replayed calls carry the documented placeholder.
+- Thought signatures: a function call's `thoughtSignature` goes on the canonical tool call as
+  `extra_content: {"google": {"thought_signature": ...}}`, where Google's own
+  OpenAI-compatible endpoint puts it, so OpenAI clients keep it and send it back; a replayed
+  call gets its own signature back. Gemini 3 rejects a current-turn function call step
+  without one, so the first call of a step that has none (another provider served it, or
+  the client dropped it) carries the documented placeholder, which Gemini accepts but which
+  loses the model's reasoning state.
 - reasoning_effort maps to a thinking budget as Google's own OpenAI-compatible endpoint does.
 - Sampling knobs Gemini lacks but that only steer (user, store, metadata, service_tier,
   parallel_tool_calls, prediction) are dropped; ones that change the answer's shape
@@ -236,8 +241,23 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _assistant_parts(message: dict[str, Any], where: str,
-                     tool_names: dict[str, str]) -> list[dict[str, Any]]:
+def thought_signature(call: Any) -> str | None:
+    """The Gemini thought signature a canonical tool call carries, if any
+    (`extra_content.google.thought_signature`, as Google's OpenAI-compatible endpoint has it)."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
+
+
+def _signed(call: dict[str, Any], signature: Any) -> dict[str, Any]:
+    if isinstance(signature, str) and signature:
+        call["extra_content"] = {"google": {"thought_signature": signature}}
+    return call
+
+
+def _assistant_parts(message: dict[str, Any], where: str, tool_names: dict[str, str],
+                     signatures: bool) -> list[dict[str, Any]]:
     text = _text_of(message.get("content"), f"{where}.content", allow_refusal=True)
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
     for j, call in enumerate(message.get("tool_calls") or ()):
@@ -254,7 +274,12 @@ def _assistant_parts(message: dict[str, Any], where: str,
             raise _fail("arguments that are not a JSON object",
                         f"{at}.function.arguments")
         part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
-        if j == 0:
+        signature = thought_signature(call) if signatures else None
+        if signature is not None:
+            part["thoughtSignature"] = signature
+        elif j == 0:
+            # only a step's first call needs one (Gemini signs only the first of parallel
+            # calls); later calls without their own go without
             part["thoughtSignature"] = DUMMY_THOUGHT_SIGNATURE
         parts.append(part)
         if call.get("id"):
@@ -282,7 +307,8 @@ def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any
         contents.append({"role": role, "parts": parts})
 
 
-def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _contents(messages: Any, signatures: bool
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if not isinstance(messages, list) or not messages:
         raise _bad("must be a non-empty list", "messages")
     system: list[dict[str, Any]] = []
@@ -296,7 +322,8 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         elif role == "user":
             _append(contents, "user", _user_parts(message.get("content"), f"{where}.content"))
         elif role == "assistant":
-            _append(contents, "model", _assistant_parts(message, where, tool_names))
+            _append(contents, "model",
+                    _assistant_parts(message, where, tool_names, signatures))
         elif role == "tool":
             call_id = str(message.get("tool_call_id") or "")
             name = tool_names.get(call_id)
@@ -406,13 +433,15 @@ _HANDLED_KEYS = _IGNORED_KEYS | {
 }
 
 
-def to_request(body: dict[str, Any]) -> dict[str, Any]:
+def to_request(body: dict[str, Any], *, signatures: bool = True) -> dict[str, Any]:
     """A canonical request as a Gemini GenerateContentRequest (the model goes in the URL).
 
+    Replayed function calls carry their own thought signatures; with `signatures` false (a
+    model that refused them) only the placeholder, on the first call of each step.
     Raises TranslationError (with `.param` naming the field) for what Gemini cannot express.
     """
     _refuse_unexpressible(body)
-    contents, system = _contents(body.get("messages"))
+    contents, system = _contents(body.get("messages"), signatures)
     if contents and contents[-1]["role"] == "model":
         # Gemini refuses it ("Please ensure that multiturn requests ends with a user role or
         # a function response."): a model that continues the text is another candidate
@@ -489,12 +518,12 @@ def _split_parts(parts: Iterable[Any], first_index: int
             texts.append(part["text"])
         call = part.get("functionCall")
         if isinstance(call, dict):
-            calls.append({
+            calls.append(_signed({
                 "id": str(call.get("id") or f"call_{first_index + len(calls)}"),
                 "type": "function",
                 "function": {"name": call.get("name", ""),
                              "arguments": orjson.dumps(call.get("args") or {}).decode()},
-            })
+            }, part.get("thoughtSignature")))
     return "".join(texts), calls
 
 
@@ -534,8 +563,10 @@ class StreamTranslator:
     """Turns streamed GenerateContentResponses into canonical chunks.
 
     Gemini streams text in pieces but each function call whole, so a call becomes one
-    tool-call delta with its complete arguments. Usage goes on a final choices-less chunk
-    when the client asked for `stream_options.include_usage`, else on the last finish chunk.
+    tool-call delta with its complete arguments (and its thought signature, in
+    `extra_content`, as Google's OpenAI-compatible endpoint streams it). Usage goes on a
+    final choices-less chunk when the client asked for `stream_options.include_usage`, else
+    on the last finish chunk.
     """
 
     model_name: str
