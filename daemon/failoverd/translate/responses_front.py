@@ -11,7 +11,11 @@ text to the assistant turn after it, as that message's ``thinking_blocks`` entry
 ``{"type": "thinking", "thinking": text, "signature": ""}``: unsigned, it never goes to
 Anthropic, and the OpenAI-compatible adapter gives it as ``reasoning_content`` only to a model
 that asked for its reasoning back (DeepSeek's thinking mode); a reasoning item with no text, or
-with no assistant turn after it, is dropped.
+with no assistant turn after it, is dropped. A reasoning item whose ``encrypted_content`` is
+failoverd's own (Anthropic's signed thinking, see responses_response.encrypted_thinking)
+carries those signed blocks instead, so Anthropic gets its thinking back first in the turn and
+keeps thinking on in a tool loop; one malformed is a 400 naming it, and another format's (real
+OpenAI's) is ignored.
 
 Decisions:
 
@@ -34,11 +38,17 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
+
+import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.anthropic_common import as_dict, as_list
+from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.images import image_part
+from failoverd.translate.responses_response import THINKING_PREFIX
 
 # every key of the Responses API failoverd serves; the rest are refused by name below
 _FRONT_KEYS = frozenset({
@@ -61,9 +71,9 @@ _STATEFUL = {
     "max_tool_calls": "no provider behind failoverd caps tool calls per response",
     "top_logprobs": "log probabilities are not translated by failoverd",
 }
-# include values that ask for nothing failoverd would have to produce: output of built-in
-# tools (refused anyway), and encrypted reasoning (none is produced: reasoning items sent
-# back are dropped, so there is nothing to carry between turns)
+# include values accepted: output of built-in tools (refused anyway), and encrypted reasoning,
+# which failoverd gives whether asked or not (its reasoning items carry Anthropic's signed
+# thinking in encrypted_content; a client that does not ask still sends it back)
 _INCLUDABLE = frozenset({
     "reasoning.encrypted_content", "message.input_image.image_url",
     "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
@@ -126,6 +136,7 @@ def responses_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         thinking: list[dict[str, Any]] = []  # reasoning items waiting for their turn
         for i, item in enumerate(as_list(raw_input, "input")):
             _input_item(item, f"input[{i}]", messages, thinking)
+        _interleaved(messages)
     if not any(m["role"] != "system" for m in messages):
         raise RequestError("input: required: a string or a non-empty array of items",
                            param="input")
@@ -203,11 +214,54 @@ def _reasoning_text(item: dict[str, Any], path: str) -> str:
     return ""
 
 
+def _signed_thinking(value: Any, path: str) -> list[dict[str, Any]] | None:
+    """The signed thinking blocks in a reasoning item's ``encrypted_content`` when it is
+    failoverd's own, else None (absent, or another server's: real OpenAI's is opaque here)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{path}: must be a string", param=path)
+    if not value.startswith(THINKING_PREFIX):
+        return None
+    data = value[len(THINKING_PREFIX):]
+    try:
+        blocks = orjson.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    except (binascii.Error, ValueError):
+        blocks = None
+    kept = [signed_block(b) for b in blocks] if isinstance(blocks, list) else []
+    if not kept or any(k is None or k != b for k, b in zip(kept, blocks, strict=True)):
+        raise RequestError(f"{path}: malformed failoverd reasoning (send back the "
+                           "encrypted_content failoverd gave, unchanged)", param=path)
+    return [k for k in kept if k is not None]
+
+
 def _with_thinking(message: dict[str, Any], thinking: list[dict[str, Any]]) -> None:
     """The reasoning items before an assistant turn, on it; consumed."""
     if thinking:
         message.setdefault("thinking_blocks", []).extend(thinking)
+        _ordered(message, "t" * sum(1 for b in thinking if signed_block(b) is not None))
         thinking.clear()
+
+
+def _ordered(message: dict[str, Any], kinds: str) -> None:
+    """Notes an assistant turn's blocks in the order its items came ("t" signed thinking,
+    "x" text, "u" a call), as anthropic_front's ``anthropic_order``; `_interleaved` keeps it
+    only where Anthropic's order differs from thinking first."""
+    message["anthropic_order"] = message.get("anthropic_order", "") + kinds
+
+
+def _interleaved(messages: list[dict[str, Any]]) -> None:
+    """A turn whose signed thinking came between its calls (Anthropic's interleaved thinking,
+    streamed: a reasoning item before each call) keeps that order, which Anthropic's check of
+    replayed thinking may require; other turns need none."""
+    for message in messages:
+        order = message.pop("anthropic_order", None)
+        if not order:
+            continue
+        if not (isinstance(message.get("content"), str) and message["content"]):
+            order = order.replace("x", "")  # the text was empty: no text block
+        if "t" in order.lstrip("t"):
+            message["anthropic_order"] = order
 
 
 def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
@@ -218,6 +272,7 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
         message = _message(item, path)
         if message["role"] == "assistant":
             _with_thinking(message, thinking)
+            _ordered(message, "x")
         else:
             thinking.clear()  # reasoning with no answer of its own: nothing to carry it
         messages.append(message)
@@ -231,14 +286,14 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
         call = {"id": call_id, "type": "function",
                 "function": {"name": name, "arguments": arguments}}
         last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant":
-            last.setdefault("tool_calls", []).append(call)  # the same turn's text and calls
-            if last["content"] == "":
-                last["content"] = None
-        else:
-            last = {"role": "assistant", "content": None, "tool_calls": [call]}
+        if last is None or last["role"] != "assistant":
+            last = {"role": "assistant", "content": None}
             messages.append(last)
-        _with_thinking(last, thinking)
+        _with_thinking(last, thinking)  # the reasoning before the call, before it
+        last.setdefault("tool_calls", []).append(call)  # the same turn's text and calls
+        _ordered(last, "u")
+        if last["content"] == "":
+            last["content"] = None
     elif kind == "function_call_output":
         thinking.clear()
         call_id = _string(item.get("call_id"), f"{path}.call_id", required=True)
@@ -253,6 +308,10 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
                 content = "".join(p["text"] for p in content)
         messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
     elif kind == "reasoning":
+        signed = _signed_thinking(item.get("encrypted_content"), f"{path}.encrypted_content")
+        if signed is not None:
+            thinking.extend(signed)  # Anthropic's own blocks: its summary is their text
+            return
         text = _reasoning_text(item, path)
         if text:
             thinking.append({"type": "thinking", "thinking": text, "signature": ""})

@@ -3,20 +3,23 @@
 The response object repeats the settings of the request (tools, tool_choice, instructions,
 text, reasoning, metadata, ...) as OpenAI's does; ``model`` is the id of the model that served.
 Output items: a ``reasoning`` item (summary text) when the answer has ``reasoning_content``
-(or ``reasoning``),
-a ``message`` item with one ``output_text`` part (or a ``refusal`` part), then one
-``function_call`` item per tool call. A ``length`` finish is ``status: "incomplete"`` with
-``incomplete_details.reason: "max_output_tokens"``, a ``content_filter`` one the same with
-``content_filter``.
+(or ``reasoning``) or signed ``thinking_blocks`` (Anthropic's, then in the item's
+``encrypted_content``, see `encrypted_thinking`), a ``message`` item with one ``output_text``
+part (or a ``refusal`` part), then one ``function_call`` item per tool call. A ``length``
+finish is ``status: "incomplete"`` with ``incomplete_details.reason: "max_output_tokens"``, a
+``content_filter`` one the same with ``content_filter``.
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from typing import Any
 
 import orjson
+
+from failoverd.translate.anthropic_response import signed_blocks
 
 # request settings a response repeats, with what OpenAI reports when the request left them out
 _ECHOED: dict[str, Any] = {
@@ -87,9 +90,28 @@ def responses_usage(usage: Any) -> dict[str, Any] | None:
             "total_tokens": int(usage.get("total_tokens") or prompt + completion)}
 
 
-def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": text}] if text else []}
+# failoverd's own encrypted_content: this prefix, then the base64url (unpadded) of the JSON
+# list of signed thinking blocks; OpenAI's (Fernet tokens, "gAAAA...") never start with it
+THINKING_PREFIX = "failoverd:thinking:v1:"
+
+
+def encrypted_thinking(blocks: list[dict[str, Any]]) -> str:
+    """Signed thinking blocks as a reasoning item's ``encrypted_content``: opaque to the
+    client, which sends it back with the item, so Anthropic gets its signed thinking back in
+    a tool loop as it would from an Anthropic client (responses_front restores it)."""
+    data = base64.urlsafe_b64encode(orjson.dumps(blocks)).rstrip(b"=").decode()
+    return THINKING_PREFIX + data
+
+
+def reasoning_item(item_id: str, text: str,
+                   blocks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A reasoning item: its text as the summary, its signed blocks (if any) encrypted."""
+    item: dict[str, Any] = {
+        "id": item_id, "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if blocks:
+        item["encrypted_content"] = encrypted_thinking(blocks)
+    return item
 
 
 def reasoning_text(message: dict[str, Any]) -> str:
@@ -139,8 +161,9 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
     status = "incomplete" if finish in INCOMPLETE else "completed"
     output: list[dict[str, Any]] = []
     reasoning = reasoning_text(message)
-    if reasoning:
-        output.append(reasoning_item(new_id("rs_"), reasoning))
+    signed = signed_blocks(message.get("thinking_blocks"))
+    if reasoning or signed:
+        output.append(reasoning_item(new_id("rs_"), reasoning, signed))
     content, refusal = message.get("content"), message.get("refusal")
     if isinstance(content, list):  # a few compatible servers answer with parts
         content = "".join(p.get("text", "") for p in content

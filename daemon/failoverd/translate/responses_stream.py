@@ -8,7 +8,10 @@ events: a message's ``response.content_part.added``, ``response.output_text.delt
 ``response.output_text.done``, ``response.content_part.done``; a function call's
 ``response.function_call_arguments.delta``\\* and ``.done``; a reasoning item's
 ``response.reasoning_summary_part.added``, ``response.reasoning_summary_text.delta``\\*,
-``.done`` and ``response.reasoning_summary_part.done``. Every event has a
+``.done`` and ``response.reasoning_summary_part.done``. Signed thinking (``thinking_blocks``
+deltas: a signature closing the thinking text streamed since the previous one, or a
+redacted_thinking block) goes in the reasoning item's ``encrypted_content`` in its
+``response.output_item.done`` and the final response. Every event has a
 ``sequence_number`` counting from 0. A failure after the stream began is an ``error`` event
 then ``response.failed`` (its response holding what was produced so far).
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.responses_response import (
     INCOMPLETE,
     call_item,
@@ -63,7 +67,7 @@ class _Part:
 
 class _Item:
     __slots__ = ("kind", "index", "id", "parts", "content", "call_id", "name", "done",
-                 "status")
+                 "status", "summary", "blocks", "unsigned")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind, self.index, self.id = kind, index, item_id
@@ -73,6 +77,9 @@ class _Item:
         self.name = ""
         self.done = False
         self.status = "in_progress"  # the status its response.output_item.done gave
+        self.summary = False  # a reasoning item's summary part was added
+        self.blocks: list[dict[str, Any]] = []  # a reasoning item's signed thinking blocks
+        self.unsigned = 0  # where in parts the thinking text not yet signed starts
 
     @property
     def text(self) -> str:
@@ -82,7 +89,7 @@ class _Item:
         if self.kind == "message":
             return message_item(self.id, [p.as_output() for p in self.content], status)
         if self.kind == "reasoning":
-            return reasoning_item(self.id, self.text)
+            return reasoning_item(self.id, self.text, self.blocks)
         return call_item(self.id, self.call_id, self.name, self.text, status)
 
 
@@ -152,6 +159,9 @@ class ResponsesStreamEncoder:
             reasoning = reasoning_text(delta)
             if reasoning:
                 out += self._reasoning(reasoning)
+            blocks = delta.get("thinking_blocks")
+            if isinstance(blocks, list):
+                out += self._signed(blocks)
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._content("output_text", text)
@@ -179,13 +189,18 @@ class ResponsesStreamEncoder:
         self._open.append(item)
         return item, out
 
-    def _reasoning(self, text: str) -> bytes:
+    def _reasoning_item(self) -> tuple[_Item, bytes]:
         item = self._current("reasoning")
-        out = b""
-        if item is None:
-            item, out = self._add("reasoning", "rs_")
-            out += self._event("response.output_item.added", {
-                "output_index": item.index, "item": reasoning_item(item.id, "")})
+        if item is not None:
+            return item, b""
+        item, out = self._add("reasoning", "rs_")
+        return item, out + self._event("response.output_item.added", {
+            "output_index": item.index, "item": reasoning_item(item.id, "")})
+
+    def _reasoning(self, text: str) -> bytes:
+        item, out = self._reasoning_item()
+        if not item.summary:
+            item.summary = True
             out += self._event("response.reasoning_summary_part.added", {
                 "item_id": item.id, "output_index": item.index, "summary_index": 0,
                 "part": {"type": "summary_text", "text": ""}})
@@ -193,6 +208,26 @@ class ResponsesStreamEncoder:
         return out + self._event("response.reasoning_summary_text.delta", {
             "item_id": item.id, "output_index": item.index, "summary_index": 0,
             "delta": text})
+
+    def _signed(self, blocks: list[Any]) -> bytes:
+        """A delta's ``thinking_blocks`` (see anthropic_stream): a signature signs the thinking
+        text streamed since the previous one; a redacted_thinking block comes whole. Kept for
+        the reasoning item's encrypted_content; blocks that cannot go back are dropped."""
+        out = b""
+        for block in blocks:
+            current = self._current("reasoning")
+            if isinstance(block, dict) and block.get("type") == "thinking" \
+                    and not block.get("thinking"):
+                text = "".join(current.parts[current.unsigned:]) if current else ""
+                block = {**block, "thinking": text}
+            kept = signed_block(block)
+            if kept is None:
+                continue
+            item, added = self._reasoning_item()
+            out += added
+            item.blocks.append(kept)
+            item.unsigned = len(item.parts)
+        return out
 
     def _message(self) -> tuple[_Item, bytes]:
         item = self._current("message")
@@ -278,11 +313,12 @@ class ResponsesStreamEncoder:
             if item.content:
                 out += self._close_part(item)
         elif item.kind == "reasoning":
-            out += self._event("response.reasoning_summary_text.done", {
-                **base, "summary_index": 0, "text": item.text})
-            out += self._event("response.reasoning_summary_part.done", {
-                **base, "summary_index": 0,
-                "part": {"type": "summary_text", "text": item.text}})
+            if item.summary:
+                out += self._event("response.reasoning_summary_text.done", {
+                    **base, "summary_index": 0, "text": item.text})
+                out += self._event("response.reasoning_summary_part.done", {
+                    **base, "summary_index": 0,
+                    "part": {"type": "summary_text", "text": item.text}})
         else:
             if not item.parts:
                 # a call without arguments (some upstreams send none, or ""): "{}", as
