@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from failoverd.errors import RequestError
+from failoverd.translate.anthropic_request import canonical_to_anthropic
 from failoverd.translate.responses_front import responses_to_canonical
 from failoverd.translate.responses_response import (
     THINKING_PREFIX,
@@ -277,3 +278,15 @@ def test_interleaved_blocks_sent_back_go_to_one_turn_in_order() -> None:
     turn = out["messages"][1]
     assert turn["thinking_blocks"] == [first, second]
     assert turn["anthropic_order"] == "tutu"
+    sent = canonical_to_anthropic({**out, "reasoning_effort": "low"}, "claude", 8192)
+    assert [(b["type"], b.get("signature") or b.get("id")) for b in sent["messages"][1][
+        "content"]] == [("thinking", "s1"), ("tool_use", "c1"), ("thinking", "s2"),
+                        ("tool_use", "c2")]
+    # thinking first, as it came: the order is not kept, as Anthropic needs none
+    out = responses_to_canonical({"model": "m", "input": [
+        {"role": "user", "content": "x"},
+        {"type": "reasoning", "summary": [], "encrypted_content": encrypted_thinking([first])},
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]})
+    assert "anthropic_order" not in out["messages"][1]
