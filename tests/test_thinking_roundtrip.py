@@ -363,3 +363,28 @@ async def test_interleaved_thinking_reaches_anthropic_in_order_and_never_openai(
     assert "anthropic_order" not in orjson.dumps(sent).decode()
     assert sent["messages"][1]["content"] == [{"type": "text", "text": "Checking."},
                                               {"type": "text", "text": "And tomorrow."}]
+
+
+def test_a_non_streamed_interleaved_answer_keeps_its_order_both_ways() -> None:
+    """Anthropic's answer with interleaved thinking reaches an Anthropic client in its order,
+    and an OpenAI client that sends the message back (its text one string, its order in
+    anthropic_order with the text lengths) gets it to Anthropic in that order too."""
+    turn = interleaved_turn()
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+              "content": turn["content"], "stop_reason": "tool_use",
+              "usage": {"input_tokens": 5, "output_tokens": 9}}
+    canonical = anthropic_to_canonical_response(answer, "claude")
+    message = canonical["choices"][0]["message"]
+    assert message["anthropic_order"] == "tx9utx13u"
+    assert message["content"] == "Checking.And tomorrow."
+    assert canonical_to_anthropic_response(canonical, "m")["content"] == turn["content"]
+    replayed = {"model": "m", "messages": [ASK, message, *(
+        {"role": "tool", "tool_call_id": f"toolu_{n}", "content": "18C"} for n in (1, 2))]}
+    assert canonical_to_anthropic(replayed, "claude")["messages"][1]["content"] == \
+        turn["content"]
+    # an order that does not fit the message (edited text) falls back to thinking first
+    edited = {**message, "content": "Checking. And tomorrow."}
+    blocks = canonical_to_anthropic({"model": "m", "messages": [ASK, edited]}, "claude")[
+        "messages"][1]["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "thinking", "text", "tool_use",
+                                           "tool_use"]

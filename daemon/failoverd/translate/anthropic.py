@@ -41,10 +41,12 @@ Decisions, so every translator and operator can rely on them:
   interleaved-thinking beta) from an Anthropic client also carries ``anthropic_order`` (its
   block kinds: "t" thinking, "x" text, "u" tool use) and its text blocks as separate text
   parts, so it goes back to Anthropic as it came, not with its thinking moved first; streamed
-  answers keep the order as they arrive, non-streamed ones to Anthropic clients list their
-  thinking first. Only the Anthropic adapter sends ``thinking_blocks``; the
-  OpenAI-compatible one strips them (OpenAI refuses unknown message fields), Gemini's and
-  Ollama's never read them.
+  answers keep the order as they arrive; a non-streamed answer's canonical message carries
+  ``anthropic_order`` with each text block's length ("tx9utx13u", its text being one string),
+  so Anthropic clients get the blocks in order and an OpenAI client that sends the message
+  back gets them to Anthropic in order too (anthropic_common.in_order). Only the Anthropic
+  adapter sends ``thinking_blocks``; the OpenAI-compatible one strips them (OpenAI refuses
+  unknown message fields), Gemini's and Ollama's never read them.
 * Other reasoning in answers (DeepSeek/vLLM ``reasoning_content``) reaches Anthropic clients
   as ``thinking`` blocks with an empty signature, streamed and not. Replayed, such a block
   stays in ``thinking_blocks`` with its empty signature: never sent to Anthropic, it is the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from typing import Any
@@ -95,3 +96,49 @@ def canonical_tool_choice(choice: dict[str, Any]) -> tuple[Any, bool | None]:
             raise RequestError("tool_choice.name: required string", param="tool_choice.name")
         return {"type": "function", "function": {"name": name}}, parallel
     raise RequestError(f"tool_choice.type: unknown value {kind!r}", param="tool_choice.type")
+
+
+# ``anthropic_order``: the block kinds of an assistant turn with interleaved thinking, in
+# order: "t" a (signed) thinking block, "u" a tool use, "x" a text block; a text block's
+# length in characters may follow its "x" ("tx9utx13u"), which lets a turn whose text is one
+# string (an answer, as OpenAI clients get it) be cut back into its blocks
+_LAYOUT = re.compile(r"t|u|x(\d*)")
+
+
+def interleaved(layout: str) -> bool:
+    """Whether a turn's layout has thinking after a text or tool use (else it needs none)."""
+    return "t" in layout.lstrip("t")
+
+
+def in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
+             calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A turn's blocks in its ``anthropic_order``: ``thinking`` and ``calls`` are its thinking
+    and tool_use blocks, ``content`` its text (text parts, one per block, or one string cut
+    by the lengths in the order). None when there is no order or it does not fit."""
+    if not isinstance(order, str) or not order:
+        return None
+    codes = list(_LAYOUT.finditer(order))
+    if sum(len(m.group(0)) for m in codes) != len(order):
+        return None
+    kinds = [m.group(0)[0] for m in codes]
+    if (kinds.count("t"), kinds.count("u")) != (len(thinking), len(calls)):
+        return None
+    texts: list[str] = []
+    if isinstance(content, list):
+        texts = [p["text"] for p in content
+                 if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        if len(texts) != len(content):
+            return None
+    elif isinstance(content, str) and content:
+        lengths = [m.group(1) for m in codes if m.group(0)[0] == "x"]
+        if not lengths or not all(lengths) or sum(map(int, lengths)) != len(content):
+            return None
+        at = 0
+        for n in map(int, lengths):
+            texts.append(content[at:at + n])
+            at += n
+    if kinds.count("x") != len(texts):
+        return None
+    queues = {"t": iter(thinking), "u": iter(calls),
+              "x": iter([{"type": "text", "text": t} for t in texts])}
+    return [next(queues[kind]) for kind in kinds]

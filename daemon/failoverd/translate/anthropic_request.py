@@ -16,6 +16,7 @@ from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.anthropic_common import (
     as_dict,
     as_list,
+    in_order,
     text_of_blocks,
 )
 from failoverd.translate.anthropic_response import signed_blocks
@@ -372,22 +373,11 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
 
 def _in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
               calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """An interleaved-thinking turn's blocks in the order the Anthropic client sent them
-    (``anthropic_order``: "t" thinking, "x" text, "u" tool use, from the Anthropic front);
-    None when there is no order or it does not fit what the message holds."""
-    if not isinstance(order, str):
+    """An interleaved-thinking turn's blocks in the order Anthropic made them (see
+    anthropic_common.in_order), without whitespace-only text, which Anthropic refuses."""
+    blocks = in_order(order, thinking, content, calls)
+    if blocks is None:
         return None
-    parts = content if isinstance(content, list) else [{"text": content}] \
-        if isinstance(content, str) and content else []
-    texts: list[dict[str, Any]] = [{"type": "text", "text": p.get("text")} for p in parts
-                                   if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    if len(texts) != len(parts) or len(order) != len(thinking) + len(texts) + len(calls) or (
-            order.count("t"), order.count("x"), order.count("u")) != (
-            len(thinking), len(texts), len(calls)):
-        return None
-    queues = {"t": iter(thinking), "u": iter(calls), "x": iter(texts)}
-    blocks = [next(queues[kind]) for kind in order]
-    # whitespace alone is refused (see _anthropic_user_content)
     return [b for b in blocks if b["type"] != "text" or str(b["text"]).strip()]
 
 

@@ -11,6 +11,8 @@ import orjson
 from failoverd.translate.anthropic_common import (
     FINISH_REASONS,
     STOP_REASONS,
+    in_order,
+    interleaved,
     new_id,
     stop_sequence,
 )
@@ -128,7 +130,15 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     # Anthropic's own thinking, signed (thinking_blocks), goes back as it came, so the client
     # can replay it; other reasoning (DeepSeek/vLLM reasoning_content) becomes a thinking
     # block with an empty signature, which cannot be replayed to Anthropic
-    content: list[dict[str, Any]] = signed_blocks(message.get("thinking_blocks"))
+    signed = signed_blocks(message.get("thinking_blocks"))
+    calls = [{"type": "tool_use", "id": call.get("id") or new_id("toolu_"),
+              "name": (call.get("function") or {}).get("name", ""),
+              "input": tool_input((call.get("function") or {}).get("arguments"))}
+             for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+    ordered = in_order(message.get("anthropic_order"), signed, message.get("content"), calls)
+    if ordered is not None:  # interleaved thinking, in the order Anthropic made it
+        return _message(completion, choice, model_id, ordered, message.get("refusal"))
+    content: list[dict[str, Any]] = signed
     # (vLLM, Ollama, OpenRouter and LM Studio name it reasoning)
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if not content and isinstance(reasoning, str) and reasoning:
@@ -141,13 +151,12 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         content.append({"type": "text", "text": refusal})
-    for call in message.get("tool_calls") or []:
-        if not isinstance(call, dict):
-            continue  # an upstream's malformed entry: nothing to translate
-        function = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu_"),
-                        "name": function.get("name", ""),
-                        "input": tool_input(function.get("arguments"))})
+    content.extend(calls)  # (an upstream's malformed entries left out: nothing to translate)
+    return _message(completion, choice, model_id, content, refusal)
+
+
+def _message(completion: dict[str, Any], choice: dict[str, Any], model_id: str,
+             content: list[dict[str, Any]], refusal: Any) -> dict[str, Any]:
     finish = choice.get("finish_reason")
     stop_reason = "refusal" if refusal else STOP_REASONS.get(finish or "stop", "end_turn")
     if any(b["type"] == "tool_use" for b in content) and stop_reason == "end_turn":
@@ -178,19 +187,23 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
     thinking: list[str] = []
     signed: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
+    layout: list[str] = []  # see anthropic_common.in_order
     for block in resp.get("content") or []:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
         if kind == "text":
             texts.append(str(block.get("text", "")))
+            layout.append(f"x{len(texts[-1])}")
         elif kind in ("thinking", "redacted_thinking"):
             if kind == "thinking":
                 thinking.append(str(block.get("thinking", "")))
             kept = signed_block(block)
             if kept is not None:
                 signed.append(kept)
+                layout.append("t")
         elif kind == "tool_use":
+            layout.append("u")
             calls.append({"id": block.get("id") or new_id("toolu_"), "type": "function",
                           "function": {"name": block.get("name", ""), "arguments":
                                        orjson.dumps(block.get("input") or {}).decode()}})
@@ -202,6 +215,11 @@ def anthropic_to_canonical_response(resp: dict[str, Any], model: str = "") -> di
         message["reasoning_content"] = "".join(thinking)
     if signed:
         message["thinking_blocks"] = signed
+        order = "".join(layout)
+        if interleaved(order):
+            # interleaved thinking: the turn's block order, for the Anthropic client (and for
+            # an OpenAI client that sends the message back: Anthropic gets it as it made it)
+            message["anthropic_order"] = order
     finish = FINISH_REASONS.get(str(resp.get("stop_reason")), "stop")
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None,
                               "finish_reason": finish}
