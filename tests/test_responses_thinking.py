@@ -290,3 +290,32 @@ def test_interleaved_blocks_sent_back_go_to_one_turn_in_order() -> None:
             {"type": "output_text", "text": "Checking."}]},
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]})
     assert "anthropic_order" not in out["messages"][1]
+
+
+def test_a_non_streamed_interleaved_answer_is_an_item_per_block_in_order() -> None:
+    """Anthropic's non-streamed answer with interleaved thinking (thinking, text, call,
+    thinking, text, call): an item per block in that order, as the stream gives them, and
+    sent back they reach Anthropic in that order."""
+    from failoverd.translate.anthropic_response import anthropic_to_canonical_response
+
+    first, second = "I need the weather.", "And the forecast."
+    blocks = [
+        {"type": "thinking", "thinking": first, "signature": signature(first)},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "P"}},
+        {"type": "thinking", "thinking": second, "signature": signature(second)},
+        {"type": "text", "text": "And tomorrow."},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "L"}}]
+    canonical = anthropic_to_canonical_response({
+        "id": "msg_1", "content": blocks, "stop_reason": "tool_use",
+        "usage": {"input_tokens": 5, "output_tokens": 9}}, "claude")
+    output = canonical_to_responses(canonical, "ant/claude", response_echo({}))["output"]
+    assert [item["type"] for item in output] == [
+        "reasoning", "message", "function_call", "reasoning", "message", "function_call"]
+    assert output[1]["content"][0]["text"] == "Checking."
+    out = responses_to_canonical({"model": "m", "input": [
+        {"role": "user", "content": "Weather?"}, *output,
+        {"type": "function_call_output", "call_id": "toolu_1", "output": "18C"},
+        {"type": "function_call_output", "call_id": "toolu_2", "output": "16C"}]})
+    sent = canonical_to_anthropic({**out, "reasoning_effort": "low"}, "claude", 8192)
+    assert sent["messages"][1]["content"] == blocks

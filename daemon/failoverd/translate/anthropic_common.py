@@ -131,12 +131,15 @@ def in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
             return None
     elif isinstance(content, str) and content:
         lengths = [m.group(1) for m in codes if m.group(0)[0] == "x"]
-        if not lengths or not all(lengths) or sum(map(int, lengths)) != len(content):
+        if lengths == [""]:
+            texts = [content]  # one text block: all of it
+        elif not lengths or not all(lengths) or sum(map(int, lengths)) != len(content):
             return None
-        at = 0
-        for n in map(int, lengths):
-            texts.append(content[at:at + n])
-            at += n
+        else:
+            at = 0
+            for n in map(int, lengths):
+                texts.append(content[at:at + n])
+                at += n
     if kinds.count("x") != len(texts):
         return None
     queues = {"t": iter(thinking), "u": iter(calls),

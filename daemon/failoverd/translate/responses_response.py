@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from failoverd.translate.anthropic_common import in_order
 from failoverd.translate.anthropic_response import signed_blocks
 
 # request settings a response repeats, with what OpenAI reports when the request left them out
@@ -150,6 +151,18 @@ def _arguments(value: Any) -> str:
     return orjson.dumps(value if value is not None else {}).decode()
 
 
+def _ordered_item(block: dict[str, Any]) -> dict[str, Any]:
+    if block.get("type") == "text":
+        return message_item(new_id("msg_"), [text_part(str(block.get("text", "")))],
+                            "completed")
+    if "function" in block:  # a canonical tool call
+        function = _object(block.get("function"))
+        call_id = block["id"] if isinstance(block.get("id"), str) else new_id("call_")
+        return call_item(new_id("fc_"), call_id, str(function.get("name") or ""),
+                         _arguments(function.get("arguments")), "completed")
+    return reasoning_item(new_id("rs_"), str(block.get("thinking") or ""), [block])
+
+
 def canonical_to_responses(completion: dict[str, Any], model_id: str,
                            echo: dict[str, Any]) -> dict[str, Any]:
     """A canonical chat.completion as a Responses API ``response`` object."""
@@ -159,9 +172,29 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
     message = message if isinstance(message, dict) else {}
     finish = choice.get("finish_reason") if isinstance(choice, dict) else None
     status = "incomplete" if finish in INCOMPLETE else "completed"
-    output: list[dict[str, Any]] = []
     reasoning = reasoning_text(message)
     signed = signed_blocks(message.get("thinking_blocks"))
+    ordered = in_order(message.get("anthropic_order"), signed, message.get("content"),
+                       [c for c in message.get("tool_calls") or () if isinstance(c, dict)]) \
+        if signed and not message.get("refusal") else None
+    if ordered is not None:
+        # Anthropic's interleaved thinking: an item per block, in the order Anthropic made
+        # them, as the stream gives them (responses_front restores the order when sent back)
+        output = [_ordered_item(block) for block in ordered]
+    else:
+        output = _output(message, reasoning, signed)
+    if status == "incomplete" and output and "status" in output[-1]:
+        output[-1]["status"] = "incomplete"  # the cut fell in the last item, being written
+    created = completion.get("created")
+    return response_object(new_id("resp_"),
+                           created if isinstance(created, int) else int(time.time()),
+                           model_id, status, output, responses_usage(completion.get("usage")),
+                           echo, finish=finish)
+
+
+def _output(message: dict[str, Any], reasoning: str,
+            signed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    output: list[dict[str, Any]] = []
     if reasoning or signed:
         output.append(reasoning_item(new_id("rs_"), reasoning, signed))
     content, refusal = message.get("content"), message.get("refusal")
@@ -181,10 +214,4 @@ def canonical_to_responses(completion: dict[str, Any], model_id: str,
         call_id = call["id"] if isinstance(call.get("id"), str) else new_id("call_")
         output.append(call_item(new_id("fc_"), call_id, str(function.get("name") or ""),
                                 _arguments(function.get("arguments")), "completed"))
-    if status == "incomplete" and output and "status" in output[-1]:
-        output[-1]["status"] = "incomplete"  # the cut fell in the last item, being written
-    created = completion.get("created")
-    return response_object(new_id("resp_"),
-                           created if isinstance(created, int) else int(time.time()),
-                           model_id, status, output, responses_usage(completion.get("usage")),
-                           echo, finish=finish)
+    return output
