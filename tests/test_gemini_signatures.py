@@ -231,3 +231,28 @@ async def test_only_googles_openai_endpoint_gets_extra_content(
                                                                  name="m"), stream=False))
     assert ("extra_content" in payload["messages"][1]["tool_calls"][0]) is kept
     assert body["messages"][1]["tool_calls"][0] is call and "extra_content" in call
+
+
+async def test_googles_openai_endpoint_gets_the_placeholder_for_a_loop_begun_elsewhere(
+        http_client: HttpClient) -> None:
+    """Gemini 3 refuses a replayed call without a thought signature: towards Google's own
+    OpenAI-compatible endpoint a turn's first call without one gets the placeholder, as the
+    Gemini adapter gives it; a real one stays, and other hosts get neither."""
+    calls = [{"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+             for n in (1, 2)]
+    signed = {**calls[0], "extra_content": {"google": {"thought_signature": "c2ln"}}}
+    body = {"messages": [ASK, {"role": "assistant", "content": None, "tool_calls": calls},
+                         {"role": "assistant", "content": None, "tool_calls": [signed]}]}
+    model = ModelConfig(id="a/m", provider="a", name="m")
+    google = OpenAIProvider(ProviderConfig(
+        name="a", kind="openai", base_url="https://generativelanguage.googleapis.com/v1beta/openai"),
+        http_client)
+    sent = orjson.loads(google._payload(body, model, stream=False))["messages"]
+    assert sent[1]["tool_calls"][0]["extra_content"] == {
+        "google": {"thought_signature": "skip_thought_signature_validator"}}
+    assert "extra_content" not in sent[1]["tool_calls"][1]  # only a step's first call
+    assert sent[2]["tool_calls"][0]["extra_content"]["google"]["thought_signature"] == "c2ln"
+    assert "extra_content" not in body["messages"][1]["tool_calls"][0]  # the body untouched
+    other = OpenAIProvider(ProviderConfig(name="a", kind="openai",
+                                          base_url="https://api.openai.com/v1"), http_client)
+    assert b"extra_content" not in other._payload(body, model, stream=False)

@@ -37,6 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
+from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,28 @@ def _with_reasoning(messages: list[Any]) -> list[Any]:
                 m = {**m, "reasoning_content": text or REASONING_PLACEHOLDER}
         out.append(m)
     return out
+
+
+def _placeholder_signatures(messages: list[Any]) -> list[Any]:
+    """Towards Google's endpoint: each assistant turn's first tool call without a thought
+    signature (a loop begun on another provider) gets Gemini's documented placeholder, as
+    the Gemini adapter gives it; Gemini 3 refuses a replayed call without one."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if m.get("role") == "assistant" and isinstance(calls, list) and calls \
+                and isinstance(calls[0], dict) and not _signed_call(calls[0]):
+            first = {**calls[0], "extra_content": {
+                "google": {"thought_signature": DUMMY_THOUGHT_SIGNATURE}}}
+            m = {**m, "tool_calls": [first, *calls[1:]]}
+        out.append(m)
+    return out
+
+
+def _signed_call(call: dict[str, Any]) -> bool:
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    return isinstance(google, dict) and bool(google.get("thought_signature"))
 
 
 def _without_cache(item: Any) -> Any:
@@ -266,6 +289,8 @@ class OpenAIProvider:
                 _openai_message(m, signatures=signatures)
                 if _anthropic_only(m, signatures=signatures) else m for m in messages]
         messages = payload.get("messages")
+        if signatures and isinstance(messages, list):
+            payload["messages"] = messages = _placeholder_signatures(messages)
         if isinstance(messages, list) and any(
                 isinstance(m, dict) and m.get("role") == "tool" and _has_image(m)
                 for m in messages):
