@@ -84,3 +84,22 @@ async def test_anthropic_cache_reads_and_writes_are_counted(rig: Any) -> None:
     assert counted[("ant/claude", "prompt")] == 3 * written + 3 * 5
     assert counted[("ant/claude", "completion")] == 3 * 7
     assert await unreported(d) == {}
+
+
+async def test_a_translated_stream_is_counted_though_the_client_did_not_ask(rig: Any) -> None:
+    """An OpenAI client's stream served by Anthropic, without stream_options: the usage
+    rides on the finish chunk (as Gemini's and Ollama's translations give it), so the tokens
+    are counted; only an OpenAI-compatible upstream's stream, which tells none unless asked,
+    is unreported."""
+    _, _, d = rig
+    client = openai_client(d.socket)
+    try:
+        stream = await client.chat.completions.create(model="ant/claude", messages=USER,
+                                                      stream=True)
+        chunks = [chunk async for chunk in stream]
+    finally:
+        await client.close()
+    assert chunks[-1].usage is not None and chunks[-1].choices[0].finish_reason == "stop"
+    counted = await tokens(d)
+    assert counted[("ant/claude", "completion")] == 7
+    assert await unreported(d) == {}

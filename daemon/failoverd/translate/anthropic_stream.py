@@ -259,7 +259,8 @@ class AnthropicStreamDecoder:
     ``content_started`` whether the model began a content block (message_start and ping come
     before the model produced anything, and Anthropic may still send an overloaded error).
     Usage follows OpenAI's ``stream_options.include_usage``: when asked for, a last chunk with
-    no choices carries it; otherwise it is not sent.
+    no choices carries it; otherwise the finish chunk does (as the Gemini and Ollama
+    translations give it), so failoverd's token metrics count every stream.
     """
 
     def __init__(self, model: str, include_usage: bool = False) -> None:
@@ -310,6 +311,10 @@ class AnthropicStreamDecoder:
             if reason == "stop_sequence" and isinstance(delta.get("stop_sequence"), str):
                 # see anthropic_common.stop_sequence
                 chunk["choices"][0]["stop_reason"] = delta["stop_sequence"]
+            if not self.include_usage:
+                # on the finish chunk, as the Gemini and Ollama translations put it: the
+                # tokens are counted (failoverd_tokens_total) whether the client asked or not
+                chunk["usage"] = canonical_usage(self._usage)
             return [chunk]
         if kind == "content_block_stop":
             return self._block_stop(int(data.get("index", 0)))
