@@ -103,3 +103,41 @@ async def test_a_translated_stream_is_counted_though_the_client_did_not_ask(rig:
     counted = await tokens(d)
     assert counted[("ant/claude", "completion")] == 7
     assert await unreported(d) == {}
+
+
+async def test_stream_usage_counts_an_openai_upstreams_stream_the_client_did_not_ask(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """providers.<name>.stream_usage = true: every stream to that OpenAI-compatible upstream
+    asks for its usage, so the tokens are counted; a client that did not ask never sees the
+    usage-only chunk (choices empty), one that asked gets it as before."""
+    oai, ant = await fake_openai(), await fake_anthropic()
+    d = await start_daemon(config(oai, ant).replace(
+        'kind = "openai"\n', 'kind = "openai"\nstream_usage = true\n'))
+    client = openai_client(d.socket)
+    try:
+        stream = await client.chat.completions.create(model="oai/gpt", messages=USER,
+                                                      stream=True)
+        plain = [chunk async for chunk in stream]
+        stream = await client.chat.completions.create(
+            model="oai/gpt", messages=USER, stream=True, stream_options={"include_usage": True})
+        asked = [chunk async for chunk in stream]
+    finally:
+        await client.close()
+    assert all(chunk.choices for chunk in plain)
+    assert "".join(c.choices[0].delta.content or "" for c in plain) == oai.reply
+    assert asked[-1].choices == [] and asked[-1].usage is not None
+    assert all(r.body["stream_options"] == {"include_usage": True} for r in oai.chat_requests())
+    assert await tokens(d) == {("oai/gpt", "prompt"): 18, ("oai/gpt", "completion"): 12}
+    assert await unreported(d) == {}
+
+
+def test_stream_usage_is_only_for_the_openai_kind() -> None:
+    from failoverd import config as config_mod
+    from failoverd.errors import ConfigError
+
+    text = ('[providers.a]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:9"\n'
+            'stream_usage = true\n[models."a/m"]\nprovider = "a"\n[routing]\nprimary = "a/m"\n')
+    with pytest.raises(ConfigError) as raised:
+        config_mod.loads(text)
+    assert any("stream_usage" in p and "only valid for kind" in p
+               for p in raised.value.problems)

@@ -40,6 +40,10 @@ class ProviderConfig:
     # simulated providers only: answer after this delay, or always fail with this reason
     simulate_latency: float = 0.0
     simulate_failure: FailureReason | None = None
+    # openai kind: ask every stream for its usage (stream_options.include_usage), so
+    # failoverd_tokens_total counts streams whose clients did not ask; the usage chunk is
+    # left out for those clients
+    stream_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,10 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
     elif key_header and not any(sec.has(f"api_key_{s}") for s in ("env", "file", "credential")):
         sec.problem("api_key_header", "names where the key goes, but none of api_key_env, "
                     "api_key_file or api_key_credential gives one")
+    stream_usage = sec.get("stream_usage", bool, False)
+    if stream_usage and kind != "openai":
+        sec.problem("stream_usage", "only valid for kind = \"openai\" (the other kinds' streams "
+                    "always carry their usage)")
     failure: FailureReason | None = None
     sim_fail = sec.get("simulate_failure", str, "")
     sim_latency = sec.number("simulate_latency", 0.0)
@@ -162,6 +170,7 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         proxy=proxy_url,
         simulate_latency=sim_latency,
         simulate_failure=failure,
+        stream_usage=stream_usage,
     )
     sec.finish()
     return cfg

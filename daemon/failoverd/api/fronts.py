@@ -77,7 +77,28 @@ class _OpenAIStream:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+class _OpenAIStreamWithoutUsage(_OpenAIStream):
+    """For a client that did not ask for ``stream_options.include_usage``: a usage-only chunk
+    (choices empty; what an OpenAI-compatible upstream with ``stream_usage = true`` is asked
+    for, so that failoverd_tokens_total counts the stream) is not passed on."""
+
+    __slots__ = ()
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        raw = chunk.raw
+        if (raw is None or b'"choices":[]' in raw or b'"choices": []' in raw) \
+                and chunk.data.get("choices") == [] and chunk.data.get("usage") is not None:
+            return b""
+        return super().chunk(chunk)
+
+
 _OPENAI_STREAM = _OpenAIStream()
+_OPENAI_STREAM_WITHOUT_USAGE = _OpenAIStreamWithoutUsage()
+
+
+def _asked_for_usage(request: dict[str, Any] | None) -> bool:
+    options = request.get("stream_options") if isinstance(request, dict) else None
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 class OpenAIFront:
@@ -103,7 +124,7 @@ class OpenAIFront:
 
     def encoder(self, model_id: str, request: dict[str, Any] | None = None
                 ) -> StreamEncoder:
-        return _OPENAI_STREAM
+        return _OPENAI_STREAM if _asked_for_usage(request) else _OPENAI_STREAM_WITHOUT_USAGE
 
     def error(self, status: int, type_: str, message: str, code: str | None = None,
               param: str | None = None, headers: dict[str, str] | None = None,

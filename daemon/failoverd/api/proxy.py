@@ -222,7 +222,9 @@ async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runti
         await client.write(encoder.chunk(start.first))
         async for chunk in start.rest:
             data = encoder.chunk(chunk)
-            if not client.write_now(data):
+            # (empty: a chunk the client is not to get; never written, as an empty chunk
+            # of a chunked body would end it)
+            if data and not client.write_now(data):
                 await client.write(data)
             usage = _usage(chunk, usage)
         await client.write(encoder.end())

@@ -308,6 +308,13 @@ class OpenAIProvider:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         if stream:
             payload["stream"] = True
+            options = payload.get("stream_options")
+            if self.config.stream_usage and not (
+                    isinstance(options, dict) and options.get("include_usage")):
+                # for failoverd_tokens_total; the OpenAI front leaves the usage chunk out
+                # for the client that did not ask (api/fronts.py)
+                payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                             "include_usage": True}
         else:
             for key in _STREAM_ONLY_KEYS:
                 payload.pop(key, None)
