@@ -47,6 +47,28 @@ def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
+def reasoning_text(message: dict[str, Any]) -> str:
+    """A canonical message's (or delta's) reasoning: ``reasoning_content`` (DeepSeek's,
+    LiteLLM's, failoverd's translations), else ``reasoning`` (the name vLLM, Ollama,
+    OpenRouter and LM Studio give it)."""
+    for key in ("reasoning_content", "reasoning"):
+        text = message.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return ""
+
+
+def streamed(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """A front end's ``stream`` (a boolean) on the canonical request ``out``, which then asks
+    for ``stream_options.include_usage``: the stream's closing event reports usage."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("stream: must be a boolean", param="stream")
+    if stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+
+
 def as_dict(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RequestError(f"{path}: must be an object", param=path)

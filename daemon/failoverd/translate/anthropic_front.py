@@ -15,6 +15,8 @@ from failoverd.translate.anthropic_common import (
     as_dict,
     as_list,
     canonical_tool_choice,
+    interleaved,
+    streamed,
 )
 from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.images import image_part, inline_image_part
@@ -122,12 +124,7 @@ def anthropic_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         effort = _front_thinking(as_dict(thinking, "thinking"), effort_hint)
         if effort is not None:
             out["reasoning_effort"] = effort
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise RequestError("stream: must be a boolean", param="stream")
-    if stream:
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+    streamed(body, out)
     return out
 
 
@@ -329,7 +326,7 @@ def _front_assistant(blocks: list[Any], path: str) -> dict[str, Any]:
         # text block towards Anthropic)
         message["cache_control"] = cache
     layout = "".join(order)
-    if thinking and "t" in layout.lstrip("t"):
+    if thinking and interleaved(layout):
         # interleaved thinking (thinking between tool calls): Anthropic gets the turn back in
         # its own order, each text block as it was; without this the thinking went first
         message["anthropic_order"] = layout

@@ -14,6 +14,7 @@ from failoverd.translate.anthropic_common import (
     in_order,
     interleaved,
     new_id,
+    reasoning_text,
     stop_sequence,
 )
 
@@ -139,9 +140,8 @@ def canonical_to_anthropic_response(completion: dict[str, Any], model_id: str
     if ordered is not None:  # interleaved thinking, in the order Anthropic made it
         return _message(completion, choice, model_id, ordered, message.get("refusal"))
     content: list[dict[str, Any]] = signed
-    # (vLLM, Ollama, OpenRouter and LM Studio name it reasoning)
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if not content and isinstance(reasoning, str) and reasoning:
+    reasoning = reasoning_text(message)
+    if not content and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message.get("content")
     if isinstance(text, list):

@@ -23,6 +23,7 @@ from failoverd.translate.anthropic_common import (
     FINISH_REASONS,
     STOP_REASONS,
     new_id,
+    reasoning_text,
     stop_sequence,
 )
 from failoverd.translate.anthropic_response import (
@@ -117,8 +118,7 @@ class AnthropicStreamEncoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            # (vLLM, Ollama, OpenRouter and LM Studio name it reasoning; some send both)
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            reasoning = reasoning_text(delta)
             if isinstance(reasoning, str) and reasoning:
                 out += self._thinking(reasoning)
             if "thinking_blocks" in delta:

@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 
 from failoverd.errors import RequestError, TranslationError
-from failoverd.translate.anthropic_common import as_dict, as_list
+from failoverd.translate.anthropic_common import as_dict, as_list, interleaved, streamed
 from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.images import image_part
 from failoverd.translate.responses_response import THINKING_PREFIX
@@ -182,12 +182,7 @@ def responses_to_canonical(body: dict[str, Any]) -> dict[str, Any]:
         effort = _reasoning(as_dict(body["reasoning"], "reasoning"))
         if effort is not None:
             out["reasoning_effort"] = effort
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise RequestError("stream: must be a boolean", param="stream")
-    if stream:
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+    streamed(body, out)
     return out
 
 
@@ -260,7 +255,7 @@ def _interleaved(messages: list[dict[str, Any]]) -> None:
             continue
         if not (isinstance(message.get("content"), str) and message["content"]):
             order = order.replace("x", "")  # the text was empty: no text block
-        if "t" in order.lstrip("t"):
+        if interleaved(order):
             message["anthropic_order"] = order
 
 

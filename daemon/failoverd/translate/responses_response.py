@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from failoverd.translate.anthropic_common import in_order
+from failoverd.translate.anthropic_common import in_order, reasoning_text
 from failoverd.translate.anthropic_response import signed_blocks
 
 # request settings a response repeats, with what OpenAI reports when the request left them out
@@ -113,17 +113,6 @@ def reasoning_item(item_id: str, text: str,
     if blocks:
         item["encrypted_content"] = encrypted_thinking(blocks)
     return item
-
-
-def reasoning_text(message: dict[str, Any]) -> str:
-    """A canonical message's (or delta's) reasoning: ``reasoning_content`` (DeepSeek's,
-    LiteLLM's, failoverd's translations), else ``reasoning`` (the name vLLM, Ollama,
-    OpenRouter and LM Studio give it)."""
-    for key in ("reasoning_content", "reasoning"):
-        text = message.get(key)
-        if isinstance(text, str) and text:
-            return text
-    return ""
 
 
 def text_part(text: str) -> dict[str, Any]:

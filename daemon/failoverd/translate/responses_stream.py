@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from failoverd.translate.anthropic_common import reasoning_text
 from failoverd.translate.anthropic_response import signed_block
 from failoverd.translate.responses_response import (
     INCOMPLETE,
@@ -35,7 +36,6 @@ from failoverd.translate.responses_response import (
     message_item,
     new_id,
     reasoning_item,
-    reasoning_text,
     refusal_part,
     response_object,
     responses_usage,
