@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -143,18 +143,19 @@ class GeminiProvider:
         return orjson.dumps(translate.to_request(body, signatures=signatures))
 
     def _unsigned(self, exc: UpstreamError, body: dict[str, Any], sent: bytes,
-                  model: str) -> bytes | None:
+                  model: str) -> bytes:
         """The request with the placeholder in place of the replayed thought signatures, when
         Gemini refused them ("Corrupted thought signature.": another model made them, as
-        after a failover between Gemini models, or they went stale); None for any other
-        error, or when there were none to replace."""
+        after a failover between Gemini models, or they went stale); any other error, or one
+        with none to replace, is raised as it is. The refusal came at once, so the attempt's
+        limits, already cut to the request's deadline, hold for the second call too."""
         text = exc.message.lower()
         if exc.status != 400 or not ("thought signature" in text
                                      or "thought_signature" in text):
-            return None
+            raise exc
         plain = self._payload(body, signatures=False)
         if plain == sent:
-            return None
+            raise exc
         logger.info("%s refused the replayed thought signatures, sending the placeholder "
                     "instead (%s)", model, exc.message)
         return plain
@@ -166,18 +167,16 @@ class GeminiProvider:
         data = self._payload(body)
         name = self.config.name
         url = f"{self._model_url(model)}:generateContent"
+
+        def post(data: bytes) -> Coroutine[Any, Any, bytes]:
+            return fetch(self._client, "POST", url, headers=self._headers, data=data,
+                         total=limits.total, connect=limits.connect, failure=self._failure,
+                         provider=name, model=model.id)
+
         try:
-            raw = await fetch(self._client, "POST", url, headers=self._headers, data=data,
-                              total=limits.total, connect=limits.connect,
-                              failure=self._failure, provider=name, model=model.id)
+            raw = await post(data)
         except UpstreamError as exc:
-            plain = self._unsigned(exc, body, data, model.id)
-            if plain is None:
-                raise
-            # the refusal came at once: the same limits again, within the request's deadline
-            raw = await fetch(self._client, "POST", url, headers=self._headers, data=plain,
-                              total=limits.total, connect=limits.connect,
-                              failure=self._failure, provider=name, model=model.id)
+            raw = await post(self._unsigned(exc, body, data, model.id))
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and "error" in parsed:
             raise self._error(200, raw, model.id)
@@ -206,19 +205,16 @@ class GeminiProvider:
                                                 expected=int(body.get("n") or 1))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
         url = f"{self._model_url(model)}:streamGenerateContent?alt=sse"
+
+        def open_(data: bytes) -> Coroutine[Any, Any, Response]:
+            return open_stream(self._client, url, data=data, headers=self._stream_headers,
+                               first_deadline=first_deadline, connect=limits.connect,
+                               failure=self._failure, provider=name, model=model.id)
+
         try:
-            resp = await open_stream(
-                self._client, url, data=data, headers=self._stream_headers,
-                first_deadline=first_deadline, connect=limits.connect, failure=self._failure,
-                provider=name, model=model.id)
+            resp = await open_(data)
         except UpstreamError as exc:
-            plain = self._unsigned(exc, body, data, model.id)
-            if plain is None:
-                raise
-            resp = await open_stream(
-                self._client, url, data=plain, headers=self._stream_headers,
-                first_deadline=first_deadline, connect=limits.connect, failure=self._failure,
-                provider=name, model=model.id)
+            resp = await open_(self._unsigned(exc, body, data, model.id))
         # chunks are held back until one carries an answer: an empty STOP (or
         # MALFORMED_FUNCTION_CALL) fails over before the first token, as complete() does
         held: list[dict[str, Any]] = []

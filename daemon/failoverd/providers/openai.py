@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -241,16 +241,33 @@ class OpenAIProvider:
         # thinking mode): learned from their 400, then sent it with every request
         self.reasoning_back: set[str] = set()
 
-    def _learned(self, exc: UpstreamError, model: ModelConfig) -> bool:
-        """Whether ``exc`` is a model asking for its reasoning back in a tool loop, seen for
-        the first time: the request is then sent again with it (see _with_reasoning)."""
+    def _mended(self, exc: UpstreamError, body: dict[str, Any], model: ModelConfig,
+                stream: bool) -> bytes:
+        """The request again, when ``exc`` is a model asking for its reasoning back in a tool
+        loop, seen for the first time: from now on it gets it (see _with_reasoning). Any
+        other error is raised as it is. The refusal came at once, so the attempt's limits,
+        already cut to the request's deadline, hold for the second call too."""
         if exc.status != 400 or model.id in self.reasoning_back \
                 or "reasoning_content" not in exc.message:
-            return False
+            raise exc
         self.reasoning_back.add(model.id)
         logger.info("%s wants each tool-calling turn's reasoning_content back: sending it from "
                     "now on (%s)", model.id, exc.message)
-        return True
+        return self._payload(body, model, stream=stream)
+
+    def _post(self, data: bytes, limits: AttemptLimits,
+              model_id: str) -> Coroutine[Any, Any, bytes]:
+        # the call's coroutine itself (no frame of its own on the hot path)
+        return fetch(self._client, "POST", self._chat_url, headers=self._headers, data=data,
+                     total=limits.total, connect=limits.connect, failure=self._failure,
+                     provider=self.config.name, model=model_id)
+
+    def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
+              model_id: str) -> Coroutine[Any, Any, Response]:
+        return open_stream(self._client, self._chat_url, data=data,
+                           headers=self._stream_headers, first_deadline=first_deadline,
+                           connect=limits.connect, failure=self._failure,
+                           provider=self.config.name, model=model_id)
 
     # ------------------------------------------------------------------ errors
 
@@ -322,21 +339,10 @@ class OpenAIProvider:
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
-        data = self._payload(body, model, stream=False)
-        name = self.config.name
         try:
-            raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
-                              data=data, total=limits.total, connect=limits.connect,
-                              failure=self._failure, provider=name, model=model.id)
+            raw = await self._post(self._payload(body, model, stream=False), limits, model.id)
         except UpstreamError as exc:
-            if not self._learned(exc, model):
-                raise
-            # the refusal came at once: the same limits again, within the request's deadline
-            # (the attempt limits are already cut to it)
-            raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
-                              data=self._payload(body, model, stream=False),
-                              total=limits.total, connect=limits.connect,
-                              failure=self._failure, provider=name, model=model.id)
+            raw = await self._post(self._mended(exc, body, model, False), limits, model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not parsed.get("choices"):
             raise self._body_error(raw, parsed, model.id, "200 with an unparsable or empty body")
@@ -373,22 +379,14 @@ class OpenAIProvider:
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        data = self._payload(body, model, stream=True)
         name = self.config.name
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
         try:
-            resp = await open_stream(self._client, self._chat_url, data=data,
-                                     headers=self._stream_headers,
-                                     first_deadline=first_deadline, connect=limits.connect,
-                                     failure=self._failure, provider=name, model=model.id)
+            resp = await self._open(self._payload(body, model, stream=True), limits,
+                                    first_deadline, model.id)
         except UpstreamError as exc:
-            if not self._learned(exc, model):
-                raise
-            resp = await open_stream(self._client, self._chat_url,
-                                     data=self._payload(body, model, stream=True),
-                                     headers=self._stream_headers,
-                                     first_deadline=first_deadline, connect=limits.connect,
-                                     failure=self._failure, provider=name, model=model.id)
+            resp = await self._open(self._mended(exc, body, model, True), limits,
+                                    first_deadline, model.id)
         clean = False
         try:
             if resp.headers.get("Content-Type", "").split(";")[0].strip().lower() \
