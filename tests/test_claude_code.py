@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.test_sdk_clients import config
+from tests.test_sdk_clients import reasoning_config
 
 BETAS = "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"
 
@@ -40,7 +40,7 @@ def claude_code_body(model: str, **extra: Any) -> dict[str, Any]:
 async def rig(fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> Any:
     """tests/test_sdk_clients.py's two models, both able to reason."""
     oai, ant = await fake_openai(), await fake_anthropic()
-    text = config(oai, ant).replace('"json"]', '"json", "reasoning"]')
+    text = reasoning_config(oai, ant)
     d = await start_daemon(text)
     yield oai, ant, d, None
 
@@ -108,7 +108,7 @@ async def test_client_betas_stay_behind_and_the_providers_own_go_out(
     Anthropic-compatible upstream refuses them all. The betas an operator wants are set on
     the provider (`headers`), and go out with every request to it."""
     oai, ant = await fake_openai(), await fake_anthropic()
-    text = config(oai, ant).replace('"json"]', '"json", "reasoning"]').replace(
+    text = reasoning_config(oai, ant).replace(
         'kind = "anthropic"\n',
         'kind = "anthropic"\nheaders = { "anthropic-beta" = "interleaved-thinking-2025-05-14" }\n')
     d = await start_daemon(text)

@@ -15,20 +15,12 @@ from typing import Any
 import pytest
 
 from tests.test_claude_code import claude_code_body, post_stream
-from tests.test_sdk_clients import WEATHER, anthropic_client, config, openai_client
+from tests.test_sdk_clients import WEATHER, openai_client
+from tests.test_thinking_roundtrip import rig as rig  # the fixture: the same two models
 
 EPHEMERAL = {"type": "ephemeral"}
 HOUR = {"type": "ephemeral", "ttl": "1h"}
 LONG = "You are a coding agent. " * 200
-
-
-@pytest.fixture
-async def rig(fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> Any:
-    oai, ant = await fake_openai(), await fake_anthropic()
-    d = await start_daemon(config(oai, ant).replace('"json"]', '"json", "reasoning"]'))
-    client = anthropic_client(d.socket)
-    yield oai, ant, d, client
-    await client.close()
 
 
 def marked(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -19,7 +19,13 @@ import pytest
 
 from tests.fakes.anthropic import signature
 from tests.fakes.openai import FakeOpenAI
-from tests.test_sdk_clients import WEATHER, anthropic_client, config, openai_client
+from tests.test_sdk_clients import (
+    WEATHER,
+    anthropic_client,
+    config,
+    openai_client,
+    reasoning_config,
+)
 
 THOUGHT = "The user wants the weather; I will call the tool."
 TOOL = {"name": "get_weather", "description": "Weather for a city",
@@ -32,7 +38,7 @@ REFUSAL = "The reasoning_content in the thinking mode must be passed back to the
 async def rig(fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> Any:
     deepseek: FakeOpenAI = await fake_openai(thinking=THOUGHT)
     ant = await fake_anthropic()
-    d = await start_daemon(config(deepseek, ant).replace('"json"]', '"json", "reasoning"]'))
+    d = await start_daemon(reasoning_config(deepseek, ant))
     client = anthropic_client(d.socket)
     yield deepseek, ant, d, client
     await client.close()

@@ -51,6 +51,11 @@ when_all_unavailable = "fail"
 """
 
 
+def reasoning_config(oai: FakeOpenAI, ant: FakeAnthropic) -> str:
+    """`config`'s two models, both able to reason (thinking on towards Anthropic)."""
+    return config(oai, ant).replace('"json"]', '"json", "reasoning"]')
+
+
 def anthropic_client(socket: str, max_retries: int = 0) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
         api_key="unused", base_url="http://failoverd", max_retries=max_retries,

@@ -27,7 +27,12 @@ from failoverd.translate.anthropic import (
     canonical_to_anthropic_response,
 )
 from tests.fakes.anthropic import signature
-from tests.test_sdk_clients import WEATHER, anthropic_client, config, openai_client
+from tests.test_sdk_clients import (
+    WEATHER,
+    anthropic_client,
+    openai_client,
+    reasoning_config,
+)
 
 THINK = {"type": "enabled", "budget_tokens": 2048}
 TOOL = {"name": "get_weather", "description": "Weather for a city",
@@ -41,7 +46,7 @@ REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}
 async def rig(fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> Any:
     """tests/test_sdk_clients.py's two models, both able to reason."""
     oai, ant = await fake_openai(), await fake_anthropic()
-    d = await start_daemon(config(oai, ant).replace('"json"]', '"json", "reasoning"]'))
+    d = await start_daemon(reasoning_config(oai, ant))
     client = anthropic_client(d.socket)
     yield oai, ant, d, client
     await client.close()
