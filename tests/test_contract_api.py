@@ -214,9 +214,9 @@ async def test_unknown_paths_and_methods_get_json_errors_in_the_clients_shape(
     assert resp.json() == {"type": "error", "error": {
         "type": "not_found_error",
         "message": "POST /v1/messages/batches: failoverd serves no such endpoint "
-                   "(proxied: POST /v1/chat/completions, POST /v1/messages and POST "
-                   "/v1/responses)"}}
-    resp = await d.http.post("/v1/embeddings", json={"input": "x"})
+                   "(proxied: POST /v1/chat/completions, POST /v1/messages, POST "
+                   "/v1/responses and POST /v1/embeddings)"}}
+    resp = await d.http.post("/v1/audio/speech", json={"input": "x"})
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     assert resp.json()["error"]["type"] == "invalid_request_error"
     # a GET of the chat endpoint: the fast path hands it to aiohttp, which routes it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
@@ -17,7 +17,11 @@ from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
-Capability = Literal["tools", "vision", "reasoning", "json", "long_context"]
+Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings"]
+# the capability that makes a model an embedding model: served on POST /v1/embeddings only
+EMBEDDINGS: Capability = "embeddings"
+# provider kinds with an embeddings API failoverd speaks
+EMBEDDING_KINDS = ("openai", "gemini", "ollama", "simulated")
 Tier = Literal["small", "medium", "large"]
 
 MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
@@ -69,6 +73,10 @@ class ModelConfig:
     stream_idle_timeout: float = 60.0
     max_concurrency: int = 0
 
+    @property
+    def embedding(self) -> bool:
+        """An embedding model: it serves POST /v1/embeddings and never a chat request."""
+        return EMBEDDINGS in self.capabilities
 
 
 _DEFAULT_BASE_URLS: dict[str, str] = {
@@ -176,7 +184,7 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
     return cfg
 
 
-def read_model(model_id: str, sec: Section, providers: Collection[str]) -> ModelConfig:
+def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> ModelConfig:
     provider = sec.get("provider", str, "")
     if not provider:
         sec.problem("provider", "is required")
@@ -194,6 +202,8 @@ def read_model(model_id: str, sec: Section, providers: Collection[str]) -> Model
     tier: Tier | None = None
     if sec.has("tier"):  # "" is no tier either: omit the key for none
         tier = sec.choice("tier", Tier, "medium")
+    if EMBEDDINGS in caps:
+        _embedding_model(sec, caps, providers.get(provider))
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
     cost_sec.finish()
@@ -217,3 +227,19 @@ def read_model(model_id: str, sec: Section, providers: Collection[str]) -> Model
     )
     sec.finish()
     return cfg
+
+
+def _embedding_model(sec: Section, caps: Collection[str], provider: Any) -> None:
+    """What an embedding model cannot have: chat capabilities, a tier (auto routing picks chat
+    models), a provider kind without an embeddings API."""
+    others = sorted(c for c in caps if c != EMBEDDINGS)
+    if others:
+        sec.problem("capabilities", "'embeddings' marks an embedding model, which has no chat "
+                    f"capabilities; remove {', '.join(repr(c) for c in others)} (a model "
+                    "that does both is two [models] entries with the same name)")
+    if sec.has("tier"):
+        sec.problem("tier", "an embedding model takes no part in auto routing: remove the tier")
+    kind = provider.get("kind") if isinstance(provider, Mapping) else None
+    if isinstance(kind, str) and kind in get_args(ProviderKind) and kind not in EMBEDDING_KINDS:
+        sec.problem("capabilities", f"provider kind {kind!r} has no embeddings API (kinds with "
+                    f"one: {', '.join(EMBEDDING_KINDS)})")

@@ -177,6 +177,21 @@ class Dispatcher:
                                              needs, call, streaming=True)
         return start
 
+    async def embed(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+                    outcome: Outcome) -> Completion:
+        """Embeddings: the same attempt loop (breakers, retries, failover down an embedding
+        chain, hooks, events), with no context screening (needs None)."""
+        async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
+                       limits: AttemptLimits, permit: Permit | None) -> Completion:
+            started = self.clock.monotonic()
+            result = await provider.embed(req, model, limits)
+            self._succeeded(model.id, permit, started)
+            return result
+
+        result: Completion = await self._run(body, candidates, deadline, outcome, None, None,
+                                             call)
+        return result
+
     def stream_finished(self, model_id: str, start: StreamStart,
                         error: UpstreamError | None) -> None:
         """Records the end of a stream that was handed to the client."""

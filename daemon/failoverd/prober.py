@@ -48,6 +48,7 @@ from failoverd.clock import Clock
 from failoverd.config import ProbeKind
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.providers.http import probe_limits
 
 if TYPE_CHECKING:
     from failoverd.service import Service
@@ -331,7 +332,14 @@ class Prober:
         message = ""
         try:
             async with asyncio.timeout(cfg.probes.timeout):
-                await provider.probe(model, kind, cfg.probes.timeout, cfg.probes.chat_max_tokens)
+                if model.embedding and kind == "chat":
+                    # an embedding model answers no chat: the call its clients make instead
+                    await provider.embed({"model": model.id, "input": "ping"}, model,
+                                         probe_limits(cfg.probes.timeout,
+                                                      provider.config.connect_timeout))
+                else:
+                    await provider.probe(model, kind, cfg.probes.timeout,
+                                         cfg.probes.chat_max_tokens)
         except UpstreamError as exc:
             if exc.local:  # failoverd's own trouble says nothing about the model
                 logger.warning("probe (%s) of %s could not run: %s", kind, model_id, exc.message)

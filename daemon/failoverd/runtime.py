@@ -29,6 +29,7 @@ class Runtime:
     # router.resolve's answers: a request's "model" names one of a few models or chains,
     # each resolved once per configuration, not per request (valid names only, bounded)
     _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _resolved_embeddings: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
         """The candidates for a request's "model" (raises like ``router.resolve``)."""
@@ -37,6 +38,16 @@ class Runtime:
             known = router.resolve(self.config, requested)  # raises for an unknown model
             if len(self._resolved) < RESOLVED_MAX:
                 self._resolved[requested] = known
+        return known
+
+    def resolve_embeddings(self, requested: str) -> tuple[str, ...]:
+        """The candidates for an embeddings request's "model" (see
+        ``router.resolve_embeddings``)."""
+        known = self._resolved_embeddings.get(requested)
+        if known is None:
+            known = router.resolve_embeddings(self.config, requested)
+            if len(self._resolved_embeddings) < RESOLVED_MAX:
+                self._resolved_embeddings[requested] = known
         return known
 
 

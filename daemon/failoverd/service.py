@@ -196,6 +196,14 @@ class Service:
             skipped = tuple((m, why) for m, why in skipped if m not in candidates)
         return Route(candidates, needs, header, skipped)
 
+    def embedding_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+        """The candidates of an embeddings request (router.resolve_embeddings), an
+        operator's rotation of its chain applied; no sessions, no auto routing."""
+        candidates = rt.resolve_embeddings(requested)
+        if requested in self._chain_offsets:
+            candidates = self.chains()[requested]
+        return candidates[:1] if pin else candidates
+
     def _session_order(self, cfg: Config, key: str,
                        candidates: tuple[str, ...]) -> tuple[str, ...]:
         """A session's pinned preference first; then its sticky fallback, but only for

@@ -52,8 +52,24 @@ def request_deadline(svc: Service, rt: Runtime, request: web.Request, outcome: O
     return svc.clock.monotonic() + budget
 
 
-def _failed(front: FrontEnd, svc: Service, rt: Runtime, exc: UpstreamError,
-            outcome: Outcome) -> web.Response:
+def exhausted(front: FrontEnd, svc: Service, exc: NoModelAvailable,
+              outcome: Outcome) -> web.Response:
+    """Every candidate failed or was skipped: DESIGN.md's 503."""
+    svc.metrics.exhausted()
+    headers = outcome_headers(outcome)
+    headers["Retry-After"] = retry_after_header(exc.retry_after)
+    if exc.attempts and all(a.reason == FailureReason.INCAPABLE for a in exc.attempts):
+        # no model can ever serve it (too long, lacking a capability): the OpenAI and
+        # Anthropic SDKs obey this and do not send it again for nothing
+        headers["x-should-retry"] = "false"
+    return front.error(
+        503, "no_model_available",
+        f"no model available: {len(exc.attempts)} candidate(s) failed or were skipped",
+        "no_model_available", headers=headers, attempts=[a.as_dict() for a in exc.attempts])
+
+
+def failed(front: FrontEnd, svc: Service, rt: Runtime, exc: UpstreamError,
+           outcome: Outcome) -> web.Response:
     """A failure that ends the request without trying further candidates."""
     headers = outcome_headers(outcome)
     svc.metrics.failed(exc.model, "bad_request" if exc.reason is FailureReason.BAD_REQUEST
@@ -113,20 +129,9 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
                                exc.param)
         except NoModelAvailable as exc:
-            svc.metrics.exhausted()
-            headers = outcome_headers(outcome)
-            headers["Retry-After"] = retry_after_header(exc.retry_after)
-            if exc.attempts and all(a.reason == FailureReason.INCAPABLE for a in exc.attempts):
-                # no model can ever serve it (too long, lacking a capability): the OpenAI and
-                # Anthropic SDKs obey this and do not send it again for nothing
-                headers["x-should-retry"] = "false"
-            return front.error(
-                503, "no_model_available",
-                f"no model available: {len(exc.attempts)} candidate(s) failed or were skipped",
-                "no_model_available", headers=headers,
-                attempts=[a.as_dict() for a in exc.attempts])
+            return exhausted(front, svc, exc, outcome)
         except UpstreamError as exc:
-            return _failed(front, svc, rt, exc, outcome)
+            return failed(front, svc, rt, exc, outcome)
         except asyncio.CancelledError:
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise

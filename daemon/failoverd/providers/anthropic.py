@@ -20,7 +20,7 @@ from typing import Any, cast
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
@@ -264,6 +264,11 @@ class AnthropicProvider:
         finally:
             await stack.aclose()
             finish_stream(resp, clean)
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        # the configuration refuses an embedding model on this kind; a defence all the same
+        raise RequestError("Anthropic's API has no embeddings endpoint", param="model")
 
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS

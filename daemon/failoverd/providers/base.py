@@ -96,6 +96,14 @@ class Provider(Protocol):
         """
         ...
 
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """Embeddings for an embedding model: `body` is the OpenAI Embeddings request
+        (translate/embeddings.py validated it), the answer OpenAI's list of embeddings, in
+        the encoding the request asks for. A request this API cannot express raises
+        RequestError (the next candidate may serve it)."""
+        ...
+
     def default_output(self, model: ModelConfig) -> int | None:
         """The max_tokens this adapter sends when the request sets none (Anthropic requires
         one), which the request's context check must leave room for; None: the upstream's

@@ -38,6 +38,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
+from failoverd.translate import embeddings
 from failoverd.translate import gemini as translate
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,35 @@ class GeminiProvider:
                 yield Chunk.of(chunk)
         finally:
             finish_stream(resp, translator.complete)
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """batchEmbedContents: one request per text input (token ids are OpenAI's own),
+        `dimensions` as outputDimensionality; Gemini reports no token usage."""
+        texts = embeddings.texts(body, "Gemini's batchEmbedContents")
+        name = self.config.name
+        resource = f"models/{model.name.removeprefix('models/')}"
+        extra: dict[str, Any] = {}
+        if body.get("dimensions"):
+            extra["outputDimensionality"] = body["dimensions"]
+        payload = {"requests": [{"model": resource, "content": {"parts": [{"text": text}]},
+                                 **extra} for text in texts]}
+        raw = await fetch(self._client, "POST", f"{self._model_url(model)}:batchEmbedContents",
+                          headers=self._headers, data=orjson.dumps(payload),
+                          total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=name, model=model.id)
+        parsed = json_or_none(raw)
+        if isinstance(parsed, dict) and "error" in parsed:
+            raise self._error(200, raw, model.id)
+        items = parsed.get("embeddings") if isinstance(parsed, dict) else None
+        vectors: list[Any] | None = [item.get("values") if isinstance(item, dict) else None
+                                     for item in items] if isinstance(items, list) else None
+        if not embeddings.vectors_ok(vectors, len(texts)):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 without the embeddings asked for", status=200,
+                                 provider=name, model=model.id)
+        assert vectors is not None
+        return Completion(embeddings.answer(vectors, body, model.name, 0))
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

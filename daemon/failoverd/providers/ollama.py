@@ -35,6 +35,7 @@ from failoverd.providers.http import (
     request_headers,
     upstream_error,
 )
+from failoverd.translate import embeddings
 from failoverd.translate import ollama as translate
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class OllamaProvider:
         base = config.base_url.rstrip("/")
         self._chat_url = f"{base}/api/chat"
         self._tags_url = f"{base}/api/tags"
+        self._embed_url = f"{base}/api/embed"
         # a key: Ollama behind an authenticating proxy, or ollama.com
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
@@ -189,6 +191,33 @@ class OllamaProvider:
                                  status=200, provider=name, model=model.id)
         finally:
             finish_stream(resp, translator.done)
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """Ollama's /api/embed: text inputs (token ids are an OpenAI extension), vectors
+        back as OpenAI's answer."""
+        texts = embeddings.texts(body, "Ollama's /api/embed")
+        payload: dict[str, Any] = {"model": model.name, "input": texts}
+        if body.get("dimensions"):
+            payload["dimensions"] = body["dimensions"]
+        name = self.config.name
+        raw = await fetch(self._client, "POST", self._embed_url, headers=self._headers,
+                          data=orjson.dumps(payload), total=limits.total,
+                          connect=limits.connect, failure=self._failure, provider=name,
+                          model=model.id)
+        parsed = json_or_none(raw)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
+                                 status=200, provider=name, model=model.id, body=raw)
+        vectors = parsed.get("embeddings") if isinstance(parsed, dict) else None
+        if not embeddings.vectors_ok(vectors, len(texts)):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 without the embeddings asked for", status=200,
+                                 provider=name, model=model.id)
+        assert isinstance(parsed, dict) and isinstance(vectors, list)
+        tokens = parsed.get("prompt_eval_count")
+        return Completion(embeddings.answer(vectors, body, model.name,
+                                            tokens if type(tokens) is int else 0))
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -37,6 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
+from failoverd.translate import embeddings
 from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class OpenAIProvider:
         # wants them back (Gemini 3 refuses a tool loop without); everyone else refuses them
         self._signatures = urlsplit(config.base_url).hostname == GOOGLE_OPENAI_HOST
         self._models_url = f"{config.base_url}/models"
+        self._embeddings_url = f"{config.base_url}/embeddings"
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
             "Authorization", f"Bearer {config.api_key}")
@@ -417,6 +419,27 @@ class OpenAIProvider:
                                  status=200, provider=name, model=model.id)
         finally:
             finish_stream(resp, clean)
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        payload = dict(body)
+        payload["model"] = model.name
+        raw = await fetch(self._client, "POST", self._embeddings_url, headers=self._headers,
+                          data=orjson.dumps(payload), total=limits.total,
+                          connect=limits.connect, failure=self._failure,
+                          provider=self.config.name, model=model.id)
+        parsed = json_or_none(raw)
+        if not embeddings.is_answer(parsed, embeddings.count(body)):
+            raise self._body_error(raw, parsed, model.id,
+                                   "200 without the embeddings asked for")
+        try:
+            if embeddings.conform(parsed, body.get("encoding_format")):
+                return Completion(parsed)  # a server that ignored encoding_format
+        except ValueError:
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 with an embedding that "
+                                 "is not base64 of float32", status=200,
+                                 provider=self.config.name, model=model.id) from None
+        return Completion(parsed, raw)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

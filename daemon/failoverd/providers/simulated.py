@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,8 +23,11 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.translate import embeddings
 
 MAX_N = 128  # OpenAI's own limit on n
+SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
+MAX_DIMENSIONS = 4096
 
 _STATUS = {
     FailureReason.RATE_LIMIT: 429, FailureReason.OVERLOADED: 529,
@@ -128,6 +132,22 @@ class SimulatedProvider:
         if isinstance(options, dict) and options.get("include_usage"):
             yield chunk([], usage=self._usage(body, texts))
 
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        await self._behave(model)
+        value = body["input"]
+        items = [value] if isinstance(value, str) or all(type(v) is int for v in value) \
+            else value
+        dimensions = body.get("dimensions") or SIMULATED_DIMENSIONS
+        if dimensions > MAX_DIMENSIONS:
+            raise UpstreamError(FailureReason.BAD_REQUEST,
+                                f"Invalid 'dimensions': at most {MAX_DIMENSIONS}, got "
+                                f"{dimensions}.", status=400, provider=self.config.name,
+                                model=model.id)
+        vectors = [_vector(f"{model.id}\0{item}", dimensions) for item in items]
+        tokens = sum(len(str(item)) // 4 + 1 for item in items)
+        return Completion(embeddings.answer(vectors, body, model.name, tokens))
+
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
 
@@ -135,3 +155,16 @@ class SimulatedProvider:
                     max_tokens: int) -> None:
         if kind != "none":
             await self._behave(model)
+
+
+def _vector(seed: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `seed`: the same text always embeds the same way."""
+    raw = b""
+    block = 0
+    while len(raw) < dimensions * 2:
+        raw += hashlib.sha256(f"{seed}\0{block}".encode()).digest()
+        block += 1
+    values = [int.from_bytes(raw[2 * i:2 * i + 2], "little") / 32767.5 - 1.0
+              for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 6) for v in values]
