@@ -18,3 +18,8 @@ async def test_demo_shows_a_failover_and_a_stream() -> None:
         assert "x-failoverd-failover: busy-cloud/large-model>local/small-model:rate_limit" in text
         assert "streamed: [local/small-model] simulated answer" in text
         assert "event model:failover" in text  # the audit log line
+        # the embedding chain fails over as well, and its vectors are the ones asked for
+        assert "x-failoverd-failover: busy-cloud/embed-model>local/embed-model:rate_limit" in text
+        vectors = [line for line in text.splitlines() if line.startswith("embedding ")]
+        assert [v.split(":")[0] for v in vectors] == ["embedding 0", "embedding 1"]
+        assert all(len(v.split(": ", 1)[1].split(",")) == 4 for v in vectors)

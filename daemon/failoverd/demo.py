@@ -16,13 +16,16 @@ _REQUESTS: tuple[tuple[str, dict[str, object]], ...] = (
     ("named chain 'fast', streaming",
      {"model": "fast", "stream": True,
       "messages": [{"role": "user", "content": "Stream me a short answer."}]}),
+    ("embeddings from chain 'vectors' (its first model is rate-limited too)",
+     {"model": "vectors", "input": ["first text", "second text"], "dimensions": 4}),
 )
 
 
 async def _show(session: aiohttp.ClientSession, title: str, body: dict[str, object]) -> None:
     print(f"\n--- {title}")
-    print(f"POST /v1/chat/completions {orjson.dumps(body).decode()}")
-    async with session.post("http://failoverd/v1/chat/completions", json=body) as resp:
+    path = "/v1/embeddings" if "input" in body else "/v1/chat/completions"
+    print(f"POST {path} {orjson.dumps(body).decode()}")
+    async with session.post(f"http://failoverd{path}", json=body) as resp:
         print(f"HTTP {resp.status}")
         for name in ("x-failoverd-model", "x-failoverd-attempts", "x-failoverd-failover"):
             if name in resp.headers:
@@ -36,7 +39,11 @@ async def _show(session: aiohttp.ClientSession, title: str, body: dict[str, obje
             print("streamed:", "".join(pieces))
         else:
             answer = await resp.json(loads=orjson.loads)
-            print("answer:", answer["choices"][0]["message"]["content"])
+            if "data" in answer:
+                for item in answer["data"]:
+                    print(f"embedding {item['index']}:", item["embedding"])
+            else:
+                print("answer:", answer["choices"][0]["message"]["content"])
 
 
 async def run_demo(config: Config, *, once: bool) -> int:
