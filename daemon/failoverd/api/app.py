@@ -38,6 +38,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/status", control.status)
     # model ids, chain names and session keys may contain '/' and ':'
     app.router.add_post(r"/v1/models/{id:.+}/{action:reset|open|probe}", control.model_action)
+    app.router.add_get(r"/v1/models/{id:.+}", control.model)
     app.router.add_post(r"/v1/chains/{name:.+}/{action:next|reset}", control.chain_action)
     app.router.add_post("/v1/select", control.select)
     app.router.add_get("/v1/sessions/{key:.+}", control.session_get)

@@ -3,6 +3,7 @@ sessions, reload, metrics."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -26,8 +27,8 @@ RELOADS = web.AppKey("reloads", ReloadRecord)
 _UP = ("closed", "half_open")
 
 
-async def models(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
+def _model_entries(svc: Service) -> list[dict[str, Any]]:
+    """Every model and chain as an OpenAI model object, with failoverd's fields."""
     cfg = svc.runtime.config
     created = int(svc.started)
     data: list[dict[str, Any]] = [{
@@ -39,7 +40,50 @@ async def models(request: web.Request) -> web.Response:
     } for m in cfg.models.values()]
     data.extend({"id": c.name, "object": "model", "created": created, "owned_by": "failoverd",
                  "chain": list(c.models)} for c in cfg.chains.values())
+    return data
+
+
+def _anthropic(request: web.Request) -> bool:
+    """Whether the caller is an Anthropic client (its SDKs always send anthropic-version),
+    which reads Anthropic's model objects."""
+    return "anthropic-version" in request.headers
+
+
+def _as_anthropic(entry: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's model object (type, id, display_name, created_at, lifecycle, the
+    windows), failoverd's own fields under ``failoverd``: Anthropic's ``capabilities`` is an
+    object of its own (batch, citations, thinking, ...) that failoverd does not know."""
+    created = dt.datetime.fromtimestamp(entry["created"], dt.UTC)
+    own = {k: v for k, v in entry.items() if k not in ("id", "object", "created")}
+    return {"type": "model", "id": entry["id"], "display_name": entry["id"],
+            "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"), "lifecycle": "active",
+            "max_input_tokens": entry.get("context_window"),
+            "max_tokens": entry.get("max_output_tokens"), "failoverd": own}
+
+
+async def models(request: web.Request) -> web.Response:
+    data = _model_entries(request.app[SERVICE])
+    if _anthropic(request):
+        listed = [_as_anthropic(e) for e in data]
+        return json_response({"data": listed, "has_more": False,
+                              "first_id": listed[0]["id"] if listed else None,
+                              "last_id": listed[-1]["id"] if listed else None})
     return json_response({"object": "list", "data": data})
+
+
+async def model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: one model or chain (the SDKs' models.retrieve)."""
+    model_id = request.match_info["id"]
+    entry = next((e for e in _model_entries(request.app[SERVICE]) if e["id"] == model_id),
+                 None)
+    anthropic = _anthropic(request)
+    if entry is None:
+        message = f"no model or chain {model_id!r} is configured"
+        if anthropic:
+            return json_response({"type": "error", "error": {
+                "type": "not_found_error", "message": message}}, 404)
+        return openai_error(404, message, "invalid_request_error", "model_not_found", "model")
+    return json_response(_as_anthropic(entry) if anthropic else entry)
 
 
 def health_summary(svc: Service) -> tuple[str, dict[str, str]]:
