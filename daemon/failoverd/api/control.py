@@ -276,6 +276,11 @@ async def session_set(request: web.Request) -> web.Response:
                 target not in cfg.models and target not in cfg.chains)):
             raise RequestError(f"'model' must name a configured model or chain, got {target!r}",
                                param="model")
+        if target is not None and cfg.models[
+                cfg.chains[target].models[0] if target in cfg.chains else target].embedding:
+            raise RequestError(f"{target!r} is an embedding model or chain: a session's "
+                               "model serves its chat requests", param="model",
+                               code="model_not_chat")
     except RequestError as exc:
         return request_error(exc)
     svc.sessions.set_preference(key, target)
