@@ -141,3 +141,51 @@ def test_stream_usage_is_only_for_the_openai_kind() -> None:
         config_mod.loads(text)
     assert any("stream_usage" in p and "only valid for kind" in p
                for p in raised.value.problems)
+
+
+async def cost(d: Any) -> dict[str, float]:
+    text = (await d.http.get("/metrics")).text
+    return {m: float(v) for m, v in re.findall(
+        r'^failoverd_cost_usd_total\{model="([^"]*)"\} (\S+)$', text, re.M)}
+
+
+async def test_cost_is_the_reported_tokens_at_the_configured_prices(
+        fake_openai: Any, fake_anthropic: Any, start_daemon: Any) -> None:
+    """failoverd_cost_usd_total: uncached prompt tokens at `cost.input`, cache reads and
+    writes at `cost.cache_read` / `cost.cache_write` (else at `input`), completion tokens at
+    `cost.output`; a model without a cost has no series."""
+    oai, ant = await fake_openai(), await fake_anthropic()
+    priced = config(oai, ant).replace(
+        '[models."ant/claude"]\nprovider = "ant"\n',
+        '[models."ant/claude"]\nprovider = "ant"\n'
+        'cost = { input = 3.0, output = 15.0, cache_read = 0.3, cache_write = 3.75 }\n').replace(
+        '[models."oai/gpt"]\nprovider = "oai"\n',
+        '[models."oai/gpt"]\nprovider = "oai"\ncost = { input = 1.25, output = 10.0 }\n')
+    d = await start_daemon(priced)
+    client = anthropic_client(d.socket)
+    try:
+        first = await client.messages.create(**tool_loop("ant/claude"))
+        second = await client.messages.create(**tool_loop("ant/claude"))
+    finally:
+        await client.close()
+    written = first.usage.cache_creation_input_tokens or 0
+    assert written > 1000 and second.usage.cache_read_input_tokens == written
+    fresh = first.usage.input_tokens + second.usage.input_tokens
+    completion = first.usage.output_tokens + second.usage.output_tokens
+    expected = (fresh * 3.0 + written * 3.75 + written * 0.3 + completion * 15.0) / 1e6
+    resp = await d.http.post("/v1/chat/completions", content=orjson.dumps(
+        {"model": "oai/gpt", "messages": USER}), headers={"content-type": "application/json"})
+    usage = resp.json()["usage"]
+    spent = await cost(d)
+    assert spent["ant/claude"] == pytest.approx(expected, rel=1e-6)
+    assert spent["oai/gpt"] == pytest.approx(
+        (usage["prompt_tokens"] * 1.25 + usage["completion_tokens"] * 10.0) / 1e6, rel=1e-6)
+
+
+async def test_a_model_without_a_cost_has_no_cost_series(rig: Any) -> None:
+    _, _, d = rig
+    resp = await d.http.post("/v1/chat/completions", content=orjson.dumps(
+        {"model": "oai/gpt", "messages": USER}), headers={"content-type": "application/json"})
+    assert resp.status_code == 200
+    assert await cost(d) == {}
+    assert "# TYPE failoverd_cost_usd_total counter" in (await d.http.get("/metrics")).text

@@ -52,8 +52,12 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
+    """USD per 1M tokens; cached prompt tokens at the input price unless priced apart."""
+
     input: float = 0.0
     output: float = 0.0
+    cache_read: float | None = None
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,9 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
     if EMBEDDINGS in caps:
         _embedding_model(sec, caps, providers.get(provider))
     cost_sec = sec.table("cost")
-    cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0))
+    cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0),
+                cost_sec.number("cache_read", 0.0) if cost_sec.has("cache_read") else None,
+                cost_sec.number("cache_write", 0.0) if cost_sec.has("cache_write") else None)
     cost_sec.finish()
     window = sec.integer("context_window", 0, minimum=1) if sec.has("context_window") else None
     max_out = (sec.integer("max_output_tokens", 0, minimum=1)

@@ -10,6 +10,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from failoverd.catalog import Cost
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
 
@@ -55,6 +57,10 @@ class Metrics:
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, kind)
         self.unreported: defaultdict[str, int] = defaultdict(int)  # answers without usage
+        # USD spent per model at its configured cost (prices: USD per 1M tokens, input and
+        # output, set from the configuration at start and on every reload)
+        self.cost: defaultdict[str, float] = defaultdict(float)
+        self.prices: dict[str, Cost] = {}
         self.gauges: list[Callable[[], Iterable[str]]] = []
 
     def served(self, model: str) -> None:
@@ -99,16 +105,24 @@ class Metrics:
             self.unreported[model] += 1
             return
         tokens = self.tokens
-        for kind, value in (("prompt", usage.get("prompt_tokens")),
-                            ("completion", usage.get("completion_tokens")),
-                            ("cache_write", usage.get("cache_creation_input_tokens"))):
-            if isinstance(value, int) and value > 0:
-                tokens[(model, kind)] += value
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        written = _count(usage.get("cache_creation_input_tokens"))
         details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict):
-            cached = details.get("cached_tokens")
-            if isinstance(cached, int) and cached > 0:
-                tokens[(model, "cache_read")] += cached
+        read = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        for kind, value in (("prompt", prompt), ("completion", completion),
+                            ("cache_write", written), ("cache_read", read)):
+            if value:
+                tokens[(model, kind)] += value
+        price = self.prices.get(model)
+        if price is not None:
+            fresh = max(prompt - read - written, 0)
+            read_price = price.input if price.cache_read is None else price.cache_read
+            write_price = price.input if price.cache_write is None else price.cache_write
+            spent = (fresh * price.input + read * read_price + written * write_price
+                     + completion * price.output) / 1e6
+            if spent > 0:
+                self.cost[model] += spent
 
     def probe(self, model: str, ok: bool) -> None:
         self.probes[(model, "ok" if ok else "failed")] += 1
@@ -123,6 +137,8 @@ class Metrics:
                 del series[key]
         for model in [m for m in self.unreported if m not in kept]:
             del self.unreported[model]
+        for model in [m for m in self.cost if m not in kept]:
+            del self.cost[model]
         for hop in [k for k in self.failovers if k[0] not in kept or k[1] not in kept]:
             del self.failovers[hop]
 
@@ -148,6 +164,12 @@ class Metrics:
         counter("failoverd_usage_unreported_total", "Answers served without a token usage "
                 "(streams without stream_options.include_usage).", ("model",),
                 (((k,), v) for k, v in self.unreported.items()))
+        name = "failoverd_cost_usd_total"
+        out.append(f"# HELP {name} US dollars spent by model: the reported tokens at the "
+                   "model's configured cost.\n"
+                   f"# TYPE {name} counter")
+        out.extend(f'{name}{{model="{_esc(model)}"}} {spent:.9g}'
+                   for model, spent in sorted(self.cost.items()))
         name = "failoverd_upstream_latency_seconds"
         out.append(f"# HELP {name} Upstream call latency.\n# TYPE {name} histogram")
         for (model, result), h in sorted(self.upstream.items()):
@@ -162,3 +184,7 @@ class Metrics:
         for gauge in self.gauges:
             out.extend(gauge())
         return "\n".join(out) + "\n"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from failoverd import complexity, requirements, selection
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
-from failoverd.config import Config
+from failoverd.config import Config, Cost
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
 from failoverd.errors import Attempt
 from failoverd.events import AuditLog, EventBus
@@ -132,6 +132,8 @@ class Service:
         d.on_failover = self._failover
         d.on_exhausted = self._exhausted
         d.observe_latency = self.metrics.upstream_latency
+        self.metrics.prices = {m.id: m.cost for m in runtime.config.models.values()
+                               if m.cost != Cost()}
         self.runtime = runtime
 
     def reload(self, config: Config) -> None:

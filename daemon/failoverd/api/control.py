@@ -35,7 +35,9 @@ def _model_entries(svc: Service) -> list[dict[str, Any]]:
         "id": m.id, "object": "model", "created": created, "owned_by": m.provider,
         "capabilities": sorted(m.capabilities), "context_window": m.context_window,
         "max_output_tokens": m.max_output_tokens, "tier": m.tier,
-        "cost": {"input": m.cost.input, "output": m.cost.output},
+        "cost": {k: v for k, v in (("input", m.cost.input), ("output", m.cost.output),
+                                   ("cache_read", m.cost.cache_read),
+                                   ("cache_write", m.cost.cache_write)) if v is not None},
         "state": svc.model_state(m.id),
     } for m in cfg.models.values()]
     data.extend({"id": c.name, "object": "model", "created": created, "owned_by": "failoverd",
