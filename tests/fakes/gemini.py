@@ -1,10 +1,10 @@
 """A fake Gemini API (generativelanguage v1beta): a real aiohttp server on 127.0.0.1.
 
-Speaks `models/{name}:generateContent`, `:streamGenerateContent?alt=sse`, `GET models` and
-`GET models/{name}` with Gemini's real error bodies. Tests script it like the OpenAI fake:
-`fake.push("rate_limit", "ok")`; `fake.default` answers unscripted requests; every request
-is logged in `fake.requests`. Reuse it from any test module with
-`from tests.fakes.gemini import fake_gemini` (a fixture returning a factory).
+Speaks `models/{name}:generateContent`, `:streamGenerateContent?alt=sse`,
+`:batchEmbedContents`, `GET models` and `GET models/{name}` with Gemini's real error bodies.
+Tests script it like the OpenAI fake: `fake.push("rate_limit", "ok")`; `fake.default`
+answers unscripted requests; every request is logged in `fake.requests`. Reuse it from any
+test module with `from tests.fakes.gemini import fake_gemini` (a fixture returning a factory).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, cut
+from tests.fakes.openai import EMBEDDING_DIMENSIONS, fake_embedding
 
 
 def _err(code: int, status: str, message: str, *details: dict[str, Any]) -> bytes:
@@ -97,6 +98,7 @@ ERRORS: dict[str, tuple[int, bytes]] = {
 }
 
 USAGE = {"promptTokenCount": 9, "candidatesTokenCount": 6, "totalTokenCount": 15}
+MAX_BATCH = 100  # batchEmbedContents' limit on the requests of one call
 
 
 @dataclass
@@ -121,12 +123,21 @@ class FakeGemini(FakeServer[Logged]):
     0) the first function call of an answer carries a `thoughtSignature` of its own making,
     recorded in `signed`; a replayed function call with a signature it did not make (nor the
     documented placeholder) is refused as the API refuses it.
+
+    `models/{name}:batchEmbedContents` answers each of its requests with one
+    `fake_embedding(name, text, outputDimensionality)` vector (the texts of a content's
+    parts joined; `embedding_dimensions` long unless outputDimensionality is given), and
+    refuses as the API does more than 100 requests in one call and a request whose model is
+    not a "models/..." name. Behaviours besides the shared ones ("ok", any key of ERRORS,
+    "hang", "slow:<seconds>", "invalid_json", "empty" (`{}`)): "missing_embedding" (a 200 with
+    one embedding fewer than the requests).
     """
 
     reply: str = "Hello from the fake Gemini"
     tool_calls: int = 1
     thinking: bool = True
     signed: list[str] = field(default_factory=list, kw_only=True)
+    embedding_dimensions: int = EMBEDDING_DIMENSIONS
 
     errors = ERRORS
     truncated = b'{"candidates": ['
@@ -135,7 +146,12 @@ class FakeGemini(FakeServer[Logged]):
         return [r for r in self.requests if "GenerateContent" in r.path
                 or r.path.endswith(":generateContent")]
 
+    def embed_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path.endswith(":batchEmbedContents")]
+
     def _routes(self, router: web.UrlDispatcher) -> None:
+        # before the route of every other method: model and method share the last segment
+        router.add_post("/v1beta/models/{model}:batchEmbedContents", self._embed)
         router.add_post("/v1beta/models/{target}", self._generate)
         router.add_get("/v1beta/models", self._list)
         router.add_get("/v1beta/models/{name}", self._get)
@@ -185,6 +201,30 @@ class FakeGemini(FakeServer[Logged]):
         if streaming:
             return await self._stream(request, body, behaviour)
         return web.json_response(self._answer(body, behaviour))
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self._log(request, body)
+        behaviour = self._next()
+        model = request.match_info["model"]
+        requests = body.get("requests")
+        refusal = _invalid_batch(requests)
+        if refusal is not None:
+            return web.Response(status=400, body=_err(400, "INVALID_ARGUMENT", refusal),
+                                content_type="application/json")
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.json_response({})
+        vectors: list[list[float]] = []
+        for req in requests:
+            text = "".join(part.get("text", "") for part in req["content"]["parts"])
+            size = req.get("outputDimensionality") or self.embedding_dimensions
+            vectors.append(fake_embedding(model, text, size))
+        if behaviour == "missing_embedding":
+            vectors.pop()
+        return web.json_response({"embeddings": [{"values": v} for v in vectors]})
 
     def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         decls = [d for t in body.get("tools") or () for d in t.get("functionDeclarations", ())]
@@ -258,6 +298,23 @@ class FakeGemini(FakeServer[Logged]):
                 await resp.write(b"data: " + ERRORS["server_error"][1] + b"\r\n\r\n")
                 return resp
         return resp
+
+
+def _invalid_batch(requests: Any) -> str | None:
+    """The API's 400 (INVALID_ARGUMENT) for a batchEmbedContents body it refuses."""
+    if not isinstance(requests, list) or not requests:  # (the fake's own words)
+        return "* BatchEmbedContentsRequest.requests: requests must not be empty"
+    if len(requests) > MAX_BATCH:
+        return ("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one "
+                "batch")
+    for i, req in enumerate(requests):
+        if not str(req.get("model", "")).startswith("models/"):
+            return f"* BatchEmbedContentsRequest.requests[{i}].model: unexpected model name format"
+        parts = (req.get("content") or {}).get("parts")
+        if not parts:
+            return (f"* BatchEmbedContentsRequest.requests[{i}].content.parts: contents.parts "
+                    "must not be empty.")
+    return None
 
 
 def _invalid(body: dict[str, Any]) -> str | None:

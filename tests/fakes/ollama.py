@@ -1,10 +1,10 @@
 """A fake Ollama server (native API): a real aiohttp server on 127.0.0.1.
 
-Speaks `POST /api/chat` (NDJSON streaming or one JSON object) and `GET /api/tags` with
-Ollama's real error bodies (`{"error": "..."}`). Script it with `fake.push("busy", "ok")`;
-`fake.default` answers unscripted requests; `fake.models` is what /api/tags lists; every
-request is logged in `fake.requests`. Reuse it from any test module with
-`from tests.fakes.ollama import fake_ollama` (a fixture returning a factory).
+Speaks `POST /api/chat` (NDJSON streaming or one JSON object), `POST /api/embed` and
+`GET /api/tags` with Ollama's real error bodies (`{"error": "..."}`). Script it with
+`fake.push("busy", "ok")`; `fake.default` answers unscripted requests; `fake.models` is
+what /api/tags lists; every request is logged in `fake.requests`. Reuse it from any test
+module with `from tests.fakes.ollama import fake_ollama` (a fixture returning a factory).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, Logged, cut
+from tests.fakes.openai import EMBEDDING_DIMENSIONS, fake_embedding
 
 # Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -33,6 +34,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                           'available context size (4096 tokens), try increasing it","type":'
                           '"exceed_context_size_error","n_prompt_tokens":8889,"n_ctx":4096}}'),
     "context_500": (500, "the input length exceeds the context length"),
+    # ollama.com (or Ollama behind an authenticating proxy) without a valid key
+    "unauthorized": (401, "unauthorized"),
 }
 
 _TIMINGS = {"total_duration": 5191566416, "load_duration": 2154458,
@@ -53,11 +56,22 @@ class FakeOllama(FakeServer[Logged]):
 
     With tools given and no tool result last, the answer is `tool_calls` calls of the first
     tool, arguments as objects as Ollama sends them.
+
+    `POST /api/embed` embeds a string or strings with `fake_embedding(model, text,
+    dimensions)` (`embedding_dimensions` long unless `dimensions` is given); a model it has
+    not got (neither in `embedders` nor in `models`, ":latest" implied) is Ollama's 404, an
+    input that is not text Ollama's 400. Behaviours besides the shared ones ("ok", any key
+    of ERRORS, "hang", "slow:<seconds>", "invalid_json", "empty"): "missing_embedding" (a 200
+    with one embedding fewer than the inputs).
     """
 
     reply: str = "Hello from the fake Ollama"
     tool_calls: int = 1
     models: list[str] = field(default_factory=lambda: ["qwen2.5:7b", "llama3.2:latest"])
+    # the embedding models it has pulled (/api/tags does not list them, to keep its answer)
+    embedders: list[str] = field(default_factory=lambda: ["nomic-embed-text:latest",
+                                                          "embeddinggemma:latest"])
+    embedding_dimensions: int = EMBEDDING_DIMENSIONS
 
     errors = ERRORS
     truncated = b'{"model": "x", "message": {'
@@ -65,9 +79,13 @@ class FakeOllama(FakeServer[Logged]):
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/api/chat"]
 
+    def embed_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path == "/api/embed"]
+
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/chat", self._chat)
         router.add_get("/api/tags", self._tags)
+        router.add_post("/api/embed", self._embed)
 
     def _error(self, name: str, model: str) -> web.Response:
         status, text = ERRORS[name]
@@ -80,6 +98,32 @@ class FakeOllama(FakeServer[Logged]):
              "size": 4683087332, "digest": "845dbda0ea48",
              "details": {"format": "gguf", "family": "qwen2", "parameter_size": "7.6B",
                          "quantization_level": "Q4_K_M"}} for name in self.models]})
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        model = str(body.get("model", ""))
+        behaviour = self._next()
+        value = body.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return web.json_response({"error": "invalid input type"}, status=400)
+        name = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        if name not in self.embedders and name not in self.models:
+            return self._error("not_found", model)
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        dimensions = body.get("dimensions") or self.embedding_dimensions
+        vectors = [fake_embedding(model, text, dimensions) for text in texts]
+        if behaviour == "missing_embedding":
+            vectors.pop()
+        return web.json_response({
+            "model": model, "embeddings": vectors, "total_duration": 14143917,
+            "load_duration": 1019500,
+            "prompt_eval_count": sum(max(1, len(t) // 2) for t in texts)})
 
     def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         tools = body.get("tools") or ()

@@ -8,6 +8,9 @@ logged (`fake.requests`), so a test can prove that a model got no traffic.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +129,33 @@ ERRORS: dict[str, tuple[int, bytes, dict[str, str]]] = {
 
 USAGE = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
 
+EMBEDDING_DIMENSIONS = 8  # the length of a fake embedding unless the request asks otherwise
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def fake_embedding(model: str, item: Any, dimensions: int) -> list[float]:
+    """The vector every fake upstream gives `item` (a text, or token ids) from `model`:
+    deterministic, and multiples of 1/128, which float32 holds exactly, so the same numbers
+    arrive as JSON floats or base64 of float32."""
+    raw = b""
+    block = 0
+    while len(raw) < dimensions:
+        raw += hashlib.sha256(model.encode() + b"\0" + orjson.dumps(item)
+                              + b"\0%d" % block).digest()
+        block += 1
+    return [(b - 128) / 128 for b in raw[:dimensions]]
+
+
+def float32_base64(vector: list[float]) -> str:
+    """A vector as OpenAI's base64 encoding_format sends it: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+# OpenAI's 400 for an input its schema refuses (an empty string, an empty array, more than
+# 2048 items, a mix of strings and token arrays)
+_INPUT_INVALID = ("'$.input' is invalid. Please check the API reference: "
+                  "https://platform.openai.com/docs/api-reference.")
+
 # MiniMax answers some failures with a 200 whose body carries only its status (1008: no balance)
 MINIMAX_BALANCE = orjson.dumps({"base_resp": {"status_code": 1008,
                                               "status_msg": "insufficient balance"}})
@@ -151,7 +181,17 @@ class FakeOpenAI(FakeServer[Logged]):
     chunk, finish_reason "error", and the end), "openrouter_error_mid" (that chunk after two
     words),
     "llamacpp_error_event" (streaming: llama.cpp's `error: {...}` line, then `data: [DONE]`),
-    "minimax_balance" (a 200 whose JSON body is MiniMax's base_resp 1008)."""
+    "minimax_balance" (a 200 whose JSON body is MiniMax's base_resp 1008).
+
+    `POST /v1/embeddings` answers with `fake_embedding(model, input, dimensions)` vectors
+    (`embedding_dimensions` long unless the request sets `dimensions`; token-id inputs
+    embedded as they are), base64 when `encoding_format` is "base64", usage a token per four
+    characters (per token id). As OpenAI does, it refuses `dimensions` for
+    text-embedding-ada-002 and malformed inputs with a 400. Its own behaviours besides the
+    shared ones ("ok", any key of ERRORS, "hang", "slow:<seconds>", "invalid_json", "empty"):
+    "floats" (ignores encoding_format: always floats, as some compatible servers do),
+    "base64" (always base64, even when floats were asked for), "missing_embedding" (a 200
+    with one embedding fewer than the inputs)."""
 
     reply: str = "Hello from the fake upstream"
     call_id: str = "call_1"  # the id of its tool calls (Kimi's look like "functions.f:0")
@@ -170,12 +210,18 @@ class FakeOpenAI(FakeServer[Logged]):
     url_path = "/v1"
     truncated = b'{"id": "chatcmpl-1", "choices": ['
 
+    embedding_dimensions: int = EMBEDDING_DIMENSIONS
+
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def embedding_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
 
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/chat/completions", self._chat)
         router.add_get("/v1/models", self._models)
+        router.add_post("/v1/embeddings", self._embeddings)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Logged(request.path, dict(request.headers), None))
@@ -208,6 +254,44 @@ class FakeOpenAI(FakeServer[Logged]):
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
         return web.json_response(self._completion(body))
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        behaviour = self._next()
+        model = str(body.get("model", ""))
+        items = _embedding_items(body.get("input"))
+        refusal: tuple[str, str | None] | None = None
+        if items is None:
+            refusal = (_INPUT_INVALID, None)
+        elif "dimensions" in body and "ada-002" in model:
+            refusal = ("This model does not support specifying dimensions.", None)
+        elif body.get("encoding_format", "float") not in ("float", "base64"):
+            refusal = ("Invalid value for 'encoding_format': must be 'float' or 'base64'.",
+                       "encoding_format")
+        if refusal is not None:
+            return web.Response(status=400, body=_err(refusal[0], "invalid_request_error",
+                                                      None, refusal[1]),
+                                content_type="application/json")
+        assert items is not None
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        dimensions = body.get("dimensions") or self.embedding_dimensions
+        base64_out = behaviour == "base64" or (
+            behaviour != "floats" and body.get("encoding_format") == "base64")
+        vectors = [fake_embedding(model, item, dimensions) for item in items]
+        if behaviour == "missing_embedding":
+            vectors.pop()
+        tokens = sum(len(i) if isinstance(i, list) else len(i) // 4 + 1 for i in items)
+        return web.json_response({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i,
+                      "embedding": float32_base64(v) if base64_out else v}
+                     for i, v in enumerate(vectors)],
+            "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _wants_tool_call(self, body: dict[str, Any]) -> bool:
         """With tools declared and no tool result last (or `calls_after_result`), the fake
@@ -333,6 +417,24 @@ class FakeOpenAI(FakeServer[Logged]):
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": USAGE})
                              + b"\n\n")
+
+
+def _embedding_items(value: Any) -> list[Any] | None:
+    """The inputs of an embeddings request one by one (a text, or a token-id array), or None
+    when OpenAI's schema refuses them."""
+    def token(t: Any) -> bool:
+        return type(t) is int and t >= 0
+
+    if isinstance(value, str):
+        return [value] if value else None
+    if not isinstance(value, list) or not value or len(value) > MAX_EMBEDDING_INPUTS:
+        return None
+    if all(token(t) for t in value):
+        return [value]
+    if all(isinstance(v, str) and v for v in value) or all(
+            isinstance(v, list) and v and all(token(t) for t in v) for v in value):
+        return value
+    return None
 
 
 _ANTHROPIC_ONLY = ("cache_control", "thinking_blocks", "anthropic_order")
