@@ -141,7 +141,7 @@ async def test_sdk_default_base64_vectors_and_what_went_upstream(rig, kind: str)
                              "encoding_format": "base64"}
         assert sent.headers["Authorization"] == "Bearer sk-oa"
     elif kind == "ollama":
-        assert sent.body == {"model": NAME[kind], "input": ["alpha", "beta"]}
+        assert sent.body == {"model": NAME[kind], "input": ["alpha", "beta"], "truncate": False}
         assert sent.headers["Authorization"] == "Bearer ol-key"
     else:
         assert sent.path == f"/v1beta/models/{NAME[kind]}:batchEmbedContents"
@@ -336,12 +336,44 @@ async def test_chat_probe_of_an_embedding_model_embeds_ping(rig, kind: str) -> N
     assert fakes[kind].chat_requests() == []
 
 
-@pytest.mark.xfail(strict=True, reason="GeminiProvider.embed sends every input in one "
-                   "batchEmbedContents call; Gemini takes at most 100 requests per call")
 async def test_gemini_more_than_100_inputs(rig) -> None:
+    """Gemini takes at most 100 requests per batchEmbedContents call: 250 inputs go in three,
+    their vectors joined in input order."""
     fakes, _, d = rig
-    texts = [f"text {i}" for i in range(101)]
+    texts = [f"text {i}" for i in range(250)]
     resp = await d.openai.embeddings.create(model=MODEL["gemini"], input=texts,
                                             encoding_format="float")
     assert [e.embedding for e in resp.data] == [expected("gemini", t) for t in texts]
-    assert all(len(r.body["requests"]) <= 100 for r in fakes["gemini"].embed_requests())
+    # sent at once: in whatever order they arrived
+    assert sorted(len(r.body["requests"]) for r in fakes["gemini"].embed_requests()) == [
+        50, 100, 100]
+
+
+async def test_gemini_one_failed_batch_fails_the_request_over(rig) -> None:
+    """One of the calls of a large request refused: the request fails over as a whole (no
+    answer with a hole in it), down the chain to the backup."""
+    fakes, bk, d = rig
+    fakes["gemini"].push("ok", "rate_limit", "ok")
+    texts = [f"text {i}" for i in range(250)]
+    resp = await d.http.post("/v1/embeddings", json={
+        "model": "gemini-then-backup", "input": texts, "encoding_format": "float"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-failover"] == f"{MODEL['gemini']}>{BACKUP}:rate_limit"
+    assert len(resp.json()["data"]) == 250
+    assert len(bk.embedding_requests()) == 1
+
+
+async def test_ollama_refuses_an_input_longer_than_its_context_instead_of_cutting_it(
+        rig) -> None:
+    """Ollama cuts an over-long input silently unless told not to, and the vector is then that
+    of the text's start: failoverd sends `truncate: false`, so it is a context_overflow, as
+    OpenAI's 400 for the same input is."""
+    fakes, _, d = rig
+    resp = await d.http.post("/v1/embeddings", json={"model": MODEL["ollama"],
+                                                     "input": ["short", "x" * 2000]})
+    assert resp.status_code == 503, resp.text
+    (attempt,) = attempts(resp)
+    assert attempt["reason"] == "context_overflow" and attempt["status"] == 400
+    assert "exceeds the context length" in attempt["message"]
+    (sent,) = embeds(fakes["ollama"])
+    assert sent.body["truncate"] is False

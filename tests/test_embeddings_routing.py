@@ -397,22 +397,16 @@ async def test_a_config_of_embedding_models_alone_serves_them(start_daemon: Any)
                                                        "models": {EMBED: "closed"}}
 
 
-@pytest.mark.xfail(strict=True, reason="with no chat model the default chain is empty, and "
-                   "POST /v1/chains/default/next (and /reset) index its head in "
-                   "api/control.py chain_action: IndexError, a 500 internal_error")
 async def test_rotating_an_empty_default_chain_is_a_client_error(start_daemon: Any) -> None:
     d = await start_daemon(EMBEDDINGS_ONLY)
     for action in ("next", "reset"):
         resp = await d.http.post(f"/v1/chains/default/{action}")
-        assert 400 <= resp.status_code < 500, resp.text
+        assert resp.status_code == 409, resp.text
         assert resp.json()["error"]["type"] == "invalid_request_error"
+        assert resp.json()["error"]["code"] == "chain_empty"
     assert vectors(await embed(d, EMBED))
 
 
-@pytest.mark.xfail(strict=True, reason="with no chat model, a chat request for 'auto' gets "
-                   "an empty candidate list from selection.auto_chain and ends as a 503 "
-                   "no_model_available of 0 attempts (retryable, no x-should-retry: false), "
-                   "where 'default' is a 404 'no chat model is configured'")
 async def test_auto_without_chat_models_is_the_same_404_as_default(start_daemon: Any) -> None:
     d = await start_daemon(EMBEDDINGS_ONLY)
     resp = await d.http.post("/v1/chat/completions", json={"model": "auto", "messages": HELLO})

@@ -20,9 +20,7 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     if requested in ("", "default"):
         chain = config.default_chain
         if not chain:
-            raise RequestError("no chat model is configured (every [models] entry is an "
-                               "embedding model)", status=404, param="model",
-                               code="model_not_found")
+            raise no_chat_model()
     elif requested in config.chains:
         chain = config.chains[requested].models
         _not_embedding(config, requested, chain[0], "chain")
@@ -32,6 +30,12 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     else:
         chain = config.fallbacks_for(_by_name(config, requested, embedding=False))
     return chain
+
+
+def no_chat_model() -> RequestError:
+    """The answer to a chat request when every model is an embedding model."""
+    return RequestError("no chat model is configured (every [models] entry is an embedding "
+                        "model)", status=404, param="model", code="model_not_found")
 
 
 def resolve_embeddings(config: Config, requested: str) -> tuple[str, ...]:
@@ -71,7 +75,8 @@ def _known(config: Config, *, embedding: bool) -> str:
     models = [m.id for m in config.models.values() if m.embedding == embedding]
     chains = [name for name, c in config.chains.items()
               if config.models[c.models[0]].embedding == embedding]
-    known = [*models, *chains] if embedding else [*models, *chains, "default"]
+    known = [*models, *chains] if embedding or not config.default_chain \
+        else [*models, *chains, "default"]
     return f"; known: {', '.join(known[:20])}" if known else "; none is configured"
 
 

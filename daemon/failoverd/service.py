@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from failoverd import complexity, requirements, selection
+from failoverd import complexity, requirements, router, selection
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
 from failoverd.config import Config, Cost
@@ -177,6 +177,8 @@ class Service:
         header = None
         skipped: tuple[tuple[str, str], ...] = ()
         if requested == "auto":
+            if not cfg.default_chain:
+                raise router.no_chat_model()
             decision = complexity.classify(body)
             assert needs is not None
             chain, skip = selection.auto_chain(

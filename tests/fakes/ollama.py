@@ -60,9 +60,11 @@ class FakeOllama(FakeServer[Logged]):
     `POST /api/embed` embeds a string or strings with `fake_embedding(model, text,
     dimensions)` (`embedding_dimensions` long unless `dimensions` is given); a model it has
     not got (neither in `embedders` nor in `models`, ":latest" implied) is Ollama's 404, an
-    input that is not text Ollama's 400. Behaviours besides the shared ones ("ok", any key
-    of ERRORS, "hang", "slow:<seconds>", "invalid_json", "empty"): "missing_embedding" (a 200
-    with one embedding fewer than the inputs).
+    input that is not text Ollama's 400, and with `"truncate": false` one longer than
+    `embedding_context` its 400 "the input length exceeds the context length". Behaviours
+    besides the shared ones ("ok", any key of ERRORS, "hang", "slow:<seconds>",
+    "invalid_json", "empty"): "missing_embedding" (a 200 with one embedding fewer than the
+    inputs).
     """
 
     reply: str = "Hello from the fake Ollama"
@@ -72,6 +74,9 @@ class FakeOllama(FakeServer[Logged]):
     embedders: list[str] = field(default_factory=lambda: ["nomic-embed-text:latest",
                                                           "embeddinggemma:latest"])
     embedding_dimensions: int = EMBEDDING_DIMENSIONS
+    # an embedding model's context in the fake's tokens (two characters each): a longer
+    # input is refused with `truncate: false`, and cut silently without it, as Ollama does
+    embedding_context: int = 512
 
     errors = ERRORS
     truncated = b'{"model": "x", "message": {'
@@ -116,6 +121,10 @@ class FakeOllama(FakeServer[Logged]):
             return early
         if behaviour == "empty":
             return web.Response(body=b"", content_type="application/json")
+        if body.get("truncate") is False and any(
+                len(t) // 2 > self.embedding_context for t in texts):
+            return web.json_response(
+                {"error": "the input length exceeds the context length"}, status=400)
         dimensions = body.get("dimensions") or self.embedding_dimensions
         vectors = [fake_embedding(model, text, dimensions) for text in texts]
         if behaviour == "missing_embedding":

@@ -186,6 +186,9 @@ async def chain_action(request: web.Request) -> web.Response:
     if name not in chains:
         return openai_error(404, f"no chain {name!r}; known: {', '.join(chains)}",
                             "invalid_request_error", "chain_not_found", "name")
+    if not chains[name]:
+        return openai_error(409, f"chain {name!r} is empty (no chat model is configured): "
+                            "nothing to rotate", "invalid_request_error", "chain_empty", "name")
     if request.match_info["action"] == "next":
         svc.advance_chain(name)
     else:

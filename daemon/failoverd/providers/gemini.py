@@ -43,6 +43,7 @@ from failoverd.translate import gemini as translate
 
 logger = logging.getLogger(__name__)
 
+GEMINI_EMBED_BATCH = 100  # batchEmbedContents' limit on requests per call
 _RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _AUTH_MARKERS = ("api key not valid", "api_key_invalid", "api key expired", "api key not found",
                  "location is not supported")
@@ -253,13 +254,34 @@ class GeminiProvider:
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
         """batchEmbedContents: one request per text input (token ids are OpenAI's own),
-        `dimensions` as outputDimensionality; Gemini reports no token usage."""
+        `dimensions` as outputDimensionality; Gemini reports no token usage. Gemini takes at
+        most 100 requests per call: more inputs go in several calls at once, and the first
+        failure fails them all."""
         texts = embeddings.texts(body, "Gemini's batchEmbedContents")
-        name = self.config.name
-        resource = f"models/{model.name.removeprefix('models/')}"
         extra: dict[str, Any] = {}
         if body.get("dimensions"):
             extra["outputDimensionality"] = body["dimensions"]
+        batches = [texts[i:i + GEMINI_EMBED_BATCH]
+                   for i in range(0, len(texts), GEMINI_EMBED_BATCH)]
+        if len(batches) == 1:
+            vectors = await self._embed_batch(texts, extra, model, limits)
+        else:
+            tasks = [asyncio.ensure_future(self._embed_batch(batch, extra, model, limits))
+                     for batch in batches]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:  # the first failure (or a cancellation) ends the others
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            vectors = [v for result in results for v in result]
+        return Completion(embeddings.answer(vectors, body, model.name, 0))
+
+    async def _embed_batch(self, texts: list[str], extra: dict[str, Any], model: ModelConfig,
+                           limits: AttemptLimits) -> list[Any]:
+        name = self.config.name
+        resource = f"models/{model.name.removeprefix('models/')}"
         payload = {"requests": [{"model": resource, "content": {"parts": [{"text": text}]},
                                  **extra} for text in texts]}
         raw = await fetch(self._client, "POST", f"{self._model_url(model)}:batchEmbedContents",
@@ -277,7 +299,7 @@ class GeminiProvider:
                                  "200 without the embeddings asked for", status=200,
                                  provider=name, model=model.id)
         assert vectors is not None
-        return Completion(embeddings.answer(vectors, body, model.name, 0))
+        return vectors
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

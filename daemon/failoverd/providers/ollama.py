@@ -195,9 +195,11 @@ class OllamaProvider:
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
         """Ollama's /api/embed: text inputs (token ids are an OpenAI extension), vectors
-        back as OpenAI's answer."""
+        back as OpenAI's answer. ``truncate: false``: an input longer than the model's
+        context is refused (context_overflow), as OpenAI refuses it, not embedded without
+        its end."""
         texts = embeddings.texts(body, "Ollama's /api/embed")
-        payload: dict[str, Any] = {"model": model.name, "input": texts}
+        payload: dict[str, Any] = {"model": model.name, "input": texts, "truncate": False}
         if body.get("dimensions"):
             payload["dimensions"] = body["dimensions"]
         name = self.config.name
