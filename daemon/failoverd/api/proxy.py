@@ -93,7 +93,17 @@ def failed(front: FrontEnd, svc: Service, rt: Runtime, exc: UpstreamError,
                        headers=headers, messages=outcome.notices, model=exc.model)
 
 
-def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a proxied endpoint does with one admitted request: its answer, or it raises
+# RequestError, NoModelAvailable or UpstreamError for `proxied` to answer
+Serve = Callable[[web.Request, Service, Runtime, Outcome], Awaitable[web.StreamResponse]]
+
+
+def proxied(front: FrontEnd, serve: Serve) -> Handler:
+    """The frame every proxied request runs in, whatever its endpoint: the max_inflight
+    refusal and the in-flight count, the configuration it keeps to its end, and the answers
+    (in `front`'s shape) and counts of what ends it early: bad input, no model available, an
+    upstream refusal or an aborted failover, the client going away."""
     async def handle(request: web.Request) -> web.StreamResponse:
         svc = request.app[SERVICE]
         rt = svc.runtime  # this request's configuration, even if a reload swaps it meanwhile
@@ -105,25 +115,7 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
         svc.inflight += 1
         outcome = Outcome()
         try:
-            raw = await read_json(request, rt.config.daemon.max_body_bytes)
-            body = front.canonical(raw)
-            pin = pinned(request)
-            session = request.headers.get("x-failoverd-session") or front.session_key(raw)
-            if session:  # capped once, so events and hooks carry the key the store keeps
-                session = normalize_key(session)
-            route = svc.route(rt, body, pin, session)
-            svc.note_skipped(outcome, route)
-            deadline = request_deadline(svc, rt, request, outcome)
-            if body.get("stream"):
-                return await _stream(request, front, svc, rt, body, route, deadline, outcome,
-                                     session, raw)
-            completion = await rt.dispatcher.complete(body, route.candidates, deadline,
-                                                      outcome, session, route.needs)
-            svc.served(outcome, session, route)
-            svc.metrics.usage(outcome.model, completion.body.get("usage"))
-            answer = front.answer(completion, outcome.model, outcome.notices, raw)
-            return web.Response(body=answer,
-                                content_type=JSON, headers=outcome_headers(outcome, route.header))
+            return await serve(request, svc, rt, outcome)
         except RequestError as exc:
             svc.metrics.rejected("bad_input")
             return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
@@ -139,6 +131,33 @@ def handler(front: FrontEnd) -> Callable[[web.Request], Awaitable[web.StreamResp
             svc.inflight -= 1
 
     return handle
+
+
+def handler(front: FrontEnd) -> Handler:
+    """A chat endpoint (`front`'s API): plain and streamed completions."""
+    async def serve(request: web.Request, svc: Service, rt: Runtime,
+                    outcome: Outcome) -> web.StreamResponse:
+        raw = await read_json(request, rt.config.daemon.max_body_bytes)
+        body = front.canonical(raw)
+        pin = pinned(request)
+        session = request.headers.get("x-failoverd-session") or front.session_key(raw)
+        if session:  # capped once, so events and hooks carry the key the store keeps
+            session = normalize_key(session)
+        route = svc.route(rt, body, pin, session)
+        svc.note_skipped(outcome, route)
+        deadline = request_deadline(svc, rt, request, outcome)
+        if body.get("stream"):
+            return await _stream(request, front, svc, rt, body, route, deadline, outcome,
+                                 session, raw)
+        completion = await rt.dispatcher.complete(body, route.candidates, deadline,
+                                                  outcome, session, route.needs)
+        svc.served(outcome, session, route)
+        svc.metrics.usage(outcome.model, completion.body.get("usage"))
+        answer = front.answer(completion, outcome.model, outcome.notices, raw)
+        return web.Response(body=answer,
+                            content_type=JSON, headers=outcome_headers(outcome, route.header))
+
+    return proxied(front, serve)
 
 
 class _ClientStalled(Exception):
