@@ -64,7 +64,7 @@ async def test_the_anthropic_sdk_gets_anthropic_model_objects(start_daemon: Any)
     try:
         page = await client.models.list()
         ids = [m.id for m in page.data]
-        assert ids == ["sim/chat", "sim/qwen2.5:7b", "sim/embed", "fast"]
+        assert ids == ["sim/chat", "sim/qwen2.5:7b", "fast"]  # no embedding model
         assert page.has_more is False and page.first_id == "sim/chat" and page.last_id == "fast"
         first = page.data[0]
         assert first.type == "model" and first.display_name == "sim/chat"

@@ -64,9 +64,13 @@ def _as_anthropic(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 async def models(request: web.Request) -> web.Response:
-    data = _model_entries(request.app[SERVICE])
+    svc = request.app[SERVICE]
+    data = _model_entries(svc)
     if _anthropic(request):
-        listed = [_as_anthropic(e) for e in data]
+        # no Anthropic client calls embeddings: embedding models and chains are left out
+        models = svc.runtime.config.models
+        listed = [_as_anthropic(e) for e in data if not models[
+            e["chain"][0] if "chain" in e else e["id"]].embedding]
         return json_response({"data": listed, "has_more": False,
                               "first_id": listed[0]["id"] if listed else None,
                               "last_id": listed[-1]["id"] if listed else None})

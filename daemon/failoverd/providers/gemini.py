@@ -276,6 +276,11 @@ class GeminiProvider:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
             vectors = [v for result in results for v in result]
+        ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
+                                                body.get("dimensions"))
+        if ignored is not None:  # a model without outputDimensionality (embedding-001)
+            raise upstream_error(FailureReason.INCAPABLE, ignored, status=200,
+                                 provider=self.config.name, model=model.id)
         return Completion(embeddings.answer(vectors, body, model.name, 0))
 
     async def _embed_batch(self, texts: list[str], extra: dict[str, Any], model: ModelConfig,

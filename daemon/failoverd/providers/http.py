@@ -33,11 +33,15 @@ _CONTEXT_MARKERS = (
     # tokens)", type exceed_context_size_error; Kimi: "exceeded model token limit: 8192"
     "available context size", "exceed_context_size", "context size has been exceeded",
     "exceeded model token limit",
+    # llama.cpp's embeddings: "input (1024 tokens) is too large to process. increase the
+    # physical batch size (current batch size: 512)", a 500
+    "too large to process", "physical batch size",
 )
 # llama.cpp's server said the same with a 500 (before b6400, and "Context size has been
 # exceeded." when a generation fills the window): words no other server error uses
 _SERVER_CONTEXT_MARKERS = ("available context size", "exceed_context_size",
-                           "context size has been exceeded")
+                           "context size has been exceeded", "too large to process",
+                           "physical batch size")
 _FILTER_MARKERS = (
     "content_filter", "content_policy", "content policy", "content management policy",
     "safety system", "safety reasons", "safety filter", "flagged", "responsible ai",
@@ -95,6 +99,12 @@ def classify(status: int, message: str = "", code: str = "") -> FailureReason:
         # (TPM): Limit 6000, Requested 14368": the request alone is over the per-minute quota,
         # so no wait makes it fit here, while a model with a larger quota (or none) takes it
         # whatever its context window; not this model's fault (no breaker count)
+        return FailureReason.INCAPABLE
+    if 400 <= status < 500 and ("max_tokens_per_request" in text
+                                or "tokens per request" in text):
+        # OpenAI's embeddings 400 "Requested 301234 tokens, max 300000 tokens per request":
+        # a cap on one request, not a rate ("tokens per" min) nor the window, which another
+        # model may not have; no breaker count (one client's batch must not open the model)
         return FailureReason.INCAPABLE
     if status == 429:
         quota_or_rate = _quota_or_rate(message, code)

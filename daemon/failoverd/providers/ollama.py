@@ -217,6 +217,11 @@ class OllamaProvider:
                                  "200 without the embeddings asked for", status=200,
                                  provider=name, model=model.id)
         assert isinstance(parsed, dict) and isinstance(vectors, list)
+        ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
+                                                body.get("dimensions"))
+        if ignored is not None:  # Ollama before 0.11 has no dimensions
+            raise upstream_error(FailureReason.INCAPABLE, ignored, status=200, provider=name,
+                                 model=model.id)
         tokens = parsed.get("prompt_eval_count")
         return Completion(embeddings.answer(vectors, body, model.name,
                                             tokens if type(tokens) is int else 0))

@@ -433,13 +433,19 @@ class OpenAIProvider:
             raise self._body_error(raw, parsed, model.id,
                                    "200 without the embeddings asked for")
         try:
-            if embeddings.conform(parsed, body.get("encoding_format")):
-                return Completion(parsed)  # a server that ignored encoding_format
-        except ValueError:
-            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 with an embedding that "
-                                 "is not base64 of float32", status=200,
-                                 provider=self.config.name, model=model.id) from None
-        return Completion(parsed, raw)
+            converted = embeddings.conform(parsed, body.get("encoding_format"))
+            lengths = [embeddings.dimensions_of(d["embedding"]) for d in parsed["data"]] \
+                if body.get("dimensions") else []
+        except ValueError as exc:
+            raise upstream_error(FailureReason.INVALID_RESPONSE, f"200 with an unusable "
+                                 f"embedding: {exc}", status=200, provider=self.config.name,
+                                 model=model.id) from None
+        ignored = embeddings.ignored_dimensions(lengths, body.get("dimensions"))
+        if ignored is not None:
+            raise upstream_error(FailureReason.INCAPABLE, ignored, status=200,
+                                 provider=self.config.name, model=model.id)
+        # a server that ignored encoding_format: the answer as converted
+        return Completion(parsed) if converted else Completion(parsed, raw)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -28,6 +28,7 @@ from failoverd.translate import embeddings
 MAX_N = 128  # OpenAI's own limit on n
 SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
 MAX_DIMENSIONS = 4096
+MAX_VALUES = 1 << 20  # inputs x dimensions of one answer
 
 _STATUS = {
     FailureReason.RATE_LIMIT: 429, FailureReason.OVERLOADED: 529,
@@ -139,11 +140,12 @@ class SimulatedProvider:
         items = [value] if isinstance(value, str) or all(type(v) is int for v in value) \
             else value
         dimensions = body.get("dimensions") or SIMULATED_DIMENSIONS
-        if dimensions > MAX_DIMENSIONS:
+        if dimensions > MAX_DIMENSIONS or len(items) * dimensions > MAX_VALUES:
+            # the vectors are made on the event loop: bounded, as a real server bounds them
             raise UpstreamError(FailureReason.BAD_REQUEST,
-                                f"Invalid 'dimensions': at most {MAX_DIMENSIONS}, got "
-                                f"{dimensions}.", status=400, provider=self.config.name,
-                                model=model.id)
+                                f"Invalid 'dimensions': at most {MAX_DIMENSIONS}, and at most "
+                                f"{MAX_VALUES} values in all, got {len(items)} x {dimensions}.",
+                                status=400, provider=self.config.name, model=model.id)
         vectors = [_vector(f"{model.id}\0{item}", dimensions) for item in items]
         tokens = sum(len(str(item)) // 4 + 1 for item in items)
         return Completion(embeddings.answer(vectors, body, model.name, tokens))

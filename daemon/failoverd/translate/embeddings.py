@@ -98,9 +98,26 @@ def count(body: dict[str, Any]) -> int:
 
 
 def encode(vector: Sequence[float], encoding: str | None) -> list[float] | str:
+    """A vector as the client asked for it; ValueError for one that is no list of float32
+    numbers (a null, a nested list, a value beyond float32's range)."""
     if encoding == "base64":
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        try:
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+        except (struct.error, OverflowError, TypeError) as exc:
+            raise ValueError(f"not a vector of float32 numbers: {exc}") from None
+        return base64.b64encode(packed).decode("ascii")
     return list(vector)
+
+
+def ignored_dimensions(lengths: Sequence[int], asked: int | None) -> str | None:
+    """Why vectors of these `lengths` do not answer a request for `asked` dimensions (a
+    server that ignores ``dimensions``: llama.cpp, LM Studio, older Ollama), else None. Not
+    cut here: only some models' vectors (OpenAI's text-embedding-3) keep their meaning cut."""
+    if not asked or not lengths or all(n == asked for n in lengths):
+        return None
+    got = ", ".join(str(n) for n in sorted(set(lengths)))
+    return (f"answered with vectors of {got} dimensions where {asked} were asked for (the "
+            "model ignores 'dimensions')")
 
 
 def answer(vectors: Sequence[Sequence[float]], body: dict[str, Any], model_name: str,
@@ -148,6 +165,16 @@ def conform(parsed: dict[str, Any], encoding: str | None) -> bool:
 
 
 def decode(text: str) -> list[float]:
-    """A base64 vector of little-endian float32 as floats."""
-    data = base64.b64decode(text)
-    return list(struct.unpack(f"<{len(data) // 4}f", data[:len(data) // 4 * 4]))
+    """A base64 vector of little-endian float32 as floats; ValueError for one that is not
+    (bad base64, empty, or not a whole number of floats: a cut vector)."""
+    data = base64.b64decode(text, validate=True)
+    if not data or len(data) % 4:
+        raise ValueError(f"{len(data)} bytes are no vector of float32 numbers")
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+
+def dimensions_of(vector: list[float] | str) -> int:
+    """The length of a vector in either encoding (ValueError for a broken base64 one)."""
+    if isinstance(vector, str):
+        return len(base64.b64decode(vector, validate=True)) // 4
+    return len(vector)
