@@ -273,6 +273,42 @@ async def test_the_simulated_provider_bounds_the_vectors_it_makes(start_daemon: 
     assert resp.status_code == 200 and len(resp.json()["data"]) == 16
 
 
+def floats_only(refusal: str) -> Answer:
+    """A server that cannot send base64: for a base64 request, vLLM's 400 (before 0.6)
+    (`refusal` "400") or OpenRouter's empty list ("empty"); floats otherwise."""
+    async def answer(request: web.Request, body: Any) -> web.StreamResponse:
+        if body.get("encoding_format") == "base64":
+            if refusal == "400":
+                return web.json_response({"object": "error", "message": "base64 encoding is "
+                                          "not currently supported", "type":
+                                          "BadRequestError", "param": None, "code": 400},
+                                         status=400)
+            return web.json_response({"object": "list", "data": [], "model": body["model"]})
+        return await vectors([0.5, -0.25])(request, body)
+    return answer
+
+
+@pytest.mark.parametrize("refusal", ["400", "empty"])
+async def test_a_server_without_base64_is_asked_for_floats(upstream: Any, start_daemon: Any,
+                                                           refusal: str) -> None:
+    """The official SDKs ask for base64 unless told; a server that cannot send it is asked
+    for floats once it refused (in the same attempt), and from then on at once; the client
+    gets the base64 it asked for."""
+    a, b = await upstream(floats_only(refusal)), await upstream(vectors(OK_B))
+    d = await start_daemon(pair(a, b))
+    for _ in range(2):
+        raw = await d.openai.embeddings.with_raw_response.create(model=A, input="x")
+        assert raw.headers["x-failoverd-attempts"] == "1"
+        assert "x-failoverd-failover" not in raw.headers
+        assert [list(e.embedding) for e in raw.parse().data] == [[0.5, -0.25]]
+    assert [body.get("encoding_format") for _, body in a.requests] == [
+        "base64", "float", "float"]
+    assert b.requests == []
+    # a client that asks for floats itself was never the problem
+    resp = await embed(d, A, encoding_format="float")
+    assert resp.json()["data"][0]["embedding"] == [0.5, -0.25]
+
+
 # ---------------------------------------------------------------------- what works
 
 async def test_an_error_inside_a_200_fails_the_chain_over(upstream: Any,

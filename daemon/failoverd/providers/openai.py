@@ -242,6 +242,9 @@ class OpenAIProvider:
         # models that refused a tool loop without each turn's reasoning_content (DeepSeek's
         # thinking mode): learned from their 400, then sent it with every request
         self.reasoning_back: set[str] = set()
+        # embedding models that cannot send base64 vectors (learned from their answer), asked
+        # for floats that failoverd encodes
+        self.floats_only: set[str] = set()
 
     def _mended(self, exc: UpstreamError, body: dict[str, Any], model: ModelConfig,
                 stream: bool) -> bytes:
@@ -420,16 +423,44 @@ class OpenAIProvider:
         finally:
             finish_stream(resp, clean)
 
-    async def embed(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
+    def _embed_post(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Coroutine[Any, Any, bytes]:
         payload = dict(body)
         payload["model"] = model.name
-        raw = await fetch(self._client, "POST", self._embeddings_url, headers=self._headers,
-                          data=orjson.dumps(payload), total=limits.total,
-                          connect=limits.connect, failure=self._failure,
-                          provider=self.config.name, model=model.id)
+        if payload.get("encoding_format") == "base64" and model.id in self.floats_only:
+            payload["encoding_format"] = "float"  # converted back for the client
+        return fetch(self._client, "POST", self._embeddings_url, headers=self._headers,
+                     data=orjson.dumps(payload), total=limits.total, connect=limits.connect,
+                     failure=self._failure, provider=self.config.name, model=model.id)
+
+    def _base64_refused(self, body: dict[str, Any], model: ModelConfig, why: str) -> bool:
+        """Whether a request for base64 vectors failed for the base64 (`why`: the upstream's
+        error, or its answer), seen for the first time: from now on the model is asked for
+        floats, which failoverd encodes (vLLM before 0.6 and some gateways refuse base64
+        with a 400, others answer an empty list; the official SDKs ask for it by default)."""
+        if body.get("encoding_format") != "base64" or model.id in self.floats_only:
+            return False
+        self.floats_only.add(model.id)
+        logger.info("%s cannot send base64 embeddings: asking for floats from now on (%s)",
+                    model.id, why)
+        return True
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        try:
+            raw = await self._embed_post(body, model, limits)
+        except UpstreamError as exc:
+            text = exc.message.lower()
+            if exc.status is None or exc.status < 400 or not (
+                    "base64" in text or "encoding_format" in text) \
+                    or not self._base64_refused(body, model, exc.message):
+                raise
+            raw = await self._embed_post(body, model, limits)
         parsed = json_or_none(raw)
         if not embeddings.is_answer(parsed, embeddings.count(body)):
+            if isinstance(parsed, dict) and parsed.get("data") == [] \
+                    and self._base64_refused(body, model, "an empty list of embeddings"):
+                return await self.embed(body, model, limits)
             raise self._body_error(raw, parsed, model.id,
                                    "200 without the embeddings asked for")
         try:
