@@ -1,4 +1,4 @@
-"""What the README audit found where the code, not the README, seems wrong (strict xfails)."""
+"""What the README audit found where the code, not the README, was wrong (fixed since)."""
 
 from __future__ import annotations
 
@@ -38,10 +38,6 @@ kind = "none"
 """
 
 
-@pytest.mark.xfail(strict=True, reason="catalog._PROVIDER_KEYS lacks stream_usage: a provider "
-                   "whose kind is invalid also gets 'stream_usage: unknown key', though the "
-                   "key is valid (for kind openai) and only keys no provider has are meant to "
-                   "be reported")
 def test_invalid_kind_does_not_call_stream_usage_unknown() -> None:
     text = ('[providers.p]\nkind = "openaii"\nstream_usage = true\n\n'
             '[models."p/m"]\nprovider = "p"\n')
@@ -52,11 +48,6 @@ def test_invalid_kind_does_not_call_stream_usage_unknown() -> None:
     assert problems == [p for p in problems if "stream_usage" not in p]
 
 
-@pytest.mark.xfail(strict=True, reason="dispatch emits model:failover (runs its hooks and counts "
-                   "failoverd_failovers_total) for the next candidate before its breaker is "
-                   "checked: a fallback that is open is announced and counted as the hop taken, "
-                   "though it gets no request, and the model that does serve gets no event; "
-                   "README: the counter shows only hops that were really tried")
 async def test_failover_past_an_open_fallback_names_the_model_that_serves(start_daemon) -> None:
     d = await start_daemon(THREE)
     opened = await d.http.post("/v1/models/up/b/open")

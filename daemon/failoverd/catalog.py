@@ -101,7 +101,7 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-ke
 
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
-                  "simulate_failure", "simulate_latency")
+                  "simulate_failure", "simulate_latency", "stream_usage")
 
 
 def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:

@@ -223,6 +223,10 @@ class Dispatcher:
         while True:  # at most twice: once more after waiting in the queue
             last_error: UpstreamError | None = None
             last_model = ""
+            # the last real failure (not a skip for an open breaker): the hop it starts is
+            # announced (model:failover, hooks, the counter) to the next model really called
+            failed: UpstreamError | None = None
+            failed_model = ""
             outcome.failovers.clear()
             min_context: int | None = None
             only_skipped = True  # no candidate was really tried
@@ -244,15 +248,16 @@ class Dispatcher:
                     continue
                 if last_error is not None:
                     outcome.failovers.append(f"{last_model}>{model_id}:{last_error.reason}")
-                    if last_error.reason is not FailureReason.UNAVAILABLE:
+                    if failed is not None and (self.health is None
+                                               or self.health.available(model_id)[0]):
                         info = FailoverInfo(
-                            last_model, model_id, last_error, outcome.upstream_attempts,
+                            failed_model, model_id, failed, outcome.upstream_attempts,
                             session, needs.prompt_tokens if needs is not None else None,
                             model.context_window, self._remaining(deadline))
                         verdict = await self._before_failover(info, outcome)
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken
-                            raise last_error
+                            raise failed
                 default_output = self.providers[model.provider].default_output(model)
                 try:
                     fitted, skip = _fit_context(model, body, needs,
@@ -289,6 +294,8 @@ class Dispatcher:
                     if exc.reason is FailureReason.CONTEXT_OVERFLOW:
                         min_context = max(min_context or 0, model.context_window or 0)
                     last_error, last_model = exc, model_id
+                    if exc.reason is not FailureReason.UNAVAILABLE:
+                        failed, failed_model = exc, model_id
                     continue
                 outcome.model = model_id
                 return result
