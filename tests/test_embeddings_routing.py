@@ -480,7 +480,16 @@ async def test_failures_open_an_embedding_models_breaker(start_daemon: Any) -> N
     assert (entry["state"], entry["reason"]) == ("open", "rate_limit")
     opened = [e for e in await recent_events(d) if e["type"] == "breaker:opened"]
     assert [(e["model"], e["reason"]) for e in opened] == [(DOWN, "rate_limit")]
-    assert (await d.http.get("/v1/health")).json()["status"] == "degraded"
+    health = (await d.http.get("/v1/health")).json()
+    # overall, and for each kind apart (a monitor may watch one of them)
+    assert (health["status"], health["chat"], health["embeddings"]) == (
+        "degraded", "ok", "degraded")
+    # every chat model out, embeddings up: "degraded" (200) overall, "down" for chat
+    assert (await d.http.post(f"/v1/models/{CHAT}/open")).status_code == 200
+    resp = await d.http.get("/v1/health")
+    assert resp.status_code == 200
+    assert (resp.json()["status"], resp.json()["chat"]) == ("degraded", "down")
+    assert (await d.http.post(f"/v1/models/{CHAT}/reset")).status_code == 200
     # open: skipped without a call, alone and in its chain
     resp = await embed(d, DOWN)
     assert [a["reason"] for a in error(resp, 503)["attempts"]] == ["unavailable"]

@@ -92,17 +92,28 @@ async def model(request: web.Request) -> web.Response:
     return json_response(_as_anthropic(entry) if anthropic else entry)
 
 
+def _summary(states: list[str]) -> str:
+    up = sum(1 for s in states if s in _UP)
+    return "down" if up == 0 else "ok" if up == len(states) else "degraded"
+
+
 def health_summary(svc: Service) -> tuple[str, dict[str, str]]:
     states = {m: svc.model_state(m) for m in svc.runtime.config.models}
-    up = sum(1 for s in states.values() if s in _UP)
-    status = "down" if up == 0 else "ok" if up == len(states) else "degraded"
-    return status, states
+    return _summary(list(states.values())), states
 
 
 async def health(request: web.Request) -> web.Response:
-    status, states = health_summary(request.app[SERVICE])
-    return json_response({"status": status, "models": states},
-                         503 if status == "down" else 200)
+    svc = request.app[SERVICE]
+    status, states = health_summary(svc)
+    body: dict[str, Any] = {"status": status, "models": states}
+    models = svc.runtime.config.models
+    embedding = [s for m, s in states.items() if models[m].embedding]
+    if embedding and len(embedding) < len(states):
+        # chat and embeddings apart, for a monitor that watches one of them: all chat
+        # models out with an embedding model up is "degraded" overall, "down" for chat
+        body["chat"] = _summary([s for m, s in states.items() if not models[m].embedding])
+        body["embeddings"] = _summary(embedding)
+    return json_response(body, 503 if status == "down" else 200)
 
 
 async def status(request: web.Request) -> web.Response:
