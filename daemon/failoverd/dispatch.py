@@ -150,11 +150,13 @@ class Dispatcher:
 
     async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                      outcome: Outcome, session: str | None = None,
-                     needs: Requirements | None = None) -> StreamStart:
+                     needs: Requirements | None = None, *, text: bool = False) -> StreamStart:
+        """A stream whose first chunk has arrived; `text`: a legacy text completion's."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> StreamStart:
             started = self.clock.monotonic()
-            it = provider.stream(req, model, limits).__aiter__()
+            opened = provider.stream_text if text else provider.stream
+            it = opened(req, model, limits).__aiter__()
             try:
                 # a backstop for adapters that see bytes before the first token (pings,
                 # message_start): the first chunk must come within first_token all the same
@@ -181,10 +183,20 @@ class Dispatcher:
                     outcome: Outcome) -> Completion:
         """Embeddings: the same attempt loop (breakers, retries, failover down an embedding
         chain, hooks, events), with no context screening (needs None)."""
+        return await self._answer("embed", body, candidates, deadline, outcome)
+
+    async def complete_text(self, body: dict[str, Any], candidates: Sequence[str],
+                            deadline: float, outcome: Outcome) -> Completion:
+        """A legacy text completion, not streamed: the attempt loop, no context screening."""
+        return await self._answer("complete_text", body, candidates, deadline, outcome)
+
+    async def _answer(self, method: str, body: dict[str, Any], candidates: Sequence[str],
+                      deadline: float, outcome: Outcome) -> Completion:
+        """A non-streaming answer of the providers' `method` down the candidates."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> Completion:
             started = self.clock.monotonic()
-            result = await provider.embed(req, model, limits)
+            result: Completion = await getattr(provider, method)(req, model, limits)
             self._succeeded(model.id, permit, started)
             return result
 

@@ -203,9 +203,18 @@ class Service:
     def embedding_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of an embeddings request (router.resolve_embeddings), an
         operator's rotation of its chain applied; no sessions, no auto routing."""
-        candidates = rt.resolve_embeddings(requested)
-        if requested in self._chain_offsets:
-            candidates = self.chains()[requested]
+        return self._rotated(rt.resolve_embeddings(requested), requested, pin)
+
+    def text_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+        """The candidates of a legacy text completion: a chat request's (router.resolve),
+        an operator's rotation applied; no sessions, no auto routing (both read messages)."""
+        return self._rotated(rt.resolve(requested), requested, pin)
+
+    def _rotated(self, candidates: tuple[str, ...], requested: str,
+                 pin: bool) -> tuple[str, ...]:
+        name = "default" if requested in ("", "default") else requested
+        if name in self._chain_offsets:
+            candidates = self.chains()[name]
         return candidates[:1] if pin else candidates
 
     def _session_order(self, cfg: Config, key: str,

@@ -1,8 +1,8 @@
 """The fast path: proxied chat requests served without aiohttp's server.
 
 Every client connection starts here. A request this module recognises — `POST
-/v1/chat/completions`, `POST /v1/messages`, `POST /v1/responses` or `POST /v1/embeddings`
-in HTTP/1.1, a
+/v1/chat/completions`, `POST /v1/messages`, `POST /v1/responses`, `POST /v1/completions` or
+`POST /v1/embeddings` in HTTP/1.1, a
 well-formed head of at most 8190 bytes without a repeated field, a Content-Length body
 within `max_body_bytes` that has fully arrived, no Transfer-Encoding, Expect, Upgrade or
 Connection other than keep-alive — runs the handler aiohttp would run (behind the same
@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 
 from failoverd.api.access import refusal_of
 from failoverd.api.body import stalled_body
+from failoverd.api.completions import completions
 from failoverd.api.drain import RequestTracker, StreamOpener, shutting_down
 from failoverd.api.embeddings import embeddings
 from failoverd.api.fastrequest import FastRequest, FastStream
@@ -96,6 +97,7 @@ class FastPath:
             b"/v1/messages": tracker.wrap(messages, service),
             b"/v1/responses": tracker.wrap(responses, service),
             b"/v1/embeddings": tracker.wrap(embeddings, service),
+            b"/v1/completions": tracker.wrap(completions, service),
         }
         # Claude Code (the Anthropic SDK's beta client) always asks with ?beta=true
         self.routes[b"/v1/messages?beta=true"] = self.routes[b"/v1/messages"]

@@ -147,8 +147,8 @@ def handler(front: FrontEnd) -> Handler:
         svc.note_skipped(outcome, route)
         deadline = request_deadline(svc, rt, request, outcome)
         if body.get("stream"):
-            return await _stream(request, front, svc, rt, body, route, deadline, outcome,
-                                 session, raw)
+            return await relay(request, front, svc, rt, body, route, deadline, outcome,
+                               session, raw)
         completion = await rt.dispatcher.complete(body, route.candidates, deadline,
                                                   outcome, session, route.needs)
         svc.served(outcome, session, route)
@@ -222,11 +222,15 @@ def _usage(chunk: Chunk, usage: Any) -> Any:
     return usage
 
 
-async def _stream(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
-                  body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
-                  session: str | None, raw: dict[str, Any]) -> web.StreamResponse:
+async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime,
+                body: dict[str, Any], route: Route, deadline: float, outcome: Outcome,
+                session: str | None, raw: dict[str, Any], *,
+                text: bool = False) -> web.StreamResponse:
+    """A streamed answer: the first chunk from the candidates (a failover before it is
+    invisible but for the headers), then every chunk to the client as it comes, ended by
+    an error event if the stream breaks. `text`: a legacy text completion's stream."""
     start: StreamStart = await rt.dispatcher.stream(body, route.candidates, deadline, outcome,
-                                                    session, route.needs)
+                                                    session, route.needs, text=text)
     svc.note_session(outcome, session, route)  # sticky from the first chunk on
     encoder = front.encoder(outcome.model, raw)
     headers = {**_SSE_HEADERS, **outcome_headers(outcome, route.header)}

@@ -270,6 +270,16 @@ class AnthropicProvider:
         # the configuration refuses an embedding model on this kind; a defence all the same
         raise RequestError("Anthropic's API has no embeddings endpoint", param="model")
 
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        raise RequestError("Anthropic's API has no text completions (POST /v1/completions): chat "
+                           "only", param="model")
+
+    def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        raise RequestError("Anthropic's API has no text completions (POST /v1/completions): chat "
+                           "only", param="model")
+
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS
 

@@ -104,6 +104,19 @@ class Provider(Protocol):
         RequestError (the next candidate may serve it)."""
         ...
 
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        """A legacy text completion (`POST /v1/completions`): `body` is OpenAI's request
+        (translate/completions.py validated it), the answer its ``text_completion``. An API
+        without one raises RequestError (the next candidate may serve it)."""
+        ...
+
+    def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """A streamed legacy text completion, as `stream` streams a chat: chunks are
+        ``text_completion`` events."""
+        ...
+
     def default_output(self, model: ModelConfig) -> int | None:
         """The max_tokens this adapter sends when the request sets none (Anthropic requires
         one), which the request's context check must leave room for; None: the upstream's

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
@@ -305,6 +305,16 @@ class GeminiProvider:
                                  provider=name, model=model.id)
         assert vectors is not None
         return vectors
+
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        raise RequestError("Gemini's API has no text completions (POST /v1/completions): chat "
+                           "only", param="model")
+
+    def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        raise RequestError("Gemini's API has no text completions (POST /v1/completions): chat "
+                           "only", param="model")
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +37,7 @@ from failoverd.providers.http import (
     request_headers,
     upstream_error,
 )
-from failoverd.translate import embeddings
+from failoverd.translate import completions, embeddings
 from failoverd.translate import ollama as translate
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ def classify_ollama(status: int | None, message: str) -> FailureReason:
     return classify_in_band(message) if status is None else classify(status, message)
 
 
+def _completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+
 def tagged(name: str) -> str:
     """A model name with Ollama's implicit `:latest` tag made explicit."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -80,6 +86,7 @@ class OllamaProvider:
         self._chat_url = f"{base}/api/chat"
         self._tags_url = f"{base}/api/tags"
         self._embed_url = f"{base}/api/embed"
+        self._generate_url = f"{base}/api/generate"
         # a key: Ollama behind an authenticating proxy, or ollama.com
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
@@ -225,6 +232,74 @@ class OllamaProvider:
         tokens = parsed.get("prompt_eval_count")
         return Completion(embeddings.answer(vectors, body, model.name,
                                             tokens if type(tokens) is int else 0))
+
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        """A legacy text completion by /api/generate (translate/ollama.py to_generate)."""
+        data = orjson.dumps(translate.to_generate(body, model.name, stream=False,
+                                                  context_window=model.context_window))
+        name = self.config.name
+        raw = await fetch(self._client, "POST", self._generate_url, headers=self._headers,
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=name, model=model.id)
+        parsed = json_or_none(raw)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
+                                 status=200, provider=name, model=model.id, body=raw)
+        if not isinstance(parsed, dict) or not parsed.get("done") \
+                or not isinstance(parsed.get("response"), str):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 with an unparsable or incomplete body", status=200,
+                                 provider=name, model=model.id)
+        if parsed.get("done_reason") == "load":
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any answer: the "
+                                 "model was only loaded (done_reason load)", status=200,
+                                 provider=name, model=model.id)
+        return Completion(translate.generate_answer(parsed, parsed["response"], model.name,
+                                                    _completion_id()))
+
+    async def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                          limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """A streamed legacy text completion: /api/generate's NDJSON lines as
+        text_completion chunks (usage on a last choices-less chunk when asked for)."""
+        data = orjson.dumps(translate.to_generate(body, model.name, stream=True,
+                                                  context_window=model.context_window))
+        name = self.config.name
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(self._client, self._generate_url, data=data,
+                                 headers=self._stream_headers, first_deadline=first_deadline,
+                                 connect=limits.connect, failure=self._failure, provider=name,
+                                 model=model.id)
+        cid, created, done = _completion_id(), int(time.time()), False
+        try:
+            async for line in lines(resp, first_deadline, limits.idle, name, model.id):
+                if not line.strip():
+                    continue
+                obj = json_or_none(line)
+                if not isinstance(obj, dict):
+                    raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                         "unparsable stream line", status=200,
+                                         provider=name, model=model.id)
+                if isinstance(obj.get("error"), str):
+                    raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
+                                         status=200, provider=name, model=model.id)
+                piece = obj.get("response")
+                if obj.get("done"):
+                    done = True
+                    finish = translate.finish_reason(obj.get("done_reason"), False)
+                    yield Chunk.of(completions.chunk(piece if isinstance(piece, str) else "",
+                                                     finish, model.name, cid, created))
+                    if include_usage:
+                        yield Chunk.of(completions.chunk("", None, model.name, cid, created,
+                                                         translate.usage(obj)))
+                    return
+                if isinstance(piece, str) and piece:
+                    yield Chunk.of(completions.chunk(piece, None, model.name, cid, created))
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before done",
+                                 status=200, provider=name, model=model.id)
+        finally:
+            finish_stream(resp, done)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

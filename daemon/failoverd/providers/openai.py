@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,7 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
-from failoverd.translate import embeddings
+from failoverd.translate import completions, embeddings
 from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,10 @@ def _tool_images_to_user(messages: list[Any]) -> list[Any]:
     return out
 
 
+# opens a stream: (body, model, limits, first-chunk deadline) -> the 200 response
+_Opener = Callable[[dict[str, Any], ModelConfig, AttemptLimits, float], Awaitable[Response]]
+
+
 class OpenAIProvider:
     """Adapter for OpenAI-compatible `/chat/completions` endpoints."""
 
@@ -234,6 +238,7 @@ class OpenAIProvider:
         self._signatures = urlsplit(config.base_url).hostname == GOOGLE_OPENAI_HOST
         self._models_url = f"{config.base_url}/models"
         self._embeddings_url = f"{config.base_url}/embeddings"
+        self._completions_url = f"{config.base_url}/completions"
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
             "Authorization", f"Bearer {config.api_key}")
@@ -382,16 +387,27 @@ class OpenAIProvider:
         return upstream_error(_glm_reason(code) or classify_in_band(message, code), message,
                               status=200, provider=self.config.name, model=model)
 
-    async def stream(self, body: dict[str, Any], model: ModelConfig,
-                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        name = self.config.name
-        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+    def stream(self, body: dict[str, Any], model: ModelConfig,
+               limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        return self._streamed(self._open_chat, body, model, limits)
+
+    async def _open_chat(self, body: dict[str, Any], model: ModelConfig, limits: AttemptLimits,
+                         first_deadline: float) -> Response:
         try:
-            resp = await self._open(self._payload(body, model, stream=True), limits,
+            return await self._open(self._payload(body, model, stream=True), limits,
                                     first_deadline, model.id)
         except UpstreamError as exc:
-            resp = await self._open(self._mended(exc, body, model, True), limits,
+            return await self._open(self._mended(exc, body, model, True), limits,
                                     first_deadline, model.id)
+
+    async def _streamed(self, opener: _Opener, body: dict[str, Any], model: ModelConfig,
+                        limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """A stream `opener` opens, its events as chunks up to [DONE] (or a finished last
+        event); its error events and cuts raised as failures. The one generator between
+        the upstream's events and the dispatcher, for chats and text completions alike."""
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await opener(body, model, limits, first_deadline)
+        name = self.config.name
         clean = False
         try:
             if resp.headers.get("Content-Type", "").split(";")[0].strip().lower() \
@@ -477,6 +493,39 @@ class OpenAIProvider:
                                  provider=self.config.name, model=model.id)
         # a server that ignored encoding_format: the answer as converted
         return Completion(parsed) if converted else Completion(parsed, raw)
+
+    def _text_payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
+        payload = dict(body)
+        payload["model"] = model.name
+        if stream:
+            payload["stream"] = True
+        else:
+            for key in _STREAM_ONLY_KEYS:
+                payload.pop(key, None)
+        return orjson.dumps(payload)
+
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        raw = await fetch(self._client, "POST", self._completions_url, headers=self._headers,
+                          data=self._text_payload(body, model, False), total=limits.total,
+                          connect=limits.connect, failure=self._failure,
+                          provider=self.config.name, model=model.id)
+        parsed = json_or_none(raw)
+        if not completions.is_answer(parsed):
+            raise self._body_error(raw, parsed, model.id, "200 without a text completion")
+        return Completion(parsed, raw)
+
+    def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        return self._streamed(self._open_text, body, model, limits)
+
+    def _open_text(self, body: dict[str, Any], model: ModelConfig, limits: AttemptLimits,
+                   first_deadline: float) -> Coroutine[Any, Any, Response]:
+        return open_stream(self._client, self._completions_url,
+                           data=self._text_payload(body, model, True),
+                           headers=self._stream_headers, first_deadline=first_deadline,
+                           connect=limits.connect, failure=self._failure,
+                           provider=self.config.name, model=model.id)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -23,7 +23,7 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
-from failoverd.translate import embeddings
+from failoverd.translate import completions, embeddings
 
 MAX_N = 128  # OpenAI's own limit on n
 SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
@@ -149,6 +149,64 @@ class SimulatedProvider:
         vectors = [_vector(f"{model.id}\0{item}", dimensions) for item in items]
         tokens = sum(len(str(item)) // 4 + 1 for item in items)
         return Completion(embeddings.answer(vectors, body, model.name, tokens))
+
+    def _texts(self, body: dict[str, Any], model: ModelConfig) -> tuple[list[str], str]:
+        """A legacy completion's answers (one per prompt and `n`): deterministic words, at
+        most `max_tokens` of them (OpenAI's default 16), and the completion id."""
+        n = self._choices(body, model)
+        value = body["prompt"]
+        prompts = [value] if isinstance(value, str) or all(type(v) is int for v in value) \
+            else value
+        limit = completions.max_tokens(body)
+        texts = []
+        for i, prompt in enumerate(prompts * n):
+            digest = hashlib.sha256(f"{model.id}\0{prompt}\0{body.get('suffix') or ''}\0{i}"
+                                    .encode()).hexdigest()
+            words = [f" w{digest[k:k + 4]}" for k in range(0, 48, 4)]
+            texts.append("".join(words[:limit]))
+        return texts, f"cmpl-sim-{hashlib.sha256(str(value).encode()).hexdigest()[:12]}"
+
+    @staticmethod
+    def _finish(text: str, body: dict[str, Any]) -> str:
+        return "length" if text.count(" ") >= completions.max_tokens(body) else "stop"
+
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        texts, cid = self._texts(body, model)
+        await self._behave(model)
+        prompt = len(str(body["prompt"])) // 4 + 1
+        completion = sum(t.count(" ") for t in texts)
+        return Completion({
+            "id": cid, "object": "text_completion", "created": int(time.time()),
+            "model": model.name,
+            "choices": [{"text": t, "index": i, "logprobs": None,
+                         "finish_reason": self._finish(t, body)} for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}})
+
+    async def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                          limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        texts, cid = self._texts(body, model)
+        await self._behave(model)
+        created = int(time.time())
+        for index, text in enumerate(texts):
+            for word in text.split(" ")[1:]:
+                yield Chunk.of({"id": cid, "object": "text_completion", "created": created,
+                                "model": model.name, "choices": [{
+                                    "text": " " + word, "index": index, "logprobs": None,
+                                    "finish_reason": None}]})
+            yield Chunk.of({"id": cid, "object": "text_completion", "created": created,
+                            "model": model.name, "choices": [{
+                                "text": "", "index": index, "logprobs": None,
+                                "finish_reason": self._finish(text, body)}]})
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            prompt = len(str(body["prompt"])) // 4 + 1
+            completion = sum(t.count(" ") for t in texts)
+            yield Chunk.of({"id": cid, "object": "text_completion", "created": created,
+                            "model": model.name, "choices": [],
+                            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                      "total_tokens": prompt + completion}})
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

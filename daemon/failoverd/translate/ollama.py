@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from failoverd.errors import RequestError, TranslationError
+from failoverd.translate import completions
 from failoverd.translate.images import image_part_url, is_data_url, parse_data_url
 from failoverd.translate.tools import function_tools, stream_delta
 
@@ -303,3 +304,39 @@ class StreamTranslator:
             else:
                 out.append({**finish, "usage": usage(line)})
         return out
+
+
+# ---------------------------------------------------------------- text completions
+
+
+def to_generate(body: dict[str, Any], model_name: str, *, stream: bool,
+                context_window: int | None = None) -> dict[str, Any]:
+    """A legacy completions request (translate/completions.py) as an Ollama /api/generate
+    body: the prompt and `suffix` (fill-in-the-middle, which Ollama builds with the model's
+    template), `max_tokens` (OpenAI's default 16 when unset) as num_predict. RequestError for
+    what one /api/generate call cannot give (several prompts or answers, token ids, echo,
+    logprobs)."""
+    request: dict[str, Any] = {"model": model_name,
+                               "prompt": completions.one_prompt(body, "Ollama's /api/generate"),
+                               "stream": stream}
+    if isinstance(body.get("suffix"), str):
+        request["suffix"] = body["suffix"]
+    options: dict[str, Any] = {"num_predict": completions.max_tokens(body)}
+    for ours, theirs in _OPTIONS:
+        if body.get(ours) is not None:
+            options[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if context_window:
+        options["num_ctx"] = context_window
+        request["truncate"] = False
+    request["options"] = options
+    return request
+
+
+def generate_answer(final: dict[str, Any], text: str, model_name: str,
+                    completion_id: str) -> dict[str, Any]:
+    """Ollama's finished generation as OpenAI's text_completion."""
+    return completions.answer(text, finish_reason(final.get("done_reason"), False), model_name,
+                              usage(final), completion_id)
