@@ -54,7 +54,8 @@ _FILTER_MARKERS = (
 # enabled for models/gemma-3-27b-it"): another model may have it
 _UNSUPPORTED_MARKERS = ("does not support", "not supported by this model",
                         "not supported with this model", "unsupported_parameter",
-                        "not enabled for models/", "--enable-auto-tool-choice")
+                        "not enabled for models/", "--enable-auto-tool-choice",
+                        "not supported in the v1/completions")
 _BILLING_MARKERS = (
     "insufficient_quota", "billing", "credit balance", "payment required", "quota exceeded",
     "exceeded your current quota", "insufficient balance", "insufficient_balance",

@@ -504,11 +504,23 @@ class OpenAIProvider:
                 payload.pop(key, None)
         return orjson.dumps(payload)
 
+    async def _text_failure(self, resp: Response, model: str) -> UpstreamError:
+        """A text completion's failure: a 404 or 405 says this server (or this model) has no
+        legacy completions (OpenAI's chat models: "This is a chat model and not supported in
+        the v1/completions endpoint"; Groq and others lack the path), which is incapable of
+        the request, not a model that is gone: its breaker, which chat shares, stays as it
+        is."""
+        error = await self._failure(resp, model)
+        if resp.status in (404, 405):
+            error.reason = FailureReason.INCAPABLE
+            error.message = f"no text completions here ({resp.status}: {error.message})"
+        return error
+
     async def complete_text(self, body: dict[str, Any], model: ModelConfig,
                             limits: AttemptLimits) -> Completion:
         raw = await fetch(self._client, "POST", self._completions_url, headers=self._headers,
                           data=self._text_payload(body, model, False), total=limits.total,
-                          connect=limits.connect, failure=self._failure,
+                          connect=limits.connect, failure=self._text_failure,
                           provider=self.config.name, model=model.id)
         parsed = json_or_none(raw)
         if not completions.is_answer(parsed):
@@ -524,7 +536,7 @@ class OpenAIProvider:
         return open_stream(self._client, self._completions_url,
                            data=self._text_payload(body, model, True),
                            headers=self._stream_headers, first_deadline=first_deadline,
-                           connect=limits.connect, failure=self._failure,
+                           connect=limits.connect, failure=self._text_failure,
                            provider=self.config.name, model=model.id)
 
     def default_output(self, model: ModelConfig) -> int | None:
