@@ -1,10 +1,11 @@
 """A fake Ollama server (native API): a real aiohttp server on 127.0.0.1.
 
-Speaks `POST /api/chat` (NDJSON streaming or one JSON object), `POST /api/embed` and
-`GET /api/tags` with Ollama's real error bodies (`{"error": "..."}`). Script it with
-`fake.push("busy", "ok")`; `fake.default` answers unscripted requests; `fake.models` is
-what /api/tags lists; every request is logged in `fake.requests`. Reuse it from any test
-module with `from tests.fakes.ollama import fake_ollama` (a fixture returning a factory).
+Speaks `POST /api/chat` and `POST /api/generate` (NDJSON streaming or one JSON object),
+`POST /api/embed` and `GET /api/tags` with Ollama's real error bodies (`{"error": "..."}`).
+Script it with `fake.push("busy", "ok")`; `fake.default` answers unscripted requests;
+`fake.models` is what /api/tags lists; every request is logged in `fake.requests`. Reuse it
+from any test module with `from tests.fakes.ollama import fake_ollama` (a fixture returning
+a factory).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.base import FakeServer, Logged, cut
-from tests.fakes.openai import EMBEDDING_DIMENSIONS, fake_embedding
+from tests.fakes.openai import (
+    EMBEDDING_DIMENSIONS,
+    completion_text,
+    cut_completion,
+    fake_embedding,
+)
 
 # Error bodies as Ollama really sends them: (http status, error text); {model} is filled in.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -37,6 +43,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     # ollama.com (or Ollama behind an authenticating proxy) without a valid key
     "unauthorized": (401, "unauthorized"),
 }
+
+# what Ollama sends when the model fails while it generates
+_RUN_ERROR = "an error was encountered while running the model: unexpected EOF"
 
 _TIMINGS = {"total_duration": 5191566416, "load_duration": 2154458,
             "prompt_eval_duration": 383809000, "eval_duration": 4799921000}
@@ -65,6 +74,20 @@ class FakeOllama(FakeServer[Logged]):
     besides the shared ones ("ok", any key of ERRORS, "hang", "slow:<seconds>",
     "invalid_json", "empty"): "missing_embedding" (a 200 with one embedding fewer than the
     inputs).
+
+    `POST /api/generate` (streamed unless `"stream": false`) answers `completion_text(reply,
+    prompt, suffix)` cut at `options.stop` or after `options.num_predict` words (done_reason
+    "length"), with `context` (not with `raw`) and the counts: prompt_eval_count a token per
+    two characters of prompt, suffix and system, eval_count a token per word. As Ollama does,
+    it refuses: a model neither in `models` nor in `coders` (":latest" implied) with the 404
+    ("not_found"), an embedding model (`embedders`) with the 400 "\"<model>\" does not
+    support generate", a `suffix` for a model not in `coders` with the 400
+    "registry.ollama.ai/library/<model:tag> does not support insert", `raw` with `system` or
+    `context` with its 400, a prompt or suffix that is not a string with its Go 400; an
+    empty prompt (even with a suffix) is the "load" answer, and with `keep_alive` 0 the
+    "unload" one. Behaviours: "ok", any key of ERRORS, "hang", "stall", "slow:<seconds>",
+    "invalid_json", "empty", "length", "load", "cut_stream", "no_done", "stream_error" (an
+    error line after two words; without streaming, Ollama's 500 with that error).
     """
 
     reply: str = "Hello from the fake Ollama"
@@ -77,6 +100,10 @@ class FakeOllama(FakeServer[Logged]):
     # an embedding model's context in the fake's tokens (two characters each): a longer
     # input is refused with `truncate: false`, and cut silently without it, as Ollama does
     embedding_context: int = 512
+    # the models it has pulled whose template takes a suffix (fill in the middle): the only
+    # ones /api/generate accepts a `suffix` for (/api/tags does not list them either)
+    coders: list[str] = field(default_factory=lambda: ["qwen2.5-coder:1.5b",
+                                                       "codellama:7b-code"])
 
     errors = ERRORS
     truncated = b'{"model": "x", "message": {'
@@ -87,10 +114,14 @@ class FakeOllama(FakeServer[Logged]):
     def embed_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path == "/api/embed"]
 
+    def generate_requests(self) -> list[Logged]:
+        return [r for r in self.requests if r.path == "/api/generate"]
+
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/chat", self._chat)
         router.add_get("/api/tags", self._tags)
         router.add_post("/api/embed", self._embed)
+        router.add_post("/api/generate", self._generate)
 
     def _error(self, name: str, model: str) -> web.Response:
         status, text = ERRORS[name]
@@ -133,6 +164,88 @@ class FakeOllama(FakeServer[Logged]):
             "model": model, "embeddings": vectors, "total_duration": 14143917,
             "load_duration": 1019500,
             "prompt_eval_count": sum(max(1, len(t) // 2) for t in texts)})
+
+    def _generate_refusal(self, body: dict[str, Any], model: str) -> web.Response | None:
+        """Ollama's answer to a generate request it refuses before running the model."""
+        for key in ("prompt", "suffix", "system"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                kind = {list: "array", dict: "object", bool: "bool"}.get(type(body[key]), "number")
+                return web.json_response({"error": f"json: cannot unmarshal {kind} into Go "
+                                          f"struct field GenerateRequest.{key} of type "
+                                          "string"}, status=400)
+        name = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        if name in self.embedders:
+            return web.json_response({"error": f'"{model}" does not support generate'},
+                                     status=400)
+        if name not in self.models and name not in self.coders:
+            return self._error("not_found", model)
+        if body.get("raw") and (body.get("system") or body.get("context")
+                                or body.get("template")):
+            return web.json_response(
+                {"error": "raw mode does not support template, system, or context"},
+                status=400)
+        if body.get("suffix") and name not in self.coders:
+            return web.json_response(
+                {"error": f"registry.ollama.ai/library/{name} does not support insert"},
+                status=400)
+        return None
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        """`POST /api/generate`, Ollama's native completion of a prompt."""
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        model = str(body.get("model", ""))
+        behaviour = self._next()
+        refusal = self._generate_refusal(body, model)
+        if refusal is not None:
+            return refusal
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        prompt, suffix = body.get("prompt") or "", body.get("suffix") or ""
+        options = body.get("options") or {}
+        used = max(1, (len(prompt) + len(suffix) + len(body.get("system") or "")) // 2)
+        if behaviour == "ok" and body.get("truncate") is False \
+                and used > options.get("num_ctx", 4096):
+            return self._error("context_size", model)
+        if behaviour == "load" or not prompt:
+            # Ollama's whole answer, streamed or not: one JSON object, nothing generated
+            unload = not prompt and body.get("keep_alive") in (0, "0", "0s")
+            return web.json_response({
+                "model": model, "created_at": "2025-05-01T10:00:01.0Z", "response": "",
+                "done": True, "done_reason": "unload" if unload else "load"})
+        pieces, reason = cut_completion(completion_text(self.reply, prompt, suffix),
+                                        options.get("num_predict"), options.get("stop"))
+        if behaviour == "length":
+            reason = "length"
+        final: dict[str, Any] = {
+            "model": model, "created_at": "2025-05-01T10:00:01.0Z", "response": "",
+            "done": True, "done_reason": reason}
+        if not body.get("raw"):
+            final["context"] = list(range(100, 100 + used + len(pieces)))
+        final.update(**_TIMINGS, prompt_eval_count=used, eval_count=len(pieces))
+        if body.get("stream") is False:
+            if behaviour == "stream_error":
+                return web.json_response({"error": _RUN_ERROR}, status=500)
+            return web.json_response({**final, "response": "".join(pieces)})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        if behaviour == "stall":
+            await asyncio.sleep(3600)
+        for i, piece in enumerate(pieces):
+            await resp.write(orjson.dumps({"model": model,
+                                           "created_at": "2025-05-01T10:00:00.5Z",
+                                           "response": piece, "done": False}) + b"\n")
+            if behaviour == "cut_stream" and i == 1:
+                return cut(request, resp)
+            if behaviour == "stream_error" and i == 1:
+                await resp.write(orjson.dumps({"error": _RUN_ERROR}) + b"\n")
+                return resp
+        if behaviour != "no_done":
+            await resp.write(orjson.dumps(final) + b"\n")
+        return resp
 
     def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         tools = body.get("tools") or ()

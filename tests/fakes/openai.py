@@ -12,7 +12,7 @@ import base64
 import hashlib
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -168,6 +168,82 @@ OPENROUTER_ERROR = orjson.dumps({
     "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
 
 
+# OpenAI's 404 for a chat model on the legacy completions endpoint
+CHAT_ONLY = ("This is a chat model and not supported in the v1/completions endpoint. Did you "
+             "mean to use v1/chat/completions?")
+# OpenAI's 400 for a prompt its schema refuses (an empty array, a mix of strings and tokens)
+_PROMPT_INVALID = ("'$.prompt' is invalid. Please check the API reference: "
+                   "https://platform.openai.com/docs/api-reference.")
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt as the fakes echo it: a text as it is, token ids as their JSON array."""
+    return prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
+
+
+def completion_text(reply: str, prompt: Any, suffix: str | None = None) -> str:
+    """The whole text every fake completes `prompt` with, before max_tokens (num_predict) or
+    a stop sequence cuts it: `reply`, the prompt, then the suffix when one came, so a test
+    sees both arrived: "<reply> after: <prompt> before: <suffix>"."""
+    text = f"{reply} after: {prompt_text(prompt)}"
+    return f"{text} before: {suffix}" if suffix else text
+
+
+def cut_completion(text: str, limit: int | None, stop: Any) -> tuple[list[str], str]:
+    """`text` as the words a fake streams (each but the first with its leading space) and
+    the finish reason: cut before the first stop sequence ("stop"), else after `limit` words
+    ("length", when there were more); None or a negative limit is no limit."""
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or () if s]
+    for seq in stops:
+        if seq in text:
+            text = text[:text.index(seq)]
+    words = text.split(" ")
+    finish = "stop"
+    if limit is not None and 0 <= limit < len(words):
+        words, finish = words[:limit], "length"
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    return [p for p in pieces if p], finish
+
+
+def _prompt_items(value: Any) -> list[Any] | None:
+    """The prompts of a completions request one by one (a text, or a token-id array), or
+    None when OpenAI's schema refuses them."""
+    def token(t: Any) -> bool:
+        return type(t) is int and t >= 0
+
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        return None
+    if all(token(t) for t in value):
+        return [value]
+    if all(isinstance(v, str) for v in value) or all(
+            isinstance(v, list) and v and all(token(t) for t in v) for v in value):
+        return value
+    return None
+
+
+@dataclass
+class _Choice:
+    """One choice of a legacy completion: its index, the pieces it streams, its finish."""
+
+    index: int
+    pieces: list[str]
+    finish: str
+    offset: int  # where its text starts in prompt + text (logprobs' text_offset)
+
+
+def _logprobs(pieces: list[str], offset: int, top: int) -> dict[str, Any]:
+    """Legacy logprobs for `pieces` (a token each): made-up but well-formed."""
+    offsets = []
+    for piece in pieces:
+        offsets.append(offset)
+        offset += len(piece)
+    return {"tokens": pieces, "token_logprobs": [-0.25] * len(pieces),
+            "top_logprobs": [{p: -0.25} for p in pieces] if top else None,
+            "text_offset": offsets}
+
+
 @dataclass
 class FakeOpenAI(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
@@ -191,7 +267,24 @@ class FakeOpenAI(FakeServer[Logged]):
     shared ones ("ok", any key of ERRORS, "hang", "slow:<seconds>", "invalid_json", "empty"):
     "floats" (ignores encoding_format: always floats, as some compatible servers do),
     "base64" (always base64, even when floats were asked for), "missing_embedding" (a 200
-    with one embedding fewer than the inputs)."""
+    with one embedding fewer than the inputs).
+
+    `POST /v1/completions` (the legacy Completions API) answers every prompt (a text, texts,
+    token ids, arrays of token ids) `n` times, choice index prompt * n + k, with
+    `completion_text(reply, prompt, suffix)` cut at `stop` (finish_reason "stop") or after
+    `max_tokens` words (default 16; null: no limit; finish_reason "length"), the prompt first
+    with `echo`, legacy logprobs when `logprobs` is set; usage a token per word (per token
+    id) of each prompt with the suffix, and per word generated. Streaming: one choice per
+    chunk, the choices' words interleaved, then a chunk with text "" and the finish_reason
+    for each choice, the usage chunk (`choices: []`) with `stream_options.include_usage`
+    (then every chunk has `"usage": null`), `data: [DONE]`.
+    A model in `chat_only_models` gets OpenAI's 404 (CHAT_ONLY), a prompt its schema refuses
+    the 400. Behaviours: those of the chat route but the tool ones ("ok", any key of ERRORS,
+    "hang", "slow:<seconds>", "invalid_json", "empty", "minimax_balance", and streaming
+    "cut_stream", "stream_error", "slow_stream:<seconds>", "comments:<seconds>",
+    "error_first", "no_done", "openrouter_error_first", "openrouter_error_mid",
+    "llamacpp_error_event"). A scripted behaviour is used up by a request the fake refuses
+    (404, 400), as on the chat route."""
 
     reply: str = "Hello from the fake upstream"
     call_id: str = "call_1"  # the id of its tool calls (Kimi's look like "functions.f:0")
@@ -211,6 +304,8 @@ class FakeOpenAI(FakeServer[Logged]):
     truncated = b'{"id": "chatcmpl-1", "choices": ['
 
     embedding_dimensions: int = EMBEDDING_DIMENSIONS
+    # the models /v1/completions refuses with OpenAI's 404, as it refuses chat models
+    chat_only_models: set[str] = field(default_factory=lambda: {"gpt-4o"})
 
     def chat_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -218,10 +313,15 @@ class FakeOpenAI(FakeServer[Logged]):
     def embedding_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.path.endswith("/embeddings")]
 
+    def completion_requests(self) -> list[Logged]:
+        """The requests to the legacy /v1/completions (not /v1/chat/completions)."""
+        return [r for r in self.requests if r.path.endswith("/v1/completions")]
+
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/chat/completions", self._chat)
         router.add_get("/v1/models", self._models)
         router.add_post("/v1/embeddings", self._embeddings)
+        router.add_post("/v1/completions", self._legacy)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(Logged(request.path, dict(request.headers), None))
@@ -292,6 +392,125 @@ class FakeOpenAI(FakeServer[Logged]):
                       "embedding": float32_base64(v) if base64_out else v}
                      for i, v in enumerate(vectors)],
             "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _legacy(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/completions`, OpenAI's legacy Completions API."""
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        behaviour = self._next()
+        model = str(body.get("model", ""))
+        if model in self.chat_only_models:
+            return web.Response(status=404, body=_err(CHAT_ONLY, "invalid_request_error",
+                                                      None, "model"),
+                                content_type="application/json")
+        prompts = _prompt_items(body.get("prompt"))
+        if prompts is None:
+            return web.Response(status=400, body=_err(_PROMPT_INVALID, "invalid_request_error",
+                                                      None),
+                                content_type="application/json")
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        if behaviour == "minimax_balance":
+            return web.Response(body=MINIMAX_BALANCE, content_type="application/json")
+        choices = self._legacy_choices(body, prompts)
+        suffix = len(str(body.get("suffix") or "").split())
+        words = sum(suffix + (len(p) if isinstance(p, list) else len(p.split()))
+                    for p in prompts)
+        generated = sum(len("".join(c.pieces).split()) for c in choices)
+        usage = {"prompt_tokens": words, "completion_tokens": generated,
+                 "total_tokens": words + generated}
+        if body.get("stream"):
+            return await self._legacy_stream(request, body, behaviour, choices, usage)
+        top = body.get("logprobs")
+        return web.json_response({
+            "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+            "model": model, "system_fingerprint": "fp_fake",
+            "choices": [{"text": "".join(c.pieces), "index": c.index,
+                         "logprobs": None if top is None else _logprobs(c.pieces, c.offset,
+                                                                        top),
+                         "finish_reason": c.finish} for c in choices],
+            "usage": usage})
+
+    def _legacy_choices(self, body: dict[str, Any], prompts: list[Any]) -> list[_Choice]:
+        n = body.get("n") or 1
+        limit = body.get("max_tokens", 16)
+        choices: list[_Choice] = []
+        for i, prompt in enumerate(prompts):
+            text = completion_text(self.reply, prompt, body.get("suffix"))
+            pieces, finish = cut_completion(text, limit, body.get("stop"))
+            offset = len(prompt_text(prompt))
+            if body.get("echo"):
+                pieces, offset = [prompt_text(prompt), *pieces], 0
+            choices.extend(_Choice(i * n + k, pieces, finish, offset) for k in range(n))
+        return choices
+
+    async def _legacy_stream(self, request: web.Request, body: dict[str, Any], behaviour: str,
+                             choices: list[_Choice], usage: dict[str, int]
+                             ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base: dict[str, Any] = {"id": "cmpl-fake", "object": "text_completion",
+                                "created": int(time.time()), "model": body.get("model")}
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        top = body.get("logprobs")
+
+        async def send(choice: _Choice, at: int | None, finish: str | None = None) -> None:
+            pieces = [] if at is None else [choice.pieces[at]]
+            offset = choice.offset + sum(len(p) for p in choice.pieces[:at or 0])
+            chunk = {**base, "choices": [{
+                "text": "".join(pieces), "index": choice.index,
+                "logprobs": None if top is None else _logprobs(pieces, offset, top),
+                "finish_reason": finish}]}
+            if with_usage:
+                chunk["usage"] = None
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        if behaviour.startswith("comments:"):
+            deadline = time.monotonic() + float(behaviour[9:])
+            while time.monotonic() < deadline:
+                await resp.write(b": PROCESSING\n\n")
+                await asyncio.sleep(0.1)
+        if behaviour == "error_first":
+            await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
+            return resp
+        if behaviour == "openrouter_error_first":
+            await resp.write(b": OPENROUTER PROCESSING\n\n")
+            await resp.write(b"data: " + _openrouter_error(base) + b"\n\n")
+            return resp
+        if behaviour == "llamacpp_error_event":
+            await resp.write(b'error: {"code":500,"message":"the request exceeds the available '
+                             b'context size. try increasing the context size or enable context '
+                             b'shift","type":"exceed_context_size_error"}\n\n')
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        pause = float(behaviour[12:]) if behaviour.startswith("slow_stream:") else 0.0
+        for at in range(max((len(c.pieces) for c in choices), default=0)):
+            if pause:
+                await asyncio.sleep(pause)
+            for choice in choices:
+                if at < len(choice.pieces):
+                    await send(choice, at)
+            if behaviour == "cut_stream" and at == 1:
+                return cut(request, resp)
+            if behaviour == "stream_error" and at == 1:
+                await resp.write(b"data: " + _err("The server had an error while processing "
+                                                  "your request.", "server_error", None)
+                                 + b"\n\n")
+                return resp
+            if behaviour == "openrouter_error_mid" and at == 1:
+                await resp.write(b"data: " + _openrouter_error(base) + b"\n\n")
+                return resp
+        for choice in choices:
+            await send(choice, None, choice.finish)
+        if with_usage:
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage})
+                             + b"\n\n")
+        if behaviour != "no_done":
+            await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     def _wants_tool_call(self, body: dict[str, Any]) -> bool:
         """With tools declared and no tool result last (or `calls_after_result`), the fake
@@ -435,6 +654,13 @@ def _embedding_items(value: Any) -> list[Any] | None:
             isinstance(v, list) and v and all(token(t) for t in v) for v in value):
         return value
     return None
+
+
+def _openrouter_error(base: dict[str, Any]) -> bytes:
+    """OpenRouter's mid-stream error chunk as the legacy completions stream has it."""
+    return orjson.dumps({**base, "provider": "OpenAI", "error": {
+        "code": 502, "message": "Provider disconnected unexpectedly"},
+        "choices": [{"index": 0, "text": "", "finish_reason": "error"}]})
 
 
 _ANTHROPIC_ONLY = ("cache_control", "thinking_blocks", "anthropic_order")
