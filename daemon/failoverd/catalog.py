@@ -17,11 +17,21 @@ from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
-Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings"]
-# the capability that makes a model an embedding model: served on POST /v1/embeddings only
+Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings",
+                     "transcription"]
+# what a model serves: chat (the default), or, marked by the capability of the same name,
+# POST /v1/embeddings or POST /v1/audio/transcriptions and /translations only
+ModelKind = Literal["chat", "embeddings", "transcription"]
 EMBEDDINGS: Capability = "embeddings"
-# provider kinds with an embeddings API failoverd speaks
-EMBEDDING_KINDS = ("openai", "gemini", "ollama", "simulated")
+TRANSCRIPTION: Capability = "transcription"
+# per special kind: what to call such a model, its API, and the provider kinds that have one
+_SPECIAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "embeddings": ("an embedding model", "embeddings API",
+                   ("openai", "gemini", "ollama", "simulated")),
+    "transcription": ("a transcription model", "audio transcription API",
+                      ("openai", "simulated")),
+}
+EMBEDDING_KINDS = _SPECIAL["embeddings"][2]
 Tier = Literal["small", "medium", "large"]
 
 MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
@@ -78,9 +88,23 @@ class ModelConfig:
     max_concurrency: int = 0
 
     @property
+    def kind(self) -> ModelKind:
+        """What the model serves: chat, or only embeddings, or only audio transcription."""
+        if EMBEDDINGS in self.capabilities:
+            return "embeddings"
+        if TRANSCRIPTION in self.capabilities:
+            return "transcription"
+        return "chat"
+
+    @property
     def embedding(self) -> bool:
         """An embedding model: it serves POST /v1/embeddings and never a chat request."""
         return EMBEDDINGS in self.capabilities
+
+    @property
+    def chat(self) -> bool:
+        """A chat model (neither an embedding nor a transcription model)."""
+        return not (EMBEDDINGS in self.capabilities or TRANSCRIPTION in self.capabilities)
 
 
 _DEFAULT_BASE_URLS: dict[str, str] = {
@@ -206,8 +230,10 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
     tier: Tier | None = None
     if sec.has("tier"):  # "" is no tier either: omit the key for none
         tier = sec.choice("tier", Tier, "medium")
-    if EMBEDDINGS in caps:
-        _embedding_model(sec, caps, providers.get(provider))
+    for special in _SPECIAL:
+        if special in caps:
+            _special_model(sec, special, caps, providers.get(provider))
+            break
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0),
                 cost_sec.number("cache_read", 0.0) if cost_sec.has("cache_read") else None,
@@ -235,17 +261,18 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
     return cfg
 
 
-def _embedding_model(sec: Section, caps: Collection[str], provider: Any) -> None:
-    """What an embedding model cannot have: chat capabilities, a tier (auto routing picks chat
-    models), a provider kind without an embeddings API."""
-    others = sorted(c for c in caps if c != EMBEDDINGS)
+def _special_model(sec: Section, special: str, caps: Collection[str], provider: Any) -> None:
+    """What an embedding (or transcription) model cannot have: chat capabilities, a tier
+    (auto routing picks chat models), a provider kind without that API."""
+    noun, api, kinds = _SPECIAL[special]
+    others = sorted(c for c in caps if c != special)
     if others:
-        sec.problem("capabilities", "'embeddings' marks an embedding model, which has no chat "
+        sec.problem("capabilities", f"'{special}' marks {noun}, which has no chat "
                     f"capabilities; remove {', '.join(repr(c) for c in others)} (a model "
                     "that does both is two [models] entries with the same name)")
     if sec.has("tier"):
-        sec.problem("tier", "an embedding model takes no part in auto routing: remove the tier")
+        sec.problem("tier", f"{noun} takes no part in auto routing: remove the tier")
     kind = provider.get("kind") if isinstance(provider, Mapping) else None
-    if isinstance(kind, str) and kind in get_args(ProviderKind) and kind not in EMBEDDING_KINDS:
-        sec.problem("capabilities", f"provider kind {kind!r} has no embeddings API (kinds with "
-                    f"one: {', '.join(EMBEDDING_KINDS)})")
+    if isinstance(kind, str) and kind in get_args(ProviderKind) and kind not in kinds:
+        sec.problem("capabilities", f"provider kind {kind!r} has no {api} (kinds with "
+                    f"one: {', '.join(kinds)})")

@@ -36,6 +36,10 @@ WhenAllUnavailable = Literal["queue", "fail"]
 ContextPolicy = Literal["skip", "truncate", "fail"]
 ProbeKind = Literal["models", "chat", "none"]
 
+_KIND_NOUN = {"embeddings": "an embedding model", "transcription": "a transcription model"}
+_KIND_ADJ = {"embeddings": "embedding", "transcription": "transcription"}
+_KIND_PATH = {"embeddings": "/v1/embeddings", "transcription": "/v1/audio/transcriptions"}
+
 DEFAULT_PATH = "/etc/failoverd/failoverd.toml"
 RESERVED_MODEL_NAMES = ("default", "auto")
 
@@ -271,15 +275,16 @@ def _routing(sec: Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
     )
     if cfg.primary and models and cfg.primary not in models:
         sec.problem("primary", f"no model {cfg.primary!r} in [models]")
-    elif cfg.primary in models and models[cfg.primary].embedding:
-        sec.problem("primary", f"{cfg.primary!r} is an embedding model (served on POST "
-                    "/v1/embeddings by its id or a chain): the default chain is for chat")
+    elif cfg.primary in models and not models[cfg.primary].chat:
+        kind = models[cfg.primary].kind
+        sec.problem("primary", f"{cfg.primary!r} is {_KIND_NOUN[kind]} (served on POST "
+                    f"{_KIND_PATH[kind]} by its id or a chain): the default chain is for chat")
     for i, fb in enumerate(cfg.fallbacks or ()):
         if fb not in models:
             sec.problems.append(f"{sec.key_path('fallbacks')}[{i}]: no model {fb!r} in [models]")
-        elif models[fb].embedding:
-            sec.problems.append(f"{sec.key_path('fallbacks')}[{i}]: {fb!r} is an embedding "
-                                "model: the default chain is for chat")
+        elif not models[fb].chat:
+            sec.problems.append(f"{sec.key_path('fallbacks')}[{i}]: {fb!r} is "
+                                f"{_KIND_NOUN[models[fb].kind]}: the default chain is for chat")
     sec.finish()
     return cfg
 
@@ -289,16 +294,17 @@ def default_chain(routing: RoutingConfig, models: Mapping[str, ModelConfig]) -> 
 
     Explicit fallbacks win; ``fallbacks = []`` disables; omitted fallbacks with
     fallbacks_from_models take every model in file order; the primary is excluded from its
-    own fallbacks and duplicates are removed (first occurrence kept). Embedding models are
-    never part of it (the first chat model is the primary when none is named).
+    own fallbacks and duplicates are removed (first occurrence kept). Embedding and
+    transcription models are never part of it (the first chat model is the primary when none
+    is named).
     """
-    primary = routing.primary or next((m.id for m in models.values() if not m.embedding), "")
+    primary = routing.primary or next((m.id for m in models.values() if m.chat), "")
     if not primary:
         return ()
     if routing.fallbacks is not None:
         rest: tuple[str, ...] = routing.fallbacks
     elif routing.fallbacks_from_models:
-        rest = tuple(m.id for m in models.values() if not m.embedding)
+        rest = tuple(m.id for m in models.values() if m.chat)
     else:
         rest = ()
     chain = [primary]
@@ -452,12 +458,21 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
                 if m not in models:
                     problems.append(f"{sec.key_path('models')}[{i}]: no model {m!r} in [models]")
             chains[name] = ChainConfig(name, tuple(dict.fromkeys(members)))
-            embedding = [m for m in members if m in models and models[m].embedding]
-            if embedding and len(embedding) < len([m for m in members if m in models]):
+            kinds: dict[str, list[str]] = {}
+            for m in members:
+                if m in models:
+                    kinds.setdefault(models[m].kind, []).append(m)
+            if len(kinds) > 1:
                 # an embedding request must never fall over to a chat model, nor a chat
-                # request to an embedding model
-                sec.problem("models", f"mixes embedding models ({', '.join(embedding)}) with "
-                            "chat models: a chain is one or the other")
+                # request to an embedding (or transcription) model
+                special = [k for k in kinds if k != "chat"]
+                if len(special) == 1:
+                    sec.problem("models", f"mixes {_KIND_ADJ[special[0]]} models "
+                                f"({', '.join(kinds[special[0]])}) with chat models: a chain "
+                                "is one or the other")
+                else:
+                    sec.problem("models", f"mixes models of kinds {', '.join(kinds)}: a chain "
+                                "is of one kind")
         if name in models or name in RESERVED_MODEL_NAMES:
             sec.problem("", "a chain cannot share its name with a model or 'default'/'auto'")
         sec.finish()

@@ -337,6 +337,11 @@ class Prober:
                     await provider.embed({"model": model.id, "input": "ping"}, model,
                                          probe_limits(cfg.probes.timeout,
                                                       provider.config.connect_timeout))
+                elif model.kind == "transcription" and kind == "chat":
+                    # nor does a transcription model, and a probe has no speech to send:
+                    # the models listing (reachability and the key) instead
+                    await provider.probe(model, "models", cfg.probes.timeout,
+                                         cfg.probes.chat_max_tokens)
                 else:
                     await provider.probe(model, kind, cfg.probes.timeout,
                                          cfg.probes.chat_max_tokens)

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from failoverd.catalog import ModelKind
 from failoverd.config import Config
 from failoverd.errors import RequestError
+
+# what a model of each kind serves, for the errors that send a client there
+_ENDPOINT = {"chat": "POST /v1/chat/completions", "embeddings": "POST /v1/embeddings",
+             "transcription": "POST /v1/audio/transcriptions"}
+_NOUN = {"chat": "a chat model", "embeddings": "an embedding model",
+         "transcription": "a transcription model"}
+_PLURAL = {"chat": "chat models", "embeddings": "embedding models",
+           "transcription": "transcription models"}
+_CODE = {"chat": "model_not_chat", "embeddings": "model_not_embedding",
+         "transcription": "model_not_transcription"}
 
 
 def resolve(config: Config, requested: str) -> tuple[str, ...]:
@@ -15,7 +26,7 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     - an upstream model name that exactly one chat model uses (e.g. "gpt-5" for
       "openai/gpt-5"): as its model id, so unmodified programs keep working.
 
-    An embedding model (or a chain of them) is refused: it cannot answer a chat.
+    An embedding or transcription model (or a chain of them) is refused: it cannot chat.
     """
     if requested in ("", "default"):
         chain = config.default_chain
@@ -23,19 +34,20 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
             raise no_chat_model()
     elif requested in config.chains:
         chain = config.chains[requested].models
-        _not_embedding(config, requested, chain[0], "chain")
+        _of_kind(config, requested, chain[0], "chain", "chat")
     elif requested in config.models:
-        _not_embedding(config, requested, requested, "model")
+        _of_kind(config, requested, requested, "model", "chat")
         chain = config.fallbacks_for(requested)
     else:
-        chain = config.fallbacks_for(_by_name(config, requested, embedding=False))
+        chain = config.fallbacks_for(_by_name(config, requested, "chat"))
     return chain
 
 
 def no_chat_model() -> RequestError:
-    """The answer to a chat request when every model is an embedding model."""
+    """The answer to a chat request when no model is a chat model."""
     return RequestError("no chat model is configured (every [models] entry is an embedding "
-                        "model)", status=404, param="model", code="model_not_found")
+                        "or transcription model)", status=404, param="model",
+                        code="model_not_found")
 
 
 def resolve_embeddings(config: Config, requested: str) -> tuple[str, ...]:
@@ -46,46 +58,78 @@ def resolve_embeddings(config: Config, requested: str) -> tuple[str, ...]:
     upstream model name that exactly one embedding model uses counts as its id."""
     if requested in config.chains:
         chain = config.chains[requested].models
-        if not config.models[chain[0]].embedding:
-            raise _not_for_embeddings(f"chain {requested!r} is a chain of chat models")
+        _of_kind(config, requested, chain[0], "chain", "embeddings")
         return chain
     if requested in config.models:
-        if not config.models[requested].embedding:
-            raise _not_for_embeddings(f"model {requested!r} is not an embedding model (its "
-                                      "capabilities lack 'embeddings')")
+        _of_kind(config, requested, requested, "model", "embeddings")
         return (requested,)
-    if requested in ("", "default", "auto"):
-        raise _not_for_embeddings(f"model {requested!r} names the chat models; name an "
-                                  "embedding model or a chain of them"
-                                  + _known(config, embedding=True))
-    return (_by_name(config, requested, embedding=True),)
+    _not_default(config, requested, "embeddings")
+    return (_by_name(config, requested, "embeddings"),)
 
 
-def _by_name(config: Config, requested: str, *, embedding: bool) -> str:
+def resolve_transcription(config: Config, requested: str) -> tuple[str, ...]:
+    """The ordered candidates for an audio transcription's `model`: a transcript is text,
+    whichever model wrote it, so a transcription model (by id, or by an upstream name that
+    exactly one has) is followed by the other transcription models in file order, a chain
+    of them is that chain, and "default" is all of them in file order."""
+    everyone = tuple(m.id for m in config.models.values() if m.kind == "transcription")
+    if requested in ("", "default"):
+        if not everyone:
+            raise RequestError("no transcription model is configured (a [models] entry with "
+                               "capabilities = [\"transcription\"])", status=404,
+                               param="model", code="model_not_found")
+        return everyone
+    if requested in config.chains:
+        chain = config.chains[requested].models
+        _of_kind(config, requested, chain[0], "chain", "transcription")
+        return chain
+    if requested not in config.models:
+        requested = _by_name(config, requested, "transcription")
+    _of_kind(config, requested, requested, "model", "transcription")
+    return (requested, *(m for m in everyone if m != requested))
+
+
+def _by_name(config: Config, requested: str, kind: ModelKind) -> str:
     matches = [m.id for m in config.models.values()
-               if m.name == requested and m.embedding == embedding]
+               if m.name == requested and m.kind == kind]
     if len(matches) != 1:
         what = "is ambiguous" if matches else "is not a configured model or chain"
-        raise RequestError(f"model {requested!r} {what}{_known(config, embedding=embedding)}",
+        raise RequestError(f"model {requested!r} {what}{_known(config, kind)}",
                            status=404, param="model", code="model_not_found")
     return matches[0]
 
 
-def _known(config: Config, *, embedding: bool) -> str:
-    models = [m.id for m in config.models.values() if m.embedding == embedding]
+def _known(config: Config, kind: ModelKind) -> str:
+    models = [m.id for m in config.models.values() if m.kind == kind]
     chains = [name for name, c in config.chains.items()
-              if config.models[c.models[0]].embedding == embedding]
-    known = [*models, *chains] if embedding or not config.default_chain \
-        else [*models, *chains, "default"]
+              if config.models[c.models[0]].kind == kind]
+    known = [*models, *chains]
+    if kind == "chat" and config.default_chain:
+        known.append("default")
     return f"; known: {', '.join(known[:20])}" if known else "; none is configured"
 
 
-def _not_embedding(config: Config, requested: str, model_id: str, what: str) -> None:
-    if config.models[model_id].embedding:
-        which = "holds embedding models" if what == "chain" else "is an embedding model"
-        raise RequestError(f"{what} {requested!r} {which}: call POST /v1/embeddings",
-                           param="model", code="model_not_chat")
+def _of_kind(config: Config, requested: str, model_id: str, what: str,
+             kind: ModelKind) -> None:
+    """Raises for a model (or a chain, by its first model) of another kind than the
+    endpoint serves, naming the endpoint that serves it."""
+    actual = config.models[model_id].kind
+    if actual == kind:
+        return
+    if kind == "chat":
+        which = (f"holds {_PLURAL[actual]}" if what == "chain"
+                 else f"is {_NOUN[actual]}")
+        message = f"{what} {requested!r} {which}: call {_ENDPOINT[actual]}"
+    elif what == "chain":
+        message = f"chain {requested!r} is a chain of {_PLURAL[actual]}"
+    else:
+        message = (f"model {requested!r} is not {_NOUN[kind]} (its capabilities lack "
+                   f"'{kind}')")
+    raise RequestError(message, param="model", code=_CODE[kind])
 
 
-def _not_for_embeddings(message: str) -> RequestError:
-    return RequestError(message, param="model", code="model_not_embedding")
+def _not_default(config: Config, requested: str, kind: ModelKind) -> None:
+    if requested in ("", "default", "auto"):
+        raise RequestError(f"model {requested!r} names the chat models; name "
+                           f"{_NOUN[kind]} or a chain of them{_known(config, kind)}",
+                           param="model", code=_CODE[kind])

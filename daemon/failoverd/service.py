@@ -463,8 +463,8 @@ def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[s
         first = (target,)
     else:
         return candidates  # removed by a reload
-    if cfg.models[first[0]].embedding:
-        return candidates  # a reload made it an embedding model: it answers no chat
+    if not cfg.models[first[0]].chat:
+        return candidates  # a reload made it an embedding or transcription model
     return (*first, *(c for c in candidates if c not in first))
 
 

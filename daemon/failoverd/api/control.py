@@ -67,10 +67,11 @@ async def models(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     data = _model_entries(svc)
     if _anthropic(request):
-        # no Anthropic client calls embeddings: embedding models and chains are left out
+        # Anthropic clients only chat: embedding and transcription models (and chains of
+        # them) are left out
         models = svc.runtime.config.models
-        listed = [_as_anthropic(e) for e in data if not models[
-            e["chain"][0] if "chain" in e else e["id"]].embedding]
+        listed = [_as_anthropic(e) for e in data if models[
+            e["chain"][0] if "chain" in e else e["id"]].chat]
         return json_response({"data": listed, "has_more": False,
                               "first_id": listed[0]["id"] if listed else None,
                               "last_id": listed[-1]["id"] if listed else None})
@@ -107,12 +108,13 @@ async def health(request: web.Request) -> web.Response:
     status, states = health_summary(svc)
     body: dict[str, Any] = {"status": status, "models": states}
     models = svc.runtime.config.models
-    embedding = [s for m, s in states.items() if models[m].embedding]
-    if embedding and len(embedding) < len(states):
-        # chat and embeddings apart, for a monitor that watches one of them: all chat
-        # models out with an embedding model up is "degraded" overall, "down" for chat
-        body["chat"] = _summary([s for m, s in states.items() if not models[m].embedding])
-        body["embeddings"] = _summary(embedding)
+    kinds: dict[str, list[str]] = {}
+    for m, state in states.items():
+        kinds.setdefault(models[m].kind, []).append(state)
+    if len(kinds) > 1:
+        # each kind apart, for a monitor that watches one of them: all chat models out with
+        # an embedding model up is "degraded" overall, "down" for chat
+        body.update((kind, _summary(kind_states)) for kind, kind_states in kinds.items())
     return json_response(body, 503 if status == "down" else 200)
 
 
@@ -296,10 +298,10 @@ async def session_set(request: web.Request) -> web.Response:
                 target not in cfg.models and target not in cfg.chains)):
             raise RequestError(f"'model' must name a configured model or chain, got {target!r}",
                                param="model")
-        if target is not None and cfg.models[
-                cfg.chains[target].models[0] if target in cfg.chains else target].embedding:
-            raise RequestError(f"{target!r} is an embedding model or chain: a session's "
-                               "model serves its chat requests", param="model",
+        if target is not None and not cfg.models[
+                cfg.chains[target].models[0] if target in cfg.chains else target].chat:
+            raise RequestError(f"{target!r} is an embedding or transcription model or chain: "
+                               "a session's model serves its chat requests", param="model",
                                code="model_not_chat")
     except RequestError as exc:
         return request_error(exc)
