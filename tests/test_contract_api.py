@@ -215,7 +215,8 @@ async def test_unknown_paths_and_methods_get_json_errors_in_the_clients_shape(
         "type": "not_found_error",
         "message": "POST /v1/messages/batches: failoverd serves no such endpoint "
                    "(proxied: POST /v1/chat/completions, POST /v1/messages, POST "
-                   "/v1/responses, POST /v1/completions and POST /v1/embeddings)"}}
+                   "/v1/responses, POST /v1/completions, POST /v1/embeddings, POST "
+                   "/v1/audio/transcriptions and POST /v1/audio/translations)"}}
     resp = await d.http.post("/v1/audio/speech", json={"input": "x"})
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     assert resp.json()["error"]["type"] == "invalid_request_error"

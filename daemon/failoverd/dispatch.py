@@ -190,6 +190,11 @@ class Dispatcher:
         """A legacy text completion, not streamed: the attempt loop, no context screening."""
         return await self._answer("complete_text", body, candidates, deadline, outcome)
 
+    async def transcribe(self, body: dict[str, Any], candidates: Sequence[str],
+                         deadline: float, outcome: Outcome) -> Completion:
+        """Audio to text (`body`: the form and the task, see Provider.transcribe)."""
+        return await self._answer("transcribe", body, candidates, deadline, outcome)
+
     async def _answer(self, method: str, body: dict[str, Any], candidates: Sequence[str],
                       deadline: float, outcome: Outcome) -> Completion:
         """A non-streaming answer of the providers' `method` down the candidates."""

@@ -30,6 +30,7 @@ class Runtime:
     # each resolved once per configuration, not per request (valid names only, bounded)
     _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _resolved_embeddings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _resolved_audio: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
         """The candidates for a request's "model" (raises like ``router.resolve``)."""
@@ -38,6 +39,15 @@ class Runtime:
             known = router.resolve(self.config, requested)  # raises for an unknown model
             if len(self._resolved) < RESOLVED_MAX:
                 self._resolved[requested] = known
+        return known
+
+    def resolve_transcription(self, requested: str) -> tuple[str, ...]:
+        """The candidates for an audio request's "model" (router.resolve_transcription)."""
+        known = self._resolved_audio.get(requested)
+        if known is None:
+            known = router.resolve_transcription(self.config, requested)
+            if len(self._resolved_audio) < RESOLVED_MAX:
+                self._resolved_audio[requested] = known
         return known
 
     def resolve_embeddings(self, requested: str) -> tuple[str, ...]:

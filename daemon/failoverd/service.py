@@ -205,6 +205,11 @@ class Service:
         operator's rotation of its chain applied; no sessions, no auto routing."""
         return self._rotated(rt.resolve_embeddings(requested), requested, pin)
 
+    def audio_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+        """The candidates of an audio transcription or translation
+        (router.resolve_transcription), an operator's rotation of its chain applied."""
+        return self._rotated(rt.resolve_transcription(requested), requested, pin)
+
     def text_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of a legacy text completion: a chat request's (router.resolve),
         an operator's rotation applied; no sessions, no auto routing (both read messages)."""

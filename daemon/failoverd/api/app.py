@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from failoverd.api import control
+from failoverd.api.audio import transcriptions, translations
 from failoverd.api.completions import completions
 from failoverd.api.count_tokens import count_tokens
 from failoverd.api.drain import STREAM_RESPONSE
@@ -35,6 +36,8 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/audio/translations", translations)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
     app.router.add_get("/v1/status", control.status)
@@ -89,7 +92,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return front.error(404, "invalid_request_error",
                            f"{where}: failoverd serves no such endpoint (proxied: POST "
                            "/v1/chat/completions, POST /v1/messages, POST /v1/responses, "
-                           "POST /v1/completions and POST /v1/embeddings)",
+                           "POST /v1/completions, POST /v1/embeddings, POST "
+                           "/v1/audio/transcriptions and POST /v1/audio/translations)",
                            "unknown_url")
     except web.HTTPException:
         raise  # an answer of aiohttp's own

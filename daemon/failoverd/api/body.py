@@ -25,8 +25,10 @@ _TYPED: tuple[tuple[str, tuple[type, ...], str], ...] = (
 PRELOADED = web.RequestKey("preloaded_body", dict[str, Any])
 
 
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past `max_bytes`, 400 for anything not an object."""
+async def read_bytes(request: web.Request, max_bytes: int,
+                     expected: str = "a JSON object") -> bytes:
+    """The whole request body; 413 past `max_bytes` (checked as it arrives), 408 when it
+    stalls, 400 when there is none (naming what was `expected`)."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise RequestError(f"request body of {length} bytes exceeds max_body_bytes "
@@ -42,7 +44,13 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     else:
         raw = await _read_capped(content, max_bytes, request.app[SERVICE].client_idle_timeout)
     if not raw:
-        raise RequestError("request body is empty; expected a JSON object")
+        raise RequestError(f"request body is empty; expected {expected}")
+    return raw
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past `max_bytes`, 400 for anything not an object."""
+    raw = await read_bytes(request, max_bytes)
     body: Any = request.get(PRELOADED)
     if body is None:
         try:

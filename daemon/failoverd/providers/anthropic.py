@@ -280,6 +280,11 @@ class AnthropicProvider:
         raise RequestError("Anthropic's API has no text completions (POST /v1/completions): chat "
                            "only", param="model")
 
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        # the configuration refuses a transcription model on this kind; a defence all the same
+        raise RequestError("Anthropic's API has no audio transcription endpoint", param="model")
+
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS
 

@@ -117,6 +117,14 @@ class Provider(Protocol):
         ``text_completion`` events."""
         ...
 
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        """Audio to text for a transcription model: ``body["form"]`` is the client's form
+        (translate/audio.py), ``body["task"]`` ``transcriptions`` or ``translations``; the
+        answer is the upstream's, in the form's response_format (`raw`, and `body` its
+        JSON, or ``{"text": ...}`` for the text formats)."""
+        ...
+
     def default_output(self, model: ModelConfig) -> int | None:
         """The max_tokens this adapter sends when the request sets none (Anthropic requires
         one), which the request's context check must leave room for; None: the upstream's

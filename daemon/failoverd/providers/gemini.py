@@ -316,6 +316,11 @@ class GeminiProvider:
         raise RequestError("Gemini's API has no text completions (POST /v1/completions): chat "
                            "only", param="model")
 
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        # the configuration refuses a transcription model on this kind; a defence all the same
+        raise RequestError("Gemini's API has no audio transcription endpoint", param="model")
+
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
@@ -300,6 +300,11 @@ class OllamaProvider:
                                  status=200, provider=name, model=model.id)
         finally:
             finish_stream(resp, done)
+
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        # the configuration refuses a transcription model on this kind; a defence all the same
+        raise RequestError("Ollama's API has no audio transcription endpoint", param="model")
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -37,7 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
-from failoverd.translate import completions, embeddings
+from failoverd.translate import audio, completions, embeddings
 from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class OpenAIProvider:
         self._models_url = f"{config.base_url}/models"
         self._embeddings_url = f"{config.base_url}/embeddings"
         self._completions_url = f"{config.base_url}/completions"
+        self._audio_url = f"{config.base_url}/audio"
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
             "Authorization", f"Bearer {config.api_key}")
@@ -538,6 +539,22 @@ class OpenAIProvider:
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self._text_failure,
                            provider=self.config.name, model=model.id)
+
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        form: audio.Form = body["form"]
+        data, content_type = form.encode(model.name)
+        raw = await fetch(self._client, "POST", f"{self._audio_url}/{body['task']}",
+                          headers={**self._headers, "Content-Type": content_type,
+                                   "Accept": "*/*"},
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=self.config.name, model=model.id)
+        if audio.CONTENT_TYPES[form.response_format] != "application/json":
+            return Completion({"text": raw.decode("utf-8", "replace")}, raw)
+        parsed = json_or_none(raw)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
+            raise self._body_error(raw, parsed, model.id, "200 without a transcript")
+        return Completion(parsed, raw)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -23,7 +23,7 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
-from failoverd.translate import completions, embeddings
+from failoverd.translate import audio, completions, embeddings
 
 MAX_N = 128  # OpenAI's own limit on n
 SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
@@ -207,6 +207,30 @@ class SimulatedProvider:
                             "model": model.name, "choices": [],
                             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                       "total_tokens": prompt + completion}})
+
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        form: audio.Form = body["form"]
+        await self._behave(model)
+        size = form.audio_bytes
+        what = "translation" if body["task"] == "translations" else "transcript"
+        text = f"[{model.id}] simulated {what} of {size} bytes of audio."
+        fmt = form.response_format
+        if fmt == "json":
+            return Completion({"text": text})
+        if fmt in ("verbose_json", "diarized_json"):
+            seconds = round(size / 32000, 2)  # 16 kHz, 16-bit mono
+            return Completion({"task": "translate" if what == "translation" else "transcribe",
+                               "language": "english", "duration": seconds, "text": text,
+                               "segments": [{"id": 0, "start": 0.0, "end": seconds,
+                                             "text": text}]})
+        if fmt == "srt":
+            raw = f"1\n00:00:00,000 --> 00:00:01,000\n{text}\n\n"
+        elif fmt == "vtt":
+            raw = f"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n{text}\n\n"
+        else:
+            raw = text
+        return Completion({"text": text}, raw.encode())
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

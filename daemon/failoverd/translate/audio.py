@@ -1,0 +1,162 @@
+"""OpenAI's audio transcription and translation requests (`multipart/form-data`): read from the
+client, checked, and written again for an upstream with its own model name.
+
+The form is kept field by field, in order, files as bytes: an OpenAI-compatible upstream
+(OpenAI, Groq, a local whisper server) gets what the client sent with `model` replaced.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from failoverd.errors import RequestError
+
+# what each response_format is answered as (OpenAI's; JSON unless the form asks otherwise)
+CONTENT_TYPES = {
+    "json": "application/json", "verbose_json": "application/json",
+    "diarized_json": "application/json", "text": "text/plain; charset=utf-8",
+    "srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
+}
+MAX_FIELDS = 64  # fields of one form: a transcription has a dozen at most
+_TOKEN = re.compile(r'([A-Za-z0-9_.*-]+)=("(?:[^"\\]|\\.)*"|[^;\s]*)')
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    value: bytes
+    filename: str | None = None  # a file part
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """A transcription request as its fields, with the ones failoverd reads."""
+
+    fields: tuple[Field, ...]
+    model: str
+    response_format: str
+
+    def text(self, name: str) -> str | None:
+        for f in self.fields:
+            if f.name == name and f.filename is None:
+                return f.value.decode("utf-8", "replace")
+        return None
+
+    @property
+    def audio_bytes(self) -> int:
+        return sum(len(f.value) for f in self.fields if f.name == "file")
+
+    def encode(self, model_name: str) -> tuple[bytes, str]:
+        """(body, content type) of the form again, `model` set to `model_name`."""
+        boundary = f"failoverd-{uuid.uuid4().hex}"
+        out: list[bytes] = []
+        for f in self.fields:
+            value = model_name.encode() if f.name == "model" and f.filename is None \
+                else f.value
+            disposition = f'form-data; name="{_quoted(f.name)}"'
+            if f.filename is not None:
+                disposition += f'; filename="{_quoted(f.filename)}"'
+            head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+            if f.content_type:
+                head += f"Content-Type: {f.content_type}\r\n"
+            out += [head.encode(), b"\r\n", value, b"\r\n"]
+        out.append(f"--{boundary}--\r\n".encode())
+        return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def parse(raw: bytes, content_type: str) -> Form:
+    """The client's form; RequestError naming what is wrong with it."""
+    kind, params = _header_params(content_type)
+    if kind != "multipart/form-data":
+        raise RequestError(f"the body must be multipart/form-data (a file upload), got "
+                           f"{kind or 'no Content-Type'!r}")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise RequestError("the multipart/form-data Content-Type has no boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    pieces = raw.split(b"\r\n" + delimiter)
+    if raw.startswith(delimiter):
+        pieces[0] = pieces[0][len(delimiter):]
+    elif len(pieces) > 1:
+        pieces = pieces[1:]  # a preamble before the first boundary
+    else:
+        raise RequestError("the multipart body has no part (its boundary is not in it)")
+    fields: list[Field] = []
+    closed = False
+    for piece in pieces:
+        if piece.startswith(b"--"):
+            closed = True
+            break
+        fields.append(_part(piece))
+        if len(fields) > MAX_FIELDS:
+            raise RequestError(f"the form has more than {MAX_FIELDS} fields")
+    if not closed:
+        raise RequestError("the multipart body is cut: it does not end with its closing "
+                           "boundary")
+    return _checked(tuple(fields))
+
+
+def _part(piece: bytes) -> Field:
+    if not piece.startswith(b"\r\n"):
+        raise RequestError("a multipart part does not start on a new line after its boundary")
+    head, sep, value = piece[2:].partition(b"\r\n\r\n")
+    if not sep:
+        raise RequestError("a multipart part has no blank line after its headers")
+    disposition = content_type = None
+    for line in head.decode("utf-8", "replace").split("\r\n"):
+        name, _, text = line.partition(":")
+        if name.strip().lower() == "content-disposition":
+            disposition = text.strip()
+        elif name.strip().lower() == "content-type":
+            content_type = text.strip()
+    if disposition is None:
+        raise RequestError("a multipart part has no Content-Disposition")
+    kind, params = _header_params(disposition)
+    if kind != "form-data" or "name" not in params:
+        raise RequestError("a multipart part is not a form-data field with a name")
+    return Field(params["name"], value, params.get("filename"), content_type)
+
+
+def _checked(fields: tuple[Field, ...]) -> Form:
+    names = [f.name for f in fields]
+    files = [f for f in fields if f.name == "file"]
+    if not files or files[0].filename is None:
+        raise RequestError("'file' is required: the audio, as a file part", param="file")
+    if len(files) > 1:
+        raise RequestError("'file' is given more than once", param="file")
+    if not files[0].value:
+        raise RequestError("'file' is empty", param="file")
+    for name in ("model", "response_format", "language", "prompt", "temperature"):
+        if names.count(name) > 1:
+            raise RequestError(f"'{name}' is given more than once", param=name)
+    form = Form(fields, "", "json")
+    model = form.text("model")
+    if not model:
+        raise RequestError("'model' is required: a transcription model, a chain or 'default'",
+                           param="model")
+    fmt = form.text("response_format") or "json"
+    if fmt not in CONTENT_TYPES:
+        raise RequestError(f"'response_format' must be one of {', '.join(CONTENT_TYPES)}, got "
+                           f"{fmt!r}", param="response_format")
+    if (form.text("stream") or "").lower() == "true":
+        raise RequestError("streamed transcriptions (stream=true) are not served by failoverd; "
+                           "ask without stream", param="stream")
+    return Form(fields, model, fmt)
+
+
+def _header_params(value: str) -> tuple[str, dict[str, str]]:
+    """A header value's first item (lowercased) and its name=value parameters."""
+    first, _, rest = value.partition(";")
+    params = {}
+    for name, text in _TOKEN.findall(rest):
+        if text.startswith('"'):
+            text = re.sub(r"\\(.)", r"\1", text[1:-1])
+        params[name.lower()] = text
+    return first.strip().lower(), params
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
