@@ -291,9 +291,6 @@ async def test_curl_gets_the_upstream_stream_unchanged(rig: Any) -> None:
     assert out == openai_stream(body, events(out)[0]["created"], usage=False)
 
 
-@pytest.mark.xfail(strict=True, reason="providers/openai.py _text_payload ignores the "
-                   "provider's stream_usage: a text completion stream is not asked for its "
-                   "usage, so failoverd_tokens_total misses it")
 async def test_stream_usage_asks_a_text_stream_for_its_usage(rig: Any) -> None:
     d = rig
     body = {"model": "su/instruct", "prompt": "count me", "max_tokens": 3}
@@ -498,9 +495,6 @@ async def test_ollama_streams_text_completion_chunks(rig: Any) -> None:
     assert got[-2]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.xfail(strict=True, reason="providers/ollama.py stream_text drops Ollama's "
-                   "counts when the client did not ask for include_usage: the stream is "
-                   "not counted in failoverd_tokens_total (chat's Ollama streams are)")
 async def test_an_ollama_stream_is_counted_when_the_client_did_not_ask_for_usage(
         rig: Any) -> None:
     d = rig
@@ -554,9 +548,6 @@ async def test_what_one_generate_call_cannot_give_is_incapable_without_a_call(
     assert sent.body["prompt"] == extra.get("prompt", "x")
 
 
-@pytest.mark.xfail(strict=True, reason="translate/completions.py one_prompt refuses logprobs "
-                   "only when truthy: logprobs 0 (the sampled tokens' logprobs, no "
-                   "alternatives) goes to Ollama, and the client gets logprobs null")
 async def test_logprobs_zero_is_incapable_on_ollama_too(rig: Any) -> None:
     d = rig
     resp = await complete(d, model="coder-then-bk", prompt="x", max_tokens=2, logprobs=0)
@@ -566,13 +557,7 @@ async def test_logprobs_zero_is_incapable_on_ollama_too(rig: Any) -> None:
     assert d.ol.requests == []
 
 
-@pytest.mark.parametrize("stream", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="providers/ollama.py stream_text takes a done line with "
-        "done_reason 'load' (no answer) for a finished empty completion instead of "
-        "invalid_response")),
-])
+@pytest.mark.parametrize("stream", [False, True])
 async def test_a_load_only_answer_is_invalid_and_fails_over(rig: Any, stream: bool) -> None:
     d = rig
     # an empty prompt: Ollama only loads the model (done_reason "load")

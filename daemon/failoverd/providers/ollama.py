@@ -265,13 +265,12 @@ class OllamaProvider:
         data = orjson.dumps(translate.to_generate(body, model.name, stream=True,
                                                   context_window=model.context_window))
         name = self.config.name
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
         resp = await open_stream(self._client, self._generate_url, data=data,
                                  headers=self._stream_headers, first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
-        cid, created, done = _completion_id(), int(time.time()), False
+        cid, created, done, said = _completion_id(), int(time.time()), False, False
         try:
             async for line in lines(resp, first_deadline, limits.idle, name, model.id):
                 if not line.strip():
@@ -286,15 +285,22 @@ class OllamaProvider:
                                          status=200, provider=name, model=model.id)
                 piece = obj.get("response")
                 if obj.get("done"):
+                    if obj.get("done_reason") == "load" and not said and not piece:
+                        raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any "
+                                             "answer: the model was only loaded (done_reason "
+                                             "load)", status=200, provider=name,
+                                             model=model.id)
                     done = True
                     finish = translate.finish_reason(obj.get("done_reason"), False)
                     yield Chunk.of(completions.chunk(piece if isinstance(piece, str) else "",
                                                      finish, model.name, cid, created))
-                    if include_usage:
-                        yield Chunk.of(completions.chunk("", None, model.name, cid, created,
-                                                         translate.usage(obj)))
+                    # always: the OpenAI front leaves it out for a client that did not ask,
+                    # and failoverd_tokens_total counts it
+                    yield Chunk.of(completions.chunk("", None, model.name, cid, created,
+                                                     translate.usage(obj)))
                     return
                 if isinstance(piece, str) and piece:
+                    said = True
                     yield Chunk.of(completions.chunk(piece, None, model.name, cid, created))
             raise upstream_error(FailureReason.INVALID_RESPONSE, "stream ended before done",
                                  status=200, provider=name, model=model.id)

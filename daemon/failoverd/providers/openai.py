@@ -336,13 +336,7 @@ class OpenAIProvider:
             payload["max_completion_tokens"] = payload.pop("max_tokens")
         if stream:
             payload["stream"] = True
-            options = payload.get("stream_options")
-            if self.config.stream_usage and not (
-                    isinstance(options, dict) and options.get("include_usage")):
-                # for failoverd_tokens_total; the OpenAI front leaves the usage chunk out
-                # for the client that did not ask (api/fronts.py)
-                payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                             "include_usage": True}
+            self._ask_usage(payload)
         else:
             for key in _STREAM_ONLY_KEYS:
                 payload.pop(key, None)
@@ -495,11 +489,22 @@ class OpenAIProvider:
         # a server that ignored encoding_format: the answer as converted
         return Completion(parsed) if converted else Completion(parsed, raw)
 
+    def _ask_usage(self, payload: dict[str, Any]) -> None:
+        """With stream_usage, a stream's request asks for its usage (for
+        failoverd_tokens_total); the OpenAI front leaves the usage chunk out for the client
+        that did not ask (api/fronts.py)."""
+        options = payload.get("stream_options")
+        if self.config.stream_usage and not (
+                isinstance(options, dict) and options.get("include_usage")):
+            payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                         "include_usage": True}
+
     def _text_payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
         payload = dict(body)
         payload["model"] = model.name
         if stream:
             payload["stream"] = True
+            self._ask_usage(payload)
         else:
             for key in _STREAM_ONLY_KEYS:
                 payload.pop(key, None)

@@ -87,9 +87,10 @@ def one_prompt(body: dict[str, Any], api: str) -> str:
             raise RequestError(f"{api} takes one text prompt (not several, nor token ids)",
                                param="prompt")
         value = value[0]
-    for key, what in (("echo", "echo"), ("logprobs", "logprobs")):
-        if body.get(key):
-            raise RequestError(f"{api} has no {what}", param=key)
+    if body.get("echo"):
+        raise RequestError(f"{api} has no echo", param="echo")
+    if body.get("logprobs") is not None:  # 0 asks for the chosen tokens' own
+        raise RequestError(f"{api} has no logprobs", param="logprobs")
     if (body.get("n") or 1) > 1 or (body.get("best_of") or 1) > 1:
         raise RequestError(f"{api} gives one answer per request (n, best_of)", param="n")
     return str(value)
