@@ -10,7 +10,7 @@ upstream's model name); a client's bad files neither fail over nor count against
 a transcription failover's hook event and its abort; a reload that changes a model's kind
 under an in-flight upload; a completions stream cut by a stop, ended without [DONE], or cut by
 the upstream, each answered in OpenAI's shape and counted once; a hook aborting a completions
-failover. The strict xfails are defects found by the review (see each reason).
+failover. The tests of the defects the review found pass since they were fixed.
 """
 
 from __future__ import annotations
@@ -284,7 +284,8 @@ async def test_uploads_as_clients_write_them_reach_the_upstream_intact(
     assert form["file"] == (filename, AUDIO)
     assert (form["model"], form["language"]) == ("whisper-1", "de")
     framing = a.headers[0]
-    assert framing["Content-Type"].startswith("multipart/form-data; boundary=failoverd-")
+    # the client's own boundary again: no byte of its fields can hold it
+    assert framing["Content-Type"].startswith("multipart/form-data; boundary=")
     assert int(framing["Content-Length"]) > len(AUDIO)
     assert "Transfer-Encoding" not in framing
 
@@ -302,7 +303,7 @@ async def test_the_openai_sdk_upload_with_every_field(rig: Any) -> None:
 
 
 @pytest.mark.parametrize(("mangle", "words"), [
-    (lambda raw: raw.replace(b"\r\n", b"\n"), "does not start on a new line"),
+    (lambda raw: raw.replace(b"\r\n", b"\n"), "lines end in LF alone"),
     (lambda raw: raw.replace(f"--{BOUNDARY}--".encode(), b""), "cut"),
     (lambda raw: raw.replace(b'name="file"; filename="memo.wav"', b'name="file"'),
      "'file' is required"),
@@ -528,12 +529,6 @@ async def test_a_clients_short_deadline_cuts_a_completion_not_held_against_the_m
 # ---------------------------------------------------------------------- defects
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.Service._rotated: an audio request for model 'default' takes the rotation of "
-    "the chat default chain after `failoverctl next default` (POST /v1/chains/default/next): "
-    "the upload goes to chat models (b/instruct, a chat model, is sent the audio here; a real "
-    "OpenAI chat model's 404 would open its breaker, chat included). Service.audio_route must "
-    "not take the 'default' entry of _chain_offsets, only a named chain's"))
 async def test_default_transcriptions_stay_on_transcription_models_after_a_chat_rotation(
         rig: Any) -> None:
     a, b, d = rig
@@ -544,12 +539,6 @@ async def test_default_transcriptions_stay_on_transcription_models_after_a_chat_
     assert resp.headers["x-failoverd-model"] in (A, B), resp.headers
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "providers/openai.py OpenAIProvider.transcribe: an upstream's 413 for a file over its "
-    "size limit (OpenAI's 25 MB 'Maximum content size limit') is classified context_overflow, "
-    "and the dispatcher then skips every later transcription model ('context window unknown "
-    "is not larger than 0'): a local whisper that takes the file is never asked. A 413 from "
-    "/audio/* should be incapable (another model may take it; no breaker count)"))
 async def test_a_file_too_large_for_one_model_fails_over_to_the_next(rig: Any) -> None:
     a, b, d = rig
     a.audio_script = [reply({"error": {
@@ -563,11 +552,7 @@ async def test_a_file_too_large_for_one_model_fails_over_to_the_next(rig: Any) -
 
 @pytest.mark.parametrize("fmt", [
     "json",
-    *(pytest.param(fmt, marks=pytest.mark.xfail(strict=True, reason=(
-        "providers/openai.py OpenAIProvider.transcribe: for text, srt and vtt any 200 body is "
-        "the transcript, so whisper.cpp's server's error answer (HTTP 200, application/json "
-        "{\"error\": ...}) reaches the client as its transcript, as text/plain, where json "
-        "fails over. A JSON object with 'error' should be _body_error for every format")))
+    *(fmt
       for fmt in ("text", "srt", "vtt")),
 ])
 async def test_an_error_inside_a_200_is_no_transcript(rig: Any, fmt: str) -> None:
@@ -579,13 +564,6 @@ async def test_an_error_inside_a_200_is_no_transcript(rig: Any, fmt: str) -> Non
     assert "error" not in resp.text and "b heard" in resp.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "providers/openai.py OpenAIProvider.transcribe (_body_error, classify_in_band): "
-    "whisper.cpp's server answers a file it cannot read (an mp3 without --convert) with "
-    "HTTP 200 {\"error\": \"failed to read WAV file\"}, classified server_error: it fails over "
-    "(good) but counts against the model, so three uploads from one client open the breaker "
-    "of a healthy server for every client. An in-band 'failed to read'/'ffmpeg' error about "
-    "the audio should be incapable (another model may read the format; no breaker count)"))
 async def test_one_clients_unreadable_files_do_not_open_a_whisper_cpp_breaker(
         rig: Any) -> None:
     a, b, d = rig
@@ -597,11 +575,6 @@ async def test_one_clients_unreadable_files_do_not_open_a_whisper_cpp_breaker(
     assert (entry["state"], entry["consecutive_failures"]) == ("closed", 0), entry
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "translate/audio.py parse: the body is split at every delimiter before MAX_FIELDS is "
-    "checked, so a max_body_bytes upload of tiny parts becomes millions of bytes objects "
-    "(about 6x the body in memory, ~0.2 s of a blocked event loop for 32 MiB) only to be "
-    "refused. Split with maxsplit=MAX_FIELDS + 1 (or walk the body with find)"))
 def test_a_form_of_tiny_parts_costs_no_more_than_its_body() -> None:
     raw = (b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nm'
            + b"\r\n--b\r\nx" * 250_000)
@@ -615,10 +588,6 @@ def test_a_form_of_tiny_parts_costs_no_more_than_its_body() -> None:
     assert peak < 2 * len(raw), f"{peak / len(raw):.1f}x the body"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "translate/audio.py parse/_part: the audio is copied three times while parsing (split, "
-    "piece[2:], partition), so a 30 MB upload briefly costs ~90 MB more; slicing once by "
-    "offsets (find the delimiters, then raw[start:end]) copies it once"))
 def test_parsing_an_upload_copies_its_audio_once() -> None:
     big = bytes(range(256)) * (8 * 1024 * 1024 // 256)
     request = httpx.Request("POST", "http://x/", files={"file": ("a.wav", big)},
@@ -657,13 +626,6 @@ kind = "none"
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "providers/ollama.py complete_text/stream_text: an empty prompt (fill-in-the-middle at "
-    "the top of a file: prompt '', suffix the rest) makes Ollama only load the model "
-    "(done_reason 'load'), which counts as the model's invalid_response: three such "
-    "requests from a code completion client open the breaker of a healthy Ollama model, "
-    "chat included. translate/ollama.py to_generate should raise RequestError for an empty "
-    "prompt (incapable: no call, no count)"))
 async def test_an_empty_fim_prompt_does_not_open_an_ollama_breaker(
         fake_ollama: Any, upstreams: Any, start_daemon: Any) -> None:
     a, _ = upstreams
@@ -677,11 +639,6 @@ async def test_an_empty_fim_prompt_does_not_open_an_ollama_breaker(
     assert (entry["state"], entry["consecutive_failures"]) == ("closed", 0), entry
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "translate/ollama.py to_generate: max_tokens 0 (which /v1/completions accepts) becomes "
-    "num_predict 0, which Ollama's runner reads as no limit (it stops at numPredict > 0 "
-    "only): a request for no tokens generates until the context is full. Refuse it on "
-    "Ollama (RequestError: incapable) or send num_predict only when max_tokens >= 1"))
 async def test_max_tokens_zero_is_never_an_unlimited_ollama_generation(
         fake_ollama: Any, upstreams: Any, start_daemon: Any) -> None:
     a, _ = upstreams
@@ -694,14 +651,6 @@ async def test_max_tokens_zero_is_never_an_unlimited_ollama_generation(
     assert 0 not in sent, sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prober.py Prober (and providers/openai.py probe): a transcription model is probed by "
-    "GET {base_url}/models, which whisper.cpp's server does not have (its routes are the "
-    "inference path and /load): the 404 is not_found, which opens the model's breaker for "
-    "max_open_seconds, and every later probe fails the same way, so with the default "
-    "[probes] a local whisper.cpp server is never sent an upload. For a transcription model "
-    "a 404/405 from the listing says the server answered: count it as reachable (or let a "
-    "model or provider turn its probes off)"))
 async def test_a_whisper_server_without_a_models_listing_stays_usable(
         upstreams: Any, start_daemon: Any) -> None:
     a, b = upstreams  # neither lists models, as whisper.cpp's server does not

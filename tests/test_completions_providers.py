@@ -560,12 +560,24 @@ async def test_logprobs_zero_is_incapable_on_ollama_too(rig: Any) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_load_only_answer_is_invalid_and_fails_over(rig: Any, stream: bool) -> None:
     d = rig
-    # an empty prompt: Ollama only loads the model (done_reason "load")
-    resp = await complete(d, model="coder-then-bk", prompt="", max_tokens=3, stream=stream)
+    d.ol.push("load")  # Ollama only loaded the model (done_reason "load"): no answer
+    resp = await complete(d, model="coder-then-bk", prompt="x", max_tokens=3, stream=stream)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-failoverd-failover"] == "ol/coder>bk/instruct:invalid_response"
     assert len(d.ol.generate_requests()) == 1
     assert len(d.bk.completion_requests()) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_empty_prompt_is_for_another_model_than_ollama(rig: Any, stream: bool) -> None:
+    """Ollama answers an empty prompt (fill-in-the-middle at the top of a file) by only
+    loading the model: it is not asked, and nothing counts against it."""
+    d = rig
+    resp = await complete(d, model="coder-then-bk", prompt="", suffix="rest", max_tokens=3,
+                          stream=stream)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-failover"] == "ol/coder>bk/instruct:incapable"
+    assert d.ol.generate_requests() == []
 
 
 @pytest.mark.parametrize(("behaviour", "stream", "reason"), [

@@ -45,9 +45,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
-from failoverd.config import ProbeKind
+from failoverd.config import ModelConfig, ProbeKind
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
+from failoverd.providers.base import Provider
 from failoverd.providers.http import probe_limits
 
 if TYPE_CHECKING:
@@ -337,11 +338,8 @@ class Prober:
                     await provider.embed({"model": model.id, "input": "ping"}, model,
                                          probe_limits(cfg.probes.timeout,
                                                       provider.config.connect_timeout))
-                elif model.kind == "transcription" and kind == "chat":
-                    # nor does a transcription model, and a probe has no speech to send:
-                    # the models listing (reachability and the key) instead
-                    await provider.probe(model, "models", cfg.probes.timeout,
-                                         cfg.probes.chat_max_tokens)
+                elif model.kind == "transcription":
+                    await _probe_speech_server(provider, model, cfg.probes.timeout)
                 else:
                     await provider.probe(model, kind, cfg.probes.timeout,
                                          cfg.probes.chat_max_tokens)
@@ -379,3 +377,15 @@ def _grace(interval: float) -> int:
     # a probe that could not start on time (a busy loop, a suspended machine) still runs if
     # it is at most one interval late; later than that the next one is as good
     return max(1, math.ceil(interval))
+
+
+async def _probe_speech_server(provider: Provider, model: ModelConfig,
+                               limit: float) -> None:
+    """A transcription model's probe, of either kind: a probe has no speech to send, so the
+    provider's models listing (reachability and the key); a speech server without one
+    (whisper.cpp's answers 404) has answered all the same."""
+    try:
+        await provider.probe(model, "models", limit, 1)
+    except UpstreamError as exc:
+        if exc.status not in (404, 405):
+            raise

@@ -208,16 +208,20 @@ class Service:
     def audio_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of an audio transcription or translation
         (router.resolve_transcription), an operator's rotation of its chain applied."""
-        return self._rotated(rt.resolve_transcription(requested), requested, pin)
+        # "default" is every transcription model: the chat default chain's rotation is not its
+        return self._rotated(rt.resolve_transcription(requested), requested, pin,
+                             default_is_chat=False)
 
     def text_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of a legacy text completion: a chat request's (router.resolve),
         an operator's rotation applied; no sessions, no auto routing (both read messages)."""
         return self._rotated(rt.resolve(requested), requested, pin)
 
-    def _rotated(self, candidates: tuple[str, ...], requested: str,
-                 pin: bool) -> tuple[str, ...]:
+    def _rotated(self, candidates: tuple[str, ...], requested: str, pin: bool, *,
+                 default_is_chat: bool = True) -> tuple[str, ...]:
         name = "default" if requested in ("", "default") else requested
+        if name == "default" and not default_is_chat:
+            name = ""
         if name in self._chain_offsets:
             candidates = self.chains()[name]
         return candidates[:1] if pin else candidates

@@ -545,6 +545,14 @@ class OpenAIProvider:
                            connect=limits.connect, failure=self._text_failure,
                            provider=self.config.name, model=model.id)
 
+    async def _audio_failure(self, resp: Response, model: str) -> UpstreamError:
+        """An audio call's failure: a file too large for this server (OpenAI's 25 MB 413,
+        Groq's) is no context window, and another transcription model may take it."""
+        error = await self._failure(resp, model)
+        if resp.status == 413 or error.reason is FailureReason.CONTEXT_OVERFLOW:
+            error.reason = FailureReason.INCAPABLE
+        return error
+
     async def transcribe(self, body: dict[str, Any], model: ModelConfig,
                          limits: AttemptLimits) -> Completion:
         form: audio.Form = body["form"]
@@ -553,10 +561,18 @@ class OpenAIProvider:
                           headers={**self._headers, "Content-Type": content_type,
                                    "Accept": "*/*"},
                           data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=self.config.name, model=model.id)
+                          failure=self._audio_failure, provider=self.config.name,
+                          model=model.id)
+        parsed = json_or_none(raw) if raw[:1] == b"{" else None
+        if isinstance(parsed, dict) and "error" in parsed:
+            # an error inside a 200 (whisper.cpp's server answers so), whatever the format
+            error = self._body_error(raw, parsed, model.id, "")
+            if any(m in error.message.lower() for m in audio.UNREADABLE_MARKERS):
+                # this server cannot read the file's format; another may: not its fault
+                error.reason = FailureReason.INCAPABLE
+            raise error
         if audio.CONTENT_TYPES[form.response_format] != "application/json":
             return Completion({"text": raw.decode("utf-8", "replace")}, raw)
-        parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
             raise self._body_error(raw, parsed, model.id, "200 without a transcript")
         return Completion(parsed, raw)

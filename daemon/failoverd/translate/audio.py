@@ -20,6 +20,10 @@ CONTENT_TYPES = {
     "srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8",
 }
 MAX_FIELDS = 64  # fields of one form: a transcription has a dozen at most
+# words of a speech server that cannot read the upload's format (whisper.cpp's server without
+# --convert: "failed to read WAV file"), which another server may read
+UNREADABLE_MARKERS = ("failed to read", "ffmpeg", "could not decode", "unsupported audio",
+                      "unsupported file format")
 _TOKEN = re.compile(r'([A-Za-z0-9_.*-]+)=("(?:[^"\\]|\\.)*"|[^;\s]*)')
 
 
@@ -38,6 +42,8 @@ class Form:
     fields: tuple[Field, ...]
     model: str
     response_format: str
+    # the client's boundary, used again upstream: no byte of its fields can hold it
+    boundary: str = ""
 
     def text(self, name: str) -> str | None:
         for f in self.fields:
@@ -51,7 +57,7 @@ class Form:
 
     def encode(self, model_name: str) -> tuple[bytes, str]:
         """(body, content type) of the form again, `model` set to `model_name`."""
-        boundary = f"failoverd-{uuid.uuid4().hex}"
+        boundary = self.boundary or f"failoverd-{uuid.uuid4().hex}"
         out: list[bytes] = []
         for f in self.fields:
             value = model_name.encode() if f.name == "model" and f.filename is None \
@@ -68,7 +74,11 @@ class Form:
 
 
 def parse(raw: bytes, content_type: str) -> Form:
-    """The client's form; RequestError naming what is wrong with it."""
+    """The client's form; RequestError naming what is wrong with it.
+
+    The body is walked by offsets (`find`), each value sliced out once: a 30 MB upload is
+    copied once, and a body of millions of tiny parts is refused at MAX_FIELDS before it
+    has cost more than that many parts."""
     kind, params = _header_params(content_type)
     if kind != "multipart/form-data":
         raise RequestError(f"the body must be multipart/form-data (a file upload), got "
@@ -77,34 +87,40 @@ def parse(raw: bytes, content_type: str) -> Form:
     if not boundary:
         raise RequestError("the multipart/form-data Content-Type has no boundary")
     delimiter = b"--" + boundary.encode("latin-1")
-    pieces = raw.split(b"\r\n" + delimiter)
+    separator = b"\r\n" + delimiter
     if raw.startswith(delimiter):
-        pieces[0] = pieces[0][len(delimiter):]
-    elif len(pieces) > 1:
-        pieces = pieces[1:]  # a preamble before the first boundary
-    else:
-        raise RequestError("the multipart body has no part (its boundary is not in it)")
+        pos = len(delimiter)
+    else:  # a preamble before the first boundary
+        found = raw.find(separator)
+        if found < 0:
+            raise RequestError("the multipart body has no part (its boundary is not in it)")
+        pos = found + len(separator)
     fields: list[Field] = []
-    closed = False
-    for piece in pieces:
-        if piece.startswith(b"--"):
-            closed = True
-            break
-        fields.append(_part(piece))
-        if len(fields) > MAX_FIELDS:
+    while True:
+        if raw.startswith(b"--", pos):
+            break  # the closing boundary (an epilogue may follow)
+        end = raw.find(separator, pos)
+        if end < 0:
+            if raw.find(b"\n" + delimiter, pos) >= 0:
+                raise RequestError("the multipart body's lines end in LF alone: "
+                                   "multipart/form-data needs CRLF")
+            raise RequestError("the multipart body is cut: it does not end with its closing "
+                               "boundary")
+        if len(fields) == MAX_FIELDS:
             raise RequestError(f"the form has more than {MAX_FIELDS} fields")
-    if not closed:
-        raise RequestError("the multipart body is cut: it does not end with its closing "
-                           "boundary")
-    return _checked(tuple(fields))
+        fields.append(_part(raw, pos, end))
+        pos = end + len(separator)
+    return _checked(tuple(fields), boundary)
 
 
-def _part(piece: bytes) -> Field:
-    if not piece.startswith(b"\r\n"):
+def _part(raw: bytes, start: int, end: int) -> Field:
+    """The field between `start` (just after its boundary) and `end` (the next one)."""
+    if not raw.startswith(b"\r\n", start):
         raise RequestError("a multipart part does not start on a new line after its boundary")
-    head, sep, value = piece[2:].partition(b"\r\n\r\n")
-    if not sep:
+    blank = raw.find(b"\r\n\r\n", start + 2, end)
+    if blank < 0:
         raise RequestError("a multipart part has no blank line after its headers")
+    head = raw[start + 2:blank]
     disposition = content_type = None
     for line in head.decode("utf-8", "replace").split("\r\n"):
         name, _, text = line.partition(":")
@@ -117,10 +133,10 @@ def _part(piece: bytes) -> Field:
     kind, params = _header_params(disposition)
     if kind != "form-data" or "name" not in params:
         raise RequestError("a multipart part is not a form-data field with a name")
-    return Field(params["name"], value, params.get("filename"), content_type)
+    return Field(params["name"], raw[blank + 4:end], params.get("filename"), content_type)
 
 
-def _checked(fields: tuple[Field, ...]) -> Form:
+def _checked(fields: tuple[Field, ...], boundary: str) -> Form:
     names = [f.name for f in fields]
     files = [f for f in fields if f.name == "file"]
     if not files or files[0].filename is None:
@@ -132,7 +148,7 @@ def _checked(fields: tuple[Field, ...]) -> Form:
     for name in ("model", "response_format", "language", "prompt", "temperature"):
         if names.count(name) > 1:
             raise RequestError(f"'{name}' is given more than once", param=name)
-    form = Form(fields, "", "json")
+    form = Form(fields, "", "json", boundary)
     model = form.text("model")
     if not model:
         raise RequestError("'model' is required: a transcription model, a chain or 'default'",
@@ -144,7 +160,7 @@ def _checked(fields: tuple[Field, ...]) -> Form:
     if (form.text("stream") or "").lower() == "true":
         raise RequestError("streamed transcriptions (stream=true) are not served by failoverd; "
                            "ask without stream", param="stream")
-    return Form(fields, model, fmt)
+    return Form(fields, model, fmt, boundary)
 
 
 def _header_params(value: str) -> tuple[str, dict[str, str]]:

@@ -316,9 +316,16 @@ def to_generate(body: dict[str, Any], model_name: str, *, stream: bool,
     template), `max_tokens` (OpenAI's default 16 when unset) as num_predict. RequestError for
     what one /api/generate call cannot give (several prompts or answers, token ids, echo,
     logprobs)."""
-    request: dict[str, Any] = {"model": model_name,
-                               "prompt": completions.one_prompt(body, "Ollama's /api/generate"),
-                               "stream": stream}
+    prompt = completions.one_prompt(body, "Ollama's /api/generate")
+    if not prompt:
+        # Ollama only loads the model for an empty prompt (done_reason "load"), suffix or not:
+        # fill-in-the-middle at the very start of a file is for another model
+        raise RequestError("Ollama's /api/generate answers an empty prompt by only loading "
+                           "the model", param="prompt")
+    if completions.max_tokens(body) == 0:
+        raise RequestError("Ollama's /api/generate has no zero-token answer (num_predict 0 "
+                           "is no limit)", param="max_tokens")
+    request: dict[str, Any] = {"model": model_name, "prompt": prompt, "stream": stream}
     if isinstance(body.get("suffix"), str):
         request["suffix"] = body["suffix"]
     options: dict[str, Any] = {"num_predict": completions.max_tokens(body)}
