@@ -75,6 +75,9 @@ class MqttConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     queue_size: int = 1000
+    # Home Assistant MQTT discovery: a binary sensor per model (and one for the daemon)
+    discovery: bool = False
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +241,9 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
                             one_line=False)
     port = sec.integer("port", d.port, minimum=1, maximum=65535)
     prefix = sec.get("topic_prefix", str, d.topic_prefix)
-    if not prefix or any(c in prefix for c in "+#"):
-        sec.problem("topic_prefix", "must be non-empty and contain no '+' or '#'")
-    elif "" in prefix.split("/"):
-        # "home/" published to home//<node>/status, which home/+/status never matches
-        sec.problem("topic_prefix", f"must not start or end with '/' nor hold '//' (an empty "
-                    f"topic level), got {prefix!r}")
+    _topic_prefix(sec, "topic_prefix", prefix)
+    discovery_prefix = sec.get("discovery_prefix", str, d.discovery_prefix)
+    _topic_prefix(sec, "discovery_prefix", discovery_prefix)
     _socket_path(sec, "socket", sec.get("socket", str, d.socket))
     cfg = MqttConfig(
         enabled=sec.get("enabled", bool, d.enabled),
@@ -254,9 +254,20 @@ def _mqtt(sec: Section, env: Mapping[str, str]) -> MqttConfig:
         username=sec.get("username", str, d.username),
         password=password,
         queue_size=sec.integer("queue_size", d.queue_size, minimum=1, maximum=MAX_QUEUE_SIZE),
+        discovery=sec.get("discovery", bool, d.discovery),
+        discovery_prefix=discovery_prefix,
     )
     sec.finish()
     return cfg
+
+
+def _topic_prefix(sec: Section, key: str, prefix: str) -> None:
+    if not prefix or any(c in prefix for c in "+#"):
+        sec.problem(key, "must be non-empty and contain no '+' or '#'")
+    elif "" in prefix.split("/"):
+        # "home/" published to home//<node>/status, which home/+/status never matches
+        sec.problem(key, f"must not start or end with '/' nor hold '//' (an empty "
+                    f"topic level), got {prefix!r}")
 
 
 def _routing(sec: Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:

@@ -80,7 +80,7 @@ class MqttStats:
 
     connected: bool
     queued: int  # events waiting for the broker
-    states_pending: int  # retained model states not yet (re)published
+    states_pending: int  # retained messages (model states, discovery) not yet (re)published
     dropped: int
     published: int
     reconnects: int
@@ -133,6 +133,9 @@ class MqttPublisher:
         self._queue: collections.deque[Event] = collections.deque()
         self._states: dict[str, bytes] = {}  # model id -> latest payload; b"" = clear retained
         self._dirty: dict[str, None] = {}  # ordered set of model ids still to publish
+        # other retained messages by topic (Home Assistant discovery); b"" = clear retained
+        self._topics: dict[str, bytes] = {}
+        self._topics_dirty: dict[str, None] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
@@ -180,11 +183,29 @@ class MqttPublisher:
             self._dirty[model_id] = None
             self._wakeup.set()
 
+    def model_state_topic(self, model_id: str) -> str:
+        return f"{self._model_base}/{model_topic_id(model_id)}/state"
+
+    def set_retained(self, messages: dict[str, bytes]) -> None:
+        """The other retained messages (topic -> payload) to keep on the broker: those
+        given are (re)published when changed, those no longer given are cleared; never
+        blocks."""
+        for topic, payload in self._topics.items():
+            if topic not in messages and payload:
+                self._topics[topic] = b""
+                self._topics_dirty[topic] = None
+        for topic, payload in messages.items():
+            if self._topics.get(topic) != payload:
+                self._topics[topic] = payload
+                self._topics_dirty[topic] = None
+        if self._topics_dirty:
+            self._wakeup.set()
+
     def stats(self) -> MqttStats:
         """Counters and connection state."""
         return MqttStats(
             connected=self._connected.is_set(), queued=len(self._queue),
-            states_pending=len(self._dirty), dropped=self.dropped,
+            states_pending=len(self._dirty) + len(self._topics_dirty), dropped=self.dropped,
             published=self.published, reconnects=self.reconnects,
             connect_failures=self.connect_failures, protocol=self._protocol,
             connected_since=self._connected_since, last_error=self._last_error,
@@ -348,6 +369,7 @@ class MqttPublisher:
             await self._publish(client, self.status_topic, b"online", retain=True)
             self._connected.set()
             self._dirty = dict.fromkeys(self._states)  # the broker may have lost them
+            self._topics_dirty = dict.fromkeys(self._topics)
             drain = asyncio.create_task(self._drain(client), name="mqtt-drain")
             watch = asyncio.create_task(self._watch(client), name="mqtt-watch")
             try:
@@ -384,7 +406,7 @@ class MqttPublisher:
             if self._stopping.is_set():
                 break
             self._wakeup.clear()
-            if not (self._queue or self._dirty):
+            if not (self._queue or self._dirty or self._topics_dirty):
                 await self._wakeup.wait()
         try:
             async with asyncio.timeout(self._flush_budget):
@@ -406,6 +428,14 @@ class MqttPublisher:
                     self._dirty.pop(model_id, None)
                     if not payload:
                         del self._states[model_id]
+            elif self._topics_dirty:
+                topic = next(iter(self._topics_dirty))
+                payload = self._topics[topic]
+                await self._publish(client, topic, payload, retain=True, json=bool(payload))
+                if self._topics.get(topic) is payload:  # unchanged while we awaited
+                    self._topics_dirty.pop(topic, None)
+                    if not payload:
+                        del self._topics[topic]
             elif self._queue:
                 await self._publish_events(client, flushing)
             else:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from failoverd import complexity, requirements, router, selection
+from failoverd import complexity, discovery, requirements, router, selection
 from failoverd.breaker import BreakerState
 from failoverd.clock import Clock
 from failoverd.config import Config, Cost
@@ -340,11 +340,18 @@ class Service:
             self.mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
 
     def publish_all_states(self) -> None:
-        """Hands every model's retained state to the MQTT publisher (startup, reload)."""
-        if self.mqtt is None:
+        """Hands every model's retained state to the MQTT publisher (startup, reload), and
+        Home Assistant's discovery configs when asked for."""
+        mqtt = self.mqtt
+        if mqtt is None:
             return
         for model_id, entry in self.health.status()["models"].items():
-            self.mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
+            mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
+        if mqtt.cfg.discovery:
+            mqtt.set_retained(discovery.messages(
+                mqtt.cfg, mqtt.node,
+                [(m, mqtt.model_state_topic(m)) for m in self.runtime.config.models],
+                mqtt.status_topic))
 
     # ------------------------------------------------------------------ persistence
 
