@@ -63,6 +63,8 @@ class DaemonConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_timeout: float = 30.0
     log_format: LogFormat = "text"
+    # one log line per proxied request (logger failoverd.access); off: nothing formatted
+    access_log: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,7 @@ def _daemon(sec: Section, env: Mapping[str, str]) -> DaemonConfig:
                                    maximum=MAX_BODY_BYTES),
         shutdown_timeout=sec.number("shutdown_timeout", d.shutdown_timeout),
         log_format=sec.choice("log_format", LogFormat, d.log_format),
+        access_log=sec.get("access_log", bool, d.access_log),
     )
     if not cfg.socket:
         sec.problem("socket", "must not be empty")

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -26,13 +26,16 @@ _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            entry["request"] = access  # an access log line's fields, for log shippers
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         try:
@@ -40,7 +43,16 @@ class JsonFormatter(logging.Formatter):
         except TypeError:
             # a lone surrogate (a file name or environment value that is not UTF-8, decoded
             # with surrogateescape): orjson refuses it, and logging would drop the whole line
-            return orjson.dumps({k: utf8_safe(v) for k, v in entry.items()}).decode()
+            return orjson.dumps({k: _safe(v) for k, v in entry.items()}).decode()
+
+
+def _safe(value: Any) -> Any:
+    """A log entry's value with its strings (an access line's too) made UTF-8 safe."""
+    if isinstance(value, str):
+        return utf8_safe(value)
+    if isinstance(value, dict):
+        return {k: _safe(v) for k, v in value.items()}
+    return value
 
 
 class JournalPrefix(logging.Formatter):

@@ -47,11 +47,13 @@ class _Body:
 
 
 class FastRequest:
-    """The part of aiohttp's `web.Request` the proxy handler, the access guard and the
-    drain use (api/proxy.py, api/access.py, api/drain.py); handed to them as a web.Request.
+    """The part of aiohttp's `web.Request` the proxy handler, the access guard and log and
+    the drain use (api/proxy.py, api/access.py, api/accesslog.py, api/drain.py); handed to
+    them as a web.Request.
     """
 
     __slots__ = ("app", "headers", "path", "transport", "content_length", "content", "_keys")
+    method = "POST"  # the only one this path serves (the access log names it)
 
     def __init__(self, app: web.Application, path: str, headers: CIMultiDict[str],
                  conn: Connection, body: bytes, parsed: dict[str, Any] | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from failoverd.api import accesslog
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_ENCODER, STREAM_OPENER, STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, RESPONSES, FrontEnd
@@ -114,21 +115,30 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
         svc.inflight += 1
         outcome = Outcome()
+        started = svc.clock.monotonic() if rt.config.daemon.access_log else None
+        response: web.StreamResponse | None = None  # what the access log line reports
         try:
-            return await serve(request, svc, rt, outcome)
+            response = await serve(request, svc, rt, outcome)
+            return response
         except RequestError as exc:
             svc.metrics.rejected("bad_input")
-            return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
-                               exc.param)
+            response = front.error(exc.status, "invalid_request_error", exc.message, exc.code,
+                                   exc.param)
+            return response
         except NoModelAvailable as exc:
-            return exhausted(front, svc, exc, outcome)
+            response = exhausted(front, svc, exc, outcome)
+            return response
         except UpstreamError as exc:
-            return failed(front, svc, rt, exc, outcome)
+            response = failed(front, svc, rt, exc, outcome)
+            return response
         except asyncio.CancelledError:
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise
         finally:
             svc.inflight -= 1
+            if started is not None:
+                accesslog.log_request(request, svc.clock.monotonic() - started, response,
+                                      outcome)
 
     return handle
 
