@@ -66,4 +66,3 @@ def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, st
                                "'x-api-key: <token>', as Anthropic clients send their key) "
                                "with the token of daemon.tcp_token_file", "invalid_api_key")
     return None
-
