@@ -86,6 +86,9 @@ class ModelConfig:
     first_token_timeout: float = 30.0
     stream_idle_timeout: float = 60.0
     max_concurrency: int = 0
+    # calls admitted per rolling minute (a free tier's RPM): past it the model is skipped as
+    # unavailable ("max_rpm") until a slot frees, with no 429 spent and no breaker count
+    max_rpm: int = 0
 
     @property
     def kind(self) -> ModelKind:
@@ -256,6 +259,7 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         first_token_timeout=sec.number("first_token_timeout", 30.0, positive=True),
         stream_idle_timeout=sec.number("stream_idle_timeout", 60.0, positive=True),
         max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
+        max_rpm=sec.integer("max_rpm", 0, maximum=MAX_IN_FLIGHT),
     )
     sec.finish()
     return cfg

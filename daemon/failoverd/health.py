@@ -35,6 +35,7 @@ from failoverd.fingerprint import SALT_BYTES, fingerprint, new_salt
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 256
+RPM_WINDOW = 60.0  # max_rpm counts the calls admitted in the last this many seconds
 STATE_VERSION = 1
 
 CredentialCallback = Callable[[str, str, "str | None", "float | None"], None]
@@ -141,6 +142,8 @@ class HealthRegistry:
         self._config = config
         self._breakers: dict[str, Breaker] = {}
         self._inflight: dict[str, int] = {}
+        # models with max_rpm: when each of the calls of the last minute was admitted
+        self._calls: dict[str, deque[float]] = {}
         self._latency: dict[str, deque[float]] = {}
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
@@ -172,6 +175,13 @@ class HealthRegistry:
         self._breakers[model.id] = breaker
         self._inflight.setdefault(model.id, 0)
         self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
+        if model.max_rpm:
+            # the calls of the last minute count against a new limit too: a reload must not
+            # hand out a fresh minute's quota
+            calls = self._calls.get(model.id) or ()
+            self._calls[model.id] = deque(calls, maxlen=model.max_rpm)
+        else:
+            self._calls.pop(model.id, None)
         self._probes.pop(model.id, None)
 
     def current(self, breaker: Breaker) -> bool:
@@ -201,6 +211,7 @@ class HealthRegistry:
         for model_id in list(self._breakers):
             if model_id not in config.models:
                 del self._breakers[model_id], self._latency[model_id]
+                self._calls.pop(model_id, None)
                 if not self._inflight.get(model_id):
                     self._inflight.pop(model_id, None)
                 # else its calls still running keep their count (dropped once they end): a
@@ -246,6 +257,8 @@ class HealthRegistry:
             return False, str(breaker.state)
         if self._over_limit(model_id):
             return False, "max_concurrency"
+        if self._rate_wait(model_id):
+            return False, "max_rpm"
         return True, None
 
     def settle(self, model_id: str) -> None:
@@ -264,17 +277,32 @@ class HealthRegistry:
             return None
         if self._blocked(self._config.models[model_id].provider) is not None:
             return None
-        if self._over_limit(model_id):
+        if self._over_limit(model_id) or self._rate_wait(model_id):
             return None
         ticket = breaker.try_acquire()
         if ticket is None:
             return None
         self._inflight[model_id] += 1
+        calls = self._calls.get(model_id)
+        if calls is not None:
+            calls.append(self.clock.monotonic())
         return Permit(self, breaker, ticket)
 
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency
         return limit > 0 and self._inflight[model_id] >= limit
+
+    def _rate_wait(self, model_id: str) -> float:
+        """Seconds until the model's max_rpm admits a call (0: now, or no limit)."""
+        calls = self._calls.get(model_id)
+        if calls is None:
+            return 0.0
+        now = self.clock.monotonic()
+        while calls and calls[0] <= now - RPM_WINDOW:
+            calls.popleft()
+        if len(calls) < self._config.models[model_id].max_rpm:
+            return 0.0
+        return calls[0] + RPM_WINDOW - now
 
     def _finished(self, model_id: str, latency: float | None) -> None:
         if model_id in self._inflight and self._inflight[model_id] > 0:
@@ -298,6 +326,8 @@ class HealthRegistry:
             wait = None if wait is None else max(wait, cred_wait)
         if wait == 0.0 and self._over_limit(model_id):
             return None
+        if wait is not None:
+            wait = max(wait, self._rate_wait(model_id))
         return wait
 
     def retry_at(self, model_id: str) -> float | None:
@@ -490,6 +520,9 @@ class HealthRegistry:
                 last_probe=None if probe is None else probe.as_dict(),
                 inflight=self._inflight.get(model_id, 0),
             )
+            if model_id in self._calls:
+                self._rate_wait(model_id)  # drops the calls older than a minute
+                entry["calls_last_minute"] = len(self._calls[model_id])
             if entry["state"] == "unavailable":
                 # blocked by its provider's credentials: say why and until when
                 creds = self._credentials[entry["provider"]]
