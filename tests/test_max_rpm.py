@@ -91,3 +91,45 @@ def test_max_rpm_is_a_non_negative_integer() -> None:
             assert any(p.startswith('models."free/flash".max_rpm:') for p in exc.problems)
         else:
             raise AssertionError(f"max_rpm = {bad} was accepted")
+
+
+TPM = CONFIG.replace("max_rpm = 2", "max_tpm = 40")
+START = 1000.0  # a whole second: the first answer's bucket starts at it
+
+
+async def test_past_its_tpm_a_model_is_skipped_until_its_usage_ages_out(
+        start_daemon: Any) -> None:
+    """max_tpm counts the tokens answers reported (prompt + completion) over a rolling minute;
+    it is known after each answer, so the call that crosses it is served and the next ones
+    go on down the chain until enough of the minute's usage ages out."""
+    clock = ManualClock(start=START)
+    d = await start_daemon(TPM, clock=clock)
+    used = 0
+    while used < 40:  # served by the model until its answers' usage reaches 40
+        resp = await ask(d)
+        assert resp.headers["x-failoverd-model"] == "free/flash"
+        used += resp.json()["usage"]["total_tokens"]
+        clock.advance(5)
+    assert (await ask(d)).headers["x-failoverd-model"] == "paid/pro"
+    entry = (await status(d))["models"]["free/flash"]
+    assert entry["tokens_last_minute"] == used >= 40
+    resp = await ask(d, **{"x-failoverd-no-fallback": "1"})
+    (attempt,) = resp.json()["error"]["attempts"]
+    assert attempt["message"] == "max_tpm"
+    # the first answer's tokens leave the window 60 s after it (bucketed by the second),
+    # which takes the minute below the limit (each answer reports less than 40)
+    assert int(resp.headers["Retry-After"]) == round(START + 60 - clock.monotonic())
+    clock.advance(int(resp.headers["Retry-After"]))
+    assert (await ask(d)).headers["x-failoverd-model"] == "free/flash"
+
+
+async def test_streams_count_their_usage_against_tpm(start_daemon: Any) -> None:
+    clock = ManualClock()
+    d = await start_daemon(TPM, clock=clock)
+    for _ in range(3):
+        async with d.http.stream("POST", "/v1/chat/completions", json={
+                "model": "default", "messages": HELLO, "stream": True,
+                "stream_options": {"include_usage": True}}) as resp:
+            await resp.aread()
+    assert (await status(d))["models"]["free/flash"]["tokens_last_minute"] >= 40
+    assert (await ask(d)).headers["x-failoverd-model"] == "paid/pro"

@@ -35,6 +35,7 @@ EMBEDDING_KINDS = _SPECIAL["embeddings"][2]
 Tier = Literal["small", "medium", "large"]
 
 MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
+MAX_TOKENS_PER_MINUTE = 10**12  # max_tpm
 MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
 
 
@@ -89,6 +90,9 @@ class ModelConfig:
     # calls admitted per rolling minute (a free tier's RPM): past it the model is skipped as
     # unavailable ("max_rpm") until a slot frees, with no 429 spent and no breaker count
     max_rpm: int = 0
+    # tokens (prompt + completion, as upstreams report them) per rolling minute: past it the
+    # model is skipped as unavailable ("max_tpm") until enough of the minute's usage ages out
+    max_tpm: int = 0
 
     @property
     def kind(self) -> ModelKind:
@@ -260,6 +264,7 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         stream_idle_timeout=sec.number("stream_idle_timeout", 60.0, positive=True),
         max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
         max_rpm=sec.integer("max_rpm", 0, maximum=MAX_IN_FLIGHT),
+        max_tpm=sec.integer("max_tpm", 0, maximum=MAX_TOKENS_PER_MINUTE),
     )
     sec.finish()
     return cfg

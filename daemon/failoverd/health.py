@@ -31,6 +31,7 @@ from failoverd.clock import Clock
 from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
 from failoverd.fingerprint import SALT_BYTES, fingerprint, new_salt
+from failoverd.window import SlidingSum
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class HealthRegistry:
         self._inflight: dict[str, int] = {}
         # models with max_rpm: when each of the calls of the last minute was admitted
         self._calls: dict[str, deque[float]] = {}
+        # models with max_tpm: the tokens their answers reported over the last minute
+        self._tokens: dict[str, SlidingSum] = {}
         self._latency: dict[str, deque[float]] = {}
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
@@ -182,6 +185,10 @@ class HealthRegistry:
             self._calls[model.id] = deque(calls, maxlen=model.max_rpm)
         else:
             self._calls.pop(model.id, None)
+        if model.max_tpm:
+            self._tokens.setdefault(model.id, SlidingSum(RPM_WINDOW))  # the minute goes on
+        else:
+            self._tokens.pop(model.id, None)
         self._probes.pop(model.id, None)
 
     def current(self, breaker: Breaker) -> bool:
@@ -212,6 +219,7 @@ class HealthRegistry:
             if model_id not in config.models:
                 del self._breakers[model_id], self._latency[model_id]
                 self._calls.pop(model_id, None)
+                self._tokens.pop(model_id, None)
                 if not self._inflight.get(model_id):
                     self._inflight.pop(model_id, None)
                 # else its calls still running keep their count (dropped once they end): a
@@ -259,6 +267,8 @@ class HealthRegistry:
             return False, "max_concurrency"
         if self._rate_wait(model_id):
             return False, "max_rpm"
+        if self._token_wait(model_id):
+            return False, "max_tpm"
         return True, None
 
     def settle(self, model_id: str) -> None:
@@ -277,7 +287,8 @@ class HealthRegistry:
             return None
         if self._blocked(self._config.models[model_id].provider) is not None:
             return None
-        if self._over_limit(model_id) or self._rate_wait(model_id):
+        if self._over_limit(model_id) or self._rate_wait(model_id) \
+                or self._token_wait(model_id):
             return None
         ticket = breaker.try_acquire()
         if ticket is None:
@@ -291,6 +302,19 @@ class HealthRegistry:
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency
         return limit > 0 and self._inflight[model_id] >= limit
+
+    def spent(self, model_id: str, tokens: int) -> None:
+        """Records the tokens an answer of the model reported (for max_tpm)."""
+        window = self._tokens.get(model_id)
+        if window is not None and tokens > 0:
+            window.add(self.clock.monotonic(), tokens)
+
+    def _token_wait(self, model_id: str) -> float:
+        """Seconds until the model's max_tpm admits a call (0: now, or no limit)."""
+        window = self._tokens.get(model_id)
+        if window is None:
+            return 0.0
+        return window.wait_below(self._config.models[model_id].max_tpm, self.clock.monotonic())
 
     def _rate_wait(self, model_id: str) -> float:
         """Seconds until the model's max_rpm admits a call (0: now, or no limit)."""
@@ -327,7 +351,7 @@ class HealthRegistry:
         if wait == 0.0 and self._over_limit(model_id):
             return None
         if wait is not None:
-            wait = max(wait, self._rate_wait(model_id))
+            wait = max(wait, self._rate_wait(model_id), self._token_wait(model_id))
         return wait
 
     def retry_at(self, model_id: str) -> float | None:
@@ -523,6 +547,9 @@ class HealthRegistry:
             if model_id in self._calls:
                 self._rate_wait(model_id)  # drops the calls older than a minute
                 entry["calls_last_minute"] = len(self._calls[model_id])
+            if model_id in self._tokens:
+                self._token_wait(model_id)  # drops the usage older than a minute
+                entry["tokens_last_minute"] = self._tokens[model_id].total
             if entry["state"] == "unavailable":
                 # blocked by its provider's credentials: say why and until when
                 creds = self._credentials[entry["provider"]]

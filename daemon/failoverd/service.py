@@ -265,6 +265,16 @@ class Service:
                         else FailureReason.INCAPABLE, None, why)
                 for m, why in route.skipped)
 
+    def usage(self, model_id: str, usage: Any) -> None:
+        """An answer's reported usage: counted (tokens, cost) and, for a model with max_tpm,
+        spent against its minute."""
+        self.metrics.usage(model_id, usage)
+        if isinstance(usage, dict):
+            tokens = sum(v for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                         if type(v) is int and v > 0)
+            if tokens:
+                self.health.spent(model_id, tokens)
+
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
         """A complete (non-streaming) answer went out."""
         self.metrics.served(outcome.model)

@@ -71,3 +71,44 @@ class SlidingWindow:
     def buckets(self) -> int:
         """Buckets held: at most ``BUCKETS`` (plus one across a resize)."""
         return len(self._buckets)
+
+
+class SlidingSum:
+    """A sum (tokens) over the last ``seconds``, in ``BUCKETS`` buckets as SlidingWindow."""
+
+    __slots__ = ("_scale", "_buckets", "total")
+
+    def __init__(self, seconds: float) -> None:
+        self._scale = BUCKETS / seconds
+        self._buckets: deque[list[float]] = deque()  # [bucket start, amount], oldest first
+        self.total = 0
+
+    def add(self, now: float, amount: int) -> None:
+        start = math.floor(now * self._scale) / self._scale
+        self.evict(now)
+        if self._buckets and self._buckets[-1][0] >= start:
+            self._buckets[-1][1] += amount
+        else:
+            self._buckets.append([start, amount])
+        self.total += amount
+
+    def evict(self, now: float) -> None:
+        oldest = (math.floor(now * self._scale) - BUCKETS + 1) / self._scale
+        buckets = self._buckets
+        while buckets and buckets[0][0] < oldest:
+            self.total -= int(buckets.popleft()[1])
+
+    def wait_below(self, limit: int, now: float) -> float:
+        """Seconds until the sum drops below `limit` as its oldest buckets age out (0: it
+        is below now)."""
+        self.evict(now)
+        total = self.total
+        if total < limit:
+            return 0.0
+        width = 1 / self._scale
+        for start, amount in self._buckets:
+            total -= int(amount)
+            if total < limit:
+                # that bucket leaves the window once its epoch is BUCKETS epochs old
+                return max(0.0, start + BUCKETS * width - now)
+        return BUCKETS * width  # unreachable: the last bucket takes the sum to zero

@@ -162,7 +162,7 @@ def handler(front: FrontEnd) -> Handler:
         completion = await rt.dispatcher.complete(body, route.candidates, deadline,
                                                   outcome, session, route.needs)
         svc.served(outcome, session, route)
-        svc.metrics.usage(outcome.model, completion.body.get("usage"))
+        svc.usage(outcome.model, completion.body.get("usage"))
         answer = front.answer(completion, outcome.model, outcome.notices, raw)
         return web.Response(body=answer,
                             content_type=JSON, headers=outcome_headers(outcome, route.header))
@@ -304,7 +304,7 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
     svc.metrics.stream_ended(outcome.model, ok=error is None)
     if error is None or usage is not None:
-        svc.metrics.usage(outcome.model, usage)
+        svc.usage(outcome.model, usage)
     return resp
 
 
