@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.helpers import failoverctl
 from tests.test_prompt_caching import tool_loop
 from tests.test_sdk_clients import anthropic_client, config, openai_client
 
@@ -189,3 +190,42 @@ async def test_a_model_without_a_cost_has_no_cost_series(rig: Any) -> None:
     assert resp.status_code == 200
     assert await cost(d) == {}
     assert "# TYPE failoverd_cost_usd_total counter" in (await d.http.get("/metrics")).text
+
+
+async def test_status_and_failoverctl_show_what_each_model_used_and_cost(
+        start_daemon: Any) -> None:
+    """/v1/status has each model's tokens and cost since the start (what /metrics counts);
+    `failoverctl status` shows a cost column and a line of totals once any has cost."""
+    d = await start_daemon("""
+[providers.sim]
+kind = "simulated"
+[models."sim/cheap"]
+provider = "sim"
+cost = { input = 1.0, output = 2.0 }
+[models."sim/free"]
+provider = "sim"
+[probes]
+kind = "none"
+""")
+    code, out, _ = await failoverctl(d.socket, "status")
+    assert code == 0 and "COST" not in out and "tokens since start" not in out
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    for model in ("sim/cheap", "sim/cheap", "sim/free"):
+        resp = await d.http.post("/v1/chat/completions", content=orjson.dumps(
+            {"model": model, "messages": USER}), headers={"content-type": "application/json"})
+        for kind in usage:
+            usage[kind] += resp.json()["usage"][kind] if model == "sim/cheap" else 0
+    models = (await d.http.get("/v1/status")).json()["models"]
+    cheap = models["sim/cheap"]
+    assert cheap["tokens"] == {"prompt": usage["prompt_tokens"],
+                               "completion": usage["completion_tokens"]}
+    spent = (usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 2.0) / 1e6
+    assert cheap["cost_usd"] == pytest.approx(spent, abs=1e-6)
+    assert models["sim/free"]["cost_usd"] == 0.0 and models["sim/free"]["tokens"]["prompt"] > 0
+    code, out, _ = await failoverctl(d.socket, "status")
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("MODEL"))
+    assert header.split()[-1] == "COST"
+    row = next(line for line in out.splitlines() if line.startswith("sim/cheap"))
+    assert row.split()[-1] == f"${spent:.4f}"
+    assert "tokens since start:" in out and f"cost ${spent:.4f}" in out

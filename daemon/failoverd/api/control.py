@@ -123,6 +123,11 @@ async def status(request: web.Request) -> web.Response:
     cfg = svc.runtime.config
     overall, _ = health_summary(svc)
     detail = svc.health.status()
+    for model_id, entry in detail["models"].items():
+        # what the model's answers used and cost since the start (as /metrics counts them)
+        entry["tokens"] = {kind: n for (m, kind), n in svc.metrics.tokens.items()
+                           if m == model_id}
+        entry["cost_usd"] = round(svc.metrics.cost.get(model_id, 0.0), 6)
     chains = {name: {"models": list(models), "head": models[0] if models else None}
               for name, models in svc.chains().items()}
     body: dict[str, Any] = {

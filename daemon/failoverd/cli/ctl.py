@@ -171,11 +171,12 @@ def show_status(data: dict[str, Any]) -> str:
     out = [f"failoverd {data.get('version', '')} on {data.get('node', '?')}: "
            f"{data.get('health', '?')}, {data.get('inflight', 0)} in flight, "
            f"{data.get('failovers_last_minute', 0)} failovers in the last minute"]
-    rows = [(mid, m.get("state"), m.get("reason"), _in(m.get("retry_at"), now),
-             m.get("consecutive_failures"), _pct(m.get("failure_rate")),
-             _ms(m.get("latency_p50")), _ms(m.get("latency_p95")),
-             _probe_cell(m.get("last_probe")), m.get("inflight"))
-            for mid, m in data.get("models", {}).items()]
+    rows: list[tuple[Any, ...]] = [
+        (mid, m.get("state"), m.get("reason"), _in(m.get("retry_at"), now),
+         m.get("consecutive_failures"), _pct(m.get("failure_rate")),
+         _ms(m.get("latency_p50")), _ms(m.get("latency_p95")),
+         _probe_cell(m.get("last_probe")), m.get("inflight"))
+        for mid, m in data.get("models", {}).items()]
     last = data.get("last_reload")
     if isinstance(last, dict) and last.get("ok") is False:
         # the file on disk is not what serves: the next restart would fail on it
@@ -184,8 +185,20 @@ def show_status(data: dict[str, Any]) -> str:
                    f"({_clock(last.get('at'))}) was REJECTED, the previous configuration "
                    f"still serves; {len(problems)} problem(s):")
         out += [f"  {p}" for p in problems]
-    out.append(table(rows, ("model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
-                            "last probe", "inflight")))
+    header = ["model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
+              "last probe", "inflight"]
+    models = data.get("models", {})
+    costs = [float(m.get("cost_usd") or 0) for m in models.values()]
+    if any(costs):  # models with a configured cost have served: what each has cost
+        header.append("cost")
+        rows = [(*row, f"${c:.4f}") for row, c in zip(rows, costs, strict=True)]
+    out.append(table(rows, header))
+    tokens = [m.get("tokens") or {} for m in models.values()]
+    prompt = sum(int(t.get("prompt", 0)) for t in tokens)
+    completion = sum(int(t.get("completion", 0)) for t in tokens)
+    if prompt or completion:
+        out.append(f"tokens since start: {prompt:,} prompt, {completion:,} completion"
+                   + (f"; cost ${sum(costs):.4f}" if any(costs) else ""))
     providers = data.get("providers", {})
     troubled = [(name, p.get("credentials"), _in(p.get("retry_at"), now))
                 for name, p in providers.items() if p.get("credentials") != "ok"]
