@@ -216,8 +216,9 @@ async def test_unknown_paths_and_methods_get_json_errors_in_the_clients_shape(
         "message": "POST /v1/messages/batches: failoverd serves no such endpoint "
                    "(proxied: POST /v1/chat/completions, POST /v1/messages, POST "
                    "/v1/responses, POST /v1/completions, POST /v1/embeddings, POST "
-                   "/v1/audio/transcriptions and POST /v1/audio/translations)"}}
-    resp = await d.http.post("/v1/audio/speech", json={"input": "x"})
+                   "/v1/audio/transcriptions, POST /v1/audio/translations and POST "
+                   "/v1/audio/speech)"}}
+    resp = await d.http.post("/v1/images/generations", json={"input": "x"})
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     assert resp.json()["error"]["type"] == "invalid_request_error"
     # a GET of the chat endpoint: the fast path hands it to aiohttp, which routes it

@@ -233,8 +233,8 @@ async def test_a_negative_token_count_is_bad_usage_not_a_refusal(fake_openai: An
 async def test_an_unknown_endpoint_is_a_json_error(fake_openai: Any, start_daemon: Any) -> None:
     a = await fake_openai()
     d = await start_daemon(one_model_config(a.url))
-    # what SDKs call that failoverd does not serve: OpenAI's speech, Anthropic batches
-    for method, path in (("POST", "/v1/audio/speech"), ("POST", "/v1/messages/batches"),
+    # what SDKs call that failoverd does not serve: OpenAI's images, Anthropic batches
+    for method, path in (("POST", "/v1/images/generations"), ("POST", "/v1/messages/batches"),
                          ("GET", "/v1/chat/completions")):
         resp = await d.http.request(method, path, json={"model": "default", "input": "x"})
         assert resp.status_code in (404, 405)

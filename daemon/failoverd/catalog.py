@@ -18,18 +18,20 @@ from failoverd.tomlreader import Section
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
 Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings",
-                     "transcription"]
+                     "transcription", "speech"]
 # what a model serves: chat (the default), or, marked by the capability of the same name,
 # POST /v1/embeddings or POST /v1/audio/transcriptions and /translations only
-ModelKind = Literal["chat", "embeddings", "transcription"]
+ModelKind = Literal["chat", "embeddings", "transcription", "speech"]
 EMBEDDINGS: Capability = "embeddings"
 TRANSCRIPTION: Capability = "transcription"
+SPEECH: Capability = "speech"
 # per special kind: what to call such a model, its API, and the provider kinds that have one
 _SPECIAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embeddings": ("an embedding model", "embeddings API",
                    ("openai", "gemini", "ollama", "simulated")),
     "transcription": ("a transcription model", "audio transcription API",
                       ("openai", "simulated")),
+    "speech": ("a speech model", "text-to-speech API", ("openai", "simulated")),
 }
 EMBEDDING_KINDS = _SPECIAL["embeddings"][2]
 Tier = Literal["small", "medium", "large"]
@@ -93,14 +95,15 @@ class ModelConfig:
     # tokens (prompt + completion, as upstreams report them) per rolling minute: past it the
     # model is skipped as unavailable ("max_tpm") until enough of the minute's usage ages out
     max_tpm: int = 0
+    # speech models: the client's voice -> this model's ("*": for any other voice)
+    voices: tuple[tuple[str, str], ...] = ()
 
     @property
     def kind(self) -> ModelKind:
-        """What the model serves: chat, or only embeddings, or only audio transcription."""
-        if EMBEDDINGS in self.capabilities:
-            return "embeddings"
-        if TRANSCRIPTION in self.capabilities:
-            return "transcription"
+        """What the model serves: chat, or only embeddings, audio transcription or speech."""
+        for special in (EMBEDDINGS, TRANSCRIPTION, SPEECH):
+            if special in self.capabilities:
+                return special  # type: ignore[return-value]
         return "chat"
 
     @property
@@ -111,7 +114,7 @@ class ModelConfig:
     @property
     def chat(self) -> bool:
         """A chat model (neither an embedding nor a transcription model)."""
-        return not (EMBEDDINGS in self.capabilities or TRANSCRIPTION in self.capabilities)
+        return self.kind == "chat"
 
 
 _DEFAULT_BASE_URLS: dict[str, str] = {
@@ -249,6 +252,17 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
     window = sec.integer("context_window", 0, minimum=1) if sec.has("context_window") else None
     max_out = (sec.integer("max_output_tokens", 0, minimum=1)
                if sec.has("max_output_tokens") else None)
+    voices: list[tuple[str, str]] = []
+    if sec.has("voices"):
+        vsec = sec.table("voices")
+        for name in list(vsec.data):
+            voice = vsec.get(name, str, "")
+            if isinstance(vsec.data[name], str) and not (voice and name):
+                vsec.problem(name, "a voice name, mapped to a non-empty voice of this model")
+            voices.append((name, voice))
+        vsec.finish()
+        if "speech" not in caps:
+            sec.problem("voices", "only for a speech model (capabilities = [\"speech\"])")
     cfg = ModelConfig(
         id=model_id,
         provider=provider,
@@ -265,6 +279,7 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
         max_rpm=sec.integer("max_rpm", 0, maximum=MAX_IN_FLIGHT),
         max_tpm=sec.integer("max_tpm", 0, maximum=MAX_TOKENS_PER_MINUTE),
+        voices=tuple(voices),
     )
     sec.finish()
     return cfg

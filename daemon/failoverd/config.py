@@ -36,9 +36,11 @@ WhenAllUnavailable = Literal["queue", "fail"]
 ContextPolicy = Literal["skip", "truncate", "fail"]
 ProbeKind = Literal["models", "chat", "none"]
 
-_KIND_NOUN = {"embeddings": "an embedding model", "transcription": "a transcription model"}
-_KIND_ADJ = {"embeddings": "embedding", "transcription": "transcription"}
-_KIND_PATH = {"embeddings": "/v1/embeddings", "transcription": "/v1/audio/transcriptions"}
+_KIND_NOUN = {"embeddings": "an embedding model", "transcription": "a transcription model",
+              "speech": "a speech model"}
+_KIND_ADJ = {"embeddings": "embedding", "transcription": "transcription", "speech": "speech"}
+_KIND_PATH = {"embeddings": "/v1/embeddings", "transcription": "/v1/audio/transcriptions",
+              "speech": "/v1/audio/speech"}
 
 DEFAULT_PATH = "/etc/failoverd/failoverd.toml"
 RESERVED_MODEL_NAMES = ("default", "auto")

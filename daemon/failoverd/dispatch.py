@@ -195,6 +195,11 @@ class Dispatcher:
         """Audio to text (`body`: the form and the task, see Provider.transcribe)."""
         return await self._answer("transcribe", body, candidates, deadline, outcome)
 
+    async def speak(self, body: dict[str, Any], candidates: Sequence[str],
+                    deadline: float, outcome: Outcome) -> Completion:
+        """Text to speech (see Provider.speak)."""
+        return await self._answer("speak", body, candidates, deadline, outcome)
+
     async def _answer(self, method: str, body: dict[str, Any], candidates: Sequence[str],
                       deadline: float, outcome: Outcome) -> Completion:
         """A non-streaming answer of the providers' `method` down the candidates."""

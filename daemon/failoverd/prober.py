@@ -338,7 +338,7 @@ class Prober:
                     await provider.embed({"model": model.id, "input": "ping"}, model,
                                          probe_limits(cfg.probes.timeout,
                                                       provider.config.connect_timeout))
-                elif model.kind == "transcription":
+                elif model.kind in ("transcription", "speech"):
                     await _probe_speech_server(provider, model, cfg.probes.timeout)
                 else:
                     await provider.probe(model, kind, cfg.probes.timeout,

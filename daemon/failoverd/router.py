@@ -8,13 +8,13 @@ from failoverd.errors import RequestError
 
 # what a model of each kind serves, for the errors that send a client there
 _ENDPOINT = {"chat": "POST /v1/chat/completions", "embeddings": "POST /v1/embeddings",
-             "transcription": "POST /v1/audio/transcriptions"}
+             "transcription": "POST /v1/audio/transcriptions", "speech": "POST /v1/audio/speech"}
 _NOUN = {"chat": "a chat model", "embeddings": "an embedding model",
-         "transcription": "a transcription model"}
+         "transcription": "a transcription model", "speech": "a speech model"}
 _PLURAL = {"chat": "chat models", "embeddings": "embedding models",
-           "transcription": "transcription models"}
+           "transcription": "transcription models", "speech": "speech models"}
 _CODE = {"chat": "model_not_chat", "embeddings": "model_not_embedding",
-         "transcription": "model_not_transcription"}
+         "transcription": "model_not_transcription", "speech": "model_not_speech"}
 
 
 def resolve(config: Config, requested: str) -> tuple[str, ...]:
@@ -72,20 +72,31 @@ def resolve_transcription(config: Config, requested: str) -> tuple[str, ...]:
     whichever model wrote it, so a transcription model (by id, or by an upstream name that
     exactly one has) is followed by the other transcription models in file order, a chain
     of them is that chain, and "default" is all of them in file order."""
-    everyone = tuple(m.id for m in config.models.values() if m.kind == "transcription")
+    return _any_of_kind(config, requested, "transcription")
+
+
+def resolve_speech(config: Config, requested: str) -> tuple[str, ...]:
+    """The ordered candidates for a text-to-speech request: as for transcriptions, any
+    speech model may stand in for another (each with its own voice, see the model's
+    `voices`)."""
+    return _any_of_kind(config, requested, "speech")
+
+
+def _any_of_kind(config: Config, requested: str, kind: ModelKind) -> tuple[str, ...]:
+    everyone = tuple(m.id for m in config.models.values() if m.kind == kind)
     if requested in ("", "default"):
         if not everyone:
-            raise RequestError("no transcription model is configured (a [models] entry with "
-                               "capabilities = [\"transcription\"])", status=404,
+            raise RequestError(f"no {kind} model is configured (a [models] entry with "
+                               f"capabilities = [\"{kind}\"])", status=404,
                                param="model", code="model_not_found")
         return everyone
     if requested in config.chains:
         chain = config.chains[requested].models
-        _of_kind(config, requested, chain[0], "chain", "transcription")
+        _of_kind(config, requested, chain[0], "chain", kind)
         return chain
     if requested not in config.models:
-        requested = _by_name(config, requested, "transcription")
-    _of_kind(config, requested, requested, "model", "transcription")
+        requested = _by_name(config, requested, kind)
+    _of_kind(config, requested, requested, "model", kind)
     return (requested, *(m for m in everyone if m != requested))
 
 

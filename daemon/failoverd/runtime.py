@@ -31,6 +31,7 @@ class Runtime:
     _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _resolved_embeddings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _resolved_audio: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _resolved_speech: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
         """The candidates for a request's "model" (raises like ``router.resolve``)."""
@@ -48,6 +49,15 @@ class Runtime:
             known = router.resolve_transcription(self.config, requested)
             if len(self._resolved_audio) < RESOLVED_MAX:
                 self._resolved_audio[requested] = known
+        return known
+
+    def resolve_speech(self, requested: str) -> tuple[str, ...]:
+        """The candidates for a text-to-speech request's "model" (router.resolve_speech)."""
+        known = self._resolved_speech.get(requested)
+        if known is None:
+            known = router.resolve_speech(self.config, requested)
+            if len(self._resolved_speech) < RESOLVED_MAX:
+                self._resolved_speech[requested] = known
         return known
 
     def resolve_embeddings(self, requested: str) -> tuple[str, ...]:

@@ -212,6 +212,11 @@ class Service:
         return self._rotated(rt.resolve_transcription(requested), requested, pin,
                              default_is_chat=False)
 
+    def speech_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+        """The candidates of a text-to-speech request (router.resolve_speech)."""
+        return self._rotated(rt.resolve_speech(requested), requested, pin,
+                             default_is_chat=False)
+
     def text_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of a legacy text completion: a chat request's (router.resolve),
         an operator's rotation applied; no sessions, no auto routing (both read messages)."""

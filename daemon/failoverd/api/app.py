@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from failoverd.api import control
-from failoverd.api.audio import transcriptions, translations
+from failoverd.api.audio import speak, transcriptions, translations
 from failoverd.api.completions import completions
 from failoverd.api.count_tokens import count_tokens
 from failoverd.api.drain import STREAM_RESPONSE
@@ -38,6 +38,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/audio/translations", translations)
+    app.router.add_post("/v1/audio/speech", speak)
     app.router.add_get("/v1/models", control.models)
     app.router.add_get("/v1/health", control.health)
     app.router.add_get("/v1/status", control.status)
@@ -93,7 +94,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
                            f"{where}: failoverd serves no such endpoint (proxied: POST "
                            "/v1/chat/completions, POST /v1/messages, POST /v1/responses, "
                            "POST /v1/completions, POST /v1/embeddings, POST "
-                           "/v1/audio/transcriptions and POST /v1/audio/translations)",
+                           "/v1/audio/transcriptions, POST /v1/audio/translations and POST "
+                           "/v1/audio/speech)",
                            "unknown_url")
     except web.HTTPException:
         raise  # an answer of aiohttp's own

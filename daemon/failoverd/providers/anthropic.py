@@ -285,6 +285,11 @@ class AnthropicProvider:
         # the configuration refuses a transcription model on this kind; a defence all the same
         raise RequestError("Anthropic's API has no audio transcription endpoint", param="model")
 
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        # the configuration refuses a speech model on this kind; a defence all the same
+        raise RequestError("Anthropic's API has no text-to-speech endpoint", param="model")
+
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS
 

@@ -125,6 +125,12 @@ class Provider(Protocol):
         JSON, or ``{"text": ...}`` for the text formats)."""
         ...
 
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """Text to speech for a speech model: `body` is OpenAI's request (translate/speech.py
+        validated it), the answer the audio as `raw` (in the request's response_format)."""
+        ...
+
     def default_output(self, model: ModelConfig) -> int | None:
         """The max_tokens this adapter sends when the request sets none (Anthropic requires
         one), which the request's context check must leave room for; None: the upstream's

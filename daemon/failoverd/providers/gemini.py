@@ -321,6 +321,11 @@ class GeminiProvider:
         # the configuration refuses a transcription model on this kind; a defence all the same
         raise RequestError("Gemini's API has no audio transcription endpoint", param="model")
 
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        # the configuration refuses a speech model on this kind; a defence all the same
+        raise RequestError("Gemini's API has no text-to-speech endpoint", param="model")
+
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
 

@@ -37,7 +37,7 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
-from failoverd.translate import audio, completions, embeddings
+from failoverd.translate import audio, completions, embeddings, speech
 from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -576,6 +576,21 @@ class OpenAIProvider:
         if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
             raise self._body_error(raw, parsed, model.id, "200 without a transcript")
         return Completion(parsed, raw)
+
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        raw = await fetch(self._client, "POST", f"{self._audio_url}/speech",
+                          headers={**self._headers, "Accept": "*/*"},
+                          data=orjson.dumps(speech.for_model(body, model)), total=limits.total,
+                          connect=limits.connect, failure=self._failure,
+                          provider=self.config.name, model=model.id)
+        parsed = json_or_none(raw) if raw[:1] == b"{" else None
+        if isinstance(parsed, dict) and "error" in parsed:  # an error inside a 200
+            raise self._body_error(raw, parsed, model.id, "")
+        if not raw:
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any audio",
+                                 status=200, provider=self.config.name, model=model.id)
+        return Completion({}, raw)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

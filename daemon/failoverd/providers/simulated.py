@@ -232,6 +232,27 @@ class SimulatedProvider:
             raw = text
         return Completion({"text": text}, raw.encode())
 
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """Silence as long as the text would take to say (a word a third of a second), as
+        WAV or raw PCM (16 kHz, 16-bit mono): real audio a player takes, for demos."""
+        fmt = body.get("response_format", "mp3")
+        if fmt not in ("wav", "pcm"):
+            raise UpstreamError(FailureReason.BAD_REQUEST, "the simulated voice speaks wav or "
+                                f"pcm only, not {fmt}", status=400,
+                                provider=self.config.name, model=model.id)
+        await self._behave(model)
+        words = min(len(str(body["input"]).split()), 600)
+        samples = b"\0\0" * (16000 * (words + 1) // 3)
+        if fmt == "pcm":
+            return Completion({}, samples)
+        header = (b"RIFF" + (36 + len(samples)).to_bytes(4, "little") + b"WAVEfmt "
+                  + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
+                  + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
+                  + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little")
+                  + (16).to_bytes(2, "little") + b"data" + len(samples).to_bytes(4, "little"))
+        return Completion({}, header + samples)
+
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
 
