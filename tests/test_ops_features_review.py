@@ -2,7 +2,7 @@
 Assistant MQTT discovery (on a real mosquitto), daemon.access_log (on both of the daemon's HTTP
 paths), models.<id>.max_rpm (on a ManualClock) and failoverd_cost_usd_total.
 
-Passing tests pin behaviour worth keeping; each strict xfail is a defect, and passes once fixed.
+The tests pin behaviour worth keeping; those of the defects the review found pass since the fixes.
 """
 
 from __future__ import annotations
@@ -140,12 +140,6 @@ async def test_discovery_configs_make_working_home_assistant_entities(
 
 
 @requires_mosquitto
-@pytest.mark.xfail(strict=True, reason=(
-    "service.reload clears a removed model's retained state topic before its discovery "
-    "config (MqttPublisher._publish_pending publishes _dirty before _topics_dirty): Home "
-    "Assistant, still subscribed, renders the value_template on the empty payload "
-    "(value_json undefined: 'Error parsing value' in its log) and gets empty JSON "
-    "attributes ('Erroneous JSON') before the config's clear removes the entity"))
 async def test_a_removed_models_sensor_goes_before_its_state_topic(
         mosquitto: Mosquitto, start_daemon: Any, short_dir: Path) -> None:
     models = ("sim/chat", "sim/gone")
@@ -167,11 +161,6 @@ async def test_a_removed_models_sensor_goes_before_its_state_topic(
 
 
 @requires_mosquitto
-@pytest.mark.xfail(strict=True, reason=(
-    "a model removed from the config across a restart keeps its retained discovery config "
-    "forever: the new daemon only clears configs it published itself (MqttPublisher._topics "
-    "starts empty), so Home Assistant keeps a ghost sensor, available (status is online) and "
-    "frozen on the model's last retained state; also after discovery is turned off"))
 async def test_a_model_removed_across_a_restart_loses_its_sensor(
         mosquitto: Mosquitto, start_daemon: Any) -> None:
     d = await start_daemon(mqtt_body(mosquitto.port, ("sim/chat", "sim/gone")))
@@ -313,10 +302,6 @@ async def test_a_stream_the_upstream_broke_is_logged_when_it_ends(
     assert (line["status"], line["model"], line["attempts"]) == (200, "a/m", 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/proxy.py proxied(): the max_inflight refusal returns before the access log frame "
-    "(started is set after it), so an overloaded 503 gets no access line: the one request "
-    "an operator sizing max_inflight most needs to see"))
 async def test_an_overloaded_503_has_its_access_line(
         fake_openai: Any, start_daemon: Any, access: pytest.LogCaptureFixture) -> None:
     fake = await fake_openai(default="slow:0.2")
@@ -330,10 +315,6 @@ async def test_an_overloaded_503_has_its_access_line(
     assert sorted(g["status"] for g in access_lines(access)) == [200, 503]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/proxy.py proxied(): a request the drain cuts is logged as 499 ('the client went "
-    "away') from the CancelledError, while the client got the tracker's 503 shutting_down: "
-    "the access log blames clients for the daemon's own stop"))
 async def test_a_request_cut_by_the_stop_is_not_logged_as_a_client_gone(
         fake_openai: Any, start_daemon: Any, access: pytest.LogCaptureFixture) -> None:
     fake = await fake_openai(default="hang")
@@ -348,10 +329,6 @@ async def test_a_request_cut_by_the_stop_is_not_logged_as_a_client_gone(
     assert [g["status"] for g in access_lines(access)] == [503]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/accesslog.py log_request reads the peer's uid when the request ends: for a client "
-    "that went away the transport is gone and the line says uid=- (as a TCP client's), so "
-    "the 499s of the Unix socket never say who left"))
 async def test_a_client_that_left_keeps_its_uid_in_the_line(
         fake_openai: Any, start_daemon: Any, access: pytest.LogCaptureFixture) -> None:
     fake = await fake_openai(default="slow_stream:0.05")
@@ -367,10 +344,6 @@ async def test_a_client_that_left_keeps_its_uid_in_the_line(
     assert [g["uid"] for g in lines] == [os.getuid()] * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/fastpath.py FastConnection._idle_check answers a stalled Content-Length body's 408 "
-    "itself, outside proxied(): no access line, while the same 408 on aiohttp's path (a "
-    "chunked body) comes from read_json inside the frame and is logged"))
 async def test_a_stalled_body_408_is_logged_on_both_paths(
         fake_openai: Any, short_dir: Path, access: pytest.LogCaptureFixture) -> None:
     fake = await fake_openai()
@@ -384,10 +357,6 @@ async def test_a_stalled_body_408_is_logged_on_both_paths(
     assert [g["status"] for g in access_lines(access)] == [408, 408]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/drain.py RequestTracker.wrap (and the fast path's refusal_of branch) answer the "
-    "access guard's 401/403 before proxied(): a request to a proxied endpoint refused for a "
-    "wrong TCP token or a uid not allowed leaves no access line, and nothing else logs it"))
 async def test_a_request_the_access_guard_refuses_has_its_access_line(
         fake_openai: Any, start_daemon: Any, short_dir: Path,
         access: pytest.LogCaptureFixture) -> None:
@@ -523,11 +492,6 @@ async def test_a_reload_that_lowers_the_limit_keeps_the_newest_calls(
     assert (await ask(d)).headers["x-failoverd-model"] == "a/m"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "health.HealthRegistry.reconfigure drops a removed model's calls of the minute "
-    "(self._calls.pop): a model removed and added back within the minute gets a fresh "
-    "minute's quota, which the provider's RPM does not (max_concurrency's in-flight count "
-    "is kept for exactly this case)"))
 async def test_a_model_removed_and_added_back_keeps_its_minute(
         fake_openai: Any, start_daemon: Any, short_dir: Path) -> None:
     clock = ManualClock()
@@ -547,12 +511,6 @@ async def test_a_model_removed_and_added_back_keeps_its_minute(
     assert len(a.chat_requests()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "health.HealthRegistry.acquire records the call when the permit is taken; a request the "
-    "adapter then refuses without any upstream call (RequestError -> incapable, e.g. "
-    "Anthropic asked for a text completion, a 'dimensions' it cannot send) gives its permit "
-    "back (Permit.release) but keeps its max_rpm slot: requests no call was made for lock "
-    "the model out of its chat traffic for the rest of the minute"))
 async def test_a_request_the_model_is_incapable_of_spends_no_rpm_slot(
         fake_anthropic: Any, fake_openai: Any, start_daemon: Any) -> None:
     ant, b = await fake_anthropic(), await fake_openai()
@@ -605,11 +563,6 @@ def as_before_today(value: Any) -> Any:
                                  for f in keep})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fingerprint._canonical hashes every field of ModelConfig, defaults included: adding "
-    "max_rpm (and Cost.cache_read/cache_write) changed the fingerprint of every model, so "
-    "the first restart after upgrading drops every saved breaker (the open ones close and "
-    "take traffic again); fields at their default should not enter the fingerprint"))
 async def test_an_upgrade_keeps_the_breakers_saved_before_max_rpm_existed(
         fake_openai: Any, start_daemon: Any) -> None:
     a, b = await fake_openai(default="server_error"), await fake_openai()

@@ -31,24 +31,33 @@ def object_id(text: str) -> str:
     return f"{_UNSAFE.sub('_', text)[:64]}_{digest}"
 
 
+def node_id(node: str) -> str:
+    return f"failoverd_{object_id(node)}"
+
+
+def config_filter(cfg: MqttConfig, node: str) -> str:
+    """The topic filter of every discovery config of this node."""
+    return f"{cfg.discovery_prefix}/binary_sensor/{node_id(node)}/+/config"
+
+
 def messages(cfg: MqttConfig, node: str, models: Iterable[tuple[str, str]],
              state_topic: str) -> dict[str, bytes]:
     """Every discovery config: topic -> retained JSON payload. `models` are (model id,
     its retained state topic); `state_topic` is the daemon's status topic."""
-    node_id = f"failoverd_{object_id(node)}"
-    device = {"identifiers": [node_id], "name": f"failoverd {node}", "manufacturer": "failoverd",
+    nid = node_id(node)
+    device = {"identifiers": [nid], "name": f"failoverd {node}", "manufacturer": "failoverd",
               "model": "LLM failover daemon", "sw_version": __version__}
     availability = {"availability_topic": state_topic, "payload_available": "online",
                     "payload_not_available": "offline"}
-    base = f"{cfg.discovery_prefix}/binary_sensor/{node_id}"
+    base = f"{cfg.discovery_prefix}/binary_sensor/{nid}"
     out = {f"{base}/daemon/config": orjson.dumps({
-        "name": "Daemon", "unique_id": f"{node_id}_daemon", "device_class": "connectivity",
+        "name": "Daemon", "unique_id": f"{nid}_daemon", "device_class": "connectivity",
         "state_topic": state_topic, "payload_on": "online", "payload_off": "offline",
         "device": device})}
     for model_id, topic in models:
         oid = object_id(model_id)
         out[f"{base}/{oid}/config"] = orjson.dumps({
-            "name": model_id, "unique_id": f"{node_id}_{oid}", "device_class": "problem",
+            "name": model_id, "unique_id": f"{nid}_{oid}", "device_class": "problem",
             "state_topic": topic, "value_template": _PROBLEM,
             "json_attributes_topic": topic, "device": device, **availability})
     return out

@@ -48,7 +48,7 @@ class Permit(Protocol):
                 retry_after: float | None) -> None:
         """Records a failure; a reason that does not count only gives the permit back."""
         ...
-    def release(self) -> None: ...
+    def release(self, *, called: bool = True) -> None: ...
 
 
 class Health(Protocol):
@@ -377,7 +377,7 @@ class Dispatcher:
                 # this provider's API cannot express the request (the front end validated it):
                 # not the model's fault, and the next candidate may well be able to
                 if permit is not None:
-                    permit.release()
+                    permit.release(called=False)
                 outcome.upstream_attempts -= 1
                 raise UpstreamError(FailureReason.INCAPABLE, exc.message, provider=pcfg.name,
                                     model=model.id) from exc
@@ -401,7 +401,9 @@ class Dispatcher:
                 if permit is None:
                     pass
                 elif exc.local:
-                    permit.release()  # failoverd's own trouble: not the model's failure
+                    # failoverd's own trouble (out of resources before a connection): not the
+                    # model's failure, and no call of its minute
+                    permit.release(called=False)
                 elif (exc.reason is FailureReason.TIMEOUT and outcome.client_deadline
                         and remaining < own_limit):
                     # the client's own short deadline cut the attempt before the limits the

@@ -43,8 +43,11 @@ def fingerprint(salt: str, *settings: Any) -> str:
 def _canonical(value: Any) -> Any:
     """A JSON-able, order-stable form; dataclass fields include those hidden from repr."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # fields at their default are left out: a setting added in a new release (at its
+        # default in every file written before it) does not make an upgrade forget the state
         return [type(value).__name__,
-                *([f.name, _canonical(getattr(value, f.name))] for f in dataclasses.fields(value))]
+                *([f.name, _canonical(getattr(value, f.name))] for f in dataclasses.fields(value)
+                  if not _at_default(f, getattr(value, f.name)))]
     if isinstance(value, enum.Enum):
         return _canonical(value.value)
     if isinstance(value, (frozenset, set)):
@@ -56,3 +59,11 @@ def _canonical(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
+def _at_default(f: dataclasses.Field[Any], value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return bool(value == f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(value == f.default_factory())
+    return False

@@ -70,7 +70,8 @@ class Permit:
     Used as a context manager it gives the permit back if no outcome was reported.
     """
 
-    __slots__ = ("_registry", "_breaker", "model_id", "_ticket", "_started", "_done")
+    __slots__ = ("_registry", "_breaker", "model_id", "_ticket", "_started", "_done",
+                 "counted")
 
     def __init__(self, registry: HealthRegistry, breaker: Breaker, ticket: int) -> None:
         self._registry = registry
@@ -79,6 +80,7 @@ class Permit:
         self._ticket = ticket
         self._started = registry.clock.monotonic()
         self._done = False
+        self.counted = False  # the call was counted against the model's max_rpm
 
     def __enter__(self) -> Permit:
         return self
@@ -116,12 +118,16 @@ class Permit:
             self._breaker.record_failure(self._ticket, reason, retry_after)
         self._registry._finished(self.model_id, latency=None)
 
-    def release(self) -> None:
-        """Gives the permit back without an outcome (cancelled, or never called)."""
+    def release(self, *, called: bool = True) -> None:
+        """Gives the permit back without an outcome (cancelled, or never called). `called`
+        False: no upstream call was made (the adapter could not express the request), so
+        it takes no slot of the model's max_rpm either."""
         if self._done:
             return
         self._done = True
         self._breaker.release(self._ticket)
+        if not called and self.counted:
+            self._registry._uncount(self.model_id, self._started)
         self._registry._finished(self.model_id, latency=None)
 
 
@@ -178,15 +184,15 @@ class HealthRegistry:
         self._breakers[model.id] = breaker
         self._inflight.setdefault(model.id, 0)
         self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
+        # the minute of calls and tokens counts against a new limit too: a reload must not
+        # hand out a fresh minute's quota (and one without a limit keeps none)
         if model.max_rpm:
-            # the calls of the last minute count against a new limit too: a reload must not
-            # hand out a fresh minute's quota
             calls = self._calls.get(model.id) or ()
             self._calls[model.id] = deque(calls, maxlen=model.max_rpm)
         else:
             self._calls.pop(model.id, None)
         if model.max_tpm:
-            self._tokens.setdefault(model.id, SlidingSum(RPM_WINDOW))  # the minute goes on
+            self._tokens.setdefault(model.id, SlidingSum(RPM_WINDOW))
         else:
             self._tokens.pop(model.id, None)
         self._probes.pop(model.id, None)
@@ -218,14 +224,21 @@ class HealthRegistry:
         for model_id in list(self._breakers):
             if model_id not in config.models:
                 del self._breakers[model_id], self._latency[model_id]
-                self._calls.pop(model_id, None)
-                self._tokens.pop(model_id, None)
                 if not self._inflight.get(model_id):
                     self._inflight.pop(model_id, None)
                 # else its calls still running keep their count (dropped once they end): a
                 # model added back before they end has them against its max_concurrency, and
                 # their ends must not take slots from the calls made after
                 self._probes.pop(model_id, None)
+        # a removed model's minute of calls and tokens stays until it ages out: one added
+        # back within it must not get a fresh quota
+        now = self.clock.monotonic()
+        for model_id in [m for m, calls in self._calls.items() if m not in config.models
+                         and (not calls or calls[-1] <= now - RPM_WINDOW)]:
+            del self._calls[model_id]
+        for model_id in [m for m, window in self._tokens.items() if m not in config.models
+                         and not window.wait_below(1, now)]:
+            del self._tokens[model_id]
         reopened: list[tuple[str, BreakerState]] = []
         for model in config.models.values():
             breaker = self._breakers.get(model.id)
@@ -294,10 +307,18 @@ class HealthRegistry:
         if ticket is None:
             return None
         self._inflight[model_id] += 1
+        permit = Permit(self, breaker, ticket)
         calls = self._calls.get(model_id)
         if calls is not None:
-            calls.append(self.clock.monotonic())
-        return Permit(self, breaker, ticket)
+            calls.append(permit._started)
+            permit.counted = True
+        return permit
+
+    def _uncount(self, model_id: str, admitted: float) -> None:
+        """Takes back a call admitted at `admitted` that was never made (max_rpm)."""
+        calls = self._calls.get(model_id)
+        if calls is not None and admitted in calls:
+            calls.remove(admitted)
 
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency

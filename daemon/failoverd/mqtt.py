@@ -42,6 +42,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from failoverd import discovery
 from failoverd.clock import Clock
 from failoverd.config import MqttConfig
 from failoverd.events import Event, EventBus
@@ -367,6 +368,9 @@ class MqttPublisher:
             self._session_was_up = True
             logger.info("mqtt: connected to %s (MQTT %s)", self._where(), self._protocol)
             await self._publish(client, self.status_topic, b"online", retain=True)
+            if self.cfg.discovery:
+                # this node's configs on the broker: those of models gone are cleared
+                await client.subscribe(discovery.config_filter(self.cfg, self.node), qos=1)
             self._connected.set()
             self._dirty = dict.fromkeys(self._states)  # the broker may have lost them
             self._topics_dirty = dict.fromkeys(self._topics)
@@ -392,13 +396,30 @@ class MqttPublisher:
             logger.debug("mqtt: disconnect: %s", exc)
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        # We subscribe to nothing; the iterator's only job is to raise on disconnection,
-        # which cancels a drain that may be waiting on a PUBACK that will never come.
+        # The iterator raises on disconnection, which cancels a drain that may be waiting on
+        # a PUBACK that will never come. Its only messages are this node's retained
+        # discovery configs, when discovery is on (see _stale_config).
         try:
-            async for _ in client.messages:
-                pass
+            async for message in client.messages:
+                self._stale_config(message)
         except aiomqtt.MqttError as exc:
             raise MqttUnavailable(f"connection to {self._where()} lost: {exc}") from None
+
+    def _stale_config(self, message: aiomqtt.Message) -> None:
+        """A retained discovery config of this node's on the broker that is no longer ours
+        (a model removed while the daemon was stopped): cleared, or Home Assistant would keep
+        its sensor for ever. Our own publishes come back unretained and are let be."""
+        payload = message.payload
+        if not (self.cfg.discovery and message.retain and isinstance(payload, bytes | bytearray)
+                and payload):
+            return
+        topic = message.topic.value
+        if topic not in self._topics:
+            logger.info("mqtt: clearing the discovery config of a model no longer configured "
+                        "(%s)", topic)
+            self._topics[topic] = b""
+            self._topics_dirty[topic] = None
+            self._wakeup.set()
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while not self._stopping.is_set():
@@ -419,7 +440,17 @@ class MqttPublisher:
     async def _publish_pending(self, client: aiomqtt.Client, *, flushing: bool = False) -> None:
         """Publishes dirty states, then queued events in order, until both are empty."""
         while flushing or not self._stopping.is_set():
-            if self._dirty:
+            if self._topics_dirty:
+                # first: a removed model's sensor goes before its state topic is cleared
+                # (Home Assistant would render its template on the empty state)
+                topic = next(iter(self._topics_dirty))
+                payload = self._topics[topic]
+                await self._publish(client, topic, payload, retain=True, json=bool(payload))
+                if self._topics.get(topic) is payload:  # unchanged while we awaited
+                    self._topics_dirty.pop(topic, None)
+                    if not payload:
+                        del self._topics[topic]
+            elif self._dirty:
                 model_id = next(iter(self._dirty))
                 payload = self._states[model_id]
                 topic = f"{self._model_base}/{model_topic_id(model_id)}/state"
@@ -428,14 +459,6 @@ class MqttPublisher:
                     self._dirty.pop(model_id, None)
                     if not payload:
                         del self._states[model_id]
-            elif self._topics_dirty:
-                topic = next(iter(self._topics_dirty))
-                payload = self._topics[topic]
-                await self._publish(client, topic, payload, retain=True, json=bool(payload))
-                if self._topics.get(topic) is payload:  # unchanged while we awaited
-                    self._topics_dirty.pop(topic, None)
-                    if not payload:
-                        del self._topics[topic]
             elif self._queue:
                 await self._publish_events(client, flushing)
             else:

@@ -1,10 +1,20 @@
 """The access log (daemon.access_log): one line per proxied request, on the logger
 ``failoverd.access``; with log_format = "json" its fields are the line's ``request``
-object."""
+object.
+
+Written around the access guard and the drain tracking (api/drain.py), so every way a
+proxied request ends has its line: served, refused by failoverd (bad input, overloaded, no
+model), refused by the access guard (401/403), cut by a stop (503), left by its client (499),
+failed inside failoverd (500); and the fast path's 408 for a body that stalled.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -12,19 +22,47 @@ from failoverd.dispatch import Outcome
 from failoverd.listen import peer_uid
 
 ACCESS_LOG = logging.getLogger("failoverd.access")
+# the request's outcome (model, attempts, failover hops), left by the proxy handler
+OUTCOME = web.RequestKey("access_outcome", Outcome)
+PATHS = frozenset({
+    "/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/completions",
+    "/v1/embeddings", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech",
+})
 
 
-def log_request(request: web.Request, seconds: float, response: web.StreamResponse | None,
-                outcome: Outcome) -> None:
-    """One access log line for a proxied request (daemon.access_log): who asked what, the
-    answer's status (499: the client went away first), the model that served, the upstream
-    attempts and failover hops, and how long it took. Never the prompt, nor a key."""
-    uid = peer_uid(request.transport)
-    fields = {
-        "method": request.method, "path": request.path,
-        "status": response.status if response is not None else 499,
-        "model": outcome.model or None, "attempts": outcome.upstream_attempts,
-        "failover": ",".join(outcome.failovers) or None,
+def logs(path: str) -> bool:
+    """Whether a request to `path` gets a line (the proxied endpoints)."""
+    return path.partition("?")[0] in PATHS and ACCESS_LOG.isEnabledFor(logging.INFO)
+
+
+async def around(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    """Runs `handler` and writes the request's line when it ends, however it ends."""
+    started = time.perf_counter()
+    uid = peer_uid(request.transport)  # now: a client that leaves takes its socket along
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # nginx's "client closed request"
+        raise
+    finally:
+        write(request.method, request.path, status, request.get(OUTCOME),
+              time.perf_counter() - started, uid)
+
+
+def write(method: str, path: str, status: int, outcome: Outcome | None, seconds: float,
+          uid: int | None) -> None:
+    """One line: who asked what, the answer's status, the model that served, the upstream
+    attempts and failover hops, how long it took. Never the prompt, a query, nor a key."""
+    fields: dict[str, Any] = {
+        "method": method, "path": path.partition("?")[0], "status": status,
+        "model": (outcome.model or None) if outcome is not None else None,
+        "attempts": outcome.upstream_attempts if outcome is not None else 0,
+        "failover": (",".join(outcome.failovers) or None) if outcome is not None else None,
         "ms": round(seconds * 1000, 1), "uid": uid,
     }
     ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s %.1fms uid=%s",

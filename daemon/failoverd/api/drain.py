@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from failoverd.api import accesslog
 from failoverd.api.access import refusal
 from failoverd.api.fronts import ANTHROPIC, OPENAI, StreamEncoder
 from failoverd.api.service import SERVICE, Service
@@ -76,7 +77,13 @@ class RequestTracker:
         (api/fastpath.py)."""
         tasks = self.tasks
 
-        async def handle(request: web.Request) -> web.StreamResponse:
+        def handle(request: web.Request) -> Awaitable[web.StreamResponse]:
+            # not a coroutine itself: without the access log, no frame of its own
+            if service.runtime.config.daemon.access_log and accesslog.logs(request.path):
+                return accesslog.around(request, guarded)
+            return guarded(request)
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
             refused = refusal(request, service)
             if refused is not None:
                 return refused

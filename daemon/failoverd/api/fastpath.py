@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
+from failoverd.api import accesslog
 from failoverd.api.access import refusal_of
 from failoverd.api.body import stalled_body
 from failoverd.api.completions import completions
@@ -49,6 +50,7 @@ from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.proxy import chat_completions, messages, responses
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
+from failoverd.listen import peer_uid
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +259,17 @@ class FastConnection(asyncio.Protocol, StreamOpener):
             if self._unconsumed().strip(b"\r\n"):
                 self._write(shutting_down(self._anthropic_pending()))
         self.close()
+
+    def _log_stalled(self, status: int) -> None:
+        """The access log's line for a request whose body stalled (it never reached a
+        handler, so nothing else writes one)."""
+        if not self.front.service.runtime.config.daemon.access_log:
+            return
+        line = self._unconsumed().split(b"\r\n", 1)[0].split(b" ")
+        path = line[1].decode("latin-1") if len(line) > 1 else "-"
+        if accesslog.logs(path):
+            accesslog.write("POST", path, status, None, self.front.idle_timeout,
+                            peer_uid(self.transport))
 
     def _anthropic_pending(self) -> bool:
         """Whether the request not yet consumed is an Anthropic one (its answer's shape)."""
@@ -491,6 +504,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if self.task is None and now >= due:
             if self.need:  # a body stalled: answered as aiohttp's path answers it
                 stalled = stalled_body(self.front.idle_timeout)
+                self._log_stalled(stalled.status)
                 front = ANTHROPIC if self._anthropic_pending() else OPENAI
                 self._write(front.error(stalled.status, "invalid_request_error",
                                         stalled.message, stalled.code,

@@ -115,30 +115,23 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
         svc.inflight += 1
         outcome = Outcome()
-        started = svc.clock.monotonic() if rt.config.daemon.access_log else None
-        response: web.StreamResponse | None = None  # what the access log line reports
+        if rt.config.daemon.access_log:
+            request[accesslog.OUTCOME] = outcome  # for its line (api/accesslog.py)
         try:
-            response = await serve(request, svc, rt, outcome)
-            return response
+            return await serve(request, svc, rt, outcome)
         except RequestError as exc:
             svc.metrics.rejected("bad_input")
-            response = front.error(exc.status, "invalid_request_error", exc.message, exc.code,
-                                   exc.param)
-            return response
+            return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
+                               exc.param)
         except NoModelAvailable as exc:
-            response = exhausted(front, svc, exc, outcome)
-            return response
+            return exhausted(front, svc, exc, outcome)
         except UpstreamError as exc:
-            response = failed(front, svc, rt, exc, outcome)
-            return response
+            return failed(front, svc, rt, exc, outcome)
         except asyncio.CancelledError:
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise
         finally:
             svc.inflight -= 1
-            if started is not None:
-                accesslog.log_request(request, svc.clock.monotonic() - started, response,
-                                      outcome)
 
     return handle
 
