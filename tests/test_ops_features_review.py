@@ -682,7 +682,7 @@ async def test_openai_cached_tokens_cost_the_cache_read_price_streamed_or_not(
     each = (200 * 1.0 + 800 * 0.1 + 100 * 4.0) / 1e6
     assert (await cost(d))["a/m"] == pytest.approx(3 * each, rel=1e-6)
     tokens = (await d.http.get("/v1/status")).json()["models"]["a/m"]["tokens"]
-    assert tokens == {"prompt": 3000, "completion": 300, "cache_read": 2400}
+    assert tokens == {"prompt": 3000, "completion": 300, "cache_read": 2400, "cache_write": 0}
     # the model list shows the prices set, not a cache_write price nobody gave
     (entry,) = [m for m in (await d.http.get("/v1/models")).json()["data"] if m["id"] == "a/m"]
     assert entry["cost"] == {"input": 1.0, "output": 4.0, "cache_read": 0.1}

@@ -243,6 +243,10 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
     for special in _SPECIAL:
         if special in caps:
             _special_model(sec, special, caps, providers.get(provider))
+            if special != EMBEDDINGS and sec.has("max_tpm"):
+                # audio answers report no tokens: the limit would never apply
+                sec.problem("max_tpm", f"{_SPECIAL[special][0]} reports no tokens; limit "
+                            "it with max_rpm")
             break
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0),

@@ -12,6 +12,7 @@ from typing import Any
 
 from failoverd.catalog import Cost
 
+TOKEN_KINDS = ("prompt", "completion", "cache_read", "cache_write")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
 
@@ -61,6 +62,9 @@ class Metrics:
         # output, set from the configuration at start and on every reload)
         self.cost: defaultdict[str, float] = defaultdict(float)
         self.prices: dict[str, Cost] = {}
+        # tokens and cost of models a reload removed, for the totals since the start
+        self.retired_tokens: defaultdict[str, int] = defaultdict(int)
+        self.retired_cost = 0.0
         self.gauges: list[Callable[[], Iterable[str]]] = []
 
     def served(self, model: str) -> None:
@@ -124,6 +128,16 @@ class Metrics:
             if spent > 0:
                 self.cost[model] += spent
 
+    def totals(self) -> dict[str, Any]:
+        """Tokens by kind and cost since the start, models a reload removed included."""
+        tokens = dict.fromkeys(TOKEN_KINDS, 0)
+        for (_, kind), n in self.tokens.items():
+            tokens[kind] += n
+        for kind, n in self.retired_tokens.items():
+            tokens[kind] += n
+        return {"tokens": tokens,
+                "cost_usd": round(sum(self.cost.values()) + self.retired_cost, 9)}
+
     def probe(self, model: str, ok: bool) -> None:
         self.probes[(model, "ok" if ok else "failed")] += 1
 
@@ -132,6 +146,10 @@ class Metrics:
         of requests no model served), so the series do not grow with every model id ever
         configured; Prometheus treats a vanished series as ended."""
         kept = {"", *keep}
+        for (model, kind), n in self.tokens.items():
+            if model not in kept:  # the totals since the start keep what they used
+                self.retired_tokens[kind] += n
+        self.retired_cost += sum(c for m, c in self.cost.items() if m not in kept)
         for series in (self.requests, self.upstream, self.probes, self.tokens):
             for key in [k for k in series if k[0] not in kept]:
                 del series[key]

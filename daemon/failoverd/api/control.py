@@ -18,6 +18,7 @@ from failoverd.api.replies import json_response, openai_error, request_error
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
 from failoverd.events import utf8_safe
+from failoverd.metrics import TOKEN_KINDS
 from failoverd.service import Service
 from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
@@ -123,11 +124,14 @@ async def status(request: web.Request) -> web.Response:
     cfg = svc.runtime.config
     overall, _ = health_summary(svc)
     detail = svc.health.status()
+    metrics = svc.metrics
     for model_id, entry in detail["models"].items():
-        # what the model's answers used and cost since the start (as /metrics counts them)
-        entry["tokens"] = {kind: n for (m, kind), n in svc.metrics.tokens.items()
-                           if m == model_id}
-        entry["cost_usd"] = round(svc.metrics.cost.get(model_id, 0.0), 6)
+        # what the model's answers used and cost since the start (as /metrics counts them);
+        # cost null for a model without one
+        entry["tokens"] = {kind: metrics.tokens.get((model_id, kind), 0)
+                           for kind in TOKEN_KINDS}
+        entry["cost_usd"] = (round(metrics.cost.get(model_id, 0.0), 9)
+                             if model_id in metrics.prices else None)
     chains = {name: {"models": list(models), "head": models[0] if models else None}
               for name, models in svc.chains().items()}
     body: dict[str, Any] = {
@@ -141,6 +145,7 @@ async def status(request: web.Request) -> web.Response:
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},
         "failovers_last_minute": svc.recent_failovers(),
+        "usage": svc.metrics.totals(),
         "mqtt": svc.mqtt.stats().as_dict() if svc.mqtt is not None else {"enabled": False},
     }
     return web.Response(body=orjson.dumps(body, default=str), content_type="application/json")

@@ -188,17 +188,19 @@ def show_status(data: dict[str, Any]) -> str:
     header = ["model", "state", "reason", "retry", "fails", "rate", "p50", "p95",
               "last probe", "inflight"]
     models = data.get("models", {})
-    costs = [float(m.get("cost_usd") or 0) for m in models.values()]
+    costs = [m.get("cost_usd") for m in models.values()]
     if any(costs):  # models with a configured cost have served: what each has cost
         header.append("cost")
-        rows = [(*row, f"${c:.4f}") for row, c in zip(rows, costs, strict=True)]
+        rows = [(*row, None if c is None else _usd(c))
+                for row, c in zip(rows, costs, strict=True)]
     out.append(table(rows, header))
-    tokens = [m.get("tokens") or {} for m in models.values()]
-    prompt = sum(int(t.get("prompt", 0)) for t in tokens)
-    completion = sum(int(t.get("completion", 0)) for t in tokens)
+    usage = data.get("usage") or {}
+    tokens = usage.get("tokens") or {}
+    prompt, completion = int(tokens.get("prompt", 0)), int(tokens.get("completion", 0))
     if prompt or completion:
+        total = float(usage.get("cost_usd") or 0)
         out.append(f"tokens since start: {prompt:,} prompt, {completion:,} completion"
-                   + (f"; cost ${sum(costs):.4f}" if any(costs) else ""))
+                   + (f"; cost {_usd(total)}" if total else ""))
     providers = data.get("providers", {})
     troubled = [(name, p.get("credentials"), _in(p.get("retry_at"), now))
                 for name, p in providers.items() if p.get("credentials") != "ok"]
@@ -209,6 +211,11 @@ def show_status(data: dict[str, Any]) -> str:
         out += ["", table([(n, c.get("head"), " > ".join(c.get("models", [])))
                            for n, c in chains.items()], ("chain", "head", "models"))]
     return "\n".join(out)
+
+
+def _usd(amount: float) -> str:
+    """Dollars to the cent, or to four significant digits below one (a cheap model's)."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4g}"
 
 
 def show_models(data: dict[str, Any]) -> str:

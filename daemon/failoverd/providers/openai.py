@@ -582,14 +582,18 @@ class OpenAIProvider:
         raw = await fetch(self._client, "POST", f"{self._audio_url}/speech",
                           headers={**self._headers, "Accept": "*/*"},
                           data=orjson.dumps(speech.for_model(body, model)), total=limits.total,
-                          connect=limits.connect, failure=self._failure,
+                          connect=limits.connect, failure=self._audio_failure,
                           provider=self.config.name, model=model.id)
-        parsed = json_or_none(raw) if raw[:1] == b"{" else None
-        if isinstance(parsed, dict) and "error" in parsed:  # an error inside a 200
-            raise self._body_error(raw, parsed, model.id, "")
-        if not raw:
-            raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any audio",
-                                 status=200, provider=self.config.name, model=model.id)
+        why = speech.not_audio(raw, body)
+        if why is not None:
+            parsed = json_or_none(raw.strip())
+            if isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed):
+                # an error inside a 200 (FastAPI servers' {"detail": ...} too)
+                if "error" not in parsed:
+                    parsed = {"error": {"message": str(parsed["detail"])}}
+                raise self._body_error(orjson.dumps(parsed), parsed, model.id, why)
+            raise upstream_error(FailureReason.INVALID_RESPONSE, why, status=200,
+                                 provider=self.config.name, model=model.id)
         return Completion({}, raw)
 
     def default_output(self, model: ModelConfig) -> int | None:

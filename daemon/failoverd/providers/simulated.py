@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.translate import audio, completions, embeddings
@@ -238,9 +238,9 @@ class SimulatedProvider:
         WAV or raw PCM (16 kHz, 16-bit mono): real audio a player takes, for demos."""
         fmt = body.get("response_format", "mp3")
         if fmt not in ("wav", "pcm"):
-            raise UpstreamError(FailureReason.BAD_REQUEST, "the simulated voice speaks wav or "
-                                f"pcm only, not {fmt}", status=400,
-                                provider=self.config.name, model=model.id)
+            # another speech model may speak it: incapable, the chain goes on
+            raise RequestError(f"the simulated voice speaks wav or pcm only, not {fmt}",
+                               param="response_format")
         await self._behave(model)
         words = min(len(str(body["input"]).split()), 600)
         samples = b"\0\0" * (16000 * (words + 1) // 3)

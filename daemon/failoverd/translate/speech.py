@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from failoverd.config import ModelConfig
 from failoverd.errors import RequestError
 
@@ -38,7 +40,7 @@ def validate(body: Any) -> dict[str, Any]:
         raise RequestError("'voice' is required: a voice name (or an object with its 'id')",
                            param="voice")
     fmt = body.get("response_format", "mp3")
-    if fmt not in CONTENT_TYPES:
+    if not isinstance(fmt, str) or fmt not in CONTENT_TYPES:
         raise RequestError(f"'response_format' must be one of {', '.join(CONTENT_TYPES)}, got "
                            f"{fmt!r}", param="response_format")
     speed = body.get("speed")
@@ -65,9 +67,34 @@ def for_model(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     out = dict(body)
     out["model"] = model.name
     voice = body.get("voice")
-    if model.voices and isinstance(voice, str):
+    name = voice.get("id") if isinstance(voice, dict) else voice
+    if model.voices and isinstance(name, str):
         voices = dict(model.voices)
-        mapped = voices.get(voice, voices.get("*"))
+        mapped = voices.get(name, voices.get("*"))
         if mapped is not None:
-            out["voice"] = mapped
+            out["voice"] = {**voice, "id": mapped} if isinstance(voice, dict) else mapped
     return out
+
+
+def not_audio(raw: bytes, body: dict[str, Any]) -> str | None:
+    """Why a 200's body is no audio (empty; JSON, HTML or text from a server or a proxy in
+    the way), else None. Raw PCM may begin with any byte: it is no audio only when it is
+    whole a JSON object."""
+    if not raw:
+        return "200 without any audio"
+    head = raw[:64].lstrip()[:1]
+    if body.get("response_format", "mp3") == "pcm":
+        return "200 with JSON instead of audio" if head == b"{" and raw.rstrip()[-1:] == b"}" \
+            and _json_object(raw) else None
+    if head in (b"{", b"["):
+        return "200 with JSON instead of audio"
+    if head == b"<":
+        return "200 with HTML or XML instead of audio"
+    return None
+
+
+def _json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
+        return False
