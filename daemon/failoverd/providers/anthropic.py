@@ -20,10 +20,10 @@ from typing import Any, cast
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import RequestError, UpstreamError
+from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
-from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking, ends_in_prefill
 from failoverd.providers.http import (
     classify,
     fetch,
@@ -118,8 +118,10 @@ def classify_error(status: int, message: str, error_type: str) -> FailureReason:
     return classify(status, message, error_type)
 
 
-class AnthropicProvider:
+class AnthropicProvider(Lacking):
     """Adapter for Anthropic's Messages API (and gateways that speak it)."""
+
+    api = "Anthropic's API"
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
@@ -264,31 +266,6 @@ class AnthropicProvider:
         finally:
             await stack.aclose()
             finish_stream(resp, clean)
-
-    async def embed(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        # the configuration refuses an embedding model on this kind; a defence all the same
-        raise RequestError("Anthropic's API has no embeddings endpoint", param="model")
-
-    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
-                            limits: AttemptLimits) -> Completion:
-        raise RequestError("Anthropic's API has no text completions (POST /v1/completions): chat "
-                           "only", param="model")
-
-    def stream_text(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        raise RequestError("Anthropic's API has no text completions (POST /v1/completions): chat "
-                           "only", param="model")
-
-    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
-                         limits: AttemptLimits) -> Completion:
-        # the configuration refuses a transcription model on this kind; a defence all the same
-        raise RequestError("Anthropic's API has no audio transcription endpoint", param="model")
-
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        # the configuration refuses a speech model on this kind; a defence all the same
-        raise RequestError("Anthropic's API has no text-to-speech endpoint", param="model")
 
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import RequestError
 
 
 @dataclass(slots=True)
@@ -142,3 +143,35 @@ class Provider(Protocol):
         """A health probe: `models` lists models (reachability + auth), `chat` asks for a
         few tokens. Returns on success, raises UpstreamError otherwise."""
         ...
+
+
+class Lacking:
+    """What an adapter's API has no endpoint for refuses at once, before any call: a
+    RequestError, so the candidate is incapable and the chain goes on (the configuration
+    already keeps embedding, transcription and speech models off kinds without them). An
+    adapter names its API in `api` and defines the endpoints it has, which take precedence."""
+
+    api = "this API"
+
+    def _lacks(self, what: str) -> RequestError:
+        return RequestError(f"{self.api} has no {what}", param="model")
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        raise self._lacks("embeddings endpoint")
+
+    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
+                            limits: AttemptLimits) -> Completion:
+        raise self._lacks("text completions (POST /v1/completions): chat only")
+
+    def stream_text(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        raise self._lacks("text completions (POST /v1/completions): chat only")
+
+    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                         limits: AttemptLimits) -> Completion:
+        raise self._lacks("audio transcription endpoint")
+
+    async def speak(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        raise self._lacks("text-to-speech endpoint")

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import RequestError, UpstreamError
+from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
-from failoverd.providers.base import AttemptLimits, Chunk, Completion
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking
 from failoverd.providers.http import (
     classify,
     fetch,
@@ -103,8 +103,10 @@ def classify_gemini(http_status: int, message: str, status: str, info_reason: st
     return classify(http_status, message, status)
 
 
-class GeminiProvider:
+class GeminiProvider(Lacking):
     """Adapter for the Gemini API (`generateContent` / `streamGenerateContent?alt=sse`)."""
+
+    api = "Gemini's API"
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
@@ -305,26 +307,6 @@ class GeminiProvider:
                                  provider=name, model=model.id)
         assert vectors is not None
         return vectors
-
-    async def complete_text(self, body: dict[str, Any], model: ModelConfig,
-                            limits: AttemptLimits) -> Completion:
-        raise RequestError("Gemini's API has no text completions (POST /v1/completions): chat "
-                           "only", param="model")
-
-    def stream_text(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        raise RequestError("Gemini's API has no text completions (POST /v1/completions): chat "
-                           "only", param="model")
-
-    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
-                         limits: AttemptLimits) -> Completion:
-        # the configuration refuses a transcription model on this kind; a defence all the same
-        raise RequestError("Gemini's API has no audio transcription endpoint", param="model")
-
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        # the configuration refuses a speech model on this kind; a defence all the same
-        raise RequestError("Gemini's API has no text-to-speech endpoint", param="model")
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import RequestError, UpstreamError
+from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
-from failoverd.providers.base import AttemptLimits, Chunk, Completion, ends_in_prefill
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking, ends_in_prefill
 from failoverd.providers.http import (
     classify,
     classify_in_band,
@@ -76,8 +76,10 @@ def tagged(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-class OllamaProvider:
+class OllamaProvider(Lacking):
     """Adapter for Ollama's native chat API."""
+
+    api = "Ollama's API"
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
@@ -111,22 +113,33 @@ class OllamaProvider:
 
     # ------------------------------------------------------------------ calls
 
-    async def complete(self, body: dict[str, Any], model: ModelConfig,
-                       limits: AttemptLimits) -> Completion:
-        data = self._payload(body, model, stream=False)
+    async def _post(self, url: str, data: bytes, limits: AttemptLimits,
+                    model: str) -> dict[str, Any]:
+        """Ollama's JSON object answer to a call (not streamed); the error it may carry in
+        a 200 raised as the failure it names, a body that is no object as invalid_response."""
         name = self.config.name
-        raw = await fetch(self._client, "POST", self._chat_url, headers=self._headers,
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=name, model=model.id)
+        raw = await fetch(self._client, "POST", url, headers=self._headers, data=data,
+                          total=limits.total, connect=limits.connect, failure=self._failure,
+                          provider=name, model=model)
         parsed = json_or_none(raw)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
             raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
-                                 status=200, provider=name, model=model.id, body=raw)
-        if not isinstance(parsed, dict) or not parsed.get("done") \
-                or not isinstance(parsed.get("message"), dict):
-            raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                 "200 with an unparsable or incomplete body", status=200,
-                                 provider=name, model=model.id)
+                                 status=200, provider=name, model=model, body=raw)
+        if not isinstance(parsed, dict):
+            raise self._incomplete(model)
+        return parsed
+
+    def _incomplete(self, model: str) -> UpstreamError:
+        return upstream_error(FailureReason.INVALID_RESPONSE,
+                              "200 with an unparsable or incomplete body", status=200,
+                              provider=self.config.name, model=model)
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        parsed = await self._post(self._chat_url, self._payload(body, model, stream=False),
+                                  limits, model.id)
+        if not parsed.get("done") or not isinstance(parsed.get("message"), dict):
+            raise self._incomplete(model.id)
         message = parsed["message"]
         if not (message.get("content") or message.get("tool_calls")):
             self._check_empty(body, parsed, bool(message.get("thinking")), model.id)
@@ -210,20 +223,13 @@ class OllamaProvider:
         if body.get("dimensions"):
             payload["dimensions"] = body["dimensions"]
         name = self.config.name
-        raw = await fetch(self._client, "POST", self._embed_url, headers=self._headers,
-                          data=orjson.dumps(payload), total=limits.total,
-                          connect=limits.connect, failure=self._failure, provider=name,
-                          model=model.id)
-        parsed = json_or_none(raw)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
-                                 status=200, provider=name, model=model.id, body=raw)
-        vectors = parsed.get("embeddings") if isinstance(parsed, dict) else None
+        parsed = await self._post(self._embed_url, orjson.dumps(payload), limits, model.id)
+        vectors = parsed.get("embeddings")
         if not embeddings.vectors_ok(vectors, len(texts)):
             raise upstream_error(FailureReason.INVALID_RESPONSE,
                                  "200 without the embeddings asked for", status=200,
                                  provider=name, model=model.id)
-        assert isinstance(parsed, dict) and isinstance(vectors, list)
+        assert isinstance(vectors, list)
         ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
                                                 body.get("dimensions"))
         if ignored is not None:  # Ollama before 0.11 has no dimensions
@@ -238,23 +244,13 @@ class OllamaProvider:
         """A legacy text completion by /api/generate (translate/ollama.py to_generate)."""
         data = orjson.dumps(translate.to_generate(body, model.name, stream=False,
                                                   context_window=model.context_window))
-        name = self.config.name
-        raw = await fetch(self._client, "POST", self._generate_url, headers=self._headers,
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=name, model=model.id)
-        parsed = json_or_none(raw)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            raise upstream_error(classify_ollama(None, parsed["error"]), parsed["error"],
-                                 status=200, provider=name, model=model.id, body=raw)
-        if not isinstance(parsed, dict) or not parsed.get("done") \
-                or not isinstance(parsed.get("response"), str):
-            raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                 "200 with an unparsable or incomplete body", status=200,
-                                 provider=name, model=model.id)
+        parsed = await self._post(self._generate_url, data, limits, model.id)
+        if not parsed.get("done") or not isinstance(parsed.get("response"), str):
+            raise self._incomplete(model.id)
         if parsed.get("done_reason") == "load":
             raise upstream_error(FailureReason.INVALID_RESPONSE, "200 without any answer: the "
                                  "model was only loaded (done_reason load)", status=200,
-                                 provider=name, model=model.id)
+                                 provider=self.config.name, model=model.id)
         return Completion(translate.generate_answer(parsed, parsed["response"], model.name,
                                                     _completion_id()))
 
@@ -306,16 +302,6 @@ class OllamaProvider:
                                  status=200, provider=name, model=model.id)
         finally:
             finish_stream(resp, done)
-
-    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
-                         limits: AttemptLimits) -> Completion:
-        # the configuration refuses a transcription model on this kind; a defence all the same
-        raise RequestError("Ollama's API has no audio transcription endpoint", param="model")
-
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        # the configuration refuses a speech model on this kind; a defence all the same
-        raise RequestError("Ollama's API has no text-to-speech endpoint", param="model")
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
