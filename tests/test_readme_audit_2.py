@@ -1,5 +1,5 @@
 """What the second README audit (the features of Dec 7) found where the code, not the README,
-seems wrong: each a strict xfail until fixed."""
+was wrong (fixed since)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
 ACCESS = "failoverd.access"
 
 
-@pytest.mark.xfail(strict=True, reason="the fast path's drain answers a request still "
-                   "arriving with a 503 but writes no access line for it (its 408 has one)")
 async def test_a_request_still_arriving_at_the_drain_has_its_access_line(
         fake_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
     """README, Logs: with daemon.access_log every request to a proxied endpoint gets one line
@@ -36,8 +34,6 @@ async def test_a_request_still_arriving_at_the_drain_has_its_access_line(
     assert [line["status"] for line in lines] == [503]
 
 
-@pytest.mark.xfail(strict=True, reason="failoverctl status writes a cost under $0.0001 in "
-                   "e-notation ($1.5e-05), which reads as a typo in a money column")
 def test_failoverctl_shows_a_small_cost_in_plain_decimals() -> None:
     """A cheap model's first calls cost fractions of a cent: 100 prompt tokens at
     $0.15 per 1M are $0.000015."""
@@ -61,9 +57,6 @@ kind = "none"
 """
 
 
-@pytest.mark.xfail(strict=True, reason="two refusals still say 'embedding or transcription' "
-                   "of a speech model: the chat 404 with no chat model configured "
-                   "(router.no_chat_model) and a session preference (api/control.py)")
 async def test_refusals_of_a_speech_model_name_speech(start_daemon: Any) -> None:
     """README, Text to speech and Configuration: speech is a model kind of its own."""
     d = await start_daemon(SPEECH_ONLY)

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from failoverd import config as config_mod
+from failoverd.cli.ctl import _usd
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from failoverd.window import SlidingSum
@@ -565,7 +566,7 @@ async def test_failoverctl_status_lines_up_many_models(start_daemon: Any) -> Non
     # the cells line up under their header: a cost, or "-" for a model without a price
     assert all(row[column] == ("$" if int(row[10:12]) % 2 == 0 else "-") for row in rows)
     totals = next(line for line in lines if line.startswith("tokens since start:"))
-    assert totals.endswith(f"; cost ${spent:.4g}")
+    assert totals.endswith("; cost " + _usd(spent))
     code, out, _ = await failoverctl(d.socket, "status", "--json")
     assert code == 0 and orjson.loads(out)["models"]["sim/model-03"]["cost_usd"] is None
 

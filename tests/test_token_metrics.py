@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from failoverd.cli.ctl import _usd
 from tests.helpers import failoverctl
 from tests.test_prompt_caching import tool_loop
 from tests.test_sdk_clients import anthropic_client, config, openai_client
@@ -229,7 +230,7 @@ kind = "none"
     header = next(line for line in out.splitlines() if line.startswith("MODEL"))
     assert header.split()[-1] == "COST"
     row = next(line for line in out.splitlines() if line.startswith("sim/cheap"))
-    assert row.split()[-1] == f"${spent:.4g}"  # below a dollar: four significant digits
+    assert row.split()[-1] == _usd(spent)  # below a dollar: four significant digits
     free = next(line for line in out.splitlines() if line.startswith("sim/free"))
     assert free.split()[-1] == "-"
-    assert "tokens since start:" in out and f"cost ${spent:.4g}" in out
+    assert "tokens since start:" in out and "cost " + _usd(spent) in out

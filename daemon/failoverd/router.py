@@ -45,8 +45,8 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
 
 def no_chat_model() -> RequestError:
     """The answer to a chat request when no model is a chat model."""
-    return RequestError("no chat model is configured (every [models] entry is an embedding "
-                        "or transcription model)", status=404, param="model",
+    return RequestError("no chat model is configured (every [models] entry is an embedding, "
+                        "transcription or speech model)", status=404, param="model",
                         code="model_not_found")
 
 

@@ -310,9 +310,9 @@ async def session_set(request: web.Request) -> web.Response:
                                param="model")
         if target is not None and not cfg.models[
                 cfg.chains[target].models[0] if target in cfg.chains else target].chat:
-            raise RequestError(f"{target!r} is an embedding or transcription model or chain: "
-                               "a session's model serves its chat requests", param="model",
-                               code="model_not_chat")
+            raise RequestError(f"{target!r} is no chat model or chain (an embedding, "
+                               "transcription or speech one): a session's model serves its "
+                               "chat requests", param="model", code="model_not_chat")
     except RequestError as exc:
         return request_error(exc)
     svc.sessions.set_preference(key, target)

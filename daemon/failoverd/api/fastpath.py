@@ -257,19 +257,19 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         arriving on it, if any (not blank lines between requests)."""
         if self.size and not self._closing():
             if self._unconsumed().strip(b"\r\n"):
+                self._log_unserved(503, 0.0)
                 self._write(shutting_down(self._anthropic_pending()))
         self.close()
 
-    def _log_stalled(self, status: int) -> None:
-        """The access log's line for a request whose body stalled (it never reached a
-        handler, so nothing else writes one)."""
+    def _log_unserved(self, status: int, seconds: float) -> None:
+        """The access log's line for a request answered before it reached a handler (a body
+        that stalled, or still arriving at the drain): nothing else writes one."""
         if not self.front.service.runtime.config.daemon.access_log:
             return
         line = self._unconsumed().split(b"\r\n", 1)[0].split(b" ")
         path = line[1].decode("latin-1") if len(line) > 1 else "-"
         if accesslog.logs(path):
-            accesslog.write("POST", path, status, None, self.front.idle_timeout,
-                            peer_uid(self.transport))
+            accesslog.write("POST", path, status, None, seconds, peer_uid(self.transport))
 
     def _anthropic_pending(self) -> bool:
         """Whether the request not yet consumed is an Anthropic one (its answer's shape)."""
@@ -504,7 +504,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if self.task is None and now >= due:
             if self.need:  # a body stalled: answered as aiohttp's path answers it
                 stalled = stalled_body(self.front.idle_timeout)
-                self._log_stalled(stalled.status)
+                self._log_unserved(stalled.status, self.front.idle_timeout)
                 front = ANTHROPIC if self._anthropic_pending() else OPENAI
                 self._write(front.error(stalled.status, "invalid_request_error",
                                         stalled.message, stalled.code,

@@ -214,8 +214,13 @@ def show_status(data: dict[str, Any]) -> str:
 
 
 def _usd(amount: float) -> str:
-    """Dollars to the cent, or to four significant digits below one (a cheap model's)."""
-    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4g}"
+    """Dollars to the cent, or below one in plain decimals to four significant digits (a
+    cheap model's $0.000015, never e-notation in a money column)."""
+    if amount >= 1 or amount == 0:
+        return f"${amount:,.2f}"
+    digits = max(2, 3 - math.floor(math.log10(amount)))  # four significant digits
+    whole, _, decimals = f"{amount:.{digits}f}".partition(".")
+    return f"${whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
 def show_models(data: dict[str, Any]) -> str:
