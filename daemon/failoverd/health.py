@@ -31,12 +31,11 @@ from failoverd.clock import Clock
 from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
 from failoverd.fingerprint import SALT_BYTES, fingerprint, new_salt
-from failoverd.window import SlidingSum
+from failoverd.quota import Quotas
 
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 256
-RPM_WINDOW = 60.0  # max_rpm counts the calls admitted in the last this many seconds
 STATE_VERSION = 1
 
 CredentialCallback = Callable[[str, str, "str | None", "float | None"], None]
@@ -127,7 +126,7 @@ class Permit:
         self._done = True
         self._breaker.release(self._ticket)
         if not called and self.counted:
-            self._registry._uncount(self.model_id, self._started)
+            self._registry.quotas.uncount(self.model_id, self._started)
         self._registry._finished(self.model_id, latency=None)
 
 
@@ -149,10 +148,7 @@ class HealthRegistry:
         self._config = config
         self._breakers: dict[str, Breaker] = {}
         self._inflight: dict[str, int] = {}
-        # models with max_rpm: when each of the calls of the last minute was admitted
-        self._calls: dict[str, deque[float]] = {}
-        # models with max_tpm: the tokens their answers reported over the last minute
-        self._tokens: dict[str, SlidingSum] = {}
+        self.quotas = Quotas()  # max_rpm and max_tpm
         self._latency: dict[str, deque[float]] = {}
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
@@ -184,17 +180,7 @@ class HealthRegistry:
         self._breakers[model.id] = breaker
         self._inflight.setdefault(model.id, 0)
         self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
-        # the minute of calls and tokens counts against a new limit too: a reload must not
-        # hand out a fresh minute's quota (and one without a limit keeps none)
-        if model.max_rpm:
-            calls = self._calls.get(model.id) or ()
-            self._calls[model.id] = deque(calls, maxlen=model.max_rpm)
-        else:
-            self._calls.pop(model.id, None)
-        if model.max_tpm:
-            self._tokens.setdefault(model.id, SlidingSum(RPM_WINDOW))
-        else:
-            self._tokens.pop(model.id, None)
+        self.quotas.configure(model)  # its minute counts against new limits too
         self._probes.pop(model.id, None)
 
     def current(self, breaker: Breaker) -> bool:
@@ -230,15 +216,9 @@ class HealthRegistry:
                 # model added back before they end has them against its max_concurrency, and
                 # their ends must not take slots from the calls made after
                 self._probes.pop(model_id, None)
-        # a removed model's minute of calls and tokens stays until it ages out: one added
-        # back within it must not get a fresh quota
-        now = self.clock.monotonic()
-        for model_id in [m for m, calls in self._calls.items() if m not in config.models
-                         and (not calls or calls[-1] <= now - RPM_WINDOW)]:
-            del self._calls[model_id]
-        for model_id in [m for m, window in self._tokens.items() if m not in config.models
-                         and not window.wait_below(1, now)]:
-            del self._tokens[model_id]
+        # a removed model's minute stays until it ages out: one added back within it must
+        # not get a fresh quota
+        self.quotas.forget(config.models, self.clock.monotonic())
         reopened: list[tuple[str, BreakerState]] = []
         for model in config.models.values():
             breaker = self._breakers.get(model.id)
@@ -278,10 +258,9 @@ class HealthRegistry:
             return False, str(breaker.state)
         if self._over_limit(model_id):
             return False, "max_concurrency"
-        if self._rate_wait(model_id):
-            return False, "max_rpm"
-        if self._token_wait(model_id):
-            return False, "max_tpm"
+        quota = self.quotas.blocked(model_id, self.clock.monotonic())
+        if quota is not None:
+            return False, quota
         return True, None
 
     def settle(self, model_id: str) -> None:
@@ -300,54 +279,24 @@ class HealthRegistry:
             return None
         if self._blocked(self._config.models[model_id].provider) is not None:
             return None
-        if self._over_limit(model_id) or self._rate_wait(model_id) \
-                or self._token_wait(model_id):
+        if self._over_limit(model_id) \
+                or self.quotas.blocked(model_id, self.clock.monotonic()) is not None:
             return None
         ticket = breaker.try_acquire()
         if ticket is None:
             return None
         self._inflight[model_id] += 1
         permit = Permit(self, breaker, ticket)
-        calls = self._calls.get(model_id)
-        if calls is not None:
-            calls.append(permit._started)
-            permit.counted = True
+        permit.counted = self.quotas.counted(model_id, permit._started)
         return permit
 
-    def _uncount(self, model_id: str, admitted: float) -> None:
-        """Takes back a call admitted at `admitted` that was never made (max_rpm)."""
-        calls = self._calls.get(model_id)
-        if calls is not None and admitted in calls:
-            calls.remove(admitted)
+    def spent(self, model_id: str, tokens: int) -> None:
+        """Records the tokens an answer of the model reported (for max_tpm)."""
+        self.quotas.spent(model_id, tokens, self.clock.monotonic())
 
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency
         return limit > 0 and self._inflight[model_id] >= limit
-
-    def spent(self, model_id: str, tokens: int) -> None:
-        """Records the tokens an answer of the model reported (for max_tpm)."""
-        window = self._tokens.get(model_id)
-        if window is not None and tokens > 0:
-            window.add(self.clock.monotonic(), tokens)
-
-    def _token_wait(self, model_id: str) -> float:
-        """Seconds until the model's max_tpm admits a call (0: now, or no limit)."""
-        window = self._tokens.get(model_id)
-        if window is None:
-            return 0.0
-        return window.wait_below(self._config.models[model_id].max_tpm, self.clock.monotonic())
-
-    def _rate_wait(self, model_id: str) -> float:
-        """Seconds until the model's max_rpm admits a call (0: now, or no limit)."""
-        calls = self._calls.get(model_id)
-        if calls is None:
-            return 0.0
-        now = self.clock.monotonic()
-        while calls and calls[0] <= now - RPM_WINDOW:
-            calls.popleft()
-        if len(calls) < self._config.models[model_id].max_rpm:
-            return 0.0
-        return calls[0] + RPM_WINDOW - now
 
     def _finished(self, model_id: str, latency: float | None) -> None:
         if model_id in self._inflight and self._inflight[model_id] > 0:
@@ -372,7 +321,7 @@ class HealthRegistry:
         if wait == 0.0 and self._over_limit(model_id):
             return None
         if wait is not None:
-            wait = max(wait, self._rate_wait(model_id), self._token_wait(model_id))
+            wait = max(wait, self.quotas.wait(model_id, self.clock.monotonic()))
         return wait
 
     def retry_at(self, model_id: str) -> float | None:
@@ -565,12 +514,7 @@ class HealthRegistry:
                 last_probe=None if probe is None else probe.as_dict(),
                 inflight=self._inflight.get(model_id, 0),
             )
-            if model_id in self._calls:
-                self._rate_wait(model_id)  # drops the calls older than a minute
-                entry["calls_last_minute"] = len(self._calls[model_id])
-            if model_id in self._tokens:
-                self._token_wait(model_id)  # drops the usage older than a minute
-                entry["tokens_last_minute"] = self._tokens[model_id].total
+            entry.update(self.quotas.status(model_id, self.clock.monotonic()))
             if entry["state"] == "unavailable":
                 # blocked by its provider's credentials: say why and until when
                 creds = self._credentials[entry["provider"]]
