@@ -323,6 +323,8 @@ class Prober:
                 kind = cfg.probes.kind if cfg.probes.kind != "none" else "models"
         if kind == "none":
             return True
+        if model.kind in ("transcription", "speech"):
+            kind = "models"  # no speech to send: its provider's models listing (as logged)
         provider = rt.providers[model.provider]
         # a reload during the probe that changes the model or its provider (a new key, URL)
         # replaces its breaker: the answer to the old settings says nothing about the new ones
