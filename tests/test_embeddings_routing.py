@@ -696,3 +696,20 @@ async def test_models_list_and_metrics_count_embedding_models(d: Any) -> None:
         in metrics
     assert f'failoverd_upstream_latency_seconds_count{{model="{DOWN}",result="error"}} 1' \
         in metrics
+
+
+async def test_select_previews_an_embedding_chain(d: Any) -> None:
+    """POST /v1/select for an embedding chain or model: the candidates its endpoint would
+    try, with each one's availability (no requirements to check, no sessions)."""
+    resp = await d.http.post("/v1/select", json={"model": VECTORS})
+    assert resp.status_code == 200, resp.text
+    got = resp.json()
+    assert [(c["model"], c["eligible"]) for c in got["candidates"]] == [
+        (DOWN, True), (EMBED, True)]
+    for _ in range(3):  # DOWN's breaker opens (threshold 3 by default)
+        await embed(d, DOWN)
+    got = (await d.http.post("/v1/select", json={"model": VECTORS})).json()
+    assert [(c["model"], c["eligible"], c["reason"]) for c in got["candidates"]] == [
+        (DOWN, False, "open"), (EMBED, True, None)]
+    one = (await d.http.post("/v1/select", json={"model": EMBED})).json()
+    assert [c["model"] for c in one["candidates"]] == [EMBED]  # alone, as served

@@ -19,7 +19,8 @@ from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
 from failoverd.events import utf8_safe
 from failoverd.metrics import TOKEN_KINDS
-from failoverd.service import Service
+from failoverd.runtime import Runtime
+from failoverd.service import Route, Service
 from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
 
@@ -252,8 +253,17 @@ async def select(request: web.Request) -> web.Response:
         session = session or request.headers.get("x-failoverd-session") or (
             OPENAI.session_key(body) if "messages" in body else None)
         pin = pinned(request)
-        route = svc.route(rt, {**body, "model": model, "messages": body.get("messages", [])},
-                          pin, normalize_key(session) if session else None)
+        kind = _kind_named(rt, model)
+        if kind != "chat":
+            # an embedding, transcription or speech model or chain: its endpoint's route,
+            # with no requirements to check (nor sessions, which are chat's)
+            routes = {"embeddings": svc.embedding_route, "transcription": svc.audio_route,
+                      "speech": svc.speech_route}
+            route = Route(routes[kind](rt, model, pin), None)
+        else:
+            route = svc.route(rt, {**body, "model": model,
+                                   "messages": body.get("messages", [])},
+                              pin, normalize_key(session) if session else None)
     except RequestError as exc:
         return request_error(exc)
     truncating = rt.config.routing.context_policy == "truncate" and "messages" in body
@@ -282,6 +292,14 @@ async def select(request: web.Request) -> web.Response:
         "decision": decision.as_dict() if decision is not None else None,
         "candidates": candidates,
     })
+
+
+def _kind_named(rt: Runtime, requested: str) -> str:
+    """The kind of model a request's `model` names (a model id or a chain), else chat."""
+    cfg = rt.config
+    first = cfg.chains[requested].models[0] if requested in cfg.chains else requested
+    model = cfg.models.get(first)
+    return model.kind if model is not None else "chat"
 
 
 async def session_get(request: web.Request) -> web.Response:
