@@ -195,3 +195,41 @@ async def test_the_simulated_voice_answers_wav_of_silence(start_daemon: Any) -> 
     audio = resp.content
     assert audio[:4] == b"RIFF" and audio[8:16] == b"WAVEfmt "
     assert int.from_bytes(audio[40:44], "little") == len(audio) - 44 == 2 * 16000 * 6 // 3
+
+
+async def test_an_upstream_name_two_speech_models_share_is_no_ambiguity(
+        start_daemon: Any) -> None:
+    """tts-1 at two providers: any speech model may stand in for another, so the name means
+    those two first (in file order), then the others, not a 404."""
+    a, b = await Voice({"alloy"}).start(), await Voice({"alloy"}).start()
+    try:
+        d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+[models."a/tts"]
+provider = "a"
+name = "tts-1"
+capabilities = ["speech"]
+max_retries = 0
+[models."b/tts"]
+provider = "b"
+name = "tts-1"
+capabilities = ["speech"]
+[routing]
+retry_after_max = 0
+[probes]
+kind = "none"
+""")
+        a.script = [429]
+        resp = await d.http.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi",
+                                                           "voice": "alloy"})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-failoverd-failover"] == "a/tts>b/tts:rate_limit"
+        assert [b["model"] for b in a.bodies + b.bodies] == ["tts-1", "tts-1"]
+    finally:
+        await a.close()
+        await b.close()

@@ -95,6 +95,11 @@ def _any_of_kind(config: Config, requested: str, kind: ModelKind) -> tuple[str, 
         _of_kind(config, requested, chain[0], "chain", kind)
         return chain
     if requested not in config.models:
+        # an upstream name several of them have (tts-1 at two providers) is no ambiguity
+        # here, where any may stand in: those first, in file order
+        named = tuple(m for m in everyone if config.models[m].name == requested)
+        if len(named) > 1:
+            return (*named, *(m for m in everyone if m not in named))
         requested = _by_name(config, requested, kind)
     _of_kind(config, requested, requested, "model", kind)
     return (requested, *(m for m in everyone if m != requested))
