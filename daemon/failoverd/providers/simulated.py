@@ -23,7 +23,7 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
-from failoverd.translate import audio, completions, embeddings
+from failoverd.translate import audio, completions, embeddings, inputs
 
 MAX_N = 128  # OpenAI's own limit on n
 SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
@@ -136,9 +136,7 @@ class SimulatedProvider:
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
         await self._behave(model)
-        value = body["input"]
-        items = [value] if isinstance(value, str) or all(type(v) is int for v in value) \
-            else value
+        items = inputs.items(body["input"])
         dimensions = body.get("dimensions") or SIMULATED_DIMENSIONS
         if dimensions > MAX_DIMENSIONS or len(items) * dimensions > MAX_VALUES:
             # the vectors are made on the event loop: bounded, as a real server bounds them
@@ -155,8 +153,7 @@ class SimulatedProvider:
         most `max_tokens` of them (OpenAI's default 16), and the completion id."""
         n = self._choices(body, model)
         value = body["prompt"]
-        prompts = [value] if isinstance(value, str) or all(type(v) is int for v in value) \
-            else value
+        prompts = inputs.items(value)
         limit = completions.max_tokens(body)
         texts = []
         for i, prompt in enumerate(prompts * n):

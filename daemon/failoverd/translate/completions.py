@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from failoverd.errors import RequestError
+from failoverd.translate.inputs import is_token
 
 MAX_N = 128
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this API, which clients rely on
@@ -64,18 +65,14 @@ def _check_prompt(value: Any) -> None:
     if not isinstance(value, list) or not value:
         raise RequestError("'prompt' must be a string, or a non-empty array of strings or of "
                            "token arrays", param="prompt")
-    if all(_token(v) for v in value):
+    if all(is_token(v) for v in value):
         return  # one token array
     if all(isinstance(v, str) for v in value):
         return
-    if all(isinstance(v, list) and v and all(_token(t) for t in v) for v in value):
+    if all(isinstance(v, list) and v and all(is_token(t) for t in v) for v in value):
         return
     raise RequestError("'prompt' must be a string, an array of strings, a token array or an "
                        "array of non-empty token arrays, all items one kind", param="prompt")
-
-
-def _token(value: Any) -> bool:
-    return type(value) is int and value >= 0
 
 
 def one_prompt(body: dict[str, Any], api: str) -> str:

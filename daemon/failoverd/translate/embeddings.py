@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from failoverd.errors import RequestError
+from failoverd.translate.inputs import is_token, items
 
 ENCODINGS = ("float", "base64")
 MAX_INPUTS = 2048  # OpenAI's own limit on the inputs of one request
@@ -59,13 +60,13 @@ def _check_input(value: Any) -> None:
     if len(value) > MAX_INPUTS:
         raise RequestError(f"'input' holds {len(value)} items; at most {MAX_INPUTS} per request",
                            param="input")
-    if all(_token(v) for v in value):
+    if all(is_token(v) for v in value):
         return  # one token array
     for i, item in enumerate(value):
         if isinstance(item, str):
             if not item:
                 raise RequestError(f"'input[{i}]' must not be an empty string", param="input")
-        elif not (isinstance(item, list) and item and all(_token(t) for t in item)):
+        elif not (isinstance(item, list) and item and all(is_token(t) for t in item)):
             raise RequestError(f"'input[{i}]' must be a non-empty string or a non-empty array "
                                "of token ids (non-negative integers), and all items one kind",
                                param="input")
@@ -74,27 +75,18 @@ def _check_input(value: Any) -> None:
         raise RequestError("'input' mixes strings and token arrays", param="input")
 
 
-def _token(value: Any) -> bool:
-    return type(value) is int and value >= 0
-
-
 def texts(body: dict[str, Any], api: str) -> list[str]:
     """The inputs as strings, for an API that takes text only; token ids are refused (a
     RequestError: the next candidate may take them)."""
-    value = body["input"]
-    if isinstance(value, str):
-        return [value]
-    if all(isinstance(v, str) for v in value):
-        return list(value)
+    given = items(body["input"])
+    if all(isinstance(v, str) for v in given):
+        return given
     raise RequestError(f"{api} embeds text only, not token ids", param="input")
 
 
 def count(body: dict[str, Any]) -> int:
     """How many embeddings the request asks for."""
-    value = body["input"]
-    if isinstance(value, str) or all(_token(v) for v in value):
-        return 1
-    return len(value)
+    return len(items(body["input"]))
 
 
 def encode(vector: Sequence[float], encoding: str | None) -> list[float] | str:
