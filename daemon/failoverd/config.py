@@ -22,6 +22,7 @@ from failoverd.catalog import MAX_RETRIES as MAX_RETRIES
 from failoverd.catalog import Capability as Capability
 from failoverd.catalog import Cost as Cost
 from failoverd.catalog import ModelConfig as ModelConfig
+from failoverd.catalog import ModelKind as ModelKind
 from failoverd.catalog import ProviderConfig as ProviderConfig
 from failoverd.catalog import ProviderKind as ProviderKind
 from failoverd.catalog import Tier as Tier
@@ -151,6 +152,12 @@ class Config:
     @property
     def node(self) -> str:
         return self.daemon.node or _socket.gethostname()
+
+    def kind_of(self, name: str) -> ModelKind | None:
+        """The kind of model `name` names (a model id, or a chain by its first model; a
+        chain is of one kind), None when it names neither."""
+        model = self.models.get(self.chains[name].models[0] if name in self.chains else name)
+        return model.kind if model is not None else None
 
     def fallbacks_for(self, model_id: str) -> tuple[str, ...]:
         """A requested model first, then the default chain without it."""

@@ -7,6 +7,7 @@ started with until it ends, so in-flight requests finish on their own configurat
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from failoverd import router
@@ -18,6 +19,7 @@ from failoverd.providers import make_provider
 from failoverd.providers.base import Provider
 
 RESOLVED_MAX = 1024  # bound on Runtime's memo of resolved "model" names
+Resolver = Callable[[Config, str], tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -29,9 +31,9 @@ class Runtime:
     # router.resolve's answers: a request's "model" names one of a few models or chains,
     # each resolved once per configuration, not per request (valid names only, bounded)
     _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _resolved_embeddings: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _resolved_audio: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _resolved_speech: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the other kinds' resolvers' answers, by (resolver, requested), bounded the same way
+    _resolved_other: dict[tuple[Resolver, str], tuple[str, ...]] = field(
+        default_factory=dict)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
         """The candidates for a request's "model" (raises like ``router.resolve``)."""
@@ -42,32 +44,25 @@ class Runtime:
                 self._resolved[requested] = known
         return known
 
+    def resolve_embeddings(self, requested: str) -> tuple[str, ...]:
+        """The candidates for an embeddings request (router.resolve_embeddings)."""
+        return self._resolve_with(router.resolve_embeddings, requested)
+
     def resolve_transcription(self, requested: str) -> tuple[str, ...]:
-        """The candidates for an audio request's "model" (router.resolve_transcription)."""
-        known = self._resolved_audio.get(requested)
-        if known is None:
-            known = router.resolve_transcription(self.config, requested)
-            if len(self._resolved_audio) < RESOLVED_MAX:
-                self._resolved_audio[requested] = known
-        return known
+        """The candidates for an audio request (router.resolve_transcription)."""
+        return self._resolve_with(router.resolve_transcription, requested)
 
     def resolve_speech(self, requested: str) -> tuple[str, ...]:
-        """The candidates for a text-to-speech request's "model" (router.resolve_speech)."""
-        known = self._resolved_speech.get(requested)
-        if known is None:
-            known = router.resolve_speech(self.config, requested)
-            if len(self._resolved_speech) < RESOLVED_MAX:
-                self._resolved_speech[requested] = known
-        return known
+        """The candidates for a text-to-speech request (router.resolve_speech)."""
+        return self._resolve_with(router.resolve_speech, requested)
 
-    def resolve_embeddings(self, requested: str) -> tuple[str, ...]:
-        """The candidates for an embeddings request's "model" (see
-        ``router.resolve_embeddings``)."""
-        known = self._resolved_embeddings.get(requested)
+    def _resolve_with(self, resolver: Resolver, requested: str) -> tuple[str, ...]:
+        key = (resolver, requested)
+        known = self._resolved_other.get(key)
         if known is None:
-            known = router.resolve_embeddings(self.config, requested)
-            if len(self._resolved_embeddings) < RESOLVED_MAX:
-                self._resolved_embeddings[requested] = known
+            known = resolver(self.config, requested)
+            if len(self._resolved_other) < RESOLVED_MAX:
+                self._resolved_other[key] = known
         return known
 
 

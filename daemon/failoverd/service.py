@@ -495,7 +495,7 @@ def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[s
     else:
         return candidates  # removed by a reload
     if not cfg.models[first[0]].chat:
-        return candidates  # a reload made it an embedding or transcription model
+        return candidates  # a reload made it a model of another kind: it answers no chat
     return (*first, *(c for c in candidates if c not in first))
 
 

@@ -19,7 +19,6 @@ from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError
 from failoverd.events import utf8_safe
 from failoverd.metrics import TOKEN_KINDS
-from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
 from failoverd.sessions import normalize_key
 from failoverd.tomlreader import MAX_NUMBER
@@ -69,11 +68,10 @@ async def models(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     data = _model_entries(svc)
     if _anthropic(request):
-        # Anthropic clients only chat: embedding and transcription models (and chains of
-        # them) are left out
-        models = svc.runtime.config.models
-        listed = [_as_anthropic(e) for e in data if models[
-            e["chain"][0] if "chain" in e else e["id"]].chat]
+        # Anthropic clients only chat: models of the other kinds (and their chains) are left
+        # out
+        cfg = svc.runtime.config
+        listed = [_as_anthropic(e) for e in data if cfg.kind_of(e["id"]) == "chat"]
         return json_response({"data": listed, "has_more": False,
                               "first_id": listed[0]["id"] if listed else None,
                               "last_id": listed[-1]["id"] if listed else None})
@@ -253,7 +251,7 @@ async def select(request: web.Request) -> web.Response:
         session = session or request.headers.get("x-failoverd-session") or (
             OPENAI.session_key(body) if "messages" in body else None)
         pin = pinned(request)
-        kind = _kind_named(rt, model)
+        kind = rt.config.kind_of(model) or "chat"  # a name neither is resolved as chat's
         if kind != "chat":
             # an embedding, transcription or speech model or chain: its endpoint's route,
             # with no requirements to check (nor sessions, which are chat's)
@@ -294,14 +292,6 @@ async def select(request: web.Request) -> web.Response:
     })
 
 
-def _kind_named(rt: Runtime, requested: str) -> str:
-    """The kind of model a request's `model` names (a model id or a chain), else chat."""
-    cfg = rt.config
-    first = cfg.chains[requested].models[0] if requested in cfg.chains else requested
-    model = cfg.models.get(first)
-    return model.kind if model is not None else "chat"
-
-
 async def session_get(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     key = request.match_info["key"]
@@ -326,8 +316,7 @@ async def session_set(request: web.Request) -> web.Response:
                 target not in cfg.models and target not in cfg.chains)):
             raise RequestError(f"'model' must name a configured model or chain, got {target!r}",
                                param="model")
-        if target is not None and not cfg.models[
-                cfg.chains[target].models[0] if target in cfg.chains else target].chat:
+        if target is not None and cfg.kind_of(target) != "chat":
             raise RequestError(f"{target!r} is no chat model or chain (an embedding, "
                                "transcription or speech one): a session's model serves its "
                                "chat requests", param="model", code="model_not_chat")
