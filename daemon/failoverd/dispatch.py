@@ -112,6 +112,8 @@ class StreamStart:
     started: float
 
 
+# A provider's non-streaming call other than a chat (embed, complete_text, ...)
+_Answer = Callable[[dict[str, Any], ModelConfig, AttemptLimits], Awaitable[Completion]]
 # One (streaming) attempt: provider, model, request, limits, the breaker's permit.
 _Call = Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits, Permit | None],
                  Awaitable[Any]]
@@ -183,30 +185,31 @@ class Dispatcher:
                     outcome: Outcome) -> Completion:
         """Embeddings: the same attempt loop (breakers, retries, failover down an embedding
         chain, hooks, events), with no context screening (needs None)."""
-        return await self._answer("embed", body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.embed, body, candidates, deadline, outcome)
 
     async def complete_text(self, body: dict[str, Any], candidates: Sequence[str],
                             deadline: float, outcome: Outcome) -> Completion:
         """A legacy text completion, not streamed: the attempt loop, no context screening."""
-        return await self._answer("complete_text", body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.complete_text, body, candidates, deadline, outcome)
 
     async def transcribe(self, body: dict[str, Any], candidates: Sequence[str],
                          deadline: float, outcome: Outcome) -> Completion:
         """Audio to text (`body`: the form and the task, see Provider.transcribe)."""
-        return await self._answer("transcribe", body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.transcribe, body, candidates, deadline, outcome)
 
     async def speak(self, body: dict[str, Any], candidates: Sequence[str],
                     deadline: float, outcome: Outcome) -> Completion:
         """Text to speech (see Provider.speak)."""
-        return await self._answer("speak", body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.speak, body, candidates, deadline, outcome)
 
-    async def _answer(self, method: str, body: dict[str, Any], candidates: Sequence[str],
-                      deadline: float, outcome: Outcome) -> Completion:
+    async def _answer(self, method: Callable[[Provider], _Answer], body: dict[str, Any],
+                      candidates: Sequence[str], deadline: float,
+                      outcome: Outcome) -> Completion:
         """A non-streaming answer of the providers' `method` down the candidates."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> Completion:
             started = self.clock.monotonic()
-            result: Completion = await getattr(provider, method)(req, model, limits)
+            result = await method(provider)(req, model, limits)
             self._succeeded(model.id, permit, started)
             return result
 

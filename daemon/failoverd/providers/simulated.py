@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import math
 import time
+import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,15 +173,12 @@ class SimulatedProvider:
                             limits: AttemptLimits) -> Completion:
         texts, cid = self._texts(body, model)
         await self._behave(model)
-        prompt = len(str(body["prompt"])) // 4 + 1
-        completion = sum(t.count(" ") for t in texts)
         return Completion({
             "id": cid, "object": "text_completion", "created": int(time.time()),
             "model": model.name,
             "choices": [{"text": t, "index": i, "logprobs": None,
                          "finish_reason": self._finish(t, body)} for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion}})
+            "usage": _text_usage(body, texts)})
 
     async def stream_text(self, body: dict[str, Any], model: ModelConfig,
                           limits: AttemptLimits) -> AsyncIterator[Chunk]:
@@ -198,12 +197,8 @@ class SimulatedProvider:
                                 "finish_reason": self._finish(text, body)}]})
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            prompt = len(str(body["prompt"])) // 4 + 1
-            completion = sum(t.count(" ") for t in texts)
-            yield Chunk.of({"id": cid, "object": "text_completion", "created": created,
-                            "model": model.name, "choices": [],
-                            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                      "total_tokens": prompt + completion}})
+            yield Chunk.of(completions.chunk("", None, model.name, cid, created,
+                                             _text_usage(body, texts)))
 
     async def transcribe(self, body: dict[str, Any], model: ModelConfig,
                          limits: AttemptLimits) -> Completion:
@@ -243,12 +238,13 @@ class SimulatedProvider:
         samples = b"\0\0" * (16000 * (words + 1) // 3)
         if fmt == "pcm":
             return Completion({}, samples)
-        header = (b"RIFF" + (36 + len(samples)).to_bytes(4, "little") + b"WAVEfmt "
-                  + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
-                  + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
-                  + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little")
-                  + (16).to_bytes(2, "little") + b"data" + len(samples).to_bytes(4, "little"))
-        return Completion({}, header + samples)
+        out = io.BytesIO()
+        with wave.open(out, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(16000)
+            wav.writeframes(samples)
+        return Completion({}, out.getvalue())
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
@@ -257,6 +253,14 @@ class SimulatedProvider:
                     max_tokens: int) -> None:
         if kind != "none":
             await self._behave(model)
+
+
+def _text_usage(body: dict[str, Any], texts: list[str]) -> dict[str, int]:
+    """A text completion's usage: the prompt at four characters a token, a word each."""
+    prompt = len(str(body["prompt"])) // 4 + 1
+    completion = sum(t.count(" ") for t in texts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 def _vector(seed: str, dimensions: int) -> list[float]:
