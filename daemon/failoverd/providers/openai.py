@@ -21,6 +21,7 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
+    Failure,
     classify,
     classify_in_band,
     fetch,
@@ -273,6 +274,16 @@ class OpenAIProvider:
                      total=limits.total, connect=limits.connect, failure=self._failure,
                      provider=self.config.name, model=model_id)
 
+    def _call(self, url: str, data: bytes, limits: AttemptLimits, model_id: str, *,
+              failure: Failure | None = None,
+              headers: dict[str, str] | None = None) -> Coroutine[Any, Any, bytes]:
+        """A POST of the endpoints other than chat (embeddings, completions, audio): the
+        body of its 200, within the attempt's limits; `failure` the adapter's unless given."""
+        return fetch(self._client, "POST", url, headers=headers or self._headers, data=data,
+                     total=limits.total, connect=limits.connect,
+                     failure=failure or self._failure, provider=self.config.name,
+                     model=model_id)
+
     def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
               model_id: str) -> Coroutine[Any, Any, Response]:
         return open_stream(self._client, self._chat_url, data=data,
@@ -440,9 +451,7 @@ class OpenAIProvider:
         payload["model"] = model.name
         if payload.get("encoding_format") == "base64" and model.id in self.floats_only:
             payload["encoding_format"] = "float"  # converted back for the client
-        return fetch(self._client, "POST", self._embeddings_url, headers=self._headers,
-                     data=orjson.dumps(payload), total=limits.total, connect=limits.connect,
-                     failure=self._failure, provider=self.config.name, model=model.id)
+        return self._call(self._embeddings_url, orjson.dumps(payload), limits, model.id)
 
     def _base64_refused(self, body: dict[str, Any], model: ModelConfig, why: str) -> bool:
         """Whether a request for base64 vectors failed for the base64 (`why`: the upstream's
@@ -524,10 +533,8 @@ class OpenAIProvider:
 
     async def complete_text(self, body: dict[str, Any], model: ModelConfig,
                             limits: AttemptLimits) -> Completion:
-        raw = await fetch(self._client, "POST", self._completions_url, headers=self._headers,
-                          data=self._text_payload(body, model, False), total=limits.total,
-                          connect=limits.connect, failure=self._text_failure,
-                          provider=self.config.name, model=model.id)
+        raw = await self._call(self._completions_url, self._text_payload(body, model, False),
+                               limits, model.id, failure=self._text_failure)
         parsed = json_or_none(raw)
         if not completions.is_answer(parsed):
             raise self._body_error(raw, parsed, model.id, "200 without a text completion")
@@ -557,12 +564,10 @@ class OpenAIProvider:
                          limits: AttemptLimits) -> Completion:
         form: audio.Form = body["form"]
         data, content_type = form.encode(model.name)
-        raw = await fetch(self._client, "POST", f"{self._audio_url}/{body['task']}",
-                          headers={**self._headers, "Content-Type": content_type,
-                                   "Accept": "*/*"},
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._audio_failure, provider=self.config.name,
-                          model=model.id)
+        raw = await self._call(f"{self._audio_url}/{body['task']}", data, limits, model.id,
+                               failure=self._audio_failure,
+                               headers={**self._headers, "Content-Type": content_type,
+                                        "Accept": "*/*"})
         parsed = json_or_none(raw) if raw[:1] == b"{" else None
         if isinstance(parsed, dict) and "error" in parsed:
             # an error inside a 200 (whisper.cpp's server answers so), whatever the format
@@ -579,11 +584,10 @@ class OpenAIProvider:
 
     async def speak(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
-        raw = await fetch(self._client, "POST", f"{self._audio_url}/speech",
-                          headers={**self._headers, "Accept": "*/*"},
-                          data=orjson.dumps(speech.for_model(body, model)), total=limits.total,
-                          connect=limits.connect, failure=self._audio_failure,
-                          provider=self.config.name, model=model.id)
+        raw = await self._call(f"{self._audio_url}/speech",
+                               orjson.dumps(speech.for_model(body, model)), limits, model.id,
+                               failure=self._audio_failure,
+                               headers={**self._headers, "Accept": "*/*"})
         why = speech.not_audio(raw, body)
         if why is not None:
             parsed = json_or_none(raw.strip())
