@@ -129,6 +129,20 @@ class OllamaProvider(Lacking):
             raise self._incomplete(model)
         return parsed
 
+    def _line(self, line: bytes, model: str) -> dict[str, Any] | None:
+        """A streamed NDJSON line's object (None for a blank line); an unparsable line, or
+        the error line Ollama ends a failing stream with, raised as its failure."""
+        if not line.strip():
+            return None
+        obj = json_or_none(line)
+        if not isinstance(obj, dict):
+            raise upstream_error(FailureReason.INVALID_RESPONSE, "unparsable stream line",
+                                 status=200, provider=self.config.name, model=model)
+        if isinstance(obj.get("error"), str):
+            raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
+                                 status=200, provider=self.config.name, model=model)
+        return obj
+
     def _incomplete(self, model: str) -> UpstreamError:
         return upstream_error(FailureReason.INVALID_RESPONSE,
                               "200 with an unparsable or incomplete body", status=200,
@@ -180,16 +194,9 @@ class OllamaProvider(Lacking):
         answered = thought = False
         try:
             async for line in lines(resp, first_deadline, limits.idle, name, model.id):
-                if not line.strip():
+                obj = self._line(line, model.id)
+                if obj is None:
                     continue
-                obj = json_or_none(line)
-                if not isinstance(obj, dict):
-                    raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                         "unparsable stream line", status=200,
-                                         provider=name, model=model.id)
-                if isinstance(obj.get("error"), str):
-                    raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
-                                         status=200, provider=name, model=model.id)
                 chunks = translator.feed(obj)
                 if not answered:
                     message = obj.get("message")
@@ -269,16 +276,9 @@ class OllamaProvider(Lacking):
         cid, created, done, said = _completion_id(), int(time.time()), False, False
         try:
             async for line in lines(resp, first_deadline, limits.idle, name, model.id):
-                if not line.strip():
+                obj = self._line(line, model.id)
+                if obj is None:
                     continue
-                obj = json_or_none(line)
-                if not isinstance(obj, dict):
-                    raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                         "unparsable stream line", status=200,
-                                         provider=name, model=model.id)
-                if isinstance(obj.get("error"), str):
-                    raise upstream_error(classify_ollama(None, obj["error"]), obj["error"],
-                                         status=200, provider=name, model=model.id)
                 piece = obj.get("response")
                 if obj.get("done"):
                     if obj.get("done_reason") == "load" and not said and not piece:
