@@ -13,6 +13,9 @@ await registry.wait_for_change()``. Breakers open → half-open lazily (on the n
 the timeout is what wakes the waiter when a period ends; ``wait_for_change`` returns early on
 anything else that may free a model (a breaker closing or going half-open, credentials
 cleared, a permit given back, a reset or reload).
+
+``snapshot()`` / ``restore()`` carry the breakers and credential blocks across restarts; what
+the state file holds of them, and which entries a restart drops, is ``healthstate.py``'s.
 """
 
 from __future__ import annotations
@@ -24,19 +27,18 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
+from failoverd import healthstate
 from failoverd.breaker import Breaker, BreakerState, TransitionCallback
 from failoverd.clock import Clock
 from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
-from failoverd.fingerprint import SALT_BYTES, fingerprint, new_salt
 from failoverd.quota import Quotas
 
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 256
-STATE_VERSION = 1
 
 CredentialCallback = Callable[[str, str, "str | None", "float | None"], None]
 """``(provider, state "ok"|"auth"|"billing", reason, retry_at_wall)``"""
@@ -155,9 +157,8 @@ class HealthRegistry:
         self._changed: asyncio.Event | None = None
         # told of every credential state change as (provider, state); the prober's hook
         self.on_credentials_change: list[Callable[[str, str], None]] = []
-        # the state file's salt; fingerprints of the current settings are computed once per config
-        self._salt = new_salt()
-        self._fingerprints: dict[str, dict[str, str]] | None = None
+        # the state file's salt and the fingerprints of the settings under it
+        self._fingerprints = healthstate.Fingerprints()
         for model in config.models.values():
             self._add_model(model)
         for name in config.providers:
@@ -197,7 +198,6 @@ class HealthRegistry:
         """
         old = self._config
         self._config = config
-        self._fingerprints = None
         lifted: list[str] = []
         for name in list(self._credentials):
             if old.providers.get(name) != config.providers.get(name):
@@ -535,28 +535,16 @@ class HealthRegistry:
     # ------------------------------------------------------------------ persistence
 
     def snapshot(self) -> dict[str, Any]:
-        """Breaker and credential state for the state file (wall-clock times).
-
-        Each entry carries the fingerprint of the settings it was earned under (see
-        ``fingerprint.py``), so a restart with a changed key or model drops it.
-        """
-        prints = self._settings_fingerprints(self._salt)
-        providers = {}
-        for name in self._credentials:
+        """Breaker and credential state for the state file (wall-clock times; see
+        ``healthstate.py``), each entry with the fingerprint of the settings it was earned
+        under, so a restart with a changed key or model drops it."""
+        blocks: dict[str, healthstate.Block] = {}
+        for name, creds in self._credentials.items():
             state = self._blocked(name)
             if state is not None:
-                creds = self._credentials[name]
-                providers[name] = {"state": state, "since": self._wall(creds.since),
-                                   "until": self._wall(creds.until),
-                                   "settings": prints["providers"][name]}
-        return {
-            "version": STATE_VERSION,
-            "saved_at": round(self.clock.time(), 3),
-            "salt": self._salt,
-            "breakers": {mid: {**b.snapshot(), "settings": prints["models"][mid]}
-                         for mid, b in self._breakers.items()},
-            "providers": providers,
-        }
+                blocks[name] = (state, self._wall(creds.since), self._wall(creds.until))
+        return healthstate.snapshot(self._fingerprints, self._config, self.clock.time(),
+                                    self._breakers, blocks)
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Loads a ``snapshot()``; unknown models/providers and malformed entries are skipped,
@@ -564,65 +552,10 @@ class HealthRegistry:
 
         A file without fingerprints (written before they existed) is taken as it is.
         """
-        if data.get("version") != STATE_VERSION:
-            logger.warning("state file version %r not understood; starting fresh",
-                           data.get("version"))
-            return
-        salt = data.get("salt")
-        prints = self._settings_fingerprints(salt) if _is_salt(salt) else None
-        # a wall clock now behind the one that saved (no real-time clock, NTP not synced
-        # yet) must not stretch the periods by its error: they resume from the save at worst
-        saved_at = data.get("saved_at")
-        if not isinstance(saved_at, int | float) or isinstance(saved_at, bool):
-            saved_at = None
-        breakers = data.get("breakers")
-        if isinstance(breakers, Mapping):
-            for model_id, snap in breakers.items():
-                breaker = self._breakers.get(model_id)
-                if breaker is None or not isinstance(snap, Mapping):
-                    continue
-                if not _same_settings(snap, prints, "models", model_id):
-                    logger.info("breaker state of %s not restored: the model or its provider "
-                                "is configured differently than when it was saved", model_id)
-                    continue
-                breaker.restore(snap, saved_at)
-        providers = data.get("providers")
-        if not isinstance(providers, Mapping):
-            return
-        mono, wall = self.clock.monotonic(), self.clock.time()
-        if saved_at is not None:
-            wall = max(wall, float(saved_at))
-        for name, entry in providers.items():
-            if name not in self._credentials or not isinstance(entry, Mapping):
-                continue
-            if not _same_settings(entry, prints, "providers", name):
-                logger.info("credential state of provider %s not restored: it is configured "
-                            "differently (key, URL or options) than when it was saved", name)
-                continue
-            try:
-                state = str(entry["state"])
-                until = float(entry["until"])
-                since = float(entry.get("since", wall))
-            except (KeyError, TypeError, ValueError):
-                logger.warning("ignoring unusable credential state for provider %s", name)
-                continue
-            if state in ("auth", "billing") and until > wall:
-                self._credentials[name] = _Credentials(state, mono + (since - wall),
-                                                       mono + (until - wall))
-
-    def _settings_fingerprints(self, salt: str) -> dict[str, dict[str, str]]:
-        """Fingerprints of every configured model (with its provider) and provider."""
-        if salt == self._salt and self._fingerprints is not None:
-            return self._fingerprints
-        cfg = self._config
-        prints = {
-            "providers": {name: fingerprint(salt, p) for name, p in cfg.providers.items()},
-            "models": {mid: fingerprint(salt, m, cfg.providers.get(m.provider))
-                       for mid, m in cfg.models.items()},
-        }
-        if salt == self._salt:
-            self._fingerprints = prints
-        return prints
+        blocks = healthstate.restore(data, self._fingerprints, self._config, self.clock,
+                                     self._breakers, self._credentials)
+        for name, (state, since, until) in blocks.items():
+            self._credentials[name] = _Credentials(state, since, until)
 
     def _wall(self, mono: float) -> float:
         return round(self.clock.time() + (mono - self.clock.monotonic()), 3)
@@ -633,18 +566,3 @@ class HealthRegistry:
             self._notify()
         if self._on_transition is not None:
             self._on_transition(model_id, old, new, reason, retry_at, open_count)
-
-
-def _is_salt(value: Any) -> TypeGuard[str]:
-    return isinstance(value, str) and len(value) == 2 * SALT_BYTES and all(
-        c in "0123456789abcdef" for c in value)
-
-
-def _same_settings(entry: Mapping[str, Any], prints: dict[str, dict[str, str]] | None,
-                   kind: str, name: str) -> bool:
-    """Whether a saved entry was earned under the current settings; entries of a file from
-    before fingerprints (no salt, no "settings") are trusted as they were then."""
-    saved = entry.get("settings")
-    if saved is None and prints is None:
-        return True
-    return prints is not None and saved == prints[kind].get(name)
