@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO
+from tests.helpers import HELLO, until
 
 _BIN = Path(sys.executable).parent / "failoverd"
 FAILOVERD = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "failoverd.cli.daemon"]
@@ -279,6 +280,22 @@ async def test_notify_ready_status_watchdog_reload_stopping(short_dir, fake_open
     await d.notify.expect("STOPPING=1", timeout=5)
     assert await d.exit_code() == 0
     assert d.notify.lifecycle() == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+
+
+async def test_the_daemon_settles_its_heap_once_up(short_dir, fake_openai, launch) -> None:
+    """The daemon's process (never an in-process test supervisor) freezes its start-up
+    objects once ready and keeps serving: heap.py."""
+    a = await fake_openai()
+    d = await launch(toml(short_dir, {"a": a}), env={"FAILOVERD_LOG_LEVEL": "DEBUG"})
+    await until(lambda: "objects frozen" in d.log_text())
+    found = re.search(r"DEBUG failoverd\.heap: (\d+) start-up objects frozen; collector "
+                      r"thresholds 10000/10/10$", d.log_text(), re.MULTILINE)
+    assert found is not None, d.log_text()
+    assert int(found[1]) > 10_000  # modules, classes, functions
+    for _ in range(3):
+        assert (await chat(d.client()))[:2] == (200, REPLY)
+    d.signal(signal.SIGTERM)
+    assert await d.exit_code() == 0
 
 
 async def test_watchdog_of_another_pid_is_not_fed(short_dir, fake_openai, launch) -> None:

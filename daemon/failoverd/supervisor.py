@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from failoverd import config as config_mod
+from failoverd import heap
 from failoverd.api.app import make_app
 from failoverd.api.drain import RequestTracker
 from failoverd.api.fastpath import FastPath
@@ -71,7 +72,8 @@ class Supervisor:
                  clock: Clock | None = None, rng: random.Random | None = None,
                  handle_signals: bool = True, notifier: Notifier | None = None,
                  idle_timeout: float = IDLE_CONNECTION_SECONDS,
-                 early_reload: Callable[[], bool] | None = None) -> None:
+                 early_reload: Callable[[], bool] | None = None,
+                 settle_heap: bool = False) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
@@ -80,6 +82,8 @@ class Supervisor:
         self.idle_timeout = idle_timeout
         # whether a SIGHUP came before our handler was installed (the CLI catches those)
         self._early_reload = early_reload
+        # the daemon's own process only (heap.py): tests run many supervisors in one
+        self.settle_heap = settle_heap
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -150,6 +154,8 @@ class Supervisor:
             self.ready.set()
             self._last_status = self.status_line()
             self.notifier.ready(self._last_status)
+            if self.settle_heap:
+                heap.settle()
             self._start_background()
             await self._serve()
             await self._drain(runner)
@@ -439,4 +445,5 @@ def run_blocking(config: Config, config_path: str | None, **kwargs: Any) -> None
     with asyncio.Runner(loop_factory=factory) as runner:
         if factory is not None:
             logger.info("event loop: uvloop")
-        runner.run(Supervisor(config, config_path=config_path, **kwargs).run())
+        runner.run(Supervisor(config, config_path=config_path, settle_heap=True,
+                              **kwargs).run())
