@@ -6,6 +6,7 @@ problem reported with its key path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
@@ -16,7 +17,7 @@ from failoverd.http1 import Proxy
 from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "simulated"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "bedrock", "simulated"]
 Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings",
                      "transcription", "speech"]
 # what a model serves: chat (the default), or, marked by the capability of the same name,
@@ -42,6 +43,16 @@ MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
 
 
 @dataclass(frozen=True, slots=True)
+class AwsCredentials:
+    """AWS credentials from the daemon's environment (bedrock without an API key), which sign
+    its requests (SigV4); read at every load, so a reload picks up rotated ones."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -61,6 +72,10 @@ class ProviderConfig:
     # failoverd_tokens_total counts streams whose clients did not ask; the usage chunk is
     # left out for those clients
     stream_usage: bool = False
+    # bedrock: the AWS region (its endpoint and the SigV4 scope) and, without an API key, the
+    # credentials that sign each request
+    region: str = ""
+    aws: AwsCredentials | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +137,12 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
     "ollama": "http://localhost:11434",
+    "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
     "simulated": "",
 }
+# an AWS region name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-7
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 _SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
@@ -131,11 +150,11 @@ _SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
 
 # header names that carry a key by convention: the kinds' own and Azure OpenAI's
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key",
-                                 "x-goog-api-key"})
+                                 "x-goog-api-key", "x-amz-security-token"})
 
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
-                  "simulate_failure", "simulate_latency", "stream_usage")
+                  "simulate_failure", "simulate_latency", "stream_usage", "region")
 
 
 def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
@@ -150,7 +169,9 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         sec.seen.update(_PROVIDER_KEYS)
         sec.finish()
         return None
-    base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind]).rstrip("/")
+    region = _region(sec, kind)
+    base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind].format(
+        region=region or "REGION")).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
         sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
     elif kind != "simulated":
@@ -204,11 +225,16 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
             # every request a 502 failover_aborted
             sec.problem("simulate_failure", f"must be one of {', '.join(_SIMULATED_FAILURES)}; "
                         f"got {sim_fail!r}")
+    api_key = read_secret(sec, "api_key", env)
+    aws = None
+    if kind == "bedrock" and not any(sec.has(f"api_key_{s}") for s in ("env", "file",
+                                                                       "credential")):
+        aws = _aws_credentials(sec, env)
     cfg = ProviderConfig(
         name=name,
         kind=cast(ProviderKind, kind),
         base_url=base_url,
-        api_key=read_secret(sec, "api_key", env),
+        api_key=api_key,
         api_key_header=key_header,
         connect_timeout=sec.number("connect_timeout", 5.0, positive=True),
         timeout=sec.number("timeout", 120.0, positive=True),
@@ -217,9 +243,52 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         simulate_latency=sim_latency,
         simulate_failure=failure,
         stream_usage=stream_usage,
+        region=region,
+        aws=aws,
     )
     sec.finish()
     return cfg
+
+
+def _region(sec: Section, kind: str) -> str:
+    """bedrock's `region` (required there, refused elsewhere)."""
+    region = sec.get("region", str, "")
+    if kind != "bedrock":
+        if sec.has("region"):
+            sec.problem("region", "only valid for kind = \"bedrock\"")
+        return ""
+    if not sec.has("region"):
+        sec.problem("region", "is required for kind = \"bedrock\": the AWS region of the "
+                    "models, e.g. \"us-east-1\"")
+    elif not _REGION.fullmatch(region):
+        sec.problem("region", f"must be an AWS region name such as \"us-east-1\", got "
+                    f"{region!r}")
+        return ""
+    return region
+
+
+def _aws_credentials(sec: Section, env: Mapping[str, str]) -> AwsCredentials | None:
+    """A bedrock provider's AWS credentials from the environment, when it has no API key."""
+    key_id, secret, token = (env.get(name, "").strip() for name in AWS_ENV)
+    if not key_id and not secret:
+        sec.problem("", "has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                    "(with AWS_SESSION_TOKEN for temporary credentials) in the daemon's "
+                    "environment, or give a Bedrock API key with api_key_env, api_key_file "
+                    "or api_key_credential")
+        return None
+    missing = [name for name, value in zip(AWS_ENV[:2], (key_id, secret), strict=True)
+               if not value]
+    if missing:
+        given = AWS_ENV[1] if missing[0] == AWS_ENV[0] else AWS_ENV[0]
+        sec.problem("", f"environment variable {missing[0]} is not set or empty ({given} is): "
+                    "both are needed to sign requests")
+        return None
+    for name, value in ((AWS_ENV[0], key_id), (AWS_ENV[2], token)):
+        if any(c < " " or c == "\x7f" for c in value):
+            sec.problem("", f"environment variable {name} holds a line break or another "
+                        "control character")
+            return None
+    return AwsCredentials(key_id, secret, token)
 
 
 def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> ModelConfig:

@@ -14,13 +14,15 @@ Factory = Callable[[ProviderConfig, HttpClient], Provider]
 def _factories() -> dict[str, Factory]:
     # imported here: each adapter pulls in its translation module, needed only when used
     from failoverd.providers.anthropic import AnthropicProvider
+    from failoverd.providers.bedrock import BedrockProvider
     from failoverd.providers.gemini import GeminiProvider
     from failoverd.providers.ollama import OllamaProvider
     from failoverd.providers.openai import OpenAIProvider
     from failoverd.providers.simulated import SimulatedProvider
 
     return {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider,
-            "ollama": OllamaProvider, "simulated": SimulatedProvider}
+            "ollama": OllamaProvider, "bedrock": BedrockProvider,
+            "simulated": SimulatedProvider}
 
 
 def make_provider(config: ProviderConfig, client: HttpClient) -> Provider:

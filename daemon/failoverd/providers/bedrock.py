@@ -1,0 +1,350 @@
+"""Amazon Bedrock adapter: the Bedrock Runtime's Converse API (``POST /model/{modelId}/converse``
+and ``/converse-stream``).
+
+Requests and answers are translated by failoverd.translate.bedrock; this module is the HTTP
+edge: URLs (the model id or inference profile percent-encoded in the path, ``:`` as ``%3A``,
+as the AWS SDKs send it), authentication, the event stream of ``converse-stream``
+(providers/eventstream.py) and the classification of Bedrock's errors.
+
+Authentication is either a Bedrock API key (``Authorization: Bearer``) or, without one, AWS
+Signature Version 4 (service ``bedrock``) with the credentials of the daemon's environment
+(providers/sigv4.py), a fresh signature for every request.
+
+Bedrock names its errors in the ``x-amzn-ErrorType`` header (``ThrottlingException:http://...``;
+in a stream, an exception message's ``:exception-type``) with ``{"message": ...}`` bodies: the
+type decides where it can (`_TYPE_REASONS`), the message where one type covers several causes
+(ValidationException: context too long, an unknown model, a feature the model lacks, or the
+client's mistake; AccessDeniedException: the key, the account's payment, or one model not
+enabled for the account, which only that model's breaker should pay for).
+
+Bedrock's model listing is on another host (the control plane), under another permission a
+runtime-only role may lack, and knows nothing of inference profiles; so the `models` probe is
+a one-token Converse call: it proves the endpoint, the credentials, and that this model (or
+profile) answers, for a handful of tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient, HttpClientError, Response
+from failoverd.http1.client import target
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking, ends_in_prefill
+from failoverd.providers.eventstream import Decoder, FrameError, Message
+from failoverd.providers.http import (
+    classify,
+    classify_in_band,
+    fetch,
+    finish_stream,
+    json_or_none,
+    open_stream,
+    parse_retry_after,
+    probe_limits,
+    read_limited,
+    request_headers,
+    upstream_error,
+)
+from failoverd.providers.sigv4 import Signer
+from failoverd.timeouts import timeout, timeout_at
+from failoverd.translate import bedrock as translate
+
+SERVICE = "bedrock"  # the SigV4 signing name of the Bedrock Runtime
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+# error type -> reason, when the type alone decides
+_TYPE_REASONS = {
+    "ThrottlingException": FailureReason.RATE_LIMIT,
+    "TooManyRequestsException": FailureReason.RATE_LIMIT,
+    # a quota of the account (tokens per day, ...): no retry helps now, other models may serve
+    "ServiceQuotaExceededException": FailureReason.RATE_LIMIT,
+    "ServiceUnavailableException": FailureReason.OVERLOADED,
+    "ModelNotReadyException": FailureReason.OVERLOADED,  # being loaded: retry later
+    "UnrecognizedClientException": FailureReason.AUTH,
+    "ExpiredTokenException": FailureReason.AUTH,
+    "InvalidSignatureException": FailureReason.AUTH,
+    "IncompleteSignatureException": FailureReason.AUTH,
+    "MissingAuthenticationTokenException": FailureReason.AUTH,
+    "InvalidClientTokenId": FailureReason.AUTH,
+    "SignatureDoesNotMatch": FailureReason.AUTH,
+    "ResourceNotFoundException": FailureReason.NOT_FOUND,
+    "ModelTimeoutException": FailureReason.TIMEOUT,
+    "ModelErrorException": FailureReason.SERVER_ERROR,
+    "ModelStreamErrorException": FailureReason.SERVER_ERROR,
+    "InternalServerException": FailureReason.SERVER_ERROR,
+    "InternalFailure": FailureReason.SERVER_ERROR,
+}
+# ValidationException texts that are about the prompt's length (besides the shared markers):
+# "Input is too long for requested model.", "Too many input tokens. Max input tokens: 8192,
+# request input token count: 9000", Anthropic's "prompt is too long: 210000 tokens > 200000
+# maximum" and "input length and `max_tokens` exceed context limit"
+_CONTEXT_MARKERS = ("input is too long", "too many input tokens", "prompt is too long",
+                    "input tokens exceed", "exceed context limit", "context window")
+# ValidationExceptions and AccessDeniedExceptions about this model, not the request or the key:
+# "The provided model identifier is invalid.", "Invocation of model ID ... with on-demand
+# throughput isn't supported. Retry your request with the ID or ARN of an inference profile
+# that contains this model.", "You don't have access to the model with the specified model ID."
+_MODEL_MARKERS = ("model identifier is invalid", "on-demand throughput",
+                  "have access to the model", "model is not available", "end of its life",
+                  "legacy model")
+# a feature this model lacks ("This model doesn't support tool use in streaming mode.",
+# "This model doesn't support the system field"): another model may have it
+_INCAPABLE_MARKERS = ("doesn't support", "does not support", "not supported for this model",
+                      "isn't supported")
+# AWS Marketplace subscriptions for third-party models: "Model access is denied due to
+# INVALID_PAYMENT_INSTRUMENT:A valid payment instrument must be provided."
+_BILLING_MARKERS = ("payment instrument", "invalid_payment", "billing")
+
+
+def error_type(headers: Any, body: Any) -> str:
+    """The error's type: ``x-amzn-ErrorType`` up to its ':', else the body's ``__type`` (after
+    its '#') or ``code``."""
+    value = headers.get("x-amzn-ErrorType") if headers is not None else None
+    if not value and isinstance(body, dict):
+        value = body.get("__type") or body.get("code") or body.get("Code")
+    return str(value or "").split(":", 1)[0].rsplit("#", 1)[-1].strip()
+
+
+def error_message(raw: bytes) -> tuple[str, Any]:
+    """(message, parsed body) of an error body: ``{"message"}`` (``Message`` from some)."""
+    body = json_or_none(raw)
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("Message")
+        if isinstance(message, str):
+            return message, body
+    return raw[:300].decode("utf-8", "replace").strip(), body
+
+
+def classify_error(status: int | None, message: str, kind: str) -> FailureReason:
+    """A Bedrock failure's reason: an HTTP status (None inside a stream), its message and its
+    error type (as ``ThrottlingException`` or the stream's ``throttlingException``)."""
+    kind = kind[:1].upper() + kind[1:]
+    low = message.lower()
+    if kind == "AccessDeniedException" or (status == 403 and not kind):
+        if any(m in low for m in _BILLING_MARKERS):
+            return FailureReason.BILLING
+        if any(m in low for m in _MODEL_MARKERS):
+            return FailureReason.NOT_FOUND
+        return FailureReason.AUTH
+    if kind == "ValidationException" or (status == 400 and not kind):
+        if any(m in low for m in _CONTEXT_MARKERS):
+            return FailureReason.CONTEXT_OVERFLOW
+        if any(m in low for m in _MODEL_MARKERS):
+            return FailureReason.NOT_FOUND
+        if any(m in low for m in _INCAPABLE_MARKERS):
+            return FailureReason.INCAPABLE
+        return classify(400, message, kind)
+    reason = _TYPE_REASONS.get(kind)
+    if reason is not None:
+        return reason
+    if status is None or status < 400:
+        return classify_in_band(message, kind)
+    return classify(status, message, kind)
+
+
+class BedrockProvider(Lacking):
+    """Adapter for Amazon Bedrock's Converse API (the Bedrock Runtime)."""
+
+    api = "Bedrock's Converse API"
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, *,
+                 now: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._client = client.via(config.proxy)
+        self._base = config.base_url.rstrip("/")
+        base = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._signer: Signer | None = None
+        if config.api_key:
+            base = request_headers(config, base, "Authorization", f"Bearer {config.api_key}")
+        else:
+            base = request_headers(config, base, "", "")
+            if config.aws is not None:
+                aws = config.aws
+                self._signer = Signer(aws.access_key_id, aws.secret_access_key, config.region,
+                                      SERVICE, aws.session_token, now=now)
+        self._headers = base
+        self._stream_headers = {**base, "Accept": EVENT_STREAM}
+
+    def _url(self, model: ModelConfig, operation: str) -> str:
+        # every reserved character encoded, ':' and '/' (of an ARN) included, as the SDKs do
+        return f"{self._base}/model/{quote(model.name, safe='-._~')}/{operation}"
+
+    def _signed(self, url: str, headers: dict[str, str], data: bytes) -> dict[str, str]:
+        if self._signer is None:
+            return headers
+        tgt = target(url)
+        return {**headers, **self._signer.sign("POST", url, headers, data,
+                                               host=tgt.host_header)}
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, status: int | None, raw: bytes, kind: str, model: str, *,
+               headers: Any = None, retry_after: float | None = None,
+               content_type: str = "application/json") -> UpstreamError:
+        message, body = error_message(raw)
+        kind = kind or error_type(headers, body)
+        reason = classify_error(status, message, kind)
+        if kind == "UnknownOperationException" or (
+                reason is FailureReason.NOT_FOUND and status == 404 and not kind):
+            # a path Bedrock does not know: a wrong base_url, which every model shares
+            message = f"{message or 'not found'} ({self._base}: check base_url)"
+        text = f"{kind}: {message}" if kind and message else (message or kind
+                                                              or f"HTTP {status}")
+        return upstream_error(reason, text, status=status, provider=self.config.name,
+                              model=model, retry_after=retry_after, body=raw,
+                              content_type=content_type)
+
+    async def _failure(self, resp: Response, model: str) -> UpstreamError:
+        raw = await read_limited(resp)
+        return self._error(resp.status, raw, "", model, headers=resp.headers,
+                           retry_after=parse_retry_after(resp.headers),
+                           content_type=resp.headers.get("Content-Type", "application/json"))
+
+    def _invalid(self, message: str, model: str) -> UpstreamError:
+        return upstream_error(FailureReason.INVALID_RESPONSE, message, status=200,
+                              provider=self.config.name, model=model)
+
+    # ------------------------------------------------------------------ calls
+
+    def _payload(self, body: dict[str, Any], model: ModelConfig) -> bytes:
+        # a TranslationError goes up as it is: the candidate is incapable, no call is made
+        return orjson.dumps(translate.to_request(body,
+                                                 max_output_tokens=model.max_output_tokens))
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        data = self._payload(body, model)
+        url = self._url(model, "converse")
+        raw = await fetch(self._client, "POST", url, headers=self._signed(url, self._headers, data),
+                          data=data, total=limits.total, connect=limits.connect,
+                          failure=self._failure, provider=self.config.name, model=model.id)
+        parsed = json_or_none(raw)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), dict):
+            raise self._invalid("200 with an unparsable or empty body", model.id)
+        completion = translate.to_completion(parsed, model.name)
+        choice = completion["choices"][0]
+        message = choice["message"]
+        if not (message.get("content") or message.get("tool_calls")) \
+                and choice["finish_reason"] == "stop" and not ends_in_prefill(body):
+            raise self._invalid(f"200 without any answer (stopReason "
+                                f"{parsed.get('stopReason')})", model.id)
+        return Completion(completion)
+
+    async def _read(self, resp: Response, decoder: Decoder, deadline: float | None,
+                    idle: float, model: str) -> list[Message] | None:
+        """The next messages of the stream (None at its end): the first by `deadline` (loop
+        time), later ones within `idle` seconds each."""
+        name = self.config.name
+        while True:
+            try:
+                if deadline is not None:
+                    with timeout_at(deadline):
+                        data = await resp.read_upto(decoder.needed)
+                else:
+                    with timeout(idle):
+                        data = await resp.read_upto(decoder.needed)
+                if not data:
+                    if decoder.pending:
+                        raise self._invalid("stream cut inside an event", model)
+                    return None
+                messages = decoder.feed(data)
+            except TimeoutError as exc:
+                what = "no first token" if deadline is not None else "stream idle"
+                raise upstream_error(FailureReason.TIMEOUT, f"{what} within the time limit",
+                                     status=None, provider=name, model=model) from exc
+            except FrameError as exc:
+                raise self._invalid(f"corrupt event stream: {exc}", model) from exc
+            except (HttpClientError, OSError) as exc:
+                raise upstream_error(FailureReason.INVALID_RESPONSE, f"stream cut: {exc}",
+                                     status=None, provider=name, model=model) from exc
+            if messages:
+                return messages
+
+    def _event(self, message: Message, translator: translate.StreamTranslator,
+               model: str) -> list[dict[str, Any]]:
+        kind = message.message_type
+        if kind == "exception":
+            raise self._error(None, message.payload,
+                              str(message.headers.get(":exception-type") or ""), model)
+        if kind == "error":
+            text = str(message.headers.get(":error-message") or "")
+            raise self._error(None, orjson.dumps({"message": text}),
+                              str(message.headers.get(":error-code") or ""), model)
+        if kind != "event":
+            return []
+        event = json_or_none(message.payload)
+        if not isinstance(event, dict):
+            raise self._invalid("unparsable stream event", model)
+        return translator.feed(message.event_type, event)
+
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        data = self._payload(body, model)
+        url = self._url(model, "converse-stream")
+        options = body.get("stream_options")
+        translator = translate.StreamTranslator(
+            model.name, include_usage=isinstance(options, dict)
+            and bool(options.get("include_usage")))
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(self._client, url, data=data,
+                                 headers=self._signed(url, self._stream_headers, data),
+                                 first_deadline=first_deadline, connect=limits.connect,
+                                 failure=self._failure, provider=self.config.name,
+                                 model=model.id)
+        decoder = Decoder()
+        clean = False
+        # chunks are held back until one carries an answer (text or a tool call): an
+        # exception before it (throttled, overloaded) or an empty answer still fails over
+        held: list[dict[str, Any]] = []
+        try:
+            while not translator.done:
+                answered = translator.answered
+                messages = await self._read(resp, decoder,
+                                            None if answered else first_deadline,
+                                            limits.idle, model.id)
+                if messages is None:
+                    break
+                for message in messages:
+                    chunks = self._event(message, translator, model.id)
+                    if not translator.answered:
+                        held.extend(chunks)
+                        continue
+                    for chunk in (*held, *chunks):
+                        yield Chunk.of(chunk)
+                    held.clear()
+            if not translator.stopped:
+                raise self._invalid("stream ended before messageStop", model.id)
+            if not translator.answered and translator.stop_reason in ("end_turn", None) \
+                    and not ends_in_prefill(body):
+                raise self._invalid("200 stream without any answer (stopReason "
+                                    f"{translator.stop_reason})", model.id)
+            clean = translator.done or await self._ended(resp, decoder, limits.idle, model.id)
+            for chunk in (*held, *translator.finish()):
+                yield Chunk.of(chunk)
+        finally:
+            finish_stream(resp, clean)
+
+    async def _ended(self, resp: Response, decoder: Decoder, idle: float, model: str) -> bool:
+        """Whether the stream's body ended cleanly after its last event."""
+        return await self._read(resp, decoder, None, idle, model) is None
+
+    def default_output(self, model: ModelConfig) -> int | None:
+        return model.max_output_tokens  # sent as maxTokens when the request sets none
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind,
+                    timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        # `models`: one token (see the module's docstring); `chat`: the configured few
+        tokens = 1 if kind == "models" else max_tokens
+        probe = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": tokens}
+        await self.complete(probe, model, probe_limits(timeout, self.config.connect_timeout))

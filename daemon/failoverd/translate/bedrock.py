@@ -1,0 +1,571 @@
+"""Translation between the canonical form (OpenAI Chat Completions dicts) and Amazon Bedrock's
+Converse API (``/model/{modelId}/converse`` and ``/converse-stream``).
+
+`to_request` builds a Converse request, `to_completion` turns a Converse response into a
+`chat.completion`, and `StreamTranslator` the streamed Converse events (decoded from the event
+stream framing by the adapter) into `chat.completion.chunk` dicts.
+
+Where the two APIs differ, these are the decisions:
+
+- system / developer messages, wherever they stand, become `system` text blocks, one per
+  text part (Converse has no mid-conversation system turn).
+- Converse wants alternating user and assistant turns that begin with a user turn:
+  consecutive messages of one role share a turn (tool results first in theirs, as the
+  Anthropic models behind it need), and a conversation whose first turn is the assistant's
+  is a TranslationError. Empty and whitespace-only text is left out (Converse refuses a
+  blank text block); a tool result with no content says "(empty)" (its content is required).
+- Images: data URLs become `image {format, source: {bytes}}` for png, jpeg, gif and webp;
+  Converse fetches no http(s) URLs (only S3 locations), so those are a TranslationError, as
+  for Ollama. Images in tool results go into the `toolResult` content.
+- Tool calls become `toolUse {toolUseId, name, input}` (arguments must be a JSON object);
+  tool results `toolResult {toolUseId, content}`, as `[{json}]` when the result is a JSON
+  object, else `[{text}]`. Tool-call ids Converse would refuse (other providers' `call_0`
+  repeated in every answer, Kimi's `functions.f:0`) are rewritten, their results follow them.
+- tool_choice: auto, required (`any`) and a named function (`tool`); "none" sends no tools.
+  Converse refuses tool blocks in a conversation without a `toolConfig`, so a history with
+  tool calls and no tools to declare gets stub declarations of the tools it used; with
+  "none" that would let the model call them, so that is a TranslationError.
+- inferenceConfig: maxTokens (max_completion_tokens, else max_tokens, capped at the model's
+  max_output_tokens), temperature, topP, stopSequences.
+- Dropped, as hints that do not change the answer's shape: user, store, metadata, seed,
+  service_tier, parallel_tool_calls, prediction, prompt_cache_key, safety_identifier,
+  verbosity, cache_control, reasoning_effort (model-specific on Bedrock) and top_k.
+  TranslationError (the candidate is incapable): n > 1, response_format json_object or
+  json_schema, logit_bias, logprobs, non-zero presence/frequency penalties, audio output,
+  legacy functions, web_search_options.
+- Answers: text and toolUse blocks become content and tool_calls, `reasoningContent` text
+  becomes `reasoning_content`; stopReason end_turn and stop_sequence are `stop`, max_tokens
+  and model_context_window_exceeded `length`, tool_use `tool_calls`, guardrail_intervened
+  and content_filtered `content_filter`. Usage counts cache reads and writes as prompt tokens
+  (`prompt_tokens_details.cached_tokens`, `cache_creation_input_tokens`), as for Anthropic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from failoverd.errors import RequestError, TranslationError
+from failoverd.translate.anthropic_response import canonical_usage
+from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
+from failoverd.translate.tools import function_tools, stream_delta
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
+                 "image/gif": "gif", "image/webp": "webp"}
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
+EMPTY_RESULT = "(empty)"
+
+_IGNORED_KEYS = frozenset({
+    "model", "messages", "stream", "stream_options", "user", "store", "metadata", "seed",
+    "service_tier", "parallel_tool_calls", "prediction", "prompt_cache_key",
+    "safety_identifier", "verbosity", "cache_control", "reasoning_effort", "top_k",
+})
+_HANDLED_KEYS = _IGNORED_KEYS | {
+    "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "tools",
+    "tool_choice", "n", "response_format", "logit_bias", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "audio", "modalities", "functions",
+    "function_call", "web_search_options",
+}
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                 "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+                 "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
+
+
+def _fail(what: str, param: str) -> TranslationError:
+    return TranslationError(f"{param}: {what} cannot be expressed for Bedrock's Converse API",
+                            param=param)
+
+
+def _bad(message: str, param: str) -> RequestError:
+    return RequestError(f"{param}: {message}", param=param)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _text_of(content: Any, where: str, *, allow_refusal: bool = False) -> list[str]:
+    """The texts of a content that may only hold text (system, assistant)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise _bad("content must be a string or a list of parts", where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and allow_refusal:
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise _fail(f"a {kind!r} part in this role (text only)", f"{where}[{j}]")
+    return texts
+
+
+def _image(url: str, where: str) -> dict[str, Any]:
+    if is_data_url(url):
+        image = parse_data_url(url, path=where)
+        fmt = IMAGE_FORMATS.get(image.media_type)
+        if fmt is None:
+            raise _fail(f"an image of type {image.media_type!r} (png, jpeg, gif, webp)", where)
+        return {"image": {"format": fmt, "source": {"bytes": image.data}}}
+    if is_http_url(url):
+        raise _fail("an http(s) image URL (Converse takes image bytes; send a data: URL)",
+                    where)
+    raise _fail("an image URL that is neither data: nor http(s)", where)
+
+
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None or isinstance(content, str):
+        return [{"text": content}] if content and content.strip() else []
+    if not isinstance(content, list):
+        raise _bad("content must be a string or a list of parts", where)
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _bad("text must be a string", f"{at}.text")
+            if text.strip():
+                blocks.append({"text": text})
+        elif kind == "image_url":
+            blocks.append(_image(image_part_url(part, path=at), f"{at}.image_url.url"))
+        else:
+            raise _fail(f"a content part of type {kind!r}", at)
+    return blocks
+
+
+class _ToolIds:
+    """Tool-call ids as Converse takes them (``[a-zA-Z0-9_-]{1,64}``, unique in the request):
+    an id is rewritten only when it must be, and its results follow it (a result answers the
+    latest call of its id)."""
+
+    __slots__ = ("_latest", "_used")
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._latest: dict[str, str] = {}
+
+    def call(self, tool_id: str) -> str:
+        base = out = _valid_id(tool_id)
+        n = 1
+        while out in self._used:
+            n += 1
+            out = f"{base[:58]}_{n}"
+        self._used.add(out)
+        self._latest[tool_id] = out
+        return out
+
+    def result(self, tool_id: str) -> str:
+        return self._latest.get(tool_id) or _valid_id(tool_id)
+
+
+def _valid_id(tool_id: str) -> str:
+    if _TOOL_ID.fullmatch(tool_id):
+        return tool_id
+    # a short digest keeps ids that differ only in refused characters apart
+    digest = hashlib.blake2s(tool_id.encode(), digest_size=4).hexdigest()
+    return f"{_TOOL_ID_CHAR.sub('_', tool_id)[:55]}_{digest}"
+
+
+def _assistant_blocks(message: dict[str, Any], where: str, ids: _ToolIds,
+                      used: dict[str, None]) -> list[dict[str, Any]]:
+    texts = _text_of(message.get("content"), f"{where}.content", allow_refusal=True)
+    text = "".join(texts)
+    blocks: list[dict[str, Any]] = [{"text": text}] if text.strip() else []
+    for j, call in enumerate(message.get("tool_calls") or ()):
+        at = f"{where}.tool_calls[{j}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or call.get("type", "function") != "function":
+            raise _fail("a tool call that is not a function call", at)
+        name, call_id = fn.get("name"), call.get("id")
+        if not isinstance(name, str) or not name or not isinstance(call_id, str):
+            raise _bad("needs a string id and function.name", at)
+        arguments = fn.get("arguments") or "{}"
+        try:
+            args = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+        except orjson.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            raise _fail("arguments that are not a JSON object", f"{at}.function.arguments")
+        blocks.append({"toolUse": {"toolUseId": ids.call(call_id), "name": name,
+                                   "input": args}})
+        used[name] = None
+    return blocks
+
+
+def _tool_result(message: dict[str, Any], where: str, ids: _ToolIds) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise _bad("required string", f"{where}.tool_call_id")
+    content = message.get("content")
+    result: list[dict[str, Any]]
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url"
+                                         for p in content):
+        result = _user_blocks(content, f"{where}.content")
+    else:
+        text = "".join(_text_of(content, f"{where}.content"))
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            value = None
+        result = [{"json": value}] if isinstance(value, dict) else [{"text": text}]
+    if all("text" in b and not b["text"].strip() for b in result):
+        result = [{"text": EMPTY_RESULT}]
+    return {"toolResult": {"toolUseId": ids.result(call_id), "content": result}}
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                      dict[str, None]]:
+    """(system blocks, turns, names of the tools the history calls)."""
+    if not isinstance(messages, list) or not messages:
+        raise _bad("must be a non-empty list", "messages")
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    used: dict[str, None] = {}
+    ids = _ToolIds()
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _bad("must be an object", where)
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend({"text": t} for t in _text_of(message.get("content"),
+                                                        f"{where}.content") if t.strip())
+        elif role == "user":
+            _append(turns, "user", _user_blocks(message.get("content"), f"{where}.content"))
+        elif role == "assistant":
+            _append(turns, "assistant", _assistant_blocks(message, where, ids, used))
+        elif role == "tool":
+            _append(turns, "user", [_tool_result(message, where, ids)])
+        else:
+            raise _fail(f"role {role!r}", f"{where}.role")
+    for turn in turns:  # tool results lead their user turn
+        turn["content"].sort(key=lambda b: "toolResult" not in b)
+    if turns and turns[0]["role"] != "user":
+        raise _fail("a conversation that begins with an assistant turn (Converse needs a "
+                    "user turn first)", "messages")
+    if not turns:
+        if not system:
+            raise _bad("holds no text to send", "messages")
+        # only system text: Converse needs a user turn, so it is the user's
+        turns, system = [{"role": "user", "content": system}], []
+    return system, turns, used
+
+
+# ---------------------------------------------------------------- request
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    specs = []
+    for i, fn in function_tools(tools, _fail):
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad("required string", f"tools[{i}].function.name")
+        spec: dict[str, Any] = {"name": name, "inputSchema": {
+            "json": fn.get("parameters") or {"type": "object", "properties": {}}}}
+        if isinstance(fn.get("description"), str) and fn["description"]:
+            spec["description"] = fn["description"]
+        specs.append({"toolSpec": spec})
+    return specs
+
+
+def _tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None or choice == "auto":
+        return {"auto": {}}
+    if choice == "required":
+        return {"any": {}}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        if isinstance(name, str) and name:
+            return {"tool": {"name": name}}
+    raise _fail(f"tool_choice {choice!r}", "tool_choice")
+
+
+def _stub(name: str) -> dict[str, Any]:
+    return {"toolSpec": {"name": name, "description": "(a tool of earlier turns)",
+                         "inputSchema": {"json": {"type": "object", "properties": {}}}}}
+
+
+def _tool_config(body: dict[str, Any], used: dict[str, None]) -> dict[str, Any] | None:
+    choice = body.get("tool_choice")
+    tools = _tools(body.get("tools")) if choice != "none" else []
+    if not tools:
+        if not used:
+            return None
+        if choice == "none":
+            raise _fail("tool_choice \"none\" with tool calls in the conversation (Converse "
+                        "needs the tools declared, and then cannot forbid calling them)",
+                        "tool_choice")
+        return {"tools": [_stub(name) for name in used]}
+    declared = {t["toolSpec"]["name"] for t in tools}
+    tools.extend(_stub(name) for name in used if name not in declared)
+    config: dict[str, Any] = {"tools": tools}
+    tool_choice = _tool_choice(choice)
+    if tool_choice is not None and choice is not None:
+        config["toolChoice"] = tool_choice
+    return config
+
+
+def _inference_config(body: dict[str, Any], max_output_tokens: int | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise _bad("must be a positive integer", "max_tokens")
+        cfg["maxTokens"] = min(max_tokens, max_output_tokens or max_tokens)
+    elif max_output_tokens:
+        cfg["maxTokens"] = max_output_tokens
+    if body.get("temperature") is not None:
+        cfg["temperature"] = body["temperature"]
+    if body.get("top_p") is not None:
+        cfg["topP"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        cfg["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    return cfg
+
+
+def _refuse_unexpressible(body: dict[str, Any]) -> None:
+    if body.get("n") not in (None, 1):
+        raise _fail("n > 1 (one answer per request)", "n")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _fail(f"response_format {kind!r}", "response_format")
+    if body.get("logit_bias"):
+        raise _fail("logit_bias", "logit_bias")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise _fail("logprobs", "logprobs")
+    for key in ("presence_penalty", "frequency_penalty"):
+        if body.get(key) not in (None, 0, 0.0):
+            raise _fail(key, key)
+    if body.get("audio") or (body.get("modalities") or ["text"]) != ["text"]:
+        raise _fail("non-text output modalities", "modalities")
+    for key in ("functions", "function_call", "web_search_options"):
+        if body.get(key):
+            raise _fail(key + (" (use tools)" if key.startswith("function") else ""), key)
+
+
+def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None
+               ) -> dict[str, Any]:
+    """A canonical request as a Converse request (the model goes in the URL).
+
+    Raises TranslationError (with `.param` naming the field) for what Converse cannot express.
+    """
+    _refuse_unexpressible(body)
+    system, turns, used = _messages(body.get("messages"))
+    request: dict[str, Any] = {"messages": turns}
+    if system:
+        request["system"] = system
+    inference = _inference_config(body, max_output_tokens)
+    if inference:
+        request["inferenceConfig"] = inference
+    tool_config = _tool_config(body, used)
+    if tool_config is not None:
+        request["toolConfig"] = tool_config
+    unknown = sorted(set(body) - _HANDLED_KEYS)
+    if unknown:
+        logger.debug("bedrock: ignoring request keys without an equivalent: %s", unknown)
+    return request
+
+
+# ---------------------------------------------------------------- responses
+
+
+def finish_reason(stop_reason: Any, called_tools: bool) -> str:
+    """A Converse stopReason in OpenAI's terms (the odd ones, malformed_model_output and the
+    like, end the answer as `stop`)."""
+    reason = _STOP_REASONS.get(str(stop_reason or ""), "stop")
+    return "tool_calls" if reason == "stop" and called_tools else reason
+
+
+def usage(raw: Any) -> dict[str, Any]:
+    """Converse usage as canonical usage (cache reads and writes count as prompt tokens)."""
+    raw = raw if isinstance(raw, dict) else {}
+    return canonical_usage({"input_tokens": raw.get("inputTokens"),
+                            "output_tokens": raw.get("outputTokens"),
+                            "cache_read_input_tokens": raw.get("cacheReadInputTokens"),
+                            "cache_creation_input_tokens": raw.get("cacheWriteInputTokens")})
+
+
+def _tool_call(use: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(use.get("toolUseId") or f"call_{uuid.uuid4().hex[:24]}"),
+            "type": "function",
+            "function": {"name": str(use.get("name") or ""),
+                         "arguments": orjson.dumps(use.get("input") or {}).decode()}}
+
+
+def _reasoning_text(block: Any) -> str:
+    reasoning = block.get("reasoningContent") if isinstance(block, dict) else None
+    text = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
+    if isinstance(text, dict):
+        text = text.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def to_completion(response: dict[str, Any], model_name: str,
+                  created: int | None = None) -> dict[str, Any]:
+    """A Converse response as a canonical `chat.completion`."""
+    output = response.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    blocks = message.get("content") if isinstance(message, dict) else None
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in blocks if isinstance(blocks, list) else ():
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif isinstance(block.get("toolUse"), dict):
+            calls.append(_tool_call(block["toolUse"]))
+        elif "reasoningContent" in block:
+            reasoning.append(_reasoning_text(block))
+    text = "".join(texts)
+    out: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if any(reasoning):
+        out["reasoning_content"] = "".join(reasoning)
+    if calls:
+        out["tool_calls"] = calls
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": created if created is not None else int(time.time()),
+            "model": model_name,
+            "choices": [{"index": 0, "message": out, "logprobs": None,
+                         "finish_reason": finish_reason(response.get("stopReason"),
+                                                        bool(calls))}],
+            "usage": usage(response.get("usage"))}
+
+
+@dataclass(slots=True)
+class StreamTranslator:
+    """Turns Converse stream events (messageStart, contentBlockStart, contentBlockDelta,
+    contentBlockStop, messageStop, metadata) into canonical chunks.
+
+    Tool calls stream as OpenAI's do: the first delta of a call carries its id and name (from
+    contentBlockStart), later ones pieces of its arguments, all under the call's index. The
+    finish chunk comes with messageStop; usage (in the metadata event after it) goes on a
+    final choices-less chunk when the client asked for `stream_options.include_usage`, else on
+    the finish chunk, which is then held until the metadata came.
+    """
+
+    model_name: str
+    include_usage: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    started: bool = False  # the role delta went out
+    answered: bool = False  # text or a tool call went out
+    stop_reason: str | None = None
+    done: bool = False  # the metadata event (the last) came
+    _calls: dict[int, int] = field(default_factory=dict)  # content block -> tool call index
+    _finish: dict[str, Any] | None = None
+    _usage: Any = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model_name,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    def _delta(self, text: str = "", calls: list[dict[str, Any]] | None = None,
+               index: int = 0) -> dict[str, Any]:
+        delta = stream_delta(not self.started, text, calls or [], index)
+        self.started = True
+        return self._chunk(delta)
+
+    def feed(self, event_type: str, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks for one event."""
+        out: list[dict[str, Any]] = []
+        if event_type == "messageStart":
+            if not self.started:
+                out.append(self._delta())
+        elif event_type == "contentBlockStart":
+            start = event.get("start")
+            use = start.get("toolUse") if isinstance(start, dict) else None
+            if isinstance(use, dict):
+                index = len(self._calls)
+                self._calls[int(event.get("contentBlockIndex") or 0)] = index
+                call = _tool_call({**use, "input": None})
+                call["function"]["arguments"] = ""
+                out.append(self._delta(calls=[call], index=index))
+                self.answered = True
+        elif event_type == "contentBlockDelta":
+            out.extend(self._content_delta(event))
+        elif event_type == "messageStop":
+            self.stop_reason = str(event.get("stopReason") or "end_turn")
+            self._finish = self._chunk({}, finish_reason(self.stop_reason, bool(self._calls)))
+        elif event_type == "metadata":
+            self._usage = event.get("usage")
+            self.done = True
+        # contentBlockStop and unknown events carry nothing for the client
+        return out
+
+    def _content_delta(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        delta = event.get("delta")
+        if not isinstance(delta, dict):
+            return []
+        if isinstance(delta.get("text"), str):
+            if not delta["text"]:
+                return []
+            self.answered = True
+            return [self._delta(delta["text"])]
+        use = delta.get("toolUse")
+        if isinstance(use, dict):
+            block = int(event.get("contentBlockIndex") or 0)
+            index = self._calls.get(block)
+            if index is None:  # a delta without its start: a call of its own
+                index = self._calls[block] = len(self._calls)
+            piece = str(use.get("input") or "")
+            self.answered = True
+            return [self._chunk({"tool_calls": [{"index": index,
+                                                 "function": {"arguments": piece}}]})]
+        reasoning = delta.get("reasoningContent")
+        text = reasoning.get("text") if isinstance(reasoning, dict) else None
+        if not isinstance(text, str) or not text:
+            return []  # a signature, redacted content, or nothing
+        first = {} if self.started else {"role": "assistant", "content": ""}
+        self.started = True
+        return [self._chunk({**first, "reasoning_content": text})]
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The chunks after the last event: the finish chunk (with usage unless the client
+        asked for a usage chunk), then the usage chunk if it did."""
+        out: list[dict[str, Any]] = []
+        if self._finish is not None:
+            if not self.include_usage:
+                self._finish["usage"] = usage(self._usage)
+            out.append(self._finish)
+            self._finish = None
+        if self.include_usage:
+            out.append({"id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": self.model_name, "choices": [],
+                        "usage": usage(self._usage)})
+        return out

@@ -1,0 +1,396 @@
+"""A fake Amazon Bedrock Runtime (Converse API): a real aiohttp server on 127.0.0.1.
+
+Speaks ``POST /model/{modelId}/converse`` (JSON) and ``/model/{modelId}/converse-stream``
+(``application/vnd.amazon.eventstream`` binary frames with real CRCs), with Bedrock's error
+bodies (``{"message": ...}``) and ``x-amzn-ErrorType`` headers. It authenticates every request
+as Bedrock does: a Bedrock API key (``Authorization: Bearer``) or an AWS Signature Version 4
+it recomputes from the request as received (its own implementation, with the secret it
+knows: double-encoded path, the signed headers the request names, the body's hash, a clock
+skew of at most 5 minutes). It validates Converse's rules the real API enforces (alternating
+turns beginning with the user, no blank text, tool blocks only with a toolConfig, results that
+answer the calls before them, known top-level keys).
+
+Script it like the other fakes: ``fake.push("throttled", "ok")``; every request is logged in
+``fake.requests`` (raw path, headers, parsed body). Behaviours: "ok", any key of ERRORS,
+"hang", "slow:<seconds>", "invalid_json", "empty" (end_turn, no content), "max_tokens",
+"guardrail", and for streams "exception_first" (a throttlingException frame before any
+content), "exception_mid" (a modelStreamErrorException after some text), "bad_crc" (a frame
+whose message CRC is wrong), "cut_stream" (the connection dropped mid-answer), "no_stop"
+(the stream ends without messageStop).
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import hmac
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.base import FakeServer, cut
+
+ACCESS_KEY = "AKIAFAKEBEDROCK00001"
+SECRET_KEY = "fake/Secret+Key/for/failoverd/tests00000"
+API_KEY = "ABSKZmFrZS1iZWRyb2NrLWtleQ=="  # a Bedrock API key's shape
+USAGE = {"inputTokens": 12, "outputTokens": 6, "totalTokens": 18}
+_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+
+
+def _err(status: int, kind: str, message: str) -> tuple[int, str, bytes]:
+    return status, kind, orjson.dumps({"message": message})
+
+
+# Errors as the Bedrock Runtime sends them: (status, x-amzn-ErrorType name, body).
+ERRORS: dict[str, tuple[int, str, bytes]] = {
+    # Bedrock's token-rate throttle words it like a context error: the type must decide
+    "throttled": _err(429, "ThrottlingException",
+                      "Too many tokens, please wait before trying again."),
+    "throttled_requests": _err(429, "ThrottlingException",
+                               "Too many requests, please wait before trying again."),
+    "unavailable": _err(503, "ServiceUnavailableException",
+                        "Bedrock is unable to process your request."),
+    "not_ready": _err(429, "ModelNotReadyException",
+                      "Model is not ready for inference. Wait and try your request again."),
+    "quota": _err(400, "ServiceQuotaExceededException",
+                  "Your request exceeds the service quota for your account. You can view your "
+                  "quotas at https://console.aws.amazon.com/servicequotas/. You can resubmit "
+                  "your request later."),
+    "access_denied": _err(403, "AccessDeniedException",
+                          "User: arn:aws:iam::123456789012:user/failoverd is not authorized to "
+                          "perform: bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1::"
+                          "foundation-model/amazon.nova-pro-v1:0 because no identity-based "
+                          "policy allows the bedrock:InvokeModel action"),
+    "no_model_access": _err(403, "AccessDeniedException",
+                            "You don't have access to the model with the specified model ID."),
+    "payment": _err(403, "AccessDeniedException",
+                    "Model access is denied due to INVALID_PAYMENT_INSTRUMENT:A valid payment "
+                    "instrument must be provided."),
+    "expired": _err(403, "ExpiredTokenException",
+                    "The security token included in the request is expired"),
+    "bad_token": _err(403, "UnrecognizedClientException",
+                      "The security token included in the request is invalid."),
+    "not_found": _err(404, "ResourceNotFoundException",
+                      "Could not resolve the foundation model from the provided model "
+                      "identifier."),
+    "bad_model_id": _err(400, "ValidationException",
+                         "The provided model identifier is invalid."),
+    "on_demand": _err(400, "ValidationException",
+                      "Invocation of model ID anthropic.claude-3-5-sonnet-20241022-v2:0 with "
+                      "on-demand throughput isn’t supported. Retry your request with the ID or "
+                      "ARN of an inference profile that contains this model."),
+    "context": _err(400, "ValidationException", "Input is too long for requested model."),
+    "context_tokens": _err(400, "ValidationException",
+                           "Too many input tokens. Max input tokens: 8192, request input token "
+                           "count: 9120"),
+    "no_tools": _err(400, "ValidationException",
+                     "This model doesn't support tool use in streaming mode."),
+    "validation": _err(400, "ValidationException",
+                       "Malformed input request: #: extraneous key [foo] is not permitted, "
+                       "please reformat your input and try again."),
+    "model_timeout": _err(408, "ModelTimeoutException",
+                          "Model has timed out in processing the request. Try your request "
+                          "again."),
+    "model_error": _err(424, "ModelErrorException",
+                        "The system encountered an unexpected error during processing. Try "
+                        "your request again."),
+    "internal": _err(500, "InternalServerException",
+                     "The server encountered an internal error while processing the request."),
+}
+_TOP_KEYS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
+             "additionalModelRequestFields", "additionalModelResponseFieldPaths",
+             "promptVariables", "requestMetadata", "performanceConfig"}
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_IMAGE_FORMATS = {"png", "jpeg", "gif", "webp"}
+
+
+# ------------------------------------------------------------------ event stream (own encoder)
+
+
+def frame(headers: dict[str, str], payload: bytes, *, corrupt: bool = False) -> bytes:
+    """One event stream message with string headers; `corrupt` breaks its message CRC."""
+    head = b"".join(bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode()))
+                    + v.encode() for k, v in headers.items())
+    total = 12 + len(head) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    body = prelude + head + payload
+    crc = zlib.crc32(body) ^ (0xFF if corrupt else 0)
+    return body + struct.pack(">I", crc)
+
+
+def event(kind: str, data: dict[str, Any], *, corrupt: bool = False) -> bytes:
+    # Bedrock pads every event with a "p" field of varying length (against traffic analysis)
+    payload = orjson.dumps({**data, "p": "abcdefghijklmnopqrstuvwxyzABCDEF"[:len(kind)]})
+    return frame({":event-type": kind, ":content-type": "application/json",
+                  ":message-type": "event"}, payload, corrupt=corrupt)
+
+
+def exception(kind: str, message: str) -> bytes:
+    return frame({":exception-type": kind, ":content-type": "application/json",
+                  ":message-type": "exception"}, orjson.dumps({"message": message}))
+
+
+# ------------------------------------------------------------------ SigV4 (own verifier)
+
+
+def _uri_encode(text: str) -> str:
+    return quote(text, safe="-_.~")
+
+
+def expected_signature(method: str, raw_path: str, query: str, headers: Any, body: bytes,
+                       signed: list[str], stamp: str, region: str, secret: str) -> str:
+    """The SigV4 signature AWS computes for a request as received."""
+    path = "/".join(_uri_encode(seg) for seg in raw_path.split("/"))  # encoded once more
+    canonical_query = "&".join(sorted(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in
+                                      parse_qsl(query, keep_blank_values=True)))
+    lines = "".join(f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed)
+    creq = "\n".join([method, path, canonical_query, lines, ";".join(signed),
+                      hashlib.sha256(body).hexdigest()])
+    scope = f"{stamp[:8]}/{region}/bedrock/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope,
+                         hashlib.sha256(creq.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (stamp[:8], region, "bedrock", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+                   r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})")
+
+
+@dataclass
+class Logged:
+    path: str  # as received, percent-encoded
+    model: str  # decoded
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeBedrock(FakeServer[Logged]):
+    """See the module docstring. `api_key` or (`access_key`, `secret_key`, `session_token`)
+    authenticate; `region` is the signing region it expects."""
+
+    reply: str = "Hello from the fake Bedrock"
+    region: str = "us-east-1"
+    api_key: str = API_KEY
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    session_token: str = ""
+    tool_calls: int = 1
+    auth_failures: list[str] = field(default_factory=list, kw_only=True)
+
+    errors = ERRORS
+    truncated = b'{"output": {"message": '
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/model/{model}/converse", self._converse)
+        router.add_post("/model/{model}/converse-stream", self._converse)
+
+    def _error(self, name: str, model: str) -> web.Response:
+        status, kind, body = ERRORS[name]
+        return self._aws_error(status, kind, body)
+
+    @staticmethod
+    def _aws_error(status: int, kind: str, body: bytes) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json",
+                            headers={"x-amzn-ErrorType": kind + _TYPE_SUFFIX,
+                                     "x-amzn-RequestId": "0f3c1e6a-fake-4bd7-9d2c-bedrock00001"})
+
+    # ------------------------------------------------------------------ auth
+
+    def _authenticate(self, request: web.Request, body: bytes) -> str | None:
+        """Why the request is refused (a message), or None."""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return None if auth[7:] == self.api_key else "bad_api_key"
+        match = _AUTH.fullmatch(auth)
+        if match is None:
+            return "missing_auth"
+        key_id, date, region, service, signed_text, signature = match.groups()
+        signed = signed_text.split(";")
+        stamp = request.headers.get("X-Amz-Date", "")
+        if key_id != self.access_key:
+            return "bad_token"
+        if region != self.region or service != "bedrock" or stamp[:8] != date \
+                or "host" not in signed or "x-amz-date" not in signed:
+            return "bad_scope"
+        try:
+            when = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+        except ValueError:
+            return "bad_scope"
+        if abs(when - time.time()) > 300:
+            return "signature_expired"
+        if self.session_token and (
+                request.headers.get("X-Amz-Security-Token") != self.session_token
+                or "x-amz-security-token" not in signed):
+            return "bad_token"
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        want = expected_signature(request.method, request.raw_path.split("?")[0],
+                                  request.query_string, headers, body, signed, stamp,
+                                  self.region, self.secret_key)
+        return None if hmac.compare_digest(want, signature) else "bad_signature"
+
+    def _refuse(self, why: str) -> web.Response:
+        self.auth_failures.append(why)
+        if why == "bad_api_key":
+            return self._aws_error(403, "AccessDeniedException", orjson.dumps(
+                {"message": "Authentication failed: Please make sure your API Key is valid."}))
+        if why == "missing_auth":
+            return self._aws_error(403, "MissingAuthenticationTokenException", orjson.dumps(
+                {"message": "Missing Authentication Token"}))
+        if why == "bad_token":
+            return self._error("bad_token", "")
+        if why == "signature_expired":
+            return self._aws_error(403, "InvalidSignatureException", orjson.dumps(
+                {"message": "Signature expired: is now earlier than (current time - 5 min.)"}))
+        return self._aws_error(403, "InvalidSignatureException", orjson.dumps(
+            {"message": "The request signature we calculated does not match the signature "
+                        "you provided. Check your AWS Secret Access Key and signing method. "
+                        "Consult the service documentation for details."}))
+
+    # ------------------------------------------------------------------ answers
+
+    async def _converse(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        model = request.match_info["model"]
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Logged(request.raw_path, model, dict(request.headers), body))
+        refused = self._authenticate(request, raw)
+        if refused is not None:
+            return self._refuse(refused)
+        invalid = _invalid(body)
+        if invalid is not None:
+            return self._aws_error(400, "ValidationException",
+                                   orjson.dumps({"message": invalid}))
+        behaviour = self._next()
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        content, stop = self._content(body, behaviour)
+        if request.path.endswith("/converse-stream"):
+            return await self._stream(request, content, stop, behaviour)
+        return web.json_response({
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop, "usage": USAGE, "metrics": {"latencyMs": 42}})
+
+    def _content(self, body: dict[str, Any], behaviour: str) -> tuple[list[dict[str, Any]], str]:
+        if behaviour == "empty":
+            return [], "end_turn"
+        if behaviour == "guardrail":
+            return [{"text": "Sorry, the model cannot answer this question."}], \
+                "guardrail_intervened"
+        tools = [t["toolSpec"] for t in (body.get("toolConfig") or {}).get("tools") or ()]
+        last = body["messages"][-1]["content"]
+        if tools and not any("toolResult" in b for b in last):
+            calls = [{"toolUse": {"toolUseId": f"tooluse_fake{i}x{len(body['messages'])}",
+                                  "name": tools[0]["name"],
+                                  "input": {"city": f"Paris{i or ''}"}}}
+                     for i in range(self.tool_calls)]
+            return [{"text": "Let me look that up."}, *calls], "tool_use"
+        stop = "max_tokens" if behaviour == "max_tokens" else "end_turn"
+        return [{"text": self.reply}], stop
+
+    async def _stream(self, request: web.Request, content: list[dict[str, Any]], stop: str,
+                      behaviour: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/vnd.amazon.eventstream",
+            "x-amzn-RequestId": "0f3c1e6a-fake-4bd7-9d2c-bedrock00002"})
+        await resp.prepare(request)
+        await resp.write(event("messageStart", {"role": "assistant"}))
+        if behaviour == "exception_first":
+            await resp.write(exception("throttlingException",
+                                       "Too many tokens, please wait before trying again."))
+            return resp
+        for index, block in enumerate(content):
+            if "text" in block:
+                words = block["text"].split(" ")
+                for i, word in enumerate(words):
+                    piece = word if i == 0 else " " + word
+                    corrupt = behaviour == "bad_crc" and i == 1
+                    await resp.write(event("contentBlockDelta", {
+                        "contentBlockIndex": index, "delta": {"text": piece}}, corrupt=corrupt))
+                    if corrupt:
+                        return resp
+                    if i == 1 and behaviour == "exception_mid":
+                        await resp.write(exception(
+                            "modelStreamErrorException",
+                            "The model encountered an error while streaming the response."))
+                        return resp
+                    if i == 1 and behaviour == "cut_stream":
+                        return cut(request, resp)
+            else:
+                use = block["toolUse"]
+                await resp.write(event("contentBlockStart", {
+                    "contentBlockIndex": index, "start": {"toolUse": {
+                        "toolUseId": use["toolUseId"], "name": use["name"]}}}))
+                arguments = orjson.dumps(use["input"]).decode()
+                for piece in (arguments[:5], arguments[5:]):
+                    await resp.write(event("contentBlockDelta", {
+                        "contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}))
+            await resp.write(event("contentBlockStop", {"contentBlockIndex": index}))
+        if behaviour == "no_stop":
+            return resp
+        await resp.write(event("messageStop", {"stopReason": stop}))
+        await resp.write(event("metadata", {"usage": USAGE, "metrics": {"latencyMs": 42}}))
+        return resp
+
+
+def _invalid(body: Any) -> str | None:
+    """The ValidationException message the API answers for a body it refuses, or None."""
+    if not isinstance(body, dict):
+        return "Malformed input request, please reformat your input and try again."
+    extra = sorted(set(body) - _TOP_KEYS)
+    if extra:
+        return (f"Malformed input request: #: extraneous key [{extra[0]}] is not permitted, "
+                "please reformat your input and try again.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "A conversation must start with a user message. Try again with a conversation " \
+               "that starts with a user message."
+    has_tools = bool((body.get("toolConfig") or {}).get("tools"))
+    calls: set[str] = set()
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            return ("A conversation must alternate between user and assistant roles. Make "
+                    "sure the conversation alternates between user and assistant roles and "
+                    "try again." if i else "A conversation must start with a user message. "
+                    "Try again with a conversation that starts with a user message.")
+        if not isinstance(content, list) or not content:
+            return f"The content field in the Message object at messages.{i} is empty."
+        for j, block in enumerate(content):
+            if "text" in block and not str(block["text"]).strip():
+                return (f"The text field in the ContentBlock object at messages.{i}.content."
+                        f"{j} is blank. Add text to the text field, and try again.")
+            if ("toolUse" in block or "toolResult" in block) and not has_tools:
+                return ("The toolConfig field must be defined when using toolUse and "
+                        "toolResult content blocks.")
+            if "toolUse" in block:
+                tool_id = block["toolUse"].get("toolUseId", "")
+                if not _TOOL_ID.fullmatch(tool_id):
+                    return (f"1 validation error detected: Value '{tool_id}' at 'messages.{i}."
+                            f"member.content.{j}.member.toolUse.toolUseId' failed to satisfy "
+                            "constraint: Member must satisfy regular expression pattern: "
+                            "[a-zA-Z0-9_-]+")
+                calls.add(tool_id)
+            if "toolResult" in block:
+                tool_id = block["toolResult"].get("toolUseId")
+                if tool_id not in calls or not block["toolResult"].get("content"):
+                    return (f"The number of toolResult blocks at messages.{i}.content exceeds "
+                            "the number of toolUse blocks of previous turn.")
+            if "image" in block and block["image"].get("format") not in _IMAGE_FORMATS:
+                return "The format of the image is not supported."
+    return None

@@ -1,0 +1,463 @@
+"""BedrockProvider against a fake Bedrock Runtime speaking the real wire format (Converse JSON,
+event stream frames, x-amzn-ErrorType errors) and checking every request's SigV4 signature or
+API key; then the daemon serving OpenAI clients from it, with failover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from failoverd import config
+from failoverd.catalog import AwsCredentials
+from failoverd.config import ModelConfig, ProviderConfig
+from failoverd.errors import ConfigError, TranslationError, UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
+from failoverd.providers import make_provider
+from failoverd.providers.base import AttemptLimits
+from failoverd.providers.bedrock import BedrockProvider
+from tests.fakes.base import fake_fixture
+from tests.fakes.bedrock import ACCESS_KEY, API_KEY, ERRORS, SECRET_KEY, FakeBedrock
+
+fake_bedrock = fake_fixture(FakeBedrock, "fake_bedrock")
+
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/"
+       "PchI7wAAAABJRU5ErkJggg==")
+MODEL = ModelConfig(id="bedrock/sonnet", provider="bedrock",
+                    name="anthropic.claude-3-5-sonnet-20240620-v1:0")
+LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}
+HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
+SIGV4 = AwsCredentials(ACCESS_KEY, SECRET_KEY)
+
+
+def provider_for(fake: FakeBedrock, client: HttpClient, *, api_key: str = "",
+                 aws: AwsCredentials | None = SIGV4, **kwargs: Any) -> BedrockProvider:
+    cfg = ProviderConfig(name="bedrock", kind="bedrock", base_url=fake.url, api_key=api_key,
+                         region="us-east-1", aws=None if api_key else aws)
+    if kwargs:
+        return BedrockProvider(cfg, client, **kwargs)
+    provider = make_provider(cfg, client)
+    assert isinstance(provider, BedrockProvider)
+    return provider
+
+
+@pytest.fixture
+async def setup(fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+                http_client: HttpClient) -> tuple[FakeBedrock, BedrockProvider]:
+    fake = await fake_bedrock()
+    return fake, provider_for(fake, http_client)
+
+
+async def collect(provider: BedrockProvider, body: dict[str, Any],
+                  limits: AttemptLimits = LIMITS) -> list[dict[str, Any]]:
+    return [c.data async for c in provider.stream(body, MODEL, limits)]
+
+
+# ------------------------------------------------------------------ non-streaming
+
+
+async def test_text_answer_signed_with_sigv4(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    body = {"max_tokens": 50, "temperature": 0.2, "top_p": 0.9, "stop": "END", "seed": 7,
+            "messages": [{"role": "system", "content": "Be brief."}, *HELLO["messages"]]}
+    result = await provider.complete(body, MODEL, LIMITS)
+    assert result.body["choices"][0]["message"] == {"role": "assistant",
+                                                    "content": "Hello from the fake Bedrock"}
+    assert result.body["choices"][0]["finish_reason"] == "stop"
+    assert result.body["usage"] == {"prompt_tokens": 12, "completion_tokens": 6,
+                                    "total_tokens": 18}
+    (logged,) = fake.requests
+    assert fake.auth_failures == []
+    # the model id's ':' percent-encoded in the path, as the AWS SDKs send it
+    assert logged.path == "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    assert logged.model == MODEL.name
+    assert logged.headers["Authorization"].startswith(
+        f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
+    assert "/us-east-1/bedrock/aws4_request" in logged.headers["Authorization"]
+    assert logged.body == {
+        "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
+        "system": [{"text": "Be brief."}],
+        "inferenceConfig": {"maxTokens": 50, "temperature": 0.2, "topP": 0.9,
+                            "stopSequences": ["END"]}}
+
+
+async def test_api_key_as_bearer(fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+                                 http_client: HttpClient) -> None:
+    fake = await fake_bedrock()
+    provider = provider_for(fake, http_client, api_key=API_KEY)
+    await provider.complete(HELLO, MODEL, LIMITS)
+    assert fake.requests[0].headers["Authorization"] == f"Bearer {API_KEY}"
+    assert "X-Amz-Date" not in fake.requests[0].headers
+    wrong = provider_for(fake, http_client, api_key="ABSKwrong-key-value")
+    with pytest.raises(UpstreamError) as err:
+        await wrong.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason is FailureReason.AUTH
+    assert "ABSKwrong-key-value" not in err.value.message
+
+
+async def test_session_token_is_sent_and_signed(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], http_client: HttpClient) -> None:
+    fake = await fake_bedrock(session_token="FwoGZXIvYXdzEFakeSessionToken==")
+    without = provider_for(fake, http_client)
+    with pytest.raises(UpstreamError) as err:
+        await without.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason is FailureReason.AUTH
+    provider = provider_for(fake, http_client, aws=AwsCredentials(
+        ACCESS_KEY, SECRET_KEY, "FwoGZXIvYXdzEFakeSessionToken=="))
+    await provider.complete(HELLO, MODEL, LIMITS)
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == \
+        "FwoGZXIvYXdzEFakeSessionToken=="
+
+
+async def test_a_wrong_secret_or_a_stale_clock_is_auth(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], http_client: HttpClient) -> None:
+    fake = await fake_bedrock()
+    wrong = provider_for(fake, http_client, aws=AwsCredentials(ACCESS_KEY, "not-the-secret"))
+    with pytest.raises(UpstreamError) as err:
+        await wrong.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason is FailureReason.AUTH
+    assert err.value.status == 403
+    # the signer's injected clock an hour behind: AWS refuses signatures older than 5 min
+    stale = provider_for(fake, http_client, now=lambda: time.time() - 3600)
+    with pytest.raises(UpstreamError) as err:
+        await stale.complete(HELLO, MODEL, LIMITS)
+    assert err.value.reason is FailureReason.AUTH
+    assert fake.auth_failures == ["bad_signature", "signature_expired"]
+
+
+async def test_tool_loop(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    fake.tool_calls = 2
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [TOOL],
+            "tool_choice": "required"}
+    result = await provider.complete(body, MODEL, LIMITS)
+    choice = result.body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "Let me look that up."
+    calls = choice["message"]["tool_calls"]
+    assert [c["function"] for c in calls] == [
+        {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"name": "get_weather", "arguments": '{"city":"Paris1"}'}]
+    assert fake.requests[0].body["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "get_weather", "description": "Weather",
+                                "inputSchema": {"json": TOOL["function"]["parameters"]}}}],
+        "toolChoice": {"any": {}}}
+    follow = {"tools": [TOOL], "messages": [
+        *body["messages"], choice["message"],
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": '{"temp": 21}'},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "22C"},
+        {"role": "user", "content": "Thanks"}]}
+    final = await provider.complete(follow, MODEL, LIMITS)
+    assert final.body["choices"][0]["message"]["content"] == "Hello from the fake Bedrock"
+    sent = fake.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[2]["content"] == [
+        {"toolResult": {"toolUseId": calls[0]["id"], "content": [{"json": {"temp": 21}}]}},
+        {"toolResult": {"toolUseId": calls[1]["id"], "content": [{"text": "22C"}]}},
+        {"text": "Thanks"}]
+    assert "toolChoice" not in fake.requests[-1].body["toolConfig"]
+
+
+async def test_foreign_tool_ids_and_a_history_without_tools(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    """Kimi's ids are rewritten (results follow them); a history with tool calls and no tools
+    declared gets stub declarations, which Converse requires."""
+    fake, provider = setup
+    history = {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "functions.get_weather:0", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": ""}]}
+    await provider.complete(history, MODEL, LIMITS)
+    sent = fake.requests[-1].body
+    use = sent["messages"][1]["content"][0]["toolUse"]
+    result = sent["messages"][2]["content"][0]["toolResult"]
+    assert use["toolUseId"] == result["toolUseId"] != "functions.get_weather:0"
+    assert result["content"] == [{"text": "(empty)"}]
+    assert [t["toolSpec"]["name"] for t in sent["toolConfig"]["tools"]] == ["get_weather"]
+    with pytest.raises(TranslationError) as err:
+        await provider.complete({**history, "tool_choice": "none", "tools": [TOOL]}, MODEL,
+                                LIMITS)
+    assert err.value.param == "tool_choice"
+
+
+async def test_images(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}]}
+    await provider.complete(body, MODEL, LIMITS)
+    assert fake.requests[0].body["messages"][0]["content"][1] == {
+        "image": {"format": "png", "source": {"bytes": PNG}}}
+    http_image = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}
+    with pytest.raises(TranslationError):
+        await provider.complete(http_image, MODEL, LIMITS)
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"n": 2}, "n"), ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"1": 2}}, "logit_bias"), ({"presence_penalty": 0.5}, "presence_penalty"),
+])
+async def test_unexpressible_requests_never_reach_bedrock(
+        setup: tuple[FakeBedrock, BedrockProvider], extra: dict[str, Any], param: str) -> None:
+    fake, provider = setup
+    with pytest.raises(TranslationError) as err:
+        await provider.complete({**HELLO, **extra}, MODEL, LIMITS)
+    assert err.value.param == param
+    with pytest.raises(TranslationError):
+        await collect(provider, {**HELLO, **extra})
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("behaviour", "reason", "status"), [
+    ("throttled", FailureReason.RATE_LIMIT, 429),  # "Too many tokens": the type decides
+    ("throttled_requests", FailureReason.RATE_LIMIT, 429),
+    ("quota", FailureReason.RATE_LIMIT, 400),
+    ("unavailable", FailureReason.OVERLOADED, 503),
+    ("not_ready", FailureReason.OVERLOADED, 429),
+    ("access_denied", FailureReason.AUTH, 403),
+    ("no_model_access", FailureReason.NOT_FOUND, 403),  # this model only, not the account
+    ("payment", FailureReason.BILLING, 403),
+    ("expired", FailureReason.AUTH, 403),
+    ("bad_token", FailureReason.AUTH, 403),
+    ("not_found", FailureReason.NOT_FOUND, 404),
+    ("bad_model_id", FailureReason.NOT_FOUND, 400),
+    ("on_demand", FailureReason.NOT_FOUND, 400),
+    ("context", FailureReason.CONTEXT_OVERFLOW, 400),
+    ("context_tokens", FailureReason.CONTEXT_OVERFLOW, 400),
+    ("no_tools", FailureReason.INCAPABLE, 400),
+    ("validation", FailureReason.BAD_REQUEST, 400),
+    ("model_timeout", FailureReason.TIMEOUT, 408),
+    ("model_error", FailureReason.SERVER_ERROR, 424),
+    ("internal", FailureReason.SERVER_ERROR, 500),
+])
+async def test_errors_are_classified(setup: tuple[FakeBedrock, BedrockProvider], behaviour: str,
+                                     reason: FailureReason, status: int) -> None:
+    fake, provider = setup
+    fake.push(behaviour, behaviour)
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, LIMITS)
+    assert (err.value.reason, err.value.status) == (reason, status)
+    assert err.value.message.startswith(f"{ERRORS[behaviour][1]}: ")
+    with pytest.raises(UpstreamError) as streamed:
+        await collect(provider, HELLO)
+    assert streamed.value.reason is reason
+
+
+async def test_empty_and_unparsable_answers_are_invalid(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    fake.push("empty", "invalid_json")
+    for _ in range(2):
+        with pytest.raises(UpstreamError) as err:
+            await provider.complete(HELLO, MODEL, LIMITS)
+        assert err.value.reason is FailureReason.INVALID_RESPONSE
+    fake.push("max_tokens", "guardrail")
+    cut_short = await provider.complete(HELLO, MODEL, LIMITS)
+    assert cut_short.body["choices"][0]["finish_reason"] == "length"
+    guarded = await provider.complete(HELLO, MODEL, LIMITS)
+    assert guarded.body["choices"][0]["finish_reason"] == "content_filter"
+
+
+async def test_probes_are_one_token_converse_calls(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    await provider.probe(MODEL, "models", 5, 16)
+    await provider.probe(MODEL, "chat", 5, 16)
+    await provider.probe(MODEL, "none", 5, 16)
+    assert [r.body["inferenceConfig"]["maxTokens"] for r in fake.requests] == [1, 16]
+    fake.push("no_model_access")
+    with pytest.raises(UpstreamError) as err:
+        await provider.probe(MODEL, "models", 5, 16)
+    assert err.value.reason is FailureReason.NOT_FOUND
+
+
+async def test_other_endpoints_are_lacking(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    _fake, provider = setup
+    for call in (provider.embed, provider.complete_text, provider.transcribe, provider.speak):
+        with pytest.raises(Exception, match="Bedrock's Converse API has no"):
+            await call({}, MODEL, LIMITS)
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def _bedrock(extra: str = "") -> str:
+    return f'[providers.b]\nkind = "bedrock"\n{extra}\n[models."b/m"]\nprovider = "b"\n'
+
+
+def test_config_region_base_url_and_credentials() -> None:
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "AWS_SESSION_TOKEN": "tok"}
+    cfg = config.loads(_bedrock('region = "eu-central-1"'), env=env).providers["b"]
+    assert cfg.base_url == "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    assert cfg.aws == AwsCredentials(ACCESS_KEY, SECRET_KEY, "tok")
+    assert SECRET_KEY not in repr(cfg)
+    keyed = config.loads(_bedrock('region = "us-east-1"\napi_key_env = "K"'),
+                         env={"K": API_KEY}).providers["b"]
+    assert (keyed.api_key, keyed.aws) == (API_KEY, None)
+
+
+@pytest.mark.parametrize(("text", "env", "problem"), [
+    ("", {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+     'providers.b.region: is required for kind = "bedrock"'),
+    ('region = "Virginia"', {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+     "providers.b.region: must be an AWS region name"),
+    ('region = "us-east-1"', {},
+     "providers.b: has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ('region = "us-east-1"', {"AWS_ACCESS_KEY_ID": "a"},
+     "providers.b: environment variable AWS_SECRET_ACCESS_KEY is not set or empty"),
+    ('region = "us-east-1"\napi_key_env = "K"', {},
+     "providers.b.api_key_env: environment variable K is not set or empty"),
+    ('region = "us-east-1"\nheaders = { "X-Amz-Security-Token" = "t" }',
+     {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+     "providers.b.headers.X-Amz-Security-Token: carries a credential"),
+])
+def test_config_problems(text: str, env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.loads(_bedrock(text), env=env)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+    assert len(err.value.problems) == 1, err.value.problems
+
+
+def test_region_only_on_bedrock() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.loads('[providers.o]\nkind = "openai"\nregion = "us-east-1"\n'
+                     '[models."o/m"]\nprovider = "o"\n', env={})
+    assert err.value.problems == ['providers.o.region: only valid for kind = "bedrock"']
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def daemon_config(fake: FakeBedrock, fallback_url: str, *, window: int = 200000,
+                  fallback_window: int = 200000) -> str:
+    return f"""
+[providers.bedrock]
+kind = "bedrock"
+region = "us-east-1"
+base_url = "{fake.url}"
+[providers.backup]
+kind = "openai"
+base_url = "{fallback_url}"
+[models."bedrock/sonnet"]
+provider = "bedrock"
+name = "{MODEL.name}"
+context_window = {window}
+capabilities = ["tools", "vision"]
+[models."backup/gpt"]
+provider = "backup"
+context_window = {fallback_window}
+capabilities = ["tools", "vision"]
+[routing]
+primary = "bedrock/sonnet"
+fallbacks = ["backup/gpt"]
+retry_after_max = 0.2
+deadline = 10
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+"""
+
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+
+
+async def test_daemon_serves_openai_clients_from_bedrock_and_fails_over(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}])
+    answer = raw.parse()
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert answer.choices[0].message.content == "Hello from the fake Bedrock"
+    assert answer.usage is not None and answer.usage.total_tokens == 18
+    assert fake.auth_failures == []
+
+    fake.push("throttled", "throttled")  # the first attempt and its same-model retry
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:rate_limit"
+    assert len(backup.requests) == 1
+
+
+async def test_daemon_streams_tool_calls_from_bedrock(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock(tool_calls=2)
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    stream = await d.openai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[TOOL], stream=True, stream_options={"include_usage": True})
+    text, calls, finish, usage = "", {}, None, None
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            for call in choice.delta.tool_calls or ():
+                entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] += call.id or ""
+                if call.function is not None:
+                    entry["name"] += call.function.name or ""
+                    entry["arguments"] += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert text == "Let me look that up."
+    assert [(c["name"], orjson.loads(c["arguments"])) for c in calls.values()] == [
+        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Paris1"})]
+    assert all(c["id"].startswith("tooluse_fake") for c in calls.values())
+    assert finish == "tool_calls"
+    assert usage is not None and usage.total_tokens == 18
+    assert fake.requests[0].path.endswith("%3A0/converse-stream")
+    assert backup.requests == []
+
+
+async def test_daemon_fails_over_on_a_stream_exception_before_content(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    fake.push("exception_first", "exception_first")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = [c async for c in raw.parse()]
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:rate_limit"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+async def test_daemon_context_overflow_goes_to_a_larger_window(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url, window=100000,
+                                         fallback_window=400000), env=AWS_ENV)
+    fake.push("context")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "a long story"}])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:context_overflow"
+    assert len(fake.requests) == 1  # no same-model retry
+
+
+async def test_daemon_refuses_to_start_without_aws_credentials(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    with pytest.raises(ConfigError) as err:
+        await start_daemon(daemon_config(fake, "http://127.0.0.1:9"), env={})
+    assert any("AWS_ACCESS_KEY_ID" in p for p in err.value.problems)
