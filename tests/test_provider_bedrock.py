@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import openai
 import orjson
 import pytest
 
@@ -461,3 +462,115 @@ async def test_daemon_refuses_to_start_without_aws_credentials(
     with pytest.raises(ConfigError) as err:
         await start_daemon(daemon_config(fake, "http://127.0.0.1:9"), env={})
     assert any("AWS_ACCESS_KEY_ID" in p for p in err.value.problems)
+
+
+# ------------------------------------------------------------------ streaming
+
+
+async def test_stream_text_with_usage(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    chunks = await collect(provider, {**HELLO, "stream": True})
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "Hello from the fake Bedrock"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 12, "completion_tokens": 6,
+                                   "total_tokens": 18}
+    assert len({c["id"] for c in chunks}) == 1
+    (logged,) = fake.requests
+    assert logged.path.endswith("%3A0/converse-stream")
+    assert logged.headers["Accept"] == "application/vnd.amazon.eventstream"
+    assert fake.auth_failures == []
+
+    usage_chunks = await collect(provider, {**HELLO, "stream_options": {"include_usage": True}})
+    assert usage_chunks[-1]["choices"] == []
+    assert usage_chunks[-1]["usage"]["total_tokens"] == 18
+    assert "usage" not in usage_chunks[-2]
+    assert usage_chunks[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_stream_tool_calls(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    fake.tool_calls = 2
+    chunks = await collect(provider, {"messages": [{"role": "user", "content": "Weather?"}],
+                                      "tools": [TOOL]})
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    calls: dict[int, dict[str, str]] = {}
+    for delta in deltas:
+        for call in delta.get("tool_calls") or ():
+            entry = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+            entry["id"] += call.get("id") or ""
+            entry["name"] += call.get("function", {}).get("name") or ""
+            entry["arguments"] += call.get("function", {}).get("arguments") or ""
+    assert [(c["name"], orjson.loads(c["arguments"])) for c in calls.values()] == [
+        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Paris1"})]
+    assert calls[0]["id"] != calls[1]["id"]
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look that up."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_stream_exception_before_content_fails_at_the_first_chunk(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    fake.push("exception_first")
+    stream = provider.stream(HELLO, MODEL, LIMITS)
+    with pytest.raises(UpstreamError) as err:
+        await stream.__anext__()
+    assert err.value.reason is FailureReason.RATE_LIMIT
+    assert err.value.status is None
+    assert err.value.message.startswith("ThrottlingException: ")
+
+
+@pytest.mark.parametrize(("behaviour", "reason", "words"), [
+    ("exception_mid", FailureReason.SERVER_ERROR, "ModelStreamErrorException"),
+    ("bad_crc", FailureReason.INVALID_RESPONSE, "message CRC mismatch"),
+    ("cut_stream", FailureReason.INVALID_RESPONSE, "stream cut"),
+    ("no_stop", FailureReason.INVALID_RESPONSE, "before messageStop"),
+])
+async def test_stream_failures_after_content(setup: tuple[FakeBedrock, BedrockProvider],
+                                             behaviour: str, reason: FailureReason,
+                                             words: str) -> None:
+    fake, provider = setup
+    fake.push(behaviour)
+    got: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamError) as err:
+        async for chunk in provider.stream(HELLO, MODEL, LIMITS):
+            got.append(chunk.data)
+    assert err.value.reason is reason
+    assert words in err.value.message
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in got).startswith(
+        "Hello")
+    # the adapter still works afterwards (the broken connection was not pooled)
+    assert len(await collect(provider, HELLO)) > 2
+
+
+async def test_stream_without_an_answer_or_first_token(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    fake.push("empty")
+    with pytest.raises(UpstreamError) as err:
+        await collect(provider, HELLO)
+    assert err.value.reason is FailureReason.INVALID_RESPONSE
+    fake.push("stall")
+    quick = AttemptLimits(total=5, connect=2, first_token=0.3, idle=5)
+    with pytest.raises(UpstreamError) as err:
+        await collect(provider, HELLO, quick)
+    assert err.value.reason is FailureReason.TIMEOUT
+    assert "no first token" in err.value.message
+
+
+async def test_daemon_ends_a_stream_with_an_error_after_content(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    fake.push("exception_mid")
+    stream = await d.openai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "hi"}], stream=True)
+    text = ""
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+    assert text == "Hello from"
+    assert backup.requests == []

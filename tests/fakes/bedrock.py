@@ -13,14 +13,15 @@ answer the calls before them, known top-level keys).
 Script it like the other fakes: ``fake.push("throttled", "ok")``; every request is logged in
 ``fake.requests`` (raw path, headers, parsed body). Behaviours: "ok", any key of ERRORS,
 "hang", "slow:<seconds>", "invalid_json", "empty" (end_turn, no content), "max_tokens",
-"guardrail", and for streams "exception_first" (a throttlingException frame before any
-content), "exception_mid" (a modelStreamErrorException after some text), "bad_crc" (a frame
-whose message CRC is wrong), "cut_stream" (the connection dropped mid-answer), "no_stop"
-(the stream ends without messageStop).
+"guardrail", and for streams "stall" (messageStart, then nothing), "exception_first" (a
+throttlingException frame before any content), "exception_mid" (a modelStreamErrorException
+after some text), "bad_crc" (a frame whose message CRC is wrong), "cut_stream" (the connection
+dropped mid-answer), "no_stop" (the stream ends without messageStop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import hashlib
 import hmac
@@ -310,6 +311,8 @@ class FakeBedrock(FakeServer[Logged]):
             "x-amzn-RequestId": "0f3c1e6a-fake-4bd7-9d2c-bedrock00002"})
         await resp.prepare(request)
         await resp.write(event("messageStart", {"role": "assistant"}))
+        if behaviour == "stall":
+            await asyncio.sleep(3600)
         if behaviour == "exception_first":
             await resp.write(exception("throttlingException",
                                        "Too many tokens, please wait before trying again."))

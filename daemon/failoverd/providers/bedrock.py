@@ -107,7 +107,7 @@ _BILLING_MARKERS = ("payment instrument", "invalid_payment", "billing")
 def error_type(headers: Any, body: Any) -> str:
     """The error's type: ``x-amzn-ErrorType`` up to its ':', else the body's ``__type`` (after
     its '#') or ``code``."""
-    value = headers.get("x-amzn-ErrorType") if headers is not None else None
+    value = headers.get("x-amzn-errortype") if headers is not None else None
     if not value and isinstance(body, dict):
         value = body.get("__type") or body.get("code") or body.get("Code")
     return str(value or "").split(":", 1)[0].rsplit("#", 1)[-1].strip()
@@ -191,6 +191,7 @@ class BedrockProvider(Lacking):
                content_type: str = "application/json") -> UpstreamError:
         message, body = error_message(raw)
         kind = kind or error_type(headers, body)
+        kind = kind[:1].upper() + kind[1:]  # a stream's throttlingException, as the header's
         reason = classify_error(status, message, kind)
         if kind == "UnknownOperationException" or (
                 reason is FailureReason.NOT_FOUND and status == 404 and not kind):
