@@ -114,6 +114,8 @@ class StreamStart:
 
 # A provider's non-streaming call other than a chat (embed, complete_text, ...)
 _Answer = Callable[[dict[str, Any], ModelConfig, AttemptLimits], Awaitable[Completion]]
+# A provider's streaming call (stream, stream_text, speak)
+_Stream = Callable[[dict[str, Any], ModelConfig, AttemptLimits], AsyncIterator[Chunk]]
 # One (streaming) attempt: provider, model, request, limits, the breaker's permit.
 _Call = Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits, Permit | None],
                  Awaitable[Any]]
@@ -150,15 +152,30 @@ class Dispatcher:
                                                             outcome, session, needs, None)
         return result
 
-    async def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
-                     outcome: Outcome, session: str | None = None,
-                     needs: Requirements | None = None, *, text: bool = False) -> StreamStart:
-        """A stream whose first chunk has arrived; `text`: a legacy text completion's."""
+    def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+               outcome: Outcome, session: str | None = None,
+               needs: Requirements | None = None, *,
+               text: bool = False) -> Coroutine[Any, Any, StreamStart]:
+        """A stream whose first chunk has arrived (await it); `text`: a legacy text
+        completion's."""
+        method = _stream_text if text else _stream_chat
+        return self._stream(method, body, candidates, deadline, outcome, session, needs)
+
+    def speak(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
+              outcome: Outcome) -> Coroutine[Any, Any, StreamStart]:
+        """Text to speech, streamed as a chat is (see Provider.speak): await it for the
+        stream whose first audio has arrived; no context screening."""
+        return self._stream(_stream_speech, body, candidates, deadline, outcome, None, None)
+
+    async def _stream(self, method: Callable[[Provider], _Stream], body: dict[str, Any],
+                      candidates: Sequence[str], deadline: float, outcome: Outcome,
+                      session: str | None, needs: Requirements | None) -> StreamStart:
+        """A stream of the providers' `method` down the candidates, once its first chunk
+        has arrived."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> StreamStart:
             started = self.clock.monotonic()
-            opened = provider.stream_text if text else provider.stream
-            it = opened(req, model, limits).__aiter__()
+            it = method(provider)(req, model, limits).__aiter__()
             try:
                 # a backstop for adapters that see bytes before the first token (pings,
                 # message_start): the first chunk must come within first_token all the same
@@ -196,11 +213,6 @@ class Dispatcher:
                          deadline: float, outcome: Outcome) -> Completion:
         """Audio to text (`body`: the form and the task, see Provider.transcribe)."""
         return await self._answer(lambda p: p.transcribe, body, candidates, deadline, outcome)
-
-    async def speak(self, body: dict[str, Any], candidates: Sequence[str],
-                    deadline: float, outcome: Outcome) -> Completion:
-        """Text to speech (see Provider.speak)."""
-        return await self._answer(lambda p: p.speak, body, candidates, deadline, outcome)
 
     async def _answer(self, method: Callable[[Provider], _Answer], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float,
@@ -568,6 +580,18 @@ def _cap_output(body: dict[str, Any], model: ModelConfig, room: int | None) -> d
                 out = dict(body)
             out[key] = cap
     return body if out is None else out
+
+
+def _stream_chat(provider: Provider) -> _Stream:
+    return provider.stream
+
+
+def _stream_text(provider: Provider) -> _Stream:
+    return provider.stream_text
+
+
+def _stream_speech(provider: Provider) -> _Stream:
+    return provider.speak
 
 
 async def _aclose(it: AsyncIterator[Chunk]) -> None:

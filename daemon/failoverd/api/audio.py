@@ -9,23 +9,37 @@ sent it, `model` set to the upstream's name, and the answer comes back in the fo
 response_format. Breakers, retries, the deadline, failover, events, hooks, metrics and the
 ``x-failoverd-*`` headers work as for chat. Served by aiohttp's server (the fast path takes
 JSON bodies only).
+
+Speech streams as a chat does: the headers wait for the first audio (a failover before it is
+invisible but for them), then the audio (or OpenAI's server-sent events) goes on as it
+comes. A failure after that cuts raw audio short (its chunked body is left unfinished) and
+ends an event stream with an error event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from failoverd.api.body import read_bytes, read_json
+from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.fronts import OPENAI
-from failoverd.api.proxy import pinned, proxied, request_deadline
+from failoverd.api.proxy import ClientStalled, StreamClient, pinned, proxied, request_deadline
 from failoverd.api.replies import outcome_headers
 from failoverd.dispatch import Outcome
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
 from failoverd.service import Service
 from failoverd.translate import audio as wire
 from failoverd.translate import speech
+
+logger = logging.getLogger(__name__)
+
+_EVENT_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _serve(task: str) -> Callable[[web.Request, Service, Runtime, Outcome],
@@ -56,11 +70,79 @@ async def _speak(request: web.Request, svc: Service, rt: Runtime,
     body = speech.validate(await read_json(request, rt.config.daemon.max_body_bytes))
     candidates = svc.speech_route(rt, body.get("model") or "", pinned(request))
     deadline = request_deadline(svc, rt, request, outcome)
-    answer = await rt.dispatcher.speak(body, candidates, deadline, outcome)
-    svc.metrics.served(outcome.model)
+    start = await rt.dispatcher.speak(body, candidates, deadline, outcome)
+    events = speech.wants_events(body)
     headers = outcome_headers(outcome)
     headers["Content-Type"] = speech.content_type(body)
-    return web.Response(body=answer.to_bytes(), headers=headers)
+    if events:
+        headers.update(_EVENT_HEADERS)
+    resp = web.StreamResponse(headers=headers)
+    request[STREAM_RESPONSE] = resp  # a stop's cut ends an event stream with an error event
+    client = StreamClient(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
+    error: UpstreamError | None = None
+    try:
+        await resp.prepare(request)
+        await client.write(start.first.to_bytes())
+        async for chunk in start.rest:
+            await client.write(chunk.to_bytes())
+    except UpstreamError as exc:
+        error = exc
+        logger.warning("speech from %s failed after the first audio: %s", outcome.model,
+                       exc.reason)
+    except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
+        error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
+        if isinstance(exc, asyncio.CancelledError):
+            if not events:
+                _cut(request)  # a stop's cut: what went out must not pass for the whole audio
+            raise
+        if isinstance(exc, ClientStalled):
+            logger.warning("speech from %s cut: the client read nothing for %gs",
+                           outcome.model, client.limit)
+        svc.metrics.cancelled(outcome.model)
+        return resp
+    except Exception as exc:
+        logger.exception("speech from %s could not be passed on", outcome.model)
+        error = UpstreamError(FailureReason.INVALID_RESPONSE,
+                              f"unusable speech chunk: {type(exc).__name__}",
+                              model=outcome.model)
+    finally:
+        try:
+            aclose = getattr(start.rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:  # even if closing is cancelled: the permit (a half-open trial) comes back
+            rt.dispatcher.stream_finished(outcome.model, start, error)
+    if error is not None:
+        svc.metrics.stream_ended(outcome.model, ok=False)
+        if not events:
+            # raw audio has no way to tell of a failure: the body ends unfinished (no last
+            # chunk), so the client knows the audio is incomplete
+            _cut(request)
+            return resp
+        # an event stream ends with an error event, as a chat stream does
+        await client.tell(OPENAI.encoder("").error(str(error.reason), error.message))
+    try:
+        await client.end()
+    except (ConnectionResetError, ClientStalled):
+        if error is None:
+            svc.metrics.cancelled(outcome.model)  # gone just before the end
+        return resp
+    if error is None:
+        svc.metrics.stream_ended(outcome.model, ok=True)
+    return resp
+
+
+def _cut(request: web.Request) -> None:
+    """Ends the connection under a streamed answer, so its chunked body stays unfinished;
+    at once (an abort) when bytes still wait to be sent to a client that may never read
+    them."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 speak = proxied(OPENAI, _speak)

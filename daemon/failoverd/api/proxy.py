@@ -163,11 +163,11 @@ def handler(front: FrontEnd) -> Handler:
     return proxied(front, serve)
 
 
-class _ClientStalled(Exception):
+class ClientStalled(Exception):
     """The streaming client stopped reading for longer than the model's stream_idle_timeout."""
 
 
-class _Client:
+class StreamClient:
     """Writes to a streaming client, bounded in time once the client falls behind.
 
     A client that stays connected but stops reading would otherwise hold its request (the
@@ -199,7 +199,7 @@ class _Client:
 
     async def tell(self, data: bytes) -> None:
         """Best effort (an error event): the client may be gone or stalled already."""
-        with contextlib.suppress(ConnectionResetError, _ClientStalled):
+        with contextlib.suppress(ConnectionResetError, ClientStalled):
             await self.write(data)
 
     async def end(self) -> None:
@@ -212,7 +212,7 @@ class _Client:
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()  # cut: what it has not read is lost either way
-            raise _ClientStalled from None
+            raise ClientStalled from None
 
 
 def _usage(chunk: Chunk, usage: Any) -> Any:
@@ -242,7 +242,7 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
         headers=headers)
     request[STREAM_RESPONSE] = resp  # so a shutdown cut can end it with an error event
     request[STREAM_ENCODER] = encoder
-    client = _Client(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
+    client = StreamClient(request, resp, rt.config.models[outcome.model].stream_idle_timeout)
     error: UpstreamError | None = None
     usage = _usage(start.first, None)
     try:
@@ -265,11 +265,11 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
         logger.warning("stream from %s failed after the first chunk: %s", outcome.model,
                        exc.reason)
         await client.tell(encoder.error(str(exc.reason), exc.message))
-    except (ConnectionResetError, _ClientStalled, asyncio.CancelledError) as exc:
+    except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
             raise
-        if isinstance(exc, _ClientStalled):
+        if isinstance(exc, ClientStalled):
             logger.warning("stream from %s cut: the client read nothing for %gs",
                            outcome.model, client.limit)
         svc.metrics.cancelled(outcome.model)
@@ -291,7 +291,7 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
             rt.dispatcher.stream_finished(outcome.model, start, error)
     try:
         await client.end()
-    except (ConnectionResetError, _ClientStalled):
+    except (ConnectionResetError, ClientStalled):
         svc.metrics.cancelled(outcome.model)  # gone just before the end: nothing more to tell
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"

@@ -260,6 +260,19 @@ class Response:
             raise PayloadError(f"a line of the response is longer than {MAX_LINE} bytes")
         return None
 
+    def buffered(self, limit: int) -> bytes | None:
+        """What of the body has come in, at most `limit` bytes, without waiting (at the end,
+        b""), else None: await `more` and ask again. A relay of raw bytes (audio) passes on
+        what each read brought; a slow taker leaves the socket paused past HIGH_WATER."""
+        body = self._body
+        if not body:
+            return b"" if self._done else None
+        data = bytes(body[:limit])
+        del body[:limit]
+        if len(body) < LOW_WATER:
+            self._conn._resume()
+        return data
+
     async def more(self) -> None:
         """Waits until more of the body (or its end) has come in."""
         self._conn._resume()  # a line not yet complete: more must come in

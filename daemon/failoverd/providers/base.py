@@ -126,10 +126,13 @@ class Provider(Protocol):
         JSON, or ``{"text": ...}`` for the text formats)."""
         ...
 
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        """Text to speech for a speech model: `body` is OpenAI's request (translate/speech.py
-        validated it), the answer the audio as `raw` (in the request's response_format)."""
+    def speak(self, body: dict[str, Any], model: ModelConfig,
+              limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """Text to speech for a speech model, streamed as `stream` streams a chat: `body` is
+        OpenAI's request (translate/speech.py validated it); each chunk's `raw` is the next
+        piece of the audio (in the request's response_format), or with ``stream_format:
+        "sse"`` the next server-sent event, framed. The first chunk is audio (or an event)
+        for certain: an answer that is none raises from the first `__anext__`."""
         ...
 
     def default_output(self, model: ModelConfig) -> int | None:
@@ -172,6 +175,6 @@ class Lacking:
                          limits: AttemptLimits) -> Completion:
         raise self._lacks("audio transcription endpoint")
 
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
+    def speak(self, body: dict[str, Any], model: ModelConfig,
+              limits: AttemptLimits) -> AsyncIterator[Chunk]:
         raise self._lacks("text-to-speech endpoint")

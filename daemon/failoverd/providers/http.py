@@ -10,7 +10,7 @@ import email.utils
 import errno
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -485,6 +485,23 @@ async def lines(resp: Response, first_deadline: float, idle: float,
         if line and not got_first and not line.startswith(b":"):
             got_first = True
         yield line
+
+
+async def chunks(resp: Response, first_deadline: float, idle: float, provider: str,
+                 model: str, size: int = 64 * 1024) -> AsyncGenerator[bytes, None]:
+    """Yields the response's body as it comes in (audio), at most `size` bytes at a time.
+    Time limits as for `lines`: the first bytes before `first_deadline`, then gaps of at
+    most `idle` seconds."""
+    got_first = False
+    while True:
+        data = resp.buffered(size)
+        if data is None:
+            await _more(resp, got_first, first_deadline, idle, provider, model)
+            continue
+        if not data:
+            return
+        got_first = True
+        yield data
 
 
 async def sse_events(resp: Response, first_deadline: float, idle: float,

@@ -8,8 +8,9 @@ model name and responses pass through byte for byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +22,9 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
+    MAX_ERROR_BODY,
     Failure,
+    chunks,
     classify,
     classify_in_band,
     fetch,
@@ -582,23 +585,108 @@ class OpenAIProvider:
             raise self._body_error(raw, parsed, model.id, "200 without a transcript")
         return Completion(parsed, raw)
 
+    async def _speech_failure(self, resp: Response, model: str) -> UpstreamError:
+        """A speech call's failure: as an audio call's, and a refusal that names
+        stream_format (a model or server without OpenAI's events) is incapable: another
+        model may stream as asked."""
+        error = await self._audio_failure(resp, model)
+        if resp.status in (400, 422) and b"stream_format" in (error.body or b""):
+            error.reason = FailureReason.INCAPABLE
+        return error
+
+    def _speech_error(self, raw: bytes, model: str, why: str) -> UpstreamError:
+        """The failure a 200 without audio (or events) is: the error inside it, FastAPI
+        servers' {"detail": ...} too, else `why`."""
+        parsed = json_or_none(raw.strip())
+        if isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed):
+            if "error" not in parsed:
+                parsed = {"error": {"message": str(parsed["detail"])}}
+            return self._body_error(orjson.dumps(parsed), parsed, model, why)
+        return upstream_error(FailureReason.INVALID_RESPONSE, why, status=200,
+                              provider=self.config.name, model=model)
+
     async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
-        raw = await self._call(f"{self._audio_url}/speech",
-                               orjson.dumps(speech.for_model(body, model)), limits, model.id,
-                               failure=self._audio_failure,
-                               headers={**self._headers, "Accept": "*/*"})
-        why = speech.not_audio(raw, body)
-        if why is not None:
-            parsed = json_or_none(raw.strip())
-            if isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed):
-                # an error inside a 200 (FastAPI servers' {"detail": ...} too)
-                if "error" not in parsed:
-                    parsed = {"error": {"message": str(parsed["detail"])}}
-                raise self._body_error(orjson.dumps(parsed), parsed, model.id, why)
-            raise upstream_error(FailureReason.INVALID_RESPONSE, why, status=200,
-                                 provider=self.config.name, model=model.id)
-        return Completion({}, raw)
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        events = speech.wants_events(body)
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(
+            self._client, f"{self._audio_url}/speech",
+            data=orjson.dumps(speech.for_model(body, model)),
+            headers={**self._headers, "Accept": speech.EVENT_STREAM if events else "*/*"},
+            first_deadline=first_deadline, connect=limits.connect,
+            failure=self._speech_failure, provider=self.config.name, model=model.id)
+        reader = self._speech_events if events else self._audio
+        clean = False
+        try:
+            size = 0
+            async with contextlib.aclosing(reader(resp, body, model.id, first_deadline,
+                                                  limits.idle)) as pieces:
+                async for piece in pieces:
+                    size += len(piece)
+                    if size > speech.MAX_AUDIO:
+                        raise upstream_error(
+                            FailureReason.INVALID_RESPONSE,
+                            f"more than {speech.MAX_AUDIO} bytes of audio", status=200,
+                            provider=self.config.name, model=model.id)
+                    yield Chunk(piece)
+            clean = True
+        finally:
+            finish_stream(resp, clean)
+
+    async def _audio(self, resp: Response, body: dict[str, Any], model: str,
+                     first_deadline: float, idle: float) -> AsyncGenerator[bytes, None]:
+        """A 200's audio as it comes, once its first bytes are audio for certain: what may
+        be an error body instead (JSON, HTML) is read whole first, at most MAX_ERROR_BODY."""
+        media = speech.media_type(resp.headers.get("Content-Type", ""))
+        if speech.textual(media):
+            raise self._speech_error(await read_limited(resp), model,
+                                     f"200 with {media} instead of audio")
+        async with contextlib.aclosing(chunks(resp, first_deadline, idle, self.config.name,
+                                              model)) as pieces:
+            head = b""
+            whole = True
+            async for data in pieces:
+                head += data
+                if len(head) >= MAX_ERROR_BODY or (
+                        len(head) >= speech.HEAD and not speech.may_be_text(head, body)):
+                    whole = False
+                    break
+            why = speech.not_audio(head, body, whole=whole)
+            if why is not None:
+                raise self._speech_error(head, model, why)
+            yield head
+            async for data in pieces:
+                yield data
+
+    async def _speech_events(self, resp: Response, body: dict[str, Any], model: str,
+                             first_deadline: float,
+                             idle: float) -> AsyncGenerator[bytes, None]:
+        """A 200's server-sent events (stream_format "sse"), each framed again as it came,
+        up to speech.audio.done; an error event raised as a failure. A server that answers
+        anything but events (raw audio: it ignored stream_format) cannot stream as asked."""
+        media = speech.media_type(resp.headers.get("Content-Type", ""))
+        if media != speech.EVENT_STREAM:
+            if speech.textual(media):
+                raise self._speech_error(await read_limited(resp), model,
+                                         f"200 with {media} instead of an event stream")
+            raise upstream_error(FailureReason.INCAPABLE,
+                                 f"answered {media or 'no content type'} to stream_format "
+                                 "sse: no server-sent events", status=200,
+                                 provider=self.config.name, model=model)
+        async for name, payload in sse_events(resp, first_deadline, idle, self.config.name,
+                                              model):
+            if payload == b"[DONE]":
+                return
+            if b'"error"' in payload:
+                error = self._chunk_error(payload, model)
+                if error is not None:
+                    raise error
+            yield speech.relayed(name, payload)
+            if speech.is_done(payload):
+                return
+        raise upstream_error(FailureReason.INVALID_RESPONSE,
+                             f"stream ended before {speech.DONE}", status=200,
+                             provider=self.config.name, model=model)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies

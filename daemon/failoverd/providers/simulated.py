@@ -25,12 +25,13 @@ from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
-from failoverd.translate import audio, completions, embeddings, inputs
+from failoverd.translate import audio, completions, embeddings, inputs, speech
 
 MAX_N = 128  # OpenAI's own limit on n
 SIMULATED_DIMENSIONS = 64  # an embedding's length unless the request asks for `dimensions`
 MAX_DIMENSIONS = 4096
 MAX_VALUES = 1 << 20  # inputs x dimensions of one answer
+SPOKEN_WORD = 2 * 16000 // 3  # bytes of speech a chunk: a word's third of a second
 
 _STATUS = {
     FailureReason.RATE_LIMIT: 429, FailureReason.OVERLOADED: 529,
@@ -225,9 +226,12 @@ class SimulatedProvider:
         return Completion({"text": text}, raw.encode())
 
     async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> Completion:
+                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
         """Silence as long as the text would take to say (a word a third of a second), as
-        WAV or raw PCM (16 kHz, 16-bit mono): real audio a player takes, for demos."""
+        WAV or raw PCM (16 kHz, 16-bit mono): real audio a player takes, for demos. Streamed
+        a word's time of it at a time; with stream_format "sse", as OpenAI's events, the
+        usage of the last one the input at four characters a token and 50 audio tokens a
+        second."""
         fmt = body.get("response_format", "mp3")
         if fmt not in ("wav", "pcm"):
             # another speech model may speak it: incapable, the chain goes on
@@ -236,15 +240,13 @@ class SimulatedProvider:
         await self._behave(model)
         words = min(len(str(body["input"]).split()), 600)
         samples = b"\0\0" * (16000 * (words + 1) // 3)
-        if fmt == "pcm":
-            return Completion({}, samples)
-        out = io.BytesIO()
-        with wave.open(out, "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(16000)
-            wav.writeframes(samples)
-        return Completion({}, out.getvalue())
+        audio = samples if fmt == "pcm" else _wav(samples)
+        events = speech.wants_events(body)
+        for start in range(0, len(audio), SPOKEN_WORD):
+            piece = audio[start:start + SPOKEN_WORD]
+            yield Chunk(speech.delta(piece) if events else piece)
+        if events:
+            yield Chunk(speech.done(len(str(body["input"])) // 4 + 1, len(samples) // 640))
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
@@ -253,6 +255,17 @@ class SimulatedProvider:
                     max_tokens: int) -> None:
         if kind != "none":
             await self._behave(model)
+
+
+def _wav(samples: bytes) -> bytes:
+    """16 kHz 16-bit mono `samples` as a WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(samples)
+    return out.getvalue()
 
 
 def _text_usage(body: dict[str, Any], texts: list[str]) -> dict[str, int]:
