@@ -4,6 +4,7 @@ API key; then the daemon serving OpenAI clients from it, with failover."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from failoverd.providers.base import AttemptLimits
 from failoverd.providers.bedrock import BedrockProvider
 from tests.fakes.base import fake_fixture
 from tests.fakes.bedrock import ACCESS_KEY, API_KEY, ERRORS, SECRET_KEY, FakeBedrock
+from tests.test_provider_contract import check_reuse
 
 fake_bedrock = fake_fixture(FakeBedrock, "fake_bedrock")
 
@@ -552,7 +554,7 @@ async def test_stream_without_an_answer_or_first_token(
         await collect(provider, HELLO)
     assert err.value.reason is FailureReason.INVALID_RESPONSE
     fake.push("stall")
-    quick = AttemptLimits(total=5, connect=2, first_token=0.3, idle=5)
+    quick = AttemptLimits(total=5, connect=2, first_token=0.15, idle=5)
     with pytest.raises(UpstreamError) as err:
         await collect(provider, HELLO, quick)
     assert err.value.reason is FailureReason.TIMEOUT
@@ -574,3 +576,77 @@ async def test_daemon_ends_a_stream_with_an_error_after_content(
             text += "".join(c.delta.content or "" for c in chunk.choices)
     assert text == "Hello from"
     assert backup.requests == []
+
+
+# ------------------------------------------------------------------ more of the edge
+
+
+async def test_documents(setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    fake, provider = setup
+    pdf = "data:application/pdf;base64,JVBERi0xLjQK"
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Summarise both"},
+        {"type": "file", "file": {"file_data": pdf, "filename": "Q3 report.v2.pdf"}},
+        {"type": "file", "file": {"file_data": pdf, "filename": "Q3 report.v2.pdf"}}]}]}
+    await provider.complete(body, MODEL, LIMITS)
+    blocks = fake.requests[0].body["messages"][0]["content"]
+    assert blocks[1:] == [
+        {"document": {"format": "pdf", "name": "Q3 report-v2",
+                      "source": {"bytes": "JVBERi0xLjQK"}}},
+        {"document": {"format": "pdf", "name": "Q3 report-v2 (2)",
+                      "source": {"bytes": "JVBERi0xLjQK"}}}]
+    zipped = {"messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_data": "data:application/zip;base64,UEsDBA=="}}]}]}
+    with pytest.raises(TranslationError):
+        await provider.complete(zipped, MODEL, LIMITS)
+
+
+async def test_timeouts_and_refused_connections(
+        setup: tuple[FakeBedrock, BedrockProvider], http_client: HttpClient) -> None:
+    fake, provider = setup
+    short = AttemptLimits(total=0.15, connect=0.15, first_token=0.15, idle=0.15)
+    fake.push("hang", "hang")
+    with pytest.raises(UpstreamError) as err:
+        await provider.complete(HELLO, MODEL, short)
+    assert err.value.reason is FailureReason.TIMEOUT
+    with pytest.raises(UpstreamError) as err:
+        await collect(provider, HELLO, short)
+    assert err.value.reason is FailureReason.TIMEOUT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        cfg = ProviderConfig(name="bedrock", kind="bedrock",
+                             base_url=f"http://127.0.0.1:{s.getsockname()[1]}",
+                             region="us-east-1", aws=SIGV4)
+        refused = make_provider(cfg, http_client)
+        for call in (refused.complete(HELLO, MODEL, LIMITS), collect(refused, HELLO),
+                     refused.probe(MODEL, "models", 1, 16)):
+            with pytest.raises(UpstreamError) as err:
+                await call
+            assert err.value.reason is FailureReason.CONNECTION
+
+
+async def test_connections_are_reused_and_a_timed_out_one_is_not(
+        setup: tuple[FakeBedrock, BedrockProvider], http_client: HttpClient) -> None:
+    fake, provider = setup
+    await check_reuse(fake, provider, MODEL, http_client, "throttled")
+
+
+async def test_a_reload_rereads_the_aws_credentials(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    await d.openai.chat.completions.create(model="default", messages=HELLO["messages"])
+    # the credentials are rotated: AWS and the daemon's environment change together
+    fake.access_key, fake.secret_key = "AKIAROTATEDBEDROCK02", "rotated/Secret+Key0000"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", fake.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", fake.secret_key)
+    resp = await d.http.post("/v1/reload")
+    assert resp.status_code == 200, resp.text
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.requests[-1].headers["Authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=AKIAROTATEDBEDROCK02/")
+    assert fake.auth_failures == [] and backup.requests == []

@@ -110,6 +110,7 @@ _TOP_KEYS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailCo
              "promptVariables", "requestMetadata", "performanceConfig"}
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _IMAGE_FORMATS = {"png", "jpeg", "gif", "webp"}
+_DOCUMENT_NAME = re.compile(r"[A-Za-z0-9\s\-()\[\]]{1,200}")
 
 
 # ------------------------------------------------------------------ event stream (own encoder)
@@ -365,6 +366,7 @@ def _invalid(body: Any) -> str | None:
                "that starts with a user message."
     has_tools = bool((body.get("toolConfig") or {}).get("tools"))
     calls: set[str] = set()
+    documents: set[str] = set()
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role != ("user" if i % 2 == 0 else "assistant"):
@@ -396,4 +398,14 @@ def _invalid(body: Any) -> str | None:
                             "the number of toolUse blocks of previous turn.")
             if "image" in block and block["image"].get("format") not in _IMAGE_FORMATS:
                 return "The format of the image is not supported."
+            if "document" in block:
+                name = str(block["document"].get("name", ""))
+                if not _DOCUMENT_NAME.fullmatch(name) or "  " in name:
+                    return (f"The document file name can only contain alphanumeric "
+                            f"characters, whitespace characters, hyphens, parentheses, and "
+                            f"square brackets. The name can't contain more than one "
+                            f"consecutive whitespace character. ({name!r})")
+                if name in documents:
+                    return "A document name must be unique within a request."
+                documents.add(name)
     return None

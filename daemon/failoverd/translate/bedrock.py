@@ -16,7 +16,10 @@ Where the two APIs differ, these are the decisions:
   blank text block); a tool result with no content says "(empty)" (its content is required).
 - Images: data URLs become `image {format, source: {bytes}}` for png, jpeg, gif and webp;
   Converse fetches no http(s) URLs (only S3 locations), so those are a TranslationError, as
-  for Ollama. Images in tool results go into the `toolResult` content.
+  for Ollama. Images in tool results go into the `toolResult` content. Files (a `file` part
+  with a data: URL, as the Responses and Anthropic front ends make them from PDFs) become
+  `document {format, name, source: {bytes}}` for pdf, csv, doc(x), xls(x), html, txt and md,
+  named after the file name cut to the characters Converse allows (unique in the request).
 - Tool calls become `toolUse {toolUseId, name, input}` (arguments must be a JSON object);
   tool results `toolResult {toolUseId, content}`, as `[{json}]` when the result is a JSON
   object, else `[{text}]`. Tool-call ids Converse would refuse (other providers' `call_0`
@@ -61,6 +64,14 @@ logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
+DOCUMENT_FORMATS = {
+    "application/pdf": "pdf", "text/csv": "csv", "application/msword": "doc",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.ms-excel": "xls",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
+# what a document's name may hold: letters, digits, single spaces, hyphens, (), []
+_NAME_CHAR = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 EMPTY_RESULT = "(empty)"
@@ -126,7 +137,28 @@ def _image(url: str, where: str) -> dict[str, Any]:
     raise _fail("an image URL that is neither data: nor http(s)", where)
 
 
-def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+def _document(part: dict[str, Any], where: str, names: set[str]) -> dict[str, Any]:
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data, str) or not is_data_url(data):
+        raise _fail("a file that is not inline data (a data: URL in file.file_data)", where)
+    document = parse_data_url(data, path=f"{where}.file.file_data")
+    fmt = DOCUMENT_FORMATS.get(document.media_type)
+    if fmt is None:
+        raise _fail(f"a file of type {document.media_type!r} (pdf, csv, doc, docx, xls, "
+                    "xlsx, html, txt, md)", where)
+    stem = str((file or {}).get("filename") or "document").rsplit(".", 1)[0]
+    base = " ".join(_NAME_CHAR.sub("-", stem).split())[:180] or "document"
+    name, n = base, 1
+    while name in names:
+        n += 1
+        name = f"{base} ({n})"
+    names.add(name)
+    return {"document": {"format": fmt, "name": name, "source": {"bytes": document.data}}}
+
+
+def _user_blocks(content: Any, where: str, names: set[str] | None = None
+                 ) -> list[dict[str, Any]]:
     if content is None or isinstance(content, str):
         return [{"text": content}] if content and content.strip() else []
     if not isinstance(content, list):
@@ -143,6 +175,8 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 blocks.append({"text": text})
         elif kind == "image_url":
             blocks.append(_image(image_part_url(part, path=at), f"{at}.image_url.url"))
+        elif kind == "file" and names is not None:
+            blocks.append(_document(part, at, names))
         else:
             raise _fail(f"a content part of type {kind!r}", at)
     return blocks
@@ -246,6 +280,7 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     turns: list[dict[str, Any]] = []
     used: dict[str, None] = {}
     ids = _ToolIds()
+    names: set[str] = set()  # of the documents
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -255,7 +290,8 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             system.extend({"text": t} for t in _text_of(message.get("content"),
                                                         f"{where}.content") if t.strip())
         elif role == "user":
-            _append(turns, "user", _user_blocks(message.get("content"), f"{where}.content"))
+            _append(turns, "user", _user_blocks(message.get("content"), f"{where}.content",
+                                                names))
         elif role == "assistant":
             _append(turns, "assistant", _assistant_blocks(message, where, ids, used))
         elif role == "tool":
