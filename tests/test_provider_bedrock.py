@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anthropic
+import httpx2
 import openai
 import orjson
 import pytest
@@ -650,3 +652,37 @@ async def test_a_reload_rereads_the_aws_credentials(
     assert fake.requests[-1].headers["Authorization"].startswith(
         "AWS4-HMAC-SHA256 Credential=AKIAROTATEDBEDROCK02/")
     assert fake.auth_failures == [] and backup.requests == []
+
+
+async def test_anthropic_and_responses_clients_served_by_bedrock(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """The other front ends over the same adapter: an Anthropic SDK tool-use stream and a
+    Responses API call."""
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    client = anthropic.AsyncAnthropic(
+        api_key="unused", base_url="http://failoverd", max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
+                                       timeout=30))
+    tool = {"name": "get_weather", "description": "Weather",
+            "input_schema": TOOL["function"]["parameters"]}
+    async with client.messages.stream(
+            model="default", max_tokens=200, tools=[tool],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Weather in Paris?"}]) as stream:
+        message = await stream.get_final_message()
+    await client.close()
+    assert message.stop_reason == "tool_use"
+    kinds = [block.type for block in message.content]
+    assert kinds == ["text", "tool_use"]
+    use = message.content[1]
+    assert use.type == "tool_use" and use.name == "get_weather"
+    assert use.input == {"city": "Paris"}
+    assert fake.requests[0].body["inferenceConfig"]["maxTokens"] == 200
+
+    answer = await d.openai.responses.create(model="default", input="hi",
+                                             instructions="be terse")
+    assert answer.output_text == "Hello from the fake Bedrock"
+    assert fake.requests[-1].body["system"] == [{"text": "be terse"}]
+    assert backup.requests == []
