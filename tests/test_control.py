@@ -67,9 +67,13 @@ async def test_status_reports_every_field(rig) -> None:
     assert qwen["last_probe"]["at"] == pytest.approx(clock.time())
     assert qwen["last_probe"]["reason"] is None
     assert body["providers"] == {
-        "a": {"credentials": "ok", "since": pytest.approx(clock.time()), "retry_at": None},
+        # a's model has prices: what its models spent today and this month (budget.py)
+        "a": {"credentials": "ok", "since": pytest.approx(clock.time()), "retry_at": None,
+              "spent_usd": {"day": gpt["cost_usd"], "month": gpt["cost_usd"]}},
         "ollama": {"credentials": "ok", "since": pytest.approx(clock.time()), "retry_at": None},
     }
+    assert gpt["spent_usd"] == {"day": gpt["cost_usd"], "month": gpt["cost_usd"]}
+    assert body["budgets"] == []  # no caps
     assert body["chains"]["default"] == {"models": [GPT, QWEN], "head": GPT}
     assert body["chains"]["local"] == {"models": [QWEN, GPT], "head": QWEN}
 

@@ -154,6 +154,8 @@ FIELDS = {
     "config:reloaded": {"source", "models", "providers"},
     "config:rejected": {"source", "problems"},
     "hook:failed": {"hook", "event", "event_id", "error"},
+    "budget:reached": {"scope", "name", "period", "period_key", "cap", "limit_usd",
+                       "spent_usd", "resets_at"},
 }
 
 
@@ -161,7 +163,9 @@ def every_type_config(a: Any, b: Any, c: Any, port: int, hook: str) -> str:
     return pair_config(
         a, b, head=f'node = "{NODE}"\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}',
         a_window=128000, b_window=32000,
-        more=f'[providers.c]\nkind = "openai"\nbase_url = "{c.url}"\n'
+        # still b's model: its first answer (15 tokens at $0.10 per 1,000) reaches its cap
+        more='cost = { input = 100.0, output = 100.0 }\nmax_cost_per_day = 0.001\n'
+             f'[providers.c]\nkind = "openai"\nbase_url = "{c.url}"\n'
              f'[models."{ODD}"]\nprovider = "c"\nname = "gpt-c"\n',
         tail=f"""[chains.odd]
 models = ["{ODD}"]

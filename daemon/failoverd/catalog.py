@@ -76,6 +76,10 @@ class ProviderConfig:
     # credentials that sign each request
     region: str = ""
     aws: AwsCredentials | None = field(default=None, repr=False)
+    # USD its models may spend together per UTC day / month (0: no cap); past it they are
+    # skipped as unavailable until the period ends (budget.py)
+    max_cost_per_day: float = 0.0
+    max_cost_per_month: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ class ModelConfig:
     # tokens (prompt + completion, as upstreams report them) per rolling minute: past it the
     # model is skipped as unavailable ("max_tpm") until enough of the minute's usage ages out
     max_tpm: int = 0
+    # USD the model may spend per UTC day / month at its `cost` prices (0: no cap); past it
+    # it is skipped as unavailable ("max_cost_per_day") until the period ends (budget.py)
+    max_cost_per_day: float = 0.0
+    max_cost_per_month: float = 0.0
     # speech models: the client's voice -> this model's ("*": for any other voice)
     voices: tuple[tuple[str, str], ...] = ()
 
@@ -154,7 +162,8 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-ke
 
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
-                  "simulate_failure", "simulate_latency", "stream_usage", "region")
+                  "simulate_failure", "simulate_latency", "stream_usage", "region",
+                  "max_cost_per_day", "max_cost_per_month")
 
 
 def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderConfig | None:
@@ -245,6 +254,8 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         stream_usage=stream_usage,
         region=region,
         aws=aws,
+        max_cost_per_day=_cap(sec, "max_cost_per_day"),
+        max_cost_per_month=_cap(sec, "max_cost_per_month"),
     )
     sec.finish()
     return cfg
@@ -322,6 +333,11 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
                 cost_sec.number("cache_read", 0.0) if cost_sec.has("cache_read") else None,
                 cost_sec.number("cache_write", 0.0) if cost_sec.has("cache_write") else None)
     cost_sec.finish()
+    spend_caps = {key: _cap(sec, key) for key in ("max_cost_per_day", "max_cost_per_month")}
+    for key, usd in spend_caps.items():
+        if usd and not (cost.input or cost.output or cost.cache_read or cost.cache_write):
+            sec.problem(key, "needs the model's prices (cost.input, cost.output): without "
+                        "them it spends nothing and the cap would never apply")
     window = sec.integer("context_window", 0, minimum=1) if sec.has("context_window") else None
     max_out = (sec.integer("max_output_tokens", 0, minimum=1)
                if sec.has("max_output_tokens") else None)
@@ -352,10 +368,17 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         max_concurrency=sec.integer("max_concurrency", 0, maximum=MAX_IN_FLIGHT),
         max_rpm=sec.integer("max_rpm", 0, maximum=MAX_IN_FLIGHT),
         max_tpm=sec.integer("max_tpm", 0, maximum=MAX_TOKENS_PER_MINUTE),
+        max_cost_per_day=spend_caps["max_cost_per_day"],
+        max_cost_per_month=spend_caps["max_cost_per_month"],
         voices=tuple(voices),
     )
     sec.finish()
     return cfg
+
+
+def _cap(sec: Section, key: str) -> float:
+    """A spending cap in USD (budget.py): more than 0 when given; 0 when not."""
+    return sec.number(key, 0.0, positive=True) if sec.has(key) else 0.0
 
 
 def _special_model(sec: Section, special: str, caps: Collection[str], provider: Any) -> None:

@@ -464,6 +464,13 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         models[model_id] = read_model(model_id, msec.table(model_id), psec.data)
     if not models:
         problems.append("models: at least one [models.\"<id>\"] entry is required")
+    priced = {m.provider for m in models.values() if m.cost != Cost()}
+    for name, p in providers.items():
+        for key in ("max_cost_per_day", "max_cost_per_month"):
+            if getattr(p, key) and name not in priced:
+                psec.table(name).problem(key, "needs a model of this provider with prices "
+                                         "(cost.input, cost.output): without them its models "
+                                         "spend nothing and the cap would never apply")
 
     routing = _routing(top.table("routing"), models)
 

@@ -33,7 +33,7 @@ from failoverd.clock import Clock
 logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("failoverd.audit")
 
-# DESIGN.md "Events": every type the daemon emits.
+# DESIGN.md "Events": every type the daemon emits (and budget:reached, README "Spending caps").
 EVENT_TYPES = (
     "model:failover",
     "breaker:opened",
@@ -46,6 +46,7 @@ EVENT_TYPES = (
     "config:reloaded",
     "config:rejected",
     "hook:failed",
+    "budget:reached",
 )
 
 RESERVED_KEYS = frozenset({"id", "type", "time", "node"})

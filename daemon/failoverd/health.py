@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,12 +32,14 @@ from typing import Any
 
 from failoverd import healthstate
 from failoverd.breaker import Breaker, BreakerState, TransitionCallback
+from failoverd.budget import Budgets, Reached, caps_of
 from failoverd.clock import Clock
-from failoverd.config import Config, ModelConfig
+from failoverd.config import Config, Cost, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
 from failoverd.quota import Quotas
 
 logger = logging.getLogger(__name__)
+_FREE = Cost()  # a model without prices (it spends nothing)
 
 LATENCY_SAMPLES = 256
 
@@ -151,6 +154,10 @@ class HealthRegistry:
         self._breakers: dict[str, Breaker] = {}
         self._inflight: dict[str, int] = {}
         self.quotas = Quotas()  # max_rpm and max_tpm
+        self.budgets = Budgets()  # max_cost_per_day and max_cost_per_month
+        self.budgets.configure(caps_of(config))
+        # told of every cap the spending reaches (once per period); the service's events
+        self.on_budget_reached: Callable[[Reached], None] | None = None
         self._latency: dict[str, deque[float]] = {}
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
@@ -219,6 +226,7 @@ class HealthRegistry:
         # a removed model's minute stays until it ages out: one added back within it must
         # not get a fresh quota
         self.quotas.forget(config.models, self.clock.monotonic())
+        self.budgets.configure(caps_of(config))  # what was spent counts against new caps
         reopened: list[tuple[str, BreakerState]] = []
         for model in config.models.values():
             breaker = self._breakers.get(model.id)
@@ -238,6 +246,7 @@ class HealthRegistry:
             if self._on_transition is not None:
                 self._on_transition(model_id, state, BreakerState.CLOSED, "reconfigured",
                                     None, 0)
+        self._announce_budgets(self.budgets.reached(self.clock.time()))  # a lowered cap
 
     # ------------------------------------------------------------------ admission
 
@@ -261,6 +270,10 @@ class HealthRegistry:
         quota = self.quotas.blocked(model_id, self.clock.monotonic())
         if quota is not None:
             return False, quota
+        budget = self.budgets.blocked(model_id, self._config.models[model_id].provider,
+                                      self.clock.time())
+        if budget is not None:
+            return False, budget
         return True, None
 
     def settle(self, model_id: str) -> None:
@@ -277,10 +290,12 @@ class HealthRegistry:
         breaker = self._breakers.get(model_id)
         if breaker is None:
             return None
-        if self._blocked(self._config.models[model_id].provider) is not None:
+        provider = self._config.models[model_id].provider
+        if self._blocked(provider) is not None:
             return None
         if self._over_limit(model_id) \
-                or self.quotas.blocked(model_id, self.clock.monotonic()) is not None:
+                or self.quotas.blocked(model_id, self.clock.monotonic()) is not None \
+                or self.budgets.blocked(model_id, provider, self.clock.time()) is not None:
             return None
         ticket = breaker.try_acquire()
         if ticket is None:
@@ -293,6 +308,27 @@ class HealthRegistry:
     def spent(self, model_id: str, tokens: int) -> None:
         """Records the tokens an answer of the model reported (for max_tpm)."""
         self.quotas.spent(model_id, tokens, self.clock.monotonic())
+
+    def cost(self, model_id: str, usd: float) -> None:
+        """Records what an answer of the model cost (for its and its provider's caps)."""
+        model = self._config.models.get(model_id)
+        if model is None:
+            # removed by a reload while the call ran: its provider is no longer known, and
+            # a model added back under the id may be another one (the metrics count it)
+            return
+        self._announce_budgets(self.budgets.spend(model_id, model.provider, usd,
+                                                  self.clock.time()))
+
+    def _announce_budgets(self, reached: list[Reached]) -> None:
+        for cap in reached:
+            budget = cap.budget
+            logger.warning("%s %s: %s reached (%.4f of %.4f USD in %s); %s skipped until "
+                           "%s", budget.scope, budget.name, budget.key, cap.spent,
+                           budget.limit, cap.period,
+                           "it is" if budget.scope == "model" else "its models are",
+                           time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cap.resets_at)))
+            if self.on_budget_reached is not None:
+                self.on_budget_reached(cap)
 
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency
@@ -321,7 +357,8 @@ class HealthRegistry:
         if wait == 0.0 and self._over_limit(model_id):
             return None
         if wait is not None:
-            wait = max(wait, self.quotas.wait(model_id, self.clock.monotonic()))
+            wait = max(wait, self.quotas.wait(model_id, self.clock.monotonic()),
+                       self.budgets.wait(model_id, provider, self.clock.time()))
         return wait
 
     def retry_at(self, model_id: str) -> float | None:
@@ -500,6 +537,7 @@ class HealthRegistry:
 
     def status(self) -> dict[str, Any]:
         """Per model and per provider, for GET /v1/status (times: wall-clock epoch seconds)."""
+        wall = self.clock.time()
         models: dict[str, Any] = {}
         for model_id, breaker in self._breakers.items():
             entry = breaker.status()
@@ -515,6 +553,12 @@ class HealthRegistry:
                 inflight=self._inflight.get(model_id, 0),
             )
             entry.update(self.quotas.status(model_id, self.clock.monotonic()))
+            model = self._config.models[model_id]
+            if model.cost != _FREE:
+                entry["spent_usd"] = self.budgets.spending("model", model_id, wall)
+            held = self.budgets.blocked(model_id, model.provider, wall)
+            if held is not None:  # skipped until the cap's period ends
+                entry.update(budget=held, retry_at=self.retry_at(model_id))
             if entry["state"] == "unavailable":
                 # blocked by its provider's credentials: say why and until when
                 creds = self._credentials[entry["provider"]]
@@ -522,6 +566,7 @@ class HealthRegistry:
                              since=max(entry.get("since") or 0.0, self._wall(creds.since)))
             models[model_id] = entry
         providers: dict[str, Any] = {}
+        priced = {m.provider for m in self._config.models.values() if m.cost != _FREE}
         for name in self._config.providers:
             state = self._blocked(name) or "ok"
             creds = self._credentials[name]
@@ -530,7 +575,9 @@ class HealthRegistry:
                 "since": self._wall(creds.since),
                 "retry_at": self._wall(creds.until) if state != "ok" else None,
             }
-        return {"models": models, "providers": providers}
+            if name in priced:  # what its priced models spent together
+                providers[name]["spent_usd"] = self.budgets.spending("provider", name, wall)
+        return {"models": models, "providers": providers, "budgets": self.budgets.status(wall)}
 
     # ------------------------------------------------------------------ persistence
 
@@ -543,8 +590,10 @@ class HealthRegistry:
             state = self._blocked(name)
             if state is not None:
                 blocks[name] = (state, self._wall(creds.since), self._wall(creds.until))
-        return healthstate.snapshot(self._fingerprints, self._config, self.clock.time(),
+        data = healthstate.snapshot(self._fingerprints, self._config, self.clock.time(),
                                     self._breakers, blocks)
+        data["budgets"] = self.budgets.snapshot()  # money spent: kept whatever the settings
+        return data
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Loads a ``snapshot()``; unknown models/providers and malformed entries are skipped,
@@ -552,6 +601,10 @@ class HealthRegistry:
 
         A file without fingerprints (written before they existed) is taken as it is.
         """
+        spending = data.get("budgets")
+        if data.get("version") == healthstate.STATE_VERSION and isinstance(spending, dict):
+            self.budgets.restore(spending, self.clock.time())
+            self._announce_budgets(self.budgets.reached(self.clock.time()))  # untold ones
         blocks = healthstate.restore(data, self._fingerprints, self._config, self.clock,
                                      self._breakers, self._credentials)
         for name, (state, since, until) in blocks.items():

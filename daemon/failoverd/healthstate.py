@@ -7,7 +7,10 @@ wall-clock times, each entry next to the fingerprint of the settings it was earn
     {"version": 1, "saved_at": <wall>, "salt": <hex>,
      "breakers": {<model id>: {<Breaker.snapshot()>, "settings": <fingerprint>}},
      "providers": {<name>: {"state": "auth" | "billing", "since": <wall>, "until": <wall>,
-                            "settings": <fingerprint>}}}
+                            "settings": <fingerprint>}},
+     "budgets": {"model:<id>" | "provider:<name>": <Budgets.snapshot() entry>}}
+
+The spending under "budgets" (``budget.py``) is kept whatever the settings: it is money spent.
 
 ``restore`` skips unknown models and providers, malformed entries, and entries saved under other
 settings (a new API key, URL or model config), so a restart after fixing a key tries the

@@ -99,15 +99,16 @@ class Metrics:
     def upstream_latency(self, model: str, seconds: float, ok: bool) -> None:
         self.upstream[(model, "ok" if ok else "error")].observe(seconds)
 
-    def usage(self, model: str, usage: Any) -> None:
+    def usage(self, model: str, usage: Any) -> float:
         """Tokens of one answer as the upstream reported them (canonical usage): ``prompt``
         (cache reads and writes included), ``completion``, and of the prompt ``cache_read``
         and ``cache_write``. An answer with no usage (a stream whose client did not ask for
         ``stream_options.include_usage``, an upstream that tells none) is counted apart, so
-        the token counts are known to be a lower bound."""
+        the token counts are known to be a lower bound. Returns what the answer cost (USD
+        at the model's prices; 0 without them)."""
         if not isinstance(usage, dict):
             self.unreported[model] += 1
-            return
+            return 0.0
         tokens = self.tokens
         prompt = _count(usage.get("prompt_tokens"))
         completion = _count(usage.get("completion_tokens"))
@@ -119,14 +120,17 @@ class Metrics:
             if value:
                 tokens[(model, kind)] += value
         price = self.prices.get(model)
-        if price is not None:
-            fresh = max(prompt - read - written, 0)
-            read_price = price.input if price.cache_read is None else price.cache_read
-            write_price = price.input if price.cache_write is None else price.cache_write
-            spent = (fresh * price.input + read * read_price + written * write_price
-                     + completion * price.output) / 1e6
-            if spent > 0:
-                self.cost[model] += spent
+        if price is None:
+            return 0.0
+        fresh = max(prompt - read - written, 0)
+        read_price = price.input if price.cache_read is None else price.cache_read
+        write_price = price.input if price.cache_write is None else price.cache_write
+        spent = (fresh * price.input + read * read_price + written * write_price
+                 + completion * price.output) / 1e6
+        if spent > 0:
+            self.cost[model] += spent
+            return spent
+        return 0.0
 
     def totals(self) -> dict[str, Any]:
         """Tokens by kind and cost since the start, models a reload removed included."""

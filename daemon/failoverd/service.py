@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from failoverd import complexity, discovery, requirements, router, selection
 from failoverd.breaker import BreakerState
+from failoverd.budget import Reached
 from failoverd.clock import Clock
 from failoverd.config import Config, Cost
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
@@ -84,6 +85,9 @@ class Route:
 # 75 s stays above the idle expiry of common clients (httpx 5 s, aiohttp 15 s, Node 5 s), so
 # a client does not pick a connection the daemon is closing; streams are never cut by it.
 IDLE_CONNECTION_SECONDS = 75.0
+# Spending (budget.py) is saved this long after an answer's cost at most: a crash loses
+# no more of it, and a busy daemon writes its state file once per period, not per answer.
+SPENDING_SAVE_SECONDS = 5.0
 
 
 class Service:
@@ -112,9 +116,11 @@ class Service:
         self.mqtt: MqttPublisher | None = None
         self.health = HealthRegistry(config, clock, self.rng, self._on_transition,
                                      self._on_credentials)
+        self.health.on_budget_reached = self._budget_reached
         self.sessions = SessionStore(clock, sticky_seconds=config.routing.sticky_seconds)
         self.state_file = StateFile(config.daemon.state_dir)
         self._save_pending = False
+        self._spending_save: asyncio.TimerHandle | None = None
         self.streams: set[Any] = set()  # open /v1/events subscriptions, closed on shutdown
         self.prober: Prober | None = None
         self.reloader: Callable[[], tuple[bool, list[str]]] | None = None
@@ -271,9 +277,12 @@ class Service:
                 for m, why in route.skipped)
 
     def usage(self, model_id: str, usage: Any) -> None:
-        """An answer's reported usage: counted (tokens, cost) and, for a model with max_tpm,
-        spent against its minute."""
-        self.metrics.usage(model_id, usage)
+        """An answer's reported usage: counted (tokens, cost), its cost spent against the
+        spending caps and, for a model with max_tpm, its tokens against its minute."""
+        usd = self.metrics.usage(model_id, usage)
+        if usd > 0:
+            self.health.cost(model_id, usd)
+            self._schedule_spending_save()
         if isinstance(usage, dict):
             tokens = sum(v for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
                          if type(v) is int and v > 0)
@@ -386,8 +395,30 @@ class Service:
         except RuntimeError:
             self.save_state()
 
+    def _schedule_spending_save(self) -> None:
+        """Spending goes to the state file within SPENDING_SAVE_SECONDS (not one write per
+        answer); a cap reached, and a stop, save at once."""
+        if self._spending_save is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.save_state()
+                return
+            self._spending_save = loop.call_later(SPENDING_SAVE_SECONDS, self.schedule_save)
+
+    def _budget_reached(self, reached: Reached) -> None:
+        budget = reached.budget
+        self.bus.emit("budget:reached", scope=budget.scope, name=budget.name,
+                      period=budget.period, period_key=reached.period, cap=budget.key,
+                      limit_usd=budget.limit, spent_usd=round(reached.spent, 9),
+                      resets_at=reached.resets_at)
+        self.schedule_save()
+
     def save_state(self) -> None:
         self._save_pending = False
+        if self._spending_save is not None:
+            self._spending_save.cancel()
+            self._spending_save = None
         try:
             self.state_file.save(self.health.snapshot())
         except OSError as exc:

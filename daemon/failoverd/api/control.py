@@ -140,6 +140,7 @@ async def status(request: web.Request) -> web.Response:
         "config": utf8_safe(cfg.source), "last_reload": request.app[RELOADS].status(),
         "models": detail["models"],
         "providers": detail["providers"],
+        "budgets": detail["budgets"],
         "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},

@@ -172,7 +172,7 @@ def show_status(data: dict[str, Any]) -> str:
            f"{data.get('health', '?')}, {data.get('inflight', 0)} in flight, "
            f"{data.get('failovers_last_minute', 0)} failovers in the last minute"]
     rows: list[tuple[Any, ...]] = [
-        (mid, m.get("state"), m.get("reason"), _in(m.get("retry_at"), now),
+        (mid, m.get("state"), m.get("reason") or m.get("budget"), _in(m.get("retry_at"), now),
          m.get("consecutive_failures"), _pct(m.get("failure_rate")),
          _ms(m.get("latency_p50")), _ms(m.get("latency_p95")),
          _probe_cell(m.get("last_probe")), m.get("inflight"))
@@ -206,6 +206,14 @@ def show_status(data: dict[str, Any]) -> str:
                 for name, p in providers.items() if p.get("credentials") != "ok"]
     if troubled:
         out += ["", table(troubled, ("provider", "credentials", "retry"))]
+    budgets = data.get("budgets") or []
+    if budgets:  # the spending caps: what was spent of each this day or month
+        out += ["", table([(f"{b.get('scope')} {b.get('name')}", b.get("period"),
+                            _usd(float(b.get("spent_usd") or 0)),
+                            _usd(float(b.get("limit_usd") or 0)),
+                            "REACHED" if b.get("reached") else "",
+                            _in(b.get("resets_at"), now)) for b in budgets],
+                          ("budget", "period", "spent", "cap", "", "resets"))]
     chains = data.get("chains", {})
     if chains:
         out += ["", table([(n, c.get("head"), " > ".join(c.get("models", [])))
