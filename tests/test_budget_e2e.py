@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from failoverd import config as config_mod
+from failoverd import service as service_mod
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
-from tests.helpers import HELLO, failoverctl, status
+from tests.helpers import HELLO, failoverctl, status, until
 
 # 2026-12-07 23:50:00 UTC, ten minutes before the day's caps reset
 LATE = float(calendar.timegm((2026, 12, 7, 23, 50, 0, 0, 0, 0)))
@@ -206,3 +207,21 @@ primary = "p/m"
         "providers.p.max_cost_per_month: needs a model of this provider with prices "
         "(cost.input, cost.output): without them its models spend nothing and the cap would "
         "never apply"]
+
+
+async def test_spending_reaches_the_state_file_without_a_stop(
+        fake_openai: Any, start_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash loses at most SPENDING_SAVE_SECONDS of spending: the save comes by itself."""
+    monkeypatch.setattr(service_mod, "SPENDING_SAVE_SECONDS", 0.05)
+    a, b = await fake_openai(), await fake_openai()
+    d = await start_daemon(config(a, b), clock=clock_at(LATE))
+    path = Path(d.sup.service.state_file.path)
+
+    def saved() -> float:
+        entry = json.loads(path.read_text()).get("budgets", {}).get("model:a/gpt-a")
+        return float(entry["day"][1]) if entry else 0.0
+
+    assert (await ask(d)).status_code == 200
+    assert (await ask(d)).status_code == 200
+    await until(lambda: saved() > 0.002, timeout=5)
+    assert saved() == pytest.approx(0.003)
