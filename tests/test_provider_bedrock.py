@@ -686,3 +686,18 @@ async def test_anthropic_and_responses_clients_served_by_bedrock(
     assert answer.output_text == "Hello from the fake Bedrock"
     assert fake.requests[-1].body["system"] == [{"text": "be terse"}]
     assert backup.requests == []
+
+
+async def test_an_inference_profile_arn_as_the_model(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    """An ARN's ':' and '/' are percent-encoded in the path (and signed double-encoded)."""
+    fake, provider = setup
+    arn = ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
+           "us.anthropic.claude-3-5-sonnet-20241022-v2:0")
+    model = ModelConfig(id="bedrock/profile", provider="bedrock", name=arn)
+    await provider.complete(HELLO, model, LIMITS)
+    assert fake.requests[0].path == (
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2F"
+        "us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse")
+    assert fake.requests[0].model == arn
+    assert fake.auth_failures == []
