@@ -102,6 +102,13 @@ async def test_past_its_daily_cap_a_model_is_skipped_until_midnight_utc(
     budget = next(line for line in out.splitlines() if line.startswith("model a/gpt-a "))
     assert budget.split()[2:] == ["day", "$0.003", "$0.003", "REACHED", "in", "10m"]
 
+    # Prometheus: what was spent of each cap, and the cap
+    metrics = (await d.http.get("/metrics")).text
+    assert 'failoverd_budget_spent_usd{scope="model",name="a/gpt-a",period="day"} 0.003' \
+        in metrics
+    assert 'failoverd_budget_limit_usd{scope="model",name="a/gpt-a",period="day"} 0.003' \
+        in metrics
+
     # a new UTC day: a is called again, and a second day's cap is told again
     clock.advance(600)
     resp = await ask(d)

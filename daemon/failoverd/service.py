@@ -483,6 +483,14 @@ class Service:
                     "# HELP failoverd_mqtt_connected 1 while connected to the broker.",
                     "# TYPE failoverd_mqtt_connected gauge",
                     f"failoverd_mqtt_connected {int(m.connected)}"]
+        caps = self.health.budgets.status(self.clock.time())
+        if caps:  # the spending caps (budget.py): alert on spent / cap before it is reached
+            out += ["# HELP failoverd_budget_spent_usd What a capped model or provider spent "
+                    "in the current UTC day or month.", "# TYPE failoverd_budget_spent_usd gauge"]
+            out += [f"failoverd_budget_spent_usd{_cap_labels(c)} {c['spent_usd']}" for c in caps]
+            out += ["# HELP failoverd_budget_limit_usd A spending cap (max_cost_per_day, "
+                    "max_cost_per_month).", "# TYPE failoverd_budget_limit_usd gauge"]
+            out += [f"failoverd_budget_limit_usd{_cap_labels(c)} {c['limit_usd']}" for c in caps]
         pools = self.client.stats()
         out += ["# HELP failoverd_upstream_connections_opened_total Connections opened to each "
                 "upstream (keep-alive reuse keeps this low).",
@@ -528,6 +536,10 @@ def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[s
     if not cfg.models[first[0]].chat:
         return candidates  # a reload made it a model of another kind: it answers no chat
     return (*first, *(c for c in candidates if c not in first))
+
+
+def _cap_labels(cap: dict[str, Any]) -> str:
+    return labels(scope=cap["scope"], name=cap["name"], period=cap["period"])
 
 
 def _pool_labels(p: PoolStats) -> str:
