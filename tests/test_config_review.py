@@ -70,7 +70,8 @@ bse_url = "typo"
 provider = "q"
 """)
     assert found == [
-        "providers.q.kind: must be one of openai, anthropic, gemini, ollama, simulated; "
+        "providers.q.kind: must be one of openai, anthropic, gemini, ollama, bedrock, "
+        "simulated; "
         "got 'openia'",
         "providers.q.bse_url: unknown key",
     ]
