@@ -24,6 +24,7 @@ from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.bedrock import BedrockProvider
+from failoverd.translate import bedrock as translate
 from tests.fakes.base import fake_fixture
 from tests.fakes.bedrock import ACCESS_KEY, API_KEY, ERRORS, SECRET_KEY, FakeBedrock
 from tests.test_provider_contract import check_reuse
@@ -701,3 +702,40 @@ async def test_an_inference_profile_arn_as_the_model(
         "us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse")
     assert fake.requests[0].model == arn
     assert fake.auth_failures == []
+
+
+def test_reasoning_and_stop_reasons_in_answers() -> None:
+    """Reasoning (DeepSeek-R1's, Claude's thinking) as reasoning_content, and the stop reasons
+    and cache usage of answers, without the network."""
+    answer = translate.to_completion({
+        "output": {"message": {"role": "assistant", "content": [
+            {"reasoningContent": {"reasoningText": {"text": "Think.", "signature": "sig"}}},
+            {"text": "Done."}]}},
+        "stopReason": "model_context_window_exceeded",
+        "usage": {"inputTokens": 5, "outputTokens": 3, "totalTokens": 108,
+                  "cacheReadInputTokens": 60, "cacheWriteInputTokens": 40}}, "m")
+    message = answer["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == ("Done.", "Think.")
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"] == {"prompt_tokens": 105, "completion_tokens": 3,
+                               "total_tokens": 108, "prompt_tokens_details": {
+                                   "cached_tokens": 60}, "cache_creation_input_tokens": 40}
+    stream = translate.StreamTranslator("m")
+    chunks = [*stream.feed("messageStart", {"role": "assistant"})]
+    assert not stream.content_started
+    chunks += stream.feed("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+        "reasoningContent": {"text": "Hmm"}}})
+    chunks += stream.feed("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+        "reasoningContent": {"signature": "sig"}}})
+    assert stream.content_started
+    chunks += stream.feed("contentBlockDelta", {"contentBlockIndex": 1, "delta": {
+        "text": "Yes"}})
+    chunks += stream.feed("messageStop", {"stopReason": "guardrail_intervened"})
+    chunks += stream.feed("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2,
+                                                 "totalTokens": 3}})
+    chunks += stream.finish()
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[:3] == [{"role": "assistant", "content": ""}, {"reasoning_content": "Hmm"},
+                          {"content": "Yes"}]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+    assert chunks[-1]["usage"]["total_tokens"] == 3

@@ -302,20 +302,20 @@ class BedrockProvider(Lacking):
                                  model=model.id)
         decoder = Decoder()
         clean = False
-        # chunks are held back until one carries an answer (text or a tool call): an
-        # exception before it (throttled, overloaded) or an empty answer still fails over
+        # chunks are held back until the model begins its answer (text, a tool call or
+        # reasoning): an exception before it (throttled, overloaded) or an empty answer still
+        # fails over
         held: list[dict[str, Any]] = []
         try:
             while not translator.done:
-                answered = translator.answered
-                messages = await self._read(resp, decoder,
-                                            None if answered else first_deadline,
+                started = translator.content_started
+                messages = await self._read(resp, decoder, None if started else first_deadline,
                                             limits.idle, model.id)
                 if messages is None:
                     break
                 for message in messages:
                     chunks = self._event(message, translator, model.id)
-                    if not translator.answered:
+                    if not translator.content_started:
                         held.extend(chunks)
                         continue
                     for chunk in (*held, *chunks):
@@ -323,7 +323,7 @@ class BedrockProvider(Lacking):
                     held.clear()
             if not translator.stopped:
                 raise self._invalid("stream ended before messageStop", model.id)
-            if not translator.answered and translator.stop_reason in ("end_turn", None) \
+            if not translator.content_started and translator.stop_reason in ("end_turn", None) \
                     and not ends_in_prefill(body):
                 raise self._invalid("200 stream without any answer (stopReason "
                                     f"{translator.stop_reason})", model.id)

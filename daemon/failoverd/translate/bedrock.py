@@ -514,7 +514,9 @@ class StreamTranslator:
     created: int = field(default_factory=lambda: int(time.time()))
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     started: bool = False  # the role delta went out
-    answered: bool = False  # text or a tool call went out
+    # the model began its answer (text, a tool call, or reasoning): a failure from here on
+    # comes after content
+    content_started: bool = False
     stop_reason: str | None = None
     done: bool = False  # the metadata event (the last) came
     _calls: dict[int, int] = field(default_factory=dict)  # content block -> tool call index
@@ -552,7 +554,7 @@ class StreamTranslator:
                 call = _tool_call({**use, "input": None})
                 call["function"]["arguments"] = ""
                 out.append(self._delta(calls=[call], index=index))
-                self.answered = True
+                self.content_started = True
         elif event_type == "contentBlockDelta":
             out.extend(self._content_delta(event))
         elif event_type == "messageStop":
@@ -571,7 +573,7 @@ class StreamTranslator:
         if isinstance(delta.get("text"), str):
             if not delta["text"]:
                 return []
-            self.answered = True
+            self.content_started = True
             return [self._delta(delta["text"])]
         use = delta.get("toolUse")
         if isinstance(use, dict):
@@ -580,7 +582,7 @@ class StreamTranslator:
             if index is None:  # a delta without its start: a call of its own
                 index = self._calls[block] = len(self._calls)
             piece = str(use.get("input") or "")
-            self.answered = True
+            self.content_started = True
             return [self._chunk({"tool_calls": [{"index": index,
                                                  "function": {"arguments": piece}}]})]
         reasoning = delta.get("reasoningContent")
@@ -588,7 +590,7 @@ class StreamTranslator:
         if not isinstance(text, str) or not text:
             return []  # a signature, redacted content, or nothing
         first = {} if self.started else {"role": "assistant", "content": ""}
-        self.started = True
+        self.started = self.content_started = True
         return [self._chunk({**first, "reasoning_content": text})]
 
     def finish(self) -> list[dict[str, Any]]:
