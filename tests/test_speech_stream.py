@@ -130,8 +130,8 @@ def events(raw: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def config(a: Tts, b: Tts, *, a_more: str = "", more: str = "") -> str:
-    return f"""
+def config(a: Tts, b: Tts, *, head: str = "", a_more: str = "", more: str = "") -> str:
+    return f"""{head}
 [providers.a]
 kind = "openai"
 base_url = "{a.url}"
@@ -325,6 +325,36 @@ async def test_a_slow_client_holds_the_upstream_back(pair: Any) -> None:
         async for data in rest:
             parts.append(data)
     assert b"".join(parts) == MP3 + big
+
+
+@pytest.mark.parametrize("sse_format", [False, True], ids=["audio", "sse"])
+async def test_a_stop_cuts_a_speech_stream_as_unfinished(start_daemon: Any,
+                                                         sse_format: bool) -> None:
+    """A stop's cut after shutdown_timeout: raw audio is left unfinished (never ended as if
+    whole), an event stream ends with the shutting_down error event."""
+    a, b = await Tts().start(), await Tts().start()
+    try:
+        d = await start_daemon(config(a, b, head="shutdown_timeout = 0.3"))
+        a.script = [audio(EVENTS, "text/event-stream") if sse_format else audio(PIECES)]
+        body = {**ASK, "stream_format": "sse"} if sse_format else ASK
+        async with d.http.stream("POST", "/v1/audio/speech", json=body) as resp:
+            got, rest = await first_bytes(resp, len(EVENTS[0] if sse_format else PIECES[0]))
+            d.sup.request_stop()
+            if sse_format:
+                async for data in rest:
+                    got += data
+                assert events(got)[-1]["error"]["type"] == "shutting_down"
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async for data in rest:
+                        got += data
+                assert got == PIECES[0]
+        await asyncio.wait_for(d.task, 10)
+        requests = d.sup.service.metrics.requests
+        assert requests.get(("a/tts", "cancelled")) == 1 and ("a/tts", "ok") not in requests
+    finally:
+        await a.close()
+        await b.close()
 
 
 # ------------------------------------------------------------------ server-sent events
