@@ -92,7 +92,7 @@ async def _speak(request: web.Request, svc: Service, rt: Runtime,
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
-            if not events:
+            if not events and resp.prepared:
                 _cut(request)  # a stop's cut: what went out must not pass for the whole audio
             raise
         if isinstance(exc, ClientStalled):
