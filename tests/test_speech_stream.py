@@ -378,6 +378,17 @@ async def test_events_are_passed_on_as_they_come(pair: Any) -> None:
     assert await metric(d, 'failoverd_requests_total{model="a/tts",outcome="ok"} 1')
 
 
+async def test_named_events_and_the_end_of_the_stream_pass_as_they_came(pair: Any) -> None:
+    """An upstream that names its events keeps their names; the stream ends at the done
+    event even if the upstream adds [DONE] after it (it is not passed on)."""
+    a, _, d = pair
+    named = [b"event: speech.audio.delta\n" + EVENTS[0], b"event: speech.audio.done\n" + DONE]
+    a.script = [audio([*named, b"data: [DONE]\n\n"], "text/event-stream; charset=utf-8")]
+    a.gate.set()
+    resp = await d.http.post("/v1/audio/speech", json={**ASK, "stream_format": "sse"})
+    assert resp.content == b"".join(named)
+
+
 async def test_a_model_that_cannot_stream_events_leaves_them_to_another(pair: Any) -> None:
     """tts-1 refuses stream_format sse with a 400; a server that ignores it answers raw
     audio: either is incapable (no breaker count), and the next speech model streams."""
