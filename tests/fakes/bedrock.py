@@ -10,8 +10,9 @@ skew of at most 5 minutes). It validates Converse's rules the real API enforces 
 turns beginning with the user, no blank text, tool blocks only with a toolConfig, results that
 answer the calls before them, known top-level keys).
 
-Script it like the other fakes: ``fake.push("throttled", "ok")``; every request is logged in
-``fake.requests`` (raw path, headers, parsed body). Behaviours: "ok", any key of ERRORS,
+Tests take the `fake_bedrock` fixture (a factory) from here. Script it like the other fakes:
+``fake.push("throttled", "ok")``; every request is logged in ``fake.requests`` (raw path,
+headers, parsed body). Behaviours: "ok", any key of ERRORS,
 "hang", "slow:<seconds>", "invalid_json", "empty" (end_turn, no content), "max_tokens",
 "guardrail", and for streams "stall" (messageStart, then nothing), "exception_first" (a
 throttlingException frame before any content), "exception_mid" (a modelStreamErrorException
@@ -36,7 +37,7 @@ from urllib.parse import parse_qsl, quote
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, cut
+from tests.fakes.base import FakeServer, cut, fake_fixture
 
 ACCESS_KEY = "AKIAFAKEBEDROCK00001"
 SECRET_KEY = "fake/Secret+Key/for/failoverd/tests00000"
@@ -409,3 +410,7 @@ def _invalid(body: Any) -> str | None:
                     return "A document name must be unique within a request."
                 documents.add(name)
     return None
+
+
+# the fixture: a factory of started fakes, closed after the test
+fake_bedrock = fake_fixture(FakeBedrock, "fake_bedrock")

@@ -56,6 +56,7 @@ from failoverd.providers.http import (
 from failoverd.providers.sigv4 import Signer
 from failoverd.timeouts import timeout, timeout_at
 from failoverd.translate import bedrock as translate
+from failoverd.translate.bedrock_stream import StreamTranslator
 
 SERVICE = "bedrock"  # the SigV4 signing name of the Bedrock Runtime
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -269,7 +270,7 @@ class BedrockProvider(Lacking):
             if messages:
                 return messages
 
-    def _event(self, message: Message, translator: translate.StreamTranslator,
+    def _event(self, message: Message, translator: StreamTranslator,
                model: str) -> list[dict[str, Any]]:
         kind = message.message_type
         if kind == "exception":
@@ -291,7 +292,7 @@ class BedrockProvider(Lacking):
         data = self._payload(body, model)
         url = self._url(model, "converse-stream")
         options = body.get("stream_options")
-        translator = translate.StreamTranslator(
+        translator = StreamTranslator(
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token

@@ -1,9 +1,9 @@
 """Translation between the canonical form (OpenAI Chat Completions dicts) and Amazon Bedrock's
 Converse API (``/model/{modelId}/converse`` and ``/converse-stream``).
 
-`to_request` builds a Converse request, `to_completion` turns a Converse response into a
-`chat.completion`, and `StreamTranslator` the streamed Converse events (decoded from the event
-stream framing by the adapter) into `chat.completion.chunk` dicts.
+`to_request` builds a Converse request and `to_completion` turns a Converse response into a
+`chat.completion`; translate/bedrock_stream.py turns the streamed Converse events (decoded from
+the event stream framing by the adapter) into `chat.completion.chunk` dicts.
 
 Where the two APIs differ, these are the decisions:
 
@@ -50,7 +50,6 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -58,7 +57,7 @@ import orjson
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.anthropic_response import canonical_usage
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
-from failoverd.translate.tools import function_tools, stream_delta
+from failoverd.translate.tools import function_tools
 
 logger = logging.getLogger(__name__)
 
@@ -449,7 +448,8 @@ def usage(raw: Any) -> dict[str, Any]:
                             "cache_creation_input_tokens": raw.get("cacheWriteInputTokens")})
 
 
-def _tool_call(use: dict[str, Any]) -> dict[str, Any]:
+def tool_call(use: dict[str, Any]) -> dict[str, Any]:
+    """A Converse toolUse as a canonical tool call."""
     return {"id": str(use.get("toolUseId") or f"call_{uuid.uuid4().hex[:24]}"),
             "type": "function",
             "function": {"name": str(use.get("name") or ""),
@@ -479,7 +479,7 @@ def to_completion(response: dict[str, Any], model_name: str,
         if isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif isinstance(block.get("toolUse"), dict):
-            calls.append(_tool_call(block["toolUse"]))
+            calls.append(tool_call(block["toolUse"]))
         elif "reasoningContent" in block:
             reasoning.append(_reasoning_text(block))
     text = "".join(texts)
@@ -495,115 +495,3 @@ def to_completion(response: dict[str, Any], model_name: str,
                          "finish_reason": finish_reason(response.get("stopReason"),
                                                         bool(calls))}],
             "usage": usage(response.get("usage"))}
-
-
-@dataclass(slots=True)
-class StreamTranslator:
-    """Turns Converse stream events (messageStart, contentBlockStart, contentBlockDelta,
-    contentBlockStop, messageStop, metadata) into canonical chunks.
-
-    Tool calls stream as OpenAI's do: the first delta of a call carries its id and name (from
-    contentBlockStart), later ones pieces of its arguments, all under the call's index. The
-    finish chunk comes with messageStop; usage (in the metadata event after it) goes on a
-    final choices-less chunk when the client asked for `stream_options.include_usage`, else on
-    the finish chunk, which is then held until the metadata came.
-    """
-
-    model_name: str
-    include_usage: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    started: bool = False  # the role delta went out
-    # the model began its answer (text, a tool call, or reasoning): a failure from here on
-    # comes after content
-    content_started: bool = False
-    stop_reason: str | None = None
-    done: bool = False  # the metadata event (the last) came
-    _calls: dict[int, int] = field(default_factory=dict)  # content block -> tool call index
-    _finish: dict[str, Any] | None = None
-    _usage: Any = None
-
-    @property
-    def stopped(self) -> bool:
-        return self.stop_reason is not None
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model_name,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish}]}
-
-    def _delta(self, text: str = "", calls: list[dict[str, Any]] | None = None,
-               index: int = 0) -> dict[str, Any]:
-        delta = stream_delta(not self.started, text, calls or [], index)
-        self.started = True
-        return self._chunk(delta)
-
-    def feed(self, event_type: str, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """The chunks for one event."""
-        out: list[dict[str, Any]] = []
-        if event_type == "messageStart":
-            if not self.started:
-                out.append(self._delta())
-        elif event_type == "contentBlockStart":
-            start = event.get("start")
-            use = start.get("toolUse") if isinstance(start, dict) else None
-            if isinstance(use, dict):
-                index = len(self._calls)
-                self._calls[int(event.get("contentBlockIndex") or 0)] = index
-                call = _tool_call({**use, "input": None})
-                call["function"]["arguments"] = ""
-                out.append(self._delta(calls=[call], index=index))
-                self.content_started = True
-        elif event_type == "contentBlockDelta":
-            out.extend(self._content_delta(event))
-        elif event_type == "messageStop":
-            self.stop_reason = str(event.get("stopReason") or "end_turn")
-            self._finish = self._chunk({}, finish_reason(self.stop_reason, bool(self._calls)))
-        elif event_type == "metadata":
-            self._usage = event.get("usage")
-            self.done = True
-        # contentBlockStop and unknown events carry nothing for the client
-        return out
-
-    def _content_delta(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        delta = event.get("delta")
-        if not isinstance(delta, dict):
-            return []
-        if isinstance(delta.get("text"), str):
-            if not delta["text"]:
-                return []
-            self.content_started = True
-            return [self._delta(delta["text"])]
-        use = delta.get("toolUse")
-        if isinstance(use, dict):
-            block = int(event.get("contentBlockIndex") or 0)
-            index = self._calls.get(block)
-            if index is None:  # a delta without its start: a call of its own
-                index = self._calls[block] = len(self._calls)
-            piece = str(use.get("input") or "")
-            self.content_started = True
-            return [self._chunk({"tool_calls": [{"index": index,
-                                                 "function": {"arguments": piece}}]})]
-        reasoning = delta.get("reasoningContent")
-        text = reasoning.get("text") if isinstance(reasoning, dict) else None
-        if not isinstance(text, str) or not text:
-            return []  # a signature, redacted content, or nothing
-        first = {} if self.started else {"role": "assistant", "content": ""}
-        self.started = self.content_started = True
-        return [self._chunk({**first, "reasoning_content": text})]
-
-    def finish(self) -> list[dict[str, Any]]:
-        """The chunks after the last event: the finish chunk (with usage unless the client
-        asked for a usage chunk), then the usage chunk if it did."""
-        out: list[dict[str, Any]] = []
-        if self._finish is not None:
-            if not self.include_usage:
-                self._finish["usage"] = usage(self._usage)
-            out.append(self._finish)
-            self._finish = None
-        if self.include_usage:
-            out.append({"id": self.id, "object": "chat.completion.chunk",
-                        "created": self.created, "model": self.model_name, "choices": [],
-                        "usage": usage(self._usage)})
-        return out
