@@ -545,3 +545,26 @@ def test_reasoning_and_stop_reasons_in_answers() -> None:
                           {"content": "Yes"}]
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert chunks[-1]["usage"]["total_tokens"] == 3
+
+
+def test_request_translation_details() -> None:
+    """Without the network: the knobs, turn merging and the refusals of to_request."""
+    request = translate.to_request({
+        "temperature": 1.5, "max_tokens": 9000, "tools": [TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "  "},
+                     {"role": "developer", "content": [{"type": "text", "text": "rule"}]},
+                     {"role": "user", "content": [{"type": "text", "text": "b"}]}]},
+        max_output_tokens=4096)
+    assert request["inferenceConfig"] == {"maxTokens": 4096, "temperature": 1.0}
+    assert request["messages"] == [{"role": "user", "content": [{"text": "a"}, {"text": "b"}]}]
+    assert request["system"] == [{"text": "rule"}]
+    assert request["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}}
+    assert translate.to_request({"messages": [{"role": "system", "content": "only"}]},
+                                max_output_tokens=100) == {
+        "messages": [{"role": "user", "content": [{"text": "only"}]}],
+        "inferenceConfig": {"maxTokens": 100}}
+    with pytest.raises(TranslationError) as err:
+        translate.to_request({"messages": [{"role": "assistant", "content": "Hi!"},
+                                           {"role": "user", "content": "hello"}]})
+    assert err.value.param == "messages"

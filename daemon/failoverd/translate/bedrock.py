@@ -29,7 +29,8 @@ Where the two APIs differ, these are the decisions:
   tool calls and no tools to declare gets stub declarations of the tools it used; with
   "none" that would let the model call them, so that is a TranslationError.
 - inferenceConfig: maxTokens (max_completion_tokens, else max_tokens, capped at the model's
-  max_output_tokens), temperature, topP, stopSequences.
+  max_output_tokens, which is also sent when the request sets none), temperature (at most 1,
+  as the models behind Converse take it, like the Anthropic adapter), topP, stopSequences.
 - Dropped, as hints that do not change the answer's shape: user, store, metadata, seed,
   service_tier, parallel_tool_calls, prediction, prompt_cache_key, safety_identifier,
   verbosity, cache_control, reasoning_effort (model-specific on Bedrock) and top_k.
@@ -376,7 +377,8 @@ def _inference_config(body: dict[str, Any], max_output_tokens: int | None) -> di
     elif max_output_tokens:
         cfg["maxTokens"] = max_output_tokens
     if body.get("temperature") is not None:
-        cfg["temperature"] = body["temperature"]
+        # OpenAI's range is 0-2, the models behind Converse take 0-1 (a 400 above it)
+        cfg["temperature"] = min(float(body["temperature"]), 1.0)
     if body.get("top_p") is not None:
         cfg["topP"] = body["top_p"]
     stop = body.get("stop")
