@@ -20,7 +20,7 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
-from failoverd.providers.bedrock import BedrockProvider
+from failoverd.providers.bedrock import BedrockProvider, classify_error
 from failoverd.translate import bedrock as translate
 from failoverd.translate.bedrock_stream import StreamTranslator
 from tests.fakes.bedrock import (
@@ -508,6 +508,20 @@ async def test_an_inference_profile_arn_as_the_model(
         "us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse")
     assert fake.requests[0].model == arn
     assert fake.auth_failures == []
+
+
+@pytest.mark.parametrize(("status", "kind", "message", "reason"), [
+    (413, "", "Request Entity Too Large", FailureReason.INCAPABLE),
+    (None, "throttlingException", "Too many tokens", FailureReason.RATE_LIMIT),
+    (None, "validationException", "Input is too long for requested model.",
+     FailureReason.CONTEXT_OVERFLOW),
+    (None, "", "something odd", FailureReason.SERVER_ERROR),
+    (502, "", "Bad Gateway", FailureReason.SERVER_ERROR),
+    (403, "", "Forbidden", FailureReason.AUTH),
+])
+def test_classification_without_a_body_type(status: int | None, kind: str, message: str,
+                                            reason: FailureReason) -> None:
+    assert classify_error(status, message, kind) is reason
 
 
 def test_reasoning_and_stop_reasons_in_answers() -> None:

@@ -146,6 +146,10 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
     reason = _TYPE_REASONS.get(kind)
     if reason is not None:
         return reason
+    if status == 413:
+        # over the bytes a request may have (images, documents), not the context window:
+        # any other model may take it, as for Anthropic's request_too_large
+        return FailureReason.INCAPABLE
     if status is None or status < 400:
         return classify_in_band(message, kind)
     return classify(status, message, kind)
