@@ -328,19 +328,15 @@ class BedrockProvider(Lacking):
                     held.clear()
             if not translator.stopped:
                 raise self._invalid("stream ended before messageStop", model.id)
-            if not translator.content_started and translator.stop_reason in ("end_turn", None) \
-                    and not ends_in_prefill(body):
+            if not translator.content_started and not ends_in_prefill(body) \
+                    and translate.finish_reason(translator.stop_reason, False) == "stop":
                 raise self._invalid("200 stream without any answer (stopReason "
                                     f"{translator.stop_reason})", model.id)
-            clean = translator.done or await self._ended(resp, decoder, limits.idle, model.id)
+            clean = True  # read to its metadata event or to its end
             for chunk in (*held, *translator.finish()):
                 yield Chunk.of(chunk)
         finally:
             finish_stream(resp, clean)
-
-    async def _ended(self, resp: Response, decoder: Decoder, idle: float, model: str) -> bool:
-        """Whether the stream's body ended cleanly after its last event."""
-        return await self._read(resp, decoder, None, idle, model) is None
 
     def default_output(self, model: ModelConfig) -> int | None:
         return model.max_output_tokens  # sent as maxTokens when the request sets none
