@@ -1,9 +1,11 @@
 """Home Assistant MQTT discovery (`[mqtt] discovery = true`): retained config messages under
 `<discovery_prefix>/binary_sensor/...` that make Home Assistant create, with no YAML, one
 device per failoverd node with a binary sensor per model ("problem": on while the model is
-out: its breaker open or forced open, or its provider's credentials blocked) and one for the
-daemon ("connectivity": its online/offline status). The sensors read the topics failoverd
-publishes anyway (the retained model state and status), so nothing else is sent per change.
+out: its breaker open or forced open, or its provider's credentials blocked), one for the
+daemon ("connectivity": its online/offline status), and a USD sensor per spending cap (what
+was spent of it in the current UTC day or month, with the cap and its reset as attributes).
+The sensors read the topics failoverd publishes anyway (the retained model state, status and
+spending caps), so nothing else is sent per change.
 
 Home Assistant wants object ids of [a-zA-Z0-9_-]: model ids ("openai/gpt-5", "qwen2.5:7b")
 are rewritten so, with a short hash of the id so that two ids never share a sensor.
@@ -35,15 +37,18 @@ def node_id(node: str) -> str:
     return f"failoverd_{object_id(node)}"
 
 
-def config_filter(cfg: MqttConfig, node: str) -> str:
-    """The topic filter of every discovery config of this node."""
-    return f"{cfg.discovery_prefix}/binary_sensor/{node_id(node)}/+/config"
+def config_filters(cfg: MqttConfig, node: str) -> tuple[str, ...]:
+    """The topic filters of every discovery config of this node."""
+    return tuple(f"{cfg.discovery_prefix}/{component}/{node_id(node)}/+/config"
+                 for component in ("binary_sensor", "sensor"))
 
 
 def messages(cfg: MqttConfig, node: str, models: Iterable[tuple[str, str]],
-             state_topic: str) -> dict[str, bytes]:
+             state_topic: str, budgets: Iterable[tuple[str, str, str, str]] = ()
+             ) -> dict[str, bytes]:
     """Every discovery config: topic -> retained JSON payload. `models` are (model id,
-    its retained state topic); `state_topic` is the daemon's status topic."""
+    its retained state topic); `state_topic` is the daemon's status topic; `budgets` are the
+    spending caps as (scope, name, period, their retained topic): a USD sensor each."""
     nid = node_id(node)
     device = {"identifiers": [nid], "name": f"failoverd {node}", "manufacturer": "failoverd",
               "model": "LLM failover daemon", "sw_version": __version__}
@@ -59,5 +64,13 @@ def messages(cfg: MqttConfig, node: str, models: Iterable[tuple[str, str]],
         out[f"{base}/{oid}/config"] = orjson.dumps({
             "name": model_id, "unique_id": f"{nid}_{oid}", "device_class": "problem",
             "state_topic": topic, "value_template": _PROBLEM,
+            "json_attributes_topic": topic, "device": device, **availability})
+    for scope, name, period, topic in budgets:
+        oid = object_id(f"budget {scope} {name} {period}")
+        when = "today" if period == "day" else "this month"
+        out[f"{cfg.discovery_prefix}/sensor/{nid}/{oid}/config"] = orjson.dumps({
+            "name": f"{name} spent {when}", "unique_id": f"{nid}_{oid}",
+            "device_class": "monetary", "unit_of_measurement": "USD",
+            "state_topic": topic, "value_template": "{{ value_json.spent_usd }}",
             "json_attributes_topic": topic, "device": device, **availability})
     return out

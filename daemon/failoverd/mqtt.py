@@ -130,6 +130,7 @@ class MqttPublisher:
         base = f"{cfg.topic_prefix}/{node}"
         self.status_topic = f"{base}/status"
         self._model_base = f"{base}/models"
+        self._budget_base = f"{base}/budgets"
         self._event_base = f"{base}/events"
         self._queue: collections.deque[Event] = collections.deque()
         self._states: dict[str, bytes] = {}  # model id -> latest payload; b"" = clear retained
@@ -186,6 +187,15 @@ class MqttPublisher:
 
     def model_state_topic(self, model_id: str) -> str:
         return f"{self._model_base}/{model_topic_id(model_id)}/state"
+
+    def budget_topic(self, scope: str, name: str, period: str) -> str:
+        """A spending cap's retained state: `<prefix>/<node>/budgets/<scope>/<name>/<period>`
+        (the name as one topic level, as model ids are)."""
+        return f"{self._budget_base}/{scope}/{model_topic_id(name)}/{period}"
+
+    @property
+    def budget_filter(self) -> str:
+        return f"{self._budget_base}/#"
 
     def set_retained(self, messages: dict[str, bytes]) -> None:
         """The other retained messages (topic -> payload) to keep on the broker: those
@@ -368,9 +378,12 @@ class MqttPublisher:
             self._session_was_up = True
             logger.info("mqtt: connected to %s (MQTT %s)", self._where(), self._protocol)
             await self._publish(client, self.status_topic, b"online", retain=True)
+            # this node's retained topics failoverd no longer keeps (a model or a spending
+            # cap gone while the daemon was stopped) come back here and are cleared
+            await client.subscribe(self.budget_filter, qos=1)
             if self.cfg.discovery:
-                # this node's configs on the broker: those of models gone are cleared
-                await client.subscribe(discovery.config_filter(self.cfg, self.node), qos=1)
+                for pattern in discovery.config_filters(self.cfg, self.node):
+                    await client.subscribe(pattern, qos=1)
             self._connected.set()
             self._dirty = dict.fromkeys(self._states)  # the broker may have lost them
             self._topics_dirty = dict.fromkeys(self._topics)
@@ -397,8 +410,8 @@ class MqttPublisher:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         # The iterator raises on disconnection, which cancels a drain that may be waiting on
-        # a PUBACK that will never come. Its only messages are this node's retained
-        # discovery configs, when discovery is on (see _stale_config).
+        # a PUBACK that will never come. Its only messages are this node's retained spending
+        # caps, and discovery configs when discovery is on (see _stale_config).
         try:
             async for message in client.messages:
                 self._stale_config(message)
@@ -406,17 +419,16 @@ class MqttPublisher:
             raise MqttUnavailable(f"connection to {self._where()} lost: {exc}") from None
 
     def _stale_config(self, message: aiomqtt.Message) -> None:
-        """A retained discovery config of this node's on the broker that is no longer ours
-        (a model removed while the daemon was stopped): cleared, or Home Assistant would keep
-        its sensor for ever. Our own publishes come back unretained and are let be."""
+        """A retained message of this node's on the broker that is no longer ours (a discovery
+        config or a spending cap's state, of a model or cap removed while the daemon was
+        stopped): cleared, or Home Assistant would keep its sensor for ever. Our own
+        publishes come back unretained and are let be."""
         payload = message.payload
-        if not (self.cfg.discovery and message.retain and isinstance(payload, bytes | bytearray)
-                and payload):
+        if not (message.retain and isinstance(payload, bytes | bytearray) and payload):
             return
         topic = message.topic.value
         if topic not in self._topics:
-            logger.info("mqtt: clearing the discovery config of a model no longer configured "
-                        "(%s)", topic)
+            logger.info("mqtt: clearing a retained message no longer configured (%s)", topic)
             self._topics[topic] = b""
             self._topics_dirty[topic] = None
             self._wakeup.set()

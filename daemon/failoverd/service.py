@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from failoverd import complexity, discovery, requirements, router, selection
 from failoverd.breaker import BreakerState
 from failoverd.budget import Reached
@@ -371,11 +373,25 @@ class Service:
             return
         for model_id, entry in self.health.status()["models"].items():
             mqtt.set_model_state(model_id, mqtt_state(model_id, entry))
+        self.publish_budgets()
+
+    def publish_budgets(self) -> None:
+        """Hands the spending caps' retained states (and Home Assistant's discovery configs,
+        when asked for) to the MQTT publisher, which sends those that changed: at start, on
+        a reload, when a cap is reached, and every few seconds from the supervisor."""
+        mqtt = self.mqtt
+        if mqtt is None:
+            return
+        caps = self.health.budgets.status(self.clock.time())
+        topics = {mqtt.budget_topic(c["scope"], c["name"], c["period"]): c for c in caps}
+        retained = {topic: orjson.dumps(cap) for topic, cap in topics.items()}
         if mqtt.cfg.discovery:
-            mqtt.set_retained(discovery.messages(
+            retained.update(discovery.messages(
                 mqtt.cfg, mqtt.node,
                 [(m, mqtt.model_state_topic(m)) for m in self.runtime.config.models],
-                mqtt.status_topic))
+                mqtt.status_topic,
+                [(c["scope"], c["name"], c["period"], t) for t, c in topics.items()]))
+        mqtt.set_retained(retained)
 
     # ------------------------------------------------------------------ persistence
 
@@ -396,15 +412,19 @@ class Service:
             self.save_state()
 
     def _schedule_spending_save(self) -> None:
-        """Spending goes to the state file within SPENDING_SAVE_SECONDS (not one write per
-        answer); a cap reached, and a stop, save at once."""
+        """Spending goes to the state file, and MQTT, within SPENDING_SAVE_SECONDS (not one
+        write per answer); a cap reached, and a stop, save at once."""
         if self._spending_save is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self.save_state()
                 return
-            self._spending_save = loop.call_later(SPENDING_SAVE_SECONDS, self.schedule_save)
+            self._spending_save = loop.call_later(SPENDING_SAVE_SECONDS, self._spending_due)
+
+    def _spending_due(self) -> None:
+        self.schedule_save()
+        self.publish_budgets()
 
     def _budget_reached(self, reached: Reached) -> None:
         budget = reached.budget
@@ -413,6 +433,7 @@ class Service:
                       limit_usd=budget.limit, spent_usd=round(reached.spent, 9),
                       resets_at=reached.resets_at)
         self.schedule_save()
+        self.publish_budgets()
 
     def save_state(self) -> None:
         self._save_pending = False

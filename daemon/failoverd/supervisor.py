@@ -246,6 +246,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             self.refresh_status()
+            if self.service is not None:  # a UTC day or month that ended resets the caps
+                self.service.publish_budgets()
 
     def refresh_status(self) -> None:
         """Sends STATUS= if the summary changed since the last one."""
