@@ -45,7 +45,8 @@ MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
 @dataclass(frozen=True, slots=True)
 class AwsCredentials:
     """AWS credentials from the daemon's environment (bedrock without an API key), which sign
-    its requests (SigV4); read at every load, so a reload picks up rotated ones."""
+    its requests (SigV4); read at every load and reload (the environment itself only changes
+    with a restart)."""
 
     access_key_id: str
     secret_access_key: str = field(repr=False)
