@@ -18,6 +18,7 @@ period does not reopen it. The spending survives restarts in the state file (`sn
 from __future__ import annotations
 
 import calendar
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ Scope = Literal["model", "provider"]
 PERIODS: tuple[Period, ...] = ("day", "month")
 # the config key of each period's cap, which is also the reason a capped model is skipped
 CAP_KEYS: dict[Period, str] = {"day": "max_cost_per_day", "month": "max_cost_per_month"}
+# a period's key as period_of writes it: a saved one of another shape is not understood
+# (compared as text, "garbage" would sort after every date and never reset)
+_KEY_SHAPES: dict[Period, re.Pattern[str]] = {"day": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+                                              "month": re.compile(r"[0-9]{4}-[0-9]{2}")}
 
 
 def period_of(period: Period, wall: float) -> tuple[str, float]:
@@ -44,6 +49,13 @@ def period_of(period: Period, wall: float) -> tuple[str, float]:
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
     return (f"{t.tm_year:04d}-{t.tm_mon:02d}",
             float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))))
+
+
+def _over(spent: float, limit: float) -> bool:
+    """Whether `spent` reached `limit`, to the nano-dollar /v1/status shows: answers' costs
+    add up in binary floats (7 x 0.0015 is 0.010499999999999999), and a cap that n answers
+    reach must hold after the nth."""
+    return round(spent, 9) >= limit
 
 
 def _scopes(model: str, provider: str) -> tuple[tuple[Scope, str], tuple[Scope, str]]:
@@ -162,7 +174,7 @@ class Budgets:
                 spent = self.spent(budget.scope, budget.name, budget.period, wall)
                 key, end = self._period(budget.period, wall)
                 mark = (budget.scope, budget.name, budget.period, key)
-                if spent < budget.limit:
+                if not _over(spent, budget.limit):
                     self._announced.discard(mark)
                 elif mark not in self._announced:
                     self._announced.add(mark)
@@ -184,7 +196,8 @@ class Budgets:
             return None
         for scope_key in _scopes(model, provider):
             for budget in self._caps.get(scope_key, ()):
-                if self.spent(budget.scope, budget.name, budget.period, wall) >= budget.limit:
+                if _over(self.spent(budget.scope, budget.name, budget.period, wall),
+                         budget.limit):
                     return budget.key
         return None
 
@@ -195,7 +208,8 @@ class Budgets:
         wait = 0.0
         for scope_key in _scopes(model, provider):
             for budget in self._caps.get(scope_key, ()):
-                if self.spent(budget.scope, budget.name, budget.period, wall) >= budget.limit:
+                if _over(self.spent(budget.scope, budget.name, budget.period, wall),
+                         budget.limit):
                     wait = max(wait, self._period(budget.period, wall)[1] - wall)
         return wait
 
@@ -208,7 +222,7 @@ class Budgets:
             spent = self.spent(budget.scope, budget.name, budget.period, wall)
             out.append({"scope": budget.scope, "name": budget.name, "period": budget.period,
                         "period_key": key, "limit_usd": budget.limit,
-                        "spent_usd": round(spent, 9), "reached": spent >= budget.limit,
+                        "spent_usd": round(spent, 9), "reached": _over(spent, budget.limit),
                         "resets_at": end})
         return out
 
@@ -248,6 +262,7 @@ class Budgets:
             for period in PERIODS:
                 held = periods.get(period)
                 if not (isinstance(held, list) and len(held) == 2 and isinstance(held[0], str)
+                        and _KEY_SHAPES[period].fullmatch(held[0])
                         and type(held[1]) in (int, float) and held[1] >= 0):
                     continue
                 if held[0] >= self._period(period, wall)[0]:

@@ -604,11 +604,22 @@ class HealthRegistry:
         spending = data.get("budgets")
         if data.get("version") == healthstate.STATE_VERSION and isinstance(spending, dict):
             self.budgets.restore(spending, self.clock.time())
-            self._announce_budgets(self.budgets.reached(self.clock.time()))  # untold ones
+            self._announce_restored()
         blocks = healthstate.restore(data, self._fingerprints, self._config, self.clock,
                                      self._breakers, self._credentials)
         for name, (state, since, until) in blocks.items():
             self._credentials[name] = _Credentials(state, since, until)
+
+    def _announce_restored(self) -> None:
+        """Tells the caps the restored spending reached and no run told yet, once the start
+        is under way: the event sinks that come with it (MQTT) listen only after the state
+        is restored."""
+        def announce() -> None:
+            self._announce_budgets(self.budgets.reached(self.clock.time()))
+        try:
+            asyncio.get_running_loop().call_soon(announce)
+        except RuntimeError:
+            announce()
 
     def _wall(self, mono: float) -> float:
         return round(self.clock.time() + (mono - self.clock.monotonic()), 3)

@@ -384,13 +384,17 @@ class Service:
             return
         caps = self.health.budgets.status(self.clock.time())
         topics = {mqtt.budget_topic(c["scope"], c["name"], c["period"]): c for c in caps}
-        retained = {topic: orjson.dumps(cap) for topic, cap in topics.items()}
+        retained: dict[str, bytes] = {}
         if mqtt.cfg.discovery:
+            # the configs first: the publisher keeps this order, so a cap that leaves gets
+            # its sensor removed before its state topic is cleared (which Home Assistant
+            # would render the sensor's template on)
             retained.update(discovery.messages(
                 mqtt.cfg, mqtt.node,
                 [(m, mqtt.model_state_topic(m)) for m in self.runtime.config.models],
                 mqtt.status_topic,
                 [(c["scope"], c["name"], c["period"], t) for t, c in topics.items()]))
+        retained.update((topic, orjson.dumps(cap)) for topic, cap in topics.items())
         mqtt.set_retained(retained)
 
     # ------------------------------------------------------------------ persistence
