@@ -19,7 +19,7 @@ from failoverd.clock import ManualClock
 from failoverd.discovery import object_id
 from failoverd.errors import ConfigError
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, status, until, until_async
+from tests.helpers import HELLO, failoverctl, status, until, until_async
 from tests.mosquitto import Mosquitto, recording, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 
@@ -216,3 +216,18 @@ async def test_a_streamed_answer_whose_client_left_after_its_usage_still_costs(
         assert (await status(d))["models"]["a/gpt-a"]["spent_usd"]["day"] == 0.0015
     finally:
         await a.close()
+
+
+async def test_failoverctl_tells_a_month_caps_reset_in_days(fake_openai: Any,
+                                                             start_daemon: Any) -> None:
+    """A monthly cap resets up to 31 days ahead: "in 24.0d", not "in 576.2h"."""
+    a, b = await fake_openai(), await fake_openai()
+    d = await start_daemon(pair(a, b, a_model="max_cost_per_month = 0.001"),
+                           clock=clock_at(LATE))
+    assert (await ask(d)).headers["x-failoverd-model"] == "a/gpt-a"  # $0.0015: reached
+    code, out, _ = await failoverctl(d.socket, "status")
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("model a/gpt-a "))
+    assert row.split()[2:] == ["month", "$0.0015", "$0.001", "REACHED", "in", "24.0d"]
+    model = next(line for line in out.splitlines() if line.startswith("a/gpt-a "))
+    assert model.split()[2:5] == ["max_cost_per_month", "in", "24.0d"]

@@ -125,7 +125,9 @@ def _in(at: Any, now: float) -> str:
         return f"in {left:.0f}s"
     if left < 7200:
         return f"in {left / 60:.0f}m"
-    return f"in {left / 3600:.1f}h"
+    if left < 172800:
+        return f"in {left / 3600:.1f}h"
+    return f"in {left / 86400:.1f}d"  # a monthly spending cap's reset
 
 
 def _clock(at: Any) -> str:
