@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from failoverd import config as config_mod
+from failoverd.budget import Budget, Budgets
 from failoverd.clock import ManualClock
 from failoverd.discovery import object_id
 from failoverd.errors import ConfigError
@@ -75,6 +76,19 @@ async def test_a_cap_that_n_answers_reach_holds_after_the_nth_despite_float_sums
     assert (await ask(d)).headers["x-failoverd-model"] == "b/gpt-b"
     assert len(a.chat_requests()) == 7
     assert [e.type for e in d.sup.service.bus.recent()].count("budget:reached") == 1
+
+
+def test_sums_are_compared_at_any_scale() -> None:
+    """Float sums fall short at any scale: compared to the cap relatively, never by rounding
+    to a fixed number of decimals (which would make a sub-nano-dollar cap unreachable)."""
+    for price, n, cap in ((0.0015, 7, 0.0105), (0.1, 8, 0.8), (3e-11, 7, 2.1e-10)):
+        budgets = Budgets()
+        budgets.configure([Budget("model", "m", "day", cap)])
+        for _ in range(n - 1):
+            assert budgets.spend("m", "p", price, LATE) == []
+            assert budgets.blocked("m", "p", LATE) is None
+        assert [r.budget.limit for r in budgets.spend("m", "p", price, LATE)] == [cap]
+        assert budgets.blocked("m", "p", LATE) == "max_cost_per_day"
 
 
 def sim(port: int, cap: float) -> str:

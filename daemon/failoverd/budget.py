@@ -18,6 +18,7 @@ period does not reopen it. The spending survives restarts in the state file (`sn
 from __future__ import annotations
 
 import calendar
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -52,10 +53,9 @@ def period_of(period: Period, wall: float) -> tuple[str, float]:
 
 
 def _over(spent: float, limit: float) -> bool:
-    """Whether `spent` reached `limit`, to the nano-dollar /v1/status shows: answers' costs
-    add up in binary floats (7 x 0.0015 is 0.010499999999999999), and a cap that n answers
-    reach must hold after the nth."""
-    return round(spent, 9) >= limit
+    """Whether `spent` reached `limit`: answers' costs add up in binary floats (7 x 0.0015 is
+    0.010499999999999999), and a cap that n answers reach must hold after the nth."""
+    return spent >= limit or math.isclose(spent, limit, rel_tol=1e-9)
 
 
 def _scopes(model: str, provider: str) -> tuple[tuple[Scope, str], tuple[Scope, str]]:
