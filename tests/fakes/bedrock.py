@@ -8,7 +8,10 @@ it recomputes from the request as received (its own implementation, with the sec
 knows: double-encoded path, the signed headers the request names, the body's hash, a clock
 skew of at most 5 minutes). It validates Converse's rules the real API enforces (alternating
 turns beginning with the user, no blank text, tool blocks only with a toolConfig, results that
-answer the calls before them, known top-level keys).
+answer the calls before them, known top-level keys), and what the Claude models behind it
+refuse (a prefill ending in whitespace; temperature with top_p from Opus 4.1 and Sonnet /
+Haiku 4.5 on). Tool calls stream their input a few bytes at a time (`tool_input` sets it; an
+empty one comes as one empty delta, as Claude's does).
 
 Tests take the `fake_bedrock` fixture (a factory) from here. Script it like the other fakes:
 ``fake.push("throttled", "ok")``; every request is logged in ``fake.requests`` (raw path,
@@ -190,6 +193,9 @@ class FakeBedrock(FakeServer[Logged]):
     secret_key: str = SECRET_KEY
     session_token: str = ""
     tool_calls: int = 1
+    # the input of the calls the fake makes (default: {"city": "Paris<i>"}); streamed as
+    # Claude's come through Converse, an empty one as a single empty input delta
+    tool_input: dict[str, Any] | None = None
     auth_failures: list[str] = field(default_factory=list, kw_only=True)
 
     errors = ERRORS
@@ -274,7 +280,7 @@ class FakeBedrock(FakeServer[Logged]):
         refused = self._authenticate(request, raw)
         if refused is not None:
             return self._refuse(refused)
-        invalid = _invalid(body)
+        invalid = _invalid(body) or _refused_by_model(model, body)
         if invalid is not None:
             return self._aws_error(400, "ValidationException",
                                    orjson.dumps({"message": invalid}))
@@ -300,7 +306,8 @@ class FakeBedrock(FakeServer[Logged]):
         if tools and not any("toolResult" in b for b in last):
             calls = [{"toolUse": {"toolUseId": f"tooluse_fake{i}x{len(body['messages'])}",
                                   "name": tools[0]["name"],
-                                  "input": {"city": f"Paris{i or ''}"}}}
+                                  "input": {"city": f"Paris{i or ''}"}
+                                  if self.tool_input is None else self.tool_input}}
                      for i in range(self.tool_calls)]
             return [{"text": "Let me look that up."}, *calls], "tool_use"
         stop = "max_tokens" if behaviour == "max_tokens" else "end_turn"
@@ -341,8 +348,11 @@ class FakeBedrock(FakeServer[Logged]):
                 await resp.write(event("contentBlockStart", {
                     "contentBlockIndex": index, "start": {"toolUse": {
                         "toolUseId": use["toolUseId"], "name": use["name"]}}}))
-                arguments = orjson.dumps(use["input"]).decode()
-                for piece in (arguments[:5], arguments[5:]):
+                arguments = orjson.dumps(use["input"]).decode() if use["input"] else ""
+                # as the models stream it: a few bytes at a time (here 5, then 512 each)
+                pieces = [arguments[:5], *(arguments[i:i + 512]
+                                           for i in range(5, len(arguments), 512))]
+                for piece in pieces if arguments else ("",):
                     await resp.write(event("contentBlockDelta", {
                         "contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}))
             await resp.write(event("contentBlockStop", {"contentBlockIndex": index}))
@@ -409,6 +419,30 @@ def _invalid(body: Any) -> str | None:
                 if name in documents:
                     return "A document name must be unique within a request."
                 documents.add(name)
+    return None
+
+
+# Claude models from Opus 4.1 and Sonnet / Haiku 4.5 on take one sampling knob only
+_ONE_SAMPLER = re.compile(r"anthropic\.claude-(?:opus-4-[1-9]|(?:sonnet|haiku|opus)-4-[5-9]"
+                          r"|(?:sonnet|haiku|opus)-[5-9])")
+
+
+def _refused_by_model(model: str, body: dict[str, Any]) -> str | None:
+    """The errors the Claude models behind Converse give (Bedrock passes them on as
+    ValidationExceptions): a final assistant turn (a prefill) ending in whitespace, and
+    temperature with top_p on the models that take only one of them."""
+    if "anthropic.claude" not in model:
+        return None
+    last = body["messages"][-1]
+    blocks = last["content"]
+    if last["role"] == "assistant" and "text" in blocks[-1] \
+            and blocks[-1]["text"] != blocks[-1]["text"].rstrip():
+        return ("The model returned the following errors: final assistant content cannot "
+                "end with trailing whitespace")
+    config = body.get("inferenceConfig") or {}
+    if _ONE_SAMPLER.search(model) and "temperature" in config and "topP" in config:
+        return ("The model returned the following errors: `temperature` and `top_p` cannot "
+                "both be specified for this model. Please use only one.")
     return None
 
 

@@ -222,8 +222,8 @@ class BedrockProvider(Lacking):
 
     def _payload(self, body: dict[str, Any], model: ModelConfig) -> bytes:
         # a TranslationError goes up as it is: the candidate is incapable, no call is made
-        return orjson.dumps(translate.to_request(body,
-                                                 max_output_tokens=model.max_output_tokens))
+        return orjson.dumps(translate.to_request(body, max_output_tokens=model.max_output_tokens,
+                                                 model=model.name))
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:

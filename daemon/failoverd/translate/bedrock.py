@@ -30,7 +30,11 @@ Where the two APIs differ, these are the decisions:
   "none" that would let the model call them, so that is a TranslationError.
 - inferenceConfig: maxTokens (max_completion_tokens, else max_tokens, capped at the model's
   max_output_tokens, which is also sent when the request sets none), temperature (at most 1,
-  as the models behind Converse take it, like the Anthropic adapter), topP, stopSequences.
+  as the models behind Converse take it, like the Anthropic adapter), topP (not with a
+  temperature towards Claude from Opus 4.1 and Sonnet / Haiku 4.5 on, which take only one,
+  as the Anthropic adapter sends them), stopSequences.
+- A conversation ending in an assistant turn (a prefill) has its trailing whitespace cut, as
+  towards Anthropic: Claude refuses a final assistant text that ends in whitespace.
 - Dropped, as hints that do not change the answer's shape: user, store, metadata, seed,
   service_tier, parallel_tool_calls, prediction, prompt_cache_key, safety_identifier,
   verbosity, cache_control, reasoning_effort (model-specific on Bedrock) and top_k.
@@ -72,6 +76,8 @@ DOCUMENT_FORMATS = {
     "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
 # what a document's name may hold: letters, digits, single spaces, hyphens, (), []
 _NAME_CHAR = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
+# Claude's model ids from 4.1 on ("anthropic.claude-opus-4-1-...", "...claude-sonnet-4-5-...")
+_CLAUDE_VERSION = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d)(?!\d))?")
 _TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 EMPTY_RESULT = "(empty)"
@@ -300,6 +306,14 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             raise _fail(f"role {role!r}", f"{where}.role")
     for turn in turns:  # tool results lead their user turn
         turn["content"].sort(key=lambda b: "toolResult" not in b)
+    if turns and turns[-1]["role"] == "assistant" and "text" in turns[-1]["content"][-1]:
+        # a prefill must not end in whitespace (Claude's 400, passed on by Converse)
+        last = turns[-1]["content"]
+        last[-1] = {"text": last[-1]["text"].rstrip()}
+        if not last[-1]["text"]:
+            last.pop()
+            if not last:
+                turns.pop()
     if turns and turns[0]["role"] != "user":
         raise _fail("a conversation that begins with an assistant turn (Converse needs a "
                     "user turn first)", "messages")
@@ -365,7 +379,16 @@ def _tool_config(body: dict[str, Any], used: dict[str, None]) -> dict[str, Any] 
     return config
 
 
-def _inference_config(body: dict[str, Any], max_output_tokens: int | None) -> dict[str, Any]:
+def _one_sampler(model: str) -> bool:
+    """Whether the model takes temperature or top_p, not both: Claude from Opus 4.1 and
+    Sonnet / Haiku 4.5 on ("`temperature` and `top_p` cannot both be specified for this
+    model", a 400)."""
+    match = _CLAUDE_VERSION.search(model)
+    return match is not None and (int(match[1]), int(match[2] or 0)) >= (4, 1)
+
+
+def _inference_config(body: dict[str, Any], max_output_tokens: int | None,
+                      model: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
@@ -379,8 +402,8 @@ def _inference_config(body: dict[str, Any], max_output_tokens: int | None) -> di
     if body.get("temperature") is not None:
         # OpenAI's range is 0-2, the models behind Converse take 0-1 (a 400 above it)
         cfg["temperature"] = min(float(body["temperature"]), 1.0)
-    if body.get("top_p") is not None:
-        cfg["topP"] = body["top_p"]
+    if body.get("top_p") is not None and not ("temperature" in cfg and _one_sampler(model)):
+        cfg["topP"] = body["top_p"]  # with the temperature, as the Anthropic adapter does
     stop = body.get("stop")
     if stop:
         cfg["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -408,9 +431,10 @@ def _refuse_unexpressible(body: dict[str, Any]) -> None:
             raise _fail(key + (" (use tools)" if key.startswith("function") else ""), key)
 
 
-def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None
-               ) -> dict[str, Any]:
-    """A canonical request as a Converse request (the model goes in the URL).
+def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None,
+               model: str = "") -> dict[str, Any]:
+    """A canonical request as a Converse request (the model, its id or inference profile,
+    goes in the URL; `model` decides what its knobs may be).
 
     Raises TranslationError (with `.param` naming the field) for what Converse cannot express.
     """
@@ -419,7 +443,7 @@ def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None
     request: dict[str, Any] = {"messages": turns}
     if system:
         request["system"] = system
-    inference = _inference_config(body, max_output_tokens)
+    inference = _inference_config(body, max_output_tokens, model)
     if inference:
         request["inferenceConfig"] = inference
     tool_config = _tool_config(body, used)

@@ -38,6 +38,7 @@ class StreamTranslator:
     stop_reason: str | None = None
     done: bool = False  # the metadata event (the last) came
     _calls: dict[int, int] = field(default_factory=dict)  # content block -> tool call index
+    _argued: set[int] = field(default_factory=set)  # content blocks with argument text
     _finish: dict[str, Any] | None = None
     _usage: Any = None
 
@@ -75,14 +76,27 @@ class StreamTranslator:
                 self.content_started = True
         elif event_type == "contentBlockDelta":
             out.extend(self._content_delta(event))
+        elif event_type == "contentBlockStop":
+            out.extend(self._block_stop(int(event.get("contentBlockIndex") or 0)))
         elif event_type == "messageStop":
             self.stop_reason = str(event.get("stopReason") or "end_turn")
             self._finish = self._chunk({}, finish_reason(self.stop_reason, bool(self._calls)))
         elif event_type == "metadata":
             self._usage = event.get("usage")
             self.done = True
-        # contentBlockStop and unknown events carry nothing for the client
+        # unknown events carry nothing for the client
         return out
+
+    def _block_stop(self, block: int) -> list[dict[str, Any]]:
+        index = self._calls.get(block)
+        if index is None or block in self._argued:
+            return []
+        # a call of a tool without parameters: Claude's input comes through Converse as one
+        # empty delta, while OpenAI clients parse the arguments, which are "{}" there (as
+        # complete() gives them)
+        self._argued.add(block)
+        return [self._chunk({"tool_calls": [{"index": index,
+                                             "function": {"arguments": "{}"}}]})]
 
     def _content_delta(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         delta = event.get("delta")
@@ -100,6 +114,8 @@ class StreamTranslator:
             if index is None:  # a delta without its start: a call of its own
                 index = self._calls[block] = len(self._calls)
             piece = str(use.get("input") or "")
+            if piece:
+                self._argued.add(block)
             self.content_started = True
             return [self._chunk({"tool_calls": [{"index": index,
                                                  "function": {"arguments": piece}}]})]
