@@ -248,3 +248,70 @@ async def test_anthropic_clients_get_a_parameterless_call_from_bedrock(
     assert sent["system"] == [{"text": "Be exact."}]
     assert "cache_control" not in orjson.dumps(sent).decode()
     assert backup.requests == []
+
+
+# ------------------------------------------------------------------ classification
+
+
+def two_models(fake: FakeBedrock, fallback_url: str) -> str:
+    """Nova first, then Claude, on one Bedrock provider; an OpenAI backup last."""
+    return f"""
+[providers.bedrock]
+kind = "bedrock"
+region = "us-east-1"
+base_url = "{fake.url}"
+[providers.backup]
+kind = "openai"
+base_url = "{fallback_url}"
+[models."bedrock/nova"]
+provider = "bedrock"
+name = "us.amazon.nova-pro-v1:0"
+[models."bedrock/sonnet"]
+provider = "bedrock"
+name = "{MODEL.name}"
+[models."backup/gpt"]
+provider = "backup"
+[routing]
+primary = "bedrock/nova"
+fallbacks = ["bedrock/sonnet", "backup/gpt"]
+retry_after_max = 0.2
+deadline = 10
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+"""
+
+
+async def test_operation_not_allowed_is_the_accounts_and_fails_over(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """"ValidationException: Operation not allowed" is Bedrock refusing the account (not yet
+    verified, or blocked), whatever the request: not the client's 400 to get, but a reason to
+    leave the provider, as for an auth failure."""
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(two_models(fake, backup.url), env=AWS_ENV)
+    fake.push("not_allowed")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    assert raw.headers["x-failoverd-failover"].startswith("bedrock/nova>bedrock/sonnet:auth")
+    assert len(fake.requests) == 1  # Claude, on the same account, was not called
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an IAM denial naming one model's resource ('not authorized to perform: "
+    "bedrock:InvokeModel on resource: ...foundation-model/...') is classified auth, which "
+    "opens every model of the provider for auth_open_seconds; with a policy scoped to some "
+    "models it should be not_found (that model only). The fix is one marker in "
+    "providers/bedrock.py, but test_provider_bedrock.py asserts auth for it: owner to decide"))
+async def test_an_iam_denial_for_one_model_leaves_the_others(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(two_models(fake, backup.url), env=AWS_ENV)
+    fake.push("access_denied")  # the policy allows Claude, not Nova
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"

@@ -91,6 +91,8 @@ ERRORS: dict[str, tuple[int, str, bytes]] = {
                       "Invocation of model ID anthropic.claude-3-5-sonnet-20241022-v2:0 with "
                       "on-demand throughput isn’t supported. Retry your request with the ID or "
                       "ARN of an inference profile that contains this model."),
+    # the account may not use Bedrock (yet): every model of the region answers so
+    "not_allowed": _err(400, "ValidationException", "Operation not allowed"),
     "context": _err(400, "ValidationException", "Input is too long for requested model."),
     "context_tokens": _err(400, "ValidationException",
                            "Too many input tokens. Max input tokens: 8192, request input token "

@@ -13,9 +13,10 @@ Signature Version 4 (service ``bedrock``) with the credentials of the daemon's e
 Bedrock names its errors in the ``x-amzn-ErrorType`` header (``ThrottlingException:http://...``;
 in a stream, an exception message's ``:exception-type``) with ``{"message": ...}`` bodies: the
 type decides where it can (`_TYPE_REASONS`), the message where one type covers several causes
-(ValidationException: context too long, an unknown model, a feature the model lacks, or the
-client's mistake; AccessDeniedException: the key, the account's payment, or one model not
-enabled for the account, which only that model's breaker should pay for).
+(ValidationException: context too long, an unknown model, a feature the model lacks, an
+account Bedrock refuses ("Operation not allowed"), or the client's mistake;
+AccessDeniedException: the key, the account's payment, or one model not enabled for the
+account, which only that model's breaker should pay for).
 
 Bedrock's model listing is on another host (the control plane), under another permission a
 runtime-only role may lack, and knows nothing of inference profiles; so the `models` probe is
@@ -100,6 +101,9 @@ _MODEL_MARKERS = ("model identifier is invalid", "on-demand throughput",
 # "This model doesn't support the system field"): another model may have it
 _INCAPABLE_MARKERS = ("doesn't support", "does not support", "not supported for this model",
                       "isn't supported")
+# the account may not use Bedrock (not yet verified, or blocked): "ValidationException:
+# Operation not allowed", for every model and request
+_ACCOUNT_MARKERS = ("operation not allowed",)
 # AWS Marketplace subscriptions for third-party models: "Model access is denied due to
 # INVALID_PAYMENT_INSTRUMENT:A valid payment instrument must be provided."
 _BILLING_MARKERS = ("payment instrument", "invalid_payment", "billing")
@@ -136,6 +140,8 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
             return FailureReason.NOT_FOUND
         return FailureReason.AUTH
     if kind == "ValidationException" or (status == 400 and not kind):
+        if any(m in low for m in _ACCOUNT_MARKERS):
+            return FailureReason.AUTH
         if any(m in low for m in _CONTEXT_MARKERS):
             return FailureReason.CONTEXT_OVERFLOW
         if any(m in low for m in _MODEL_MARKERS):
