@@ -244,9 +244,48 @@ async def test_anthropic_clients_get_a_parameterless_call_from_bedrock(
     use = message.content[-1]
     assert use.type == "tool_use" and use.name == "get_time"
     assert use.input == {}
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 6)
     sent = fake.requests[-1].body
     assert sent["system"] == [{"text": "Be exact."}]
     assert "cache_control" not in orjson.dumps(sent).decode()
+    assert backup.requests == []
+
+
+async def test_cache_usage_reaches_openai_and_anthropic_clients(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """Converse's inputTokens leave out the cache reads and writes (as Anthropic's
+    input_tokens do): an OpenAI client's prompt_tokens count them all, an Anthropic client
+    gets the three apart again, streamed or not."""
+    fake = await fake_bedrock(usage={"inputTokens": 10, "outputTokens": 6, "totalTokens": 516,
+                                     "cacheReadInputTokens": 400,
+                                     "cacheWriteInputTokens": 100})
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    stream = await d.openai.chat.completions.create(
+        model="default", messages=HELLO["messages"], stream=True,
+        stream_options={"include_usage": True})
+    usage = [c.usage async for c in stream if c.usage is not None]
+    assert [u.prompt_tokens for u in usage] == [510]
+    assert usage[0].completion_tokens == 6 and usage[0].total_tokens == 516
+    assert usage[0].prompt_tokens_details is not None
+    assert usage[0].prompt_tokens_details.cached_tokens == 400
+    for streamed in (False, True):
+        resp = await d.http.post("/v1/messages", json={
+            "model": "default", "max_tokens": 100, "stream": streamed,
+            "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200, resp.text
+        if streamed:
+            events = [orjson.loads(line[6:]) for line in resp.text.splitlines()
+                      if line.startswith("data: ")]
+            got: dict[str, Any] = {}
+            for e in events:
+                got.update((e.get("message") or {}).get("usage") or {})
+                got.update(e.get("usage") or {})
+        else:
+            got = resp.json()["usage"]
+        assert (got["input_tokens"], got["cache_read_input_tokens"],
+                got["cache_creation_input_tokens"], got["output_tokens"]) == (10, 400, 100, 6)
     assert backup.requests == []
 
 

@@ -198,6 +198,7 @@ class FakeBedrock(FakeServer[Logged]):
     # the input of the calls the fake makes (default: {"city": "Paris<i>"}); streamed as
     # Claude's come through Converse, an empty one as a single empty input delta
     tool_input: dict[str, Any] | None = None
+    usage: dict[str, int] = field(default_factory=lambda: dict(USAGE))  # of every answer
     auth_failures: list[str] = field(default_factory=list, kw_only=True)
 
     errors = ERRORS
@@ -295,7 +296,7 @@ class FakeBedrock(FakeServer[Logged]):
             return await self._stream(request, content, stop, behaviour)
         return web.json_response({
             "output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": stop, "usage": USAGE, "metrics": {"latencyMs": 42}})
+            "stopReason": stop, "usage": self.usage, "metrics": {"latencyMs": 42}})
 
     def _content(self, body: dict[str, Any], behaviour: str) -> tuple[list[dict[str, Any]], str]:
         if behaviour == "empty":
@@ -361,7 +362,7 @@ class FakeBedrock(FakeServer[Logged]):
         if behaviour == "no_stop":
             return resp
         await resp.write(event("messageStop", {"stopReason": stop}))
-        await resp.write(event("metadata", {"usage": USAGE, "metrics": {"latencyMs": 42}}))
+        await resp.write(event("metadata", {"usage": self.usage, "metrics": {"latencyMs": 42}}))
         return resp
 
 

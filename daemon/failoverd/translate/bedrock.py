@@ -17,7 +17,7 @@ Where the two APIs differ, these are the decisions:
 - Images: data URLs become `image {format, source: {bytes}}` for png, jpeg, gif and webp;
   Converse fetches no http(s) URLs (only S3 locations), so those are a TranslationError, as
   for Ollama. Images in tool results go into the `toolResult` content. Files (a `file` part
-  with a data: URL, as the Responses and Anthropic front ends make them from PDFs) become
+  with a data: URL, as the Responses front end makes them of input_file parts) become
   `document {format, name, source: {bytes}}` for pdf, csv, doc(x), xls(x), html, txt and md,
   named after the file name cut to the characters Converse allows (unique in the request).
 - Tool calls become `toolUse {toolUseId, name, input}` (arguments must be a JSON object);
