@@ -19,12 +19,14 @@ from aiohttp import web
 from failoverd.config import ModelConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
-from failoverd.providers.bedrock import BedrockProvider
-from tests.fakes.bedrock import FakeBedrock, event, fake_bedrock
+from failoverd.providers.bedrock import BedrockProvider, classify_error
+from tests.fakes.bedrock import ERRORS, FakeBedrock, event, fake_bedrock
 from tests.test_bedrock_e2e import AWS_ENV, daemon_config
 from tests.test_provider_bedrock import HELLO, LIMITS, MODEL, TOOL, collect, provider_for
 
 __all__ = ["fake_bedrock"]  # the fixture
+
+ERRORS_MARKETPLACE = orjson.loads(ERRORS["marketplace"][2])["message"]
 
 SONNET_45 = ModelConfig(id="bedrock/sonnet45", provider="bedrock",
                         name="us.anthropic.claude-sonnet-4-5-20250929-v1:0")
@@ -292,8 +294,10 @@ async def test_cache_usage_reaches_openai_and_anthropic_clients(
 # ------------------------------------------------------------------ classification
 
 
-def two_models(fake: FakeBedrock, fallback_url: str) -> str:
-    """Nova first, then Claude, on one Bedrock provider; an OpenAI backup last."""
+def two_models(fake: FakeBedrock, fallback_url: str, primary: str = "bedrock/nova") -> str:
+    """Nova and Claude on one Bedrock provider (`primary` first, then the other), an OpenAI
+    backup last."""
+    other = "bedrock/sonnet" if primary == "bedrock/nova" else "bedrock/nova"
     return f"""
 [providers.bedrock]
 kind = "bedrock"
@@ -311,8 +315,8 @@ name = "{MODEL.name}"
 [models."backup/gpt"]
 provider = "backup"
 [routing]
-primary = "bedrock/nova"
-fallbacks = ["bedrock/sonnet", "backup/gpt"]
+primary = "{primary}"
+fallbacks = ["{other}", "backup/gpt"]
 retry_after_max = 0.2
 deadline = 10
 when_all_unavailable = "fail"
@@ -354,3 +358,59 @@ async def test_an_iam_denial_for_one_model_leaves_the_others(
     raw = await d.openai.chat.completions.with_raw_response.create(
         model="default", messages=HELLO["messages"])
     assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+
+
+@pytest.mark.parametrize(("message", "kind", "reason"), [
+    # Bedrock's own words, and Claude's passed on: another model (or a smaller max_tokens)
+    # may take it, as for the Anthropic adapter
+    ("The maximum tokens you requested exceeds the model limit of 4096. Try again with a "
+     "maximum tokens value that is lower than 4096.", "ValidationException",
+     FailureReason.INCAPABLE),
+    ("The model returned the following errors: max_tokens: 100000 > 64000, which is the "
+     "maximum allowed number of output tokens for claude-sonnet-4-20250514",
+     "ValidationException", FailureReason.INCAPABLE),
+    # Bedrock's messages write the apostrophe either way
+    ("This model doesn\u2019t support tool use in streaming mode.", "ValidationException",
+     FailureReason.INCAPABLE),
+    ("Operation not allowed", "ValidationException", FailureReason.AUTH),
+    (ERRORS_MARKETPLACE, "AccessDeniedException", FailureReason.NOT_FOUND),
+])
+def test_classification_of_real_bedrock_messages(message: str, kind: str,
+                                                 reason: FailureReason) -> None:
+    status = 403 if kind == "AccessDeniedException" else 400
+    assert classify_error(status, message, kind) is reason
+    assert classify_error(None, message, kind[:1].lower() + kind[1:]) is reason  # streamed
+
+
+async def test_a_max_tokens_over_the_models_limit_fails_over_as_incapable(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """Claude Code asks 32000 tokens of every model: a Bedrock model that writes fewer is no
+    reason to answer the client 400 (configure its max_output_tokens to serve it)."""
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url), env=AWS_ENV)
+    fake.push("output_limit")
+    resp = await d.http.post("/v1/messages", json={
+        "model": "default", "max_tokens": 32000,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:incapable"
+    status = (await d.http.get("/v1/status")).json()
+    assert status["models"]["bedrock/sonnet"]["state"] == "closed"
+
+
+async def test_a_marketplace_denial_leaves_amazons_own_models(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """Anthropic's models on Bedrock need a Marketplace subscription the role may not be
+    allowed to make; Nova needs none, so only Claude is out."""
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(two_models(fake, backup.url, primary="bedrock/sonnet"),
+                           env=AWS_ENV)
+    fake.push("marketplace")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>bedrock/nova:not_found"
+    assert raw.headers["x-failoverd-model"] == "bedrock/nova"

@@ -78,6 +78,16 @@ ERRORS: dict[str, tuple[int, str, bytes]] = {
     "payment": _err(403, "AccessDeniedException",
                     "Model access is denied due to INVALID_PAYMENT_INSTRUMENT:A valid payment "
                     "instrument must be provided."),
+    # a third-party model (Anthropic's) whose Marketplace subscription the role may not make:
+    # Amazon's own models still answer
+    "marketplace": _err(403, "AccessDeniedException",
+                        "Model access is denied due to IAM user or service role is not "
+                        "authorized to perform the required AWS Marketplace actions "
+                        "(aws-marketplace:ViewSubscriptions, aws-marketplace:Subscribe) to "
+                        "enable access to this model. Refer to the Amazon Bedrock documentation "
+                        "for further details. Your AWS Marketplace subscription for this model "
+                        "cannot be completed at this time. If you recently fixed this issue, "
+                        "try again after 2 minutes."),
     "expired": _err(403, "ExpiredTokenException",
                     "The security token included in the request is expired"),
     "bad_token": _err(403, "UnrecognizedClientException",
@@ -97,6 +107,10 @@ ERRORS: dict[str, tuple[int, str, bytes]] = {
     "context_tokens": _err(400, "ValidationException",
                            "Too many input tokens. Max input tokens: 8192, request input token "
                            "count: 9120"),
+    # maxTokens over what the model writes (Claude 3.5 Sonnet v1 through Converse: 4096)
+    "output_limit": _err(400, "ValidationException",
+                         "The maximum tokens you requested exceeds the model limit of 4096. Try "
+                         "again with a maximum tokens value that is lower than 4096."),
     "no_tools": _err(400, "ValidationException",
                      "This model doesn't support tool use in streaming mode."),
     "validation": _err(400, "ValidationException",

@@ -93,10 +93,19 @@ _CONTEXT_MARKERS = ("input is too long", "too many input tokens", "prompt is too
 # ValidationExceptions and AccessDeniedExceptions about this model, not the request or the key:
 # "The provided model identifier is invalid.", "Invocation of model ID ... with on-demand
 # throughput isn't supported. Retry your request with the ID or ARN of an inference profile
-# that contains this model.", "You don't have access to the model with the specified model ID."
+# that contains this model.", "You don't have access to the model with the specified model ID.",
+# and the Marketplace subscription of a third-party model (Anthropic's) that the role may not
+# make: "Model access is denied due to IAM user or service role is not authorized to perform
+# the required AWS Marketplace actions (...) to enable access to this model." (Amazon's own
+# models need none)
 _MODEL_MARKERS = ("model identifier is invalid", "on-demand throughput",
                   "have access to the model", "model is not available", "end of its life",
-                  "legacy model")
+                  "legacy model", "access to this model")
+# a maxTokens over what this model writes: Bedrock's "The maximum tokens you requested exceeds
+# the model limit of 4096." and Claude's "max_tokens: 100000 > 64000, which is the maximum
+# allowed number of output tokens for ...": another model may take it (as for Anthropic's)
+_OUTPUT_LIMIT_MARKERS = ("exceeds the model limit", "exceed the model limit",
+                         "maximum allowed number of output tokens")
 # a feature this model lacks ("This model doesn't support tool use in streaming mode.",
 # "This model doesn't support the system field"): another model may have it
 _INCAPABLE_MARKERS = ("doesn't support", "does not support", "not supported for this model",
@@ -132,7 +141,7 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
     """A Bedrock failure's reason: an HTTP status (None inside a stream), its message and its
     error type (as ``ThrottlingException`` or the stream's ``throttlingException``)."""
     kind = kind[:1].upper() + kind[1:]
-    low = message.lower()
+    low = message.lower().replace("\u2019", "'")  # Bedrock writes "isn’t" and "doesn't"
     if kind == "AccessDeniedException" or (status == 403 and not kind):
         if any(m in low for m in _BILLING_MARKERS):
             return FailureReason.BILLING
@@ -142,6 +151,8 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
     if kind == "ValidationException" or (status == 400 and not kind):
         if any(m in low for m in _ACCOUNT_MARKERS):
             return FailureReason.AUTH
+        if any(m in low for m in _OUTPUT_LIMIT_MARKERS):
+            return FailureReason.INCAPABLE
         if any(m in low for m in _CONTEXT_MARKERS):
             return FailureReason.CONTEXT_OVERFLOW
         if any(m in low for m in _MODEL_MARKERS):
