@@ -115,6 +115,22 @@ async def test_parallel_results_go_back_in_one_user_turn(
         {"text": "And tomorrow?"}]
 
 
+async def test_tool_choice_auto_is_converses_default_and_not_sent(
+        setup: tuple[FakeBedrock, BedrockProvider]) -> None:
+    """Only some models take a toolChoice at all (Claude, Mistral Large, Nova); "auto" is
+    Converse's default, so a client's explicit "auto" must not make Llama incapable."""
+    fake, provider = setup
+    llama = ModelConfig(id="bedrock/llama", provider="bedrock",
+                        name="us.meta.llama3-3-70b-instruct-v1:0")
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": [TOOL],
+            "tool_choice": "auto"}
+    answer = await provider.complete(body, llama, LIMITS)
+    assert answer.body["choices"][0]["finish_reason"] == "tool_calls"
+    assert "toolChoice" not in fake.requests[-1].body["toolConfig"]
+    await provider.complete({**body, "tool_choice": "required"}, MODEL, LIMITS)
+    assert fake.requests[-1].body["toolConfig"]["toolChoice"] == {"any": {}}
+
+
 # ------------------------------------------------------------------ what Claude refuses
 
 

@@ -444,10 +444,19 @@ _ONE_SAMPLER = re.compile(r"anthropic\.claude-(?:opus-4-[1-9]|(?:sonnet|haiku|op
                           r"|(?:sonnet|haiku|opus)-[5-9])")
 
 
+# the models that take a toolConfig.toolChoice (AWS: "only supported by Anthropic Claude 3
+# models and by Mistral AI Mistral Large"; Nova's came later)
+_TOOL_CHOICE_MODELS = ("anthropic.", "mistral.mistral-large", "amazon.nova")
+
+
 def _refused_by_model(model: str, body: dict[str, Any]) -> str | None:
-    """The errors the Claude models behind Converse give (Bedrock passes them on as
-    ValidationExceptions): a final assistant turn (a prefill) ending in whitespace, and
-    temperature with top_p on the models that take only one of them."""
+    """What the models behind Converse refuse (as ValidationExceptions): a toolChoice, even
+    auto, where the model has none; and Claude's: a final assistant turn (a prefill) ending in
+    whitespace, and temperature with top_p on the models that take only one of them."""
+    choice = (body.get("toolConfig") or {}).get("toolChoice")
+    if choice and not any(m in model for m in _TOOL_CHOICE_MODELS):
+        field = f"toolConfig.toolChoice.{next(iter(choice))}"
+        return f"This model doesn't support the {field} field. Remove {field} and try again."
     if "anthropic.claude" not in model:
         return None
     last = body["messages"][-1]

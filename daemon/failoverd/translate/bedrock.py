@@ -24,7 +24,9 @@ Where the two APIs differ, these are the decisions:
   tool results `toolResult {toolUseId, content}`, as `[{json}]` when the result is a JSON
   object, else `[{text}]`. Tool-call ids Converse would refuse (other providers' `call_0`
   repeated in every answer, Kimi's `functions.f:0`) are rewritten, their results follow them.
-- tool_choice: auto, required (`any`) and a named function (`tool`); "none" sends no tools.
+- tool_choice: required (`any`) and a named function (`tool`); auto is Converse's default and
+  not sent (only some models take a toolChoice: the others refuse even auto); "none" sends no
+  tools.
   Converse refuses tool blocks in a conversation without a `toolConfig`, so a history with
   tool calls and no tools to declare gets stub declarations of the tools it used; with
   "none" that would let the model call them, so that is a TranslationError.
@@ -344,7 +346,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if choice is None or choice == "auto":
-        return {"auto": {}}
+        # Converse's default, and not sent: only some models take a toolChoice at all (Claude,
+        # Mistral Large, Nova), the others refuse even {"auto": {}}
+        return None
     if choice == "required":
         return {"any": {}}
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -374,7 +378,7 @@ def _tool_config(body: dict[str, Any], used: dict[str, None]) -> dict[str, Any] 
     tools.extend(_stub(name) for name in used if name not in declared)
     config: dict[str, Any] = {"tools": tools}
     tool_choice = _tool_choice(choice)
-    if tool_choice is not None and choice is not None:
+    if tool_choice is not None:
         config["toolChoice"] = tool_choice
     return config
 
