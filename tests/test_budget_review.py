@@ -174,9 +174,6 @@ async def test_a_saved_period_that_is_no_date_is_skipped_not_kept_for_ever(
     assert (await ask(d2)).headers["x-failoverd-model"] == "a/gpt-a"
 
 
-@pytest.mark.xfail(strict=True, reason="catalog.py accepts a spending cap on a transcription "
-                   "or speech model, whose answers report no tokens and so never spend: the "
-                   "cap never applies (max_tpm is refused there for that reason)")
 def test_a_cap_on_a_model_whose_answers_cost_nothing_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("""
@@ -209,9 +206,6 @@ class LateDone(FakeOpenAI):
         await asyncio.sleep(self.pause)
 
 
-@pytest.mark.xfail(strict=True, reason="api/proxy.py: a stream whose client leaves after the "
-                   "upstream reported the usage returns before svc.usage, so an answer made "
-                   "and billed in full costs nothing against the caps (nor in the metrics)")
 async def test_a_streamed_answer_whose_client_left_after_its_usage_still_costs(
         fake_openai: Any, start_daemon: Any) -> None:
     a, b = LateDone(), await fake_openai()
@@ -248,10 +242,6 @@ async def test_failoverctl_tells_a_month_caps_reset_in_days(fake_openai: Any,
     assert model.split()[2:5] == ["max_cost_per_month", "in", "24.0d"]
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor.py runs the loop that republishes the caps "
-                   "(publish_budgets every STATUS_INTERVAL) only under systemd (notifier "
-                   "enabled): elsewhere a day's end leaves the retained state at yesterday's "
-                   "spending, reached, until something is spent again")
 @requires_mosquitto
 async def test_a_days_end_is_published_without_systemd(
         mosquitto: Mosquitto, start_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,10 +266,6 @@ async def test_a_days_end_is_published_without_systemd(
     assert (await cap())["reached"] is False and (await cap())["spent_usd"] == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.py: a reload replaces Metrics.prices, so an "
-                   "answer in flight of a model the reload removed costs nothing, in "
-                   "failoverd_cost_usd_total and so against its provider's cap (health.cost "
-                   "would also need the provider the model had)")
 async def test_an_answer_in_flight_across_a_reload_removing_its_model_costs(
         fake_openai: Any, start_daemon: Any) -> None:
     a, b = await fake_openai(default="slow:0.3"), await fake_openai()

@@ -328,6 +328,10 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
                 # audio answers report no tokens: the limit would never apply
                 sec.problem("max_tpm", f"{_SPECIAL[special][0]} reports no tokens; limit "
                             "it with max_rpm")
+            for key in ("max_cost_per_day", "max_cost_per_month"):
+                if special != EMBEDDINGS and sec.has(key):
+                    sec.problem(key, f"{_SPECIAL[special][0]} reports no tokens, so it "
+                                "spends nothing here: the cap would never apply")
             break
     cost_sec = sec.table("cost")
     cost = Cost(cost_sec.number("input", 0.0), cost_sec.number("output", 0.0),

@@ -154,6 +154,7 @@ class HealthRegistry:
         self._breakers: dict[str, Breaker] = {}
         self._inflight: dict[str, int] = {}
         self.quotas = Quotas()  # max_rpm and max_tpm
+        self._former_providers: dict[str, str] = {}  # model id -> provider, of models removed
         self.budgets = Budgets()  # max_cost_per_day and max_cost_per_month
         self.budgets.configure(caps_of(config))
         # told of every cap the spending reaches (once per period); the service's events
@@ -216,6 +217,8 @@ class HealthRegistry:
             self._credentials.setdefault(name, _Credentials(since=self.clock.monotonic()))
         for model_id in list(self._breakers):
             if model_id not in config.models:
+                # its calls still running cost what they cost, to its provider's caps too
+                self._former_providers[model_id] = old.models[model_id].provider
                 del self._breakers[model_id], self._latency[model_id]
                 if not self._inflight.get(model_id):
                     self._inflight.pop(model_id, None)
@@ -312,12 +315,11 @@ class HealthRegistry:
     def cost(self, model_id: str, usd: float) -> None:
         """Records what an answer of the model cost (for its and its provider's caps)."""
         model = self._config.models.get(model_id)
-        if model is None:
-            # removed by a reload while the call ran: its provider is no longer known, and
-            # a model added back under the id may be another one (the metrics count it)
-            return
-        self._announce_budgets(self.budgets.spend(model_id, model.provider, usd,
-                                                  self.clock.time()))
+        # a model a reload removed while its call ran: the provider it had then
+        provider = model.provider if model is not None else self._former_providers.get(model_id)
+        if provider is not None:
+            self._announce_budgets(self.budgets.spend(model_id, provider, usd,
+                                                      self.clock.time()))
 
     def _announce_budgets(self, reached: list[Reached]) -> None:
         for cap in reached:

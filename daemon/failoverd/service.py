@@ -140,8 +140,11 @@ class Service:
         d.on_failover = self._failover
         d.on_exhausted = self._exhausted
         d.observe_latency = self.metrics.upstream_latency
-        self.metrics.prices = {m.id: m.cost for m in runtime.config.models.values()
-                               if m.cost != Cost()}
+        models = runtime.config.models
+        # a model a reload removed keeps its price: its answers still in flight cost
+        former = {m: p for m, p in self.metrics.prices.items() if m not in models}
+        self.metrics.prices = {**former, **{m.id: m.cost for m in models.values()
+                                            if m.cost != Cost()}}
         self.runtime = runtime
 
     def reload(self, config: Config) -> None:

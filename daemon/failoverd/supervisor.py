@@ -233,7 +233,9 @@ class Supervisor:
             logger.info("systemd watchdog enabled: pinging every %.1f s", interval)
             self._background.append(asyncio.create_task(
                 self.notifier.watchdog_loop(interval), name="watchdog"))
-        if self.notifier.enabled:
+        if self.notifier.enabled or self.config.mqtt.enabled:
+            # STATUS= under systemd; the spending caps' MQTT states after a UTC day or month
+            # ends, with or without systemd
             self._background.append(asyncio.create_task(self._status_loop(), name="status"))
 
     async def _cancel_background(self) -> None:
@@ -245,7 +247,8 @@ class Supervisor:
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
-            self.refresh_status()
+            if self.notifier.enabled:
+                self.refresh_status()
             if self.service is not None:  # a UTC day or month that ended resets the caps
                 self.service.publish_budgets()
 

@@ -267,6 +267,8 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
         await client.tell(encoder.error(str(exc.reason), exc.message))
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
+        if usage is not None:  # the answer was made, and is billed, all the same
+            svc.usage(outcome.model, usage)
         if isinstance(exc, asyncio.CancelledError):
             raise
         if isinstance(exc, ClientStalled):
@@ -293,6 +295,8 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
         await client.end()
     except (ConnectionResetError, ClientStalled):
         svc.metrics.cancelled(outcome.model)  # gone just before the end: nothing more to tell
+        if usage is not None:
+            svc.usage(outcome.model, usage)
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
     svc.metrics.stream_ended(outcome.model, ok=error is None)
