@@ -1,7 +1,10 @@
 """A review of the bedrock adapter against Bedrock's real wire behaviour: what its models
-refuse, how it streams calls without arguments, what it does when the client leaves, and the
-daemon serving other front ends from it. The fake Bedrock Runtime and the daemon are real
-servers (tests/fakes/bedrock.py, the start_daemon fixture)."""
+refuse (a prefill's trailing whitespace, temperature with top_p, a toolChoice), how it streams
+many calls and calls without arguments, idle streams and a client leaving mid-stream, cache
+usage towards OpenAI and Anthropic clients, and how real Bedrock error messages are
+classified (the account refused, a maxTokens over the model's limit, a Marketplace denial, an
+IAM denial of one model). The fake Bedrock Runtime and the daemon are real servers
+(tests/fakes/bedrock.py, the start_daemon fixture)."""
 
 from __future__ import annotations
 
