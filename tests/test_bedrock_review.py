@@ -361,12 +361,6 @@ async def test_operation_not_allowed_is_the_accounts_and_fails_over(
     assert len(fake.requests) == 1  # Claude, on the same account, was not called
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an IAM denial naming one model's resource ('not authorized to perform: "
-    "bedrock:InvokeModel on resource: ...foundation-model/...') is classified auth, which "
-    "opens every model of the provider for auth_open_seconds; with a policy scoped to some "
-    "models it should be not_found (that model only). The fix is one marker in "
-    "providers/bedrock.py, but test_provider_bedrock.py asserts auth for it: owner to decide"))
 async def test_an_iam_denial_for_one_model_leaves_the_others(
         fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
         start_daemon: Any) -> None:

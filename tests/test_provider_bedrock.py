@@ -235,7 +235,7 @@ async def test_unexpressible_requests_never_reach_bedrock(
     ("quota", FailureReason.RATE_LIMIT, 400),
     ("unavailable", FailureReason.OVERLOADED, 503),
     ("not_ready", FailureReason.OVERLOADED, 429),
-    ("access_denied", FailureReason.AUTH, 403),
+    ("access_denied", FailureReason.NOT_FOUND, 403),  # an IAM denial names the model
     ("no_model_access", FailureReason.NOT_FOUND, 403),  # this model only, not the account
     ("payment", FailureReason.BILLING, 403),
     ("expired", FailureReason.AUTH, 403),

@@ -100,7 +100,14 @@ _CONTEXT_MARKERS = ("input is too long", "too many input tokens", "prompt is too
 # models need none)
 _MODEL_MARKERS = ("model identifier is invalid", "on-demand throughput",
                   "have access to the model", "model is not available", "end of its life",
-                  "legacy model", "access to this model")
+                  "legacy model", "access to this model",
+                  # an IAM denial names the model's resource ("... is not authorized to
+                  # perform: bedrock:InvokeModel on resource: arn:aws:bedrock:...:
+                  # foundation-model/X"): the same words whether the policy leaves out this
+                  # model or every model, so taken as this model's (one failed call per model
+                  # if it is every one, where an account-wide auth block would close them all
+                  # for auth_open_seconds over a policy scoped to some)
+                  "on resource: arn:aws:bedrock:")
 # a maxTokens over what this model writes: Bedrock's "The maximum tokens you requested exceeds
 # the model limit of 4096." and Claude's "max_tokens: 100000 > 64000, which is the maximum
 # allowed number of output tokens for ...": another model may take it (as for Anthropic's)
