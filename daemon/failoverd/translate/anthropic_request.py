@@ -5,9 +5,7 @@ The decisions behind the mapping are listed in failoverd.translate.anthropic.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from typing import Any
 
 import orjson
@@ -26,6 +24,7 @@ from failoverd.translate.images import (
     is_http_url,
     parse_data_url,
 )
+from failoverd.translate.toolids import ToolIds
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +33,6 @@ ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "imag
 EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 MIN_THINKING_BUDGET = 1024
 _THINKING_BLOCKS = ("thinking", "redacted_thinking")
-_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
-_TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 
 # canonical keys translated below or dropped as hints (see the decisions)
 _ADAPTER_KEYS = frozenset({
@@ -168,7 +165,7 @@ def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
 def _anthropic_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
-    ids = _ToolIds()
+    ids = ToolIds()
     for i, message in enumerate(raw):
         path = f"messages[{i}]"
         message = as_dict(message, path)
@@ -292,44 +289,8 @@ def _anthropic_image(url: str, path: str) -> dict[str, Any]:
                            param=f"{path}.image_url.url")
 
 
-class _ToolIds:
-    """Tool-call ids as Anthropic takes them: matching ``^[a-zA-Z0-9_-]+$`` and unique in the
-    request. A conversation begun elsewhere breaks both (Kimi's ``functions.get_weather:0``;
-    Gemini's and Ollama's ``call_0`` in every answer); Anthropic refuses it with a 400 that
-    would end a failover to it. An id is rewritten only when it must be, and its results
-    follow it: a result answers the latest call of its id, as it is placed right after it.
-    """
-
-    __slots__ = ("_latest", "_used")
-
-    def __init__(self) -> None:
-        self._used: set[str] = set()
-        self._latest: dict[str, str] = {}
-
-    def call(self, tool_id: str) -> str:
-        base = out = _valid_id(tool_id)
-        n = 1
-        while out in self._used:
-            n += 1
-            out = f"{base}_{n}"
-        self._used.add(out)
-        self._latest[tool_id] = out
-        return out
-
-    def result(self, tool_id: str) -> str:
-        return self._latest.get(tool_id) or _valid_id(tool_id)
-
-
-def _valid_id(tool_id: str) -> str:
-    if _TOOL_ID.fullmatch(tool_id):
-        return tool_id
-    # a short digest keeps ids that differ only in refused characters apart
-    digest = hashlib.blake2s(tool_id.encode(), digest_size=4).hexdigest()
-    return f"{_TOOL_ID_CHAR.sub('_', tool_id)}_{digest}"
-
-
 def _anthropic_assistant_content(message: dict[str, Any], path: str,
-                                 ids: _ToolIds) -> list[dict[str, Any]]:
+                                 ids: ToolIds) -> list[dict[str, Any]]:
     content = message.get("content")
     text = text_of_blocks(content, f"{path}.content", allow_refusal=True)
     # the turn's signed thinking first, as Anthropic answered it (and needs it back in a

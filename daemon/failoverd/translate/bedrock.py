@@ -52,7 +52,6 @@ Where the two APIs differ, these are the decisions:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -64,6 +63,7 @@ import orjson
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.anthropic_response import canonical_usage
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
+from failoverd.translate.toolids import ToolIds
 from failoverd.translate.tools import function_tools
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,6 @@ DOCUMENT_FORMATS = {
 _NAME_CHAR = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
 # Claude's model ids from 4.1 on ("anthropic.claude-opus-4-1-...", "...claude-sonnet-4-5-...")
 _CLAUDE_VERSION = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d)(?!\d))?")
-_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_TOOL_ID_CHAR = re.compile(r"[^a-zA-Z0-9_-]")
 EMPTY_RESULT = "(empty)"
 
 _IGNORED_KEYS = frozenset({
@@ -190,40 +188,7 @@ def _user_blocks(content: Any, where: str, names: set[str] | None = None
     return blocks
 
 
-class _ToolIds:
-    """Tool-call ids as Converse takes them (``[a-zA-Z0-9_-]{1,64}``, unique in the request):
-    an id is rewritten only when it must be, and its results follow it (a result answers the
-    latest call of its id)."""
-
-    __slots__ = ("_latest", "_used")
-
-    def __init__(self) -> None:
-        self._used: set[str] = set()
-        self._latest: dict[str, str] = {}
-
-    def call(self, tool_id: str) -> str:
-        base = out = _valid_id(tool_id)
-        n = 1
-        while out in self._used:
-            n += 1
-            out = f"{base[:58]}_{n}"
-        self._used.add(out)
-        self._latest[tool_id] = out
-        return out
-
-    def result(self, tool_id: str) -> str:
-        return self._latest.get(tool_id) or _valid_id(tool_id)
-
-
-def _valid_id(tool_id: str) -> str:
-    if _TOOL_ID.fullmatch(tool_id):
-        return tool_id
-    # a short digest keeps ids that differ only in refused characters apart
-    digest = hashlib.blake2s(tool_id.encode(), digest_size=4).hexdigest()
-    return f"{_TOOL_ID_CHAR.sub('_', tool_id)[:55]}_{digest}"
-
-
-def _assistant_blocks(message: dict[str, Any], where: str, ids: _ToolIds,
+def _assistant_blocks(message: dict[str, Any], where: str, ids: ToolIds,
                       used: dict[str, None]) -> list[dict[str, Any]]:
     texts = _text_of(message.get("content"), f"{where}.content", allow_refusal=True)
     text = "".join(texts)
@@ -249,7 +214,7 @@ def _assistant_blocks(message: dict[str, Any], where: str, ids: _ToolIds,
     return blocks
 
 
-def _tool_result(message: dict[str, Any], where: str, ids: _ToolIds) -> dict[str, Any]:
+def _tool_result(message: dict[str, Any], where: str, ids: ToolIds) -> dict[str, Any]:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise _bad("required string", f"{where}.tool_call_id")
@@ -287,7 +252,7 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     used: dict[str, None] = {}
-    ids = _ToolIds()
+    ids = ToolIds(64)
     names: set[str] = set()  # of the documents
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
