@@ -595,6 +595,7 @@ class HealthRegistry:
         data = healthstate.snapshot(self._fingerprints, self._config, self.clock.time(),
                                     self._breakers, blocks)
         data["budgets"] = self.budgets.snapshot()  # money spent: kept whatever the settings
+        data["quotas"] = self.quotas.snapshot(self.clock.monotonic(), self.clock.time())
         return data
 
     def restore(self, data: Mapping[str, Any]) -> None:
@@ -607,6 +608,9 @@ class HealthRegistry:
         if data.get("version") == healthstate.STATE_VERSION and isinstance(spending, dict):
             self.budgets.restore(spending, self.clock.time())
             self._announce_restored()
+        quotas = data.get("quotas")
+        if data.get("version") == healthstate.STATE_VERSION and isinstance(quotas, dict):
+            self.quotas.restore(quotas, self.clock.monotonic(), self.clock.time())
         blocks = healthstate.restore(data, self._fingerprints, self._config, self.clock,
                                      self._breakers, self._credentials)
         for name, (state, since, until) in blocks.items():

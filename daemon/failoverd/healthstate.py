@@ -8,9 +8,11 @@ wall-clock times, each entry next to the fingerprint of the settings it was earn
      "breakers": {<model id>: {<Breaker.snapshot()>, "settings": <fingerprint>}},
      "providers": {<name>: {"state": "auth" | "billing", "since": <wall>, "until": <wall>,
                             "settings": <fingerprint>}},
-     "budgets": {"model:<id>" | "provider:<name>": <Budgets.snapshot() entry>}}
+     "budgets": {"model:<id>" | "provider:<name>": <Budgets.snapshot() entry>},
+     "quotas": {<model id>: <Quotas.snapshot() entry>}}
 
-The spending under "budgets" (``budget.py``) is kept whatever the settings: it is money spent.
+The spending under "budgets" (``budget.py``) is kept whatever the settings: it is money spent;
+so are the calls and tokens of the last minute under "quotas" (``quota.py``: max_rpm, max_tpm).
 
 ``restore`` skips unknown models and providers, malformed entries, and entries saved under other
 settings (a new API key, URL or model config), so a restart after fixing a key tries the

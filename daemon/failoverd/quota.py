@@ -4,12 +4,15 @@ unavailable until enough of the minute ages out: no 429 spent, no breaker count.
 
 A model's minute outlives a reload that changes its limit, and one that removes it (a model
 added back within the minute must not get a fresh quota); it is dropped once it has aged out.
+It outlives a restart too, in the state file (`snapshot` / `restore`, in wall-clock seconds:
+the calls counted per second, the tokens per bucket), as of the last write of the file.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Container
+import math
+from collections import Counter, deque
+from collections.abc import Container, Mapping
 from typing import Any
 
 from failoverd.config import ModelConfig
@@ -108,3 +111,50 @@ class Quotas:
         if window is None or not limit:
             return 0.0
         return window.wait_below(limit, now)
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self, now: float, wall: float) -> dict[str, Any]:
+        """The minute of every model, in wall-clock seconds: `{"<id>": {"calls": [[second,
+        count], ...], "tokens": [[time, amount], ...]}}` (at most a minute's worth each)."""
+        out: dict[str, Any] = {}
+        for model_id in self._calls:
+            self._rate_wait(model_id, now)  # drops the calls older than a minute
+            per_second = Counter(math.floor(wall - (now - t)) for t in self._calls[model_id])
+            if per_second:
+                out.setdefault(model_id, {})["calls"] = sorted(map(list, per_second.items()))
+        for model_id, window in self._tokens.items():
+            held = window.buckets(now)
+            if held:
+                out.setdefault(model_id, {})["tokens"] = [
+                    [round(wall - (now - start), 3), amount] for start, amount in held]
+        return out
+
+    def restore(self, data: Mapping[str, Any], now: float, wall: float) -> None:
+        """Takes back a snapshot's minute for the models with a limit now (what has aged
+        out since, and entries that are not understood, are left out)."""
+        for model_id, entry in data.items():
+            if not isinstance(entry, dict):
+                continue
+            calls = self._calls.get(model_id)
+            if calls is not None:
+                for second, count in _pairs(entry.get("calls")):
+                    age = wall - second
+                    if 0 <= age < WINDOW:
+                        calls.extend([now - age] * min(int(count), calls.maxlen or 0))
+            window = self._tokens.get(model_id)
+            if window is not None:
+                for at, amount in _pairs(entry.get("tokens")):
+                    age = wall - at
+                    if 0 <= age < WINDOW and amount > 0:
+                        window.add(now - age, int(amount))
+
+
+def _pairs(value: Any) -> list[tuple[float, float]]:
+    """[[time, number], ...] as saved, oldest first; anything else left out."""
+    if not isinstance(value, list):
+        return []
+    pairs = [(float(p[0]), float(p[1])) for p in value
+             if isinstance(p, list) and len(p) == 2
+             and all(type(x) in (int, float) and math.isfinite(x) for x in p)]
+    return sorted(pairs)

@@ -98,6 +98,11 @@ class SlidingSum:
         while buckets and buckets[0][0] < oldest:
             self.total -= int(buckets.popleft()[1])
 
+    def buckets(self, now: float) -> list[tuple[float, int]]:
+        """(bucket start, amount) of what the window holds at `now`, oldest first."""
+        self.evict(now)
+        return [(start, int(amount)) for start, amount in self._buckets]
+
     def wait_below(self, limit: int, now: float) -> float:
         """Seconds until the sum drops below `limit` as its oldest buckets age out (0: it
         is below now)."""
