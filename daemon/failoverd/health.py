@@ -36,7 +36,10 @@ from failoverd.budget import Budgets, Reached, caps_of
 from failoverd.clock import Clock
 from failoverd.config import Config, Cost, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
+from failoverd.permit import Permit
 from failoverd.quota import Quotas
+
+__all__ = ["HealthRegistry", "Permit", "ProbeResult"]
 
 logger = logging.getLogger(__name__)
 _FREE = Cost()  # a model without prices (it spends nothing)
@@ -66,73 +69,6 @@ class ProbeResult:
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.at, "ok": self.ok, "latency": round(self.latency, 4),
                 "reason": self.reason}
-
-
-class Permit:
-    """Admission of one upstream call; report exactly one outcome (later ones are ignored).
-
-    Used as a context manager it gives the permit back if no outcome was reported.
-    """
-
-    __slots__ = ("_registry", "_breaker", "model_id", "_ticket", "_started", "_done",
-                 "counted")
-
-    def __init__(self, registry: HealthRegistry, breaker: Breaker, ticket: int) -> None:
-        self._registry = registry
-        self._breaker = breaker
-        self.model_id = breaker.model_id
-        self._ticket = ticket
-        self._started = registry.clock.monotonic()
-        self._done = False
-        self.counted = False  # the call was counted against the model's max_rpm
-
-    def __enter__(self) -> Permit:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def _elapsed(self, duration: float | None) -> float:
-        return self._registry.clock.monotonic() - self._started if duration is None else duration
-
-    def success(self, duration: float | None = None) -> None:
-        """The call succeeded; `duration` defaults to the time since admission."""
-        if self._done:
-            return
-        self._done = True
-        elapsed = self._elapsed(duration)
-        self._breaker.record_success(self._ticket, elapsed)
-        current = self._registry.current(self._breaker)
-        self._registry._finished(self.model_id, latency=elapsed if current else None)
-
-    def failure(self, reason: FailureReason, duration: float | None = None,
-                retry_after: float | None = None) -> None:
-        """The call failed with `reason` (the policy table decides what that means)."""
-        if self._done:
-            return
-        self._done = True
-        effect = POLICY[reason].breaker
-        if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):
-            self._breaker.release(self._ticket)
-            # a call made with settings a reload replaced (an old API key, URL) says nothing
-            # about the new ones: its breaker was replaced along with them
-            if self._registry.current(self._breaker):
-                self._registry._block_provider_of(self.model_id, effect, str(reason))
-        else:
-            self._breaker.record_failure(self._ticket, reason, retry_after)
-        self._registry._finished(self.model_id, latency=None)
-
-    def release(self, *, called: bool = True) -> None:
-        """Gives the permit back without an outcome (cancelled, or never called). `called`
-        False: no upstream call was made (the adapter could not express the request), so
-        it takes no slot of the model's max_rpm either."""
-        if self._done:
-            return
-        self._done = True
-        self._breaker.release(self._ticket)
-        if not called and self.counted:
-            self._registry.quotas.uncount(self.model_id, self._started)
-        self._registry._finished(self.model_id, latency=None)
 
 
 class HealthRegistry:
@@ -336,7 +272,8 @@ class HealthRegistry:
         limit = self._config.models[model_id].max_concurrency
         return limit > 0 and self._inflight[model_id] >= limit
 
-    def _finished(self, model_id: str, latency: float | None) -> None:
+    def finished(self, model_id: str, latency: float | None) -> None:
+        """A call admitted by a Permit ended (its latency if it counts)."""
         if model_id in self._inflight and self._inflight[model_id] > 0:
             self._inflight[model_id] -= 1
             if not self._inflight[model_id] and model_id not in self._breakers:
@@ -401,7 +338,7 @@ class HealthRegistry:
             return None
         return creds.state
 
-    def _block_provider_of(self, model_id: str, effect: BreakerEffect, reason: str) -> None:
+    def block_provider_of(self, model_id: str, effect: BreakerEffect, reason: str) -> None:
         model = self._config.models.get(model_id)
         if model is None:
             return  # removed by a reload while its call was in flight
@@ -488,7 +425,7 @@ class HealthRegistry:
             return
         effect = POLICY[reason].breaker if reason is not None else BreakerEffect.COUNT
         if effect in (BreakerEffect.OPEN_PROVIDER_AUTH, BreakerEffect.OPEN_PROVIDER_BILLING):
-            self._block_provider_of(model_id, effect, str(reason))
+            self.block_provider_of(model_id, effect, str(reason))
         else:
             breaker.record_probe(False, reason, retry_after)
 
