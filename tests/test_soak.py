@@ -75,17 +75,21 @@ timeout = 1
 kind = "anthropic"
 base_url = "{an.url}"
 timeout = 1
+max_cost_per_month = 1000
 [providers.dead]
 kind = "openai"
 base_url = "http://127.0.0.1:{dead}/v1"
 connect_timeout = 0.5
 [models."o1/gpt-a"]
 provider = "o1"
+cost = {{ input = 2.0, output = 8.0 }}
+max_cost_per_day = 1000
 max_concurrency = 4
 first_token_timeout = 1
 stream_idle_timeout = 1
 [models."an/claude"]
 provider = "an"
+cost = {{ input = 3.0, output = 15.0, cache_read = 0.3 }}
 max_concurrency = 6
 first_token_timeout = 1
 stream_idle_timeout = 1
@@ -329,6 +333,7 @@ async def test_soak(seed: int, fake_openai: Any, fake_anthropic: Any, start_daem
         baseline = scrape((await d.http.get("/metrics")).text)
         emitted_before = {s.labels["type"]: s.value
                           for s in baseline.get("failoverd_events_total", [])}
+        day_before = await status(d)  # the UTC day and month the spending is counted in
 
         tally = Tally()
         limit = asyncio.Semaphore(30)
@@ -450,6 +455,20 @@ async def test_soak(seed: int, fake_openai: Any, fake_anthropic: Any, start_daem
             return blocked == set(saved["providers"])
 
         await until_async(agree, 5, interval=0.05)
+
+        # what the priced models spent (budget.py) is what the metrics say they cost, and a
+        # provider's cap counts its models' (unless the soak ran across 00:00 UTC)
+        st = await status(d)
+        if {b["period_key"] for b in st["budgets"]} == {b["period_key"]
+                                                          for b in day_before["budgets"]}:
+            for model_id in ("o1/gpt-a", "an/claude"):
+                entry = st["models"][model_id]
+                assert entry["spent_usd"]["day"] == pytest.approx(entry["cost_usd"]), model_id
+            assert st["models"]["o1/gpt-a"]["cost_usd"] > 0
+            caps = {(b["scope"], b["name"]): b for b in st["budgets"]}
+            assert caps[("provider", "an")]["spent_usd"] == pytest.approx(
+                st["models"]["an/claude"]["cost_usd"])
+            assert not any(b["reached"] for b in st["budgets"])
 
         # every reachable model still serves
         for fake in (o1, o2, o3, an):
