@@ -11,6 +11,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
+from failoverd.awscreds import AwsConfigError, AwsSource, choose_source
+from failoverd.awscreds import AwsCredentials as AwsCredentials  # where tests and callers import it
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
 from failoverd.http1 import Proxy
@@ -43,17 +45,6 @@ MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
 
 
 @dataclass(frozen=True, slots=True)
-class AwsCredentials:
-    """AWS credentials from the daemon's environment (bedrock without an API key), which sign
-    its requests (SigV4); read at every load and reload (the environment itself only changes
-    with a restart)."""
-
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -73,10 +64,10 @@ class ProviderConfig:
     # failoverd_tokens_total counts streams whose clients did not ask; the usage chunk is
     # left out for those clients
     stream_usage: bool = False
-    # bedrock: the AWS region (its endpoint and the SigV4 scope) and, without an API key, the
-    # credentials that sign each request
+    # bedrock: the AWS region (its endpoint and the SigV4 scope) and, without an API key,
+    # where the credentials that sign each request come from (awscreds.py)
     region: str = ""
-    aws: AwsCredentials | None = field(default=None, repr=False)
+    aws: AwsSource | None = field(default=None, repr=False)
     # USD its models may spend together per UTC day / month (0: no cap); past it they are
     # skipped as unavailable until the period ends (budget.py)
     max_cost_per_day: float = 0.0
@@ -151,7 +142,6 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
 }
 # an AWS region name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-7
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 _SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
@@ -164,6 +154,7 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-ke
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
                   "simulate_failure", "simulate_latency", "stream_usage", "region",
+                  "aws_profile",
                   "max_cost_per_day", "max_cost_per_month")
 
 
@@ -236,10 +227,7 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
             sec.problem("simulate_failure", f"must be one of {', '.join(_SIMULATED_FAILURES)}; "
                         f"got {sim_fail!r}")
     api_key = read_secret(sec, "api_key", env)
-    aws = None
-    if kind == "bedrock" and not any(sec.has(f"api_key_{s}") for s in ("env", "file",
-                                                                       "credential")):
-        aws = _aws_credentials(sec, env)
+    aws = _aws_credentials(sec, kind, env)
     cfg = ProviderConfig(
         name=name,
         kind=cast(ProviderKind, kind),
@@ -279,28 +267,27 @@ def _region(sec: Section, kind: str) -> str:
     return region
 
 
-def _aws_credentials(sec: Section, env: Mapping[str, str]) -> AwsCredentials | None:
-    """A bedrock provider's AWS credentials from the environment, when it has no API key."""
-    key_id, secret, token = (env.get(name, "").strip() for name in AWS_ENV)
-    if not key_id and not secret:
-        sec.problem("", "has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                    "(with AWS_SESSION_TOKEN for temporary credentials) in the daemon's "
-                    "environment, or give a Bedrock API key with api_key_env, api_key_file "
-                    "or api_key_credential")
+def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str]) -> AwsSource | None:
+    """A bedrock provider's AWS credentials source (awscreds.py), when it has no API key."""
+    profile = sec.get("aws_profile", str, "")
+    keyed = any(sec.has(f"api_key_{s}") for s in ("env", "file", "credential"))
+    if kind != "bedrock":
+        if sec.has("aws_profile"):
+            sec.problem("aws_profile", "only valid for kind = \"bedrock\"")
         return None
-    missing = [name for name, value in zip(AWS_ENV[:2], (key_id, secret), strict=True)
-               if not value]
-    if missing:
-        given = AWS_ENV[1] if missing[0] == AWS_ENV[0] else AWS_ENV[0]
-        sec.problem("", f"environment variable {missing[0]} is not set or empty ({given} is): "
-                    "both are needed to sign requests")
+    if keyed:
+        if sec.has("aws_profile"):
+            sec.problem("aws_profile", "names AWS credentials, but the provider has a Bedrock "
+                        "API key: remove one")
         return None
-    for name, value in ((AWS_ENV[0], key_id), (AWS_ENV[2], token)):
-        if any(c < " " or c == "\x7f" for c in value):
-            sec.problem("", f"environment variable {name} holds a line break or another "
-                        "control character")
-            return None
-    return AwsCredentials(key_id, secret, token)
+    if sec.has("aws_profile") and not profile.strip():
+        sec.problem("aws_profile", "must name a profile (omit it for AWS_PROFILE or default)")
+        return None
+    try:
+        return choose_source(env, profile.strip())
+    except AwsConfigError as exc:
+        sec.problem("aws_profile" if profile.strip() else "", str(exc))
+        return None
 
 
 def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> ModelConfig:

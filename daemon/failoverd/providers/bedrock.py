@@ -7,8 +7,10 @@ as the AWS SDKs send it), authentication, the event stream of ``converse-stream`
 (providers/eventstream.py) and the classification of Bedrock's errors.
 
 Authentication is either a Bedrock API key (``Authorization: Bearer``) or, without one, AWS
-Signature Version 4 (service ``bedrock``) with the credentials of the daemon's environment
-(providers/sigv4.py), a fresh signature for every request.
+Signature Version 4 (service ``bedrock``, providers/sigv4.py), a fresh signature for every
+request with the credentials its source (awscreds.py: the environment, the shared credentials
+file, a container's or the EC2 instance's role) holds then; failing to get them is an ``auth``
+failure of the call.
 
 Bedrock names its errors in the ``x-amzn-ErrorType`` header (``ThrottlingException:http://...``;
 in a stream, an exception message's ``:exception-type``) with ``{"message": ...}`` bodies: the
@@ -34,6 +36,8 @@ from urllib.parse import quote
 
 import orjson
 
+from failoverd.awscreds import AwsCredentials, AwsCredentialsError, CredentialSource, open_source
+from failoverd.clock import Clock
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
@@ -185,20 +189,22 @@ class BedrockProvider(Lacking):
     api = "Bedrock's Converse API"
 
     def __init__(self, config: ProviderConfig, client: HttpClient, *,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, clock: Clock | None = None) -> None:
         self.config = config
         self._client = client.via(config.proxy)
         self._base = config.base_url.rstrip("/")
+        self._now = now
         base = {"Content-Type": "application/json", "Accept": "application/json"}
-        self._signer: Signer | None = None
+        # SigV4: the credentials' source, and the signer of the credentials it gave last
+        self._credentials: CredentialSource | None = None
+        self._signer: tuple[AwsCredentials, Signer] | None = None
         if config.api_key:
             base = request_headers(config, base, "Authorization", f"Bearer {config.api_key}")
         else:
             base = request_headers(config, base, "", "")
             if config.aws is not None:
-                aws = config.aws
-                self._signer = Signer(aws.access_key_id, aws.secret_access_key, config.region,
-                                      SERVICE, aws.session_token, now=now)
+                # the instance's and container's credential endpoints are local: no proxy
+                self._credentials = open_source(config.aws, client=client, clock=clock)
         self._headers = base
         self._stream_headers = {**base, "Accept": EVENT_STREAM}
 
@@ -206,12 +212,22 @@ class BedrockProvider(Lacking):
         # every reserved character encoded, ':' and '/' (of an ARN) included, as the SDKs do
         return f"{self._base}/model/{quote(model.name, safe='-._~')}/{operation}"
 
-    def _signed(self, url: str, headers: dict[str, str], data: bytes) -> dict[str, str]:
-        if self._signer is None:
+    async def _signed(self, url: str, headers: dict[str, str], data: bytes,
+                      model: str) -> dict[str, str]:
+        if self._credentials is None:
             return headers
+        try:
+            credentials = await self._credentials.get()
+        except AwsCredentialsError as exc:
+            raise upstream_error(FailureReason.AUTH, f"no AWS credentials to sign with: {exc}",
+                                 status=None, provider=self.config.name, model=model) from exc
+        if self._signer is None or self._signer[0] is not credentials:
+            self._signer = (credentials, Signer(
+                credentials.access_key_id, credentials.secret_access_key, self.config.region,
+                SERVICE, credentials.session_token, now=self._now))
         tgt = target(url)
-        return {**headers, **self._signer.sign("POST", url, headers, data,
-                                               host=tgt.host_header)}
+        return {**headers, **self._signer[1].sign("POST", url, headers, data,
+                                                  host=tgt.host_header)}
 
     # ------------------------------------------------------------------ errors
 
@@ -253,9 +269,10 @@ class BedrockProvider(Lacking):
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model)
         url = self._url(model, "converse")
-        raw = await fetch(self._client, "POST", url, headers=self._signed(url, self._headers, data),
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=self.config.name, model=model.id)
+        headers = await self._signed(url, self._headers, data, model.id)
+        raw = await fetch(self._client, "POST", url, headers=headers, data=data,
+                          total=limits.total, connect=limits.connect, failure=self._failure,
+                          provider=self.config.name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), dict):
             raise self._invalid("200 with an unparsable or empty body", model.id)
@@ -324,8 +341,8 @@ class BedrockProvider(Lacking):
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(self._client, url, data=data,
-                                 headers=self._signed(url, self._stream_headers, data),
+        headers = await self._signed(url, self._stream_headers, data, model.id)
+        resp = await open_stream(self._client, url, data=data, headers=headers,
                                  first_deadline=first_deadline, connect=limits.connect,
                                  failure=self._failure, provider=self.config.name,
                                  model=model.id)

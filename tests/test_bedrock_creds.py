@@ -1,0 +1,42 @@
+"""The daemon signing Bedrock requests with credentials from the chain's other sources: a
+profile of the shared credentials file, a container's credential endpoint, the EC2 instance's
+role (fake endpoints on 127.0.0.1); and failing over when there are none to be had."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
+from tests.test_awscreds import write_profiles
+from tests.test_bedrock_e2e import daemon_config
+from tests.test_provider_bedrock import HELLO
+
+__all__ = ["fake_bedrock"]  # the fixture
+
+
+def with_profile(body: str, profile: str) -> str:
+    return body.replace('region = "us-east-1"\n', f'region = "us-east-1"\naws_profile = '
+                        f'"{profile}"\n', 1)
+
+
+async def test_daemon_signs_with_a_profile_of_the_shared_credentials_file(
+        tmp_path: Path, fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_openai: Any, start_daemon: Any) -> None:
+    fake = await fake_bedrock(session_token="profile-token")
+    backup = await fake_openai()
+    path = tmp_path / "credentials"
+    write_profiles(path, default=("AKIANOTTHISONE000001", "wrong", ""),
+                   bedrock=(ACCESS_KEY, SECRET_KEY, "profile-token"))
+    # the environment's keys are not used when the configuration names a profile
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_ACCESS_KEY_ID": "AKIAENV",
+           "AWS_SECRET_ACCESS_KEY": "env-secret"}
+    d = await start_daemon(with_profile(daemon_config(fake, backup.url), "bedrock"), env=env)
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.auth_failures == [] and backup.requests == []
+    assert fake.requests[-1].headers["Authorization"].startswith(
+        f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == "profile-token"
