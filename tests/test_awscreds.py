@@ -4,8 +4,10 @@ clock), and the signer taking each request's credentials from the source."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from failoverd.awscreds import (
     AwsConfigError,
     AwsCredentials,
     AwsCredentialsError,
+    ContainerEndpoint,
+    RefreshingCredentials,
     SharedFile,
     SharedFileCredentials,
     choose_source,
+    open_source,
     read_profile,
 )
 from failoverd.clock import ManualClock
@@ -26,10 +31,11 @@ from failoverd.config import ProviderConfig
 from failoverd.errors import ConfigError
 from failoverd.http1 import HttpClient
 from failoverd.providers.bedrock import BedrockProvider
+from tests.fakes.awsmeta import FakeMetadata, fake_metadata
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
 from tests.test_provider_bedrock import HELLO, LIMITS, MODEL
 
-__all__ = ["fake_bedrock"]  # the fixture
+__all__ = ["fake_bedrock", "fake_metadata"]  # the fixtures
 
 NO_IMDS = {"AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -206,3 +212,132 @@ async def test_requests_are_signed_with_the_rotated_key(
     assert fake.requests[-1].headers["Authorization"].startswith(
         "AWS4-HMAC-SHA256 Credential=ASIAROTATED000000002/")
     assert fake.requests[-1].headers["X-Amz-Security-Token"] == "token-two"
+
+
+# ------------------------------------------------------------------ a container's endpoint
+
+
+@pytest.mark.parametrize(("env", "want"), [
+    ({"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc?x=1"},
+     ContainerEndpoint("http://169.254.170.2/v2/credentials/abc?x=1")),
+    # the relative URI wins over the full one, as in the SDKs
+    ({"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/c",
+      "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/x"},
+     ContainerEndpoint("http://169.254.170.2/v2/c")),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+      "AWS_CONTAINER_AUTHORIZATION_TOKEN": "t",
+      "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/token"},
+     ContainerEndpoint("http://169.254.170.23/v1/credentials", "", "/var/run/token")),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "https://creds.example.com/get",
+      "AWS_CONTAINER_AUTHORIZATION_TOKEN": "Basic abcd"},
+     ContainerEndpoint("https://creds.example.com/get", "Basic abcd")),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://[::1]:8080/get"},
+     ContainerEndpoint("http://[::1]:8080/get")),
+])
+def test_container_endpoint_choice(env: dict[str, str], want: ContainerEndpoint) -> None:
+    assert choose_source({**env, **NO_IMDS}) == want
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://creds.example.com/get"},
+     "environment variable AWS_CONTAINER_CREDENTIALS_FULL_URI names creds.example.com over "
+     "plain http: only https, a loopback address or"),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "ftp://127.0.0.1/x"},
+     "environment variable AWS_CONTAINER_CREDENTIALS_FULL_URI is not a usable URL"),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1/x",
+      "AWS_CONTAINER_AUTHORIZATION_TOKEN": "a\u0001b"},
+     "environment variable AWS_CONTAINER_AUTHORIZATION_TOKEN holds a line break"),
+])
+def test_container_endpoint_problems(env: dict[str, str], message: str) -> None:
+    with pytest.raises(AwsConfigError) as err:
+        choose_source({**env, **NO_IMDS})
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def container(fake: FakeMetadata, clock: ManualClock, client: HttpClient, *,
+              token: str = "", token_file: str = "") -> RefreshingCredentials:
+    source = open_source(ContainerEndpoint(f"{fake.url}/creds", token, token_file),
+                         client=client, clock=clock)
+    assert isinstance(source, RefreshingCredentials)
+    return source
+
+
+async def test_container_credentials_with_a_token_file(
+        tmp_path: Path, fake_metadata: Callable[..., Awaitable[FakeMetadata]],
+        http_client: HttpClient) -> None:
+    fake = await fake_metadata()
+    token_file = tmp_path / "eks-pod-identity-token"
+    token_file.write_text("wrong-token\n")
+    clock = ManualClock(wall=time.time())
+    source = container(fake, clock, http_client, token_file=str(token_file))
+    with pytest.raises(AwsCredentialsError, match=r"/creds refused: HTTP 403: Unable to "
+                       r"validate the token"):
+        await source.get()
+    token_file.write_text(fake.auth_token + "\n")  # rotated by the agent: read at every fetch
+    clock.advance(5)  # past the fail-fast pause
+    creds = await source.get()
+    assert creds == AwsCredentials(fake.access_key, fake.secret_key, fake.session_token,
+                                   expires=float(int(fake.expires)))
+
+
+async def test_temporary_credentials_are_refreshed_before_they_expire(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(wall=float(int(time.time())))
+    t0 = clock.time()
+    fake = await fake_metadata()
+    fake.rotate(1, t0 + 3600)
+    source = container(fake, clock, http_client, token=fake.auth_token)
+    first = await source.get()
+    assert first.access_key_id == "ASIAFAKEMETADATA0001" and first.expires == t0 + 3600
+
+    def at(when: float) -> None:
+        clock.advance(t0 + when - clock.time())
+
+    fake.rotate(2, t0 + 7200)
+    at(3600 - 301)  # not yet in the last 5 minutes
+    assert await source.get() is first
+    assert len(fake.calls) == 1
+    at(3600 - 299)
+    second = await source.get()
+    assert second.access_key_id == "ASIAFAKEMETADATA0002" and len(fake.calls) == 2
+
+    # a failed refresh keeps the current ones until they expire, then calls fail
+    fake.fail = 500
+    at(7200 - 200)
+    with caplog.at_level(logging.WARNING, logger="failoverd.awscreds"):
+        assert await source.get() is second
+    assert len(fake.calls) == 3
+    assert "HTTP 500: the fake is down; the current ones serve until they expire in 200 s" \
+        in caplog.text
+    clock.advance(30)
+    assert await source.get() is second and len(fake.calls) == 3  # not asked again yet
+    clock.advance(200)  # expired
+    with pytest.raises(AwsCredentialsError, match="HTTP 500"):
+        await source.get()
+    assert len(fake.calls) == 4
+    with pytest.raises(AwsCredentialsError, match="HTTP 500"):
+        await source.get()  # failed moments ago: at once, without a call
+    assert len(fake.calls) == 4
+    fake.fail = 0
+    fake.rotate(3, clock.time() + 3600)
+    clock.advance(5)
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0003"
+
+
+async def test_concurrent_requests_share_one_fetch(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    clock = ManualClock(wall=float(int(time.time())))
+    fake = await fake_metadata()
+    fake.rotate(1, clock.time() + 3600)
+    source = container(fake, clock, http_client, token=fake.auth_token)
+    got = await asyncio.gather(*(source.get() for _ in range(20)))
+    assert {c.access_key_id for c in got} == {"ASIAFAKEMETADATA0001"}
+    assert len(fake.calls) == 1
+    # in the refresh window: one call fetches, the others keep using the current ones
+    fake.rotate(2, clock.time() + 7200)
+    clock.advance(3600 - 100)
+    got = await asyncio.gather(*(source.get() for _ in range(20)))
+    assert len(fake.calls) == 2
+    assert {c.access_key_id for c in got} <= {"ASIAFAKEMETADATA0001", "ASIAFAKEMETADATA0002"}
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0002"

@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.awsmeta import FakeMetadata, fake_metadata
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
 from tests.test_awscreds import write_profiles
 from tests.test_bedrock_e2e import daemon_config
 from tests.test_provider_bedrock import HELLO
 
-__all__ = ["fake_bedrock"]  # the fixture
+__all__ = ["fake_bedrock", "fake_metadata"]  # the fixtures
 
 
 def with_profile(body: str, profile: str) -> str:
@@ -40,3 +41,23 @@ async def test_daemon_signs_with_a_profile_of_the_shared_credentials_file(
     assert fake.requests[-1].headers["Authorization"].startswith(
         f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
     assert fake.requests[-1].headers["X-Amz-Security-Token"] == "profile-token"
+
+
+async def test_daemon_signs_with_a_containers_role(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    meta = await fake_metadata()
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{meta.url}/creds",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": meta.auth_token}
+    d = await start_daemon(daemon_config(fake, backup.url), env=env)
+    for _ in range(3):
+        raw = await d.openai.chat.completions.with_raw_response.create(
+            model="default", messages=HELLO["messages"])
+        assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.auth_failures == [] and backup.requests == []
+    assert meta.calls == [("GET", "/creds")]  # fetched once, then cached
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == meta.session_token

@@ -8,14 +8,23 @@ The chain, in the SDKs' order:
    no ``HOME``, as under systemd: no default file), the profile the provider's ``aws_profile``
    names, else ``AWS_PROFILE``, else ``default``. A profile given in the configuration means
    the file: the environment's keys are then not used (as botocore does for a session's
-   explicit profile).
+   explicit profile);
+3. a container's credential endpoint (ECS task roles, EKS Pod Identity):
+   ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (on ``http://169.254.170.2``), else
+   ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (https, or http to a loopback address or one of the
+   ECS and EKS agents' addresses), with ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`` (read at
+   every fetch: EKS rotates it) or ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` as its
+   ``Authorization`` header; it answers ``{"AccessKeyId", "SecretAccessKey", "Token",
+   "Expiration"}``.
 
 Which source serves is decided when the configuration is read (`choose_source`), from the
 environment and the file as they are then: a broken or missing choice is a configuration
 error. At run time a `CredentialSource` (`open_source`) hands out credentials for each
 request; the file is looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
-apply without a restart.
+apply without a restart. Temporary credentials (a container's) are fetched on first use and
+again `REFRESH_AHEAD` seconds before they expire, by one call that concurrent requests share
+(`RefreshingCredentials`); when that fails the old ones serve until they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
 into an ``auth`` failure of the call: it never travels further in.
@@ -23,23 +32,41 @@ into an ``auth`` failure of the call: it never travels further in.
 
 from __future__ import annotations
 
+import asyncio
 import configparser
+import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
 
 from failoverd.clock import Clock, SystemClock
-from failoverd.http1 import HttpClient
+from failoverd.http1 import HttpClient, HttpClientError
+from failoverd.http1.client import Target
+from failoverd.timeouts import timeout
 
 __all__ = ["AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
-           "CredentialSource", "SharedFile", "choose_source", "open_source", "read_profile"]
+           "ContainerEndpoint", "CredentialSource", "RefreshingCredentials", "SharedFile",
+           "choose_source", "open_source", "read_profile"]
 
 logger = logging.getLogger(__name__)
 
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 FILE_CHECK_EVERY = 5.0  # seconds between two looks at the credentials file's mtime
+REFRESH_AHEAD = 300.0  # temporary credentials are fetched again this long before they expire
+RETRY_KEEPING = 60.0  # after a failed refresh, while the old credentials still serve
+RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
+CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
+CONTAINER_HOST = "169.254.170.2"  # ECS's agent, for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
+# the hosts AWS_CONTAINER_CREDENTIALS_FULL_URI may name over plain http, besides loopback
+# addresses: ECS's agent, EKS Pod Identity's agent (IPv4 and IPv6)
+_CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", "localhost"})
 
 
 class AwsCredentialsError(Exception):
@@ -69,7 +96,17 @@ class SharedFile:
     profile: str
 
 
-AwsSource = AwsCredentials | SharedFile
+@dataclass(frozen=True, slots=True)
+class ContainerEndpoint:
+    """A container's credential endpoint, and the ``Authorization`` it wants: the token, or
+    the file that holds it (read at every fetch)."""
+
+    url: str
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+
+
+AwsSource = AwsCredentials | SharedFile | ContainerEndpoint
 """Where a provider's credentials come from: fixed ones (the environment's), or a source."""
 
 
@@ -176,12 +213,49 @@ def choose_source(env: Mapping[str, str], profile: str = "") -> AwsSource:
         raise AwsConfigError(f"profile {name!r} is named, but there is no shared credentials "
                              "file: HOME is not set (as under systemd); set "
                              "AWS_SHARED_CREDENTIALS_FILE")
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or \
+            env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip():
+        return _container(env)
     raise AwsConfigError(
         "has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with "
         "AWS_SESSION_TOKEN for temporary credentials) in the daemon's environment, write "
         "them in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or "
-        "~/.aws/credentials, profile aws_profile / AWS_PROFILE / default), or give a Bedrock "
-        "API key with api_key_env, api_key_file or api_key_credential")
+        "~/.aws/credentials, profile aws_profile / AWS_PROFILE / default), run with a "
+        "container's role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), or give a "
+        "Bedrock API key with api_key_env, api_key_file or api_key_credential")
+
+
+def _container(env: Mapping[str, str]) -> ContainerEndpoint:
+    relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip()
+    if relative:
+        url = f"http://{CONTAINER_HOST}{'' if relative.startswith('/') else '/'}{relative}"
+        name = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+    else:
+        url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()
+        name = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+    try:
+        tgt = Target(url)
+    except ValueError as exc:
+        raise AwsConfigError(f"environment variable {name} is not a usable URL: {exc}") from None
+    if not tgt.tls and not _local(tgt.host):
+        raise AwsConfigError(f"environment variable {name} names {tgt.host} over plain http: "
+                             "only https, a loopback address or "
+                             f"{', '.join(sorted(_CONTAINER_HOSTS))} may serve credentials")
+    token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", "").strip()
+    if _control(token):
+        raise AwsConfigError("environment variable AWS_CONTAINER_AUTHORIZATION_TOKEN holds a "
+                             "line break or another control character")
+    token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "").strip()
+    return ContainerEndpoint(url, "" if token_file else token, token_file)
+
+
+def _local(host: str) -> bool:
+    if host in _CONTAINER_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # ------------------------------------------------------------------ at run time
@@ -253,6 +327,179 @@ class SharedFileCredentials:
         return self._credentials
 
 
+class RefreshingCredentials:
+    """Temporary credentials from an endpoint, fetched again `REFRESH_AHEAD` seconds before
+    they expire (on `clock`'s wall time).
+
+    One fetch at a time: calls that find one under way while the current credentials still
+    serve use those without waiting; others wait for it and share its outcome. A failed
+    refresh keeps the current credentials until they expire (with a warning) and is tried
+    again after `RETRY_KEEPING` seconds; with none to serve, calls fail with the last error
+    for `RETRY_WITHOUT` seconds before the endpoint is asked again.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[AwsCredentials]], clock: Clock,
+                 what: str) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._what = what
+        self._lock = asyncio.Lock()
+        self._credentials: AwsCredentials | None = None
+        self._next_try = 0.0  # wall time before which the endpoint is not asked again
+        self._error = ""
+
+    def _serving(self, now: float) -> AwsCredentials | None:
+        """The current credentials when they need no fetch now."""
+        creds = self._credentials
+        if creds is None or creds.expires is None or now >= creds.expires:
+            return None
+        if now < creds.expires - REFRESH_AHEAD or now < self._next_try:
+            return creds
+        return None
+
+    async def get(self) -> AwsCredentials:
+        now = self._clock.time()
+        creds = self._serving(now)
+        if creds is not None:
+            return creds
+        current = self._credentials
+        if self._lock.locked() and current is not None and current.expires is not None \
+                and now < current.expires:
+            return current  # a refresh is under way; these still serve
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> AwsCredentials:
+        now = self._clock.time()
+        creds = self._serving(now)
+        if creds is not None:
+            return creds  # fetched while this call waited
+        if now < self._next_try and self._error:
+            raise AwsCredentialsError(self._error)  # failed moments ago: not asked again yet
+        old = self._credentials
+        usable = old is not None and old.expires is not None and now < old.expires
+        try:
+            fresh = await self._fetch()
+            if fresh.expires is not None and fresh.expires <= now:
+                raise AwsCredentialsError(f"{self._what} answered credentials that expired "
+                                          "already (is the host's clock right?)")
+        except AwsCredentialsError as exc:
+            self._error = str(exc)
+            if usable and old is not None and old.expires is not None:
+                self._next_try = now + RETRY_KEEPING
+                logger.warning("AWS credentials: refreshing from %s failed: %s; the current "
+                               "ones serve until they expire in %.0f s", self._what, exc,
+                               old.expires - now)
+                return old
+            self._next_try = now + RETRY_WITHOUT
+            logger.warning("AWS credentials: %s", exc)
+            raise
+        if old is None:
+            logger.info("AWS credentials from %s (access key %s)", self._what,
+                        fresh.access_key_id)
+        self._credentials, self._error = fresh, ""
+        # credentials that come close to their expiry are not fetched again at every call
+        self._next_try = now + RETRY_KEEPING
+        return fresh
+
+
+# ------------------------------------------------------------------ the endpoints
+
+
+async def _call(client: HttpClient, method: str, url: str, headers: dict[str, str],
+                seconds: float, data: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of one call to a credential endpoint, within `seconds`."""
+    resp = None
+    try:
+        with timeout(seconds):
+            resp = await client.request(method, url, headers=headers, data=data,
+                                        connect_timeout=seconds)
+            body = await resp.read()
+    except TimeoutError:
+        raise AwsCredentialsError(f"{url}: no answer within {seconds:g} s") from None
+    except (HttpClientError, OSError) as exc:
+        raise AwsCredentialsError(f"{url}: {exc}") from None
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
+    return resp.status, body
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """What a credential endpoint's error answer says (its ``message`` when JSON)."""
+    text = body[:300].decode("utf-8", "replace").strip()
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        text = str(parsed.get("message") or parsed.get("Message") or text)
+    return f"HTTP {status}" + (f": {text[:300]}" if text else "")
+
+
+def parse_credentials(body: bytes, where: str) -> AwsCredentials:
+    """Temporary credentials as the container and instance endpoints answer them:
+    ``{"AccessKeyId", "SecretAccessKey", "Token", "Expiration": "2026-12-07T20:00:00Z"}``."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise AwsCredentialsError(f"{where} answered no JSON") from None
+    if not isinstance(data, dict):
+        raise AwsCredentialsError(f"{where} answered no JSON object")
+    code = data.get("Code", "Success")
+    if code != "Success":
+        raise AwsCredentialsError(f"{where} answered {code}: {data.get('Message', '')}"[:400])
+    fields = [data.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")]
+    missing = [k for k, v in zip(("AccessKeyId", "SecretAccessKey", "Token", "Expiration"),
+                                 fields, strict=True) if not isinstance(v, str) or not v]
+    if missing:
+        raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
+    key_id, secret, token, expiration = (str(v) for v in fields)
+    try:
+        when = datetime.fromisoformat(expiration)
+    except ValueError:
+        raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 "
+                                  f"time: {expiration[:40]!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if _control(key_id) or _control(token):
+        raise AwsCredentialsError(f"{where} answered credentials with a control character")
+    return AwsCredentials(key_id, secret, token, expires=when.timestamp())
+
+
+async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsCredentials:
+    """One GET of a container's credential endpoint."""
+    headers = {"Accept": "application/json"}
+    token = _read_token(source.token_file) if source.token_file else source.token
+    if token:
+        headers["Authorization"] = token
+    status, body = await _call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
+    where = f"the container credentials endpoint {_bare(source.url)}"
+    if status != 200:
+        raise AwsCredentialsError(f"{where} refused: {_refusal(status, body)}")
+    return parse_credentials(body, where)
+
+
+def _read_token(path: str) -> str:
+    """The container's authorization token from its file (a few hundred bytes)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AwsCredentialsError(
+            f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} cannot be read: "
+            f"{getattr(exc, 'strerror', None) or exc}") from None
+    if _control(token):
+        raise AwsCredentialsError(f"{path} holds a line break or another control character")
+    return token
+
+
+def _bare(url: str) -> str:
+    """The URL without its query (which may carry an identifier)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
 def open_source(source: AwsSource, *, client: HttpClient,
                 clock: Clock | None = None) -> CredentialSource:
     """The run-time side of a configured source; `client` calls the credential endpoints
@@ -260,4 +507,11 @@ def open_source(source: AwsSource, *, client: HttpClient,
     clock = clock or SystemClock()
     if isinstance(source, AwsCredentials):
         return StaticCredentials(source)
-    return SharedFileCredentials(source, clock)
+    if isinstance(source, SharedFile):
+        return SharedFileCredentials(source, clock)
+
+    async def container() -> AwsCredentials:
+        return await fetch_container(client, source)
+
+    return RefreshingCredentials(container, clock, f"the container endpoint "
+                                 f"{_bare(source.url)}")
