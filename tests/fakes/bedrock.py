@@ -11,7 +11,10 @@ turns beginning with the user, no blank text, tool blocks only with a toolConfig
 answer the calls before them, known top-level keys), and what the Claude models behind it
 refuse (a prefill ending in whitespace; temperature with top_p from Opus 4.1 and Sonnet /
 Haiku 4.5 on). Tool calls stream their input a few bytes at a time (`tool_input` sets it; an
-empty one comes as one empty delta, as Claude's does).
+empty one comes as one empty delta, as Claude's does). Prompt caching: cachePoint blocks are
+refused where Bedrock refuses them (a model without prompt caching, Nova's tools, more than 4,
+a 1h ttl before Claude 4.5 or after a 5m one), and with them the usage reports the prefix up
+to the last one as written to the cache, or read when an earlier request wrote it.
 
 Tests take the `fake_bedrock` fixture (a factory) from here. Script it like the other fakes:
 ``fake.push("throttled", "ok")``; every request is logged in ``fake.requests`` (raw path,
@@ -47,6 +50,7 @@ SECRET_KEY = "fake/Secret+Key/for/failoverd/tests00000"
 API_KEY = "ABSKZmFrZS1iZWRyb2NrLWtleQ=="  # a Bedrock API key's shape
 USAGE = {"inputTokens": 12, "outputTokens": 6, "totalTokens": 18}
 _TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+_BODY = web.RequestKey("converse", dict)  # a request's parsed body, for its stream
 
 
 def _err(status: int, kind: str, message: str) -> tuple[int, str, bytes]:
@@ -124,7 +128,14 @@ ERRORS: dict[str, tuple[int, str, bytes]] = {
                         "your request again."),
     "internal": _err(500, "InternalServerException",
                      "The server encountered an internal error while processing the request."),
+    # what a model without prompt caching answers a cachePoint (the fake's own refusal is the
+    # 400; some accounts get it as a 403)
+    "no_caching_403": _err(403, "AccessDeniedException", "You invoked an unsupported model, or "
+                           "your request did not allow prompt caching. See the documentation "
+                           "for more information."),
 }
+NO_CACHING = ("You invoked an unsupported model, or your request did not allow prompt caching. "
+              "See the documentation for more information.")
 _TOP_KEYS = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
              "additionalModelRequestFields", "additionalModelResponseFieldPaths",
              "promptVariables", "requestMetadata", "performanceConfig"}
@@ -213,6 +224,8 @@ class FakeBedrock(FakeServer[Logged]):
     # Claude's come through Converse, an empty one as a single empty input delta
     tool_input: dict[str, Any] | None = None
     usage: dict[str, int] = field(default_factory=lambda: dict(USAGE))  # of every answer
+    # prompt caching: the prefixes written to the cache (see `_usage`)
+    cached: set[bytes] = field(default_factory=set, kw_only=True)
     auth_failures: list[str] = field(default_factory=list, kw_only=True)
 
     errors = ERRORS
@@ -297,7 +310,8 @@ class FakeBedrock(FakeServer[Logged]):
         refused = self._authenticate(request, raw)
         if refused is not None:
             return self._refuse(refused)
-        invalid = _invalid(body) or _refused_by_model(model, body)
+        invalid = _invalid(body) or _refused_by_model(model, body) or _invalid_cache(model,
+                                                                                     body)
         if invalid is not None:
             return self._aws_error(400, "ValidationException",
                                    orjson.dumps({"message": invalid}))
@@ -307,10 +321,28 @@ class FakeBedrock(FakeServer[Logged]):
             return early
         content, stop = self._content(body, behaviour)
         if request.path.endswith("/converse-stream"):
+            request[_BODY] = body  # for the usage at the stream's end
             return await self._stream(request, content, stop, behaviour)
         return web.json_response({
             "output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": stop, "usage": self.usage, "metrics": {"latencyMs": 42}})
+            "stopReason": stop, "usage": self._usage(body), "metrics": {"latencyMs": 42}})
+
+    def _usage(self, body: dict[str, Any]) -> dict[str, int]:
+        """Prompt caching as Converse reports it: with cachePoints, the prompt up to the last
+        one (tools, system, messages, in that order) is read from the cache when an earlier
+        request wrote the same prefix, else written (one token per 4 bytes of its JSON);
+        without them the fake's `usage`."""
+        blocks = _prompt_blocks(body)
+        points = [i for i, block in enumerate(blocks) if "cachePoint" in block]
+        if not points:
+            return self.usage
+        prefix = orjson.dumps([b for b in blocks[:points[-1]] if "cachePoint" not in b])
+        tokens = len(prefix) // 4
+        read = prefix in self.cached
+        self.cached.add(prefix)
+        return {"inputTokens": 5, "outputTokens": 6, "totalTokens": 11 + tokens,
+                "cacheReadInputTokens": tokens if read else 0,
+                "cacheWriteInputTokens": 0 if read else tokens}
 
     def _content(self, body: dict[str, Any], behaviour: str) -> tuple[list[dict[str, Any]], str]:
         if behaviour == "empty":
@@ -318,7 +350,8 @@ class FakeBedrock(FakeServer[Logged]):
         if behaviour == "guardrail":
             return [{"text": "Sorry, the model cannot answer this question."}], \
                 "guardrail_intervened"
-        tools = [t["toolSpec"] for t in (body.get("toolConfig") or {}).get("tools") or ()]
+        tools = [t["toolSpec"] for t in (body.get("toolConfig") or {}).get("tools") or ()
+                 if "toolSpec" in t]
         last = body["messages"][-1]["content"]
         if tools and not any("toolResult" in b for b in last):
             calls = [{"toolUse": {"toolUseId": f"tooluse_fake{i}x{len(body['messages'])}",
@@ -376,7 +409,8 @@ class FakeBedrock(FakeServer[Logged]):
         if behaviour == "no_stop":
             return resp
         await resp.write(event("messageStop", {"stopReason": stop}))
-        await resp.write(event("metadata", {"usage": self.usage, "metrics": {"latencyMs": 42}}))
+        await resp.write(event("metadata", {"usage": self._usage(request[_BODY]),
+                                            "metrics": {"latencyMs": 42}}))
         return resp
 
 
@@ -469,6 +503,65 @@ def _refused_by_model(model: str, body: dict[str, Any]) -> str | None:
     if _ONE_SAMPLER.search(model) and "temperature" in config and "topP" in config:
         return ("The model returned the following errors: `temperature` and `top_p` cannot "
                 "both be specified for this model. Please use only one.")
+    return None
+
+
+# prompt caching (cachePoint blocks): Claude 3.5 Haiku, 3.7 Sonnet, from 4 on; Nova (not in tools)
+_CACHING = re.compile(r"anthropic\.claude-(?:3-5-haiku|3-7-sonnet|(?:opus|sonnet|haiku)-\d)"
+                      r"|amazon\.nova-(?:micro|lite|pro|premier)-")
+# the hour-long cache: Claude from 4.5 on
+_HOUR_CACHE = re.compile(r"anthropic\.claude-(?:(?:opus|sonnet|haiku)-4-[5-9]"
+                         r"|(?:opus|sonnet|haiku)-[5-9])")
+_TTLS = {"5m": 0, "1h": 1}
+
+
+def _prompt_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt in the order the cache reads it: tools, system blocks, message blocks."""
+    blocks: list[dict[str, Any]] = list((body.get("toolConfig") or {}).get("tools") or [])
+    blocks.extend(body.get("system") or [])
+    for message in body.get("messages") or []:
+        blocks.extend(message.get("content") or [])
+    return blocks
+
+
+def _invalid_cache(model: str, body: dict[str, Any]) -> str | None:
+    """What Bedrock answers cachePoint blocks it refuses: on a model without prompt caching,
+    in the tools of a model that caches none there (Nova), more than 4, first in their list
+    (with nothing before them to cache), a ttl other than 5m or 1h, 1h on a model without the
+    hour-long cache, and a longer ttl after a shorter one."""
+    lists = [("toolConfig.tools", (body.get("toolConfig") or {}).get("tools") or []),
+             ("system", body.get("system") or []),
+             *((f"messages.{i}.content", m.get("content") or [])
+               for i, m in enumerate(body.get("messages") or []))]
+    found, shortest = 0, 1
+    for where, blocks in lists:
+        for j, block in enumerate(blocks):
+            point = block.get("cachePoint")
+            if point is None:
+                continue
+            found += 1
+            if not _CACHING.search(model):
+                return NO_CACHING
+            if where == "toolConfig.tools" and "anthropic." not in model:
+                return (f"Malformed input request: #/{where.replace('.', '/')}/{j}: extraneous "
+                        "key [cachePoint] is not permitted, please reformat your input and try "
+                        "again.")
+            if point.get("type") != "default" or set(point) - {"type", "ttl"}:
+                return f"{where}.{j}.cachePoint: malformed cache point {point}"
+            if j == 0:
+                return f"{where}.{j}: a cachePoint must follow the content it caches"
+            ttl = _TTLS.get(point.get("ttl", "5m"))
+            if ttl is None:
+                return f"{where}.{j}.cachePoint.ttl: Value must be one of 5m, 1h"
+            if ttl and not _HOUR_CACHE.search(model):
+                return "The model returned the following errors: ttl 1h is not supported"
+            if ttl > shortest:
+                return ("The model returned the following errors: a ttl='1h' cache_control "
+                        "block must not come after a ttl='5m' cache_control block.")
+            shortest = ttl
+    if found > 4:
+        return ("The model returned the following errors: A maximum of 4 blocks with "
+                f"cache_control may be provided. Found {found}.")
     return None
 
 

@@ -121,6 +121,16 @@ _OUTPUT_LIMIT_MARKERS = ("exceeds the model limit", "exceed the model limit",
 # "This model doesn't support the system field"): another model may have it
 _INCAPABLE_MARKERS = ("doesn't support", "does not support", "not supported for this model",
                       "isn't supported")
+# what a model without prompt caching, extended thinking or reasoning blocks answers a request
+# that has them (failoverd sends them only where the model id says the model takes them, so
+# these mean an id it read wrongly): "You invoked an unsupported model, or your request did
+# not allow prompt caching. See the documentation for more information." (a 400, for some
+# accounts and models a 403 AccessDeniedException, which would otherwise block the whole
+# provider as `auth`), and a key its schema lacks ("Malformed input request: #/messages/6/
+# content/0: extraneous key [cachePoint] is not permitted, ..."); another model may serve it,
+# as a feature the Anthropic adapter cannot express makes its candidate incapable
+_FEATURE_MARKERS = ("did not allow prompt caching", "extraneous key [cachepoint]",
+                    "extraneous key [thinking]", "extraneous key [reasoningcontent]")
 # the account may not use Bedrock (not yet verified, or blocked): "ValidationException:
 # Operation not allowed", for every model and request
 _ACCOUNT_MARKERS = ("operation not allowed",)
@@ -153,6 +163,8 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
     error type (as ``ThrottlingException`` or the stream's ``throttlingException``)."""
     kind = kind[:1].upper() + kind[1:]
     low = message.lower().replace("\u2019", "'")  # Bedrock writes "isn’t" and "doesn't"
+    if status in (None, 400, 403) and any(m in low for m in _FEATURE_MARKERS):
+        return FailureReason.INCAPABLE
     if kind == "AccessDeniedException" or (status == 403 and not kind):
         if any(m in low for m in _BILLING_MARKERS):
             return FailureReason.BILLING

@@ -37,9 +37,11 @@ Where the two APIs differ, these are the decisions:
   as the Anthropic adapter sends them), stopSequences.
 - A conversation ending in an assistant turn (a prefill) has its trailing whitespace cut, as
   towards Anthropic: Claude refuses a final assistant text that ends in whitespace.
+- Prompt-caching breakpoints (cache_control) become cachePoint blocks towards the models
+  with prompt caching, and are dropped towards the others (translate/bedrock_cache.py).
 - Dropped, as hints that do not change the answer's shape: user, store, metadata, seed,
   service_tier, parallel_tool_calls, prediction, prompt_cache_key, safety_identifier,
-  verbosity, cache_control, reasoning_effort (model-specific on Bedrock) and top_k.
+  verbosity, reasoning_effort (model-specific on Bedrock) and top_k.
   TranslationError (the candidate is incapable): n > 1, response_format json_object or
   json_schema, logit_bias, logprobs, non-zero presence/frequency penalties, audio output,
   legacy functions, web_search_options.
@@ -62,6 +64,14 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate.anthropic_response import canonical_usage
+from failoverd.translate.bedrock_cache import (
+    MARK,
+    claude_version,
+    mark,
+    mark_last,
+    place,
+    unmark,
+)
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
 from failoverd.translate.toolids import ToolIds
 from failoverd.translate.tools import function_tools
@@ -78,8 +88,6 @@ DOCUMENT_FORMATS = {
     "text/html": "html", "text/plain": "txt", "text/markdown": "md"}
 # what a document's name may hold: letters, digits, single spaces, hyphens, (), []
 _NAME_CHAR = re.compile(r"[^A-Za-z0-9\s\-()\[\]]+")
-# Claude's model ids from 4.1 on ("anthropic.claude-opus-4-1-...", "...claude-sonnet-4-5-...")
-_CLAUDE_VERSION = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d)(?!\d))?")
 EMPTY_RESULT = "(empty)"
 
 _IGNORED_KEYS = frozenset({
@@ -178,11 +186,12 @@ def _user_blocks(content: Any, where: str, names: set[str] | None = None
             if not isinstance(text, str):
                 raise _bad("text must be a string", f"{at}.text")
             if text.strip():
-                blocks.append({"text": text})
+                blocks.append(mark({"text": text}, part))
         elif kind == "image_url":
-            blocks.append(_image(image_part_url(part, path=at), f"{at}.image_url.url"))
+            blocks.append(mark(_image(image_part_url(part, path=at), f"{at}.image_url.url"),
+                               part))
         elif kind == "file" and names is not None:
-            blocks.append(_document(part, at, names))
+            blocks.append(mark(_document(part, at, names), part))
         else:
             raise _fail(f"a content part of type {kind!r}", at)
     return blocks
@@ -208,10 +217,26 @@ def _assistant_blocks(message: dict[str, Any], where: str, ids: ToolIds,
             args = None
         if not isinstance(args, dict):
             raise _fail("arguments that are not a JSON object", f"{at}.function.arguments")
-        blocks.append({"toolUse": {"toolUseId": ids.call(call_id), "name": name,
-                                   "input": args}})
+        blocks.append(mark({"toolUse": {"toolUseId": ids.call(call_id), "name": name,
+                                        "input": args}}, call))
         used[name] = None
+    cache = _turn_cache(message)
+    if cache is not None and blocks:
+        # the message's breakpoint marks its text block, or, with no text, its last block
+        (blocks[0] if "text" in blocks[0] else blocks[-1]).setdefault(MARK, cache)
     return blocks
+
+
+def _turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
+    (the parts go out as one text block)."""
+    cache = message.get("cache_control")
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
+                cache = part["cache_control"]
+    return cache if isinstance(cache, dict) else None
 
 
 def _tool_result(message: dict[str, Any], where: str, ids: ToolIds) -> dict[str, Any]:
@@ -220,9 +245,11 @@ def _tool_result(message: dict[str, Any], where: str, ids: ToolIds) -> dict[str,
         raise _bad("required string", f"{where}.tool_call_id")
     content = message.get("content")
     result: list[dict[str, Any]]
+    cache = message.get("cache_control")
     if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url"
                                          for p in content):
         result = _user_blocks(content, f"{where}.content")
+        cache = unmark(result) or cache  # a toolResult's content takes no cachePoint
     else:
         text = "".join(_text_of(content, f"{where}.content"))
         try:
@@ -232,7 +259,17 @@ def _tool_result(message: dict[str, Any], where: str, ids: ToolIds) -> dict[str,
         result = [{"json": value}] if isinstance(value, dict) else [{"text": text}]
     if all("text" in b and not b["text"].strip() for b in result):
         result = [{"text": EMPTY_RESULT}]
-    return {"toolResult": {"toolUseId": ids.result(call_id), "content": result}}
+    return mark({"toolResult": {"toolUseId": ids.result(call_id), "content": result}},
+                {"cache_control": cache})
+
+
+def _system_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A system message's text blocks, one per text part, with their breakpoints."""
+    content = message.get("content")
+    texts = _text_of(content, where)  # validates: text parts only
+    parts = content if isinstance(content, list) else [{}] * len(texts)
+    return mark_last([mark({"text": text}, part) for text, part in zip(texts, parts, strict=True)
+                      if text.strip()], message)
 
 
 def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -260,11 +297,10 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             raise _bad("must be an object", where)
         role = message.get("role")
         if role in ("system", "developer"):
-            system.extend({"text": t} for t in _text_of(message.get("content"),
-                                                        f"{where}.content") if t.strip())
+            system.extend(_system_blocks(message, f"{where}.content"))
         elif role == "user":
-            _append(turns, "user", _user_blocks(message.get("content"), f"{where}.content",
-                                                names))
+            _append(turns, "user", mark_last(_user_blocks(message.get("content"),
+                                                          f"{where}.content", names), message))
         elif role == "assistant":
             _append(turns, "assistant", _assistant_blocks(message, where, ids, used))
         elif role == "tool":
@@ -276,7 +312,7 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     if turns and turns[-1]["role"] == "assistant" and "text" in turns[-1]["content"][-1]:
         # a prefill must not end in whitespace (Claude's 400, passed on by Converse)
         last = turns[-1]["content"]
-        last[-1] = {"text": last[-1]["text"].rstrip()}
+        last[-1]["text"] = last[-1]["text"].rstrip()
         if not last[-1]["text"]:
             last.pop()
             if not last:
@@ -305,7 +341,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             "json": fn.get("parameters") or {"type": "object", "properties": {}}}}
         if isinstance(fn.get("description"), str) and fn["description"]:
             spec["description"] = fn["description"]
-        specs.append({"toolSpec": spec})
+        specs.append(mark({"toolSpec": spec}, tools[i]))
     return specs
 
 
@@ -352,8 +388,8 @@ def _one_sampler(model: str) -> bool:
     """Whether the model takes temperature or top_p, not both: Claude from Opus 4.1 and
     Sonnet / Haiku 4.5 on ("`temperature` and `top_p` cannot both be specified for this
     model", a 400)."""
-    match = _CLAUDE_VERSION.search(model)
-    return match is not None and (int(match[1]), int(match[2] or 0)) >= (4, 1)
+    version = claude_version(model)
+    return version is not None and version >= (4, 1)
 
 
 def _inference_config(body: dict[str, Any], max_output_tokens: int | None,
@@ -418,6 +454,7 @@ def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None,
     tool_config = _tool_config(body, used)
     if tool_config is not None:
         request["toolConfig"] = tool_config
+    place(request, model, body.get("cache_control"))
     unknown = sorted(set(body) - _HANDLED_KEYS)
     if unknown:
         logger.debug("bedrock: ignoring request keys without an equivalent: %s", unknown)
