@@ -184,8 +184,12 @@ async def test_refusals_name_the_problem(rig: Any) -> None:
         ({"files": {"file": ("a.wav", AUDIO)}}, 400, "'model' is required"),
         ({"data": {"model": "oai/whisper", "response_format": "mp3"},
           "files": {"file": ("a.wav", AUDIO)}}, 400, "'response_format' must be one of"),
-        ({"data": {"model": "oai/whisper", "stream": "true"},
-          "files": {"file": ("a.wav", AUDIO)}}, 400, "streamed transcriptions"),
+        # streamed transcriptions are served (tests/test_transcription_stream.py); a
+        # format no streaming model answers, a stream flag that is no boolean, are not
+        ({"data": {"model": "oai/whisper", "stream": "true", "response_format": "srt"},
+          "files": {"file": ("a.wav", AUDIO)}}, 400, "streamed transcription's"),
+        ({"data": {"model": "oai/whisper", "stream": "yes"},
+          "files": {"file": ("a.wav", AUDIO)}}, 400, "'stream' must be true or false"),
         ({"json": {"model": "oai/whisper"}}, 400, "must be multipart/form-data"),
         ({"data": {"model": "nope"}, "files": {"file": ("a.wav", AUDIO)}}, 404,
          "is not a configured model"),
@@ -194,6 +198,12 @@ async def test_refusals_name_the_problem(rig: Any) -> None:
         resp = await d.http.post("/v1/audio/transcriptions", **kwargs)
         assert resp.status_code == code, (kwargs, resp.text)
         assert words in resp.text, (kwargs, resp.text)
+    # OpenAI's translations do not stream
+    resp = await d.http.post("/v1/audio/translations", data={"model": "oai/whisper",
+                                                             "stream": "true"},
+                             files={"file": ("a.wav", AUDIO)})
+    assert resp.status_code == 400 and "translations do not stream" in resp.text
+    assert resp.json()["error"]["param"] == "stream"
     # a chat request cannot name a transcription model either
     resp = await d.http.post("/v1/chat/completions", json={
         "model": "oai/whisper", "messages": [{"role": "user", "content": "hi"}]})

@@ -114,7 +114,7 @@ class StreamStart:
 
 # A provider's non-streaming call other than a chat (embed, complete_text, ...)
 _Answer = Callable[[dict[str, Any], ModelConfig, AttemptLimits], Awaitable[Completion]]
-# A provider's streaming call (stream, stream_text, speak)
+# A provider's streaming call (stream, stream_text, speak, stream_transcript)
 _Stream = Callable[[dict[str, Any], ModelConfig, AttemptLimits], AsyncIterator[Chunk]]
 # One (streaming) attempt: provider, model, request, limits, the breaker's permit.
 _Call = Callable[[Provider, ModelConfig, dict[str, Any], AttemptLimits, Permit | None],
@@ -213,6 +213,13 @@ class Dispatcher:
                          deadline: float, outcome: Outcome) -> Completion:
         """Audio to text (`body`: the form and the task, see Provider.transcribe)."""
         return await self._answer(lambda p: p.transcribe, body, candidates, deadline, outcome)
+
+    def stream_transcript(self, body: dict[str, Any], candidates: Sequence[str],
+                          deadline: float, outcome: Outcome) -> Coroutine[Any, Any, StreamStart]:
+        """A streamed transcription (see Provider.stream_transcript): await it for the
+        stream whose first event has arrived."""
+        return self._stream(_stream_transcript, body, candidates, deadline, outcome, None,
+                            None)
 
     async def _answer(self, method: Callable[[Provider], _Answer], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float,
@@ -592,6 +599,10 @@ def _stream_text(provider: Provider) -> _Stream:
 
 def _stream_speech(provider: Provider) -> _Stream:
     return provider.speak
+
+
+def _stream_transcript(provider: Provider) -> _Stream:
+    return provider.stream_transcript
 
 
 async def _aclose(it: AsyncIterator[Chunk]) -> None:

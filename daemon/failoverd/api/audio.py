@@ -13,7 +13,8 @@ JSON bodies only).
 Speech streams as a chat does: the headers wait for the first audio (a failover before it is
 invisible but for them), then the audio (or OpenAI's server-sent events) goes on as it
 comes. A failure after that cuts raw audio short (its chunked body is left unfinished) and
-ends an event stream with an error event.
+ends an event stream with an error event. A transcription asked with ``stream=true`` streams
+its events in the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.fronts import OPENAI
 from failoverd.api.proxy import ClientStalled, StreamClient, pinned, proxied, request_deadline
 from failoverd.api.replies import outcome_headers
-from failoverd.dispatch import Outcome
+from failoverd.dispatch import Outcome, StreamStart
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.runtime import Runtime
@@ -48,11 +49,17 @@ def _serve(task: str) -> Callable[[web.Request, Service, Runtime, Outcome],
                     outcome: Outcome) -> web.StreamResponse:
         raw = await read_bytes(request, rt.config.daemon.max_body_bytes,
                                "a multipart/form-data upload")
-        form = wire.parse(raw, request.headers.get("Content-Type", ""))
+        form = wire.parse(raw, request.headers.get("Content-Type", ""), task)
         candidates = svc.audio_route(rt, form.model, pinned(request))
         deadline = request_deadline(svc, rt, request, outcome)
-        answer = await rt.dispatcher.transcribe({"form": form, "task": task}, candidates,
-                                                deadline, outcome)
+        body = {"form": form, "task": task}
+        if form.stream:
+            start = await rt.dispatcher.stream_transcript(body, candidates, deadline, outcome)
+            headers = outcome_headers(outcome)
+            headers["Content-Type"] = speech.EVENT_STREAM
+            return await _relay(request, svc, rt, outcome, start, headers, events=True,
+                                what="transcript", first="event")
+        answer = await rt.dispatcher.transcribe(body, candidates, deadline, outcome)
         svc.metrics.served(outcome.model)
         headers = outcome_headers(outcome)
         headers["Content-Type"] = wire.CONTENT_TYPES[form.response_format]
@@ -71,9 +78,18 @@ async def _speak(request: web.Request, svc: Service, rt: Runtime,
     candidates = svc.speech_route(rt, body.get("model") or "", pinned(request))
     deadline = request_deadline(svc, rt, request, outcome)
     start = await rt.dispatcher.speak(body, candidates, deadline, outcome)
-    events = speech.wants_events(body)
     headers = outcome_headers(outcome)
     headers["Content-Type"] = speech.content_type(body)
+    return await _relay(request, svc, rt, outcome, start, headers,
+                        events=speech.wants_events(body), what="speech", first="audio")
+
+
+async def _relay(request: web.Request, svc: Service, rt: Runtime, outcome: Outcome,
+                 start: StreamStart, headers: dict[str, str], *, events: bool, what: str,
+                 first: str) -> web.StreamResponse:
+    """Passes a stream whose `first` chunk (audio, an event) has come on to the client as it
+    comes; `events`: it is server-sent events (ended with an error event on a failure),
+    else raw audio (left unfinished). `what` names it in the log."""
     if events:
         headers.update(_EVENT_HEADERS)
     resp = web.StreamResponse(headers=headers)
@@ -87,7 +103,7 @@ async def _speak(request: web.Request, svc: Service, rt: Runtime,
             await client.write(chunk.to_bytes())
     except UpstreamError as exc:
         error = exc
-        logger.warning("speech from %s failed after the first audio: %s", outcome.model,
+        logger.warning("%s from %s failed after the first %s: %s", what, outcome.model, first,
                        exc.reason)
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
@@ -96,14 +112,14 @@ async def _speak(request: web.Request, svc: Service, rt: Runtime,
                 _cut(request)  # a stop's cut: what went out must not pass for the whole audio
             raise
         if isinstance(exc, ClientStalled):
-            logger.warning("speech from %s cut: the client read nothing for %gs",
+            logger.warning("%s from %s cut: the client read nothing for %gs", what,
                            outcome.model, client.limit)
         svc.metrics.cancelled(outcome.model)
         return resp
     except Exception as exc:
-        logger.exception("speech from %s could not be passed on", outcome.model)
+        logger.exception("%s from %s could not be passed on", what, outcome.model)
         error = UpstreamError(FailureReason.INVALID_RESPONSE,
-                              f"unusable speech chunk: {type(exc).__name__}",
+                              f"unusable {what} chunk: {type(exc).__name__}",
                               model=outcome.model)
     finally:
         try:

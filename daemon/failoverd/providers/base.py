@@ -126,6 +126,15 @@ class Provider(Protocol):
         JSON, or ``{"text": ...}`` for the text formats)."""
         ...
 
+    def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
+                          limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """A transcription asked with ``stream=true``, streamed as `stream` streams a chat:
+        `body` as for `transcribe` (its form streams, its task is ``transcriptions``); each
+        chunk's `raw` is the next of OpenAI's server-sent events, framed
+        (``transcript.text.delta`` ..., ``transcript.text.done`` last). The first chunk is an
+        event for certain: an answer that is none raises from the first `__anext__`."""
+        ...
+
     def speak(self, body: dict[str, Any], model: ModelConfig,
               limits: AttemptLimits) -> AsyncIterator[Chunk]:
         """Text to speech for a speech model, streamed as `stream` streams a chat: `body` is
@@ -173,6 +182,10 @@ class Lacking:
 
     async def transcribe(self, body: dict[str, Any], model: ModelConfig,
                          limits: AttemptLimits) -> Completion:
+        raise self._lacks("audio transcription endpoint")
+
+    def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
+                          limits: AttemptLimits) -> AsyncIterator[Chunk]:
         raise self._lacks("audio transcription endpoint")
 
     def speak(self, body: dict[str, Any], model: ModelConfig,

@@ -571,19 +571,112 @@ class OpenAIProvider:
                                failure=self._audio_failure,
                                headers={**self._headers, "Content-Type": content_type,
                                         "Accept": "*/*"})
+        return self._transcript(raw, form.response_format, model.id)
+
+    def _transcript(self, raw: bytes, fmt: str, model: str) -> Completion:
+        """A 200's transcript in the response_format `fmt`, or the failure it is."""
         parsed = json_or_none(raw) if raw[:1] == b"{" else None
         if isinstance(parsed, dict) and "error" in parsed:
             # an error inside a 200 (whisper.cpp's server answers so), whatever the format
-            error = self._body_error(raw, parsed, model.id, "")
+            error = self._body_error(raw, parsed, model, "")
             if any(m in error.message.lower() for m in audio.UNREADABLE_MARKERS):
                 # this server cannot read the file's format; another may: not its fault
                 error.reason = FailureReason.INCAPABLE
             raise error
-        if audio.CONTENT_TYPES[form.response_format] != "application/json":
+        if audio.CONTENT_TYPES[fmt] != "application/json":
             return Completion({"text": raw.decode("utf-8", "replace")}, raw)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
-            raise self._body_error(raw, parsed, model.id, "200 without a transcript")
+            raise self._body_error(raw, parsed, model, "200 without a transcript")
         return Completion(parsed, raw)
+
+    async def _transcript_failure(self, resp: Response, model: str) -> UpstreamError:
+        """A streamed transcription's failure: as an audio call's, and a refusal of the
+        `stream` field (a model or server that cannot stream transcriptions) is incapable:
+        another model may stream as asked."""
+        error = await self._audio_failure(resp, model)
+        if resp.status in (400, 422) and audio.refuses_stream(error.body or b""):
+            error.reason = FailureReason.INCAPABLE
+        return error
+
+    async def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
+                                limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """OpenAI's transcription events, each passed on as it came, up to
+        transcript.text.done; an error event raised as a failure. A server that ignores
+        `stream` (whisper-1 does, as its documentation says) answers the whole transcript:
+        it goes on as one delta and the done event, the stream the client asked for."""
+        form: audio.Form = body["form"]
+        data, content_type = form.encode(model.name)
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        resp = await open_stream(
+            self._client, f"{self._audio_url}/transcriptions", data=data,
+            headers={**self._headers, "Content-Type": content_type,
+                     "Accept": speech.EVENT_STREAM},
+            first_deadline=first_deadline, connect=limits.connect,
+            failure=self._transcript_failure, provider=self.config.name, model=model.id)
+        clean = False
+        try:
+            media = speech.media_type(resp.headers.get("Content-Type", ""))
+            if media == speech.EVENT_STREAM:
+                reader = self._transcript_events(resp, model.id, first_deadline, limits.idle)
+            elif media in ("application/json", "text/plain"):
+                reader = self._whole_transcript(resp, form, model.id, first_deadline,
+                                                limits.idle)
+            else:
+                raise self._speech_error(await read_limited(resp), model.id,
+                                         f"200 with {media or 'no content type'} instead of "
+                                         "an event stream")
+            async with contextlib.aclosing(reader) as pieces:
+                async for piece in pieces:
+                    yield Chunk(piece)
+            clean = True
+        finally:
+            finish_stream(resp, clean)
+
+    async def _transcript_events(self, resp: Response, model: str, first_deadline: float,
+                                 idle: float) -> AsyncGenerator[bytes, None]:
+        """A 200's server-sent events, each framed again as it came."""
+        async for name, payload in sse_events(resp, first_deadline, idle, self.config.name,
+                                              model):
+            if payload == b"[DONE]":
+                return
+            if b'"error"' in payload:
+                error = self._chunk_error(payload, model)
+                if error is not None:
+                    raise error
+            yield speech.relayed(name, payload)
+            if audio.is_done(payload):
+                return
+        raise upstream_error(FailureReason.INVALID_RESPONSE,
+                             f"stream ended before {audio.DONE}", status=200,
+                             provider=self.config.name, model=model)
+
+    async def _whole_transcript(self, resp: Response, form: audio.Form, model: str,
+                                first_deadline: float,
+                                idle: float) -> AsyncGenerator[bytes, None]:
+        """A 200 with the whole transcript (the server ignored `stream`), read within the
+        stream's time limits, as a delta with all of its text and the done event."""
+        parts: list[bytes] = []
+        size = 0
+        async with contextlib.aclosing(chunks(resp, first_deadline, idle, self.config.name,
+                                              model)) as pieces:
+            async for data in pieces:
+                size += len(data)
+                if size > audio.MAX_TRANSCRIPT:
+                    raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                         f"a transcript of more than {audio.MAX_TRANSCRIPT} "
+                                         "bytes", status=200, provider=self.config.name,
+                                         model=model)
+                parts.append(data)
+        answer = self._transcript(b"".join(parts), form.response_format, model)
+        text = str(answer.body["text"]).strip()
+        usage = answer.body.get("usage")
+        logprobs = answer.body.get("logprobs")
+        yield audio.delta(text)
+        # only a token count is the done event's usage (whisper-1 tells seconds of audio)
+        yield audio.done(text,
+                         usage if isinstance(usage, dict) and usage.get("type") == "tokens"
+                         else None,
+                         logprobs if isinstance(logprobs, list) else None)
 
     async def _speech_failure(self, resp: Response, model: str) -> UpstreamError:
         """A speech call's failure: as an audio call's, and a refusal that names

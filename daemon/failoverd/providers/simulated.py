@@ -206,14 +206,14 @@ class SimulatedProvider:
         form: audio.Form = body["form"]
         await self._behave(model)
         size = form.audio_bytes
-        what = "translation" if body["task"] == "translations" else "transcript"
-        text = f"[{model.id}] simulated {what} of {size} bytes of audio."
+        text = _heard(body, model)
         fmt = form.response_format
         if fmt == "json":
             return Completion({"text": text})
         if fmt in ("verbose_json", "diarized_json"):
             seconds = round(size / 32000, 2)  # 16 kHz, 16-bit mono
-            return Completion({"task": "translate" if what == "translation" else "transcribe",
+            return Completion({"task": "translate" if body["task"] == "translations"
+                               else "transcribe",
                                "language": "english", "duration": seconds, "text": text,
                                "segments": [{"id": 0, "start": 0.0, "end": seconds,
                                              "text": text}]})
@@ -224,6 +224,22 @@ class SimulatedProvider:
         else:
             raw = text
         return Completion({"text": text}, raw.encode())
+
+    async def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
+                                limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        """The transcript as OpenAI's events, a word a delta, then the done event; its usage
+        10 tokens a second of audio (16 kHz, 16-bit mono) in, a token a word out."""
+        await self._behave(model)
+        text = _heard(body, model)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            yield Chunk(audio.delta(word if i == 0 else " " + word))
+        seconds = body["form"].audio_bytes / 32000
+        audio_tokens = math.ceil(seconds * 10)
+        yield Chunk(audio.done(text, {
+            "type": "tokens", "input_tokens": audio_tokens, "output_tokens": len(words),
+            "total_tokens": audio_tokens + len(words),
+            "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0}}))
 
     async def speak(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
@@ -255,6 +271,12 @@ class SimulatedProvider:
                     max_tokens: int) -> None:
         if kind != "none":
             await self._behave(model)
+
+
+def _heard(body: dict[str, Any], model: ModelConfig) -> str:
+    """The simulated transcript (or translation) of a form's audio."""
+    what = "translation" if body["task"] == "translations" else "transcript"
+    return f"[{model.id}] simulated {what} of {body['form'].audio_bytes} bytes of audio."
 
 
 def _wav(samples: bytes) -> bytes:

@@ -3,6 +3,13 @@ client, checked, and written again for an upstream with its own model name.
 
 The form is kept field by field, in order, files as bytes: an OpenAI-compatible upstream
 (OpenAI, Groq, a local whisper server) gets what the client sent with `model` replaced.
+
+A transcription asked with ``stream=true`` answers OpenAI's server-sent events:
+``data: {"type": "transcript.text.delta", "delta": ...}`` for each piece of the text (with
+``logprobs`` when the form asks for them, ``segment_id`` from the diarizing model) and a last
+``data: {"type": "transcript.text.done", "text": ..., "usage": {...}}``; with
+``response_format=diarized_json`` ``transcript.text.segment`` events too. Translations do
+not stream.
 """
 
 from __future__ import annotations
@@ -10,8 +17,12 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from failoverd.errors import RequestError
+from failoverd.http1.connection import MAX_BODY
 
 # what each response_format is answered as (OpenAI's; JSON unless the form asks otherwise)
 CONTENT_TYPES = {
@@ -24,6 +35,20 @@ MAX_FIELDS = 64  # fields of one form: a transcription has a dozen at most
 # --convert: "failed to read WAV file"), which another server may read
 UNREADABLE_MARKERS = ("failed to read", "ffmpeg", "could not decode", "unsupported audio",
                       "unsupported file format")
+# the formats a streamed transcription may ask for (OpenAI's streaming models answer json,
+# text or diarized_json; srt, vtt and verbose_json are whisper-1's, which never streams)
+STREAM_FORMATS = ("json", "text", "diarized_json")
+DELTA = "transcript.text.delta"
+DONE = "transcript.text.done"
+# the most one answer may bring: what the upstream client reads whole
+MAX_TRANSCRIPT = MAX_BODY
+# a refusal of the `stream` field: OpenAI's param, FastAPI's loc ["body", "stream"], the
+# words of a server that has no streaming ("Streaming is not supported for whisper-1");
+# not "could not decode the audio stream", which is about the client's file
+_STREAM_REFUSED = re.compile(
+    r"""streaming|['"`]stream['"`]|(?<!audio )(?<!input )\bstream\s*"""
+    r"""(?:=|:|is not\b|isn't|not\b|param|field|option|argument)""",
+    re.IGNORECASE)
 _TOKEN = re.compile(r'([A-Za-z0-9_.*-]+)=("(?:[^"\\]|\\.)*"|[^;\s]*)')
 
 
@@ -44,6 +69,7 @@ class Form:
     response_format: str
     # the client's boundary, used again upstream: no byte of its fields can hold it
     boundary: str = ""
+    stream: bool = False  # stream=true: the answer is server-sent events
 
     def text(self, name: str) -> str | None:
         for f in self.fields:
@@ -73,8 +99,9 @@ class Form:
         return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
 
-def parse(raw: bytes, content_type: str) -> Form:
-    """The client's form; RequestError naming what is wrong with it.
+def parse(raw: bytes, content_type: str, task: str = "transcriptions") -> Form:
+    """The client's form for `task` (``transcriptions`` or ``translations``); RequestError
+    naming what is wrong with it.
 
     The body is walked by offsets (`find`), each value sliced out once: a 30 MB upload is
     copied once, and a body of millions of tiny parts is refused at MAX_FIELDS before it
@@ -110,7 +137,7 @@ def parse(raw: bytes, content_type: str) -> Form:
             raise RequestError(f"the form has more than {MAX_FIELDS} fields")
         fields.append(_part(raw, pos, end))
         pos = end + len(separator)
-    return _checked(tuple(fields), boundary)
+    return _checked(tuple(fields), boundary, task)
 
 
 def _part(raw: bytes, start: int, end: int) -> Field:
@@ -136,7 +163,7 @@ def _part(raw: bytes, start: int, end: int) -> Field:
     return Field(params["name"], raw[blank + 4:end], params.get("filename"), content_type)
 
 
-def _checked(fields: tuple[Field, ...], boundary: str) -> Form:
+def _checked(fields: tuple[Field, ...], boundary: str, task: str) -> Form:
     names = [f.name for f in fields]
     files = [f for f in fields if f.name == "file"]
     if not files or files[0].filename is None:
@@ -145,7 +172,7 @@ def _checked(fields: tuple[Field, ...], boundary: str) -> Form:
         raise RequestError("'file' is given more than once", param="file")
     if not files[0].value:
         raise RequestError("'file' is empty", param="file")
-    for name in ("model", "response_format", "language", "prompt", "temperature"):
+    for name in ("model", "response_format", "language", "prompt", "temperature", "stream"):
         if names.count(name) > 1:
             raise RequestError(f"'{name}' is given more than once", param=name)
     form = Form(fields, "", "json", boundary)
@@ -157,10 +184,58 @@ def _checked(fields: tuple[Field, ...], boundary: str) -> Form:
     if fmt not in CONTENT_TYPES:
         raise RequestError(f"'response_format' must be one of {', '.join(CONTENT_TYPES)}, got "
                            f"{fmt!r}", param="response_format")
-    if (form.text("stream") or "").lower() == "true":
-        raise RequestError("streamed transcriptions (stream=true) are not served by failoverd; "
-                           "ask without stream", param="stream")
-    return Form(fields, model, fmt, boundary)
+    flag = (form.text("stream") or "false").strip().lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise RequestError(f"'stream' must be true or false, got {form.text('stream')!r}",
+                           param="stream")
+    stream = flag in ("true", "1")
+    if stream and task != "transcriptions":
+        raise RequestError("translations do not stream (OpenAI's /v1/audio/translations has "
+                           "no stream): ask without stream, or transcribe with stream=true",
+                           param="stream")
+    if stream and fmt not in STREAM_FORMATS:
+        raise RequestError(f"a streamed transcription's 'response_format' must be one of "
+                           f"{', '.join(STREAM_FORMATS)}, got {fmt!r}",
+                           param="response_format")
+    return Form(fields, model, fmt, boundary, stream)
+
+
+def refuses_stream(body: bytes) -> bool:
+    """Whether an upstream's 400 (or 422) body refuses the form's `stream` field: a model or
+    server that cannot stream transcriptions, which another may."""
+    return _STREAM_REFUSED.search(body.decode("utf-8", "replace")) is not None
+
+
+def event(data: dict[str, Any]) -> bytes:
+    """One server-sent event of a transcription stream, framed as OpenAI frames them."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def delta(text: str) -> bytes:
+    """The event carrying the next piece of the transcript."""
+    return event({"type": DELTA, "delta": text})
+
+
+def done(text: str, usage: dict[str, Any] | None = None,
+         logprobs: list[Any] | None = None) -> bytes:
+    """The last event: the whole transcript, its usage if known."""
+    data: dict[str, Any] = {"type": DONE, "text": text}
+    if logprobs is not None:
+        data["logprobs"] = logprobs
+    if usage is not None:
+        data["usage"] = usage
+    return event(data)
+
+
+def is_done(payload: bytes) -> bool:
+    """Whether an event's data is the stream's last event."""
+    if DONE.encode() not in payload:
+        return False
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("type") == DONE
 
 
 def _header_params(value: str) -> tuple[str, dict[str, str]]:
