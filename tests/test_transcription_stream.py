@@ -6,7 +6,8 @@ opens a gate. So a test knows the client got the first delta before the upstream
 rest; that every failure before the first event fails over (a status, a model refusing
 stream as incapable, an error event, a 200 that is no event stream, no event in time); that
 whisper-1's answer to a stream it ignores goes on as a one-delta stream; that a failure
-after the first event ends the stream with an error event and counts against the model; and
+after the first event (or a stop's cut) ends the stream with an error event and counts against
+the model; and
 the simulated kind's word-by-word stream."""
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def events(raw: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def config(a: Stt, b: Stt, *, a_more: str = "") -> str:
-    return f"""
+def config(a: Stt, b: Stt, *, head: str = "", a_more: str = "") -> str:
+    return f"""{head}
 [providers.a]
 kind = "openai"
 base_url = "{a.url}"
@@ -382,6 +383,26 @@ async def test_an_error_event_after_the_first_ends_the_stream(pair: Any) -> None
     assert got[0] == {"type": "transcript.text.delta", "delta": "The"}
     assert got[1]["error"]["type"] == "server_error" and len(got) == 2
     assert await metric(d, 'failoverd_requests_total{model="a/ears",outcome="stream_error"} 1')
+
+
+async def test_a_stop_ends_a_transcript_stream_with_an_error_event(start_daemon: Any) -> None:
+    """A stop's cut after shutdown_timeout ends the stream with the shutting_down event."""
+    a, b = await Stt().start(), await Stt().start()
+    try:
+        d = await start_daemon(config(a, b, head="shutdown_timeout = 0.3"))
+        async with d.http.stream("POST", "/v1/audio/transcriptions", **ASK) as resp:
+            got, rest = await first_bytes(resp, len(EVENTS[0]))
+            d.sup.request_stop()
+            async for data in rest:
+                got += data
+        assert events(got)[0] == {"type": "transcript.text.delta", "delta": "The"}
+        assert events(got)[-1]["error"]["type"] == "shutting_down"
+        await asyncio.wait_for(d.task, 10)
+        requests = d.sup.service.metrics.requests
+        assert requests.get(("a/ears", "cancelled")) == 1 and ("a/ears", "ok") not in requests
+    finally:
+        await a.close()
+        await b.close()
 
 
 # ------------------------------------------------------------------ the official SDK
