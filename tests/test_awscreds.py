@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from failoverd.awscreds import (
     AwsCredentials,
     AwsCredentialsError,
     ContainerEndpoint,
+    InstanceMetadata,
     RefreshingCredentials,
     SharedFile,
     SharedFileCredentials,
@@ -31,7 +33,7 @@ from failoverd.config import ProviderConfig
 from failoverd.errors import ConfigError
 from failoverd.http1 import HttpClient
 from failoverd.providers.bedrock import BedrockProvider
-from tests.fakes.awsmeta import FakeMetadata, fake_metadata
+from tests.fakes.awsmeta import ROLE, FakeMetadata, fake_metadata
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
 from tests.test_provider_bedrock import HELLO, LIMITS, MODEL
 
@@ -341,3 +343,73 @@ async def test_concurrent_requests_share_one_fetch(
     assert len(fake.calls) == 2
     assert {c.access_key_id for c in got} <= {"ASIAFAKEMETADATA0001", "ASIAFAKEMETADATA0002"}
     assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0002"
+
+
+# ------------------------------------------------------------------ the instance's role
+
+
+@pytest.mark.parametrize(("env", "want"), [
+    ({}, InstanceMetadata("http://169.254.169.254")),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[fd00:ec2::254]/"},
+     InstanceMetadata("http://[fd00:ec2::254]")),
+    ({"AWS_EC2_METADATA_DISABLED": "false"}, InstanceMetadata()),
+])
+def test_instance_metadata_is_the_last_resort(env: dict[str, str],
+                                               want: InstanceMetadata) -> None:
+    assert choose_source(env) == want
+
+
+@pytest.mark.parametrize("disabled", ["true", "TRUE", "True"])
+def test_instance_metadata_disabled(disabled: str) -> None:
+    with pytest.raises(AwsConfigError, match="AWS_EC2_METADATA_DISABLED=true turns off"):
+        choose_source({"AWS_EC2_METADATA_DISABLED": disabled})
+    with pytest.raises(AwsConfigError, match="AWS_EC2_METADATA_SERVICE_ENDPOINT is not a usable"):
+        choose_source({"AWS_EC2_METADATA_SERVICE_ENDPOINT": "169.254.169.254"})
+
+
+def instance(endpoint: str, clock: ManualClock, client: HttpClient) -> RefreshingCredentials:
+    source = open_source(InstanceMetadata(endpoint), client=client, clock=clock)
+    assert isinstance(source, RefreshingCredentials)
+    return source
+
+
+async def test_instance_role_credentials_over_imdsv2(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    clock = ManualClock(wall=float(int(time.time())))
+    meta = await fake_metadata()
+    meta.rotate(1, clock.time() + 3600)
+    # IMDSv2 only: the fake refuses a call without a session token
+    resp = await http_client.request("GET", f"{meta.url}/latest/meta-data/iam/"
+                                     "security-credentials/", headers={}, connect_timeout=1)
+    assert resp.status == 401
+    await resp.read()
+    meta.calls.clear()
+    source = instance(meta.url, clock, http_client)
+    creds = await source.get()
+    assert creds == AwsCredentials("ASIAFAKEMETADATA0001", meta.secret_key, meta.session_token,
+                                   expires=clock.time() + 3600)
+    assert meta.calls == [("PUT", "/latest/api/token"),
+                          ("GET", "/latest/meta-data/iam/security-credentials/"),
+                          ("GET", f"/latest/meta-data/iam/security-credentials/{ROLE}")]
+    meta.rotate(2, clock.time() + 7200)
+    clock.advance(3600 - 299)
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0002"
+    assert len(meta.calls) == 6
+
+
+async def test_a_host_without_instance_metadata_fails_fast(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    clock = ManualClock(wall=time.time())
+    source = instance(f"http://127.0.0.1:{port}", clock, http_client)
+    with pytest.raises(AwsCredentialsError, match=f"127.0.0.1:{port}/latest/api/token"):
+        await source.get()
+    # an endpoint that does not answer: the 1 s limit per call
+    meta = await fake_metadata(hang=True)
+    source = instance(meta.url, clock, http_client)
+    started = time.monotonic()
+    with pytest.raises(AwsCredentialsError, match="no answer within 1 s"):
+        await source.get()
+    assert time.monotonic() - started < 2.5

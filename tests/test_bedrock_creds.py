@@ -4,6 +4,7 @@ role (fake endpoints on 127.0.0.1); and failing over when there are none to be h
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,48 @@ async def test_daemon_signs_with_a_containers_role(
     assert fake.auth_failures == [] and backup.requests == []
     assert meta.calls == [("GET", "/creds")]  # fetched once, then cached
     assert fake.requests[-1].headers["X-Amz-Security-Token"] == meta.session_token
+
+
+async def test_daemon_signs_with_the_instance_role(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    meta = await fake_metadata()
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    # no other source: the instance metadata service, where the tests point it
+    d = await start_daemon(daemon_config(fake, backup.url),
+                           env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": meta.url})
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"], stream=True)
+    assert "".join([c.choices[0].delta.content or "" async for c in raw.parse()
+                    if c.choices]) == "Hello from the fake Bedrock"
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.auth_failures == [] and backup.requests == []
+    assert meta.calls[0] == ("PUT", "/latest/api/token") and len(meta.calls) == 3
+
+
+async def test_no_instance_metadata_is_an_auth_failure_that_fails_over(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """A host without IMDS (nothing listens): the configuration loads, each Bedrock call
+    fails as `auth` without reaching Bedrock, the backup serves, the daemon goes on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(fake, backup.url),
+                           env={"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}"})
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:auth"
+    assert fake.requests == []  # never sent unsigned
+    for _ in range(2):
+        answer = await d.openai.chat.completions.create(model="default",
+                                                        messages=HELLO["messages"])
+        assert answer.choices[0].message.content
+    assert len(backup.requests) == 3
+    assert not d.task.done()

@@ -139,7 +139,9 @@ async def test_daemon_refuses_to_start_without_aws_credentials(
         fake_bedrock: Callable[..., Awaitable[FakeBedrock]], start_daemon: Any) -> None:
     fake = await fake_bedrock()
     with pytest.raises(ConfigError) as err:
-        await start_daemon(daemon_config(fake, "http://127.0.0.1:9"), env={})
+        # no source of the chain: the instance metadata service, its last resort, is off
+        await start_daemon(daemon_config(fake, "http://127.0.0.1:9"),
+                           env={"AWS_EC2_METADATA_DISABLED": "true"})
     assert any("AWS_ACCESS_KEY_ID" in p for p in err.value.problems)
 
 

@@ -323,7 +323,8 @@ def test_config_region_base_url_and_credentials() -> None:
      'providers.b.region: is required for kind = "bedrock"'),
     ('region = "Virginia"', {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
      "providers.b.region: must be an AWS region name"),
-    ('region = "us-east-1"', {},
+    # no source of the chain (the instance metadata service, its last resort, turned off)
+    ('region = "us-east-1"', {"AWS_EC2_METADATA_DISABLED": "true"},
      "providers.b: has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     ('region = "us-east-1"', {"AWS_ACCESS_KEY_ID": "a"},
      "providers.b: environment variable AWS_SECRET_ACCESS_KEY is not set or empty"),

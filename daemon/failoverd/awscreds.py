@@ -14,15 +14,22 @@ The chain, in the SDKs' order:
    ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (https, or http to a loopback address or one of the
    ECS and EKS agents' addresses), with ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`` (read at
    every fetch: EKS rotates it) or ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` as its
-   ``Authorization`` header; it answers ``{"AccessKeyId", "SecretAccessKey", "Token",
-   "Expiration"}``.
+   ``Authorization`` header;
+4. the EC2 instance metadata service (IMDSv2, ``http://169.254.169.254``, else
+   ``AWS_EC2_METADATA_SERVICE_ENDPOINT``), unless ``AWS_EC2_METADATA_DISABLED=true``: the
+   instance role's credentials. Whether the host has one is known only by asking: it is the
+   last resort, and a host without it fails each call fast (``auth``), never the
+   configuration.
+
+How the endpoints are called: awsmetadata.py.
 
 Which source serves is decided when the configuration is read (`choose_source`), from the
 environment and the file as they are then: a broken or missing choice is a configuration
 error. At run time a `CredentialSource` (`open_source`) hands out credentials for each
 request; the file is looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
-apply without a restart. Temporary credentials (a container's) are fetched on first use and
+apply without a restart. Temporary credentials (a container's or the instance's) are fetched
+on first use and
 again `REFRESH_AHEAD` seconds before they expire, by one call that concurrent requests share
 (`RefreshingCredentials`); when that fails the old ones serve until they expire.
 
@@ -39,21 +46,15 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
-
-import orjson
+from typing import Protocol
 
 from failoverd.clock import Clock, SystemClock
-from failoverd.http1 import HttpClient, HttpClientError
+from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
-from failoverd.timeouts import timeout
 
 __all__ = ["AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
-           "ContainerEndpoint", "CredentialSource", "RefreshingCredentials", "SharedFile",
-           "choose_source", "open_source", "read_profile"]
+           "ContainerEndpoint", "CredentialSource", "InstanceMetadata", "RefreshingCredentials",
+           "SharedFile", "choose_source", "open_source", "read_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ FILE_CHECK_EVERY = 5.0  # seconds between two looks at the credentials file's mt
 REFRESH_AHEAD = 300.0  # temporary credentials are fetched again this long before they expire
 RETRY_KEEPING = 60.0  # after a failed refresh, while the old credentials still serve
 RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
-CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
+IMDS_ENDPOINT = "http://169.254.169.254"
 CONTAINER_HOST = "169.254.170.2"  # ECS's agent, for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
 # the hosts AWS_CONTAINER_CREDENTIALS_FULL_URI may name over plain http, besides loopback
 # addresses: ECS's agent, EKS Pod Identity's agent (IPv4 and IPv6)
@@ -106,14 +107,22 @@ class ContainerEndpoint:
     token_file: str = ""
 
 
-AwsSource = AwsCredentials | SharedFile | ContainerEndpoint
+@dataclass(frozen=True, slots=True)
+class InstanceMetadata:
+    """The EC2 instance metadata service (IMDSv2) and its role's credentials."""
+
+    endpoint: str = IMDS_ENDPOINT
+
+
+AwsSource = AwsCredentials | SharedFile | ContainerEndpoint | InstanceMetadata
 """Where a provider's credentials come from: fixed ones (the environment's), or a source."""
 
 
 # ------------------------------------------------------------------ configuration
 
 
-def _control(value: str) -> bool:
+def control(value: str) -> bool:
+    """Whether `value` holds a control character (no header may carry one)."""
     return any(c < " " or c == "\x7f" for c in value)
 
 
@@ -127,7 +136,7 @@ def _from_env(env: Mapping[str, str]) -> AwsCredentials | None:
         raise AwsConfigError(f"environment variable {missing} is not set or empty ({given} "
                              "is): both are needed to sign requests")
     for name, value in ((ENV_KEYS[0], key_id), (ENV_KEYS[2], token)):
-        if _control(value):
+        if control(value):
             raise AwsConfigError(f"environment variable {name} holds a line break or another "
                                  "control character")
     return AwsCredentials(key_id, secret, token)
@@ -171,7 +180,7 @@ def _profile(parser: configparser.ConfigParser, path: str,
     if not (key_id and secret):
         missing = "aws_access_key_id" if not key_id else "aws_secret_access_key"
         raise AwsCredentialsError(f"profile [{profile}] of {path} has no {missing}")
-    if _control(key_id) or _control(token):
+    if control(key_id) or control(token):
         raise AwsCredentialsError(f"profile [{profile}] of {path} holds a control character")
     return AwsCredentials(key_id, secret, token)
 
@@ -216,13 +225,30 @@ def choose_source(env: Mapping[str, str], profile: str = "") -> AwsSource:
     if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or \
             env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip():
         return _container(env)
+    if env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() != "true":
+        # whether there is one is known only by asking, at the first call
+        return _instance(env)
     raise AwsConfigError(
         "has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with "
         "AWS_SESSION_TOKEN for temporary credentials) in the daemon's environment, write "
         "them in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or "
         "~/.aws/credentials, profile aws_profile / AWS_PROFILE / default), run with a "
-        "container's role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI), or give a "
-        "Bedrock API key with api_key_env, api_key_file or api_key_credential")
+        "container's role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI) or an EC2 "
+        "instance role (the instance metadata service, which AWS_EC2_METADATA_DISABLED=true "
+        "turns off), or give a Bedrock API key with api_key_env, api_key_file or "
+        "api_key_credential")
+
+
+def _instance(env: Mapping[str, str]) -> InstanceMetadata:
+    endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
+    if not endpoint:
+        return InstanceMetadata()
+    try:
+        Target(endpoint)
+    except ValueError as exc:
+        raise AwsConfigError("environment variable AWS_EC2_METADATA_SERVICE_ENDPOINT is not a "
+                             f"usable URL: {exc}") from None
+    return InstanceMetadata(endpoint)
 
 
 def _container(env: Mapping[str, str]) -> ContainerEndpoint:
@@ -242,7 +268,7 @@ def _container(env: Mapping[str, str]) -> ContainerEndpoint:
                              "only https, a loopback address or "
                              f"{', '.join(sorted(_CONTAINER_HOSTS))} may serve credentials")
     token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", "").strip()
-    if _control(token):
+    if control(token):
         raise AwsConfigError("environment variable AWS_CONTAINER_AUTHORIZATION_TOKEN holds a "
                              "line break or another control character")
     token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "").strip()
@@ -403,103 +429,6 @@ class RefreshingCredentials:
         return fresh
 
 
-# ------------------------------------------------------------------ the endpoints
-
-
-async def _call(client: HttpClient, method: str, url: str, headers: dict[str, str],
-                seconds: float, data: bytes | None = None) -> tuple[int, bytes]:
-    """(status, body) of one call to a credential endpoint, within `seconds`."""
-    resp = None
-    try:
-        with timeout(seconds):
-            resp = await client.request(method, url, headers=headers, data=data,
-                                        connect_timeout=seconds)
-            body = await resp.read()
-    except TimeoutError:
-        raise AwsCredentialsError(f"{url}: no answer within {seconds:g} s") from None
-    except (HttpClientError, OSError) as exc:
-        raise AwsCredentialsError(f"{url}: {exc}") from None
-    except BaseException:
-        if resp is not None:
-            resp.close()
-        raise
-    return resp.status, body
-
-
-def _refusal(status: int, body: bytes) -> str:
-    """What a credential endpoint's error answer says (its ``message`` when JSON)."""
-    text = body[:300].decode("utf-8", "replace").strip()
-    try:
-        parsed: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict):
-        text = str(parsed.get("message") or parsed.get("Message") or text)
-    return f"HTTP {status}" + (f": {text[:300]}" if text else "")
-
-
-def parse_credentials(body: bytes, where: str) -> AwsCredentials:
-    """Temporary credentials as the container and instance endpoints answer them:
-    ``{"AccessKeyId", "SecretAccessKey", "Token", "Expiration": "2026-12-07T20:00:00Z"}``."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise AwsCredentialsError(f"{where} answered no JSON") from None
-    if not isinstance(data, dict):
-        raise AwsCredentialsError(f"{where} answered no JSON object")
-    code = data.get("Code", "Success")
-    if code != "Success":
-        raise AwsCredentialsError(f"{where} answered {code}: {data.get('Message', '')}"[:400])
-    fields = [data.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")]
-    missing = [k for k, v in zip(("AccessKeyId", "SecretAccessKey", "Token", "Expiration"),
-                                 fields, strict=True) if not isinstance(v, str) or not v]
-    if missing:
-        raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
-    key_id, secret, token, expiration = (str(v) for v in fields)
-    try:
-        when = datetime.fromisoformat(expiration)
-    except ValueError:
-        raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 "
-                                  f"time: {expiration[:40]!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if _control(key_id) or _control(token):
-        raise AwsCredentialsError(f"{where} answered credentials with a control character")
-    return AwsCredentials(key_id, secret, token, expires=when.timestamp())
-
-
-async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsCredentials:
-    """One GET of a container's credential endpoint."""
-    headers = {"Accept": "application/json"}
-    token = _read_token(source.token_file) if source.token_file else source.token
-    if token:
-        headers["Authorization"] = token
-    status, body = await _call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
-    where = f"the container credentials endpoint {_bare(source.url)}"
-    if status != 200:
-        raise AwsCredentialsError(f"{where} refused: {_refusal(status, body)}")
-    return parse_credentials(body, where)
-
-
-def _read_token(path: str) -> str:
-    """The container's authorization token from its file (a few hundred bytes)."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AwsCredentialsError(
-            f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} cannot be read: "
-            f"{getattr(exc, 'strerror', None) or exc}") from None
-    if _control(token):
-        raise AwsCredentialsError(f"{path} holds a line break or another control character")
-    return token
-
-
-def _bare(url: str) -> str:
-    """The URL without its query (which may carry an identifier)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def open_source(source: AwsSource, *, client: HttpClient,
                 clock: Clock | None = None) -> CredentialSource:
     """The run-time side of a configured source; `client` calls the credential endpoints
@@ -509,9 +438,20 @@ def open_source(source: AwsSource, *, client: HttpClient,
         return StaticCredentials(source)
     if isinstance(source, SharedFile):
         return SharedFileCredentials(source, clock)
+    from failoverd import awsmetadata  # the HTTP side, which needs this module's types
 
-    async def container() -> AwsCredentials:
-        return await fetch_container(client, source)
+    if isinstance(source, ContainerEndpoint):
+        endpoint = source
 
-    return RefreshingCredentials(container, clock, f"the container endpoint "
-                                 f"{_bare(source.url)}")
+        async def container() -> AwsCredentials:
+            return await awsmetadata.fetch_container(client, endpoint)
+
+        return RefreshingCredentials(container, clock, "the container credentials endpoint "
+                                     f"{awsmetadata.bare(source.url)}")
+    instance = source
+
+    async def role() -> AwsCredentials:
+        return await awsmetadata.fetch_instance(client, instance)
+
+    return RefreshingCredentials(role, clock, f"the instance metadata service at "
+                                 f"{source.endpoint}")

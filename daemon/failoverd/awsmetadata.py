@@ -1,0 +1,168 @@
+"""The HTTP side of awscreds.py: a container's credential endpoint and the EC2 instance
+metadata service (IMDSv2), called with failoverd's own client (directly: both are local to
+the host), a short time limit per call.
+
+Formats, as AWS documents them and botocore speaks them:
+
+- container: ``GET <url>`` with ``Accept: application/json`` and, when given, the
+  ``Authorization`` token; answers ``{"AccessKeyId", "SecretAccessKey", "Token",
+  "Expiration"}``, errors ``{"code", "message"}``;
+- IMDSv2: ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` gives a
+  session token, sent as ``X-aws-ec2-metadata-token`` to ``GET
+  /latest/meta-data/iam/security-credentials/`` (the role's name) and then to ``.../<role>``
+  (``{"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId", ..., "Expiration"}``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from failoverd.awscreds import (
+    AwsCredentials,
+    AwsCredentialsError,
+    ContainerEndpoint,
+    InstanceMetadata,
+    control,
+)
+from failoverd.http1 import HttpClient, HttpClientError
+from failoverd.timeouts import timeout
+
+__all__ = ["bare", "fetch_container", "fetch_instance", "parse_credentials"]
+
+CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
+IMDS_TIMEOUT = 1.0  # per call to the instance metadata service: a host without one fails fast
+IMDS_TOKEN_TTL = "21600"  # noqa: S105 - seconds a session token lives, the most IMDS grants
+_ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
+
+
+async def _call(client: HttpClient, method: str, url: str, headers: dict[str, str],
+                seconds: float, data: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of one call to a credential endpoint, within `seconds`."""
+    resp = None
+    try:
+        with timeout(seconds):
+            resp = await client.request(method, url, headers=headers, data=data,
+                                        connect_timeout=seconds)
+            body = await resp.read()
+    except BaseException as exc:
+        if resp is not None:
+            resp.close()
+        if isinstance(exc, TimeoutError):
+            raise AwsCredentialsError(f"{bare(url)}: no answer within {seconds:g} s") from None
+        if isinstance(exc, HttpClientError | OSError):
+            raise AwsCredentialsError(f"{bare(url)}: {exc}") from None
+        raise
+    return resp.status, body
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """What a credential endpoint's error answer says (its ``message`` when JSON)."""
+    text = body[:300].decode("utf-8", "replace").strip()
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        text = str(parsed.get("message") or parsed.get("Message") or text)
+    return f"HTTP {status}" + (f": {text[:300]}" if text else "")
+
+
+def parse_credentials(body: bytes, where: str) -> AwsCredentials:
+    """Temporary credentials as the container and instance endpoints answer them:
+    ``{"AccessKeyId", "SecretAccessKey", "Token", "Expiration": "2026-12-07T20:00:00Z"}``."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise AwsCredentialsError(f"{where} answered no JSON") from None
+    if not isinstance(data, dict):
+        raise AwsCredentialsError(f"{where} answered no JSON object")
+    code = data.get("Code", "Success")
+    if code != "Success":
+        raise AwsCredentialsError(f"{where} answered {code}: {data.get('Message', '')}"[:400])
+    fields = [data.get(k) for k in ("AccessKeyId", "SecretAccessKey", "Token", "Expiration")]
+    missing = [k for k, v in zip(("AccessKeyId", "SecretAccessKey", "Token", "Expiration"),
+                                 fields, strict=True) if not isinstance(v, str) or not v]
+    if missing:
+        raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
+    key_id, secret, token, expiration = (str(v) for v in fields)
+    try:
+        when = datetime.fromisoformat(expiration)
+    except ValueError:
+        raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 "
+                                  f"time: {expiration[:40]!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if control(key_id) or control(token):
+        raise AwsCredentialsError(f"{where} answered credentials with a control character")
+    return AwsCredentials(key_id, secret, token, expires=when.timestamp())
+
+
+async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsCredentials:
+    """One GET of a container's credential endpoint."""
+    headers = {"Accept": "application/json"}
+    token = _read_token(source.token_file) if source.token_file else source.token
+    if token:
+        headers["Authorization"] = token
+    status, body = await _call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
+    where = f"the container credentials endpoint {bare(source.url)}"
+    if status != 200:
+        raise AwsCredentialsError(f"{where} refused: {_refusal(status, body)}")
+    return parse_credentials(body, where)
+
+
+def _read_token(path: str) -> str:
+    """The container's authorization token from its file (a few hundred bytes)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AwsCredentialsError(
+            f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} cannot be read: "
+            f"{getattr(exc, 'strerror', None) or exc}") from None
+    if control(token):
+        raise AwsCredentialsError(f"{path} holds a line break or another control character")
+    return token
+
+
+def bare(url: str) -> str:
+    """The URL without its query (which may carry an identifier)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+
+
+async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCredentials:
+    """The instance role's credentials: an IMDSv2 session token, the role's name, its
+    credentials."""
+    base = source.endpoint.rstrip("/")
+    where = f"the instance metadata service at {base}"
+    status, body = await _call(client, "PUT", f"{base}/latest/api/token",
+                               {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
+                               IMDS_TIMEOUT, data=b"")
+    if status != 200:
+        raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {_refusal(status, body)}")
+    token = body.decode("ascii", "replace").strip()
+    if not token or control(token):
+        raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
+    headers = {"X-aws-ec2-metadata-token": token}
+    status, body = await _call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
+    if status == 404:
+        raise AwsCredentialsError(f"{where}: the instance has no IAM role (attach an instance "
+                                  "profile)")
+    if status != 200:
+        raise AwsCredentialsError(f"{where} named no role: {_refusal(status, body)}")
+    lines = body.decode("utf-8", "replace").split()
+    if not lines:
+        raise AwsCredentialsError(f"{where} named no role")
+    role = lines[0]
+    status, body = await _call(client, "GET", base + _ROLE_PATH + quote(role, safe=""),
+                               headers, IMDS_TIMEOUT)
+    if status != 200:
+        raise AwsCredentialsError(f"{where} gave no credentials for role {role}: "
+                                  f"{_refusal(status, body)}")
+    return parse_credentials(body, f"{where} (role {role})")
