@@ -29,9 +29,9 @@ error. At run time a `CredentialSource` (`open_source`) hands out credentials fo
 request; the file is looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
 apply without a restart. Temporary credentials (a container's or the instance's) are fetched
-on first use and
-again `REFRESH_AHEAD` seconds before they expire, by one call that concurrent requests share
-(`RefreshingCredentials`); when that fails the old ones serve until they expire.
+on first use and again `REFRESH_AHEAD` seconds before they expire, by one call that
+concurrent requests share (`RefreshingCredentials`); when that fails the old ones serve until
+they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
 into an ``auth`` failure of the call: it never travels further in.

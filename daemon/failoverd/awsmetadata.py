@@ -141,9 +141,16 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
     credentials."""
     base = source.endpoint.rstrip("/")
     where = f"the instance metadata service at {base}"
-    status, body = await _call(client, "PUT", f"{base}/latest/api/token",
-                               {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
-                               IMDS_TIMEOUT, data=b"")
+    try:
+        status, body = await _call(client, "PUT", f"{base}/latest/api/token",
+                                   {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
+                                   IMDS_TIMEOUT, data=b"")
+    except AwsCredentialsError as exc:
+        # the chain's last resort, taken when nothing else was found: say so
+        raise AwsCredentialsError(
+            f"{exc} (the instance metadata service, the last source of the credential chain: "
+            "no AWS_ACCESS_KEY_ID, credentials file or container endpoint was found when the "
+            "configuration was read)") from None
     if status != 200:
         raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {_refusal(status, body)}")
     token = body.decode("ascii", "replace").strip()
