@@ -6,11 +6,17 @@ cachePoint blocks at the same places, for the models with prompt caching on Bedr
 cache reads and writes come back in the usage. The fake Bedrock Runtime refuses cachePoints
 where the real one does (a model without prompt caching, Nova's tools, more than 4, a 1h ttl
 on a model without the hour-long cache) and keeps a cache of the prefixes it saw; a refusal
-the id rule did not foresee fails over as `incapable`, never the client's 400.
+the id rule did not foresee fails over as `incapable`, never the client's 400. Thinking: a
+request's reasoning (an Anthropic client's budget) is Converse's thinking field for the Claude
+models that think, with the Anthropic adapter's rules, its signed and redacted thinking comes
+back to Anthropic clients (streamed with the signature before the block's stop) and goes back
+to Bedrock as reasoningContent blocks, so a tool loop keeps thinking on, also when it fails
+over from Anthropic to Bedrock.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +29,8 @@ from failoverd.providers.bedrock import classify_error
 from failoverd.translate import bedrock as translate
 from failoverd.translate.anthropic import anthropic_to_canonical
 from failoverd.translate.bedrock_cache import caches
+from failoverd.translate.bedrock_stream import StreamTranslator
+from tests.fakes.anthropic import signature
 from tests.fakes.bedrock import API_KEY, NO_CACHING, FakeBedrock, fake_bedrock
 from tests.test_claude_code import claude_code_body, post_stream
 from tests.test_prompt_caching import EPHEMERAL, HOUR, LONG, tool_loop
@@ -306,3 +314,265 @@ async def test_the_fake_refuses_cache_points_where_bedrock_does(
         assert (await send(SONNET_45, {"messages": [{"role": "user", "content": [
             {"text": "a"}, POINT, {"text": "b"}, POINT, {"text": "c"}, POINT,
             {"text": "d"}, POINT, {"text": "e"}, POINT]}]}))[0] == 400
+
+
+# ------------------------------------------------------------------ thinking: the translation
+
+THINK = {"type": "enabled", "budget_tokens": 2048}
+TOOL = {"name": "get_weather", "description": "Weather for a city",
+        "input_schema": WEATHER["function"]["parameters"]}
+ASK = {"role": "user", "content": "Weather in Paris?"}
+REDACTED = base64.b64encode(b"encrypted thinking, opaque to all but Claude").decode()
+
+
+def thinking_of(request: dict[str, Any]) -> Any:
+    return (request.get("additionalModelRequestFields") or {}).get("thinking")
+
+
+def test_thinking_goes_to_the_claude_models_that_think() -> None:
+    body = {"messages": [ASK], "reasoning_effort": "high", "max_tokens": 32000,
+            "temperature": 0.3, "top_p": 0.9}
+    request = translate.to_request(body, model=SONNET_45)
+    assert thinking_of(request) == {"type": "enabled", "budget_tokens": 24576}
+    assert request["inferenceConfig"] == {"maxTokens": 32000}  # no sampling knobs with it
+    for model in (SONNET_37, "anthropic.claude-sonnet-4-20250514-v1:0",
+                  "us.anthropic.claude-opus-4-1-20250805-v1:0",
+                  "global.anthropic.claude-haiku-4-5-20251001-v1:0"):
+        assert thinking_of(translate.to_request(body, model=model)) is not None, model
+    for model in (SONNET_35, "anthropic.claude-3-5-haiku-20241022-v1:0",
+                  "global.anthropic.claude-opus-4-7", NOVA, "us.deepseek.r1-v1:0"):
+        request = translate.to_request(body, model=model)
+        assert thinking_of(request) is None, model
+        assert request["inferenceConfig"]["temperature"] == 0.3
+
+
+@pytest.mark.parametrize("extra,budget", [
+    ({"max_tokens": 2000, "reasoning_effort": "medium"}, 1999),  # cut to maxTokens - 1
+    ({"max_tokens": 1000, "reasoning_effort": "low"}, None),  # under Claude's 1024
+    ({"reasoning_effort": "high"}, 4095),  # no maxTokens: Anthropic's default 4096
+    ({"reasoning_effort": "none", "max_tokens": 9000}, None),
+    ({"reasoning_effort": "high", "max_tokens": 32000, "tools": [WEATHER],
+      "tool_choice": "required"}, None),  # a forced call goes without thinking
+    ({"reasoning_effort": "high", "max_tokens": 32000,
+      "messages": [ASK, {"role": "assistant", "content": "It is"}]}, None),  # a prefill
+])
+def test_the_budget_as_towards_anthropic(extra: dict[str, Any], budget: int | None) -> None:
+    request = translate.to_request({"messages": [ASK], **extra}, model=SONNET_45)
+    assert (thinking_of(request) or {}).get("budget_tokens") == budget
+    if budget is not None:
+        assert request["inferenceConfig"]["maxTokens"] > budget
+
+
+def test_signed_thinking_is_replayed_first_or_in_its_order() -> None:
+    signed = {"type": "thinking", "thinking": "hmm", "signature": "c2ln"}
+    redacted = {"type": "redacted_thinking", "data": REDACTED}
+    call = {"id": "toolu_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [ASK, {"role": "assistant", "content": "Checking.", "tool_calls": [call],
+                     "thinking_blocks": [redacted, signed,
+                                         {"type": "thinking", "thinking": "x", "signature": ""}]},
+               {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"}]
+    body = {"messages": history, "tools": [WEATHER], "reasoning_effort": "low",
+            "max_tokens": 8000}
+    request = translate.to_request(body, model=SONNET_45)
+    assert request["messages"][1]["content"] == [
+        {"reasoningContent": {"redactedContent": REDACTED}},
+        {"reasoningContent": {"reasoningText": {"text": "hmm", "signature": "c2ln"}}},
+        {"text": "Checking."},
+        {"toolUse": {"toolUseId": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}}]
+    assert thinking_of(request) == {"type": "enabled", "budget_tokens": 2048}
+    # interleaved: the turn's own order
+    history[1] = {**history[1], "thinking_blocks": [signed, signed],
+                  "anthropic_order": "tx9ut", "content": "Checking."}
+    history[1]["tool_calls"] = [call]
+    blocks = translate.to_request(body, model=SONNET_45)["messages"][1]["content"]
+    assert [next(iter(b)) for b in blocks] == ["reasoningContent", "text", "toolUse",
+                                               "reasoningContent"]
+    # towards a model that does not think: none of it, and no thinking
+    request = translate.to_request(body, model=SONNET_35)
+    assert [next(iter(b)) for b in request["messages"][1]["content"]] == ["text", "toolUse"]
+    assert thinking_of(request) is None
+
+
+def test_a_tool_loop_another_provider_served_goes_without_thinking() -> None:
+    history = [ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]
+    request = translate.to_request({"messages": history, "tools": [WEATHER],
+                                    "reasoning_effort": "high", "max_tokens": 32000},
+                                   model=SONNET_45)
+    assert thinking_of(request) is None
+
+
+def test_answers_carry_signed_and_redacted_thinking() -> None:
+    response = {"output": {"message": {"role": "assistant", "content": [
+        {"reasoningContent": {"redactedContent": REDACTED}},
+        {"reasoningContent": {"reasoningText": {"text": "Let me see.", "signature": "c2ln"}}},
+        {"text": "Checking."},
+        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {}}},
+        {"reasoningContent": {"reasoningText": {"text": " More.", "signature": "c2lnMg"}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 3, "outputTokens": 4}}
+    message = translate.to_completion(response, "m")["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me see. More."
+    assert message["thinking_blocks"] == [
+        {"type": "redacted_thinking", "data": REDACTED},
+        {"type": "thinking", "thinking": "Let me see.", "signature": "c2ln"},
+        {"type": "thinking", "thinking": " More.", "signature": "c2lnMg"}]
+    assert message["anthropic_order"] == "ttx9ut"  # interleaved: its order kept
+    # DeepSeek-R1's reasoning has no signature: reasoning_content only
+    response["output"]["message"]["content"] = [
+        {"reasoningContent": {"reasoningText": {"text": "hmm"}}}, {"text": "Hi"}]
+    message = translate.to_completion(response, "m")["choices"][0]["message"]
+    assert message["reasoning_content"] == "hmm" and "thinking_blocks" not in message
+
+
+def test_a_stream_signs_its_reasoning_block_when_it_stops() -> None:
+    translator = StreamTranslator("m")
+    events = [("messageStart", {"role": "assistant"}),
+              ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+                  "reasoningContent": {"redactedContent": REDACTED[:8]}}}),
+              ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+                  "reasoningContent": {"redactedContent": REDACTED[8:]}}}),
+              ("contentBlockStop", {"contentBlockIndex": 0}),
+              ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {
+                  "reasoningContent": {"text": "Let me"}}}),
+              ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {
+                  "reasoningContent": {"signature": "c2ln"}}}),
+              ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {
+                  "reasoningContent": {"signature": "MDEy"}}}),
+              ("contentBlockStop", {"contentBlockIndex": 1}),
+              ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"text": "Hi"}})]
+    deltas = [c["choices"][0]["delta"] for kind, data in events
+              for c in translator.feed(kind, data)]
+    assert deltas[1:] == [
+        {"thinking_blocks": [{"type": "redacted_thinking", "data": REDACTED}]},
+        {"reasoning_content": "Let me"},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "c2lnMDEy"}]},
+        {"content": "Hi"}]
+
+
+# ------------------------------------------------------------------ thinking: the daemon
+
+
+async def ask(client: Any, model: str, messages: list[dict[str, Any]], stream: bool) -> Any:
+    kwargs: dict[str, Any] = {"model": model, "max_tokens": 4096, "thinking": THINK,
+                              "tools": [TOOL], "messages": messages}
+    if not stream:
+        return await client.messages.create(**kwargs)
+    async with client.messages.stream(**kwargs) as events:
+        return await events.get_final_message()
+
+
+def next_turn(answer: Any) -> list[dict[str, Any]]:
+    call = next(b for b in answer.content if b.type == "tool_use")
+    return [ASK, {"role": "assistant",
+                  "content": [b.model_dump(exclude_none=True) for b in answer.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                          "content": "18C, sunny"}]}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_tool_loop_on_bedrock_keeps_thinking_on(rig: Any, stream: bool) -> None:
+    fake, _, _, client = rig
+    first = await ask(client, "bedrock/sonnet45", [ASK], stream)
+    assert thinking_of(fake.requests[-1].body) == THINK
+    assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
+    assert first.content[0].thinking == fake.thinking
+    assert first.content[0].signature == signature(fake.thinking)
+
+    second = await ask(client, "bedrock/sonnet45", next_turn(first), stream)
+    sent = fake.requests[-1].body
+    assert thinking_of(sent) == THINK  # kept on in the tool loop
+    assert sent["messages"][1]["content"][0] == {"reasoningContent": {"reasoningText": {
+        "text": fake.thinking, "signature": signature(fake.thinking)}}}
+    assert second.content[0].type == "thinking"
+    assert second.content[0].signature == signature(fake.thinking)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_redacted_thinking_reaches_the_client_and_goes_back(rig: Any,
+                                                                 stream: bool) -> None:
+    fake, _, _, client = rig
+    fake.redacted = REDACTED
+    first = await ask(client, "bedrock/sonnet45", [ASK], stream)
+    assert [b.type for b in first.content] == ["redacted_thinking", "thinking", "text",
+                                               "tool_use"]
+    assert first.content[0].data == REDACTED
+    await ask(client, "bedrock/sonnet45", next_turn(first), stream)
+    assert fake.requests[-1].body["messages"][1]["content"][0] == {
+        "reasoningContent": {"redactedContent": REDACTED}}
+
+
+async def test_the_streamed_thinking_block_is_signed_before_its_stop(rig: Any) -> None:
+    fake, _, d, _ = rig
+    resp, events = await post_stream(d, {"model": "bedrock/sonnet45", "max_tokens": 4096,
+                                         "thinking": THINK, "stream": True,
+                                         "messages": [ASK]})
+    assert resp.status_code == 200, resp.text
+    block = [e for e in events if e.get("index") == 0]
+    assert block[0]["content_block"]["type"] == "thinking"
+    assert [e["delta"]["type"] for e in block[1:-1]] == ["thinking_delta", "thinking_delta",
+                                                         "signature_delta"]
+    assert block[-2]["delta"]["signature"] == signature(fake.thinking)
+    assert block[-1]["type"] == "content_block_stop"
+
+
+async def test_a_loop_whose_turn_another_provider_served_has_no_400(rig: Any) -> None:
+    fake, _, d, client = rig
+    fake.push("unavailable", "unavailable", "unavailable")
+    raw = await client.messages.with_raw_response.create(
+        model="default", max_tokens=4096, thinking=THINK, tools=[TOOL], messages=[ASK])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    first = await raw.parse()
+    await d.http.post("/v1/models/bedrock/sonnet45/reset")
+    messages = next_turn(first)
+    messages[1]["content"].insert(0, {"type": "thinking", "thinking": "hmm", "signature": ""})
+    second = await ask(client, "bedrock/sonnet45", messages, False)  # no 400
+    sent = fake.requests[-1].body
+    assert thinking_of(sent) is None
+    assert "toolUse" in sent["messages"][1]["content"][0]
+    assert second.content[0].type == "text"
+
+
+@pytest.mark.parametrize("message", [
+    "The model returned the following errors: 'claude-3-5-sonnet-20240620' does not support "
+    "thinking.",
+    "Malformed input request: #: extraneous key [thinking] is not permitted, please reformat "
+    "your input and try again.",
+    "This model doesn't support the reasoningContent.reasoningText.signature field. Remove "
+    "reasoningContent.reasoningText.signature and try again.",
+])
+def test_thinking_refusals_are_incapable(message: str) -> None:
+    assert classify_error(400, message, "ValidationException") is FailureReason.INCAPABLE
+
+
+async def test_a_loop_failed_over_from_anthropic_to_bedrock_keeps_its_thinking(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_anthropic: Any,
+        start_daemon: Any) -> None:
+    """Claude's signatures hold on Anthropic's API and on Bedrock: a Claude Code loop whose
+    Anthropic provider fails mid-loop goes on thinking on Bedrock."""
+    fake, ant = await fake_bedrock(), await fake_anthropic()
+    text = config(fake, ant.url).replace('kind = "openai"', 'kind = "anthropic"').replace(
+        '[models."backup/gpt"]', '[models."backup/claude"]\nname = "claude-sonnet-4-5"\n'
+        '[models."backup/gpt"]')
+    text += '[chains.claude]\nmodels = ["backup/claude", "bedrock/sonnet45"]\n'
+    text = text.replace('[models."backup/claude"]\nname = "claude-sonnet-4-5"\n',
+                        '[models."backup/claude"]\nprovider = "backup"\n'
+                        'name = "claude-sonnet-4-5"\ncapabilities = ["tools", "reasoning"]\n')
+    d = await start_daemon(text, env={KEY_ENV: API_KEY})
+    client = anthropic_client(d.socket)
+    try:
+        first = await ask(client, "claude", [ASK], False)
+        assert first.content[0].signature == signature(ant.thinking)
+        ant.push("overloaded", "overloaded", "overloaded")
+        raw = await client.messages.with_raw_response.create(
+            model="claude", max_tokens=4096, thinking=THINK, tools=[TOOL],
+            messages=next_turn(first))
+    finally:
+        await client.close()
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet45"
+    sent = fake.requests[-1].body
+    assert thinking_of(sent) == THINK
+    assert sent["messages"][1]["content"][0]["reasoningContent"]["reasoningText"][
+        "signature"] == signature(ant.thinking)

@@ -14,7 +14,13 @@ Haiku 4.5 on). Tool calls stream their input a few bytes at a time (`tool_input`
 empty one comes as one empty delta, as Claude's does). Prompt caching: cachePoint blocks are
 refused where Bedrock refuses them (a model without prompt caching, Nova's tools, more than 4,
 a 1h ttl before Claude 4.5 or after a 5m one), and with them the usage reports the prefix up
-to the last one as written to the cache, or read when an earlier request wrote it.
+to the last one as written to the cache, or read when an earlier request wrote it. Extended
+thinking: where `additionalModelRequestFields.thinking` is enabled the answer starts with a
+reasoning block (`thinking`, signed as the fake Anthropic signs, after a redactedContent block
+when `redacted` is set; streamed as text, then signature pieces), and Claude's rules are
+enforced (only the models that think, a budget of 1024 to maxTokens - 1, no temperature or
+topP and no forced tool call with it, a tool loop's last turn starting with its thinking,
+reasoning blocks only towards the models that think and with the fake's signature).
 
 Tests take the `fake_bedrock` fixture (a factory) from here. Script it like the other fakes:
 ``fake.push("throttled", "ok")``; every request is logged in ``fake.requests`` (raw path,
@@ -29,6 +35,7 @@ dropped mid-answer), "no_stop" (the stream ends without messageStop).
 from __future__ import annotations
 
 import asyncio
+import base64
 import calendar
 import hashlib
 import hmac
@@ -43,6 +50,7 @@ from urllib.parse import parse_qsl, quote
 import orjson
 from aiohttp import web
 
+from tests.fakes.anthropic import signature
 from tests.fakes.base import FakeServer, cut, fake_fixture
 
 ACCESS_KEY = "AKIAFAKEBEDROCK00001"
@@ -224,6 +232,11 @@ class FakeBedrock(FakeServer[Logged]):
     # Claude's come through Converse, an empty one as a single empty input delta
     tool_input: dict[str, Any] | None = None
     usage: dict[str, int] = field(default_factory=lambda: dict(USAGE))  # of every answer
+    # extended thinking: the reasoning an answer starts with when the request enables it
+    # (signed by tests.fakes.anthropic.signature: Claude's signatures hold on either API),
+    # after a redacted block when `redacted` is set
+    thinking: str = "The user wants the weather; let me think."
+    redacted: str = ""
     # prompt caching: the prefixes written to the cache (see `_usage`)
     cached: set[bytes] = field(default_factory=set, kw_only=True)
     auth_failures: list[str] = field(default_factory=list, kw_only=True)
@@ -310,8 +323,8 @@ class FakeBedrock(FakeServer[Logged]):
         refused = self._authenticate(request, raw)
         if refused is not None:
             return self._refuse(refused)
-        invalid = _invalid(body) or _refused_by_model(model, body) or _invalid_cache(model,
-                                                                                     body)
+        invalid = _invalid(body) or _refused_by_model(model, body) \
+            or _invalid_cache(model, body) or _invalid_thinking(model, body)
         if invalid is not None:
             return self._aws_error(400, "ValidationException",
                                    orjson.dumps({"message": invalid}))
@@ -320,6 +333,13 @@ class FakeBedrock(FakeServer[Logged]):
         if early is not None:
             return early
         content, stop = self._content(body, behaviour)
+        if content and ((body.get("additionalModelRequestFields") or {}).get("thinking")
+                        or {}).get("type") == "enabled":
+            content = [*([{"reasoningContent": {"redactedContent": self.redacted}}]
+                         if self.redacted else []),
+                       {"reasoningContent": {"reasoningText": {
+                           "text": self.thinking, "signature": signature(self.thinking)}}},
+                       *content]
         if request.path.endswith("/converse-stream"):
             request[_BODY] = body  # for the usage at the stream's end
             return await self._stream(request, content, stop, behaviour)
@@ -377,7 +397,11 @@ class FakeBedrock(FakeServer[Logged]):
                                        "Too many tokens, please wait before trying again."))
             return resp
         for index, block in enumerate(content):
-            if "text" in block:
+            if "reasoningContent" in block:
+                for delta in _reasoning_deltas(block["reasoningContent"]):
+                    await resp.write(event("contentBlockDelta", {
+                        "contentBlockIndex": index, "delta": {"reasoningContent": delta}}))
+            elif "text" in block:
                 words = block["text"].split(" ")
                 for i, word in enumerate(words):
                     piece = word if i == 0 else " " + word
@@ -503,6 +527,77 @@ def _refused_by_model(model: str, body: dict[str, Any]) -> str | None:
     if _ONE_SAMPLER.search(model) and "temperature" in config and "topP" in config:
         return ("The model returned the following errors: `temperature` and `top_p` cannot "
                 "both be specified for this model. Please use only one.")
+    return None
+
+
+def _reasoning_deltas(reasoning: dict[str, Any]) -> list[dict[str, str]]:
+    """A reasoning block as ConverseStream sends it: its text in pieces, then its signature
+    (here in two pieces, which the reader must join), or its redacted content (two blobs)."""
+    if "redactedContent" in reasoning:
+        data = base64.b64decode(reasoning["redactedContent"])
+        return [{"redactedContent": base64.b64encode(part).decode()}
+                for part in (data[:len(data) // 2], data[len(data) // 2:])]
+    text, sign = reasoning["reasoningText"]["text"], reasoning["reasoningText"]["signature"]
+    return [{"text": text[:len(text) // 2]}, {"text": text[len(text) // 2:]},
+            {"signature": sign[:10]}, {"signature": sign[10:]}]
+
+
+# Claude with extended thinking (a budget): 3.7 Sonnet, and from 4 up to 4.6
+_THINKING = re.compile(r"anthropic\.claude-(?:3-7-sonnet|(?:opus|sonnet|haiku)-4-(?:[0-6](?!\d)"
+                       r"|\d{8}))")
+
+
+def _invalid_thinking(model: str, body: dict[str, Any]) -> str | None:
+    """What Claude on Bedrock answers about thinking: the field on a model without it (a
+    ValidationException Bedrock words by the model), a budget under 1024 or not under
+    maxTokens, temperature or topP with it, a forced tool call with it, a tool loop whose last
+    assistant turn does not start with its thinking, reasoning blocks towards a model without
+    them, and a reasoning block whose signature is not the fake's."""
+    extra = body.get("additionalModelRequestFields") or {}
+    think = extra.get("thinking")
+    messages = body.get("messages") or []
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.get("content") or []):
+            reasoning = block.get("reasoningContent")
+            if reasoning is None:
+                continue
+            if not _THINKING.search(model):
+                return ("This model doesn't support the reasoningContent.reasoningText."
+                        "signature field. Remove reasoningContent.reasoningText.signature and "
+                        "try again.")
+            text = reasoning.get("reasoningText")
+            if text is not None and text.get("signature") != signature(str(text.get("text"))):
+                return (f"The model returned the following errors: messages.{i}.content.{j}: "
+                        "Invalid `signature` in `thinking` block")
+    if think is None:
+        return None
+    if "anthropic.claude" not in model:
+        return ("Malformed input request: #: extraneous key [thinking] is not permitted, "
+                "please reformat your input and try again.")
+    if not _THINKING.search(model):
+        name = model.split("anthropic.", 1)[1].rsplit("-v", 1)[0]
+        return f"The model returned the following errors: '{name}' does not support thinking."
+    budget = think.get("budget_tokens")
+    config = body.get("inferenceConfig") or {}
+    if think.get("type") != "enabled" or not isinstance(budget, int) or budget < 1024:
+        return ("The model returned the following errors: thinking.enabled.budget_tokens: "
+                "Input should be greater than or equal to 1024")
+    if budget >= config.get("maxTokens", 4096):
+        return ("The model returned the following errors: `max_tokens` must be greater than "
+                "`thinking.budget_tokens`.")
+    if "temperature" in config or "topP" in config:
+        return ("The model returned the following errors: `temperature` may only be set to 1 "
+                "when thinking is enabled.")
+    if next(iter((body.get("toolConfig") or {}).get("toolChoice") or {"auto": 0})) != "auto":
+        return ("The model returned the following errors: Thinking may not be enabled when "
+                "tool_choice forces tool use.")
+    if len(messages) >= 2 and any("toolResult" in b for b in messages[-1]["content"]):
+        first = messages[-2]["content"][0]
+        if "reasoningContent" not in first:
+            return (f"The model returned the following errors: messages.{len(messages) - 2}."
+                    f"content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{'tool_use' if 'toolUse' in first else 'text'}`. When `thinking` is "
+                    "enabled, a final `assistant` message must start with a thinking block.")
     return None
 
 

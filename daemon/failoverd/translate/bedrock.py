@@ -39,16 +39,21 @@ Where the two APIs differ, these are the decisions:
   towards Anthropic: Claude refuses a final assistant text that ends in whitespace.
 - Prompt-caching breakpoints (cache_control) become cachePoint blocks towards the models
   with prompt caching, and are dropped towards the others (translate/bedrock_cache.py).
+- reasoning_effort is Claude's extended thinking towards the Claude models that have it
+  (additionalModelRequestFields.thinking, with a budget as towards Anthropic), and their
+  signed thinking in the history goes back as reasoningContent blocks
+  (translate/bedrock_reasoning.py); towards other models both are dropped.
 - Dropped, as hints that do not change the answer's shape: user, store, metadata, seed,
   service_tier, parallel_tool_calls, prediction, prompt_cache_key, safety_identifier,
-  verbosity, reasoning_effort (model-specific on Bedrock) and top_k.
+  verbosity and top_k.
   TranslationError (the candidate is incapable): n > 1, response_format json_object or
   json_schema, logit_bias, logprobs, non-zero presence/frequency penalties, audio output,
   legacy functions, web_search_options.
 - Answers: text and toolUse blocks become content and tool_calls, `reasoningContent` text
-  becomes `reasoning_content`; stopReason end_turn and stop_sequence are `stop`, max_tokens
-  and model_context_window_exceeded `length`, tool_use `tool_calls`, guardrail_intervened
-  and content_filtered `content_filter`. Usage counts cache reads and writes as prompt tokens
+  becomes `reasoning_content`, and signed or redacted, `thinking_blocks` too; stopReason
+  end_turn and stop_sequence are `stop`, max_tokens and model_context_window_exceeded
+  `length`, tool_use `tool_calls`, guardrail_intervened and content_filtered
+  `content_filter`. Usage counts cache reads and writes as prompt tokens
   (`prompt_tokens_details.cached_tokens`, `cache_creation_input_tokens`), as for Anthropic.
 """
 
@@ -63,6 +68,8 @@ from typing import Any
 import orjson
 
 from failoverd.errors import RequestError, TranslationError
+from failoverd.translate import bedrock_reasoning as reasoning
+from failoverd.translate.anthropic_common import in_order
 from failoverd.translate.anthropic_response import canonical_usage
 from failoverd.translate.bedrock_cache import (
     MARK,
@@ -70,6 +77,7 @@ from failoverd.translate.bedrock_cache import (
     mark,
     mark_last,
     place,
+    turn_cache,
     unmark,
 )
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url
@@ -198,10 +206,10 @@ def _user_blocks(content: Any, where: str, names: set[str] | None = None
 
 
 def _assistant_blocks(message: dict[str, Any], where: str, ids: ToolIds,
-                      used: dict[str, None]) -> list[dict[str, Any]]:
+                      used: dict[str, None], replay: bool) -> list[dict[str, Any]]:
     texts = _text_of(message.get("content"), f"{where}.content", allow_refusal=True)
     text = "".join(texts)
-    blocks: list[dict[str, Any]] = [{"text": text}] if text.strip() else []
+    calls: list[dict[str, Any]] = []
     for j, call in enumerate(message.get("tool_calls") or ()):
         at = f"{where}.tool_calls[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
@@ -217,26 +225,24 @@ def _assistant_blocks(message: dict[str, Any], where: str, ids: ToolIds,
             args = None
         if not isinstance(args, dict):
             raise _fail("arguments that are not a JSON object", f"{at}.function.arguments")
-        blocks.append(mark({"toolUse": {"toolUseId": ids.call(call_id), "name": name,
-                                        "input": args}}, call))
+        calls.append(mark({"toolUse": {"toolUseId": ids.call(call_id), "name": name,
+                                       "input": args}}, call))
         used[name] = None
-    cache = _turn_cache(message)
-    if cache is not None and blocks:
-        # the message's breakpoint marks its text block, or, with no text, its last block
-        (blocks[0] if "text" in blocks[0] else blocks[-1]).setdefault(MARK, cache)
+    thinking = reasoning.replayed(message) if replay else []
+    # an interleaved-thinking turn in its own block order, else its thinking first
+    blocks = in_order(message.get("anthropic_order"), thinking, message.get("content"), calls)
+    if blocks is not None:
+        blocks = [{"text": b["text"]} if b.get("type") == "text" else b for b in blocks
+                  if b.get("type") != "text" or b["text"].strip()]
+    else:
+        blocks = [*thinking, *([{"text": text}] if text.strip() else []), *calls]
+    cache = turn_cache(message)
+    marked = ([i for i, b in enumerate(blocks) if "text" in b] or [len(blocks) - 1])[-1]
+    if cache is not None and blocks and "reasoningContent" not in blocks[marked]:
+        # the message's breakpoint marks its (last) text block, or, with no text, its last
+        # block (never its thinking, which takes none)
+        blocks[marked].setdefault(MARK, cache)
     return blocks
-
-
-def _turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
-    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
-    (the parts go out as one text block)."""
-    cache = message.get("cache_control")
-    content = message.get("content")
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
-                cache = part["cache_control"]
-    return cache if isinstance(cache, dict) else None
 
 
 def _tool_result(message: dict[str, Any], where: str, ids: ToolIds) -> dict[str, Any]:
@@ -281,9 +287,10 @@ def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]
         turns.append({"role": role, "content": blocks})
 
 
-def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                      dict[str, None]]:
-    """(system blocks, turns, names of the tools the history calls)."""
+def _messages(messages: Any, replay: bool) -> tuple[list[dict[str, Any]],
+                                                    list[dict[str, Any]], dict[str, None]]:
+    """(system blocks, turns, names of the tools the history calls); `replay`: the signed
+    thinking of assistant turns goes too."""
     if not isinstance(messages, list) or not messages:
         raise _bad("must be a non-empty list", "messages")
     system: list[dict[str, Any]] = []
@@ -302,7 +309,7 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             _append(turns, "user", mark_last(_user_blocks(message.get("content"),
                                                           f"{where}.content", names), message))
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_blocks(message, where, ids, used))
+            _append(turns, "assistant", _assistant_blocks(message, where, ids, used, replay))
         elif role == "tool":
             _append(turns, "user", [_tool_result(message, where, ids)])
         else:
@@ -444,16 +451,26 @@ def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None,
     Raises TranslationError (with `.param` naming the field) for what Converse cannot express.
     """
     _refuse_unexpressible(body)
-    system, turns, used = _messages(body.get("messages"))
+    thinks = reasoning.thinks(model)
+    system, turns, used = _messages(body.get("messages"), thinks)
     request: dict[str, Any] = {"messages": turns}
     if system:
         request["system"] = system
     inference = _inference_config(body, max_output_tokens, model)
-    if inference:
-        request["inferenceConfig"] = inference
     tool_config = _tool_config(body, used)
     if tool_config is not None:
         request["toolConfig"] = tool_config
+    if thinks and body.get("reasoning_effort") not in (None, "none"):
+        forced = "toolChoice" in (tool_config or {})  # only any and tool are sent
+        thinking = reasoning.thinking(body["reasoning_effort"],
+                                      reasoning.max_tokens_for(inference), turns, forced)
+        if thinking is not None:
+            request["additionalModelRequestFields"] = {"thinking": thinking}
+            # Claude takes no sampling knobs while it thinks
+            inference.pop("temperature", None)
+            inference.pop("topP", None)
+    if inference:
+        request["inferenceConfig"] = inference
     place(request, model, body.get("cache_control"))
     unknown = sorted(set(body) - _HANDLED_KEYS)
     if unknown:
@@ -488,36 +505,25 @@ def tool_call(use: dict[str, Any]) -> dict[str, Any]:
                          "arguments": orjson.dumps(use.get("input") or {}).decode()}}
 
 
-def _reasoning_text(block: Any) -> str:
-    reasoning = block.get("reasoningContent") if isinstance(block, dict) else None
-    text = reasoning.get("reasoningText") if isinstance(reasoning, dict) else None
-    if isinstance(text, dict):
-        text = text.get("text")
-    return text if isinstance(text, str) else ""
-
-
 def to_completion(response: dict[str, Any], model_name: str,
                   created: int | None = None) -> dict[str, Any]:
     """A Converse response as a canonical `chat.completion`."""
     output = response.get("output")
     message = output.get("message") if isinstance(output, dict) else None
     blocks = message.get("content") if isinstance(message, dict) else None
+    blocks = blocks if isinstance(blocks, list) else []
     texts: list[str] = []
-    reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in blocks if isinstance(blocks, list) else ():
+    for block in blocks:
         if not isinstance(block, dict):
             continue
         if isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif isinstance(block.get("toolUse"), dict):
             calls.append(tool_call(block["toolUse"]))
-        elif "reasoningContent" in block:
-            reasoning.append(_reasoning_text(block))
     text = "".join(texts)
     out: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
-    if any(reasoning):
-        out["reasoning_content"] = "".join(reasoning)
+    out.update(reasoning.read(blocks))  # reasoning_content, signed thinking_blocks
     if calls:
         out["tool_calls"] = calls
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from failoverd.translate.bedrock import finish_reason, tool_call, usage
+from failoverd.translate.bedrock_reasoning import joined
 from failoverd.translate.tools import stream_delta
 
 __all__ = ["StreamTranslator"]
@@ -24,7 +25,10 @@ class StreamTranslator:
     contentBlockStart), later ones pieces of its arguments, all under the call's index. The
     finish chunk comes with messageStop; usage (in the metadata event after it) goes on a
     final choices-less chunk when the client asked for `stream_options.include_usage`, else on
-    the finish chunk, which is then held until the metadata came.
+    the finish chunk, which is then held until the metadata came. Reasoning text streams as
+    `reasoning_content`; a reasoning block's signature (or redacted content, whatever number
+    of deltas it came in) is a `thinking_blocks` delta when the block stops, as the Anthropic
+    adapter gives a thinking block's signature_delta.
     """
 
     model_name: str
@@ -39,6 +43,9 @@ class StreamTranslator:
     done: bool = False  # the metadata event (the last) came
     _calls: dict[int, int] = field(default_factory=dict)  # content block -> tool call index
     _argued: set[int] = field(default_factory=set)  # content blocks with argument text
+    # reasoning blocks: their signature and their redacted content pieces, by content block
+    _signatures: dict[int, str] = field(default_factory=dict)
+    _redacted: dict[int, list[str]] = field(default_factory=dict)
     _finish: dict[str, Any] | None = None
     _usage: Any = None
 
@@ -88,6 +95,13 @@ class StreamTranslator:
         return out
 
     def _block_stop(self, block: int) -> list[dict[str, Any]]:
+        signature, redacted = self._signatures.pop(block, ""), self._redacted.pop(block, None)
+        if redacted:
+            return [self._chunk({"thinking_blocks": [{"type": "redacted_thinking",
+                                                      "data": joined(redacted)}]})]
+        if signature:
+            return [self._chunk({"thinking_blocks": [{"type": "thinking", "thinking": "",
+                                                      "signature": signature}]})]
         index = self._calls.get(block)
         if index is None or block in self._argued:
             return []
@@ -120,9 +134,19 @@ class StreamTranslator:
             return [self._chunk({"tool_calls": [{"index": index,
                                                  "function": {"arguments": piece}}]})]
         reasoning = delta.get("reasoningContent")
-        text = reasoning.get("text") if isinstance(reasoning, dict) else None
+        if not isinstance(reasoning, dict):
+            return []
+        block = int(event.get("contentBlockIndex") or 0)
+        signature, redacted = reasoning.get("signature"), reasoning.get("redactedContent")
+        if isinstance(signature, str) and signature:
+            self._signatures[block] = self._signatures.get(block, "") + signature
+            self.content_started = True
+        if isinstance(redacted, str) and redacted:
+            self._redacted.setdefault(block, []).append(redacted)
+            self.content_started = True
+        text = reasoning.get("text")
         if not isinstance(text, str) or not text:
-            return []  # a signature, redacted content, or nothing
+            return []  # a signature or redacted content: sent when the block stops
         first = {} if self.started else {"role": "assistant", "content": ""}
         self.started = self.content_started = True
         return [self._chunk({**first, "reasoning_content": text})]
