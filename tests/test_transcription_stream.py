@@ -6,9 +6,8 @@ opens a gate. So a test knows the client got the first delta before the upstream
 rest; that every failure before the first event fails over (a status, a model refusing
 stream as incapable, an error event, a 200 that is no event stream, no event in time); that
 whisper-1's answer to a stream it ignores goes on as a one-delta stream; that a failure
-after the first event (or a stop's cut) ends the stream with an error event and counts against
-the model; and
-the simulated kind's word-by-word stream."""
+after the first event (or a stop's cut) ends the stream with an error event, a failure
+counting against the model; and the simulated kind's word-by-word stream."""
 
 from __future__ import annotations
 
