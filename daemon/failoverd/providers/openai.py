@@ -8,9 +8,8 @@ model name and responses pass through byte for byte.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,9 +21,7 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
-    MAX_ERROR_BODY,
     Failure,
-    chunks,
     classify,
     classify_in_band,
     fetch,
@@ -41,7 +38,8 @@ from failoverd.providers.http import (
     sse_events,
     upstream_error,
 )
-from failoverd.translate import audio, completions, embeddings, speech
+from failoverd.providers.openai_audio import OpenAIAudio
+from failoverd.translate import completions, embeddings
 from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -235,7 +233,7 @@ class OpenAIProvider:
 
     def __init__(self, config: ProviderConfig, client: HttpClient) -> None:
         self.config = config
-        self._client = client.via(config.proxy)
+        self.client = client.via(config.proxy)
         self._chat_url = f"{config.base_url}/chat/completions"
         # Gemini's thought signatures on tool calls go to Google's own endpoint only, which
         # wants them back (Gemini 3 refuses a tool loop without); everyone else refuses them
@@ -243,11 +241,11 @@ class OpenAIProvider:
         self._models_url = f"{config.base_url}/models"
         self._embeddings_url = f"{config.base_url}/embeddings"
         self._completions_url = f"{config.base_url}/completions"
-        self._audio_url = f"{config.base_url}/audio"
+        self.audio_url = f"{config.base_url}/audio"
         headers = request_headers(
             config, {"Content-Type": "application/json", "Accept": "application/json"},
             "Authorization", f"Bearer {config.api_key}")
-        self._headers = headers
+        self.headers = headers
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
         # models that refused a tool loop without each turn's reasoning_content (DeepSeek's
         # thinking mode): learned from their 400, then sent it with every request
@@ -255,6 +253,7 @@ class OpenAIProvider:
         # embedding models that cannot send base64 vectors (learned from their answer), asked
         # for floats that failoverd encodes
         self.floats_only: set[str] = set()
+        self._speech = OpenAIAudio(self)  # transcriptions and speech (openai_audio.py)
 
     def _mended(self, exc: UpstreamError, body: dict[str, Any], model: ModelConfig,
                 stream: bool) -> bytes:
@@ -273,30 +272,30 @@ class OpenAIProvider:
     def _post(self, data: bytes, limits: AttemptLimits,
               model_id: str) -> Coroutine[Any, Any, bytes]:
         # the call's coroutine itself (no frame of its own on the hot path)
-        return fetch(self._client, "POST", self._chat_url, headers=self._headers, data=data,
-                     total=limits.total, connect=limits.connect, failure=self._failure,
+        return fetch(self.client, "POST", self._chat_url, headers=self.headers, data=data,
+                     total=limits.total, connect=limits.connect, failure=self.failure,
                      provider=self.config.name, model=model_id)
 
-    def _call(self, url: str, data: bytes, limits: AttemptLimits, model_id: str, *,
+    def call(self, url: str, data: bytes, limits: AttemptLimits, model_id: str, *,
               failure: Failure | None = None,
               headers: dict[str, str] | None = None) -> Coroutine[Any, Any, bytes]:
         """A POST of the endpoints other than chat (embeddings, completions, audio): the
         body of its 200, within the attempt's limits; `failure` the adapter's unless given."""
-        return fetch(self._client, "POST", url, headers=headers or self._headers, data=data,
+        return fetch(self.client, "POST", url, headers=headers or self.headers, data=data,
                      total=limits.total, connect=limits.connect,
-                     failure=failure or self._failure, provider=self.config.name,
+                     failure=failure or self.failure, provider=self.config.name,
                      model=model_id)
 
     def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
               model_id: str) -> Coroutine[Any, Any, Response]:
-        return open_stream(self._client, self._chat_url, data=data,
+        return open_stream(self.client, self._chat_url, data=data,
                            headers=self._stream_headers, first_deadline=first_deadline,
-                           connect=limits.connect, failure=self._failure,
+                           connect=limits.connect, failure=self.failure,
                            provider=self.config.name, model=model_id)
 
     # ------------------------------------------------------------------ errors
 
-    async def _failure(self, resp: Response, model: str) -> UpstreamError:
+    async def failure(self, resp: Response, model: str) -> UpstreamError:
         raw = await read_limited(resp)
         message, code = error_details(raw)
         reason = _glm_reason(code) or classify(resp.status, message, code)
@@ -364,10 +363,10 @@ class OpenAIProvider:
             raw = await self._post(self._mended(exc, body, model, False), limits, model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not parsed.get("choices"):
-            raise self._body_error(raw, parsed, model.id, "200 with an unparsable or empty body")
+            raise self.body_error(raw, parsed, model.id, "200 with an unparsable or empty body")
         return Completion(parsed, raw)
 
-    def _body_error(self, raw: bytes, parsed: Any, model: str, otherwise: str) -> UpstreamError:
+    def body_error(self, raw: bytes, parsed: Any, model: str, otherwise: str) -> UpstreamError:
         """An error body inside a 200, classified by its code and text (an in-band
         insufficient_quota is billing); `otherwise` names a body that is no error either."""
         if isinstance(parsed, dict) and "error" in parsed:
@@ -384,7 +383,7 @@ class OpenAIProvider:
         return upstream_error(FailureReason.INVALID_RESPONSE, otherwise, status=200,
                               provider=self.config.name, model=model)
 
-    def _chunk_error(self, payload: bytes, model: str) -> UpstreamError | None:
+    def chunk_error(self, payload: bytes, model: str) -> UpstreamError | None:
         """The error a stream's event carries, if any: OpenAI's {"error": {...}}, OpenRouter's
         chunk with a top-level error and finish_reason "error", vLLM's {"object": "error"};
         None when "error" was only a word in an answer (a tool's name)."""
@@ -424,7 +423,7 @@ class OpenAIProvider:
                 # a 200 with a JSON body instead of an event stream: a vendor's or a gateway's
                 # error (quota, balance), which would otherwise read as an empty stream
                 raw = await read_limited(resp)
-                raise self._body_error(raw, json_or_none(raw), model.id,
+                raise self.body_error(raw, json_or_none(raw), model.id,
                                        "200 with a JSON body instead of an event stream")
             payload = b""
             async for _event, payload in sse_events(resp, first_deadline, limits.idle,
@@ -434,7 +433,7 @@ class OpenAIProvider:
                     return
                 # anywhere in the event: OpenRouter's comes after id, object, model, provider
                 if b'"error"' in payload:
-                    error = self._chunk_error(payload, model.id)
+                    error = self.chunk_error(payload, model.id)
                     if error is not None:
                         raise error
                 yield Chunk(payload)
@@ -454,7 +453,7 @@ class OpenAIProvider:
         payload["model"] = model.name
         if payload.get("encoding_format") == "base64" and model.id in self.floats_only:
             payload["encoding_format"] = "float"  # converted back for the client
-        return self._call(self._embeddings_url, orjson.dumps(payload), limits, model.id)
+        return self.call(self._embeddings_url, orjson.dumps(payload), limits, model.id)
 
     def _base64_refused(self, body: dict[str, Any], model: ModelConfig, why: str) -> bool:
         """Whether a request for base64 vectors failed for the base64 (`why`: the upstream's
@@ -484,7 +483,7 @@ class OpenAIProvider:
             if isinstance(parsed, dict) and parsed.get("data") == [] \
                     and self._base64_refused(body, model, "an empty list of embeddings"):
                 return await self.embed(body, model, limits)
-            raise self._body_error(raw, parsed, model.id,
+            raise self.body_error(raw, parsed, model.id,
                                    "200 without the embeddings asked for")
         try:
             converted = embeddings.conform(parsed, body.get("encoding_format"))
@@ -528,7 +527,7 @@ class OpenAIProvider:
         the v1/completions endpoint"; Groq and others lack the path), which is incapable of
         the request, not a model that is gone: its breaker, which chat shares, stays as it
         is."""
-        error = await self._failure(resp, model)
+        error = await self.failure(resp, model)
         if resp.status in (404, 405):
             error.reason = FailureReason.INCAPABLE
             error.message = f"no text completions here ({resp.status}: {error.message})"
@@ -536,11 +535,11 @@ class OpenAIProvider:
 
     async def complete_text(self, body: dict[str, Any], model: ModelConfig,
                             limits: AttemptLimits) -> Completion:
-        raw = await self._call(self._completions_url, self._text_payload(body, model, False),
+        raw = await self.call(self._completions_url, self._text_payload(body, model, False),
                                limits, model.id, failure=self._text_failure)
         parsed = json_or_none(raw)
         if not completions.is_answer(parsed):
-            raise self._body_error(raw, parsed, model.id, "200 without a text completion")
+            raise self.body_error(raw, parsed, model.id, "200 without a text completion")
         return Completion(parsed, raw)
 
     def stream_text(self, body: dict[str, Any], model: ModelConfig,
@@ -549,237 +548,25 @@ class OpenAIProvider:
 
     def _open_text(self, body: dict[str, Any], model: ModelConfig, limits: AttemptLimits,
                    first_deadline: float) -> Coroutine[Any, Any, Response]:
-        return open_stream(self._client, self._completions_url,
+        return open_stream(self.client, self._completions_url,
                            data=self._text_payload(body, model, True),
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self._text_failure,
                            provider=self.config.name, model=model.id)
 
-    async def _audio_failure(self, resp: Response, model: str) -> UpstreamError:
-        """An audio call's failure: a file too large for this server (OpenAI's 25 MB 413,
-        Groq's) is no context window, and another transcription model may take it."""
-        error = await self._failure(resp, model)
-        if resp.status == 413 or error.reason is FailureReason.CONTEXT_OVERFLOW:
-            error.reason = FailureReason.INCAPABLE
-        return error
+    # ------------------------------------------------------------------ audio
 
-    async def transcribe(self, body: dict[str, Any], model: ModelConfig,
-                         limits: AttemptLimits) -> Completion:
-        form: audio.Form = body["form"]
-        data, content_type = form.encode(model.name)
-        raw = await self._call(f"{self._audio_url}/{body['task']}", data, limits, model.id,
-                               failure=self._audio_failure,
-                               headers={**self._headers, "Content-Type": content_type,
-                                        "Accept": "*/*"})
-        return self._transcript(raw, form.response_format, model.id)
+    def transcribe(self, body: dict[str, Any], model: ModelConfig,
+                   limits: AttemptLimits) -> Coroutine[Any, Any, Completion]:
+        return self._speech.transcribe(body, model, limits)
 
-    def _transcript(self, raw: bytes, fmt: str, model: str) -> Completion:
-        """A 200's transcript in the response_format `fmt`, or the failure it is."""
-        parsed = json_or_none(raw) if raw[:1] == b"{" else None
-        if isinstance(parsed, dict) and "error" in parsed:
-            # an error inside a 200 (whisper.cpp's server answers so), whatever the format
-            error = self._body_error(raw, parsed, model, "")
-            if any(m in error.message.lower() for m in audio.UNREADABLE_MARKERS):
-                # this server cannot read the file's format; another may: not its fault
-                error.reason = FailureReason.INCAPABLE
-            raise error
-        if audio.CONTENT_TYPES[fmt] != "application/json":
-            return Completion({"text": raw.decode("utf-8", "replace")}, raw)
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
-            raise self._body_error(raw, parsed, model, "200 without a transcript")
-        return Completion(parsed, raw)
+    def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
+                          limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        return self._speech.stream_transcript(body, model, limits)
 
-    async def _transcript_failure(self, resp: Response, model: str) -> UpstreamError:
-        """A streamed transcription's failure: as an audio call's, and a refusal of the
-        `stream` field (a model or server that cannot stream transcriptions) is incapable:
-        another model may stream as asked."""
-        error = await self._audio_failure(resp, model)
-        if resp.status in (400, 422) and audio.refuses_stream(error.body or b""):
-            error.reason = FailureReason.INCAPABLE
-        return error
-
-    async def stream_transcript(self, body: dict[str, Any], model: ModelConfig,
-                                limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        """OpenAI's transcription events, each passed on as it came, up to
-        transcript.text.done; an error event raised as a failure. A server that ignores
-        `stream` (whisper-1 does, as its documentation says) answers the whole transcript:
-        it goes on as one delta and the done event, the stream the client asked for."""
-        form: audio.Form = body["form"]
-        data, content_type = form.encode(model.name)
-        first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(
-            self._client, f"{self._audio_url}/transcriptions", data=data,
-            headers={**self._headers, "Content-Type": content_type,
-                     "Accept": speech.EVENT_STREAM},
-            first_deadline=first_deadline, connect=limits.connect,
-            failure=self._transcript_failure, provider=self.config.name, model=model.id)
-        clean = False
-        try:
-            media = speech.media_type(resp.headers.get("Content-Type", ""))
-            if media == speech.EVENT_STREAM:
-                reader = self._transcript_events(resp, model.id, first_deadline, limits.idle)
-            elif media in ("application/json", "text/plain"):
-                reader = self._whole_transcript(resp, form, model.id, first_deadline,
-                                                limits.idle)
-            else:
-                raise self._speech_error(await read_limited(resp), model.id,
-                                         f"200 with {media or 'no content type'} instead of "
-                                         "an event stream")
-            async with contextlib.aclosing(reader) as pieces:
-                async for piece in pieces:
-                    yield Chunk(piece)
-            clean = True
-        finally:
-            finish_stream(resp, clean)
-
-    async def _transcript_events(self, resp: Response, model: str, first_deadline: float,
-                                 idle: float) -> AsyncGenerator[bytes, None]:
-        """A 200's server-sent events, each framed again as it came."""
-        async for name, payload in sse_events(resp, first_deadline, idle, self.config.name,
-                                              model):
-            if payload == b"[DONE]":
-                return
-            if b'"error"' in payload:
-                error = self._chunk_error(payload, model)
-                if error is not None:
-                    raise error
-            yield speech.relayed(name, payload)
-            if audio.is_done(payload):
-                return
-        raise upstream_error(FailureReason.INVALID_RESPONSE,
-                             f"stream ended before {audio.DONE}", status=200,
-                             provider=self.config.name, model=model)
-
-    async def _whole_transcript(self, resp: Response, form: audio.Form, model: str,
-                                first_deadline: float,
-                                idle: float) -> AsyncGenerator[bytes, None]:
-        """A 200 with the whole transcript (the server ignored `stream`), read within the
-        stream's time limits, as a delta with all of its text and the done event."""
-        parts: list[bytes] = []
-        size = 0
-        async with contextlib.aclosing(chunks(resp, first_deadline, idle, self.config.name,
-                                              model)) as pieces:
-            async for data in pieces:
-                size += len(data)
-                if size > audio.MAX_TRANSCRIPT:
-                    raise upstream_error(FailureReason.INVALID_RESPONSE,
-                                         f"a transcript of more than {audio.MAX_TRANSCRIPT} "
-                                         "bytes", status=200, provider=self.config.name,
-                                         model=model)
-                parts.append(data)
-        answer = self._transcript(b"".join(parts), form.response_format, model)
-        text = str(answer.body["text"]).strip()
-        usage = answer.body.get("usage")
-        logprobs = answer.body.get("logprobs")
-        yield audio.delta(text)
-        # only a token count is the done event's usage (whisper-1 tells seconds of audio)
-        yield audio.done(text,
-                         usage if isinstance(usage, dict) and usage.get("type") == "tokens"
-                         else None,
-                         logprobs if isinstance(logprobs, list) else None)
-
-    async def _speech_failure(self, resp: Response, model: str) -> UpstreamError:
-        """A speech call's failure: as an audio call's, and a refusal that names
-        stream_format (a model or server without OpenAI's events) is incapable: another
-        model may stream as asked."""
-        error = await self._audio_failure(resp, model)
-        if resp.status in (400, 422) and b"stream_format" in (error.body or b""):
-            error.reason = FailureReason.INCAPABLE
-        return error
-
-    def _speech_error(self, raw: bytes, model: str, why: str) -> UpstreamError:
-        """The failure a 200 without audio (or events) is: the error inside it, FastAPI
-        servers' {"detail": ...} too, else `why`."""
-        parsed = json_or_none(raw.strip())
-        if isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed):
-            if "error" not in parsed:
-                parsed = {"error": {"message": str(parsed["detail"])}}
-            return self._body_error(orjson.dumps(parsed), parsed, model, why)
-        return upstream_error(FailureReason.INVALID_RESPONSE, why, status=200,
-                              provider=self.config.name, model=model)
-
-    async def speak(self, body: dict[str, Any], model: ModelConfig,
-                    limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        events = speech.wants_events(body)
-        first_deadline = asyncio.get_running_loop().time() + limits.first_token
-        resp = await open_stream(
-            self._client, f"{self._audio_url}/speech",
-            data=orjson.dumps(speech.for_model(body, model)),
-            headers={**self._headers, "Accept": speech.EVENT_STREAM if events else "*/*"},
-            first_deadline=first_deadline, connect=limits.connect,
-            failure=self._speech_failure, provider=self.config.name, model=model.id)
-        reader = self._speech_events if events else self._audio
-        clean = False
-        try:
-            size = 0
-            async with contextlib.aclosing(reader(resp, body, model.id, first_deadline,
-                                                  limits.idle)) as pieces:
-                async for piece in pieces:
-                    size += len(piece)
-                    if size > speech.MAX_AUDIO:
-                        raise upstream_error(
-                            FailureReason.INVALID_RESPONSE,
-                            f"more than {speech.MAX_AUDIO} bytes of audio", status=200,
-                            provider=self.config.name, model=model.id)
-                    yield Chunk(piece)
-            clean = True
-        finally:
-            finish_stream(resp, clean)
-
-    async def _audio(self, resp: Response, body: dict[str, Any], model: str,
-                     first_deadline: float, idle: float) -> AsyncGenerator[bytes, None]:
-        """A 200's audio as it comes, once its first bytes are audio for certain: what may
-        be an error body instead (JSON, HTML) is read whole first, at most MAX_ERROR_BODY."""
-        media = speech.media_type(resp.headers.get("Content-Type", ""))
-        if speech.textual(media):
-            raise self._speech_error(await read_limited(resp), model,
-                                     f"200 with {media} instead of audio")
-        async with contextlib.aclosing(chunks(resp, first_deadline, idle, self.config.name,
-                                              model)) as pieces:
-            head = b""
-            whole = True
-            async for data in pieces:
-                head += data
-                if len(head) >= MAX_ERROR_BODY or (
-                        len(head) >= speech.HEAD and not speech.may_be_text(head, body)):
-                    whole = False
-                    break
-            why = speech.not_audio(head, body, whole=whole)
-            if why is not None:
-                raise self._speech_error(head, model, why)
-            yield head
-            async for data in pieces:
-                yield data
-
-    async def _speech_events(self, resp: Response, body: dict[str, Any], model: str,
-                             first_deadline: float,
-                             idle: float) -> AsyncGenerator[bytes, None]:
-        """A 200's server-sent events (stream_format "sse"), each framed again as it came,
-        up to speech.audio.done; an error event raised as a failure. A server that answers
-        anything but events (raw audio: it ignored stream_format) cannot stream as asked."""
-        media = speech.media_type(resp.headers.get("Content-Type", ""))
-        if media != speech.EVENT_STREAM:
-            if speech.textual(media):
-                raise self._speech_error(await read_limited(resp), model,
-                                         f"200 with {media} instead of an event stream")
-            raise upstream_error(FailureReason.INCAPABLE,
-                                 f"answered {media or 'no content type'} to stream_format "
-                                 "sse: no server-sent events", status=200,
-                                 provider=self.config.name, model=model)
-        async for name, payload in sse_events(resp, first_deadline, idle, self.config.name,
-                                              model):
-            if payload == b"[DONE]":
-                return
-            if b'"error"' in payload:
-                error = self._chunk_error(payload, model)
-                if error is not None:
-                    raise error
-            yield speech.relayed(name, payload)
-            if speech.is_done(payload):
-                return
-        raise upstream_error(FailureReason.INVALID_RESPONSE,
-                             f"stream ended before {speech.DONE}", status=200,
-                             provider=self.config.name, model=model)
+    def speak(self, body: dict[str, Any], model: ModelConfig,
+              limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        return self._speech.speak(body, model, limits)
 
     def default_output(self, model: ModelConfig) -> int | None:
         return None  # the upstream's own limit applies
@@ -789,8 +576,8 @@ class OpenAIProvider:
         if kind == "none":
             return
         if kind == "models":
-            await probe_get(self._client, self._models_url, headers=self._headers, timeout=timeout,
-                            config=self.config, failure=self._failure, model=model.id)
+            await probe_get(self.client, self._models_url, headers=self.headers, timeout=timeout,
+                            config=self.config, failure=self.failure, model=model.id)
             return
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "ping"}]}
         if "reasoning" in model.capabilities:
