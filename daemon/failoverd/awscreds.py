@@ -30,8 +30,8 @@ request; the file is looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
 apply without a restart. Temporary credentials (a container's or the instance's) are fetched
 on first use and again `REFRESH_AHEAD` seconds before they expire, by one call that
-concurrent requests share (`RefreshingCredentials`); when that fails the old ones serve until
-they expire.
+concurrent requests share (`RefreshingCredentials`, one per source, kept across reloads);
+when that fails the old ones serve until they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
 into an ``auth`` failure of the call: it never travels further in.
@@ -44,6 +44,7 @@ import configparser
 import ipaddress
 import logging
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,7 +55,7 @@ from failoverd.http1.client import Target
 
 __all__ = ["AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
            "ContainerEndpoint", "CredentialSource", "InstanceMetadata", "RefreshingCredentials",
-           "SharedFile", "choose_source", "open_source", "read_profile"]
+           "SharedFile", "bare", "choose_source", "open_source", "read_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,16 @@ def control(value: str) -> bool:
     return any(c < " " or c == "\x7f" for c in value)
 
 
+def bare(url: str) -> str:
+    """The URL as errors and logs show it: without its userinfo and its query, either of
+    which may carry a secret. By position (all between "//" and the last "@"), so a malformed
+    URL shows neither."""
+    start, at = url.find("//"), url.rfind("@")
+    if at >= 0:
+        url = url[:start + 2] + url[at + 1:] if 0 <= start < at else url[at + 1:]
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
 def _from_env(env: Mapping[str, str]) -> AwsCredentials | None:
     """The environment's credentials; None when neither key is set."""
     key_id, secret, token = (env.get(name, "").strip() for name in ENV_KEYS)
@@ -154,7 +165,7 @@ def credentials_file(env: Mapping[str, str]) -> str:
 def _parse(path: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM from a Windows editor is no text
             parser.read_file(f, source=path)
     except FileNotFoundError:
         raise AwsCredentialsError(f"{path} does not exist") from None
@@ -243,12 +254,17 @@ def _instance(env: Mapping[str, str]) -> InstanceMetadata:
     endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
     if not endpoint:
         return InstanceMetadata()
-    try:
-        Target(endpoint)
-    except ValueError as exc:
-        raise AwsConfigError("environment variable AWS_EC2_METADATA_SERVICE_ENDPOINT is not a "
-                             f"usable URL: {exc}") from None
+    _target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
     return InstanceMetadata(endpoint)
+
+
+def _target(name: str, url: str) -> Target:
+    try:
+        return Target(url)
+    except ValueError:
+        # not the ValueError's text: it quotes the whole URL, a password in it too
+        raise AwsConfigError(f"environment variable {name} is not a usable URL (http:// or "
+                             f"https://, a host, a port up to 65535): {bare(url)!r}") from None
 
 
 def _container(env: Mapping[str, str]) -> ContainerEndpoint:
@@ -259,10 +275,7 @@ def _container(env: Mapping[str, str]) -> ContainerEndpoint:
     else:
         url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()
         name = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-    try:
-        tgt = Target(url)
-    except ValueError as exc:
-        raise AwsConfigError(f"environment variable {name} is not a usable URL: {exc}") from None
+    tgt = _target(name, url)
     if not tgt.tls and not _local(tgt.host):
         raise AwsConfigError(f"environment variable {name} names {tgt.host} over plain http: "
                              "only https, a loopback address or "
@@ -360,8 +373,10 @@ class RefreshingCredentials:
     One fetch at a time: calls that find one under way while the current credentials still
     serve use those without waiting; others wait for it and share its outcome. A failed
     refresh keeps the current credentials until they expire (with a warning) and is tried
-    again after `RETRY_KEEPING` seconds; with none to serve, calls fail with the last error
-    for `RETRY_WITHOUT` seconds before the endpoint is asked again.
+    again after `RETRY_KEEPING` seconds, or when they expired if that is sooner; with none to
+    serve, calls fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is
+    asked again. Those pauses are on `clock`'s monotonic time: a wall clock set back must not
+    stretch them.
     """
 
     def __init__(self, fetch: Callable[[], Awaitable[AwsCredentials]], clock: Clock,
@@ -371,21 +386,22 @@ class RefreshingCredentials:
         self._what = what
         self._lock = asyncio.Lock()
         self._credentials: AwsCredentials | None = None
-        self._next_try = 0.0  # wall time before which the endpoint is not asked again
+        self._next_try = 0.0  # monotonic time before which the endpoint is not asked again
         self._error = ""
 
-    def _serving(self, now: float) -> AwsCredentials | None:
-        """The current credentials when they need no fetch now."""
+    def _serving(self, now: float, mono: float) -> AwsCredentials | None:
+        """The current credentials when they need no fetch now (`now` wall time, `mono`
+        monotonic)."""
         creds = self._credentials
         if creds is None or creds.expires is None or now >= creds.expires:
             return None
-        if now < creds.expires - REFRESH_AHEAD or now < self._next_try:
+        if now < creds.expires - REFRESH_AHEAD or mono < self._next_try:
             return creds
         return None
 
     async def get(self) -> AwsCredentials:
         now = self._clock.time()
-        creds = self._serving(now)
+        creds = self._serving(now, self._clock.monotonic())
         if creds is not None:
             return creds
         current = self._credentials
@@ -396,11 +412,11 @@ class RefreshingCredentials:
             return await self._refresh()
 
     async def _refresh(self) -> AwsCredentials:
-        now = self._clock.time()
-        creds = self._serving(now)
+        now, mono = self._clock.time(), self._clock.monotonic()
+        creds = self._serving(now, mono)
         if creds is not None:
             return creds  # fetched while this call waited
-        if now < self._next_try and self._error:
+        if mono < self._next_try and self._error:
             raise AwsCredentialsError(self._error)  # failed moments ago: not asked again yet
         old = self._credentials
         usable = old is not None and old.expires is not None and now < old.expires
@@ -412,12 +428,13 @@ class RefreshingCredentials:
         except AwsCredentialsError as exc:
             self._error = str(exc)
             if usable and old is not None and old.expires is not None:
-                self._next_try = now + RETRY_KEEPING
+                # once they expired, the endpoint is asked again at once
+                self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
                 logger.warning("AWS credentials: refreshing from %s failed: %s; the current "
                                "ones serve until they expire in %.0f s", self._what, exc,
                                old.expires - now)
                 return old
-            self._next_try = now + RETRY_WITHOUT
+            self._next_try = mono + RETRY_WITHOUT
             logger.warning("AWS credentials: %s", exc)
             raise
         if old is None:
@@ -425,33 +442,51 @@ class RefreshingCredentials:
                         fresh.access_key_id)
         self._credentials, self._error = fresh, ""
         # credentials that come close to their expiry are not fetched again at every call
-        self._next_try = now + RETRY_KEEPING
+        self._next_try = mono + RETRY_KEEPING
         return fresh
+
+
+# temporary credentials by client, source and clock: a reload builds its providers anew with
+# the daemon's one client, and they go on with the credentials (and any fetch under way) of
+# the ones they replace; providers sharing a source share its fetches
+_refreshing: weakref.WeakKeyDictionary[
+    HttpClient, dict[tuple[ContainerEndpoint | InstanceMetadata, Clock | None],
+                     RefreshingCredentials]] = weakref.WeakKeyDictionary()
 
 
 def open_source(source: AwsSource, *, client: HttpClient,
                 clock: Clock | None = None) -> CredentialSource:
     """The run-time side of a configured source; `client` calls the credential endpoints
-    (directly: they are local to the host)."""
-    clock = clock or SystemClock()
+    (directly: they are local to the host). A container's or the instance's credentials are
+    one `RefreshingCredentials` per client, source and clock."""
     if isinstance(source, AwsCredentials):
         return StaticCredentials(source)
     if isinstance(source, SharedFile):
-        return SharedFileCredentials(source, clock)
+        return SharedFileCredentials(source, clock or SystemClock())
+    known = _refreshing.setdefault(client, {})
+    shared = known.get((source, clock))
+    if shared is None:
+        shared = known[source, clock] = _refreshing_source(source, client,
+                                                           clock or SystemClock())
+    return shared
+
+
+def _refreshing_source(source: ContainerEndpoint | InstanceMetadata, client: HttpClient,
+                       clock: Clock) -> RefreshingCredentials:
     from failoverd import awsmetadata  # the HTTP side, which needs this module's types
 
-    if isinstance(source, ContainerEndpoint):
-        endpoint = source
+    # weakly: `_refreshing` holds this by the client, which must not keep itself alive
+    client_ref = weakref.ref(client)
 
-        async def container() -> AwsCredentials:
-            return await awsmetadata.fetch_container(client, endpoint)
+    async def fetch() -> AwsCredentials:
+        current = client_ref()
+        if current is None:  # pragma: no cover - the daemon's client outlives its providers
+            raise AwsCredentialsError("the HTTP client is closed")
+        if isinstance(source, ContainerEndpoint):
+            return await awsmetadata.fetch_container(current, source)
+        return await awsmetadata.fetch_instance(current, source)
 
-        return RefreshingCredentials(container, clock, "the container credentials endpoint "
-                                     f"{awsmetadata.bare(source.url)}")
-    instance = source
-
-    async def role() -> AwsCredentials:
-        return await awsmetadata.fetch_instance(client, instance)
-
-    return RefreshingCredentials(role, clock, f"the instance metadata service at "
-                                 f"{source.endpoint}")
+    what = (f"the container credentials endpoint {bare(source.url)}"
+            if isinstance(source, ContainerEndpoint)
+            else f"the instance metadata service at {bare(source.endpoint)}")
+    return RefreshingCredentials(fetch, clock, what)

@@ -16,9 +16,8 @@ Formats, as AWS documents them and botocore speaks them:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 
@@ -27,6 +26,7 @@ from failoverd.awscreds import (
     AwsCredentialsError,
     ContainerEndpoint,
     InstanceMetadata,
+    bare,
     control,
 )
 from failoverd.http1 import HttpClient, HttpClientError
@@ -38,6 +38,10 @@ CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore'
 IMDS_TIMEOUT = 1.0  # per call to the instance metadata service: a host without one fails fast
 IMDS_TOKEN_TTL = "21600"  # noqa: S105 - seconds a session token lives, the most IMDS grants
 _ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
+# credentials are about a kilobyte, an EKS token file about as much: anything far longer is a
+# wrong URL or file, not read whole
+MAX_ANSWER = 64 * 1024
+MAX_TOKEN = 16 * 1024
 
 
 async def _call(client: HttpClient, method: str, url: str, headers: dict[str, str],
@@ -48,7 +52,7 @@ async def _call(client: HttpClient, method: str, url: str, headers: dict[str, st
         with timeout(seconds):
             resp = await client.request(method, url, headers=headers, data=data,
                                         connect_timeout=seconds)
-            body = await resp.read()
+            body = await resp.read_upto(MAX_ANSWER + 1)
     except BaseException as exc:
         if resp is not None:
             resp.close()
@@ -57,6 +61,11 @@ async def _call(client: HttpClient, method: str, url: str, headers: dict[str, st
         if isinstance(exc, HttpClientError | OSError):
             raise AwsCredentialsError(f"{bare(url)}: {exc}") from None
         raise
+    if len(body) > MAX_ANSWER:
+        resp.close()
+        raise AwsCredentialsError(f"{bare(url)}: the answer is too long (over "
+                                  f"{MAX_ANSWER // 1024} KiB)")
+    resp.release()
     return resp.status, body
 
 
@@ -118,29 +127,26 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
 def _read_token(path: str) -> str:
     """The container's authorization token from its file (a few hundred bytes)."""
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN + 1)
+        token = raw.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise AwsCredentialsError(
             f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} cannot be read: "
             f"{getattr(exc, 'strerror', None) or exc}") from None
+    if len(raw) > MAX_TOKEN:
+        raise AwsCredentialsError(f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} is too long "
+                                  f"for a token (over {MAX_TOKEN // 1024} KiB)")
     if control(token):
         raise AwsCredentialsError(f"{path} holds a line break or another control character")
     return token
-
-
-def bare(url: str) -> str:
-    """The URL without its query (which may carry an identifier)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 
 
 async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCredentials:
     """The instance role's credentials: an IMDSv2 session token, the role's name, its
     credentials."""
     base = source.endpoint.rstrip("/")
-    where = f"the instance metadata service at {base}"
+    where = f"the instance metadata service at {bare(base)}"
     try:
         status, body = await _call(client, "PUT", f"{base}/latest/api/token",
                                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},

@@ -1,0 +1,322 @@
+"""Adversarial review of the AWS credential chain (awscreds.py, awsmetadata.py): secrets kept
+out of logs, errors and /v1/status; bounded reads of the endpoints' answers and the token file;
+the refresh's pauses against the old credentials' expiry and a wall clock that steps back;
+credentials outliving a reload; the credentials file's BOM and an atomically swapped symlink;
+a stop with a fetch in flight. Every endpoint is a real aiohttp fake on 127.0.0.1, never the
+instance metadata service's real address."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from failoverd.awscreds import (
+    AwsConfigError,
+    AwsCredentialsError,
+    ContainerEndpoint,
+    InstanceMetadata,
+    SharedFile,
+    SharedFileCredentials,
+    choose_source,
+    open_source,
+    read_profile,
+)
+from failoverd.clock import ManualClock
+from failoverd.http1 import HttpClient
+from tests.fakes.awsmeta import FakeMetadata, fake_metadata, iso
+from tests.fakes.base import serve_app
+from tests.fakes.bedrock import FakeBedrock, fake_bedrock
+from tests.test_awscreds import write_profiles
+from tests.test_bedrock_e2e import daemon_config
+from tests.test_provider_bedrock import HELLO
+
+__all__ = ["fake_bedrock", "fake_metadata"]  # the fixtures
+
+NO_IMDS = {"AWS_EC2_METADATA_DISABLED": "true"}
+PASSWORD = "hunter2-userinfo-password"  # noqa: S105 - a URL's userinfo in the tests
+
+
+def container(url: str, clock: Any, client: HttpClient, token: str = "") -> Any:
+    return open_source(ContainerEndpoint(url, token), client=client, clock=clock)
+
+
+# ------------------------------------------------------------------ the refresh's pauses
+
+
+async def test_a_failed_refresh_does_not_pause_asking_past_the_old_ones_expiry(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    """A refresh fails 10 s before the current credentials expire: they serve on, and the
+    next try is due in a minute. Once they expired the endpoint must be asked again (the
+    README: at most every 5 s), not refused for the rest of that minute."""
+    clock = ManualClock(wall=float(int(time.time())))
+    t0 = clock.time()
+    fake = await fake_metadata()
+    fake.rotate(1, t0 + 3600)
+    source = container(f"{fake.url}/creds", clock, http_client, fake.auth_token)
+    await source.get()
+    fake.fail = 500
+    clock.advance(3600 - 10)
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0001"  # the old ones
+    assert len(fake.calls) == 2
+    fake.fail, _ = 0, fake.rotate(2, t0 + 7200)
+    clock.advance(15)  # expired 5 s ago; the endpoint answers again
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0002"
+    assert len(fake.calls) == 3
+
+
+class SteppingClock:
+    """A clock whose wall time can step back (an NTP correction), its monotonic time not."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = float(int(time.time()))
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+async def test_a_wall_clock_stepping_back_does_not_stretch_the_fail_fast_pause(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    """The pause after a failed fetch is 5 s of elapsed time: a wall clock set back an hour
+    meanwhile must not make every call fail for an hour without asking the endpoint."""
+    clock = SteppingClock()
+    fake = await fake_metadata(fail=500)
+    source = container(f"{fake.url}/creds", clock, http_client, fake.auth_token)
+    with pytest.raises(AwsCredentialsError, match="HTTP 500"):
+        await source.get()
+    clock.wall -= 3600
+    clock.advance(6)
+    fake.fail, _ = 0, fake.rotate(2, clock.wall + 3600)
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0002"
+
+
+# ------------------------------------------------------------------ secrets
+
+
+async def test_a_url_userinfo_never_shows_in_errors_or_logs(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full URI or an IMDS endpoint with ``user:password@``: the client never sends it, and
+    no error, log line or configuration problem may show it."""
+    fake = await fake_metadata()
+    host = fake.url.removeprefix("http://")
+    clock = ManualClock(wall=float(int(time.time())))
+    texts: list[str] = []
+    with caplog.at_level(logging.INFO, logger="failoverd"):
+        source = container(f"http://user:{PASSWORD}@{host}/creds", clock, http_client,
+                           fake.auth_token)
+        await source.get()  # the first fetch is logged with the endpoint
+        fake.fail = 500
+        source = container(f"http://user:{PASSWORD}@{host}/creds?again", clock, http_client,
+                           fake.auth_token)
+        with pytest.raises(AwsCredentialsError) as err:
+            await source.get()
+        texts.append(str(err.value))
+        imds = open_source(InstanceMetadata(f"http://user:{PASSWORD}@127.0.0.1:1"),
+                           client=http_client, clock=clock)
+        with pytest.raises(AwsCredentialsError) as err:
+            await imds.get()
+        texts.append(str(err.value))
+    for env in ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"ftp://user:{PASSWORD}@127.0.0.1/x"},
+                {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://user:{PASSWORD}@10.0.0.1/x"},
+                {"AWS_EC2_METADATA_SERVICE_ENDPOINT": f"ftp://user:{PASSWORD}@127.0.0.1"}):
+        with pytest.raises(AwsConfigError) as config_err:
+            choose_source(env)
+        texts.append(str(config_err.value))
+    texts.append(caplog.text)
+    assert len(texts) == 6
+    for text in texts:
+        assert PASSWORD not in text, text
+
+
+async def test_no_secret_in_logs_or_status_through_a_failing_refresh(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon signs with a container's credentials, then the endpoint refuses: the secret
+    key, the session token and the endpoint's authorization token are never in a log line or
+    in /v1/status."""
+    meta = await fake_metadata()
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{meta.url}/creds",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": meta.auth_token}
+    with caplog.at_level(logging.DEBUG):
+        d = await start_daemon(daemon_config(fake, backup.url), env=env)
+        raw = await d.openai.chat.completions.with_raw_response.create(
+            model="default", messages=HELLO["messages"])
+        assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+        # credentials Bedrock no longer takes, and an endpoint that refuses new ones
+        secret, token = meta.secret_key, meta.session_token
+        meta.auth_token = "rotated-by-the-agent"
+        fake.secret_key = "another/secret"
+        raw = await d.openai.chat.completions.with_raw_response.create(
+            model="default", messages=HELLO["messages"])
+        assert raw.headers["x-failoverd-model"] == "backup/gpt"
+        status = (await d.http.get("/v1/status")).text
+    for text in (caplog.text, status):
+        for secret_text in (secret, token, env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]):
+            assert secret_text not in text
+
+
+# ------------------------------------------------------------------ bounded reads
+
+
+async def _serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[
+        web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_get("/creds", handler)
+    runner, port = await serve_app(app)
+    return runner, f"http://127.0.0.1:{port}/creds"
+
+
+async def test_an_endpoints_answer_is_read_up_to_a_bound(http_client: HttpClient) -> None:
+    """Credentials are about a kilobyte: an endpoint answering megabytes (a wrong URL, a
+    broken agent) is refused, not buffered and parsed whole."""
+    creds = {"AccessKeyId": "ASIAHUGE", "SecretAccessKey": "s", "Token": "t",
+             "Expiration": iso(time.time() + 3600)}
+    body = orjson.dumps(creds)[:-1] + b" " * (4 << 20) + b"}"
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    runner, url = await _serve(huge)
+    try:
+        source = container(url, ManualClock(wall=time.time()), http_client)
+        with pytest.raises(AwsCredentialsError, match="too long"):
+            await source.get()
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_token_file_is_read_up_to_a_bound(
+        tmp_path: Path, fake_metadata: Callable[..., Awaitable[FakeMetadata]],
+        http_client: HttpClient) -> None:
+    """AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE naming a wrong, large file: refused before any
+    call, never read whole into a header."""
+    fake = await fake_metadata()
+    path = tmp_path / "token"
+    path.write_bytes(b"x" * (1 << 20))
+    source = open_source(ContainerEndpoint(f"{fake.url}/creds", "", str(path)),
+                         client=http_client, clock=ManualClock(wall=time.time()))
+    with pytest.raises(AwsCredentialsError, match="too long"):
+        await source.get()
+    assert fake.calls == []
+
+
+# ------------------------------------------------------------------ the credentials file
+
+
+def test_a_credentials_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Windows editors write a BOM: the file's first line is still its first section."""
+    path = tmp_path / "credentials"
+    path.write_bytes(b"\xef\xbb\xbf[default]\naws_access_key_id = AKIABOM\n"
+                     b"aws_secret_access_key = s\n")
+    assert choose_source({"AWS_SHARED_CREDENTIALS_FILE": str(path), **NO_IMDS}) == \
+        SharedFile(str(path), "default")
+    assert read_profile(str(path), "default").access_key_id == "AKIABOM"
+
+
+async def test_a_symlinked_file_swapped_atomically_is_read_again(tmp_path: Path) -> None:
+    """Kubernetes' secret volumes: ``credentials -> ..data/credentials`` and ``..data``
+    swapped to a new directory by rename: the new file is read at the next look."""
+    for n in (1, 2):
+        (tmp_path / f"v{n}").mkdir()
+        write_profiles(tmp_path / f"v{n}" / "credentials", default=(f"AKIAV{n}", "s", ""))
+    (tmp_path / "..data").symlink_to("v1")
+    (tmp_path / "credentials").symlink_to("..data/credentials")
+    clock = ManualClock()
+    source = SharedFileCredentials(SharedFile(str(tmp_path / "credentials"), "default"), clock)
+    assert (await source.get()).access_key_id == "AKIAV1"
+    (tmp_path / "..data_tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    clock.advance(5)
+    assert (await source.get()).access_key_id == "AKIAV2"
+
+
+# ------------------------------------------------------------------ reload and stop
+
+
+def _instance_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str) -> None:
+    """The process's environment as a reload reads it: the instance role only."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", url)
+
+
+async def test_a_reload_keeps_the_temporary_credentials_it_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """The instance role's credentials are good for hours; the metadata service then has a
+    bad moment, and a reload (any configuration change) comes in. The rebuilt provider must
+    sign with the credentials still valid, as a failed refresh would, not fail every call as
+    ``auth`` until the service is back."""
+    meta = await fake_metadata()
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    _instance_env(monkeypatch, tmp_path, meta.url)
+    d = await start_daemon(daemon_config(fake, backup.url), env=dict(os.environ))
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    calls = len(meta.calls)
+    meta.fail = 503
+    assert d.sup.reload()
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert len(meta.calls) == calls  # nothing to fetch: they are valid for hours
+
+
+async def test_the_daemon_stops_with_a_fetch_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """A container endpoint that never answers while the daemon is told to stop: the stop
+    ends in bounded time and no task is left behind."""
+    meta = await fake_metadata(hang=True)
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{meta.url}/creds",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": meta.auth_token}
+    d = await start_daemon(daemon_config(fake, backup.url), env=env)
+    before = asyncio.all_tasks()
+    request = asyncio.create_task(d.openai.chat.completions.create(
+        model="default", messages=HELLO["messages"]))
+    for _ in range(200):
+        if meta.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert meta.calls == [("GET", "/creds")]
+    started = time.monotonic()
+    await d.stop()
+    assert time.monotonic() - started < 3
+    await asyncio.wait({request}, timeout=3)
+    assert request.done()
+    request.exception() if not request.cancelled() else None  # retrieved, whatever it was
+    left = {t for t in asyncio.all_tasks() - before if not t.done()
+            and t is not asyncio.current_task()}
+    assert not any("failoverd" in repr(t.get_coro()) for t in left), left
