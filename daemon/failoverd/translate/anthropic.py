@@ -95,11 +95,11 @@ Decisions, so every translator and operator can rely on them:
 from __future__ import annotations
 
 from failoverd.failures import FailureReason
+from failoverd.translate.anthropic_common import EFFORT_BUDGET
 from failoverd.translate.anthropic_front import anthropic_to_canonical, effort_for_budget
 from failoverd.translate.anthropic_request import (
     ANTHROPIC_IMAGE_TYPES,
     DEFAULT_MAX_TOKENS,
-    EFFORT_BUDGET,
     canonical_to_anthropic,
 )
 from failoverd.translate.anthropic_response import (

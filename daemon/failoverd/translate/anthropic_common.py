@@ -9,6 +9,10 @@ from typing import Any
 
 from failoverd.errors import RequestError, TranslationError
 
+# reasoning_effort -> Claude's thinking budget, and the least budget Claude takes
+EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+MIN_THINKING_BUDGET = 1024
+
 # canonical finish_reason -> Anthropic stop_reason, and back
 STOP_REASONS = {
     "stop": "end_turn",
@@ -167,3 +171,29 @@ def in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
     queues = {"t": iter(thinking), "u": iter(calls),
               "x": iter([{"type": "text", "text": t} for t in texts])}
     return [next(queues[kind]) for kind in kinds]
+
+
+def thinking_budget(effort: Any, max_tokens: int) -> int | None:
+    """The thinking budget a ``reasoning_effort`` asks for (Anthropic's and Bedrock's Claude):
+    EFFORT_BUDGET's, cut to leave a token of answer; None for no thinking ("none", or a budget
+    below the least Claude takes)."""
+    if effort is None or effort == "none":
+        return None
+    budget = EFFORT_BUDGET.get(str(effort))
+    if budget is None:
+        raise TranslationError(f"reasoning_effort: unknown value {effort!r}",
+                               param="reasoning_effort")
+    budget = min(budget, max_tokens - 1)
+    return None if budget < MIN_THINKING_BUDGET else budget
+
+
+def turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
+    (the parts go out as one text block)."""
+    cache = message.get("cache_control")
+    content = message.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
+                cache = part["cache_control"]
+    return cache if isinstance(cache, dict) else None

@@ -16,6 +16,8 @@ from failoverd.translate.anthropic_common import (
     as_list,
     in_order,
     text_of_blocks,
+    thinking_budget,
+    turn_cache,
 )
 from failoverd.translate.anthropic_response import signed_blocks
 from failoverd.translate.images import (
@@ -30,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
-MIN_THINKING_BUDGET = 1024
 _THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 # canonical keys translated below or dropped as hints (see the decisions)
@@ -142,14 +142,8 @@ def _output_format(fmt: Any) -> dict[str, Any] | None:
 
 def _thinking(effort: Any, max_tokens: int, messages: list[dict[str, Any]]
               ) -> dict[str, Any] | None:
-    if effort is None or effort == "none":
-        return None
-    budget = EFFORT_BUDGET.get(str(effort))
+    budget = thinking_budget(effort, max_tokens)
     if budget is None:
-        raise TranslationError(f"reasoning_effort: unknown value {effort!r}",
-                               param="reasoning_effort")
-    budget = min(budget, max_tokens - 1)
-    if budget < MIN_THINKING_BUDGET:
         return None
     last_assistant = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
     if last_assistant is not None and messages[-1]["role"] == "user" and any(
@@ -321,7 +315,7 @@ def _anthropic_assistant_content(message: dict[str, Any], path: str,
         if text.strip():  # whitespace alone is refused (see _anthropic_user_content)
             blocks.append({"type": "text", "text": text})
         blocks.extend(calls)
-    cache = _turn_cache(message)
+    cache = turn_cache(message)
     if cache is not None and blocks:
         # a breakpoint on the message marks its (last) text block, or, with no text, its last
         # block (never a thinking block, which takes none)
@@ -340,18 +334,6 @@ def _in_order(order: Any, thinking: list[dict[str, Any]], content: Any,
     if blocks is None:
         return None
     return [b for b in blocks if b["type"] != "text" or str(b["text"]).strip()]
-
-
-def _turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
-    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
-    (the parts go out as one text block)."""
-    cache = message.get("cache_control")
-    content = message.get("content")
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
-                cache = part["cache_control"]
-    return cache if isinstance(cache, dict) else None
 
 
 def _anthropic_tool(tool: Any, path: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ import orjson
 
 from failoverd.errors import RequestError, TranslationError
 from failoverd.translate import bedrock_reasoning as reasoning
-from failoverd.translate.anthropic_common import in_order
+from failoverd.translate.anthropic_common import in_order, turn_cache
 from failoverd.translate.anthropic_response import canonical_usage
 from failoverd.translate.bedrock_cache import (
     MARK,
@@ -77,7 +77,6 @@ from failoverd.translate.bedrock_cache import (
     mark,
     mark_last,
     place,
-    turn_cache,
     unmark,
 )
 from failoverd.translate.images import image_part_url, is_data_url, is_http_url, parse_data_url

@@ -78,18 +78,6 @@ def mark_last(blocks: list[dict[str, Any]], source: Any) -> list[dict[str, Any]]
     return blocks
 
 
-def turn_cache(message: dict[str, Any]) -> dict[str, Any] | None:
-    """The breakpoint of an assistant turn's text: the message's own, or one on a text part
-    (the parts go out as one text block)."""
-    cache = message.get("cache_control")
-    content = message.get("content")
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
-                cache = part["cache_control"]
-    return cache if isinstance(cache, dict) else None
-
-
 def unmark(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Takes the breakpoints off blocks that go inside another (a tool result's content):
     the last one, which the containing block then carries, or None."""

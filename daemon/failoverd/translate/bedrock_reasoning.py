@@ -42,13 +42,8 @@ import binascii
 import re
 from typing import Any
 
-from failoverd.errors import TranslationError
-from failoverd.translate.anthropic_common import interleaved
-from failoverd.translate.anthropic_request import (
-    DEFAULT_MAX_TOKENS,
-    EFFORT_BUDGET,
-    MIN_THINKING_BUDGET,
-)
+from failoverd.translate.anthropic_common import interleaved, thinking_budget
+from failoverd.translate.anthropic_request import DEFAULT_MAX_TOKENS
 from failoverd.translate.anthropic_response import signed_blocks
 from failoverd.translate.bedrock_cache import claude_version
 
@@ -65,14 +60,10 @@ def thinks(model: str) -> bool:
 def thinking(effort: Any, max_tokens: int, turns: list[dict[str, Any]], forced: bool
              ) -> dict[str, Any] | None:
     """The ``thinking`` field for a request to a model that thinks, or None to go without."""
-    if effort is None or effort == "none" or forced or turns[-1]["role"] == "assistant":
+    if forced or turns[-1]["role"] == "assistant":
         return None  # Claude thinks neither with a forced call nor after a prefill
-    budget = EFFORT_BUDGET.get(str(effort))
+    budget = thinking_budget(effort, max_tokens)
     if budget is None:
-        raise TranslationError(f"reasoning_effort: unknown value {effort!r}",
-                               param="reasoning_effort")
-    budget = min(budget, max_tokens - 1)
-    if budget < MIN_THINKING_BUDGET:
         return None
     last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
     if last is not None and turns[-1]["role"] == "user" \
