@@ -320,3 +320,160 @@ async def test_the_daemon_stops_with_a_fetch_in_flight(
     left = {t for t in asyncio.all_tasks() - before if not t.done()
             and t is not asyncio.current_task()}
     assert not any("failoverd" in repr(t.get_coro()) for t in left), left
+
+
+# ------------------------------------------------------------------ more of the same review
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("http://127.0.0.2:8080/creds", True),
+    ("http://[::1]/creds", True),
+    ("http://[0:0:0:0:0:0:0:1]/creds", True),
+    ("http://localhost/creds", True),  # as botocore: the hosts file's, never DNS's
+    ("http://[FD00:EC2::23]/creds", True),  # the host is compared lower-cased
+    ("https://creds.example.com/get", True),  # TLS: any host, as the Java and JS SDKs
+    # what a parser differential would smuggle past a check: the check and the client use
+    # the same Target, so the host checked is the host called
+    ("http://127.0.0.1:80@evil.example/creds", False),
+    ("http://127.0.0.1\\@evil.example/creds", False),
+    ("http://evil.example#@127.0.0.1/creds", False),
+    ("http://127.0.0.1.nip.io/creds", False),
+    ("http://2130706433/creds", False),  # 127.0.0.1 as a number: refused, not resolved
+    ("http://127.1/creds", False),
+    ("http://0.0.0.0/creds", False),
+    ("http://169.254.169.254/latest/meta-data/", False),
+    ("http://[::ffff:169.254.170.2]/creds", False),
+    ("http://localhost./creds", False),
+])
+def test_the_full_uri_allow_list(url: str, allowed: bool) -> None:
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": url, **NO_IMDS}
+    if allowed:
+        assert choose_source(env) == ContainerEndpoint(url)
+    else:
+        with pytest.raises(AwsConfigError, match="over plain http"):
+            choose_source(env)
+
+
+def test_a_relative_uri_stays_on_the_ecs_agent() -> None:
+    """botocore glues the relative URI to ``http://169.254.170.2``: ``@evil.example/x`` would
+    make evil.example the host; a missing leading slash is added here instead."""
+    for relative in ("@evil.example/x", "//evil.example/x", ":80@evil.example/x"):
+        source = choose_source({"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": relative})
+        assert isinstance(source, ContainerEndpoint)
+        assert source.url.startswith("http://169.254.170.2/"), source.url
+
+
+async def test_a_redirect_is_not_followed_with_the_token(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    elsewhere = await fake_metadata()
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"{elsewhere.url}/creds")
+
+    runner, url = await _serve(redirect)
+    try:
+        source = container(url, ManualClock(wall=time.time()), http_client, "the-token")
+        with pytest.raises(AwsCredentialsError, match="refused: HTTP 302"):
+            await source.get()
+    finally:
+        await runner.cleanup()
+    assert elsewhere.calls == []
+
+
+async def test_an_error_answer_echoing_the_token_does_not_carry_it_on(
+        tmp_path: Path, http_client: HttpClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Servers and proxies echo a bad request's headers in their error text; the
+    authorization token (from the variable or the file) must not reach the error, the log
+    or /v1/status through it."""
+    token = "eks-pod-identity-token-0123456789"  # noqa: S105 - the fake's
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"message": "invalid token: "
+                                  + request.headers.get("Authorization", "")}, status=400)
+
+    runner, url = await _serve(echo)
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    try:
+        with caplog.at_level(logging.INFO, logger="failoverd"):
+            for source in (container(url, ManualClock(wall=time.time()), http_client, token),
+                           open_source(ContainerEndpoint(url, "", str(path)),
+                                       client=http_client, clock=ManualClock())):
+                with pytest.raises(AwsCredentialsError, match="invalid token") as err:
+                    await source.get()
+                assert token not in str(err.value)
+    finally:
+        await runner.cleanup()
+    assert token not in caplog.text
+
+
+@pytest.mark.parametrize("expiration", [
+    "2099-12-07T20:00:00Z", "2099-12-07T20:00:00+00:00", "2099-12-07T20:00:00.123Z",
+    "2099-12-07T20:00:00.123456789Z", "2099-12-07T21:00:00+01:00", "2099-12-07T20:00:00",
+    "2099-12-07t20:00:00z",  # RFC 3339 allows lower case, botocore's dateutil reads it
+])
+def test_expiration_formats(expiration: str) -> None:
+    from failoverd.awsmetadata import parse_credentials
+
+    body = orjson.dumps({"AccessKeyId": "A", "SecretAccessKey": "S", "Token": "T",
+                         "Expiration": expiration})
+    assert parse_credentials(body, "the test").expires == 4100356800.0 + (
+        0.123 if ".123Z" in expiration else 0.123456 if ".123456789" in expiration else 0)
+
+
+async def test_many_calls_without_credentials_wait_a_bounded_time_on_one_fetch(
+        http_client: HttpClient) -> None:
+    """An instance metadata service that never answers and 30 calls at once: one token call,
+    all of them failed within the 1 s limit (not one after another)."""
+    calls: list[str] = []
+
+    async def hang(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        await asyncio.sleep(3600)
+        raise AssertionError  # pragma: no cover
+
+    app = web.Application()
+    app.router.add_put("/latest/api/token", hang)
+    runner, port = await serve_app(app)
+    try:
+        source = open_source(InstanceMetadata(f"http://127.0.0.1:{port}"), client=http_client,
+                             clock=ManualClock(wall=time.time()))
+        started = time.monotonic()
+        results = await asyncio.gather(*(source.get() for _ in range(30)),
+                                       return_exceptions=True)
+        assert time.monotonic() - started < 2
+    finally:
+        await runner.cleanup()
+    assert all(isinstance(r, AwsCredentialsError) for r in results)
+    assert calls == ["/latest/api/token"]
+
+
+async def test_a_rebuilt_provider_shares_the_fetch_under_way(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    """A reload mid-refresh: the new provider's source is the old one's, so its calls wait
+    for the fetch under way instead of starting another."""
+    meta = await fake_metadata()
+    clock = ManualClock(wall=float(int(time.time())))
+    source = ContainerEndpoint(f"{meta.url}/creds", meta.auth_token)
+    old = open_source(source, client=http_client, clock=clock)
+    new = open_source(ContainerEndpoint(f"{meta.url}/creds", meta.auth_token),
+                      client=http_client, clock=clock)
+    assert new is old
+    got = await asyncio.gather(old.get(), new.get(), new.get())
+    assert len({id(c) for c in got}) == 1 and meta.calls == [("GET", "/creds")]
+
+
+def test_credentials_file_syntax_as_botocore_reads_it(tmp_path: Path) -> None:
+    """Key names in any case, no spaces around '=', full-line comments, a profile named
+    ``profile x`` only as such (the credentials file has no ``profile`` prefix); quotes and
+    inline comments are part of the value, as in botocore's RawConfigParser."""
+    path = tmp_path / "credentials"
+    path.write_text("# a comment\n; another\n[default]\nAWS_ACCESS_KEY_ID=AKIAUPPER\n"
+                    "Aws_Secret_Access_Key =  s1  \n\n[profile x]\naws_access_key_id = \"AKIAQ\"\n"
+                    "aws_secret_access_key = s2 ; inline\n")
+    creds = read_profile(str(path), "default")
+    assert (creds.access_key_id, creds.secret_access_key) == ("AKIAUPPER", "s1")
+    creds = read_profile(str(path), "profile x")
+    assert (creds.access_key_id, creds.secret_access_key) == ('"AKIAQ"', "s2 ; inline")
+    with pytest.raises(AwsCredentialsError, match=r"has no profile \[x\]"):
+        read_profile(str(path), "x")

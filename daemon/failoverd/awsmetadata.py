@@ -100,7 +100,7 @@ def parse_credentials(body: bytes, where: str) -> AwsCredentials:
         raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
     key_id, secret, token, expiration = (str(v) for v in fields)
     try:
-        when = datetime.fromisoformat(expiration)
+        when = datetime.fromisoformat(expiration.upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 "
                                   f"time: {expiration[:40]!r}") from None
@@ -120,7 +120,10 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
     status, body = await _call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
     where = f"the container credentials endpoint {bare(source.url)}"
     if status != 200:
-        raise AwsCredentialsError(f"{where} refused: {_refusal(status, body)}")
+        refusal = _refusal(status, body)
+        # servers echo a bad request's headers: the token goes no further than this
+        raise AwsCredentialsError(f"{where} refused: "
+                                  f"{refusal.replace(token, '***') if token else refusal}")
     return parse_credentials(body, where)
 
 
