@@ -477,3 +477,45 @@ def test_credentials_file_syntax_as_botocore_reads_it(tmp_path: Path) -> None:
     assert (creds.access_key_id, creds.secret_access_key) == ('"AKIAQ"', "s2 ; inline")
     with pytest.raises(AwsCredentialsError, match=r"has no profile \[x\]"):
         read_profile(str(path), "x")
+
+
+@pytest.mark.parametrize(("fail", "state"), [(503, "ok"), (403, "auth")])
+async def test_an_endpoint_failing_for_a_moment_does_not_block_the_provider_for_an_hour(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any, fail: int, state: str) -> None:
+    """A container's agent that is not ready yet (or restarts) answers 503 or nothing: that
+    says nothing of the credentials, so it must not block every model of the provider for
+    auth_open_seconds (an hour) as a refused key does; the models' breakers count it. A
+    refusal (403: the token is wrong) is auth."""
+    meta = await fake_metadata(fail=503 if fail == 503 else 0)
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{meta.url}/creds",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": meta.auth_token if fail == 503 else "wrong"}
+    d = await start_daemon(daemon_config(fake, backup.url), env=env)
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    reason = "connection" if fail == 503 else "auth"
+    assert raw.headers["x-failoverd-failover"] == f"bedrock/sonnet>backup/gpt:{reason}"
+    status = (await d.http.get("/v1/status")).json()
+    assert status["providers"]["bedrock"]["credentials"] == state
+
+
+async def test_which_failures_are_transient(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    """A 5xx of the instance's role credentials is the service's trouble (transient); no
+    instance metadata service at all (the chain's last resort: nothing listens) and a role
+    the instance lacks are not, and fail as auth."""
+    meta = await fake_metadata(fail=500)
+    clock = ManualClock(wall=time.time())
+    for endpoint, transient in ((meta.url, True), ("http://127.0.0.1:1", False)):
+        source = open_source(InstanceMetadata(endpoint), client=http_client, clock=clock)
+        with pytest.raises(AwsCredentialsError) as err:
+            await source.get()
+        assert err.value.transient is transient, str(err.value)
+        with pytest.raises(AwsCredentialsError) as err:
+            await source.get()  # the same, told again during the pause
+        assert err.value.transient is transient

@@ -34,7 +34,8 @@ concurrent requests share (`RefreshingCredentials`, one per source, kept across 
 when that fails the old ones serve until they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
-into an ``auth`` failure of the call: it never travels further in.
+into an ``auth`` failure of the call (a ``connection`` one when it is `transient`: an endpoint
+that did not answer or failed): it never travels further in.
 """
 
 from __future__ import annotations
@@ -72,7 +73,13 @@ _CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", 
 
 
 class AwsCredentialsError(Exception):
-    """No usable credentials now; the message says why (never with a secret)."""
+    """No usable credentials now; the message says why (never with a secret). `transient`:
+    an endpoint that did not answer or failed (a timeout, a refused connection, a 5xx, an
+    unreadable answer), which says nothing of the credentials, unlike a refusal."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class AwsConfigError(ValueError):
@@ -387,7 +394,7 @@ class RefreshingCredentials:
         self._lock = asyncio.Lock()
         self._credentials: AwsCredentials | None = None
         self._next_try = 0.0  # monotonic time before which the endpoint is not asked again
-        self._error = ""
+        self._error: AwsCredentialsError | None = None  # the last fetch's, while it counts
 
     def _serving(self, now: float, mono: float) -> AwsCredentials | None:
         """The current credentials when they need no fetch now (`now` wall time, `mono`
@@ -416,8 +423,9 @@ class RefreshingCredentials:
         creds = self._serving(now, mono)
         if creds is not None:
             return creds  # fetched while this call waited
-        if mono < self._next_try and self._error:
-            raise AwsCredentialsError(self._error)  # failed moments ago: not asked again yet
+        if mono < self._next_try and self._error is not None:
+            # failed moments ago: not asked again yet
+            raise AwsCredentialsError(str(self._error), transient=self._error.transient)
         old = self._credentials
         usable = old is not None and old.expires is not None and now < old.expires
         try:
@@ -426,7 +434,7 @@ class RefreshingCredentials:
                 raise AwsCredentialsError(f"{self._what} answered credentials that expired "
                                           "already (is the host's clock right?)")
         except AwsCredentialsError as exc:
-            self._error = str(exc)
+            self._error = exc
             if usable and old is not None and old.expires is not None:
                 # once they expired, the endpoint is asked again at once
                 self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
@@ -440,7 +448,7 @@ class RefreshingCredentials:
         if old is None:
             logger.info("AWS credentials from %s (access key %s)", self._what,
                         fresh.access_key_id)
-        self._credentials, self._error = fresh, ""
+        self._credentials, self._error = fresh, None
         # credentials that come close to their expiry are not fetched again at every call
         self._next_try = mono + RETRY_KEEPING
         return fresh

@@ -57,16 +57,22 @@ async def _call(client: HttpClient, method: str, url: str, headers: dict[str, st
         if resp is not None:
             resp.close()
         if isinstance(exc, TimeoutError):
-            raise AwsCredentialsError(f"{bare(url)}: no answer within {seconds:g} s") from None
+            raise AwsCredentialsError(f"{bare(url)}: no answer within {seconds:g} s",
+                                      transient=True) from None
         if isinstance(exc, HttpClientError | OSError):
-            raise AwsCredentialsError(f"{bare(url)}: {exc}") from None
+            raise AwsCredentialsError(f"{bare(url)}: {exc}", transient=True) from None
         raise
     if len(body) > MAX_ANSWER:
         resp.close()
         raise AwsCredentialsError(f"{bare(url)}: the answer is too long (over "
-                                  f"{MAX_ANSWER // 1024} KiB)")
+                                  f"{MAX_ANSWER // 1024} KiB)", transient=True)
     resp.release()
     return resp.status, body
+
+
+def _failed(status: int) -> bool:
+    """Whether an error status is the endpoint's trouble (throttled, down), not a refusal."""
+    return status >= 500 or status == 429
 
 
 def _refusal(status: int, body: bytes) -> str:
@@ -87,9 +93,9 @@ def parse_credentials(body: bytes, where: str) -> AwsCredentials:
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise AwsCredentialsError(f"{where} answered no JSON") from None
+        raise AwsCredentialsError(f"{where} answered no JSON", transient=True) from None
     if not isinstance(data, dict):
-        raise AwsCredentialsError(f"{where} answered no JSON object")
+        raise AwsCredentialsError(f"{where} answered no JSON object", transient=True)
     code = data.get("Code", "Success")
     if code != "Success":
         raise AwsCredentialsError(f"{where} answered {code}: {data.get('Message', '')}"[:400])
@@ -123,7 +129,8 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
         refusal = _refusal(status, body)
         # servers echo a bad request's headers: the token goes no further than this
         raise AwsCredentialsError(f"{where} refused: "
-                                  f"{refusal.replace(token, '***') if token else refusal}")
+                                  f"{refusal.replace(token, '***') if token else refusal}",
+                                  transient=_failed(status))
     return parse_credentials(body, where)
 
 
@@ -155,13 +162,16 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
                                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
                                    IMDS_TIMEOUT, data=b"")
     except AwsCredentialsError as exc:
-        # the chain's last resort, taken when nothing else was found: say so
+        # the chain's last resort, taken when nothing else was found: say so. Not transient:
+        # nothing answering here is a host without the service (or a container past the
+        # hop limit), not a moment's trouble
         raise AwsCredentialsError(
             f"{exc} (the instance metadata service, the last source of the credential chain: "
             "no AWS_ACCESS_KEY_ID, credentials file or container endpoint was found when the "
             "configuration was read)") from None
     if status != 200:
-        raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {_refusal(status, body)}")
+        raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {_refusal(status, body)}",
+                                  transient=_failed(status))
     token = body.decode("ascii", "replace").strip()
     if not token or control(token):
         raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
@@ -171,7 +181,8 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
         raise AwsCredentialsError(f"{where}: the instance has no IAM role (attach an instance "
                                   "profile)")
     if status != 200:
-        raise AwsCredentialsError(f"{where} named no role: {_refusal(status, body)}")
+        raise AwsCredentialsError(f"{where} named no role: {_refusal(status, body)}",
+                                  transient=_failed(status))
     lines = body.decode("utf-8", "replace").split()
     if not lines:
         raise AwsCredentialsError(f"{where} named no role")
@@ -180,5 +191,5 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
                                headers, IMDS_TIMEOUT)
     if status != 200:
         raise AwsCredentialsError(f"{where} gave no credentials for role {role}: "
-                                  f"{_refusal(status, body)}")
+                                  f"{_refusal(status, body)}", transient=_failed(status))
     return parse_credentials(body, f"{where} (role {role})")

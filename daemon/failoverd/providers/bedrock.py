@@ -10,7 +10,8 @@ Authentication is either a Bedrock API key (``Authorization: Bearer``) or, witho
 Signature Version 4 (service ``bedrock``, providers/sigv4.py), a fresh signature for every
 request with the credentials its source (awscreds.py: the environment, the shared credentials
 file, a container's or the EC2 instance's role) holds then; failing to get them is an ``auth``
-failure of the call.
+failure of the call, or a ``connection`` one when a credential endpoint did not answer or
+failed (a 5xx): that says nothing of the credentials and must not block the provider.
 
 Bedrock names its errors in the ``x-amzn-ErrorType`` header (``ThrottlingException:http://...``;
 in a stream, an exception message's ``:exception-type``) with ``{"message": ...}`` bodies: the
@@ -231,7 +232,10 @@ class BedrockProvider(Lacking):
         try:
             credentials = await self._credentials.get()
         except AwsCredentialsError as exc:
-            raise upstream_error(FailureReason.AUTH, f"no AWS credentials to sign with: {exc}",
+            # an endpoint down or failing says nothing of the credentials: the models'
+            # breakers count it; a refusal blocks the provider, as a refused key does
+            reason = FailureReason.CONNECTION if exc.transient else FailureReason.AUTH
+            raise upstream_error(reason, f"no AWS credentials to sign with: {exc}",
                                  status=None, provider=self.config.name, model=model) from exc
         if self._signer is None or self._signer[0] is not credentials:
             self._signer = (credentials, Signer(
