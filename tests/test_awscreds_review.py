@@ -519,3 +519,21 @@ async def test_which_failures_are_transient(
         with pytest.raises(AwsCredentialsError) as err:
             await source.get()  # the same, told again during the pause
         assert err.value.transient is transient
+
+
+async def test_a_clock_ahead_at_boot_is_no_refusal(
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], http_client: HttpClient) -> None:
+    """A host that boots with its clock 7 hours ahead finds the role's credentials (6 hours
+    left) expired: that is the clock's trouble, asked again once the pause is over and NTP
+    set the clock, not a refusal that blocks the provider for an hour."""
+    clock = SteppingClock()
+    meta = await fake_metadata()
+    meta.rotate(1, clock.wall + 6 * 3600)
+    clock.wall += 7 * 3600
+    source = open_source(InstanceMetadata(meta.url), client=http_client, clock=clock)
+    with pytest.raises(AwsCredentialsError, match="expired already") as err:
+        await source.get()
+    assert err.value.transient
+    clock.wall -= 7 * 3600  # synchronised
+    clock.advance(5)
+    assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0001"

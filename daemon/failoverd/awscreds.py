@@ -431,8 +431,11 @@ class RefreshingCredentials:
         try:
             fresh = await self._fetch()
             if fresh.expires is not None and fresh.expires <= now:
+                # a clock not yet synchronised (a host booting with a wrong one): asked again
+                # soon, not taken as a refusal
                 raise AwsCredentialsError(f"{self._what} answered credentials that expired "
-                                          "already (is the host's clock right?)")
+                                          "already (is the host's clock right?)",
+                                          transient=True)
         except AwsCredentialsError as exc:
             self._error = exc
             if usable and old is not None and old.expires is not None:
