@@ -171,7 +171,12 @@ async def test_no_secret_in_logs_or_status_through_a_failing_refresh(
             model="default", messages=HELLO["messages"])
         assert raw.headers["x-failoverd-model"] == "backup/gpt"
         status = (await d.http.get("/v1/status")).text
-    for text in (caplog.text, status):
+    events = repr([(e.type, e.fields) for e in d.sup.service.bus.recent()])
+    assert "provider:credentials" in events or "bedrock" in events
+    runtime = d.sup.service.runtime
+    reprs = repr((runtime.config, runtime.providers,
+                  vars(runtime.providers["bedrock"]).get("_credentials")))
+    for text in (caplog.text, status, events, reprs):
         for secret_text in (secret, token, env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]):
             assert secret_text not in text
 
@@ -537,3 +542,31 @@ async def test_a_clock_ahead_at_boot_is_no_refusal(
     clock.wall -= 7 * 3600  # synchronised
     clock.advance(5)
     assert (await source.get()).access_key_id == "ASIAFAKEMETADATA0001"
+
+
+def _choose(env: dict[str, str]) -> object:
+    return choose_source(env)
+
+
+async def test_a_fifo_or_a_huge_file_as_the_credentials_file(tmp_path: Path) -> None:
+    """AWS_SHARED_CREDENTIALS_FILE naming a FIFO (or a device): reading it at a load or
+    reload would block the event loop until a writer comes, so it is refused at once; a file
+    of megabytes is no credentials file either. (Run in a thread only to keep the test
+    bounded; the daemon reads it on its loop.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    task = asyncio.create_task(asyncio.to_thread(
+        _choose, {"AWS_SHARED_CREDENTIALS_FILE": str(fifo), **NO_IMDS}))
+    done, _ = await asyncio.wait({task}, timeout=1)
+    if not done:
+        with open(fifo, "w"):  # lets the blocked reader go
+            pass
+        await asyncio.wait({task})
+        pytest.fail("reading the credentials file blocked on a FIFO")
+    with pytest.raises(AwsConfigError, match="is not a regular file"):
+        task.result()
+    huge = tmp_path / "huge"
+    huge.write_text("[default]\naws_access_key_id = A\naws_secret_access_key = S\n"
+                    + "# padding\n" * 200_000)
+    with pytest.raises(AwsConfigError, match="larger than 1 MiB"):
+        choose_source({"AWS_SHARED_CREDENTIALS_FILE": str(huge), **NO_IMDS})

@@ -45,6 +45,7 @@ import configparser
 import ipaddress
 import logging
 import os
+import stat
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 FILE_CHECK_EVERY = 5.0  # seconds between two looks at the credentials file's mtime
+MAX_FILE = 1 << 20  # a credentials file is a few hundred bytes a profile
 REFRESH_AHEAD = 300.0  # temporary credentials are fetched again this long before they expire
 RETRY_KEEPING = 60.0  # after a failed refresh, while the old credentials still serve
 RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
@@ -172,8 +174,16 @@ def credentials_file(env: Mapping[str, str]) -> str:
 def _parse(path: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
-        with open(path, encoding="utf-8-sig") as f:  # a BOM from a Windows editor is no text
-            parser.read_file(f, source=path)
+        # a FIFO or a device would block the event loop (a reload's too), or never end
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise AwsCredentialsError(f"{path} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
+        if len(raw) > MAX_FILE:
+            raise AwsCredentialsError(f"{path} is larger than {MAX_FILE >> 20} MiB: no "
+                                      "credentials file")
+        # a BOM from a Windows editor is no text
+        parser.read_string(raw.decode("utf-8-sig"), source=path)
     except FileNotFoundError:
         raise AwsCredentialsError(f"{path} does not exist") from None
     except OSError as exc:
