@@ -404,7 +404,9 @@ class RefreshingCredentials:
         self._lock = asyncio.Lock()
         self._credentials: AwsCredentials | None = None
         self._next_try = 0.0  # monotonic time before which the endpoint is not asked again
-        self._error: AwsCredentialsError | None = None  # the last fetch's, while it counts
+        # the last fetch's error while it counts: its text and whether it is transient (not
+        # the exception, whose traceback holds the fetch's frames)
+        self._error: tuple[str, bool] | None = None
 
     def _serving(self, now: float, mono: float) -> AwsCredentials | None:
         """The current credentials when they need no fetch now (`now` wall time, `mono`
@@ -435,7 +437,7 @@ class RefreshingCredentials:
             return creds  # fetched while this call waited
         if mono < self._next_try and self._error is not None:
             # failed moments ago: not asked again yet
-            raise AwsCredentialsError(str(self._error), transient=self._error.transient)
+            raise AwsCredentialsError(self._error[0], transient=self._error[1])
         old = self._credentials
         usable = old is not None and old.expires is not None and now < old.expires
         try:
@@ -447,7 +449,7 @@ class RefreshingCredentials:
                                           "already (is the host's clock right?)",
                                           transient=True)
         except AwsCredentialsError as exc:
-            self._error = exc
+            self._error = (str(exc), exc.transient)
             if usable and old is not None and old.expires is not None:
                 # once they expired, the endpoint is asked again at once
                 self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
