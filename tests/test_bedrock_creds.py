@@ -107,3 +107,79 @@ async def test_no_instance_metadata_is_an_auth_failure_that_fails_over(
         assert answer.choices[0].message.content
     assert len(backup.requests) == 3
     assert not d.task.done()
+
+
+async def test_an_expired_token_fetches_new_credentials_and_blocks_nothing(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """A container role's credentials revoked (or expired early) before their Expiration:
+    Bedrock's ExpiredTokenException makes the next request fetch new ones. It fails over once,
+    as a connection failure, not as auth, which would close every Bedrock model for an hour."""
+    meta = await fake_metadata()
+    fake = await fake_bedrock(access_key=meta.access_key, secret_key=meta.secret_key,
+                              session_token=meta.session_token)
+    backup = await fake_openai()
+    env = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{meta.url}/creds",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": meta.auth_token}
+    d = await start_daemon(daemon_config(fake, backup.url), env=env)
+    first = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert first.headers["x-failoverd-model"] == "bedrock/sonnet"
+    # the role's credentials are replaced; Bedrock refuses the old token as expired
+    meta.rotate(2, meta.expires)
+    fake.push("expired")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:connection"
+    fake.access_key, fake.secret_key = meta.access_key, meta.secret_key
+    fake.session_token = meta.session_token  # from now on only the new ones are valid
+    status = (await d.http.get("/v1/status")).json()
+    assert status["providers"]["bedrock"]["credentials"] == "ok"  # not blocked
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"  # signed with the new ones
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == "metadata-session-token-2"
+    assert meta.calls == [("GET", "/creds"), ("GET", "/creds")]
+
+
+async def test_an_expired_token_from_the_environment_stays_an_auth_failure(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """The environment's credentials change only with a restart: their expiry is auth."""
+    fake = await fake_bedrock()
+    backup = await fake_openai()
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    d = await start_daemon(daemon_config(fake, backup.url), env=env)
+    fake.push("expired")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:auth"
+    status = (await d.http.get("/v1/status")).json()
+    assert status["providers"]["bedrock"]["credentials"] == "auth"
+
+
+async def test_an_expired_token_after_the_file_was_rewritten_reads_it_again(
+        tmp_path: Path, fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_openai: Any, start_daemon: Any) -> None:
+    fake = await fake_bedrock(session_token="token-1")
+    backup = await fake_openai()
+    path = tmp_path / "credentials"
+    write_profiles(path, default=(ACCESS_KEY, SECRET_KEY, "token-1"))
+    d = await start_daemon(daemon_config(fake, backup.url),
+                           env={"AWS_SHARED_CREDENTIALS_FILE": str(path)})
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    # a credential helper writes a new session token; Bedrock refuses the old one before
+    # failoverd's next look at the file
+    write_profiles(path, default=(ACCESS_KEY, SECRET_KEY, "token-2-longer"))
+    fake.push("expired")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:connection"
+    fake.session_token = "token-2-longer"
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == "token-2-longer"

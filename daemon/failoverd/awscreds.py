@@ -44,6 +44,7 @@ import asyncio
 import configparser
 import ipaddress
 import logging
+import math
 import os
 import stat
 import weakref
@@ -322,6 +323,12 @@ class CredentialSource(Protocol):
 
     async def get(self) -> AwsCredentials: ...
 
+    def refused(self, credentials: AwsCredentials) -> bool:
+        """AWS refused `credentials` as expired (ExpiredTokenException): whether the next
+        request may have others (the source drops them and looks again), so that the refusal
+        is no reason to block the provider."""
+        ...
+
 
 class StaticCredentials:
     """Fixed credentials (the environment's: they change with a restart only)."""
@@ -331,6 +338,9 @@ class StaticCredentials:
 
     async def get(self) -> AwsCredentials:
         return self._credentials
+
+    def refused(self, credentials: AwsCredentials) -> bool:
+        return False  # the environment's: the same ones until a restart
 
 
 class SharedFileCredentials:
@@ -382,6 +392,18 @@ class SharedFileCredentials:
             self._stamp = stamp
         return self._credentials
 
+    def refused(self, credentials: AwsCredentials) -> bool:
+        if credentials is not self._credentials:
+            return True  # read again since: the next request has the new ones
+        self._checked_at = -math.inf  # the file is looked at again at the next request
+        try:
+            st = os.stat(self._source.path)
+        except OSError:
+            return False
+        # rewritten since these were read (a credential helper's new token): the next
+        # request reads it; unchanged, the expired token is there until someone replaces it
+        return (st.st_mtime_ns, st.st_size, st.st_ino) != self._stamp
+
 
 class RefreshingCredentials:
     """Temporary credentials from an endpoint, fetched again `REFRESH_AHEAD` seconds before
@@ -417,6 +439,14 @@ class RefreshingCredentials:
         if now < creds.expires - REFRESH_AHEAD or mono < self._next_try:
             return creds
         return None
+
+    def refused(self, credentials: AwsCredentials) -> bool:
+        if credentials is self._credentials:
+            # revoked or expired early: fetched again at the next request
+            logger.warning("AWS credentials from %s refused as expired: fetching new ones",
+                           self._what)
+            self._credentials, self._next_try, self._error = None, 0.0, None
+        return True
 
     async def get(self) -> AwsCredentials:
         now = self._clock.time()

@@ -254,6 +254,12 @@ class BedrockProvider(Lacking):
         kind = kind or error_type(headers, body)
         kind = kind[:1].upper() + kind[1:]  # a stream's throttlingException, as the header's
         reason = classify_error(status, message, kind)
+        if kind == "ExpiredTokenException" and self._credentials is not None \
+                and self._signer is not None and self._credentials.refused(self._signer[0]):
+            # temporary credentials revoked or expired early, or a credentials file rewritten
+            # meanwhile: the next request signs with new ones, so this blocks nothing (an
+            # auth block would close every model of the provider for auth_open_seconds)
+            reason = FailureReason.CONNECTION
         if kind == "UnknownOperationException" or (
                 reason is FailureReason.NOT_FOUND and status == 404 and not kind):
             # a path Bedrock does not know: a wrong base_url, which every model shares
