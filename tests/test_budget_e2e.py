@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,29 @@ async def test_spending_reaches_the_state_file_without_a_stop(
     assert (await ask(d)).status_code == 200
     await until(lambda: saved() > 0.002, timeout=5)
     assert saved() == pytest.approx(0.003)
+
+
+async def test_a_priced_answer_tells_its_cost(fake_openai: Any, start_daemon: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """x-failoverd-cost: what a non-streamed answer cost at the serving model's prices (none
+    for a model without prices, nor on a stream, whose cost is known only at its end); the
+    access log has every answer's cost."""
+    caplog.set_level(logging.INFO, logger="failoverd.access")
+    a, b = await fake_openai(), await fake_openai()
+    d = await start_daemon("access_log = true\n" + config(a, b), clock=clock_at(LATE))
+    resp = await ask(d)
+    assert resp.headers["x-failoverd-model"] == "a/gpt-a"
+    assert resp.headers["x-failoverd-cost"] == "0.0015"  # 15 tokens at $100 per million
+    free = await ask(d, "b/gpt-b")
+    assert free.headers["x-failoverd-model"] == "b/gpt-b"
+    assert "x-failoverd-cost" not in free.headers
+    async with d.http.stream("POST", "/v1/chat/completions", json={
+            "model": "default", "messages": HELLO, "stream": True,
+            "stream_options": {"include_usage": True}}) as streamed:
+        assert "x-failoverd-cost" not in streamed.headers
+        assert [line async for line in streamed.aiter_lines()][-2] == "data: [DONE]"
+    spent = (await status(d))["models"]["a/gpt-a"]["spent_usd"]["day"]
+    assert spent == pytest.approx(0.003)  # the stream's usage counted at its end
+    costs = [r.access["cost_usd"] for r in caplog.records  # type: ignore[attr-defined]
+             if hasattr(r, "access") and r.access["path"] == "/v1/chat/completions"]
+    assert costs == [0.0015, None, 0.0015]

@@ -100,6 +100,8 @@ class Outcome:
     # the client's x-failoverd-deadline is shorter than routing.deadline: a timeout it caused
     # is not held against the model (see Dispatcher._try_model)
     client_deadline: bool = False
+    # what the answer cost (USD) at the serving model's prices, once its usage is known
+    cost: float = 0.0
 
 
 @dataclass(slots=True)

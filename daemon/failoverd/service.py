@@ -281,9 +281,10 @@ class Service:
                         else FailureReason.INCAPABLE, None, why)
                 for m, why in route.skipped)
 
-    def usage(self, model_id: str, usage: Any) -> None:
+    def usage(self, model_id: str, usage: Any) -> float:
         """An answer's reported usage: counted (tokens, cost), its cost spent against the
-        spending caps and, for a model with max_tpm, its tokens against its minute."""
+        spending caps and, for a model with max_tpm, its tokens against its minute; returns
+        the cost (USD, 0 without prices)."""
         usd = self.metrics.usage(model_id, usage)
         if usd > 0:
             self.health.cost(model_id, usd)
@@ -293,6 +294,7 @@ class Service:
                          if type(v) is int and v > 0)
             if tokens:
                 self.health.spent(model_id, tokens)
+        return usd
 
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
         """A complete (non-streaming) answer went out."""

@@ -64,6 +64,8 @@ def write(method: str, path: str, status: int, outcome: Outcome | None, seconds:
         "attempts": outcome.upstream_attempts if outcome is not None else 0,
         "failover": (",".join(outcome.failovers) or None) if outcome is not None else None,
         "ms": round(seconds * 1000, 1), "uid": uid,
+        # what the answer cost (USD) at the serving model's prices; null without them
+        "cost_usd": round(outcome.cost, 9) if outcome is not None and outcome.cost else None,
     }
     ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s %.1fms uid=%s",
                     fields["method"], fields["path"], fields["status"], fields["model"] or "-",

@@ -32,7 +32,7 @@ async def _complete(request: web.Request, svc: Service, rt: Runtime,
                            body, text=True)
     answer = await rt.dispatcher.complete_text(body, route.candidates, deadline, outcome)
     svc.metrics.served(outcome.model)
-    svc.usage(outcome.model, answer.body.get("usage"))
+    outcome.cost = svc.usage(outcome.model, answer.body.get("usage"))
     return web.Response(body=OPENAI.answer(answer, outcome.model, outcome.notices, body),
                         content_type=JSON, headers=outcome_headers(outcome))
 

@@ -29,8 +29,8 @@ async def _embed(request: web.Request, svc: Service, rt: Runtime,
     svc.metrics.served(outcome.model)
     usage = answer.body.get("usage")
     # Gemini reports no tokens: its answer says 0, which no real input costs
-    svc.usage(outcome.model, usage if isinstance(usage, dict)
-              and usage.get("prompt_tokens") else None)
+    outcome.cost = svc.usage(outcome.model, usage if isinstance(usage, dict)
+                             and usage.get("prompt_tokens") else None)
     return web.Response(body=answer.to_bytes(), content_type=JSON,
                         headers=outcome_headers(outcome))
 

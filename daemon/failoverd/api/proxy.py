@@ -155,7 +155,7 @@ def handler(front: FrontEnd) -> Handler:
         completion = await rt.dispatcher.complete(body, route.candidates, deadline,
                                                   outcome, session, route.needs)
         svc.served(outcome, session, route)
-        svc.usage(outcome.model, completion.body.get("usage"))
+        outcome.cost = svc.usage(outcome.model, completion.body.get("usage"))
         answer = front.answer(completion, outcome.model, outcome.notices, raw)
         return web.Response(body=answer,
                             content_type=JSON, headers=outcome_headers(outcome, route.header))
@@ -268,7 +268,7 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if usage is not None:  # the answer was made, and is billed, all the same
-            svc.usage(outcome.model, usage)
+            outcome.cost = svc.usage(outcome.model, usage)
         if isinstance(exc, asyncio.CancelledError):
             raise
         if isinstance(exc, ClientStalled):
@@ -296,12 +296,12 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     except (ConnectionResetError, ClientStalled):
         svc.metrics.cancelled(outcome.model)  # gone just before the end: nothing more to tell
         if usage is not None:
-            svc.usage(outcome.model, usage)
+            outcome.cost = svc.usage(outcome.model, usage)
         return resp
     # counted once the stream is over: a stream that broke after its first chunk is no "ok"
     svc.metrics.stream_ended(outcome.model, ok=error is None)
     if error is None or usage is not None:
-        svc.usage(outcome.model, usage)
+        outcome.cost = svc.usage(outcome.model, usage)
     return resp
 
 

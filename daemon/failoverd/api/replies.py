@@ -39,6 +39,8 @@ def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str
         headers["x-failoverd-route"] = route
     if outcome.failovers:
         headers["x-failoverd-failover"] = header_value(",".join(outcome.failovers))
+    if outcome.cost > 0:  # a non-streamed answer at a priced model: what it cost
+        headers["x-failoverd-cost"] = usd_text(outcome.cost)
     if outcome.notices:
         # header values must stay on one line and in latin-1 (hook messages may be anything)
         text = header_value(" | ".join(outcome.notices))
@@ -46,6 +48,11 @@ def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str
             text = text[:MAX_NOTICE_HEADER - 3] + "..."
         headers["x-failoverd-notice"] = text.encode("latin-1", "replace").decode("latin-1")
     return headers
+
+
+def usd_text(amount: float) -> str:
+    """USD in plain decimals to the nano-dollar, no trailing zeros ("0.0015", "2.5")."""
+    return f"{amount:.9f}".rstrip("0").rstrip(".") or "0"
 
 
 def openai_error(status: int, message: str, type_: str, code: str | None = None,
