@@ -6,6 +6,7 @@ with parameters or in capitals, and a 200 whose first bytes are tiny. Real aioht
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,12 +22,21 @@ from tests.test_speech_stream import (
     answer,
     audio,
     breaker,
+    config,
     events,
     first_bytes,
-    pair,  # noqa: F401 (a fixture)
 )
 
 SSE_ASK = {**ASK, "stream_format": "sse"}
+
+
+@pytest.fixture
+async def pair(start_daemon: Any) -> AsyncIterator[tuple[Tts, Tts, Any]]:
+    a, b = await Tts().start(), await Tts().start()
+    d = await start_daemon(config(a, b))
+    yield a, b, d
+    await a.close()
+    await b.close()
 
 
 async def test_a_client_gone_mid_audio_is_counted_once_and_frees_everything(
