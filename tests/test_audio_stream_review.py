@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -26,6 +27,15 @@ from tests.test_speech_stream import (
     events,
     first_bytes,
 )
+from tests.test_transcription_stream import ASK as STT_ASK
+from tests.test_transcription_stream import DONE as STT_DONE
+from tests.test_transcription_stream import EVENTS as STT_EVENTS
+from tests.test_transcription_stream import Stt, transcribe
+from tests.test_transcription_stream import answer as stt_answer
+from tests.test_transcription_stream import config as stt_config
+from tests.test_transcription_stream import delta as stt_delta
+from tests.test_transcription_stream import events as stt_events
+from tests.test_transcription_stream import pieces as stt_pieces
 
 SSE_ASK = {**ASK, "stream_format": "sse"}
 
@@ -56,7 +66,7 @@ async def test_a_client_gone_mid_audio_is_counted_once_and_frees_everything(
             for _ in range(200):  # the failoverd side must be closed by now
                 await resp.write(bytes(65536))
                 await asyncio.sleep(0)
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or lost while waiting to drain
             gone.set()
         return resp
 
@@ -177,3 +187,181 @@ async def test_no_content_type_raw_audio_still_streams(pair: Any) -> None:
         assert resp.headers["x-failoverd-model"] == "a/tts"
         got = b"".join([data async for data in resp.aiter_raw()])
     assert got == b"".join(PIECES)
+
+
+async def test_a_slow_client_is_cut_after_stream_idle_timeout(start_daemon: Any) -> None:
+    """A client that stops reading while the upstream is fast: the daemon holds a bounded
+    buffer, cuts the client after stream_idle_timeout, closes the upstream's connection and
+    counts the request once as cancelled, never against the model."""
+    a, b = await Tts().start(), await Tts().start()
+    gone = asyncio.Event()
+
+    async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await resp.prepare(request)
+        try:
+            await resp.write(PIECES[0])
+            for _ in range(1024):  # 64 MiB: far more than any buffer on the way holds
+                await resp.write(bytes(65536))
+                tts.sent += 65536
+        except ConnectionError:  # reset, or lost while waiting to drain
+            gone.set()
+        return resp
+
+    try:
+        d = await start_daemon(config(a, b, a_more="stream_idle_timeout = 0.3"))
+        a.script = [step]
+        async with d.http.stream("POST", "/v1/audio/speech", json=ASK) as resp:
+            await first_bytes(resp, len(PIECES[0]))
+            await asyncio.wait_for(gone.wait(), 10)  # the client reads nothing meanwhile
+        assert a.sent < 32 * 1024 * 1024
+        svc = d.sup.service
+        for _ in range(200):
+            if svc.inflight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert svc.inflight == 0
+        assert svc.metrics.requests.get(("a/tts", "cancelled")) == 1
+        assert ("a/tts", "stream_error") not in svc.metrics.requests
+        assert await breaker(d, "a/tts") == ("closed", 0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_upstream_that_stalls_after_the_first_audio_is_cut_unfinished(
+        start_daemon: Any) -> None:
+    """The first bytes, then silence: after stream_idle_timeout the body is left unfinished
+    and the stall counts against the model, once, as a stream_error."""
+    a, b = await Tts().start(), await Tts().start()
+    try:
+        d = await start_daemon(config(a, b, a_more="stream_idle_timeout = 0.2"))
+        a.script = [audio(PIECES)]  # the gate stays shut: the rest never comes
+        async with d.http.stream("POST", "/v1/audio/speech", json=ASK) as resp:
+            got, rest = await first_bytes(resp, len(PIECES[0]))
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for data in rest:
+                    got += data
+        assert got == PIECES[0]
+        assert await breaker(d, "a/tts") == ("closed", 1)
+        requests = d.sup.service.metrics.requests
+        assert requests.get(("a/tts", "stream_error")) == 1
+        assert ("a/tts", "ok") not in requests and ("a/tts", "cancelled") not in requests
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("speech_events", [False, True], ids=["transcript", "speech"])
+async def test_done_sentinel_before_the_done_event_is_an_unfinished_stream(
+        start_daemon: Any, speech_events: bool) -> None:
+    """`data: [DONE]` before the done event ends the upstream's stream as a cut does: the
+    client must not take it for a whole answer (no done event, no text, no usage), so it
+    ends with an error event and counts as a stream_error, as the end of the body does."""
+    if speech_events:
+        a, b = await Tts().start(), await Tts().start()
+        d = await start_daemon(config(a, b))
+        a.script = [audio([EVENTS[0], b"data: [DONE]\n\n"], "text/event-stream")]
+        a.gate.set()
+        resp = await d.http.post("/v1/audio/speech", json=SSE_ASK)
+        model = "a/tts"
+    else:
+        a, b = await Stt().start(), await Stt().start()
+        d = await start_daemon(stt_config(a, b))
+        a.script = [stt_pieces([STT_EVENTS[0], b"data: [DONE]\n\n"])]
+        a.gate.set()
+        resp = await transcribe(d, model="a/ears")
+        model = "a/ears"
+    try:
+        assert resp.status_code == 200
+        got = events(resp.content.split(b"\n\n", 1)[1]) if speech_events else \
+            stt_events(resp.content)[1:]
+        assert len(got) == 1 and "error" in got[0], resp.content
+        assert d.sup.service.metrics.requests.get((model, "stream_error")) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+# ------------------------------------------------------------------ transcriptions
+
+
+@pytest.fixture
+async def ears(start_daemon: Any) -> AsyncIterator[tuple[Stt, Stt, Any]]:
+    a, b = await Stt().start(), await Stt().start()
+    d = await start_daemon(stt_config(a, b))
+    yield a, b, d
+    await a.close()
+    await b.close()
+
+
+async def test_the_hop_past_a_model_that_refuses_stream_leaves_its_breaker_alone(
+        ears: Any) -> None:
+    a, b, d = ears
+    a.script = [stt_answer(400, {"error": {"message": "Streaming is not supported for "
+                                           "whisper-1", "type": "invalid_request_error",
+                                           "param": "stream"}})] * 3
+    b.gate.set()
+    for _ in range(3):
+        resp = await transcribe(d)
+        assert resp.headers["x-failoverd-failover"] == "a/ears>b/ears:incapable"
+        assert resp.headers["x-failoverd-model"] == "b/ears"
+        assert stt_events(resp.content)[-1]["type"] == "transcript.text.done"
+    assert await breaker(d, "a/ears") == ("closed", 0)
+    requests = d.sup.service.metrics.requests
+    assert requests.get(("b/ears", "ok")) == 3 and ("a/ears", "ok") not in requests
+
+
+@pytest.mark.parametrize("flag", ["TRUE", " 1 ", "True"])
+async def test_stream_flags_in_any_case_stream_and_go_as_sent(ears: Any, flag: str) -> None:
+    a, _, d = ears
+    a.gate.set()
+    resp = await transcribe(d, model="a/ears", stream=flag)
+    assert resp.headers["content-type"] == "text/event-stream"
+    assert stt_events(resp.content)[-1]["type"] == "transcript.text.done"
+    assert a.forms[0]["stream"] == flag
+
+
+async def test_a_delta_that_says_error_is_no_error(ears: Any) -> None:
+    a, _, d = ears
+    a.script = [stt_pieces([stt_delta("error"), stt_delta(" error"), STT_DONE])]
+    a.gate.set()
+    resp = await transcribe(d, model="a/ears")
+    assert [e.get("delta") for e in stt_events(resp.content)[:2]] == ["error", " error"]
+    assert d.sup.service.metrics.requests.get(("a/ears", "ok")) == 1
+
+
+async def test_a_client_gone_mid_transcript_is_counted_once(ears: Any) -> None:
+    a, _, d = ears
+    gone = asyncio.Event()
+
+    async def step(request: web.Request, stt: Stt) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(STT_EVENTS[0])
+        await stt.gate.wait()
+        try:
+            for _ in range(2000):
+                await resp.write(stt_delta(" word" * 100))
+                await asyncio.sleep(0)
+        except ConnectionError:  # reset, or lost while waiting to drain
+            gone.set()
+        return resp
+
+    a.script = [step]
+    async with d.http.stream("POST", "/v1/audio/transcriptions",
+                             data={"model": "a/ears", "stream": "true"},
+                             files=STT_ASK["files"]) as resp:
+        await first_bytes(resp, len(STT_EVENTS[0]))
+    a.gate.set()
+    await asyncio.wait_for(gone.wait(), 5)
+    svc = d.sup.service
+    for _ in range(100):
+        if svc.inflight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert svc.inflight == 0
+    assert svc.metrics.requests.get(("a/ears", "cancelled")) == 1
+    assert ("a/ears", "ok") not in svc.metrics.requests
+    assert ("a/ears", "stream_error") not in svc.metrics.requests
+    assert await breaker(d, "a/ears") == ("closed", 0)

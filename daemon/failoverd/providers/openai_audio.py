@@ -145,7 +145,7 @@ class OpenAIAudio:
         async for name, payload in sse_events(resp, first_deadline, idle, self._p.config.name,
                                               model):
             if payload == b"[DONE]":
-                return
+                break  # before the done event: the answer is as unfinished as a cut one
             if b'"error"' in payload:
                 error = self._p.chunk_error(payload, model)
                 if error is not None:
@@ -276,7 +276,7 @@ class OpenAIAudio:
         async for name, payload in sse_events(resp, first_deadline, idle, self._p.config.name,
                                               model):
             if payload == b"[DONE]":
-                return
+                break  # before the done event: the answer is as unfinished as a cut one
             if b'"error"' in payload:
                 error = self._p.chunk_error(payload, model)
                 if error is not None:
