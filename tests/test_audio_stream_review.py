@@ -6,6 +6,7 @@ with parameters or in capitals, and a 200 whose first bytes are tiny. Real aioht
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.test_speech_stream import (
     config,
     events,
     first_bytes,
+    silent,
 )
 from tests.test_transcription_stream import ASK as STT_ASK
 from tests.test_transcription_stream import DONE as STT_DONE
@@ -365,3 +367,35 @@ async def test_a_client_gone_mid_transcript_is_counted_once(ears: Any) -> None:
     assert ("a/ears", "ok") not in svc.metrics.requests
     assert ("a/ears", "stream_error") not in svc.metrics.requests
     assert await breaker(d, "a/ears") == ("closed", 0)
+
+
+async def test_a_raw_audio_cut_logs_no_server_error(
+        pair: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The unfinished body is left on purpose: no "Error handling request" from aiohttp's
+    server (the daemon's own log stays one warning)."""
+    a, _, d = pair
+    a.script = [audio(PIECES[:1], then_cut=True)]
+    caplog.set_level(logging.DEBUG)
+    async with d.http.stream("POST", "/v1/audio/speech", json=ASK) as resp:
+        got, rest = await first_bytes(resp, len(PIECES[0]))
+        a.gate.set()
+        with pytest.raises(httpx.RemoteProtocolError):
+            async for data in rest:
+                got += data
+    await asyncio.sleep(0.05)  # aiohttp's server ends its handler after the client saw the cut
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_client_deadline_during_the_wait_for_audio_spares_the_breaker(
+        pair: Any) -> None:
+    """x-failoverd-deadline shorter than first_token_timeout cuts the wait for the first
+    audio: a timeout for the client, not the model's failure."""
+    a, _, d = pair
+    a.script = [silent]
+    resp = await d.http.post("/v1/audio/speech", json=ASK,
+                             headers={"x-failoverd-deadline": "0.3",
+                                      "x-failoverd-no-fallback": "true"})
+    assert resp.status_code == 503, resp.text  # no model available, as for chat
+    assert resp.json()["error"]["attempts"][0]["reason"] == "timeout"
+    assert await breaker(d, "a/tts") == ("closed", 0)
