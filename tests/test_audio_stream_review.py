@@ -399,3 +399,76 @@ async def test_a_client_deadline_during_the_wait_for_audio_spares_the_breaker(
     assert resp.status_code == 503, resp.text  # no model available, as for chat
     assert resp.json()["error"]["attempts"][0]["reason"] == "timeout"
     assert await breaker(d, "a/tts") == ("closed", 0)
+
+
+async def test_the_access_line_of_a_stream_is_written_at_its_end(
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """One access line per streamed speech answer, written when the audio ends (not when
+    the headers went out), naming the model that served and the hop before it."""
+    a, b = await Tts().start(), await Tts().start()
+    try:
+        d = await start_daemon(config(a, b, head="access_log = true"))
+        caplog.set_level(logging.INFO, logger="failoverd.access")
+        a.script = [answer(500, b'{"error": {"message": "boom"}}', "application/json")]
+
+        def lines() -> list[dict[str, Any]]:
+            return [r.access for r in caplog.records  # type: ignore[attr-defined]
+                    if r.name == "failoverd.access"]
+
+        async with d.http.stream("POST", "/v1/audio/speech", json=ASK) as resp:
+            got, rest = await first_bytes(resp, len(PIECES[0]))
+            assert resp.headers["x-failoverd-model"] == "b/tts"
+            assert lines() == []  # the audio is still coming
+            b.gate.set()
+            async for data in rest:
+                got += data
+        assert got == b"".join(PIECES)
+        for _ in range(100):
+            if lines():
+                break
+            await asyncio.sleep(0.01)
+        (line,) = lines()
+        assert (line["status"], line["model"], line["path"]) == (200, "b/tts", "/v1/audio/speech")
+        assert line["failover"] is not None and line["failover"].startswith("a/tts>b/tts")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_sdk_streams_speech_after_a_failover(pair: Any) -> None:
+    """The official SDK's streamed speech (with_streaming_response) gets the second model's
+    audio piece by piece, and its headers name the hop."""
+    a, b, d = pair
+    a.script = [answer(503, b'{"error": {"message": "overloaded"}}', "application/json")]
+    async with d.openai.audio.speech.with_streaming_response.create(
+            model="a/tts", voice="alloy", input="The build is green.") as resp:
+        assert resp.headers["x-failoverd-model"] == "b/tts"
+        assert resp.headers["x-failoverd-failover"].startswith("a/tts>b/tts:")
+        it = resp.iter_bytes()
+        got = await it.__anext__()
+        assert b.sent == len(PIECES[0]) and PIECES[0].startswith(got)
+        b.gate.set()
+        async for data in it:
+            got += data
+    assert got == b"".join(PIECES)
+
+
+async def test_the_sdk_reads_speech_events_split_at_every_byte(pair: Any) -> None:
+    a, _, d = pair
+    raw = b"".join(EVENTS)
+
+    async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(len(raw)):
+            await resp.write(raw[i:i + 1])
+        await resp.write_eof()
+        return resp
+
+    a.script = [step]
+    async with d.openai.audio.speech.with_streaming_response.create(
+            model="a/tts", voice="alloy", input="The build is green.",
+            stream_format="sse") as resp:
+        body = b"".join([data async for data in resp.iter_bytes()])
+    got = events(body)
+    assert [e["type"] for e in got] == ["speech.audio.delta"] * 2 + ["speech.audio.done"]
