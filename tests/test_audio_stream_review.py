@@ -472,3 +472,65 @@ async def test_the_sdk_reads_speech_events_split_at_every_byte(pair: Any) -> Non
         body = b"".join([data async for data in resp.iter_bytes()])
     got = events(body)
     assert [e["type"] for e in got] == ["speech.audio.delta"] * 2 + ["speech.audio.done"]
+
+
+async def test_a_client_gone_while_its_writes_wait_is_cancelled_not_the_models_fault(
+        pair: Any) -> None:
+    """The client stops reading (failoverd's writes wait for it, paused), then hangs up:
+    aiohttp wakes the waiting write with a plain ConnectionError("Connection lost"), which
+    is the client's leaving all the same: counted once as cancelled, not as a broken
+    stream against the model's breaker."""
+    a, _, d = pair
+    gone = asyncio.Event()
+    enough = asyncio.Event()
+
+    async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await resp.prepare(request)
+        try:
+            await resp.write(PIECES[0])
+            for _ in range(1024):
+                await resp.write(bytes(65536))
+                tts.sent += 65536
+                if tts.sent >= 3 * 1024 * 1024:  # well past every buffer of failoverd's
+                    enough.set()
+        except ConnectionError:
+            gone.set()
+        return resp
+
+    a.script = [step]
+    async with d.http.stream("POST", "/v1/audio/speech", json=ASK) as resp:
+        await first_bytes(resp, len(PIECES[0]))
+        await asyncio.wait_for(enough.wait(), 10)  # the client has read nothing since
+    await asyncio.wait_for(gone.wait(), 10)
+    svc = d.sup.service
+    for _ in range(200):
+        if svc.inflight == 0:
+            break
+        await asyncio.sleep(0.01)
+    requests = svc.metrics.requests
+    assert ("a/tts", "stream_error") not in requests
+    assert requests.get(("a/tts", "cancelled")) == 1
+    assert await breaker(d, "a/tts") == ("closed", 0)
+
+
+@pytest.mark.parametrize("refusal", [
+    answer(400, b'{"error": {"message": "stream_format sse is not supported for tts-1", '
+                b'"type": "invalid_request_error", "param": "stream_format"}}',
+           "application/json"),
+    audio(PIECES[:1], "audio/mpeg"),  # ignored stream_format: raw audio
+], ids=["400", "raw-audio"])
+async def test_the_hop_past_a_voice_without_events_leaves_its_breaker_alone(
+        pair: Any, refusal: Any) -> None:
+    a, b, d = pair
+    a.script = [refusal] * 3
+    b.default = audio(EVENTS, "text/event-stream")
+    b.gate.set()
+    for _ in range(3):
+        resp = await d.http.post("/v1/audio/speech", json=SSE_ASK)
+        assert [e["type"] for e in events(resp.content)][-1] == "speech.audio.done"
+        assert resp.headers["x-failoverd-failover"] == "a/tts>b/tts:incapable"
+        assert resp.headers["x-failoverd-model"] == "b/tts"
+    assert await breaker(d, "a/tts") == ("closed", 0)
+    requests = d.sup.service.metrics.requests
+    assert requests.get(("b/tts", "ok")) == 3 and ("a/tts", "ok") not in requests
