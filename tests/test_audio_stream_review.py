@@ -534,3 +534,28 @@ async def test_the_hop_past_a_voice_without_events_leaves_its_breaker_alone(
     assert await breaker(d, "a/tts") == ("closed", 0)
     requests = d.sup.service.metrics.requests
     assert requests.get(("b/tts", "ok")) == 3 and ("a/tts", "ok") not in requests
+
+
+@pytest.mark.parametrize("sse_format", [False, True], ids=["audio", "sse"])
+async def test_gzipped_streams_reach_the_client_decoded(pair: Any, sse_format: bool) -> None:
+    """An upstream that compresses its stream (Content-Encoding: gzip, as aiohttp servers
+    and proxies may): the client gets the audio (or events) decoded, never gzip bytes under
+    an audio content type."""
+    a, _, d = pair
+    parts = EVENTS if sse_format else PIECES
+
+    async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream" if sse_format else "audio/mpeg"})
+        resp.enable_compression(web.ContentCoding.gzip)
+        await resp.prepare(request)
+        for part in parts:
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    a.script = [step]
+    resp = await d.http.post("/v1/audio/speech", json=SSE_ASK if sse_format else ASK)
+    assert resp.status_code == 200, resp.text
+    assert "content-encoding" not in resp.headers
+    assert resp.content == b"".join(parts)
