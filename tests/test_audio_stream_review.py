@@ -559,3 +559,48 @@ async def test_gzipped_streams_reach_the_client_decoded(pair: Any, sse_format: b
     assert resp.status_code == 200, resp.text
     assert "content-encoding" not in resp.headers
     assert resp.content == b"".join(parts)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "Text/Plain; charset=utf-8"])
+async def test_a_whole_answer_with_an_unreadable_file_error_hops_without_a_breaker_count(
+        ears: Any, content_type: str) -> None:
+    """whisper.cpp's server ignores stream and answers its error inside a 200: a format it
+    cannot read is incapable (the next model may), whatever the content type says."""
+    a, b, d = ears
+    a.script = [stt_answer(200, b'{"error": "failed to read WAV file"}', content_type)] * 3
+    b.gate.set()
+    for _ in range(3):
+        resp = await transcribe(d)
+        assert resp.headers["x-failoverd-failover"] == "a/ears>b/ears:incapable"
+        assert stt_events(resp.content)[-1]["type"] == "transcript.text.done"
+    assert await breaker(d, "a/ears") == ("closed", 0)
+
+
+async def test_crlf_framed_events_pass_as_events(pair: Any) -> None:
+    """Events framed with CRLF (as some servers frame them) reach the client as the same
+    events, each whole."""
+    a, _, d = pair
+    a.script = [audio([e.replace(b"\n", b"\r\n") for e in EVENTS], "text/event-stream")]
+    a.gate.set()
+    resp = await d.http.post("/v1/audio/speech", json=SSE_ASK)
+    assert events(resp.content) == events(b"".join(EVENTS))
+
+
+async def test_pcm_that_begins_with_a_brace_byte_streams_at_once(pair: Any) -> None:
+    """Raw PCM may begin with any byte, 0x7B ("{") too: its first audio must not wait for
+    64 KiB (or the whole answer) as if it might be a JSON error. An error body is a JSON
+    object, whose "{" is followed by a quote, whitespace or "}"."""
+    a, _, d = pair
+    first = b"{\x01" + bytes(range(256)) * 4
+    a.script = [audio([first, PIECES[1]], "audio/pcm")]
+    try:
+        async with asyncio.timeout(3), d.http.stream(  # the headers wait for the first audio
+                "POST", "/v1/audio/speech", json={**ASK, "response_format": "pcm"}) as resp:
+            got, rest = await first_bytes(resp, len(first))
+            assert got == first and not a.finished.is_set()
+            a.gate.set()
+            async for data in rest:
+                got += data
+    finally:
+        a.gate.set()
+    assert got == first + PIECES[1]

@@ -108,10 +108,12 @@ def for_model(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
 def may_be_text(head: bytes, body: dict[str, Any]) -> bool:
     """Whether the first bytes of a 200 may begin an error body instead of audio, which is
     then read whole (to `not_audio`'s verdict and the error's text)."""
-    lead = head[:HEAD].lstrip()[:1]
+    lead = head[:HEAD].lstrip()
     if body.get("response_format", "mp3") == "pcm":
-        return lead == b"{"
-    return lead in (b"{", b"[", b"<")
+        # raw samples may begin with the byte "{" too; a JSON object's next byte is a
+        # quote, whitespace or "}" (a sample's rarely is, and the audio need not wait)
+        return lead[:1] == b"{" and (len(lead) < 2 or lead[1] in b'"} \t\r\n')
+    return lead[:1] in (b"{", b"[", b"<")
 
 
 def not_audio(raw: bytes, body: dict[str, Any], *, whole: bool = True) -> str | None:
