@@ -112,9 +112,6 @@ async def test_events_split_at_every_byte_pass_whole(pair: Any) -> None:
     assert resp.content == raw
 
 
-@pytest.mark.xfail(strict=True, reason="providers/http.py sse_events joins an event's data "
-                   "lines without a limit: speak() checks MAX_AUDIO only once a whole event is "
-                   "out, so an event that never ends is held until the idle timeout")
 async def test_a_huge_single_event_is_cut_at_the_audio_limit(
         pair: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """One event of many data lines that never ends (no blank line) must not be held in

@@ -23,6 +23,8 @@ from failoverd.providers.base import AttemptLimits
 from failoverd.timeouts import timeout, timeout_at
 
 MAX_ERROR_BODY = 64 * 1024
+# the most data one server-sent event may hold (a whole image or audio clip fits)
+MAX_EVENT = 64 * 1024 * 1024
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded", "context length", "context window", "maximum context",
@@ -505,11 +507,14 @@ async def chunks(resp: Response, first_deadline: float, idle: float, provider: s
 
 
 async def sse_events(resp: Response, first_deadline: float, idle: float,
-                     provider: str, model: str) -> AsyncIterator[tuple[str, bytes]]:
+                     provider: str, model: str, *,
+                     max_event: int = MAX_EVENT) -> AsyncIterator[tuple[str, bytes]]:
     """Server-sent events as (event name, data) pairs; multi-line data joined with newlines.
-    Time limits as for `lines`."""
+    Time limits as for `lines`; an event of more than `max_event` bytes of data (one that
+    never ends) is an invalid answer, not held in memory until the idle timeout."""
     event = ""
     data: list[bytes] = []
+    size = 0
     got_first = False
     while True:
         try:
@@ -525,13 +530,18 @@ async def sse_events(resp: Response, first_deadline: float, idle: float,
         if not line:
             if data:
                 yield event, b"\n".join(data)
-            event, data = "", []
+            event, data, size = "", [], 0
             continue
         if not got_first and not line.startswith(b":"):
             got_first = True  # a comment (": PROCESSING") is not a token
         if line.startswith(b"data:"):
             value = line[5:]
             data.append(value[1:] if value.startswith(b" ") else value)
+            size += len(value)
+            if size > max_event:
+                raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                     f"an event of more than {max_event} bytes", status=200,
+                                     provider=provider, model=model)
         elif line.startswith(b"event:"):
             event = line[6:].strip().decode("utf-8", "replace")
         elif line.startswith(b"error:"):

@@ -274,7 +274,7 @@ class OpenAIAudio:
                                  "sse: no server-sent events", status=200,
                                  provider=self._p.config.name, model=model)
         async for name, payload in sse_events(resp, first_deadline, idle, self._p.config.name,
-                                              model):
+                                              model, max_event=speech.MAX_AUDIO):
             if payload == b"[DONE]":
                 break  # before the done event: the answer is as unfinished as a cut one
             if b'"error"' in payload:
