@@ -22,6 +22,7 @@ from failoverd.http1 import Requester, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion
 from failoverd.providers.http import (
     MAX_ERROR_BODY,
+    MAX_EVENT,
     Failure,
     chunks,
     finish_stream,
@@ -124,7 +125,8 @@ class OpenAIAudio:
         try:
             media = speech.media_type(resp.headers.get("Content-Type", ""))
             if media == speech.EVENT_STREAM:
-                reader = self._transcript_events(resp, model.id, first_deadline, limits.idle)
+                reader = self._events(resp, model.id, first_deadline, limits.idle,
+                                      audio.DONE, MAX_EVENT)
             elif media in ("application/json", "text/plain"):
                 reader = self._whole_transcript(resp, form, model.id, first_deadline,
                                                 limits.idle)
@@ -139,11 +141,13 @@ class OpenAIAudio:
         finally:
             finish_stream(resp, clean)
 
-    async def _transcript_events(self, resp: Response, model: str, first_deadline: float,
-                                 idle: float) -> AsyncGenerator[bytes, None]:
-        """A 200's server-sent events, each framed again as it came."""
+    async def _events(self, resp: Response, model: str, first_deadline: float, idle: float,
+                      done: str, max_event: int) -> AsyncGenerator[bytes, None]:
+        """A 200's server-sent events, each framed again as it came, up to the event of type
+        `done`; an error event raised as a failure, and so is a stream that ends before it
+        (at the end of its body or at a `[DONE]`)."""
         async for name, payload in sse_events(resp, first_deadline, idle, self._p.config.name,
-                                              model):
+                                              model, max_event=max_event):
             if payload == b"[DONE]":
                 break  # before the done event: the answer is as unfinished as a cut one
             if b'"error"' in payload:
@@ -151,11 +155,10 @@ class OpenAIAudio:
                 if error is not None:
                     raise error
             yield speech.relayed(name, payload)
-            if audio.is_done(payload):
+            if speech.is_done(payload, done):
                 return
-        raise upstream_error(FailureReason.INVALID_RESPONSE,
-                             f"stream ended before {audio.DONE}", status=200,
-                             provider=self._p.config.name, model=model)
+        raise upstream_error(FailureReason.INVALID_RESPONSE, f"stream ended before {done}",
+                             status=200, provider=self._p.config.name, model=model)
 
     async def _whole_transcript(self, resp: Response, form: audio.Form, model: str,
                                 first_deadline: float,
@@ -273,17 +276,7 @@ class OpenAIAudio:
                                  f"answered {media or 'no content type'} to stream_format "
                                  "sse: no server-sent events", status=200,
                                  provider=self._p.config.name, model=model)
-        async for name, payload in sse_events(resp, first_deadline, idle, self._p.config.name,
-                                              model, max_event=speech.MAX_AUDIO):
-            if payload == b"[DONE]":
-                break  # before the done event: the answer is as unfinished as a cut one
-            if b'"error"' in payload:
-                error = self._p.chunk_error(payload, model)
-                if error is not None:
-                    raise error
-            yield speech.relayed(name, payload)
-            if speech.is_done(payload):
-                return
-        raise upstream_error(FailureReason.INVALID_RESPONSE,
-                             f"stream ended before {speech.DONE}", status=200,
-                             provider=self._p.config.name, model=model)
+        async with contextlib.aclosing(self._events(resp, model, first_deadline, idle,
+                                                    speech.DONE, speech.MAX_AUDIO)) as events:
+            async for event in events:
+                yield event

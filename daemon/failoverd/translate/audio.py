@@ -227,17 +227,6 @@ def done(text: str, usage: dict[str, Any] | None = None,
     return event(data)
 
 
-def is_done(payload: bytes) -> bool:
-    """Whether an event's data is the stream's last event."""
-    if DONE.encode() not in payload:
-        return False
-    try:
-        parsed = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(parsed, dict) and parsed.get("type") == DONE
-
-
 def _header_params(value: str) -> tuple[str, dict[str, str]]:
     """A header value's first item (lowercased) and its name=value parameters."""
     first, _, rest = value.partition(";")

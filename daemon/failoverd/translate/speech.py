@@ -164,13 +164,14 @@ def relayed(name: str, payload: bytes) -> bytes:
     return head + b"".join(b"data: " + line + b"\n" for line in payload.split(b"\n")) + b"\n"
 
 
-def is_done(payload: bytes) -> bool:
-    """Whether an event's data is the stream's last event (base64 deltas never hold
-    quotes, so only the done event can hold its quoted type)."""
-    if b'"speech.audio.done"' not in payload:
+def is_done(payload: bytes, done: str = DONE) -> bool:
+    """Whether an event's data is the stream's last event, of type `done` (speech's, or
+    transcriptions' transcript.text.done): its quoted type is looked for first, then the
+    event parsed to be sure."""
+    if f'"{done}"'.encode() not in payload:
         return False
     try:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(parsed, dict) and parsed.get("type") == DONE
+    return isinstance(parsed, dict) and parsed.get("type") == done
