@@ -84,6 +84,9 @@ class Cost:
     cache_write: float | None = None
 
 
+_NO_COST = Cost()
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     id: str
@@ -112,6 +115,11 @@ class ModelConfig:
     max_cost_per_month: float = 0.0
     # speech models: the client's voice -> this model's ("*": for any other voice)
     voices: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def priced(self) -> bool:
+        """Whether the model has a `cost` (its answers are counted in USD)."""
+        return self.cost != _NO_COST
 
     @property
     def kind(self) -> ModelKind:

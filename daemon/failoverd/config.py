@@ -464,7 +464,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         models[model_id] = read_model(model_id, msec.table(model_id), psec.data)
     if not models:
         problems.append("models: at least one [models.\"<id>\"] entry is required")
-    priced = {m.provider for m in models.values() if m.cost != Cost()}
+    priced = {m.provider for m in models.values() if m.priced}
     for name, p in providers.items():
         for key in ("max_cost_per_day", "max_cost_per_month"):
             if getattr(p, key) and name not in priced:

@@ -34,7 +34,7 @@ from failoverd import healthstate
 from failoverd.breaker import Breaker, BreakerState, TransitionCallback
 from failoverd.budget import Budgets, Reached, caps_of
 from failoverd.clock import Clock
-from failoverd.config import Config, Cost, ModelConfig
+from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
 from failoverd.permit import Permit
 from failoverd.quota import Quotas
@@ -42,7 +42,6 @@ from failoverd.quota import Quotas
 __all__ = ["HealthRegistry", "Permit", "ProbeResult"]
 
 logger = logging.getLogger(__name__)
-_FREE = Cost()  # a model without prices (it spends nothing)
 
 LATENCY_SAMPLES = 256
 
@@ -493,7 +492,7 @@ class HealthRegistry:
             )
             entry.update(self.quotas.status(model_id, self.clock.monotonic()))
             model = self._config.models[model_id]
-            if model.cost != _FREE:
+            if model.priced:
                 entry["spent_usd"] = self.budgets.spending("model", model_id, wall)
             held = self.budgets.blocked(model_id, model.provider, wall)
             if held is not None:  # skipped until the cap's period ends
@@ -505,7 +504,7 @@ class HealthRegistry:
                              since=max(entry.get("since") or 0.0, self._wall(creds.since)))
             models[model_id] = entry
         providers: dict[str, Any] = {}
-        priced = {m.provider for m in self._config.models.values() if m.cost != _FREE}
+        priced = {m.provider for m in self._config.models.values() if m.priced}
         for name in self._config.providers:
             state = self._blocked(name) or "ok"
             creds = self._credentials[name]

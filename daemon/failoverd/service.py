@@ -21,7 +21,7 @@ from failoverd import complexity, discovery, requirements, router, selection
 from failoverd.breaker import BreakerState
 from failoverd.budget import Reached
 from failoverd.clock import Clock
-from failoverd.config import Config, Cost
+from failoverd.config import Config
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
 from failoverd.errors import Attempt
 from failoverd.events import AuditLog, EventBus
@@ -144,7 +144,7 @@ class Service:
         # a model a reload removed keeps its price: its answers still in flight cost
         former = {m: p for m, p in self.metrics.prices.items() if m not in models}
         self.metrics.prices = {**former, **{m.id: m.cost for m in models.values()
-                                            if m.cost != Cost()}}
+                                            if m.priced}}
         self.runtime = runtime
 
     def reload(self, config: Config) -> None:
