@@ -21,7 +21,8 @@ import pytest
 from aiohttp import web
 
 from failoverd.translate import speech
-from tests.fakes.base import cut, serve_app
+from tests.fakes.base import cut
+from tests.fakes.scripted import Scripted
 from tests.helpers import status
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # 1034 bytes
@@ -30,39 +31,18 @@ PIECES = [MP3, b"\xff\xfb" + bytes(range(256)) * 8, b"\xff\xfb" + bytes(range(25
 Step = Callable[[web.Request, "Tts"], Awaitable[web.StreamResponse]]
 
 
-class Tts:
-    """An OpenAI-compatible /v1/audio/speech server whose answers stream: each request takes
-    the next scripted step (else `default`); the bodies and Accept headers it got are kept.
-    `gate` holds back every piece after a stream's first; `sent` counts the bytes written."""
+class Tts(Scripted):
+    """An OpenAI-compatible /v1/audio/speech server whose answers stream (tests/fakes/
+    scripted.py): the bodies it got are kept; `sent` counts the bytes written."""
+
+    route = "/v1/audio/speech"
 
     def __init__(self, default: Step | None = None) -> None:
-        self.default = default or audio(PIECES)
-        self.script: list[Step] = []
+        super().__init__(default or audio(PIECES))
         self.bodies: list[dict[str, Any]] = []
-        self.accepts: list[str] = []
-        self.gate = asyncio.Event()
-        self.sent = 0
-        self.finished = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> Tts:
-        app = web.Application()
-        app.router.add_post("/v1/audio/speech", self._speak)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def close(self) -> None:
-        self.gate.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _speak(self, request: web.Request) -> web.StreamResponse:
+    async def keep(self, request: web.Request) -> None:
         self.bodies.append(orjson.loads(await request.read()))
-        self.accepts.append(request.headers.get("Accept", ""))
-        step = self.script.pop(0) if self.script else self.default
-        return await step(request, self)
 
 
 async def _pieces(request: web.Request, tts: Tts, pieces: list[bytes], content_type: str,

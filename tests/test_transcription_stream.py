@@ -29,7 +29,8 @@ from failoverd.http1 import HttpClient
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.gemini import GeminiProvider
 from failoverd.translate import audio as wire
-from tests.fakes.base import cut, serve_app
+from tests.fakes.base import cut
+from tests.fakes.scripted import Scripted
 from tests.helpers import status
 
 AUDIO = b"RIFF\x00\x01WAVEfmt " + bytes(range(256)) * 125  # 32012 bytes: a second of audio
@@ -54,41 +55,20 @@ ERROR = sse({"error": {"message": "The server had an error while processing your
                        "type": "server_error"}})
 
 
-class Stt:
-    """An OpenAI-compatible /v1/audio/{task} server whose answers stream: each request takes
-    the next scripted step (else `default`); the forms and Accept headers it got are kept.
-    `gate` holds back every piece after a stream's first; `sent` counts the pieces written."""
+class Stt(Scripted):
+    """An OpenAI-compatible /v1/audio/{task} server whose answers stream (tests/fakes/
+    scripted.py): the forms it got are kept; `sent` counts the pieces written."""
+
+    route = "/v1/audio/{task}"
 
     def __init__(self, default: Step | None = None) -> None:
-        self.default = default or pieces(EVENTS)
-        self.script: list[Step] = []
+        super().__init__(default or pieces(EVENTS))
         self.forms: list[dict[str, Any]] = []
-        self.accepts: list[str] = []
-        self.gate = asyncio.Event()
-        self.sent = 0
-        self.finished = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> Stt:
-        app = web.Application()
-        app.router.add_post("/v1/audio/{task}", self._handle)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def close(self) -> None:
-        self.gate.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def keep(self, request: web.Request) -> None:
         form = await request.post()
         self.forms.append({k: (v.filename, v.file.read()) if isinstance(v, web.FileField)
                            else v for k, v in form.items()})
-        self.accepts.append(request.headers.get("Accept", ""))
-        step = self.script.pop(0) if self.script else self.default
-        return await step(request, self)
 
 
 async def _pieces(request: web.Request, stt: Stt, parts: list[bytes], content_type: str,
