@@ -343,10 +343,12 @@ async def test_queued_request_is_served_when_an_open_period_ends(fake_openai,
 
 async def test_queue_gives_up_after_queue_timeout_with_attempts(fake_openai,
                                                                 start_daemon) -> None:
+    """Forced open until reset: only an operator brings them back, which may come any moment,
+    so the request waits its queue_timeout for that before the 503."""
     a = await fake_openai()
     b = await fake_openai()
     d = await start_daemon(queue_toml(a, b, queue_timeout=0.3))
-    await force_open(d, PRIMARY, FALLBACK, seconds=40)
+    await force_open(d, PRIMARY, FALLBACK)
     started = time.monotonic()
     resp = await d.http.post("/v1/chat/completions", json={"model": "default",
                                                            "messages": HELLO})
@@ -357,8 +359,52 @@ async def test_queue_gives_up_after_queue_timeout_with_attempts(fake_openai,
     assert error["type"] == "no_model_available"
     assert {x["model"] for x in error["attempts"]} == {PRIMARY, FALLBACK}
     assert {x["reason"] for x in error["attempts"]} == {"unavailable"}
-    assert 38 <= int(resp.headers["Retry-After"]) <= 40
+    assert resp.headers["Retry-After"] == "1"  # no time known
     assert a.requests == [] and b.requests == []
+
+
+async def test_queue_answers_at_once_when_nothing_comes_back_within_it(
+        fake_openai, start_daemon) -> None:
+    """Every candidate open for 40 s and a queue of 0.3 s: waiting cannot help, so the 503
+    comes at once, its Retry-After saying when the first comes back. One candidate whose time
+    is within the queue keeps the request waiting for it, and it is served."""
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(queue_toml(a, b, queue_timeout=0.3))
+    await force_open(d, PRIMARY, FALLBACK, seconds=40)
+    started = time.monotonic()
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default",
+                                                           "messages": HELLO})
+    assert time.monotonic() - started < 0.25
+    assert resp.status_code == 503
+    error = resp.json()["error"]
+    assert error["type"] == "no_model_available"
+    assert {x["reason"] for x in error["attempts"]} == {"unavailable"}
+    assert 38 <= int(resp.headers["Retry-After"]) <= 40
+    await force_open(d, PRIMARY, seconds=0.2)
+    model, raw = await ask(d)
+    assert model == PRIMARY and raw.parse().choices[0].message.content == "from a"
+    assert b.requests == []
+
+
+async def test_queue_waits_for_a_provider_whose_credential_block_a_probe_may_end(
+        fake_openai, start_daemon) -> None:
+    """A provider blocked for its key (an hour) may come back at the next successful probe of
+    any of its models, so its time is no reason to answer at once: the request waits in the
+    queue and is served the moment a probe clears the block."""
+    a = await fake_openai(reply="from a", default="auth")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(queue_toml(a, b, queue_timeout=3))
+    model, _ = await ask(d)
+    assert model == FALLBACK  # a's key refused: its provider is blocked for auth_open_seconds
+    await force_open(d, FALLBACK, seconds=40)
+    request = asyncio.create_task(ask(d))
+    await asyncio.sleep(0.3)
+    assert not request.done()  # waiting, not a 503 at once
+    a.default = "ok"
+    assert (await d.http.post(f"/v1/models/{PRIMARY}/probe")).json()["ok"] is True
+    model, raw = await asyncio.wait_for(request, 2)
+    assert model == PRIMARY and raw.parse().choices[0].message.content == "from a"
 
 
 async def test_queue_never_waits_past_the_deadline(fake_openai, start_daemon) -> None:

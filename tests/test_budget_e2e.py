@@ -8,6 +8,7 @@ from __future__ import annotations
 import calendar
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,21 @@ async def test_every_model_capped_is_a_503_with_the_time_until_the_reset(
     assert resp.status_code == 503
     assert int(resp.headers["Retry-After"]) == 600
     assert "max_cost_per_day" in resp.text
+
+
+async def test_queue_mode_answers_a_capped_model_at_once(fake_openai: Any,
+                                                         start_daemon: Any) -> None:
+    """when_all_unavailable = "queue": a cap that resets in ten minutes cannot end within a
+    queue of 10 s, so the 503 comes at once instead of after the queue's time."""
+    a, b = await fake_openai(), await fake_openai()
+    d = await start_daemon(config(a, b, a_model="max_cost_per_day = 0.001").replace(
+        'when_all_unavailable = "fail"', 'when_all_unavailable = "queue"\nqueue_timeout = 10'),
+        clock=clock_at(LATE))
+    assert (await ask(d)).status_code == 200
+    started = time.monotonic()
+    resp = await ask(d, "a/gpt-a", **{"x-failoverd-no-fallback": "1"})
+    assert time.monotonic() - started < 2
+    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) == 600
 
 
 async def test_a_provider_cap_counts_all_of_its_models(fake_openai: Any,

@@ -473,20 +473,27 @@ async def test_a_reload_that_changes_max_tpm_keeps_the_minute(start_daemon: Any,
 
 
 async def test_the_queue_waits_for_the_minute_to_free_tokens(start_daemon: Any) -> None:
-    """when_all_unavailable = "queue": a request for a model past its max_tpm waits, and is
-    served by it once the minute's usage has aged out (Retry-After knew when)."""
+    """when_all_unavailable = "queue": a request for a model past its max_tpm is answered at
+    once while the minute frees its tokens later than the queue could wait (Retry-After says
+    when); within the queue's reach it waits, and is served by the model once the minute's
+    usage has aged out."""
     clock = ManualClock()
     d = await start_daemon(TPM.replace('when_all_unavailable = "fail"',
-                                       'when_all_unavailable = "queue"\nqueue_timeout = 0.5'),
+                                       'when_all_unavailable = "queue"\nqueue_timeout = 2'),
                            clock=clock)
     await use_up(d, clock)
+    resp = await chat(d, **{"x-failoverd-no-fallback": "1"})
+    assert resp.status_code == 503
+    wait = int(resp.headers["retry-after"])
+    assert 2 < wait <= 60
+    clock.advance(wait - 1)  # now within the queue's 2 s
     pending = asyncio.create_task(chat(d, **{"x-failoverd-no-fallback": "1"}))
     await until(lambda: d.sup.service.inflight == 1)  # in, and waiting in the queue
     await asyncio.sleep(0.05)
     assert not pending.done()
-    # the waiting request sleeps (in real time) no longer than the queue's limit; the
-    # minute's tokens are gone by then on the simulated clock
-    clock.advance(60)
+    # the waiting request sleeps (in real time) no longer than the known wait; the minute's
+    # tokens are gone by then on the simulated clock
+    clock.advance(2)
     resp = await asyncio.wait_for(pending, 10)
     assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "free/flash"
 

@@ -94,9 +94,11 @@ def mqtt_head(broker: Mosquitto, queue_size: int = 1000) -> str:
             f"queue_size = {queue_size}\n")
 
 
-async def open_both(d: Any, seconds: float = 100) -> None:
+async def open_both(d: Any, seconds: float | None = 100) -> None:
+    """Both models forced open for `seconds`, or until reset (None)."""
     for model in (A, B):
-        resp = await d.http.post(f"/v1/models/{model}/open", json={"seconds": seconds})
+        resp = await d.http.post(f"/v1/models/{model}/open",
+                                 json={} if seconds is None else {"seconds": seconds})
         assert resp.status_code == 200, resp.text
 
 
@@ -162,14 +164,15 @@ async def test_half_open_admits_one_trial_per_period_while_the_storm_goes_on(
 
 async def test_queue_of_hundreds_expires_with_503_and_retry_after(
         start_daemon: Any, fake_openai: Any) -> None:
-    """Every model down, when_all_unavailable = "queue": 300 requests wait at once; each is
-    answered 503 no_model_available with a Retry-After when its queue_timeout (1 s) is up,
-    not before and not much after."""
+    """Every model down (forced open until reset: only an operator brings them back, at any
+    moment), when_all_unavailable = "queue": 300 requests wait at once; each is answered 503
+    no_model_available with a Retry-After when its queue_timeout (1 s) is up, not before and
+    not much after."""
     a: FakeOpenAI = await fake_openai()
     b: FakeOpenAI = await fake_openai()
     d = await start_daemon(pair_config(a, b, routing="queue_timeout = 1\n").replace(
         'when_all_unavailable = "fail"', 'when_all_unavailable = "queue"'))
-    await open_both(d)
+    await open_both(d, None)
     replies = await storm(d.socket, 300, concurrency=300)
     assert Counter(s for s, _, _ in replies) == {503: 300}
     waits = sorted(t for _, _, t in replies)

@@ -57,6 +57,7 @@ class Health(Protocol):
     def acquire(self, model_id: str) -> Permit | None: ...
     def available(self, model_id: str) -> tuple[bool, str | None]: ...
     def earliest_available_in(self, model_ids: Sequence[str]) -> float | None: ...
+    def out_longer_than(self, model_ids: Sequence[str], seconds: float) -> bool: ...
     async def wait_for_change(self) -> None: ...
 
 
@@ -491,6 +492,8 @@ class Dispatcher:
         """Waits for the first candidate to come back, within queue_timeout and the deadline."""
         assert self.health is not None
         limit = min(self.config.routing.queue_timeout, self._remaining(deadline))
+        if self.health.out_longer_than(candidates, limit):
+            return False  # nothing comes back in time: the 503 and its Retry-After now
         end = self.clock.monotonic() + limit
         # waits are real time; bound them by the loop's clock too, whatever clock is injected
         loop = asyncio.get_running_loop()

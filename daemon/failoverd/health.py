@@ -309,6 +309,19 @@ class HealthRegistry:
         waits = [w for w in map(self.retry_in, model_ids) if w is not None]
         return min(waits) if waits else None
 
+    def out_longer_than(self, model_ids: Iterable[str], seconds: float) -> bool:
+        """Whether each model's known wait is longer than `seconds`, so that none can come back
+        within them but by an operator's hand (a reset, a reload). A model without a known time
+        (forced open, trial slots or concurrency taken) or whose provider is blocked for its
+        credentials (a probe's success ends that early) may come back sooner: False then."""
+        for model_id in model_ids:
+            wait = self.retry_in(model_id)
+            if wait is None or wait <= seconds:
+                return False
+            if self.provider_retry_in(self._config.models[model_id].provider) is not None:
+                return False
+        return True
+
     async def wait_for_change(self) -> None:
         """Returns when anything happened that may have freed a model.
 
