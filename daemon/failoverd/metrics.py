@@ -16,6 +16,11 @@ TOKEN_KINDS = ("prompt", "completion", "cache_read", "cache_write")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
 
+# Upstream calls an adapter sent again at once within one attempt, by (model, why): not
+# failovers nor retries ("cache_points": Bedrock refused them, sent again without them).
+# Adapters hold no Metrics and one daemon runs per process: process-wide, rendered by render.
+RESENT: defaultdict[tuple[str, str], int] = defaultdict(int)
+
 
 def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -186,6 +191,9 @@ class Metrics:
         counter("failoverd_usage_unreported_total", "Answers served without a token usage "
                 "(streams without stream_options.include_usage).", ("model",),
                 (((k,), v) for k, v in self.unreported.items()))
+        counter("failoverd_upstream_resends_total", "Upstream calls sent again at once within "
+                "one attempt (not failovers), by model and why.", ("model", "why"),
+                RESENT.items())
         name = "failoverd_cost_usd_total"
         out.append(f"# HELP {name} US dollars spent by model: the reported tokens at the "
                    "model's configured cost.\n"

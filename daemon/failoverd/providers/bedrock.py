@@ -21,6 +21,14 @@ account Bedrock refuses ("Operation not allowed"), or the client's mistake;
 AccessDeniedException: the key, the account's payment, or one model not enabled for the
 account, which only that model's breaker should pay for).
 
+A refusal of the request's cachePoint blocks (`cache_refusal`: only Bedrock's own words for
+it, never any ValidationException) is not the model's failure: the same request goes again at
+once without them, within the same attempt, and the model serves it. "This model takes none"
+is remembered (`UNCACHED_SECONDS`, and until a reload builds a new adapter), so its next
+requests go without them and pay no refused round trip; a refusal of this request's points
+(too many, one after a reasoning block) is not. Each such call is counted in
+``failoverd_upstream_resends_total`` (metrics.RESENT): it is no failover and no retry.
+
 Bedrock's model listing is on another host (the control plane), under another permission a
 runtime-only role may lack, and knows nothing of inference profiles; so the `models` probe is
 a one-token Converse call: it proves the endpoint, the credentials, and that this model (or
@@ -30,20 +38,23 @@ profile) answers, for a handful of tokens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
 
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, CredentialSource, open_source
-from failoverd.clock import Clock
+from failoverd.clock import Clock, SystemClock
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, HttpClientError, Response
 from failoverd.http1.client import target
+from failoverd.metrics import RESENT
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking, ends_in_prefill
 from failoverd.providers.eventstream import Decoder, FrameError, Message
 from failoverd.providers.http import (
@@ -56,6 +67,7 @@ from failoverd.providers.http import (
     parse_retry_after,
     probe_limits,
     read_limited,
+    redact_keys,
     request_headers,
     upstream_error,
 )
@@ -64,7 +76,13 @@ from failoverd.timeouts import timeout, timeout_at
 from failoverd.translate import bedrock as translate
 from failoverd.translate.bedrock_stream import StreamTranslator
 
+logger = logging.getLogger(__name__)
+
 SERVICE = "bedrock"  # the SigV4 signing name of the Bedrock Runtime
+# how long a model that refused cache points ("this model takes none") gets none: short, as
+# Bedrock has answered so for a while to models that do cache (a Claude Code session then
+# pays full input price until it ends), and the price of asking again is one refused call
+UNCACHED_SECONDS = 600.0
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 # error type -> reason, when the type alone decides
@@ -131,7 +149,27 @@ _INCAPABLE_MARKERS = ("doesn't support", "does not support", "not supported for 
 # content/0: extraneous key [cachePoint] is not permitted, ..."); another model may serve it,
 # as a feature the Anthropic adapter cannot express makes its candidate incapable
 _FEATURE_MARKERS = ("did not allow prompt caching", "extraneous key [cachepoint]",
+                    "access to explicit prompt caching",
                     "extraneous key [thinking]", "extraneous key [reasoningcontent]")
+# Refusals of the request's cachePoint blocks (see `cache_refusal`). This model takes none:
+# "You invoked an unsupported model[,] or your request did not allow prompt caching. See the
+# documentation for more information." (a 400 ValidationException, for some accounts a 403
+# AccessDeniedException; also, for a while, to Claude 4.6 models that do cache), "You do not
+# have access to explicit prompt caching" (an account without it, as in the preview), and
+# "Malformed input request: #/system/1: extraneous key [cachePoint] is not permitted" (a
+# model whose schema has no cache point)
+_UNCACHED_MARKERS = ("did not allow prompt caching", "access to explicit prompt caching",
+                     "extraneous key [cachepoint]")
+# The model caches, but not this request's points (Claude's errors, passed on as a 400
+# ValidationException "The model returned the following errors: ..."): "A maximum of 4 blocks
+# with cache_control may be provided. Found 5.", "Cache point cannot be inserted after
+# reasoning block. Please remove the invalid cache point and try again.", and "a ttl='1h'
+# cache_control block must not come after a ttl='5m' cache_control block". A point before
+# the model's minimum of tokens is no refusal: Bedrock answers, and caches nothing.
+_CACHE_REQUEST_MARKERS = ("blocks with cache_control may be provided",
+                          "cache point cannot be inserted",
+                          "must not come after a ttl=")
+CacheScope = Literal["model", "request"]
 # the account may not use Bedrock (not yet verified, or blocked): "ValidationException:
 # Operation not allowed", for every model and request
 _ACCOUNT_MARKERS = ("operation not allowed",)
@@ -157,6 +195,34 @@ def error_message(raw: bytes) -> tuple[str, Any]:
         if isinstance(message, str):
             return message, body
     return raw[:300].decode("utf-8", "replace").strip(), body
+
+
+def cache_refusal(status: int | None, message: str, kind: str) -> CacheScope | None:
+    """Whether a Bedrock error refuses the request's cache points: ``"model"`` (this model
+    takes none), ``"request"`` (these ones: too many, misplaced) or None (anything else).
+
+    Only a 400 ValidationException or a 403 AccessDeniedException (in a stream, before its
+    status, their exception frames) with Bedrock's words for it: other ValidationExceptions
+    are left to `classify_error`."""
+    if status not in (None, 400, 403):
+        return None
+    kind = kind[:1].upper() + kind[1:]
+    if kind not in ("ValidationException", "AccessDeniedException", ""):
+        return None
+    low = message.lower()
+    if any(m in low for m in _UNCACHED_MARKERS):
+        return "model"
+    if kind != "AccessDeniedException" and any(m in low for m in _CACHE_REQUEST_MARKERS):
+        return "request"
+    return None
+
+
+class _CacheRefused(UpstreamError):
+    """A refusal of the request's cache points (`scope` as `cache_refusal` returns it), which
+    the adapter answers by sending the request again without them. Raised on only when that
+    cannot help (the request had none): as the UpstreamError it is."""
+
+    scope: CacheScope = "model"
 
 
 def classify_error(status: int | None, message: str, kind: str) -> FailureReason:
@@ -207,6 +273,10 @@ class BedrockProvider(Lacking):
         self._client = client.via(config.proxy)
         self._base = config.base_url.rstrip("/")
         self._now = now
+        self._clock = clock or SystemClock()
+        # models that refused cache points ("this model takes none"), by Bedrock model id:
+        # until when (monotonic) their requests go without them
+        self._uncached: dict[str, float] = {}
         base = {"Content-Type": "application/json", "Accept": "application/json"}
         # SigV4: the credentials' source, and the signer of the credentials it gave last
         self._credentials: CredentialSource | None = None
@@ -266,6 +336,13 @@ class BedrockProvider(Lacking):
             message = f"{message or 'not found'} ({self._base}: check base_url)"
         text = f"{kind}: {message}" if kind and message else (message or kind
                                                               or f"HTTP {status}")
+        scope = cache_refusal(status, message, kind)
+        if scope is not None:
+            refused = _CacheRefused(reason, redact_keys(text)[:500], status=status,
+                                    provider=self.config.name, model=model, body=raw,
+                                    content_type=content_type)
+            refused.scope = scope
+            return refused
         return upstream_error(reason, text, status=status, provider=self.config.name,
                               model=model, retry_after=retry_after, body=raw,
                               content_type=content_type)
@@ -282,19 +359,60 @@ class BedrockProvider(Lacking):
 
     # ------------------------------------------------------------------ calls
 
-    def _payload(self, body: dict[str, Any], model: ModelConfig) -> bytes:
+    def _payload(self, body: dict[str, Any], model: ModelConfig, *,
+                 cache_points: bool = True) -> bytes:
         # a TranslationError goes up as it is: the candidate is incapable, no call is made
         return orjson.dumps(translate.to_request(body, max_output_tokens=model.max_output_tokens,
-                                                 model=model.name))
+                                                 model=model.name, cache_points=cache_points))
+
+    def _caches(self, model: ModelConfig) -> bool:
+        """Whether the model's requests may carry cache points now (no refusal remembered)."""
+        until = self._uncached.get(model.name)
+        if until is None:
+            return True
+        if self._clock.monotonic() < until:
+            return False
+        del self._uncached[model.name]  # time to ask again: it may have gained prompt caching
+        return True
+
+    def _without_cache(self, refused: _CacheRefused, body: dict[str, Any],
+                       model: ModelConfig, sent: bytes) -> bytes:
+        """The request again without cache points, after their refusal; raises the refusal
+        when the request had none (nothing to drop: not about its points after all)."""
+        plain = self._payload(body, model, cache_points=False)
+        if plain == sent:
+            raise refused
+        if refused.scope == "model":
+            if model.name not in self._uncached:
+                logger.info("%s takes no cache points (%s): its requests go without them for "
+                            "%.0fs", model.id, refused.message, UNCACHED_SECONDS)
+            self._uncached[model.name] = self._clock.monotonic() + UNCACHED_SECONDS
+        else:
+            logger.info("%s refused this request's cache points (%s): sent again without them",
+                        model.id, refused.message)
+        RESENT[(model.id, "cache_points")] += 1
+        return plain
+
+    async def _converse(self, url: str, data: bytes, total: float, connect: float,
+                        model: ModelConfig) -> bytes:
+        headers = await self._signed(url, self._headers, data, model.id)
+        return await fetch(self._client, "POST", url, headers=headers, data=data, total=total,
+                           connect=connect, failure=self._failure, provider=self.config.name,
+                           model=model.id)
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
-        data = self._payload(body, model)
+        data = self._payload(body, model, cache_points=self._caches(model))
         url = self._url(model, "converse")
-        headers = await self._signed(url, self._headers, data, model.id)
-        raw = await fetch(self._client, "POST", url, headers=headers, data=data,
-                          total=limits.total, connect=limits.connect, failure=self._failure,
-                          provider=self.config.name, model=model.id)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limits.total
+        try:
+            raw = await self._converse(url, data, limits.total, limits.connect, model)
+        except _CacheRefused as refused:
+            data = self._without_cache(refused, body, model, data)
+            # the same attempt: the refusal came at once, within the attempt's time limit
+            left = max(end - loop.time(), 0.0)
+            raw = await self._converse(url, data, left, min(limits.connect, left), model)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("output"), dict):
             raise self._invalid("200 with an unparsable or empty body", model.id)
@@ -356,13 +474,33 @@ class BedrockProvider(Lacking):
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        data = self._payload(body, model)
+        first_deadline = asyncio.get_running_loop().time() + limits.first_token
+        data = self._payload(body, model, cache_points=self._caches(model))
+        chunks = self._stream(body, data, model, limits, first_deadline)
+        try:
+            first = await anext(chunks, None)
+        except _CacheRefused as refused:
+            # before the first chunk (nothing held back was sent): again without them, by
+            # the same first-token deadline
+            data = self._without_cache(refused, body, model, data)
+            chunks = self._stream(body, data, model, limits, first_deadline)
+            first = await anext(chunks, None)
+        async with aclosing(chunks):
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    async def _stream(self, body: dict[str, Any], data: bytes, model: ModelConfig,
+                      limits: AttemptLimits, first_deadline: float
+                      ) -> AsyncGenerator[Chunk, None]:
+        """One ConverseStream call of `data`, its first chunk by `first_deadline`."""
         url = self._url(model, "converse-stream")
         options = body.get("stream_options")
         translator = StreamTranslator(
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
-        first_deadline = asyncio.get_running_loop().time() + limits.first_token
         headers = await self._signed(url, self._stream_headers, data, model.id)
         resp = await open_stream(self._client, url, data=data, headers=headers,
                                  first_deadline=first_deadline, connect=limits.connect,

@@ -443,9 +443,10 @@ def _refuse_unexpressible(body: dict[str, Any]) -> None:
 
 
 def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None,
-               model: str = "") -> dict[str, Any]:
+               model: str = "", cache_points: bool = True) -> dict[str, Any]:
     """A canonical request as a Converse request (the model, its id or inference profile,
-    goes in the URL; `model` decides what its knobs may be).
+    goes in the URL; `model` decides what its knobs may be; without `cache_points` its
+    breakpoints are dropped, as towards a model without prompt caching).
 
     Raises TranslationError (with `.param` naming the field) for what Converse cannot express.
     """
@@ -470,7 +471,7 @@ def to_request(body: dict[str, Any], *, max_output_tokens: int | None = None,
             inference.pop("topP", None)
     if inference:
         request["inferenceConfig"] = inference
-    place(request, model, body.get("cache_control"))
+    place(request, model, body.get("cache_control"), points=cache_points)
     unknown = sorted(set(body) - _HANDLED_KEYS)
     if unknown:
         logger.debug("bedrock: ignoring request keys without an equivalent: %s", unknown)

@@ -87,10 +87,12 @@ def unmark(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     return found
 
 
-def place(request: dict[str, Any], model: str, automatic: Any = None) -> None:
+def place(request: dict[str, Any], model: str, automatic: Any = None, *,
+          points: bool = True) -> None:
     """Turns the marked blocks of a built Converse request into cachePoint blocks after them,
-    or, towards a model without prompt caching, just takes the marks off. ``automatic`` is the
-    request's top-level cache_control."""
+    or, towards a model without prompt caching (or without `points`: one that refused them,
+    see providers/bedrock.py), just takes the marks off. ``automatic`` is the request's
+    top-level cache_control."""
     tools = (request.get("toolConfig") or {}).get("tools") or []
     lists = [tools, request.get("system") or [],
              *(turn["content"] for turn in request["messages"])]
@@ -104,7 +106,7 @@ def place(request: dict[str, Any], model: str, automatic: Any = None) -> None:
         last = request["messages"][-1]["content"]
         if not (found and found[-1][0] is last and found[-1][1] == len(last) - 1):
             found.append((last, len(last) - 1, automatic))
-    if not caches(model):
+    if not points or not caches(model):
         return
     kept = found[-MAX_CACHE_POINTS:]
     # the hour-long ones while no 5-minute one came before them
