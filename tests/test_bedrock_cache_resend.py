@@ -37,7 +37,16 @@ from failoverd.providers.base import AttemptLimits
 from failoverd.providers.bedrock import UNCACHED_SECONDS, cache_refusal, classify_error
 from failoverd.translate.anthropic import anthropic_to_canonical
 from tests.fakes.base import fake_fixture
-from tests.fakes.bedrock import API_KEY, ERRORS, NO_CACHING, FakeBedrock, Logged, _prompt_blocks
+from tests.fakes.bedrock import (
+    API_KEY,
+    ERRORS,
+    NO_CACHING,
+    FakeBedrock,
+    Logged,
+    _prompt_blocks,
+    event,
+    exception,
+)
 from tests.test_bedrock_caching_thinking import KEY_ENV, SONNET_45, config
 from tests.test_prompt_caching import tool_loop
 from tests.test_provider_bedrock import provider_for
@@ -61,7 +70,8 @@ def has_points(body: Any) -> bool:
 class CachelessBedrock(FakeBedrock):
     """The fake Bedrock Runtime where the `uncached` models have no prompt caching (their
     cache points get Bedrock's 400), and requests with cache points first get the scripted
-    `refusals` ((status, error type, message), one each)."""
+    `refusals` ((status, error type, message), one each; status 200: a stream's exception
+    frame after its messageStart)."""
 
     uncached: set[str] = field(default_factory=set, kw_only=True)
     refusals: deque[tuple[int, str, str]] = field(default_factory=deque, kw_only=True)
@@ -73,6 +83,13 @@ class CachelessBedrock(FakeBedrock):
             self.requests.append(Logged(request.raw_path, model, dict(request.headers), body))
             status, kind, message = self.refusals.popleft() if self.refusals \
                 else (400, "ValidationException", NO_CACHING)
+            if status == 200:
+                resp = web.StreamResponse(headers={
+                    "Content-Type": "application/vnd.amazon.eventstream"})
+                await resp.prepare(request)
+                await resp.write(event("messageStart", {"role": "assistant"}))
+                await resp.write(exception(kind, message))
+                return resp
             return self._aws_error(status, kind, orjson.dumps({"message": message}))
         return await super()._converse(request)
 
@@ -175,6 +192,19 @@ async def test_a_stream_is_sent_again_before_anything_reached_the_client(rig: An
     assert await resends(d) == before + 1
     resp, events = await post_stream(d, tool_loop("default"))
     assert resp.status_code == 200 and sent(fake, 2) == [False]
+
+
+async def test_a_refusal_in_the_stream_before_its_content_is_mended_too(rig: Any) -> None:
+    """An exception frame after the 200 (validationException), before any content: nothing
+    reached the client yet, so the request goes again without its cache points."""
+    fake, backup, d, _ = rig
+    fake.refusals.append((200, "validationException", NO_CACHING))
+    resp, events = await post_stream(d, tool_loop("default"))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-model"] == "bedrock/sonnet45"
+    assert "x-failoverd-failover" not in resp.headers and backup.requests == []
+    assert events[-1]["type"] == "message_stop"
+    assert sent(fake, 0) == [True, False]
 
 
 @pytest.mark.parametrize("refusal", [

@@ -12,7 +12,9 @@ goes right after the block it marks: in ``system``, in a message's ``content``, 
   Amazon Nova Micro, Lite, Pro and Premier (whose tools take none: their breakpoints are left
   out). Read from the model id, which an inference profile's id or a foundation model's ARN
   contains; an application inference profile's ARN names no model and gets none. Towards
-  other models the breakpoints are dropped, as before: the prompt is paid in full.
+  other models the breakpoints are dropped, as before: the prompt is paid in full. A model the
+  rule misjudged refuses them, and gets the request again without them (`place(...,
+  points=False)`, see providers/bedrock.py).
 - At most 4 (Bedrock's limit, as Anthropic's): the last ones are kept, the prompt's longest
   cached prefixes (tools, system and messages, in that order).
 - A breakpoint's ``ttl: "1h"`` goes along to Claude from 4.5 on (Opus, Sonnet and Haiku 4.5
