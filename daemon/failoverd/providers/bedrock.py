@@ -80,8 +80,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "bedrock"  # the SigV4 signing name of the Bedrock Runtime
 # how long a model that refused cache points ("this model takes none") gets none: short, as
-# Bedrock has answered so for a while to models that do cache (a Claude Code session then
-# pays full input price until it ends), and the price of asking again is one refused call
+# the same words have come now and then for models that do cache (a Claude Code session would
+# pay full input price all along), and the price of asking again is one refused call
 UNCACHED_SECONDS = 600.0
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
@@ -154,7 +154,7 @@ _FEATURE_MARKERS = ("did not allow prompt caching", "extraneous key [cachepoint]
 # Refusals of the request's cachePoint blocks (see `cache_refusal`). This model takes none:
 # "You invoked an unsupported model[,] or your request did not allow prompt caching. See the
 # documentation for more information." (a 400 ValidationException, for some accounts a 403
-# AccessDeniedException; also, for a while, to Claude 4.6 models that do cache), "You do not
+# AccessDeniedException; reported now and then for Claude 4.6, which caches), "You do not
 # have access to explicit prompt caching" (an account without it, as in the preview), and
 # "Malformed input request: #/system/1: extraneous key [cachePoint] is not permitted" (a
 # model whose schema has no cache point)
