@@ -15,11 +15,14 @@ from failoverd.awscreds import AwsConfigError, AwsSource, choose_source
 from failoverd.awscreds import AwsCredentials as AwsCredentials  # where tests and callers import it
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
+from failoverd.googlecreds import GoogleConfigError, GoogleSource, describe, project_of
+from failoverd.googlecreds import choose_source as choose_google_source
 from failoverd.http1 import Proxy
 from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "bedrock", "simulated"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "ollama", "bedrock", "vertex",
+                       "simulated"]
 Capability = Literal["tools", "vision", "reasoning", "json", "long_context", "embeddings",
                      "transcription", "speech"]
 # what a model serves: chat (the default), or, marked by the capability of the same name,
@@ -31,7 +34,7 @@ SPEECH: Capability = "speech"
 # per special kind: what to call such a model, its API, and the provider kinds that have one
 _SPECIAL: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "embeddings": ("an embedding model", "embeddings API",
-                   ("openai", "gemini", "ollama", "simulated")),
+                   ("openai", "gemini", "ollama", "vertex", "simulated")),
     "transcription": ("a transcription model", "audio transcription API",
                       ("openai", "simulated")),
     "speech": ("a speech model", "text-to-speech API", ("openai", "simulated")),
@@ -68,6 +71,10 @@ class ProviderConfig:
     # where the credentials that sign each request come from (awscreds.py)
     region: str = ""
     aws: AwsSource | None = field(default=None, repr=False)
+    # vertex: the Google Cloud project (the region above is its location, or "global") and
+    # where the access tokens come from (googlecreds.py)
+    project: str = ""
+    google: GoogleSource | None = field(default=None, repr=False)
     # USD its models may spend together per UTC day / month (0: no cap); past it they are
     # skipped as unavailable until the period ends (budget.py)
     max_cost_per_day: float = 0.0
@@ -146,10 +153,17 @@ _DEFAULT_BASE_URLS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com",
     "ollama": "http://localhost:11434",
     "bedrock": "https://bedrock-runtime.{region}.amazonaws.com",
+    "vertex": "https://{region}-aiplatform.googleapis.com",
     "simulated": "",
 }
 # an AWS region name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-7
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+# a Google Cloud location: us-east5, europe-west1, northamerica-northeast1, me-central2
+_LOCATION = re.compile(r"[a-z]+-[a-z]+\d{1,2}")
+VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"  # the "global" location's endpoint
+# a project id (6 to 30 lowercase letters, digits and hyphens), optionally domain-scoped
+# ("example.com:my-project"), or a project number
+_PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|\d{1,20}")
 
 
 _SIMULATED_FAILURES = tuple(str(r) for r in FailureReason if r not in (
@@ -162,7 +176,7 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-ke
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
                   "simulate_failure", "simulate_latency", "stream_usage", "region",
-                  "aws_profile",
+                  "aws_profile", "project", "google_credentials_file",
                   "max_cost_per_day", "max_cost_per_month")
 
 
@@ -179,8 +193,10 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         sec.finish()
         return None
     region = _region(sec, kind)
-    base_url = sec.get("base_url", str, _DEFAULT_BASE_URLS[kind].format(
-        region=region or "REGION")).rstrip("/")
+    default_url = _DEFAULT_BASE_URLS[kind].format(region=region or "REGION")
+    if kind == "vertex" and region == "global":
+        default_url = VERTEX_GLOBAL_URL
+    base_url = sec.get("base_url", str, default_url).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
         sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
     elif kind != "simulated":
@@ -235,7 +251,16 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
             sec.problem("simulate_failure", f"must be one of {', '.join(_SIMULATED_FAILURES)}; "
                         f"got {sim_fail!r}")
     api_key = read_secret(sec, "api_key", env)
+    if kind == "vertex":
+        for source in ("env", "file", "credential"):
+            if sec.has(f"api_key_{source}"):
+                sec.problem(f"api_key_{source}", "kind = \"vertex\" takes Google credentials "
+                            "(google_credentials_file, GOOGLE_APPLICATION_CREDENTIALS, gcloud's "
+                            "application default login or the metadata server), not an API "
+                            "key")
+        api_key = ""
     aws = _aws_credentials(sec, kind, env)
+    google, project = _google_credentials(sec, kind, env)
     cfg = ProviderConfig(
         name=name,
         kind=cast(ProviderKind, kind),
@@ -251,6 +276,8 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         stream_usage=stream_usage,
         region=region,
         aws=aws,
+        project=project,
+        google=google,
         max_cost_per_day=_cap(sec, "max_cost_per_day"),
         max_cost_per_month=_cap(sec, "max_cost_per_month"),
     )
@@ -259,11 +286,13 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
 
 
 def _region(sec: Section, kind: str) -> str:
-    """bedrock's `region` (required there, refused elsewhere)."""
+    """bedrock's and vertex's `region` (required there, refused elsewhere)."""
     region = sec.get("region", str, "")
+    if kind == "vertex":
+        return _location(sec, region)
     if kind != "bedrock":
         if sec.has("region"):
-            sec.problem("region", "only valid for kind = \"bedrock\"")
+            sec.problem("region", "only valid for kind = \"bedrock\" or \"vertex\"")
         return ""
     if not sec.has("region"):
         sec.problem("region", "is required for kind = \"bedrock\": the AWS region of the "
@@ -273,6 +302,52 @@ def _region(sec: Section, kind: str) -> str:
                     f"{region!r}")
         return ""
     return region
+
+
+def _location(sec: Section, region: str) -> str:
+    """A vertex provider's `region`: the Vertex AI location of its models."""
+    if not sec.has("region"):
+        sec.problem("region", "is required for kind = \"vertex\": the Vertex AI location of "
+                    "the models, e.g. \"us-east5\", \"europe-west1\" or \"global\"")
+    elif region != "global" and not _LOCATION.fullmatch(region):
+        sec.problem("region", "must be a Vertex AI location such as \"us-east5\", "
+                    f"\"europe-west1\" or \"global\", got {region!r}")
+        return ""
+    return region
+
+
+def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
+                        ) -> tuple[GoogleSource | None, str]:
+    """A vertex provider's credentials source (googlecreds.py) and its project: `project`,
+    else the one its credentials file names."""
+    path = sec.get("google_credentials_file", str, "")
+    project = sec.get("project", str, "").strip()
+    if kind != "vertex":
+        for key in ("project", "google_credentials_file"):
+            if sec.has(key):
+                sec.problem(key, "only valid for kind = \"vertex\"")
+        return None, ""
+    if sec.has("google_credentials_file") and not path.strip():
+        sec.problem("google_credentials_file", "must name a file (omit it for "
+                    "GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default "
+                    "credentials or the metadata server)")
+        return None, project
+    if sec.has("project") and not _PROJECT.fullmatch(project):
+        sec.problem("project", "must be a Google Cloud project id such as \"my-project-123\" "
+                    f"(or its number), got {project!r}")
+        return None, ""
+    try:
+        source: GoogleSource | None = choose_google_source(env, path.strip())
+    except GoogleConfigError as exc:
+        sec.problem("google_credentials_file" if path.strip() else "", str(exc))
+        source = None
+    if not project and source is not None:
+        project = project_of(source)
+        if not project:
+            sec.problem("project", "is required: the Google Cloud project whose Vertex AI is "
+                        f"called ({describe(source)} names none: no project_id or "
+                        "quota_project_id)")
+    return source, project
 
 
 def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str]) -> AwsSource | None:

@@ -19,9 +19,10 @@ def _factories() -> dict[str, Factory]:
     from failoverd.providers.ollama import OllamaProvider
     from failoverd.providers.openai import OpenAIProvider
     from failoverd.providers.simulated import SimulatedProvider
+    from failoverd.providers.vertex import VertexProvider
 
     return {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider,
-            "ollama": OllamaProvider, "bedrock": BedrockProvider,
+            "ollama": OllamaProvider, "bedrock": BedrockProvider, "vertex": VertexProvider,
             "simulated": SimulatedProvider}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, cast
 
 import orjson
@@ -137,6 +137,14 @@ class AnthropicProvider(Lacking):
                      "anthropic-version": API_VERSION}, "x-api-key", config.api_key)
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
 
+    def _endpoint(self, model: ModelConfig, stream: bool) -> str:
+        """Where a Messages request for `model` goes (the Vertex adapter's URL differs)."""
+        return self._messages_url
+
+    async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
+        """A Messages request's headers (the Vertex adapter's carry a fresh access token)."""
+        return self._stream_headers if stream else self._headers
+
     # ------------------------------------------------------------------ errors
 
     def _error(self, status: int, raw: bytes, model: str, *, retry_after: float | None = None,
@@ -171,9 +179,10 @@ class AnthropicProvider(Lacking):
                        limits: AttemptLimits) -> Completion:
         data = self._payload(body, model, stream=False)
         name = self.config.name
-        raw = await fetch(self._client, "POST", self._messages_url, headers=self._headers,
-                          data=data, total=limits.total, connect=limits.connect,
-                          failure=self._failure, provider=name, model=model.id)
+        raw = await fetch(self._client, "POST", self._endpoint(model, False),
+                          headers=await self._request_headers(False, model), data=data,
+                          total=limits.total, connect=limits.connect, failure=self._failure,
+                          provider=name, model=model.id)
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
             if isinstance(parsed, dict) and parsed.get("type") == "error":
@@ -221,8 +230,9 @@ class AnthropicProvider(Lacking):
         decoder = AnthropicStreamDecoder(
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
-        resp = await open_stream(self._client, self._messages_url, data=data,
-                                 headers=self._stream_headers, first_deadline=first_deadline,
+        resp = await open_stream(self._client, self._endpoint(model, True), data=data,
+                                 headers=await self._request_headers(True, model),
+                                 first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id)
         clean = False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -124,6 +124,10 @@ class GeminiProvider(Lacking):
         name = model.name.removeprefix("models/")
         return f"{self._base}/models/{quote(name, safe='-._~')}"
 
+    async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
+        """A request's headers (the Vertex adapter's carry a fresh access token)."""
+        return self._stream_headers if stream else self._headers
+
     # ------------------------------------------------------------------ errors
 
     def _error(self, status: int, raw: bytes, model: str, headers: Any = None,
@@ -171,9 +175,10 @@ class GeminiProvider(Lacking):
         data = self._payload(body)
         name = self.config.name
         url = f"{self._model_url(model)}:generateContent"
+        headers = await self._request_headers(False, model)
 
         def post(data: bytes) -> Coroutine[Any, Any, bytes]:
-            return fetch(self._client, "POST", url, headers=self._headers, data=data,
+            return fetch(self._client, "POST", url, headers=headers, data=data,
                          total=limits.total, connect=limits.connect, failure=self._failure,
                          provider=name, model=model.id)
 
@@ -209,9 +214,10 @@ class GeminiProvider(Lacking):
                                                 expected=int(body.get("n") or 1))
         first_deadline = asyncio.get_running_loop().time() + limits.first_token
         url = f"{self._model_url(model)}:streamGenerateContent?alt=sse"
+        headers = await self._request_headers(True, model)
 
         def open_(data: bytes) -> Coroutine[Any, Any, Response]:
-            return open_stream(self._client, url, data=data, headers=self._stream_headers,
+            return open_stream(self._client, url, data=data, headers=headers,
                                first_deadline=first_deadline, connect=limits.connect,
                                failure=self._failure, provider=name, model=model.id)
 

@@ -1,0 +1,403 @@
+"""Google credentials for Vertex AI (a vertex provider): OAuth 2 access tokens from the sources
+of Google's Application Default Credentials, cached and refreshed.
+
+Where the credentials come from, in google-auth's order:
+
+1. the provider's ``google_credentials_file``, else the file ``GOOGLE_APPLICATION_CREDENTIALS``
+   names: a service account's key file (``"type": "service_account"``) or a user's
+   (``"type": "authorized_user"``, as ``gcloud auth application-default login`` writes it);
+2. gcloud's application default credentials file,
+   ``$CLOUDSDK_CONFIG/application_default_credentials.json``, else
+   ``$HOME/.config/gcloud/application_default_credentials.json`` (no ``HOME``, as under
+   systemd: none);
+3. the GCE metadata server (Compute Engine, GKE, Cloud Run: the attached service account),
+   ``metadata.google.internal``, or the host ``GCE_METADATA_HOST`` names. Whether there is one
+   is known only by asking: a host without it fails each call fast (``auth``).
+
+Which source serves is decided when the configuration is read (`choose_source`); a file is
+read and checked then (its private key parsed), so a broken one is a configuration error and a
+reload reads it again. Workload identity federation (``external_account``) and impersonation
+files are refused there: they need more than this module does.
+
+At run time a `TokenSource` (`open_source`) hands out the access token for each request:
+fetched on first use and again `REFRESH_AHEAD` seconds before it expires (on the clock's wall
+time), by one call that concurrent requests share, kept across reloads; when a refresh fails
+the old token serves until it expires. The HTTP side (the JWT grant of a service account, the
+refresh-token grant of a user, the metadata server) is googletoken.py. Failing to get a token
+raises `GoogleCredentialsError`, which the adapter turns into an ``auth`` failure of the call,
+or a ``connection`` one when it is `transient` (a token endpoint that did not answer or
+failed): it never travels further in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from failoverd.clock import Clock, SystemClock
+from failoverd.http1 import HttpClient
+from failoverd.http1.client import Target
+from failoverd.rsasign import RsaKey, RsaKeyError, load_pem
+
+__all__ = ["AccessToken", "AuthorizedUser", "GoogleConfigError", "GoogleCredentialsError",
+           "GoogleSource", "MetadataServer", "ServiceAccount", "TokenSource", "choose_source",
+           "open_source", "read_file"]
+
+logger = logging.getLogger(__name__)
+
+TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+METADATA_HOST = "metadata.google.internal"
+ADC_FILE = "application_default_credentials.json"
+MAX_FILE = 64 * 1024  # a key file is about 2.3 KiB
+REFRESH_AHEAD = 300.0  # a token is fetched again this long before it expires
+RETRY_KEEPING = 60.0  # after a failed refresh, while the old token still serves
+RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
+
+
+class GoogleCredentialsError(Exception):
+    """No access token now; the message says why (never with a secret). `transient`: a token
+    endpoint that did not answer or failed (a timeout, a refused connection, a 5xx or 429,
+    an unreadable answer), which says nothing of the credentials, unlike a refusal."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class GoogleConfigError(ValueError):
+    """The configuration's choice of credentials cannot work; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A service account's key file, as read: whose it is and the key that signs its JWTs."""
+
+    path: str
+    client_email: str
+    key: RsaKey = field(repr=False)
+    private_key_id: str = ""
+    token_uri: str = TOKEN_URI
+    project_id: str = ""
+    quota_project_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizedUser:
+    """A user's credentials (gcloud's application default login): an OAuth client and the
+    user's refresh token."""
+
+    path: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    token_uri: str = TOKEN_URI
+    quota_project_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataServer:
+    """The GCE metadata server and its default service account's tokens."""
+
+    host: str = METADATA_HOST
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+
+GoogleSource = ServiceAccount | AuthorizedUser | MetadataServer
+"""Where a vertex provider's access tokens come from."""
+
+
+def project_of(source: GoogleSource) -> str:
+    """The project a credentials file names ("" for none): a service account's
+    ``project_id``, else the file's ``quota_project_id``."""
+    if isinstance(source, ServiceAccount):
+        return source.project_id or source.quota_project_id
+    if isinstance(source, AuthorizedUser):
+        return source.quota_project_id
+    return ""
+
+
+def quota_project(source: GoogleSource) -> str:
+    """The project billed for the calls (``x-goog-user-project``), when the file names one."""
+    return "" if isinstance(source, MetadataServer) else source.quota_project_id
+
+
+def describe(source: GoogleSource) -> str:
+    """The source as logs and errors name it (no secret)."""
+    if isinstance(source, ServiceAccount):
+        return f"service account {source.client_email} ({source.path})"
+    if isinstance(source, AuthorizedUser):
+        return f"user credentials {source.path}"
+    return f"the metadata server at {source.host}"
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def _control(value: str) -> bool:
+    return any(c < " " or c == "\x7f" for c in value)
+
+
+def _token_uri(value: Any, path: str) -> str:
+    uri = value if isinstance(value, str) and value else TOKEN_URI
+    try:
+        tgt = Target(uri)
+    except ValueError:
+        raise GoogleConfigError(f"{path}: token_uri is not a usable URL") from None
+    if not tgt.tls and tgt.host not in ("127.0.0.1", "::1", "localhost"):
+        raise GoogleConfigError(f"{path}: token_uri must be https (a signed grant or a "
+                                "refresh token goes there)")
+    return uri
+
+
+def _text(data: dict[str, Any], key: str, path: str, *, required: bool = True) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        if required:
+            raise GoogleConfigError(f"{path} has no {key}")
+        raise GoogleConfigError(f"{path}: {key} must be a string")
+    if _control(value) and key != "private_key":
+        raise GoogleConfigError(f"{path}: {key} holds a line break or another control "
+                                "character")
+    return value.strip() if key != "private_key" else value
+
+
+def read_file(path: str) -> ServiceAccount | AuthorizedUser:
+    """A credentials file, read and checked: a service account's key or a user's refresh
+    token. Raises GoogleConfigError (naming the file, never a secret) when it cannot serve."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the event loop
+            raise GoogleConfigError(f"{path} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
+    except FileNotFoundError:
+        raise GoogleConfigError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise GoogleConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE:
+        raise GoogleConfigError(f"{path} is larger than {MAX_FILE // 1024} KiB: no "
+                                "credentials file")
+    try:
+        data = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError:
+        raise GoogleConfigError(f"{path} is not JSON") from None
+    if not isinstance(data, dict):
+        raise GoogleConfigError(f"{path} is not a JSON object")
+    kind = data.get("type")
+    quota = _text(data, "quota_project_id", path, required=False)
+    if kind == "service_account":
+        try:
+            key = load_pem(_text(data, "private_key", path))
+        except RsaKeyError as exc:
+            raise GoogleConfigError(f"{path}: private_key: {exc}") from None
+        return ServiceAccount(path, _text(data, "client_email", path), key,
+                              _text(data, "private_key_id", path, required=False),
+                              _token_uri(data.get("token_uri"), path),
+                              _text(data, "project_id", path, required=False), quota)
+    if kind == "authorized_user":
+        return AuthorizedUser(path, _text(data, "client_id", path),
+                              _text(data, "client_secret", path),
+                              _text(data, "refresh_token", path),
+                              _token_uri(data.get("token_uri"), path), quota)
+    if kind in ("external_account", "impersonated_service_account",
+                "external_account_authorized_user", "gdch_service_account"):
+        raise GoogleConfigError(f"{path} holds {kind} credentials, which failoverd does not "
+                                "read: use a service account's key file, gcloud's application "
+                                "default login, or the metadata server")
+    raise GoogleConfigError(f"{path} is no Google credentials file (its \"type\" is "
+                            f"{str(kind)[:40]!r}; service_account or authorized_user are read)")
+
+
+def adc_file(env: Mapping[str, str]) -> str:
+    """gcloud's application default credentials file ("" when there is no place for one)."""
+    folder = env.get("CLOUDSDK_CONFIG", "").strip()
+    if not folder:
+        home = env.get("HOME", "").strip()
+        if not home:
+            return ""
+        folder = os.path.join(home, ".config", "gcloud")
+    return os.path.join(folder, ADC_FILE)
+
+
+def _metadata(env: Mapping[str, str]) -> MetadataServer:
+    host = env.get("GCE_METADATA_HOST", "").strip() or env.get("GCE_METADATA_ROOT", "").strip()
+    if not host:
+        return MetadataServer()
+    host = host.removeprefix("http://").rstrip("/")
+    try:
+        Target(f"http://{host}")
+    except ValueError:
+        raise GoogleConfigError("environment variable GCE_METADATA_HOST is not a host[:port]: "
+                                f"{host[:80]!r}") from None
+    return MetadataServer(host)
+
+
+def choose_source(env: Mapping[str, str], path: str = "") -> GoogleSource:
+    """The first source that is there (see the module's docstring). `path`: the provider's
+    ``google_credentials_file`` ("" for none). Raises GoogleConfigError when the one found is
+    broken."""
+    if path:
+        home = env.get("HOME", "").strip()
+        return read_file(os.path.join(home, path[2:]) if path.startswith("~/") and home
+                         else path)
+    named = env.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if named:
+        try:
+            return read_file(named)
+        except GoogleConfigError as exc:
+            raise GoogleConfigError(f"GOOGLE_APPLICATION_CREDENTIALS: {exc}") from None
+    adc = adc_file(env)
+    if adc and os.path.exists(adc):
+        return read_file(adc)
+    return _metadata(env)
+
+
+# ------------------------------------------------------------------ at run time
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AccessToken:
+    """An OAuth 2 access token and when it expires (seconds since the epoch). `after_refusal`:
+    fetched because the one before was refused, so a refusal of this one is the credentials'
+    trouble, not a stale token's."""
+
+    token: str = field(repr=False)
+    expires: float
+    after_refusal: bool = False
+
+
+class TokenSource:
+    """Access tokens from a source, fetched again `REFRESH_AHEAD` seconds before they expire
+    (on `clock`'s wall time).
+
+    One fetch at a time: calls that find one under way while the current token still serves
+    use it without waiting; others wait for it and share its outcome. A failed refresh keeps
+    the current token until it expires (with a warning) and is tried again after
+    `RETRY_KEEPING` seconds, or when it expired if that is sooner; with none to serve, calls
+    fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is asked again.
+    Those pauses are on `clock`'s monotonic time.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[tuple[str, float]]], clock: Clock,
+                 what: str) -> None:
+        self._fetch = fetch  # (token, seconds it lives)
+        self._clock = clock
+        self.what = what
+        self._lock = asyncio.Lock()
+        self._token: AccessToken | None = None
+        self._next_try = 0.0
+        self._error: tuple[str, bool] | None = None
+        self._refused = False  # the last token was refused: the next one is fetched for that
+
+    def _serving(self, now: float, mono: float) -> AccessToken | None:
+        token = self._token
+        if token is None or now >= token.expires:
+            return None
+        if now < token.expires - REFRESH_AHEAD or mono < self._next_try:
+            return token
+        return None
+
+    def refused(self, token: AccessToken) -> bool:
+        """Vertex refused `token` (401 UNAUTHENTICATED): whether the next request may have
+        another, so that the refusal need not block the provider. A token fetched right
+        after a refusal and refused too is the credentials' trouble: False."""
+        if token is self._token:
+            logger.warning("Google credentials: the access token from %s was refused: "
+                           "fetching a new one", self.what)
+            self._token, self._next_try, self._error = None, 0.0, None
+            self._refused = True
+        return not token.after_refusal
+
+    async def get(self) -> AccessToken:
+        now = self._clock.time()
+        token = self._serving(now, self._clock.monotonic())
+        if token is not None:
+            return token
+        current = self._token
+        if self._lock.locked() and current is not None and now < current.expires:
+            return current  # a refresh is under way; this one still serves
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> AccessToken:
+        now, mono = self._clock.time(), self._clock.monotonic()
+        token = self._serving(now, mono)
+        if token is not None:
+            return token  # fetched while this call waited
+        if mono < self._next_try and self._error is not None:
+            raise GoogleCredentialsError(self._error[0], transient=self._error[1])
+        old = self._token
+        usable = old is not None and now < old.expires
+        try:
+            value, lifetime = await self._fetch()
+        except GoogleCredentialsError as exc:
+            self._error = (str(exc), exc.transient)
+            if usable and old is not None:
+                self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
+                logger.warning("Google credentials: refreshing from %s failed: %s; the "
+                               "current token serves until it expires in %.0f s", self.what,
+                               exc, old.expires - now)
+                return old
+            self._next_try = mono + RETRY_WITHOUT
+            logger.warning("Google credentials: %s", exc)
+            raise
+        if old is None and not self._refused:
+            logger.info("Google credentials: access token from %s", self.what)
+        fresh = AccessToken(value, now + lifetime, after_refusal=self._refused)
+        self._token, self._error, self._refused = fresh, None, False
+        # a token close to its expiry (the metadata server hands out its cached one) is not
+        # fetched again at every call
+        self._next_try = mono + RETRY_KEEPING
+        return fresh
+
+
+# tokens by client, source, proxy and clock: a reload builds its providers anew with the
+# daemon's one client, and they go on with the token (and any fetch under way) of the ones
+# they replace; providers sharing a source share its fetches
+_sources: weakref.WeakKeyDictionary[
+    HttpClient, dict[tuple[GoogleSource, str, Clock | None], TokenSource]
+] = weakref.WeakKeyDictionary()
+
+
+def open_source(source: GoogleSource, *, client: HttpClient, proxy: str = "",
+                clock: Clock | None = None) -> TokenSource:
+    """The run-time side of a configured source. `client` calls the token endpoint (through
+    `proxy`, the provider's: it is on the internet) or the metadata server (directly: it is
+    local to the host)."""
+    known = _sources.setdefault(client, {})
+    shared = known.get((source, proxy, clock))
+    if shared is None:
+        shared = known[source, proxy, clock] = _token_source(source, client, proxy,
+                                                             clock or SystemClock())
+    return shared
+
+
+def _token_source(source: GoogleSource, client: HttpClient, proxy: str,
+                  clock: Clock) -> TokenSource:
+    from failoverd import googletoken  # the HTTP side, which needs this module's types
+
+    client_ref = weakref.ref(client)  # `_sources` holds this by the client
+
+    async def fetch() -> tuple[str, float]:
+        current = client_ref()
+        if current is None:  # pragma: no cover - the daemon's client outlives its providers
+            raise GoogleCredentialsError("the HTTP client is closed")
+        if isinstance(source, MetadataServer):
+            return await googletoken.from_metadata(current, source)
+        requester = current.via(proxy)
+        if isinstance(source, ServiceAccount):
+            return await googletoken.from_service_account(requester, source, clock.time())
+        return await googletoken.from_refresh_token(requester, source)
+
+    return TokenSource(fetch, clock, describe(source))

@@ -1,0 +1,357 @@
+"""Google Cloud Vertex AI adapter: Gemini models (publisher ``google``) and Claude models
+(publisher ``anthropic``) of one project and location.
+
+A model whose name starts with ``claude`` is Anthropic's: its requests are Anthropic Messages
+bodies without ``model`` and with ``"anthropic_version": "vertex-2023-10-16"``, posted to
+``{base}/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict``
+(``:streamRawPredict`` with ``"stream": true``), and the answers are the Messages API's,
+streamed as its server-sent events: the Anthropic adapter's translation and stream reading
+serve them (`VertexClaude`). Any other model is Google's: ``.../publishers/google/models/
+{model}:generateContent`` (``:streamGenerateContent?alt=sse``) with the Gemini API's wire
+format, served by the Gemini adapter's (`VertexGemini`); embedding models by ``:predict``.
+``anthropic-beta`` features travel as on api.anthropic.com, in the ``anthropic-beta`` header
+(the provider's ``headers``): Vertex reads it there.
+
+Every request carries ``Authorization: Bearer`` with an access token from the provider's
+Google credentials (googlecreds.py), fetched or refreshed as the request is made; failing to
+get one is an ``auth`` failure of the call, or a ``connection`` one when the token endpoint
+did not answer or failed. A 401 makes the source drop the token it was sent with, and the
+next request fetches a new one: the refusal counts as a connection failure (an ``auth`` one
+would close every model of the provider for auth_open_seconds over a token revoked early),
+unless that token was itself fetched after a refusal.
+
+Errors come in two shapes: Google's ``{"error": {"code", "message", "status", "details"}}``
+(sometimes as a one-element list), which Vertex's front answers for both publishers (quotas,
+permissions, unknown models), and Anthropic's ``{"type": "error", "error": {...}}`` from
+Claude itself (``overloaded_error`` 529, ``invalid_request_error`` 400). Google's are read as
+the Gemini adapter reads them, with Vertex's own words first (`vertex_reason`).
+
+The ``models`` probe is a one-token call (as for Bedrock): Vertex's publisher-model listing
+is another API that says nothing of whether this project may call the model here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from failoverd.clock import Clock
+from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.googlecreds import (
+    AccessToken,
+    GoogleCredentialsError,
+    TokenSource,
+    open_source,
+    quota_project,
+)
+from failoverd.http1 import HttpClient
+from failoverd.providers.anthropic import AnthropicProvider
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking
+from failoverd.providers.gemini import GeminiProvider, classify_gemini, error_details
+from failoverd.providers.http import (
+    fetch,
+    json_or_none,
+    parse_retry_after,
+    probe_limits,
+    upstream_error,
+)
+from failoverd.translate import embeddings
+from failoverd.translate.anthropic import canonical_to_anthropic
+
+ANTHROPIC_VERSION = "vertex-2023-10-16"
+# instances per :predict call: text-embedding-005 and text-multilingual-embedding-002 take
+# 250, gemini-embedding-001 one
+EMBED_BATCH = 250
+EMBED_CALLS = 8  # :predict calls at once for one request
+# the token a request was sent with, read when its answer is a 401 (per task: concurrent
+# requests each have theirs)
+_SENT: contextvars.ContextVar[AccessToken | None] = contextvars.ContextVar(
+    "vertex_token", default=None)
+
+# Vertex's words for a model this project cannot call here, whatever the status: "Project
+# `123` is not allowed to use Publisher Model `projects/.../models/claude-...`" (a 400
+# FAILED_PRECONDITION until the model is enabled in Model Garden), "Publisher Model `...` not
+# found.", "Publisher model ... is not servable in region ...", and the IAM denial that
+# cannot tell a missing model from a missing permission ("Permission
+# 'aiplatform.endpoints.predict' denied on resource '//aiplatform.googleapis.com/projects/...
+# /publishers/google/models/gemini-9' (or it may not exist).") — one model's breaker pays, not
+# the provider (as Bedrock's adapter does for an IAM denial naming the model)
+_MODEL_MARKERS = ("not allowed to use publisher model", "publisher model",
+                  "not servable in region", "or it may not exist",
+                  "does not have access to it")
+
+
+def is_claude(model: ModelConfig) -> bool:
+    """Whether Vertex serves `model` as Anthropic's (publisher ``anthropic``)."""
+    return model.name.startswith("claude")
+
+
+def google_error(raw: bytes) -> bool:
+    """Whether an error body is Google's shape (not Anthropic's)."""
+    body = json_or_none(raw)
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and ("status" in error or "code" in error) \
+        and body.get("type") != "error"
+
+
+def vertex_reason(http_status: int, message: str, status: str, info: str) -> FailureReason:
+    """A Google-shaped Vertex error's reason: Vertex's own words, then the Gemini API's."""
+    low = message.lower()
+    if status != "RESOURCE_EXHAUSTED" and http_status in (400, 403, 404) \
+            and any(m in low for m in _MODEL_MARKERS):
+        return FailureReason.NOT_FOUND
+    if info == "BILLING_DISABLED":
+        return FailureReason.BILLING
+    return classify_gemini(http_status, message, status, info)
+
+
+class _Auth:
+    """The access tokens of a vertex provider, shared by its two publishers' adapters."""
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, clock: Clock | None) -> None:
+        self.provider = config.name
+        self.tokens: TokenSource | None = None
+        self.extra: dict[str, str] = {}
+        if config.google is not None:
+            self.tokens = open_source(config.google, client=client, proxy=config.proxy,
+                                      clock=clock)
+            quota = quota_project(config.google)
+            if quota:  # as google-auth sends it: the project billed for a user's calls
+                self.extra["x-goog-user-project"] = quota
+
+    async def headers(self, base: Mapping[str, str], model: ModelConfig) -> dict[str, str]:
+        headers = {**self.extra, **base}
+        if self.tokens is None:
+            return headers
+        try:
+            token = await self.tokens.get()
+        except GoogleCredentialsError as exc:
+            # an endpoint down or failing says nothing of the credentials: the models'
+            # breakers count it; a refusal blocks the provider, as a refused key does
+            reason = FailureReason.CONNECTION if exc.transient else FailureReason.AUTH
+            raise upstream_error(reason, f"no Google access token: {exc}", status=None,
+                                 provider=self.provider, model=model.id) from exc
+        _SENT.set(token)
+        headers["Authorization"] = f"Bearer {token.token}"
+        return headers
+
+    def checked(self, exc: UpstreamError) -> UpstreamError:
+        """`exc`, as a connection failure when it is a 401 for a token the source dropped
+        for it (the next request has a new one)."""
+        token = _SENT.get()
+        if exc.status == 401 and self.tokens is not None and token is not None \
+                and self.tokens.refused(token):
+            exc.reason = FailureReason.CONNECTION
+            exc.args = (f"{exc.reason}: {exc.message}",)
+        return exc
+
+
+def _publisher_url(config: ProviderConfig, publisher: str) -> str:
+    base = config.base_url.rstrip("/").removesuffix("/v1")
+    return (f"{base}/v1/projects/{quote(config.project, safe=':.-')}/locations/"
+            f"{config.region}/publishers/{publisher}/models")
+
+
+def _google_failure(provider: str, status: int, raw: bytes, model: str, headers: Any,
+                    content_type: str, base: str) -> UpstreamError:
+    message, status_name, delay, info, code = error_details(raw)
+    effective = (code or 500) if status == 200 else status
+    reason = vertex_reason(effective, message, status_name, info)
+    if reason is FailureReason.NOT_FOUND and not status_name:
+        # a path Vertex does not know (an HTML 404 of Google's front): a wrong base_url
+        message = f"{message[:200] or 'not found'} ({base}: check base_url)"
+    retry_after = parse_retry_after(headers) if headers is not None else None
+    return upstream_error(reason, message or f"HTTP {status}", status=status,
+                          provider=provider, model=model,
+                          retry_after=retry_after if retry_after is not None else delay,
+                          body=raw, content_type=content_type)
+
+
+class VertexClaude(AnthropicProvider):
+    """Claude on Vertex AI: the Anthropic adapter with Vertex's URLs, body and tokens."""
+
+    api = "Claude on Vertex AI"
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
+        super().__init__(config, client)
+        self._auth = auth
+        self._models = _publisher_url(config, "anthropic")
+        # the version goes in the body on Vertex
+        self._headers.pop("anthropic-version", None)
+        self._stream_headers.pop("anthropic-version", None)
+
+    def _endpoint(self, model: ModelConfig, stream: bool) -> str:
+        # "@" stays as it is (claude-sonnet-4-5@20250929), as the SDKs send it
+        name = quote(model.name, safe="-._~@")
+        return f"{self._models}/{name}:{'streamRawPredict' if stream else 'rawPredict'}"
+
+    async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
+        return await self._auth.headers(self._stream_headers if stream else self._headers,
+                                        model)
+
+    def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
+        payload = canonical_to_anthropic(body, model.name, self.default_output(model),
+                                         max_output_tokens=model.max_output_tokens)
+        payload.pop("model", None)  # in the URL
+        payload["anthropic_version"] = ANTHROPIC_VERSION
+        if stream:
+            payload["stream"] = True
+        return orjson.dumps(payload)
+
+    def _error(self, status: int, raw: bytes, model: str, *, retry_after: float | None = None,
+               content_type: str = "application/json") -> UpstreamError:
+        if google_error(raw):
+            exc = _google_failure(self.config.name, status, raw, model, None, content_type,
+                                  self._models)
+            if retry_after is not None:
+                exc.retry_after = retry_after
+        else:
+            exc = super()._error(status, raw, model, retry_after=retry_after,
+                                 content_type=content_type)
+        return self._auth.checked(exc)
+
+
+class VertexGemini(GeminiProvider):
+    """Gemini on Vertex AI: the Gemini adapter with Vertex's URLs and tokens."""
+
+    api = "Gemini on Vertex AI"
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
+        super().__init__(config, client)
+        self._auth = auth
+        self._models = _publisher_url(config, "google")
+
+    def _model_url(self, model: ModelConfig) -> str:
+        name = model.name.removeprefix("publishers/google/models/").removeprefix("models/")
+        return f"{self._models}/{quote(name, safe='-._~@')}"
+
+    async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
+        return await self._auth.headers(self._stream_headers if stream else self._headers,
+                                        model)
+
+    def _error(self, status: int, raw: bytes, model: str, headers: Any = None,
+               content_type: str = "application/json") -> UpstreamError:
+        return self._auth.checked(_google_failure(self.config.name, status, raw, model,
+                                                  headers, content_type, self._models))
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        """``:predict`` with one instance per text input (`EMBED_BATCH` a call, one for
+        gemini-embedding models), ``dimensions`` as outputDimensionality, ``autoTruncate``
+        off: a text over the model's limit fails as OpenAI's would, never cut silently. The
+        token count is the sum of the predictions' statistics."""
+        texts = embeddings.texts(body, "Vertex AI's text embeddings")
+        parameters: dict[str, Any] = {"autoTruncate": False}
+        if body.get("dimensions"):
+            parameters["outputDimensionality"] = body["dimensions"]
+        size = 1 if model.name.startswith("gemini-embedding") else EMBED_BATCH
+        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        gate = asyncio.Semaphore(EMBED_CALLS)
+
+        async def one(batch: list[str]) -> tuple[list[Any], int]:
+            async with gate:
+                return await self._predict(batch, parameters, model, limits)
+
+        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:  # the first failure (or a cancellation) ends the others
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        vectors = [v for result, _ in results for v in result]
+        ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
+                                                body.get("dimensions"))
+        if ignored is not None:
+            raise upstream_error(FailureReason.INCAPABLE, ignored, status=200,
+                                 provider=self.config.name, model=model.id)
+        return Completion(embeddings.answer(vectors, body, model.name,
+                                            sum(tokens for _, tokens in results)))
+
+    async def _predict(self, texts: list[str], parameters: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> tuple[list[Any], int]:
+        name = self.config.name
+        payload = {"instances": [{"content": text} for text in texts],
+                   "parameters": parameters}
+        raw = await fetch(self._client, "POST", f"{self._model_url(model)}:predict",
+                          headers=await self._request_headers(False, model),
+                          data=orjson.dumps(payload), total=limits.total,
+                          connect=limits.connect, failure=self._failure, provider=name,
+                          model=model.id)
+        parsed = json_or_none(raw)
+        predictions = parsed.get("predictions") if isinstance(parsed, dict) else None
+        vectors: list[Any] | None = None
+        tokens = 0
+        if isinstance(predictions, list):
+            vectors = []
+            for item in predictions:
+                found = item.get("embeddings") if isinstance(item, dict) else None
+                vectors.append(found.get("values") if isinstance(found, dict) else None)
+                stats = found.get("statistics") if isinstance(found, dict) else None
+                count = stats.get("token_count") if isinstance(stats, dict) else None
+                if isinstance(count, int | float) and not isinstance(count, bool):
+                    tokens += int(count)
+        if not embeddings.vectors_ok(vectors, len(texts)):
+            raise upstream_error(FailureReason.INVALID_RESPONSE,
+                                 "200 without the embeddings asked for", status=200,
+                                 provider=name, model=model.id)
+        assert vectors is not None
+        return vectors, tokens
+
+
+class VertexProvider(Lacking):
+    """Adapter for Vertex AI: Claude models by the Anthropic publisher's rawPredict, the others
+    by Gemini's generateContent (see the module's docstring)."""
+
+    api = "Vertex AI"
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, *,
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        auth = _Auth(config, client, clock)
+        self._claude = VertexClaude(config, client, auth)
+        self._gemini = VertexGemini(config, client, auth)
+
+    def _for(self, model: ModelConfig) -> AnthropicProvider | GeminiProvider:
+        return self._claude if is_claude(model) else self._gemini
+
+    async def complete(self, body: dict[str, Any], model: ModelConfig,
+                       limits: AttemptLimits) -> Completion:
+        return await self._for(model).complete(body, model, limits)
+
+    def stream(self, body: dict[str, Any], model: ModelConfig,
+               limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        return self._for(model).stream(body, model, limits)
+
+    async def embed(self, body: dict[str, Any], model: ModelConfig,
+                    limits: AttemptLimits) -> Completion:
+        if is_claude(model):
+            raise self._lacks("embeddings endpoint for Claude models")
+        return await self._gemini.embed(body, model, limits)
+
+    def default_output(self, model: ModelConfig) -> int | None:
+        return self._for(model).default_output(model)
+
+    async def probe(self, model: ModelConfig, kind: ProbeKind,
+                    timeout: float,  # noqa: ASYNC109 - the Provider protocol's signature
+                    max_tokens: int) -> None:
+        if kind == "none":
+            return
+        limits = probe_limits(timeout, self.config.connect_timeout)
+        if model.embedding:
+            await self.embed({"input": ["ping"], "model": model.name}, model, limits)
+            return
+        # `models`: one token (see the module's docstring); `chat`: the configured few
+        tokens = 1 if kind == "models" else max_tokens
+        probe = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": tokens}
+        await self.complete(probe, model, limits)
