@@ -56,9 +56,10 @@ from failoverd.clock import Clock, SystemClock
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
 
-__all__ = ["AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
-           "ContainerEndpoint", "CredentialSource", "InstanceMetadata", "RefreshingCredentials",
-           "SharedFile", "bare", "choose_source", "open_source", "read_profile"]
+__all__ = ["AssumeRole", "AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
+           "ContainerEndpoint", "CredentialProcess", "CredentialSource", "InstanceMetadata",
+           "RefreshingCredentials", "SharedFile", "SsoRole", "bare", "choose_source",
+           "open_source", "read_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,13 @@ class AwsCredentials:
 
 @dataclass(frozen=True, slots=True)
 class SharedFile:
-    """The shared credentials file and the profile to read in it."""
+    """The shared credentials file (or the config file) and the profile to read in it.
+    `section`: the profile's section when it is not named as the profile (the config file's
+    ``[profile name]``)."""
 
     path: str
     profile: str
+    section: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +129,61 @@ class InstanceMetadata:
     endpoint: str = IMDS_ENDPOINT
 
 
-AwsSource = AwsCredentials | SharedFile | ContainerEndpoint | InstanceMetadata
+@dataclass(frozen=True, slots=True)
+class CredentialProcess:
+    """A profile's ``credential_process``: the command, split as botocore splits it (no
+    shell), that prints the credentials (awsprocess.py)."""
+
+    profile: str
+    # the arguments may carry a secret: only the program shows
+    command: tuple[str, ...] = field(repr=False)
+    timeout: float = 30.0  # seconds the command may take
+
+    @property
+    def program(self) -> str:
+        """The program, as errors and logs name it."""
+        return self.command[0] if self.command else ""
+
+
+@dataclass(frozen=True, slots=True)
+class AssumeRole:
+    """A profile's ``role_arn``: STS AssumeRole signed with the credentials of `source` (a
+    ``source_profile``'s, or the ``credential_source``'s), at the STS `endpoint` of `region`
+    (awssts.py)."""
+
+    profile: str
+    role_arn: str
+    source: AwsSource
+    region: str
+    endpoint: str
+    external_id: str = field(default="", repr=False)
+    session_name: str = ""  # "": failoverd-<epoch seconds>, as botocore's botocore-session-<...>
+    duration: int = 0  # DurationSeconds; 0: STS's own default (an hour)
+
+
+@dataclass(frozen=True, slots=True)
+class SsoRole:
+    """A profile's IAM Identity Center role: the access token ``aws sso login`` cached in
+    `cache`, traded at the portal `endpoint` for the role's credentials (awssso.py).
+    `session`: the ``sso-session`` section's name ("" for a legacy profile)."""
+
+    profile: str
+    account_id: str
+    role_name: str
+    start_url: str
+    sso_region: str
+    session: str
+    cache: str
+    endpoint: str
+    oidc_endpoint: str = ""
+
+
+AwsSource = (AwsCredentials | SharedFile | ContainerEndpoint | InstanceMetadata
+             | CredentialProcess | AssumeRole | SsoRole)
 """Where a provider's credentials come from: fixed ones (the environment's), or a source."""
+
+Refreshing = ContainerEndpoint | InstanceMetadata | CredentialProcess | AssumeRole | SsoRole
+"""The sources whose temporary credentials a `RefreshingCredentials` fetches."""
 
 
 # ------------------------------------------------------------------ configuration
@@ -147,7 +204,7 @@ def bare(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
-def _from_env(env: Mapping[str, str]) -> AwsCredentials | None:
+def from_env(env: Mapping[str, str]) -> AwsCredentials | None:
     """The environment's credentials; None when neither key is set."""
     key_id, secret, token = (env.get(name, "").strip() for name in ENV_KEYS)
     if not key_id and not secret:
@@ -172,7 +229,9 @@ def credentials_file(env: Mapping[str, str]) -> str:
     return os.path.join(home, ".aws", "credentials") if home else ""
 
 
-def _parse(path: str) -> configparser.ConfigParser:
+def parse_file(path: str, what: str = "credentials file") -> configparser.ConfigParser:
+    """The INI file at `path` (a regular file of at most `MAX_FILE` bytes), or
+    AwsCredentialsError saying why not."""
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     try:
         # a FIFO or a device would block the event loop (a reload's too), or never end
@@ -182,7 +241,7 @@ def _parse(path: str) -> configparser.ConfigParser:
             raw = f.read(MAX_FILE + 1)
         if len(raw) > MAX_FILE:
             raise AwsCredentialsError(f"{path} is larger than {MAX_FILE >> 20} MiB: no "
-                                      "credentials file")
+                                      f"{what}")
         # a BOM from a Windows editor is no text
         parser.read_string(raw.decode("utf-8-sig"), source=path)
     except FileNotFoundError:
@@ -191,92 +250,87 @@ def _parse(path: str) -> configparser.ConfigParser:
         raise AwsCredentialsError(f"{path} cannot be read: {exc.strerror or exc}") from None
     except (configparser.Error, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AwsCredentialsError(f"{path} is not a valid credentials file: {first}") from None
+        raise AwsCredentialsError(f"{path} is not a valid {what}: {first}") from None
     return parser
 
 
-def _profile(parser: configparser.ConfigParser, path: str,
-             profile: str) -> AwsCredentials | None:
-    """The profile's credentials; None when it is not there or names no key at all."""
-    if not parser.has_section(profile):
+def profile_keys(parser: configparser.ConfigParser, path: str, profile: str,
+             section: str = "") -> AwsCredentials | None:
+    """The profile's credentials (in `section`, by default the profile's name); None when it
+    is not there or names no key at all."""
+    section = section or profile
+    if not parser.has_section(section):
         return None
-    section = parser[profile]
-    key_id = section.get("aws_access_key_id", "").strip()
-    secret = section.get("aws_secret_access_key", "").strip()
-    token = section.get("aws_session_token", "").strip()
+    keys = parser[section]
+    key_id = keys.get("aws_access_key_id", "").strip()
+    secret = keys.get("aws_secret_access_key", "").strip()
+    token = keys.get("aws_session_token", "").strip()
     if not key_id and not secret:
         return None
     if not (key_id and secret):
         missing = "aws_access_key_id" if not key_id else "aws_secret_access_key"
-        raise AwsCredentialsError(f"profile [{profile}] of {path} has no {missing}")
+        raise AwsCredentialsError(f"profile [{section}] of {path} has no {missing}")
     if control(key_id) or control(token):
-        raise AwsCredentialsError(f"profile [{profile}] of {path} holds a control character")
+        raise AwsCredentialsError(f"profile [{section}] of {path} holds a control character")
     return AwsCredentials(key_id, secret, token)
 
 
-def read_profile(path: str, profile: str) -> AwsCredentials:
+def read_profile(path: str, profile: str, section: str = "") -> AwsCredentials:
     """The credentials of `profile` in the shared credentials file at `path` (INI:
-    ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``)."""
-    credentials = _profile(_parse(path), path, profile)
+    ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``); `section` when
+    it is not the profile's name (the config file's ``[profile name]``)."""
+    credentials = profile_keys(parse_file(path), path, profile, section)
     if credentials is None:
-        raise AwsCredentialsError(f"{path} has no profile [{profile}] with aws_access_key_id "
-                                  "and aws_secret_access_key (SSO, assume-role and process "
-                                  "profiles are not read)")
+        raise AwsCredentialsError(f"{path} has no profile [{section or profile}] with "
+                                  "aws_access_key_id and aws_secret_access_key")
     return credentials
 
 
-def choose_source(env: Mapping[str, str], profile: str = "") -> AwsSource:
+def choose_source(env: Mapping[str, str], profile: str = "", *, region: str = "") -> AwsSource:
     """The first source of the chain that is there (see the module's docstring). `profile`:
-    the provider's ``aws_profile`` ("" for none). Raises AwsConfigError when none is, or the
-    one found is broken."""
+    the provider's ``aws_profile`` ("" for none); `region`: the provider's, where an assumed
+    role's STS endpoint is (else the profile's ``region``, ``AWS_REGION``,
+    ``AWS_DEFAULT_REGION``, us-east-1). Raises AwsConfigError when none is, or the one found
+    is broken."""
+    from failoverd import awsprofiles  # the files' side, which needs this module's types
+
     if not profile:
-        fixed = _from_env(env)
+        fixed = from_env(env)
         if fixed is not None:
             return fixed
-    path = credentials_file(env)
-    named = profile or env.get("AWS_PROFILE", "").strip()
-    name = named or "default"
-    if path and (named or os.path.exists(path)):
-        try:
-            if named:  # asked for: it must be there
-                read_profile(path, name)
-                return SharedFile(path, name)
-            # a broken file is reported; a file without a default profile is passed over,
-            # as the SDKs do
-            if _profile(_parse(path), path, name) is not None:
-                return SharedFile(path, name)
-        except AwsCredentialsError as exc:
-            raise AwsConfigError(str(exc)) from None
-    elif named:
-        raise AwsConfigError(f"profile {name!r} is named, but there is no shared credentials "
-                             "file: HOME is not set (as under systemd); set "
-                             "AWS_SHARED_CREDENTIALS_FILE")
+    found = awsprofiles.profile_source(env, profile, region)
+    if found is not None:
+        return found
     if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or \
             env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip():
-        return _container(env)
+        return container(env)
     if env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() != "true":
         # whether there is one is known only by asking, at the first call
-        return _instance(env)
+        return instance(env)
     raise AwsConfigError(
         "has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with "
         "AWS_SESSION_TOKEN for temporary credentials) in the daemon's environment, write "
         "them in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or "
-        "~/.aws/credentials, profile aws_profile / AWS_PROFILE / default), run with a "
+        "~/.aws/credentials) or name a profile of it or of the config file (AWS_CONFIG_FILE "
+        "or ~/.aws/config: keys, credential_process, role_arn, sso_session) with aws_profile "
+        "/ AWS_PROFILE / default, run with a "
         "container's role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI) or an EC2 "
         "instance role (the instance metadata service, which AWS_EC2_METADATA_DISABLED=true "
         "turns off), or give a Bedrock API key with api_key_env, api_key_file or "
         "api_key_credential")
 
 
-def _instance(env: Mapping[str, str]) -> InstanceMetadata:
+def instance(env: Mapping[str, str]) -> InstanceMetadata:
+    """The instance metadata service, where the environment puts it."""
     endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
     if not endpoint:
         return InstanceMetadata()
-    _target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
+    target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
     return InstanceMetadata(endpoint)
 
 
-def _target(name: str, url: str) -> Target:
+def target(name: str, url: str) -> Target:
+    """The URL an environment variable names, or a configuration error."""
     try:
         return Target(url)
     except ValueError:
@@ -285,7 +339,8 @@ def _target(name: str, url: str) -> Target:
                              f"https://, a host, a port up to 65535): {bare(url)!r}") from None
 
 
-def _container(env: Mapping[str, str]) -> ContainerEndpoint:
+def container(env: Mapping[str, str]) -> ContainerEndpoint:
+    """The container's credential endpoint the environment names."""
     relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip()
     if relative:
         url = f"http://{CONTAINER_HOST}{'' if relative.startswith('/') else '/'}{relative}"
@@ -293,7 +348,7 @@ def _container(env: Mapping[str, str]) -> ContainerEndpoint:
     else:
         url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()
         name = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-    tgt = _target(name, url)
+    tgt = target(name, url)
     if not tgt.tls and not _local(tgt.host):
         raise AwsConfigError(f"environment variable {name} names {tgt.host} over plain http: "
                              "only https, a loopback address or "
@@ -376,7 +431,7 @@ class SharedFileCredentials:
             if stamp == self._stamp and self._credentials is not None:
                 return self._credentials
             try:
-                credentials = read_profile(path, profile)
+                credentials = read_profile(path, profile, self._source.section)
             except AwsCredentialsError as exc:
                 problem = exc
             else:
@@ -503,15 +558,15 @@ class RefreshingCredentials:
 # the daemon's one client, and they go on with the credentials (and any fetch under way) of
 # the ones they replace; providers sharing a source share its fetches
 _refreshing: weakref.WeakKeyDictionary[
-    HttpClient, dict[tuple[ContainerEndpoint | InstanceMetadata, Clock | None],
-                     RefreshingCredentials]] = weakref.WeakKeyDictionary()
+    HttpClient, dict[tuple[Refreshing, Clock | None], RefreshingCredentials]
+] = weakref.WeakKeyDictionary()
 
 
 def open_source(source: AwsSource, *, client: HttpClient,
                 clock: Clock | None = None) -> CredentialSource:
-    """The run-time side of a configured source; `client` calls the credential endpoints
-    (directly: they are local to the host). A container's or the instance's credentials are
-    one `RefreshingCredentials` per client, source and clock."""
+    """The run-time side of a configured source; `client` calls the credential endpoints,
+    STS and the SSO portal (directly, not through the provider's proxy). Temporary
+    credentials are one `RefreshingCredentials` per client, source and clock."""
     if isinstance(source, AwsCredentials):
         return StaticCredentials(source)
     if isinstance(source, SharedFile):
@@ -519,27 +574,50 @@ def open_source(source: AwsSource, *, client: HttpClient,
     known = _refreshing.setdefault(client, {})
     shared = known.get((source, clock))
     if shared is None:
-        shared = known[source, clock] = _refreshing_source(source, client,
-                                                           clock or SystemClock())
+        shared = known[source, clock] = _refreshing_source(source, client, clock)
     return shared
 
 
-def _refreshing_source(source: ContainerEndpoint | InstanceMetadata, client: HttpClient,
-                       clock: Clock) -> RefreshingCredentials:
-    from failoverd import awsmetadata  # the HTTP side, which needs this module's types
+def _refreshing_source(source: Refreshing, client: HttpClient,
+                       given: Clock | None) -> RefreshingCredentials:
+    # the HTTP and process sides, which need this module's types
+    from failoverd import awsmetadata, awsprocess, awssso, awssts
 
+    clock = given or SystemClock()
     # weakly: `_refreshing` holds this by the client, which must not keep itself alive
     client_ref = weakref.ref(client)
+    # an assumed role's own source: what signs its AssumeRole calls
+    inner = (open_source(source.source, client=client, clock=given)
+             if isinstance(source, AssumeRole) else None)
 
     async def fetch() -> AwsCredentials:
+        if isinstance(source, CredentialProcess):
+            return await awsprocess.run(source, clock)
         current = client_ref()
         if current is None:  # pragma: no cover - the daemon's client outlives its providers
             raise AwsCredentialsError("the HTTP client is closed")
         if isinstance(source, ContainerEndpoint):
             return await awsmetadata.fetch_container(current, source)
-        return await awsmetadata.fetch_instance(current, source)
+        if isinstance(source, InstanceMetadata):
+            return await awsmetadata.fetch_instance(current, source)
+        if isinstance(source, SsoRole):
+            return await awssso.fetch(current, source, clock)
+        if inner is None:  # pragma: no cover - made above for every AssumeRole
+            raise AwsCredentialsError(f"{source!r} has no source")
+        return await awssts.assume_role(current, source, inner, clock)
 
-    what = (f"the container credentials endpoint {bare(source.url)}"
-            if isinstance(source, ContainerEndpoint)
-            else f"the instance metadata service at {bare(source.endpoint)}")
-    return RefreshingCredentials(fetch, clock, what)
+    return RefreshingCredentials(fetch, clock, describe(source))
+
+
+def describe(source: Refreshing) -> str:
+    """The source as logs and errors name it (never with a secret)."""
+    if isinstance(source, ContainerEndpoint):
+        return f"the container credentials endpoint {bare(source.url)}"
+    if isinstance(source, InstanceMetadata):
+        return f"the instance metadata service at {bare(source.endpoint)}"
+    if isinstance(source, CredentialProcess):
+        return f"credential_process {source.program} of profile [{source.profile}]"
+    if isinstance(source, SsoRole):
+        return (f"IAM Identity Center role {source.role_name} of account {source.account_id} "
+                f"(profile [{source.profile}])")
+    return f"role {source.role_arn} (profile [{source.profile}])"

@@ -32,7 +32,8 @@ from failoverd.awscreds import (
 from failoverd.http1 import HttpClient, HttpClientError
 from failoverd.timeouts import timeout
 
-__all__ = ["bare", "fetch_container", "fetch_instance", "parse_credentials"]
+__all__ = ["bare", "call", "failed", "fetch_container", "fetch_instance", "parse_credentials",
+           "refusal"]
 
 CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
 IMDS_TIMEOUT = 1.0  # per call to the instance metadata service: a host without one fails fast
@@ -44,15 +45,18 @@ MAX_ANSWER = 64 * 1024
 MAX_TOKEN = 16 * 1024
 
 
-async def _call(client: HttpClient, method: str, url: str, headers: dict[str, str],
-                seconds: float, data: bytes | None = None) -> tuple[int, bytes]:
-    """(status, body) of one call to a credential endpoint, within `seconds`."""
+async def call(client: HttpClient, method: str, url: str, headers: dict[str, str],
+               seconds: float, data: bytes | None = None, *,
+               limit: int = 0) -> tuple[int, bytes]:
+    """(status, body) of one call to a credential endpoint (or STS, or the SSO portal),
+    within `seconds`; a body over `limit` bytes (default `MAX_ANSWER`) is an error."""
+    limit = limit or MAX_ANSWER
     resp = None
     try:
         with timeout(seconds):
             resp = await client.request(method, url, headers=headers, data=data,
                                         connect_timeout=seconds)
-            body = await resp.read_upto(MAX_ANSWER + 1)
+            body = await resp.read_upto(limit + 1)
     except BaseException as exc:
         if resp is not None:
             resp.close()
@@ -62,20 +66,20 @@ async def _call(client: HttpClient, method: str, url: str, headers: dict[str, st
         if isinstance(exc, HttpClientError | OSError):
             raise AwsCredentialsError(f"{bare(url)}: {exc}", transient=True) from None
         raise
-    if len(body) > MAX_ANSWER:
+    if len(body) > limit:
         resp.close()
         raise AwsCredentialsError(f"{bare(url)}: the answer is too long (over "
-                                  f"{MAX_ANSWER // 1024} KiB)", transient=True)
+                                  f"{limit // 1024} KiB)", transient=True)
     resp.release()
     return resp.status, body
 
 
-def _failed(status: int) -> bool:
+def failed(status: int) -> bool:
     """Whether an error status is the endpoint's trouble (throttled, down), not a refusal."""
     return status >= 500 or status == 429
 
 
-def _refusal(status: int, body: bytes) -> str:
+def refusal(status: int, body: bytes) -> str:
     """What a credential endpoint's error answer says (its ``message`` when JSON)."""
     text = body[:300].decode("utf-8", "replace").strip()
     try:
@@ -123,14 +127,14 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
     token = _read_token(source.token_file) if source.token_file else source.token
     if token:
         headers["Authorization"] = token
-    status, body = await _call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
+    status, body = await call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
     where = f"the container credentials endpoint {bare(source.url)}"
     if status != 200:
-        refusal = _refusal(status, body)
+        said = refusal(status, body)
         # servers echo a bad request's headers: the token goes no further than this
         raise AwsCredentialsError(f"{where} refused: "
-                                  f"{refusal.replace(token, '***') if token else refusal}",
-                                  transient=_failed(status))
+                                  f"{said.replace(token, '***') if token else said}",
+                                  transient=failed(status))
     return parse_credentials(body, where)
 
 
@@ -158,7 +162,7 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
     base = source.endpoint.rstrip("/")
     where = f"the instance metadata service at {bare(base)}"
     try:
-        status, body = await _call(client, "PUT", f"{base}/latest/api/token",
+        status, body = await call(client, "PUT", f"{base}/latest/api/token",
                                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
                                    IMDS_TIMEOUT, data=b"")
     except AwsCredentialsError as exc:
@@ -170,26 +174,26 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
             "no AWS_ACCESS_KEY_ID, credentials file or container endpoint was found when the "
             "configuration was read)") from None
     if status != 200:
-        raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {_refusal(status, body)}",
-                                  transient=_failed(status))
+        raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {refusal(status, body)}",
+                                  transient=failed(status))
     token = body.decode("ascii", "replace").strip()
     if not token or control(token):
         raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
     headers = {"X-aws-ec2-metadata-token": token}
-    status, body = await _call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
+    status, body = await call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
     if status == 404:
         raise AwsCredentialsError(f"{where}: the instance has no IAM role (attach an instance "
                                   "profile)")
     if status != 200:
-        raise AwsCredentialsError(f"{where} named no role: {_refusal(status, body)}",
-                                  transient=_failed(status))
+        raise AwsCredentialsError(f"{where} named no role: {refusal(status, body)}",
+                                  transient=failed(status))
     lines = body.decode("utf-8", "replace").split()
     if not lines:
         raise AwsCredentialsError(f"{where} named no role")
     role = lines[0]
-    status, body = await _call(client, "GET", base + _ROLE_PATH + quote(role, safe=""),
+    status, body = await call(client, "GET", base + _ROLE_PATH + quote(role, safe=""),
                                headers, IMDS_TIMEOUT)
     if status != 200:
         raise AwsCredentialsError(f"{where} gave no credentials for role {role}: "
-                                  f"{_refusal(status, body)}", transient=_failed(status))
+                                  f"{refusal(status, body)}", transient=failed(status))
     return parse_credentials(body, f"{where} (role {role})")

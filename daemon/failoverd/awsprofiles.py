@@ -1,0 +1,428 @@
+"""The AWS shared config and credentials files, read as botocore reads them, and the source a
+profile names (awscreds.py's `choose_source` asks here).
+
+The files:
+
+- the credentials file (``AWS_SHARED_CREDENTIALS_FILE``, else ``~/.aws/credentials``):
+  ``[name]`` sections;
+- the config file (``AWS_CONFIG_FILE``, else ``~/.aws/config``): ``[profile name]`` sections
+  (the name may be quoted), ``[default]`` (a ``[profile default]`` that comes later wins, as
+  in botocore), ``[sso-session name]`` sections.
+
+A profile is both files' sections of its name merged, the credentials file's keys over the
+config file's (botocore's ``Session.full_config``).
+
+What a profile gives, in botocore's order (its ``create_credential_resolver`` with a profile):
+``role_arn`` (an assumed role, whatever else the profile holds); ``sso_*`` keys (IAM Identity
+Center); keys in the credentials file; ``credential_process``; keys in the config file.
+A ``source_profile`` with keys gives those keys even when it has a ``role_arn`` too (which is
+how a profile may name itself as its source); one without keys gives what its own profile
+gives, an assumed role included (chained roles). A source profile seen before in the chain is
+a loop, refused, but for a profile naming itself with keys of its own.
+
+Every problem is an `AwsConfigError` naming the profile, the key and the file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from failoverd.awscreds import (
+    AssumeRole,
+    AwsConfigError,
+    AwsCredentialsError,
+    AwsSource,
+    CredentialProcess,
+    SharedFile,
+    SsoRole,
+    container,
+    control,
+    credentials_file,
+    from_env,
+    instance,
+    parse_file,
+    profile_keys,
+    target,
+)
+
+__all__ = ["config_file", "profile_source", "sso_cache_key"]
+
+SSO_KEYS = ("sso_start_url", "sso_region", "sso_account_id", "sso_role_name")
+CREDENTIAL_SOURCES = ("Environment", "Ec2InstanceMetadata", "EcsContainer")
+DEFAULT_REGION = "us-east-1"  # where STS is asked when nothing names a region
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")  # STS's RoleSessionName
+
+
+def config_file(env: Mapping[str, str]) -> str:
+    """The config file's path ("" when there is none: no ``HOME``)."""
+    path = env.get("AWS_CONFIG_FILE", "").strip()
+    home = env.get("HOME", "").strip()
+    if path:
+        return os.path.join(home, path[2:]) if path.startswith("~/") and home else path
+    return os.path.join(home, ".aws", "config") if home else ""
+
+
+def sso_cache_key(session: str, start_url: str) -> str:
+    """The name of the token cache file ``aws sso login`` writes: the SHA-1 of the
+    ``sso-session``'s name, or of the start URL for a legacy profile."""
+    return hashlib.sha1((session or start_url).encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class _Profile:
+    """A profile: its keys (both files merged) and where each came from."""
+
+    name: str
+    values: dict[str, str] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)
+    section: str = ""  # its section in the config file ("" if none)
+
+    def get(self, key: str) -> str:
+        return self.values.get(key, "").strip()
+
+
+@dataclass
+class _Files:
+    credentials: str
+    config: str
+    parsers: dict[str, configparser.ConfigParser] = field(default_factory=dict)
+    profiles: dict[str, _Profile] = field(default_factory=dict)
+    sessions: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _load(credentials: str, config: str) -> _Files:
+    files = _Files(credentials, config)
+    for path, what in ((config, "config file"), (credentials, "credentials file")):
+        if not path or not os.path.exists(path):
+            continue
+        try:
+            parser = parse_file(path, what)
+        except AwsCredentialsError as exc:
+            raise AwsConfigError(str(exc)) from None
+        files.parsers[path] = parser
+        for section in parser.sections():
+            values = dict(parser[section])
+            if path == config:
+                name, kind = _config_section(section)
+                if kind == "sso-session":
+                    files.sessions[name] = values
+                    continue
+                if kind != "profile":
+                    continue
+            else:
+                name = section
+            profile = files.profiles.setdefault(name, _Profile(name))
+            if path == config:
+                profile.section = section
+            profile.values.update(values)
+            profile.where.update(dict.fromkeys(values, path))
+    return files
+
+
+def _config_section(section: str) -> tuple[str, str]:
+    """(name, kind) of a config file's section: ``profile``, ``sso-session`` or ""."""
+    if section == "default":
+        return "default", "profile"
+    try:
+        parts = shlex.split(section)
+    except ValueError:
+        return "", ""
+    if len(parts) == 2 and parts[0] in ("profile", "sso-session"):
+        return parts[1], parts[0]
+    return "", ""
+
+
+def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSource | None:
+    """The source the profile gives: `profile` (the provider's ``aws_profile``), else
+    ``AWS_PROFILE``, else ``default``. None when no profile is named and the default one is
+    not there or gives nothing (the chain goes on); AwsConfigError when a named one is not
+    there or any is broken."""
+    named = profile or env.get("AWS_PROFILE", "").strip()
+    name = named or "default"
+    by = "aws_profile" if profile else "AWS_PROFILE"
+    credentials, config = credentials_file(env), config_file(env)
+    if not credentials and not config:
+        if named:
+            raise AwsConfigError(f"profile {name!r} is named, but there is no shared "
+                                 "credentials file: HOME is not set (as under systemd); set "
+                                 "AWS_SHARED_CREDENTIALS_FILE or AWS_CONFIG_FILE")
+        return None
+    files = _load(credentials, config)
+    if name not in files.profiles:
+        if not named:
+            return None
+        raise AwsConfigError(_missing(files, name) + f" (profile {name!r} of {by})")
+    resolver = _Resolver(files, env, region or _region(files.profiles[name], env))
+    source = resolver.source(name)
+    if source is None and named:
+        raise AwsConfigError(f"profile [{name}] ({resolver.where(name)}) gives no "
+                             "credentials: it has no aws_access_key_id and "
+                             "aws_secret_access_key, credential_process, role_arn or sso_* "
+                             "keys")
+    return source
+
+
+def _missing(files: _Files, name: str) -> str:
+    parts = []
+    if files.credentials:
+        parts.append(f"{files.credentials} has no profile [{name}] with aws_access_key_id "
+                     "and aws_secret_access_key" if files.credentials in files.parsers
+                     else f"{files.credentials} does not exist")
+    if files.config:
+        section = "default" if name == "default" else f"profile {name}"
+        parts.append(f"{files.config} has no [{section}]" if files.config in files.parsers
+                     else f"{files.config} does not exist")
+    return "; ".join(parts)
+
+
+def _region(profile: _Profile, env: Mapping[str, str]) -> str:
+    for value in (profile.get("region"), env.get("AWS_REGION", ""),
+                  env.get("AWS_DEFAULT_REGION", "")):
+        words = value.split()
+        if words and _REGION.fullmatch(words[0]):
+            return words[0]
+    return DEFAULT_REGION
+
+
+def _endpoint(env: Mapping[str, str], service: str, default: str) -> str:
+    """A service's endpoint: ``AWS_ENDPOINT_URL_<SERVICE>``, else ``AWS_ENDPOINT_URL``, else
+    `default` (botocore's service-specific endpoints, which
+    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` turns off)."""
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return default
+    for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
+        url = env.get(name, "").strip().rstrip("/")
+        if url:
+            target(name, url)
+            return url
+    return default
+
+
+def _domain(region: str) -> str:
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
+class _Resolver:
+    """Follows one profile to its source."""
+
+    def __init__(self, files: _Files, env: Mapping[str, str], region: str) -> None:
+        self._files = files
+        self._env = env
+        self._region = region
+
+    def where(self, name: str, key: str = "") -> str:
+        """The file the profile's `key` comes from (any of its files without a key)."""
+        profile = self._files.profiles[name]
+        if key and key in profile.where:
+            return profile.where[key]
+        return ", ".join(sorted(set(profile.where.values()))) or "no file"
+
+    def _problem(self, name: str, key: str, text: str) -> AwsConfigError:
+        return AwsConfigError(f"profile [{name}] ({self.where(name, key)}): {key} {text}")
+
+    def source(self, name: str) -> AwsSource | None:
+        profile = self._files.profiles[name]
+        if profile.get("role_arn"):
+            return self._role(name, ())
+        return self._direct(name)
+
+    def _direct(self, name: str) -> AwsSource | None:
+        """What the profile gives besides an assumed role."""
+        profile = self._files.profiles[name]
+        if profile.get("web_identity_token_file"):
+            raise self._problem(name, "web_identity_token_file", "is not supported (no "
+                                "AssumeRoleWithWebIdentity): give the role's credentials "
+                                "another way")
+        if any(profile.get(k) for k in (*SSO_KEYS, "sso_session")):
+            return self._sso(name)
+        keys = self._static(name, self._files.credentials)
+        if keys is not None:
+            return keys
+        if profile.get("credential_process"):
+            return self._process(name)
+        return self._static(name, self._files.config)
+
+    def _static(self, name: str, path: str) -> SharedFile | None:
+        """The profile's keys in the file at `path`, when they are there."""
+        profile = self._files.profiles[name]
+        parser = self._files.parsers.get(path)
+        if parser is None:
+            return None
+        section = profile.section if path == self._files.config else name
+        if not section:
+            return None
+        try:
+            found = profile_keys(parser, path, name, section)
+        except AwsCredentialsError as exc:
+            raise AwsConfigError(str(exc)) from None
+        if found is None:
+            return None
+        return SharedFile(path, name, "" if section == name else section)
+
+    def _keys(self, name: str) -> SharedFile | None:
+        return self._static(name, self._files.credentials) or \
+            self._static(name, self._files.config)
+
+    # ------------------------------------------------------------------ assumed roles
+
+    def _role(self, name: str, seen: tuple[str, ...]) -> AssumeRole:
+        profile = self._files.profiles[name]
+        role_arn = profile.get("role_arn")
+        if profile.get("web_identity_token_file"):
+            self._direct(name)  # refused there
+        if profile.get("mfa_serial"):
+            raise self._problem(name, "mfa_serial", "is set: a role that wants an MFA code "
+                                "cannot be assumed by a daemon (no one types the code); use "
+                                "a role without MFA, or write the session's credentials "
+                                "(aws sts assume-role --serial-number ...) in the credentials "
+                                "file")
+        if not role_arn.startswith("arn:") or control(role_arn):
+            raise self._problem(name, "role_arn", f"is not a role ARN: {role_arn[:100]!r}")
+        source_profile = profile.get("source_profile")
+        credential_source = profile.get("credential_source")
+        if source_profile and credential_source:
+            raise self._problem(name, "role_arn", "has both source_profile and "
+                                "credential_source: keep one")
+        if not source_profile and not credential_source:
+            raise self._problem(name, "role_arn", "needs source_profile or credential_source "
+                                "(the credentials that assume the role)")
+        chain = (*seen, name)
+        source: AwsSource
+        if credential_source:
+            source = self._credential_source(name, credential_source)
+        else:
+            source = self._source_profile(name, source_profile, chain)
+        session_name = profile.get("role_session_name")
+        if session_name and not _SESSION_NAME.fullmatch(session_name):
+            raise self._problem(name, "role_session_name", "must be 2 to 64 letters, digits "
+                                f"or +=,.@_- : {session_name[:80]!r}")
+        external_id = profile.get("external_id")
+        if external_id and (control(external_id) or not 2 <= len(external_id) <= 1224):
+            raise self._problem(name, "external_id", "must be 2 to 1224 characters, without "
+                                "control characters")
+        duration = 0
+        if profile.get("duration_seconds"):
+            try:
+                duration = int(profile.get("duration_seconds"))
+            except ValueError:
+                duration = -1
+            if not 900 <= duration <= 43200:
+                raise self._problem(name, "duration_seconds", "must be a whole number of "
+                                    "seconds from 900 to 43200, got "
+                                    f"{profile.get('duration_seconds')[:20]!r}")
+        region = self._region
+        endpoint = _endpoint(self._env, "STS", f"https://sts.{region}.{_domain(region)}")
+        return AssumeRole(name, role_arn, source, region, endpoint, external_id, session_name,
+                          duration)
+
+    def _source_profile(self, name: str, source_name: str,
+                        chain: tuple[str, ...]) -> AwsSource:
+        if source_name not in self._files.profiles:
+            raise self._problem(name, "source_profile", f"names profile [{source_name}], "
+                                "which is in neither file")
+        keys = self._keys(source_name)
+        if source_name in chain and (source_name != name or keys is None):
+            raise self._problem(name, "source_profile", "makes a loop: "
+                                f"{' -> '.join((*chain, source_name))}")
+        if keys is not None:
+            return keys
+        if self._files.profiles[source_name].get("role_arn"):
+            return self._role(source_name, chain)  # a chained role
+        found = self._direct(source_name)
+        if found is None:
+            raise self._problem(name, "source_profile", f"names profile [{source_name}], "
+                                "which gives no credentials (no keys, credential_process, "
+                                "role_arn or sso_* keys)")
+        return found
+
+    def _credential_source(self, name: str, value: str) -> AwsSource:
+        env = self._env
+        if value == "Environment":
+            found: AwsSource | None = from_env(env)
+            if found is None:
+                raise self._problem(name, "credential_source", "is Environment, but "
+                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set")
+            return found
+        if value == "EcsContainer":
+            if not (env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or
+                    env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()):
+                raise self._problem(name, "credential_source", "is EcsContainer, but neither "
+                                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI nor "
+                                    "AWS_CONTAINER_CREDENTIALS_FULL_URI is set")
+            return container(env)
+        if value == "Ec2InstanceMetadata":
+            if env.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
+                raise self._problem(name, "credential_source", "is Ec2InstanceMetadata, but "
+                                    "AWS_EC2_METADATA_DISABLED=true turns it off")
+            return instance(env)
+        raise self._problem(name, "credential_source", f"is {value[:40]!r}: it must be one of "
+                            f"{', '.join(CREDENTIAL_SOURCES)}")
+
+    # ------------------------------------------------------------------ the other sources
+
+    def _process(self, name: str) -> CredentialProcess:
+        line = self._files.profiles[name].get("credential_process")
+        try:
+            command = tuple(shlex.split(line))
+        except ValueError as exc:
+            raise self._problem(name, "credential_process", f"cannot be split into a "
+                                f"command: {exc}") from None
+        if not command:
+            raise self._problem(name, "credential_process", "is empty")
+        program = command[0]
+        if os.sep in program:
+            if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+                raise self._problem(name, "credential_process", f"runs {program}, which is "
+                                    "not an executable file")
+        elif shutil.which(program, path=self._env.get("PATH")) is None:
+            raise self._problem(name, "credential_process", f"runs {program}, which is not "
+                                "on PATH")
+        return CredentialProcess(name, command)
+
+    def _sso(self, name: str) -> SsoRole:
+        profile = self._files.profiles[name]
+        values = {k: profile.get(k) for k in SSO_KEYS if profile.get(k)}
+        session = profile.get("sso_session")
+        if session:
+            found = self._files.sessions.get(session)
+            if found is None:
+                raise self._problem(name, "sso_session", f"names [sso-session {session}], "
+                                    f"which {self._files.config or 'the config file'} does "
+                                    "not have")
+            for key in ("sso_start_url", "sso_region"):
+                theirs = found.get(key, "").strip()
+                if key in values and theirs and values[key] != theirs:
+                    raise self._problem(name, key, f"differs from [sso-session {session}]'s")
+                if theirs:
+                    values[key] = theirs
+        missing = [k for k in SSO_KEYS if not values.get(k)]
+        if missing:
+            raise self._problem(name, missing[0], "is missing: the profile uses IAM Identity "
+                                f"Center (SSO), which needs {', '.join(missing)}"
+                                + (f" (sso_start_url and sso_region may be in [sso-session "
+                                   f"{session}])" if session else ""))
+        region = values["sso_region"]
+        if not _REGION.fullmatch(region):
+            raise self._problem(name, "sso_region", f"is no AWS region: {region[:40]!r}")
+        home = self._env.get("HOME", "").strip()
+        if not home:
+            raise self._problem(name, "sso_session" if session else "sso_start_url",
+                                "needs the token cache of aws sso login in ~/.aws/sso/cache, "
+                                "but HOME is not set")
+        cache = os.path.join(home, ".aws", "sso", "cache",
+                             sso_cache_key(session, values["sso_start_url"]) + ".json")
+        domain = _domain(region)
+        return SsoRole(name, values["sso_account_id"], values["sso_role_name"],
+                       values["sso_start_url"], region, session, cache,
+                       _endpoint(self._env, "SSO", f"https://portal.sso.{region}.{domain}"),
+                       _endpoint(self._env, "SSO_OIDC", f"https://oidc.{region}.{domain}")
+                       if session else "")
+
