@@ -30,6 +30,7 @@ from failoverd.catalog import read_model, read_provider
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
+from failoverd.pools import PoolConfig, read_pools
 from failoverd.tomlreader import Section
 
 LogFormat = Literal["text", "json"]
@@ -148,15 +149,20 @@ class Config:
     hooks: tuple[HookConfig, ...]
     default_chain: tuple[str, ...]  # primary first, then the resolved fallbacks
     source: str = ""
+    pools: Mapping[str, PoolConfig] = field(default_factory=dict)
 
     @property
     def node(self) -> str:
         return self.daemon.node or _socket.gethostname()
 
     def kind_of(self, name: str) -> ModelKind | None:
-        """The kind of model `name` names (a model id, or a chain by its first model; a
-        chain is of one kind), None when it names neither."""
-        model = self.models.get(self.chains[name].models[0] if name in self.chains else name)
+        """The kind of model `name` names (a model id, or a chain or pool by its first model;
+        each is of one kind), None when it names none."""
+        if name in self.chains:
+            name = self.chains[name].models[0]
+        elif name in self.pools:
+            name = self.pools[name].models[0]
+        model = self.models.get(name)
         return model.kind if model is not None else None
 
     def fallbacks_for(self, model_id: str) -> tuple[str, ...]:
@@ -424,8 +430,8 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
     return tuple(hooks)
 
 
-_TOP_LEVEL = ("daemon", "mqtt", "providers", "models", "routing", "chains", "breaker",
-              "probes", "hooks")
+_TOP_LEVEL = ("daemon", "mqtt", "providers", "models", "routing", "chains", "pools",
+              "breaker", "probes", "hooks")
 
 
 def _plain_name(sec: Section, name: str, what: str) -> None:
@@ -507,6 +513,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
             sec.problem("", "a chain cannot share its name with a model or 'default'/'auto'")
         sec.finish()
 
+    pools = read_pools(top, models, chains)
     breaker = _breaker(top.table("breaker"))
     probes = _probes(top.table("probes"))
     top.seen.add("hooks")
@@ -517,7 +524,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
     return Config(
         daemon=daemon, mqtt=mqtt, providers=providers, models=models, routing=routing,
         chains=chains, breaker=breaker, probes=probes, hooks=hooks,
-        default_chain=default_chain(routing, models), source=source,
+        default_chain=default_chain(routing, models), source=source, pools=pools,
     )
 
 

@@ -267,6 +267,10 @@ class HealthRegistry:
             if self.on_budget_reached is not None:
                 self.on_budget_reached(cap)
 
+    def inflight(self, model_id: str) -> int:
+        """Calls to the model under way now."""
+        return self._inflight.get(model_id, 0)
+
     def _over_limit(self, model_id: str) -> bool:
         limit = self._config.models[model_id].max_concurrency
         return limit > 0 and self._inflight[model_id] >= limit

@@ -22,6 +22,7 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
 
     - "" or "default": the default chain (primary + fallbacks).
     - a chain name: that chain.
+    - a pool name: its models (balance.py orders them), then the default chain without them.
     - a model id: that model first, then the default chain without it.
     - an upstream model name that exactly one chat model uses (e.g. "gpt-5" for
       "openai/gpt-5"): as its model id, so unmodified programs keep working.
@@ -35,6 +36,10 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     elif requested in config.chains:
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", "chat")
+    elif requested in config.pools:
+        members = config.pools[requested].models
+        _of_kind(config, requested, members[0], "pool", "chat")
+        chain = (*members, *(m for m in config.default_chain if m not in members))
     elif requested in config.models:
         _of_kind(config, requested, requested, "model", "chat")
         chain = config.fallbacks_for(requested)
@@ -59,6 +64,10 @@ def resolve_embeddings(config: Config, requested: str) -> tuple[str, ...]:
     if requested in config.chains:
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", "embeddings")
+        return chain
+    if requested in config.pools:  # the operator's word too: one model, several places
+        chain = config.pools[requested].models
+        _of_kind(config, requested, chain[0], "pool", "embeddings")
         return chain
     if requested in config.models:
         _of_kind(config, requested, requested, "model", "embeddings")
@@ -94,6 +103,10 @@ def _any_of_kind(config: Config, requested: str, kind: ModelKind) -> tuple[str, 
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", kind)
         return chain
+    if requested in config.pools:
+        chain = config.pools[requested].models
+        _of_kind(config, requested, chain[0], "pool", kind)
+        return (*chain, *(m for m in everyone if m not in chain))
     if requested not in config.models:
         # an upstream name several of them have (tts-1 at two providers) is no ambiguity
         # here, where any may stand in: those first, in file order
@@ -119,7 +132,9 @@ def _known(config: Config, kind: ModelKind) -> str:
     models = [m.id for m in config.models.values() if m.kind == kind]
     chains = [name for name, c in config.chains.items()
               if config.models[c.models[0]].kind == kind]
-    known = [*models, *chains]
+    pools = [name for name, p in config.pools.items()
+             if config.models[p.models[0]].kind == kind]
+    known = [*models, *chains, *pools]
     if kind == "chat" and config.default_chain:
         known.append("default")
     return f"; known: {', '.join(known[:20])}" if known else "; none is configured"
@@ -133,11 +148,11 @@ def _of_kind(config: Config, requested: str, model_id: str, what: str,
     if actual == kind:
         return
     if kind == "chat":
-        which = (f"holds {_PLURAL[actual]}" if what == "chain"
+        which = (f"holds {_PLURAL[actual]}" if what in ("chain", "pool")
                  else f"is {_NOUN[actual]}")
         message = f"{what} {requested!r} {which}: call {_ENDPOINT[actual]}"
-    elif what == "chain":
-        message = f"chain {requested!r} is a chain of {_PLURAL[actual]}"
+    elif what in ("chain", "pool"):
+        message = f"{what} {requested!r} is a {what} of {_PLURAL[actual]}"
     else:
         message = (f"model {requested!r} is not {_NOUN[kind]} (its capabilities lack "
                    f"'{kind}')")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from failoverd import router
+from failoverd.balance import Balancer
 from failoverd.clock import Clock
 from failoverd.config import Config
 from failoverd.dispatch import Dispatcher, Health
@@ -28,6 +29,7 @@ class Runtime:
     providers: dict[str, Provider]
     dispatcher: Dispatcher
     screening: bool  # some model declares capabilities or a context window
+    balancer: Balancer  # spreads requests over the pools' models
     # router.resolve's answers: a request's "model" names one of a few models or chains,
     # each resolved once per configuration, not per request (valid names only, bounded)
     _resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -72,4 +74,10 @@ def build_runtime(config: Config, client: HttpClient, clock: Clock,
     dispatcher = Dispatcher(config, providers, clock=clock, health=health, rng=rng)
     screening = any((m.capabilities_declared or m.context_window) and m.chat
                     for m in config.models.values())
-    return Runtime(config, providers, dispatcher, screening)
+    if health is None:
+        balancer = Balancer(config.pools, available=lambda _: True, inflight=lambda _: 0,
+                            rng=rng)
+    else:
+        balancer = Balancer(config.pools, available=lambda m: health.available(m)[0],
+                            inflight=health.inflight, rng=rng)
+    return Runtime(config, providers, dispatcher, screening, balancer)

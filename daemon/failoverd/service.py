@@ -180,7 +180,10 @@ class Service:
 
     # ------------------------------------------------------------------ routing
 
-    def route(self, rt: Runtime, body: dict[str, Any], pin: bool, session: str | None) -> Route:
+    def route(self, rt: Runtime, body: dict[str, Any], pin: bool, session: str | None, *,
+              preview: bool = False) -> Route:
+        """A chat request's candidates in the order they are tried. `preview` (/v1/select):
+        what the request would get, taking no pool's turn."""
         cfg = rt.config
         requested = body.get("model") or ""
         # estimating tokens costs time on every request: only when some model could refuse
@@ -203,6 +206,9 @@ class Service:
                 name = "default" if requested in ("", "default") else requested
                 if name in self._chain_offsets:
                     candidates = self.chains()[name]
+        if rt.balancer.active:
+            candidates = rt.balancer.order(candidates, keep_first=_names_a_model(cfg, requested),
+                                           session=session or None, advance=not preview)
         if session and not pin:
             candidates = self._session_order(cfg, session, candidates)
         if pin:
@@ -211,35 +217,43 @@ class Service:
             skipped = tuple((m, why) for m, why in skipped if m not in candidates)
         return Route(candidates, needs, header, skipped)
 
-    def embedding_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+    def embedding_route(self, rt: Runtime, requested: str, pin: bool, *,
+                        preview: bool = False) -> tuple[str, ...]:
         """The candidates of an embeddings request (router.resolve_embeddings), an
-        operator's rotation of its chain applied; no sessions, no auto routing."""
-        return self._rotated(rt.resolve_embeddings(requested), requested, pin)
+        operator's rotation of its chain and the pools applied; no sessions, no auto routing."""
+        return self._rotated(rt, rt.resolve_embeddings(requested), requested, pin,
+                             preview=preview)
 
-    def audio_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+    def audio_route(self, rt: Runtime, requested: str, pin: bool, *,
+                    preview: bool = False) -> tuple[str, ...]:
         """The candidates of an audio transcription or translation
         (router.resolve_transcription), an operator's rotation of its chain applied."""
         # "default" is every transcription model: the chat default chain's rotation is not its
-        return self._rotated(rt.resolve_transcription(requested), requested, pin,
-                             default_is_chat=False)
+        return self._rotated(rt, rt.resolve_transcription(requested), requested, pin,
+                             default_is_chat=False, preview=preview)
 
-    def speech_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
+    def speech_route(self, rt: Runtime, requested: str, pin: bool, *,
+                     preview: bool = False) -> tuple[str, ...]:
         """The candidates of a text-to-speech request (router.resolve_speech)."""
-        return self._rotated(rt.resolve_speech(requested), requested, pin,
-                             default_is_chat=False)
+        return self._rotated(rt, rt.resolve_speech(requested), requested, pin,
+                             default_is_chat=False, preview=preview)
 
     def text_route(self, rt: Runtime, requested: str, pin: bool) -> tuple[str, ...]:
         """The candidates of a legacy text completion: a chat request's (router.resolve),
         an operator's rotation applied; no sessions, no auto routing (both read messages)."""
-        return self._rotated(rt.resolve(requested), requested, pin)
+        return self._rotated(rt, rt.resolve(requested), requested, pin)
 
-    def _rotated(self, candidates: tuple[str, ...], requested: str, pin: bool, *,
-                 default_is_chat: bool = True) -> tuple[str, ...]:
+    def _rotated(self, rt: Runtime, candidates: tuple[str, ...], requested: str, pin: bool, *,
+                 default_is_chat: bool = True, preview: bool = False) -> tuple[str, ...]:
         name = "default" if requested in ("", "default") else requested
         if name == "default" and not default_is_chat:
             name = ""
         if name in self._chain_offsets:
             candidates = self.chains()[name]
+        if rt.balancer.active:
+            candidates = rt.balancer.order(candidates,
+                                           keep_first=_names_a_model(rt.config, requested),
+                                           advance=not preview)
         return candidates[:1] if pin else candidates
 
     def _session_order(self, cfg: Config, key: str,
@@ -553,6 +567,13 @@ def _configured_chains(cfg: Config) -> dict[str, tuple[str, ...]]:
     out = {"default": cfg.default_chain}
     out.update((name, c.models) for name, c in cfg.chains.items())
     return out
+
+
+def _names_a_model(cfg: Config, requested: str) -> bool:
+    """Whether a request's "model" named one model (by id or upstream name), which is tried
+    first whatever pool it is in; not "default", "auto", a chain or a pool."""
+    return (requested not in ("", "default", "auto") and requested not in cfg.chains
+            and requested not in cfg.pools)
 
 
 def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[str, ...]:

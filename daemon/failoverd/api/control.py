@@ -258,11 +258,11 @@ async def select(request: web.Request) -> web.Response:
             # with no requirements to check (nor sessions, which are chat's)
             routes = {"embeddings": svc.embedding_route, "transcription": svc.audio_route,
                       "speech": svc.speech_route}
-            route = Route(routes[kind](rt, model, pin), None)
+            route = Route(routes[kind](rt, model, pin, preview=True), None)
         else:
             route = svc.route(rt, {**body, "model": model,
                                    "messages": body.get("messages", [])},
-                              pin, normalize_key(session) if session else None)
+                              pin, normalize_key(session) if session else None, preview=True)
     except RequestError as exc:
         return request_error(exc)
     truncating = rt.config.routing.context_policy == "truncate" and "messages" in body

@@ -1,0 +1,99 @@
+"""Spreads requests over a pool's models (pools.py): a request's candidates keep their order,
+but the places the pool's models hold in it are filled anew for each request, by the pool's
+strategy, available models first. A request of a session goes to the same model each time
+(rendezvous hashing), so an upstream's prompt cache keeps serving the conversation."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+from failoverd.pools import PoolConfig
+
+_SPAN = float(2 ** 64)
+
+
+class Balancer:
+    """One configuration's pools and whose turn it is in each (a reload starts anew)."""
+
+    __slots__ = ("active", "_available", "_current", "_inflight", "_pool_of", "_rng",
+                 "_weight")
+
+    def __init__(self, pools: Mapping[str, PoolConfig], *,
+                 available: Callable[[str], bool], inflight: Callable[[str], int],
+                 rng: random.Random | None = None) -> None:
+        self.active = bool(pools)
+        self._pool_of = {m: p for p in pools.values() for m in p.models}
+        self._weight = {m: w for p in pools.values() for m, w in zip(p.models, p.weights,
+                                                                     strict=True)}
+        self._current: dict[str, float] = {}  # smooth weighted round robin, per model
+        self._available = available
+        self._inflight = inflight
+        self._rng = rng or random.Random()  # noqa: S311 - spreading load, not secrets
+
+    def order(self, candidates: tuple[str, ...], *, keep_first: bool = False,
+              session: str | None = None, advance: bool = True) -> tuple[str, ...]:
+        """`candidates` with each pool's places filled for this request. `keep_first`: the
+        client named the first model itself, which stays first; `session`: the request's
+        session key; `advance`: False for a preview (/v1/select), which takes no turn."""
+        places: dict[str, list[int]] = {}
+        pool_of = self._pool_of
+        for i, model_id in enumerate(candidates):
+            pool = pool_of.get(model_id)
+            if pool is not None and not (keep_first and i == 0):
+                places.setdefault(pool.name, []).append(i)
+        out: list[str] | None = None
+        for at in places.values():
+            if len(at) < 2:
+                continue
+            members = [candidates[i] for i in at]
+            ranked = self._rank(pool_of[members[0]], members, session, advance)
+            if out is None:
+                out = list(candidates)
+            for i, model_id in zip(at, ranked, strict=True):
+                out[i] = model_id
+        return candidates if out is None else tuple(out)
+
+    def _rank(self, pool: PoolConfig, members: list[str], session: str | None,
+              advance: bool) -> list[str]:
+        weight = self._weight
+        if session is not None:
+            ranked = sorted(members, key=lambda m: _rendezvous(session, m, weight[m]),
+                            reverse=True)
+        elif pool.strategy == "random":
+            # weighted sampling without replacement (Efraimidis and Spirakis)
+            rng = self._rng
+            ranked = sorted(members, key=lambda m: rng.random() ** (1.0 / weight[m]),
+                            reverse=True)
+        else:
+            ranked = self._round_robin(members, advance)
+            if pool.strategy == "least_busy":
+                ranked.sort(key=self._inflight)  # stable: ties keep their turn
+        available = self._available
+        up = [m for m in ranked if available(m)]
+        if len(up) != len(ranked):
+            ranked = up + [m for m in ranked if m not in up]
+        return ranked
+
+    def _round_robin(self, members: Sequence[str], advance: bool) -> list[str]:
+        """Smooth weighted round robin (as nginx's upstreams): each turn every model gains its
+        weight, the one ahead serves and gives back the total; the rest follow by standing."""
+        current, weight = self._current, self._weight
+        standing = {m: current.get(m, 0.0) + weight[m] for m in members}
+        first = max(members, key=standing.__getitem__)  # ties: the pool's order
+        if advance:
+            current.update(standing)
+            current[first] -= sum(weight[m] for m in members)
+        rest = sorted((m for m in members if m != first), key=standing.__getitem__,
+                      reverse=True)
+        return [first, *rest]
+
+
+def _rendezvous(session: str, model_id: str, weight: float) -> float:
+    """Weighted rendezvous hashing's score: the highest serves the session, and a model
+    leaving or coming moves only the sessions it wins or loses."""
+    digest = hashlib.blake2b(f"{session}\0{model_id}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 1.0) / (_SPAN + 2.0)  # in (0, 1)
+    return -weight / math.log(u)
