@@ -71,7 +71,7 @@ provider = "q"
 """)
     assert found == [
         "providers.q.kind: must be one of openai, anthropic, gemini, ollama, bedrock, "
-        "simulated; "
+        "vertex, simulated; "
         "got 'openia'",
         "providers.q.bse_url: unknown key",
     ]

@@ -152,7 +152,7 @@ CONFIG_PROBLEMS = {
     "on an anthropic provider": (
         '[models."claude/embed"]\nprovider = "claude"\ncapabilities = ["embeddings"]\n',
         ['models."claude/embed".capabilities: provider kind \'anthropic\' has no embeddings '
-         "API (kinds with one: openai, gemini, ollama, simulated)"]),
+         "API (kinds with one: openai, gemini, ollama, vertex, simulated)"]),
     "as the primary and a fallback": (
         '[routing]\nprimary = "sim/embed"\nfallbacks = ["sim/chat", "sim/embed2"]\n',
         ["routing.primary: 'sim/embed' is an embedding model",

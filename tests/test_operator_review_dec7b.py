@@ -134,7 +134,7 @@ def _problems(text: str) -> list[str]:
     # a provider without `kind` was "must be one of ...; got ''", as if an empty one was given
     ('[providers.z]\nbase_url = "http://127.0.0.1:1"\n',
      ["providers.z.kind: is required: one of openai, anthropic, gemini, ollama, bedrock, "
-      "simulated"]),
+      "vertex, simulated"]),
     ("[providers.z]\nkind = 5\n", ["providers.z.kind: must be a string, got an integer"]),
 ])
 def test_each_config_problem_is_said_once_and_as_it_is(body: str, expected: list[str]) -> None:
