@@ -32,6 +32,7 @@ failed): it never travels further in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import stat
@@ -83,11 +84,16 @@ class ServiceAccount:
 
     path: str
     client_email: str
-    key: RsaKey = field(repr=False)
+    private_key: str = field(repr=False)  # PEM, checked when read
     private_key_id: str = ""
     token_uri: str = TOKEN_URI
     project_id: str = ""
     quota_project_id: str = ""
+
+    @property
+    def key(self) -> RsaKey:
+        """The parsed private key."""
+        return _parsed(self.private_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +151,11 @@ def describe(source: GoogleSource) -> str:
 # ------------------------------------------------------------------ configuration
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed(pem: str) -> RsaKey:
+    return load_pem(pem)
+
+
 def _control(value: str) -> bool:
     return any(c < " " or c == "\x7f" for c in value)
 
@@ -197,11 +208,12 @@ def read_file(path: str) -> ServiceAccount | AuthorizedUser:
     kind = data.get("type")
     quota = _text(data, "quota_project_id", path, required=False)
     if kind == "service_account":
+        pem = _text(data, "private_key", path)
         try:
-            key = load_pem(_text(data, "private_key", path))
+            _parsed(pem)
         except RsaKeyError as exc:
             raise GoogleConfigError(f"{path}: private_key: {exc}") from None
-        return ServiceAccount(path, _text(data, "client_email", path), key,
+        return ServiceAccount(path, _text(data, "client_email", path), pem,
                               _text(data, "private_key_id", path, required=False),
                               _token_uri(data.get("token_uri"), path),
                               _text(data, "project_id", path, required=False), quota)
