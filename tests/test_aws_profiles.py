@@ -164,6 +164,14 @@ def test_assume_role_keys_and_defaults(tmp_path: Path) -> None:
     assert choose_source(env, "r").region == "us-east-1"  # type: ignore[union-attr]
     assert choose_source({**env, "AWS_DEFAULT_REGION": "ap-south-1", "AWS_REGION":
                           "sa-east-1"}, "r").region == "sa-east-1"  # type: ignore[union-attr]
+    # the environment's over the profile's (botocore's order); the provider's over both
+    (tmp_path / ".aws" / "config").write_text(
+        f"[profile r]\nrole_arn = {ROLE}\nsource_profile = base\nregion = eu-north-1\n")
+    assert choose_source(env, "r").region == "eu-north-1"  # type: ignore[union-attr]
+    assert choose_source({**env, "AWS_DEFAULT_REGION": "ap-south-1"},
+                         "r").region == "ap-south-1"  # type: ignore[union-attr]
+    assert choose_source({**env, "AWS_DEFAULT_REGION": "ap-south-1"}, "r",
+                         region="us-west-1").region == "us-west-1"  # type: ignore[union-attr]
 
 
 def test_chained_roles_and_loops(tmp_path: Path) -> None:

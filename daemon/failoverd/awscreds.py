@@ -289,8 +289,8 @@ def read_profile(path: str, profile: str, section: str = "") -> AwsCredentials:
 def choose_source(env: Mapping[str, str], profile: str = "", *, region: str = "") -> AwsSource:
     """The first source of the chain that is there (see the module's docstring). `profile`:
     the provider's ``aws_profile`` ("" for none); `region`: the provider's, where an assumed
-    role's STS endpoint is (else the profile's ``region``, ``AWS_REGION``,
-    ``AWS_DEFAULT_REGION``, us-east-1). Raises AwsConfigError when none is, or the one found
+    role's STS endpoint is (else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's
+    ``region``, us-east-1). Raises AwsConfigError when none is, or the one found
     is broken."""
     from failoverd import awsprofiles  # the files' side, which needs this module's types
 

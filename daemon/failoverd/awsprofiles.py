@@ -184,8 +184,9 @@ def _missing(files: _Files, name: str) -> str:
 
 
 def _region(profile: _Profile, env: Mapping[str, str]) -> str:
-    for value in (profile.get("region"), env.get("AWS_REGION", ""),
-                  env.get("AWS_DEFAULT_REGION", "")):
+    # the environment over the file, as in botocore
+    for value in (env.get("AWS_REGION", ""), env.get("AWS_DEFAULT_REGION", ""),
+                  profile.get("region")):
         words = value.split()
         if words and _REGION.fullmatch(words[0]):
             return words[0]
