@@ -148,8 +148,7 @@ def test_configuration(rsa_key: ServiceKey, tmp_path: Path) -> None:
     (vertex_toml('project = "Bad Project"\n'), {},
      'providers.v.project: must be a Google Cloud project id'),
     (vertex_toml(), {}, "providers.v.project: is required: the Google Cloud project whose "
-                        "Vertex AI is called (the metadata server at metadata.google.internal "
-                        "names none"),
+                        "Vertex AI is called (tokens from the metadata server name none)"),
     (vertex_toml('project = "p-123456"\napi_key_env = "KEY"\n'), {"KEY": "AIzaXXXX"},
      'providers.v.api_key_env: kind = "vertex" takes Google credentials'),
     (vertex_toml('project = "p-123456"\ngoogle_credentials_file = "/nope/sa.json"\n'), {},

@@ -15,7 +15,13 @@ from failoverd.awscreds import AwsConfigError, AwsSource, choose_source
 from failoverd.awscreds import AwsCredentials as AwsCredentials  # where tests and callers import it
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
-from failoverd.googlecreds import GoogleConfigError, GoogleSource, describe, project_of
+from failoverd.googlecreds import (
+    GoogleConfigError,
+    GoogleSource,
+    MetadataServer,
+    describe,
+    project_of,
+)
 from failoverd.googlecreds import choose_source as choose_google_source
 from failoverd.http1 import Proxy
 from failoverd.http1.client import Target
@@ -344,9 +350,11 @@ def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
     if not project and source is not None:
         project = project_of(source)
         if not project:
+            why = ("tokens from the metadata server name none" if not path.strip() and
+                   isinstance(source, MetadataServer) else
+                   f"{describe(source)} names none: no project_id or quota_project_id")
             sec.problem("project", "is required: the Google Cloud project whose Vertex AI is "
-                        f"called ({describe(source)} names none: no project_id or "
-                        "quota_project_id)")
+                        f"called ({why})")
     return source, project
 
 

@@ -185,6 +185,7 @@ class VertexClaude(AnthropicProvider):
         super().__init__(config, client)
         self._auth = auth
         self._models = _publisher_url(config, "anthropic")
+        self._messages_url = self._models  # what a 404's hint names
         # the version goes in the body on Vertex
         self._headers.pop("anthropic-version", None)
         self._stream_headers.pop("anthropic-version", None)
