@@ -93,6 +93,7 @@ class FakeAws:
     refresh: set[tuple[str, str, str]] = field(default_factory=set)
     oidc_calls: list[dict[str, Any]] = field(default_factory=list)
     count: int = 0
+    on_sts: Callable[[], None] | None = None  # called at every STS request
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -158,6 +159,8 @@ class FakeAws:
         body = await request.read()
         form = dict(parse_qsl(body.decode()))
         key, refused = self._caller(request, body)
+        if self.on_sts is not None:
+            self.on_sts()
         self.sts_calls.append({**form, "_caller": key,
                                "_type": request.headers.get("Content-Type", "")})
         if self.sts_fail:

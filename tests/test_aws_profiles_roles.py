@@ -273,3 +273,40 @@ async def test_sso_session_token_refreshed_with_oidc(
     assert "expired and refreshing it failed" in text and "invalid_grant" in text
     assert text.endswith("run `aws sso login --profile dev`")
     assert "client-secret-1" not in text and "aorGONE" not in text
+
+
+async def test_expired_token_of_the_source(tmp_path: Path, fake_aws: MakeAws,
+                                           http_client: HttpClient) -> None:
+    """STS refusing the source's session token as expired: a refusal while the credentials
+    file still holds that token (auth), transient when a helper rewrote it meanwhile (the next
+    call signs with the new one), as for Bedrock's own ExpiredTokenException."""
+    clock = ManualClock(wall=time.time())
+    fake = await fake_aws(now=clock.time, trust={ROLE: {SOURCE_KEY}})
+    fake.keys[SOURCE_KEY] = (SOURCE_SECRET, "old-session-token")
+    env = role_env(tmp_path, fake)
+    creds_file = tmp_path / ".aws" / "credentials"
+    creds_file.write_text("[base]\n" + keys(SOURCE_KEY, SOURCE_SECRET) +
+                          "aws_session_token = old-session-token\n")
+    creds = open_source(choose_source(env, "bedrock"), client=http_client, clock=clock)
+    fake.sts_fail.append((400, "ExpiredToken", "The security token included in the request is "
+                          "expired"))
+    with pytest.raises(AwsCredentialsError, match="HTTP 400 ExpiredToken") as err:
+        await creds.get()
+    assert not err.value.transient
+    fake.sts_fail.append((400, "ExpiredToken", "The security token included in the request is "
+                          "expired"))
+
+    def rotate() -> None:  # while the call is under way
+        creds_file.write_text("[base]\n" + keys(SOURCE_KEY, SOURCE_SECRET) +
+                              "aws_session_token = new-session-token\n")
+        fake.keys[SOURCE_KEY] = (SOURCE_SECRET, "new-session-token")
+        fake.on_sts = None
+
+    fake.on_sts = rotate
+    clock.advance(10)
+    with pytest.raises(AwsCredentialsError, match="HTTP 400 ExpiredToken") as err:
+        await creds.get()
+    assert err.value.transient
+    clock.advance(10)
+    assert (await creds.get()).access_key_id == issued(1)[0]
+    assert fake.sts_calls[-1]["_caller"] == SOURCE_KEY

@@ -4,10 +4,14 @@ sources of the AWS SDKs' default chain, and their refresh.
 The chain, in the SDKs' order:
 
 1. the environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``;
-2. the shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``, else ``$HOME/.aws/credentials``;
-   no ``HOME``, as under systemd: no default file), the profile the provider's ``aws_profile``
-   names, else ``AWS_PROFILE``, else ``default``. A profile given in the configuration means
-   the file: the environment's keys are then not used (as botocore does for a session's
+2. a profile (awsprofiles.py): the provider's ``aws_profile``, else ``AWS_PROFILE``, else
+   ``default``, of the shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``, else
+   ``$HOME/.aws/credentials``) and the config file (``AWS_CONFIG_FILE``, else
+   ``$HOME/.aws/config``) merged as botocore merges them; no ``HOME``, as under systemd: no
+   default files. A profile gives static keys (`SharedFile`), a ``credential_process``
+   (`CredentialProcess`, awsprocess.py), an assumed role (`AssumeRole`, awssts.py) or an IAM
+   Identity Center role (`SsoRole`, awssso.py). A profile given in the configuration means
+   the files: the environment's keys are then not used (as botocore does for a session's
    explicit profile);
 3. a container's credential endpoint (ECS task roles, EKS Pod Identity):
    ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (on ``http://169.254.170.2``), else
@@ -24,14 +28,14 @@ The chain, in the SDKs' order:
 How the endpoints are called: awsmetadata.py.
 
 Which source serves is decided when the configuration is read (`choose_source`), from the
-environment and the file as they are then: a broken or missing choice is a configuration
+environment and the files as they are then: a broken or missing choice is a configuration
 error. At run time a `CredentialSource` (`open_source`) hands out credentials for each
-request; the file is looked at again (its modification time, at most every
+request; a file's keys are looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
-apply without a restart. Temporary credentials (a container's or the instance's) are fetched
-on first use and again `REFRESH_AHEAD` seconds before they expire, by one call that
-concurrent requests share (`RefreshingCredentials`, one per source, kept across reloads);
-when that fails the old ones serve until they expire.
+apply without a restart. Temporary credentials (a container's, the instance's, a process's,
+an assumed role's, an SSO role's) are fetched on first use and again `REFRESH_AHEAD` seconds
+before they expire, by one call that concurrent requests share (`RefreshingCredentials`, one
+per source, kept across reloads); when that fails the old ones serve until they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
 into an ``auth`` failure of the call (a ``connection`` one when it is `transient`: an endpoint
