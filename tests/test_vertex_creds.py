@@ -249,6 +249,10 @@ async def test_refusals() -> None:
     # a token replaced meanwhile: the next call has the new one already
     assert source.refused(first)
     assert (await source.get()) is third
+    # a token fetched for a refusal that served a while is stale when refused, not bad
+    clock.advance(RETRY_KEEPING)
+    assert source.refused(third)
+    assert (await source.get()).token == "token-4"
 
 
 # ------------------------------------------------------------------ the grants

@@ -281,12 +281,13 @@ def choose_source(env: Mapping[str, str], path: str = "") -> GoogleSource:
 @dataclass(frozen=True, slots=True, eq=False)
 class AccessToken:
     """An OAuth 2 access token and when it expires (seconds since the epoch). `after_refusal`:
-    fetched because the one before was refused, so a refusal of this one is the credentials'
-    trouble, not a stale token's."""
+    fetched because the one before was refused, at `fetched` (monotonic time), so a refusal
+    of this one soon after is the credentials' trouble, not a stale token's."""
 
     token: str = field(repr=False)
     expires: float
     after_refusal: bool = False
+    fetched: float = 0.0
 
 
 class TokenSource:
@@ -322,14 +323,16 @@ class TokenSource:
 
     def refused(self, token: AccessToken) -> bool:
         """Vertex refused `token` (401 UNAUTHENTICATED): whether the next request may have
-        another, so that the refusal need not block the provider. A token fetched right
-        after a refusal and refused too is the credentials' trouble: False."""
+        another, so that the refusal need not block the provider. A token fetched for a
+        refusal and refused too within `RETRY_KEEPING` seconds is the credentials' trouble
+        (a key or account Vertex does not take): False."""
         if token is self._token:
             logger.warning("Google credentials: the access token from %s was refused: "
                            "fetching a new one", self.what)
             self._token, self._next_try, self._error = None, 0.0, None
             self._refused = True
-        return not token.after_refusal
+        return not (token.after_refusal
+                    and self._clock.monotonic() - token.fetched < RETRY_KEEPING)
 
     async def get(self) -> AccessToken:
         now = self._clock.time()
@@ -366,7 +369,7 @@ class TokenSource:
             raise
         if old is None and not self._refused:
             logger.info("Google credentials: access token from %s", self.what)
-        fresh = AccessToken(value, now + lifetime, after_refusal=self._refused)
+        fresh = AccessToken(value, now + lifetime, after_refusal=self._refused, fetched=mono)
         self._token, self._error, self._refused = fresh, None, False
         # a token close to its expiry (the metadata server hands out its cached one) is not
         # fetched again at every call

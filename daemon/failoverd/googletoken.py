@@ -35,7 +35,7 @@ from failoverd.googlecreds import (
     ServiceAccount,
 )
 from failoverd.http1 import HttpClientError, Requester
-from failoverd.rsasign import sign_rs256
+from failoverd.rsasign import RsaKeyError, sign_rs256
 from failoverd.timeouts import timeout
 
 __all__ = ["assertion", "from_metadata", "from_refresh_token", "from_service_account"]
@@ -155,7 +155,10 @@ async def _grant(client: Requester, uri: str, form: dict[str, str], where: str,
 async def from_service_account(client: Requester, account: ServiceAccount,
                                now: float) -> tuple[str, float]:
     """An access token for a service account (the JWT bearer grant)."""
-    jwt = assertion(account, now)
+    try:
+        jwt = assertion(account, now)
+    except RsaKeyError as exc:  # checked when the file was read: never in practice
+        raise GoogleCredentialsError(f"{account.path}: private_key: {exc}") from None
     where = f"the token endpoint {account.token_uri.split('?', 1)[0]} (service account " \
             f"{account.client_email})"
     return await _grant(client, account.token_uri, {"grant_type": JWT_GRANT,
