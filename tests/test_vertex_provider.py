@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from failoverd import config
 from failoverd.clock import ManualClock
 from failoverd.config import ModelConfig, ProviderConfig
 from failoverd.errors import RequestError, UpstreamError
@@ -290,3 +291,33 @@ async def test_token_refused_is_auth(fake_vertex: Callable[..., Awaitable[FakeVe
     assert caught.value.reason is FailureReason.AUTH
     assert "invalid_grant" in caught.value.message
     assert vertex.requests == []
+
+
+async def test_user_credentials_bill_their_quota_project(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]],
+        http_client: HttpClient, tmp_path: Path) -> None:
+    vertex = await fake_vertex()
+    auth = await fake_google_auth(vertex=vertex)
+    path = tmp_path / "adc.json"
+    path.write_bytes(orjson.dumps({
+        "type": "authorized_user", "client_id": auth.client_id,
+        "client_secret": auth.client_secret, "refresh_token": auth.refresh_token,
+        "token_uri": f"{auth.url}/token", "quota_project_id": PROJECT}))
+    cfg = config.loads(f"""
+[providers.vertex]
+kind = "vertex"
+region = "{LOCATION}"
+base_url = "{vertex.url}/v1"
+[models."vertex/flash"]
+provider = "vertex"
+name = "gemini-2.5-flash"
+""", env={"GOOGLE_APPLICATION_CREDENTIALS": str(path)})
+    assert cfg.providers["vertex"].project == PROJECT  # the quota project
+    provider = make_provider(cfg.providers["vertex"], http_client)
+    result = await provider.complete(HELLO, GEMINI, LIMITS)
+    assert result.body["choices"][0]["message"]["content"] == "Hello from Gemini on Vertex"
+    call = vertex.requests[-1]
+    assert call.headers["x-goog-user-project"] == PROJECT
+    assert call.headers["Authorization"] == f"Bearer {auth.issued[0]}"
+    assert auth.grants[0]["grant_type"] == "refresh_token"
