@@ -578,50 +578,7 @@ def open_source(source: AwsSource, *, client: HttpClient,
     known = _refreshing.setdefault(client, {})
     shared = known.get((source, clock))
     if shared is None:
-        shared = known[source, clock] = _refreshing_source(source, client, clock)
+        from failoverd.awsfetch import refreshing  # the fetches, which need this module
+
+        shared = known[source, clock] = refreshing(source, client, clock)
     return shared
-
-
-def _refreshing_source(source: Refreshing, client: HttpClient,
-                       given: Clock | None) -> RefreshingCredentials:
-    # the HTTP and process sides, which need this module's types
-    from failoverd import awsmetadata, awsprocess, awssso, awssts
-
-    clock = given or SystemClock()
-    # weakly: `_refreshing` holds this by the client, which must not keep itself alive
-    client_ref = weakref.ref(client)
-    # an assumed role's own source: what signs its AssumeRole calls
-    inner = (open_source(source.source, client=client, clock=given)
-             if isinstance(source, AssumeRole) else None)
-
-    async def fetch() -> AwsCredentials:
-        if isinstance(source, CredentialProcess):
-            return await awsprocess.run(source, clock)
-        current = client_ref()
-        if current is None:  # pragma: no cover - the daemon's client outlives its providers
-            raise AwsCredentialsError("the HTTP client is closed")
-        if isinstance(source, ContainerEndpoint):
-            return await awsmetadata.fetch_container(current, source)
-        if isinstance(source, InstanceMetadata):
-            return await awsmetadata.fetch_instance(current, source)
-        if isinstance(source, SsoRole):
-            return await awssso.fetch(current, source, clock)
-        if inner is None:  # pragma: no cover - made above for every AssumeRole
-            raise AwsCredentialsError(f"{source!r} has no source")
-        return await awssts.assume_role(current, source, inner, clock)
-
-    return RefreshingCredentials(fetch, clock, describe(source))
-
-
-def describe(source: Refreshing) -> str:
-    """The source as logs and errors name it (never with a secret)."""
-    if isinstance(source, ContainerEndpoint):
-        return f"the container credentials endpoint {bare(source.url)}"
-    if isinstance(source, InstanceMetadata):
-        return f"the instance metadata service at {bare(source.endpoint)}"
-    if isinstance(source, CredentialProcess):
-        return f"credential_process {source.program} of profile [{source.profile}]"
-    if isinstance(source, SsoRole):
-        return (f"IAM Identity Center role {source.role_name} of account {source.account_id} "
-                f"(profile [{source.profile}])")
-    return f"role {source.role_arn} (profile [{source.profile}])"
