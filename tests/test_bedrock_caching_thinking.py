@@ -266,16 +266,17 @@ async def test_a_model_without_prompt_caching_gets_no_cache_point(rig: Any) -> N
     assert points(fake.requests[-1].body) == []
 
 
-async def test_a_refused_cache_point_fails_over_as_incapable(rig: Any) -> None:
+async def test_a_refused_cache_point_is_sent_again_without_it(rig: Any) -> None:
     """A model that refuses the cachePoint failoverd's id rule gave it (here the 403 some
-    accounts get, which would otherwise block every model of the provider as `auth`) makes
-    the candidate incapable: the next one serves, and the provider stays open."""
+    accounts get, which would otherwise block every model of the provider as `auth`) gets the
+    request again without cache points and serves it: no failover, the provider stays open."""
     fake, backup, _, client = rig
     fake.push("no_caching_403")
     raw = await client.messages.with_raw_response.create(**tool_loop("default"))
-    assert raw.headers["x-failoverd-model"] == "backup/gpt"
-    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet45>backup/gpt:incapable"
-    assert len(backup.requests) == 1
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet45"
+    assert "x-failoverd-failover" not in raw.headers
+    assert points(fake.requests[-1].body) == []
+    assert len(backup.requests) == 0
     again = await client.messages.with_raw_response.create(**tool_loop("default"))
     assert again.headers["x-failoverd-model"] == "bedrock/sonnet45"
 
