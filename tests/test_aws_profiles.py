@@ -331,3 +331,31 @@ def test_sso_without_home(tmp_path: Path) -> None:
     got = _err({"AWS_CONFIG_FILE": str(config), **NO_IMDS}, "p")
     assert "needs the token cache of aws sso login in ~/.aws/sso/cache, but HOME is not set" \
         in got
+
+
+def test_sources_fingerprint_and_hide_secrets(tmp_path: Path) -> None:
+    """The configuration's fingerprint (statefile) takes the new sources, their hidden fields
+    too; their repr shows no secret (the environment's key behind a role, an external id, a
+    command's arguments)."""
+    from failoverd import config
+    from failoverd.fingerprint import fingerprint, new_salt
+
+    env = home(tmp_path, config=(
+        f"[profile r]\nrole_arn = {ROLE}\ncredential_source = Environment\n"
+        "external_id = secret-external-id\n"
+        f"[profile p]\ncredential_process = {sys.executable} --token=cmd-secret\n"))
+    env.update(AWS_ACCESS_KEY_ID="AKIAENV", AWS_SECRET_ACCESS_KEY="env-secret-key")
+    for profile in ("r", "p"):
+        cfg = config.loads('[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n'
+                           f'aws_profile = "{profile}"\n[models."b/m"]\nprovider = "b"\n',
+                           env=env)
+        provider = cfg.providers["b"]
+        salt = new_salt()
+        assert fingerprint(salt, provider) == fingerprint(salt, provider)
+        text = repr(provider) + repr(provider.aws)
+        for secret in ("env-secret-key", "secret-external-id", "cmd-secret"):
+            assert secret not in text
+    role = choose_source(env, "r")
+    salt = new_salt()
+    other = choose_source({**env, "AWS_SECRET_ACCESS_KEY": "rotated"}, "r")
+    assert fingerprint(salt, role) != fingerprint(salt, other)
