@@ -82,6 +82,14 @@ def test_profile_default_section_later_wins(tmp_path: Path) -> None:
     # keys are gone and the process serves
     found = choose_source(env)
     assert isinstance(found, CredentialProcess) and found.command == (sys.executable, "-V")
+    # the other way round: the keys, and no process (the sections are not merged)
+    (tmp_path / ".aws" / "config").write_text(
+        "[profile default]\ncredential_process = " + sys.executable + " -V\n[default]\n" +
+        keys("AKIASECOND"))
+    assert choose_source(env) == SharedFile(str(tmp_path / ".aws" / "config"), "default")
+    (tmp_path / ".aws" / "config").write_text(
+        "[profile default]\n" + keys("AKIAFIRST") + "[default]\nregion = us-east-1\n")
+    assert "has no credentials" in _err(env)
 
 
 def test_files_merged_credentials_file_wins(tmp_path: Path) -> None:

@@ -117,11 +117,10 @@ def _load(credentials: str, config: str) -> _Files:
                     continue
                 if kind != "profile":
                     continue
+                # a later [default] / [profile default] replaces the earlier, as in botocore
+                profile = files.profiles[name] = _Profile(name, section=section)
             else:
-                name = section
-            profile = files.profiles.setdefault(name, _Profile(name))
-            if path == config:
-                profile.section = section
+                profile = files.profiles.setdefault(section, _Profile(section))
             profile.values.update(values)
             profile.where.update(dict.fromkeys(values, path))
     return files
