@@ -77,15 +77,14 @@ _SENT: contextvars.ContextVar[AccessToken | None] = contextvars.ContextVar(
 
 # Vertex's words for a model this project cannot call here, whatever the status: "Project
 # `123` is not allowed to use Publisher Model `projects/.../models/claude-...`" (a 400
-# FAILED_PRECONDITION until the model is enabled in Model Garden), "Publisher Model `...` not
-# found.", "Publisher model ... is not servable in region ...", and the IAM denial that
-# cannot tell a missing model from a missing permission ("Permission
-# 'aiplatform.endpoints.predict' denied on resource '//aiplatform.googleapis.com/projects/...
-# /publishers/google/models/gemini-9' (or it may not exist).") — one model's breaker pays, not
-# the provider (as Bedrock's adapter does for an IAM denial naming the model)
-_MODEL_MARKERS = ("not allowed to use publisher model", "publisher model",
-                  "not servable in region", "or it may not exist",
-                  "does not have access to it")
+# FAILED_PRECONDITION until the model is enabled in Model Garden), "Publisher model ... is
+# not servable in region ...", "... was not found or your project does not have access to
+# it", and the IAM denial that cannot tell a missing model from a missing permission
+# ("Permission 'aiplatform.endpoints.predict' denied on resource '//aiplatform.googleapis.com/
+# projects/.../publishers/google/models/gemini-9' (or it may not exist).") — one model's
+# breaker pays, not the provider (as Bedrock's adapter does for an IAM denial naming the model)
+_MODEL_MARKERS = ("not allowed to use publisher model", "not servable in region",
+                  "or it may not exist", "does not have access to it")
 
 
 def is_claude(model: ModelConfig) -> bool:
