@@ -18,13 +18,16 @@ _SPAN = float(2 ** 64)
 class Balancer:
     """One configuration's pools and whose turn it is in each (a reload starts anew)."""
 
-    __slots__ = ("active", "_available", "_current", "_inflight", "_pool_of", "_rng",
+    __slots__ = ("active", "names", "_available", "_current", "_inflight", "_pool_of", "_rng",
                  "_weight")
 
     def __init__(self, pools: Mapping[str, PoolConfig], *,
                  available: Callable[[str], bool], inflight: Callable[[str], int],
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, names: frozenset[str] = frozenset()) -> None:
         self.active = bool(pools)
+        # what a request's "model" asks for a pool by: the pools' names and the upstream
+        # names their models share (router.pool_names); any other names one model
+        self.names = names or frozenset(pools)
         self._pool_of = {m: p for p in pools.values() for m in p.models}
         self._weight = {m: w for p in pools.values() for m, w in zip(p.models, p.weights,
                                                                      strict=True)}

@@ -25,7 +25,8 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     - a pool name: its models (balance.py orders them), then the default chain without them.
     - a model id: that model first, then the default chain without it.
     - an upstream model name that exactly one chat model uses (e.g. "gpt-5" for
-      "openai/gpt-5"): as its model id, so unmodified programs keep working.
+      "openai/gpt-5"): as its model id, so unmodified programs keep working; one that
+      several models of one pool use (two keys of gpt-5): as that pool.
 
     An embedding or transcription model (or a chain of them) is refused: it cannot chat.
     """
@@ -36,8 +37,8 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     elif requested in config.chains:
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", "chat")
-    elif requested in config.pools:
-        members = config.pools[requested].models
+    elif (pool := _pool(config, requested, "chat")) is not None:
+        members = config.pools[pool].models
         _of_kind(config, requested, members[0], "pool", "chat")
         chain = (*members, *(m for m in config.default_chain if m not in members))
     elif requested in config.models:
@@ -46,6 +47,29 @@ def resolve(config: Config, requested: str) -> tuple[str, ...]:
     else:
         chain = config.fallbacks_for(_by_name(config, requested, "chat"))
     return chain
+
+
+def _pool(config: Config, requested: str, kind: ModelKind) -> str | None:
+    """The pool `requested` asks for: its name, or the upstream name of two or more models of
+    `kind` that are all in one pool (two keys of gpt-5), the operator's word that they are the
+    same model; None otherwise (a model id is that model)."""
+    if requested in config.pools:
+        return requested
+    if not config.pools or requested in config.models:
+        return None
+    named = {m.id for m in config.models.values() if m.name == requested and m.kind == kind}
+    if len(named) < 2:
+        return None
+    return next((p.name for p in config.pools.values() if named <= set(p.models)), None)
+
+
+def pool_names(config: Config) -> frozenset[str]:
+    """Every `model` that asks for a pool: the pools' names and the upstream names their
+    models share (see _pool)."""
+    shared = {(config.models[m].name, config.models[m].kind)
+              for p in config.pools.values() for m in p.models}
+    return frozenset(config.pools).union(
+        name for name, kind in shared if _pool(config, name, kind) is not None)
 
 
 def no_chat_model() -> RequestError:
@@ -65,8 +89,9 @@ def resolve_embeddings(config: Config, requested: str) -> tuple[str, ...]:
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", "embeddings")
         return chain
-    if requested in config.pools:  # the operator's word too: one model, several places
-        chain = config.pools[requested].models
+    pool = _pool(config, requested, "embeddings")
+    if pool is not None:  # the operator's word too: one model, several places
+        chain = config.pools[pool].models
         _of_kind(config, requested, chain[0], "pool", "embeddings")
         return chain
     if requested in config.models:
@@ -103,8 +128,9 @@ def _any_of_kind(config: Config, requested: str, kind: ModelKind) -> tuple[str, 
         chain = config.chains[requested].models
         _of_kind(config, requested, chain[0], "chain", kind)
         return chain
-    if requested in config.pools:
-        chain = config.pools[requested].models
+    pool = _pool(config, requested, kind)
+    if pool is not None:
+        chain = config.pools[pool].models
         _of_kind(config, requested, chain[0], "pool", kind)
         return (*chain, *(m for m in everyone if m not in chain))
     if requested not in config.models:

@@ -74,10 +74,11 @@ def build_runtime(config: Config, client: HttpClient, clock: Clock,
     dispatcher = Dispatcher(config, providers, clock=clock, health=health, rng=rng)
     screening = any((m.capabilities_declared or m.context_window) and m.chat
                     for m in config.models.values())
+    names = router.pool_names(config)
     if health is None:
         balancer = Balancer(config.pools, available=lambda _: True, inflight=lambda _: 0,
-                            rng=rng)
+                            rng=rng, names=names)
     else:
         balancer = Balancer(config.pools, available=lambda m: health.available(m)[0],
-                            inflight=health.inflight, rng=rng)
+                            inflight=health.inflight, rng=rng, names=names)
     return Runtime(config, providers, dispatcher, screening, balancer)

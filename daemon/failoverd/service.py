@@ -207,8 +207,9 @@ class Service:
                 if name in self._chain_offsets:
                     candidates = self.chains()[name]
         if rt.balancer.active:
-            candidates = rt.balancer.order(candidates, keep_first=_names_a_model(cfg, requested),
-                                           session=session or None, advance=not preview)
+            candidates = rt.balancer.order(
+                candidates, keep_first=_names_a_model(rt, requested),
+                session=session or None, advance=not preview)
         if session and not pin:
             candidates = self._session_order(cfg, session, candidates)
         if pin:
@@ -252,7 +253,7 @@ class Service:
             candidates = self.chains()[name]
         if rt.balancer.active:
             candidates = rt.balancer.order(candidates,
-                                           keep_first=_names_a_model(rt.config, requested),
+                                           keep_first=_names_a_model(rt, requested),
                                            advance=not preview)
         return candidates[:1] if pin else candidates
 
@@ -569,11 +570,12 @@ def _configured_chains(cfg: Config) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _names_a_model(cfg: Config, requested: str) -> bool:
+def _names_a_model(rt: Runtime, requested: str) -> bool:
     """Whether a request's "model" named one model (by id or upstream name), which is tried
-    first whatever pool it is in; not "default", "auto", a chain or a pool."""
-    return (requested not in ("", "default", "auto") and requested not in cfg.chains
-            and requested not in cfg.pools)
+    first whatever pool it is in; not "default", "auto", a chain or a pool (by its name or
+    an upstream name its models share)."""
+    return (requested not in ("", "default", "auto") and requested not in rt.config.chains
+            and requested not in rt.balancer.names)
 
 
 def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
