@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO
-from tests.test_pools import A, B, chat, pooled, served, three
+from tests.test_pools import A, B, C, chat, pooled, served, three
 
 
 def same_name(a: FakeOpenAI, b: FakeOpenAI, c: FakeOpenAI, **kw: Any) -> str:
@@ -86,6 +86,39 @@ kind = "none"
         assert resp.status_code == 200, resp.text
         got.append(resp.headers["x-failoverd-model"])
     assert Counter(got) == {"s1/tts": 2, "s2/tts": 2}
+
+
+async def test_the_operators_next_moves_off_the_pool_member(fake_openai: Any,
+                                                            start_daemon: Any) -> None:
+    """/v1/chains/default/next is a manual failover away from the head: with key1 and key2
+    pooled, the head the operator moved away from gets no more requests, not half of them."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c))
+    assert (await d.http.post("/v1/chains/default/next")).status_code == 200
+    assert await served(d, 4) == [B, B, B, B]
+    sel = (await d.http.post("/v1/select", json={"model": "default"})).json()
+    assert [x["model"] for x in sel["candidates"]] == [B, C, A]
+    assert (await d.http.post("/v1/chains/default/next")).status_code == 200
+    assert await served(d, 2) == [C, C]
+    assert (await d.http.post("/v1/chains/default/reset")).status_code == 200
+    assert set(await served(d, 2)) == {A, B}
+
+
+async def test_the_operators_next_keeps_spreading_over_the_rest_of_the_pool(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """Three keys pooled: moving off the first leaves the other two sharing the load."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c).replace(f'models = ["{A}", "{B}"]',
+                                                   f'models = ["{A}", "{B}", "{C}"]'))
+    assert (await d.http.post("/v1/chains/default/next")).status_code == 200
+    assert Counter(await served(d, 4)) == {B: 2, C: 2}
+    # the same for the legacy completions route (_rotated)
+    texts = []
+    for _ in range(4):
+        resp = await d.http.post("/v1/completions", json={"model": "default", "prompt": "hi"})
+        assert resp.status_code == 200, resp.text
+        texts.append(resp.headers["x-failoverd-model"])
+    assert Counter(texts) == {B: 2, C: 2}
 
 
 @pytest.mark.xfail(strict=True, reason="api/count_tokens.py (not this review's file) routes "

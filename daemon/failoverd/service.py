@@ -190,6 +190,7 @@ class Service:
         needs = (requirements.infer(body) if rt.screening or requested == "auto" else None)
         header = None
         skipped: tuple[tuple[str, str], ...] = ()
+        back = 0  # models an operator's rotation moved to the back of the chain
         if requested == "auto":
             if not cfg.default_chain:
                 raise router.no_chat_model()
@@ -206,10 +207,14 @@ class Service:
                 name = "default" if requested in ("", "default") else requested
                 if name in self._chain_offsets:
                     candidates = self.chains()[name]
+                    back = self._chain_offsets[name] % max(1, len(candidates))
         if rt.balancer.active:
+            # the models an operator's rotation moved to the back stay there, pool or not:
+            # it was a manual failover away from them
+            cut = len(candidates) - back
             candidates = rt.balancer.order(
-                candidates, keep_first=_names_a_model(rt, requested),
-                session=session or None, advance=not preview)
+                candidates[:cut], keep_first=_names_a_model(rt, requested),
+                session=session or None, advance=not preview) + candidates[cut:]
         if session and not pin:
             candidates = self._session_order(cfg, session, candidates)
         if pin:
@@ -249,12 +254,15 @@ class Service:
         name = "default" if requested in ("", "default") else requested
         if name == "default" and not default_is_chat:
             name = ""
+        back = 0
         if name in self._chain_offsets:
             candidates = self.chains()[name]
+            back = self._chain_offsets[name] % max(1, len(candidates))
         if rt.balancer.active:
-            candidates = rt.balancer.order(candidates,
+            cut = len(candidates) - back  # the operator's rotation: as in route()
+            candidates = rt.balancer.order(candidates[:cut],
                                            keep_first=_names_a_model(rt, requested),
-                                           advance=not preview)
+                                           advance=not preview) + candidates[cut:]
         return candidates[:1] if pin else candidates
 
     def _session_order(self, cfg: Config, key: str,
