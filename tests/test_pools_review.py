@@ -4,6 +4,7 @@ fake upstreams speaking OpenAI's wire format."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -119,6 +120,26 @@ async def test_the_operators_next_keeps_spreading_over_the_rest_of_the_pool(
         assert resp.status_code == 200, resp.text
         texts.append(resp.headers["x-failoverd-model"])
     assert Counter(texts) == {B: 2, C: 2}
+
+
+async def test_least_busy_weighs_the_calls_under_way(fake_openai: Any,
+                                                     start_daemon: Any) -> None:
+    """least_busy with weights [3, 1]: key1 with 2 calls under way is less busy for its
+    weight than key2 with 1 (nginx's least_conn compares conns / weight)."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c, pool='strategy = "least_busy"\nweights = [3, 1]'))
+    for _ in range(2):
+        a.push("slow:0.5")
+    b.push("slow:0.5")
+    held = [asyncio.create_task(chat(d, m)) for m in (A, A, B)]  # by id: that model first
+
+    async def in_flight() -> None:
+        while len(a.chat_requests()) < 2 or len(b.chat_requests()) < 1:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(in_flight(), 5)
+    assert await served(d, 1) == [A]  # 2/3 < 1/1
+    await asyncio.gather(*held)
 
 
 @pytest.mark.xfail(strict=True, reason="api/count_tokens.py (not this review's file) routes "

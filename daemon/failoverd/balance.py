@@ -73,7 +73,9 @@ class Balancer:
         else:
             ranked = self._round_robin(members, advance)
             if pool.strategy == "least_busy":
-                ranked.sort(key=self._inflight)  # stable: ties keep their turn
+                # calls under way per weight, as nginx's least_conn; stable: ties keep their turn
+                inflight = self._inflight
+                ranked.sort(key=lambda m: inflight(m) / weight[m])
         available = self._available
         up = [m for m in ranked if available(m)]
         if len(up) != len(ranked):
