@@ -184,18 +184,12 @@ async def test_a_401_makes_the_next_call_fetch_a_new_token(
     vertex.tokens.clear()  # the token is revoked before it expires
     raw = await d.openai.chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": "hi"}])
-    # the refusal is no auth block of the provider: its next model has a new token
-    assert raw.headers["x-failoverd-model"] == "vertex/flash"
-    assert raw.headers["x-failoverd-failover"] == "vertex/sonnet>vertex/flash:connection"
+    # the refusal is no auth block of the provider: the call is made again with a new token
+    assert raw.headers["x-failoverd-model"] == "vertex/sonnet"
+    assert "x-failoverd-failover" not in raw.headers
     assert vertex.refused == [auth.issued[0]]
     assert len(auth.grants) == 2
     assert vertex.requests[-1].headers["Authorization"] == f"Bearer {auth.issued[1]}"
-    # and Claude serves again with it
-    raw = await d.openai.chat.completions.with_raw_response.create(
-        model="default", messages=[{"role": "user", "content": "hi"}])
-    assert raw.headers["x-failoverd-model"] == "vertex/sonnet"
-    assert vertex.requests[-1].headers["Authorization"] == f"Bearer {auth.issued[1]}"
-    assert len(auth.grants) == 2
     status = (await d.http.get("/status")).json()
     text = orjson.dumps(status).decode()
     assert auth.issued[0] not in text and auth.issued[1] not in text
@@ -215,3 +209,28 @@ async def test_tokens_from_the_metadata_server(
         model="vertex/flash", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == "Hello from Gemini on Vertex"
     assert auth.metadata_calls == 1 and auth.grants == []
+
+
+async def test_a_401_in_a_stream_to_an_anthropic_client_is_made_again_with_a_new_token(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
+        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+    vertex, auth, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
+                                            start_daemon, rsa_key, tmp_path)
+    await d.openai.chat.completions.create(model="default",
+                                           messages=[{"role": "user", "content": "hi"}])
+    vertex.tokens.clear()
+    client = anthropic.AsyncAnthropic(
+        api_key="unused", base_url="http://failoverd", max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
+                                       timeout=30))
+    async with client.messages.stream(model="default", max_tokens=100, messages=[
+            {"role": "user", "content": "hi"}]) as stream:
+        message = await stream.get_final_message()
+    await client.close()
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Hello from Claude on Vertex"
+    assert vertex.refused == [auth.issued[0]] and len(auth.grants) == 2
+    assert [c.path.rsplit(":", 1)[1] for c in vertex.requests[1:]] == [
+        "streamRawPredict", "streamRawPredict"]
+    assert backup.requests == []

@@ -235,20 +235,33 @@ async def test_probes_make_one_token_calls(
 # ------------------------------------------------------------------ tokens
 
 
-async def test_a_refused_token_is_dropped_and_the_next_call_has_a_new_one(
-        setup: tuple[FakeVertex, FakeGoogleAuth, VertexProvider]) -> None:
+async def test_a_refused_token_is_replaced_and_the_call_made_again(
+        setup: tuple[FakeVertex, FakeGoogleAuth, VertexProvider],
+        http_client: HttpClient) -> None:
     vertex, auth, provider = setup
+    clock = ManualClock()
+    provider = VertexProvider(provider.config, http_client, clock=clock)
     await provider.complete(HELLO, CLAUDE, LIMITS)
     vertex.tokens.clear()  # revoked early
-    with pytest.raises(UpstreamError) as caught:
-        await provider.complete(HELLO, CLAUDE, LIMITS)
-    # not auth: that would close every model of the provider for an hour
-    assert caught.value.reason is FailureReason.CONNECTION and caught.value.status == 401
-    assert auth.issued[0] not in caught.value.message
-    result = await provider.complete(HELLO, GEMINI, LIMITS)  # both publishers share tokens
-    assert result.body["choices"][0]["message"]["content"] == "Hello from Gemini on Vertex"
-    assert len(auth.grants) == 2
+    result = await provider.complete(HELLO, CLAUDE, LIMITS)
+    assert result.body["choices"][0]["message"]["content"] == "Hello from Claude on Vertex"
+    assert vertex.refused == [auth.issued[0]] and len(auth.grants) == 2
     assert vertex.requests[-1].headers["Authorization"] == f"Bearer {auth.issued[1]}"
+    # both publishers share the tokens; streams and embeddings are made again likewise
+    result = await provider.complete(HELLO, GEMINI, LIMITS)
+    assert vertex.requests[-1].headers["Authorization"] == f"Bearer {auth.issued[1]}"
+    # (a token fetched for a refusal and refused within a minute would be the credentials')
+    clock.advance(60)
+    vertex.tokens.clear()
+    assert text_of(await collect(provider, GEMINI)) == "Hello from Gemini on Vertex"
+    clock.advance(60)
+    vertex.tokens.clear()
+    assert text_of(await collect(provider, CLAUDE)) == "Hello from Claude on Vertex"
+    clock.advance(60)
+    vertex.tokens.clear()
+    result = await provider.embed({"input": ["a"]}, EMBED, LIMITS)
+    assert len(result.body["data"]) == 1
+    assert vertex.refused == auth.issued[:4] and len(auth.grants) == 5
 
 
 async def test_a_new_token_refused_too_is_auth(
@@ -259,9 +272,12 @@ async def test_a_new_token_refused_too_is_auth(
     auth.vertex = None  # the endpoint's tokens are no longer taken
     with pytest.raises(UpstreamError) as caught:
         await provider.complete(HELLO, CLAUDE, LIMITS)
-    assert caught.value.reason is FailureReason.CONNECTION
+    assert caught.value.reason is FailureReason.AUTH and caught.value.status == 401
+    assert vertex.refused == auth.issued[:2]  # once more with a new one, and no more
+    assert auth.issued[1] not in caught.value.message
+    vertex.tokens.clear()
     with pytest.raises(UpstreamError) as caught:
-        await provider.complete(HELLO, CLAUDE, LIMITS)
+        await collect(provider, GEMINI)
     assert caught.value.reason is FailureReason.AUTH
 
 

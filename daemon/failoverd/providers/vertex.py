@@ -16,9 +16,10 @@ Every request carries ``Authorization: Bearer`` with an access token from the pr
 Google credentials (googlecreds.py), fetched or refreshed as the request is made; failing to
 get one is an ``auth`` failure of the call, or a ``connection`` one when the token endpoint
 did not answer or failed. A 401 makes the source drop the token it was sent with, and the
-next request fetches a new one: the refusal counts as a connection failure (an ``auth`` one
-would close every model of the provider for auth_open_seconds over a token revoked early),
-unless that token was itself fetched after a refusal.
+call is made again at once with a new one, as google-auth's AuthorizedSession does (an
+``auth`` failure would close every model of the provider for auth_open_seconds over a token
+revoked early); a 401 for a token fetched for a refusal a minute ago or less is the
+credentials' trouble: ``auth``.
 
 Errors come in two shapes: Google's ``{"error": {"code", "message", "status", "details"}}``
 (sometimes as a one-element list), which Vertex's front answers for both publishers (quotas,
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -85,6 +86,11 @@ _SENT: contextvars.ContextVar[AccessToken | None] = contextvars.ContextVar(
 # breaker pays, not the provider (as Bedrock's adapter does for an IAM denial naming the model)
 _MODEL_MARKERS = ("not allowed to use publisher model", "not servable in region",
                   "or it may not exist", "does not have access to it")
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    if isinstance(chunks, AsyncGenerator):
+        await chunks.aclose()
 
 
 def is_claude(model: ModelConfig) -> bool:
@@ -145,13 +151,19 @@ class _Auth:
 
     def checked(self, exc: UpstreamError) -> UpstreamError:
         """`exc`, as a connection failure when it is a 401 for a token the source dropped
-        for it (the next request has a new one)."""
+        for it (the next call has a new one: see `stale`)."""
         token = _SENT.get()
         if exc.status == 401 and self.tokens is not None and token is not None \
                 and self.tokens.refused(token):
             exc.reason = FailureReason.CONNECTION
             exc.args = (f"{exc.reason}: {exc.message}",)
         return exc
+
+    @staticmethod
+    def stale(exc: UpstreamError) -> bool:
+        """Whether `exc` is a 401 that `checked` took for a stale token: the call is made
+        again at once with a new one, as google-auth's AuthorizedSession does."""
+        return exc.status == 401 and exc.reason is FailureReason.CONNECTION
 
 
 def _publisher_url(config: ProviderConfig, publisher: str) -> str:
@@ -318,25 +330,57 @@ class VertexProvider(Lacking):
     def __init__(self, config: ProviderConfig, client: HttpClient, *,
                  clock: Clock | None = None) -> None:
         self.config = config
-        auth = _Auth(config, client, clock)
+        self._auth = auth = _Auth(config, client, clock)
         self._claude = VertexClaude(config, client, auth)
         self._gemini = VertexGemini(config, client, auth)
 
     def _for(self, model: ModelConfig) -> AnthropicProvider | GeminiProvider:
         return self._claude if is_claude(model) else self._gemini
 
+    # A 401 for a token revoked or expired early is answered at once with the call again and
+    # a new token (the refusal came at once, so the attempt's limits hold for the second call
+    # too); a second 401 is the credentials' (`auth`), and is raised.
+
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
-        return await self._for(model).complete(body, model, limits)
+        adapter = self._for(model)
+        try:
+            return await adapter.complete(body, model, limits)
+        except UpstreamError as exc:
+            if not self._auth.stale(exc):
+                raise
+        return await adapter.complete(body, model, limits)
 
-    def stream(self, body: dict[str, Any], model: ModelConfig,
-               limits: AttemptLimits) -> AsyncIterator[Chunk]:
-        return self._for(model).stream(body, model, limits)
+    async def stream(self, body: dict[str, Any], model: ModelConfig,
+                     limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        adapter = self._for(model)
+        chunks = adapter.stream(body, model, limits)
+        try:
+            first = await anext(chunks)
+        except UpstreamError as exc:
+            await _close(chunks)
+            if not self._auth.stale(exc):
+                raise
+            chunks = adapter.stream(body, model, limits)
+            first = await anext(chunks)
+        except StopAsyncIteration:  # pragma: no cover - the adapters raise for no answer
+            return
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await _close(chunks)
 
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
         if is_claude(model):
             raise self._lacks("embeddings endpoint for Claude models")
+        try:
+            return await self._gemini.embed(body, model, limits)
+        except UpstreamError as exc:
+            if not self._auth.stale(exc):
+                raise
         return await self._gemini.embed(body, model, limits)
 
     def default_output(self, model: ModelConfig) -> int | None:
