@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from failoverd import config as config_mod
+from failoverd.errors import ConfigError
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO
-from tests.test_pools import A, B, C, chat, pooled, served, three
+from tests.test_pools import BASE, A, B, C, chat, pooled, served, three
 
 
 def same_name(a: FakeOpenAI, b: FakeOpenAI, c: FakeOpenAI, **kw: Any) -> str:
@@ -168,3 +170,14 @@ async def test_pools_are_listed_like_chains(fake_openai: Any, start_daemon: Any)
     assert "gpt" in {m["id"] for m in models["data"]}
     status = (await d.http.get("/v1/status")).json()
     assert "gpt" in status.get("pools", {})
+
+
+@pytest.mark.parametrize(("pool", "message"), [
+    ('models = "p/a"', "pools.gpt.models: must be a list, got a string"),
+    ('models = ["p/a", 3]', "pools.gpt.models: must be a list of strings, found an integer"),
+])
+def test_a_wrong_models_value_is_one_problem(pool: str, message: str) -> None:
+    """`models` of the wrong type is said once, not also as "is required" (it is there)."""
+    with pytest.raises(ConfigError) as info:
+        config_mod.loads(BASE + f"[pools.gpt]\n{pool}\n", env={})
+    assert info.value.problems == [message]

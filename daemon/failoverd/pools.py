@@ -42,8 +42,9 @@ def read_pools(top: Section, models: Mapping[str, ModelConfig],
         strategy: Strategy = sec.choice("strategy", Strategy, "round_robin")
         weights = _weights(sec, members)
         if members is None:
-            sec.problem("models", "is required: the ids of two or more models that are the "
-                        "same model")
+            if "models" not in sec.data:  # else its problem is said already
+                sec.problem("models", "is required: the ids of two or more models that are "
+                            "the same model")
             sec.finish()
             continue
         if len(set(members)) != len(members):
