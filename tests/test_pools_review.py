@@ -181,3 +181,38 @@ def test_a_wrong_models_value_is_one_problem(pool: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_mod.loads(BASE + f"[pools.gpt]\n{pool}\n", env={})
     assert info.value.problems == [message]
+
+
+async def test_a_speech_pool_falls_over_to_the_other_speech_models(start_daemon: Any) -> None:
+    """As a speech model's id does (any voice may stand in for another), a speech pool is its
+    models, then the other speech models: both keys failing, the third voice answers."""
+    d = await start_daemon("""
+[providers.s1]
+kind = "simulated"
+simulate_failure = "server_error"
+[providers.s2]
+kind = "simulated"
+simulate_failure = "server_error"
+[providers.s3]
+kind = "simulated"
+[models."s1/tts"]
+provider = "s1"
+capabilities = ["speech"]
+max_retries = 0
+[models."s2/tts"]
+provider = "s2"
+capabilities = ["speech"]
+max_retries = 0
+[models."s3/tts"]
+provider = "s3"
+capabilities = ["speech"]
+[pools.voices]
+models = ["s1/tts", "s2/tts"]
+[probes]
+kind = "none"
+""")
+    resp = await d.http.post("/v1/audio/speech", json={"model": "voices", "input": "hi",
+                                                       "voice": "alloy",
+                                                       "response_format": "wav"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-model"] == "s3/tts"
