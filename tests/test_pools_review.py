@@ -216,3 +216,32 @@ kind = "none"
                                                        "response_format": "wav"})
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-failoverd-model"] == "s3/tts"
+
+
+async def test_a_session_sticks_to_the_member_it_failed_over_to(fake_openai: Any,
+                                                                start_daemon: Any) -> None:
+    """The member a session hashes to fails (a 429 that opens no breaker): the session's
+    requests stay with the member that served it (sticky), not hashed back to the failing one
+    at each request; the other sessions keep their own member."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c))
+    key = {"x-failoverd-session": "conversation-7"}
+    sel = (await d.http.post("/v1/select", json={"model": "default"}, headers=key)).json()
+    home, other = sel["candidates"][0]["model"], sel["candidates"][1]["model"]
+    assert {home, other} == {A, B}
+    fakes = {A: a, B: b}
+    fakes[home].push("rate_limit_long")
+    resp = await chat(d, **key)
+    assert resp.headers["x-failoverd-model"] == other
+    assert resp.headers["x-failoverd-failover"] == f"{home}>{other}:rate_limit"
+    before = len(fakes[home].chat_requests())
+    assert await served(d, 3, **key) == [other] * 3
+    assert len(fakes[home].chat_requests()) == before  # not tried again meanwhile
+
+
+async def test_turns_are_fair_under_concurrency(fake_openai: Any, start_daemon: Any) -> None:
+    """40 requests at once with weights [3, 1]: each takes its own turn, 30 and 10."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c, pool="weights = [3, 1]"))
+    replies = await asyncio.gather(*(chat(d) for _ in range(40)))
+    assert Counter(r.headers["x-failoverd-model"] for r in replies) == {A: 30, B: 10}
