@@ -265,3 +265,21 @@ async def test_sessions_pinned_to_a_chain_are_spread_over_its_pool(
         assert resp.status_code == 200, resp.text
         firsts.update(await served(d, 1, **{"x-failoverd-session": key}))
     assert firsts == {A, B}
+
+
+async def test_chains_holding_part_of_a_pool_each_spread_their_requests(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """A pool of three keys; the default chain lists all three, chain "two" only two of them.
+    Their requests interleaved, each chain spreads its own requests over the models it
+    lists: turns are not one cycle shared by both, which sent every request of "two" to the
+    same key (and none of the default chain's to it)."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c).replace(
+        f'models = ["{A}", "{B}"]', f'models = ["{A}", "{B}", "{C}"]').replace(
+        "[routing]", f'[chains.two]\nmodels = ["{A}", "{B}"]\n[routing]'))
+    full, two = [], []
+    for _ in range(6):
+        full += await served(d, 1)
+        two += await served(d, 1, "two")
+    assert Counter(full) == {A: 2, B: 2, C: 2}
+    assert Counter(two) == {A: 3, B: 3}

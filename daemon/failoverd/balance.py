@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from failoverd.pools import PoolConfig
 
 _SPAN = float(2 ** 64)
+CYCLES_MAX = 256  # round robin cycles kept (sets of a pool's places), before starting anew
 
 
 class Balancer:
@@ -31,7 +32,8 @@ class Balancer:
         self._pool_of = {m: p for p in pools.values() for m in p.models}
         self._weight = {m: w for p in pools.values() for m, w in zip(p.models, p.weights,
                                                                      strict=True)}
-        self._current: dict[str, float] = {}  # smooth weighted round robin, per model
+        # smooth weighted round robin: each model's standing, per set of places (_round_robin)
+        self._current: dict[tuple[str, ...], list[float]] = {}
         self._available = available
         self._inflight = inflight
         self._rng = rng or random.Random()  # noqa: S311 - spreading load, not secrets
@@ -84,16 +86,27 @@ class Balancer:
 
     def _round_robin(self, members: Sequence[str], advance: bool) -> list[str]:
         """Smooth weighted round robin (as nginx's upstreams): each turn every model gains its
-        weight, the one ahead serves and gives back the total; the rest follow by standing."""
-        current, weight = self._current, self._weight
-        standing = {m: current.get(m, 0.0) + weight[m] for m in members}
-        first = max(members, key=standing.__getitem__)  # ties: the pool's order
+        weight, the one ahead serves and gives back the total; the rest follow by standing.
+
+        One cycle per set of places (the pool's models a request's candidates hold, in their
+        order): a chain that lists two of a pool's three models spreads its requests over
+        those two, whatever the requests naming all three do. One cycle shared by both sent
+        every request of the first to the same model."""
+        key = tuple(members)
+        current = self._current.get(key)
+        if current is None:
+            if len(self._current) >= CYCLES_MAX:  # auto's subsets vary with availability
+                self._current.clear()
+            current = self._current[key] = [0.0] * len(key)
+        weight = self._weight
+        standing = [c + weight[m] for c, m in zip(current, key, strict=True)]
+        first = max(range(len(key)), key=standing.__getitem__)  # ties: the earlier place
         if advance:
-            current.update(standing)
-            current[first] -= sum(weight[m] for m in members)
-        rest = sorted((m for m in members if m != first), key=standing.__getitem__,
+            current[:] = standing
+            current[first] -= sum(weight[m] for m in key)
+        rest = sorted((i for i in range(len(key)) if i != first), key=standing.__getitem__,
                       reverse=True)
-        return [first, *rest]
+        return [key[first], *(key[i] for i in rest)]
 
 
 def _rendezvous(session: str, model_id: str, weight: float) -> float:
