@@ -345,7 +345,7 @@ def test_region_only_on_bedrock() -> None:
     with pytest.raises(ConfigError) as err:
         config.loads('[providers.o]\nkind = "openai"\nregion = "us-east-1"\n'
                      '[models."o/m"]\nprovider = "o"\n', env={})
-    assert err.value.problems == ['providers.o.region: only valid for kind = "bedrock"']
+    assert err.value.problems == ['providers.o.region: only valid for kind = "bedrock" or "vertex"']
 
 
 # ------------------------------------------------------------------ streaming
