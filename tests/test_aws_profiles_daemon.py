@@ -148,3 +148,34 @@ def test_load_reports_profile_problems(tmp_path: Path, profile: str, problem: st
         config.loads(body, env=env)
     assert err.value.problems[0].startswith(
         problem.format(config=tmp_path / ".aws" / "config")), err.value.problems
+
+
+async def test_bedrock_refusing_the_assumed_role_as_expired_assumes_it_again(
+        tmp_path: Path, fake_bedrock: MakeBedrock, fake_aws: MakeAws, fake_openai: Any,
+        start_daemon: Any) -> None:
+    """The role's session revoked before its Expiration: Bedrock's ExpiredTokenException makes
+    the next request assume the role again; the one refused fails over as a connection
+    failure, blocking nothing."""
+    sts = await fake_aws(trust={ROLE: {SOURCE_KEY}})
+    key, secret, token = issued(1)
+    fake = await fake_bedrock(access_key=key, secret_key=secret, session_token=token)
+    backup = await fake_openai()
+    env = home(tmp_path, config=f"[profile bedrock]\nrole_arn = {ROLE}\nsource_profile = base\n",
+               credentials="[base]\n" + keys(SOURCE_KEY, SOURCE_SECRET))
+    env["AWS_ENDPOINT_URL_STS"] = sts.url
+    d = await start_daemon(with_profile(daemon_config(fake, backup.url), "bedrock"), env=env)
+    first = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert first.headers["x-failoverd-model"] == "bedrock/sonnet"
+    fake.push("expired")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:connection"
+    fake.access_key, fake.secret_key, fake.session_token = issued(2)  # only the new ones
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.requests[-1].headers["X-Amz-Security-Token"] == issued(2)[2]
+    assert len(sts.sts_calls) == 2
+    status = (await d.http.get("/v1/status")).json()
+    assert status["providers"]["bedrock"]["credentials"] == "ok"
