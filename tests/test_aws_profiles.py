@@ -369,9 +369,6 @@ def test_sources_fingerprint_and_hide_secrets(tmp_path: Path) -> None:
     assert fingerprint(salt, role) != fingerprint(salt, other)
 
 
-@pytest.mark.xfail(strict=True, reason="catalog.py does not pass the provider's region to "
-                   "choose_source yet (region=region): STS falls back to AWS_REGION, "
-                   "AWS_DEFAULT_REGION, the profile's region, us-east-1")
 def test_the_providers_region_picks_the_sts_endpoint(tmp_path: Path) -> None:
     from failoverd import config
 

@@ -265,7 +265,7 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
                             "application default login or the metadata server), not an API "
                             "key")
         api_key = ""
-    aws = _aws_credentials(sec, kind, env)
+    aws = _aws_credentials(sec, kind, env, region)
     google, project = _google_credentials(sec, kind, env)
     cfg = ProviderConfig(
         name=name,
@@ -358,7 +358,8 @@ def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
     return source, project
 
 
-def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str]) -> AwsSource | None:
+def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str],
+                     region: str = "") -> AwsSource | None:
     """A bedrock provider's AWS credentials source (awscreds.py), when it has no API key."""
     profile = sec.get("aws_profile", str, "")
     keyed = any(sec.has(f"api_key_{s}") for s in ("env", "file", "credential"))
@@ -375,7 +376,7 @@ def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str]) -> AwsSour
         sec.problem("aws_profile", "must name a profile (omit it for AWS_PROFILE or default)")
         return None
     try:
-        return choose_source(env, profile.strip())
+        return choose_source(env, profile.strip(), region=region)
     except AwsConfigError as exc:
         sec.problem("aws_profile" if profile.strip() else "", str(exc))
         return None
