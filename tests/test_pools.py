@@ -14,7 +14,7 @@ from failoverd.balance import Balancer
 from failoverd.errors import ConfigError
 from failoverd.pools import PoolConfig
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO
+from tests.helpers import HELLO, failoverctl, status
 
 A, B, C = "key1/gpt-5", "key2/gpt-5", "other/claude"
 
@@ -284,3 +284,18 @@ def test_places_in_a_chain_are_kept() -> None:
     assert {o[0] for o in orders} == {"b", "c"}  # the one down is never first ...
     assert {o[4] for o in orders} == {"a"}  # ... but last of the pool's places, not dropped
     assert balancer.order(("x", "y")) == ("x", "y")
+
+
+async def test_status_and_failoverctl_show_the_pools(fake_openai: Any,
+                                                     start_daemon: Any) -> None:
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c, pool='weights = [2, 1]'))
+    pools = (await status(d))["pools"]
+    assert pools == {"gpt": {"strategy": "round_robin", "next": A, "models": [
+        {"model": A, "weight": 2.0, "inflight": 0}, {"model": B, "weight": 1.0, "inflight": 0}]}}
+    await served(d, 1)  # A's turn taken: 2 - 3 + 2 = 1 against B's 2
+    assert (await status(d))["pools"]["gpt"]["next"] == B
+    code, out, _ = await failoverctl(d.socket, "status")
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("gpt "))
+    assert row.split() == ["gpt", "round_robin", B, f"{A}*2", f"{B}*1"]

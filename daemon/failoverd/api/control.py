@@ -133,6 +133,14 @@ async def status(request: web.Request) -> web.Response:
                              if model_id in metrics.prices else None)
     chains = {name: {"models": list(models), "head": models[0] if models else None}
               for name, models in svc.chains().items()}
+    rt = svc.runtime
+    # each pool's models with their weights and calls under way, and the one whose turn is
+    # next (for a request without a session; the preview takes no turn)
+    pools = {name: {"strategy": p.strategy,
+                    "models": [{"model": m, "weight": w, "inflight": svc.health.inflight(m)}
+                               for m, w in zip(p.models, p.weights, strict=True)],
+                    "next": rt.balancer.order(p.models, advance=False)[0]}
+             for name, p in cfg.pools.items()}
     body: dict[str, Any] = {
         "version": __version__, "node": cfg.node, "health": overall,
         "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
@@ -141,7 +149,7 @@ async def status(request: web.Request) -> web.Response:
         "models": detail["models"],
         "providers": detail["providers"],
         "budgets": detail["budgets"],
-        "chains": chains, "events": svc.bus.stats(), "sessions": len(svc.sessions),
+        "chains": chains, "pools": pools, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},
         "failovers_last_minute": svc.recent_failovers(),

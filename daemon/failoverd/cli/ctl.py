@@ -168,7 +168,7 @@ def _probe_cell(probe: Any) -> str:
 
 
 def show_status(data: dict[str, Any]) -> str:
-    """GET /v1/status as tables: models, providers with trouble, chains."""
+    """GET /v1/status as tables: models, providers with trouble, caps, chains, pools."""
     now = data.get("time") or time.time()
     out = [f"failoverd {data.get('version', '')} on {data.get('node', '?')}: "
            f"{data.get('health', '?')}, {data.get('inflight', 0)} in flight, "
@@ -220,7 +220,18 @@ def show_status(data: dict[str, Any]) -> str:
     if chains:
         out += ["", table([(n, c.get("head"), " > ".join(c.get("models", [])))
                            for n, c in chains.items()], ("chain", "head", "models"))]
+    pools = data.get("pools") or {}
+    if pools:  # weights shown only where they differ
+        out += ["", table([(n, p.get("strategy"), p.get("next"), " ".join(
+            f"{m.get('model')}" + (f"*{m.get('weight'):g}" if _weighted(p) else "")
+            + (f"({m.get('inflight')})" if m.get("inflight") else "")
+            for m in p.get("models", []))) for n, p in pools.items()],
+            ("pool", "strategy", "next", "models (*weight, (calls under way))"))]
     return "\n".join(out)
+
+
+def _weighted(pool: dict[str, Any]) -> bool:
+    return len({m.get("weight") for m in pool.get("models", [])}) > 1
 
 
 def _usd(amount: float) -> str:
