@@ -148,8 +148,11 @@ async def test_naming_the_pool_a_member_or_pinning(fake_openai: Any,
     resp = await d.http.post("/v1/chat/completions", json={"model": "gpt", "messages": HELLO})
     assert resp.status_code == 200
     assert resp.headers["x-failoverd-model"] == C  # the pool, then the default chain
-    models = (await d.http.get("/v1/models")).json()
-    assert A in {m["id"] for m in models["data"]}
+    models = {m["id"]: m for m in (await d.http.get("/v1/models")).json()["data"]}
+    assert models["gpt"]["pool"] == [A, B] and models["gpt"]["strategy"] == "round_robin"
+    assert models["gpt"]["owned_by"] == "failoverd" and A in models
+    one = await d.openai.models.retrieve("gpt")  # the SDK's models.retrieve
+    assert one.id == "gpt"
 
 
 async def test_select_previews_without_taking_a_turn(fake_openai: Any,

@@ -29,7 +29,7 @@ _UP = ("closed", "half_open")
 
 
 def _model_entries(svc: Service) -> list[dict[str, Any]]:
-    """Every model and chain as an OpenAI model object, with failoverd's fields."""
+    """Every model, chain and pool as an OpenAI model object, with failoverd's fields."""
     cfg = svc.runtime.config
     created = int(svc.started)
     data: list[dict[str, Any]] = [{
@@ -43,6 +43,8 @@ def _model_entries(svc: Service) -> list[dict[str, Any]]:
     } for m in cfg.models.values()]
     data.extend({"id": c.name, "object": "model", "created": created, "owned_by": "failoverd",
                  "chain": list(c.models)} for c in cfg.chains.values())
+    data.extend({"id": p.name, "object": "model", "created": created, "owned_by": "failoverd",
+                 "pool": list(p.models), "strategy": p.strategy} for p in cfg.pools.values())
     return data
 
 
@@ -79,13 +81,13 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def model(request: web.Request) -> web.Response:
-    """GET /v1/models/{id}: one model or chain (the SDKs' models.retrieve)."""
+    """GET /v1/models/{id}: one model, chain or pool (the SDKs' models.retrieve)."""
     model_id = request.match_info["id"]
     entry = next((e for e in _model_entries(request.app[SERVICE]) if e["id"] == model_id),
                  None)
     anthropic = _anthropic(request)
     if entry is None:
-        message = f"no model or chain {model_id!r} is configured"
+        message = f"no model, chain or pool {model_id!r} is configured"
         if anthropic:
             return json_response({"type": "error", "error": {
                 "type": "not_found_error", "message": message}}, 404)
