@@ -7,7 +7,7 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +176,24 @@ def tcp_listener(directory: Path, token: str = "s3cret") -> tuple[int, str]:
     path.write_text(token + "\n")
     port = free_port()
     return port, f'tcp = "127.0.0.1:{port}"\ntcp_token_file = "{path}"\n'
+
+
+async def breaker(d: Any, model: str) -> tuple[str, int]:
+    """A model's (state, consecutive_failures) in /v1/status."""
+    entry = (await status(d))["models"][model]
+    return entry["state"], entry["consecutive_failures"]
+
+
+async def metric(d: Any, line: str) -> bool:
+    """Whether /metrics holds this exact line."""
+    return line in (await d.http.get("/metrics")).text.splitlines()
+
+
+async def first_bytes(resp: Any, n: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """At least `n` bytes of an httpx response's streamed body, and the rest of it to read
+    on."""
+    it = resp.aiter_raw()
+    got = b""
+    while len(got) < n:
+        got += await it.__anext__()
+    return got, it

@@ -80,7 +80,8 @@ async def test_the_anthropic_sdk_gets_anthropic_model_objects(start_daemon: Any)
         with pytest.raises(anthropic.NotFoundError) as info:
             await client.models.retrieve("sim/nope")
         assert info.value.body == {"type": "error", "error": {
-            "type": "not_found_error", "message": "no model, chain or pool 'sim/nope' is configured"}}
+            "type": "not_found_error",
+            "message": "no model, chain or pool 'sim/nope' is configured"}}
     finally:
         await client.close()
 

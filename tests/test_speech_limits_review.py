@@ -20,7 +20,7 @@ from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from failoverd.window import SlidingSum
 from tests.fakes.base import serve_app
-from tests.helpers import HELLO, failoverctl, status, until
+from tests.helpers import HELLO, breaker, failoverctl, status, until
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
 
@@ -125,11 +125,6 @@ async def pair(start_daemon: Any) -> Any:
 async def speak(d: Any, **body: Any) -> Any:
     return await d.http.post("/v1/audio/speech", json={"model": "a/tts", "input": "hello",
                                                        "voice": "alloy", **body})
-
-
-async def breaker(d: Any, model: str) -> tuple[str, int]:
-    entry = (await status(d))["models"][model]
-    return entry["state"], entry["consecutive_failures"]
 
 
 # ------------------------------------------------------------------ speech: what is audio

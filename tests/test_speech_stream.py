@@ -23,7 +23,7 @@ from aiohttp import web
 from failoverd.translate import speech
 from tests.fakes.base import cut
 from tests.fakes.scripted import Scripted
-from tests.helpers import status
+from tests.helpers import breaker, first_bytes, metric
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # 1034 bytes
 PIECES = [MP3, b"\xff\xfb" + bytes(range(256)) * 8, b"\xff\xfb" + bytes(range(255, -1, -1)) * 8]
@@ -156,24 +156,6 @@ async def pair(start_daemon: Any) -> AsyncIterator[tuple[Tts, Tts, Any]]:
 
 
 ASK = {"model": "a/tts", "input": "The build is green.", "voice": "alloy"}
-
-
-async def breaker(d: Any, model: str) -> tuple[str, int]:
-    entry = (await status(d))["models"][model]
-    return entry["state"], entry["consecutive_failures"]
-
-
-async def metric(d: Any, line: str) -> bool:
-    return line in (await d.http.get("/metrics")).text.splitlines()
-
-
-async def first_bytes(resp: httpx.Response, n: int) -> tuple[bytes, AsyncIterator[bytes]]:
-    """At least `n` bytes of a streamed body, and the rest of it to read on."""
-    it = resp.aiter_raw()
-    got = b""
-    while len(got) < n:
-        got += await it.__anext__()
-    return got, it
 
 
 # ------------------------------------------------------------------ raw audio

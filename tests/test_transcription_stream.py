@@ -31,7 +31,7 @@ from failoverd.providers.gemini import GeminiProvider
 from failoverd.translate import audio as wire
 from tests.fakes.base import cut
 from tests.fakes.scripted import Scripted
-from tests.helpers import status
+from tests.helpers import breaker, first_bytes, metric
 
 AUDIO = b"RIFF\x00\x01WAVEfmt " + bytes(range(256)) * 125  # 32012 bytes: a second of audio
 EVENT_STREAM = "text/event-stream"
@@ -180,24 +180,6 @@ async def transcribe(d: Any, **data: str) -> httpx.Response:
     """A whole streamed transcription's answer."""
     return await d.http.post("/v1/audio/transcriptions", data={**ASK["data"], **data},
                              files=ASK["files"])
-
-
-async def breaker(d: Any, model: str) -> tuple[str, int]:
-    entry = (await status(d))["models"][model]
-    return entry["state"], entry["consecutive_failures"]
-
-
-async def metric(d: Any, line: str) -> bool:
-    return line in (await d.http.get("/metrics")).text.splitlines()
-
-
-async def first_bytes(resp: httpx.Response, n: int) -> tuple[bytes, AsyncIterator[bytes]]:
-    """At least `n` bytes of a streamed body, and the rest of it to read on."""
-    it = resp.aiter_raw()
-    got = b""
-    while len(got) < n:
-        got += await it.__anext__()
-    return got, it
 
 
 # ------------------------------------------------------------------ events as they come
