@@ -95,9 +95,14 @@ def _pkcs1(der: bytes) -> RsaKey:
     if not MIN_BITS <= n.bit_length() <= MAX_BITS:
         raise RsaKeyError(f"an RSA key of {n.bit_length()} bits; {MIN_BITS} to {MAX_BITS} "
                         "are taken")
-    if p * q != n or e < 3 or not 0 < qinv < p:
+    # what signing uses must be right (openssl's RSA_check_key refuses such a key too): a
+    # damaged dp, dq or qinv would make every signature wrong, found only at the first grant
+    if p * q != n or e < 3 or min(p, q) < 3 or not 0 < qinv < p or qinv * q % p != 1 \
+            or e * dp % (p - 1) != 1 or e * dq % (q - 1) != 1:
         raise RsaKeyError("the RSA key's parameters do not fit together")
-    return RsaKey(n, e, d, p, q, dp, dq, qinv)
+    key = RsaKey(n, e, d, p, q, dp, dq, qinv)
+    sign_rs256(key, b"failoverd")  # p and q no primes: the signature does not verify
+    return key
 
 
 def _pkcs8(der: bytes) -> RsaKey:

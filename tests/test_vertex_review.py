@@ -1,0 +1,72 @@
+"""Review of the vertex provider kind: defects found against the real Vertex AI, google-auth and
+the Anthropic SDK's Vertex client, each shown by a test against fake servers on 127.0.0.1 (or
+openssl's keys), and fixed."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import orjson
+import pytest
+
+from failoverd import config
+from failoverd.errors import ConfigError
+from failoverd.googlecreds import GoogleConfigError, read_file
+from failoverd.rsasign import RsaKeyError, load_pem
+from tests.fakes.vertex import ServiceKey, rsa_key
+
+__all__ = ["rsa_key"]  # the fixtures
+
+
+def _der_int(value: int) -> bytes:
+    raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    return b"\x02" + _der_len(len(raw)) + raw
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def pkcs1_pem(n: int, e: int, d: int, p: int, q: int, dp: int, dq: int, qinv: int) -> str:
+    """A PKCS#1 RSA PRIVATE KEY PEM of these numbers (any numbers: a malformed key)."""
+    body = b"".join(_der_int(v) for v in (0, n, e, d, p, q, dp, dq, qinv))
+    der = b"\x30" + _der_len(len(body)) + body
+    text = base64.encodebytes(der).decode()
+    return f"-----BEGIN RSA PRIVATE KEY-----\n{text}-----END RSA PRIVATE KEY-----\n"
+
+
+# ------------------------------------------------------------------ the signer
+
+
+def test_a_key_whose_crt_numbers_do_not_fit_is_a_configuration_error(
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """A key file damaged where the CRT parameters are (dp, dq, qinv: what signing uses) was
+    taken when read and failed only at the first token grant, as an `auth` failure of every
+    call; openssl's RSA_check_key refuses it, and the load must too."""
+    k = load_pem(rsa_key.pem)
+    damaged = {
+        "dp": pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp ^ 2, k.dq, k.qinv),
+        "dq": pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp, k.dq + 2, k.qinv),
+        "qinv": pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp, k.dq, k.qinv - 1),
+        # n = p * q holds, but p and q are no primes of an RSA key
+        "factors": pkcs1_pem(k.n, k.e, k.d, k.p * k.q, 1, k.dp, k.dq, 0),
+    }
+    for what, pem in damaged.items():
+        with pytest.raises(RsaKeyError, match="do not fit together"):
+            load_pem(pem)
+        path = tmp_path / f"{what}.json"
+        path.write_bytes(orjson.dumps(rsa_key.account("https://oauth2.googleapis.com/token",
+                                                      private_key=pem)))
+        with pytest.raises(GoogleConfigError, match="private_key: the RSA key's parameters"):
+            read_file(str(path))
+        with pytest.raises(ConfigError) as caught:
+            config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\n'
+                         f'google_credentials_file = "{path}"\n', env={})
+        assert any(p.startswith("providers.v.google_credentials_file: ") and "private_key"
+                   in p for p in caught.value.problems), caught.value.problems
+    # the sound key, in the same PKCS#1 form, still loads
+    assert load_pem(pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp, k.dq, k.qinv)).n == k.n
