@@ -11,12 +11,33 @@ import orjson
 import pytest
 
 from failoverd import config
+from failoverd.config import ModelConfig
 from failoverd.errors import ConfigError
 from failoverd.googlecreds import GoogleConfigError, read_file
+from failoverd.http1 import HttpClient
+from failoverd.providers import make_provider
+from failoverd.providers.base import AttemptLimits
 from failoverd.rsasign import RsaKeyError, load_pem
-from tests.fakes.vertex import ServiceKey, rsa_key
+from tests.fakes.vertex import (
+    PROJECT,
+    FakeGoogleAuth,
+    FakeVertex,
+    ServiceKey,
+    fake_google_auth,
+    fake_vertex,
+    rsa_key,
+)
 
-__all__ = ["rsa_key"]  # the fixtures
+__all__ = ["fake_google_auth", "fake_vertex", "rsa_key"]  # the fixtures
+
+CLAUDE = ModelConfig(id="vertex/sonnet", provider="v", name="claude-sonnet-4-5@20250929",
+                     max_output_tokens=1000)
+GEMINI = ModelConfig(id="vertex/flash", provider="v", name="gemini-2.5-flash")
+EMBED = ModelConfig(id="vertex/embed", provider="v", name="text-embedding-005",
+                    capabilities=frozenset({"embeddings"}))
+LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
+HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "Hello"}]}
+MODEL = '\n[models."v/flash"]\nprovider = "v"\nname = "gemini-2.5-flash"\n'
 
 
 def _der_int(value: int) -> bytes:
@@ -65,8 +86,45 @@ def test_a_key_whose_crt_numbers_do_not_fit_is_a_configuration_error(
             read_file(str(path))
         with pytest.raises(ConfigError) as caught:
             config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\n'
-                         f'google_credentials_file = "{path}"\n', env={})
+                         f'google_credentials_file = "{path}"\n' + MODEL, env={})
         assert any(p.startswith("providers.v.google_credentials_file: ") and "private_key"
                    in p for p in caught.value.problems), caught.value.problems
     # the sound key, in the same PKCS#1 form, still loads
     assert load_pem(pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp, k.dq, k.qinv)).n == k.n
+
+
+# ------------------------------------------------------------------ locations
+
+
+@pytest.mark.parametrize(("region", "host"), [
+    ("us", "https://aiplatform.us.rep.googleapis.com"),
+    ("eu", "https://aiplatform.eu.rep.googleapis.com"),
+    ("global", "https://aiplatform.googleapis.com"),
+    ("europe-west1", "https://europe-west1-aiplatform.googleapis.com"),
+])
+def test_multi_region_locations_have_their_endpoints(region: str, host: str) -> None:
+    """Vertex AI's multi-region locations "us" and "eu" (Claude's newest models are served
+    only there and on "global") were refused as no location; their endpoint is the
+    representative one, aiplatform.<location>.rep.googleapis.com, as the Anthropic SDK's
+    AnthropicVertex(region="us") calls."""
+    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "{region}"\n'
+                       'project = "p-123456"\n' + MODEL, env={"GCE_METADATA_HOST": "127.0.0.1:9"})
+    assert cfg.providers["v"].region == region
+    assert cfg.providers["v"].base_url == host
+
+
+async def test_claude_on_the_us_multi_region(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], http_client: HttpClient,
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    vertex = await fake_vertex(location="us")
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
+    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us"\nbase_url = '
+                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
+    provider = make_provider(cfg.providers["v"], http_client)
+    result = await provider.complete(HELLO, CLAUDE, LIMITS)
+    assert result.body["choices"][0]["message"]["content"] == "Hello from Claude on Vertex"
+    assert vertex.requests[-1].path == (f"/v1/projects/{PROJECT}/locations/us/publishers/"
+                                        "anthropic/models/claude-sonnet-4-5@20250929:rawPredict")

@@ -167,6 +167,9 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 # a Google Cloud location: us-east5, europe-west1, northamerica-northeast1, me-central2
 _LOCATION = re.compile(r"[a-z]+-[a-z]+\d{1,2}")
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"  # the "global" location's endpoint
+# the multi-region locations' endpoints are representative ones (REP), the location an infix
+VERTEX_MULTI_REGIONS = ("us", "eu")
+VERTEX_MULTI_REGION_URL = "https://aiplatform.{region}.rep.googleapis.com"
 # a project id (6 to 30 lowercase letters, digits and hyphens), optionally domain-scoped
 # ("example.com:my-project"), or a project number
 _PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|\d{1,20}")
@@ -202,6 +205,8 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
     default_url = _DEFAULT_BASE_URLS[kind].format(region=region or "REGION")
     if kind == "vertex" and region == "global":
         default_url = VERTEX_GLOBAL_URL
+    elif kind == "vertex" and region in VERTEX_MULTI_REGIONS:
+        default_url = VERTEX_MULTI_REGION_URL.format(region=region)
     base_url = sec.get("base_url", str, default_url).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
         sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
@@ -314,10 +319,11 @@ def _location(sec: Section, region: str) -> str:
     """A vertex provider's `region`: the Vertex AI location of its models."""
     if not sec.has("region"):
         sec.problem("region", "is required for kind = \"vertex\": the Vertex AI location of "
-                    "the models, e.g. \"us-east5\", \"europe-west1\" or \"global\"")
-    elif region != "global" and not _LOCATION.fullmatch(region):
+                    "the models, e.g. \"us-east5\", \"europe-west1\", \"global\" or \"us\"")
+    elif region not in ("global", *VERTEX_MULTI_REGIONS) and not _LOCATION.fullmatch(region):
         sec.problem("region", "must be a Vertex AI location such as \"us-east5\", "
-                    f"\"europe-west1\" or \"global\", got {region!r}")
+                    "\"europe-west1\", \"global\" or the multi-regions \"us\" and \"eu\", "
+                    f"got {region!r}")
         return ""
     return region
 
