@@ -5,7 +5,9 @@ openssl's keys), and fixed."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
