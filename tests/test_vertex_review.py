@@ -130,3 +130,35 @@ async def test_claude_on_the_us_multi_region(
     assert result.body["choices"][0]["message"]["content"] == "Hello from Claude on Vertex"
     assert vertex.requests[-1].path == (f"/v1/projects/{PROJECT}/locations/us/publishers/"
                                         "anthropic/models/claude-sonnet-4-5@20250929:rawPredict")
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+async def test_embedding_calls_stay_under_the_20000_tokens_a_call_takes(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], http_client: HttpClient,
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """Vertex's text embeddings take 250 texts a call and 20,000 input tokens a call (a 400
+    beyond): 250 texts of 100 words each were sent in one call and refused, so an ordinary
+    batch of a RAG indexer failed; the texts are now spread over calls by an estimate of
+    their tokens too."""
+    vertex = await fake_vertex()
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
+    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\nbase_url = '
+                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
+    provider = make_provider(cfg.providers["v"], http_client)
+    texts = [f"passage {i} " + "lorem ipsum dolor sit amet " * 20 for i in range(250)]
+    result = await provider.embed({"input": texts, "model": "text-embedding-005"}, EMBED,
+                                  LIMITS)
+    assert [d["index"] for d in result.body["data"]] == list(range(250))
+    calls = vertex.calls("google")
+    assert len(calls) >= 2
+    assert [c.body["instances"][0]["content"] for c in calls[:1]] == [texts[0]]
+    sent = [i["content"] for c in calls for i in c.body["instances"]]
+    assert sorted(sent) == sorted(texts)
+    assert all(sum(len(i["content"].split()) for i in c.body["instances"]) <= 20000
+               for c in calls)
+    assert result.body["usage"]["prompt_tokens"] == sum(len(t.split()) for t in texts)

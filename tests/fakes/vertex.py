@@ -221,6 +221,13 @@ class FakeVertex(FakeServer[Logged]):
             return web.Response(status=400, body=_google(
                 400, "INVALID_ARGUMENT", f"The model {model} takes 1 to {limit} instances."),
                 content_type="application/json")
+        # the documented cap on one call's input: 20,000 tokens (here: words)
+        total = sum(len(str(item.get("content", "")).split()) for item in instances)
+        if total > 20000:
+            return web.Response(status=400, body=_google(
+                400, "INVALID_ARGUMENT", "Unable to submit request because the input token "
+                f"count is {total} but the model supports up to 20000. Reduce the input token "
+                "count and try again."), content_type="application/json")
         size = (body.get("parameters") or {}).get("outputDimensionality") or 768
         return web.json_response({"predictions": [
             {"embeddings": {"values": fake_embedding(model, item["content"], size),

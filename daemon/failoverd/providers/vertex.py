@@ -63,6 +63,7 @@ from failoverd.providers.http import (
     probe_limits,
     upstream_error,
 )
+from failoverd.tokens import text_tokens
 from failoverd.translate import embeddings
 from failoverd.translate.anthropic import canonical_to_anthropic
 
@@ -70,6 +71,9 @@ ANTHROPIC_VERSION = "vertex-2023-10-16"
 # instances per :predict call: text-embedding-005 and text-multilingual-embedding-002 take
 # 250, gemini-embedding-001 one
 EMBED_BATCH = 250
+# and 20,000 input tokens a call (a 400 beyond): texts are spread over calls by failoverd's
+# estimate of their tokens, with room for the estimate's error
+EMBED_TOKENS = 15000
 EMBED_CALLS = 8  # :predict calls at once for one request
 # the token a request was sent with, read when its answer is a 401 (per task: concurrent
 # requests each have theirs)
@@ -232,6 +236,24 @@ class VertexClaude(AnthropicProvider):
         return self._auth.checked(exc)
 
 
+def _batches(texts: list[str], size: int) -> list[list[str]]:
+    """`texts` in order, in calls of at most `size` texts and `EMBED_TOKENS` estimated tokens
+    (a text over that alone is a call of its own, refused or not by its model's limit)."""
+    batches: list[list[str]] = []
+    batch: list[str] = []
+    tokens = 0
+    for text in texts:
+        count = text_tokens(text)
+        if batch and (len(batch) >= size or tokens + count > EMBED_TOKENS):
+            batches.append(batch)
+            batch, tokens = [], 0
+        batch.append(text)
+        tokens += count
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 class VertexGemini(GeminiProvider):
     """Gemini on Vertex AI: the Gemini adapter with Vertex's URLs and tokens."""
 
@@ -257,16 +279,16 @@ class VertexGemini(GeminiProvider):
 
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
-        """``:predict`` with one instance per text input (`EMBED_BATCH` a call, one for
-        gemini-embedding models), ``dimensions`` as outputDimensionality, ``autoTruncate``
+        """``:predict`` with one instance per text input (`EMBED_BATCH` a call and about
+        `EMBED_TOKENS` tokens, one for gemini-embedding models), ``dimensions`` as outputDimensionality, ``autoTruncate``
         off: a text over the model's limit fails as OpenAI's would, never cut silently. The
         token count is the sum of the predictions' statistics."""
         texts = embeddings.texts(body, "Vertex AI's text embeddings")
         parameters: dict[str, Any] = {"autoTruncate": False}
         if body.get("dimensions"):
             parameters["outputDimensionality"] = body["dimensions"]
-        size = 1 if model.name.startswith("gemini-embedding") else EMBED_BATCH
-        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        batches = _batches(texts, 1 if model.name.startswith("gemini-embedding")
+                           else EMBED_BATCH)
         gate = asyncio.Semaphore(EMBED_CALLS)
 
         async def one(batch: list[str]) -> tuple[list[Any], int]:
