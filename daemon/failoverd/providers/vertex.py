@@ -280,9 +280,10 @@ class VertexGemini(GeminiProvider):
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
         """``:predict`` with one instance per text input (`EMBED_BATCH` a call and about
-        `EMBED_TOKENS` tokens, one for gemini-embedding models), ``dimensions`` as outputDimensionality, ``autoTruncate``
-        off: a text over the model's limit fails as OpenAI's would, never cut silently. The
-        token count is the sum of the predictions' statistics."""
+        `EMBED_TOKENS` tokens, one for gemini-embedding models), ``dimensions`` as
+        outputDimensionality, ``autoTruncate`` off: a text over the model's limit fails as
+        OpenAI's would, never cut silently. The token count is the sum of the predictions'
+        statistics."""
         texts = embeddings.texts(body, "Vertex AI's text embeddings")
         parameters: dict[str, Any] = {"autoTruncate": False}
         if body.get("dimensions"):
