@@ -13,9 +13,16 @@ import orjson
 import pytest
 
 from failoverd import config
+from failoverd.clock import ManualClock
 from failoverd.config import ModelConfig
 from failoverd.errors import ConfigError
-from failoverd.googlecreds import GoogleConfigError, read_file
+from failoverd.googlecreds import (
+    GoogleConfigError,
+    GoogleCredentialsError,
+    choose_source,
+    open_source,
+    read_file,
+)
 from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
@@ -162,3 +169,33 @@ async def test_embedding_calls_stay_under_the_20000_tokens_a_call_takes(
     assert all(sum(len(i["content"].split()) for i in c.body["instances"]) <= 20000
                for c in calls)
     assert result.body["usage"]["prompt_tokens"] == sum(len(t.split()) for t in texts)
+
+
+# ------------------------------------------------------------------ the metadata server
+
+
+async def test_a_metadata_server_that_served_and_then_does_not_answer_is_transient(
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]],
+        http_client: HttpClient) -> None:
+    """A metadata server not answering was taken for a host without one (`auth`: every model
+    of the provider closed for auth_open_seconds) even after it had handed out tokens: on
+    Compute Engine or GKE it is a moment's trouble (google-auth tries five times), so once
+    it has answered, not answering is `transient` (a connection failure the models' breakers
+    count); a host where it never answered still fails as auth, fast."""
+    auth = await fake_google_auth()
+    clock = ManualClock()
+    tokens = open_source(choose_source({"GCE_METADATA_HOST": auth.host}), client=http_client,
+                         clock=clock)
+    assert (await tokens.get()).token == auth.issued[0]
+    await auth.close()  # the metadata server goes away (a restart, a moment's overload)
+    clock.advance(3600)
+    with pytest.raises(GoogleCredentialsError) as caught:
+        await tokens.get()
+    assert caught.value.transient, str(caught.value)
+    assert "metadata server" in str(caught.value)
+    # never answered: the chain's last resort on a host without one, not transient
+    nowhere = open_source(choose_source({"GCE_METADATA_HOST": "127.0.0.1:1"}),
+                          client=http_client, clock=ManualClock())
+    with pytest.raises(GoogleCredentialsError) as caught:
+        await nowhere.get()
+    assert not caught.value.transient

@@ -12,7 +12,8 @@ Where the credentials come from, in google-auth's order:
    systemd: none);
 3. the GCE metadata server (Compute Engine, GKE, Cloud Run: the attached service account),
    ``metadata.google.internal``, or the host ``GCE_METADATA_HOST`` names. Whether there is one
-   is known only by asking: a host without it fails each call fast (``auth``).
+   is known only by asking: a host without it fails each call fast (``auth``); once it has
+   answered, not answering is a moment's trouble (`transient`).
 
 Which source serves is decided when the configuration is read (`choose_source`); a file is
 read and checked then (its private key parsed), so a broken one is a configuration error and a
@@ -403,13 +404,17 @@ def _token_source(source: GoogleSource, client: HttpClient, proxy: str,
     from failoverd import googletoken  # the HTTP side, which needs this module's types
 
     client_ref = weakref.ref(client)  # `_sources` holds this by the client
+    answered = False  # the metadata server has handed out a token: it is there
 
     async def fetch() -> tuple[str, float]:
+        nonlocal answered
         current = client_ref()
         if current is None:  # pragma: no cover - the daemon's client outlives its providers
             raise GoogleCredentialsError("the HTTP client is closed")
         if isinstance(source, MetadataServer):
-            return await googletoken.from_metadata(current, source)
+            token = await googletoken.from_metadata(current, source, answered=answered)
+            answered = True
+            return token
         requester = current.via(proxy)
         if isinstance(source, ServiceAccount):
             return await googletoken.from_service_account(requester, source, clock.time())

@@ -175,16 +175,21 @@ async def from_refresh_token(client: Requester, user: AuthorizedUser) -> tuple[s
         where, (user.client_secret, user.refresh_token))
 
 
-async def from_metadata(client: Requester, server: MetadataServer) -> tuple[str, float]:
-    """The default service account's access token from the metadata server."""
+async def from_metadata(client: Requester, server: MetadataServer, *,
+                        answered: bool = False) -> tuple[str, float]:
+    """The default service account's access token from the metadata server. `answered`:
+    whether it has answered this daemon before."""
     where = f"the metadata server at {server.host}"
     try:
         status, headers, body = await _call(
             client, "GET", f"{server.url}{TOKEN_PATH}", {"Metadata-Flavor": "Google"},
             METADATA_TIMEOUT)
     except GoogleCredentialsError as exc:
+        if answered:  # it is there: a moment's trouble (google-auth tries five times)
+            raise GoogleCredentialsError(f"{where} did not answer: {exc}",
+                                         transient=True) from None
         # the last resort, taken when no credentials file was found: say so. Not transient:
-        # nothing answering here is a host without one, not a moment's trouble
+        # nothing answering here, ever, is a host without one
         raise GoogleCredentialsError(
             f"{exc} (the metadata server, the last source of the credential chain: no "
             "google_credentials_file, GOOGLE_APPLICATION_CREDENTIALS or gcloud application "
