@@ -199,3 +199,41 @@ async def test_a_metadata_server_that_served_and_then_does_not_answer_is_transie
     with pytest.raises(GoogleCredentialsError) as caught:
         await nowhere.get()
     assert not caught.value.transient
+
+
+# ------------------------------------------------------------------ model ids
+
+
+async def test_resource_names_serve_as_model_ids(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], http_client: HttpClient,
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """A Gemini model named by its resource path (publishers/google/models/...) was served,
+    a Claude model so named was sent to publisher google (the name did not start with
+    "claude"): a 404; and a gemini-embedding model so named got 250 texts a call, which it
+    refuses (it takes one)."""
+    vertex = await fake_vertex()
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
+    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\nbase_url = '
+                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
+    provider = make_provider(cfg.providers["v"], http_client)
+    claude = ModelConfig(id="v/sonnet", provider="v",
+                         name="publishers/anthropic/models/claude-sonnet-4-5@20250929")
+    result = await provider.complete(HELLO, claude, LIMITS)
+    assert result.body["choices"][0]["message"]["content"] == "Hello from Claude on Vertex"
+    assert vertex.requests[-1].path.endswith(
+        "/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict")
+    chunks = [c.data async for c in provider.stream({**HELLO, "stream": True}, claude,
+                                                    LIMITS)]
+    assert chunks and vertex.requests[-1].path.endswith(
+        "/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict")
+    embed = ModelConfig(id="v/embed", provider="v",
+                        name="publishers/google/models/gemini-embedding-001",
+                        capabilities=frozenset({"embeddings"}))
+    result = await provider.embed({"input": ["one", "two", "three"]}, embed, LIMITS)
+    assert len(result.body["data"]) == 3
+    assert [len(c.body["instances"]) for c in vertex.calls("google")] == [1, 1, 1]
+    assert vertex.requests[-1].path.endswith("/publishers/google/models/"
+                                             "gemini-embedding-001:predict")

@@ -97,9 +97,18 @@ async def _close(chunks: AsyncIterator[Chunk]) -> None:
         await chunks.aclose()
 
 
+def model_id(model: ModelConfig) -> str:
+    """`model`'s Vertex model id: its name without a resource path's
+    ``publishers/<publisher>/models/`` (or ``models/``) before it."""
+    name = model.name
+    for prefix in ("publishers/anthropic/models/", "publishers/google/models/", "models/"):
+        name = name.removeprefix(prefix)
+    return name
+
+
 def is_claude(model: ModelConfig) -> bool:
     """Whether Vertex serves `model` as Anthropic's (publisher ``anthropic``)."""
-    return model.name.startswith("claude")
+    return model_id(model).startswith("claude")
 
 
 def google_error(raw: bytes) -> bool:
@@ -207,7 +216,7 @@ class VertexClaude(AnthropicProvider):
 
     def _endpoint(self, model: ModelConfig, stream: bool) -> str:
         # "@" stays as it is (claude-sonnet-4-5@20250929), as the SDKs send it
-        name = quote(model.name, safe="-._~@")
+        name = quote(model_id(model), safe="-._~@")
         return f"{self._models}/{name}:{'streamRawPredict' if stream else 'rawPredict'}"
 
     async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
@@ -265,8 +274,7 @@ class VertexGemini(GeminiProvider):
         self._models = _publisher_url(config, "google")
 
     def _model_url(self, model: ModelConfig) -> str:
-        name = model.name.removeprefix("publishers/google/models/").removeprefix("models/")
-        return f"{self._models}/{quote(name, safe='-._~@')}"
+        return f"{self._models}/{quote(model_id(model), safe='-._~@')}"
 
     async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
         return await self._auth.headers(self._stream_headers if stream else self._headers,
@@ -288,7 +296,7 @@ class VertexGemini(GeminiProvider):
         parameters: dict[str, Any] = {"autoTruncate": False}
         if body.get("dimensions"):
             parameters["outputDimensionality"] = body["dimensions"]
-        batches = _batches(texts, 1 if model.name.startswith("gemini-embedding")
+        batches = _batches(texts, 1 if model_id(model).startswith("gemini-embedding")
                            else EMBED_BATCH)
         gate = asyncio.Semaphore(EMBED_CALLS)
 
