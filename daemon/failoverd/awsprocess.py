@@ -10,7 +10,8 @@ the credentials, as JSON::
 do not expire and the command is not run again (but after AWS refused them as expired).
 
 Bounded, unlike botocore: the command has `CredentialProcess.timeout` seconds (then it is
-killed), its output `MAX_OUTPUT` bytes. A command that fails (exit status not 0) is a refusal
+killed, with the processes it started: it runs in a session, and so a process group, of its
+own), its output `MAX_OUTPUT` bytes. A command that fails (exit status not 0) is a refusal
 whose error quotes the end of its standard error (`MAX_STDERR` bytes, with anything that
 looks like a secret masked); its standard output, which holds secrets, is never quoted.
 """
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
+import os
 import re
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +35,12 @@ from failoverd.clock import Clock
 
 __all__ = ["MAX_OUTPUT", "MAX_STDERR", "mask", "parse_output", "run"]
 
+logger = logging.getLogger(__name__)
+
 MAX_OUTPUT = 64 * 1024  # credentials are a few hundred bytes of JSON
 MAX_STDERR = 1024  # quoted in the error: its last bytes, where a failure is said
+# after the kill, how long the pipes may stay open (a process that left the group holds them)
+KILL_WAIT = 2.0
 _SECRETISH = re.compile(
     r"(?i)((?:secret|token|password|passwd|credential|session)[\w-]*\"?\s*[=:]\s*\"?)[^\s\",}]+"
     r"|[A-Za-z0-9/+=]{32,}")
@@ -95,18 +103,33 @@ async def _read(stream: asyncio.StreamReader | None, limit: int, keep_tail: bool
     return kept
 
 
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kills the command's process group: the command and any process it started that is
+    still in it (a wrapper script's helper holds the pipes; killing the wrapper alone leaves it
+    running, and the pipes open). The group outlives its leader while a member lives."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
 async def run(source: CredentialProcess, clock: Clock) -> AwsCredentials:
     """Runs the command once and reads its credentials (`clock` is unused: the command's
     time limit is real time)."""
     del clock
     where = f"credential_process {source.program} of profile [{source.profile}]"
     try:
+        # a session of its own: its process group is the command and its children, killed
+        # together; and no terminal's signals reach it
         proc = await asyncio.create_subprocess_exec(
             *source.command, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
     except OSError as exc:
         raise AwsCredentialsError(f"{where} cannot be run: {exc.strerror or exc}") from None
     err_task = asyncio.create_task(_read(proc.stderr, MAX_STDERR, True))
+    done = False
     try:
         async with asyncio.timeout(source.timeout):
             out = await _read(proc.stdout, MAX_OUTPUT, False)
@@ -115,14 +138,23 @@ async def run(source: CredentialProcess, clock: Clock) -> AwsCredentials:
                                           "no credentials", transient=True)
             status = await proc.wait()
             err = await err_task
+            done = True
     except TimeoutError:
         raise AwsCredentialsError(f"{where} did not finish within {source.timeout:g} s",
                                   transient=True) from None
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if not done:
+            # timed out, too much output, or the call cancelled: the command's whole group,
+            # even when the command itself has exited and only its children hold the pipes
+            _kill(proc)
+            try:
+                # wait() also waits for the pipes to close: bounded, a process that left the
+                # group (a new session of its own) may hold them
+                async with asyncio.timeout(KILL_WAIT):
+                    await proc.wait()
+            except TimeoutError:
+                logger.warning("%s: a process it started holds its output open after the "
+                               "kill", where)
         err_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await err_task
