@@ -4,15 +4,21 @@ subprocesses and fake servers on 127.0.0.1 speaking AWS's wire formats."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from failoverd import awsprocess
-from failoverd.awscreds import AwsCredentialsError, CredentialProcess
+from failoverd.awscreds import AwsCredentialsError, CredentialProcess, choose_source, open_source
 from failoverd.clock import ManualClock
+from failoverd.http1 import HttpClient
+from tests.test_aws_profiles_fake import FakeAws, issued
+from tests.test_aws_profiles_roles import cache, sso_env
 
 # ------------------------------------------------------------------ credential_process
 
@@ -54,3 +60,51 @@ async def test_a_timed_out_command_is_killed_with_its_children(tmp_path: Path) -
             break
         time.sleep(0.01)
     assert not _alive(worker)
+
+
+# ------------------------------------------------------------------ IAM Identity Center
+
+
+@dataclass
+class _CliRefreshesFirst(FakeAws):
+    """OIDC where the AWS CLI refreshed the session's token a moment before failoverd's call:
+    the CLI spent the refresh token (OIDC answers invalid_grant to it now) and wrote its new
+    token to the cache file."""
+
+    cache_file: Path | None = None
+
+    async def _oidc(self, request: web.Request) -> web.Response:
+        if self.cache_file is not None:
+            data = json.loads(self.cache_file.read_text())
+            data.update(accessToken="aoaFROMTHECLI", refreshToken="aorFROMTHECLI",
+                        expiresAt=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                time.gmtime(self.now() + 8 * 3600)))
+            self.cache_file.write_text(json.dumps(data))
+        return await super()._oidc(request)
+
+
+async def test_an_sso_token_the_cli_refreshed_meanwhile_serves(
+        tmp_path: Path, http_client: HttpClient) -> None:
+    """The token expired; the AWS CLI refreshed it between failoverd's read of the cache and
+    its CreateToken call, which OIDC then refuses (the refresh token served once). The cache
+    holds a valid token: it serves, instead of an `auth` failure (which blocks every model of
+    the provider) telling to log in."""
+    clock = ManualClock(wall=time.time())
+    fake = await _CliRefreshesFirst(now=clock.time, sso_tokens={"aoaFROMTHECLI"},
+                                    sso_roles={("111122223333", "BedrockUser")}).start()
+    try:
+        env = sso_env(tmp_path, fake)
+        registration = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                     time.gmtime(clock.time() + 86400 * 80))
+        fake.cache_file = cache(tmp_path, "corp", "aoaEXPIRED", clock.time() - 60,
+                                clientId="client-1", clientSecret="client-secret-1",
+                                refreshToken="aorSPENT", registrationExpiresAt=registration)
+        creds = open_source(choose_source(env, "dev"), client=http_client, clock=clock)
+        got = await creds.get()
+        assert got.access_key_id == issued(1)[0]
+        assert [c["refreshToken"] for c in fake.oidc_calls] == ["aorSPENT"]
+        assert fake.sso_calls == [("BedrockUser", "111122223333", "aoaFROMTHECLI")]
+        # the CLI's file is left as the CLI wrote it
+        assert json.loads(fake.cache_file.read_text())["refreshToken"] == "aorFROMTHECLI"
+    finally:
+        await fake.close()

@@ -15,7 +15,9 @@ A token of an ``sso-session`` that expires within `REFRESH_WINDOW` is refreshed 
 SSOTokenProvider does: the OIDC CreateToken call (``POST <oidc>/token``, JSON ``{"clientId",
 "clientSecret", "grantType": "refresh_token", "refreshToken"}``, answering ``{"accessToken",
 "expiresIn", "refreshToken"}``), written back to the cache file (atomically, mode 0600). A
-failed refresh leaves a token still valid in use. A legacy profile's token, or one that
+failed refresh leaves a token still valid in use; and first, the cache file is read again: the
+AWS CLI may have refreshed the token meanwhile (spending the refresh token, which OIDC then
+refuses), or someone logged in, and its new token serves. A legacy profile's token, or one that
 expired with no refresh to be had, is the operator's to renew: the error says to run ``aws sso
 login --profile <name>``, and is a refusal (auth) until then.
 """
@@ -124,6 +126,13 @@ async def _token(client: HttpClient, source: SsoRole, clock: Clock) -> str:
             try:
                 return await _refresh(client, source, data, now)
             except AwsCredentialsError as exc:
+                newer = _rewritten(source, token, clock.time())
+                if newer is not None:
+                    # the AWS CLI refreshed it meanwhile (spending the refresh token, which
+                    # OIDC then refuses to us), or someone logged in: its token serves
+                    logger.info("AWS credentials: the SSO token of profile [%s] was renewed "
+                                "in %s meanwhile; it serves", source.profile, source.cache)
+                    return newer
                 if now < expires:
                     logger.warning("AWS credentials: refreshing the SSO token of profile [%s] "
                                    "failed: %s; the cached one serves until it expires in "
@@ -136,6 +145,19 @@ async def _token(client: HttpClient, source: SsoRole, clock: Clock) -> str:
             return token
         raise AwsCredentialsError(f"the SSO token of profile [{source.profile}] expired "
                                   f"at {data.get('expiresAt')}: {_login(source)}")
+
+
+def _rewritten(source: SsoRole, token: str, now: float) -> str | None:
+    """The cache file's token when it is no longer `token` and is valid at `now`."""
+    try:
+        data = _read_cache(source)
+    except AwsCredentialsError:
+        return None
+    newer, expires = data.get("accessToken"), _time(data.get("expiresAt"))
+    if not isinstance(newer, str) or not newer or newer == token or control(newer) or \
+            expires is None or now >= expires:
+        return None
+    return newer
 
 
 def _can_refresh(source: SsoRole, data: dict[str, Any], now: float) -> bool:
