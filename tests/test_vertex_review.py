@@ -36,6 +36,7 @@ from tests.fakes.vertex import (
     fake_vertex,
     rsa_key,
 )
+from tests.test_vertex_e2e import started
 
 __all__ = ["fake_google_auth", "fake_vertex", "rsa_key"]  # the fixtures
 
@@ -237,3 +238,31 @@ async def test_resource_names_serve_as_model_ids(
     assert [len(c.body["instances"]) for c in vertex.calls("google")] == [1, 1, 1]
     assert vertex.requests[-1].path.endswith("/publishers/google/models/"
                                              "gemini-embedding-001:predict")
+
+
+# ------------------------------------------------------------------ errors
+
+
+async def test_a_failed_precondition_fails_over(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
+        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """Vertex's bare 400 FAILED_PRECONDITION "Precondition check failed." is about the
+    project's state (a partner model not enabled, its terms not accepted, an organization
+    policy: google.rpc's "do not retry until the system state has been fixed"), never the
+    request: it was a bad_request, answered to the client as its own 400 with no failover,
+    though the next model takes the same request."""
+    vertex, _, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
+                                         start_daemon, rsa_key, tmp_path)
+    vertex.push("precondition")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-failoverd-model"] == "vertex/flash"
+    assert raw.headers["x-failoverd-failover"] == "vertex/sonnet>vertex/flash:not_found"
+    assert raw.parse().choices[0].message.content == "Hello from Gemini on Vertex"
+    assert backup.requests == []
+    # the model is out for max_open_seconds; its provider's other models are not
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-failoverd-model"] == "vertex/flash"
+    assert len(vertex.calls("anthropic")) == 1

@@ -103,6 +103,9 @@ ERRORS: dict[str, tuple[int, bytes]] = {
         400, "FAILED_PRECONDITION", f"Project `{PROJECT}` is not allowed to use Publisher Model "
         f"`projects/{PROJECT}/locations/{LOCATION}/publishers/anthropic/models/"
         "claude-sonnet-4-5@20250929`")),
+    # the bare one, for a project's state (a partner model's terms not accepted, an org
+    # policy), whatever the request
+    "precondition": (400, _google(400, "FAILED_PRECONDITION", "Precondition check failed.")),
     "not_found": (404, _google(
         404, "NOT_FOUND", f"Publisher Model `projects/{PROJECT}/locations/{LOCATION}/publishers/"
         "google/models/gemini-9` not found.")),

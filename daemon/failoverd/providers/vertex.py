@@ -129,6 +129,11 @@ def vertex_reason(http_status: int, message: str, status: str, info: str) -> Fai
         return FailureReason.NOT_FOUND
     if info == "BILLING_DISABLED":
         return FailureReason.BILLING
+    if status == "FAILED_PRECONDITION" and "billing" not in low:
+        # the project's state, never the request ("Precondition check failed.": a partner
+        # model not enabled, its terms not accepted, an organization policy), which no
+        # retry cures until someone fixes it: this model is out, the request goes on
+        return FailureReason.NOT_FOUND
     return classify_gemini(http_status, message, status, info)
 
 
