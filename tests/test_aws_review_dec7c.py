@@ -14,9 +14,18 @@ import pytest
 from aiohttp import web
 
 from failoverd import awsprocess
-from failoverd.awscreds import AwsCredentialsError, CredentialProcess, choose_source, open_source
+from failoverd.awscreds import (
+    AssumeRole,
+    AwsCredentialsError,
+    CredentialProcess,
+    SharedFile,
+    SsoRole,
+    choose_source,
+    open_source,
+)
 from failoverd.clock import ManualClock
 from failoverd.http1 import HttpClient
+from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import FakeAws, issued
 from tests.test_aws_profiles_roles import cache, sso_env
 
@@ -108,3 +117,30 @@ async def test_an_sso_token_the_cli_refreshed_meanwhile_serves(
         assert json.loads(fake.cache_file.read_text())["refreshToken"] == "aorFROMTHECLI"
     finally:
         await fake.close()
+
+
+# ------------------------------------------------------------------ botocore's order
+
+
+def test_a_source_profile_with_keys_gives_what_botocore_takes_first(tmp_path: Path) -> None:
+    """botocore resolves a source_profile that has keys with its whole profile chain (SSO,
+    the credentials file's keys, credential_process, the config file's keys: its
+    `_resolve_credentials_from_profile`), not with the keys alone: a credential_process
+    comes before keys in the config file, an SSO role before any keys."""
+    env = home(tmp_path, config=(
+        f"[profile viaprocess]\nrole_arn = {ROLE}\nsource_profile = helper\n"
+        f"[profile helper]\ncredential_process = {sys.executable} -c pass\n" + keys() +
+        f"[profile viasso]\nrole_arn = {ROLE}\nsource_profile = sso\n"
+        "[profile sso]\nsso_start_url = https://corp.awsapps.com/start\n"
+        "sso_region = eu-west-1\nsso_account_id = 111122223333\nsso_role_name = Dev\n"
+        f"[profile viakeys]\nrole_arn = {ROLE}\nsource_profile = both\n"
+        f"[profile both]\ncredential_process = {sys.executable} -c pass\n"),
+        credentials="[sso]\n" + keys("AKIASSOTOO") + "[both]\n" + keys("AKIACREDFILE"))
+    role = choose_source(env, "viaprocess")
+    assert isinstance(role, AssumeRole) and isinstance(role.source, CredentialProcess)
+    role = choose_source(env, "viasso")
+    assert isinstance(role, AssumeRole) and isinstance(role.source, SsoRole)
+    # the credentials file's keys still come before a credential_process
+    role = choose_source(env, "viakeys")
+    assert isinstance(role, AssumeRole) and isinstance(role.source, SharedFile)
+    assert role.source.path.endswith("credentials")

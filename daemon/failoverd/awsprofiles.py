@@ -15,9 +15,11 @@ config file's (botocore's ``Session.full_config``).
 What a profile gives, in botocore's order (its ``create_credential_resolver`` with a profile):
 ``role_arn`` (an assumed role, whatever else the profile holds); ``sso_*`` keys (IAM Identity
 Center); keys in the credentials file; ``credential_process``; keys in the config file.
-A ``source_profile`` with keys gives those keys even when it has a ``role_arn`` too (which is
-how a profile may name itself as its source); one without keys gives what its own profile
-gives, an assumed role included (chained roles). A source profile seen before in the chain is
+A ``source_profile`` with keys gives what the profile gives without its ``role_arn`` (SSO,
+the credentials file's keys, ``credential_process``, the config file's keys: botocore's
+order), even when it has a ``role_arn`` too (which is how a profile may name itself as its
+source); one without keys gives what its own profile gives, an assumed role included (chained
+roles). A source profile seen before in the chain is
 a loop, refused, but for a profile naming itself with keys of its own.
 
 Every problem is an `AwsConfigError` naming the profile, the key and the file.
@@ -333,7 +335,10 @@ class _Resolver:
             raise self._problem(name, "source_profile", "makes a loop: "
                                 f"{' -> '.join((*chain, source_name))}")
         if keys is not None:
-            return keys
+            # botocore resolves a source profile with keys by its whole profile chain (its
+            # `_resolve_credentials_from_profile`): an SSO role or a credential_process may
+            # come before the keys
+            return self._direct(source_name) or keys
         if self._files.profiles[source_name].get("role_arn"):
             return self._role(source_name, chain)  # a chained role
         found = self._direct(source_name)
