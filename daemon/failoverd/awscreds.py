@@ -12,7 +12,10 @@ The chain, in the SDKs' order:
    (`CredentialProcess`, awsprocess.py), an assumed role (`AssumeRole`, awssts.py) or an IAM
    Identity Center role (`SsoRole`, awssso.py). A profile given in the configuration means
    the files: the environment's keys are then not used (as botocore does for a session's
-   explicit profile);
+   explicit profile). ``AWS_WEB_IDENTITY_TOKEN_FILE`` (EKS IAM roles for service accounts,
+   AssumeRoleWithWebIdentity, which the SDKs take after a profile's assumed role and before
+   the rest) is not supported: without a profile given, it is a configuration error rather
+   than another identity;
 3. a container's credential endpoint (ECS task roles, EKS Pod Identity):
    ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (on ``http://169.254.170.2``), else
    ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (https, or http to a loopback address or one of the
@@ -303,6 +306,17 @@ def choose_source(env: Mapping[str, str], profile: str = "", *, region: str = ""
         if fixed is not None:
             return fixed
     found = awsprofiles.profile_source(env, profile, region)
+    if not profile and env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip() and \
+            not isinstance(found, AssumeRole):
+        # the SDKs take it here, after the profile's assumed role (botocore's
+        # AssumeRoleWithWebIdentityProvider heads the profile's sources); passing it over
+        # would sign as another identity (the node's role, the default profile's keys)
+        raise AwsConfigError(
+            "environment variable AWS_WEB_IDENTITY_TOKEN_FILE is set (EKS IAM roles for "
+            "service accounts): the AWS SDKs would assume AWS_ROLE_ARN with its token "
+            "(AssumeRoleWithWebIdentity), which failoverd does not do; give the credentials "
+            "another way (EKS Pod Identity, a profile named with aws_profile, keys) and unset "
+            "AWS_WEB_IDENTITY_TOKEN_FILE for the daemon")
     if found is not None:
         return found
     if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or \
