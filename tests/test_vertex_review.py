@@ -266,3 +266,31 @@ async def test_a_failed_precondition_fails_over(
         model="default", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-failoverd-model"] == "vertex/flash"
     assert len(vertex.calls("anthropic")) == 1
+
+
+# ------------------------------------------------------------------ the project
+
+
+def test_the_project_from_google_cloud_project(rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """google-auth's default() takes the project from GOOGLE_CLOUD_PROJECT (or the older
+    GCLOUD_PROJECT) before the credentials' own: failoverd asked for `project` on a host
+    whose metadata server serves the tokens and whose environment names the project, and
+    billed the key file's project over the one the environment names."""
+    env = {"GCE_METADATA_HOST": "127.0.0.1:9", "GOOGLE_CLOUD_PROJECT": "env-project-1"}
+    body = '[providers.v]\nkind = "vertex"\nregion = "us-east5"\n'
+    assert config.loads(body + MODEL, env=env).providers["v"].project == "env-project-1"
+    legacy = {"GCE_METADATA_HOST": "127.0.0.1:9", "GCLOUD_PROJECT": "legacy-project-1"}
+    assert config.loads(body + MODEL, env=legacy).providers["v"].project == \
+        "legacy-project-1"
+    sa = tmp_path / "sa.json"
+    sa.write_bytes(orjson.dumps(rsa_key.account("https://oauth2.googleapis.com/token")))
+    with_file = body + f'google_credentials_file = "{sa}"\n'
+    assert config.loads(with_file + MODEL, env=env).providers["v"].project == "env-project-1"
+    # the provider's own project wins over all
+    assert config.loads(with_file + 'project = "mine-123"\n' + MODEL,
+                        env=env).providers["v"].project == "mine-123"
+    with pytest.raises(ConfigError) as caught:
+        config.loads(body + MODEL, env={**env, "GOOGLE_CLOUD_PROJECT": "Not A Project"})
+    assert any(p.startswith("providers.v.project: environment variable GOOGLE_CLOUD_PROJECT "
+                            "is no Google Cloud project id") for p in caught.value.problems), \
+        caught.value.problems

@@ -331,7 +331,7 @@ def _location(sec: Section, region: str) -> str:
 def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
                         ) -> tuple[GoogleSource | None, str]:
     """A vertex provider's credentials source (googlecreds.py) and its project: `project`,
-    else the one its credentials file names."""
+    else GOOGLE_CLOUD_PROJECT (GCLOUD_PROJECT), else the one its credentials file names."""
     path = sec.get("google_credentials_file", str, "")
     project = sec.get("project", str, "").strip()
     if kind != "vertex":
@@ -354,6 +354,15 @@ def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
         sec.problem("google_credentials_file" if path.strip() else "", str(exc))
         source = None
     if not project and source is not None:
+        # google-auth's default(): the environment's project before the credentials' own
+        for var in ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+            named = env.get(var, "").strip()
+            if named and not _PROJECT.fullmatch(named):
+                sec.problem("project", f"environment variable {var} is no Google Cloud project "
+                            f"id: {named[:80]!r} (or give project)")
+                return source, ""
+            if named:
+                return source, named
         project = project_of(source)
         if not project:
             why = ("tokens from the metadata server name none" if not path.strip() and
