@@ -5,13 +5,16 @@ fake upstreams speaking OpenAI's wire format."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from failoverd import config as config_mod
+from failoverd.balance import Balancer
 from failoverd.errors import ConfigError
+from failoverd.pools import PoolConfig
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO
 from tests.test_pools import BASE, A, B, C, chat, pooled, served, three
@@ -161,8 +164,6 @@ async def test_count_tokens_takes_no_turn(fake_openai: Any, start_daemon: Any) -
     assert Counter(got) == {A: 2, B: 2}
 
 
-@pytest.mark.xfail(strict=True, reason="api/control.py (not this review's file) lists chains "
-                   "in /v1/models and /v1/status but not pools")
 async def test_pools_are_listed_like_chains(fake_openai: Any, start_daemon: Any) -> None:
     a, b, c = await three(fake_openai)
     d = await start_daemon(pooled(a, b, c))
@@ -283,3 +284,28 @@ async def test_chains_holding_part_of_a_pool_each_spread_their_requests(
         two += await served(d, 1, "two")
     assert Counter(full) == {A: 2, B: 2, C: 2}
     assert Counter(two) == {A: 3, B: 3}
+
+
+def test_the_available_come_first_whichever_are_out() -> None:
+    """Every set of models out, in a pool of four: the order is the turn's order with those
+    available first, each part in its order (the last model's state is asked only when it
+    matters)."""
+    members = ("a", "b", "c", "d")
+    pool = PoolConfig("g", members, "round_robin", (1.0, 2.0, 1.0, 1.0))
+    for r in range(len(members) + 1):
+        for down in itertools.combinations(members, r):
+            asked: list[str] = []
+
+            def available(m: str, down: tuple[str, ...] = down,
+                          asked: list[str] = asked) -> bool:
+                asked.append(m)
+                return m not in down
+
+            balancer = Balancer({"g": pool}, available=available, inflight=lambda _: 0)
+            plain = Balancer({"g": pool}, available=lambda _: True, inflight=lambda _: 0)
+            for _ in range(5):
+                turn = plain.order(members)
+                want = (*[m for m in turn if m not in down], *[m for m in turn if m in down])
+                assert balancer.order(members) == want
+            if not down:
+                assert len(asked) == 5 * 3  # never the last of the four

@@ -78,10 +78,14 @@ class Balancer:
                 # calls under way per weight, as nginx's least_conn; stable: ties keep their turn
                 inflight = self._inflight
                 ranked.sort(key=lambda m: inflight(m) / weight[m])
+        # the available first, each part in its order; while all before the last are
+        # available the order stands, whatever the last is (one query fewer per request)
         available = self._available
-        up = [m for m in ranked if available(m)]
-        if len(up) != len(ranked):
-            ranked = up + [m for m in ranked if m not in up]
+        for k in range(len(ranked) - 1):
+            if not available(ranked[k]):
+                rest = ranked[k + 1:]
+                up = [m for m in rest if available(m)]
+                return [*ranked[:k], *up, ranked[k], *(m for m in rest if m not in up)]
         return ranked
 
     def _round_robin(self, members: Sequence[str], advance: bool) -> list[str]:
