@@ -4,10 +4,12 @@ subprocesses and fake servers on 127.0.0.1 speaking AWS's wire formats."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from aiohttp import web
 
 from failoverd import awsprocess
 from failoverd.awscreds import (
+    FILE_CHECK_EVERY,
     AssumeRole,
     AwsConfigError,
     AwsCredentials,
@@ -26,10 +29,19 @@ from failoverd.awscreds import (
     open_source,
 )
 from failoverd.clock import ManualClock
+from failoverd.config import ModelConfig, ProviderConfig
+from failoverd.errors import UpstreamError
+from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient
+from failoverd.providers.base import AttemptLimits
+from failoverd.providers.bedrock import BedrockProvider
+from tests.fakes.base import fake_fixture
+from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock
 from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import FakeAws, issued
 from tests.test_aws_profiles_roles import cache, sso_env
+
+LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
 
 # ------------------------------------------------------------------ credential_process
 
@@ -176,3 +188,61 @@ def test_an_eks_web_identity_in_the_environment_is_not_passed_over(tmp_path: Pat
     role_env = {**env, **home(tmp_path, config=f"[default]\nrole_arn = {ROLE}\n"
                               "source_profile = named\n")}
     assert isinstance(choose_source(role_env), AssumeRole)
+
+
+# ------------------------------------------------------------------ Bedrock's ExpiredToken
+
+
+@dataclass
+class _RotatingBedrock(FakeBedrock):
+    """The fake Bedrock Runtime, where a call signed with the `old` key waits for `release`
+    and is then refused as expired (the token ran out while it was under way)."""
+
+    old: str = "AKIAOLDROTATED000001"
+    held: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
+    release: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
+
+    async def _converse(self, request: web.Request) -> web.StreamResponse:
+        if f"Credential={self.old}/" in request.headers.get("Authorization", ""):
+            self.held.set()
+            await self.release.wait()
+            return self._error("expired", "")
+        return await super()._converse(request)
+
+
+rotating_bedrock = fake_fixture(_RotatingBedrock, "rotating_bedrock")
+
+
+async def test_an_expired_token_refuses_the_credentials_it_was_signed_with(
+        tmp_path: Path, rotating_bedrock: Callable[..., Awaitable[_RotatingBedrock]],
+        http_client: HttpClient) -> None:
+    """A call signed with the old keys of a rotated credentials file is refused as expired
+    after another call read the new ones: the refusal is of the old keys (the next request
+    has others: `connection`). Before, the adapter told the source that its last signer's
+    keys, the new ones, were refused; the file unchanged since, that meant no others were to
+    be had: `auth`, which blocks every model of the provider for auth_open_seconds."""
+    fake = await rotating_bedrock()
+    path = tmp_path / "credentials"
+    path.write_text("[default]\n" + keys(fake.old, "old-secret"))
+    clock = ManualClock(wall=time.time())
+    cfg = ProviderConfig(name="bedrock", kind="bedrock", base_url=fake.url, region="us-east-1",
+                         aws=SharedFile(str(path), "default"))
+    provider = BedrockProvider(cfg, http_client, clock=clock)
+    model = ModelConfig(id="bedrock/haiku", provider="bedrock",
+                        name="anthropic.claude-3-haiku-20240307-v1:0")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    under_way = asyncio.create_task(provider.complete(body, model, LIMITS))
+    await fake.held.wait()
+    # the helper rotated the file: the next request reads it and signs with the new keys
+    path.write_text("[default]\n" + keys(ACCESS_KEY, SECRET_KEY) + "# rotated\n")
+    clock.advance(FILE_CHECK_EVERY)
+    answer = await provider.complete(body, model, LIMITS)
+    assert answer.body["choices"][0]["message"]["content"] == fake.reply
+    fake.release.set()
+    with pytest.raises(UpstreamError) as err:
+        await under_way
+    assert "ExpiredTokenException" in err.value.message
+    assert err.value.reason is FailureReason.CONNECTION
+    # and the new keys still serve
+    answer = await provider.complete(body, model, LIMITS)
+    assert fake.auth_failures == []

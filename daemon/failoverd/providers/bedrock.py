@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Literal
 from urllib.parse import quote
@@ -296,9 +296,11 @@ class BedrockProvider(Lacking):
         return f"{self._base}/model/{quote(model.name, safe='-._~')}/{operation}"
 
     async def _signed(self, url: str, headers: dict[str, str], data: bytes,
-                      model: str) -> dict[str, str]:
+                      model: str) -> tuple[dict[str, str], AwsCredentials | None]:
+        """The request's headers, signed, and the credentials that signed them (None with an
+        API key): an ExpiredTokenException refuses those, not whichever signed last."""
         if self._credentials is None:
-            return headers
+            return headers, None
         try:
             credentials = await self._credentials.get()
         except AwsCredentialsError as exc:
@@ -313,22 +315,24 @@ class BedrockProvider(Lacking):
                 SERVICE, credentials.session_token, now=self._now))
         tgt = target(url)
         return {**headers, **self._signer[1].sign("POST", url, headers, data,
-                                                  host=tgt.host_header)}
+                                                  host=tgt.host_header)}, credentials
 
     # ------------------------------------------------------------------ errors
 
     def _error(self, status: int | None, raw: bytes, kind: str, model: str, *,
                headers: Any = None, retry_after: float | None = None,
-               content_type: str = "application/json") -> UpstreamError:
+               content_type: str = "application/json",
+               signed_with: AwsCredentials | None = None) -> UpstreamError:
         message, body = error_message(raw)
         kind = kind or error_type(headers, body)
         kind = kind[:1].upper() + kind[1:]  # a stream's throttlingException, as the header's
         reason = classify_error(status, message, kind)
         if kind == "ExpiredTokenException" and self._credentials is not None \
-                and self._signer is not None and self._credentials.refused(self._signer[0]):
+                and signed_with is not None and self._credentials.refused(signed_with):
             # temporary credentials revoked or expired early, or a credentials file rewritten
             # meanwhile: the next request signs with new ones, so this blocks nothing (an
-            # auth block would close every model of the provider for auth_open_seconds)
+            # auth block would close every model of the provider for auth_open_seconds). The
+            # request's own credentials: others may have replaced them while it was under way
             reason = FailureReason.CONNECTION
         if kind == "UnknownOperationException" or (
                 reason is FailureReason.NOT_FOUND and status == 404 and not kind):
@@ -347,11 +351,19 @@ class BedrockProvider(Lacking):
                               model=model, retry_after=retry_after, body=raw,
                               content_type=content_type)
 
-    async def _failure(self, resp: Response, model: str) -> UpstreamError:
-        raw = await read_limited(resp)
-        return self._error(resp.status, raw, "", model, headers=resp.headers,
-                           retry_after=parse_retry_after(resp.headers),
-                           content_type=resp.headers.get("Content-Type", "application/json"))
+    def _failure(self, signed_with: AwsCredentials | None
+                 ) -> Callable[[Response, str], Awaitable[UpstreamError]]:
+        """The reading of a request's error answer, knowing what signed the request."""
+
+        async def failure(resp: Response, model: str) -> UpstreamError:
+            raw = await read_limited(resp)
+            return self._error(resp.status, raw, "", model, headers=resp.headers,
+                               retry_after=parse_retry_after(resp.headers),
+                               content_type=resp.headers.get("Content-Type",
+                                                             "application/json"),
+                               signed_with=signed_with)
+
+        return failure
 
     def _invalid(self, message: str, model: str) -> UpstreamError:
         return upstream_error(FailureReason.INVALID_RESPONSE, message, status=200,
@@ -395,10 +407,10 @@ class BedrockProvider(Lacking):
 
     async def _converse(self, url: str, data: bytes, total: float, connect: float,
                         model: ModelConfig) -> bytes:
-        headers = await self._signed(url, self._headers, data, model.id)
+        headers, signed_with = await self._signed(url, self._headers, data, model.id)
         return await fetch(self._client, "POST", url, headers=headers, data=data, total=total,
-                           connect=connect, failure=self._failure, provider=self.config.name,
-                           model=model.id)
+                           connect=connect, failure=self._failure(signed_with),
+                           provider=self.config.name, model=model.id)
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
@@ -455,16 +467,18 @@ class BedrockProvider(Lacking):
             if messages:
                 return messages
 
-    def _event(self, message: Message, translator: StreamTranslator,
-               model: str) -> list[dict[str, Any]]:
+    def _event(self, message: Message, translator: StreamTranslator, model: str,
+               signed_with: AwsCredentials | None) -> list[dict[str, Any]]:
         kind = message.message_type
         if kind == "exception":
             raise self._error(None, message.payload,
-                              str(message.headers.get(":exception-type") or ""), model)
+                              str(message.headers.get(":exception-type") or ""), model,
+                              signed_with=signed_with)
         if kind == "error":
             text = str(message.headers.get(":error-message") or "")
             raise self._error(None, orjson.dumps({"message": text}),
-                              str(message.headers.get(":error-code") or ""), model)
+                              str(message.headers.get(":error-code") or ""), model,
+                              signed_with=signed_with)
         if kind != "event":
             return []
         event = json_or_none(message.payload)
@@ -501,11 +515,11 @@ class BedrockProvider(Lacking):
         translator = StreamTranslator(
             model.name, include_usage=isinstance(options, dict)
             and bool(options.get("include_usage")))
-        headers = await self._signed(url, self._stream_headers, data, model.id)
+        headers, signed_with = await self._signed(url, self._stream_headers, data, model.id)
         resp = await open_stream(self._client, url, data=data, headers=headers,
                                  first_deadline=first_deadline, connect=limits.connect,
-                                 failure=self._failure, provider=self.config.name,
-                                 model=model.id)
+                                 failure=self._failure(signed_with),
+                                 provider=self.config.name, model=model.id)
         decoder = Decoder()
         clean = False
         # chunks are held back until the model begins its answer (text, a tool call or
@@ -520,7 +534,7 @@ class BedrockProvider(Lacking):
                 if messages is None:
                     break
                 for message in messages:
-                    chunks = self._event(message, translator, model.id)
+                    chunks = self._event(message, translator, model.id, signed_with)
                     if not translator.content_started:
                         held.extend(chunks)
                         continue
