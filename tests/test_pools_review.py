@@ -309,3 +309,20 @@ def test_the_available_come_first_whichever_are_out() -> None:
                 assert balancer.order(members) == want
             if not down:
                 assert len(asked) == 5 * 3  # never the last of the four
+
+
+async def test_the_status_names_the_next_turn_whatever_order_a_chain_lists_the_pool(
+        fake_openai: Any, start_daemon: Any) -> None:
+    """The default chain lists the pool's models in the other order: the turns are the
+    pool's (one cycle for the same models, ties in the pool's order), so /v1/status's "next"
+    is the model the next request gets."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c).replace(
+        f'primary = "{A}"\nfallbacks = ["{B}", "{C}"]',
+        f'primary = "{B}"\nfallbacks = ["{A}", "{C}"]'))
+    got, told = [], []
+    for _ in range(4):
+        told.append((await d.http.get("/v1/status")).json()["pools"]["gpt"]["next"])
+        got += await served(d, 1)
+    assert told == got == [A, B, A, B]
+    assert Counter(await served(d, 4, "gpt")) == {A: 2, B: 2}

@@ -19,8 +19,8 @@ CYCLES_MAX = 256  # round robin cycles kept (sets of a pool's places), before st
 class Balancer:
     """One configuration's pools and whose turn it is in each (a reload starts anew)."""
 
-    __slots__ = ("active", "names", "_available", "_current", "_inflight", "_pool_of", "_rng",
-                 "_weight")
+    __slots__ = ("active", "names", "_available", "_current", "_inflight", "_place", "_pool_of",
+                 "_rng", "_weight")
 
     def __init__(self, pools: Mapping[str, PoolConfig], *,
                  available: Callable[[str], bool], inflight: Callable[[str], int],
@@ -30,6 +30,7 @@ class Balancer:
         # names their models share (router.pool_names); any other names one model
         self.names = names or frozenset(pools)
         self._pool_of = {m: p for p in pools.values() for m in p.models}
+        self._place = {m: i for p in pools.values() for i, m in enumerate(p.models)}
         self._weight = {m: w for p in pools.values() for m, w in zip(p.models, p.weights,
                                                                      strict=True)}
         # smooth weighted round robin: each model's standing, per set of places (_round_robin)
@@ -92,11 +93,12 @@ class Balancer:
         """Smooth weighted round robin (as nginx's upstreams): each turn every model gains its
         weight, the one ahead serves and gives back the total; the rest follow by standing.
 
-        One cycle per set of places (the pool's models a request's candidates hold, in their
-        order): a chain that lists two of a pool's three models spreads its requests over
-        those two, whatever the requests naming all three do. One cycle shared by both sent
-        every request of the first to the same model."""
-        key = tuple(members)
+        One cycle per set of the pool's models a request's candidates hold (in the pool's
+        order, which breaks ties, whatever order a chain lists them in): a chain that lists
+        two of a pool's three models spreads its requests over those two, whatever the
+        requests naming all three do. One cycle shared by both sent every request of the
+        first to the same model."""
+        key = tuple(sorted(members, key=self._place.__getitem__))
         current = self._current.get(key)
         if current is None:
             if len(self._current) >= CYCLES_MAX:  # auto's subsets vary with availability
@@ -104,7 +106,7 @@ class Balancer:
             current = self._current[key] = [0.0] * len(key)
         weight = self._weight
         standing = [c + weight[m] for c, m in zip(current, key, strict=True)]
-        first = max(range(len(key)), key=standing.__getitem__)  # ties: the earlier place
+        first = max(range(len(key)), key=standing.__getitem__)  # ties: the pool's order
         if advance:
             current[:] = standing
             current[first] -= sum(weight[m] for m in key)
