@@ -5,6 +5,7 @@ openssl's keys), and fixed."""
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tests.fakes.vertex import (
     fake_vertex,
     rsa_key,
 )
-from tests.test_vertex_e2e import started
+from tests.test_vertex_e2e import daemon_config, started
 
 __all__ = ["fake_google_auth", "fake_vertex", "rsa_key"]  # the fixtures
 
@@ -194,12 +195,52 @@ async def test_a_metadata_server_that_served_and_then_does_not_answer_is_transie
         await tokens.get()
     assert caught.value.transient, str(caught.value)
     assert "metadata server" in str(caught.value)
-    # never answered: the chain's last resort on a host without one, not transient
-    nowhere = open_source(choose_source({"GCE_METADATA_HOST": "127.0.0.1:1"}),
-                          client=http_client, clock=ManualClock())
+    # never answered, and its name does not resolve: the chain's last resort on a host
+    # without one, not transient (see the test below)
+    if not _resolves("metadata.invalid"):
+        nowhere = open_source(choose_source({"GCE_METADATA_HOST": "metadata.invalid"}),
+                              client=http_client, clock=ManualClock())
+        with pytest.raises(GoogleCredentialsError) as caught:
+            await nowhere.get()
+        assert not caught.value.transient
+
+
+def _resolves(name: str) -> bool:
+    """Whether `name` resolves, or the resolver fails for a moment (EAI_AGAIN): either way
+    no proof that there is no such host here."""
+    try:
+        socket.getaddrinfo(name, 80)
+    except socket.gaierror as exc:
+        return exc.errno == socket.EAI_AGAIN
+    return True
+
+
+async def test_a_metadata_server_not_answering_yet_is_no_auth_block(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]], fake_openai: Any,
+        start_daemon: Any, http_client: HttpClient) -> None:
+    """The metadata server's name resolving (metadata.google.internal on Compute Engine and
+    GKE, or the host GCE_METADATA_HOST names) and its port not answering is a metadata
+    server not ready yet (GKE's, for the first seconds of a pod: Google tells applications
+    to retry), not a host without one: it was `auth`, which closed every model of the
+    provider for auth_open_seconds (an hour by default) from the first call after a pod's
+    start. Now a connection failure; only a name that does not resolve is auth."""
+    tokens = open_source(choose_source({"GCE_METADATA_HOST": "127.0.0.1:1"}),
+                         client=http_client, clock=ManualClock())
     with pytest.raises(GoogleCredentialsError) as caught:
-        await nowhere.get()
-    assert not caught.value.transient
+        await tokens.get()
+    assert caught.value.transient
+    assert "last source of the credential chain" in str(caught.value)
+
+    vertex = await fake_vertex()
+    backup = await fake_openai()
+    d = await start_daemon(daemon_config(vertex, backup, f'project = "{PROJECT}"'),
+                           env={"GCE_METADATA_HOST": "127.0.0.1:1"})
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    assert raw.headers["x-failoverd-failover"] == (
+        "vertex/sonnet>vertex/flash:connection,vertex/flash>backup/gpt:connection")
+    assert vertex.requests == []
 
 
 # ------------------------------------------------------------------ model ids

@@ -12,8 +12,10 @@ Where the credentials come from, in google-auth's order:
    systemd: none);
 3. the GCE metadata server (Compute Engine, GKE, Cloud Run: the attached service account),
    ``metadata.google.internal``, or the host ``GCE_METADATA_HOST`` names. Whether there is one
-   is known only by asking: a host without it fails each call fast (``auth``); once it has
-   answered, not answering is a moment's trouble (`transient`).
+   is known only by asking: on a host where its name does not resolve each call fails
+   fast (``auth``); a name that resolves and a port that does not answer (GKE's metadata
+   server in a pod's first seconds), or not answering after it has answered, is a moment's
+   trouble (`transient`).
 
 Which source serves is decided when the configuration is read (`choose_source`); a file is
 read and checked then (its private key parsed), so a broken one is a configuration error and a
@@ -68,11 +70,15 @@ RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile 
 class GoogleCredentialsError(Exception):
     """No access token now; the message says why (never with a secret). `transient`: a token
     endpoint that did not answer or failed (a timeout, a refused connection, a 5xx or 429,
-    an unreadable answer), which says nothing of the credentials, unlike a refusal."""
+    an unreadable answer), which says nothing of the credentials, unlike a refusal.
+    `no_host`: the endpoint's host name does not resolve (no such host, not a resolver's
+    moment of trouble)."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, no_host: bool = False
+                 ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.no_host = no_host
 
 
 class GoogleConfigError(ValueError):

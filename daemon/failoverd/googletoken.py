@@ -22,6 +22,7 @@ credentials' trouble; a 5xx, a 429, no answer or an unreadable one is the endpoi
 from __future__ import annotations
 
 import base64
+import socket
 from typing import Any
 from urllib.parse import urlencode
 
@@ -88,7 +89,11 @@ async def _call(client: Requester, method: str, url: str, headers: dict[str, str
             raise GoogleCredentialsError(f"{where}: no answer within {seconds:g} s",
                                          transient=True) from None
         if isinstance(exc, HttpClientError | OSError):
-            raise GoogleCredentialsError(f"{where}: {exc}", transient=True) from None
+            cause = exc if isinstance(exc, socket.gaierror) else exc.__cause__
+            raise GoogleCredentialsError(
+                f"{where}: {exc}", transient=True,
+                no_host=isinstance(cause, socket.gaierror)
+                and cause.errno != socket.EAI_AGAIN) from None
         raise
     if len(body) > MAX_ANSWER:
         resp.close()
@@ -188,12 +193,14 @@ async def from_metadata(client: Requester, server: MetadataServer, *,
         if answered:  # it is there: a moment's trouble (google-auth tries five times)
             raise GoogleCredentialsError(f"{where} did not answer: {exc}",
                                          transient=True) from None
-        # the last resort, taken when no credentials file was found: say so. Not transient:
-        # nothing answering here, ever, is a host without one
+        # the last resort, taken when no credentials file was found: say so. A name that
+        # does not resolve is a host without one (auth); one that resolves and does not
+        # answer is one not ready yet (GKE's, in a pod's first seconds): transient
         raise GoogleCredentialsError(
             f"{exc} (the metadata server, the last source of the credential chain: no "
             "google_credentials_file, GOOGLE_APPLICATION_CREDENTIALS or gcloud application "
-            "default credentials were found when the configuration was read)") from None
+            "default credentials were found when the configuration was read)",
+            transient=not exc.no_host, no_host=exc.no_host) from None
     if status == 200 and headers.get("Metadata-Flavor") != "Google":
         raise GoogleCredentialsError(f"{where} answered without Metadata-Flavor: Google (not "
                                      "a metadata server)")
