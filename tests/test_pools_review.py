@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -326,3 +327,32 @@ async def test_the_status_names_the_next_turn_whatever_order_a_chain_lists_the_p
         got += await served(d, 1)
     assert told == got == [A, B, A, B]
     assert Counter(await served(d, 4, "gpt")) == {A: 2, B: 2}
+
+
+async def test_a_reload_that_drops_a_pool_and_its_model_midway(fake_openai: Any,
+                                                               start_daemon: Any) -> None:
+    """A request under way on key2 when a reload removes the pool and key2: it ends on the
+    configuration it started with; the requests after go to key1 alone, and a reload that
+    brings the pool back spreads them again, its turns anew."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c))
+    text = Path(d.sup.config_path).read_text()
+    assert await served(d, 1) == [A]
+    b.push("slow:0.3")
+    under_way = asyncio.create_task(chat(d))  # key2's turn
+
+    async def on_key2() -> None:
+        while not b.chat_requests():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(on_key2(), 5)
+    Path(d.sup.config_path).write_text(
+        text.replace(f'[pools.gpt]\nmodels = ["{A}", "{B}"]\n', "")
+        .replace(f'[models."{B}"]\nprovider = "key2"\nname = "gpt-5"\n', "")
+        .replace(f'fallbacks = ["{B}", "{C}"]', f'fallbacks = ["{C}"]'))
+    assert (await d.http.post("/v1/reload")).status_code == 200
+    assert await served(d, 3) == [A, A, A]
+    assert (await under_way).headers["x-failoverd-model"] == B
+    Path(d.sup.config_path).write_text(text)
+    assert (await d.http.post("/v1/reload")).status_code == 200
+    assert await served(d, 2) == [A, B]
