@@ -356,3 +356,17 @@ async def test_a_reload_that_drops_a_pool_and_its_model_midway(fake_openai: Any,
     Path(d.sup.config_path).write_text(text)
     assert (await d.http.post("/v1/reload")).status_code == 200
     assert await served(d, 2) == [A, B]
+
+
+async def test_auto_routing_spreads_over_a_pool_in_its_tier(fake_openai: Any,
+                                                            start_daemon: Any) -> None:
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c)
+                           .replace('name = "gpt-5"\n', 'name = "gpt-5"\ntier = "small"\n')
+                           .replace('name = "claude"\n', 'name = "claude"\ntier = "large"\n'))
+    got = await served(d, 4, "auto")
+    assert Counter(got) == {A: 2, B: 2}
+    assert (await d.http.post(f"/v1/models/{A}/open", json={})).status_code == 200
+    resp = await chat(d, "auto")
+    assert resp.headers["x-failoverd-model"] == B
+    assert "x-failoverd-failover" not in resp.headers
