@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -246,3 +247,31 @@ async def test_an_expired_token_refuses_the_credentials_it_was_signed_with(
     # and the new keys still serve
     answer = await provider.complete(body, model, LIMITS)
     assert fake.auth_failures == []
+
+
+async def test_an_sso_cache_file_caught_half_written_is_transient(
+        tmp_path: Path, http_client: HttpClient) -> None:
+    """The AWS CLI writes its token cache in place (botocore's JSONFileCache: truncate, then
+    write): read at that moment the file is empty or cut. That says nothing of the login: a
+    `connection` failure, asked again shortly, not an `auth` one blocking the provider's
+    models with advice to log in. A file that stays unreadable is still the login's."""
+    clock = ManualClock(wall=time.time())
+    fake = await FakeAws(now=clock.time).start()
+    try:
+        env = sso_env(tmp_path, fake)
+        path = cache(tmp_path, "corp", "aoaLOGGEDIN", clock.time() + 3600)
+        path.write_text(path.read_text()[:40])  # caught between the truncate and the write
+        creds = open_source(choose_source(env, "dev"), client=http_client, clock=clock)
+        with pytest.raises(AwsCredentialsError) as err:
+            await creds.get()
+        assert err.value.transient, str(err.value)
+        # still so a minute later: a broken file, for the operator
+        old = clock.time() - 60
+        os.utime(path, (old, old))
+        clock.advance(10)
+        with pytest.raises(AwsCredentialsError) as err:
+            await creds.get()
+        assert not err.value.transient
+        assert str(err.value).endswith("run `aws sso login --profile dev`")
+    finally:
+        await fake.close()

@@ -5,7 +5,9 @@ gets them:
    of the ``sso-session``'s name, or of the start URL for a legacy profile): ``accessToken``,
    ``expiresAt`` and, for an ``sso-session``, ``clientId``, ``clientSecret``,
    ``registrationExpiresAt`` and ``refreshToken``. Read at every fetch, so a login after the
-   daemon started is seen;
+   daemon started is seen. The AWS CLI writes it in place (truncate, then write): a file
+   that is no JSON and was modified within `WRITING` seconds is taken as being written
+   (transient), one that stays so as the operator's to fix (log in again);
 2. ``GET <portal>/federation/credentials?role_name=..&account_id=..`` with the token in
    ``x-amz-sso_bearer_token`` (the portal is ``https://portal.sso.<sso_region>.amazonaws.com``
    or ``AWS_ENDPOINT_URL_SSO``), answering ``{"roleCredentials": {"accessKeyId",
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 SSO_TIMEOUT = 10.0  # seconds for one call to the portal or to OIDC
 REFRESH_WINDOW = 15 * 60.0  # a token this close to its expiry is refreshed (botocore's)
 MAX_CACHE = 64 * 1024
+# a cache file this recent (seconds) that is no JSON is being written: transient
+WRITING = 5.0
 # one refresh per token file at a time: two roles of one sso-session share its token, and a
 # refresh token may serve once
 _refreshing: dict[str, asyncio.Lock] = {}
@@ -72,10 +76,11 @@ def _time(value: object) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _read_cache(source: SsoRole) -> dict[str, Any]:
+def _read_cache(source: SsoRole, now: float) -> dict[str, Any]:
     path = source.cache
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             raise AwsCredentialsError(f"the SSO token cache {path} is not a regular file")
         with open(path, "rb") as f:
             raw = f.read(MAX_CACHE + 1)
@@ -90,6 +95,11 @@ def _read_cache(source: SsoRole) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
+        if abs(now - st.st_mtime) < WRITING:
+            # the AWS CLI writes the file in place (truncates, then writes): caught between
+            # the two, it is no sign of the login; read again at the next fetch
+            raise AwsCredentialsError(f"the SSO token cache {path} is being written (no JSON "
+                                      "object yet)", transient=True)
         raise AwsCredentialsError(f"the SSO token cache {path} is no JSON object: "
                                   f"{_login(source)}")
     return data
@@ -114,7 +124,7 @@ async def _token(client: HttpClient, source: SsoRole, clock: Clock) -> str:
     can be."""
     lock = _refreshing.setdefault(source.cache, asyncio.Lock())
     async with lock:
-        data = _read_cache(source)
+        data = _read_cache(source, clock.time())
         token, expires = data.get("accessToken"), _time(data.get("expiresAt"))
         if not isinstance(token, str) or not token or control(token) or expires is None:
             raise AwsCredentialsError(f"the SSO token cache {source.cache} has no accessToken "
@@ -150,7 +160,7 @@ async def _token(client: HttpClient, source: SsoRole, clock: Clock) -> str:
 def _rewritten(source: SsoRole, token: str, now: float) -> str | None:
     """The cache file's token when it is no longer `token` and is valid at `now`."""
     try:
-        data = _read_cache(source)
+        data = _read_cache(source, now)
     except AwsCredentialsError:
         return None
     newer, expires = data.get("accessToken"), _time(data.get("expiresAt"))
