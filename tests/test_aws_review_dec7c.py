@@ -275,3 +275,82 @@ async def test_an_sso_cache_file_caught_half_written_is_transient(
         assert str(err.value).endswith("run `aws sso login --profile dev`")
     finally:
         await fake.close()
+
+
+# ------------------------------------------------------------------ a caller's cancellation
+
+_SLOW = '''
+import json, pathlib, sys, time
+runs = pathlib.Path(sys.argv[1])
+runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))
+time.sleep(1.0)  # a helper that asks a vault over the network
+print(json.dumps({"Version": 1, "AccessKeyId": "ASIASLOWHELPER000001",
+                  "SecretAccessKey": "slow/Secret+Key" + "0" * 25, "SessionToken": "slow"}))
+'''
+
+
+async def test_a_fetch_outlives_the_request_that_started_it(tmp_path: Path,
+                                                            http_client: HttpClient) -> None:
+    """A credential_process slower than the attempts that wait for it (their first-token
+    limit, a client's deadline, a client gone): each attempt's end cancelled the fetch, killing
+    the command, and the next attempt started it again, so credentials never came. The fetch
+    now goes on by itself; later requests join it, and it serves them when done."""
+    script, runs = tmp_path / "slow.py", tmp_path / "runs"
+    script.write_text(_SLOW)
+    creds = open_source(CredentialProcess("p", (sys.executable, str(script), str(runs))),
+                        client=http_client, clock=ManualClock(wall=time.time()))
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):  # an attempt's limit
+                await creds.get()
+    got = await creds.get()
+    assert got.access_key_id == "ASIASLOWHELPER000001"
+    assert runs.read_text() == "1"  # one run, which the cancelled attempts did not kill
+
+
+@dataclass
+class _SlowOidc(FakeAws):
+    """OIDC that has spent the refresh token (and issued the next) before its answer, which
+    waits for `release`."""
+
+    held: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
+    release: asyncio.Event = field(default_factory=asyncio.Event, kw_only=True)
+
+    async def _oidc(self, request: web.Request) -> web.Response:
+        answer = await super()._oidc(request)
+        self.held.set()
+        await self.release.wait()
+        return answer
+
+
+async def test_a_cancelled_request_does_not_lose_the_refreshed_sso_token(
+        tmp_path: Path, http_client: HttpClient) -> None:
+    """The request whose fetch refreshes the SSO token is cancelled while OIDC answers: OIDC
+    has spent the old refresh token. Before, the call was dropped with the new token and its
+    refresh token, so the next request refreshed with the spent one, was refused, and the
+    operator had to log in again. Now the refresh completes and the cache file has it."""
+    clock = ManualClock(wall=time.time())
+    fake = await _SlowOidc(now=clock.time, sso_roles={("111122223333", "BedrockUser")},
+                           refresh={("client-1", "client-secret-1", "aorONCE")}).start()
+    try:
+        env = sso_env(tmp_path, fake)
+        registration = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                     time.gmtime(clock.time() + 86400 * 80))
+        path = cache(tmp_path, "corp", "aoaEXPIRED", clock.time() - 60, clientId="client-1",
+                     clientSecret="client-secret-1", refreshToken="aorONCE",
+                     registrationExpiresAt=registration)
+        creds = open_source(choose_source(env, "dev"), client=http_client, clock=clock)
+        request = asyncio.create_task(creds.get())
+        await fake.held.wait()
+        request.cancel()  # its client went away
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        fake.release.set()
+        got = await creds.get()
+        assert got.access_key_id == issued(1)[0]
+        assert len(fake.oidc_calls) == 1
+        written = json.loads(path.read_text())
+        assert written["refreshToken"] == "aorFAKErefreshToken1"
+    finally:
+        fake.release.set()
+        await fake.close()

@@ -482,8 +482,12 @@ class RefreshingCredentials:
     """Temporary credentials from an endpoint, fetched again `REFRESH_AHEAD` seconds before
     they expire (on `clock`'s wall time).
 
-    One fetch at a time: calls that find one under way while the current credentials still
-    serve use those without waiting; others wait for it and share its outcome. A failed
+    One fetch at a time, a task of its own: calls that find one under way while the current
+    credentials still serve use those without waiting; others wait for it and share its
+    outcome. A caller cancelled (its attempt's time limit, its client gone) leaves the fetch
+    running: a source slower than one attempt (a credential_process asking a vault, an SSO
+    token refresh whose new refresh token must reach the cache file) would otherwise be
+    cancelled, and started again, by every request. A failed
     refresh keeps the current credentials until they expire (with a warning) and is tried
     again after `RETRY_KEEPING` seconds, or when they expired if that is sooner; with none to
     serve, calls fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is
@@ -496,7 +500,7 @@ class RefreshingCredentials:
         self._fetch = fetch
         self._clock = clock
         self._what = what
-        self._lock = asyncio.Lock()
+        self._flight: asyncio.Task[AwsCredentials] | None = None
         self._credentials: AwsCredentials | None = None
         self._next_try = 0.0  # monotonic time before which the endpoint is not asked again
         # the last fetch's error while it counts: its text and whether it is transient (not
@@ -527,11 +531,23 @@ class RefreshingCredentials:
         if creds is not None:
             return creds
         current = self._credentials
-        if self._lock.locked() and current is not None and current.expires is not None \
+        if self._flight is not None and current is not None and current.expires is not None \
                 and now < current.expires:
             return current  # a refresh is under way; these still serve
-        async with self._lock:
-            return await self._refresh()
+        if self._flight is None:
+            self._flight = asyncio.create_task(self._refresh(), name=f"fetch {self._what}")
+            self._flight.add_done_callback(self._landed)
+        try:
+            return await asyncio.shield(self._flight)
+        except AwsCredentialsError as exc:
+            # each caller its own error: one raised in many tasks gathers their tracebacks
+            raise AwsCredentialsError(str(exc), transient=exc.transient) from None
+
+    def _landed(self, flight: asyncio.Task[AwsCredentials]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: its callers may all be gone
 
     async def _refresh(self) -> AwsCredentials:
         now, mono = self._clock.time(), self._clock.monotonic()
