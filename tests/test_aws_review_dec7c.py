@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.bedrock import BedrockProvider
-from tests.fakes.base import fake_fixture
+from tests.fakes.base import fake_fixture, serve_app
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock
 from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import FakeAws, issued
@@ -354,3 +354,50 @@ async def test_a_cancelled_request_does_not_lose_the_refreshed_sso_token(
     finally:
         fake.release.set()
         await fake.close()
+
+
+# ------------------------------------------------------------------ secrets echoed back
+
+
+async def _echo(request: web.Request) -> web.Response:
+    """A gateway's error page that shows the request it refused, headers and body."""
+    lines = [f"{k}: {v}" for k, v in request.headers.items()]
+    return web.Response(status=400, text="Bad request\n" + "\n".join(lines) + "\n\n" +
+                        (await request.text()))
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/", _echo)
+    app.router.add_post("/token", _echo)
+    runner, port = await serve_app(app)
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_sts_and_oidc_errors_that_echo_the_request_show_no_secret(
+        tmp_path: Path, echo_url: str, http_client: HttpClient) -> None:
+    """An endpoint (AWS_ENDPOINT_URL_STS / _SSO_OIDC: a gateway, a VPC endpoint's proxy)
+    whose error echoes the request: the source's session token (STS) and the client secret and
+    refresh token (OIDC) are masked in the error, as the container endpoint's token and the
+    SSO portal's bearer token are."""
+    clock = ManualClock(wall=time.time())
+    session = "FwoGZXIvYXdzSESSIONtokenOfTheSource"
+    env = {**home(tmp_path, config=f"[profile r]\nrole_arn = {ROLE}\nsource_profile = s\n",
+                  credentials="[s]\n" + keys() + f"aws_session_token = {session}\n"),
+           "AWS_ENDPOINT_URL_STS": echo_url}
+    creds = open_source(choose_source(env, "r"), client=http_client, clock=clock)
+    with pytest.raises(AwsCredentialsError) as err:
+        await creds.get()
+    assert "HTTP 400" in str(err.value) and session[:12] not in str(err.value)
+    env = {**sso_env(tmp_path, FakeAws()), "AWS_ENDPOINT_URL_SSO_OIDC": echo_url}
+    registration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.time() + 86400))
+    cache(tmp_path, "corp", "aoaEXPIRED", clock.time() - 60, clientId="client-1",
+          clientSecret="theClientSecretOfTheRegistration",
+          refreshToken="aorTheRefreshTokenOfTheLogin", registrationExpiresAt=registration)
+    creds = open_source(choose_source(env, "dev"), client=http_client, clock=clock)
+    with pytest.raises(AwsCredentialsError) as err:
+        await creds.get()
+    assert "HTTP 400" in str(err.value)
+    assert "theClientSecret" not in str(err.value) and "aorTheRefresh" not in str(err.value)

@@ -189,6 +189,9 @@ async def _refresh(client: HttpClient, source: SsoRole, data: dict[str, Any],
                              SSO_TIMEOUT, body)
     where = f"the SSO OIDC CreateToken call for profile [{source.profile}]"
     if status != 200:
+        # an endpoint's error page may echo the request: its secrets go no further than here
+        for secret in (data["clientSecret"], data["refreshToken"]):
+            raw = raw.replace(secret.encode(), b"***")
         said = _oidc_error(raw) or refusal(status, raw)
         raise AwsCredentialsError(f"{where} refused: HTTP {status}: {said}",
                                   transient=failed(status))

@@ -122,6 +122,10 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
         fresh = parse_answer(body, where)
         logger.info("AWS credentials: assumed %s as %s", source.role_arn, fresh.access_key_id)
         return fresh
+    # an endpoint's error page may echo the request: its secrets go no further than here
+    for secret in (signing.session_token, signing.secret_access_key):
+        if secret:
+            body = body.replace(secret.encode(), b"***")
     code, message = _error(status, body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")
