@@ -401,3 +401,20 @@ async def test_sts_and_oidc_errors_that_echo_the_request_show_no_secret(
         await creds.get()
     assert "HTTP 400" in str(err.value)
     assert "theClientSecret" not in str(err.value) and "aorTheRefresh" not in str(err.value)
+
+
+async def test_a_failing_commands_stderr_cut_inside_a_secret_shows_none_of_it(
+        tmp_path: Path) -> None:
+    """Only the end of standard error is kept: when that end begins inside a secret, the
+    secret's tail has neither its key's name nor the length of a base64 run to be masked by.
+    A message in Japanese (3 bytes a character) has all of the kept end quoted."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nsys.stderr.write('aws_secret_access_key=" + secret +
+                      "\\n' + '\\u30a8' * 334)\nsys.exit(1)\n")
+    source = CredentialProcess("p", (sys.executable, str(script)))
+    with pytest.raises(AwsCredentialsError) as err:
+        await awsprocess.run(source, ManualClock())
+    text = str(err.value)
+    assert "exited with 1" in text and "\u30a8" * 10 in text
+    assert secret[-12:] not in text, text

@@ -93,13 +93,21 @@ async def _read(stream: asyncio.StreamReader | None, limit: int, keep_tail: bool
     `keep_tail`, reading on to the end)."""
     if stream is None:
         return b""
-    kept = b""
+    kept, cut = b"", False
     while chunk := await stream.read(65536):
         kept += chunk
         if len(kept) > limit:
             if not keep_tail:
                 return kept[:limit + 1]
-            kept = kept[-limit:]
+            kept, cut = kept[-limit:], True
+    if cut:
+        # the end kept may begin inside a secret, a piece too short to look like one, its
+        # key's name cut off: it starts at the next line (else the next word)
+        at = kept.find(b"\n")
+        if at < 0:
+            space = re.search(rb"\s", kept)
+            at = space.start() if space else len(kept)
+        kept = b"..." + kept[at:]
     return kept
 
 
