@@ -39,7 +39,9 @@ async def count_tokens(request: web.Request) -> web.Response:
         # the endpoint's body has no max_tokens (Anthropic refuses one): any checks the rest
         body = ANTHROPIC.canonical({**raw, "max_tokens": 1})
         session = request.headers.get("x-failoverd-session")
-        route = svc.route(rt, body, pinned(request), normalize_key(session) if session else None)
+        # which model would serve: a count is no request, so it takes no pool's turn
+        route = svc.route(rt, body, pinned(request), normalize_key(session) if session else None,
+                          preview=True)
     except RequestError as exc:
         svc.metrics.rejected("bad_input")
         return ANTHROPIC.error(exc.status, "invalid_request_error", exc.message, exc.code,
