@@ -39,8 +39,10 @@ from failoverd.providers.bedrock import BedrockProvider
 from tests.fakes.base import fake_fixture, serve_app
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock
 from tests.test_aws_profiles import ROLE, home, keys
-from tests.test_aws_profiles_fake import FakeAws, issued
+from tests.test_aws_profiles_fake import FakeAws, fake_aws, issued
 from tests.test_aws_profiles_roles import cache, sso_env
+
+__all__ = ["fake_aws"]  # the fixture
 
 LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
 
@@ -418,3 +420,27 @@ async def test_a_failing_commands_stderr_cut_inside_a_secret_shows_none_of_it(
     text = str(err.value)
     assert "exited with 1" in text and "\u30a8" * 10 in text
     assert secret[-12:] not in text, text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes a file's owner: needs root")
+async def test_a_refreshed_sso_token_keeps_the_cache_files_owner(
+        tmp_path: Path, fake_aws: Callable[..., Awaitable[FakeAws]],
+        http_client: HttpClient) -> None:
+    """A daemon run as root with the user's HOME (sudo -E) refreshes the user's token: the
+    file it writes in place of the user's must stay the user's, or the user's own aws CLI
+    can no longer read its SSO cache (0600, now root's). botocore writes the file in place,
+    which keeps its owner."""
+    clock = ManualClock(wall=time.time())
+    fake = await fake_aws(now=clock.time, sso_roles={("111122223333", "BedrockUser")},
+                          refresh={("client-1", "client-secret-1", "aorOLD")})
+    env = sso_env(tmp_path, fake)
+    registration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.time() + 86400))
+    path = cache(tmp_path, "corp", "aoaOLD", clock.time() + 60, clientId="client-1",
+                 clientSecret="client-secret-1", refreshToken="aorOLD",
+                 registrationExpiresAt=registration)
+    os.chown(path, 4321, 4322)
+    creds = open_source(choose_source(env, "dev"), client=http_client, clock=clock)
+    assert (await creds.get()).access_key_id == issued(1)[0]
+    st = path.stat()
+    assert json.loads(path.read_text())["accessToken"] == "aoaFAKEaccessToken1"
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4321, 4322, 0o600)

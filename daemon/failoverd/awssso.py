@@ -106,10 +106,16 @@ def _read_cache(source: SsoRole, now: float) -> dict[str, Any]:
 
 
 def _write_cache(path: str, data: dict[str, Any]) -> None:
-    """Replaces the cache file at once (the AWS CLI may read it meanwhile), mode 0600."""
+    """Replaces the cache file at once (the AWS CLI may read it meanwhile), mode 0600, with
+    its owner: a daemon run as root with a user's HOME must not leave the user a token cache
+    it cannot read (botocore, writing in place, keeps the owner)."""
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".failoverd-", suffix=".json")
     try:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fd, st.st_uid, st.st_gid)  # root may; anyone else keeps their own
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)
