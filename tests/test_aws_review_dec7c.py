@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -37,12 +38,15 @@ from failoverd.http1 import HttpClient
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.bedrock import BedrockProvider
 from tests.fakes.base import fake_fixture, serve_app
-from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock
+from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
 from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import FakeAws, fake_aws, issued
 from tests.test_aws_profiles_roles import cache, sso_env
+from tests.test_bedrock_creds import with_profile
+from tests.test_bedrock_e2e import daemon_config
+from tests.test_provider_bedrock import HELLO, MODEL
 
-__all__ = ["fake_aws"]  # the fixture
+__all__ = ["fake_aws", "fake_bedrock"]  # the fixtures
 
 LIMITS = AttemptLimits(total=5, connect=2, first_token=5, idle=5)
 
@@ -285,7 +289,7 @@ _SLOW = '''
 import json, pathlib, sys, time
 runs = pathlib.Path(sys.argv[1])
 runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))
-time.sleep(1.0)  # a helper that asks a vault over the network
+time.sleep(0.6)  # a helper that asks a vault over the network
 print(json.dumps({"Version": 1, "AccessKeyId": "ASIASLOWHELPER000001",
                   "SecretAccessKey": "slow/Secret+Key" + "0" * 25, "SessionToken": "slow"}))
 '''
@@ -303,7 +307,7 @@ async def test_a_fetch_outlives_the_request_that_started_it(tmp_path: Path,
                         client=http_client, clock=ManualClock(wall=time.time()))
     for _ in range(2):
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.3):  # an attempt's limit
+            async with asyncio.timeout(0.2):  # an attempt's limit
                 await creds.get()
     got = await creds.get()
     assert got.access_key_id == "ASIASLOWHELPER000001"
@@ -444,3 +448,49 @@ async def test_a_refreshed_sso_token_keeps_the_cache_files_owner(
     st = path.stat()
     assert json.loads(path.read_text())["accessToken"] == "aoaFAKEaccessToken1"
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4321, 4322, 0o600)
+
+
+_SLOW_KEYS = '''
+import json, pathlib, sys, time
+runs = pathlib.Path(sys.argv[1])
+runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))
+time.sleep(0.6)
+print(json.dumps({"Version": 1, "AccessKeyId": sys.argv[2], "SecretAccessKey": sys.argv[3]}))
+'''
+
+
+async def test_daemon_streams_once_a_slow_credential_process_is_done(
+        tmp_path: Path, fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_openai: Any, start_daemon: Any) -> None:
+    """A stream's first-token limit (0.2 s) is shorter than the profile's credential_process
+    (0.6 s): the attempt that started the command gives up and fails over, and the command
+    goes on. A request for the same provider's patient model joins that one run and is
+    served by it (before: the cancelled attempt killed the command, and each request started
+    its own)."""
+    fake, backup = await fake_bedrock(), await fake_openai()
+    script, runs = tmp_path / "slow.py", tmp_path / "runs"
+    script.write_text(_SLOW_KEYS)
+    env = home(tmp_path, config=f"[profile slow]\ncredential_process = {sys.executable} "
+               f"{script} {runs} {ACCESS_KEY} {SECRET_KEY}\n")
+    body = with_profile(daemon_config(fake, backup.url), "slow").replace(
+        'context_window = 200000\ncapabilities = ["tools", "vision"]\n[models."backup/gpt"]',
+        'context_window = 200000\ncapabilities = ["tools", "vision"]\nfirst_token_timeout = '
+        f'0.2\n[models."bedrock/patient"]\nprovider = "bedrock"\nname = "{MODEL.name}"\n'
+        '[models."backup/gpt"]', 1)
+    d = await start_daemon(body, env=env)
+
+    async def stream(model: str) -> Any:
+        return await d.http.post("/v1/chat/completions", json={
+            "model": model, "messages": HELLO["messages"], "stream": True})
+
+    hurried = await stream("default")
+    assert hurried.status_code == 200
+    assert hurried.headers["x-failoverd-failover"] == "bedrock/sonnet>backup/gpt:timeout"
+    patient = await stream("bedrock/patient")
+    assert patient.status_code == 200 and patient.headers["x-failoverd-model"] == \
+        "bedrock/patient"
+    deltas = [json.loads(line[6:]) for line in patient.text.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in deltas
+                   if c["choices"]) == fake.reply
+    assert runs.read_text() == "1" and fake.auth_failures == []
