@@ -335,3 +335,20 @@ def test_the_project_from_google_cloud_project(rsa_key: ServiceKey, tmp_path: Pa
     assert any(p.startswith("providers.v.project: environment variable GOOGLE_CLOUD_PROJECT "
                             "is no Google Cloud project id") for p in caught.value.problems), \
         caught.value.problems
+
+
+
+def test_a_bad_project_and_a_bad_credentials_file_are_both_reported() -> None:
+    """A malformed `project` ended the provider's checks: a missing credentials file was
+    reported only at the next load, after the project was fixed (every problem of a
+    configuration is reported at once, by key path)."""
+    with pytest.raises(ConfigError) as caught:
+        config.loads('[providers.v]\nkind = "vertex"\nregion = "us-east5"\n'
+                     'project = "Bad Project"\ngoogle_credentials_file = "/nope/sa.json"\n'
+                     + MODEL, env={})
+    problems = caught.value.problems
+    assert any(p.startswith("providers.v.project: must be a Google Cloud project id")
+               for p in problems), problems
+    assert "providers.v.google_credentials_file: /nope/sa.json does not exist" in problems, \
+        problems
+    assert not any("is required" in p for p in problems), problems

@@ -344,15 +344,17 @@ def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
                     "GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default "
                     "credentials or the metadata server)")
         return None, project
-    if sec.has("project") and not _PROJECT.fullmatch(project):
+    bad_project = sec.has("project") and not _PROJECT.fullmatch(project)
+    if bad_project:
         sec.problem("project", "must be a Google Cloud project id such as \"my-project-123\" "
                     f"(or its number), got {project!r}")
-        return None, ""
     try:
         source: GoogleSource | None = choose_google_source(env, path.strip())
     except GoogleConfigError as exc:
         sec.problem("google_credentials_file" if path.strip() else "", str(exc))
         source = None
+    if bad_project:  # the credentials are still read: every problem in one load
+        return source, ""
     if not project and source is not None:
         # google-auth's default(): the environment's project before the credentials' own
         for var in ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
