@@ -352,3 +352,23 @@ def test_a_bad_project_and_a_bad_credentials_file_are_both_reported() -> None:
     assert "providers.v.google_credentials_file: /nope/sa.json does not exist" in problems, \
         problems
     assert not any("is required" in p for p in problems), problems
+
+
+
+async def test_a_cancelled_operation_is_the_backends_and_fails_over(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
+        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """Vertex answers 499 CANCELLED "The operation was cancelled." (reason backendError)
+    when its backend gives up under load: not the client's cancelling (failoverd's own
+    would never be read), and no fault of the request. As a 4xx it was a bad_request,
+    answered to the client with no retry and no failover."""
+    vertex, _, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
+                                         start_daemon, rsa_key, tmp_path)
+    vertex.push("cancelled", "cancelled")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "hi"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" async for c in raw.parse() if c.choices)
+    assert text == "Hello from Gemini on Vertex"
+    assert raw.headers["x-failoverd-failover"] == "vertex/sonnet>vertex/flash:server_error"
+    assert backup.requests == []

@@ -112,6 +112,8 @@ ERRORS: dict[str, tuple[int, bytes]] = {
     "context": (400, _google(
         400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum number of "
         "tokens allowed (1048576).")),
+    # the backend giving up under load (a one-element list, as the streaming calls frame it)
+    "cancelled": (499, b"[" + _google(499, "CANCELLED", "The operation was cancelled.") + b"]"),
     "unavailable": (503, _google(503, "UNAVAILABLE", "The service is currently unavailable.")),
     "internal": (500, _google(500, "INTERNAL", "Internal error encountered.")),
     # Claude's own error, passed through by Vertex

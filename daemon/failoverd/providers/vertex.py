@@ -129,6 +129,10 @@ def vertex_reason(http_status: int, message: str, status: str, info: str) -> Fai
         return FailureReason.NOT_FOUND
     if info == "BILLING_DISABLED":
         return FailureReason.BILLING
+    if status == "CANCELLED" or http_status == 499:
+        # "The operation was cancelled." (reason backendError): Vertex's backend giving up
+        # under load; failoverd's own cancelling is never read back as an answer
+        return FailureReason.SERVER_ERROR
     if status == "FAILED_PRECONDITION" and "billing" not in low:
         # the project's state, never the request ("Precondition check failed.": a partner
         # model not enabled, its terms not accepted, an organization policy), which no
