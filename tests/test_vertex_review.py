@@ -368,7 +368,8 @@ async def test_a_cancelled_operation_is_the_backends_and_fails_over(
     vertex.push("cancelled", "cancelled")
     raw = await d.openai.chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": "hi"}], stream=True)
-    text = "".join(c.choices[0].delta.content or "" async for c in raw.parse() if c.choices)
-    assert text == "Hello from Gemini on Vertex"
+    chunks = [c async for c in raw.parse()]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        "Hello from Gemini on Vertex"
     assert raw.headers["x-failoverd-failover"] == "vertex/sonnet>vertex/flash:server_error"
     assert backup.requests == []
