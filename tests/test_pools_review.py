@@ -148,9 +148,6 @@ async def test_least_busy_weighs_the_calls_under_way(fake_openai: Any,
     await asyncio.gather(*held)
 
 
-@pytest.mark.xfail(strict=True, reason="api/count_tokens.py (not this review's file) routes "
-                   "with svc.route(...) instead of svc.route(..., preview=True): each count "
-                   "takes a turn")
 async def test_count_tokens_takes_no_turn(fake_openai: Any, start_daemon: Any) -> None:
     """An Anthropic client counts its tokens before each message: the count is a question
     about the request, so it takes no turn, or every message would go to the same key."""
@@ -249,10 +246,6 @@ async def test_turns_are_fair_under_concurrency(fake_openai: Any, start_daemon: 
     assert Counter(r.headers["x-failoverd-model"] for r in replies) == {A: 30, B: 10}
 
 
-@pytest.mark.xfail(strict=True, reason="service._put_first / _session_order (outside this "
-                   "review's functions) put a pinned chain's models first in the chain's "
-                   "order after the pool's hashing, and the sticky check compares against "
-                   "that head: re-ranking in route alone would break sticky failovers")
 async def test_sessions_pinned_to_a_chain_are_spread_over_its_pool(
         fake_openai: Any, start_daemon: Any) -> None:
     """Sessions pinned to a chain that holds a pool are hashed over the pool as the sessions

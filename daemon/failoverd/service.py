@@ -216,7 +216,7 @@ class Service:
                 candidates[:cut], keep_first=_names_a_model(rt, requested),
                 session=session or None, advance=not preview) + candidates[cut:]
         if session and not pin:
-            candidates = self._session_order(cfg, session, candidates)
+            candidates = self._session_order(rt, session, candidates)
         if pin:
             candidates = candidates[:1]
         if skipped:  # a model auto skipped but a session put first (or a chain holds) is tried
@@ -265,15 +265,22 @@ class Service:
                                            advance=not preview) + candidates[cut:]
         return candidates[:1] if pin else candidates
 
-    def _session_order(self, cfg: Config, key: str,
+    def _session_order(self, rt: Runtime, key: str,
                        candidates: tuple[str, ...]) -> tuple[str, ...]:
-        """A session's pinned preference first; then its sticky fallback, but only for
-        requests that start where the session failed over from (others are not redirected)."""
+        """A session's pinned preference first (a chain's pool places filled for the session,
+        as for a request naming the chain); then its sticky fallback, but only for requests
+        that start where the session failed over from (others are not redirected)."""
+        cfg = rt.config
         state = self.sessions.get(key)
         if state is None:
             return candidates
         if state.preference is not None:
             candidates = _put_first(cfg, state.preference, candidates)
+            if rt.balancer.active and state.preference in cfg.chains:
+                pinned = len(cfg.chains[state.preference].models)
+                # hashed by the session: no turn is taken
+                candidates = (rt.balancer.order(candidates[:pinned], session=key)
+                              + candidates[pinned:])
         sticky = state.sticky
         if sticky is not None and candidates and candidates[0] == sticky.from_model:
             candidates = _put_first(cfg, sticky.model, candidates)
