@@ -4,6 +4,7 @@ openssl's keys), and fixed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 from collections.abc import Awaitable, Callable
@@ -12,11 +13,13 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from failoverd import config
 from failoverd.clock import ManualClock
 from failoverd.config import ModelConfig
-from failoverd.errors import ConfigError
+from failoverd.errors import ConfigError, UpstreamError
+from failoverd.failures import FailureReason
 from failoverd.googlecreds import (
     GoogleConfigError,
     GoogleCredentialsError,
@@ -28,6 +31,7 @@ from failoverd.http1 import HttpClient
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.rsasign import RsaKeyError, load_pem
+from tests.fakes.base import serve_app
 from tests.fakes.vertex import (
     PROJECT,
     FakeGoogleAuth,
@@ -373,3 +377,47 @@ async def test_a_cancelled_operation_is_the_backends_and_fails_over(
         "Hello from Gemini on Vertex"
     assert raw.headers["x-failoverd-failover"] == "vertex/sonnet>vertex/flash:server_error"
     assert backup.requests == []
+
+
+
+# ------------------------------------------------------------------ time limits
+
+
+async def test_the_token_fetch_counts_in_the_attempts_time_limit(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]], http_client: HttpClient,
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """A chat or embeddings call waited for its access token outside the attempt's time
+    limit (`total`, already cut to the request's deadline): a token endpoint that did not
+    answer held every request 10 s (the token call's own limit) past its deadline, then
+    failed it as a connection failure. The fetch now counts in the attempt: a timeout when
+    the attempt's time is up."""
+    stalled = asyncio.Event()
+
+    async def token(request: web.Request) -> web.Response:
+        await stalled.wait()  # never set: an endpoint that takes the call and never answers
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner, port = await serve_app(app)
+    try:
+        vertex = await fake_vertex()
+        path = tmp_path / "sa.json"
+        path.write_bytes(orjson.dumps(rsa_key.account(f"http://127.0.0.1:{port}/token")))
+        cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\n'
+                           f'base_url = "{vertex.url}"\ngoogle_credentials_file = "{path}"\n'
+                           + MODEL, env={})
+        provider = make_provider(cfg.providers["v"], http_client)
+        short = AttemptLimits(total=0.3, connect=0.3, first_token=0.3, idle=0.3)
+        loop = asyncio.get_running_loop()
+        for call in (lambda: provider.complete(HELLO, GEMINI, short),
+                     lambda: provider.embed({"input": ["a"]}, EMBED, short)):
+            started = loop.time()
+            with pytest.raises(UpstreamError) as caught:
+                await call()
+            assert caught.value.reason is FailureReason.TIMEOUT, caught.value
+            assert loop.time() - started < 2.0
+        assert vertex.requests == []
+    finally:
+        stalled.set()
+        await runner.cleanup()

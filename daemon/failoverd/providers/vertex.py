@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -63,6 +63,7 @@ from failoverd.providers.http import (
     probe_limits,
     upstream_error,
 )
+from failoverd.timeouts import timeout_at
 from failoverd.tokens import text_tokens
 from failoverd.translate import embeddings
 from failoverd.translate.anthropic import canonical_to_anthropic
@@ -254,6 +255,13 @@ class VertexClaude(AnthropicProvider):
         return self._auth.checked(exc)
 
 
+def _within(limits: AttemptLimits, left: float) -> AttemptLimits:
+    """`limits` cut to the `left` seconds of the attempt (a call made again after a 401)."""
+    left = max(left, 0.001)
+    return AttemptLimits(total=min(limits.total, left), connect=min(limits.connect, left),
+                         first_token=min(limits.first_token, left), idle=limits.idle)
+
+
 def _batches(texts: list[str], size: int) -> list[list[str]]:
     """`texts` in order, in calls of at most `size` texts and `EMBED_TOKENS` estimated tokens
     (a text over that alone is a call of its own, refused or not by its model's limit)."""
@@ -378,22 +386,40 @@ class VertexProvider(Lacking):
         return self._claude if is_claude(model) else self._gemini
 
     # A 401 for a token revoked or expired early is answered at once with the call again and
-    # a new token (the refusal came at once, so the attempt's limits hold for the second call
-    # too); a second 401 is the credentials' (`auth`), and is raised.
+    # a new token, within what is left of the attempt's time; a second 401 is the
+    # credentials' (`auth`), and is raised. Waiting for a token counts in the attempt's time
+    # (`total`, already cut to the request's deadline): a token endpoint that does not answer
+    # must not hold a request past its deadline.
+
+    async def _attempt(self, model: ModelConfig, limits: AttemptLimits,
+                       call: Callable[[AttemptLimits], Awaitable[Completion]]) -> Completion:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limits.total
+        try:
+            with timeout_at(end):
+                try:
+                    return await call(limits)
+                except UpstreamError as exc:
+                    if not self._auth.stale(exc):
+                        raise
+                return await call(_within(limits, end - loop.time()))
+        except TimeoutError:
+            raise upstream_error(FailureReason.TIMEOUT, f"no answer within {limits.total:g} s "
+                                 "(the access token's fetch included)", status=None,
+                                 provider=self.config.name, model=model.id) from None
 
     async def complete(self, body: dict[str, Any], model: ModelConfig,
                        limits: AttemptLimits) -> Completion:
         adapter = self._for(model)
-        try:
-            return await adapter.complete(body, model, limits)
-        except UpstreamError as exc:
-            if not self._auth.stale(exc):
-                raise
-        return await adapter.complete(body, model, limits)
+        return await self._attempt(model, limits,
+                                   lambda left: adapter.complete(body, model, left))
 
     async def stream(self, body: dict[str, Any], model: ModelConfig,
                      limits: AttemptLimits) -> AsyncIterator[Chunk]:
+        # the first chunk's time limit (the token's fetch included) is the router's
         adapter = self._for(model)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limits.first_token
         chunks = adapter.stream(body, model, limits)
         try:
             first = await anext(chunks)
@@ -401,7 +427,7 @@ class VertexProvider(Lacking):
             await _close(chunks)
             if not self._auth.stale(exc):
                 raise
-            chunks = adapter.stream(body, model, limits)
+            chunks = adapter.stream(body, model, _within(limits, end - loop.time()))
             first = await anext(chunks)
         except StopAsyncIteration:  # pragma: no cover - the adapters raise for no answer
             return
@@ -416,12 +442,8 @@ class VertexProvider(Lacking):
                     limits: AttemptLimits) -> Completion:
         if is_claude(model):
             raise self._lacks("embeddings endpoint for Claude models")
-        try:
-            return await self._gemini.embed(body, model, limits)
-        except UpstreamError as exc:
-            if not self._auth.stale(exc):
-                raise
-        return await self._gemini.embed(body, model, limits)
+        return await self._attempt(model, limits,
+                                   lambda left: self._gemini.embed(body, model, left))
 
     def default_output(self, model: ModelConfig) -> int | None:
         return self._for(model).default_output(model)
