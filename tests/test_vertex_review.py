@@ -421,3 +421,32 @@ async def test_the_token_fetch_counts_in_the_attempts_time_limit(
     finally:
         stalled.set()
         await runner.cleanup()
+
+
+
+async def test_google_cloud_quota_project_names_the_project_billed(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], http_client: HttpClient,
+        rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """google-auth's default() takes GOOGLE_CLOUD_QUOTA_PROJECT as the quota project
+    (x-goog-user-project) of any credentials, the file's quota_project_id or none: it was
+    ignored, so gcloud users who set it (as Google's ADC guide says, instead of
+    `gcloud auth application-default set-quota-project`) were billed elsewhere or refused."""
+    vertex = await fake_vertex()
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    sa = tmp_path / "sa.json"
+    sa.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token",
+                                                quota_project_id="file-quota-1")))
+    base = (f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\nbase_url = '
+            f'"{vertex.url}"\nproject = "{PROJECT}"\n')
+    for extra, env in ((f'google_credentials_file = "{sa}"\n', {}),
+                       ("", {"GCE_METADATA_HOST": auth.host})):
+        env = {**env, "GOOGLE_CLOUD_QUOTA_PROJECT": "env-quota-1"}
+        cfg = config.loads(base + extra + MODEL, env=env)
+        provider = make_provider(cfg.providers["v"], http_client)
+        await provider.complete(HELLO, GEMINI, LIMITS)
+        assert vertex.requests[-1].headers["x-goog-user-project"] == "env-quota-1"
+    # without it, the file's own
+    cfg = config.loads(base + f'google_credentials_file = "{sa}"\n' + MODEL, env={})
+    await make_provider(cfg.providers["v"], http_client).complete(HELLO, GEMINI, LIMITS)
+    assert vertex.requests[-1].headers["x-goog-user-project"] == "file-quota-1"

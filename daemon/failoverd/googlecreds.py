@@ -17,6 +17,9 @@ Where the credentials come from, in google-auth's order:
    server in a pod's first seconds), or not answering after it has answered, is a moment's
    trouble (`transient`).
 
+``GOOGLE_CLOUD_QUOTA_PROJECT`` names the project billed for the calls (``x-goog-user-project``)
+in place of the file's ``quota_project_id``, whatever the source, as google-auth reads it.
+
 Which source serves is decided when the configuration is read (`choose_source`); a file is
 read and checked then (its private key parsed), so a broken one is a configuration error and a
 reload reads it again. Workload identity federation (``external_account``) and impersonation
@@ -35,6 +38,7 @@ failed): it never travels further in.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -121,6 +125,7 @@ class MetadataServer:
     """The GCE metadata server and its default service account's tokens."""
 
     host: str = METADATA_HOST
+    quota_project_id: str = ""  # GOOGLE_CLOUD_QUOTA_PROJECT's
 
     @property
     def url(self) -> str:
@@ -142,8 +147,9 @@ def project_of(source: GoogleSource) -> str:
 
 
 def quota_project(source: GoogleSource) -> str:
-    """The project billed for the calls (``x-goog-user-project``), when the file names one."""
-    return "" if isinstance(source, MetadataServer) else source.quota_project_id
+    """The project billed for the calls (``x-goog-user-project``), when the file or
+    GOOGLE_CLOUD_QUOTA_PROJECT names one."""
+    return source.quota_project_id
 
 
 def describe(source: GoogleSource) -> str:
@@ -263,9 +269,21 @@ def _metadata(env: Mapping[str, str]) -> MetadataServer:
 
 
 def choose_source(env: Mapping[str, str], path: str = "") -> GoogleSource:
-    """The first source that is there (see the module's docstring). `path`: the provider's
-    ``google_credentials_file`` ("" for none). Raises GoogleConfigError when the one found is
-    broken."""
+    """The first source that is there (see the module's docstring), with the quota project
+    GOOGLE_CLOUD_QUOTA_PROJECT names, if any, in place of the file's (as google-auth's
+    default() does). `path`: the provider's ``google_credentials_file`` ("" for none).
+    Raises GoogleConfigError when the one found is broken."""
+    source = _first_source(env, path)
+    quota = env.get("GOOGLE_CLOUD_QUOTA_PROJECT", "").strip()
+    if not quota:
+        return source
+    if _control(quota) or len(quota) > 100:
+        raise GoogleConfigError("environment variable GOOGLE_CLOUD_QUOTA_PROJECT is no "
+                                f"project id: {quota[:40]!r}")
+    return dataclasses.replace(source, quota_project_id=quota)
+
+
+def _first_source(env: Mapping[str, str], path: str) -> GoogleSource:
     if path:
         home = env.get("HOME", "").strip()
         return read_file(os.path.join(home, path[2:]) if path.startswith("~/") and home
