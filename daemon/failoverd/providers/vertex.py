@@ -18,14 +18,18 @@ get one is an ``auth`` failure of the call, or a ``connection`` one when the tok
 did not answer or failed. A 401 makes the source drop the token it was sent with, and the
 call is made again at once with a new one, as google-auth's AuthorizedSession does (an
 ``auth`` failure would close every model of the provider for auth_open_seconds over a token
-revoked early); a 401 for a token fetched for a refusal a minute ago or less is the
-credentials' trouble: ``auth``.
+revoked early), within what is left of the attempt's time; a 401 for a token fetched for a
+refusal a minute ago or less is the credentials' trouble: ``auth``. Waiting for a token counts
+in the attempt's time, which is cut to the request's deadline.
 
 Errors come in two shapes: Google's ``{"error": {"code", "message", "status", "details"}}``
 (sometimes as a one-element list), which Vertex's front answers for both publishers (quotas,
 permissions, unknown models), and Anthropic's ``{"type": "error", "error": {...}}`` from
 Claude itself (``overloaded_error`` 529, ``invalid_request_error`` 400). Google's are read as
-the Gemini adapter reads them, with Vertex's own words first (`vertex_reason`).
+the Gemini adapter reads them, with Vertex's own words first (`vertex_reason`): a model this
+project may not call here and any other ``FAILED_PRECONDITION`` (the project's state, never
+the request) are the model's ``not_found``; 499 ``CANCELLED`` (the backend giving up under
+load) a ``server_error``.
 
 The ``models`` probe is a one-token call (as for Bedrock): Vertex's publisher-model listing
 is another API that says nothing of whether this project may call the model here.
