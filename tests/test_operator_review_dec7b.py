@@ -248,7 +248,7 @@ async def test_failoverctl_shows_pins_and_forgets_sessions(start_daemon: Any) ->
     code, out, _ = await failoverctl(d.socket, "--json", "session", key)
     assert code == 0 and '"preference": "fast"' in out
     code, out, err = await failoverctl(d.socket, "session", key, "--prefer", "nope")
-    assert code == 1 and "must name a configured model or chain" in err
+    assert code == 1 and "must name a configured model, chain or pool" in err
     code, out, _ = await failoverctl(d.socket, "session", key, "--unpin")
     assert code == 0 and out.startswith(f"session {key}: no pin\n")
     code, out, _ = await failoverctl(d.socket, "session", key, "--forget")

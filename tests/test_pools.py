@@ -302,3 +302,29 @@ async def test_status_and_failoverctl_show_the_pools(fake_openai: Any,
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("gpt "))
     assert row.split() == ["gpt", "round_robin", B, f"{A}*2", f"{B}*1"]
+
+
+async def test_a_session_pinned_to_a_pool(fake_openai: Any, start_daemon: Any,
+                                          short_dir: Any) -> None:
+    """POST /v1/sessions/{key} with a pool: the session's requests start at the pool (hashed
+    over it, as a session is), whatever model they ask for; a reload that removes the pool
+    drops the pin."""
+    a, b, c = await three(fake_openai)
+    d = await start_daemon(pooled(a, b, c).replace(f'primary = "{A}"', f'primary = "{C}"')
+                           .replace(f'fallbacks = ["{B}", "{C}"]', f'fallbacks = ["{A}", "{B}"]'))
+    assert await served(d, 1) == [C]
+    firsts = set()
+    for n in range(12):
+        key = f"pinned-{n}"
+        resp = await d.http.post(f"/v1/sessions/{key}", json={"model": "gpt"})
+        assert resp.status_code == 200, resp.text
+        got = await served(d, 2, **{"x-failoverd-session": key})
+        assert len(set(got)) == 1 and got[0] in (A, B)
+        firsts.add(got[0])
+    assert firsts == {A, B}
+    assert (await d.http.get("/v1/sessions/pinned-0")).json()["preference"] == "gpt"
+    path = short_dir / "d.toml"
+    path.write_text(path.read_text().replace("[pools.gpt]", "[pools.other]"))
+    assert (await d.http.post("/v1/reload")).json()["ok"] is True
+    assert (await d.http.get("/v1/sessions/pinned-0")).json()["preference"] is None
+    assert await served(d, 1, **{"x-failoverd-session": "pinned-0"}) == [C]

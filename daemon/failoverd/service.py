@@ -159,7 +159,7 @@ class Service:
         if self.sessions.set_sticky_seconds(config.routing.sticky_seconds):
             logger.info("reload: sticky_seconds is now %g; longer sticky windows shortened",
                         config.routing.sticky_seconds)
-        dropped = self.sessions.forget_missing(config.models, config.chains)
+        dropped = self.sessions.forget_missing(config.models, {*config.chains, *config.pools})
         if dropped:
             logger.info("reload: %d session(s) lost a pin or sticky model that went away",
                         dropped)
@@ -267,8 +267,8 @@ class Service:
 
     def _session_order(self, rt: Runtime, key: str,
                        candidates: tuple[str, ...]) -> tuple[str, ...]:
-        """A session's pinned preference first (a chain's pool places filled for the session,
-        as for a request naming the chain); then its sticky fallback, but only for requests
+        """A session's pinned preference first (a chain's or pool's places filled for the
+        session, as for a request naming it); then its sticky fallback, but only for requests
         that start where the session failed over from (others are not redirected)."""
         cfg = rt.config
         state = self.sessions.get(key)
@@ -276,8 +276,9 @@ class Service:
             return candidates
         if state.preference is not None:
             candidates = _put_first(cfg, state.preference, candidates)
-            if rt.balancer.active and state.preference in cfg.chains:
-                pinned = len(cfg.chains[state.preference].models)
+            group = cfg.chains.get(state.preference) or cfg.pools.get(state.preference)
+            if rt.balancer.active and group is not None:
+                pinned = len(group.models)
                 # hashed by the session: no turn is taken
                 candidates = (rt.balancer.order(candidates[:pinned], session=key)
                               + candidates[pinned:])
@@ -594,9 +595,11 @@ def _names_a_model(rt: Runtime, requested: str) -> bool:
 
 
 def _put_first(cfg: Config, target: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """`target` (a model, or a chain's models) first, the rest in their order."""
+    """`target` (a model, or a chain's or pool's models) first, the rest in their order."""
     if target in cfg.chains:
         first = cfg.chains[target].models
+    elif target in cfg.pools:
+        first = cfg.pools[target].models
     elif target in cfg.models:
         first = (target,)
     else:

@@ -168,9 +168,10 @@ class SessionStore:
         return shortened
 
     def forget_missing(self, models: Container[str], chains: Container[str]) -> int:
-        """After a reload: drops pins to models or chains that no longer exist and sticky
-        windows involving a removed model (no request can go there, and a session must not
-        show them as preferred). Returns how many sessions changed."""
+        """After a reload: drops pins to models or chains (and pools, given with the chains)
+        that no longer exist and sticky windows involving a removed model (no request can go
+        there, and a session must not show them as preferred). Returns how many sessions
+        changed."""
         changed = 0
         for key, session in list(self._entries.items()):
             preference, sticky = session.preference, session.sticky

@@ -324,11 +324,12 @@ async def session_set(request: web.Request) -> web.Response:
         target = body.get("model", body.get("chain"))
         cfg = svc.runtime.config
         if target is not None and (not isinstance(target, str) or (
-                target not in cfg.models and target not in cfg.chains)):
-            raise RequestError(f"'model' must name a configured model or chain, got {target!r}",
-                               param="model")
+                target not in cfg.models and target not in cfg.chains
+                and target not in cfg.pools)):
+            raise RequestError(f"'model' must name a configured model, chain or pool, got "
+                               f"{target!r}", param="model")
         if target is not None and cfg.kind_of(target) != "chat":
-            raise RequestError(f"{target!r} is no chat model or chain (an embedding, "
+            raise RequestError(f"{target!r} is no chat model, chain or pool (an embedding, "
                                "transcription or speech one): a session's model serves its "
                                "chat requests", param="model", code="model_not_chat")
     except RequestError as exc:
