@@ -23,3 +23,9 @@ async def test_demo_shows_a_failover_and_a_stream() -> None:
         vectors = [line for line in text.splitlines() if line.startswith("embedding ")]
         assert [v.split(":")[0] for v in vectors] == ["embedding 0", "embedding 1"]
         assert all(len(v.split(": ", 1)[1].split(",")) == 4 for v in vectors)
+        # the pool's two providers take turns, no failover between them
+        pooled = text.split("--- pool 'small'", 1)[1]
+        served = [line.split(": ", 1)[1] for line in pooled.splitlines()
+                  if line.startswith("x-failoverd-model: ")]
+        assert sorted(served) == ["local-2/small-model", "local/small-model"], text
+        assert "x-failoverd-failover" not in pooled

@@ -18,6 +18,10 @@ _REQUESTS: tuple[tuple[str, dict[str, object]], ...] = (
       "messages": [{"role": "user", "content": "Stream me a short answer."}]}),
     ("embeddings from chain 'vectors' (its first model is rate-limited too)",
      {"model": "vectors", "input": ["first text", "second text"], "dimensions": 4}),
+    ("pool 'small' (one model at two providers, taking turns)",
+     {"model": "small", "messages": [{"role": "user", "content": "Whose turn is it?"}]}),
+    ("pool 'small' again: the other provider's turn",
+     {"model": "small", "messages": [{"role": "user", "content": "And now?"}]}),
 )
 
 
