@@ -144,6 +144,11 @@ async def test_a_model_without_caching_serves_without_cache_points_and_is_rememb
     assert "x-failoverd-failover" not in raw.headers
     assert answer.content[0].text == "Hello from the fake Bedrock"
     assert backup.requests == []
+    # the client is told why its prompt was not cached, in the header and the answer
+    notice = ("bedrock/sonnet45: refused the request's cache points; sent again without them "
+              "(not cached)")
+    assert raw.headers["x-failoverd-notice"] == notice
+    assert raw.http_response.json()["failoverd"]["notices"] == [notice]
     # refused with its cache points, then the same request without them (and only that)
     assert sent(fake, 0) == [True, False]
     first, again = fake.requests[0].body, fake.requests[1].body
@@ -154,6 +159,7 @@ async def test_a_model_without_caching_serves_without_cache_points_and_is_rememb
     raw = await client.messages.with_raw_response.create(**tool_loop("default"))
     assert raw.headers["x-failoverd-model"] == "bedrock/sonnet45"
     assert sent(fake, 2) == [False]
+    assert "x-failoverd-notice" not in raw.headers  # nothing was sent again
     assert await resends(d) == before + 1
     # nothing counted against the model: its breaker stays closed, no failure in its window
     state = (await d.http.get("/v1/status")).json()["models"]["bedrock/sonnet45"]
@@ -182,6 +188,7 @@ async def test_a_stream_is_sent_again_before_anything_reached_the_client(rig: An
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-failoverd-model"] == "bedrock/sonnet45"
     assert "x-failoverd-failover" not in resp.headers
+    assert resp.headers["x-failoverd-notice"].startswith("bedrock/sonnet45: refused the")
     assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
     text = "".join(e["delta"].get("text", "") for e in events
                    if e["type"] == "content_block_delta")

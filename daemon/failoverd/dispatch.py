@@ -390,6 +390,7 @@ class Dispatcher:
                 connect=min(pcfg.connect_timeout, remaining),
                 first_token=min(model.first_token_timeout, remaining),
                 idle=model.stream_idle_timeout,
+                notices=outcome.notices,
             )
             outcome.upstream_attempts += 1
             started = self.clock.monotonic()

@@ -75,6 +75,10 @@ class AttemptLimits:
     connect: float
     first_token: float  # streaming: until the first chunk
     idle: float  # streaming: between chunks after the first
+    # the request's notices (its answer's `failoverd.notices`), where an adapter tells the
+    # client what it did to the request on its own (a resend without cache points); None
+    # outside a client's request (probes)
+    notices: list[str] | None = None
 
 
 class Provider(Protocol):

@@ -388,9 +388,10 @@ class BedrockProvider(Lacking):
         return True
 
     def _without_cache(self, refused: _CacheRefused, body: dict[str, Any],
-                       model: ModelConfig, sent: bytes) -> bytes:
-        """The request again without cache points, after their refusal; raises the refusal
-        when the request had none (nothing to drop: not about its points after all)."""
+                       model: ModelConfig, sent: bytes, limits: AttemptLimits) -> bytes:
+        """The request again without cache points, after their refusal (told to the client
+        in the answer's notices); raises the refusal when the request had none (nothing to
+        drop: not about its points after all)."""
         plain = self._payload(body, model, cache_points=False)
         if plain == sent:
             raise refused
@@ -403,6 +404,9 @@ class BedrockProvider(Lacking):
             logger.info("%s refused this request's cache points (%s): sent again without them",
                         model.id, refused.message)
         RESENT[(model.id, "cache_points")] += 1
+        if limits.notices is not None:
+            limits.notices.append(f"{model.id}: refused the request's cache points; sent again "
+                                  "without them (not cached)")
         return plain
 
     async def _converse(self, url: str, data: bytes, total: float, connect: float,
@@ -421,7 +425,7 @@ class BedrockProvider(Lacking):
         try:
             raw = await self._converse(url, data, limits.total, limits.connect, model)
         except _CacheRefused as refused:
-            data = self._without_cache(refused, body, model, data)
+            data = self._without_cache(refused, body, model, data, limits)
             # the same attempt: the refusal came at once, within the attempt's time limit
             left = max(end - loop.time(), 0.0)
             raw = await self._converse(url, data, left, min(limits.connect, left), model)
@@ -496,7 +500,7 @@ class BedrockProvider(Lacking):
         except _CacheRefused as refused:
             # before the first chunk (nothing held back was sent): again without them, by
             # the same first-token deadline
-            data = self._without_cache(refused, body, model, data)
+            data = self._without_cache(refused, body, model, data, limits)
             chunks = self._stream(body, data, model, limits, first_deadline)
             first = await anext(chunks, None)
         async with aclosing(chunks):
