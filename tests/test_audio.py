@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from failoverd.translate import audio
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.helpers import status
 
 AUDIO = b"RIFF\x00\x01WAVEfmt \r\n--not-a-boundary\r\n" + bytes(range(256)) * 8
@@ -28,7 +28,7 @@ RATE_LIMIT = {"error": {"message": "Rate limit reached for model `whisper-large-
                         "type": "seconds", "code": "rate_limit_exceeded"}}
 
 
-class Whisper:
+class Whisper(AppServer):
     """An OpenAI-compatible speech-to-text server: reads the form with aiohttp's parser,
     logs it, and answers the next scripted status (200 by default) in the form's format."""
 
@@ -37,19 +37,12 @@ class Whisper:
         self.script: list[int] = []
         self.forms: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Whisper:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/audio/{task}", self._handle)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()

@@ -30,7 +30,7 @@ from aiohttp import web
 from failoverd.errors import RequestError
 from failoverd.translate import audio
 from tests.conftest import daemon_toml
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.fakes.ollama import FakeOllama
 from tests.helpers import status, until
 
@@ -41,7 +41,7 @@ A, B = "a/whisper", "b/whisper"
 Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Upstream:
+class Upstream(AppServer):
     """An OpenAI-compatible server: /v1/audio/{task} reads the form with aiohttp's parser and
     answers in its response_format; /v1/completions answers a text completion. A request takes
     the next scripted reply of its path, if any."""
@@ -53,21 +53,14 @@ class Upstream:
         self.forms: list[list[tuple[str, Any]]] = []  # each form's fields, in order
         self.headers: list[dict[str, str]] = []
         self.texts: list[dict[str, Any]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Upstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/audio/{task}", self._audio)
         app.router.add_post("/v1/completions", self._text)
         app.router.add_get("/v1/models", self._no_listing)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def form(self, i: int = -1) -> dict[str, Any]:
         return dict(self.forms[i])

@@ -24,14 +24,14 @@ import pytest
 from aiohttp import web
 
 from failoverd.clock import ManualClock
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.helpers import failoverctl, status, until
 from tests.test_sdk_clients import anthropic_client
 
 Answer = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
-class Upstream:
+class Upstream(AppServer):
     """A real aiohttp server standing for any upstream: every request is logged (path, JSON
     body) and answered by the next scripted answer, else `default`. `cancelled` counts the
     handlers cut because failoverd dropped the call (aiohttp's handler_cancellation)."""
@@ -41,19 +41,12 @@ class Upstream:
         self.script: list[Answer] = []
         self.requests: list[tuple[str, Any]] = []
         self.cancelled = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Upstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner, port = await serve_app(app, handler_cancellation=True)
-        self.url = f"http://127.0.0.1:{port}"
+        await self._serve(app, "", handler_cancellation=True)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

@@ -21,18 +21,14 @@ from failoverd import config as config_mod
 from failoverd.errors import ConfigError
 from failoverd.http1 import ConnectError, HttpClient, Proxy
 from failoverd.http1.client import redact
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.fakes.proxy import FakeProxy
 
 CT = 5.0
 
 
-class Origin:
+class Origin(AppServer):
     """An aiohttp origin that echoes what reached it: method, path, headers, body."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self, context: ssl.SSLContext | None = None) -> Origin:
         async def echo(request: web.Request) -> web.Response:
@@ -42,13 +38,8 @@ class Origin:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)
-        self._runner, port = await serve_app(app, ssl_context=context)
-        self.url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
+        await self._serve(app, "", scheme="https" if context else "http", ssl_context=context)
         return self
-
-    async def close(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 @pytest.fixture

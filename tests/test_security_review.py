@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import one_model_config, tcp_listener
 
@@ -21,13 +21,11 @@ HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
 
 
-class EchoingUpstream:
+class EchoingUpstream(AppServer):
     """An OpenAI-compatible upstream whose 401 echoes the key it got, as some vendors do
     (OpenAI itself shows the key's first and last characters)."""
 
     def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
         self.masked = False
 
     async def _chat(self, request: web.Request) -> web.Response:
@@ -43,13 +41,8 @@ class EchoingUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._chat)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from aiohttp import web
 
 from failoverd import config as config_mod
 from failoverd.errors import ConfigError
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
 
 
-class Voice:
+class Voice(AppServer):
     """An OpenAI-compatible /v1/audio/speech server that knows some voices: it answers
     `audio` for a voice it has, OpenAI's 400 for one it has not, or the next scripted
     status (429, or 200 with an error body as some local servers do)."""
@@ -28,19 +28,12 @@ class Voice:
         self.audio = audio
         self.script: list[int | str] = []
         self.bodies: list[dict[str, Any]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Voice:
         app = web.Application()
         app.router.add_post("/v1/audio/speech", self._speak)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())

@@ -19,7 +19,7 @@ from failoverd.cli.ctl import _usd
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from failoverd.window import SlidingSum
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 from tests.helpers import HELLO, breaker, failoverctl, status, until
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
@@ -31,7 +31,7 @@ def audio(body: dict[str, Any]) -> web.StreamResponse:
     return web.Response(body=MP3 + str(body.get("voice")).encode(), content_type="audio/mpeg")
 
 
-class Speaker:
+class Speaker(AppServer):
     """An OpenAI-compatible /v1/audio/speech server: each request takes the next scripted
     answer (else `default`; OpenAI's 400 for a voice not in `voices`), and every body it got
     is kept; a models listing only with `listing` (many local TTS servers have none)."""
@@ -43,21 +43,14 @@ class Speaker:
         self.listing = listing
         self.script: list[Step] = []
         self.bodies: list[dict[str, Any]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Speaker:
         app = web.Application(client_max_size=1024**2)
         app.router.add_post("/v1/audio/speech", self._speak)
         if self.listing:
             app.router.add_get("/v1/models", self._models)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"object": "list", "data": [{"id": "tts-1"}, {"id": "kokoro"}]})

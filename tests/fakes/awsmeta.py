@@ -30,7 +30,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 
 ROLE = "failoverd-bedrock-role"
 
@@ -40,7 +40,7 @@ def iso(when: float) -> str:
 
 
 @dataclass
-class FakeMetadata:
+class FakeMetadata(AppServer):
     access_key: str = "ASIAFAKEMETADATA0001"
     secret_key: str = "fake/metadata/Secret+Key0000000000000000"
     session_token: str = "metadata-session-token-1"
@@ -59,13 +59,8 @@ class FakeMetadata:
         app.router.add_get("/latest/meta-data/iam/security-credentials/", self._role)
         app.router.add_get("/latest/meta-data/iam/security-credentials/{role}", self._role_creds)
         app.router.add_get("/creds", self._container)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}"
+        await self._serve(app, "")
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def rotate(self, n: int, expires: float) -> None:
         """New credentials (numbered `n`) expiring at `expires`."""

@@ -31,8 +31,25 @@ class Logged:
 FakeT = TypeVar("FakeT", bound="FakeServer[Any]")
 
 
+class AppServer:
+    """A fake served by aiohttp on 127.0.0.1: `_serve(app)` starts it and sets `url` (its port,
+    then `path`); `close` stops it. Small fakes with routes of their own build on it."""
+
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _serve(self, app: web.Application, path: str = "/v1", *,
+                     scheme: str = "http", **kwargs: Any) -> None:
+        self._runner, port = await serve_app(app, **kwargs)
+        self.url = f"{scheme}://127.0.0.1:{port}{path}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 @dataclass
-class FakeServer(Generic[LoggedT]):
+class FakeServer(AppServer, Generic[LoggedT]):
     """Shared behaviours: any key of `errors`, "hang" (no answer), "slow:<seconds>" (answer
     after a delay, where the fake's handler allows it)."""
 
@@ -64,13 +81,8 @@ class FakeServer(Generic[LoggedT]):
     async def start(self) -> Self:
         app = web.Application()
         self._routes(app.router)
-        self._runner, port = await serve_app(app, handler_cancellation=self.handler_cancellation)
-        self.url = f"http://127.0.0.1:{port}{self.url_path}"
+        await self._serve(app, self.url_path, handler_cancellation=self.handler_cancellation)
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _preamble(self, behaviour: str, model: str = "", *,
                         slow: bool = True) -> web.Response | None:

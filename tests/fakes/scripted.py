@@ -13,10 +13,10 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 
 
-class Scripted:
+class Scripted(AppServer):
     """See the module docstring. `sent` counts what the steps wrote (theirs to say in what
     unit), `finished` is set by a step that ended its body, `accepts` keeps each request's
     Accept header."""
@@ -31,20 +31,16 @@ class Scripted:
         self.gate = asyncio.Event()
         self.sent = 0
         self.finished = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> Self:
         app = web.Application()
         app.router.add_post(self.route, self._handle)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}/v1"
+        await self._serve(app)
         return self
 
     async def close(self) -> None:
         self.gate.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().close()
 
     async def keep(self, request: web.Request) -> None:
         """What a subclass keeps of a request (its body or form)."""
