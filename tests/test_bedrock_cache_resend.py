@@ -337,3 +337,25 @@ def test_explicit_caching_denied_is_no_auth_block() -> None:
     """Were it not mended (no cache point to drop), the account's "no access to explicit
     prompt caching" is the candidate's incapability, not auth for every model."""
     assert classify_error(403, NO_EXPLICIT, "AccessDeniedException") is FailureReason.INCAPABLE
+
+
+async def test_the_daemon_clock_ends_the_memory(
+        cacheless_bedrock: Callable[..., Awaitable[CachelessBedrock]], fake_openai: Any,
+        start_daemon: Any) -> None:
+    """The adapter runs on the daemon's clock: simulated time ends the remembered refusal."""
+    fake, backup = await cacheless_bedrock(), await fake_openai()
+    clock = ManualClock()
+    d = await start_daemon(config(fake, backup.url), env={KEY_ENV: API_KEY}, clock=clock)
+    client = anthropic_client(d.socket)
+    try:
+        fake.uncached.add(SONNET_45)
+        await client.messages.create(**tool_loop("default"))
+        fake.uncached.clear()
+        await client.messages.create(**tool_loop("default"))
+        assert sent(fake, 0) == [True, False, False]  # remembered: none sent
+        clock.advance(UNCACHED_SECONDS)
+        await client.messages.create(**tool_loop("default"))
+        assert sent(fake, 3) == [True]  # asked again with them
+        assert backup.requests == []
+    finally:
+        await client.close()

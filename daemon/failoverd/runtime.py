@@ -70,7 +70,7 @@ class Runtime:
 
 def build_runtime(config: Config, client: HttpClient, clock: Clock,
                   health: Health | None, rng: random.Random | None = None) -> Runtime:
-    providers = {name: make_provider(p, client) for name, p in config.providers.items()}
+    providers = {name: make_provider(p, client, clock) for name, p in config.providers.items()}
     dispatcher = Dispatcher(config, providers, clock=clock, health=health, rng=rng)
     screening = any((m.capabilities_declared or m.context_window) and m.chat
                     for m in config.models.values())
