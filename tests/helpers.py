@@ -96,6 +96,13 @@ async def ask(d: Any) -> tuple[str, Any]:
     return raw.headers["x-failoverd-model"], raw
 
 
+async def chat(d: Any, model: str = "default", **headers: str) -> Any:
+    """HELLO to `model` on /v1/chat/completions, with `headers`: the httpx response, whatever
+    its status."""
+    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO},
+                             headers=headers)
+
+
 async def status(d: Any) -> dict[str, Any]:
     """The daemon's GET /v1/status, which must answer 200."""
     resp = await d.http.get("/v1/status")

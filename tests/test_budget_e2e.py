@@ -19,6 +19,7 @@ from failoverd import service as service_mod
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from tests.helpers import HELLO, failoverctl, status, until
+from tests.helpers import chat as ask
 
 # 2026-12-07 23:50:00 UTC, ten minutes before the day's caps reset
 LATE = float(calendar.timegm((2026, 12, 7, 23, 50, 0, 0, 0, 0)))
@@ -28,7 +29,9 @@ PRICED = "cost = { input = 100.0, output = 100.0 }\n"
 
 
 def config(a: Any, b: Any, *, a_model: str = "", a_provider: str = "",
-           c: bool = False) -> str:
+           c: bool = False, tail: str = "") -> str:
+    """Fakes `a` and `b` as OpenAI providers: a/gpt-a (priced by PRICED, then `a_model`) and
+    its fallback b/gpt-b; `c` adds a/gpt-c, also priced; `tail` ends the body."""
     more = (f'[models."a/gpt-c"]\nprovider = "a"\nname = "gpt-c"\n{PRICED}' if c else "")
     return f"""
 [providers.a]
@@ -50,12 +53,7 @@ fallbacks = ["b/gpt-b"]
 when_all_unavailable = "fail"
 [probes]
 kind = "none"
-"""
-
-
-async def ask(d: Any, model: str = "default", **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO},
-                             headers=headers)
+{tail}"""
 
 
 def clock_at(wall: float) -> ManualClock:

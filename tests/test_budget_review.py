@@ -5,7 +5,6 @@ completion tokens) and a real mosquitto."""
 from __future__ import annotations
 
 import asyncio
-import calendar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,49 +16,15 @@ from aiohttp import web
 from failoverd import config as config_mod
 from failoverd import supervisor as supervisor_mod
 from failoverd.budget import Budget, Budgets
-from failoverd.clock import ManualClock
 from failoverd.discovery import object_id
 from failoverd.errors import ConfigError
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, failoverctl, status, until, until_async
+from tests.helpers import chat as ask
 from tests.mosquitto import Mosquitto, recording, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
-
-# 2026-12-07 23:50:00 UTC, ten minutes before the day's caps reset
-LATE = float(calendar.timegm((2026, 12, 7, 23, 50, 0, 0, 0, 0)))
-# $0.10 per 1,000 tokens both ways: an answer (9 + 6 tokens) costs $0.0015
-PRICED = "cost = { input = 100.0, output = 100.0 }\n"
-
-
-def pair(a: Any, b: Any, *, a_model: str = "", tail: str = "") -> str:
-    return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
-[models."a/gpt-a"]
-provider = "a"
-{PRICED}{a_model}
-[models."b/gpt-b"]
-provider = "b"
-[routing]
-primary = "a/gpt-a"
-fallbacks = ["b/gpt-b"]
-when_all_unavailable = "fail"
-[probes]
-kind = "none"
-{tail}"""
-
-
-async def ask(d: Any, model: str = "default", **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO},
-                             headers=headers)
-
-
-def clock_at(wall: float) -> ManualClock:
-    return ManualClock(start=1000.0, wall=wall)
+from tests.test_budget_e2e import LATE, PRICED, clock_at
+from tests.test_budget_e2e import config as pair
 
 
 async def test_a_cap_that_n_answers_reach_holds_after_the_nth_despite_float_sums(

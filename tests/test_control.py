@@ -10,7 +10,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import GPT, HELLO, QWEN, gpt_qwen_config, status
+from tests.helpers import GPT, HELLO, QWEN, chat, gpt_qwen_config, status
 
 
 def control_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
@@ -28,10 +28,6 @@ async def rig(fake_openai, start_daemon) -> Any:
     clock = ManualClock()
     d = await start_daemon(control_toml(a, o), clock=clock)
     return a, o, d, clock
-
-
-async def chat(d: Any, model: str = "default") -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO})
 
 
 # ------------------------------------------------------------------ status

@@ -20,7 +20,7 @@ from failoverd.clock import ManualClock
 from failoverd.config import HookConfig
 from failoverd.events import EVENT_TYPES, Event, EventBus
 from failoverd.hooks import HookRunner
-from tests.helpers import HELLO, pair_config
+from tests.helpers import HELLO, chat, pair_config
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_events_e2e import sse
@@ -184,11 +184,6 @@ timeout = 5
 def _quiet_paho() -> None:
     """paho logs every packet at DEBUG; keep failures readable."""
     logging.getLogger("failoverd.mqtt.paho").setLevel(logging.INFO)
-
-
-async def chat(d: Any, model: str = "default", **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO},
-                             headers=headers)
 
 
 @requires_mosquitto

@@ -22,7 +22,7 @@ from failoverd.config import HookConfig, MqttConfig
 from failoverd.events import EventBus
 from failoverd.hooks import HookOutcome, HookRunner
 from failoverd.mqtt import MqttPublisher
-from tests.helpers import HELLO, pair_config
+from tests.helpers import chat, pair_config
 from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto
 
 NODE = "hm"
@@ -39,10 +39,6 @@ def hooked_config(a: Any, b: Any, hook: str, *, timeout: float = 2,
                   events: str = "model:failover", head: str = "") -> str:
     return pair_config(a, b, head=head) + (
         f'[[hooks]]\nevents = ["{events}"]\nexec = ["{hook}"]\ntimeout = {timeout}\n')
-
-
-async def chat(d: Any, model: str = "default") -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": model, "messages": HELLO})
 
 
 def publisher(port: int, bus: EventBus | None = None, *, v5: bool = True) -> MqttPublisher:

@@ -11,6 +11,7 @@ from failoverd import config as config_mod
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from tests.helpers import HELLO, status
+from tests.helpers import chat as ask
 
 CONFIG = """
 [providers.free]
@@ -29,11 +30,6 @@ when_all_unavailable = "fail"
 [probes]
 kind = "none"
 """
-
-
-async def ask(d: Any, **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO},
-                             headers=headers)
 
 
 async def test_past_its_rpm_a_model_is_skipped_until_a_slot_frees(start_daemon: Any) -> None:

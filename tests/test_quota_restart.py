@@ -7,15 +7,11 @@ from typing import Any
 
 from failoverd.clock import ManualClock
 from failoverd.quota import Quotas
-from tests.helpers import HELLO, status
+from tests.helpers import chat as ask
+from tests.helpers import status
 from tests.test_max_rpm import CONFIG, TPM
 
 WALL = 1_800_000_000.0
-
-
-async def ask(d: Any, **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO},
-                             headers=headers)
 
 
 def restarted(seconds_later: float) -> ManualClock:

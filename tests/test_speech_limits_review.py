@@ -20,7 +20,8 @@ from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from failoverd.window import SlidingSum
 from tests.fakes.base import AppServer
-from tests.helpers import HELLO, breaker, failoverctl, status, until
+from tests.helpers import HELLO, breaker, chat, failoverctl, status, until
+from tests.test_max_rpm import CONFIG as RPM
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
 
@@ -404,28 +405,7 @@ def test_max_tpm_on_a_speech_model_is_refused() -> None:
     assert any(p.startswith('models."s/voice".max_tpm') for p in info.value.problems)
 
 
-TPM = """
-[providers.free]
-kind = "simulated"
-[providers.paid]
-kind = "simulated"
-[models."free/flash"]
-provider = "free"
-max_tpm = 30
-[models."paid/pro"]
-provider = "paid"
-[routing]
-primary = "free/flash"
-fallbacks = ["paid/pro"]
-when_all_unavailable = "fail"
-[probes]
-kind = "none"
-"""
-
-
-async def chat(d: Any, **headers: str) -> Any:
-    return await d.http.post("/v1/chat/completions", json={"model": "default", "messages": HELLO},
-                             headers=headers)
+TPM = RPM.replace("max_rpm = 2", "max_tpm = 30")
 
 
 async def use_up(d: Any, clock: ManualClock) -> int:
