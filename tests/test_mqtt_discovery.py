@@ -23,11 +23,13 @@ NODE = "den"
 MODELS = ("sim/chat", "down/chat", "ollama/qwen2.5:7b")
 
 
-def body(port: int, *, discovery: str = "discovery = true", models: tuple[str, ...] = MODELS
-         ) -> str:
+def body(port: int, *, discovery: str = "discovery = true", models: tuple[str, ...] = MODELS,
+         node: str = NODE) -> str:
+    """Node `node` on the broker at `port` with simulated `models`: ids starting with "down"
+    fail every call (one failure opens)."""
     entries = "".join(f'[models."{m}"]\nprovider = "{"down" if m.startswith("down") else "sim"}"\n'
                       for m in models)
-    return f"""node = "{NODE}"
+    return f"""node = "{node}"
 [mqtt]
 enabled = true
 host = "127.0.0.1"

@@ -26,9 +26,11 @@ from failoverd.discovery import object_id
 from failoverd.fingerprint import fingerprint
 from tests.fakes.base import serve_app
 from tests.helpers import HELLO, one_model_config, tcp_listener, until
+from tests.helpers import chat as ask
 from tests.mosquitto import Mosquitto, TcpProxy, recording, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_fastpath import CHAT, connect, own_daemon, post, read_answer
+from tests.test_mqtt_discovery import body as mqtt_body
 from tests.test_prompt_caching import tool_loop
 from tests.test_sdk_clients import anthropic_client, openai_client
 
@@ -45,30 +47,6 @@ NODE_ID = f"failoverd_{object_id(NODE)}"
 HA_TOPIC = re.compile(r"homeassistant/binary_sensor/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config")
 # Home Assistant drops these names from json_attributes (MQTT_ATTRIBUTES_BLOCKED)
 HA_BLOCKED_ATTRIBUTES = {"state", "device_class", "name", "unique_id", "icon", "friendly_name"}
-
-
-def mqtt_body(port: int, models: tuple[str, ...], *, node: str = NODE) -> str:
-    """Simulated models: ids starting with "down" fail every call (one failure opens)."""
-    entries = "".join(
-        f'[models."{m}"]\nprovider = "{"down" if m.startswith("down") else "sim"}"\n'
-        for m in models)
-    return f"""node = "{node}"
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-discovery = true
-[providers.sim]
-kind = "simulated"
-[providers.down]
-kind = "simulated"
-simulate_failure = "server_error"
-{entries}
-[breaker]
-failure_threshold = 1
-[probes]
-kind = "none"
-"""
 
 
 def render_problem(template: str, payload: bytes) -> str:
@@ -105,7 +83,7 @@ async def test_discovery_configs_make_working_home_assistant_entities(
     online, and a value_template that renders its payload_on/payload_off (ON/OFF)."""
     models = ("sim/chat", "down/chat", "ollama/qwen2.5:7b", "sim/a+b#c%d")
     node = "Büro.lan 2"
-    d = await start_daemon(mqtt_body(mosquitto.port, models, node=node))
+    d = await start_daemon(mqtt_body(mosquitto.port, models=models, node=node))
     await settled(d)
     await d.http.post(CHAT, json={"model": "down/chat", "messages": HELLO},
                       headers={"x-failoverd-no-fallback": "1"})  # opens its breaker
@@ -143,7 +121,7 @@ async def test_discovery_configs_make_working_home_assistant_entities(
 async def test_a_removed_models_sensor_goes_before_its_state_topic(
         mosquitto: Mosquitto, start_daemon: Any, short_dir: Path) -> None:
     models = ("sim/chat", "sim/gone")
-    d = await start_daemon(mqtt_body(mosquitto.port, models))
+    d = await start_daemon(mqtt_body(mosquitto.port, models=models))
     await settled(d)
     config_topic = f"{DISCOVERY}/{NODE_ID}/{object_id('sim/gone')}/config"
     template = (await configs(mosquitto.port))[config_topic]["value_template"]
@@ -163,10 +141,10 @@ async def test_a_removed_models_sensor_goes_before_its_state_topic(
 @requires_mosquitto
 async def test_a_model_removed_across_a_restart_loses_its_sensor(
         mosquitto: Mosquitto, start_daemon: Any) -> None:
-    d = await start_daemon(mqtt_body(mosquitto.port, ("sim/chat", "sim/gone")))
+    d = await start_daemon(mqtt_body(mosquitto.port, models=("sim/chat", "sim/gone")))
     await settled(d)
     await d.stop()
-    d = await start_daemon(mqtt_body(mosquitto.port, ("sim/chat",)), name="e")
+    d = await start_daemon(mqtt_body(mosquitto.port, models=("sim/chat",)), name="e")
     await settled(d)
     assert sorted(await configs(mosquitto.port)) == sorted([
         f"{DISCOVERY}/{NODE_ID}/daemon/config",
@@ -182,7 +160,7 @@ async def test_a_reload_while_the_broker_is_away_is_applied_on_reconnect(
     proxy = TcpProxy(mosquitto.port)
     await proxy.open()
     try:
-        d = await start_daemon(mqtt_body(proxy.port, ("sim/chat", "sim/gone")))
+        d = await start_daemon(mqtt_body(proxy.port, models=("sim/chat", "sim/gone")))
         await settled(d)
         pub = d.sup.service.mqtt
         await proxy.close_listener()
@@ -210,7 +188,7 @@ async def test_configs_a_reload_left_pending_are_flushed_at_stop(
     proxy = TcpProxy(mosquitto.port, latency=0.02)
     await proxy.open()
     try:
-        d = await start_daemon(mqtt_body(proxy.port, ("sim/chat",)))
+        d = await start_daemon(mqtt_body(proxy.port, models=("sim/chat",)))
         await settled(d)
         added = ("sim/x1", "sim/x2", "sim/x3")
         path = short_dir / "d.toml"
@@ -395,10 +373,6 @@ when_all_unavailable = "{when}"
 retry_after_max = 0
 {routing}
 {tail}"""
-
-
-async def ask(d: Any, model: str = "default", **headers: str) -> Any:
-    return await d.http.post(CHAT, json={"model": model, "messages": HELLO}, headers=headers)
 
 
 async def test_many_simultaneous_requests_never_exceed_max_rpm(
