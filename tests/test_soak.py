@@ -40,7 +40,8 @@ from tests.helpers import free_port, status, until, until_async
 USER = [{"role": "user", "content": "hi"}]
 MODELS = ("o1/gpt-a", "an/claude", "o2/gpt-b", "o3/gpt-c", "dead/m")
 REACHABLE = MODELS[:4]
-REQUESTED = ("default", "default", "default", "alt", "an/claude", "o2/gpt-b", "o1/gpt-a")
+REQUESTED = ("default", "default", "default", "alt", "an/claude", "o2/gpt-b", "o1/gpt-a",
+             "tail")
 # statuses DESIGN.md's table gives a chat request: 503 no_model_available (or failoverd's own
 # overloaded), an upstream's refusal passed on (4xx), an aborted failover's upstream status
 ERROR_STATUSES = {400, 401, 403, 404, 413, 429, 500, 502, 503, 529}
@@ -114,6 +115,9 @@ queue_timeout = 0.2
 {"bogus_key = 1" if broken else ""}
 [chains.alt]
 models = ["an/claude", "o2/gpt-b"]
+[pools.tail]
+models = ["o3/gpt-c", "o2/gpt-b"]
+strategy = "least_busy"
 [breaker]
 failure_threshold = 4
 minimum_calls = 20
