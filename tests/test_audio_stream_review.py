@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from failoverd.translate import speech
+from tests.fakes.scripted import pair_fixture
 from tests.test_speech_stream import (
     ASK,
     DONE,
@@ -42,13 +42,7 @@ from tests.test_transcription_stream import pieces as stt_pieces
 SSE_ASK = {**ASK, "stream_format": "sse"}
 
 
-@pytest.fixture
-async def pair(start_daemon: Any) -> AsyncIterator[tuple[Tts, Tts, Any]]:
-    a, b = await Tts().start(), await Tts().start()
-    d = await start_daemon(config(a, b))
-    yield a, b, d
-    await a.close()
-    await b.close()
+pair = pair_fixture(Tts, config)
 
 
 async def test_a_client_gone_mid_audio_is_counted_once_and_frees_everything(
@@ -285,13 +279,7 @@ async def test_done_sentinel_before_the_done_event_is_an_unfinished_stream(
 # ------------------------------------------------------------------ transcriptions
 
 
-@pytest.fixture
-async def ears(start_daemon: Any) -> AsyncIterator[tuple[Stt, Stt, Any]]:
-    a, b = await Stt().start(), await Stt().start()
-    d = await start_daemon(stt_config(a, b))
-    yield a, b, d
-    await a.close()
-    await b.close()
+ears = pair_fixture(Stt, stt_config, "ears")
 
 
 async def test_the_hop_past_a_model_that_refuses_stream_leaves_its_breaker_alone(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from aiohttp import web
 
 from failoverd.translate import speech
 from tests.fakes.base import cut
-from tests.fakes.scripted import Scripted
+from tests.fakes.scripted import Scripted, pair_fixture
 from tests.helpers import breaker, first_bytes, metric
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # 1034 bytes
@@ -146,13 +146,7 @@ kind = "none"
 """
 
 
-@pytest.fixture
-async def pair(start_daemon: Any) -> AsyncIterator[tuple[Tts, Tts, Any]]:
-    a, b = await Tts().start(), await Tts().start()
-    d = await start_daemon(config(a, b))
-    yield a, b, d
-    await a.close()
-    await b.close()
+pair = pair_fixture(Tts, config)
 
 
 ASK = {"model": "a/tts", "input": "The build is green.", "voice": "alloy"}

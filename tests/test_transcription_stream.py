@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -30,7 +30,7 @@ from failoverd.providers.base import AttemptLimits
 from failoverd.providers.gemini import GeminiProvider
 from failoverd.translate import audio as wire
 from tests.fakes.base import cut
-from tests.fakes.scripted import Scripted
+from tests.fakes.scripted import Scripted, pair_fixture
 from tests.helpers import breaker, first_bytes, metric
 
 AUDIO = b"RIFF\x00\x01WAVEfmt " + bytes(range(256)) * 125  # 32012 bytes: a second of audio
@@ -163,13 +163,7 @@ kind = "none"
 """
 
 
-@pytest.fixture
-async def pair(start_daemon: Any) -> AsyncIterator[tuple[Stt, Stt, Any]]:
-    a, b = await Stt().start(), await Stt().start()
-    d = await start_daemon(config(a, b))
-    yield a, b, d
-    await a.close()
-    await b.close()
+pair = pair_fixture(Stt, config)
 
 
 ASK: dict[str, Any] = {"data": {"model": "ears", "stream": "true"},

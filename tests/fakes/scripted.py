@@ -8,9 +8,10 @@ differ only in their route and in what they keep of each request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Self, TypeVar
 
+import pytest
 from aiohttp import web
 
 from tests.fakes.base import AppServer
@@ -50,3 +51,21 @@ class Scripted(AppServer):
         self.accepts.append(request.headers.get("Accept", ""))
         step = self.script.pop(0) if self.script else self.default
         return await step(request, self)
+
+
+ScriptedT = TypeVar("ScriptedT", bound=Scripted)
+
+
+def pair_fixture(cls: type[ScriptedT], config: Callable[[ScriptedT, ScriptedT], str],
+                 name: str = "pair") -> Any:
+    """A pytest fixture `name`: two started `cls` fakes, a and b, and the daemon on
+    `config(a, b)`, as (a, b, daemon); the fakes are closed after the test."""
+
+    async def fixture(start_daemon: Any) -> AsyncIterator[tuple[ScriptedT, ScriptedT, Any]]:
+        a, b = await cls().start(), await cls().start()
+        d = await start_daemon(config(a, b))
+        yield a, b, d
+        await a.close()
+        await b.close()
+
+    return pytest.fixture(fixture, name=name)
