@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tests.fakes.openai import FakeOpenAI
 
 HELLO = [{"role": "user", "content": "hello"}]  # the chat messages most tests send
@@ -204,3 +206,19 @@ async def first_bytes(resp: Any, n: int) -> tuple[bytes, AsyncIterator[bytes]]:
     while len(got) < n:
         got += await it.__anext__()
     return got, it
+
+
+def sse_payloads(raw: bytes) -> list[Any]:
+    """The `data:` payloads of an SSE body, JSON decoded ("[DONE]" as it is)."""
+    out: list[Any] = []
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data: "):
+            payload = line[6:]
+            out.append(payload.decode() if payload == b"[DONE]" else orjson.loads(payload))
+    return out
+
+
+def sse_json(text: str) -> list[Any]:
+    """The JSON `data:` lines of an SSE text, decoded ("data: [DONE]" left out)."""
+    return [orjson.loads(line[6:]) for line in text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]

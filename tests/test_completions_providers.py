@@ -22,6 +22,7 @@ import pytest
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import ERRORS, FakeOpenAI, completion_text, cut_completion
 from tests.helpers import HELLO, status
+from tests.helpers import sse_payloads as events
 
 INSTRUCT = "gpt-3.5-turbo-instruct"
 CODER = "qwen2.5-coder:1.5b"
@@ -115,16 +116,6 @@ async def raw_stream(d: Any, **body: Any) -> tuple[Any, bytes]:
     """A streamed completion's response and its whole body as the client got it."""
     async with d.http.stream("POST", "/v1/completions", json={**body, "stream": True}) as resp:
         return resp, await resp.aread()
-
-
-def events(raw: bytes) -> list[Any]:
-    """The `data:` payloads of an SSE body, JSON decoded ("[DONE]" as it is)."""
-    out: list[Any] = []
-    for line in raw.split(b"\n"):
-        if line.startswith(b"data: "):
-            payload = line[6:]
-            out.append(payload.decode() if payload == b"[DONE]" else orjson.loads(payload))
-    return out
 
 
 async def metrics(d: Any) -> str:

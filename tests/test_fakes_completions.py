@@ -15,21 +15,12 @@ import pytest
 from tests.fakes.ollama import ERRORS as OLLAMA_ERRORS
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import CHAT_ONLY, ERRORS, FakeOpenAI, completion_text
+from tests.helpers import sse_payloads as sse
 
 MakeOpenAI = Callable[..., Awaitable[FakeOpenAI]]
 MakeOllama = Callable[..., Awaitable[FakeOllama]]
 INSTRUCT = "gpt-3.5-turbo-instruct"
 REPLY = "Hello from the fake upstream"
-
-
-def sse(raw: bytes) -> list[Any]:
-    """The `data:` payloads of an SSE body, JSON decoded ("[DONE]" as it is)."""
-    out: list[Any] = []
-    for line in raw.split(b"\n"):
-        if line.startswith(b"data: "):
-            payload = line[6:]
-            out.append(payload.decode() if payload == b"[DONE]" else orjson.loads(payload))
-    return out
 
 
 def ndjson(raw: bytes) -> list[dict[str, Any]]:

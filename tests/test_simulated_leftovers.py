@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from failoverd.providers.simulated import MAX_N
+from tests.helpers import sse_json as sse
 
 CONFIG = """
 [providers.sim]
@@ -31,11 +32,6 @@ HELLO = [{"role": "user", "content": "hello there"}]
 @pytest.fixture
 async def daemon(start_daemon: Any) -> Any:
     return await start_daemon(CONFIG)
-
-
-def sse(text: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line[6:]) for line in text.splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"]
 
 
 async def test_n_choices_not_streamed(daemon: Any) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
 from tests.helpers import HELLO, one_model_config, until, until_async
+from tests.helpers import sse_json as sse_data
 
 
 @dataclass
@@ -132,11 +133,6 @@ async def test_client_leaving_a_stream_aborts_the_upstream_and_frees_everything(
         assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
     finally:
         await fake.close()
-
-
-def sse_data(text: str) -> list[Any]:
-    return [orjson.loads(line[6:]) for line in text.splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"]
 
 
 @pytest.mark.parametrize("front", ["openai", "anthropic"])
