@@ -219,7 +219,8 @@ def test_chained_roles_and_loops(tmp_path: Path) -> None:
     assert isinstance(source, CredentialProcess) and source.profile == "runner"
     assert _err(env, "empty") == (f"profile [empty] ({config}): source_profile names profile "
                                   "[nothing], which gives no credentials (no keys, "
-                                  "credential_process, role_arn or sso_* keys)")
+                                  "credential_process, role_arn, web_identity_token_file or "
+                                  "sso_* keys)")
     assert _err(env, "gone") == (f"profile [gone] ({config}): source_profile names profile "
                                  "[nowhere], which is in neither file")
 
@@ -263,10 +264,14 @@ def test_credential_source(tmp_path: Path) -> None:
      "duration_seconds must be a whole number"),
     (f"role_arn = {ROLE}\nsource_profile = base\nrole_session_name = has space\n",
      "role_session_name must be 2 to 64 letters"),
-    (f"role_arn = {ROLE}\nweb_identity_token_file = /var/run/token\n",
-     "web_identity_token_file is not supported (no AssumeRoleWithWebIdentity)"),
+    ("web_identity_token_file = /var/run/token\n",
+     "role_arn is missing: web_identity_token_file needs the role to assume"),
+    (f"role_arn = {ROLE}\nweb_identity_token_file = /t\nrole_session_name = has space\n",
+     "role_session_name must be 2 to 64 letters"),
+    (f"role_arn = {ROLE}\nweb_identity_token_file = /t\nduration_seconds = 60\n",
+     "duration_seconds must be a whole number of seconds from 900 to 43200, got '60'"),
     (f"role_arn = {ROLE}\nsource_profile = wid\n",
-     "[wid]: web_identity_token_file is not supported"),
+     "[wid]: role_arn is not a role ARN: 'x'"),
     ("credential_process = /nonexistent/helper --profile x\n",
      "credential_process runs /nonexistent/helper, which is not an executable file"),
     ("credential_process = no-such-helper-anywhere\n",

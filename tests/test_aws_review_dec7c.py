@@ -21,12 +21,12 @@ from failoverd import awsprocess
 from failoverd.awscreds import (
     FILE_CHECK_EVERY,
     AssumeRole,
-    AwsConfigError,
     AwsCredentials,
     AwsCredentialsError,
     CredentialProcess,
     SharedFile,
     SsoRole,
+    WebIdentityRole,
     choose_source,
     open_source,
 )
@@ -170,21 +170,19 @@ def test_a_source_profile_with_keys_gives_what_botocore_takes_first(tmp_path: Pa
 def test_an_eks_web_identity_in_the_environment_is_not_passed_over(tmp_path: Path) -> None:
     """AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN (EKS IAM roles for service accounts):
     botocore assumes that role (AssumeRoleWithWebIdentity) before a profile's SSO, keys or
-    credential_process, and before the container's and the instance's roles. failoverd does
-    not speak it: the load says so, where it used to sign silently as another identity (the
-    node's instance role, a Pod Identity role, the default profile's keys)."""
+    credential_process, and before the container's and the instance's roles. failoverd used
+    to sign silently as another identity (the node's instance role, a Pod Identity role, the
+    default profile's keys), then refused it; it now assumes the role, at botocore's place."""
     token = tmp_path / "token"
     token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.sig")
     env = {**home(tmp_path, credentials="[default]\n" + keys("AKIADEFAULT") +
                   "[named]\n" + keys("AKIANAMED")),
            "AWS_WEB_IDENTITY_TOKEN_FILE": str(token), "AWS_ROLE_ARN": ROLE,
            "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:1/creds"}
-    with pytest.raises(AwsConfigError, match="AWS_WEB_IDENTITY_TOKEN_FILE") as err:
-        choose_source(env)
-    assert "AssumeRoleWithWebIdentity" in str(err.value)
+    found = choose_source(env, region="eu-west-1")
+    assert found == WebIdentityRole("", ROLE, str(token), "https://sts.eu-west-1.amazonaws.com")
     no_profile = {k: v for k, v in env.items() if k != "HOME"}
-    with pytest.raises(AwsConfigError, match="AWS_WEB_IDENTITY_TOKEN_FILE"):
-        choose_source(no_profile)
+    assert choose_source(no_profile, region="eu-west-1") == found
     # as in botocore: the environment's keys come first, and a profile the configuration
     # names (aws_profile) leaves the environment's web identity aside
     assert isinstance(choose_source({**env, "AWS_ACCESS_KEY_ID": "AKIAENV",

@@ -12,10 +12,10 @@ The chain, in the SDKs' order:
    (`CredentialProcess`, awsprocess.py), an assumed role (`AssumeRole`, awssts.py) or an IAM
    Identity Center role (`SsoRole`, awssso.py). A profile given in the configuration means
    the files: the environment's keys are then not used (as botocore does for a session's
-   explicit profile). ``AWS_WEB_IDENTITY_TOKEN_FILE`` (EKS IAM roles for service accounts,
-   AssumeRoleWithWebIdentity, which the SDKs take after a profile's assumed role and before
-   the rest) is not supported: without a profile given, it is a configuration error rather
-   than another identity;
+   explicit profile). A profile's ``web_identity_token_file`` with ``role_arn``, and without
+   a profile given ``AWS_WEB_IDENTITY_TOKEN_FILE`` with ``AWS_ROLE_ARN`` (EKS IAM roles for
+   service accounts), is AssumeRoleWithWebIdentity (`WebIdentityRole`, awswebidentity.py),
+   taken after a profile's assumed role and before its other sources, as botocore does;
 3. a container's credential endpoint (ECS task roles, EKS Pod Identity):
    ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (on ``http://169.254.170.2``), else
    ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (https, or http to a loopback address or one of the
@@ -36,9 +36,10 @@ error. At run time a `CredentialSource` (`open_source`) hands out credentials fo
 request; a file's keys are looked at again (its modification time, at most every
 `FILE_CHECK_EVERY` seconds) and re-read when it changed, so credentials a helper rotates in it
 apply without a restart. Temporary credentials (a container's, the instance's, a process's,
-an assumed role's, an SSO role's) are fetched on first use and again `REFRESH_AHEAD` seconds
-before they expire, by one call that concurrent requests share (`RefreshingCredentials`, one
-per source, kept across reloads); when that fails the old ones serve until they expire.
+an assumed role's, a web identity role's, an SSO role's) are fetched on first use and again
+`REFRESH_AHEAD` seconds before they expire, by one call that concurrent requests share
+(`RefreshingCredentials`, one per source, kept across reloads); when that fails the old ones
+serve until they expire.
 
 Failing to get credentials at run time raises `AwsCredentialsError`, which the adapter turns
 into an ``auth`` failure of the call (a ``connection`` one when it is `transient`: an endpoint
@@ -49,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import ipaddress
 import logging
 import math
 import os
@@ -61,12 +61,11 @@ from typing import Protocol
 
 from failoverd.clock import Clock, SystemClock
 from failoverd.http1 import HttpClient
-from failoverd.http1.client import Target
 
 __all__ = ["AssumeRole", "AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
            "ContainerEndpoint", "CredentialProcess", "CredentialSource", "InstanceMetadata",
-           "RefreshingCredentials", "SharedFile", "SsoRole", "bare", "choose_source",
-           "open_source", "read_profile"]
+           "RefreshingCredentials", "SharedFile", "SsoRole", "WebIdentityRole", "bare",
+           "choose_source", "open_source", "read_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +76,6 @@ REFRESH_AHEAD = 300.0  # temporary credentials are fetched again this long befor
 RETRY_KEEPING = 60.0  # after a failed refresh, while the old credentials still serve
 RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
 IMDS_ENDPOINT = "http://169.254.169.254"
-CONTAINER_HOST = "169.254.170.2"  # ECS's agent, for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
-# the hosts AWS_CONTAINER_CREDENTIALS_FULL_URI may name over plain http, besides loopback
-# addresses: ECS's agent, EKS Pod Identity's agent (IPv4 and IPv6)
-_CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", "localhost"})
 
 
 class AwsCredentialsError(Exception):
@@ -185,11 +180,26 @@ class SsoRole:
     oidc_endpoint: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WebIdentityRole:
+    """STS AssumeRoleWithWebIdentity of `role_arn` with the token in `token_file` (read at
+    every fetch), unsigned, at the STS `endpoint` (awswebidentity.py). `profile`: the one
+    that names the token file ("" for ``AWS_WEB_IDENTITY_TOKEN_FILE``)."""
+
+    profile: str
+    role_arn: str
+    token_file: str
+    endpoint: str
+    session_name: str = ""  # "": failoverd-<epoch seconds>
+    duration: int = 0  # DurationSeconds; 0: STS's own default (an hour)
+
+
 AwsSource = (AwsCredentials | SharedFile | ContainerEndpoint | InstanceMetadata
-             | CredentialProcess | AssumeRole | SsoRole)
+             | CredentialProcess | AssumeRole | SsoRole | WebIdentityRole)
 """Where a provider's credentials come from: fixed ones (the environment's), or a source."""
 
-Refreshing = ContainerEndpoint | InstanceMetadata | CredentialProcess | AssumeRole | SsoRole
+Refreshing = (ContainerEndpoint | InstanceMetadata | CredentialProcess | AssumeRole | SsoRole
+              | WebIdentityRole)
 """The sources whose temporary credentials a `RefreshingCredentials` fetches."""
 
 
@@ -299,24 +309,16 @@ def choose_source(env: Mapping[str, str], profile: str = "", *, region: str = ""
     role's STS endpoint is (else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's
     ``region``, us-east-1). Raises AwsConfigError when none is, or the one found
     is broken."""
-    from failoverd import awsprofiles  # the files' side, which needs this module's types
+    # the files' side and the endpoints', which need this module's types
+    from failoverd import awsprofiles
+    from failoverd.awsmetadata import container, instance
 
     if not profile:
         fixed = from_env(env)
         if fixed is not None:
             return fixed
+    # an assumed role, a web identity role (the environment's too), the profile's keys...
     found = awsprofiles.profile_source(env, profile, region)
-    if not profile and env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip() and \
-            not isinstance(found, AssumeRole):
-        # the SDKs take it here, after the profile's assumed role (botocore's
-        # AssumeRoleWithWebIdentityProvider heads the profile's sources); passing it over
-        # would sign as another identity (the node's role, the default profile's keys)
-        raise AwsConfigError(
-            "environment variable AWS_WEB_IDENTITY_TOKEN_FILE is set (EKS IAM roles for "
-            "service accounts): the AWS SDKs would assume AWS_ROLE_ARN with its token "
-            "(AssumeRoleWithWebIdentity), which failoverd does not do; give the credentials "
-            "another way (EKS Pod Identity, a profile named with aws_profile, keys) and unset "
-            "AWS_WEB_IDENTITY_TOKEN_FILE for the daemon")
     if found is not None:
         return found
     if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip() or \
@@ -331,61 +333,12 @@ def choose_source(env: Mapping[str, str], profile: str = "", *, region: str = ""
         "them in the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or "
         "~/.aws/credentials) or name a profile of it or of the config file (AWS_CONFIG_FILE "
         "or ~/.aws/config: keys, credential_process, role_arn, sso_session) with aws_profile "
-        "/ AWS_PROFILE / default, run with a "
-        "container's role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI) or an EC2 "
+        "/ AWS_PROFILE / default, assume a role with a web identity token "
+        "(AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), run with a container's role "
+        "(AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI) or an EC2 "
         "instance role (the instance metadata service, which AWS_EC2_METADATA_DISABLED=true "
         "turns off), or give a Bedrock API key with api_key_env, api_key_file or "
         "api_key_credential")
-
-
-def instance(env: Mapping[str, str]) -> InstanceMetadata:
-    """The instance metadata service, where the environment puts it."""
-    endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
-    if not endpoint:
-        return InstanceMetadata()
-    target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
-    return InstanceMetadata(endpoint)
-
-
-def target(name: str, url: str) -> Target:
-    """The URL an environment variable names, or a configuration error."""
-    try:
-        return Target(url)
-    except ValueError:
-        # not the ValueError's text: it quotes the whole URL, a password in it too
-        raise AwsConfigError(f"environment variable {name} is not a usable URL (http:// or "
-                             f"https://, a host, a port up to 65535): {bare(url)!r}") from None
-
-
-def container(env: Mapping[str, str]) -> ContainerEndpoint:
-    """The container's credential endpoint the environment names."""
-    relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip()
-    if relative:
-        url = f"http://{CONTAINER_HOST}{'' if relative.startswith('/') else '/'}{relative}"
-        name = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
-    else:
-        url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()
-        name = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-    tgt = target(name, url)
-    if not tgt.tls and not _local(tgt.host):
-        raise AwsConfigError(f"environment variable {name} names {tgt.host} over plain http: "
-                             "only https, a loopback address or "
-                             f"{', '.join(sorted(_CONTAINER_HOSTS))} may serve credentials")
-    token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", "").strip()
-    if control(token):
-        raise AwsConfigError("environment variable AWS_CONTAINER_AUTHORIZATION_TOKEN holds a "
-                             "line break or another control character")
-    token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "").strip()
-    return ContainerEndpoint(url, "" if token_file else token, token_file)
-
-
-def _local(host: str) -> bool:
-    if host in _CONTAINER_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ------------------------------------------------------------------ at run time

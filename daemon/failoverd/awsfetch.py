@@ -1,11 +1,12 @@
 """How each source of temporary credentials is fetched (awscreds.py's `RefreshingCredentials`
-around awsmetadata.py, awsprocess.py, awssts.py and awssso.py), and how logs name it."""
+around awsmetadata.py, awsprocess.py, awssts.py, awswebidentity.py and awssso.py), and how
+logs name it."""
 
 from __future__ import annotations
 
 import weakref
 
-from failoverd import awscreds, awsmetadata, awsprocess, awssso, awssts
+from failoverd import awscreds, awsmetadata, awsprocess, awssso, awssts, awswebidentity
 from failoverd.awscreds import (
     AssumeRole,
     AwsCredentials,
@@ -16,6 +17,7 @@ from failoverd.awscreds import (
     Refreshing,
     RefreshingCredentials,
     SsoRole,
+    WebIdentityRole,
     bare,
 )
 from failoverd.clock import Clock, SystemClock
@@ -47,6 +49,8 @@ def refreshing(source: Refreshing, client: HttpClient,
             return await awsmetadata.fetch_instance(current, source)
         if isinstance(source, SsoRole):
             return await awssso.fetch(current, source, clock)
+        if isinstance(source, WebIdentityRole):
+            return await awswebidentity.fetch(current, source, clock)
         if inner is None:  # pragma: no cover - made above for every AssumeRole
             raise AwsCredentialsError(f"{source!r} has no source")
         return await awssts.assume_role(current, source, inner, clock)
@@ -65,4 +69,7 @@ def describe(source: Refreshing) -> str:
     if isinstance(source, SsoRole):
         return (f"IAM Identity Center role {source.role_name} of account {source.account_id} "
                 f"(profile [{source.profile}])")
+    if isinstance(source, WebIdentityRole):
+        return (f"web identity role {source.role_arn} "
+                f"({awswebidentity.token_name(source)} {source.token_file})")
     return f"role {source.role_arn} (profile [{source.profile}])"

@@ -11,10 +11,16 @@ Formats, as AWS documents them and botocore speaks them:
   session token, sent as ``X-aws-ec2-metadata-token`` to ``GET
   /latest/meta-data/iam/security-credentials/`` (the role's name) and then to ``.../<role>``
   (``{"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId", ..., "Expiration"}``).
+
+Where they are is read from the environment when the configuration is loaded (`container`,
+`instance`; awscreds.py's `choose_source`), a URL that cannot serve being a configuration
+error.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +28,7 @@ from urllib.parse import quote
 import orjson
 
 from failoverd.awscreds import (
+    AwsConfigError,
     AwsCredentials,
     AwsCredentialsError,
     ContainerEndpoint,
@@ -30,10 +37,11 @@ from failoverd.awscreds import (
     control,
 )
 from failoverd.http1 import HttpClient, HttpClientError
+from failoverd.http1.client import Target
 from failoverd.timeouts import timeout
 
-__all__ = ["bare", "call", "failed", "fetch_container", "fetch_instance", "parse_credentials",
-           "refusal"]
+__all__ = ["bare", "call", "container", "failed", "fetch_container", "fetch_instance",
+           "instance", "parse_credentials", "refusal", "target"]
 
 CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
 IMDS_TIMEOUT = 1.0  # per call to the instance metadata service: a host without one fails fast
@@ -43,6 +51,62 @@ _ROLE_PATH = "/latest/meta-data/iam/security-credentials/"
 # wrong URL or file, not read whole
 MAX_ANSWER = 64 * 1024
 MAX_TOKEN = 16 * 1024
+CONTAINER_HOST = "169.254.170.2"  # ECS's agent, for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
+# the hosts AWS_CONTAINER_CREDENTIALS_FULL_URI may name over plain http, besides loopback
+# addresses: ECS's agent, EKS Pod Identity's agent (IPv4 and IPv6)
+_CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", "localhost"})
+
+
+def instance(env: Mapping[str, str]) -> InstanceMetadata:
+    """The instance metadata service, where the environment puts it."""
+    endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
+    if not endpoint:
+        return InstanceMetadata()
+    target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
+    return InstanceMetadata(endpoint)
+
+
+def target(name: str, url: str) -> Target:
+    """The URL an environment variable names, or a configuration error."""
+    try:
+        return Target(url)
+    except ValueError:
+        # not the ValueError's text: it quotes the whole URL, a password in it too
+        raise AwsConfigError(f"environment variable {name} is not a usable URL (http:// or "
+                             f"https://, a host, a port up to 65535): {bare(url)!r}") from None
+
+
+def container(env: Mapping[str, str]) -> ContainerEndpoint:
+    """The container's credential endpoint the environment names."""
+    relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "").strip()
+    if relative:
+        url = f"http://{CONTAINER_HOST}{'' if relative.startswith('/') else '/'}{relative}"
+        name = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+    else:
+        url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI", "").strip()
+        name = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+    tgt = target(name, url)
+    if not tgt.tls and not _local(tgt.host):
+        raise AwsConfigError(f"environment variable {name} names {tgt.host} over plain http: "
+                             "only https, a loopback address or "
+                             f"{', '.join(sorted(_CONTAINER_HOSTS))} may serve credentials")
+    token = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN", "").strip()
+    if control(token):
+        raise AwsConfigError("environment variable AWS_CONTAINER_AUTHORIZATION_TOKEN holds a "
+                             "line break or another control character")
+    token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "").strip()
+    return ContainerEndpoint(url, "" if token_file else token, token_file)
+
+
+def _local(host: str) -> bool:
+    if host in _CONTAINER_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 
 
 async def call(client: HttpClient, method: str, url: str, headers: dict[str, str],

@@ -13,8 +13,14 @@ A profile is both files' sections of its name merged, the credentials file's key
 config file's (botocore's ``Session.full_config``).
 
 What a profile gives, in botocore's order (its ``create_credential_resolver`` with a profile):
-``role_arn`` (an assumed role, whatever else the profile holds); ``sso_*`` keys (IAM Identity
-Center); keys in the credentials file; ``credential_process``; keys in the config file.
+``role_arn`` without ``web_identity_token_file`` (an assumed role, whatever else the profile
+holds); ``web_identity_token_file`` with ``role_arn`` (AssumeRoleWithWebIdentity); ``sso_*``
+keys (IAM Identity Center); keys in the credentials file; ``credential_process``; keys in the
+config file. Unless the configuration names the profile (``aws_profile``, botocore's session
+profile), ``AWS_WEB_IDENTITY_TOKEN_FILE``, ``AWS_ROLE_ARN`` and ``AWS_ROLE_SESSION_NAME`` are
+read over the profile's ``web_identity_token_file``, ``role_arn`` and ``role_session_name``
+for that web identity, one by one as botocore's AssumeRoleWithWebIdentityProvider reads them,
+even when there is no profile at all; a source profile's never.
 A ``source_profile`` with keys gives what the profile gives without its ``role_arn`` (SSO,
 the credentials file's keys, ``credential_process``, the config file's keys: botocore's
 order), even when it has a ``role_arn`` too (which is how a profile may name itself as its
@@ -44,15 +50,14 @@ from failoverd.awscreds import (
     CredentialProcess,
     SharedFile,
     SsoRole,
-    container,
+    WebIdentityRole,
     control,
     credentials_file,
     from_env,
-    instance,
     parse_file,
     profile_keys,
-    target,
 )
+from failoverd.awsmetadata import container, instance, target
 
 __all__ = ["config_file", "profile_source", "sso_cache_key"]
 
@@ -150,24 +155,27 @@ def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSour
     name = named or "default"
     by = "aws_profile" if profile else "AWS_PROFILE"
     credentials, config = credentials_file(env), config_file(env)
-    if not credentials and not config:
-        if named:
-            raise AwsConfigError(f"profile {name!r} is named, but there is no shared "
-                                 "credentials file: HOME is not set (as under systemd); set "
-                                 "AWS_SHARED_CREDENTIALS_FILE or AWS_CONFIG_FILE")
-        return None
-    files = _load(credentials, config)
+    if not credentials and not config and named:
+        raise AwsConfigError(f"profile {name!r} is named, but there is no shared "
+                             "credentials file: HOME is not set (as under systemd); set "
+                             "AWS_SHARED_CREDENTIALS_FILE or AWS_CONFIG_FILE")
+    files = _load(credentials, config) if credentials or config else _Files("", "")
+    # botocore reads the environment's web identity over the profile's, unless the session
+    # names its profile, and when there is no profile at all
+    with_env = not profile and bool(env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip())
     if name not in files.profiles:
-        if not named:
+        if named:
+            raise AwsConfigError(_missing(files, name) + f" (profile {name!r} of {by})")
+        if not with_env:
             return None
-        raise AwsConfigError(_missing(files, name) + f" (profile {name!r} of {by})")
-    resolver = _Resolver(files, env, region or _region(files.profiles[name], env))
+        files.profiles[name] = _Profile(name)  # none: the environment's web identity
+    resolver = _Resolver(files, env, region or _region(files.profiles[name], env), with_env)
     source = resolver.source(name)
     if source is None and named:
         raise AwsConfigError(f"profile [{name}] ({resolver.where(name)}) gives no "
                              "credentials: it has no aws_access_key_id and "
-                             "aws_secret_access_key, credential_process, role_arn or sso_* "
-                             "keys")
+                             "aws_secret_access_key, credential_process, role_arn, "
+                             "web_identity_token_file or sso_* keys")
     return source
 
 
@@ -215,10 +223,12 @@ def _domain(region: str) -> str:
 class _Resolver:
     """Follows one profile to its source."""
 
-    def __init__(self, files: _Files, env: Mapping[str, str], region: str) -> None:
+    def __init__(self, files: _Files, env: Mapping[str, str], region: str,
+                 with_env: bool = False) -> None:
         self._files = files
         self._env = env
         self._region = region
+        self._with_env = with_env  # the environment's web identity, for the first profile
 
     def where(self, name: str, key: str = "") -> str:
         """The file the profile's `key` comes from (any of its files without a key)."""
@@ -232,17 +242,17 @@ class _Resolver:
 
     def source(self, name: str) -> AwsSource | None:
         profile = self._files.profiles[name]
-        if profile.get("role_arn"):
+        if profile.get("role_arn") and not profile.get("web_identity_token_file"):
             return self._role(name, ())
-        return self._direct(name)
+        return self._direct(name, top=True)
 
-    def _direct(self, name: str) -> AwsSource | None:
-        """What the profile gives besides an assumed role."""
+    def _direct(self, name: str, *, top: bool = False) -> AwsSource | None:
+        """What the profile gives besides an assumed role (`top`: the profile used, whose web
+        identity the environment's may stand for)."""
         profile = self._files.profiles[name]
-        if profile.get("web_identity_token_file"):
-            raise self._problem(name, "web_identity_token_file", "is not supported (no "
-                                "AssumeRoleWithWebIdentity): give the role's credentials "
-                                "another way")
+        web = self._web_identity(name, top)
+        if web is not None:
+            return web
         if any(profile.get(k) for k in (*SSO_KEYS, "sso_session")):
             return self._sso(name)
         keys = self._static(name, self._files.credentials)
@@ -278,8 +288,6 @@ class _Resolver:
     def _role(self, name: str, seen: tuple[str, ...]) -> AssumeRole:
         profile = self._files.profiles[name]
         role_arn = profile.get("role_arn")
-        if profile.get("web_identity_token_file"):
-            self._direct(name)  # refused there
         if profile.get("mfa_serial"):
             raise self._problem(name, "mfa_serial", "is set: a role that wants an MFA code "
                                 "cannot be assumed by a daemon (no one types the code); use "
@@ -302,24 +310,13 @@ class _Resolver:
             source = self._credential_source(name, credential_source)
         else:
             source = self._source_profile(name, source_profile, chain)
-        session_name = profile.get("role_session_name")
-        if session_name and not _SESSION_NAME.fullmatch(session_name):
-            raise self._problem(name, "role_session_name", "must be 2 to 64 letters, digits "
-                                f"or +=,.@_- : {session_name[:80]!r}")
+        session_name = self._session_name(name, profile.get("role_session_name"),
+                                          "role_session_name")
         external_id = profile.get("external_id")
         if external_id and (control(external_id) or not 2 <= len(external_id) <= 1224):
             raise self._problem(name, "external_id", "must be 2 to 1224 characters, without "
                                 "control characters")
-        duration = 0
-        if profile.get("duration_seconds"):
-            try:
-                duration = int(profile.get("duration_seconds"))
-            except ValueError:
-                duration = -1
-            if not 900 <= duration <= 43200:
-                raise self._problem(name, "duration_seconds", "must be a whole number of "
-                                    "seconds from 900 to 43200, got "
-                                    f"{profile.get('duration_seconds')[:20]!r}")
+        duration = self._duration(name)
         region = self._region
         endpoint = _endpoint(self._env, "STS", f"https://sts.{region}.{_domain(region)}")
         return AssumeRole(name, role_arn, source, region, endpoint, external_id, session_name,
@@ -339,14 +336,78 @@ class _Resolver:
             # `_resolve_credentials_from_profile`): an SSO role or a credential_process may
             # come before the keys
             return self._direct(source_name) or keys
-        if self._files.profiles[source_name].get("role_arn"):
+        source = self._files.profiles[source_name]
+        if source.get("role_arn") and not source.get("web_identity_token_file"):
             return self._role(source_name, chain)  # a chained role
         found = self._direct(source_name)
         if found is None:
             raise self._problem(name, "source_profile", f"names profile [{source_name}], "
                                 "which gives no credentials (no keys, credential_process, "
-                                "role_arn or sso_* keys)")
+                                "role_arn, web_identity_token_file or sso_* keys)")
         return found
+
+    def _session_name(self, name: str, value: str, key: str) -> str:
+        """A RoleSessionName as STS takes it; `key`: the profile's key, or the variable."""
+        if value and not _SESSION_NAME.fullmatch(value):
+            text = f"must be 2 to 64 letters, digits or +=,.@_- : {value[:80]!r}"
+            if key.startswith("AWS_"):
+                raise AwsConfigError(f"environment variable {key} {text}")
+            raise self._problem(name, key, text)
+        return value
+
+    def _duration(self, name: str) -> int:
+        """The profile's ``duration_seconds`` (0 when not given: STS's default)."""
+        value = self._files.profiles[name].get("duration_seconds")
+        if not value:
+            return 0
+        try:
+            duration = int(value)
+        except ValueError:
+            duration = -1
+        if not 900 <= duration <= 43200:
+            raise self._problem(name, "duration_seconds", "must be a whole number of seconds "
+                                f"from 900 to 43200, got {value[:20]!r}")
+        return duration
+
+    def _web_identity(self, name: str, top: bool) -> WebIdentityRole | None:
+        """AssumeRoleWithWebIdentity, when the profile (or, for the profile used, the
+        environment) names a token file; each key the environment's over the profile's."""
+        profile = self._files.profiles[name]
+        env = self._env if top and self._with_env else {}
+
+        def pick(variable: str, key: str) -> tuple[str, str]:
+            value = env.get(variable, "").strip()
+            return (value, variable) if value else (profile.get(key), key)
+
+        token_file, token_by = pick("AWS_WEB_IDENTITY_TOKEN_FILE", "web_identity_token_file")
+        if not token_file:
+            return None
+        role_arn, arn_by = pick("AWS_ROLE_ARN", "role_arn")
+        if not role_arn:
+            if token_by.startswith("AWS_"):
+                raise AwsConfigError(
+                    "environment variable AWS_WEB_IDENTITY_TOKEN_FILE is set (EKS IAM roles "
+                    "for service accounts), but AWS_ROLE_ARN is not"
+                    + (f" and profile [{name}] has no role_arn" if profile.where else "")
+                    + ": the role to assume with its token (AssumeRoleWithWebIdentity)")
+            raise self._problem(name, "role_arn", "is missing: web_identity_token_file needs "
+                                "the role to assume with its token (AssumeRoleWithWebIdentity)")
+        if not role_arn.startswith("arn:") or control(role_arn):
+            text = f"is not a role ARN: {role_arn[:100]!r}"
+            if arn_by.startswith("AWS_"):
+                raise AwsConfigError(f"environment variable {arn_by} {text}")
+            raise self._problem(name, arn_by, text)
+        if control(token_file):
+            if token_by.startswith("AWS_"):
+                raise AwsConfigError(f"environment variable {token_by} holds a control "
+                                     "character")
+            raise self._problem(name, token_by, "holds a control character")
+        session = self._session_name(name, *pick("AWS_ROLE_SESSION_NAME", "role_session_name"))
+        region = self._region
+        return WebIdentityRole("" if token_by.startswith("AWS_") else name, role_arn, token_file,
+                               _endpoint(self._env, "STS",
+                                         f"https://sts.{region}.{_domain(region)}"),
+                               session, self._duration(name))
 
     def _credential_source(self, name: str, value: str) -> AwsSource:
         env = self._env

@@ -34,12 +34,12 @@ from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
 from failoverd.providers.sigv4 import Signer
 
-__all__ = ["STS_TIMEOUT", "assume_role", "parse_answer"]
+__all__ = ["STS_TIMEOUT", "TRANSIENT", "assume_role", "error", "parse_answer"]
 
 logger = logging.getLogger(__name__)
 
 STS_TIMEOUT = 10.0  # seconds for one AssumeRole call
-_TRANSIENT = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded",
+TRANSIENT = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded",
                         "ServiceUnavailable", "InternalFailure", "InternalError",
                         "RequestTimeout", "IDPCommunicationError"})
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -61,14 +61,15 @@ def _text(root: ET.Element, path: str) -> str:
     return (found.text or "").strip() if found is not None else ""
 
 
-def parse_answer(body: bytes, where: str) -> AwsCredentials:
-    """The credentials of an AssumeRole answer."""
+def parse_answer(body: bytes, where: str, result: str = "AssumeRoleResult") -> AwsCredentials:
+    """The credentials of an AssumeRole answer (`result`: its result element, another for
+    AssumeRoleWithWebIdentity)."""
     root = _xml(body)
     if root is None:
         raise AwsCredentialsError(f"{where} answered no XML", transient=True)
-    creds = root.find("{*}AssumeRoleResult/{*}Credentials")
+    creds = root.find(f"{{*}}{result}/{{*}}Credentials")
     if creds is None:
-        raise AwsCredentialsError(f"{where} answered without AssumeRoleResult/Credentials",
+        raise AwsCredentialsError(f"{where} answered without {result}/Credentials",
                                   transient=True)
     names = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
     key_id, secret, token, expiration = (_text(creds, "{*}" + n) for n in names)
@@ -88,7 +89,7 @@ def parse_answer(body: bytes, where: str) -> AwsCredentials:
     return AwsCredentials(key_id, secret, token, expires=when.timestamp())
 
 
-def _error(status: int, body: bytes) -> tuple[str, str]:
+def error(status: int, body: bytes) -> tuple[str, str]:
     """(code, message) of an STS error answer (``ErrorResponse/Error``)."""
     root = _xml(body)
     if root is None:
@@ -126,11 +127,11 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
     for secret in (signing.session_token, signing.secret_access_key):
         if secret:
             body = body.replace(secret.encode(), b"***")
-    code, message = _error(status, body)
+    code, message = error(status, body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")
     if code == "ExpiredToken" and inner.refused(signing):
         # the source's temporary credentials were revoked or expired early: it has dropped
         # them, and the next call signs with new ones
         raise AwsCredentialsError(text, transient=True)
-    raise AwsCredentialsError(text, transient=failed(status) or code in _TRANSIENT)
+    raise AwsCredentialsError(text, transient=failed(status) or code in TRANSIENT)
