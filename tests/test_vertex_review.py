@@ -90,6 +90,12 @@ def test_a_key_whose_crt_numbers_do_not_fit_is_a_configuration_error(
         "qinv": pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp, k.dq, k.qinv - 1),
         # n = p * q holds, but p and q are no primes of an RSA key
         "factors": pkcs1_pem(k.n, k.e, k.d, k.p * k.q, 1, k.dp, k.dq, 0),
+        # numbers that sign right but outside their ranges (RFC 8017 3.2): a 64 KiB file's
+        # exponent of a hundred thousand bits makes every signature slow
+        "e": pkcs1_pem(k.n, k.e + (k.p - 1) * (k.q - 1) * (1 << 100000), k.d, k.p, k.q, k.dp,
+                       k.dq, k.qinv),
+        "dp range": pkcs1_pem(k.n, k.e, k.d, k.p, k.q, k.dp + (k.p - 1) * (1 << 100000), k.dq,
+                              k.qinv),
     }
     for what, pem in damaged.items():
         with pytest.raises(RsaKeyError, match="do not fit together"):

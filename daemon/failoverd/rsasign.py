@@ -97,7 +97,10 @@ def _pkcs1(der: bytes) -> RsaKey:
                         "are taken")
     # what signing uses must be right (openssl's RSA_check_key refuses such a key too): a
     # damaged dp, dq or qinv would make every signature wrong, found only at the first grant
-    if p * q != n or e < 3 or min(p, q) < 3 or not 0 < qinv < p or qinv * q % p != 1 \
+    # and each within its range (RFC 8017 3.2), which also bounds the work of a signature: a
+    # 64 KiB file could hold an exponent that makes every one take seconds on the event loop
+    if p * q != n or not 3 <= e < n or min(p, q) < 3 or not 0 < qinv < p \
+            or not 0 < dp < p or not 0 < dq < q or qinv * q % p != 1 \
             or e * dp % (p - 1) != 1 or e * dq % (q - 1) != 1:
         raise RsaKeyError("the RSA key's parameters do not fit together")
     key = RsaKey(n, e, d, p, q, dp, dq, qinv)
