@@ -52,6 +52,16 @@ async def failoverctl(socket: str, *args: str, timeout: float = 15) -> tuple[int
     return proc.returncode, out.decode(), err.decode()
 
 
+def providers(**tables: str | tuple[str, str]) -> str:
+    """[providers.<name>] tables for a config body, one a keyword: name=base_url for an
+    OpenAI-compatible provider, name=(kind, base_url) for another kind."""
+    lines = []
+    for name, table in tables.items():
+        kind, url = table if isinstance(table, tuple) else ("openai", table)
+        lines.append(f'[providers.{name}]\nkind = "{kind}"\nbase_url = "{url}"')
+    return "\n".join(lines)
+
+
 def _window(tokens: int | None) -> str:
     return "" if tokens is None else f"context_window = {tokens}\n"
 
@@ -67,12 +77,7 @@ def pair_config(a: FakeOpenAI, b: FakeOpenAI, *, head: str = "", a_window: int |
     as [mqtt]); `more` follows the two models (more providers and models); `routing` adds to
     [routing]; `tail` ends the body ([breaker], [[hooks]], ...); `deadline` is routing's."""
     return f"""{head}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/gpt-a"]
 provider = "a"
 {_window(a_window)}[models."b/gpt-b"]

@@ -19,6 +19,7 @@ from tests.fakes.anthropic import FakeAnthropic, signature
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 from tests.test_sdk_clients import anthropic_client
 
 CHAIN = ["ant/claude", "oai/kimi", "gem/flash", "oll/qwen"]
@@ -37,18 +38,8 @@ PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGA
 def config(ant: FakeAnthropic, oai: FakeOpenAI, gem: FakeGemini, oll: FakeOllama) -> str:
     caps = 'capabilities = ["tools", "vision", "reasoning", "json"]'
     return f"""
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
-[providers.gem]
-kind = "gemini"
-base_url = "{gem.url}"
-[providers.oll]
-kind = "ollama"
-base_url = "{oll.url}"
+{providers(ant=("anthropic", ant.url), oai=oai.url)}
+{providers(gem=("gemini", gem.url), oll=("ollama", oll.url))}
 [models."ant/claude"]
 provider = "ant"
 {caps}

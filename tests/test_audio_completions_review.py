@@ -32,7 +32,7 @@ from failoverd.translate import audio
 from tests.conftest import daemon_toml
 from tests.fakes.base import AppServer
 from tests.fakes.ollama import FakeOllama
-from tests.helpers import status, until
+from tests.helpers import providers, status, until
 
 # audio whose bytes look like multipart framing: CRLFs, dashes, a blank line, a header line
 AUDIO = (b"RIFF\x00\x01WAVEfmt \r\n--\r\n\r\nContent-Disposition: form-data; name=\"x\"\r\n"
@@ -131,12 +131,7 @@ def sse(*events: bytes, hold: asyncio.Event | None = None) -> Reply:
 
 def config(a: Upstream, b: Upstream, head: str = "", tail: str = "") -> str:
     return f"""{head}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [providers.sim]
 kind = "simulated"
 [models."{A}"]
@@ -600,12 +595,7 @@ def test_parsing_an_upload_copies_its_audio_once() -> None:
 
 def ollama_config(ol: FakeOllama, a: Upstream) -> str:
     return f"""
-[providers.ol]
-kind = "ollama"
-base_url = "{ol.url}"
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
+{providers(ol=("ollama", ol.url), a=a.url)}
 [models."ol/coder"]
 provider = "ol"
 name = "qwen2.5-coder:1.5b"

@@ -13,7 +13,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, ask, status, until, until_async
+from tests.helpers import HELLO, ask, providers, status, until, until_async
 
 PRIMARY = "a/gpt-a"
 FALLBACK = "b/gpt-b"
@@ -23,12 +23,7 @@ def pair_toml(a: FakeOpenAI, b: FakeOpenAI, *,
               breaker: str = "open_seconds = 30\nmax_open_seconds = 600", probes: str = "",
               routing: str = 'when_all_unavailable = "fail"') -> str:
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."{PRIMARY}"]
 provider = "a"
 [models."{FALLBACK}"]
@@ -217,12 +212,7 @@ async def test_restart_keeps_open_breakers_and_credential_trouble(fake_openai,
 
 def one_provider_two_models(a: FakeOpenAI, b: FakeOpenAI) -> str:
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/one"]
 provider = "a"
 [models."a/two"]

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, one_model_config
+from tests.helpers import HELLO, one_model_config, providers
 
 
 def two_models(a: FakeOpenAI, b: FakeOpenAI, routing: str = "", extra: str = "") -> str:
@@ -125,15 +125,7 @@ async def test_context_overflow_fails_over_only_to_larger_window(fake_openai,
     small = await fake_openai(reply="small")
     big = await fake_openai(reply="big")
     d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.s]
-kind = "openai"
-base_url = "{small.url}"
-[providers.g]
-kind = "openai"
-base_url = "{big.url}"
+{providers(a=a.url, s=small.url, g=big.url)}
 [models."a/m"]
 provider = "a"
 context_window = 128000
@@ -466,12 +458,7 @@ async def test_queue_waits_for_the_capable_model_only(fake_openai, start_daemon)
     a = await fake_openai(reply="text only")
     b = await fake_openai(reply="sees")
     d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/text"]
 provider = "a"
 capabilities = []

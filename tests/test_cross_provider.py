@@ -9,6 +9,7 @@ import pytest
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
        "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
@@ -20,12 +21,7 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 def config(openai_fake: FakeOpenAI, gemini: FakeGemini, ollama: FakeOllama) -> str:
     return f"""
-[providers.openai]
-kind = "openai"
-base_url = "{openai_fake.url}"
-[providers.gemini]
-kind = "gemini"
-base_url = "{gemini.url}"
+{providers(openai=openai_fake.url, gemini=("gemini", gemini.url))}
 api_key_env = "GEMINI_KEY"
 [providers.ollama]
 kind = "ollama"

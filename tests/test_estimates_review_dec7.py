@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from failoverd.tokens import text_tokens
-from tests.helpers import pair_config
+from tests.helpers import pair_config, providers
 
 
 def floats(n: int) -> str:
@@ -136,12 +136,7 @@ async def test_a_request_the_sticky_fallback_cannot_serve_does_not_move_the_sess
 
 def _claude_config(claude: Any, big: Any, tail: str = "") -> str:
     return f"""
-[providers.c]
-kind = "anthropic"
-base_url = "{claude.url}"
-[providers.b]
-kind = "openai"
-base_url = "{big.url}"
+{providers(c=("anthropic", claude.url), b=big.url)}
 [models."c/claude"]
 provider = "c"
 context_window = 8000

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
+from tests.helpers import providers
 
 GEMINI = "g/gemini-2.5-flash"
 SMALL = "o/qwen2.5:7b"
@@ -30,15 +31,7 @@ async def rig(fake_gemini: Any, fake_ollama: Any, start_daemon: Any
     small: FakeOllama = await fake_ollama(reply="from the small one")
     big: FakeOllama = await fake_ollama(reply="from the big one")
     d = await start_daemon(f"""
-[providers.g]
-kind = "gemini"
-base_url = "{gemini.url}"
-[providers.o]
-kind = "ollama"
-base_url = "{small.url}"
-[providers.big]
-kind = "ollama"
-base_url = "{big.url}"
+{providers(g=("gemini", gemini.url), o=("ollama", small.url), big=("ollama", big.url))}
 [models."{GEMINI}"]
 provider = "g"
 context_window = 1048576

@@ -25,6 +25,7 @@ from failoverd.translate.gemini import DUMMY_THOUGHT_SIGNATURE
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 from tests.test_sdk_clients import PIN, WEATHER
 
 ASK = {"role": "user", "content": "Weather in Paris?"}
@@ -40,18 +41,8 @@ async def rig(fake_gemini: Any, fake_openai: Any, fake_anthropic: Any, start_dae
     oai: FakeOpenAI = await fake_openai()
     ant: FakeAnthropic = await fake_anthropic()
     d = await start_daemon(f"""
-[providers.g]
-kind = "gemini"
-base_url = "{gemini.url}"
-[providers.g2]
-kind = "gemini"
-base_url = "{other.url}"
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
+{providers(g=("gemini", gemini.url), g2=("gemini", other.url))}
+{providers(oai=oai.url, ant=("anthropic", ant.url))}
 [models."{PRO}"]
 provider = "g"
 capabilities = ["tools"]

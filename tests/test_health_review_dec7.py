@@ -14,19 +14,14 @@ from failoverd.clock import ManualClock
 from failoverd.failures import FailureReason
 from failoverd.health import HealthRegistry
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, status, until_async
+from tests.helpers import HELLO, providers, status, until_async
 
 
 def many_models(a: FakeOpenAI, b: FakeOpenAI, n: int, probes: str, breaker: str = "") -> str:
     models = "".join(f'[models."a/m{i}"]\nprovider = "a"\n' for i in range(n))
     chain = "".join(f'"a/m{i}", ' for i in range(1, n))
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 {models}[models."b/x"]
 provider = "b"
 [routing]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from failoverd import mediasize, tokens
+from tests.helpers import providers
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -122,12 +123,7 @@ async def test_a_request_with_large_inline_media_skips_a_window_too_small(
     """A 40-page PDF counted as 256 tokens went to a 16k-window model that refused it."""
     small, big = await fake_openai(reply="small"), await fake_openai(reply="big")
     d = await start_daemon(f"""
-[providers.s]
-kind = "openai"
-base_url = "{small.url}"
-[providers.b]
-kind = "openai"
-base_url = "{big.url}"
+{providers(s=small.url, b=big.url)}
 [models."s/small"]
 provider = "s"
 context_window = 16000

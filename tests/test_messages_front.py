@@ -9,6 +9,8 @@ import anthropic
 import httpx2
 import pytest
 
+from tests.helpers import providers
+
 PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
            "RU5ErkJggg==")
 TOOL = {"name": "get_weather", "description": "Weather for a city",
@@ -232,12 +234,7 @@ async def test_anthropic_stream_carries_hook_notices(fake_anthropic, fake_openai
     hook.write_text('#!/bin/sh\ncat >/dev/null\necho \'{"messages": ["switched"]}\'\n')
     hook.chmod(0o755)
     d = await start_daemon(f"""
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
+{providers(ant=("anthropic", ant.url), oai=oai.url)}
 [models."ant/claude"]
 provider = "ant"
 [models."oai/gpt"]

@@ -25,7 +25,7 @@ from failoverd.clock import ManualClock
 from failoverd.discovery import object_id
 from failoverd.fingerprint import fingerprint
 from tests.fakes.base import serve_app
-from tests.helpers import HELLO, one_model_config, tcp_listener, until
+from tests.helpers import HELLO, one_model_config, providers, tcp_listener, until
 from tests.helpers import chat as ask
 from tests.mosquitto import Mosquitto, TcpProxy, recording, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
@@ -355,12 +355,7 @@ async def test_a_request_the_access_guard_refuses_has_its_access_line(
 def rpm_config(a_url: str, b_url: str, *, a: str = "max_rpm = 2", when: str = "fail",
                routing: str = "", tail: str = NO_PROBES) -> str:
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a_url}"
-[providers.b]
-kind = "openai"
-base_url = "{b_url}"
+{providers(a=a_url, b=b_url)}
 [models."a/m"]
 provider = "a"
 {a}
@@ -489,12 +484,7 @@ async def test_a_request_the_model_is_incapable_of_spends_no_rpm_slot(
         fake_anthropic: Any, fake_openai: Any, start_daemon: Any) -> None:
     ant, b = await fake_anthropic(), await fake_openai()
     d = await start_daemon(f"""
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(ant=("anthropic", ant.url), b=b.url)}
 [models."ant/claude"]
 provider = "ant"
 max_rpm = 2

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, pair_config, status
+from tests.helpers import HELLO, pair_config, providers, status
 
 
 @pytest.fixture
@@ -93,12 +93,7 @@ async def ollamas(fake_ollama: Any, start_daemon: Any) -> tuple[Any, Any, Any]:
     small = await fake_ollama(reply="from the small one")
     big = await fake_ollama(reply="from the big one")
     d = await start_daemon(f"""
-[providers.o]
-kind = "ollama"
-base_url = "{small.url}"
-[providers.big]
-kind = "ollama"
-base_url = "{big.url}"
+{providers(o=("ollama", small.url), big=("ollama", big.url))}
 [models."o/qwen2.5:7b"]
 provider = "o"
 [models."big/llama3.2:latest"]
@@ -161,12 +156,7 @@ async def test_anthropic_request_too_large_fails_over_to_any_window(
     ant = await fake_anthropic()
     oai = await fake_openai(reply="from openai")
     d = await start_daemon(f"""
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
+{providers(ant=("anthropic", ant.url), oai=oai.url)}
 [models."ant/claude"]
 provider = "ant"
 name = "claude-sonnet-4-5"

@@ -23,7 +23,7 @@ from failoverd.translate.responses_response import canonical_to_responses, respo
 from failoverd.translate.responses_stream import ResponsesStreamEncoder
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import USAGE, FakeOpenAI
-from tests.helpers import tcp_listener
+from tests.helpers import providers, tcp_listener
 from tests.test_fastpath import paths
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -36,12 +36,7 @@ OAI_REPLY = "Hello from the fake upstream"
 
 def config(oai: FakeOpenAI, ant: FakeAnthropic, head: str = "") -> str:
     return f"""{head}
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
+{providers(oai=oai.url, ant=("anthropic", ant.url))}
 [models."oai/gpt"]
 provider = "oai"
 capabilities = ["tools", "vision", "json"]

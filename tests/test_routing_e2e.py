@@ -6,20 +6,13 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 
 
 def three_tier(small: FakeOpenAI, medium: FakeOpenAI, large: FakeOpenAI,
                routing: str = "") -> str:
     return f"""
-[providers.s]
-kind = "openai"
-base_url = "{small.url}"
-[providers.m]
-kind = "openai"
-base_url = "{medium.url}"
-[providers.l]
-kind = "openai"
-base_url = "{large.url}"
+{providers(s=small.url, m=medium.url, l=large.url)}
 [models."s/small"]
 provider = "s"
 tier = "small"

@@ -19,7 +19,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import GPT, HELLO, QWEN, failoverctl, gpt_qwen_config, status
+from tests.helpers import GPT, HELLO, QWEN, failoverctl, gpt_qwen_config, providers, status
 
 CHAIN = "team/fast:1"  # a chain name with '/' and ':'
 
@@ -421,12 +421,7 @@ async def test_a_fallback_gets_max_tokens_cut_to_what_it_can_write(fake_openai, 
     big, small = await fake_openai(reply="big"), await fake_openai(reply="small")
     big.default = "rate_limit_long"
     d = await start_daemon(f"""
-[providers.big]
-kind = "openai"
-base_url = "{big.url}"
-[providers.small]
-kind = "openai"
-base_url = "{small.url}"
+{providers(big=big.url, small=small.url)}
 [models."big/m"]
 provider = "big"
 [models."small/m"]

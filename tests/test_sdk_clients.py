@@ -20,6 +20,7 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 
 USER = [{"role": "user", "content": "hi"}]
 PIN = {"x-failoverd-no-fallback": "1"}
@@ -31,12 +32,7 @@ WEATHER = {"type": "function", "function": {
 
 def config(oai: FakeOpenAI, ant: FakeAnthropic) -> str:
     return f"""
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
+{providers(oai=oai.url, ant=("anthropic", ant.url))}
 [models."oai/gpt"]
 provider = "oai"
 capabilities = ["tools", "vision", "json"]

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.fakes.base import AppServer
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import one_model_config, tcp_listener
+from tests.helpers import one_model_config, providers, tcp_listener
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
@@ -184,12 +184,7 @@ async def test_deep_json_the_daemon_cannot_forward_is_400(fake_openai: Any, star
 def failover_config(a: FakeOpenAI, b: FakeOpenAI, hook: Path) -> str:
     # (a model id with control characters is refused at load: tests/test_config.py)
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/m"]
 provider = "a"
 [models."b/m"]

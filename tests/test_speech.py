@@ -14,6 +14,7 @@ from aiohttp import web
 from failoverd import config as config_mod
 from failoverd.errors import ConfigError
 from tests.fakes.base import AppServer
+from tests.helpers import providers
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
 
@@ -59,12 +60,7 @@ async def rig(start_daemon: Any) -> Any:
     cloud = await Voice({"alloy", "nova"}).start()
     local = await Voice({"af_bella", "af_heart"}).start()
     d = await start_daemon(f"""
-[providers.cloud]
-kind = "openai"
-base_url = "{cloud.url}"
-[providers.local]
-kind = "openai"
-base_url = "{local.url}"
+{providers(cloud=cloud.url, local=local.url)}
 [models."cloud/tts"]
 provider = "cloud"
 name = "gpt-4o-mini-tts"
@@ -198,12 +194,7 @@ async def test_an_upstream_name_two_speech_models_share_is_no_ambiguity(
     a, b = await Voice({"alloy"}).start(), await Voice({"alloy"}).start()
     try:
         d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/tts"]
 provider = "a"
 name = "tts-1"

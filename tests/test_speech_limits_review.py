@@ -20,7 +20,7 @@ from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
 from failoverd.window import SlidingSum
 from tests.fakes.base import AppServer
-from tests.helpers import HELLO, breaker, chat, failoverctl, status, until
+from tests.helpers import HELLO, breaker, chat, failoverctl, providers, status, until
 from tests.test_max_rpm import CONFIG as RPM
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
@@ -76,12 +76,7 @@ def answer(code: int, body: bytes, content_type: str) -> Step:
 
 def speech_config(a: Speaker, b: Speaker, *, more: str = "") -> str:
     return f"""
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [models."a/tts"]
 provider = "a"
 name = "tts-1"
@@ -334,12 +329,7 @@ def tpm_config(**urls: str) -> str:
 kind = "openai"
 base_url = "{urls['oai']}"
 stream_usage = true
-[providers.ant]
-kind = "anthropic"
-base_url = "{urls['ant']}"
-[providers.gem]
-kind = "gemini"
-base_url = "{urls['gem']}"
+{providers(ant=("anthropic", urls['ant']), gem=("gemini", urls['gem']))}
 api_key_env = "GEMINI_KEY"
 [providers.oll]
 kind = "ollama"

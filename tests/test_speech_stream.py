@@ -23,7 +23,7 @@ from aiohttp import web
 from failoverd.translate import speech
 from tests.fakes.base import cut
 from tests.fakes.scripted import Scripted, pair_fixture
-from tests.helpers import breaker, first_bytes, metric
+from tests.helpers import breaker, first_bytes, metric, providers
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # 1034 bytes
 PIECES = [MP3, b"\xff\xfb" + bytes(range(256)) * 8, b"\xff\xfb" + bytes(range(255, -1, -1)) * 8]
@@ -112,12 +112,7 @@ def events(raw: bytes) -> list[dict[str, Any]]:
 
 def config(a: Tts, b: Tts, *, head: str = "", a_more: str = "", more: str = "") -> str:
     return f"""{head}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [providers.s]
 kind = "simulated"
 [models."a/tts"]

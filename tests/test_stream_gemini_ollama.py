@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.base import cut
+from tests.helpers import providers
 
 Body = tuple[str, list[bytes], bool]  # content type, pieces, cut the connection after them
 
@@ -101,15 +102,7 @@ async def rig(start_daemon: Any) -> AsyncIterator[tuple[Scripted, Scripted, Scri
         await server.start()
     backup.default = BACKUP
     d = await start_daemon(f"""
-[providers.g]
-kind = "gemini"
-base_url = "{gemini.url}"
-[providers.o]
-kind = "ollama"
-base_url = "{ollama.url}"
-[providers.b]
-kind = "ollama"
-base_url = "{backup.url}"
+{providers(g=("gemini", gemini.url), o=("ollama", ollama.url), b=("ollama", backup.url))}
 [models."g/gemini-2.5-flash"]
 provider = "g"
 capabilities = ["tools"]

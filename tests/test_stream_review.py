@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
-from tests.helpers import HELLO, one_model_config, until, until_async
+from tests.helpers import HELLO, one_model_config, providers, until, until_async
 from tests.helpers import sse_json as sse_data
 
 
@@ -285,12 +285,7 @@ async def test_pings_are_not_a_first_token_and_the_stream_fails_over(
     b = await fake_openai(reply="from b")
     try:
         d = await start_daemon(f"""
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(ant=("anthropic", ant.url), b=b.url)}
 [models."ant/claude"]
 provider = "ant"
 first_token_timeout = 0.4
@@ -440,12 +435,7 @@ async def test_a_json_error_body_answering_a_stream_is_classified_by_its_code(
     b = await fake_openai(reply="from b")
     try:
         d = await start_daemon(f"""
-[providers.a]
-kind = "openai"
-base_url = "{fake.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=fake.url, b=b.url)}
 [models."a/m"]
 provider = "a"
 [models."b/m"]

@@ -31,7 +31,7 @@ from failoverd.providers.gemini import GeminiProvider
 from failoverd.translate import audio as wire
 from tests.fakes.base import cut
 from tests.fakes.scripted import Scripted, pair_fixture
-from tests.helpers import breaker, first_bytes, metric
+from tests.helpers import breaker, first_bytes, metric, providers
 
 AUDIO = b"RIFF\x00\x01WAVEfmt " + bytes(range(256)) * 125  # 32012 bytes: a second of audio
 EVENT_STREAM = "text/event-stream"
@@ -128,12 +128,7 @@ def events(raw: bytes) -> list[dict[str, Any]]:
 
 def config(a: Stt, b: Stt, *, head: str = "", a_more: str = "") -> str:
     return f"""{head}
-[providers.a]
-kind = "openai"
-base_url = "{a.url}"
-[providers.b]
-kind = "openai"
-base_url = "{b.url}"
+{providers(a=a.url, b=b.url)}
 [providers.s]
 kind = "simulated"
 [models."a/ears"]

@@ -16,6 +16,7 @@ from failoverd.errors import TranslationError
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI
+from tests.helpers import providers
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -30,15 +31,7 @@ ANTHROPIC_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 def config(oai: FakeOpenAI, ant: FakeAnthropic, gem: FakeGemini) -> str:
     caps = 'capabilities = ["tools", "vision", "reasoning", "json"]'
     return f"""
-[providers.oai]
-kind = "openai"
-base_url = "{oai.url}"
-[providers.ant]
-kind = "anthropic"
-base_url = "{ant.url}"
-[providers.gem]
-kind = "gemini"
-base_url = "{gem.url}"
+{providers(oai=oai.url, ant=("anthropic", ant.url), gem=("gemini", gem.url))}
 [models."oai/kimi"]
 provider = "oai"
 {caps}
