@@ -62,6 +62,17 @@ def providers(**tables: str | tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+# a config body's models a/m (provider a) and b/m (provider b), and the [routing] table that
+# makes b/m the fallback of a/m: routing keys may follow
+A_THEN_B = """[models."a/m"]
+provider = "a"
+[models."b/m"]
+provider = "b"
+[routing]
+primary = "a/m"
+fallbacks = ["b/m"]"""
+
+
 def _window(tokens: int | None) -> str:
     return "" if tokens is None else f"context_window = {tokens}\n"
 

@@ -16,22 +16,16 @@ import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
-from tests.helpers import failoverctl
+from tests.helpers import A_THEN_B, failoverctl
 from tests.test_lifecycle import Launch
 from tests.test_lifecycle import launch as launch  # the fixture
 
-SIMULATED = """
+SIMULATED = f"""
 [providers.a]
 kind = "simulated"
 [providers.b]
 kind = "simulated"
-[models."a/m"]
-provider = "a"
-[models."b/m"]
-provider = "b"
-[routing]
-primary = "a/m"
-fallbacks = ["b/m"]
+{A_THEN_B}
 [probes]
 kind = "none"
 """

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.fakes.base import AppServer
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import one_model_config, providers, tcp_listener
+from tests.helpers import A_THEN_B, one_model_config, providers, tcp_listener
 
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
@@ -85,13 +85,7 @@ api_key_env = "A_KEY"
 kind = "openai"
 base_url = "{url}"
 api_key_env = "B_KEY"
-[models."a/m"]
-provider = "a"
-[models."b/m"]
-provider = "b"
-[routing]
-primary = "a/m"
-fallbacks = ["b/m"]
+{A_THEN_B}
 [probes]
 kind = "none"
 """
@@ -185,13 +179,7 @@ def failover_config(a: FakeOpenAI, b: FakeOpenAI, hook: Path) -> str:
     # (a model id with control characters is refused at load: tests/test_config.py)
     return f"""
 {providers(a=a.url, b=b.url)}
-[models."a/m"]
-provider = "a"
-[models."b/m"]
-provider = "b"
-[routing]
-primary = "a/m"
-fallbacks = ["b/m"]
+{A_THEN_B}
 retry_after_max = 0
 [probes]
 kind = "none"

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import ERRORS, FakeOpenAI
-from tests.helpers import HELLO, one_model_config, providers, until, until_async
+from tests.helpers import A_THEN_B, HELLO, one_model_config, providers, until, until_async
 from tests.helpers import sse_json as sse_data
 
 
@@ -436,13 +436,7 @@ async def test_a_json_error_body_answering_a_stream_is_classified_by_its_code(
     try:
         d = await start_daemon(f"""
 {providers(a=fake.url, b=b.url)}
-[models."a/m"]
-provider = "a"
-[models."b/m"]
-provider = "b"
-[routing]
-primary = "a/m"
-fallbacks = ["b/m"]
+{A_THEN_B}
 when_all_unavailable = "fail"
 """)
         resp = await d.http.post("/v1/chat/completions",
