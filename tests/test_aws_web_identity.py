@@ -326,6 +326,11 @@ def test_where_the_chain_takes_it(tmp_path: Path) -> None:
     no_arn = {k: v for k, v in env.items() if k != "AWS_ROLE_ARN"}
     assert choose_source({**no_arn, "AWS_PROFILE": "merged"}, region="eu-west-1") == \
         WebIdentityRole("", ROLE2, str(path), sts, "from-profile")
+    # AWS_ROLE_ARN alone (no AWS_WEB_IDENTITY_TOKEN_FILE) stands for the profile's role_arn
+    no_file = {k: v for k, v in env.items() if k != "AWS_WEB_IDENTITY_TOKEN_FILE"}
+    assert choose_source({**no_file, "AWS_PROFILE": "merged"}, region="eu-west-1") == \
+        WebIdentityRole("merged", ROLE, "/p/t", sts, "from-profile")
+    assert isinstance(choose_source(no_file), SharedFile)  # nothing without a token file
     # aws_profile: the profile's own, the environment's aside
     assert choose_source(env, "wid", region="eu-west-1") == \
         WebIdentityRole("wid", ROLE2, "/p/t", sts, "from-profile", 900)

@@ -162,11 +162,11 @@ def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSour
     files = _load(credentials, config) if credentials or config else _Files("", "")
     # botocore reads the environment's web identity over the profile's, unless the session
     # names its profile, and when there is no profile at all
-    with_env = not profile and bool(env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip())
+    with_env = not profile
     if name not in files.profiles:
         if named:
             raise AwsConfigError(_missing(files, name) + f" (profile {name!r} of {by})")
-        if not with_env:
+        if not env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip():
             return None
         files.profiles[name] = _Profile(name)  # none: the environment's web identity
     resolver = _Resolver(files, env, region or _region(files.profiles[name], env), with_env)
