@@ -21,12 +21,12 @@ profile), ``AWS_WEB_IDENTITY_TOKEN_FILE``, ``AWS_ROLE_ARN`` and ``AWS_ROLE_SESSI
 read over the profile's ``web_identity_token_file``, ``role_arn`` and ``role_session_name``
 for that web identity, one by one as botocore's AssumeRoleWithWebIdentityProvider reads them,
 even when there is no profile at all; a source profile's never.
-A ``source_profile`` with keys gives what the profile gives without its ``role_arn`` (SSO,
-the credentials file's keys, ``credential_process``, the config file's keys: botocore's
-order), even when it has a ``role_arn`` too (which is how a profile may name itself as its
-source); one without keys gives what its own profile gives, an assumed role included (chained
-roles). A source profile seen before in the chain is
-a loop, refused, but for a profile naming itself with keys of its own.
+A ``source_profile`` with keys gives what the profile gives without its ``role_arn`` (a web
+identity, SSO, the credentials file's keys, ``credential_process``, the config file's keys:
+botocore's order), even when it has a ``role_arn`` too (which is how a profile may name
+itself as its source); one without keys gives what its own profile gives, an assumed role or
+a web identity included (chained roles). A source profile seen before in the chain is a
+loop, refused, but for a profile naming itself with keys of its own.
 
 Every problem is an `AwsConfigError` naming the profile, the key and the file.
 """

@@ -21,9 +21,9 @@ not trust this token's issuer or subject), ``InvalidIdentityToken``, ``IDPReject
 ``ExpiredTokenException`` (the web token ran out) are a refusal (``auth``). But a token
 refused as expired or invalid that was read from a file changed in the last `ROTATING`
 seconds is taken as a rotation under way (a writer caught half way, a new key the issuer has
-not published yet), transient, read again at the next fetch: the Go and Java SDKs likewise
-retry ``InvalidIdentityToken``. The token never appears in logs or errors: an error page
-that echoes the request has it masked.
+not published yet), transient, read again at the next fetch: the Go SDK likewise retries
+``InvalidIdentityToken``, a "temporary error" there. The token never appears in logs or
+errors: an error page that echoes the request has it masked.
 """
 
 from __future__ import annotations
