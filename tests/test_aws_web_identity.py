@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
-from failoverd import awswebidentity
+from failoverd import awswebidentity, config
 from failoverd.awscreds import (
     REFRESH_AHEAD,
     AssumeRole,
@@ -33,6 +33,7 @@ from failoverd.awscreds import (
     open_source,
 )
 from failoverd.clock import ManualClock
+from failoverd.config import ConfigError
 from failoverd.http1 import HttpClient
 from tests.fakes.bedrock import FakeBedrock, fake_bedrock
 from tests.test_aws_profiles import NO_IMDS, ROLE, home, keys
@@ -411,3 +412,15 @@ async def test_daemon_signs_with_the_web_identity_role(
     assert "Authorization" not in headers
     status = (await d.http.get("/v1/status")).text
     assert JWT[:40] not in status and secret not in status
+
+
+def test_the_load_reports_it_at_the_provider(tmp_path: Path) -> None:
+    body = ('[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n'
+            '[models."b/m"]\nprovider = "b"\n')
+    env = {"AWS_WEB_IDENTITY_TOKEN_FILE": str(tmp_path / "token"), **NO_IMDS}
+    with pytest.raises(ConfigError) as err:
+        config.loads(body, env=env)
+    assert err.value.problems[0].startswith("providers.b") and \
+        "but AWS_ROLE_ARN is not" in err.value.problems[0], err.value.problems
+    loaded = config.loads(body, env={**env, "AWS_ROLE_ARN": ROLE})  # no token file yet: fine
+    assert loaded is not None
