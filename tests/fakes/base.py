@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,15 @@ async def serve_app(app: web.Application, *, ssl_context: ssl.SSLContext | None 
     await site.start()
     port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, port
+
+
+async def processing_comments(resp: web.StreamResponse, seconds: float) -> None:
+    """SSE comment lines for `seconds` while "processing", as OpenRouter sends them before any
+    token."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await resp.write(b": PROCESSING\n\n")
+        await asyncio.sleep(0.1)
 
 
 def cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:

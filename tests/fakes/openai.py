@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Logged, cut
+from tests.fakes.base import FakeServer, Logged, cut, processing_comments
 from tests.fakes.openai_completions import CHAT_ONLY, prompt_items, respond
 
 # re-exported: the other fakes and the tests take the completion texts from here
@@ -279,13 +279,9 @@ class FakeOpenAI(FakeServer[Logged]):
         if refusal is not None:
             return web.Response(status=400, body=_err(refusal, "invalid_request_error", None),
                                 content_type="application/json")
-        early = await self._answer_preamble(behaviour)
+        early = await self._text_preamble(behaviour)
         if early is not None:
             return early
-        if behaviour == "empty":
-            return web.Response(body=b"", content_type="application/json")
-        if behaviour == "minimax_balance":
-            return web.Response(body=MINIMAX_BALANCE, content_type="application/json")
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
         return web.json_response(self._completion(body))
@@ -343,13 +339,9 @@ class FakeOpenAI(FakeServer[Logged]):
             return web.Response(status=400, body=_err(_PROMPT_INVALID, "invalid_request_error",
                                                       None),
                                 content_type="application/json")
-        early = await self._answer_preamble(behaviour, model)
+        early = await self._text_preamble(behaviour, model)
         if early is not None:
             return early
-        if behaviour == "empty":
-            return web.Response(body=b"", content_type="application/json")
-        if behaviour == "minimax_balance":
-            return web.Response(body=MINIMAX_BALANCE, content_type="application/json")
         return await respond(request, body, behaviour, prompts, self.reply,
                              quota=ERRORS["quota"][1])
 
@@ -360,6 +352,18 @@ class FakeOpenAI(FakeServer[Logged]):
         messages = body.get("messages") or [{}]
         return bool(body.get("tools")) and body.get("tool_choice") != "none" and (
             self.calls_after_result or messages[-1].get("role") != "tool")
+
+    async def _text_preamble(self, behaviour: str, model: str = "") -> web.Response | None:
+        """As `_answer_preamble`, for the endpoints that answer text (chat and legacy
+        completions), where "empty" (a 200 with no body) and "minimax_balance" also answer."""
+        early = await self._answer_preamble(behaviour, model)
+        if early is not None:
+            return early
+        if behaviour == "empty":
+            return web.Response(body=b"", content_type="application/json")
+        if behaviour == "minimax_balance":
+            return web.Response(body=MINIMAX_BALANCE, content_type="application/json")
+        return None
 
     def _reasoning_missing(self, body: dict[str, Any]) -> str | None:
         if self.thinking is None:
@@ -407,11 +411,7 @@ class FakeOpenAI(FakeServer[Logged]):
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
         if behaviour.startswith("comments:"):
-            # SSE comments while "processing", as OpenRouter sends them, before any token
-            deadline = time.monotonic() + float(behaviour[9:])
-            while time.monotonic() < deadline:
-                await resp.write(b": PROCESSING\n\n")
-                await asyncio.sleep(0.1)
+            await processing_comments(resp, float(behaviour[9:]))
         if behaviour == "error_first":
             await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
             return resp

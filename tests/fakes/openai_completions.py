@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import cut
+from tests.fakes.base import cut, processing_comments
 
 # OpenAI's 404 for a chat model on the legacy completions endpoint
 CHAT_ONLY = ("This is a chat model and not supported in the v1/completions endpoint. Did you "
@@ -153,10 +153,7 @@ async def _stream(request: web.Request, body: dict[str, Any], behaviour: str,
         await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
     if behaviour.startswith("comments:"):
-        deadline = time.monotonic() + float(behaviour[9:])
-        while time.monotonic() < deadline:
-            await resp.write(b": PROCESSING\n\n")
-            await asyncio.sleep(0.1)
+        await processing_comments(resp, float(behaviour[9:]))
     if behaviour == "error_first":
         await resp.write(b"data: " + quota + b"\n\n")
         return resp
