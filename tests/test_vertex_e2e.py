@@ -234,3 +234,46 @@ async def test_a_401_in_a_stream_to_an_anthropic_client_is_made_again_with_a_new
     assert [c.path.rsplit(":", 1)[1] for c in vertex.requests[1:]] == [
         "streamRawPredict", "streamRawPredict"]
     assert backup.requests == []
+
+
+async def test_anthropic_token_counts_come_from_claude_on_vertex(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
+        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """POST /v1/messages/count_tokens for a Claude model on Vertex is Vertex's own count
+    (count-tokens:rawPredict, the model in the body with Vertex's version, the OAuth token);
+    for a Gemini model on Vertex, failoverd's estimate."""
+    vertex, auth, _, d = await started(fake_vertex, fake_google_auth, fake_openai,
+                                       start_daemon, rsa_key, tmp_path)
+    client = anthropic.AsyncAnthropic(
+        api_key="unused", base_url="http://failoverd", max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
+                                       timeout=30))
+    try:
+        messages: Any = [{"role": "user", "content": "How many tokens is this?"}]
+        raw = await client.messages.with_raw_response.count_tokens(
+            model="vertex/sonnet", messages=messages, system="be terse")
+        assert raw.headers["x-failoverd-count"] == "upstream"
+        assert raw.headers["x-failoverd-model"] == "vertex/sonnet"
+        counted = orjson.dumps({"messages": messages, "system": "be terse"})
+        assert (await raw.parse()).input_tokens == len(counted) // 4 + 3
+        call = vertex.calls("anthropic")[-1]
+        assert call.path.endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/"
+                                  "anthropic/models/count-tokens:rawPredict")
+        assert call.body == {"messages": messages, "system": "be terse",
+                             "model": "claude-sonnet-4-5@20250929",
+                             "anthropic_version": "vertex-2023-10-16"}
+        assert call.headers["Authorization"].startswith("Bearer ")
+        # a 401 for a stale token: a new one, and the count is still Vertex's
+        vertex.tokens.clear()
+        raw = await client.messages.with_raw_response.count_tokens(
+            model="vertex/sonnet", messages=messages)
+        assert raw.headers["x-failoverd-count"] == "upstream"
+        assert len(auth.grants) == 2
+        calls = len(vertex.requests)
+        raw = await client.messages.with_raw_response.count_tokens(
+            model="vertex/flash", messages=messages)
+        assert raw.headers["x-failoverd-count"] == "estimate"
+        assert len(vertex.requests) == calls  # Gemini has no Anthropic count: not asked
+    finally:
+        await client.close()

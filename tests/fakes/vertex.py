@@ -40,7 +40,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import COUNT_FIELDS, FakeAnthropic
 from tests.fakes.anthropic import _err as anthropic_err
 from tests.fakes.anthropic import _invalid as anthropic_invalid
 from tests.fakes.base import FakeServer, fake_fixture, serve_app
@@ -198,6 +198,8 @@ class FakeVertex(FakeServer[Logged]):
                                                                message),
                                 content_type="application/json")
 
+        if model == "count-tokens" and method == "rawPredict":
+            return self._count(body)
         if method not in ("rawPredict", "streamRawPredict"):
             return web.Response(status=400, body=_google(
                 400, "INVALID_ARGUMENT", f"Method {method} is not supported by publisher "
@@ -218,6 +220,23 @@ class FakeVertex(FakeServer[Logged]):
         if body.get("stream"):
             return await self.claude._stream(request, body, behaviour)
         return web.json_response({**self.claude._message(body), "id": "msg_vrtx_01Fake"})
+
+    def _count(self, body: Any) -> web.Response:
+        """count-tokens:rawPredict: the Messages API's count, the model in the body with
+        Vertex's version (as the Anthropic SDK's AnthropicVertex sends it); the count is the
+        fake Anthropic API's (a token per 4 bytes of the counted JSON, plus 3)."""
+        if not isinstance(body, dict) or body.get("anthropic_version") != VERTEX_VERSION:
+            return web.Response(status=400, body=anthropic_err(
+                "invalid_request_error", f"anthropic_version: Input should be "
+                f"'{VERTEX_VERSION}'"), content_type="application/json")
+        body = {k: v for k, v in body.items() if k != "anthropic_version"}
+        extra = sorted(set(body) - COUNT_FIELDS)
+        if extra or not isinstance(body.get("messages"), list) or not body.get("model"):
+            return web.Response(status=400, body=anthropic_err(
+                "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"
+                if extra else "messages: Field required"), content_type="application/json")
+        counted = orjson.dumps({k: body[k] for k in sorted(body) if k != "model"})
+        return web.json_response({"input_tokens": len(counted) // 4 + 3})
 
     def _predict(self, body: Any, model: str) -> web.Response:
         instances = body.get("instances") if isinstance(body, dict) else None

@@ -3,9 +3,10 @@ to now.
 
 Anthropic clients call it to manage their context (Claude Code does, with `?beta=true`, and
 counts wrongly without it). When the model a messages request would be sent to now is on an
-Anthropic provider, that provider's own count is passed on (`x-failoverd-count: upstream`);
-for any other model, or when that call fails, failoverd's estimate answers (the one that
-matches requests to context windows; `x-failoverd-count: estimate`). A count is a question
+Anthropic provider (or is Claude on Vertex AI), that provider's own count is passed on
+(`x-failoverd-count: upstream`); for any other model, or when that call fails, failoverd's
+estimate answers (the one that matches requests to context windows; `x-failoverd-count:
+estimate`). A count is a question
 about a request, not one: it feeds no breaker and counts in no request metric.
 """
 
@@ -23,7 +24,7 @@ from failoverd.api.replies import json_response
 from failoverd.api.service import SERVICE
 from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
-from failoverd.providers.anthropic import AnthropicProvider
+from failoverd.providers.base import TokenCounter
 from failoverd.sessions import normalize_key
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         headers["x-failoverd-model"] = model_id
         model = rt.config.models[model_id]
         provider = rt.providers.get(model.provider)
-        if isinstance(provider, AnthropicProvider):
+        if isinstance(provider, TokenCounter) and provider.counts_tokens(model):
             try:
                 count = await provider.count_tokens(
                     raw, model, min(COUNT_TIMEOUT, provider.config.timeout))

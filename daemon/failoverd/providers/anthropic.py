@@ -280,13 +280,21 @@ class AnthropicProvider(Lacking):
     def default_output(self, model: ModelConfig) -> int:
         return model.max_output_tokens or DEFAULT_MAX_TOKENS
 
+    def counts_tokens(self, model: ModelConfig) -> bool:
+        return True
+
+    def _count_fields(self, model: ModelConfig) -> dict[str, Any]:
+        """What a count's body says besides the counted fields (Vertex adds its version)."""
+        return {"model": model.name}
+
     async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
                            timeout: float) -> int:
         """Anthropic's own count of an Anthropic Messages body's input tokens for `model`
         (POST /v1/messages/count_tokens); only the fields that endpoint takes are sent."""
         payload = {k: body[k] for k in COUNTED_FIELDS if k in body}
-        payload["model"] = model.name
-        raw = await fetch(self._client, "POST", self._count_url, headers=self._headers,
+        payload.update(self._count_fields(model))
+        raw = await fetch(self._client, "POST", self._count_url,
+                          headers=await self._request_headers(False, model),
                           data=orjson.dumps(payload), total=timeout,
                           connect=min(timeout, self.config.connect_timeout),
                           failure=self._failure, provider=self.config.name, model=model.id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -159,6 +159,19 @@ class Provider(Protocol):
         """A health probe: `models` lists models (reachability + auth), `chat` asks for a
         few tokens. Returns on success, raises UpstreamError otherwise."""
         ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An adapter with the upstream's own token count of an Anthropic Messages body
+    (POST /v1/messages/count_tokens asks it, else answers failoverd's estimate)."""
+
+    def counts_tokens(self, model: ModelConfig) -> bool:
+        """Whether the upstream counts for this model."""
+        ...
+
+    async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
+                           timeout: float) -> int: ...
 
 
 class Lacking:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -71,6 +71,8 @@ from failoverd.timeouts import timeout_at
 from failoverd.tokens import text_tokens
 from failoverd.translate import embeddings
 from failoverd.translate.anthropic import canonical_to_anthropic
+
+T = TypeVar("T")
 
 ANTHROPIC_VERSION = "vertex-2023-10-16"
 # instances per :predict call: text-embedding-005 and text-multilingual-embedding-002 take
@@ -224,6 +226,8 @@ class VertexClaude(AnthropicProvider):
         self._auth = auth
         self._models = _publisher_url(config, "anthropic")
         self._messages_url = self._models  # what a 404's hint names
+        # the model goes in the body here (the Anthropic SDK's AnthropicVertex does the same)
+        self._count_url = f"{self._models}/count-tokens:rawPredict"
         # the version goes in the body on Vertex
         self._headers.pop("anthropic-version", None)
         self._stream_headers.pop("anthropic-version", None)
@@ -236,6 +240,9 @@ class VertexClaude(AnthropicProvider):
     async def _request_headers(self, stream: bool, model: ModelConfig) -> Mapping[str, str]:
         return await self._auth.headers(self._stream_headers if stream else self._headers,
                                         model)
+
+    def _count_fields(self, model: ModelConfig) -> dict[str, Any]:
+        return {"model": model_id(model), "anthropic_version": ANTHROPIC_VERSION}
 
     def _payload(self, body: dict[str, Any], model: ModelConfig, stream: bool) -> bytes:
         payload = canonical_to_anthropic(body, model.name, self.default_output(model),
@@ -263,7 +270,8 @@ def _within(limits: AttemptLimits, left: float) -> AttemptLimits:
     """`limits` cut to the `left` seconds of the attempt (a call made again after a 401)."""
     left = max(left, 0.001)
     return AttemptLimits(total=min(limits.total, left), connect=min(limits.connect, left),
-                         first_token=min(limits.first_token, left), idle=limits.idle)
+                         first_token=min(limits.first_token, left), idle=limits.idle,
+                         notices=limits.notices)
 
 
 def _batches(texts: list[str], size: int) -> list[list[str]]:
@@ -396,7 +404,7 @@ class VertexProvider(Lacking):
     # must not hold a request past its deadline.
 
     async def _attempt(self, model: ModelConfig, limits: AttemptLimits,
-                       call: Callable[[AttemptLimits], Awaitable[Completion]]) -> Completion:
+                       call: Callable[[AttemptLimits], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         end = loop.time() + limits.total
         try:
@@ -448,6 +456,20 @@ class VertexProvider(Lacking):
             raise self._lacks("embeddings endpoint for Claude models")
         return await self._attempt(model, limits,
                                    lambda left: self._gemini.embed(body, model, left))
+
+    def counts_tokens(self, model: ModelConfig) -> bool:
+        return is_claude(model)
+
+    async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
+                           timeout: float) -> int:
+        """Claude's own count on Vertex (count-tokens:rawPredict, the token's fetch and a
+        new token after a 401 within `timeout`); a Gemini model has none here (`incapable`:
+        the caller answers its estimate)."""
+        if not is_claude(model):
+            raise self._lacks("Anthropic token count for Gemini models")
+        limits = probe_limits(timeout, self.config.connect_timeout)
+        return await self._attempt(
+            model, limits, lambda left: self._claude.count_tokens(body, model, left.total))
 
     def default_output(self, model: ModelConfig) -> int | None:
         return self._for(model).default_output(model)
