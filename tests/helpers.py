@@ -73,6 +73,26 @@ primary = "a/m"
 fallbacks = ["b/m"]"""
 
 
+async def check_config(path: Path) -> tuple[int, str]:
+    """`failoverd --check-config` on the file at `path`: (exit code, stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def alive(pid: int) -> bool:
+    """Running, i.e. neither gone nor a zombie waiting for a reaper (containers' PID 1 may
+    never reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
 def _window(tokens: int | None) -> str:
     return "" if tokens is None else f"context_window = {tokens}\n"
 

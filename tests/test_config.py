@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
+from tests.helpers import check_config
 
 ETC = Path(__file__).resolve().parent.parent / "etc" / "failoverd"
 
@@ -143,16 +142,9 @@ async def test_check_config_cli_exit_codes(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(BASE + "[routing]\nprimary = 7\n")
 
-    async def run(path) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config",
-            str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        return proc.returncode or 0, out.decode()
-
-    code, out = await run(good)
+    code, out = await check_config(good)
     assert code == 0 and "ok" in out
-    code, out = await run(bad)
+    code, out = await check_config(bad)
     assert code == 2
     assert "routing.primary: must be a string, got an integer" in out
 

@@ -4,8 +4,6 @@ error, not a traceback."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from failoverd import config
 from failoverd.errors import ConfigError
 from failoverd.tomlreader import MAX_INTEGER
+from tests.helpers import check_config
 
 BASE = """
 [providers.p]
@@ -89,12 +88,9 @@ async def test_check_config_lists_every_out_of_range_integer(tmp_path: Path) -> 
     path.write_text(BASE + MODEL + "max_retries = 1000000000000000000\n"
                     "[mqtt]\nport = 70000\nqueue_size = " + "1" + "0" * 30 + "\n"
                     "[probes]\nchat_max_tokens = 100000\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2, out.decode()
-    lines = out.decode().splitlines()
+    code, out = await check_config(path)
+    assert code == 2, out
+    lines = out.splitlines()
     assert [line.strip().split(":")[0] for line in lines[1:]] == [
         "mqtt.port", "mqtt.queue_size", 'models."p/a".max_retries', "probes.chat_max_tokens"]
 
@@ -103,13 +99,10 @@ async def test_an_integer_too_long_for_python_is_a_config_error(tmp_path: Path) 
     # tomllib's int() refuses over 4300 digits with a plain ValueError: a traceback, exit 1
     path = tmp_path / "long.toml"
     path.write_text(BASE + MODEL + "[mqtt]\nqueue_size = " + "9" * 5000 + "\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2, out.decode()
-    assert "Traceback" not in out.decode()
-    assert f"{path}: not valid TOML: an integer has too many digits" in out.decode()
+    code, out = await check_config(path)
+    assert code == 2, out
+    assert "Traceback" not in out
+    assert f"{path}: not valid TOML: an integer has too many digits" in out
     assert problems(BASE + MODEL + "x = " + "9" * 5000 + "\n") == [
         "not valid TOML: an integer has too many digits"]
 
@@ -168,12 +161,9 @@ async def test_a_secret_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) 
     path = tmp_path / "c.toml"
     path.write_text(BASE.replace('kind = "openai"', f'kind = "openai"\napi_key_file = "{key}"')
                     + MODEL)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2, out.decode()  # it was a UnicodeDecodeError traceback
-    assert f"providers.p.api_key_file: {key} is not UTF-8 text" in out.decode()
+    code, out = await check_config(path)
+    assert code == 2, out  # it was a UnicodeDecodeError traceback
+    assert f"providers.p.api_key_file: {key} is not UTF-8 text" in out
 
 
 @pytest.mark.parametrize("reason", ["cancelled", "unavailable", "incapable", "slow"])

@@ -3,14 +3,13 @@ problems reported for keys that were fine."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
+from tests.helpers import check_config
 
 BASE = """
 [providers.p]
@@ -47,13 +46,10 @@ async def test_check_config_with_a_huge_integer_exits_2_without_a_traceback(
         tmp_path: Path) -> None:
     path = tmp_path / "big.toml"
     path.write_text(BASE + "[providers.p.headers]\n[probes]\ninterval = 1" + "0" * 400 + "\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2, out.decode()
-    assert "Traceback" not in out.decode()
-    assert "probes.interval: is too large" in out.decode()
+    code, out = await check_config(path)
+    assert code == 2, out
+    assert "Traceback" not in out
+    assert "probes.interval: is too large" in out
 
 
 def test_unknown_provider_kind_does_not_report_its_valid_keys() -> None:

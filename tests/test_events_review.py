@@ -20,7 +20,7 @@ from failoverd.clock import ManualClock
 from failoverd.config import HookConfig
 from failoverd.events import EVENT_TYPES, Event, EventBus
 from failoverd.hooks import HookRunner
-from tests.helpers import HELLO, chat, pair_config
+from tests.helpers import HELLO, alive, chat, pair_config
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto, retained
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_events_e2e import sse
@@ -31,15 +31,6 @@ def script(tmp_path: Path, name: str, body: str) -> str:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting for a reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 async def gone(pid: int, timeout: float = 2.0) -> bool:

@@ -15,6 +15,7 @@ from failoverd.clock import ManualClock, SystemClock
 from failoverd.config import HookConfig, loads
 from failoverd.events import Event, EventBus
 from failoverd.hooks import HookOutcome, HookRunner, matches, merge, parse_output
+from tests.helpers import alive
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -38,16 +39,6 @@ def bus() -> EventBus:
 def failover(bus: EventBus) -> Event:
     return bus.emit("model:failover", from_model="a", to_model="b", reason="rate_limit",
                     session_tokens=9000, target_context_window=8000)
-
-
-def alive(pid: int) -> bool:
-    """Running, i.e. neither gone nor a zombie waiting for a reaper (containers' PID 1 may
-    never reap an orphan)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def failed_events(bus: EventBus) -> list[Event]:

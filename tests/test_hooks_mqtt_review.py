@@ -22,7 +22,7 @@ from failoverd.config import HookConfig, MqttConfig
 from failoverd.events import EventBus
 from failoverd.hooks import HookOutcome, HookRunner
 from failoverd.mqtt import MqttPublisher
-from tests.helpers import chat, pair_config
+from tests.helpers import alive, chat, pair_config
 from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto
 
 NODE = "hm"
@@ -174,15 +174,6 @@ async def test_shutdown_with_a_hung_hook_and_a_silent_broker_keeps_to_shutdown_t
 
 
 # --------------------------------------------------------------------------- hooks
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting for a reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 async def test_a_hook_that_exits_leaving_a_detached_child_gets_it_killed_at_its_timeout(
