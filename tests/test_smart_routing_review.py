@@ -18,6 +18,7 @@ from tests.helpers import one_model_config
 from tests.test_hooks_e2e import config as hook_config
 from tests.test_hooks_e2e import hooks_toml, long_conversation, printing_hook
 from tests.test_routing_e2e import three_tier
+from tests.test_routing_e2e import tiers as tiers  # the fixture
 
 SMALL, MEDIUM, LARGE = "s/small", "m/medium", "l/large"
 # content_filter fails over at once, is never retried and never counted by a breaker: a model
@@ -34,16 +35,6 @@ async def reload(d: Any, text: str) -> None:
 
 def ask(text: str = "hi") -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
-
-
-@pytest.fixture
-async def tiers(fake_openai: Any, start_daemon: Any) -> Any:
-    small = await fake_openai(reply="small")
-    medium = await fake_openai(reply="medium")
-    large = await fake_openai(reply="large")
-    clock = ManualClock()
-    d = await start_daemon(three_tier(small, medium, large), clock=clock)
-    return small, medium, large, d, clock
 
 
 # ------------------------------------------------------------------ sessions

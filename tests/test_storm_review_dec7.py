@@ -102,6 +102,17 @@ async def open_both(d: Any, seconds: float | None = 100) -> None:
         assert resp.status_code == 200, resp.text
 
 
+async def mqtt_daemon(start_daemon: Any, fake_openai: Any, broker: Mosquitto) -> Any:
+    """The daemon over two fakes, publishing to `broker` with room for 10,000 queued events,
+    once it is connected."""
+    a: FakeOpenAI = await fake_openai()
+    b: FakeOpenAI = await fake_openai()
+    d = await start_daemon(pair_config(a, b, head=mqtt_head(broker, queue_size=10000)))
+    assert d.sup.service.mqtt is not None
+    await asyncio.wait_for(d.sup.service.mqtt.wait_connected(), 5)
+    return d
+
+
 # --------------------------------------------------------------------------- sound areas
 
 
@@ -218,12 +229,9 @@ async def test_mqtt_event_storm_on_a_healthy_broker_logs_no_warnings(
     WARNING for every one past its default threshold of 10: 352 warnings for 5000 requests,
     a journal full of alarms about a healthy broker."""
     caplog.set_level(logging.INFO, logger="failoverd")
-    a: FakeOpenAI = await fake_openai()
-    b: FakeOpenAI = await fake_openai()
-    d = await start_daemon(pair_config(a, b, head=mqtt_head(mosquitto, queue_size=10000)))
+    d = await mqtt_daemon(start_daemon, fake_openai, mosquitto)
     svc = d.sup.service
     assert svc.mqtt is not None
-    await asyncio.wait_for(svc.mqtt.wait_connected(), 5)
     await open_both(d)
     caplog.clear()
     replies = await storm(d.socket, 1000)
@@ -246,12 +254,9 @@ async def test_mqtt_drains_a_burst_without_stalling_on_the_brokers_delayed_acks(
     A window that sends the next event as each acknowledgement comes carries the ACK along
     and never stalls: 3000 queued events go out in a fraction of the 3.75 s that 94 stalls
     take (a generous bound: the machine may be busy)."""
-    a: FakeOpenAI = await fake_openai()
-    b: FakeOpenAI = await fake_openai()
-    d = await start_daemon(pair_config(a, b, head=mqtt_head(mosquitto, queue_size=10000)))
+    d = await mqtt_daemon(start_daemon, fake_openai, mosquitto)
     svc = d.sup.service
     assert svc.mqtt is not None
-    await asyncio.wait_for(svc.mqtt.wait_connected(), 5)
     for i in range(3000):
         svc.bus.emit("chain:exhausted", attempts=[{"model": "a/gpt-a", "n": i}])
     started = time.monotonic()
