@@ -258,3 +258,17 @@ def sse_json(text: str) -> list[Any]:
     """The JSON `data:` lines of an SSE text, decoded ("data: [DONE]" left out)."""
     return [orjson.loads(line[6:]) for line in text.splitlines()
             if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+async def completion_stream(stream: Any) -> tuple[list[str], list[str | None], Any]:
+    """An openai SDK text completion stream read to its end: every choice's text and
+    finish_reason, in order, and the last usage it carried (None if none)."""
+    pieces: list[str] = []
+    finishes: list[str | None] = []
+    usage = None
+    async for event in stream:
+        for choice in event.choices:
+            pieces.append(choice.text)
+            finishes.append(choice.finish_reason)
+        usage = event.usage or usage
+    return pieces, finishes, usage

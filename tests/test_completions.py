@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import status
+from tests.helpers import completion_stream, status
 
 CONFIG = """
 [providers.busy]
@@ -82,12 +82,7 @@ async def test_the_sdk_streams_a_completion(daemon: Any) -> None:
     stream = await d.openai.completions.create(
         model="default", prompt="SELECT", max_tokens=3, stream=True,
         stream_options={"include_usage": True})
-    pieces, finishes, usage = [], [], None
-    async for event in stream:
-        for choice in event.choices:
-            pieces.append(choice.text)
-            finishes.append(choice.finish_reason)
-        usage = event.usage or usage
+    pieces, finishes, usage = await completion_stream(stream)
     assert len("".join(pieces).split()) == 3 and finishes[-1] == "length"
     assert usage is not None and usage.completion_tokens == 3
     metrics = (await d.http.get("/metrics")).text

@@ -21,7 +21,7 @@ import pytest
 
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import ERRORS, FakeOpenAI, completion_text, cut_completion
-from tests.helpers import HELLO, status
+from tests.helpers import HELLO, completion_stream, status
 from tests.helpers import sse_payloads as events
 
 INSTRUCT = "gpt-3.5-turbo-instruct"
@@ -258,12 +258,7 @@ async def test_the_sdk_streams_what_the_upstream_streams(rig: Any) -> None:
     stream = await d.openai.completions.create(
         model="oa/instruct", prompt="x = ", stop="fake", stream=True,
         stream_options={"include_usage": True})
-    pieces, finishes, usage = [], [], None
-    async for event in stream:
-        for choice in event.choices:
-            pieces.append(choice.text)
-            finishes.append(choice.finish_reason)
-        usage = event.usage or usage
+    pieces, finishes, usage = await completion_stream(stream)
     # cut before the stop sequence, finish_reason stop
     assert "".join(pieces) == "Hello from the "
     assert finishes[-1] == "stop" and finishes[:-1] == [None] * (len(finishes) - 1)
