@@ -114,18 +114,25 @@ class Mosquitto:
         self.start()
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A running broker, stopped after the test."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    broker = Mosquitto(tmp_path)
+@contextlib.contextmanager
+def running(broker: Mosquitto) -> Iterator[Mosquitto]:
+    """`broker` started, then killed and its port released (for fixtures of brokers with a
+    configuration of their own)."""
     broker.start()
     try:
         yield broker
     finally:
         broker.kill()
         broker.release_port()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running broker, stopped after the test."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    with running(Mosquitto(tmp_path)) as broker:
+        yield broker
 
 
 class TcpProxy:

@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 
 from tests.helpers import HELLO, one_model_config, status, until_async
-from tests.mosquitto import MOSQUITTO, Mosquitto, requires_mosquitto
+from tests.mosquitto import MOSQUITTO, Mosquitto, requires_mosquitto, running
 
 USER = "failoverd"
 PASSWORD = "s3cret-mqtt-pw"
@@ -42,12 +42,8 @@ def broker(tmp_path: Path) -> Any:
     b = Mosquitto(tmp_path)
     b.conf.write_text(b.conf.read_text().replace(
         "allow_anonymous true", f"allow_anonymous false\npassword_file {users}"))
-    b.start()
-    try:
+    with running(b):
         yield b
-    finally:
-        b.kill()
-        b.release_port()
 
 
 def mqtt_body(port: int, node: str, password_file: Path, url: str) -> str:

@@ -23,7 +23,7 @@ from failoverd.events import EventBus
 from failoverd.hooks import HookOutcome, HookRunner
 from failoverd.mqtt import MqttPublisher
 from tests.helpers import alive, chat, pair_config
-from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto
+from tests.mosquitto import MOSQUITTO, Mosquitto, Recorder, requires_mosquitto, running
 
 NODE = "hm"
 
@@ -64,12 +64,8 @@ def acl_broker(tmp_path: Path) -> Any:
     acl.write_text("topic read #\ntopic write somebody-else/#\n")
     broker = Mosquitto(tmp_path)
     broker.conf.write_text(broker.conf.read_text() + f"acl_file {acl}\n")
-    broker.start()
-    try:
+    with running(broker):
         yield broker
-    finally:
-        broker.kill()
-        broker.release_port()
 
 
 # --------------------------------------------------------------------------- MQTT
