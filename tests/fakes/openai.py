@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Logged, cut, processing_comments
-from tests.fakes.openai_completions import CHAT_ONLY, prompt_items, respond
+from tests.fakes.base import FakeServer, Logged, cut
+from tests.fakes.openai_completions import CHAT_ONLY, failed_first, prompt_items, respond
 
 # re-exported: the other fakes and the tests take the completion texts from here
 from tests.fakes.openai_completions import completion_text as completion_text
@@ -410,21 +410,7 @@ class FakeOpenAI(FakeServer[Logged]):
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-        if behaviour.startswith("comments:"):
-            await processing_comments(resp, float(behaviour[9:]))
-        if behaviour == "error_first":
-            await resp.write(b"data: " + ERRORS["quota"][1] + b"\n\n")
-            return resp
-        if behaviour == "openrouter_error_first":
-            await resp.write(b": OPENROUTER PROCESSING\n\n")
-            await resp.write(b"data: " + OPENROUTER_ERROR + b"\n\n")
-            return resp
-        if behaviour == "llamacpp_error_event":
-            # llama.cpp's server (mid 2025) streams a failure as an `error:` field, then [DONE]
-            await resp.write(b'error: {"code":500,"message":"the request exceeds the available '
-                             b'context size. try increasing the context size or enable context '
-                             b'shift","type":"exceed_context_size_error"}\n\n')
-            await resp.write(b"data: [DONE]\n\n")
+        if await failed_first(resp, behaviour, ERRORS["quota"][1], OPENROUTER_ERROR):
             return resp
         await send({"role": "assistant", "content": ""})
         if self.thinking is not None:

@@ -152,20 +152,7 @@ async def _stream(request: web.Request, body: dict[str, Any], behaviour: str,
             chunk["usage"] = None
         await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-    if behaviour.startswith("comments:"):
-        await processing_comments(resp, float(behaviour[9:]))
-    if behaviour == "error_first":
-        await resp.write(b"data: " + quota + b"\n\n")
-        return resp
-    if behaviour == "openrouter_error_first":
-        await resp.write(b": OPENROUTER PROCESSING\n\n")
-        await resp.write(b"data: " + _openrouter_error(base) + b"\n\n")
-        return resp
-    if behaviour == "llamacpp_error_event":
-        await resp.write(b'error: {"code":500,"message":"the request exceeds the available '
-                         b'context size. try increasing the context size or enable context '
-                         b'shift","type":"exceed_context_size_error"}\n\n')
-        await resp.write(b"data: [DONE]\n\n")
+    if await failed_first(resp, behaviour, quota, _openrouter_error(base)):
         return resp
     pause = float(behaviour[12:]) if behaviour.startswith("slow_stream:") else 0.0
     for at in range(max((len(c.pieces) for c in choices), default=0)):
@@ -190,6 +177,31 @@ async def _stream(request: web.Request, body: dict[str, Any], behaviour: str,
     if behaviour != "no_done":
         await resp.write(b"data: [DONE]\n\n")
     return resp
+
+
+async def failed_first(resp: web.StreamResponse, behaviour: str, quota: bytes,
+                       openrouter: bytes) -> bool:
+    """The stream behaviours that fail before the first token, shared by the chat and legacy
+    completions streams: after "comments:<seconds>" of SSE comments, "error_first" (`quota`
+    as the first event), "openrouter_error_first" (OpenRouter's comment, then its error chunk
+    `openrouter`) and "llamacpp_error_event" (llama.cpp's server, mid 2025, streams a failure
+    as an `error:` field, then [DONE]). True when the stream is over."""
+    if behaviour.startswith("comments:"):
+        await processing_comments(resp, float(behaviour[9:]))
+    if behaviour == "error_first":
+        await resp.write(b"data: " + quota + b"\n\n")
+        return True
+    if behaviour == "openrouter_error_first":
+        await resp.write(b": OPENROUTER PROCESSING\n\n")
+        await resp.write(b"data: " + openrouter + b"\n\n")
+        return True
+    if behaviour == "llamacpp_error_event":
+        await resp.write(b'error: {"code":500,"message":"the request exceeds the available '
+                         b'context size. try increasing the context size or enable context '
+                         b'shift","type":"exceed_context_size_error"}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        return True
+    return False
 
 
 def _openrouter_error(base: dict[str, Any]) -> bytes:
