@@ -145,6 +145,25 @@ async def raw_proxy(answer: bytes) -> tuple[asyncio.Server, str]:
     return server, f"http://{LOCAL}:{server.sockets[0].getsockname()[1]}"
 
 
+class CancelOnConnect:
+    """Patches Connection.connection_made to cancel `victim`, once set, in the loop iteration
+    that makes the connection (after a TLS handshake: that completes it), before the
+    connecting task resumes, as a connect timeout or a client going away can."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.victim: asyncio.Future[Any] | None = None
+        made = connection.Connection.connection_made
+
+        def connection_made(conn: connection.Connection,
+                            transport: asyncio.BaseTransport) -> None:
+            made(conn, transport)
+            if self.victim is not None:
+                self.victim.cancel()
+                self.victim = None
+
+        monkeypatch.setattr(connection.Connection, "connection_made", connection_made)
+
+
 def _abort_orphans() -> None:
     """Aborts selector transports whose socket was closed under them (CPython loop only), so
     that a bug pinned below does not leak into later tests."""
@@ -162,22 +181,10 @@ async def test_cancel_as_the_tls_handshake_completes_leaves_no_orphan_transport(
         certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     server_context, client_context = contexts(certificate)
     origin = await Origin().start(server_context)
-    victim: asyncio.Future[Any] | None = None
-    made = connection.Connection.connection_made
-
-    def connection_made(self: connection.Connection, transport: asyncio.BaseTransport) -> None:
-        # the cancel arrives in the loop iteration that completes the handshake, before the
-        # connecting task resumes (as a connect timeout or a client going away can)
-        nonlocal victim
-        made(self, transport)
-        if victim is not None:
-            victim.cancel()
-            victim = None
-
-    monkeypatch.setattr(connection.Connection, "connection_made", connection_made)
+    cancel = CancelOnConnect(monkeypatch)
     try:
         async with HttpClient(ssl_context=client_context) as c:
-            victim = first = asyncio.ensure_future(
+            cancel.victim = first = asyncio.ensure_future(
                 c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT))
             with pytest.raises(asyncio.CancelledError):
                 await first
@@ -263,26 +270,15 @@ def test_cancel_as_the_handshake_completes_orphans_nothing_elsewhere(
     """The cancel-as-the-connection-is-made scenario on both loops and schemes: nothing is
     orphaned, the next request works on one pooled connection."""
     server_context, client_context = contexts(certificate)
-    made = connection.Connection.connection_made
-    victim: asyncio.Future[Any] | None = None
-
-    def connection_made(self: connection.Connection, transport: asyncio.BaseTransport) -> None:
-        nonlocal victim
-        made(self, transport)
-        if victim is not None:
-            victim.cancel()
-            victim = None
-
-    monkeypatch.setattr(connection.Connection, "connection_made", connection_made)
+    cancel = CancelOnConnect(monkeypatch)
     schemes = ["http", "https"]
 
     async def main() -> None:
-        nonlocal victim
         for scheme in schemes:
             origin = await Origin().start(server_context if scheme == "https" else None)
             try:
                 async with HttpClient(ssl_context=client_context) as c:
-                    victim = first = asyncio.ensure_future(
+                    cancel.victim = first = asyncio.ensure_future(
                         c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT))
                     with pytest.raises(asyncio.CancelledError):
                         await first
