@@ -192,6 +192,16 @@ jitter = 0
 {tail}"""
 
 
+async def gpt_qwen_daemon(fake_openai: Any, start_daemon: Any,
+                          config: Callable[[FakeOpenAI, FakeOpenAI], str] = gpt_qwen_config,
+                          **kwargs: Any) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
+    """Fakes a (answering "from a") and o ("from qwen") and the daemon on `config(a, o)`
+    (`kwargs`, such as a clock, go to start_daemon): (a, o, daemon)."""
+    a = await fake_openai(reply="from a")
+    o = await fake_openai(reply="from qwen")
+    return a, o, await start_daemon(config(a, o), **kwargs)
+
+
 def one_model_config(url: str, *, provider: str = "", model: str = "", tail: str = "") -> str:
     """A config body for start_daemon: the OpenAI upstream at `url` as provider a, serving the
     one model a/m. `provider` and `model` add to their tables; `tail` ends the body."""

@@ -17,15 +17,20 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import FAILOVERCTL, GPT, QWEN, failoverctl, gpt_qwen_config, until
+from tests.helpers import (
+    FAILOVERCTL,
+    GPT,
+    QWEN,
+    failoverctl,
+    gpt_qwen_config,
+    gpt_qwen_daemon,
+    until,
+)
 
 
 @pytest.fixture
 async def rig(fake_openai, start_daemon) -> Any:
-    a = await fake_openai(reply="from a")
-    o = await fake_openai(reply="from qwen")
-    d = await start_daemon(gpt_qwen_config(a, o))
-    return a, o, d
+    return await gpt_qwen_daemon(fake_openai, start_daemon)
 
 
 # ------------------------------------------------------------------ events piped to head

@@ -10,7 +10,7 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import GPT, HELLO, QWEN, chat, gpt_qwen_config, status
+from tests.helpers import GPT, HELLO, QWEN, chat, gpt_qwen_config, gpt_qwen_daemon, status
 
 
 def control_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
@@ -23,11 +23,8 @@ def control_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
 
 @pytest.fixture
 async def rig(fake_openai, start_daemon) -> Any:
-    a = await fake_openai(reply="from a")
-    o = await fake_openai(reply="from qwen")
     clock = ManualClock()
-    d = await start_daemon(control_toml(a, o), clock=clock)
-    return a, o, d, clock
+    return *await gpt_qwen_daemon(fake_openai, start_daemon, control_toml, clock=clock), clock
 
 
 # ------------------------------------------------------------------ status

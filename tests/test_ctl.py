@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import GPT, QWEN, failoverctl, gpt_qwen_config
+from tests.helpers import GPT, QWEN, failoverctl, gpt_qwen_config, gpt_qwen_daemon
 
 
 def ctl_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
@@ -23,10 +23,7 @@ def ctl_toml(a: FakeOpenAI, o: FakeOpenAI) -> str:
 
 @pytest.fixture
 async def rig(fake_openai, start_daemon) -> Any:
-    a = await fake_openai(reply="from a")
-    o = await fake_openai(reply="from qwen")
-    d = await start_daemon(ctl_toml(a, o))
-    return a, o, d
+    return await gpt_qwen_daemon(fake_openai, start_daemon, ctl_toml)
 
 
 def rows(text: str) -> dict[str, list[str]]:

@@ -19,7 +19,16 @@ import pytest
 
 from failoverd.clock import ManualClock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import GPT, HELLO, QWEN, failoverctl, gpt_qwen_config, providers, status
+from tests.helpers import (
+    GPT,
+    HELLO,
+    QWEN,
+    failoverctl,
+    gpt_qwen_config,
+    gpt_qwen_daemon,
+    providers,
+    status,
+)
 
 CHAIN = "team/fast:1"  # a chain name with '/' and ':'
 
@@ -32,11 +41,8 @@ def review_toml(a: FakeOpenAI, o: FakeOpenAI, routing: str = "", extra: str = ""
 
 @pytest.fixture
 async def rig(fake_openai, start_daemon) -> Any:
-    a = await fake_openai(reply="from a")
-    o = await fake_openai(reply="from qwen")
     clock = ManualClock()
-    d = await start_daemon(review_toml(a, o), clock=clock)
-    return a, o, d, clock
+    return *await gpt_qwen_daemon(fake_openai, start_daemon, review_toml, clock=clock), clock
 
 
 async def model_status(d: Any, model: str) -> dict[str, Any]:
