@@ -22,6 +22,9 @@ enforced (only the models that think, a budget of 1024 to maxTokens - 1, no temp
 topP and no forced tool call with it, a tool loop's last turn starting with its thinking,
 reasoning blocks only towards the models that think and with the fake's signature).
 
+CountTokens (``POST /model/{modelId}/count-tokens``) counts a ``converse`` or ``invokeModel``
+input for Claude's foundation model ids, and refuses any other id as Bedrock does.
+
 Tests take the `fake_bedrock` fixture (a factory) from here. Script it like the other fakes:
 ``fake.push("throttled", "ok")``; every request is logged in ``fake.requests`` (raw path,
 headers, parsed body). Behaviours: "ok", any key of ERRORS,
@@ -240,6 +243,8 @@ class FakeBedrock(FakeServer[Logged]):
     # prompt caching: the prefixes written to the cache (see `_usage`)
     cached: set[bytes] = field(default_factory=set, kw_only=True)
     auth_failures: list[str] = field(default_factory=list, kw_only=True)
+    # foundation models CountTokens refuses (as for a model or region without it)
+    uncounted: set[str] = field(default_factory=set, kw_only=True)
 
     errors = ERRORS
     truncated = b'{"output": {"message": '
@@ -247,6 +252,7 @@ class FakeBedrock(FakeServer[Logged]):
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/model/{model}/converse", self._converse)
         router.add_post("/model/{model}/converse-stream", self._converse)
+        router.add_post("/model/{model}/count-tokens", self._count_tokens)
 
     def _error(self, name: str, model: str) -> web.Response:
         status, kind, body = ERRORS[name]
@@ -346,6 +352,32 @@ class FakeBedrock(FakeServer[Logged]):
         return web.json_response({
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop, "usage": self._usage(body), "metrics": {"latencyMs": 42}})
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """CountTokens: ``{"input": {"converse": {...}}}`` (a Converse request's messages,
+        system, toolConfig and additionalModelRequestFields, checked as Converse checks them)
+        or ``{"input": {"invokeModel": {"body": "<base64 of the model's JSON body>"}}}``,
+        answered ``{"inputTokens": n}`` (`count_of` the counted JSON); Claude's foundation
+        model ids only, as Bedrock counts for no inference profile and no other model."""
+        raw = await request.read()
+        model = request.match_info["model"]
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Logged(request.raw_path, model, dict(request.headers), body))
+        refused = self._authenticate(request, raw)
+        if refused is not None:
+            return self._refuse(refused)
+        counted, invalid = _count_input(body)
+        if invalid is None and (not _COUNTS.match(model) or model in self.uncounted):
+            invalid = COUNT_UNSUPPORTED
+        if invalid is not None:
+            return self._aws_error(400, "ValidationException", orjson.dumps({"message": invalid}))
+        early = await self._preamble(self._next(), model)
+        if early is not None:
+            return early
+        return web.json_response({"inputTokens": count_of(counted)})
 
     def _usage(self, body: dict[str, Any]) -> dict[str, int]:
         """Prompt caching as Converse reports it: with cachePoints, the prompt up to the last
@@ -450,7 +482,14 @@ def _invalid(body: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "A conversation must start with a user message. Try again with a conversation " \
                "that starts with a user message."
-    has_tools = bool((body.get("toolConfig") or {}).get("tools"))
+    tools = (body.get("toolConfig") or {}).get("tools") or []
+    for i, tool in enumerate(tools):
+        name = str((tool.get("toolSpec") or {}).get("name", "_"))
+        if not _TOOL_ID.fullmatch(name):
+            return (f"1 validation error detected: Value '{name}' at 'toolConfig.tools.{i + 1}."
+                    "member.toolSpec.name' failed to satisfy constraint: Member must satisfy "
+                    "regular expression pattern: [a-zA-Z0-9_-]+")
+    has_tools = bool(tools)
     calls: set[str] = set()
     documents: set[str] = set()
     for i, message in enumerate(messages):
@@ -495,6 +534,41 @@ def _invalid(body: Any) -> str | None:
                     return "A document name must be unique within a request."
                 documents.add(name)
     return None
+
+
+# CountTokens: Claude's foundation models (an inference profile's "us." id is refused)
+_COUNTS = re.compile(r"anthropic\.claude-")
+_COUNT_KEYS = {"messages", "system", "toolConfig", "additionalModelRequestFields"}
+COUNT_UNSUPPORTED = "The provided model doesn't support counting tokens."
+
+
+def count_of(counted: Any) -> int:
+    """The fake's count of a CountTokens input: a token per 4 bytes of its JSON, and 7."""
+    return len(orjson.dumps(counted)) // 4 + 7
+
+
+def _count_input(body: Any) -> tuple[Any, str | None]:
+    """(what is counted, None) of a CountTokens body, or (None, Bedrock's refusal)."""
+    union = body.get("input") if isinstance(body, dict) else None
+    if not isinstance(union, dict):
+        return None, ("1 validation error detected: Value null at 'input' failed to satisfy "
+                      "constraint: Member must not be null")
+    if len(union) != 1 or next(iter(union)) not in ("converse", "invokeModel"):
+        return None, "Malformed input request, please reformat your input and try again."
+    converse = union.get("converse")
+    if converse is None:
+        try:
+            return orjson.loads(base64.b64decode(union["invokeModel"]["body"],
+                                                 validate=True)), None
+        except (TypeError, KeyError, ValueError):
+            return None, ("Malformed input request, please reformat your input and try "
+                          "again.")
+    extra = sorted(set(converse) - _COUNT_KEYS) if isinstance(converse, dict) else []
+    if extra:
+        return None, (f"Malformed input request: #: extraneous key [{extra[0]}] is not "
+                      "permitted, please reformat your input and try again.")
+    invalid = _invalid(converse)
+    return (converse, None) if invalid is None else (None, invalid)
 
 
 # Claude models from Opus 4.1 and Sonnet / Haiku 4.5 on take one sampling knob only

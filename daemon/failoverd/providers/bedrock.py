@@ -29,6 +29,13 @@ requests go without them and pay no refused round trip; a refusal of this reques
 (too many, one after a reasoning block) is not. Each such call is counted in
 ``failoverd_upstream_resends_total`` (metrics.RESENT): it is no failover and no retry.
 
+Anthropic's token count (POST /v1/messages/count_tokens) is Bedrock's CountTokens for Claude
+(`count_tokens`): the ``converse`` form of its input, the very Converse request a messages
+request would be (no maxTokens to invent, as the ``invokeModel`` form's Anthropic body needs),
+for the foundation model id, as CountTokens refuses inference profiles ("us.anthropic...").
+A refusal for the model (not counted there, or no bedrock:CountTokens on it) is remembered
+(`UNCOUNTED_SECONDS`): the estimate answers meanwhile, with no call.
+
 Bedrock's model listing is on another host (the control plane), under another permission a
 runtime-only role may lack, and knows nothing of inference profiles; so the `models` probe is
 a one-token Converse call: it proves the endpoint, the credentials, and that this model (or
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -50,7 +58,7 @@ import orjson
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, CredentialSource, open_source
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
-from failoverd.errors import UpstreamError
+from failoverd.errors import RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, HttpClientError, Response
 from failoverd.http1.client import target
@@ -74,6 +82,8 @@ from failoverd.providers.http import (
 from failoverd.providers.sigv4 import Signer
 from failoverd.timeouts import timeout, timeout_at
 from failoverd.translate import bedrock as translate
+from failoverd.translate.anthropic_front import anthropic_to_canonical
+from failoverd.translate.anthropic_request import DEFAULT_MAX_TOKENS
 from failoverd.translate.bedrock_stream import StreamTranslator
 
 logger = logging.getLogger(__name__)
@@ -84,6 +94,14 @@ SERVICE = "bedrock"  # the SigV4 signing name of the Bedrock Runtime
 # pay full input price all along), and the price of asking again is one refused call
 UNCACHED_SECONDS = 600.0
 EVENT_STREAM = "application/vnd.amazon.eventstream"
+# how long a model whose count Bedrock refused for the model (it counts none for it, or the
+# role may not call bedrock:CountTokens on it) answers failoverd's estimate without asking
+UNCOUNTED_SECONDS = 600.0
+# what a CountTokens `converse` input takes of a Converse request (no inferenceConfig)
+_COUNTED_KEYS = ("messages", "system", "toolConfig", "additionalModelRequestFields")
+# a cross-region inference profile's geography before the model id ("us.", "eu.", "apac.",
+# "us-gov.", "global."): CountTokens takes foundation models only
+_PROFILE_PREFIX = re.compile(r"^[a-z]{2,6}(?:-[a-z]+)?\.(?=anthropic\.)")
 
 # error type -> reason, when the type alone decides
 _TYPE_REASONS = {
@@ -176,6 +194,15 @@ _ACCOUNT_MARKERS = ("operation not allowed",)
 # AWS Marketplace subscriptions for third-party models: "Model access is denied due to
 # INVALID_PAYMENT_INSTRUMENT:A valid payment instrument must be provided."
 _BILLING_MARKERS = ("payment instrument", "invalid_payment", "billing")
+
+
+def count_model_id(name: str) -> str | None:
+    """The foundation model CountTokens counts for a model name (an id, an inference profile or
+    an ARN): Claude's id, without a profile's geography (the tokenizer is the model's); None for
+    the models CountTokens counts none of (all but Claude's, and an application inference
+    profile or provisioned throughput, whose ARN names no model)."""
+    base = _PROFILE_PREFIX.sub("", name.rsplit("/", 1)[-1])
+    return base if base.startswith("anthropic.claude") else None
 
 
 def error_type(headers: Any, body: Any) -> str:
@@ -277,6 +304,8 @@ class BedrockProvider(Lacking):
         # models that refused cache points ("this model takes none"), by Bedrock model id:
         # until when (monotonic) their requests go without them
         self._uncached: dict[str, float] = {}
+        # models Bedrock counted none for, by Bedrock model id: until when (monotonic)
+        self._uncounted: dict[str, float] = {}
         base = {"Content-Type": "application/json", "Accept": "application/json"}
         # SigV4: the credentials' source, and the signer of the credentials it gave last
         self._credentials: CredentialSource | None = None
@@ -440,6 +469,69 @@ class BedrockProvider(Lacking):
             raise self._invalid(f"200 without any answer (stopReason "
                                 f"{parsed.get('stopReason')})", model.id)
         return Completion(completion)
+
+    def counts_tokens(self, model: ModelConfig) -> bool:
+        if count_model_id(model.name) is None:
+            return False
+        until = self._uncounted.get(model.name)
+        if until is None:
+            return True
+        if self._clock.monotonic() < until:
+            return False
+        del self._uncounted[model.name]  # time to ask again: the role or the model may count
+        return True
+
+    async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
+                           timeout: float) -> int:  # noqa: ASYNC109 - TokenCounter's signature
+        """Bedrock's own count (CountTokens, ``POST /model/{modelId}/count-tokens``) of an
+        Anthropic Messages count body: its ``converse`` input, the Converse request failoverd
+        would send for it (without cache points, which count nothing), for the foundation model
+        of the model's id or profile (`count_model_id`), within `timeout` (signing included)."""
+        name = count_model_id(model.name)
+        if name is None:
+            raise upstream_error(FailureReason.INCAPABLE,
+                                 f"Bedrock counts no tokens for {model.name}", status=None,
+                                 provider=self.config.name, model=model.id)
+        try:
+            # the endpoint's body has no max_tokens: the model's, for a thinking budget to fit
+            canonical = anthropic_to_canonical(
+                {**body, "max_tokens": model.max_output_tokens or DEFAULT_MAX_TOKENS})
+            converse = translate.to_request(canonical, model=model.name, cache_points=False)
+        except RequestError as exc:  # nothing Converse can express: the estimate answers
+            raise upstream_error(FailureReason.INCAPABLE, f"not countable: {exc.message}",
+                                 status=None, provider=self.config.name,
+                                 model=model.id) from exc
+        data = orjson.dumps({"input": {"converse": {
+            k: converse[k] for k in _COUNTED_KEYS if k in converse}}})
+        url = f"{self._base}/model/{quote(name, safe='-._~')}/count-tokens"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            with timeout_at(end):
+                headers, signed_with = await self._signed(url, self._headers, data, model.id)
+        except TimeoutError as exc:
+            raise upstream_error(FailureReason.TIMEOUT, "no AWS credentials within the count's "
+                                 "time limit", status=None, provider=self.config.name,
+                                 model=model.id) from exc
+        left = max(end - loop.time(), 0.0)
+        try:
+            raw = await fetch(self._client, "POST", url, headers=headers, data=data, total=left,
+                              connect=min(left, self.config.connect_timeout),
+                              failure=self._failure(signed_with), provider=self.config.name,
+                              model=model.id)
+        except UpstreamError as exc:
+            if exc.reason in (FailureReason.INCAPABLE, FailureReason.NOT_FOUND):
+                # "The provided model doesn't support counting tokens." (a model or region
+                # without it), or no bedrock:CountTokens on it: no count to ask for a while
+                logger.info("%s: Bedrock counts no tokens for %s (%s): estimates for %.0fs",
+                            model.id, name, exc.message, UNCOUNTED_SECONDS)
+                self._uncounted[model.name] = self._clock.monotonic() + UNCOUNTED_SECONDS
+            raise
+        parsed = json_or_none(raw)
+        count = parsed.get("inputTokens") if isinstance(parsed, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise self._invalid("CountTokens answered without inputTokens", model.id)
+        return count
 
     async def _read(self, resp: Response, decoder: Decoder, deadline: float | None,
                     idle: float, model: str) -> list[Message] | None:
