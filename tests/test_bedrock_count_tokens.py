@@ -217,3 +217,21 @@ async def test_the_fake_counts_an_invoke_model_body_as_botocore_sends_it(
     assert resp.status_code == 400
     assert resp.headers["x-amzn-ErrorType"].startswith("ValidationException:")
     assert resp.json() == {"message": "The provided model doesn't support counting tokens."}
+
+
+async def test_a_role_without_bedrock_count_tokens_gets_estimates_and_keeps_serving(
+        fake_bedrock: Callable[..., Awaitable[FakeBedrock]], start_daemon: Any) -> None:
+    """An AccessDeniedException for bedrock:CountTokens (a role made for Converse only) is the
+    count's failure, not the model's: estimates for a while, and messages still go there."""
+    fake = await fake_bedrock()
+    d = await start_daemon(config(fake), env=AWS_ENV, clock=ManualClock())
+    fake.push("count_denied")
+    async with sdk(d.socket) as client:
+        for _ in range(2):
+            raw = await client.messages.with_raw_response.count_tokens(
+                model="bedrock/sonnet", messages=HI)  # type: ignore[arg-type]
+            assert raw.headers["x-failoverd-count"] == "estimate"
+        message = await client.messages.create(
+            model="bedrock/sonnet", max_tokens=50, messages=HI)  # type: ignore[arg-type]
+    assert message.content[0].type == "text"
+    assert [r.path.rsplit("/", 1)[1] for r in fake.requests] == ["count-tokens", "converse"]

@@ -88,6 +88,13 @@ ERRORS: dict[str, tuple[int, str, bytes]] = {
                           "perform: bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1::"
                           "foundation-model/amazon.nova-pro-v1:0 because no identity-based "
                           "policy allows the bedrock:InvokeModel action"),
+    # a role that may call Converse but not CountTokens
+    "count_denied": _err(403, "AccessDeniedException",
+                         "User: arn:aws:sts::123456789012:assumed-role/failoverd/i-0abc is not "
+                         "authorized to perform: bedrock:CountTokens on resource: arn:aws:"
+                         "bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-"
+                         "20250514-v1:0 because no identity-based policy allows the "
+                         "bedrock:CountTokens action"),
     "no_model_access": _err(403, "AccessDeniedException",
                             "You don't have access to the model with the specified model ID."),
     "payment": _err(403, "AccessDeniedException",
