@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, one_model_config, providers
+from tests.helpers import HELLO, ask, one_model_config, providers
 
 
 def two_models(a: FakeOpenAI, b: FakeOpenAI, routing: str = "", extra: str = "") -> str:
@@ -54,8 +54,7 @@ async def pair(fake_openai, start_daemon):
 
 async def test_primary_serves_and_key_is_sent(pair) -> None:
     a, b, d = pair
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     reply = raw.parse()
     assert reply.choices[0].message.content == "from a"
     assert raw.headers["x-failoverd-model"] == "a/gpt-a"
@@ -88,8 +87,7 @@ FAILOVER_ROWS = [
 async def test_failure_rows_fail_over(pair, behaviour: str, calls: int, reason: str) -> None:
     a, b, d = pair
     a.default = behaviour
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     assert raw.parse().choices[0].message.content == "from b"
     assert raw.headers["x-failoverd-model"] == "b/gpt-b"
     assert raw.headers["x-failoverd-failover"] == f"a/gpt-a>b/gpt-b:{reason}"
@@ -100,8 +98,7 @@ async def test_failure_rows_fail_over(pair, behaviour: str, calls: int, reason: 
 async def test_rate_limit_with_short_retry_after_retries_same_model(pair) -> None:
     a, b, d = pair
     a.push("rate_limit_short")  # retry-after-ms: 50 <= retry_after_max
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     assert raw.headers["x-failoverd-model"] == "a/gpt-a"
     assert raw.headers["x-failoverd-attempts"] == "2"
     assert "x-failoverd-failover" not in raw.headers

@@ -16,7 +16,7 @@ import pytest
 
 from failoverd.providers.http import rate_limit_wait
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, pair_config, status
+from tests.helpers import HELLO, ask, pair_config, status
 
 
 @pytest.fixture
@@ -54,8 +54,7 @@ async def test_context_errors_of_local_servers_and_kimi_fail_over_to_a_larger_wi
     400 (no failover), or the same model was retried and its breaker fed."""
     a, b, d = pair
     a.default = behaviour
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     assert raw.parse().choices[0].message.content == "from b"
     assert raw.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:context_overflow"
     assert len(a.chat_requests()) == 1  # no same-model retry
@@ -141,8 +140,7 @@ async def test_minimax_base_resp_in_a_200_is_billing(pair: Any) -> None:
     in a 200 was an invalid_response (retried on the same model, counted by its breaker)."""
     a, b, d = pair
     a.default = "minimax_balance"
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     assert raw.headers["x-failoverd-failover"] == "a/gpt-a>b/gpt-b:billing"
     assert len(a.chat_requests()) == 1
     assert (await status(d))["providers"]["a"]["credentials"] == "billing"
@@ -153,8 +151,7 @@ async def test_openai_rate_limit_wait_without_retry_after_is_honoured(pair: Any)
     and x-ratelimit-reset-* headers say how long. A short wait is a same-model retry."""
     a, b, d = pair
     a.push("rate_limit_hint")
-    raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                   messages=HELLO)
+    _, raw = await ask(d)
     assert raw.headers["x-failoverd-model"] == "a/gpt-a"
     assert raw.headers["x-failoverd-attempts"] == "2"
     assert b.requests == []
@@ -164,8 +161,7 @@ async def test_openai_long_rate_limit_wait_holds_the_breaker_open(pair: Any) -> 
     a, b, d = pair
     a.default = "rate_limit_daily"  # "Please try again in 7m12s", x-ratelimit-reset-tokens
     for _ in range(3):
-        raw = await d.openai.chat.completions.with_raw_response.create(model="default",
-                                                                       messages=HELLO)
+        _, raw = await ask(d)
         assert raw.headers["x-failoverd-model"] == "b/gpt-b"
     model = (await status(d))["models"]["a/gpt-a"]
     assert model["breaker_state"] == "open"
