@@ -60,6 +60,7 @@ class FakeWebSts(FakeAws):
     expired: set[str] = field(default_factory=set)
     web_roles: set[str] = field(default_factory=set)
     echo: bool = False  # a gateway's error page that echoes the request
+    on_web: Callable[[], None] | None = None  # called at every AssumeRoleWithWebIdentity
     # (form, headers) of each AssumeRoleWithWebIdentity call
     web_calls: list[tuple[dict[str, str], dict[str, str]]] = field(default_factory=list)
 
@@ -69,6 +70,8 @@ class FakeWebSts(FakeAws):
         if form.get("Action") != "AssumeRoleWithWebIdentity":
             return await super()._sts(request)  # AssumeRole, signed
         self.web_calls.append((form, dict(request.headers)))
+        if self.on_web is not None:
+            self.on_web()
         if self.echo:
             return web.Response(status=502, text=f"<html>bad gateway for {body.decode()}"
                                 f"</html>", content_type="text/html")
@@ -249,7 +252,14 @@ async def test_a_refused_token_is_auth_unless_the_file_just_changed(
     assert not err.transient and "InvalidIdentityToken: Couldn't retrieve" in str(err)
     token_file(tmp_path, JWT2, at=clock.time())
     assert (await _fetch(source, http_client, clock)).transient
+    # rewritten while STS answered: the next read has the new token
+    token_file(tmp_path, JWT2)
+    sts.on_web = lambda: token_file(tmp_path, JWT, at=time.time() - 1800)
+    err = await _fetch(source, http_client, clock)
+    assert err.transient and "changed since it was read" in str(err)
+    sts.on_web = None
     # a role that does not trust the token is a refusal, the file's age aside
+    token_file(tmp_path, JWT2, at=clock.time())
     sts.tokens.add(JWT2)
     sts.web_roles.clear()
     err = await _fetch(source, http_client, clock)

@@ -20,10 +20,10 @@ identity provider's keys could not be fetched) are transient; ``AccessDenied`` (
 not trust this token's issuer or subject), ``InvalidIdentityToken``, ``IDPRejectedClaim`` and
 ``ExpiredTokenException`` (the web token ran out) are a refusal (``auth``). But a token
 refused as expired or invalid that was read from a file changed in the last `ROTATING`
-seconds is taken as a rotation under way (a writer caught half way, a new key the issuer has
-not published yet), transient, read again at the next fetch: the Go SDK likewise retries
-``InvalidIdentityToken``, a "temporary error" there. The token never appears in logs or
-errors: an error page that echoes the request has it masked.
+seconds, or changed since it was read, is taken as a rotation under way (a writer caught half
+way, a new key the issuer has not published yet), transient, read again at the next fetch:
+the Go SDK likewise retries ``InvalidIdentityToken``, a "temporary error" there. The token
+never appears in logs or errors: an error page that echoes the request has it masked.
 """
 
 from __future__ import annotations
@@ -122,4 +122,16 @@ async def fetch(client: HttpClient, source: WebIdentityRole, clock: Clock) -> Aw
         if abs(age) < ROTATING:
             raise AwsCredentialsError(f"{text} (the token file changed {max(age, 0):.0f} s "
                                       "ago: read again at the next call)", transient=True)
+        if _rewritten(source.token_file, mtime):
+            raise AwsCredentialsError(f"{text} (the token file changed since it was read: "
+                                      "read again at the next call)", transient=True)
     raise AwsCredentialsError(text, transient=failed(status) or code in TRANSIENT)
+
+
+def _rewritten(path: str, mtime: float) -> bool:
+    """Whether the token file changed since it was read at `mtime` (the next read has
+    another token)."""
+    try:
+        return os.stat(path).st_mtime != mtime
+    except OSError:
+        return False
