@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from failoverd import config as config_mod
+from failoverd.errors import ConfigError
 from tests.fakes.openai import FakeOpenAI
 
 HELLO = [{"role": "user", "content": "hello"}]  # the chat messages most tests send
@@ -71,6 +74,14 @@ provider = "b"
 [routing]
 primary = "a/m"
 fallbacks = ["b/m"]"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    """The problems a config `text` (no [daemon] needed) is refused for, with `env` as the
+    environment."""
+    with pytest.raises(ConfigError) as info:
+        config_mod.loads(text, env=env or {})
+    return info.value.problems
 
 
 async def check_config(path: Path) -> tuple[int, str]:

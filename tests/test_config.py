@@ -8,7 +8,7 @@ import pytest
 
 from failoverd import config
 from failoverd.errors import ConfigError
-from tests.helpers import check_config
+from tests.helpers import check_config, problems
 
 ETC = Path(__file__).resolve().parent.parent / "etc" / "failoverd"
 
@@ -23,12 +23,6 @@ provider = "p"
 [models."p/c"]
 provider = "p"
 """
-
-
-def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(text, env=env or {})
-    return info.value.problems
 
 
 @pytest.mark.parametrize(("routing", "chain"), [

@@ -11,7 +11,7 @@ import pytest
 from failoverd import config
 from failoverd.errors import ConfigError
 from failoverd.tomlreader import MAX_INTEGER
-from tests.helpers import check_config
+from tests.helpers import check_config, problems
 
 BASE = """
 [providers.p]
@@ -45,12 +45,6 @@ def text(table: str, key: str, value: int | str) -> str:
 
 def key_path(table: str, key: str) -> str:
     return f'models."p/a".{key}' if table == "model" else f"{table}.{key}"
-
-
-def problems(toml: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(toml, env={})
-    return info.value.problems
 
 
 @pytest.mark.parametrize(("table", "key", "maximum"), BOUNDS,
@@ -134,13 +128,13 @@ def test_the_other_secret_sources_are_checked_too(tmp_path: Path) -> None:
 kind = "anthropic"
 api_key_credential = "cred"
 """
-    found = problems_env(text, {"K": f"{SECRET}\nother", "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    found = problems(text, {"K": f"{SECRET}\nother", "CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert found == [
         "providers.p.api_key_env: environment variable K holds a line break or another "
         "control character; a key or token is a single line",
         f"providers.q.api_key_credential: {tmp_path / 'cred'} holds a line break or another "
         "control character; a key or token is a single line"]
-    assert problems_env(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_env = "K"')
+    assert problems(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_env = "K"')
                         + MODEL, {"K": "   "}) == [
         "providers.p.api_key_env: environment variable K is not set or empty"]
 
@@ -191,9 +185,3 @@ def test_hook_programs_that_could_never_start_are_config_errors() -> None:
     assert problems(BASE + MODEL + hooks) == [
         "hooks[0].exec[0]: the program must not be empty",
         "hooks[1].exec[1]: must not contain a NUL"]
-
-
-def problems_env(toml: str, env: dict[str, str]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(toml, env=env)
-    return info.value.problems

@@ -8,22 +8,11 @@ from pathlib import Path
 import pytest
 
 from failoverd import config
-from failoverd.errors import ConfigError
-from tests.helpers import check_config
+from tests.helpers import check_config, problems
+from tests.test_config_leftovers import BASE as PROVIDER
+from tests.test_config_leftovers import MODEL
 
-BASE = """
-[providers.p]
-kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
-[models."p/a"]
-provider = "p"
-"""
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(text, env={})
-    return info.value.problems
+BASE = PROVIDER + MODEL
 
 
 @pytest.mark.parametrize(("table", "key", "value", "expected"), [

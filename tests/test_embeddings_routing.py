@@ -25,10 +25,9 @@ from aiohttp import web
 
 from failoverd import config
 from failoverd.clock import ManualClock
-from failoverd.errors import ConfigError
 from tests.fakes.base import Logged, fake_fixture
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, status
+from tests.helpers import HELLO, problems, status
 from tests.test_fastpath import connect, paths, post, read_answer
 from tests.test_sdk_clients import curl
 
@@ -166,16 +165,10 @@ CONFIG_PROBLEMS = {
 }
 
 
-def config_problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        config.loads(text, env=ENV)
-    return info.value.problems
-
-
 @pytest.mark.parametrize("case", list(CONFIG_PROBLEMS))
 def test_embedding_models_misconfigured_are_problems_by_key_path(case: str) -> None:
     extra, expected = CONFIG_PROBLEMS[case]
-    found = config_problems(CONFIG_BASE + extra)
+    found = problems(CONFIG_BASE + extra, ENV)
     assert len(found) == len(expected), found
     for problem, start in zip(found, expected, strict=True):
         assert problem.startswith(start), (problem, start)
