@@ -3,11 +3,11 @@ to now.
 
 Anthropic clients call it to manage their context (Claude Code does, with `?beta=true`, and
 counts wrongly without it). When the model a messages request would be sent to now is on an
-Anthropic provider (or is Claude on Vertex AI), that provider's own count is passed on
-(`x-failoverd-count: upstream`); for any other model, or when that call fails, failoverd's
-estimate answers (the one that matches requests to context windows; `x-failoverd-count:
-estimate`). A count is a question
-about a request, not one: it feeds no breaker and counts in no request metric.
+Anthropic provider (or is Claude on Vertex AI or Amazon Bedrock), that provider's own count
+is passed on (`x-failoverd-count: upstream`); for any other model, or when that call fails,
+failoverd's estimate answers (the one that matches requests to context windows;
+`x-failoverd-count: estimate`). A count is a question about a request, not one: it feeds no
+breaker and counts in no request metric.
 """
 
 from __future__ import annotations
