@@ -163,6 +163,16 @@ class CancelOnConnect:
 
         monkeypatch.setattr(connection.Connection, "connection_made", connection_made)
 
+    async def first_then_ok(self, client: HttpClient, url: str) -> None:
+        """A GET of `url` cancelled as its connection is made (CancelledError comes out),
+        then a GET that answers b"ok"."""
+        self.victim = first = asyncio.ensure_future(
+            client.request("GET", url, headers={}, connect_timeout=CT))
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        resp = await client.request("GET", url, headers={}, connect_timeout=CT)
+        assert await resp.read() == b"ok"
+
 
 def _abort_orphans() -> None:
     """Aborts selector transports whose socket was closed under them (CPython loop only), so
@@ -184,12 +194,7 @@ async def test_cancel_as_the_tls_handshake_completes_leaves_no_orphan_transport(
     cancel = CancelOnConnect(monkeypatch)
     try:
         async with HttpClient(ssl_context=client_context) as c:
-            cancel.victim = first = asyncio.ensure_future(
-                c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT))
-            with pytest.raises(asyncio.CancelledError):
-                await first
-            resp = await c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT)
-            assert await resp.read() == b"ok"
+            await cancel.first_then_ok(c, f"{origin.url}/")
     finally:
         _abort_orphans()
         await asyncio.sleep(0)
@@ -278,13 +283,7 @@ def test_cancel_as_the_handshake_completes_orphans_nothing_elsewhere(
             origin = await Origin().start(server_context if scheme == "https" else None)
             try:
                 async with HttpClient(ssl_context=client_context) as c:
-                    cancel.victim = first = asyncio.ensure_future(
-                        c.request("GET", f"{origin.url}/", headers={}, connect_timeout=CT))
-                    with pytest.raises(asyncio.CancelledError):
-                        await first
-                    resp = await c.request("GET", f"{origin.url}/", headers={},
-                                           connect_timeout=CT)
-                    assert await resp.read() == b"ok"
+                    await cancel.first_then_ok(c, f"{origin.url}/")
                     await until(lambda: origin.open == 1, interval=0.001)  # noqa: B023 - awaited here
                     # https: TLS is started on an open transport and the connection object
                     # is made after the handshake, so the cancel lands on the next await, once
