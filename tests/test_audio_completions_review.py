@@ -30,7 +30,7 @@ from aiohttp import web
 from failoverd.errors import RequestError
 from failoverd.translate import audio
 from tests.conftest import daemon_toml
-from tests.fakes.base import AppServer
+from tests.fakes.base import AppServer, event_stream
 from tests.fakes.ollama import FakeOllama
 from tests.helpers import providers, status, until
 
@@ -119,8 +119,7 @@ def text_chunk(text: str, finish: str | None = None) -> bytes:
 def sse(*events: bytes, hold: asyncio.Event | None = None) -> Reply:
     """A text completion stream of `events`; `hold`: then wait for it (a stream that goes on)."""
     async def answer(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         for event in events:
             await resp.write(event)
         if hold is not None:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from failoverd.translate import speech
+from tests.fakes.base import event_stream
 from tests.fakes.scripted import pair_fixture
 from tests.test_speech_stream import (
     ASK,
@@ -116,8 +117,7 @@ async def test_a_huge_single_event_is_cut_at_the_audio_limit(
     line = b"data: " + b"A" * 1000 + b"\n"
 
     async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         await resp.write(EVENTS[0])
         await resp.write(line * 200)  # the event goes on (no blank line) and then waits
         await tts.gate.wait()
@@ -323,8 +323,7 @@ async def test_a_client_gone_mid_transcript_is_counted_once(ears: Any) -> None:
     gone = asyncio.Event()
 
     async def step(request: web.Request, stt: Stt) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         await resp.write(STT_EVENTS[0])
         await stt.gate.wait()
         try:
@@ -443,8 +442,7 @@ async def test_the_sdk_reads_speech_events_split_at_every_byte(pair: Any) -> Non
     raw = b"".join(EVENTS)
 
     async def step(request: web.Request, tts: Tts) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         for i in range(len(raw)):
             await resp.write(raw[i:i + 1])
         await resp.write_eof()

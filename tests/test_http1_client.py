@@ -35,7 +35,7 @@ from failoverd.http1 import (
 )
 from failoverd.http1.client import Target, encode_request
 from failoverd.http1.connection import DRAIN_BYTES, HIGH_WATER, LOW_WATER
-from tests.fakes.base import serve_app
+from tests.fakes.base import event_stream, serve_app
 from tests.fakes.serving import StreamServer
 from tests.helpers import until
 
@@ -134,16 +134,14 @@ class WebServer:
         return web.Response(text="hello world", headers={"X-Thing": "yes"})
 
     async def sse(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         for event in SSE_EVENTS:
             await resp.write(event)
         await resp.write_eof()
         return resp
 
     async def sse_gated(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         await resp.write(SSE_EVENTS[0])
         await self.gate.wait()
         for event in SSE_EVENTS[1:]:

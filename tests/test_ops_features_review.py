@@ -24,7 +24,7 @@ from failoverd.catalog import Cost, ModelConfig
 from failoverd.clock import ManualClock
 from failoverd.discovery import object_id
 from failoverd.fingerprint import fingerprint
-from tests.fakes.base import serve_app
+from tests.fakes.base import event_stream, serve_app
 from tests.helpers import HELLO, one_model_config, providers, tcp_listener, until
 from tests.helpers import chat as ask
 from tests.mosquitto import Mosquitto, TcpProxy, recording, requires_mosquitto, retained
@@ -605,8 +605,7 @@ async def cached_upstream() -> AsyncIterator[str]:
             return web.json_response({**base, "object": "chat.completion", "choices": [{
                 "index": 0, "message": {"role": "assistant", "content": "hi"},
                 "finish_reason": "stop"}], "usage": CACHED_USAGE})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         chunk = {**base, "object": "chat.completion.chunk"}
         for choice in ({"index": 0, "delta": {"role": "assistant", "content": "hi"},
                         "finish_reason": None},

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.base import event_stream
 from tests.fakes.openai import ERRORS, FakeOpenAI
 from tests.helpers import A_THEN_B, HELLO, one_model_config, providers, until, until_async
 from tests.helpers import sse_json as sse_data
@@ -42,8 +43,7 @@ class StallingAnthropic(FakeAnthropic):
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         for name, data in (
                 ("message_start", {"type": "message_start", "message": {
                     "id": "msg_1", "type": "message", "role": "assistant", "content": [],
@@ -206,8 +206,7 @@ class UsageOpenAI(FakeOpenAI):
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         base = {"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 1,
                 "model": body.get("model")}
 
@@ -266,8 +265,7 @@ class PingingAnthropic(FakeAnthropic):
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         await resp.write(b'event: message_start\ndata: {"type": "message_start", "message": '
                          b'{"id": "msg_1", "type": "message", "role": "assistant", '
                          b'"content": [], "usage": {"input_tokens": 3, "output_tokens": 1}}}'
@@ -402,8 +400,7 @@ class OddOpenAI(FakeOpenAI):
                       behaviour: str) -> web.StreamResponse:
         if behaviour == "json_quota":
             return web.Response(body=ERRORS["quota"][1], content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         for delta, finish in (({"role": "assistant", "content": "Hi"}, None),
                               ({"content": " there"}, None), ({}, "stop")):
             chunk = {"id": "chatcmpl-m", "object": "chat.completion.chunk", "created": 1,

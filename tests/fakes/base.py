@@ -127,6 +127,13 @@ async def processing_comments(resp: web.StreamResponse, seconds: float) -> None:
         await asyncio.sleep(0.1)
 
 
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """A 200 text/event-stream response to `request`, its head sent: the events follow."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    return resp
+
+
 def cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
     """Kills the connection mid-stream, as a crashing upstream or a dropped network does."""
     assert request.transport is not None

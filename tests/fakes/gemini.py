@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, cut
+from tests.fakes.base import FakeServer, cut, event_stream
 from tests.fakes.openai import EMBEDDING_DIMENSIONS, fake_embedding
 
 
@@ -266,8 +266,7 @@ class FakeGemini(FakeServer[Logged]):
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         if behaviour == "stall":
             await asyncio.sleep(3600)
 

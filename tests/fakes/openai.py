@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import FakeServer, Logged, cut
+from tests.fakes.base import FakeServer, Logged, cut, event_stream
 from tests.fakes.openai_completions import CHAT_ONLY, failed_first, prompt_items, respond
 
 # re-exported: the other fakes and the tests take the completion texts from here
@@ -401,8 +401,7 @@ class FakeOpenAI(FakeServer[Logged]):
 
     async def _stream(self, request: web.Request, body: dict[str, Any],
                       behaviour: str) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+        resp = await event_stream(request)
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
 

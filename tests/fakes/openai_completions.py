@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.base import cut, processing_comments
+from tests.fakes.base import cut, event_stream, processing_comments
 
 # OpenAI's 404 for a chat model on the legacy completions endpoint
 CHAT_ONLY = ("This is a chat model and not supported in the v1/completions endpoint. Did you "
@@ -134,8 +134,7 @@ def _choices(reply: str, body: dict[str, Any], prompts: list[Any]) -> list[_Choi
 async def _stream(request: web.Request, body: dict[str, Any], behaviour: str,
                   choices: list[_Choice], usage: dict[str, int], quota: bytes
                   ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
+    resp = await event_stream(request)
     base: dict[str, Any] = {"id": "cmpl-fake", "object": "text_completion",
                             "created": int(time.time()), "model": body.get("model")}
     with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
