@@ -277,3 +277,50 @@ async def test_anthropic_token_counts_come_from_claude_on_vertex(
         assert len(vertex.requests) == calls  # Gemini has no Anthropic count: not asked
     finally:
         await client.close()
+
+
+async def test_model_garden_models_by_the_openai_compatible_endpoint(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
+        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+    """A model named with its publisher (meta/llama-...-maas) goes to Vertex's OpenAI-compatible
+    endpoint with the OAuth token, plain and streamed; Vertex's Google-shaped quota error
+    fails over; a 401 for a stale token is made again with a new one."""
+    vertex = await fake_vertex()
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    backup = await fake_openai(reply="from the backup")
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
+    text = daemon_config(vertex, backup, f'google_credentials_file = "{path}"').replace(
+        'name = "gemini-2.5-flash"', 'name = "meta/llama-3.3-70b-instruct-maas"')
+    d = await start_daemon(text, env={})
+    hi = [{"role": "user", "content": "hi"}]
+    raw = await d.openai.chat.completions.with_raw_response.create(model="vertex/flash",
+                                                                    messages=hi)
+    assert raw.headers["x-failoverd-model"] == "vertex/flash"
+    assert raw.parse().choices[0].message.content == "Hello from Llama on Vertex"
+    call = vertex.requests[-1]
+    assert call.path == (f"/v1/projects/{PROJECT}/locations/{LOCATION}/endpoints/openapi/"
+                         "chat/completions")
+    assert call.body["model"] == "meta/llama-3.3-70b-instruct-maas"
+    assert call.headers["Authorization"].startswith("Bearer ")
+    stream = await d.openai.chat.completions.create(model="vertex/flash", messages=hi,
+                                                    stream=True)
+    streamed = ""
+    async for chunk in stream:
+        streamed += "".join(c.delta.content or "" for c in chunk.choices)
+    assert streamed == "Hello from Llama on Vertex"
+    # a stale token: Vertex's 401, a new token, the same model serves
+    vertex.tokens.clear()
+    raw = await d.openai.chat.completions.with_raw_response.create(model="vertex/flash",
+                                                                    messages=hi)
+    assert raw.headers["x-failoverd-model"] == "vertex/flash" and len(auth.grants) == 2
+    # Vertex's quota error (Google's shape) is a rate limit: the request fails over
+    vertex.push("rate_limit")
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="vertex/flash", messages=hi, extra_headers={"x-failoverd-session": "q"})
+    assert raw.headers["x-failoverd-model"] == "vertex/sonnet"  # the default chain's next
+    assert raw.headers["x-failoverd-failover"] == "vertex/flash>vertex/sonnet:rate_limit"
+    # no embeddings for it here
+    resp = await d.http.post("/v1/embeddings", json={"model": "vertex/flash", "input": "x"})
+    assert resp.status_code == 400

@@ -45,7 +45,7 @@ from tests.fakes.anthropic import _err as anthropic_err
 from tests.fakes.anthropic import _invalid as anthropic_invalid
 from tests.fakes.base import FakeServer, fake_fixture, serve_app
 from tests.fakes.gemini import FakeGemini
-from tests.fakes.openai import fake_embedding
+from tests.fakes.openai import FakeOpenAI, fake_embedding
 
 PROJECT = "failoverd-test-123"
 LOCATION = "us-east5"
@@ -143,12 +143,17 @@ class FakeVertex(FakeServer[Logged]):
     gemini: FakeGemini = field(default_factory=lambda: FakeGemini(
         reply="Hello from Gemini on Vertex", thinking=False), kw_only=True)
     refused: list[str] = field(default_factory=list, kw_only=True)  # tokens refused (401)
+    # Model Garden's models as a service, by the OpenAI-compatible endpoint
+    open: FakeOpenAI = field(default_factory=lambda: FakeOpenAI(
+        reply="Hello from Llama on Vertex"), kw_only=True)
 
     errors = ERRORS
 
     def _routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/projects/{project}/locations/{location}/publishers/{publisher}/"
                         "models/{target}", self._call)
+        router.add_post("/v1/projects/{project}/locations/{location}/endpoints/openapi/"
+                        "chat/completions", self._openapi)
 
     def _error(self, name: str, model: str) -> web.Response:
         status, body = ERRORS[name]
@@ -157,7 +162,39 @@ class FakeVertex(FakeServer[Logged]):
     def calls(self, publisher: str) -> list[Logged]:
         return [r for r in self.requests if f"/publishers/{publisher}/" in r.path]
 
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        """The OpenAI-compatible endpoint: Vertex's checks and errors, then an OpenAI chat
+        (the model named with its publisher, "meta/llama-...")."""
+        refused = await self._admit(request)
+        if refused is not None:
+            return refused
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour, "")
+        return await self.open._chat(request)
+
     async def _call(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._admit(request)
+        if refused is not None:
+            return refused
+        info = request.match_info
+        body = self.requests[-1].body
+        model, _, method = info["target"].partition(":")
+        behaviour = self._next()
+        if behaviour in ERRORS:
+            return self._error(behaviour, model)
+        if info["publisher"] == "anthropic":
+            return await self._claude(request, body, model, method, behaviour)
+        if info["publisher"] == "google":
+            if method == "predict":
+                return self._predict(body, model)
+            self.gemini.push(behaviour)
+            return await self.gemini._generate(request)
+        return web.Response(status=404, body=_google(404, "NOT_FOUND", "Publisher not found."),
+                            content_type="application/json")
+
+    async def _admit(self, request: web.Request) -> web.Response | None:
+        """Logs the call; Vertex's refusal of its token, project or location, if any."""
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
         self.requests.append(Logged(request.path, dict(request.query), dict(request.headers),
@@ -175,21 +212,9 @@ class FakeVertex(FakeServer[Logged]):
         if info["location"] != self.location:
             return web.Response(status=404, body=_google(
                 404, "NOT_FOUND", f"Publisher Model `projects/{info['project']}/locations/"
-                f"{info['location']}/publishers/{info['publisher']}/models/x` not found."),
-                content_type="application/json")
-        model, _, method = info["target"].partition(":")
-        behaviour = self._next()
-        if behaviour in ERRORS:
-            return self._error(behaviour, model)
-        if info["publisher"] == "anthropic":
-            return await self._claude(request, body, model, method, behaviour)
-        if info["publisher"] == "google":
-            if method == "predict":
-                return self._predict(body, model)
-            self.gemini.push(behaviour)
-            return await self.gemini._generate(request)
-        return web.Response(status=404, body=_google(404, "NOT_FOUND", "Publisher not found."),
-                            content_type="application/json")
+                f"{info['location']}/publishers/{info.get('publisher', 'x')}/models/x` not "
+                "found."), content_type="application/json")
+        return None
 
     async def _claude(self, request: web.Request, body: Any, model: str, method: str,
                       behaviour: str) -> web.StreamResponse:

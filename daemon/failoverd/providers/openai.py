@@ -296,19 +296,22 @@ class OpenAIProvider:
     # ------------------------------------------------------------------ errors
 
     async def failure(self, resp: Response, model: str) -> UpstreamError:
-        raw = await read_limited(resp)
+        return self.failure_of(resp.status, resp.headers, await read_limited(resp), model)
+
+    def failure_of(self, status: int, headers: Any, raw: bytes, model: str) -> UpstreamError:
+        """The failure an error answer (`status`, its headers and body) tells."""
         message, code = error_details(raw)
-        reason = _glm_reason(code) or classify(resp.status, message, code)
+        reason = _glm_reason(code) or classify(status, message, code)
         if reason is FailureReason.NOT_FOUND and not not_found_is_model(f"{message} {code}"):
             # a 404 on the path itself means a wrong base_url, which every model shares
             message = message or f"404 from {self._chat_url}: check base_url"
-        retry_after = parse_retry_after(resp.headers)
+        retry_after = parse_retry_after(headers)
         if retry_after is None and reason is FailureReason.RATE_LIMIT:
-            retry_after = rate_limit_wait(message, resp.headers)
+            retry_after = rate_limit_wait(message, headers)
         return upstream_error(
-            reason, message or f"HTTP {resp.status}", status=resp.status,
+            reason, message or f"HTTP {status}", status=status,
             provider=self.config.name, model=model, retry_after=retry_after, body=raw,
-            content_type=resp.headers.get("Content-Type", "application/json"),
+            content_type=headers.get("Content-Type", "application/json"),
         )
 
     # ------------------------------------------------------------------ calls

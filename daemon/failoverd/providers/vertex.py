@@ -8,7 +8,10 @@ bodies without ``model`` and with ``"anthropic_version": "vertex-2023-10-16"``, 
 streamed as its server-sent events: the Anthropic adapter's translation and stream reading
 serve them (`VertexClaude`). Any other model is Google's: ``.../publishers/google/models/
 {model}:generateContent`` (``:streamGenerateContent?alt=sse``) with the Gemini API's wire
-format, served by the Gemini adapter's (`VertexGemini`); embedding models by ``:predict``.
+format, served by the Gemini adapter's (`VertexGemini`); embedding models by ``:predict``. A
+model named with its publisher (``meta/llama-3.3-70b-instruct-maas``) is one of Model Garden's
+models as a service, served by Vertex's OpenAI-compatible ``.../endpoints/openapi/chat/
+completions`` and the OpenAI adapter's wire format (`VertexOpenAI`).
 ``anthropic-beta`` features travel as on api.anthropic.com, in the ``anthropic-beta`` header
 (the provider's ``headers``): Vertex reads it there.
 
@@ -56,17 +59,19 @@ from failoverd.googlecreds import (
     open_source,
     quota_project,
 )
-from failoverd.http1 import HttpClient
+from failoverd.http1 import HttpClient, Response
 from failoverd.providers.anthropic import AnthropicProvider
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking
 from failoverd.providers.gemini import GeminiProvider, classify_gemini, error_details
 from failoverd.providers.http import (
     fetch,
     json_or_none,
+    open_stream,
     parse_retry_after,
     probe_limits,
     upstream_error,
 )
+from failoverd.providers.openai import OpenAIProvider
 from failoverd.timeouts import timeout_at
 from failoverd.tokens import text_tokens
 from failoverd.translate import embeddings
@@ -118,6 +123,13 @@ def is_claude(model: ModelConfig) -> bool:
     return model_id(model).startswith("claude")
 
 
+def is_open(model: ModelConfig) -> bool:
+    """Whether `model` is named with its publisher (``meta/llama-3.3-70b-instruct-maas``,
+    ``deepseek-ai/deepseek-r1-0528-maas``): a Model Garden model served by Vertex's
+    OpenAI-compatible endpoint."""
+    return "/" in model_id(model)
+
+
 def google_error(raw: bytes) -> bool:
     """Whether an error body is Google's shape (not Anthropic's)."""
     body = json_or_none(raw)
@@ -163,6 +175,9 @@ class _Auth:
                 self.extra["x-goog-user-project"] = quota
 
     async def headers(self, base: Mapping[str, str], model: ModelConfig) -> dict[str, str]:
+        return await self.headers_for(base, model.id)
+
+    async def headers_for(self, base: Mapping[str, str], model_id: str) -> dict[str, str]:
         headers = {**self.extra, **base}
         if self.tokens is None:
             return headers
@@ -173,7 +188,7 @@ class _Auth:
             # breakers count it; a refusal blocks the provider, as a refused key does
             reason = FailureReason.CONNECTION if exc.transient else FailureReason.AUTH
             raise upstream_error(reason, f"no Google access token: {exc}", status=None,
-                                 provider=self.provider, model=model.id) from exc
+                                 provider=self.provider, model=model_id) from exc
         _SENT.set(token)
         headers["Authorization"] = f"Bearer {token.token}"
         return headers
@@ -381,6 +396,43 @@ class VertexGemini(GeminiProvider):
         return vectors, tokens
 
 
+class VertexOpenAI(OpenAIProvider):
+    """Model Garden's models as a service (Llama, DeepSeek, Qwen, Mistral...) by Vertex's
+    OpenAI-compatible Chat Completions endpoint (``.../endpoints/openapi/chat/completions``,
+    the model named with its publisher); the OpenAI adapter with Vertex's URL and tokens."""
+
+    api = "Vertex AI's OpenAI-compatible endpoint"
+
+    def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
+        super().__init__(config, client)
+        self._auth = auth
+        location = _publisher_url(config, "x").removesuffix("/publishers/x/models")
+        self._chat_url = f"{location}/endpoints/openapi/chat/completions"
+
+    async def _post(self, data: bytes, limits: AttemptLimits, model_id: str) -> bytes:
+        return await fetch(self.client, "POST", self._chat_url,
+                           headers=await self._auth.headers_for(self.headers, model_id),
+                           data=data, total=limits.total, connect=limits.connect,
+                           failure=self.failure, provider=self.config.name, model=model_id)
+
+    async def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
+                    model_id: str) -> Response:
+        return await open_stream(
+            self.client, self._chat_url, data=data,
+            headers=await self._auth.headers_for(self._stream_headers, model_id),
+            first_deadline=first_deadline, connect=limits.connect, failure=self.failure,
+            provider=self.config.name, model=model_id)
+
+    def failure_of(self, status: int, headers: Any, raw: bytes, model: str) -> UpstreamError:
+        if google_error(raw):
+            exc = _google_failure(self.config.name, status, raw, model, headers,
+                                  headers.get("Content-Type", "application/json"),
+                                  self._chat_url)
+        else:
+            exc = super().failure_of(status, headers, raw, model)
+        return self._auth.checked(exc)
+
+
 class VertexProvider(Lacking):
     """Adapter for Vertex AI: Claude models by the Anthropic publisher's rawPredict, the others
     by Gemini's generateContent (see the module's docstring)."""
@@ -393,9 +445,12 @@ class VertexProvider(Lacking):
         self._auth = auth = _Auth(config, client, clock)
         self._claude = VertexClaude(config, client, auth)
         self._gemini = VertexGemini(config, client, auth)
+        self._models_open = VertexOpenAI(config, client, auth)
 
-    def _for(self, model: ModelConfig) -> AnthropicProvider | GeminiProvider:
-        return self._claude if is_claude(model) else self._gemini
+    def _for(self, model: ModelConfig) -> AnthropicProvider | GeminiProvider | VertexOpenAI:
+        if is_claude(model):
+            return self._claude
+        return self._models_open if is_open(model) else self._gemini
 
     # A 401 for a token revoked or expired early is answered at once with the call again and
     # a new token, within what is left of the attempt's time; a second 401 is the
@@ -452,8 +507,8 @@ class VertexProvider(Lacking):
 
     async def embed(self, body: dict[str, Any], model: ModelConfig,
                     limits: AttemptLimits) -> Completion:
-        if is_claude(model):
-            raise self._lacks("embeddings endpoint for Claude models")
+        if is_claude(model) or is_open(model):
+            raise self._lacks("embeddings endpoint for Claude and Model Garden models")
         return await self._attempt(model, limits,
                                    lambda left: self._gemini.embed(body, model, left))
 
