@@ -543,9 +543,11 @@ class RefreshingCredentials:
 
 # temporary credentials by client, source and clock: a reload builds its providers anew with
 # the daemon's one client, and they go on with the credentials (and any fetch under way) of
-# the ones they replace; providers sharing a source share its fetches
+# the ones they replace; providers sharing a source share its fetches. An entry lasts as long
+# as a provider holds it: a source a reload dropped is forgotten with its providers
 _refreshing: weakref.WeakKeyDictionary[
-    HttpClient, dict[tuple[Refreshing, Clock | None], RefreshingCredentials]
+    HttpClient, weakref.WeakValueDictionary[tuple[Refreshing, Clock | None],
+                                            RefreshingCredentials]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -558,7 +560,7 @@ def open_source(source: AwsSource, *, client: HttpClient,
         return StaticCredentials(source)
     if isinstance(source, SharedFile):
         return SharedFileCredentials(source, clock or SystemClock())
-    known = _refreshing.setdefault(client, {})
+    known = _refreshing.setdefault(client, weakref.WeakValueDictionary())
     shared = known.get((source, clock))
     if shared is None:
         from failoverd.awsfetch import refreshing  # the fetches, which need this module

@@ -404,9 +404,11 @@ class TokenSource:
 
 # tokens by client, source, proxy and clock: a reload builds its providers anew with the
 # daemon's one client, and they go on with the token (and any fetch under way) of the ones
-# they replace; providers sharing a source share its fetches
+# they replace; providers sharing a source share its fetches. An entry lasts as long as a
+# provider holds it: a source a reload dropped is forgotten with its providers
 _sources: weakref.WeakKeyDictionary[
-    HttpClient, dict[tuple[GoogleSource, str, Clock | None], TokenSource]
+    HttpClient, weakref.WeakValueDictionary[tuple[GoogleSource, str, Clock | None],
+                                            TokenSource]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -415,7 +417,7 @@ def open_source(source: GoogleSource, *, client: HttpClient, proxy: str = "",
     """The run-time side of a configured source. `client` calls the token endpoint (through
     `proxy`, the provider's: it is on the internet) or the metadata server (directly: it is
     local to the host)."""
-    known = _sources.setdefault(client, {})
+    known = _sources.setdefault(client, weakref.WeakValueDictionary())
     shared = known.get((source, proxy, clock))
     if shared is None:
         shared = known[source, proxy, clock] = _token_source(source, client, proxy,
