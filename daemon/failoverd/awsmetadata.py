@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import orjson
 
+from failoverd import boundedcall
 from failoverd.awscreds import (
     AwsConfigError,
     AwsCredentials,
@@ -36,9 +37,8 @@ from failoverd.awscreds import (
     bare,
     control,
 )
-from failoverd.http1 import HttpClient, HttpClientError
+from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
-from failoverd.timeouts import timeout
 
 __all__ = ["bare", "call", "container", "failed", "fetch_container", "fetch_instance",
            "instance", "parse_credentials", "refusal", "target"]
@@ -107,35 +107,17 @@ def _local(host: str) -> bool:
         return False
 
 
-
-
 async def call(client: HttpClient, method: str, url: str, headers: dict[str, str],
                seconds: float, data: bytes | None = None, *,
                limit: int = 0) -> tuple[int, bytes]:
     """(status, body) of one call to a credential endpoint (or STS, or the SSO portal),
     within `seconds`; a body over `limit` bytes (default `MAX_ANSWER`) is an error."""
-    limit = limit or MAX_ANSWER
-    resp = None
     try:
-        with timeout(seconds):
-            resp = await client.request(method, url, headers=headers, data=data,
-                                        connect_timeout=seconds)
-            body = await resp.read_upto(limit + 1)
-    except BaseException as exc:
-        if resp is not None:
-            resp.close()
-        if isinstance(exc, TimeoutError):
-            raise AwsCredentialsError(f"{bare(url)}: no answer within {seconds:g} s",
-                                      transient=True) from None
-        if isinstance(exc, HttpClientError | OSError):
-            raise AwsCredentialsError(f"{bare(url)}: {exc}", transient=True) from None
-        raise
-    if len(body) > limit:
-        resp.close()
-        raise AwsCredentialsError(f"{bare(url)}: the answer is too long (over "
-                                  f"{limit // 1024} KiB)", transient=True)
-    resp.release()
-    return resp.status, body
+        status, _, body = await boundedcall.call(client, method, url, headers, seconds, data,
+                                                 limit=limit or MAX_ANSWER, where=bare(url))
+    except boundedcall.CallFailed as exc:
+        raise AwsCredentialsError(str(exc), transient=True) from None
+    return status, body
 
 
 def failed(status: int) -> bool:

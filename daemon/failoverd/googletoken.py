@@ -22,12 +22,12 @@ credentials' trouble; a 5xx, a 429, no answer or an unreadable one is the endpoi
 from __future__ import annotations
 
 import base64
-import socket
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 
+from failoverd import boundedcall
 from failoverd.googlecreds import (
     SCOPE,
     AuthorizedUser,
@@ -35,9 +35,8 @@ from failoverd.googlecreds import (
     MetadataServer,
     ServiceAccount,
 )
-from failoverd.http1 import HttpClientError, Requester
+from failoverd.http1 import Headers, Requester
 from failoverd.rsasign import RsaKeyError, sign_rs256
-from failoverd.timeouts import timeout
 
 __all__ = ["assertion", "from_metadata", "from_refresh_token", "from_service_account"]
 
@@ -73,34 +72,13 @@ def assertion(account: ServiceAccount, now: float) -> str:
 
 
 async def _call(client: Requester, method: str, url: str, headers: dict[str, str],
-                seconds: float, data: bytes | None = None) -> tuple[int, Any, bytes]:
+                seconds: float, data: bytes | None = None) -> tuple[int, Headers, bytes]:
     """(status, headers, body) of one call, within `seconds`; trouble is transient."""
-    resp = None
-    where = url.split("?", 1)[0]
     try:
-        with timeout(seconds):
-            resp = await client.request(method, url, headers=headers, data=data,
-                                        connect_timeout=seconds)
-            body = await resp.read_upto(MAX_ANSWER + 1)
-    except BaseException as exc:
-        if resp is not None:
-            resp.close()
-        if isinstance(exc, TimeoutError):
-            raise GoogleCredentialsError(f"{where}: no answer within {seconds:g} s",
-                                         transient=True) from None
-        if isinstance(exc, HttpClientError | OSError):
-            cause = exc if isinstance(exc, socket.gaierror) else exc.__cause__
-            raise GoogleCredentialsError(
-                f"{where}: {exc}", transient=True,
-                no_host=isinstance(cause, socket.gaierror)
-                and cause.errno != socket.EAI_AGAIN) from None
-        raise
-    if len(body) > MAX_ANSWER:
-        resp.close()
-        raise GoogleCredentialsError(f"{where}: the answer is too long (over "
-                                     f"{MAX_ANSWER // 1024} KiB)", transient=True)
-    resp.release()
-    return resp.status, resp.headers, body
+        return await boundedcall.call(client, method, url, headers, seconds, data,
+                                      limit=MAX_ANSWER, where=url.split("?", 1)[0])
+    except boundedcall.CallFailed as exc:
+        raise GoogleCredentialsError(str(exc), transient=True, no_host=exc.no_host) from None
 
 
 def _refusal(status: int, body: bytes, secrets: tuple[str, ...]) -> tuple[str, bool]:
