@@ -57,6 +57,7 @@ import stat
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from failoverd.clock import Clock, SystemClock
@@ -65,7 +66,7 @@ from failoverd.http1 import HttpClient
 __all__ = ["AssumeRole", "AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
            "ContainerEndpoint", "CredentialProcess", "CredentialSource", "InstanceMetadata",
            "RefreshingCredentials", "SharedFile", "SsoRole", "WebIdentityRole", "bare",
-           "choose_source", "open_source", "read_profile"]
+           "choose_source", "open_source", "read_profile", "temporary"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,23 @@ Refreshing = (ContainerEndpoint | InstanceMetadata | CredentialProcess | AssumeR
 def control(value: str) -> bool:
     """Whether `value` holds a control character (no header may carry one)."""
     return any(c < " " or c == "\x7f" for c in value)
+
+
+def temporary(key_id: str, secret: str, token: str, expiration: str | None, where: str,
+              said: str = "answered") -> AwsCredentials:
+    """Credentials a source `said` (its verb in errors), checked: `expiration` an ISO 8601
+    time (none: they do not expire), no control character in the key id or the token."""
+    expires = math.inf
+    if expiration:
+        try:
+            when = datetime.fromisoformat(expiration.upper())  # RFC 3339 allows "t" and "z"
+        except ValueError:
+            raise AwsCredentialsError(f"{where} {said} an Expiration that is no ISO 8601 "
+                                      f"time: {expiration[:40]!r}") from None
+        expires = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if control(key_id) or control(token):
+        raise AwsCredentialsError(f"{where} {said} credentials with a control character")
+    return AwsCredentials(key_id, secret, token, expires=expires)
 
 
 def bare(url: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +35,7 @@ from failoverd.awscreds import (
     InstanceMetadata,
     bare,
     control,
+    temporary,
 )
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
@@ -155,16 +155,7 @@ def parse_credentials(body: bytes, where: str) -> AwsCredentials:
     if missing:
         raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
     key_id, secret, token, expiration = (str(v) for v in fields)
-    try:
-        when = datetime.fromisoformat(expiration.upper())  # RFC 3339 allows "t" and "z"
-    except ValueError:
-        raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 "
-                                  f"time: {expiration[:40]!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if control(key_id) or control(token):
-        raise AwsCredentialsError(f"{where} answered credentials with a control character")
-    return AwsCredentials(key_id, secret, token, expires=when.timestamp())
+    return temporary(key_id, secret, token, expiration, where)
 
 
 async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsCredentials:

@@ -21,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import re
 import signal
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from failoverd.awscreds import AwsCredentials, AwsCredentialsError, CredentialProcess, control
+from failoverd.awscreds import (
+    AwsCredentials,
+    AwsCredentialsError,
+    CredentialProcess,
+    temporary,
+)
 from failoverd.clock import Clock
 
 __all__ = ["MAX_OUTPUT", "MAX_STDERR", "mask", "parse_output", "run"]
@@ -75,17 +78,7 @@ def parse_output(out: bytes, where: str) -> AwsCredentials:
     if not isinstance(token, str) or not (expiration is None or isinstance(expiration, str)):
         raise AwsCredentialsError(f"{where} printed a SessionToken or Expiration that is no "
                                   "string")
-    expires = math.inf
-    if expiration:
-        try:
-            when = datetime.fromisoformat(expiration.upper())
-        except ValueError:
-            raise AwsCredentialsError(f"{where} printed an Expiration that is no ISO 8601 "
-                                      f"time: {expiration[:40]!r}") from None
-        expires = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    if control(key_id) or control(token):
-        raise AwsCredentialsError(f"{where} printed credentials with a control character")
-    return AwsCredentials(key_id, secret, token, expires=expires)
+    return temporary(key_id, secret, token, expiration, where, "printed")
 
 
 async def _read(stream: asyncio.StreamReader | None, limit: int, keep_tail: bool) -> bytes:

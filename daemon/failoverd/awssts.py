@@ -23,11 +23,15 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET  # noqa: S405 - see _xml: no DTD is parsed
-from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from failoverd.awscreds import AssumeRole, AwsCredentials, AwsCredentialsError, CredentialSource
-from failoverd.awscreds import control as _control
+from failoverd.awscreds import (
+    AssumeRole,
+    AwsCredentials,
+    AwsCredentialsError,
+    CredentialSource,
+    temporary,
+)
 from failoverd.awsmetadata import call, failed
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
@@ -77,16 +81,7 @@ def parse_answer(body: bytes, where: str, result: str = "AssumeRoleResult") -> A
                if not v]
     if missing:
         raise AwsCredentialsError(f"{where} answered without {', '.join(missing)}")
-    try:
-        when = datetime.fromisoformat(expiration.upper())
-    except ValueError:
-        raise AwsCredentialsError(f"{where} answered an Expiration that is no ISO 8601 time: "
-                                  f"{expiration[:40]!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if _control(key_id) or _control(token):
-        raise AwsCredentialsError(f"{where} answered credentials with a control character")
-    return AwsCredentials(key_id, secret, token, expires=when.timestamp())
+    return temporary(key_id, secret, token, expiration, where)
 
 
 def error(status: int, body: bytes) -> tuple[str, str]:
