@@ -255,13 +255,19 @@ def from_env(env: Mapping[str, str]) -> AwsCredentials | None:
     return AwsCredentials(key_id, secret, token)
 
 
-def credentials_file(env: Mapping[str, str]) -> str:
-    """The shared credentials file's path ("" when there is none: no ``HOME``)."""
-    path = env.get("AWS_SHARED_CREDENTIALS_FILE", "").strip()
+def aws_file(env: Mapping[str, str], variable: str, name: str) -> str:
+    """The path of one of the SDKs' files: `variable`'s (a leading ``~/`` is ``HOME``), else
+    ``$HOME/.aws/<name>`` ("" when there is none: no ``HOME``)."""
+    path = env.get(variable, "").strip()
     home = env.get("HOME", "").strip()
     if path:
         return os.path.join(home, path[2:]) if path.startswith("~/") and home else path
-    return os.path.join(home, ".aws", "credentials") if home else ""
+    return os.path.join(home, ".aws", name) if home else ""
+
+
+def credentials_file(env: Mapping[str, str]) -> str:
+    """The shared credentials file's path ("" when there is none: no ``HOME``)."""
+    return aws_file(env, "AWS_SHARED_CREDENTIALS_FILE", "credentials")
 
 
 def parse_file(path: str, what: str = "credentials file") -> configparser.ConfigParser:

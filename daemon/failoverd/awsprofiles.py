@@ -51,6 +51,7 @@ from failoverd.awscreds import (
     SharedFile,
     SsoRole,
     WebIdentityRole,
+    aws_file,
     control,
     credentials_file,
     from_env,
@@ -70,11 +71,7 @@ _SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")  # STS's RoleSessionName
 
 def config_file(env: Mapping[str, str]) -> str:
     """The config file's path ("" when there is none: no ``HOME``)."""
-    path = env.get("AWS_CONFIG_FILE", "").strip()
-    home = env.get("HOME", "").strip()
-    if path:
-        return os.path.join(home, path[2:]) if path.startswith("~/") and home else path
-    return os.path.join(home, ".aws", "config") if home else ""
+    return aws_file(env, "AWS_CONFIG_FILE", "config")
 
 
 def sso_cache_key(session: str, start_url: str) -> str:
