@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -284,9 +285,9 @@ class VertexClaude(AnthropicProvider):
 def _within(limits: AttemptLimits, left: float) -> AttemptLimits:
     """`limits` cut to the `left` seconds of the attempt (a call made again after a 401)."""
     left = max(left, 0.001)
-    return AttemptLimits(total=min(limits.total, left), connect=min(limits.connect, left),
-                         first_token=min(limits.first_token, left), idle=limits.idle,
-                         notices=limits.notices)
+    # replace(): whatever else the limits carry (the request's notices) goes along
+    return replace(limits, total=min(limits.total, left), connect=min(limits.connect, left),
+                   first_token=min(limits.first_token, left))
 
 
 def _batches(texts: list[str], size: int) -> list[list[str]]:
