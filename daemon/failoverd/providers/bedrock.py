@@ -289,6 +289,18 @@ def classify_error(status: int | None, message: str, kind: str) -> FailureReason
     return classify(status, message, kind)
 
 
+def _still(until: dict[str, float], name: str, clock: Clock) -> bool:
+    """Whether `name` is remembered in `until` (by the monotonic time it is forgotten at)
+    still; one past its time is forgotten now."""
+    end = until.get(name)
+    if end is None:
+        return False
+    if clock.monotonic() < end:
+        return True
+    del until[name]
+    return False
+
+
 class BedrockProvider(Lacking):
     """Adapter for Amazon Bedrock's Converse API (the Bedrock Runtime)."""
 
@@ -407,14 +419,9 @@ class BedrockProvider(Lacking):
                                                  model=model.name, cache_points=cache_points))
 
     def _caches(self, model: ModelConfig) -> bool:
-        """Whether the model's requests may carry cache points now (no refusal remembered)."""
-        until = self._uncached.get(model.name)
-        if until is None:
-            return True
-        if self._clock.monotonic() < until:
-            return False
-        del self._uncached[model.name]  # time to ask again: it may have gained prompt caching
-        return True
+        """Whether the model's requests may carry cache points now (no refusal remembered;
+        past its time, ask again: it may have gained prompt caching)."""
+        return not _still(self._uncached, model.name, self._clock)
 
     def _without_cache(self, refused: _CacheRefused, body: dict[str, Any],
                        model: ModelConfig, sent: bytes, limits: AttemptLimits) -> bytes:
@@ -471,15 +478,9 @@ class BedrockProvider(Lacking):
         return Completion(completion)
 
     def counts_tokens(self, model: ModelConfig) -> bool:
-        if count_model_id(model.name) is None:
-            return False
-        until = self._uncounted.get(model.name)
-        if until is None:
-            return True
-        if self._clock.monotonic() < until:
-            return False
-        del self._uncounted[model.name]  # time to ask again: the role or the model may count
-        return True
+        # past its time, ask again: the role or the model may count
+        return count_model_id(model.name) is not None and not _still(self._uncounted,
+                                                                      model.name, self._clock)
 
     async def count_tokens(self, body: dict[str, Any], model: ModelConfig,
                            timeout: float) -> int:  # noqa: ASYNC109 - TokenCounter's signature
