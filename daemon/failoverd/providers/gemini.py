@@ -25,6 +25,7 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking
 from failoverd.providers.http import (
+    all_or_none,
     classify,
     fetch,
     finish_stream,
@@ -274,15 +275,8 @@ class GeminiProvider(Lacking):
         if len(batches) == 1:
             vectors = await self._embed_batch(texts, extra, model, limits)
         else:
-            tasks = [asyncio.ensure_future(self._embed_batch(batch, extra, model, limits))
-                     for batch in batches]
-            try:
-                results = await asyncio.gather(*tasks)
-            except BaseException:  # the first failure (or a cancellation) ends the others
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            results = await all_or_none(self._embed_batch(batch, extra, model, limits)
+                                        for batch in batches)
             vectors = [v for result in results for v in result]
         ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
                                                 body.get("dimensions"))

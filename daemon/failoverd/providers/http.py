@@ -6,12 +6,20 @@ UpstreamError.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import errno
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from typing import Any, TypeVar
 
 import orjson
 
@@ -21,6 +29,8 @@ from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClientError, PayloadError, Requester, Response
 from failoverd.providers.base import AttemptLimits
 from failoverd.timeouts import timeout, timeout_at
+
+T = TypeVar("T")
 
 MAX_ERROR_BODY = 64 * 1024
 # the most data one server-sent event may hold (a whole image or audio clip fits)
@@ -403,6 +413,19 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
             raise mapped_error(exc, provider, model) from exc
         raise
     return resp
+
+
+async def all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of `calls`, made at once, in their order. The first failure (or a
+    cancellation) cancels the others, and is raised once they have ended."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def finish_stream(resp: Response, clean: bool) -> None:

@@ -65,6 +65,7 @@ from failoverd.providers.anthropic import AnthropicProvider
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Lacking
 from failoverd.providers.gemini import GeminiProvider, classify_gemini, error_details
 from failoverd.providers.http import (
+    all_or_none,
     fetch,
     json_or_none,
     open_stream,
@@ -349,14 +350,7 @@ class VertexGemini(GeminiProvider):
             async with gate:
                 return await self._predict(batch, parameters, model, limits)
 
-        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:  # the first failure (or a cancellation) ends the others
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        results = await all_or_none(one(batch) for batch in batches)
         vectors = [v for result, _ in results for v in result]
         ignored = embeddings.ignored_dimensions([len(v) for v in vectors],
                                                 body.get("dimensions"))
