@@ -84,7 +84,7 @@ def parse_answer(body: bytes, where: str, result: str = "AssumeRoleResult") -> A
     return temporary(key_id, secret, token, expiration, where)
 
 
-def error(status: int, body: bytes) -> tuple[str, str]:
+def error(body: bytes) -> tuple[str, str]:
     """(code, message) of an STS error answer (``ErrorResponse/Error``)."""
     root = _xml(body)
     if root is None:
@@ -122,7 +122,7 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
     for secret in (signing.session_token, signing.secret_access_key):
         if secret:
             body = body.replace(secret.encode(), b"***")
-    code, message = error(status, body)
+    code, message = error(body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")
     if code == "ExpiredToken" and inner.refused(signing):

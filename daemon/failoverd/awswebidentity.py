@@ -114,7 +114,7 @@ async def fetch(client: HttpClient, source: WebIdentityRole, clock: Clock) -> Aw
     # an error page may echo the request: the token goes no further than here
     for shown in {token, quote_plus(token)}:
         body = body.replace(shown.encode(), b"***")
-    code, message = error(status, body)
+    code, message = error(body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")
     if code in _REFUSED_TOKEN:
