@@ -1,5 +1,5 @@
-"""Google Cloud Vertex AI adapter: Gemini models (publisher ``google``) and Claude models
-(publisher ``anthropic``) of one project and location.
+"""Google Cloud Vertex AI adapter: Gemini models (publisher ``google``), Claude models
+(publisher ``anthropic``) and Model Garden's models as a service of one project and location.
 
 A model whose name starts with ``claude`` is Anthropic's: its requests are Anthropic Messages
 bodies without ``model`` and with ``"anthropic_version": "vertex-2023-10-16"``, posted to
@@ -429,8 +429,9 @@ class VertexOpenAI(OpenAIProvider):
 
 
 class VertexProvider(Lacking):
-    """Adapter for Vertex AI: Claude models by the Anthropic publisher's rawPredict, the others
-    by Gemini's generateContent (see the module's docstring)."""
+    """Adapter for Vertex AI: Claude models by the Anthropic publisher's rawPredict, models
+    named with their publisher by the OpenAI-compatible endpoint, the others by Gemini's
+    generateContent (see the module's docstring)."""
 
     api = "Vertex AI"
 
