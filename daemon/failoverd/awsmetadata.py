@@ -37,10 +37,11 @@ from failoverd.awscreds import (
     control,
     temporary,
 )
+from failoverd.boundedcall import transient_status
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
 
-__all__ = ["bare", "call", "container", "failed", "fetch_container", "fetch_instance",
+__all__ = ["bare", "call", "container", "fetch_container", "fetch_instance",
            "instance", "parse_credentials", "refusal", "target"]
 
 CONTAINER_TIMEOUT = 2.0  # seconds per call to a container's endpoint (botocore's)
@@ -120,11 +121,6 @@ async def call(client: HttpClient, method: str, url: str, headers: dict[str, str
     return status, body
 
 
-def failed(status: int) -> bool:
-    """Whether an error status is the endpoint's trouble (throttled, down), not a refusal."""
-    return status >= 500 or status == 429
-
-
 def refusal(status: int, body: bytes) -> str:
     """What a credential endpoint's error answer says (its ``message`` when JSON)."""
     text = body[:300].decode("utf-8", "replace").strip()
@@ -171,7 +167,7 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
         # servers echo a bad request's headers: the token goes no further than this
         raise AwsCredentialsError(f"{where} refused: "
                                   f"{said.replace(token, '***') if token else said}",
-                                  transient=failed(status))
+                                  transient=transient_status(status))
     return parse_credentials(body, where)
 
 
@@ -212,7 +208,7 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
             "configuration was read)") from None
     if status != 200:
         raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {refusal(status, body)}",
-                                  transient=failed(status))
+                                  transient=transient_status(status))
     token = body.decode("ascii", "replace").strip()
     if not token or control(token):
         raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
@@ -223,7 +219,7 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
                                   "profile)")
     if status != 200:
         raise AwsCredentialsError(f"{where} named no role: {refusal(status, body)}",
-                                  transient=failed(status))
+                                  transient=transient_status(status))
     lines = body.decode("utf-8", "replace").split()
     if not lines:
         raise AwsCredentialsError(f"{where} named no role")
@@ -232,5 +228,5 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
                                headers, IMDS_TIMEOUT)
     if status != 200:
         raise AwsCredentialsError(f"{where} gave no credentials for role {role}: "
-                                  f"{refusal(status, body)}", transient=failed(status))
+                                  f"{refusal(status, body)}", transient=transient_status(status))
     return parse_credentials(body, f"{where} (role {role})")

@@ -39,7 +39,8 @@ from urllib.parse import urlencode
 import orjson
 
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, SsoRole, control
-from failoverd.awsmetadata import call, failed, refusal
+from failoverd.awsmetadata import call, refusal
+from failoverd.boundedcall import transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 
@@ -200,7 +201,7 @@ async def _refresh(client: HttpClient, source: SsoRole, data: dict[str, Any],
             raw = raw.replace(secret.encode(), b"***")
         said = _oidc_error(raw) or refusal(status, raw)
         raise AwsCredentialsError(f"{where} refused: HTTP {status}: {said}",
-                                  transient=failed(status))
+                                  transient=transient_status(status))
     try:
         parsed: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -277,4 +278,4 @@ async def fetch(client: HttpClient, source: SsoRole, clock: Clock) -> AwsCredent
     said = refusal(status, body).replace(token, "***")
     if status == 401:
         raise AwsCredentialsError(f"{where} refused the SSO token ({said}): {_login(source)}")
-    raise AwsCredentialsError(f"{where} refused: {said}", transient=failed(status))
+    raise AwsCredentialsError(f"{where} refused: {said}", transient=transient_status(status))

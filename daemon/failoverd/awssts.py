@@ -32,7 +32,8 @@ from failoverd.awscreds import (
     CredentialSource,
     temporary,
 )
-from failoverd.awsmetadata import call, failed
+from failoverd.awsmetadata import call
+from failoverd.boundedcall import transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
@@ -129,4 +130,4 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
         # the source's temporary credentials were revoked or expired early: it has dropped
         # them, and the next call signs with new ones
         raise AwsCredentialsError(text, transient=True)
-    raise AwsCredentialsError(text, transient=failed(status) or code in TRANSIENT)
+    raise AwsCredentialsError(text, transient=transient_status(status) or code in TRANSIENT)

@@ -34,8 +34,9 @@ import stat
 from urllib.parse import quote_plus, urlencode
 
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, WebIdentityRole, control
-from failoverd.awsmetadata import call, failed
+from failoverd.awsmetadata import call
 from failoverd.awssts import STS_TIMEOUT, TRANSIENT, error, parse_answer
+from failoverd.boundedcall import transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 
@@ -125,7 +126,7 @@ async def fetch(client: HttpClient, source: WebIdentityRole, clock: Clock) -> Aw
         if _rewritten(source.token_file, mtime):
             raise AwsCredentialsError(f"{text} (the token file changed since it was read: "
                                       "read again at the next call)", transient=True)
-    raise AwsCredentialsError(text, transient=failed(status) or code in TRANSIENT)
+    raise AwsCredentialsError(text, transient=transient_status(status) or code in TRANSIENT)
 
 
 def _rewritten(path: str, mtime: float) -> bool:

@@ -5,7 +5,7 @@ calling through it).
 
 The HTTP client's errors stop here: no connection, no answer within the time limit or one too
 long is a `CallFailed`, which each credential module turns into its own error (always the
-endpoint's trouble, never the credentials').
+endpoint's trouble, never the credentials'), as is an answer of a `transient_status`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 from failoverd.http1 import Headers, HttpClientError, Requester
 from failoverd.timeouts import timeout
 
-__all__ = ["CallFailed", "call"]
+__all__ = ["CallFailed", "call", "transient_status"]
 
 
 class CallFailed(Exception):
@@ -55,3 +55,9 @@ async def call(client: Requester, method: str, url: str, headers: dict[str, str]
         raise CallFailed(f"{where}: the answer is too long (over {limit // 1024} KiB)")
     resp.release()
     return resp.status, resp.headers, body
+
+
+def transient_status(status: int) -> bool:
+    """Whether an error status is the endpoint's trouble (throttled, down), not a refusal of
+    the credentials."""
+    return status >= 500 or status == 429

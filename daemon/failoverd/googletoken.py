@@ -98,8 +98,8 @@ def _refusal(status: int, body: bytes, secrets: tuple[str, ...]) -> tuple[str, b
     for secret in secrets:
         if len(secret) >= 8:
             text = text.replace(secret, "***")
-    transient = status >= 500 or status == 429 or any(m in text.lower()
-                                                      for m in _CLOCK_MARKERS)
+    transient = boundedcall.transient_status(status) or any(m in text.lower()
+                                                            for m in _CLOCK_MARKERS)
     return f"HTTP {status}" + (f": {text[:300]}" if text else ""), transient
 
 
