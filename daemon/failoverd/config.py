@@ -434,13 +434,6 @@ _TOP_LEVEL = ("daemon", "mqtt", "providers", "models", "routing", "chains", "poo
               "breaker", "probes", "hooks")
 
 
-def _plain_name(sec: Section, name: str, what: str) -> None:
-    """A name that travels in headers, log lines, metrics labels and MQTT topics: no empty
-    one, no control characters (a line break split log lines and broke headers)."""
-    if not name or any(c < " " or c == "\x7f" for c in name):
-        sec.problem(name, f"{what} must be non-empty and hold no control characters")
-
-
 def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
           source: str = "") -> Config:
     """Validates a decoded TOML document; raises ConfigError listing every problem."""
@@ -454,7 +447,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
     psec = top.table("providers")
     for name in psec.data:
         psec.seen.add(name)
-        _plain_name(psec, name, "a provider name")
+        psec.plain_name(name, "a provider name")
         p = read_provider(name, psec.table(name), env)
         if p is not None:
             providers[name] = p
@@ -466,7 +459,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         if model_id in RESERVED_MODEL_NAMES:
             msec.problem(model_id, f"{model_id!r} is reserved and cannot name a model")
             continue
-        _plain_name(msec, model_id, "a model id")
+        msec.plain_name(model_id, "a model id")
         models[model_id] = read_model(model_id, msec.table(model_id), psec.data)
     if not models:
         problems.append("models: at least one [models.\"<id>\"] entry is required")
@@ -484,7 +477,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
     csec = top.table("chains")
     for name in csec.data:
         csec.seen.add(name)
-        _plain_name(csec, name, "a chain name")
+        csec.plain_name(name, "a chain name")
         sec = csec.table(name)
         members = sec.strings("models", None)
         if not members:

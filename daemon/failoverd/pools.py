@@ -33,8 +33,7 @@ def read_pools(top: Section, models: Mapping[str, ModelConfig],
     for name in psec.data:
         psec.seen.add(name)
         sec = psec.table(name)
-        if not name or any(c < " " or c == "\x7f" for c in name):
-            psec.problem(name, "a pool name must be non-empty and hold no control characters")
+        psec.plain_name(name, "a pool name")
         if name in models or name in taken or name in ("default", "auto"):
             sec.problem("", "a pool cannot share its name with a model, a chain or "
                         "'default'/'auto'")

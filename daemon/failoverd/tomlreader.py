@@ -122,6 +122,14 @@ class Section:
             return default
         return tuple(value)
 
+    def plain_name(self, name: str, what: str) -> None:
+        """Checks a key of this table that names something (a provider, a model, a chain, a
+        pool): a name that travels in headers, log lines, metrics labels and MQTT topics, so
+        not empty and without control characters (a line break split log lines and broke
+        headers)."""
+        if not name or any(c < " " or c == "\x7f" for c in name):
+            self.problem(name, f"{what} must be non-empty and hold no control characters")
+
     def table(self, key: str) -> Section:
         self.seen.add(key)
         return Section(self.data.get(key, {}), self.key_path(key), self.problems)
