@@ -35,7 +35,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.fakes.base import serve_app
+from tests.fakes.base import AppServer
 
 __all__ = ["FakeAws", "fake_aws", "issued"]
 
@@ -71,7 +71,7 @@ def _sts_signature(method: str, path: str, query: str, headers: dict[str, str], 
 
 
 @dataclass
-class FakeAws:
+class FakeAws(AppServer):
     """See the module docstring. `now`: the wall clock its expirations count from."""
 
     now: Callable[[], float] = time.time
@@ -95,20 +95,14 @@ class FakeAws:
     count: int = 0
     on_sts: Callable[[], None] | None = None  # called at every STS request
     url: str = ""
-    _runner: web.AppRunner | None = None
 
     async def start(self) -> FakeAws:
         app = web.Application()
         app.router.add_post("/", self._sts)
         app.router.add_get("/federation/credentials", self._portal)
         app.router.add_post("/token", self._oidc)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}"
+        await self._serve(app, "")
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def issue(self) -> tuple[str, str, str]:
         self.count += 1

@@ -43,7 +43,7 @@ from aiohttp import web
 from tests.fakes.anthropic import COUNT_FIELDS, FakeAnthropic
 from tests.fakes.anthropic import _err as anthropic_err
 from tests.fakes.anthropic import _invalid as anthropic_invalid
-from tests.fakes.base import FakeServer, fake_fixture, serve_app
+from tests.fakes.base import AppServer, FakeServer, fake_fixture
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import FakeOpenAI, fake_embedding
 
@@ -340,7 +340,7 @@ def rs256_valid(jwt: str, modulus: int, exponent: int = 65537) -> bool:
 
 
 @dataclass
-class FakeGoogleAuth:
+class FakeGoogleAuth(AppServer):
     """Google's token endpoint and the GCE metadata server (see the module's docstring).
     Issued tokens go into `vertex.tokens` when a FakeVertex is given. `fail` set to a status
     makes every token answer that status; `refuse` makes the token endpoint refuse grants
@@ -359,24 +359,18 @@ class FakeGoogleAuth:
     metadata_calls: int = 0
     url: str = ""
     _counter: Any = field(default_factory=itertools.count)
-    _runner: web.AppRunner | None = None
 
     async def start(self) -> FakeGoogleAuth:
         app = web.Application()
         app.router.add_post("/token", self._token)
         app.router.add_get("/computeMetadata/v1/instance/service-accounts/default/token",
                            self._metadata)
-        self._runner, port = await serve_app(app)
-        self.url = f"http://127.0.0.1:{port}"
+        await self._serve(app, "")
         return self
 
     @property
     def host(self) -> str:
         return self.url.removeprefix("http://")
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def _issue(self) -> web.Response:
         token = f"ya29.fake-access-token-{next(self._counter)}-abcdefghijklmnopqrstuvwxyz"
