@@ -427,14 +427,19 @@ async def test_soak(seed: int, fake_openai: Any, fake_anthropic: Any, start_daem
         assert counted == len(plan), (counted, len(plan), by_outcome, tally.outcomes)
         assert total(families, "failoverd_requests_total", outcome="internal_error") == 0
 
-        # the event reader saw every event emitted since it connected, and lost none
         emitted = Counter({s.labels["type"]: s.value - emitted_before.get(s.labels["type"], 0)
                            for s in families.get("failoverd_events_total", [])})
 
+        # the event reader saw every event emitted since it connected, and lost none (counted
+        # afresh at each look: probes go on emitting after the requests are done)
         async def caught_up() -> bool:
-            return Counter(e["type"] for e in seen) == +emitted
+            now = scrape((await d.http.get("/metrics")).text)
+            emitted_now = Counter({
+                s.labels["type"]: s.value - emitted_before.get(s.labels["type"], 0)
+                for s in now.get("failoverd_events_total", [])})
+            return Counter(e["type"] for e in seen) == +emitted_now
 
-        await until_async(caught_up, 5)
+        await until_async(caught_up, 5, interval=0.05)
         assert total(families, "failoverd_sse_dropped_events_total") == 0
         failovers = sum(1 for e in seen if e["type"] == "model:failover")
         assert failovers == total(families, "failoverd_failovers_total") > 0
