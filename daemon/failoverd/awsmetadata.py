@@ -20,6 +20,8 @@ error.
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -174,6 +176,9 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
 def _read_token(path: str) -> str:
     """The container's authorization token from its file (a few hundred bytes)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the event loop
+            raise AwsCredentialsError(f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {path} is not a "
+                                      "regular file")
         with open(path, "rb") as f:
             raw = f.read(MAX_TOKEN + 1)
         token = raw.decode("utf-8").strip()
