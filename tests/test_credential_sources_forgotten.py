@@ -4,7 +4,10 @@ daemon reloaded many times with changing sources keeps none of the old ones."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+
+import pytest
 
 from failoverd import awscreds, googlecreds
 from failoverd.http1 import HttpClient
@@ -34,3 +37,25 @@ async def test_google_sources_are_shared_then_forgotten() -> None:
         del held[1:]
         gc.collect()
         assert list(googlecreds._sources[client].values()) == held
+
+
+async def test_a_google_token_fetch_outlives_the_caller_that_gave_up() -> None:
+    """A token endpoint slower than a request's attempt: the request gives up, the fetch goes
+    on, and the next request has its token without a second fetch."""
+    from failoverd.clock import ManualClock
+
+    calls = 0
+    gate = asyncio.Event()
+
+    async def fetch() -> tuple[str, float]:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return f"ya29.token-{calls}", 3600.0
+
+    source = googlecreds.TokenSource(fetch, ManualClock(), "a slow endpoint")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(source.get(), 0.05)  # the attempt's time is up
+    gate.set()
+    token = await asyncio.wait_for(source.get(), 2)
+    assert token.token == "ya29.token-1" and calls == 1

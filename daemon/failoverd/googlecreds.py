@@ -320,7 +320,10 @@ class TokenSource:
     (on `clock`'s wall time).
 
     One fetch at a time: calls that find one under way while the current token still serves
-    use it without waiting; others wait for it and share its outcome. A failed refresh keeps
+    use it without waiting; others wait for it and share its outcome. The fetch is a task of
+    its own: a caller that gives up (its client gone, its attempt's time up) leaves it running
+    for the others, so an endpoint slower than one attempt still gets its token through (as the
+    AWS sources' `RefreshingCredentials`). A failed refresh keeps
     the current token until it expires (with a warning) and is tried again after
     `RETRY_KEEPING` seconds, or when it expired if that is sooner; with none to serve, calls
     fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is asked again.
@@ -332,7 +335,7 @@ class TokenSource:
         self._fetch = fetch  # (token, seconds it lives)
         self._clock = clock
         self.what = what
-        self._lock = asyncio.Lock()
+        self._flight: asyncio.Task[AccessToken] | None = None
         self._token: AccessToken | None = None
         self._next_try = 0.0
         self._error: tuple[str, bool] | None = None
@@ -365,10 +368,23 @@ class TokenSource:
         if token is not None:
             return token
         current = self._token
-        if self._lock.locked() and current is not None and now < current.expires:
+        if self._flight is not None and current is not None and now < current.expires:
             return current  # a refresh is under way; this one still serves
-        async with self._lock:
-            return await self._refresh()
+        if self._flight is None:
+            self._flight = asyncio.create_task(self._refresh(), name=f"token {self.what}")
+            self._flight.add_done_callback(self._landed)
+        try:
+            return await asyncio.shield(self._flight)
+        except GoogleCredentialsError as exc:
+            # each caller its own error: one raised in many tasks gathers their tracebacks
+            raise GoogleCredentialsError(str(exc), transient=exc.transient,
+                                         no_host=exc.no_host) from None
+
+    def _landed(self, flight: asyncio.Task[AccessToken]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: its callers may all be gone
 
     async def _refresh(self) -> AccessToken:
         now, mono = self._clock.time(), self._clock.monotonic()
