@@ -127,9 +127,11 @@ class ContainerEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class InstanceMetadata:
-    """The EC2 instance metadata service (IMDSv2) and its role's credentials."""
+    """The EC2 instance metadata service (IMDSv2) and its role's credentials. `v1`: IMDSv1
+    may be used when the session token call fails (AWS_EC2_METADATA_V1_DISABLED unset)."""
 
     endpoint: str = IMDS_ENDPOINT
+    v1: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,10 +63,11 @@ _CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", 
 def instance(env: Mapping[str, str]) -> InstanceMetadata:
     """The instance metadata service, where the environment puts it."""
     endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
+    v1 = env.get("AWS_EC2_METADATA_V1_DISABLED", "").strip().lower() != "true"
     if not endpoint:
-        return InstanceMetadata()
+        return InstanceMetadata(v1=v1)
     target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
-    return InstanceMetadata(endpoint)
+    return InstanceMetadata(endpoint, v1=v1)
 
 
 def target(name: str, url: str) -> Target:
@@ -194,31 +195,52 @@ def _read_token(path: str) -> str:
     return token
 
 
+def _last_resort(exc: AwsCredentialsError) -> AwsCredentialsError:
+    # the chain's last resort, taken when nothing else was found: say so. Not transient:
+    # nothing answering here is a host without the service (or a container past the hop
+    # limit), not a moment's trouble
+    return AwsCredentialsError(
+        f"{exc} (the instance metadata service, the last source of the credential chain: no "
+        "AWS_ACCESS_KEY_ID, credentials file or container endpoint was found when the "
+        "configuration was read)")
+
+
 async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCredentials:
     """The instance role's credentials: an IMDSv2 session token, the role's name, its
-    credentials."""
+    credentials. As botocore, IMDSv1 (no token) when the token call is refused as unknown
+    (403, 404, 405) or gets no answer (a container past the hop limit of the PUT's answer),
+    unless `source.v1` is off."""
     base = source.endpoint.rstrip("/")
     where = f"the instance metadata service at {bare(base)}"
+    unanswered: AwsCredentialsError | None = None
+    headers: dict[str, str] = {}
     try:
         status, body = await call(client, "PUT", f"{base}/latest/api/token",
                                    {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL},
                                    IMDS_TIMEOUT, data=b"")
     except AwsCredentialsError as exc:
-        # the chain's last resort, taken when nothing else was found: say so. Not transient:
-        # nothing answering here is a host without the service (or a container past the
-        # hop limit), not a moment's trouble
-        raise AwsCredentialsError(
-            f"{exc} (the instance metadata service, the last source of the credential chain: "
-            "no AWS_ACCESS_KEY_ID, credentials file or container endpoint was found when the "
-            "configuration was read)") from None
-    if status != 200:
+        if not source.v1:
+            raise _last_resort(exc) from None
+        unanswered, status, body = exc, 0, b""
+    if status == 200:
+        token = body.decode("ascii", "replace").strip()
+        if not token or control(token):
+            raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
+        headers = {"X-aws-ec2-metadata-token": token}
+    elif not (source.v1 and (unanswered is not None or status in (403, 404, 405))):
         raise AwsCredentialsError(f"{where} gave no IMDSv2 token: {refusal(status, body)}",
                                   transient=transient_status(status))
-    token = body.decode("ascii", "replace").strip()
-    if not token or control(token):
-        raise AwsCredentialsError(f"{where} gave an unusable IMDSv2 token")
-    headers = {"X-aws-ec2-metadata-token": token}
-    status, body = await call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
+    try:
+        status, body = await call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
+    except AwsCredentialsError as exc:
+        if unanswered is None:
+            raise
+        raise _last_resort(unanswered) from None  # neither version answers: no service here
+    if status == 401 and not headers:
+        raise AwsCredentialsError(
+            f"{where} requires IMDSv2, but its token call "
+            f"{'got no answer' if unanswered else 'was refused'} (in a container on EC2, the "
+            "instance's metadata hop limit must be 2 or more)")
     if status == 404:
         raise AwsCredentialsError(f"{where}: the instance has no IAM role (attach an instance "
                                   "profile)")

@@ -14,7 +14,10 @@ Identity).
   ``{"code", "message"}``.
 
 `fail` set to a status makes every credentials answer that status; `hang` makes them never
-answer. Every request is logged in `calls` as (method, path).
+answer. `v1` lets the metadata GETs through without a session token (IMDSv1, optional on an
+instance); `token_status` set makes the token call answer that status (405: IMDSv2 off),
+`token_hang` never answer (a container past the hop limit). Every request is logged in
+`calls` as (method, path); `v1_calls` counts the GETs served without a token.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class FakeMetadata(AppServer):
     auth_token: str = "container-auth-token"
     fail: int = 0
     hang: bool = False
+    v1: bool = False
+    v1_calls: int = 0
+    token_status: int = 0
+    token_hang: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
     imds_tokens: set[str] = field(default_factory=set)
     url: str = ""
@@ -85,6 +92,10 @@ class FakeMetadata(AppServer):
 
     async def _token(self, request: web.Request) -> web.Response:
         self.calls.append((request.method, request.path))
+        if self.token_hang:
+            await asyncio.sleep(3600)
+        if self.token_status:
+            return web.Response(status=self.token_status, text="Method Not Allowed")
         ttl = request.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
         if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
             return web.Response(status=400, text="bad ttl")
@@ -94,7 +105,11 @@ class FakeMetadata(AppServer):
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
         self.calls.append((request.method, request.path))
-        if request.headers.get("X-aws-ec2-metadata-token") not in self.imds_tokens:
+        token = request.headers.get("X-aws-ec2-metadata-token")
+        if token is None and self.v1:
+            self.v1_calls += 1
+            return None
+        if token not in self.imds_tokens:
             return web.Response(status=401, text="Unauthorized")
         return None
 
