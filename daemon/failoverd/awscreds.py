@@ -22,7 +22,8 @@ The chain, in the SDKs' order:
    ECS and EKS agents' addresses), with ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`` (read at
    every fetch: EKS rotates it) or ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` as its
    ``Authorization`` header;
-4. the EC2 instance metadata service (IMDSv2, ``http://169.254.169.254``, else
+4. the EC2 instance metadata service (IMDSv2, IMDSv1 when its token cannot be had and
+   ``AWS_EC2_METADATA_V1_DISABLED`` is not true; ``http://169.254.169.254``, else
    ``AWS_EC2_METADATA_SERVICE_ENDPOINT``), unless ``AWS_EC2_METADATA_DISABLED=true``: the
    instance role's credentials. Whether the host has one is known only by asking: it is the
    last resort, and a host without it fails each call fast (``auth``), never the

@@ -232,7 +232,7 @@ async def fetch_instance(client: HttpClient, source: InstanceMetadata) -> AwsCre
                                   transient=transient_status(status))
     try:
         status, body = await call(client, "GET", base + _ROLE_PATH, headers, IMDS_TIMEOUT)
-    except AwsCredentialsError as exc:
+    except AwsCredentialsError:
         if unanswered is None:
             raise
         raise _last_resort(unanswered) from None  # neither version answers: no service here
