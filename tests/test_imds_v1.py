@@ -81,3 +81,21 @@ async def test_no_service_at_all_is_still_the_chains_last_resort() -> None:
         with pytest.raises(AwsCredentialsError, match="the last source of the credential chain"):
             await awsmetadata.fetch_instance(
                 client, InstanceMetadata("http://127.0.0.1:9"))
+
+
+@pytest.mark.parametrize(("env", "endpoint"), [
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6"}, "http://[fd00:ec2::254]"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv4"}, "http://169.254.169.254"),
+    ({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv6",
+      "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:8080"}, "http://127.0.0.1:8080"),
+])
+def test_the_endpoint_mode_picks_the_address(env: dict[str, str], endpoint: str) -> None:
+    chosen = choose_source(env)
+    assert isinstance(chosen, InstanceMetadata) and chosen.endpoint == endpoint
+
+
+def test_an_unknown_endpoint_mode_is_a_config_error() -> None:
+    from failoverd.awscreds import AwsConfigError
+
+    with pytest.raises(AwsConfigError, match="must be IPv4 or IPv6, got 'ipv5'"):
+        choose_source({"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "ipv5"})

@@ -57,6 +57,7 @@ MAX_TOKEN = 16 * 1024
 CONTAINER_HOST = "169.254.170.2"  # ECS's agent, for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
 # the hosts AWS_CONTAINER_CREDENTIALS_FULL_URI may name over plain http, besides loopback
 # addresses: ECS's agent, EKS Pod Identity's agent (IPv4 and IPv6)
+IMDS_ENDPOINT_IPV6 = "http://[fd00:ec2::254]"
 _CONTAINER_HOSTS = frozenset({CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", "localhost"})
 
 
@@ -65,6 +66,13 @@ def instance(env: Mapping[str, str]) -> InstanceMetadata:
     endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "").strip().rstrip("/")
     v1 = env.get("AWS_EC2_METADATA_V1_DISABLED", "").strip().lower() != "true"
     if not endpoint:
+        # as botocore: the mode picks the address when no endpoint is given
+        mode = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "").strip()
+        if mode.lower() == "ipv6":
+            return InstanceMetadata(IMDS_ENDPOINT_IPV6, v1=v1)
+        if mode.lower() not in ("", "ipv4"):
+            raise AwsConfigError("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE must be IPv4 or IPv6, "
+                                 f"got {mode!r}")
         return InstanceMetadata(v1=v1)
     target("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint)
     return InstanceMetadata(endpoint, v1=v1)
