@@ -49,7 +49,6 @@ that did not answer or failed): it never travels further in.
 
 from __future__ import annotations
 
-import asyncio
 import configparser
 import logging
 import math
@@ -63,6 +62,10 @@ from typing import Protocol
 
 from failoverd.clock import Clock, SystemClock
 from failoverd.http1 import HttpClient
+from failoverd.refresher import REFRESH_AHEAD as REFRESH_AHEAD
+from failoverd.refresher import RETRY_KEEPING as RETRY_KEEPING
+from failoverd.refresher import RETRY_WITHOUT as RETRY_WITHOUT
+from failoverd.refresher import Refresher
 
 __all__ = ["AssumeRole", "AwsConfigError", "AwsCredentials", "AwsCredentialsError", "AwsSource",
            "ContainerEndpoint", "CredentialProcess", "CredentialSource", "InstanceMetadata",
@@ -74,9 +77,6 @@ logger = logging.getLogger(__name__)
 ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 FILE_CHECK_EVERY = 5.0  # seconds between two looks at the credentials file's mtime
 MAX_FILE = 1 << 20  # a credentials file is a few hundred bytes a profile
-REFRESH_AHEAD = 300.0  # temporary credentials are fetched again this long before they expire
-RETRY_KEEPING = 60.0  # after a failed refresh, while the old credentials still serve
-RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
 IMDS_ENDPOINT = "http://169.254.169.254"
 
 
@@ -458,114 +458,51 @@ class SharedFileCredentials:
         return (st.st_mtime_ns, st.st_size, st.st_ino) != self._stamp
 
 
-class RefreshingCredentials:
+class RefreshingCredentials(Refresher[AwsCredentials, AwsCredentialsError]):
     """Temporary credentials from an endpoint, fetched again `REFRESH_AHEAD` seconds before
-    they expire (on `clock`'s wall time).
+    they expire, one fetch at a time that a cancelled caller leaves running (refresher.py)."""
 
-    One fetch at a time, a task of its own: calls that find one under way while the current
-    credentials still serve use those without waiting; others wait for it and share its
-    outcome. A caller cancelled (its attempt's time limit, its client gone) leaves the fetch
-    running: a source slower than one attempt (a credential_process asking a vault, an SSO
-    token refresh whose new refresh token must reach the cache file) would otherwise be
-    cancelled, and started again, by every request. A failed
-    refresh keeps the current credentials until they expire (with a warning) and is tried
-    again after `RETRY_KEEPING` seconds, or when they expired if that is sooner; with none to
-    serve, calls fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is
-    asked again. Those pauses are on `clock`'s monotonic time: a wall clock set back must not
-    stretch them.
-    """
+    error_type = AwsCredentialsError
+    noun = "AWS credentials"
 
     def __init__(self, fetch: Callable[[], Awaitable[AwsCredentials]], clock: Clock,
                  what: str) -> None:
+        super().__init__(clock, what, logger)
         self._fetch = fetch
-        self._clock = clock
-        self._what = what
-        self._flight: asyncio.Task[AwsCredentials] | None = None
-        self._credentials: AwsCredentials | None = None
-        self._next_try = 0.0  # monotonic time before which the endpoint is not asked again
-        # the last fetch's error while it counts: its text and whether it is transient (not
-        # the exception, whose traceback holds the fetch's frames)
-        self._error: tuple[str, bool] | None = None
-
-    def _serving(self, now: float, mono: float) -> AwsCredentials | None:
-        """The current credentials when they need no fetch now (`now` wall time, `mono`
-        monotonic)."""
-        creds = self._credentials
-        if creds is None or creds.expires is None or now >= creds.expires:
-            return None
-        if now < creds.expires - REFRESH_AHEAD or mono < self._next_try:
-            return creds
-        return None
 
     def refused(self, credentials: AwsCredentials) -> bool:
-        if credentials is self._credentials:
+        if credentials is self._value:
             # revoked or expired early: fetched again at the next request
             logger.warning("AWS credentials from %s refused as expired: fetching new ones",
-                           self._what)
-            self._credentials, self._next_try, self._error = None, 0.0, None
+                           self.what)
+            self._forget()
         return True
 
-    async def get(self) -> AwsCredentials:
-        now = self._clock.time()
-        creds = self._serving(now, self._clock.monotonic())
-        if creds is not None:
-            return creds
-        current = self._credentials
-        if self._flight is not None and current is not None and current.expires is not None \
-                and now < current.expires:
-            return current  # a refresh is under way; these still serve
-        if self._flight is None:
-            self._flight = asyncio.create_task(self._refresh(), name=f"fetch {self._what}")
-            self._flight.add_done_callback(self._landed)
-        try:
-            return await asyncio.shield(self._flight)
-        except AwsCredentialsError as exc:
-            # each caller its own error: one raised in many tasks gathers their tracebacks
-            raise AwsCredentialsError(str(exc), transient=exc.transient) from None
-
-    def _landed(self, flight: asyncio.Task[AwsCredentials]) -> None:
-        if self._flight is flight:
-            self._flight = None
-        if not flight.cancelled():
-            flight.exception()  # retrieved: its callers may all be gone
-
-    async def _refresh(self) -> AwsCredentials:
-        now, mono = self._clock.time(), self._clock.monotonic()
-        creds = self._serving(now, mono)
-        if creds is not None:
-            return creds  # fetched while this call waited
-        if mono < self._next_try and self._error is not None:
-            # failed moments ago: not asked again yet
-            raise AwsCredentialsError(self._error[0], transient=self._error[1])
-        old = self._credentials
-        usable = old is not None and old.expires is not None and now < old.expires
-        try:
-            fresh = await self._fetch()
-            if fresh.expires is not None and fresh.expires <= now:
-                # a clock not yet synchronised (a host booting with a wrong one): asked again
-                # soon, not taken as a refusal
-                raise AwsCredentialsError(f"{self._what} answered credentials that expired "
-                                          "already (is the host's clock right?)",
-                                          transient=True)
-        except AwsCredentialsError as exc:
-            self._error = (str(exc), exc.transient)
-            if usable and old is not None and old.expires is not None:
-                # once they expired, the endpoint is asked again at once
-                self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
-                logger.warning("AWS credentials: refreshing from %s failed: %s; the current "
-                               "ones serve until they expire in %.0f s", self._what, exc,
-                               old.expires - now)
-                return old
-            self._next_try = mono + RETRY_WITHOUT
-            logger.warning("AWS credentials: %s", exc)
-            raise
-        if old is None:
-            logger.info("AWS credentials from %s (access key %s)", self._what,
-                        fresh.access_key_id)
-        self._credentials, self._error = fresh, None
-        # credentials that come close to their expiry are not fetched again at every call
-        self._next_try = mono + RETRY_KEEPING
+    async def _fetch_value(self, now: float, mono: float) -> AwsCredentials:
+        fresh = await self._fetch()
+        if fresh.expires is not None and fresh.expires <= now:
+            # a clock not yet synchronised (a host booting with a wrong one): asked again
+            # soon, not taken as a refusal
+            raise AwsCredentialsError(f"{self.what} answered credentials that expired "
+                                      "already (is the host's clock right?)", transient=True)
         return fresh
+
+    def _expires(self, value: AwsCredentials) -> float | None:
+        return value.expires
+
+    def _error(self, message: str, transient: bool) -> AwsCredentialsError:
+        return AwsCredentialsError(message, transient=transient)
+
+    def _copy(self, exc: AwsCredentialsError) -> AwsCredentialsError:
+        return AwsCredentialsError(str(exc), transient=exc.transient)
+
+    def _transient(self, exc: AwsCredentialsError) -> bool:
+        return exc.transient
+
+    def _got(self, fresh: AwsCredentials, old: AwsCredentials | None) -> None:
+        if old is None:
+            logger.info("AWS credentials from %s (access key %s)", self.what,
+                        fresh.access_key_id)
 
 
 # temporary credentials by client, source and clock: a reload builds its providers anew with

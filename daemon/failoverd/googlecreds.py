@@ -37,7 +37,6 @@ failed): it never travels further in.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -53,6 +52,10 @@ import orjson
 from failoverd.clock import Clock, SystemClock
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
+from failoverd.refresher import REFRESH_AHEAD as REFRESH_AHEAD
+from failoverd.refresher import RETRY_KEEPING as RETRY_KEEPING
+from failoverd.refresher import RETRY_WITHOUT as RETRY_WITHOUT
+from failoverd.refresher import Refresher
 from failoverd.rsasign import RsaKey, RsaKeyError, load_pem
 
 __all__ = ["AccessToken", "AuthorizedUser", "GoogleConfigError", "GoogleCredentialsError",
@@ -66,9 +69,6 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 METADATA_HOST = "metadata.google.internal"
 ADC_FILE = "application_default_credentials.json"
 MAX_FILE = 64 * 1024  # a key file is about 2.3 KiB
-REFRESH_AHEAD = 300.0  # a token is fetched again this long before it expires
-RETRY_KEEPING = 60.0  # after a failed refresh, while the old token still serves
-RETRY_WITHOUT = 5.0  # after a failed fetch with none to serve: calls meanwhile fail at once
 
 
 class GoogleCredentialsError(Exception):
@@ -315,107 +315,53 @@ class AccessToken:
     fetched: float = 0.0
 
 
-class TokenSource:
-    """Access tokens from a source, fetched again `REFRESH_AHEAD` seconds before they expire
-    (on `clock`'s wall time).
+class TokenSource(Refresher[AccessToken, GoogleCredentialsError]):
+    """Access tokens from a source, fetched again `REFRESH_AHEAD` seconds before they expire,
+    one fetch at a time that a cancelled caller leaves running (refresher.py)."""
 
-    One fetch at a time: calls that find one under way while the current token still serves
-    use it without waiting; others wait for it and share its outcome. The fetch is a task of
-    its own: a caller that gives up (its client gone, its attempt's time up) leaves it running
-    for the others, so an endpoint slower than one attempt still gets its token through (as the
-    AWS sources' `RefreshingCredentials`). A failed refresh keeps
-    the current token until it expires (with a warning) and is tried again after
-    `RETRY_KEEPING` seconds, or when it expired if that is sooner; with none to serve, calls
-    fail with the last error for `RETRY_WITHOUT` seconds before the endpoint is asked again.
-    Those pauses are on `clock`'s monotonic time.
-    """
+    error_type = GoogleCredentialsError
+    noun = "Google credentials"
+    keeps = "the current token serves until it expires"
 
     def __init__(self, fetch: Callable[[], Awaitable[tuple[str, float]]], clock: Clock,
                  what: str) -> None:
+        super().__init__(clock, what, logger)
         self._fetch = fetch  # (token, seconds it lives)
-        self._clock = clock
-        self.what = what
-        self._flight: asyncio.Task[AccessToken] | None = None
-        self._token: AccessToken | None = None
-        self._next_try = 0.0
-        self._error: tuple[str, bool] | None = None
         self._refused = False  # the last token was refused: the next one is fetched for that
-
-    def _serving(self, now: float, mono: float) -> AccessToken | None:
-        token = self._token
-        if token is None or now >= token.expires:
-            return None
-        if now < token.expires - REFRESH_AHEAD or mono < self._next_try:
-            return token
-        return None
 
     def refused(self, token: AccessToken) -> bool:
         """Vertex refused `token` (401 UNAUTHENTICATED): whether the next request may have
         another, so that the refusal need not block the provider. A token fetched for a
         refusal and refused too within `RETRY_KEEPING` seconds is the credentials' trouble
         (a key or account Vertex does not take): False."""
-        if token is self._token:
+        if token is self._value:
             logger.warning("Google credentials: the access token from %s was refused: "
                            "fetching a new one", self.what)
-            self._token, self._next_try, self._error = None, 0.0, None
+            self._forget()
             self._refused = True
         return not (token.after_refusal
                     and self._clock.monotonic() - token.fetched < RETRY_KEEPING)
 
-    async def get(self) -> AccessToken:
-        now = self._clock.time()
-        token = self._serving(now, self._clock.monotonic())
-        if token is not None:
-            return token
-        current = self._token
-        if self._flight is not None and current is not None and now < current.expires:
-            return current  # a refresh is under way; this one still serves
-        if self._flight is None:
-            self._flight = asyncio.create_task(self._refresh(), name=f"token {self.what}")
-            self._flight.add_done_callback(self._landed)
-        try:
-            return await asyncio.shield(self._flight)
-        except GoogleCredentialsError as exc:
-            # each caller its own error: one raised in many tasks gathers their tracebacks
-            raise GoogleCredentialsError(str(exc), transient=exc.transient,
-                                         no_host=exc.no_host) from None
+    async def _fetch_value(self, now: float, mono: float) -> AccessToken:
+        value, lifetime = await self._fetch()
+        return AccessToken(value, now + lifetime, after_refusal=self._refused, fetched=mono)
 
-    def _landed(self, flight: asyncio.Task[AccessToken]) -> None:
-        if self._flight is flight:
-            self._flight = None
-        if not flight.cancelled():
-            flight.exception()  # retrieved: its callers may all be gone
+    def _expires(self, value: AccessToken) -> float:
+        return value.expires
 
-    async def _refresh(self) -> AccessToken:
-        now, mono = self._clock.time(), self._clock.monotonic()
-        token = self._serving(now, mono)
-        if token is not None:
-            return token  # fetched while this call waited
-        if mono < self._next_try and self._error is not None:
-            raise GoogleCredentialsError(self._error[0], transient=self._error[1])
-        old = self._token
-        usable = old is not None and now < old.expires
-        try:
-            value, lifetime = await self._fetch()
-        except GoogleCredentialsError as exc:
-            self._error = (str(exc), exc.transient)
-            if usable and old is not None:
-                self._next_try = mono + min(RETRY_KEEPING, old.expires - now)
-                logger.warning("Google credentials: refreshing from %s failed: %s; the "
-                               "current token serves until it expires in %.0f s", self.what,
-                               exc, old.expires - now)
-                return old
-            self._next_try = mono + RETRY_WITHOUT
-            logger.warning("Google credentials: %s", exc)
-            raise
+    def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
+        return GoogleCredentialsError(message, transient=transient)
+
+    def _copy(self, exc: GoogleCredentialsError) -> GoogleCredentialsError:
+        return GoogleCredentialsError(str(exc), transient=exc.transient, no_host=exc.no_host)
+
+    def _transient(self, exc: GoogleCredentialsError) -> bool:
+        return exc.transient
+
+    def _got(self, fresh: AccessToken, old: AccessToken | None) -> None:
         if old is None and not self._refused:
             logger.info("Google credentials: access token from %s", self.what)
-        fresh = AccessToken(value, now + lifetime, after_refusal=self._refused, fetched=mono)
-        self._token, self._error, self._refused = fresh, None, False
-        # a token close to its expiry (the metadata server hands out its cached one) is not
-        # fetched again at every call
-        self._next_try = mono + RETRY_KEEPING
-        return fresh
+        self._refused = False
 
 
 # tokens by client, source, proxy and clock: a reload builds its providers anew with the
