@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anthropic
-import httpx2
 import orjson
+import pytest
 
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.vertex import (
@@ -23,6 +22,7 @@ from tests.fakes.vertex import (
     fake_vertex,
     rsa_key,
 )
+from tests.test_sdk_clients import anthropic_client
 
 __all__ = ["fake_google_auth", "fake_vertex", "rsa_key"]  # the fixtures
 
@@ -79,12 +79,19 @@ async def started(fake_vertex: Callable[..., Awaitable[FakeVertex]],
     return vertex, auth, backup, d
 
 
+@pytest.fixture
+async def vertex_setup(fake_vertex: Callable[..., Awaitable[FakeVertex]],
+                       fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]],
+                       fake_openai: Any, start_daemon: Any, rsa_key: ServiceKey,
+                       tmp_path: Path) -> Setup:
+    """`started`'s fake Vertex, token endpoint, backup and daemon."""
+    return await started(fake_vertex, fake_google_auth, fake_openai, start_daemon, rsa_key,
+                         tmp_path)
+
+
 async def test_openai_clients_served_by_claude_and_gemini_on_vertex(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, auth, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                            start_daemon, rsa_key, tmp_path)
+        vertex_setup: Setup) -> None:
+    vertex, auth, backup, d = vertex_setup
     raw = await d.openai.chat.completions.with_raw_response.create(
         model="default", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-failoverd-model"] == "vertex/sonnet"
@@ -109,15 +116,9 @@ async def test_openai_clients_served_by_claude_and_gemini_on_vertex(
 
 
 async def test_anthropic_sdk_streams_tool_use_from_claude_on_vertex(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, _, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                         start_daemon, rsa_key, tmp_path)
-    client = anthropic.AsyncAnthropic(
-        api_key="unused", base_url="http://failoverd", max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
-                                       timeout=30))
+        vertex_setup: Setup) -> None:
+    vertex, _, backup, d = vertex_setup
+    client = anthropic_client(d.socket)
     tool = {"name": "get_weather", "description": "Weather",
             "input_schema": TOOL["function"]["parameters"]}
     async with client.messages.stream(
@@ -137,11 +138,8 @@ async def test_anthropic_sdk_streams_tool_use_from_claude_on_vertex(
 
 
 async def test_a_vertex_quota_error_fails_over(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, _, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                         start_daemon, rsa_key, tmp_path)
+        vertex_setup: Setup) -> None:
+    vertex, _, backup, d = vertex_setup
     # Claude's quota (and its same-model retry), then Gemini's, as Vertex words them
     vertex.push("rate_limit", "rate_limit", "rate_limit_list", "rate_limit_list")
     raw = await d.openai.chat.completions.with_raw_response.create(
@@ -153,11 +151,8 @@ async def test_a_vertex_quota_error_fails_over(
 
 
 async def test_claudes_overload_on_vertex_fails_over_before_the_first_chunk(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, _, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                         start_daemon, rsa_key, tmp_path)
+        vertex_setup: Setup) -> None:
+    vertex, _, backup, d = vertex_setup
     # Claude's own 529 (and its same-model retry), streamed to an OpenAI client: Gemini on
     # Vertex takes it
     vertex.push("overloaded", "overloaded")
@@ -174,11 +169,8 @@ async def test_claudes_overload_on_vertex_fails_over_before_the_first_chunk(
 
 
 async def test_a_401_makes_the_next_call_fetch_a_new_token(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, auth, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                            start_daemon, rsa_key, tmp_path)
+        vertex_setup: Setup) -> None:
+    vertex, auth, backup, d = vertex_setup
     await d.openai.chat.completions.create(model="default",
                                            messages=[{"role": "user", "content": "hi"}])
     vertex.tokens.clear()  # the token is revoked before it expires
@@ -212,18 +204,12 @@ async def test_tokens_from_the_metadata_server(
 
 
 async def test_a_401_in_a_stream_to_an_anthropic_client_is_made_again_with_a_new_token(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
-    vertex, auth, backup, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                            start_daemon, rsa_key, tmp_path)
+        vertex_setup: Setup) -> None:
+    vertex, auth, backup, d = vertex_setup
     await d.openai.chat.completions.create(model="default",
                                            messages=[{"role": "user", "content": "hi"}])
     vertex.tokens.clear()
-    client = anthropic.AsyncAnthropic(
-        api_key="unused", base_url="http://failoverd", max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
-                                       timeout=30))
+    client = anthropic_client(d.socket)
     async with client.messages.stream(model="default", max_tokens=100, messages=[
             {"role": "user", "content": "hi"}]) as stream:
         message = await stream.get_final_message()
@@ -237,18 +223,12 @@ async def test_a_401_in_a_stream_to_an_anthropic_client_is_made_again_with_a_new
 
 
 async def test_anthropic_token_counts_come_from_claude_on_vertex(
-        fake_vertex: Callable[..., Awaitable[FakeVertex]],
-        fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], fake_openai: Any,
-        start_daemon: Any, rsa_key: ServiceKey, tmp_path: Path) -> None:
+        vertex_setup: Setup) -> None:
     """POST /v1/messages/count_tokens for a Claude model on Vertex is Vertex's own count
     (count-tokens:rawPredict, the model in the body with Vertex's version, the OAuth token);
     for a Gemini model on Vertex, failoverd's estimate."""
-    vertex, auth, _, d = await started(fake_vertex, fake_google_auth, fake_openai,
-                                       start_daemon, rsa_key, tmp_path)
-    client = anthropic.AsyncAnthropic(
-        api_key="unused", base_url="http://failoverd", max_retries=0,
-        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket),
-                                       timeout=30))
+    vertex, auth, _, d = vertex_setup
+    client = anthropic_client(d.socket)
     try:
         messages: Any = [{"role": "user", "content": "How many tokens is this?"}]
         raw = await client.messages.with_raw_response.count_tokens(
