@@ -147,8 +147,6 @@ def test_configuration(rsa_key: ServiceKey, tmp_path: Path) -> None:
      'providers.v.region: must be a Vertex AI location such as "us-east5"'),
     (vertex_toml('project = "Bad Project"\n'), {},
      'providers.v.project: must be a Google Cloud project id'),
-    (vertex_toml(), {}, "providers.v.project: is required: the Google Cloud project whose "
-                        "Vertex AI is called (tokens from the metadata server name none)"),
     (vertex_toml('project = "p-123456"\napi_key_env = "KEY"\n'), {"KEY": "AIzaXXXX"},
      'providers.v.api_key_env: kind = "vertex" takes Google credentials'),
     (vertex_toml('project = "p-123456"\ngoogle_credentials_file = "/nope/sa.json"\n'), {},

@@ -331,7 +331,8 @@ def _location(sec: Section, region: str) -> str:
 def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
                         ) -> tuple[GoogleSource | None, str]:
     """A vertex provider's credentials source (googlecreds.py) and its project: `project`,
-    else GOOGLE_CLOUD_PROJECT (GCLOUD_PROJECT), else the one its credentials file names."""
+    else GOOGLE_CLOUD_PROJECT (GCLOUD_PROJECT), else the one its credentials file names, else
+    "" with the metadata server's tokens (its project is asked at the first call)."""
     path = sec.get("google_credentials_file", str, "")
     project = sec.get("project", str, "").strip()
     if kind != "vertex":
@@ -366,12 +367,12 @@ def _google_credentials(sec: Section, kind: str, env: Mapping[str, str]
             if named:
                 return source, named
         project = project_of(source)
-        if not project:
-            why = ("tokens from the metadata server name none" if not path.strip() and
-                   isinstance(source, MetadataServer) else
-                   f"{describe(source)} names none: no project_id or quota_project_id")
+        # on Google Cloud the metadata server names its project: asked at the first call
+        # (vertex.py), as google-auth's default() asks it
+        if not project and not isinstance(source, MetadataServer):
             sec.problem("project", "is required: the Google Cloud project whose Vertex AI is "
-                        f"called ({why})")
+                        f"called ({describe(source)} names none: no project_id or "
+                        "quota_project_id)")
     return source, project
 
 

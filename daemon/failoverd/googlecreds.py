@@ -17,6 +17,11 @@ Where the credentials come from, in google-auth's order:
    server in a pod's first seconds), or not answering after it has answered, is a moment's
    trouble (`transient`).
 
+A provider that names no project, where neither the environment nor a credentials file names
+one and the tokens come from the metadata server, takes the metadata server's
+(``project/project-id``, as google-auth's ``default()`` asks it): `ProjectSource`
+(`open_project`), asked at the first call, once, and kept, across reloads too.
+
 ``GOOGLE_CLOUD_QUOTA_PROJECT`` names the project billed for the calls (``x-goog-user-project``)
 in place of the file's ``quota_project_id``, whatever the source, as google-auth reads it.
 
@@ -40,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import stat
 import weakref
@@ -59,8 +65,8 @@ from failoverd.refresher import Refresher
 from failoverd.rsasign import RsaKey, RsaKeyError, load_pem
 
 __all__ = ["AccessToken", "AuthorizedUser", "GoogleConfigError", "GoogleCredentialsError",
-           "GoogleSource", "MetadataServer", "ServiceAccount", "TokenSource", "choose_source",
-           "open_source", "read_file"]
+           "GoogleSource", "MetadataServer", "ProjectSource", "ServiceAccount", "TokenSource",
+           "choose_source", "open_project", "open_source", "read_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -409,3 +415,62 @@ def _token_source(source: GoogleSource, client: HttpClient, proxy: str,
         return await googletoken.from_refresh_token(requester, source)
 
     return TokenSource(fetch, clock, describe(source))
+
+
+class ProjectSource(Refresher[str, GoogleCredentialsError]):
+    """The metadata server's project, asked once (refresher.py's single fetch, which a
+    cancelled caller leaves running) and kept: a project id never expires. A failure is
+    asked again `RETRY_WITHOUT` seconds later at the earliest."""
+
+    error_type = GoogleCredentialsError
+    noun = "Google credentials"
+
+    def __init__(self, fetch: Callable[[], Awaitable[str]], clock: Clock, what: str) -> None:
+        super().__init__(clock, what, logger)
+        self._fetch = fetch
+
+    async def _fetch_value(self, now: float, mono: float) -> str:
+        return await self._fetch()
+
+    def _expires(self, value: str) -> float:
+        return math.inf
+
+    def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
+        return GoogleCredentialsError(message, transient=transient)
+
+    def _copy(self, exc: GoogleCredentialsError) -> GoogleCredentialsError:
+        return GoogleCredentialsError(str(exc), transient=exc.transient, no_host=exc.no_host)
+
+    def _transient(self, exc: GoogleCredentialsError) -> bool:
+        return exc.transient
+
+    def _got(self, fresh: str, old: str | None) -> None:
+        logger.info("Google Cloud project %s, from %s", fresh, self.what)
+
+
+# as `_sources`: one lookup per client, metadata server and clock, kept across reloads
+_projects: weakref.WeakKeyDictionary[
+    HttpClient, weakref.WeakValueDictionary[tuple[MetadataServer, Clock | None], ProjectSource]
+] = weakref.WeakKeyDictionary()
+
+
+def open_project(source: MetadataServer, *, client: HttpClient,
+                 clock: Clock | None = None) -> ProjectSource:
+    """The project of the metadata server `source` (for a provider that names none), asked
+    directly (the server is local to the host)."""
+    from failoverd import googletoken  # the HTTP side, which needs this module's types
+
+    known = _projects.setdefault(client, weakref.WeakValueDictionary())
+    shared = known.get((source, clock))
+    if shared is None:
+        client_ref = weakref.ref(client)
+
+        async def fetch() -> str:
+            current = client_ref()
+            if current is None:  # pragma: no cover - the daemon's client outlives providers
+                raise GoogleCredentialsError("the HTTP client is closed")
+            return await googletoken.project_from_metadata(current, source)
+
+        shared = known[source, clock] = ProjectSource(fetch, clock or SystemClock(),
+                                                      describe(source))
+    return shared

@@ -11,7 +11,9 @@ Formats, as Google documents them and google-auth speaks them:
 - a user: ``POST token_uri`` with ``grant_type=refresh_token``, ``client_id``,
   ``client_secret`` and ``refresh_token``;
 - the metadata server: ``GET /computeMetadata/v1/instance/service-accounts/default/token``
-  with ``Metadata-Flavor: Google``.
+  with ``Metadata-Flavor: Google``; and the project it runs in, for a provider that names
+  none, ``GET /computeMetadata/v1/project/project-id`` (text, as google-auth's
+  ``_metadata.get_project_id`` reads it).
 
 All answer ``{"access_token", "expires_in", "token_type": "Bearer"}``; the token endpoint's
 errors are ``{"error": "invalid_grant", "error_description": ...}``. A refusal (a 4xx) is the
@@ -22,6 +24,7 @@ credentials' trouble; a 5xx, a 429, no answer or an unreadable one is the endpoi
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,7 +41,8 @@ from failoverd.googlecreds import (
 from failoverd.http1 import Headers, Requester
 from failoverd.rsasign import RsaKeyError, sign_rs256
 
-__all__ = ["assertion", "from_metadata", "from_refresh_token", "from_service_account"]
+__all__ = ["assertion", "from_metadata", "from_refresh_token", "from_service_account",
+           "project_from_metadata"]
 
 TOKEN_TIMEOUT = 10.0  # seconds per call to the token endpoint (on the internet)
 METADATA_TIMEOUT = 3.0  # per call to the metadata server (google-auth's)
@@ -47,6 +51,10 @@ MAX_ANSWER = 64 * 1024
 MAX_TOKEN = 8 * 1024  # Google's access tokens are a few hundred bytes
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"  # noqa: S105
+PROJECT_PATH = "/computeMetadata/v1/project/project-id"
+# a project id (or a domain-scoped one, "example.com:my-project"), as the metadata server
+# answers it: anything else is no answer to put in a URL
+_PROJECT_ID = re.compile(r"([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 FORM = "application/x-www-form-urlencoded"
 # invalid_grant texts about the assertion's times: "Invalid JWT: Token must be a short-lived
 # token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT
@@ -188,3 +196,34 @@ async def from_metadata(client: Requester, server: MetadataServer, *,
         text, transient = _refusal(status, body, ())
         raise GoogleCredentialsError(f"{where} gave no token: {text}", transient=transient)
     return parse_token(body, where)
+
+
+async def project_from_metadata(client: Requester, server: MetadataServer) -> str:
+    """The project the metadata server's instance (or pod, or Cloud Run service) runs in, for
+    a provider that names none. Raises GoogleCredentialsError saying what to set instead."""
+    where = f"the metadata server at {server.host}"
+    advice = ("give the provider's project, or set GOOGLE_CLOUD_PROJECT")
+    try:
+        status, headers, body = await _call(
+            client, "GET", f"{server.url}{PROJECT_PATH}", {"Metadata-Flavor": "Google"},
+            METADATA_TIMEOUT)
+    except GoogleCredentialsError as exc:
+        # not on Google Cloud (the name does not resolve): the project must be given; a
+        # server that does not answer (GKE's in a pod's first seconds) is asked again later
+        raise GoogleCredentialsError(
+            f"no Google Cloud project: {exc} (the provider names no project and no "
+            f"credentials file was found, so it is asked of the metadata server): {advice}",
+            transient=not exc.no_host, no_host=exc.no_host) from None
+    if status == 200 and headers.get("Metadata-Flavor") != "Google":
+        raise GoogleCredentialsError(f"no Google Cloud project: {where} answered without "
+                                     f"Metadata-Flavor: Google (not a metadata server): "
+                                     f"{advice}")
+    if status != 200:
+        text, transient = _refusal(status, body, ())
+        raise GoogleCredentialsError(f"no Google Cloud project: {where} answered {text}: "
+                                     f"{advice}", transient=transient)
+    project = body.decode("utf-8", "replace").strip()
+    if not _PROJECT_ID.fullmatch(project):
+        raise GoogleCredentialsError(f"no Google Cloud project: {where} answered "
+                                     f"{project[:60]!r}, no project id: {advice}")
+    return project

@@ -23,7 +23,10 @@ call is made again at once with a new one, as google-auth's AuthorizedSession do
 ``auth`` failure would close every model of the provider for auth_open_seconds over a token
 revoked early), within what is left of the attempt's time; a 401 for a token fetched for a
 refusal a minute ago or less is the credentials' trouble: ``auth``. Waiting for a token counts
-in the attempt's time, which is cut to the request's deadline.
+in the attempt's time, which is cut to the request's deadline. A provider that names no project
+and gets its tokens from the metadata server takes that server's project, asked at its first
+call (googlecreds.ProjectSource: once, then kept) within the same time: until it is known the
+sub-adapters' URLs name none (`VertexProvider._locate`).
 
 Errors come in two shapes: Google's ``{"error": {"code", "message", "status", "details"}}``
 (sometimes as a one-element list), which Vertex's front answers for both publishers (quotas,
@@ -56,7 +59,10 @@ from failoverd.failures import FailureReason
 from failoverd.googlecreds import (
     AccessToken,
     GoogleCredentialsError,
+    MetadataServer,
+    ProjectSource,
     TokenSource,
+    open_project,
     open_source,
     quota_project,
 )
@@ -169,12 +175,29 @@ class _Auth:
         self.provider = config.name
         self.tokens: TokenSource | None = None
         self.extra: dict[str, str] = {}
+        # no project configured, the metadata server's tokens: its project, asked once
+        self.project: ProjectSource | None = None
+        if not config.project and isinstance(config.google, MetadataServer):
+            self.project = open_project(config.google, client=client, clock=clock)
         if config.google is not None:
             self.tokens = open_source(config.google, client=client, proxy=config.proxy,
                                       clock=clock)
             quota = quota_project(config.google)
             if quota:  # as google-auth sends it: the project billed for a user's calls
                 self.extra["x-goog-user-project"] = quota
+
+    async def located(self, model_id: str) -> str | None:
+        """The metadata server's project when the provider names none (None when it does):
+        failing to get it fails the call as a token would (``auth``, ``connection`` when
+        the server did not answer)."""
+        if self.project is None:
+            return None
+        try:
+            return await self.project.get()
+        except GoogleCredentialsError as exc:
+            reason = FailureReason.CONNECTION if exc.transient else FailureReason.AUTH
+            raise upstream_error(reason, str(exc), status=None, provider=self.provider,
+                                 model=model_id) from exc
 
     async def headers(self, base: Mapping[str, str], model: ModelConfig) -> dict[str, str]:
         return await self.headers_for(base, model.id)
@@ -212,9 +235,9 @@ class _Auth:
         return exc.status == 401 and exc.reason is FailureReason.CONNECTION
 
 
-def _publisher_url(config: ProviderConfig, publisher: str) -> str:
+def _publisher_url(config: ProviderConfig, publisher: str, project: str) -> str:
     base = config.base_url.rstrip("/").removesuffix("/v1")
-    return (f"{base}/v1/projects/{quote(config.project, safe=':.-')}/locations/"
+    return (f"{base}/v1/projects/{quote(project, safe=':.-')}/locations/"
             f"{config.region}/publishers/{publisher}/models")
 
 
@@ -241,13 +264,17 @@ class VertexClaude(AnthropicProvider):
     def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
         super().__init__(config, client)
         self._auth = auth
-        self._models = _publisher_url(config, "anthropic")
-        self._messages_url = self._models  # what a 404's hint names
-        # the model goes in the body here (the Anthropic SDK's AnthropicVertex does the same)
-        self._count_url = f"{self._models}/count-tokens:rawPredict"
+        self.locate(config.project)
         # the version goes in the body on Vertex
         self._headers.pop("anthropic-version", None)
         self._stream_headers.pop("anthropic-version", None)
+
+    def locate(self, project: str) -> None:
+        """The URLs of `project` (the metadata server's, once known, when none is given)."""
+        self._models = _publisher_url(self.config, "anthropic", project)
+        self._messages_url = self._models  # what a 404's hint names
+        # the model goes in the body here (the Anthropic SDK's AnthropicVertex does the same)
+        self._count_url = f"{self._models}/count-tokens:rawPredict"
 
     def _endpoint(self, model: ModelConfig, stream: bool) -> str:
         # "@" stays as it is (claude-sonnet-4-5@20250929), as the SDKs send it
@@ -317,7 +344,11 @@ class VertexGemini(GeminiProvider):
     def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
         super().__init__(config, client)
         self._auth = auth
-        self._models = _publisher_url(config, "google")
+        self.locate(config.project)
+
+    def locate(self, project: str) -> None:
+        """The URLs of `project` (as VertexClaude.locate)."""
+        self._models = _publisher_url(self.config, "google", project)
 
     def _model_url(self, model: ModelConfig) -> str:
         return f"{self._models}/{quote(model_id(model), safe='-._~@')}"
@@ -401,7 +432,12 @@ class VertexOpenAI(OpenAIProvider):
     def __init__(self, config: ProviderConfig, client: HttpClient, auth: _Auth) -> None:
         super().__init__(config, client)
         self._auth = auth
-        location = _publisher_url(config, "x").removesuffix("/publishers/x/models")
+        self.locate(config.project)
+
+    def locate(self, project: str) -> None:
+        """The URL of `project` (as VertexClaude.locate)."""
+        location = _publisher_url(self.config, "x", project).removesuffix(
+            "/publishers/x/models")
         self._chat_url = f"{location}/endpoints/openapi/chat/completions"
 
     async def _post(self, data: bytes, limits: AttemptLimits, model_id: str) -> bytes:
@@ -442,6 +478,18 @@ class VertexProvider(Lacking):
         self._claude = VertexClaude(config, client, auth)
         self._gemini = VertexGemini(config, client, auth)
         self._models_open = VertexOpenAI(config, client, auth)
+        self._located = bool(config.project)
+
+    async def _locate(self, model: ModelConfig) -> None:
+        """The sub-adapters' URLs with the metadata server's project, at the first call of a
+        provider that names none."""
+        if self._located:
+            return
+        project = await self._auth.located(model.id)
+        if project is not None and not self._located:
+            for adapter in (self._claude, self._gemini, self._models_open):
+                adapter.locate(project)
+            self._located = True
 
     def _for(self, model: ModelConfig) -> AnthropicProvider | GeminiProvider | VertexOpenAI:
         if is_claude(model):
@@ -460,6 +508,7 @@ class VertexProvider(Lacking):
         end = loop.time() + limits.total
         try:
             with timeout_at(end):
+                await self._locate(model)
                 try:
                     return await call(limits)
                 except UpstreamError as exc:
@@ -483,6 +532,15 @@ class VertexProvider(Lacking):
         adapter = self._for(model)
         loop = asyncio.get_running_loop()
         end = loop.time() + limits.first_token
+        if not self._located:  # the first call: the metadata server's project first
+            try:
+                with timeout_at(end):
+                    await self._locate(model)
+            except TimeoutError:
+                raise upstream_error(FailureReason.TIMEOUT, "no project from the metadata "
+                                     f"server within {limits.first_token:g} s", status=None,
+                                     provider=self.config.name, model=model.id) from None
+            limits = _within(limits, end - loop.time())
         chunks = adapter.stream(body, model, limits)
         try:
             first = await anext(chunks)
