@@ -23,6 +23,7 @@ from failoverd.googlecreds import (
     project_of,
 )
 from failoverd.googlecreds import choose_source as choose_google_source
+from failoverd.hedge import read_hedge_after
 from failoverd.http1 import Proxy
 from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
@@ -128,6 +129,9 @@ class ModelConfig:
     max_cost_per_month: float = 0.0
     # speech models: the client's voice -> this model's ("*": for any other voice)
     voices: tuple[tuple[str, str], ...] = ()
+    # seconds without a first byte before an attempt on this model is hedged (hedge.py);
+    # None: routing.hedge_after's; 0: never
+    hedge_after: float | None = None
 
     @property
     def priced(self) -> bool:
@@ -473,7 +477,11 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         max_cost_per_day=spend_caps["max_cost_per_day"],
         max_cost_per_month=spend_caps["max_cost_per_month"],
         voices=tuple(voices),
+        hedge_after=read_hedge_after(sec) if sec.has("hedge_after") else None,
     )
+    if sec.has("hedge_after") and cfg.kind in ("transcription", "speech"):
+        sec.problem("hedge_after", "audio calls are never hedged (a second copy would be "
+                    "made, and billed, in full)")
     sec.finish()
     return cfg
 

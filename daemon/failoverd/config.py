@@ -30,6 +30,7 @@ from failoverd.catalog import read_model, read_provider
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
+from failoverd.hedge import read_hedge_after
 from failoverd.pools import PoolConfig, read_pools
 from failoverd.tomlreader import Section
 
@@ -97,6 +98,8 @@ class RoutingConfig:
     queue_timeout: float = 10.0
     context_policy: ContextPolicy = "skip"
     sticky_seconds: float = 300.0
+    # seconds without a first byte before the next candidate starts alongside (0: off)
+    hedge_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +304,7 @@ def _routing(sec: Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
         queue_timeout=sec.number("queue_timeout", d.queue_timeout),
         context_policy=sec.choice("context_policy", ContextPolicy, d.context_policy),
         sticky_seconds=sec.number("sticky_seconds", d.sticky_seconds),
+        hedge_after=read_hedge_after(sec),
     )
     if cfg.primary and models and cfg.primary not in models:
         sec.problem("primary", f"no model {cfg.primary!r} in [models]")

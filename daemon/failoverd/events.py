@@ -47,6 +47,7 @@ EVENT_TYPES = (
     "config:rejected",
     "hook:failed",
     "budget:reached",
+    "model:hedged",  # README "Hedged requests" (hedge.py)
 )
 
 RESERVED_KEYS = frozenset({"id", "type", "time", "node"})

@@ -58,6 +58,8 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (model, outcome)
         self.failovers: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        # (model, to_model, outcome): hedged attempts (hedge.py)
+        self.hedges: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rejections: defaultdict[str, int] = defaultdict(int)
         self.upstream: defaultdict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.probes: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -82,6 +84,11 @@ class Metrics:
 
     def failover(self, from_model: str, to_model: str, reason: str) -> None:
         self.failovers[(from_model, to_model, reason)] += 1
+
+    def hedged(self, model: str, to_model: str, outcome: str) -> None:
+        """An attempt on `model` was hedged to `to_model`: the hedge `won`, `lost`,
+        `failed` or was `cancelled` (hedge.HedgeOutcome)."""
+        self.hedges[(model, to_model, outcome)] += 1
 
     def cancelled(self, model: str = "") -> None:
         """A request the client left (or a stop cut): under the model that was serving it,
@@ -166,8 +173,9 @@ class Metrics:
             del self.unreported[model]
         for model in [m for m in self.cost if m not in kept]:
             del self.cost[model]
-        for hop in [k for k in self.failovers if k[0] not in kept or k[1] not in kept]:
-            del self.failovers[hop]
+        for series3 in (self.failovers, self.hedges):
+            for hop in [k for k in series3 if k[0] not in kept or k[1] not in kept]:
+                del series3[hop]
 
     def render(self) -> str:
         out: list[str] = []
@@ -181,6 +189,9 @@ class Metrics:
                 ("model", "outcome"), self.requests.items())
         counter("failoverd_failovers_total", "Failovers from one model to the next.",
                 ("from_model", "to_model", "reason"), self.failovers.items())
+        counter("failoverd_hedges_total", "Hedged attempts: a model slow to its first byte "
+                "raced the next candidate (outcome of the hedge: won, lost, failed, "
+                "cancelled).", ("model", "to_model", "outcome"), self.hedges.items())
         counter("failoverd_rejected_requests_total", "Requests refused by failoverd itself.",
                 ("why",), (((k,), v) for k, v in self.rejections.items()))
         counter("failoverd_probes_total", "Health probes by model and outcome.",
