@@ -17,6 +17,7 @@ MAX_HEAD = 64 * 1024
 # a broken upstream), and one read of it would be decoded whole into memory
 MAX_DECODED = 64 * 1024 * 1024
 _MAX_CHUNK_LINE = 1024
+_MAX_LENGTH_DIGITS = 18
 _HEX = b"0123456789abcdefABCDEF"
 
 # parser states
@@ -104,15 +105,16 @@ def parse_head(raw: bytes) -> Head:
 
 
 def _content_length(value: str) -> int:
-    if value.isascii() and value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
         return int(value)  # the common case: one plain number
     # a repeated header arrives joined: every copy must agree (RFC 9110 8.6)
     values = {v.strip() for v in value.split(",")}
     if len(values) != 1:
-        raise ProtocolError(f"conflicting Content-Length values: {value!r}")
+        raise ProtocolError(f"conflicting Content-Length values: {value[:60]!r}")
     text = values.pop()
-    if not (text.isascii() and text.isdigit()):
-        raise ProtocolError(f"invalid Content-Length: {value!r}")
+    # past 4300 digits int() raises ValueError; a body of 10**18 bytes is no body either
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_LENGTH_DIGITS:
+        raise ProtocolError(f"invalid Content-Length: {value[:60]!r}")
     return int(text)
 
 
@@ -257,13 +259,19 @@ class ResponseParser:
         if status < 200:
             if status == 101:
                 raise ProtocolError("unexpected 101 Switching Protocols")
+            if status < 100:  # no HTTP status (RFC 9110 15), not an interim answer
+                raise ProtocolError(f"invalid status code: {status:03d}")
             return  # interim (100 Continue, 103 Early Hints): the final answer follows
         headers = head.headers._map  # lower-case names: no need for Headers.get's lower()
-        connection = (headers.get("connection") or "").lower()
-        if head.version == "1.1":
-            keep_alive = "close" not in connection
+        connection = headers.get("connection")
+        if connection is None:
+            keep_alive = head.version != "1.0"
         else:
-            keep_alive = "keep-alive" in connection
+            # a list of tokens (RFC 9110 7.6.1): "close" wins over "keep-alive", which only
+            # an HTTP/1.0 answer needs to keep the connection
+            tokens = {token.strip() for token in connection.lower().split(",")}
+            keep_alive = "close" not in tokens and (head.version != "1.0"
+                                                    or "keep-alive" in tokens)
         te = headers.get("transfer-encoding")
         if not self._expect_body or status in (204, 304):
             state = _DONE
