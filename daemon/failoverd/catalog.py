@@ -74,6 +74,10 @@ class ProviderConfig:
     # failoverd_tokens_total counts streams whose clients did not ask; the usage chunk is
     # left out for those clients
     stream_usage: bool = False
+    # openai and anthropic kinds: read the upstream's rate-limit headers on every answer and
+    # skip a model whose budget they say is gone until their reset (upstreamlimits.py);
+    # false for a proxy that forwards another tenant's headers
+    rate_limit_headers: bool = True
     # bedrock: the AWS region (its endpoint and the SigV4 scope) and, without an API key,
     # where the credentials that sign each request come from (awscreds.py)
     region: str = ""
@@ -188,7 +192,8 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-ke
 
 _PROVIDER_KEYS = ("kind", "base_url", "api_key_env", "api_key_file", "api_key_credential",
                   "api_key_header", "connect_timeout", "timeout", "headers", "proxy",
-                  "simulate_failure", "simulate_latency", "stream_usage", "region",
+                  "simulate_failure", "simulate_latency", "stream_usage",
+                  "rate_limit_headers", "region",
                   "aws_profile", "project", "google_credentials_file",
                   "max_cost_per_day", "max_cost_per_month")
 
@@ -250,6 +255,10 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
     if stream_usage and kind != "openai":
         sec.problem("stream_usage", "only valid for kind = \"openai\" (the other kinds' streams "
                     "always carry their usage)")
+    rate_limit_headers = sec.get("rate_limit_headers", bool, True)
+    if sec.has("rate_limit_headers") and kind not in ("openai", "anthropic"):
+        sec.problem("rate_limit_headers", "only valid for kind = \"openai\" or \"anthropic\" "
+                    "(the other kinds' upstreams send no rate-limit headers)")
     failure: FailureReason | None = None
     sim_fail = sec.get("simulate_failure", str, "")
     sim_latency = sec.number("simulate_latency", 0.0)
@@ -289,6 +298,7 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         simulate_latency=sim_latency,
         simulate_failure=failure,
         stream_usage=stream_usage,
+        rate_limit_headers=rate_limit_headers,
         region=region,
         aws=aws,
         project=project,

@@ -20,6 +20,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # failovers nor retries ("cache_points": Bedrock refused them, sent again without them).
 # Adapters hold no Metrics and one daemon runs per process: process-wide, rendered by render.
 RESENT: defaultdict[tuple[str, str], int] = defaultdict(int)
+# Calls not made because the upstream's own rate-limit headers said the model's budget was
+# gone, by (model, limit): upstream_rpm, upstream_tpm (upstreamlimits.py); process-wide too.
+UPSTREAM_SKIPS: defaultdict[tuple[str, str], int] = defaultdict(int)
 
 
 def _esc(value: str) -> str:
@@ -205,6 +208,10 @@ class Metrics:
         counter("failoverd_upstream_resends_total", "Upstream calls sent again at once within "
                 "one attempt (not failovers), by model and why.", ("model", "why"),
                 RESENT.items())
+        counter("failoverd_upstream_limit_skips_total", "Calls not made because the "
+                "upstream's rate-limit headers said the model's budget was gone until their "
+                "reset, by model and limit (upstream_rpm, upstream_tpm).", ("model", "limit"),
+                UPSTREAM_SKIPS.items())
         name = "failoverd_cost_usd_total"
         out.append(f"# HELP {name} US dollars spent by model: the reported tokens at the "
                    "model's configured cost.\n"
