@@ -7,7 +7,8 @@ The files:
   ``[name]`` sections;
 - the config file (``AWS_CONFIG_FILE``, else ``~/.aws/config``): ``[profile name]`` sections
   (the name may be quoted), ``[default]`` (a ``[profile default]`` that comes later wins, as
-  in botocore), ``[sso-session name]`` sections.
+  in botocore), ``[sso-session name]`` sections, ``[services name]`` sections (the
+  endpoints a profile's ``services`` key names: awsendpoints.py).
 
 A profile is both files' sections of its name merged, the credentials file's keys over the
 config file's (botocore's ``Session.full_config``).
@@ -58,9 +59,10 @@ from failoverd.awscreds import (
     parse_file,
     profile_keys,
 )
-from failoverd.awsmetadata import container, instance, target
+from failoverd.awsendpoints import Endpoints, domain
+from failoverd.awsmetadata import container, instance
 
-__all__ = ["config_file", "profile_source", "sso_cache_key"]
+__all__ = ["config_file", "endpoints", "profile_source", "sso_cache_key"]
 
 SSO_KEYS = ("sso_start_url", "sso_region", "sso_account_id", "sso_role_name")
 CREDENTIAL_SOURCES = ("Environment", "Ec2InstanceMetadata", "EcsContainer")
@@ -100,6 +102,7 @@ class _Files:
     parsers: dict[str, configparser.ConfigParser] = field(default_factory=dict)
     profiles: dict[str, _Profile] = field(default_factory=dict)
     sessions: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _load(credentials: str, config: str) -> _Files:
@@ -119,6 +122,9 @@ def _load(credentials: str, config: str) -> _Files:
                 if kind == "sso-session":
                     files.sessions[name] = values
                     continue
+                if kind == "services":
+                    files.services[name] = values
+                    continue
                 if kind != "profile":
                     continue
                 # a later [default] / [profile default] replaces the earlier, as in botocore
@@ -131,14 +137,15 @@ def _load(credentials: str, config: str) -> _Files:
 
 
 def _config_section(section: str) -> tuple[str, str]:
-    """(name, kind) of a config file's section: ``profile``, ``sso-session`` or ""."""
+    """(name, kind) of a config file's section: ``profile``, ``sso-session``, ``services``
+    or ""."""
     if section == "default":
         return "default", "profile"
     try:
         parts = shlex.split(section)
     except ValueError:
         return "", ""
-    if len(parts) == 2 and parts[0] in ("profile", "sso-session"):
+    if len(parts) == 2 and parts[0] in ("profile", "sso-session", "services"):
         return parts[1], parts[0]
     return "", ""
 
@@ -166,7 +173,8 @@ def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSour
         if not env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip():
             return None
         files.profiles[name] = _Profile(name)  # none: the environment's web identity
-    resolver = _Resolver(files, env, region or _region(files.profiles[name], env), with_env)
+    resolver = _Resolver(files, env, region or _region(files.profiles[name], env), with_env,
+                         _endpoints(files, env, name))
     source = resolver.source(name)
     if source is None and named:
         raise AwsConfigError(f"profile [{name}] ({resolver.where(name)}) gives no "
@@ -174,6 +182,25 @@ def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSour
                              "aws_secret_access_key, credential_process, role_arn, "
                              "web_identity_token_file or sso_* keys")
     return source
+
+
+def endpoints(env: Mapping[str, str], profile: str = "") -> Endpoints:
+    """The endpoint settings (awsendpoints.py) of the profile in use: `profile` (the
+    provider's ``aws_profile``), else ``AWS_PROFILE``, else ``default``, which need not exist.
+    Raises AwsConfigError when a file cannot be parsed, as botocore fails every client
+    then."""
+    name = profile or env.get("AWS_PROFILE", "").strip() or "default"
+    credentials, config = credentials_file(env), config_file(env)
+    files = _load(credentials, config) if credentials or config else _Files("", "")
+    return _endpoints(files, env, name)
+
+
+def _endpoints(files: _Files, env: Mapping[str, str], name: str) -> Endpoints:
+    found = files.profiles.get(name)
+    if found is None:
+        return Endpoints(env, services=files.services)
+    where = ", ".join(sorted(set(found.where.values()))) or "no file"
+    return Endpoints(env, found.values, files.services, f"profile [{name}] ({where})")
 
 
 def _missing(files: _Files, name: str) -> str:
@@ -199,32 +226,16 @@ def _region(profile: _Profile, env: Mapping[str, str]) -> str:
     return DEFAULT_REGION
 
 
-def _endpoint(env: Mapping[str, str], service: str, default: str) -> str:
-    """A service's endpoint: ``AWS_ENDPOINT_URL_<SERVICE>``, else ``AWS_ENDPOINT_URL``, else
-    `default` (botocore's service-specific endpoints, which
-    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` turns off)."""
-    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
-        return default
-    for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
-        url = env.get(name, "").strip().rstrip("/")
-        if url:
-            target(name, url)
-            return url
-    return default
-
-
-def _domain(region: str) -> str:
-    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-
-
 class _Resolver:
     """Follows one profile to its source."""
 
     def __init__(self, files: _Files, env: Mapping[str, str], region: str,
-                 with_env: bool = False) -> None:
+                 with_env: bool = False, endpoints: Endpoints | None = None) -> None:
         self._files = files
         self._env = env
         self._region = region
+        # the profile in use's, for every service a chain calls (botocore's session's)
+        self._endpoints = endpoints or Endpoints(env)
         self._with_env = with_env  # the environment's web identity, for the first profile
 
     def where(self, name: str, key: str = "") -> str:
@@ -314,10 +325,9 @@ class _Resolver:
             raise self._problem(name, "external_id", "must be 2 to 1224 characters, without "
                                 "control characters")
         duration = self._duration(name)
-        region = self._region
-        endpoint = _endpoint(self._env, "STS", f"https://sts.{region}.{_domain(region)}")
-        return AssumeRole(name, role_arn, source, region, endpoint, external_id, session_name,
-                          duration)
+        endpoint, signing_region = self._endpoints.sts(self._region)
+        return AssumeRole(name, role_arn, source, signing_region, endpoint, external_id,
+                          session_name, duration)
 
     def _source_profile(self, name: str, source_name: str,
                         chain: tuple[str, ...]) -> AwsSource:
@@ -400,11 +410,9 @@ class _Resolver:
                                      "character")
             raise self._problem(name, token_by, "holds a control character")
         session = self._session_name(name, *pick("AWS_ROLE_SESSION_NAME", "role_session_name"))
-        region = self._region
         return WebIdentityRole("" if token_by.startswith("AWS_") else name, role_arn, token_file,
-                               _endpoint(self._env, "STS",
-                                         f"https://sts.{region}.{_domain(region)}"),
-                               session, self._duration(name))
+                               self._endpoints.sts(self._region)[0], session,
+                               self._duration(name))
 
     def _credential_source(self, name: str, value: str) -> AwsSource:
         env = self._env
@@ -482,10 +490,10 @@ class _Resolver:
                                 "but HOME is not set")
         cache = os.path.join(home, ".aws", "sso", "cache",
                              sso_cache_key(session, values["sso_start_url"]) + ".json")
-        domain = _domain(region)
+        where = domain(region)
         return SsoRole(name, values["sso_account_id"], values["sso_role_name"],
                        values["sso_start_url"], region, session, cache,
-                       _endpoint(self._env, "SSO", f"https://portal.sso.{region}.{domain}"),
-                       _endpoint(self._env, "SSO_OIDC", f"https://oidc.{region}.{domain}")
+                       self._endpoints.url("SSO", f"https://portal.sso.{region}.{where}"),
+                       self._endpoints.url("SSO_OIDC", f"https://oidc.{region}.{where}")
                        if session else "")
 

@@ -1,0 +1,158 @@
+"""Where the AWS services are reached (Bedrock Runtime, STS, the IAM Identity Center portal and
+OIDC), as botocore resolves a client's endpoint when none is given to the client.
+
+A service's configured endpoint, the first found of (botocore's ConfiguredEndpointProvider):
+
+1. ``AWS_ENDPOINT_URL_<SERVICE>`` (``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``, ``_STS``, ``_SSO``,
+   ``_SSO_OIDC``);
+2. ``AWS_ENDPOINT_URL``;
+3. the profile's ``services = NAME``: the ``[services NAME]`` section of the config file, whose
+   key for the service (``bedrock_runtime``, ``sts``, ``sso``, ``sso_oidc``: the service id in
+   lower case, ``-`` as ``_``) holds nested keys, ``endpoint_url`` among them::
+
+       [services private]
+       bedrock_runtime =
+         endpoint_url = https://vpce-0abc.bedrock-runtime.us-east-1.vpce.amazonaws.com
+       sts =
+         endpoint_url = https://vpce-0def.sts.us-east-1.vpce.amazonaws.com
+
+4. the profile's own ``endpoint_url`` (every service's).
+
+``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``, else the profile's
+``ignore_configured_endpoint_urls``, set to ``true`` turns all four off. The profile is the one
+in use (the provider's ``aws_profile``, else ``AWS_PROFILE``, else ``default``), its keys
+both files' merged as botocore merges them (awsprofiles.py), whatever gives the credentials:
+botocore reads the session's profile for every client it makes, the STS client that assumes
+a role too.
+
+STS without a configured endpoint: ``sts_regional_endpoints`` (``AWS_STS_REGIONAL_ENDPOINTS``
+over the profile's key) is ``regional`` by default, botocore's since 1.40 (July 2025), the
+region's own ``https://sts.<region>.amazonaws.com``; ``legacy`` sends the 16 regions that had
+no STS of their own at first to the global ``https://sts.amazonaws.com``, signed for
+us-east-1, as botocore did before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from failoverd.awscreds import AwsConfigError, bare
+from failoverd.http1.client import Target
+
+__all__ = ["GLOBAL_STS", "LEGACY_STS_REGIONS", "Endpoints", "domain"]
+
+GLOBAL_STS = "https://sts.amazonaws.com"
+GLOBAL_STS_REGION = "us-east-1"  # the global endpoint's signing region
+# the regions botocore's `legacy` sends to the global endpoint (its LEGACY_GLOBAL_STS_REGIONS)
+LEGACY_STS_REGIONS = frozenset({
+    "ap-northeast-1", "ap-south-1", "ap-southeast-1", "ap-southeast-2", "aws-global",
+    "ca-central-1", "eu-central-1", "eu-north-1", "eu-west-1", "eu-west-2", "eu-west-3",
+    "sa-east-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2"})
+STS_MODES = ("legacy", "regional")
+
+
+def domain(region: str) -> str:
+    """The AWS partition's domain of `region`."""
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
+def _nested(value: str, where: str) -> dict[str, str]:
+    """A config file's nested keys (a value of lines ``key = value`` below its own),
+    as botocore's configloader parses them."""
+    if not value.startswith("\n"):
+        raise AwsConfigError(f"{where} must hold nested keys on the lines below it "
+                             "(an indented \"endpoint_url = https://...\"), got a value")
+    parsed: dict[str, str] = {}
+    for line in value.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        key, sep, text = line.partition("=")
+        if not sep:
+            raise AwsConfigError(f"{where}: {line[:60]!r} is no \"key = value\" line")
+        parsed[key.strip()] = text.strip()
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """What the environment and the profile in use say of the services' endpoints.
+    `profile`: that profile's keys (both files merged; empty when there is none), `services`:
+    the config file's ``[services NAME]`` sections, `where`: how errors name the profile."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    profile: Mapping[str, str] = field(default_factory=dict)
+    services: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    where: str = "the profile"
+
+    @property
+    def ignored(self) -> bool:
+        """Whether the configured endpoints are turned off (the variable over the key)."""
+        if "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS" in self.env:
+            value = self.env["AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"]
+        else:
+            value = self.profile.get("ignore_configured_endpoint_urls", "")
+        return value.strip().lower() == "true"
+
+    def _section(self) -> Mapping[str, str]:
+        name = self.profile.get("services", "").strip()
+        if not name:
+            return {}
+        found = self.services.get(name)
+        if found is None:  # botocore's InvalidConfigError
+            raise AwsConfigError(f"{self.where}: services names [services {name}], which the "
+                                 "config file does not have")
+        return found
+
+    def url(self, service: str, default: str) -> str:
+        """The endpoint of `service` (its variable's suffix: ``BEDROCK_RUNTIME``, ``STS``,
+        ``SSO``, ``SSO_OIDC``), without a trailing ``/``: the configured one (see the
+        module's docstring), else `default`. Raises AwsConfigError for a URL that cannot
+        serve, naming where it was found."""
+        if self.ignored:
+            return default
+        for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
+            found = self.env.get(name, "").strip()
+            if found:
+                return _usable(found, f"environment variable {name}")
+        key = service.lower()
+        nested = self._section().get(key)
+        if nested is not None:
+            name = self.profile.get("services", "").strip()
+            where = f"[services {name}] {key}"
+            found = _nested(nested, where).get("endpoint_url", "")
+            if found:
+                return _usable(found, f"{where} endpoint_url")
+        found = self.profile.get("endpoint_url", "").strip()
+        if found:
+            return _usable(found, f"{self.where}: endpoint_url")
+        return default
+
+    def sts(self, region: str) -> tuple[str, str]:
+        """(endpoint, signing region) of STS for `region`: the configured endpoint, else
+        the regional or, with ``sts_regional_endpoints = legacy`` and one of the legacy
+        regions, the global one."""
+        configured = self.url("STS", "")
+        if configured:
+            return configured, region
+        variable = self.env.get("AWS_STS_REGIONAL_ENDPOINTS", "").strip()
+        mode = variable or self.profile.get("sts_regional_endpoints", "").strip() or "regional"
+        if mode not in STS_MODES:
+            what = ("environment variable AWS_STS_REGIONAL_ENDPOINTS" if variable
+                    else f"{self.where}: sts_regional_endpoints")
+            raise AwsConfigError(f"{what} must be legacy or regional, got {mode[:40]!r}")
+        if mode == "legacy" and region in LEGACY_STS_REGIONS:
+            return GLOBAL_STS, GLOBAL_STS_REGION
+        return f"https://sts.{region}.{domain(region)}", region
+
+
+def _usable(url: str, what: str) -> str:
+    """`url` without its trailing ``/``, or a configuration error naming `what`."""
+    try:
+        Target(url)
+    except ValueError:
+        # not the ValueError's text: it quotes the whole URL, a password in it too
+        raise AwsConfigError(f"{what} is not a usable URL (http:// or https://, a host, a "
+                             f"port up to 65535): {bare(url)!r}") from None
+    return url.rstrip("/")

@@ -1,0 +1,167 @@
+"""The AWS endpoints as botocore configures them (awsendpoints.py): AWS_ENDPOINT_URL_<SERVICE>,
+AWS_ENDPOINT_URL, a profile's ``[services]`` section and ``endpoint_url``, the switch that
+ignores them all, and ``sts_regional_endpoints``; an assumed role reaching a fake STS on
+127.0.0.1 through a ``[services]`` section (a VPC's private STS endpoint). Bedrock's own:
+tests/test_bedrock_endpoint.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failoverd.awscreds import (
+    AssumeRole,
+    AwsConfigError,
+    SsoRole,
+    WebIdentityRole,
+    choose_source,
+    open_source,
+)
+from failoverd.awsendpoints import GLOBAL_STS, Endpoints
+from failoverd.awsprofiles import endpoints
+from failoverd.clock import ManualClock
+from failoverd.http1 import HttpClient
+from tests.test_aws_profiles import ROLE, home, keys
+from tests.test_aws_profiles_fake import SOURCE_KEY, SOURCE_SECRET, FakeAws, fake_aws, issued
+
+__all__ = ["fake_aws"]  # the fixture
+
+SERVICES = """[services private]
+bedrock_runtime =
+  endpoint_url = http://127.0.0.1:7/bedrock/
+sts =
+  endpoint_url = http://127.0.0.1:8
+"""
+
+
+def test_the_order_of_the_configured_endpoints() -> None:
+    profile = {"services": "private", "endpoint_url": "http://127.0.0.1:6"}
+    services = {"private": {"bedrock_runtime": "\nendpoint_url = http://127.0.0.1:7/bedrock/"}}
+    ends = Endpoints({}, profile, services, "profile [p] (config)")
+    default = "https://bedrock-runtime.us-east-1.amazonaws.com"
+    # the services section's for the service; the profile's endpoint_url for the others
+    assert ends.url("BEDROCK_RUNTIME", default) == "http://127.0.0.1:7/bedrock"
+    assert ends.url("STS", "x") == "http://127.0.0.1:6"
+    # the variables before the file: the service's, then the global one
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:5"}
+    assert Endpoints(env, profile, services).url("BEDROCK_RUNTIME", default) == \
+        "http://127.0.0.1:5"
+    env["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = "https://vpce-1.example.com/"
+    assert Endpoints(env, profile, services).url("BEDROCK_RUNTIME", default) == \
+        "https://vpce-1.example.com"
+    # turned off by the profile's key, or the variable, which wins over the key
+    off = {**profile, "ignore_configured_endpoint_urls": "true"}
+    assert Endpoints(env, off, services).url("BEDROCK_RUNTIME", default) == default
+    assert Endpoints({**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "false"}, off,
+                     services).url("BEDROCK_RUNTIME", default) == "https://vpce-1.example.com"
+    assert Endpoints({"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "TRUE"}, profile,
+                     services).url("STS", "d") == "d"
+
+
+@pytest.mark.parametrize(("profile", "services", "env", "message"), [
+    ({"services": "gone"}, {}, {}, "profile [p]: services names [services gone], which the "
+     "config file does not have"),
+    ({"services": "s"}, {"s": {"sts": "http://127.0.0.1:8"}}, {},
+     "[services s] sts must hold nested keys on the lines below it"),
+    ({"services": "s"}, {"s": {"sts": "\nendpoint_url http://x"}}, {},
+     "[services s] sts: 'endpoint_url http://x' is no \"key = value\" line"),
+    ({"services": "s"}, {"s": {"sts": "\nendpoint_url = ftp://x"}}, {},
+     "[services s] sts endpoint_url is not a usable URL"),
+    ({"endpoint_url": "nowhere"}, {}, {}, "profile [p]: endpoint_url is not a usable URL"),
+    ({}, {}, {"AWS_ENDPOINT_URL": "http://user:pw@:x"},
+     "environment variable AWS_ENDPOINT_URL is not a usable URL"),
+    ({"sts_regional_endpoints": "Regional"}, {}, {},
+     "profile [p]: sts_regional_endpoints must be legacy or regional, got 'Regional'"),
+    ({}, {}, {"AWS_STS_REGIONAL_ENDPOINTS": "global"},
+     "environment variable AWS_STS_REGIONAL_ENDPOINTS must be legacy or regional"),
+])
+def test_settings_that_cannot_serve(profile: dict[str, str], services: dict[str, Any],
+                                    env: dict[str, str], message: str) -> None:
+    with pytest.raises(AwsConfigError) as caught:
+        Endpoints(env, profile, services, "profile [p]").sts("us-east-1")
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "pw" not in str(caught.value)
+
+
+def test_sts_regional_and_legacy(tmp_path: Path) -> None:
+    env = home(tmp_path, config=f"[profile r]\nrole_arn = {ROLE}\nsource_profile = base\n",
+               credentials="[base]\n" + keys())
+    # regional by default (botocore's since 1.40), signed for the region
+    role = choose_source(env, "r", region="eu-west-1")
+    assert isinstance(role, AssumeRole)
+    assert (role.endpoint, role.region) == ("https://sts.eu-west-1.amazonaws.com", "eu-west-1")
+    # legacy: the global endpoint for the regions that had it, signed for us-east-1; the
+    # others keep their own
+    legacy = {**env, "AWS_STS_REGIONAL_ENDPOINTS": "legacy"}
+    role = choose_source(legacy, "r", region="eu-west-1")
+    assert isinstance(role, AssumeRole)
+    assert (role.endpoint, role.region) == (GLOBAL_STS, "us-east-1")
+    role = choose_source(legacy, "r", region="ap-east-1")
+    assert isinstance(role, AssumeRole)
+    assert role.endpoint == "https://sts.ap-east-1.amazonaws.com"
+    # the profile's key; the variable over it
+    env = home(tmp_path, config=f"[profile r]\nrole_arn = {ROLE}\nsource_profile = base\n"
+               "sts_regional_endpoints = legacy\n")
+    role = choose_source(env, "r", region="us-west-2")
+    assert isinstance(role, AssumeRole) and role.endpoint == GLOBAL_STS
+    role = choose_source({**env, "AWS_STS_REGIONAL_ENDPOINTS": "regional"}, "r",
+                         region="us-west-2")
+    assert isinstance(role, AssumeRole)
+    assert role.endpoint == "https://sts.us-west-2.amazonaws.com"
+    # a configured endpoint wins over both, signed for the region
+    role = choose_source({**env, "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:9"}, "r",
+                         region="us-west-2")
+    assert isinstance(role, AssumeRole)
+    assert (role.endpoint, role.region) == ("http://127.0.0.1:9", "us-west-2")
+
+
+def test_the_profile_in_uses_endpoints_serve_the_whole_chain(tmp_path: Path) -> None:
+    """botocore reads the session's profile for every client: a chained role's and a web
+    identity source's STS calls go where the profile in use says, not where theirs do."""
+    token = tmp_path / "token"
+    token.write_text("eyJ.token")
+    env = home(tmp_path, config=(
+        f"[profile outer]\nrole_arn = {ROLE}-outer\nsource_profile = web\nservices = private\n"
+        f"[profile web]\nrole_arn = {ROLE}\nweb_identity_token_file = {token}\n"
+        "endpoint_url = http://127.0.0.1:1\n" + SERVICES))
+    outer = choose_source(env, "outer", region="us-east-1")
+    assert isinstance(outer, AssumeRole) and isinstance(outer.source, WebIdentityRole)
+    assert outer.endpoint == outer.source.endpoint == "http://127.0.0.1:8"
+    # the portal and OIDC too (sso, sso_oidc keys; else the profile's endpoint_url)
+    env = home(tmp_path, config=(
+        "[profile sso]\nsso_session = corp\nsso_account_id = 111122223333\n"
+        "sso_role_name = Bedrock\nservices = idc\nendpoint_url = http://127.0.0.1:3\n"
+        "[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n"
+        "sso_region = eu-west-1\n"
+        "[services idc]\nsso =\n  endpoint_url = http://127.0.0.1:2\n"))
+    sso = choose_source(env, "sso")
+    assert isinstance(sso, SsoRole)
+    assert (sso.endpoint, sso.oidc_endpoint) == ("http://127.0.0.1:2", "http://127.0.0.1:3")
+
+
+def test_endpoints_of_a_profile_that_is_not_there(tmp_path: Path) -> None:
+    env = home(tmp_path, config="[default]\nendpoint_url = http://127.0.0.1:4\n" + SERVICES)
+    assert endpoints(env).url("STS", "d") == "http://127.0.0.1:4"
+    assert endpoints({**env, "AWS_PROFILE": "other"}).url("STS", "d") == "d"
+    assert endpoints({}).url("BEDROCK_RUNTIME", "d") == "d"  # no HOME: no files
+
+
+async def test_an_assumed_role_reaches_a_private_sts_through_a_services_section(
+        tmp_path: Path, fake_aws: Callable[..., Awaitable[FakeAws]],
+        http_client: HttpClient) -> None:
+    clock = ManualClock(wall=time.time())
+    fake = await fake_aws(now=clock.time, trust={ROLE: {SOURCE_KEY}}, region="eu-west-3")
+    env = home(tmp_path, config=(
+        f"[profile bedrock]\nrole_arn = {ROLE}\nsource_profile = base\nservices = vpc\n"
+        f"[services vpc]\nsts =\n  endpoint_url = {fake.url}\n"),
+        credentials="[base]\n" + keys(SOURCE_KEY, SOURCE_SECRET))
+    source = choose_source(env, "bedrock", region="eu-west-3")
+    assert isinstance(source, AssumeRole) and source.endpoint == fake.url.rstrip("/")
+    creds = await open_source(source, client=http_client, clock=clock).get()
+    assert creds.access_key_id == issued(1)[0]
+    # signed for the provider's region (the fake checks the scope), by the source's keys
+    assert [c["_caller"] for c in fake.sts_calls] == [SOURCE_KEY]
