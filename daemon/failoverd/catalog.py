@@ -13,6 +13,7 @@ from typing import Any, Literal, cast, get_args
 
 from failoverd.awscreds import AwsConfigError, AwsSource, choose_source
 from failoverd.awscreds import AwsCredentials as AwsCredentials  # where tests and callers import it
+from failoverd.awsprofiles import endpoints as aws_endpoints
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
 from failoverd.googlecreds import (
@@ -284,6 +285,8 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
                             "key")
         api_key = ""
     aws = _aws_credentials(sec, kind, env, region)
+    if kind == "bedrock" and region and not sec.has("base_url"):
+        base_url = _bedrock_endpoint(sec, env, base_url)
     google, project = _google_credentials(sec, kind, env)
     cfg = ProviderConfig(
         name=name,
@@ -412,6 +415,21 @@ def _aws_credentials(sec: Section, kind: str, env: Mapping[str, str],
     except AwsConfigError as exc:
         sec.problem("aws_profile" if profile.strip() else "", str(exc))
         return None
+
+
+def _bedrock_endpoint(sec: Section, env: Mapping[str, str], default: str) -> str:
+    """A bedrock provider's endpoint when it has no base_url: the one the environment or the
+    AWS profile in use configures (awsendpoints.py: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, ...),
+    else the region's `default`."""
+    profile = sec.get("aws_profile", str, "").strip()
+    try:
+        return aws_endpoints(env, profile).url("BEDROCK_RUNTIME", default)
+    except AwsConfigError as exc:
+        problem = str(exc)
+        key = "aws_profile" if profile else ""
+        if f"{sec.key_path(key) if key else sec.path}: {problem}" not in sec.problems:
+            sec.problem(key, problem)  # not twice: a broken file fails the credentials too
+        return default
 
 
 def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> ModelConfig:

@@ -1,0 +1,80 @@
+"""A bedrock provider without base_url reaches the endpoint botocore would: the environment's
+AWS_ENDPOINT_URL_BEDROCK_RUNTIME / AWS_ENDPOINT_URL, the profile's [services] section or
+endpoint_url (awsendpoints.py); base_url wins over them all. The daemon against a fake Bedrock
+on 127.0.0.1 reached only through these settings."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failoverd import config
+from failoverd.errors import ConfigError
+from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
+from tests.test_aws_endpoints import SERVICES
+from tests.test_aws_profiles import home, keys
+from tests.test_bedrock_e2e import daemon_config
+from tests.test_provider_bedrock import HELLO
+
+__all__ = ["fake_bedrock"]  # the fixture
+
+
+def test_bedrock_endpoint_from_the_profile_and_the_environment(tmp_path: Path) -> None:
+    body = ('[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n{extra}'
+            '[models."b/m"]\nprovider = "b"\nname = "anthropic.claude-3-5-haiku-20241022-v1:0"\n')
+    env = {**home(tmp_path, config="[profile p]\nservices = private\n" + SERVICES,
+                  credentials="[p]\n" + keys()),
+           "AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+    cfg = config.loads(body.format(extra='aws_profile = "p"\n'), env=env)
+    assert cfg.providers["b"].base_url == "http://127.0.0.1:7/bedrock"
+    # the environment's keys sign; AWS_PROFILE's endpoints still serve, as in botocore
+    cfg = config.loads(body.format(extra=""), env={**env, "AWS_PROFILE": "p"})
+    assert cfg.providers["b"].base_url == "http://127.0.0.1:7/bedrock"
+    cfg = config.loads(body.format(extra=""), env=env)
+    assert cfg.providers["b"].base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
+    cfg = config.loads(body.format(extra=""), env={
+        **env, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "https://vpce-0abc.example.com"})
+    assert cfg.providers["b"].base_url == "https://vpce-0abc.example.com"
+    # the provider's base_url wins over all (botocore's endpoint_url argument)
+    cfg = config.loads(body.format(extra='base_url = "http://127.0.0.1:2"\n'), env={
+        **env, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "https://vpce-0abc.example.com"})
+    assert cfg.providers["b"].base_url == "http://127.0.0.1:2"
+    # an API key takes the same endpoints
+    cfg = config.loads(body.format(extra='api_key_env = "BEDROCK_KEY"\n'),
+                       env={**env, "BEDROCK_KEY": "ABSK-key", "AWS_PROFILE": "p"})
+    assert cfg.providers["b"].base_url == "http://127.0.0.1:7/bedrock"
+    with pytest.raises(ConfigError) as caught:
+        config.loads(body.format(extra=""), env={**env, "AWS_ENDPOINT_URL": "bad"})
+    assert caught.value.problems == [
+        "providers.b: environment variable AWS_ENDPOINT_URL is not a usable URL (http:// or "
+        "https://, a host, a port up to 65535): 'bad'"]
+
+
+@pytest.mark.parametrize("where", ["environment", "services", "profile"])
+async def test_the_daemon_reaches_bedrock_through_the_configured_endpoint(
+        where: str, tmp_path: Path, fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        fake_openai: Any, start_daemon: Any) -> None:
+    fake = await fake_bedrock(session_token="profile-token")
+    backup = await fake_openai()
+    body = daemon_config(fake, backup.url).replace(f'base_url = "{fake.url}"\n', "", 1)
+    profile = {"environment": "", "services": "services = mine\n",
+               "profile": f"endpoint_url = {fake.url}\n"}[where]
+    env = home(tmp_path, config=(f"[profile bedrock]\n{profile}"
+                                 f"[services mine]\nbedrock_runtime =\n"
+                                 f"  endpoint_url = {fake.url}\n"),
+               credentials="[bedrock]\n" + keys(ACCESS_KEY, SECRET_KEY)
+               + "aws_session_token = profile-token\n")
+    env["AWS_PROFILE"] = "bedrock"
+    if where == "environment":
+        env["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = fake.url
+    d = await start_daemon(body, env=env)
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO["messages"])
+    assert raw.headers["x-failoverd-model"] == "bedrock/sonnet"
+    assert fake.auth_failures == [] and backup.requests == []
+    # signed for the provider's region whatever the host (the fake checks the scope)
+    assert fake.requests[-1].headers["Authorization"].startswith(
+        f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
