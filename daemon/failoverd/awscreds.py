@@ -154,8 +154,8 @@ class CredentialProcess:
 @dataclass(frozen=True, slots=True)
 class AssumeRole:
     """A profile's ``role_arn``: STS AssumeRole signed with the credentials of `source` (a
-    ``source_profile``'s, or the ``credential_source``'s), at the STS `endpoint` of `region`
-    (awssts.py)."""
+    ``source_profile``'s, or the ``credential_source``'s) for `region`, at the STS `endpoint`
+    (awssts.py; awsendpoints.py chose both: us-east-1 at the legacy global endpoint)."""
 
     profile: str
     role_arn: str

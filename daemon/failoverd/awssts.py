@@ -2,8 +2,10 @@
 botocore calls it: the Query protocol, ``POST /`` of a form
 (``Action=AssumeRole&Version=2011-06-15&RoleArn=..&RoleSessionName=..`` with
 ``DurationSeconds`` and ``ExternalId`` when given), signed with SigV4 (service ``sts``, the
-source's region) by the credentials of the role's source, at the regional endpoint
-(``https://sts.<region>.amazonaws.com``, or ``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL``).
+source's region, us-east-1 at the global endpoint) by the credentials of the role's source, at
+the STS endpoint awsendpoints.py chose (``https://sts.<region>.amazonaws.com``, the global
+``https://sts.amazonaws.com`` with ``sts_regional_endpoints = legacy``, or a configured one:
+``AWS_ENDPOINT_URL_STS``, a profile's ``[services]`` section, ...).
 
 The answer is XML: ``AssumeRoleResponse/AssumeRoleResult/Credentials`` with
 ``AccessKeyId``, ``SecretAccessKey``, ``SessionToken``, ``Expiration``; an error is

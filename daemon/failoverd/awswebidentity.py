@@ -2,9 +2,9 @@
 service accounts, a profile's ``web_identity_token_file``), as botocore calls it: the Query
 protocol, ``POST /`` of a form (``Action=AssumeRoleWithWebIdentity&Version=2011-06-15&
 RoleArn=..&RoleSessionName=..&WebIdentityToken=..``, with ``DurationSeconds`` when the
-profile gives it), unsigned (the token is the proof), at the regional endpoint AssumeRole
-uses (``https://sts.<region>.amazonaws.com``, or ``AWS_ENDPOINT_URL_STS`` /
-``AWS_ENDPOINT_URL``).
+profile gives it), unsigned (the token is the proof), at the STS endpoint AssumeRole uses
+(awsendpoints.py: ``https://sts.<region>.amazonaws.com``, the global one with
+``sts_regional_endpoints = legacy``, or a configured one such as ``AWS_ENDPOINT_URL_STS``).
 
 The token file is read at every fetch: the kubelet rotates it (it writes the new one well
 before the old one expires, swapping a symlink). It must be a regular file (or a symlink to

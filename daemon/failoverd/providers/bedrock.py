@@ -4,7 +4,10 @@ and ``/converse-stream``).
 Requests and answers are translated by failoverd.translate.bedrock; this module is the HTTP
 edge: URLs (the model id or inference profile percent-encoded in the path, ``:`` as ``%3A``,
 as the AWS SDKs send it), authentication, the event stream of ``converse-stream``
-(providers/eventstream.py). Bedrock's errors are classified in providers/bedrock_errors.py.
+(providers/eventstream.py). The endpoint is the provider's ``base_url``, chosen when the
+configuration is read: given, else the one the environment or the AWS profile in use
+configures (awsendpoints.py), else ``https://bedrock-runtime.<region>.amazonaws.com``.
+Bedrock's errors are classified in providers/bedrock_errors.py.
 
 Authentication is either a Bedrock API key (``Authorization: Bearer``) or, without one, AWS
 Signature Version 4 (service ``bedrock``, providers/sigv4.py), a fresh signature for every
