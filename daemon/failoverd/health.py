@@ -38,6 +38,7 @@ from failoverd.config import Config, ModelConfig
 from failoverd.failures import POLICY, BreakerEffect, FailureReason
 from failoverd.permit import Permit
 from failoverd.quota import Quotas
+from failoverd.upstreamlimits import UpstreamLimits
 
 __all__ = ["HealthRegistry", "Permit", "ProbeResult"]
 
@@ -89,6 +90,8 @@ class HealthRegistry:
         self._breakers: dict[str, Breaker] = {}
         self._inflight: dict[str, int] = {}
         self.quotas = Quotas()  # max_rpm and max_tpm
+        # what the upstreams' rate-limit headers said (the adapters read them into it)
+        self.upstream = UpstreamLimits(clock)
         self._former_providers: dict[str, str] = {}  # model id -> provider, of models removed
         self.budgets = Budgets()  # max_cost_per_day and max_cost_per_month
         self.budgets.configure(caps_of(config))
@@ -125,6 +128,9 @@ class HealthRegistry:
         self._inflight.setdefault(model.id, 0)
         self._latency[model.id] = deque(maxlen=LATENCY_SAMPLES)
         self.quotas.configure(model)  # its minute counts against new limits too
+        # a new key, URL or switch may be another account's budget: told again by the next
+        # answer
+        self.upstream.forget(model.id)
         self._probes.pop(model.id, None)
 
     def current(self, breaker: Breaker) -> bool:
@@ -161,6 +167,7 @@ class HealthRegistry:
                 # model added back before they end has them against its max_concurrency, and
                 # their ends must not take slots from the calls made after
                 self._probes.pop(model_id, None)
+                self.upstream.forget(model_id)
         # a removed model's minute stays until it ages out: one added back within it must
         # not get a fresh quota
         self.quotas.forget(config.models, self.clock.monotonic())
@@ -212,6 +219,9 @@ class HealthRegistry:
                                       self.clock.time())
         if budget is not None:
             return False, budget
+        upstream = self.upstream.blocked(model_id, self.clock.monotonic())
+        if upstream is not None:
+            return False, upstream
         return True, None
 
     def settle(self, model_id: str) -> None:
@@ -234,6 +244,10 @@ class HealthRegistry:
         if self._over_limit(model_id) \
                 or self.quotas.blocked(model_id, self.clock.monotonic()) is not None \
                 or self.budgets.blocked(model_id, provider, self.clock.time()) is not None:
+            return None
+        upstream = self.upstream.blocked(model_id, self.clock.monotonic())
+        if upstream is not None:
+            self.upstream.refused(model_id, upstream)
             return None
         ticket = breaker.try_acquire()
         if ticket is None:
@@ -300,7 +314,8 @@ class HealthRegistry:
             return None
         if wait is not None:
             wait = max(wait, self.quotas.wait(model_id, self.clock.monotonic()),
-                       self.budgets.wait(model_id, provider, self.clock.time()))
+                       self.budgets.wait(model_id, provider, self.clock.time()),
+                       self.upstream.wait(model_id, self.clock.monotonic()))
         return wait
 
     def retry_at(self, model_id: str) -> float | None:
@@ -508,6 +523,9 @@ class HealthRegistry:
                 inflight=self._inflight.get(model_id, 0),
             )
             entry.update(self.quotas.status(model_id, self.clock.monotonic()))
+            told = self.upstream.status(model_id)
+            if told is not None:
+                entry["upstream_limits"] = told
             model = self._config.models[model_id]
             if model.priced:
                 entry["spent_usd"] = self.budgets.spending("model", model_id, wall)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from failoverd import complexity, requirements, router, selection
+from failoverd import complexity, requirements, router, selection, upstreamlimits
 from failoverd.config import Config
 from failoverd.dispatch import Outcome
 from failoverd.errors import Attempt
@@ -45,6 +45,9 @@ class Routing:
         requested = body.get("model") or ""
         # estimating tokens costs time on every request: only when some model could refuse
         needs = (requirements.infer(body) if rt.screening or requested == "auto" else None)
+        # the request the upstreams' token budgets are measured against from now on in this
+        # task (estimated only if a candidate's budget is known to be short)
+        upstreamlimits.ask(body, needs.prompt_tokens if needs is not None else None)
         header = None
         skipped: tuple[tuple[str, str], ...] = ()
         back = 0  # models an operator's rotation moved to the back of the chain
@@ -108,6 +111,7 @@ class Routing:
 
     def _rotated(self, rt: Runtime, candidates: tuple[str, ...], requested: str, pin: bool, *,
                  default_is_chat: bool = True, preview: bool = False) -> tuple[str, ...]:
+        upstreamlimits.ask(None)  # no prompt to measure against a token budget
         name = "default" if requested in ("", "default") else requested
         if name == "default" and not default_is_chat:
             name = ""

@@ -79,6 +79,18 @@ class AttemptLimits:
     # client what it did to the request on its own (a resend without cache points); None
     # outside a client's request (probes)
     notices: list[str] | None = None
+    # where the adapter hands its upstream's rate-limit headers (the health registry's
+    # upstreamlimits.UpstreamLimits); None: not read (probes, a provider with
+    # rate_limit_headers = false)
+    upstream: RateLimitSink | None = None
+
+
+class RateLimitSink(Protocol):
+    """Takes the rate-limit headers of the answers to a model (see upstreamlimits.py)."""
+
+    def seen(self, family: str, model_id: str, headers: Any) -> None:
+        """`family`: whose headers the upstream sends ("openai", "anthropic")."""
+        ...
 
 
 class Provider(Protocol):

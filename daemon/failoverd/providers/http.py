@@ -27,7 +27,7 @@ from failoverd.config import ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.http1 import HttpClientError, PayloadError, Requester, Response
-from failoverd.providers.base import AttemptLimits
+from failoverd.providers.base import AttemptLimits, RateLimitSink
 from failoverd.timeouts import timeout, timeout_at
 
 T = TypeVar("T")
@@ -212,7 +212,7 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)", re.ASCII)
 _GO_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)", re.IGNORECASE)
 
@@ -221,6 +221,13 @@ def go_duration(text: str) -> float | None:
     """Seconds in a Go-style duration ("120ms", "1.5s", "6m0s", "1h2m3s"), as OpenAI and Groq
     write their rate-limit waits; None for anything else."""
     text = text.strip()
+    # the forms most answers carry ("12ms", "1.5s"), read on every answer: without the regex
+    if text.endswith("ms"):
+        number = text[:-2]
+        if number.replace(".", "", 1).isdigit() and number.isascii():
+            return float(number) / 1000.0
+    elif text.endswith("s") and text[:-1].replace(".", "", 1).isdigit() and text.isascii():
+        return float(text[:-1])
     parts = _GO_DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
@@ -358,18 +365,22 @@ def mapped_error(exc: BaseException, provider: str, model: str) -> UpstreamError
 
 async def fetch(client: Requester, method: str, url: str, *,
                 headers: Mapping[str, str], data: bytes | None = None, total: float,
-                connect: float, failure: Failure, provider: str, model: str) -> bytes:
+                connect: float, failure: Failure, provider: str, model: str,
+                seen: RateLimitSink | None = None, family: str = "openai") -> bytes:
     """The body of a 200 answer, read in full within `total` seconds.
 
     Any other status raises the adapter's `failure`; the client's exceptions end here, as
     UpstreamErrors (the mapping is inline rather than a context manager: this is the
-    non-streaming hot path).
+    non-streaming hot path). `seen` takes the answer's rate-limit headers (of `family`),
+    whatever its status.
     """
     resp: Response | None = None
     try:
         with timeout(total):
             resp = await client.request(method, url, data=data, headers=headers,
                                         connect_timeout=connect)
+            if seen is not None:
+                seen.seen(family, model, resp.headers)
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
             return await resp.read()  # gives the connection back to the pool
@@ -394,17 +405,21 @@ def _end(resp: Response | None, exc: BaseException) -> None:
 
 async def open_stream(client: Requester, url: str, *, data: bytes,
                       headers: Mapping[str, str], first_deadline: float, connect: float,
-                      failure: Failure, provider: str, model: str) -> Response:
+                      failure: Failure, provider: str, model: str,
+                      seen: RateLimitSink | None = None, family: str = "openai") -> Response:
     """POSTs a streaming request: its 200 response, headers received before `first_deadline`.
 
     Any other status raises the adapter's `failure`. On any exception the response is ended
-    (see `_end`); on success the caller owns it and ends it with `finish_stream`.
+    (see `_end`); on success the caller owns it and ends it with `finish_stream`. `seen`
+    takes the response head's rate-limit headers (of `family`; trailers are not read).
     """
     resp: Response | None = None
     try:
         with timeout_at(first_deadline):
             resp = await client.request("POST", url, data=data, headers=headers,
                                         connect_timeout=connect)
+            if seen is not None:
+                seen.seen(family, model, resp.headers)
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
     except BaseException as exc:

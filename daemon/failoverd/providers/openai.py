@@ -254,6 +254,8 @@ class OpenAIProvider:
         # for floats that failoverd encodes
         self.floats_only: set[str] = set()
         self._speech = OpenAIAudio(self)  # transcriptions and speech (openai_audio.py)
+        # the upstream's x-ratelimit-* headers are read (upstreamlimits.py) unless switched off
+        self._rate_limits = config.rate_limit_headers
 
     def _mended(self, exc: UpstreamError, body: dict[str, Any], model: ModelConfig,
                 stream: bool) -> bytes:
@@ -274,7 +276,8 @@ class OpenAIProvider:
         # the call's coroutine itself (no frame of its own on the hot path)
         return fetch(self.client, "POST", self._chat_url, headers=self.headers, data=data,
                      total=limits.total, connect=limits.connect, failure=self.failure,
-                     provider=self.config.name, model=model_id)
+                     provider=self.config.name, model=model_id,
+                     seen=limits.upstream if self._rate_limits else None)
 
     def call(self, url: str, data: bytes, limits: AttemptLimits, model_id: str, *,
               failure: Failure | None = None,
@@ -284,14 +287,15 @@ class OpenAIProvider:
         return fetch(self.client, "POST", url, headers=headers or self.headers, data=data,
                      total=limits.total, connect=limits.connect,
                      failure=failure or self.failure, provider=self.config.name,
-                     model=model_id)
+                     model=model_id, seen=limits.upstream if self._rate_limits else None)
 
     def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
               model_id: str) -> Coroutine[Any, Any, Response]:
         return open_stream(self.client, self._chat_url, data=data,
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self.failure,
-                           provider=self.config.name, model=model_id)
+                           provider=self.config.name, model=model_id,
+                           seen=limits.upstream if self._rate_limits else None)
 
     # ------------------------------------------------------------------ errors
 
@@ -555,7 +559,8 @@ class OpenAIProvider:
                            data=self._text_payload(body, model, True),
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self._text_failure,
-                           provider=self.config.name, model=model.id)
+                           provider=self.config.name, model=model.id,
+                           seen=limits.upstream if self._rate_limits else None)
 
     # ------------------------------------------------------------------ audio
 

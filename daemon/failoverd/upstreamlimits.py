@@ -1,0 +1,317 @@
+"""What the upstreams' own rate-limit headers say of a model's budget, before any 429.
+
+Providers tell their remaining budget in the headers of every answer, successes included:
+OpenAI and the servers that copy it (Groq, DeepSeek, Together, Azure OpenAI v1)
+``x-ratelimit-remaining-requests`` / ``-tokens`` with ``x-ratelimit-reset-requests`` /
+``-tokens`` as Go durations ("6m0s", "1s", "120ms"); OpenRouter a plain
+``X-RateLimit-Remaining`` (requests) with ``X-RateLimit-Reset`` as an epoch in milliseconds;
+Anthropic ``anthropic-ratelimit-requests-remaining`` / ``-reset`` and
+``anthropic-ratelimit-input-tokens-remaining`` / ``-reset`` (falling back to the
+``-tokens-`` pair), the resets as RFC 3339 times.
+
+A model whose last answer said its remaining requests are 0 is skipped as unavailable
+(``upstream_rpm``) until the stated reset; one whose remaining (input) tokens are below a
+request's estimated prompt is skipped for that request (``upstream_tpm``) until the tokens'
+reset; remaining tokens of 0 skip every request. It is knowledge, not a breaker: nothing is
+counted against the model and nothing is announced, and an answer with new figures replaces
+the old ones (the last answer wins).
+
+Resets are taken into the daemon's monotonic clock at the moment the answer is read:
+durations as they are, Anthropic's absolute times through the wall clock (``Clock.time``).
+A reset that does not parse, is not in the future, or is not finite is not trusted (the
+figure it goes with cannot skip anything); one more than `MAX_RESET` away is cut to it. A
+count that is not a non-negative integer (Azure's ``-1``, a word) is ignored.
+
+A request's own size comes from the context of its task (`ask`): the router sets it when it
+routes a chat request (`routes.py`), and every other kind of request clears it, so only the
+request being routed is measured, lazily: its prompt is estimated (tokens.py) only when a
+candidate's known token budget is live. An Anthropic request that uses prompt caching is not
+measured against Anthropic's input-token budget, which does not count cache reads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from failoverd.clock import Clock
+from failoverd.metrics import UPSTREAM_SKIPS
+from failoverd.providers.http import go_duration
+from failoverd.tokens import estimate
+
+__all__ = ["MAX_RESET", "Family", "Headers", "UpstreamLimits", "ask"]
+
+logger = logging.getLogger(__name__)
+
+# the longest reset trusted: a daily quota's reset (Groq's requests per day) is cut to this,
+# after which the next answer tells again; a longer one is more likely a wrong clock or unit
+MAX_RESET = 3600.0
+# the longest count read (digits); anything longer is no budget a provider tells
+_MAX_DIGITS = 18
+
+Family = Literal["openai", "anthropic"]
+"""Which headers an adapter's upstream sends: OpenAI's (with OpenRouter's) or Anthropic's."""
+
+
+class Headers(Protocol):
+    """An answer's headers, looked up case-insensitively (http1's Headers)."""
+
+    def get(self, name: str) -> str | None: ...
+
+
+class _Known:
+    """What the last answer of a model said."""
+
+    __slots__ = ("family", "requests", "requests_until", "tokens", "tokens_until", "at")
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.requests: int | None = None
+        self.requests_until = 0.0  # monotonic; 0: no usable reset
+        self.tokens: int | None = None
+        self.tokens_until = 0.0
+        self.at = 0.0  # wall clock of the answer
+
+
+class _Request:
+    """The request being routed in this task: its prompt, estimated on demand."""
+
+    __slots__ = ("_body", "_tokens", "_caching")
+
+    def __init__(self, body: Mapping[str, Any], tokens: int | None) -> None:
+        self._body = body
+        self._tokens = tokens
+        self._caching: bool | None = None
+
+    def tokens(self) -> int:
+        if self._tokens is None:
+            self._tokens = estimate(self._body) if isinstance(
+                self._body.get("messages"), list) else 0
+        return self._tokens
+
+    def caching(self) -> bool:
+        if self._caching is None:
+            self._caching = _uses_cache(self._body)
+        return self._caching
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
+    "failoverd_upstream_request", default=None)
+
+
+def ask(body: Mapping[str, Any] | None, tokens: int | None = None) -> None:
+    """Names the request this task routes from now on (`tokens`: its prompt estimate when
+    already made), or none (None: a request whose size is not measured)."""
+    _REQUEST.set(None if body is None else _Request(body, tokens))
+
+
+class UpstreamLimits:
+    """Per model, the budget its upstream's last answer told (see the module docstring)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._known: dict[str, _Known] = {}
+
+    # ------------------------------------------------------------------ reading answers
+
+    def seen(self, family: str, model_id: str, headers: Headers) -> None:
+        """Reads an answer's rate-limit headers (a few lookups; nothing is kept, or
+        allocated, when there are none)."""
+        if family == "anthropic":
+            requests = headers.get("anthropic-ratelimit-requests-remaining")
+            tokens = headers.get("anthropic-ratelimit-input-tokens-remaining")
+            tokens_reset = "anthropic-ratelimit-input-tokens-reset"
+            if tokens is None:
+                tokens = headers.get("anthropic-ratelimit-tokens-remaining")
+                tokens_reset = "anthropic-ratelimit-tokens-reset"
+            if requests is None and tokens is None:
+                return
+            wall = self.clock.time()
+            self._update(family, model_id, requests,
+                         _until(headers.get("anthropic-ratelimit-requests-reset"), wall),
+                         tokens, _until(headers.get(tokens_reset), wall), wall)
+            return
+        requests = headers.get("x-ratelimit-remaining-requests")
+        tokens = headers.get("x-ratelimit-remaining-tokens")
+        if requests is not None or tokens is not None:
+            self._update(family, model_id,
+                         requests, _duration(headers.get("x-ratelimit-reset-requests")),
+                         tokens, _duration(headers.get("x-ratelimit-reset-tokens")), None)
+            return
+        requests = headers.get("x-ratelimit-remaining")  # OpenRouter: requests
+        if requests is not None:
+            wall = self.clock.time()
+            self._update(family, model_id, requests,
+                         _epoch_or_delta(headers.get("x-ratelimit-reset"), wall), None, None,
+                         wall)
+
+    def _update(self, family: str, model_id: str, requests: str | None,
+                requests_wait: float | None, tokens: str | None, tokens_wait: float | None,
+                wall: float | None) -> None:
+        now = self.clock.monotonic()
+        known = self._known.get(model_id)
+        if known is None:
+            known = self._known[model_id] = _Known(family)
+        was_out = self._requests_wait(known, now) > 0
+        count = _count(requests)
+        if count is not None:
+            known.requests = count
+            known.requests_until = 0.0 if requests_wait is None else now + requests_wait
+        count = _count(tokens)
+        if count is not None:
+            known.tokens = count
+            known.tokens_until = 0.0 if tokens_wait is None else now + tokens_wait
+        known.family = family
+        known.at = self.clock.time() if wall is None else wall
+        if not was_out and self._requests_wait(known, now) > 0:
+            logger.info("%s: its upstream says no requests remain for %.1fs: skipped until "
+                        "then", model_id, known.requests_until - now)
+
+    # ------------------------------------------------------------------ admission
+
+    def blocked(self, model_id: str, now: float) -> str | None:
+        """Why the model is not to be called now for the request this task routes
+        ("upstream_rpm", "upstream_tpm"), else None."""
+        known = self._known.get(model_id)
+        if known is None:
+            return None
+        if self._requests_wait(known, now) > 0:
+            return "upstream_rpm"
+        if self._tokens_wait(known, now) > 0:
+            return "upstream_tpm"
+        return None
+
+    def refused(self, model_id: str, why: str) -> None:
+        """Counts a call not made for `why` (failoverd_upstream_limit_skips_total)."""
+        UPSTREAM_SKIPS[(model_id, why)] += 1
+
+    def wait(self, model_id: str, now: float) -> float:
+        """Seconds until the model's known budget admits the request this task routes."""
+        known = self._known.get(model_id)
+        if known is None:
+            return 0.0
+        return max(self._requests_wait(known, now), self._tokens_wait(known, now))
+
+    @staticmethod
+    def _requests_wait(known: _Known, now: float) -> float:
+        if known.requests == 0 and known.requests_until > now:
+            return known.requests_until - now
+        return 0.0
+
+    @staticmethod
+    def _tokens_wait(known: _Known, now: float) -> float:
+        if known.tokens is None or known.tokens_until <= now:
+            return 0.0
+        if known.tokens > 0:
+            request = _REQUEST.get()
+            if request is None or (known.family == "anthropic" and request.caching()) \
+                    or request.tokens() <= known.tokens:
+                return 0.0
+        return known.tokens_until - now
+
+    # ------------------------------------------------------------------ keeping
+
+    def forget(self, model_id: str) -> None:
+        """Drops what is known of a model (its settings changed or it went away)."""
+        self._known.pop(model_id, None)
+
+    def status(self, model_id: str) -> dict[str, Any] | None:
+        """`/v1/status`' `upstream_limits` of a model: the last answer's figures, when it
+        came (`at`) and the resets still ahead (epoch seconds, null when passed or unknown);
+        None when no answer told any."""
+        known = self._known.get(model_id)
+        if known is None:
+            return None
+        now, wall = self.clock.monotonic(), self.clock.time()
+
+        def at(until: float) -> float | None:
+            return round(wall + until - now, 3) if until > now else None
+
+        return {"requests_remaining": known.requests,
+                "requests_reset_at": at(known.requests_until),
+                "tokens_remaining": known.tokens, "tokens_reset_at": at(known.tokens_until),
+                "at": round(known.at, 3)}
+
+
+def _count(value: str | None) -> int | None:
+    """A remaining count: a non-negative integer, else None (ignored)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > _MAX_DIGITS or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
+def _trusted(wait: float) -> float | None:
+    """A reset `wait` seconds away, cut to MAX_RESET; None when it is not in the future."""
+    if not math.isfinite(wait) or wait <= 0:
+        return None
+    return min(wait, MAX_RESET)
+
+
+def _duration(value: str | None) -> float | None:
+    """OpenAI's reset: a Go duration ("6m0s", "120ms"), or plain seconds (Azure sends "0")."""
+    if value is None:
+        return None
+    seconds = go_duration(value)
+    if seconds is None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+    return _trusted(seconds)
+
+
+def _until(value: str | None, wall: float) -> float | None:
+    """Anthropic's reset: an RFC 3339 time, as seconds from `wall`."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None  # RFC 3339 always has an offset: a time without one is no such time
+    return _trusted(when.timestamp() - wall)
+
+
+def _epoch_or_delta(value: str | None, wall: float) -> float | None:
+    """OpenRouter's X-RateLimit-Reset: an epoch in milliseconds (in seconds too, as some
+    servers of the same header write it), or, for a small number, seconds from now."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if number > 1e11:
+        return _trusted(number / 1000.0 - wall)
+    if number > 1e9:
+        return _trusted(number - wall)
+    return _trusted(number)
+
+
+def _uses_cache(body: Mapping[str, Any]) -> bool:
+    """Whether a canonical request carries prompt-caching breakpoints (``cache_control``
+    on itself, a message, a content part or a tool)."""
+    if "cache_control" in body:
+        return True
+    for key in ("messages", "tools"):
+        items = body.get(key)
+        if not isinstance(items, list):
+            continue
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "cache_control" in item:
+                return True
+            content = item.get("content")
+            if isinstance(content, list) and any(
+                    isinstance(p, dict) and "cache_control" in p for p in content):
+                return True
+    return False
