@@ -62,6 +62,15 @@ async def test_a_refusal_ends_the_race_at_once() -> None:
     assert info.value.reason is FailureReason.BAD_REQUEST and gone == ["b"]
 
 
+async def test_a_refusal_by_the_hedge_is_only_its_failure() -> None:
+    # the attempt it hedged would have served without it: it goes on
+    first = Lane("a", asyncio.ensure_future(_answer("a", 0.02)))
+    second = Lane("b", asyncio.ensure_future(_fail(FailureReason.BAD_REQUEST, 0)))
+    finish = await race(first, second)
+    assert finish.winner is first
+    assert [(m, e.reason) for m, e in finish.failures] == [("b", FailureReason.BAD_REQUEST)]
+
+
 async def test_a_tie_goes_to_the_first_lane_and_hands_back_the_other_answer() -> None:
     first = Lane("a", asyncio.ensure_future(_answer("a", 0)))
     second = Lane("b", asyncio.ensure_future(_answer("b", 0)))

@@ -24,6 +24,7 @@ from failoverd.errors import (
     UpstreamError,
 )
 from failoverd.failures import FailureReason, policy
+from failoverd.hedge import HedgeFailed, HedgeInfo, Lane, cancel_all, race
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
 from failoverd.requirements import Requirements
 from failoverd.selection import context_reason, output_reservation, truncate
@@ -104,6 +105,8 @@ class Outcome:
     client_deadline: bool = False
     # what the answer cost (USD) at the serving model's prices, once its usage is known
     cost: float = 0.0
+    # hedged attempts, `from>to:outcome` (x-failoverd-hedge)
+    hedges: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -133,7 +136,8 @@ class Dispatcher:
                  failover_hook: FailoverHook | None = None,
                  on_failover: Callable[[FailoverInfo], None] | None = None,
                  on_exhausted: Callable[[list[Attempt]], None] | None = None,
-                 observe_latency: Callable[[str, float, bool], None] | None = None) -> None:
+                 observe_latency: Callable[[str, float, bool], None] | None = None,
+                 on_hedge: Callable[[HedgeInfo], None] | None = None) -> None:
         self.config = config
         self.providers = providers
         self.clock = clock
@@ -143,6 +147,13 @@ class Dispatcher:
         self.on_failover = on_failover
         self.on_exhausted = on_exhausted
         self.observe_latency = observe_latency
+        self.on_hedge = on_hedge
+        # the models whose attempts are hedged, and after how long: empty when hedging is off,
+        # so a request pays one emptiness test for it (hedge.py)
+        self.hedge_after = {m.id: after for m in config.models.values()
+                            if m.kind in ("chat", "embeddings") and (after := (
+                                config.routing.hedge_after if m.hedge_after is None
+                                else m.hedge_after)) > 0}
 
     # ------------------------------------------------------------------ public
 
@@ -153,7 +164,8 @@ class Dispatcher:
         attempt loop's coroutine is handed over as it is, one frame less for every await
         on the hot path to pass through."""
         result: Coroutine[Any, Any, Completion] = self._run(body, candidates, deadline,
-                                                            outcome, session, needs, None)
+                                                            outcome, session, needs, None,
+                                                            hedged=True)
         return result
 
     def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
@@ -163,7 +175,8 @@ class Dispatcher:
         """A stream whose first chunk has arrived (await it); `text`: a legacy text
         completion's."""
         method = _stream_text if text else _stream_chat
-        return self._stream(method, body, candidates, deadline, outcome, session, needs)
+        return self._stream(method, body, candidates, deadline, outcome, session, needs,
+                            hedged=True)
 
     def speak(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
               outcome: Outcome) -> Coroutine[Any, Any, StreamStart]:
@@ -173,9 +186,10 @@ class Dispatcher:
 
     async def _stream(self, method: Callable[[Provider], _Stream], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float, outcome: Outcome,
-                      session: str | None, needs: Requirements | None) -> StreamStart:
+                      session: str | None, needs: Requirements | None, *,
+                      hedged: bool = False) -> StreamStart:
         """A stream of the providers' `method` down the candidates, once its first chunk
-        has arrived."""
+        has arrived; `hedged`: a slow first chunk may be raced by the next candidate's."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> StreamStart:
             started = self.clock.monotonic()
@@ -199,19 +213,21 @@ class Dispatcher:
             return StreamStart(first, it, permit, started)
 
         start: StreamStart = await self._run(body, candidates, deadline, outcome, session,
-                                             needs, call, streaming=True)
+                                             needs, call, streaming=True, hedged=hedged)
         return start
 
     async def embed(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                     outcome: Outcome) -> Completion:
         """Embeddings: the same attempt loop (breakers, retries, failover down an embedding
         chain, hooks, events), with no context screening (needs None)."""
-        return await self._answer(lambda p: p.embed, body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.embed, body, candidates, deadline, outcome,
+                                  hedged=True)
 
     async def complete_text(self, body: dict[str, Any], candidates: Sequence[str],
                             deadline: float, outcome: Outcome) -> Completion:
         """A legacy text completion, not streamed: the attempt loop, no context screening."""
-        return await self._answer(lambda p: p.complete_text, body, candidates, deadline, outcome)
+        return await self._answer(lambda p: p.complete_text, body, candidates, deadline,
+                                  outcome, hedged=True)
 
     async def transcribe(self, body: dict[str, Any], candidates: Sequence[str],
                          deadline: float, outcome: Outcome) -> Completion:
@@ -227,8 +243,10 @@ class Dispatcher:
 
     async def _answer(self, method: Callable[[Provider], _Answer], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float,
-                      outcome: Outcome) -> Completion:
-        """A non-streaming answer of the providers' `method` down the candidates."""
+                      outcome: Outcome, *, hedged: bool = False) -> Completion:
+        """A non-streaming answer of the providers' `method` down the candidates; `hedged`:
+        a slow one may be raced by the next candidate's (never for audio: a second
+        transcription is made, and billed, in full)."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> Completion:
             started = self.clock.monotonic()
@@ -237,7 +255,7 @@ class Dispatcher:
             return result
 
         result: Completion = await self._run(body, candidates, deadline, outcome, None, None,
-                                             call)
+                                             call, hedged=hedged)
         return result
 
     def stream_finished(self, model_id: str, start: StreamStart,
@@ -264,8 +282,10 @@ class Dispatcher:
 
     async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                    outcome: Outcome, session: str | None, needs: Requirements | None,
-                   call: _Call | None, streaming: bool = False) -> Any:
+                   call: _Call | None, streaming: bool = False, hedged: bool = False) -> Any:
         cfg = self.config
+        hedging = self.hedge_after if hedged else None
+        tried: tuple[str, ...] = ()  # models a hedge called already (see _hedged)
         queued = False
         first_pass = len(outcome.attempts)
         while True:  # at most twice: once more after waiting in the queue
@@ -280,6 +300,8 @@ class Dispatcher:
             only_skipped = True  # no candidate was really tried
             unavailable: list[str] = []  # skipped for breaker/credentials: may come back
             for model_id in candidates:
+                if tried and model_id in tried:
+                    continue
                 model = cfg.models[model_id]
                 if min_context is not None and (model.context_window or 0) <= min_context:
                     outcome.attempts.append(Attempt(
@@ -326,27 +348,47 @@ class Dispatcher:
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
-                    result = await self._try_model(model, req, deadline, outcome, call,
-                                                   streaming)
+                    if hedging and model_id in hedging:
+                        served, result = await self._hedged(
+                            model, req, body, deadline, outcome, call, streaming,
+                            hedging[model_id], candidates, needs, min_context, session,
+                            tried)
+                    else:
+                        served = model_id
+                        result = await self._try_model(model, req, deadline, outcome, call,
+                                                       streaming)
                 except UpstreamError as exc:
-                    if exc.reason is FailureReason.UNAVAILABLE:
-                        unavailable.append(model_id)
-                    elif exc.reason is not FailureReason.INCAPABLE:
+                    failures: list[tuple[str, UpstreamError]] = [(model_id, exc)]
+                except HedgeFailed as exc:  # both of a hedge failed: the chain goes on
+                    failures = exc.failures
+                    tried = (*tried, *(m for m, _ in failures))
+                else:
+                    outcome.model = served
+                    return result
+                spent = False
+                refusal: UpstreamError | None = None
+                for failed_id, error in failures:
+                    if error.reason is FailureReason.UNAVAILABLE:
+                        unavailable.append(failed_id)
+                    elif error.reason is not FailureReason.INCAPABLE:
                         only_skipped = False
-                    outcome.attempts.append(Attempt(model_id, exc.reason, exc.status,
-                                                    exc.message))
-                    if not policy(exc.reason).fail_over:
-                        raise
-                    if exc.reason is FailureReason.TIMEOUT and self._spent(deadline):
-                        break
-                    if exc.reason is FailureReason.CONTEXT_OVERFLOW:
-                        min_context = max(min_context or 0, model.context_window or 0)
-                    last_error, last_model = exc, model_id
-                    if exc.reason is not FailureReason.UNAVAILABLE:
-                        failed, failed_model = exc, model_id
-                    continue
-                outcome.model = model_id
-                return result
+                    outcome.attempts.append(Attempt(failed_id, error.reason, error.status,
+                                                    error.message))
+                    if not policy(error.reason).fail_over:
+                        refusal = refusal or error
+                        continue
+                    if error.reason is FailureReason.TIMEOUT and self._spent(deadline):
+                        spent = True
+                    if error.reason is FailureReason.CONTEXT_OVERFLOW:
+                        min_context = max(min_context or 0,
+                                          cfg.models[failed_id].context_window or 0)
+                    last_error, last_model = error, failed_id
+                    if error.reason is not FailureReason.UNAVAILABLE:
+                        failed, failed_model = error, failed_id
+                if refusal is not None:
+                    raise refusal
+                if spent:
+                    break
             if (not queued and only_skipped and unavailable
                     and cfg.routing.when_all_unavailable == "queue" and self.health is not None):
                 queued = True
@@ -367,19 +409,24 @@ class Dispatcher:
 
     async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
                          outcome: Outcome,
-                         call: _Call | None, streaming: bool = False) -> Any:
+                         call: _Call | None, streaming: bool = False,
+                         admitted: Permit | None = None) -> Any:
         """One model, with its same-model retries. `call` makes a (streaming) attempt; None
-        is a plain completion, called here directly (the hot path)."""
+        is a plain completion, called here directly (the hot path). `admitted`: the permit
+        of the first call, taken already (a hedge's)."""
         provider = self.providers[model.provider]
         pcfg = provider.config
         retries = 0
         while True:
             remaining = self._remaining(deadline)
+            permit: Permit | None = admitted
+            admitted = None
             if remaining <= DEADLINE_SLACK:
+                if permit is not None:
+                    permit.release(called=False)
                 raise UpstreamError(FailureReason.TIMEOUT, "request deadline exhausted",
                                     provider=pcfg.name, model=model.id)
-            permit: Permit | None = None
-            if self.health is not None:
+            if permit is None and self.health is not None:
                 permit = self.health.acquire(model.id)
                 if permit is None:
                     _, why = self.health.available(model.id)
@@ -452,6 +499,106 @@ class Dispatcher:
                 if permit is not None:
                     permit.release()
                 raise
+
+    # ------------------------------------------------------------------ hedging
+
+    async def _hedged(self, model: ModelConfig, req: dict[str, Any], body: dict[str, Any],
+                      deadline: float, outcome: Outcome, call: _Call | None, streaming: bool,
+                      after: float, candidates: Sequence[str], needs: Requirements | None,
+                      min_context: int | None, session: str | None,
+                      tried: tuple[str, ...]) -> tuple[str, Any]:
+        """`model`'s attempt, raced by the next candidate available now once it has no first
+        byte after `after` seconds (hedge.py): (the model that served, its result). Raises
+        as _try_model does, or HedgeFailed when both attempts failed."""
+        if after >= self._remaining(deadline) - DEADLINE_SLACK:
+            # no hedge could start before the deadline: the plain attempt
+            return model.id, await self._try_model(model, req, deadline, outcome, call,
+                                                   streaming)
+        first = Lane(model.id, asyncio.ensure_future(
+            self._try_model(model, req, deadline, outcome, call, streaming)))
+        try:
+            done, _ = await asyncio.wait((first.task,), timeout=after)
+        except BaseException:
+            await cancel_all({first.task})
+            raise
+        target = None if done else self._hedge_target(model, body, candidates, needs,
+                                                      min_context, tried)
+        if target is None:
+            # awaiting the task itself: a cancellation of the request cancels it too
+            return model.id, await first.task
+        to, to_req, permit = target
+        started = False
+
+        async def hedge() -> Any:
+            nonlocal started
+            started = True
+            return await self._try_model(to, to_req, deadline, outcome, call, streaming,
+                                         permit)
+
+        second = Lane(to.id, asyncio.ensure_future(hedge()))
+        info = HedgeInfo(model.id, to.id, after, "cancelled", None, session)
+        try:
+            finish = await race(first, second)
+        except HedgeFailed:
+            info.outcome = "failed"
+            raise
+        except BaseException:
+            if second.task.done() and not second.task.cancelled() \
+                    and second.task.exception() is not None:
+                info.outcome = "failed"
+            raise
+        else:
+            for failed_id, exc in finish.failures:
+                outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status,
+                                                exc.message))
+            info.winner = finish.winner.model
+            if finish.winner is second:
+                info.outcome = "won"
+            else:
+                info.outcome = "failed" if finish.failures else "lost"
+            if finish.late_lane is not None:
+                info.loser = finish.late_lane.model
+                info.loser_usage = await _discard(finish.late)
+            return finish.winner.model, finish.result
+        finally:
+            if not started and permit is not None:
+                permit.release(called=False)  # the hedge never ran: its call was not made
+            outcome.hedges.append(info.header())
+            if self.on_hedge is not None:
+                self.on_hedge(info)
+
+    def _hedge_target(self, model: ModelConfig, body: dict[str, Any],
+                      candidates: Sequence[str], needs: Requirements | None,
+                      min_context: int | None, tried: tuple[str, ...]
+                      ) -> tuple[ModelConfig, dict[str, Any], Permit | None] | None:
+        """The candidate after `model` that can serve the request now, its request and its
+        permit (taken: a hedge never waits), or None. Not the same model, none a hedge
+        tried already, none lacking a capability or too small for the request (a hedge
+        never truncates), none that a limit or its breaker holds back."""
+        cfg = self.config
+        behind = True
+        for model_id in candidates:
+            if behind:
+                behind = model_id != model.id
+                continue
+            if model_id == model.id or model_id in tried:
+                continue
+            other = cfg.models[model_id]
+            if min_context is not None and (other.context_window or 0) <= min_context:
+                continue
+            if _lacking(other, needs) is not None:
+                continue
+            if needs is not None and context_reason(other, needs) is not None:
+                continue
+            permit: Permit | None = None
+            if self.health is not None:
+                permit = self.health.acquire(model_id)
+                if permit is None:
+                    continue
+            default_output = self.providers[other.provider].default_output(other)
+            req = _cap_output(body, other, _answer_room(other, needs, False, default_output))
+            return other, req, permit
+        return None
 
     # ------------------------------------------------------------------ helpers
 
@@ -610,6 +757,20 @@ def _stream_speech(provider: Provider) -> _Stream:
 
 def _stream_transcript(provider: Provider) -> _Stream:
     return provider.stream_transcript
+
+
+async def _discard(late: Any) -> Any:
+    """Closes the answer of a hedge's loser that came at the same moment as the winner's;
+    returns the usage it reported, which counts all the same (None if none)."""
+    if isinstance(late, StreamStart):
+        try:
+            await _aclose(late.rest)
+        finally:
+            if late.permit is not None:
+                late.permit.release()
+        return late.first.data.get("usage")
+    body = getattr(late, "body", None)  # a Completion: its success was recorded
+    return body.get("usage") if isinstance(body, dict) else None
 
 
 async def _aclose(it: AsyncIterator[Chunk]) -> None:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from failoverd.events import EventBus
     from failoverd.metrics import Metrics
 
-__all__ = ["MAX_HEDGE_AFTER", "HedgeFailed", "HedgeInfo", "Lane", "race", "read_hedge_after",
-           "reporter"]
+__all__ = ["MAX_HEDGE_AFTER", "HedgeFailed", "HedgeInfo", "Lane", "cancel_all", "race",
+           "read_hedge_after", "reporter"]
 
 # The longest a request may run (x-failoverd-deadline's bound): a later hedge never starts
 MAX_HEDGE_AFTER = 86400.0
@@ -98,10 +98,12 @@ class Finish:
 
 async def race(first: Lane, second: Lane) -> Finish:
     """The first answer of the two lanes (the first lane's on a tie). A failure the chain
-    would fail over after lets the other lane go on; both failing raises HedgeFailed; any
-    other exception (bad_request, a hook's abort, a bug) ends the race at once. The lane
-    still running when the race ends, however it ends (its caller cancelled included), is
-    cancelled and awaited, so its permit and connection are given back first."""
+    would fail over after lets the other lane go on, and so does any upstream failure of
+    the second (the hedge: a refusal by it says nothing of the attempt it hedged, which
+    would have served without it); both failing raises HedgeFailed. Any other exception
+    (the first lane's bad_request, a bug) ends the race at once. The lane still running
+    when the race ends, however it ends (its caller cancelled included), is cancelled and
+    awaited, so its permit and connection are given back first."""
     lanes = (first, second)
     pending = {first.task, second.task}
     failures: list[tuple[str, UpstreamError]] = []
@@ -118,13 +120,14 @@ async def race(first: Lane, second: Lane) -> Finish:
                     if other.task in done and _error(other) is None:
                         finish.late, finish.late_lane = other.task.result(), other
                     return finish
-                if isinstance(error, UpstreamError) and policy(error.reason).fail_over:
+                if isinstance(error, UpstreamError) and (policy(error.reason).fail_over
+                                                         or lane is second):
                     failures.append((lane.model, error))
                     continue
                 raise error
         raise HedgeFailed(failures)
     finally:
-        await _cancel(pending)
+        await cancel_all(pending)
 
 
 def _error(lane: Lane) -> BaseException | None:
@@ -133,7 +136,7 @@ def _error(lane: Lane) -> BaseException | None:
     return lane.task.exception()
 
 
-async def _cancel(tasks: set[asyncio.Task[Any]]) -> None:
+async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
     """Cancels `tasks` and waits for them to end (their cleanup gives permits back)."""
     if not tasks:
         return

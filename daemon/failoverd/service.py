@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from failoverd import discovery
+from failoverd import discovery, hedge
 from failoverd.breaker import BreakerState
 from failoverd.budget import Reached
 from failoverd.clock import Clock
@@ -129,6 +129,7 @@ class Service(Routing):
         d.on_failover = self._failover
         d.on_exhausted = self._exhausted
         d.observe_latency = self.metrics.upstream_latency
+        d.on_hedge = hedge.reporter(self.bus, self.metrics, self.usage)
         models = runtime.config.models
         # a model a reload removed keeps its price: its answers still in flight cost
         former = {m: p for m, p in self.metrics.prices.items() if m not in models}

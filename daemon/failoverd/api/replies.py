@@ -39,6 +39,8 @@ def outcome_headers(outcome: Outcome, route: str | None = None) -> dict[str, str
         headers["x-failoverd-route"] = route
     if outcome.failovers:
         headers["x-failoverd-failover"] = header_value(",".join(outcome.failovers))
+    if outcome.hedges:  # hedged attempts (hedge.py)
+        headers["x-failoverd-hedge"] = header_value(",".join(outcome.hedges))
     if outcome.cost > 0:  # a non-streamed answer at a priced model: what it cost
         headers["x-failoverd-cost"] = usd_text(outcome.cost)
     if outcome.notices:

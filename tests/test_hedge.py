@@ -1,0 +1,320 @@
+"""Hedged requests end to end: the daemon on a Unix socket, fake OpenAI upstreams on
+127.0.0.1 whose latency the tests set, the openai SDK and raw HTTP as clients.
+
+hedge_after is about real upstream latency (a loop timer, as the upstream calls' own
+timeouts), so the fakes take tens of milliseconds where a test needs a model to be slow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fakes.base import fake_fixture
+from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO, breaker, chat, metric, sse_json, until
+from tests.test_stream_review import WatchedOpenAI, raw_stream
+
+A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
+
+# fake OpenAI upstreams that notice when the daemon drops their connection (`gone`)
+watched_openai = fake_fixture(WatchedOpenAI, "watched_openai")
+
+
+def config(*fakes: FakeOpenAI, routing: str = "hedge_after = 0.05", models: str = "",
+           fallbacks: str = "", timeout: float = 10) -> str:
+    """Models a/gpt-a, b/gpt-b (and c/gpt-c) on the fakes, in that order, no retries;
+    `models` adds keys to every model (one string) or per model (a dict as text is not
+    TOML: give `models` as lines ending each model's table)."""
+    names = [A, B, C][:len(fakes)]
+    body = ""
+    for name, fake in zip(names, fakes, strict=True):
+        p = name[0]
+        body += (f'[providers.{p}]\nkind = "openai"\nbase_url = "{fake.url}"\n'
+                 f'timeout = {timeout}\n'
+                 f'[models."{name}"]\nprovider = "{p}"\nmax_retries = 0\n')
+        body += _model_extra(models, name)
+    chain = fallbacks or orjson.dumps(names[1:]).decode()
+    return f"""{body}
+[routing]
+primary = "{A}"
+fallbacks = {chain}
+when_all_unavailable = "fail"
+deadline = 10
+{routing}
+[probes]
+kind = "none"
+"""
+
+
+def _model_extra(models: str, name: str) -> str:
+    # `models`: lines "<model id>: key = value" for one model
+    lines = [line.split(": ", 1)[1] for line in models.splitlines()
+             if line.startswith(f"{name}: ")]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def hedged_events(d: Any) -> list[dict[str, Any]]:
+    return [dict(e.fields) for e in d.sup.service.bus.recent() if e.type == "model:hedged"]
+
+
+def event_types(d: Any) -> list[str]:
+    return [e.type for e in d.sup.service.bus.recent()]
+
+
+async def test_a_slow_primary_is_hedged_and_the_fast_fallback_wins(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await watched_openai(default="slow:5", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b))
+    started = time.monotonic()
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"x-failoverd-session": "s1"})
+    took = time.monotonic() - started
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "from b"
+    assert took < 1.0  # not the primary's 5 s
+    assert raw.headers["x-failoverd-model"] == B
+    assert raw.headers["x-failoverd-attempts"] == "2"  # both upstream calls
+    assert raw.headers["x-failoverd-hedge"] == f"{A}>{B}:won"
+    assert "x-failoverd-failover" not in raw.headers  # a hedge is not a failover
+    # the primary's call was cut: its connection closed, not left to run for 5 s
+    await asyncio.wait_for(a.gone.wait(), 2)
+    assert len(a.chat_requests()) == 1 and len(b.chat_requests()) == 1
+    # the cancelled attempt is no failure of the primary's: its breaker is untouched
+    assert await breaker(d, A) == ("closed", 0)
+    health = d.sup.service.health
+    assert health.inflight(A) == 0 and health.inflight(B) == 0
+    events = hedged_events(d)
+    assert events == [{"from_model": A, "to_model": B, "after": 0.05, "winner": B,
+                       "outcome": "won", "session": "s1"}]
+    assert "model:failover" not in event_types(d)
+    assert await metric(
+        d, f'failoverd_hedges_total{{model="{A}",to_model="{B}",outcome="won"}} 1')
+    assert await metric(d, f'failoverd_requests_total{{model="{B}",outcome="ok"}} 1')
+    # the winner's usage is counted, once
+    assert await metric(d, f'failoverd_tokens_total{{model="{B}",kind="prompt"}} 9')
+    # a hedge does not make the session sticky: the next request starts at the primary
+    a.default = "ok"
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"x-failoverd-session": "s1"})
+    assert raw.headers["x-failoverd-model"] == A
+
+
+async def test_a_fast_primary_is_not_hedged(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b, routing="hedge_after = 0.3"))
+    for _ in range(3):
+        resp = await chat(d)
+        assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == A
+        assert "x-failoverd-hedge" not in resp.headers
+        assert resp.headers["x-failoverd-attempts"] == "1"
+    assert len(a.chat_requests()) == 3 and b.chat_requests() == []
+    assert hedged_events(d) == []
+    assert "failoverd_hedges_total{" not in (await d.http.get("/metrics")).text
+
+
+async def test_the_primary_answering_first_makes_the_hedge_lose(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="slow:0.15", reply="from a")
+    b = await watched_openai(default="slow:5", reply="from b")
+    d = await start_daemon(config(a, b))
+    resp = await chat(d)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] \
+        == "from a"
+    assert resp.headers["x-failoverd-model"] == A
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:lost"
+    assert resp.headers["x-failoverd-attempts"] == "2"
+    await asyncio.wait_for(b.gone.wait(), 2)  # the hedge's call was cut
+    assert await breaker(d, B) == ("closed", 0)
+    assert hedged_events(d)[0]["winner"] == A
+    assert await metric(
+        d, f'failoverd_hedges_total{{model="{A}",to_model="{B}",outcome="lost"}} 1')
+
+
+async def test_a_stream_late_to_its_first_chunk_is_hedged_and_the_client_sees_one_stream(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    # the primary has answered 200 and sends only SSE comments (OpenRouter's "PROCESSING")
+    a = await watched_openai(default="comments:5", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b))
+    resp = await d.http.post("/v1/chat/completions", json={
+        "model": "default", "messages": HELLO, "stream": True})
+    assert resp.status_code == 200
+    assert resp.headers["x-failoverd-model"] == B
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:won"
+    assert resp.headers["x-failoverd-attempts"] == "2"
+    assert resp.text.count("data: [DONE]") == 1
+    chunks = sse_json(resp.text)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                   if c["choices"])
+    assert text == "from b"  # one clean stream, nothing of the primary's
+    assert ": PROCESSING" not in resp.text
+    await asyncio.wait_for(a.gone.wait(), 2)
+    assert await breaker(d, A) == ("closed", 0)
+    assert d.sup.service.health.inflight(A) == 0
+    await until(lambda: d.sup.service.health.inflight(B) == 0)
+
+
+async def test_when_both_fail_the_chain_goes_on(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    # a times out at its provider's 0.3 s; its hedge b fails at once; c serves
+    a = await fake_openai(default="hang")
+    b = await fake_openai(default="server_error")
+    c = await fake_openai(reply="from c")
+    d = await start_daemon(config(a, b, c, timeout=0.3))
+    resp = await chat(d)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == C
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:failed"
+    assert resp.headers["x-failoverd-attempts"] == "3"
+    # the hop to c follows the pair's last failure (a's timeout)
+    assert resp.headers["x-failoverd-failover"] == f"{A}>{C}:timeout"
+    # both failures were counted as usual
+    assert (await breaker(d, A))[1] == 1 and (await breaker(d, B))[1] == 1
+    assert [e for e in event_types(d) if e == "model:failover"] == ["model:failover"]
+    assert hedged_events(d)[0]["winner"] is None
+    assert len(c.chat_requests()) == 1 and len(b.chat_requests()) == 1
+
+
+async def test_both_failing_with_nothing_left_is_the_503_listing_both(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="hang")
+    b = await fake_openai(default="rate_limit_long")
+    d = await start_daemon(config(a, b, timeout=0.2))
+    resp = await chat(d)
+    assert resp.status_code == 503
+    attempts = resp.json()["error"]["attempts"]
+    assert [(x["model"], x["reason"]) for x in attempts] == [
+        (B, "rate_limit"), (A, "timeout")]
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:failed"
+    assert resp.headers["x-failoverd-attempts"] == "2"
+
+
+async def test_the_hedge_goes_to_the_next_available_candidate_and_never_waits(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="slow:0.3", reply="from a")
+    b = await fake_openai(reply="from b")
+    c = await fake_openai(reply="from c")
+    d = await start_daemon(config(a, b, c))
+    assert (await d.http.post(f"/v1/models/{B}/open")).status_code == 200
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == C  # b is open: skipped, not waited for
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{C}:won"
+    assert b.chat_requests() == []
+    # nothing available to hedge to: the primary alone, however slow
+    assert (await d.http.post(f"/v1/models/{C}/open")).status_code == 200
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == A
+    assert "x-failoverd-hedge" not in resp.headers
+    assert resp.headers["x-failoverd-attempts"] == "1"
+    assert b.chat_requests() == [] and len(c.chat_requests()) == 1
+
+
+async def test_a_candidate_at_its_max_concurrency_is_not_hedged_to(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="slow:0.3", reply="from a")
+    b = await fake_openai(default="slow:0.6", reply="from b")
+    d = await start_daemon(config(a, b, models=f"{B}: max_concurrency = 1"))
+    busy = asyncio.create_task(chat(d, B, **{"x-failoverd-no-fallback": "1"}))
+    await until(lambda: len(b.chat_requests()) == 1)
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == A
+    assert "x-failoverd-hedge" not in resp.headers
+    assert (await busy).headers["x-failoverd-model"] == B
+    assert len(b.chat_requests()) == 1
+
+
+async def test_no_hedge_for_a_pinned_request(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="slow:0.2", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b))
+    resp = await chat(d, A, **{"x-failoverd-no-fallback": "1"})
+    assert resp.headers["x-failoverd-model"] == A
+    assert "x-failoverd-hedge" not in resp.headers and b.chat_requests() == []
+
+
+async def test_no_hedge_starts_past_the_deadline(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await fake_openai(default="slow:0.15", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b, routing="hedge_after = 0.3"))
+    # the client's deadline ends before hedge_after: no hedge could start in time
+    resp = await chat(d, **{"x-failoverd-deadline": "0.25"})
+    assert resp.headers["x-failoverd-model"] == A
+    assert "x-failoverd-hedge" not in resp.headers and b.chat_requests() == []
+
+
+async def test_the_deadline_ends_both_attempts(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await watched_openai(default="hang")
+    b = await fake_openai(default="hang")
+    d = await start_daemon(config(a, b))
+    started = time.monotonic()
+    resp = await chat(d, **{"x-failoverd-deadline": "0.3"})
+    took = time.monotonic() - started
+    assert resp.status_code == 503 and took < 0.8
+    attempts = resp.json()["error"]["attempts"]
+    assert sorted(x["model"] for x in attempts) == [A, B]
+    assert {x["reason"] for x in attempts} == {"timeout"}
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:failed"
+    # the client's short deadline cut them: not the models' failures
+    assert await breaker(d, A) == ("closed", 0) and await breaker(d, B) == ("closed", 0)
+
+
+async def test_a_client_going_away_cancels_both_attempts(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    a = await watched_openai(default="comments:5")
+    b = await watched_openai(default="comments:5")
+    d = await start_daemon(config(a, b))
+    _, writer = await raw_stream(d.socket, "/v1/chat/completions", {
+        "model": "default", "messages": HELLO, "stream": True})
+    await until(lambda: len(b.chat_requests()) == 1)  # the hedge is under way
+    writer.close()
+    await asyncio.wait_for(a.gone.wait(), 2)
+    await asyncio.wait_for(b.gone.wait(), 2)
+    health = d.sup.service.health
+    await until(lambda: health.inflight(A) == 0 and health.inflight(B) == 0)
+    assert await breaker(d, A) == ("closed", 0) and await breaker(d, B) == ("closed", 0)
+    await until(lambda: hedged_events(d) != [])
+    assert hedged_events(d)[0]["outcome"] == "cancelled"
+    assert hedged_events(d)[0]["winner"] is None
+
+
+@pytest.mark.parametrize(("routing", "models", "hedged"), [
+    ("hedge_after = 0", f"{A}: hedge_after = 0.05", True),   # on for the slow model only
+    ("hedge_after = 0.05", f"{A}: hedge_after = 0", False),  # off for it
+    ("hedge_after = 5", f"{A}: hedge_after = 0.05", True),   # sooner for it
+])
+async def test_a_models_hedge_after_overrides_routings(
+        start_daemon: Any, fake_openai: Any, routing: str, models: str, hedged: bool) -> None:
+    a = await fake_openai(default="slow:0.25", reply="from a")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b, routing=routing, models=models))
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == (B if hedged else A)
+    assert ("x-failoverd-hedge" in resp.headers) is hedged
+    assert len(b.chat_requests()) == int(hedged)
+
+
+async def test_a_hooks_model_hedged_subscription_gets_the_event(
+        start_daemon: Any, fake_openai: Any, tmp_path: Any) -> None:
+    out = tmp_path / "events"
+    hook = tmp_path / "hook"
+    hook.write_text(f"#!/bin/sh\ncat >> {out}\necho >> {out}\n")
+    hook.chmod(0o755)
+    a = await fake_openai(default="slow:5")
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b) + f'[[hooks]]\nevents = ["model:hedged", '
+                           f'"model:failover"]\nexec = ["{hook}"]\n')
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == B
+    await until(lambda: out.exists() and out.read_text().strip() != "")
+    lines = [orjson.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    assert [x["type"] for x in lines] == ["model:hedged"]  # no model:failover hook run
+    assert lines[0]["to_model"] == B and lines[0]["outcome"] == "won"
