@@ -99,8 +99,12 @@ def gemini_schema(schema: Any, where: str) -> dict[str, Any]:
     """
     if not isinstance(schema, dict):
         raise _bad("a JSON schema must be an object", where)
-    defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    defs = {**_object(schema.get("definitions")), **_object(schema.get("$defs"))}
     return _schema(schema, defs, where, 0)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _schema(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str, Any]:
@@ -109,7 +113,7 @@ def _schema(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str
     if "$ref" in node:
         ref = str(node["$ref"])
         target = defs.get(ref.rsplit("/", 1)[-1]) if ref.startswith("#/") else None
-        if target is None:
+        if not isinstance(target, dict):
             raise _fail(f"$ref {ref!r} (not a local definition)", where)
         if depth >= _MAX_REF_DEPTH:
             raise _fail(f"recursive $ref {ref!r}", where)
@@ -117,7 +121,7 @@ def _schema(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str
         return _schema(merged, defs, where, depth + 1)
     all_of = node.get("allOf")
     if isinstance(all_of, list) and len(all_of) == 1:
-        merged = {**all_of[0], **{k: v for k, v in node.items() if k != "allOf"}}
+        merged = {**_object(all_of[0]), **{k: v for k, v in node.items() if k != "allOf"}}
         return _schema(merged, defs, where, depth + 1)
     if all_of:
         raise _fail("allOf with more than one schema", f"{where}.allOf")
@@ -139,7 +143,7 @@ def _schema(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str
         if key in node:
             out[key] = node[key]
     fmt = node.get("format")
-    if fmt is not None and fmt in _FORMATS.get(str(type_), ()):
+    if isinstance(fmt, str) and fmt in _FORMATS.get(str(type_), ()):
         out["format"] = fmt
     enum = node.get("enum", [node["const"]] if "const" in node else None)
     if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
@@ -148,7 +152,9 @@ def _schema(node: Any, defs: dict[str, Any], where: str, depth: int) -> dict[str
     if isinstance(props, dict) and props:
         out["properties"] = {name: _schema(sub, defs, f"{where}.properties.{name}", depth)
                              for name, sub in props.items()}
-        required = [r for r in node.get("required") or () if r in props]
+        listed = node.get("required")
+        required = [r for r in listed if isinstance(r, str) and r in props] \
+            if isinstance(listed, list) else None
         if required:
             out["required"] = required
     items = node.get("items")
@@ -407,7 +413,7 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
         raise _fail(f"response_format {fmt!r}", "response_format")
     effort = body.get("reasoning_effort")
     if effort is not None:
-        if effort not in _THINKING_BUDGET:
+        if not isinstance(effort, str) or effort not in _THINKING_BUDGET:
             raise _fail(f"reasoning_effort {effort!r}", "reasoning_effort")
         cfg["thinkingConfig"] = {"thinkingBudget": _THINKING_BUDGET[effort]}
     return cfg
