@@ -137,7 +137,7 @@ def _front_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
             raise TranslationError(f"output_config.{key}: not supported by failoverd's "
                                    "translation", param=f"output_config.{key}")
     effort = config.get("effort")
-    if effort is not None and effort not in _EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in _EFFORTS):
         raise RequestError(f"output_config.effort: must be one of {', '.join(_EFFORTS)}, got "
                            f"{effort!r}", param="output_config.effort")
     hint = _EFFORTS[effort] if effort is not None else None

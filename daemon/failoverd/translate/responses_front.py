@@ -320,7 +320,7 @@ def _input_item(item: Any, path: str, messages: list[dict[str, Any]],
 
 def _message(item: dict[str, Any], path: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:  # a list is unhashable: a TypeError
         raise RequestError(f"{path}.role: must be one of {', '.join(sorted(_ROLES))}",
                            param=f"{path}.role")
     content = item.get("content")
@@ -443,7 +443,7 @@ def _reasoning(reasoning: dict[str, Any]) -> str | None:
     effort = reasoning.get("effort")
     if effort is None:
         return None
-    if effort not in _EFFORTS:
+    if not isinstance(effort, str) or effort not in _EFFORTS:
         raise RequestError(f"reasoning.effort: must be one of {', '.join(sorted(_EFFORTS))}",
                            param="reasoning.effort")
     return str(effort)
