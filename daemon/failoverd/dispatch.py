@@ -25,7 +25,7 @@ from failoverd.errors import (
 )
 from failoverd.failures import FailureReason, policy
 from failoverd.hedge import HedgeFailed, HedgeInfo, Lane, cancel_all, race
-from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider
+from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider, RateLimitSink
 from failoverd.requirements import Requirements
 from failoverd.selection import context_reason, output_reservation, truncate
 from failoverd.timeouts import timeout
@@ -54,6 +54,11 @@ class Permit(Protocol):
 
 class Health(Protocol):
     """What the dispatcher needs of the breakers (health.HealthRegistry)."""
+
+    @property
+    def upstream(self) -> RateLimitSink:
+        """Takes the upstreams' rate-limit headers (upstreamlimits.py)."""
+        ...
 
     def acquire(self, model_id: str) -> Permit | None: ...
     def available(self, model_id: str) -> tuple[bool, str | None]: ...
@@ -438,6 +443,7 @@ class Dispatcher:
                 first_token=min(model.first_token_timeout, remaining),
                 idle=model.stream_idle_timeout,
                 notices=outcome.notices,
+                upstream=self.health.upstream if self.health is not None else None,
             )
             outcome.upstream_attempts += 1
             started = self.clock.monotonic()

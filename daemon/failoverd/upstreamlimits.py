@@ -152,18 +152,19 @@ class UpstreamLimits:
     def _update(self, family: str, model_id: str, requests: str | None,
                 requests_wait: float | None, tokens: str | None, tokens_wait: float | None,
                 wall: float | None) -> None:
+        requests_left, tokens_left = _count(requests), _count(tokens)
+        if requests_left is None and tokens_left is None:
+            return  # nothing usable: what an earlier answer said stands
         now = self.clock.monotonic()
         known = self._known.get(model_id)
         if known is None:
             known = self._known[model_id] = _Known(family)
         was_out = self._requests_wait(known, now) > 0
-        count = _count(requests)
-        if count is not None:
-            known.requests = count
+        if requests_left is not None:
+            known.requests = requests_left
             known.requests_until = 0.0 if requests_wait is None else now + requests_wait
-        count = _count(tokens)
-        if count is not None:
-            known.tokens = count
+        if tokens_left is not None:
+            known.tokens = tokens_left
             known.tokens_until = 0.0 if tokens_wait is None else now + tokens_wait
         known.family = family
         known.at = self.clock.time() if wall is None else wall

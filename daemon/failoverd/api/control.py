@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from failoverd import __version__, complexity, requirements, selection
+from failoverd import __version__, complexity, requirements, selection, upstreamlimits
 from failoverd.api.body import read_json
 from failoverd.api.fronts import OPENAI
 from failoverd.api.proxy import pinned
@@ -273,6 +273,8 @@ async def select(request: web.Request) -> web.Response:
             route = svc.route(rt, {**body, "model": model,
                                    "messages": body.get("messages", [])},
                               pin, normalize_key(session) if session else None, preview=True)
+            # the upstreams' token budgets measured against these requirements' prompt
+            upstreamlimits.ask(body, needs.prompt_tokens)
     except RequestError as exc:
         return request_error(exc)
     truncating = rt.config.routing.context_policy == "truncate" and "messages" in body
