@@ -199,7 +199,9 @@ class HealthRegistry:
         """Whether a call to the model would be admitted now, and if not why; no side effects.
 
         Reasons: unknown, auth, billing, open, forced_open, half_open (trial slots taken),
-        max_concurrency. Lazy transitions (a period that just ended) are left to ``acquire``.
+        max_concurrency, max_rpm, max_tpm, a spending cap, upstream_rpm / upstream_tpm (the
+        upstream's rate-limit headers; upstream_tpm for the request this task routes). Lazy
+        transitions (a period that just ended) are left to ``acquire``.
         """
         breaker = self._breakers.get(model_id)
         if breaker is None:
