@@ -149,6 +149,26 @@ async def test_a_stream_head_counts(limited_openai: Any, http_client: HttpClient
     assert reg.available("a/m") == (False, "upstream_rpm")
 
 
+@pytest.mark.parametrize("endpoint", ["embed", "complete_text", "stream_text"])
+async def test_every_openai_endpoint_tells(limited_openai: Any, http_client: HttpClient,
+                                          endpoint: str) -> None:
+    """Embeddings and legacy text completions (streamed or not) read the headers as chats
+    do; their requests are not measured, so only a spent request budget skips them."""
+    fake = await limited_openai(limits=OPENAI_SPENT)
+    clock = ManualClock()
+    reg, cfg = registry(providers(a=fake.url), clock)
+    provider = make_provider(cfg.providers["a"], http_client)
+    model = cfg.models["a/m"]
+    if endpoint == "embed":
+        await provider.embed({"model": "a/m", "input": "hello"}, model, limits(reg))
+    elif endpoint == "complete_text":
+        await provider.complete_text({"prompt": "hello"}, model, limits(reg))
+    else:
+        async for _ in provider.stream_text({"prompt": "hello"}, model, limits(reg)):
+            pass
+    assert reg.available("a/m") == (False, "upstream_rpm")
+
+
 async def test_a_429_tells_too(limited_openai: Any, http_client: HttpClient) -> None:
     """An error answer's headers are read as well: OpenRouter sends its X-RateLimit-* only
     with its 429s (openrouter.ai/docs/api_reference/limits), the reset in epoch ms."""
@@ -234,6 +254,9 @@ async def test_anthropic_input_tokens_and_prompt_caching(
     upstreamlimits.ask({"messages": [{"role": "user", "content": [
         {"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}]})
     assert reg.available("a/m") == (True, None)
+    # none left at all: not even the uncached part of a cached prompt fits
+    reg.upstream.seen("anthropic", "a/m", anthropic_limits(clock, input_tokens="0"))
+    assert reg.available("a/m") == (False, "upstream_tpm")
 
 
 # ---------------------------------------------------------------------- what is not trusted

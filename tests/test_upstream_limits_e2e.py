@@ -109,9 +109,16 @@ async def test_tokens_below_the_prompt_skip_a_big_request_not_a_small_one(
     assert (picked[0]["eligible"], picked[0]["reason"]) == (False, "upstream_tpm")
     picked = (await d.http.post("/v1/select", json={"messages": HELLO})).json()["candidates"]
     assert picked[0]["eligible"] is True
+    # pinned: the 503 says when the tokens come back (6m0s)
+    big = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": BIG},
+                            headers={"x-failoverd-no-fallback": "1"})
+    assert big.status_code == 503 and big.headers["Retry-After"] == "360"
+    assert big.json()["error"]["attempts"][0]["message"] == "upstream_tpm"
+    assert calls(a) == 2
     clock.advance(360)
     big = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": BIG})
     assert big.headers["x-failoverd-model"] == PRIMARY
+    assert calls(a) == 3
 
 
 async def test_anthropic_rfc3339_reset(limited_anthropic: Any, fake_openai: Any,
