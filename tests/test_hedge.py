@@ -12,10 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.fakes.base import fake_fixture
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, breaker, chat, metric, sse_json, until
+from tests.test_audio import Whisper
 from tests.test_stream_review import WatchedOpenAI, raw_stream
 
 A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
@@ -318,3 +320,88 @@ async def test_a_hooks_model_hedged_subscription_gets_the_event(
     lines = [orjson.loads(x) for x in out.read_text().splitlines() if x.strip()]
     assert [x["type"] for x in lines] == ["model:hedged"]  # no model:failover hook run
     assert lines[0]["to_model"] == B and lines[0]["outcome"] == "won"
+
+
+async def test_embeddings_are_hedged_within_their_chain(
+        start_daemon: Any, fake_openai: Any) -> None:
+    a = await fake_openai(default="slow:5")
+    b = await fake_openai()
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "openai"
+base_url = "{b.url}"
+[models."a/embed"]
+provider = "a"
+name = "text-embedding-3-small"
+capabilities = ["embeddings"]
+[models."b/embed"]
+provider = "b"
+name = "text-embedding-3-small"
+capabilities = ["embeddings"]
+[chains.vectors]
+models = ["a/embed", "b/embed"]
+[routing]
+hedge_after = 0.05
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+""")
+    raw = await d.openai.embeddings.with_raw_response.create(model="vectors", input="hi")
+    assert len(raw.parse().data[0].embedding) == 8
+    assert raw.headers["x-failoverd-model"] == "b/embed"
+    assert raw.headers["x-failoverd-hedge"] == "a/embed>b/embed:won"
+    assert len(a.embedding_requests()) == 1 and len(b.embedding_requests()) == 1
+
+
+class SlowWhisper(Whisper):
+    """The speech-to-text fake, answering after `delay` seconds."""
+
+    def __init__(self, name: str, delay: float) -> None:
+        super().__init__(name)
+        self.delay = delay
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.delay)
+        return await super()._handle(request)
+
+
+async def test_transcriptions_are_never_hedged(start_daemon: Any) -> None:
+    slow, fast = await SlowWhisper("slow", 0.25).start(), await Whisper("fast").start()
+    try:
+        d = await start_daemon(f"""
+[providers.s]
+kind = "openai"
+base_url = "{slow.url}"
+[providers.f]
+kind = "openai"
+base_url = "{fast.url}"
+[models."s/whisper"]
+provider = "s"
+name = "whisper-1"
+capabilities = ["transcription"]
+[models."f/whisper"]
+provider = "f"
+name = "whisper-1"
+capabilities = ["transcription"]
+[models."s/chat"]
+provider = "s"
+[chains.ears]
+models = ["s/whisper", "f/whisper"]
+[routing]
+primary = "s/chat"
+hedge_after = 0.05
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+""")
+        raw = await d.openai.audio.transcriptions.with_raw_response.create(
+            model="ears", file=("a.wav", b"RIFF0000WAVEfmt "))
+        assert raw.headers["x-failoverd-model"] == "s/whisper"
+        assert "x-failoverd-hedge" not in raw.headers
+        assert len(slow.forms) == 1 and fast.forms == []  # one transcription made, not two
+    finally:
+        await slow.close()
+        await fast.close()
