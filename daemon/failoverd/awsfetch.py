@@ -1,4 +1,4 @@
-"""How each source of temporary credentials is fetched (awscreds.py's `RefreshingCredentials`
+"""How each source of temporary credentials is fetched (awsruntime.py's `RefreshingCredentials`
 around awsmetadata.py, awsprocess.py, awssts.py, awswebidentity.py and awssso.py), and how
 logs name it."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import weakref
 
-from failoverd import awscreds, awsmetadata, awsprocess, awssso, awssts, awswebidentity
+from failoverd import awsmetadata, awsprocess, awsruntime, awssso, awssts, awswebidentity
 from failoverd.awscreds import (
     AssumeRole,
     AwsCredentials,
@@ -15,11 +15,11 @@ from failoverd.awscreds import (
     CredentialProcess,
     InstanceMetadata,
     Refreshing,
-    RefreshingCredentials,
     SsoRole,
     WebIdentityRole,
     bare,
 )
+from failoverd.awsruntime import RefreshingCredentials
 from failoverd.clock import Clock, SystemClock
 from failoverd.http1 import HttpClient
 
@@ -28,13 +28,13 @@ __all__ = ["describe", "refreshing"]
 
 def refreshing(source: Refreshing, client: HttpClient,
                given: Clock | None) -> RefreshingCredentials:
-    """A `RefreshingCredentials` fetching from `source` (awscreds.open_source keeps one per
+    """A `RefreshingCredentials` fetching from `source` (awsruntime.open_source keeps one per
     client, source and clock)."""
     clock = given or SystemClock()
     # weakly: `_refreshing` holds this by the client, which must not keep itself alive
     client_ref = weakref.ref(client)
     # an assumed role's own source: what signs its AssumeRole calls
-    inner = (awscreds.open_source(source.source, client=client, clock=given)
+    inner = (awsruntime.open_source(source.source, client=client, clock=given)
              if isinstance(source, AssumeRole) else None)
 
     async def fetch() -> AwsCredentials:

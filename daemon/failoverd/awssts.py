@@ -27,14 +27,9 @@ import re
 import xml.etree.ElementTree as ET  # noqa: S405 - see _xml: no DTD is parsed
 from urllib.parse import urlencode
 
-from failoverd.awscreds import (
-    AssumeRole,
-    AwsCredentials,
-    AwsCredentialsError,
-    CredentialSource,
-    temporary,
-)
+from failoverd.awscreds import AssumeRole, AwsCredentials, AwsCredentialsError, temporary
 from failoverd.awsmetadata import call
+from failoverd.awsruntime import CredentialSource
 from failoverd.boundedcall import transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient

@@ -50,7 +50,8 @@ from urllib.parse import quote
 
 import orjson
 
-from failoverd.awscreds import AwsCredentials, AwsCredentialsError, CredentialSource, open_source
+from failoverd.awscreds import AwsCredentials, AwsCredentialsError
+from failoverd.awsruntime import CredentialSource, open_source
 from failoverd.clock import Clock, SystemClock
 from failoverd.config import ModelConfig, ProbeKind, ProviderConfig
 from failoverd.errors import RequestError, UpstreamError
