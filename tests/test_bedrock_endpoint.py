@@ -78,3 +78,20 @@ async def test_the_daemon_reaches_bedrock_through_the_configured_endpoint(
     # signed for the provider's region whatever the host (the fake checks the scope)
     assert fake.requests[-1].headers["Authorization"].startswith(
         f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
+
+
+def test_a_config_file_that_cannot_be_parsed_fails_the_environments_keys_too(
+        tmp_path: Path) -> None:
+    """As botocore (and every AWS CLI command) fails on it: the endpoint settings are read
+    whatever signs. Reported once when the profile's credentials fail on it as well."""
+    env = home(tmp_path, config="[profile p\nendpoint_url = http://127.0.0.1:1\n")
+    body = ('[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n{extra}'
+            '[models."b/m"]\nprovider = "b"\n')
+    problem = f"{tmp_path}/.aws/config is not a valid config file"
+    for extra, more, key in (("", {"AWS_ACCESS_KEY_ID": "AKIAENV",
+                                   "AWS_SECRET_ACCESS_KEY": "s"}, "providers.b"),
+                             ('aws_profile = "p"\n', {}, "providers.b.aws_profile")):
+        with pytest.raises(ConfigError) as caught:
+            config.loads(body.format(extra=extra), env={**env, **more})
+        assert [p for p in caught.value.problems if problem in p] == [
+            f"{key}: {problem}: File contains no section headers."], caught.value.problems
