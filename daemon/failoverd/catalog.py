@@ -24,7 +24,6 @@ from failoverd.googlecreds import (
     project_of,
 )
 from failoverd.googlecreds import choose_source as choose_google_source
-from failoverd.hedge import read_hedge_after
 from failoverd.http1 import Proxy
 from failoverd.http1.client import Target
 from failoverd.tomlreader import Section
@@ -53,6 +52,8 @@ Tier = Literal["small", "medium", "large"]
 MAX_IN_FLIGHT = 1_000_000  # max_inflight, max_concurrency, half_open_calls: calls at once
 MAX_TOKENS_PER_MINUTE = 10**12  # max_tpm
 MAX_RETRIES = 100  # same-model retries: the backoff doubles per retry
+# hedge_after (hedge.py): the longest deadline a request may ask for (x-failoverd-deadline)
+MAX_HEDGE_AFTER = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +513,16 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
                     "made, and billed, in full)")
     sec.finish()
     return cfg
+
+
+def read_hedge_after(sec: Section) -> float:
+    """A `hedge_after` key (routing's or a model's): seconds, 0 (off) to MAX_HEDGE_AFTER."""
+    value = sec.number("hedge_after", 0.0)
+    if value > MAX_HEDGE_AFTER:
+        sec.problem("hedge_after", f"must be at most {MAX_HEDGE_AFTER:g} seconds (0 = off), "
+                    f"got {value:g}")
+        return 0.0
+    return value
 
 
 def _cap(sec: Section, key: str) -> float:

@@ -26,11 +26,10 @@ from failoverd.catalog import ModelKind as ModelKind
 from failoverd.catalog import ProviderConfig as ProviderConfig
 from failoverd.catalog import ProviderKind as ProviderKind
 from failoverd.catalog import Tier as Tier
-from failoverd.catalog import read_model, read_provider
+from failoverd.catalog import read_hedge_after, read_model, read_provider
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
-from failoverd.hedge import read_hedge_after
 from failoverd.pools import PoolConfig, read_pools
 from failoverd.tomlreader import Section
 

@@ -24,19 +24,17 @@ from failoverd.errors import (
     UpstreamError,
 )
 from failoverd.failures import FailureReason, policy
-from failoverd.hedge import HedgeFailed, HedgeInfo, Lane, cancel_all, race
+from failoverd.fitting import answer_room, cap_output, fit_context, lacking
+from failoverd.hedge import HedgeFailed, HedgeInfo, pick_target
+from failoverd.hedge import run as hedge_run
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider, RateLimitSink
 from failoverd.requirements import Requirements
-from failoverd.selection import context_reason, output_reservation, truncate
 from failoverd.timeouts import timeout
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
-# Room for the answer that context_policy = "truncate" leaves when the request sets no
-# max_tokens but the adapter must send one (Anthropic)
-TRUNCATED_ANSWER_ROOM = 4096
 # Time left below this counts as none: uvloop's timers have millisecond resolution and fire up
 # to a millisecond early, so an attempt cut by the request's deadline finds a hair of it left;
 # failing over with that would list (and charge) a fallback that could not have answered.
@@ -316,10 +314,10 @@ class Dispatcher:
                     continue
                 verdict = FailoverVerdict()
                 info: FailoverInfo | None = None
-                lacking = _lacking(model, needs)
-                if lacking is not None:
+                missing = lacking(model, needs)
+                if missing is not None:
                     outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
-                                                    lacking))
+                                                    missing))
                     continue
                 if last_error is not None:
                     outcome.failovers.append(f"{last_model}>{model_id}:{last_error.reason}")
@@ -335,9 +333,9 @@ class Dispatcher:
                             raise failed
                 default_output = self.providers[model.provider].default_output(model)
                 try:
-                    fitted, skip = _fit_context(model, body, needs,
-                                                verdict.context or cfg.routing.context_policy,
-                                                outcome, default_output)
+                    fitted, skip = fit_context(model, body, needs,
+                                               verdict.context or cfg.routing.context_policy,
+                                               outcome.notices, default_output)
                 except ContextRefused:
                     if last_error is not None:
                         outcome.failovers.pop()  # `fail` ends it here: the hop is not taken
@@ -348,8 +346,8 @@ class Dispatcher:
                     outcome.attempts.append(Attempt(model_id, FailureReason.INCAPABLE, None,
                                                     skip))
                     continue
-                req = _cap_output(fitted, model, _answer_room(model, needs, fitted is not body,
-                                                              default_output))
+                req = cap_output(fitted, model, answer_room(model, needs, fitted is not body,
+                                                            default_output))
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
@@ -514,97 +512,26 @@ class Dispatcher:
                       min_context: int | None, session: str | None,
                       tried: tuple[str, ...]) -> tuple[str, Any]:
         """`model`'s attempt, raced by the next candidate available now once it has no first
-        byte after `after` seconds (hedge.py): (the model that served, its result). Raises
+        byte after `after` seconds (hedge.run): (the model that served, its result). Raises
         as _try_model does, or HedgeFailed when both attempts failed."""
         if after >= self._remaining(deadline) - DEADLINE_SLACK:
             # no hedge could start before the deadline: the plain attempt
             return model.id, await self._try_model(model, req, deadline, outcome, call,
                                                    streaming)
-        first = Lane(model.id, asyncio.ensure_future(
-            self._try_model(model, req, deadline, outcome, call, streaming)))
-        try:
-            done, _ = await asyncio.wait((first.task,), timeout=after)
-        except BaseException:
-            await cancel_all({first.task})
-            raise
-        target = None if done else self._hedge_target(model, body, candidates, needs,
-                                                      min_context, tried)
-        if target is None:
-            # awaiting the task itself: a cancellation of the request cancels it too
-            return model.id, await first.task
-        to, to_req, permit = target
-        started = False
 
-        async def hedge() -> Any:
-            nonlocal started
-            started = True
-            return await self._try_model(to, to_req, deadline, outcome, call, streaming,
-                                         permit)
+        def hedge_to() -> tuple[str, Coroutine[Any, Any, Any], Permit | None] | None:
+            target = pick_target(self.config, self.health, self.providers, model.id, body,
+                                 candidates, needs, min_context, tried)
+            if target is None:
+                return None
+            to, to_req, permit = target
+            return to.id, self._try_model(to, to_req, deadline, outcome, call, streaming,
+                                          permit), permit
 
-        second = Lane(to.id, asyncio.ensure_future(hedge()))
-        info = HedgeInfo(model.id, to.id, after, "cancelled", None, session)
-        try:
-            finish = await race(first, second)
-        except HedgeFailed:
-            info.outcome = "failed"
-            raise
-        except BaseException:
-            if second.task.done() and not second.task.cancelled() \
-                    and second.task.exception() is not None:
-                info.outcome = "failed"
-            raise
-        else:
-            for failed_id, exc in finish.failures:
-                outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status,
-                                                exc.message))
-            info.winner = finish.winner.model
-            if finish.winner is second:
-                info.outcome = "won"
-            else:
-                info.outcome = "failed" if finish.failures else "lost"
-            if finish.late_lane is not None:
-                info.loser = finish.late_lane.model
-                info.loser_usage = await _discard(finish.late)
-            return finish.winner.model, finish.result
-        finally:
-            if not started and permit is not None:
-                permit.release(called=False)  # the hedge never ran: its call was not made
-            outcome.hedges.append(info.header())
-            if self.on_hedge is not None:
-                self.on_hedge(info)
-
-    def _hedge_target(self, model: ModelConfig, body: dict[str, Any],
-                      candidates: Sequence[str], needs: Requirements | None,
-                      min_context: int | None, tried: tuple[str, ...]
-                      ) -> tuple[ModelConfig, dict[str, Any], Permit | None] | None:
-        """The candidate after `model` that can serve the request now, its request and its
-        permit (taken: a hedge never waits), or None. Not the same model, none a hedge
-        tried already, none lacking a capability or too small for the request (a hedge
-        never truncates), none that a limit or its breaker holds back."""
-        cfg = self.config
-        behind = True
-        for model_id in candidates:
-            if behind:
-                behind = model_id != model.id
-                continue
-            if model_id == model.id or model_id in tried:
-                continue
-            other = cfg.models[model_id]
-            if min_context is not None and (other.context_window or 0) <= min_context:
-                continue
-            if _lacking(other, needs) is not None:
-                continue
-            if needs is not None and context_reason(other, needs) is not None:
-                continue
-            permit: Permit | None = None
-            if self.health is not None:
-                permit = self.health.acquire(model_id)
-                if permit is None:
-                    continue
-            default_output = self.providers[other.provider].default_output(other)
-            req = _cap_output(body, other, _answer_room(other, needs, False, default_output))
-            return other, req, permit
-        return None
+        return await hedge_run(
+            model.id, self._try_model(model, req, deadline, outcome, call, streaming), after,
+            hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session), outcome,
+            self.on_hedge, _discard)
 
     # ------------------------------------------------------------------ helpers
 
@@ -673,80 +600,6 @@ class Dispatcher:
             if soonest is not None:
                 return max(1.0, soonest)
         return 1.0
-
-
-def _lacking(model: ModelConfig, needs: Requirements | None) -> str | None:
-    """Why `model` cannot serve the request's needs, or None. A model whose config omits
-    `capabilities` is not screened: unknown is not the same as none."""
-    if needs is None or not model.capabilities_declared:
-        return None
-    missing = sorted(needs.needs - model.capabilities)
-    return f"lacks capability: {', '.join(missing)}" if missing else None
-
-
-def _fit_context(model: ModelConfig, body: dict[str, Any], needs: Requirements | None,
-                 policy_name: ContextPolicy, outcome: Outcome,
-                 default_output: int | None = None) -> tuple[dict[str, Any], str | None]:
-    """The request as `model` gets it under the context policy: (body, None) to try it,
-    (body, reason) to skip it; raises for `fail`. `default_output`: the max_tokens the
-    adapter sends when the request sets none."""
-    too_big = context_reason(model, needs) if needs is not None else None
-    if too_big is None or needs is None:
-        return body, None
-    if policy_name == "fail":
-        raise ContextRefused(FailureReason.CONTEXT_OVERFLOW,
-                             f"{model.id}: {too_big} (context_policy = fail)", status=400,
-                             provider=model.provider, model=model.id)
-    if policy_name == "skip":
-        return body, too_big
-    # the same reservation the check made: what the model can write, not what was asked;
-    # with none asked but one the adapter must send, room for an answer of up to 4096
-    reserve = output_reservation(model, needs)
-    if needs.output_tokens is None and default_output is not None:
-        reserve = min(default_output, TRUNCATED_ANSWER_ROOM)
-    shorter = truncate(body, model.context_window, reserve)
-    if shorter is None:
-        return body, f"{too_big}; truncation cannot make it fit"
-    dropped = len(body["messages"]) - len(shorter["messages"])
-    outcome.notices.append(f"{model.id}: dropped {dropped} oldest message(s) to fit its "
-                           "context window")
-    return shorter, None
-
-
-def _answer_room(model: ModelConfig, needs: Requirements | None, truncated: bool,
-                 default_output: int | None) -> int | None:
-    """For a request that sets no output limit, to an adapter that must send one
-    (`default_output`, Anthropic's max_tokens): the limit that fits the window when it is
-    less than that default, else None. Anthropic refuses prompt + max_tokens over the window
-    ("input length and max_tokens exceed context limit") where an OpenAI model writes until
-    the window is full; a truncated request left itself TRUNCATED_ANSWER_ROOM."""
-    if default_output is None or needs is None or needs.output_tokens is not None \
-            or not model.context_window:
-        return None
-    room = (min(default_output, TRUNCATED_ANSWER_ROOM) if truncated
-            else model.context_window - needs.prompt_tokens)
-    return max(room, 1) if room < default_output else None
-
-
-def _cap_output(body: dict[str, Any], model: ModelConfig, room: int | None) -> dict[str, Any]:
-    """The request with max_tokens / max_completion_tokens cut to what the model can write
-    (its max_output_tokens): a fallback smaller than the model the client wrote for would
-    refuse the request (OpenAI: "max_tokens is too large"), and the context check reserves
-    only that much; `room` (see _answer_room) is the limit of a request that sets none. The
-    body itself is not changed."""
-    if room is not None and "max_tokens" not in body and "max_completion_tokens" not in body:
-        return {**body, "max_tokens": room}
-    cap = model.max_output_tokens
-    if not cap:
-        return body
-    out: dict[str, Any] | None = None
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if type(value) is int and value > cap:
-            if out is None:
-                out = dict(body)
-            out[key] = cap
-    return body if out is None else out
 
 
 def _stream_chat(provider: Provider) -> _Stream:

@@ -7,44 +7,37 @@ two to answer wins; the other is cancelled at once: its upstream connection clos
 permit given back without an outcome, so its breaker does not count it. A failure of either
 is counted as usual while the other goes on; when both fail, the chain goes on after them.
 
-This module holds what that needs apart from the attempt loop: the config key, the race of
-two attempts, and the report (event, metric, the loser's usage) of each hedge.
+This module holds what that needs apart from the attempt loop: the choice of the hedge, the
+hedged attempt and the race of its two calls, and the report (event, metric, the loser's
+usage) of each hedge. The config keys are read in catalog.py (read_hedge_after).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from failoverd.errors import UpstreamError
+from failoverd.errors import Attempt, UpstreamError
 from failoverd.failures import FailureReason, policy
-from failoverd.tomlreader import Section
+from failoverd.fitting import answer_room, cap_output, lacking
+from failoverd.selection import context_reason
 
 if TYPE_CHECKING:
+    from failoverd.config import Config, ModelConfig
+    from failoverd.dispatch import Health, Outcome, Permit
     from failoverd.events import EventBus
     from failoverd.metrics import Metrics
+    from failoverd.providers.base import Provider
+    from failoverd.requirements import Requirements
 
-__all__ = ["MAX_HEDGE_AFTER", "HedgeFailed", "HedgeInfo", "Lane", "cancel_all", "race",
-           "read_hedge_after", "reporter"]
-
-# The longest a request may run (x-failoverd-deadline's bound): a later hedge never starts
-MAX_HEDGE_AFTER = 86400.0
+__all__ = ["HedgeFailed", "HedgeInfo", "Lane", "cancel_all", "pick_target", "race", "reporter",
+           "run"]
 
 # won: the hedge served; lost: the attempt it hedged served first; failed: the hedge failed;
 # cancelled: the request ended (the client left, a refusal no candidate gets past) first
 HedgeOutcome = Literal["won", "lost", "failed", "cancelled"]
-
-
-def read_hedge_after(sec: Section) -> float:
-    """A `hedge_after` key (routing's or a model's): seconds, 0 (off) to MAX_HEDGE_AFTER."""
-    value = sec.number("hedge_after", 0.0)
-    if value > MAX_HEDGE_AFTER:
-        sec.problem("hedge_after", f"must be at most {MAX_HEDGE_AFTER:g} seconds (0 = off), "
-                    f"got {value:g}")
-        return 0.0
-    return value
 
 
 @dataclass(slots=True)
@@ -94,6 +87,106 @@ class Finish:
     failures: list[tuple[str, UpstreamError]]
     late: Any = None
     late_lane: Lane | None = None
+
+
+def pick_target(config: Config, health: Health | None, providers: Mapping[str, Provider],
+                model_id: str, body: dict[str, Any], candidates: Sequence[str],
+                needs: Requirements | None, min_context: int | None, tried: tuple[str, ...]
+                ) -> tuple[ModelConfig, dict[str, Any], Permit | None] | None:
+    """The candidate after `model_id` that can serve the request now, the request as it gets
+    it, and its permit (taken: a hedge never waits); None when there is none. Not the same
+    model, none a hedge called already, none lacking a capability or too small for the
+    request (a hedge never truncates), none that a limit, its breaker or its provider's
+    block holds back (health.acquire says no)."""
+    behind = True
+    for candidate in candidates:
+        if behind:
+            behind = candidate != model_id
+            continue
+        if candidate == model_id or candidate in tried:
+            continue
+        other = config.models[candidate]
+        if min_context is not None and (other.context_window or 0) <= min_context:
+            continue
+        if lacking(other, needs) is not None:
+            continue
+        if needs is not None and context_reason(other, needs) is not None:
+            continue
+        permit: Permit | None = None
+        if health is not None:
+            permit = health.acquire(candidate)
+            if permit is None:
+                continue
+        default_output = providers[other.provider].default_output(other)
+        req = cap_output(body, other, answer_room(other, needs, False, default_output))
+        return other, req, permit
+    return None
+
+
+# what hedges an attempt: the model, its attempt (a coroutine, not started) and the permit
+# taken for it; None when no candidate can be called now
+HedgeTo = Callable[[], "tuple[str, Coroutine[Any, Any, Any], Permit | None] | None"]
+
+
+async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
+              hedge_to: HedgeTo, info: HedgeInfo, outcome: Outcome,
+              report: Callable[[HedgeInfo], None] | None,
+              discard: Callable[[Any], Awaitable[Any]]) -> tuple[str, Any]:
+    """`attempt` (on `model_id`), hedged by `hedge_to()`'s once it has not answered after
+    `after` seconds: (the model that served, its result). Raises what the attempt raises
+    when it is not hedged; HedgeFailed when both failed. `info` is filled in and reported,
+    and its part of x-failoverd-hedge added to `outcome`; `discard` closes a loser's answer
+    that came at the same moment as the winner's and returns its usage."""
+    first = Lane(model_id, asyncio.ensure_future(attempt))
+    try:
+        done, _ = await asyncio.wait((first.task,), timeout=after)
+    except BaseException:
+        await cancel_all({first.task})
+        raise
+    target = None if done else hedge_to()
+    if target is None:
+        # awaiting the task itself: a cancellation of the request cancels it too
+        return model_id, await first.task
+    to_id, to_attempt, permit = target
+    info.to_model = to_id
+    started = False
+
+    async def hedge() -> Any:
+        nonlocal started
+        started = True
+        return await to_attempt
+
+    second = Lane(to_id, asyncio.ensure_future(hedge()))
+    try:
+        finish = await race(first, second)
+    except HedgeFailed:
+        info.outcome = "failed"
+        raise
+    except BaseException:
+        if second.task.done() and not second.task.cancelled() \
+                and second.task.exception() is not None:
+            info.outcome = "failed"
+        raise
+    else:
+        for failed_id, exc in finish.failures:
+            outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status, exc.message))
+        info.winner = finish.winner.model
+        if finish.winner is second:
+            info.outcome = "won"
+        else:
+            info.outcome = "failed" if finish.failures else "lost"
+        if finish.late_lane is not None:
+            info.loser = finish.late_lane.model
+            info.loser_usage = await discard(finish.late)
+        return finish.winner.model, finish.result
+    finally:
+        if not started:
+            to_attempt.close()  # never started: nothing to clean up but the coroutine
+            if permit is not None:
+                permit.release(called=False)  # its call was not made
+        outcome.hedges.append(info.header())
+        if report is not None:
+            report(info)
 
 
 async def race(first: Lane, second: Lane) -> Finish:
