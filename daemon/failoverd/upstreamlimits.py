@@ -1,6 +1,8 @@
 """What the upstreams' own rate-limit headers say of a model's budget, before any 429.
 
-Providers tell their remaining budget in the headers of every answer, successes included:
+Providers tell their remaining budget in the headers of their answers, successes included
+(read from every 200 and a stream's 200 head; an error's wait is the failure's own, its
+Retry-After, which the breaker and the same-model retry go by):
 OpenAI and the servers that copy it (Groq, DeepSeek, Together, Azure OpenAI v1)
 ``x-ratelimit-remaining-requests`` / ``-tokens`` with ``x-ratelimit-reset-requests`` /
 ``-tokens`` as Go durations ("6m0s", "1s", "120ms"); OpenRouter a plain

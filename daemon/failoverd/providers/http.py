@@ -371,18 +371,19 @@ async def fetch(client: Requester, method: str, url: str, *,
 
     Any other status raises the adapter's `failure`; the client's exceptions end here, as
     UpstreamErrors (the mapping is inline rather than a context manager: this is the
-    non-streaming hot path). `seen` takes the answer's rate-limit headers (of `family`),
-    whatever its status.
+    non-streaming hot path). `seen` takes a 200's rate-limit headers (of `family`): an error
+    answer's wait is the failure's own (its Retry-After, which the breaker and the same-model
+    retry go by).
     """
     resp: Response | None = None
     try:
         with timeout(total):
             resp = await client.request(method, url, data=data, headers=headers,
                                         connect_timeout=connect)
-            if seen is not None:
-                seen.seen(family, model, resp.headers)
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
+            if seen is not None:
+                seen.seen(family, model, resp.headers)
             return await resp.read()  # gives the connection back to the pool
     except BaseException as exc:
         _end(resp, exc)
@@ -411,17 +412,17 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
 
     Any other status raises the adapter's `failure`. On any exception the response is ended
     (see `_end`); on success the caller owns it and ends it with `finish_stream`. `seen`
-    takes the response head's rate-limit headers (of `family`; trailers are not read).
+    takes the 200 head's rate-limit headers (of `family`; trailers are not read).
     """
     resp: Response | None = None
     try:
         with timeout_at(first_deadline):
             resp = await client.request("POST", url, data=data, headers=headers,
                                         connect_timeout=connect)
-            if seen is not None:
-                seen.seen(family, model, resp.headers)
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
+            if seen is not None:
+                seen.seen(family, model, resp.headers)
     except BaseException as exc:
         _end(resp, exc)
         if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
