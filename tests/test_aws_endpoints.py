@@ -165,3 +165,30 @@ async def test_an_assumed_role_reaches_a_private_sts_through_a_services_section(
     assert creds.access_key_id == issued(1)[0]
     # signed for the provider's region (the fake checks the scope), by the source's keys
     assert [c["_caller"] for c in fake.sts_calls] == [SOURCE_KEY]
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    # joined as "https://h/p?x=1/model/..." the request went to /p with the model in the query
+    ("https://vpce-1.example.com/p?x=1", "no query or fragment"),
+    ("https://vpce-1.example.com#top", "no query or fragment"),
+    ("https://vpce-1.example.com/?", "no query or fragment"),
+    # never sent, but it stood in the base_url that a 404's message quotes
+    ("https://AKIA:s3cret-pw@vpce-1.example.com", "no user name or password"),
+    ("http://my_host:9", "a host name of letters, digits"),
+    ("http://exa mple.com", "a host name of letters, digits"),
+    ("http://-bad.example.com", "a host name of letters, digits"),
+])
+def test_an_endpoint_is_scheme_host_port_and_path(url: str, why: str) -> None:
+    """botocore appends the paths to the URL's path and keeps a query after them; failoverd's
+    callers append to the URL, so what cannot be appended to is refused, naming the key."""
+    env = {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": url}
+    with pytest.raises(AwsConfigError) as caught:
+        Endpoints(env).url("BEDROCK_RUNTIME", "d")
+    message = str(caught.value)
+    assert message.startswith("environment variable AWS_ENDPOINT_URL_BEDROCK_RUNTIME is not a "
+                              f"usable URL ({why}"), message
+    assert "s3cret" not in message and "x=1" not in message
+    # what serves: a path (kept), an IPv6 address, a port, a trailing dot
+    for good in ("https://vpce-1.example.com/proxy/bedrock", "http://[::1]:8080",
+                 "https://bedrock-runtime.us-east-1.amazonaws.com."):
+        assert Endpoints({"AWS_ENDPOINT_URL": good}).url("BEDROCK_RUNTIME", "d") == good

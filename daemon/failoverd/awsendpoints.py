@@ -18,6 +18,10 @@ A service's configured endpoint, the first found of (botocore's ConfiguredEndpoi
 
 4. the profile's own ``endpoint_url`` (every service's).
 
+An endpoint is ``http(s)://host[:port][/path]``: a user name or password (never sent, the
+requests are signed, but shown wherever the URL is), a query or a fragment (the requests'
+paths would go after them) and a host that botocore refuses are configuration errors.
+
 ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``, else the profile's
 ``ignore_configured_endpoint_urls``, set to ``true`` turns all four off. The profile is the one
 in use (the provider's ``aws_profile``, else ``AWS_PROFILE``, else ``default``), its keys
@@ -34,8 +38,10 @@ us-east-1, as botocore did before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from failoverd.awscreds import AwsConfigError, bare
 from failoverd.http1.client import Target
@@ -50,6 +56,9 @@ LEGACY_STS_REGIONS = frozenset({
     "ca-central-1", "eu-central-1", "eu-north-1", "eu-west-1", "eu-west-2", "eu-west-3",
     "sa-east-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2"})
 STS_MODES = ("legacy", "regional")
+# a host name as botocore's is_valid_endpoint_url takes it (an IPv6 address aside): labels of
+# letters, digits and "-", which neither starts nor ends one
+_HOST = re.compile(r"((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.?")
 
 
 def domain(region: str) -> str:
@@ -150,9 +159,21 @@ class Endpoints:
 def _usable(url: str, what: str) -> str:
     """`url` without its trailing ``/``, or a configuration error naming `what`."""
     try:
-        Target(url)
+        host = Target(url).host
     except ValueError:
         # not the ValueError's text: it quotes the whole URL, a password in it too
         raise AwsConfigError(f"{what} is not a usable URL (http:// or https://, a host, a "
                              f"port up to 65535): {bare(url)!r}") from None
+    parts = urlsplit(url)
+    why = ""
+    if "@" in parts.netloc:
+        # never sent (the requests are signed), but kept in the URL that errors and logs show
+        why = "no user name or password: the requests are signed"
+    elif parts.query or parts.fragment or "?" in url or "#" in url:
+        # the requests' paths go after the URL's: "https://h/p?x=1/model/..." asks for /p
+        why = "no query or fragment: the requests' paths follow the URL's"
+    elif ":" not in host and (len(host) > 255 or not _HOST.fullmatch(host)):
+        why = "a host name of letters, digits, '-' and '.', as botocore takes it"
+    if why:
+        raise AwsConfigError(f"{what} is not a usable URL ({why}): {bare(url)!r}")
     return url.rstrip("/")
