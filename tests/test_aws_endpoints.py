@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from failoverd import config
 from failoverd.awscreds import (
     AssumeRole,
     AwsConfigError,
@@ -24,6 +25,7 @@ from failoverd.awscreds import (
 from failoverd.awsendpoints import GLOBAL_STS, Endpoints
 from failoverd.awsprofiles import endpoints
 from failoverd.clock import ManualClock
+from failoverd.errors import ConfigError
 from failoverd.http1 import HttpClient
 from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import SOURCE_KEY, SOURCE_SECRET, FakeAws, fake_aws, issued
@@ -192,3 +194,37 @@ def test_an_endpoint_is_scheme_host_port_and_path(url: str, why: str) -> None:
     for good in ("https://vpce-1.example.com/proxy/bedrock", "http://[::1]:8080",
                  "https://bedrock-runtime.us-east-1.amazonaws.com."):
         assert Endpoints({"AWS_ENDPOINT_URL": good}).url("BEDROCK_RUNTIME", "d") == good
+
+
+def test_sts_regional_endpoints_as_botocore_reads_it() -> None:
+    """Each case checked against botocore 1.43: the variable set but empty wins over the
+    profile's key and means regional; aws-global is the global endpoint in either mode; a bad
+    value fails every client (Bedrock's, a configured STS's), not only the default STS."""
+    legacy = {"sts_regional_endpoints": "legacy"}
+    assert Endpoints({}, legacy).sts("us-east-1") == (GLOBAL_STS, "us-east-1")
+    assert Endpoints({"AWS_STS_REGIONAL_ENDPOINTS": ""}, legacy).sts("us-east-1") == \
+        ("https://sts.us-east-1.amazonaws.com", "us-east-1")
+    assert Endpoints({}, {"sts_regional_endpoints": ""}).sts("eu-west-1")[0] == \
+        "https://sts.eu-west-1.amazonaws.com"
+    assert Endpoints({}).sts("aws-global") == (GLOBAL_STS, "us-east-1")
+    assert Endpoints({}).sts("cn-north-1") == ("https://sts.cn-north-1.amazonaws.com.cn",
+                                               "cn-north-1")
+    bad = {"AWS_STS_REGIONAL_ENDPOINTS": "global"}
+    for call in (lambda e: e.url("BEDROCK_RUNTIME", "d"), lambda e: e.sts("eu-west-1")):
+        for env in (bad, {**bad, "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:9"},
+                    {**bad, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}):
+            with pytest.raises(AwsConfigError, match="AWS_STS_REGIONAL_ENDPOINTS must be"):
+                call(Endpoints(env))
+
+
+def test_a_bad_sts_regional_endpoints_fails_a_bedrock_provider_signing_with_any_keys(
+        tmp_path: Path) -> None:
+    """As every botocore client fails on it (the AWS CLI's bedrock-runtime commands too)."""
+    env = {**home(tmp_path, config="[default]\nsts_regional_endpoints = Legacy\n"),
+           "AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+    body = '[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n[models."b/m"]\nprovider = "b"\n'
+    with pytest.raises(ConfigError) as caught:
+        config.loads(body, env=env)
+    assert caught.value.problems == [
+        "providers.b: profile [default] (" + str(tmp_path / ".aws" / "config") + "): "
+        "sts_regional_endpoints must be legacy or regional, got 'Legacy'"]

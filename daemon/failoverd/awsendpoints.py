@@ -33,7 +33,9 @@ STS without a configured endpoint: ``sts_regional_endpoints`` (``AWS_STS_REGIONA
 over the profile's key) is ``regional`` by default, botocore's since 1.40 (July 2025), the
 region's own ``https://sts.<region>.amazonaws.com``; ``legacy`` sends the 16 regions that had
 no STS of their own at first to the global ``https://sts.amazonaws.com``, signed for
-us-east-1, as botocore did before.
+us-east-1, as botocore did before (``aws-global`` goes there in either mode). The variable set
+but empty wins over the key and means the default; a value other than those two fails every
+service's endpoint, Bedrock's too, as it fails every botocore client.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class Endpoints:
         """The endpoint of `service` (its variable's suffix: ``BEDROCK_RUNTIME``, ``STS``,
         ``SSO``, ``SSO_OIDC``), without a trailing ``/``: the configured one (see the
         module's docstring), else `default`. Raises AwsConfigError for a URL that cannot
-        serve, naming where it was found."""
+        serve, naming where it was found, and for a bad ``sts_regional_endpoints``, which
+        botocore checks for every client it makes, whatever its service and endpoint."""
+        self._sts_mode()
         if self.ignored:
             return default
         for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
@@ -138,20 +142,28 @@ class Endpoints:
             return _usable(found, f"{self.where}: endpoint_url")
         return default
 
+    def _sts_mode(self) -> str:
+        """``sts_regional_endpoints``: the variable over the profile's key, set but empty
+        (either) the default, ``regional``, as in botocore."""
+        if "AWS_STS_REGIONAL_ENDPOINTS" in self.env:
+            mode = self.env["AWS_STS_REGIONAL_ENDPOINTS"].strip()
+            what = "environment variable AWS_STS_REGIONAL_ENDPOINTS"
+        else:
+            mode = self.profile.get("sts_regional_endpoints", "").strip()
+            what = f"{self.where}: sts_regional_endpoints"
+        if mode and mode not in STS_MODES:
+            raise AwsConfigError(f"{what} must be legacy or regional, got {mode[:40]!r}")
+        return mode or "regional"
+
     def sts(self, region: str) -> tuple[str, str]:
         """(endpoint, signing region) of STS for `region`: the configured endpoint, else
         the regional or, with ``sts_regional_endpoints = legacy`` and one of the legacy
-        regions, the global one."""
+        regions, the global one (``aws-global``'s whatever the mode, as botocore's rules)."""
         configured = self.url("STS", "")
         if configured:
             return configured, region
-        variable = self.env.get("AWS_STS_REGIONAL_ENDPOINTS", "").strip()
-        mode = variable or self.profile.get("sts_regional_endpoints", "").strip() or "regional"
-        if mode not in STS_MODES:
-            what = ("environment variable AWS_STS_REGIONAL_ENDPOINTS" if variable
-                    else f"{self.where}: sts_regional_endpoints")
-            raise AwsConfigError(f"{what} must be legacy or regional, got {mode[:40]!r}")
-        if mode == "legacy" and region in LEGACY_STS_REGIONS:
+        if region == "aws-global" or (self._sts_mode() == "legacy"
+                                      and region in LEGACY_STS_REGIONS):
             return GLOBAL_STS, GLOBAL_STS_REGION
         return f"https://sts.{region}.{domain(region)}", region
 
