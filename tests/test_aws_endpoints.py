@@ -67,6 +67,10 @@ def test_the_order_of_the_configured_endpoints() -> None:
 @pytest.mark.parametrize(("profile", "services", "env", "message"), [
     ({"services": "gone"}, {}, {}, "profile [p]: services names [services gone], which the "
      "config file does not have"),
+    # botocore's InvalidConfigError too: neither is taken for no services key
+    ({"services": ""}, {}, {}, "profile [p]: services is empty: name a [services NAME]"),
+    ({"services": "empty"}, {"empty": {}}, {}, "profile [p]: services names [services empty], "
+     "which has no keys"),
     ({"services": "s"}, {"s": {"sts": "http://127.0.0.1:8"}}, {},
      "[services s] sts must hold nested keys on the lines below it"),
     ({"services": "s"}, {"s": {"sts": "\nendpoint_url http://x"}}, {},
@@ -228,3 +232,14 @@ def test_a_bad_sts_regional_endpoints_fails_a_bedrock_provider_signing_with_any_
     assert caught.value.problems == [
         "providers.b: profile [default] (" + str(tmp_path / ".aws" / "config") + "): "
         "sts_regional_endpoints must be legacy or regional, got 'Legacy'"]
+
+
+def test_an_empty_services_key_or_section_in_the_files(tmp_path: Path) -> None:
+    env = home(tmp_path, config="[profile e]\nservices =\n[profile m]\nservices = none\n"
+               "[services none]\n")
+    for profile, message in (("e", "services is empty"), ("m", "which has no keys")):
+        with pytest.raises(AwsConfigError, match=message):
+            endpoints(env, profile).url("STS", "d")
+    # turned off, nothing is read, as botocore does not look for the section then
+    off = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+    assert endpoints(off, "e").url("STS", "d") == "d"

@@ -107,13 +107,21 @@ class Endpoints:
         return value.strip().lower() == "true"
 
     def _section(self) -> Mapping[str, str]:
-        name = self.profile.get("services", "").strip()
-        if not name:
+        if "services" not in self.profile:
             return {}
+        # botocore's InvalidConfigError for a services key naming no section, or one
+        # without keys: it is not taken for none
+        name = self.profile["services"].strip()
+        if not name:
+            raise AwsConfigError(f"{self.where}: services is empty: name a [services NAME] "
+                                 "section of the config file, or remove the key")
         found = self.services.get(name)
-        if found is None:  # botocore's InvalidConfigError
+        if found is None:
             raise AwsConfigError(f"{self.where}: services names [services {name}], which the "
                                  "config file does not have")
+        if not found:
+            raise AwsConfigError(f"{self.where}: services names [services {name}], which has "
+                                 "no keys")
         return found
 
     def url(self, service: str, default: str) -> str:
