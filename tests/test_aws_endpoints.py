@@ -29,6 +29,7 @@ from failoverd.errors import ConfigError
 from failoverd.http1 import HttpClient
 from tests.test_aws_profiles import ROLE, home, keys
 from tests.test_aws_profiles_fake import SOURCE_KEY, SOURCE_SECRET, FakeAws, fake_aws, issued
+from tests.test_aws_profiles_roles import START, cache
 
 __all__ = ["fake_aws"]  # the fixture
 
@@ -243,3 +244,28 @@ def test_an_empty_services_key_or_section_in_the_files(tmp_path: Path) -> None:
     # turned off, nothing is read, as botocore does not look for the section then
     off = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
     assert endpoints(off, "e").url("STS", "d") == "d"
+
+
+async def test_the_portal_and_oidc_reached_through_a_services_section(
+        tmp_path: Path, fake_aws: Callable[..., Awaitable[FakeAws]],
+        http_client: HttpClient) -> None:
+    """The sso and sso_oidc keys (the service ids SSO, SSO OIDC in lower case, "_" for "-")
+    carry the calls to a fake IAM Identity Center on 127.0.0.1: the token refreshed at OIDC,
+    then the role's credentials from the portal; the profile's endpoint_url is a dead port."""
+    clock = ManualClock(wall=time.time())
+    fake = await fake_aws(now=clock.time, sso_roles={("111122223333", "BedrockUser")},
+                          refresh={("client-1", "client-secret-1", "aorOLDrefresh")})
+    env = home(tmp_path, config=(
+        "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\n"
+        "sso_role_name = BedrockUser\nservices = idc\nendpoint_url = http://127.0.0.1:1\n"
+        f"[sso-session corp]\nsso_start_url = {START}\nsso_region = eu-west-1\n"
+        f"[services idc]\nsso =\n  endpoint_url = {fake.url}\n"
+        f"sso_oidc =\n  endpoint_url = {fake.url}\n"))
+    registration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.time() + 86400))
+    cache(tmp_path, "corp", "aoaALMOSTOLD", clock.time() + 600, clientId="client-1",
+          clientSecret="client-secret-1", refreshToken="aorOLDrefresh",
+          registrationExpiresAt=registration)
+    creds = await open_source(choose_source(env, "dev"), client=http_client, clock=clock).get()
+    assert creds.access_key_id == issued(1)[0]
+    assert [c["refreshToken"] for c in fake.oidc_calls] == ["aorOLDrefresh"]
+    assert fake.sso_calls == [("BedrockUser", "111122223333", "aoaFAKEaccessToken1")]
