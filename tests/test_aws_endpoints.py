@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from failoverd import config
 from failoverd.awscreds import (
@@ -22,7 +23,7 @@ from failoverd.awscreds import (
     choose_source,
     open_source,
 )
-from failoverd.awsendpoints import GLOBAL_STS, Endpoints
+from failoverd.awsendpoints import GLOBAL_STS, Endpoints, sts_url
 from failoverd.awsprofiles import endpoints
 from failoverd.clock import ManualClock
 from failoverd.errors import ConfigError
@@ -269,3 +270,30 @@ async def test_the_portal_and_oidc_reached_through_a_services_section(
     assert creds.access_key_id == issued(1)[0]
     assert [c["refreshToken"] for c in fake.oidc_calls] == ["aorOLDrefresh"]
     assert fake.sso_calls == [("BedrockUser", "111122223333", "aoaFAKEaccessToken1")]
+
+
+@pytest.mark.parametrize("path", ["/sts", "/sts/"])
+async def test_an_sts_endpoint_with_a_path_is_called_at_that_path(
+        path: str, tmp_path: Path, http_client: HttpClient) -> None:
+    """botocore posts the Query protocol's "/" at the endpoint's path as it is given (with or
+    without its trailing "/"), "/" only when there is none: a proxy's prefix is kept as is.
+    The fake answers only there, and checks the signature over that path."""
+    clock = ManualClock(wall=time.time())
+    fake = FakeAws(now=clock.time, trust={ROLE: {SOURCE_KEY}})
+    app = web.Application()
+    app.router.add_post(path, fake._sts)
+    await fake._serve(app, path)
+    try:
+        env = {**home(tmp_path, config=f"[profile r]\nrole_arn = {ROLE}\nsource_profile = b\n",
+                      credentials="[b]\n" + keys(SOURCE_KEY, SOURCE_SECRET)),
+               "AWS_ENDPOINT_URL_STS": fake.url}
+        source = choose_source(env, "r", region="us-east-1")
+        assert isinstance(source, AssumeRole) and source.endpoint == fake.url
+        creds = await open_source(source, client=http_client, clock=clock).get()
+        assert creds.access_key_id == issued(1)[0]
+        assert [c["_caller"] for c in fake.sts_calls] == [SOURCE_KEY]
+    finally:
+        await fake.close()
+    # and the default endpoints, without a path, get "/"
+    assert sts_url("https://sts.us-east-1.amazonaws.com") == \
+        "https://sts.us-east-1.amazonaws.com/"

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 from failoverd.awscreds import AwsConfigError, bare
 from failoverd.http1.client import Target
 
-__all__ = ["GLOBAL_STS", "LEGACY_STS_REGIONS", "Endpoints", "domain"]
+__all__ = ["GLOBAL_STS", "LEGACY_STS_REGIONS", "Endpoints", "domain", "sts_url"]
 
 GLOBAL_STS = "https://sts.amazonaws.com"
 GLOBAL_STS_REGION = "us-east-1"  # the global endpoint's signing region
@@ -130,9 +130,13 @@ class Endpoints:
         module's docstring), else `default`. Raises AwsConfigError for a URL that cannot
         serve, naming where it was found, and for a bad ``sts_regional_endpoints``, which
         botocore checks for every client it makes, whatever its service and endpoint."""
+        return self._configured(service).rstrip("/") or default
+
+    def _configured(self, service: str) -> str:
+        """The configured endpoint of `service` as it is given ("" when there is none)."""
         self._sts_mode()
         if self.ignored:
-            return default
+            return ""
         for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
             found = self.env.get(name, "").strip()
             if found:
@@ -148,7 +152,7 @@ class Endpoints:
         found = self.profile.get("endpoint_url", "").strip()
         if found:
             return _usable(found, f"{self.where}: endpoint_url")
-        return default
+        return ""
 
     def _sts_mode(self) -> str:
         """``sts_regional_endpoints``: the variable over the profile's key, set but empty
@@ -167,8 +171,11 @@ class Endpoints:
         """(endpoint, signing region) of STS for `region`: the configured endpoint, else
         the regional or, with ``sts_regional_endpoints = legacy`` and one of the legacy
         regions, the global one (``aws-global``'s whatever the mode, as botocore's rules)."""
-        configured = self.url("STS", "")
+        configured = self._configured("STS")
         if configured:
+            # a trailing "/" after a path is the call's (sts_url): kept
+            if not urlsplit(configured).path.strip("/"):
+                configured = configured.rstrip("/")
             return configured, region
         if region == "aws-global" or (self._sts_mode() == "legacy"
                                       and region in LEGACY_STS_REGIONS):
@@ -176,8 +183,14 @@ class Endpoints:
         return f"https://sts.{region}.{domain(region)}", region
 
 
+def sts_url(endpoint: str) -> str:
+    """Where an STS call (``POST`` of the Query protocol's ``/``) goes at `endpoint`: its path
+    as it is given, ``/`` when it has none, as botocore joins them."""
+    return endpoint if urlsplit(endpoint).path else endpoint + "/"
+
+
 def _usable(url: str, what: str) -> str:
-    """`url` without its trailing ``/``, or a configuration error naming `what`."""
+    """`url`, or a configuration error naming `what`."""
     try:
         host = Target(url).host
     except ValueError:
@@ -196,4 +209,4 @@ def _usable(url: str, what: str) -> str:
         why = "a host name of letters, digits, '-' and '.', as botocore takes it"
     if why:
         raise AwsConfigError(f"{what} is not a usable URL ({why}): {bare(url)!r}")
-    return url.rstrip("/")
+    return url

@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET  # noqa: S405 - see _xml: no DTD is parsed
 from urllib.parse import urlencode
 
 from failoverd.awscreds import AssumeRole, AwsCredentials, AwsCredentialsError, temporary
+from failoverd.awsendpoints import sts_url
 from failoverd.awsmetadata import call
 from failoverd.awsruntime import CredentialSource
 from failoverd.boundedcall import transient_status
@@ -106,7 +107,7 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
     if source.external_id:
         form["ExternalId"] = source.external_id
     data = urlencode(form).encode()
-    url = source.endpoint.rstrip("/") + "/"
+    url = sts_url(source.endpoint)
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     signer = Signer(signing.access_key_id, signing.secret_access_key, source.region, "sts",
                     signing.session_token, now=clock.time)

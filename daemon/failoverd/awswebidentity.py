@@ -34,6 +34,7 @@ import stat
 from urllib.parse import quote_plus, urlencode
 
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, WebIdentityRole, control
+from failoverd.awsendpoints import sts_url
 from failoverd.awsmetadata import call
 from failoverd.awssts import STS_TIMEOUT, TRANSIENT, error, parse_answer
 from failoverd.boundedcall import transient_status
@@ -102,7 +103,7 @@ async def fetch(client: HttpClient, source: WebIdentityRole, clock: Clock) -> Aw
             "WebIdentityToken": token}
     if source.duration:
         form["DurationSeconds"] = str(source.duration)
-    url = source.endpoint.rstrip("/") + "/"
+    url = sts_url(source.endpoint)
     # no Authorization: the call is unsigned, as botocore makes it (UNSIGNED)
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     status, body = await call(client, "POST", url, headers, STS_TIMEOUT,
