@@ -1,6 +1,7 @@
 """Credentials that expire, fetched again before they do: the one mechanism behind the AWS
-temporary credentials (awscreds.RefreshingCredentials) and Google's access tokens
-(googlecreds.TokenSource).
+temporary credentials (awsruntime.RefreshingCredentials), Google's access tokens
+(googlecreds.TokenSource) and the metadata server's project (googlecreds.ProjectSource, a
+value that never expires: fetched once).
 
 One fetch at a time, a task of its own: calls that find one under way while the current value
 still serves use it without waiting; others wait for it and share its outcome. A caller
