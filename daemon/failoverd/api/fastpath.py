@@ -73,6 +73,8 @@ _CLIENT_FD_SHARE = 0.5
 MAX_FIELDS = 128
 # what aiohttp refuses to send in a header: a control character other than tab
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# what no head served here holds: a control character other than tab, CR and LF
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # header fields as RFC 9110 has them: a token, a colon, a value of no control character but
 # tab, each line ending in CRLF (no obs-fold, no whitespace before the colon)
 _NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -305,10 +307,8 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         end = data.find(b"\r\n\r\n", pos, pos + HEAD_LIMIT + 4)
         if end < 0:
             # not all there yet: waited for only while it can still be a request served
-            # here (aiohttp answers anything else at once: a bare LF, TLS, another method)
-            head = data[pos:pos + HEAD_LIMIT + 1]
-            if (len(head) > HEAD_LIMIT or not _REQUEST_START.startswith(head[:9])
-                    or head.count(b"\n") != head.count(b"\r\n")):
+            # here (aiohttp answers anything else at once)
+            if not self._may_be_served(data[pos:pos + HEAD_LIMIT + 1]):
                 self._hand_off()
             return
         request = self._parse(data, pos, end)
@@ -344,6 +344,26 @@ class FastConnection(asyncio.Protocol, StreamOpener):
             self.pos, self.size = stop, len(data) - stop
         incoming = FastRequest(self.front.app, path, headers, self, body, parsed)
         self.task = self._loop.create_task(self._serve(route, incoming))
+
+    def _may_be_served(self, head: bytes) -> bool:
+        """Whether `head`, the start of a head not yet complete, can still become a request
+        served here: what can not (a bare CR or LF, a control character, TLS, another
+        method, a request line or a field line `_parse` refuses) goes to aiohttp at once,
+        which answers it (its 400), instead of waiting for an end that may never come."""
+        if (len(head) > HEAD_LIMIT or not _REQUEST_START.startswith(head[:9])
+                or head.count(b"\n") != head.count(b"\r\n")
+                or head.count(b"\r") != head.count(b"\r\n") + head.endswith(b"\r")
+                or _CONTROL.search(head) is not None):
+            return False
+        line_end = head.find(b"\r\n")
+        if line_end < 0:
+            return True
+        method, _, rest = head[:line_end].partition(b" ")
+        target, _, version = rest.partition(b" ")
+        if method != b"POST" or version != b"HTTP/1.1" or target not in self.front.routes:
+            return False
+        lines = head[line_end + 2:head.rfind(b"\r\n") + 2]  # the complete field lines
+        return _FIELDS.fullmatch(lines.decode("utf-8", "surrogateescape")) is not None
 
     def _parse(self, data: bytes, pos: int, end: int
                ) -> tuple[Handler, str, CIMultiDict[str], int] | None:
