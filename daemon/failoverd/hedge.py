@@ -23,6 +23,7 @@ from failoverd.errors import Attempt, UpstreamError
 from failoverd.failures import FailureReason, policy
 from failoverd.fitting import answer_room, cap_output, lacking
 from failoverd.selection import context_reason
+from failoverd.timeouts import timeout
 
 if TYPE_CHECKING:
     from failoverd.config import Config, ModelConfig
@@ -139,11 +140,16 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
     that came at the same moment as the winner's and returns its usage."""
     first = Lane(model_id, asyncio.ensure_future(attempt))
     try:
-        done, _ = await asyncio.wait((first.task,), timeout=after)
-    except BaseException:
-        await cancel_all({first.task})
+        with timeout(after):
+            return model_id, await asyncio.shield(first.task)
+    except TimeoutError:
+        if first.task.done():  # it ended as the time did: as it ended
+            return model_id, first.task.result()
+    except BaseException:  # its own failure, or the request cancelled
+        if not first.task.done():
+            await cancel_all({first.task})
         raise
-    target = None if done else hedge_to()
+    target = hedge_to()
     if target is None:
         # awaiting the task itself: a cancellation of the request cancels it too
         return model_id, await first.task
