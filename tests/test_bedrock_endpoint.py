@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 
 from failoverd import config
-from failoverd.errors import ConfigError
+from failoverd.errors import ConfigError, UpstreamError
+from failoverd.failures import FailureReason
+from failoverd.http1 import HttpClient
+from failoverd.providers import make_provider
 from tests.fakes.bedrock import ACCESS_KEY, SECRET_KEY, FakeBedrock, fake_bedrock
 from tests.test_aws_endpoints import SERVICES
 from tests.test_aws_profiles import home, keys
 from tests.test_bedrock_e2e import daemon_config
-from tests.test_provider_bedrock import HELLO
+from tests.test_provider_bedrock import HELLO, LIMITS
 
 __all__ = ["fake_bedrock"]  # the fixture
 
@@ -95,3 +98,23 @@ def test_a_config_file_that_cannot_be_parsed_fails_the_environments_keys_too(
             config.loads(body.format(extra=extra), env={**env, **more})
         assert [p for p in caught.value.problems if problem in p] == [
             f"{key}: {problem}: File contains no section headers."], caught.value.problems
+
+
+async def test_a_wrong_configured_endpoint_is_named_in_the_404s_message(
+        tmp_path: Path, fake_bedrock: Callable[..., Awaitable[FakeBedrock]],
+        http_client: HttpClient) -> None:
+    """A path Bedrock does not know (here a proxy prefix the fake does not have) said only
+    "check base_url", which the provider does not have: the endpoint came from the
+    environment."""
+    fake = await fake_bedrock()
+    env = {**home(tmp_path), "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake.url.rstrip("/") + "/wrong-prefix"}
+    cfg = config.loads('[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\n'
+                       '[models."b/m"]\nprovider = "b"\nname = "anthropic.claude-x"\n', env=env)
+    provider = make_provider(cfg.providers["b"], http_client)
+    with pytest.raises(UpstreamError) as caught:
+        await provider.complete(HELLO, cfg.models["b/m"], LIMITS)
+    assert caught.value.reason is FailureReason.NOT_FOUND
+    assert f"{fake.url.rstrip('/')}/wrong-prefix: check base_url, or without it the AWS " \
+        "endpoint settings: AWS_ENDPOINT_URL_BEDROCK_RUNTIME" in str(caught.value)

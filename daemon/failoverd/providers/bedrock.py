@@ -203,8 +203,11 @@ class BedrockProvider(Lacking):
             reason = FailureReason.CONNECTION
         if kind == "UnknownOperationException" or (
                 reason is FailureReason.NOT_FOUND and status == 404 and not kind):
-            # a path Bedrock does not know: a wrong base_url, which every model shares
-            message = f"{message or 'not found'} ({self._base}: check base_url)"
+            # a path Bedrock does not know: a wrong base_url, which every model shares, or
+            # without one a wrong endpoint setting (AWS_ENDPOINT_URL_BEDROCK_RUNTIME, ...)
+            message = (f"{message or 'not found'} ({self._base}: check base_url, or without "
+                       "it the AWS endpoint settings: AWS_ENDPOINT_URL_BEDROCK_RUNTIME, "
+                       "AWS_ENDPOINT_URL, the profile's services and endpoint_url)")
         text = f"{kind}: {message}" if kind and message else (message or kind
                                                               or f"HTTP {status}")
         scope = cache_refusal(status, message, kind)
