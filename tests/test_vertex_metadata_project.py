@@ -4,8 +4,9 @@ failures that say what to set. A fake metadata server on 127.0.0.1 (GCE_METADATA
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ class FakeMetadata(FakeGoogleAuth):
     project: str = PROJECT
     project_status: int = 200
     project_calls: int = 0
+    hold: asyncio.Event | None = None  # when given, the project is answered once it is set
 
     async def start(self) -> FakeMetadata:
         app = web.Application()
@@ -46,6 +48,8 @@ class FakeMetadata(FakeGoogleAuth):
 
     async def _project(self, request: web.Request) -> web.Response:
         self.project_calls += 1
+        if self.hold is not None:
+            await self.hold.wait()
         if request.headers.get("Metadata-Flavor") != "Google":
             return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
         if self.project_status != 200:
@@ -193,3 +197,32 @@ async def test_not_on_google_cloud(http_client: HttpClient) -> None:
     assert "set GOOGLE_CLOUD_PROJECT" in str(caught.value)
     lookup = open_project(MetadataServer("metadata.invalid"), client=http_client, clock=clock)
     assert lookup is adapter._auth.project
+
+
+async def test_a_slow_metadata_server_is_waited_for_within_the_calls_time_only(
+        fake_vertex: Callable[..., Awaitable[FakeVertex]],
+        fake_metadata: Callable[..., Awaitable[FakeMetadata]],
+        http_client: HttpClient) -> None:
+    """The project's lookup counts in the attempt's time (a stream's first-token time): a
+    server that does not answer fails each call as a timeout when its time is up, and the
+    lookup goes on for the next calls (asked once), which take its answer when it comes."""
+    vertex = await fake_vertex()
+    metadata = await fake_metadata(vertex=vertex, hold=asyncio.Event())
+    adapter, model = provider(vertex.url, metadata.host, http_client, ManualClock())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamError) as caught:
+        await adapter.complete(PING, model, probe_limits(0.2, 0.2))
+    assert caught.value.reason is FailureReason.TIMEOUT
+    with pytest.raises(UpstreamError) as caught:
+        chunks = adapter.stream(PING, model, replace(probe_limits(5, 5), first_token=0.2))
+        await anext(chunks)
+    assert caught.value.reason is FailureReason.TIMEOUT
+    assert "no project from the metadata server within 0.2 s" in str(caught.value)
+    assert loop.time() - started < 2  # not the metadata server's 3 s, nor the call's 5
+    assert metadata.project_calls == 1 and vertex.requests == []
+    assert metadata.hold is not None
+    metadata.hold.set()
+    await adapter.complete(PING, model, probe_limits(5, 5))
+    assert vertex.calls("google")[-1].path.startswith(f"/v1/projects/{PROJECT}/")
+    assert metadata.project_calls == 1
