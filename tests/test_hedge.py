@@ -17,7 +17,10 @@ from aiohttp import web
 from tests.fakes.base import fake_fixture
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, breaker, chat, metric, sse_json, until
+from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto
+from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_audio import Whisper
+from tests.test_events_e2e import sse
 from tests.test_stream_review import WatchedOpenAI, raw_stream
 
 A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
@@ -405,3 +408,27 @@ kind = "none"
     finally:
         await slow.close()
         await fast.close()
+
+
+@requires_mosquitto
+async def test_model_hedged_reaches_mqtt_and_the_event_stream(
+        start_daemon: Any, fake_openai: Any, mosquitto: Mosquitto) -> None:
+    a = await fake_openai(default="slow:5")
+    b = await fake_openai(reply="from b")
+    mqtt = f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+    async with Recorder(mosquitto.port, "failoverd/hedges/events/#") as rec:
+        d = await start_daemon(f'node = "hedges"\n{mqtt}{config(a, b)}')
+        async with sse(d) as stream:
+            await stream.until_connected()
+            resp = await chat(d)
+            assert resp.headers["x-failoverd-model"] == B
+            live = await stream.next()
+        await rec.wait_for(lambda msgs: any(m.topic.value.endswith("/model/hedged")
+                                            for m in msgs))
+    assert live is not None and live["event"] == "model:hedged"
+    assert live["data"]["winner"] == B and live["data"]["outcome"] == "won"
+    [message] = rec.on("failoverd/hedges/events/model/hedged")
+    assert isinstance(message.payload, bytes)
+    published = orjson.loads(message.payload)
+    assert published["id"] == live["id"] and published["from_model"] == A
+    assert [m.topic.value for m in rec.messages] == ["failoverd/hedges/events/model/hedged"]

@@ -108,8 +108,9 @@ class Outcome:
     client_deadline: bool = False
     # what the answer cost (USD) at the serving model's prices, once its usage is known
     cost: float = 0.0
-    # hedged attempts, `from>to:outcome` (x-failoverd-hedge)
-    hedges: list[str] = field(default_factory=list)
+    # hedged attempts, `from>to:outcome` (x-failoverd-hedge); a tuple: nothing to allocate
+    # for the requests that are not hedged
+    hedges: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

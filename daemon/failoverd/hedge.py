@@ -190,7 +190,7 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
             to_attempt.close()  # never started: nothing to clean up but the coroutine
             if permit is not None:
                 permit.release(called=False)  # its call was not made
-        outcome.hedges.append(info.header())
+        outcome.hedges += (info.header(),)
         if report is not None:
             report(info)
 
