@@ -16,6 +16,7 @@ import time
 from typing import Any, TextIO
 
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 
 from failoverd.events import utf8_safe
 
@@ -82,6 +83,24 @@ def is_journal(stream: TextIO) -> bool:
         return False
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp's server logs every malformed client request (a bad header line, HTTP/1.1
+    without Host, a bad chunk size...) at ERROR with a traceback: a client's mistake, which
+    it was answered a 400 for, not the daemon's, and one that could fill the log. This makes
+    each one line at INFO naming the problem; errors of the daemon itself stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage) and record.levelno > logging.INFO:
+            # one line: aiohttp's message may span several and quote the client's bytes
+            problem = " ".join(str(exc.message).split())[:300]
+            record.msg = f"{record.getMessage()}: malformed request answered 400: {problem!r}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter
@@ -95,5 +114,8 @@ def setup(log_format: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
     # APScheduler logs every job added or run at INFO: one line per probe is noise
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
