@@ -118,3 +118,22 @@ async def test_a_wrong_configured_endpoint_is_named_in_the_404s_message(
     assert caught.value.reason is FailureReason.NOT_FOUND
     assert f"{fake.url.rstrip('/')}/wrong-prefix: check base_url, or without it the AWS " \
         "endpoint settings: AWS_ENDPOINT_URL_BEDROCK_RUNTIME" in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("https://proxy.example.com/bedrock?team=a", "no query or fragment"),
+    ("https://user:s3cret-pw@proxy.example.com", "no user name or password"),
+    ("http://my_proxy:8080", "a host name of letters, digits"),
+])
+def test_a_bedrock_base_url_follows_the_endpoints_rules(url: str, why: str) -> None:
+    """The paths are appended to base_url as to a configured endpoint: a query took them
+    (https://h/bedrock?team=a/model/... asked for /bedrock), a password stood in a 404's
+    message."""
+    body = (f'[providers.b]\nkind = "bedrock"\nregion = "us-east-1"\nbase_url = "{url}"\n'
+            'api_key_env = "K"\n[models."b/m"]\nprovider = "b"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.loads(body, env={"K": "ABSK-key"})
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert caught.value.problems[0].startswith(
+        f"providers.b.base_url: is not a usable URL ({why}"), caught.value.problems
+    assert "s3cret" not in str(caught.value.problems)

@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 from failoverd.awscreds import AwsConfigError, bare
 from failoverd.http1.client import Target
 
-__all__ = ["GLOBAL_STS", "LEGACY_STS_REGIONS", "Endpoints", "domain", "sts_url"]
+__all__ = ["GLOBAL_STS", "LEGACY_STS_REGIONS", "Endpoints", "domain", "problem", "sts_url"]
 
 GLOBAL_STS = "https://sts.amazonaws.com"
 GLOBAL_STS_REGION = "us-east-1"  # the global endpoint's signing region
@@ -189,24 +189,31 @@ def sts_url(endpoint: str) -> str:
     return endpoint if urlsplit(endpoint).path else endpoint + "/"
 
 
+def problem(url: str) -> str:
+    """Why `url`, a valid ``http(s)://`` URL with a host, cannot be an AWS endpoint ("" when
+    it can): the requests' paths are appended to it."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # never sent (the requests are signed), but kept in the URL that errors and logs show
+        return "no user name or password: the requests are signed"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # the requests' paths go after the URL's: "https://h/p?x=1/model/..." asks for /p
+        return "no query or fragment: the requests' paths follow the URL's"
+    host = parts.hostname or ""
+    if ":" not in host and (len(host) > 255 or not _HOST.fullmatch(host)):
+        return "a host name of letters, digits, '-' and '.', as botocore takes it"
+    return ""
+
+
 def _usable(url: str, what: str) -> str:
     """`url`, or a configuration error naming `what`."""
     try:
-        host = Target(url).host
+        Target(url)
     except ValueError:
         # not the ValueError's text: it quotes the whole URL, a password in it too
         raise AwsConfigError(f"{what} is not a usable URL (http:// or https://, a host, a "
                              f"port up to 65535): {bare(url)!r}") from None
-    parts = urlsplit(url)
-    why = ""
-    if "@" in parts.netloc:
-        # never sent (the requests are signed), but kept in the URL that errors and logs show
-        why = "no user name or password: the requests are signed"
-    elif parts.query or parts.fragment or "?" in url or "#" in url:
-        # the requests' paths go after the URL's: "https://h/p?x=1/model/..." asks for /p
-        why = "no query or fragment: the requests' paths follow the URL's"
-    elif ":" not in host and (len(host) > 255 or not _HOST.fullmatch(host)):
-        why = "a host name of letters, digits, '-' and '.', as botocore takes it"
+    why = problem(url)
     if why:
         raise AwsConfigError(f"{what} is not a usable URL ({why}): {bare(url)!r}")
     return url

@@ -11,8 +11,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
-from failoverd.awscreds import AwsConfigError, AwsSource, choose_source
+from failoverd.awscreds import AwsConfigError, AwsSource, bare, choose_source
 from failoverd.awscreds import AwsCredentials as AwsCredentials  # where tests and callers import it
+from failoverd.awsendpoints import problem as aws_endpoint_problem
 from failoverd.awsprofiles import endpoints as aws_endpoints
 from failoverd.credentials import read_secret
 from failoverd.failures import FailureReason
@@ -226,6 +227,11 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
             Target(base_url).key  # noqa: B018 - parses host and port
         except ValueError as exc:
             sec.problem("base_url", f"is not a usable URL: {exc}")
+        else:
+            # Bedrock's paths are appended to it, as to a configured AWS endpoint
+            why = aws_endpoint_problem(base_url) if kind == "bedrock" else ""
+            if why:
+                sec.problem("base_url", f"is not a usable URL ({why}): {bare(base_url)!r}")
     proxy_url = sec.get("proxy", str, "")
     if proxy_url and kind == "simulated":
         sec.problem("proxy", "only valid for HTTP provider kinds")
