@@ -173,9 +173,10 @@ async def test_streamed_tool_calls_on_each_kind(trio, target: str) -> None:
 
 async def test_an_adapter_that_cannot_cope_is_skipped_not_a_500(trio) -> None:
     o, g, ol, d = trio
-    # valid JSON Schema-ish input that the Gemini schema cleaner does not expect
+    # valid JSON Schema that Gemini's schema subset cannot express (allOf of two schemas)
     tool = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"a": {"type": "string"}}, "required": 5}}}
+        "type": "object", "properties": {"a": {"type": "string"}},
+        "allOf": [{"required": ["a"]}, {"properties": {"b": {"type": "number"}}}]}}}
     resp = await d.http.post("/v1/chat/completions", json={
         "model": "cheap", "tools": [tool], "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status_code == 200
