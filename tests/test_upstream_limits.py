@@ -24,6 +24,7 @@ from failoverd.metrics import UPSTREAM_SKIPS
 from failoverd.providers import make_provider
 from failoverd.providers.base import AttemptLimits
 from failoverd.providers.http import go_duration
+from failoverd.tokens import estimate
 from failoverd.upstreamlimits import MAX_RESET, UpstreamLimits
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import fake_fixture
@@ -350,3 +351,42 @@ def test_headers_without_limits_cost_a_few_lookups() -> None:
     some = (time.perf_counter() - started) / runs
     print(f"seen(): {none * 1e9:.0f} ns without rate-limit headers, {some * 1e9:.0f} ns with")
     assert none < 20e-6 and some < 100e-6  # generous: a loaded CI machine
+
+
+def test_the_ceiling_that_spares_the_estimate_is_one() -> None:
+    """A request is estimated (up to milliseconds) only when a quick ceiling of its estimate
+    (string lengths) is over the remaining tokens: the ceiling must never be below the
+    estimate, whatever the text (letters, digits, symbols, CJK, emoji), parts, tool calls,
+    thinking blocks and tools; a PDF has none (its pages decide)."""
+    rng = random.Random(7)
+    alphabets = ["abcXYZ", "0123456789", "{}[]:,.-_", " \n\t", "日本語中文한국어", "😀🎉👍", "éàüß"]
+
+    def text() -> str:
+        n = rng.choice([0, 1, 2, 5, 30, 300, 3000])
+        return "".join(rng.choice(rng.choice(alphabets)) for _ in range(n))
+
+    for _ in range(300):
+        messages: list[dict[str, Any]] = []
+        for _ in range(rng.randint(1, 5)):
+            message: dict[str, Any] = {"role": rng.choice(["user", "assistant", "tool"])}
+            if rng.random() < 0.5:
+                message["content"] = text()
+            else:
+                message["content"] = [{"type": "text", "text": text()},
+                                      {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
+                                      {"type": "refusal", "refusal": text()}]
+            if rng.random() < 0.3:
+                message["tool_calls"] = [{"id": "c", "type": "function", "function": {
+                    "name": "f", "arguments": text()}}]
+            if rng.random() < 0.2:
+                message["thinking_blocks"] = [{"type": "thinking", "thinking": text(),
+                                               "signature": "s"}]
+            messages.append(message)
+        body: dict[str, Any] = {"messages": messages}
+        if rng.random() < 0.3:
+            body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object", "properties": {"a": {"description": text()}}}}}]
+        assert upstreamlimits._ceiling(body) >= estimate(body)
+    pdf = {"messages": [{"role": "user", "content": [{"type": "file", "file": {
+        "file_data": "data:application/pdf;base64,JVBERi0="}}]}]}
+    assert upstreamlimits._ceiling(pdf) > 10**15

@@ -40,6 +40,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from failoverd.clock import Clock
 from failoverd.metrics import UPSTREAM_SKIPS
 from failoverd.providers.http import go_duration
@@ -66,34 +68,54 @@ class Headers(Protocol):
 
 
 class _Known:
-    """What the last answer of a model said."""
+    """What the last answer of a model said. Its resets are kept as written and read when
+    first needed (a count of 0, a request over the tokens, /v1/status): most answers leave
+    plenty, and then no reset is ever parsed."""
 
-    __slots__ = ("family", "requests", "requests_until", "tokens", "tokens_until", "at")
+    __slots__ = ("form", "at", "requests", "requests_reset", "requests_until", "tokens",
+                 "tokens_reset", "tokens_until")
 
-    def __init__(self, family: str) -> None:
-        self.family = family
+    def __init__(self) -> None:
+        self.form = "openai"  # how its resets are written: openai, openrouter, anthropic
+        self.at = 0.0  # monotonic time of the answer
         self.requests: int | None = None
-        self.requests_until = 0.0  # monotonic; 0: no usable reset
+        self.requests_reset: str | None = None
+        self.requests_until: float | None = None  # monotonic, 0.0: unusable; None: not read
         self.tokens: int | None = None
-        self.tokens_until = 0.0
-        self.at = 0.0  # wall clock of the answer
+        self.tokens_reset: str | None = None
+        self.tokens_until: float | None = None
 
 
 class _Request:
     """The request being routed in this task: its prompt, estimated on demand."""
 
-    __slots__ = ("_body", "_tokens", "_caching")
+    __slots__ = ("_body", "_tokens", "_ceiling", "_caching")
 
     def __init__(self, body: Mapping[str, Any], tokens: int | None) -> None:
         self._body = body
         self._tokens = tokens
+        self._ceiling: int | None = tokens
         self._caching: bool | None = None
 
-    def tokens(self) -> int:
+    def fits(self, budget: int) -> bool:
+        """Whether the prompt's quick ceiling (`_ceiling`) is within `budget` tokens: the
+        prompt fits without estimating it."""
+        if self._ceiling is None:
+            self._ceiling = _ceiling(self._body)
+        return self._ceiling <= budget
+
+    def over(self, budget: int) -> bool:
+        """Whether the prompt's estimate is more than `budget` tokens. The estimate costs
+        up to milliseconds for a long prompt (tokens.py); a quick ceiling of it (`_ceiling`)
+        spares it whenever the budget is larger than the prompt could be."""
         if self._tokens is None:
+            if self._ceiling is None:
+                self._ceiling = _ceiling(self._body)
+            if self._ceiling <= budget:
+                return False
             self._tokens = estimate(self._body) if isinstance(
                 self._body.get("messages"), list) else 0
-        return self._tokens
+        return self._tokens > budget
 
     def caching(self) -> bool:
         if self._caching is None:
@@ -121,8 +143,8 @@ class UpstreamLimits:
     # ------------------------------------------------------------------ reading answers
 
     def seen(self, family: str, model_id: str, headers: Headers) -> None:
-        """Reads an answer's rate-limit headers (a few lookups; nothing is kept, or
-        allocated, when there are none)."""
+        """Reads an answer's rate-limit headers: a few lookups, nothing kept (or allocated
+        but by the lookups) when there are none, the counts only when there are."""
         if family == "anthropic":
             requests = headers.get("anthropic-ratelimit-requests-remaining")
             tokens = headers.get("anthropic-ratelimit-input-tokens-remaining")
@@ -130,49 +152,69 @@ class UpstreamLimits:
             if tokens is None:
                 tokens = headers.get("anthropic-ratelimit-tokens-remaining")
                 tokens_reset = "anthropic-ratelimit-tokens-reset"
-            if requests is None and tokens is None:
-                return
-            wall = self.clock.time()
-            self._update(family, model_id, requests,
-                         _until(headers.get("anthropic-ratelimit-requests-reset"), wall),
-                         tokens, _until(headers.get(tokens_reset), wall), wall)
+            if requests is not None or tokens is not None:
+                self._update(model_id, "anthropic", requests,
+                             headers.get("anthropic-ratelimit-requests-reset"), tokens,
+                             headers.get(tokens_reset))
             return
         requests = headers.get("x-ratelimit-remaining-requests")
         tokens = headers.get("x-ratelimit-remaining-tokens")
         if requests is not None or tokens is not None:
-            self._update(family, model_id,
-                         requests, _duration(headers.get("x-ratelimit-reset-requests")),
-                         tokens, _duration(headers.get("x-ratelimit-reset-tokens")), None)
+            self._update(model_id, "openai", requests,
+                         headers.get("x-ratelimit-reset-requests"), tokens,
+                         headers.get("x-ratelimit-reset-tokens"))
             return
         requests = headers.get("x-ratelimit-remaining")  # OpenRouter: requests
         if requests is not None:
-            wall = self.clock.time()
-            self._update(family, model_id, requests,
-                         _epoch_or_delta(headers.get("x-ratelimit-reset"), wall), None, None,
-                         wall)
+            self._update(model_id, "openrouter", requests, headers.get("x-ratelimit-reset"),
+                         None, None)
 
-    def _update(self, family: str, model_id: str, requests: str | None,
-                requests_wait: float | None, tokens: str | None, tokens_wait: float | None,
-                wall: float | None) -> None:
+    def _update(self, model_id: str, form: str, requests: str | None,
+                requests_reset: str | None, tokens: str | None,
+                tokens_reset: str | None) -> None:
         requests_left, tokens_left = _count(requests), _count(tokens)
         if requests_left is None and tokens_left is None:
             return  # nothing usable: what an earlier answer said stands
         now = self.clock.monotonic()
         known = self._known.get(model_id)
         if known is None:
-            known = self._known[model_id] = _Known(family)
+            known = self._known[model_id] = _Known()
         was_out = self._requests_wait(known, now) > 0
+        known.form, known.at = form, now
         if requests_left is not None:
-            known.requests = requests_left
-            known.requests_until = 0.0 if requests_wait is None else now + requests_wait
+            known.requests, known.requests_reset = requests_left, requests_reset
+            known.requests_until = None
         if tokens_left is not None:
-            known.tokens = tokens_left
-            known.tokens_until = 0.0 if tokens_wait is None else now + tokens_wait
-        known.family = family
-        known.at = self.clock.time() if wall is None else wall
-        if not was_out and self._requests_wait(known, now) > 0:
-            logger.info("%s: its upstream says no requests remain for %.1fs: skipped until "
-                        "then", model_id, known.requests_until - now)
+            known.tokens, known.tokens_reset = tokens_left, tokens_reset
+            known.tokens_until = None
+        if requests_left == 0 and not was_out:
+            wait = self._requests_wait(known, now)
+            if wait > 0:
+                logger.info("%s: its upstream says no requests remain for %.1fs: skipped "
+                            "until then", model_id, wait)
+
+    def _until(self, known: _Known, reset: str | None) -> float:
+        """A reset as written, in monotonic time (0.0 when it is not trusted)."""
+        if reset is None:
+            return 0.0
+        if known.form == "openai":
+            wait = _duration(reset)
+        else:
+            now = self.clock.monotonic()
+            wall = self.clock.time() - (now - known.at)  # when the answer came
+            wait = (_rfc3339(reset, wall) if known.form == "anthropic"
+                    else _epoch_or_delta(reset, wall))
+        return 0.0 if wait is None else known.at + wait
+
+    def _requests_until(self, known: _Known) -> float:
+        if known.requests_until is None:
+            known.requests_until = self._until(known, known.requests_reset)
+        return known.requests_until
+
+    def _tokens_until(self, known: _Known) -> float:
+        if known.tokens_until is None:
+            known.tokens_until = self._until(known, known.tokens_reset)
+        return known.tokens_until
 
     # ------------------------------------------------------------------ admission
 
@@ -199,22 +241,29 @@ class UpstreamLimits:
             return 0.0
         return max(self._requests_wait(known, now), self._tokens_wait(known, now))
 
-    @staticmethod
-    def _requests_wait(known: _Known, now: float) -> float:
-        if known.requests == 0 and known.requests_until > now:
-            return known.requests_until - now
-        return 0.0
-
-    @staticmethod
-    def _tokens_wait(known: _Known, now: float) -> float:
-        if known.tokens is None or known.tokens_until <= now:
+    def _requests_wait(self, known: _Known, now: float) -> float:
+        if known.requests != 0:
             return 0.0
-        if known.tokens > 0:
+        until = self._requests_until(known)
+        return until - now if until > now else 0.0
+
+    def _tokens_wait(self, known: _Known, now: float) -> float:
+        budget = known.tokens
+        if budget is None:
+            return 0.0
+        request = None
+        if budget > 0:
+            # the cheap answers first: no request measured, a cached Anthropic prompt, a
+            # prompt whose ceiling fits; then whether the budget is still live; the estimate
+            # last
             request = _REQUEST.get()
-            if request is None or (known.family == "anthropic" and request.caching()) \
-                    or request.tokens() <= known.tokens:
+            if request is None or (known.form == "anthropic" and request.caching()) \
+                    or request.fits(budget):
                 return 0.0
-        return known.tokens_until - now
+        until = self._tokens_until(known)
+        if until <= now or (request is not None and not request.over(budget)):
+            return 0.0
+        return until - now
 
     # ------------------------------------------------------------------ keeping
 
@@ -235,9 +284,10 @@ class UpstreamLimits:
             return round(wall + until - now, 3) if until > now else None
 
         return {"requests_remaining": known.requests,
-                "requests_reset_at": at(known.requests_until),
-                "tokens_remaining": known.tokens, "tokens_reset_at": at(known.tokens_until),
-                "at": round(known.at, 3)}
+                "requests_reset_at": at(self._requests_until(known)),
+                "tokens_remaining": known.tokens,
+                "tokens_reset_at": at(self._tokens_until(known)),
+                "at": round(wall + known.at - now, 3)}
 
 
 def _count(value: str | None) -> int | None:
@@ -270,7 +320,7 @@ def _duration(value: str | None) -> float | None:
     return _trusted(seconds)
 
 
-def _until(value: str | None, wall: float) -> float | None:
+def _rfc3339(value: str | None, wall: float) -> float | None:
     """Anthropic's reset: an RFC 3339 time, as seconds from `wall`."""
     if value is None:
         return None
@@ -297,6 +347,59 @@ def _epoch_or_delta(value: str | None, wall: float) -> float | None:
     if number > 1e9:
         return _trusted(number - wall)
     return _trusted(number)
+
+
+# what one part or character can cost at most in tokens.estimate: an image (pixel_tokens'
+# most, about 1,600), an emoji (2.5 a character)
+_PART_CEILING = 1600
+_CHAR_CEILING = 3
+
+
+def _ceiling(body: Mapping[str, Any]) -> int:
+    """More tokens than tokens.estimate can make of `body`, from the lengths of its strings
+    (C-speed `len`, no character classes): 3 a character, the most an image costs per part,
+    the JSON's bytes of the tools and schemas. A PDF part (2,000 tokens a page) has no such
+    ceiling: an int larger than any budget then, so the estimate decides."""
+    total = 3  # the reply's priming
+    for key in ("tools", "functions"):
+        tools = body.get(key)
+        if isinstance(tools, list) and tools:
+            total += 8 * len(tools) + len(_dumps(tools))
+    fmt = body.get("response_format")
+    if isinstance(fmt, Mapping):
+        total += len(_dumps(fmt))
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return total
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        total += 8
+        for key, value in message.items():
+            if isinstance(value, str):
+                total += _CHAR_CEILING * len(value)
+            elif key == "content" and isinstance(value, list):
+                for part in value:
+                    if isinstance(part, str):
+                        total += _CHAR_CEILING * len(part)
+                    elif not isinstance(part, Mapping):
+                        continue
+                    elif part.get("type") == "file":
+                        return 1 << 62
+                    else:
+                        text = part.get("text", part.get("refusal"))
+                        total += (_CHAR_CEILING * len(text) if isinstance(text, str)
+                                  else _PART_CEILING)
+            elif isinstance(value, (list, Mapping)):  # tool calls, thinking blocks
+                total += _CHAR_CEILING * len(_dumps(value))
+    return total
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return b""
 
 
 def _uses_cache(body: Mapping[str, Any]) -> bool:
