@@ -18,17 +18,21 @@ reset; remaining tokens of 0 skip every request. It is knowledge, not a breaker:
 counted against the model and nothing is announced, and an answer with new figures replaces
 the old ones (the last answer wins).
 
-Resets are taken into the daemon's monotonic clock at the moment the answer is read:
-durations as they are, Anthropic's absolute times through the wall clock (``Clock.time``).
-A reset that does not parse, is not in the future, or is not finite is not trusted (the
-figure it goes with cannot skip anything); one more than `MAX_RESET` away is cut to it. A
-count that is not a non-negative integer (Azure's ``-1``, a word) is ignored.
+Resets are taken into the daemon's monotonic clock from the moment the answer was read:
+durations as they are, absolute times (Anthropic's, OpenRouter's) through the wall clock
+(``Clock.time``). They are kept as written and read only when needed (a count of 0, a request
+over the tokens, /v1/status). A reset that does not parse, is not in the future, or is not
+finite is not trusted (the figure it goes with cannot skip anything); one more than
+`MAX_RESET` away is cut to it. A count that is not a non-negative integer (Azure's ``-1``, a
+word) is ignored.
 
 A request's own size comes from the context of its task (`ask`): the router sets it when it
 routes a chat request (`routes.py`), and every other kind of request clears it, so only the
-request being routed is measured, lazily: its prompt is estimated (tokens.py) only when a
-candidate's known token budget is live. An Anthropic request that uses prompt caching is not
-measured against Anthropic's input-token budget, which does not count cache reads.
+request being routed is measured, lazily: a quick ceiling of its estimate (`_ceiling`, from
+its strings' lengths) first, the estimate itself (tokens.py, up to milliseconds for a long
+prompt) only when the ceiling is over a live token budget. An Anthropic request that uses
+prompt caching is not measured against Anthropic's input-token budget, which does not count
+cache reads.
 """
 
 from __future__ import annotations
