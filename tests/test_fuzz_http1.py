@@ -14,9 +14,11 @@ per property from a fresh random seed (a long hunt).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h11
@@ -24,8 +26,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from failoverd.http1 import PayloadError, ProtocolError, ServerDisconnected
+from failoverd.http1 import (
+    HttpClient,
+    HttpClientError,
+    PayloadError,
+    ProtocolError,
+    Response,
+    ServerDisconnected,
+)
 from failoverd.http1.parser import MAX_HEAD, ResponseParser
+from tests.test_http1_client import RawServer
+from tests.test_http1_client import raw_server as raw_server  # the fixture
 from tests.test_http1_parser import Sink, parse
 
 EXAMPLES = int(os.environ.get("FAILOVERD_FUZZ_EXAMPLES", "0"))
@@ -69,7 +80,7 @@ def field_line(draw: st.DrawFn, name: str, value: str) -> bytes:
 
 
 @dataclass
-class Response:
+class Generated:
     """A generated response: its bytes and what it must parse to."""
 
     wire: bytes
@@ -112,7 +123,7 @@ def _encode(draw: st.DrawFn, coding: str, data: bytes) -> bytes:
 
 
 @st.composite
-def responses(draw: st.DrawFn) -> Response:
+def responses(draw: st.DrawFn) -> Generated:
     version = draw(st.sampled_from(["1.1", "1.1", "1.1", "1.0"]))
     head_method = draw(st.integers(0, 9)) == 0
     status = draw(st.sampled_from([200, 200, 201, 204, 206, 304, 400, 401, 404, 413, 429, 500,
@@ -163,7 +174,7 @@ def responses(draw: st.DrawFn) -> Response:
     wire += b"\r\n"
     if not bodiless:
         wire += _chunked(draw, encoded) if framing == "chunked" else encoded
-    return Response(bytes(wire), head_method, status, plain,
+    return Generated(bytes(wire), head_method, status, plain,
                     until_close=framing == "close" and not bodiless)
 
 
@@ -233,6 +244,16 @@ def _h11_header(name: str, value: str) -> str:
     return value.lower() if name == "transfer-encoding" else value
 
 
+def keeps_alive(response: Generated, oracle: Oracle) -> bool:
+    """h11's keep-alive decision, but for HTTP/1.0 keep-alive, which h11 does not speak and
+    the parser honours."""
+    tokens = {t.strip() for t in oracle.fields.get("connection", "").lower().split(",")}
+    if oracle.version == "1.0" and "keep-alive" in tokens and "close" not in tokens \
+            and not response.until_close:
+        return True
+    return oracle.keep_alive
+
+
 # ---------------------------------------------------------------------- valid responses
 
 
@@ -257,13 +278,7 @@ def test_valid_responses_parse_as_h11_parses_them(data: st.DataObject) -> None:
     ours = {name: _h11_header(name, value) for name, value in head.headers.items()}
     assert ours == oracle.fields
     assert bytes(sink.body) == response.body
-    tokens = {t.strip() for t in oracle.fields.get("connection", "").lower().split(",")}
-    if oracle.version == "1.0" and "keep-alive" in tokens and "close" not in tokens \
-            and not response.until_close:
-        # HTTP/1.0 keep-alive, which h11 does not speak: the parser honours it
-        assert parser.keep_alive
-    else:
-        assert parser.keep_alive == oracle.keep_alive
+    assert parser.keep_alive == keeps_alive(response, oracle)
     # h11's body is the encoded one: the framing agrees byte for byte
     encoding = oracle.fields.get("content-encoding", "").lower()
     if encoding in ("", "identity"):
@@ -408,3 +423,92 @@ def test_connection_is_read_as_tokens_in_an_http11_answer(connection: bytes,
     parser, _ = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: " + connection
                       + b"\r\n\r\n")
     assert parser.done and parser.keep_alive is keep_alive
+
+
+# ---------------------------------------------------------------------- through the client
+
+
+async def _read(resp: Response, how: str, size: int) -> bytes:
+    if how == "read":
+        return await resp.read()
+    out = bytearray()
+    while True:
+        piece = await (resp.readline() if how == "lines" else resp.read_upto(size))
+        if not piece:
+            break
+        out += piece
+    resp.release()
+    return bytes(out)
+
+
+async def test_the_client_reads_what_h11_reads_and_reuses_what_h11_keeps(
+        raw_server: Callable[..., Awaitable[RawServer]]) -> None:
+    """Generated responses (valid: the body and reuse as h11 has them; invalid: only the
+    client's own errors) over real connections through HttpClient, each followed by a plain
+    request that must be answered: on the same connection exactly when it was kept alive."""
+    loop = asyncio.get_running_loop()
+    script: list[tuple[list[bytes], bool]] = []  # the answers to come: pieces, then close?
+    again = [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain"]
+
+    async def answer(srv: RawServer, n: int, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        # each piece written apart (the loop turning between them, so that they arrive
+        # apart); after an answer that ends with the connection, it closes
+        while await srv.read_request(reader) is not None:
+            pieces, closes = script.pop(0)
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                for _ in range(2):
+                    await asyncio.sleep(0)
+            if closes:
+                return
+
+    srv = await raw_server(answer)
+    async with HttpClient() as client:
+        async def exchange(response: Generated, valid: bool, pieces: list[bytes], how: str,
+                           size: int) -> None:
+            script[:] = [(pieces, response.until_close or not valid), (again, False),
+                         (again, False)]
+            method = "HEAD" if response.head_method else "GET"
+            try:
+                resp = await client.request(method, srv.url, headers={}, connect_timeout=5)
+                body = await _read(resp, how, size)
+            except HttpClientError:
+                assert not valid
+                script[:] = [(again, False), (again, False)]
+            else:
+                if valid:
+                    assert resp.status == response.status
+                    assert body == response.body
+            connects = client.connects
+            try:
+                after = await client.request("GET", srv.url, headers={}, connect_timeout=5)
+                assert await after.read() == b"again"
+            except HttpClientError as exc:
+                # junk that came after what parsed as a whole answer, on the connection
+                # pooled meanwhile, is read as the next answer: that request fails (as with
+                # h11 or curl), and the connection with it
+                assert not valid and client.connects == connects, exc
+                after = await client.request("GET", srv.url, headers={}, connect_timeout=5)
+                assert await after.read() == b"again"
+            if valid:
+                # the second request went over the first one's connection exactly when
+                # h11 keeps that connection alive
+                kept = keeps_alive(response, h11_parse(response.wire, response.head_method))
+                assert (client.connects == connects) == kept
+
+        @fuzz(80)
+        @given(st.data())
+        def prop(data: st.DataObject) -> None:
+            valid = data.draw(st.integers(0, 3)) > 0
+            response = data.draw(responses())
+            wire = response.wire if valid else data.draw(invalid_responses())
+            pieces = data.draw(split(wire))
+            how = data.draw(st.sampled_from(["read", "lines", "upto"]))
+            size = data.draw(st.integers(1, 64))
+            asyncio.run_coroutine_threadsafe(
+                asyncio.wait_for(exchange(response, valid, pieces, how, size), 20),
+                loop).result()
+
+        await asyncio.to_thread(prop)
