@@ -149,7 +149,11 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         if not first.task.done():
             await cancel_all({first.task})
         raise
-    target = hedge_to()
+    try:
+        target = hedge_to()
+    except BaseException:
+        await cancel_all({first.task})
+        raise
     if target is None:
         # awaiting the task itself: a cancellation of the request cancels it too
         return model_id, await first.task
