@@ -174,6 +174,26 @@ primary = "a/m"
     assert not any("X-Ok" in p for p in got)
 
 
+def test_a_bad_base_url_is_quoted_without_its_password_or_query() -> None:
+    got = problems('''
+[providers.a]
+kind = "openai"
+base_url = "ftp://user:hunter2@api.example.com/v1?key=sk-secret"
+[providers.b]
+kind = "openai"
+base_url = "https://user:hunter2@api.example.com:99999/v1?key=sk-secret"
+[models."a/m"]
+provider = "a"
+[routing]
+primary = "a/m"
+''')
+    assert "providers.a.base_url: must start with http:// or https://, got " \
+        "'ftp://api.example.com/v1'" in got, got
+    assert any(p.startswith("providers.b.base_url: is not a usable URL")
+               and p.endswith("'https://api.example.com:99999/v1'") for p in got), got
+    assert not any("hunter2" in p or "sk-secret" in p for p in got), got
+
+
 def test_credentials_stay_out_of_the_headers_table_and_api_key_header_needs_a_key() -> None:
     got = problems('''
 [providers.a]

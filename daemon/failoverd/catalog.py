@@ -221,12 +221,14 @@ def read_provider(name: str, sec: Section, env: Mapping[str, str]) -> ProviderCo
         default_url = VERTEX_MULTI_REGION_URL.format(region=region)
     base_url = sec.get("base_url", str, default_url).rstrip("/")
     if kind != "simulated" and not base_url.startswith(("http://", "https://")):
-        sec.problem("base_url", f"must start with http:// or https://, got {base_url!r}")
+        # bare(): a URL's userinfo or query may hold a secret, and errors reach logs
+        sec.problem("base_url", f"must start with http:// or https://, got {bare(base_url)!r}")
     elif kind != "simulated":
         try:
             Target(base_url).key  # noqa: B018 - parses host and port
-        except ValueError as exc:
-            sec.problem("base_url", f"is not a usable URL: {exc}")
+        except ValueError:
+            sec.problem("base_url", "is not a usable URL (an http:// or https:// URL with a "
+                        f"host, and a port from 1 to 65535 if any): {bare(base_url)!r}")
         else:
             # Bedrock's paths are appended to it, as to a configured AWS endpoint
             why = aws_endpoint_problem(base_url) if kind == "bedrock" else ""
