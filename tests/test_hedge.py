@@ -202,7 +202,7 @@ async def test_both_failing_with_nothing_left_is_the_503_listing_both(
 
 async def test_the_hedge_goes_to_the_next_available_candidate_and_never_waits(
         start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
-    a = await fake_openai(default="slow:0.3", reply="from a")
+    a = await fake_openai(default="slow:0.15", reply="from a")
     b = await fake_openai(reply="from b")
     c = await fake_openai(reply="from c")
     d = await start_daemon(config(a, b, c))
@@ -222,8 +222,8 @@ async def test_the_hedge_goes_to_the_next_available_candidate_and_never_waits(
 
 async def test_a_candidate_at_its_max_concurrency_is_not_hedged_to(
         start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
-    a = await fake_openai(default="slow:0.3", reply="from a")
-    b = await fake_openai(default="slow:0.6", reply="from b")
+    a = await fake_openai(default="slow:0.15", reply="from a")
+    b = await fake_openai(default="slow:0.4", reply="from b")
     d = await start_daemon(config(a, b, models=f"{B}: max_concurrency = 1"))
     busy = asyncio.create_task(chat(d, B, **{"x-failoverd-no-fallback": "1"}))
     await until(lambda: len(b.chat_requests()) == 1)
