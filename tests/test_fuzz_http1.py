@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from failoverd.http1 import (
@@ -40,12 +40,16 @@ from tests.test_http1_client import raw_server as raw_server  # the fixture
 from tests.test_http1_parser import Sink, parse
 
 EXAMPLES = int(os.environ.get("FAILOVERD_FUZZ_EXAMPLES", "0"))
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 def fuzz(examples: int) -> settings:
     """`examples` derandomized in the normal suite; FAILOVERD_FUZZ_EXAMPLES from a new seed."""
     return settings(max_examples=EXAMPLES or examples, derandomize=not EXAMPLES,
                     deadline=None, database=None, print_blob=True,
+                    # in the suite a failure is reported as found (shrinking it could take
+                    # longer than the test's timeout); a hunt shrinks it
+                    phases=None if EXAMPLES else NO_SHRINK,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -257,7 +261,7 @@ def keeps_alive(response: Generated, oracle: Oracle) -> bool:
 # ---------------------------------------------------------------------- valid responses
 
 
-@fuzz(400)
+@fuzz(150)
 @given(st.data())
 def test_valid_responses_parse_as_h11_parses_them(data: st.DataObject) -> None:
     response = data.draw(responses())
@@ -293,7 +297,7 @@ def test_valid_responses_parse_as_h11_parses_them(data: st.DataObject) -> None:
         assert decoded == response.body
 
 
-@fuzz(200)
+@fuzz(80)
 @given(st.data())
 def test_valid_responses_cut_short_raise_the_parsers_own_errors(data: st.DataObject) -> None:
     """Every valid response that ends early (the connection closed at a drawn byte) ends in
@@ -367,7 +371,7 @@ def invalid_responses(draw: st.DrawFn) -> bytes:
     return bytes(wire)
 
 
-@fuzz(400)
+@fuzz(150)
 @given(st.data())
 def test_invalid_responses_raise_only_the_parsers_own_errors(data: st.DataObject) -> None:
     wire = data.draw(invalid_responses())
@@ -498,7 +502,7 @@ async def test_the_client_reads_what_h11_reads_and_reuses_what_h11_keeps(
                 kept = keeps_alive(response, h11_parse(response.wire, response.head_method))
                 assert (client.connects == connects) == kept
 
-        @fuzz(80)
+        @fuzz(40)
         @given(st.data())
         def prop(data: st.DataObject) -> None:
             valid = data.draw(st.integers(0, 3)) > 0
