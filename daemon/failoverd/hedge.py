@@ -61,8 +61,9 @@ class HedgeInfo:
 
 
 class HedgeFailed(Exception):
-    """Both attempts of a hedge failed in ways the chain goes on after: (model, error) each,
-    in the order they failed. Never leaves the dispatcher."""
+    """Both attempts of a hedge failed, the original in a way the chain goes on after (the
+    hedge perhaps with a refusal): (model, error) each, in the order they failed. An internal
+    signal of the attempt loop, outside errors.py's tree: it never leaves the dispatcher."""
 
     def __init__(self, failures: list[tuple[str, UpstreamError]]) -> None:
         super().__init__(f"{len(failures)} hedged attempts failed")
