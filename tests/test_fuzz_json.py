@@ -102,6 +102,37 @@ RESPONSES_BODY: dict[str, Any] = {
     "text": {"format": {"type": "json_schema", "name": "answer", "schema": SCHEMA}},
     "metadata": {"k": "v"}, "stream": False,
 }
+# second seeds: streams, reasoning and the rarer fields
+CHAT_2: dict[str, Any] = {
+    "model": "default", "stream": True, "stream_options": {"include_usage": True}, "n": 2,
+    "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    "reasoning_effort": "low", "tools": CHAT["tools"], "parallel_tool_calls": False,
+    "tool_choice": {"type": "function", "function": {"name": "get"}}, "seed": 1,
+    "max_completion_tokens": 50, "presence_penalty": 0.5,
+}
+MESSAGES_2: dict[str, Any] = {
+    "model": "default", "max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 2048},
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "sum it up"}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
+            {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": False,
+             "content": [{"type": "text", "text": "42"}]}]}],
+    "tools": MESSAGES["tools"], "tool_choice": {"type": "any"}, "stream": True,
+}
+RESPONSES_2: dict[str, Any] = {
+    "model": "default", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thinking"}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "ok"}]},
+        {"role": "user", "content": "more"}],
+    "reasoning": {"effort": "low"}, "text": {"format": {"type": "json_object"}},
+    "tool_choice": {"type": "function", "name": "get"}, "tools": RESPONSES_BODY["tools"],
+    "parallel_tool_calls": False, "stream": True, "top_p": 0.9, "truncation": "disabled",
+}
 COMPLETIONS: dict[str, Any] = {
     "model": "default", "prompt": ["def f(", "class A:"], "suffix": "\n", "max_tokens": 16,
     "n": 2, "stop": ["\n"], "echo": False, "logprobs": 0, "stream": False, "temperature": 0.2,
@@ -257,16 +288,17 @@ def _responses(body: Any) -> dict[str, Any]:
     return RESPONSES.canonical(body)
 
 
-FRONTS: dict[str, tuple[Callable[[Any], dict[str, Any]], dict[str, Any]]] = {
-    "chat": (_chat, CHAT), "messages": (_messages, MESSAGES),
-    "responses": (_responses, RESPONSES_BODY),
+FRONTS: dict[str, tuple[Callable[[Any], dict[str, Any]], list[dict[str, Any]]]] = {
+    "chat": (_chat, [CHAT, CHAT_2]), "messages": (_messages, [MESSAGES, MESSAGES_2]),
+    "responses": (_responses, [RESPONSES_BODY, RESPONSES_2]),
 }
 
 
 @pytest.mark.parametrize("front", list(FRONTS))
 def test_the_seeds_are_valid(front: str) -> None:
-    canonical, seed = FRONTS[front]
-    assert check_front(canonical, copy.deepcopy(seed)) is not None
+    canonical, seeds = FRONTS[front]
+    for seed in seeds:
+        assert check_front(canonical, copy.deepcopy(seed)) is not None
     assert completions.validate(copy.deepcopy(COMPLETIONS))
     assert embeddings.validate(copy.deepcopy(EMBEDDINGS))
 
@@ -276,8 +308,8 @@ def test_the_seeds_are_valid(front: str) -> None:
 @given(data=st.data())
 def test_almost_right_chat_bodies_are_translated_or_named(front: str,
                                                          data: st.DataObject) -> None:
-    canonical, seed = FRONTS[front]
-    check_front(canonical, data.draw(almost(seed)))
+    canonical, seeds = FRONTS[front]
+    check_front(canonical, data.draw(st.sampled_from(seeds).flatmap(almost)))
 
 
 @fuzz(100)
