@@ -147,19 +147,25 @@ FIELDS = {
     "hook:failed": {"hook", "event", "event_id", "error"},
     "budget:reached": {"scope", "name", "period", "period_key", "cap", "limit_usd",
                        "spent_usd", "resets_at"},
+    "model:hedged": {"from_model", "to_model", "after", "winner", "outcome", "session"},
 }
 
 
-def every_type_config(a: Any, b: Any, c: Any, port: int, hook: str) -> str:
+def every_type_config(a: Any, b: Any, c: Any, port: int, hook: str, slow: Any) -> str:
     return pair_config(
         a, b, head=f'node = "{NODE}"\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {port}',
         a_window=128000, b_window=32000,
         # still b's model: its first answer (15 tokens at $0.10 per 1,000) reaches its cap
         more='cost = { input = 100.0, output = 100.0 }\nmax_cost_per_day = 0.001\n'
              f'[providers.c]\nkind = "openai"\nbase_url = "{c.url}"\n'
-             f'[models."{ODD}"]\nprovider = "c"\nname = "gpt-c"\n',
+             f'[models."{ODD}"]\nprovider = "c"\nname = "gpt-c"\n'
+             # slow to answer: hedged to a/gpt-a after 50 ms (model:hedged)
+             f'[providers.s]\nkind = "openai"\nbase_url = "{slow.url}"\n'
+             '[models."s/slow"]\nprovider = "s"\nhedge_after = 0.05\n',
         tail=f"""[chains.odd]
 models = ["{ODD}"]
+[chains.hedged]
+models = ["s/slow", "a/gpt-a"]
 [breaker]
 failure_threshold = 1
 open_seconds = 30
@@ -185,10 +191,12 @@ async def test_every_event_type_reaches_mqtt_sse_and_the_log(
     a = await fake_openai(default="rate_limit", reply="from a")
     b = await fake_openai(reply="from b")
     c = await fake_openai(default="auth")
+    slow = await fake_openai(default="slow:5")
     junk = script(tmp_path, "junk", "cat >/dev/null\necho 'not json'\n")
     clock = ManualClock()
     async with Recorder(mosquitto.port, f"{BASE}/#") as rec:
-        d = await start_daemon(every_type_config(a, b, c, mosquitto.port, junk), clock=clock)
+        d = await start_daemon(every_type_config(a, b, c, mosquitto.port, junk, slow),
+                               clock=clock)
         svc = d.sup.service
         await asyncio.wait_for(svc.mqtt.wait_connected(), 5)
         async with sse(d) as stream:
@@ -211,6 +219,9 @@ async def test_every_event_type_reaches_mqtt_sse_and_the_log(
             a.default = "ok"
             resp = await d.http.post("/v1/models/a/gpt-a/probe")
             assert resp.json()["ok"] is True
+            # a slow model is hedged: a answers first
+            resp = await chat(d, "hedged")
+            assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "a/gpt-a"
             # a rejected reload, then a good one
             path = Path(d.sup.config_path)
             good = path.read_text()
