@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from failoverd import config as config_mod
+from failoverd.dispatch import Outcome
 from failoverd.errors import UpstreamError
 from failoverd.events import EVENT_TYPES
 from failoverd.failures import FailureReason
-from failoverd.hedge import HedgeFailed, Lane, race
+from failoverd.hedge import HedgeFailed, HedgeInfo, Lane, race
+from failoverd.hedge import run as hedge_run
 from failoverd.metrics import Metrics
 from tests.helpers import A_THEN_B, providers
 
@@ -108,3 +111,102 @@ def test_model_hedged_is_an_event_type_hooks_can_subscribe_to() -> None:
     cfg = config_mod.loads(f'{body}\n{A_THEN_B}\n[[hooks]]\nevents = ["model:hedged"]\n'
                            'exec = ["/bin/true"]\n')
     assert cfg.hooks[0].events == ("model:hedged",)
+
+
+# ------------------------------------------------------------------ answers never left behind
+
+
+class Answer:
+    """An answer that holds something until closed (a stream's connection and permit)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+
+async def _close(answer: Any) -> Any:
+    answer.closed = True
+    return None
+
+
+async def _gated(gate: asyncio.Future[None], answer: Answer) -> Answer:
+    await gate
+    return answer
+
+
+async def _turns(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_an_answer_that_comes_as_the_race_is_cancelled_is_closed() -> None:
+    # the client leaves in the very loop turn the first lane's stream got its first chunk:
+    # the race is cancelled before it could hand the answer over; it used to stay open, its
+    # permit (max_concurrency slot, in-flight count, half-open trial) never given back
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    answer = Answer("a")
+    first = Lane("a", asyncio.ensure_future(_gated(gate, answer)))
+    second = Lane("b", asyncio.ensure_future(_answer("b", 5)))
+    racing = asyncio.ensure_future(race(first, second, _close))
+    await _turns()
+    gate.set_result(None)
+    await asyncio.sleep(0)  # the lane ends; the race has not run since
+    assert first.task.done() and not racing.done()
+    racing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await racing
+    assert answer.closed and second.task.cancelled()
+
+
+async def test_an_answer_with_the_first_lanes_refusal_is_closed_and_failures_kept() -> None:
+    # the original's bad_request ends the request; the hedge's answer of the same moment is
+    # closed, and a hedge failure of that moment is listed
+    answer = Answer("b")
+    first = Lane("a", asyncio.ensure_future(_fail(FailureReason.BAD_REQUEST, 0)))
+    second = Lane("b", asyncio.ensure_future(_gated(_done(), answer)))
+    with pytest.raises(UpstreamError):
+        await race(first, second, _close)
+    assert answer.closed
+    failures: list[tuple[str, UpstreamError]] = []
+    first = Lane("a", asyncio.ensure_future(_fail(FailureReason.BAD_REQUEST, 0)))
+    second = Lane("b", asyncio.ensure_future(_fail(FailureReason.SERVER_ERROR, 0)))
+    with pytest.raises(UpstreamError):
+        await race(first, second, _close, failures)
+    assert [(m, e.reason) for m, e in failures] == [("b", FailureReason.SERVER_ERROR)]
+
+
+async def test_a_hedge_failing_as_the_original_answers_is_a_failure_of_the_race() -> None:
+    first = Lane("a", asyncio.ensure_future(_answer("a", 0)))
+    second = Lane("b", asyncio.ensure_future(_fail(FailureReason.SERVER_ERROR, 0)))
+    finish = await race(first, second)
+    assert finish.winner is first
+    assert [(m, e.reason) for m, e in finish.failures] == [("b", FailureReason.SERVER_ERROR)]
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+@pytest.mark.parametrize("hedged", [False, True])
+async def test_an_answer_that_comes_as_the_request_is_cancelled_is_closed(hedged: bool) -> None:
+    # hedge.run before its race: waiting for the first byte (the timer not yet fired), or
+    # alone once no hedge could be found; the request is cancelled in the loop turn the
+    # attempt answered
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    answer = Answer("a")
+    outcome = Outcome()
+    running = asyncio.ensure_future(hedge_run(
+        "a", _gated(gate, answer), 0.001 if hedged else 5, lambda: None,
+        HedgeInfo("a", "", 0.001, "cancelled", None, None), outcome, None, _close))
+    if hedged:
+        await asyncio.sleep(0.02)  # the timer fired, no hedge: the attempt goes on alone
+    await _turns()
+    gate.set_result(None)
+    await asyncio.sleep(0)
+    assert not running.done()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert answer.closed and outcome.hedges == ()

@@ -15,6 +15,7 @@ usage) of each hedge. The config keys are read in catalog.py (read_hedge_after).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,8 +34,10 @@ if TYPE_CHECKING:
     from failoverd.providers.base import Provider
     from failoverd.requirements import Requirements
 
-__all__ = ["HedgeFailed", "HedgeInfo", "Lane", "cancel_all", "pick_target", "race", "reporter",
-           "run"]
+__all__ = ["HedgeFailed", "HedgeInfo", "Lane", "abandon", "cancel_all", "pick_target", "race",
+           "reporter", "run"]
+
+logger = logging.getLogger(__name__)
 
 # won: the hedge served; lost: the attempt it hedged served first; failed: the hedge failed;
 # cancelled: the request ended (the client left, a refusal no candidate gets past) first
@@ -137,8 +140,9 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
     """`attempt` (on `model_id`), hedged by `hedge_to()`'s once it has not answered after
     `after` seconds: (the model that served, its result). Raises what the attempt raises
     when it is not hedged; HedgeFailed when both failed. `info` is filled in and reported,
-    and its part of x-failoverd-hedge added to `outcome`; `discard` closes a loser's answer
-    that came at the same moment as the winner's and returns its usage."""
+    and its part of x-failoverd-hedge added to `outcome`; `discard` closes an answer that is
+    not served (a loser's that came at the same moment as the winner's, one that came as the
+    request was cancelled) and returns its usage."""
     first = Lane(model_id, asyncio.ensure_future(attempt))
     try:
         with timeout(after):
@@ -147,17 +151,19 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         if first.task.done():  # it ended as the time did: as it ended
             return model_id, first.task.result()
     except BaseException:  # its own failure, or the request cancelled
-        if not first.task.done():
-            await cancel_all({first.task})
+        await abandon((first,), discard)
         raise
     try:
         target = hedge_to()
     except BaseException:
-        await cancel_all({first.task})
+        await abandon((first,), discard)
         raise
     if target is None:
-        # awaiting the task itself: a cancellation of the request cancels it too
-        return model_id, await first.task
+        try:
+            return model_id, await asyncio.shield(first.task)
+        except BaseException:  # the request cancelled, perhaps as the attempt answered
+            await abandon((first,), discard)
+            raise
     to_id, to_attempt, permit = target
     info.to_model = to_id
     started = False
@@ -168,12 +174,17 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         return await to_attempt
 
     second = Lane(to_id, asyncio.ensure_future(hedge()))
+    failures: list[tuple[str, UpstreamError]] = []
     try:
-        finish = await race(first, second)
+        finish = await race(first, second, discard, failures)
     except HedgeFailed:
         info.outcome = "failed"
         raise
     except BaseException:
+        # the original's refusal (or a bug, or the request cancelled): the hedge's failure
+        # before it is an attempt all the same
+        for failed_id, exc in failures:
+            outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status, exc.message))
         if second.task.done() and not second.task.cancelled() \
                 and second.task.exception() is not None:
             info.outcome = "failed"
@@ -188,7 +199,11 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
             info.outcome = "failed" if finish.failures else "lost"
         if finish.late_lane is not None:
             info.loser = finish.late_lane.model
-            info.loser_usage = await discard(finish.late)
+            try:
+                info.loser_usage = await discard(finish.late)
+            except BaseException:  # cancelled meanwhile: the winner's answer goes unserved
+                await _discard_quietly(discard, finish.result)
+                raise
         return finish.winner.model, finish.result
     finally:
         if not started:
@@ -200,38 +215,52 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
             report(info)
 
 
-async def race(first: Lane, second: Lane) -> Finish:
+async def race(first: Lane, second: Lane,
+               discard: Callable[[Any], Awaitable[Any]] | None = None,
+               failures: list[tuple[str, UpstreamError]] | None = None) -> Finish:
     """The first answer of the two lanes (the first lane's on a tie). A failure the chain
     would fail over after lets the other lane go on, and so does any upstream failure of
     the second (the hedge: a refusal by it says nothing of the attempt it hedged, which
     would have served without it); both failing raises HedgeFailed. Any other exception
     (the first lane's bad_request, a bug) ends the race at once. The lane still running
     when the race ends, however it ends (its caller cancelled included), is cancelled and
-    awaited, so its permit and connection are given back first."""
+    awaited, so its permit and connection are given back first; an answer that is not
+    handed over (it came as the race was cancelled, or with the first lane's refusal) is
+    closed with `discard`. `failures` (the upstream failures, in the order they came) is
+    filled in as the race goes, so a caller sees them however it ends."""
     lanes = (first, second)
     pending = {first.task, second.task}
-    failures: list[tuple[str, UpstreamError]] = []
+    failures = [] if failures is None else failures
+    kept: tuple[Lane, ...] = ()  # the lanes whose answers the caller takes
     try:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for lane in lanes:
+            answered: list[Lane] = []
+            refusal: BaseException | None = None
+            for lane in lanes:  # in order: the first lane's answer or refusal goes first
                 if lane.task not in done:
                     continue
                 error = _error(lane)
                 if error is None:
-                    other = second if lane is first else first
-                    finish = Finish(lane, lane.task.result(), failures)
-                    if other.task in done and _error(other) is None:
-                        finish.late, finish.late_lane = other.task.result(), other
-                    return finish
-                if isinstance(error, UpstreamError) and (policy(error.reason).fail_over
-                                                         or lane is second):
+                    if refusal is None:
+                        answered.append(lane)
+                elif isinstance(error, UpstreamError) and (policy(error.reason).fail_over
+                                                           or lane is second):
+                    # at the same moment as the other's answer too: the hedge "failed"
                     failures.append((lane.model, error))
-                    continue
-                raise error
+                elif refusal is None and not answered:
+                    refusal = error
+            if refusal is not None:
+                raise refusal
+            if answered:
+                finish = Finish(answered[0], answered[0].task.result(), failures)
+                if len(answered) == 2:
+                    finish.late, finish.late_lane = answered[1].task.result(), answered[1]
+                kept = tuple(answered)
+                return finish
         raise HedgeFailed(failures)
     finally:
-        await cancel_all(pending)
+        await abandon(tuple(lane for lane in lanes if lane not in kept), discard)
 
 
 def _error(lane: Lane) -> BaseException | None:
@@ -250,6 +279,29 @@ async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
     for task in tasks:  # retrieved, so the loop logs no "exception was never retrieved"
         if not task.cancelled():
             task.exception()
+
+
+async def abandon(lanes: Sequence[Lane], discard: Callable[[Any], Awaitable[Any]] | None
+                  ) -> None:
+    """Ends lanes whose answers will not be served: those still running are cancelled and
+    awaited; one that answered all the same (in the loop turn that ended the race or
+    cancelled the request) has its answer closed with `discard`, so a stream's connection
+    and permit are not left behind."""
+    await cancel_all({lane.task for lane in lanes if not lane.task.done()})
+    if discard is None:
+        return
+    for lane in lanes:
+        task = lane.task
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await _discard_quietly(discard, task.result())
+
+
+async def _discard_quietly(discard: Callable[[Any], Awaitable[Any]], answer: Any) -> None:
+    # called on the way out of a failure or a cancellation, which must go on as it was
+    try:
+        await discard(answer)
+    except Exception:
+        logger.warning("closing an answer that was not served failed", exc_info=True)
 
 
 def reporter(bus: EventBus, metrics: Metrics,
