@@ -40,15 +40,27 @@ OPENAI_SHORT = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requ
                 "x-ratelimit-remaining-tokens": "2000", "x-ratelimit-reset-tokens": "6m0s"}
 
 
+_ADMITTED = web.RequestKey("admitted", dict[str, str])  # a request's figures, as it arrived
+
+
 class _LimitHeaders:
     """Sends `limits` with every answer, errors and stream heads included, as the vendors do
-    (aiohttp's on_response_prepare: the headers go out with the head, before any body)."""
+    (aiohttp's on_response_prepare: the headers go out with the head, before any body). The
+    figures are those of the moment the request arrived, as a vendor's rate limiter admits
+    it: a slow answer tells what was left when it was asked."""
 
     limits: dict[str, str]
 
     def _with_limits(self, app: web.Application) -> web.Application:
+        @web.middleware
+        async def admit(request: web.Request, handler: Any) -> web.StreamResponse:
+            request[_ADMITTED] = dict(self.limits)
+            response: web.StreamResponse = await handler(request)
+            return response
+
         async def add(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.update(self.limits)
+            response.headers.update(request.get(_ADMITTED, self.limits))
+        app.middlewares.append(admit)
         app.on_response_prepare.append(add)
         return app
 

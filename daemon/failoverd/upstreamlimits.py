@@ -15,16 +15,19 @@ A model whose last answer said its remaining requests are 0 is skipped as unavai
 (``upstream_rpm``) until the stated reset; one whose remaining (input) tokens are below a
 request's estimated prompt is skipped for that request (``upstream_tpm``) until the tokens'
 reset; remaining tokens of 0 skip every request. It is knowledge, not a breaker: nothing is
-counted against the model and nothing is announced, and an answer with new figures replaces
-the old ones (the last answer wins).
+counted against the model and nothing is announced. An answer with new figures replaces
+the old ones when its request was sent no earlier than theirs: the figures are the rate
+limiter's when it admitted a request, so a slow answer to an older request is older news, and
+so is one to a request sent before a reload changed the model or its provider.
 
-Resets are taken into the daemon's monotonic clock from the moment the answer was read:
-durations as they are, absolute times (Anthropic's, OpenRouter's) through the wall clock
-(``Clock.time``). They are kept as written and read only when needed (a count of 0, a request
-over the tokens, /v1/status). A reset that does not parse, is not in the future, or is not
-finite is not trusted (the figure it goes with cannot skip anything); one more than
-`MAX_RESET` away is cut to it. A count that is not a non-negative integer (Azure's ``-1``, a
-word) is ignored.
+Resets are taken into the daemon's monotonic clock from the moment the request was sent (the
+adapter's `start` stamp; a non-streamed answer comes only once its completion is made):
+durations as they are, absolute times (Anthropic's, OpenRouter's) through the wall clock as it
+stood when the answer came (``Clock.time``; a later step of the wall clock moves nothing).
+They are kept as written and read only when needed (a count of 0, a request over the tokens,
+/v1/status). A reset that does not parse, is not in the future, or is not finite is not
+trusted (the figure it goes with cannot skip anything); one more than `MAX_RESET` away is cut
+to it. A count that is not a non-negative integer (Azure's ``-1``, a word) is ignored.
 
 A request's own size comes from the context of its task (`ask`): the router sets it when it
 routes a chat request (`routes.py`), and every other kind of request clears it, so only the
@@ -76,12 +79,15 @@ class _Known:
     first needed (a count of 0, a request over the tokens, /v1/status): most answers leave
     plenty, and then no reset is ever parsed."""
 
-    __slots__ = ("form", "at", "requests", "requests_reset", "requests_until", "tokens",
-                 "tokens_reset", "tokens_until")
+    __slots__ = ("form", "at", "offset", "requests", "requests_reset", "requests_until",
+                 "tokens", "tokens_reset", "tokens_until")
 
-    def __init__(self) -> None:
+    def __init__(self, at: float = -math.inf) -> None:
         self.form = "openai"  # how its resets are written: openai, openrouter, anthropic
-        self.at = 0.0  # monotonic time of the answer
+        # monotonic time the request of the answer was sent: answers to requests sent before
+        # it are older news (and, after a reload, perhaps another account's)
+        self.at = at
+        self.offset = 0.0  # the wall clock less the monotonic one when the answer came
         self.requests: int | None = None
         self.requests_reset: str | None = None
         self.requests_until: float | None = None  # monotonic, 0.0: unusable; None: not read
@@ -146,9 +152,16 @@ class UpstreamLimits:
 
     # ------------------------------------------------------------------ reading answers
 
-    def seen(self, family: str, model_id: str, headers: Headers) -> None:
+    def start(self) -> float:
+        """The stamp of a request about to be sent, for `seen` (the monotonic clock)."""
+        return self.clock.monotonic()
+
+    def seen(self, family: str, model_id: str, headers: Headers,
+             sent: float | None = None) -> None:
         """Reads an answer's rate-limit headers: a few lookups, nothing kept (or allocated
-        but by the lookups) when there are none, the counts only when there are."""
+        but by the lookups) when there are none, the counts only when there are. `sent`:
+        the request's `start` stamp (None: now), which orders the answers and from which
+        their durations count."""
         if family == "anthropic":
             requests = headers.get("anthropic-ratelimit-requests-remaining")
             tokens = headers.get("anthropic-ratelimit-input-tokens-remaining")
@@ -159,32 +172,39 @@ class UpstreamLimits:
             if requests is not None or tokens is not None:
                 self._update(model_id, "anthropic", requests,
                              headers.get("anthropic-ratelimit-requests-reset"), tokens,
-                             headers.get(tokens_reset))
+                             headers.get(tokens_reset), sent)
             return
         requests = headers.get("x-ratelimit-remaining-requests")
         tokens = headers.get("x-ratelimit-remaining-tokens")
         if requests is not None or tokens is not None:
             self._update(model_id, "openai", requests,
                          headers.get("x-ratelimit-reset-requests"), tokens,
-                         headers.get("x-ratelimit-reset-tokens"))
+                         headers.get("x-ratelimit-reset-tokens"), sent)
             return
         requests = headers.get("x-ratelimit-remaining")  # OpenRouter: requests
         if requests is not None:
             self._update(model_id, "openrouter", requests, headers.get("x-ratelimit-reset"),
-                         None, None)
+                         None, None, sent)
 
     def _update(self, model_id: str, form: str, requests: str | None,
                 requests_reset: str | None, tokens: str | None,
-                tokens_reset: str | None) -> None:
+                tokens_reset: str | None, sent: float | None) -> None:
         requests_left, tokens_left = _count(requests), _count(tokens)
         if requests_left is None and tokens_left is None:
             return  # nothing usable: what an earlier answer said stands
         now = self.clock.monotonic()
+        if sent is None or sent > now:
+            sent = now
         known = self._known.get(model_id)
         if known is None:
             known = self._known[model_id] = _Known()
+        elif sent < known.at:
+            # a request sent before the one whose figures are kept (a long answer arriving
+            # after a short one), or before the model's settings changed: older news
+            return
         was_out = self._requests_wait(known, now) > 0
-        known.form, known.at = form, now
+        known.form, known.at = form, sent
+        known.offset = self.clock.time() - now
         if requests_left is not None:
             known.requests, known.requests_reset = requests_left, requests_reset
             known.requests_until = None
@@ -204,8 +224,9 @@ class UpstreamLimits:
         if known.form == "openai":
             wait = _duration(reset)
         else:
-            now = self.clock.monotonic()
-            wall = self.clock.time() - (now - known.at)  # when the answer came
+            # the wall clock as it stood with the monotonic one when the answer came: a jump
+            # of the wall clock since then moves nothing
+            wall = known.at + known.offset
             wait = (_rfc3339(reset, wall) if known.form == "anthropic"
                     else _epoch_or_delta(reset, wall))
         return 0.0 if wait is None else known.at + wait
@@ -272,15 +293,17 @@ class UpstreamLimits:
     # ------------------------------------------------------------------ keeping
 
     def forget(self, model_id: str) -> None:
-        """Drops what is known of a model (its settings changed or it went away)."""
-        self._known.pop(model_id, None)
+        """Drops what is known of a model (its settings changed or it went away); the
+        answers to requests sent before, still under way, are not taken either (they may
+        tell another account's budget)."""
+        self._known[model_id] = _Known(self.clock.monotonic())
 
     def status(self, model_id: str) -> dict[str, Any] | None:
         """`/v1/status`' `upstream_limits` of a model: the last answer's figures, when it
         came (`at`) and the resets still ahead (epoch seconds, null when passed or unknown);
         None when no answer told any."""
         known = self._known.get(model_id)
-        if known is None:
+        if known is None or (known.requests is None and known.tokens is None):
             return None
         now, wall = self.clock.monotonic(), self.clock.time()
 

@@ -88,8 +88,13 @@ class AttemptLimits:
 class RateLimitSink(Protocol):
     """Takes the rate-limit headers of the answers to a model (see upstreamlimits.py)."""
 
-    def seen(self, family: str, model_id: str, headers: Any) -> None:
-        """`family`: whose headers the upstream sends ("openai", "anthropic")."""
+    def start(self) -> float:
+        """A stamp taken before the request is sent, handed back to `seen`."""
+        ...
+
+    def seen(self, family: str, model_id: str, headers: Any, sent: float | None = None) -> None:
+        """`family`: whose headers the upstream sends ("openai", "anthropic"); `sent`: the
+        request's `start` stamp."""
         ...
 
 

@@ -376,6 +376,7 @@ async def fetch(client: Requester, method: str, url: str, *,
     retry go by).
     """
     resp: Response | None = None
+    sent = seen.start() if seen is not None else 0.0
     try:
         with timeout(total):
             resp = await client.request(method, url, data=data, headers=headers,
@@ -383,7 +384,7 @@ async def fetch(client: Requester, method: str, url: str, *,
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
             if seen is not None:
-                seen.seen(family, model, resp.headers)
+                seen.seen(family, model, resp.headers, sent)
             return await resp.read()  # gives the connection back to the pool
     except BaseException as exc:
         _end(resp, exc)
@@ -415,6 +416,7 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
     takes the 200 head's rate-limit headers (of `family`; trailers are not read).
     """
     resp: Response | None = None
+    sent = seen.start() if seen is not None else 0.0
     try:
         with timeout_at(first_deadline):
             resp = await client.request("POST", url, data=data, headers=headers,
@@ -422,7 +424,7 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
             if seen is not None:
-                seen.seen(family, model, resp.headers)
+                seen.seen(family, model, resp.headers, sent)
     except BaseException as exc:
         _end(resp, exc)
         if isinstance(exc, _MAPPED) and not isinstance(exc, UpstreamError):
