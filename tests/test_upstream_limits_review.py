@@ -17,7 +17,7 @@ from failoverd.clock import ManualClock
 from failoverd.http1 import HttpClient
 from failoverd.tokens import estimate
 from tests.fakes.base import fake_fixture
-from tests.helpers import chat, pair_config, providers, status
+from tests.helpers import HELLO, chat, pair_config, providers, status
 from tests.test_upstream_limits import (
     OPENAI_SPENT,
     LimitedAnthropic,
@@ -142,4 +142,26 @@ async def test_a_wall_clock_step_after_the_answer_moves_no_reset(
     upstreamlimits.ask(_prompt(3000))
     assert reg.available("a/m") == (False, "upstream_tpm")
     assert reg.retry_in("a/m") == pytest.approx(15)
+    upstreamlimits.ask(None)
+
+
+async def test_anthropic_token_counts_are_rounded_to_the_thousand(
+        limited_anthropic: Any, http_client: HttpClient) -> None:
+    """Anthropic rounds its remaining tokens to the nearest thousand: "0" may be 499 left,
+    "1000" 1,499. Every request used to be skipped on a "0", and a prompt just over the count
+    too, though either may be served."""
+    clock = ManualClock()
+    fake = await limited_anthropic(limits=anthropic_limits(clock, input_tokens="0"))
+    reg, cfg = registry(providers(a=("anthropic", fake.url)), clock)
+    await answer(http_client, reg, cfg)
+    upstreamlimits.ask({"messages": HELLO})
+    assert reg.available("a/m") == (True, None)
+    upstreamlimits.ask(_prompt(500))
+    assert reg.available("a/m") == (False, "upstream_tpm")
+    fake.limits = anthropic_limits(clock, input_tokens="1000")
+    await answer(http_client, reg, cfg)
+    upstreamlimits.ask(_prompt(1300))
+    assert reg.available("a/m") == (True, None)
+    upstreamlimits.ask(_prompt(1500))
+    assert reg.available("a/m") == (False, "upstream_tpm")
     upstreamlimits.ask(None)

@@ -123,8 +123,7 @@ class _Request:
                 self._ceiling = _ceiling(self._body)
             if self._ceiling <= budget:
                 return False
-            self._tokens = estimate(self._body) if isinstance(
-                self._body.get("messages"), list) else 0
+            self._tokens = estimate(self._body)
         return self._tokens > budget
 
     def caching(self) -> bool:
@@ -388,13 +387,15 @@ def _ceiling(body: Mapping[str, Any]) -> int:
     the JSON's bytes of the tools and schemas. A PDF part (2,000 tokens a page) has no such
     ceiling: an int larger than any budget then, so the estimate decides."""
     total = 3  # the reply's priming
+    # JSON is estimated as text too: its bytes at 3 (a digit between commas, a case change
+    # cost more than one token a character)
     for key in ("tools", "functions"):
         tools = body.get(key)
         if isinstance(tools, list) and tools:
-            total += 8 * len(tools) + len(_dumps(tools))
+            total += 8 * len(tools) + _CHAR_CEILING * len(_dumps(tools))
     fmt = body.get("response_format")
     if isinstance(fmt, Mapping):
-        total += len(_dumps(fmt))
+        total += _CHAR_CEILING * len(_dumps(fmt))
     messages = body.get("messages")
     if not isinstance(messages, list):
         return total
@@ -411,10 +412,14 @@ def _ceiling(body: Mapping[str, Any]) -> int:
                         total += _CHAR_CEILING * len(part)
                     elif not isinstance(part, Mapping):
                         continue
-                    elif part.get("type") == "file":
-                        return 1 << 62
                     else:
-                        text = part.get("text", part.get("refusal"))
+                        # by its type, as tokens.content_tokens reads it: an image part's
+                        # stray "text" key is no text
+                        kind = part.get("type")
+                        if kind == "file":
+                            return 1 << 62
+                        text = (part.get("text") if kind == "text" else
+                                part.get("refusal") if kind == "refusal" else None)
                         total += (_CHAR_CEILING * len(text) if isinstance(text, str)
                                   else _PART_CEILING)
             elif isinstance(value, (list, Mapping)):  # tool calls, thinking blocks
