@@ -15,12 +15,18 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.base import fake_fixture
+from tests.fakes.bedrock import API_KEY
 from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, breaker, chat, metric, sse_json, until
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
 from tests.test_audio import Whisper
+from tests.test_bedrock_cache_resend import cacheless_bedrock as cacheless_bedrock
+from tests.test_bedrock_caching_thinking import KEY_ENV, SONNET_45
+from tests.test_bedrock_caching_thinking import config as bedrock_config
 from tests.test_events_e2e import sse
+from tests.test_prompt_caching import tool_loop
+from tests.test_sdk_clients import anthropic_client
 from tests.test_stream_review import WatchedOpenAI, raw_stream
 
 A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
@@ -432,3 +438,26 @@ async def test_model_hedged_reaches_mqtt_and_the_event_stream(
     published = orjson.loads(message.payload)
     assert published["id"] == live["id"] and published["from_model"] == A
     assert [m.topic.value for m in rec.messages] == ["failoverd/hedges/events/model/hedged"]
+
+
+async def test_a_losers_notice_does_not_reach_the_client(
+        start_daemon: Any, cacheless_bedrock: Any, fake_openai: Any) -> None:
+    # the primary's Bedrock refuses the cache points; the adapter notes it and sends the
+    # request again, which is slow: the hedge to the backup wins, and the notice (about an
+    # answer that was never served) used to reach the client all the same
+    fake, backup = await cacheless_bedrock(), await fake_openai()
+    fake.uncached.add(SONNET_45)
+    fake.default = "slow:5"
+    body = bedrock_config(fake, backup.url).replace("[routing]\n",
+                                                    "[routing]\nhedge_after = 0.05\n")
+    d = await start_daemon(body, env={KEY_ENV: API_KEY})
+    client = anthropic_client(d.socket)
+    try:
+        raw = await client.messages.with_raw_response.create(**tool_loop("default"))
+    finally:
+        await client.close()
+    assert raw.headers["x-failoverd-model"] == "backup/gpt"
+    assert raw.headers["x-failoverd-hedge"] == "bedrock/sonnet45>backup/gpt:won"
+    assert len(fake.requests) == 2  # refused with cache points, then sent again: cancelled
+    assert "x-failoverd-notice" not in raw.headers
+    assert "failoverd" not in raw.http_response.json()

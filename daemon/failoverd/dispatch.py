@@ -414,10 +414,12 @@ class Dispatcher:
     async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
                          outcome: Outcome,
                          call: _Call | None, streaming: bool = False,
-                         admitted: Permit | None = None) -> Any:
+                         admitted: Permit | None = None,
+                         notices: list[str] | None = None) -> Any:
         """One model, with its same-model retries. `call` makes a (streaming) attempt; None
         is a plain completion, called here directly (the hot path). `admitted`: the permit
-        of the first call, taken already (a hedge's)."""
+        of the first call, taken already (a hedge's); `notices`: where the adapter's notices
+        go, when not the request's (a hedged attempt's own, see _hedged)."""
         provider = self.providers[model.provider]
         pcfg = provider.config
         retries = 0
@@ -441,7 +443,7 @@ class Dispatcher:
                 connect=min(pcfg.connect_timeout, remaining),
                 first_token=min(model.first_token_timeout, remaining),
                 idle=model.stream_idle_timeout,
-                notices=outcome.notices,
+                notices=outcome.notices if notices is None else notices,
                 upstream=self.health.upstream if self.health is not None else None,
             )
             outcome.upstream_attempts += 1
@@ -520,6 +522,11 @@ class Dispatcher:
             return model.id, await self._try_model(model, req, deadline, outcome, call,
                                                    streaming)
 
+        # each call's adapter notices apart: only the served answer's reach the client
+        # (a cancelled loser's "sent again without cache points" is not about the answer)
+        mine: list[str] = []
+        theirs: list[str] = []
+
         def hedge_to() -> tuple[str, Coroutine[Any, Any, Any], Permit | None] | None:
             target = pick_target(self.config, self.health, self.providers, model.id, body,
                                  candidates, needs, min_context, tried)
@@ -527,12 +534,22 @@ class Dispatcher:
                 return None
             to, to_req, permit = target
             return to.id, self._try_model(to, to_req, deadline, outcome, call, streaming,
-                                          permit), permit
+                                          permit, theirs), permit
 
-        return await hedge_run(
-            model.id, self._try_model(model, req, deadline, outcome, call, streaming), after,
-            hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session), outcome,
-            self.on_hedge, _discard)
+        try:
+            served, result = await hedge_run(
+                model.id, self._try_model(model, req, deadline, outcome, call, streaming,
+                                          None, mine),
+                after, hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session),
+                outcome, self.on_hedge, _discard)
+        except HedgeFailed:
+            outcome.notices.extend(mine + theirs)  # as any failed attempts' before a failover
+            raise
+        except BaseException:
+            outcome.notices.extend(mine)  # the original's refusal: its notices, as unhedged
+            raise
+        outcome.notices.extend(mine if served == model.id else theirs)
+        return served, result
 
     # ------------------------------------------------------------------ helpers
 
