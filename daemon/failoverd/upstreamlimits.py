@@ -14,8 +14,9 @@ Anthropic ``anthropic-ratelimit-requests-remaining`` / ``-reset`` and
 A model whose last answer said its remaining requests are 0 is skipped as unavailable
 (``upstream_rpm``) until the stated reset; one whose remaining (input) tokens are below a
 request's estimated prompt is skipped for that request (``upstream_tpm``) until the tokens'
-reset; remaining tokens of 0 skip every request. It is knowledge, not a breaker: nothing is
-counted against the model and nothing is announced. An answer with new figures replaces
+reset; remaining tokens of 0 skip every request (Anthropic rounds its token counts to the
+nearest thousand: they are taken as up to 499 more). It is knowledge, not a breaker: nothing
+is counted against the model and nothing is announced. An answer with new figures replaces
 the old ones when its request was sent no earlier than theirs: the figures are the rate
 limiter's when it admitted a request, so a slow answer to an older request is older news, and
 so is one to a request sent before a reload changed the model or its provider.
@@ -63,6 +64,9 @@ logger = logging.getLogger(__name__)
 MAX_RESET = 3600.0
 # the longest count read (digits); anything longer is no budget a provider tells
 _MAX_DIGITS = 18
+# Anthropic's token counts are rounded to the nearest thousand: the real one may be this
+# much higher
+_ANTHROPIC_ROUNDING = 499
 
 Family = Literal["openai", "anthropic"]
 """Which headers an adapter's upstream sends: OpenAI's (with OpenRouter's) or Anthropic's."""
@@ -275,6 +279,10 @@ class UpstreamLimits:
         budget = known.tokens
         if budget is None:
             return 0.0
+        if known.form == "anthropic":
+            # Anthropic rounds its token counts to the nearest thousand: up to this many more
+            # may be left (a "0" is not none, and a prompt just over the count may go)
+            budget += _ANTHROPIC_ROUNDING
         request = None
         if budget > 0:
             # the cheap answers first: no request measured, a cached Anthropic prompt, a
