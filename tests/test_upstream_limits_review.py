@@ -165,3 +165,29 @@ async def test_anthropic_token_counts_are_rounded_to_the_thousand(
     upstreamlimits.ask(_prompt(1500))
     assert reg.available("a/m") == (False, "upstream_tpm")
     upstreamlimits.ask(None)
+
+
+async def test_the_ceiling_is_one_for_json_and_stray_keys(
+        limited_openai: Any, http_client: HttpClient) -> None:
+    """The quick ceiling counted a tool's or schema's JSON at one token a byte, and an image
+    part with a "text" key by that text: a request over the remaining tokens went to the
+    model (and its 429) because the ceiling said it fit without estimating it."""
+    fake = await limited_openai()
+    clock = ManualClock()
+    reg, cfg = registry(providers(a=fake.url), clock)
+    tools = {"messages": HELLO, "tools": [{"type": "function", "function": {
+        "name": "f", "description": "aA" * 1500, "parameters": {"type": "object"}}}]}
+    digits = {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"enum": list(range(10)) * 300}}}}
+    images = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/a.png"}, "text": ""}] * 5}]}
+    # remaining tokens between the old ceiling (3,139; 6,107; 23) and the estimate
+    for body, left in ((tools, 3200), (digits, 6150), (images, 3000)):
+        assert estimate(body) > left
+        assert upstreamlimits._ceiling(body) >= estimate(body)
+        fake.limits = {**OPENAI_SPENT, "x-ratelimit-remaining-requests": "9",
+                       "x-ratelimit-remaining-tokens": str(left)}
+        await answer(http_client, reg, cfg)
+        upstreamlimits.ask(body)
+        assert reg.available("a/m") == (False, "upstream_tpm")
+    upstreamlimits.ask(None)
