@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from tests.fakes.base import fake_fixture
 from tests.fakes.bedrock import API_KEY
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI, Logged
 from tests.helpers import HELLO, breaker, chat, metric, sse_json, until
 from tests.mosquitto import Mosquitto, Recorder, requires_mosquitto
 from tests.mosquitto import mosquitto as mosquitto  # the fixture
@@ -461,3 +462,56 @@ async def test_a_losers_notice_does_not_reach_the_client(
     assert len(fake.requests) == 2  # refused with cache points, then sent again: cancelled
     assert "x-failoverd-notice" not in raw.headers
     assert "failoverd" not in raw.http_response.json()
+
+
+@dataclass
+class HalfAnswerOpenAI(WatchedOpenAI):
+    """The fake OpenAI whose next `half` answers send their headers and half the body, then
+    stall; it notes the client port of every request (a new connection or a reused one)."""
+
+    half: int = 0
+    ports: list[int] = field(default_factory=list, kw_only=True)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.ports.append(peer[1] if peer else 0)
+        if not self.half:
+            return await super()._chat(request)
+        self.half -= 1
+        body = orjson.loads(await request.read())
+        self.requests.append(Logged(request.path, dict(request.headers), body))
+        answer = orjson.dumps(self._completion(body))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(answer)
+        await resp.prepare(request)
+        await resp.write(answer[:len(answer) // 2])
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.gone.set()
+            raise
+        return resp
+
+
+half_answer_openai = fake_fixture(HalfAnswerOpenAI, "half_answer_openai")
+
+
+async def test_a_loser_cut_mid_answer_is_not_pooled_half_read(
+        start_daemon: Any, half_answer_openai: Any, fake_openai: Any) -> None:
+    # the primary's answer stalls halfway through its body; the hedge wins; the primary's
+    # connection, cancelled mid-body, must be closed: pooled, the next request on it would
+    # read the rest of the old answer as its own
+    a = await half_answer_openai(reply="from a", half=1)
+    b = await fake_openai(reply="from b")
+    d = await start_daemon(config(a, b, timeout=2))
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == B
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:won"
+    await asyncio.wait_for(a.gone.wait(), 2)
+    for _ in range(2):
+        resp = await chat(d)
+        assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == A
+        assert resp.json()["choices"][0]["message"]["content"] == "from a"
+        assert "x-failoverd-hedge" not in resp.headers
+    assert a.ports[1] != a.ports[0] and a.ports[2] == a.ports[1]  # a new one, then pooled
+    assert d.sup.service.health.inflight(A) == 0
