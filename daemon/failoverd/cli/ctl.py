@@ -130,6 +130,19 @@ def _in(at: Any, now: float) -> str:
     return f"in {left / 86400:.1f}d"  # a monthly spending cap's reset
 
 
+def _ago(at: Any, now: float) -> str:
+    """A wall-clock epoch time in the past as "12s ago"; "-" when there is none."""
+    if not isinstance(at, int | float):
+        return "-"
+    ago = max(0.0, now - at)
+    return f"{ago:.0f}s ago" if ago < 120 else f"{ago / 60:.0f}m ago"
+
+
+def _count(value: Any) -> str:
+    """A count with thousands separators; "-" when there is none."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
 def _clock(at: Any) -> str:
     """An epoch time as local date and time."""
     return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
@@ -203,6 +216,16 @@ def show_status(data: dict[str, Any]) -> str:
         total = float(usage.get("cost_usd") or 0)
         out.append(f"tokens since start: {prompt:,} prompt, {completion:,} completion"
                    + (f"; cost {_usd(total)}" if total else ""))
+    told = [(mid, m["upstream_limits"]) for mid, m in models.items()
+            if isinstance(m.get("upstream_limits"), dict)]
+    if told:  # what each model's upstream said of its rate limit in its last answer
+        out += ["", table([(mid, _count(u.get("requests_remaining")),
+                            _in(u.get("requests_reset_at"), now),
+                            _count(u.get("tokens_remaining")),
+                            _in(u.get("tokens_reset_at"), now), _ago(u.get("at"), now))
+                           for mid, u in told],
+                          ("upstream limits", "requests left", "reset", "tokens left",
+                           "reset", "told"))]
     providers = data.get("providers", {})
     troubled = [(name, p.get("credentials"), _in(p.get("retry_at"), now))
                 for name, p in providers.items() if p.get("credentials") != "ok"]
