@@ -111,3 +111,22 @@ def test_the_json_line_carries_the_fields_as_request() -> None:
     assert entry["logger"] == "failoverd.access" and entry["message"] == "POST x"
     # a path that is no UTF-8 (surrogate escapes) keeps the line
     assert entry["request"] == {**fields, "path": "/v1/chat/completions\\udcff"}
+
+
+async def test_a_hedged_requests_line_names_its_hedge(
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="failoverd.access")
+    body = CONFIG.replace('primary = "busy/m"', 'primary = "slow/m"').replace(
+        "[routing]\n", "[routing]\nhedge_after = 0.05\n")
+    d = await start_daemon("access_log = true\n" + body)
+    resp = await d.http.post("/v1/chat/completions", json={"model": "default",
+                                                            "messages": HELLO})
+    assert resp.headers["x-failoverd-hedge"] == "slow/m>sim/m:won"
+    await d.http.post("/v1/chat/completions", json={"model": "sim/m", "messages": HELLO})
+    got = lines(caplog)
+    assert [(g["status"], g["model"], g["attempts"], g["failover"], g["hedge"]) for g in got] \
+        == [(200, "sim/m", 2, None, "slow/m>sim/m:won"), (200, "sim/m", 1, None, None)]
+    hedged, plain = [r.getMessage() for r in caplog.records if r.name == "failoverd.access"]
+    assert hedged.startswith("POST /v1/chat/completions 200 model=sim/m attempts=2 failover=- "
+                             "hedge=slow/m>sim/m:won ")
+    assert "hedge=" not in plain and " failover=- " in plain

@@ -57,7 +57,7 @@ async def around(request: web.Request,
 def write(method: str, path: str, status: int, outcome: Outcome | None, seconds: float,
           uid: int | None) -> None:
     """One line: who asked what, the answer's status, the model that served, the upstream
-    attempts and failover hops, how long it took. Never the prompt, a query, nor a key."""
+    attempts, failover hops and hedges, how long it took. Never the prompt, a query, nor a key."""
     fields: dict[str, Any] = {
         "method": method, "path": path.partition("?")[0], "status": status,
         "model": (outcome.model or None) if outcome is not None else None,
@@ -66,8 +66,12 @@ def write(method: str, path: str, status: int, outcome: Outcome | None, seconds:
         "ms": round(seconds * 1000, 1), "uid": uid,
         # what the answer cost (USD) at the serving model's prices; null without them
         "cost_usd": round(outcome.cost, 9) if outcome is not None and outcome.cost else None,
+        # its hedges (x-failoverd-hedge: `from>to:outcome`, hedge.py); null when none
+        "hedge": (",".join(outcome.hedges) or None) if outcome is not None else None,
     }
-    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s %.1fms uid=%s",
+    # a hedge only on the lines that have one: the others keep their shape
+    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s%s %.1fms uid=%s",
                     fields["method"], fields["path"], fields["status"], fields["model"] or "-",
-                    fields["attempts"], fields["failover"] or "-", fields["ms"],
+                    fields["attempts"], fields["failover"] or "-",
+                    f" hedge={fields['hedge']}" if fields["hedge"] else "", fields["ms"],
                     "-" if uid is None else uid, extra={"access": fields})
