@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from failoverd.clock import ManualClock
 from tests.fakes.base import fake_fixture
 from tests.fakes.bedrock import API_KEY
 from tests.fakes.openai import FakeOpenAI, Logged
@@ -29,11 +30,14 @@ from tests.test_events_e2e import sse
 from tests.test_prompt_caching import tool_loop
 from tests.test_sdk_clients import anthropic_client
 from tests.test_stream_review import WatchedOpenAI, raw_stream
+from tests.test_upstream_limits import OPENAI_SPENT, LimitedOpenAI
+from tests.test_upstream_limits_e2e import skips
 
 A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
 
 # fake OpenAI upstreams that notice when the daemon drops their connection (`gone`)
 watched_openai = fake_fixture(WatchedOpenAI, "watched_openai")
+limited_openai = fake_fixture(LimitedOpenAI, "limited_openai")
 
 
 def config(*fakes: FakeOpenAI, routing: str = "hedge_after = 0.05", models: str = "",
@@ -515,3 +519,21 @@ async def test_a_loser_cut_mid_answer_is_not_pooled_half_read(
         assert "x-failoverd-hedge" not in resp.headers
     assert a.ports[1] != a.ports[0] and a.ports[2] == a.ports[1]  # a new one, then pooled
     assert d.sup.service.health.inflight(A) == 0
+
+
+async def test_a_candidate_the_hedge_passes_over_is_not_counted_as_skipped(
+        start_daemon: Any, fake_openai: Any, limited_openai: Any) -> None:
+    # b's last answer said it has no requests left this minute: the hedge passes it over for
+    # c, and that is no skip of b's (failoverd_upstream_limit_skips_total), which the chain
+    # would count again if it came to b
+    a = await fake_openai(reply="from a")
+    b = await limited_openai(limits=OPENAI_SPENT, reply="from b")
+    c = await fake_openai(reply="from c")
+    d = await start_daemon(config(a, b, c), clock=ManualClock())
+    assert (await chat(d, B, **{"x-failoverd-no-fallback": "1"})).status_code == 200
+    skipped = await skips(d, B, "upstream_rpm")
+    a.default = "slow:0.15"
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{C}:won"
+    assert len(b.chat_requests()) == 1  # not called
+    assert await skips(d, B, "upstream_rpm") == skipped

@@ -117,13 +117,17 @@ def pick_target(config: Config, health: Health | None, providers: Mapping[str, P
             continue
         if needs is not None and context_reason(other, needs) is not None:
             continue
+        default_output = providers[other.provider].default_output(other)
+        req = cap_output(body, other, answer_room(other, needs, False, default_output))
         permit: Permit | None = None
         if health is not None:
+            # available() first: acquire() counts a refusal by the upstream's rate-limit
+            # headers as a skip, and passing a candidate over is none
+            if not health.available(candidate)[0]:
+                continue
             permit = health.acquire(candidate)
             if permit is None:
                 continue
-        default_output = providers[other.provider].default_output(other)
-        req = cap_output(body, other, answer_room(other, needs, False, default_output))
         return other, req, permit
     return None
 
