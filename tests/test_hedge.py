@@ -537,3 +537,33 @@ async def test_a_candidate_the_hedge_passes_over_is_not_counted_as_skipped(
     assert resp.headers["x-failoverd-hedge"] == f"{A}>{C}:won"
     assert len(b.chat_requests()) == 1  # not called
     assert await skips(d, B, "upstream_rpm") == skipped
+
+
+async def test_a_losing_hedge_gives_back_its_half_open_trial_and_counts_in_its_minute(
+        start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
+    # b's breaker is half-open with one trial: the hedge takes it, loses, and must give it
+    # back (else b stays half-open with its trial gone, never called again); its call counts
+    # in b's max_rpm minute all the same
+    a = await fake_openai(reply="from a")
+    b = await watched_openai(reply="from b")
+    clock = ManualClock()
+    d = await start_daemon(config(a, b, models=f"{B}: max_rpm = 3") +
+                           "[breaker]\nfailure_threshold = 1\nopen_seconds = 30\n", clock=clock)
+    b.push("server_error")
+    assert (await chat(d, B, **{"x-failoverd-no-fallback": "1"})).status_code == 503  # call 1
+    assert (await breaker(d, B))[0] == "open"
+    clock.advance(31)
+    a.default, b.default = "slow:0.15", "slow:5"
+    resp = await chat(d)
+    assert resp.headers["x-failoverd-model"] == A
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:lost"  # call 2
+    await asyncio.wait_for(b.gone.wait(), 2)
+    assert await breaker(d, B) == ("half_open", 1)  # no outcome: still on trial
+    assert d.sup.service.health.inflight(B) == 0
+    b.default = "ok"
+    resp = await chat(d, B, **{"x-failoverd-no-fallback": "1"})  # call 3: the trial
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == B
+    assert (await breaker(d, B))[0] == "closed"
+    resp = await chat(d, B, **{"x-failoverd-no-fallback": "1"})
+    assert resp.status_code == 503  # the minute's three calls are made
+    assert resp.json()["error"]["attempts"][0]["message"] == "max_rpm"
