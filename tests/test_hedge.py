@@ -7,6 +7,7 @@ timeouts), so the fakes take tens of milliseconds where a test needs a model to 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -567,3 +568,33 @@ async def test_a_losing_hedge_gives_back_its_half_open_trial_and_counts_in_its_m
     resp = await chat(d, B, **{"x-failoverd-no-fallback": "1"})
     assert resp.status_code == 503  # the minute's three calls are made
     assert resp.json()["error"]["attempts"][0]["message"] == "max_rpm"
+
+
+async def test_a_client_leaving_a_plain_hedged_call_leaves_no_task_or_exception_behind(
+        start_daemon: Any, watched_openai: Any, caplog: pytest.LogCaptureFixture) -> None:
+    a = await watched_openai(default="slow:5")
+    b = await watched_openai(default="slow:5")
+    d = await start_daemon(config(a, b))
+    _, writer = await raw_stream(d.socket, "/v1/chat/completions", {
+        "model": "default", "messages": HELLO})
+    await until(lambda: len(b.chat_requests()) == 1)
+    assert len(lanes()) == 2  # the two attempts, each a task of its own
+    writer.close()
+    await asyncio.wait_for(a.gone.wait(), 2)
+    await asyncio.wait_for(b.gone.wait(), 2)
+    health = d.sup.service.health
+    await until(lambda: health.inflight(A) == 0 and health.inflight(B) == 0)
+    await until(lambda: hedged_events(d) != [])
+    assert [e["outcome"] for e in hedged_events(d)] == ["cancelled"]
+    assert await breaker(d, A) == ("closed", 0) and await breaker(d, B) == ("closed", 0)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if r.name == "asyncio"], \
+        [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert lanes() == []
+
+
+def lanes() -> list[asyncio.Task[Any]]:
+    """The running tasks of hedged attempts (hedge.run's lanes)."""
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") in (
+        "Dispatcher._try_model", "run.<locals>.hedge")]
