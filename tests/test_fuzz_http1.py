@@ -49,7 +49,7 @@ def fuzz(examples: int) -> settings:
                     deadline=None, database=None, print_blob=True,
                     # in the suite a failure is reported as found (shrinking it could take
                     # longer than the test's timeout); a hunt shrinks it
-                    phases=None if EXAMPLES else NO_SHRINK,
+                    phases=tuple(Phase) if EXAMPLES else NO_SHRINK,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
