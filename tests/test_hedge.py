@@ -251,7 +251,10 @@ async def test_no_hedge_for_a_pinned_request(
     a = await fake_openai(default="slow:0.2", reply="from a")
     b = await fake_openai(reply="from b")
     d = await start_daemon(config(a, b))
-    resp = await chat(d, A, **{"x-failoverd-no-fallback": "1"})
+    asking = asyncio.create_task(chat(d, A, **{"x-failoverd-no-fallback": "1"}))
+    await until(lambda: len(a.chat_requests()) == 1)
+    assert lanes() == []  # nothing to hedge to: the attempt runs in the request's task
+    resp = await asking
     assert resp.headers["x-failoverd-model"] == A
     assert "x-failoverd-hedge" not in resp.headers and b.chat_requests() == []
 
@@ -553,7 +556,7 @@ async def test_a_losing_hedge_gives_back_its_half_open_trial_and_counts_in_its_m
     b.push("server_error")
     assert (await chat(d, B, **{"x-failoverd-no-fallback": "1"})).status_code == 503  # call 1
     assert (await breaker(d, B))[0] == "open"
-    clock.advance(31)
+    clock.advance(34)  # past open_seconds and its jitter (10%), within the minute
     a.default, b.default = "slow:0.15", "slow:5"
     resp = await chat(d)
     assert resp.headers["x-failoverd-model"] == A

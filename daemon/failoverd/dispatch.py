@@ -352,7 +352,9 @@ class Dispatcher:
                 if info is not None and self.on_failover is not None:
                     self.on_failover(info)  # counted only when the fallback is really tried
                 try:
-                    if hedging and model_id in hedging:
+                    # the last candidate (a pinned request's only one) has none to hedge to:
+                    # no task, no timer
+                    if hedging and model_id in hedging and model_id != candidates[-1]:
                         served, result = await self._hedged(
                             model, req, body, deadline, outcome, call, streaming,
                             hedging[model_id], candidates, needs, min_context, session,
