@@ -210,3 +210,24 @@ async def test_an_answer_that_comes_as_the_request_is_cancelled_is_closed(hedged
     with pytest.raises(asyncio.CancelledError):
         await running
     assert answer.closed and outcome.hedges == ()
+
+
+async def test_a_report_that_raises_does_not_drop_the_answer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # the event bus or the counters failing must not fail the request, nor lose the served
+    # answer (a stream's connection and permit) on the way out of hedge.run
+    answer = Answer("b")
+
+    def report(info: HedgeInfo) -> None:
+        raise RuntimeError("the bus is broken")
+
+    def hedge_to() -> tuple[str, Any, None]:
+        return "b", _gated(_done(), answer), None
+
+    outcome = Outcome()
+    served, result = await hedge_run(
+        "a", _answer("a", 5), 0.001, hedge_to,
+        HedgeInfo("a", "", 0.001, "cancelled", None, None), outcome, report, _close)
+    assert (served, result) == ("b", answer) and not answer.closed
+    assert outcome.hedges == ("a>b:won",)
+    assert "reporting a hedge failed" in caplog.text

@@ -216,7 +216,12 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
                 permit.release(called=False)  # its call was not made
         outcome.hedges += (info.header(),)
         if report is not None:
-            report(info)
+            try:
+                report(info)
+            except Exception:
+                # an advisory side channel: its bug must not fail the request, nor drop the
+                # winner's answer (a stream's connection and permit) on the way out
+                logger.exception("reporting a hedge failed")
 
 
 async def race(first: Lane, second: Lane,
