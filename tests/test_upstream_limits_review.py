@@ -7,10 +7,13 @@ arrives, as a vendor's rate limiter does; on simulated time."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
 
 from failoverd import upstreamlimits
 from failoverd.clock import ManualClock
@@ -19,6 +22,7 @@ from failoverd.tokens import estimate
 from tests.fakes.base import fake_fixture
 from tests.helpers import HELLO, chat, pair_config, providers, status
 from tests.test_upstream_limits import (
+    OPENAI_SHORT,
     OPENAI_SPENT,
     LimitedAnthropic,
     LimitedOpenAI,
@@ -190,4 +194,31 @@ async def test_the_ceiling_is_one_for_json_and_stray_keys(
         await answer(http_client, reg, cfg)
         upstreamlimits.ask(body)
         assert reg.available("a/m") == (False, "upstream_tpm")
+    upstreamlimits.ask(None)
+
+
+async def test_a_job_scheduled_while_a_request_is_routed_does_not_measure_it(
+        limited_openai: Any, http_client: HttpClient) -> None:
+    """A task started while a request is routed inherits its context, the request with it:
+    the prober's recovery job, which a request's failure schedules through APScheduler, saw
+    that request's size against the tokens left (upstream_tpm) and put the recovery off."""
+    fake = await limited_openai(limits=OPENAI_SHORT)  # 2,000 tokens left
+    clock = ManualClock()
+    reg, cfg = registry(providers(a=fake.url), clock)
+    await answer(http_client, reg, cfg)
+    upstreamlimits.ask(_prompt(3000))
+    assert reg.available("a/m") == (False, "upstream_tpm")
+    seen: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def job() -> None:
+        seen.set_result(reg.available("a/m"))
+
+    scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+    scheduler.start()
+    try:
+        scheduler.add_job(job, DateTrigger(run_date=datetime.now(UTC)))
+        assert await asyncio.wait_for(seen, 5) == (True, None)
+    finally:
+        scheduler.shutdown(wait=False)
+    assert reg.available("a/m") == (False, "upstream_tpm")  # the routing task still does
     upstreamlimits.ask(None)

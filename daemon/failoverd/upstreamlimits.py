@@ -41,6 +41,7 @@ cache reads.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import math
@@ -103,9 +104,10 @@ class _Known:
 class _Request:
     """The request being routed in this task: its prompt, estimated on demand."""
 
-    __slots__ = ("_body", "_tokens", "_ceiling", "_caching")
+    __slots__ = ("owner", "_body", "_tokens", "_ceiling", "_caching")
 
     def __init__(self, body: Mapping[str, Any], tokens: int | None) -> None:
+        self.owner = _task()  # the task routing it (see `_measured`)
         self._body = body
         self._tokens = tokens
         self._ceiling: int | None = tokens
@@ -138,6 +140,21 @@ class _Request:
 
 _REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
     "failoverd_upstream_request", default=None)
+
+
+def _task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no event loop running
+        return None
+
+
+def _measured() -> _Request | None:
+    """The request this task routes. A task started while a request was routed inherits
+    its context, the request with it (a prober's job that the request's failure scheduled
+    through APScheduler, a hook): that one is not its to measure."""
+    request = _REQUEST.get()
+    return request if request is not None and request.owner is _task() else None
 
 
 def ask(body: Mapping[str, Any] | None, tokens: int | None = None) -> None:
@@ -288,7 +305,7 @@ class UpstreamLimits:
             # the cheap answers first: no request measured, a cached Anthropic prompt, a
             # prompt whose ceiling fits; then whether the budget is still live; the estimate
             # last
-            request = _REQUEST.get()
+            request = _measured()
             if request is None or (known.form == "anthropic" and request.caching()) \
                     or request.fits(budget):
                 return 0.0
