@@ -222,3 +222,15 @@ async def test_a_job_scheduled_while_a_request_is_routed_does_not_measure_it(
         scheduler.shutdown(wait=False)
     assert reg.available("a/m") == (False, "upstream_tpm")  # the routing task still does
     upstreamlimits.ask(None)
+
+
+def test_a_plain_reset_that_can_only_be_an_epoch_is_read_as_one() -> None:
+    """x-ratelimit-reset-requests as a plain number was seconds from now, whatever its size:
+    a server of OpenAI's headers that writes the reset as an epoch (as the plain
+    X-RateLimit-Reset is) skipped the model for the hour MAX_RESET cuts it to."""
+    clock = ManualClock()
+    store = upstreamlimits.UpstreamLimits(clock)
+    for model, reset in (("s", clock.time() + 9), ("ms", (clock.time() + 9) * 1000), ("d", 9)):
+        store.seen("openai", model, {"x-ratelimit-remaining-requests": "0",
+                                     "x-ratelimit-reset-requests": str(int(reset))})
+        assert store.wait(model, clock.monotonic()) == pytest.approx(9, abs=1), model

@@ -241,12 +241,12 @@ class UpstreamLimits:
         """A reset as written, in monotonic time (0.0 when it is not trusted)."""
         if reset is None:
             return 0.0
+        # the wall clock as it stood with the monotonic one when the answer came: a jump of
+        # the wall clock since then moves nothing
+        wall = known.at + known.offset
         if known.form == "openai":
-            wait = _duration(reset)
+            wait = _duration(reset, wall)
         else:
-            # the wall clock as it stood with the monotonic one when the answer came: a jump
-            # of the wall clock since then moves nothing
-            wall = known.at + known.offset
             wait = (_rfc3339(reset, wall) if known.form == "anthropic"
                     else _epoch_or_delta(reset, wall))
         return 0.0 if wait is None else known.at + wait
@@ -358,16 +358,15 @@ def _trusted(wait: float) -> float | None:
     return min(wait, MAX_RESET)
 
 
-def _duration(value: str | None) -> float | None:
-    """OpenAI's reset: a Go duration ("6m0s", "120ms"), or plain seconds (Azure sends "0")."""
+def _duration(value: str | None, wall: float) -> float | None:
+    """OpenAI's reset: a Go duration ("6m0s", "120ms"), or a plain number (Azure sends "0"):
+    seconds, unless it can only be an epoch (in seconds or milliseconds, as the plain
+    X-RateLimit-Reset is written), which taken for seconds was cut to an hour's skip."""
     if value is None:
         return None
     seconds = go_duration(value)
     if seconds is None:
-        try:
-            seconds = float(value)
-        except ValueError:
-            return None
+        return _epoch_or_delta(value, wall)
     return _trusted(seconds)
 
 
