@@ -107,7 +107,9 @@ class _Request:
     __slots__ = ("owner", "_body", "_tokens", "_ceiling", "_caching")
 
     def __init__(self, body: Mapping[str, Any], tokens: int | None) -> None:
-        self.owner = _task()  # the task routing it (see `_measured`)
+        # the task routing it (see `_measured`); looked up only once some upstream has told a
+        # token budget: a daemon whose upstreams send none pays nothing for it
+        self.owner = _task() if _told_tokens else None
         self._body = body
         self._tokens = tokens
         self._ceiling: int | None = tokens
@@ -144,9 +146,13 @@ _REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar(
 
 def _task() -> asyncio.Task[Any] | None:
     try:
-        return asyncio.current_task()
+        return _current_task()
     except RuntimeError:  # no event loop running
         return None
+
+
+_current_task = asyncio.current_task
+_told_tokens = False  # whether any upstream has told a token budget yet
 
 
 def _measured() -> _Request | None:
@@ -154,7 +160,9 @@ def _measured() -> _Request | None:
     its context, the request with it (a prober's job that the request's failure scheduled
     through APScheduler, a hook): that one is not its to measure."""
     request = _REQUEST.get()
-    return request if request is not None and request.owner is _task() else None
+    if request is None or request.owner is None or request.owner is not _task():
+        return None  # (None: routed before any token budget was told, not measured)
+    return request
 
 
 def ask(body: Mapping[str, Any] | None, tokens: int | None = None) -> None:
@@ -231,6 +239,8 @@ class UpstreamLimits:
         if tokens_left is not None:
             known.tokens, known.tokens_reset = tokens_left, tokens_reset
             known.tokens_until = None
+            global _told_tokens
+            _told_tokens = True
         if requests_left == 0 and not was_out:
             wait = self._requests_wait(known, now)
             if wait > 0:
@@ -269,9 +279,10 @@ class UpstreamLimits:
         known = self._known.get(model_id)
         if known is None:
             return None
-        if self._requests_wait(known, now) > 0:
+        # on every admission: the counts are looked at before any call
+        if known.requests == 0 and self._requests_wait(known, now) > 0:
             return "upstream_rpm"
-        if self._tokens_wait(known, now) > 0:
+        if known.tokens is not None and self._tokens_wait(known, now) > 0:
             return "upstream_tpm"
         return None
 
