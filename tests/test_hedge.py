@@ -31,7 +31,7 @@ from tests.test_events_e2e import sse
 from tests.test_prompt_caching import tool_loop
 from tests.test_sdk_clients import anthropic_client
 from tests.test_stream_review import WatchedOpenAI, raw_stream
-from tests.test_upstream_limits import OPENAI_SPENT, LimitedOpenAI
+from tests.test_upstream_limits import OPENAI_SHORT, OPENAI_SPENT, LimitedOpenAI
 from tests.test_upstream_limits_e2e import skips
 
 A, B, C = "a/gpt-a", "b/gpt-b", "c/gpt-c"
@@ -601,3 +601,21 @@ def lanes() -> list[asyncio.Task[Any]]:
     """The running tasks of hedged attempts (hedge.run's lanes)."""
     return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") in (
         "Dispatcher._try_model", "run.<locals>.hedge")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "upstreamlimits.py (d6dae88): a request is measured against the upstreams' token budgets "
+    "only in the task that called ask(); a hedged attempt runs in a task of its own (hedge.run's "
+    "lanes), so its model's admission (and its same-model retries') is not measured: the model "
+    "is called with a request over the tokens its upstream said are left. Needs an "
+    "upstreamlimits way for a lane to route the request it inherits (e.g. adopt())"))
+async def test_a_hedged_attempt_is_measured_against_its_upstreams_token_budget(
+        start_daemon: Any, fake_openai: Any, limited_openai: Any) -> None:
+    a = await limited_openai(limits=OPENAI_SHORT)  # 2,000 tokens left for 6 minutes
+    b = await fake_openai()
+    d = await start_daemon(config(a, b, routing="hedge_after = 5"), clock=ManualClock())
+    assert (await chat(d)).headers["x-failoverd-model"] == A  # its answer tells the budget
+    big = await d.http.post("/v1/chat/completions", json={"model": "default", "messages": [
+        {"role": "user", "content": "lorem ipsum dolor sit amet " * 800}]})  # ~2,400 tokens
+    assert big.headers["x-failoverd-model"] == B  # as with hedging off: a skipped, not called
+    assert len(a.chat_requests()) == 1
