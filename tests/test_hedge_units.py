@@ -231,3 +231,35 @@ async def test_a_report_that_raises_does_not_drop_the_answer(
     assert (served, result) == ("b", answer) and not answer.closed
     assert outcome.hedges == ("a>b:won",)
     assert "reporting a hedge failed" in caplog.text
+
+
+async def _slow_to_go(cleanup: asyncio.Future[None]) -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        await cleanup  # closing its connection takes a while
+        raise
+    return "late"
+
+
+async def test_an_answer_whose_race_is_cancelled_while_the_loser_goes_is_closed() -> None:
+    # the winner is chosen; the race waits for the loser's cleanup; the client leaves then:
+    # the winner's answer, never handed over, used to stay open
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cleanup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    answer = Answer("a")
+    first = Lane("a", asyncio.ensure_future(_gated(gate, answer)))
+    second = Lane("b", asyncio.ensure_future(_slow_to_go(cleanup)))
+    racing = asyncio.ensure_future(race(first, second, _close))
+    await _turns()
+    gate.set_result(None)
+    await _turns()
+    assert first.task.done() and not racing.done()  # waiting for the loser to go
+    racing.cancel()
+    await _turns()
+    cleanup.set_result(None)
+    with pytest.raises(asyncio.CancelledError):
+        await racing
+    assert answer.closed
+    await _turns()
+    assert second.task.cancelled()

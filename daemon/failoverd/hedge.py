@@ -269,7 +269,13 @@ async def race(first: Lane, second: Lane,
                 return finish
         raise HedgeFailed(failures)
     finally:
-        await abandon(tuple(lane for lane in lanes if lane not in kept), discard)
+        try:
+            await abandon(tuple(lane for lane in lanes if lane not in kept), discard)
+        except BaseException:  # cancelled while the loser went: the answer goes unserved
+            if discard is not None:
+                for lane in kept:
+                    await _discard_quietly(discard, lane.task.result())
+            raise
 
 
 def _error(lane: Lane) -> BaseException | None:
