@@ -234,3 +234,24 @@ def test_a_plain_reset_that_can_only_be_an_epoch_is_read_as_one() -> None:
         store.seen("openai", model, {"x-ratelimit-remaining-requests": "0",
                                      "x-ratelimit-reset-requests": str(int(reset))})
         assert store.wait(model, clock.monotonic()) == pytest.approx(9, abs=1), model
+
+
+async def test_a_task_that_adopts_the_request_measures_it(
+        limited_openai: Any, http_client: HttpClient) -> None:
+    """A task the routing task starts to route the same request (a hedged attempt's lane)
+    says so with adopt(), and measures it; one that only inherited the context does not."""
+    fake = await limited_openai(limits=OPENAI_SHORT)  # 2,000 tokens left
+    clock = ManualClock()
+    reg, cfg = registry(providers(a=fake.url), clock)
+    await answer(http_client, reg, cfg)
+    upstreamlimits.ask(_prompt(3000))
+
+    async def lane(adopting: bool) -> tuple[bool, str | None]:
+        if adopting:
+            upstreamlimits.adopt()
+        return reg.available("a/m")
+
+    assert await asyncio.create_task(lane(True)) == (False, "upstream_tpm")
+    assert await asyncio.create_task(lane(False)) == (True, None)
+    assert reg.available("a/m") == (False, "upstream_tpm")
+    upstreamlimits.ask(None)

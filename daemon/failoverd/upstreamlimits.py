@@ -56,7 +56,7 @@ from failoverd.metrics import UPSTREAM_SKIPS
 from failoverd.providers.http import go_duration
 from failoverd.tokens import estimate
 
-__all__ = ["MAX_RESET", "Family", "Headers", "UpstreamLimits", "ask"]
+__all__ = ["MAX_RESET", "Family", "Headers", "UpstreamLimits", "adopt", "ask"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,12 @@ class _Request:
             self._tokens = estimate(self._body)
         return self._tokens > budget
 
+    def adopted(self) -> _Request:
+        """The same request, routed by the current task too (see `adopt`)."""
+        twin = _Request(self._body, self._tokens)
+        twin.owner, twin._ceiling, twin._caching = _task(), self._ceiling, self._caching
+        return twin
+
     def caching(self) -> bool:
         if self._caching is None:
             self._caching = _uses_cache(self._body)
@@ -163,6 +169,15 @@ def _measured() -> _Request | None:
     if request is None or request.owner is None or request.owner is not _task():
         return None  # (None: routed before any token budget was told, not measured)
     return request
+
+
+def adopt() -> None:
+    """The current task routes, for the task that asked, the request it inherited (a hedged
+    attempt's lane, which the dispatcher starts for that request): measured here too. A task
+    that only inherited the context (a job, a hook) does not call it."""
+    request = _REQUEST.get()
+    if request is not None and request.owner is not None and request.owner is not _task():
+        _REQUEST.set(request.adopted())
 
 
 def ask(body: Mapping[str, Any] | None, tokens: int | None = None) -> None:
