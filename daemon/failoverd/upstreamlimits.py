@@ -31,8 +31,10 @@ trusted (the figure it goes with cannot skip anything); one more than `MAX_RESET
 to it. A count that is not a non-negative integer (Azure's ``-1``, a word) is ignored.
 
 A request's own size comes from the context of its task (`ask`): the router sets it when it
-routes a chat request (`routes.py`), and every other kind of request clears it, so only the
-request being routed is measured, lazily: a quick ceiling of its estimate (`_ceiling`, from
+routes a chat request (`routes.py`), and every other kind of request clears it. It is measured
+only in the task that asked and in the tasks that `adopt` it (a hedged attempt's lane): a task
+that merely inherited the context (a prober's job scheduled while the request was routed, a
+hook) measures nothing. It is measured lazily: a quick ceiling of its estimate (`_ceiling`, from
 its strings' lengths) first, the estimate itself (tokens.py, up to milliseconds for a long
 prompt) only when the ceiling is over a live token budget. An Anthropic request that uses
 prompt caching is not measured against Anthropic's input-token budget, which does not count
