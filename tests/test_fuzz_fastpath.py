@@ -454,6 +454,7 @@ async def test_generated_requests_get_the_same_answers_on_both_paths(
 
         await run_threaded(prop)
         assert r.sup.fast is not None and r.sup.fast.served > 0  # the fast path did serve
+        assert [a.status for a in (await converse(r.fast, [ONE_CHAT])).answers] == [200]
 
 
 async def test_mutated_request_streams_are_answered_as_aiohttp_answers_them(
@@ -502,6 +503,8 @@ async def test_almost_right_json_gets_a_named_400_or_an_answer_on_both_paths(
             no_errors_logged(caplog)
 
         await run_threaded(prop)
+        assert [a.status for a in (await converse(r.fast, [ONE_CHAT])).answers] == [200]
+        assert r.sup.service is not None and r.sup.service.inflight == 0
 
 
 # ---------------------------------------------------------------------- what the hunt found
