@@ -315,6 +315,8 @@ def test_almost_right_chat_bodies_are_translated_or_named(front: str,
 @fuzz(100)
 @given(body=almost(COMPLETIONS))
 def test_almost_right_completions_are_validated_or_named(body: Any) -> None:
+    if depth(body) > MAX_DEPTH:
+        return  # read_json's 400
     try:
         valid = completions.validate(body)
     except RequestError as exc:
@@ -330,6 +332,8 @@ def test_almost_right_completions_are_validated_or_named(body: Any) -> None:
 @fuzz(100)
 @given(body=almost(EMBEDDINGS))
 def test_almost_right_embeddings_are_validated_or_named(body: Any) -> None:
+    if depth(body) > MAX_DEPTH:
+        return  # read_json's 400
     try:
         valid = embeddings.validate(body)
     except RequestError as exc:
