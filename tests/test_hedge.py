@@ -603,12 +603,6 @@ def lanes() -> list[asyncio.Task[Any]]:
         "Dispatcher._try_model", "run.<locals>.hedge")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "upstreamlimits.py (d6dae88): a request is measured against the upstreams' token budgets "
-    "only in the task that called ask(); a hedged attempt runs in a task of its own (hedge.run's "
-    "lanes), so its model's admission (and its same-model retries') is not measured: the model "
-    "is called with a request over the tokens its upstream said are left. Needs an "
-    "upstreamlimits way for a lane to route the request it inherits (e.g. adopt())"))
 async def test_a_hedged_attempt_is_measured_against_its_upstreams_token_budget(
         start_daemon: Any, fake_openai: Any, limited_openai: Any) -> None:
     a = await limited_openai(limits=OPENAI_SHORT)  # 2,000 tokens left for 6 minutes

@@ -15,6 +15,7 @@ usage) of each hedge. The config keys are read in catalog.py (read_hedge_after).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from failoverd.failures import FailureReason, policy
 from failoverd.fitting import answer_room, cap_output, lacking
 from failoverd.selection import context_reason
 from failoverd.timeouts import timeout
+from failoverd.upstreamlimits import adopt
 
 if TYPE_CHECKING:
     from failoverd.config import Config, ModelConfig
@@ -147,7 +149,7 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
     and its part of x-failoverd-hedge added to `outcome`; `discard` closes an answer that is
     not served (a loser's that came at the same moment as the winner's, one that came as the
     request was cancelled) and returns its usage."""
-    first = Lane(model_id, asyncio.ensure_future(attempt))
+    first = Lane(model_id, lane_task(attempt))
     try:
         with timeout(after):
             return model_id, await asyncio.shield(first.task)
@@ -177,7 +179,7 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         started = True
         return await to_attempt
 
-    second = Lane(to_id, asyncio.ensure_future(hedge()))
+    second = Lane(to_id, lane_task(hedge()))
     failures: list[tuple[str, UpstreamError]] = []
     try:
         finish = await race(first, second, discard, failures)
@@ -222,6 +224,17 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
                 # an advisory side channel: its bug must not fail the request, nor drop the
                 # winner's answer (a stream's connection and permit) on the way out
                 logger.exception("reporting a hedge failed")
+
+
+def lane_task(attempt: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A task for one lane's attempt that routes the request as the dispatcher's task does:
+    measured against the upstreams' token budgets (upstreamlimits.adopt, set in the task's
+    context before its first step, so even an attempt cancelled before it starts leaves no
+    coroutine unawaited)."""
+    context = contextvars.copy_context()
+    task = asyncio.get_running_loop().create_task(attempt, context=context)
+    context.run(adopt, task)
+    return task
 
 
 async def race(first: Lane, second: Lane,

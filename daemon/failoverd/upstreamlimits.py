@@ -136,10 +136,10 @@ class _Request:
             self._tokens = estimate(self._body)
         return self._tokens > budget
 
-    def adopted(self) -> _Request:
-        """The same request, routed by the current task too (see `adopt`)."""
+    def adopted(self, owner: asyncio.Task[Any] | None) -> _Request:
+        """The same request, routed by `owner` too (see `adopt`)."""
         twin = _Request(self._body, self._tokens)
-        twin.owner, twin._ceiling, twin._caching = _task(), self._ceiling, self._caching
+        twin.owner, twin._ceiling, twin._caching = owner, self._ceiling, self._caching
         return twin
 
     def caching(self) -> bool:
@@ -173,13 +173,15 @@ def _measured() -> _Request | None:
     return request
 
 
-def adopt() -> None:
-    """The current task routes, for the task that asked, the request it inherited (a hedged
-    attempt's lane, which the dispatcher starts for that request): measured here too. A task
-    that only inherited the context (a job, a hook) does not call it."""
+def adopt(task: asyncio.Task[Any] | None = None) -> None:
+    """`task` (default: the current one) routes, for the task that asked, the request it
+    inherited (a hedged attempt's lane, which the dispatcher starts for that request):
+    measured there too. Run in the task's own context (hedge.lane_task does it before the
+    task's first step); a task that only inherited the context (a job, a hook) does not."""
+    owner = task if task is not None else _task()
     request = _REQUEST.get()
-    if request is not None and request.owner is not None and request.owner is not _task():
-        _REQUEST.set(request.adopted())
+    if request is not None and request.owner is not None and request.owner is not owner:
+        _REQUEST.set(request.adopted(owner))
 
 
 def ask(body: Mapping[str, Any] | None, tokens: int | None = None) -> None:
