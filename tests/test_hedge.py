@@ -121,6 +121,31 @@ async def test_a_slow_primary_is_hedged_and_the_fast_fallback_wins(
     assert raw.headers["x-failoverd-model"] == A
 
 
+async def test_a_hedge_that_wins_after_the_original_failed_makes_the_session_sticky(
+        start_daemon: Any, fake_openai: Any) -> None:
+    # the primary fails (a 500 after 0.15 s) while its hedge, started at 0.05 s, is still on
+    # its way: unhedged, that failure would have been a failover and the session would
+    # stick to the fallback; so it does after the hedge
+    a = await fake_openai(default="late:0.15:server_error", reply="from a")
+    b = await fake_openai(default="slow:0.4", reply="from b")
+    d = await start_daemon(config(a, b))
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"x-failoverd-session": "s2"})
+    assert raw.parse().choices[0].message.content == "from b"
+    assert raw.headers["x-failoverd-hedge"] == f"{A}>{B}:won"
+    assert await breaker(d, A) == ("closed", 1)  # the primary's failure counted
+    a.default = "ok"
+    b.default = "ok"
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"x-failoverd-session": "s2"})
+    assert raw.headers["x-failoverd-model"] == B  # sticky, as after a failover
+    assert len(a.chat_requests()) == 1
+    # another session, never failed, starts at the primary
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"x-failoverd-session": "s3"})
+    assert raw.headers["x-failoverd-model"] == A
+
+
 async def test_a_fast_primary_is_not_hedged(
         start_daemon: Any, fake_openai: Any, watched_openai: Any) -> None:
     a = await fake_openai(reply="from a")

@@ -193,8 +193,9 @@ class Service(Routing):
         if session and route.candidates:
             # models skipped without a call (lacking a capability, too small a window) did not
             # fail: a request served with no failover hop leaves the session where it was
-            head = route.candidates[0] if outcome.failovers else outcome.model
-            self.sessions.note_served(session, head, outcome.model)
+            first = route.candidates[0]
+            failed = outcome.failovers or (outcome.hedges and _failed(outcome, first))
+            self.sessions.note_served(session, first if failed else outcome.model, outcome.model)
 
     async def _before_failover(self, info: FailoverInfo) -> FailoverVerdict:
         event = self.bus.emit(
@@ -442,3 +443,11 @@ def _cap_labels(cap: dict[str, Any]) -> str:
 def _pool_labels(p: PoolStats) -> str:
     return (labels(upstream=p.upstream, proxy=p.proxy) if p.proxy
             else labels(upstream=p.upstream))
+
+
+def _failed(outcome: Outcome, model: str) -> bool:
+    """Whether `model`'s upstream call failed in a hedged request: a hedge that won after the
+    original failed is a failover all but in name, and the session sticks to the winner as
+    after one (a hedge that merely outran a slow original is not: the original did not fail)."""
+    return any(a.model == model and a.reason not in ("unavailable", "incapable")
+               for a in outcome.attempts)

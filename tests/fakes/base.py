@@ -90,6 +90,10 @@ class FakeServer(AppServer, Generic[LoggedT]):
         """A scripted error's response, or None once a "hang" or "slow:" delay has passed."""
         if behaviour in self.errors:
             return self._error(behaviour, model)
+        if behaviour.startswith("late:"):  # "late:<seconds>:<error>": that error, that late
+            _, pause, error = behaviour.split(":", 2)
+            await asyncio.sleep(float(pause))
+            return self._error(error, model)
         if behaviour == "hang":
             await asyncio.sleep(3600)
         if slow and behaviour.startswith("slow:"):

@@ -182,7 +182,9 @@ _PROMPT_INVALID = ("'$.prompt' is invalid. Please check the API reference: "
 @dataclass
 class FakeOpenAI(FakeServer[Logged]):
     """Behaviours: "ok", any key of ERRORS, "hang", "invalid_json", "empty", "cut_stream",
-    "slow:<seconds>" (answer after a delay), "stream_error" (error event mid-stream),
+    "slow:<seconds>" (answer after a delay), "late:<seconds>:<error>" (that error after a
+    delay, as an overloaded server's 503 after seconds of trying), "stream_error" (error
+    event mid-stream),
     "slow_stream:<seconds>" (streaming: this pause before every word; a plain answer otherwise),
     "comments:<seconds>" (streaming: SSE comment lines this long before the first chunk),
     "error_first" (streaming: a 200 whose first event is an insufficient_quota error),
