@@ -441,7 +441,7 @@ async def test_generated_requests_get_the_same_answers_on_both_paths(
         short_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     async with rig(short_dir) as r:
-        @fuzz(20)
+        @fuzz(15)
         @given(data=st.data())
         def prop(data: st.DataObject) -> None:
             stream = data.draw(streams())
@@ -486,7 +486,7 @@ async def test_almost_right_json_gets_a_named_400_or_an_answer_on_both_paths(
     a traceback in the log; the same on both paths."""
     caplog.set_level(logging.WARNING)
     async with rig(short_dir) as r:
-        @fuzz(20)
+        @fuzz(15)
         @given(data=st.data())
         def prop(data: st.DataObject) -> None:
             stream = data.draw(streams(fuzzy_json=True))

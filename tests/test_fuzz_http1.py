@@ -261,7 +261,7 @@ def keeps_alive(response: Generated, oracle: Oracle) -> bool:
 # ---------------------------------------------------------------------- valid responses
 
 
-@fuzz(150)
+@fuzz(120)
 @given(st.data())
 def test_valid_responses_parse_as_h11_parses_them(data: st.DataObject) -> None:
     response = data.draw(responses())
@@ -371,7 +371,7 @@ def invalid_responses(draw: st.DrawFn) -> bytes:
     return bytes(wire)
 
 
-@fuzz(150)
+@fuzz(120)
 @given(st.data())
 def test_invalid_responses_raise_only_the_parsers_own_errors(data: st.DataObject) -> None:
     wire = data.draw(invalid_responses())
