@@ -90,7 +90,7 @@ OPENAI_PLENTY = {**OPENAI_SPENT, "x-ratelimit-remaining-requests": "499",
 class _Budgets:
     """Tells each POST's rate-limit figures as the request arrives, before the Limited
     fakes' own middleware takes them as the figures it was admitted with: plenty left, but
-    every `every`-th request (from the `offset`-th on; `every` 0: never) spends the budget,
+    every `every`-th request (the `offset`-th first; `every` 0: never) spends the budget,
     and every request until its reset is told it is spent, as a vendor's limiter tells them
     (served all the same: the script says what the answer is)."""
 
@@ -520,8 +520,8 @@ async def test_soak(seed: int, fake_openai: Any, budget_openai: Any, budget_anth
     caplog.set_level(logging.WARNING)
     rng = random.Random(seed)
     o1, o3, o4 = await fake_openai(), await fake_openai(), await fake_openai()
-    o2 = await budget_openai(every=40, offset=rng.randrange(40))
-    an = await budget_anthropic(every=80, offset=rng.randrange(80))
+    o2 = await budget_openai(every=40, offset=rng.randrange(5, 20))
+    an = await budget_anthropic(every=80, offset=rng.randrange(5, 20))
     dead = free_port()
     o1.push(*script(rng, OPENAI_BEHAVIOURS, 400))
     o2.push(*script(rng, OPENAI_BEHAVIOURS, 300))
