@@ -32,11 +32,16 @@ async def test_demo_shows_a_failover_and_a_stream() -> None:
         assert [v.split(":")[0] for v in vectors] == ["embedding 0", "embedding 1"]
         assert all(len(v.split(": ", 1)[1].split(",")) == 4 for v in vectors)
         # the pool's two providers take turns, no failover between them
-        pooled = text.split("--- pool 'small'", 1)[1]
+        pooled = text.split("--- pool 'small'", 1)[1].split("--- chain 'hedged'", 1)[0]
         served = [line.split(": ", 1)[1] for line in pooled.splitlines()
                   if line.startswith("x-failoverd-model: ")]
         assert sorted(served) == ["local-2/small-model", "local/small-model"], text
         assert "x-failoverd-failover" not in pooled
+        # the slow first model of chain 'hedged' is raced, and the hedge serves
+        hedged = text.split("--- chain 'hedged'", 1)[1]
+        assert "x-failoverd-hedge: slow-cloud/large-model>local/medium-model:won" in hedged
+        assert "x-failoverd-model: local/medium-model" in hedged
+        assert "x-failoverd-failover" not in hedged
 
 
 async def _until_serving(proc: asyncio.subprocess.Process) -> tuple[str, str]:
@@ -96,8 +101,9 @@ async def test_demo_chain_hedged_shows_a_hedge_through_the_socket() -> None:
             assert (entry["state"], entry["consecutive_failures"], entry["inflight"]) == (
                 "closed", 0, 0)
             metrics = (await http.get("/metrics")).text
+            # these two and the demo's own scripted request to the chain
             assert ('failoverd_hedges_total{model="slow-cloud/large-model",'
-                    'to_model="local/medium-model",outcome="won"} 2') in metrics
+                    'to_model="local/medium-model",outcome="won"} 3') in metrics
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         await asyncio.wait_for(proc.wait(), 10)
         assert proc.returncode == 0

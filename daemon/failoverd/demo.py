@@ -22,6 +22,8 @@ _REQUESTS: tuple[tuple[str, dict[str, object]], ...] = (
      {"model": "small", "messages": [{"role": "user", "content": "Whose turn is it?"}]}),
     ("pool 'small' again: the other provider's turn",
      {"model": "small", "messages": [{"role": "user", "content": "And now?"}]}),
+    ("chain 'hedged' (its first model answers 2 s late: raced by the next after 0.5 s)",
+     {"model": "hedged", "messages": [{"role": "user", "content": "Quick, please."}]}),
 )
 
 
@@ -31,7 +33,8 @@ async def _show(session: aiohttp.ClientSession, title: str, body: dict[str, obje
     print(f"POST {path} {orjson.dumps(body).decode()}")
     async with session.post(f"http://failoverd{path}", json=body) as resp:
         print(f"HTTP {resp.status}")
-        for name in ("x-failoverd-model", "x-failoverd-attempts", "x-failoverd-failover"):
+        for name in ("x-failoverd-model", "x-failoverd-attempts", "x-failoverd-failover",
+                     "x-failoverd-hedge"):
             if name in resp.headers:
                 print(f"{name}: {resp.headers[name]}")
         if body.get("stream"):
