@@ -155,6 +155,7 @@ def test_endpoints_of_a_profile_that_is_not_there(tmp_path: Path) -> None:
     env = home(tmp_path, config="[default]\nendpoint_url = http://127.0.0.1:4\n" + SERVICES)
     assert endpoints(env).url("STS", "d") == "http://127.0.0.1:4"
     assert endpoints({**env, "AWS_PROFILE": "other"}).url("STS", "d") == "d"
+    assert endpoints({**env, "AWS_DEFAULT_PROFILE": "other"}).url("STS", "d") == "d"
     assert endpoints({}).url("BEDROCK_RUNTIME", "d") == "d"  # no HOME: no files
 
 

@@ -146,6 +146,19 @@ def test_a_named_profile_that_is_nowhere(tmp_path: Path) -> None:
     assert "AWS_PROFILE" in _err({**env, "AWS_PROFILE": "missing"})
 
 
+def test_aws_default_profile_names_the_profile_when_aws_profile_does_not(
+        tmp_path: Path) -> None:
+    env = home(tmp_path, credentials="[a]\n" + keys() + "[b]\n" + keys())
+    creds_path = f"{tmp_path}/.aws/credentials"
+    assert choose_source({**env, "AWS_DEFAULT_PROFILE": "a"}) == SharedFile(creds_path, "a")
+    # both set: AWS_PROFILE first, as the AWS CLI reads them
+    assert choose_source({**env, "AWS_DEFAULT_PROFILE": "a", "AWS_PROFILE": "b"}) == \
+        SharedFile(creds_path, "b")
+    # a profile it names that is not there is an error naming the variable
+    message = _err({**env, "AWS_DEFAULT_PROFILE": "missing"})
+    assert "AWS_DEFAULT_PROFILE" in message and "[missing]" in message
+
+
 # ------------------------------------------------------------------ assumed roles
 
 

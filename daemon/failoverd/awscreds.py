@@ -4,18 +4,19 @@ sources of the AWS SDKs' default chain, and their refresh.
 The chain, in the SDKs' order:
 
 1. the environment: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``;
-2. a profile (awsprofiles.py): the provider's ``aws_profile``, else ``AWS_PROFILE``, else
-   ``default``, of the shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``, else
-   ``$HOME/.aws/credentials``) and the config file (``AWS_CONFIG_FILE``, else
-   ``$HOME/.aws/config``) merged as botocore merges them; no ``HOME``, as under systemd: no
-   default files. A profile gives static keys (`SharedFile`), a ``credential_process``
-   (`CredentialProcess`, awsprocess.py), an assumed role (`AssumeRole`, awssts.py) or an IAM
-   Identity Center role (`SsoRole`, awssso.py). A profile given in the configuration means
-   the files: the environment's keys are then not used (as botocore does for a session's
-   explicit profile). A profile's ``web_identity_token_file`` with ``role_arn``, and without
-   a profile given ``AWS_WEB_IDENTITY_TOKEN_FILE`` with ``AWS_ROLE_ARN`` (EKS IAM roles for
-   service accounts), is AssumeRoleWithWebIdentity (`WebIdentityRole`, awswebidentity.py),
-   taken after a profile's assumed role and before its other sources, as botocore does;
+2. a profile (awsprofiles.py): the provider's ``aws_profile``, else ``AWS_PROFILE`` (or
+   ``AWS_DEFAULT_PROFILE``), else ``default``, of the shared credentials file
+   (``AWS_SHARED_CREDENTIALS_FILE``, else ``$HOME/.aws/credentials``) and the config file
+   (``AWS_CONFIG_FILE``, else ``$HOME/.aws/config``) merged as botocore merges them; no
+   ``HOME``, as under systemd: no default files. A profile gives static keys (`SharedFile`), a
+   ``credential_process`` (`CredentialProcess`, awsprocess.py), an assumed role (`AssumeRole`,
+   awssts.py) or an IAM Identity Center role (`SsoRole`, awssso.py). A profile given in the
+   configuration means the files: the environment's keys are then not used (as botocore does
+   for a session's explicit profile). A profile's ``web_identity_token_file`` with
+   ``role_arn``, and without a profile given ``AWS_WEB_IDENTITY_TOKEN_FILE`` with
+   ``AWS_ROLE_ARN`` (EKS IAM roles for service accounts), is AssumeRoleWithWebIdentity
+   (`WebIdentityRole`, awswebidentity.py), taken after a profile's assumed role and before its
+   other sources, as botocore does;
 3. a container's credential endpoint (ECS task roles, EKS Pod Identity):
    ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (on ``http://169.254.170.2``), else
    ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (https, or http to a loopback address or one of the

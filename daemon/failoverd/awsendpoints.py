@@ -24,8 +24,9 @@ paths would go after them) and a host that botocore refuses are configuration er
 
 ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``, else the profile's
 ``ignore_configured_endpoint_urls``, set to ``true`` turns all four off. The profile is the one
-in use (the provider's ``aws_profile``, else ``AWS_PROFILE``, else ``default``), its keys
-both files' merged as botocore merges them (awsprofiles.py), whatever gives the credentials:
+in use (the provider's ``aws_profile``, else ``AWS_PROFILE`` or ``AWS_DEFAULT_PROFILE``,
+else ``default``), its keys both files' merged as botocore merges them (awsprofiles.py),
+whatever gives the credentials:
 botocore reads the session's profile for every client it makes, the STS client that assumes
 a role too.
 

@@ -150,14 +150,26 @@ def _config_section(section: str) -> tuple[str, str]:
     return "", ""
 
 
+def env_profile(env: Mapping[str, str]) -> tuple[str, str]:
+    """The profile the environment names: (the variable, its value), ``AWS_PROFILE``, else
+    ``AWS_DEFAULT_PROFILE`` (the AWS CLI's order; stock botocore reads them the other way
+    round, boto/botocore#1725, which matters only when both are set); ("", "") for none."""
+    for variable in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        value = env.get(variable, "").strip()
+        if value:
+            return variable, value
+    return "", ""
+
+
 def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSource | None:
     """The source the profile gives: `profile` (the provider's ``aws_profile``), else
-    ``AWS_PROFILE``, else ``default``. None when no profile is named and the default one is
-    not there or gives nothing (the chain goes on); AwsConfigError when a named one is not
-    there or any is broken."""
-    named = profile or env.get("AWS_PROFILE", "").strip()
+    the environment's (`env_profile`), else ``default``. None when no profile is named and
+    the default one is not there or gives nothing (the chain goes on); AwsConfigError when a
+    named one is not there or any is broken."""
+    variable, from_env = env_profile(env)
+    named = profile or from_env
     name = named or "default"
-    by = "aws_profile" if profile else "AWS_PROFILE"
+    by = "aws_profile" if profile else variable
     credentials, config = credentials_file(env), config_file(env)
     if not credentials and not config and named:
         raise AwsConfigError(f"profile {name!r} is named, but there is no shared "
@@ -186,10 +198,11 @@ def profile_source(env: Mapping[str, str], profile: str, region: str) -> AwsSour
 
 def endpoints(env: Mapping[str, str], profile: str = "") -> Endpoints:
     """The endpoint settings (awsendpoints.py) of the profile in use: `profile` (the
-    provider's ``aws_profile``), else ``AWS_PROFILE``, else ``default``, which need not exist.
+    provider's ``aws_profile``), else the environment's (`env_profile`), else ``default``,
+    which need not exist.
     Raises AwsConfigError when a file cannot be parsed, as botocore fails every client
     then."""
-    name = profile or env.get("AWS_PROFILE", "").strip() or "default"
+    name = profile or env_profile(env)[1] or "default"
     credentials, config = credentials_file(env), config_file(env)
     files = _load(credentials, config) if credentials or config else _Files("", "")
     return _endpoints(files, env, name)
