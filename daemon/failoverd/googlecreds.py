@@ -51,7 +51,7 @@ import stat
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -309,6 +309,22 @@ def _first_source(env: Mapping[str, str], path: str) -> GoogleSource:
 # ------------------------------------------------------------------ at run time
 
 
+T = TypeVar("T")
+
+
+class _GoogleRefresher(Refresher[T, GoogleCredentialsError]):
+    """A Refresher whose failures are GoogleCredentialsErrors (the token and the project)."""
+
+    def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
+        return GoogleCredentialsError(message, transient=transient)
+
+    def _copy(self, exc: GoogleCredentialsError) -> GoogleCredentialsError:
+        return GoogleCredentialsError(str(exc), transient=exc.transient, no_host=exc.no_host)
+
+    def _transient(self, exc: GoogleCredentialsError) -> bool:
+        return exc.transient
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class AccessToken:
     """An OAuth 2 access token and when it expires (seconds since the epoch). `after_refusal`:
@@ -321,7 +337,7 @@ class AccessToken:
     fetched: float = 0.0
 
 
-class TokenSource(Refresher[AccessToken, GoogleCredentialsError]):
+class TokenSource(_GoogleRefresher[AccessToken]):
     """Access tokens from a source, fetched again `REFRESH_AHEAD` seconds before they expire,
     one fetch at a time that a cancelled caller leaves running (refresher.py)."""
 
@@ -354,15 +370,6 @@ class TokenSource(Refresher[AccessToken, GoogleCredentialsError]):
 
     def _expires(self, value: AccessToken) -> float:
         return value.expires
-
-    def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
-        return GoogleCredentialsError(message, transient=transient)
-
-    def _copy(self, exc: GoogleCredentialsError) -> GoogleCredentialsError:
-        return GoogleCredentialsError(str(exc), transient=exc.transient, no_host=exc.no_host)
-
-    def _transient(self, exc: GoogleCredentialsError) -> bool:
-        return exc.transient
 
     def _got(self, fresh: AccessToken, old: AccessToken | None) -> None:
         if old is None and not self._refused:
@@ -417,7 +424,7 @@ def _token_source(source: GoogleSource, client: HttpClient, proxy: str,
     return TokenSource(fetch, clock, describe(source))
 
 
-class ProjectSource(Refresher[str, GoogleCredentialsError]):
+class ProjectSource(_GoogleRefresher[str]):
     """The metadata server's project, asked once (refresher.py's single fetch, which a
     cancelled caller leaves running) and kept: a project id never expires. A failure is
     asked again `RETRY_WITHOUT` seconds later at the earliest."""
@@ -434,15 +441,6 @@ class ProjectSource(Refresher[str, GoogleCredentialsError]):
 
     def _expires(self, value: str) -> float:
         return math.inf
-
-    def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
-        return GoogleCredentialsError(message, transient=transient)
-
-    def _copy(self, exc: GoogleCredentialsError) -> GoogleCredentialsError:
-        return GoogleCredentialsError(str(exc), transient=exc.transient, no_host=exc.no_host)
-
-    def _transient(self, exc: GoogleCredentialsError) -> bool:
-        return exc.transient
 
     def _got(self, fresh: str, old: str | None) -> None:
         logger.info("Google Cloud project %s, from %s", fresh, self.what)
