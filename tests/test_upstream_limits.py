@@ -64,6 +64,15 @@ class _LimitHeaders:
         app.on_response_prepare.append(add)
         return app
 
+    async def start(self) -> Self:
+        """The fake's own start (tests/fakes/base.py), its app sending `limits`."""
+        fake: Any = self
+        app = web.Application()
+        fake._routes(app.router)
+        await fake._serve(self._with_limits(app), fake.url_path,
+                          handler_cancellation=fake.handler_cancellation)
+        return self
+
 
 @dataclass
 class LimitedOpenAI(_LimitHeaders, FakeOpenAI):
@@ -71,26 +80,12 @@ class LimitedOpenAI(_LimitHeaders, FakeOpenAI):
 
     limits: dict[str, str] = field(default_factory=dict, kw_only=True)
 
-    async def start(self) -> Self:
-        app = web.Application()
-        self._routes(app.router)
-        await self._serve(self._with_limits(app), self.url_path,
-                          handler_cancellation=self.handler_cancellation)
-        return self
-
 
 @dataclass
 class LimitedAnthropic(_LimitHeaders, FakeAnthropic):
     """FakeAnthropic whose answers carry `limits` (anthropic-ratelimit-* headers)."""
 
     limits: dict[str, str] = field(default_factory=dict, kw_only=True)
-
-    async def start(self) -> Self:
-        app = web.Application()
-        self._routes(app.router)
-        await self._serve(self._with_limits(app), self.url_path,
-                          handler_cancellation=self.handler_cancellation)
-        return self
 
 
 limited_openai = fake_fixture(LimitedOpenAI, "limited_openai")
