@@ -55,6 +55,20 @@ HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "Hello"}]}
 MODEL = '\n[models."v/flash"]\nprovider = "v"\nname = "gemini-2.5-flash"\n'
 
 
+async def signed_provider(vertex: FakeVertex,
+                          fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]],
+                          rsa_key: ServiceKey, tmp_path: Path, http_client: HttpClient,
+                          region: str = "us-east5") -> Any:
+    """A vertex provider `v` on `vertex`, signing with a service account key whose tokens
+    come from a fake Google token endpoint."""
+    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
+    path = tmp_path / "sa.json"
+    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
+    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "{region}"\nbase_url = '
+                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
+    return make_provider(cfg.providers["v"], http_client)
+
+
 def _der_int(value: int) -> bytes:
     raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
     return b"\x02" + _der_len(len(raw)) + raw
@@ -139,12 +153,8 @@ async def test_claude_on_the_us_multi_region(
         fake_google_auth: Callable[..., Awaitable[FakeGoogleAuth]], http_client: HttpClient,
         rsa_key: ServiceKey, tmp_path: Path) -> None:
     vertex = await fake_vertex(location="us")
-    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
-    path = tmp_path / "sa.json"
-    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
-    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us"\nbase_url = '
-                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
-    provider = make_provider(cfg.providers["v"], http_client)
+    provider = await signed_provider(vertex, fake_google_auth, rsa_key, tmp_path,
+                                     http_client, region="us")
     result = await provider.complete(HELLO, CLAUDE, LIMITS)
     assert result.body["choices"][0]["message"]["content"] == "Hello from Claude on Vertex"
     assert vertex.requests[-1].path == (f"/v1/projects/{PROJECT}/locations/us/publishers/"
@@ -163,12 +173,8 @@ async def test_embedding_calls_stay_under_the_20000_tokens_a_call_takes(
     batch of a RAG indexer failed; the texts are now spread over calls by an estimate of
     their tokens too."""
     vertex = await fake_vertex()
-    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
-    path = tmp_path / "sa.json"
-    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
-    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\nbase_url = '
-                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
-    provider = make_provider(cfg.providers["v"], http_client)
+    provider = await signed_provider(vertex, fake_google_auth, rsa_key, tmp_path,
+                                     http_client)
     texts = [f"passage {i} " + "lorem ipsum dolor sit amet " * 20 for i in range(250)]
     result = await provider.embed({"input": texts, "model": "text-embedding-005"}, EMBED,
                                   LIMITS)
@@ -265,12 +271,8 @@ async def test_resource_names_serve_as_model_ids(
     "claude"): a 404; and a gemini-embedding model so named got 250 texts a call, which it
     refuses (it takes one)."""
     vertex = await fake_vertex()
-    auth = await fake_google_auth(modulus=rsa_key.modulus, vertex=vertex)
-    path = tmp_path / "sa.json"
-    path.write_bytes(orjson.dumps(rsa_key.account(f"{auth.url}/token")))
-    cfg = config.loads(f'[providers.v]\nkind = "vertex"\nregion = "us-east5"\nbase_url = '
-                       f'"{vertex.url}"\ngoogle_credentials_file = "{path}"\n' + MODEL, env={})
-    provider = make_provider(cfg.providers["v"], http_client)
+    provider = await signed_provider(vertex, fake_google_auth, rsa_key, tmp_path,
+                                     http_client)
     claude = ModelConfig(id="v/sonnet", provider="v",
                          name="publishers/anthropic/models/claude-sonnet-4-5@20250929")
     result = await provider.complete(HELLO, claude, LIMITS)
