@@ -5,7 +5,7 @@ failures that say what to set. A fake metadata server on 127.0.0.1 (GCE_METADATA
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from failoverd.googlecreds import RETRY_WITHOUT, MetadataServer, open_project
 from failoverd.http1 import HttpClient
 from failoverd.providers.http import probe_limits
 from failoverd.providers.vertex import VertexProvider
+from tests.fakes.base import fake_fixture
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.vertex import LOCATION, PROJECT, FakeGoogleAuth, FakeVertex, fake_vertex
 
@@ -59,18 +60,7 @@ class FakeMetadata(FakeGoogleAuth):
                             headers={"Metadata-Flavor": "Google"})
 
 
-@pytest.fixture
-async def fake_metadata() -> AsyncIterator[Callable[..., Awaitable[FakeMetadata]]]:
-    started: list[FakeMetadata] = []
-
-    async def make(**kwargs: Any) -> FakeMetadata:
-        fake = await FakeMetadata(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+fake_metadata = fake_fixture(FakeMetadata, "fake_metadata")
 
 
 def toml(vertex_url: str, backup: str = "") -> str:

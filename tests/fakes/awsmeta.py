@@ -25,15 +25,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
 
-from tests.fakes.base import AppServer
+from tests.fakes.base import AppServer, fake_fixture
 
 ROLE = "failoverd-bedrock-role"
 
@@ -142,16 +139,4 @@ class FakeMetadata(AppServer):
         return trouble or web.json_response(self._credentials())
 
 
-@pytest.fixture
-async def fake_metadata() -> AsyncIterator[Callable[..., Awaitable[FakeMetadata]]]:
-    """A factory of started FakeMetadata servers, all closed after the test."""
-    started: list[FakeMetadata] = []
-
-    async def make(**kwargs: Any) -> FakeMetadata:
-        fake = await FakeMetadata(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+fake_metadata = fake_fixture(FakeMetadata, "fake_metadata")

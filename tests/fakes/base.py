@@ -29,7 +29,7 @@ class Logged:
     path: str
     headers: dict[str, str]
     body: Any
-FakeT = TypeVar("FakeT", bound="FakeServer[Any]")
+FakeT = TypeVar("FakeT", bound="AppServer")
 
 
 class AppServer:

@@ -30,7 +30,6 @@ import hashlib
 import itertools
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,19 +424,7 @@ class FakeGoogleAuth(AppServer):
         return resp
 
 
-@pytest.fixture
-async def fake_google_auth() -> AsyncIterator[Callable[..., Awaitable[FakeGoogleAuth]]]:
-    """A factory of started FakeGoogleAuth servers, all closed after the test."""
-    started: list[FakeGoogleAuth] = []
-
-    async def make(**kwargs: Any) -> FakeGoogleAuth:
-        fake = await FakeGoogleAuth(**kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield make
-    for fake in started:
-        await fake.close()
+fake_google_auth = fake_fixture(FakeGoogleAuth, "fake_google_auth")
 
 
 @pytest.fixture(scope="session")
