@@ -31,6 +31,7 @@ from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider,
 from failoverd.requirements import Requirements
 from failoverd.timeouts import timeout
 
+_RATE_LIMIT_KINDS = frozenset({"openai", "anthropic"})  # see upstreamlimits.py
 logger = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.1
@@ -446,7 +447,9 @@ class Dispatcher:
                 first_token=min(model.first_token_timeout, remaining),
                 idle=model.stream_idle_timeout,
                 notices=outcome.notices if notices is None else notices,
-                upstream=self.health.upstream if self.health is not None else None,
+                # the kinds whose upstreams send rate-limit headers, unless switched off
+                upstream=self.health.upstream if self.health is not None
+                and pcfg.rate_limit_headers and pcfg.kind in _RATE_LIMIT_KINDS else None,
             )
             outcome.upstream_attempts += 1
             started = self.clock.monotonic()

@@ -136,9 +136,6 @@ class AnthropicProvider(Lacking):
             config, {"content-type": "application/json", "accept": "application/json",
                      "anthropic-version": API_VERSION}, "x-api-key", config.api_key)
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
-        # Anthropic's anthropic-ratelimit-* headers are read (upstreamlimits.py) unless
-        # switched off; a gateway of another kind (Vertex) sends none
-        self._rate_limits = config.kind == "anthropic" and config.rate_limit_headers
 
     def _endpoint(self, model: ModelConfig, stream: bool) -> str:
         """Where a Messages request for `model` goes (the Vertex adapter's URL differs)."""
@@ -186,7 +183,7 @@ class AnthropicProvider(Lacking):
                           headers=await self._request_headers(False, model), data=data,
                           total=limits.total, connect=limits.connect, failure=self._failure,
                           provider=name, model=model.id,
-                          seen=limits.upstream if self._rate_limits else None,
+                          seen=limits.upstream,
                           family="anthropic")
         parsed = json_or_none(raw)
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
@@ -240,7 +237,7 @@ class AnthropicProvider(Lacking):
                                  first_deadline=first_deadline,
                                  connect=limits.connect, failure=self._failure, provider=name,
                                  model=model.id,
-                                 seen=limits.upstream if self._rate_limits else None,
+                                 seen=limits.upstream,
                                  family="anthropic")
         clean = False
         stack = contextlib.AsyncExitStack()

@@ -81,7 +81,7 @@ class AttemptLimits:
     notices: list[str] | None = None
     # where the adapter hands its upstream's rate-limit headers (the health registry's
     # upstreamlimits.UpstreamLimits); None: not read (probes, a provider with
-    # rate_limit_headers = false)
+    # rate_limit_headers = false, kinds whose upstreams send none: the dispatcher decides)
     upstream: RateLimitSink | None = None
 
 

@@ -254,8 +254,6 @@ class OpenAIProvider:
         # for floats that failoverd encodes
         self.floats_only: set[str] = set()
         self._speech = OpenAIAudio(self)  # transcriptions and speech (openai_audio.py)
-        # the upstream's x-ratelimit-* headers are read (upstreamlimits.py) unless switched off
-        self._rate_limits = config.rate_limit_headers
 
     def _mended(self, exc: UpstreamError, body: dict[str, Any], model: ModelConfig,
                 stream: bool) -> bytes:
@@ -277,7 +275,7 @@ class OpenAIProvider:
         return fetch(self.client, "POST", self._chat_url, headers=self.headers, data=data,
                      total=limits.total, connect=limits.connect, failure=self.failure,
                      provider=self.config.name, model=model_id,
-                     seen=limits.upstream if self._rate_limits else None)
+                     seen=limits.upstream)
 
     def call(self, url: str, data: bytes, limits: AttemptLimits, model_id: str, *,
               failure: Failure | None = None,
@@ -287,7 +285,7 @@ class OpenAIProvider:
         return fetch(self.client, "POST", url, headers=headers or self.headers, data=data,
                      total=limits.total, connect=limits.connect,
                      failure=failure or self.failure, provider=self.config.name,
-                     model=model_id, seen=limits.upstream if self._rate_limits else None)
+                     model=model_id, seen=limits.upstream)
 
     def _open(self, data: bytes, limits: AttemptLimits, first_deadline: float,
               model_id: str) -> Coroutine[Any, Any, Response]:
@@ -295,7 +293,7 @@ class OpenAIProvider:
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self.failure,
                            provider=self.config.name, model=model_id,
-                           seen=limits.upstream if self._rate_limits else None)
+                           seen=limits.upstream)
 
     # ------------------------------------------------------------------ errors
 
@@ -560,7 +558,7 @@ class OpenAIProvider:
                            headers=self._stream_headers, first_deadline=first_deadline,
                            connect=limits.connect, failure=self._text_failure,
                            provider=self.config.name, model=model.id,
-                           seen=limits.upstream if self._rate_limits else None)
+                           seen=limits.upstream)
 
     # ------------------------------------------------------------------ audio
 
