@@ -49,7 +49,7 @@ import logging
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -58,7 +58,7 @@ from failoverd.metrics import UPSTREAM_SKIPS
 from failoverd.providers.http import go_duration
 from failoverd.tokens import estimate
 
-__all__ = ["MAX_RESET", "Family", "Headers", "UpstreamLimits", "adopt", "ask"]
+__all__ = ["MAX_RESET", "Headers", "UpstreamLimits", "adopt", "ask"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,6 @@ _MAX_DIGITS = 18
 # Anthropic's token counts are rounded to the nearest thousand: the real one may be this
 # much higher
 _ANTHROPIC_ROUNDING = 499
-
-Family = Literal["openai", "anthropic"]
-"""Which headers an adapter's upstream sends: OpenAI's (with OpenRouter's) or Anthropic's."""
-
 
 class Headers(Protocol):
     """An answer's headers, looked up case-insensitively (http1's Headers)."""
@@ -126,13 +122,9 @@ class _Request:
 
     def over(self, budget: int) -> bool:
         """Whether the prompt's estimate is more than `budget` tokens. The estimate costs
-        up to milliseconds for a long prompt (tokens.py); a quick ceiling of it (`_ceiling`)
-        spares it whenever the budget is larger than the prompt could be."""
+        up to milliseconds for a long prompt (tokens.py): asked only after `fits` found the
+        quick ceiling over the budget."""
         if self._tokens is None:
-            if self._ceiling is None:
-                self._ceiling = _ceiling(self._body)
-            if self._ceiling <= budget:
-                return False
             self._tokens = estimate(self._body)
         return self._tokens > budget
 
@@ -388,22 +380,18 @@ def _trusted(wait: float) -> float | None:
     return min(wait, MAX_RESET)
 
 
-def _duration(value: str | None, wall: float) -> float | None:
+def _duration(value: str, wall: float) -> float | None:
     """OpenAI's reset: a Go duration ("6m0s", "120ms"), or a plain number (Azure sends "0"):
     seconds, unless it can only be an epoch (in seconds or milliseconds, as the plain
     X-RateLimit-Reset is written), which taken for seconds was cut to an hour's skip."""
-    if value is None:
-        return None
     seconds = go_duration(value)
     if seconds is None:
         return _epoch_or_delta(value, wall)
     return _trusted(seconds)
 
 
-def _rfc3339(value: str | None, wall: float) -> float | None:
+def _rfc3339(value: str, wall: float) -> float | None:
     """Anthropic's reset: an RFC 3339 time, as seconds from `wall`."""
-    if value is None:
-        return None
     try:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
@@ -413,11 +401,9 @@ def _rfc3339(value: str | None, wall: float) -> float | None:
     return _trusted(when.timestamp() - wall)
 
 
-def _epoch_or_delta(value: str | None, wall: float) -> float | None:
+def _epoch_or_delta(value: str, wall: float) -> float | None:
     """OpenRouter's X-RateLimit-Reset: an epoch in milliseconds (in seconds too, as some
     servers of the same header write it), or, for a small number, seconds from now."""
-    if value is None:
-        return None
     try:
         number = float(value)
     except ValueError:
