@@ -154,7 +154,8 @@ class Dispatcher:
         self.observe_latency = observe_latency
         self.on_hedge = on_hedge
         # the models whose attempts are hedged, and after how long: empty when hedging is off,
-        # so a request pays one emptiness test for it (hedge.py)
+        # so a request pays one emptiness test for it (hedge.py); never audio models: a second
+        # transcription or speech is made, and billed, in full
         self.hedge_after = {m.id: after for m in config.models.values()
                             if m.kind in ("chat", "embeddings") and (after := (
                                 config.routing.hedge_after if m.hedge_after is None
@@ -169,8 +170,7 @@ class Dispatcher:
         attempt loop's coroutine is handed over as it is, one frame less for every await
         on the hot path to pass through."""
         result: Coroutine[Any, Any, Completion] = self._run(body, candidates, deadline,
-                                                            outcome, session, needs, None,
-                                                            hedged=True)
+                                                            outcome, session, needs, None)
         return result
 
     def stream(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
@@ -180,8 +180,7 @@ class Dispatcher:
         """A stream whose first chunk has arrived (await it); `text`: a legacy text
         completion's."""
         method = _stream_text if text else _stream_chat
-        return self._stream(method, body, candidates, deadline, outcome, session, needs,
-                            hedged=True)
+        return self._stream(method, body, candidates, deadline, outcome, session, needs)
 
     def speak(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
               outcome: Outcome) -> Coroutine[Any, Any, StreamStart]:
@@ -191,10 +190,9 @@ class Dispatcher:
 
     async def _stream(self, method: Callable[[Provider], _Stream], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float, outcome: Outcome,
-                      session: str | None, needs: Requirements | None, *,
-                      hedged: bool = False) -> StreamStart:
+                      session: str | None, needs: Requirements | None) -> StreamStart:
         """A stream of the providers' `method` down the candidates, once its first chunk
-        has arrived; `hedged`: a slow first chunk may be raced by the next candidate's."""
+        has arrived."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> StreamStart:
             started = self.clock.monotonic()
@@ -218,21 +216,20 @@ class Dispatcher:
             return StreamStart(first, it, permit, started)
 
         start: StreamStart = await self._run(body, candidates, deadline, outcome, session,
-                                             needs, call, streaming=True, hedged=hedged)
+                                             needs, call, streaming=True)
         return start
 
     async def embed(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                     outcome: Outcome) -> Completion:
         """Embeddings: the same attempt loop (breakers, retries, failover down an embedding
         chain, hooks, events), with no context screening (needs None)."""
-        return await self._answer(lambda p: p.embed, body, candidates, deadline, outcome,
-                                  hedged=True)
+        return await self._answer(lambda p: p.embed, body, candidates, deadline, outcome)
 
     async def complete_text(self, body: dict[str, Any], candidates: Sequence[str],
                             deadline: float, outcome: Outcome) -> Completion:
         """A legacy text completion, not streamed: the attempt loop, no context screening."""
         return await self._answer(lambda p: p.complete_text, body, candidates, deadline,
-                                  outcome, hedged=True)
+                                  outcome)
 
     async def transcribe(self, body: dict[str, Any], candidates: Sequence[str],
                          deadline: float, outcome: Outcome) -> Completion:
@@ -248,10 +245,8 @@ class Dispatcher:
 
     async def _answer(self, method: Callable[[Provider], _Answer], body: dict[str, Any],
                       candidates: Sequence[str], deadline: float,
-                      outcome: Outcome, *, hedged: bool = False) -> Completion:
-        """A non-streaming answer of the providers' `method` down the candidates; `hedged`:
-        a slow one may be raced by the next candidate's (never for audio: a second
-        transcription is made, and billed, in full)."""
+                      outcome: Outcome) -> Completion:
+        """A non-streaming answer of the providers' `method` down the candidates."""
         async def call(provider: Provider, model: ModelConfig, req: dict[str, Any],
                        limits: AttemptLimits, permit: Permit | None) -> Completion:
             started = self.clock.monotonic()
@@ -260,7 +255,7 @@ class Dispatcher:
             return result
 
         result: Completion = await self._run(body, candidates, deadline, outcome, None, None,
-                                             call, hedged=hedged)
+                                             call)
         return result
 
     def stream_finished(self, model_id: str, start: StreamStart,
@@ -287,9 +282,9 @@ class Dispatcher:
 
     async def _run(self, body: dict[str, Any], candidates: Sequence[str], deadline: float,
                    outcome: Outcome, session: str | None, needs: Requirements | None,
-                   call: _Call | None, streaming: bool = False, hedged: bool = False) -> Any:
+                   call: _Call | None, streaming: bool = False) -> Any:
         cfg = self.config
-        hedging = self.hedge_after if hedged else None
+        hedging = self.hedge_after
         tried: tuple[str, ...] = ()  # models a hedge called already (see _hedged)
         queued = False
         first_pass = len(outcome.attempts)

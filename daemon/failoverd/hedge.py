@@ -180,7 +180,12 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         return await to_attempt
 
     second = Lane(to_id, lane_task(hedge()))
-    failures: list[tuple[str, UpstreamError]] = []
+    failures: list[tuple[str, UpstreamError]] = []  # race's, in the order they came
+
+    def listed() -> None:
+        outcome.attempts.extend(Attempt(failed_id, exc.reason, exc.status, exc.message)
+                                for failed_id, exc in failures)
+
     try:
         finish = await race(first, second, discard, failures)
     except HedgeFailed:
@@ -189,15 +194,13 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
     except BaseException:
         # the original's refusal (or a bug, or the request cancelled): the hedge's failure
         # before it is an attempt all the same
-        for failed_id, exc in failures:
-            outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status, exc.message))
+        listed()
         if second.task.done() and not second.task.cancelled() \
                 and second.task.exception() is not None:
             info.outcome = "failed"
         raise
     else:
-        for failed_id, exc in finish.failures:
-            outcome.attempts.append(Attempt(failed_id, exc.reason, exc.status, exc.message))
+        listed()
         info.winner = finish.winner.model
         if finish.winner is second:
             info.outcome = "won"

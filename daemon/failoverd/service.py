@@ -24,6 +24,7 @@ from failoverd.config import Config
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
 from failoverd.errors import Attempt
 from failoverd.events import AuditLog, EventBus
+from failoverd.failures import FailureReason
 from failoverd.health import HealthRegistry
 from failoverd.hooks import HookRunner
 from failoverd.http1 import HttpClient
@@ -449,5 +450,7 @@ def _failed(outcome: Outcome, model: str) -> bool:
     """Whether `model`'s upstream call failed in a hedged request: a hedge that won after the
     original failed is a failover all but in name, and the session sticks to the winner as
     after one (a hedge that merely outran a slow original is not: the original did not fail)."""
-    return any(a.model == model and a.reason not in ("unavailable", "incapable")
-               for a in outcome.attempts)
+    return any(a.model == model and a.reason not in _SKIPS for a in outcome.attempts)
+
+
+_SKIPS = (FailureReason.UNAVAILABLE, FailureReason.INCAPABLE)  # candidates passed, not called
