@@ -152,12 +152,6 @@ def project_of(source: GoogleSource) -> str:
     return ""
 
 
-def quota_project(source: GoogleSource) -> str:
-    """The project billed for the calls (``x-goog-user-project``), when the file or
-    GOOGLE_CLOUD_QUOTA_PROJECT names one."""
-    return source.quota_project_id
-
-
 def describe(source: GoogleSource) -> str:
     """The source as logs and errors name it (no secret)."""
     if isinstance(source, ServiceAccount):
@@ -315,6 +309,8 @@ T = TypeVar("T")
 class _GoogleRefresher(Refresher[T, GoogleCredentialsError]):
     """A Refresher whose failures are GoogleCredentialsErrors (the token and the project)."""
 
+    error_type = GoogleCredentialsError
+
     def _error(self, message: str, transient: bool) -> GoogleCredentialsError:
         return GoogleCredentialsError(message, transient=transient)
 
@@ -341,7 +337,6 @@ class TokenSource(_GoogleRefresher[AccessToken]):
     """Access tokens from a source, fetched again `REFRESH_AHEAD` seconds before they expire,
     one fetch at a time that a cancelled caller leaves running (refresher.py)."""
 
-    error_type = GoogleCredentialsError
     noun = "Google credentials"
     keeps = "the current token serves until it expires"
 
@@ -429,7 +424,6 @@ class ProjectSource(_GoogleRefresher[str]):
     cancelled caller leaves running) and kept: a project id never expires. A failure is
     asked again `RETRY_WITHOUT` seconds later at the earliest."""
 
-    error_type = GoogleCredentialsError
     noun = "Google credentials"
 
     def __init__(self, fetch: Callable[[], Awaitable[str]], clock: Clock, what: str) -> None:

@@ -64,7 +64,6 @@ from failoverd.googlecreds import (
     TokenSource,
     open_project,
     open_source,
-    quota_project,
 )
 from failoverd.http1 import HttpClient, Response
 from failoverd.providers.anthropic import AnthropicProvider
@@ -182,7 +181,7 @@ class _Auth:
         if config.google is not None:
             self.tokens = open_source(config.google, client=client, proxy=config.proxy,
                                       clock=clock)
-            quota = quota_project(config.google)
+            quota = config.google.quota_project_id
             if quota:  # as google-auth sends it: the project billed for a user's calls
                 self.extra["x-goog-user-project"] = quota
 
@@ -478,7 +477,7 @@ class VertexProvider(Lacking):
         self._claude = VertexClaude(config, client, auth)
         self._gemini = VertexGemini(config, client, auth)
         self._models_open = VertexOpenAI(config, client, auth)
-        self._located = bool(config.project)
+        self._located = auth.project is None  # nothing to ask the metadata server
 
     async def _locate(self, model: ModelConfig) -> None:
         """The sub-adapters' URLs with the metadata server's project, at the first call of a
