@@ -298,3 +298,9 @@ async def test_an_sts_endpoint_with_a_path_is_called_at_that_path(
     # and the default endpoints, without a path, get "/"
     assert sts_url("https://sts.us-east-1.amazonaws.com") == \
         "https://sts.us-east-1.amazonaws.com/"
+
+
+def test_masked_hides_each_secret_and_an_empty_one_nothing() -> None:
+    from failoverd.boundedcall import masked
+    assert masked(b"token=abc&key=xyz", "abc", "xyz") == b"token=***&key=***"
+    assert masked("said abc", "abc", "") == "said ***"  # "" would put *** between every byte

@@ -39,7 +39,7 @@ from failoverd.awscreds import (
     control,
     temporary,
 )
-from failoverd.boundedcall import transient_status
+from failoverd.boundedcall import masked, transient_status
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
 
@@ -174,10 +174,8 @@ async def fetch_container(client: HttpClient, source: ContainerEndpoint) -> AwsC
     status, body = await call(client, "GET", source.url, headers, CONTAINER_TIMEOUT)
     where = f"the container credentials endpoint {bare(source.url)}"
     if status != 200:
-        said = refusal(status, body)
         # servers echo a bad request's headers: the token goes no further than this
-        raise AwsCredentialsError(f"{where} refused: "
-                                  f"{said.replace(token, '***') if token else said}",
+        raise AwsCredentialsError(f"{where} refused: {masked(refusal(status, body), token)}",
                                   transient=transient_status(status))
     return parse_credentials(body, where)
 

@@ -40,7 +40,7 @@ import orjson
 
 from failoverd.awscreds import AwsCredentials, AwsCredentialsError, SsoRole, control
 from failoverd.awsmetadata import call, refusal
-from failoverd.boundedcall import transient_status
+from failoverd.boundedcall import masked, transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 
@@ -197,8 +197,7 @@ async def _refresh(client: HttpClient, source: SsoRole, data: dict[str, Any],
     where = f"the SSO OIDC CreateToken call for profile [{source.profile}]"
     if status != 200:
         # an endpoint's error page may echo the request: its secrets go no further than here
-        for secret in (data["clientSecret"], data["refreshToken"]):
-            raw = raw.replace(secret.encode(), b"***")
+        raw = masked(raw, data["clientSecret"], data["refreshToken"])
         said = _oidc_error(raw) or refusal(status, raw)
         raise AwsCredentialsError(f"{where} refused: HTTP {status}: {said}",
                                   transient=transient_status(status))
@@ -275,7 +274,7 @@ async def fetch(client: HttpClient, source: SsoRole, clock: Clock) -> AwsCredent
                                                    "Accept": "application/json"}, SSO_TIMEOUT)
     if status == 200:
         return parse_role_credentials(body, where)
-    said = refusal(status, body).replace(token, "***")
+    said = masked(refusal(status, body), token)
     if status == 401:
         raise AwsCredentialsError(f"{where} refused the SSO token ({said}): {_login(source)}")
     raise AwsCredentialsError(f"{where} refused: {said}", transient=transient_status(status))

@@ -31,7 +31,7 @@ from failoverd.awscreds import AssumeRole, AwsCredentials, AwsCredentialsError, 
 from failoverd.awsendpoints import sts_url
 from failoverd.awsmetadata import call
 from failoverd.awsruntime import CredentialSource
-from failoverd.boundedcall import transient_status
+from failoverd.boundedcall import masked, transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import Target
@@ -118,9 +118,7 @@ async def assume_role(client: HttpClient, source: AssumeRole, inner: CredentialS
         logger.info("AWS credentials: assumed %s as %s", source.role_arn, fresh.access_key_id)
         return fresh
     # an endpoint's error page may echo the request: its secrets go no further than here
-    for secret in (signing.session_token, signing.secret_access_key):
-        if secret:
-            body = body.replace(secret.encode(), b"***")
+    body = masked(body, signing.session_token, signing.secret_access_key)
     code, message = error(body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")

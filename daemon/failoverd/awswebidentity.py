@@ -37,7 +37,7 @@ from failoverd.awscreds import AwsCredentials, AwsCredentialsError, WebIdentityR
 from failoverd.awsendpoints import sts_url
 from failoverd.awsmetadata import call
 from failoverd.awssts import STS_TIMEOUT, TRANSIENT, error, parse_answer
-from failoverd.boundedcall import transient_status
+from failoverd.boundedcall import masked, transient_status
 from failoverd.clock import Clock
 from failoverd.http1 import HttpClient
 
@@ -114,8 +114,7 @@ async def fetch(client: HttpClient, source: WebIdentityRole, clock: Clock) -> Aw
                     source.role_arn, fresh.access_key_id)
         return fresh
     # an error page may echo the request: the token goes no further than here
-    for shown in {token, quote_plus(token)}:
-        body = body.replace(shown.encode(), b"***")
+    body = masked(body, token, quote_plus(token))
     code, message = error(body)
     text = f"{where} refused: HTTP {status}" + (f" {code}" if code else "") + \
         (f": {message}" if message else "")

@@ -11,6 +11,7 @@ endpoint's trouble, never the credentials'), as is an answer of a `transient_sta
 from __future__ import annotations
 
 import socket
+from typing import AnyStr
 
 from failoverd.http1 import Headers, HttpClientError, Requester
 from failoverd.timeouts import timeout
@@ -61,3 +62,15 @@ def transient_status(status: int) -> bool:
     """Whether an error status is the endpoint's trouble (throttled, down), not a refusal of
     the credentials."""
     return status >= 500 or status == 429
+
+
+def masked(text: AnyStr, *secrets: str) -> AnyStr:
+    """`text` (an error page, which may echo the request) with each of `secrets` as
+    ``***``; an empty secret masks nothing."""
+    for secret in secrets:
+        if secret:
+            if isinstance(text, bytes):
+                text = text.replace(secret.encode(), b"***")
+            else:
+                text = text.replace(secret, "***")
+    return text

@@ -103,9 +103,7 @@ def _refusal(status: int, body: bytes, secrets: tuple[str, ...]) -> tuple[str, b
         elif error is not None:  # OAuth's
             described = parsed.get("error_description")
             text = f"{error}: {described}" if described else str(error)
-    for secret in secrets:
-        if len(secret) >= 8:
-            text = text.replace(secret, "***")
+    text = boundedcall.masked(text, *(s for s in secrets if len(s) >= 8))
     transient = boundedcall.transient_status(status) or any(m in text.lower()
                                                             for m in _CLOCK_MARKERS)
     return f"HTTP {status}" + (f": {text[:300]}" if text else ""), transient
