@@ -434,10 +434,8 @@ def _bedrock_endpoint(sec: Section, env: Mapping[str, str], default: str) -> str
     try:
         return aws_endpoints(env, profile).url("BEDROCK_RUNTIME", default)
     except AwsConfigError as exc:
-        problem = str(exc)
-        key = "aws_profile" if profile else ""
-        if f"{sec.key_path(key) if key else sec.path}: {problem}" not in sec.problems:
-            sec.problem(key, problem)  # not twice: a broken file fails the credentials too
+        # said once (Section.problem): a broken file fails the credentials too
+        sec.problem("aws_profile" if profile else "", str(exc))
         return default
 
 

@@ -47,8 +47,12 @@ class Section:
         return f"{self.path}.{_quote(key)}" if self.path else _quote(key)
 
     def problem(self, key: str, message: str) -> None:
+        """Lists a problem at `key` (the section itself for ""), once: two checks that find
+        the same (a broken AWS file fails the credentials and the endpoint) say it once."""
         where = self.key_path(key) if key else (self.path or "<top level>")
-        self.problems.append(f"{where}: {message}")
+        line = f"{where}: {message}"
+        if line not in self.problems:
+            self.problems.append(line)
 
     def has(self, key: str) -> bool:
         return key in self.data
