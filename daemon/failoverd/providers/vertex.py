@@ -234,10 +234,13 @@ class _Auth:
         return exc.status == 401 and exc.reason is FailureReason.CONNECTION
 
 
-def _publisher_url(config: ProviderConfig, publisher: str, project: str) -> str:
+def _location_url(config: ProviderConfig, project: str) -> str:
     base = config.base_url.rstrip("/").removesuffix("/v1")
-    return (f"{base}/v1/projects/{quote(project, safe=':.-')}/locations/"
-            f"{config.region}/publishers/{publisher}/models")
+    return f"{base}/v1/projects/{quote(project, safe=':.-')}/locations/{config.region}"
+
+
+def _publisher_url(config: ProviderConfig, publisher: str, project: str) -> str:
+    return f"{_location_url(config, project)}/publishers/{publisher}/models"
 
 
 def _google_failure(provider: str, status: int, raw: bytes, model: str, headers: Any,
@@ -435,9 +438,8 @@ class VertexOpenAI(OpenAIProvider):
 
     def locate(self, project: str) -> None:
         """The URL of `project` (as VertexClaude.locate)."""
-        location = _publisher_url(self.config, "x", project).removesuffix(
-            "/publishers/x/models")
-        self._chat_url = f"{location}/endpoints/openapi/chat/completions"
+        self._chat_url = (f"{_location_url(self.config, project)}"
+                          "/endpoints/openapi/chat/completions")
 
     async def _post(self, data: bytes, limits: AttemptLimits, model_id: str) -> bytes:
         return await fetch(self.client, "POST", self._chat_url,
