@@ -164,8 +164,8 @@ class RefreshingCredentials(Refresher[AwsCredentials, AwsCredentialsError]):
                                       "already (is the host's clock right?)", transient=True)
         return fresh
 
-    def _expires(self, value: AwsCredentials) -> float | None:
-        return value.expires
+    def _expires(self, value: AwsCredentials) -> float:
+        return math.inf if value.expires is None else value.expires
 
     def _error(self, message: str, transient: bool) -> AwsCredentialsError:
         return AwsCredentialsError(message, transient=transient)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Generic, TypeVar
 
 from failoverd.clock import Clock
@@ -57,7 +58,8 @@ class Refresher(Generic[T, E]):
     async def _fetch_value(self, now: float, mono: float) -> T:
         raise NotImplementedError
 
-    def _expires(self, value: T) -> float | None:
+    def _expires(self, value: T) -> float:
+        """When `value` expires (wall time; math.inf for never)."""
         raise NotImplementedError
 
     def _error(self, message: str, transient: bool) -> E:
@@ -83,8 +85,10 @@ class Refresher(Generic[T, E]):
         """The current value when it needs no fetch now (`now` wall time, `mono`
         monotonic)."""
         value = self._value
-        expires = None if value is None else self._expires(value)
-        if value is None or expires is None or now >= expires:
+        if value is None:
+            return None
+        expires = self._expires(value)
+        if now >= expires:
             return None
         if now < expires - REFRESH_AHEAD or mono < self._next_try:
             return value
@@ -96,9 +100,7 @@ class Refresher(Generic[T, E]):
         if value is not None:
             return value
         current = self._value
-        expires = None if current is None else self._expires(current)
-        if self._flight is not None and current is not None and expires is not None \
-                and now < expires:
+        if self._flight is not None and current is not None and now < self._expires(current):
             return current  # a refresh is under way; this still serves
         if self._flight is None:
             self._flight = asyncio.create_task(self._refresh(), name=f"fetch {self.what}")
@@ -123,12 +125,12 @@ class Refresher(Generic[T, E]):
             # failed moments ago: not asked again yet
             raise self._error(*self._failed)
         old = self._value
-        expires = None if old is None else self._expires(old)
+        expires = math.inf if old is None else self._expires(old)
         try:
             fresh = await self._fetch_value(now, mono)
         except self.error_type as exc:
             self._failed = (str(exc), self._transient(exc))
-            if old is not None and expires is not None and now < expires:
+            if old is not None and now < expires:
                 # once it expired, the source is asked again at once
                 self._next_try = mono + min(RETRY_KEEPING, expires - now)
                 self._logger.warning("%s: refreshing from %s failed: %s; %s in %.0f s",
