@@ -325,7 +325,10 @@ class FakeBedrock(FakeServer[Logged]):
 
     # ------------------------------------------------------------------ answers
 
-    async def _converse(self, request: web.Request) -> web.StreamResponse:
+    async def _received(self, request: web.Request
+                        ) -> tuple[str, Any, web.Response | None]:
+        """A call's model and JSON body (None if it is none), logged; the refusal of a
+        call not signed right."""
         raw = await request.read()
         model = request.match_info["model"]
         try:
@@ -334,8 +337,12 @@ class FakeBedrock(FakeServer[Logged]):
             body = None
         self.requests.append(Logged(request.raw_path, model, dict(request.headers), body))
         refused = self._authenticate(request, raw)
-        if refused is not None:
-            return self._refuse(refused)
+        return model, body, None if refused is None else self._refuse(refused)
+
+    async def _converse(self, request: web.Request) -> web.StreamResponse:
+        model, body, refusal = await self._received(request)
+        if refusal is not None:
+            return refusal
         invalid = _invalid(body) or _refused_by_model(model, body) \
             or _invalid_cache(model, body) or _invalid_thinking(model, body)
         if invalid is not None:
@@ -366,16 +373,9 @@ class FakeBedrock(FakeServer[Logged]):
         or ``{"input": {"invokeModel": {"body": "<base64 of the model's JSON body>"}}}``,
         answered ``{"inputTokens": n}`` (`count_of` the counted JSON); Claude's foundation
         model ids only, as Bedrock counts for no inference profile and no other model."""
-        raw = await request.read()
-        model = request.match_info["model"]
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.requests.append(Logged(request.raw_path, model, dict(request.headers), body))
-        refused = self._authenticate(request, raw)
-        if refused is not None:
-            return self._refuse(refused)
+        model, body, refusal = await self._received(request)
+        if refusal is not None:
+            return refusal
         counted, invalid = _count_input(body)
         if invalid is None and (not _COUNTS.match(model) or model in self.uncounted):
             invalid = COUNT_UNSUPPORTED
