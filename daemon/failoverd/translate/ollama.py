@@ -183,20 +183,11 @@ def to_request(body: dict[str, Any], model_name: str, *, stream: bool,
     _refuse_unexpressible(body)
     request: dict[str, Any] = {"model": model_name, "messages": _messages(body.get("messages")),
                                "stream": stream}
-    options: dict[str, Any] = {}
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_tokens")
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    for ours, theirs in _OPTIONS:
-        if body.get(ours) is not None:
-            options[theirs] = body[ours]
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    if context_window:
-        options["num_ctx"] = context_window
+    options = _options(body, {} if max_tokens is None else {"num_predict": max_tokens},
+                       context_window)
     if options:
         request["options"] = options
     if context_window:
@@ -309,6 +300,21 @@ class StreamTranslator:
 # ---------------------------------------------------------------- text completions
 
 
+def _options(body: dict[str, Any], options: dict[str, Any],
+             context_window: int | None) -> dict[str, Any]:
+    """`options` with the sampling fields (_OPTIONS), `stop` and the context window as
+    Ollama's option names, for /api/chat and /api/generate alike."""
+    for ours, theirs in _OPTIONS:
+        if body.get(ours) is not None:
+            options[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if context_window:
+        options["num_ctx"] = context_window
+    return options
+
+
 def to_generate(body: dict[str, Any], model_name: str, *, stream: bool,
                 context_window: int | None = None) -> dict[str, Any]:
     """A legacy completions request (translate/completions.py) as an Ollama /api/generate
@@ -328,17 +334,10 @@ def to_generate(body: dict[str, Any], model_name: str, *, stream: bool,
     request: dict[str, Any] = {"model": model_name, "prompt": prompt, "stream": stream}
     if isinstance(body.get("suffix"), str):
         request["suffix"] = body["suffix"]
-    options: dict[str, Any] = {"num_predict": completions.max_tokens(body)}
-    for ours, theirs in _OPTIONS:
-        if body.get(ours) is not None:
-            options[theirs] = body[ours]
-    stop = body.get("stop")
-    if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    request["options"] = _options(body, {"num_predict": completions.max_tokens(body)},
+                                  context_window)
     if context_window:
-        options["num_ctx"] = context_window
         request["truncate"] = False
-    request["options"] = options
     return request
 
 
