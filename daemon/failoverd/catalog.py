@@ -139,6 +139,9 @@ class ModelConfig:
     # seconds without a first byte before an attempt on this model is hedged (hedge.py);
     # None: routing.hedge_after's; 0: never
     hedge_after: float | None = None
+    # the largest share of its hedgeable attempts that may be hedged (hedgebudget.py);
+    # None: routing.hedge_budget's; 1: no budget
+    hedge_budget: float | None = None
 
     @property
     def priced(self) -> bool:
@@ -513,10 +516,12 @@ def read_model(model_id: str, sec: Section, providers: Mapping[str, Any]) -> Mod
         max_cost_per_month=spend_caps["max_cost_per_month"],
         voices=tuple(voices),
         hedge_after=read_hedge_after(sec) if sec.has("hedge_after") else None,
+        hedge_budget=read_hedge_budget(sec),
     )
-    if sec.has("hedge_after") and cfg.kind in ("transcription", "speech"):
-        sec.problem("hedge_after", "audio calls are never hedged (a second copy would be "
-                    "made, and billed, in full)")
+    for key in ("hedge_after", "hedge_budget"):
+        if sec.has(key) and cfg.kind in ("transcription", "speech"):
+            sec.problem(key, "audio calls are never hedged (a second copy would be made, "
+                        "and billed, in full)")
     sec.finish()
     return cfg
 
@@ -528,6 +533,19 @@ def read_hedge_after(sec: Section) -> float:
         sec.problem("hedge_after", f"must be at most {MAX_HEDGE_AFTER:g} seconds (0 = off), "
                     f"got {value:g}")
         return 0.0
+    return value
+
+
+def read_hedge_budget(sec: Section) -> float | None:
+    """A `hedge_budget` key (routing's or a model's): the largest share of hedgeable
+    attempts that may be hedged, more than 0 and at most 1; None when not given."""
+    if not sec.has("hedge_budget"):
+        return None
+    value = sec.number("hedge_budget", 1.0, positive=True)
+    if value > 1:
+        sec.problem("hedge_budget", f"must be at most 1 (a share of the attempts), got "
+                    f"{value:g}")
+        return None
     return value
 
 
