@@ -11,12 +11,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket as _socket
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from failoverd import dropins
 from failoverd.catalog import MAX_IN_FLIGHT as MAX_IN_FLIGHT
 from failoverd.catalog import MAX_RETRIES as MAX_RETRIES
 from failoverd.catalog import Capability as Capability
@@ -152,6 +151,7 @@ class Config:
     default_chain: tuple[str, ...]  # primary first, then the resolved fallbacks
     source: str = ""
     pools: Mapping[str, PoolConfig] = field(default_factory=dict)
+    dropins: tuple[str, ...] = ()  # the drop-ins read after `source`, in order
 
     @property
     def node(self) -> str:
@@ -525,35 +525,15 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
 
 
 def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Reads and validates a TOML file."""
-    p = Path(path)
+    """Reads and validates a TOML file and its drop-ins (`<path>.d/*.toml`, dropins.py)."""
+    merged = dropins.read(path)
     try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # where, as a line and column (an editor's terms), not as a byte offset
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError([f"{p}: not valid TOML: not UTF-8 text: byte "
-                           f"0x{raw[exc.start]:02x} at line {line}, column {column} (TOML "
-                           "files are UTF-8)"]) from exc
-    return parse(_toml(text, f"{p}: "), env=env, source=str(p))
+        cfg = parse(merged.data, env=env, source=merged.main)
+    except ConfigError as exc:
+        raise ConfigError(merged.name_files(exc.problems)) from exc
+    return replace(cfg, dropins=tuple(merged.dropins))
 
 
 def loads(text: str, *, env: Mapping[str, str] | None = None) -> Config:
     """Validates TOML text (tests and embedded defaults)."""
-    return parse(_toml(text, ""), env=env, source="<string>")
-
-
-def _toml(text: str, where: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{where}not valid TOML: {exc}"]) from exc
-    except ValueError as exc:
-        # int()'s limit on digits, which tomllib lets through (it was a traceback)
-        raise ConfigError([f"{where}not valid TOML: an integer has too many digits"]) from exc
-
+    return parse(dropins.parse_toml(text, ""), env=env, source="<string>")

@@ -1,0 +1,231 @@
+"""Drop-ins: `<config>.d/*.toml` read in lexical order after the main file, merged, and every
+problem naming the file it came from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from failoverd import config as config_mod
+from failoverd import dropins
+from failoverd.errors import ConfigError
+from tests.helpers import check_config
+
+MAIN = """
+[providers.a]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+[models."a/m"]
+provider = "a"
+tier = "small"
+capabilities = ["tools"]
+[routing]
+primary = "a/m"
+deadline = 30
+[[hooks]]
+events = ["model:failover"]
+exec = ["/bin/true"]
+"""
+
+
+def write(tmp_path: Path, main: str = MAIN, **pieces: str | bytes) -> Path:
+    """The main file failoverd.toml and its drop-ins (_name=text; a name's other '_' are
+    '-')."""
+    path = tmp_path / "failoverd.toml"
+    path.write_text(main)
+    for name, text in pieces.items():
+        drop = dropins.directory(path) / f"{name[1:].replace('_', '-')}.toml"
+        drop.parent.mkdir(exist_ok=True)
+        if isinstance(text, bytes):
+            drop.write_bytes(text)
+        else:
+            drop.write_text(text)
+    return path
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path, env=env or {})
+    return info.value.problems
+
+
+def test_no_directory_is_the_main_file_alone(tmp_path: Path) -> None:
+    cfg = config_mod.load(write(tmp_path), env={})
+    assert cfg.dropins == ()
+    assert cfg.source == str(tmp_path / "failoverd.toml")
+    assert dropins.directory(cfg.source) == tmp_path / "failoverd.toml.d"
+
+
+def test_tables_merge_key_by_key_and_later_files_win(tmp_path: Path) -> None:
+    path = write(tmp_path,
+                 # read second, although written first: lexical order of the names
+                 _20_late='[models."a/m"]\ntier = "large"\n[routing]\ndeadline = 90\n',
+                 _10_team='[providers.b]\nkind = "openai"\nbase_url = "http://127.0.0.1:8/v1"\n'
+                          '[models."b/m"]\nprovider = "b"\n[models."a/m"]\ntier = "medium"\n'
+                          '[routing]\nfallbacks = ["b/m"]\ndeadline = 60\n')
+    cfg = config_mod.load(path, env={})
+    d = tmp_path / "failoverd.toml.d"
+    assert cfg.dropins == (str(d / "10-team.toml"), str(d / "20-late.toml"))
+    assert cfg.models["a/m"].tier == "large"  # 20 over 10 over the main file
+    assert cfg.models["a/m"].capabilities == frozenset({"tools"})  # untouched keys stay
+    assert cfg.routing.deadline == 90
+    assert cfg.routing.fallbacks == ("b/m",)
+    assert cfg.routing.primary == "a/m"
+    # models a drop-in adds come after the main file's, in the order read
+    assert list(cfg.models) == ["a/m", "b/m"]
+    assert cfg.default_chain == ("a/m", "b/m")
+
+
+def test_a_plain_array_is_replaced_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, _50='[models."a/m"]\ncapabilities = ["vision"]\n')
+    assert config_mod.load(path, env={}).models["a/m"].capabilities == frozenset({"vision"})
+
+
+def test_hooks_are_appended_and_an_empty_array_empties_them(tmp_path: Path) -> None:
+    hook = '[[hooks]]\nevents = ["breaker:opened"]\nexec = ["/bin/{}"]\n'
+    path = write(tmp_path, _10=hook.format("a"), _20=hook.format("b"))
+    cfg = config_mod.load(path, env={})
+    assert [h.exec for h in cfg.hooks] == [("/bin/true",), ("/bin/a",), ("/bin/b",)]
+    # hooks = [] drops what was read before it (the package's); a later drop-in adds again
+    path = write(tmp_path, _10=hook.format("a"), _15="hooks = []\n", _20=hook.format("b"))
+    assert [h.exec for h in config_mod.load(path, env={}).hooks] == [("/bin/b",)]
+
+
+def test_only_toml_files_are_read_and_not_dot_files(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
+    d = dropins.directory(path)
+    for name in (".20-swap.toml", "30.toml~", "40.toml.rpmnew", "50.conf", "README"):
+        (d / name).write_text("not toml at all = = =\n")
+    cfg = config_mod.load(path, env={})
+    assert cfg.dropins == (str(d / "10.toml"),)
+    assert cfg.routing.deadline == 5
+
+
+def test_a_broken_dropin_is_named_with_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n',
+                 _20_broken='[routing]\nretry_after_max = sk-live-0123\n')
+    broken = tmp_path / "failoverd.toml.d" / "20-broken.toml"
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{broken}: not valid TOML: ")
+    assert "line 2, column 19" in problem
+    assert "sk-live" not in problem
+
+
+def test_every_broken_file_is_listed_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, _10=b'[routing]\n# caf\xe9\n', _20="[routing\n")
+    d = tmp_path / "failoverd.toml.d"
+    found = problems_of(path)
+    assert found == [
+        f"{d / '10.toml'}: not valid TOML: not UTF-8 text: byte 0xe9 at line 2, column 6 "
+        "(TOML files are UTF-8)",
+        f"{d / '20.toml'}: not valid TOML: Expected ']' at the end of a table declaration "
+        "(at line 1, column 9)",
+    ]
+
+
+def test_an_unreadable_dropin_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
+    # a dangling symlink: what a root-only file is to an unprivileged reader, and to root too
+    (dropins.directory(path) / "20-gone.toml").symlink_to(tmp_path / "nowhere.toml")
+    [problem] = problems_of(path)
+    assert problem == (f"{tmp_path / 'failoverd.toml.d' / '20-gone.toml'}: cannot read: "
+                       "No such file or directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 0000")
+def test_a_file_without_read_permission_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
+    (dropins.directory(path) / "10.toml").chmod(0)
+    [problem] = problems_of(path)
+    assert problem.endswith("10.toml: cannot read: Permission denied")
+
+
+def test_a_directory_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    dropins.directory(path).write_text("")
+    [problem] = problems_of(path)
+    assert problem == (f"{tmp_path / 'failoverd.toml.d'}: cannot read the drop-in directory: "
+                       "Not a directory")
+
+
+def test_validation_problems_name_the_file_that_set_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path,
+                 _10_team='[models."a/m"]\ntier = "huge"\n[chains.fast]\nmodels = ["a/m", "x/y"]\n'
+                          '[[hooks]]\nevents = ["nope"]\nexec = ["/bin/true"]\n',
+                 _20_more='[routing]\ndeadline = -1\n[probes]\nkindd = "none"\n')
+    d = tmp_path / "failoverd.toml.d"
+    team, more = d / "10-team.toml", d / "20-more.toml"
+    assert sorted(problems_of(path)) == sorted([
+        f"{team}: models.\"a/m\".tier: must be one of small, medium, large; got 'huge'",
+        f"{team}: chains.fast.models[1]: no model 'x/y' in [models]",
+        f"{team}: hooks[1].events[0]: unknown event type 'nope'; known: "
+        + problems_of_hook_types(),
+        f"{more}: routing.deadline: must be greater than 0, got -1.0",
+        f"{more}: probes.kindd: unknown key",
+    ])
+
+
+def problems_of_hook_types() -> str:
+    from failoverd.events import EVENT_TYPES
+    return f"{', '.join(EVENT_TYPES)}, '*', '<category>:*'"
+
+
+def test_a_key_the_main_file_set_names_the_main_file(tmp_path: Path) -> None:
+    main = MAIN.replace('tier = "small"', 'tier = "tiny"')
+    path = write(tmp_path, main, _10='[routing]\ndeadline = 5\n')
+    assert problems_of(path) == [
+        f"{path}: models.\"a/m\".tier: must be one of small, medium, large; got 'tiny'"]
+
+
+def test_a_missing_key_names_every_file_that_wrote_its_table(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[models."b/m"]\ntier = "small"\n',
+                 _20='[models."b/m"]\ncontext_window = 1000\n')
+    d = tmp_path / "failoverd.toml.d"
+    assert problems_of(path) == [
+        f"{d / '10.toml'}, {d / '20.toml'}: models.\"b/m\".provider: is required"]
+
+
+def test_a_value_replaced_by_a_later_file_is_blamed_on_it(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = -5\n', _20='[routing]\ndeadline = -6\n')
+    assert problems_of(path) == [
+        f"{tmp_path / 'failoverd.toml.d' / '20.toml'}: routing.deadline: must be greater than "
+        "0, got -6.0"]
+
+
+def test_a_problem_without_a_key_set_anywhere_has_no_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "", _10='[routing]\ndeadline = 5\n')
+    assert 'models: at least one [models."<id>"] entry is required' in problems_of(path)
+
+
+def test_a_secret_in_a_dropin_is_not_echoed(tmp_path: Path) -> None:
+    secret = "sk-proj-Zq81secretvalue"
+    path = write(tmp_path, _90_secrets=f'[providers.a]\napi_key = "{secret}"\n'
+                 f'headers = {{ Authorization = "Bearer {secret}" }}\n')
+    found = problems_of(path)
+    drop = tmp_path / "failoverd.toml.d" / "90-secrets.toml"
+    assert f"{drop}: providers.a.api_key: unknown key" in found
+    assert any(p.startswith(f"{drop}: providers.a.headers") for p in found), found
+    assert secret not in "\n".join(found)
+
+
+def test_key_paths_are_read_back_as_tomlreader_writes_them() -> None:
+    assert dropins.key_path('models."openai/gpt-5".tier: x') == ("models", "openai/gpt-5", "tier")
+    assert dropins.key_path("hooks[2].events[0]: x") == ("hooks", 2, "events", 0)
+    assert dropins.key_path('providers."a\\"b.c".kind: x') == ("providers", 'a"b.c', "kind")
+    assert dropins.key_path("<top level>: must be a table") is None
+    assert dropins.key_path("failoverd could not apply it") is None
+
+
+async def test_check_config_reads_the_dropins(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
+    code, out = await check_config(path)
+    assert code == 0, out
+    assert out.startswith(f"{path}: ok")
+    (dropins.directory(path) / "20-bad.toml").write_text('[routing]\nqueue_timeout = "x"\n')
+    code, out = await check_config(path)
+    assert code == 2
+    bad = tmp_path / "failoverd.toml.d" / "20-bad.toml"
+    assert f"  {bad}: routing.queue_timeout: must be an integer or a number, got a string" \
+        in out.splitlines(), out
