@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from failoverd import config as config_mod
-from tests.helpers import problems, providers
+from tests.helpers import A_THEN_B, problems, providers
 
 BASE = providers(a="http://127.0.0.1:1/v1", b="http://127.0.0.1:2/v1")
 
@@ -36,3 +36,13 @@ hedge_budget = 0.5
         in found
     assert ('models."w/m".hedge_budget: audio calls are never hedged (a second copy would be '
             'made, and billed, in full)') in found
+
+
+def test_no_budget_unless_configured_and_routings_keys_are_read() -> None:
+    cfg = config_mod.loads(f"{BASE}\n{A_THEN_B}\n")
+    assert (cfg.routing.hedge_budget, cfg.routing.hedge_budget_min) == (None, 3)
+    cfg = config_mod.loads(f"{BASE}\n{A_THEN_B}\nhedge_budget = 0.25\nhedge_budget_min = 0\n")
+    assert (cfg.routing.hedge_budget, cfg.routing.hedge_budget_min) == (0.25, 0)
+    found = problems(f"{BASE}\n{A_THEN_B}\nhedge_budget = true\nhedge_budget_min = -1\n")
+    assert found == ["routing.hedge_budget: must be an integer or a number, got a boolean",
+                     "routing.hedge_budget_min: must be at least 0, got -1"]

@@ -25,7 +25,7 @@ from failoverd.catalog import ModelKind as ModelKind
 from failoverd.catalog import ProviderConfig as ProviderConfig
 from failoverd.catalog import ProviderKind as ProviderKind
 from failoverd.catalog import Tier as Tier
-from failoverd.catalog import read_hedge_after, read_model, read_provider
+from failoverd.catalog import read_hedge_after, read_hedge_budget, read_model, read_provider
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
@@ -98,6 +98,10 @@ class RoutingConfig:
     sticky_seconds: float = 300.0
     # seconds without a first byte before the next candidate starts alongside (0: off)
     hedge_after: float = 0.0
+    # the largest share of a model's hedgeable attempts hedged over a minute (hedgebudget.py;
+    # None: no budget), and the hedges a minute each model may start whatever the share
+    hedge_budget: float | None = None
+    hedge_budget_min: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +308,9 @@ def _routing(sec: Section, models: Mapping[str, ModelConfig]) -> RoutingConfig:
         context_policy=sec.choice("context_policy", ContextPolicy, d.context_policy),
         sticky_seconds=sec.number("sticky_seconds", d.sticky_seconds),
         hedge_after=read_hedge_after(sec),
+        hedge_budget=read_hedge_budget(sec),
+        hedge_budget_min=sec.integer("hedge_budget_min", d.hedge_budget_min,
+                                     maximum=MAX_IN_FLIGHT),
     )
     if cfg.primary and models and cfg.primary not in models:
         sec.problem("primary", f"no model {cfg.primary!r} in [models]")
