@@ -147,7 +147,10 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__, "node": cfg.node, "health": overall,
         "time": round(svc.clock.time(), 3),  # "now" for the epoch times below
         "uptime": round(svc.clock.time() - svc.started, 3), "inflight": svc.inflight,
-        "config": utf8_safe(cfg.source), "last_reload": request.app[RELOADS].status(),
+        "config": utf8_safe(cfg.source),
+        # the drop-ins (<config>.d/*.toml) read after it, in order, as of the last good load
+        "config_dropins": [utf8_safe(f) for f in cfg.dropins],
+        "last_reload": request.app[RELOADS].status(),
         "models": detail["models"],
         "providers": detail["providers"],
         "budgets": detail["budgets"],
@@ -359,7 +362,9 @@ async def reload(request: web.Request) -> web.Response:
         # previous content
         return json_response({"ok": False, "config": utf8_safe(svc.runtime.config.source),
                               "problems": problems}, 422)
-    return json_response({"ok": True, "config": utf8_safe(svc.runtime.config.source)})
+    cfg = svc.runtime.config
+    return json_response({"ok": True, "config": utf8_safe(cfg.source),
+                          "config_dropins": [utf8_safe(f) for f in cfg.dropins]})
 
 
 async def metrics(request: web.Request) -> web.Response:
