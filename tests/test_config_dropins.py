@@ -4,6 +4,7 @@ problem naming the file it came from."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,27 @@ async def test_check_config_reads_the_dropins(tmp_path: Path) -> None:
     bad = tmp_path / "failoverd.toml.d" / "20-bad.toml"
     assert f"  {bad}: routing.queue_timeout: must be an integer or a number, got a string" \
         in out.splitlines(), out
+
+
+ETC = Path(__file__).resolve().parent.parent / "etc" / "failoverd"
+
+
+def test_the_example_dropin_is_not_read_and_validates_once_copied(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name in ("anthropic", "openai", "gemini", "team-vllm"):
+        (creds / name).write_text("key")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    shipped = config_mod.load(ETC / "failoverd.toml", env=env)
+    assert shipped.dropins == ()  # 50-team.toml.example is not a *.toml
+    example = (ETC / "failoverd.toml.d" / "50-team.toml.example").read_text()
+    # uncommented: every "# " line that is a TOML line (a table, a key = value)
+    body = "\n".join(line[2:] for line in example.splitlines()
+                     if re.match(r"# (\[|[\w-]+ = )", line))
+    path = write(tmp_path, (ETC / "failoverd.toml").read_text(), _50_team=body)
+    cfg = config_mod.load(path, env=env)
+    assert cfg.models["team-vllm/qwen2.5-72b"].tier == "large"
+    assert cfg.chains["team"].models == ("team-vllm/qwen2.5-72b", "openai/gpt-5-mini")
+    assert cfg.routing.deadline == 60 and cfg.routing.primary == shipped.routing.primary
+    assert [h.exec for h in cfg.hooks] == [*(h.exec for h in shipped.hooks),
+                                           ("/etc/failoverd/hooks/page-team",)]
