@@ -27,6 +27,7 @@ from failoverd.failures import FailureReason, policy
 from failoverd.fitting import answer_room, cap_output, fit_context, lacking
 from failoverd.hedge import HedgeFailed, HedgeInfo, pick_target
 from failoverd.hedge import run as hedge_run
+from failoverd.hedgebudget import HedgeBudgets
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider, RateLimitSink
 from failoverd.requirements import Requirements
 from failoverd.timeouts import timeout
@@ -142,7 +143,8 @@ class Dispatcher:
                  on_failover: Callable[[FailoverInfo], None] | None = None,
                  on_exhausted: Callable[[list[Attempt]], None] | None = None,
                  observe_latency: Callable[[str, float, bool], None] | None = None,
-                 on_hedge: Callable[[HedgeInfo], None] | None = None) -> None:
+                 on_hedge: Callable[[HedgeInfo], None] | None = None,
+                 hedge_budget: HedgeBudgets | None = None) -> None:
         self.config = config
         self.providers = providers
         self.clock = clock
@@ -153,6 +155,9 @@ class Dispatcher:
         self.on_exhausted = on_exhausted
         self.observe_latency = observe_latency
         self.on_hedge = on_hedge
+        # how many hedges each model may start (hedgebudget.py; the Service's, which outlives
+        # reloads); None: no budget
+        self.hedge_budget = hedge_budget
         # the models whose attempts are hedged, and after how long: empty when hedging is off,
         # so a request pays one emptiness test for it (hedge.py); never audio models: a second
         # transcription or speech is made, and billed, in full
@@ -522,6 +527,8 @@ class Dispatcher:
             return model.id, await self._try_model(model, req, deadline, outcome, call,
                                                    streaming)
 
+        # an attempt that could be hedged: its model's budget counts it (None: no budget)
+        allow = None if self.hedge_budget is None else self.hedge_budget.armed(model.id)
         # each call's adapter notices apart: only the served answer's reach the client
         # (a cancelled loser's "sent again without cache points" is not about the answer)
         mine: list[str] = []
@@ -541,7 +548,7 @@ class Dispatcher:
                 model.id, self._try_model(model, req, deadline, outcome, call, streaming,
                                           None, mine),
                 after, hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session),
-                outcome, self.on_hedge, _discard)
+                outcome, self.on_hedge, _discard, allow)
         except HedgeFailed:
             outcome.notices.extend(mine + theirs)  # as any failed attempts' before a failover
             raise

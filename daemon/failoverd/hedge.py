@@ -9,7 +9,9 @@ is counted as usual while the other goes on; when both fail, the chain goes on a
 
 This module holds what that needs apart from the attempt loop: the choice of the hedge, the
 hedged attempt and the race of its two calls, and the report (event, metric, the loser's
-usage) of each hedge. The config keys are read in catalog.py (read_hedge_after).
+usage) of each hedge. The config keys are read in catalog.py (read_hedge_after); how many
+hedges a model may start is its hedge budget's (hedgebudget.py): one the budget refuses is
+not started, and is reported with outcome `budget`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ __all__ = ["HedgeFailed", "HedgeInfo", "Lane", "abandon", "cancel_all", "pick_ta
 logger = logging.getLogger(__name__)
 
 # won: the hedge served; lost: the attempt it hedged served first; failed: the hedge failed;
-# cancelled: the request ended (the client left, a refusal no candidate gets past) first
-HedgeOutcome = Literal["won", "lost", "failed", "cancelled"]
+# cancelled: the request ended (the client left, a refusal no candidate gets past) first;
+# budget: the model's hedge budget refused it, so it was never started
+HedgeOutcome = Literal["won", "lost", "failed", "cancelled", "budget"]
 
 
 @dataclass(slots=True)
@@ -142,13 +145,16 @@ HedgeTo = Callable[[], "tuple[str, Coroutine[Any, Any, Any], Permit | None] | No
 async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
               hedge_to: HedgeTo, info: HedgeInfo, outcome: Outcome,
               report: Callable[[HedgeInfo], None] | None,
-              discard: Callable[[Any], Awaitable[Any]]) -> tuple[str, Any]:
+              discard: Callable[[Any], Awaitable[Any]],
+              allow: Callable[[], bool] | None = None) -> tuple[str, Any]:
     """`attempt` (on `model_id`), hedged by `hedge_to()`'s once it has not answered after
     `after` seconds: (the model that served, its result). Raises what the attempt raises
     when it is not hedged; HedgeFailed when both failed. `info` is filled in and reported,
     and its part of x-failoverd-hedge added to `outcome`; `discard` closes an answer that is
     not served (a loser's that came at the same moment as the winner's, one that came as the
-    request was cancelled) and returns its usage."""
+    request was cancelled) and returns its usage. `allow` (the model's hedge budget, None:
+    none) is asked once a hedge is found: a no leaves the attempt alone, the hedge reported
+    as `budget`."""
     first = Lane(model_id, lane_task(attempt))
     try:
         with timeout(after):
@@ -161,6 +167,13 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
         raise
     try:
         target = hedge_to()
+        if target is not None and allow is not None and not allow():
+            to_id, to_attempt, permit = target
+            to_attempt.close()  # never started
+            if permit is not None:
+                permit.release(called=False)
+            info.to_model, info.outcome, target = to_id, "budget", None
+            _told(info, outcome, report)
     except BaseException:
         await abandon((first,), discard)
         raise
@@ -219,14 +232,20 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
             to_attempt.close()  # never started: nothing to clean up but the coroutine
             if permit is not None:
                 permit.release(called=False)  # its call was not made
-        outcome.hedges += (info.header(),)
-        if report is not None:
-            try:
-                report(info)
-            except Exception:
-                # an advisory side channel: its bug must not fail the request, nor drop the
-                # winner's answer (a stream's connection and permit) on the way out
-                logger.exception("reporting a hedge failed")
+        _told(info, outcome, report)
+
+
+def _told(info: HedgeInfo, outcome: Outcome, report: Callable[[HedgeInfo], None] | None
+          ) -> None:
+    """A decided hedge's part of x-failoverd-hedge, and its report."""
+    outcome.hedges += (info.header(),)
+    if report is not None:
+        try:
+            report(info)
+        except Exception:
+            # an advisory side channel: its bug must not fail the request, nor drop the
+            # winner's answer (a stream's connection and permit) on the way out
+            logger.exception("reporting a hedge failed")
 
 
 def lane_task(attempt: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -26,6 +26,7 @@ from failoverd.errors import Attempt
 from failoverd.events import AuditLog, EventBus
 from failoverd.failures import FailureReason
 from failoverd.health import HealthRegistry
+from failoverd.hedgebudget import HedgeBudgets
 from failoverd.hooks import HookRunner
 from failoverd.http1 import HttpClient
 from failoverd.http1.client import PoolStats
@@ -118,6 +119,7 @@ class Service(Routing):
         self.reloader: Callable[[], tuple[bool, list[str]]] | None = None
         self._chain_offsets: dict[str, int] = {}  # operator rotations (/v1/chains/X/next)
         self.on_breaker_change: list[Callable[[str, BreakerState], None]] = []
+        self.hedge_budgets = HedgeBudgets(clock)  # its windows outlive reloads
         self.metrics.gauges.append(self._gauges)
         self.install(build_runtime(config, client, clock, self.health, self.rng))
 
@@ -131,6 +133,8 @@ class Service(Routing):
         d.on_exhausted = self._exhausted
         d.observe_latency = self.metrics.upstream_latency
         d.on_hedge = hedge.reporter(self.bus, self.metrics, self.usage)
+        self.hedge_budgets.configure(runtime.config)
+        d.hedge_budget = self.hedge_budgets
         models = runtime.config.models
         # a model a reload removed keeps its price: its answers still in flight cost
         former = {m: p for m, p in self.metrics.prices.items() if m not in models}
