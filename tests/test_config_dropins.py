@@ -135,6 +135,13 @@ def test_an_unreadable_dropin_is_an_error(tmp_path: Path) -> None:
                        "No such file or directory")
 
 
+def test_a_directory_named_like_a_dropin_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    (dropins.directory(path) / "10-team.toml").mkdir(parents=True)
+    assert problems_of(path) == [
+        f"{tmp_path / 'failoverd.toml.d' / '10-team.toml'}: cannot read: Is a directory"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 0000")
 def test_a_file_without_read_permission_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
