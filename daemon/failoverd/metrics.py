@@ -90,7 +90,8 @@ class Metrics:
 
     def hedged(self, model: str, to_model: str, outcome: str) -> None:
         """An attempt on `model` was hedged to `to_model`: the hedge `won`, `lost`,
-        `failed` or was `cancelled` (hedge.HedgeOutcome)."""
+        `failed`, was `cancelled`, or its model's hedge budget refused it (`budget`: never
+        started; hedge.HedgeOutcome)."""
         self.hedges[(model, to_model, outcome)] += 1
 
     def cancelled(self, model: str = "") -> None:
@@ -194,7 +195,8 @@ class Metrics:
                 ("from_model", "to_model", "reason"), self.failovers.items())
         counter("failoverd_hedges_total", "Hedged attempts: a model slow to its first byte "
                 "raced the next candidate (outcome of the hedge: won, lost, failed, "
-                "cancelled).", ("model", "to_model", "outcome"), self.hedges.items())
+                "cancelled; budget: refused by the model's hedge budget, not started).",
+                ("model", "to_model", "outcome"), self.hedges.items())
         counter("failoverd_rejected_requests_total", "Requests refused by failoverd itself.",
                 ("why",), (((k,), v) for k, v in self.rejections.items()))
         counter("failoverd_probes_total", "Health probes by model and outcome.",
