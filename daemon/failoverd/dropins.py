@@ -1,7 +1,7 @@
 """Drop-in configuration files: `<config>.d/*.toml` read after the main file and merged.
 
 systemd's drop-in directories, for a TOML file: `/etc/failoverd/failoverd.toml.d/` holds a
-packager's, a secrets owner's or a team's pieces, read in lexical order of their names after
+host's or a team's additions to the package's file, read in lexical order of their names after
 the main file. Tables merge key by key and a later file's value for a key replaces the earlier
 one; an array of tables (`[[hooks]]`) is appended to, and an empty array (`hooks = []`) empties
 it, as an empty assignment resets a list setting in a systemd drop-in. Nothing else can be
@@ -9,7 +9,7 @@ removed.
 
 Every problem names its file: a file that cannot be read or is not TOML says so with its path,
 and once drop-ins were read, a validation problem starts with the file(s) that set its key. No
-value is ever echoed (a drop-in may be the one holding secrets).
+value is ever echoed (a secret pasted into a drop-in by mistake stays out of the journal).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class Merged:
     main: str
     data: dict[str, Any] = field(default_factory=dict)
     dropins: list[str] = field(default_factory=list)  # read, in order
-    # a value (or an element of an array of tables): the file that set it last
+    # a value (a plain array included): the file that set it last
     _values: dict[KeyPath, str] = field(default_factory=dict)
-    # a table: the files that wrote keys into it, in order
+    # a table, an array of tables and each of its tables: the files that wrote into it
     _tables: dict[KeyPath, list[str]] = field(default_factory=dict)
 
     def add(self, data: dict[str, Any], file: str) -> None:
