@@ -4,11 +4,15 @@ removed `<config>.d/*.toml`; a broken one is rejected naming its file, the old c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from failoverd import dropins
 from tests.helpers import HELLO, chat, one_model_config, status, until_async
@@ -126,7 +130,6 @@ async def test_sighup_reads_the_dropins_of_a_real_daemon(fake_openai: Any,
         "--log-level", "WARNING", stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NOTIFY_SOCKET": ""})
-    import httpx
     http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)),
                              base_url="http://failoverd", timeout=10)
     try:
@@ -154,3 +157,23 @@ async def test_sighup_reads_the_dropins_of_a_real_daemon(fake_openai: Any,
         async with asyncio.timeout(15):
             _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
+
+
+@pytest.mark.xfail(strict=True, reason="supervisor.reload_config logs each problem as "
+                   "'config rejected: <main file>: <problem>', so a drop-in's problem reads "
+                   "'<main file>: <drop-in>: key: ...' in the journal, as if the main file "
+                   "held it (supervisor.py is not the drop-ins helper's)")
+async def test_the_journal_does_not_put_a_dropins_problem_in_the_main_file(
+        fake_openai: Any, start_daemon: Any, short_dir: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    a = await fake_openai(reply="from a")
+    d = await start_daemon(one_model_config(a.url, tail='[probes]\nkind = "none"\n'))
+    main = short_dir / "d.toml"
+    broken = dropins.directory(main) / "60-oops.toml"
+    broken.parent.mkdir()
+    broken.write_text('[routing]\ndeadline = -1\n')
+    caplog.set_level(logging.ERROR, logger="failoverd.supervisor")
+    assert (await d.http.post("/v1/reload")).status_code == 422
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(f"{broken}: routing.deadline" in line for line in lines), lines
+    assert not any(f"{main}: {broken}" in line for line in lines), lines
