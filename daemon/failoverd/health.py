@@ -12,7 +12,8 @@ Queue mode: a request that found every candidate unavailable waits in
 await registry.wait_for_change()``. Breakers open → half-open lazily (on the next query), so
 the timeout is what wakes the waiter when a period ends; ``wait_for_change`` returns early on
 anything else that may free a model (a breaker closing or going half-open, credentials
-cleared, a permit given back, a reset or reload).
+cleared, a permit given back, a reset or reload, an upstream's rate-limit headers telling of
+budget again: upstreamlimits' ``wake``, set only while someone waits).
 
 ``snapshot()`` / ``restore()`` carry the breakers and credential blocks across restarts; what
 the state file holds of them, and which entries a restart drops, is ``healthstate.py``'s.
@@ -351,11 +352,15 @@ class HealthRegistry:
         """
         if self._changed is None:
             self._changed = asyncio.Event()
+            # fresher upstream figures that free a model wake the waiters too; only while
+            # someone waits, so the answers read meanwhile compare nothing
+            self.upstream.wake = self._notify
         await self._changed.wait()
 
     def _notify(self) -> None:
         event, self._changed = self._changed, None
         if event is not None:
+            self.upstream.wake = None
             event.set()
 
     # ------------------------------------------------------------------ credentials

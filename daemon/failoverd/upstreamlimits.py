@@ -19,7 +19,10 @@ nearest thousand: they are taken as up to 499 more). It is knowledge, not a brea
 is counted against the model and nothing is announced. An answer with new figures replaces
 the old ones when its request was sent no earlier than theirs: the figures are the rate
 limiter's when it admitted a request, so a slow answer to an older request is older news, and
-so is one to a request sent before a reload changed the model or its provider.
+so is one to a request sent before a reload changed the model or its provider. New figures
+that free a model which was held back (requests again, more tokens, a sooner reset) wake the
+requests waiting in the queue at once (`wake`, set by health.HealthRegistry only while one
+waits: with no one waiting, an answer compares nothing).
 
 Resets are taken into the daemon's monotonic clock from the moment the request was sent (the
 adapter's `start` stamp; a non-streamed answer comes only once its completion is made):
@@ -47,7 +50,7 @@ import asyncio
 import contextvars
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -188,6 +191,9 @@ class UpstreamLimits:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._known: dict[str, _Known] = {}
+        # told once when new figures free a model that was held back (the queue's wake-up,
+        # health.HealthRegistry._notify); set only while a request waits in the queue
+        self.wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ reading answers
 
@@ -241,6 +247,8 @@ class UpstreamLimits:
             # a request sent before the one whose figures are kept (a long answer arriving
             # after a short one), or before the model's settings changed: older news
             return
+        wake = self.wake
+        before = self._held(known, now) if wake is not None else None
         was_out = self._requests_wait(known, now) > 0
         known.form, known.at = form, sent
         known.offset = self.clock.time() - now
@@ -257,6 +265,18 @@ class UpstreamLimits:
             if wait > 0:
                 logger.info("%s: its upstream says no requests remain for %.1fs: skipped "
                             "until then", model_id, wait)
+        if before is not None and wake is not None and _freed(before, self._held(known, now)):
+            self.wake = None
+            wake()
+
+    def _held(self, known: _Known, now: float) -> tuple[float, float, int]:
+        """What may hold the model back now: the wait for its requests, and its token
+        budget while that budget's reset is ahead (its reset and count; 0, 0 when not)."""
+        requests = self._requests_wait(known, now)
+        if known.tokens is None:
+            return requests, 0.0, 0
+        until = self._tokens_until(known)
+        return (requests, until, known.tokens) if until > now else (requests, 0.0, 0)
 
     def _until(self, known: _Known, reset: str | None) -> float:
         """A reset as written, in monotonic time (0.0 when it is not trusted)."""
@@ -361,6 +381,15 @@ class UpstreamLimits:
                 "tokens_remaining": known.tokens,
                 "tokens_reset_at": at(self._tokens_until(known)),
                 "at": round(wall + known.at - now, 3)}
+
+
+def _freed(before: tuple[float, float, int], after: tuple[float, float, int]) -> bool:
+    """Whether the figures `after` (see UpstreamLimits._held) may admit a request that those
+    `before` held back: a shorter wait for requests, or a token budget that was live and is
+    now gone, larger, or reset sooner."""
+    if after[0] < before[0]:
+        return True
+    return before[1] > 0 and (after[1] == 0 or after[1] < before[1] or after[2] > before[2])
 
 
 def _count(value: str | None) -> int | None:
