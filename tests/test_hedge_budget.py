@@ -12,7 +12,7 @@ from typing import Any
 from failoverd import config as config_mod
 from failoverd.clock import ManualClock
 from failoverd.hedgebudget import HedgeBudgets, shares
-from tests.helpers import chat, metric
+from tests.helpers import chat, metric, status
 from tests.test_hedge import A, B, config, hedged_events
 from tests.test_hedge_budget_config import BASE
 
@@ -128,10 +128,15 @@ async def test_a_hedge_the_budget_refuses_is_not_started_and_is_told(
         d, f'failoverd_hedges_total{{model="{A}",to_model="{B}",outcome="won"}} 2')
     assert hedged_events(d)[-1] == {"from_model": A, "to_model": B, "after": 0.05,
                                     "winner": None, "outcome": "budget", "session": None}
+    entry = (await status(d))["models"]
+    assert entry[A]["hedge_budget"] == {"share": 0.5, "reserve": 1, "window": 60.0,
+                                        "eligible": 3, "hedged": 2, "refused": 1, "left": 0}
+    assert entry[B]["hedge_budget"]["eligible"] == 0  # the last candidate: never hedged
     # a minute on, the window has room again
     clock.advance(60)
     resp = await chat(d)
     assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:won"
+    assert (await status(d))["models"][A]["hedge_budget"]["hedged"] == 1
 
 
 async def test_without_a_budget_every_slow_attempt_is_hedged(
@@ -141,4 +146,4 @@ async def test_without_a_budget_every_slow_attempt_is_hedged(
     d = await start_daemon(config(a, b), clock=ManualClock())
     for _ in range(5):
         assert (await chat(d)).headers["x-failoverd-hedge"] == f"{A}>{B}:won"
-    assert d.sup.service.hedge_budgets.status(A) is None
+    assert "hedge_budget" not in (await status(d))["models"][A]

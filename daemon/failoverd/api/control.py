@@ -133,6 +133,9 @@ async def status(request: web.Request) -> web.Response:
                            for kind in TOKEN_KINDS}
         entry["cost_usd"] = (round(metrics.cost.get(model_id, 0.0), 9)
                              if model_id in metrics.prices else None)
+        hedging = svc.hedge_budgets.status(model_id)
+        if hedging is not None:  # its hedge budget's use over the last minute
+            entry["hedge_budget"] = hedging
     chains = {name: {"models": list(models), "head": models[0] if models else None}
               for name, models in svc.chains().items()}
     rt = svc.runtime
