@@ -231,6 +231,8 @@ async def test_check_config_reads_the_dropins(tmp_path: Path) -> None:
     code, out = await check_config(path)
     assert code == 0, out
     assert out.startswith(f"{path}: ok")
+    # the ok line is followed by the drop-ins read, in their order
+    assert out.splitlines()[1:] == [f"  with drop-in {dropins.directory(path) / '10.toml'}"], out
     (dropins.directory(path) / "20-bad.toml").write_text('[routing]\nqueue_timeout = "x"\n')
     code, out = await check_config(path)
     assert code == 2

@@ -159,10 +159,6 @@ async def test_sighup_reads_the_dropins_of_a_real_daemon(fake_openai: Any,
     assert proc.returncode == 0, err.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor.reload_config logs each problem as "
-                   "'config rejected: <main file>: <problem>', so a drop-in's problem reads "
-                   "'<main file>: <drop-in>: key: ...' in the journal, as if the main file "
-                   "held it (supervisor.py is not the drop-ins helper's)")
 async def test_the_journal_does_not_put_a_dropins_problem_in_the_main_file(
         fake_openai: Any, start_daemon: Any, short_dir: Path,
         caplog: pytest.LogCaptureFixture) -> None:

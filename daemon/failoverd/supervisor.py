@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from failoverd import config as config_mod
-from failoverd import heap
+from failoverd import dropins, heap
 from failoverd.api.app import make_app
 from failoverd.api.drain import RequestTracker
 from failoverd.api.fastpath import FastPath
@@ -383,8 +383,14 @@ class Supervisor:
             except ConfigError as exc:
                 logger.error("config rejected, keeping the current one: %s has %d "
                              "problem(s)", self.config_path, len(exc.problems))
+                # a problem that names its file already (an unreadable file, a drop-in's key:
+                # dropins.py) is not put under the main file's path as well
+                named = (f"{self.config_path}: ", f"{dropins.directory(self.config_path)}/")
                 for problem in exc.problems:
-                    logger.error("config rejected: %s: %s", self.config_path, problem)
+                    if problem.startswith(named):
+                        logger.error("config rejected: %s", problem)
+                    else:
+                        logger.error("config rejected: %s: %s", self.config_path, problem)
                 self.service.bus.emit("config:rejected", source=self.config_path,
                                       problems=exc.problems)
                 return False, exc.problems

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{cfg.source}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
               f"default chain: {' > '.join(cfg.default_chain)})")
+        for dropin in cfg.dropins:
+            print(f"  with drop-in {dropin}")
         return 0
     logs.setup(cfg.daemon.log_format, args.log_level)
     try:
