@@ -198,7 +198,9 @@ async def test_no_model_available_on_the_anthropic_front_streaming_or_not(
         error = body["error"]
         assert error["type"] == "no_model_available" and error["message"]
         attempts = error["attempts"]
-        assert all(set(x) == {"model", "reason", "status", "message"} for x in attempts)
+        # DESIGN.md's fields, and each attempt's upstream id (README: Request ids)
+        assert all(set(x) == {"model", "reason", "status", "message", "upstream_request_id"}
+                   for x in attempts)
         assert [(x["model"], x["reason"], x["status"]) for x in attempts][-1] == (
             "b/gpt-b", "rate_limit", 429)
         assert (attempts[0]["model"], attempts[0]["reason"]) == ("a/gpt-a", "server_error")

@@ -75,7 +75,15 @@ def _model_extra(models: str, name: str) -> str:
 
 
 def hedged_events(d: Any) -> list[dict[str, Any]]:
-    return [dict(e.fields) for e in d.sup.service.bus.recent() if e.type == "model:hedged"]
+    """The model:hedged events' fields; each names its request (request_id, checked here and
+    left out: tests/test_request_id.py follows it)."""
+    out = []
+    for e in d.sup.service.bus.recent():
+        if e.type == "model:hedged":
+            fields = dict(e.fields)
+            assert isinstance(fields.pop("request_id"), str)
+            out.append(fields)
+    return out
 
 
 def event_types(d: Any) -> list[str]:

@@ -180,9 +180,10 @@ async def test_the_attempts_of_models_that_are_out_read_as_readme_says(
     first = await d.http.post("/v1/chat/completions", json=chat)
     assert first.status_code == 503
     assert first.json()["error"]["attempts"] == [
-        {"model": "a/m", "reason": "unavailable", "status": None, "message": "forced_open"},
+        {"model": "a/m", "reason": "unavailable", "status": None, "message": "forced_open",
+         "upstream_request_id": None},
         {"model": "b/m", "reason": "auth", "status": 401,
-         "message": "simulated auth from provider b"}]
+         "message": "simulated auth from provider b", "upstream_request_id": None}]
     assert first.headers["x-failoverd-attempts"] == "1"
     assert first.headers["x-failoverd-failover"] == "a/m>b/m:unavailable"
     second = await d.http.post("/v1/chat/completions", json=chat)

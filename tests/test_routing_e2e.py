@@ -79,7 +79,8 @@ async def test_no_capable_model_is_503_with_reasons(tiers) -> None:
     assert resp.status_code == 503
     attempts = resp.json()["error"]["attempts"]
     assert attempts == [{"model": "s/small", "reason": "incapable", "status": None,
-                         "message": "lacks capability: json, vision"}]
+                         "message": "lacks capability: json, vision",
+                         "upstream_request_id": None}]
 
 
 def long_conversation(turns: int, words: int) -> list[dict[str, str]]:

@@ -315,7 +315,8 @@ async def test_stream_503_carries_retry_after_attempts_and_headers(rig) -> None:
     assert error["type"] == "no_model_available"
     assert [(x["model"], x["reason"], x["status"]) for x in error["attempts"]] == [
         (GPT, "server_error", 500), (QWEN, "server_error", 500)]
-    assert all(set(x) == {"model", "reason", "status", "message"} for x in error["attempts"])
+    assert all(set(x) == {"model", "reason", "status", "message", "upstream_request_id"}
+               for x in error["attempts"])
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "86400", "1e9", "nan", "inf", "soon"])

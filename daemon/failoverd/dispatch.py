@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from failoverd import requestid
 from failoverd.clock import Clock
 from failoverd.config import Config, ContextPolicy, ModelConfig
 from failoverd.errors import (
@@ -81,6 +82,7 @@ class FailoverInfo:
     target_context_window: int | None
     # seconds left of the request's deadline: the hooks the request waits for get no more
     time_left: float | None = None
+    request_id: str | None = None  # the client request's (requestid.py)
 
 
 @dataclass(slots=True)
@@ -113,6 +115,10 @@ class Outcome:
     # hedged attempts, `from>to:outcome` (x-failoverd-hedge); a tuple: nothing to allocate
     # for the requests that are not hedged
     hedges: tuple[str, ...] = ()
+    # the request's id (x-request-id) and the one the serving upstream gave its answer
+    # (requestid.py): for the access log and the events
+    request_id: str | None = None
+    upstream_request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,7 +147,7 @@ class Dispatcher:
                  health: Health | None = None, rng: random.Random | None = None,
                  failover_hook: FailoverHook | None = None,
                  on_failover: Callable[[FailoverInfo], None] | None = None,
-                 on_exhausted: Callable[[list[Attempt]], None] | None = None,
+                 on_exhausted: Callable[[list[Attempt], str | None], None] | None = None,
                  observe_latency: Callable[[str, float, bool], None] | None = None,
                  on_hedge: Callable[[HedgeInfo], None] | None = None,
                  hedge_budget: HedgeBudgets | None = None) -> None:
@@ -328,7 +334,8 @@ class Dispatcher:
                         info = FailoverInfo(
                             failed_model, model_id, failed, outcome.upstream_attempts,
                             session, needs.prompt_tokens if needs is not None else None,
-                            model.context_window, self._remaining(deadline))
+                            model.context_window, self._remaining(deadline),
+                            outcome.request_id)
                         verdict = await self._before_failover(info, outcome)
                         if verdict.abort:
                             outcome.failovers.pop()  # the hop was never taken
@@ -380,7 +387,7 @@ class Dispatcher:
                     elif error.reason is not FailureReason.INCAPABLE:
                         only_skipped = False
                     outcome.attempts.append(Attempt(failed_id, error.reason, error.status,
-                                                    error.message))
+                                                    error.message, error.upstream_request_id))
                     if not policy(error.reason).fail_over:
                         refusal = refusal or error
                         continue
@@ -411,7 +418,7 @@ class Dispatcher:
         retry_after = self._retry_after([m for m in candidates if m not in incapable]
                                         or candidates)
         if self.on_exhausted is not None:
-            self.on_exhausted(outcome.attempts)
+            self.on_exhausted(outcome.attempts, outcome.request_id)
         raise NoModelAvailable(outcome.attempts, retry_after)
 
     async def _try_model(self, model: ModelConfig, body: dict[str, Any], deadline: float,
@@ -452,13 +459,16 @@ class Dispatcher:
                 and pcfg.rate_limit_headers and pcfg.kind in _RATE_LIMIT_KINDS else None,
             )
             outcome.upstream_attempts += 1
+            seen = requestid.watch()  # the upstream's id for this attempt (providers/http.py)
             started = self.clock.monotonic()
             try:
                 if call is None:
                     result = await provider.complete(body, model, limits)
                     self._succeeded(model.id, permit, started)
-                    return result
-                return await call(provider, model, body, limits, permit)
+                else:
+                    result = await call(provider, model, body, limits, permit)
+                outcome.upstream_request_id = seen.id
+                return result
             except RequestError as exc:
                 # this provider's API cannot express the request (the front end validated it):
                 # not the model's fault, and the next candidate may well be able to
@@ -480,6 +490,8 @@ class Dispatcher:
                                     f"{type(exc).__name__}: {exc}"[:300],
                                     provider=pcfg.name, model=model.id) from exc
             except UpstreamError as exc:
+                if exc.upstream_request_id is None:
+                    exc.upstream_request_id = seen.id
                 if exc.reason is FailureReason.TIMEOUT and self._spent(deadline):
                     exc.message = f"{exc.message} (request deadline exhausted)"
                 duration = self.clock.monotonic() - started
@@ -547,7 +559,8 @@ class Dispatcher:
             served, result = await hedge_run(
                 model.id, self._try_model(model, req, deadline, outcome, call, streaming,
                                           None, mine),
-                after, hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session),
+                after, hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session,
+                                                     request_id=outcome.request_id),
                 outcome, self.on_hedge, _discard, allow)
         except HedgeFailed:
             outcome.notices.extend(mine + theirs)  # as any failed attempts' before a failover

@@ -8,7 +8,8 @@ The tree::
     │   └── TranslationError   the request cannot be expressed for the target provider
     ├── UpstreamError          one upstream attempt failed (.reason, .status, .provider, .model,
     │   │                      .retry_after, .body: the upstream error body for bad_request
-    │   │                      passthrough, .local: failoverd's own resources ran out)
+    │   │                      passthrough, .local: failoverd's own resources ran out,
+    │   │                      .upstream_request_id: the id the upstream gave its answer)
     │   └── ContextRefused     context_policy "fail": a candidate's window is too small, the
     │                          request ends without calling it
     ├── NoModelAvailable       every candidate failed or was skipped (.attempts)
@@ -91,6 +92,9 @@ class UpstreamError(FailoverdError):
         # failoverd's own trouble (out of file descriptors, memory or ports), not the
         # upstream's: it fails over like any connection failure, but no breaker counts it
         self.local = local
+        # the request id of the upstream's answer, when it sent one (requestid.py; set by
+        # the dispatcher for the attempt that failed)
+        self.upstream_request_id: str | None = None
         super().__init__(f"{reason}: {message}")
 
 
@@ -107,6 +111,8 @@ class Attempt:
     reason: str
     status: int | None
     message: str
+    # the id the upstream gave its answer (requestid.py); None: no call, or none sent
+    upstream_request_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +120,7 @@ class Attempt:
             "reason": self.reason,
             "status": self.status,
             "message": self.message,
+            "upstream_request_id": self.upstream_request_id,
         }
 
 

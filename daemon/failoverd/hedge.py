@@ -62,6 +62,7 @@ class HedgeInfo:
     # the usage of a loser that answered in full at the same moment as the winner
     loser: str | None = None
     loser_usage: Any = None
+    request_id: str | None = None  # the client request's (requestid.py)
 
     def header(self) -> str:
         """Its part of x-failoverd-hedge: `from>to:outcome`."""
@@ -196,7 +197,8 @@ async def run(model_id: str, attempt: Coroutine[Any, Any, Any], after: float,
     failures: list[tuple[str, UpstreamError]] = []  # race's, in the order they came
 
     def listed() -> None:
-        outcome.attempts.extend(Attempt(failed_id, exc.reason, exc.status, exc.message)
+        outcome.attempts.extend(Attempt(failed_id, exc.reason, exc.status, exc.message,
+                                        exc.upstream_request_id)
                                 for failed_id, exc in failures)
 
     try:
@@ -362,7 +364,7 @@ def reporter(bus: EventBus, metrics: Metrics,
         metrics.hedged(info.from_model, info.to_model, info.outcome)
         bus.emit("model:hedged", from_model=info.from_model, to_model=info.to_model,
                  after=info.after, winner=info.winner, outcome=info.outcome,
-                 session=info.session)
+                 session=info.session, request_id=info.request_id)
         if info.loser is not None and info.loser_usage is not None:
             usage(info.loser, info.loser_usage)
 

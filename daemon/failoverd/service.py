@@ -207,7 +207,8 @@ class Service(Routing):
             "model:failover", from_model=info.from_model, to_model=info.to_model,
             reason=str(info.error.reason), status=info.error.status, error=info.error.message,
             session=info.session, session_tokens=info.session_tokens,
-            target_context_window=info.target_context_window, attempt=info.attempt)
+            target_context_window=info.target_context_window, attempt=info.attempt,
+            request_id=info.request_id, upstream_request_id=info.error.upstream_request_id)
         if not self.hooks.subscribed(event.type):
             return FailoverVerdict()
         try:
@@ -224,8 +225,9 @@ class Service(Routing):
         self.metrics.failover(info.from_model, info.to_model, str(info.error.reason))
         self._failovers.add(self.clock.monotonic(), failed=True)
 
-    def _exhausted(self, attempts: list[Attempt]) -> None:
-        self.bus.emit("chain:exhausted", attempts=[a.as_dict() for a in attempts])
+    def _exhausted(self, attempts: list[Attempt], request_id: str | None = None) -> None:
+        self.bus.emit("chain:exhausted", attempts=[a.as_dict() for a in attempts],
+                      request_id=request_id)
 
     def recent_failovers(self) -> int:
         """Failovers in the last minute (for systemd's STATUS= line and /v1/status)."""

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from failoverd.dispatch import Outcome
 from failoverd.listen import peer_uid
+from failoverd.requestid import REQUEST_ID
 
 ACCESS_LOG = logging.getLogger("failoverd.access")
 # the request's outcome (model, attempts, failover hops), left by the proxy handler
@@ -51,13 +52,14 @@ async def around(request: web.Request,
         raise
     finally:
         write(request.method, request.path, status, request.get(OUTCOME),
-              time.perf_counter() - started, uid)
+              time.perf_counter() - started, uid, request.get(REQUEST_ID))
 
 
 def write(method: str, path: str, status: int, outcome: Outcome | None, seconds: float,
-          uid: int | None) -> None:
+          uid: int | None, request_id: str | None = None) -> None:
     """One line: who asked what, the answer's status, the model that served, the upstream
-    attempts, failover hops and hedges, how long it took. Never the prompt, a query, nor a key."""
+    attempts, failover hops and hedges, the request's id and its serving upstream's, how
+    long it took. Never the prompt, a query, nor a key."""
     fields: dict[str, Any] = {
         "method": method, "path": path.partition("?")[0], "status": status,
         "model": (outcome.model or None) if outcome is not None else None,
@@ -68,10 +70,16 @@ def write(method: str, path: str, status: int, outcome: Outcome | None, seconds:
         "cost_usd": round(outcome.cost, 9) if outcome is not None and outcome.cost else None,
         # its hedges (x-failoverd-hedge: `from>to:outcome`, hedge.py); null when none
         "hedge": (",".join(outcome.hedges) or None) if outcome is not None else None,
+        # the request's id (x-request-id, requestid.py) and the one the serving upstream
+        # gave its answer (null: none served, or the upstream sends none)
+        "request_id": request_id,
+        "upstream_request_id": outcome.upstream_request_id if outcome is not None else None,
     }
-    # a hedge only on the lines that have one: the others keep their shape
-    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s%s %.1fms uid=%s",
+    # a hedge and an upstream id only on the lines that have one: the others keep their shape
+    upstream = fields["upstream_request_id"]
+    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s%s rid=%s%s %.1fms uid=%s",
                     fields["method"], fields["path"], fields["status"], fields["model"] or "-",
                     fields["attempts"], fields["failover"] or "-",
-                    f" hedge={fields['hedge']}" if fields["hedge"] else "", fields["ms"],
-                    "-" if uid is None else uid, extra={"access": fields})
+                    f" hedge={fields['hedge']}" if fields["hedge"] else "",
+                    request_id or "-", f" upstream_rid={upstream}" if upstream else "",
+                    fields["ms"], "-" if uid is None else uid, extra={"access": fields})

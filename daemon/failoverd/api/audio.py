@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from failoverd import requestid
 from failoverd.api.body import read_bytes, read_json
 from failoverd.api.drain import STREAM_RESPONSE
 from failoverd.api.fronts import OPENAI
@@ -92,6 +93,8 @@ async def _relay(request: web.Request, svc: Service, rt: Runtime, outcome: Outco
     else raw audio (left unfinished). `what` names it in the log."""
     if events:
         headers.update(_EVENT_HEADERS)
+    if outcome.request_id is not None:  # the head goes out now (api/drain.py stamps the rest)
+        headers[requestid.HEADER] = outcome.request_id
     resp = web.StreamResponse(headers=headers)
     request[STREAM_RESPONSE] = resp  # a stop's cut ends an event stream with an error event
     client = StreamClient(request, resp, rt.config.models[outcome.model].stream_idle_timeout)

@@ -15,10 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
+from failoverd import requestid
 from failoverd.api import accesslog
 from failoverd.api.access import refusal
 from failoverd.api.fronts import ANTHROPIC, OPENAI, StreamEncoder
 from failoverd.api.service import SERVICE, Service
+from failoverd.requestid import REQUEST_ID
 from failoverd.translate.anthropic_stream import error_event as anthropic_error_event
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,27 +78,31 @@ class RequestTracker:
         runs for every request (`install`) and the fast path for the requests it serves
         (api/fastpath.py)."""
         tasks = self.tasks
+        proxied = accesslog.PATHS
 
         def handle(request: web.Request) -> Awaitable[web.StreamResponse]:
             # not a coroutine itself: without the access log, no frame of its own
-            if service.runtime.config.daemon.access_log and accesslog.logs(request.path):
-                return accesslog.around(request, guarded)
+            if request.path in proxied:  # its id, for its answer, log line and events
+                request[REQUEST_ID] = requestid.of(request.headers.get(requestid.HEADER))
+                if service.runtime.config.daemon.access_log and accesslog.logs(request.path):
+                    return accesslog.around(request, guarded)
             return guarded(request)
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             refused = refusal(request, service)
             if refused is not None:
-                return refused
+                return _stamped(request, refused)
             task = asyncio.current_task()
             assert task is not None
             tasks.add(task)
             try:
-                return await routed(request)
+                return _stamped(request, await routed(request))
             except asyncio.CancelledError:
                 if not self.cutting:
                     raise
                 task.uncancel()  # the cancellation was ours and is answered here
-                return await _cut_reply(request, request.get(STREAM_RESPONSE))
+                return _stamped(request, await _cut_reply(request,
+                                                          request.get(STREAM_RESPONSE)))
             finally:
                 tasks.discard(task)
 
@@ -114,6 +120,15 @@ class RequestTracker:
 
     def pending(self) -> set[asyncio.Task[Any]]:
         return {t for t in self.tasks if not t.done()}
+
+
+def _stamped(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """`response` with the request's x-request-id (a proxied request's; a stream's head,
+    sent already, has it from api/proxy.py)."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None and not response.prepared:
+        response.headers[requestid.HEADER] = rid
+    return response
 
 
 # After daemon.shutdown_timeout, or at once on a second SIGTERM.

@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
+from failoverd import requestid
 from failoverd.api import accesslog
 from failoverd.api.access import refusal_of
 from failoverd.api.body import stalled_body
@@ -51,6 +52,7 @@ from failoverd.api.proxy import chat_completions, messages, responses
 from failoverd.api.replies import openai_error
 from failoverd.api.service import SERVICE
 from failoverd.listen import peer_uid
+from failoverd.requestid import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -259,19 +261,24 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         arriving on it, if any (not blank lines between requests)."""
         if self.size and not self._closing():
             if self._unconsumed().strip(b"\r\n"):
-                self._log_unserved(503, 0.0)
-                self._write(shutting_down(self._anthropic_pending()))
+                self._write(self._unserved(shutting_down(self._anthropic_pending()), 0.0))
         self.close()
 
-    def _log_unserved(self, status: int, seconds: float) -> None:
-        """The access log's line for a request answered before it reached a handler (a body
-        that stalled, or still arriving at the drain): nothing else writes one."""
-        if not self.front.service.runtime.config.daemon.access_log:
-            return
-        line = self._unconsumed().split(b"\r\n", 1)[0].split(b" ")
+    def _unserved(self, response: web.Response, seconds: float) -> web.Response:
+        """`response`, to a request answered before it reached a handler (a body that
+        stalled, or still arriving at the drain), with the request's id; and the access
+        log's line for it: nothing else writes one."""
+        data = self._unconsumed()
+        line = data.split(b"\r\n", 1)[0].split(b" ")
         path = line[1].decode("latin-1") if len(line) > 1 else "-"
-        if accesslog.logs(path):
-            accesslog.write("POST", path, status, None, seconds, peer_uid(self.transport))
+        if path.partition("?")[0] not in accesslog.PATHS:
+            return response  # not a proxied request's (a blank line, another path)
+        rid = requestid.from_head(data)
+        response.headers[requestid.HEADER] = rid
+        if self.front.service.runtime.config.daemon.access_log and accesslog.logs(path):
+            accesslog.write("POST", path, response.status, None, seconds,
+                            peer_uid(self.transport), rid)
+        return response
 
     def _anthropic_pending(self) -> bool:
         """Whether the request not yet consumed is an Anthropic one (its answer's shape)."""
@@ -410,6 +417,9 @@ class FastConnection(asyncio.Protocol, StreamOpener):
                 response = front.error(500, "internal_error",
                                        "internal error in failoverd; see its log",
                                        "internal_error")
+                rid = request.get(REQUEST_ID)
+                if rid is not None:
+                    response.headers[requestid.HEADER] = rid
             if self.closed:
                 return
             if self.stream is not None:
@@ -524,11 +534,10 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if self.task is None and now >= due:
             if self.need:  # a body stalled: answered as aiohttp's path answers it
                 stalled = stalled_body(self.front.idle_timeout)
-                self._log_unserved(stalled.status, self.front.idle_timeout)
                 front = ANTHROPIC if self._anthropic_pending() else OPENAI
-                self._write(front.error(stalled.status, "invalid_request_error",
-                                        stalled.message, stalled.code,
-                                        headers={"Connection": "close"}))
+                self._write(self._unserved(front.error(
+                    stalled.status, "invalid_request_error", stalled.message, stalled.code,
+                    headers={"Connection": "close"}), self.front.idle_timeout))
             self.close()
             return
         # busy: looked at again a whole idle_timeout later (a request is never cut by it)

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from failoverd import requestid
 from failoverd.api import accesslog
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_ENCODER, STREAM_OPENER, STREAM_RESPONSE
@@ -21,6 +22,7 @@ from failoverd.dispatch import Outcome, StreamStart
 from failoverd.errors import ContextRefused, NoModelAvailable, RequestError, UpstreamError
 from failoverd.failures import FailureReason
 from failoverd.providers.base import Chunk
+from failoverd.requestid import REQUEST_ID
 from failoverd.runtime import Runtime
 from failoverd.service import Route, Service
 from failoverd.sessions import normalize_key
@@ -114,7 +116,7 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
             return front.error(503, "overloaded", f"failoverd is at max_inflight ({limit}); "
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
         svc.inflight += 1
-        outcome = Outcome()
+        outcome = Outcome(request_id=request.get(REQUEST_ID))
         if rt.config.daemon.access_log:
             request[accesslog.OUTCOME] = outcome  # for its line (api/accesslog.py)
         try:
@@ -237,6 +239,8 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     svc.note_session(outcome, session, route)  # sticky from the first chunk on
     encoder = front.encoder(outcome.model, raw)
     headers = {**_SSE_HEADERS, **outcome_headers(outcome, route.header)}
+    if outcome.request_id is not None:  # the head goes out now (api/drain.py stamps the rest)
+        headers[requestid.HEADER] = outcome.request_id
     opener = request.get(STREAM_OPENER)
     resp = opener.open_stream(headers) if opener is not None else web.StreamResponse(
         headers=headers)

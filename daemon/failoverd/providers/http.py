@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from failoverd import requestid
 from failoverd.config import ProviderConfig
 from failoverd.errors import UpstreamError
 from failoverd.failures import FailureReason
@@ -381,6 +382,7 @@ async def fetch(client: Requester, method: str, url: str, *,
         with timeout(total):
             resp = await client.request(method, url, data=data, headers=headers,
                                         connect_timeout=connect)
+            requestid.upstream(resp.headers)  # the attempt's upstream id, 200 or not
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
             if seen is not None:
@@ -421,6 +423,7 @@ async def open_stream(client: Requester, url: str, *, data: bytes,
         with timeout_at(first_deadline):
             resp = await client.request("POST", url, data=data, headers=headers,
                                         connect_timeout=connect)
+            requestid.upstream(resp.headers)
             if resp.status != 200:
                 raise hide_credentials(await failure(resp, model), headers)
             if seen is not None:

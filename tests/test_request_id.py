@@ -1,0 +1,337 @@
+"""Request ids end to end: the client's x-request-id kept (or one made), returned on every
+answer of the proxied endpoints on both paths (the fast path and aiohttp's), in the access
+log and the events a request causes; and the ids the upstreams gave each attempt, in the
+503's attempts, the model:failover event and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from failoverd import requestid
+from failoverd.http1.parser import Headers
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.base import fake_fixture
+from tests.fakes.openai import FakeOpenAI
+from tests.helpers import HELLO, until
+from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
+
+ACCESS = "failoverd.access"
+MADE = re.compile(r"[0-9a-f]{16}-[0-9a-f]+")  # an id failoverd made
+
+
+def _stamping(header: str, prefix: str, sent: list[str]) -> Any:
+    """An on_response_prepare signal that gives every answer an id, as the real API does."""
+    numbers = itertools.count(1)
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        rid = f"{prefix}{next(numbers):06d}"
+        sent.append(rid)
+        response.headers[header] = rid
+
+    return stamp
+
+
+@dataclass
+class IdOpenAI(FakeOpenAI):
+    """The fake OpenAI, with OpenAI's `x-request-id` on every answer (`sent`, in order)."""
+
+    rid: str = "req_oa"
+    sent: list[str] = field(default_factory=list, kw_only=True)
+
+    async def _serve(self, app: web.Application, path: str = "/v1", **kwargs: Any) -> None:
+        app.on_response_prepare.append(_stamping("x-request-id", self.rid, self.sent))
+        await super()._serve(app, path, **kwargs)
+
+
+@dataclass
+class IdAnthropic(FakeAnthropic):
+    """The fake Anthropic, with Anthropic's `request-id` on every answer."""
+
+    rid: str = "req_01an"
+    sent: list[str] = field(default_factory=list, kw_only=True)
+
+    async def _serve(self, app: web.Application, path: str = "/v1", **kwargs: Any) -> None:
+        app.on_response_prepare.append(_stamping("request-id", self.rid, self.sent))
+        await super()._serve(app, path, **kwargs)
+
+
+id_openai = fake_fixture(IdOpenAI, "id_openai")
+id_anthropic = fake_fixture(IdAnthropic, "id_anthropic")
+
+
+def two_config(a: Any, b: Any, *, b_kind: str = "openai", head: str = "",
+               more: str = "", a_model: str = "") -> str:
+    """a/m (OpenAI) first, b/m (`b_kind`) after it; never probes, fails when all are down."""
+    return f"""{head}
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[providers.b]
+kind = "{b_kind}"
+base_url = "{b.url}"
+[models."a/m"]
+provider = "a"
+max_retries = 0
+{a_model}
+[models."b/m"]
+provider = "b"
+name = "claude-sonnet-4-5"
+max_retries = 0
+{more}
+[routing]
+primary = "a/m"
+fallbacks = ["b/m"]
+retry_after_max = 0
+when_all_unavailable = "fail"
+{NO_PROBES}"""
+
+
+def access(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.getMessage(), r.access) for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == ACCESS]
+
+
+def events(d: Any, type_: str) -> list[dict[str, Any]]:
+    return [e.fields for e in d.sup.service.bus.recent() if e.type == type_]
+
+
+# ---------------------------------------------------------------------- the ids themselves
+
+
+def test_made_ids_are_unique_and_carry_the_process_prefix() -> None:
+    ids = [requestid.new() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(MADE.fullmatch(i) for i in ids)
+    assert len({i.split("-")[0] for i in ids}) == 1  # one prefix per process
+
+
+@pytest.mark.parametrize("client", [
+    "abc", "req_0123-ABCD.xyz:/+=~!", "x" * 128,
+])
+def test_a_sane_client_id_is_kept(client: str) -> None:
+    assert requestid.of(client) == client
+
+
+@pytest.mark.parametrize("client", [
+    None, "", "two words", "tab\there", "x" * 129, "caf\u00e9", "nul\x00", "del\x7f",
+    "line\nbreak", "surrogate\udcff",
+])
+def test_an_insane_client_id_is_replaced(client: str | None) -> None:
+    made = requestid.of(client)
+    assert made != client and MADE.fullmatch(made)
+
+
+def test_a_raw_head_gives_its_id() -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Request-ID:  abc-1 \r\n\r\n{"
+    assert requestid.from_head(head) == "abc-1"
+    assert MADE.fullmatch(requestid.from_head(b"POST /v1/chat/completions HTTP/1.1\r\n"))
+    # a field of the body, not the head, is not it
+    assert MADE.fullmatch(requestid.from_head(b"POST / HTTP/1.1\r\n\r\n\r\nx-request-id: no"))
+
+
+def test_the_upstream_headers_of_each_provider() -> None:
+    assert requestid.upstream_id(Headers({"x-request-id": "req_oa"})) == "req_oa"
+    assert requestid.upstream_id(Headers({"request-id": "req_01an"})) == "req_01an"
+    assert requestid.upstream_id(Headers({"x-amzn-requestid": "0f3c-bed"})) == "0f3c-bed"
+    assert requestid.upstream_id(Headers({"apim-request-id": "az-1"})) == "az-1"
+    # Azure sends both: x-request-id is the one taken
+    assert requestid.upstream_id(Headers({"apim-request-id": "az-1",
+                                          "x-request-id": "az-2"})) == "az-2"
+    assert requestid.upstream_id(Headers({"content-type": "application/json"})) is None
+    assert requestid.upstream_id(Headers({"x-request-id": "r" * 300})) == "r" * 128
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+async def test_a_failover_carries_the_client_id_and_each_upstream_id(
+        id_openai: Any, id_anthropic: Any, start_daemon: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The openai SDK's request, its id kept through a failover from OpenAI (a 429 with
+    x-request-id) to Anthropic (request-id): the answer, the model:failover event and the
+    access log line name them all."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await id_openai(default="rate_limit")
+    b = await id_anthropic()
+    d = await start_daemon("access_log = true\n" + two_config(a, b, b_kind="anthropic"))
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="default", messages=HELLO, extra_headers={"X-Request-Id": "client-42"})
+    assert raw.headers["x-request-id"] == "client-42"
+    assert raw.headers["x-failoverd-model"] == "b/m"
+    failover, = events(d, "model:failover")
+    assert failover["request_id"] == "client-42"
+    assert failover["upstream_request_id"] == a.sent[0]  # the failed attempt's
+    (text, line), = access(caplog)
+    assert line["request_id"] == "client-42"
+    assert line["upstream_request_id"] == b.sent[0]  # the serving attempt's
+    assert f" rid=client-42 upstream_rid={b.sent[0]} " in text
+
+
+async def test_every_candidate_failed_lists_each_attempts_upstream_id(
+        id_openai: Any, id_anthropic: Any, start_daemon: Any) -> None:
+    """The 503's attempts: each with the id its upstream answered with; a model called
+    without one (a simulated one) or not called at all has null."""
+    a = await id_openai(default="server_error")
+    b = await id_anthropic(default="overloaded")
+    d = await start_daemon(two_config(a, b, b_kind="anthropic", more="""
+[providers.sim]
+kind = "simulated"
+simulate_failure = "rate_limit"
+[models."sim/m"]
+provider = "sim"
+max_retries = 0
+[chains.all]
+models = ["a/m", "b/m", "sim/m"]"""))
+    resp = await d.http.post("/v1/chat/completions", json={"model": "all", "messages": HELLO})
+    assert resp.status_code == 503
+    rid = resp.headers["x-request-id"]
+    assert MADE.fullmatch(rid)
+    attempts = resp.json()["error"]["attempts"]
+    assert [(x["model"], x["upstream_request_id"]) for x in attempts] == [
+        ("a/m", a.sent[-1]), ("b/m", b.sent[-1]), ("sim/m", None)]
+    exhausted, = events(d, "chain:exhausted")
+    assert exhausted["request_id"] == rid
+    assert exhausted["attempts"] == attempts
+
+
+async def test_both_paths_answer_with_the_id_served_streamed_or_refused(
+        id_openai: Any, start_daemon: Any) -> None:
+    """The fast path (plain requests) and aiohttp's (a query string sends it there), for
+    answers served, streamed, refused for bad input, and on /v1/messages and
+    /v1/embeddings."""
+    a = await id_openai()
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+[models."a/e"]
+provider = "a"
+capabilities = ["embeddings"]
+{NO_PROBES}""")
+    before = fast(d).served
+    for query in ("", "?via=aiohttp"):
+        sent = {"x-request-id": f"c{query or '-fast'}"}
+        ok = await d.http.post(f"/v1/chat/completions{query}", json=ASK, headers=sent)
+        assert (ok.status_code, ok.headers["x-request-id"]) == (200, sent["x-request-id"])
+        async with d.http.stream("POST", f"/v1/chat/completions{query}",
+                                 json={**ASK, "stream": True}, headers=sent) as stream:
+            assert stream.headers["x-request-id"] == sent["x-request-id"]
+            await stream.aread()
+        bad = await d.http.post(f"/v1/chat/completions{query}", content=b"{",
+                                headers={"content-type": "application/json", **sent})
+        assert (bad.status_code, bad.headers["x-request-id"]) == (400, sent["x-request-id"])
+        made = await d.http.post(f"/v1/messages{query}", json={
+            "model": "a/m", "max_tokens": 10, "messages": HELLO})
+        assert made.status_code == 200 and MADE.fullmatch(made.headers["x-request-id"])
+        embed = await d.http.post(f"/v1/embeddings{query}",
+                                  json={"model": "a/e", "input": "x"},
+                                  headers={"x-request-id": "two words"})
+        assert embed.status_code == 200 and MADE.fullmatch(embed.headers["x-request-id"])
+    assert fast(d).served - before == 5  # the plain ones went the fast path
+    # not a proxied endpoint: no id
+    assert "x-request-id" not in (await d.http.get("/v1/health")).headers
+
+
+async def test_refusals_before_any_upstream_carry_the_id(
+        id_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """413 (too large a body), 503 overloaded (max_inflight), 404 of an unknown model: each
+    with the id, and the access log says it."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await id_openai(default="slow:5")
+    d = await start_daemon(f"""access_log = true
+max_inflight = 1
+max_body_bytes = 2048
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+{NO_PROBES}""")
+    big = await d.http.post("/v1/chat/completions", json={**ASK, "x": "y" * 4096},
+                            headers={"x-request-id": "big"})
+    assert (big.status_code, big.headers["x-request-id"]) == (413, "big")
+    slow = asyncio.create_task(d.http.post("/v1/chat/completions", json=ASK))
+    await until(lambda: d.sup.service.inflight == 1)
+    busy = await d.http.post("/v1/chat/completions", json=ASK,
+                             headers={"x-request-id": "busy"})
+    assert (busy.status_code, busy.headers["x-request-id"]) == (503, "busy")
+    slow.cancel()
+    await asyncio.gather(slow, return_exceptions=True)
+    lines = {line["request_id"]: line["status"] for _, line in access(caplog)}
+    assert lines["big"] == 413 and lines["busy"] == 503
+
+
+async def test_a_request_still_arriving_at_the_drain_gets_its_id(
+        id_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The fast path's own 503 for a body still arriving at the drain: the id of its head."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await id_openai()
+    d = await start_daemon(f"""access_log = true
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+{NO_PROBES}""")
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK, headers="X-Request-Id: late-1\r\n")[:-10])
+        await until(lambda: any(c.need for c in fast(d).connections))
+        d.sup.request_stop()
+        answer = await read_answer(reader)
+        assert (answer.status, answer.headers["x-request-id"]) == (503, "late-1")
+    await d.stop()
+    assert [(line["status"], line["request_id"]) for _, line in access(caplog)] == [
+        (503, "late-1")]
+    assert a.sent == []
+
+
+async def test_a_hedge_and_its_event_carry_the_id(id_openai: Any, start_daemon: Any,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """model:hedged names the request; the access log the upstream id of the hedge that
+    served."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await id_openai(default="slow:5", rid="req_slow")
+    b = await id_openai(rid="req_fast")
+    d = await start_daemon("access_log = true\n" + two_config(
+        a, b, a_model="hedge_after = 0.05"))
+    resp = await d.http.post("/v1/chat/completions", json=ASK,
+                             headers={"x-request-id": "hedged-1"})
+    assert resp.status_code == 200 and resp.headers["x-failoverd-hedge"] == "a/m>b/m:won"
+    assert resp.headers["x-request-id"] == "hedged-1"
+    hedged, = events(d, "model:hedged")
+    assert hedged["request_id"] == "hedged-1"
+    _, line = access(caplog)[0]
+    assert (line["request_id"], line["upstream_request_id"]) == ("hedged-1", b.sent[0])
+
+
+async def test_the_aiohttp_client_sees_the_id_on_a_stream_to_messages(
+        id_anthropic: Any, start_daemon: Any) -> None:
+    """An Anthropic stream over aiohttp's client on the Unix socket: the head holds it."""
+    b = await id_anthropic()
+    d = await start_daemon(f"""
+[providers.b]
+kind = "anthropic"
+base_url = "{b.url}"
+[models."b/m"]
+provider = "b"
+name = "claude-sonnet-4-5"
+{NO_PROBES}""")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=d.socket)) as s:
+        async with s.post("http://failoverd/v1/messages", json={
+                "model": "b/m", "max_tokens": 10, "messages": HELLO, "stream": True},
+                headers={"x-request-id": "anth-7"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-request-id"] == "anth-7"
+            body = await resp.read()
+    assert b"message_stop" in body
