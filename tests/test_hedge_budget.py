@@ -7,12 +7,13 @@ daemon's ManualClock, so a minute passes without a sleep."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from failoverd import config as config_mod
 from failoverd.clock import ManualClock
 from failoverd.hedgebudget import HedgeBudgets, shares
-from tests.helpers import chat, metric, status
+from tests.helpers import HELLO, chat, metric, sse_json, status
 from tests.test_hedge import A, B, config, hedged_events
 from tests.test_hedge_budget_config import BASE
 
@@ -147,3 +148,34 @@ async def test_without_a_budget_every_slow_attempt_is_hedged(
     for _ in range(5):
         assert (await chat(d)).headers["x-failoverd-hedge"] == f"{A}>{B}:won"
     assert "hedge_budget" not in (await status(d))["models"][A]
+
+
+async def test_a_refused_stream_goes_on_alone_and_a_reload_keeps_the_window(
+        start_daemon: Any, fake_openai: Any) -> None:
+    # the primary's stream sends only SSE comments for 0.3 s before its first chunk
+    a = await fake_openai(default="comments:0.3", reply="from a")
+    b = await fake_openai(reply="from b")
+    clock = ManualClock()
+    d = await start_daemon(config(a, b, routing="hedge_after = 0.05\nhedge_budget = 0.1\n"
+                                                "hedge_budget_min = 1"), clock=clock)
+    body = {"model": "default", "messages": HELLO, "stream": True}
+    resp = await d.http.post("/v1/chat/completions", json=body)
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:won"  # the reserve's one
+    # a reload that leaves the model as it was: its window stands
+    path = Path(d.sup.config_path)
+    path.write_text(path.read_text().replace("deadline = 10", "deadline = 11"))
+    assert (await d.http.post("/v1/reload")).status_code == 200
+    resp = await d.http.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200
+    assert resp.headers["x-failoverd-model"] == A
+    assert resp.headers["x-failoverd-hedge"] == f"{A}>{B}:budget"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in sse_json(resp.text)
+                   if c["choices"]) == "from a"
+    assert len(b.chat_requests()) == 1
+    assert d.sup.service.health.inflight(B) == 0
+    used = (await status(d))["models"][A]["hedge_budget"]
+    assert (used["eligible"], used["hedged"], used["refused"]) == (2, 1, 1)
+    # a new share applies to the window as it stands: 1 + 0.5 * 2 leaves one
+    path.write_text(path.read_text().replace("hedge_budget = 0.1", "hedge_budget = 0.5"))
+    assert (await d.http.post("/v1/reload")).status_code == 200
+    assert (await status(d))["models"][A]["hedge_budget"]["left"] == 1
