@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 
@@ -20,10 +21,14 @@ from failoverd import requestid
 from failoverd.http1.parser import Headers
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import fake_fixture
+from tests.fakes.bedrock import fake_bedrock
 from tests.fakes.openai import FakeOpenAI
-from tests.helpers import HELLO, until
+from tests.helpers import HELLO, tcp_listener, until
+from tests.test_bedrock_e2e import AWS_ENV
+from tests.test_bedrock_e2e import daemon_config as bedrock_config
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
 
+__all__ = ["fake_bedrock"]  # the fixture
 ACCESS = "failoverd.access"
 MADE = re.compile(r"[0-9a-f]{16}-[0-9a-f]+")  # an id failoverd made
 
@@ -335,3 +340,49 @@ name = "claude-sonnet-4-5"
             assert resp.headers["x-request-id"] == "anth-7"
             body = await resp.read()
     assert b"message_stop" in body
+
+
+async def test_bedrock_ids_reach_the_failover_event_and_the_access_log(
+        fake_bedrock: Any, id_openai: Any, start_daemon: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Bedrock's x-amzn-RequestId: on its throttling error (the model:failover event), and
+    on the stream it serves (the access log)."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    fake = await fake_bedrock()
+    backup = await id_openai()
+    d = await start_daemon("access_log = true\n" + bedrock_config(fake, backup.url),
+                           env=AWS_ENV)
+    async with d.http.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True},
+                             headers={"x-request-id": "br-1"}) as stream:
+        assert stream.headers["x-failoverd-model"] == "bedrock/sonnet"
+        await stream.aread()
+    fake.push("throttled", "throttled")  # the attempt and its same-model retry
+    failed_over = await d.http.post("/v1/chat/completions", json=ASK)
+    assert failed_over.headers["x-failoverd-model"] == "backup/gpt"
+    failover, = events(d, "model:failover")
+    assert failover["upstream_request_id"] == "0f3c1e6a-fake-4bd7-9d2c-bedrock00001"
+    lines = [line for _, line in access(caplog)]
+    assert [(x["request_id"] == "br-1", x["upstream_request_id"]) for x in lines] == [
+        (True, "0f3c1e6a-fake-4bd7-9d2c-bedrock00002"), (False, backup.sent[0])]
+
+
+async def test_the_tcp_listener_stamps_its_answers_and_refusals(
+        id_openai: Any, start_daemon: Any, short_dir: Any) -> None:
+    """The loopback TCP listener: its 401 (no token) and its answers carry the id."""
+    a = await id_openai()
+    port, lines = tcp_listener(short_dir)
+    await start_daemon(lines + f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+{NO_PROBES}""")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as tcp:
+        refused = await tcp.post("/v1/chat/completions", json=ASK,
+                                 headers={"x-request-id": "tcp-0"})
+        assert (refused.status_code, refused.headers["x-request-id"]) == (401, "tcp-0")
+        served = await tcp.post("/v1/chat/completions", json=ASK, headers={
+            "x-request-id": "tcp-1", "authorization": "Bearer s3cret"})
+        assert (served.status_code, served.headers["x-request-id"]) == (200, "tcp-1")
+    assert a.sent and len(a.sent) == 1
