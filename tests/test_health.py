@@ -344,6 +344,16 @@ async def test_wait_for_change_wakes_on_a_freed_concurrency_slot(rig: Rig) -> No
     assert rig.reg.acquire("a/two") is not None
 
 
+async def test_a_change_in_the_turn_the_wait_began_is_not_lost(rig: Rig) -> None:
+    # the dispatcher's queue: asyncio.wait_for(wait_for_change(), step) runs the wait as a
+    # task, which starts a loop turn later; a change before then must still wake it
+    rig.reg.force_open("a/one", None)
+    waiter = asyncio.ensure_future(asyncio.wait_for(rig.reg.wait_for_change(), 30))
+    rig.reg.reset("a/one")
+    async with asyncio.timeout(5):
+        await waiter
+
+
 async def test_wait_for_change_is_bounded_by_the_callers_timeout(rig: Rig) -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):

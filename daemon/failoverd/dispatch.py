@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from failoverd import requestid
 from failoverd.clock import Clock
@@ -66,7 +66,7 @@ class Health(Protocol):
     def earliest_available_in(self, model_ids: Sequence[str]) -> float | None: ...
     def out_longer_than(self, model_ids: Sequence[str], seconds: float) -> bool: ...
     def inflight(self, model_id: str) -> int: ...
-    async def wait_for_change(self) -> None: ...
+    def wait_for_change(self) -> Coroutine[Any, Any, Literal[True]]: ...
 
 
 @dataclass(slots=True)

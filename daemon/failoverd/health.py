@@ -27,9 +27,9 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from failoverd import healthstate
 from failoverd.breaker import Breaker, BreakerState, TransitionCallback
@@ -344,18 +344,20 @@ class HealthRegistry:
                 return False
         return True
 
-    async def wait_for_change(self) -> None:
-        """Returns when anything happened that may have freed a model.
+    def wait_for_change(self) -> Coroutine[Any, Any, Literal[True]]:
+        """What to await for anything that may have freed a model.
 
         Bound it with ``asyncio.timeout`` (ended open periods are noticed only on query, so the
-        timeout is what covers them) and re-check ``available()`` either way.
+        timeout is what covers them) and re-check ``available()`` either way. Not a coroutine
+        function: the wait begins at the call, so a change before its awaiting runs (a task
+        starts a loop turn later, as under ``asyncio.wait_for``) still ends it.
         """
         if self._changed is None:
             self._changed = asyncio.Event()
             # fresher upstream figures that free a model wake the waiters too; only while
             # someone waits, so the answers read meanwhile compare nothing
             self.upstream.wake = self._notify
-        await self._changed.wait()
+        return self._changed.wait()
 
     def _notify(self) -> None:
         event, self._changed = self._changed, None
