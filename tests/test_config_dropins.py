@@ -263,3 +263,147 @@ def test_the_example_dropin_is_not_read_and_validates_once_copied(tmp_path: Path
     assert cfg.routing.deadline == 60 and cfg.routing.primary == shipped.routing.primary
     assert [h.exec for h in cfg.hooks] == [*(h.exec for h in shipped.hooks),
                                            ("/etc/failoverd/hooks/page-team",)]
+
+
+# --------------------------------------------------------------------------- review
+
+def test_without_dropins_problems_read_as_before(tmp_path: Path) -> None:
+    main = MAIN.replace('tier = "small"', 'tier = "tiny"')
+    want = ["models.\"a/m\".tier: must be one of small, medium, large; got 'tiny'"]
+    path = write(tmp_path, main)
+    assert problems_of(path) == want
+    dropins.directory(path).mkdir()  # an empty directory is no drop-in either
+    (dropins.directory(path) / "10.toml.example").write_text("[routing]\n")
+    assert problems_of(path) == want
+
+
+def test_a_key_that_is_a_value_in_one_file_and_a_table_in_another(tmp_path: Path) -> None:
+    # the later file decides, and is the one named
+    path = write(tmp_path, MAIN.replace('tier = "small"', 'tier = "small"\ncost = 5'),
+                 _10='[models."a/m".cost]\ninput = 1.0\noutput = 2.0\n')
+    cost = config_mod.load(path, env={}).models["a/m"].cost
+    assert (cost.input, cost.output) == (1.0, 2.0)
+    path = write(tmp_path, MAIN.replace("[routing]", '[models."a/m".cost]\ninput = 1.0\n'
+                                        "[routing]"),
+                 _10='[models."a/m"]\ncost = 5\n')
+    assert problems_of(path) == [
+        f"{tmp_path / 'failoverd.toml.d' / '10.toml'}: models.\"a/m\".cost: must be a table, "
+        "got an integer"]
+
+
+def test_a_table_that_replaced_a_value_is_on_the_file_that_made_it() -> None:
+    merged = dropins.Merged("main")
+    merged.add({"models": {"m": {"cost": 5, "tier": "small"}}}, "main")
+    merged.add({"models": {"m": {"cost": {"input": 1.0}}}}, "10")
+    # not the main file's, whose value 5 is gone (a problem at the table itself, such as a
+    # missing key of it, is the drop-in's)
+    assert merged.files_of(("models", "m", "cost")) == ["10"]
+    assert merged.files_of(("models", "m", "cost", "output")) == ["10"]
+    merged.add({"models": {"m": {"cost": 7}}}, "20")
+    assert merged.files_of(("models", "m", "cost")) == ["20"]
+    assert merged.files_of(("models", "m", "tier")) == ["main"]
+    assert merged.files_of(("models", "m")) == ["main", "10", "20"]
+
+
+def test_an_inline_array_of_tables_is_appended_like_hooks(tmp_path: Path) -> None:
+    # hooks = [{...}] is [[hooks]] to TOML: the same rule
+    path = write(tmp_path, _10='hooks = [{ events = ["*"], exec = ["/bin/a"] }]\n')
+    assert [h.exec for h in config_mod.load(path, env={}).hooks] == [("/bin/true",),
+                                                                       ("/bin/a",)]
+
+
+def test_a_hook_after_hooks_emptied_is_blamed_on_its_own_file(tmp_path: Path) -> None:
+    path = write(tmp_path, _10="hooks = []\n", _20='[[hooks]]\nevents = ["nope"]\nexec = ["/x"]\n')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{tmp_path / 'failoverd.toml.d' / '20.toml'}: hooks[0].events[0]: ")
+
+
+def test_dropins_are_read_in_byte_order(tmp_path: Path) -> None:
+    # U+E000 is ee 80 80 in UTF-8, before a name's byte ff (\udcff to Python, which sorts
+    # after it by code point): systemd's order, the one the README promises
+    path = write(tmp_path, **{"_20_\ue000": "[routing]\ndeadline = 7\n"})
+    last = os.fsencode(dropins.directory(path)) + b"/20-\xff.toml"
+    Path(os.fsdecode(last)).write_text("[routing]\ndeadline = 9\n")
+    cfg = config_mod.load(path, env={})
+    assert cfg.routing.deadline == 9
+    assert cfg.dropins[1].endswith("/20-\\udcff.toml")
+
+
+def test_a_dropin_name_that_is_not_utf8_or_breaks_a_line_is_shown_escaped(
+        tmp_path: Path) -> None:
+    import orjson
+    path = write(tmp_path, **{"_10_\nx": "[routing]\ndeadline = -1\n"})
+    d = dropins.directory(path)
+    Path(os.fsdecode(os.fsencode(d) + b"/20-\xff.toml")).write_text("[routing\n")
+    found = problems_of(path)
+    assert found == [
+        f"{d}/20-\\udcff.toml: not valid TOML: Expected ']' at the end of a table "
+        "declaration (at line 1, column 9)"]
+    (d / os.fsdecode(b"20-\xff.toml")).write_text("[routing]\nretry_after_max = -1\n")
+    found = problems_of(path)
+    assert sorted(found) == [
+        f"{d}/10-\\x0ax.toml: routing.deadline: must be greater than 0, got -1.0",
+        f"{d}/20-\\udcff.toml: routing.retry_after_max: must be at least 0, got -1.0"]
+    orjson.dumps(found)  # what POST /v1/reload answers, and GET /v1/status keeps
+    (d / os.fsdecode(b"20-\xff.toml")).write_text("")
+    (d / "10-\nx.toml").write_text("")
+    assert config_mod.load(path, env={}).dropins == (f"{d}/10-\\x0ax.toml",
+                                                     f"{d}/20-\\udcff.toml")
+
+
+def test_many_dropins_merge_in_linear_time() -> None:
+    import time
+
+    def merge(files: int) -> float:
+        merged = dropins.Merged("main")
+        started = time.perf_counter()
+        for i in range(files):
+            # a hook each, and a list each replaces
+            merged.add({"hooks": [{"events": ["*"], "exec": ["/bin/true"]}],
+                        "routing": {"fallbacks": ["a/m"]}}, f"{i:04}.toml")
+        return time.perf_counter() - started
+
+    small = min(merge(1000) for _ in range(3))
+    large = min(merge(4000) for _ in range(3))
+    # 4 times the files: about 4 times as long (it was 16: a reload of a big directory
+    # blocked the event loop for seconds)
+    assert large < 8 * small, (small, large)
+
+
+def test_a_relative_path_in_a_dropin_is_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as in the main file: not to the drop-in's directory (README, Drop-ins)
+    path = write(tmp_path, _10='[providers.a]\napi_key_file = "keys/a"\n')
+    (dropins.directory(path) / "keys").mkdir()
+    (dropins.directory(path) / "keys" / "a").write_text("not this one\n")
+    cwd = tmp_path / "cwd"
+    (cwd / "keys").mkdir(parents=True)
+    (cwd / "keys" / "a").write_text("sk-from-cwd\n")
+    monkeypatch.chdir(cwd)
+    assert config_mod.load(path, env={}).providers["a"].api_key == "sk-from-cwd"
+
+
+@pytest.mark.xfail(strict=True, reason="credentials.py: the value of api_key_env (a key "
+                   "pasted where the variable's name goes) is echoed in the problem")
+def test_a_key_pasted_into_api_key_env_is_not_echoed(tmp_path: Path) -> None:
+    secret = "sk-proj-Zq81secretvalue"
+    path = write(tmp_path, _90=f'[providers.a]\napi_key_env = "{secret}"\n')
+    found = problems_of(path)
+    assert found and secret not in "\n".join(found)
+
+
+async def test_check_config_prints_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    import asyncio
+    import sys
+    path = write(tmp_path)
+    dropins.directory(path).mkdir()
+    Path(os.fsdecode(os.fsencode(dropins.directory(path)) + b"/10-\xff.toml")).write_text("")
+    # a terminal's strict UTF-8 stdout (it was a UnicodeEncodeError traceback)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "failoverd.cli.daemon", "--check-config", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out.decode()
+    assert out.decode().splitlines()[1] == (
+        f"  with drop-in {dropins.directory(path)}/10-\\udcff.toml")

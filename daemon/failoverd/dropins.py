@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from failoverd.errors import ConfigError
+from failoverd.events import utf8_safe
 
 KeyPath = tuple[str | int, ...]
 
@@ -34,6 +35,21 @@ SUFFIX = ".toml"
 def directory(path: str | os.PathLike[str]) -> Path:
     """The drop-in directory of the main file at `path`: `<path>.d`."""
     return Path(f"{os.fspath(path)}.d")
+
+
+# C0 and C1 control characters and DEL: a line break in a file's name split a problem, and its
+# journal line, in two
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A file's path as problems and `/v1/status` show it: one line of UTF-8 text. A byte of
+    the name that is not UTF-8 (decoded with surrogateescape) is shown as `\\udcff`, a control
+    character as `\\x0a`. Raw, such a name failed every JSON answer holding it (a 500 to
+    POST /v1/reload, and to GET /v1/status until the next good reload), --check-config's print
+    to a UTF-8 terminal, and split a problem's journal line in two."""
+    text = utf8_safe(os.fspath(path))
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _is_table_array(value: Any) -> bool:
@@ -46,11 +62,13 @@ class Merged:
 
     main: str
     data: dict[str, Any] = field(default_factory=dict)
-    dropins: list[str] = field(default_factory=list)  # read, in order
+    dropins: list[str] = field(default_factory=list)  # read, in order, as shown()
     # a value (a plain array included): the file that set it last
     _values: dict[KeyPath, str] = field(default_factory=dict)
     # a table, an array of tables and each of its tables: the files that wrote into it
     _tables: dict[KeyPath, list[str]] = field(default_factory=dict)
+    # the arrays of tables the merge made (appended to by later files)
+    _arrays: set[KeyPath] = field(default_factory=set)
 
     def add(self, data: dict[str, Any], file: str) -> None:
         """Merges the document `data` read from `file` over what was read before."""
@@ -62,41 +80,48 @@ class Merged:
             self._wrote(path, file)
         for key, value in data.items():
             here = (*path, key)
-            old: Any = into.get(key)
             if isinstance(value, dict):
+                old = into.get(key)
                 if not isinstance(old, dict):
-                    self._forget(here, old)
+                    self._forget(here)
                     old = into[key] = {}
                 self._merge(old, value, file, here)
             elif _is_table_array(value):
-                items: list[dict[str, Any]] = []
-                if _is_table_array(old):
-                    items = old
-                else:
-                    self._forget(here, old)
-                    into[key] = items
+                if here not in self._arrays:
+                    self._forget(here)
+                    into[key] = []
+                    self._arrays.add(here)
                 self._wrote(here, file)
-                for i, item in enumerate(value, start=len(items)):
+                items: list[dict[str, Any]] = into[key]
+                for item in value:
                     items.append({})
-                    self._merge(items[i], item, file, (*here, i))
+                    self._merge(items[-1], item, file, (*here, len(items) - 1))
             else:
-                self._forget(here, old)
+                self._forget(here)
                 self._values[here] = file
                 into[key] = value
 
     def _wrote(self, path: KeyPath, file: str) -> None:
+        # one file is merged whole before the next: it is the last one listed, or not listed
         files = self._tables.setdefault(path, [])
-        if file not in files:
+        if not files or files[-1] != file:
             files.append(file)
 
-    def _forget(self, path: KeyPath, old: Any) -> None:
-        # a value replaced whole: what was said of the keys below it no longer holds
-        if not isinstance(old, dict | list):
+    def _forget(self, path: KeyPath) -> None:
+        # what is at `path` is replaced whole: what was said of it, and of the keys below it,
+        # no longer holds. Only a table or an array of tables has keys below it (and is in
+        # _tables): a value replaced by a value costs no scan, so a thousand drop-ins that
+        # each set `fallbacks` merge in linear time.
+        self._values.pop(path, None)
+        if self._tables.pop(path, None) is None:
             return
+        self._arrays.discard(path)
         size = len(path)
         for origin in (self._values, self._tables):
             for key in [k for k in origin if k[:size] == path]:
                 del origin[key]
+        for key in [k for k in self._arrays if k[:size] == path]:
+            self._arrays.discard(key)
 
     def files_of(self, path: KeyPath) -> list[str]:
         """The files that set the value at `path`, or wrote the table holding it; [] when
@@ -118,7 +143,7 @@ class Merged:
         for problem in problems:
             path = key_path(problem)
             files = self.files_of(path) if path else []
-            named.append(f"{', '.join(files)}: {problem}" if files else problem)
+            named.append(f"{', '.join(map(shown, files))}: {problem}" if files else problem)
         return named
 
 
@@ -163,17 +188,17 @@ def read_document(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"{shown(path)}: cannot read: {exc.strerror or exc}"]) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         # where, as a line and column (an editor's terms), not as a byte offset
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError([f"{path}: not valid TOML: not UTF-8 text: byte "
+        raise ConfigError([f"{shown(path)}: not valid TOML: not UTF-8 text: byte "
                            f"0x{raw[exc.start]:02x} at line {line}, column {column} (TOML "
                            "files are UTF-8)"]) from exc
-    return parse_toml(text, f"{path}: ")
+    return parse_toml(text, f"{shown(path)}: ")
 
 
 def parse_toml(text: str, where: str) -> dict[str, Any]:
@@ -198,9 +223,10 @@ def find(path: str | os.PathLike[str]) -> list[Path]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise ConfigError([f"{where}: cannot read the drop-in directory: "
+        raise ConfigError([f"{shown(where)}: cannot read the drop-in directory: "
                            f"{exc.strerror or exc}"]) from exc
-    return [where / name for name in sorted(names)
+    # byte order, as systemd sorts a unit's drop-ins (a name that is not UTF-8 is one too)
+    return [where / name for name in sorted(names, key=os.fsencode)
             if name.endswith(SUFFIX) and not name.startswith(".")]
 
 
@@ -223,7 +249,7 @@ def read(path: str | os.PathLike[str]) -> Merged:
             continue
         merged.add(data, str(file))
         if file is not main:
-            merged.dropins.append(str(file))
+            merged.dropins.append(shown(file))
     if problems:
         raise ConfigError(problems)
     return merged
