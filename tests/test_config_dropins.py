@@ -407,3 +407,10 @@ async def test_check_config_prints_a_name_that_is_not_utf8(tmp_path: Path) -> No
     assert proc.returncode == 0, out.decode()
     assert out.decode().splitlines()[1] == (
         f"  with drop-in {dropins.directory(path)}/10-\\udcff.toml")
+
+
+def test_a_fifo_named_like_a_dropin_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    path = write(tmp_path, _10='[routing]\ndeadline = 5\n')
+    fifo = dropins.directory(path) / "20-pipe.toml"
+    os.mkfifo(fifo)  # reading it waited for a writer: the reload, and the daemon, hung
+    assert problems_of(path) == [f"{fifo}: cannot read: not a regular file"]

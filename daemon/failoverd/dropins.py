@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -230,6 +231,19 @@ def find(path: str | os.PathLike[str]) -> list[Path]:
             if name.endswith(SUFFIX) and not name.startswith(".")]
 
 
+def _not_regular(path: Path) -> str | None:
+    """The problem of a drop-in that is a FIFO, a socket or a device (a symlink to one): read,
+    it blocked the reload, and the daemon's event loop with it, or never ended. The main file
+    may be one (`--check-config --config <(...)`)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # reading it says why
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # a directory: reading it says so
+        return None
+    return f"{shown(path)}: cannot read: not a regular file"
+
+
 def read(path: str | os.PathLike[str]) -> Merged:
     """The main file at `path` and its drop-ins, merged; a ConfigError lists every file that
     cannot be read or parsed (validation comes after, on the whole)."""
@@ -242,6 +256,9 @@ def read(path: str | os.PathLike[str]) -> Merged:
     except ConfigError as exc:
         problems += exc.problems
     for file in files:
+        if file is not main and (problem := _not_regular(file)) is not None:
+            problems.append(problem)
+            continue
         try:
             data = read_document(file)
         except ConfigError as exc:
