@@ -3,15 +3,20 @@ problem naming the file it came from."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import sys
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from failoverd import config as config_mod
 from failoverd import dropins
 from failoverd.errors import ConfigError
+from failoverd.events import EVENT_TYPES
 from tests.helpers import check_config
 
 MAIN = """
@@ -176,7 +181,6 @@ def test_validation_problems_name_the_file_that_set_the_key(tmp_path: Path) -> N
 
 
 def problems_of_hook_types() -> str:
-    from failoverd.events import EVENT_TYPES
     return f"{', '.join(EVENT_TYPES)}, '*', '<category>:*'"
 
 
@@ -331,7 +335,6 @@ def test_dropins_are_read_in_byte_order(tmp_path: Path) -> None:
 
 def test_a_dropin_name_that_is_not_utf8_or_breaks_a_line_is_shown_escaped(
         tmp_path: Path) -> None:
-    import orjson
     path = write(tmp_path, **{"_10_\nx": "[routing]\ndeadline = -1\n"})
     d = dropins.directory(path)
     Path(os.fsdecode(os.fsencode(d) + b"/20-\xff.toml")).write_text("[routing\n")
@@ -352,8 +355,6 @@ def test_a_dropin_name_that_is_not_utf8_or_breaks_a_line_is_shown_escaped(
 
 
 def test_many_dropins_merge_in_linear_time() -> None:
-    import time
-
     def merge(files: int) -> float:
         merged = dropins.Merged("main")
         started = time.perf_counter()
@@ -393,8 +394,6 @@ def test_a_key_pasted_into_api_key_env_is_not_echoed(tmp_path: Path) -> None:
 
 
 async def test_check_config_prints_a_name_that_is_not_utf8(tmp_path: Path) -> None:
-    import asyncio
-    import sys
     path = write(tmp_path)
     dropins.directory(path).mkdir()
     Path(os.fsdecode(os.fsencode(dropins.directory(path)) + b"/10-\xff.toml")).write_text("")
@@ -414,3 +413,29 @@ def test_a_fifo_named_like_a_dropin_is_an_error_not_a_hang(tmp_path: Path) -> No
     fifo = dropins.directory(path) / "20-pipe.toml"
     os.mkfifo(fifo)  # reading it waited for a writer: the reload, and the daemon, hung
     assert problems_of(path) == [f"{fifo}: cannot read: not a regular file"]
+
+
+def test_a_dropin_switches_a_secret_source_by_emptying_the_other(tmp_path: Path) -> None:
+    # nothing is removed, but an empty source is no source (README, Drop-ins)
+    (tmp_path / "key").write_text("sk-from-file\n")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "a").write_text("sk-from-credential\n")
+    main = MAIN.replace('[models."a/m"]', f'api_key_file = "{tmp_path / "key"}"\n[models."a/m"]')
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+    path = write(tmp_path, main, _10='[providers.a]\napi_key_credential = "a"\n')
+    assert problems_of(path, env) == [
+        f"{tmp_path / 'failoverd.toml.d' / '10.toml'}: providers.a.api_key_credential: set "
+        "only one of api_key_env, api_key_file, api_key_credential"]
+    path = write(tmp_path, main, _10='[providers.a]\napi_key_file = ""\napi_key_credential = "a"\n')
+    assert config_mod.load(path, env=env).providers["a"].api_key == "sk-from-credential"
+
+
+def test_a_symlinked_dropin_is_read_and_listed_by_its_own_name(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.toml"
+    shared.write_text("[routing]\ndeadline = 11\n")
+    path = write(tmp_path)
+    dropins.directory(path).mkdir()
+    (dropins.directory(path) / "30-shared.toml").symlink_to(shared)
+    cfg = config_mod.load(path, env={})
+    assert cfg.routing.deadline == 11
+    assert cfg.dropins == (str(dropins.directory(path) / "30-shared.toml"),)
