@@ -98,15 +98,18 @@ class HedgeBudgets:
     def armed(self, model_id: str) -> Callable[[], bool] | None:
         """Records an attempt on the model that could be hedged (its timer is armed) and
         returns what to ask once the timer fires: whether the hedge may start (a yes counts
-        it as started, a no as refused). None: the model has no budget, a hedge is never
-        refused."""
+        it as started, a no as refused), by the model's budget as it is then. None: the
+        model has no budget, a hedge is never refused."""
         account = self._accounts.get(model_id)
         if account is None:
             return None
         account.eligible.add(self.clock.monotonic(), 1)
 
         def allow() -> bool:
-            return self._allow(model_id, account)
+            # the model's budget as it is when the timer fires: a reload since the attempt
+            # began may have dropped it (never refused now) or replaced it (the new window)
+            current = self._accounts.get(model_id)
+            return current is None or self._allow(model_id, current)
 
         return allow
 
