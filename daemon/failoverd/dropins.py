@@ -1,15 +1,16 @@
 """Drop-in configuration files: `<config>.d/*.toml` read after the main file and merged.
 
 systemd's drop-in directories, for a TOML file: `/etc/failoverd/failoverd.toml.d/` holds a
-host's or a team's additions to the package's file, read in lexical order of their names after
+host's or a team's additions to the package's file, read in byte order of their names after
 the main file. Tables merge key by key and a later file's value for a key replaces the earlier
 one; an array of tables (`[[hooks]]`) is appended to, and an empty array (`hooks = []`) empties
 it, as an empty assignment resets a list setting in a systemd drop-in. Nothing else can be
 removed.
 
-Every problem names its file: a file that cannot be read or is not TOML says so with its path,
-and once drop-ins were read, a validation problem starts with the file(s) that set its key. No
-value is ever echoed (a secret pasted into a drop-in by mistake stays out of the journal).
+Every problem names its file: a file that cannot be read or is not TOML says so with its path
+(and tomllib's line and column, never the text there), and once drop-ins were read, a
+validation problem starts with the file(s) that set its key. What the problem itself quotes
+is config.py's business (unknown keys and wrong types are named by key path alone).
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
 
 def find(path: str | os.PathLike[str]) -> list[Path]:
     """The drop-ins of the main file at `path`, in the order they are read: the `*.toml`
-    entries of `<path>.d/` sorted by name (dot files, such as an editor's, are not read). A
+    entries of `<path>.d/` sorted by the bytes of their names (dot files, such as an
+    editor's, are not read). A
     missing directory has none; one that cannot be listed is a ConfigError."""
     where = directory(path)
     try:
