@@ -102,6 +102,7 @@ class HealthRegistry:
         self._probes: dict[str, ProbeResult] = {}
         self._credentials: dict[str, _Credentials] = {}
         self._changed: asyncio.Event | None = None
+        self._waiting = 0  # the requests waiting on _changed (wait_for_change)
         # told of every credential state change as (provider, state); the prober's hook
         self.on_credentials_change: list[Callable[[str, str], None]] = []
         # the state file's salt and the fingerprints of the settings under it
@@ -352,12 +353,28 @@ class HealthRegistry:
         function: the wait begins at the call, so a change before its awaiting runs (a task
         starts a loop turn later, as under ``asyncio.wait_for``) still ends it.
         """
-        if self._changed is None:
-            self._changed = asyncio.Event()
+        event = self._changed
+        if event is None:
+            event = self._changed = asyncio.Event()
+            self._waiting = 0
             # fresher upstream figures that free a model wake the waiters too; only while
             # someone waits, so the answers read meanwhile compare nothing
             self.upstream.wake = self._notify
-        return self._changed.wait()
+        self._waiting += 1
+        return self._wait(event)
+
+    async def _wait(self, event: asyncio.Event) -> Literal[True]:
+        try:
+            return await event.wait()
+        finally:
+            # one that gave up (its step's timeout, its request cancelled): the last of them
+            # takes the wake-up away, or every answer read until the next change would
+            # compare its figures for no one (one never awaited at all counts until then)
+            if self._changed is event:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._changed = None
+                    self.upstream.wake = None
 
     def _notify(self) -> None:
         event, self._changed = self._changed, None

@@ -385,10 +385,12 @@ class UpstreamLimits:
 
 def _freed(before: tuple[float, float, int], after: tuple[float, float, int]) -> bool:
     """Whether the figures `after` (see UpstreamLimits._held) may admit a request that those
-    `before` held back: a shorter wait for requests, or a token budget that was live and is
-    now gone, larger, or reset sooner."""
+    `before` held back: a shorter wait for requests, or (with requests left) a token budget
+    that was live and is now gone, larger, or reset sooner."""
     if after[0] < before[0]:
         return True
+    if after[0] > 0:
+        return False  # still no requests left, no sooner: what the tokens say frees nothing
     return before[1] > 0 and (after[1] == 0 or after[1] < before[1] or after[2] > before[2])
 
 
