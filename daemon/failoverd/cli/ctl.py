@@ -157,6 +157,11 @@ def _pct(rate: Any) -> str:
     return "-" if not isinstance(rate, int | float) else f"{rate * 100:.0f}%"
 
 
+def _share(share: Any) -> str:
+    """A configured share as the operator wrote it, in percent (0.125: "12.5%")."""
+    return "-" if not isinstance(share, int | float) else f"{round(share * 100, 6):g}%"
+
+
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """Left-aligned columns under an upper-case header; None shows as "-"."""
     cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
@@ -226,6 +231,14 @@ def show_status(data: dict[str, Any]) -> str:
                            for mid, u in told],
                           ("upstream limits", "requests left", "reset", "tokens left",
                            "reset", "told"))]
+    hedging = [(mid, m["hedge_budget"]) for mid, m in models.items()
+               if isinstance(m.get("hedge_budget"), dict)]
+    if hedging:  # the hedge budgets' use over their window (the last minute)
+        out += ["", table([(mid, _share(h.get("share")), h.get("reserve"), h.get("eligible"),
+                            h.get("hedged"), h.get("refused"), h.get("left"))
+                           for mid, h in hedging],
+                          ("hedge budget", "share", "reserve", "hedgeable", "hedged",
+                           "refused", "left"))]
     providers = data.get("providers", {})
     troubled = [(name, p.get("credentials"), _in(p.get("retry_at"), now))
                 for name, p in providers.items() if p.get("credentials") != "ok"]
