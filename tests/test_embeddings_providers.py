@@ -259,7 +259,7 @@ async def test_model_refusing_dimensions_is_incapable(rig) -> None:
     assert resp.headers["x-should-retry"] == "false"
     assert attempts(resp) == [{"model": "oa/ada", "reason": "incapable", "status": 400,
                                "message": "This model does not support specifying "
-                                          "dimensions."}]
+                                          "dimensions.", "upstream_request_id": None}]
     sent = fakes["openai"].embedding_requests()
     assert [(r.body["model"], r.body["dimensions"]) for r in sent] == [
         ("text-embedding-ada-002", 4)] * 2
