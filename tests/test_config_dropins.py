@@ -384,8 +384,6 @@ def test_a_relative_path_in_a_dropin_is_relative_to_the_working_directory(
     assert config_mod.load(path, env={}).providers["a"].api_key == "sk-from-cwd"
 
 
-@pytest.mark.xfail(strict=True, reason="credentials.py: the value of api_key_env (a key "
-                   "pasted where the variable's name goes) is echoed in the problem")
 def test_a_key_pasted_into_api_key_env_is_not_echoed(tmp_path: Path) -> None:
     secret = "sk-proj-Zq81secretvalue"
     path = write(tmp_path, _90=f'[providers.a]\napi_key_env = "{secret}"\n')

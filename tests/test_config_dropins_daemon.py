@@ -216,8 +216,6 @@ async def test_restart_only_keys_in_a_dropin_wait_for_the_restart_as_in_the_main
     assert not (short_dir / "other.sock").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor.py: a problem naming several files, the "
-                   "main file first, is put under the main file's path once more in the journal")
 async def test_the_journal_names_a_problem_of_several_files_once(
         fake_openai: Any, start_daemon: Any, short_dir: Path,
         caplog: pytest.LogCaptureFixture) -> None:

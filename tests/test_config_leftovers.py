@@ -185,3 +185,29 @@ def test_hook_programs_that_could_never_start_are_config_errors() -> None:
     assert problems(BASE + MODEL + hooks) == [
         "hooks[0].exec[0]: the program must not be empty",
         "hooks[1].exec[1]: must not contain a NUL"]
+
+
+@pytest.mark.parametrize("source", ["env", "file", "credential"])
+def test_a_key_pasted_where_a_source_is_named_is_not_quoted(tmp_path: Path,
+                                                             source: str) -> None:
+    # a key pasted into api_key_env/_file/_credential reached the journal, the reload's 422
+    # and config:rejected in the problem that said the source was not there
+    key = "sk-proj-Zq81" + "x" * 40
+    found = problems(BASE.replace('kind = "openai"', f'kind = "openai"\napi_key_{source} = '
+                                  f'"{key}"') + MODEL, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert len(found) == 1 and found[0].startswith(f"providers.p.api_key_{source}: "), found
+    assert key not in found[0] and "not shown, it could be a key" in found[0], found
+
+
+def test_a_source_that_cannot_be_a_key_is_quoted(tmp_path: Path) -> None:
+    # the names that help an operator stay: an upper-case variable, a path, a credential's name
+    assert problems(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_env = "MY_KEY"')
+                    + MODEL, {}) == [
+        "providers.p.api_key_env: environment variable MY_KEY is not set or empty"]
+    assert problems(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_file = '
+                                 f'"{tmp_path}/k"') + MODEL, {}) == [
+        f"providers.p.api_key_file: cannot read {tmp_path}/k: No such file or directory"]
+    assert problems(BASE.replace('kind = "openai"', 'kind = "openai"\napi_key_credential = '
+                                 '"openai"') + MODEL, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == [
+        f"providers.p.api_key_credential: cannot read {tmp_path}/openai: No such file or "
+        "directory"]

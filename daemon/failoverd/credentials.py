@@ -2,17 +2,39 @@
 (a file) or `<name>_credential` (`$CREDENTIALS_DIRECTORY/<name>`, systemd's LoadCredential=).
 
 At most one source per secret; every problem is reported on the config section by key path,
-never with the secret itself.
+never with the secret itself; nor with the name of a source when it could be the key pasted
+there by mistake (:func:`_shown`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from failoverd.tomlreader import Section
 
 __all__ = ["read_secret"]
+
+# what a variable's name looks like by convention; a key never does
+_VARIABLE = re.compile(r"[A-Z_][A-Z0-9_]*")
+# a credential's name longer than this could be a key (Mistral's have 32 characters)
+_LONGEST_CREDENTIAL_NAME = 31
+
+
+def _shown(kind: str, name: str) -> str:
+    """`name` (a variable's, a file's, a credential's) as a problem quotes it: as it is when it
+    cannot be a key pasted where the name goes (an upper-case variable name, a path starting
+    with `/` or `.`, a short credential name); else a stand-in, so a key does not reach the
+    journal, the reload's answer and the config:rejected event."""
+    if kind == "env" and _VARIABLE.fullmatch(name):
+        return name
+    if kind == "file" and name.startswith(("/", "./", "../")):
+        return name
+    if kind == "credential" and len(name) <= _LONGEST_CREDENTIAL_NAME:
+        return name
+    what = "variable" if kind == "env" else kind
+    return f"<the {what} named there: not shown, it could be a key>"
 
 
 def read_secret(sec: Section, prefix: str, env: Mapping[str, str], *,
@@ -34,13 +56,15 @@ def read_secret(sec: Section, prefix: str, env: Mapping[str, str], *,
     check = _header_secret if one_line else _any_text
     if via_env:
         value = env.get(via_env, "").strip()
+        shown = _shown("env", via_env)
         if not value:
-            sec.problem(f"{prefix}_env", f"environment variable {via_env} is not set or empty")
-        return check(sec, f"{prefix}_env", value, f"environment variable {via_env}")
+            sec.problem(f"{prefix}_env", f"environment variable {shown} is not set or empty")
+        return check(sec, f"{prefix}_env", value, f"environment variable {shown}")
     if via_file:
         path = Path(via_file)
-        return check(sec, f"{prefix}_file", _read_secret_file(sec, f"{prefix}_file", path),
-                     str(path))
+        shown = _shown("file", via_file)
+        return check(sec, f"{prefix}_file",
+                     _read_secret_file(sec, f"{prefix}_file", path, shown), shown)
     if via_cred:
         creds = env.get("CREDENTIALS_DIRECTORY", "")
         if not creds:
@@ -51,8 +75,9 @@ def read_secret(sec: Section, prefix: str, env: Mapping[str, str], *,
             sec.problem(f"{prefix}_credential", "a credential name cannot contain '/'")
             return ""
         path = Path(creds) / via_cred
+        shown = str(Path(creds) / _shown("credential", via_cred))
         return check(sec, f"{prefix}_credential",
-                     _read_secret_file(sec, f"{prefix}_credential", path), str(path))
+                     _read_secret_file(sec, f"{prefix}_credential", path, shown), shown)
     return ""
 
 
@@ -71,15 +96,16 @@ def _header_secret(sec: Section, key: str, value: str, where: str) -> str:
     return value
 
 
-def _read_secret_file(sec: Section, key: str, path: Path) -> str:
+def _read_secret_file(sec: Section, key: str, path: Path, shown: str) -> str:
+    """The file's text, stripped; `shown` is how a problem names it."""
     try:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        sec.problem(key, f"cannot read {path}: {exc.strerror or exc}")
+        sec.problem(key, f"cannot read {shown}: {exc.strerror or exc}")
         return ""
     except UnicodeDecodeError:
-        sec.problem(key, f"{path} is not UTF-8 text")
+        sec.problem(key, f"{shown} is not UTF-8 text")
         return ""
     if not value:
-        sec.problem(key, f"{path} is empty")
+        sec.problem(key, f"{shown} is empty")
     return value

@@ -385,7 +385,8 @@ class Supervisor:
                              "problem(s)", self.config_path, len(exc.problems))
                 # a problem that names its file already (an unreadable file, a drop-in's key:
                 # dropins.py) is not put under the main file's path as well
-                named = (f"{self.config_path}: ", f"{dropins.directory(self.config_path)}/")
+                named = (f"{self.config_path}: ", f"{self.config_path}, ",
+                         f"{dropins.directory(self.config_path)}/")
                 for problem in exc.problems:
                     if problem.startswith(named):
                         logger.error("config rejected: %s", problem)
