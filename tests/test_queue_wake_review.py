@@ -16,7 +16,7 @@ from typing import Any
 from failoverd.clock import ManualClock
 from failoverd.http1 import HttpClient
 from failoverd.providers.base import AttemptLimits
-from tests.helpers import HELLO, chat, providers
+from tests.helpers import HELLO, chat, providers, until
 from tests.test_queue_wake import queued, waiting
 from tests.test_upstream_limits import OPENAI_SPENT, answer, registry
 from tests.test_upstream_limits_e2e import PRIMARY, calls
@@ -151,3 +151,18 @@ async def answer_direct(d: Any, health: Any) -> None:
     await provider.complete({"messages": HELLO, "max_tokens": 16}, model,
                             AttemptLimits(total=5, connect=5, first_token=5, idle=5,
                                           upstream=health.upstream))
+
+
+async def test_a_queued_client_that_leaves_takes_its_wake_up_with_it(
+        limited_openai: Any, fake_openai: Any, start_daemon: Any) -> None:
+    a = await limited_openai(limits=OPENAI_SPENT, reply="from a")
+    b = await fake_openai()
+    d = await start_daemon(queued(a, b), clock=ManualClock())
+    assert (await chat(d)).status_code == 200  # a/gpt-a: 0 requests left for 20 s
+    client = asyncio.create_task(chat(d))
+    await waiting(d)
+    client.cancel()  # its connection closes: the daemon cancels its request
+    await asyncio.gather(client, return_exceptions=True)
+    await until(lambda: d.sup.service.inflight == 0)
+    assert d.sup.service.health.upstream.wake is None
+    assert calls(a) == 1
