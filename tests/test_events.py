@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from failoverd.clock import ManualClock
-from failoverd.events import AuditLog, EventBus, audit_line, iso_time
+from failoverd.events import AuditLog, Event, EventBus, audit_line, iso_time
 from failoverd.failures import FailureReason
 
 
@@ -142,3 +142,14 @@ def test_audit_log_writes_one_line_per_event(caplog: pytest.LogCaptureFixture) -
     lines = [r.getMessage() for r in caplog.records if r.name == "failoverd.audit"]
     assert lines == ["event breaker:opened model=m1 reason=timeout",
                      "event breaker:closed model=m1"]
+
+
+def test_the_audit_line_carries_a_name_that_is_not_utf8() -> None:
+    # a list or a spaced string holding a lone surrogate (a drop-in or config path that is not
+    # UTF-8) made the text line fail with orjson's JSONEncodeError: the event went unlogged
+    bad = "/etc/f\udcff.toml"
+    event = Event(id="01", type="config:rejected", time="t", node="n",
+                  fields={"problems": [f"{bad}: not TOML"], "source": f"{bad} x", "n": 2**70})
+    line = audit_line(event)
+    assert line == ('event config:rejected problems=["/etc/f\\\\udcff.toml: not TOML"] '
+                    'source="/etc/f\\\\udcff.toml x" n="1180591620717411303424"'), line

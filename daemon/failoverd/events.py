@@ -304,13 +304,15 @@ class EventBus:
 
 def text_value(value: Any) -> str:
     """A field value as the text audit line shows it (bare word, or JSON)."""
-    if isinstance(value, str):
-        if value and not any(c.isspace() or c in '"=' for c in value):
-            return value
-        return orjson.dumps(value).decode()
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
     if value is None:
         return "null"
-    return orjson.dumps(value, default=_default).decode()
+    try:
+        return orjson.dumps(value, default=_default).decode()
+    except orjson.JSONEncodeError:
+        # a lone surrogate (a name that is not UTF-8), an integer beyond 64 bits: as to_json
+        return orjson.dumps(_plain(value), default=lambda v: utf8_safe(str(v))).decode()
 
 
 def audit_line(event: Event, log_format: Literal["text", "json"] = "text") -> str:
