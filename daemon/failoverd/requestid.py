@@ -78,16 +78,13 @@ def from_head(data: bytes) -> str:
 
 
 class _Headers(Protocol):
-    def get(self, name: str) -> str | None: ...
+    def first(self, names: tuple[str, ...]) -> str | None: ...
 
 
 def upstream_id(headers: _Headers) -> str | None:
     """The request id an upstream's answer carries, or None (capped at 128 characters)."""
-    for name in UPSTREAM_HEADERS:
-        value = headers.get(name)
-        if value:
-            return value[:MAX_LENGTH]
-    return None
+    value = headers.first(UPSTREAM_HEADERS)
+    return value[:MAX_LENGTH] if value is not None else None
 
 
 class Seen:

@@ -51,6 +51,16 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return list(self._map.items())
 
+    def first(self, names: tuple[str, ...]) -> str | None:
+        """The value of the first of `names` (lower case) that is present and not empty:
+        one dictionary lookup per name, on every upstream answer (requestid.py)."""
+        fields = self._map
+        for name in names:
+            value = fields.get(name)
+            if value:
+                return value
+        return None
+
     def __len__(self) -> int:
         return len(self._map)
 
