@@ -26,6 +26,7 @@ from failoverd.catalog import ProviderConfig as ProviderConfig
 from failoverd.catalog import ProviderKind as ProviderKind
 from failoverd.catalog import Tier as Tier
 from failoverd.catalog import read_hedge_after, read_hedge_budget, read_model, read_provider
+from failoverd.clients import ClientConfig, read_clients
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES
@@ -156,6 +157,7 @@ class Config:
     source: str = ""
     pools: Mapping[str, PoolConfig] = field(default_factory=dict)
     dropins: tuple[str, ...] = ()  # the drop-ins read after `source`, in order
+    clients: Mapping[str, ClientConfig] = field(default_factory=dict)  # clients.py
 
     @property
     def node(self) -> str:
@@ -441,7 +443,7 @@ def _hooks(value: Any, problems: list[str]) -> tuple[HookConfig, ...]:
 
 
 _TOP_LEVEL = ("daemon", "mqtt", "providers", "models", "routing", "chains", "pools",
-              "breaker", "probes", "hooks")
+              "breaker", "probes", "hooks", "clients")
 
 
 def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
@@ -517,6 +519,8 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         sec.finish()
 
     pools = read_pools(top, models, chains)
+    clients = read_clients(top, env, models, [*chains, *pools], daemon.allowed_uids,
+                           daemon.tcp_token)
     breaker = _breaker(top.table("breaker"))
     probes = _probes(top.table("probes"))
     top.seen.add("hooks")
@@ -528,6 +532,7 @@ def parse(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
         daemon=daemon, mqtt=mqtt, providers=providers, models=models, routing=routing,
         chains=chains, breaker=breaker, probes=probes, hooks=hooks,
         default_chain=default_chain(routing, models), source=source, pools=pools,
+        clients=clients,
     )
 
 

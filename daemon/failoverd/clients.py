@@ -1,0 +1,444 @@
+"""`[clients.<name>]`: per-client policy on a shared host (LiteLLM's virtual keys, locally).
+
+A client is who calls: Unix socket peers by uid (`uids`), or TCP requests carrying its own
+bearer token (`tcp_token_env`/`_file`/`_credential`). What it may do: the models it may
+ask for (`models`: ids, chains, pools, `default`, `auto`, or globs of them), requests a
+rolling minute (`max_rpm`), requests at once (`max_concurrency`), and USD a UTC day or month
+(`max_cost_per_day`, `max_cost_per_month`, at the models' `cost` prices, as budget.py
+counts a model's). A peer that matches no client is served as before, at no cost.
+
+The configuration side (`read_clients`) and the counts (`Clients`, which outlive reloads and
+go to the state file); the proxy asks `identify` and `admit`, the router `narrow`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from failoverd.credentials import read_secret
+from failoverd.errors import RequestError
+from failoverd.tomlreader import Section
+
+if TYPE_CHECKING:
+    from failoverd.catalog import ModelConfig
+    from failoverd.clock import Clock
+
+__all__ = ["CURRENT", "Client", "ClientConfig", "Clients", "Forbidden", "Limited",
+           "read_clients"]
+
+MAX_UID = 2 ** 32 - 2
+MINUTE = 60.0
+Limit = Literal["max_rpm", "max_concurrency", "max_cost_per_day", "max_cost_per_month"]
+_GLOB = frozenset("*?[")
+_RESERVED = ("default", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """One `[clients.<name>]` table."""
+
+    name: str
+    uids: tuple[int, ...] = ()
+    tcp_token: str = field(default="", repr=False)
+    models: tuple[str, ...] | None = None  # None: any model
+    max_rpm: int = 0  # 0: no limit (as every limit below)
+    max_concurrency: int = 0
+    max_cost_per_day: float = 0.0
+    max_cost_per_month: float = 0.0
+
+
+def _token_key(token: str | bytes) -> bytes:
+    """What tokens are looked up by: a digest, so a dict lookup times nothing of the token."""
+    raw = token.encode("utf-8", "surrogateescape") if isinstance(token, str) else token
+    return hashlib.sha256(raw).digest()
+
+
+def read_clients(top: Section, env: Mapping[str, str], models: Mapping[str, ModelConfig],
+                 groups: Iterable[str], allowed_uids: tuple[int, ...],
+                 daemon_token: str) -> dict[str, ClientConfig]:
+    """Every `[clients.<name>]` table; `groups`: the chain and pool names. Problems go to the
+    section's list, each naming its key."""
+    out: dict[str, ClientConfig] = {}
+    csec = top.table("clients")
+    uid_of: dict[int, str] = {}
+    token_of: dict[bytes, str] = {}
+    names = {*models, *groups, *_RESERVED}
+    for name in csec.data:
+        csec.seen.add(name)
+        csec.plain_name(name, "a client name")
+        sec = csec.table(name)
+        uids = sec.get("uids", list, [])
+        if any(isinstance(u, bool) or not isinstance(u, int) or not 0 <= u <= MAX_UID
+               for u in uids):
+            sec.problem("uids", f"must be a list of user ids (integers from 0 to {MAX_UID})")
+            uids = []
+        for uid in uids:
+            if uid in uid_of and uid_of[uid] != name:
+                sec.problem("uids", f"uid {uid} is already client {uid_of[uid]!r}'s: a peer "
+                            "is one client")
+            uid_of.setdefault(uid, name)
+            if allowed_uids and uid not in allowed_uids:
+                sec.problem("uids", f"uid {uid} is not in daemon.allowed_uids: its requests "
+                            "would be refused")
+        token = read_secret(sec, "tcp_token", env)
+        if token:
+            key = _token_key(token)
+            if key in token_of:
+                sec.problem("tcp_token", f"is also client {token_of[key]!r}'s token: a token "
+                            "is one client")
+            elif daemon_token and token == daemon_token:
+                sec.problem("tcp_token", "is daemon.tcp_token: that token is every TCP "
+                            "client's, not this one's")
+            token_of.setdefault(key, name)
+        if not uids and not token and not any(
+                sec.data.get(f"tcp_token_{k}") for k in ("env", "file", "credential")):
+            sec.problem("", "names no one: set uids or tcp_token_env/_file/_credential")
+        allowed = sec.strings("models", None)
+        for i, entry in enumerate(allowed or ()):
+            if _GLOB.isdisjoint(entry):
+                if entry not in names:
+                    sec.problems.append(f"{sec.key_path('models')}[{i}]: no model, chain or "
+                                        f"pool {entry!r}")
+            elif not fnmatch.filter(names, entry):
+                sec.problems.append(f"{sec.key_path('models')}[{i}]: {entry!r} matches no "
+                                    "model, chain or pool")
+        day = sec.number("max_cost_per_day", 0.0)
+        month = sec.number("max_cost_per_month", 0.0)
+        if (day or month) and not any(m.priced for m in models.values()):
+            sec.problem("max_cost_per_day" if day else "max_cost_per_month",
+                        "needs models with prices (cost.input, cost.output): without them "
+                        "nothing costs anything and the cap would never apply")
+        cfg = ClientConfig(
+            name=name, uids=tuple(uids), tcp_token=token, models=allowed,
+            max_rpm=sec.integer("max_rpm", 0, maximum=1_000_000),
+            max_concurrency=sec.integer("max_concurrency", 0, maximum=1_000_000),
+            max_cost_per_day=day, max_cost_per_month=month)
+        sec.finish()
+        out[name] = cfg
+    return out
+
+
+# --------------------------------------------------------------------------- refusals
+
+class Forbidden(RequestError):
+    """A client asked for a model outside its `models` (403)."""
+
+    def __init__(self, client: str, model: str) -> None:
+        super().__init__(f"client {client!r} may not use model {model!r} (not in "
+                         f"clients.{client}.models)", status=403, param="model",
+                         code="model_not_allowed")
+        self.client = client
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A client at one of its limits: the 429's reason and when to come back."""
+
+    client: str
+    limit: Limit
+    retry_after: float  # seconds
+    detail: str  # what the use is now
+    period: str = ""  # a spending cap's period ("2026-12-08", "2026-12")
+
+    @property
+    def message(self) -> str:
+        return (f"client {self.client!r} is at its {self.limit} ({self.detail}); retry after "
+                f"{self.retry_after:.0f}s")
+
+
+# the client whose request this task serves (set by the proxy for matched peers only)
+CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "failoverd_client", default=None)
+
+
+def _over(spent: float, limit: float) -> bool:
+    return spent >= limit or math.isclose(spent, limit, rel_tol=1e-9)
+
+
+class Client:
+    """One client's configuration and counts (which a reload keeps)."""
+
+    __slots__ = ("cfg", "inflight", "_minute", "day", "month", "_told", "outcomes",
+                 "cost_total", "_models", "_names", "_globs", "_seen")
+
+    def __init__(self, cfg: ClientConfig) -> None:
+        self.cfg = cfg
+        self.inflight = 0
+        self._minute: deque[float] = deque()  # monotonic times of admissions
+        self.day: tuple[str, float] = ("", 0.0)
+        self.month: tuple[str, float] = ("", 0.0)
+        self._told: set[tuple[str, str]] = set()  # (limit, period key or "")
+        self.outcomes: dict[str, int] = {}
+        self.cost_total = 0.0
+        self._models: frozenset[str] | None = None
+        self._names: frozenset[str] = frozenset()
+        self._globs: tuple[str, ...] = ()
+        self._seen: dict[str, bool] = {}
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def configure(self, cfg: ClientConfig, models: Mapping[str, Any],
+                  groups: Mapping[str, tuple[str, ...]]) -> None:
+        """Its (new) settings; `groups`: every chain's and pool's models, and "default"'s."""
+        self.cfg = cfg
+        self._seen = {}
+        if cfg.models is None:
+            self._models, self._names, self._globs = None, frozenset(), ()
+            return
+        names: set[str] = set()
+        for entry in cfg.models:
+            names.update(fnmatch.filter([*models, *groups, *_RESERVED], entry)
+                         if not _GLOB.isdisjoint(entry) else [entry])
+        allowed = {n for n in names if n in models}
+        for n in names:
+            allowed.update(groups.get("default" if n == "auto" else n, ()))
+        self._models = frozenset(allowed)
+        self._names = frozenset(names)
+        self._globs = tuple(e for e in cfg.models if not _GLOB.isdisjoint(e))
+
+    # ------------------------------------------------------------------ models
+
+    def may_ask(self, requested: str) -> bool:
+        """Whether the request's "model" is one the client may name (globs matched here
+        too, so a chain added by a reload that a glob covers is allowed)."""
+        if self._models is None:
+            return True
+        name = requested or "default"
+        if name in self._names:
+            return True
+        seen = self._seen.get(name)
+        if seen is None:
+            seen = any(fnmatch.fnmatchcase(name, g) for g in self._globs)
+            if len(self._seen) < 1024:  # names are the client's to choose: bounded
+                self._seen[name] = seen
+        return seen
+
+    def narrow(self, requested: str, candidates: tuple[str, ...], *, names_model: bool
+               ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """The candidates the client may use, and those skipped for it (model, why); raises
+        Forbidden when it may not name `requested` or none is left. `names_model`: the
+        request named one model (by an upstream name too), allowed when that model is."""
+        allowed = self._models
+        if allowed is None:
+            return candidates, ()
+        if not self.may_ask(requested) and not (
+                names_model and candidates and candidates[0] in allowed):
+            raise Forbidden(self.name, requested or "default")
+        kept = tuple(c for c in candidates if c in allowed)
+        if not kept:
+            raise Forbidden(self.name, requested or "default")
+        why = f"not in clients.{self.name}.models"
+        return kept, tuple((c, why) for c in candidates if c not in allowed)
+
+    # ------------------------------------------------------------------ spending
+
+    def spent(self, period: Literal["day", "month"], key: str) -> float:
+        held_key, held = self.day if period == "day" else self.month
+        return held if held_key >= key else 0.0
+
+    def spend(self, usd: float, day_key: str, month_key: str) -> None:
+        self.cost_total += usd
+        self.day = (self.day[0], self.day[1] + usd) if self.day[0] >= day_key \
+            else (day_key, usd)
+        self.month = (self.month[0], self.month[1] + usd) if self.month[0] >= month_key \
+            else (month_key, usd)
+
+
+Periods = Callable[[float], tuple[tuple[str, float], tuple[str, float]]]
+
+
+class Clients:
+    """Every configured client, found by uid or token; the counts kept across reloads."""
+
+    def __init__(self, clock: Clock) -> None:
+        from failoverd.budget import period_of  # budget imports config, which imports us
+
+        self.clock = clock
+        self._period_of = period_of
+        self._clients: dict[str, Client] = {}
+        self._by_uid: dict[int, Client] = {}
+        self._by_token: dict[bytes, Client] = {}
+        self._gone: dict[str, Client] = {}  # removed by a reload: their spending kept
+        self.active = False
+        self.uids = False
+        # called once per limit and episode (rpm, concurrency) or period (cost)
+        self.on_limited: Callable[[Limited, float], None] | None = None
+        self.on_spent: Callable[[], None] | None = None
+
+    def configure(self, clients: Mapping[str, ClientConfig], models: Mapping[str, Any],
+                  groups: Mapping[str, tuple[str, ...]]) -> None:
+        """The (new) configuration's clients; a client kept by name keeps its counts."""
+        current: dict[str, Client] = {}
+        for name, cfg in clients.items():
+            client = self._clients.get(name) or self._gone.pop(name, None) or Client(cfg)
+            client.configure(cfg, models, groups)
+            current[name] = client
+        for name, client in self._clients.items():
+            if name not in current:
+                self._gone[name] = client
+        self._clients = current
+        self._by_uid = {uid: c for c in current.values() for uid in c.cfg.uids}
+        self._by_token = {_token_key(c.cfg.tcp_token): c for c in current.values()
+                          if c.cfg.tcp_token}
+        self.uids = bool(self._by_uid)
+        self.active = bool(current)
+
+    def __iter__(self) -> Any:
+        return iter(self._clients.values())
+
+    def by_uid(self, uid: int | None) -> Client | None:
+        return None if uid is None else self._by_uid.get(uid)
+
+    def by_token(self, headers: Mapping[str, str]) -> Client | None:
+        """The client whose token a TCP request carries (as a bearer or as x-api-key)."""
+        if not self._by_token:
+            return None
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token:
+            found = self._by_token.get(_token_key(token))
+            if found is not None:
+                return found
+        key = headers.get("x-api-key")
+        return self._by_token.get(_token_key(key)) if key else None
+
+    # ------------------------------------------------------------------ admission
+
+    def _periods(self, wall: float) -> tuple[tuple[str, float], tuple[str, float]]:
+        return self._period_of("day", wall), self._period_of("month", wall)
+
+    def admit(self, client: Client) -> Limited | None:
+        """Counts a request in (its minute, its concurrency), or the limit refusing it."""
+        cfg = client.cfg
+        limited = self._limited(client)
+        if limited is not None:
+            client.outcomes[limited.limit] = client.outcomes.get(limited.limit, 0) + 1
+            mark = (limited.limit, limited.period)
+            if mark not in client._told:
+                client._told.add(mark)
+                if self.on_limited is not None:
+                    self.on_limited(limited, self.clock.time() + limited.retry_after)
+            return limited
+        # a request let in ends the rate episodes: the next refusal is told again
+        client._told.discard(("max_rpm", ""))
+        client._told.discard(("max_concurrency", ""))
+        if cfg.max_rpm:
+            client._minute.append(self.clock.monotonic())
+        client.inflight += 1
+        return None
+
+    def _limited(self, client: Client) -> Limited | None:
+        cfg = client.cfg
+        if cfg.max_cost_per_day or cfg.max_cost_per_month:
+            wall = self.clock.time()
+            (day, day_end), (month, month_end) = self._periods(wall)
+            for period, key, end, cap in (("day", day, day_end, cfg.max_cost_per_day),
+                                          ("month", month, month_end, cfg.max_cost_per_month)):
+                spent = client.spent(period, key)  # type: ignore[arg-type]
+                if cap and _over(spent, cap):
+                    return Limited(client.name, f"max_cost_per_{period}",  # type: ignore[arg-type]
+                                   max(1.0, math.ceil(end - wall)),
+                                   f"${spent:.4f} of ${cap:g} spent in {key}", key)
+        if cfg.max_concurrency and client.inflight >= cfg.max_concurrency:
+            return Limited(client.name, "max_concurrency", 1.0,
+                           f"{client.inflight} requests in flight")
+        if cfg.max_rpm:
+            now = self.clock.monotonic()
+            minute = client._minute
+            while minute and minute[0] <= now - MINUTE:
+                minute.popleft()
+            if len(minute) >= cfg.max_rpm:
+                # the oldest of the minute's requests leaves it then, freeing a place
+                wait = minute[len(minute) - cfg.max_rpm] + MINUTE - now
+                return Limited(client.name, "max_rpm", max(1.0, math.ceil(wait)),
+                               f"{len(minute)} requests in the last minute")
+        return None
+
+    def release(self, client: Client, status: int, usd: float) -> None:
+        """A request let in by `admit` ended with `status`, having cost `usd`."""
+        client.inflight -= 1
+        outcome = "served" if status < 400 else "forbidden" if status == 403 else "failed"
+        client.outcomes[outcome] = client.outcomes.get(outcome, 0) + 1
+        if usd > 0:
+            (day, _), (month, _) = self._periods(self.clock.time())
+            client.spend(usd, day, month)
+            if self.on_spent is not None:
+                self.on_spent()
+
+    # ------------------------------------------------------------------ views
+
+    def status(self) -> dict[str, Any]:
+        """Every client: who it is, its limits and its current use."""
+        wall, now = self.clock.time(), self.clock.monotonic()
+        (day, day_end), (month, month_end) = self._periods(wall)
+        out: dict[str, Any] = {}
+        for c in self._clients.values():
+            cfg = c.cfg
+            recent = sum(1 for t in c._minute if t > now - MINUTE)
+            out[c.name] = {
+                "uids": list(cfg.uids), "tcp_token": bool(cfg.tcp_token),
+                "models": list(cfg.models) if cfg.models is not None else None,
+                "max_rpm": cfg.max_rpm or None, "max_concurrency": cfg.max_concurrency or None,
+                "max_cost_per_day": cfg.max_cost_per_day or None,
+                "max_cost_per_month": cfg.max_cost_per_month or None,
+                "requests_last_minute": recent, "inflight": c.inflight,
+                "spent_usd": {"day": round(c.spent("day", day), 9),
+                              "month": round(c.spent("month", month), 9)},
+                "resets_at": {"day": day_end, "month": month_end},
+                "limited": self._limited(c).limit if self._limited(c) else None,  # type: ignore[union-attr]
+            }
+        return out
+
+    def metrics(self) -> list[str]:
+        """The Prometheus lines of the clients' counters."""
+        from failoverd.metrics import labels
+
+        if not self._clients:
+            return []
+        out = ["# HELP failoverd_client_requests_total Requests of each [clients.<name>] by "
+               "outcome (served, failed, forbidden, or the limit that refused it).",
+               "# TYPE failoverd_client_requests_total counter"]
+        for c in self._clients.values():
+            out += [f"failoverd_client_requests_total{labels(client=c.name, outcome=o)} {n}"
+                    for o, n in sorted(c.outcomes.items())]
+        out += ["# HELP failoverd_client_cost_usd_total What each client's answers cost (USD, "
+                "at the models' prices) since the start.",
+                "# TYPE failoverd_client_cost_usd_total counter"]
+        out += [f"failoverd_client_cost_usd_total{labels(client=c.name)} "
+                f"{round(c.cost_total, 9)}" for c in self._clients.values()]
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """`{"<name>": {"day": [key, usd], "month": [key, usd]}}`: what each client spent."""
+        out: dict[str, Any] = {}
+        for c in [*self._clients.values(), *self._gone.values()]:
+            entry = {p: list(v) for p, v in (("day", c.day), ("month", c.month)) if v[0]}
+            if entry:
+                out[c.name] = entry
+        return out
+
+    def restore(self, data: Any) -> None:
+        """Takes back a snapshot's spending of the current periods (others are dropped)."""
+        if not isinstance(data, dict):
+            return
+        (day, _), (month, _) = self._periods(self.clock.time())
+        for name, entry in data.items():
+            client = self._clients.get(name)
+            if client is None or not isinstance(entry, dict):
+                continue
+            for period, key in (("day", day), ("month", month)):
+                held = entry.get(period)
+                if (isinstance(held, list) and len(held) == 2 and isinstance(held[0], str)
+                        and type(held[1]) in (int, float) and held[1] >= 0
+                        and held[0] >= key and len(held[0]) == len(key)):
+                    setattr(client, period, (held[0], float(held[1])))
