@@ -386,3 +386,23 @@ provider = "a"
             "x-request-id": "tcp-1", "authorization": "Bearer s3cret"})
         assert (served.status_code, served.headers["x-request-id"]) == (200, "tcp-1")
     assert a.sent and len(a.sent) == 1
+
+
+async def test_a_stream_that_breaks_is_logged_with_its_request_id(
+        id_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning for a stream that failed after its first chunk names the request."""
+    caplog.set_level(logging.WARNING, logger="failoverd.api.proxy")
+    a = await id_openai(default="stream_error")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+{NO_PROBES}""")
+    async with d.http.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True},
+                             headers={"x-request-id": "broken-1"}) as stream:
+        assert stream.headers["x-request-id"] == "broken-1"
+        await stream.aread()
+    assert any(r.getMessage().startswith("stream from a/m failed after the first chunk: ")
+               and r.getMessage().endswith(" (request broken-1)") for r in caplog.records)

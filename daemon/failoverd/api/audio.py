@@ -106,8 +106,8 @@ async def _relay(request: web.Request, svc: Service, rt: Runtime, outcome: Outco
             await client.write(chunk.to_bytes())
     except UpstreamError as exc:
         error = exc
-        logger.warning("%s from %s failed after the first %s: %s", what, outcome.model, first,
-                       exc.reason)
+        logger.warning("%s from %s failed after the first %s: %s (request %s)", what,
+                       outcome.model, first, exc.reason, outcome.request_id)
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
         if isinstance(exc, asyncio.CancelledError):
@@ -115,12 +115,13 @@ async def _relay(request: web.Request, svc: Service, rt: Runtime, outcome: Outco
                 _cut(request)  # a stop's cut: what went out must not pass for the whole audio
             raise
         if isinstance(exc, ClientStalled):
-            logger.warning("%s from %s cut: the client read nothing for %gs", what,
-                           outcome.model, client.limit)
+            logger.warning("%s from %s cut: the client read nothing for %gs (request %s)",
+                           what, outcome.model, client.limit, outcome.request_id)
         svc.metrics.cancelled(outcome.model)
         return resp
     except Exception as exc:
-        logger.exception("%s from %s could not be passed on", what, outcome.model)
+        logger.exception("%s from %s could not be passed on (request %s)", what,
+                         outcome.model, outcome.request_id)
         error = UpstreamError(FailureReason.INVALID_RESPONSE,
                               f"unusable {what} chunk: {type(exc).__name__}",
                               model=outcome.model)

@@ -266,8 +266,8 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     except UpstreamError as exc:
         # after the first chunk a failover is no longer invisible: end with an error event
         error = exc
-        logger.warning("stream from %s failed after the first chunk: %s", outcome.model,
-                       exc.reason)
+        logger.warning("stream from %s failed after the first chunk: %s (request %s)",
+                       outcome.model, exc.reason, outcome.request_id)
         await client.tell(encoder.error(str(exc.reason), exc.message))
     except (ConnectionResetError, ClientStalled, asyncio.CancelledError) as exc:
         error = UpstreamError(FailureReason.CANCELLED, "client went away", model=outcome.model)
@@ -276,14 +276,15 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
         if isinstance(exc, asyncio.CancelledError):
             raise
         if isinstance(exc, ClientStalled):
-            logger.warning("stream from %s cut: the client read nothing for %gs",
-                           outcome.model, client.limit)
+            logger.warning("stream from %s cut: the client read nothing for %gs (request %s)",
+                           outcome.model, client.limit, outcome.request_id)
         svc.metrics.cancelled(outcome.model)
         return resp
     except Exception as exc:
         # an upstream chunk the translation did not foresee: end the stream with an error
         # event rather than a broken connection, and count it against the model
-        logger.exception("stream from %s could not be translated", outcome.model)
+        logger.exception("stream from %s could not be translated (request %s)", outcome.model,
+                         outcome.request_id)
         error = UpstreamError(FailureReason.INVALID_RESPONSE,
                               f"unusable stream chunk: {type(exc).__name__}",
                               model=outcome.model)
