@@ -9,9 +9,10 @@ restarts and hosts with no system call per request. The id goes back in the answ
 Each upstream attempt records the id its provider returned in the answer's head (OpenAI and
 compatible servers and Azure ``x-request-id``, Anthropic ``request-id``, Bedrock
 ``x-amzn-requestid``, Azure API Management ``apim-request-id``; Gemini, Vertex AI and
-Ollama send none): the dispatcher opens a `Seen` per attempt (`watch`) and the HTTP edge
-(providers/http.py) fills it (`upstream`) from the head of every answer, 200 or not.
-A context variable carries it, so no adapter passes it along.
+Ollama document none, and none is made up): the dispatcher opens a `Seen` per attempt
+(`watch`) and the HTTP edge (providers/http.py) fills it (`upstream`) from the head of every
+answer, 200 or not. A context variable carries it, so no adapter passes it along; a hedged
+lane runs in a task of its own, with its own.
 """
 
 from __future__ import annotations
