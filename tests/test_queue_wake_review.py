@@ -166,3 +166,33 @@ async def test_a_queued_client_that_leaves_takes_its_wake_up_with_it(
     await until(lambda: d.sup.service.inflight == 0)
     assert d.sup.service.health.upstream.wake is None
     assert calls(a) == 1
+
+
+async def test_a_busy_daemon_does_not_wear_out_a_queued_requests_wait(
+        limited_openai: Any, fake_openai: Any, start_daemon: Any) -> None:
+    """Every call that ends on another model wakes the queue's waiters (a permit given back
+    may free a max_concurrency slot): a waiter woken 1,500 times by calls to b/gpt-b within
+    its queue_timeout still waits for its own model, and is served when it comes back."""
+    a = await limited_openai(limits=OPENAI_SPENT, reply="from a")
+    b = await fake_openai()
+    clock = ManualClock()
+    d = await start_daemon(queued(a, b), clock=clock)
+    health = d.sup.service.health
+    assert (await chat(d)).status_code == 200  # a/gpt-a: 0 requests left for 20 s
+    waiter = asyncio.create_task(chat(d))
+    await waiting(d)
+    for turn in range(1500):
+        permit = health.acquire("b/gpt-b")  # a call to another model, ending at once
+        assert permit is not None
+        permit.release()
+        for _ in range(10):  # its turn: it looks again and waits again
+            await asyncio.sleep(0)
+            if health.upstream.wake is not None:
+                break
+        assert not waiter.done(), f"turn {turn}: {waiter.result().status_code}"
+    clock.advance(21)  # the reset passes (its step's timer is real time: one more call
+    permit = health.acquire("b/gpt-b")  # ends, and its next turn finds the model back)
+    assert permit is not None
+    permit.release()
+    resp = await asyncio.wait_for(waiter, 5)
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == PRIMARY

@@ -618,7 +618,10 @@ class Dispatcher:
         # waits are real time; bound them by the loop's clock too, whatever clock is injected
         loop = asyncio.get_running_loop()
         real_end = loop.time() + limit
-        for _ in range(1000):  # bounded: each turn waits for a change or the next expiry
+        expiries = 0
+        # bounded by the time left and by the expiries waited for; not by the changes that
+        # woke it, which a busy daemon makes many of (every call that ends, on any model)
+        while expiries < 1000:
             if any(self.health.available(m)[0] for m in candidates):
                 return True
             left = min(end - self.clock.monotonic(), real_end - loop.time())
@@ -629,7 +632,7 @@ class Dispatcher:
             try:
                 await asyncio.wait_for(self.health.wait_for_change(), step)
             except TimeoutError:
-                pass
+                expiries += 1
         return False
 
     def _retry_after(self, candidates: Sequence[str]) -> float:
