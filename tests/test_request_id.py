@@ -406,3 +406,26 @@ provider = "a"
         await stream.aread()
     assert any(r.getMessage().startswith("stream from a/m failed after the first chunk: ")
                and r.getMessage().endswith(" (request broken-1)") for r in caplog.records)
+
+
+async def test_responses_completions_and_speech_answer_with_the_id(start_daemon: Any) -> None:
+    """The other proxied endpoints: /v1/responses and /v1/completions (fast path), and
+    /v1/audio/speech (aiohttp's path), its audio streamed and a refusal of bad input."""
+    d = await start_daemon(f"""
+[providers.s]
+kind = "simulated"
+[models."s/m"]
+provider = "s"
+[models."s/tts"]
+provider = "s"
+capabilities = ["speech"]
+{NO_PROBES}""")
+    asks = {"/v1/responses": {"model": "s/m", "input": "hi"},
+            "/v1/completions": {"model": "s/m", "prompt": "hi"},
+            "/v1/audio/speech": {"model": "s/tts", "input": "hi", "voice": "alloy",
+                                 "response_format": "wav"}}
+    for path, body in asks.items():
+        ok = await d.http.post(path, json=body, headers={"x-request-id": f"ok{path}"})
+        assert (ok.status_code, ok.headers["x-request-id"]) == (200, f"ok{path}"), ok.text
+        bad = await d.http.post(path, json={**body, "model": 7})
+        assert bad.status_code == 400 and MADE.fullmatch(bad.headers["x-request-id"])
