@@ -18,7 +18,8 @@ keeps no account: each attempt is hedged at most once, so a share of 1 can never
 The windows are `window.SlidingSum`s (60 one-second buckets): constant memory and time per
 attempt whatever the rate. The accounts outlive reloads (the Service holds them): a model
 whose share changed keeps its window under the new share, one that no longer has a budget
-(or went away) drops it.
+(or went away) drops it; an attempt under way is judged by its model's budget as it is when
+its timer fires (none: not refused).
 """
 
 from __future__ import annotations
