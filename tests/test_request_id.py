@@ -429,3 +429,22 @@ capabilities = ["speech"]
         assert (ok.status_code, ok.headers["x-request-id"]) == (200, f"ok{path}"), ok.text
         bad = await d.http.post(path, json={**body, "model": 7})
         assert bad.status_code == 400 and MADE.fullmatch(bad.headers["x-request-id"])
+
+
+async def test_a_same_model_retry_is_logged_with_its_request_id(
+        id_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="failoverd.dispatch")
+    a = await id_openai()
+    a.push("server_error")
+    d = await start_daemon(f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+max_retries = 1
+{NO_PROBES}""")
+    ok = await d.http.post("/v1/chat/completions", json=ASK, headers={"x-request-id": "rt-1"})
+    assert ok.status_code == 200 and ok.headers["x-failoverd-attempts"] == "2"
+    assert any(r.getMessage().startswith("retrying a/m after server_error in ")
+               and r.getMessage().endswith(" (request rt-1)") for r in caplog.records)

@@ -480,8 +480,8 @@ class Dispatcher:
             except (TypeError, AttributeError, KeyError, ValueError) as exc:
                 # a request shape an adapter did not foresee: a bug to fix, but not a reason to
                 # fail the client with a 500 when another candidate may serve it
-                logger.exception("adapter %s could not handle a request for %s", pcfg.kind,
-                                 model.id)
+                logger.exception("adapter %s could not handle a request for %s (request %s)",
+                                 pcfg.kind, model.id, outcome.request_id)
                 if permit is not None:
                     permit.release()
                 outcome.upstream_attempts -= 1
@@ -516,7 +516,8 @@ class Dispatcher:
                 if wait is None:
                     raise
                 retries += 1
-                logger.info("retrying %s after %s in %.3fs", model.id, exc.reason, wait)
+                logger.info("retrying %s after %s in %.3fs (request %s)", model.id, exc.reason,
+                            wait, outcome.request_id)
                 if wait > 0:
                     await asyncio.sleep(wait)
             except BaseException:
