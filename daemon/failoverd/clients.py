@@ -295,8 +295,15 @@ class Clients:
     def __iter__(self) -> Any:
         return iter(self._clients.values())
 
-    def by_uid(self, uid: int | None) -> Client | None:
-        return None if uid is None else self._by_uid.get(uid)
+    def identify(self, transport: Any, headers: Mapping[str, str]) -> Client | None:
+        """The client a request comes from: a Unix socket peer by its uid, a TCP request by
+        its token (a token on the Unix socket names no one: any local user could send it)."""
+        from failoverd.listen import peer_uid
+
+        uid = peer_uid(transport)
+        if uid is not None:
+            return self._by_uid.get(uid)
+        return self.by_token(headers)
 
     def by_token(self, headers: Mapping[str, str]) -> Client | None:
         """The client whose token a TCP request carries (as a bearer or as x-api-key)."""
@@ -422,7 +429,11 @@ class Clients:
         """`{"<name>": {"day": [key, usd], "month": [key, usd]}}`: what each client spent."""
         out: dict[str, Any] = {}
         for c in [*self._clients.values(), *self._gone.values()]:
-            entry = {p: list(v) for p, v in (("day", c.day), ("month", c.month)) if v[0]}
+            entry: dict[str, Any] = {p: list(v) for p, v in (("day", c.day),
+                                                             ("month", c.month)) if v[0]}
+            told = [limit for limit, key in c._told if key]
+            if told:  # a cost cap told in its period is not told again after a restart
+                entry["told"] = sorted(told)
             if entry:
                 out[c.name] = entry
         return out
@@ -442,3 +453,5 @@ class Clients:
                         and type(held[1]) in (int, float) and held[1] >= 0
                         and held[0] >= key and len(held[0]) == len(key)):
                     setattr(client, period, (held[0], float(held[1])))
+                    if f"max_cost_per_{period}" in (entry.get("told") or ()):
+                        client._told.add((f"max_cost_per_{period}", held[0]))

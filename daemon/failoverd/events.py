@@ -48,6 +48,7 @@ EVENT_TYPES = (
     "hook:failed",
     "budget:reached",
     "model:hedged",  # README "Hedged requests" (hedge.py)
+    "client:limited",  # a [clients.<name>] limit refused a request (clients.py)
 )
 
 RESERVED_KEYS = frozenset({"id", "type", "time", "node"})

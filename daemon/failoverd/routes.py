@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from failoverd import complexity, requirements, router, selection, upstreamlimits
+from failoverd import clients, complexity, requirements, router, selection, upstreamlimits
 from failoverd.config import Config
 from failoverd.dispatch import Outcome
 from failoverd.errors import Attempt
@@ -77,6 +77,11 @@ class Routing:
                 session=session or None, advance=not preview) + candidates[cut:]
         if session and not pin:
             candidates = self._session_order(rt, session, candidates)
+        client = clients.CURRENT.get()
+        if client is not None:  # [clients.<name>].models: the others skipped, as such
+            candidates, narrowed = client.narrow(
+                requested, candidates, names_model=_names_a_model(rt, requested))
+            skipped += narrowed
         if pin:
             candidates = candidates[:1]
         if skipped:  # a model auto skipped but a session put first (or a chain holds) is tried
@@ -124,6 +129,10 @@ class Routing:
             candidates = rt.balancer.order(candidates[:cut],
                                            keep_first=_names_a_model(rt, requested),
                                            advance=not preview) + candidates[cut:]
+        client = clients.CURRENT.get()
+        if client is not None:
+            candidates, _ = client.narrow(requested, candidates,
+                                          names_model=_names_a_model(rt, requested))
         return candidates[:1] if pin else candidates
 
     def _session_order(self, rt: Runtime, key: str,

@@ -19,6 +19,7 @@ import orjson
 from failoverd import discovery, hedge
 from failoverd.breaker import BreakerState
 from failoverd.budget import Reached
+from failoverd.clients import Clients, Limited
 from failoverd.clock import Clock
 from failoverd.config import Config
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
@@ -120,7 +121,11 @@ class Service(Routing):
         self._chain_offsets: dict[str, int] = {}  # operator rotations (/v1/chains/X/next)
         self.on_breaker_change: list[Callable[[str, BreakerState], None]] = []
         self.hedge_budgets = HedgeBudgets(clock)  # its windows outlive reloads
+        self.clients = Clients(clock)  # [clients.<name>]: their counts outlive reloads
+        self.clients.on_limited = self._client_limited
+        self.clients.on_spent = self._schedule_spending_save
         self.metrics.gauges.append(self._gauges)
+        self.metrics.gauges.append(self.clients.metrics)
         self.install(build_runtime(config, client, clock, self.health, self.rng))
 
     # ------------------------------------------------------------------ configuration
@@ -135,6 +140,9 @@ class Service(Routing):
         d.on_hedge = hedge.reporter(self.bus, self.metrics, self.usage)
         self.hedge_budgets.configure(runtime.config)
         d.hedge_budget = self.hedge_budgets
+        cfg = runtime.config
+        self.clients.configure(cfg.clients, cfg.models, {
+            **configured_chains(cfg), **{p.name: p.models for p in cfg.pools.values()}})
         models = runtime.config.models
         # a model a reload removed keeps its price: its answers still in flight cost
         former = {m: p for m, p in self.metrics.prices.items() if m not in models}
@@ -303,6 +311,7 @@ class Service(Routing):
         data = self.state_file.load()
         if data is not None:
             self.health.restore(data)
+            self.clients.restore(data.get("clients"))
             logger.info("restored breaker state from %s", self.state_file.path)
 
     def schedule_save(self) -> None:
@@ -339,13 +348,23 @@ class Service(Routing):
         self.schedule_save()
         self.publish_budgets()
 
+    def _client_limited(self, limited: Limited, retry_at: float) -> None:
+        self.bus.emit("client:limited", client=limited.client, limit=limited.limit,
+                      retry_at=retry_at, detail=limited.detail)
+        if limited.limit.startswith("max_cost"):
+            self.schedule_save()  # the period's cap was told: a restart does not tell it again
+
     def save_state(self) -> None:
         self._save_pending = False
         if self._spending_save is not None:
             self._spending_save.cancel()
             self._spending_save = None
         try:
-            self.state_file.save(self.health.snapshot())
+            data = self.health.snapshot()
+            spent = self.clients.snapshot()
+            if spent:  # what [clients.<name>] spent, as the models' spending is kept
+                data["clients"] = spent
+            self.state_file.save(data)
         except OSError as exc:
             logger.error("cannot write state file %s: %s", self.state_file.path, exc)
 

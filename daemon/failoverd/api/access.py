@@ -54,8 +54,9 @@ def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, st
                 return front.error(403, "permission_denied",
                                    f"uid {uid} is not in daemon.allowed_uids",
                                    "permission_denied")
-    elif family in (socket.AF_INET, socket.AF_INET6):
-        # never unauthenticated, also on a TCP socket passed by systemd with no daemon.tcp set
+    elif family in (socket.AF_INET, socket.AF_INET6) and service.clients.by_token(headers) is None:
+        # never unauthenticated, also on a TCP socket passed by systemd with no daemon.tcp
+        # set (a [clients.<name>]'s own token is that client's way in)
         if not daemon.tcp_token:
             return front.error(401, "authentication_error",
                                "TCP clients need a token: set daemon.tcp_token_file",

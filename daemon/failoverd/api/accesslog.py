@@ -25,6 +25,8 @@ from failoverd.requestid import REQUEST_ID
 ACCESS_LOG = logging.getLogger("failoverd.access")
 # the request's outcome (model, attempts, failover hops), left by the proxy handler
 OUTCOME = web.RequestKey("access_outcome", Outcome)
+# the [clients.<name>] the request came from (clients.py), left by the proxy handler
+CLIENT = web.RequestKey("access_client", str)
 PATHS = frozenset({
     "/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/completions",
     "/v1/embeddings", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech",
@@ -52,11 +54,12 @@ async def around(request: web.Request,
         raise
     finally:
         write(request.method, request.path, status, request.get(OUTCOME),
-              time.perf_counter() - started, uid, request.get(REQUEST_ID))
+              time.perf_counter() - started, uid, request.get(REQUEST_ID),
+              request.get(CLIENT))
 
 
 def write(method: str, path: str, status: int, outcome: Outcome | None, seconds: float,
-          uid: int | None, request_id: str | None = None) -> None:
+          uid: int | None, request_id: str | None = None, client: str | None = None) -> None:
     """One line: who asked what, the answer's status, the model that served, the upstream
     attempts, failover hops and hedges, the request's id and its serving upstream's, how
     long it took. Never the prompt, a query, nor a key."""
@@ -74,12 +77,14 @@ def write(method: str, path: str, status: int, outcome: Outcome | None, seconds:
         # gave its answer (null: none served, or the upstream sends none)
         "request_id": request_id,
         "upstream_request_id": outcome.upstream_request_id if outcome is not None else None,
+        "client": client,  # its [clients.<name>]; null: a peer that matches none
     }
     # a hedge and an upstream id only on the lines that have one: the others keep their shape
     upstream = fields["upstream_request_id"]
-    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s%s rid=%s%s %.1fms uid=%s",
+    ACCESS_LOG.info("%s %s %s model=%s attempts=%d failover=%s%s rid=%s%s %.1fms uid=%s%s",
                     fields["method"], fields["path"], fields["status"], fields["model"] or "-",
                     fields["attempts"], fields["failover"] or "-",
                     f" hedge={fields['hedge']}" if fields["hedge"] else "",
                     request_id or "-", f" upstream_rid={upstream}" if upstream else "",
-                    fields["ms"], "-" if uid is None else uid, extra={"access": fields})
+                    fields["ms"], "-" if uid is None else uid,
+                    f" client={client}" if client else "", extra={"access": fields})

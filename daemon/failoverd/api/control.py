@@ -157,6 +157,8 @@ async def status(request: web.Request) -> web.Response:
         "models": detail["models"],
         "providers": detail["providers"],
         "budgets": detail["budgets"],
+        # [clients.<name>]: who each is, its limits and its use now (clients.py)
+        "clients": svc.clients.status(),
         "chains": chains, "pools": pools, "events": svc.bus.stats(), "sessions": len(svc.sessions),
         "hooks": {"runs": svc.hooks.runs, "failures": svc.hooks.failures,
                   "dropped": svc.hooks.dropped},

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from failoverd import requestid
+from failoverd import clients, requestid
 from failoverd.api import accesslog
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_ENCODER, STREAM_OPENER, STREAM_RESPONSE
@@ -115,27 +115,67 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
             svc.metrics.rejected("overloaded")
             return front.error(503, "overloaded", f"failoverd is at max_inflight ({limit}); "
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
+        # [clients.<name>] (clients.py): nothing looked up when none is configured
+        client = (svc.clients.identify(request.transport, request.headers)
+                  if svc.clients.active else None)
+        if client is not None:
+            if rt.config.daemon.access_log:
+                request[accesslog.CLIENT] = client.name
+            limited = svc.clients.admit(client)
+            if limited is not None:
+                return client_limited(front, limited)
         svc.inflight += 1
         outcome = Outcome(request_id=request.get(REQUEST_ID))
         if rt.config.daemon.access_log:
             request[accesslog.OUTCOME] = outcome  # for its line (api/accesslog.py)
+        current = clients.CURRENT.set(client) if client is not None else None
+        status = 500
         try:
-            return await serve(request, svc, rt, outcome)
+            response = await serve(request, svc, rt, outcome)
+            status = response.status
+            return response
+        except clients.Forbidden as exc:
+            status = 403
+            return front.error(403, "permission_denied", exc.message, exc.code, exc.param,
+                               client=exc.client)
         except RequestError as exc:
+            status = exc.status
             svc.metrics.rejected("bad_input")
             return front.error(exc.status, "invalid_request_error", exc.message, exc.code,
                                exc.param)
         except NoModelAvailable as exc:
+            status = 503
             return exhausted(front, svc, exc, outcome)
         except UpstreamError as exc:
+            status = exc.status or 502
             return failed(front, svc, rt, exc, outcome)
         except asyncio.CancelledError:
+            status = 499
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
             raise
         finally:
             svc.inflight -= 1
+            if client is not None:
+                if current is not None:
+                    clients.CURRENT.reset(current)
+                svc.clients.release(client, status, outcome.cost)
 
     return handle
+
+
+def client_limited(front: FrontEnd, limited: clients.Limited) -> web.Response:
+    """A client at one of its limits: a 429 in the client's API shape, with Retry-After.
+    Rate limits are OpenAI's "requests"/rate_limit_exceeded (Anthropic's rate_limit_error);
+    a spending cap is OpenAI's insufficient_quota, which SDKs are told not to retry."""
+    headers = {"Retry-After": retry_after_header(limited.retry_after)}
+    cost = limited.limit.startswith("max_cost")
+    if cost:  # OpenAI's and Anthropic's SDKs obey it: no retries until the period ends
+        headers["x-should-retry"] = "false"
+    type_ = ("rate_limit" if front is ANTHROPIC  # its rate_limit_error
+             else "insufficient_quota" if cost else "requests")
+    return front.error(429, type_, limited.message,
+                       "insufficient_quota" if cost else "rate_limit_exceeded",
+                       headers=headers, client=limited.client, limit=limited.limit)
 
 
 def handler(front: FrontEnd) -> Handler:

@@ -252,6 +252,16 @@ def show_status(data: dict[str, Any]) -> str:
                             "REACHED" if b.get("reached") else "",
                             _in(b.get("resets_at"), now)) for b in budgets],
                           ("budget", "period", "spent", "cap", "", "resets"))]
+    clients = data.get("clients") or {}
+    if clients:  # [clients.<name>]: who each is, its limits and its use now
+        out += ["", table([(n, _who(c), _limit(c.get("requests_last_minute"), c.get("max_rpm")),
+                            _limit(c.get("inflight"), c.get("max_concurrency")),
+                            _spent(c, "day"), _spent(c, "month"),
+                            " ".join(c["models"]) if c.get("models") is not None else "any",
+                            (c.get("limited") or "").upper() or None)
+                           for n, c in clients.items()],
+                          ("client", "who", "rpm", "at once", "today", "this month",
+                           "models", "limited"))]
     chains = data.get("chains", {})
     if chains:
         out += ["", table([(n, c.get("head"), " > ".join(c.get("models", [])))
@@ -264,6 +274,22 @@ def show_status(data: dict[str, Any]) -> str:
             for m in p.get("models", []))) for n, p in pools.items()],
             ("pool", "strategy", "next", "models (*weight, (calls under way))"))]
     return "\n".join(out)
+
+
+def _who(client: dict[str, Any]) -> str:
+    who = [f"uid {u}" for u in client.get("uids") or []]
+    return ", ".join(who + (["token"] if client.get("tcp_token") else []))
+
+
+def _limit(use: Any, limit: Any) -> str:
+    """A client's use of a limit: "3/60", or "3" without one."""
+    return f"{use or 0}/{limit}" if limit else f"{use or 0}"
+
+
+def _spent(client: dict[str, Any], period: str) -> str:
+    spent = float((client.get("spent_usd") or {}).get(period) or 0)
+    cap = client.get(f"max_cost_per_{period}")
+    return f"{_usd(spent)}/{_usd(float(cap))}" if cap else _usd(spent)
 
 
 def _weighted(pool: dict[str, Any]) -> bool:
