@@ -18,7 +18,7 @@ import fnmatch
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -253,9 +253,6 @@ class Client:
             else (month_key, usd)
 
 
-Periods = Callable[[float], tuple[tuple[str, float], tuple[str, float]]]
-
-
 class Clients:
     """Every configured client, found by uid or token; the counts kept across reloads."""
 
@@ -292,7 +289,7 @@ class Clients:
         self.uids = bool(self._by_uid)
         self.active = bool(current)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Client]:
         return iter(self._clients.values())
 
     def identify(self, transport: Any, headers: Mapping[str, str]) -> Client | None:
@@ -390,6 +387,7 @@ class Clients:
         for c in self._clients.values():
             cfg = c.cfg
             recent = sum(1 for t in c._minute if t > now - MINUTE)
+            limited = self._limited(c)
             out[c.name] = {
                 "uids": list(cfg.uids), "tcp_token": bool(cfg.tcp_token),
                 "models": list(cfg.models) if cfg.models is not None else None,
@@ -400,7 +398,7 @@ class Clients:
                 "spent_usd": {"day": round(c.spent("day", day), 9),
                               "month": round(c.spent("month", month), 9)},
                 "resets_at": {"day": day_end, "month": month_end},
-                "limited": self._limited(c).limit if self._limited(c) else None,  # type: ignore[union-attr]
+                "limited": limited.limit if limited is not None else None,
             }
         return out
 
