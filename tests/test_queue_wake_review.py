@@ -196,3 +196,30 @@ async def test_a_busy_daemon_does_not_wear_out_a_queued_requests_wait(
     permit.release()
     resp = await asyncio.wait_for(waiter, 5)
     assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == PRIMARY
+
+
+async def test_many_waiters_one_wake_up_and_the_hook_until_the_last_leaves(
+        limited_openai: Any, http_client: HttpClient) -> None:
+    """Twenty requests waiting share one wake-up: freeing figures wake them all at once and
+    take the hook away until they wait again; of the twenty waiting again, nineteen giving
+    up leave it set for the last, whose leaving takes it away."""
+    fake = await limited_openai(limits=OPENAI_SPENT)
+    clock = ManualClock()
+    reg, cfg = registry(providers(a=fake.url), clock)
+    await answer(http_client, reg, cfg)
+    waiters = [asyncio.create_task(reg.wait_for_change()) for _ in range(20)]
+    await asyncio.sleep(0)
+    clock.advance(1)
+    fake.limits = {**OPENAI_SPENT, "x-ratelimit-remaining-requests": "3"}
+    await answer(http_client, reg, cfg)
+    assert reg.upstream.wake is None  # told once: the next answers compare nothing
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 1) == [True] * 20
+    waiters = [asyncio.create_task(reg.wait_for_change()) for _ in range(20)]
+    await asyncio.sleep(0)
+    for waiter in waiters[:-1]:
+        waiter.cancel()
+    await asyncio.gather(*waiters[:-1], return_exceptions=True)
+    assert reg.upstream.wake is not None and not waiters[-1].done()
+    waiters[-1].cancel()
+    await asyncio.gather(waiters[-1], return_exceptions=True)
+    assert reg.upstream.wake is None
