@@ -43,6 +43,8 @@ base_url = "{cloud.url}"
 [models."local/llama"]
 provider = "local"
 {PRICED}
+[models."local/free"]
+provider = "local"
 [models."cloud/big"]
 provider = "cloud"
 [routing]
@@ -186,7 +188,7 @@ async def test_spending_cap_reload_and_restart(
     tables = f"""
 [clients.batch]
 uids = [{UID}]
-models = ["local/llama"]
+models = ["local/*"]
 max_cost_per_day = {{cap}}"""
     config = body(local, cloud, tables.format(cap=0.003))
     d = await start_daemon(config, clock=clock)
@@ -203,12 +205,16 @@ max_cost_per_day = {{cap}}"""
     resp = await messages(d, "local/llama")
     assert resp.json()["error"]["type"] == "rate_limit_error"
     assert len(local.chat_requests()) == 2
+    # a model without prices costs nothing: past the cap it still serves
+    assert (await chat(d, "local/free")).status_code == 200
     assert [(e["limit"], e["retry_at"]) for e in limited_events(d)] == [
         ("max_cost_per_day", LATE + 600)]
     entry = (await status(d))["clients"]["batch"]
     assert entry["spent_usd"]["day"] == pytest.approx(0.003)
     assert entry["limited"] == "max_cost_per_day"
     assert await metric(d, 'failoverd_client_cost_usd_total{client="batch"} 0.003')
+    assert await metric(d, 'failoverd_client_requests_total{client="batch",'
+                        'outcome="max_cost_per_day"} 2')
     # a restart keeps what was spent (the state file), and does not tell the cap again
     await d.stop()
     d = await start_daemon(config, clock=clock)

@@ -9,11 +9,16 @@ from typing import Any
 
 import pytest
 
-from failoverd.clients import Client, ClientConfig, Clients, Forbidden, Limited
+from failoverd.clients import Client, ClientConfig, Clients, Forbidden, Limited, OverBudget
 from failoverd.clock import ManualClock
 
 LATE = float(calendar.timegm((2026, 12, 31, 23, 59, 0, 0, 0, 0)))  # a minute to the new year
-MODELS = {"local/a": None, "local/b": None, "cloud/x": None}
+class Model:
+    def __init__(self, priced: bool = False) -> None:
+        self.priced = priced
+
+
+MODELS = {"local/a": Model(), "local/b": Model(), "cloud/x": Model(priced=True)}
 GROUPS = {"default": ("cloud/x", "local/a"), "cheap": ("local/b",)}
 
 
@@ -66,19 +71,30 @@ def test_spending_periods_snapshot_and_restore() -> None:
     clients.release(c, 200, 0.7)
     assert clients.admit(c) is None
     clients.release(c, 200, 0.3)  # 0.7 + 0.3 reach the day's cap exactly
-    limited = clients.admit(c)
-    assert limited is not None and limited.limit == "max_cost_per_day"
+    assert clients.admit(c) is None  # the rates let it in: the router skips priced models
+    with pytest.raises(OverBudget) as info:
+        c.narrow("cloud/x", ("cloud/x",), names_model=True)
+    limited = info.value.limited
+    assert limited.limit == "max_cost_per_day" and info.value.status == 429
     assert limited.retry_after == 60 and limited.period == "2026-12-31"
+    # a model without prices costs nothing: it still serves, the priced ones are skipped
+    assert c.narrow("default", ("cloud/x", "local/a"), names_model=False) == (
+        ("local/a",), (("cloud/x", "clients.c.max_cost_per_day reached"),))
+    assert told == [("max_cost_per_day", clock.time() + 60)]
+    clients.release(c, 429, 0.0, counted=True)
+    assert c.outcomes == {"served": 2, "max_cost_per_day": 1}
     saved = clients.snapshot()
     assert saved == {"c": {"day": ["2026-12-31", 1.0], "month": ["2026-12", 1.0],
                            "told": ["max_cost_per_day"]}}
     # a restart takes it back, and does not tell the cap again
     again, c2, told2 = make(clock, max_cost_per_day=1.0, max_cost_per_month=1.5)
     again.restore(saved)
-    assert again.admit(c2) is not None and told2 == []
+    with pytest.raises(OverBudget):
+        c2.narrow("cloud/x", ("cloud/x",), names_model=True)
+    assert told2 == []
     # a new day and a new month: nothing spent, the saved periods dropped
     clock.advance(60)
-    assert again.admit(c2) is None
+    assert c2.narrow("cloud/x", ("cloud/x",), names_model=True) == (("cloud/x",), ())
     assert again.status()["c"]["spent_usd"] == {"day": 0.0, "month": 0.0}
     later, c3, _ = make(clock, max_cost_per_day=1.0)
     later.restore(saved)

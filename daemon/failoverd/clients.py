@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from failoverd.clock import Clock
 
 __all__ = ["CURRENT", "Client", "ClientConfig", "Clients", "Forbidden", "Limited",
-           "read_clients"]
+           "OverBudget", "read_clients"]
 
 MAX_UID = 2 ** 32 - 2
 MINUTE = 60.0
@@ -153,6 +153,14 @@ class Limited:
                 f"{self.retry_after:.0f}s")
 
 
+class OverBudget(RequestError):
+    """A client past a spending cap asked for nothing but priced models (429)."""
+
+    def __init__(self, limited: Limited) -> None:
+        super().__init__(limited.message, status=429, code="insufficient_quota")
+        self.limited = limited
+
+
 # the client whose request this task serves (set by the proxy for matched peers only)
 CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
     "failoverd_client", default=None)
@@ -166,10 +174,12 @@ class Client:
     """One client's configuration and counts (which a reload keeps)."""
 
     __slots__ = ("cfg", "inflight", "_minute", "day", "month", "_told", "outcomes",
-                 "cost_total", "_models", "_names", "_globs", "_seen")
+                 "cost_total", "_models", "_names", "_globs", "_seen", "_priced", "_owner")
 
-    def __init__(self, cfg: ClientConfig) -> None:
+    def __init__(self, cfg: ClientConfig, owner: Clients) -> None:
         self.cfg = cfg
+        self._owner = owner
+        self._priced: frozenset[str] = frozenset()
         self.inflight = 0
         self._minute: deque[float] = deque()  # monotonic times of admissions
         self.day: tuple[str, float] = ("", 0.0)
@@ -191,6 +201,7 @@ class Client:
         """Its (new) settings; `groups`: every chain's and pool's models, and "default"'s."""
         self.cfg = cfg
         self._seen = {}
+        self._priced = frozenset(m for m, c in models.items() if getattr(c, "priced", False))
         if cfg.models is None:
             self._models, self._names, self._globs = None, frozenset(), ()
             return
@@ -225,19 +236,37 @@ class Client:
     def narrow(self, requested: str, candidates: tuple[str, ...], *, names_model: bool
                ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         """The candidates the client may use, and those skipped for it (model, why); raises
-        Forbidden when it may not name `requested` or none is left. `names_model`: the
-        request named one model (by an upstream name too), allowed when that model is."""
+        Forbidden when it may not name `requested` or none is left, OverBudget when past a
+        spending cap only priced models are left. `names_model`: the request named one
+        model (by an upstream name too), allowed when that model is.
+
+        Past a spending cap the priced models are skipped and the others (local, free)
+        still serve: a cap stops spending, not the work that costs nothing."""
         allowed = self._models
-        if allowed is None:
-            return candidates, ()
-        if not self.may_ask(requested) and not (
-                names_model and candidates and candidates[0] in allowed):
-            raise Forbidden(self.name, requested or "default")
-        kept = tuple(c for c in candidates if c in allowed)
-        if not kept:
-            raise Forbidden(self.name, requested or "default")
-        why = f"not in clients.{self.name}.models"
-        return kept, tuple((c, why) for c in candidates if c not in allowed)
+        skipped: tuple[tuple[str, str], ...] = ()
+        if allowed is not None:
+            if not self.may_ask(requested) and not (
+                    names_model and candidates and candidates[0] in allowed):
+                raise Forbidden(self.name, requested or "default")
+            kept = tuple(c for c in candidates if c in allowed)
+            if not kept:
+                raise Forbidden(self.name, requested or "default")
+            why = f"not in clients.{self.name}.models"
+            skipped = tuple((c, why) for c in candidates if c not in allowed)
+            candidates = kept
+        cfg = self.cfg
+        if cfg.max_cost_per_day or cfg.max_cost_per_month:
+            over = self._owner.over_budget(self)
+            if over is not None:
+                self._owner.tell(self, over)
+                free = tuple(c for c in candidates if c not in self._priced)
+                if not free:
+                    self.outcomes[over.limit] = self.outcomes.get(over.limit, 0) + 1
+                    raise OverBudget(over)
+                why = f"clients.{self.name}.{over.limit} reached"
+                skipped += tuple((c, why) for c in candidates if c in self._priced)
+                candidates = free
+        return candidates, skipped
 
     # ------------------------------------------------------------------ spending
 
@@ -276,7 +305,7 @@ class Clients:
         """The (new) configuration's clients; a client kept by name keeps its counts."""
         current: dict[str, Client] = {}
         for name, cfg in clients.items():
-            client = self._clients.get(name) or self._gone.pop(name, None) or Client(cfg)
+            client = self._clients.get(name) or self._gone.pop(name, None) or Client(cfg, self)
             client.configure(cfg, models, groups)
             current[name] = client
         for name, client in self._clients.items():
@@ -319,17 +348,22 @@ class Clients:
     def _periods(self, wall: float) -> tuple[tuple[str, float], tuple[str, float]]:
         return self._period_of("day", wall), self._period_of("month", wall)
 
+    def tell(self, client: Client, limited: Limited) -> None:
+        """`on_limited`, once per limit and episode (rates) or period (spending caps)."""
+        mark = (limited.limit, limited.period)
+        if mark not in client._told:
+            client._told.add(mark)
+            if self.on_limited is not None:
+                self.on_limited(limited, self.clock.time() + limited.retry_after)
+
     def admit(self, client: Client) -> Limited | None:
-        """Counts a request in (its minute, its concurrency), or the limit refusing it."""
+        """Counts a request in (its minute, its concurrency), or the rate limit refusing it
+        (the spending caps are the router's: `Client.narrow`)."""
         cfg = client.cfg
         limited = self._limited(client)
         if limited is not None:
             client.outcomes[limited.limit] = client.outcomes.get(limited.limit, 0) + 1
-            mark = (limited.limit, limited.period)
-            if mark not in client._told:
-                client._told.add(mark)
-                if self.on_limited is not None:
-                    self.on_limited(limited, self.clock.time() + limited.retry_after)
+            self.tell(client, limited)
             return limited
         # a request let in ends the rate episodes: the next refusal is told again
         client._told.discard(("max_rpm", ""))
@@ -339,7 +373,8 @@ class Clients:
         client.inflight += 1
         return None
 
-    def _limited(self, client: Client) -> Limited | None:
+    def over_budget(self, client: Client) -> Limited | None:
+        """The spending cap the client reached, if any."""
         cfg = client.cfg
         if cfg.max_cost_per_day or cfg.max_cost_per_month:
             wall = self.clock.time()
@@ -351,6 +386,10 @@ class Clients:
                     return Limited(client.name, f"max_cost_per_{period}",  # type: ignore[arg-type]
                                    max(1.0, math.ceil(end - wall)),
                                    f"${spent:.4f} of ${cap:g} spent in {key}", key)
+        return None
+
+    def _limited(self, client: Client) -> Limited | None:
+        cfg = client.cfg
         if cfg.max_concurrency and client.inflight >= cfg.max_concurrency:
             return Limited(client.name, "max_concurrency", 1.0,
                            f"{client.inflight} requests in flight")
@@ -366,11 +405,14 @@ class Clients:
                                f"{len(minute)} requests in the last minute")
         return None
 
-    def release(self, client: Client, status: int, usd: float) -> None:
-        """A request let in by `admit` ended with `status`, having cost `usd`."""
+    def release(self, client: Client, status: int, usd: float, *,
+                counted: bool = False) -> None:
+        """A request let in by `admit` ended with `status`, having cost `usd`; `counted`:
+        its outcome was (a spending cap's refusal)."""
         client.inflight -= 1
-        outcome = "served" if status < 400 else "forbidden" if status == 403 else "failed"
-        client.outcomes[outcome] = client.outcomes.get(outcome, 0) + 1
+        if not counted:
+            outcome = "served" if status < 400 else "forbidden" if status == 403 else "failed"
+            client.outcomes[outcome] = client.outcomes.get(outcome, 0) + 1
         if usd > 0:
             (day, _), (month, _) = self._periods(self.clock.time())
             client.spend(usd, day, month)
@@ -387,7 +429,7 @@ class Clients:
         for c in self._clients.values():
             cfg = c.cfg
             recent = sum(1 for t in c._minute if t > now - MINUTE)
-            limited = self._limited(c)
+            limited = self.over_budget(c) or self._limited(c)
             out[c.name] = {
                 "uids": list(cfg.uids), "tcp_token": bool(cfg.tcp_token),
                 "models": list(cfg.models) if cfg.models is not None else None,

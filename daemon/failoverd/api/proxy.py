@@ -129,11 +129,14 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
         if rt.config.daemon.access_log:
             request[accesslog.OUTCOME] = outcome  # for its line (api/accesslog.py)
         current = clients.CURRENT.set(client) if client is not None else None
-        status = 500
+        status, counted = 500, False
         try:
             response = await serve(request, svc, rt, outcome)
             status = response.status
             return response
+        except clients.OverBudget as exc:
+            status, counted = 429, True
+            return client_limited(front, exc.limited)
         except clients.Forbidden as exc:
             status = 403
             return front.error(403, "permission_denied", exc.message, exc.code, exc.param,
@@ -158,7 +161,7 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
             if client is not None:
                 if current is not None:
                     clients.CURRENT.reset(current)
-                svc.clients.release(client, status, outcome.cost)
+                svc.clients.release(client, status, outcome.cost, counted=counted)
 
     return handle
 
