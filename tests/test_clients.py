@@ -37,6 +37,7 @@ def body(local: Any, cloud: Any, clients: str, head: str = "") -> str:
 [providers.local]
 kind = "openai"
 base_url = "{local.url}"
+stream_usage = true
 [providers.cloud]
 kind = "openai"
 base_url = "{cloud.url}"
@@ -192,8 +193,16 @@ models = ["local/*"]
 max_cost_per_day = {{cap}}"""
     config = body(local, cloud, tables.format(cap=0.003))
     d = await start_daemon(config, clock=clock)
-    for _ in range(2):
-        assert (await chat(d, "local/llama")).status_code == 200
+    # a stream's cost counts as a plain answer's
+    # (the provider's stream_usage asks for a stream's usage: without it a stream costs
+    # nothing, as for the models' caps)
+    stream = await d.openai.chat.completions.create(model="local/llama", messages=HELLO,
+                                                    stream=True)
+    assert [c async for c in stream]
+    batch = d.sup.service.clients.status
+    await until(lambda: batch()["batch"]["inflight"] == 0)  # its end is counted after [DONE]
+    assert batch()["batch"]["spent_usd"]["day"] == pytest.approx(0.0015)
+    assert (await chat(d, "local/llama")).status_code == 200
     resp = await chat(d, "local/llama")
     assert resp.status_code == 429
     assert resp.headers["retry-after"] == "600"  # to 00:00 UTC
