@@ -102,3 +102,21 @@ max_cost_per_day = 2
     text = "\n".join(found)
     assert "clients.batch.uids: uid 1001 is not in daemon.allowed_uids" in text
     assert "clients.batch.max_cost_per_day: needs models with prices" in text
+
+
+def test_the_shipped_example_validates_with_its_clients(tmp_path: Path) -> None:
+    example = (Path(__file__).resolve().parent.parent / "etc" / "failoverd"
+               / "failoverd.toml").read_text()
+    start = example.index("# [clients.nightly-batch]")
+    block = example[start:example.index("\n\n", start)]
+    uncommented = "\n".join(line[2:] for line in block.splitlines()
+                            if not line.startswith("# # "))
+    for name in ("anthropic", "openai", "gemini"):
+        (tmp_path / name).write_text("key")
+    path = tmp_path / "failoverd.toml"
+    path.write_text(example.replace(block, uncommented))
+    cfg = config_mod.load(path, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    batch = cfg.clients["nightly-batch"]
+    assert (batch.uids, batch.max_rpm, batch.max_concurrency, batch.max_cost_per_day) == (
+        (1001,), 60, 4, 2.0)
+    assert cfg.clients["ide"].models is None
