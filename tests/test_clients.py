@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import json
 import logging
 import os
 from pathlib import Path
@@ -164,12 +165,19 @@ max_rpm = 2""", head="access_log = true"), clock=clock)
     assert {a["client"] for a in access} == {"batch"}
 
 
-async def test_max_concurrency(fake_openai: Any, start_daemon: Any) -> None:
+async def test_max_concurrency(fake_openai: Any, start_daemon: Any, tmp_path: Path) -> None:
     local, cloud = await fake_openai(), await fake_openai()
+    told = tmp_path / "told.json"
+    hook = tmp_path / "hook"
+    hook.write_text(f"#!/bin/sh\ncat > {told}\n")
+    hook.chmod(0o755)
     d = await start_daemon(body(local, cloud, f"""
 [clients.batch]
 uids = [{UID}]
-max_concurrency = 1"""))
+max_concurrency = 1
+[[hooks]]
+events = ["client:limited"]
+exec = ["{hook}"]"""))
     cloud.push("slow:0.5")
     first = asyncio.create_task(chat(d))
     await until(lambda: len(cloud.requests) == 1)
@@ -180,6 +188,11 @@ max_concurrency = 1"""))
     assert (await first).status_code == 200
     assert (await chat(d)).status_code == 200
     assert [e["limit"] for e in limited_events(d)] == ["max_concurrency"]
+    # hooks may subscribe to it
+    await until(lambda: told.exists() and told.stat().st_size > 0)
+    event = json.loads(told.read_text())
+    assert (event["type"], event["client"], event["limit"]) == (
+        "client:limited", "batch", "max_concurrency")
 
 
 async def test_spending_cap_reload_and_restart(
