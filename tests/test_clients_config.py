@@ -120,3 +120,13 @@ def test_the_shipped_example_validates_with_its_clients(tmp_path: Path) -> None:
     assert (batch.uids, batch.max_rpm, batch.max_concurrency, batch.max_cost_per_day) == (
         (1001,), 60, 4, 2.0)
     assert cfg.clients["ide"].models is None
+
+
+def test_a_client_token_is_kept_from_hooks() -> None:
+    from failoverd.service import hook_secrets
+
+    cfg = config_mod.loads(BASE + """
+[clients.batch]
+tcp_token_env = "BATCH_TOKEN"
+""", env={"BATCH_TOKEN": "batch-secret"})
+    assert "batch-secret" in hook_secrets(cfg)

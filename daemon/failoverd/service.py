@@ -66,10 +66,11 @@ def mqtt_state(model_id: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 def hook_secrets(config: Config) -> frozenset[str]:
     """Values hook processes must not inherit in their environment: the providers' API keys
-    and proxy URLs (they may hold a password), the TCP token and the MQTT password."""
+    and proxy URLs (they may hold a password), the TCP tokens and the MQTT password."""
     values = [p.api_key for p in config.providers.values()]
     values += [p.proxy for p in config.providers.values()]
     values += [config.daemon.tcp_token, config.mqtt.password]
+    values += [c.tcp_token for c in config.clients.values()]  # [clients.<name>]' own tokens
     return frozenset(v.strip() for v in values if v.strip())
 
 
