@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from failoverd import config as config_mod
+from failoverd.service import hook_secrets
 from tests.helpers import problems
 
 BASE = """
@@ -123,8 +124,6 @@ def test_the_shipped_example_validates_with_its_clients(tmp_path: Path) -> None:
 
 
 def test_a_client_token_is_kept_from_hooks() -> None:
-    from failoverd.service import hook_secrets
-
     cfg = config_mod.loads(BASE + """
 [clients.batch]
 tcp_token_env = "BATCH_TOKEN"
