@@ -26,7 +26,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.helpers import HELLO, tcp_listener, until
 from tests.test_bedrock_e2e import AWS_ENV
 from tests.test_bedrock_e2e import daemon_config as bedrock_config
-from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
+from tests.test_fastpath import ASK, NO_PROBES, connect, fast, own_daemon, post, read_answer
 
 __all__ = ["fake_bedrock"]  # the fixture
 ACCESS = "failoverd.access"
@@ -448,3 +448,21 @@ max_retries = 1
     assert ok.status_code == 200 and ok.headers["x-failoverd-attempts"] == "2"
     assert any(r.getMessage().startswith("retrying a/m after server_error in ")
                and r.getMessage().endswith(" (request rt-1)") for r in caplog.records)
+
+
+async def test_a_stalled_body_gets_the_id_of_its_head(id_openai: Any, short_dir: Any) -> None:
+    """The fast path's 408 for a body that stopped arriving (its idle_timeout, a loop timer
+    of 0.2 s here): the x-request-id its head sent."""
+    a = await id_openai()
+    body = f"""
+[providers.a]
+kind = "openai"
+base_url = "{a.url}"
+[models."a/m"]
+provider = "a"
+{NO_PROBES}"""
+    async with own_daemon(short_dir, body) as (_, sock), connect(sock) as (reader, writer):
+        writer.write(post(ASK, headers="x-request-id: stall-1\r\n")[:-5])
+        answer = await read_answer(reader)
+    assert (answer.status, answer.headers["x-request-id"]) == (408, "stall-1")
+    assert a.sent == []
