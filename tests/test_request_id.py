@@ -466,3 +466,21 @@ provider = "a"
         answer = await read_answer(reader)
     assert (answer.status, answer.headers["x-request-id"]) == (408, "stall-1")
     assert a.sent == []
+
+
+async def test_a_hedged_stream_logs_the_serving_lanes_upstream_id(
+        id_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The slow lane's head (and its id) came first, its first chunk never: the line names
+    the id of the lane that served, each lane keeping its own."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await id_openai(default="comments:5", rid="req_slow")
+    b = await id_openai(rid="req_fast")
+    d = await start_daemon("access_log = true\n" + two_config(
+        a, b, a_model="hedge_after = 0.05"))
+    async with d.http.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True},
+                             headers={"x-request-id": "hs-1"}) as stream:
+        assert stream.headers["x-failoverd-hedge"] == "a/m>b/m:won"
+        await stream.aread()
+    assert a.sent and b.sent
+    _, line = access(caplog)[0]
+    assert (line["request_id"], line["upstream_request_id"]) == ("hs-1", b.sent[0])

@@ -425,11 +425,13 @@ class Dispatcher:
                          outcome: Outcome,
                          call: _Call | None, streaming: bool = False,
                          admitted: Permit | None = None,
-                         notices: list[str] | None = None) -> Any:
+                         notices: list[str] | None = None,
+                         ids: list[str | None] | None = None) -> Any:
         """One model, with its same-model retries. `call` makes a (streaming) attempt; None
         is a plain completion, called here directly (the hot path). `admitted`: the permit
         of the first call, taken already (a hedge's); `notices`: where the adapter's notices
-        go, when not the request's (a hedged attempt's own, see _hedged)."""
+        go, when not the request's (a hedged attempt's own, see _hedged); `ids`: where the
+        upstream request id of its answer goes, when not the request's (the same)."""
         provider = self.providers[model.provider]
         pcfg = provider.config
         retries = 0
@@ -467,7 +469,10 @@ class Dispatcher:
                     self._succeeded(model.id, permit, started)
                 else:
                     result = await call(provider, model, body, limits, permit)
-                outcome.upstream_request_id = seen.id
+                if ids is None:
+                    outcome.upstream_request_id = seen.id
+                else:  # a hedged lane's: _hedged keeps the one that served
+                    ids.append(seen.id)
                 return result
             except RequestError as exc:
                 # this provider's API cannot express the request (the front end validated it):
@@ -546,6 +551,9 @@ class Dispatcher:
         # (a cancelled loser's "sent again without cache points" is not about the answer)
         mine: list[str] = []
         theirs: list[str] = []
+        # ... and their upstream request ids (a loser may answer in the winner's loop turn)
+        my_id: list[str | None] = []
+        their_id: list[str | None] = []
 
         def hedge_to() -> tuple[str, Coroutine[Any, Any, Any], Permit | None] | None:
             target = pick_target(self.config, self.health, self.providers, model.id, body,
@@ -554,14 +562,14 @@ class Dispatcher:
                 return None
             to, to_req, permit = target
             return to.id, self._try_model(to, to_req, deadline, outcome, call, streaming,
-                                          permit, theirs), permit
+                                          permit, theirs, their_id), permit
 
         try:
             served, result = await hedge_run(
                 model.id, self._try_model(model, req, deadline, outcome, call, streaming,
-                                          None, mine),
+                                          None, mine, my_id),
                 after, hedge_to, HedgeInfo(model.id, "", after, "cancelled", None, session,
-                                                     request_id=outcome.request_id),
+                                           request_id=outcome.request_id),
                 outcome, self.on_hedge, _discard, allow)
         except HedgeFailed:
             outcome.notices.extend(mine + theirs)  # as any failed attempts' before a failover
@@ -570,6 +578,8 @@ class Dispatcher:
             outcome.notices.extend(mine)  # the original's refusal: its notices, as unhedged
             raise
         outcome.notices.extend(mine if served == model.id else theirs)
+        outcome.upstream_request_id = next(iter(my_id if served == model.id else their_id),
+                                           None)
         return served, result
 
     # ------------------------------------------------------------------ helpers
