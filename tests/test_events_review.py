@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 import time
 from pathlib import Path
@@ -148,6 +149,7 @@ FIELDS = {
     "budget:reached": {"scope", "name", "period", "period_key", "cap", "limit_usd",
                        "spent_usd", "resets_at"},
     "model:hedged": {"from_model", "to_model", "after", "winner", "outcome", "session"},
+    "client:limited": {"client", "limit", "retry_at", "detail"},
 }
 
 
@@ -174,6 +176,9 @@ max_open_seconds = 60
 events = ["model:failover"]
 exec = ["{hook}"]
 timeout = 5
+[clients.me]
+uids = [{os.getuid()}]
+max_rpm = 3
 """)
 
 
@@ -222,6 +227,9 @@ async def test_every_event_type_reaches_mqtt_sse_and_the_log(
             # a slow model is hedged: a answers first
             resp = await chat(d, "hedged")
             assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "a/gpt-a"
+            # this process's uid is client "me": its third request in the minute is its last
+            assert (await chat(d)).status_code == 200
+            assert (await chat(d)).status_code == 429
             # a rejected reload, then a good one
             path = Path(d.sup.config_path)
             good = path.read_text()
