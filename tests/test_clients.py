@@ -153,7 +153,13 @@ max_rpm = 2""", head="access_log = true"), clock=clock)
     assert (await chat(d)).status_code == 200
     assert await metric(d, 'failoverd_client_requests_total{client="batch",outcome="served"} 3')
     assert await metric(d, 'failoverd_client_requests_total{client="batch",outcome="max_rpm"} 2')
-    # a new episode is told again
+    # kept at its limit, a place freed and taken at once: the same episode, told once
+    await chat(d)
+    assert (await chat(d)).status_code == 429
+    assert len(limited_events(d)) == 1
+    # after a minute with no refusal a new episode is told again
+    clock.advance(60)
+    await chat(d)
     await chat(d)
     assert (await chat(d)).status_code == 429
     assert len(limited_events(d)) == 2

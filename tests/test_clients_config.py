@@ -129,3 +129,13 @@ def test_a_client_token_is_kept_from_hooks() -> None:
 tcp_token_env = "BATCH_TOKEN"
 """, env={"BATCH_TOKEN": "batch-secret"})
     assert "batch-secret" in hook_secrets(cfg)
+
+
+def test_an_empty_model_list_is_an_error() -> None:
+    # LiteLLM reads `models: []` as every model; here it would be none: neither is guessed
+    found = problems(BASE + """
+[clients.a]
+uids = [1001]
+models = []
+""", env={})
+    assert any(p.startswith("clients.a.models: is empty") for p in found)

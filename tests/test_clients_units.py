@@ -153,3 +153,75 @@ def test_identify_by_uid_on_unix_and_token_on_tcp() -> None:
     with a, b:
         # a Unix peer is its uid (the test's own: no client); its token names no one
         assert clients.identify(a, {"Authorization": "Bearer tok"}) is None
+
+
+def test_a_client_held_at_its_rate_is_told_once_per_episode() -> None:
+    # a client hammering at its limit: each place a request frees is taken at once and the
+    # next is refused; that is one episode, not one event per freed place
+    clock = ManualClock(wall=LATE - 3600)
+    clients, c, told = make(clock, max_rpm=60, max_concurrency=1)
+    for _ in range(300):
+        if clients.admit(c) is None:
+            clients.admit(c)  # refused: one at once
+            clients.release(c, 200, 0.0)
+        clock.advance(1)
+    assert told == [("max_concurrency", LATE - 3600 + 1)]
+    assert c.outcomes["served"] == 300 and c.outcomes["max_concurrency"] == 300
+    # a minute with no refusal ends the episode: the next one is told again
+    clock.advance(60)
+    assert clients.admit(c) is None and clients.admit(c) is not None
+    assert [limit for limit, _ in told] == ["max_concurrency", "max_concurrency"]
+    clients.release(c, 200, 0.0)
+    # the rolling minute the same way
+    clients, c, told = make(clock, max_rpm=2)
+    for _ in range(600):
+        if clients.admit(c) is None:
+            clients.release(c, 200, 0.0)
+        clock.advance(1)
+    assert [limit for limit, _ in told] == ["max_rpm"]
+
+
+def test_the_minute_is_counted_without_max_rpm_and_kept_when_a_reload_sets_it() -> None:
+    clock = ManualClock(wall=LATE - 3600)
+    clients, c, _ = make(clock)
+    for _ in range(5):
+        assert clients.admit(c) is None
+        clients.release(c, 200, 0.0)
+        clock.advance(20)
+    assert clients.status()["c"]["requests_last_minute"] == 2  # at 60 and 80 s (now 100)
+    clients.configure({"c": ClientConfig("c", uids=(4242,), max_rpm=2)}, MODELS, GROUPS)
+    assert clients.admit(c) is not None  # the minute so far counts against the new limit
+
+
+def test_a_cap_told_on_many_days_keeps_only_the_latest() -> None:
+    clock = ManualClock(wall=LATE - 86400 * 30)
+    clients, c, told = make(clock, max_cost_per_day=0.5)
+    for _ in range(30):
+        clients.admit(c)
+        clients.release(c, 200, 1.0)
+        with pytest.raises(OverBudget):
+            c.narrow("cloud/x", ("cloud/x",), names_model=True)
+        clock.advance(86400)
+    assert len(told) == 30 and len(c._told) == 1
+
+
+def test_identify_takes_a_token_on_tcp_only() -> None:
+    clients = Clients(ManualClock())
+    clients.configure({"t": ClientConfig("t", tcp_token="tok")}, MODELS, GROUPS)
+    token = {"Authorization": "Bearer tok"}
+
+    class Gone:  # a transport whose connection is gone: aiohttp's request.transport
+        def get_extra_info(self, name: str) -> Any:
+            return None
+
+    assert clients.identify(None, token) is None
+    assert clients.identify(Gone(), token) is None
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        b.close()  # the peer's uid cannot be read: no one's, not the token's
+        assert clients.identify(b, token) is None
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()):
+            peer, _ = server.accept()
+            with peer:
+                assert clients.identify(peer, token) is clients.by_token(token) is not None

@@ -17,6 +17,7 @@ import contextvars
 import fnmatch
 import hashlib
 import math
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ def read_clients(top: Section, env: Mapping[str, str], models: Mapping[str, Mode
                 sec.data.get(f"tcp_token_{k}") for k in ("env", "file", "credential")):
             sec.problem("", "names no one: set uids or tcp_token_env/_file/_credential")
         allowed = sec.strings("models", None)
+        if allowed == ():  # LiteLLM's empty list is every model: here it would be none
+            sec.problem("models", "is empty: leave it out for every model (a client that "
+                        "may use nothing is better removed)")
         for i, entry in enumerate(allowed or ()):
             if _GLOB.isdisjoint(entry):
                 if entry not in names:
@@ -166,6 +170,12 @@ CURRENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
     "failoverd_client", default=None)
 
 
+def _prune(minute: deque[float], now: float) -> None:
+    """Drops the admissions that left the rolling minute."""
+    while minute and minute[0] <= now - MINUTE:
+        minute.popleft()
+
+
 def _over(spent: float, limit: float) -> bool:
     return spent >= limit or math.isclose(spent, limit, rel_tol=1e-9)
 
@@ -173,8 +183,9 @@ def _over(spent: float, limit: float) -> bool:
 class Client:
     """One client's configuration and counts (which a reload keeps)."""
 
-    __slots__ = ("cfg", "inflight", "_minute", "day", "month", "_told", "outcomes",
-                 "cost_total", "_models", "_names", "_globs", "_seen", "_priced", "_owner")
+    __slots__ = ("cfg", "inflight", "_minute", "day", "month", "_told", "_refused",
+                 "outcomes", "cost_total", "_models", "_names", "_globs", "_seen", "_priced",
+                 "_owner")
 
     def __init__(self, cfg: ClientConfig, owner: Clients) -> None:
         self.cfg = cfg
@@ -185,6 +196,7 @@ class Client:
         self.day: tuple[str, float] = ("", 0.0)
         self.month: tuple[str, float] = ("", 0.0)
         self._told: set[tuple[str, str]] = set()  # (limit, period key or "")
+        self._refused: dict[str, float] = {}  # a rate limit's last refusal (monotonic)
         self.outcomes: dict[str, int] = {}
         self.cost_total = 0.0
         self._models: frozenset[str] | None = None
@@ -326,10 +338,16 @@ class Clients:
         its token (a token on the Unix socket names no one: any local user could send it)."""
         from failoverd.listen import peer_uid
 
-        uid = peer_uid(transport)
-        if uid is not None:
-            return self._by_uid.get(uid)
-        return self.by_token(headers)
+        get_extra_info = getattr(transport, "get_extra_info", None)  # or the socket itself
+        sock = get_extra_info("socket") if get_extra_info is not None else transport
+        family = getattr(sock, "family", None)
+        if family == socket.AF_UNIX:
+            # a peer whose uid cannot be read (gone already) is no one's, never its token's
+            uid = peer_uid(sock)
+            return self._by_uid.get(uid) if uid is not None else None
+        if family in (socket.AF_INET, socket.AF_INET6):
+            return self.by_token(headers)
+        return None
 
     def by_token(self, headers: Mapping[str, str]) -> Client | None:
         """The client whose token a TCP request carries (as a bearer or as x-api-key)."""
@@ -352,6 +370,8 @@ class Clients:
         """`on_limited`, once per limit and episode (rates) or period (spending caps)."""
         mark = (limited.limit, limited.period)
         if mark not in client._told:
+            if limited.period:  # the caps' earlier periods are over: not kept for ever
+                client._told = {t for t in client._told if t[0] != limited.limit}
             client._told.add(mark)
             if self.on_limited is not None:
                 self.on_limited(limited, self.clock.time() + limited.retry_after)
@@ -363,13 +383,19 @@ class Clients:
         limited = self._limited(client)
         if limited is not None:
             client.outcomes[limited.limit] = client.outcomes.get(limited.limit, 0) + 1
+            # a rate episode ends after a minute without a refusal: a client kept at its
+            # limit (a place freed, taken, the next refused) is told once, not per place
+            now = self.clock.monotonic()
+            last = client._refused.get(limited.limit)
+            client._refused[limited.limit] = now
+            if last is not None and now - last >= MINUTE:
+                client._told.discard((limited.limit, ""))
             self.tell(client, limited)
             return limited
-        # a request let in ends the rate episodes: the next refusal is told again
-        client._told.discard(("max_rpm", ""))
-        client._told.discard(("max_concurrency", ""))
-        if cfg.max_rpm:
-            client._minute.append(self.clock.monotonic())
+        now = self.clock.monotonic()
+        if not cfg.max_rpm:  # (with it, _limited pruned it just now)
+            _prune(client._minute, now)
+        client._minute.append(now)  # also without max_rpm: status shows the use
         client.inflight += 1
         return None
 
@@ -396,8 +422,7 @@ class Clients:
         if cfg.max_rpm:
             now = self.clock.monotonic()
             minute = client._minute
-            while minute and minute[0] <= now - MINUTE:
-                minute.popleft()
+            _prune(minute, now)
             if len(minute) >= cfg.max_rpm:
                 # the oldest of the minute's requests leaves it then, freeing a place
                 wait = minute[len(minute) - cfg.max_rpm] + MINUTE - now
