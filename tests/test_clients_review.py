@@ -1,0 +1,222 @@
+"""[clients.<name>] under attack: the model list and the limits on both paths (the fast path
+and aiohttp's, which a chunked body takes), on every proxied endpoint; a session pinned, a
+hedge and a failover to a model outside the list; the concurrency permit given back on every
+way a request ends; the 429s as the real SDKs take them (Retry-After, x-should-retry)."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+from failoverd.clock import ManualClock
+from tests.helpers import HELLO, chat, metric, status, until
+
+UID = os.getuid()
+LATE = float(calendar.timegm((2026, 12, 7, 23, 50, 0, 0, 0, 0)))  # ten minutes to 00:00 UTC
+PRICED = "cost = { input = 100.0, output = 100.0 }"  # an answer of the fakes: $0.0015
+
+
+def body(llama: Any, free: Any, cloud: Any, clients: str, head: str = "") -> str:
+    """The default chain local/llama (priced, hedged after 50 ms) > cloud/big > local/free,
+    each on its own fake; embeddings local/embed and cloud/embed (a chain "vectors" of the
+    cloud's first); `clients`: the [clients.*] tables."""
+    return f"""{head}
+[providers.llama]
+kind = "openai"
+base_url = "{llama.url}"
+[providers.free]
+kind = "openai"
+base_url = "{free.url}"
+[providers.cloud]
+kind = "openai"
+base_url = "{cloud.url}"
+[models."local/llama"]
+provider = "llama"
+hedge_after = 0.05
+{PRICED}
+[models."local/free"]
+provider = "free"
+[models."cloud/big"]
+provider = "cloud"
+[models."local/embed"]
+provider = "free"
+capabilities = ["embeddings"]
+[models."cloud/embed"]
+provider = "cloud"
+capabilities = ["embeddings"]
+[chains.vectors]
+models = ["cloud/embed", "local/embed"]
+[routing]
+primary = "local/llama"
+fallbacks = ["cloud/big", "local/free"]
+retry_after_max = 0.2
+when_all_unavailable = "fail"
+[probes]
+kind = "none"
+{clients}"""
+
+
+def batch(**limits: Any) -> str:
+    extra = "".join(f"\n{k} = {v}" for k, v in limits.items())
+    return f"""
+[clients.batch]
+uids = [{UID}]
+models = ["local/*"]{extra}"""
+
+
+async def chunked(d: Any, path: str, payload: bytes, **headers: str) -> httpx.Response:
+    """A request whose body comes chunked: the fast path hands it to aiohttp."""
+    async def parts() -> AsyncIterator[bytes]:
+        yield payload
+
+    return await d.http.post(path, content=parts(), headers={
+        "Content-Type": "application/json", **headers})
+
+
+def fast(d: Any) -> Any:
+    return d.sup.fast
+
+
+async def test_the_list_and_the_limits_hold_on_both_paths_and_every_endpoint(
+        fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = (await fake_openai(reply="llama"), await fake_openai(reply="free"),
+                          await fake_openai(reply="cloud"))
+    clock = ManualClock(wall=LATE - 3600)
+    d = await start_daemon(body(llama, free, cloud, batch(max_rpm=7)), clock=clock)
+    handed = fast(d).handed_off
+    chat_cloud = b'{"model": "cloud/big", "messages": [{"role": "user", "content": "hi"}]}'
+    resp = await chunked(d, "/v1/chat/completions", chat_cloud)
+    assert resp.status_code == 403 and resp.json()["error"]["client"] == "batch"
+    assert fast(d).handed_off == handed + 1  # it went through aiohttp's server
+    resp = await chunked(d, "/v1/messages", b'{"model": "cloud/big", "max_tokens": 8, '
+                         b'"messages": [{"role": "user", "content": "hi"}]}')
+    assert resp.status_code == 403
+    assert resp.json()["error"]["type"] == "permission_error"
+    # every proxied endpoint, on the fast path
+    for path, payload in (
+            ("/v1/embeddings", {"model": "cloud/embed", "input": "hi"}),
+            ("/v1/embeddings", {"model": "vectors", "input": "hi"}),
+            ("/v1/completions", {"model": "cloud/big", "prompt": "hi"}),
+            ("/v1/responses", {"model": "cloud/big", "input": "hi"})):
+        resp = await d.http.post(path, json=payload)
+        assert resp.status_code == 403, (path, payload, resp.text)
+        assert f"'{payload['model']}'" in resp.json()["error"]["message"]
+    resp = await d.http.post("/v1/embeddings", json={"model": "local/embed", "input": "hi"})
+    assert resp.status_code == 200
+    assert not cloud.requests
+    # seven admitted in the minute (the 403s too): the next is refused on either path
+    assert (await status(d))["clients"]["batch"]["requests_last_minute"] == 7
+    resp = await chunked(d, "/v1/chat/completions", chat_cloud)
+    assert resp.status_code == 429 and resp.json()["error"]["limit"] == "max_rpm"
+    assert (await d.http.post("/v1/embeddings", json={"model": "local/embed", "input": "hi"})
+            ).status_code == 429
+    assert (await status(d))["clients"]["batch"]["inflight"] == 0
+
+
+async def test_a_session_pin_a_hedge_and_a_failover_stay_in_the_list(
+        fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = (await fake_openai(reply="llama"), await fake_openai(reply="free"),
+                          await fake_openai(reply="cloud"))
+    d = await start_daemon(body(llama, free, cloud, batch()))
+    # a session whose preference an operator (or another client) set to a cloud model
+    resp = await d.http.post("/v1/sessions/job-1", json={"model": "cloud/big"})
+    assert resp.status_code == 200
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="local/llama", messages=HELLO, extra_headers={"x-failoverd-session": "job-1"})
+    assert raw.headers["x-failoverd-model"] == "local/llama"
+    # the slow first model is hedged: to the next model of the client's, not to the cloud
+    llama.push("slow:2")
+    raw = await d.openai.chat.completions.with_raw_response.create(model="local/llama",
+                                                                   messages=HELLO)
+    assert raw.headers["x-failoverd-model"] == "local/free", dict(raw.headers)
+    assert raw.parse().choices[0].message.content == "free"
+    # a failover the same way
+    llama.push("auth")
+    raw = await d.openai.chat.completions.with_raw_response.create(model="local/llama",
+                                                                   messages=HELLO)
+    assert raw.headers["x-failoverd-model"] == "local/free"
+    assert not cloud.requests
+    # the session's pin is skipped, visibly, when nothing of the client's serves
+    llama.push("auth")
+    free.push("auth")
+    resp = await chat(d, "local/llama", **{"x-failoverd-session": "job-1"})
+    assert resp.status_code == 503
+    attempts = {a["model"]: a for a in resp.json()["error"]["attempts"]}
+    assert "not in clients.batch.models" in attempts["cloud/big"]["message"]
+    assert not cloud.requests
+    await until(lambda: d.sup.service.clients.status()["batch"]["inflight"] == 0)
+
+
+async def test_the_concurrency_permit_comes_back_however_a_request_ends(
+        fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, batch(max_concurrency=1)))
+    inflight = lambda: d.sup.service.clients.status()["batch"]["inflight"]  # noqa: E731
+    # the 403, and a body that is no JSON
+    assert (await chat(d, "cloud/big")).status_code == 403
+    assert (await d.http.post("/v1/chat/completions", content=b"{")).status_code == 400
+    assert inflight() == 0
+    # a stream whose client goes away in the middle
+    llama.push("slow_stream:0.3")
+    async with d.http.stream("POST", "/v1/chat/completions", json={
+            "model": "local/llama", "messages": HELLO, "stream": True}) as resp:
+        assert resp.status_code == 200
+        async for _ in resp.aiter_bytes():
+            break
+        assert inflight() == 1
+        assert (await chat(d, "local/free")).status_code == 429
+    await until(lambda: inflight() == 0)
+    # a request that hangs and whose client gives up
+    free.push("hang")
+    task = asyncio.create_task(chat(d, "local/free"))
+    await until(lambda: inflight() == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(lambda: inflight() == 0)
+    assert (await chat(d, "local/free")).status_code == 200
+    # every candidate fails: the 503
+    llama.push("auth")
+    free.push("auth")
+    assert (await chat(d, "local/llama")).status_code == 503
+    assert inflight() == 0
+
+
+async def test_the_sdks_do_not_retry_a_spent_cap(
+        fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    clock = ManualClock(wall=LATE)
+    clients = """
+[clients.batch]
+uids = [{uid}]
+models = ["local/llama"]
+max_cost_per_day = 0.001""".format(uid=UID)
+    d = await start_daemon(body(llama, free, cloud, clients), clock=clock)
+    assert (await chat(d, "local/llama")).status_code == 200  # $0.0015: past the cap
+    # the SDKs' default retries (2) are not spent on it: x-should-retry false
+    sdk = openai.AsyncOpenAI(api_key="unused", base_url="http://failoverd/v1",
+                             http_client=httpx.AsyncClient(
+                                 transport=httpx.AsyncHTTPTransport(uds=d.socket)))
+    async with sdk:
+        with pytest.raises(openai.RateLimitError) as info:
+            await sdk.chat.completions.create(model="local/llama", messages=HELLO)
+    assert info.value.code == "insufficient_quota"
+    assert info.value.response.headers["retry-after"] == "600"
+    claude = anthropic.AsyncAnthropic(api_key="unused", base_url="http://failoverd",
+                                      http_client=httpx2.AsyncClient(
+                                          transport=httpx2.AsyncHTTPTransport(uds=d.socket)))
+    async with claude:
+        with pytest.raises(anthropic.RateLimitError):
+            await claude.messages.create(model="local/llama", max_tokens=8, messages=HELLO)
+    assert await metric(d, 'failoverd_client_requests_total{client="batch",'
+                        'outcome="max_cost_per_day"} 2')
+    assert len(llama.chat_requests()) == 1
