@@ -195,11 +195,11 @@ async def test_the_sdks_do_not_retry_a_spent_cap(
         fake_openai: Any, start_daemon: Any) -> None:
     llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
     clock = ManualClock(wall=LATE)
-    clients = """
+    clients = f"""
 [clients.batch]
-uids = [{uid}]
+uids = [{UID}]
 models = ["local/llama"]
-max_cost_per_day = 0.001""".format(uid=UID)
+max_cost_per_day = 0.001"""
     d = await start_daemon(body(llama, free, cloud, clients), clock=clock)
     assert (await chat(d, "local/llama")).status_code == 200  # $0.0015: past the cap
     # the SDKs' default retries (2) are not spent on it: x-should-retry false
