@@ -220,3 +220,19 @@ max_cost_per_day = 0.001"""
     assert await metric(d, 'failoverd_client_requests_total{client="batch",'
                         'outcome="max_cost_per_day"} 2')
     assert len(llama.chat_requests()) == 1
+
+
+async def test_a_client_lists_only_its_models(fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, f"""
+[clients.batch]
+uids = [{UID}]
+models = ["local/llama", "vectors"]"""))
+    listed = [m.id async for m in d.openai.models.list()]
+    # its model, its chain and the chain's models (which it may name too)
+    assert sorted(listed) == ["cloud/embed", "local/embed", "local/llama", "vectors"]
+    assert (await d.openai.models.retrieve("local/llama")).id == "local/llama"
+    with pytest.raises(openai.NotFoundError):
+        await d.openai.models.retrieve("cloud/big")
+    resp = await d.http.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
+    assert [m["id"] for m in resp.json()["data"]] == ["local/llama"]  # chat ones only

@@ -245,6 +245,11 @@ class Client:
                 self._seen[name] = seen
         return seen
 
+    def may_use(self, name: str) -> bool:
+        """Whether /v1/models lists `name` (a model, chain or pool) to the client: one it may
+        name, or a model its list gives it (through a chain, a pool or "default")."""
+        return self._models is None or name in self._models or self.may_ask(name)
+
     def narrow(self, requested: str, candidates: tuple[str, ...], *, names_model: bool
                ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         """The candidates the client may use, and those skipped for it (model, why); raises
