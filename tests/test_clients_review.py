@@ -236,3 +236,27 @@ models = ["local/llama", "vectors"]"""))
         await d.openai.models.retrieve("cloud/big")
     resp = await d.http.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
     assert [m["id"] for m in resp.json()["data"]] == ["local/llama"]  # chat ones only
+
+
+async def test_a_client_kept_to_some_models_may_not_change_what_everyone_gets(
+        fake_openai: Any, start_daemon: Any, short_dir: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, batch(max_rpm=100)))
+    for path in ("/v1/models/local/free/open", "/v1/models/local/free/reset",
+                 "/v1/chains/default/next", "/v1/reload"):
+        resp = await d.http.post(path)
+        assert resp.status_code == 403, path
+        assert resp.json()["error"]["client"] == "batch"
+        assert "is the operator's" in resp.json()["error"]["message"]
+    assert d.sup.service.model_state("local/free") == "closed"
+    # its own session's preference it may set (its requests are narrowed anyway), and read
+    assert (await d.http.post("/v1/sessions/job-1", json={"model": "local/free"})
+            ).status_code == 200
+    assert (await d.http.get("/v1/status")).status_code == 200
+    # a client with no model list (limits or not) may, as any peer allowed in
+    path = short_dir / "d.toml"
+    path.write_text(path.read_text().replace('models = ["local/*"]', ""))
+    assert d.sup.service.clients.status()["batch"]["models"] == ["local/*"]
+    assert d.sup.reload()
+    assert d.sup.service.clients.status()["batch"]["models"] is None
+    assert (await d.http.post("/v1/models/local/free/open")).status_code == 200

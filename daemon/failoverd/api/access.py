@@ -35,9 +35,23 @@ def _has_token(headers: Mapping[str, str], expected: bytes) -> bool:
     return key is not None and hmac.compare_digest(_raw(key), expected)
 
 
+# the control API's actions that change what every caller gets (a breaker opened, a chain
+# turned, the config reloaded): not for a [clients.<name>] kept to some models
+_OPERATOR_ONLY = ("/v1/reload", "/v1/models/", "/v1/chains/")
+
+
 def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     """The answer to a peer that may not talk to the daemon, or None to let it through."""
-    return refusal_of(request.transport, request.headers, service, request.path)
+    refused = refusal_of(request.transport, request.headers, service, request.path)
+    if (refused is None and service.clients.active and request.method == "POST"
+            and request.path.startswith(_OPERATOR_ONLY)):
+        client = service.clients.identify(request.transport, request.headers)
+        if client is not None and client.cfg.models is not None:
+            return OPENAI.error(403, "permission_denied",
+                                f"client {client.name!r} is kept to clients.{client.name}."
+                                f"models: POST {request.path} is the operator's",
+                                "permission_denied", client=client.name)
+    return refused
 
 
 def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, str],
