@@ -83,9 +83,14 @@ class _Headers(Protocol):
 
 
 def upstream_id(headers: _Headers) -> str | None:
-    """The request id an upstream's answer carries, or None (capped at 128 characters)."""
+    """The request id an upstream's answer carries (capped at 128 characters), or None:
+    also for one that is not a sane id (a space or a control character would let an
+    upstream forge fields of the text access log line that shows it)."""
     value = headers.first(UPSTREAM_HEADERS)
-    return value[:MAX_LENGTH] if value is not None else None
+    if value is None:
+        return None
+    value = value[:MAX_LENGTH]
+    return value if sane(value) else None
 
 
 class Seen:
