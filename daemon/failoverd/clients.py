@@ -37,6 +37,7 @@ __all__ = ["CURRENT", "Client", "ClientConfig", "Clients", "Forbidden", "Limited
 MAX_UID = 2 ** 32 - 2
 MINUTE = 60.0
 Limit = Literal["max_rpm", "max_concurrency", "max_cost_per_day", "max_cost_per_month"]
+Period = Literal["day", "month"]
 _GLOB = frozenset("*?[")
 _RESERVED = ("default", "auto")
 
@@ -287,7 +288,7 @@ class Client:
 
     # ------------------------------------------------------------------ spending
 
-    def spent(self, period: Literal["day", "month"], key: str) -> float:
+    def spent(self, period: Period, key: str) -> float:
         held_key, held = self.day if period == "day" else self.month
         return held if held_key >= key else 0.0
 
@@ -410,12 +411,13 @@ class Clients:
         if cfg.max_cost_per_day or cfg.max_cost_per_month:
             wall = self.clock.time()
             (day, day_end), (month, month_end) = self._periods(wall)
-            for period, key, end, cap in (("day", day, day_end, cfg.max_cost_per_day),
-                                          ("month", month, month_end, cfg.max_cost_per_month)):
-                spent = client.spent(period, key)  # type: ignore[arg-type]
+            caps: tuple[tuple[Period, Limit, str, float, float], ...] = (
+                ("day", "max_cost_per_day", day, day_end, cfg.max_cost_per_day),
+                ("month", "max_cost_per_month", month, month_end, cfg.max_cost_per_month))
+            for period, limit, key, end, cap in caps:
+                spent = client.spent(period, key)
                 if cap and _over(spent, cap):
-                    return Limited(client.name, f"max_cost_per_{period}",  # type: ignore[arg-type]
-                                   max(1.0, math.ceil(end - wall)),
+                    return Limited(client.name, limit, max(1.0, math.ceil(end - wall)),
                                    f"${spent:.4f} of ${cap:g} spent in {key}", key)
         return None
 
