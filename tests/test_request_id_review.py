@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from failoverd import requestid
 from tests.fakes.base import fake_fixture
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
-from tests.test_request_id import MADE, IdOpenAI, access
+from tests.test_request_id import MADE, IdOpenAI, access, events, two_config
 
 ACCESS = "failoverd.access"
 
@@ -61,3 +64,111 @@ async def test_an_upstream_id_cannot_forge_fields_of_the_text_access_log(
     assert re.fullmatch(r"POST /v1/chat/completions 200 model=a/m attempts=1 failover=- "
                         r"rid=\S+ [0-9.]+ms uid=\S+", text), text
     assert line["upstream_request_id"] is None
+
+
+async def test_a_wrong_method_on_a_proxied_path_answers_with_the_id(
+        evil_openai: Any, start_daemon: Any) -> None:
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a))
+    resp = await d.http.get("/v1/chat/completions", headers={"x-request-id": "get-1"})
+    assert resp.status_code == 405
+    assert resp.headers.get("x-request-id") == "get-1"
+
+
+async def test_hostile_client_ids_on_the_raw_socket(evil_openai: Any,
+                                                    start_daemon: Any) -> None:
+    """A folded line, a repeated field (aiohttp's path: the first is taken, as from_head
+    does), a bare CR (aiohttp's 400): never a header injected into the answer."""
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a))
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK, headers="X-Request-Id: a\r\n Injected: 1\r\n"))
+        folded = await read_answer(reader)
+    assert "injected" not in folded.headers
+    if folded.status == 200:
+        assert MADE.fullmatch(folded.headers["x-request-id"])
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK, headers="X-Request-Id: d-1\r\nX-Request-Id: d-2\r\n"))
+        twice = await read_answer(reader)
+    assert twice.status == 200 and twice.headers.getall("x-request-id") == ["d-1"]
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK, headers="X-Request-Id: c\rInjected: 1\r\n"))
+        bare = await read_answer(reader)
+    assert bare.status == 400 and "injected" not in bare.headers
+
+
+async def test_a_passed_on_upstream_error_has_one_id_the_requests(
+        evil_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await evil_openai(default="bad_param")
+    d = await start_daemon(one_openai(a))
+    for query in ("", "?via=aiohttp"):
+        async with connect(d.socket) as (reader, writer):
+            target = f"/v1/chat/completions{query}"
+            writer.write(post(ASK, target, headers="x-request-id: bad-1\r\n"))
+            answer = await read_answer(reader)
+        assert answer.status == 400
+        assert answer.headers.getall("x-request-id") == ["bad-1"]
+    # the refused attempt's upstream id is in the line: what the provider's support needs
+    assert [line["upstream_request_id"] for _, line in access(caplog)] == a.sent
+
+
+async def test_retries_name_the_attempt_that_served_or_failed_last(
+        evil_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await evil_openai()
+    b = await evil_openai(rid="req_b")
+    d = await start_daemon("access_log = true\n" + two_config(a, b).replace(
+        'provider = "a"\nmax_retries = 0', 'provider = "a"\nmax_retries = 1'))
+    a.push("server_error")
+    ok = await d.http.post("/v1/chat/completions", json=ASK)
+    assert ok.headers["x-failoverd-attempts"] == "2"
+    assert access(caplog)[-1][1]["upstream_request_id"] == a.sent[1]
+    a.push("server_error", "server_error")
+    over = await d.http.post("/v1/chat/completions", json=ASK)
+    assert over.headers["x-failoverd-model"] == "b/m"
+    failover, = events(d, "model:failover")
+    assert failover["upstream_request_id"] == a.sent[3]  # the last failed attempt's
+    assert access(caplog)[-1][1]["upstream_request_id"] == b.sent[0]
+
+
+async def test_a_hedge_whose_lanes_both_fail_lists_each_id_in_order(
+        evil_openai: Any, start_daemon: Any) -> None:
+    a = await evil_openai(rid="req_slow")
+    b = await evil_openai(rid="req_fast")
+    d = await start_daemon(two_config(a, b, a_model="hedge_after = 0.05"))
+    a.default = "late:0.3:server_error"  # the hedge's lane (b) fails first
+    b.default = "server_error"
+    resp = await d.http.post("/v1/chat/completions", json={**ASK, "model": "a/m"},
+                             headers={"x-request-id": "hf-1"})
+    assert resp.status_code == 503 and resp.headers["x-request-id"] == "hf-1"
+    attempts = resp.json()["error"]["attempts"]
+    by_model = {x["model"]: x["upstream_request_id"] for x in attempts}
+    assert by_model == {"a/m": a.sent[0], "b/m": b.sent[0]}, attempts
+    exhausted, = events(d, "chain:exhausted")
+    assert exhausted["request_id"] == "hf-1"
+
+
+def test_made_ids_differ_across_processes_and_forks() -> None:
+    """Two interpreters and a forked child: three prefixes."""
+    code = ("import os, sys\nfrom failoverd import requestid\nprint(requestid.new())\n"
+            "sys.stdout.flush()\npid = os.fork()\n"
+            "if pid == 0:\n    print(requestid.new()); sys.stdout.flush(); os._exit(0)\n"
+            "os.waitpid(pid, 0)\nprint(requestid.new())\n")
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=20).stdout.split() for _ in range(2)]
+    ids = [i for out in outputs for i in out]
+    assert all(MADE.fullmatch(i) for i in ids) and len(set(ids)) == 6
+    # the parent's counter goes on, the child's prefix is its own
+    for parent, child, after in outputs:
+        assert parent.split("-")[0] == after.split("-")[0] != child.split("-")[0]
+        assert after.endswith("-2") and child.endswith("-1")
+    assert outputs[0][0].split("-")[0] != outputs[1][0].split("-")[0]
+
+
+def test_making_or_keeping_an_id_is_cheap() -> None:
+    """Well under a microsecond or two each (a loose bound, for slow CI)."""
+    from timeit import timeit
+    runs = 20000
+    assert timeit(requestid.new, number=runs) / runs < 5e-6
+    assert timeit(lambda: requestid.of("req_0123456789abcdef"), number=runs) / runs < 5e-6

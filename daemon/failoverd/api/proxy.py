@@ -75,6 +75,8 @@ def failed(front: FrontEnd, svc: Service, rt: Runtime, exc: UpstreamError,
            outcome: Outcome) -> web.Response:
     """A failure that ends the request without trying further candidates."""
     headers = outcome_headers(outcome)
+    # the access log names the upstream answer the client got: this one (requestid.py)
+    outcome.upstream_request_id = exc.upstream_request_id
     svc.metrics.failed(exc.model, "bad_request" if exc.reason is FailureReason.BAD_REQUEST
                        else "context_overflow" if isinstance(exc, ContextRefused)
                        else "aborted")
