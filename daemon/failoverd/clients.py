@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from failoverd.credentials import read_secret
 from failoverd.errors import RequestError
+from failoverd.listen import peer_uid
 from failoverd.tomlreader import Section
 
 if TYPE_CHECKING:
@@ -342,16 +343,16 @@ class Clients:
     def identify(self, transport: Any, headers: Mapping[str, str]) -> Client | None:
         """The client a request comes from: a Unix socket peer by its uid, a TCP request by
         its token (a token on the Unix socket names no one: any local user could send it)."""
-        from failoverd.listen import peer_uid
-
+        uid = peer_uid(transport)
+        if uid is not None:
+            return self._by_uid.get(uid)
+        if not self._by_token:
+            return None
+        # a TCP request's token; a Unix peer whose uid cannot be read (gone already), or a
+        # connection with no socket left, is no one's whatever it sends
         get_extra_info = getattr(transport, "get_extra_info", None)  # or the socket itself
         sock = get_extra_info("socket") if get_extra_info is not None else transport
-        family = getattr(sock, "family", None)
-        if family == socket.AF_UNIX:
-            # a peer whose uid cannot be read (gone already) is no one's, never its token's
-            uid = peer_uid(sock)
-            return self._by_uid.get(uid) if uid is not None else None
-        if family in (socket.AF_INET, socket.AF_INET6):
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
             return self.by_token(headers)
         return None
 
