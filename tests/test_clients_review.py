@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from failoverd.clock import ManualClock
-from tests.helpers import HELLO, chat, metric, status, until
+from tests.helpers import HELLO, chat, metric, status, tcp_listener, until
 
 UID = os.getuid()
 LATE = float(calendar.timegm((2026, 12, 7, 23, 50, 0, 0, 0, 0)))  # ten minutes to 00:00 UTC
@@ -273,3 +273,37 @@ async def test_count_tokens_keeps_a_client_to_its_models(
                              json={"model": "cloud/big", "messages": HELLO})
     assert resp.status_code == 403
     assert resp.json()["error"]["type"] == "permission_error"
+
+
+async def test_a_reload_swaps_a_client_token_at_once(
+        fake_openai: Any, start_daemon: Any, short_dir: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    port, head = tcp_listener(short_dir)
+    token = short_dir / "batch.token"
+    token.write_text("old-token\n")
+    d = await start_daemon(body(llama, free, cloud, f"""
+[clients.batch]
+tcp_token_file = "{token}"
+models = ["local/*"]
+max_concurrency = 1""", head=head))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as tcp:
+        def ask(**headers: str) -> Any:
+            return tcp.post("/v1/chat/completions", headers=headers,
+                            json={"model": "local/free", "messages": HELLO})
+
+        assert (await ask(Authorization="Bearer old-token")).status_code == 200
+        # the daemon-wide token beside it does not take the client's limits away
+        free.push("slow:0.5")
+        first = asyncio.create_task(ask(**{"x-api-key": "old-token"}))
+        await until(lambda: len(free.requests) == 2)
+        resp = await ask(Authorization="Bearer s3cret", **{"x-api-key": "old-token"})
+        assert resp.status_code == 429
+        assert (await first).status_code == 200
+        token.write_text("new-token\n")
+        assert d.sup.reload()
+        assert (await ask(Authorization="Bearer old-token")).status_code == 401
+        assert (await ask(Authorization="Bearer new-token")).status_code == 200
+        # and the new token is the same client, its counts kept
+        assert d.sup.service.clients.status()["batch"]["inflight"] == 0
+        assert await metric(d, 'failoverd_client_requests_total{client="batch",'
+                            'outcome="served"} 3')
