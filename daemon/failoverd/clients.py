@@ -8,7 +8,8 @@ rolling minute (`max_rpm`), requests at once (`max_concurrency`), and USD a UTC 
 counts a model's). A peer that matches no client is served as before, at no cost.
 
 The configuration side (`read_clients`) and the counts (`Clients`, which outlive reloads and
-go to the state file); the proxy asks `identify` and `admit`, the router `narrow`.
+go to the state file); the proxy asks `identify` and `admit`, the router `narrow`, the
+control API `may_use` (what /v1/models lists to a client).
 """
 
 from __future__ import annotations
@@ -314,7 +315,6 @@ class Clients:
         self._by_token: dict[bytes, Client] = {}
         self._gone: dict[str, Client] = {}  # removed by a reload: their spending kept
         self.active = False
-        self.uids = False
         # called once per limit and episode (rpm, concurrency) or period (cost)
         self.on_limited: Callable[[Limited, float], None] | None = None
         self.on_spent: Callable[[], None] | None = None
@@ -334,7 +334,6 @@ class Clients:
         self._by_uid = {uid: c for c in current.values() for uid in c.cfg.uids}
         self._by_token = {_token_key(c.cfg.tcp_token): c for c in current.values()
                           if c.cfg.tcp_token}
-        self.uids = bool(self._by_uid)
         self.active = bool(current)
 
     def __iter__(self) -> Iterator[Client]:
