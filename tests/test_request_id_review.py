@@ -10,10 +10,13 @@ import subprocess
 import sys
 from typing import Any
 
+import anthropic
+import httpx2
 import pytest
 
 from failoverd import requestid
 from tests.fakes.base import fake_fixture
+from tests.helpers import HELLO
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
 from tests.test_request_id import MADE, IdOpenAI, access, events, two_config
 
@@ -172,3 +175,36 @@ def test_making_or_keeping_an_id_is_cheap() -> None:
     runs = 20000
     assert timeit(requestid.new, number=runs) / runs < 5e-6
     assert timeit(lambda: requestid.of("req_0123456789abcdef"), number=runs) / runs < 5e-6
+
+
+async def test_the_sdks_read_failoverds_id_as_the_responses_request_id(
+        evil_openai: Any, start_daemon: Any) -> None:
+    """openai's `_request_id` reads x-request-id, anthropic's `request-id`: both get the
+    request's id (the one in the access log), served, streamed and refused, on both
+    paths; the upstream's own id stays in the log line."""
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a))
+    raw = await d.openai.chat.completions.with_raw_response.create(
+        model="a/m", messages=HELLO, extra_headers={"x-request-id": "oa-1"})
+    assert raw.parse()._request_id == "oa-1"
+    claude = anthropic.AsyncAnthropic(
+        api_key="unused", base_url="http://failoverd", max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=d.socket)))
+    async with claude:
+        message = await claude.messages.create(model="a/m", max_tokens=10, messages=HELLO,
+                                               extra_headers={"x-request-id": "an-1"})
+        assert message._request_id == "an-1"
+        async with claude.messages.stream(model="a/m", max_tokens=10, messages=HELLO,
+                                          extra_headers={"x-request-id": "an-2"}) as stream:
+            assert stream.request_id == "an-2"
+            await stream.get_final_message()
+        a.push("server_error")
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await claude.messages.create(model="a/m", max_tokens=10, messages=HELLO,
+                                         extra_headers={"x-request-id": "an-3"})
+        assert refused.value.status_code == 503 and refused.value.request_id == "an-3"
+    # aiohttp's path too (a query string sends it there), and not on the OpenAI endpoints
+    ask = {"model": "a/m", "max_tokens": 10, "messages": HELLO}
+    slow = await d.http.post("/v1/messages?via=aiohttp", json=ask)
+    assert slow.headers["request-id"] == slow.headers["x-request-id"]
+    assert "request-id" not in (await d.http.post("/v1/chat/completions", json=ASK)).headers

@@ -21,11 +21,15 @@ import contextvars
 import itertools
 import os
 import re
+from collections.abc import MutableMapping
 from typing import Protocol
 
 from aiohttp import web
 
 HEADER = "x-request-id"
+# the header Anthropic's SDKs read as a response's request id (`_request_id`,
+# APIStatusError.request_id, as Anthropic's API sends it): /v1/messages answers have it too
+ANTHROPIC_HEADER = "request-id"
 MAX_LENGTH = 128
 # the request's id, set in front of every proxied request (api/drain.py)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -68,6 +72,14 @@ def of(client: str | None) -> str:
     if client is not None and sane(client):
         return client
     return new()
+
+
+def stamp(headers: MutableMapping[str, str], rid: str, anthropic: bool) -> None:
+    """Puts the request's id on an answer: in x-request-id, and in request-id too for an
+    Anthropic-shaped one (/v1/messages)."""
+    headers[HEADER] = rid
+    if anthropic:
+        headers[ANTHROPIC_HEADER] = rid
 
 
 def from_head(data: bytes) -> str:

@@ -127,7 +127,7 @@ def _stamped(request: web.Request, response: web.StreamResponse) -> web.StreamRe
     sent already, has it from api/proxy.py)."""
     rid = request.get(REQUEST_ID)
     if rid is not None and not response.prepared:
-        response.headers[requestid.HEADER] = rid
+        requestid.stamp(response.headers, rid, request.path == "/v1/messages")
     return response
 
 

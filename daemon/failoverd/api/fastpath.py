@@ -274,7 +274,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
         if path.partition("?")[0] not in accesslog.PATHS:
             return response  # not a proxied request's (a blank line, another path)
         rid = requestid.from_head(data)
-        response.headers[requestid.HEADER] = rid
+        requestid.stamp(response.headers, rid, self._anthropic_pending())
         if self.front.service.runtime.config.daemon.access_log and accesslog.logs(path):
             accesslog.write("POST", path, response.status, None, seconds,
                             peer_uid(self.transport), rid)
@@ -419,7 +419,7 @@ class FastConnection(asyncio.Protocol, StreamOpener):
                                        "internal_error")
                 rid = request.get(REQUEST_ID)
                 if rid is not None:
-                    response.headers[requestid.HEADER] = rid
+                    requestid.stamp(response.headers, rid, front is ANTHROPIC)
             if self.closed:
                 return
             if self.stream is not None:

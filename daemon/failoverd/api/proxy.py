@@ -285,7 +285,7 @@ async def relay(request: web.Request, front: FrontEnd, svc: Service, rt: Runtime
     encoder = front.encoder(outcome.model, raw)
     headers = {**_SSE_HEADERS, **outcome_headers(outcome, route.header)}
     if outcome.request_id is not None:  # the head goes out now (api/drain.py stamps the rest)
-        headers[requestid.HEADER] = outcome.request_id
+        requestid.stamp(headers, outcome.request_id, front is ANTHROPIC)
     opener = request.get(STREAM_OPENER)
     resp = opener.open_stream(headers) if opener is not None else web.StreamResponse(
         headers=headers)
