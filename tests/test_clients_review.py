@@ -307,3 +307,21 @@ max_concurrency = 1""", head=head))
         assert d.sup.service.clients.status()["batch"]["inflight"] == 0
         assert await metric(d, 'failoverd_client_requests_total{client="batch",'
                             'outcome="served"} 3')
+
+
+async def test_a_drain_gives_the_permits_back(fake_openai: Any, start_daemon: Any) -> None:
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, batch(max_concurrency=2),
+                                head="shutdown_timeout = 0.3"))
+    clients = d.sup.service.clients
+    free.push("slow:0.1")  # finishes within the drain
+    free.push("hang")  # cut at its end
+    done = asyncio.create_task(chat(d, "local/free"))
+    await until(lambda: len(free.requests) == 1)
+    cut = asyncio.create_task(chat(d, "local/free"))
+    await until(lambda: clients.status()["batch"]["inflight"] == 2)
+    await d.stop()
+    assert (await done).status_code == 200
+    assert (await cut).status_code == 503
+    entry = clients.status()["batch"]
+    assert entry["inflight"] == 0
