@@ -208,3 +208,27 @@ async def test_the_sdks_read_failoverds_id_as_the_responses_request_id(
     slow = await d.http.post("/v1/messages?via=aiohttp", json=ask)
     assert slow.headers["request-id"] == slow.headers["x-request-id"]
     assert "request-id" not in (await d.http.post("/v1/chat/completions", json=ASK)).headers
+
+
+async def test_a_timeout_names_the_head_that_came_or_none(
+        evil_openai: Any, start_daemon: Any) -> None:
+    """A stream whose head (with its id) came but no first token within
+    first_token_timeout: model:failover names that id; a plain request that got no head
+    at all: null, and no id of an earlier request is reused."""
+    a = await evil_openai(default="comments:5")
+    b = await evil_openai(rid="req_b")
+    config = two_config(a, b, a_model="first_token_timeout = 0.1")
+    d = await start_daemon(config.replace(f'base_url = "{a.url}"',
+                                          f'base_url = "{a.url}"\ntimeout = 0.2'))
+    async with d.http.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True},
+                             headers={"x-request-id": "ft-1"}) as stream:
+        assert stream.headers["x-failoverd-model"] == "b/m"
+        await stream.aread()
+    a.default = "hang"
+    ok = await d.http.post("/v1/chat/completions", json=ASK, headers={"x-request-id": "ft-2"})
+    assert ok.headers["x-failoverd-model"] == "b/m"
+    first, second = events(d, "model:failover")
+    assert (first["request_id"], first["reason"], first["upstream_request_id"]) == (
+        "ft-1", "timeout", a.sent[0])
+    assert (second["request_id"], second["reason"], second["upstream_request_id"]) == (
+        "ft-2", "timeout", None)
