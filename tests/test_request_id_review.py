@@ -232,3 +232,21 @@ async def test_a_timeout_names_the_head_that_came_or_none(
         "ft-1", "timeout", a.sent[0])
     assert (second["request_id"], second["reason"], second["upstream_request_id"]) == (
         "ft-2", "timeout", None)
+
+
+async def test_pipelined_into_aiohttps_path_and_nothing_forwarded_upstream(
+        evil_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A fast-path request, then one aiohttp's path serves (a query string) on the same
+    connection: each its own id; the client's id is not sent to the upstream."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a))
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ASK, headers="X-Request-Id: q-1\r\n")
+                     + post(ASK, "/v1/chat/completions?x=1")
+                     + post(ASK, "/v1/chat/completions?x=2", headers="X-Request-Id: q-3\r\n"))
+        answers = [await read_answer(reader) for _ in range(3)]
+    ids = [x.headers["x-request-id"] for x in answers]
+    assert ids[0] == "q-1" and MADE.fullmatch(ids[1]) and ids[2] == "q-3"
+    assert [line["request_id"] for _, line in access(caplog)] == ids
+    assert all("x-request-id" not in {k.lower() for k in r.headers} for r in a.requests)
