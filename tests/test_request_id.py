@@ -10,7 +10,7 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
@@ -45,28 +45,35 @@ def _stamping(header: str, prefix: str, sent: list[str]) -> Any:
     return stamp
 
 
-@dataclass
-class IdOpenAI(FakeOpenAI):
-    """The fake OpenAI, with OpenAI's `x-request-id` on every answer (`sent`, in order)."""
+class _Stamped:
+    """A fake that gives every answer an id in `header` (`rid` and a number; `sent`, in
+    order), as the real API does."""
 
+    header: ClassVar[str]
+    rid: str
+    sent: list[str]
+
+    async def _serve(self, app: web.Application, path: str = "/v1", **kwargs: Any) -> None:
+        app.on_response_prepare.append(_stamping(self.header, self.rid, self.sent))
+        await super()._serve(app, path, **kwargs)  # type: ignore[misc]  # a FakeServer's
+
+
+@dataclass
+class IdOpenAI(_Stamped, FakeOpenAI):
+    """The fake OpenAI, with OpenAI's `x-request-id` on every answer."""
+
+    header: ClassVar[str] = "x-request-id"
     rid: str = "req_oa"
     sent: list[str] = field(default_factory=list, kw_only=True)
 
-    async def _serve(self, app: web.Application, path: str = "/v1", **kwargs: Any) -> None:
-        app.on_response_prepare.append(_stamping("x-request-id", self.rid, self.sent))
-        await super()._serve(app, path, **kwargs)
-
 
 @dataclass
-class IdAnthropic(FakeAnthropic):
+class IdAnthropic(_Stamped, FakeAnthropic):
     """The fake Anthropic, with Anthropic's `request-id` on every answer."""
 
+    header: ClassVar[str] = "request-id"
     rid: str = "req_01an"
     sent: list[str] = field(default_factory=list, kw_only=True)
-
-    async def _serve(self, app: web.Application, path: str = "/v1", **kwargs: Any) -> None:
-        app.on_response_prepare.append(_stamping("request-id", self.rid, self.sent))
-        await super()._serve(app, path, **kwargs)
 
 
 id_openai = fake_fixture(IdOpenAI, "id_openai")
