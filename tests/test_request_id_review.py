@@ -13,12 +13,14 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
+from aiohttp import web
 
 from failoverd import requestid
 from tests.fakes.base import fake_fixture
 from tests.helpers import HELLO
+from tests.test_audio import AUDIO, Whisper
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
-from tests.test_request_id import MADE, IdOpenAI, access, events, two_config
+from tests.test_request_id import MADE, IdOpenAI, _stamping, access, events, two_config
 
 ACCESS = "failoverd.access"
 
@@ -250,3 +252,49 @@ async def test_pipelined_into_aiohttps_path_and_nothing_forwarded_upstream(
     assert ids[0] == "q-1" and MADE.fullmatch(ids[1]) and ids[2] == "q-3"
     assert [line["request_id"] for _, line in access(caplog)] == ids
     assert all("x-request-id" not in {k.lower() for k in r.headers} for r in a.requests)
+
+
+class IdWhisper(Whisper):
+    """test_audio's speech-to-text server, with Groq's and OpenAI's x-request-id."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.sent: list[str] = []
+
+    async def _serve(self, app: web.Application, *args: Any, **kwargs: Any) -> None:
+        app.on_response_prepare.append(_stamping("x-request-id", f"req_{self.name}_",
+                                                 self.sent))
+        await super()._serve(app, *args, **kwargs)
+
+
+async def test_a_transcription_failover_names_each_upstreams_id(
+        start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    oai, groq = await IdWhisper("oai").start(), await IdWhisper("groq").start()
+    d = await start_daemon(f"""access_log = true
+[providers.groq]
+kind = "openai"
+base_url = "{groq.url}"
+[providers.oai]
+kind = "openai"
+base_url = "{oai.url}"
+[models."oai/whisper"]
+provider = "oai"
+capabilities = ["transcription"]
+max_retries = 0
+[models."groq/whisper"]
+provider = "groq"
+capabilities = ["transcription"]
+max_retries = 0
+[chains.ears]
+models = ["oai/whisper", "groq/whisper"]
+{NO_PROBES}""")
+    oai.script.append(429)
+    resp = await d.http.post("/v1/audio/transcriptions", data={"model": "ears"},
+                             files={"file": ("a.wav", AUDIO, "audio/wav")},
+                             headers={"x-request-id": "ears-1"})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "ears-1", resp.text
+    failover, = events(d, "model:failover")
+    assert (failover["request_id"], failover["upstream_request_id"]) == ("ears-1", oai.sent[0])
+    (_, line), = access(caplog)
+    assert (line["request_id"], line["upstream_request_id"]) == ("ears-1", groq.sent[0])
