@@ -271,6 +271,15 @@ async def test_a_transcription_failover_names_each_upstreams_id(
         start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS)
     oai, groq = await IdWhisper("oai").start(), await IdWhisper("groq").start()
+    try:
+        await _transcribe_over(oai, groq, start_daemon, caplog)
+    finally:
+        await oai.close()
+        await groq.close()
+
+
+async def _transcribe_over(oai: IdWhisper, groq: IdWhisper, start_daemon: Any,
+                           caplog: pytest.LogCaptureFixture) -> None:
     d = await start_daemon(f"""access_log = true
 [providers.groq]
 kind = "openai"
