@@ -148,8 +148,9 @@ async def test_a_hedge_whose_lanes_both_fail_lists_each_id_in_order(
                              headers={"x-request-id": "hf-1"})
     assert resp.status_code == 503 and resp.headers["x-request-id"] == "hf-1"
     attempts = resp.json()["error"]["attempts"]
-    by_model = {x["model"]: x["upstream_request_id"] for x in attempts}
-    assert by_model == {"a/m": a.sent[0], "b/m": b.sent[0]}, attempts
+    # in the order they failed: the hedge's lane first, then the slow original
+    assert [(x["model"], x["upstream_request_id"]) for x in attempts] == [
+        ("b/m", b.sent[0]), ("a/m", a.sent[0])], attempts
     exhausted, = events(d, "chain:exhausted")
     assert exhausted["request_id"] == "hf-1"
 
