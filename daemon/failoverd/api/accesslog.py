@@ -73,8 +73,9 @@ def write(method: str, path: str, status: int, outcome: Outcome | None, seconds:
         "cost_usd": round(outcome.cost, 9) if outcome is not None and outcome.cost else None,
         # its hedges (x-failoverd-hedge: `from>to:outcome`, hedge.py); null when none
         "hedge": (",".join(outcome.hedges) or None) if outcome is not None else None,
-        # the request's id (x-request-id, requestid.py) and the one the serving upstream
-        # gave its answer (null: none served, or the upstream sends none)
+        # the request's id (x-request-id, requestid.py) and the one the upstream gave the
+        # answer the client got: the serving attempt's, or an upstream error passed on
+        # (null: no such answer, or its upstream sent no sane id)
         "request_id": request_id,
         "upstream_request_id": outcome.upstream_request_id if outcome is not None else None,
         "client": client,  # its [clients.<name>]; null: a peer that matches none
