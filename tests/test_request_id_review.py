@@ -5,6 +5,7 @@ passed on, ids across processes, and what the SDKs read."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -308,3 +309,29 @@ models = ["oai/whisper", "groq/whisper"]
     assert (failover["request_id"], failover["upstream_request_id"]) == ("ears-1", oai.sent[0])
     (_, line), = access(caplog)
     assert (line["request_id"], line["upstream_request_id"]) == ("ears-1", groq.sent[0])
+
+
+async def test_a_clients_refusals_carry_the_id(evil_openai: Any, start_daemon: Any,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """[clients.<name>]'s 403 (a model outside its list) and 429 (past its max_rpm), on the
+    fast path and aiohttp's."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a, f"""[models."a/other"]
+provider = "a"
+[clients.me]
+uids = [{os.getuid()}]
+models = ["a/m"]
+max_rpm = 2"""))
+    for query in ("", "?via=aiohttp"):
+        denied = await d.http.post(f"/v1/chat/completions{query}",
+                                   json={**ASK, "model": "a/other"},
+                                   headers={"x-request-id": f"deny{query}"})
+        assert (denied.status_code, denied.headers["x-request-id"]) == (403, f"deny{query}")
+    for query in ("", "?via=aiohttp", ""):
+        resp = await d.http.post(f"/v1/chat/completions{query}",
+                                 json={**ASK, "model": "a/m"},
+                                 headers={"x-request-id": f"rpm{query}"})
+        assert resp.headers["x-request-id"] == f"rpm{query}"
+    assert resp.status_code == 429
+    assert {line["request_id"]: line["status"] for _, line in access(caplog)}["rpm"] == 429
