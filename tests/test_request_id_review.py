@@ -18,7 +18,7 @@ from aiohttp import web
 
 from failoverd import requestid
 from tests.fakes.base import fake_fixture
-from tests.helpers import HELLO
+from tests.helpers import HELLO, sse_payloads
 from tests.test_audio import AUDIO, Whisper
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
 from tests.test_request_id import MADE, IdOpenAI, _stamping, access, events, two_config
@@ -136,6 +136,11 @@ async def test_retries_name_the_attempt_that_served_or_failed_last(
     failover, = events(d, "model:failover")
     assert failover["upstream_request_id"] == a.sent[3]  # the last failed attempt's
     assert access(caplog)[-1][1]["upstream_request_id"] == b.sent[0]
+    # as /v1/events shows it
+    recent = await d.http.get("/v1/events", params={"recent": "1"})
+    shown, = [e for e in sse_payloads(recent.content) if e["type"] == "model:failover"]
+    assert (shown["request_id"], shown["upstream_request_id"]) == (
+        over.headers["x-request-id"], a.sent[3])
 
 
 async def test_a_hedge_whose_lanes_both_fail_lists_each_id_in_order(
