@@ -4,12 +4,14 @@ A request keeps the client's ``x-request-id`` when it is sane (1-128 visible ASC
 characters: no space, no control character, nothing past 0x7e), else gets one made here:
 a random per-process prefix and a counter (``<16 hex>-<counter in hex>``), unique across
 restarts and hosts with no system call per request. The id goes back in the answer's
-``x-request-id`` and into the access log line and the events the request causes.
+``x-request-id`` (and ``request-id`` on /v1/messages, where Anthropic's SDKs read it:
+`stamp`) and into the access log line and the events the request causes.
 
 Each upstream attempt records the id its provider returned in the answer's head (OpenAI and
 compatible servers and Azure ``x-request-id``, Anthropic ``request-id``, Bedrock
 ``x-amzn-requestid``, Azure API Management ``apim-request-id``; Gemini, Vertex AI and
-Ollama document none, and none is made up): the dispatcher opens a `Seen` per attempt
+Ollama document none, and none is made up; one that is not sane by the client's rule is
+dropped, as it would go into the text access log): the dispatcher opens a `Seen` per attempt
 (`watch`) and the HTTP edge (providers/http.py) fills it (`upstream`) from the head of every
 answer, 200 or not. A context variable carries it, so no adapter passes it along; a hedged
 lane runs in a task of its own, with its own.
