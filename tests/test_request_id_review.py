@@ -18,7 +18,7 @@ from aiohttp import web
 
 from failoverd import requestid
 from tests.fakes.base import fake_fixture
-from tests.helpers import HELLO, sse_payloads
+from tests.helpers import HELLO, sse_payloads, until
 from tests.test_audio import AUDIO, Whisper
 from tests.test_fastpath import ASK, NO_PROBES, connect, fast, post, read_answer
 from tests.test_request_id import MADE, IdOpenAI, _stamping, access, events, two_config
@@ -340,3 +340,21 @@ max_rpm = 2"""))
         assert resp.headers["x-request-id"] == f"rpm{query}"
     assert resp.status_code == 429
     assert {line["request_id"]: line["status"] for _, line in access(caplog)}["rpm"] == 429
+
+
+async def test_a_messages_request_still_arriving_at_the_drain_gets_both_headers(
+        evil_openai: Any, start_daemon: Any) -> None:
+    """The fast path's own 503 for an Anthropic request whose body is still arriving:
+    x-request-id and request-id, the id of its head."""
+    a = await evil_openai()
+    d = await start_daemon(one_openai(a))
+    ask = {"model": "a/m", "max_tokens": 10, "messages": HELLO}
+    async with connect(d.socket) as (reader, writer):
+        writer.write(post(ask, "/v1/messages", headers="X-Request-Id: late-an\r\n")[:-10])
+        await until(lambda: any(c.need for c in fast(d).connections))
+        d.sup.request_stop()
+        answer = await read_answer(reader)
+    assert answer.status == 503
+    assert (answer.headers["x-request-id"], answer.headers["request-id"]) == (
+        "late-an", "late-an")
+    assert a.sent == []
