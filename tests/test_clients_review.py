@@ -232,8 +232,11 @@ models = ["local/llama", "vectors"]"""))
     # its model, its chain and the chain's models (which it may name too)
     assert sorted(listed) == ["cloud/embed", "local/embed", "local/llama", "vectors"]
     assert (await d.openai.models.retrieve("local/llama")).id == "local/llama"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as info:
         await d.openai.models.retrieve("cloud/big")
+    assert info.value.message.endswith(
+        "no model, chain or pool 'cloud/big' is configured among client 'batch''s "
+        "(clients.batch.models)")
     resp = await d.http.get("/v1/models", headers={"anthropic-version": "2023-06-01"})
     assert [m["id"] for m in resp.json()["data"]] == ["local/llama"]  # chat ones only
 

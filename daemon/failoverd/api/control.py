@@ -48,14 +48,17 @@ def _model_entries(svc: Service) -> list[dict[str, Any]]:
     return data
 
 
-def _visible(request: web.Request) -> list[dict[str, Any]]:
-    """`_model_entries` as the caller may see them: a [clients.<name>] with `models` sees
-    those it may use (LiteLLM's /v1/models with a key lists the key's models)."""
+def _visible(request: web.Request) -> tuple[list[dict[str, Any]], str | None]:
+    """`_model_entries` as the caller may see them, and the caller's [clients.<name>]: one
+    with `models` sees those it may use (LiteLLM's /v1/models with a key lists the key's
+    models)."""
     svc = request.app[SERVICE]
     data = _model_entries(svc)
     client = (svc.clients.identify(request.transport, request.headers)
               if svc.clients.active else None)
-    return data if client is None else [e for e in data if client.may_use(e["id"])]
+    if client is None:
+        return data, None
+    return [e for e in data if client.may_use(e["id"])], client.name
 
 
 def _anthropic(request: web.Request) -> bool:
@@ -78,7 +81,7 @@ def _as_anthropic(entry: dict[str, Any]) -> dict[str, Any]:
 
 async def models(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    data = _visible(request)
+    data, _ = _visible(request)
     if _anthropic(request):
         # Anthropic clients only chat: models of the other kinds (and their chains) are left
         # out
@@ -93,10 +96,13 @@ async def models(request: web.Request) -> web.Response:
 async def model(request: web.Request) -> web.Response:
     """GET /v1/models/{id}: one model, chain or pool (the SDKs' models.retrieve)."""
     model_id = request.match_info["id"]
-    entry = next((e for e in _visible(request) if e["id"] == model_id), None)
+    visible, client = _visible(request)
+    entry = next((e for e in visible if e["id"] == model_id), None)
     anthropic = _anthropic(request)
     if entry is None:
         message = f"no model, chain or pool {model_id!r} is configured"
+        if client is not None:
+            message += f" among client {client!r}'s (clients.{client}.models)"
         if anthropic:
             return json_response({"type": "error", "error": {
                 "type": "not_found_error", "message": message}}, 404)
