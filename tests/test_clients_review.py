@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -328,3 +329,29 @@ async def test_a_drain_gives_the_permits_back(fake_openai: Any, start_daemon: An
     assert (await cut).status_code == 503
     entry = clients.status()["batch"]
     assert entry["inflight"] == 0
+
+
+async def test_status_metrics_and_log_agree_with_what_happened(
+        fake_openai: Any, start_daemon: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="failoverd.access")
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    clock = ManualClock(wall=LATE - 3600)
+    d = await start_daemon(body(llama, free, cloud, batch(max_rpm=5),
+                                head="access_log = true"), clock=clock)
+    codes = [(await chat(d, model)).status_code
+             for model in ("local/free", "cloud/big", "local/llama", "local/free", "cloud/big",
+                           "local/free", "local/free")]
+    assert codes == [200, 403, 200, 200, 403, 429, 429]
+    entry = (await status(d))["clients"]["batch"]
+    assert (entry["requests_last_minute"], entry["inflight"], entry["limited"]) == (
+        5, 0, "max_rpm")
+    assert entry["spent_usd"]["day"] == pytest.approx(0.0015)  # local/llama's one answer
+    for outcome, n in (("served", 3), ("forbidden", 2), ("max_rpm", 2)):
+        assert await metric(d, f'failoverd_client_requests_total{{client="batch",'
+                            f'outcome="{outcome}"}} {n}')
+    assert await metric(d, 'failoverd_client_cost_usd_total{client="batch"} 0.0015')
+    access = [r.access for r in caplog.records  # type: ignore[attr-defined]
+              if r.name == "failoverd.access"]
+    assert [(a["status"], a["client"]) for a in access] == [(c, "batch") for c in codes]
+    assert [e.fields["limit"] for e in d.sup.service.bus.recent() if e.type == "client:limited"
+            ] == ["max_rpm"]
