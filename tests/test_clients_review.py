@@ -135,7 +135,7 @@ async def test_a_session_pin_a_hedge_and_a_failover_stay_in_the_list(
         model="local/llama", messages=HELLO, extra_headers={"x-failoverd-session": "job-1"})
     assert raw.headers["x-failoverd-model"] == "local/llama"
     # the slow first model is hedged: to the next model of the client's, not to the cloud
-    llama.push("slow:2")
+    llama.push("slow:0.5")
     raw = await d.openai.chat.completions.with_raw_response.create(model="local/llama",
                                                                    messages=HELLO)
     assert raw.headers["x-failoverd-model"] == "local/free", dict(raw.headers)
