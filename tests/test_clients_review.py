@@ -266,9 +266,6 @@ async def test_a_client_kept_to_some_models_may_not_change_what_everyone_gets(
     assert (await d.http.post("/v1/models/local/free/open")).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="api/count_tokens.py routes with svc.route(preview=True) "
-                   "outside proxied(): no client is identified, so a client kept to its models "
-                   "gets the count (and an upstream count_tokens call) of any model")
 async def test_count_tokens_keeps_a_client_to_its_models(
         fake_openai: Any, start_daemon: Any) -> None:
     llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
@@ -277,6 +274,18 @@ async def test_count_tokens_keeps_a_client_to_its_models(
                              json={"model": "cloud/big", "messages": HELLO})
     assert resp.status_code == 403
     assert resp.json()["error"]["type"] == "permission_error"
+    assert "clients.batch.models" in resp.json()["error"]["message"]
+    # its own models are counted, and with its first model out the count names the next it
+    # may use (not cloud/big, the next in the default fallbacks); no request was spent on
+    # its limits
+    local = await d.http.post("/v1/messages/count_tokens",
+                              json={"model": "local/free", "messages": HELLO})
+    assert local.status_code == 200 and local.json()["input_tokens"] > 0
+    d.sup.service.health.force_open("local/llama", None)
+    chain = await d.http.post("/v1/messages/count_tokens",
+                              json={"model": "local/llama", "messages": HELLO})
+    assert chain.status_code == 200 and chain.headers["x-failoverd-model"] == "local/free"
+    assert d.sup.service.clients.status()["batch"]["requests_last_minute"] == 0
 
 
 async def test_a_reload_swaps_a_client_token_at_once(

@@ -16,7 +16,7 @@ import logging
 
 from aiohttp import web
 
-from failoverd import requirements
+from failoverd import clients, requirements
 from failoverd.api.body import read_json
 from failoverd.api.fronts import ANTHROPIC
 from failoverd.api.proxy import pinned
@@ -35,6 +35,11 @@ COUNT_TIMEOUT = 10.0  # seconds for the upstream count, at most (the provider's 
 async def count_tokens(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     rt = svc.runtime
+    # a [clients.<name>] kept to its models counts only on those (no limit is spent: a count
+    # is no request)
+    client = (svc.clients.identify(request.transport, request.headers)
+              if svc.clients.active else None)
+    current = clients.CURRENT.set(client) if client is not None else None
     try:
         raw = await read_json(request, rt.config.daemon.max_body_bytes)
         # the endpoint's body has no max_tokens (Anthropic refuses one): any checks the rest
@@ -43,10 +48,16 @@ async def count_tokens(request: web.Request) -> web.Response:
         # which model would serve: a count is no request, so it takes no pool's turn
         route = svc.route(rt, body, pinned(request), normalize_key(session) if session else None,
                           preview=True)
+    except clients.Forbidden as exc:
+        return ANTHROPIC.error(403, "permission_denied", exc.message, exc.code, exc.param,
+                               client=exc.client)
     except RequestError as exc:
         svc.metrics.rejected("bad_input")
         return ANTHROPIC.error(exc.status, "invalid_request_error", exc.message, exc.code,
                                exc.param)
+    finally:
+        if current is not None:
+            clients.CURRENT.reset(current)
     candidates = route.candidates
     model_id = next((m for m in candidates if svc.health.available(m)[0]),
                     candidates[0] if candidates else None)
