@@ -64,6 +64,18 @@ def _token_key(token: str | bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
+def offered_tokens(headers: Mapping[str, str]) -> Iterator[str]:
+    """The tokens a request carries: as a bearer (OpenAI clients' api_key, Anthropic's
+    auth_token), then as x-api-key (Anthropic clients' api_key: ANTHROPIC_API_KEY=<token>
+    with ANTHROPIC_BASE_URL)."""
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        yield token
+    key = headers.get("x-api-key")
+    if key:
+        yield key
+
+
 def read_clients(top: Section, env: Mapping[str, str], models: Mapping[str, ModelConfig],
                  groups: Iterable[str], allowed_uids: tuple[int, ...],
                  daemon_token: str) -> dict[str, ClientConfig]:
@@ -359,13 +371,11 @@ class Clients:
         """The client whose token a TCP request carries (as a bearer or as x-api-key)."""
         if not self._by_token:
             return None
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token:
+        for token in offered_tokens(headers):
             found = self._by_token.get(_token_key(token))
             if found is not None:
                 return found
-        key = headers.get("x-api-key")
-        return self._by_token.get(_token_key(key)) if key else None
+        return None
 
     # ------------------------------------------------------------------ admission
 

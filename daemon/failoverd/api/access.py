@@ -11,6 +11,7 @@ from aiohttp import web
 
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.service import Service
+from failoverd.clients import offered_tokens
 from failoverd.listen import peer_uid
 
 
@@ -26,13 +27,9 @@ def _raw(value: str) -> bytes:
 
 
 def _has_token(headers: Mapping[str, str], expected: bytes) -> bool:
-    """The token as a bearer (OpenAI clients' api_key, Anthropic's auth_token) or as x-api-key
-    (Anthropic clients' api_key: ANTHROPIC_API_KEY=<token> with ANTHROPIC_BASE_URL)."""
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(_raw(token), expected):
-        return True
-    key = headers.get("x-api-key")
-    return key is not None and hmac.compare_digest(_raw(key), expected)
+    """Whether the request carries the token (clients.offered_tokens: a bearer or x-api-key),
+    compared in constant time."""
+    return any(hmac.compare_digest(_raw(token), expected) for token in offered_tokens(headers))
 
 
 # the control API's actions that change what every caller gets (a breaker opened, a chain
