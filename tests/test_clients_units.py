@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from failoverd.clients import Client, ClientConfig, Clients, Forbidden, Limited, OverBudget
+from failoverd.clientconfig import ClientConfig
+from failoverd.clients import Client, Clients, Forbidden, Limited, OverBudget
 from failoverd.clock import ManualClock
 
 LATE = float(calendar.timegm((2026, 12, 31, 23, 59, 0, 0, 0, 0)))  # a minute to the new year

@@ -26,7 +26,7 @@ from failoverd.catalog import ProviderConfig as ProviderConfig
 from failoverd.catalog import ProviderKind as ProviderKind
 from failoverd.catalog import Tier as Tier
 from failoverd.catalog import read_hedge_after, read_hedge_budget, read_model, read_provider
-from failoverd.clients import ClientConfig, read_clients
+from failoverd.clientconfig import ClientConfig, read_clients
 from failoverd.credentials import read_secret
 from failoverd.errors import ConfigError
 from failoverd.events import EVENT_TYPES

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.service import Service
-from failoverd.clients import offered_tokens
+from failoverd.clientconfig import offered_tokens
 from failoverd.listen import peer_uid
 
 
