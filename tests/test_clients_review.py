@@ -18,7 +18,9 @@ import httpx2
 import openai
 import pytest
 
+from failoverd import clients
 from failoverd.clock import ManualClock
+from failoverd.hedge import HedgeInfo
 from tests.helpers import HELLO, chat, metric, status, tcp_listener, until
 
 UID = os.getuid()
@@ -364,3 +366,27 @@ async def test_status_metrics_and_log_agree_with_what_happened(
     assert [(a["status"], a["client"]) for a in access] == [(c, "batch") for c in codes]
     assert [e.fields["limit"] for e in d.sup.service.bus.recent() if e.type == "client:limited"
             ] == ["max_rpm"]
+
+
+async def test_a_hedge_losers_cost_is_spent_by_the_client_too(
+        fake_openai: Any, start_daemon: Any) -> None:
+    # a loser that answered in full with the winner is billed by its upstream: the client
+    # asked for both calls, so its cap counts both (it counted against the model only)
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, batch(max_cost_per_day=1)))
+    svc = d.sup.service
+    client = next(iter(svc.clients))
+    token = clients.CURRENT.set(client)
+    try:
+        svc.runtime.dispatcher.on_hedge(HedgeInfo(
+            "local/llama", "local/free", 0.05, "won", "local/free", None, loser="local/llama",
+            loser_usage={"prompt_tokens": 10, "completion_tokens": 5}))
+    finally:
+        clients.CURRENT.reset(token)
+    assert svc.clients.status()["batch"]["spent_usd"]["day"] == pytest.approx(0.0015)
+    assert await metric(d, 'failoverd_client_cost_usd_total{client="batch"} 0.0015')
+    # a loser of no client's request is the model's alone
+    svc.runtime.dispatcher.on_hedge(HedgeInfo(
+        "local/llama", "local/free", 0.05, "won", "local/free", None, loser="local/llama",
+        loser_usage={"prompt_tokens": 10, "completion_tokens": 5}))
+    assert svc.clients.status()["batch"]["spent_usd"]["day"] == pytest.approx(0.0015)

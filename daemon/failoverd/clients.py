@@ -349,10 +349,15 @@ class Clients:
             outcome = "served" if status < 400 else "forbidden" if status == 403 else "failed"
             client.outcomes[outcome] = client.outcomes.get(outcome, 0) + 1
         if usd > 0:
-            (day, _), (month, _) = self._periods(self.clock.time())
-            client.spend(usd, day, month)
-            if self.on_spent is not None:
-                self.on_spent()
+            self.charge(client, usd)
+
+    def charge(self, client: Client, usd: float) -> None:
+        """`usd` spent by the client in the current day and month (an answer's cost, a hedge
+        loser's)."""
+        (day, _), (month, _) = self._periods(self.clock.time())
+        client.spend(usd, day, month)
+        if self.on_spent is not None:
+            self.on_spent()
 
     # ------------------------------------------------------------------ views
 

@@ -19,7 +19,7 @@ import orjson
 from failoverd import discovery, hedge
 from failoverd.breaker import BreakerState
 from failoverd.budget import Reached
-from failoverd.clients import Clients, Limited
+from failoverd.clients import CURRENT, Clients, Limited
 from failoverd.clock import Clock
 from failoverd.config import Config
 from failoverd.dispatch import FailoverInfo, FailoverVerdict, Outcome
@@ -138,7 +138,7 @@ class Service(Routing):
         d.on_failover = self._failover
         d.on_exhausted = self._exhausted
         d.observe_latency = self.metrics.upstream_latency
-        d.on_hedge = hedge.reporter(self.bus, self.metrics, self.usage)
+        d.on_hedge = hedge.reporter(self.bus, self.metrics, self._loser_usage)
         self.hedge_budgets.configure(runtime.config)
         d.hedge_budget = self.hedge_budgets
         cfg = runtime.config
@@ -195,6 +195,15 @@ class Service(Routing):
                          if type(v) is int and v > 0)
             if tokens:
                 self.health.spent(model_id, tokens)
+        return usd
+
+    def _loser_usage(self, model_id: str, usage: Any) -> float:
+        """A hedge's loser that answered in full: its usage counted as any answer's, and its
+        cost spent by the request's [clients.<name>] too (it asked for both calls)."""
+        usd = self.usage(model_id, usage)
+        client = CURRENT.get()
+        if client is not None and usd > 0:
+            self.clients.charge(client, usd)
         return usd
 
     def served(self, outcome: Outcome, session: str | None, route: Route) -> None:
