@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from failoverd import clients
+from failoverd.clientconfig import ClientConfig
 from failoverd.clock import ManualClock
 from failoverd.hedge import HedgeInfo
 from tests.helpers import HELLO, chat, metric, status, tcp_listener, until
@@ -390,3 +391,44 @@ async def test_a_hedge_losers_cost_is_spent_by_the_client_too(
         "local/llama", "local/free", 0.05, "won", "local/free", None, loser="local/llama",
         loser_usage={"prompt_tokens": 10, "completion_tokens": 5}))
     assert svc.clients.status()["batch"]["spent_usd"]["day"] == pytest.approx(0.0015)
+
+
+async def test_a_count_past_a_spending_cap_is_no_request(
+        fake_openai: Any, start_daemon: Any) -> None:
+    # a count narrowed by a reached cap was refused as a bad request (429 with Anthropic's
+    # invalid_request_error, no Retry-After), counted as the cap's refusal and could be told
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d = await start_daemon(body(llama, free, cloud, batch(max_cost_per_day=0.001)))
+    assert (await chat(d, "local/llama")).status_code == 200  # $0.0015: past the cap
+    resp = await d.http.post("/v1/messages/count_tokens",
+                             json={"model": "local/llama", "messages": HELLO})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-failoverd-model"] == "local/free"  # where a request would go
+    assert resp.json()["input_tokens"] > 0
+    scraped = (await d.http.get("/metrics")).text
+    assert 'outcome="max_cost_per_day"}' not in scraped
+    assert 'failoverd_rejected_requests_total{why="bad_input"} 1' not in scraped
+    assert not [e for e in d.sup.service.bus.recent() if e.type == "client:limited"]
+
+
+async def test_a_count_past_a_spending_cap_with_only_priced_models_is_answered(
+        fake_openai: Any, start_daemon: Any) -> None:
+    # kept to priced models only, it is still counted (on the first), not refused
+    llama, free, cloud = await fake_openai(), await fake_openai(), await fake_openai()
+    d2 = await start_daemon(body(llama, free, cloud, batch(max_cost_per_day=0.001).replace(
+        '"local/*"', '"local/llama"')))
+    assert (await chat(d2, "local/llama")).status_code == 200
+    resp = await d2.http.post("/v1/messages/count_tokens",
+                              json={"model": "local/llama", "messages": HELLO})
+    assert resp.status_code == 200 and resp.headers["x-failoverd-model"] == "local/llama"
+
+
+def test_a_state_file_with_a_malformed_told_mark_is_read_past() -> None:
+    # `told` of another type than a list stopped the daemon's start with a TypeError
+    found = clients.Clients(ManualClock())
+    found.configure({"a": ClientConfig("a", uids=(1,), max_cost_per_day=1.0)}, {}, {})
+    day = found.status()["a"]["spent_usd"]
+    key = found._periods(found.clock.time())[0][0]
+    for told in (5, True, "max_cost_per_day", None):
+        found.restore({"a": {"day": [key, 0.5], "told": told}})
+    assert found.status()["a"]["spent_usd"]["day"] == 0.5, day

@@ -158,15 +158,17 @@ class Client:
         name, or a model its list gives it (through a chain, a pool or "default")."""
         return self._models is None or name in self._models or self.may_ask(name)
 
-    def narrow(self, requested: str, candidates: tuple[str, ...], *, names_model: bool
-               ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    def narrow(self, requested: str, candidates: tuple[str, ...], *, names_model: bool,
+               preview: bool = False) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         """The candidates the client may use, and those skipped for it (model, why); raises
         Forbidden when it may not name `requested` or none is left, OverBudget when past a
         spending cap only priced models are left. `names_model`: the request named one
         model (by an upstream name too), allowed when that model is.
 
         Past a spending cap the priced models are skipped and the others (local, free)
-        still serve: a cap stops spending, not the work that costs nothing."""
+        still serve: a cap stops spending, not the work that costs nothing. A `preview` (a
+        token count: no request) is narrowed alike but neither refused nor counted for a cap,
+        nor told."""
         allowed = self._models
         skipped: tuple[tuple[str, str], ...] = ()
         if allowed is not None:
@@ -183,8 +185,10 @@ class Client:
         if cfg.max_cost_per_day or cfg.max_cost_per_month:
             over = self._owner.over_budget(self)
             if over is not None:
-                self._owner.tell(self, over)
                 free = tuple(c for c in candidates if c not in self._priced)
+                if preview:
+                    return free or candidates, skipped
+                self._owner.tell(self, over)
                 if not free:
                     self.outcomes[over.limit] = self.outcomes.get(over.limit, 0) + 1
                     raise OverBudget(over)
@@ -433,5 +437,6 @@ class Clients:
                         and type(held[1]) in (int, float) and held[1] >= 0
                         and held[0] >= key and len(held[0]) == len(key)):
                     setattr(client, period, (held[0], float(held[1])))
-                    if f"max_cost_per_{period}" in (entry.get("told") or ()):
+                    told = entry.get("told")
+                    if isinstance(told, list) and f"max_cost_per_{period}" in told:
                         client._told.add((f"max_cost_per_{period}", held[0]))

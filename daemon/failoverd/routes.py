@@ -80,7 +80,8 @@ class Routing:
         client = clients.CURRENT.get()
         if client is not None:  # [clients.<name>].models: the others skipped, as such
             candidates, narrowed = client.narrow(
-                requested, candidates, names_model=_names_a_model(rt, requested))
+                requested, candidates, names_model=_names_a_model(rt, requested),
+                preview=preview)
             skipped += narrowed
         if pin:
             candidates = candidates[:1]
@@ -132,7 +133,8 @@ class Routing:
         client = clients.CURRENT.get()
         if client is not None:
             candidates, _ = client.narrow(requested, candidates,
-                                          names_model=_names_a_model(rt, requested))
+                                          names_model=_names_a_model(rt, requested),
+                                          preview=preview)
         return candidates[:1] if pin else candidates
 
     def _session_order(self, rt: Runtime, key: str,
