@@ -149,7 +149,9 @@ def test_the_audit_line_carries_a_name_that_is_not_utf8() -> None:
     # UTF-8) made the text line fail with orjson's JSONEncodeError: the event went unlogged
     bad = "/etc/f\udcff.toml"
     event = Event(id="01", type="config:rejected", time="t", node="n",
-                  fields={"problems": [f"{bad}: not TOML"], "source": f"{bad} x", "n": 2**70})
+                  fields={"problems": [f"{bad}: not TOML"], "source": f"{bad} x", "n": 2**70,
+                          "bare": bad})
     line = audit_line(event)
     assert line == ('event config:rejected problems=["/etc/f\\\\udcff.toml: not TOML"] '
-                    'source="/etc/f\\\\udcff.toml x" n="1180591620717411303424"'), line
+                    'source="/etc/f\\\\udcff.toml x" n="1180591620717411303424" '
+                    'bare=/etc/f\\udcff.toml'), line

@@ -306,7 +306,7 @@ class EventBus:
 def text_value(value: Any) -> str:
     """A field value as the text audit line shows it (bare word, or JSON)."""
     if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
-        return value
+        return utf8_safe(value)  # a lone surrogate escaped as in the quoted values
     if value is None:
         return "null"
     try:

@@ -152,8 +152,9 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
             status = 503
             return exhausted(front, svc, exc, outcome)
         except UpstreamError as exc:
-            status = exc.status or 502
-            return failed(front, svc, rt, exc, outcome)
+            response = failed(front, svc, rt, exc, outcome)
+            status = response.status  # as answered (a bad_request without a status is 400)
+            return response
         except asyncio.CancelledError:
             status = 499
             svc.metrics.cancelled(outcome.model)  # the client went away (or a stop cut it)
