@@ -432,3 +432,20 @@ def test_a_state_file_with_a_malformed_told_mark_is_read_past() -> None:
     for told in (5, True, "max_cost_per_day", None):
         found.restore({"a": {"day": [key, 0.5], "told": told}})
     assert found.status()["a"]["spent_usd"]["day"] == 0.5, day
+
+
+def test_a_removed_clients_spending_outlives_a_restart() -> None:
+    # snapshot() wrote the spending of a client a reload removed, restore() dropped it: a
+    # restart then a reload that brought it back started it from nothing
+    clock = ManualClock()
+    before = clients.Clients(clock)
+    before.configure({"a": ClientConfig("a", uids=(1,), max_cost_per_day=1.0)}, {}, {})
+    before.charge(next(iter(before)), 0.75)
+    before.configure({}, {}, {})  # a reload removed it
+    saved = before.snapshot()
+    after = clients.Clients(clock)  # the restart, without it
+    after.configure({}, {}, {})
+    after.restore(saved)
+    assert after.snapshot() == saved
+    after.configure({"a": ClientConfig("a", uids=(1,), max_cost_per_day=1.0)}, {}, {})
+    assert after.status()["a"]["spent_usd"]["day"] == 0.75

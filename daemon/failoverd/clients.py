@@ -423,14 +423,18 @@ class Clients:
         return out
 
     def restore(self, data: Any) -> None:
-        """Takes back a snapshot's spending of the current periods (others are dropped)."""
+        """Takes back a snapshot's spending of the current periods (others are dropped); a
+        client the configuration no longer has keeps it for a reload that brings it back,
+        as across reloads."""
         if not isinstance(data, dict):
             return
         (day, _), (month, _) = self._periods(self.clock.time())
         for name, entry in data.items():
-            client = self._clients.get(name)
-            if client is None or not isinstance(entry, dict):
+            if not isinstance(name, str) or not isinstance(entry, dict):
                 continue
+            client = self._clients.get(name) or self._gone.get(name)
+            if client is None:
+                client = self._gone[name] = Client(ClientConfig(name), self)
             for period, key in (("day", day), ("month", month)):
                 held = entry.get(period)
                 if (isinstance(held, list) and len(held) == 2 and isinstance(held[0], str)
