@@ -6,12 +6,14 @@ import asyncio
 import hmac
 import socket
 from collections.abc import Mapping
+from typing import cast
 
 from aiohttp import web
 
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.service import Service
 from failoverd.clientconfig import offered_tokens
+from failoverd.clients import Client
 from failoverd.listen import peer_uid
 
 
@@ -35,6 +37,23 @@ def _has_token(headers: Mapping[str, str], expected: bytes) -> bool:
 # the control API's actions that change what every caller gets (a breaker opened, a chain
 # turned, the config reloaded): not for a [clients.<name>] kept to some models
 _OPERATOR_ONLY = ("/v1/reload", "/v1/models/", "/v1/chains/")
+# the request's [clients.<name>] once worked out (client_of), _NO_CLIENT for none
+_CLIENT = web.RequestKey("failoverd_client", object)
+_NO_CLIENT = object()
+
+
+def client_of(request: web.BaseRequest, service: Service) -> Client | None:
+    """The [clients.<name>] a request comes from (clients.Clients.identify), worked out once
+    per request (the access guard, the handler and the count share it: one SO_PEERCRED read,
+    one token digest); None at once when no client is configured."""
+    clients = service.clients
+    if not clients.active:
+        return None
+    found = request.get(_CLIENT)
+    if found is None:
+        found = clients.identify(request.transport, request.headers) or _NO_CLIENT
+        request[_CLIENT] = found
+    return None if found is _NO_CLIENT else cast(Client, found)
 
 
 def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
@@ -42,7 +61,7 @@ def refusal(request: web.BaseRequest, service: Service) -> web.Response | None:
     refused = refusal_of(request.transport, request.headers, service, request.path)
     if (refused is None and service.clients.active and request.method == "POST"
             and request.path.startswith(_OPERATOR_ONLY)):
-        client = service.clients.identify(request.transport, request.headers)
+        client = client_of(request, service)
         if client is not None and client.cfg.models is not None:
             return OPENAI.error(403, "permission_denied",
                                 f"client {client.name!r} is kept to clients.{client.name}."

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from failoverd import __version__, complexity, requirements, selection, upstreamlimits
+from failoverd.api.access import client_of
 from failoverd.api.body import read_json
 from failoverd.api.fronts import OPENAI
 from failoverd.api.proxy import pinned
@@ -54,8 +55,7 @@ def _visible(request: web.Request) -> tuple[list[dict[str, Any]], str | None]:
     models)."""
     svc = request.app[SERVICE]
     data = _model_entries(svc)
-    client = (svc.clients.identify(request.transport, request.headers)
-              if svc.clients.active else None)
+    client = client_of(request, svc)
     if client is None:
         return data, None
     return [e for e in data if client.may_use(e["id"])], client.name

@@ -17,6 +17,7 @@ import logging
 from aiohttp import web
 
 from failoverd import clients, requirements
+from failoverd.api.access import client_of
 from failoverd.api.body import read_json
 from failoverd.api.fronts import ANTHROPIC
 from failoverd.api.proxy import pinned
@@ -37,8 +38,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     rt = svc.runtime
     # a [clients.<name>] kept to its models counts only on those (no limit is spent: a count
     # is no request)
-    client = (svc.clients.identify(request.transport, request.headers)
-              if svc.clients.active else None)
+    client = client_of(request, svc)
     current = clients.CURRENT.set(client) if client is not None else None
     try:
         raw = await read_json(request, rt.config.daemon.max_body_bytes)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from failoverd import clients, requestid
 from failoverd.api import accesslog
+from failoverd.api.access import client_of
 from failoverd.api.body import read_json
 from failoverd.api.drain import STREAM_ENCODER, STREAM_OPENER, STREAM_RESPONSE
 from failoverd.api.fronts import ANTHROPIC, OPENAI, RESPONSES, FrontEnd
@@ -118,8 +119,7 @@ def proxied(front: FrontEnd, serve: Serve) -> Handler:
             return front.error(503, "overloaded", f"failoverd is at max_inflight ({limit}); "
                                "retry shortly", "overloaded", headers={"Retry-After": "1"})
         # [clients.<name>] (clients.py): nothing looked up when none is configured
-        client = (svc.clients.identify(request.transport, request.headers)
-                  if svc.clients.active else None)
+        client = client_of(request, svc)
         if client is not None:
             if rt.config.daemon.access_log:
                 request[accesslog.CLIENT] = client.name
