@@ -27,6 +27,7 @@ from failoverd.errors import (
 from failoverd.failures import FailureReason, policy
 from failoverd.fitting import answer_room, cap_output, fit_context, lacking
 from failoverd.hedge import HedgeFailed, HedgeInfo, pick_target
+from failoverd.hedge import afters as hedge_afters
 from failoverd.hedge import run as hedge_run
 from failoverd.hedgebudget import HedgeBudgets
 from failoverd.providers.base import AttemptLimits, Chunk, Completion, Provider, RateLimitSink
@@ -165,12 +166,8 @@ class Dispatcher:
         # reloads); None: no budget
         self.hedge_budget = hedge_budget
         # the models whose attempts are hedged, and after how long: empty when hedging is off,
-        # so a request pays one emptiness test for it (hedge.py); never audio models: a second
-        # transcription or speech is made, and billed, in full
-        self.hedge_after = {m.id: after for m in config.models.values()
-                            if m.kind in ("chat", "embeddings") and (after := (
-                                config.routing.hedge_after if m.hedge_after is None
-                                else m.hedge_after)) > 0}
+        # so a request pays one emptiness test for it (hedge.py)
+        self.hedge_after = hedge_afters(config)
 
     # ------------------------------------------------------------------ public
 

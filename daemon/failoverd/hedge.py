@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from failoverd.providers.base import Provider
     from failoverd.requirements import Requirements
 
-__all__ = ["HedgeFailed", "HedgeInfo", "Lane", "abandon", "cancel_all", "pick_target", "race",
-           "reporter", "run"]
+__all__ = ["HedgeFailed", "HedgeInfo", "Lane", "abandon", "afters", "cancel_all", "pick_target",
+           "race", "reporter", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,16 @@ class Finish:
     failures: list[tuple[str, UpstreamError]]
     late: Any = None
     late_lane: Lane | None = None
+
+
+def afters(config: Config) -> dict[str, float]:
+    """The models whose attempts are hedged, and after how long (a model's own `hedge_after`,
+    else routing's; those above 0): never audio models, a second transcription or speech
+    is made, and billed, in full."""
+    routing = config.routing.hedge_after
+    return {m.id: after for m in config.models.values()
+            if m.kind in ("chat", "embeddings")
+            and (after := routing if m.hedge_after is None else m.hedge_after) > 0}
 
 
 def pick_target(config: Config, health: Health | None, providers: Mapping[str, Provider],

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from failoverd.clock import Clock
+from failoverd.hedge import afters
 from failoverd.window import SlidingSum
 
 if TYPE_CHECKING:
@@ -46,16 +47,15 @@ _EPSILON = 1e-9
 
 def shares(config: Config) -> dict[str, float]:
     """Each hedged model's budget share (its own `hedge_budget`, else routing's), for the
-    models hedged at all (a `hedge_after` above 0, chat or embeddings) that have one below 1
-    (the others are never refused)."""
+    models hedged at all (hedge.afters) that have one below 1 (the others are never
+    refused)."""
     result: dict[str, float] = {}
-    routing = config.routing
-    for model in config.models.values():
-        share = routing.hedge_budget if model.hedge_budget is None else model.hedge_budget
-        after = routing.hedge_after if model.hedge_after is None else model.hedge_after
-        if share is not None and share < 1.0 and after > 0 \
-                and model.kind in ("chat", "embeddings"):
-            result[model.id] = share
+    routing = config.routing.hedge_budget
+    for model_id in afters(config):
+        own = config.models[model_id].hedge_budget
+        share = routing if own is None else own
+        if share is not None and share < 1.0:
+            result[model_id] = share
     return result
 
 
