@@ -18,7 +18,7 @@ import contextvars
 import fnmatch
 import math
 import socket
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -105,7 +105,7 @@ class Client:
         self.month: tuple[str, float] = ("", 0.0)
         self._told: set[tuple[str, str]] = set()  # (limit, period key or "")
         self._refused: dict[str, float] = {}  # a rate limit's last refusal (monotonic)
-        self.outcomes: dict[str, int] = {}
+        self.outcomes: Counter[str] = Counter()  # requests by how they ended
         self.cost_total = 0.0
         self._models: frozenset[str] | None = None
         self._names: frozenset[str] = frozenset()
@@ -190,7 +190,7 @@ class Client:
                     return free or candidates, skipped
                 self._owner.tell(self, over)
                 if not free:
-                    self.outcomes[over.limit] = self.outcomes.get(over.limit, 0) + 1
+                    self.outcomes[over.limit] += 1
                     raise OverBudget(over)
                 why = f"clients.{self.name}.{over.limit} reached"
                 skipped += tuple((c, why) for c in candidates if c in self._priced)
@@ -295,7 +295,7 @@ class Clients:
         cfg = client.cfg
         limited = self._limited(client)
         if limited is not None:
-            client.outcomes[limited.limit] = client.outcomes.get(limited.limit, 0) + 1
+            client.outcomes[limited.limit] += 1
             # a rate episode ends after a minute without a refusal: a client kept at its
             # limit (a place freed, taken, the next refused) is told once, not per place
             now = self.clock.monotonic()
@@ -351,7 +351,7 @@ class Clients:
         client.inflight -= 1
         if not counted:
             outcome = "served" if status < 400 else "forbidden" if status == 403 else "failed"
-            client.outcomes[outcome] = client.outcomes.get(outcome, 0) + 1
+            client.outcomes[outcome] += 1
         if usd > 0:
             self.charge(client, usd)
 
