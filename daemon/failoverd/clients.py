@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from failoverd.clientconfig import GLOB, RESERVED, ClientConfig, offered_tokens, token_key
 from failoverd.errors import RequestError
-from failoverd.listen import peer_uid
+from failoverd.listen import family, peer_uid
 
 if TYPE_CHECKING:
     from failoverd.clock import Clock
@@ -258,9 +258,7 @@ class Clients:
             return None
         # a TCP request's token; a Unix peer whose uid cannot be read (gone already), or a
         # connection with no socket left, is no one's whatever it sends
-        get_extra_info = getattr(transport, "get_extra_info", None)  # or the socket itself
-        sock = get_extra_info("socket") if get_extra_info is not None else transport
-        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+        if family(transport) in (socket.AF_INET, socket.AF_INET6):
             return self.by_token(headers)
         return None
 

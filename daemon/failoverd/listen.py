@@ -20,7 +20,7 @@ from collections.abc import MutableMapping
 
 from failoverd.errors import ListenError
 
-__all__ = ["ListenError", "activated_sockets", "bind_unix", "peer_uid"]
+__all__ = ["ListenError", "activated_sockets", "bind_unix", "family", "peer_uid"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +131,31 @@ def bind_unix(path: str, mode: int, *, backlog: int = DEFAULT_BACKLOG) -> socket
     return sock
 
 
+def _socket_of(conn: object) -> object:
+    """The socket of a connection given as the socket or its asyncio transport (aiohttp's
+    ``request.transport``); None when it is gone. Duck-typed: uvloop's transports are not
+    asyncio.BaseTransport subclasses (with an isinstance test every uid read None on
+    uvloop, and allowed_uids refused everyone), and asyncio hands out a TransportSocket
+    wrapper, not a socket.socket."""
+    get_extra_info = getattr(conn, "get_extra_info", None)
+    return get_extra_info("socket") if get_extra_info is not None else conn
+
+
+def family(conn: socket.socket | asyncio.BaseTransport | None) -> int | None:
+    """The address family of a connection (AF_UNIX, AF_INET, AF_INET6), None when gone."""
+    found = getattr(_socket_of(conn), "family", None)
+    return None if found is None else int(found)
+
+
 def peer_uid(conn: socket.socket | asyncio.BaseTransport | None) -> int | None:
     """The uid of the process at the other end of a Unix stream connection.
 
     Takes the socket or the asyncio transport (aiohttp's ``request.transport``). None when
     the connection is not a Unix socket (the TCP listener) or is already gone.
     """
-    sock: object = conn
-    # duck-typed: uvloop's transports are not asyncio.BaseTransport subclasses (with an
-    # isinstance test every uid read None on uvloop, and allowed_uids refused everyone)
-    get_extra_info = getattr(conn, "get_extra_info", None)
-    if get_extra_info is not None:
-        sock = get_extra_info("socket")
-    # asyncio hands out a TransportSocket wrapper, not a socket.socket: duck-type it.
-    family = getattr(sock, "family", None)
+    sock = _socket_of(conn)
     getsockopt = getattr(sock, "getsockopt", None)
-    if family != socket.AF_UNIX or getsockopt is None:
+    if getattr(sock, "family", None) != socket.AF_UNIX or getsockopt is None:
         return None
     try:
         raw = getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)

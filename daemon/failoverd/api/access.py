@@ -10,16 +10,12 @@ from typing import cast
 
 from aiohttp import web
 
+from failoverd import listen
 from failoverd.api.fronts import ANTHROPIC, OPENAI
 from failoverd.api.service import Service
 from failoverd.clientconfig import offered_tokens
 from failoverd.clients import Client
 from failoverd.listen import peer_uid
-
-
-def _family(transport: asyncio.BaseTransport | None) -> int | None:
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    return sock.family if sock is not None else None
 
 
 def _raw(value: str) -> bytes:
@@ -76,7 +72,7 @@ def refusal_of(transport: asyncio.BaseTransport | None, headers: Mapping[str, st
     shape the refusal takes: Anthropic's on /v1/messages, else OpenAI's)."""
     front = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
     daemon = service.runtime.config.daemon
-    family = _family(transport)
+    family = listen.family(transport)
     if family == socket.AF_UNIX:
         if daemon.allowed_uids:
             uid = peer_uid(transport)
