@@ -158,9 +158,14 @@ class Prober:
     async def stop(self) -> None:
         """Stops scheduling and ends the probes in flight (they would only delay the exit)."""
         self._stopping = True
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
-        self.scheduler = None
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None and scheduler.running:
+            scheduler.pause()  # no job is handed to the executor from now on
+            # a job handed over just before has a task that has not started: let it start
+            # and end at once (_job), rather than be cancelled by the shutdown before its
+            # first step, which APScheduler logs as a failed job with a traceback
+            await asyncio.sleep(0)
+            scheduler.shutdown(wait=False)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -170,6 +175,8 @@ class Prober:
     async def _job(self, job: str, model_id: str) -> bool | None:
         """Entry point of every scheduled job, tracked so that ``stop()`` can end it quietly
         (APScheduler would log a cancelled job as a failure)."""
+        if self._stopping:
+            return None  # handed over as the prober stopped: nothing to probe for
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
